@@ -44,10 +44,16 @@ def similarity_transform(
     return matrix
 
 
-def align_face(frame_bgr: npt.NDArray[np.uint8], landmarks_xy: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
+def align_face(
+    frame_bgr: npt.NDArray[np.uint8], landmarks_xy: npt.NDArray[np.float32]
+) -> npt.NDArray[np.uint8]:
     """Warp the face with landmarks_xy (5, 2) out of frame_bgr (H, W, 3) into a (112, 112, 3) BGR crop."""
     matrix = similarity_transform(landmarks_xy, ARCFACE_TEMPLATE_XY)
-    aligned: npt.NDArray[np.uint8] = cv2.warpAffine(
-        frame_bgr, matrix, (ALIGNED_SIZE, ALIGNED_SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+    aligned = cv2.warpAffine(
+        frame_bgr,
+        matrix,
+        (ALIGNED_SIZE, ALIGNED_SIZE),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
     )
-    return aligned
+    return np.asarray(aligned, dtype=np.uint8)

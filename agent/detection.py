@@ -109,7 +109,9 @@ def decode(
     ]
 
 
-def nms(boxes_xyxy: npt.NDArray[np.float32], scores: npt.NDArray[np.float32], iou_threshold: float) -> list[int]:
+def nms(
+    boxes_xyxy: npt.NDArray[np.float32], scores: npt.NDArray[np.float32], iou_threshold: float
+) -> list[int]:
     """Greedy non-maximum suppression. boxes_xyxy: (N, 4); scores: (N,). Returns kept indices, best first."""
     order = np.argsort(-scores, kind="stable")
     areas = np.prod(np.clip(boxes_xyxy[:, 2:] - boxes_xyxy[:, :2], 0, None), axis=1)

@@ -68,7 +68,9 @@ class Expression:
     def from_probabilities(cls, probabilities: FloatArray) -> Expression:
         """probabilities: (7,) in EXPRESSION_LABELS order, summing to 1."""
         if probabilities.shape != (len(EXPRESSION_LABELS),):
-            raise ValueError(f"expression needs {len(EXPRESSION_LABELS)} probabilities, got {probabilities.shape}")
+            raise ValueError(
+                f"expression needs {len(EXPRESSION_LABELS)} probabilities, got {probabilities.shape}"
+            )
         index = int(np.argmax(probabilities))
         return cls(
             label=EXPRESSION_LABELS[index],
@@ -85,3 +87,26 @@ class Face:
     embedding: FloatArray | None = None
     expression: Expression | None = None
     embedding_model: str | None = None
+
+    def to_json(self, include_embedding: bool = False) -> dict[str, object]:
+        """JSON-ready description: box and landmarks in frame pixels, quality, expression, embedding."""
+        det = self.detection
+        result: dict[str, object] = {
+            "box_xyxy": [round(float(v), 1) for v in det.box_xyxy],
+            "score": round(det.score, 4),
+            "landmarks_xy": {
+                name: [round(float(x), 1), round(float(y), 1)]
+                for name, (x, y) in zip(LANDMARK_NAMES, det.landmarks_xy, strict=True)
+            },
+            "quality": {key: round(float(value), 3) for key, value in vars(self.quality).items()},
+            "expression": None,
+            "embedding_model": self.embedding_model,
+        }
+        if self.expression is not None:
+            result["expression"] = {
+                "label": self.expression.label,
+                "probabilities": {k: round(v, 4) for k, v in self.expression.probabilities.items()},
+            }
+        if include_embedding and self.embedding is not None:
+            result["embedding"] = [round(float(v), 6) for v in self.embedding]
+        return result

@@ -25,13 +25,14 @@ def to_bgr8(image: npt.NDArray[np.generic], name: str = "frame") -> npt.NDArray[
         raise ImageError(f"{name}: image is empty ({image.shape[1]}×{image.shape[0]} pixels)")
     pixels = _to_uint8(image, name)
     if pixels.ndim == 2:
-        return cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
-    channels = pixels.shape[2]
-    if channels == 2:
-        return cv2.cvtColor(np.ascontiguousarray(pixels[:, :, 0]), cv2.COLOR_GRAY2BGR)
-    if channels == 4:
-        return cv2.cvtColor(pixels, cv2.COLOR_BGRA2BGR)
-    return np.ascontiguousarray(pixels)
+        converted = cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
+    elif pixels.shape[2] == 2:
+        converted = cv2.cvtColor(np.ascontiguousarray(pixels[:, :, 0]), cv2.COLOR_GRAY2BGR)
+    elif pixels.shape[2] == 4:
+        converted = cv2.cvtColor(pixels, cv2.COLOR_BGRA2BGR)
+    else:
+        converted = pixels
+    return np.ascontiguousarray(converted, dtype=np.uint8)
 
 
 def read_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> npt.NDArray[np.uint8]:
@@ -48,7 +49,9 @@ def read_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> npt.NDArray[np
     if size == 0:
         raise ImageError(f"{path}: file is empty")
     if size > MAX_FILE_BYTES:
-        raise ImageError(f"{path}: file is {size / 2**20:.0f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit")
+        raise ImageError(
+            f"{path}: file is {size / 2**20:.0f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit"
+        )
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
@@ -58,8 +61,8 @@ def read_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> npt.NDArray[np
         raise ImageError(f"{path}: not a readable image (corrupt, truncated or an unsupported format)")
     if image.shape[0] * image.shape[1] > max_pixels:
         raise ImageError(
-            f"{path}: image is {image.shape[1]}×{image.shape[0]} pixels, over the {max_pixels / 1e6:.0f} MP limit;"
-            " downscale it first"
+            f"{path}: image is {image.shape[1]}×{image.shape[0]} pixels, "
+            f"over the {max_pixels / 1e6:.0f} MP limit; downscale it first"
         )
     return to_bgr8(image, str(path))
 
@@ -73,11 +76,13 @@ def list_images(path: Path) -> list[Path]:
 
 def _to_uint8(image: npt.NDArray[np.generic], name: str) -> npt.NDArray[np.uint8]:
     if image.dtype == np.uint8:
-        return image  # type: ignore[return-value]
+        return np.asarray(image, dtype=np.uint8)
     if image.dtype == np.uint16:
-        return (image >> 8).astype(np.uint8)
+        return (np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8)
     if np.issubdtype(image.dtype, np.floating):
         if not np.all(np.isfinite(image)):
             raise ImageError(f"{name}: image holds NaN or infinite values")
         return np.clip(np.asarray(image, dtype=np.float64) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    raise ImageError(f"{name}: unsupported pixel type {image.dtype}; expected 8- or 16-bit integers or float 0–1")
+    raise ImageError(
+        f"{name}: unsupported pixel type {image.dtype}; expected 8- or 16-bit integers or float 0–1"
+    )

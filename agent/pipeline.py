@@ -131,6 +131,8 @@ class FaceAnalyzer:
 
 @dataclass
 class _FrameJob:
+    """One frame on its way through the stream, filled in as its inferences finish."""
+
     index: int
     frame: Frame
     prepared: detection.DetectorInput | None = None
@@ -141,18 +143,26 @@ class _FrameJob:
     pending: int = 0
 
 
-_DONE = object()
+@dataclass(frozen=True)
+class _Event:
+    """A finished inference: of which model (kind), for which frame job and face."""
+
+    kind: str
+    job: _FrameJob
+    face_index: int
+    outputs: Outputs
 
 
 class _Stream:
     """Three overlapping stages: a feeder thread prepares frames and starts detection; a post-processing
-    thread decodes, aligns and starts the face models; the caller's thread yields finished frames in order."""
+    thread decodes, aligns and starts the face models; the caller's thread yields finished frames in order.
+    OpenVINO callbacks only queue events, so no Python work runs on inference threads."""
 
     def __init__(self, analyzer: FaceAnalyzer, jobs: int) -> None:
         self.analyzer = analyzer
         self.jobs = jobs
-        self.events: queue.Queue[tuple[str, _FrameJob, int, Outputs] | object] = queue.Queue()
-        self.finished: queue.Queue[_FrameJob | BaseException | object] = queue.Queue()
+        self.events: queue.Queue[_Event | None] = queue.Queue()
+        self.finished: queue.Queue[_FrameJob | BaseException | None] = queue.Queue()
         self.in_flight = threading.Semaphore(2 * jobs)
         self.detector_queues: dict[tuple[int, ...], AsyncQueue] = {}
         self.embed_queue = self._face_queue(analyzer._embedder, "embedding")
@@ -167,13 +177,9 @@ class _Stream:
         ready: dict[int, _FrameJob] = {}
         next_index = 0
         try:
-            while True:
-                item = self.finished.get()
-                if item is _DONE:
-                    break
+            while (item := self.finished.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                assert isinstance(item, _FrameJob)
                 ready[item.index] = item
                 while next_index in ready:
                     job = ready.pop(next_index)
@@ -201,23 +207,19 @@ class _Stream:
         except BaseException as exc:
             self.finished.put(exc)
         finally:
-            self.events.put(_DONE)
+            self.events.put(None)
 
     def _post(self) -> None:
         try:
-            while True:
-                event = self.events.get()
-                if event is _DONE:
-                    break
-                kind, job, face_index, outputs = event  # type: ignore[misc]
-                if kind == "detection":
-                    self._start_faces(job, outputs)
+            while (event := self.events.get()) is not None:
+                if event.kind == "detection":
+                    self._start_faces(event.job, event.outputs)
                 else:
-                    self._face_result(kind, job, face_index, outputs)
+                    self._face_result(event)
             self._drain_faces()
         except BaseException as exc:
             self.finished.put(exc)
-        self.finished.put(_DONE)
+        self.finished.put(None)
 
     def _drain_faces(self) -> None:
         """After the last frame: wait for the face models and handle what they still report."""
@@ -226,20 +228,8 @@ class _Stream:
                 face_queue.wait_all()
         while not self.events.empty():
             event = self.events.get()
-            if event is _DONE:
-                continue
-            kind, job, face_index, outputs = event  # type: ignore[misc]
-            self._face_result(kind, job, face_index, outputs)
-
-    def _face_result(self, kind: str, job: _FrameJob, face_index: int, outputs: Outputs) -> None:
-        raw = next(iter(outputs.values()))
-        if kind == "embedding":
-            job.embeddings[face_index] = normalise_embeddings(raw)[0]
-        else:
-            job.expressions[face_index] = Expression.from_probabilities(softmax_if_needed(raw)[0])
-        job.pending -= 1
-        if job.pending == 0:
-            self.finished.put(job)
+            if event is not None:
+                self._face_result(event)
 
     def _start_faces(self, job: _FrameJob, outputs: Outputs) -> None:
         assert job.prepared is not None
@@ -254,7 +244,20 @@ class _Stream:
             if self.embed_queue is not None:
                 self.embed_queue.submit(embedding_input(aligned)[None], (job, face_index))
             if self.expression_queue is not None:
-                self.expression_queue.submit(expression_input(job.frame, det.box_xyxy)[None], (job, face_index))
+                self.expression_queue.submit(
+                    expression_input(job.frame, det.box_xyxy)[None], (job, face_index)
+                )
+
+    def _face_result(self, event: _Event) -> None:
+        raw = next(iter(event.outputs.values()))
+        job = event.job
+        if event.kind == "embedding":
+            job.embeddings[event.face_index] = normalise_embeddings(raw)[0]
+        else:
+            job.expressions[event.face_index] = Expression.from_probabilities(softmax_if_needed(raw)[0])
+        job.pending -= 1
+        if job.pending == 0:
+            self.finished.put(job)
 
     def _faces(self, job: _FrameJob) -> list[Face]:
         return [
@@ -276,9 +279,9 @@ class _Stream:
 
         def on_done(outputs: Outputs, userdata: Any) -> None:
             job, face_index = userdata
-            self.events.put((kind, job, face_index, outputs))
+            self.events.put(_Event(kind, job, face_index, outputs))
 
         return net.async_queue(self.jobs, on_done)
 
     def _on_detection(self, outputs: Outputs, job: Any) -> None:
-        self.events.put(("detection", job, -1, outputs))
+        self.events.put(_Event("detection", job, -1, outputs))

@@ -12,17 +12,23 @@ EXPRESSION_BOX_PADDING = 0.1
 
 def embedding_input(aligned_bgr: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     """SFace input from a (112, 112, 3) BGR aligned crop: (3, 112, 112) float32 RGB 0–255."""
-    return np.ascontiguousarray(aligned_bgr[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32)
+    tensor: npt.NDArray[np.float32] = np.ascontiguousarray(
+        aligned_bgr[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32
+    )
+    return tensor
 
 
 def normalise_embeddings(raw: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """L2-normalise raw (N, D) model outputs row by row; a zero row stays zero."""
     raw = raw.reshape(raw.shape[0], -1).astype(np.float32)
     norms = np.linalg.norm(raw, axis=1, keepdims=True)
-    return np.divide(raw, norms, out=np.zeros_like(raw), where=norms > 0)
+    unit: npt.NDArray[np.float32] = np.divide(raw, norms, out=np.zeros_like(raw), where=norms > 0)
+    return unit
 
 
-def expression_input(frame_bgr: npt.NDArray[np.uint8], box_xyxy: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+def expression_input(
+    frame_bgr: npt.NDArray[np.uint8], box_xyxy: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
     """mini-Xception input from the face box padded by 10%: (64, 64, 1) float32 grey in [-1, 1]."""
     height, width = frame_bgr.shape[:2]
     x1, y1, x2, y2 = (float(v) for v in box_xyxy)
@@ -35,7 +41,8 @@ def expression_input(frame_bgr: npt.NDArray[np.uint8], box_xyxy: npt.NDArray[np.
         crop = frame_bgr[top:bottom, left:right]
     grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
     grey = cv2.resize(grey, (EXPRESSION_SIZE, EXPRESSION_SIZE), interpolation=cv2.INTER_AREA)
-    return ((grey.astype(np.float32) / 255.0 - 0.5) * 2.0)[:, :, None]
+    tensor: npt.NDArray[np.float32] = ((grey.astype(np.float32) / 255.0 - 0.5) * 2.0)[:, :, None]
+    return tensor
 
 
 def softmax_if_needed(scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -43,7 +50,8 @@ def softmax_if_needed(scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float32
     scores = scores.astype(np.float32)
     sums = scores.sum(axis=1, keepdims=True)
     if np.all(scores >= 0) and np.allclose(sums, 1.0, atol=1e-3):
-        return scores / sums
+        normalised: npt.NDArray[np.float32] = scores / sums
+        return normalised
     shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
     result: npt.NDArray[np.float32] = shifted / shifted.sum(axis=1, keepdims=True)
     return result

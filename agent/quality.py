@@ -36,7 +36,9 @@ class QualityPolicy:
         if abs(quality.yaw) > self.max_yaw:
             reasons.append(f"face turned sideways (yaw {quality.yaw:+.2f}, limit ±{self.max_yaw:.2f})")
         if abs(quality.pitch) > self.max_pitch:
-            reasons.append(f"face tilted up or down (pitch {quality.pitch:+.2f}, limit ±{self.max_pitch:.2f})")
+            reasons.append(
+                f"face tilted up or down (pitch {quality.pitch:+.2f}, limit ±{self.max_pitch:.2f})"
+            )
         if quality.score < self.min_score:
             reasons.append(f"overall quality {quality.score:.2f} < {self.min_score:.2f}")
         return reasons
@@ -48,7 +50,9 @@ def pose_from_landmarks(landmarks_xy: npt.NDArray[np.float32]) -> tuple[float, f
     yaw: where the nose sits between the eyes, -1..1 (0 centred); pitch: where the nose sits between the
     eye line and the mouth line, rescaled so 0 is the frontal position and ±1 the lines themselves.
     """
-    right_eye, left_eye, nose, right_mouth, left_mouth = (landmarks_xy[i].astype(np.float64) for i in range(5))
+    right_eye, left_eye, nose, right_mouth, left_mouth = (
+        landmarks_xy[i].astype(np.float64) for i in range(5)
+    )
     eye_vec = left_eye - right_eye
     eye_dist = float(np.hypot(*eye_vec))
     if eye_dist < 1e-6:

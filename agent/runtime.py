@@ -55,7 +55,9 @@ class TensorSpec:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
-        return cls(name=str(data["name"]), shape=tuple(int(d) for d in data["shape"]), dtype=str(data["dtype"]))
+        return cls(
+            name=str(data["name"]), shape=tuple(int(d) for d in data["shape"]), dtype=str(data["dtype"])
+        )
 
 
 @dataclass(frozen=True)
@@ -88,13 +90,13 @@ class Runtime:
         """Readable properties of one physical device, as strings."""
         result: dict[str, str] = {}
         supported = self._core.get_property(device, "SUPPORTED_PROPERTIES")
-        for key in supported:
-            if key in ("SUPPORTED_PROPERTIES", "CACHING_PROPERTIES"):
+        for key, mode in dict(supported).items():
+            if key in ("SUPPORTED_PROPERTIES", "CACHING_PROPERTIES") or str(mode) == "WO":
                 continue
             try:
                 result[key] = str(self._core.get_property(device, key))
-            except RuntimeError:
-                continue
+            except (RuntimeError, TypeError):
+                continue  # a property this binding cannot express; not worth failing the listing
         return result
 
     def compile(self, model_xml: Path, input_shape: Sequence[int] | None = None) -> CompiledNet:

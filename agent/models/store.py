@@ -67,7 +67,7 @@ class ModelStore:
             raise ModelStoreError(f"no model {task}/{name}/{version} in {self.root}")
         return StoredModel(ModelManifest.load(manifest_path), directory)
 
-    def list(self) -> list[StoredModel]:
+    def models(self) -> list[StoredModel]:
         """Every stored model, sorted by task, name and version."""
         if not self.root.is_dir():
             return []
@@ -86,7 +86,9 @@ class ModelStore:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise ModelStoreError(f"{path}: unreadable ({exc}); re-run `facefleet-agent models activate`") from None
+            raise ModelStoreError(
+                f"{path}: unreadable ({exc}); re-run `facefleet-agent models activate`"
+            ) from None
         return {str(k): str(v) for k, v in data.items()}
 
     def active(self, task: str) -> StoredModel:

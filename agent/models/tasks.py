@@ -44,7 +44,10 @@ def _detection(io: ModelIO) -> str | None:
     names = {spec.name for spec in io.outputs}
     missing = [name for name in OUTPUT_NAMES if name not in names]
     if missing:
-        return f"outputs {', '.join(missing)} are missing (YuNet layout expected); model outputs: {_describe(io.outputs)}"
+        return (
+            f"outputs {', '.join(missing)} are missing (YuNet layout expected); "
+            f"model outputs: {_describe(io.outputs)}"
+        )
     return None
 
 

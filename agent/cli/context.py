@@ -1,0 +1,56 @@
+"""What every command needs: the loaded config, the state directory, and lazily built runtime parts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from agent.config import AgentConfig, load_config
+from agent.models.store import ModelStore
+from agent.paths import model_store_dir, resolve_state_dir
+from agent.runtime import Runtime
+
+
+@dataclass
+class Context:
+    """Parsed global options plus the objects commands share."""
+
+    config: AgentConfig
+    state_dir: Path
+    json_output: bool = False
+    device_override: str | None = None
+    console: Console = field(default_factory=lambda: Console(stderr=False, highlight=False))
+    errors: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Context:
+        config = load_config(args.config)
+        state_dir = resolve_state_dir(args.state_dir, config.state_dir)
+        return cls(
+            config=config,
+            state_dir=state_dir,
+            json_output=bool(getattr(args, "json", False)),
+            device_override=getattr(args, "device", None),
+        )
+
+    @cached_property
+    def runtime(self) -> Runtime:
+        runtime_config = self.config.runtime
+        if self.device_override:
+            runtime_config = runtime_config.model_copy(update={"device": self.device_override})
+        return Runtime(runtime_config.settings(self.state_dir))
+
+    @cached_property
+    def model_store(self) -> ModelStore:
+        return ModelStore(model_store_dir(self.state_dir))
+
+    def print_json(self, data: Any) -> None:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        sys.stdout.flush()

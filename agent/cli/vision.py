@@ -1,0 +1,115 @@
+"""`facefleet-agent analyze` and `devices`: run the vision pipeline on images, list OpenVINO devices."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from agent.cli.context import Context
+from agent.errors import EXIT_DATA, EXIT_OK, ImageError
+from agent.images import list_images, read_image
+from agent.pipeline import AnalyzerSettings, FaceAnalyzer
+
+
+def register(commands: Any) -> None:
+    analyze = commands.add_parser(
+        "analyze",
+        help="find and describe every face in images",
+        description="Detect faces and print box, landmarks, score, quality and expression for each.",
+        epilog="examples:\n  facefleet-agent analyze photo.jpg\n  facefleet-agent analyze photos/ --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    analyze.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
+    analyze.add_argument("--device", help="OpenVINO device for this run (e.g. CPU, GPU, AUTO)")
+    analyze.add_argument("--embeddings", action="store_true", help="include each face's embedding vector")
+    analyze.add_argument("--json", action="store_true")
+    analyze.set_defaults(handler=_analyze)
+
+    devices = commands.add_parser(
+        "devices",
+        help="list OpenVINO devices and their properties",
+        description="List the devices the installed OpenVINO runtime can use here.",
+        epilog="example:\n  facefleet-agent devices --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    devices.add_argument("--json", action="store_true")
+    devices.set_defaults(handler=_devices)
+
+
+def make_analyzer(context: Context) -> FaceAnalyzer:
+    settings = AnalyzerSettings(detector=context.config.detector.settings(), jobs=context.config.runtime.jobs)
+    return FaceAnalyzer(context.runtime, context.model_store, settings)
+
+
+def _analyze(context: Context, args: argparse.Namespace) -> int:
+    analyzer = make_analyzer(context)
+    paths = [image for folder in args.images for image in list_images(folder)]
+    results: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            frame = read_image(path)
+        except ImageError as exc:
+            results.append({"path": str(path), "error": str(exc), "faces": []})
+            continue
+        faces = analyzer.analyze(frame)
+        results.append(
+            {
+                "path": str(path),
+                "width": int(frame.shape[1]),
+                "height": int(frame.shape[0]),
+                "faces": [face.to_json(include_embedding=args.embeddings) for face in faces],
+            }
+        )
+    if context.json_output:
+        context.print_json({"device": context.runtime.device, "images": results})
+    else:
+        _print_faces(context, results)
+    return EXIT_DATA if any("error" in r for r in results) else EXIT_OK
+
+
+def _print_faces(context: Context, results: list[dict[str, Any]]) -> None:
+    for result in results:
+        if "error" in result:
+            context.errors.print(result["error"], markup=False)
+            continue
+        context.console.print(
+            f"{result['path']} ({result['width']}×{result['height']}): {len(result['faces'])} face(s)"
+        )
+        if not result["faces"]:
+            continue
+        table = Table("#", "box x1,y1,x2,y2", "score", "quality", "expression", "eyes (R, L)")
+        for index, face in enumerate(result["faces"], start=1):
+            expression = face["expression"]
+            label = (
+                f"{expression['label']} {max(expression['probabilities'].values()):.2f}"
+                if expression
+                else "-"
+            )
+            eyes = face["landmarks_xy"]
+            table.add_row(
+                str(index),
+                ",".join(f"{v:.0f}" for v in face["box_xyxy"]),
+                f"{face['score']:.3f}",
+                f"{face['quality']['score']:.2f}",
+                label,
+                "  ".join("{:.0f},{:.0f}".format(*eyes[name]) for name in ("right_eye", "left_eye")),
+            )
+        context.console.print(table)
+
+
+def _devices(context: Context, args: argparse.Namespace) -> int:
+    runtime = context.runtime
+    devices = {name: runtime.device_properties(name) for name in runtime.available_devices()}
+    if context.json_output:
+        context.print_json({"openvino": runtime.version, "devices": devices})
+        return EXIT_OK
+    context.console.print(f"OpenVINO {runtime.version}", markup=False)
+    for name, properties in devices.items():
+        table = Table(title=name, show_header=False)
+        for key, value in properties.items():
+            table.add_row(key, value)
+        context.console.print(table)
+    return EXIT_OK

@@ -1,0 +1,173 @@
+"""facefleet-agent end to end: real models in a real state directory, real photos, exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.cli.main import build_parser, main
+from agent.models.store import ModelStore
+
+
+@pytest.fixture
+def state_dir(model_store: ModelStore) -> Path:
+    return model_store.root.parent
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def all_commands() -> list[list[str]]:
+    parser = build_parser()
+    found: list[list[str]] = []
+
+    def walk(p: object, prefix: list[str]) -> None:
+        for action in getattr(p, "_actions", []):
+            if action.__class__.__name__ == "_SubParsersAction":
+                for name, sub in action.choices.items():
+                    found.append([*prefix, name])
+                    walk(sub, [*prefix, name])
+
+    walk(parser, [])
+    return found
+
+
+@pytest.mark.parametrize("command", all_commands(), ids=" ".join)
+def test_every_command_has_help_with_an_example(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    assert "example" in capsys.readouterr().out
+
+
+def test_analyze_json_describes_every_face(
+    state_dir: Path, photo_paths: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(
+        capsys,
+        "--state-dir",
+        str(state_dir),
+        "analyze",
+        str(photo_paths["astronaut"]),
+        str(photo_paths["t1"]),
+        "--json",
+    )
+    assert code == 0
+    report = json.loads(out)
+    astronaut, group = report["images"]
+    assert [len(astronaut["faces"]), len(group["faces"])] == [1, 6]
+    face = astronaut["faces"][0]
+    assert face["expression"]["label"] == "happy"
+    assert set(face["landmarks_xy"]) == {"right_eye", "left_eye", "nose", "right_mouth", "left_mouth"}
+    assert "embedding" not in face and face["embedding_model"] == "sface@2021dec"
+    assert (astronaut["width"], astronaut["height"]) == (512, 512)
+
+
+def test_analyze_reports_a_bad_image_and_still_analyses_the_rest(
+    state_dir: Path, photo_paths: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really")
+    code, out, _ = run(
+        capsys,
+        "--state-dir",
+        str(state_dir),
+        "analyze",
+        str(broken),
+        str(photo_paths["astronaut"]),
+        "--json",
+        "--embeddings",
+    )
+    assert code == 65
+    first, second = json.loads(out)["images"]
+    assert "broken.jpg" in first["error"] and first["faces"] == []
+    assert len(second["faces"][0]["embedding"]) == 128
+
+
+def test_analyze_table_output(
+    state_dir: Path, photo_paths: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "--state-dir", str(state_dir), "analyze", str(photo_paths["astronaut"]))
+    assert code == 0 and "1 face(s)" in out and "happy" in out
+
+
+def test_missing_device_exits_69(
+    state_dir: Path, photo_paths: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(
+        capsys, "--state-dir", str(state_dir), "analyze", str(photo_paths["astronaut"]), "--device", "MYRIAD"
+    )
+    assert code == 69 and "MYRIAD is not available" in err
+
+
+def test_empty_state_dir_says_to_import_models(
+    tmp_path: Path, photo_paths: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "--state-dir", str(tmp_path), "analyze", str(photo_paths["astronaut"]))
+    assert code == 74 and "import-defaults" in err
+
+
+def test_models_list_and_verify(state_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--state-dir", str(state_dir), "models", "list", "--json")
+    assert code == 0
+    active = {m["task"]: m["name"] for m in json.loads(out) if m["active"]}
+    assert active["detection"] == "yunet" and active["embedding"] == "sface"
+    code, out, _ = run(capsys, "--state-dir", str(state_dir), "models", "verify", "--json")
+    assert code == 0 and all(m["ok"] for m in json.loads(out)["models"])
+
+    copy = tmp_path / "state"
+    shutil.copytree(state_dir, copy)
+    xml = next((copy / "models" / "detection").rglob("model.xml"))
+    xml.write_text(xml.read_text().replace("cls_8", "cls_9", 1))
+    code, out, _ = run(capsys, "--state-dir", str(copy), "models", "verify", "--json")
+    assert code == 74
+    failed = [m for m in json.loads(out)["models"] if not m["ok"]]
+    assert [m["model"] for m in failed] == ["detection/yunet/2023mar"]
+    assert "model.xml" in failed[0]["problems"][0]
+
+
+def test_devices_lists_the_cpu(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--state-dir", str(state_dir), "devices", "--json")
+    report = json.loads(out)
+    assert code == 0 and "CPU" in report["devices"] and report["devices"]["CPU"]["FULL_DEVICE_NAME"]
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "message"),
+    [
+        ('[runtime]\ndevice = "CPU"\ninference_precision = "bf16"\n', 0, "ok"),
+        ("[runtime]\ndevcie = 'CPU'\n", 78, "unknown key 'runtime.devcie'"),
+        ("[detector]\nscore_threshold = 1.5\n", 78, "'detector.score_threshold'"),
+        ("[quality\n", 78, "not valid TOML"),
+    ],
+)
+def test_check_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, code: int, message: str
+) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    got, out, err = run(capsys, "check-config", str(path))
+    assert got == code and message in out + err
+
+
+def test_console_script_runs(state_dir: Path, photo_paths: dict[str, Path]) -> None:
+    script = Path(sys.executable).with_name("facefleet-agent")
+    result = subprocess.run(
+        [str(script), "--state-dir", str(state_dir), "analyze", str(photo_paths["astronaut"]), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["images"][0]["faces"]) == 1

@@ -1,0 +1,135 @@
+"""YuNet decoding on hand-made raw outputs: no OpenVINO involved."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.detection import STRIDES, DetectorInput, DetectorSettings, decode, input_size, nms, prepare
+
+
+def raw_outputs(pad_hw: tuple[int, int]) -> dict[str, np.ndarray]:
+    """All-zero (no face) outputs for a padded input of pad_hw."""
+    outputs = {}
+    for stride in STRIDES:
+        cells = (pad_hw[0] // stride) * (pad_hw[1] // stride)
+        outputs[f"cls_{stride}"] = np.zeros((1, cells, 1), np.float32)
+        outputs[f"obj_{stride}"] = np.zeros((1, cells, 1), np.float32)
+        outputs[f"bbox_{stride}"] = np.zeros((1, cells, 4), np.float32)
+        outputs[f"kps_{stride}"] = np.zeros((1, cells, 10), np.float32)
+    return outputs
+
+
+def prepared_for(pad_hw: tuple[int, int], scale: float, frame_hw: tuple[int, int]) -> DetectorInput:
+    return DetectorInput(tensor=np.zeros((1, 3, *pad_hw), np.float32), scale=scale, frame_hw=frame_hw)
+
+
+def put_face(
+    outputs: dict[str, np.ndarray], stride: int, row: int, col: int, cols: int, score: float
+) -> None:
+    """One face in grid cell (row, col): centre offset 0.5, size 2 cells, landmarks spread over the cell."""
+    index = row * cols + col
+    outputs[f"cls_{stride}"][0, index, 0] = score
+    outputs[f"obj_{stride}"][0, index, 0] = score
+    outputs[f"bbox_{stride}"][0, index] = [0.5, 0.5, np.log(2.0), np.log(2.0)]
+    outputs[f"kps_{stride}"][0, index] = [-0.5, -0.5, 1.5, -0.5, 0.5, 0.5, -0.25, 1.5, 1.25, 1.5]
+
+
+def test_decode_places_box_and_landmarks_in_frame_pixels() -> None:
+    outputs = raw_outputs((64, 96))
+    put_face(outputs, stride=16, row=2, col=3, cols=96 // 16, score=0.9)
+    # frame was 128×192 scaled by 0.5 into the 64×96 input
+    detections = decode(outputs, prepared_for((64, 96), 0.5, (128, 192)), DetectorSettings())
+    assert len(detections) == 1
+    face = detections[0]
+    centre = np.array([(3 + 0.5) * 16, (2 + 0.5) * 16]) / 0.5
+    half = 2 * 16 / 2 / 0.5
+    np.testing.assert_allclose(face.box_xyxy, [*(centre - half), *(centre + half)], atol=1e-3)
+    cell = np.array([3, 2])
+    np.testing.assert_allclose(face.landmarks_xy[0], (cell + np.array([-0.5, -0.5])) * 16 / 0.5, atol=1e-3)
+    np.testing.assert_allclose(face.landmarks_xy[4], (cell + np.array([1.25, 1.5])) * 16 / 0.5, atol=1e-3)
+    assert face.score == pytest.approx(0.9, abs=1e-6)
+
+
+def test_decode_score_is_geometric_mean_and_threshold_applies() -> None:
+    outputs = raw_outputs((32, 32))
+    outputs["cls_8"][0, 5, 0] = 0.81
+    outputs["obj_8"][0, 5, 0] = 0.25  # sqrt(0.81·0.25) = 0.45 < 0.6
+    assert decode(outputs, prepared_for((32, 32), 1.0, (32, 32)), DetectorSettings()) == []
+    low = decode(outputs, prepared_for((32, 32), 1.0, (32, 32)), DetectorSettings(score_threshold=0.4))
+    assert [round(d.score, 3) for d in low] == [0.45]
+
+
+def test_decode_suppresses_overlapping_boxes_and_keeps_the_best() -> None:
+    outputs = raw_outputs((64, 64))
+    put_face(outputs, stride=8, row=3, col=3, cols=8, score=0.8)
+    put_face(outputs, stride=8, row=3, col=4, cols=8, score=0.95)
+    detections = decode(outputs, prepared_for((64, 64), 1.0, (64, 64)), DetectorSettings())
+    assert [round(d.score, 2) for d in detections] == [0.95]
+
+
+def test_decode_clips_boxes_to_the_frame() -> None:
+    outputs = raw_outputs((32, 32))
+    put_face(outputs, stride=32, row=0, col=0, cols=1, score=0.99)
+    (face,) = decode(outputs, prepared_for((32, 32), 1.0, (20, 30)), DetectorSettings())
+    assert face.box_xyxy.min() >= 0 and face.box_xyxy[2] <= 30 and face.box_xyxy[3] <= 20
+
+
+def test_decode_names_a_missing_output() -> None:
+    outputs = raw_outputs((32, 32))
+    del outputs["kps_16"]
+    outputs["cls_16"][0, 0, 0] = outputs["obj_16"][0, 0, 0] = 1.0
+    with pytest.raises(KeyError, match="kps_16"):
+        decode(outputs, prepared_for((32, 32), 1.0, (32, 32)), DetectorSettings())
+
+
+@pytest.mark.parametrize(
+    ("frame_hw", "long_side", "expected_scale", "expected_pad"),
+    [
+        ((480, 640), 640, 1.0, (480, 640)),
+        ((886, 1280), 640, 0.5, (448, 640)),
+        ((1, 1), 640, 640.0, (640, 640)),
+        ((20000, 20000), 320, 0.016, (320, 320)),
+        ((100, 3000), 640, 640 / 3000, (32, 640)),
+    ],
+)
+def test_input_size_keeps_aspect_and_pads_to_32(
+    frame_hw: tuple[int, int], long_side: int, expected_scale: float, expected_pad: tuple[int, int]
+) -> None:
+    scale, pad = input_size(frame_hw, long_side)
+    assert scale == pytest.approx(expected_scale)
+    assert pad == expected_pad
+
+
+def test_input_size_rejects_an_empty_frame() -> None:
+    with pytest.raises(ValueError, match="at least 1×1"):
+        input_size((0, 10), 640)
+
+
+def test_prepare_makes_nchw_bgr_float_with_padding() -> None:
+    frame = np.zeros((100, 200, 3), np.uint8)
+    frame[..., 0] = 10  # blue
+    frame[..., 2] = 200  # red
+    prepared = prepare(frame, DetectorSettings(long_side=64))
+    assert prepared.tensor.shape == (1, 3, 32, 64)
+    assert prepared.tensor[0, 0, 0, 0] == 10 and prepared.tensor[0, 2, 0, 0] == 200
+    assert np.all(prepared.tensor[0, :, 32 - 0 :, :] == 0)
+    assert np.all(prepared.tensor[0, :, 30:, :] >= 0)
+    assert prepared.scale == pytest.approx(64 / 200)
+
+
+@pytest.mark.parametrize(
+    ("boxes", "scores", "expected"),
+    [
+        (np.empty((0, 4), np.float32), np.empty((0,), np.float32), []),
+        (np.array([[0, 0, 10, 10]], np.float32), np.array([0.5], np.float32), [0]),
+        (
+            np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], np.float32),
+            np.array([0.6, 0.9, 0.7], np.float32),
+            [1, 2],
+        ),
+        (np.array([[0, 0, 10, 10], [20, 0, 30, 10]], np.float32), np.array([0.6, 0.9], np.float32), [1, 0]),
+    ],
+)
+def test_nms(boxes: np.ndarray, scores: np.ndarray, expected: list[int]) -> None:
+    assert nms(boxes, scores, 0.3) == expected

@@ -1,0 +1,178 @@
+"""The vision pipeline with the real models on real photos (f32 on CPU)."""
+
+from __future__ import annotations
+
+import itertools
+
+import cv2
+import numpy as np
+import pytest
+
+from agent.faces import EXPRESSION_LABELS, Face
+from agent.pipeline import FaceAnalyzer
+from tests.conftest import SFACE_THRESHOLD
+
+
+def only_face(analyzer: FaceAnalyzer, frame: np.ndarray) -> Face:
+    faces = analyzer.analyze(frame)
+    assert len(faces) == 1, f"expected one face, found {len(faces)}"
+    return faces[0]
+
+
+def test_astronaut_has_one_happy_face_with_ordered_landmarks(
+    analyzer: FaceAnalyzer, astronaut: np.ndarray
+) -> None:
+    face = only_face(analyzer, astronaut)
+    x1, y1, x2, y2 = face.detection.box_xyxy
+    landmarks = face.detection.landmarks_xy
+    assert np.all(
+        (landmarks[:, 0] > x1) & (landmarks[:, 0] < x2) & (landmarks[:, 1] > y1) & (landmarks[:, 1] < y2)
+    )
+    right_eye, left_eye, nose, right_mouth, left_mouth = landmarks
+    # the subject's right eye and mouth corner are on the image's left
+    assert right_eye[0] < left_eye[0] and right_mouth[0] < left_mouth[0]
+    assert max(right_eye[1], left_eye[1]) < nose[1] < min(right_mouth[1], left_mouth[1])
+    assert face.expression is not None and face.expression.label == "happy"
+    assert sum(face.expression.probabilities.values()) == pytest.approx(1.0, abs=1e-3)
+    assert list(face.expression.probabilities) == list(EXPRESSION_LABELS)
+    assert face.quality.score > 0.5 and face.detection.score > 0.8
+
+
+def test_embeddings_are_unit_vectors_of_the_model(analyzer: FaceAnalyzer, astronaut: np.ndarray) -> None:
+    face = only_face(analyzer, astronaut)
+    assert (
+        face.embedding is not None and face.embedding.shape == (128,) and face.embedding.dtype == np.float32
+    )
+    assert np.linalg.norm(face.embedding) == pytest.approx(1.0, abs=1e-5)
+    assert face.embedding_model == "sface@2021dec"
+
+
+def test_group_photo_has_six_distinct_people(analyzer: FaceAnalyzer, group_photo: np.ndarray) -> None:
+    faces = analyzer.analyze(group_photo)
+    assert len(faces) == 6
+    embeddings = np.stack([face.embedding for face in faces if face.embedding is not None])
+    for a, b in itertools.combinations(range(6), 2):
+        assert float(embeddings[a] @ embeddings[b]) < SFACE_THRESHOLD, (
+            f"faces {a} and {b} look like one person"
+        )
+    boxes = np.stack([face.detection.box_xyxy for face in faces])
+    assert len({tuple(np.round(b / 50)) for b in boxes}) == 6
+
+
+def jpeg(frame: np.ndarray, quality: int) -> np.ndarray:
+    ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return cv2.imdecode(data, cv2.IMREAD_COLOR)
+
+
+def rotate(frame: np.ndarray, degrees: float) -> np.ndarray:
+    height, width = frame.shape[:2]
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
+    return cv2.warpAffine(frame, matrix, (width, height), borderMode=cv2.BORDER_REFLECT)
+
+
+CHANGES = {
+    "flipped": lambda f: np.ascontiguousarray(f[:, ::-1]),
+    "half size": lambda f: cv2.resize(f, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA),
+    "double size": lambda f: cv2.resize(f, None, fx=2, fy=2),
+    "rotated 12°": lambda f: rotate(f, 12),
+    "jpeg q=30": lambda f: jpeg(f, 30),
+    "cropped": lambda f: np.ascontiguousarray(f[20:300, 100:400]),
+    "grey": lambda f: cv2.cvtColor(f, cv2.COLOR_BGR2GRAY),
+    "bgra": lambda f: cv2.cvtColor(f, cv2.COLOR_BGR2BGRA),
+    "16-bit": lambda f: f.astype(np.uint16) * 257,
+}
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_changed_photo_still_matches_the_original(
+    analyzer: FaceAnalyzer, astronaut: np.ndarray, change: str
+) -> None:
+    original = only_face(analyzer, astronaut).embedding
+    changed = only_face(analyzer, CHANGES[change](astronaut)).embedding
+    assert original is not None and changed is not None
+    assert float(original @ changed) > SFACE_THRESHOLD + 0.2
+
+
+def test_faces_of_other_people_do_not_match_the_astronaut(
+    analyzer: FaceAnalyzer, astronaut: np.ndarray, group_photo: np.ndarray
+) -> None:
+    astro = only_face(analyzer, astronaut).embedding
+    others = np.stack([f.embedding for f in analyzer.analyze(group_photo) if f.embedding is not None])
+    assert astro is not None and np.max(others @ astro) < SFACE_THRESHOLD
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        np.zeros((1, 1, 3), np.uint8),
+        np.full((480, 640, 3), 127, np.uint8),
+        np.random.default_rng(0).integers(0, 255, (300, 500, 3), dtype=np.uint8),
+        np.zeros((20000, 20000, 3), np.uint8),
+        np.zeros((7, 4000, 3), np.uint8),
+    ],
+    ids=["1x1", "flat grey", "noise", "20000x20000", "thin strip"],
+)
+def test_frames_without_faces_give_no_faces(analyzer: FaceAnalyzer, frame: np.ndarray) -> None:
+    assert analyzer.analyze(frame) == []
+
+
+def test_huge_frame_with_a_face_still_finds_it(analyzer: FaceAnalyzer, astronaut: np.ndarray) -> None:
+    big = cv2.resize(astronaut, (6000, 6000), interpolation=cv2.INTER_LINEAR)
+    face = only_face(analyzer, big)
+    small = only_face(analyzer, astronaut)
+    np.testing.assert_allclose(face.detection.box_xyxy / (6000 / 512), small.detection.box_xyxy, atol=6)
+
+
+def test_stream_gives_the_same_faces_as_one_by_one_in_order(
+    analyzer: FaceAnalyzer, astronaut: np.ndarray, group_photo: np.ndarray
+) -> None:
+    empty = np.zeros((200, 300, 3), np.uint8)
+    frames = [astronaut, group_photo, empty, astronaut[:, ::-1].copy(), group_photo] * 3
+    expected = [analyzer.analyze(frame) for frame in frames]
+    streamed = list(analyzer.stream(iter(frames), jobs=3))
+    assert [len(faces) for faces in streamed] == [len(faces) for faces in expected]
+    for got, want in zip(streamed, expected, strict=True):
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a.detection.box_xyxy, b.detection.box_xyxy, atol=1e-3)
+            assert a.embedding is not None and b.embedding is not None
+            assert float(a.embedding @ b.embedding) == pytest.approx(1.0, abs=1e-4)
+            assert a.expression is not None and b.expression is not None
+            assert a.expression.label == b.expression.label
+
+
+def test_stream_reports_a_bad_frame_instead_of_hanging(analyzer: FaceAnalyzer, astronaut: np.ndarray) -> None:
+    frames = [astronaut, np.zeros((4, 4, 7), np.uint8), astronaut]
+    with pytest.raises(Exception, match="unsupported image shape"):
+        list(analyzer.stream(iter(frames), jobs=2))
+
+
+def test_stream_can_be_abandoned_early(analyzer: FaceAnalyzer, astronaut: np.ndarray) -> None:
+    stream = analyzer.stream(iter([astronaut] * 50), jobs=2)
+    first = next(stream)
+    stream.close()
+    assert len(first) == 1
+
+
+def test_embeddings_match_opencv_reference_pipeline(
+    analyzer: FaceAnalyzer, group_photo: np.ndarray, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Our alignment and OpenVINO SFace give OpenCV FaceRecognizerSF's embeddings for the same faces."""
+    from agent.models.importer import DEFAULT_MODELS, locate_default
+    from agent.models.onnx_fold import fold_blocked_dequantize
+
+    sface = next(m for m in DEFAULT_MODELS if m.task == "embedding")
+    located = locate_default(sface)
+    assert located is not None
+    folded = tmp_path_factory.mktemp("sface") / "sface.onnx"
+    fold_blocked_dequantize(located[0], folded)
+    recognizer = cv2.FaceRecognizerSF.create(str(folded), "")
+    for face in analyzer.analyze(group_photo):
+        det = face.detection
+        row = np.concatenate(
+            [det.box_xyxy[:2], det.box_xyxy[2:] - det.box_xyxy[:2], det.landmarks_xy.ravel(), [det.score]]
+        )
+        reference = recognizer.feature(recognizer.alignCrop(group_photo, row.astype(np.float32))).ravel()
+        reference /= np.linalg.norm(reference)
+        assert face.embedding is not None
+        assert float(face.embedding @ reference) > 0.995

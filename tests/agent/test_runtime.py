@@ -1,0 +1,106 @@
+"""The OpenVINO runtime wrapper: device resolution and compile settings."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from agent.errors import DeviceError
+from agent.models.store import ModelStore
+from agent.runtime import Runtime, RuntimeSettings, requested_devices
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [
+        ("CPU", ["CPU"]),
+        ("GPU.1", ["GPU.1"]),
+        ("AUTO", []),
+        ("AUTO:GPU,CPU", ["GPU", "CPU"]),
+        ("HETERO:NPU,CPU", ["NPU", "CPU"]),
+        ("MULTI:GPU, CPU", ["GPU", "CPU"]),
+    ],
+)
+def test_requested_devices(device: str, expected: list[str]) -> None:
+    assert requested_devices(device) == expected
+
+
+def test_empty_device_is_an_error() -> None:
+    with pytest.raises(DeviceError, match="empty"):
+        requested_devices("  ")
+
+
+def test_missing_device_lists_the_available_ones() -> None:
+    with pytest.raises(DeviceError) as info:
+        Runtime(RuntimeSettings(device="MYRIAD"))
+    message = str(info.value)
+    assert "MYRIAD is not available" in message and "CPU" in message and "fallback_to_cpu" in message
+
+
+def test_missing_device_in_hetero_is_named() -> None:
+    with pytest.raises(DeviceError, match="NPU is not available"):
+        Runtime(RuntimeSettings(device="HETERO:NPU,CPU"))
+
+
+def test_fallback_to_cpu_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        runtime = Runtime(RuntimeSettings(device="GPU.7", fallback_to_cpu=True))
+    assert runtime.device == "CPU"
+    assert "falling back to CPU" in caplog.text
+
+
+def test_auto_device_runs_a_model(model_store: ModelStore) -> None:
+    runtime = Runtime(RuntimeSettings(device="AUTO"))
+    net = runtime.compile(model_store.active("expression").xml_path)
+    outputs = net.infer(np.zeros((1, 64, 64, 1), np.float32))
+    assert next(iter(outputs.values())).shape == (1, 7)
+
+
+def test_precision_and_threads_reach_the_compiled_model(model_store: ModelStore, tmp_path: object) -> None:
+    runtime = Runtime(
+        RuntimeSettings(
+            inference_precision="f32", num_threads=1, num_streams=1, performance_hint="THROUGHPUT"
+        )
+    )
+    net = runtime.compile(model_store.active("expression").xml_path)
+    compiled = net._compiled
+    assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) in ("f32", "<Type: 'float32'>")
+    assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+    assert int(compiled.get_property("NUM_STREAMS")) == 1
+
+
+def test_compiled_model_cache_is_written(model_store: ModelStore, tmp_path: object) -> None:
+    from pathlib import Path
+
+    cache = Path(str(tmp_path)) / "cache"
+    Runtime(RuntimeSettings(cache_dir=cache)).compile(model_store.active("expression").xml_path)
+    assert any(cache.iterdir())
+
+
+def test_async_queue_delivers_every_result_with_its_userdata(
+    model_store: ModelStore, runtime: Runtime
+) -> None:
+    net = runtime.compile(model_store.active("expression").xml_path)
+    results: dict[int, np.ndarray] = {}
+    queue = net.async_queue(3, lambda outputs, tag: results.__setitem__(tag, next(iter(outputs.values()))))
+    inputs = [np.full((1, 64, 64, 1), v, np.float32) for v in np.linspace(-1, 1, 10)]
+    for tag, tensor in enumerate(inputs):
+        queue.submit(tensor, tag)
+    queue.wait_all()
+    assert sorted(results) == list(range(10))
+    for tag, tensor in enumerate(inputs):
+        np.testing.assert_allclose(results[tag], next(iter(net.infer(tensor).values())), atol=1e-6)
+
+
+def test_async_queue_reraises_a_callback_error(model_store: ModelStore, runtime: Runtime) -> None:
+    net = runtime.compile(model_store.active("expression").xml_path)
+
+    def fail(outputs: object, tag: object) -> None:
+        raise RuntimeError("callback broke")
+
+    queue = net.async_queue(2, fail)
+    queue.submit(np.zeros((1, 64, 64, 1), np.float32), 0)
+    with pytest.raises(RuntimeError, match="callback broke"):
+        queue.wait_all()

@@ -1,0 +1,51 @@
+"""Shared fixtures: the default models imported once per session into a temporary store, a runtime
+pinned to f32 on CPU so numbers are reproducible, and the real sample photos from installed wheels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from agent.images import read_image
+from agent.models.importer import import_defaults
+from agent.models.store import ModelStore
+from agent.photos import sample_photo
+from agent.pipeline import FaceAnalyzer
+from agent.runtime import Runtime, RuntimeSettings
+
+SFACE_THRESHOLD = 0.363
+
+
+@pytest.fixture(scope="session")
+def runtime() -> Runtime:
+    return Runtime(RuntimeSettings(device="CPU", inference_precision="f32"))
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory, runtime: Runtime) -> ModelStore:
+    store = ModelStore(tmp_path_factory.mktemp("state") / "models")
+    import_defaults(runtime, store)
+    return store
+
+
+@pytest.fixture(scope="session")
+def analyzer(runtime: Runtime, model_store: ModelStore) -> FaceAnalyzer:
+    return FaceAnalyzer(runtime, model_store)
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> npt.NDArray[np.uint8]:
+    return read_image(sample_photo("astronaut"))
+
+
+@pytest.fixture(scope="session")
+def group_photo() -> npt.NDArray[np.uint8]:
+    return read_image(sample_photo("t1"))
+
+
+@pytest.fixture(scope="session")
+def photo_paths() -> dict[str, Path]:
+    return {"astronaut": sample_photo("astronaut"), "t1": sample_photo("t1")}

@@ -1,11 +1,11 @@
-"""The one module that talks to OpenVINO: devices, compilation, synchronous and asynchronous inference,
-and conversion of ONNX/TFLite/IR files to IR for the model store."""
+"""The one module that talks to OpenVINO: devices, compilation, synchronous and asynchronous inference
+requests, and conversion of ONNX/TFLite/IR files to IR for the model store."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -185,9 +185,9 @@ class CompiledNet:
             self._request.infer({0: tensor})
             return self._collect(self._request)
 
-    def async_queue(self, jobs: int, on_done: Callable[[Outputs, Any], None]) -> AsyncQueue:
-        """A queue of `jobs` parallel requests; on_done(outputs, userdata) runs on an OpenVINO thread."""
-        return AsyncQueue(self, jobs, on_done)
+    def request(self) -> Request:
+        """A new request for start()/wait() asynchronous use; the caller owns it (not thread-safe)."""
+        return Request(self, self._compiled.create_infer_request())
 
     def _collect(self, request: Any) -> Outputs:
         result: Outputs = {}
@@ -198,31 +198,24 @@ class CompiledNet:
         return result
 
 
-class AsyncQueue:
-    """OpenVINO's AsyncInferQueue with copied outputs and errors re-raised from wait_all()."""
+class Request:
+    """One asynchronous inference request: start() returns at once, wait() blocks without the GIL."""
 
-    def __init__(self, net: CompiledNet, jobs: int, on_done: Callable[[Outputs, Any], None]) -> None:
+    def __init__(self, net: CompiledNet, raw: Any) -> None:
         self._net = net
-        self._queue = ov.AsyncInferQueue(net._compiled, max(1, jobs))
-        self._on_done = on_done
-        self._errors: list[BaseException] = []
-        self._queue.set_callback(self._callback)
+        self._raw = raw
 
-    def submit(self, tensor: npt.NDArray[np.float32], userdata: Any) -> None:
-        """Start an inference, blocking while all requests are busy."""
-        self._queue.start_async({0: tensor}, userdata)
+    def start(self, tensor: npt.NDArray[np.float32]) -> None:
+        self._raw.start_async({0: tensor})
 
-    def wait_all(self) -> None:
-        self._queue.wait_all()
-        if self._errors:
-            error, self._errors = self._errors[0], []
-            raise error
+    def done(self) -> bool:
+        """True when the started inference has finished (does not block)."""
+        return bool(self._raw.wait_for(0))
 
-    def _callback(self, request: Any, userdata: Any) -> None:
-        try:
-            self._on_done(self._net._collect(request), userdata)
-        except BaseException as exc:
-            self._errors.append(exc)
+    def wait(self) -> Outputs:
+        """Block until the inference finishes; its outputs, copied."""
+        self._raw.wait()
+        return self._net._collect(self._raw)
 
 
 def _names(port: Any) -> list[str]:

@@ -79,28 +79,18 @@ def test_compiled_model_cache_is_written(model_store: ModelStore, tmp_path: obje
     assert any(cache.iterdir())
 
 
-def test_async_queue_delivers_every_result_with_its_userdata(
+def test_requests_in_flight_together_give_the_synchronous_results(
     model_store: ModelStore, runtime: Runtime
 ) -> None:
     net = runtime.compile(model_store.active("expression").xml_path)
-    results: dict[int, np.ndarray] = {}
-    queue = net.async_queue(3, lambda outputs, tag: results.__setitem__(tag, next(iter(outputs.values()))))
-    inputs = [np.full((1, 64, 64, 1), v, np.float32) for v in np.linspace(-1, 1, 10)]
-    for tag, tensor in enumerate(inputs):
-        queue.submit(tensor, tag)
-    queue.wait_all()
-    assert sorted(results) == list(range(10))
-    for tag, tensor in enumerate(inputs):
-        np.testing.assert_allclose(results[tag], next(iter(net.infer(tensor).values())), atol=1e-6)
-
-
-def test_async_queue_reraises_a_callback_error(model_store: ModelStore, runtime: Runtime) -> None:
-    net = runtime.compile(model_store.active("expression").xml_path)
-
-    def fail(outputs: object, tag: object) -> None:
-        raise RuntimeError("callback broke")
-
-    queue = net.async_queue(2, fail)
-    queue.submit(np.zeros((1, 64, 64, 1), np.float32), 0)
-    with pytest.raises(RuntimeError, match="callback broke"):
-        queue.wait_all()
+    inputs = [np.full((1, 64, 64, 1), v, np.float32) for v in np.linspace(-1, 1, 6)]
+    requests = [net.request() for _ in inputs]
+    for request, tensor in zip(requests, inputs, strict=True):
+        request.start(tensor)
+    results = [request.wait() for request in requests]
+    assert all(request.done() for request in requests)
+    for result, tensor in zip(results, inputs, strict=True):
+        np.testing.assert_allclose(
+            next(iter(result.values())), next(iter(net.infer(tensor).values())), atol=1e-6
+        )
+    assert len({round(float(next(iter(r.values()))[0, 3]), 5) for r in results}) > 1

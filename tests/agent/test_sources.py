@@ -148,5 +148,5 @@ def test_slow_consumer_gets_the_latest_frame_and_drops_are_counted(tmp_path: Pat
 def test_unreadable_video_is_a_source_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all")
-    with pytest.raises(SourceError, match="bad.mp4: cannot open"):
+    with pytest.raises(SourceError, match=r"bad\.mp4: cannot open"):
         open_reader(CameraSettings("bad", str(bad)))

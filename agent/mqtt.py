@@ -1,0 +1,187 @@
+"""The one module that talks MQTT (paho-mqtt 2.x, MQTT 5): the connection, the topic prefix, the last will
+and retained status, the command subscription, and QoS 1 publishes acknowledged by PUBACK.
+
+Topics live under a prefix, by default `facefleet/<device_id>/`: `status` (retained; the last will sets it
+to offline), `events/face`, `access/<door>`, and `cmd/#` (subscribed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+log = logging.getLogger(__name__)
+
+MAX_COMMAND_BYTES = 64 * 1024
+OFFLINE_STATUS = {"schema": 1, "state": "offline"}
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """Broker connection. prefix: topic prefix ending in '/'; tls: connect with TLS (ca_file to trust a
+    private CA, cert_file/key_file for client certificates); reconnect backoff in seconds."""
+
+    host: str
+    port: int
+    prefix: str
+    client_id: str
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive_s: int = 30
+    reconnect_min_s: int = 1
+    reconnect_max_s: int = 60
+    max_inflight: int = 100
+
+
+class MqttLink:
+    """One connection to the broker, kept up by paho's network thread with reconnect backoff.
+
+    on_ack(mid) runs when the broker acknowledged a QoS 1 publish; on_command(subtopic, payload) for each
+    message under `<prefix>cmd/`; on_connection(connected, reason) on every connect and disconnect.
+    Callbacks run on paho's thread and must be quick."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        on_ack: Callable[[int], None],
+        on_command: Callable[[str, bytes], None],
+        on_connection: Callable[[bool, str], None],
+    ) -> None:
+        self.settings = settings
+        self._on_ack = on_ack
+        self._on_command = on_command
+        self._on_connection = on_connection
+        self._connected = threading.Event()
+        self._status_payload: bytes | None = None
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        if settings.username is not None:
+            client.username_pw_set(settings.username, settings.password)
+        if settings.tls:
+            client.tls_set(
+                ca_certs=str(settings.ca_file) if settings.ca_file else None,
+                certfile=str(settings.cert_file) if settings.cert_file else None,
+                keyfile=str(settings.key_file) if settings.key_file else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        client.will_set(self.topic("status"), json.dumps(OFFLINE_STATUS), qos=1, retain=True)
+        client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
+        client.max_inflight_messages_set(settings.max_inflight)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_publish = self._handle_publish
+        client.on_message = self._handle_message
+        self._client = client
+
+    def topic(self, suffix: str) -> str:
+        return f"{self.settings.prefix}{suffix}"
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        """Connect in the background; paho reconnects by itself after a loss."""
+        self._client.connect_async(
+            self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s
+        )
+        self._client.loop_start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def publish(self, suffix: str, payload: bytes, qos: int = 1, retain: bool = False) -> int | None:
+        """Publish under the prefix; the message id to await in on_ack, or None when not connected."""
+        if not self.connected:
+            return None
+        info = self._client.publish(self.topic(suffix), payload, qos=qos, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return None
+        return int(info.mid)
+
+    def set_status(self, status: dict[str, Any]) -> None:
+        """Publish the retained status now (if connected) and again after every reconnect."""
+        self._status_payload = json.dumps(status).encode()
+        if self.connected:
+            self._client.publish(self.topic("status"), self._status_payload, qos=1, retain=True)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Publish the offline status, disconnect cleanly and stop the network thread."""
+        if self.connected:
+            info = self._client.publish(self.topic("status"), json.dumps(OFFLINE_STATUS), qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                log.warning("MQTT: offline status not confirmed before disconnecting")
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+
+    def _handle_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.error(
+                "MQTT: broker %s:%s refused the connection: %s",
+                self.settings.host,
+                self.settings.port,
+                reason.getName(),
+            )
+            self._on_connection(False, str(reason.getName()))
+            return
+        client.subscribe(self.topic("cmd/#"), qos=1)
+        if self._status_payload is not None:
+            client.publish(self.topic("status"), self._status_payload, qos=1, retain=True)
+        self._connected.set()
+        log.info("MQTT: connected to %s:%s", self.settings.host, self.settings.port)
+        self._on_connection(True, "connected")
+
+    def _handle_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        if was_connected:
+            log.warning(
+                "MQTT: disconnected from %s:%s (%s)", self.settings.host, self.settings.port, reason.getName()
+            )
+        self._on_connection(False, str(reason.getName()))
+
+    def _handle_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.warning("MQTT: broker rejected message %d: %s", mid, reason.getName())
+            return
+        self._on_ack(mid)
+
+    def _handle_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        prefix = self.topic("cmd/")
+        if not message.topic.startswith(prefix):
+            return
+        if len(message.payload) > MAX_COMMAND_BYTES:
+            log.warning(
+                "MQTT: ignoring %s: %d bytes is over the %d limit",
+                message.topic,
+                len(message.payload),
+                MAX_COMMAND_BYTES,
+            )
+            return
+        self._on_command(message.topic[len(prefix) :], bytes(message.payload))

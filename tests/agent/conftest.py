@@ -1,0 +1,83 @@
+"""Fixtures for the agent's service tests: a real mosquitto broker and an independent MQTT subscriber."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from tests.mosquitto import Mosquitto
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    mosquitto = Mosquitto(tmp_path).start()
+    yield mosquitto
+    mosquitto.stop()
+
+
+class Subscriber:
+    """Records every message under a topic filter, as (topic, JSON payload or raw bytes, retained)."""
+
+    def __init__(self, port: int, topic_filter: str, client_id: str) -> None:
+        self.messages: list[tuple[str, Any, bool]] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
+        )
+        self.client.on_connect = lambda c, u, f, r, p: (c.subscribe(topic_filter, qos=1), self._ready.set())
+        self.client.on_message = self._record
+        self.client.reconnect_delay_set(1, 1)
+        session = Properties(PacketTypes.CONNECT)
+        session.SessionExpiryInterval = 600  # the broker queues QoS 1 messages while this client is away
+        self.client.connect("127.0.0.1", port, clean_start=False, properties=session)
+        self.client.loop_start()
+        assert self._ready.wait(10), "subscriber could not connect"
+        time.sleep(0.2)
+
+    def _record(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        try:
+            payload: Any = json.loads(message.payload)
+        except ValueError:
+            payload = bytes(message.payload)
+        with self._lock:
+            self.messages.append((message.topic, payload, bool(message.retain)))
+
+    def on(self, topic: str) -> list[Any]:
+        with self._lock:
+            return [payload for t, payload, _ in self.messages if t == topic]
+
+    def wait_for(self, predicate: Any, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not met in {timeout} s; got {self.messages[-5:]}")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def subscriber_factory() -> Iterator[Any]:
+    made: list[Subscriber] = []
+
+    def make(port: int, topic_filter: str = "#") -> Subscriber:
+        subscriber = Subscriber(port, topic_filter, client_id=f"test-subscriber-{len(made)}")
+        made.append(subscriber)
+        return subscriber
+
+    yield make
+    for subscriber in made:
+        subscriber.close()

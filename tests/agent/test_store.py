@@ -1,0 +1,559 @@
+"""The embedding store on real SQLite files: schema, round trips, validation, atomicity, concurrency."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from agent.matching import Matcher
+from agent.records import (
+    DuplicatePersonError,
+    Embedding,
+    InvalidEmbeddingError,
+    InvalidRecordError,
+    Person,
+    PersonUpsert,
+    RevisionConflictError,
+    StoreBusyError,
+    StoreError,
+    StoreFormatError,
+    StoreReadOnlyError,
+    UnknownPersonError,
+)
+from agent.store import MIGRATION_NAMES, OUTBOX_DROPPED, EmbeddingStore
+
+MODEL = "sface@2021dec"
+FloatArray = npt.NDArray[np.float32]
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "agent.db"
+
+
+@pytest.fixture
+def store(store_path: Path) -> Iterator[EmbeddingStore]:
+    with EmbeddingStore(store_path) as opened:
+        yield opened
+
+
+def vector(seed: int, dim: int = 128) -> FloatArray:
+    return np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+
+
+def embedding(seed: int, model: str = MODEL, dim: int = 128) -> Embedding:
+    return Embedding(model, vector(seed, dim), quality=0.9, source="test")
+
+
+def snapshot(store: EmbeddingStore) -> tuple[int, list[tuple[str, str]], dict[str, list[bytes]]]:
+    """Revision, people and every stored vector: what must survive a failed change."""
+    people = [(p.person_id, p.name) for p in store.people()]
+    vectors = {pid: [e.vector.tobytes() for e in store.embeddings(pid)] for pid, _ in people}
+    return store.revision(), people, vectors
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def schema_dump(path: Path) -> tuple[object, ...]:
+    with sqlite3.connect(path) as conn:
+        return (
+            conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall(),
+            conn.execute(
+                "SELECT migration_set, name, applied_at FROM _sqlite_migrations ORDER BY id"
+            ).fetchall(),
+            conn.execute("PRAGMA user_version").fetchone(),
+            conn.execute("SELECT * FROM gallery").fetchall(),
+        )
+
+
+# ---- schema -----------------------------------------------------------------------------------------------
+
+
+def test_migrations_run_twice_change_nothing(store_path: Path) -> None:
+    with EmbeddingStore(store_path) as store:
+        store.add_person(Person("alice"), [embedding(1)])
+        assert store.schema_version() == len(MIGRATION_NAMES)
+        assert store.migrate() == []
+    before = schema_dump(store_path)
+    assert before[2] == (len(MIGRATION_NAMES),)
+    with EmbeddingStore(store_path) as store:
+        assert store.migrate() == []
+        assert store.revision() == 1
+        assert [p.person_id for p in store.people()] == ["alice"]
+    assert schema_dump(store_path) == before
+
+
+def test_the_store_uses_wal_and_foreign_keys(store: EmbeddingStore, store_path: Path) -> None:
+    with sqlite3.connect(store_path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    store.add_person(Person("alice"), [embedding(1)])
+    store.delete_person("alice")
+    with sqlite3.connect(store_path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM embeddings").fetchone() == (0,)  # ON DELETE CASCADE
+
+
+def test_integrity_check_is_clean_on_a_good_store_and_finds_orphans(
+    store: EmbeddingStore, store_path: Path
+) -> None:
+    store.add_person(Person("alice"), [embedding(1), embedding(2)])
+    store.outbox_put("facefleet/box/events/face", "{}")
+    assert store.integrity_check() == []
+    with sqlite3.connect(store_path) as conn:  # foreign keys are off on this raw connection
+        blob = vector(3).tobytes()
+        conn.execute(
+            "INSERT INTO embeddings (person_id, model_id, dim, vector, quality, source, created_at) "
+            "VALUES ('ghost', ?, 128, ?, 1.0, '', 0)",
+            (MODEL, blob),
+        )
+    problems = store.integrity_check()
+    assert len(problems) == 1 and "missing people row" in problems[0]
+
+
+# ---- round trips and validation ---------------------------------------------------------------------------
+
+finite_vectors = hnp.arrays(
+    np.float32,
+    st.integers(32, 512),
+    elements=st.floats(-1e6, 1e6, allow_nan=False, width=32),
+).filter(lambda v: bool(np.any(v)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(finite_vectors)
+def test_vectors_round_trip_unit_normalised(vector: FloatArray) -> None:
+    with tempfile.TemporaryDirectory() as directory, EmbeddingStore(Path(directory) / "agent.db") as store:
+        given_embedding = Embedding(MODEL, vector)
+        store.upsert_person(Person("alice"), [given_embedding])
+        stored = store.embeddings("alice")[0].vector
+        ids, matrix, qualities = store.load_embeddings(MODEL)
+    expected = vector.astype(np.float64) / np.linalg.norm(vector.astype(np.float64))
+    assert stored.dtype == np.float32 and matrix.dtype == np.float32
+    np.testing.assert_array_equal(stored, given_embedding.vector)
+    np.testing.assert_array_equal(matrix, given_embedding.vector[None, :])
+    np.testing.assert_allclose(stored, expected, atol=1e-6)
+    assert ids == ["alice"] and qualities.tolist() == [1.0]
+
+
+@given(
+    hnp.arrays(np.float32, st.integers(32, 512), elements=st.floats(width=32)).filter(
+        lambda v: not np.all(np.isfinite(v))
+    )
+)
+def test_nan_and_infinite_vectors_are_rejected(vector: FloatArray) -> None:
+    with pytest.raises(InvalidEmbeddingError, match="NaN or infinity"):
+        Embedding(MODEL, vector)
+
+
+@pytest.mark.parametrize("dim", [32, 128, 512])
+def test_zero_vectors_are_rejected(dim: int) -> None:
+    with pytest.raises(InvalidEmbeddingError, match="all zeros") as raised:
+        Embedding(MODEL, np.zeros(dim, np.float32))
+    assert isinstance(raised.value, ValueError) and isinstance(raised.value, StoreError)
+
+
+def test_a_vector_of_the_wrong_dimension_for_its_model_is_rejected(store: EmbeddingStore) -> None:
+    store.add_person(Person("alice"), [embedding(1, dim=128)])
+    before = snapshot(store)
+    with pytest.raises(InvalidEmbeddingError, match=r"'bob'.*64 dimensions.*have 128"):
+        store.add_person(Person("bob"), [embedding(2, dim=64)])
+    with pytest.raises(InvalidEmbeddingError, match="64 dimensions"):
+        store.add_embeddings("alice", [embedding(3, dim=64)])
+    assert snapshot(store) == before
+    store.add_person(Person("bob"), [embedding(2, model="other@1", dim=64)])  # another model may differ
+    assert store.load_embeddings("other@1").matrix.shape == (1, 64)
+
+
+def test_different_models_never_mix(store: EmbeddingStore) -> None:
+    store.add_person(Person("alice"), [embedding(1), embedding(2, model="arcface@1")])
+    store.add_person(Person("bob"), [embedding(3, model="arcface@1")])
+    store.add_embeddings("bob", [embedding(4)])
+    sface = store.load_embeddings(MODEL)
+    arcface = store.load_embeddings("arcface@1")
+    assert sface.person_ids == ["alice", "bob"]
+    assert arcface.person_ids == ["alice", "bob"]
+    np.testing.assert_array_equal(sface.matrix, np.stack([embedding(1).vector, embedding(4).vector]))
+    np.testing.assert_array_equal(arcface.matrix, np.stack([embedding(2).vector, embedding(3).vector]))
+    empty = store.load_embeddings("unknown@0")
+    assert (empty.person_ids, empty.matrix.shape, empty.qualities.shape) == ([], (0, 0), (0,))
+
+
+def test_people_round_trip_with_groups_and_metadata(store: EmbeddingStore) -> None:
+    store.add_person(Person("alice", "Alice A.", ("staff", "lab"), {"badge": 7, "tags": ["x"]}))
+    alice = store.person("alice")
+    assert (alice.name, alice.groups, alice.metadata) == (
+        "Alice A.",
+        ("staff", "lab"),
+        {"badge": 7, "tags": ["x"]},
+    )
+    assert alice.created_at is not None and alice.created_at == alice.updated_at
+    store.upsert_person(Person("alice", "Alice B."))
+    assert store.person("alice").name == "Alice B."
+    assert store.person("alice").created_at == alice.created_at
+
+
+@pytest.mark.parametrize(
+    ("make", "error"),
+    [
+        (lambda: Person(""), InvalidRecordError),
+        (lambda: Person("has space"), InvalidRecordError),
+        (lambda: Person("x" * 129), InvalidRecordError),
+        (lambda: Person("alice", metadata={"when": object()}), InvalidRecordError),
+        (lambda: Embedding("", vector(1)), InvalidRecordError),
+        (lambda: Embedding(MODEL, vector(1), quality=1.5), InvalidRecordError),
+        (lambda: Embedding(MODEL, vector(1, dim=5000)), InvalidEmbeddingError),
+    ],
+)
+def test_invalid_records_are_rejected(make: object, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        make()  # type: ignore[operator]
+
+
+def test_unknown_and_duplicate_people_are_clear_errors(store: EmbeddingStore) -> None:
+    store.add_person(Person("alice"))
+    with pytest.raises(DuplicatePersonError, match=r"'alice' already exists.*upsert_person"):
+        store.add_person(Person("alice"))
+    calls: list[Callable[[], object]] = [
+        lambda: store.person("bob"),
+        lambda: store.delete_person("bob"),
+        lambda: store.add_embeddings("bob", [embedding(1)]),
+        lambda: store.remove_embeddings("bob"),
+        lambda: store.embeddings("bob"),
+    ]
+    for call in calls:
+        with pytest.raises(UnknownPersonError, match=f"no person 'bob' in store {store.path}"):
+            call()
+    assert store.revision() == 1
+
+
+# ---- revisions and batches --------------------------------------------------------------------------------
+
+
+def test_every_gallery_change_bumps_the_revision(store: EmbeddingStore) -> None:
+    changes: list[Callable[[], int]] = [
+        lambda: store.add_person(Person("alice"), [embedding(1)]),
+        lambda: store.upsert_person(Person("alice", "Alice")),
+        lambda: store.upsert_person(Person("bob"), [embedding(2)]),
+        lambda: store.add_embeddings("alice", [embedding(3)]),
+        lambda: store.remove_embeddings("alice", MODEL),
+        lambda: store.apply_batch([PersonUpsert(Person("carol"), (embedding(4),))], ["bob"]),
+        lambda: store.delete_person("alice"),
+    ]
+    for expected, change in enumerate(changes, start=1):
+        assert change() == expected
+        assert store.revision() == expected
+    store.outbox_put("t", "{}")
+    store.audit_append("door1", "match")
+    store.people()
+    assert store.revision() == len(changes)
+
+
+def test_a_batch_failing_half_way_leaves_the_previous_revision_and_data(store: EmbeddingStore) -> None:
+    store.add_person(Person("zoe"), [embedding(0)])
+    before = snapshot(store)
+    batch = [
+        PersonUpsert(Person("alice"), (embedding(1),)),
+        PersonUpsert(Person("bob"), (embedding(2),)),
+        PersonUpsert(Person("carol"), (embedding(3, dim=256),)),  # the third upsert is invalid
+    ]
+    with pytest.raises(InvalidEmbeddingError, match="'carol'"):
+        store.apply_batch(batch, deletes=["zoe"])
+    assert snapshot(store) == before
+    assert store.integrity_check() == []
+
+
+def test_batch_upserts_replace_embeddings_of_the_given_models_only(store: EmbeddingStore) -> None:
+    store.add_person(Person("alice"), [embedding(1), embedding(2), embedding(3, model="arcface@1")])
+    store.apply_batch([PersonUpsert(Person("alice"), (embedding(4),))])
+    assert [e.vector.tobytes() for e in store.embeddings("alice", MODEL)] == [embedding(4).vector.tobytes()]
+    assert len(store.embeddings("alice", "arcface@1")) == 1
+
+
+def test_sync_batches_check_and_set_the_revision(store: EmbeddingStore) -> None:
+    assert store.apply_batch([PersonUpsert(Person("alice"), (embedding(1),))], new_revision=40) == 40
+    with pytest.raises(RevisionConflictError, match="revision 40 but the batch was made for revision 39"):
+        store.apply_batch([PersonUpsert(Person("bob"))], expected_revision=39, new_revision=41)
+    with pytest.raises(RevisionConflictError, match="only move forward"):
+        store.apply_batch([PersonUpsert(Person("bob"))], expected_revision=40, new_revision=40)
+    assert store.apply_batch([], ["alice", "never-enrolled"], expected_revision=40, new_revision=45) == 45
+    assert store.people() == []
+    assert store.apply_batch() == 45  # nothing to do: no new revision
+
+
+def test_a_batch_naming_a_person_twice_is_rejected(store: EmbeddingStore) -> None:
+    with pytest.raises(InvalidRecordError, match="'alice'"):
+        store.apply_batch([PersonUpsert(Person("alice"))], ["alice"])
+    assert store.revision() == 0
+
+
+def test_matcher_follows_the_store(store: EmbeddingStore) -> None:
+    store.add_person(Person("alice"), [embedding(1)])
+    matcher = Matcher()
+    assert matcher.refresh(store, [MODEL])
+    assert matcher.identify(vector(2), MODEL).status == "unknown"
+    store.add_person(Person("bob"), [embedding(2)])
+    assert matcher.refresh(store, [MODEL])
+    assert matcher.identify(vector(2), MODEL).person_id == "bob"
+    assert not matcher.refresh(store, [MODEL])
+
+
+# ---- bad files --------------------------------------------------------------------------------------------
+
+
+def test_a_file_that_is_not_sqlite_is_refused_and_left_unchanged(store_path: Path) -> None:
+    store_path.parent.mkdir(parents=True)
+    store_path.write_bytes(b"camera notes, definitely not a database\n" * 100)
+    digest = sha256(store_path)
+    with pytest.raises(StoreFormatError, match=f"file {store_path} is not a FaceFleet store .not an SQLite"):
+        EmbeddingStore(store_path)
+    assert sha256(store_path) == digest
+    assert sorted(p.name for p in store_path.parent.iterdir()) == ["agent.db"]
+
+
+def test_another_applications_database_is_refused_and_left_unchanged(store_path: Path) -> None:
+    store_path.parent.mkdir(parents=True)
+    with sqlite3.connect(store_path) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+    conn.close()
+    digest = sha256(store_path)
+    with pytest.raises(StoreFormatError, match=r"SQLite database but not a FaceFleet store .* invoices"):
+        EmbeddingStore(store_path)
+    assert sha256(store_path) == digest
+
+
+def test_a_corrupt_store_is_a_clear_error_and_left_unchanged(store_path: Path) -> None:
+    store_path.parent.mkdir(parents=True)
+    store_path.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 64)
+    digest = sha256(store_path)
+    with pytest.raises(StoreFormatError, match=f"store {store_path} is corrupt"):
+        EmbeddingStore(store_path)
+    assert sha256(store_path) == digest
+
+
+def test_a_write_lock_held_too_long_is_a_busy_error(store_path: Path) -> None:
+    with EmbeddingStore(store_path, busy_timeout_ms=100) as store:
+        holder = sqlite3.connect(store_path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreBusyError, match=f"store {store_path} is busy"):
+            store.add_person(Person("alice"))
+        holder.execute("ROLLBACK")
+        holder.close()
+        assert store.add_person(Person("alice")) == 1
+
+
+def test_a_directory_is_not_a_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="is a directory"):
+        EmbeddingStore(tmp_path)
+
+
+def test_read_only_mode_reads_and_refuses_writes(store_path: Path) -> None:
+    with EmbeddingStore(store_path) as store:
+        store.add_person(Person("alice"), [embedding(1)])
+    digest = sha256(store_path)
+    with EmbeddingStore(store_path, read_only=True) as store:
+        assert [p.person_id for p in store.people()] == ["alice"]
+        assert store.load_embeddings(MODEL).matrix.shape == (1, 128)
+        writes: list[Callable[[], object]] = [
+            lambda: store.add_person(Person("bob")),
+            lambda: store.delete_person("alice"),
+            lambda: store.outbox_put("t", "{}"),
+        ]
+        for write in writes:
+            with pytest.raises(StoreReadOnlyError, match=f"store {store_path} was opened read-only"):
+                write()
+    assert sha256(store_path) == digest
+
+
+def _open_as_nobody(path: str, results: multiprocessing.Queue[tuple[str, str]]) -> None:  # runs in a child
+    if os.geteuid() == 0:  # root ignores file permissions: drop to nobody first
+        os.setgid(65534)
+        os.setuid(65534)
+    try:
+        EmbeddingStore(Path(path)).close()
+        results.put(("opened", ""))
+    except StoreError as exc:
+        results.put((type(exc).__name__, str(exc)))
+
+
+@pytest.mark.parametrize("read_only", ["file", "directory"])
+def test_a_read_only_store_is_a_clear_error_and_loses_nothing(read_only: str) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="facefleet-ro-"))  # outside pytest's 0700 tmp dirs
+    try:
+        path = directory / "agent.db"
+        with EmbeddingStore(path) as store:
+            store.add_person(Person("alice"), [embedding(1)])
+        digest = sha256(path)
+        if read_only == "file":
+            directory.chmod(0o755)
+            path.chmod(0o444)
+        else:
+            directory.chmod(0o555)
+            path.chmod(0o666)
+        results: multiprocessing.Queue[tuple[str, str]] = multiprocessing.get_context("fork").Queue()
+        child = multiprocessing.get_context("fork").Process(target=_open_as_nobody, args=(str(path), results))
+        child.start()
+        child.join(30)
+        kind, message = results.get(timeout=5)
+        assert kind == "StoreReadOnlyError"
+        assert str(path) in message
+        assert sha256(path) == digest
+    finally:
+        directory.chmod(0o755)
+        path.chmod(stat.S_IRUSR | stat.S_IWUSR)
+        shutil.rmtree(directory)
+
+
+# ---- concurrency and crashes ------------------------------------------------------------------------------
+
+
+def test_two_store_objects_on_one_file_write_concurrently(store_path: Path) -> None:
+    first, second = EmbeddingStore(store_path), EmbeddingStore(store_path)
+    errors: list[BaseException] = []
+
+    def enrol(store: EmbeddingStore, prefix: str) -> None:
+        try:
+            for i in range(30):
+                store.add_person(Person(f"{prefix}{i}"), [embedding(i)])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=enrol, args=(s, p)) for s, p in ((first, "a"), (second, "b"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(first.people()) == len(second.people()) == 60
+    assert first.revision() == second.revision() == 60
+    first.close()
+    second.close()
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+import numpy as np
+from agent.records import Embedding, Person
+from agent.store import EmbeddingStore
+with EmbeddingStore(Path(sys.argv[1])) as store:
+    for i in range(int(sys.argv[2])):
+        vector = np.random.default_rng(i).standard_normal(128).astype(np.float32)
+        store.add_person(Person(f"{sys.argv[3]}{i}"), [Embedding("sface@2021dec", vector)])
+"""
+
+
+def test_a_second_process_writes_concurrently(store: EmbeddingStore, store_path: Path) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(store_path), "40", "child"], stderr=subprocess.PIPE
+    )
+    for i in range(40):
+        store.add_person(Person(f"parent{i}"), [embedding(i)])
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 0, stderr.decode()
+    assert len(store.people()) == 80
+    assert store.revision() == 80
+    assert store.load_embeddings(MODEL).matrix.shape == (80, 128)
+
+
+def test_processes_creating_a_new_store_at_once_all_succeed(store_path: Path) -> None:
+    children = [
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(store_path), "3", name], stderr=subprocess.PIPE)
+        for name in ("a", "b", "c")
+    ]
+    for child in children:
+        _, stderr = child.communicate(timeout=120)
+        assert child.returncode == 0, stderr.decode()
+    with EmbeddingStore(store_path) as store:
+        assert len(store.people()) == 9
+        assert store.schema_version() == len(MIGRATION_NAMES)
+        assert store.integrity_check() == []
+
+
+_CRASHER = """
+import os, sys
+from pathlib import Path
+import numpy as np
+from agent.records import Embedding, Person, PersonUpsert
+from agent.store import EmbeddingStore
+calls = 0
+original = EmbeddingStore._write_upsert
+def crash_on_third(self, *args):
+    global calls
+    calls += 1
+    if calls == 3:
+        os._exit(3)  # like a power cut: no rollback, no close
+    original(self, *args)
+EmbeddingStore._write_upsert = crash_on_third
+store = EmbeddingStore(Path(sys.argv[1]))
+vector = np.ones(128, np.float32)
+batch = [PersonUpsert(Person(f"p{i}"), (Embedding("sface@2021dec", vector),)) for i in range(5)]
+store.apply_batch(batch, ["zoe"])
+"""
+
+
+def test_a_crash_mid_write_leaves_the_previous_state(store_path: Path) -> None:
+    with EmbeddingStore(store_path) as store:
+        store.add_person(Person("zoe"), [embedding(0)])
+        before = snapshot(store)
+    child = subprocess.run([sys.executable, "-c", textwrap.dedent(_CRASHER), str(store_path)], check=False)
+    assert child.returncode == 3
+    with EmbeddingStore(store_path) as store:
+        assert snapshot(store) == before
+        assert store.integrity_check() == []
+
+
+# ---- outbox, counters, audit log --------------------------------------------------------------------------
+
+
+def test_outbox_keeps_order_and_drops_the_oldest_when_full_counting_them(store_path: Path) -> None:
+    with EmbeddingStore(store_path, outbox_limit=3) as store:
+        ids = [store.outbox_put("facefleet/box/events/face", f'{{"n": {n}}}') for n in range(5)]
+        pending = store.outbox_pending()
+        assert [m.message_id for m in pending] == ids[2:]
+        assert [m.payload for m in pending] == ['{"n": 2}', '{"n": 3}', '{"n": 4}']
+        assert store.counter(OUTBOX_DROPPED) == 2
+        assert store.outbox_delete(ids[2])
+        assert not store.outbox_delete(ids[2])
+        assert [m.message_id for m in store.outbox_pending(limit=1)] == [ids[3]]
+        assert store.outbox_count() == 2
+    with EmbeddingStore(store_path, outbox_limit=3) as store:  # durable across restarts
+        assert [m.message_id for m in store.outbox_pending()] == ids[3:]
+        assert store.counter(OUTBOX_DROPPED) == 2
+
+
+@pytest.mark.parametrize(("topic", "qos"), [("", 1), ("t", 3)])
+def test_bad_outbox_messages_are_rejected(store: EmbeddingStore, topic: str, qos: int) -> None:
+    with pytest.raises(InvalidRecordError):
+        store.outbox_put(topic, "{}", qos)
+    assert store.outbox_count() == 0
+
+
+def test_audit_log_appends_and_prunes_by_age(store: EmbeddingStore) -> None:
+    for at, decision in ((100.0, "match"), (200.0, "unknown"), (300.0, "match")):
+        store.audit_append("door1", decision, person_id="alice", score=0.7, details={"camera": "c1"}, at=at)
+    assert store.audit_prune(older_than=250.0) == 2
+    entries = store.audit_entries()
+    assert [(e.time, e.decision, e.person_id, e.details) for e in entries] == [
+        (300.0, "match", "alice", {"camera": "c1"})
+    ]
+    assert store.increment("doors_opened", 2) == 2
+    assert store.counter("doors_opened") == 2

@@ -1,0 +1,65 @@
+"""A real mosquitto broker on a free loopback port, started and stopped by the tests."""
+
+from __future__ import annotations
+
+import getpass
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Mosquitto:
+    """A broker process; start() and stop() may be called repeatedly (same port, for outage tests)."""
+
+    def __init__(self, workdir: Path, users: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "persistence true",  # sessions and queued QoS 1 messages survive a restart, as in production
+            f"persistence_location {workdir}/",
+            f"user {getpass.getuser()}",  # when run as root, stay able to read the test's own files
+        ]
+        if users:
+            password_file = workdir / "passwords"
+            password_file.touch()
+            for user, password in users.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(password_file), user, password], check=True)
+            lines += ["allow_anonymous false", f"password_file {password_file}"]
+        else:
+            lines.append("allow_anonymous true")
+        self.config = workdir / "mosquitto.conf"
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def start(self) -> Mosquitto:
+        log = (self.workdir / "mosquitto.log").open("ab")
+        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"mosquitto exited: {(self.workdir / 'mosquitto.log').read_text()}"
+                    ) from None
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start listening within 10 s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None

@@ -3,6 +3,8 @@ the key). Every setting has a default and a description; `facefleet-agent check-
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
 from typing import Literal
@@ -11,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.detection import DetectorSettings
 from agent.errors import ConfigError
+from agent.matching import DecisionPolicy
 from agent.quality import QualityPolicy
 from agent.runtime import RuntimeSettings
 
@@ -97,6 +100,31 @@ class QualityConfig(_Section):
         )
 
 
+class MatchingConfig(_Section):
+    """[matching] When a face is a known person."""
+
+    thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Cosine threshold per embedding model id, e.g. 'sface@2021dec' = 0.363",
+    )
+    default_threshold: float = Field(0.363, ge=-1, le=1, description="Threshold for models not listed")
+    ambiguity_margin: float = Field(
+        0.05, ge=0, lt=2, description="Best and second-best person closer than this: ambiguous, nobody named"
+    )
+    min_quality: float = Field(0.3, ge=0, le=1, description="Faces below this quality are not decided on")
+    scoring: Literal["best", "template"] = Field(
+        "best", description="Person score: best sample, or the mean of their samples"
+    )
+
+    def policy(self) -> DecisionPolicy:
+        return DecisionPolicy(
+            thresholds=self.thresholds,
+            default_threshold=self.default_threshold,
+            ambiguity_margin=self.ambiguity_margin,
+            min_quality=self.min_quality,
+        )
+
+
 class AgentConfig(_Section):
     """The whole agent configuration file."""
 
@@ -107,6 +135,7 @@ class AgentConfig(_Section):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    matching: MatchingConfig = Field(default_factory=MatchingConfig)
 
 
 def load_config(path: Path | None) -> AgentConfig:
@@ -137,3 +166,40 @@ def _describe(error: object) -> str:
     if error["type"] == "extra_forbidden":
         return f"unknown key '{key}'"
     return f"'{key}': {error['msg']} (got {error.get('input')!r})"
+
+
+def write_threshold(path: Path, model_id: str, threshold: float) -> None:
+    """Set [matching.thresholds] '<model_id>' in a config file, keeping every other line as it is.
+
+    The result is validated before it replaces the file (atomically), so a bad edit never lands."""
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    entry = f"{json.dumps(model_id)} = {threshold:.4f}"
+    section = next((i for i, line in enumerate(lines) if line.strip() == "[matching.thresholds]"), None)
+    if section is None:
+        lines += ["", "[matching.thresholds]", entry]
+    else:
+        end = next(
+            (i for i in range(section + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines)
+        )
+        keys = [i for i in range(section + 1, end) if _key_of(lines[i]) == model_id]
+        if keys:
+            lines[keys[0]] = entry
+        else:
+            lines.insert(section + 1, entry)
+    text = "\n".join(lines) + "\n"
+    try:
+        AgentConfig.model_validate(tomllib.loads(text))
+    except (tomllib.TOMLDecodeError, ValidationError) as exc:
+        raise ConfigError(
+            f"config file {path}: cannot add the threshold without breaking it ({exc})"
+        ) from None
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _key_of(line: str) -> str | None:
+    key, sep, _ = line.partition("=")
+    if not sep:
+        return None
+    return key.strip().strip('"').strip("'")

@@ -24,6 +24,7 @@ class Context:
 
     config: AgentConfig
     state_dir: Path
+    config_path: Path | None = None
     json_output: bool = False
     device_override: str | None = None
     console: Console = field(default_factory=lambda: Console(stderr=False, highlight=False))
@@ -36,6 +37,7 @@ class Context:
         return cls(
             config=config,
             state_dir=state_dir,
+            config_path=args.config,
             json_output=bool(getattr(args, "json", False)),
             device_override=getattr(args, "device", None),
         )

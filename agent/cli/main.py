@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent import __version__
+from agent.cli import gallery as gallery_cmd
 from agent.cli import models as models_cmd
 from agent.cli import vision as vision_cmd
 from agent.cli.context import Context
@@ -23,7 +24,8 @@ from agent.errors import EXIT_FAILURE, EXIT_OK, FaceFleetError
 EPILOG = """examples:
   facefleet-agent models import-defaults
   facefleet-agent analyze photo.jpg --json
-  facefleet-agent --state-dir /tmp/ff devices
+  facefleet-agent enroll --person-id ada --name Ada photos/ada/
+  facefleet-agent identify door.jpg
 """
 
 
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     models_cmd.register(commands)
     vision_cmd.register(commands)
+    gallery_cmd.register(commands)
     check = commands.add_parser(
         "check-config",
         help="validate a config file",

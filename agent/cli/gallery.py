@@ -1,0 +1,394 @@
+"""`facefleet-agent enroll | people | identify | verify | store check | calibrate`: the on-device gallery."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.progress import Progress
+from rich.table import Table
+
+from agent.calibration import calibrate
+from agent.cli.context import Context
+from agent.cli.vision import make_analyzer
+from agent.config import write_threshold
+from agent.enrolment import FaceChoice, choose_face
+from agent.errors import EXIT_DATA, EXIT_IO, EXIT_OK, ConfigError, ImageError
+from agent.images import list_images, read_image
+from agent.matching import Matcher
+from agent.pipeline import FaceAnalyzer
+from agent.records import DuplicatePersonError, Embedding, Person, PersonUpsert
+from agent.store import EmbeddingStore
+
+
+def _command(commands: Any, name: str, summary: str, example: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def register(commands: Any) -> None:
+    enroll = _command(
+        commands,
+        "enroll",
+        "enrol a person from photos (each must hold one good face)",
+        "facefleet-agent enroll --person-id ada --name 'Ada L.' --group staff photos/ada/",
+    )
+    enroll.add_argument("--person-id", required=True, help="stable id, e.g. an employee number")
+    enroll.add_argument("--name", default="", help="display name")
+    enroll.add_argument(
+        "--group", action="append", default=[], help="a group, e.g. a door group (repeatable)"
+    )
+    enroll.add_argument("--largest-face", action="store_true", help="use the largest face of a group photo")
+    enroll.add_argument("--add", action="store_true", help="add samples to a person who is already enrolled")
+    enroll.add_argument("images", nargs="+", type=Path, help="image files or folders")
+    enroll.set_defaults(handler=_enroll)
+
+    people = commands.add_parser(
+        "people",
+        help="list, show or delete enrolled people",
+        description="The people in the on-device store.",
+        epilog="example:\n  facefleet-agent people list --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verbs = people.add_subparsers(dest="people_command", metavar="VERB", required=True)
+    _command(verbs, "list", "list enrolled people", "facefleet-agent people list").set_defaults(
+        handler=_people_list
+    )
+    show = _command(verbs, "show", "show one person and their embeddings", "facefleet-agent people show ada")
+    show.add_argument("person_id")
+    show.set_defaults(handler=_people_show)
+    delete = _command(
+        verbs, "delete", "delete a person and all their embeddings", "facefleet-agent people delete ada"
+    )
+    delete.add_argument("person_id")
+    delete.set_defaults(handler=_people_delete)
+
+    identify = _command(
+        commands, "identify", "say who is in a photo (1:N)", "facefleet-agent identify door.jpg"
+    )
+    identify.add_argument("image", type=Path)
+    identify.set_defaults(handler=_identify)
+
+    verify = _command(
+        commands,
+        "verify",
+        "check a claimed identity against a photo (1:1)",
+        "facefleet-agent verify --claim ada door.jpg   (a rejected claim still exits 0)",
+    )
+    verify.add_argument("--claim", required=True, help="the claimed person id")
+    verify.add_argument("image", type=Path)
+    verify.set_defaults(handler=_verify)
+
+    store = commands.add_parser(
+        "store",
+        help="check the on-device store",
+        description="Maintenance of the on-device store (<state_dir>/agent.db).",
+        epilog="example:\n  facefleet-agent store check   (exit 74 when the file is damaged)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    store_verbs = store.add_subparsers(dest="store_command", metavar="VERB", required=True)
+    check = _command(
+        store_verbs, "check", "run SQLite's integrity and foreign-key checks", "facefleet-agent store check"
+    )
+    check.set_defaults(handler=_store_check)
+
+    calibrate_parser = _command(
+        commands,
+        "calibrate",
+        "choose a threshold from a folder with one sub-folder of photos per person",
+        "facefleet-agent --config agent.toml calibrate people/ --target-far 0.001 --write-config",
+    )
+    calibrate_parser.add_argument("folder", type=Path)
+    calibrate_parser.add_argument(
+        "--target-far", type=float, default=0.001, help="false-accept rate to allow"
+    )
+    calibrate_parser.add_argument(
+        "--write-config", action="store_true", help="save the threshold in --config"
+    )
+    calibrate_parser.set_defaults(handler=_calibrate)
+
+
+def store_path(context: Context) -> Path:
+    return context.state_dir / "agent.db"
+
+
+def _open_store(context: Context, read_only: bool = False) -> EmbeddingStore:
+    return EmbeddingStore(store_path(context), read_only=read_only)
+
+
+def _enroll(context: Context, args: argparse.Namespace) -> int:
+    analyzer = make_analyzer(context)
+    model_id = analyzer.embedding_model_id
+    assert model_id is not None
+    policy = context.config.quality.policy()
+    with _open_store(context) as store:
+        exists = args.person_id in {p.person_id for p in store.people()}
+        if exists and not args.add:
+            raise DuplicatePersonError(
+                f"person id {args.person_id!r} is already enrolled; use --add for more samples, or another id"
+            )
+        paths = [image for entry in args.images for image in list_images(entry)]
+        accepted: list[Embedding] = []
+        rejected: list[dict[str, str]] = []
+        with Progress(console=context.errors, transient=True, disable=context.json_output) as progress:
+            task = progress.add_task("enrolling", total=len(paths))
+            for path in paths:
+                try:
+                    choice = choose_face(analyzer.analyze(read_image(path)), policy, args.largest_face)
+                except ImageError as exc:
+                    choice = FaceChoice(None, reason=str(exc))
+                if choice.face is not None and choice.embedding is not None:
+                    quality = min(1.0, choice.face.quality.score)
+                    accepted.append(Embedding(model_id, choice.embedding, quality, f"enrol:{path.name}"))
+                else:
+                    rejected.append({"image": str(path), "reason": choice.reason or "unusable"})
+                progress.advance(task)
+        revision = None
+        if accepted:
+            existing = store.person(args.person_id) if exists else None
+            person = Person(
+                args.person_id,
+                args.name or (existing.name if existing else ""),
+                tuple(dict.fromkeys([*(existing.groups if existing else ()), *args.group])),
+                existing.metadata if existing else {},
+            )
+            if exists:
+                store.upsert_person(person)
+                revision = store.add_embeddings(args.person_id, accepted)
+            else:
+                revision = store.apply_batch([PersonUpsert(person, tuple(accepted))])
+    report = {
+        "person_id": args.person_id,
+        "enrolled": len(accepted),
+        "rejected": rejected,
+        "model_id": model_id,
+        "gallery_revision": revision,
+    }
+    if context.json_output:
+        context.print_json(report)
+    else:
+        context.console.print(
+            f"{args.person_id}: {len(accepted)} sample(s) enrolled with {model_id}", markup=False
+        )
+        for item in rejected:
+            context.console.print(f"  rejected {item['image']}: {item['reason']}", markup=False)
+    return EXIT_OK if accepted else EXIT_DATA
+
+
+def _people_list(context: Context, args: argparse.Namespace) -> int:
+    with _open_store(context) as store:
+        people = store.people()
+        counts = {p.person_id: len(store.embeddings(p.person_id)) for p in people}
+        revision = store.revision()
+    rows: list[dict[str, Any]] = [
+        {
+            "person_id": p.person_id,
+            "name": p.name,
+            "groups": list(p.groups),
+            "embeddings": counts[p.person_id],
+        }
+        for p in people
+    ]
+    if context.json_output:
+        context.print_json({"gallery_revision": revision, "people": rows})
+        return EXIT_OK
+    table = Table("person id", "name", "groups", "embeddings", title=f"gallery revision {revision}")
+    for row in rows:
+        table.add_row(row["person_id"], row["name"], ", ".join(row["groups"]), str(row["embeddings"]))
+    context.console.print(table)
+    return EXIT_OK
+
+
+def _people_show(context: Context, args: argparse.Namespace) -> int:
+    with _open_store(context) as store:
+        person = store.person(args.person_id)
+        embeddings = store.embeddings(args.person_id)
+    data = {
+        "person_id": person.person_id,
+        "name": person.name,
+        "groups": list(person.groups),
+        "metadata": dict(person.metadata),
+        "embeddings": [
+            {
+                "model_id": e.model_id,
+                "dim": e.dim,
+                "quality": e.quality,
+                "source": e.source,
+                "created_at": e.created_at,
+            }
+            for e in embeddings
+        ],
+    }
+    if context.json_output:
+        context.print_json(data)
+    else:
+        context.console.print(json.dumps(data, indent=2), markup=False)
+    return EXIT_OK
+
+
+def _people_delete(context: Context, args: argparse.Namespace) -> int:
+    with _open_store(context) as store:
+        revision = store.delete_person(args.person_id)
+    if context.json_output:
+        context.print_json({"deleted": args.person_id, "gallery_revision": revision})
+    else:
+        context.console.print(f"deleted {args.person_id} (gallery revision {revision})", markup=False)
+    return EXIT_OK
+
+
+def _matcher(context: Context, analyzer: FaceAnalyzer) -> tuple[Matcher, str]:
+    model_id = analyzer.embedding_model_id
+    assert model_id is not None
+    matcher = Matcher(context.config.matching.policy())
+    with _open_store(context, read_only=store_path(context).exists()) as store:
+        matcher.refresh(store, [model_id])
+    return matcher, model_id
+
+
+def _identify(context: Context, args: argparse.Namespace) -> int:
+    analyzer = make_analyzer(context)
+    matcher, model_id = _matcher(context, analyzer)
+    scoring = context.config.matching.scoring
+    faces = analyzer.analyze(read_image(args.image))
+    results: list[dict[str, Any]] = []
+    for face in faces:
+        assert face.embedding is not None
+        decision = matcher.identify(face.embedding, model_id, quality=face.quality.score, scoring=scoring)
+        results.append({"box_xyxy": face.to_json()["box_xyxy"], "decision": decision.to_json()})
+    if context.json_output:
+        context.print_json({"image": str(args.image), "faces": results})
+        return EXIT_OK
+    if not results:
+        context.console.print(f"{args.image}: no face found", markup=False)
+    for result in results:
+        verdict = result["decision"]
+        who = verdict["person_id"] or verdict["status"]
+        context.console.print(f"{result['box_xyxy']}: {who} — {verdict['reason']}", markup=False)
+    return EXIT_OK
+
+
+def _verify(context: Context, args: argparse.Namespace) -> int:
+    analyzer = make_analyzer(context)
+    matcher, model_id = _matcher(context, analyzer)
+    choice = choose_face(
+        analyzer.analyze(read_image(args.image)), context.config.quality.policy(), largest=True
+    )
+    face = choice.face
+    if face is None or face.embedding is None:
+        raise ImageError(f"{args.image}: {choice.reason}")
+    decision = matcher.verify(
+        face.embedding,
+        model_id,
+        args.claim,
+        quality=face.quality.score,
+        scoring=context.config.matching.scoring,
+    )
+    if context.json_output:
+        context.print_json(
+            {
+                "image": str(args.image),
+                "claim": args.claim,
+                "accepted": decision.accepted,
+                "decision": decision.to_json(),
+            }
+        )
+    else:
+        verdict = "ACCEPTED" if decision.accepted else "REJECTED"
+        context.console.print(f"claim {args.claim!r}: {verdict} — {decision.reason}", markup=False)
+    return EXIT_OK
+
+
+def _store_check(context: Context, args: argparse.Namespace) -> int:
+    with _open_store(context, read_only=True) as store:
+        problems = store.integrity_check()
+    if context.json_output:
+        context.print_json({"store": str(store_path(context)), "ok": not problems, "problems": problems})
+    else:
+        context.console.print(f"{store_path(context)}: {'ok' if not problems else 'DAMAGED'}", markup=False)
+        for problem in problems:
+            context.console.print(f"  {problem}", markup=False)
+    return EXIT_OK if not problems else EXIT_IO
+
+
+def _calibrate(context: Context, args: argparse.Namespace) -> int:
+    if args.write_config and context.config_path is None:
+        raise ConfigError("--write-config needs --config FILE to know which file to write")
+    if not args.folder.is_dir():
+        raise ImageError(
+            f"{args.folder}: not a folder; give a folder with one sub-folder of photos per person"
+        )
+    analyzer = make_analyzer(context)
+    model_id = analyzer.embedding_model_id
+    assert model_id is not None
+    samples: dict[str, np.ndarray] = {}
+    skipped = []
+    for person_dir in sorted(p for p in args.folder.iterdir() if p.is_dir()):
+        vectors = []
+        for path in list_images(person_dir):
+            try:
+                choice = choose_face(
+                    analyzer.analyze(read_image(path)), context.config.quality.policy(), largest=True
+                )
+            except ImageError as exc:
+                skipped.append({"image": str(path), "reason": str(exc)})
+                continue
+            if choice.embedding is None:
+                skipped.append({"image": str(path), "reason": choice.reason or "unusable"})
+                continue
+            vectors.append(choice.embedding)
+        if vectors:
+            samples[person_dir.name] = np.stack(vectors)
+    if len(samples) < 2 or not any(len(v) >= 2 for v in samples.values()):
+        raise ImageError(
+            f"{args.folder}: calibration needs at least two people and someone with two or more usable photos"
+        )
+    results = calibrate(samples, args.target_far)
+    best = min(results.values(), key=lambda c: c.frr)
+    chosen = results[context.config.matching.scoring]
+    report = {
+        "model_id": model_id,
+        "people": len(samples),
+        "samples": int(sum(len(v) for v in samples.values())),
+        "target_far": args.target_far,
+        "by_scoring": {
+            scoring: {
+                "threshold": round(c.threshold, 4),
+                "far": c.far,
+                "frr": c.frr,
+                "genuine": c.genuine_count,
+                "impostor": c.impostor_count,
+            }
+            for scoring, c in results.items()
+        },
+        "separates_better": next(s for s, c in results.items() if c is best),
+        "configured_scoring": context.config.matching.scoring,
+        "skipped": skipped,
+    }
+    if args.write_config:
+        assert context.config_path is not None
+        write_threshold(context.config_path, model_id, chosen.threshold)
+        report["written_to"] = str(context.config_path)
+    if context.json_output:
+        context.print_json(report)
+    else:
+        context.console.print(
+            f"{model_id}: threshold {chosen.threshold:.4f} for FAR ≤ {args.target_far:g} "
+            f"({context.config.matching.scoring} scoring) → FRR {chosen.frr:.3%} "
+            f"on {report['people']} people, {report['samples']} photos",
+            markup=False,
+        )
+        for scoring, figures in report["by_scoring"].items():
+            context.console.print(f"  {scoring}: {figures}", markup=False)
+        if args.write_config:
+            context.console.print(f"written to {context.config_path}", markup=False)
+    return EXIT_OK

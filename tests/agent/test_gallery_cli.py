@@ -127,6 +127,7 @@ def test_two_near_people_are_ambiguous(
     code, result, _ = run(
         capsys, state_dir, "identify", str(save(tmp_path / "probe.jpg", astronaut[:, ::-1].copy())), "--json"
     )
+    assert code == 0
     decision = result["faces"][0]["decision"]
     assert decision["status"] == "ambiguous" and decision["person_id"] is None
     assert decision["margin"] < 0.05

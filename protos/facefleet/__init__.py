@@ -1,0 +1,1 @@
+"""FaceFleet wire contract (generated protobuf and gRPC code, package facefleet.v1)."""

@@ -1,0 +1,1 @@
+"""facefleet.v1: additive changes only within this version."""

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agent.detection import DetectorSettings
 from agent.errors import ConfigError
@@ -125,6 +125,74 @@ class MatchingConfig(_Section):
         )
 
 
+class MqttConfig(_Section):
+    """[mqtt] The broker events are published to."""
+
+    enabled: bool = Field(True, description="Publish events over MQTT")
+    host: str = Field("localhost", min_length=1, max_length=255, description="Broker host name or address")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual for TLS)")
+    prefix: str = Field("", max_length=128, description="Topic prefix; empty = 'facefleet/<device_id>/'")
+    username: str | None = Field(None, description="User name, if the broker wants one")
+    password_file: Path | None = Field(
+        None, description="File holding the password; a bare name is looked up in $CREDENTIALS_DIRECTORY"
+    )
+    tls: bool = Field(False, description="Connect with TLS")
+    ca_file: Path | None = Field(None, description="CA certificate to trust (default: the system's)")
+    cert_file: Path | None = Field(None, description="Client certificate for brokers that want one")
+    key_file: Path | None = Field(
+        None, description="Client key; a bare name is looked up in $CREDENTIALS_DIRECTORY"
+    )
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive (s)")
+    reconnect_max_s: int = Field(60, ge=1, le=3600, description="Longest wait between reconnect attempts (s)")
+    outbox_limit: int = Field(
+        10_000, ge=10, le=10_000_000, description="Events kept while the broker is away"
+    )
+    discovery_prefix: str = Field("homeassistant", description="Home Assistant discovery prefix; empty = off")
+
+
+class CameraConfig(_Section):
+    """[[cameras]] One frame source."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="Camera name, used in topics and events")
+    source: str = Field(
+        min_length=1, description="V4L2 index, /dev/videoN, rtsp:// or http(s):// URL, file, folder"
+    )
+    max_fps: float = Field(
+        0.0, ge=0, le=240, description="Frames per second to read at most; 0 = source rate"
+    )
+    loop: bool = Field(False, description="Restart a video file or folder at its end")
+    timeout_s: float = Field(5.0, gt=0, le=120, description="Open/read timeout of a stream (s)")
+
+
+class DoorConfig(_Section):
+    """[[doors]] A door opened for recognised people."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="Door name, used in topics and events")
+    camera: str = Field(description="The camera watching this door")
+    allow_people: list[str] = Field(default_factory=list, description="Person ids who may enter")
+    allow_groups: list[str] = Field(default_factory=list, description="Groups whose members may enter")
+    min_frames: int = Field(3, ge=1, le=100, description="Consecutive frames that must agree before granting")
+    threshold: float | None = Field(None, ge=-1, le=1, description="Match threshold for this door")
+    schedule: list[str] = Field(
+        default_factory=list, description="Open hours as 'HH:MM-HH:MM' (local time); empty = always"
+    )
+    relay_topic: str = Field(
+        "", description="MQTT topic (under the prefix) told 'open' on a grant; empty = none"
+    )
+    command: list[str] = Field(default_factory=list, description="Program run on a grant, e.g. gpioset …")
+    command_timeout_s: float = Field(5.0, gt=0, le=60, description="Longest the command may run (s)")
+    claim_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="How long a badge claim waits for a face (s)"
+    )
+
+
+class ServiceConfig(_Section):
+    """[service] The long-running agent."""
+
+    audit_retention_days: int = Field(90, ge=1, le=3650, description="Access decisions kept in the audit log")
+    status_interval_s: float = Field(30.0, ge=1, le=3600, description="How often the status is refreshed (s)")
+
+
 class AgentConfig(_Section):
     """The whole agent configuration file."""
 
@@ -136,6 +204,27 @@ class AgentConfig(_Section):
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     matching: MatchingConfig = Field(default_factory=MatchingConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
+    cameras: list[CameraConfig] = Field(default_factory=list, max_length=64)
+    doors: list[DoorConfig] = Field(default_factory=list, max_length=64)
+
+    @model_validator(mode="after")
+    def _doors_watch_known_cameras(self) -> AgentConfig:
+        cameras = [camera.name for camera in self.cameras]
+        if len(set(cameras)) != len(cameras):
+            raise ValueError("camera names must be unique")
+        doors = [door.name for door in self.doors]
+        if len(set(doors)) != len(doors):
+            raise ValueError("door names must be unique")
+        for door in self.doors:
+            if door.camera not in cameras:
+                raise ValueError(
+                    f"door '{door.name}' watches camera '{door.camera}', which is not configured"
+                )
+            for window in door.schedule:
+                parse_window(window)
+        return self
 
 
 def load_config(path: Path | None) -> AgentConfig:
@@ -203,3 +292,32 @@ def _key_of(line: str) -> str | None:
     if not sep:
         return None
     return key.strip().strip('"').strip("'")
+
+
+def parse_window(window: str) -> tuple[int, int]:
+    """'HH:MM-HH:MM' → (start, end) in minutes after midnight; end < start spans midnight."""
+    try:
+        start, end = window.split("-")
+        return _minutes(start), _minutes(end)
+    except ValueError:
+        raise ValueError(f"schedule window {window!r} must look like '07:30-18:00'") from None
+
+
+def _minutes(text: str) -> int:
+    hours, minutes = text.strip().split(":")
+    value = int(hours) * 60 + int(minutes)
+    if not (0 <= int(hours) <= 24 and 0 <= int(minutes) < 60 and value <= 24 * 60):
+        raise ValueError(text)
+    return value
+
+
+def secret(path: Path | None) -> str | None:
+    """A secret's text from a file; a bare file name is looked up in systemd's $CREDENTIALS_DIRECTORY."""
+    if path is None:
+        return None
+    if len(path.parts) == 1 and os.environ.get("CREDENTIALS_DIRECTORY"):
+        path = Path(os.environ["CREDENTIALS_DIRECTORY"]) / path
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"secret file {path}: cannot read ({exc.strerror})") from None

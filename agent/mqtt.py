@@ -116,6 +116,11 @@ class MqttLink:
             return None
         return int(info.mid)
 
+    def publish_retained(self, topic: str, payload: dict[str, Any]) -> None:
+        """Publish a retained JSON document to a full topic (e.g. Home Assistant discovery), if connected."""
+        if self.connected:
+            self._client.publish(topic, json.dumps(payload).encode(), qos=1, retain=True)
+
     def set_status(self, status: dict[str, Any]) -> None:
         """Publish the retained status now (if connected) and again after every reconnect."""
         self._status_payload = json.dumps(status).encode()

@@ -16,6 +16,7 @@ from pathlib import Path
 from agent import __version__
 from agent.cli import gallery as gallery_cmd
 from agent.cli import models as models_cmd
+from agent.cli import service as service_cmd
 from agent.cli import vision as vision_cmd
 from agent.cli.context import Context
 from agent.config import load_config
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_cmd.register(commands)
     vision_cmd.register(commands)
     gallery_cmd.register(commands)
+    service_cmd.register(commands)
     check = commands.add_parser(
         "check-config",
         help="validate a config file",

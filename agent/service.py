@@ -1,0 +1,412 @@
+"""The long-running edge service: cameras → faces → identities → tracks → events over MQTT, door access
+decisions, commands from `cmd/#`, a retained status, and systemd notifications.
+
+Frames are analysed synchronously as they come (latest frame wins per camera), which keeps the time from a
+face's first good frame to its published decision short; the outbox makes every event durable first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent import __version__, notify
+from agent.config import AgentConfig, DoorConfig, secret
+from agent.discovery import discovery_messages
+from agent.doors import DoorController
+from agent.events import AccessDecision, Versions, access_event, face_event, reply
+from agent.faces import EXPRESSION_LABELS, Face
+from agent.matching import Decision, DecisionPolicy, Matcher
+from agent.models.store import ModelStore
+from agent.mqtt import MqttLink, MqttSettings
+from agent.outbox import OutboxPublisher
+from agent.paths import model_store_dir
+from agent.pipeline import AnalyzerSettings, FaceAnalyzer
+from agent.records import Person, StoreError
+from agent.runtime import Runtime
+from agent.sources import Camera, CameraFrame, CameraSettings
+from agent.store import OUTBOX_DROPPED, EmbeddingStore
+from agent.tracking import Observation, Tracker
+
+log = logging.getLogger(__name__)
+
+
+class VerifyCommand(BaseModel):
+    """cmd/verify: a badge reader says who is at a door."""
+
+    model_config = ConfigDict(extra="forbid")
+    door: str = Field(max_length=32)
+    person_id: str = Field(min_length=1, max_length=128)
+    timeout_s: float | None = Field(None, gt=0, le=300)
+    request_id: str | None = Field(None, max_length=128)
+
+
+class AgentService:
+    """Everything the agent runs, wired from one validated config."""
+
+    def __init__(self, config: AgentConfig, state_dir: Path) -> None:
+        self.config = config
+        self.device_id = config.device_id or socket.gethostname()
+        self.prefix = config.mqtt.prefix or f"facefleet/{self.device_id}/"
+        self.runtime = Runtime(config.runtime.settings(state_dir))
+        settings = AnalyzerSettings(detector=config.detector.settings(), jobs=config.runtime.jobs)
+        self.analyzer = FaceAnalyzer(self.runtime, ModelStore(model_store_dir(state_dir)), settings)
+        model_id = self.analyzer.embedding_model_id
+        assert model_id is not None
+        self.model_id = model_id
+        self.store = EmbeddingStore(state_dir / "agent.db", outbox_limit=config.mqtt.outbox_limit)
+        self.matcher = Matcher(config.matching.policy())
+        self.cameras = {
+            c.name: Camera(CameraSettings(c.name, c.source, c.max_fps, c.loop, timeout_s=c.timeout_s))
+            for c in config.cameras
+        }
+        self.trackers = {name: Tracker(min_quality=config.matching.min_quality) for name in self.cameras}
+        self.doors = {d.name: DoorController(d, self._person) for d in config.doors}
+        self.door_policies = {d.name: self._door_policy(d) for d in config.doors}
+        self.commands: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=1000)
+        self.stop_event = threading.Event()
+        self.errors: list[str] = []
+        self._people: dict[str, Person] = {}
+        self._people_revision = -1
+        self._camera_state: dict[str, dict[str, Any]] = {}
+        self.outbox = OutboxPublisher(self.store, self._publish)
+        self.link = self._make_link() if config.mqtt.enabled else None
+
+    # ---- life cycle -----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until stop_event is set; flush what can be flushed and return 0."""
+        for camera in self.cameras.values():
+            camera.start()
+        self.outbox.start()
+        if self.link is not None:
+            self.link.set_status(self.status())
+            self.link.start()
+        notify.notify("READY=1", f"STATUS=watching {len(self.cameras)} camera(s)")
+        watchdog = notify.watchdog_interval()
+        last_status = last_watchdog = 0.0
+        last_frame = dict.fromkeys(self.cameras, 0)
+        try:
+            while not self.stop_event.is_set():
+                self._handle_commands()
+                self._refresh_gallery()
+                busy = False
+                for name, camera in self.cameras.items():
+                    frame = camera.next_frame(last_frame[name], timeout=0.0)
+                    if frame is not None:
+                        last_frame[name] = frame.number
+                        self._process(frame)
+                        busy = True
+                    elif camera.status.state in ("ended", "stopped") and self.trackers[name].active_tracks:
+                        self._publish_track_events(name, self.trackers[name].finish(), time.time())
+                now = time.monotonic()
+                if now - last_status >= self.config.service.status_interval_s:
+                    last_status = now
+                    self._publish_status()
+                if watchdog and now - last_watchdog >= watchdog:
+                    last_watchdog = now
+                    notify.notify("WATCHDOG=1")
+                if not busy:
+                    self.stop_event.wait(0.01)
+        finally:
+            self._shutdown()
+        return 0
+
+    def _shutdown(self) -> None:
+        notify.notify("STOPPING=1", "STATUS=stopping: flushing events")
+        for camera in self.cameras.values():
+            camera.stop()
+        for name, tracker in self.trackers.items():
+            self._publish_track_events(name, tracker.finish(), time.time())
+        if self.link is not None and self.link.connected:
+            self.outbox.flush(5.0)
+        self.outbox.stop()
+        if self.link is not None:
+            self.link.stop()
+        self.store.close()
+
+    # ---- frames -----------------------------------------------------------------------------------------
+
+    def _process(self, frame: CameraFrame) -> None:
+        faces = [f for f in self.analyzer.analyze(frame.image) if f.embedding is not None]
+        scoring = self.config.matching.scoring
+        decisions = [
+            self.matcher.identify(face.embedding, self.model_id, quality=face.quality.score, scoring=scoring)
+            for face in faces
+            if face.embedding is not None
+        ]
+        observations = [
+            Observation(
+                face.detection.box_xyxy,
+                face.quality.score,
+                decision.status,
+                decision.person_id,
+                decision.score or 0.0,
+                None if face.expression is None else _probabilities(face),
+            )
+            for face, decision in zip(faces, decisions, strict=True)
+        ]
+        events = self.trackers[frame.camera].update(observations, frame.captured_at)
+        self._publish_track_events(frame.camera, events, frame.captured_at)
+        self._update_camera_state(frame.camera, faces, decisions)
+        for door_name, door in self.doors.items():
+            if door.door.camera == frame.camera:
+                self._door_frame(door_name, door, faces, decisions, frame)
+
+    def _door_frame(
+        self,
+        name: str,
+        door: DoorController,
+        faces: list[Face],
+        decisions: list[Decision],
+        frame: CameraFrame,
+    ) -> None:
+        door_decision = claim_decision = None
+        if faces:
+            index = max(
+                range(len(faces)), key=lambda i: faces[i].detection.size_wh[0] * faces[i].detection.size_wh[1]
+            )
+            face, decision = faces[index], decisions[index]
+            policy = self.door_policies[name]
+            door_decision = policy.decide(self.model_id, decision.candidates, face.quality.score)
+            pending = door._claim
+            if pending is not None and face.embedding is not None:
+                claim_decision = self.matcher.verify(
+                    face.embedding, self.model_id, pending.person_id, quality=face.quality.score
+                )
+        result = door.observe(door_decision, claim_decision, frame.captured_at)
+        if result is not None:
+            self._act(result, frame.camera)
+
+    def _act(self, decision: AccessDecision, camera: str) -> None:
+        now = time.time()
+        payload = access_event(self.device_id, camera, decision, self._versions(), now)
+        log.info("door %s: %s %s (%s)", decision.door, decision.decision, decision.person_id, decision.reason)
+        self._guarded(
+            lambda: self.store.audit_append(
+                decision.door,
+                decision.decision,
+                person_id=decision.person_id,
+                score=decision.score,
+                details={
+                    k: payload[k]
+                    for k in ("event_id", "reason", "mode", "frames", "margin", "models", "gallery_revision")
+                },
+                at=now,
+            )
+        )
+        self._submit(f"access/{decision.door}", payload)
+        if decision.granted:
+            door = next(d for d in self.config.doors if d.name == decision.door)
+            if door.relay_topic:
+                self._submit(
+                    door.relay_topic,
+                    {"schema": 1, "door": door.name, "action": "open", "event_id": payload["event_id"]},
+                )
+            if door.command:
+                threading.Thread(target=_run_action, args=(door,), daemon=True).start()
+
+    # ---- events, status, commands ------------------------------------------------------------------------
+
+    def _publish_track_events(self, camera: str, events: list[Any], when: float) -> None:
+        for event in events:
+            person = self._people.get(event.identity)
+            payload = face_event(
+                self.device_id, camera, event, person.name if person else None, self._versions(), when
+            )
+            self._submit("events/face", payload)
+
+    def _submit(self, topic_suffix: str, payload: dict[str, Any]) -> None:
+        if self.link is None:
+            return
+        self._guarded(lambda: self.outbox.submit(topic_suffix, json.dumps(payload)))
+
+    def _guarded(self, write: Any) -> None:
+        """Run a store write; a full disk or a locked file is logged and reported, never fatal."""
+        try:
+            write()
+        except StoreError as exc:
+            message = f"store write failed: {exc}"
+            log.error("%s", message)
+            self.errors = [*self.errors[-9:], message]
+
+    def _publish(self, topic_suffix: str, payload: bytes, qos: int) -> int | None:
+        return None if self.link is None else self.link.publish(topic_suffix, payload, qos)
+
+    def _handle_commands(self) -> None:
+        while True:
+            try:
+                command, payload = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            self._command(command, payload)
+
+    def _command(self, command: str, payload: bytes) -> None:
+        now = time.time()
+        if command != "verify":
+            self._reply(command, None, False, f"unknown command {command!r}; supported: verify", now)
+            return
+        try:
+            request = VerifyCommand.model_validate_json(payload)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in exc.errors()
+            )
+            self._reply(command, None, False, f"malformed cmd/verify: {problems}", now)
+            return
+        door = self.doors.get(request.door)
+        if door is None:
+            self._reply(command, request.request_id, False, f"unknown door {request.door!r}", now)
+            return
+        immediate = door.claim(request.person_id, now, request.timeout_s, request.request_id)
+        self._reply(
+            command, request.request_id, True, f"verifying {request.person_id!r} at {request.door!r}", now
+        )
+        if immediate is not None:
+            self._act(immediate, door.door.camera)
+
+    def _reply(self, command: str, request_id: str | None, ok: bool, detail: str, now: float) -> None:
+        if not ok:
+            log.warning("cmd/%s: %s", command, detail)
+            self.errors = [*self.errors[-9:], f"cmd/{command}: {detail}"]
+        self._submit(f"replies/{command}", reply(command, request_id, ok, detail, self.device_id, now))
+
+    def status(self) -> dict[str, Any]:
+        cameras = {
+            name: {
+                "state": s.state,
+                "fps": s.fps,
+                "frames_read": s.frames_read,
+                "frames_dropped": s.frames_dropped,
+                "error": s.error,
+            }
+            for name, camera in self.cameras.items()
+            for s in [camera.status]
+        }
+        return {
+            "schema": 1,
+            "state": "online",
+            "device_id": self.device_id,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "versions": self._versions().to_json(),
+            "gallery_revision": self._people_revision,
+            "cameras": cameras,
+            "doors": sorted(self.doors),
+            "outbox": {"pending": self.store.outbox_count(), "dropped": self.store.counter(OUTBOX_DROPPED)},
+            "errors": self.errors[-5:],
+        }
+
+    def _publish_status(self) -> None:
+        try:
+            status = self.status()
+        except StoreError as exc:
+            log.error("status: %s", exc)
+            return
+        if self.link is not None:
+            self.link.set_status(status)
+        notify.notify(f"STATUS=gallery r{status['gallery_revision']}, outbox {status['outbox']['pending']}")
+        self._guarded(
+            lambda: self.store.audit_prune(time.time() - 86400 * self.config.service.audit_retention_days)
+        )
+
+    def _update_camera_state(self, camera: str, faces: list[Face], decisions: list[Decision]) -> None:
+        best = max(faces, key=lambda f: f.quality.score, default=None)
+        expression = best.expression if best is not None else None
+        state = {
+            "faces_in_view": len(faces),
+            "last_person": self._camera_state.get(camera, {}).get("last_person", "none"),
+            "expression": expression.label if expression is not None else None,
+        }
+        matched = [d.person_id for d in decisions if d.person_id]
+        if matched:
+            state["last_person"] = matched[0]
+        if state != self._camera_state.get(camera) and self.link is not None:
+            self._camera_state[camera] = state
+            self.link.publish_retained(f"{self.prefix}cameras/{camera}/state", state)
+
+    # ---- helpers ------------------------------------------------------------------------------------------
+
+    def _refresh_gallery(self) -> None:
+        try:
+            if self.matcher.refresh(self.store, [self.model_id]):
+                self._people = {p.person_id: p for p in self.store.people()}
+                self._people_revision = self.matcher.revision or 0
+        except StoreError as exc:
+            log.error("gallery refresh: %s (keeping the last gallery)", exc)
+
+    def _person(self, person_id: str) -> Person | None:
+        return self._people.get(person_id)
+
+    def _door_policy(self, door: DoorConfig) -> DecisionPolicy:
+        base = self.config.matching.policy()
+        if door.threshold is None:
+            return base
+        return DecisionPolicy(
+            {self.model_id: door.threshold}, base.default_threshold, base.ambiguity_margin, base.min_quality
+        )
+
+    def _versions(self) -> Versions:
+        models = {"detection": self.analyzer.detector_model.manifest.model_id, "embedding": self.model_id}
+        if self.analyzer.expression_model is not None:
+            models["expression"] = self.analyzer.expression_model.manifest.model_id
+        return Versions(__version__, self.runtime.version, models, self._people_revision)
+
+    def _make_link(self) -> MqttLink:
+        mqtt = self.config.mqtt
+        settings = MqttSettings(
+            host=mqtt.host,
+            port=mqtt.port,
+            prefix=self.prefix,
+            client_id=f"facefleet-{self.device_id}",
+            username=mqtt.username,
+            password=secret(mqtt.password_file),
+            tls=mqtt.tls,
+            ca_file=mqtt.ca_file,
+            cert_file=mqtt.cert_file,
+            key_file=mqtt.key_file,
+            keepalive_s=mqtt.keepalive_s,
+            reconnect_max_s=mqtt.reconnect_max_s,
+        )
+        return MqttLink(settings, self.outbox.acknowledged, self._queue_command, self._connection_changed)
+
+    def _queue_command(self, command: str, payload: bytes) -> None:
+        try:
+            self.commands.put_nowait((command, payload))
+        except queue.Full:
+            log.warning("cmd/%s dropped: too many commands waiting", command)
+
+    def _connection_changed(self, connected: bool, reason: str) -> None:
+        self.outbox.connection_changed(connected)
+        if connected and self.link is not None and self.config.mqtt.discovery_prefix:
+            for topic, payload in discovery_messages(
+                self.config.mqtt.discovery_prefix,
+                self.prefix,
+                self.device_id,
+                __version__,
+                list(self.cameras),
+                list(self.doors),
+            ):
+                self.link.publish_retained(topic, payload)
+
+
+def _probabilities(face: Face) -> npt.NDArray[np.float32]:
+    assert face.expression is not None
+    return np.array([face.expression.probabilities[label] for label in EXPRESSION_LABELS], np.float32)
+
+
+def _run_action(door: DoorConfig) -> None:
+    try:
+        subprocess.run(door.command, timeout=door.command_timeout_s, check=True, capture_output=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.error("door %s: action %s failed: %s", door.name, door.command[0], exc)

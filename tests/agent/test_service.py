@@ -1,0 +1,225 @@
+"""The agent service end to end: real mosquitto, real models, cameras made of real photos."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from agent.config import load_config
+from agent.models.store import ModelStore
+from agent.records import Embedding, Person, PersonUpsert
+from agent.service import AgentService
+from agent.store import EmbeddingStore
+from tests.mosquitto import Mosquitto
+
+PREFIX = "facefleet/door-box/"
+
+
+@pytest.fixture
+def state_dir(model_store: ModelStore, analyzer: Any, astronaut: np.ndarray, tmp_path: Path) -> Path:
+    """A state directory with the default models and Eileen (the astronaut, group 'crew') enrolled."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "models").symlink_to(model_store.root, target_is_directory=True)
+    (face,) = analyzer.analyze(astronaut)
+    with EmbeddingStore(state / "agent.db") as store:
+        store.apply_batch(
+            [
+                PersonUpsert(
+                    Person("eileen", "Eileen C.", ("crew",)), (Embedding("sface@2021dec", face.embedding),)
+                )
+            ]
+        )
+    return state
+
+
+def stranger(group_photo: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(group_photo[190:550, 380:660])
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float) -> Path:
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (width, height))
+    for frame in frames:
+        writer.write(cv2.resize(frame, (width, height)))
+    writer.release()
+    return path
+
+
+def config_file(tmp_path: Path, port: int, camera: str, source: Path, **door: Any) -> Path:
+    door_lines = "".join(f"{key} = {json.dumps(value)}\n" for key, value in door.items())
+    text = f"""
+device_id = "door-box"
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+reconnect_max_s = 1
+[service]
+status_interval_s = 1
+[[cameras]]
+name = "{camera}"
+source = "{source}"
+loop = {str(camera == "loop").lower()}
+max_fps = 8
+[[doors]]
+name = "front"
+camera = "{camera}"
+min_frames = 3
+{door_lines}"""
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return path
+
+
+def test_service_publishes_identity_unknown_expression_and_door_decisions(
+    state_dir: Path,
+    astronaut: np.ndarray,
+    group_photo: np.ndarray,
+    broker: Mosquitto,
+    subscriber_factory: Any,
+    tmp_path: Path,
+) -> None:
+    blank = np.full_like(astronaut, 40)
+    frames = [astronaut] * 8 + [blank] * 14 + [stranger(group_photo)] * 8 + [blank] * 14
+    video = write_video(tmp_path / "door.avi", frames, fps=8)
+    config = config_file(
+        tmp_path, broker.port, "door", video, allow_groups=["crew"], relay_topic="relay/front"
+    )
+    watcher = subscriber_factory(broker.port, PREFIX + "#")
+    notify_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify_path = tmp_path / "notify.sock"
+    notify_socket.bind(str(notify_path))
+    notify_socket.settimeout(60)
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+    command = [
+        str(Path(sys.executable).with_name("facefleet-agent")),
+        "--config",
+        str(config),
+        "--state-dir",
+        str(state_dir),
+        "run",
+    ]
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+    try:
+        assert b"READY=1" in notify_socket.recv(4096)
+        watcher.wait_for(
+            lambda: len([e for e in watcher.on(PREFIX + "events/face") if e["event"] == "ended"]) >= 2,
+            timeout=60,
+        )
+        watcher.wait_for(lambda: len(watcher.on(PREFIX + "access/front")) >= 2, timeout=30)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+        notify_socket.close()
+    assert process.returncode == 0, stderr.decode()
+    faces = watcher.on(PREFIX + "events/face")
+    decided = [e for e in faces if e["event"] == "decided"]
+    assert [e["identity"]["person_id"] for e in decided] == ["eileen", None]
+    eileen, unknown = decided
+    assert eileen["identity"] == {"status": "match", "person_id": "eileen", "name": "Eileen C."}
+    assert eileen["expression"]["label"] == "happy" and eileen["score"] > 0.9
+    assert unknown["identity"]["status"] == "unknown"
+    for event in faces:
+        assert event["schema"] == 1 and event["kind"] == "face" and event["time"].endswith("Z")
+        assert event["models"]["embedding"] == "sface@2021dec" and event["gallery_revision"] == 1
+    assert len({e["event_id"] for e in faces}) == len(faces)
+    granted, denied = watcher.on(PREFIX + "access/front")[:2]
+    assert (granted["decision"], granted["person_id"], granted["frames"]) == ("granted", "eileen", 3)
+    assert (denied["decision"], denied["reason"]) == ("denied", "face not recognised")
+    assert watcher.on(PREFIX + "relay/front")[0]["action"] == "open"
+    statuses = watcher.on(PREFIX + "status")
+    assert statuses[0]["state"] == "online" and statuses[0]["cameras"]["door"]["state"] in (
+        "running",
+        "starting",
+    )
+    assert statuses[-1]["state"] == "offline"
+    with EmbeddingStore(state_dir / "agent.db") as store:
+        audit = store.audit_entries()
+        assert {entry.decision for entry in audit} == {"granted", "denied"}
+        assert store.outbox_count() == 0
+
+
+def test_badge_claims_and_bad_commands(
+    state_dir: Path, group_photo: np.ndarray, broker: Mosquitto, subscriber_factory: Any, tmp_path: Path
+) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "stranger.png"), stranger(group_photo))
+    config = load_config(config_file(tmp_path, broker.port, "loop", folder, allow_people=["eileen"]))
+    watcher = subscriber_factory(broker.port, PREFIX + "#")
+    service = AgentService(config, state_dir)
+    runner = threading.Thread(target=service.run)
+    runner.start()
+    try:
+        watcher.wait_for(lambda: watcher.on(PREFIX + "access/front"), timeout=30)  # the stranger is denied
+        sender = watcher.client
+        sender.publish(PREFIX + "cmd/verify", b"{not json", qos=1)
+        sender.publish(
+            PREFIX + "cmd/verify",
+            json.dumps({"door": "front", "person_id": "eileen", "colour": "red"}),
+            qos=1,
+        )
+        sender.publish(PREFIX + "cmd/verify", json.dumps({"door": "back", "person_id": "eileen"}), qos=1)
+        sender.publish(
+            PREFIX + "cmd/verify",
+            json.dumps({"door": "front", "person_id": "mallory", "request_id": "r1"}),
+            qos=1,
+        )
+        sender.publish(
+            PREFIX + "cmd/verify",
+            json.dumps({"door": "front", "person_id": "eileen", "request_id": "r2"}),
+            qos=1,
+        )
+        watcher.wait_for(
+            lambda: any(e.get("claim_id") == "r2" for e in watcher.on(PREFIX + "access/front")), timeout=30
+        )
+    finally:
+        service.stop_event.set()
+        runner.join(30)
+    replies = watcher.on(PREFIX + "replies/verify")
+    assert [r["ok"] for r in replies] == [False, False, False, True, True]
+    assert "malformed" in replies[0]["detail"] and "colour" in replies[1]["detail"]
+    assert "unknown door 'back'" in replies[2]["detail"]
+    claims = {e["claim_id"]: e for e in watcher.on(PREFIX + "access/front") if e["mode"] == "claim"}
+    assert claims["r1"]["decision"] == "denied" and "not enrolled" in claims["r1"]["reason"]
+    assert (
+        claims["r2"]["decision"] == "denied"
+        and claims["r2"]["reason"] == "face does not match the claimed person"
+    )
+    assert claims["r2"]["person_id"] == "eileen" and claims["r2"]["frames"] == 3
+    assert any("malformed" in error for error in service.errors)
+
+
+def test_home_assistant_discovery(
+    state_dir: Path, broker: Mosquitto, subscriber_factory: Any, tmp_path: Path
+) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "empty.png"), np.full((200, 200, 3), 50, np.uint8))
+    config = load_config(config_file(tmp_path, broker.port, "loop", folder))
+    watcher = subscriber_factory(broker.port, "homeassistant/#")
+    service = AgentService(config, state_dir)
+    runner = threading.Thread(target=service.run)
+    runner.start()
+    try:
+        watcher.wait_for(lambda: len(watcher.messages) >= 4, timeout=30)
+    finally:
+        service.stop_event.set()
+        runner.join(30)
+    topics = {topic: payload for topic, payload, _ in watcher.messages}
+    person = topics["homeassistant/sensor/facefleet_door-box_loop_person/config"]
+    assert person["state_topic"] == PREFIX + "cameras/loop/state"
+    assert person["availability"][0]["topic"] == PREFIX + "status"
+    door = topics["homeassistant/sensor/facefleet_door-box_front_access/config"]
+    assert door["state_topic"] == PREFIX + "access/front"

@@ -1,0 +1,64 @@
+"""Every systemd unit of the project passes `systemd-analyze verify` (Debian package `systemd`) cleanly."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+UNITS = sorted((ROOT / "systemd").glob("*.service"))
+INSTALL_PREFIX = "/opt/facefleet/bin/"
+
+
+def unit_settings(unit: Path) -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in unit.read_text(encoding="utf-8").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.lstrip().startswith("#"):
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (apt: systemd)"
+)
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_unit_verifies_cleanly(unit: Path, tmp_path: Path) -> None:
+    text = unit.read_text(encoding="utf-8")
+    assert INSTALL_PREFIX in text
+    # verify checks that ExecStart= binaries exist: point them at this venv's console scripts.
+    copy = tmp_path / unit.name
+    copy.write_text(text.replace(INSTALL_PREFIX, str(Path(sys.executable).parent) + "/"), encoding="utf-8")
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(copy)], capture_output=True, text=True, timeout=60
+    )
+    problems = [line for line in (result.stdout + result.stderr).splitlines() if unit.name in line]
+    assert result.returncode == 0, result.stderr
+    assert problems == []
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_unit_is_a_hardened_notify_service_that_does_not_loop_on_bad_config(unit: Path) -> None:
+    settings = unit_settings(unit)
+    name = unit.stem
+    assert settings["Type"] == ["notify"]
+    assert settings["User"] == [name]
+    assert settings["StateDirectory"] == [name]
+    assert settings["ConfigurationDirectory"] == [name]
+    assert "78" in settings["RestartPreventExitStatus"][0].split()
+    for key in ("NoNewPrivileges", "PrivateTmp", "ProtectHome"):
+        assert settings[key] == ["yes"]
+    assert settings["ProtectSystem"] == ["strict"]
+    assert "WatchdogSec" in settings
+
+
+def test_agent_unit_reaches_cameras_and_accelerators() -> None:
+    settings = unit_settings(ROOT / "systemd" / "facefleet-agent.service")
+    allowed = " ".join(settings["DeviceAllow"])
+    for device in ("char-video4linux", "char-drm", "char-accel", "char-usb_device"):
+        assert device in allowed
+    assert "video" in settings["SupplementaryGroups"][0]

@@ -101,9 +101,7 @@ class OutboxPublisher:
     def _delete_acknowledged(self) -> None:
         with self._lock:
             acked, self._acked = self._acked, []
-        for outbox_id in acked:
-            if self._store.outbox_delete(outbox_id):
-                self.delivered += 1
+        self.delivered += self._store.outbox_delete_many(acked)
         with self._lock:
             self._sent.difference_update(acked)
 

@@ -80,6 +80,7 @@ class AgentService:
         self._people: dict[str, Person] = {}
         self._people_revision = -1
         self._camera_state: dict[str, dict[str, Any]] = {}
+        self.frames_analysed = dict.fromkeys(self.cameras, 0)
         self.outbox = OutboxPublisher(self.store, self._publish)
         self.link = self._make_link() if config.mqtt.enabled else None
 
@@ -139,6 +140,7 @@ class AgentService:
     # ---- frames -----------------------------------------------------------------------------------------
 
     def _process(self, frame: CameraFrame) -> None:
+        self.frames_analysed[frame.camera] += 1
         faces = [f for f in self.analyzer.analyze(frame.image) if f.embedding is not None]
         scoring = self.config.matching.scoring
         decisions = [
@@ -289,6 +291,7 @@ class AgentService:
                 "fps": s.fps,
                 "frames_read": s.frames_read,
                 "frames_dropped": s.frames_dropped,
+                "frames_analysed": self.frames_analysed[name],
                 "error": s.error,
             }
             for name, camera in self.cameras.items()

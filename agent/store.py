@@ -402,6 +402,14 @@ class EmbeddingStore:
         with self._write() as conn:
             return conn.execute("DELETE FROM outbox WHERE id = ?", (message_id,)).rowcount > 0
 
+    def outbox_delete_many(self, message_ids: Sequence[int]) -> int:
+        """Remove delivered messages in one transaction; how many were still there."""
+        if not message_ids:
+            return 0
+        with self._write() as conn:
+            cursor = conn.executemany("DELETE FROM outbox WHERE id = ?", [(int(i),) for i in message_ids])
+            return int(cursor.rowcount)
+
     def outbox_count(self) -> int:
         with self._read() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])

@@ -30,6 +30,7 @@ class Subscriber:
 
     def __init__(self, port: int, topic_filter: str, client_id: str) -> None:
         self.messages: list[tuple[str, Any, bool]] = []
+        self.arrivals: list[float] = []  # time.time() of each message
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self.client = paho.Client(
@@ -52,6 +53,7 @@ class Subscriber:
             payload = bytes(message.payload)
         with self._lock:
             self.messages.append((message.topic, payload, bool(message.retain)))
+            self.arrivals.append(time.time())
 
     def on(self, topic: str) -> list[Any]:
         with self._lock:

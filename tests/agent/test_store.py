@@ -535,8 +535,11 @@ def test_outbox_keeps_order_and_drops_the_oldest_when_full_counting_them(store_p
         assert not store.outbox_delete(ids[2])
         assert [m.message_id for m in store.outbox_pending(limit=1)] == [ids[3]]
         assert store.outbox_count() == 2
+        assert store.outbox_delete_many([]) == 0
     with EmbeddingStore(store_path, outbox_limit=3) as store:  # durable across restarts
         assert [m.message_id for m in store.outbox_pending()] == ids[3:]
+        assert store.outbox_delete_many([ids[3], ids[2], 999]) == 1
+        assert [m.message_id for m in store.outbox_pending()] == [ids[4]]
         assert store.counter(OUTBOX_DROPPED) == 2
 
 

@@ -1,0 +1,200 @@
+"""Agent service benchmark: the real `facefleet-agent run` process on videos made of the bundled photos,
+with a real mosquitto. Prints JSON: analysed frames/s and frame-to-event latency with 1 and 6 faces, the
+process's CPU and peak RSS, and events/s through the durable outbox against plain QoS 1 publishing.
+
+Usage: .venv/bin/python benchmarks/agent.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent.images import read_image
+from agent.models.importer import import_defaults
+from agent.models.store import ModelStore
+from agent.mqtt import MqttLink, MqttSettings
+from agent.outbox import OutboxPublisher
+from agent.photos import sample_photo
+from agent.pipeline import FaceAnalyzer
+from agent.records import Embedding, Person, PersonUpsert
+from agent.runtime import Runtime
+from agent.store import EmbeddingStore
+from tests.agent.conftest import Subscriber
+from tests.mosquitto import Mosquitto
+
+AGENT = str(Path(sys.executable).with_name("facefleet-agent"))
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float) -> Path:
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (width, height))
+    for frame in frames:
+        writer.write(cv2.resize(frame, (width, height)))
+    writer.release()
+    return path
+
+
+def process_figures(pid: int, started: float, cpu_start: float) -> dict[str, float]:
+    stat = Path(f"/proc/{pid}/stat").read_text().split()
+    ticks = (int(stat[13]) + int(stat[14])) / 100.0
+    status = Path(f"/proc/{pid}/status").read_text()
+    peak = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+    return {
+        "cpu_cores_used": round((ticks - cpu_start) / (time.monotonic() - started), 2),
+        "peak_rss_mb": round(peak / 1024, 1),
+    }
+
+
+def run_service(root: Path, state: Path, port: int, video: Path, seconds: float) -> dict[str, Any]:
+    config = root / f"{video.stem}.toml"
+    config.write_text(
+        f'device_id = "bench"\n[mqtt]\nhost = "127.0.0.1"\nport = {port}\n[service]\nstatus_interval_s = 1\n'
+        f'[[cameras]]\nname = "cam"\nsource = "{video}"\nloop = true\n'
+    )
+    watcher = Subscriber(port, "facefleet/bench/#", client_id=f"bench-{video.stem}")
+    process = subprocess.Popen(
+        [AGENT, "--config", str(config), "--state-dir", str(state), "run"], stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not [s for s in watcher.on("facefleet/bench/status") if s.get("state") == "online"]:
+            if time.monotonic() > deadline:
+                raise RuntimeError("agent did not come online")
+            time.sleep(0.05)
+        time.sleep(2.0)  # warm-up
+        stat = Path(f"/proc/{process.pid}/stat").read_text().split()
+        cpu_start = (int(stat[13]) + int(stat[14])) / 100.0
+        started = time.monotonic()
+        before = watcher.on("facefleet/bench/status")[-1]["cameras"]["cam"]["frames_analysed"]
+        received_before = len(watcher.messages)
+        time.sleep(seconds)
+        resources = process_figures(process.pid, started, cpu_start)
+        after_status = watcher.on("facefleet/bench/status")[-1]
+        elapsed = time.monotonic() - started
+    finally:
+        process.terminate()
+        process.wait(30)
+        watcher.close()
+    frames = after_status["cameras"]["cam"]["frames_analysed"] - before
+    latencies = []
+    with watcher._lock:
+        arrivals = list(watcher.arrivals[received_before:])
+    for arrived, (topic, payload, _) in zip(arrivals, watcher.messages[received_before:], strict=False):
+        if topic.endswith("events/face") and payload["event"] == "decided":
+            first_seen = datetime.fromisoformat(payload["first_seen"].replace("Z", "+00:00")).timestamp()
+            latencies.append((arrived - first_seen) * 1000)
+    return {
+        "analysed_fps": round(frames / elapsed, 1),
+        "frame_to_decided_event_ms_median": round(statistics.median(latencies), 1) if latencies else None,
+        "decided_events": len(latencies),
+        **resources,
+    }
+
+
+def publish_rate(root: Path, port: int, count: int, durable: bool) -> int:
+    """Events/s from first publish to last PUBACK, through the outbox (durable) or straight to paho."""
+    store = EmbeddingStore(root / f"outbox-{durable}.db", outbox_limit=count * 2)
+    acked = threading.Semaphore(0)
+    holder: dict[str, OutboxPublisher] = {}
+
+    def on_ack(mid: int) -> None:
+        if "publisher" in holder:
+            holder["publisher"].acknowledged(mid)
+        acked.release()
+
+    def on_connection(up: bool, reason: str) -> None:
+        if "publisher" in holder:
+            holder["publisher"].connection_changed(up)
+
+    settings = MqttSettings("127.0.0.1", port, "facefleet/bench/", f"bench-{durable}", max_inflight=100)
+    link = MqttLink(settings, on_ack, lambda topic, payload: None, on_connection)
+    if durable:
+        holder["publisher"] = OutboxPublisher(store, link.publish, window=100)
+        holder["publisher"].start()
+    link.start()
+    link.wait_connected(10)
+    payload = json.dumps({"schema": 1, "event_id": "x" * 36, "kind": "face", "score": 0.9})
+    start = time.perf_counter()
+    for _ in range(count):
+        if durable:
+            holder["publisher"].submit("events/face", payload)
+        else:
+            while link.publish("events/face", payload.encode()) is None:
+                time.sleep(0.001)
+    if durable:
+        holder["publisher"].flush(120)
+        holder["publisher"].stop()
+    else:
+        for _ in range(count):
+            acked.acquire(timeout=60)
+    elapsed = time.perf_counter() - start
+    link.stop()
+    store.close()
+    return round(count / elapsed)
+
+
+def outbox_throughput(root: Path, port: int, count: int) -> dict[str, Any]:
+    plain = publish_rate(root, port, count, durable=False)
+    durable = publish_rate(root, port, count, durable=True)
+    return {
+        "events": count,
+        "plain_qos1_events_per_s": plain,
+        "outbox_events_per_s": durable,
+        "outbox_vs_plain": round(durable / plain, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    seconds, events = (4.0, 1000) if args.quick else (15.0, 5000)
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        state = root / "state"
+        store = ModelStore(state / "models")
+        runtime = Runtime()
+        import_defaults(runtime, store)
+        astronaut, group = read_image(sample_photo("astronaut")), read_image(sample_photo("t1"))
+        (face,) = FaceAnalyzer(runtime, store).analyze(astronaut)
+        with EmbeddingStore(state / "agent.db") as gallery:
+            gallery.apply_batch(
+                [PersonUpsert(Person("eileen"), (Embedding("sface@2021dec", face.embedding),))]
+            )
+        blank = np.full_like(astronaut, 40)
+        # a face in view for 1 s, then 1 s without faces, which ends its track (after 10 missed frames)
+        one = write_video(root / "one.avi", [blank] * 30 + [astronaut] * 30, fps=30)
+        six = write_video(root / "six.avi", [cv2.resize(blank, (1280, 886))] * 30 + [group] * 30, fps=30)
+        broker = Mosquitto(root).start()
+        try:
+            report = {
+                "camera_fps": 30,
+                "one_face": run_service(root, state, broker.port, one, seconds),
+                "six_faces": run_service(root, state, broker.port, six, seconds),
+                "outbox": outbox_throughput(root, broker.port, events),
+            }
+        finally:
+            broker.stop()
+    json.dump(report, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

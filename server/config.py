@@ -1,0 +1,150 @@
+"""Server configuration: one TOML file validated strictly (an unknown key or a bad value is an error naming
+the key). Every setting has a default and a description; `facefleet-server check-config FILE` checks one.
+See systemd/server.example.toml for a commented example."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.config import DetectorConfig, QualityConfig, RuntimeConfig
+from server.errors import ServerConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenConfig(_Section):
+    """[listen] Where the server accepts connections and how large a message may be."""
+
+    agents: str = Field(
+        "[::]:7443",
+        description="host:port for agents (FleetService): TLS with a required client certificate; '' = off",
+    )
+    operators: str = Field(
+        "[::]:7444",
+        description="host:port for operators, dashboards (Admin/QueryService): TLS + bearer token; '' = off",
+    )
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=64 * 1024,
+        le=256 * 1024 * 1024,
+        description="Largest request or response message; bigger requests fail with RESOURCE_EXHAUSTED",
+    )
+    grace_seconds: float = Field(10.0, ge=0, le=300, description="On SIGTERM, time given to running calls")
+    max_concurrent_streams: int = Field(
+        1000, ge=1, le=100_000, description="Largest number of calls in flight on one connection"
+    )
+
+
+class TlsConfig(_Section):
+    """[tls] PEM files; unset = those `facefleet-server certs init` made in <state_dir>/tls."""
+
+    ca_cert: Path | None = Field(None, description="CA that signs device (client) certificates")
+    server_cert: Path | None = Field(None, description="The server's certificate chain")
+    server_key: Path | None = Field(None, description="The server's private key")
+
+
+class GalleryConfig(_Section):
+    """[gallery] Enrolled people and how their changes reach the agents."""
+
+    retain_crops: bool = Field(
+        True, description="Keep each enrolled face's aligned 112×112 crop so a future model can re-embed it"
+    )
+    crop_format: Literal["png", "jpeg"] = Field("png", description="Encoding of retained crops")
+    log_revisions: int = Field(
+        1000,
+        ge=1,
+        le=10_000_000,
+        description="Revisions kept in the change log; an agent further behind receives a full snapshot",
+    )
+    heartbeat_seconds: int = Field(30, ge=1, le=3600, description="Heartbeat interval on idle Watch streams")
+    embedding_models: tuple[str, ...] = Field(
+        (), description="Models ('name@version') enrolment embeds with; empty = the active embedding model"
+    )
+    max_image_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="Largest enrolment image file"
+    )
+    max_image_pixels: int = Field(
+        40_000_000, ge=10_000, le=400_000_000, description="Largest enrolment image (width × height)"
+    )
+
+
+class FleetConfig(_Section):
+    """[fleet] Agents and their reports."""
+
+    max_report_events: int = Field(10_000, ge=1, le=100_000, description="Most events in one ReportResults")
+    online_window_seconds: int = Field(
+        120, ge=1, le=86400, description="An agent seen this recently counts as online"
+    )
+
+
+class TokensConfig(_Section):
+    """[tokens] Operator bearer tokens (stored as salted sha256 digests in the state database)."""
+
+    cache_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="Verified tokens are remembered this long (a revocation waits for it)",
+    )
+
+
+class ServerConfig(_Section):
+    """The whole server configuration file."""
+
+    state_dir: Path | None = Field(None, description="Database, models and TLS files; see the README")
+    insecure_development: bool = Field(
+        False,
+        description="Plaintext listeners and device ids taken from requests: for development only",
+    )
+    listen: ListenConfig = Field(default_factory=ListenConfig)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    gallery: GalleryConfig = Field(default_factory=GalleryConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
+    tokens: TokensConfig = Field(default_factory=TokensConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+
+
+def load_config(path: Path | None) -> ServerConfig:
+    """Read and validate a config file; None gives the defaults."""
+    if path is None:
+        return ServerConfig()
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ServerConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ServerConfigError(f"config file {path}: cannot read ({exc.strerror})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ServerConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ServerConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    try:
+        return ServerConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise ServerConfigError(f"config file {path}: {problems}") from None
+
+
+def _describe(error: object) -> str:
+    assert isinstance(error, dict)
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{key}'"
+    return f"'{key}': {error['msg']} (got {error.get('input')!r})"

@@ -1,0 +1,75 @@
+"""Domain errors of the server. Each names the gRPC status it becomes (servicers map it with
+`grpc.StatusCode[error.status]`) and the process exit code the CLI returns for it."""
+
+from __future__ import annotations
+
+from agent.errors import EXIT_CONFIG, EXIT_DATA, EXIT_FAILURE, EXIT_IO, EXIT_NO_INPUT, FaceFleetError
+
+__all__ = [
+    "AlreadyExistsError",
+    "FailedPreconditionError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ServerConfigError",
+    "ServerError",
+    "StateError",
+    "UnauthenticatedError",
+]
+
+
+class ServerError(FaceFleetError):
+    """Base class: a message naming the thing and the fix, a gRPC status name and an exit code."""
+
+    status = "INTERNAL"
+    exit_code = EXIT_FAILURE
+
+
+class InvalidArgumentError(ServerError):
+    """A request field is malformed, too large, or inconsistent (the caller must change the request)."""
+
+    status = "INVALID_ARGUMENT"
+    exit_code = EXIT_DATA
+
+
+class NotFoundError(ServerError):
+    status = "NOT_FOUND"
+    exit_code = EXIT_NO_INPUT
+
+
+class AlreadyExistsError(ServerError):
+    status = "ALREADY_EXISTS"
+    exit_code = EXIT_DATA
+
+
+class FailedPreconditionError(ServerError):
+    """The request is valid but the system is not in a state to serve it (e.g. an unregistered device)."""
+
+    status = "FAILED_PRECONDITION"
+    exit_code = EXIT_DATA
+
+
+class UnauthenticatedError(ServerError):
+    """No credentials, or credentials the server does not know."""
+
+    status = "UNAUTHENTICATED"
+
+
+class PermissionDeniedError(ServerError):
+    """Known credentials that may not do this (another device's identity, a token of another role)."""
+
+    status = "PERMISSION_DENIED"
+
+
+class StateError(ServerError):
+    """The state database cannot be opened, migrated or written."""
+
+    status = "UNAVAILABLE"
+    exit_code = EXIT_IO
+
+
+class ServerConfigError(ServerError):
+    """A server configuration file or value, or a TLS file it names, is unusable."""
+
+    status = "FAILED_PRECONDITION"
+    exit_code = EXIT_CONFIG

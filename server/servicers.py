@@ -1,0 +1,173 @@
+"""gRPC servicers: decode the request (wire), authenticate, call the handler, encode the reply. Domain
+errors become `context.abort(<their status>, <their message>)`; anything else is logged and becomes
+INTERNAL without details."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from server import wire
+from server.dashboard import DashboardHandler
+from server.domain import GalleryDelta
+from server.errors import ServerError
+from server.fleet import FleetHandler
+from server.people import PeopleHandler
+from server.security import Authenticator
+
+log = logging.getLogger(__name__)
+S = TypeVar("S")
+
+
+def unary(method: Callable[[S, Any, Any], Awaitable[Any]]) -> Callable[[S, Any, Any], Awaitable[Any]]:
+    @functools.wraps(method)
+    async def call(self: S, request: Any, context: Any) -> Any:
+        try:
+            return await method(self, request, context)
+        except ServerError as exc:
+            await context.abort(grpc.StatusCode[exc.status], str(exc))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal server error; see the server log")
+
+    return call
+
+
+def streaming(
+    method: Callable[[S, Any, Any], AsyncIterator[Any]],
+) -> Callable[[S, Any, Any], AsyncIterator[Any]]:
+    @functools.wraps(method)
+    async def call(self: S, request: Any, context: Any) -> AsyncIterator[Any]:
+        try:
+            async for message in method(self, request, context):
+                yield message
+        except ServerError as exc:
+            await context.abort(grpc.StatusCode[exc.status], str(exc))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal server error; see the server log")
+
+    return call
+
+
+class FleetServicer(wire.FleetServicerBase):
+    def __init__(self, handler: FleetHandler, auth: Authenticator) -> None:
+        self.handler = handler
+        self.auth = auth
+
+    @unary
+    async def Register(self, request: Any, context: Any) -> Any:  # noqa: N802
+        device = self.auth.device(context.auth_context(), request.device_id)
+        welcome = await self.handler.register(wire.registration_from_proto(request, device))
+        return wire.register_response(welcome)
+
+    @streaming
+    async def Watch(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
+        device = self.auth.device(context.auth_context(), request.device_id)
+        updates = self.handler.watch(
+            device, request.from_revision, request.gallery_id, tuple(request.embedding_models)
+        )
+        async for update in updates:
+            if isinstance(update, GalleryDelta):
+                yield wire.delta_to_proto(update)
+            else:
+                yield wire.heartbeat_to_proto(update)
+
+    @unary
+    async def AckGallery(self, request: Any, context: Any) -> Any:  # noqa: N802
+        device = self.auth.device(context.auth_context(), request.device_id)
+        return wire.ack_response(await self.handler.acknowledge(device, request.gallery_revision))
+
+    @unary
+    async def ReportResults(self, request: Any, context: Any) -> Any:  # noqa: N802
+        device = self.auth.device(context.auth_context(), request.device_id)
+        events, rejected, health = wire.report_from_proto(request, device)
+        return wire.report_response(await self.handler.report(device, events, rejected, health))
+
+
+class AdminServicer(wire.AdminServicerBase):
+    def __init__(self, handler: PeopleHandler, auth: Authenticator) -> None:
+        self.handler = handler
+        self.auth = auth
+
+    @unary
+    async def EnrollPerson(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.auth.operator(context.invocation_metadata() or (), "admin")
+        return wire.enrolment_response(await self.handler.enrol(wire.enrolment_from_proto(request)))
+
+    @unary
+    async def UpdatePerson(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.auth.operator(context.invocation_metadata() or (), "admin")
+        return wire.update_response(await self.handler.update(wire.update_from_proto(request)))
+
+    @unary
+    async def DeletePerson(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.auth.operator(context.invocation_metadata() or (), "admin")
+        return wire.delete_response(await self.handler.delete(wire.person_id_from_proto(request)))
+
+    @unary
+    async def GetPerson(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.auth.operator(context.invocation_metadata() or (), "admin")
+        view = await self.handler.get(wire.person_id_from_proto(request))
+        return wire.get_person_response(
+            view.person, view.stored_crops, with_vectors=request.include_embeddings
+        )
+
+    @unary
+    async def ListPeople(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.auth.operator(context.invocation_metadata() or (), "admin")
+        people, token = await self.handler.page(
+            page_token=request.page_token, size=request.page_size, group=request.group
+        )
+        return wire.people_response(people, token, self.handler.fanout.head)
+
+
+class QueryServicer(wire.QueryServicerBase):
+    def __init__(self, handler: DashboardHandler, auth: Authenticator) -> None:
+        self.handler = handler
+        self.auth = auth
+
+    @unary
+    async def ListEvents(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.auth.operator(context.invocation_metadata() or (), "query")
+        page = await self.handler.events(
+            wire.filter_from_proto(request.filter), request.page_token, request.page_size
+        )
+        return wire.events_response(page)
+
+    @unary
+    async def CountEvents(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.auth.operator(context.invocation_metadata() or (), "query")
+        counts = await self.handler.counts(wire.filter_from_proto(request.filter), request.interval_seconds)
+        return wire.counts_response(counts)
+
+    @unary
+    async def ExpressionDistribution(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.auth.operator(context.invocation_metadata() or (), "query")
+        flt = wire.filter_from_proto(request.filter)
+        return wire.expressions_response(await self.handler.expressions(flt, per_device=request.per_device))
+
+    @unary
+    async def UnknownFaceRate(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.auth.operator(context.invocation_metadata() or (), "query")
+        total, per_device = await self.handler.unknown_rate(wire.filter_from_proto(request.filter))
+        return wire.unknown_rate_response(total, per_device)
+
+    @unary
+    async def AccessSummary(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.auth.operator(context.invocation_metadata() or (), "query")
+        return wire.access_response(await self.handler.access(wire.filter_from_proto(request.filter)))
+
+    @unary
+    async def FleetStatus(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.auth.operator(context.invocation_metadata() or (), "query")
+        agents, head = await self.handler.fleet(tuple(request.device_ids))
+        return wire.fleet_response(agents, head, self.handler.clock())

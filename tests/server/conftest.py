@@ -1,0 +1,199 @@
+"""Server test fixtures: a site PKI made by server.certs, the enrolment pipeline on the session's real
+models, and `Harness`: a real grpc.aio server on port 0 with TLS, real SQLite in tmp_path, and clients.
+
+Tests are plain sync functions that run their scenario with asyncio.run (no async test plugin)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import cv2
+import grpc
+import numpy as np
+import numpy.typing as npt
+import pytest
+from facefleet.v1 import admin_pb2_grpc, fleet_pb2, fleet_pb2_grpc, query_pb2_grpc
+
+from agent.models.store import ModelStore
+from agent.pipeline import FaceAnalyzer
+from agent.runtime import Runtime
+from server import certs
+from server.app import FleetServer
+from server.config import ServerConfig
+from server.domain import utc_now
+from server.enrolment import Enroller, EnrolmentSettings
+from server.paths import ServerPaths
+from server.security import new_token
+from server.state_sqlite import SqliteState
+
+T = TypeVar("T")
+
+
+def run(scenario: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(scenario())  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A site CA with server and device certificates, plus a foreign CA's device and an expired one."""
+
+    tls_dir: Path
+    foreign_dir: Path
+
+    def device(self, device_id: str) -> certs.Issued:
+        return certs.Issued(
+            self.tls_dir / "devices" / f"{device_id}.pem", self.tls_dir / "devices" / f"{device_id}.key"
+        )
+
+    @property
+    def ca(self) -> bytes:
+        return (self.tls_dir / "ca.pem").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    root = tmp_path_factory.mktemp("pki")
+    tls, foreign = root / "site", root / "foreign"
+    certs.init_ca(tls, server_names=["localhost", "127.0.0.1"])
+    for device in ("door-1", "door-2", "lobby"):
+        certs.issue_device(tls, device)
+    long_ago = datetime.now(timezone.utc) - timedelta(days=30)
+    certs.issue_device(tls, "expired", days=1, not_before=long_ago)
+    certs.init_ca(foreign, server_names=["localhost"])
+    certs.issue_device(foreign, "door-1")
+    return Pki(tls, foreign)
+
+
+@pytest.fixture(scope="session")
+def enroller(analyzer: FaceAnalyzer, model_store: ModelStore, runtime: Runtime) -> Enroller:
+    return Enroller(analyzer, model_store, runtime, EnrolmentSettings())
+
+
+@pytest.fixture(scope="session")
+def astronaut_jpeg(astronaut: npt.NDArray[np.uint8]) -> bytes:
+    return encode(astronaut)
+
+
+def encode(image: npt.NDArray[np.uint8], suffix: str = ".jpg") -> bytes:
+    ok, data = cv2.imencode(suffix, image)
+    assert ok
+    return bytes(data.tobytes())
+
+
+@dataclass
+class Harness:
+    """A running server and ways to call it."""
+
+    server: FleetServer
+    pki: Pki
+    agents_port: int
+    operators_port: int
+    admin_token: str
+    query_token: str
+    channels: list[grpc.aio.Channel]
+
+    @property
+    def admin_md(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.admin_token}"),)
+
+    @property
+    def query_md(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.query_token}"),)
+
+    def channel(self, port: int, credentials: grpc.ChannelCredentials) -> grpc.aio.Channel:
+        channel = grpc.aio.secure_channel(
+            f"localhost:{port}",
+            credentials,
+            options=[
+                ("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.max_send_message_length", 64 << 20),
+            ],
+        )
+        self.channels.append(channel)
+        return channel
+
+    def agent_channel(self, device: str = "door-1", *, tls_dir: Path | None = None) -> grpc.aio.Channel:
+        issued = certs.Issued(
+            (tls_dir or self.pki.tls_dir) / "devices" / f"{device}.pem",
+            (tls_dir or self.pki.tls_dir) / "devices" / f"{device}.key",
+        )
+        credentials = grpc.ssl_channel_credentials(
+            self.pki.ca, issued.key.read_bytes(), issued.cert.read_bytes()
+        )
+        return self.channel(self.agents_port, credentials)
+
+    def fleet(self, device: str = "door-1", **kwargs: Any) -> fleet_pb2_grpc.FleetServiceStub:
+        return fleet_pb2_grpc.FleetServiceStub(self.agent_channel(device, **kwargs))
+
+    def operator_channel(self) -> grpc.aio.Channel:
+        return self.channel(self.operators_port, grpc.ssl_channel_credentials(self.pki.ca))
+
+    def admin(self) -> admin_pb2_grpc.AdminServiceStub:
+        return admin_pb2_grpc.AdminServiceStub(self.operator_channel())
+
+    def query(self) -> query_pb2_grpc.QueryServiceStub:
+        return query_pb2_grpc.QueryServiceStub(self.operator_channel())
+
+    async def registered(self, device: str = "door-1", revision: int = 0) -> fleet_pb2_grpc.FleetServiceStub:
+        stub = self.fleet(device)
+        await stub.Register(
+            fleet_pb2.RegisterRequest(device_id=device, agent_version="test", gallery_revision=revision)
+        )
+        return stub
+
+
+@asynccontextmanager
+async def serving(tmp_path: Path, pki: Pki, enroller: Enroller, **sections: Any) -> AsyncIterator[Harness]:
+    """A server with its own state in tmp_path; `sections` override config sections, e.g.
+    gallery={"log_revisions": 3}, or top-level keys, e.g. insecure_development=True."""
+    data: dict[str, Any] = {
+        "listen": {"agents": "127.0.0.1:0", "operators": "127.0.0.1:0", "grace_seconds": 1},
+        "tls": {
+            "ca_cert": str(pki.tls_dir / "ca.pem"),
+            "server_cert": str(pki.tls_dir / "server.pem"),
+            "server_key": str(pki.tls_dir / "server.key"),
+        },
+    }
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values} if isinstance(values, dict) else values
+    config = ServerConfig.model_validate(data)
+    paths = ServerPaths.from_config(tmp_path / "state", config)
+    state = SqliteState(paths.database, log_revisions=config.gallery.log_revisions)
+    admin_token, admin = new_token("admin", "admin", utc_now())
+    query_token, query = new_token("dashboard", "query", utc_now())
+    state.add_token(admin)
+    state.add_token(query)
+    server = FleetServer(config, paths, enroller=enroller, state=state)
+    try:
+        ports = await server.start()
+    except BaseException:
+        await server.stop(0)
+        raise
+    harness = Harness(server, pki, ports.agents, ports.operators, admin_token, query_token, [])
+    try:
+        yield harness
+    finally:
+        for channel in harness.channels:
+            await channel.close()
+        await server.stop(0)
+
+
+async def next_update(stream: Any, timeout: float = 20.0) -> fleet_pb2.WatchResponse:
+    """The next message of a Watch stream (timeout only guards against a hung test)."""
+    message = await asyncio.wait_for(stream.read(), timeout)
+    assert message is not grpc.aio.EOF, "watch stream ended"
+    return message
+
+
+async def next_delta(stream: Any) -> fleet_pb2.WatchResponse:
+    """The next gallery delta of a Watch stream, skipping heartbeats."""
+    while True:
+        message = await next_update(stream)
+        if message.HasField("gallery"):
+            return message

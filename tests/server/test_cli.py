@@ -1,0 +1,199 @@
+"""facefleet-server end to end: help, certificates, tokens, queries, and `serve` as a real process that
+talks sd_notify, answers health checks and stops cleanly on SIGTERM with exit code 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from agent.errors import EXIT_CONFIG, EXIT_OK
+from server.cli import build_parser, main
+from server.domain import Event, ExpressionResult, Person, Registration, utc_now
+from server.state_sqlite import SqliteState
+from tests.server.conftest import Pki
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def all_commands() -> list[list[str]]:
+    found: list[list[str]] = []
+
+    def walk(parser: object, prefix: list[str]) -> None:
+        for action in getattr(parser, "_actions", []):
+            if action.__class__.__name__ == "_SubParsersAction":
+                for name, sub in action.choices.items():
+                    found.append([*prefix, name])
+                    walk(sub, [*prefix, name])
+
+    walk(build_parser(), [])
+    return found
+
+
+@pytest.mark.parametrize("command", all_commands(), ids=" ".join)
+def test_every_command_has_help_with_an_example(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    assert "example" in capsys.readouterr().out
+
+
+def test_certs_and_tokens(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = ["--state-dir", str(tmp_path)]
+    assert run_cli(capsys, *state, "certs", "init", "--server-name", "fleet.local")[0] == EXIT_OK
+    assert (tmp_path / "tls" / "ca.pem").is_file()
+    code, _, err = run_cli(capsys, *state, "certs", "init")
+    assert code == EXIT_CONFIG
+    assert "a CA already exists" in err
+    code, out, _ = run_cli(capsys, *state, "certs", "issue", "door-7", "--json")
+    assert code == EXIT_OK
+    issued = json.loads(out)
+    assert issued["door-7"] == {
+        "cert": str(tmp_path / "tls" / "devices" / "door-7.pem"),
+        "key": str(tmp_path / "tls" / "devices" / "door-7.key"),
+    }
+    assert issued["ca"] == {"cert": str(tmp_path / "tls" / "ca.pem")}
+    assert (tmp_path / "tls" / "devices" / "door-7.key").is_file()
+    code, _, err = run_cli(capsys, *state, "certs", "issue", "bad id")
+    assert code != EXIT_OK
+    assert "is not valid" in err
+    code, out, _ = run_cli(capsys, *state, "tokens", "create", "grafana", "--role", "query", "--json")
+    created = json.loads(out)
+    assert (code, created["role"], created["token"].count(".")) == (EXIT_OK, "query", 2)
+    code, out, _ = run_cli(capsys, *state, "tokens", "list", "--json")
+    assert [t["name"] for t in json.loads(out)] == ["grafana"]
+    assert created["token"].split(".")[2] not in out
+    assert run_cli(capsys, *state, "tokens", "revoke", "grafana")[0] == EXIT_OK
+    code, _, err = run_cli(capsys, *state, "tokens", "revoke", "grafana")
+    assert code == 66
+    assert "no token named 'grafana'" in err
+
+
+def test_check_config_names_the_bad_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "server.toml"
+    config.write_text('[listen]\nagents = "[::]:7443"\nmax_mesage_bytes = 5\n[gallery]\nlog_revisions = 0\n')
+    code, _, err = run_cli(capsys, "check-config", str(config))
+    assert code == EXIT_CONFIG
+    assert "unknown key 'listen.max_mesage_bytes'" in err
+    assert "'gallery.log_revisions'" in err
+
+
+def test_queries_print_what_was_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = SqliteState(tmp_path / "server.db")
+    now = utc_now()
+    state.register_agent(Registration("door-1", "0.3.0"), now)
+    state.add_person(Person("alice"), [], now)
+    events = [
+        Event(
+            str(uuid.uuid4()),
+            "door-1",
+            now - timedelta(minutes=i),
+            "face",
+            "unknown" if i % 2 else "match",
+            person_id="" if i % 2 else "alice",
+            expression=ExpressionResult("happy" if i < 3 else "sad"),
+        )
+        for i in range(5)
+    ]
+    state.add_events(events)
+    state.close()
+    base = ["--state-dir", str(tmp_path)]
+    code, out, _ = run_cli(capsys, *base, "query", "events", "--since", "1h", "--decision", "match", "--json")
+    assert code == EXIT_OK
+    assert sorted(e["event_id"] for e in json.loads(out)) == sorted(
+        e.event_id for e in events if e.decision == "match"
+    )
+    code, out, _ = run_cli(capsys, *base, "query", "expressions", "--json")
+    assert {r["label"]: r["count"] for r in json.loads(out) if not r["device_id"]} == {"happy": 3, "sad": 2}
+    code, out, _ = run_cli(capsys, *base, "query", "unknown-rate", "--json")
+    assert json.loads(out)["total"] == {"device_id": "", "face_events": 5, "unknown_events": 2, "rate": 0.4}
+    code, out, _ = run_cli(capsys, *base, "query", "counts", "--interval", "1d", "--json")
+    assert sum(r["count"] for r in json.loads(out)) == 5
+    code, out, _ = run_cli(capsys, *base, "query", "fleet", "--json")
+    (agent,) = json.loads(out)["agents"]
+    assert (agent["device_id"], agent["agent_version"], agent["online"], agent["revision_lag"]) == (
+        "door-1",
+        "0.3.0",
+        True,
+        1,
+    )
+    code, out, _ = run_cli(capsys, *base, "query", "fleet")
+    assert "door-1" in out
+    assert "gallery revision 1" in out
+
+
+def serve_process(tmp_path: Path, pki: Pki, notify_path: Path, **tls: str) -> subprocess.Popen[str]:
+    config = tmp_path / "server.toml"
+    paths = {
+        "ca_cert": pki.tls_dir / "ca.pem",
+        "server_cert": pki.tls_dir / "server.pem",
+        "server_key": pki.tls_dir / "server.key",
+        **tls,
+    }
+    config.write_text(
+        '[listen]\nagents = "127.0.0.1:0"\noperators = "127.0.0.1:0"\ngrace_seconds = 2\n[tls]\n'
+        + "".join(f'{key} = "{value}"\n' for key, value in paths.items())
+    )
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+    command = [
+        sys.executable,
+        "-m",
+        "server.cli",
+        "--config",
+        str(config),
+        "--state-dir",
+        str(tmp_path / "s"),
+        "serve",
+    ]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_serve_notifies_systemd_answers_health_and_stops_on_sigterm(tmp_path: Path, pki: Pki) -> None:
+    notify_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(str(notify_path))
+        receiver.settimeout(60)
+        process = serve_process(tmp_path, pki, notify_path)
+        try:
+            ready = receiver.recv(4096).decode()
+            assert ready.startswith("READY=1\nSTATUS=serving")
+            operators = int(re.search(r"operators on port (\d+)", ready)[1])  # type: ignore[index]
+            with grpc.secure_channel(
+                f"localhost:{operators}", grpc.ssl_channel_credentials(pki.ca)
+            ) as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                for service in ("", "facefleet.v1.FleetService", "facefleet.v1.QueryService"):
+                    reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+                    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            process.send_signal(signal.SIGTERM)
+            assert receiver.recv(4096).decode().startswith("STOPPING=1")
+            assert process.wait(timeout=60) == EXIT_OK
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def test_serve_without_tls_files_exits_78_naming_the_file(tmp_path: Path, pki: Pki) -> None:
+    process = serve_process(tmp_path, pki, tmp_path / "absent.sock", server_key=str(tmp_path / "nope.key"))
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == EXIT_CONFIG
+    assert f"server key (tls.server_key) {tmp_path / 'nope.key'} does not exist" in output
+    assert "facefleet-server certs init" in output

@@ -1,0 +1,226 @@
+"""QueryService end to end: what agents reported is what dashboards get back."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from facefleet.v1 import events_pb2, fleet_pb2, query_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from server.enrolment import Enroller
+from tests.server.conftest import Harness, Pki, run, serving
+
+T0 = datetime(2026, 5, 1, 9, 0, tzinfo=timezone.utc)
+
+
+def stamp(moment: datetime) -> Timestamp:
+    result = Timestamp()
+    result.FromDatetime(moment)
+    return result
+
+
+def face(
+    device: str, minute: int, decision: int, person: str = "", label: str = "neutral"
+) -> events_pb2.Event:
+    return events_pb2.Event(
+        event_id=str(uuid.uuid4()),
+        device_id=device,
+        time=stamp(T0 + timedelta(minutes=minute)),
+        camera="cam",
+        kind=events_pb2.EVENT_KIND_FACE,
+        decision=decision,
+        person_id=person,
+        score=0.7,
+        margin=0.2,
+        quality=0.8,
+        expression=events_pb2.Expression(label=label, probabilities={label: 1.0}),
+        model_versions={"embedding": "sface@2021dec"},
+        gallery_revision=3,
+    )
+
+
+def access(device: str, minute: int, decision: int, door: str, person: str = "alice") -> events_pb2.Event:
+    return events_pb2.Event(
+        event_id=str(uuid.uuid4()),
+        device_id=device,
+        time=stamp(T0 + timedelta(minutes=minute)),
+        kind=events_pb2.EVENT_KIND_ACCESS,
+        decision=decision,
+        person_id=person,
+        door=door,
+        reason="in group staff" if decision == events_pb2.DECISION_GRANTED else "not in group staff",
+    )
+
+
+MATCH, UNKNOWN = events_pb2.DECISION_MATCH, events_pb2.DECISION_UNKNOWN
+GRANTED, DENIED = events_pb2.DECISION_GRANTED, events_pb2.DECISION_DENIED
+REPORTS = {
+    "door-1": [
+        face("door-1", 0, MATCH, "alice", "happy"),
+        face("door-1", 5, UNKNOWN, "", "sad"),
+        face("door-1", 70, MATCH, "bob", "happy"),
+        access("door-1", 0, GRANTED, "main"),
+        access("door-1", 71, DENIED, "main", "bob"),
+    ],
+    "door-2": [
+        face("door-2", 10, UNKNOWN, "", "neutral"),
+        face("door-2", 20, UNKNOWN, "", "happy"),
+        face("door-2", 130, MATCH, "alice", "happy"),
+        access("door-2", 131, GRANTED, "side"),
+    ],
+}
+
+
+def window(**fields: Any) -> query_pb2.EventFilter:
+    return query_pb2.EventFilter(start=stamp(T0), end=stamp(T0 + timedelta(hours=3)), **fields)
+
+
+async def reported(harness: Harness) -> query_pb2.QueryServiceStub:
+    for device, events in REPORTS.items():
+        fleet = await harness.registered(device)
+        reply = await fleet.ReportResults(fleet_pb2.ReportResultsRequest(device_id=device, events=events))
+        assert reply.stored == len(events)
+    return harness.query()
+
+
+def test_events_come_back_newest_first_with_filters_and_paging(
+    tmp_path: Path, pki: Pki, enroller: Enroller
+) -> None:
+    async def scenario() -> dict[str, Any]:
+        async with serving(tmp_path, pki, enroller) as harness:
+            query, md = await reported(harness), harness.query_md
+            pages = [
+                await query.ListEvents(query_pb2.ListEventsRequest(filter=window(), page_size=4), metadata=md)
+            ]
+            while pages[-1].next_page_token:
+                request = query_pb2.ListEventsRequest(
+                    filter=window(), page_size=4, page_token=pages[-1].next_page_token
+                )
+                pages.append(await query.ListEvents(request, metadata=md))
+            alice = await query.ListEvents(
+                query_pb2.ListEventsRequest(filter=window(person_ids=["alice"])), metadata=md
+            )
+            unknown_door2 = await query.ListEvents(
+                query_pb2.ListEventsRequest(filter=window(device_ids=["door-2"], decisions=[UNKNOWN])),
+                metadata=md,
+            )
+            return {"pages": pages, "alice": alice, "unknown_door2": unknown_door2}
+
+    result = run(scenario)
+    listed = [e for page in result["pages"] for e in page.events]
+    everything = [e for events in REPORTS.values() for e in events]
+    assert len(result["pages"]) == 3
+    assert sorted(e.event_id for e in listed) == sorted(e.event_id for e in everything)
+    times = [e.time.ToDatetime() for e in listed]
+    assert times == sorted(times, reverse=True)
+    assert {e.event_id: e for e in everything}[listed[0].event_id] == listed[0]  # every field round-trips
+    assert {(e.kind, e.device_id) for e in result["alice"].events} == {
+        (events_pb2.EVENT_KIND_FACE, "door-1"),
+        (events_pb2.EVENT_KIND_ACCESS, "door-1"),
+        (events_pb2.EVENT_KIND_FACE, "door-2"),
+        (events_pb2.EVENT_KIND_ACCESS, "door-2"),
+    }
+    assert len(result["unknown_door2"].events) == 2
+
+
+def test_aggregates_count_what_was_reported(tmp_path: Path, pki: Pki, enroller: Enroller) -> None:
+    async def scenario() -> dict[str, Any]:
+        async with serving(tmp_path, pki, enroller) as harness:
+            query, md = await reported(harness), harness.query_md
+            return {
+                "hourly": await query.CountEvents(
+                    query_pb2.CountEventsRequest(filter=window(), interval_seconds=3600), metadata=md
+                ),
+                "faces_15m": await query.CountEvents(
+                    query_pb2.CountEventsRequest(
+                        filter=window(kinds=[events_pb2.EVENT_KIND_FACE], device_ids=["door-2"]),
+                        interval_seconds=900,
+                    ),
+                    metadata=md,
+                ),
+                "expressions": await query.ExpressionDistribution(
+                    query_pb2.ExpressionDistributionRequest(filter=window(), per_device=True), metadata=md
+                ),
+                "unknown": await query.UnknownFaceRate(
+                    query_pb2.UnknownFaceRateRequest(filter=window()), metadata=md
+                ),
+                "access": await query.AccessSummary(
+                    query_pb2.AccessSummaryRequest(filter=window()), metadata=md
+                ),
+            }
+
+    r = run(scenario)
+    hourly = {(c.start.ToDatetime().hour, c.device_id): c.count for c in r["hourly"].counts}
+    assert hourly == {(9, "door-1"): 3, (10, "door-1"): 2, (9, "door-2"): 2, (11, "door-2"): 2}
+    assert [(c.start.ToDatetime().minute, c.count) for c in r["faces_15m"].counts] == [
+        (0, 1),
+        (15, 1),
+        (0, 1),
+    ]
+    fleet_wide = {c.label: c.count for c in r["expressions"].counts if not c.device_id}
+    assert fleet_wide == {"happy": 4, "neutral": 1, "sad": 1}
+    per_device = {(c.device_id, c.label): c.count for c in r["expressions"].counts if c.device_id}
+    assert per_device == {
+        ("door-1", "happy"): 2,
+        ("door-1", "sad"): 1,
+        ("door-2", "happy"): 2,
+        ("door-2", "neutral"): 1,
+    }
+    unknown = r["unknown"]
+    assert (unknown.total.face_events, unknown.total.unknown_events) == (6, 3)
+    assert unknown.total.rate == pytest.approx(0.5)
+    assert {(d.device_id, d.unknown_events, d.face_events) for d in unknown.per_device} == {
+        ("door-1", 1, 3),
+        ("door-2", 2, 3),
+    }
+    assert [(d.device_id, d.door, d.granted, d.denied) for d in r["access"].doors] == [
+        ("door-1", "main", 1, 1),
+        ("door-2", "side", 1, 0),
+    ]
+
+
+def test_bad_queries_fail_with_invalid_argument(tmp_path: Path, pki: Pki, enroller: Enroller) -> None:
+    async def scenario() -> list[tuple[grpc.StatusCode, str]]:
+        async with serving(tmp_path, pki, enroller) as harness:
+            query, md = harness.query(), harness.query_md
+            calls = [
+                query.ListEvents(query_pb2.ListEventsRequest(), metadata=md),
+                query.ListEvents(
+                    query_pb2.ListEventsRequest(filter=window(), page_token="garbage!"), metadata=md
+                ),
+                query.ListEvents(query_pb2.ListEventsRequest(filter=window(), page_size=5000), metadata=md),
+                query.CountEvents(
+                    query_pb2.CountEventsRequest(filter=window(), interval_seconds=1), metadata=md
+                ),
+                query.CountEvents(
+                    query_pb2.CountEventsRequest(filter=window(person_ids=["alice"]), interval_seconds=60),
+                    metadata=md,
+                ),
+                query.ListEvents(
+                    query_pb2.ListEventsRequest(
+                        filter=query_pb2.EventFilter(start=stamp(T0), end=stamp(T0 - timedelta(hours=1)))
+                    ),
+                    metadata=md,
+                ),
+            ]
+            results = []
+            for call in calls:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call
+                results.append((info.value.code(), info.value.details() or ""))
+            return results
+
+    results = run(scenario)
+    assert all(code == grpc.StatusCode.INVALID_ARGUMENT for code, _ in results)
+    details = [d for _, d in results]
+    assert "filter start is missing" in details[0]
+    assert "page_token is not one this server issued" in details[1]
+    assert "page_size must be 1–1000" in details[2]
+    assert "interval_seconds must be 60" in details[3]
+    assert "CountEvents cannot filter by person_ids" in details[4]
+    assert "must be after start" in details[5]

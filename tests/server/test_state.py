@@ -1,0 +1,356 @@
+"""The State contract. Every test runs against each implementation in STATES (add a PostgreSQL one there)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.domain import (
+    Crop,
+    Embedding,
+    Event,
+    ExpressionResult,
+    Person,
+    Registration,
+    TokenRecord,
+)
+from server.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StateError
+from server.queries import EventCursor, EventFilter
+from server.state import State
+from server.state_sqlite import SqliteState
+
+NOW = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
+STATES: dict[str, Callable[[Path, int], State]] = {
+    "sqlite": lambda root, log: SqliteState(root / "server.db", log_revisions=log),
+}
+
+
+@pytest.fixture(params=sorted(STATES))
+def make_state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., State]]:
+    made: list[State] = []
+
+    def make(log_revisions: int = 1000) -> State:
+        state = STATES[request.param](tmp_path, log_revisions)
+        made.append(state)
+        return state
+
+    yield make
+    for state in made:
+        state.close()
+
+
+@pytest.fixture
+def state(make_state: Callable[..., State]) -> State:
+    return make_state()
+
+
+def emb(seed: int, model: str = "sface@2021dec", dim: int = 128) -> Embedding:
+    return Embedding(
+        model, np.random.default_rng(seed).normal(size=dim).astype(np.float32), 0.9, f"image:{seed}"
+    )
+
+
+def person(person_id: str, *seeds: int, **fields: object) -> Person:
+    return Person(person_id, embeddings=tuple(emb(s) for s in seeds), **fields)  # type: ignore[arg-type]
+
+
+def test_a_new_database_starts_empty_at_revision_zero(state: State) -> None:
+    assert state.head_revision() == 0
+    assert len(state.gallery_id()) == 36
+    snapshot = state.snapshot()
+    assert (snapshot.snapshot, snapshot.to_revision, snapshot.upserts) == (True, 0, ())
+    delta = state.changes_since(0)
+    assert delta is not None
+    assert (delta.upserts, delta.deletes) == ((), ())
+
+
+def test_reopening_keeps_everything_and_migrations_are_idempotent(make_state: Callable[..., State]) -> None:
+    first = make_state()
+    first.add_person(person("alice", 1), [], NOW)
+    gallery_id = first.gallery_id()
+    first.close()
+    again = make_state()
+    assert (again.gallery_id(), again.head_revision()) == (gallery_id, 1)
+    assert again.get_person("alice").embeddings[0].same_as(emb(1))
+
+
+def test_each_change_is_one_revision_and_embeddings_round_trip(state: State) -> None:
+    alice = person("alice", 1, 2, display_name="Alice", groups=("staff", "night"), metadata_json='{"b": 1}')
+    stored = state.add_person(alice, [Crop("png", b"\x89PNG...", "image:0")], NOW)
+    assert stored.revision == 1
+    got = state.get_person("alice")
+    assert got.same_as(replace(alice, revision=1))
+    assert (got.created_at, got.updated_at) == (NOW, NOW)
+    assert [c.data for c in state.crops("alice")] == [b"\x89PNG..."]
+    updated = state.update_person("alice", NOW + timedelta(hours=1), display_name="Alice B")
+    assert (updated.revision, updated.display_name, updated.groups) == (2, "Alice B", ("staff", "night"))
+    assert updated.created_at == NOW
+    assert state.delete_person("alice", NOW) == 3
+    assert state.head_revision() == 3
+
+
+def test_missing_and_duplicate_people_raise_domain_errors(state: State) -> None:
+    state.add_person(person("alice", 1), [], NOW)
+    with pytest.raises(AlreadyExistsError, match="alice is already enrolled"):
+        state.add_person(person("alice", 2), [], NOW)
+    for call in (
+        lambda: state.get_person("bob"),
+        lambda: state.delete_person("bob", NOW),
+        lambda: state.update_person("bob", NOW, display_name="B"),
+    ):
+        with pytest.raises(NotFoundError, match="person bob is not enrolled"):
+            call()
+    assert state.head_revision() == 1
+
+
+def test_replace_swaps_the_models_it_brings_and_append_adds(state: State) -> None:
+    other = emb(9, model="arcface@1", dim=512)
+    state.add_person(Person("alice", embeddings=(emb(1), other)), [Crop("png", b"a", "image:0")], NOW)
+    state.replace_person(
+        person("alice", 2, display_name="A"), [Crop("png", b"b", "image:0")], NOW, append=False
+    )
+    got = state.get_person("alice")
+    assert got.display_name == "A"
+    assert sorted(e.model_id for e in got.embeddings) == ["arcface@1", "sface@2021dec"]
+    assert next(e for e in got.embeddings if e.model_id == "sface@2021dec").same_as(emb(2))
+    assert [c.data for c in state.crops("alice")] == [b"b"]
+    state.replace_person(
+        person("alice", 3, display_name="ignored"), [Crop("png", b"c", "image:0")], NOW, append=True
+    )
+    got = state.get_person("alice")
+    assert (got.display_name, len(got.embeddings), got.revision) == ("A", 3, 3)
+    assert [c.data for c in state.crops("alice")] == [b"b", b"c"]
+    state.replace_person(person("bob", 4), [], NOW, append=False)  # replace creates a missing person
+    assert state.get_person("bob").revision == 4
+
+
+def test_append_beyond_the_embedding_limit_is_refused_and_rolled_back(state: State) -> None:
+    state.add_person(person("alice", *range(200)), [], NOW)
+    with pytest.raises(InvalidArgumentError, match="would have 400 embeddings"):
+        state.replace_person(person("alice", *range(200, 400)), [], NOW, append=True)
+    assert (len(state.get_person("alice").embeddings), state.head_revision()) == (200, 1)
+
+
+def test_changes_since_coalesces_upserts_and_deletes(state: State) -> None:
+    state.add_person(person("alice", 1), [], NOW)  # 1
+    state.add_person(person("bob", 2), [], NOW)  # 2
+    state.add_person(person("carol", 3), [], NOW)  # 3
+    state.update_person("alice", NOW, groups=("staff",))  # 4
+    state.delete_person("bob", NOW)  # 5
+    state.add_person(person("dave", 4), [], NOW)  # 6
+    state.delete_person("dave", NOW)  # 7: created and deleted after R: a delete the agent can ignore
+    delta = state.changes_since(2)
+    assert delta is not None
+    assert (delta.from_revision, delta.to_revision, delta.snapshot) == (2, 7, False)
+    assert [p.person_id for p in delta.upserts] == ["alice", "carol"]
+    assert delta.upserts[0].groups == ("staff",)
+    assert delta.upserts[0].embeddings[0].same_as(emb(1))
+    assert sorted(delta.deletes) == ["bob", "dave"]
+    assert delta.gallery_id == state.gallery_id()
+    head = state.changes_since(7)
+    assert head is not None
+    assert (head.upserts, head.deletes, head.to_revision) == ((), (), 7)
+
+
+def test_the_log_is_compacted_and_old_revisions_need_a_snapshot(make_state: Callable[..., State]) -> None:
+    state = make_state(log_revisions=3)
+    for i in range(6):
+        state.add_person(person(f"p{i}", i), [], NOW)
+    state.delete_person("p0", NOW)  # 7
+    assert state.changes_since(3) is None
+    delta = state.changes_since(4)
+    assert delta is not None
+    assert [p.person_id for p in delta.upserts] == ["p4", "p5"]
+    assert delta.deletes == ("p0",)
+    snapshot = state.snapshot()
+    assert (snapshot.snapshot, snapshot.to_revision) == (True, 7)
+    assert [p.person_id for p in snapshot.upserts] == ["p1", "p2", "p3", "p4", "p5"]
+    assert state.changes_since(8) is None  # a revision from the future
+
+
+def test_people_list_pages_by_id_and_filters_by_group(state: State) -> None:
+    for i in range(7):
+        state.add_person(person(f"p{i}", i, groups=("even",) if i % 2 == 0 else ()), [], NOW)
+    assert [p.person_id for p in state.list_people(limit=3)] == ["p0", "p1", "p2"]
+    assert [p.person_id for p in state.list_people(after="p2", limit=3)] == ["p3", "p4", "p5"]
+    assert [p.person_id for p in state.list_people(group="even")] == ["p0", "p2", "p4", "p6"]
+    assert all(p.embeddings == () for p in state.list_people())
+    assert state.list_people(group="nobody") == []
+
+
+def test_agents_register_and_are_touched(state: State) -> None:
+    registration = Registration("door-1", "0.1", "box", {"embedding": "sface@2021dec"}, ("cpu",), 3, "g")
+    agent = state.register_agent(registration, NOW)
+    assert (agent.registered_at, agent.last_seen, agent.gallery_revision) == (NOW, NOW, 3)
+    state.touch_agent("door-1", NOW + timedelta(minutes=1), gallery_revision=5, health={"fps": 12.5})
+    state.touch_agent("door-1", NOW, health=None)  # an older time never moves last_seen back
+    again = state.register_agent(Registration("door-1", "0.2"), NOW + timedelta(minutes=2))
+    assert again.registered_at == NOW
+    assert (again.agent_version, again.health) == ("0.2", {"fps": 12.5})
+    state.register_agent(Registration("door-0"), NOW)
+    assert [a.device_id for a in state.list_agents()] == ["door-0", "door-1"]
+    assert [a.device_id for a in state.list_agents(["door-1"])] == ["door-1"]
+    assert state.get_agent("nobody") is None
+
+
+def make_event(i: int, when: datetime, *, device: str = "door-1", **fields: object) -> Event:
+    values: dict[str, object] = {"kind": "face", "decision": "unknown"}
+    values.update(fields)
+    return Event(str(uuid.UUID(int=i)), device, when, **values)  # type: ignore[arg-type]
+
+
+def test_events_are_stored_once_whatever_the_repeats(state: State) -> None:
+    events = [make_event(i, NOW + timedelta(seconds=i)) for i in range(1200)]
+    assert state.add_events(events[:700]) == (700, 0)
+    assert state.add_events(events) == (500, 700)
+    assert state.add_events(events[:1] * 3) == (0, 3)
+    assert state.add_events([]) == (0, 0)
+    flt = EventFilter(NOW, NOW + timedelta(hours=1))
+    assert sum(r.face_events for r in state.unknown_rates(flt)) == 1200
+    page = state.list_events(flt, None, 1000)
+    assert len({e.event_id for e in page.events}) == 1000
+
+
+def test_event_paging_is_stable_when_times_tie(state: State) -> None:
+    events = [make_event(i, NOW) for i in range(25)]
+    state.add_events(events)
+    flt, cursor, seen = EventFilter(NOW, NOW + timedelta(seconds=1)), None, []
+    while True:
+        page = state.list_events(flt, cursor, 10)
+        seen.extend(e.event_id for e in page.events)
+        if page.next_cursor is None:
+            break
+        cursor = EventCursor.decode(page.next_cursor.encode())
+    assert seen == sorted((e.event_id for e in events), reverse=True)
+
+
+def random_events(count: int, seed: int, span_s: int) -> list[Event]:
+    rng = random.Random(seed)
+    events = []
+    for i in range(count):
+        when = NOW + timedelta(seconds=rng.randrange(0, span_s), microseconds=rng.randrange(10**6))
+        device = rng.choice(["door-1", "door-2", "lobby"])
+        if rng.random() < 0.3:
+            events.append(
+                make_event(i, when, device=device, kind="access", decision=rng.choice(["granted", "denied"]),
+                           person_id="alice", door=rng.choice(["main", "side"]))
+            )  # fmt: skip
+        else:
+            decision = rng.choice(["match", "unknown", "ambiguous"])
+            label = rng.choice(["happy", "sad", "neutral", ""])
+            expression = ExpressionResult(label, {label: 1.0}) if label else None
+            person_id = "bob" if decision == "match" else ""
+            events.append(
+                make_event(
+                    i, when, device=device, decision=decision, person_id=person_id, expression=expression
+                )
+            )
+    return events
+
+
+DAY_S = 86400
+
+
+@pytest.mark.parametrize(
+    ("start_s", "end_s"),
+    [
+        (0, 6 * 3600),
+        (1234, 5 * 3600 + 77),
+        (3600, 7200),
+        (100, 200),
+        (5000, 5001),
+        (-3600, 12 * 3600),
+        (-DAY_S, 4 * DAY_S),
+        (777, 2 * DAY_S + 3 * 3600 + 5),
+        (12 * 3600 - 1, 36 * 3600 + 1),
+    ],
+)
+def test_aggregates_match_a_brute_force_count_at_any_boundaries(
+    state: State, start_s: int, end_s: int
+) -> None:
+    events = random_events(3000, seed=start_s, span_s=3 * DAY_S if end_s > DAY_S else 6 * 3600)
+    for offset in range(0, len(events), 1000):
+        state.add_events(events[offset : offset + 1000])
+    start, end = NOW + timedelta(seconds=start_s), NOW + timedelta(seconds=end_s)
+    inside = [e for e in events if start <= e.time < end]
+    flt = EventFilter(start, end)
+
+    counts = Counter()
+    for e in inside:
+        bucket = int(e.time.timestamp()) // 1800 * 1800
+        counts[(bucket, e.device_id)] += 1
+    got = {(int(c.start.timestamp()), c.device_id): c.count for c in state.count_events(flt, 1800)}
+    assert got == dict(counts)
+    hourly = {(int(c.start.timestamp()), c.device_id): c.count for c in state.count_events(flt, 7200)}
+    expected_hourly = Counter((int(e.time.timestamp()) // 7200 * 7200, e.device_id) for e in inside)
+    assert hourly == dict(expected_hourly)
+
+    faces = [e for e in inside if e.kind == "face"]
+    expressions = {c.label: c.count for c in state.expression_counts(flt, per_device=False)}
+    assert expressions == dict(Counter(e.expression.label for e in faces if e.expression))
+    rates = {r.device_id: (r.face_events, r.unknown_events) for r in state.unknown_rates(flt)}
+    expected_rates: dict[str, tuple[int, int]] = {}
+    for e in faces:
+        total, unknown = expected_rates.get(e.device_id, (0, 0))
+        expected_rates[e.device_id] = (total + 1, unknown + (e.decision == "unknown"))
+    assert rates == expected_rates
+    doors = {(d.device_id, d.door): (d.granted, d.denied) for d in state.access_summary(flt)}
+    expected_doors: dict[tuple[str, str], tuple[int, int]] = {}
+    for e in inside:
+        if e.kind == "access":
+            granted, denied = expected_doors.get((e.device_id, e.door), (0, 0))
+            expected_doors[(e.device_id, e.door)] = (
+                granted + (e.decision == "granted"),
+                denied + (e.decision == "denied"),
+            )
+    assert doors == expected_doors
+    device_only = EventFilter(start, end, device_ids=("lobby",), decisions=("unknown",))
+    assert sum(c.count for c in state.count_events(device_only, 3600)) == sum(
+        1 for e in inside if e.device_id == "lobby" and e.decision == "unknown"
+    )
+
+
+def test_tokens_are_stored_looked_up_and_revoked(state: State) -> None:
+    record = TokenRecord("00ff", "grafana", "query", b"salt", b"digest", NOW)
+    state.add_token(record)
+    with pytest.raises(AlreadyExistsError, match="a token named 'grafana' exists"):
+        state.add_token(TokenRecord("11ff", "grafana", "admin", b"s", b"d", NOW))
+    assert state.find_token("00ff") == record
+    assert [t.name for t in state.list_tokens()] == ["grafana"]
+    state.revoke_token("grafana")
+    assert state.find_token("00ff") is None
+    with pytest.raises(NotFoundError, match="no token named 'grafana'"):
+        state.revoke_token("grafana")
+
+
+def test_concurrent_writers_get_distinct_revisions(state: State) -> None:
+    def enrol(worker: int) -> None:
+        for i in range(10):
+            state.add_person(person(f"w{worker}-{i}", i), [], NOW)
+
+    threads = [threading.Thread(target=enrol, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert state.head_revision() == 40
+    assert sorted(p.revision for p in state.snapshot().upserts) == list(range(1, 41))
+
+
+def test_a_database_from_a_newer_server_is_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    SqliteState(tmp_path / "server.db").close()
+    with sqlite3.connect(tmp_path / "server.db") as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StateError, match="schema version 99, newer than this server"):
+        SqliteState(tmp_path / "server.db")

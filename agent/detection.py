@@ -31,20 +31,26 @@ class DetectorInput:
 
 @dataclass(frozen=True)
 class DetectorSettings:
-    """long_side: frame longest side after scaling (px); thresholds in [0, 1]; max_faces per frame."""
+    """long_side: frames are scaled down so their longest side is at most this (px); upscale: also scale
+    smaller frames up to it (finds smaller faces in small images, at a higher cost); thresholds in [0, 1]."""
 
     long_side: int = 640
+    upscale: bool = False
     score_threshold: float = 0.6
     nms_threshold: float = 0.3
     max_faces: int = 100
 
 
-def input_size(frame_hw: tuple[int, int], long_side: int) -> tuple[float, tuple[int, int]]:
+def input_size(
+    frame_hw: tuple[int, int], long_side: int, upscale: bool = False
+) -> tuple[float, tuple[int, int]]:
     """Scale factor and padded (H, W), both multiples of 32, for a frame of size frame_hw."""
     height, width = frame_hw
     if height < 1 or width < 1:
         raise ValueError(f"frame must be at least 1×1 pixels, got {width}×{height}")
     scale = long_side / max(height, width)
+    if not upscale:
+        scale = min(scale, 1.0)
     scaled_h = max(1, round(height * scale))
     scaled_w = max(1, round(width * scale))
     padded = (-(-scaled_h // 32) * 32, -(-scaled_w // 32) * 32)
@@ -54,10 +60,12 @@ def input_size(frame_hw: tuple[int, int], long_side: int) -> tuple[float, tuple[
 def prepare(frame_bgr: npt.NDArray[np.uint8], settings: DetectorSettings) -> DetectorInput:
     """Scale frame_bgr (H, W, 3) uint8 so its long side is settings.long_side, pad, and make NCHW float32."""
     height, width = frame_bgr.shape[:2]
-    scale, (pad_h, pad_w) = input_size((height, width), settings.long_side)
+    scale, (pad_h, pad_w) = input_size((height, width), settings.long_side, settings.upscale)
     scaled_h, scaled_w = max(1, round(height * scale)), max(1, round(width * scale))
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(frame_bgr, (scaled_w, scaled_h), interpolation=interpolation)
+    resized: npt.NDArray[np.generic] = frame_bgr
+    if (scaled_w, scaled_h) != (width, height):
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(frame_bgr, (scaled_w, scaled_h), interpolation=interpolation)
     tensor = np.zeros((1, 3, pad_h, pad_w), dtype=np.float32)
     tensor[0, :, :scaled_h, :scaled_w] = resized.transpose(2, 0, 1)
     return DetectorInput(tensor=tensor, scale=scale, frame_hw=(height, width))

@@ -28,7 +28,7 @@ from agent.quality import assess
 from agent.runtime import CompiledNet, Outputs, Request, Runtime
 
 Frame = npt.NDArray[np.uint8]
-DETECTOR_CACHE_SIZE = 8
+NET_CACHE_SIZE = 24
 
 
 @dataclass(frozen=True)
@@ -51,18 +51,17 @@ class FaceAnalyzer:
         store.check(self.detector_model)
         self.embedding_model: StoredModel | None = None
         self.expression_model: StoredModel | None = None
-        self._embedder: CompiledNet | None = None
-        self._classifier: CompiledNet | None = None
         if self.settings.embeddings:
             self.embedding_model = store.active("embedding")
             store.check(self.embedding_model)
-            self._embedder = runtime.compile(self.embedding_model.xml_path, input_shape=(-1, 3, 112, 112))
         if self.settings.expressions:
             self.expression_model = store.active("expression")
             store.check(self.expression_model)
-            self._classifier = runtime.compile(self.expression_model.xml_path, input_shape=(-1, 64, 64, 1))
-        self._detectors: OrderedDict[tuple[int, ...], CompiledNet] = OrderedDict()
-        self._detectors_lock = threading.Lock()
+        self._nets: OrderedDict[tuple[str, tuple[int, ...]], CompiledNet] = OrderedDict()
+        self._nets_lock = threading.Lock()
+        for kind, shape in (("embedding", (1, 3, 112, 112)), ("expression", (1, 64, 64, 1))):
+            if self._model(kind) is not None:
+                self.net(kind, shape)  # compile the single-face shapes up front
 
     @property
     def embedding_model_id(self) -> str | None:
@@ -75,7 +74,7 @@ class FaceAnalyzer:
 
     def detect(self, frame_bgr: Frame) -> list[Detection]:
         prepared = detection.prepare(frame_bgr, self.settings.detector)
-        outputs = self._detector(prepared.tensor.shape).infer(prepared.tensor)
+        outputs = self.net("detection", prepared.tensor.shape).infer(prepared.tensor)
         return detection.decode(outputs, prepared, self.settings.detector)
 
     def describe(self, frame_bgr: Frame, detections: list[Detection]) -> list[Face]:
@@ -93,11 +92,12 @@ class FaceAnalyzer:
         if not detections:
             return {}
         batches = {}
-        if self._embedder is not None:
-            batches["embedding"] = (self._embedder, np.stack([embedding_input(crop) for crop in aligned]))
-        if self._classifier is not None:
+        if self.embedding_model is not None:
+            tensor = np.stack([embedding_input(crop) for crop in aligned])
+            batches["embedding"] = (self.net("embedding", tensor.shape), tensor)
+        if self.expression_model is not None:
             tensor = np.stack([expression_input(frame_bgr, det.box_xyxy) for det in detections])
-            batches["expression"] = (self._classifier, tensor)
+            batches["expression"] = (self.net("expression", tensor.shape), tensor)
         return batches
 
     def faces(
@@ -124,21 +124,38 @@ class FaceAnalyzer:
         """Analyse frames with inference in flight while Python pre/post-processes; results in input order."""
         return _Stream(self, jobs or self.settings.jobs or self._auto_jobs()).run(frames)
 
-    def _detector(self, shape: tuple[int, ...]) -> CompiledNet:
-        """The detector compiled for one input shape; a few shapes are kept, least recently used dropped."""
-        with self._detectors_lock:
-            net = self._detectors.get(shape)
+    def net(self, kind: str, shape: tuple[int, ...]) -> CompiledNet:
+        """A model compiled for one static input shape (a frame size, a batch of N faces).
+
+        Static shapes are faster than dynamic ones, and OpenVINO 2026.4's CPU plugin computed wrong
+        expression scores with a dynamic batch under the THROUGHPUT hint. The most recently used shapes
+        are kept."""
+        key = (kind, tuple(shape))
+        with self._nets_lock:
+            net = self._nets.get(key)
             if net is None:
-                net = self.runtime.compile(self.detector_model.xml_path, input_shape=shape)
-                self._detectors[shape] = net
-                while len(self._detectors) > DETECTOR_CACHE_SIZE:
-                    self._detectors.popitem(last=False)
-            self._detectors.move_to_end(shape)
+                model = self._model(kind)
+                if model is None:
+                    raise ValueError(f"no {kind} model is loaded")
+                # The expression model runs one request at a time: OpenVINO 2026.4's CPU plugin returned
+                # wrong expression scores for concurrent requests on several streams (THROUGHPUT hint).
+                net = self.runtime.compile(
+                    model.xml_path, input_shape=key[1], single_stream=kind == "expression"
+                )
+                self._nets[key] = net
+                while len(self._nets) > NET_CACHE_SIZE:
+                    self._nets.popitem(last=False)
+            self._nets.move_to_end(key)
             return net
+
+    def _model(self, kind: str) -> StoredModel | None:
+        return {"detection": self.detector_model, "embedding": self.embedding_model}.get(
+            kind, self.expression_model
+        )
 
     def _auto_jobs(self) -> int:
         """Pipeline depth: at least 2 frames, more when the device runs several requests at once."""
-        optimal = self._embedder.optimal_requests if self._embedder is not None else 1
+        optimal = self.net("embedding", (1, 3, 112, 112)).optimal_requests if self.embedding_model else 1
         return max(2, optimal)
 
 
@@ -150,7 +167,7 @@ class _FrameJob:
     prepared: detection.DetectorInput
     detections: list[Detection] = field(default_factory=list)
     aligned: list[Frame] = field(default_factory=list)
-    requests: dict[str, Request] = field(default_factory=dict)
+    requests: dict[str, list[Request]] = field(default_factory=dict)
 
 
 class _Stream:
@@ -166,14 +183,15 @@ class _Stream:
         self.depth = max(1, depth)
         self.detecting: deque[tuple[_FrameJob, Request]] = deque()
         self.describing: deque[_FrameJob] = deque()
-        self.free: dict[object, list[Request]] = {}
+        self.free: dict[CompiledNet, list[Request]] = {}
 
     def run(self, frames: Iterable[npt.NDArray[Any]]) -> Iterator[list[Face]]:
         for frame in frames:
             frame_bgr = to_bgr8(frame)
             job = _FrameJob(frame_bgr, detection.prepare(frame_bgr, self.analyzer.settings.detector))
             shape = job.prepared.tensor.shape
-            request = self._take(shape, self.analyzer._detector(shape))
+            net = self.analyzer.net("detection", shape)
+            request = self._take(net)
             request.start(job.prepared.tensor)
             self.detecting.append((job, request))
             if len(self.detecting) >= self.depth:
@@ -183,29 +201,40 @@ class _Stream:
         while self.describing:
             yield self._finish_faces()
 
-    def _take(self, key: object, net: CompiledNet) -> Request:
-        pool = self.free.setdefault(key, [])
+    def _take(self, net: CompiledNet) -> Request:
+        """A free request of this compiled model, or a new one."""
+        pool = self.free.setdefault(net, [])
         return pool.pop() if pool else net.request()
+
+    def _release(self, request: Request) -> None:
+        self.free.setdefault(request.net, []).append(request)
 
     def _finish_detection(self) -> Iterator[list[Face]]:
         """Wait for the oldest detection, then start the face models on its faces."""
         job, request = self.detecting.popleft()
         outputs = request.wait()
-        self.free[job.prepared.tensor.shape].append(request)
+        self._release(request)
         job.detections = detection.decode(outputs, job.prepared, self.analyzer.settings.detector)
         job.aligned = [align_face(job.frame, det.landmarks_xy) for det in job.detections]
         while len(self.describing) >= self.depth:
             yield self._finish_faces()
         for kind, (net, tensor) in self.analyzer.face_batches(job.frame, job.detections, job.aligned).items():
-            face_request = self._take(kind, net)
-            face_request.start(tensor)
-            job.requests[kind] = face_request
+            # with several inference streams, split the batch so that every stream works on it
+            parts = np.array_split(tensor, min(len(tensor), net.optimal_requests))
+            job.requests[kind] = []
+            for part in parts:
+                part_net = self.analyzer.net(kind, part.shape)
+                face_request = self._take(part_net)
+                face_request.start(part)
+                job.requests[kind].append(face_request)
         self.describing.append(job)
 
     def _finish_faces(self) -> list[Face]:
         job = self.describing.popleft()
-        results = {}
-        for kind, request in job.requests.items():
-            results[kind] = request.wait()
-            self.free.setdefault(kind, []).append(request)
+        results: dict[str, Outputs] = {}
+        for kind, requests in job.requests.items():
+            parts = [request.wait() for request in requests]
+            for request in requests:
+                self._release(request)
+            results[kind] = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
         return self.analyzer.faces(job.detections, job.aligned, results)

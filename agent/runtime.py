@@ -3,6 +3,7 @@ requests, and conversion of ONNX/TFLite/IR files to IR for the model store."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -99,12 +100,19 @@ class Runtime:
                 continue  # a property this binding cannot express; not worth failing the listing
         return result
 
-    def compile(self, model_xml: Path, input_shape: Sequence[int] | None = None) -> CompiledNet:
-        """Compile an IR file for this runtime's device; input_shape reshapes the single input first."""
+    def compile(
+        self, model_xml: Path, input_shape: Sequence[int] | None = None, single_stream: bool = False
+    ) -> CompiledNet:
+        """Compile an IR file for this runtime's device; input_shape reshapes the single input first;
+        single_stream: never run two requests of this model at the same time."""
         model = self._core.read_model(str(model_xml))
         if input_shape is not None:
             model.reshape({model.inputs[0].get_any_name(): ov.PartialShape(list(input_shape))})
-        compiled = self._core.compile_model(model, self.device, self._compile_config())
+        config = self._compile_config()
+        if single_stream and "PERFORMANCE_HINT" in config:
+            config["PERFORMANCE_HINT"] = "LATENCY"
+            config.pop("NUM_STREAMS", None)
+        compiled = self._core.compile_model(model, self.device, config)
         return CompiledNet(compiled)
 
     def describe(self, model_path: Path) -> ModelIO:
@@ -175,8 +183,9 @@ class CompiledNet:
         self._lock = threading.Lock()
         self._output_names = [_names(port) for port in compiled.outputs]
 
-    @property
+    @functools.cached_property
     def optimal_requests(self) -> int:
+        """Requests the device runs at once (1 with the LATENCY hint, the stream count with THROUGHPUT)."""
         return int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
 
     def infer(self, tensor: npt.NDArray[np.float32]) -> Outputs:
@@ -202,7 +211,7 @@ class Request:
     """One asynchronous inference request: start() returns at once, wait() blocks without the GIL."""
 
     def __init__(self, net: CompiledNet, raw: Any) -> None:
-        self._net = net
+        self.net = net
         self._raw = raw
 
     def start(self, tensor: npt.NDArray[np.float32]) -> None:
@@ -215,7 +224,7 @@ class Request:
     def wait(self) -> Outputs:
         """Block until the inference finishes; its outputs, copied."""
         self._raw.wait()
-        return self._net._collect(self._raw)
+        return self.net._collect(self._raw)
 
 
 def _names(port: Any) -> list[str]:

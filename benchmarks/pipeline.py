@@ -61,8 +61,8 @@ def stage_latency(analyzer: FaceAnalyzer, photos: dict[str, np.ndarray], repeats
     astronaut = photos["astronaut"]
     detections = analyzer.detect(astronaut)
     aligned = align_face(astronaut, detections[0].landmarks_xy)
-    embedder, classifier = analyzer._embedder, analyzer._classifier
-    assert embedder is not None and classifier is not None
+    embedder = analyzer.net("embedding", (1, 3, 112, 112))
+    classifier = analyzer.net("expression", (1, 64, 64, 1))
     embed_tensor = embedding_input(aligned)[None]
     expression_tensor = expression_input(astronaut, detections[0].box_xyxy)[None]
     return {
@@ -87,7 +87,7 @@ class OpenCvPipeline:
 
     def analyze(self, frame: np.ndarray) -> int:
         height, width = frame.shape[:2]
-        scale = 640 / max(height, width)
+        scale = min(1.0, 640 / max(height, width))  # the same input size as the agent's detector
         resized = cv2.resize(frame, (round(width * scale), round(height * scale)))
         self.detector.setInputSize((resized.shape[1], resized.shape[0]))
         _, faces = self.detector.detect(resized)

@@ -84,19 +84,26 @@ def test_decode_names_a_missing_output() -> None:
 
 
 @pytest.mark.parametrize(
-    ("frame_hw", "long_side", "expected_scale", "expected_pad"),
+    ("frame_hw", "long_side", "upscale", "expected_scale", "expected_pad"),
     [
-        ((480, 640), 640, 1.0, (480, 640)),
-        ((886, 1280), 640, 0.5, (448, 640)),
-        ((1, 1), 640, 640.0, (640, 640)),
-        ((20000, 20000), 320, 0.016, (320, 320)),
-        ((100, 3000), 640, 640 / 3000, (32, 640)),
+        ((480, 640), 640, False, 1.0, (480, 640)),
+        ((886, 1280), 640, False, 0.5, (448, 640)),
+        ((1, 1), 640, False, 1.0, (32, 32)),
+        ((1, 1), 640, True, 640.0, (640, 640)),
+        ((512, 512), 640, False, 1.0, (512, 512)),
+        ((512, 512), 640, True, 1.25, (640, 640)),
+        ((20000, 20000), 320, False, 0.016, (320, 320)),
+        ((100, 3000), 640, False, 640 / 3000, (32, 640)),
     ],
 )
 def test_input_size_keeps_aspect_and_pads_to_32(
-    frame_hw: tuple[int, int], long_side: int, expected_scale: float, expected_pad: tuple[int, int]
+    frame_hw: tuple[int, int],
+    long_side: int,
+    upscale: bool,
+    expected_scale: float,
+    expected_pad: tuple[int, int],
 ) -> None:
-    scale, pad = input_size(frame_hw, long_side)
+    scale, pad = input_size(frame_hw, long_side, upscale)
     assert scale == pytest.approx(expected_scale)
     assert pad == expected_pad
 

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from agent.faces import EXPRESSION_LABELS, Face
+from agent.models.store import ModelStore
 from agent.pipeline import FaceAnalyzer
+from agent.runtime import Runtime, RuntimeSettings
 from tests.conftest import SFACE_THRESHOLD
 
 
@@ -176,3 +178,21 @@ def test_embeddings_match_opencv_reference_pipeline(
         reference /= np.linalg.norm(reference)
         assert face.embedding is not None
         assert float(face.embedding @ reference) > 0.995
+
+
+def test_stream_splits_face_batches_across_streams_without_changing_results(
+    model_store: ModelStore, analyzer: FaceAnalyzer, group_photo: np.ndarray, astronaut: np.ndarray
+) -> None:
+    throughput = FaceAnalyzer(
+        Runtime(RuntimeSettings(performance_hint="THROUGHPUT", num_streams=2, inference_precision="f32")),
+        model_store,
+    )
+    assert throughput.net("embedding", (1, 3, 112, 112)).optimal_requests == 2
+    frames = [group_photo, astronaut, group_photo]
+    for got, want in zip(throughput.stream(iter(frames)), [analyzer.analyze(f) for f in frames], strict=True):
+        assert len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            assert a.embedding is not None and b.embedding is not None
+            assert float(a.embedding @ b.embedding) == pytest.approx(1.0, abs=1e-4)
+            assert a.expression is not None and b.expression is not None
+            assert a.expression.label == b.expression.label

@@ -9,7 +9,7 @@ this run, each next to a baseline from the same run:
 
 The server runs as a real `facefleet-server serve` process (mutual TLS, SQLite in a temporary state
 directory); the simulated agents and dashboards are asyncio clients in this process, on loopback only.
-Usage: .venv/bin/python benchmarks/server.py [--quick] [--events N]
+Usage: .venv/bin/python benchmarks/fleet_server.py [--quick] [--events N]
 """
 
 from __future__ import annotations
@@ -35,12 +35,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-# This script shares its name with the `server` package: keep its own folder off the import path.
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
-
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-from facefleet.v1 import (  # noqa: E402
+import grpc
+import numpy as np
+from facefleet.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     events_pb2,
@@ -50,12 +47,12 @@ from facefleet.v1 import (  # noqa: E402
     query_pb2,
     query_pb2_grpc,
 )
-from google.protobuf.timestamp_pb2 import Timestamp  # noqa: E402
+from google.protobuf.timestamp_pb2 import Timestamp
 
-from server import certs  # noqa: E402
-from server.domain import Event, ExpressionResult, utc_now  # noqa: E402
-from server.security import new_token  # noqa: E402
-from server.state_sqlite import SqliteState  # noqa: E402
+from server import certs
+from server.domain import Event, ExpressionResult, utc_now
+from server.security import new_token
+from server.state_sqlite import SqliteState
 
 LABELS = ("happy", "neutral", "sad", "surprise", "angry")
 NOW = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)

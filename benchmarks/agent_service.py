@@ -2,7 +2,7 @@
 with a real mosquitto. Prints JSON: analysed frames/s and frame-to-event latency with 1 and 6 faces, the
 process's CPU and peak RSS, and events/s through the durable outbox against plain QoS 1 publishing.
 
-Usage: .venv/bin/python benchmarks/agent.py [--quick]
+Usage: .venv/bin/python benchmarks/agent_service.py [--quick]
 """
 
 from __future__ import annotations

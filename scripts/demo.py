@@ -52,14 +52,15 @@ def describe(topic: str, event: dict[str, Any]) -> str:
         expression = event["expression"]["label"]
         return f"face    {event['event']:8} {who:14} score {event['score']:.2f}  expression {expression}"
     if "/access/" in topic:
-        return f"access  {event['door']:8} {event['decision']:8} {event['person_id'] or '-':14} {event['reason']}"
+        person = event["person_id"] or "-"
+        return f"access  {event['door']:8} {event['decision']:8} {person:14} {event['reason']}"
     if topic.endswith("/status"):
         return f"status  {event['state']}"
     if topic.endswith("/state"):
         camera = topic.split("/")[-2]
         return (
-            f"camera  {camera:8} {event['faces_in_view']} face(s) in view, last person {event['last_person']}, "
-            f"expression {event['expression'] or '-'}"
+            f"camera  {camera:8} {event['faces_in_view']} face(s) in view, "
+            f"last person {event['last_person']}, expression {event['expression'] or '-'}"
         )
     return f"{topic}  {json.dumps(event)[:80]}"
 

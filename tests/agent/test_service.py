@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -223,3 +224,75 @@ def test_home_assistant_discovery(
     assert person["availability"][0]["topic"] == PREFIX + "status"
     door = topics["homeassistant/sensor/facefleet_door-box_front_access/config"]
     assert door["state_topic"] == PREFIX + "access/front"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A 4 MiB tmpfs (needs root to mount), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root")
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], check=False)
+    if result.returncode != 0:
+        pytest.skip("this machine does not allow mounting a tmpfs")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Write a file until the filesystem is full."""
+    filler = directory / "filler"
+    with filler.open("wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_is_reported_and_the_service_keeps_running(
+    state_dir: Path,
+    astronaut: np.ndarray,
+    broker: Mosquitto,
+    subscriber_factory: Any,
+    tmp_path: Path,
+    small_disk: Path,
+) -> None:
+    (small_disk / "models").symlink_to((state_dir / "models").resolve(), target_is_directory=True)
+    shutil.copy(state_dir / "agent.db", small_disk / "agent.db")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "eileen.png"), astronaut)
+    config = load_config(config_file(tmp_path, broker.port, "loop", folder, allow_groups=["crew"]))
+    watcher = subscriber_factory(broker.port, PREFIX + "#")
+    service = AgentService(config, small_disk)
+    runner = threading.Thread(target=service.run)
+    runner.start()
+
+    def verify(request_id: str) -> None:
+        command = {"door": "front", "person_id": "eileen", "request_id": request_id}
+        watcher.client.publish(PREFIX + "cmd/verify", json.dumps(command), qos=1)
+
+    try:
+        watcher.wait_for(lambda: watcher.on(PREFIX + "status"), timeout=30)
+        filler = fill(small_disk)
+        for attempt in range(5):
+            verify(f"full-{attempt}")
+        watcher.wait_for(lambda: any("disk is full" in e for e in service.errors), timeout=30)
+        analysed = service.frames_analysed["loop"]
+        watcher.wait_for(lambda: service.frames_analysed["loop"] > analysed + 5, timeout=30)
+        filler.unlink()
+        verify("after")
+        watcher.wait_for(
+            lambda: any(r["request_id"] == "after" for r in watcher.on(PREFIX + "replies/verify")), timeout=30
+        )
+    finally:
+        service.stop_event.set()
+        runner.join(30)
+    assert not runner.is_alive()
+    with EmbeddingStore(small_disk / "agent.db") as store:
+        assert [p.person_id for p in store.people()] == ["eileen"]  # nothing stored before was lost
+        assert store.integrity_check() == []

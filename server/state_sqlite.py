@@ -101,6 +101,9 @@ class SqliteState(State):
         self._write_lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        self._idle = threading.Condition()  # guards _busy and _closed
+        self._busy = 0
+        self._closed = False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -129,10 +132,25 @@ class SqliteState(State):
         return conn
 
     @contextmanager
+    def _use(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, counted as in use: close() waits for it, since closing a connection
+        while a worker thread still runs a statement on it (for a call the server already cancelled at
+        shutdown) crashes the process."""
+        with self._idle:
+            if self._closed:
+                raise StateError(f"state database {self.path} is closed: the server is stopping")
+            self._busy += 1
+        try:
+            yield self._conn()
+        finally:
+            with self._idle:
+                self._busy -= 1
+                self._idle.notify_all()
+
+    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, serialised in-process and against other processes."""
-        conn = self._conn()
-        with self._write_lock:
+        with self._use() as conn, self._write_lock:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
@@ -153,12 +171,12 @@ class SqliteState(State):
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """One read transaction: every query inside sees the same committed state."""
-        conn = self._conn()
-        conn.execute("BEGIN")
-        try:
-            yield conn
-        finally:
-            conn.execute("COMMIT")
+        with self._use() as conn:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
 
     def _migrate(self) -> None:
         with self._write() as conn:
@@ -178,7 +196,11 @@ class SqliteState(State):
                 _set_meta(conn, "head_revision", "0")
                 _set_meta(conn, "log_floor", "0")
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
+        """Close every connection once the statements in flight have finished; later calls fail."""
+        with self._idle:
+            self._closed = True
+            self._idle.wait_for(lambda: self._busy == 0, timeout)
         with self._connections_lock:
             for conn in self._connections:
                 conn.close()
@@ -188,10 +210,12 @@ class SqliteState(State):
     # -- gallery -------------------------------------------------------------------------------------
 
     def gallery_id(self) -> str:
-        return _meta(self._conn(), "gallery_id", "")
+        with self._use() as conn:
+            return _meta(conn, "gallery_id", "")
 
     def head_revision(self) -> int:
-        return int(_meta(self._conn(), "head_revision", "0"))
+        with self._use() as conn:
+            return int(_meta(conn, "head_revision", "0"))
 
     def add_person(self, person: Person, crops: Sequence[Crop], now: datetime) -> Person:
         with self._write() as conn:
@@ -287,9 +311,10 @@ class SqliteState(State):
             return [_person_from_row(row, ()) for row in rows]
 
     def crops(self, person_id: str) -> list[Crop]:
-        rows = self._conn().execute(
-            "SELECT image_format, data, source FROM crops WHERE person_id = ? ORDER BY id", (person_id,)
-        )
+        with self._use() as conn:
+            rows = conn.execute(
+                "SELECT image_format, data, source FROM crops WHERE person_id = ? ORDER BY id", (person_id,)
+            ).fetchall()
         return [Crop(image_format=fmt, data=bytes(data), source=source) for fmt, data, source in rows]
 
     def changes_since(self, revision: int) -> GalleryDelta | None:
@@ -402,7 +427,8 @@ class SqliteState(State):
         return agent[0]
 
     def get_agent(self, device_id: str) -> AgentInfo | None:
-        agents = _load_agents(self._conn(), (device_id,))
+        with self._use() as conn:
+            agents = _load_agents(conn, (device_id,))
         return agents[0] if agents else None
 
     def touch_agent(
@@ -427,7 +453,8 @@ class SqliteState(State):
             )
 
     def list_agents(self, device_ids: Sequence[str] = ()) -> list[AgentInfo]:
-        return _load_agents(self._conn(), tuple(device_ids) or None)
+        with self._use() as conn:
+            return _load_agents(conn, tuple(device_ids) or None)
 
     # -- events --------------------------------------------------------------------------------------
 
@@ -436,7 +463,8 @@ class SqliteState(State):
             return sqlite_events.add_events(conn, events)
 
     def list_events(self, flt: EventFilter, cursor: EventCursor | None, limit: int) -> EventPage:
-        return sqlite_events.list_events(self._conn(), flt, cursor, limit)
+        with self._use() as conn:
+            return sqlite_events.list_events(conn, flt, cursor, limit)
 
     def count_events(self, flt: EventFilter, interval_s: int) -> list[IntervalCount]:
         with self._read() as conn:
@@ -476,20 +504,18 @@ class SqliteState(State):
             )
 
     def find_token(self, token_id: str) -> TokenRecord | None:
-        row = (
-            self._conn()
-            .execute(
+        with self._use() as conn:
+            row = conn.execute(
                 "SELECT token_id, name, role, salt, digest, created_us FROM tokens WHERE token_id = ?",
                 (token_id,),
-            )
-            .fetchone()
-        )
+            ).fetchone()
         return _token(row) if row else None
 
     def list_tokens(self) -> list[TokenRecord]:
-        rows = self._conn().execute(
-            "SELECT token_id, name, role, salt, digest, created_us FROM tokens ORDER BY name"
-        )
+        with self._use() as conn:
+            rows = conn.execute(
+                "SELECT token_id, name, role, salt, digest, created_us FROM tokens ORDER BY name"
+            ).fetchall()
         return [_token(row) for row in rows]
 
     def revoke_token(self, name: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -354,3 +355,27 @@ def test_a_database_from_a_newer_server_is_refused(tmp_path: Path) -> None:
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(StateError, match="schema version 99, newer than this server"):
         SqliteState(tmp_path / "server.db")
+
+
+def test_closing_waits_for_a_statement_in_flight_and_refuses_later_calls(tmp_path: Path) -> None:
+    """At shutdown a worker thread may still be writing for a call the server already cancelled: closing
+    its connection under it used to crash the process."""
+    state = SqliteState(tmp_path / "server.db")
+    inside, order = threading.Event(), []
+
+    def write() -> None:
+        with state._write() as conn:
+            inside.set()
+            time.sleep(0.3)
+            conn.execute("SELECT 1")
+        order.append("written")
+
+    worker = threading.Thread(target=write)
+    worker.start()
+    assert inside.wait(5)
+    state.close()
+    order.append("closed")
+    worker.join(5)
+    assert order == ["written", "closed"]
+    with pytest.raises(StateError, match="closed"):
+        state.head_revision()

@@ -186,6 +186,57 @@ class DoorConfig(_Section):
     )
 
 
+class FleetServerConfig(_Section):
+    """[server] The central FaceFleet server: the gallery comes from it, events are reported to it."""
+
+    enabled: bool = Field(False, description="Sync the gallery from the server and report events to it")
+    address: str = Field(
+        "", max_length=300, description="host:port of the server's agent listener, e.g. 'fleet.example:7443'"
+    )
+    server_name: str = Field(
+        "", max_length=255, description="Name the server certificate must carry; empty = the host of address"
+    )
+    ca_file: Path | None = Field(None, description="Site CA certificate (PEM) that signed the server's")
+    cert_file: Path | None = Field(
+        None, description="This device's certificate (PEM), from `facefleet-server certs issue DEVICE`"
+    )
+    key_file: Path | None = Field(
+        None, description="This device's key (PEM); a bare name is looked up in $CREDENTIALS_DIRECTORY"
+    )
+    report_batch: int = Field(
+        500, ge=1, le=100_000, description="Most events in one report (the server's own limit also applies)"
+    )
+    queue_limit: int = Field(
+        100_000, ge=10, le=10_000_000, description="Events kept for the server while it is away"
+    )
+    reconnect_max_s: int = Field(60, ge=1, le=3600, description="Longest wait between reconnect attempts (s)")
+    keepalive_s: int = Field(
+        30, ge=10, le=3600, description="gRPC keep-alive ping interval (s); the server refuses < 10 s"
+    )
+
+    @model_validator(mode="after")
+    def _complete_when_enabled(self) -> FleetServerConfig:
+        if self.address:
+            parse_address(self.address)
+        if self.enabled:
+            missing = [
+                key
+                for key, value in (
+                    ("address", self.address),
+                    ("ca_file", self.ca_file),
+                    ("cert_file", self.cert_file),
+                    ("key_file", self.key_file),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(
+                    f"[server] is enabled but {', '.join(missing)} not set: give the server's host:port and "
+                    "the PEM files from `facefleet-server certs issue DEVICE`"
+                )
+        return self
+
+
 class ServiceConfig(_Section):
     """[service] The long-running agent."""
 
@@ -206,6 +257,7 @@ class AgentConfig(_Section):
     matching: MatchingConfig = Field(default_factory=MatchingConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    server: FleetServerConfig = Field(default_factory=FleetServerConfig)
     cameras: list[CameraConfig] = Field(default_factory=list, max_length=64)
     doors: list[DoorConfig] = Field(default_factory=list, max_length=64)
 
@@ -311,12 +363,27 @@ def _minutes(text: str) -> int:
     return value
 
 
+def parse_address(address: str) -> tuple[str, int]:
+    """'host:port' (host may be a bracketed IPv6 address) → (host, port)."""
+    host, sep, port = address.rpartition(":")
+    valid_port = port.isdigit() and 1 <= int(port) <= 65535
+    if not sep or not host or not valid_port or any(c.isspace() for c in host):
+        raise ValueError(f"address {address!r} must look like 'host:port', e.g. 'fleet.example:7443'")
+    return host.strip("[]"), int(port)
+
+
+def credential_path(path: Path) -> Path:
+    """A secret file's path; a bare file name is looked up in systemd's $CREDENTIALS_DIRECTORY."""
+    if len(path.parts) == 1 and os.environ.get("CREDENTIALS_DIRECTORY"):
+        return Path(os.environ["CREDENTIALS_DIRECTORY"]) / path
+    return path
+
+
 def secret(path: Path | None) -> str | None:
     """A secret's text from a file; a bare file name is looked up in systemd's $CREDENTIALS_DIRECTORY."""
     if path is None:
         return None
-    if len(path.parts) == 1 and os.environ.get("CREDENTIALS_DIRECTORY"):
-        path = Path(os.environ["CREDENTIALS_DIRECTORY"]) / path
+    path = credential_path(path)
     try:
         return path.read_text(encoding="utf-8").strip()
     except OSError as exc:

@@ -22,9 +22,10 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent import __version__, notify
-from agent.config import AgentConfig, DoorConfig, secret
+from agent.config import AgentConfig, DoorConfig, credential_path, secret
 from agent.discovery import discovery_messages
 from agent.doors import DoorController
+from agent.errors import ConfigError
 from agent.events import AccessDecision, Versions, access_event, face_event, reply
 from agent.faces import EXPRESSION_LABELS, Face
 from agent.matching import Decision, DecisionPolicy, Matcher
@@ -37,6 +38,7 @@ from agent.records import Person, StoreError
 from agent.runtime import Runtime
 from agent.sources import Camera, CameraFrame, CameraSettings
 from agent.store import OUTBOX_DROPPED, EmbeddingStore
+from agent.sync import FleetSync, SyncSettings
 from agent.tracking import Observation, Tracker
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,11 @@ class AgentService:
         model_id = self.analyzer.embedding_model_id
         assert model_id is not None
         self.model_id = model_id
-        self.store = EmbeddingStore(state_dir / "agent.db", outbox_limit=config.mqtt.outbox_limit)
+        self.store = EmbeddingStore(
+            state_dir / "agent.db",
+            outbox_limit=config.mqtt.outbox_limit,
+            report_limit=config.server.queue_limit,
+        )
         self.matcher = Matcher(config.matching.policy())
         self.cameras = {
             c.name: Camera(CameraSettings(c.name, c.source, c.max_fps, c.loop, timeout_s=c.timeout_s))
@@ -83,6 +89,7 @@ class AgentService:
         self.frames_analysed = dict.fromkeys(self.cameras, 0)
         self.outbox = OutboxPublisher(self.store, self._publish)
         self.link = self._make_link() if config.mqtt.enabled else None
+        self.sync = self._make_sync() if config.server.enabled else None
 
     # ---- life cycle -----------------------------------------------------------------------------------
 
@@ -91,6 +98,8 @@ class AgentService:
         for camera in self.cameras.values():
             camera.start()
         self.outbox.start()
+        if self.sync is not None:
+            self.sync.start()
         if self.link is not None:
             self.link.set_status(self.status())
             self.link.start()
@@ -132,6 +141,10 @@ class AgentService:
             self._publish_track_events(name, tracker.finish(), time.time())
         if self.link is not None and self.link.connected:
             self.outbox.flush(5.0)
+        if self.sync is not None:
+            if self.sync.connected:
+                self.sync.flush(5.0)
+            self.sync.stop()
         self.outbox.stop()
         if self.link is not None:
             self.link.stop()
@@ -209,6 +222,7 @@ class AgentService:
             )
         )
         self._submit(f"access/{decision.door}", payload)
+        self._report(payload)
         if decision.granted:
             door = next(d for d in self.config.doors if d.name == decision.door)
             if door.relay_topic:
@@ -228,11 +242,18 @@ class AgentService:
                 self.device_id, camera, event, person.name if person else None, self._versions(), when
             )
             self._submit("events/face", payload)
+            self._report(payload)
 
     def _submit(self, topic_suffix: str, payload: dict[str, Any]) -> None:
         if self.link is None:
             return
         self._guarded(lambda: self.outbox.submit(topic_suffix, json.dumps(payload)))
+
+    def _report(self, payload: dict[str, Any]) -> None:
+        """Queue a face or access event for the fleet server (when there is one)."""
+        sync = self.sync
+        if sync is not None:
+            self._guarded(lambda: sync.submit(payload))
 
     def _guarded(self, write: Any) -> None:
         """Run a store write; a full disk or a locked file is logged and reported, never fatal."""
@@ -307,7 +328,23 @@ class AgentService:
             "cameras": cameras,
             "doors": sorted(self.doors),
             "outbox": {"pending": self.store.outbox_count(), "dropped": self.store.counter(OUTBOX_DROPPED)},
+            "server": self.sync.status() if self.sync is not None else None,
             "errors": self.errors[-5:],
+        }
+
+    def health(self) -> dict[str, float]:
+        """Figures for the fleet server's dashboard (sent with every report)."""
+        cameras = [camera.status for camera in self.cameras.values()]
+        return {
+            "frames_analysed": float(sum(self.frames_analysed.values())),
+            "fps": float(sum(s.fps for s in cameras)),
+            "cameras": float(len(cameras)),
+            "cameras_running": float(sum(s.state == "running" for s in cameras)),
+            "outbox_pending": float(self.store.outbox_count()),
+            "outbox_dropped": float(self.store.counter(OUTBOX_DROPPED)),
+            "store_revision": float(max(self._people_revision, 0)),
+            "people": float(len(self._people)),
+            "errors": float(len(self.errors)),
         }
 
     def _publish_status(self) -> None:
@@ -382,6 +419,33 @@ class AgentService:
             reconnect_max_s=mqtt.reconnect_max_s,
         )
         return MqttLink(settings, self.outbox.acknowledged, self._queue_command, self._connection_changed)
+
+    def _make_sync(self) -> FleetSync:
+        server = self.config.server
+        ca_file, cert_file, key_file = server.ca_file, server.cert_file, server.key_file
+        if ca_file is None or cert_file is None or key_file is None:  # the config validator requires them
+            raise ConfigError("[server] is enabled: set ca_file, cert_file and key_file")
+        models = dict(self._versions().models)
+        capabilities = [f"openvino:{self.config.runtime.device}"]
+        capabilities += ["expression"] if "expression" in models else []
+        capabilities += ["access"] if self.doors else []
+        settings = SyncSettings(
+            address=server.address,
+            device_id=self.device_id,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=credential_path(key_file),
+            models=(self.model_id,),
+            server_name=server.server_name,
+            hostname=socket.gethostname(),
+            model_versions=models,
+            capabilities=tuple(capabilities),
+            report_batch=server.report_batch,
+            reconnect_max_s=server.reconnect_max_s,
+            keepalive_s=server.keepalive_s,
+            health_interval_s=self.config.service.status_interval_s,
+        )
+        return FleetSync(settings, self.store, self.health)
 
     def _queue_command(self, command: str, payload: bytes) -> None:
         try:

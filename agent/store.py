@@ -1,5 +1,6 @@
 """The agent's on-device store: one SQLite file (WAL) holding enrolled people, their embeddings per embedding
-model, the gallery revision, a bounded MQTT outbox, an access audit log and counters.
+model, the gallery revision, a bounded MQTT outbox, an access audit log and counters; its `sync` and
+`reports` companions (agent.store_sync) keep the fleet server's revision and the events to report to it.
 
 This is the only module that imports sqlite_utils. Every write is one `BEGIN IMMEDIATE` transaction, so a
 crash or an error half-way leaves the previous state, and every gallery change bumps the revision inside it.
@@ -44,6 +45,7 @@ from agent.records import (
     check_identifier,
     json_text,
 )
+from agent.store_sync import DEFAULT_REPORT_LIMIT, SYNC_SCHEMA, ReportQueue, ServerSync
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -116,6 +118,12 @@ def _migration_0001(db: Database) -> None:
         db.execute(statement)
 
 
+@_migration("0002_sync")
+def _migration_0002(db: Database) -> None:
+    for statement in SYNC_SCHEMA:
+        db.execute(statement)
+
+
 class EmbeddingStore:
     """The SQLite store at `path`, created (with its directory) if missing and migrated on open.
 
@@ -130,6 +138,7 @@ class EmbeddingStore:
         read_only: bool = False,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
         outbox_limit: int = DEFAULT_OUTBOX_LIMIT,
+        report_limit: int = DEFAULT_REPORT_LIMIT,
     ) -> None:
         self.path = Path(path)
         self.read_only = read_only
@@ -137,6 +146,8 @@ class EmbeddingStore:
         if outbox_limit < 1:
             raise InvalidRecordError(f"outbox_limit must be at least 1, got {outbox_limit}")
         self.outbox_limit = outbox_limit
+        self.sync = ServerSync(self)
+        self.reports = ReportQueue(self, report_limit)
         self._lock = threading.RLock()
         _check_file(self.path, read_only)
         with self._translated():
@@ -287,10 +298,7 @@ class EmbeddingStore:
                 )
             if not upserts and not deletes and new_revision is None:
                 return current
-            dims, now = self._model_dims(conn), time.time()
-            conn.executemany("DELETE FROM people WHERE person_id = ?", [(p,) for p in deletes])
-            for upsert in upserts:
-                self._write_upsert(conn, upsert, dims, now)
+            self._change_people(conn, upserts, deletes, whole_people=False)
             revision = current + 1 if new_revision is None else new_revision
             conn.execute("UPDATE gallery SET revision = ? WHERE id = 1", (revision,))
             return revision
@@ -548,6 +556,25 @@ class EmbeddingStore:
         """model id → the dimension its stored embeddings have."""
         rows = conn.execute("SELECT model_id, MIN(dim) FROM embeddings GROUP BY model_id").fetchall()
         return {model: int(dim) for model, dim in rows}
+
+    def _change_people(
+        self,
+        conn: sqlite3.Connection,
+        upserts: Sequence[PersonUpsert],
+        deletes: Sequence[str],
+        *,
+        whole_people: bool,
+    ) -> None:
+        """Delete, then upsert, inside the caller's transaction (which also moves the revision).
+        whole_people: an upsert replaces all of the person's embeddings, not only those of its models."""
+        conn.executemany("DELETE FROM people WHERE person_id = ?", [(p,) for p in deletes])
+        if whole_people:
+            conn.executemany(
+                "DELETE FROM embeddings WHERE person_id = ?", [(u.person.person_id,) for u in upserts]
+            )
+        dims, now = self._model_dims(conn), time.time()
+        for upsert in upserts:
+            self._write_upsert(conn, upsert, dims, now)
 
     def _write_upsert(
         self, conn: sqlite3.Connection, upsert: PersonUpsert, dims: dict[str, int], now: float

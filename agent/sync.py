@@ -1,0 +1,446 @@
+"""The agent's link to the fleet server: it dials out (so NAT is no problem), registers, watches the gallery
+from the last applied server revision, applies every delta atomically to the store and acknowledges it, and
+reports queued events in batches until the server acknowledges them.
+
+`FleetSync` runs grpc.aio on an event loop of its own thread. One loop carries the Watch stream, the report
+batches and the backoff timers concurrently, and stopping is one event instead of cancelling blocking calls
+across threads; store writes run in a worker thread so a large snapshot never stalls the stream. When the
+server is away the agent keeps recognising on the gallery it has and retries with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from agent import __version__
+from agent.config import parse_address
+from agent.errors import ConfigError, FaceFleetError
+from agent.fleet_types import GalleryDelta, Heartbeat, Registration, SyncPoint, Welcome, join_parts
+from agent.records import RevisionConflictError, StoreError
+from agent.store import EmbeddingStore
+from agent.wire import FleetClient, WatchStream
+
+log = logging.getLogger(__name__)
+
+MAX_HEALTH_FIGURES = 32
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """How to reach the server and what to tell it. key_file may be a bare name in $CREDENTIALS_DIRECTORY
+    (resolved by the caller); models: the embedding models the agent matches with (only those are sent)."""
+
+    address: str
+    device_id: str
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    models: tuple[str, ...]
+    server_name: str = ""
+    agent_version: str = __version__
+    hostname: str = ""
+    model_versions: Mapping[str, str] = field(default_factory=dict)
+    capabilities: tuple[str, ...] = ()
+    report_batch: int = 500
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    keepalive_s: float = 30.0
+    rpc_timeout_s: float = 30.0
+    health_interval_s: float = 30.0
+
+
+class Backoff:
+    """Exponential reconnect delays: min_s, 2·min_s, … up to max_s, each shortened by up to 20 % at random
+    so a fleet does not reconnect in lockstep after a server restart."""
+
+    def __init__(self, min_s: float, max_s: float) -> None:
+        self.min_s, self.max_s = min_s, max(min_s, max_s)
+        self.failures = 0
+
+    def next(self) -> float:
+        delay = min(self.max_s, self.min_s * 2 ** min(self.failures, 30))
+        self.failures += 1
+        return float(delay * random.uniform(0.8, 1.0))  # noqa: S311 - jitter, not cryptography
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class _RetryError(Exception):
+    """The session ended for a reason worth a log line; reconnect after the backoff."""
+
+
+class FleetSync:
+    """The sync client of one agent. start() once, stop() once; submit() queues an event for the server.
+
+    health(): figures sent with every report (e.g. frames analysed, outbox pending); the report queue's own
+    are added. The TLS files are read at construction (ConfigError when unusable) and again on reconnect."""
+
+    def __init__(
+        self,
+        settings: SyncSettings,
+        store: EmbeddingStore,
+        health: Callable[[], Mapping[str, float]] = dict,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.health = health
+        _address(settings.address)
+        self._tls = read_tls(settings)
+        self._thread = threading.Thread(target=self._thread_main, name="fleet-sync", daemon=True)
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        self._stop_requested = threading.Event()
+        self._resync = False
+        self.connected = False
+        self.last_error: str | None = None
+        self.server_revision: int | None = None
+        self.applied_revision = store.sync.point().revision
+        self.connects = 0
+        self.reported = 0
+        self.refused = 0
+
+    # ---- life cycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the session (the server sees the Watch stream close) and join the thread."""
+        self._stop_requested.set()
+        with self._lock:
+            if self._loop is not None and self._stopping is not None:
+                self._loop.call_soon_threadsafe(self._stopping.set)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        """The sync thread is alive (started and not yet stopped)."""
+        return self._thread.is_alive()
+
+    def submit(self, payload: dict[str, Any]) -> bool:
+        """Queue a face or access event payload for the server (durably, before any attempt to send it);
+        False when its event id is already queued. StoreError when the store cannot take it."""
+        added = self.store.reports.put(payload, self.applied_revision)
+        with self._lock:
+            if self._loop is not None and self._wake is not None:
+                self._loop.call_soon_threadsafe(self._wake.set)
+        return added
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every queued event is acknowledged (True) or the timeout passes (False)."""
+        deadline = time.monotonic() + timeout
+        while self.store.reports.count() > 0:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def status(self) -> dict[str, Any]:
+        """For the agent's status: connection, revisions, and the report queue."""
+        return {
+            "address": self.settings.address,
+            "connected": self.connected,
+            "gallery_revision": self.applied_revision,
+            "server_revision": self.server_revision,
+            "reports_pending": self.store.reports.count(),
+            "reports_dropped": self.store.reports.dropped(),
+            "last_error": self.last_error,
+        }
+
+    # ---- the loop -----------------------------------------------------------------------------------
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except Exception:
+            log.exception("server %s: the sync client stopped unexpectedly", self.settings.address)
+
+    async def _main(self) -> None:
+        stopping, wake = asyncio.Event(), asyncio.Event()
+        with self._lock:
+            self._loop, self._stopping, self._wake = asyncio.get_running_loop(), stopping, wake
+        if self._stop_requested.is_set():
+            return
+        backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
+        try:
+            while not stopping.is_set():
+                reason = await self._attempt(backoff, stopping, wake)
+                if stopping.is_set():
+                    break
+                delay = backoff.next()
+                self.last_error = reason
+                wait = f"{delay:.1f}" if delay < 10 else f"{delay:.0f}"
+                log.warning("server %s: %s (retrying in %s s)", self.settings.address, reason, wait)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), delay)
+        finally:
+            with self._lock:
+                self._loop = self._stopping = self._wake = None
+
+    async def _attempt(self, backoff: Backoff, stopping: asyncio.Event, wake: asyncio.Event) -> str:
+        """One session; why it ended (ignored when stopping)."""
+        try:
+            await self._session(backoff, stopping, wake)
+            return "stopped"
+        except _RetryError as exc:
+            return str(exc)
+        except grpc.aio.AioRpcError as exc:
+            return describe_rpc_error(exc, self.settings.rpc_timeout_s, connected=self.connected)
+        except (FaceFleetError, OSError) as exc:
+            return str(exc)
+        except Exception as exc:  # a bug must not end the sync for the life of the agent
+            log.exception("server %s: unexpected error in the sync client", self.settings.address)
+            return f"unexpected error: {exc!r}"
+        finally:
+            self.connected = False
+
+    async def _session(self, backoff: Backoff, stopping: asyncio.Event, wake: asyncio.Event) -> None:
+        self._tls = await asyncio.to_thread(read_tls, self.settings)  # certificates may have been renewed
+        channel = grpc.aio.secure_channel(self.settings.address, self._credentials(), options=self._options())
+        try:
+            client = FleetClient(channel, self.settings.device_id)
+            point = await asyncio.to_thread(self.store.sync.point)
+            welcome = await client.register(self._registration(point), self.settings.rpc_timeout_s)
+            self.server_revision = welcome.gallery_revision
+            from_revision, gallery_id, why = resume_from(point, welcome, self.settings.models, self._resync)
+            if why is not None:
+                log.warning("server %s: %s; asking for a full snapshot", self.settings.address, why)
+            self._resync = False
+            stream = client.watch(from_revision, gallery_id, self.settings.models)
+            self.connected, self.connects = True, self.connects + 1
+            log.info(
+                "server %s: connected as %s; watching from gallery revision %d (server at %d)",
+                self.settings.address,
+                self.settings.device_id,
+                from_revision,
+                welcome.gallery_revision,
+            )
+            tasks = {
+                asyncio.ensure_future(self._watch(client, stream, welcome, backoff)),
+                asyncio.ensure_future(self._report(client, welcome, wake)),
+                asyncio.ensure_future(stopping.wait()),
+            }
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stream.cancel()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            for task in done:
+                task.result()  # the failure that ended the session, if any
+        finally:
+            await channel.close()
+
+    async def _watch(
+        self, client: FleetClient, stream: WatchStream, welcome: Welcome, backoff: Backoff
+    ) -> None:
+        """Apply deltas as they come; a silence of two heartbeats means the connection is dead."""
+        silence = 2.0 * max(welcome.heartbeat_seconds, 1) + 5.0
+        parts: list[GalleryDelta] = []
+        while True:
+            try:
+                update = await asyncio.wait_for(stream.read(), silence)
+            except asyncio.TimeoutError:
+                raise _RetryError(
+                    f"nothing on the watch stream for {silence:.0f} s though the server sends heartbeats "
+                    f"every {welcome.heartbeat_seconds} s: the connection is dead"
+                ) from None
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    self._resync = True
+                raise
+            if update is None:
+                raise _RetryError("the server ended the watch stream (restarting?)")
+            backoff.reset()  # the session works: the next outage starts again from the shortest delay
+            if isinstance(update, Heartbeat):
+                self.server_revision = update.gallery_revision
+                continue
+            parts.append(update)
+            if update.more_parts:
+                continue
+            delta, count, parts = join_parts(parts), len(parts), []
+            await self._apply(delta, count)
+            await client.acknowledge(delta.to_revision, self.settings.rpc_timeout_s)
+
+    async def _apply(self, delta: GalleryDelta, parts: int) -> None:
+        try:
+            revision = await asyncio.to_thread(self.store.sync.apply, delta, self.settings.models)
+        except RevisionConflictError as exc:
+            self._resync = True
+            raise _RetryError(str(exc)) from None
+        self.applied_revision = delta.to_revision
+        self.server_revision = max(self.server_revision or 0, delta.to_revision)
+        log.info(
+            "server %s: gallery revision %d applied%s%s (%d upserted, %d deleted; store revision %d)",
+            self.settings.address,
+            delta.to_revision,
+            " from a snapshot" if delta.snapshot else "",
+            f" in {parts} parts" if parts > 1 else "",
+            len(delta.upserts),
+            len(delta.deletes),
+            revision,
+        )
+
+    async def _report(self, client: FleetClient, welcome: Welcome, wake: asyncio.Event) -> None:
+        """Send queued events oldest first, at most a batch per call; delete them once acknowledged
+        (stored, already stored, or refused for good). Health goes along, at least every interval. A failed
+        call keeps the batch for a retry with backoff (a dead connection ends the Watch, and the session)."""
+        batch_size = min(self.settings.report_batch, welcome.max_report_events or self.settings.report_batch)
+        interval = self.settings.health_interval_s
+        backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
+        last_sent = -math.inf
+        while True:
+            wake.clear()
+            batch = await asyncio.to_thread(self.store.reports.pending, batch_size)
+            idle = interval - (time.monotonic() - last_sent)
+            if not batch and idle > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(wake.wait(), idle)
+                continue
+            health = await asyncio.to_thread(self._health, len(batch))
+            try:
+                outcome = await client.report(batch, health, self.settings.rpc_timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                delay = backoff.next()
+                reason = describe_rpc_error(exc, self.settings.rpc_timeout_s, connected=True)
+                log.warning(
+                    "server %s: a report of %d events failed: %s (kept; retrying in %.1f s)",
+                    self.settings.address,
+                    len(batch),
+                    reason,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            last_sent = time.monotonic()
+            for event_id, reason in outcome.rejected:
+                address = self.settings.address
+                log.warning("server %s refused event %s: %s (dropped)", address, event_id, reason)
+            self.reported += outcome.stored + outcome.duplicates
+            self.refused += len(outcome.rejected)
+            await asyncio.to_thread(self.store.reports.delete, [r.report_id for r in batch])
+
+    # ---- pieces -------------------------------------------------------------------------------------
+
+    def _registration(self, point: SyncPoint) -> Registration:
+        settings = self.settings
+        return Registration(
+            device_id=settings.device_id,
+            agent_version=settings.agent_version,
+            hostname=settings.hostname,
+            model_versions=dict(settings.model_versions),
+            capabilities=settings.capabilities,
+            gallery_revision=point.revision,
+            gallery_id=point.gallery_id,
+        )
+
+    def _health(self, sending: int) -> dict[str, float]:
+        """The caller's figures plus the queue's (beyond the `sending` events of this report): finite, at
+        most MAX_HEALTH_FIGURES (the server's limit)."""
+        try:
+            figures = {**self.health(), "reports_pending": self.store.reports.count() - sending}
+            figures["reports_dropped"] = self.store.reports.dropped()
+            clean = {str(k)[:64]: float(v) for k, v in figures.items() if k}
+        except (StoreError, ValueError, TypeError) as exc:
+            log.warning("health figures unavailable: %s", exc)
+            return {}
+        finite = [(k, v) for k, v in clean.items() if math.isfinite(v)]
+        return dict(finite[:MAX_HEALTH_FIGURES])
+
+    def _credentials(self) -> grpc.ChannelCredentials:
+        ca, key, cert = self._tls
+        return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+    def _options(self) -> list[tuple[str, Any]]:
+        options: list[tuple[str, Any]] = [
+            # The server refuses pings more often than every 10 s (min_ping_interval_without_data).
+            ("grpc.keepalive_time_ms", int(max(10.0, self.settings.keepalive_s) * 1000)),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if self.settings.server_name:
+            options.append(("grpc.ssl_target_name_override", self.settings.server_name))
+        return options
+
+
+def resume_from(
+    point: SyncPoint, welcome: Welcome, models: Sequence[str], resync: bool = False
+) -> tuple[int, str, str | None]:
+    """Where to watch from: (revision, gallery_id, None) to continue the applied server revision, or
+    (0, "", why) for a snapshot when the stored gallery cannot be continued: the last delta did not fit
+    (resync), other embedding models, another server gallery, or a revision the server never reached."""
+    why = None
+    if resync:
+        why = "the last delta did not continue the stored gallery"
+    elif point.revision and set(point.models) != set(models):
+        why = f"the embedding models changed ({', '.join(point.models)} → {', '.join(models)})"
+    elif point.gallery_id and welcome.gallery_id and point.gallery_id != welcome.gallery_id:
+        why = f"the server's gallery is {welcome.gallery_id!r}, not {point.gallery_id!r}"
+    elif point.revision > welcome.gallery_revision:
+        why = f"the stored revision {point.revision} is ahead of the server's {welcome.gallery_revision}"
+    return (point.revision, point.gallery_id, None) if why is None else (0, "", why)
+
+
+def _address(address: str) -> tuple[str, int]:
+    try:
+        return parse_address(address)
+    except ValueError as exc:
+        raise ConfigError(f"[server] {exc}") from None
+
+
+def read_tls(settings: SyncSettings) -> tuple[bytes, bytes, bytes]:
+    """(CA, key, certificate) PEM bytes; ConfigError naming the file and the fix when one is unusable."""
+    issued = "from `facefleet-server certs issue DEVICE`"
+    files = (
+        ("ca_file", settings.ca_file, "the site CA certificate (tls/ca.pem on the server)"),
+        ("key_file", settings.key_file, f"this device's key {issued}"),
+        ("cert_file", settings.cert_file, f"this device's certificate {issued}"),
+    )
+    contents = []
+    for name, path, what in files:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"[server] {name} {path}: cannot read ({exc.strerror}); it should hold {what}"
+            ) from None
+        if b"-----BEGIN" not in data:
+            raise ConfigError(f"[server] {name} {path} is not a PEM file; it should hold {what}")
+        contents.append(data)
+    ca, key, cert = contents
+    return ca, key, cert
+
+
+def describe_rpc_error(error: grpc.aio.AioRpcError, timeout: float, *, connected: bool = False) -> str:
+    """A failed call as a log reason with the likely fix; connected: the session had been established."""
+    code, details = error.code(), error.details() or ""
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):  # CANCELLED: a server shutting down
+        return f"lost the connection ({details})" if connected else f"cannot reach it ({details})"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"no answer within {timeout:.0f} s"
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return f"it refused this device's certificate ({details}); check [server] cert_file and key_file"
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return f"permission denied ({details}); device_id must be the device named in the certificate"
+    return f"{code.name}: {details}"

@@ -1,0 +1,312 @@
+"""The only agent module that touches the generated facefleet.v1 code: gallery deltas from the server into
+store records, the agent's face and access event payloads (agent.events) into Event messages, and
+`FleetClient`, the FleetService calls with domain types in and out.
+
+Conversions validate: a message this agent cannot store, or a payload the server would not understand,
+raises WireError naming the person or event and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import grpc
+import numpy as np
+
+# The *_pb2_grpc modules carry no annotations; the *_pb2.pyi stubs are found through mypy_path.
+from facefleet.v1 import events_pb2, fleet_pb2, fleet_pb2_grpc, gallery_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from agent.errors import EXIT_DATA, FaceFleetError
+from agent.faces import EXPRESSION_LABELS
+from agent.fleet_types import (
+    GalleryDelta,
+    Heartbeat,
+    QueuedReport,
+    Registration,
+    ReportOutcome,
+    Welcome,
+)
+from agent.records import Embedding, InvalidRecordError, Person, PersonUpsert
+
+MAX_TEXT = 128
+MAX_REASON = 512
+
+
+class WireError(FaceFleetError):
+    """A server message or an event payload that cannot be converted; nothing was stored or sent."""
+
+    exit_code = EXIT_DATA
+
+
+# -- gallery -------------------------------------------------------------------------------------------
+
+
+def embedding_from_proto(message: gallery_pb2.Embedding, person_id: str, index: int) -> Embedding:
+    """One embedding of a server person; vector: D float32 little-endian, L2-normalised on construction."""
+    what = f"person {person_id!r} embedding {index} ({message.model_id or 'no model id'})"
+    if message.dim == 0 or len(message.vector) != 4 * message.dim:
+        raise WireError(
+            f"{what}: vector has {len(message.vector)} bytes but dim {message.dim} needs {4 * message.dim}; "
+            "the server sent a malformed embedding"
+        )
+    vector = np.frombuffer(message.vector, dtype="<f4").astype(np.float32)
+    source = f"server:{message.source}" if message.source else "server"
+    try:
+        return Embedding(message.model_id, vector, float(message.quality), source)
+    except InvalidRecordError as exc:
+        raise WireError(f"{what}: {exc}") from None
+
+
+def person_from_proto(message: gallery_pb2.Person) -> PersonUpsert:
+    """A server person with their embeddings (display_name → name, metadata_json → metadata)."""
+    person_id = message.person_id
+    try:
+        metadata = json.loads(message.metadata_json or "{}")
+    except ValueError as exc:
+        raise WireError(f"person {person_id!r}: metadata_json is not JSON ({exc})") from None
+    if not isinstance(metadata, dict):
+        raise WireError(f"person {person_id!r}: metadata_json must be a JSON object")
+    try:
+        person = Person(person_id, message.display_name, tuple(message.groups), metadata)
+    except InvalidRecordError as exc:
+        raise WireError(f"gallery person from the server: {exc}") from None
+    embeddings = tuple(embedding_from_proto(e, person_id, i) for i, e in enumerate(message.embeddings))
+    return PersonUpsert(person, embeddings)
+
+
+def delta_from_proto(message: gallery_pb2.GalleryDelta) -> GalleryDelta:
+    try:
+        return GalleryDelta(
+            from_revision=message.from_revision,
+            to_revision=message.to_revision,
+            snapshot=message.snapshot,
+            upserts=tuple(person_from_proto(p) for p in message.upserts),
+            deletes=tuple(message.deletes),
+            gallery_id=message.gallery_id,
+            more_parts=message.more_parts,
+        )
+    except InvalidRecordError as exc:
+        raise WireError(str(exc)) from None
+
+
+def update_from_proto(message: fleet_pb2.WatchResponse) -> GalleryDelta | Heartbeat | None:
+    """A Watch message; None for an update kind this agent does not know yet (a later v1 addition)."""
+    kind = message.WhichOneof("update")
+    if kind == "gallery":
+        return delta_from_proto(message.gallery)
+    if kind == "heartbeat":
+        return Heartbeat(message.heartbeat.gallery_revision)
+    return None
+
+
+# -- events --------------------------------------------------------------------------------------------
+
+FACE_DECISIONS = {"match": events_pb2.DECISION_MATCH, "unknown": events_pb2.DECISION_UNKNOWN}
+ACCESS_DECISIONS = {"granted": events_pb2.DECISION_GRANTED, "denied": events_pb2.DECISION_DENIED}
+
+
+def event_to_proto(payload: Mapping[str, Any], gallery_revision: int) -> events_pb2.Event:
+    """A face or access event payload (agent.events) as an Event message. gallery_revision: the server
+    revision the agent had applied (the payload's own revision is the store's, which local edits move)."""
+    event_id = payload.get("event_id")
+    name = f"event {event_id!r}"
+    if not isinstance(event_id, str) or not 0 < len(event_id) <= 64:
+        raise WireError(f"{name}: event_id must be a UUID string; the payload is not an agent event")
+    try:
+        kind = payload["kind"]
+        message = events_pb2.Event(
+            event_id=event_id,
+            device_id=_text(payload, "device_id"),
+            time=_timestamp(payload["time"]),
+            camera=_text(payload, "camera"),
+            model_versions={str(k): str(v) for k, v in (payload.get("models") or {}).items()},
+            gallery_revision=max(0, int(gallery_revision)),
+        )
+        if kind == "face":
+            _face_fields(message, payload)
+        elif kind == "access":
+            _access_fields(message, payload)
+        else:
+            raise WireError(f"kind {kind!r} is neither 'face' nor 'access'; it is not reported")
+    except WireError as exc:
+        raise WireError(f"{name}: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise WireError(f"{name}: malformed payload ({type(exc).__name__}: {exc})") from None
+    return message
+
+
+def _face_fields(message: events_pb2.Event, payload: Mapping[str, Any]) -> None:
+    message.kind = events_pb2.EVENT_KIND_FACE
+    identity = payload["identity"]
+    status = identity["status"]
+    if status not in FACE_DECISIONS:
+        raise WireError(f"identity status {status!r} is not one of {', '.join(FACE_DECISIONS)}")
+    message.decision = FACE_DECISIONS[status]
+    message.person_id = identity.get("person_id") or ""
+    message.score = _number(payload.get("score"))
+    message.quality = _number(payload.get("quality"))
+    message.reason = f"track {payload.get('event', 'event')} after {int(payload.get('frames') or 0)} frames"
+    expression = payload.get("expression") or {}
+    if expression.get("label") in EXPRESSION_LABELS:
+        message.expression.label = expression["label"]
+        probabilities = expression.get("probabilities") or {}
+        message.expression.probabilities.update(
+            {k: min(1.0, max(0.0, _number(v))) for k, v in probabilities.items() if k in EXPRESSION_LABELS}
+        )
+
+
+def _access_fields(message: events_pb2.Event, payload: Mapping[str, Any]) -> None:
+    message.kind = events_pb2.EVENT_KIND_ACCESS
+    decision = payload["decision"]
+    if decision not in ACCESS_DECISIONS:
+        raise WireError(f"access decision {decision!r} is not one of {', '.join(ACCESS_DECISIONS)}")
+    message.decision = ACCESS_DECISIONS[decision]
+    message.door = _text(payload, "door")
+    message.person_id = payload.get("person_id") or ""
+    message.score = _number(payload.get("score"))
+    message.margin = _number(payload.get("margin"))
+    reason = str(payload.get("reason") or "")
+    if payload.get("mode"):
+        reason = f"{reason} ({payload['mode']})" if reason else str(payload["mode"])
+    message.reason = reason[:MAX_REASON]
+
+
+def _text(payload: Mapping[str, Any], key: str) -> str:
+    value = payload.get(key) or ""
+    if not isinstance(value, str):
+        raise WireError(f"{key} must be text, got {value!r}")
+    return value[:MAX_TEXT]
+
+
+def _number(value: Any) -> float:
+    """A finite float; None (not computed) is 0."""
+    number = 0.0 if value is None else float(value)
+    if not math.isfinite(number):
+        raise WireError(f"a score, margin or quality is {number}")
+    return number
+
+
+def _timestamp(text: Any) -> Timestamp:
+    """An ISO 8601 UTC time as published ('2025-01-31T12:00:00.123Z')."""
+    if not isinstance(text, str):
+        raise WireError(f"time must be an ISO 8601 string, got {text!r}")
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise WireError(f"time {text!r} is not ISO 8601") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    stamp = Timestamp()
+    stamp.FromDatetime(moment.astimezone(timezone.utc))
+    return stamp
+
+
+# -- fleet calls ---------------------------------------------------------------------------------------
+
+
+def registration_to_proto(registration: Registration) -> fleet_pb2.RegisterRequest:
+    return fleet_pb2.RegisterRequest(
+        device_id=registration.device_id,
+        agent_version=registration.agent_version,
+        model_versions=dict(registration.model_versions),
+        capabilities=registration.capabilities,
+        gallery_revision=registration.gallery_revision,
+        gallery_id=registration.gallery_id,
+        hostname=registration.hostname,
+    )
+
+
+def welcome_from_proto(message: fleet_pb2.RegisterResponse) -> Welcome:
+    return Welcome(
+        gallery_revision=message.gallery_revision,
+        gallery_id=message.gallery_id,
+        embedding_models=tuple(message.embedding_models),
+        max_report_events=message.max_report_events,
+        heartbeat_seconds=message.heartbeat_seconds,
+    )
+
+
+def report_to_proto(
+    device_id: str, reports: Sequence[QueuedReport], health: Mapping[str, float]
+) -> tuple[fleet_pb2.ReportResultsRequest, list[tuple[str, str]]]:
+    """The request for the reports that convert, and (event_id, reason) of those that do not. An event
+    queued under another device id (device_id changed since) would make the server refuse the whole batch,
+    so it is refused here."""
+    events, refused = [], []
+    for report in reports:
+        queued_as = report.payload.get("device_id")
+        if queued_as and queued_as != device_id:
+            refused.append((report.event_id, f"queued as device {queued_as!r}, not {device_id!r}"))
+            continue
+        try:
+            events.append(event_to_proto(report.payload, report.gallery_revision))
+        except WireError as exc:
+            refused.append((report.event_id, str(exc)))
+    return fleet_pb2.ReportResultsRequest(device_id=device_id, events=events, health=dict(health)), refused
+
+
+def outcome_from_proto(message: fleet_pb2.ReportResultsResponse) -> ReportOutcome:
+    return ReportOutcome(
+        stored=message.stored,
+        duplicates=message.duplicates,
+        rejected=tuple((r.event_id, r.reason) for r in message.rejected),
+    )
+
+
+class WatchStream:
+    """An open Watch call: read() the next update, None when the server ended the stream."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    async def read(self) -> GalleryDelta | Heartbeat | None:
+        while True:
+            message = await self._call.read()
+            if message is grpc.aio.EOF:
+                return None
+            update = update_from_proto(message)
+            if update is not None:
+                return update
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class FleetClient:
+    """FleetService for one device over one channel; gRPC errors surface as grpc.aio.AioRpcError."""
+
+    def __init__(self, channel: grpc.aio.Channel, device_id: str) -> None:
+        self._stub = fleet_pb2_grpc.FleetServiceStub(channel)  # type: ignore[no-untyped-call]
+        self.device_id = device_id
+
+    async def register(self, registration: Registration, timeout: float) -> Welcome:
+        response = await self._stub.Register(registration_to_proto(registration), timeout=timeout)
+        return welcome_from_proto(response)
+
+    def watch(self, from_revision: int, gallery_id: str, models: Sequence[str]) -> WatchStream:
+        request = fleet_pb2.WatchRequest(
+            device_id=self.device_id,
+            from_revision=from_revision,
+            gallery_id=gallery_id,
+            embedding_models=list(models),
+        )
+        return WatchStream(self._stub.Watch(request))
+
+    async def acknowledge(self, revision: int, timeout: float) -> int:
+        """Tell the server the applied revision; its current revision."""
+        request = fleet_pb2.AckGalleryRequest(device_id=self.device_id, gallery_revision=revision)
+        response = await self._stub.AckGallery(request, timeout=timeout)
+        return int(response.gallery_revision)
+
+    async def report(
+        self, reports: Sequence[QueuedReport], health: Mapping[str, float], timeout: float
+    ) -> ReportOutcome:
+        """Send reports (with health figures); events that cannot even be converted count as refused."""
+        request, refused = report_to_proto(self.device_id, reports, health)
+        outcome = outcome_from_proto(await self._stub.ReportResults(request, timeout=timeout))
+        return ReportOutcome(outcome.stored, outcome.duplicates, (*outcome.rejected, *refused))

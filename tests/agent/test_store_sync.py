@@ -1,0 +1,202 @@
+"""The store's server-sync tables on real SQLite: migration 0002, applying server deltas atomically with their
+revision, the snapshot reset path, and the bounded, durable queue of events to report."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlite_utils import Database
+
+from agent.fleet_types import GalleryDelta
+from agent.records import (
+    Embedding,
+    InvalidEmbeddingError,
+    InvalidRecordError,
+    Person,
+    PersonUpsert,
+    RevisionConflictError,
+)
+from agent.store import MIGRATIONS, EmbeddingStore
+from agent.store_sync import REPORTS_DROPPED
+
+MODEL = "sface@2021dec"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[EmbeddingStore]:
+    with EmbeddingStore(tmp_path / "agent.db") as opened:
+        yield opened
+
+
+def emb(seed: int, model: str = MODEL, dim: int = 128) -> Embedding:
+    return Embedding(model, np.random.default_rng(seed).normal(size=dim).astype(np.float32), 0.9, "server")
+
+
+def upsert(person_id: str, *seeds: int, name: str = "") -> PersonUpsert:
+    return PersonUpsert(Person(person_id, name), tuple(emb(s) for s in seeds))
+
+
+def state(store: EmbeddingStore) -> tuple[object, ...]:
+    """Everything a failed apply must leave as it was."""
+    people = {
+        p.person_id: (p.name, [e.vector.tobytes() for e in store.embeddings(p.person_id)])
+        for p in store.people()
+    }
+    return store.revision(), store.sync.point(), people
+
+
+def test_migration_0002_upgrades_a_store_keeping_its_people(tmp_path: Path) -> None:
+    path = tmp_path / "agent.db"
+    db = Database(sqlite3.connect(path))
+    MIGRATIONS.apply(db, stop_before="0002_sync")  # a store written before sync existed
+    db.execute("INSERT INTO people (person_id, created_at, updated_at) VALUES ('alice', 0, 0)")
+    db.execute("UPDATE gallery SET revision = 4")
+    db.conn.commit()
+    db.close()
+    with EmbeddingStore(path) as store:
+        assert [p.person_id for p in store.people()] == ["alice"]
+        assert store.revision() == 4
+        point = store.sync.point()
+        assert (point.revision, point.gallery_id, point.models, point.applied_at) == (0, "", (), None)
+        assert store.reports.count() == 0
+        assert store.integrity_check() == []
+
+
+def test_a_delta_is_applied_with_its_server_revision_and_moves_the_store_revision(
+    store: EmbeddingStore,
+) -> None:
+    store.sync.apply(
+        GalleryDelta(0, 3, snapshot=True, upserts=(upsert("alice", 1), upsert("bob", 2)), gallery_id="g"),
+        [MODEL],
+    )
+    before = store.revision()
+    revision = store.sync.apply(
+        GalleryDelta(3, 5, upserts=(upsert("carol", 3),), deletes=("bob",), gallery_id="g"), [MODEL]
+    )
+    assert revision == store.revision() == before + 1
+    assert [p.person_id for p in store.people()] == ["alice", "carol"]
+    point = store.sync.point()
+    assert (point.revision, point.gallery_id, point.models) == (5, "g", (MODEL,))
+    assert point.applied_at is not None
+
+
+def test_a_server_upsert_replaces_all_of_the_persons_embeddings(store: EmbeddingStore) -> None:
+    store.upsert_person(Person("alice"), [emb(1), emb(2, "arcface@r100", 512)])
+    store.sync.apply(GalleryDelta(0, 1, snapshot=True, upserts=(upsert("alice", 7, name="Alice"),)), [MODEL])
+    (only,) = store.embeddings("alice")
+    assert (only.model_id, only.vector.tobytes()) == (MODEL, emb(7).vector.tobytes())
+    assert store.person("alice").name == "Alice"
+
+
+def test_an_empty_delta_records_the_revision_without_moving_the_store(store: EmbeddingStore) -> None:
+    store.sync.apply(GalleryDelta(0, 0, snapshot=True, gallery_id="g"), [MODEL])
+    store.sync.apply(GalleryDelta(0, 2, gallery_id="g"), [MODEL])  # e.g. an enrolment then its deletion
+    assert (store.revision(), store.sync.point().revision) == (0, 2)
+
+
+@pytest.mark.parametrize(
+    ("delta", "message"),
+    [
+        (
+            GalleryDelta(2, 4, upserts=(upsert("carol", 3),), gallery_id="g"),
+            "starts at 2; watch again from revision 3",
+        ),
+        (GalleryDelta(3, 4, deletes=("alice",), gallery_id="other"), "delta is for gallery 'other'"),
+    ],
+)
+def test_a_delta_that_does_not_continue_the_stored_gallery_changes_nothing(
+    store: EmbeddingStore, delta: GalleryDelta, message: str
+) -> None:
+    store.sync.apply(
+        GalleryDelta(0, 3, snapshot=True, upserts=(upsert("alice", 1),), gallery_id="g"), [MODEL]
+    )
+    before = state(store)
+    with pytest.raises(RevisionConflictError) as info:
+        store.sync.apply(delta, [MODEL])
+    assert message in str(info.value)
+    assert state(store) == before
+
+
+def test_a_delta_failing_half_way_changes_nothing(store: EmbeddingStore) -> None:
+    store.sync.apply(
+        GalleryDelta(0, 1, snapshot=True, upserts=(upsert("alice", 1),), gallery_id="g"), [MODEL]
+    )
+    before = state(store)
+    wrong_dim = PersonUpsert(Person("bob"), (emb(2, dim=64),))
+    with pytest.raises(
+        InvalidEmbeddingError, match="has 64 dimensions, but that model's embeddings have 128"
+    ):
+        store.sync.apply(
+            GalleryDelta(1, 2, upserts=(upsert("carol", 3), wrong_dim), deletes=("alice",)), [MODEL]
+        )
+    assert state(store) == before
+
+
+def test_a_snapshot_resets_the_gallery_even_to_a_lower_revision_of_another_gallery(
+    store: EmbeddingStore,
+) -> None:
+    store.sync.apply(
+        GalleryDelta(0, 50, snapshot=True, upserts=(upsert("alice", 1), upsert("bob", 2)), gallery_id="old"),
+        [MODEL],
+    )
+    store.add_person(Person("local"), [emb(9)])  # enrolled on the box itself
+    before = store.revision()
+    store.sync.apply(
+        GalleryDelta(0, 3, snapshot=True, upserts=(upsert("bob", 5), upsert("carol", 6)), gallery_id="new"),
+        [MODEL],
+    )
+    assert [p.person_id for p in store.people()] == ["bob", "carol"]
+    assert store.embeddings("bob")[0].vector.tobytes() == emb(5).vector.tobytes()
+    assert store.revision() == before + 1  # forward, so the matcher reloads
+    point = store.sync.point()
+    assert (point.revision, point.gallery_id) == (3, "new")
+
+
+def test_an_unjoined_part_is_refused(store: EmbeddingStore) -> None:
+    with pytest.raises(InvalidRecordError, match="join the parts"):
+        store.sync.apply(GalleryDelta(0, 1, snapshot=True, more_parts=True), [MODEL])
+
+
+# -- the reports queue -------------------------------------------------------------------------------------
+
+
+def payload(n: int = 0) -> dict[str, object]:
+    return {"schema": 1, "event_id": str(uuid.uuid4()), "kind": "face", "n": n}
+
+
+def test_reports_queue_in_order_once_per_event_and_survive_a_restart(tmp_path: Path) -> None:
+    events = [payload(i) for i in range(5)]
+    with EmbeddingStore(tmp_path / "agent.db") as store:
+        assert [store.reports.put(e, gallery_revision=7) for e in events] == [True] * 5
+        assert store.reports.put(events[0]) is False  # already queued
+        assert store.reports.pending(limit=0) == []
+    with EmbeddingStore(tmp_path / "agent.db") as store:
+        queued = store.reports.pending(limit=3)
+        assert [r.payload for r in queued] == events[:3]
+        assert [(r.event_id, r.gallery_revision) for r in queued] == [(e["event_id"], 7) for e in events[:3]]
+        assert store.reports.delete([r.report_id for r in queued]) == 3
+        assert store.reports.delete([queued[0].report_id]) == 0
+        assert store.reports.delete([]) == 0
+        assert [r.payload for r in store.reports.pending()] == events[3:]
+        assert store.reports.count() == 2
+
+
+def test_a_full_report_queue_drops_the_oldest_and_counts_them(tmp_path: Path) -> None:
+    with EmbeddingStore(tmp_path / "agent.db", report_limit=3) as store:
+        events = [payload(i) for i in range(5)]
+        for event in events:
+            store.reports.put(event)
+        assert [r.payload for r in store.reports.pending()] == events[2:]
+        assert store.reports.dropped() == store.counter(REPORTS_DROPPED) == 2
+
+
+@pytest.mark.parametrize("event_id", [None, "", "x" * 65, "é-not-ascii", 17])
+def test_a_report_without_a_usable_event_id_is_refused(store: EmbeddingStore, event_id: object) -> None:
+    with pytest.raises(InvalidRecordError, match="needs an event_id of 1–64 ASCII characters"):
+        store.reports.put({"event_id": event_id})
+    assert store.reports.count() == 0

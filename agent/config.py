@@ -65,9 +65,8 @@ class RuntimeConfig(_Section):
 class DetectorConfig(_Section):
     """[detector] Face detection."""
 
-    long_side: int = Field(
-        640, ge=64, le=4096, description="Frames are scaled so their long side is this (px)"
-    )
+    long_side: int = Field(640, ge=64, le=4096, description="Larger frames are scaled down to this (px)")
+    upscale: bool = Field(False, description="Scale smaller frames up to long_side too (more work)")
     score_threshold: float = Field(0.6, gt=0, lt=1, description="Minimum detection confidence")
     nms_threshold: float = Field(0.3, gt=0, lt=1, description="Overlap (IoU) above which boxes are merged")
     max_faces: int = Field(100, ge=1, le=1000, description="Most faces kept per frame, best first")
@@ -75,6 +74,7 @@ class DetectorConfig(_Section):
     def settings(self) -> DetectorSettings:
         return DetectorSettings(
             long_side=self.long_side,
+            upscale=self.upscale,
             score_threshold=self.score_threshold,
             nms_threshold=self.nms_threshold,
             max_faces=self.max_faces,

@@ -1,5 +1,7 @@
-"""The FaceFleet demo: a local mosquitto, an agent whose camera is a video made from the bundled real photos,
-one enrolled person, and the events the agent publishes printed as they arrive. Everything stops cleanly.
+"""The FaceFleet demo: a local mosquitto, a FaceFleet server with its own CA, and an agent whose camera is a
+video made from the bundled real photos. A person is enrolled through the server's AdminService, reaches the
+agent over its mTLS gallery stream, and the events the agent publishes are printed as they arrive; at the end
+the server's dashboard queries show what the agent reported. Everything stops cleanly.
 
 Run through scripts/demo (which runs scripts/setup first).
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,9 +28,12 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import grpc  # noqa: E402
+from facefleet.v1 import admin_pb2, admin_pb2_grpc  # noqa: E402
+
 from agent.images import read_image  # noqa: E402
 from agent.photos import sample_photo  # noqa: E402
-from tests.mosquitto import Mosquitto  # noqa: E402
+from tests.mosquitto import Mosquitto, free_port  # noqa: E402
 
 BIN = Path(sys.executable).parent
 STATE = Path(os.environ.get("FACEFLEET_STATE_DIR", ROOT / ".state" / "agent"))
@@ -38,7 +44,7 @@ def video_from_photos(path: Path) -> Path:
     astronaut, group = read_image(sample_photo("astronaut")), read_image(sample_photo("t1"))
     stranger = cv2.resize(np.ascontiguousarray(group[190:550, 380:660]), (512, 512))
     blank = np.full_like(astronaut, 40)
-    frames = [blank] * 10 + [astronaut] * 30 + [blank] * 30 + [stranger] * 30 + [blank] * 30
+    frames = [blank] * 45 + [astronaut] * 30 + [blank] * 30 + [stranger] * 30 + [blank] * 30
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 15, (512, 512))
     for frame in frames:
         writer.write(frame)
@@ -65,6 +71,56 @@ def describe(topic: str, event: dict[str, Any]) -> str:
     return f"{topic}  {json.dumps(event)[:80]}"
 
 
+def start_server(work: Path) -> tuple[subprocess.Popen[bytes], list[str], int, int, str]:
+    """A server with a fresh CA, a device certificate for the agent and an operator token."""
+    state = work / "server"
+    state.mkdir()
+    (state / "models").symlink_to(STATE / "models", target_is_directory=True)
+    agents_port, operators_port = free_port(), free_port()
+    config = work / "server.toml"
+    config.write_text(
+        f'[listen]\nagents = "127.0.0.1:{agents_port}"\noperators = "127.0.0.1:{operators_port}"\n'
+    )
+    server = [str(BIN / "facefleet-server"), "--config", str(config), "--state-dir", str(state)]
+    quiet = {"stdout": subprocess.DEVNULL, "check": True}
+    subprocess.run([*server, "certs", "init", "--server-name", "localhost"], **quiet)  # type: ignore[call-overload]
+    subprocess.run([*server, "certs", "issue", "demo-door"], **quiet)  # type: ignore[call-overload]
+    created = subprocess.run(
+        [*server, "tokens", "create", "demo", "--role", "admin", "--json"], capture_output=True, check=True
+    )
+    token = json.loads(created.stdout)["token"]
+    process = subprocess.Popen([*server, "serve"])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", operators_port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    print(
+        f"server listening: agents on 127.0.0.1:{agents_port} (mTLS), operators on 127.0.0.1:{operators_port}"
+    )
+    return process, server, agents_port, operators_port, token
+
+
+def enrol_through_server(work: Path, operators_port: int, token: str) -> None:
+    ca = (work / "server" / "tls" / "ca.pem").read_bytes()
+    channel = grpc.secure_channel(
+        f"127.0.0.1:{operators_port}",
+        grpc.ssl_channel_credentials(ca),
+        options=[("grpc.ssl_target_name_override", "localhost")],
+    )
+    _, jpeg = cv2.imencode(".jpg", read_image(sample_photo("astronaut")))
+    request = admin_pb2.EnrollPersonRequest(
+        person_id="eileen", display_name="Eileen", groups=["crew"], images=[jpeg.tobytes()]
+    )
+    reply = admin_pb2_grpc.AdminServiceStub(channel).EnrollPerson(
+        request, metadata=[("authorization", f"Bearer {token}")], timeout=60
+    )
+    channel.close()
+    print(f"enrolled 'eileen' on the server: gallery revision {reply.revision}")
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="facefleet-demo-") as scratch:
         work = Path(scratch)
@@ -73,45 +129,52 @@ def main() -> int:
         (state / "models").symlink_to(STATE / "models", target_is_directory=True)
         broker = Mosquitto(work).start()
         print(f"mosquitto listening on 127.0.0.1:{broker.port}")
+        server, server_command, agents_port, operators_port, token = start_server(work)
+        tls = work / "server" / "tls"
         agent = [str(BIN / "facefleet-agent"), "--state-dir", str(state)]
-        photo = work / "eileen.png"
-        cv2.imwrite(str(photo), read_image(sample_photo("astronaut")))
-        subprocess.run(
-            [*agent, "enroll", "--person-id", "eileen", "--name", "Eileen", "--group", "crew", str(photo)],
-            check=True,
-        )
-        video = video_from_photos(work / "door.avi")
-        config = work / "agent.toml"
-        config.write_text(
-            f'device_id = "demo-door"\n[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
-            f'[[cameras]]\nname = "door"\nsource = "{video}"\n'
-            '[[doors]]\nname = "front"\ncamera = "door"\nallow_groups = ["crew"]\n'
-        )
-        printed = threading.Event()
-        seen: list[str] = []
-
-        def on_message(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-            line = describe(message.topic, json.loads(message.payload))
-            seen.append(line)
-            print(line, flush=True)
-            if sum(line.startswith("face    ended") for line in seen) >= 2:
-                printed.set()
-
-        watcher = paho.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
-        watcher.on_connect = lambda c, u, f, r, p: c.subscribe("facefleet/demo-door/#", qos=1)
-        watcher.on_message = on_message
-        watcher.connect("127.0.0.1", broker.port)
-        watcher.loop_start()
-        service = subprocess.Popen([*agent, "--config", str(config), "run"])
+        service = None
         try:
+            enrol_through_server(work, operators_port, token)
+            video = video_from_photos(work / "door.avi")
+            config = work / "agent.toml"
+            config.write_text(
+                f'device_id = "demo-door"\n[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+                f'[server]\nenabled = true\naddress = "127.0.0.1:{agents_port}"\nserver_name = "localhost"\n'
+                f'ca_file = "{tls / "ca.pem"}"\ncert_file = "{tls / "devices" / "demo-door.pem"}"\n'
+                f'key_file = "{tls / "devices" / "demo-door.key"}"\n'
+                f'[[cameras]]\nname = "door"\nsource = "{video}"\n'
+                '[[doors]]\nname = "front"\ncamera = "door"\nallow_groups = ["crew"]\n'
+            )
+            printed = threading.Event()
+            seen: list[str] = []
+
+            def on_message(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+                line = describe(message.topic, json.loads(message.payload))
+                seen.append(line)
+                print(line, flush=True)
+                if sum(line.startswith("face    ended") for line in seen) >= 2:
+                    printed.set()
+
+            watcher = paho.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+            watcher.on_connect = lambda c, u, f, r, p: c.subscribe("facefleet/demo-door/#", qos=1)
+            watcher.on_message = on_message
+            watcher.connect("127.0.0.1", broker.port)
+            watcher.loop_start()
+            service = subprocess.Popen([*agent, "--config", str(config), "run"])
             printed.wait(90)
-            time.sleep(1.0)
+            time.sleep(2.0)  # the last reports reach the server
         finally:
-            service.send_signal(signal.SIGTERM)
-            code = service.wait(30)
-            time.sleep(0.5)
-            watcher.loop_stop()
-            watcher.disconnect()
+            code = None
+            if service is not None:
+                service.send_signal(signal.SIGTERM)
+                code = service.wait(30)
+                watcher.loop_stop()
+                watcher.disconnect()
+            print("\nwhat the server received (facefleet-server query access / fleet):")
+            subprocess.run([*server_command, "query", "access"], check=False)
+            subprocess.run([*server_command, "query", "fleet"], check=False)
+            server.send_signal(signal.SIGTERM)
+            server.wait(30)
             broker.stop()
         print(f"agent stopped with exit code {code}")
         return 0 if code == 0 and printed.is_set() else 1

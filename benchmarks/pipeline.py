@@ -155,6 +155,8 @@ def main() -> None:
             "precision": "f32",
             "latency": stage_latency(analyzer, photos, repeats),
         }
+        bf16 = FaceAnalyzer(Runtime(RuntimeSettings(device="CPU", inference_precision="bf16")), store)
+        result["latency_bf16_where_the_cpu_has_it"] = stage_latency(bf16, photos, repeats)
 
         def sequential(batch: list[np.ndarray]) -> None:
             for frame in batch:
@@ -189,7 +191,7 @@ def main() -> None:
             }
 
         scaling = []
-        for streams, threads in ((1, 1), (1, 2), (2, 1)):
+        for streams, threads in ((1, 1), (1, 2), (2, 2)):  # threads: in total, shared by the streams
             settings = RuntimeSettings(
                 **{
                     **vars(base),

@@ -7,12 +7,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agent.detection import DetectorSettings
-from agent.errors import ConfigError
+from agent.errors import ConfigError, FaceFleetError
 from agent.matching import DecisionPolicy
 from agent.quality import QualityPolicy
 from agent.runtime import RuntimeSettings
@@ -23,13 +23,16 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 MAX_CONFIG_BYTES = 1 << 20
+Model = TypeVar("Model", bound=BaseModel)
 
 
-class _Section(BaseModel):
+class StrictSection(BaseModel):
+    """A config section: unknown keys are errors, values are immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class RuntimeConfig(_Section):
+class RuntimeConfig(StrictSection):
     """[runtime] How OpenVINO compiles and runs the models."""
 
     device: str = Field("CPU", description="OpenVINO device: CPU, GPU, NPU, AUTO, HETERO:GPU,CPU, MULTI:…")
@@ -62,7 +65,7 @@ class RuntimeConfig(_Section):
         )
 
 
-class DetectorConfig(_Section):
+class DetectorConfig(StrictSection):
     """[detector] Face detection."""
 
     long_side: int = Field(640, ge=64, le=4096, description="Larger frames are scaled down to this (px)")
@@ -81,7 +84,7 @@ class DetectorConfig(_Section):
         )
 
 
-class QualityConfig(_Section):
+class QualityConfig(StrictSection):
     """[quality] Minimums for a face to be used for enrolment and identity decisions."""
 
     min_face_px: float = Field(40.0, ge=0, description="Shorter side of the face box (px)")
@@ -100,7 +103,7 @@ class QualityConfig(_Section):
         )
 
 
-class MatchingConfig(_Section):
+class MatchingConfig(StrictSection):
     """[matching] When a face is a known person."""
 
     thresholds: dict[str, float] = Field(
@@ -125,7 +128,7 @@ class MatchingConfig(_Section):
         )
 
 
-class MqttConfig(_Section):
+class MqttConfig(StrictSection):
     """[mqtt] The broker events are published to."""
 
     enabled: bool = Field(True, description="Publish events over MQTT")
@@ -150,7 +153,7 @@ class MqttConfig(_Section):
     discovery_prefix: str = Field("homeassistant", description="Home Assistant discovery prefix; empty = off")
 
 
-class CameraConfig(_Section):
+class CameraConfig(StrictSection):
     """[[cameras]] One frame source."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="Camera name, used in topics and events")
@@ -164,7 +167,7 @@ class CameraConfig(_Section):
     timeout_s: float = Field(5.0, gt=0, le=120, description="Open/read timeout of a stream (s)")
 
 
-class DoorConfig(_Section):
+class DoorConfig(StrictSection):
     """[[doors]] A door opened for recognised people."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="Door name, used in topics and events")
@@ -186,7 +189,7 @@ class DoorConfig(_Section):
     )
 
 
-class FleetServerConfig(_Section):
+class FleetServerConfig(StrictSection):
     """[server] The central FaceFleet server: the gallery comes from it, events are reported to it."""
 
     enabled: bool = Field(False, description="Sync the gallery from the server and report events to it")
@@ -237,14 +240,14 @@ class FleetServerConfig(_Section):
         return self
 
 
-class ServiceConfig(_Section):
+class ServiceConfig(StrictSection):
     """[service] The long-running agent."""
 
     audit_retention_days: int = Field(90, ge=1, le=3650, description="Access decisions kept in the audit log")
     status_interval_s: float = Field(30.0, ge=1, le=3600, description="How often the status is refreshed (s)")
 
 
-class AgentConfig(_Section):
+class AgentConfig(StrictSection):
     """The whole agent configuration file."""
 
     device_id: str = Field("", max_length=64, description="This agent's id; empty = the host name")
@@ -280,25 +283,31 @@ class AgentConfig(_Section):
 
 
 def load_config(path: Path | None) -> AgentConfig:
-    """Read and validate a config file; None gives the defaults."""
+    """Read and validate an agent config file; None gives the defaults."""
+    return load_toml_model(path, AgentConfig, ConfigError)
+
+
+def load_toml_model(path: Path | None, model: type[Model], error: type[FaceFleetError]) -> Model:
+    """Read a TOML file (at most MAX_CONFIG_BYTES) into a strict pydantic model; problems raise `error`
+    naming the file and each offending key. None gives the model's defaults."""
     if path is None:
-        return AgentConfig()
+        return model()
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise error(f"config file {path} does not exist") from None
     except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot read ({exc.strerror})") from None
+        raise error(f"config file {path}: cannot read ({exc.strerror})") from None
     if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB")
+        raise error(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB")
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        raise error(f"config file {path} is not valid TOML: {exc}") from None
     try:
-        return AgentConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"config file {path}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+        raise error(f"config file {path}: " + "; ".join(_describe(e) for e in exc.errors())) from None
 
 
 def _describe(error: object) -> str:

@@ -4,28 +4,16 @@ See systemd/server.example.toml for a commented example."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from agent.config import DetectorConfig, QualityConfig, RuntimeConfig
+from agent.config import DetectorConfig, QualityConfig, RuntimeConfig, StrictSection, load_toml_model
 from server.errors import ServerConfigError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
-MAX_CONFIG_BYTES = 1 << 20
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ListenConfig(_Section):
+class ListenConfig(StrictSection):
     """[listen] Where the server accepts connections and how large a message may be."""
 
     agents: str = Field(
@@ -48,7 +36,7 @@ class ListenConfig(_Section):
     )
 
 
-class TlsConfig(_Section):
+class TlsConfig(StrictSection):
     """[tls] PEM files; unset = those `facefleet-server certs init` made in <state_dir>/tls."""
 
     ca_cert: Path | None = Field(None, description="CA that signs device (client) certificates")
@@ -56,7 +44,7 @@ class TlsConfig(_Section):
     server_key: Path | None = Field(None, description="The server's private key")
 
 
-class GalleryConfig(_Section):
+class GalleryConfig(StrictSection):
     """[gallery] Enrolled people and how their changes reach the agents."""
 
     retain_crops: bool = Field(
@@ -81,7 +69,7 @@ class GalleryConfig(_Section):
     )
 
 
-class FleetConfig(_Section):
+class FleetConfig(StrictSection):
     """[fleet] Agents and their reports."""
 
     max_report_events: int = Field(10_000, ge=1, le=100_000, description="Most events in one ReportResults")
@@ -90,7 +78,7 @@ class FleetConfig(_Section):
     )
 
 
-class TokensConfig(_Section):
+class TokensConfig(StrictSection):
     """[tokens] Operator bearer tokens (stored as salted sha256 digests in the state database)."""
 
     cache_seconds: float = Field(
@@ -101,7 +89,7 @@ class TokensConfig(_Section):
     )
 
 
-class ServerConfig(_Section):
+class ServerConfig(StrictSection):
     """The whole server configuration file."""
 
     state_dir: Path | None = Field(None, description="Database, models and TLS files; see the README")
@@ -120,31 +108,5 @@ class ServerConfig(_Section):
 
 
 def load_config(path: Path | None) -> ServerConfig:
-    """Read and validate a config file; None gives the defaults."""
-    if path is None:
-        return ServerConfig()
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ServerConfigError(f"config file {path} does not exist") from None
-    except OSError as exc:
-        raise ServerConfigError(f"config file {path}: cannot read ({exc.strerror})") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ServerConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB")
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ServerConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    try:
-        return ServerConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(_describe(e) for e in exc.errors())
-        raise ServerConfigError(f"config file {path}: {problems}") from None
-
-
-def _describe(error: object) -> str:
-    assert isinstance(error, dict)
-    key = ".".join(str(part) for part in error["loc"])
-    if error["type"] == "extra_forbidden":
-        return f"unknown key '{key}'"
-    return f"'{key}': {error['msg']} (got {error.get('input')!r})"
+    """Read and validate a server config file; None gives the defaults."""
+    return load_toml_model(path, ServerConfig, ServerConfigError)

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from agent.calibration import calibrate
 from agent.cli.context import Context
+from agent.cli.parsing import add_command
 from agent.cli.vision import make_analyzer
 from agent.config import write_threshold
 from agent.enrolment import FaceChoice, choose_face
@@ -24,20 +25,8 @@ from agent.records import DuplicatePersonError, Embedding, Person, PersonUpsert
 from agent.store import EmbeddingStore
 
 
-def _command(commands: Any, name: str, summary: str, example: str) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = commands.add_parser(
-        name,
-        help=summary,
-        description=summary[0].upper() + summary[1:] + ".",
-        epilog=f"example:\n  {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    return parser
-
-
 def register(commands: Any) -> None:
-    enroll = _command(
+    enroll = add_command(
         commands,
         "enroll",
         "enrol a person from photos (each must hold one good face)",
@@ -53,33 +42,35 @@ def register(commands: Any) -> None:
     enroll.add_argument("images", nargs="+", type=Path, help="image files or folders")
     enroll.set_defaults(handler=_enroll)
 
-    people = commands.add_parser(
+    people = add_command(
+        commands,
         "people",
-        help="list, show or delete enrolled people",
-        description="The people in the on-device store.",
-        epilog="example:\n  facefleet-agent people list --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "list, show or delete enrolled people",
+        "facefleet-agent people list --json",
+        json_output=False,
     )
     verbs = people.add_subparsers(dest="people_command", metavar="VERB", required=True)
-    _command(verbs, "list", "list enrolled people", "facefleet-agent people list").set_defaults(
+    add_command(verbs, "list", "list enrolled people", "facefleet-agent people list").set_defaults(
         handler=_people_list
     )
-    show = _command(verbs, "show", "show one person and their embeddings", "facefleet-agent people show ada")
+    show = add_command(
+        verbs, "show", "show one person and their embeddings", "facefleet-agent people show ada"
+    )
     show.add_argument("person_id")
     show.set_defaults(handler=_people_show)
-    delete = _command(
+    delete = add_command(
         verbs, "delete", "delete a person and all their embeddings", "facefleet-agent people delete ada"
     )
     delete.add_argument("person_id")
     delete.set_defaults(handler=_people_delete)
 
-    identify = _command(
+    identify = add_command(
         commands, "identify", "say who is in a photo (1:N)", "facefleet-agent identify door.jpg"
     )
     identify.add_argument("image", type=Path)
     identify.set_defaults(handler=_identify)
 
-    verify = _command(
+    verify = add_command(
         commands,
         "verify",
         "check a claimed identity against a photo (1:1)",
@@ -89,20 +80,21 @@ def register(commands: Any) -> None:
     verify.add_argument("image", type=Path)
     verify.set_defaults(handler=_verify)
 
-    store = commands.add_parser(
+    store = add_command(
+        commands,
         "store",
-        help="check the on-device store",
+        "check the on-device store",
+        "facefleet-agent store check   (exit 74 when the file is damaged)",
         description="Maintenance of the on-device store (<state_dir>/agent.db).",
-        epilog="example:\n  facefleet-agent store check   (exit 74 when the file is damaged)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        json_output=False,
     )
     store_verbs = store.add_subparsers(dest="store_command", metavar="VERB", required=True)
-    check = _command(
+    check = add_command(
         store_verbs, "check", "run SQLite's integrity and foreign-key checks", "facefleet-agent store check"
     )
     check.set_defaults(handler=_store_check)
 
-    calibrate_parser = _command(
+    calibrate_parser = add_command(
         commands,
         "calibrate",
         "choose a threshold from a folder with one sub-folder of photos per person",

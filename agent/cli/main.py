@@ -19,6 +19,7 @@ from agent.cli import models as models_cmd
 from agent.cli import service as service_cmd
 from agent.cli import vision as vision_cmd
 from agent.cli.context import Context
+from agent.cli.parsing import add_command
 from agent.config import load_config
 from agent.errors import EXIT_FAILURE, EXIT_OK, FaceFleetError
 
@@ -46,15 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     vision_cmd.register(commands)
     gallery_cmd.register(commands)
     service_cmd.register(commands)
-    check = commands.add_parser(
+    check = add_command(
+        commands,
         "check-config",
-        help="validate a config file",
-        description="Validate an agent config file strictly and print the effective settings.",
-        epilog="example:\n  facefleet-agent check-config /etc/facefleet/agent.toml   (exit 78 when invalid)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "validate a config file",
+        "facefleet-agent check-config /etc/facefleet/agent.toml   (exit 78 when invalid)",
+        description="Validate an agent config file strictly; with --json, print the effective settings.",
     )
     check.add_argument("file", type=Path)
-    check.add_argument("--json", action="store_true")
     check.set_defaults(handler=_check_config, needs_context=False)
     return parser
 

@@ -9,6 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from agent.cli.context import Context
+from agent.cli.parsing import add_command
 from agent.errors import EXIT_IO, EXIT_OK, FaceFleetError
 from agent.models.importer import PRECISIONS, import_defaults, import_model
 from agent.models.store import StoredModel
@@ -16,32 +17,32 @@ from agent.models.tasks import TASKS
 
 
 def register(commands: Any) -> None:
-    models = commands.add_parser(
+    models = add_command(
+        commands,
         "models",
-        help="import, list, verify and activate models",
+        "import, list, verify and activate models",
+        "facefleet-agent models import-defaults && facefleet-agent models verify",
         description="Manage the model store (OpenVINO IR with manifests) under <state_dir>/models.",
-        epilog="example:\n  facefleet-agent models import-defaults && facefleet-agent models verify",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        json_output=False,
     )
     verbs = models.add_subparsers(dest="models_command", metavar="VERB", required=True)
 
-    defaults = verbs.add_parser(
+    defaults = add_command(
+        verbs,
         "import-defaults",
-        help="import the models bundled in the installed carrier packages",
+        "import the models bundled in the installed carrier packages",
+        "facefleet-agent models import-defaults --precision FP16",
         description="Convert YuNet, SFace, mini-Xception (and the face mesh, if installed) to IR.",
-        epilog="example:\n  facefleet-agent models import-defaults --precision FP16",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     defaults.add_argument("--precision", choices=PRECISIONS, default="FP16", help="IR weight precision")
-    defaults.add_argument("--json", action="store_true", help="machine-readable output")
     defaults.set_defaults(handler=_import_defaults)
 
-    own = verbs.add_parser(
+    own = add_command(
+        verbs,
         "import",
-        help="import your own ONNX, TFLite or IR model",
+        "import your own ONNX, TFLite or IR model",
+        "facefleet-agent models import det.onnx --task detection --name mine --version 1",
         description="Convert a model to IR, check that it fits the task, and store it.",
-        epilog="example:\n  facefleet-agent models import det.onnx --task detection --name mine --version 1",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     own.add_argument("path", type=Path, help="model file (.onnx, .tflite or .xml)")
     own.add_argument("--task", choices=TASKS, required=True)
@@ -50,36 +51,34 @@ def register(commands: Any) -> None:
     own.add_argument("--licence", default="unknown", help="licence of the model, recorded in the manifest")
     own.add_argument("--precision", choices=PRECISIONS, default="FP16")
     own.add_argument("--activate", action="store_true", help="make it the active model of its task")
-    own.add_argument("--json", action="store_true")
     own.set_defaults(handler=_import)
 
-    listing = verbs.add_parser(
+    listing = add_command(
+        verbs,
         "list",
-        help="list stored models",
+        "list stored models",
+        "facefleet-agent models list --json",
         description="List the stored models, marking the active one of each task.",
-        epilog="example:\n  facefleet-agent models list --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=_list)
 
-    verify = verbs.add_parser(
+    verify = add_command(
+        verbs,
         "verify",
-        help="re-hash every file and compile every model",
+        "re-hash every file and compile every model",
+        "facefleet-agent models verify --device CPU   (exit 74 when a model fails)",
         description="Check each stored model's files against its manifest and compile it on the device.",
-        epilog="example:\n  facefleet-agent models verify --device CPU   (exit 74 when a model fails)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     verify.add_argument("--device", help="compile on this OpenVINO device instead of the configured one")
-    verify.add_argument("--json", action="store_true")
     verify.set_defaults(handler=_verify)
 
-    activate = verbs.add_parser(
+    activate = add_command(
+        verbs,
         "activate",
-        help="make a stored version the active one of its task",
+        "make a stored version the active one of its task",
+        "facefleet-agent models activate expression mini-xception fer2013",
         description="Switch the active version of a task atomically.",
-        epilog="example:\n  facefleet-agent models activate expression mini-xception fer2013",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        json_output=False,
     )
     activate.add_argument("task", choices=TASKS)
     activate.add_argument("name")

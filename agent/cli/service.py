@@ -8,17 +8,19 @@ from types import FrameType
 from typing import Any
 
 from agent.cli.context import Context
+from agent.cli.parsing import add_command
 from agent.errors import EXIT_OK
 from agent.service import AgentService
 
 
 def register(commands: Any) -> None:
-    run = commands.add_parser(
+    run = add_command(
+        commands,
         "run",
-        help="run the agent service (cameras, recognition, MQTT events, doors)",
+        "run the agent service (cameras, recognition, MQTT events, doors)",
+        "facefleet-agent --config /etc/facefleet/agent.toml run",
         description="Run until SIGTERM: read the configured cameras, publish events, decide door access.",
-        epilog="example:\n  facefleet-agent --config /etc/facefleet/agent.toml run",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        json_output=False,
     )
     run.set_defaults(handler=_run)
 

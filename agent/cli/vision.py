@@ -9,33 +9,32 @@ from typing import Any
 from rich.table import Table
 
 from agent.cli.context import Context
+from agent.cli.parsing import add_command
 from agent.errors import EXIT_DATA, EXIT_OK, ImageError
 from agent.images import list_images, read_image
 from agent.pipeline import AnalyzerSettings, FaceAnalyzer
 
 
 def register(commands: Any) -> None:
-    analyze = commands.add_parser(
+    analyze = add_command(
+        commands,
         "analyze",
-        help="find and describe every face in images",
+        "find and describe every face in images",
+        "facefleet-agent analyze photo.jpg\n  facefleet-agent analyze photos/ --json",
         description="Detect faces and print box, landmarks, score, quality and expression for each.",
-        epilog="examples:\n  facefleet-agent analyze photo.jpg\n  facefleet-agent analyze photos/ --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     analyze.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
     analyze.add_argument("--device", help="OpenVINO device for this run (e.g. CPU, GPU, AUTO)")
     analyze.add_argument("--embeddings", action="store_true", help="include each face's embedding vector")
-    analyze.add_argument("--json", action="store_true")
     analyze.set_defaults(handler=_analyze)
 
-    devices = commands.add_parser(
+    devices = add_command(
+        commands,
         "devices",
-        help="list OpenVINO devices and their properties",
+        "list OpenVINO devices and their properties",
+        "facefleet-agent devices --json",
         description="List the devices the installed OpenVINO runtime can use here.",
-        epilog="example:\n  facefleet-agent devices --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    devices.add_argument("--json", action="store_true")
     devices.set_defaults(handler=_devices)
 
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from agent.matching import Calibration, Scoring, calibrate_threshold
+from agent.gallery import Scoring
+from agent.matching import Calibration, calibrate_threshold
 
 FloatArray = npt.NDArray[np.float32]
 

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import EXIT_DATA, EXIT_IO, EXIT_UNAVAILABLE, FaceFleetError
-from agent.matching import MatchError, unit_vector
+from agent.gallery import MatchError, unit_vector
 
 FloatArray = npt.NDArray[np.float32]
 

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agent.matching import DecisionPolicy, Gallery, Matcher, PersonScore
+from agent.gallery import Gallery, PersonScore
+from agent.matching import DecisionPolicy, Matcher
 from agent.records import Embedding, Person, PersonUpsert
 from agent.store import EmbeddingStore
 

@@ -12,16 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from agent.matching import (
-    SFACE_THRESHOLD,
-    DecisionPolicy,
-    Gallery,
-    Matcher,
-    MatchError,
-    PersonScore,
-    calibrate_threshold,
-    unit_vector,
-)
+from agent.gallery import SFACE_THRESHOLD, Gallery, MatchError, PersonScore, unit_vector
+from agent.matching import DecisionPolicy, Matcher, calibrate_threshold
 
 MODEL = "sface@2021dec"
 DIM = 128

@@ -13,7 +13,7 @@ import pytest
 from facefleet.v1 import admin_pb2, events_pb2, fleet_pb2, gallery_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from agent.matching import SFACE_THRESHOLD, Gallery
+from agent.gallery import SFACE_THRESHOLD, Gallery
 from agent.pipeline import FaceAnalyzer
 from server.enrolment import Enroller
 from server.queries import EventFilter

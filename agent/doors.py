@@ -37,6 +37,11 @@ class DoorController:
         self._recent: dict[str, float] = {}
         self._claim: _Claim | None = None
 
+    @property
+    def claimed_person(self) -> str | None:
+        """The person a pending badge claim names, while it waits for a face."""
+        return self._claim.person_id if self._claim is not None else None
+
     def claim(
         self, person_id: str, now: float, timeout_s: float | None = None, claim_id: str | None = None
     ) -> AccessDecision | None:

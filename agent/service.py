@@ -195,10 +195,10 @@ class AgentService:
             face, decision = faces[index], decisions[index]
             policy = self.door_policies[name]
             door_decision = policy.decide(self.model_id, decision.candidates, face.quality.score)
-            pending = door._claim
-            if pending is not None and face.embedding is not None:
+            claimed = door.claimed_person
+            if claimed is not None and face.embedding is not None:
                 claim_decision = self.matcher.verify(
-                    face.embedding, self.model_id, pending.person_id, quality=face.quality.score
+                    face.embedding, self.model_id, claimed, quality=face.quality.score
                 )
         result = door.observe(door_decision, claim_decision, frame.captured_at)
         if result is not None:

@@ -1,0 +1,112 @@
+"""Door decisions without cameras: groups, consecutive frames, schedules, repeats and badge claims."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from agent.config import DoorConfig
+from agent.doors import REPEAT_AFTER_S, DoorController
+from agent.matching import Decision
+from agent.records import Person
+
+PEOPLE = {"ada": Person("ada", "Ada", ("staff",)), "bob": Person("bob", "Bob", ("visitors",))}
+
+
+def decision(person: str | None, status: str = "match", score: float = 0.8) -> Decision:
+    return Decision(status, "sface@2021dec", person, score, 0.3, 0.363, "test")  # type: ignore[arg-type]
+
+
+def door(**changes: object) -> DoorController:
+    settings = {"name": "front", "camera": "cam", "allow_groups": ["staff"], "min_frames": 3, **changes}
+    return DoorController(DoorConfig.model_validate(settings), PEOPLE.get)
+
+
+def at(hour: int, minute: int = 0) -> float:
+    return datetime(2026, 11, 23, hour, minute).timestamp()
+
+
+def feed(
+    controller: DoorController, person: str | None, frames: int, start: float, status: str = "match"
+) -> list:
+    results = []
+    for i in range(frames):
+        result = controller.observe(decision(person, status), None, start + i * 0.1)
+        if result is not None:
+            results.append(result)
+    return results
+
+
+def test_a_group_member_is_granted_after_min_frames_and_not_again_at_once() -> None:
+    controller = door()
+    assert feed(controller, "ada", 2, at(9)) == []
+    (granted,) = feed(controller, "ada", 1, at(9) + 0.2)
+    assert (granted.decision, granted.person_id, granted.frames, granted.mode) == (
+        "granted",
+        "ada",
+        3,
+        "identify",
+    )
+    assert granted.score == pytest.approx(0.8)
+    assert feed(controller, "ada", 10, at(9) + 1) == []
+    assert [r.decision for r in feed(controller, "ada", 3, at(9) + REPEAT_AFTER_S + 1)] == ["granted"]
+
+
+def test_others_and_strangers_are_denied_with_the_reason() -> None:
+    controller = door()
+    (denied,) = feed(controller, "bob", 3, at(9))
+    assert denied.decision == "denied" and "'bob' may not enter" in denied.reason
+    (stranger,) = feed(controller, None, 3, at(10), status="unknown")
+    assert (stranger.decision, stranger.reason, stranger.person_id) == ("denied", "face not recognised", None)
+
+
+def test_disagreeing_or_undecided_frames_restart_the_count() -> None:
+    controller = door()
+    feed(controller, "ada", 2, at(9))
+    controller.observe(decision(None, "ambiguous"), None, at(9) + 0.3)
+    assert feed(controller, "ada", 2, at(9) + 0.4) == []
+    assert [r.person_id for r in feed(controller, "ada", 1, at(9) + 0.7)] == ["ada"]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "hour", "verdict"),
+    [
+        ([], 3, "granted"),
+        (["07:00-19:00"], 9, "granted"),
+        (["07:00-19:00"], 20, "denied"),
+        (["22:00-06:00"], 2, "granted"),
+    ],
+)
+def test_schedule(schedule: list[str], hour: int, verdict: str) -> None:
+    (result,) = feed(door(schedule=schedule), "ada", 3, at(hour))
+    assert result.decision == verdict
+    if verdict == "denied":
+        assert "closed at this time" in result.reason
+
+
+def test_badge_claims() -> None:
+    controller = door(allow_people=["bob"], claim_timeout_s=5)
+    unknown = controller.claim("mallory", at(9), claim_id="c0")
+    assert unknown is not None and unknown.decision == "denied" and "not enrolled" in unknown.reason
+    assert controller.claim("bob", at(9), claim_id="c1") is None
+    assert controller.claimed_person == "bob"
+    reject = decision(None, "unknown", 0.1)
+    results = [controller.observe(None, reject, at(9) + i) for i in range(3)]
+    assert results[:2] == [None, None] and results[2] is not None
+    assert (results[2].decision, results[2].reason, results[2].claim_id) == (
+        "denied",
+        "face does not match the claimed person",
+        "c1",
+    )
+    controller.claim("bob", at(10), claim_id="c2")
+    accept = decision("bob", "match", 0.9)
+    granted = [controller.observe(None, accept, at(10) + i) for i in range(3)][2]
+    assert granted is not None and (granted.decision, granted.mode, granted.person_id) == (
+        "granted",
+        "claim",
+        "bob",
+    )
+    controller.claim("bob", at(11), claim_id="c3")
+    timed_out = controller.observe(None, None, at(11) + 6)
+    assert timed_out is not None and "timed out" in timed_out.reason and controller.claimed_person is None

@@ -20,6 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from agent.cli.parsing import add_command
 from agent.errors import EXIT_FAILURE, EXIT_OK, FaceFleetError
 from server import __version__, certs
 from server.cli_query import register as register_query
@@ -57,13 +58,8 @@ class Context:
 
 
 def _parser(commands: Any, name: str, help_text: str, example: str, description: str = "") -> Any:
-    return commands.add_parser(
-        name,
-        help=help_text,
-        description=description or help_text[0].upper() + help_text[1:] + ".",
-        epilog=f"example:\n  {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    """A sub-command declared like the agent's; the caller adds --json where it has one."""
+    return add_command(commands, name, help_text, example, description=description, json_output=False)
 
 
 def build_parser() -> argparse.ArgumentParser:

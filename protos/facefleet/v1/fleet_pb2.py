@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from facefleet.v1 import events_pb2 as facefleet_dot_v1_dot_events__pb2
 from facefleet.v1 import gallery_pb2 as facefleet_dot_v1_dot_gallery__pb2
+from facefleet.v1 import models_pb2 as facefleet_dot_v1_dot_models__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x61\x63\x65\x66leet/v1/fleet.proto\x12\x0c\x66\x61\x63\x65\x66leet.v1\x1a\x19\x66\x61\x63\x65\x66leet/v1/events.proto\x1a\x1a\x66\x61\x63\x65\x66leet/v1/gallery.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x02\n\x0fRegisterRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12H\n\x0emodel_versions\x18\x03 \x03(\x0b\x32\x30.facefleet.v1.RegisterRequest.ModelVersionsEntry\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x18\n\x10gallery_revision\x18\x05 \x01(\x04\x12\x12\n\ngallery_id\x18\x06 \x01(\t\x12\x10\n\x08hostname\x18\x07 \x01(\t\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc1\x01\n\x10RegisterResponse\x12\x18\n\x10gallery_revision\x18\x01 \x01(\x04\x12\x12\n\ngallery_id\x18\x02 \x01(\t\x12\x18\n\x10\x65mbedding_models\x18\x03 \x03(\t\x12\x19\n\x11max_report_events\x18\x04 \x01(\r\x12\x19\n\x11heartbeat_seconds\x18\x05 \x01(\r\x12/\n\x0bserver_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x0cWatchRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x15\n\rfrom_revision\x18\x02 \x01(\x04\x12\x12\n\ngallery_id\x18\x03 \x01(\t\x12\x18\n\x10\x65mbedding_models\x18\x04 \x03(\t\"V\n\tHeartbeat\x12\x18\n\x10gallery_revision\x18\x01 \x01(\x04\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"v\n\rWatchResponse\x12-\n\x07gallery\x18\x01 \x01(\x0b\x32\x1a.facefleet.v1.GalleryDeltaH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.facefleet.v1.HeartbeatH\x00\x42\x08\n\x06update\"@\n\x11\x41\x63kGalleryRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x18\n\x10gallery_revision\x18\x02 \x01(\x04\".\n\x12\x41\x63kGalleryResponse\x12\x18\n\x10gallery_revision\x18\x01 \x01(\x04\"\xbd\x01\n\x14ReportResultsRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12#\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x13.facefleet.v1.Event\x12>\n\x06health\x18\x03 \x03(\x0b\x32..facefleet.v1.ReportResultsRequest.HealthEntry\x1a-\n\x0bHealthEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"2\n\x0e\x45ventRejection\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"k\n\x15ReportResultsResponse\x12.\n\x08rejected\x18\x01 \x03(\x0b\x32\x1c.facefleet.v1.EventRejection\x12\x0e\n\x06stored\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r2\xc8\x02\n\x0c\x46leetService\x12I\n\x08Register\x12\x1d.facefleet.v1.RegisterRequest\x1a\x1e.facefleet.v1.RegisterResponse\x12\x42\n\x05Watch\x12\x1a.facefleet.v1.WatchRequest\x1a\x1b.facefleet.v1.WatchResponse0\x01\x12O\n\nAckGallery\x12\x1f.facefleet.v1.AckGalleryRequest\x1a .facefleet.v1.AckGalleryResponse\x12X\n\rReportResults\x12\".facefleet.v1.ReportResultsRequest\x1a#.facefleet.v1.ReportResultsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x61\x63\x65\x66leet/v1/fleet.proto\x12\x0c\x66\x61\x63\x65\x66leet.v1\x1a\x19\x66\x61\x63\x65\x66leet/v1/events.proto\x1a\x1a\x66\x61\x63\x65\x66leet/v1/gallery.proto\x1a\x19\x66\x61\x63\x65\x66leet/v1/models.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x02\n\x0fRegisterRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12H\n\x0emodel_versions\x18\x03 \x03(\x0b\x32\x30.facefleet.v1.RegisterRequest.ModelVersionsEntry\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x18\n\x10gallery_revision\x18\x05 \x01(\x04\x12\x12\n\ngallery_id\x18\x06 \x01(\t\x12\x10\n\x08hostname\x18\x07 \x01(\t\x12\x31\n\x0emodel_statuses\x18\x08 \x03(\x0b\x32\x19.facefleet.v1.ModelStatus\x12\x0e\n\x06groups\x18\t \x03(\t\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc1\x01\n\x10RegisterResponse\x12\x18\n\x10gallery_revision\x18\x01 \x01(\x04\x12\x12\n\ngallery_id\x18\x02 \x01(\t\x12\x18\n\x10\x65mbedding_models\x18\x03 \x03(\t\x12\x19\n\x11max_report_events\x18\x04 \x01(\r\x12\x19\n\x11heartbeat_seconds\x18\x05 \x01(\r\x12/\n\x0bserver_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x0cWatchRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x15\n\rfrom_revision\x18\x02 \x01(\x04\x12\x12\n\ngallery_id\x18\x03 \x01(\t\x12\x18\n\x10\x65mbedding_models\x18\x04 \x03(\t\"V\n\tHeartbeat\x12\x18\n\x10gallery_revision\x18\x01 \x01(\x04\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa7\x01\n\rWatchResponse\x12-\n\x07gallery\x18\x01 \x01(\x0b\x32\x1a.facefleet.v1.GalleryDeltaH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.facefleet.v1.HeartbeatH\x00\x12/\n\x06models\x18\x03 \x01(\x0b\x32\x1d.facefleet.v1.ModelAssignmentH\x00\x42\x08\n\x06update\"@\n\x11\x41\x63kGalleryRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x18\n\x10gallery_revision\x18\x02 \x01(\x04\".\n\x12\x41\x63kGalleryResponse\x12\x18\n\x10gallery_revision\x18\x01 \x01(\x04\"\xbd\x01\n\x14ReportResultsRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12#\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x13.facefleet.v1.Event\x12>\n\x06health\x18\x03 \x03(\x0b\x32..facefleet.v1.ReportResultsRequest.HealthEntry\x1a-\n\x0bHealthEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"2\n\x0e\x45ventRejection\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"k\n\x15ReportResultsResponse\x12.\n\x08rejected\x18\x01 \x03(\x0b\x32\x1c.facefleet.v1.EventRejection\x12\x0e\n\x06stored\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\"Y\n\x14\x44ownloadModelRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0c\n\x04\x66ile\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x04\"8\n\nModelChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\"\xe3\x01\n\x18ReportModelStatusRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12+\n\x08statuses\x18\x02 \x03(\x0b\x32\x19.facefleet.v1.ModelStatus\x12Q\n\x0emodel_versions\x18\x03 \x03(\x0b\x32\x39.facefleet.v1.ReportModelStatusRequest.ModelVersionsEntry\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1b\n\x19ReportModelStatusResponse2\xff\x03\n\x0c\x46leetService\x12I\n\x08Register\x12\x1d.facefleet.v1.RegisterRequest\x1a\x1e.facefleet.v1.RegisterResponse\x12\x42\n\x05Watch\x12\x1a.facefleet.v1.WatchRequest\x1a\x1b.facefleet.v1.WatchResponse0\x01\x12O\n\nAckGallery\x12\x1f.facefleet.v1.AckGalleryRequest\x1a .facefleet.v1.AckGalleryResponse\x12X\n\rReportResults\x12\".facefleet.v1.ReportResultsRequest\x1a#.facefleet.v1.ReportResultsResponse\x12O\n\rDownloadModel\x12\".facefleet.v1.DownloadModelRequest\x1a\x18.facefleet.v1.ModelChunk0\x01\x12\x64\n\x11ReportModelStatus\x12&.facefleet.v1.ReportModelStatusRequest\x1a\'.facefleet.v1.ReportModelStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,30 +39,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERREQUEST_MODELVERSIONSENTRY']._serialized_options = b'8\001'
   _globals['_REPORTRESULTSREQUEST_HEALTHENTRY']._loaded_options = None
   _globals['_REPORTRESULTSREQUEST_HEALTHENTRY']._serialized_options = b'8\001'
-  _globals['_REGISTERREQUEST']._serialized_start=131
-  _globals['_REGISTERREQUEST']._serialized_end=404
-  _globals['_REGISTERREQUEST_MODELVERSIONSENTRY']._serialized_start=352
-  _globals['_REGISTERREQUEST_MODELVERSIONSENTRY']._serialized_end=404
-  _globals['_REGISTERRESPONSE']._serialized_start=407
-  _globals['_REGISTERRESPONSE']._serialized_end=600
-  _globals['_WATCHREQUEST']._serialized_start=602
-  _globals['_WATCHREQUEST']._serialized_end=704
-  _globals['_HEARTBEAT']._serialized_start=706
-  _globals['_HEARTBEAT']._serialized_end=792
-  _globals['_WATCHRESPONSE']._serialized_start=794
-  _globals['_WATCHRESPONSE']._serialized_end=912
-  _globals['_ACKGALLERYREQUEST']._serialized_start=914
-  _globals['_ACKGALLERYREQUEST']._serialized_end=978
-  _globals['_ACKGALLERYRESPONSE']._serialized_start=980
-  _globals['_ACKGALLERYRESPONSE']._serialized_end=1026
-  _globals['_REPORTRESULTSREQUEST']._serialized_start=1029
-  _globals['_REPORTRESULTSREQUEST']._serialized_end=1218
-  _globals['_REPORTRESULTSREQUEST_HEALTHENTRY']._serialized_start=1173
-  _globals['_REPORTRESULTSREQUEST_HEALTHENTRY']._serialized_end=1218
-  _globals['_EVENTREJECTION']._serialized_start=1220
-  _globals['_EVENTREJECTION']._serialized_end=1270
-  _globals['_REPORTRESULTSRESPONSE']._serialized_start=1272
-  _globals['_REPORTRESULTSRESPONSE']._serialized_end=1379
-  _globals['_FLEETSERVICE']._serialized_start=1382
-  _globals['_FLEETSERVICE']._serialized_end=1710
+  _globals['_REPORTMODELSTATUSREQUEST_MODELVERSIONSENTRY']._loaded_options = None
+  _globals['_REPORTMODELSTATUSREQUEST_MODELVERSIONSENTRY']._serialized_options = b'8\001'
+  _globals['_REGISTERREQUEST']._serialized_start=158
+  _globals['_REGISTERREQUEST']._serialized_end=498
+  _globals['_REGISTERREQUEST_MODELVERSIONSENTRY']._serialized_start=446
+  _globals['_REGISTERREQUEST_MODELVERSIONSENTRY']._serialized_end=498
+  _globals['_REGISTERRESPONSE']._serialized_start=501
+  _globals['_REGISTERRESPONSE']._serialized_end=694
+  _globals['_WATCHREQUEST']._serialized_start=696
+  _globals['_WATCHREQUEST']._serialized_end=798
+  _globals['_HEARTBEAT']._serialized_start=800
+  _globals['_HEARTBEAT']._serialized_end=886
+  _globals['_WATCHRESPONSE']._serialized_start=889
+  _globals['_WATCHRESPONSE']._serialized_end=1056
+  _globals['_ACKGALLERYREQUEST']._serialized_start=1058
+  _globals['_ACKGALLERYREQUEST']._serialized_end=1122
+  _globals['_ACKGALLERYRESPONSE']._serialized_start=1124
+  _globals['_ACKGALLERYRESPONSE']._serialized_end=1170
+  _globals['_REPORTRESULTSREQUEST']._serialized_start=1173
+  _globals['_REPORTRESULTSREQUEST']._serialized_end=1362
+  _globals['_REPORTRESULTSREQUEST_HEALTHENTRY']._serialized_start=1317
+  _globals['_REPORTRESULTSREQUEST_HEALTHENTRY']._serialized_end=1362
+  _globals['_EVENTREJECTION']._serialized_start=1364
+  _globals['_EVENTREJECTION']._serialized_end=1414
+  _globals['_REPORTRESULTSRESPONSE']._serialized_start=1416
+  _globals['_REPORTRESULTSRESPONSE']._serialized_end=1523
+  _globals['_DOWNLOADMODELREQUEST']._serialized_start=1525
+  _globals['_DOWNLOADMODELREQUEST']._serialized_end=1614
+  _globals['_MODELCHUNK']._serialized_start=1616
+  _globals['_MODELCHUNK']._serialized_end=1672
+  _globals['_REPORTMODELSTATUSREQUEST']._serialized_start=1675
+  _globals['_REPORTMODELSTATUSREQUEST']._serialized_end=1902
+  _globals['_REPORTMODELSTATUSREQUEST_MODELVERSIONSENTRY']._serialized_start=446
+  _globals['_REPORTMODELSTATUSREQUEST_MODELVERSIONSENTRY']._serialized_end=498
+  _globals['_REPORTMODELSTATUSRESPONSE']._serialized_start=1904
+  _globals['_REPORTMODELSTATUSRESPONSE']._serialized_end=1931
+  _globals['_FLEETSERVICE']._serialized_start=1934
+  _globals['_FLEETSERVICE']._serialized_end=2445
 # @@protoc_insertion_point(module_scope)

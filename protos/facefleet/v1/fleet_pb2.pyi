@@ -2,6 +2,7 @@ import datetime
 
 from facefleet.v1 import events_pb2 as _events_pb2
 from facefleet.v1 import gallery_pb2 as _gallery_pb2
+from facefleet.v1 import models_pb2 as _models_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -12,7 +13,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("device_id", "agent_version", "model_versions", "capabilities", "gallery_revision", "gallery_id", "hostname")
+    __slots__ = ("device_id", "agent_version", "model_versions", "capabilities", "gallery_revision", "gallery_id", "hostname", "model_statuses", "groups")
     class ModelVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +28,8 @@ class RegisterRequest(_message.Message):
     GALLERY_REVISION_FIELD_NUMBER: _ClassVar[int]
     GALLERY_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_STATUSES_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     agent_version: str
     model_versions: _containers.ScalarMap[str, str]
@@ -34,7 +37,9 @@ class RegisterRequest(_message.Message):
     gallery_revision: int
     gallery_id: str
     hostname: str
-    def __init__(self, device_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., gallery_revision: _Optional[int] = ..., gallery_id: _Optional[str] = ..., hostname: _Optional[str] = ...) -> None: ...
+    model_statuses: _containers.RepeatedCompositeFieldContainer[_models_pb2.ModelStatus]
+    groups: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, device_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., gallery_revision: _Optional[int] = ..., gallery_id: _Optional[str] = ..., hostname: _Optional[str] = ..., model_statuses: _Optional[_Iterable[_Union[_models_pb2.ModelStatus, _Mapping]]] = ..., groups: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("gallery_revision", "gallery_id", "embedding_models", "max_report_events", "heartbeat_seconds", "server_time")
@@ -73,12 +78,14 @@ class Heartbeat(_message.Message):
     def __init__(self, gallery_revision: _Optional[int] = ..., server_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class WatchResponse(_message.Message):
-    __slots__ = ("gallery", "heartbeat")
+    __slots__ = ("gallery", "heartbeat", "models")
     GALLERY_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     gallery: _gallery_pb2.GalleryDelta
     heartbeat: Heartbeat
-    def __init__(self, gallery: _Optional[_Union[_gallery_pb2.GalleryDelta, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    models: _models_pb2.ModelAssignment
+    def __init__(self, gallery: _Optional[_Union[_gallery_pb2.GalleryDelta, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., models: _Optional[_Union[_models_pb2.ModelAssignment, _Mapping]] = ...) -> None: ...
 
 class AckGalleryRequest(_message.Message):
     __slots__ = ("device_id", "gallery_revision")
@@ -128,3 +135,46 @@ class ReportResultsResponse(_message.Message):
     stored: int
     duplicates: int
     def __init__(self, rejected: _Optional[_Iterable[_Union[EventRejection, _Mapping]]] = ..., stored: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
+
+class DownloadModelRequest(_message.Message):
+    __slots__ = ("device_id", "model_id", "file", "offset")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    model_id: str
+    file: str
+    offset: int
+    def __init__(self, device_id: _Optional[str] = ..., model_id: _Optional[str] = ..., file: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class ModelChunk(_message.Message):
+    __slots__ = ("data", "offset", "size")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    offset: int
+    size: int
+    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+
+class ReportModelStatusRequest(_message.Message):
+    __slots__ = ("device_id", "statuses", "model_versions")
+    class ModelVersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    statuses: _containers.RepeatedCompositeFieldContainer[_models_pb2.ModelStatus]
+    model_versions: _containers.ScalarMap[str, str]
+    def __init__(self, device_id: _Optional[str] = ..., statuses: _Optional[_Iterable[_Union[_models_pb2.ModelStatus, _Mapping]]] = ..., model_versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ReportModelStatusResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

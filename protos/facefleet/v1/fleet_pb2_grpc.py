@@ -60,6 +60,16 @@ class FleetServiceStub:
                 request_serializer=facefleet_dot_v1_dot_fleet__pb2.ReportResultsRequest.SerializeToString,
                 response_deserializer=facefleet_dot_v1_dot_fleet__pb2.ReportResultsResponse.FromString,
                 _registered_method=True)
+        self.DownloadModel = channel.unary_stream(
+                '/facefleet.v1.FleetService/DownloadModel',
+                request_serializer=facefleet_dot_v1_dot_fleet__pb2.DownloadModelRequest.SerializeToString,
+                response_deserializer=facefleet_dot_v1_dot_fleet__pb2.ModelChunk.FromString,
+                _registered_method=True)
+        self.ReportModelStatus = channel.unary_unary(
+                '/facefleet.v1.FleetService/ReportModelStatus',
+                request_serializer=facefleet_dot_v1_dot_fleet__pb2.ReportModelStatusRequest.SerializeToString,
+                response_deserializer=facefleet_dot_v1_dot_fleet__pb2.ReportModelStatusResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServiceServicer:
@@ -104,6 +114,24 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DownloadModel(self, request, context):
+        """One file of a published model version, from `offset` on, as a stream of chunks of at most 1 MiB. A
+        broken download resumes by asking again from the bytes already received; the agent checks size and
+        sha256 against the ModelRelease. Errors: NOT_FOUND (unknown or retired model, unknown file),
+        OUT_OF_RANGE (offset beyond the end of the file), DATA_LOSS (the server's copy fails its own check).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportModelStatus(self, request, context):
+        """Tell the server how an assigned model version is doing (downloading, verifying, active, failed and
+        why) and which versions run now. Shown in fleet status and rollout progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +154,16 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.ReportResults,
                     request_deserializer=facefleet_dot_v1_dot_fleet__pb2.ReportResultsRequest.FromString,
                     response_serializer=facefleet_dot_v1_dot_fleet__pb2.ReportResultsResponse.SerializeToString,
+            ),
+            'DownloadModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadModel,
+                    request_deserializer=facefleet_dot_v1_dot_fleet__pb2.DownloadModelRequest.FromString,
+                    response_serializer=facefleet_dot_v1_dot_fleet__pb2.ModelChunk.SerializeToString,
+            ),
+            'ReportModelStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportModelStatus,
+                    request_deserializer=facefleet_dot_v1_dot_fleet__pb2.ReportModelStatusRequest.FromString,
+                    response_serializer=facefleet_dot_v1_dot_fleet__pb2.ReportModelStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -242,6 +280,60 @@ class FleetService:
             '/facefleet.v1.FleetService/ReportResults',
             facefleet_dot_v1_dot_fleet__pb2.ReportResultsRequest.SerializeToString,
             facefleet_dot_v1_dot_fleet__pb2.ReportResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/facefleet.v1.FleetService/DownloadModel',
+            facefleet_dot_v1_dot_fleet__pb2.DownloadModelRequest.SerializeToString,
+            facefleet_dot_v1_dot_fleet__pb2.ModelChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportModelStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facefleet.v1.FleetService/ReportModelStatus',
+            facefleet_dot_v1_dot_fleet__pb2.ReportModelStatusRequest.SerializeToString,
+            facefleet_dot_v1_dot_fleet__pb2.ReportModelStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,10 @@ from server.enrolment import Enroller, EnrolmentSettings
 from server.errors import FailedPreconditionError, ServerConfigError, ServerError
 from server.fanout import GalleryFanout
 from server.fleet import FleetHandler, FleetSettings
+from server.model_catalog import ModelCatalog
+from server.model_files import CHUNK_BYTES, ModelFiles
+from server.model_fleet import ModelDistribution
+from server.model_state import ModelState
 from server.paths import ServerPaths
 from server.people import PeopleHandler
 from server.security import Authenticator
@@ -81,17 +85,22 @@ class FleetServer:
         self.paths = paths
         self.state = state or SqliteState(paths.database, log_revisions=config.gallery.log_revisions)
         self.models = ModelStore(paths.models)
+        self.catalog = ModelCatalog(self.state.models, self.models)
         self._enroller = enroller
+        self._base_models = enroller.model_ids if enroller is not None else None
+        self._rollout_models: tuple[str, ...] = ()
         self._enroller_lock = threading.Lock()
         self.fanout: GalleryFanout | None = None
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._poll: asyncio.Task[None] | None = None
 
     async def start(self) -> Ports:
         """Bind the listeners and start serving."""
         credentials = None if self.config.insecure_development else self._credentials()
-        self.fanout = GalleryFanout(self.state.head_revision())
+        self.fanout = GalleryFanout(self.state.head_revision(), self.state.models.models_revision())
+        self._rollout_models = rollout_embedding_models(self.state.models)
         server = grpc.aio.server(options=self._options())
         try:
             await self._add_services(server, self.fanout)
@@ -106,14 +115,16 @@ class FleetServer:
             await server.stop(0)
             raise
         self._server = server
+        self._poll = asyncio.create_task(self._poll_changes())
         if self.config.insecure_development:
             log.warning("insecure_development = true: plaintext listeners, device ids taken from requests")
         return Ports(agents, operators)
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop: NOT_SERVING, end Watch streams, give running calls the grace period."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
+        for task in (self._watchdog, self._poll):
+            if task is not None:
+                task.cancel()
         await self.health.enter_graceful_shutdown()
         if self.fanout is not None:
             await self.fanout.close()
@@ -164,6 +175,9 @@ class FleetServer:
                 max_message_bytes=config.listen.max_message_bytes,
             ),
             embedding_models=self._embedding_models,
+            models=ModelDistribution(
+                self.state, self.catalog, ModelFiles(min(CHUNK_BYTES, config.listen.max_message_bytes // 2))
+            ),
         )
         people = PeopleHandler(self.state, fanout, self._get_enroller, self._known_models)
         dashboard = DashboardHandler(
@@ -230,6 +244,53 @@ class FleetServer:
             raise BindError(f"{key} = {address!r}: cannot listen; is the port in use?")
         return int(port)
 
+    # -- changes from other processes --------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Publish gallery, model and rollout changes committed since the last look (by this process or
+        another on the same state directory, e.g. the CLI) to the Watch streams; follow the embedding
+        models of rollouts in the enroller."""
+        assert self.fanout is not None
+        models = self.state.models
+        head, models_revision = await asyncio.to_thread(
+            lambda: (self.state.head_revision(), models.models_revision())
+        )
+        if head > self.fanout.head:
+            await self.fanout.publish(head)
+        if models_revision != self.fanout.models_head:
+            await self.fanout.publish_models(models_revision)
+            await self._follow_rollout_models(await asyncio.to_thread(rollout_embedding_models, models))
+
+    async def _poll_changes(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self.config.fleet.poll_seconds)
+            try:
+                await self.refresh()
+                failing = False
+            except Exception:
+                if not failing:  # once per outage, not every poll
+                    log.exception("cannot read changes from the state database; retrying")
+                failing = True
+
+    async def _follow_rollout_models(self, rollout_models: tuple[str, ...]) -> None:
+        if rollout_models == self._rollout_models:
+            return
+        self._rollout_models = rollout_models
+        enroller = self._enroller
+        if enroller is None:
+            return  # built with them on first use
+        wanted = _merge(self._enrolment_base(), rollout_models)
+        if wanted != enroller.model_ids:
+            try:
+                rebuilt = await asyncio.to_thread(enroller.with_models, wanted, self.models)
+            except FaceFleetError as exc:
+                log.error("enrolment cannot embed with %s: %s", ", ".join(wanted), exc)
+                return
+            with self._enroller_lock:
+                self._enroller = rebuilt
+            log.info("enrolment now embeds with %s", ", ".join(wanted))
+
     # -- models --------------------------------------------------------------------------------------
 
     def _get_enroller(self) -> Enroller:
@@ -248,12 +309,15 @@ class FleetServer:
             runtime = Runtime(config.runtime.settings(self.paths.state_dir))
             settings = AnalyzerSettings(detector=config.detector.settings(), expressions=False)
             analyzer = FaceAnalyzer(runtime, self.models, settings)
+            active = analyzer.embedding_model
+            base = config.gallery.embedding_models or ((active.manifest.model_id,) if active else ())
+            self._base_models = base
             return Enroller(
                 analyzer,
                 self.models,
                 runtime,
                 EnrolmentSettings(
-                    model_ids=config.gallery.embedding_models,
+                    model_ids=_merge(base, self._rollout_models),
                     retain_crops=config.gallery.retain_crops,
                     crop_format=config.gallery.crop_format,
                     max_image_bytes=config.gallery.max_image_bytes,
@@ -281,14 +345,34 @@ class FleetServer:
         return known
 
     def _embedding_models(self) -> tuple[str, ...]:
-        if self._enroller is not None:
-            return self._enroller.model_ids
+        """What enrolment embeds with: the configured (or active) models and those of embedding rollouts
+        that are preparing, active or paused."""
+        return _merge(self._enrolment_base(), self._rollout_models)
+
+    def _enrolment_base(self) -> tuple[str, ...]:
+        if self._base_models is not None:
+            return self._base_models
         if self.config.gallery.embedding_models:
             return self.config.gallery.embedding_models
         try:
             return (self.models.active("embedding").manifest.model_id,)
         except FaceFleetError:
             return ()
+
+
+def rollout_embedding_models(models: ModelState) -> tuple[str, ...]:
+    """Embedding models of rollouts that are preparing, active or paused, oldest rollout first."""
+    return tuple(
+        dict.fromkeys(
+            r.model_id
+            for r in reversed(models.list_rollouts())
+            if r.task == "embedding" and r.state != "rolled_back"
+        )
+    )
+
+
+def _merge(*groups: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(model_id for group in groups for model_id in group))
 
 
 async def _watchdog(interval: float) -> None:

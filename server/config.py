@@ -76,6 +76,13 @@ class FleetConfig(StrictSection):
     online_window_seconds: int = Field(
         120, ge=1, le=86400, description="An agent seen this recently counts as online"
     )
+    poll_seconds: float = Field(
+        1.0,
+        ge=0.05,
+        le=60,
+        description="How often the server looks for gallery, model and rollout changes made by another "
+        "process on the same state directory (e.g. `facefleet-server rollout start`)",
+    )
 
 
 class TokensConfig(StrictSection):

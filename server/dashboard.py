@@ -6,8 +6,9 @@ import asyncio
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
-from server.domain import check_id, utc_now
+from server.domain import AgentInfo, check_id, utc_now
 from server.errors import InvalidArgumentError
+from server.model_types import AgentModels
 from server.queries import (
     MAX_FILTER_VALUES,
     AgentStatus,
@@ -72,7 +73,11 @@ class DashboardHandler:
             raise InvalidArgumentError(f"at most {MAX_FILTER_VALUES} device_ids")
         for device_id in device_ids:
             check_id("device_id", device_id)
-        agents = await asyncio.to_thread(self.state.list_agents, device_ids)
+
+        def read() -> tuple[list[AgentInfo], dict[str, AgentModels]]:
+            return self.state.list_agents(device_ids), self.state.models.agent_models(device_ids)
+
+        agents, models = await asyncio.to_thread(read)
         head, now, watching = self.head(), self.clock(), self.watching()
         return [
             AgentStatus(
@@ -88,6 +93,8 @@ class DashboardHandler:
                 gallery_revision=a.gallery_revision,
                 revision_lag=max(0, head - a.gallery_revision),
                 health=a.health,
+                model_statuses=models[a.device_id].statuses if a.device_id in models else (),
+                groups=models[a.device_id].groups if a.device_id in models else (),
             )
             for a in agents
         ], head

@@ -392,9 +392,11 @@ class Registration:
     capabilities: tuple[str, ...] = ()
     gallery_revision: int = 0
     gallery_id: str = ""
+    groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_id("device_id", self.device_id)
+        object.__setattr__(self, "groups", check_groups(tuple(self.groups)))
         check_text("agent_version", self.agent_version, MAX_LABEL_CHARS)
         check_text("hostname", self.hostname, 255)
         if len(self.capabilities) > MAX_MAP_ENTRIES or any(

@@ -10,8 +10,8 @@ future model can re-embed the gallery without the original photos.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import cv2
@@ -57,10 +57,17 @@ class Enroller:
     """Turns enrolment images into embeddings (thread-safe; one image at a time)."""
 
     def __init__(
-        self, analyzer: FaceAnalyzer, store: ModelStore, runtime: Runtime, settings: EnrolmentSettings
+        self,
+        analyzer: FaceAnalyzer,
+        store: ModelStore,
+        runtime: Runtime,
+        settings: EnrolmentSettings,
+        compiled: Mapping[str, CompiledNet] | None = None,
     ) -> None:
         self.analyzer = analyzer
         self.settings = settings
+        self._runtime = runtime
+        compiled = compiled or {}
         active = analyzer.embedding_model
         if active is None:
             raise FailedPreconditionError("the enrolment analyzer computes no embeddings")
@@ -74,13 +81,21 @@ class Enroller:
             self.dimensions[model_id] = _dimension(model)
             if model is not active:
                 store.check(model)
-                self._extra[model_id] = runtime.compile(model.xml_path, input_shape=(-1, 3, 112, 112))
+                self._extra[model_id] = compiled.get(model_id) or runtime.compile(
+                    model.xml_path, input_shape=(-1, 3, 112, 112)
+                )
         self._use_active = active.manifest.model_id in self.dimensions
         self._lock = threading.Lock()
 
     @property
     def model_ids(self) -> tuple[str, ...]:
         return tuple(self.dimensions)
+
+    def with_models(self, model_ids: tuple[str, ...], store: ModelStore) -> Enroller:
+        """An enroller on the same analyzer that embeds with model_ids (looked up in store; models this
+        one compiled already are reused)."""
+        settings = replace(self.settings, model_ids=model_ids)
+        return Enroller(self.analyzer, store, self._runtime, settings, compiled=self._extra)
 
     def embed(self, images: Sequence[bytes]) -> EmbeddedImages:
         """One face per image → its embeddings for every model, its crop, and what was found."""

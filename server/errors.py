@@ -7,9 +7,11 @@ from agent.errors import EXIT_CONFIG, EXIT_DATA, EXIT_FAILURE, EXIT_IO, EXIT_NO_
 
 __all__ = [
     "AlreadyExistsError",
+    "DataLossError",
     "FailedPreconditionError",
     "InvalidArgumentError",
     "NotFoundError",
+    "OutOfRangeError",
     "PermissionDeniedError",
     "ServerConfigError",
     "ServerError",
@@ -47,6 +49,20 @@ class FailedPreconditionError(ServerError):
 
     status = "FAILED_PRECONDITION"
     exit_code = EXIT_DATA
+
+
+class OutOfRangeError(ServerError):
+    """A position past the end of something (e.g. a download offset beyond the file)."""
+
+    status = "OUT_OF_RANGE"
+    exit_code = EXIT_DATA
+
+
+class DataLossError(ServerError):
+    """Stored data fails its own check (e.g. a model file whose sha256 no longer matches the catalogue)."""
+
+    status = "DATA_LOSS"
+    exit_code = EXIT_IO
 
 
 class UnauthenticatedError(ServerError):

@@ -1,4 +1,4 @@
-"""In-process notification of new gallery revisions to every open Watch stream.
+"""In-process notification of new gallery revisions (and model/rollout changes) to every open Watch stream.
 
 One asyncio.Condition guards the head revision: a commit calls publish(revision) and every stream waiting in
 wait_beyond() wakes at once (notify_all), so one change reaches hundreds of watchers in one pass of the
@@ -16,8 +16,9 @@ from collections import Counter
 class GalleryFanout:
     """The head revision, the streams waiting for it to move, and which devices are watching now."""
 
-    def __init__(self, head: int) -> None:
+    def __init__(self, head: int, models_head: int = 0) -> None:
         self._head = head
+        self._models_head = models_head
         self._condition = asyncio.Condition()
         self._closed = False
         self._watching: Counter[str] = Counter()
@@ -25,6 +26,11 @@ class GalleryFanout:
     @property
     def head(self) -> int:
         return self._head
+
+    @property
+    def models_head(self) -> int:
+        """The models revision (server.model_state) streams last heard of."""
+        return self._models_head
 
     @property
     def closed(self) -> bool:
@@ -37,16 +43,26 @@ class GalleryFanout:
                 self._head = revision
                 self._condition.notify_all()
 
-    async def wait_beyond(self, revision: int, timeout: float) -> bool:
-        """Wait until the head passes `revision` (True), or a timeout or close() comes first (False)."""
+    async def publish_models(self, revision: int) -> None:
+        """The models or rollouts changed: wake every waiting stream to recompute its releases."""
+        async with self._condition:
+            if revision != self._models_head:
+                self._models_head = revision
+                self._condition.notify_all()
+
+    async def wait_beyond(self, revision: int, timeout: float, models: int | None = None) -> bool:
+        """Wait until the head passes `revision` or the models revision differs from `models` (True), or a
+        timeout or close() comes first (False)."""
+
+        def moved() -> bool:
+            return self._head > revision or (models is not None and self._models_head != models)
+
         async with self._condition:
             try:
-                await asyncio.wait_for(
-                    self._condition.wait_for(lambda: self._head > revision or self._closed), timeout
-                )
+                await asyncio.wait_for(self._condition.wait_for(lambda: moved() or self._closed), timeout)
             except asyncio.TimeoutError:
                 return False
-            return self._head > revision and not self._closed
+            return moved() and not self._closed
 
     async def close(self) -> None:
         """Server shutdown: release every waiting stream so it can end."""

@@ -28,6 +28,9 @@ from server.domain import (
 )
 from server.errors import FailedPreconditionError, InvalidArgumentError, PermissionDeniedError
 from server.fanout import GalleryFanout
+from server.model_files import Chunk
+from server.model_fleet import ModelDistribution
+from server.model_types import ModelAssignment, ModelStatus, Release, check_statuses
 from server.state import State
 
 DELTA_CACHE_ENTRIES = 64
@@ -79,8 +82,10 @@ class FleetHandler:
         settings: FleetSettings,
         embedding_models: Callable[[], tuple[str, ...]],
         clock: Callable[[], datetime] = utc_now,
+        models: ModelDistribution | None = None,
     ) -> None:
         self.state = state
+        self.models = models
         self.fanout = fanout
         self.settings = settings
         self.embedding_models = embedding_models
@@ -89,8 +94,17 @@ class FleetHandler:
         self.deltas = DeltaCache(state)
         self._registered: set[str] = set()
 
-    async def register(self, registration: Registration) -> Welcome:
-        await asyncio.to_thread(self.state.register_agent, registration, self.clock())
+    async def register(self, registration: Registration, statuses: Sequence[ModelStatus] = ()) -> Welcome:
+        check_statuses(tuple(statuses))
+
+        def store() -> None:
+            now = self.clock()
+            self.state.register_agent(registration, now)
+            self.state.models.set_agent_models(
+                registration.device_id, now, statuses=statuses, groups=registration.groups
+            )
+
+        await asyncio.to_thread(store)
         self._registered.add(registration.device_id)
         return Welcome(
             gallery_revision=self.fanout.head,
@@ -103,8 +117,10 @@ class FleetHandler:
 
     async def watch(
         self, device_id: str, from_revision: int, gallery_id: str, models: Sequence[str]
-    ) -> AsyncIterator[GalleryDelta | Heartbeat]:
-        """The agent's missing changes, then every new one, until the server stops."""
+    ) -> AsyncIterator[GalleryDelta | Heartbeat | ModelAssignment]:
+        """The agent's missing changes, then every new one, until the server stops; after the initial
+        gallery update, the model releases it should run whenever they differ from what was last sent
+        (gallery deltas go first)."""
         await self._require_registered(device_id)
         snapshot = from_revision == 0 or (bool(gallery_id) and gallery_id != self.gallery_id)
         if not snapshot and from_revision > self.fanout.head:
@@ -116,6 +132,8 @@ class FleetHandler:
             )
         wanted = frozenset(models) if models else None
         revision = from_revision
+        models_seen: int | None = None
+        sent: tuple[Release, ...] = ()
         self.fanout.enter(device_id)
         try:
             if not snapshot and revision == self.fanout.head:
@@ -126,7 +144,15 @@ class FleetHandler:
                     for part in split_delta(only_models(delta, wanted), self.settings.max_message_bytes // 2):
                         yield part
                     revision, snapshot = delta.to_revision, False
-                elif not await self.fanout.wait_beyond(revision, self.settings.heartbeat_seconds):
+                elif self.models is not None and models_seen != self.fanout.models_head:
+                    models_seen = self.fanout.models_head
+                    releases = await self.models.releases(device_id)
+                    if releases != sent:
+                        sent = releases
+                        yield ModelAssignment(releases)
+                elif not await self.fanout.wait_beyond(
+                    revision, self.settings.heartbeat_seconds, models=models_seen
+                ):
                     if self.fanout.closed:
                         break
                     yield Heartbeat(self.fanout.head, self.clock())
@@ -173,6 +199,24 @@ class FleetHandler:
 
         stored, duplicates = await asyncio.to_thread(store)
         return ReportOutcome(stored, duplicates, tuple(rejected))
+
+    async def download(
+        self, device_id: str, model_id: str, file_name: str, offset: int
+    ) -> AsyncIterator[Chunk]:
+        await self._require_registered(device_id)
+        if self.models is None:
+            raise FailedPreconditionError("this server does not distribute models")
+        async for chunk in self.models.download(model_id, file_name, offset):
+            yield chunk
+
+    async def report_models(
+        self, device_id: str, statuses: Sequence[ModelStatus], model_versions: Mapping[str, str]
+    ) -> None:
+        await self._require_registered(device_id)
+        if self.models is None:
+            raise FailedPreconditionError("this server does not distribute models")
+        await self.models.report(device_id, statuses, model_versions)
+        await asyncio.to_thread(self.state.touch_agent, device_id, self.clock())
 
     async def _require_registered(self, device_id: str) -> None:
         if device_id in self._registered:

@@ -18,6 +18,7 @@ from server.domain import (
     check_utc,
 )
 from server.errors import InvalidArgumentError
+from server.model_types import ModelStatus
 
 MAX_RANGE = timedelta(days=400)
 MAX_FILTER_VALUES = 100
@@ -173,3 +174,5 @@ class AgentStatus:
     gallery_revision: int
     revision_lag: int
     health: Mapping[str, float] = field(default_factory=dict)
+    model_statuses: tuple[ModelStatus, ...] = ()
+    groups: tuple[str, ...] = ()

@@ -11,11 +11,12 @@ from typing import Any, TypeVar
 
 import grpc
 
-from server import wire
+from server import wire, wire_models
 from server.dashboard import DashboardHandler
 from server.domain import GalleryDelta
 from server.errors import ServerError
 from server.fleet import FleetHandler
+from server.model_types import ModelAssignment
 from server.people import PeopleHandler
 from server.security import Authenticator
 
@@ -66,8 +67,9 @@ class FleetServicer(wire.FleetServicerBase):
     @unary
     async def Register(self, request: Any, context: Any) -> Any:  # noqa: N802
         device = self.auth.device(context.auth_context(), request.device_id)
-        welcome = await self.handler.register(wire.registration_from_proto(request, device))
-        return wire.register_response(welcome)
+        registration = wire.registration_from_proto(request, device)
+        statuses = wire_models.statuses_from_proto(request.model_statuses, "model_statuses")
+        return wire.register_response(await self.handler.register(registration, statuses))
 
     @streaming
     async def Watch(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
@@ -78,8 +80,24 @@ class FleetServicer(wire.FleetServicerBase):
         async for update in updates:
             if isinstance(update, GalleryDelta):
                 yield wire.delta_to_proto(update)
+            elif isinstance(update, ModelAssignment):
+                yield wire_models.assignment_to_proto(update)
             else:
                 yield wire.heartbeat_to_proto(update)
+
+    @streaming
+    async def DownloadModel(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
+        device = self.auth.device(context.auth_context(), request.device_id)
+        model_id, file_name, offset = wire_models.download_from_proto(request)
+        async for chunk in self.handler.download(device, model_id, file_name, offset):
+            yield wire_models.chunk_to_proto(chunk)
+
+    @unary
+    async def ReportModelStatus(self, request: Any, context: Any) -> Any:  # noqa: N802
+        device = self.auth.device(context.auth_context(), request.device_id)
+        statuses, versions = wire_models.report_models_from_proto(request)
+        await self.handler.report_models(device, statuses, versions)
+        return wire_models.report_models_response()
 
     @unary
     async def AckGallery(self, request: Any, context: Any) -> Any:  # noqa: N802
@@ -170,4 +188,4 @@ class QueryServicer(wire.QueryServicerBase):
     async def FleetStatus(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.auth.operator(context.invocation_metadata() or (), "query")
         agents, head = await self.handler.fleet(tuple(request.device_ids))
-        return wire.fleet_response(agents, head, self.handler.clock())
+        return wire_models.fleet_response(agents, head, self.handler.clock())

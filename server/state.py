@@ -21,12 +21,14 @@ from datetime import datetime
 from server.domain import (
     AgentInfo,
     Crop,
+    Embedding,
     Event,
     GalleryDelta,
     Person,
     Registration,
     TokenRecord,
 )
+from server.model_state import ModelState
 from server.queries import (
     DoorAccess,
     EventCursor,
@@ -39,7 +41,10 @@ from server.queries import (
 
 
 class State(abc.ABC):
-    """Durable server state. Methods raise NotFoundError, AlreadyExistsError or StateError (server.errors)."""
+    """Durable server state. Methods raise NotFoundError, AlreadyExistsError or StateError (server.errors).
+    `models` holds the model catalogue and rollouts (server.model_state)."""
+
+    models: ModelState
 
     # -- gallery -------------------------------------------------------------------------------------
 
@@ -71,6 +76,13 @@ class State(abc.ABC):
         metadata_json: str | None = None,
     ) -> Person:
         """Change the given fields (None keeps one) as one revision; NotFoundError for an unknown id."""
+
+    @abc.abstractmethod
+    def replace_model_embeddings(
+        self, person_id: str, model_id: str, embeddings: Sequence[Embedding], now: datetime
+    ) -> int | None:
+        """Replace one model's embeddings of a person as one revision (crops and other models' embeddings
+        stay); return the revision, or None when the person no longer exists."""
 
     @abc.abstractmethod
     def delete_person(self, person_id: str, now: datetime) -> int:

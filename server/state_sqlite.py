@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server import sqlite_events
+from server import sqlite_events, sqlite_models
 from server.domain import (
     MAX_EMBEDDINGS_PER_PERSON,
     AgentInfo,
@@ -87,6 +87,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             salt BLOB NOT NULL, digest BLOB NOT NULL, created_us INTEGER NOT NULL)""",
         *sqlite_events.SCHEMA,
     ),
+    sqlite_models.SCHEMA,
 )
 """Schema versions: MIGRATIONS[i] takes the schema from version i to i + 1. Append, never edit."""
 
@@ -109,6 +110,7 @@ class SqliteState(State):
         except OSError as exc:
             raise StateError(f"state directory {path.parent}: cannot create ({exc.strerror})") from None
         self._migrate()
+        self.models = sqlite_models.SqliteModelState(self)
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -281,6 +283,21 @@ class SqliteState(State):
             revision = self._next_revision(conn, [(person_id, "upsert")], now)
             self._update_fields(conn, updated, now, revision)
             return _load_person(conn, person_id, with_vectors=True)
+
+    def replace_model_embeddings(
+        self, person_id: str, model_id: str, embeddings: Sequence[Embedding], now: datetime
+    ) -> int | None:
+        with self._write() as conn:
+            if not _exists(conn, person_id):
+                return None
+            revision = self._next_revision(conn, [(person_id, "upsert")], now)
+            conn.execute("DELETE FROM embeddings WHERE person_id = ? AND model_id = ?", (person_id, model_id))
+            _insert_embeddings(conn, person_id, [e for e in embeddings if e.model_id == model_id])
+            conn.execute(
+                "UPDATE people SET updated_us = ?, revision = ? WHERE person_id = ?",
+                (to_us(now), revision, person_id),
+            )
+            return revision
 
     def delete_person(self, person_id: str, now: datetime) -> int:
         with self._write() as conn:

@@ -45,7 +45,6 @@ from server.domain import (
 from server.domain import Embedding as DomainEmbedding
 from server.errors import InvalidArgumentError
 from server.queries import (
-    AgentStatus,
     DoorAccess,
     EventFilter,
     EventPage,
@@ -304,6 +303,7 @@ def registration_from_proto(request: fleet_pb2.RegisterRequest, device_id: str) 
         capabilities=tuple(request.capabilities),
         gallery_revision=request.gallery_revision,
         gallery_id=request.gallery_id,
+        groups=tuple(request.groups),
     )
 
 
@@ -467,30 +467,4 @@ def access_response(doors: Iterable[DoorAccess]) -> query_pb2.AccessSummaryRespo
             query_pb2.DoorAccess(device_id=d.device_id, door=d.door, granted=d.granted, denied=d.denied)
             for d in doors
         ]
-    )
-
-
-def fleet_response(
-    agents: Iterable[AgentStatus], revision: int, now: datetime
-) -> query_pb2.FleetStatusResponse:
-    return query_pb2.FleetStatusResponse(
-        agents=[
-            query_pb2.AgentStatus(
-                device_id=a.device_id,
-                online=a.online,
-                watching=a.watching,
-                last_seen=timestamp(a.last_seen),
-                registered_at=timestamp(a.registered_at),
-                agent_version=a.agent_version,
-                hostname=a.hostname,
-                model_versions=dict(a.model_versions),
-                capabilities=a.capabilities,
-                gallery_revision=a.gallery_revision,
-                revision_lag=a.revision_lag,
-                health=dict(a.health),
-            )
-            for a in agents
-        ],
-        gallery_revision=revision,
-        server_time=timestamp(now),
     )

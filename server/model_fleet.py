@@ -1,0 +1,104 @@
+"""FleetService logic for model versions: the releases each agent should run (for its Watch stream), file
+downloads, and the activation statuses agents report.
+
+Rollouts and the catalogue are read once per models revision and shared by every stream; each stream then
+adds its own device's groups and announced rollouts. A release of a rollout is recorded as announced to a
+device (state 'assigned', with the version the device ran before) when it is first computed for its stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import datetime
+
+from server.domain import utc_now
+from server.errors import NotFoundError
+from server.model_catalog import ModelCatalog
+from server.model_files import Chunk, ModelFiles
+from server.model_types import (
+    ModelStatus,
+    PublishedModel,
+    Release,
+    Rollout,
+    check_model_versions,
+    check_statuses,
+)
+from server.rollouts import desired_releases
+from server.state import State
+
+Fleetwide = tuple[tuple[Rollout, ...], dict[str, PublishedModel]]
+
+
+class ModelDistribution:
+    """What agents learn and fetch about model versions; device ids passed in are authenticated."""
+
+    def __init__(
+        self, state: State, catalog: ModelCatalog, files: ModelFiles, clock: Callable[[], datetime] = utc_now
+    ) -> None:
+        self.state = state
+        self.catalog = catalog
+        self.files = files
+        self.clock = clock
+        self._fleetwide: tuple[int, asyncio.Future[Fleetwide]] | None = None
+
+    async def releases(self, device_id: str) -> tuple[Release, ...]:
+        """The releases the device should run now; newly covering rollouts are recorded as announced."""
+        rollouts, catalogue = await self._shared()
+
+        def compute() -> tuple[Release, ...]:
+            models = self.state.models
+            agent = self.state.get_agent(device_id)
+            groups = models.agent_models((device_id,)).get(device_id)
+            announced = models.device_rollouts(device_id)
+            releases = desired_releases(
+                device_id, groups.groups if groups else (), rollouts, announced, catalogue
+            )
+            running = agent.model_versions if agent else {}
+            new = [(r.rollout_id, running.get(r.task, "")) for r in releases if r.rollout_id not in announced]
+            models.announce(device_id, [n for n in new if n[0]], self.clock())
+            return releases
+
+        return await asyncio.to_thread(compute)
+
+    async def download(self, model_id: str, file_name: str, offset: int) -> AsyncIterator[Chunk]:
+        """A file of a published, not retired model from offset on, verified against the catalogue."""
+        model = await asyncio.to_thread(self.state.models.get_model, model_id)
+        if model.retired:
+            raise NotFoundError(f"model {model_id} is retired; it can no longer be downloaded")
+        expected = model.file(file_name)
+        if expected is None:
+            names = ", ".join(f.name for f in model.files)
+            raise NotFoundError(f"model {model_id} has no file {file_name[:80]!r}; its files: {names}")
+        path = self.catalog.file_path(model, file_name)
+        async for chunk in self.files.chunks(path, expected, offset, f"{model_id}/{file_name}"):
+            yield chunk
+
+    async def report(
+        self, device_id: str, statuses: Sequence[ModelStatus], model_versions: Mapping[str, str]
+    ) -> None:
+        check_statuses(tuple(statuses))
+        versions = check_model_versions(dict(model_versions))
+        await asyncio.to_thread(
+            lambda: self.state.models.set_agent_models(
+                device_id, self.clock(), statuses=statuses, model_versions=versions or None
+            )
+        )
+
+    async def _shared(self) -> Fleetwide:
+        """Rollouts that can cover anyone (not preparing) and the not retired models, per models revision."""
+        revision = await asyncio.to_thread(self.state.models.models_revision)
+        if self._fleetwide is None or self._fleetwide[0] != revision:
+            self._fleetwide = (revision, asyncio.ensure_future(asyncio.to_thread(self._read_fleetwide)))
+        future = self._fleetwide[1]
+        try:
+            return await asyncio.shield(future)
+        except Exception:
+            self._fleetwide = None
+            raise
+
+    def _read_fleetwide(self) -> Fleetwide:
+        models = self.state.models
+        rollouts = tuple(r for r in models.list_rollouts() if r.state != "preparing")
+        catalogue = {m.model_id: m for m in models.list_models() if not m.retired}
+        return rollouts, catalogue

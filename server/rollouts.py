@@ -1,0 +1,132 @@
+"""Rollout logic, free of I/O: which agents a rollout covers, which model versions one agent should run,
+and the allowed state changes of a rollout.
+
+Coverage: a rollout in `preparing` (an embedding model whose gallery is being completed) or `rolled_back`
+covers nobody; a `paused` one still covers the agents it was already announced to (they keep the new version)
+and no new ones; an `active` one covers its target. A percent target is deterministic per rollout and device
+(`bucket`), so widening 10 → 50 % keeps the first 10 % and adds to them.
+
+Desired releases, per task: the newest covering rollout's version; else, when a rolled-back rollout had been
+announced to the agent, the version the agent ran before it (its files when the catalogue still has it,
+otherwise none: "activate your own stored copy"). Tasks with nothing desired are left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+
+from server.errors import FailedPreconditionError, InvalidArgumentError
+from server.model_types import DeviceRollout, PublishedModel, Release, Rollout, Target
+
+
+def bucket(rollout_id: int, device_id: str) -> int:
+    """The device's place 0–99 in a rollout's percent order."""
+    return int(hashlib.sha256(f"{rollout_id}:{device_id}".encode()).hexdigest()[:8], 16) % 100
+
+
+def covers(rollout: Rollout, device_id: str, groups: Collection[str], *, announced: bool) -> bool:
+    """Whether the rollout wants this device on its version now."""
+    if rollout.state == "paused":
+        return announced
+    if rollout.state != "active":
+        return False
+    target = rollout.target
+    if target.kind == "all":
+        return True
+    if target.kind == "group":
+        return target.group in groups
+    return bucket(rollout.rollout_id, device_id) < target.percent
+
+
+def desired_releases(
+    device_id: str,
+    groups: Collection[str],
+    rollouts: Sequence[Rollout],
+    announced: Mapping[int, DeviceRollout],
+    catalogue: Mapping[str, PublishedModel],
+) -> tuple[Release, ...]:
+    """The releases one device should run, sorted by task. announced: this device's rows by rollout id;
+    catalogue: published models by id (retired ones left out)."""
+    newest_first = sorted(rollouts, key=lambda r: r.rollout_id, reverse=True)
+    releases: dict[str, Release] = {}
+    for rollout in newest_first:
+        if rollout.task in releases:
+            continue
+        model = catalogue.get(rollout.model_id)
+        if model is not None and covers(
+            rollout, device_id, groups, announced=rollout.rollout_id in announced
+        ):
+            releases[rollout.task] = _release(rollout.task, model, rollout.rollout_id)
+    for rollout in newest_first:
+        row = announced.get(rollout.rollout_id)
+        if rollout.task in releases or rollout.state != "rolled_back" or row is None:
+            continue
+        if row.previous_model_id and row.previous_model_id != rollout.model_id:
+            previous = catalogue.get(row.previous_model_id)
+            releases[rollout.task] = (
+                _release(rollout.task, previous, 0)
+                if previous is not None and previous.task == rollout.task
+                else Release(rollout.task, row.previous_model_id)
+            )
+    return tuple(releases[task] for task in sorted(releases))
+
+
+def _release(task: str, model: PublishedModel, rollout_id: int) -> Release:
+    return Release(task, model.model_id, model.files, model.manifest_json, rollout_id)
+
+
+# -- state changes -----------------------------------------------------------------------------------
+
+
+def paused(rollout: Rollout, now: datetime) -> Rollout:
+    if rollout.state != "active":
+        raise FailedPreconditionError(
+            f"rollout {rollout.rollout_id} is {rollout.state.replace('_', ' ')}; only an active rollout "
+            "can be paused"
+        )
+    return replace(rollout, state="paused", updated_at=now)
+
+
+def resumed(rollout: Rollout, now: datetime, percent: int | None = None) -> Rollout:
+    """Resume a paused rollout and/or widen a percent rollout."""
+    if rollout.state not in ("active", "paused"):
+        raise FailedPreconditionError(
+            f"rollout {rollout.rollout_id} is {rollout.state.replace('_', ' ')}; only a paused or active "
+            "rollout can be resumed; start a new rollout instead"
+        )
+    target = rollout.target
+    if percent is not None:
+        if target.kind != "percent":
+            raise InvalidArgumentError(
+                f"rollout {rollout.rollout_id} targets {target.describe()}, not a percentage; "
+                "--percent applies only to percent rollouts"
+            )
+        if percent < target.percent:
+            raise InvalidArgumentError(
+                f"rollout {rollout.rollout_id} already covers {target.percent} %; it can only be widened "
+                f"(got {percent} %); pause or roll it back to narrow it"
+            )
+        target = Target("percent", percent=percent)
+    elif rollout.state == "active":
+        raise FailedPreconditionError(
+            f"rollout {rollout.rollout_id} is already active; give --percent to widen it"
+        )
+    return replace(rollout, state="active", target=target, updated_at=now)
+
+
+def rolled_back(rollout: Rollout, now: datetime) -> Rollout:
+    if rollout.state == "rolled_back":
+        raise FailedPreconditionError(f"rollout {rollout.rollout_id} is already rolled back")
+    return replace(rollout, state="rolled_back", updated_at=now)
+
+
+def activated(rollout: Rollout, now: datetime) -> Rollout:
+    """An embedding rollout whose gallery is complete."""
+    if rollout.state != "preparing":
+        raise FailedPreconditionError(
+            f"rollout {rollout.rollout_id} is {rollout.state.replace('_', ' ')}, not preparing"
+        )
+    return replace(rollout, state="active", updated_at=now)

@@ -252,8 +252,9 @@ class FleetServer:
         models of rollouts in the enroller."""
         assert self.fanout is not None
         models = self.state.models
-        head, models_revision = await asyncio.to_thread(
-            lambda: (self.state.head_revision(), models.models_revision())
+        # models first: a rollout activated after its gallery was completed is then seen with that gallery
+        models_revision, head = await asyncio.to_thread(
+            lambda: (models.models_revision(), self.state.head_revision())
         )
         if head > self.fanout.head:
             await self.fanout.publish(head)

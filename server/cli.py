@@ -1,4 +1,5 @@
-"""The facefleet-server command line: serve, certificates, operator tokens, models and dashboard queries.
+"""The facefleet-server command line: serve, certificates, operator tokens, models, rollouts and dashboard
+queries.
 
 Exit codes: 0 success (and `serve` stopped by SIGTERM/SIGINT); 1 unexpected failure; 2 bad usage;
 65 bad input data; 66 not found; 69 cannot listen on an address; 74 state database or model store
@@ -23,6 +24,7 @@ from rich.table import Table
 from agent.cli.parsing import add_command
 from agent.errors import EXIT_FAILURE, EXIT_OK, FaceFleetError
 from server import __version__, certs
+from server.cli_models import register as register_models
 from server.cli_query import register as register_query
 from server.config import ServerConfig, load_config
 from server.domain import ROLES, utc_now
@@ -36,6 +38,8 @@ EPILOG = """examples:
   facefleet-server tokens create dashboard --role query
   facefleet-server --config /etc/facefleet-server/server.toml serve
   facefleet-server query events --since 24h --device door-1 --json
+  facefleet-server models publish emotion.tflite --task expression --name mini-xception --version v2
+  facefleet-server rollout start mini-xception@v2 --percent 10
 """
 
 
@@ -95,18 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _register_certs(commands)
     _register_tokens(commands)
-    models = _parser(
-        commands, "models", "manage the server's model store", "facefleet-server models import-defaults"
-    )
-    verbs = models.add_subparsers(dest="models_command", metavar="VERB", required=True)
-    defaults = _parser(
-        verbs,
-        "import-defaults",
-        "import the default models from the installed carrier packages",
-        "facefleet-server --state-dir /var/lib/facefleet-server models import-defaults",
-    )
-    defaults.add_argument("--json", action="store_true")
-    defaults.set_defaults(handler=_import_models)
+    register_models(commands, _parser)
     register_query(commands, _parser)
     return parser
 
@@ -259,22 +252,6 @@ def _tokens_revoke(context: Context, args: argparse.Namespace) -> int:
     context.console.print(
         f"token {args.name} revoked (running servers forget it within tokens.cache_seconds)"
     )
-    return EXIT_OK
-
-
-def _import_models(context: Context, args: argparse.Namespace) -> int:
-    from agent.models.importer import import_defaults
-    from agent.models.store import ModelStore
-    from agent.runtime import Runtime
-
-    runtime = Runtime(context.config.runtime.settings(context.paths.state_dir))
-    with context.console.status("importing the default models…"):
-        models = import_defaults(runtime, ModelStore(context.paths.models))
-    if context.json_output:
-        context.print_json([{"task": m.manifest.task, "model_id": m.manifest.model_id} for m in models])
-        return EXIT_OK
-    for model in models:
-        context.console.print(f"{model.manifest.task}: {model.manifest.model_id}", markup=False)
     return EXIT_OK
 
 

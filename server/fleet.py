@@ -146,8 +146,11 @@ class FleetHandler:
                     revision, snapshot = delta.to_revision, False
                 elif self.models is not None and models_seen != self.fanout.models_head:
                     models_seen = self.fanout.models_head
-                    releases = await self.models.releases(device_id)
-                    if releases != sent:
+                    releases, head = await self.models.releases(device_id)
+                    if head > revision:  # gallery first: recompute once the agent has it
+                        await self.fanout.publish(head)
+                        models_seen = None
+                    elif releases != sent:
                         sent = releases
                         yield ModelAssignment(releases)
                 elif not await self.fanout.wait_beyond(

@@ -8,19 +8,23 @@ stored (the importer converts into a staging directory and checks the model's in
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 from agent.errors import FaceFleetError, ModelSpecError
 from agent.models.importer import MODEL_SUFFIXES, PRECISIONS, import_model
-from agent.models.manifest import MANIFEST_NAME, check_part
+from agent.models.manifest import MANIFEST_NAME, ModelManifest, Source, check_part, sha256_file
 from agent.models.store import MODEL_XML, ModelStore, StoredModel
+from agent.models.tasks import check_fits
 from agent.runtime import Runtime
 from server.domain import MAX_LABEL_CHARS, check_text, utc_now
 from server.errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError
 from server.model_state import ModelState
 from server.model_types import ModelFile, PublishedModel, check_task
+
+WEIGHTS = "model.bin"
 
 
 class ModelCatalog:
@@ -67,17 +71,20 @@ class ModelCatalog:
                 "across tasks: choose another --name or --version"
             )
         try:
-            stored = import_model(
-                self.runtime,
-                self.store,
-                source,
-                task=task,
-                name=name,
-                version=version,
-                licence=licence,
-                precision=precision,
-                activate=False,
-            )
+            if source.suffix.lower() == ".xml":
+                stored = self._import_ir(source, task, name, version, precision, licence)
+            else:
+                stored = import_model(
+                    self.runtime,
+                    self.store,
+                    source,
+                    task=task,
+                    name=name,
+                    version=version,
+                    licence=licence,
+                    precision=precision,
+                    activate=False,
+                )
         except ModelSpecError as exc:
             raise InvalidArgumentError(f"cannot publish {model_id}: {exc}") from None
         except FaceFleetError as exc:
@@ -88,6 +95,51 @@ class ModelCatalog:
                 ) from None
             raise
         return self.record(stored, now)
+
+    def _import_ir(
+        self, xml: Path, task: str, name: str, version: str, precision: str, licence: str
+    ) -> StoredModel:
+        """OpenVINO IR is stored as it is (the converter reads only ONNX and TFLite): its inputs and
+        outputs are checked against the task, and `precision` labels it."""
+        assert self.runtime is not None
+        weights = xml.with_suffix(".bin")
+        if not weights.is_file():
+            raise InvalidArgumentError(f"{xml}: its weights {weights.name} are missing next to it")
+        try:
+            existing: StoredModel | None = self.store.get(task, name, version)
+        except FaceFleetError:
+            existing = None
+        source_sha = sha256_file(xml)
+        if (
+            existing is not None
+            and existing.manifest.source.sha256 == source_sha
+            and existing.manifest.files.get(WEIGHTS) == sha256_file(weights)
+        ):
+            return existing
+        try:
+            io = self.runtime.describe(xml)
+        except RuntimeError as exc:
+            raise ModelSpecError(f"{xml}: OpenVINO cannot read this IR: {str(exc).splitlines()[0]}") from None
+        check_fits(task, io, str(xml))
+        staged = self.store.staging_dir()
+        try:
+            shutil.copyfile(xml, staged / MODEL_XML)
+            shutil.copyfile(weights, staged / WEIGHTS)
+            manifest = ModelManifest(
+                task=task,
+                name=name,
+                version=version,
+                files={p.name: sha256_file(p) for p in sorted(staged.iterdir())},
+                source=Source(path=str(xml), sha256=source_sha),
+                licence=licence,
+                inputs=io.inputs,
+                outputs=io.outputs,
+                precision=precision,
+                created_at=utc_now().isoformat(timespec="seconds"),
+            )
+            return self.store.add(staged, manifest)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
 
     def record(self, stored: StoredModel, now: datetime | None = None) -> PublishedModel:
         """Record a model already in the store (e.g. the defaults) in the catalogue; idempotent."""
@@ -111,7 +163,8 @@ class ModelCatalog:
     def record_all(self, models: Sequence[StoredModel]) -> list[PublishedModel]:
         return [self.record(model) for model in models]
 
-    def list(self) -> list[PublishedModel]:
+    def published(self) -> list[PublishedModel]:
+        """Every published model (retired ones too), by task then id."""
         return self.state.list_models()
 
     def show(self, model_id: str) -> PublishedModel:

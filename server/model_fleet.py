@@ -42,11 +42,13 @@ class ModelDistribution:
         self.clock = clock
         self._fleetwide: tuple[int, asyncio.Future[Fleetwide]] | None = None
 
-    async def releases(self, device_id: str) -> tuple[Release, ...]:
-        """The releases the device should run now; newly covering rollouts are recorded as announced."""
+    async def releases(self, device_id: str) -> tuple[tuple[Release, ...], int]:
+        """The releases the device should run now, and the gallery head revision read after them (an
+        embedding model's gallery is complete at that revision, so it must reach the agent first). Newly
+        covering rollouts are recorded as announced."""
         rollouts, catalogue = await self._shared()
 
-        def compute() -> tuple[Release, ...]:
+        def compute() -> tuple[tuple[Release, ...], int]:
             models = self.state.models
             agent = self.state.get_agent(device_id)
             groups = models.agent_models((device_id,)).get(device_id)
@@ -57,7 +59,7 @@ class ModelDistribution:
             running = agent.model_versions if agent else {}
             new = [(r.rollout_id, running.get(r.task, "")) for r in releases if r.rollout_id not in announced]
             models.announce(device_id, [n for n in new if n[0]], self.clock())
-            return releases
+            return releases, self.state.head_revision()
 
         return await asyncio.to_thread(compute)
 

@@ -1,0 +1,208 @@
+"""Rollout logic without I/O: coverage by target and state, deterministic percent buckets, the desired
+releases of one agent (including rollbacks to the version it ran before), and the allowed state changes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timezone
+
+import pytest
+
+from server import rollouts
+from server.errors import FailedPreconditionError, InvalidArgumentError
+from server.model_types import (
+    DeviceRollout,
+    ModelFile,
+    ModelStatus,
+    PublishedModel,
+    Release,
+    Rollout,
+    RolloutState,
+    Target,
+)
+from server.rollouts import bucket, covers, desired_releases
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+DEVICES = [f"box-{i:03d}" for i in range(400)]
+
+
+def model(model_id: str, task: str = "expression") -> PublishedModel:
+    return PublishedModel(
+        model_id=model_id,
+        task=task,
+        precision="FP32",
+        licence="MIT",
+        files=(ModelFile("model.bin", 10, "a" * 64), ModelFile("model.xml", 5, "b" * 64)),
+        manifest_json='{"task": "%s"}' % task,
+        published_at=NOW,
+    )
+
+
+def rollout(
+    rollout_id: int,
+    model_id: str,
+    target: Target = Target("all"),
+    state: RolloutState = "active",
+    task: str = "expression",
+) -> Rollout:
+    return Rollout(rollout_id, task, model_id, target, state, NOW, NOW)
+
+
+def row(rollout_id: int, device_id: str, previous: str = "mini-xception@fer2013") -> DeviceRollout:
+    return DeviceRollout(rollout_id, device_id, previous, "assigned", "", NOW)
+
+
+CATALOGUE = {m.model_id: m for m in (model("mini-xception@fer2013"), model("mini-xception@fer2013-fp32"))}
+NEW = "mini-xception@fer2013-fp32"
+
+
+def test_a_percent_bucket_is_fixed_per_rollout_and_device_and_spread_evenly() -> None:
+    assert bucket(7, "door-1") == bucket(7, "door-1")
+    counts = [sum(bucket(7, d) < p for d in DEVICES) for p in (10, 50)]
+    assert 20 <= counts[0] <= 60 and 160 <= counts[1] <= 240
+    assert [bucket(7, d) for d in DEVICES[:20]] != [bucket(8, d) for d in DEVICES[:20]]
+
+
+def test_widening_a_percent_rollout_keeps_the_agents_it_already_covered() -> None:
+    narrow = rollout(3, NEW, Target("percent", percent=10))
+    wide = rollouts.resumed(narrow, NOW, percent=50)
+    first = {d for d in DEVICES if covers(narrow, d, (), announced=False)}
+    second = {d for d in DEVICES if covers(wide, d, (), announced=False)}
+    assert first and first < second and len(second) > 2 * len(first)
+
+
+@pytest.mark.parametrize(
+    ("target", "state", "groups", "announced", "expected"),
+    [
+        (Target("all"), "active", (), False, True),
+        (Target("all"), "preparing", (), True, False),
+        (Target("all"), "rolled_back", (), True, False),
+        (Target("all"), "paused", (), False, False),
+        (Target("all"), "paused", (), True, True),
+        (Target("group", group="lobby"), "active", ("lobby", "east"), False, True),
+        (Target("group", group="lobby"), "active", ("east",), False, False),
+        (Target("group", group="lobby"), "active", (), False, False),
+        (Target("percent", percent=100), "active", (), False, True),
+    ],
+)
+def test_coverage_by_target_and_state(
+    target: Target, state: RolloutState, groups: tuple[str, ...], announced: bool, expected: bool
+) -> None:
+    assert covers(rollout(1, NEW, target, state), "door-1", groups, announced=announced) is expected
+
+
+def test_no_rollout_means_no_release() -> None:
+    assert desired_releases("door-1", (), [], {}, CATALOGUE) == ()
+
+
+def test_the_newest_covering_rollout_of_each_task_wins_and_others_stay_untouched() -> None:
+    embedding = model("sface@2021dec-fp32", "embedding")
+    catalogue = {**CATALOGUE, embedding.model_id: embedding}
+    old = rollout(1, "mini-xception@fer2013")
+    new = rollout(2, NEW, Target("group", group="lobby"))
+    emb = rollout(3, embedding.model_id, task="embedding")
+    lobby = desired_releases("door-1", ("lobby",), [old, new, emb], {}, catalogue)
+    assert [(r.task, r.model_id, r.rollout_id) for r in lobby] == [
+        ("embedding", "sface@2021dec-fp32", 3),
+        ("expression", NEW, 2),
+    ]
+    assert lobby[1].files == CATALOGUE[NEW].files and lobby[1].manifest_json == CATALOGUE[NEW].manifest_json
+    elsewhere = desired_releases("door-2", ("east",), [old, new, emb], {}, catalogue)
+    assert [(r.model_id, r.rollout_id) for r in elsewhere] == [
+        ("sface@2021dec-fp32", 3),
+        ("mini-xception@fer2013", 1),
+    ]
+
+
+def test_a_paused_rollout_keeps_its_agents_and_takes_no_new_ones() -> None:
+    paused = rollouts.paused(rollout(4, NEW), NOW)
+    announced = {4: row(4, "door-1")}
+    assert [r.model_id for r in desired_releases("door-1", (), [paused], announced, CATALOGUE)] == [NEW]
+    assert desired_releases("door-2", (), [paused], {}, CATALOGUE) == ()
+    resumed = rollouts.resumed(paused, NOW)
+    assert [r.model_id for r in desired_releases("door-2", (), [resumed], {}, CATALOGUE)] == [NEW]
+
+
+def test_a_rollback_returns_announced_agents_to_their_previous_version() -> None:
+    back = rollouts.rolled_back(rollout(5, NEW), NOW)
+    previous = "mini-xception@fer2013"
+    [release] = desired_releases("door-1", (), [back], {5: row(5, "door-1", previous)}, CATALOGUE)
+    assert (release.model_id, release.rollout_id, release.files) == (previous, 0, CATALOGUE[previous].files)
+    unpublished = {5: row(5, "door-1", "mini-xception@site-tuned")}
+    assert desired_releases("door-1", (), [back], unpublished, CATALOGUE) == (
+        Release("expression", "mini-xception@site-tuned"),
+    )
+    assert desired_releases("door-2", (), [back], {}, CATALOGUE) == ()
+    assert desired_releases("door-1", (), [back], {5: row(5, "door-1", "")}, CATALOGUE) == ()
+
+
+def test_a_retired_or_unknown_model_is_never_released() -> None:
+    assert desired_releases("door-1", (), [rollout(1, "mini-xception@gone")], {}, CATALOGUE) == ()
+
+
+@pytest.mark.parametrize(
+    ("change", "state", "error"),
+    [
+        (lambda r: rollouts.paused(r, NOW), "active", None),
+        (lambda r: rollouts.paused(r, NOW), "paused", FailedPreconditionError),
+        (lambda r: rollouts.paused(r, NOW), "preparing", FailedPreconditionError),
+        (lambda r: rollouts.resumed(r, NOW), "paused", None),
+        (lambda r: rollouts.resumed(r, NOW), "active", FailedPreconditionError),
+        (lambda r: rollouts.resumed(r, NOW), "rolled_back", FailedPreconditionError),
+        (lambda r: rollouts.resumed(r, NOW, percent=5), "active", InvalidArgumentError),
+        (lambda r: rollouts.resumed(r, NOW, percent=60), "active", None),
+        (lambda r: rollouts.rolled_back(r, NOW), "paused", None),
+        (lambda r: rollouts.rolled_back(r, NOW), "preparing", None),
+        (lambda r: rollouts.rolled_back(r, NOW), "rolled_back", FailedPreconditionError),
+        (lambda r: rollouts.activated(r, NOW), "preparing", None),
+        (lambda r: rollouts.activated(r, NOW), "active", FailedPreconditionError),
+    ],
+)
+def test_state_changes(change: object, state: RolloutState, error: type[Exception] | None) -> None:
+    start = rollout(9, NEW, Target("percent", percent=10), state)
+    apply = change  # a table of callables
+    assert callable(apply)
+    if error is None:
+        assert apply(start).state in ("active", "paused", "rolled_back")
+    else:
+        with pytest.raises(error, match="rollout 9"):
+            apply(start)
+
+
+def test_only_percent_rollouts_can_be_widened() -> None:
+    with pytest.raises(InvalidArgumentError, match="not a percentage"):
+        rollouts.resumed(rollout(2, NEW, Target("all")), NOW, percent=50)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kind": "percent", "percent": 0}, "1–100"),
+        ({"kind": "percent", "percent": 101}, "1–100"),
+        ({"kind": "group", "group": "two words"}, "not valid"),
+        ({"kind": "all", "group": "lobby"}, "only when"),
+        ({"kind": "everyone"}, "must be one of"),
+    ],
+)
+def test_bad_targets_are_refused(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        Target(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"task": "faces"}, "not one of"),
+        ({"model_id": "no-version"}, "name>@<version"),
+        ({"reason": "x" * 513}, "limit is 512"),
+        ({"state": "assigned"}, "state must be"),
+    ],
+)
+def test_bad_model_statuses_are_refused(kwargs: dict[str, object], message: str) -> None:
+    good = ModelStatus("expression", NEW, 1, "failed", "sha256 differs")
+    with pytest.raises(InvalidArgumentError, match=message):
+        replace(good, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_status_reason_is_kept_on_one_line() -> None:
+    assert ModelStatus("expression", NEW, 1, "failed", "compile\nfailed").reason == "compile failed"

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.detection import DetectorSettings
 from agent.errors import ConfigError, FaceFleetError
@@ -216,6 +217,19 @@ class FleetServerConfig(StrictSection):
     keepalive_s: int = Field(
         30, ge=10, le=3600, description="gRPC keep-alive ping interval (s); the server refuses < 10 s"
     )
+    groups: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Groups this agent belongs to, for model rollouts that target a group",
+    )
+
+    @field_validator("groups")
+    @classmethod
+    def _group_names(cls, groups: list[str]) -> list[str]:
+        for group in groups:
+            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$", group):
+                raise ValueError(f"group {group[:40]!r}: use 1–128 letters, digits, '.', '_', ':', '@', '-'")
+        return groups
 
     @model_validator(mode="after")
     def _complete_when_enabled(self) -> FleetServerConfig:
@@ -240,6 +254,26 @@ class FleetServerConfig(StrictSection):
         return self
 
 
+class ModelsConfig(StrictSection):
+    """[models] Model versions rolled out by the server."""
+
+    accept_rollouts: bool = Field(
+        True, description="Download, verify and switch to the model versions the server assigns"
+    )
+    keep_versions: int = Field(
+        3,
+        ge=2,
+        le=50,
+        description="Stored versions kept per task, the running and the previous one included",
+    )
+    smoke_photo: Path | None = Field(
+        None, description="Photo with one clear face for the smoke inference; empty = the bundled sample"
+    )
+    gallery_timeout_s: float = Field(
+        300.0, ge=1, le=86400, description="Longest wait for the gallery of a new embedding model (s)"
+    )
+
+
 class ServiceConfig(StrictSection):
     """[service] The long-running agent."""
 
@@ -261,6 +295,7 @@ class AgentConfig(StrictSection):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     server: FleetServerConfig = Field(default_factory=FleetServerConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
     cameras: list[CameraConfig] = Field(default_factory=list, max_length=64)
     doors: list[DoorConfig] = Field(default_factory=list, max_length=64)
 

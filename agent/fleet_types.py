@@ -122,6 +122,8 @@ class Registration:
     capabilities: tuple[str, ...] = ()
     gallery_revision: int = 0
     gallery_id: str = ""
+    model_statuses: tuple[ModelStatus, ...] = ()
+    groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -150,3 +152,79 @@ class ReportOutcome:
     stored: int = 0
     duplicates: int = 0
     rejected: tuple[tuple[str, str], ...] = ()
+
+
+# -- model versions ------------------------------------------------------------------------------------
+
+MODEL_STATES = ("downloading", "verifying", "active", "failed")
+"""Where an agent stands with an assigned model version (ModelActivation on the wire)."""
+
+
+@dataclass(frozen=True)
+class ModelFileSpec:
+    """One file of a model version as the server publishes it: name, size in bytes, sha256 hex."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ModelRelease:
+    """A model version the server wants the agent to run for one task. files empty: the version the agent
+    already stores (a rollback); manifest_json: the version's manifest.json text ('' when files is empty)."""
+
+    task: str
+    model_id: str
+    files: tuple[ModelFileSpec, ...] = ()
+    manifest_json: str = ""
+    rollout_id: int = 0
+
+    @property
+    def name_version(self) -> tuple[str, str]:
+        name, _, version = self.model_id.partition("@")
+        return name, version
+
+
+@dataclass(frozen=True)
+class ModelAssignment:
+    """The whole desired model state for this agent: at most one release per task."""
+
+    releases: tuple[ModelRelease, ...] = ()
+
+    def by_task(self) -> dict[str, ModelRelease]:
+        return {release.task: release for release in self.releases}
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """How an assigned version is doing: state in MODEL_STATES, reason (why it failed, or progress), and
+    when (unix seconds)."""
+
+    task: str
+    model_id: str
+    rollout_id: int
+    state: str
+    reason: str = ""
+    at: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "model_id": self.model_id,
+            "rollout_id": self.rollout_id,
+            "state": self.state,
+            "reason": self.reason,
+            "at": self.at,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ModelStatus:
+        return cls(
+            str(data["task"]),
+            str(data["model_id"]),
+            int(data.get("rollout_id", 0)),
+            str(data["state"]),
+            str(data.get("reason", "")),
+            float(data.get("at", 0.0)),
+        )

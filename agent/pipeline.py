@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -20,9 +20,10 @@ import numpy.typing as npt
 from agent import detection
 from agent.alignment import align_face
 from agent.detection import DetectorSettings
+from agent.errors import ModelStoreError
 from agent.faces import Detection, Expression, Face
 from agent.images import to_bgr8
-from agent.models.store import ModelStore, StoredModel
+from agent.models.store import ModelStore, StoredModel, check_model
 from agent.preprocess import embedding_input, expression_input, normalise_embeddings, softmax_if_needed
 from agent.quality import assess
 from agent.runtime import CompiledNet, Outputs, Request, Runtime
@@ -44,24 +45,62 @@ class AnalyzerSettings:
 class FaceAnalyzer:
     """The active detection, embedding and expression models of a store, compiled on one runtime."""
 
-    def __init__(self, runtime: Runtime, store: ModelStore, settings: AnalyzerSettings | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        store: ModelStore | None,
+        settings: AnalyzerSettings | None = None,
+        *,
+        models: Mapping[str, StoredModel] | None = None,
+    ) -> None:
+        """The store's active models, or those given in models (task → model) instead. Every model's files
+        are checked against its manifest first (ModelIntegrityError)."""
         self.runtime = runtime
         self.settings = settings or AnalyzerSettings()
-        self.detector_model = store.active("detection")
-        store.check(self.detector_model)
-        self.embedding_model: StoredModel | None = None
-        self.expression_model: StoredModel | None = None
-        if self.settings.embeddings:
-            self.embedding_model = store.active("embedding")
-            store.check(self.embedding_model)
-        if self.settings.expressions:
-            self.expression_model = store.active("expression")
-            store.check(self.expression_model)
+        chosen = dict(models or {})
+        wanted = ("detection",) + ("embedding",) * self.settings.embeddings
+        wanted += ("expression",) * self.settings.expressions
+        for task in wanted:
+            if task not in chosen:
+                if store is None:
+                    raise ModelStoreError(f"no {task} model was given to the analyzer")
+                chosen[task] = store.active(task)
+            check_model(chosen[task])
+        self.detector_model = chosen["detection"]
+        self.embedding_model = chosen.get("embedding") if self.settings.embeddings else None
+        self.expression_model = chosen.get("expression") if self.settings.expressions else None
         self._nets: OrderedDict[tuple[str, tuple[int, ...]], CompiledNet] = OrderedDict()
         self._nets_lock = threading.Lock()
         for kind, shape in (("embedding", (1, 3, 112, 112)), ("expression", (1, 64, 64, 1))):
             if self._model(kind) is not None:
                 self.net(kind, shape)  # compile the single-face shapes up front
+
+    def with_model(self, model: StoredModel) -> FaceAnalyzer:
+        """A new analyzer that runs `model` for its task and shares the compiled models of the other tasks.
+
+        The new model is compiled here, for every input shape this analyzer has compiled its predecessor
+        for, so the first frames after a switch do not wait for a compilation."""
+        task = model.manifest.task
+        if task not in ("detection", "embedding", "expression"):
+            raise ValueError(f"the analyzer runs no {task} model")
+        current = {"detection": self.detector_model, "embedding": self.embedding_model}
+        current["expression"] = self.expression_model
+        models = {kind: m for kind, m in current.items() if m is not None}
+        models[task] = model
+        settings = replace(
+            self.settings,
+            embeddings=self.settings.embeddings or task == "embedding",
+            expressions=self.settings.expressions or task == "expression",
+        )
+        clone = FaceAnalyzer(self.runtime, None, settings, models=models)
+        with self._nets_lock:
+            shared = [(key, net) for key, net in self._nets.items() if key[0] != task]
+            shapes = [key[1] for key in self._nets if key[0] == task]
+        with clone._nets_lock:
+            clone._nets.update(shared)
+        for shape in shapes:
+            clone.net(task, shape)
+        return clone
 
     @property
     def embedding_model_id(self) -> str | None:

@@ -29,6 +29,7 @@ from agent.errors import ConfigError
 from agent.events import AccessDecision, Versions, access_event, face_event, reply
 from agent.faces import EXPRESSION_LABELS, Face
 from agent.matching import Decision, DecisionPolicy, Matcher
+from agent.model_updates import ModelUpdater, Switch, UpdateSettings
 from agent.models.store import ModelStore
 from agent.mqtt import MqttLink, MqttSettings
 from agent.outbox import OutboxPublisher
@@ -63,7 +64,8 @@ class AgentService:
         self.prefix = config.mqtt.prefix or f"facefleet/{self.device_id}/"
         self.runtime = Runtime(config.runtime.settings(state_dir))
         settings = AnalyzerSettings(detector=config.detector.settings(), jobs=config.runtime.jobs)
-        self.analyzer = FaceAnalyzer(self.runtime, ModelStore(model_store_dir(state_dir)), settings)
+        self.models = ModelStore(model_store_dir(state_dir))
+        self.analyzer = FaceAnalyzer(self.runtime, self.models, settings)
         model_id = self.analyzer.embedding_model_id
         assert model_id is not None
         self.model_id = model_id
@@ -87,6 +89,8 @@ class AgentService:
         self._people_revision = -1
         self._camera_state: dict[str, dict[str, Any]] = {}
         self.frames_analysed = dict.fromkeys(self.cameras, 0)
+        self.model_mismatches = 0
+        self._switches: queue.Queue[Switch] = queue.Queue()
         self.outbox = OutboxPublisher(self.store, self._publish)
         self.link = self._make_link() if config.mqtt.enabled else None
         self.sync = self._make_sync() if config.server.enabled else None
@@ -110,6 +114,7 @@ class AgentService:
         try:
             while not self.stop_event.is_set():
                 self._handle_commands()
+                self._apply_switches()
                 self._refresh_gallery()
                 busy = False
                 for name, camera in self.cameras.items():
@@ -155,6 +160,10 @@ class AgentService:
     def _process(self, frame: CameraFrame) -> None:
         self.frames_analysed[frame.camera] += 1
         faces = [f for f in self.analyzer.analyze(frame.image) if f.embedding is not None]
+        if any(face.embedding_model != self.model_id for face in faces):  # never compare across models
+            self.model_mismatches += 1
+            log.error("frame skipped: embeddings of another model than the gallery's %s", self.model_id)
+            return
         scoring = self.config.matching.scoring
         decisions = [
             self.matcher.identify(face.embedding, self.model_id, quality=face.quality.score, scoring=scoring)
@@ -329,8 +338,13 @@ class AgentService:
             "doors": sorted(self.doors),
             "outbox": {"pending": self.store.outbox_count(), "dropped": self.store.counter(OUTBOX_DROPPED)},
             "server": self.sync.status() if self.sync is not None else None,
+            "models": self._model_statuses(),
             "errors": self.errors[-5:],
         }
+
+    def _model_statuses(self) -> list[dict[str, Any]]:
+        updater = self.sync.updater if self.sync is not None else None
+        return [] if updater is None else [s.to_json() for s in updater.statuses()]
 
     def health(self) -> dict[str, float]:
         """Figures for the fleet server's dashboard (sent with every report)."""
@@ -345,6 +359,7 @@ class AgentService:
             "store_revision": float(max(self._people_revision, 0)),
             "people": float(len(self._people)),
             "errors": float(len(self.errors)),
+            "model_mismatches": float(self.model_mismatches),
         }
 
     def _publish_status(self) -> None:
@@ -374,6 +389,43 @@ class AgentService:
         if state != self._camera_state.get(camera) and self.link is not None:
             self._camera_state[camera] = state
             self.link.publish_retained(f"{self.prefix}cameras/{camera}/state", state)
+
+    # ---- model switches -------------------------------------------------------------------------------
+
+    def _queue_switch(self, switch: Switch) -> None:
+        """Called by the model updater (sync thread): swap this verified analyzer in between two frames."""
+        self._switches.put(switch)
+
+    def _apply_switches(self) -> None:
+        while True:
+            try:
+                switch = self._switches.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._switch(switch)
+            except Exception as exc:
+                switch.done.set_exception(exc)
+            else:
+                switch.done.set_result(None)
+
+    def _switch(self, switch: Switch) -> None:
+        """Model and gallery change together: an embedding model's gallery is loaded first, and the next
+        frame runs the new analyzer against it. The version is activated on disk last (a crash before
+        that restarts on the previous version, which still works)."""
+        manifest = switch.model.manifest
+        if manifest.task == "embedding":
+            previous = self.model_id
+            try:
+                self.matcher.refresh(self.store, [manifest.model_id])
+            except StoreError:
+                self.matcher.refresh(self.store, [previous])
+                raise
+            self.model_id = manifest.model_id
+            self.door_policies = {d.name: self._door_policy(d) for d in self.config.doors}
+        self.analyzer = switch.analyzer
+        self.models.activate(manifest.task, manifest.name, manifest.version)
+        log.info("now running %s model %s", manifest.task, manifest.model_id)
 
     # ---- helpers ------------------------------------------------------------------------------------------
 
@@ -440,12 +492,22 @@ class AgentService:
             hostname=socket.gethostname(),
             model_versions=models,
             capabilities=tuple(capabilities),
+            groups=tuple(server.groups),
             report_batch=server.report_batch,
             reconnect_max_s=server.reconnect_max_s,
             keepalive_s=server.keepalive_s,
             health_interval_s=self.config.service.status_interval_s,
         )
-        return FleetSync(settings, self.store, self.health)
+        updater = None
+        if self.config.models.accept_rollouts:
+            models_config = self.config.models
+            update_settings = UpdateSettings(
+                keep_versions=models_config.keep_versions,
+                gallery_timeout_s=models_config.gallery_timeout_s,
+                smoke_photo=models_config.smoke_photo,
+            )
+            updater = ModelUpdater(self.models, lambda: self.analyzer, self._queue_switch, update_settings)
+        return FleetSync(settings, self.store, self.health, updater)
 
     def _queue_command(self, command: str, payload: bytes) -> None:
         try:

@@ -17,20 +17,32 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from agent import __version__
 from agent.config import parse_address
 from agent.errors import ConfigError, FaceFleetError
-from agent.fleet_types import GalleryDelta, Heartbeat, Registration, SyncPoint, Welcome, join_parts
+from agent.fleet_types import (
+    GalleryDelta,
+    Heartbeat,
+    ModelAssignment,
+    ModelStatus,
+    Registration,
+    SyncPoint,
+    Welcome,
+    join_parts,
+)
 from agent.records import RevisionConflictError, StoreError
 from agent.store import EmbeddingStore
 from agent.wire import FleetClient, WatchStream
+
+if TYPE_CHECKING:
+    from agent.model_updates import ModelUpdater
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +66,7 @@ class SyncSettings:
     hostname: str = ""
     model_versions: Mapping[str, str] = field(default_factory=dict)
     capabilities: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
     report_batch: int = 500
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
@@ -94,10 +107,18 @@ class FleetSync:
         settings: SyncSettings,
         store: EmbeddingStore,
         health: Callable[[], Mapping[str, float]] = dict,
+        updater: ModelUpdater | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.health = health
+        self.updater = updater
+        if updater is not None:
+            updater.gallery = self
+        self._client: FleetClient | None = None
+        self._assignment: ModelAssignment | None = None
+        self._assigned: asyncio.Event | None = None
+        self._restart: asyncio.Event | None = None
         _address(settings.address)
         self._tls = read_tls(settings)
         self._thread = threading.Thread(target=self._thread_main, name="fleet-sync", daemon=True)
@@ -174,16 +195,25 @@ class FleetSync:
 
     async def _main(self) -> None:
         stopping, wake = asyncio.Event(), asyncio.Event()
+        self._assigned, self._restart = asyncio.Event(), asyncio.Event()
         with self._lock:
             self._loop, self._stopping, self._wake = asyncio.get_running_loop(), stopping, wake
         if self._stop_requested.is_set():
             return
         backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
+        models = None if self.updater is None else asyncio.ensure_future(self._models(self.updater))
         try:
             while not stopping.is_set():
                 reason = await self._attempt(backoff, stopping, wake)
                 if stopping.is_set():
                     break
+                if self._restart.is_set():
+                    self._restart.clear()
+                    watched = ", ".join(self.settings.models)
+                    log.info(
+                        "server %s: reconnecting to watch embedding models %s", self.settings.address, watched
+                    )
+                    continue
                 delay = backoff.next()
                 self.last_error = reason
                 wait = f"{delay:.1f}" if delay < 10 else f"{delay:.0f}"
@@ -191,6 +221,9 @@ class FleetSync:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stopping.wait(), delay)
         finally:
+            if models is not None:
+                models.cancel()
+                await asyncio.gather(models, return_exceptions=True)
             with self._lock:
                 self._loop = self._stopping = self._wake = None
 
@@ -232,14 +265,18 @@ class FleetSync:
                 from_revision,
                 welcome.gallery_revision,
             )
+            assert self._restart is not None
             tasks = {
                 asyncio.ensure_future(self._watch(client, stream, welcome, backoff)),
                 asyncio.ensure_future(self._report(client, welcome, wake)),
                 asyncio.ensure_future(stopping.wait()),
+                asyncio.ensure_future(self._restart.wait()),
             }
+            self._client = client
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finally:
+                self._client = None
                 stream.cancel()
                 for task in tasks:
                     task.cancel()
@@ -272,6 +309,9 @@ class FleetSync:
             backoff.reset()  # the session works: the next outage starts again from the shortest delay
             if isinstance(update, Heartbeat):
                 self.server_revision = update.gallery_revision
+                continue
+            if isinstance(update, ModelAssignment):
+                self._assign(update)
                 continue
             parts.append(update)
             if update.more_parts:
@@ -339,6 +379,70 @@ class FleetSync:
             self.refused += len(outcome.rejected)
             await asyncio.to_thread(self.store.reports.delete, [r.report_id for r in batch])
 
+    # ---- model versions -----------------------------------------------------------------------------
+
+    def _assign(self, assignment: ModelAssignment) -> None:
+        """The server's desired model versions arrived (at every Watch start, and on rollout changes)."""
+        self._assignment = assignment
+        if self._assigned is not None:
+            self._assigned.set()
+
+    async def _models(self, updater: ModelUpdater) -> None:
+        """Apply each assignment; a broken connection retries it after the next reconnect, and a newer
+        assignment replaces one not yet applied."""
+        assert self._assigned is not None
+        backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
+        while True:
+            await self._assigned.wait()
+            self._assigned.clear()
+            assignment = self._assignment
+            if assignment is None:
+                continue
+            while self._client is None:
+                await asyncio.sleep(0.05)
+            try:
+                await updater.reconcile(assignment, self, self.settings.rpc_timeout_s)
+                backoff.reset()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = backoff.next()
+                log.warning("model update interrupted (%s); retrying in %.1f s", _first_line(exc), delay)
+                await asyncio.sleep(delay)
+                if self._assignment is assignment:
+                    self._assigned.set()
+
+    def download(self, model_id: str, file: str, offset: int, timeout: float) -> AsyncIterator[bytes]:
+        """DownloadModel on the current session (ConnectionError when there is none)."""
+        client = self._client
+        if client is None:
+            raise ConnectionError("not connected to the server")
+        return client.download(model_id, file, offset, timeout)
+
+    async def report_models(
+        self, statuses: Sequence[ModelStatus], versions: Mapping[str, str], timeout: float
+    ) -> None:
+        """ReportModelStatus on the current session (ConnectionError when there is none)."""
+        client = self._client
+        if client is None:
+            raise ConnectionError("not connected to the server")
+        await client.report_models(statuses, versions, timeout)
+
+    def watch_models(self, models: tuple[str, ...]) -> None:
+        """Watch the gallery of these embedding models from now on: a changed set reconnects at once and
+        receives a snapshot with all of them. Call on the sync thread (the model updater runs there)."""
+        models = tuple(dict.fromkeys(models))
+        if models == self.settings.models:
+            return
+        log.info("server %s: watching embedding models %s", self.settings.address, ", ".join(models))
+        self.settings = replace(self.settings, models=models)
+        if self._restart is not None and self._client is not None:
+            self._restart.set()
+
+    def gallery_has(self, model_id: str) -> bool:
+        """The applied gallery came from a watch that included this embedding model."""
+        return model_id in self.store.sync.point().models
+
     # ---- pieces -------------------------------------------------------------------------------------
 
     def _registration(self, point: SyncPoint) -> Registration:
@@ -347,10 +451,12 @@ class FleetSync:
             device_id=settings.device_id,
             agent_version=settings.agent_version,
             hostname=settings.hostname,
-            model_versions=dict(settings.model_versions),
+            model_versions=self.updater.versions() if self.updater else dict(settings.model_versions),
             capabilities=settings.capabilities,
             gallery_revision=point.revision,
             gallery_id=point.gallery_id,
+            model_statuses=tuple(self.updater.statuses()) if self.updater else (),
+            groups=settings.groups,
         )
 
     def _health(self, sending: int) -> dict[str, float]:
@@ -400,6 +506,11 @@ def resume_from(
     elif point.revision > welcome.gallery_revision:
         why = f"the stored revision {point.revision} is ahead of the server's {welcome.gallery_revision}"
     return (point.revision, point.gallery_id, None) if why is None else (0, "", why)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _address(address: str) -> tuple[str, int]:

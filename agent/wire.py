@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -18,7 +19,7 @@ import grpc
 import numpy as np
 
 # The *_pb2_grpc modules carry no annotations; the *_pb2.pyi stubs are found through mypy_path.
-from facefleet.v1 import events_pb2, fleet_pb2, fleet_pb2_grpc, gallery_pb2
+from facefleet.v1 import events_pb2, fleet_pb2, fleet_pb2_grpc, gallery_pb2, models_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.errors import EXIT_DATA, FaceFleetError
@@ -26,15 +27,27 @@ from agent.faces import EXPRESSION_LABELS
 from agent.fleet_types import (
     GalleryDelta,
     Heartbeat,
+    ModelAssignment,
+    ModelFileSpec,
+    ModelRelease,
+    ModelStatus,
     QueuedReport,
     Registration,
     ReportOutcome,
     Welcome,
 )
+from agent.models.tasks import TASKS
 from agent.records import Embedding, InvalidRecordError, Person, PersonUpsert
 
 MAX_TEXT = 128
 MAX_REASON = 512
+MAX_MODEL_FILES = 8
+MAX_MODEL_FILE_BYTES = 4 * 1024**3
+MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_MODEL_STATUSES = 16
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}@[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
 
 class WireError(FaceFleetError):
@@ -94,14 +107,80 @@ def delta_from_proto(message: gallery_pb2.GalleryDelta) -> GalleryDelta:
         raise WireError(str(exc)) from None
 
 
-def update_from_proto(message: fleet_pb2.WatchResponse) -> GalleryDelta | Heartbeat | None:
+Update = GalleryDelta | Heartbeat | ModelAssignment
+
+
+def update_from_proto(message: fleet_pb2.WatchResponse) -> Update | None:
     """A Watch message; None for an update kind this agent does not know yet (a later v1 addition)."""
     kind = message.WhichOneof("update")
     if kind == "gallery":
         return delta_from_proto(message.gallery)
     if kind == "heartbeat":
         return Heartbeat(message.heartbeat.gallery_revision)
+    if kind == "models":
+        return assignment_from_proto(message.models)
     return None
+
+
+# -- models --------------------------------------------------------------------------------------------
+
+ACTIVATIONS = {
+    "downloading": models_pb2.MODEL_ACTIVATION_DOWNLOADING,
+    "verifying": models_pb2.MODEL_ACTIVATION_VERIFYING,
+    "active": models_pb2.MODEL_ACTIVATION_ACTIVE,
+    "failed": models_pb2.MODEL_ACTIVATION_FAILED,
+}
+
+
+def release_from_proto(message: models_pb2.ModelRelease) -> ModelRelease:
+    """A model release, checked so that nothing in it can name a path outside the model store or make the
+    agent download without bound."""
+    what = f"model release {message.model_id[:80]!r} ({message.task[:20]!r})"
+    if message.task not in TASKS:
+        raise WireError(f"{what}: unknown task; expected one of {', '.join(TASKS)}")
+    if not _MODEL_ID.match(message.model_id):
+        raise WireError(f"{what}: model_id must be '<name>@<version>' of letters, digits, '.', '_', '+', '-'")
+    if len(message.files) > MAX_MODEL_FILES:
+        raise WireError(f"{what}: {len(message.files)} files; at most {MAX_MODEL_FILES}")
+    files = []
+    for spec in message.files:
+        if not _FILE_NAME.match(spec.name) or spec.name == "manifest.json":
+            raise WireError(f"{what}: file name {spec.name[:80]!r} is not allowed")
+        if not 0 < spec.size <= MAX_MODEL_FILE_BYTES:
+            raise WireError(f"{what}: file {spec.name} has size {spec.size}; expected 1 B to 4 GiB")
+        if not _SHA256.match(spec.sha256):
+            raise WireError(f"{what}: file {spec.name} has no valid sha256 (64 lowercase hex digits)")
+        files.append(ModelFileSpec(spec.name, spec.size, spec.sha256))
+    if len({f.name for f in files}) != len(files):
+        raise WireError(f"{what}: a file is listed twice")
+    if len(message.manifest_json.encode()) > MAX_MANIFEST_BYTES:
+        raise WireError(f"{what}: manifest_json is over {MAX_MANIFEST_BYTES // 1024} KiB")
+    if bool(files) != bool(message.manifest_json):
+        raise WireError(f"{what}: files and manifest_json come together (both or neither)")
+    return ModelRelease(
+        message.task, message.model_id, tuple(files), message.manifest_json, message.rollout_id
+    )
+
+
+def assignment_from_proto(message: models_pb2.ModelAssignment) -> ModelAssignment:
+    releases = tuple(release_from_proto(r) for r in message.releases)
+    tasks = [r.task for r in releases]
+    if len(set(tasks)) != len(tasks):
+        raise WireError(f"model assignment names a task twice ({', '.join(sorted(tasks))})")
+    return ModelAssignment(releases)
+
+
+def status_to_proto(status: ModelStatus) -> models_pb2.ModelStatus:
+    message = models_pb2.ModelStatus(
+        task=status.task,
+        model_id=status.model_id,
+        rollout_id=status.rollout_id,
+        state=ACTIVATIONS.get(status.state, models_pb2.MODEL_ACTIVATION_UNSPECIFIED),
+        reason=status.reason[:MAX_REASON],
+    )
+    if status.at > 0:
+        message.time.FromNanoseconds(int(status.at * 1e9))
+    return message
 
 
 # -- events --------------------------------------------------------------------------------------------
@@ -218,6 +297,8 @@ def registration_to_proto(registration: Registration) -> fleet_pb2.RegisterReque
         gallery_revision=registration.gallery_revision,
         gallery_id=registration.gallery_id,
         hostname=registration.hostname,
+        model_statuses=[status_to_proto(s) for s in registration.model_statuses[-MAX_MODEL_STATUSES:]],
+        groups=registration.groups,
     )
 
 
@@ -264,7 +345,7 @@ class WatchStream:
     def __init__(self, call: Any) -> None:
         self._call = call
 
-    async def read(self) -> GalleryDelta | Heartbeat | None:
+    async def read(self) -> Update | None:
         while True:
             message = await self._call.read()
             if message is grpc.aio.EOF:
@@ -310,3 +391,30 @@ class FleetClient:
         request, refused = report_to_proto(self.device_id, reports, health)
         outcome = outcome_from_proto(await self._stub.ReportResults(request, timeout=timeout))
         return ReportOutcome(outcome.stored, outcome.duplicates, (*outcome.rejected, *refused))
+
+    async def download(self, model_id: str, file: str, offset: int, timeout: float) -> AsyncIterator[bytes]:
+        """The bytes of one file of a published model version from offset on, chunk by chunk; a chunk that
+        does not continue where the previous one ended raises WireError."""
+        request = fleet_pb2.DownloadModelRequest(
+            device_id=self.device_id, model_id=model_id, file=file, offset=offset
+        )
+        position = offset
+        async for chunk in self._stub.DownloadModel(request, timeout=timeout):
+            if chunk.offset != position:
+                raise WireError(
+                    f"model {model_id} {file}: chunk at byte {chunk.offset}, expected {position}; "
+                    "the download restarts"
+                )
+            position += len(chunk.data)
+            yield bytes(chunk.data)
+
+    async def report_models(
+        self, statuses: Sequence[ModelStatus], versions: Mapping[str, str], timeout: float
+    ) -> None:
+        """Tell the server how assigned model versions are doing and which run now."""
+        request = fleet_pb2.ReportModelStatusRequest(
+            device_id=self.device_id,
+            statuses=[status_to_proto(s) for s in statuses[-MAX_MODEL_STATUSES:]],
+            model_versions=dict(versions),
+        )
+        await self._stub.ReportModelStatus(request, timeout=timeout)

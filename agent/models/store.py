@@ -74,7 +74,7 @@ class ModelStore:
         found = [
             StoredModel(ModelManifest.load(path), path.parent)
             for path in self.root.glob(f"*/*/*/{MANIFEST_NAME}")
-            if not path.parts[-4].startswith(".")
+            if not any(part.startswith(".") for part in path.parts[-4:-1])
         ]
         return sorted(found, key=lambda m: (m.manifest.task, m.manifest.name, m.manifest.version))
 
@@ -106,25 +106,36 @@ class ModelStore:
         model = self.get(task, name, version)
         active = self.active_map()
         active[task] = f"{name}/{version}"
-        _write_atomic(self.root / ACTIVE_NAME, json.dumps(dict(sorted(active.items())), indent=2) + "\n")
+        write_atomic(self.root / ACTIVE_NAME, json.dumps(dict(sorted(active.items())), indent=2) + "\n")
         return model
 
     def verify_files(self, model: StoredModel) -> list[str]:
         """Problems with a model's files (missing, changed, unexpected), each naming the file."""
-        problems = []
-        for file_name, expected in sorted(model.manifest.files.items()):
-            path = model.directory / file_name
-            if not path.is_file():
-                problems.append(f"{path}: missing")
-            elif sha256_file(path) != expected:
-                problems.append(f"{path}: sha256 differs from the manifest (file changed or corrupt)")
-        return problems
+        return verify_files(model)
 
     def check(self, model: StoredModel) -> None:
         """Raise ModelIntegrityError when any file of the model fails verification."""
-        problems = self.verify_files(model)
-        if problems:
-            raise ModelIntegrityError("; ".join(problems))
+        check_model(model)
+
+    def versions(self, task: str) -> list[StoredModel]:
+        """The stored versions of a task, oldest first (by when they were added to this store)."""
+        found = [m for m in self.models() if m.manifest.task == task]
+        return sorted(found, key=lambda m: (m.directory.stat().st_mtime_ns, m.manifest.version))
+
+    def remove(self, model: StoredModel) -> None:
+        """Delete a stored version; the active one of its task is refused (ModelStoreError)."""
+        ref = f"{model.manifest.name}/{model.manifest.version}"
+        if self.active_map().get(model.manifest.task) == ref:
+            raise ModelStoreError(f"model {model.manifest.task}/{ref} is active; activate another first")
+        doomed = model.directory.with_name(f".removing-{model.directory.name}")
+        os.replace(model.directory, doomed)  # gone from listings at once, even if the rmtree is cut short
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def clean_staging(self) -> None:
+        """Remove what an interrupted import or download left in .staging (not .downloads: those resume)."""
+        shutil.rmtree(self.root / ".staging", ignore_errors=True)
+        for leftover in self.root.glob("*/*/.removing-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
     def _path(self, task: str, name: str, version: str) -> Path:
         for label, value in (("task", task), ("name", name), ("version", version)):
@@ -132,7 +143,26 @@ class ModelStore:
         return self.root / task / name / version
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def verify_files(model: StoredModel) -> list[str]:
+    """Problems with a model's files (missing, changed), each naming the file."""
+    problems = []
+    for file_name, expected in sorted(model.manifest.files.items()):
+        path = model.directory / file_name
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif sha256_file(path) != expected:
+            problems.append(f"{path}: sha256 differs from the manifest (file changed or corrupt)")
+    return problems
+
+
+def check_model(model: StoredModel) -> None:
+    """Raise ModelIntegrityError when any file of the model fails verification."""
+    problems = verify_files(model)
+    if problems:
+        raise ModelIntegrityError("; ".join(problems))
+
+
+def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:

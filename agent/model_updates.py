@@ -1,0 +1,351 @@
+"""Model versions assigned by the fleet server: download, verify, compile, smoke-test, switch, prune.
+
+For each release of an assignment that differs from what the agent runs, `ModelUpdater.reconcile`:
+
+1. gets the files: the stored copy when its sha256 agree, else a resumable download (agent.models.download)
+   checked against the release's size and sha256, then the manifest's own sha256 and identity;
+2. verifies it off the frame loop: the model's inputs and outputs fit its task, it compiles on the configured
+   device (an analyzer sharing the unchanged models, agent.pipeline.FaceAnalyzer.with_model), and a smoke
+   inference on a real photo gives sane output (agent.models.smoke);
+3. for an embedding model, waits until the gallery holds every person's embeddings of the new model too
+   (the sync client watches both models), so that model and gallery switch together;
+4. hands the ready analyzer to the service, which swaps it in between two frames and then activates the
+   version on disk (active.json, written atomically); frames keep being processed on the previous version
+   until that moment;
+5. removes stored versions beyond `keep_versions` per task (never the active or the previous one).
+
+Any failure leaves the previous version running and is recorded with its reason (in updates.json next to
+the store, so a restart does not retry a refused version and still reports why) and reported to the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import json
+import logging
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from agent.errors import FaceFleetError, ModelIntegrityError, ModelSpecError, ModelStoreError
+from agent.fleet_types import ModelAssignment, ModelRelease, ModelStatus
+from agent.models.download import DiskFullError, download
+from agent.models.manifest import MANIFEST_NAME, ModelManifest, sha256_file
+from agent.models.smoke import smoke_test
+from agent.models.store import ModelStore, StoredModel, check_model, write_atomic
+from agent.models.tasks import check_fits
+from agent.pipeline import FaceAnalyzer
+from agent.wire import WireError
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "updates.json"
+ANALYZER_TASKS = ("detection", "embedding", "expression")
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    """keep_versions: stored versions kept per task (≥ 2: the running one and the one before);
+    gallery_timeout_s: longest wait for the new embedding model's gallery; smoke_photo: the photo of the
+    smoke inference (default: the bundled sample photo)."""
+
+    keep_versions: int = 3
+    gallery_timeout_s: float = 300.0
+    download_timeout_s: float = 600.0
+    smoke_photo: Path | None = None
+
+
+class ModelClient(Protocol):
+    """The server calls the updater needs (agent.wire.FleetClient)."""
+
+    def download(self, model_id: str, file: str, offset: int, timeout: float) -> AsyncIterator[bytes]: ...
+
+    async def report_models(
+        self, statuses: Sequence[ModelStatus], versions: Mapping[str, str], timeout: float
+    ) -> None: ...
+
+
+class GalleryLink(Protocol):
+    """What an embedding switch needs of the sync client: watch these embedding models, and whether the
+    applied gallery holds a model's embeddings."""
+
+    def watch_models(self, models: tuple[str, ...]) -> None: ...
+
+    def gallery_has(self, model_id: str) -> bool: ...
+
+
+@dataclass
+class Switch:
+    """A verified analyzer waiting for the service to swap it in; done completes once it runs (or fails)."""
+
+    release: ModelRelease
+    model: StoredModel
+    analyzer: FaceAnalyzer
+    done: concurrent.futures.Future[None]
+
+
+class ModelUpdater:
+    """Applies the server's model assignments to one agent. analyzer(): the analyzer running now;
+    switch(s): hand a verified analyzer to whoever runs the frames (it completes s.done)."""
+
+    def __init__(
+        self,
+        store: ModelStore,
+        analyzer: Callable[[], FaceAnalyzer],
+        switch: Callable[[Switch], None],
+        settings: UpdateSettings | None = None,
+    ) -> None:
+        self.store = store
+        self.analyzer = analyzer
+        self.switch = switch
+        self.settings = settings or UpdateSettings()
+        self.gallery: GalleryLink | None = None
+        self._statuses = self._load_statuses()
+        store.clean_staging()
+
+    # ---- state --------------------------------------------------------------------------------------
+
+    def statuses(self) -> list[ModelStatus]:
+        """The latest status of each task's assigned version, for Register and ReportModelStatus."""
+        return [self._statuses[task] for task in sorted(self._statuses)]
+
+    def versions(self) -> dict[str, str]:
+        """task → model id running now."""
+        analyzer = self.analyzer()
+        running = {
+            "detection": analyzer.detector_model,
+            "embedding": analyzer.embedding_model,
+            "expression": analyzer.expression_model,
+        }
+        return {task: m.manifest.model_id for task, m in running.items() if m is not None}
+
+    def pending(self, assignment: ModelAssignment) -> list[ModelRelease]:
+        """Releases that differ from what runs and were not refused before."""
+        running = self.versions()
+        todo = []
+        for release in assignment.releases:
+            if release.task not in ANALYZER_TASKS or running.get(release.task) == release.model_id:
+                continue
+            last = self._statuses.get(release.task)
+            refused = (
+                last is not None
+                and last.state == "failed"
+                and (last.model_id, last.rollout_id) == (release.model_id, release.rollout_id)
+            )
+            if not refused:
+                todo.append(release)
+        return todo
+
+    # ---- the work -----------------------------------------------------------------------------------
+
+    async def reconcile(self, assignment: ModelAssignment, client: ModelClient, timeout: float) -> None:
+        """Bring the running models to the assignment, one release at a time. Connection problems
+        (grpc errors, ConnectionError) propagate: call again once reconnected, downloads resume."""
+        for release in assignment.releases:
+            if self.versions().get(release.task) == release.model_id:
+                await self._settle_active(release, client, timeout)
+        for release in self.pending(assignment):
+            try:
+                await self._apply(release, client, timeout)
+            except (FaceFleetError, OSError, RuntimeError, ValueError) as exc:
+                if isinstance(exc, (ConnectionError, WireError)):
+                    raise  # the connection broke: retried once reconnected, the download resumes
+                reason = _reason(exc)
+                log.error("model %s (%s) refused: %s; keeping the running version", release.model_id,
+                          release.task, reason)  # fmt: skip
+                await self._record(client, timeout, release, "failed", reason)
+
+    async def _settle_active(self, release: ModelRelease, client: ModelClient, timeout: float) -> None:
+        last = self._statuses.get(release.task)
+        if last is None or (last.model_id, last.rollout_id, last.state) != (
+            release.model_id,
+            release.rollout_id,
+            "active",
+        ):
+            await self._record(client, timeout, release, "active", "running")
+
+    async def _apply(self, release: ModelRelease, client: ModelClient, timeout: float) -> None:
+        log.info("model %s (%s): assigned by rollout %d", release.model_id, release.task, release.rollout_id)
+        stored = self._stored_copy(release)
+        if stored is None:
+            await self._record(client, timeout, release, "downloading", f"{len(release.files)} files")
+            stored = await self._download(release, client)
+        await self._record(client, timeout, release, "verifying", "compiling and running a smoke inference")
+        analyzer = await asyncio.to_thread(self._verify, stored)
+        if release.task == "embedding":
+            await self._gallery_for(release.model_id)
+        switch = Switch(release, stored, analyzer, concurrent.futures.Future())
+        self.switch(switch)
+        await asyncio.wrap_future(switch.done)
+        log.info("model %s (%s): active", release.model_id, release.task)
+        if release.task == "embedding" and self.gallery is not None:
+            self.gallery.watch_models((release.model_id,))  # the previous model's gallery is not needed
+        await self._record(client, timeout, release, "active", "running")
+        await asyncio.to_thread(self.prune, release.task)
+
+    def _stored_copy(self, release: ModelRelease) -> StoredModel | None:
+        """The stored version when its files are the release's (or the release brings none)."""
+        name, version = release.name_version
+        try:
+            stored = self.store.get(release.task, name, version)
+        except ModelStoreError:
+            if not release.files:
+                raise ModelStoreError(
+                    f"model {release.model_id} is not stored on this agent and the server sent no files; "
+                    "publish it on the server and roll it out again"
+                ) from None
+            return None
+        wanted = {f.name: f.sha256 for f in release.files}
+        if release.files and stored.manifest.files != wanted:
+            raise ModelIntegrityError(
+                f"model {release.model_id} is stored on this agent with other files than the release; "
+                "publish the new files under another version"
+            )
+        return stored
+
+    async def _download(self, release: ModelRelease, client: ModelClient) -> StoredModel:
+        manifest = _release_manifest(release)
+        downloads = self.store.root / ".downloads"
+        timeout = self.settings.download_timeout_s
+        files = {}
+        for spec in release.files:
+
+            def fetch(file: str, offset: int) -> AsyncIterator[bytes]:
+                return client.download(release.model_id, file, offset, timeout)
+
+            files[spec.name] = await download(fetch, spec, downloads)
+        return await asyncio.to_thread(self._install, manifest, files)
+
+    def _install(self, manifest: ModelManifest, files: dict[str, Path]) -> StoredModel:
+        """Move verified downloads (file name → path) into the store as one version, atomically."""
+        staged = self.store.staging_dir()
+        try:
+            for name, path in files.items():
+                shutil.move(path, staged / name)
+                if sha256_file(staged / name) != manifest.files[name]:
+                    raise ModelIntegrityError(f"{name}: changed while it was installed")
+            return self.store.add(staged, manifest)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DiskFullError(
+                    f"disk full while installing model {manifest.model_id} in {self.store.root}; free "
+                    "space or lower [models] keep_versions"
+                ) from None
+            raise
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+
+    def _verify(self, model: StoredModel) -> FaceAnalyzer:
+        """Files, task fit, compilation and a smoke inference; the analyzer that runs the model."""
+        check_model(model)
+        task = model.manifest.task
+        analyzer = self.analyzer()
+        device = analyzer.runtime.settings.device
+        try:
+            io = analyzer.runtime.describe(model.xml_path)
+        except Exception as exc:
+            raise ModelSpecError(f"model {model.manifest.model_id} cannot be read: {_reason(exc)}") from None
+        check_fits(task, io, f"model {model.manifest.model_id}")
+        try:
+            candidate = analyzer.with_model(model)
+        except FaceFleetError:
+            raise
+        except Exception as exc:
+            raise ModelSpecError(
+                f"model {model.manifest.model_id} does not compile on {device}: {_reason(exc)}"
+            ) from None
+        smoke_test(candidate, task, self.settings.smoke_photo)
+        return candidate
+
+    async def _gallery_for(self, model_id: str) -> None:
+        """Wait until the applied gallery holds the new embedding model's embeddings (both are watched)."""
+        gallery = self.gallery
+        if gallery is None:
+            raise ModelStoreError(
+                f"embedding model {model_id} needs the server's gallery for it, and this agent has no "
+                "[server] sync"
+            )
+        running = self.versions().get("embedding")
+        gallery.watch_models(tuple(m for m in (running, model_id) if m))
+        deadline = time.monotonic() + self.settings.gallery_timeout_s
+        while not gallery.gallery_has(model_id):
+            if time.monotonic() > deadline:
+                raise ModelStoreError(
+                    f"the gallery of embedding model {model_id} did not arrive within "
+                    f"{self.settings.gallery_timeout_s:.0f} s"
+                )
+            await asyncio.sleep(0.1)
+
+    def prune(self, task: str) -> list[str]:
+        """Remove the oldest stored versions of task beyond keep_versions (never the active one, nor the
+        newest of the others: the rollback target); the model ids removed."""
+        versions = self.store.versions(task)
+        active = self.store.active_map().get(task)
+        others = [m for m in versions if f"{m.manifest.name}/{m.manifest.version}" != active]
+        surplus = len(versions) - max(2, self.settings.keep_versions)
+        removed = []
+        for model in others[: max(0, min(surplus, len(others) - 1))]:
+            self.store.remove(model)
+            removed.append(model.manifest.model_id)
+            log.info("model %s (%s) removed from the store (keep_versions)", model.manifest.model_id, task)
+        return removed
+
+    # ---- statuses -----------------------------------------------------------------------------------
+
+    async def _record(
+        self, client: ModelClient, timeout: float, release: ModelRelease, state: str, reason: str
+    ) -> None:
+        status = ModelStatus(release.task, release.model_id, release.rollout_id, state, reason, time.time())
+        self._statuses[release.task] = status
+        await asyncio.to_thread(self._save_statuses)
+        try:
+            await client.report_models(self.statuses(), self.versions(), timeout)
+        except Exception as exc:  # the next Register carries the statuses
+            log.warning("model status not reported (%s); it goes with the next registration", _reason(exc))
+
+    def _load_statuses(self) -> dict[str, ModelStatus]:
+        path = self.store.root / STATUS_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return {task: ModelStatus.from_json(s) for task, s in data["statuses"].items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s unreadable (%s); model statuses start afresh", path, exc)
+            return {}
+
+    def _save_statuses(self) -> None:
+        data = {"statuses": {task: s.to_json() for task, s in sorted(self._statuses.items())}}
+        try:
+            write_atomic(self.store.root / STATUS_FILE, json.dumps(data, indent=2) + "\n")
+        except OSError as exc:
+            log.warning("model statuses not saved (%s)", exc)
+
+
+def _release_manifest(release: ModelRelease) -> ModelManifest:
+    """The release's manifest, checked to describe exactly this release."""
+    try:
+        manifest = ModelManifest.from_json(json.loads(release.manifest_json))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelIntegrityError(
+            f"model {release.model_id}: unreadable manifest in the release ({exc})"
+        ) from None
+    files = {f.name: f.sha256 for f in release.files}
+    if (manifest.task, manifest.model_id) != (release.task, release.model_id) or manifest.files != files:
+        raise ModelIntegrityError(
+            f"model {release.model_id}: the release's manifest describes {manifest.task} model "
+            f"{manifest.model_id} with other files; the server's catalogue is inconsistent"
+        )
+    if MANIFEST_NAME in files:
+        raise ModelIntegrityError(f"model {release.model_id}: the release lists its manifest as a file")
+    return manifest
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:500]

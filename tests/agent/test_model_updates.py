@@ -1,0 +1,354 @@
+"""Model versions assigned by the server, on the agent: resumable verified downloads, verification before
+the switch, refusals that keep the running version running, and the disk bound.
+
+The bytes come from a real published version (the expression model imported again at FP32, in a store laid
+out as the server's) through `FileServer`, which serves them the way DownloadModel does and can break the
+connection at a chosen byte. The gRPC path end to end is in test_model_rollout.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from agent.errors import ModelIntegrityError
+from agent.fleet_types import ModelAssignment, ModelFileSpec, ModelRelease, ModelStatus
+from agent.model_updates import STATUS_FILE, ModelUpdater, Switch, UpdateSettings
+from agent.models.download import DiskFullError, download, part_path
+from agent.models.importer import DEFAULT_MODELS, import_model, locate_default
+from agent.models.manifest import MANIFEST_NAME, ModelManifest, sha256_file
+from agent.models.store import ModelStore, StoredModel
+from agent.pipeline import FaceAnalyzer
+from agent.runtime import Runtime
+
+EXPRESSION = DEFAULT_MODELS[2]
+DETECTION = DEFAULT_MODELS[0]
+NEW_VERSION = "fer2013-fp32"
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory, runtime: Runtime) -> ModelStore:
+    """The server's store: the expression model again, at FP32 (a real new version of a running model)."""
+    store = ModelStore(tmp_path_factory.mktemp("server") / "models")
+    located = locate_default(EXPRESSION)
+    assert located is not None
+    import_model(
+        runtime,
+        store,
+        located[0],
+        task="expression",
+        name=EXPRESSION.name,
+        version=NEW_VERSION,
+        precision="FP32",
+        activate=False,
+    )
+    return store
+
+
+def release_of(model: StoredModel, rollout_id: int = 1) -> ModelRelease:
+    files = tuple(
+        ModelFileSpec(name, (model.directory / name).stat().st_size, sha)
+        for name, sha in sorted(model.manifest.files.items())
+    )
+    manifest = (model.directory / MANIFEST_NAME).read_text(encoding="utf-8")
+    return ModelRelease(model.manifest.task, model.manifest.model_id, files, manifest, rollout_id)
+
+
+class FileServer:
+    """DownloadModel and ReportModelStatus over the files of a store, recording every call. break_at: a
+    byte offset of a file at which the connection breaks, once."""
+
+    def __init__(self, store: ModelStore, break_at: dict[str, int] | None = None) -> None:
+        self.store = store
+        self.break_at = dict(break_at or {})
+        self.requests: list[tuple[str, str, int]] = []
+        self.reports: list[list[ModelStatus]] = []
+        self.versions: list[Mapping[str, str]] = []
+
+    async def download(self, model_id: str, file: str, offset: int, timeout: float) -> AsyncIterator[bytes]:
+        self.requests.append((model_id, file, offset))
+        model = next(m for m in self.store.models() if m.manifest.model_id == model_id)
+        data = (model.directory / file).read_bytes()
+        position = offset
+        while position < len(data):
+            stop = self.break_at.get(file)
+            if stop is not None and position >= stop:
+                del self.break_at[file]
+                raise ConnectionError("connection reset by peer")
+            end = min(len(data), position + 64 * 1024, stop if stop is not None else len(data))
+            yield data[position:end]
+            position = end
+            await asyncio.sleep(0)
+
+    async def report_models(
+        self, statuses: Sequence[ModelStatus], versions: Mapping[str, str], timeout: float
+    ) -> None:
+        self.reports.append(list(statuses))
+        self.versions.append(dict(versions))
+
+    def states(self, task: str) -> list[str]:
+        return [s.state for report in self.reports for s in report if s.task == task]
+
+
+class Agent:
+    """The agent's side of a switch without the service: the running analyzer and the switch callback."""
+
+    def __init__(self, runtime: Runtime, root: Path, settings: UpdateSettings | None = None) -> None:
+        self.store = ModelStore(root)
+        self.analyzer = FaceAnalyzer(runtime, self.store)
+        self.updater = ModelUpdater(self.store, lambda: self.analyzer, self.switch, settings)
+
+    def switch(self, switch: Switch) -> None:
+        self.analyzer = switch.analyzer
+        manifest = switch.model.manifest
+        self.store.activate(manifest.task, manifest.name, manifest.version)
+        switch.done.set_result(None)
+
+    def reconcile(self, server: FileServer, *releases: ModelRelease) -> None:
+        asyncio.run(self.updater.reconcile(ModelAssignment(releases), server, 5.0))
+
+
+@pytest.fixture
+def agent(tmp_path: Path, runtime: Runtime, model_store: ModelStore) -> Agent:
+    shutil.copytree(model_store.root, tmp_path / "models")
+    return Agent(runtime, tmp_path / "models")
+
+
+def expression_of(analyzer: FaceAnalyzer) -> str:
+    assert analyzer.expression_model is not None
+    return analyzer.expression_model.manifest.model_id
+
+
+def tampered_copy(published: ModelStore, tmp_path: Path) -> ModelStore:
+    """The published store with one byte of model.bin changed (its manifest still has the old sha256)."""
+    root = tmp_path / "tampered"
+    shutil.copytree(published.root, root)
+    store = ModelStore(root)
+    binary = store.models()[0].directory / "model.bin"
+    data = bytearray(binary.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    binary.write_bytes(bytes(data))
+    return store
+
+
+# -- downloads -------------------------------------------------------------------------------------------
+
+
+def test_a_broken_download_resumes_from_the_bytes_it_has(published: ModelStore, tmp_path: Path) -> None:
+    model = published.models()[0]
+    spec = next(f for f in release_of(model).files if f.name == "model.bin")
+    server = FileServer(published, break_at={"model.bin": spec.size // 2})
+
+    def fetch(file: str, offset: int) -> AsyncIterator[bytes]:
+        return server.download(model.manifest.model_id, file, offset, 5.0)
+
+    with pytest.raises(ConnectionError):
+        asyncio.run(download(fetch, spec, tmp_path))
+    kept = part_path(tmp_path, spec).stat().st_size
+    assert kept == spec.size // 2
+    path = asyncio.run(download(fetch, spec, tmp_path))
+    assert [offset for _, _, offset in server.requests] == [0, kept]
+    assert sha256_file(path) == spec.sha256
+
+
+def test_bytes_that_differ_from_the_release_are_refused_and_forgotten(
+    published: ModelStore, tmp_path: Path
+) -> None:
+    model = published.models()[0]
+    spec = next(f for f in release_of(model).files if f.name == "model.bin")
+    wrong = ModelFileSpec(spec.name, spec.size, "0" * 64)
+    server = FileServer(published)
+
+    def fetch(file: str, offset: int) -> AsyncIterator[bytes]:
+        return server.download(model.manifest.model_id, file, offset, 5.0)
+
+    with pytest.raises(ModelIntegrityError, match="corrupted or tampered"):
+        asyncio.run(download(fetch, wrong, tmp_path / "downloads"))
+    assert list((tmp_path / "downloads").iterdir()) == []
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (needs root to mount), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root")
+    mount_point = tmp_path / "tiny-disk"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], check=False)
+    if result.returncode != 0:
+        pytest.skip("this machine does not allow mounting a tmpfs")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_full_disk_during_a_download_says_so_and_leaves_no_partial_file(
+    published: ModelStore, tiny_disk: Path
+) -> None:
+    model = published.models()[0]
+    spec = next(f for f in release_of(model).files if f.name == "model.bin")
+    (tiny_disk / "downloads").mkdir()
+    filler = tiny_disk / "filler"
+    with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):  # until the disk is full
+        while True:
+            handle.write(b"\0" * 4096)
+    os.truncate(filler, filler.stat().st_size - 16 * 1024)  # room for a quarter of the file
+    assert spec.size > 4 * 16 * 1024
+    server = FileServer(published)
+
+    def fetch(file: str, offset: int) -> AsyncIterator[bytes]:
+        return server.download(model.manifest.model_id, file, offset, 5.0)
+
+    with pytest.raises(DiskFullError, match=r"disk full while downloading model\.bin"):
+        asyncio.run(download(fetch, spec, tiny_disk / "downloads"))
+    assert list((tiny_disk / "downloads").iterdir()) == []
+
+
+# -- switching -------------------------------------------------------------------------------------------
+
+
+def test_an_assigned_version_is_downloaded_verified_and_switched_to(
+    agent: Agent, published: ModelStore, astronaut: np.ndarray
+) -> None:
+    before = expression_of(agent.analyzer)
+    old_nets = dict(agent.analyzer._nets)
+    server = FileServer(published)
+    release = release_of(published.models()[0], rollout_id=7)
+    agent.reconcile(server, release)
+    assert expression_of(agent.analyzer) == release.model_id
+    assert agent.store.active("expression").manifest.model_id == release.model_id
+    assert server.states("expression") == ["downloading", "verifying", "active"]
+    assert server.versions[-1]["expression"] == release.model_id
+    status = agent.updater.statuses()[0]
+    assert (status.model_id, status.rollout_id, status.state) == (release.model_id, 7, "active")
+    # the previous version stays for a rollback; the detector and embedder were not compiled again
+    assert before in [m.manifest.model_id for m in agent.store.versions("expression")]
+    shared = [key for key in old_nets if key[0] != "expression"]
+    assert shared and all(agent.analyzer._nets[key] is old_nets[key] for key in shared)
+    face = agent.analyzer.analyze(astronaut)[0]
+    assert face.expression is not None and face.expression.label == "happy"
+    # statuses survive a restart, and a repeated assignment does nothing
+    saved = json.loads((agent.store.root / STATUS_FILE).read_text())
+    assert saved["statuses"]["expression"]["state"] == "active"
+    requests = len(server.requests)
+    agent.reconcile(server, release)
+    assert len(server.requests) == requests
+
+
+def test_a_rollback_to_a_stored_version_needs_no_download(agent: Agent, published: ModelStore) -> None:
+    before = agent.store.active("expression")
+    server = FileServer(published)
+    agent.reconcile(server, release_of(published.models()[0]))
+    downloads = len(server.requests)
+    agent.reconcile(server, ModelRelease("expression", before.manifest.model_id))
+    assert expression_of(agent.analyzer) == before.manifest.model_id
+    assert agent.store.active("expression").manifest.model_id == before.manifest.model_id
+    assert len(server.requests) == downloads
+
+
+def test_a_tampered_file_is_refused_and_the_running_version_kept(
+    agent: Agent, published: ModelStore, tmp_path: Path
+) -> None:
+    before = expression_of(agent.analyzer)
+    release = release_of(published.models()[0], rollout_id=3)
+    server = FileServer(tampered_copy(published, tmp_path))
+    agent.reconcile(server, release)
+    assert expression_of(agent.analyzer) == before
+    assert agent.store.active("expression").manifest.model_id == before
+    failed = agent.updater.statuses()[0]
+    assert (failed.state, failed.rollout_id) == ("failed", 3)
+    assert "model.bin" in failed.reason and "tampered" in failed.reason
+    assert server.states("expression")[-1] == "failed"
+    assert not any((agent.store.root / ".downloads").iterdir())
+    # the same rollout is not retried; a new rollout of the version is
+    requests = len(server.requests)
+    agent.reconcile(server, release)
+    assert len(server.requests) == requests
+    agent.reconcile(FileServer(published), release_of(published.models()[0], rollout_id=4))
+    assert expression_of(agent.analyzer) == release.model_id
+
+
+def relabelled(source: StoredModel, tmp_path: Path, task: str, version: str) -> ModelStore:
+    """A store holding source's files under another task: what a wrong catalogue entry would send."""
+    store = ModelStore(tmp_path / f"relabelled-{version}")
+    staged = store.staging_dir()
+    for name in source.manifest.files:
+        shutil.copyfile(source.directory / name, staged / name)
+    manifest = ModelManifest.from_json({**source.manifest.to_json(), "task": task, "version": version})
+    store.add(staged, manifest)
+    return store
+
+
+def test_a_model_that_does_not_fit_its_task_is_refused(
+    agent: Agent, model_store: ModelStore, tmp_path: Path
+) -> None:
+    detector = model_store.active("detection")
+    wrong = relabelled(detector, tmp_path, "expression", "yunet-as-expression")
+    before = expression_of(agent.analyzer)
+    agent.reconcile(FileServer(wrong), release_of(wrong.models()[0]))
+    status = agent.updater.statuses()[0]
+    assert status.state == "failed"
+    assert "does not fit task 'expression'" in status.reason
+    assert expression_of(agent.analyzer) == before
+
+
+def test_a_model_that_cannot_be_compiled_is_refused(
+    agent: Agent, published: ModelStore, tmp_path: Path
+) -> None:
+    broken = ModelStore(tmp_path / "broken")
+    staged = broken.staging_dir()
+    source = published.models()[0]
+    (staged / "model.xml").write_text("<?xml version='1.0'?><net name='broken' version='11'><layers>")
+    shutil.copyfile(source.directory / "model.bin", staged / "model.bin")
+    files = {name: sha256_file(staged / name) for name in ("model.bin", "model.xml")}
+    manifest = ModelManifest.from_json({**source.manifest.to_json(), "version": "broken", "files": files})
+    broken.add(staged, manifest)
+    before = expression_of(agent.analyzer)
+    agent.reconcile(FileServer(broken), release_of(broken.models()[0]))
+    status = agent.updater.statuses()[0]
+    assert status.state == "failed"
+    assert "cannot be read" in status.reason or "does not compile" in status.reason
+    assert expression_of(agent.analyzer) == before
+    assert agent.store.active("expression").manifest.model_id == before
+
+
+def test_a_smoke_inference_without_a_face_refuses_the_version(
+    tmp_path: Path, runtime: Runtime, model_store: ModelStore, published: ModelStore
+) -> None:
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((480, 640, 3), 128, np.uint8))
+    shutil.copytree(model_store.root, tmp_path / "models")
+    agent = Agent(runtime, tmp_path / "models", UpdateSettings(smoke_photo=blank))
+    agent.reconcile(FileServer(published), release_of(published.models()[0]))
+    status = agent.updater.statuses()[0]
+    assert status.state == "failed"
+    assert "smoke test" in status.reason and "no face found" in status.reason
+
+
+def test_versions_beyond_keep_versions_are_removed_but_never_the_previous_one(
+    tmp_path: Path, runtime: Runtime, model_store: ModelStore, published: ModelStore
+) -> None:
+    shutil.copytree(model_store.root, tmp_path / "models")
+    agent = Agent(runtime, tmp_path / "models", UpdateSettings(keep_versions=2))
+    original = expression_of(agent.analyzer)
+    located = locate_default(EXPRESSION)
+    assert located is not None
+    second = ModelStore(tmp_path / "second")
+    import_model(runtime, second, located[0], task="expression", name=EXPRESSION.name, version="fer2013-b")
+    agent.reconcile(FileServer(published), release_of(published.models()[0]))
+    assert sorted(m.manifest.model_id for m in agent.store.versions("expression")) == sorted(
+        [original, f"{EXPRESSION.name}@{NEW_VERSION}"]
+    )
+    agent.reconcile(FileServer(second), release_of(second.models()[0]))
+    stored = [m.manifest.model_id for m in agent.store.versions("expression")]
+    assert stored == [f"{EXPRESSION.name}@{NEW_VERSION}", f"{EXPRESSION.name}@fer2013-b"]
+    assert expression_of(agent.analyzer) == f"{EXPRESSION.name}@fer2013-b"

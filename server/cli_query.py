@@ -59,7 +59,12 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
             _unknown,
         ),
         ("access", "granted/denied per door", "facefleet-server query access --since 7d --json", _access),
-        ("fleet", "agents: online, last seen, versions, lag", "facefleet-server query fleet", _fleet),
+        (
+            "fleet",
+            "agents: online, last seen, versions, model activations, lag",
+            "facefleet-server query fleet",
+            _fleet,
+        ),
     )
     for name, help_text, example, handler in specs:
         verb = make(verbs, name, help_text, example)
@@ -184,13 +189,20 @@ def _fleet(context: Context, args: argparse.Namespace) -> int:
     if context.json_output:
         context.print_json({"gallery_revision": head, "agents": [_plain(a) for a in agents]})
         return EXIT_OK
-    table = Table("device", "online", "last seen", "version", "revision", "lag")
+    table = Table(
+        "device", "online", "last seen", "version", "groups", "models", "model status", "revision", "lag"
+    )
     for a in agents:
         table.add_row(
             a.device_id,
             "yes" if a.online else "no",
             a.last_seen.isoformat(timespec="seconds"),
             a.agent_version,
+            ", ".join(a.groups),
+            "\n".join(f"{task}: {model_id}" for task, model_id in sorted(a.model_versions.items())),
+            "\n".join(
+                f"{s.model_id} {s.state}" + (f": {s.reason}" if s.reason else "") for s in a.model_statuses
+            ),
             str(a.gallery_revision),
             str(a.revision_lag),
         )

@@ -178,3 +178,17 @@ def test_an_older_database_is_upgraded_in_place(tmp_path: Path) -> None:
 
 def _fake_model() -> PublishedModel:
     return PublishedModel(NEW, "expression", "FP32", "MIT", (ModelFile("model.xml", 1, "c" * 64),), "{}", NOW)
+
+
+def test_the_default_models_are_recorded_so_they_can_be_rolled_back_to(
+    tmp_path: Path, model_store: ModelStore
+) -> None:
+    state = SqliteState(tmp_path / "server.db")
+    catalog = ModelCatalog(state.models, model_store)
+    first = catalog.record_all(model_store.models())
+    assert {m.model_id for m in first} >= {"yunet@2023mar", "sface@2021dec", "mini-xception@fer2013"}
+    revision = state.models.models_revision()
+    assert catalog.record_all(model_store.models()) == first
+    assert state.models.models_revision() == revision, "recording again changes nothing"
+    sface = catalog.show("sface@2021dec")
+    assert {f.name: f.sha256 for f in sface.files} == catalog.stored(sface).manifest.files

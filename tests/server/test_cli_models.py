@@ -1,0 +1,138 @@
+"""`facefleet-server models …` and `rollout …` on a state directory: output, --json, and exit codes with
+messages that name the thing and the fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent.errors import EXIT_DATA, EXIT_NO_INPUT, EXIT_OK
+from server.domain import Registration, utc_now
+from server.model_types import ModelStatus
+from server.state_sqlite import SqliteState
+from tests.server.test_cli import run_cli
+
+NEW = "mini-xception@fer2013-fp32"
+
+
+@pytest.fixture(autouse=True)
+def wide_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables as a wide terminal shows them (rich shortens cells to fit 80 columns otherwise)."""
+    monkeypatch.setenv("COLUMNS", "250")
+
+
+def test_models_publish_list_show_retire(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model_irs: dict[str, Path]
+) -> None:
+    base = ["--state-dir", str(tmp_path)]
+    publish = [
+        *base,
+        "models",
+        "publish",
+        str(model_irs[NEW]),
+        "--name",
+        "mini-xception",
+        "--precision",
+        "FP32",
+    ]
+    code, out, _ = run_cli(capsys, *publish, "--task", "expression", "--version", "fer2013-fp32", "--json")
+    assert code == EXIT_OK
+    published = json.loads(out)
+    assert (published["model_id"], published["task"], published["retired_at"]) == (NEW, "expression", None)
+    assert {f["name"] for f in published["files"]} == {"model.xml", "model.bin"}
+    code, out, _ = run_cli(capsys, *publish, "--task", "expression", "--version", "fer2013-fp32")
+    assert (code, f"published {NEW}" in out, "rollout start" in out) == (EXIT_OK, True, True)
+
+    code, _, err = run_cli(capsys, *publish, "--task", "embedding", "--version", "v2")
+    assert code == EXIT_DATA
+    assert "does not fit task 'embedding'" in err
+    missing = [str(tmp_path / "nope.onnx"), "--task", "expression", "--name", "x", "--version", "v1"]
+    code, _, err = run_cli(capsys, *base, "models", "publish", *missing)
+    assert (code, "no such model file" in err) == (EXIT_DATA, True)
+
+    code, out, _ = run_cli(capsys, *base, "models", "list", "--json")
+    assert [m["model_id"] for m in json.loads(out)] == [NEW]
+    code, out, _ = run_cli(capsys, *base, "models", "list")
+    assert NEW in out and "FP32" in out
+    code, out, _ = run_cli(capsys, *base, "models", "show", NEW, "--json")
+    assert json.loads(json.loads(out)["manifest_json"])["task"] == "expression"
+    code, out, _ = run_cli(capsys, *base, "models", "show", NEW)
+    assert "model.bin" in out
+    code, _, err = run_cli(capsys, *base, "models", "show", "mini-xception@v9")
+    assert (code, "not published" in err) == (EXIT_NO_INPUT, True)
+
+    code, out, _ = run_cli(capsys, *base, "models", "retire", NEW)
+    assert (code, "retired" in out) == (EXIT_OK, True)
+    code, _, err = run_cli(capsys, *base, "rollout", "start", NEW, "--all")
+    assert (code, "retired" in err) == (EXIT_DATA, True)
+
+
+def test_rollout_verbs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model_irs: dict[str, Path]
+) -> None:
+    base = ["--state-dir", str(tmp_path)]
+    publish = [
+        *base,
+        "models",
+        "publish",
+        str(model_irs[NEW]),
+        "--task",
+        "expression",
+        "--name",
+        "mini-xception",
+    ]
+    assert run_cli(capsys, *publish, "--version", "fer2013-fp32")[0] == EXIT_OK
+
+    code, _, err = run_cli(capsys, *base, "rollout", "start", "mini-xception@v9", "--all")
+    assert (code, "not published" in err) == (EXIT_NO_INPUT, True)
+    code, _, err = run_cli(capsys, *base, "rollout", "start", NEW, "--percent", "0")
+    assert (code, "1–100" in err) == (EXIT_DATA, True)
+    with pytest.raises(SystemExit) as info:
+        run_cli(capsys, *base, "rollout", "start", NEW, "--all", "--group", "lobby")
+    assert info.value.code == 2
+
+    code, out, _ = run_cli(capsys, *base, "rollout", "start", NEW, "--percent", "10", "--json")
+    rollout = json.loads(out)
+    rid = str(rollout["rollout_id"])
+    assert (code, rollout["state"], rollout["target"]["percent"]) == (EXIT_OK, "active", 10)
+    code, out, _ = run_cli(capsys, *base, "rollout", "list")
+    assert NEW in out and "10 %" in out
+
+    code, _, err = run_cli(capsys, *base, "models", "retire", NEW)
+    assert (code, f"rollout {rid} (active)" in err, "rollout rollback" in err) == (EXIT_DATA, True, True)
+    assert json.loads(run_cli(capsys, *base, "rollout", "pause", rid, "--json")[1])["state"] == "paused"
+    code, _, err = run_cli(capsys, *base, "rollout", "pause", rid)
+    assert (code, "only an active rollout" in err) == (EXIT_DATA, True)
+    code, out, _ = run_cli(capsys, *base, "rollout", "resume", rid, "--percent", "50")
+    assert (code, "50 %" in out, "now active" in out) == (EXIT_OK, True, True)
+    code, _, err = run_cli(capsys, *base, "rollout", "resume", rid, "--percent", "20")
+    assert (code, "can only be widened" in err) == (EXIT_DATA, True)
+
+    state = SqliteState(tmp_path / "server.db")
+    state.register_agent(
+        Registration("door-1", model_versions={"expression": "mini-xception@fer2013"}), utc_now()
+    )
+    state.models.announce("door-1", [(int(rid), "mini-xception@fer2013")], utc_now())
+    failure = ModelStatus("expression", NEW, int(rid), "failed", "smoke inference: output is NaN")
+    state.models.set_agent_models("door-1", utc_now(), statuses=[failure], groups=["lobby"])
+    state.close()
+    code, out, _ = run_cli(capsys, *base, "rollout", "show", rid)
+    assert code == EXIT_OK
+    assert "door-1" in out and "failed" in out and "output is NaN" in out and "mini-xception@fer2013" in out
+    code, out, _ = run_cli(capsys, *base, "query", "fleet")
+    assert "lobby" in out and "output is NaN" in out
+    code, out, _ = run_cli(capsys, *base, "query", "fleet", "--json")
+    [agent] = json.loads(out)["agents"]
+    assert agent["groups"] == ["lobby"]
+    assert agent["model_statuses"][0]["reason"] == "smoke inference: output is NaN"
+
+    assert (
+        json.loads(run_cli(capsys, *base, "rollout", "rollback", rid, "--json")[1])["state"] == "rolled_back"
+    )
+    code, _, err = run_cli(capsys, *base, "rollout", "rollback", rid)
+    assert (code, "already rolled back" in err) == (EXIT_DATA, True)
+    code, _, err = run_cli(capsys, *base, "rollout", "show", "99")
+    assert (code, "no rollout 99" in err) == (EXIT_NO_INPUT, True)
+    assert run_cli(capsys, *base, "models", "retire", NEW)[0] == EXIT_OK

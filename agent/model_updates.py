@@ -183,9 +183,9 @@ class ModelUpdater:
         self.switch(switch)
         await asyncio.wrap_future(switch.done)
         log.info("model %s (%s): active", release.model_id, release.task)
+        await self._record(client, timeout, release, "active", "running")
         if release.task == "embedding" and self.gallery is not None:
             self.gallery.watch_models((release.model_id,))  # the previous model's gallery is not needed
-        await self._record(client, timeout, release, "active", "running")
         await asyncio.to_thread(self.prune, release.task)
 
     def _stored_copy(self, release: ModelRelease) -> StoredModel | None:

@@ -22,7 +22,7 @@ import numpy as np
 from facefleet.v1 import events_pb2, fleet_pb2, fleet_pb2_grpc, gallery_pb2, models_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from agent.errors import EXIT_DATA, FaceFleetError
+from agent.errors import EXIT_DATA, FaceFleetError, ModelStoreError
 from agent.faces import EXPRESSION_LABELS
 from agent.fleet_types import (
     GalleryDelta,
@@ -45,6 +45,16 @@ MAX_MODEL_FILES = 8
 MAX_MODEL_FILE_BYTES = 4 * 1024**3
 MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_MODEL_STATUSES = 16
+DEFINITIVE_DOWNLOAD_ERRORS = frozenset(
+    {
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.DATA_LOSS,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
+"""DownloadModel failures that a retry would not cure: the version is refused."""
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}@[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -399,14 +409,21 @@ class FleetClient:
             device_id=self.device_id, model_id=model_id, file=file, offset=offset
         )
         position = offset
-        async for chunk in self._stub.DownloadModel(request, timeout=timeout):
-            if chunk.offset != position:
-                raise WireError(
-                    f"model {model_id} {file}: chunk at byte {chunk.offset}, expected {position}; "
-                    "the download restarts"
-                )
-            position += len(chunk.data)
-            yield bytes(chunk.data)
+        try:
+            async for chunk in self._stub.DownloadModel(request, timeout=timeout):
+                if chunk.offset != position:
+                    raise WireError(
+                        f"model {model_id} {file}: chunk at byte {chunk.offset}, expected {position}; "
+                        "the download restarts"
+                    )
+                position += len(chunk.data)
+                yield bytes(chunk.data)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in DEFINITIVE_DOWNLOAD_ERRORS:
+                raise  # the connection: retried
+            raise ModelStoreError(
+                f"the server refused model {model_id} {file} ({exc.code().name}: {exc.details()})"
+            ) from None
 
     async def report_models(
         self, statuses: Sequence[ModelStatus], versions: Mapping[str, str], timeout: float

@@ -1,0 +1,367 @@
+"""Model versions rolled out to real agents end to end: the server's CLI publishes a version and starts a
+rollout on the state directory of a running server (mutual TLS on port 0); real agents (AgentService on
+threads, or `facefleet-agent run` processes for kill -9) download, verify, compile, smoke-test and switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+from facefleet.v1 import admin_pb2, models_pb2, query_pb2
+
+from agent.config import AgentConfig
+from agent.model_updates import STATUS_FILE
+from agent.models.store import ModelStore
+from agent.service import AgentService
+from agent.store import EmbeddingStore
+from server import certs
+from server import cli as server_cli
+from server.enrolment import Enroller
+from server.queries import EventFilter
+from tests.agent.test_service import write_video
+from tests.server.conftest import Harness, Pki, run, serving
+from tests.server.test_agent_sync import until
+
+EXPRESSION_NEW = "mini-xception@fer2013-fp32"
+EXPRESSION_TAMPERED = "mini-xception@fer2013-tampered"
+EMBEDDING_OLD = "sface@2021dec"
+EMBEDDING_NEW = "sface@2021dec-fp32"
+ACTIVE = models_pb2.MODEL_ACTIVATION_ACTIVE
+FAILED = models_pb2.MODEL_ACTIVATION_FAILED
+T = TypeVar("T")
+AGENT_CLI = Path(sys.executable).with_name("facefleet-agent")
+
+
+def agent_state(tmp_path: Path, model_store: ModelStore, device: str) -> Path:
+    """A state directory with its own copy of the default models (activation is per agent)."""
+    state = tmp_path / device
+    shutil.copytree(model_store.root, state / "models")
+    return state
+
+
+def agent_settings(harness: Harness, pki: Pki, device: str, **extra: Any) -> dict[str, Any]:
+    issued = pki.device(device)
+    if not issued.cert.exists():
+        certs.issue_device(pki.tls_dir, device)
+    return {
+        "device_id": device,
+        "mqtt": {"enabled": False},
+        "service": {"status_interval_s": 1},
+        "server": {
+            "enabled": True,
+            "address": f"127.0.0.1:{harness.agents_port}",
+            "ca_file": str(pki.tls_dir / "ca.pem"),
+            "cert_file": str(issued.cert),
+            "key_file": str(issued.key),
+            "reconnect_max_s": 1,
+        },
+        **extra,
+    }
+
+
+@asynccontextmanager
+async def running_agent(config: dict[str, Any], state: Path) -> AsyncIterator[AgentService]:
+    service = await asyncio.to_thread(AgentService, AgentConfig.model_validate(config), state)
+    runner = threading.Thread(target=service.run)
+    runner.start()
+    try:
+        yield service
+    finally:
+        service.stop_event.set()
+        await asyncio.to_thread(runner.join, 30)
+
+
+async def cli(harness: Harness, *args: str) -> int:
+    """facefleet-server on the running server's state directory, as an operator on that host runs it."""
+    state_dir = str(harness.server.paths.state_dir)
+    return await asyncio.to_thread(server_cli.main, ["--state-dir", state_dir, *args])
+
+
+async def publish(harness: Harness, path: Path, task: str, model_id: str, precision: str = "FP32") -> None:
+    name, _, version = model_id.partition("@")
+    args = ("models", "publish", str(path), "--task", task, "--name", name, "--version", version)
+    assert await cli(harness, *args, "--precision", precision) == 0
+
+
+async def until_async(
+    fetch: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float = 120.0, what: str = ""
+) -> T:
+    """Await fetch() until accept(value); the timeout only guards against a hung test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await fetch()
+        if accept(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s: {value}")
+        await asyncio.sleep(0.05)
+
+
+def all_in(devices: list[str], task: str, model_id: str, state: int) -> Callable[[Statuses], bool]:
+    """Fleet status shows every device with model_id of task in state."""
+    return lambda found: all(
+        found.get(device, {}).get(task, ("", 0, ""))[:2] == (model_id, state) for device in devices
+    )
+
+
+Statuses = dict[str, dict[str, tuple[str, int, str]]]
+
+
+async def statuses(harness: Harness) -> Statuses:
+    """device → task → (model id, state, reason), as fleet status shows them."""
+    reply = await harness.query().FleetStatus(query_pb2.FleetStatusRequest(), metadata=harness.query_md)
+    return {
+        agent.device_id: {s.task: (s.model_id, s.state, s.reason) for s in agent.model_statuses}
+        for agent in reply.agents
+    }
+
+
+def running_expression(service: AgentService) -> str:
+    model = service.analyzer.expression_model
+    return model.manifest.model_id if model is not None else ""
+
+
+def test_every_agent_activates_a_new_expression_version_and_refuses_a_tampered_one(
+    tmp_path: Path, pki: Pki, enroller: Enroller, model_store: ModelStore, fer_tflite: Path
+) -> None:
+    devices = ["box-1", "box-2", "box-3"]
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], list[str], list[str]]:
+        async with (
+            serving(tmp_path, pki, enroller, fleet={"poll_seconds": 0.1}) as harness,
+            contextlib.AsyncExitStack() as stack,
+        ):
+            agents = [
+                await stack.enter_async_context(
+                    running_agent(agent_settings(harness, pki, d), agent_state(tmp_path, model_store, d))
+                )
+                for d in devices
+            ]
+            await until(lambda: set(devices) <= harness.server.fanout.watching(), what="three watchers")
+            await publish(harness, fer_tflite, "expression", EXPRESSION_NEW)
+            assert await cli(harness, "rollout", "start", EXPRESSION_NEW, "--all") == 0
+
+            after_switch = await until_async(
+                lambda: statuses(harness),
+                all_in(devices, "expression", EXPRESSION_NEW, ACTIVE),
+                what="every agent reporting the new version active",
+            )
+            switched = [running_expression(s) for s in agents]
+
+            await publish(harness, fer_tflite, "expression", EXPRESSION_TAMPERED)
+            binary = harness.server.paths.models / "expression" / "mini-xception" / "fer2013-tampered"
+            data = bytearray((binary / "model.bin").read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            (binary / "model.bin").write_bytes(bytes(data))
+            assert await cli(harness, "rollout", "start", EXPRESSION_TAMPERED, "--all") == 0
+
+            refused = await until_async(
+                lambda: statuses(harness),
+                all_in(devices, "expression", EXPRESSION_TAMPERED, FAILED),
+                what="every agent refusing the tampered version",
+            )
+            kept = [running_expression(s) for s in agents]
+            return after_switch, refused, switched, kept
+
+    after_switch, refused, switched, kept = run(scenario)
+    assert switched == [EXPRESSION_NEW] * 3
+    assert kept == [EXPRESSION_NEW] * 3  # the tampered version never ran
+    for device in devices:
+        assert after_switch[device]["expression"][:2] == (EXPRESSION_NEW, ACTIVE)
+        model_id, state, reason = refused[device]["expression"]
+        assert (model_id, state) == (EXPRESSION_TAMPERED, FAILED)
+        assert "DATA_LOSS" in reason or "sha256" in reason, reason
+
+
+def face_events(harness: Harness) -> list[Any]:
+    day = EventFilter(
+        datetime.now(timezone.utc) - timedelta(hours=1), datetime.now(timezone.utc) + timedelta(hours=1)
+    )
+    return list(harness.server.state.list_events(day, None, 1000).events)
+
+
+def test_identification_keeps_working_across_an_embedding_model_switch(
+    tmp_path: Path,
+    pki: Pki,
+    enroller: Enroller,
+    model_store: ModelStore,
+    sface_onnx: Path,
+    astronaut: npt.NDArray[np.uint8],
+    astronaut_jpeg: bytes,
+) -> None:
+    blank = np.full_like(astronaut, 40)
+    video = write_video(tmp_path / "door.avi", [astronaut] * 8 + [blank] * 14, fps=8)  # visits end
+    state = agent_state(tmp_path, model_store, "door-1")
+
+    async def scenario() -> tuple[list[Any], AgentService, int, int]:
+        async with serving(tmp_path, pki, enroller, fleet={"poll_seconds": 0.1}) as harness:
+            request = admin_pb2.EnrollPersonRequest(person_id="eileen", images=[astronaut_jpeg])
+            await harness.admin().EnrollPerson(request, metadata=harness.admin_md)
+            camera = {"name": "door", "source": str(video), "max_fps": 8, "loop": True}
+            config = agent_settings(harness, pki, "door-1", cameras=[camera])
+            async with running_agent(config, state) as service:
+                await until(
+                    lambda: any(e.person_id == "eileen" for e in face_events(harness)),
+                    timeout=60,
+                    what="eileen recognised with the first model",
+                )
+                await publish(harness, sface_onnx, "embedding", EMBEDDING_NEW)
+                starting = asyncio.ensure_future(cli(harness, "rollout", "start", EMBEDDING_NEW, "--all"))
+                verifying = await until(
+                    lambda: frames_when(service, state, "verifying"), timeout=120, what="verification"
+                )
+                await until(lambda: service.model_id == EMBEDDING_NEW, timeout=120, what="the switch")
+                switched_at = sum(service.frames_analysed.values())
+                assert await starting == 0
+                await until(
+                    lambda: any(
+                        e.person_id == "eileen" and e.model_versions.get("embedding") == EMBEDDING_NEW
+                        for e in face_events(harness)
+                    ),
+                    timeout=60,
+                    what="eileen recognised with the new model",
+                )
+                return face_events(harness), service, verifying, switched_at
+
+    events, service, verifying, switched_at = run(scenario)
+    assert service.model_mismatches == 0
+    assert switched_at > verifying  # frames kept flowing on the old model while the new one was prepared
+    faces = [e for e in events if e.kind == "face"]
+    assert {e.model_versions["embedding"] for e in faces} == {EMBEDDING_OLD, EMBEDDING_NEW}
+    assert all((e.decision, e.person_id) == ("match", "eileen") for e in faces), [
+        (e.decision, e.person_id, e.model_versions.get("embedding")) for e in faces
+    ]
+    with EmbeddingStore(state / "agent.db") as store:
+        person_ids, matrix, _ = store.load_embeddings(EMBEDDING_NEW)
+    assert list(person_ids) == ["eileen"] and matrix.shape[1] == 128
+    assert ModelStore(state / "models").active("embedding").manifest.model_id == EMBEDDING_NEW
+
+
+def frames_when(service: AgentService, state: Path, wanted: str) -> int | None:
+    """Frames analysed so far once the agent reports `wanted` for the embedding model (else None)."""
+    path = state / "models" / STATUS_FILE
+    try:
+        status = json.loads(path.read_text())["statuses"]["embedding"]
+    except (OSError, ValueError, KeyError):
+        return None
+    if (status["model_id"], status["state"]) != (EMBEDDING_NEW, wanted):
+        return None
+    return sum(service.frames_analysed.values()) or None
+
+
+def agent_process(config: dict[str, Any], state: Path, tmp_path: Path) -> subprocess.Popen[bytes]:
+    path = tmp_path / "agent.toml"
+    path.write_text(toml(config))
+    command = [
+        str(AGENT_CLI),
+        "--config",
+        str(path),
+        "--state-dir",
+        str(state),
+        "run",
+    ]
+    return subprocess.Popen(command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+
+def toml(config: dict[str, Any]) -> str:
+    """The few shapes an agent config needs here: top-level scalars and one level of tables."""
+    lines = [f"{k} = {json.dumps(v)}" for k, v in config.items() if not isinstance(v, dict)]
+    for table, values in config.items():
+        if isinstance(values, dict):
+            lines.append(f"[{table}]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_agent_killed_during_a_switch_comes_back_on_a_working_version(
+    tmp_path: Path,
+    pki: Pki,
+    enroller: Enroller,
+    model_store: ModelStore,
+    sface_onnx: Path,
+    astronaut_jpeg: bytes,
+) -> None:
+    state = agent_state(tmp_path, model_store, "door-9")
+    status_file = state / "models" / STATUS_FILE
+
+    def reported(wanted: str) -> bool:
+        try:
+            status = json.loads(status_file.read_text())["statuses"]["embedding"]
+        except (OSError, ValueError, KeyError):
+            return False
+        return bool(status["model_id"] == EMBEDDING_NEW and status["state"] == wanted)
+
+    def partial_download() -> bool:
+        return any(p.stat().st_size > 0 for p in (state / "models" / ".downloads").glob("*.part"))
+
+    async def scenario() -> tuple[list[str], dict[str, Any]]:
+        async with serving(tmp_path, pki, enroller, fleet={"poll_seconds": 0.1}) as harness:
+            request = admin_pb2.EnrollPersonRequest(person_id="eileen", images=[astronaut_jpeg])
+            await harness.admin().EnrollPerson(request, metadata=harness.admin_md)
+            config = agent_settings(harness, pki, "door-9")
+            seen: list[str] = []
+            process = agent_process(config, state, tmp_path)
+            try:
+                await until(lambda: "door-9" in harness.server.fanout.watching(), what="the agent watching")
+                await publish(harness, sface_onnx, "embedding", EMBEDDING_NEW)
+                assert await cli(harness, "rollout", "start", EMBEDDING_NEW, "--all") == 0
+                for moment in (partial_download, lambda: reported("verifying")):
+                    await until(moment, timeout=120, what="the moment to kill the agent")
+                    process.send_signal(signal.SIGKILL)
+                    await asyncio.to_thread(process.wait, 30)
+                    await until(lambda: "door-9" not in harness.server.fanout.watching(), what="stream gone")
+                    process = agent_process(config, state, tmp_path)
+                    await until(lambda: "door-9" in harness.server.fanout.watching(), what="back watching")
+                    agent = harness.server.state.get_agent("door-9")
+                    assert agent is not None
+                    seen.append(agent.model_versions["embedding"])
+                found = await until_async(
+                    lambda: statuses(harness),
+                    all_in(["door-9"], "embedding", EMBEDDING_NEW, ACTIVE),
+                    what="the new embedding model active after the kills",
+                )
+                return seen, found
+            finally:
+                process.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(process.wait, 30)
+
+    seen, found = run(scenario)
+    assert all(version in (EMBEDDING_OLD, EMBEDDING_NEW) for version in seen)
+    assert found["door-9"]["embedding"][:2] == (EMBEDDING_NEW, ACTIVE)
+    store = ModelStore(state / "models")
+    assert store.active("embedding").manifest.model_id == EMBEDDING_NEW
+    for model in store.models():
+        assert store.verify_files(model) == []  # nothing half-written in the store
+    assert not (state / "models" / ".staging").exists() or not any((state / "models" / ".staging").iterdir())
+    with EmbeddingStore(state / "agent.db") as db:
+        assert [p.person_id for p in db.people()] == ["eileen"]
+        assert list(db.load_embeddings(EMBEDDING_NEW)[0]) == ["eileen"]
+    verify = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("facefleet-agent")),
+            "--state-dir",
+            str(state),
+            "models",
+            "verify",
+        ],
+        capture_output=True,
+        env={**os.environ},
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stderr

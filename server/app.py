@@ -32,7 +32,7 @@ from agent import notify
 from agent.errors import EXIT_OK, EXIT_UNAVAILABLE, FaceFleetError
 from agent.models.store import ModelStore
 from agent.models.tasks import embedding_dimension
-from agent.runtime import ModelIO
+from agent.runtime import ModelIO, Runtime
 from server import wire
 from server.config import ServerConfig
 from server.dashboard import DashboardHandler
@@ -46,6 +46,7 @@ from server.model_fleet import ModelDistribution
 from server.model_state import ModelState
 from server.paths import ServerPaths
 from server.people import PeopleHandler
+from server.rollout_control import RolloutControl
 from server.security import Authenticator
 from server.servicers import AdminServicer, FleetServicer, QueryServicer
 from server.state import State
@@ -262,6 +263,28 @@ class FleetServer:
             await self.fanout.publish_models(models_revision)
             await self._follow_rollout_models(await asyncio.to_thread(rollout_embedding_models, models))
 
+    def rollout_control(
+        self, runtime: Runtime | None = None, settle_seconds: float | None = None
+    ) -> RolloutControl:
+        """Rollouts for callers in this process (e.g. a benchmark): each change reaches the Watch streams at
+        once instead of at the next poll. Call its blocking methods from a worker thread, not the loop."""
+        loop = asyncio.get_running_loop()
+        if settle_seconds is None:
+            settle_seconds = 2 * self.config.fleet.poll_seconds + 1.0
+
+        def changed() -> None:
+            asyncio.run_coroutine_threadsafe(self.refresh(), loop)
+
+        return RolloutControl(
+            self.state,
+            ModelCatalog(self.state.models, self.models, runtime),
+            runtime=runtime,
+            settle_seconds=2 * self.config.fleet.poll_seconds + 1.0
+            if settle_seconds is None
+            else settle_seconds,
+            on_change=changed,
+        )
+
     async def _poll_changes(self) -> None:
         failing = False
         while True:
@@ -285,7 +308,7 @@ class FleetServer:
         if wanted != enroller.model_ids:
             try:
                 rebuilt = await asyncio.to_thread(enroller.with_models, wanted, self.models)
-            except FaceFleetError as exc:
+            except Exception as exc:  # keep serving with the current enroller
                 log.error("enrolment cannot embed with %s: %s", ", ".join(wanted), exc)
                 return
             with self._enroller_lock:

@@ -37,7 +37,8 @@ class StartedRollout:
 
 class RolloutControl:
     """runtime: compiles embedding models for re-embedding (needed only to start embedding rollouts);
-    settle_seconds: how long a running server may take to notice a change (its poll interval, and some)."""
+    settle_seconds: how long a running server may take to notice a change (its poll interval, and some);
+    on_change: called after each committed change (FleetServer.rollout_control wakes its streams with it)."""
 
     def __init__(
         self,
@@ -48,8 +49,10 @@ class RolloutControl:
         settle_seconds: float = 2.0,
         clock: Callable[[], datetime] = utc_now,
         sleep: Callable[[float], None] = time.sleep,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.state = state
+        self.on_change = on_change
         self.catalog = catalog
         self.runtime = runtime
         self.settle_seconds = settle_seconds
@@ -66,13 +69,16 @@ class RolloutControl:
                 f"model {model_id} is retired and cannot be rolled out; publish a new version"
             )
         if model.task != "embedding":
-            return StartedRollout(self.state.models.add_rollout(model_id, target, "active", self.clock()))
+            started = self.state.models.add_rollout(model_id, target, "active", self.clock())
+            self._changed()
+            return StartedRollout(started)
         if self.runtime is None:
             raise FailedPreconditionError("rolling out an embedding model needs a runtime to re-embed crops")
         stored = self.catalog.stored(model)
         self.catalog.store.check(stored)
         embedder = CropEmbedder(self.runtime, stored)
         rollout = self.state.models.add_rollout(model_id, target, "preparing", self.clock())
+        self._changed()
         try:
             first = reembed(self.state, embedder, progress=progress, clock=self.clock)
             self.sleep(self.settle_seconds)
@@ -86,22 +92,31 @@ class RolloutControl:
                 rollout.rollout_id, lambda r: rollouts.rolled_back(r, self.clock())
             )
             raise
+        finally:
+            self._changed()
         reembedded = tuple(sorted({*first.reembedded, *second.reembedded}))
         return StartedRollout(active, reembedded, second.without_crops)
 
     def pause(self, rollout_id: int) -> Rollout:
         """Stop announcing to more agents; those announced to keep the new version."""
-        return self.state.models.change_rollout(rollout_id, lambda r: rollouts.paused(r, self.clock()))
+        return self._change(rollout_id, lambda r: rollouts.paused(r, self.clock()))
 
     def resume(self, rollout_id: int, percent: int | None = None) -> Rollout:
         """Resume a paused rollout and/or widen a percent rollout to `percent`."""
-        return self.state.models.change_rollout(
-            rollout_id, lambda r: rollouts.resumed(r, self.clock(), percent)
-        )
+        return self._change(rollout_id, lambda r: rollouts.resumed(r, self.clock(), percent))
 
     def rollback(self, rollout_id: int) -> Rollout:
         """Send every agent it was announced to back to the version it ran before."""
-        return self.state.models.change_rollout(rollout_id, lambda r: rollouts.rolled_back(r, self.clock()))
+        return self._change(rollout_id, lambda r: rollouts.rolled_back(r, self.clock()))
+
+    def _change(self, rollout_id: int, change: Callable[[Rollout], Rollout]) -> Rollout:
+        rollout = self.state.models.change_rollout(rollout_id, change)
+        self._changed()
+        return rollout
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def all_rollouts(self) -> list[Rollout]:
         """Every rollout, newest first."""

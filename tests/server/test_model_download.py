@@ -3,6 +3,7 @@ an offset, and bad requests get the documented status codes (a tampered stored f
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from pathlib import Path
@@ -13,6 +14,9 @@ from facefleet.v1 import fleet_pb2
 
 from agent.runtime import Runtime
 from server.enrolment import Enroller
+from server.errors import DataLossError, OutOfRangeError
+from server.model_files import ModelFiles
+from server.model_types import ModelFile
 from tests.server.conftest import Harness, Pki, run, serving
 from tests.server.test_model_rollout import NEW, publish_expression_models
 
@@ -85,3 +89,30 @@ def test_downloads_are_chunked_resumable_and_verified(
             assert code == grpc.StatusCode.NOT_FOUND and "retired" in details
 
     run(scenario)
+
+
+def test_a_file_is_hashed_once_per_size_and_modification_time(tmp_path: Path) -> None:
+    path = tmp_path / "model.bin"
+    path.write_bytes(bytes(range(256)) * 1000)
+    entry = ModelFile("model.bin", path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest())
+    files = ModelFiles(chunk_bytes=100_000)
+
+    async def scenario() -> None:
+        await asyncio.gather(*(files.verify(path, entry, "m@v/model.bin") for _ in range(50)))
+        # the same size and modification time: the earlier check stands (no re-hash of unchanged files)
+        stat = path.stat()
+        path.write_bytes(b"\xff" + path.read_bytes()[1:])
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        chunks = [c async for c in files.chunks(path, entry, 0, "m@v/model.bin")]
+        assert [len(c.data) for c in chunks] == [100_000, 100_000, 56_000]
+        # touched: checked again, and refused
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+        with pytest.raises(DataLossError, match=r"m@v/model\.bin: the server's copy fails its sha256 check"):
+            await files.verify(path, entry, "m@v/model.bin")
+        path.write_bytes(b"short")
+        with pytest.raises(DataLossError, match="5 bytes, the catalogue says 256000"):
+            await files.verify(path, entry, "m@v/model.bin")
+        with pytest.raises(OutOfRangeError):
+            [c async for c in files.chunks(path, entry, entry.size + 1, "m@v/model.bin")]
+
+    asyncio.run(scenario())

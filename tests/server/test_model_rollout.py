@@ -19,7 +19,7 @@ from agent.runtime import Runtime
 from server.cli import main
 from server.enrolment import Enroller
 from server.model_catalog import ModelCatalog
-from server.model_types import PublishedModel
+from server.model_types import PublishedModel, Target
 from tests.server.conftest import Harness, Pki, next_update, run, serving
 
 OLD = "mini-xception@fer2013"
@@ -248,3 +248,21 @@ def test_activation_reports_show_in_fleet_status_and_rollout_progress(
         "long reason": grpc.StatusCode.INVALID_ARGUMENT,
         "unregistered": grpc.StatusCode.FAILED_PRECONDITION,
     }
+
+
+def test_in_process_rollout_changes_reach_the_streams_without_waiting_for_the_poll(
+    tmp_path: Path, pki: Pki, enroller: Enroller, runtime: Runtime, model_irs: dict[str, Path]
+) -> None:
+    async def scenario() -> None:
+        slow_poll = {"fleet": {"poll_seconds": 60}, "gallery": {"heartbeat_seconds": 1}}
+        async with serving(tmp_path, pki, enroller, **slow_poll) as harness:
+            await publish_expression_models(harness, runtime, model_irs)
+            stream = await watching(harness, "door-1")
+            control = harness.server.rollout_control()
+            started = await asyncio.to_thread(control.start, NEW, Target("percent", percent=100))
+            assert summary(await next_models(stream)) == [("expression", NEW, started.rollout.rollout_id, 2)]
+            await asyncio.to_thread(control.rollback, started.rollout.rollout_id)
+            assert summary(await next_models(stream)) == [("expression", OLD, 0, 2)]
+            stream.cancel()
+
+    run(scenario)

@@ -101,7 +101,9 @@ class FleetServer:
         """Bind the listeners and start serving."""
         credentials = None if self.config.insecure_development else self._credentials()
         self.fanout = GalleryFanout(self.state.head_revision(), self.state.models.models_revision())
-        self._rollout_models = rollout_embedding_models(self.state.models)
+        await self._follow_rollout_models(
+            await asyncio.to_thread(rollout_embedding_models, self.state.models)
+        )
         server = grpc.aio.server(options=self._options())
         try:
             await self._add_services(server, self.fanout)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.progress import Progress
@@ -134,9 +135,10 @@ def _catalog(context: Context, runtime: Runtime | None = None) -> ModelCatalog:
 def _import_defaults(context: Context, args: argparse.Namespace) -> int:
     from agent.models.importer import import_defaults
 
-    catalog = _catalog(context, _runtime(context))
+    runtime = _runtime(context)
+    catalog = _catalog(context, runtime)
     with context.console.status("importing the default models…"):
-        published = catalog.record_all(import_defaults(catalog.runtime, catalog.store))  # type: ignore[arg-type]
+        published = catalog.record_all(import_defaults(runtime, catalog.store))
     if context.json_output:
         context.print_json([{"task": m.task, "model_id": m.model_id} for m in published])
         return EXIT_OK
@@ -146,8 +148,6 @@ def _import_defaults(context: Context, args: argparse.Namespace) -> int:
 
 
 def _publish(context: Context, args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     catalog = _catalog(context, _runtime(context))
     with context.console.status(f"converting {args.path}…"):
         model = catalog.publish(

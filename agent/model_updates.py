@@ -37,14 +37,14 @@ from agent.fleet_types import ModelAssignment, ModelRelease, ModelStatus
 from agent.models.download import DiskFullError, download
 from agent.models.manifest import MANIFEST_NAME, ModelManifest, sha256_file
 from agent.models.smoke import smoke_test
-from agent.models.store import ModelStore, StoredModel, check_model, write_atomic
+from agent.models.statuses import load_statuses, save_statuses
+from agent.models.store import ModelStore, StoredModel, check_model
 from agent.models.tasks import check_fits
 from agent.pipeline import FaceAnalyzer
 from agent.wire import WireError
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "updates.json"
 ANALYZER_TASKS = ("detection", "embedding", "expression")
 
 
@@ -105,7 +105,7 @@ class ModelUpdater:
         self.switch = switch
         self.settings = settings or UpdateSettings()
         self.gallery: GalleryLink | None = None
-        self._statuses = self._load_statuses()
+        self._statuses = load_statuses(store)
         store.clean_staging()
 
     # ---- state --------------------------------------------------------------------------------------
@@ -302,29 +302,11 @@ class ModelUpdater:
     ) -> None:
         status = ModelStatus(release.task, release.model_id, release.rollout_id, state, reason, time.time())
         self._statuses[release.task] = status
-        await asyncio.to_thread(self._save_statuses)
+        await asyncio.to_thread(save_statuses, self.store, dict(self._statuses))
         try:
             await client.report_models(self.statuses(), self.versions(), timeout)
         except Exception as exc:  # the next Register carries the statuses
             log.warning("model status not reported (%s); it goes with the next registration", _reason(exc))
-
-    def _load_statuses(self) -> dict[str, ModelStatus]:
-        path = self.store.root / STATUS_FILE
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return {task: ModelStatus.from_json(s) for task, s in data["statuses"].items()}
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("%s unreadable (%s); model statuses start afresh", path, exc)
-            return {}
-
-    def _save_statuses(self) -> None:
-        data = {"statuses": {task: s.to_json() for task, s in sorted(self._statuses.items())}}
-        try:
-            write_atomic(self.store.root / STATUS_FILE, json.dumps(data, indent=2) + "\n")
-        except OSError as exc:
-            log.warning("model statuses not saved (%s)", exc)
 
 
 def _release_manifest(release: ModelRelease) -> ModelManifest:

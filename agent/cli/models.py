@@ -11,7 +11,9 @@ from rich.table import Table
 from agent.cli.context import Context
 from agent.cli.parsing import add_command
 from agent.errors import EXIT_IO, EXIT_OK, FaceFleetError
+from agent.fleet_types import ModelStatus
 from agent.models.importer import PRECISIONS, import_defaults, import_model
+from agent.models.statuses import load_statuses
 from agent.models.store import StoredModel
 from agent.models.tasks import TASKS
 
@@ -142,23 +144,27 @@ def _activate(context: Context, args: argparse.Namespace) -> int:
 
 
 def _show(context: Context, models: list[StoredModel]) -> None:
+    """The models with the active mark and, for versions a server rollout assigned, where they stand."""
     active = context.model_store.active_map()
+    statuses = {s.model_id: s for s in load_statuses(context.model_store).values()}
     if context.json_output:
         context.print_json(
             [
                 {
                     **m.manifest.to_json(),
                     "active": active.get(m.manifest.task) == f"{m.manifest.name}/{m.manifest.version}",
+                    "rollout": _status_json(statuses.get(m.manifest.model_id)),
                 }
                 for m in models
             ]
         )
         return
-    table = Table("task", "name", "version", "precision", "source", "active")
+    table = Table("task", "name", "version", "precision", "source", "active", "rollout")
     for m in models:
         source = m.manifest.source
         origin = f"{source.package}=={source.package_version}" if source.package else source.path
         is_active = active.get(m.manifest.task) == f"{m.manifest.name}/{m.manifest.version}"
+        status = statuses.pop(m.manifest.model_id, None)
         table.add_row(
             m.manifest.task,
             m.manifest.name,
@@ -166,8 +172,18 @@ def _show(context: Context, models: list[StoredModel]) -> None:
             m.manifest.precision,
             origin,
             "*" if is_active else "",
+            "" if status is None else f"{status.state} (rollout {status.rollout_id})",
         )
     context.console.print(table)
+    for status in statuses.values():  # assigned versions that never made it into the store
+        context.console.print(
+            f"{status.task} {status.model_id} (rollout {status.rollout_id}): {status.state}: {status.reason}",
+            markup=False,
+        )
+
+
+def _status_json(status: ModelStatus | None) -> dict[str, Any] | None:
+    return None if status is None else status.to_json()
 
 
 def _ref(model: StoredModel) -> str:

@@ -21,12 +21,14 @@ import cv2
 import numpy as np
 import pytest
 
+from agent.cli import main as cli_main
 from agent.errors import ModelIntegrityError
 from agent.fleet_types import ModelAssignment, ModelFileSpec, ModelRelease, ModelStatus
-from agent.model_updates import STATUS_FILE, ModelUpdater, Switch, UpdateSettings
+from agent.model_updates import ModelUpdater, Switch, UpdateSettings
 from agent.models.download import DiskFullError, download, part_path
 from agent.models.importer import DEFAULT_MODELS, import_model, locate_default
 from agent.models.manifest import MANIFEST_NAME, ModelManifest, sha256_file
+from agent.models.statuses import STATUS_FILE
 from agent.models.store import ModelStore, StoredModel
 from agent.pipeline import FaceAnalyzer
 from agent.runtime import Runtime
@@ -275,6 +277,23 @@ def test_a_tampered_file_is_refused_and_the_running_version_kept(
     assert len(server.requests) == requests
     agent.reconcile(FileServer(published), release_of(published.models()[0], rollout_id=4))
     assert expression_of(agent.analyzer) == release.model_id
+
+
+def test_models_list_shows_where_an_assigned_version_stands(
+    agent: Agent, published: ModelStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    agent.reconcile(FileServer(tampered_copy(published, tmp_path)), release_of(published.models()[0], 5))
+    assert cli_main(["--state-dir", str(agent.store.root.parent), "models", "list"]) == 0
+    refused = capsys.readouterr().out
+    assert f"expression {release_of(published.models()[0]).model_id} (rollout 5): failed:" in refused
+    agent.reconcile(FileServer(published), release_of(published.models()[0], 6))
+    assert cli_main(["--state-dir", str(agent.store.root.parent), "models", "list", "--json"]) == 0
+    listed = {m["version"]: m for m in json.loads(capsys.readouterr().out) if m["task"] == "expression"}
+    assert listed[NEW_VERSION]["active"] is True
+    assert (listed[NEW_VERSION]["rollout"]["state"], listed[NEW_VERSION]["rollout"]["rollout_id"]) == (
+        "active",
+        6,
+    )
 
 
 def relabelled(source: StoredModel, tmp_path: Path, task: str, version: str) -> ModelStore:

@@ -26,7 +26,7 @@ import numpy.typing as npt
 from facefleet.v1 import admin_pb2, models_pb2, query_pb2
 
 from agent.config import AgentConfig
-from agent.model_updates import STATUS_FILE
+from agent.models.statuses import STATUS_FILE
 from agent.models.store import ModelStore
 from agent.service import AgentService
 from agent.store import EmbeddingStore

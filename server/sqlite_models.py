@@ -74,6 +74,8 @@ class StateCore(Protocol):
 
 
 class SqliteModelState(ModelState):
+    """Model versions and rollouts in the server's SQLite database, in SqliteState's transactions."""
+
     def __init__(self, core: StateCore) -> None:
         self._core = core
 

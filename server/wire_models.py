@@ -5,7 +5,7 @@ code. `*_from_proto` validate and raise InvalidArgumentError naming the field.""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 
 from facefleet.v1 import fleet_pb2, models_pb2, query_pb2
 
@@ -20,7 +20,7 @@ from server.model_types import (
     Release,
 )
 from server.queries import AgentStatus
-from server.wire import timestamp
+from server.wire import from_timestamp, timestamp
 
 ACTIVATIONS: dict[models_pb2.ModelActivation, Activation] = {
     models_pb2.MODEL_ACTIVATION_DOWNLOADING: "downloading",
@@ -34,7 +34,8 @@ ACTIVATION_VALUES = {name: value for value, name in ACTIVATIONS.items()}
 def status_from_proto(message: models_pb2.ModelStatus, name: str) -> ModelStatus:
     if message.state not in ACTIVATIONS:
         raise InvalidArgumentError(f"{name}: state is missing or unknown")
-    time = message.time.ToDatetime(tzinfo=timezone.utc) if message.HasField("time") else None
+    stamp = message.time
+    time = from_timestamp(stamp, f"{name}.time") if stamp.seconds or stamp.nanos else None
     try:
         return ModelStatus(
             task=message.task,

@@ -379,3 +379,23 @@ def test_closing_waits_for_a_statement_in_flight_and_refuses_later_calls(tmp_pat
     assert order == ["written", "closed"]
     with pytest.raises(StateError, match="closed"):
         state.head_revision()
+
+
+def test_replacing_one_models_embeddings_keeps_crops_and_other_models(state: State) -> None:
+    crop = Crop("png", b"\x89PNG fake", "image:1")
+    state.add_person(Person("alice", embeddings=(emb(1), emb(2, "other@v1"))), [crop], NOW)
+    revision = state.replace_model_embeddings("alice", "other@v1", [emb(3, "other@v1"), emb(4)], NOW)
+    assert revision == state.head_revision() == 2
+    person = state.get_person("alice")
+    assert [(e.model_id, e.source) for e in person.embeddings] == [
+        ("sface@2021dec", "image:1"),
+        ("other@v1", "image:3"),
+    ]
+    assert person.revision == 2
+    assert state.crops("alice") == [crop]
+    delta = state.changes_since(1)
+    assert delta is not None and [p.person_id for p in delta.upserts] == ["alice"]
+    assert state.replace_model_embeddings("nobody", "other@v1", [emb(5, "other@v1")], NOW) is None
+    assert state.head_revision() == 2
+    assert state.models.people_without_model("other@v1") == []
+    assert state.models.people_without_model("third@v1") == ["alice"]

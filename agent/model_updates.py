@@ -129,7 +129,7 @@ class ModelUpdater:
         running = self.versions()
         todo = []
         for release in assignment.releases:
-            if release.task not in ANALYZER_TASKS or running.get(release.task) == release.model_id:
+            if running.get(release.task) == release.model_id:
                 continue
             last = self._statuses.get(release.task)
             refused = (
@@ -149,8 +149,11 @@ class ModelUpdater:
         for release in assignment.releases:
             if self.versions().get(release.task) == release.model_id:
                 await self._settle_active(release, client, timeout)
-        for release in self.pending(assignment):
+        pending = self.pending(assignment)
+        for release in pending:
             try:
+                if release.task not in ANALYZER_TASKS:
+                    raise ModelSpecError(f"this agent runs no {release.task} model")
                 await self._apply(release, client, timeout)
             except (FaceFleetError, OSError, RuntimeError, ValueError) as exc:
                 if isinstance(exc, (ConnectionError, WireError)):
@@ -159,6 +162,13 @@ class ModelUpdater:
                 log.error("model %s (%s) refused: %s; keeping the running version", release.model_id,
                           release.task, reason)  # fmt: skip
                 await self._record(client, timeout, release, "failed", reason)
+        await asyncio.to_thread(self._forget_downloads, {f.sha256 for r in pending for f in r.files})
+
+    def _forget_downloads(self, keep: set[str]) -> None:
+        """Remove partial downloads of versions no longer assigned (a rollback during a download)."""
+        for part in (self.store.root / ".downloads").glob("*.part"):
+            if part.stem not in keep:
+                part.unlink(missing_ok=True)
 
     async def _settle_active(self, release: ModelRelease, client: ModelClient, timeout: float) -> None:
         last = self._statuses.get(release.task)

@@ -371,3 +371,20 @@ def test_versions_beyond_keep_versions_are_removed_but_never_the_previous_one(
     stored = [m.manifest.model_id for m in agent.store.versions("expression")]
     assert stored == [f"{EXPRESSION.name}@{NEW_VERSION}", f"{EXPRESSION.name}@fer2013-b"]
     assert expression_of(agent.analyzer) == f"{EXPRESSION.name}@fer2013-b"
+
+
+def test_a_task_the_agent_does_not_run_is_refused_and_stale_partial_downloads_are_forgotten(
+    agent: Agent, published: ModelStore, model_store: ModelStore
+) -> None:
+    downloads = agent.store.root / ".downloads"
+    downloads.mkdir()
+    stale = downloads / f"{'ab' * 32}.part"
+    stale.write_bytes(b"half a model of a rolled-back release")
+    mesh = next(m for m in model_store.models() if m.manifest.task == "landmarks")
+    server = FileServer(model_store)
+    agent.reconcile(server, release_of(mesh, rollout_id=2))
+    (status,) = agent.updater.statuses()
+    assert (status.task, status.state) == ("landmarks", "failed")
+    assert status.reason == "this agent runs no landmarks model"
+    assert server.requests == []
+    assert not stale.exists()

@@ -169,6 +169,12 @@ def _list_models(context: Context, args: argparse.Namespace) -> int:
     if context.json_output:
         context.print_json([model_json(m, files=False) for m in models])
         return EXIT_OK
+    if not models:
+        context.console.print(
+            "no published models; `facefleet-server models import-defaults` or `models publish PATH …`",
+            markup=False,
+        )
+        return EXIT_OK
     table = Table("model", "task", "precision", "size", "licence", "published", "retired")
     for m in models:
         table.add_row(
@@ -288,6 +294,11 @@ def _list_rollouts(context: Context, args: argparse.Namespace) -> int:
     found = _control(context).all_rollouts()
     if context.json_output:
         context.print_json([rollout_json(r) for r in found])
+        return EXIT_OK
+    if not found:
+        context.console.print(
+            "no rollouts; start one with `facefleet-server rollout start MODEL_ID --percent 10`"
+        )
         return EXIT_OK
     table = Table("id", "task", "model", "target", "state", "created", "updated")
     for r in found:

@@ -1,6 +1,8 @@
 """The agent's link to the fleet server: it dials out (so NAT is no problem), registers, watches the gallery
 from the last applied server revision, applies every delta atomically to the store and acknowledges it, and
-reports queued events in batches until the server acknowledges them.
+reports queued events in batches until the server acknowledges them. Model assignments that arrive on the
+Watch stream go to the model updater (agent.model_updates), whose downloads and status reports use the same
+session; an embedding-model switch reconnects to watch the galleries of both models.
 
 `FleetSync` runs grpc.aio on an event loop of its own thread. One loop carries the Watch stream, the report
 batches and the backoff timers concurrently, and stopping is one event instead of cancelling blocking calls
@@ -14,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -25,8 +26,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from agent import __version__
-from agent.config import parse_address
-from agent.errors import ConfigError, FaceFleetError
+from agent.errors import FaceFleetError
 from agent.fleet_types import (
     GalleryDelta,
     Heartbeat,
@@ -39,6 +39,7 @@ from agent.fleet_types import (
 )
 from agent.records import RevisionConflictError, StoreError
 from agent.store import EmbeddingStore
+from agent.sync_channel import Backoff, channel_options, describe_rpc_error, read_tls, server_address
 from agent.wire import FleetClient, WatchStream
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_HEALTH_FIGURES = 32
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -73,23 +73,6 @@ class SyncSettings:
     keepalive_s: float = 30.0
     rpc_timeout_s: float = 30.0
     health_interval_s: float = 30.0
-
-
-class Backoff:
-    """Exponential reconnect delays: min_s, 2·min_s, … up to max_s, each shortened by up to 20 % at random
-    so a fleet does not reconnect in lockstep after a server restart."""
-
-    def __init__(self, min_s: float, max_s: float) -> None:
-        self.min_s, self.max_s = min_s, max(min_s, max_s)
-        self.failures = 0
-
-    def next(self) -> float:
-        delay = min(self.max_s, self.min_s * 2 ** min(self.failures, 30))
-        self.failures += 1
-        return float(delay * random.uniform(0.8, 1.0))  # noqa: S311 - jitter, not cryptography
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 class _RetryError(Exception):
@@ -119,7 +102,7 @@ class FleetSync:
         self._assignment: ModelAssignment | None = None
         self._assigned: asyncio.Event | None = None
         self._restart: asyncio.Event | None = None
-        _address(settings.address)
+        server_address(settings.address)
         self._tls = read_tls(settings)
         self._thread = threading.Thread(target=self._thread_main, name="fleet-sync", daemon=True)
         self._lock = threading.Lock()
@@ -477,17 +460,7 @@ class FleetSync:
         return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
     def _options(self) -> list[tuple[str, Any]]:
-        options: list[tuple[str, Any]] = [
-            # The server refuses pings more often than every 10 s (min_ping_interval_without_data).
-            ("grpc.keepalive_time_ms", int(max(10.0, self.settings.keepalive_s) * 1000)),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.http2.max_pings_without_data", 0),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ]
-        if self.settings.server_name:
-            options.append(("grpc.ssl_target_name_override", self.settings.server_name))
-        return options
+        return channel_options(self.settings.keepalive_s, self.settings.server_name)
 
 
 def resume_from(
@@ -511,47 +484,3 @@ def resume_from(
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
-
-
-def _address(address: str) -> tuple[str, int]:
-    try:
-        return parse_address(address)
-    except ValueError as exc:
-        raise ConfigError(f"[server] {exc}") from None
-
-
-def read_tls(settings: SyncSettings) -> tuple[bytes, bytes, bytes]:
-    """(CA, key, certificate) PEM bytes; ConfigError naming the file and the fix when one is unusable."""
-    issued = "from `facefleet-server certs issue DEVICE`"
-    files = (
-        ("ca_file", settings.ca_file, "the site CA certificate (tls/ca.pem on the server)"),
-        ("key_file", settings.key_file, f"this device's key {issued}"),
-        ("cert_file", settings.cert_file, f"this device's certificate {issued}"),
-    )
-    contents = []
-    for name, path, what in files:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(
-                f"[server] {name} {path}: cannot read ({exc.strerror}); it should hold {what}"
-            ) from None
-        if b"-----BEGIN" not in data:
-            raise ConfigError(f"[server] {name} {path} is not a PEM file; it should hold {what}")
-        contents.append(data)
-    ca, key, cert = contents
-    return ca, key, cert
-
-
-def describe_rpc_error(error: grpc.aio.AioRpcError, timeout: float, *, connected: bool = False) -> str:
-    """A failed call as a log reason with the likely fix; connected: the session had been established."""
-    code, details = error.code(), error.details() or ""
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):  # CANCELLED: a server shutting down
-        return f"lost the connection ({details})" if connected else f"cannot reach it ({details})"
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return f"no answer within {timeout:.0f} s"
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return f"it refused this device's certificate ({details}); check [server] cert_file and key_file"
-    if code == grpc.StatusCode.PERMISSION_DENIED:
-        return f"permission denied ({details}); device_id must be the device named in the certificate"
-    return f"{code.name}: {details}"

@@ -19,7 +19,8 @@ from agent.config import AgentConfig, FleetServerConfig, credential_path, load_c
 from agent.errors import ConfigError
 from agent.fleet_types import SyncPoint, Welcome
 from agent.store import EmbeddingStore
-from agent.sync import Backoff, FleetSync, SyncSettings, read_tls, resume_from
+from agent.sync import FleetSync, SyncSettings, resume_from
+from agent.sync_channel import Backoff, read_tls
 from server import certs
 
 if sys.version_info >= (3, 11):

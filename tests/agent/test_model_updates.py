@@ -388,3 +388,20 @@ def test_a_task_the_agent_does_not_run_is_refused_and_stale_partial_downloads_ar
     assert status.reason == "this agent runs no landmarks model"
     assert server.requests == []
     assert not stale.exists()
+
+
+def test_a_full_disk_refuses_the_version_keeps_the_running_one_and_tells_the_server(
+    agent: Agent, published: ModelStore, tiny_disk: Path
+) -> None:
+    (agent.store.root / ".downloads").symlink_to(tiny_disk, target_is_directory=True)
+    with (tiny_disk / "filler").open("wb", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"\0" * 4096)
+    before = expression_of(agent.analyzer)
+    server = FileServer(published)
+    agent.reconcile(server, release_of(published.models()[0]))
+    assert expression_of(agent.analyzer) == before
+    assert agent.store.active("expression").manifest.model_id == before
+    assert server.states("expression")[-1] == "failed"
+    assert "disk full while downloading" in server.reports[-1][0].reason
+    assert [p.name for p in tiny_disk.iterdir()] == ["filler"]

@@ -25,7 +25,7 @@ from agent import __version__, notify
 from agent.config import AgentConfig, DoorConfig, credential_path, secret
 from agent.discovery import discovery_messages
 from agent.doors import DoorController
-from agent.errors import ConfigError
+from agent.errors import ConfigError, ModelStoreError
 from agent.events import AccessDecision, Versions, access_event, face_event, reply
 from agent.faces import EXPRESSION_LABELS, Face
 from agent.matching import Decision, DecisionPolicy, Matcher
@@ -410,21 +410,25 @@ class AgentService:
                 switch.done.set_result(None)
 
     def _switch(self, switch: Switch) -> None:
-        """Model and gallery change together: an embedding model's gallery is loaded first, and the next
-        frame runs the new analyzer against it. The version is activated on disk last (a crash before
-        that restarts on the previous version, which still works)."""
+        """Model and gallery change together, between two frames: an embedding model's gallery is loaded
+        first, then the version is activated on disk (atomically; a crash before that restarts on the
+        previous version, after it on the new one, both verified), then the next frame runs the new
+        analyzer. A failure at any step leaves everything as it was."""
         manifest = switch.model.manifest
-        if manifest.task == "embedding":
-            previous = self.model_id
-            try:
+        previous = self.model_id
+        embedding = manifest.task == "embedding"
+        try:
+            if embedding:
                 self.matcher.refresh(self.store, [manifest.model_id])
-            except StoreError:
+            self.models.activate(manifest.task, manifest.name, manifest.version)
+        except (StoreError, ModelStoreError, OSError):
+            if embedding:
                 self.matcher.refresh(self.store, [previous])
-                raise
+            raise
+        if embedding:
             self.model_id = manifest.model_id
             self.door_policies = {d.name: self._door_policy(d) for d in self.config.doors}
         self.analyzer = switch.analyzer
-        self.models.activate(manifest.task, manifest.name, manifest.version)
         log.info("now running %s model %s", manifest.task, manifest.model_id)
 
     # ---- helpers ------------------------------------------------------------------------------------------

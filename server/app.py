@@ -40,6 +40,7 @@ from server.enrolment import Enroller, EnrolmentSettings
 from server.errors import FailedPreconditionError, ServerConfigError, ServerError
 from server.fanout import GalleryFanout
 from server.fleet import FleetHandler, FleetSettings
+from server.model_admin import ModelAdmin
 from server.model_catalog import ModelCatalog
 from server.model_files import CHUNK_BYTES, ModelFiles
 from server.model_fleet import ModelDistribution
@@ -91,6 +92,8 @@ class FleetServer:
         self._base_models = enroller.model_ids if enroller is not None else None
         self._rollout_models: tuple[str, ...] = ()
         self._enroller_lock = threading.Lock()
+        self._runtime: Runtime | None = None
+        self._runtime_lock = threading.Lock()
         self.fanout: GalleryFanout | None = None
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -190,7 +193,15 @@ class FleetServer:
             head=lambda: fanout.head,
         )
         wire.add_fleet_servicer(FleetServicer(fleet, auth), server)
-        wire.add_admin_servicer(AdminServicer(people, auth), server)
+        models = ModelAdmin(
+            self.catalog,
+            self.paths.uploads,
+            config.models.max_upload_bytes,
+            runtime=self._get_runtime,
+            control=self.rollout_control,
+            changed=self.refresh,
+        )
+        wire.add_admin_servicer(AdminServicer(people, auth, models), server)
         wire.add_query_servicer(QueryServicer(dashboard, auth), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for name in ("", *wire.SERVICE_NAMES):
@@ -318,6 +329,16 @@ class FleetServer:
             log.info("enrolment now embeds with %s", ", ".join(wanted))
 
     # -- models --------------------------------------------------------------------------------------
+
+    def _get_runtime(self) -> Runtime:
+        """The runtime that converts published models and re-embeds crops, built on first use."""
+        with self._runtime_lock:
+            if self._runtime is None:
+                try:
+                    self._runtime = Runtime(self.config.runtime.settings(self.paths.state_dir))
+                except FaceFleetError as exc:
+                    raise FailedPreconditionError(f"cannot set up the inference runtime: {exc}") from None
+            return self._runtime
 
     def _get_enroller(self) -> Enroller:
         """The image enroller, built once (compiling the models takes a few seconds)."""

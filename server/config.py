@@ -85,6 +85,18 @@ class FleetConfig(StrictSection):
     )
 
 
+class ModelsConfig(StrictSection):
+    """[models] Model versions operators publish through AdminService.PublishModel."""
+
+    max_upload_bytes: int = Field(
+        512 * 1024 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024 * 1024,
+        description="Largest PublishModel upload (all its files together); a bigger one fails with "
+        "RESOURCE_EXHAUSTED and nothing is stored",
+    )
+
+
 class TokensConfig(StrictSection):
     """[tokens] Operator bearer tokens (stored as salted sha256 digests in the state database)."""
 
@@ -108,6 +120,7 @@ class ServerConfig(StrictSection):
     tls: TlsConfig = Field(default_factory=TlsConfig)
     gallery: GalleryConfig = Field(default_factory=GalleryConfig)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
     tokens: TokensConfig = Field(default_factory=TokensConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     detector: DetectorConfig = Field(default_factory=DetectorConfig)

@@ -13,6 +13,7 @@ __all__ = [
     "NotFoundError",
     "OutOfRangeError",
     "PermissionDeniedError",
+    "ResourceExhaustedError",
     "ServerConfigError",
     "ServerError",
     "StateError",
@@ -55,6 +56,13 @@ class OutOfRangeError(ServerError):
     """A position past the end of something (e.g. a download offset beyond the file)."""
 
     status = "OUT_OF_RANGE"
+    exit_code = EXIT_DATA
+
+
+class ResourceExhaustedError(ServerError):
+    """A request larger than a configured limit (e.g. a model upload), or no disk space left for it."""
+
+    status = "RESOURCE_EXHAUSTED"
     exit_code = EXIT_DATA
 
 

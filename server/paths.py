@@ -54,6 +54,11 @@ class ServerPaths:
         return self.state_dir / "models"
 
     @property
+    def uploads(self) -> Path:
+        """Model uploads in progress (PublishModel), one temporary directory each."""
+        return self.state_dir / "uploads"
+
+    @property
     def tls_dir(self) -> Path:
         return self.state_dir / "tls"
 

@@ -16,6 +16,7 @@ from server.dashboard import DashboardHandler
 from server.domain import GalleryDelta
 from server.errors import ServerError
 from server.fleet import FleetHandler
+from server.model_admin import ModelAdmin
 from server.model_types import ModelAssignment
 from server.people import PeopleHandler
 from server.security import Authenticator
@@ -112,9 +113,10 @@ class FleetServicer(wire.FleetServicerBase):
 
 
 class AdminServicer(wire.AdminServicerBase):
-    def __init__(self, handler: PeopleHandler, auth: Authenticator) -> None:
+    def __init__(self, handler: PeopleHandler, auth: Authenticator, models: ModelAdmin) -> None:
         self.handler = handler
         self.auth = auth
+        self.models = models
 
     @unary
     async def EnrollPerson(self, request: Any, context: Any) -> Any:  # noqa: N802
@@ -146,6 +148,44 @@ class AdminServicer(wire.AdminServicerBase):
             page_token=request.page_token, size=request.page_size, group=request.group
         )
         return wire.people_response(people, token, self.handler.fanout.head)
+
+    @unary
+    async def PublishModel(self, request_iterator: Any, context: Any) -> Any:  # noqa: N802
+        self.auth.operator(context.invocation_metadata() or (), "admin")
+        parts = (wire_models.upload_part_from_proto(message) async for message in request_iterator)
+        return wire_models.publish_response(await self.models.publish(parts))
+
+    @unary
+    async def ListModels(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.auth.operator(context.invocation_metadata() or (), "admin")
+        return wire_models.models_response(await self.models.models(request.task))
+
+    @unary
+    async def RetireModel(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.auth.operator(context.invocation_metadata() or (), "admin")
+        return wire_models.retire_response(await self.models.retire(request.model_id))
+
+    @unary
+    async def StartRollout(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.auth.operator(context.invocation_metadata() or (), "admin")
+        model_id, target = wire_models.start_rollout_from_proto(request)
+        return wire_models.start_rollout_response(await self.models.start(model_id, target))
+
+    @unary
+    async def ChangeRollout(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.auth.operator(context.invocation_metadata() or (), "admin")
+        rollout_id, action, percent = wire_models.change_rollout_from_proto(request)
+        return wire_models.change_rollout_response(await self.models.change(rollout_id, action, percent))
+
+    @unary
+    async def ListRollouts(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.auth.operator(context.invocation_metadata() or (), "admin")
+        return wire_models.rollouts_response(await self.models.rollouts())
+
+    @unary
+    async def GetRollout(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.auth.operator(context.invocation_metadata() or (), "admin")
+        return wire_models.rollout_response(*await self.models.rollout(request.rollout_id))
 
 
 class QueryServicer(wire.QueryServicerBase):

@@ -23,41 +23,91 @@ _sym_db = _symbol_database.Default()
 
 
 from facefleet.v1 import gallery_pb2 as facefleet_dot_v1_dot_gallery__pb2
+from facefleet.v1 import models_pb2 as facefleet_dot_v1_dot_models__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x61\x63\x65\x66leet/v1/admin.proto\x12\x0c\x66\x61\x63\x65\x66leet.v1\x1a\x1a\x66\x61\x63\x65\x66leet/v1/gallery.proto\"\xd1\x01\n\x13\x45nrollPersonRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0e\n\x06groups\x18\x03 \x03(\t\x12\x15\n\rmetadata_json\x18\x04 \x01(\t\x12\x0e\n\x06images\x18\x05 \x03(\x0c\x12+\n\nembeddings\x18\x06 \x03(\x0b\x32\x17.facefleet.v1.Embedding\x12-\n\x0bon_existing\x18\x07 \x01(\x0e\x32\x18.facefleet.v1.OnExisting\"Y\n\x0c\x45nrolledFace\x12\x13\n\x0bimage_index\x18\x01 \x01(\r\x12\x10\n\x08\x62ox_xyxy\x18\x02 \x03(\x02\x12\x0f\n\x07quality\x18\x03 \x01(\x02\x12\x11\n\tmodel_ids\x18\x04 \x03(\t\"y\n\x14\x45nrollPersonResponse\x12$\n\x06person\x18\x01 \x01(\x0b\x32\x14.facefleet.v1.Person\x12)\n\x05\x66\x61\x63\x65s\x18\x02 \x03(\x0b\x32\x1a.facefleet.v1.EnrolledFace\x12\x10\n\x08revision\x18\x03 \x01(\x04\"\x1b\n\tGroupList\x12\x0e\n\x06groups\x18\x01 \x03(\t\"\xab\x01\n\x13UpdatePersonRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x19\n\x0c\x64isplay_name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\'\n\x06groups\x18\x03 \x01(\x0b\x32\x17.facefleet.v1.GroupList\x12\x1a\n\rmetadata_json\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\x0f\n\r_display_nameB\x10\n\x0e_metadata_json\"N\n\x14UpdatePersonResponse\x12$\n\x06person\x18\x01 \x01(\x0b\x32\x14.facefleet.v1.Person\x12\x10\n\x08revision\x18\x02 \x01(\x04\"(\n\x13\x44\x65letePersonRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\"(\n\x14\x44\x65letePersonResponse\x12\x10\n\x08revision\x18\x01 \x01(\x04\"A\n\x10GetPersonRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x1a\n\x12include_embeddings\x18\x02 \x01(\x08\"O\n\x11GetPersonResponse\x12$\n\x06person\x18\x01 \x01(\x0b\x32\x14.facefleet.v1.Person\x12\x14\n\x0cstored_crops\x18\x02 \x01(\r\"I\n\x11ListPeopleRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\"m\n\x12ListPeopleResponse\x12$\n\x06people\x18\x01 \x03(\x0b\x32\x14.facefleet.v1.Person\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x18\n\x10gallery_revision\x18\x03 \x01(\x04*S\n\nOnExisting\x12\x14\n\x10ON_EXISTING_FAIL\x10\x00\x12\x17\n\x13ON_EXISTING_REPLACE\x10\x01\x12\x16\n\x12ON_EXISTING_APPEND\x10\x02\x32\xb2\x03\n\x0c\x41\x64minService\x12U\n\x0c\x45nrollPerson\x12!.facefleet.v1.EnrollPersonRequest\x1a\".facefleet.v1.EnrollPersonResponse\x12U\n\x0cUpdatePerson\x12!.facefleet.v1.UpdatePersonRequest\x1a\".facefleet.v1.UpdatePersonResponse\x12U\n\x0c\x44\x65letePerson\x12!.facefleet.v1.DeletePersonRequest\x1a\".facefleet.v1.DeletePersonResponse\x12L\n\tGetPerson\x12\x1e.facefleet.v1.GetPersonRequest\x1a\x1f.facefleet.v1.GetPersonResponse\x12O\n\nListPeople\x12\x1f.facefleet.v1.ListPeopleRequest\x1a .facefleet.v1.ListPeopleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x61\x63\x65\x66leet/v1/admin.proto\x12\x0c\x66\x61\x63\x65\x66leet.v1\x1a\x1a\x66\x61\x63\x65\x66leet/v1/gallery.proto\x1a\x19\x66\x61\x63\x65\x66leet/v1/models.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd1\x01\n\x13\x45nrollPersonRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0e\n\x06groups\x18\x03 \x03(\t\x12\x15\n\rmetadata_json\x18\x04 \x01(\t\x12\x0e\n\x06images\x18\x05 \x03(\x0c\x12+\n\nembeddings\x18\x06 \x03(\x0b\x32\x17.facefleet.v1.Embedding\x12-\n\x0bon_existing\x18\x07 \x01(\x0e\x32\x18.facefleet.v1.OnExisting\"Y\n\x0c\x45nrolledFace\x12\x13\n\x0bimage_index\x18\x01 \x01(\r\x12\x10\n\x08\x62ox_xyxy\x18\x02 \x03(\x02\x12\x0f\n\x07quality\x18\x03 \x01(\x02\x12\x11\n\tmodel_ids\x18\x04 \x03(\t\"y\n\x14\x45nrollPersonResponse\x12$\n\x06person\x18\x01 \x01(\x0b\x32\x14.facefleet.v1.Person\x12)\n\x05\x66\x61\x63\x65s\x18\x02 \x03(\x0b\x32\x1a.facefleet.v1.EnrolledFace\x12\x10\n\x08revision\x18\x03 \x01(\x04\"\x1b\n\tGroupList\x12\x0e\n\x06groups\x18\x01 \x03(\t\"\xab\x01\n\x13UpdatePersonRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x19\n\x0c\x64isplay_name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\'\n\x06groups\x18\x03 \x01(\x0b\x32\x17.facefleet.v1.GroupList\x12\x1a\n\rmetadata_json\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\x0f\n\r_display_nameB\x10\n\x0e_metadata_json\"N\n\x14UpdatePersonResponse\x12$\n\x06person\x18\x01 \x01(\x0b\x32\x14.facefleet.v1.Person\x12\x10\n\x08revision\x18\x02 \x01(\x04\"(\n\x13\x44\x65letePersonRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\"(\n\x14\x44\x65letePersonResponse\x12\x10\n\x08revision\x18\x01 \x01(\x04\"A\n\x10GetPersonRequest\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x1a\n\x12include_embeddings\x18\x02 \x01(\x08\"O\n\x11GetPersonResponse\x12$\n\x06person\x18\x01 \x01(\x0b\x32\x14.facefleet.v1.Person\x12\x14\n\x0cstored_crops\x18\x02 \x01(\r\"I\n\x11ListPeopleRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\"m\n\x12ListPeopleResponse\x12$\n\x06people\x18\x01 \x03(\x0b\x32\x14.facefleet.v1.Person\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x18\n\x10gallery_revision\x18\x03 \x01(\x04\"\x92\x01\n\x12PublishModelHeader\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12/\n\tprecision\x18\x04 \x01(\x0e\x32\x1c.facefleet.v1.ModelPrecision\x12\x0f\n\x07licence\x18\x05 \x01(\t\x12\r\n\x05\x66iles\x18\x06 \x03(\t\".\n\x10ModelUploadChunk\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x82\x01\n\x13PublishModelRequest\x12\x32\n\x06header\x18\x01 \x01(\x0b\x32 .facefleet.v1.PublishModelHeaderH\x00\x12/\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1e.facefleet.v1.ModelUploadChunkH\x00\x42\x06\n\x04part\"\xfc\x01\n\x0ePublishedModel\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12&\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x17.facefleet.v1.ModelFile\x12/\n\tprecision\x18\x04 \x01(\x0e\x32\x1c.facefleet.v1.ModelPrecision\x12\x0f\n\x07licence\x18\x05 \x01(\t\x12\x30\n\x0cpublished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nretired_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x14PublishModelResponse\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.facefleet.v1.PublishedModel\"!\n\x11ListModelsRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\"B\n\x12ListModelsResponse\x12,\n\x06models\x18\x01 \x03(\x0b\x32\x1c.facefleet.v1.PublishedModel\"&\n\x12RetireModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"B\n\x13RetireModelResponse\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.facefleet.v1.PublishedModel\"J\n\rRolloutTarget\x12\r\n\x03\x61ll\x18\x01 \x01(\x08H\x00\x12\x0f\n\x05group\x18\x02 \x01(\tH\x00\x12\x11\n\x07percent\x18\x03 \x01(\rH\x00\x42\x06\n\x04kind\"\xf5\x01\n\x07Rollout\x12\x12\n\nrollout_id\x18\x01 \x01(\x04\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12+\n\x06target\x18\x04 \x01(\x0b\x32\x1b.facefleet.v1.RolloutTarget\x12)\n\x05state\x18\x05 \x01(\x0e\x32\x1a.facefleet.v1.RolloutState\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xae\x01\n\rRolloutDevice\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12/\n\x05state\x18\x02 \x01(\x0e\x32 .facefleet.v1.RolloutDeviceState\x12\x19\n\x11previous_model_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x13StartRolloutRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12+\n\x06target\x18\x02 \x01(\x0b\x32\x1b.facefleet.v1.RolloutTarget\"\xa0\x01\n\x14StartRolloutResponse\x12&\n\x07rollout\x18\x01 \x01(\x0b\x32\x15.facefleet.v1.Rollout\x12\x18\n\x10reembedded_count\x18\x02 \x01(\r\x12\x12\n\nreembedded\x18\x03 \x03(\t\x12\x1b\n\x13without_crops_count\x18\x04 \x01(\r\x12\x15\n\rwithout_crops\x18\x05 \x03(\t\"y\n\x14\x43hangeRolloutRequest\x12\x12\n\nrollout_id\x18\x01 \x01(\x04\x12+\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1b.facefleet.v1.RolloutAction\x12\x14\n\x07percent\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\n\n\x08_percent\"?\n\x15\x43hangeRolloutResponse\x12&\n\x07rollout\x18\x01 \x01(\x0b\x32\x15.facefleet.v1.Rollout\"\x15\n\x13ListRolloutsRequest\"?\n\x14ListRolloutsResponse\x12\'\n\x08rollouts\x18\x01 \x03(\x0b\x32\x15.facefleet.v1.Rollout\"\'\n\x11GetRolloutRequest\x12\x12\n\nrollout_id\x18\x01 \x01(\x04\"j\n\x12GetRolloutResponse\x12&\n\x07rollout\x18\x01 \x01(\x0b\x32\x15.facefleet.v1.Rollout\x12,\n\x07\x64\x65vices\x18\x02 \x03(\x0b\x32\x1b.facefleet.v1.RolloutDevice*S\n\nOnExisting\x12\x14\n\x10ON_EXISTING_FAIL\x10\x00\x12\x17\n\x13ON_EXISTING_REPLACE\x10\x01\x12\x16\n\x12ON_EXISTING_APPEND\x10\x02*e\n\x0eModelPrecision\x12\x1f\n\x1bMODEL_PRECISION_UNSPECIFIED\x10\x00\x12\x18\n\x14MODEL_PRECISION_FP16\x10\x01\x12\x18\n\x14MODEL_PRECISION_FP32\x10\x02*\x9d\x01\n\x0cRolloutState\x12\x1d\n\x19ROLLOUT_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17ROLLOUT_STATE_PREPARING\x10\x01\x12\x18\n\x14ROLLOUT_STATE_ACTIVE\x10\x02\x12\x18\n\x14ROLLOUT_STATE_PAUSED\x10\x03\x12\x1d\n\x19ROLLOUT_STATE_ROLLED_BACK\x10\x04*\xe9\x01\n\x12RolloutDeviceState\x12$\n ROLLOUT_DEVICE_STATE_UNSPECIFIED\x10\x00\x12!\n\x1dROLLOUT_DEVICE_STATE_ASSIGNED\x10\x01\x12$\n ROLLOUT_DEVICE_STATE_DOWNLOADING\x10\x02\x12\"\n\x1eROLLOUT_DEVICE_STATE_VERIFYING\x10\x03\x12\x1f\n\x1bROLLOUT_DEVICE_STATE_ACTIVE\x10\x04\x12\x1f\n\x1bROLLOUT_DEVICE_STATE_FAILED\x10\x05*\x81\x01\n\rRolloutAction\x12\x1e\n\x1aROLLOUT_ACTION_UNSPECIFIED\x10\x00\x12\x18\n\x14ROLLOUT_ACTION_PAUSE\x10\x01\x12\x19\n\x15ROLLOUT_ACTION_RESUME\x10\x02\x12\x1b\n\x17ROLLOUT_ACTION_ROLLBACK\x10\x03\x32\x89\x08\n\x0c\x41\x64minService\x12U\n\x0c\x45nrollPerson\x12!.facefleet.v1.EnrollPersonRequest\x1a\".facefleet.v1.EnrollPersonResponse\x12U\n\x0cUpdatePerson\x12!.facefleet.v1.UpdatePersonRequest\x1a\".facefleet.v1.UpdatePersonResponse\x12U\n\x0c\x44\x65letePerson\x12!.facefleet.v1.DeletePersonRequest\x1a\".facefleet.v1.DeletePersonResponse\x12L\n\tGetPerson\x12\x1e.facefleet.v1.GetPersonRequest\x1a\x1f.facefleet.v1.GetPersonResponse\x12O\n\nListPeople\x12\x1f.facefleet.v1.ListPeopleRequest\x1a .facefleet.v1.ListPeopleResponse\x12W\n\x0cPublishModel\x12!.facefleet.v1.PublishModelRequest\x1a\".facefleet.v1.PublishModelResponse(\x01\x12O\n\nListModels\x12\x1f.facefleet.v1.ListModelsRequest\x1a .facefleet.v1.ListModelsResponse\x12R\n\x0bRetireModel\x12 .facefleet.v1.RetireModelRequest\x1a!.facefleet.v1.RetireModelResponse\x12U\n\x0cStartRollout\x12!.facefleet.v1.StartRolloutRequest\x1a\".facefleet.v1.StartRolloutResponse\x12X\n\rChangeRollout\x12\".facefleet.v1.ChangeRolloutRequest\x1a#.facefleet.v1.ChangeRolloutResponse\x12U\n\x0cListRollouts\x12!.facefleet.v1.ListRolloutsRequest\x1a\".facefleet.v1.ListRolloutsResponse\x12O\n\nGetRollout\x12\x1f.facefleet.v1.GetRolloutRequest\x1a .facefleet.v1.GetRolloutResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'facefleet.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ONEXISTING']._serialized_start=1197
-  _globals['_ONEXISTING']._serialized_end=1280
-  _globals['_ENROLLPERSONREQUEST']._serialized_start=71
-  _globals['_ENROLLPERSONREQUEST']._serialized_end=280
-  _globals['_ENROLLEDFACE']._serialized_start=282
-  _globals['_ENROLLEDFACE']._serialized_end=371
-  _globals['_ENROLLPERSONRESPONSE']._serialized_start=373
-  _globals['_ENROLLPERSONRESPONSE']._serialized_end=494
-  _globals['_GROUPLIST']._serialized_start=496
-  _globals['_GROUPLIST']._serialized_end=523
-  _globals['_UPDATEPERSONREQUEST']._serialized_start=526
-  _globals['_UPDATEPERSONREQUEST']._serialized_end=697
-  _globals['_UPDATEPERSONRESPONSE']._serialized_start=699
-  _globals['_UPDATEPERSONRESPONSE']._serialized_end=777
-  _globals['_DELETEPERSONREQUEST']._serialized_start=779
-  _globals['_DELETEPERSONREQUEST']._serialized_end=819
-  _globals['_DELETEPERSONRESPONSE']._serialized_start=821
-  _globals['_DELETEPERSONRESPONSE']._serialized_end=861
-  _globals['_GETPERSONREQUEST']._serialized_start=863
-  _globals['_GETPERSONREQUEST']._serialized_end=928
-  _globals['_GETPERSONRESPONSE']._serialized_start=930
-  _globals['_GETPERSONRESPONSE']._serialized_end=1009
-  _globals['_LISTPEOPLEREQUEST']._serialized_start=1011
-  _globals['_LISTPEOPLEREQUEST']._serialized_end=1084
-  _globals['_LISTPEOPLERESPONSE']._serialized_start=1086
-  _globals['_LISTPEOPLERESPONSE']._serialized_end=1195
-  _globals['_ADMINSERVICE']._serialized_start=1283
-  _globals['_ADMINSERVICE']._serialized_end=1717
+  _globals['_ONEXISTING']._serialized_start=3297
+  _globals['_ONEXISTING']._serialized_end=3380
+  _globals['_MODELPRECISION']._serialized_start=3382
+  _globals['_MODELPRECISION']._serialized_end=3483
+  _globals['_ROLLOUTSTATE']._serialized_start=3486
+  _globals['_ROLLOUTSTATE']._serialized_end=3643
+  _globals['_ROLLOUTDEVICESTATE']._serialized_start=3646
+  _globals['_ROLLOUTDEVICESTATE']._serialized_end=3879
+  _globals['_ROLLOUTACTION']._serialized_start=3882
+  _globals['_ROLLOUTACTION']._serialized_end=4011
+  _globals['_ENROLLPERSONREQUEST']._serialized_start=131
+  _globals['_ENROLLPERSONREQUEST']._serialized_end=340
+  _globals['_ENROLLEDFACE']._serialized_start=342
+  _globals['_ENROLLEDFACE']._serialized_end=431
+  _globals['_ENROLLPERSONRESPONSE']._serialized_start=433
+  _globals['_ENROLLPERSONRESPONSE']._serialized_end=554
+  _globals['_GROUPLIST']._serialized_start=556
+  _globals['_GROUPLIST']._serialized_end=583
+  _globals['_UPDATEPERSONREQUEST']._serialized_start=586
+  _globals['_UPDATEPERSONREQUEST']._serialized_end=757
+  _globals['_UPDATEPERSONRESPONSE']._serialized_start=759
+  _globals['_UPDATEPERSONRESPONSE']._serialized_end=837
+  _globals['_DELETEPERSONREQUEST']._serialized_start=839
+  _globals['_DELETEPERSONREQUEST']._serialized_end=879
+  _globals['_DELETEPERSONRESPONSE']._serialized_start=881
+  _globals['_DELETEPERSONRESPONSE']._serialized_end=921
+  _globals['_GETPERSONREQUEST']._serialized_start=923
+  _globals['_GETPERSONREQUEST']._serialized_end=988
+  _globals['_GETPERSONRESPONSE']._serialized_start=990
+  _globals['_GETPERSONRESPONSE']._serialized_end=1069
+  _globals['_LISTPEOPLEREQUEST']._serialized_start=1071
+  _globals['_LISTPEOPLEREQUEST']._serialized_end=1144
+  _globals['_LISTPEOPLERESPONSE']._serialized_start=1146
+  _globals['_LISTPEOPLERESPONSE']._serialized_end=1255
+  _globals['_PUBLISHMODELHEADER']._serialized_start=1258
+  _globals['_PUBLISHMODELHEADER']._serialized_end=1404
+  _globals['_MODELUPLOADCHUNK']._serialized_start=1406
+  _globals['_MODELUPLOADCHUNK']._serialized_end=1452
+  _globals['_PUBLISHMODELREQUEST']._serialized_start=1455
+  _globals['_PUBLISHMODELREQUEST']._serialized_end=1585
+  _globals['_PUBLISHEDMODEL']._serialized_start=1588
+  _globals['_PUBLISHEDMODEL']._serialized_end=1840
+  _globals['_PUBLISHMODELRESPONSE']._serialized_start=1842
+  _globals['_PUBLISHMODELRESPONSE']._serialized_end=1909
+  _globals['_LISTMODELSREQUEST']._serialized_start=1911
+  _globals['_LISTMODELSREQUEST']._serialized_end=1944
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1946
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2012
+  _globals['_RETIREMODELREQUEST']._serialized_start=2014
+  _globals['_RETIREMODELREQUEST']._serialized_end=2052
+  _globals['_RETIREMODELRESPONSE']._serialized_start=2054
+  _globals['_RETIREMODELRESPONSE']._serialized_end=2120
+  _globals['_ROLLOUTTARGET']._serialized_start=2122
+  _globals['_ROLLOUTTARGET']._serialized_end=2196
+  _globals['_ROLLOUT']._serialized_start=2199
+  _globals['_ROLLOUT']._serialized_end=2444
+  _globals['_ROLLOUTDEVICE']._serialized_start=2447
+  _globals['_ROLLOUTDEVICE']._serialized_end=2621
+  _globals['_STARTROLLOUTREQUEST']._serialized_start=2623
+  _globals['_STARTROLLOUTREQUEST']._serialized_end=2707
+  _globals['_STARTROLLOUTRESPONSE']._serialized_start=2710
+  _globals['_STARTROLLOUTRESPONSE']._serialized_end=2870
+  _globals['_CHANGEROLLOUTREQUEST']._serialized_start=2872
+  _globals['_CHANGEROLLOUTREQUEST']._serialized_end=2993
+  _globals['_CHANGEROLLOUTRESPONSE']._serialized_start=2995
+  _globals['_CHANGEROLLOUTRESPONSE']._serialized_end=3058
+  _globals['_LISTROLLOUTSREQUEST']._serialized_start=3060
+  _globals['_LISTROLLOUTSREQUEST']._serialized_end=3081
+  _globals['_LISTROLLOUTSRESPONSE']._serialized_start=3083
+  _globals['_LISTROLLOUTSRESPONSE']._serialized_end=3146
+  _globals['_GETROLLOUTREQUEST']._serialized_start=3148
+  _globals['_GETROLLOUTREQUEST']._serialized_end=3187
+  _globals['_GETROLLOUTRESPONSE']._serialized_start=3189
+  _globals['_GETROLLOUTRESPONSE']._serialized_end=3295
+  _globals['_ADMINSERVICE']._serialized_start=4014
+  _globals['_ADMINSERVICE']._serialized_end=5047
 # @@protoc_insertion_point(module_scope)

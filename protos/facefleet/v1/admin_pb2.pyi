@@ -1,4 +1,8 @@
+import datetime
+
 from facefleet.v1 import gallery_pb2 as _gallery_pb2
+from facefleet.v1 import models_pb2 as _models_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -13,9 +17,57 @@ class OnExisting(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ON_EXISTING_FAIL: _ClassVar[OnExisting]
     ON_EXISTING_REPLACE: _ClassVar[OnExisting]
     ON_EXISTING_APPEND: _ClassVar[OnExisting]
+
+class ModelPrecision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_PRECISION_UNSPECIFIED: _ClassVar[ModelPrecision]
+    MODEL_PRECISION_FP16: _ClassVar[ModelPrecision]
+    MODEL_PRECISION_FP32: _ClassVar[ModelPrecision]
+
+class RolloutState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLLOUT_STATE_UNSPECIFIED: _ClassVar[RolloutState]
+    ROLLOUT_STATE_PREPARING: _ClassVar[RolloutState]
+    ROLLOUT_STATE_ACTIVE: _ClassVar[RolloutState]
+    ROLLOUT_STATE_PAUSED: _ClassVar[RolloutState]
+    ROLLOUT_STATE_ROLLED_BACK: _ClassVar[RolloutState]
+
+class RolloutDeviceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLLOUT_DEVICE_STATE_UNSPECIFIED: _ClassVar[RolloutDeviceState]
+    ROLLOUT_DEVICE_STATE_ASSIGNED: _ClassVar[RolloutDeviceState]
+    ROLLOUT_DEVICE_STATE_DOWNLOADING: _ClassVar[RolloutDeviceState]
+    ROLLOUT_DEVICE_STATE_VERIFYING: _ClassVar[RolloutDeviceState]
+    ROLLOUT_DEVICE_STATE_ACTIVE: _ClassVar[RolloutDeviceState]
+    ROLLOUT_DEVICE_STATE_FAILED: _ClassVar[RolloutDeviceState]
+
+class RolloutAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLLOUT_ACTION_UNSPECIFIED: _ClassVar[RolloutAction]
+    ROLLOUT_ACTION_PAUSE: _ClassVar[RolloutAction]
+    ROLLOUT_ACTION_RESUME: _ClassVar[RolloutAction]
+    ROLLOUT_ACTION_ROLLBACK: _ClassVar[RolloutAction]
 ON_EXISTING_FAIL: OnExisting
 ON_EXISTING_REPLACE: OnExisting
 ON_EXISTING_APPEND: OnExisting
+MODEL_PRECISION_UNSPECIFIED: ModelPrecision
+MODEL_PRECISION_FP16: ModelPrecision
+MODEL_PRECISION_FP32: ModelPrecision
+ROLLOUT_STATE_UNSPECIFIED: RolloutState
+ROLLOUT_STATE_PREPARING: RolloutState
+ROLLOUT_STATE_ACTIVE: RolloutState
+ROLLOUT_STATE_PAUSED: RolloutState
+ROLLOUT_STATE_ROLLED_BACK: RolloutState
+ROLLOUT_DEVICE_STATE_UNSPECIFIED: RolloutDeviceState
+ROLLOUT_DEVICE_STATE_ASSIGNED: RolloutDeviceState
+ROLLOUT_DEVICE_STATE_DOWNLOADING: RolloutDeviceState
+ROLLOUT_DEVICE_STATE_VERIFYING: RolloutDeviceState
+ROLLOUT_DEVICE_STATE_ACTIVE: RolloutDeviceState
+ROLLOUT_DEVICE_STATE_FAILED: RolloutDeviceState
+ROLLOUT_ACTION_UNSPECIFIED: RolloutAction
+ROLLOUT_ACTION_PAUSE: RolloutAction
+ROLLOUT_ACTION_RESUME: RolloutAction
+ROLLOUT_ACTION_ROLLBACK: RolloutAction
 
 class EnrollPersonRequest(_message.Message):
     __slots__ = ("person_id", "display_name", "groups", "metadata_json", "images", "embeddings", "on_existing")
@@ -130,3 +182,187 @@ class ListPeopleResponse(_message.Message):
     next_page_token: str
     gallery_revision: int
     def __init__(self, people: _Optional[_Iterable[_Union[_gallery_pb2.Person, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., gallery_revision: _Optional[int] = ...) -> None: ...
+
+class PublishModelHeader(_message.Message):
+    __slots__ = ("task", "name", "version", "precision", "licence", "files")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    LICENCE_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    name: str
+    version: str
+    precision: ModelPrecision
+    licence: str
+    files: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, task: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., precision: _Optional[_Union[ModelPrecision, str]] = ..., licence: _Optional[str] = ..., files: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ModelUploadChunk(_message.Message):
+    __slots__ = ("file", "data")
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    file: str
+    data: bytes
+    def __init__(self, file: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PublishModelRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: PublishModelHeader
+    chunk: ModelUploadChunk
+    def __init__(self, header: _Optional[_Union[PublishModelHeader, _Mapping]] = ..., chunk: _Optional[_Union[ModelUploadChunk, _Mapping]] = ...) -> None: ...
+
+class PublishedModel(_message.Message):
+    __slots__ = ("model_id", "task", "files", "precision", "licence", "published_at", "retired_at")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    LICENCE_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    RETIRED_AT_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    task: str
+    files: _containers.RepeatedCompositeFieldContainer[_models_pb2.ModelFile]
+    precision: ModelPrecision
+    licence: str
+    published_at: _timestamp_pb2.Timestamp
+    retired_at: _timestamp_pb2.Timestamp
+    def __init__(self, model_id: _Optional[str] = ..., task: _Optional[str] = ..., files: _Optional[_Iterable[_Union[_models_pb2.ModelFile, _Mapping]]] = ..., precision: _Optional[_Union[ModelPrecision, str]] = ..., licence: _Optional[str] = ..., published_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class PublishModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: PublishedModel
+    def __init__(self, model: _Optional[_Union[PublishedModel, _Mapping]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ("task",)
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    def __init__(self, task: _Optional[str] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[PublishedModel]
+    def __init__(self, models: _Optional[_Iterable[_Union[PublishedModel, _Mapping]]] = ...) -> None: ...
+
+class RetireModelRequest(_message.Message):
+    __slots__ = ("model_id",)
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    def __init__(self, model_id: _Optional[str] = ...) -> None: ...
+
+class RetireModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: PublishedModel
+    def __init__(self, model: _Optional[_Union[PublishedModel, _Mapping]] = ...) -> None: ...
+
+class RolloutTarget(_message.Message):
+    __slots__ = ("all", "group", "percent")
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    all: bool
+    group: str
+    percent: int
+    def __init__(self, all: _Optional[bool] = ..., group: _Optional[str] = ..., percent: _Optional[int] = ...) -> None: ...
+
+class Rollout(_message.Message):
+    __slots__ = ("rollout_id", "task", "model_id", "target", "state", "created_at", "updated_at")
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    rollout_id: int
+    task: str
+    model_id: str
+    target: RolloutTarget
+    state: RolloutState
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, rollout_id: _Optional[int] = ..., task: _Optional[str] = ..., model_id: _Optional[str] = ..., target: _Optional[_Union[RolloutTarget, _Mapping]] = ..., state: _Optional[_Union[RolloutState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RolloutDevice(_message.Message):
+    __slots__ = ("device_id", "state", "previous_model_id", "reason", "updated_at")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    state: RolloutDeviceState
+    previous_model_id: str
+    reason: str
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, device_id: _Optional[str] = ..., state: _Optional[_Union[RolloutDeviceState, str]] = ..., previous_model_id: _Optional[str] = ..., reason: _Optional[str] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class StartRolloutRequest(_message.Message):
+    __slots__ = ("model_id", "target")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    target: RolloutTarget
+    def __init__(self, model_id: _Optional[str] = ..., target: _Optional[_Union[RolloutTarget, _Mapping]] = ...) -> None: ...
+
+class StartRolloutResponse(_message.Message):
+    __slots__ = ("rollout", "reembedded_count", "reembedded", "without_crops_count", "without_crops")
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    REEMBEDDED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    REEMBEDDED_FIELD_NUMBER: _ClassVar[int]
+    WITHOUT_CROPS_COUNT_FIELD_NUMBER: _ClassVar[int]
+    WITHOUT_CROPS_FIELD_NUMBER: _ClassVar[int]
+    rollout: Rollout
+    reembedded_count: int
+    reembedded: _containers.RepeatedScalarFieldContainer[str]
+    without_crops_count: int
+    without_crops: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, rollout: _Optional[_Union[Rollout, _Mapping]] = ..., reembedded_count: _Optional[int] = ..., reembedded: _Optional[_Iterable[str]] = ..., without_crops_count: _Optional[int] = ..., without_crops: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ChangeRolloutRequest(_message.Message):
+    __slots__ = ("rollout_id", "action", "percent")
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    rollout_id: int
+    action: RolloutAction
+    percent: int
+    def __init__(self, rollout_id: _Optional[int] = ..., action: _Optional[_Union[RolloutAction, str]] = ..., percent: _Optional[int] = ...) -> None: ...
+
+class ChangeRolloutResponse(_message.Message):
+    __slots__ = ("rollout",)
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    rollout: Rollout
+    def __init__(self, rollout: _Optional[_Union[Rollout, _Mapping]] = ...) -> None: ...
+
+class ListRolloutsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRolloutsResponse(_message.Message):
+    __slots__ = ("rollouts",)
+    ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    rollouts: _containers.RepeatedCompositeFieldContainer[Rollout]
+    def __init__(self, rollouts: _Optional[_Iterable[_Union[Rollout, _Mapping]]] = ...) -> None: ...
+
+class GetRolloutRequest(_message.Message):
+    __slots__ = ("rollout_id",)
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    rollout_id: int
+    def __init__(self, rollout_id: _Optional[int] = ...) -> None: ...
+
+class GetRolloutResponse(_message.Message):
+    __slots__ = ("rollout", "devices")
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    rollout: Rollout
+    devices: _containers.RepeatedCompositeFieldContainer[RolloutDevice]
+    def __init__(self, rollout: _Optional[_Union[Rollout, _Mapping]] = ..., devices: _Optional[_Iterable[_Union[RolloutDevice, _Mapping]]] = ...) -> None: ...

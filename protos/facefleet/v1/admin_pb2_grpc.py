@@ -26,12 +26,13 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """What operators call to manage enrolled people.
+    """What operators call to manage enrolled people, publish model versions and roll them out.
 
     Authentication: "authorization: Bearer <token>" metadata with a token of role "admin"
     (`facefleet-server tokens create NAME --role admin`). Missing or unknown token: UNAUTHENTICATED;
     a token of another role: PERMISSION_DENIED.
-    Every change (enrol, update, delete) is one gallery revision and reaches every watching agent.
+    Every change (enrol, update, delete) is one gallery revision and reaches every watching agent; every
+    rollout change reaches the watching agents it concerns at once.
     """
 
     def __init__(self, channel):
@@ -65,15 +66,51 @@ class AdminServiceStub:
                 request_serializer=facefleet_dot_v1_dot_admin__pb2.ListPeopleRequest.SerializeToString,
                 response_deserializer=facefleet_dot_v1_dot_admin__pb2.ListPeopleResponse.FromString,
                 _registered_method=True)
+        self.PublishModel = channel.stream_unary(
+                '/facefleet.v1.AdminService/PublishModel',
+                request_serializer=facefleet_dot_v1_dot_admin__pb2.PublishModelRequest.SerializeToString,
+                response_deserializer=facefleet_dot_v1_dot_admin__pb2.PublishModelResponse.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/facefleet.v1.AdminService/ListModels',
+                request_serializer=facefleet_dot_v1_dot_admin__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=facefleet_dot_v1_dot_admin__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.RetireModel = channel.unary_unary(
+                '/facefleet.v1.AdminService/RetireModel',
+                request_serializer=facefleet_dot_v1_dot_admin__pb2.RetireModelRequest.SerializeToString,
+                response_deserializer=facefleet_dot_v1_dot_admin__pb2.RetireModelResponse.FromString,
+                _registered_method=True)
+        self.StartRollout = channel.unary_unary(
+                '/facefleet.v1.AdminService/StartRollout',
+                request_serializer=facefleet_dot_v1_dot_admin__pb2.StartRolloutRequest.SerializeToString,
+                response_deserializer=facefleet_dot_v1_dot_admin__pb2.StartRolloutResponse.FromString,
+                _registered_method=True)
+        self.ChangeRollout = channel.unary_unary(
+                '/facefleet.v1.AdminService/ChangeRollout',
+                request_serializer=facefleet_dot_v1_dot_admin__pb2.ChangeRolloutRequest.SerializeToString,
+                response_deserializer=facefleet_dot_v1_dot_admin__pb2.ChangeRolloutResponse.FromString,
+                _registered_method=True)
+        self.ListRollouts = channel.unary_unary(
+                '/facefleet.v1.AdminService/ListRollouts',
+                request_serializer=facefleet_dot_v1_dot_admin__pb2.ListRolloutsRequest.SerializeToString,
+                response_deserializer=facefleet_dot_v1_dot_admin__pb2.ListRolloutsResponse.FromString,
+                _registered_method=True)
+        self.GetRollout = channel.unary_unary(
+                '/facefleet.v1.AdminService/GetRollout',
+                request_serializer=facefleet_dot_v1_dot_admin__pb2.GetRolloutRequest.SerializeToString,
+                response_deserializer=facefleet_dot_v1_dot_admin__pb2.GetRolloutResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
-    """What operators call to manage enrolled people.
+    """What operators call to manage enrolled people, publish model versions and roll them out.
 
     Authentication: "authorization: Bearer <token>" metadata with a token of role "admin"
     (`facefleet-server tokens create NAME --role admin`). Missing or unknown token: UNAUTHENTICATED;
     a token of another role: PERMISSION_DENIED.
-    Every change (enrol, update, delete) is one gallery revision and reaches every watching agent.
+    Every change (enrol, update, delete) is one gallery revision and reaches every watching agent; every
+    rollout change reaches the watching agents it concerns at once.
     """
 
     def EnrollPerson(self, request, context):
@@ -109,7 +146,70 @@ class AdminServiceServicer:
 
     def ListPeople(self, request, context):
         """People sorted by person_id, a page at a time.
-        6–9: kept for model management (PublishModel, RollOutModel).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishModel(self, request_iterator, context):
+        """Upload a model (ONNX, TFLite, or OpenVINO IR as .xml + .bin) and publish it for rollouts: the server
+        converts it with the agents' importer and checks it against its task. Client streaming: the first
+        message is the header, then chunks of the announced files. The upload is bounded by the server's
+        `models.max_upload_bytes`; its temporary files are removed whatever happens.
+        Errors: INVALID_ARGUMENT (no header first, a file name with path parts, a chunk of a file the header
+        did not announce, an announced file never sent, a model that does not fit its task — naming the
+        problem), RESOURCE_EXHAUSTED (the upload exceeds max_upload_bytes; nothing is stored),
+        ALREADY_EXISTS (the model id is published with other files). Publishing the same files again
+        returns the published model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """The published model versions (retired ones too), by task then model id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireModel(self, request, context):
+        """Stop offering a model version: no new rollout, no download. FAILED_PRECONDITION while a rollout that
+        is not rolled back uses it; NOT_FOUND for an unknown id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartRollout(self, request, context):
+        """Roll a published version out to all agents, a group, or a percentage of the fleet. An embedding model
+        first re-embeds every enrolled person from the retained crops (the call blocks meanwhile: give it a
+        generous deadline; an expired deadline does not stop the re-embedding, and the rollout still starts);
+        agents receive it with its complete gallery. Errors: NOT_FOUND (unknown model), FAILED_PRECONDITION
+        (a retired model), INVALID_ARGUMENT (a bad target).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeRollout(self, request, context):
+        """Pause a rollout (no further agents), resume or widen it, or roll it back (its agents return to the
+        version they ran before). FAILED_PRECONDITION for a change its state does not allow (e.g. pausing a
+        rolled-back rollout), INVALID_ARGUMENT for a percent that narrows or does not apply.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRollouts(self, request, context):
+        """Every rollout, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRollout(self, request, context):
+        """One rollout and how it stands on each agent it was announced to. NOT_FOUND for an unknown id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,6 +243,41 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=facefleet_dot_v1_dot_admin__pb2.ListPeopleRequest.FromString,
                     response_serializer=facefleet_dot_v1_dot_admin__pb2.ListPeopleResponse.SerializeToString,
             ),
+            'PublishModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.PublishModel,
+                    request_deserializer=facefleet_dot_v1_dot_admin__pb2.PublishModelRequest.FromString,
+                    response_serializer=facefleet_dot_v1_dot_admin__pb2.PublishModelResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=facefleet_dot_v1_dot_admin__pb2.ListModelsRequest.FromString,
+                    response_serializer=facefleet_dot_v1_dot_admin__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'RetireModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireModel,
+                    request_deserializer=facefleet_dot_v1_dot_admin__pb2.RetireModelRequest.FromString,
+                    response_serializer=facefleet_dot_v1_dot_admin__pb2.RetireModelResponse.SerializeToString,
+            ),
+            'StartRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRollout,
+                    request_deserializer=facefleet_dot_v1_dot_admin__pb2.StartRolloutRequest.FromString,
+                    response_serializer=facefleet_dot_v1_dot_admin__pb2.StartRolloutResponse.SerializeToString,
+            ),
+            'ChangeRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeRollout,
+                    request_deserializer=facefleet_dot_v1_dot_admin__pb2.ChangeRolloutRequest.FromString,
+                    response_serializer=facefleet_dot_v1_dot_admin__pb2.ChangeRolloutResponse.SerializeToString,
+            ),
+            'ListRollouts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRollouts,
+                    request_deserializer=facefleet_dot_v1_dot_admin__pb2.ListRolloutsRequest.FromString,
+                    response_serializer=facefleet_dot_v1_dot_admin__pb2.ListRolloutsResponse.SerializeToString,
+            ),
+            'GetRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRollout,
+                    request_deserializer=facefleet_dot_v1_dot_admin__pb2.GetRolloutRequest.FromString,
+                    response_serializer=facefleet_dot_v1_dot_admin__pb2.GetRolloutResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'facefleet.v1.AdminService', rpc_method_handlers)
@@ -152,12 +287,13 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """What operators call to manage enrolled people.
+    """What operators call to manage enrolled people, publish model versions and roll them out.
 
     Authentication: "authorization: Bearer <token>" metadata with a token of role "admin"
     (`facefleet-server tokens create NAME --role admin`). Missing or unknown token: UNAUTHENTICATED;
     a token of another role: PERMISSION_DENIED.
-    Every change (enrol, update, delete) is one gallery revision and reaches every watching agent.
+    Every change (enrol, update, delete) is one gallery revision and reaches every watching agent; every
+    rollout change reaches the watching agents it concerns at once.
     """
 
     @staticmethod
@@ -285,6 +421,195 @@ class AdminService:
             '/facefleet.v1.AdminService/ListPeople',
             facefleet_dot_v1_dot_admin__pb2.ListPeopleRequest.SerializeToString,
             facefleet_dot_v1_dot_admin__pb2.ListPeopleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/facefleet.v1.AdminService/PublishModel',
+            facefleet_dot_v1_dot_admin__pb2.PublishModelRequest.SerializeToString,
+            facefleet_dot_v1_dot_admin__pb2.PublishModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facefleet.v1.AdminService/ListModels',
+            facefleet_dot_v1_dot_admin__pb2.ListModelsRequest.SerializeToString,
+            facefleet_dot_v1_dot_admin__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facefleet.v1.AdminService/RetireModel',
+            facefleet_dot_v1_dot_admin__pb2.RetireModelRequest.SerializeToString,
+            facefleet_dot_v1_dot_admin__pb2.RetireModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facefleet.v1.AdminService/StartRollout',
+            facefleet_dot_v1_dot_admin__pb2.StartRolloutRequest.SerializeToString,
+            facefleet_dot_v1_dot_admin__pb2.StartRolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facefleet.v1.AdminService/ChangeRollout',
+            facefleet_dot_v1_dot_admin__pb2.ChangeRolloutRequest.SerializeToString,
+            facefleet_dot_v1_dot_admin__pb2.ChangeRolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRollouts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facefleet.v1.AdminService/ListRollouts',
+            facefleet_dot_v1_dot_admin__pb2.ListRolloutsRequest.SerializeToString,
+            facefleet_dot_v1_dot_admin__pb2.ListRolloutsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facefleet.v1.AdminService/GetRollout',
+            facefleet_dot_v1_dot_admin__pb2.GetRolloutRequest.SerializeToString,
+            facefleet_dot_v1_dot_admin__pb2.GetRolloutResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ so only the in-process change can deliver them in time)."""
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,11 @@ import numpy as np
 import pytest
 from facefleet.v1 import admin_pb2, fleet_pb2
 
+from server import wire_models
 from server.enrolment import Enroller
+from server.errors import InvalidArgumentError
+from server.model_admin import UploadHeader
+from server.model_types import Target
 from tests.server.conftest import Harness, Pki, next_update, run, serving
 from tests.server.test_fleet_service import random_embedding
 
@@ -86,8 +91,13 @@ def leftovers(harness: Harness) -> list[Path]:
 def test_an_uploaded_model_is_converted_published_and_listed(
     tmp_path: Path, pki: Pki, enroller: Enroller, fer_tflite: Path
 ) -> None:
+    killed = tmp_path / "state" / "uploads" / "upload-killed"  # left by a server killed mid-upload
+    killed.mkdir(parents=True)
+    (killed / "emotion.tflite").write_bytes(b"half a model")
+
     async def scenario() -> None:
         async with serving(tmp_path, pki, enroller) as harness:
+            assert leftovers(harness) == []
             model = await publish(harness, upload({"emotion.tflite": fer_tflite.read_bytes()}))
             stored = harness.server.models.root / "expression" / "mini-xception" / "fer2013-fp32"
             on_disk = {
@@ -156,6 +166,55 @@ def test_bad_uploads_are_refused_and_leave_nothing(
         assert code == expected, details
         assert fragment in details, details
         assert str(tmp_path) not in details  # the upload's temporary directory is not the caller's business
+
+
+@pytest.mark.parametrize(
+    ("files", "source", "error"),
+    [
+        ((), None, "got none"),
+        (("emotion.tflite",), "emotion.tflite", None),
+        (("model.onnx",), "model.onnx", None),
+        (("model.xml", "model.bin"), "model.xml", None),
+        (("a.xml", "b.bin"), None, "NAME.xml + NAME.bin"),
+        (("a.onnx", "b.onnx"), None, "announce one .onnx"),
+        (("weights.bin",), None, "announce one .onnx"),
+        (("model.onnx", "model.onnx"), None, "names a file twice"),
+        ((".hidden.onnx",), None, "not valid"),
+        (("..",), None, "path parts"),
+        (("C:\\model.onnx",), None, "path parts"),
+    ],
+)
+def test_an_upload_announces_the_files_of_one_model(
+    files: tuple[str, ...], source: str | None, error: str | None
+) -> None:
+    if error is not None:
+        with pytest.raises(InvalidArgumentError, match=re.escape(error)):
+            UploadHeader("expression", "m", "v1", "FP32", "MIT", files)
+    else:
+        assert UploadHeader("expression", "m", "v1", "FP32", "MIT", files).source == source
+
+
+@pytest.mark.parametrize(
+    ("target", "expected", "error"),
+    [
+        (admin_pb2.RolloutTarget(), None, "target is missing"),
+        (admin_pb2.RolloutTarget(all=True), Target("all"), None),
+        (admin_pb2.RolloutTarget(all=False), None, "target.all must be true"),
+        (admin_pb2.RolloutTarget(group="lobby"), Target("group", group="lobby"), None),
+        (admin_pb2.RolloutTarget(group=""), None, "group '' is not valid"),
+        (admin_pb2.RolloutTarget(percent=10), Target("percent", percent=10), None),
+        (admin_pb2.RolloutTarget(percent=101), None, "percent must be 1–100"),
+    ],
+)
+def test_rollout_targets_round_trip(
+    target: admin_pb2.RolloutTarget, expected: Target | None, error: str | None
+) -> None:
+    if error is not None:
+        with pytest.raises(InvalidArgumentError, match=re.escape(error)):
+            wire_models.target_from_proto(target)
+        return
+    assert wire_models.target_from_proto(target) == expected
+    assert expected is not None and wire_models.target_to_proto(expected) == target
 
 
 def test_other_tokens_are_refused(tmp_path: Path, pki: Pki, enroller: Enroller) -> None:

@@ -136,17 +136,21 @@ def fill_events(state: SqliteState, count: int, devices: int, batch: int = 20_00
 
 
 class ServerProcess:
-    """`facefleet-server serve` on loopback ports chosen by the kernel, ready when it says READY=1."""
+    """`facefleet-server serve` on loopback ports chosen by the kernel, ready when it says READY=1.
+    poll_seconds: its [fleet] poll_seconds (None: the default), how soon it notices CLI changes."""
 
-    def __init__(self, root: Path, state_dir: Path) -> None:
+    def __init__(self, root: Path, state_dir: Path, poll_seconds: float | None = None) -> None:
         self.root, self.state_dir = root, state_dir
+        self.config = root / "server.toml"
+        self.poll_seconds = poll_seconds
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> ServerProcess:
-        config = self.root / "server.toml"
+        config = self.config
+        poll = "" if self.poll_seconds is None else f"poll_seconds = {self.poll_seconds}\n"
         config.write_text(
             '[listen]\nagents = "127.0.0.1:0"\noperators = "127.0.0.1:0"\ngrace_seconds = 1\n'
-            "max_concurrent_streams = 10000\n[fleet]\nmax_report_events = 10000\n"
+            f"max_concurrent_streams = 10000\n[fleet]\nmax_report_events = 10000\n{poll}"
         )
         notify_path = self.root / "notify.sock"
         receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

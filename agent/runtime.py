@@ -3,10 +3,12 @@ requests, and conversion of ONNX/TFLite/IR files to IR for the model store."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -123,7 +125,8 @@ class Runtime:
     def convert_to_ir(self, source: Path, target_xml: Path, compress_to_fp16: bool = True) -> ModelIO:
         """Convert an ONNX, TFLite or IR file to IR (target_xml and its .bin), weights in FP16 if asked."""
         try:
-            model = ov.convert_model(str(source))
+            with _usage_reports_declined():
+                model = ov.convert_model(str(source))
         except Exception as exc:
             raise ModelSpecError(f"{source}: OpenVINO cannot convert this model: {_first_line(exc)}") from exc
         ov.save_model(model, str(target_xml), compress_to_fp16=compress_to_fp16)
@@ -156,6 +159,22 @@ class Runtime:
             log.warning("%s; falling back to CPU as runtime.fallback_to_cpu allows", message)
             return "CPU"
         raise DeviceError(f"{message}. Set runtime.device to one of them or runtime.fallback_to_cpu = true.")
+
+
+@contextlib.contextmanager
+def _usage_reports_declined() -> Iterator[None]:
+    """OpenVINO's converter sends usage statistics from a forked child process unless it runs under CI (its
+    only switch besides a consent file in the user's home). FaceFleet runs offline, and forking next to
+    running gRPC threads crashes the child, so conversions run with that switch on."""
+    previous = os.environ.get("CI")
+    os.environ["CI"] = "true"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("CI", None)
+        else:
+            os.environ["CI"] = previous
 
 
 def requested_devices(device: str) -> list[str]:

@@ -639,9 +639,6 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="10 simulated agents and shorter windows")
     parser.add_argument("--agents", type=int, default=None, help="simulated agents (default 50)")
     args = parser.parse_args()
-    # OpenVINO's model converter reports usage from a forked child process unless it runs under CI: that
-    # would send data out, and forking while gRPC threads run breaks the child. Children inherit this.
-    os.environ.setdefault("CI", "true")
     size = args.agents or (10 if args.quick else 50)
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="ff-bench-") as tmp:

@@ -6,7 +6,6 @@ Tests are plain sync functions that run their scenario with asyncio.run (no asyn
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -35,12 +34,6 @@ from server.security import new_token
 from server.state_sqlite import SqliteState
 
 T = TypeVar("T")
-
-# OpenVINO's model converter reports usage from a forked child process unless it runs under CI; forking a
-# process whose gRPC threads are running crashes that child (noise on stderr, "Fatal Python error"). Tests
-# convert models while servers run, so they run as CI does. Set at collection, before the first conversion.
-os.environ.setdefault("CI", "true")
-
 
 def run(scenario: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(scenario())  # type: ignore[arg-type]

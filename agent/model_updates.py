@@ -199,7 +199,9 @@ class ModelUpdater:
         await asyncio.to_thread(self.prune, release.task)
 
     def _stored_copy(self, release: ModelRelease) -> StoredModel | None:
-        """The stored version when its files are the release's (or the release brings none)."""
+        """The stored version when its files are the release's, when the release brings none, or when it is
+        this agent's own conversion of the same source model at the same precision (OpenVINO versions
+        write different IR bytes for the same model, e.g. for the defaults both sides import)."""
         name, version = release.name_version
         try:
             stored = self.store.get(release.task, name, version)
@@ -212,6 +214,11 @@ class ModelUpdater:
             return None
         wanted = {f.name: f.sha256 for f in release.files}
         if release.files and stored.manifest.files != wanted:
+            theirs = _release_manifest(release)
+            ours = stored.manifest
+            if (ours.source.sha256, ours.precision) == (theirs.source.sha256, theirs.precision):
+                log.info("model %s: using this agent's own conversion of the same source", release.model_id)
+                return stored
             raise ModelIntegrityError(
                 f"model {release.model_id} is stored on this agent with other files than the release; "
                 "publish the new files under another version"

@@ -236,8 +236,9 @@ class FleetSync:
             welcome = await client.register(self._registration(point), self.settings.rpc_timeout_s)
             self.server_revision = welcome.gallery_revision
             from_revision, gallery_id, why = resume_from(point, welcome, self.settings.models, self._resync)
-            if why is not None:
-                log.warning("server %s: %s; asking for a full snapshot", self.settings.address, why)
+            if why is not None:  # expected when an embedding-model switch changes the watched models
+                level = logging.INFO if set(point.models) != set(self.settings.models) else logging.WARNING
+                log.log(level, "server %s: %s; asking for a full snapshot", self.settings.address, why)
             self._resync = False
             stream = client.watch(from_revision, gallery_id, self.settings.models)
             self.connected, self.connects = True, self.connects + 1

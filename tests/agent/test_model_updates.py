@@ -405,3 +405,25 @@ def test_a_full_disk_refuses_the_version_keeps_the_running_one_and_tells_the_ser
     assert server.states("expression")[-1] == "failed"
     assert "disk full while downloading" in server.reports[-1][0].reason
     assert [p.name for p in tiny_disk.iterdir()] == ["filler"]
+
+
+def test_a_rollback_uses_the_agents_own_conversion_of_the_same_source(
+    agent: Agent, published: ModelStore
+) -> None:
+    """The server's IR of a default model may differ byte for byte from the agent's (other OpenVINO)."""
+    original = agent.store.active("expression")
+    agent.reconcile(FileServer(published), release_of(published.models()[0]))
+    server_bytes = {name: "f" * 64 for name in original.manifest.files}
+    manifest = json.dumps({**original.manifest.to_json(), "files": server_bytes})
+    files = tuple(ModelFileSpec(name, 1000, sha) for name, sha in sorted(server_bytes.items()))
+    server = FileServer(published)
+    agent.reconcile(server, ModelRelease("expression", original.manifest.model_id, files, manifest, 9))
+    assert expression_of(agent.analyzer) == original.manifest.model_id
+    assert server.requests == []
+    other_source = json.dumps(
+        {**json.loads(manifest), "source": {**original.manifest.to_json()["source"], "sha256": "0" * 64}}
+    )
+    agent.reconcile(FileServer(published), release_of(published.models()[0]))
+    agent.reconcile(server, ModelRelease("expression", original.manifest.model_id, files, other_source, 10))
+    status = agent.updater.statuses()[0]
+    assert status.state == "failed" and "other files than the release" in status.reason

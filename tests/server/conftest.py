@@ -35,6 +35,7 @@ from server.state_sqlite import SqliteState
 
 T = TypeVar("T")
 
+
 def run(scenario: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(scenario())  # type: ignore[arg-type]
 

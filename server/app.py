@@ -47,6 +47,7 @@ from server.model_fleet import ModelDistribution
 from server.model_state import ModelState
 from server.paths import ServerPaths
 from server.people import PeopleHandler
+from server.reembed import CropEmbedder, reembed
 from server.rollout_control import RolloutControl
 from server.security import Authenticator
 from server.servicers import AdminServicer, FleetServicer, QueryServicer
@@ -327,6 +328,25 @@ class FleetServer:
             with self._enroller_lock:
                 self._enroller = rebuilt
             log.info("enrolment now embeds with %s", ", ".join(wanted))
+            for model_id in (m for m in wanted if m not in enroller.model_ids):
+                await asyncio.to_thread(self._embed_stragglers, model_id)
+
+    def _embed_stragglers(self, model_id: str) -> None:
+        """People enrolled while the enroller did not embed with model_id yet get its embeddings from their
+        crops now. With the rollout command's own two sweeps, a rollout's gallery has no gap however long
+        this server took to notice the rollout and rebuild its enroller."""
+        missing = self.state.models.people_without_model(model_id)
+        if not missing:
+            return
+        name, _, version = model_id.partition("@")
+        try:
+            embedder = CropEmbedder(self._get_runtime(), self.models.get("embedding", name, version))
+            result = reembed(self.state, embedder, missing)
+        except (FaceFleetError, ServerError) as exc:
+            log.error("cannot embed people enrolled meanwhile with %s: %s", model_id, exc)
+            return
+        if result.reembedded:
+            log.info("embedded %d people enrolled meanwhile with %s", len(result.reembedded), model_id)
 
     # -- models --------------------------------------------------------------------------------------
 

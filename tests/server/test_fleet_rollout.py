@@ -32,7 +32,9 @@ from agent.service import AgentService
 from agent.store import EmbeddingStore
 from server import certs
 from server import cli as server_cli
+from server.domain import utc_now
 from server.enrolment import Enroller
+from server.model_types import Target
 from server.queries import EventFilter
 from tests.agent.test_service import write_video
 from tests.server.conftest import Harness, Pki, run, serving
@@ -365,3 +367,31 @@ def test_an_agent_killed_during_a_switch_comes_back_on_a_working_version(
         check=False,
     )
     assert verify.returncode == 0, verify.stderr
+
+
+def test_people_enrolled_before_the_server_noticed_an_embedding_rollout_get_the_new_model(
+    tmp_path: Path, pki: Pki, enroller: Enroller, sface_onnx: Path, astronaut_jpeg: bytes
+) -> None:
+    """The rollout command sweeps twice; whoever a slow server enrolled with the old models alone after
+    that is embedded by the server itself once its enroller follows the rollout."""
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        async with serving(tmp_path, pki, enroller, fleet={"poll_seconds": 0.1}) as harness:
+            request = admin_pb2.EnrollPersonRequest(person_id="eileen", images=[astronaut_jpeg])
+            await harness.admin().EnrollPerson(request, metadata=harness.admin_md)
+            await publish(harness, sface_onnx, "embedding", EMBEDDING_NEW)
+            state = harness.server.state
+            before = state.models.people_without_model(EMBEDDING_NEW)
+            # a rollout in preparation whose sweeps missed eileen (as if she was enrolled in between)
+            state.models.add_rollout(EMBEDDING_NEW, Target("all"), "preparing", utc_now())
+            await until(
+                lambda: not state.models.people_without_model(EMBEDDING_NEW),
+                timeout=60,
+                what="the server embedding eileen with the new model",
+            )
+            person = state.get_person("eileen")
+            return before, [e.model_id for e in person.embeddings]
+
+    before, models = run(scenario)
+    assert before == ["eileen"]
+    assert sorted(set(models)) == [EMBEDDING_OLD, EMBEDDING_NEW]

@@ -9,9 +9,9 @@ For each release of an assignment that differs from what the agent runs, `ModelU
    inference on a real photo gives sane output (agent.models.smoke);
 3. for an embedding model, waits until the gallery holds every person's embeddings of the new model too
    (the sync client watches both models), so that model and gallery switch together;
-4. hands the ready analyzer to the service, which swaps it in between two frames and then activates the
-   version on disk (active.json, written atomically); frames keep being processed on the previous version
-   until that moment;
+4. hands the ready analyzer to the service, which, between two frames, activates the version on disk
+   (active.json, written atomically) and swaps the analyzer in; frames keep being processed on the previous
+   version until that moment;
 5. removes stored versions beyond `keep_versions` per task (never the active or the previous one).
 
 Any failure leaves the previous version running and is recorded with its reason (in updates.json next to
@@ -51,8 +51,8 @@ ANALYZER_TASKS = ("detection", "embedding", "expression")
 @dataclass(frozen=True)
 class UpdateSettings:
     """keep_versions: stored versions kept per task (≥ 2: the running one and the one before);
-    gallery_timeout_s: longest wait for the new embedding model's gallery; smoke_photo: the photo of the
-    smoke inference (default: the bundled sample photo)."""
+    gallery_timeout_s: longest wait for the new embedding model's gallery; download_timeout_s: deadline of
+    one file's download call; smoke_photo: the photo of the smoke inference (default: the bundled one)."""
 
     keep_versions: int = 3
     gallery_timeout_s: float = 300.0

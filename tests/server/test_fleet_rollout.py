@@ -318,18 +318,23 @@ def test_an_agent_killed_during_a_switch_comes_back_on_a_working_version(
             await harness.admin().EnrollPerson(request, metadata=harness.admin_md)
             config = agent_settings(harness, pki, "door-9")
             seen: list[str] = []
+
+            def watching() -> bool:
+                return "door-9" in harness.server.fanout.watching()
+
             process = agent_process(config, state, tmp_path)
             try:
-                await until(lambda: "door-9" in harness.server.fanout.watching(), what="the agent watching")
+                # a process start (imports, model compilation) can take long on a loaded 2-core machine
+                await until(watching, timeout=120, what="the agent watching")
                 await publish(harness, sface_onnx, "embedding", EMBEDDING_NEW)
                 assert await cli(harness, "rollout", "start", EMBEDDING_NEW, "--all") == 0
                 for moment in (partial_download, lambda: reported("verifying")):
                     await until(moment, timeout=120, what="the moment to kill the agent")
                     process.send_signal(signal.SIGKILL)
                     await asyncio.to_thread(process.wait, 30)
-                    await until(lambda: "door-9" not in harness.server.fanout.watching(), what="stream gone")
+                    await until(lambda: not watching(), timeout=60, what="the killed agent's stream gone")
                     process = agent_process(config, state, tmp_path)
-                    await until(lambda: "door-9" in harness.server.fanout.watching(), what="back watching")
+                    await until(watching, timeout=120, what="the restarted agent watching")
                     agent = harness.server.state.get_agent("door-9")
                     assert agent is not None
                     seen.append(agent.model_versions["embedding"])

@@ -198,8 +198,8 @@ class ModelAssignment:
 
 @dataclass(frozen=True)
 class ModelStatus:
-    """How an assigned version is doing: state in MODEL_STATES, reason (why it failed, or progress), and
-    when (unix seconds)."""
+    """How an assigned version is doing: state in MODEL_STATES, reason (why it failed, or progress), when
+    (unix seconds), and for a failure whether it is final for this rollout (else it is tried again)."""
 
     task: str
     model_id: str
@@ -207,6 +207,7 @@ class ModelStatus:
     state: str
     reason: str = ""
     at: float = 0.0
+    final: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -216,6 +217,7 @@ class ModelStatus:
             "state": self.state,
             "reason": self.reason,
             "at": self.at,
+            "final": self.final,
         }
 
     @classmethod
@@ -227,4 +229,5 @@ class ModelStatus:
             str(data["state"]),
             str(data.get("reason", "")),
             float(data.get("at", 0.0)),
+            bool(data.get("final", True)),
         )

@@ -139,6 +139,14 @@ class DecisionPolicy:
         return Decision("match", model_id, claimed_person_id, score, None, threshold, reason, seen)
 
 
+@dataclass(frozen=True)
+class LoadedGalleries:
+    """Galleries by embedding model id, and the source revision they were loaded at."""
+
+    galleries: Mapping[str, Gallery]
+    revision: int
+
+
 class Matcher:
     """Galleries of the active embedding models, kept in step with a `GallerySource`, and a policy."""
 
@@ -157,16 +165,26 @@ class Matcher:
         """Reload the galleries of these models (and drop others) when the source revision or the model set
         changed; True when something was reloaded. Cheap when nothing changed: one revision read."""
         wanted = tuple(dict.fromkeys(model_ids))
-        revision = source.revision()  # read before loading: a change during the load forces another reload
-        if revision == self._revision and wanted == tuple(self._galleries):
+        if source.revision() == self._revision and wanted == tuple(self._galleries):
             return False
-        galleries = {}
-        for model_id in wanted:
-            person_ids, matrix, qualities = source.load_embeddings(model_id)
-            gallery = Gallery.build(model_id, person_ids, matrix, qualities, candidates=self.candidates)
-            galleries[model_id] = gallery
-        self._galleries, self._revision = galleries, revision
+        self.install(self.load(source, wanted))
         return True
+
+    def load(self, source: GallerySource, model_ids: Iterable[str]) -> LoadedGalleries:
+        """The galleries of these models as the source holds them now, built aside from those in use (so a
+        model switch can build them on another thread and install them between two frames)."""
+        revision = source.revision()  # read before loading: a change during the load forces another reload
+        galleries = {}
+        for model_id in dict.fromkeys(model_ids):
+            person_ids, matrix, qualities = source.load_embeddings(model_id)
+            galleries[model_id] = Gallery.build(
+                model_id, person_ids, matrix, qualities, candidates=self.candidates
+            )
+        return LoadedGalleries(galleries, revision)
+
+    def install(self, loaded: LoadedGalleries) -> None:
+        """Use galleries from `load` (the next `refresh` reloads if the source moved on since)."""
+        self._galleries, self._revision = dict(loaded.galleries), loaded.revision
 
     def set_gallery(self, gallery: Gallery) -> None:
         """Use a gallery built elsewhere (tests, tools); the next `refresh` replaces it."""

@@ -34,6 +34,7 @@ from typing import Protocol
 
 from agent.errors import FaceFleetError, ModelIntegrityError, ModelSpecError, ModelStoreError
 from agent.fleet_types import ModelAssignment, ModelRelease, ModelStatus
+from agent.matching import LoadedGalleries
 from agent.models.download import DiskFullError, download
 from agent.models.manifest import MANIFEST_NAME, ModelManifest, sha256_file
 from agent.models.smoke import smoke_test
@@ -44,6 +45,22 @@ from agent.pipeline import FaceAnalyzer
 from agent.wire import WireError
 
 log = logging.getLogger(__name__)
+
+
+class SupersededError(Exception):
+    """A newer assignment names another version for the task: this one is abandoned, nothing recorded."""
+
+
+class GalleryTimeoutError(ModelStoreError):
+    """The gallery of a new embedding model did not arrive in time."""
+
+
+class RetryLaterError(FaceFleetError):
+    """Some releases were refused for a reason that may pass; reconcile again after a backoff."""
+
+
+TRANSIENT_ERRORS = (DiskFullError, GalleryTimeoutError)
+"""Refusals worth another try later: the disk may be cleaned up, the server may come back."""
 
 ANALYZER_TASKS = ("detection", "embedding", "expression")
 
@@ -81,12 +98,14 @@ class GalleryLink(Protocol):
 
 @dataclass
 class Switch:
-    """A verified analyzer waiting for the service to swap it in; done completes once it runs (or fails)."""
+    """A verified analyzer waiting for the service to swap it in; done completes once it runs (or fails).
+    galleries: for an embedding model, its galleries loaded by whoever takes the switch, off the frames."""
 
     release: ModelRelease
     model: StoredModel
     analyzer: FaceAnalyzer
     done: concurrent.futures.Future[None]
+    galleries: LoadedGalleries | None = None
 
 
 class ModelUpdater:
@@ -105,6 +124,8 @@ class ModelUpdater:
         self.switch = switch
         self.settings = settings or UpdateSettings()
         self.gallery: GalleryLink | None = None
+        self.latest: ModelAssignment | None = None
+        self.unreported = False
         self._statuses = load_statuses(store)
         store.clean_staging()
 
@@ -135,6 +156,7 @@ class ModelUpdater:
             refused = (
                 last is not None
                 and last.state == "failed"
+                and last.final
                 and (last.model_id, last.rollout_id) == (release.model_id, release.rollout_id)
             )
             if not refused:
@@ -143,32 +165,58 @@ class ModelUpdater:
 
     # ---- the work -----------------------------------------------------------------------------------
 
+    def assign(self, assignment: ModelAssignment) -> None:
+        """A newer assignment arrived: a release it no longer names is abandoned at the next step."""
+        self.latest = assignment
+
     async def reconcile(self, assignment: ModelAssignment, client: ModelClient, timeout: float) -> None:
-        """Bring the running models to the assignment, one release at a time. Connection problems
-        (grpc errors, ConnectionError) propagate: call again once reconnected, downloads resume."""
+        """Bring the running models to the assignment, one release at a time.
+
+        Connection problems (grpc errors, ConnectionError) propagate: call again once reconnected, downloads
+        resume. A refusal that may pass (a full disk, a gallery that did not arrive, a rollback) is reported
+        and then raised as RetryLaterError: call again after a backoff. A release a newer assignment no
+        longer names is abandoned quietly (the caller then reconciles the newer one)."""
+        self.latest = assignment
         for release in assignment.releases:
             if self.versions().get(release.task) == release.model_id:
                 await self._settle_active(release, client, timeout)
         pending = self.pending(assignment)
+        retry = []
         for release in pending:
             try:
                 if release.task not in ANALYZER_TASKS:
                     raise ModelSpecError(f"this agent runs no {release.task} model")
                 await self._apply(release, client, timeout)
+            except SupersededError as exc:
+                log.info("%s", exc)
+                return
             except (FaceFleetError, OSError, RuntimeError, ValueError) as exc:
                 if isinstance(exc, (ConnectionError, WireError)):
                     raise  # the connection broke: retried once reconnected, the download resumes
-                reason = _reason(exc)
+                transient = isinstance(exc, TRANSIENT_ERRORS) or release.rollout_id == 0
+                reason = _reason(exc) + ("; retrying later" if transient else "")
                 log.error("model %s (%s) refused: %s; keeping the running version", release.model_id,
                           release.task, reason)  # fmt: skip
-                await self._record(client, timeout, release, "failed", reason)
+                await self._record(client, timeout, release, "failed", reason, final=not transient)
+                if transient:
+                    retry.append(release.model_id)
         await asyncio.to_thread(self._forget_downloads, {f.sha256 for r in pending for f in r.files})
+        if retry:
+            raise RetryLaterError(f"model {', '.join(retry)} to be tried again")
 
     def _forget_downloads(self, keep: set[str]) -> None:
         """Remove partial downloads of versions no longer assigned (a rollback during a download)."""
         for part in (self.store.root / ".downloads").glob("*.part"):
             if part.stem not in keep:
                 part.unlink(missing_ok=True)
+
+    def _still_wanted(self, release: ModelRelease) -> None:
+        """SupersededError when the newest assignment names another version (or none) for the task."""
+        latest = self.latest.by_task().get(release.task) if self.latest is not None else None
+        if latest is None or (latest.model_id, latest.rollout_id) != (release.model_id, release.rollout_id):
+            raise SupersededError(
+                f"model {release.model_id} ({release.task}): abandoned, a newer assignment replaces it"
+            )
 
     async def _settle_active(self, release: ModelRelease, client: ModelClient, timeout: float) -> None:
         last = self._statuses.get(release.task)
@@ -185,18 +233,46 @@ class ModelUpdater:
         if stored is None:
             await self._record(client, timeout, release, "downloading", f"{len(release.files)} files")
             stored = await self._download(release, client)
+        self._still_wanted(release)
         await self._record(client, timeout, release, "verifying", "compiling and running a smoke inference")
-        analyzer = await asyncio.to_thread(self._verify, stored)
+        try:
+            analyzer = await asyncio.to_thread(self._verify, stored)
+        except FaceFleetError:
+            await asyncio.to_thread(self._discard, stored)  # a refused version takes no place in the store
+            raise
+        previous = self.versions().get(release.task)
         if release.task == "embedding":
-            await self._gallery_for(release.model_id)
-        switch = Switch(release, stored, analyzer, concurrent.futures.Future())
-        self.switch(switch)
-        await asyncio.wrap_future(switch.done)
+            try:
+                await self._gallery_for(release)
+                await self._hand_over(release, stored, analyzer)
+            except BaseException:
+                if self.gallery is not None and previous:
+                    self.gallery.watch_models((previous,))  # back to the running model's gallery alone
+                raise
+            if self.gallery is not None:
+                self.gallery.watch_models((release.model_id,))  # the previous model's gallery is not needed
+        else:
+            await self._hand_over(release, stored, analyzer)
         log.info("model %s (%s): active", release.model_id, release.task)
         await self._record(client, timeout, release, "active", "running")
-        if release.task == "embedding" and self.gallery is not None:
-            self.gallery.watch_models((release.model_id,))  # the previous model's gallery is not needed
-        await asyncio.to_thread(self.prune, release.task)
+        try:
+            await asyncio.to_thread(self.prune, release.task, previous)
+        except (FaceFleetError, OSError) as exc:  # the version runs; only the clean-up failed
+            log.warning("old %s versions not removed: %s", release.task, _reason(exc))
+
+    async def _hand_over(self, release: ModelRelease, stored: StoredModel, analyzer: FaceAnalyzer) -> None:
+        """Give the verified analyzer to the frame loop and wait until it runs (a last chance to abandon)."""
+        self._still_wanted(release)
+        switch = Switch(release, stored, analyzer, concurrent.futures.Future())
+        await asyncio.to_thread(self.switch, switch)  # the service may prepare the gallery here
+        await asyncio.wrap_future(switch.done)
+
+    def _discard(self, model: StoredModel) -> None:
+        if (
+            self.store.active_map().get(model.manifest.task)
+            != f"{model.manifest.name}/{model.manifest.version}"
+        ):
+            self.store.remove(model)
 
     def _stored_copy(self, release: ModelRelease) -> StoredModel | None:
         """The stored version when its files are the release's, when the release brings none, or when it is
@@ -236,6 +312,7 @@ class ModelUpdater:
                 return client.download(release.model_id, file, offset, timeout)
 
             files[spec.name] = await download(fetch, spec, downloads)
+            self._still_wanted(release)
         return await asyncio.to_thread(self._install, manifest, files)
 
     def _install(self, manifest: ModelManifest, files: dict[str, Path]) -> StoredModel:
@@ -279,8 +356,9 @@ class ModelUpdater:
         smoke_test(candidate, task, self.settings.smoke_photo)
         return candidate
 
-    async def _gallery_for(self, model_id: str) -> None:
+    async def _gallery_for(self, release: ModelRelease) -> None:
         """Wait until the applied gallery holds the new embedding model's embeddings (both are watched)."""
+        model_id = release.model_id
         gallery = self.gallery
         if gallery is None:
             raise ModelStoreError(
@@ -291,22 +369,27 @@ class ModelUpdater:
         gallery.watch_models(tuple(m for m in (running, model_id) if m))
         deadline = time.monotonic() + self.settings.gallery_timeout_s
         while not gallery.gallery_has(model_id):
+            self._still_wanted(release)
             if time.monotonic() > deadline:
-                raise ModelStoreError(
+                raise GalleryTimeoutError(
                     f"the gallery of embedding model {model_id} did not arrive within "
                     f"{self.settings.gallery_timeout_s:.0f} s"
                 )
             await asyncio.sleep(0.1)
 
-    def prune(self, task: str) -> list[str]:
-        """Remove the oldest stored versions of task beyond keep_versions (never the active one, nor the
-        newest of the others: the rollback target); the model ids removed."""
+    def prune(self, task: str, protect: str | None = None) -> list[str]:
+        """Remove the oldest stored versions of task beyond keep_versions, never the active one nor
+        `protect` (the version that ran before the switch: the rollback target); the model ids removed."""
         versions = self.store.versions(task)
         active = self.store.active_map().get(task)
-        others = [m for m in versions if f"{m.manifest.name}/{m.manifest.version}" != active]
+        removable = [
+            m
+            for m in versions
+            if f"{m.manifest.name}/{m.manifest.version}" != active and m.manifest.model_id != protect
+        ]
         surplus = len(versions) - max(2, self.settings.keep_versions)
         removed = []
-        for model in others[: max(0, min(surplus, len(others) - 1))]:
+        for model in removable[: max(0, surplus)]:
             self.store.remove(model)
             removed.append(model.manifest.model_id)
             log.info("model %s (%s) removed from the store (keep_versions)", model.manifest.model_id, task)
@@ -315,15 +398,33 @@ class ModelUpdater:
     # ---- statuses -----------------------------------------------------------------------------------
 
     async def _record(
-        self, client: ModelClient, timeout: float, release: ModelRelease, state: str, reason: str
+        self,
+        client: ModelClient,
+        timeout: float,
+        release: ModelRelease,
+        state: str,
+        reason: str,
+        *,
+        final: bool = True,
     ) -> None:
-        status = ModelStatus(release.task, release.model_id, release.rollout_id, state, reason, time.time())
+        status = ModelStatus(
+            release.task, release.model_id, release.rollout_id, state, reason, time.time(), final
+        )
         self._statuses[release.task] = status
         await asyncio.to_thread(save_statuses, self.store, dict(self._statuses))
+        self.unreported = True
+        await self.report(client, timeout)
+
+    async def report(self, client: ModelClient, timeout: float) -> bool:
+        """Send the statuses and running versions; True once the server has them. A failure is logged and
+        leaves `unreported` set, for a retry (and the next Register carries them anyway)."""
         try:
             await client.report_models(self.statuses(), self.versions(), timeout)
-        except Exception as exc:  # the next Register carries the statuses
-            log.warning("model status not reported (%s); it goes with the next registration", _reason(exc))
+        except Exception as exc:
+            log.warning("model status not reported (%s); it is sent again later", _reason(exc))
+            return False
+        self.unreported = False
+        return True
 
 
 def _release_manifest(release: ModelRelease) -> ModelManifest:

@@ -393,7 +393,11 @@ class AgentService:
     # ---- model switches -------------------------------------------------------------------------------
 
     def _queue_switch(self, switch: Switch) -> None:
-        """Called by the model updater (sync thread): swap this verified analyzer in between two frames."""
+        """Called by the model updater (on a worker thread): swap this verified analyzer in between two
+        frames. An embedding model's galleries are built here, so the frame loop only installs them."""
+        manifest = switch.model.manifest
+        if manifest.task == "embedding":
+            switch.galleries = self.matcher.load(self.store, [manifest.model_id])
         self._switches.put(switch)
 
     def _apply_switches(self) -> None:
@@ -419,6 +423,8 @@ class AgentService:
         embedding = manifest.task == "embedding"
         try:
             if embedding:
+                if switch.galleries is not None:
+                    self.matcher.install(switch.galleries)  # refreshed below if the store moved on
                 self.matcher.refresh(self.store, [manifest.model_id])
             self.models.activate(manifest.task, manifest.name, manifest.version)
         except (StoreError, ModelStoreError, OSError):

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_HEALTH_FIGURES = 32
+STATUS_RETRY_S = 5.0
+"""How often model statuses the server did not acknowledge are sent again."""
 
 
 @dataclass(frozen=True)
@@ -235,12 +237,13 @@ class FleetSync:
             point = await asyncio.to_thread(self.store.sync.point)
             welcome = await client.register(self._registration(point), self.settings.rpc_timeout_s)
             self.server_revision = welcome.gallery_revision
-            from_revision, gallery_id, why = resume_from(point, welcome, self.settings.models, self._resync)
+            models = self.settings.models  # this session's: deltas are recorded as of these models
+            from_revision, gallery_id, why = resume_from(point, welcome, models, self._resync)
             if why is not None:  # expected when an embedding-model switch changes the watched models
-                level = logging.INFO if set(point.models) != set(self.settings.models) else logging.WARNING
+                level = logging.INFO if set(point.models) != set(models) else logging.WARNING
                 log.log(level, "server %s: %s; asking for a full snapshot", self.settings.address, why)
             self._resync = False
-            stream = client.watch(from_revision, gallery_id, self.settings.models)
+            stream = client.watch(from_revision, gallery_id, models)
             self.connected, self.connects = True, self.connects + 1
             log.info(
                 "server %s: connected as %s; watching from gallery revision %d (server at %d)",
@@ -251,7 +254,7 @@ class FleetSync:
             )
             assert self._restart is not None
             tasks = {
-                asyncio.ensure_future(self._watch(client, stream, welcome, backoff)),
+                asyncio.ensure_future(self._watch(client, stream, welcome, backoff, models)),
                 asyncio.ensure_future(self._report(client, welcome, wake)),
                 asyncio.ensure_future(stopping.wait()),
                 asyncio.ensure_future(self._restart.wait()),
@@ -271,9 +274,15 @@ class FleetSync:
             await channel.close()
 
     async def _watch(
-        self, client: FleetClient, stream: WatchStream, welcome: Welcome, backoff: Backoff
+        self,
+        client: FleetClient,
+        stream: WatchStream,
+        welcome: Welcome,
+        backoff: Backoff,
+        models: tuple[str, ...],
     ) -> None:
-        """Apply deltas as they come; a silence of two heartbeats means the connection is dead."""
+        """Apply deltas as they come (they hold the embeddings of `models`, what this stream watches); a
+        silence of two heartbeats means the connection is dead."""
         silence = 2.0 * max(welcome.heartbeat_seconds, 1) + 5.0
         parts: list[GalleryDelta] = []
         while True:
@@ -301,12 +310,12 @@ class FleetSync:
             if update.more_parts:
                 continue
             delta, count, parts = join_parts(parts), len(parts), []
-            await self._apply(delta, count)
+            await self._apply(delta, count, models)
             await client.acknowledge(delta.to_revision, self.settings.rpc_timeout_s)
 
-    async def _apply(self, delta: GalleryDelta, parts: int) -> None:
+    async def _apply(self, delta: GalleryDelta, parts: int, models: tuple[str, ...]) -> None:
         try:
-            revision = await asyncio.to_thread(self.store.sync.apply, delta, self.settings.models)
+            revision = await asyncio.to_thread(self.store.sync.apply, delta, models)
         except RevisionConflictError as exc:
             self._resync = True
             raise _RetryError(str(exc)) from None
@@ -368,17 +377,26 @@ class FleetSync:
     def _assign(self, assignment: ModelAssignment) -> None:
         """The server's desired model versions arrived (at every Watch start, and on rollout changes)."""
         self._assignment = assignment
+        if self.updater is not None:
+            self.updater.assign(assignment)  # a release it no longer names is abandoned at its next step
         if self._assigned is not None:
             self._assigned.set()
 
     async def _models(self, updater: ModelUpdater) -> None:
-        """Apply each assignment; a broken connection retries it after the next reconnect, and a newer
-        assignment replaces one not yet applied."""
-        assert self._assigned is not None
+        """Apply each assignment; a broken connection or a refusal that may pass retries it after a backoff,
+        and a newer assignment replaces one not yet applied. Statuses the server did not take are sent
+        again every STATUS_RETRY_S."""
+        assigned = self._assigned
+        assert assigned is not None
         backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         while True:
-            await self._assigned.wait()
-            self._assigned.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(assigned.wait(), STATUS_RETRY_S)
+            if updater.unreported and self._client is not None:
+                await updater.report(self, self.settings.rpc_timeout_s)
+            if not assigned.is_set():
+                continue
+            assigned.clear()
             assignment = self._assignment
             if assignment is None:
                 continue
@@ -391,10 +409,11 @@ class FleetSync:
                 raise
             except Exception as exc:
                 delay = backoff.next()
-                log.warning("model update interrupted (%s); retrying in %.1f s", _first_line(exc), delay)
-                await asyncio.sleep(delay)
+                log.warning("model update: %s; trying again in %.1f s", _first_line(exc), delay)
+                with contextlib.suppress(asyncio.TimeoutError):  # a newer assignment cuts the wait short
+                    await asyncio.wait_for(assigned.wait(), delay)
                 if self._assignment is assignment:
-                    self._assigned.set()
+                    assigned.set()
 
     def download(self, model_id: str, file: str, offset: int, timeout: float) -> AsyncIterator[bytes]:
         """DownloadModel on the current session (ConnectionError when there is none)."""

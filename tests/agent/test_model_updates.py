@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import cv2
@@ -24,7 +24,7 @@ import pytest
 from agent.cli import main as cli_main
 from agent.errors import ModelIntegrityError
 from agent.fleet_types import ModelAssignment, ModelFileSpec, ModelRelease, ModelStatus
-from agent.model_updates import ModelUpdater, Switch, UpdateSettings
+from agent.model_updates import ModelUpdater, RetryLaterError, Switch, UpdateSettings
 from agent.models.download import DiskFullError, download, part_path
 from agent.models.importer import DEFAULT_MODELS, import_model, locate_default
 from agent.models.manifest import MANIFEST_NAME, ModelManifest, sha256_file
@@ -70,9 +70,15 @@ class FileServer:
     """DownloadModel and ReportModelStatus over the files of a store, recording every call. break_at: a
     byte offset of a file at which the connection breaks, once."""
 
-    def __init__(self, store: ModelStore, break_at: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        store: ModelStore,
+        break_at: dict[str, int] | None = None,
+        on_chunk: Callable[[], None] | None = None,
+    ) -> None:
         self.store = store
         self.break_at = dict(break_at or {})
+        self.on_chunk = on_chunk
         self.requests: list[tuple[str, str, int]] = []
         self.reports: list[list[ModelStatus]] = []
         self.versions: list[Mapping[str, str]] = []
@@ -90,6 +96,8 @@ class FileServer:
             end = min(len(data), position + 64 * 1024, stop if stop is not None else len(data))
             yield data[position:end]
             position = end
+            if self.on_chunk is not None:
+                self.on_chunk()
             await asyncio.sleep(0)
 
     async def report_models(
@@ -271,10 +279,12 @@ def test_a_tampered_file_is_refused_and_the_running_version_kept(
     assert "model.bin" in failed.reason and "tampered" in failed.reason
     assert server.states("expression")[-1] == "failed"
     assert not any((agent.store.root / ".downloads").iterdir())
-    # the same rollout is not retried; a new rollout of the version is
+    # the same rollout is not retried, not even by a restarted agent; a new rollout of the version is
     requests = len(server.requests)
     agent.reconcile(server, release)
     assert len(server.requests) == requests
+    restarted = ModelUpdater(agent.store, lambda: agent.analyzer, agent.switch)
+    assert restarted.pending(ModelAssignment((release,))) == []
     agent.reconcile(FileServer(published), release_of(published.models()[0], rollout_id=4))
     assert expression_of(agent.analyzer) == release.model_id
 
@@ -351,6 +361,8 @@ def test_a_smoke_inference_without_a_face_refuses_the_version(
     status = agent.updater.statuses()[0]
     assert status.state == "failed"
     assert "smoke test" in status.reason and "no face found" in status.reason
+    stored = [m.manifest.model_id for m in agent.store.versions("expression")]
+    assert status.model_id not in stored  # a refused version takes no place among keep_versions
 
 
 def test_versions_beyond_keep_versions_are_removed_but_never_the_previous_one(
@@ -399,12 +411,18 @@ def test_a_full_disk_refuses_the_version_keeps_the_running_one_and_tells_the_ser
             handle.write(b"\0" * 4096)
     before = expression_of(agent.analyzer)
     server = FileServer(published)
-    agent.reconcile(server, release_of(published.models()[0]))
+    release = release_of(published.models()[0])
+    with pytest.raises(RetryLaterError):
+        agent.reconcile(server, release)
     assert expression_of(agent.analyzer) == before
     assert agent.store.active("expression").manifest.model_id == before
     assert server.states("expression")[-1] == "failed"
-    assert "disk full while downloading" in server.reports[-1][0].reason
+    refused = server.reports[-1][0]
+    assert "disk full while downloading" in refused.reason and not refused.final
     assert [p.name for p in tiny_disk.iterdir()] == ["filler"]
+    (tiny_disk / "filler").unlink()  # space freed: the next try of the same rollout succeeds
+    agent.reconcile(server, release)
+    assert expression_of(agent.analyzer) == release.model_id
 
 
 def test_a_rollback_uses_the_agents_own_conversion_of_the_same_source(
@@ -427,3 +445,22 @@ def test_a_rollback_uses_the_agents_own_conversion_of_the_same_source(
     agent.reconcile(server, ModelRelease("expression", original.manifest.model_id, files, other_source, 10))
     status = agent.updater.statuses()[0]
     assert status.state == "failed" and "other files than the release" in status.reason
+
+
+def test_a_rollback_during_a_download_abandons_the_version_without_switching(
+    agent: Agent, published: ModelStore
+) -> None:
+    original = expression_of(agent.analyzer)
+    rollback = ModelRelease("expression", original)
+    newer = ModelAssignment((rollback,))
+    server = FileServer(published, on_chunk=lambda: agent.updater.assign(newer))
+    agent.reconcile(server, release_of(published.models()[0], rollout_id=8))
+    assert expression_of(agent.analyzer) == original
+    assert server.states("expression") == ["downloading"]  # neither failed nor active
+    assert f"{EXPRESSION.name}@{NEW_VERSION}" not in [
+        m.manifest.model_id for m in agent.store.versions("expression")
+    ]
+    asyncio.run(agent.updater.reconcile(newer, server, 5.0))  # what the sync loop does next
+    assert server.states("expression")[-1] == "active"
+    assert agent.updater.statuses()[0].model_id == original
+    assert not any((agent.store.root / ".downloads").iterdir())

@@ -464,3 +464,19 @@ def test_a_rollback_during_a_download_abandons_the_version_without_switching(
     assert server.states("expression")[-1] == "active"
     assert agent.updater.statuses()[0].model_id == original
     assert not any((agent.store.root / ".downloads").iterdir())
+
+
+def test_a_partial_file_spoiled_by_a_crash_is_fetched_again_from_the_start(
+    published: ModelStore, tmp_path: Path
+) -> None:
+    model = published.models()[0]
+    spec = next(f for f in release_of(model).files if f.name == "model.bin")
+    part_path(tmp_path, spec).write_bytes(b"\xff" * (spec.size // 2))  # not the file's first half
+    server = FileServer(published)
+
+    def fetch(file: str, offset: int) -> AsyncIterator[bytes]:
+        return server.download(model.manifest.model_id, file, offset, 5.0)
+
+    path = asyncio.run(download(fetch, spec, tmp_path))
+    assert [offset for _, _, offset in server.requests] == [spec.size // 2, 0]
+    assert sha256_file(path) == spec.sha256

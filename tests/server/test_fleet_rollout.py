@@ -23,9 +23,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+import onnx
+import onnx.numpy_helper
+import pytest
 from facefleet.v1 import admin_pb2, models_pb2, query_pb2
 
 from agent.config import AgentConfig
+from agent.models.onnx_fold import fold_blocked_dequantize
 from agent.models.statuses import STATUS_FILE
 from agent.models.store import ModelStore
 from agent.service import AgentService
@@ -44,10 +48,32 @@ EXPRESSION_NEW = "mini-xception@fer2013-fp32"
 EXPRESSION_TAMPERED = "mini-xception@fer2013-tampered"
 EMBEDDING_OLD = "sface@2021dec"
 EMBEDDING_NEW = "sface@2021dec-fp32"
+EMBEDDING_ROTATED = "sface@rotated"
 ACTIVE = models_pb2.MODEL_ACTIVATION_ACTIVE
 FAILED = models_pb2.MODEL_ACTIVATION_FAILED
 T = TypeVar("T")
 AGENT_CLI = Path(sys.executable).with_name("facefleet-agent")
+
+
+@pytest.fixture(scope="module")
+def sface_rotated_onnx(tmp_path_factory: pytest.TempPathFactory, sface_onnx: Path) -> Path:
+    """SFace followed by a fixed random rotation of its 128-d output: a real embedding model whose vectors
+    are unrelated to SFace's (the same face scores about 0 across the two), so any comparison of an
+    embedding with the other model's gallery would show up as an unknown face."""
+    folder = tmp_path_factory.mktemp("rotated")
+    folded = folder / "sface-folded.onnx"
+    if fold_blocked_dequantize(sface_onnx, folded) == 0:
+        shutil.copyfile(sface_onnx, folded)
+    model = onnx.load(str(folded))
+    output = model.graph.output[0].name
+    producer = next(node for node in model.graph.node if output in node.output)
+    producer.output[list(producer.output).index(output)] = "unrotated"
+    rotation, _ = np.linalg.qr(np.random.default_rng(7).normal(size=(128, 128)))
+    model.graph.initializer.append(onnx.numpy_helper.from_array(rotation.astype(np.float32), "rotation"))
+    model.graph.node.append(onnx.helper.make_node("MatMul", ["unrotated", "rotation"], [output]))
+    rotated = folder / "sface-rotated.onnx"
+    onnx.save(model, str(rotated))
+    return rotated
 
 
 def agent_state(tmp_path: Path, model_store: ModelStore, device: str) -> Path:
@@ -203,7 +229,7 @@ def test_identification_keeps_working_across_an_embedding_model_switch(
     pki: Pki,
     enroller: Enroller,
     model_store: ModelStore,
-    sface_onnx: Path,
+    sface_rotated_onnx: Path,
     astronaut: npt.NDArray[np.uint8],
     astronaut_jpeg: bytes,
 ) -> None:
@@ -211,7 +237,7 @@ def test_identification_keeps_working_across_an_embedding_model_switch(
     video = write_video(tmp_path / "door.avi", [astronaut] * 8 + [blank] * 14, fps=8)  # visits end
     state = agent_state(tmp_path, model_store, "door-1")
 
-    async def scenario() -> tuple[list[Any], AgentService, int, int]:
+    async def scenario() -> tuple[list[Any], AgentService, int, int, float]:
         async with serving(tmp_path, pki, enroller, fleet={"poll_seconds": 0.1}) as harness:
             request = admin_pb2.EnrollPersonRequest(person_id="eileen", images=[astronaut_jpeg])
             await harness.admin().EnrollPerson(request, metadata=harness.admin_md)
@@ -223,46 +249,50 @@ def test_identification_keeps_working_across_an_embedding_model_switch(
                     timeout=60,
                     what="eileen recognised with the first model",
                 )
-                await publish(harness, sface_onnx, "embedding", EMBEDDING_NEW)
-                starting = asyncio.ensure_future(cli(harness, "rollout", "start", EMBEDDING_NEW, "--all"))
+                await publish(harness, sface_rotated_onnx, "embedding", EMBEDDING_ROTATED, "FP16")
+                starting = asyncio.ensure_future(cli(harness, "rollout", "start", EMBEDDING_ROTATED, "--all"))
                 verifying = await until(
                     lambda: frames_when(service, state, "verifying"), timeout=120, what="verification"
                 )
-                await until(lambda: service.model_id == EMBEDDING_NEW, timeout=120, what="the switch")
+                await until(lambda: service.model_id == EMBEDDING_ROTATED, timeout=120, what="the switch")
                 switched_at = sum(service.frames_analysed.values())
                 assert await starting == 0
                 await until(
                     lambda: any(
-                        e.person_id == "eileen" and e.model_versions.get("embedding") == EMBEDDING_NEW
+                        e.person_id == "eileen" and e.model_versions.get("embedding") == EMBEDDING_ROTATED
                         for e in face_events(harness)
                     ),
                     timeout=60,
                     what="eileen recognised with the new model",
                 )
-                return face_events(harness), service, verifying, switched_at
+                person = harness.server.state.get_person("eileen")
+                by_model = {e.model_id: e.vector for e in person.embeddings}
+                across = float(by_model[EMBEDDING_OLD] @ by_model[EMBEDDING_ROTATED])
+                return face_events(harness), service, verifying, switched_at, across
 
-    events, service, verifying, switched_at = run(scenario)
+    events, service, verifying, switched_at, across = run(scenario)
+    assert abs(across) < 0.3  # the same face in the two models' spaces: a cross-model match is impossible
     assert service.model_mismatches == 0
     assert switched_at > verifying  # frames kept flowing on the old model while the new one was prepared
     faces = [e for e in events if e.kind == "face"]
-    assert {e.model_versions["embedding"] for e in faces} == {EMBEDDING_OLD, EMBEDDING_NEW}
+    assert {e.model_versions["embedding"] for e in faces} == {EMBEDDING_OLD, EMBEDDING_ROTATED}
     assert all((e.decision, e.person_id) == ("match", "eileen") for e in faces), [
         (e.decision, e.person_id, e.model_versions.get("embedding")) for e in faces
     ]
     with EmbeddingStore(state / "agent.db") as store:
-        person_ids, matrix, _ = store.load_embeddings(EMBEDDING_NEW)
+        person_ids, matrix, _ = store.load_embeddings(EMBEDDING_ROTATED)
     assert list(person_ids) == ["eileen"] and matrix.shape[1] == 128
-    assert ModelStore(state / "models").active("embedding").manifest.model_id == EMBEDDING_NEW
+    assert ModelStore(state / "models").active("embedding").manifest.model_id == EMBEDDING_ROTATED
 
 
 def frames_when(service: AgentService, state: Path, wanted: str) -> int | None:
-    """Frames analysed so far once the agent reports `wanted` for the embedding model (else None)."""
+    """Frames analysed so far once the agent reports `wanted` for the rotated model (else None)."""
     path = state / "models" / STATUS_FILE
     try:
         status = json.loads(path.read_text())["statuses"]["embedding"]
     except (OSError, ValueError, KeyError):
         return None
-    if (status["model_id"], status["state"]) != (EMBEDDING_NEW, wanted):
+    if (status["model_id"], status["state"]) != (EMBEDDING_ROTATED, wanted):
         return None
     return sum(service.frames_analysed.values()) or None
 

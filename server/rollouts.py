@@ -8,7 +8,9 @@ and no new ones; an `active` one covers its target. A percent target is determin
 
 Desired releases, per task: the newest covering rollout's version; else, when a rolled-back rollout had been
 announced to the agent, the version the agent ran before it (its files when the catalogue still has it,
-otherwise none: "activate your own stored copy"). Tasks with nothing desired are left out.
+otherwise none: "activate your own stored copy"). When that version is itself one a rolled-back rollout
+announced to the agent brought (v1 → v2 by R1, v2 → v3 by R2, both rolled back), the chain is followed back to
+v1, each rollout once. Tasks with nothing desired are left out.
 """
 
 from __future__ import annotations
@@ -60,18 +62,45 @@ def desired_releases(
             rollout, device_id, groups, announced=rollout.rollout_id in announced
         ):
             releases[rollout.task] = _release(rollout.task, model, rollout.rollout_id)
-    for rollout in newest_first:
-        row = announced.get(rollout.rollout_id)
-        if rollout.task in releases or rollout.state != "rolled_back" or row is None:
+    rolled_back = [r for r in newest_first if r.state == "rolled_back" and r.rollout_id in announced]
+    for rollout in rolled_back:
+        if rollout.task in releases:
             continue
-        if row.previous_model_id and row.previous_model_id != rollout.model_id:
-            previous = catalogue.get(row.previous_model_id)
+        before = _version_before(rollout, rolled_back, announced)
+        if before:
+            previous = catalogue.get(before)
             releases[rollout.task] = (
                 _release(rollout.task, previous, 0)
                 if previous is not None and previous.task == rollout.task
-                else Release(rollout.task, row.previous_model_id)
+                else Release(rollout.task, before)
             )
     return tuple(releases[task] for task in sorted(releases))
+
+
+def _version_before(
+    rollout: Rollout, rolled_back: Sequence[Rollout], announced: Mapping[int, DeviceRollout]
+) -> str:
+    """The version the device ran before `rollout`, following the chain back through rolled-back rollouts
+    (newest first, each at most once) while that version is itself one a rolled-back rollout brought;
+    '' when the device reported none."""
+    seen = {rollout.rollout_id}
+    version = announced[rollout.rollout_id].previous_model_id
+    if version == rollout.model_id:
+        return ""
+    while version:
+        earlier = next(
+            (
+                r
+                for r in rolled_back
+                if r.model_id == version and r.task == rollout.task and r.rollout_id not in seen
+            ),
+            None,
+        )
+        if earlier is None:
+            return version
+        seen.add(earlier.rollout_id)
+        version = announced[earlier.rollout_id].previous_model_id
+    return ""
 
 
 def _release(task: str, model: PublishedModel, rollout_id: int) -> Release:

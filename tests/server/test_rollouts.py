@@ -136,6 +136,35 @@ def test_a_rollback_returns_announced_agents_to_their_previous_version() -> None
     assert desired_releases("door-1", (), [back], {5: row(5, "door-1", "")}, CATALOGUE) == ()
 
 
+V1, V2, V3 = "mini-xception@v1", "mini-xception@v2", "mini-xception@v3"
+CHAIN = {m.model_id: m for m in (model(V1), model(V2), model(V3))}
+
+
+@pytest.mark.parametrize("order", [(2, 1), (1, 2)])
+def test_chained_rollbacks_return_agents_to_the_version_before_the_first(order: tuple[int, int]) -> None:
+    """R1 moved door-1 v1 → v2, R2 v2 → v3; whichever is rolled back first, both rolled back means v1."""
+    states = {1: rollout(1, V2), 2: rollout(2, V3)}
+    announced = {1: row(1, "door-1", V1), 2: row(2, "door-1", V2)}
+    first, second = order
+    states[first] = rollouts.rolled_back(states[first], NOW)
+    [halfway] = desired_releases("door-1", (), list(states.values()), announced, CHAIN)
+    assert halfway.model_id == (V2 if first == 2 else V3)
+    states[second] = rollouts.rolled_back(states[second], NOW)
+    [release] = desired_releases("door-1", (), list(states.values()), announced, CHAIN)
+    assert (release.model_id, release.rollout_id, release.files) == (V1, 0, CHAIN[V1].files)
+
+
+def test_a_chain_of_rollbacks_that_loops_ends_at_the_version_before_it() -> None:
+    """v1 → v2 (R1), v2 → v1 (R2), v1 → v2 (R3), all rolled back: the agent started on v1."""
+    back = [rollouts.rolled_back(rollout(i, m), NOW) for i, m in ((1, V2), (2, V1), (3, V2))]
+    announced = {1: row(1, "door-1", V1), 2: row(2, "door-1", V2), 3: row(3, "door-1", V1)}
+    [release] = desired_releases("door-1", (), back, announced, CHAIN)
+    assert release.model_id == V1
+    other_device = {3: row(3, "door-2", V1)}  # only R3 was announced to it
+    [alone] = desired_releases("door-2", (), back, other_device, CHAIN)
+    assert alone.model_id == V1
+
+
 def test_a_retired_or_unknown_model_is_never_released() -> None:
     assert desired_releases("door-1", (), [rollout(1, "mini-xception@gone")], {}, CATALOGUE) == ()
 

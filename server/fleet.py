@@ -146,13 +146,14 @@ class FleetHandler:
                     revision, snapshot = delta.to_revision, False
                 elif self.models is not None and models_seen != self.fanout.models_head:
                     models_seen = self.fanout.models_head
-                    releases, head = await self.models.releases(device_id)
-                    if head > revision:  # gallery first: recompute once the agent has it
-                        await self.fanout.publish(head)
+                    planned = await self.models.releases(device_id)
+                    if planned.head > revision:  # gallery first: recompute once the agent has it
+                        await self.fanout.publish(planned.head)
                         models_seen = None
-                    elif releases != sent:
-                        sent = releases
-                        yield ModelAssignment(releases)
+                    elif planned.releases != sent:
+                        sent = planned.releases
+                        yield ModelAssignment(planned.releases)
+                        await self.models.announce(device_id, planned)
                 elif not await self.fanout.wait_beyond(
                     revision, self.settings.heartbeat_seconds, models=models_seen
                 ):

@@ -3,13 +3,15 @@ downloads, and the activation statuses agents report.
 
 Rollouts and the catalogue are read once per models revision and shared by every stream; each stream then
 adds its own device's groups and announced rollouts. A release of a rollout is recorded as announced to a
-device (state 'assigned', with the version the device ran before) when it is first computed for its stream.
+device (state 'assigned', with the version the device ran before) only once its stream has sent it
+(`announce` after the yield): a paused rollout keeps covering exactly the devices that received it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from server.domain import utc_now
@@ -30,6 +32,16 @@ from server.state import State
 Fleetwide = tuple[tuple[Rollout, ...], dict[str, PublishedModel]]
 
 
+@dataclass(frozen=True)
+class Planned:
+    """What a device's stream should send: its releases, the gallery head revision read after them, and
+    the (rollout_id, previous_model_id) pairs to record as announced once the releases are sent."""
+
+    releases: tuple[Release, ...]
+    head: int
+    new: tuple[tuple[int, str], ...]
+
+
 class ModelDistribution:
     """What agents learn and fetch about model versions; device ids passed in are authenticated."""
 
@@ -42,13 +54,13 @@ class ModelDistribution:
         self.clock = clock
         self._fleetwide: tuple[int, asyncio.Future[Fleetwide]] | None = None
 
-    async def releases(self, device_id: str) -> tuple[tuple[Release, ...], int]:
+    async def releases(self, device_id: str) -> Planned:
         """The releases the device should run now, and the gallery head revision read after them (an
         embedding model's gallery is complete at that revision, so it must reach the agent first). Newly
-        covering rollouts are recorded as announced."""
+        covering rollouts are not recorded here: `announce` them once they are sent."""
         rollouts, catalogue = await self._shared()
 
-        def compute() -> tuple[tuple[Release, ...], int]:
+        def compute() -> Planned:
             models = self.state.models
             agent = self.state.get_agent(device_id)
             groups = models.agent_models((device_id,)).get(device_id)
@@ -57,11 +69,19 @@ class ModelDistribution:
                 device_id, groups.groups if groups else (), rollouts, announced, catalogue
             )
             running = agent.model_versions if agent else {}
-            new = [(r.rollout_id, running.get(r.task, "")) for r in releases if r.rollout_id not in announced]
-            models.announce(device_id, [n for n in new if n[0]], self.clock())
-            return releases, self.state.head_revision()
+            new = tuple(
+                (r.rollout_id, running.get(r.task, ""))
+                for r in releases
+                if r.rollout_id and r.rollout_id not in announced
+            )
+            return Planned(releases, self.state.head_revision(), new)
 
         return await asyncio.to_thread(compute)
+
+    async def announce(self, device_id: str, planned: Planned) -> None:
+        """Record the planned releases' new rollouts as announced to the device, which was sent them."""
+        if planned.new:
+            await asyncio.to_thread(self.state.models.announce, device_id, planned.new, self.clock())
 
     async def download(self, model_id: str, file_name: str, offset: int) -> AsyncIterator[Chunk]:
         """A file of a published, not retired model from offset on, verified against the catalogue."""

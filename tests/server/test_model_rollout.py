@@ -11,14 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from facefleet.v1 import fleet_pb2, models_pb2, query_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.runtime import Runtime
+from server import rollouts
 from server.cli import main
+from server.domain import Embedding, GalleryDelta, Person, utc_now
 from server.enrolment import Enroller
+from server.fleet import FleetHandler, FleetSettings
 from server.model_catalog import ModelCatalog
+from server.model_files import CHUNK_BYTES, ModelFiles
+from server.model_fleet import ModelDistribution
 from server.model_types import PublishedModel, Target
 from tests.server.conftest import Harness, Pki, next_update, run, serving
 
@@ -263,6 +269,69 @@ def test_in_process_rollout_changes_reach_the_streams_without_waiting_for_the_po
             assert summary(await next_models(stream)) == [("expression", NEW, started.rollout.rollout_id, 2)]
             await asyncio.to_thread(control.rollback, started.rollout.rollout_id)
             assert summary(await next_models(stream)) == [("expression", OLD, 0, 2)]
+            stream.cancel()
+
+    run(scenario)
+
+
+def test_a_rollout_counts_as_announced_only_once_its_assignment_was_sent(
+    tmp_path: Path, pki: Pki, enroller: Enroller, runtime: Runtime, model_irs: dict[str, Path]
+) -> None:
+    """The stream computes door-1's releases while the gallery is ahead of it, so it sends the gallery
+    first; the rollout is paused and the stream ends before the assignment goes out. door-1 never received
+    the new version, so the paused rollout must not cover it when it reconnects."""
+
+    async def scenario() -> None:
+        slow_poll = {"fleet": {"poll_seconds": 60}, "gallery": {"heartbeat_seconds": 1}}
+        async with serving(tmp_path, pki, enroller, **slow_poll) as harness:
+            server = harness.server
+            assert server.fanout is not None
+            state, models = server.state, server.state.models
+            await publish_expression_models(harness, runtime, model_irs)
+            (await watching(harness, "door-1")).cancel()
+            distribution = ModelDistribution(state, server.catalog, ModelFiles(CHUNK_BYTES))
+            handler = FleetHandler(state, server.fanout, FleetSettings(heartbeat_seconds=1), lambda: ())
+            handler.models = distribution
+            updates = handler.watch("door-1", 0, "", ())
+            assert isinstance(await anext(updates), GalleryDelta)  # the snapshot
+
+            # another process enrols someone and starts a rollout; this server learns of the rollout first
+            vector = np.ones(128, np.float32)
+            await asyncio.to_thread(
+                state.add_person, Person("eileen", embeddings=(Embedding(OLD, vector),)), [], utc_now()
+            )
+            rollout = await asyncio.to_thread(models.add_rollout, NEW, Target("all"), "active", utc_now())
+            await server.fanout.publish_models(models.models_revision())
+            delta = await anext(updates)
+            assert isinstance(delta, GalleryDelta) and [p.person_id for p in delta.upserts] == ["eileen"]
+            assert models.device_rollouts("door-1") == {}, "not sent yet, so not announced"
+            await asyncio.to_thread(
+                models.change_rollout, rollout.rollout_id, lambda r: rollouts.paused(r, utc_now())
+            )
+            await updates.aclose()
+            assert models.device_rollouts("door-1") == {}
+
+            again = await watching(harness, "door-1")
+            await quiet(again)  # the paused rollout does not cover door-1
+            again.cancel()
+            await asyncio.to_thread(
+                models.change_rollout, rollout.rollout_id, lambda r: rollouts.resumed(r, utc_now())
+            )
+            await server.refresh()
+            stream = await watching(harness, "door-1")
+            assert summary(await next_models(stream)) == [("expression", NEW, rollout.rollout_id, 2)]
+
+            async def recorded() -> None:
+                while not models.device_rollouts("door-1"):
+                    await asyncio.sleep(0.01)
+
+            await asyncio.wait_for(recorded(), 10)  # recorded once the server has sent it
+            await asyncio.to_thread(
+                models.change_rollout, rollout.rollout_id, lambda r: rollouts.paused(r, utc_now())
+            )
+            await server.refresh()
+            await quiet(stream)  # sent, so announced: the paused rollout keeps door-1 on it
+            assert [d.device_id for d in models.rollout_devices(rollout.rollout_id)] == ["door-1"]
             stream.cancel()
 
     run(scenario)

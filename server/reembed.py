@@ -4,7 +4,10 @@ gallery is complete for that model before any agent is told to use it.
 Each crop is the 112×112 aligned BGR face the enrolment kept (PNG or JPEG); it goes through the very same
 input conversion and L2 normalisation as enrolment (agent.preprocess), so a re-embedded face matches what the
 enroller computes for the same image with that model. Each person's new embeddings replace only that model's
-embeddings, as one gallery revision; their crops and other models' embeddings stay.
+embeddings, as one gallery revision; their crops and other models' embeddings stay. The replacement happens
+only if the person is still at the revision read with the crops: a person re-enrolled or changed meanwhile is
+read and embedded again (a few times at most; one changing faster is left to the enroller, which embeds with
+the rollout's model, and to the rollout's second sweep).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -26,6 +30,8 @@ from server.state import State
 
 CROP_SIZE = 112
 _PAGE = 500
+_ATTEMPTS = 3
+Outcome = Literal["done", "without_crops", "gone", "changing"]
 
 
 @dataclass(frozen=True)
@@ -79,28 +85,36 @@ def reembed(
     done: list[str] = []
     without: list[str] = []
     for index, person_id in enumerate(ids):
-        if _reembed_one(state, embedder, person_id, clock):
+        outcome = _reembed_one(state, embedder, person_id, clock)
+        if outcome == "done":
             done.append(person_id)
-        elif _exists(state, person_id):
+        elif outcome == "without_crops":
             without.append(person_id)
         if progress is not None:
             progress(index + 1, len(ids))
     return ReembedResult(embedder.model_id, tuple(sorted(done)), tuple(sorted(without)))
 
 
-def _reembed_one(state: State, embedder: CropEmbedder, person_id: str, clock: Callable[[], datetime]) -> bool:
-    crops = state.crops(person_id)
-    if not crops:
-        return False
-    try:
-        person = state.get_person(person_id, with_vectors=True)
-    except NotFoundError:
-        return False
-    quality = {e.source: e.quality for e in person.embeddings}
-    embeddings = embedder.embed_crops(crops, quality)
-    if not embeddings:
-        return False
-    return state.replace_model_embeddings(person_id, embedder.model_id, embeddings, clock()) is not None
+def _reembed_one(
+    state: State, embedder: CropEmbedder, person_id: str, clock: Callable[[], datetime]
+) -> Outcome:
+    """Embed a person's crops and store the result unless the person changed meanwhile (a re-enrolment
+    must not be overwritten from older crops): then read again, up to _ATTEMPTS times."""
+    for _ in range(_ATTEMPTS):
+        try:  # the person first: any change after this read moves its revision
+            person = state.get_person(person_id, with_vectors=True)
+        except NotFoundError:
+            return "gone"
+        quality = {e.source: e.quality for e in person.embeddings}
+        embeddings = embedder.embed_crops(state.crops(person_id), quality)
+        if not embeddings:
+            return "without_crops"
+        stored = state.replace_model_embeddings(
+            person_id, embedder.model_id, embeddings, clock(), revision=person.revision
+        )
+        if stored is not None:
+            return "done"
+    return "changing"
 
 
 def _all_people(state: State) -> list[str]:
@@ -110,11 +124,3 @@ def _all_people(state: State) -> list[str]:
         ids.extend(p.person_id for p in page)
         if len(page) < _PAGE:
             return ids
-
-
-def _exists(state: State, person_id: str) -> bool:
-    try:
-        state.get_person(person_id, with_vectors=False)
-    except NotFoundError:
-        return False
-    return True

@@ -79,10 +79,18 @@ class State(abc.ABC):
 
     @abc.abstractmethod
     def replace_model_embeddings(
-        self, person_id: str, model_id: str, embeddings: Sequence[Embedding], now: datetime
+        self,
+        person_id: str,
+        model_id: str,
+        embeddings: Sequence[Embedding],
+        now: datetime,
+        *,
+        revision: int | None = None,
     ) -> int | None:
         """Replace one model's embeddings of a person as one revision (crops and other models' embeddings
-        stay); return the revision, or None when the person no longer exists."""
+        stay); return the revision, or None when the person no longer exists or, with `revision`, has
+        changed since it was read at that revision (embeddings computed from what was read then would
+        overwrite newer ones)."""
 
     @abc.abstractmethod
     def delete_person(self, person_id: str, now: datetime) -> int:

@@ -285,19 +285,26 @@ class SqliteState(State):
             return _load_person(conn, person_id, with_vectors=True)
 
     def replace_model_embeddings(
-        self, person_id: str, model_id: str, embeddings: Sequence[Embedding], now: datetime
+        self,
+        person_id: str,
+        model_id: str,
+        embeddings: Sequence[Embedding],
+        now: datetime,
+        *,
+        revision: int | None = None,
     ) -> int | None:
         with self._write() as conn:
-            if not _exists(conn, person_id):
+            row = conn.execute("SELECT revision FROM people WHERE person_id = ?", (person_id,)).fetchone()
+            if row is None or (revision is not None and int(row[0]) != revision):
                 return None
-            revision = self._next_revision(conn, [(person_id, "upsert")], now)
+            new = self._next_revision(conn, [(person_id, "upsert")], now)
             conn.execute("DELETE FROM embeddings WHERE person_id = ? AND model_id = ?", (person_id, model_id))
             _insert_embeddings(conn, person_id, [e for e in embeddings if e.model_id == model_id])
             conn.execute(
                 "UPDATE people SET updated_us = ?, revision = ? WHERE person_id = ?",
-                (to_us(now), revision, person_id),
+                (to_us(now), new, person_id),
             )
-            return revision
+            return new
 
     def delete_person(self, person_id: str, now: datetime) -> int:
         with self._write() as conn:

@@ -5,22 +5,30 @@ embed with both models, and people without crops are reported (they need re-enro
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 from facefleet.v1 import admin_pb2, fleet_pb2, gallery_pb2
 
+from agent.models.store import ModelStore, StoredModel
 from agent.runtime import Runtime
+from server.domain import Crop, Embedding, Person
 from server.enrolment import Enroller
 from server.model_catalog import ModelCatalog
 from server.model_types import Target
+from server.reembed import CropEmbedder, reembed
 from server.rollout_control import RolloutControl, StartedRollout
+from server.state_sqlite import SqliteState
 from tests.server.conftest import Pki, encode, next_update, run, serving
 from tests.server.test_fleet_service import random_embedding
 
 OLD = "sface@2021dec"
 NEW = "sface@2021dec-fp32"
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 
 
 def vectors(person: gallery_pb2.Person, model_id: str) -> list[npt.NDArray[np.float32]]:
@@ -104,3 +112,47 @@ def test_an_embedding_rollout_completes_the_gallery_before_agents_switch(
             assert server.state.models.people_without_model(NEW) == ["vector-only"]
 
     run(scenario)
+
+
+class EnrolledMeanwhile(CropEmbedder):
+    """The real embedder; while it embeds the crops it read first, the person is re-enrolled from another
+    crop by an enroller that already embeds with the same model (once)."""
+
+    def __init__(self, runtime: Runtime, model: StoredModel, state: SqliteState, newer: Crop) -> None:
+        super().__init__(runtime, model)
+        self.state, self.newer, self.calls = state, newer, 0
+
+    def embed_crops(self, crops: Sequence[Crop], quality: dict[str, float]) -> list[Embedding]:
+        self.calls += 1
+        if self.calls == 1:
+            [embedding] = super().embed_crops([self.newer], {})
+            self.state.replace_person(
+                Person("eileen", embeddings=(embedding,)), [self.newer], NOW, append=False
+            )
+        return super().embed_crops(crops, quality)
+
+
+def test_reembedding_never_overwrites_a_newer_enrolment_with_older_crops(
+    tmp_path: Path, runtime: Runtime, model_store: ModelStore, astronaut: npt.NDArray[np.uint8]
+) -> None:
+    face = cv2.resize(astronaut, (112, 112))
+    older, newer = (
+        Crop("png", encode(f, ".png"), "image:0") for f in (face, np.ascontiguousarray(face[:, ::-1]))
+    )
+    state = SqliteState(tmp_path / "state.db")
+    other = Embedding("other@v1", np.ones(128, np.float32))
+    state.add_person(Person("eileen", embeddings=(other,)), [older], NOW)
+    embedder = EnrolledMeanwhile(runtime, model_store.get("embedding", "sface", "2021dec"), state, newer)
+    [expected] = embedder.embed_crops([newer], {})
+    [stale] = embedder.embed_crops([older], {})
+    assert float(expected.vector @ stale.vector) < 0.99  # the two crops are told apart
+    embedder.calls = 0
+
+    result = reembed(state, embedder, clock=lambda: NOW)
+
+    person = state.get_person("eileen")
+    [stored] = [e for e in person.embeddings if e.model_id == OLD]
+    assert np.allclose(stored.vector, expected.vector, atol=1e-5), "embedded from the newer crop"
+    assert (result.reembedded, result.without_crops, embedder.calls) == (("eileen",), (), 2)
+    assert state.crops("eileen") == [newer]
+    state.close()

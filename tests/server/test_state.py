@@ -399,3 +399,19 @@ def test_replacing_one_models_embeddings_keeps_crops_and_other_models(state: Sta
     assert state.head_revision() == 2
     assert state.models.people_without_model("other@v1") == []
     assert state.models.people_without_model("third@v1") == ["alice"]
+
+
+def test_replacing_one_models_embeddings_at_a_revision_skips_a_person_changed_since(state: State) -> None:
+    state.add_person(Person("alice", embeddings=(emb(1),)), [], NOW)
+    read = state.get_person("alice").revision
+    state.update_person("alice", NOW, display_name="Alice")
+    assert (
+        state.replace_model_embeddings("alice", "other@v1", [emb(2, "other@v1")], NOW, revision=read) is None
+    )
+    assert state.head_revision() == 2
+    assert [e.model_id for e in state.get_person("alice").embeddings] == ["sface@2021dec"]
+    current = state.get_person("alice").revision
+    assert (
+        state.replace_model_embeddings("alice", "other@v1", [emb(2, "other@v1")], NOW, revision=current) == 3
+    )
+    assert state.replace_model_embeddings("nobody", "other@v1", [emb(2, "other@v1")], NOW, revision=1) is None

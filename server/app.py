@@ -104,6 +104,7 @@ class FleetServer:
     async def start(self) -> Ports:
         """Bind the listeners and start serving."""
         credentials = None if self.config.insecure_development else self._credentials()
+        await asyncio.to_thread(self._expire_stalled)
         self.fanout = GalleryFanout(self.state.head_revision(), self.state.models.models_revision())
         await self._follow_rollout_models(
             await asyncio.to_thread(rollout_embedding_models, self.state.models)
@@ -267,6 +268,7 @@ class FleetServer:
         models of rollouts in the enroller."""
         assert self.fanout is not None
         models = self.state.models
+        await asyncio.to_thread(self._expire_stalled)
         # models first: a rollout activated after its gallery was completed is then seen with that gallery
         models_revision, head = await asyncio.to_thread(
             lambda: (models.models_revision(), self.state.head_revision())
@@ -298,6 +300,13 @@ class FleetServer:
             else settle_seconds,
             on_change=changed,
         )
+
+    def _expire_stalled(self) -> None:
+        """Roll back rollouts left preparing by a process that is gone (server.rollout_control)."""
+        for rollout in RolloutControl(self.state, self.catalog).expire_stalled():
+            log.warning(
+                "rolled back rollout %d of %s: %s", rollout.rollout_id, rollout.model_id, rollout.reason
+            )
 
     async def _poll_changes(self) -> None:
         failing = False

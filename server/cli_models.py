@@ -20,7 +20,7 @@ from agent.models.tasks import TASKS
 from agent.runtime import Runtime
 from server.model_catalog import ModelCatalog
 from server.model_types import DeviceRollout, PublishedModel, Rollout, Target
-from server.rollout_control import RolloutControl, StartedRollout
+from server.rollout_control import PREPARING_STALE_SECONDS, RolloutControl, StartedRollout
 
 if TYPE_CHECKING:
     from server.cli import Context
@@ -111,7 +111,9 @@ def _register_rollouts(commands: Any, make: Callable[..., Any]) -> None:
     rollback = make(
         verbs,
         "rollback",
-        "send its agents back to the version they ran before",
+        "send its agents back to the version they ran before; also ends a rollout stuck preparing (its "
+        f"preparer was killed; one without progress for {PREPARING_STALE_SECONDS:.0f} s is rolled back "
+        "anyway)",
         "facefleet-server rollout rollback 3",
     )
     rollback.set_defaults(handler=partial(_change, "rollback"))
@@ -325,6 +327,8 @@ def _show_rollout(context: Context, args: argparse.Namespace) -> int:
         f"{rollout.state}; announced to {len(devices)} agents",
         markup=False,
     )
+    if rollout.reason:
+        context.console.print(f"rolled back because {rollout.reason}", markup=False)
     table = Table("device", "state", "previous", "updated", "reason")
     for d in devices:
         table.add_row(
@@ -364,6 +368,7 @@ def rollout_json(rollout: Rollout) -> dict[str, Any]:
             "percent": rollout.target.percent,
         },
         "state": rollout.state,
+        "reason": rollout.reason,
         "created_at": rollout.created_at.isoformat(),
         "updated_at": rollout.updated_at.isoformat(),
     }

@@ -65,6 +65,11 @@ class ModelState(abc.ABC):
         """Read a rollout, apply `change` (which may raise), store the result; one transaction."""
 
     @abc.abstractmethod
+    def touch_rollout(self, rollout_id: int, now: datetime) -> bool:
+        """A preparing rollout's sign of progress: set its updated_at to now, without moving the models
+        revision (nothing changes for agents). False when the rollout is no longer preparing."""
+
+    @abc.abstractmethod
     def device_rollouts(self, device_id: str) -> dict[int, DeviceRollout]:
         """The rollouts announced to a device, by rollout id."""
 

@@ -115,7 +115,8 @@ class Target:
 
 @dataclass(frozen=True)
 class Rollout:
-    """A model version targeted at part of the fleet."""
+    """A model version targeted at part of the fleet. While preparing, updated_at is the preparing
+    process's last sign of progress; reason: why it was rolled back when an operator did not do it."""
 
     rollout_id: int
     task: str
@@ -124,6 +125,7 @@ class Rollout:
     state: RolloutState
     created_at: datetime
     updated_at: datetime
+    reason: str = ""
 
     def __post_init__(self) -> None:
         if self.state not in ROLLOUT_STATES:

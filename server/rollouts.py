@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from server.errors import FailedPreconditionError, InvalidArgumentError
 from server.model_types import DeviceRollout, PublishedModel, Release, Rollout, Target
@@ -146,10 +146,28 @@ def resumed(rollout: Rollout, now: datetime, percent: int | None = None) -> Roll
     return replace(rollout, state="active", target=target, updated_at=now)
 
 
-def rolled_back(rollout: Rollout, now: datetime) -> Rollout:
+def rolled_back(rollout: Rollout, now: datetime, reason: str = "") -> Rollout:
     if rollout.state == "rolled_back":
         raise FailedPreconditionError(f"rollout {rollout.rollout_id} is already rolled back")
-    return replace(rollout, state="rolled_back", updated_at=now)
+    return replace(rollout, state="rolled_back", updated_at=now, reason=reason)
+
+
+def stalled(rollout: Rollout, now: datetime, bound: timedelta) -> bool:
+    """A preparing rollout whose preparing process showed no progress for longer than bound: it is gone."""
+    return rollout.state == "preparing" and now - rollout.updated_at > bound
+
+
+def given_up(rollout: Rollout, now: datetime, bound: timedelta) -> Rollout:
+    """A stalled rollout rolled back, saying why; any other unchanged (its preparer moved meanwhile)."""
+    if not stalled(rollout, now, bound):
+        return rollout
+    since = rollout.updated_at.isoformat(timespec="seconds")
+    return rolled_back(
+        rollout,
+        now,
+        f"its gallery was being prepared, but the preparing process showed no progress since {since} "
+        f"(more than {bound.total_seconds():.0f} s; killed?); start the rollout again",
+    )
 
 
 def activated(rollout: Rollout, now: datetime) -> Rollout:

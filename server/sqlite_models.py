@@ -55,10 +55,14 @@ SCHEMA = (
 )
 """Migration 2: model versions and rollouts."""
 
+SCHEMA_3 = ("ALTER TABLE rollouts ADD COLUMN reason TEXT NOT NULL DEFAULT ''",)
+"""Migration 3: why a rollout was rolled back when no operator did it (its preparation stopped)."""
+
 _REVISION_KEY = "models_revision"
 _MODEL_COLUMNS = "model_id, task, precision, licence, files_json, manifest_json, published_us, retired_us"
 _ROLLOUT_COLUMNS = (
-    "rollout_id, task, model_id, target_kind, target_group, target_percent, state, created_us, updated_us"
+    "rollout_id, task, model_id, target_kind, target_group, target_percent, state, created_us, updated_us, "
+    "reason"
 )
 _DEVICE_COLUMNS = "rollout_id, device_id, previous_model_id, state, reason, updated_us"
 
@@ -185,18 +189,28 @@ class SqliteModelState(ModelState):
             new = change(_require_rollout(conn, rollout_id))
             conn.execute(
                 "UPDATE rollouts SET target_kind = ?, target_group = ?, target_percent = ?, state = ?, "
-                "updated_us = ? WHERE rollout_id = ?",
+                "updated_us = ?, reason = ? WHERE rollout_id = ?",
                 (
                     new.target.kind,
                     new.target.group,
                     new.target.percent,
                     new.state,
                     to_us(new.updated_at),
+                    new.reason,
                     rollout_id,
                 ),
             )
             _bump(conn)
             return _require_rollout(conn, rollout_id)
+
+    def touch_rollout(self, rollout_id: int, now: datetime) -> bool:
+        with self._core._write() as conn:
+            cursor = conn.execute(
+                "UPDATE rollouts SET updated_us = MAX(updated_us, ?) WHERE rollout_id = ? "
+                "AND state = 'preparing'",
+                (to_us(now), rollout_id),
+            )
+            return cursor.rowcount == 1
 
     def device_rollouts(self, device_id: str) -> dict[int, DeviceRollout]:
         with self._core._use() as conn:
@@ -372,7 +386,7 @@ def _require_rollout(conn: sqlite3.Connection, rollout_id: int) -> Rollout:
 
 
 def _rollout_from_row(row: tuple[object, ...]) -> Rollout:
-    rollout_id, task, model_id, kind, group, percent, state, created_us, updated_us = row
+    rollout_id, task, model_id, kind, group, percent, state, created_us, updated_us, reason = row
     return Rollout(
         rollout_id=int(str(rollout_id)),
         task=str(task),
@@ -381,6 +395,7 @@ def _rollout_from_row(row: tuple[object, ...]) -> Rollout:
         state=cast(RolloutState, state),
         created_at=from_us(int(str(created_us))),
         updated_at=from_us(int(str(updated_us))),
+        reason=str(reason),
     )
 
 

@@ -88,6 +88,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         *sqlite_events.SCHEMA,
     ),
     sqlite_models.SCHEMA,
+    sqlite_models.SCHEMA_3,
 )
 """Schema versions: MIGRATIONS[i] takes the schema from version i to i + 1. Append, never edit."""
 

@@ -4,7 +4,7 @@ releases of one agent (including rollbacks to the version it ran before), and th
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -196,6 +196,34 @@ def test_state_changes(change: object, state: RolloutState, error: type[Exceptio
     else:
         with pytest.raises(error, match="rollout 9"):
             apply(start)
+
+
+@pytest.mark.parametrize(
+    ("state", "silent_s", "expected"),
+    [
+        ("preparing", 121, "rolled_back"),
+        ("preparing", 119, "preparing"),
+        ("preparing", 0, "preparing"),
+        ("active", 3600, "active"),
+        ("paused", 3600, "paused"),
+        ("rolled_back", 3600, "rolled_back"),
+    ],
+)
+def test_a_preparing_rollout_without_progress_is_given_up(
+    state: RolloutState, silent_s: int, expected: RolloutState
+) -> None:
+    bound = timedelta(seconds=120)
+    start = rollout(9, NEW, state=state, task="embedding")
+    now = NOW + timedelta(seconds=silent_s)
+    assert rollouts.stalled(start, now, bound) is (expected != state)
+    after = rollouts.given_up(start, now, bound)
+    assert after.state == expected
+    if expected == state:
+        assert after == start
+    else:
+        assert after.updated_at == now
+        assert "no progress since 2026-11-23T12:00:00+00:00" in after.reason
+        assert "start the rollout again" in after.reason
 
 
 def test_only_percent_rollouts_can_be_widened() -> None:

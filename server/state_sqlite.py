@@ -4,12 +4,12 @@ idempotent numbered migrations applied at open, parameterised SQL only.
 Each thread gets its own connection; writes are serialised by a lock in this process and by
 `BEGIN IMMEDIATE` against other processes (e.g. `facefleet-server tokens create` while the server runs).
 Reads that need a consistent view (a gallery delta) run in one deferred transaction, which WAL turns into
-a snapshot. Event storage and dashboard aggregates live in server.sqlite_events.
+a snapshot. Row-level SQL lives in companions: people in server.sqlite_people, agents and tokens in
+server.sqlite_agents, events and dashboard aggregates in server.sqlite_events, models in server.sqlite_models.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import uuid
@@ -18,9 +18,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
-
-from server import sqlite_events, sqlite_models
+from server import sqlite_agents, sqlite_events, sqlite_models, sqlite_people
 from server.domain import (
     MAX_EMBEDDINGS_PER_PERSON,
     AgentInfo,
@@ -41,14 +39,12 @@ from server.queries import (
     ExpressionCount,
     IntervalCount,
     UnknownRate,
-    from_us,
     to_us,
 )
 from server.state import State
 
 BUSY_TIMEOUT_MS = 10_000
 DEFAULT_LOG_REVISIONS = 1000
-_CHUNK = 500
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -222,22 +218,22 @@ class SqliteState(State):
 
     def add_person(self, person: Person, crops: Sequence[Crop], now: datetime) -> Person:
         with self._write() as conn:
-            if _exists(conn, person.person_id):
+            if sqlite_people.exists(conn, person.person_id):
                 raise AlreadyExistsError(
                     f"person {person.person_id} is already enrolled; choose another id, or replace or "
                     "append to them (on_existing)"
                 )
             revision = self._next_revision(conn, [(person.person_id, "upsert")], now)
-            self._insert_person(conn, person, now, now, revision)
-            _insert_embeddings(conn, person.person_id, person.embeddings)
-            _insert_crops(conn, person.person_id, crops)
-            return _load_person(conn, person.person_id, with_vectors=True)
+            sqlite_people.insert_person(conn, person, now, now, revision)
+            sqlite_people.insert_embeddings(conn, person.person_id, person.embeddings)
+            sqlite_people.insert_crops(conn, person.person_id, crops)
+            return sqlite_people.load_person(conn, person.person_id, with_vectors=True)
 
     def replace_person(self, person: Person, crops: Sequence[Crop], now: datetime, *, append: bool) -> Person:
         with self._write() as conn:
             revision = self._next_revision(conn, [(person.person_id, "upsert")], now)
-            if not _exists(conn, person.person_id):
-                self._insert_person(conn, person, now, now, revision)
+            if not sqlite_people.exists(conn, person.person_id):
+                sqlite_people.insert_person(conn, person, now, now, revision)
             elif append:
                 conn.execute(
                     "UPDATE people SET updated_us = ?, revision = ? WHERE person_id = ?",
@@ -251,9 +247,9 @@ class SqliteState(State):
                     )
                 if crops:
                     conn.execute("DELETE FROM crops WHERE person_id = ?", (person.person_id,))
-                self._update_fields(conn, person, now, revision)
-            _insert_embeddings(conn, person.person_id, person.embeddings)
-            _insert_crops(conn, person.person_id, crops)
+                sqlite_people.update_fields(conn, person, now, revision)
+            sqlite_people.insert_embeddings(conn, person.person_id, person.embeddings)
+            sqlite_people.insert_crops(conn, person.person_id, crops)
             count = conn.execute(
                 "SELECT COUNT(*) FROM embeddings WHERE person_id = ?", (person.person_id,)
             ).fetchone()[0]
@@ -262,7 +258,7 @@ class SqliteState(State):
                     f"person {person.person_id} would have {count} embeddings, over the limit of "
                     f"{MAX_EMBEDDINGS_PER_PERSON}; replace them instead of appending"
                 )
-            return _load_person(conn, person.person_id, with_vectors=True)
+            return sqlite_people.load_person(conn, person.person_id, with_vectors=True)
 
     def update_person(
         self,
@@ -274,7 +270,7 @@ class SqliteState(State):
         metadata_json: str | None = None,
     ) -> Person:
         with self._write() as conn:
-            current = _load_person(conn, person_id, with_vectors=False)
+            current = sqlite_people.load_person(conn, person_id, with_vectors=False)
             updated = Person(
                 person_id=person_id,
                 display_name=current.display_name if display_name is None else display_name,
@@ -282,8 +278,8 @@ class SqliteState(State):
                 metadata_json=current.metadata_json if metadata_json is None else metadata_json,
             )
             revision = self._next_revision(conn, [(person_id, "upsert")], now)
-            self._update_fields(conn, updated, now, revision)
-            return _load_person(conn, person_id, with_vectors=True)
+            sqlite_people.update_fields(conn, updated, now, revision)
+            return sqlite_people.load_person(conn, person_id, with_vectors=True)
 
     def replace_model_embeddings(
         self,
@@ -300,7 +296,9 @@ class SqliteState(State):
                 return None
             new = self._next_revision(conn, [(person_id, "upsert")], now)
             conn.execute("DELETE FROM embeddings WHERE person_id = ? AND model_id = ?", (person_id, model_id))
-            _insert_embeddings(conn, person_id, [e for e in embeddings if e.model_id == model_id])
+            sqlite_people.insert_embeddings(
+                conn, person_id, [e for e in embeddings if e.model_id == model_id]
+            )
             conn.execute(
                 "UPDATE people SET updated_us = ?, revision = ? WHERE person_id = ?",
                 (to_us(now), new, person_id),
@@ -309,7 +307,7 @@ class SqliteState(State):
 
     def delete_person(self, person_id: str, now: datetime) -> int:
         with self._write() as conn:
-            if not _exists(conn, person_id):
+            if not sqlite_people.exists(conn, person_id):
                 raise NotFoundError(f"person {person_id} is not enrolled")
             revision = self._next_revision(conn, [(person_id, "delete")], now)
             conn.execute("DELETE FROM people WHERE person_id = ?", (person_id,))
@@ -317,23 +315,24 @@ class SqliteState(State):
 
     def get_person(self, person_id: str, *, with_vectors: bool = True) -> Person:
         with self._read() as conn:
-            return _load_person(conn, person_id, with_vectors=with_vectors)
+            return sqlite_people.load_person(conn, person_id, with_vectors=with_vectors)
 
     def list_people(self, *, after: str = "", limit: int = 100, group: str = "") -> list[Person]:
+        columns = sqlite_people.PERSON_COLUMNS
         with self._read() as conn:
             if group:
                 rows = conn.execute(
-                    f"SELECT {_PERSON_COLUMNS} FROM people p JOIN person_groups g USING (person_id) "  # noqa: S608
+                    f"SELECT {columns} FROM people p JOIN person_groups g USING (person_id) "  # noqa: S608
                     "WHERE g.group_name = ? AND p.person_id > ? ORDER BY p.person_id LIMIT ?",
                     (group, after, limit),
                 ).fetchall()
             else:
                 rows = conn.execute(
-                    f"SELECT {_PERSON_COLUMNS} FROM people p WHERE p.person_id > ? "  # noqa: S608
+                    f"SELECT {columns} FROM people p WHERE p.person_id > ? "  # noqa: S608
                     "ORDER BY p.person_id LIMIT ?",
                     (after, limit),
                 ).fetchall()
-            return [_person_from_row(row, ()) for row in rows]
+            return [sqlite_people.person_from_row(row, ()) for row in rows]
 
     def crops(self, person_id: str) -> list[Crop]:
         with self._use() as conn:
@@ -354,7 +353,7 @@ class SqliteState(State):
                     (revision,),
                 )
             ]
-            people = _load_people(conn, ids)
+            people = sqlite_people.load_people(conn, ids)
             found = {p.person_id for p in people}
             return GalleryDelta(
                 from_revision=revision,
@@ -372,7 +371,7 @@ class SqliteState(State):
                 from_revision=0,
                 to_revision=int(_meta(conn, "head_revision", "0")),
                 snapshot=True,
-                upserts=tuple(_load_people(conn, ids)),
+                upserts=tuple(sqlite_people.load_people(conn, ids)),
                 gallery_id=_meta(conn, "gallery_id", ""),
             )
 
@@ -390,70 +389,15 @@ class SqliteState(State):
             _set_meta(conn, "log_floor", str(floor))
         return revision
 
-    def _update_fields(self, conn: sqlite3.Connection, person: Person, now: datetime, revision: int) -> None:
-        conn.execute(
-            "UPDATE people SET display_name = ?, groups_json = ?, metadata_json = ?, updated_us = ?, "
-            "revision = ? WHERE person_id = ?",
-            (
-                person.display_name,
-                json.dumps(list(person.groups)),
-                person.metadata_json,
-                to_us(now),
-                revision,
-                person.person_id,
-            ),
-        )
-        conn.execute("DELETE FROM person_groups WHERE person_id = ?", (person.person_id,))
-        _insert_groups(conn, person.person_id, person.groups)
-
-    def _insert_person(
-        self, conn: sqlite3.Connection, person: Person, created: datetime, updated: datetime, revision: int
-    ) -> None:
-        conn.execute(
-            "INSERT INTO people (person_id, display_name, groups_json, metadata_json, created_us, "
-            "updated_us, revision) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                person.person_id,
-                person.display_name,
-                json.dumps(list(person.groups)),
-                person.metadata_json,
-                to_us(created),
-                to_us(updated),
-                revision,
-            ),
-        )
-        _insert_groups(conn, person.person_id, person.groups)
-
     # -- agents --------------------------------------------------------------------------------------
 
     def register_agent(self, registration: Registration, now: datetime) -> AgentInfo:
-        r = registration
         with self._write() as conn:
-            conn.execute(
-                "INSERT INTO agents (device_id, agent_version, hostname, model_versions_json, "
-                "capabilities_json, gallery_revision, registered_us, last_seen_us, health_json) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, '{}') "
-                "ON CONFLICT (device_id) DO UPDATE SET agent_version = excluded.agent_version, "
-                "hostname = excluded.hostname, model_versions_json = excluded.model_versions_json, "
-                "capabilities_json = excluded.capabilities_json, "
-                "gallery_revision = excluded.gallery_revision, last_seen_us = excluded.last_seen_us",
-                (
-                    r.device_id,
-                    r.agent_version,
-                    r.hostname,
-                    json.dumps(dict(r.model_versions), sort_keys=True),
-                    json.dumps(list(r.capabilities)),
-                    r.gallery_revision,
-                    to_us(now),
-                    to_us(now),
-                ),
-            )
-            agent = _load_agents(conn, (r.device_id,))
-        return agent[0]
+            return sqlite_agents.register_agent(conn, registration, now)
 
     def get_agent(self, device_id: str) -> AgentInfo | None:
         with self._use() as conn:
-            agents = _load_agents(conn, (device_id,))
+            agents = sqlite_agents.load_agents(conn, (device_id,))
         return agents[0] if agents else None
 
     def touch_agent(
@@ -465,21 +409,11 @@ class SqliteState(State):
         health: Mapping[str, float] | None = None,
     ) -> None:
         with self._write() as conn:
-            conn.execute(
-                "UPDATE agents SET last_seen_us = MAX(last_seen_us, ?), "
-                "gallery_revision = COALESCE(?, gallery_revision), health_json = COALESCE(?, health_json) "
-                "WHERE device_id = ?",
-                (
-                    to_us(now),
-                    gallery_revision,
-                    json.dumps(dict(health), sort_keys=True) if health else None,
-                    device_id,
-                ),
-            )
+            sqlite_agents.touch_agent(conn, device_id, now, gallery_revision, health)
 
     def list_agents(self, device_ids: Sequence[str] = ()) -> list[AgentInfo]:
         with self._use() as conn:
-            return _load_agents(conn, tuple(device_ids) or None)
+            return sqlite_agents.load_agents(conn, tuple(device_ids) or None)
 
     # -- events --------------------------------------------------------------------------------------
 
@@ -511,47 +445,19 @@ class SqliteState(State):
 
     def add_token(self, record: TokenRecord) -> None:
         with self._write() as conn:
-            if conn.execute("SELECT 1 FROM tokens WHERE name = ?", (record.name,)).fetchone():
-                raise AlreadyExistsError(
-                    f"a token named {record.name!r} exists; revoke it first or pick another name"
-                )
-            conn.execute(
-                "INSERT INTO tokens (token_id, name, role, salt, digest, created_us) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    record.token_id,
-                    record.name,
-                    record.role,
-                    record.salt,
-                    record.digest,
-                    to_us(record.created_at),
-                ),
-            )
+            sqlite_agents.add_token(conn, record)
 
     def find_token(self, token_id: str) -> TokenRecord | None:
         with self._use() as conn:
-            row = conn.execute(
-                "SELECT token_id, name, role, salt, digest, created_us FROM tokens WHERE token_id = ?",
-                (token_id,),
-            ).fetchone()
-        return _token(row) if row else None
+            return sqlite_agents.find_token(conn, token_id)
 
     def list_tokens(self) -> list[TokenRecord]:
         with self._use() as conn:
-            rows = conn.execute(
-                "SELECT token_id, name, role, salt, digest, created_us FROM tokens ORDER BY name"
-            ).fetchall()
-        return [_token(row) for row in rows]
+            return sqlite_agents.list_tokens(conn)
 
     def revoke_token(self, name: str) -> None:
         with self._write() as conn:
-            if conn.execute("DELETE FROM tokens WHERE name = ?", (name,)).rowcount == 0:
-                raise NotFoundError(f"no token named {name!r}; `facefleet-server tokens list` shows them")
-
-
-_PERSON_COLUMNS = (
-    "p.person_id, p.display_name, p.groups_json, p.metadata_json, p.created_us, p.updated_us, p.revision"
-)
+            sqlite_agents.revoke_token(conn, name)
 
 
 def _meta(conn: sqlite3.Connection, key: str, default: str) -> str:
@@ -563,125 +469,4 @@ def _set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
     conn.execute(
         "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (key, value),
-    )
-
-
-def _exists(conn: sqlite3.Connection, person_id: str) -> bool:
-    return conn.execute("SELECT 1 FROM people WHERE person_id = ?", (person_id,)).fetchone() is not None
-
-
-def _insert_groups(conn: sqlite3.Connection, person_id: str, groups: tuple[str, ...]) -> None:
-    conn.executemany(
-        "INSERT INTO person_groups (group_name, person_id) VALUES (?, ?)", [(g, person_id) for g in groups]
-    )
-
-
-def _insert_embeddings(conn: sqlite3.Connection, person_id: str, embeddings: Sequence[Embedding]) -> None:
-    conn.executemany(
-        "INSERT INTO embeddings (person_id, model_id, dim, vector, quality, source) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        [
-            (person_id, e.model_id, e.dim, e.vector.astype("<f4").tobytes(), float(e.quality), e.source)
-            for e in embeddings
-        ],
-    )
-
-
-def _insert_crops(conn: sqlite3.Connection, person_id: str, crops: Sequence[Crop]) -> None:
-    conn.executemany(
-        "INSERT INTO crops (person_id, image_format, source, data) VALUES (?, ?, ?, ?)",
-        [(person_id, c.image_format, c.source, c.data) for c in crops],
-    )
-
-
-def _load_person(conn: sqlite3.Connection, person_id: str, *, with_vectors: bool) -> Person:
-    if with_vectors:
-        people = _load_people(conn, [person_id])
-        if people:
-            return people[0]
-    else:
-        row = conn.execute(
-            f"SELECT {_PERSON_COLUMNS} FROM people p WHERE p.person_id = ?",  # noqa: S608
-            (person_id,),
-        ).fetchone()
-        if row:
-            return _person_from_row(row, ())
-    raise NotFoundError(f"person {person_id} is not enrolled")
-
-
-def _load_people(conn: sqlite3.Connection, ids: Sequence[str]) -> list[Person]:
-    """The people with these ids that exist, with their embeddings, in the order of ids."""
-    people: dict[str, Person] = {}
-    for start in range(0, len(ids), _CHUNK):
-        chunk = list(ids[start : start + _CHUNK])
-        marks = ", ".join("?" * len(chunk))
-        embeddings: dict[str, list[Embedding]] = {}
-        for person_id, model_id, dim, vector, quality, source in conn.execute(
-            "SELECT person_id, model_id, dim, vector, quality, source FROM embeddings "  # noqa: S608
-            f"WHERE person_id IN ({marks}) ORDER BY person_id, id",
-            chunk,
-        ):
-            array = np.frombuffer(vector, dtype="<f4", count=dim).astype(np.float32)
-            embeddings.setdefault(person_id, []).append(Embedding(model_id, array, quality, source))
-        for row in conn.execute(
-            f"SELECT {_PERSON_COLUMNS} FROM people p WHERE p.person_id IN ({marks})",  # noqa: S608
-            chunk,
-        ):
-            people[row[0]] = _person_from_row(row, tuple(embeddings.get(row[0], ())))
-    return [people[i] for i in ids if i in people]
-
-
-def _person_from_row(row: tuple[object, ...], embeddings: tuple[Embedding, ...]) -> Person:
-    person_id, name, groups_json, metadata_json, created_us, updated_us, revision = row
-    return Person(
-        person_id=str(person_id),
-        display_name=str(name),
-        groups=tuple(json.loads(str(groups_json))),
-        metadata_json=str(metadata_json),
-        embeddings=embeddings,
-        created_at=from_us(int(str(created_us))),
-        updated_at=from_us(int(str(updated_us))),
-        revision=int(str(revision)),
-    )
-
-
-def _load_agents(conn: sqlite3.Connection, device_ids: Sequence[str] | None) -> list[AgentInfo]:
-    columns = (
-        "device_id, agent_version, hostname, model_versions_json, capabilities_json, gallery_revision, "
-        "registered_us, last_seen_us, health_json"
-    )
-    if device_ids is None:
-        rows = conn.execute(f"SELECT {columns} FROM agents ORDER BY device_id").fetchall()  # noqa: S608
-    else:
-        marks = ", ".join("?" * len(device_ids))
-        rows = conn.execute(
-            f"SELECT {columns} FROM agents WHERE device_id IN ({marks}) ORDER BY device_id",  # noqa: S608
-            list(device_ids),
-        ).fetchall()
-    return [
-        AgentInfo(
-            device_id=row[0],
-            agent_version=row[1],
-            hostname=row[2],
-            model_versions=json.loads(row[3]),
-            capabilities=tuple(json.loads(row[4])),
-            gallery_revision=int(row[5]),
-            registered_at=from_us(row[6]),
-            last_seen=from_us(row[7]),
-            health=json.loads(row[8]),
-        )
-        for row in rows
-    ]
-
-
-def _token(row: tuple[object, ...]) -> TokenRecord:
-    token_id, name, role, salt, digest, created_us = row
-    assert role in ("admin", "query")
-    return TokenRecord(
-        token_id=str(token_id),
-        name=str(name),
-        role=role,
-        salt=bytes(salt),  # type: ignore[call-overload]
-        digest=bytes(digest),  # type: ignore[call-overload]
-        created_at=from_us(int(str(created_us))),
     )

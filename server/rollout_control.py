@@ -9,7 +9,7 @@ had not yet noticed; then the rollout turns active and agents receive the model 
 People without crops cannot be re-embedded: the new model will not recognise them until they are re-enrolled.
 
 A preparing rollout must not outlive the process preparing it (a kill -9 runs no clean-up, and enrolment would
-embed with its model for good). So while preparing, that process moves the rollout's updated_at at least every
+embed with its model for good). So while preparing, that process moves the rollout's updated_at about every
 HEARTBEAT_SECONDS (after re-embedded people and during the settle wait), and a preparing rollout whose
 updated_at is older than `stale_seconds` (PREPARING_STALE_SECONDS) has lost its preparer:
 `expire_stalled` rolls it back with the reason. The server calls it when it starts and at every poll,
@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 
 from agent.runtime import Runtime
 from server import rollouts
-from server.domain import utc_now
+from server.domain import MAX_REASON_CHARS, utc_now
 from server.errors import FailedPreconditionError
 from server.model_catalog import ModelCatalog
 from server.model_state import ModelState
@@ -106,7 +106,7 @@ class RolloutControl:
                 rollout.rollout_id, lambda r: rollouts.activated(r, self.clock())
             )
         except BaseException as exc:
-            reason = f"preparing its gallery failed: {str(exc) or type(exc).__name__}"
+            reason = f"preparing its gallery failed: {str(exc) or type(exc).__name__}"[:MAX_REASON_CHARS]
             self.state.models.change_rollout(
                 rollout.rollout_id,
                 lambda r: rollouts.rolled_back(r, self.clock(), reason) if r.state == "preparing" else r,

@@ -101,11 +101,27 @@ class ModelDistribution:
     ) -> None:
         check_statuses(tuple(statuses))
         versions = check_model_versions(dict(model_versions))
-        await asyncio.to_thread(
-            lambda: self.state.models.set_agent_models(
+
+        def store() -> None:
+            # A status for a rollout proves the agent received it, even when its stream broke before the
+            # announcement was recorded: record it now (the previous version is what the agent ran then).
+            models = self.state.models
+            agent = self.state.get_agent(device_id)
+            running = agent.model_versions if agent else {}
+            tasks = {r.rollout_id: r.task for r in models.list_rollouts()}
+            announced = models.device_rollouts(device_id)
+            received = tuple(
+                (s.rollout_id, running.get(s.task, ""))
+                for s in statuses
+                if tasks.get(s.rollout_id) == s.task and s.rollout_id not in announced
+            )
+            if received:
+                models.announce(device_id, received, self.clock())
+            models.set_agent_models(
                 device_id, self.clock(), statuses=statuses, model_versions=versions or None
             )
-        )
+
+        await asyncio.to_thread(store)
 
     async def _shared(self) -> Fleetwide:
         """Rollouts that can cover anyone (not preparing) and the not retired models, per models revision."""

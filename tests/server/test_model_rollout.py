@@ -335,3 +335,38 @@ def test_a_rollout_counts_as_announced_only_once_its_assignment_was_sent(
             stream.cancel()
 
     run(scenario)
+
+
+def test_a_status_report_records_a_rollout_whose_announcement_was_not_recorded(
+    tmp_path: Path, pki: Pki, enroller: Enroller, runtime: Runtime, model_irs: dict[str, Path]
+) -> None:
+    """The stream may break right after sending the assignment, before the server recorded it: the
+    agent's report of the rollout is proof enough that it received it."""
+
+    async def scenario() -> Any:
+        async with serving(tmp_path, pki, enroller, **FAST) as harness:
+            await publish_expression_models(harness, runtime, model_irs)
+            rollout_id = (await cli(harness, "rollout", "start", NEW, "--all"))["rollout_id"]
+            stub = harness.fleet("door-2")
+            await stub.Register(
+                fleet_pb2.RegisterRequest(device_id="door-2", model_versions={"expression": OLD})
+            )
+            before = await cli(harness, "rollout", "show", str(rollout_id))
+            active = models_pb2.ModelStatus(
+                task="expression",
+                model_id=NEW,
+                rollout_id=rollout_id,
+                state=models_pb2.MODEL_ACTIVATION_ACTIVE,
+            )
+            await stub.ReportModelStatus(
+                fleet_pb2.ReportModelStatusRequest(
+                    device_id="door-2", statuses=[active], model_versions={"expression": NEW}
+                )
+            )
+            return before, await cli(harness, "rollout", "show", str(rollout_id))
+
+    before, after = run(scenario)
+    assert before["devices"] == []
+    assert [(d["device_id"], d["state"], d["previous_model_id"]) for d in after["devices"]] == [
+        ("door-2", "active", OLD)
+    ]

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -65,12 +65,13 @@ def progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def prepare(root: Path, devices: int, stored_events: int) -> dict[str, Any]:
-    """PKI, tokens, models and `stored_events` events spread over 30 days, in a fresh state directory."""
+def new_state(root: Path, devices: Sequence[str]) -> tuple[Path, SqliteState, dict[str, Any]]:
+    """A fresh server state directory under root with the site PKI, a certificate per device, the
+    default models and an admin and a query token: (state_dir, its open state, the tokens' metadata)."""
     state_dir, tls = root / "state", root / "state" / "tls"
     certs.init_ca(tls, server_names=["localhost"])
-    for i in range(devices):
-        certs.issue_device(tls, f"dev-{i:03d}")
+    for device in devices:
+        certs.issue_device(tls, device)
     progress("importing the default models into the server's state directory")
     subprocess.run(
         [sys.executable, "-m", "server.cli", "--state-dir", str(state_dir), "models", "import-defaults"],
@@ -82,17 +83,22 @@ def prepare(root: Path, devices: int, stored_events: int) -> dict[str, Any]:
     query_token, query = new_token("bench-query", "query", utc_now())
     state.add_token(admin)
     state.add_token(query)
+    metadata = {
+        "admin_md": (("authorization", f"Bearer {admin_token}"),),
+        "query_md": (("authorization", f"Bearer {query_token}"),),
+    }
+    return state_dir, state, metadata
+
+
+def prepare(root: Path, devices: int, stored_events: int) -> dict[str, Any]:
+    """PKI, tokens, models and `stored_events` events spread over 30 days, in a fresh state directory."""
+    state_dir, state, metadata = new_state(root, [f"dev-{i:03d}" for i in range(devices)])
     progress(f"storing {stored_events:,} events")
     start = time.perf_counter()
     fill_events(state, stored_events, devices)
     fill_s = time.perf_counter() - start
     state.close()
-    return {
-        "state_dir": state_dir,
-        "admin_md": (("authorization", f"Bearer {admin_token}"),),
-        "query_md": (("authorization", f"Bearer {query_token}"),),
-        "fill_events_per_s": round(stored_events / fill_s),
-    }
+    return {"state_dir": state_dir, **metadata, "fill_events_per_s": round(stored_events / fill_s)}
 
 
 def fill_events(state: SqliteState, count: int, devices: int, batch: int = 20_000) -> None:

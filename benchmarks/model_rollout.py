@@ -68,7 +68,7 @@ from facefleet.v1 import (
     query_pb2,
     query_pb2_grpc,
 )
-from fleet_server import ServerProcess, progress
+from fleet_server import ServerProcess, new_state, progress
 
 from agent.config import AgentConfig
 from agent.images import read_image
@@ -78,10 +78,6 @@ from agent.models.store import ModelStore
 from agent.photos import sample_photo
 from agent.runtime import Runtime
 from agent.service import AgentService
-from server import certs
-from server.domain import utc_now
-from server.security import new_token
-from server.state_sqlite import SqliteState
 
 SERVER_CLI = str(Path(sys.executable).with_name("facefleet-server"))
 EXPRESSION = ("expression", "mini-xception@fer2013", "mini-xception@fer2013-fp32")
@@ -101,31 +97,11 @@ POLL_SECONDS = 0.2
 def prepare(root: Path, devices: Sequence[str]) -> dict[str, Any]:
     """PKI, tokens and the default models in a fresh server state directory; the default versions' files
     (which every agent starts with) by model id."""
-    state_dir, tls = root / "state", root / "state" / "tls"
-    certs.init_ca(tls, server_names=["localhost"])
-    for device in devices:
-        certs.issue_device(tls, device)
-    progress("importing the default models into the server's state directory")
-    subprocess.run(
-        [SERVER_CLI, "--state-dir", str(state_dir), "models", "import-defaults"],
-        check=True,
-        capture_output=True,
-    )
-    state = SqliteState(state_dir / "server.db")
-    admin_token, admin = new_token("bench-admin", "admin", utc_now())
-    query_token, query = new_token("bench-query", "query", utc_now())
-    state.add_token(admin)
-    state.add_token(query)
+    state_dir, state, metadata = new_state(root, devices)
     stored = {m.model_id: {f.name: f.sha256 for f in m.files} for m in state.models.list_models()}
     running = {m.task: m.model_id for m in state.models.list_models()}
     state.close()
-    return {
-        "state_dir": state_dir,
-        "admin_md": (("authorization", f"Bearer {admin_token}"),),
-        "query_md": (("authorization", f"Bearer {query_token}"),),
-        "stored": stored,
-        "running": running,
-    }
+    return {"state_dir": state_dir, **metadata, "stored": stored, "running": running}
 
 
 def server_cli(setup: dict[str, Any], *args: str) -> tuple[float, Any]:

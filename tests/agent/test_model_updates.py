@@ -9,11 +9,9 @@ connection at a chosen byte. The gRPC path end to end is in test_model_rollout.p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from agent.models.statuses import STATUS_FILE
 from agent.models.store import ModelStore, StoredModel
 from agent.pipeline import FaceAnalyzer
 from agent.runtime import Runtime
+from tests.tmpfs import fill, mounted_tmpfs
 
 EXPRESSION = DEFAULT_MODELS[2]
 DETECTION = DEFAULT_MODELS[0]
@@ -190,15 +189,8 @@ def test_bytes_that_differ_from_the_release_are_refused_and_forgotten(
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs (needs root to mount), unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs to fill needs root")
-    mount_point = tmp_path / "tiny-disk"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], check=False)
-    if result.returncode != 0:
-        pytest.skip("this machine does not allow mounting a tmpfs")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    with mounted_tmpfs(tmp_path / "tiny-disk", "1m") as mount_point:
+        yield mount_point
 
 
 def test_a_full_disk_during_a_download_says_so_and_leaves_no_partial_file(
@@ -207,10 +199,7 @@ def test_a_full_disk_during_a_download_says_so_and_leaves_no_partial_file(
     model = published.models()[0]
     spec = next(f for f in release_of(model).files if f.name == "model.bin")
     (tiny_disk / "downloads").mkdir()
-    filler = tiny_disk / "filler"
-    with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):  # until the disk is full
-        while True:
-            handle.write(b"\0" * 4096)
+    filler = fill(tiny_disk)
     os.truncate(filler, filler.stat().st_size - 16 * 1024)  # room for a quarter of the file
     assert spec.size > 4 * 16 * 1024
     server = FileServer(published)
@@ -406,9 +395,7 @@ def test_a_full_disk_refuses_the_version_keeps_the_running_one_and_tells_the_ser
     agent: Agent, published: ModelStore, tiny_disk: Path
 ) -> None:
     (agent.store.root / ".downloads").symlink_to(tiny_disk, target_is_directory=True)
-    with (tiny_disk / "filler").open("wb", buffering=0) as handle, contextlib.suppress(OSError):
-        while True:
-            handle.write(b"\0" * 4096)
+    fill(tiny_disk)
     before = expression_of(agent.analyzer)
     server = FileServer(published)
     release = release_of(published.models()[0])

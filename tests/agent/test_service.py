@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from agent.records import Embedding, Person, PersonUpsert
 from agent.service import AgentService
 from agent.store import EmbeddingStore
 from tests.mosquitto import Mosquitto
+from tests.tmpfs import fill, mounted_tmpfs
 
 PREFIX = "facefleet/door-box/"
 
@@ -227,30 +229,10 @@ def test_home_assistant_discovery(
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Any:
+def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs (needs root to mount), unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs to fill needs root")
-    mount_point = tmp_path / "small-disk"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], check=False)
-    if result.returncode != 0:
-        pytest.skip("this machine does not allow mounting a tmpfs")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Write a file until the filesystem is full."""
-    filler = directory / "filler"
-    with filler.open("wb") as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
-        except OSError:
-            pass
-    return filler
+    with mounted_tmpfs(tmp_path / "small-disk", "4m") as mount_point:
+        yield mount_point
 
 
 def test_a_full_disk_is_reported_and_the_service_keeps_running(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
+from datetime import timezone
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,9 @@ def test_an_uploaded_model_is_converted_published_and_listed(
             )
             assert {f.name: (f.size, f.sha256) for f in model.files} == on_disk
             assert set(on_disk) == {"model.xml", "model.bin"}
-            assert model.published_at.seconds > 0 and not model.HasField("retired_at")
+            stored_model = harness.server.state.models.get_model(NEW)
+            assert model.published_at.ToDatetime(timezone.utc) == stored_model.published_at
+            assert not model.HasField("retired_at")
             [again] = await listed(harness)
             assert again == model
             assert await listed(harness, "embedding") == []
@@ -321,7 +324,8 @@ def test_rollouts_started_and_changed_over_grpc_reach_watching_agents_at_once(
             assert [(d.device_id, d.state, d.previous_model_id) for d in shown.devices] == [
                 ("door-1", admin_pb2.ROLLOUT_DEVICE_STATE_ASSIGNED, OLD)
             ]
-            assert shown.devices[0].updated_at.seconds > 0
+            [row] = harness.server.state.models.rollout_devices(rollout.rollout_id)
+            assert shown.devices[0].updated_at.ToDatetime(timezone.utc) == row.updated_at
 
             async def change(action: int, **extra: Any) -> admin_pb2.Rollout:
                 request = admin_pb2.ChangeRolloutRequest(

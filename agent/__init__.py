@@ -1,3 +1,5 @@
-"""FaceFleet edge agent: face detection, recognition and expression on OpenVINO."""
+"""FaceFleet edge agent: cameras, face recognition, door decisions, MQTT events and the fleet link.
 
-__version__ = "0.1.0"
+Layers, each importing only those below it: `cli` → `service` → `fleet`, `updates` → `publish` →
+`recognition`, `cameras` → `store`. Imports facefleet.core, facefleet.vision and facefleet.link; never the
+server."""

@@ -8,100 +8,20 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from agent.detection import DetectorSettings
-from agent.errors import ConfigError, FaceFleetError
-from agent.matching import DecisionPolicy
-from agent.quality import QualityPolicy
-from agent.runtime import RuntimeSettings
+from facefleet.agent.recognition.doors import parse_window
+from facefleet.agent.recognition.matching import DecisionPolicy
+from facefleet.core.config import StrictSection, load_toml_model, parse_address
+from facefleet.core.errors import ConfigError
+from facefleet.vision.config import DetectorConfig, QualityConfig, RuntimeConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-MAX_CONFIG_BYTES = 1 << 20
-Model = TypeVar("Model", bound=BaseModel)
-
-
-class StrictSection(BaseModel):
-    """A config section: unknown keys are errors, values are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RuntimeConfig(StrictSection):
-    """[runtime] How OpenVINO compiles and runs the models."""
-
-    device: str = Field("CPU", description="OpenVINO device: CPU, GPU, NPU, AUTO, HETERO:GPU,CPU, MULTI:…")
-    fallback_to_cpu: bool = Field(False, description="Use CPU with a warning when the device is missing")
-    performance_hint: Literal["LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"] = Field(
-        "LATENCY", description="OpenVINO performance hint"
-    )
-    inference_precision: Literal["f32", "f16", "bf16"] = Field(
-        "f32",
-        description="Inference precision: f32 is reproducible, bf16/f16 faster where the device has them",
-    )
-    model_cache: bool = Field(
-        True, description="Cache compiled models under <state_dir>/cache for fast restarts"
-    )
-    num_streams: int = Field(
-        0, ge=0, le=64, description="Parallel inference streams per model; 0 = from the hint"
-    )
-    num_threads: int = Field(0, ge=0, le=1024, description="Inference threads per model; 0 = all cores")
-    jobs: int = Field(0, ge=0, le=64, description="Asynchronous requests in flight per model; 0 = automatic")
-
-    def settings(self, state_dir: Path) -> RuntimeSettings:
-        return RuntimeSettings(
-            device=self.device,
-            fallback_to_cpu=self.fallback_to_cpu,
-            performance_hint=self.performance_hint,
-            inference_precision=self.inference_precision,
-            cache_dir=state_dir / "cache" if self.model_cache else None,
-            num_streams=self.num_streams or None,
-            num_threads=self.num_threads or None,
-        )
-
-
-class DetectorConfig(StrictSection):
-    """[detector] Face detection."""
-
-    long_side: int = Field(640, ge=64, le=4096, description="Larger frames are scaled down to this (px)")
-    upscale: bool = Field(False, description="Scale smaller frames up to long_side too (more work)")
-    score_threshold: float = Field(0.6, gt=0, lt=1, description="Minimum detection confidence")
-    nms_threshold: float = Field(0.3, gt=0, lt=1, description="Overlap (IoU) above which boxes are merged")
-    max_faces: int = Field(100, ge=1, le=1000, description="Most faces kept per frame, best first")
-
-    def settings(self) -> DetectorSettings:
-        return DetectorSettings(
-            long_side=self.long_side,
-            upscale=self.upscale,
-            score_threshold=self.score_threshold,
-            nms_threshold=self.nms_threshold,
-            max_faces=self.max_faces,
-        )
-
-
-class QualityConfig(StrictSection):
-    """[quality] Minimums for a face to be used for enrolment and identity decisions."""
-
-    min_face_px: float = Field(40.0, ge=0, description="Shorter side of the face box (px)")
-    min_sharpness: float = Field(15.0, ge=0, description="Laplacian variance of the aligned face")
-    max_yaw: float = Field(0.6, ge=0, le=1, description="Largest left/right turn (0 frontal, 1 profile)")
-    max_pitch: float = Field(0.6, ge=0, le=1, description="Largest up/down tilt (0 frontal, 1 extreme)")
-    min_score: float = Field(0.3, ge=0, le=1, description="Minimum overall quality")
-
-    def policy(self) -> QualityPolicy:
-        return QualityPolicy(
-            min_face_px=self.min_face_px,
-            min_sharpness=self.min_sharpness,
-            max_yaw=self.max_yaw,
-            max_pitch=self.max_pitch,
-            min_score=self.min_score,
-        )
 
 
 class MatchingConfig(StrictSection):
@@ -322,37 +242,6 @@ def load_config(path: Path | None) -> AgentConfig:
     return load_toml_model(path, AgentConfig, ConfigError)
 
 
-def load_toml_model(path: Path | None, model: type[Model], error: type[FaceFleetError]) -> Model:
-    """Read a TOML file (at most MAX_CONFIG_BYTES) into a strict pydantic model; problems raise `error`
-    naming the file and each offending key. None gives the model's defaults."""
-    if path is None:
-        return model()
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise error(f"config file {path} does not exist") from None
-    except OSError as exc:
-        raise error(f"config file {path}: cannot read ({exc.strerror})") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise error(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB")
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise error(f"config file {path} is not valid TOML: {exc}") from None
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise error(f"config file {path}: " + "; ".join(_describe(e) for e in exc.errors())) from None
-
-
-def _describe(error: object) -> str:
-    assert isinstance(error, dict)
-    key = ".".join(str(part) for part in error["loc"])
-    if error["type"] == "extra_forbidden":
-        return f"unknown key '{key}'"
-    return f"'{key}': {error['msg']} (got {error.get('input')!r})"
-
-
 def write_threshold(path: Path, model_id: str, threshold: float) -> None:
     """Set [matching.thresholds] '<model_id>' in a config file, keeping every other line as it is.
 
@@ -388,47 +277,3 @@ def _key_of(line: str) -> str | None:
     if not sep:
         return None
     return key.strip().strip('"').strip("'")
-
-
-def parse_window(window: str) -> tuple[int, int]:
-    """'HH:MM-HH:MM' → (start, end) in minutes after midnight; end < start spans midnight."""
-    try:
-        start, end = window.split("-")
-        return _minutes(start), _minutes(end)
-    except ValueError:
-        raise ValueError(f"schedule window {window!r} must look like '07:30-18:00'") from None
-
-
-def _minutes(text: str) -> int:
-    hours, minutes = text.strip().split(":")
-    value = int(hours) * 60 + int(minutes)
-    if not (0 <= int(hours) <= 24 and 0 <= int(minutes) < 60 and value <= 24 * 60):
-        raise ValueError(text)
-    return value
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """'host:port' (host may be a bracketed IPv6 address) → (host, port)."""
-    host, sep, port = address.rpartition(":")
-    valid_port = port.isdigit() and 1 <= int(port) <= 65535
-    if not sep or not host or not valid_port or any(c.isspace() for c in host):
-        raise ValueError(f"address {address!r} must look like 'host:port', e.g. 'fleet.example:7443'")
-    return host.strip("[]"), int(port)
-
-
-def credential_path(path: Path) -> Path:
-    """A secret file's path; a bare file name is looked up in systemd's $CREDENTIALS_DIRECTORY."""
-    if len(path.parts) == 1 and os.environ.get("CREDENTIALS_DIRECTORY"):
-        return Path(os.environ["CREDENTIALS_DIRECTORY"]) / path
-    return path
-
-
-def secret(path: Path | None) -> str | None:
-    """A secret's text from a file; a bare file name is looked up in systemd's $CREDENTIALS_DIRECTORY."""
-    if path is None:
-        return None
-    path = credential_path(path)
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"secret file {path}: cannot read ({exc.strerror})") from None

@@ -21,26 +21,29 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent import __version__, notify
-from agent.config import AgentConfig, DoorConfig, credential_path, secret
-from agent.discovery import discovery_messages
-from agent.doors import DoorController
-from agent.errors import ConfigError, ModelStoreError
-from agent.events import AccessDecision, Versions, access_event, face_event, reply
-from agent.faces import EXPRESSION_LABELS, Face
-from agent.matching import Decision, DecisionPolicy, Matcher
-from agent.model_updates import ModelUpdater, Switch, UpdateSettings
-from agent.models.store import ModelStore
-from agent.mqtt import MqttLink, MqttSettings
-from agent.outbox import OutboxPublisher
-from agent.paths import model_store_dir
-from agent.pipeline import AnalyzerSettings, FaceAnalyzer
-from agent.records import Person, StoreError
-from agent.runtime import Runtime
-from agent.sources import Camera, CameraFrame, CameraSettings
-from agent.store import OUTBOX_DROPPED, EmbeddingStore
-from agent.sync import FleetSync, SyncSettings
-from agent.tracking import Observation, Tracker
+from facefleet import __version__
+from facefleet.agent.cameras import Camera, CameraFrame, CameraSettings
+from facefleet.agent.config import AgentConfig, DoorConfig
+from facefleet.agent.domain.records import Person, StoreError
+from facefleet.agent.fleet.sync import FleetSync, SyncSettings
+from facefleet.agent.publish.discovery import discovery_messages
+from facefleet.agent.publish.events import Versions, access_event, face_event, reply
+from facefleet.agent.publish.mqtt import MqttLink, MqttSettings
+from facefleet.agent.publish.outbox import OutboxPublisher
+from facefleet.agent.recognition.doors import AccessDecision, DoorController
+from facefleet.agent.recognition.matching import Decision, DecisionPolicy, Matcher
+from facefleet.agent.recognition.tracking import Observation, Tracker
+from facefleet.agent.store.database import OUTBOX_DROPPED, EmbeddingStore
+from facefleet.agent.updates.updater import ModelUpdater, Switch, UpdateSettings
+from facefleet.core import notify
+from facefleet.core.config import credential_path, secret
+from facefleet.core.errors import ConfigError
+from facefleet.core.paths import model_store_dir
+from facefleet.vision.errors import ModelStoreError
+from facefleet.vision.faces import EXPRESSION_LABELS, Face
+from facefleet.vision.models.store import ModelStore
+from facefleet.vision.pipeline import AnalyzerSettings, FaceAnalyzer
+from facefleet.vision.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -24,16 +24,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.images import read_image
-from agent.models.importer import import_defaults
-from agent.models.store import ModelStore
-from agent.mqtt import MqttLink, MqttSettings
-from agent.outbox import OutboxPublisher
-from agent.photos import sample_photo
-from agent.pipeline import FaceAnalyzer
-from agent.records import Embedding, Person, PersonUpsert
-from agent.runtime import Runtime
-from agent.store import EmbeddingStore
+from facefleet.agent.domain.records import Embedding, Person, PersonUpsert
+from facefleet.agent.publish.mqtt import MqttLink, MqttSettings
+from facefleet.agent.publish.outbox import OutboxPublisher
+from facefleet.agent.store.database import EmbeddingStore
+from facefleet.vision.images import read_image
+from facefleet.vision.models.importer import import_defaults
+from facefleet.vision.models.store import ModelStore
+from facefleet.vision.photos import sample_photo
+from facefleet.vision.pipeline import FaceAnalyzer
+from facefleet.vision.runtime import Runtime
 from tests.agent.conftest import Subscriber
 from tests.mosquitto import Mosquitto
 

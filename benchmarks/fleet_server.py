@@ -37,6 +37,12 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from facefleet.server.api import certs
+from facefleet.server.api.security import new_token
+from facefleet.server.domain.records import Event, ExpressionResult, utc_now
+from facefleet.server.state.sqlite.state import SqliteState
 from facefleet.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -47,12 +53,6 @@ from facefleet.v1 import (
     query_pb2,
     query_pb2_grpc,
 )
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from server import certs
-from server.domain import Event, ExpressionResult, utc_now
-from server.security import new_token
-from server.state_sqlite import SqliteState
 
 LABELS = ("happy", "neutral", "sad", "surprise", "angry")
 NOW = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
@@ -74,7 +74,15 @@ def new_state(root: Path, devices: Sequence[str]) -> tuple[Path, SqliteState, di
         certs.issue_device(tls, device)
     progress("importing the default models into the server's state directory")
     subprocess.run(
-        [sys.executable, "-m", "server.cli", "--state-dir", str(state_dir), "models", "import-defaults"],
+        [
+            sys.executable,
+            "-m",
+            "facefleet.server.cli",
+            "--state-dir",
+            str(state_dir),
+            "models",
+            "import-defaults",
+        ],
         check=True,
         capture_output=True,
     )
@@ -165,7 +173,7 @@ class ServerProcess:
         command = [
             sys.executable,
             "-m",
-            "server.cli",
+            "facefleet.server.cli",
             "--config",
             str(config),
             "--state-dir",

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agent.gallery import Gallery, PersonScore
-from agent.matching import DecisionPolicy, Matcher
-from agent.records import Embedding, Person, PersonUpsert
-from agent.store import EmbeddingStore
+from facefleet.agent.domain.records import Embedding, Person, PersonUpsert
+from facefleet.agent.recognition.gallery import Gallery, PersonScore
+from facefleet.agent.recognition.matching import DecisionPolicy, Matcher
+from facefleet.agent.store.database import EmbeddingStore
 
 DIM = 128
 SAMPLES = 5

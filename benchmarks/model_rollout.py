@@ -24,11 +24,11 @@ for the new gallery first, as the agent does. They do not compile or smoke-test 
 that cost is in the agent figures. All of them share one Python process (one core for their TLS and sha256)
 and this machine with the server, which 50 separate boxes would not.
 
-The real agent is agent.service.AgentService (what `facefleet-agent run` runs; MQTT off) on a thread of this
-process, connected to the server over mutual TLS; each analysed frame is timestamped as the service counts
-it. Server, CLI and agent share this machine's cores, unlike a real site: the CPU the server and the CLI used
-during each switch is reported alongside, and the window from the agent's first status (downloading or
-verifying) to active shows what the edge box alone goes through.
+The real agent is facefleet.agent.service.AgentService (what `facefleet-agent run` runs; MQTT off) on a thread
+of this process, connected to the server over mutual TLS; each analysed frame is timestamped as the service
+counts it. Server, CLI and agent share this machine's cores, unlike a real site: the CPU the server and the
+CLI used during each switch is reported alongside, and the window from the agent's first status (downloading
+or verifying) to active shows what the edge box alone goes through.
 
 Usage: .venv/bin/python benchmarks/model_rollout.py [--quick] [--agents N]  (--quick: 10 agents, shorter
 windows)
@@ -59,6 +59,11 @@ from typing import Any
 import cv2
 import grpc
 import numpy as np
+from fleet_server import ServerProcess, new_state, progress
+
+from facefleet.agent.config import AgentConfig
+from facefleet.agent.service import AgentService
+from facefleet.agent.updates.statuses import STATUS_FILE
 from facefleet.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -68,16 +73,11 @@ from facefleet.v1 import (
     query_pb2,
     query_pb2_grpc,
 )
-from fleet_server import ServerProcess, new_state, progress
-
-from agent.config import AgentConfig
-from agent.images import read_image
-from agent.models.importer import DEFAULT_MODELS, import_defaults, locate_default
-from agent.models.statuses import STATUS_FILE
-from agent.models.store import ModelStore
-from agent.photos import sample_photo
-from agent.runtime import Runtime
-from agent.service import AgentService
+from facefleet.vision.images import read_image
+from facefleet.vision.models.importer import DEFAULT_MODELS, import_defaults, locate_default
+from facefleet.vision.models.store import ModelStore
+from facefleet.vision.photos import sample_photo
+from facefleet.vision.runtime import Runtime
 
 SERVER_CLI = str(Path(sys.executable).with_name("facefleet-server"))
 EXPRESSION = ("expression", "mini-xception@fer2013", "mini-xception@fer2013-fp32")
@@ -230,7 +230,7 @@ class SimulatedAgent:
         elif release.model_id not in self.stored:
             raise RuntimeError(f"{self.device}: {release.model_id} is not stored and came without files")
         await self._report(release, VERIFYING)
-        if release.task == "embedding":  # the new model's gallery first, like agent.model_updates
+        if release.task == "embedding":  # the new model's gallery first, like facefleet.agent.updates.updater
             self.watched = (self.running["embedding"], release.model_id)
             await self._session()
         self.running[release.task] = release.model_id

@@ -23,15 +23,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.alignment import align_face
-from agent.images import read_image
-from agent.models.importer import DEFAULT_MODELS, import_defaults, locate_default
-from agent.models.onnx_fold import fold_blocked_dequantize
-from agent.models.store import ModelStore
-from agent.photos import sample_photo
-from agent.pipeline import AnalyzerSettings, FaceAnalyzer
-from agent.preprocess import embedding_input, expression_input
-from agent.runtime import Runtime, RuntimeSettings
+from facefleet.vision.alignment import align_face
+from facefleet.vision.images import read_image
+from facefleet.vision.models.importer import DEFAULT_MODELS, import_defaults, locate_default
+from facefleet.vision.models.onnx_fold import fold_blocked_dequantize
+from facefleet.vision.models.store import ModelStore
+from facefleet.vision.photos import sample_photo
+from facefleet.vision.pipeline import AnalyzerSettings, FaceAnalyzer
+from facefleet.vision.preprocess import embedding_input, expression_input
+from facefleet.vision.runtime import Runtime, RuntimeSettings
 
 
 def median_ms(function: Callable[[], object], repeats: int, warmup: int = 3) -> float:

@@ -32,11 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
-from facefleet.v1 import admin_pb2, admin_pb2_grpc  # noqa: E402
 
-from agent.images import read_image  # noqa: E402
-from agent.models.importer import DEFAULT_MODELS, locate_default  # noqa: E402
-from agent.photos import sample_photo  # noqa: E402
+from facefleet.v1 import admin_pb2, admin_pb2_grpc  # noqa: E402
+from facefleet.vision.images import read_image  # noqa: E402
+from facefleet.vision.models.importer import DEFAULT_MODELS, locate_default  # noqa: E402
+from facefleet.vision.photos import sample_photo  # noqa: E402
 from tests.mosquitto import Mosquitto, free_port  # noqa: E402
 
 BIN = Path(sys.executable).parent

@@ -28,31 +28,31 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from agent import notify
-from agent.errors import EXIT_OK, EXIT_UNAVAILABLE, FaceFleetError
-from agent.models.store import ModelStore
-from agent.models.tasks import embedding_dimension
-from agent.runtime import ModelIO, Runtime
-from server import wire
-from server.config import ServerConfig
-from server.dashboard import DashboardHandler
-from server.enrolment import Enroller, EnrolmentSettings
-from server.errors import FailedPreconditionError, ServerConfigError, ServerError
-from server.fanout import GalleryFanout
-from server.fleet import FleetHandler, FleetSettings
-from server.model_admin import ModelAdmin
-from server.model_catalog import ModelCatalog
-from server.model_files import CHUNK_BYTES, ModelFiles
-from server.model_fleet import ModelDistribution
-from server.model_state import ModelState
-from server.paths import ServerPaths
-from server.people import PeopleHandler
-from server.reembed import CropEmbedder, reembed
-from server.rollout_control import RolloutControl
-from server.security import Authenticator
-from server.servicers import AdminServicer, FleetServicer, QueryServicer
-from server.state import State
-from server.state_sqlite import SqliteState
+from facefleet.core import notify
+from facefleet.core.errors import EXIT_OK, EXIT_UNAVAILABLE, FaceFleetError
+from facefleet.server.api import wire
+from facefleet.server.api.security import Authenticator
+from facefleet.server.api.servicers import AdminServicer, FleetServicer, QueryServicer
+from facefleet.server.config import ServerConfig
+from facefleet.server.errors import FailedPreconditionError, ServerConfigError, ServerError
+from facefleet.server.fleet.dashboard import DashboardHandler
+from facefleet.server.fleet.link import FleetHandler, FleetSettings
+from facefleet.server.gallery.embedder import Enroller, EnrolmentSettings
+from facefleet.server.gallery.people import PeopleHandler
+from facefleet.server.gallery.reembed import CropEmbedder, reembed
+from facefleet.server.paths import ServerPaths
+from facefleet.server.rollouts.catalogue import ModelCatalog
+from facefleet.server.rollouts.control import RolloutControl
+from facefleet.server.rollouts.distribution import ModelDistribution
+from facefleet.server.rollouts.files import CHUNK_BYTES, ModelFiles
+from facefleet.server.rollouts.uploads import ModelAdmin
+from facefleet.server.state.fanout import GalleryFanout
+from facefleet.server.state.interface import State
+from facefleet.server.state.models import ModelState
+from facefleet.server.state.sqlite.state import SqliteState
+from facefleet.vision.models.store import ModelStore
+from facefleet.vision.models.tasks import embedding_dimension
+from facefleet.vision.runtime import ModelIO, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ class FleetServer:
         )
 
     def _expire_stalled(self) -> None:
-        """Roll back rollouts left preparing by a process that is gone (server.rollout_control)."""
+        """Roll back rollouts left preparing by a process that is gone (facefleet.server.rollouts.control)."""
         for rollout in RolloutControl(self.state, self.catalog).expire_stalled():
             log.warning(
                 "rolled back rollout %d of %s: %s", rollout.rollout_id, rollout.model_id, rollout.reason
@@ -377,8 +377,8 @@ class FleetServer:
             return self._enroller
 
     def _build_enroller(self) -> Enroller:
-        from agent.pipeline import AnalyzerSettings, FaceAnalyzer
-        from agent.runtime import Runtime
+        from facefleet.vision.pipeline import AnalyzerSettings, FaceAnalyzer
+        from facefleet.vision.runtime import Runtime
 
         config = self.config
         try:

@@ -9,8 +9,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from agent.config import DetectorConfig, QualityConfig, RuntimeConfig, StrictSection, load_toml_model
-from server.errors import ServerConfigError
+from facefleet.core.config import StrictSection, load_toml_model
+from facefleet.server.errors import ServerConfigError
+from facefleet.vision.config import DetectorConfig, QualityConfig, RuntimeConfig
 
 
 class ListenConfig(StrictSection):

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from agent.errors import EXIT_CONFIG, EXIT_DATA, EXIT_FAILURE, EXIT_IO, EXIT_NO_INPUT, FaceFleetError
+from facefleet.core.errors import EXIT_CONFIG, EXIT_DATA, EXIT_FAILURE, EXIT_IO, EXIT_NO_INPUT, FaceFleetError
 
 __all__ = [
     "AlreadyExistsError",

@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.config import ServerConfig
-
-SERVICE_STATE_DIR = Path("/var/lib/facefleet-server")
-
-
-def resolve_state_dir(cli_value: Path | None, config_value: Path | None) -> Path:
-    """--state-dir, then the config's state_dir, then $FACEFLEET_STATE_DIR, then systemd's
-    $STATE_DIRECTORY or /var/lib/facefleet-server under systemd, else ~/.local/share/facefleet-server."""
-    for candidate in (cli_value, config_value):
-        if candidate is not None:
-            return candidate.expanduser()
-    if os.environ.get("FACEFLEET_STATE_DIR"):
-        return Path(os.environ["FACEFLEET_STATE_DIR"]).expanduser()
-    if os.environ.get("STATE_DIRECTORY"):
-        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    if os.environ.get("INVOCATION_ID"):
-        return SERVICE_STATE_DIR
-    return Path.home() / ".local" / "share" / "facefleet-server"
+from facefleet.core.paths import model_store_dir
+from facefleet.server.config import ServerConfig
 
 
 @dataclass(frozen=True)
@@ -51,7 +34,7 @@ class ServerPaths:
 
     @property
     def models(self) -> Path:
-        return self.state_dir / "models"
+        return model_store_dir(self.state_dir)
 
     @property
     def uploads(self) -> Path:

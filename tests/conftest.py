@@ -9,12 +9,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from agent.images import read_image
-from agent.models.importer import import_defaults
-from agent.models.store import ModelStore
-from agent.photos import sample_photo
-from agent.pipeline import FaceAnalyzer
-from agent.runtime import Runtime, RuntimeSettings
+from facefleet.vision.images import read_image
+from facefleet.vision.models.importer import import_defaults
+from facefleet.vision.models.store import ModelStore
+from facefleet.vision.photos import sample_photo
+from facefleet.vision.pipeline import FaceAnalyzer
+from facefleet.vision.runtime import Runtime, RuntimeSettings
 
 SFACE_THRESHOLD = 0.363
 

@@ -1,5 +1,5 @@
 """The facefleet-agent command line."""
 
-from agent.cli.main import main
+from facefleet.agent.cli.main import main
 
 __all__ = ["main"]

@@ -12,10 +12,10 @@ from typing import Any
 
 from rich.console import Console
 
-from agent.config import AgentConfig, load_config
-from agent.models.store import ModelStore
-from agent.paths import model_store_dir, resolve_state_dir
-from agent.runtime import Runtime
+from facefleet.agent.config import AgentConfig, load_config
+from facefleet.core.paths import model_store_dir, resolve_state_dir
+from facefleet.vision.models.store import ModelStore
+from facefleet.vision.runtime import Runtime
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Context:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Context:
         config = load_config(args.config)
-        state_dir = resolve_state_dir(args.state_dir, config.state_dir)
+        state_dir = resolve_state_dir("facefleet-agent", args.state_dir, config.state_dir)
         return cls(
             config=config,
             state_dir=state_dir,

@@ -11,18 +11,19 @@ import numpy as np
 from rich.progress import Progress
 from rich.table import Table
 
-from agent.calibration import calibrate
-from agent.cli.context import Context
-from agent.cli.parsing import add_command
-from agent.cli.vision import make_analyzer
-from agent.config import write_threshold
-from agent.enrolment import FaceChoice, choose_face
-from agent.errors import EXIT_DATA, EXIT_IO, EXIT_OK, ConfigError, ImageError
-from agent.images import list_images, read_image
-from agent.matching import Matcher
-from agent.pipeline import FaceAnalyzer
-from agent.records import DuplicatePersonError, Embedding, Person, PersonUpsert
-from agent.store import EmbeddingStore
+from facefleet.agent.cli.context import Context
+from facefleet.agent.cli.vision import make_analyzer
+from facefleet.agent.config import write_threshold
+from facefleet.agent.domain.records import DuplicatePersonError, Embedding, Person, PersonUpsert
+from facefleet.agent.recognition.calibration import calibrate
+from facefleet.agent.recognition.face_choice import FaceChoice, choose_face
+from facefleet.agent.recognition.matching import Matcher
+from facefleet.agent.store.database import EmbeddingStore
+from facefleet.core.cli import add_command
+from facefleet.core.errors import EXIT_DATA, EXIT_IO, EXIT_OK, ConfigError
+from facefleet.vision.errors import ImageError
+from facefleet.vision.images import list_images, read_image
+from facefleet.vision.pipeline import FaceAnalyzer
 
 
 def register(commands: Any) -> None:

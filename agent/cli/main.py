@@ -8,20 +8,19 @@ Exit codes: 0 success; 1 unexpected failure; 2 bad usage; 65 bad input data (ima
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent import __version__
-from agent.cli import gallery as gallery_cmd
-from agent.cli import models as models_cmd
-from agent.cli import service as service_cmd
-from agent.cli import vision as vision_cmd
-from agent.cli.context import Context
-from agent.cli.parsing import add_command
-from agent.config import load_config
-from agent.errors import EXIT_FAILURE, EXIT_OK, FaceFleetError
+from facefleet import __version__
+from facefleet.agent.cli import gallery as gallery_cmd
+from facefleet.agent.cli import models as models_cmd
+from facefleet.agent.cli import service as service_cmd
+from facefleet.agent.cli import vision as vision_cmd
+from facefleet.agent.cli.context import Context
+from facefleet.agent.config import load_config
+from facefleet.core.cli import add_command, configure_logging, program_parser, run_command
+from facefleet.core.errors import EXIT_OK
 
 EPILOG = """examples:
   facefleet-agent models import-defaults
@@ -32,17 +31,13 @@ EPILOG = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="facefleet-agent",
-        description="FaceFleet edge agent: face detection, recognition and expression on OpenVINO.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser, commands = program_parser(
+        "facefleet-agent",
+        "FaceFleet edge agent: face detection, recognition and expression on OpenVINO.",
+        EPILOG,
+        __version__,
+        "models, database and cache (overrides the config)",
     )
-    parser.add_argument("--version", action="version", version=f"facefleet-agent {__version__}")
-    parser.add_argument("--config", type=Path, help="agent config file (TOML); default: built-in defaults")
-    parser.add_argument("--state-dir", type=Path, help="models, database and cache (overrides the config)")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     models_cmd.register(commands)
     vision_cmd.register(commands)
     gallery_cmd.register(commands)
@@ -69,21 +64,9 @@ def _check_config(context: Context | None, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        context = Context.from_args(args) if getattr(args, "needs_context", True) else None
-        code: int = args.handler(context, args)
-        return code
-    except FaceFleetError as exc:
-        print(f"facefleet-agent: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return EXIT_FAILURE
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    return run_command("facefleet-agent", args, Context.from_args)
 
 
 if __name__ == "__main__":

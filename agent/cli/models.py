@@ -8,14 +8,14 @@ from typing import Any
 
 from rich.table import Table
 
-from agent.cli.context import Context
-from agent.cli.parsing import add_command
-from agent.errors import EXIT_IO, EXIT_OK, FaceFleetError
-from agent.fleet_types import ModelStatus
-from agent.models.importer import PRECISIONS, import_defaults, import_model
-from agent.models.statuses import load_statuses
-from agent.models.store import StoredModel
-from agent.models.tasks import TASKS
+from facefleet.agent.cli.context import Context
+from facefleet.agent.domain.fleet import ModelStatus
+from facefleet.agent.updates.statuses import load_statuses
+from facefleet.core.cli import add_command
+from facefleet.core.errors import EXIT_IO, EXIT_OK, FaceFleetError
+from facefleet.vision.models.importer import PRECISIONS, import_defaults, import_model
+from facefleet.vision.models.store import StoredModel
+from facefleet.vision.models.tasks import TASKS
 
 
 def register(commands: Any) -> None:

@@ -7,10 +7,10 @@ import signal
 from types import FrameType
 from typing import Any
 
-from agent.cli.context import Context
-from agent.cli.parsing import add_command
-from agent.errors import EXIT_OK
-from agent.service import AgentService
+from facefleet.agent.cli.context import Context
+from facefleet.agent.service import AgentService
+from facefleet.core.cli import add_command
+from facefleet.core.errors import EXIT_OK
 
 
 def register(commands: Any) -> None:

@@ -8,11 +8,12 @@ from typing import Any
 
 from rich.table import Table
 
-from agent.cli.context import Context
-from agent.cli.parsing import add_command
-from agent.errors import EXIT_DATA, EXIT_OK, ImageError
-from agent.images import list_images, read_image
-from agent.pipeline import AnalyzerSettings, FaceAnalyzer
+from facefleet.agent.cli.context import Context
+from facefleet.core.cli import add_command
+from facefleet.core.errors import EXIT_DATA, EXIT_OK
+from facefleet.vision.errors import ImageError
+from facefleet.vision.images import list_images, read_image
+from facefleet.vision.pipeline import AnalyzerSettings, FaceAnalyzer
 
 
 def register(commands: Any) -> None:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from agent.alignment import ARCFACE_TEMPLATE_XY, align_face, similarity_transform
+from facefleet.vision.alignment import ARCFACE_TEMPLATE_XY, align_face, similarity_transform
 
 
 def transform(points: np.ndarray, angle_deg: float, scale: float, shift: tuple[float, float]) -> np.ndarray:

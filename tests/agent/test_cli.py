@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli.main import build_parser, main
-from agent.models.store import ModelStore
+from facefleet.agent.cli.main import build_parser, main
+from facefleet.vision.models.store import ModelStore
 
 
 @pytest.fixture

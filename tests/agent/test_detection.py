@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.detection import STRIDES, DetectorInput, DetectorSettings, decode, input_size, nms, prepare
+from facefleet.vision.detection import (
+    STRIDES,
+    DetectorInput,
+    DetectorSettings,
+    decode,
+    input_size,
+    nms,
+    prepare,
+)
 
 
 def raw_outputs(pad_hw: tuple[int, int]) -> dict[str, np.ndarray]:

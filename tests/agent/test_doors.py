@@ -6,10 +6,10 @@ from datetime import datetime
 
 import pytest
 
-from agent.config import DoorConfig
-from agent.doors import REPEAT_AFTER_S, DoorController
-from agent.matching import Decision
-from agent.records import Person
+from facefleet.agent.config import DoorConfig
+from facefleet.agent.domain.records import Person
+from facefleet.agent.recognition.doors import REPEAT_AFTER_S, DoorController
+from facefleet.agent.recognition.matching import Decision
 
 PEOPLE = {"ada": Person("ada", "Ada", ("staff",)), "bob": Person("bob", "Bob", ("visitors",))}
 

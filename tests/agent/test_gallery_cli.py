@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.cli.main import main
-from agent.config import load_config
-from agent.models.store import ModelStore
+from facefleet.agent.cli.main import main
+from facefleet.agent.config import load_config
+from facefleet.vision.models.store import ModelStore
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.errors import ImageError
-from agent.images import list_images, read_image, to_bgr8
+from facefleet.vision.errors import ImageError
+from facefleet.vision.images import list_images, read_image, to_bgr8
 
 
 def write(path: Path, image: np.ndarray) -> Path:

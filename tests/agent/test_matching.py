@@ -12,8 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from agent.gallery import SFACE_THRESHOLD, Gallery, MatchError, PersonScore, unit_vector
-from agent.matching import DecisionPolicy, Matcher, calibrate_threshold
+from facefleet.agent.recognition.gallery import SFACE_THRESHOLD, Gallery, PersonScore
+from facefleet.agent.recognition.matching import DecisionPolicy, Matcher, calibrate_threshold
+from facefleet.vision.vectors import MatchError, unit_vector
 
 MODEL = "sface@2021dec"
 DIM = 128

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.errors import ModelSpecError, ModelStoreError
-from agent.models.importer import DEFAULT_MODELS, import_model, locate_default
-from agent.models.manifest import sha256_file
-from agent.models.onnx_fold import dequantize
-from agent.models.store import ModelStore
-from agent.runtime import Runtime
+from facefleet.vision.errors import ModelSpecError, ModelStoreError
+from facefleet.vision.models.importer import DEFAULT_MODELS, import_model, locate_default
+from facefleet.vision.models.manifest import sha256_file
+from facefleet.vision.models.onnx_fold import dequantize
+from facefleet.vision.models.store import ModelStore
+from facefleet.vision.runtime import Runtime
 
 
 def default_path(task: str) -> Path:

@@ -19,17 +19,17 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.cli import main as cli_main
-from agent.errors import ModelIntegrityError
-from agent.fleet_types import ModelAssignment, ModelFileSpec, ModelRelease, ModelStatus
-from agent.model_updates import ModelUpdater, RetryLaterError, Switch, UpdateSettings
-from agent.models.download import DiskFullError, download, part_path
-from agent.models.importer import DEFAULT_MODELS, import_model, locate_default
-from agent.models.manifest import MANIFEST_NAME, ModelManifest, sha256_file
-from agent.models.statuses import STATUS_FILE
-from agent.models.store import ModelStore, StoredModel
-from agent.pipeline import FaceAnalyzer
-from agent.runtime import Runtime
+from facefleet.agent.cli.main import main as cli_main
+from facefleet.agent.domain.fleet import ModelAssignment, ModelFileSpec, ModelRelease, ModelStatus
+from facefleet.agent.updates.download import DiskFullError, download, part_path
+from facefleet.agent.updates.statuses import STATUS_FILE
+from facefleet.agent.updates.updater import ModelUpdater, RetryLaterError, Switch, UpdateSettings
+from facefleet.vision.errors import ModelIntegrityError
+from facefleet.vision.models.importer import DEFAULT_MODELS, import_model, locate_default
+from facefleet.vision.models.manifest import MANIFEST_NAME, ModelManifest, sha256_file
+from facefleet.vision.models.store import ModelStore, StoredModel
+from facefleet.vision.pipeline import FaceAnalyzer
+from facefleet.vision.runtime import Runtime
 from tests.tmpfs import fill, mounted_tmpfs
 
 EXPRESSION = DEFAULT_MODELS[2]

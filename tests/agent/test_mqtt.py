@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from agent.mqtt import MAX_COMMAND_BYTES, MqttLink, MqttSettings
-from agent.outbox import OutboxPublisher
-from agent.store import EmbeddingStore
+from facefleet.agent.publish.mqtt import MAX_COMMAND_BYTES, MqttLink, MqttSettings
+from facefleet.agent.publish.outbox import OutboxPublisher
+from facefleet.agent.store.database import EmbeddingStore
 from tests.mosquitto import Mosquitto
 
 PREFIX = "facefleet/door-box/"
@@ -89,7 +89,7 @@ def test_last_will_marks_a_crashed_agent_offline(broker: Mosquitto, subscriber_f
     script = textwrap.dedent(
         f"""
         import time
-        from agent.mqtt import MqttLink, MqttSettings
+        from facefleet.agent.publish.mqtt import MqttLink, MqttSettings
         settings = MqttSettings(host="127.0.0.1", port={broker.port}, prefix="{PREFIX}", client_id="crashy")
         report = lambda up, why: print("up" if up else why, flush=True)
         link = MqttLink(settings, on_ack=print, on_command=print, on_connection=report)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import notify
+from facefleet.core import notify
 
 
 def test_notify_sends_datagrams_to_the_notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

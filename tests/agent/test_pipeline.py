@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.faces import EXPRESSION_LABELS, Face
-from agent.models.store import ModelStore
-from agent.pipeline import FaceAnalyzer
-from agent.runtime import Runtime, RuntimeSettings
+from facefleet.vision.faces import EXPRESSION_LABELS, Face
+from facefleet.vision.models.store import ModelStore
+from facefleet.vision.pipeline import FaceAnalyzer
+from facefleet.vision.runtime import Runtime, RuntimeSettings
 from tests.conftest import SFACE_THRESHOLD
 
 
@@ -160,8 +160,8 @@ def test_embeddings_match_opencv_reference_pipeline(
     analyzer: FaceAnalyzer, group_photo: np.ndarray, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """Our alignment and OpenVINO SFace give OpenCV FaceRecognizerSF's embeddings for the same faces."""
-    from agent.models.importer import DEFAULT_MODELS, locate_default
-    from agent.models.onnx_fold import fold_blocked_dequantize
+    from facefleet.vision.models.importer import DEFAULT_MODELS, locate_default
+    from facefleet.vision.models.onnx_fold import fold_blocked_dequantize
 
     sface = next(m for m in DEFAULT_MODELS if m.task == "embedding")
     located = locate_default(sface)

@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.alignment import ARCFACE_TEMPLATE_XY
-from agent.faces import Detection, Quality
-from agent.quality import QualityPolicy, assess, pose_from_landmarks, sharpness
+from facefleet.vision.alignment import ARCFACE_TEMPLATE_XY
+from facefleet.vision.faces import Detection, Quality
+from facefleet.vision.quality import QualityPolicy, assess, pose_from_landmarks, sharpness
 
 
 def test_template_landmarks_are_frontal() -> None:

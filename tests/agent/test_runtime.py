@@ -7,9 +7,9 @@ import logging
 import numpy as np
 import pytest
 
-from agent.errors import DeviceError
-from agent.models.store import ModelStore
-from agent.runtime import Runtime, RuntimeSettings, requested_devices
+from facefleet.vision.errors import DeviceError
+from facefleet.vision.models.store import ModelStore
+from facefleet.vision.runtime import Runtime, RuntimeSettings, requested_devices
 
 
 @pytest.mark.parametrize(

@@ -18,11 +18,11 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.config import load_config
-from agent.models.store import ModelStore
-from agent.records import Embedding, Person, PersonUpsert
-from agent.service import AgentService
-from agent.store import EmbeddingStore
+from facefleet.agent.config import load_config
+from facefleet.agent.domain.records import Embedding, Person, PersonUpsert
+from facefleet.agent.service import AgentService
+from facefleet.agent.store.database import EmbeddingStore
+from facefleet.vision.models.store import ModelStore
 from tests.mosquitto import Mosquitto
 from tests.tmpfs import fill, mounted_tmpfs
 

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.sources import Camera, CameraSettings, CameraStatus, SourceError, open_reader
+from facefleet.agent.cameras import Camera, CameraSettings, CameraStatus, SourceError, open_reader
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float = 25.0) -> Path:

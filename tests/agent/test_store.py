@@ -23,8 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from agent.matching import Matcher
-from agent.records import (
+from facefleet.agent.domain.records import (
     DuplicatePersonError,
     Embedding,
     InvalidEmbeddingError,
@@ -38,7 +37,8 @@ from agent.records import (
     StoreReadOnlyError,
     UnknownPersonError,
 )
-from agent.store import MIGRATION_NAMES, OUTBOX_DROPPED, EmbeddingStore
+from facefleet.agent.recognition.matching import Matcher
+from facefleet.agent.store.database import MIGRATION_NAMES, OUTBOX_DROPPED, EmbeddingStore
 
 MODEL = "sface@2021dec"
 FloatArray = npt.NDArray[np.float32]
@@ -452,8 +452,8 @@ _WRITER = """
 import sys
 from pathlib import Path
 import numpy as np
-from agent.records import Embedding, Person
-from agent.store import EmbeddingStore
+from facefleet.agent.domain.records import Embedding, Person
+from facefleet.agent.store.database import EmbeddingStore
 with EmbeddingStore(Path(sys.argv[1])) as store:
     for i in range(int(sys.argv[2])):
         vector = np.random.default_rng(i).standard_normal(128).astype(np.float32)
@@ -492,8 +492,8 @@ _CRASHER = """
 import os, sys
 from pathlib import Path
 import numpy as np
-from agent.records import Embedding, Person, PersonUpsert
-from agent.store import EmbeddingStore
+from facefleet.agent.domain.records import Embedding, Person, PersonUpsert
+from facefleet.agent.store.database import EmbeddingStore
 calls = 0
 original = EmbeddingStore._write_upsert
 def crash_on_third(self, *args):

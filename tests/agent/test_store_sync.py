@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from sqlite_utils import Database
 
-from agent.fleet_types import GalleryDelta
-from agent.records import (
+from facefleet.agent.domain.fleet import GalleryDelta
+from facefleet.agent.domain.records import (
     Embedding,
     InvalidEmbeddingError,
     InvalidRecordError,
@@ -21,8 +21,8 @@ from agent.records import (
     PersonUpsert,
     RevisionConflictError,
 )
-from agent.store import MIGRATIONS, EmbeddingStore
-from agent.store_sync import REPORTS_DROPPED
+from facefleet.agent.store.database import MIGRATIONS, EmbeddingStore
+from facefleet.agent.store.sync import REPORTS_DROPPED
 
 MODEL = "sface@2021dec"
 

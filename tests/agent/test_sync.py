@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agent.config import AgentConfig, FleetServerConfig, credential_path, load_config
-from agent.errors import ConfigError
-from agent.fleet_types import SyncPoint, Welcome
-from agent.store import EmbeddingStore
-from agent.sync import FleetSync, SyncSettings, resume_from
-from agent.sync_channel import Backoff, read_tls
-from server import certs
+from facefleet.agent.config import AgentConfig, FleetServerConfig, load_config
+from facefleet.agent.domain.fleet import SyncPoint, Welcome
+from facefleet.agent.fleet.channel import Backoff, read_tls
+from facefleet.agent.fleet.sync import FleetSync, SyncSettings, resume_from
+from facefleet.agent.store.database import EmbeddingStore
+from facefleet.core.config import credential_path
+from facefleet.core.errors import ConfigError
+from facefleet.server.api import certs
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -184,7 +185,7 @@ def free_port() -> int:
 def test_without_a_server_events_wait_in_the_store_and_stop_cuts_the_backoff_short(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="agent.sync")
+    caplog.set_level(logging.WARNING, logger="facefleet.agent.fleet.sync")
     address = f"127.0.0.1:{free_port()}"
     tls = tmp_path / "tls"
     certs.init_ca(tls, server_names=["127.0.0.1"])

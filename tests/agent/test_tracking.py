@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.faces import EXPRESSION_LABELS
-from agent.tracking import Observation, Tracker, TrackerSettings, iou
+from facefleet.agent.recognition.tracking import Observation, Tracker, TrackerSettings, iou
+from facefleet.vision.faces import EXPRESSION_LABELS
 
 HAPPY = np.eye(7, dtype=np.float32)[EXPRESSION_LABELS.index("happy")]
 SAD = np.eye(7, dtype=np.float32)[EXPRESSION_LABELS.index("sad")]

@@ -1,4 +1,5 @@
-"""agent.wire against the server's own encoder and decoder (server.wire): what the server sends converts into
+"""facefleet.agent.fleet.wire against the server's own encoder and decoder (facefleet.server.api.wire): what
+the server sends converts into
 store records bit for bit, and what the agent reports is what the server's validation accepts."""
 
 from __future__ import annotations
@@ -9,25 +10,32 @@ from typing import Any
 
 import numpy as np
 import pytest
-from facefleet.v1 import fleet_pb2, gallery_pb2
 
-from agent.events import AccessDecision, Versions, access_event, face_event
-from agent.fleet_types import GalleryDelta, Heartbeat, QueuedReport, Registration, join_parts
-from agent.records import InvalidRecordError
-from agent.tracking import TrackEvent
-from agent.wire import (
+from facefleet.agent.domain.fleet import (
+    GalleryDelta,
+    Heartbeat,
+    QueuedReport,
+    Registration,
     WireError,
+    join_parts,
+)
+from facefleet.agent.domain.records import InvalidRecordError
+from facefleet.agent.fleet.wire import (
     delta_from_proto,
     event_to_proto,
     registration_to_proto,
     report_to_proto,
     update_from_proto,
 )
-from server import wire as server_wire
-from server.domain import Embedding as ServerEmbedding
-from server.domain import GalleryDelta as ServerDelta
-from server.domain import Person as ServerPerson
-from server.fleet import split_delta
+from facefleet.agent.publish.events import Versions, access_event, face_event
+from facefleet.agent.recognition.doors import AccessDecision
+from facefleet.agent.recognition.tracking import TrackEvent
+from facefleet.server.api import wire as server_wire
+from facefleet.server.domain.records import Embedding as ServerEmbedding
+from facefleet.server.domain.records import GalleryDelta as ServerDelta
+from facefleet.server.domain.records import Person as ServerPerson
+from facefleet.server.fleet.link import split_delta
+from facefleet.v1 import fleet_pb2, gallery_pb2
 
 MODEL = "sface@2021dec"
 NOW = time.time()

@@ -1,4 +1,5 @@
-"""Server test fixtures: a site PKI made by server.certs, the enrolment pipeline on the session's real
+"""Server test fixtures: a site PKI made by facefleet.server.api.certs, the enrolment pipeline on the
+session's real
 models, and `Harness`: a real grpc.aio server on port 0 with TLS, real SQLite in tmp_path, and clients.
 
 Tests are plain sync functions that run their scenario with asyncio.run (no async test plugin)."""
@@ -18,20 +19,20 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
-from facefleet.v1 import admin_pb2_grpc, fleet_pb2, fleet_pb2_grpc, query_pb2_grpc
 
-from agent.models.importer import DEFAULT_MODELS, DefaultModel, import_model, locate_default
-from agent.models.store import ModelStore
-from agent.pipeline import FaceAnalyzer
-from agent.runtime import Runtime
-from server import certs
-from server.app import FleetServer
-from server.config import ServerConfig
-from server.domain import utc_now
-from server.enrolment import Enroller, EnrolmentSettings
-from server.paths import ServerPaths
-from server.security import new_token
-from server.state_sqlite import SqliteState
+from facefleet.server.api import certs
+from facefleet.server.api.security import new_token
+from facefleet.server.app import FleetServer
+from facefleet.server.config import ServerConfig
+from facefleet.server.domain.records import utc_now
+from facefleet.server.gallery.embedder import Enroller, EnrolmentSettings
+from facefleet.server.paths import ServerPaths
+from facefleet.server.state.sqlite.state import SqliteState
+from facefleet.v1 import admin_pb2_grpc, fleet_pb2, fleet_pb2_grpc, query_pb2_grpc
+from facefleet.vision.models.importer import DEFAULT_MODELS, DefaultModel, import_model, locate_default
+from facefleet.vision.models.store import ModelStore
+from facefleet.vision.pipeline import FaceAnalyzer
+from facefleet.vision.runtime import Runtime
 
 T = TypeVar("T")
 

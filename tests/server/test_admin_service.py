@@ -7,12 +7,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from facefleet.v1 import admin_pb2, gallery_pb2
 
-from agent.models.store import ModelStore
-from agent.pipeline import FaceAnalyzer
-from agent.runtime import Runtime
-from server.enrolment import Enroller, EnrolmentSettings
+from facefleet.server.gallery.embedder import Enroller, EnrolmentSettings
+from facefleet.v1 import admin_pb2, gallery_pb2
+from facefleet.vision.models.store import ModelStore
+from facefleet.vision.pipeline import FaceAnalyzer
+from facefleet.vision.runtime import Runtime
 from tests.server.conftest import Pki, encode, run, serving
 
 

@@ -1,4 +1,5 @@
-"""The agent's sync client (agent.sync.FleetSync) against a real server: mutual TLS on port 0, real SQLite on
+"""The agent's sync client (facefleet.agent.fleet.sync.FleetSync) against a real server: mutual TLS on port 0,
+real SQLite on
 both sides, real enrolment from the astronaut photo, and the agent's real matcher.
 
 The server runs on the test's event loop; each FleetSync runs on its own thread and loop, as in the agent.
@@ -20,23 +21,24 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 import pytest
-from facefleet.v1 import admin_pb2, gallery_pb2, query_pb2
 
-from agent.config import AgentConfig
-from agent.events import AccessDecision, Versions, access_event, face_event
-from agent.fleet_types import GalleryDelta
-from agent.matching import Decision, Matcher
-from agent.models.store import ModelStore
-from agent.pipeline import FaceAnalyzer
-from agent.records import Embedding, Person
-from agent.service import AgentService
-from agent.store import EmbeddingStore
-from agent.sync import FleetSync, SyncSettings
-from agent.tracking import TrackEvent
-from server.enrolment import Enroller
-from server.errors import StateError
-from server.queries import EventFilter
-from server.state_sqlite import SqliteState
+from facefleet.agent.config import AgentConfig
+from facefleet.agent.domain.fleet import GalleryDelta
+from facefleet.agent.domain.records import Embedding, Person
+from facefleet.agent.fleet.sync import FleetSync, SyncSettings
+from facefleet.agent.publish.events import Versions, access_event, face_event
+from facefleet.agent.recognition.doors import AccessDecision
+from facefleet.agent.recognition.matching import Decision, Matcher
+from facefleet.agent.recognition.tracking import TrackEvent
+from facefleet.agent.service import AgentService
+from facefleet.agent.store.database import EmbeddingStore
+from facefleet.server.domain.queries import EventFilter
+from facefleet.server.errors import StateError
+from facefleet.server.gallery.embedder import Enroller
+from facefleet.server.state.sqlite.state import SqliteState
+from facefleet.v1 import admin_pb2, gallery_pb2, query_pb2
+from facefleet.vision.models.store import ModelStore
+from facefleet.vision.pipeline import FaceAnalyzer
 from tests.agent.test_service import write_video
 from tests.server.conftest import Harness, Pki, run, serving
 
@@ -261,7 +263,7 @@ def test_a_fresh_agent_gets_the_whole_gallery_and_a_stale_one_is_reset_to_it(
         stale.add_person(Person("local-only"), [Embedding(MODEL, np.ones(128, np.float32))])
         stale.sync.apply(GalleryDelta(0, 500, snapshot=True, gallery_id="another-server"), [MODEL])
         stale_revision = stale.revision()
-    caplog.set_level(logging.INFO, logger="agent.sync")
+    caplog.set_level(logging.INFO, logger="facefleet.agent.fleet.sync")
     head, gallery_id = run(scenario)
     assert head == 120
     expected = {r.person_id: np.frombuffer(r.embeddings[0].vector, "<f4") for r in requests}
@@ -391,7 +393,7 @@ def test_a_report_the_server_fails_to_store_stays_queued_and_is_retried_until_ac
             )
             return queued, [e.event_id for e in state.list_events(day, None, 10).events], connects_once
 
-    caplog.set_level(logging.WARNING, logger="agent.sync")
+    caplog.set_level(logging.WARNING, logger="facefleet.agent.fleet.sync")
     queued, stored, connects_once = run(scenario)
     assert queued == [1, 1, 1]  # kept while the server failed
     assert stored == [payload["event_id"]]
@@ -407,7 +409,7 @@ def test_the_agent_keeps_its_gallery_and_retries_while_the_server_is_down(
     flipped_query: npt.NDArray[np.float32],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="agent.sync")
+    caplog.set_level(logging.INFO, logger="facefleet.agent.fleet.sync")
     payload = face_payload("door-1", "eileen", time.time())
 
     async def scenario() -> tuple[int, Decision, int, str, list[Person], list[str]]:

@@ -18,10 +18,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from agent.errors import EXIT_CONFIG, EXIT_OK
-from server.cli import build_parser, main
-from server.domain import Event, ExpressionResult, Person, Registration, utc_now
-from server.state_sqlite import SqliteState
+from facefleet.core.errors import EXIT_CONFIG, EXIT_OK
+from facefleet.server.cli.main import build_parser, main
+from facefleet.server.domain.records import Event, ExpressionResult, Person, Registration, utc_now
+from facefleet.server.state.sqlite.state import SqliteState
 from tests.server.conftest import Pki
 
 
@@ -155,7 +155,7 @@ def serve_process(tmp_path: Path, pki: Pki, notify_path: Path, **tls: str) -> su
     command = [
         sys.executable,
         "-m",
-        "server.cli",
+        "facefleet.server.cli",
         "--config",
         str(config),
         "--state-dir",

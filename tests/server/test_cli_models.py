@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import EXIT_DATA, EXIT_NO_INPUT, EXIT_OK
-from server.domain import Registration, utc_now
-from server.model_types import ModelStatus
-from server.state_sqlite import SqliteState
+from facefleet.core.errors import EXIT_DATA, EXIT_NO_INPUT, EXIT_OK
+from facefleet.server.domain.models import ModelStatus
+from facefleet.server.domain.records import Registration, utc_now
+from facefleet.server.state.sqlite.state import SqliteState
 from tests.server.test_cli import run_cli
 
 NEW = "mini-xception@fer2013-fp32"

@@ -12,17 +12,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import numpy.typing as npt
-from facefleet.v1 import admin_pb2, fleet_pb2, gallery_pb2
 
-from agent.models.store import ModelStore, StoredModel
-from agent.runtime import Runtime
-from server.domain import Crop, Embedding, Person
-from server.enrolment import Enroller
-from server.model_catalog import ModelCatalog
-from server.model_types import Target
-from server.reembed import CropEmbedder, reembed
-from server.rollout_control import RolloutControl, StartedRollout
-from server.state_sqlite import SqliteState
+from facefleet.server.domain.models import Target
+from facefleet.server.domain.records import Crop, Embedding, Person
+from facefleet.server.gallery.embedder import Enroller
+from facefleet.server.gallery.reembed import CropEmbedder, reembed
+from facefleet.server.rollouts.catalogue import ModelCatalog
+from facefleet.server.rollouts.control import RolloutControl, StartedRollout
+from facefleet.server.state.sqlite.state import SqliteState
+from facefleet.v1 import admin_pb2, fleet_pb2, gallery_pb2
+from facefleet.vision.models.store import ModelStore, StoredModel
+from facefleet.vision.runtime import Runtime
 from tests.server.conftest import Pki, encode, next_update, run, serving
 from tests.server.test_fleet_service import random_embedding
 

@@ -26,20 +26,20 @@ import numpy.typing as npt
 import onnx
 import onnx.numpy_helper
 import pytest
-from facefleet.v1 import admin_pb2, models_pb2, query_pb2
 
-from agent.config import AgentConfig
-from agent.models.onnx_fold import fold_blocked_dequantize
-from agent.models.statuses import STATUS_FILE
-from agent.models.store import ModelStore
-from agent.service import AgentService
-from agent.store import EmbeddingStore
-from server import certs
-from server import cli as server_cli
-from server.domain import utc_now
-from server.enrolment import Enroller
-from server.model_types import Target
-from server.queries import EventFilter
+from facefleet.agent.config import AgentConfig
+from facefleet.agent.service import AgentService
+from facefleet.agent.store.database import EmbeddingStore
+from facefleet.agent.updates.statuses import STATUS_FILE
+from facefleet.server.api import certs
+from facefleet.server.cli import main as server_main
+from facefleet.server.domain.models import Target
+from facefleet.server.domain.queries import EventFilter
+from facefleet.server.domain.records import utc_now
+from facefleet.server.gallery.embedder import Enroller
+from facefleet.v1 import admin_pb2, models_pb2, query_pb2
+from facefleet.vision.models.onnx_fold import fold_blocked_dequantize
+from facefleet.vision.models.store import ModelStore
 from tests.agent.test_service import write_video
 from tests.server.conftest import Harness, Pki, run, serving
 from tests.server.test_agent_sync import until
@@ -118,7 +118,7 @@ async def running_agent(config: dict[str, Any], state: Path) -> AsyncIterator[Ag
 async def cli(harness: Harness, *args: str) -> int:
     """facefleet-server on the running server's state directory, as an operator on that host runs it."""
     state_dir = str(harness.server.paths.state_dir)
-    return await asyncio.to_thread(server_cli.main, ["--state-dir", state_dir, *args])
+    return await asyncio.to_thread(server_main, ["--state-dir", state_dir, *args])
 
 
 async def publish(harness: Harness, path: Path, task: str, model_id: str, precision: str = "FP32") -> None:

@@ -10,13 +10,13 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
-from facefleet.v1 import admin_pb2, events_pb2, fleet_pb2, gallery_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from agent.gallery import SFACE_THRESHOLD, Gallery
-from agent.pipeline import FaceAnalyzer
-from server.enrolment import Enroller
-from server.queries import EventFilter
+from facefleet.agent.recognition.gallery import SFACE_THRESHOLD, Gallery
+from facefleet.server.domain.queries import EventFilter
+from facefleet.server.gallery.embedder import Enroller
+from facefleet.v1 import admin_pb2, events_pb2, fleet_pb2, gallery_pb2
+from facefleet.vision.pipeline import FaceAnalyzer
 from tests.server.conftest import Harness, Pki, next_delta, next_update, run, serving
 
 
@@ -460,7 +460,7 @@ def test_insecure_development_serves_plaintext_and_trusts_the_requested_device(
 
 
 def test_a_taken_port_is_a_bind_error_with_exit_code_69(tmp_path: Path, pki: Pki, enroller: Enroller) -> None:
-    from server.app import BindError
+    from facefleet.server.app import BindError
 
     async def scenario() -> BindError:
         async with serving(tmp_path / "a", pki, enroller) as harness:

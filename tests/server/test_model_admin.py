@@ -15,13 +15,13 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from facefleet.v1 import admin_pb2, fleet_pb2
 
-from server import wire_models
-from server.enrolment import Enroller
-from server.errors import InvalidArgumentError
-from server.model_admin import UploadHeader
-from server.model_types import Target
+from facefleet.server.api import wire_models
+from facefleet.server.domain.models import Target
+from facefleet.server.errors import InvalidArgumentError
+from facefleet.server.gallery.embedder import Enroller
+from facefleet.server.rollouts.uploads import UploadHeader
+from facefleet.v1 import admin_pb2, fleet_pb2
 from tests.server.conftest import Harness, Pki, next_update, run, serving
 from tests.server.test_fleet_service import random_embedding
 

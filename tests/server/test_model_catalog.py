@@ -11,15 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from agent.models.manifest import sha256_file
-from agent.models.store import ModelStore
-from agent.runtime import Runtime
-from server import rollouts
-from server.domain import Registration
-from server.errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError
-from server.model_catalog import ModelCatalog
-from server.model_types import ModelFile, ModelStatus, PublishedModel, Target
-from server.state_sqlite import MIGRATIONS, SqliteState
+from facefleet.server.domain.models import ModelFile, ModelStatus, PublishedModel, Target
+from facefleet.server.domain.records import Registration
+from facefleet.server.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from facefleet.server.rollouts import plan as rollouts
+from facefleet.server.rollouts.catalogue import ModelCatalog
+from facefleet.server.state.sqlite.state import MIGRATIONS, SqliteState
+from facefleet.vision.models.manifest import sha256_file
+from facefleet.vision.models.store import ModelStore
+from facefleet.vision.runtime import Runtime
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 NEW = "mini-xception@fer2013-fp32"

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from facefleet.v1 import fleet_pb2
 
-from agent.runtime import Runtime
-from server.enrolment import Enroller
-from server.errors import DataLossError, OutOfRangeError
-from server.model_files import ModelFiles
-from server.model_types import ModelFile
+from facefleet.server.domain.models import ModelFile
+from facefleet.server.errors import DataLossError, OutOfRangeError
+from facefleet.server.gallery.embedder import Enroller
+from facefleet.server.rollouts.files import ModelFiles
+from facefleet.v1 import fleet_pb2
+from facefleet.vision.runtime import Runtime
 from tests.server.conftest import Harness, Pki, run, serving
 from tests.server.test_model_rollout import NEW, publish_expression_models
 

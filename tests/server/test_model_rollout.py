@@ -13,19 +13,19 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from facefleet.v1 import fleet_pb2, models_pb2, query_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from agent.runtime import Runtime
-from server import rollouts
-from server.cli import main
-from server.domain import Embedding, GalleryDelta, Person, utc_now
-from server.enrolment import Enroller
-from server.fleet import FleetHandler, FleetSettings
-from server.model_catalog import ModelCatalog
-from server.model_files import CHUNK_BYTES, ModelFiles
-from server.model_fleet import ModelDistribution
-from server.model_types import PublishedModel, Target
+from facefleet.server.cli.main import main
+from facefleet.server.domain.models import PublishedModel, Target
+from facefleet.server.domain.records import Embedding, GalleryDelta, Person, utc_now
+from facefleet.server.fleet.link import FleetHandler, FleetSettings
+from facefleet.server.gallery.embedder import Enroller
+from facefleet.server.rollouts import plan as rollouts
+from facefleet.server.rollouts.catalogue import ModelCatalog
+from facefleet.server.rollouts.distribution import ModelDistribution
+from facefleet.server.rollouts.files import CHUNK_BYTES, ModelFiles
+from facefleet.v1 import fleet_pb2, models_pb2, query_pb2
+from facefleet.vision.runtime import Runtime
 from tests.server.conftest import Harness, Pki, next_update, run, serving
 
 OLD = "mini-xception@fer2013"

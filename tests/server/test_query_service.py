@@ -9,10 +9,10 @@ from typing import Any
 
 import grpc
 import pytest
-from facefleet.v1 import events_pb2, fleet_pb2, query_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from server.enrolment import Enroller
+from facefleet.server.gallery.embedder import Enroller
+from facefleet.v1 import events_pb2, fleet_pb2, query_pb2
 from tests.server.conftest import Harness, Pki, run, serving
 
 T0 = datetime(2026, 5, 1, 9, 0, tzinfo=timezone.utc)

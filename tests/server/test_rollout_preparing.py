@@ -17,20 +17,20 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
-from facefleet.v1 import fleet_pb2
 
-from agent.models.store import ModelStore
-from agent.runtime import Runtime
-from server.app import rollout_embedding_models
-from server.config import ServerConfig
-from server.domain import Crop, Embedding, Person
-from server.enrolment import Enroller
-from server.errors import FailedPreconditionError
-from server.model_catalog import ModelCatalog
-from server.model_types import Target
-from server.paths import ServerPaths
-from server.rollout_control import PREPARING_STALE_SECONDS, RolloutControl
-from server.state_sqlite import SqliteState
+from facefleet.server.app import rollout_embedding_models
+from facefleet.server.config import ServerConfig
+from facefleet.server.domain.models import Target
+from facefleet.server.domain.records import Crop, Embedding, Person
+from facefleet.server.errors import FailedPreconditionError
+from facefleet.server.gallery.embedder import Enroller
+from facefleet.server.paths import ServerPaths
+from facefleet.server.rollouts.catalogue import ModelCatalog
+from facefleet.server.rollouts.control import PREPARING_STALE_SECONDS, RolloutControl
+from facefleet.server.state.sqlite.state import SqliteState
+from facefleet.v1 import fleet_pb2
+from facefleet.vision.models.store import ModelStore
+from facefleet.vision.runtime import Runtime
 from tests.server.conftest import Pki, encode, run, serving
 from tests.server.test_cli import run_cli
 
@@ -139,7 +139,7 @@ def test_a_rollout_whose_preparer_was_killed_is_rolled_back_once_it_shows_no_pro
         [
             sys.executable,
             "-c",
-            "import sys; from server.cli import main; sys.exit(main(sys.argv[1:]))",
+            "import sys; from facefleet.server.cli import main; sys.exit(main(sys.argv[1:]))",
             *base,
             "rollout",
             "start",

@@ -8,9 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from server import rollouts
-from server.errors import FailedPreconditionError, InvalidArgumentError
-from server.model_types import (
+from facefleet.server.domain.models import (
     DeviceRollout,
     ModelFile,
     ModelStatus,
@@ -20,7 +18,9 @@ from server.model_types import (
     RolloutState,
     Target,
 )
-from server.rollouts import bucket, covers, desired_releases
+from facefleet.server.errors import FailedPreconditionError, InvalidArgumentError
+from facefleet.server.rollouts import plan as rollouts
+from facefleet.server.rollouts.plan import bucket, covers, desired_releases
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 DEVICES = [f"box-{i:03d}" for i in range(400)]

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.domain import (
+from facefleet.server.domain.queries import EventCursor, EventFilter
+from facefleet.server.domain.records import (
     Crop,
     Embedding,
     Event,
@@ -24,10 +25,9 @@ from server.domain import (
     Registration,
     TokenRecord,
 )
-from server.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StateError
-from server.queries import EventCursor, EventFilter
-from server.state import State
-from server.state_sqlite import SqliteState
+from facefleet.server.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StateError
+from facefleet.server.state.interface import State
+from facefleet.server.state.sqlite.state import SqliteState
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
 STATES: dict[str, Callable[[Path, int], State]] = {

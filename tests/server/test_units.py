@@ -13,19 +13,19 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from server import certs
-from server.domain import Embedding, GalleryDelta, Person
-from server.errors import (
+from facefleet.server.api import certs
+from facefleet.server.api.security import Authenticator, certificate_identity, new_token
+from facefleet.server.domain.records import Embedding, GalleryDelta, Person
+from facefleet.server.errors import (
     InvalidArgumentError,
     PermissionDeniedError,
     ServerConfigError,
     UnauthenticatedError,
 )
-from server.fanout import GalleryFanout
-from server.fleet import only_models, split_delta
-from server.security import Authenticator, certificate_identity, new_token
-from server.sqlite_events import segments
-from server.state_sqlite import SqliteState
+from facefleet.server.fleet.link import only_models, split_delta
+from facefleet.server.state.fanout import GalleryFanout
+from facefleet.server.state.sqlite.events import segments
+from facefleet.server.state.sqlite.state import SqliteState
 from tests.server.conftest import Pki
 
 NOW = datetime(2026, 5, 1, tzinfo=timezone.utc)

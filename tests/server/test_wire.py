@@ -6,14 +6,14 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
-from facefleet.v1 import admin_pb2, events_pb2, gallery_pb2, query_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server import wire
-from server.domain import Embedding, Event, ExpressionResult, GalleryDelta, Person
-from server.errors import InvalidArgumentError
-from server.queries import EventFilter
+from facefleet.server.api import wire
+from facefleet.server.domain.queries import EventFilter
+from facefleet.server.domain.records import Embedding, Event, ExpressionResult, GalleryDelta, Person
+from facefleet.server.errors import InvalidArgumentError
+from facefleet.v1 import admin_pb2, events_pb2, gallery_pb2, query_pb2
 
 NOW = datetime(2026, 5, 1, 12, 30, 15, 123456, tzinfo=timezone.utc)
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
-from facefleet.v1 import fleet_pb2, models_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from server import wire_models
-from server.errors import InvalidArgumentError
-from server.model_files import Chunk
-from server.model_types import ModelAssignment, ModelFile, ModelStatus, Release
+from facefleet.server.api import wire_models
+from facefleet.server.domain.models import ModelAssignment, ModelFile, ModelStatus, Release
+from facefleet.server.errors import InvalidArgumentError
+from facefleet.server.rollouts.files import Chunk
+from facefleet.v1 import fleet_pb2, models_pb2
 
 WHEN = datetime(2026, 11, 23, 12, 0, 1, tzinfo=timezone.utc)
 

@@ -1,0 +1,266 @@
+"""Frame sources: a V4L2 device, an RTSP/HTTP stream, a video file or a folder of images, each read on its
+own thread so a slow or failing camera never holds up the others.
+
+A camera keeps only its newest frame: when inference is slower than the camera, older frames are
+dropped (latest frame wins) and counted. A source that fails is reopened with exponential backoff;
+a video file or image folder that ends is reported as ended (or looped when configured).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal, Protocol
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from facefleet.vision.errors import ImageError
+from facefleet.vision.images import list_images, read_image, to_bgr8
+
+log = logging.getLogger(__name__)
+
+Frame = npt.NDArray[np.uint8]
+CameraState = Literal["starting", "running", "retrying", "ended", "stopped"]
+
+
+class SourceError(Exception):
+    """A source cannot be opened or stopped delivering frames."""
+
+
+class FrameReader(Protocol):
+    """An opened source: read() gives the next frame, None at the end of a finite source."""
+
+    def read(self) -> Frame | None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class CameraSettings:
+    """One camera. source: a device index ('0'), a device path, an rtsp:// or http(s):// URL, a video file
+    or a folder of images. max_fps: read at most this often (0 = as fast as the source gives frames, and
+    files play at their own frame rate). loop: restart a file or folder at its end. timeout_s: how long
+    opening a stream or waiting for its next frame may take before it counts as failed."""
+
+    name: str
+    source: str
+    max_fps: float = 0.0
+    loop: bool = False
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class CameraStatus:
+    """What a camera is doing: frames read and dropped so far, the last error and when it retries."""
+
+    name: str
+    state: CameraState
+    frames_read: int = 0
+    frames_dropped: int = 0
+    fps: float = 0.0
+    error: str | None = None
+    retry_in_s: float | None = None
+
+
+@dataclass(frozen=True)
+class CameraFrame:
+    """A frame with its camera, sequence number (from 1) and capture time (time.time(), seconds)."""
+
+    camera: str
+    number: int
+    captured_at: float
+    image: Frame
+
+
+def open_reader(settings: CameraSettings) -> FrameReader:
+    """Open a camera's source; raises SourceError with the source named when it cannot."""
+    source = settings.source
+    path = Path(source)
+    if path.is_dir():
+        return FolderReader(path)
+    timeout_ms = round(settings.timeout_s * 1000)
+    if source.isdigit():
+        return CaptureReader(int(source), source, timeout_ms)
+    if "://" not in source and not path.exists():
+        raise SourceError(f"{source}: no such file, folder or device")
+    return CaptureReader(source, source, timeout_ms)
+
+
+class FolderReader:
+    """Images of a folder in name order, one per read(); unreadable files are skipped with a warning."""
+
+    def __init__(self, folder: Path) -> None:
+        self.files = list_images(folder)
+        if not self.files:
+            raise SourceError(f"{folder}: folder holds no images")
+        self.position = 0
+
+    def read(self) -> Frame | None:
+        while self.position < len(self.files):
+            path = self.files[self.position]
+            self.position += 1
+            try:
+                return read_image(path)
+            except ImageError as exc:
+                log.warning("skipping %s", exc)
+        return None
+
+    def close(self) -> None:
+        self.position = len(self.files)
+
+
+class CaptureReader:
+    """OpenCV VideoCapture over a device, a stream URL or a video file, with open and read timeouts."""
+
+    def __init__(self, target: int | str, label: str, timeout_ms: int) -> None:
+        self.label = label
+        timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+        is_device = isinstance(target, int) or target.startswith("/dev/video")
+        self.capture = cv2.VideoCapture(target, cv2.CAP_V4L2 if is_device else cv2.CAP_ANY, timeouts)
+        if not self.capture.isOpened():
+            self.capture.release()
+            raise SourceError(f"{label}: cannot open (no such device, unreachable stream or unreadable file)")
+        self.is_file = isinstance(target, str) and "://" not in target and not target.startswith("/dev/")
+        fps = float(self.capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.file_fps = fps if self.is_file and 0 < fps <= 240 else 0.0
+
+    def read(self) -> Frame | None:
+        ok, frame = self.capture.read()
+        if not ok or frame is None:
+            if self.is_file:
+                return None
+            raise SourceError(f"{self.label}: stopped delivering frames")
+        return to_bgr8(frame, self.label)
+
+    def close(self) -> None:
+        self.capture.release()
+
+
+class Camera:
+    """Reads one source on a daemon thread, keeping only the newest frame."""
+
+    def __init__(
+        self,
+        settings: CameraSettings,
+        opener: Callable[[CameraSettings], FrameReader] = open_reader,
+        on_status: Callable[[CameraStatus], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._opener = opener
+        self._on_status = on_status
+        self._condition = threading.Condition()
+        self._latest: CameraFrame | None = None
+        self._status = CameraStatus(settings.name, "starting")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"camera-{settings.name}", daemon=True)
+
+    def start(self) -> Camera:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._condition:
+            self._condition.notify_all()
+        self._thread.join(timeout)
+
+    @property
+    def status(self) -> CameraStatus:
+        with self._condition:
+            return self._status
+
+    def next_frame(self, after: int, timeout: float) -> CameraFrame | None:
+        """The newest frame numbered above `after`, waiting up to timeout seconds; None if none came.
+        Frames the caller never took are counted as dropped."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while self._latest is None or self._latest.number <= after:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stop.is_set() or self._status.state in ("ended", "stopped"):
+                    if self._latest is not None and self._latest.number > after:
+                        break
+                    return None
+                self._condition.wait(remaining)
+            frame = self._latest
+            skipped = frame.number - after - 1
+            if skipped > 0:
+                self._status = replace(self._status, frames_dropped=self._status.frames_dropped + skipped)
+            return frame
+
+    def _set_status(self, **changes: object) -> None:
+        with self._condition:
+            self._status = replace(self._status, **changes)  # type: ignore[arg-type]
+            status = self._status
+            self._condition.notify_all()
+        if self._on_status is not None:
+            self._on_status(status)
+
+    def _run(self) -> None:
+        backoff = self.settings.backoff_initial_s
+        number = 0
+        while not self._stop.is_set():
+            try:
+                reader = self._opener(self.settings)
+            except SourceError as exc:
+                backoff = self._retry(str(exc), backoff)
+                continue
+            self._set_status(state="running", error=None, retry_in_s=None)
+            log.info("camera '%s': reading %s", self.settings.name, self.settings.source)
+            try:
+                number, ended = self._read_all(reader, number)
+                backoff = self.settings.backoff_initial_s
+            except SourceError as exc:
+                ended = False
+                backoff = self._retry(str(exc), backoff)
+            finally:
+                reader.close()
+            if ended and not self.settings.loop:
+                log.info("camera '%s': %s ended", self.settings.name, self.settings.source)
+                self._set_status(state="ended")
+                return
+        self._set_status(state="stopped")
+
+    def _read_all(self, reader: FrameReader, number: int) -> tuple[int, bool]:
+        """Read until the source ends (True) or stop is asked (False); raises SourceError on a failure."""
+        interval = 1.0 / self.settings.max_fps if self.settings.max_fps > 0 else 0.0
+        if interval == 0.0 and isinstance(reader, CaptureReader) and reader.file_fps:
+            interval = 1.0 / reader.file_fps
+        started = time.monotonic()
+        next_due = started
+        read_here = 0
+        while not self._stop.is_set():
+            image = reader.read()
+            if image is None:
+                return number, True
+            number += 1
+            read_here += 1
+            frame = CameraFrame(self.settings.name, number, time.time(), image)
+            with self._condition:
+                self._latest = frame
+                elapsed = max(time.monotonic() - started, 1e-6)
+                self._status = replace(
+                    self._status, frames_read=self._status.frames_read + 1, fps=round(read_here / elapsed, 2)
+                )
+                self._condition.notify_all()
+            if interval:
+                next_due += interval
+                delay = next_due - time.monotonic()
+                if delay > 0:
+                    self._stop.wait(delay)
+                else:
+                    next_due = time.monotonic()
+        return number, False
+
+    def _retry(self, error: str, backoff: float) -> float:
+        log.warning("camera '%s': %s (retrying in %.0f s)", self.settings.name, error, backoff)
+        self._set_status(state="retrying", error=error, retry_in_s=backoff)
+        self._stop.wait(backoff)
+        return min(backoff * 2, self.settings.backoff_max_s)

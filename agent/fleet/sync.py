@@ -1,0 +1,512 @@
+"""The agent's link to the fleet server: it dials out (so NAT is no problem), registers, watches the gallery
+from the last applied server revision, applies every delta atomically to the store and acknowledges it, and
+reports queued events in batches until the server acknowledges them. Model assignments that arrive on the
+Watch stream go to the model updater (facefleet.agent.updates.updater), whose downloads and status reports use
+the same session; an embedding-model switch reconnects to watch the galleries of both models.
+
+`FleetSync` runs grpc.aio on an event loop of its own thread. One loop carries the Watch stream, the report
+batches and the backoff timers concurrently, and stopping is one event instead of cancelling blocking calls
+across threads; store writes run in a worker thread so a large snapshot never stalls the stream. When the
+server is away the agent keeps recognising on the gallery it has and retries with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from facefleet import __version__
+from facefleet.agent.domain.fleet import (
+    GalleryDelta,
+    Heartbeat,
+    ModelAssignment,
+    ModelStatus,
+    Registration,
+    SyncPoint,
+    Welcome,
+    join_parts,
+)
+from facefleet.agent.domain.records import RevisionConflictError, StoreError
+from facefleet.agent.fleet.channel import (
+    Backoff,
+    channel_options,
+    describe_rpc_error,
+    read_tls,
+    server_address,
+)
+from facefleet.agent.fleet.wire import FleetClient, WatchStream
+from facefleet.agent.store.database import EmbeddingStore
+from facefleet.core.errors import FaceFleetError
+
+if TYPE_CHECKING:
+    from facefleet.agent.updates.updater import ModelUpdater
+
+log = logging.getLogger(__name__)
+
+MAX_HEALTH_FIGURES = 32
+STATUS_RETRY_S = 5.0
+"""How often model statuses the server did not acknowledge are sent again."""
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """How to reach the server and what to tell it. key_file may be a bare name in $CREDENTIALS_DIRECTORY
+    (resolved by the caller); models: the embedding models the agent matches with (only those are sent)."""
+
+    address: str
+    device_id: str
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    models: tuple[str, ...]
+    server_name: str = ""
+    agent_version: str = __version__
+    hostname: str = ""
+    model_versions: Mapping[str, str] = field(default_factory=dict)
+    capabilities: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    report_batch: int = 500
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    keepalive_s: float = 30.0
+    rpc_timeout_s: float = 30.0
+    health_interval_s: float = 30.0
+
+
+class _RetryError(Exception):
+    """The session ended for a reason worth a log line; reconnect after the backoff."""
+
+
+class FleetSync:
+    """The sync client of one agent. start() once, stop() once; submit() queues an event for the server.
+
+    health(): figures sent with every report (e.g. frames analysed, outbox pending); the report queue's own
+    are added. The TLS files are read at construction (ConfigError when unusable) and again on reconnect."""
+
+    def __init__(
+        self,
+        settings: SyncSettings,
+        store: EmbeddingStore,
+        health: Callable[[], Mapping[str, float]] = dict,
+        updater: ModelUpdater | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.health = health
+        self.updater = updater
+        if updater is not None:
+            updater.gallery = self
+        self._client: FleetClient | None = None
+        self._assignment: ModelAssignment | None = None
+        self._assigned: asyncio.Event | None = None
+        self._restart: asyncio.Event | None = None
+        server_address(settings.address)
+        self._tls = read_tls(settings)
+        self._thread = threading.Thread(target=self._thread_main, name="fleet-sync", daemon=True)
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        self._stop_requested = threading.Event()
+        self._resync = False
+        self.connected = False
+        self.last_error: str | None = None
+        self.server_revision: int | None = None
+        self.applied_revision = store.sync.point().revision
+        self.connects = 0
+        self.reported = 0
+        self.refused = 0
+
+    # ---- life cycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the session (the server sees the Watch stream close) and join the thread."""
+        self._stop_requested.set()
+        with self._lock:
+            if self._loop is not None and self._stopping is not None:
+                self._loop.call_soon_threadsafe(self._stopping.set)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        """The sync thread is alive (started and not yet stopped)."""
+        return self._thread.is_alive()
+
+    def submit(self, payload: dict[str, Any]) -> bool:
+        """Queue a face or access event payload for the server (durably, before any attempt to send it);
+        False when its event id is already queued. StoreError when the store cannot take it."""
+        added = self.store.reports.put(payload, self.applied_revision)
+        with self._lock:
+            if self._loop is not None and self._wake is not None:
+                self._loop.call_soon_threadsafe(self._wake.set)
+        return added
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every queued event is acknowledged (True) or the timeout passes (False)."""
+        deadline = time.monotonic() + timeout
+        while self.store.reports.count() > 0:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def status(self) -> dict[str, Any]:
+        """For the agent's status: connection, revisions, and the report queue."""
+        return {
+            "address": self.settings.address,
+            "connected": self.connected,
+            "gallery_revision": self.applied_revision,
+            "server_revision": self.server_revision,
+            "reports_pending": self.store.reports.count(),
+            "reports_dropped": self.store.reports.dropped(),
+            "last_error": self.last_error,
+        }
+
+    # ---- the loop -----------------------------------------------------------------------------------
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except Exception:
+            log.exception("server %s: the sync client stopped unexpectedly", self.settings.address)
+
+    async def _main(self) -> None:
+        stopping, wake = asyncio.Event(), asyncio.Event()
+        self._assigned, self._restart = asyncio.Event(), asyncio.Event()
+        with self._lock:
+            self._loop, self._stopping, self._wake = asyncio.get_running_loop(), stopping, wake
+        if self._stop_requested.is_set():
+            return
+        backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
+        models = None if self.updater is None else asyncio.ensure_future(self._models(self.updater))
+        try:
+            while not stopping.is_set():
+                reason = await self._attempt(backoff, stopping, wake)
+                if stopping.is_set():
+                    break
+                if self._restart.is_set():
+                    self._restart.clear()
+                    watched = ", ".join(self.settings.models)
+                    log.info(
+                        "server %s: reconnecting to watch embedding models %s", self.settings.address, watched
+                    )
+                    continue
+                delay = backoff.next()
+                self.last_error = reason
+                wait = f"{delay:.1f}" if delay < 10 else f"{delay:.0f}"
+                log.warning("server %s: %s (retrying in %s s)", self.settings.address, reason, wait)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), delay)
+        finally:
+            if models is not None:
+                models.cancel()
+                await asyncio.gather(models, return_exceptions=True)
+            with self._lock:
+                self._loop = self._stopping = self._wake = None
+
+    async def _attempt(self, backoff: Backoff, stopping: asyncio.Event, wake: asyncio.Event) -> str:
+        """One session; why it ended (ignored when stopping)."""
+        try:
+            await self._session(backoff, stopping, wake)
+            return "stopped"
+        except _RetryError as exc:
+            return str(exc)
+        except grpc.aio.AioRpcError as exc:
+            return describe_rpc_error(exc, self.settings.rpc_timeout_s, connected=self.connected)
+        except (FaceFleetError, OSError) as exc:
+            return str(exc)
+        except Exception as exc:  # a bug must not end the sync for the life of the agent
+            log.exception("server %s: unexpected error in the sync client", self.settings.address)
+            return f"unexpected error: {exc!r}"
+        finally:
+            self.connected = False
+
+    async def _session(self, backoff: Backoff, stopping: asyncio.Event, wake: asyncio.Event) -> None:
+        self._tls = await asyncio.to_thread(read_tls, self.settings)  # certificates may have been renewed
+        channel = grpc.aio.secure_channel(self.settings.address, self._credentials(), options=self._options())
+        try:
+            client = FleetClient(channel, self.settings.device_id)
+            point = await asyncio.to_thread(self.store.sync.point)
+            welcome = await client.register(self._registration(point), self.settings.rpc_timeout_s)
+            self.server_revision = welcome.gallery_revision
+            models = self.settings.models  # this session's: deltas are recorded as of these models
+            from_revision, gallery_id, why = resume_from(point, welcome, models, self._resync)
+            if why is not None:  # expected when an embedding-model switch changes the watched models
+                level = logging.INFO if set(point.models) != set(models) else logging.WARNING
+                log.log(level, "server %s: %s; asking for a full snapshot", self.settings.address, why)
+            self._resync = False
+            stream = client.watch(from_revision, gallery_id, models)
+            self.connected, self.connects = True, self.connects + 1
+            log.info(
+                "server %s: connected as %s; watching from gallery revision %d (server at %d)",
+                self.settings.address,
+                self.settings.device_id,
+                from_revision,
+                welcome.gallery_revision,
+            )
+            assert self._restart is not None
+            tasks = {
+                asyncio.ensure_future(self._watch(client, stream, welcome, backoff, models)),
+                asyncio.ensure_future(self._report(client, welcome, wake)),
+                asyncio.ensure_future(stopping.wait()),
+                asyncio.ensure_future(self._restart.wait()),
+            }
+            self._client = client
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._client = None
+                stream.cancel()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            for task in done:
+                task.result()  # the failure that ended the session, if any
+        finally:
+            await channel.close()
+
+    async def _watch(
+        self,
+        client: FleetClient,
+        stream: WatchStream,
+        welcome: Welcome,
+        backoff: Backoff,
+        models: tuple[str, ...],
+    ) -> None:
+        """Apply deltas as they come (they hold the embeddings of `models`, what this stream watches); a
+        silence of two heartbeats means the connection is dead."""
+        silence = 2.0 * max(welcome.heartbeat_seconds, 1) + 5.0
+        parts: list[GalleryDelta] = []
+        while True:
+            try:
+                update = await asyncio.wait_for(stream.read(), silence)
+            except asyncio.TimeoutError:
+                raise _RetryError(
+                    f"nothing on the watch stream for {silence:.0f} s though the server sends heartbeats "
+                    f"every {welcome.heartbeat_seconds} s: the connection is dead"
+                ) from None
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    self._resync = True
+                raise
+            if update is None:
+                raise _RetryError("the server ended the watch stream (restarting?)")
+            backoff.reset()  # the session works: the next outage starts again from the shortest delay
+            if isinstance(update, Heartbeat):
+                self.server_revision = update.gallery_revision
+                continue
+            if isinstance(update, ModelAssignment):
+                self._assign(update)
+                continue
+            parts.append(update)
+            if update.more_parts:
+                continue
+            delta, count, parts = join_parts(parts), len(parts), []
+            await self._apply(delta, count, models)
+            await client.acknowledge(delta.to_revision, self.settings.rpc_timeout_s)
+
+    async def _apply(self, delta: GalleryDelta, parts: int, models: tuple[str, ...]) -> None:
+        try:
+            revision = await asyncio.to_thread(self.store.sync.apply, delta, models)
+        except RevisionConflictError as exc:
+            self._resync = True
+            raise _RetryError(str(exc)) from None
+        self.applied_revision = delta.to_revision
+        self.server_revision = max(self.server_revision or 0, delta.to_revision)
+        log.info(
+            "server %s: gallery revision %d applied%s%s (%d upserted, %d deleted; store revision %d)",
+            self.settings.address,
+            delta.to_revision,
+            " from a snapshot" if delta.snapshot else "",
+            f" in {parts} parts" if parts > 1 else "",
+            len(delta.upserts),
+            len(delta.deletes),
+            revision,
+        )
+
+    async def _report(self, client: FleetClient, welcome: Welcome, wake: asyncio.Event) -> None:
+        """Send queued events oldest first, at most a batch per call; delete them once acknowledged
+        (stored, already stored, or refused for good). Health goes along, at least every interval. A failed
+        call keeps the batch for a retry with backoff (a dead connection ends the Watch, and the session)."""
+        batch_size = min(self.settings.report_batch, welcome.max_report_events or self.settings.report_batch)
+        interval = self.settings.health_interval_s
+        backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
+        last_sent = -math.inf
+        while True:
+            wake.clear()
+            batch = await asyncio.to_thread(self.store.reports.pending, batch_size)
+            idle = interval - (time.monotonic() - last_sent)
+            if not batch and idle > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(wake.wait(), idle)
+                continue
+            health = await asyncio.to_thread(self._health, len(batch))
+            try:
+                outcome = await client.report(batch, health, self.settings.rpc_timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                delay = backoff.next()
+                reason = describe_rpc_error(exc, self.settings.rpc_timeout_s, connected=True)
+                log.warning(
+                    "server %s: a report of %d events failed: %s (kept; retrying in %.1f s)",
+                    self.settings.address,
+                    len(batch),
+                    reason,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            last_sent = time.monotonic()
+            for event_id, reason in outcome.rejected:
+                address = self.settings.address
+                log.warning("server %s refused event %s: %s (dropped)", address, event_id, reason)
+            self.reported += outcome.stored + outcome.duplicates
+            self.refused += len(outcome.rejected)
+            await asyncio.to_thread(self.store.reports.delete, [r.report_id for r in batch])
+
+    # ---- model versions -----------------------------------------------------------------------------
+
+    def _assign(self, assignment: ModelAssignment) -> None:
+        """The server's desired model versions arrived (at every Watch start, and on rollout changes)."""
+        self._assignment = assignment
+        if self.updater is not None:
+            self.updater.assign(assignment)  # a release it no longer names is abandoned at its next step
+        if self._assigned is not None:
+            self._assigned.set()
+
+    async def _models(self, updater: ModelUpdater) -> None:
+        """Apply each assignment; a broken connection or a refusal that may pass retries it after a backoff,
+        and a newer assignment replaces one not yet applied. Statuses the server did not take are sent
+        again every STATUS_RETRY_S."""
+        assigned = self._assigned
+        assert assigned is not None
+        backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(assigned.wait(), STATUS_RETRY_S)
+            if updater.unreported and self._client is not None:
+                await updater.report(self, self.settings.rpc_timeout_s)
+            if not assigned.is_set():
+                continue
+            assigned.clear()
+            assignment = self._assignment
+            if assignment is None:
+                continue
+            while self._client is None:
+                await asyncio.sleep(0.05)
+            try:
+                await updater.reconcile(assignment, self, self.settings.rpc_timeout_s)
+                backoff.reset()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = backoff.next()
+                log.warning("model update: %s; trying again in %.1f s", _first_line(exc), delay)
+                with contextlib.suppress(asyncio.TimeoutError):  # a newer assignment cuts the wait short
+                    await asyncio.wait_for(assigned.wait(), delay)
+                if self._assignment is assignment:
+                    assigned.set()
+
+    def download(self, model_id: str, file: str, offset: int, timeout: float) -> AsyncIterator[bytes]:
+        """DownloadModel on the current session (ConnectionError when there is none)."""
+        client = self._client
+        if client is None:
+            raise ConnectionError("not connected to the server")
+        return client.download(model_id, file, offset, timeout)
+
+    async def report_models(
+        self, statuses: Sequence[ModelStatus], versions: Mapping[str, str], timeout: float
+    ) -> None:
+        """ReportModelStatus on the current session (ConnectionError when there is none)."""
+        client = self._client
+        if client is None:
+            raise ConnectionError("not connected to the server")
+        await client.report_models(statuses, versions, timeout)
+
+    def watch_models(self, models: tuple[str, ...]) -> None:
+        """Watch the gallery of these embedding models from now on: a changed set reconnects at once and
+        receives a snapshot with all of them. Call on the sync thread (the model updater runs there)."""
+        models = tuple(dict.fromkeys(models))
+        if models == self.settings.models:
+            return
+        log.info("server %s: watching embedding models %s", self.settings.address, ", ".join(models))
+        self.settings = replace(self.settings, models=models)
+        if self._restart is not None and self._client is not None:
+            self._restart.set()
+
+    def gallery_has(self, model_id: str) -> bool:
+        """The applied gallery came from a watch that included this embedding model."""
+        return model_id in self.store.sync.point().models
+
+    # ---- pieces -------------------------------------------------------------------------------------
+
+    def _registration(self, point: SyncPoint) -> Registration:
+        settings = self.settings
+        return Registration(
+            device_id=settings.device_id,
+            agent_version=settings.agent_version,
+            hostname=settings.hostname,
+            model_versions=self.updater.versions() if self.updater else dict(settings.model_versions),
+            capabilities=settings.capabilities,
+            gallery_revision=point.revision,
+            gallery_id=point.gallery_id,
+            model_statuses=tuple(self.updater.statuses()) if self.updater else (),
+            groups=settings.groups,
+        )
+
+    def _health(self, sending: int) -> dict[str, float]:
+        """The caller's figures plus the queue's (beyond the `sending` events of this report): finite, at
+        most MAX_HEALTH_FIGURES (the server's limit)."""
+        try:
+            figures = {**self.health(), "reports_pending": self.store.reports.count() - sending}
+            figures["reports_dropped"] = self.store.reports.dropped()
+            clean = {str(k)[:64]: float(v) for k, v in figures.items() if k}
+        except (StoreError, ValueError, TypeError) as exc:
+            log.warning("health figures unavailable: %s", exc)
+            return {}
+        finite = [(k, v) for k, v in clean.items() if math.isfinite(v)]
+        return dict(finite[:MAX_HEALTH_FIGURES])
+
+    def _credentials(self) -> grpc.ChannelCredentials:
+        ca, key, cert = self._tls
+        return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+    def _options(self) -> list[tuple[str, Any]]:
+        return channel_options(self.settings.keepalive_s, self.settings.server_name)
+
+
+def resume_from(
+    point: SyncPoint, welcome: Welcome, models: Sequence[str], resync: bool = False
+) -> tuple[int, str, str | None]:
+    """Where to watch from: (revision, gallery_id, None) to continue the applied server revision, or
+    (0, "", why) for a snapshot when the stored gallery cannot be continued: the last delta did not fit
+    (resync), other embedding models, another server gallery, or a revision the server never reached."""
+    why = None
+    if resync:
+        why = "the last delta did not continue the stored gallery"
+    elif point.revision and set(point.models) != set(models):
+        why = f"the embedding models changed ({', '.join(point.models)} → {', '.join(models)})"
+    elif point.gallery_id and welcome.gallery_id and point.gallery_id != welcome.gallery_id:
+        why = f"the server's gallery is {welcome.gallery_id!r}, not {point.gallery_id!r}"
+    elif point.revision > welcome.gallery_revision:
+        why = f"the stored revision {point.revision} is ahead of the server's {welcome.gallery_revision}"
+    return (point.revision, point.gallery_id, None) if why is None else (0, "", why)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

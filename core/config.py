@@ -1,0 +1,86 @@
+"""The strict configuration base both programs use: sections that reject unknown keys, TOML files read
+with a size limit and errors naming each offending key, host:port addresses, and secrets from files or
+systemd credentials."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from facefleet.core.errors import ConfigError, FaceFleetError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+MAX_CONFIG_BYTES = 1 << 20
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class StrictSection(BaseModel):
+    """A config section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def load_toml_model(path: Path | None, model: type[Model], error: type[FaceFleetError]) -> Model:
+    """Read a TOML file (at most MAX_CONFIG_BYTES) into a strict pydantic model; problems raise `error`
+    naming the file and each offending key. None gives the model's defaults."""
+    if path is None:
+        return model()
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise error(f"config file {path}: cannot read ({exc.strerror})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise error(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise error(f"config file {path} is not valid TOML: {exc}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise error(f"config file {path}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+
+
+def _describe(error: object) -> str:
+    assert isinstance(error, dict)
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{key}'"
+    return f"'{key}': {error['msg']} (got {error.get('input')!r})"
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """'host:port' (host may be a bracketed IPv6 address) → (host, port)."""
+    host, sep, port = address.rpartition(":")
+    valid_port = port.isdigit() and 1 <= int(port) <= 65535
+    if not sep or not host or not valid_port or any(c.isspace() for c in host):
+        raise ValueError(f"address {address!r} must look like 'host:port', e.g. 'fleet.example:7443'")
+    return host.strip("[]"), int(port)
+
+
+def credential_path(path: Path) -> Path:
+    """A secret file's path; a bare file name is looked up in systemd's $CREDENTIALS_DIRECTORY."""
+    if len(path.parts) == 1 and os.environ.get("CREDENTIALS_DIRECTORY"):
+        return Path(os.environ["CREDENTIALS_DIRECTORY"]) / path
+    return path
+
+
+def secret(path: Path | None) -> str | None:
+    """A secret's text from a file; a bare file name is looked up in systemd's $CREDENTIALS_DIRECTORY."""
+    if path is None:
+        return None
+    path = credential_path(path)
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"secret file {path}: cannot read ({exc.strerror})") from None

@@ -1,0 +1,145 @@
+"""Who is calling: the device behind a client certificate, or the operator behind a bearer token.
+
+Devices: the agents' listener requires a client certificate signed by the site CA (checked by TLS). The
+device id is the certificate's "urn:facefleet:device:<id>" URI SAN, else its subject CN; a request that
+names another device fails with PERMISSION_DENIED, a call without a verified certificate with
+UNAUTHENTICATED. Only with `insecure_development = true` is the device id taken from the request.
+
+Operators: "authorization: Bearer ff1.<token_id>.<secret>". The state keeps the token id, the role, a random
+salt and sha256(salt ‖ secret), never the secret: tokens are 256-bit random, so a fast hash is enough and
+costs microseconds per call. Roles: "admin" may call AdminService and QueryService, "query" only QueryService.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from facefleet.server.api.certs import DEVICE_URI_PREFIX
+from facefleet.server.domain.records import Role, TokenRecord, check_id
+from facefleet.server.errors import InvalidArgumentError, PermissionDeniedError, UnauthenticatedError
+from facefleet.server.state.interface import State
+
+TOKEN_PREFIX = "ff1"  # noqa: S105 - the token format's version tag, not a secret
+MAX_TOKEN_CHARS = 256
+GRANTS: dict[Role, frozenset[Role]] = {"admin": frozenset({"admin", "query"}), "query": frozenset({"query"})}
+
+
+def new_token(name: str, role: Role, now: datetime) -> tuple[str, TokenRecord]:
+    """A fresh token: (the text to hand to the operator once, the record to store)."""
+    if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise InvalidArgumentError(f"token name {name[:80]!r}: use 1–64 letters, digits, '-', '_' or '.'")
+    token_id, secret, salt = secrets.token_hex(8), secrets.token_urlsafe(32), secrets.token_bytes(16)
+    record = TokenRecord(token_id, name, role, salt, _digest(salt, secret), now)
+    return f"{TOKEN_PREFIX}.{token_id}.{secret}", record
+
+
+def _digest(salt: bytes, secret: str) -> bytes:
+    return hashlib.sha256(salt + secret.encode("utf-8")).digest()
+
+
+@dataclass(frozen=True)
+class Operator:
+    """An authenticated operator or dashboard."""
+
+    name: str
+    role: Role
+
+
+class Authenticator:
+    """Checks device identities and operator tokens. Pure logic: servicers hand in the call's auth context
+    and metadata, so this is testable without gRPC."""
+
+    def __init__(
+        self,
+        state: State,
+        *,
+        insecure: bool = False,
+        cache_seconds: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.state = state
+        self.insecure = insecure
+        self.cache_seconds = cache_seconds
+        self._clock = clock
+        self._cache: dict[str, tuple[TokenRecord | None, float]] = {}
+
+    def device(self, auth_context: Mapping[str, Iterable[bytes]], claimed: str) -> str:
+        """The calling device's id; `claimed` is the device_id the request names ('' = none)."""
+        if self.insecure:
+            if not claimed:
+                raise InvalidArgumentError(
+                    "device_id is required (insecure development mode takes it from requests)"
+                )
+            return check_id("device_id", claimed)
+        identity = certificate_identity(auth_context)
+        if identity is None:
+            raise UnauthenticatedError(
+                "FleetService needs a client certificate signed by this server's CA: connect to the agents' "
+                "listener with the device's certificate (`facefleet-server certs issue DEVICE`)"
+            )
+        if claimed and claimed != identity:
+            raise PermissionDeniedError(
+                f"this connection is authenticated as device {identity!r} and cannot act as {claimed[:80]!r}"
+            )
+        return identity
+
+    def operator(self, metadata: Iterable[tuple[str, str | bytes]], need: Role) -> Operator:
+        """The operator behind the call's bearer token, if its role grants `need`."""
+        values = [v for k, v in metadata if k.lower() == "authorization"]
+        if not values:
+            raise UnauthenticatedError("missing 'authorization: Bearer <token>' metadata")
+        value = values[0] if isinstance(values[0], str) else values[0].decode("latin-1")
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_CHARS:
+            raise UnauthenticatedError("authorization metadata must be 'Bearer <token>'")
+        record = self._lookup(token.strip())
+        if record is None:
+            raise UnauthenticatedError(
+                "unknown or revoked token; create one with `facefleet-server tokens create NAME --role ROLE`"
+            )
+        if need not in GRANTS[record.role]:
+            raise PermissionDeniedError(
+                f"token {record.name!r} has role {record.role!r}; this call needs {need!r}"
+            )
+        return Operator(record.name, record.role)
+
+    def _lookup(self, token: str) -> TokenRecord | None:
+        prefix, _, rest = token.partition(".")
+        token_id, _, secret = rest.partition(".")
+        if prefix != TOKEN_PREFIX or not token_id or not secret:
+            return None
+        now = self._clock()
+        cached = self._cache.get(token_id)
+        if cached is None or now - cached[1] > self.cache_seconds:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            cached = (self.state.find_token(token_id), now)
+            self._cache[token_id] = cached
+        record = cached[0]
+        if record is None or not hmac.compare_digest(record.digest, _digest(record.salt, secret)):
+            return None
+        return record
+
+
+def certificate_identity(auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
+    """The device id of a verified client certificate, or None when the call has none."""
+    if b"ssl" not in list(auth_context.get("transport_security_type", [])):
+        return None
+    uris = {
+        value.decode("utf-8", "replace")[len(DEVICE_URI_PREFIX) :]
+        for key in ("x509_subject_alternative_name", "peer_uri")
+        for value in auth_context.get(key, [])
+        if value.startswith(DEVICE_URI_PREFIX.encode())
+    }
+    if len(uris) > 1:
+        raise PermissionDeniedError(f"client certificate names several devices ({', '.join(sorted(uris))})")
+    if uris:
+        return check_id("device id in the client certificate", uris.pop())
+    names = [value.decode("utf-8", "replace") for value in auth_context.get("x509_common_name", [])]
+    return check_id("device id in the client certificate", names[0]) if names else None

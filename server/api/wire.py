@@ -1,0 +1,470 @@
+"""The only module that touches the generated facefleet.v1 protobuf code: conversions between messages and
+the domain dataclasses (`*_from_proto` validate and raise InvalidArgumentError naming the field), plus the
+generated service base classes and registration functions the servicers and the app need."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timezone
+
+import grpc
+import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from facefleet.server.domain.queries import (
+    DoorAccess,
+    EventFilter,
+    EventPage,
+    ExpressionCount,
+    IntervalCount,
+    UnknownRate,
+)
+from facefleet.server.domain.records import (
+    MAX_EMBEDDINGS_PER_PERSON,
+    Decision,
+    EnrolmentRequest,
+    EnrolmentResult,
+    Event,
+    EventKind,
+    ExpressionResult,
+    GalleryDelta,
+    Heartbeat,
+    OnExisting,
+    Person,
+    PersonUpdate,
+    Registration,
+    ReportOutcome,
+    Welcome,
+    check_id,
+)
+from facefleet.server.domain.records import Embedding as DomainEmbedding
+from facefleet.server.errors import InvalidArgumentError
+
+# mypy does not see the editable install's protos/ root; the generated .pyi stubs would need
+# `mypy_path = "protos"` in pyproject.toml, and the *_pb2_grpc.py modules carry no annotations.
+from facefleet.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    events_pb2,
+    fleet_pb2,
+    fleet_pb2_grpc,
+    gallery_pb2,
+    query_pb2,
+    query_pb2_grpc,
+)
+
+FleetServicerBase = fleet_pb2_grpc.FleetServiceServicer
+AdminServicerBase = admin_pb2_grpc.AdminServiceServicer
+QueryServicerBase = query_pb2_grpc.QueryServiceServicer
+
+
+def add_fleet_servicer(servicer: FleetServicerBase, server: grpc.aio.Server) -> None:
+    fleet_pb2_grpc.add_FleetServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+
+
+def add_admin_servicer(servicer: AdminServicerBase, server: grpc.aio.Server) -> None:
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+
+
+def add_query_servicer(servicer: QueryServicerBase, server: grpc.aio.Server) -> None:
+    query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+
+
+SERVICE_NAMES = tuple(
+    module.DESCRIPTOR.services_by_name[name].full_name
+    for module, name in (
+        (fleet_pb2, "FleetService"),
+        (admin_pb2, "AdminService"),
+        (query_pb2, "QueryService"),
+    )
+)
+
+KINDS: dict[events_pb2.EventKind, EventKind] = {
+    events_pb2.EVENT_KIND_FACE: "face",
+    events_pb2.EVENT_KIND_ACCESS: "access",
+}
+KIND_VALUES = {kind: value for value, kind in KINDS.items()}
+DECISIONS: dict[events_pb2.Decision, Decision] = {
+    events_pb2.DECISION_MATCH: "match",
+    events_pb2.DECISION_UNKNOWN: "unknown",
+    events_pb2.DECISION_AMBIGUOUS: "ambiguous",
+    events_pb2.DECISION_UNDECIDED: "undecided",
+    events_pb2.DECISION_GRANTED: "granted",
+    events_pb2.DECISION_DENIED: "denied",
+}
+DECISION_VALUES = {decision: value for value, decision in DECISIONS.items()}
+ON_EXISTING: dict[int, OnExisting] = {
+    admin_pb2.ON_EXISTING_FAIL: "fail",
+    admin_pb2.ON_EXISTING_REPLACE: "replace",
+    admin_pb2.ON_EXISTING_APPEND: "append",
+}
+
+
+# -- time --------------------------------------------------------------------------------------------
+
+
+def timestamp(moment: datetime | None) -> Timestamp:
+    stamp = Timestamp()
+    if moment is not None:
+        stamp.FromDatetime(moment.astimezone(timezone.utc))
+    return stamp
+
+
+def from_timestamp(stamp: Timestamp, name: str) -> datetime:
+    if stamp.seconds == 0 and stamp.nanos == 0:
+        raise InvalidArgumentError(f"{name} is missing")
+    try:
+        moment: datetime = stamp.ToDatetime(tzinfo=timezone.utc)
+        return moment
+    except (ValueError, OverflowError):
+        raise InvalidArgumentError(f"{name} is out of range") from None
+
+
+# -- gallery -----------------------------------------------------------------------------------------
+
+
+def embedding_to_proto(embedding: DomainEmbedding, *, with_vector: bool = True) -> gallery_pb2.Embedding:
+    return gallery_pb2.Embedding(
+        model_id=embedding.model_id,
+        dim=embedding.dim,
+        vector=embedding.vector.astype("<f4").tobytes() if with_vector else b"",
+        quality=embedding.quality,
+        source=embedding.source,
+    )
+
+
+def embedding_from_proto(message: gallery_pb2.Embedding, name: str) -> DomainEmbedding:
+    """An embedding as sent by a client; `name` (e.g. 'embeddings[2]') prefixes every error."""
+    if message.dim == 0 or len(message.vector) != 4 * message.dim:
+        raise InvalidArgumentError(
+            f"{name}: vector has {len(message.vector)} bytes, but dim {message.dim} needs {4 * message.dim} "
+            "(float32 little-endian)"
+        )
+    vector = np.frombuffer(message.vector, dtype="<f4").astype(np.float32)
+    try:
+        return DomainEmbedding(message.model_id, vector, float(message.quality), message.source or "client")
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"{name}: {exc}") from None
+
+
+def person_to_proto(person: Person, *, with_vectors: bool = True) -> gallery_pb2.Person:
+    return gallery_pb2.Person(
+        person_id=person.person_id,
+        display_name=person.display_name,
+        groups=person.groups,
+        metadata_json=person.metadata_json,
+        embeddings=[embedding_to_proto(e, with_vector=with_vectors) for e in person.embeddings],
+        created_at=timestamp(person.created_at),
+        updated_at=timestamp(person.updated_at),
+        revision=person.revision,
+    )
+
+
+def person_from_proto(message: gallery_pb2.Person) -> Person:
+    return Person(
+        person_id=message.person_id,
+        display_name=message.display_name,
+        groups=tuple(message.groups),
+        metadata_json=message.metadata_json,
+        embeddings=tuple(
+            embedding_from_proto(e, f"person {message.person_id} embeddings[{i}]")
+            for i, e in enumerate(message.embeddings)
+        ),
+        created_at=message.created_at.ToDatetime(tzinfo=timezone.utc)
+        if message.HasField("created_at")
+        else None,
+        updated_at=message.updated_at.ToDatetime(tzinfo=timezone.utc)
+        if message.HasField("updated_at")
+        else None,
+        revision=message.revision,
+    )
+
+
+def delta_to_proto(delta: GalleryDelta) -> fleet_pb2.WatchResponse:
+    return fleet_pb2.WatchResponse(
+        gallery=gallery_pb2.GalleryDelta(
+            from_revision=delta.from_revision,
+            to_revision=delta.to_revision,
+            snapshot=delta.snapshot,
+            upserts=[person_to_proto(p) for p in delta.upserts],
+            deletes=delta.deletes,
+            more_parts=delta.more_parts,
+            gallery_id=delta.gallery_id,
+        )
+    )
+
+
+def delta_from_proto(message: gallery_pb2.GalleryDelta) -> GalleryDelta:
+    return GalleryDelta(
+        from_revision=message.from_revision,
+        to_revision=message.to_revision,
+        snapshot=message.snapshot,
+        upserts=tuple(person_from_proto(p) for p in message.upserts),
+        deletes=tuple(message.deletes),
+        gallery_id=message.gallery_id,
+        more_parts=message.more_parts,
+    )
+
+
+def heartbeat_to_proto(heartbeat: Heartbeat) -> fleet_pb2.WatchResponse:
+    return fleet_pb2.WatchResponse(
+        heartbeat=fleet_pb2.Heartbeat(
+            gallery_revision=heartbeat.gallery_revision, server_time=timestamp(heartbeat.server_time)
+        )
+    )
+
+
+# -- events ------------------------------------------------------------------------------------------
+
+
+def event_to_proto(event: Event) -> events_pb2.Event:
+    message = events_pb2.Event(
+        event_id=event.event_id,
+        device_id=event.device_id,
+        time=timestamp(event.time),
+        camera=event.camera,
+        kind=KIND_VALUES[event.kind],
+        person_id=event.person_id,
+        decision=DECISION_VALUES[event.decision],
+        score=event.score,
+        margin=event.margin,
+        quality=event.quality,
+        model_versions=dict(event.model_versions),
+        gallery_revision=event.gallery_revision,
+        door=event.door,
+        reason=event.reason,
+    )
+    if event.expression is not None:
+        message.expression.label = event.expression.label
+        message.expression.probabilities.update(event.expression.probabilities)
+    return message
+
+
+def event_from_proto(message: events_pb2.Event, default_device: str = "") -> Event:
+    if message.kind not in KINDS:
+        raise InvalidArgumentError("kind must be EVENT_KIND_FACE or EVENT_KIND_ACCESS")
+    if message.decision not in DECISIONS:
+        raise InvalidArgumentError("decision is missing or unknown")
+    expression = None
+    if message.HasField("expression"):
+        expression = ExpressionResult(message.expression.label, dict(message.expression.probabilities))
+    return Event(
+        event_id=message.event_id,
+        device_id=message.device_id or default_device,
+        time=from_timestamp(message.time, "time"),
+        kind=KINDS[message.kind],
+        decision=DECISIONS[message.decision],
+        camera=message.camera,
+        person_id=message.person_id,
+        score=message.score,
+        margin=message.margin,
+        expression=expression,
+        quality=message.quality,
+        model_versions=dict(message.model_versions),
+        gallery_revision=message.gallery_revision,
+        door=message.door,
+        reason=message.reason,
+    )
+
+
+def report_from_proto(
+    request: fleet_pb2.ReportResultsRequest, device_id: str
+) -> tuple[list[Event], list[tuple[str, str]], dict[str, float]]:
+    """(valid events, rejections (event_id, reason) of the others, health figures). An event without a
+    device_id is the reporting device's."""
+    events: list[Event] = []
+    rejected: list[tuple[str, str]] = []
+    for index, message in enumerate(request.events):
+        try:
+            events.append(event_from_proto(message, default_device=device_id))
+        except InvalidArgumentError as exc:
+            rejected.append((message.event_id or f"#{index}", str(exc)))
+    return events, rejected, dict(request.health)
+
+
+def report_response(outcome: ReportOutcome) -> fleet_pb2.ReportResultsResponse:
+    return fleet_pb2.ReportResultsResponse(
+        rejected=[fleet_pb2.EventRejection(event_id=i, reason=r) for i, r in outcome.rejected],
+        stored=outcome.stored,
+        duplicates=outcome.duplicates,
+    )
+
+
+# -- fleet -------------------------------------------------------------------------------------------
+
+
+def registration_from_proto(request: fleet_pb2.RegisterRequest, device_id: str) -> Registration:
+    """The registration of the authenticated device_id."""
+    return Registration(
+        device_id=device_id,
+        agent_version=request.agent_version,
+        hostname=request.hostname,
+        model_versions=dict(request.model_versions),
+        capabilities=tuple(request.capabilities),
+        gallery_revision=request.gallery_revision,
+        gallery_id=request.gallery_id,
+        groups=tuple(request.groups),
+    )
+
+
+def register_response(welcome: Welcome) -> fleet_pb2.RegisterResponse:
+    return fleet_pb2.RegisterResponse(
+        gallery_revision=welcome.gallery_revision,
+        gallery_id=welcome.gallery_id,
+        embedding_models=welcome.embedding_models,
+        max_report_events=welcome.max_report_events,
+        heartbeat_seconds=welcome.heartbeat_seconds,
+        server_time=timestamp(welcome.server_time),
+    )
+
+
+def ack_response(revision: int) -> fleet_pb2.AckGalleryResponse:
+    return fleet_pb2.AckGalleryResponse(gallery_revision=revision)
+
+
+# -- admin -------------------------------------------------------------------------------------------
+
+
+def enrolment_from_proto(request: admin_pb2.EnrollPersonRequest) -> EnrolmentRequest:
+    if len(request.embeddings) > MAX_EMBEDDINGS_PER_PERSON:
+        raise InvalidArgumentError(
+            f"{len(request.embeddings)} embeddings; the limit is {MAX_EMBEDDINGS_PER_PERSON}"
+        )
+    if request.on_existing not in ON_EXISTING:
+        raise InvalidArgumentError(f"on_existing {request.on_existing} is not a known OnExisting value")
+    return EnrolmentRequest(
+        person_id=request.person_id,
+        display_name=request.display_name,
+        groups=tuple(request.groups),
+        metadata_json=request.metadata_json,
+        images=tuple(request.images),
+        embeddings=tuple(
+            embedding_from_proto(e, f"embeddings[{i}]") for i, e in enumerate(request.embeddings)
+        ),
+        on_existing=ON_EXISTING[request.on_existing],
+    )
+
+
+def enrolment_response(result: EnrolmentResult) -> admin_pb2.EnrollPersonResponse:
+    return admin_pb2.EnrollPersonResponse(
+        person=person_to_proto(result.person, with_vectors=False),
+        faces=[
+            admin_pb2.EnrolledFace(
+                image_index=f.image_index, box_xyxy=f.box_xyxy, quality=f.quality, model_ids=f.model_ids
+            )
+            for f in result.faces
+        ],
+        revision=result.person.revision,
+    )
+
+
+def person_id_from_proto(request: admin_pb2.DeletePersonRequest | admin_pb2.GetPersonRequest) -> str:
+    return check_id("person_id", request.person_id)
+
+
+def update_from_proto(request: admin_pb2.UpdatePersonRequest) -> PersonUpdate:
+    return PersonUpdate(
+        person_id=request.person_id,
+        display_name=request.display_name if request.HasField("display_name") else None,
+        groups=tuple(request.groups.groups) if request.HasField("groups") else None,
+        metadata_json=request.metadata_json if request.HasField("metadata_json") else None,
+    )
+
+
+def update_response(person: Person) -> admin_pb2.UpdatePersonResponse:
+    return admin_pb2.UpdatePersonResponse(
+        person=person_to_proto(person, with_vectors=False), revision=person.revision
+    )
+
+
+def delete_response(revision: int) -> admin_pb2.DeletePersonResponse:
+    return admin_pb2.DeletePersonResponse(revision=revision)
+
+
+def get_person_response(person: Person, crops: int, *, with_vectors: bool) -> admin_pb2.GetPersonResponse:
+    return admin_pb2.GetPersonResponse(
+        person=person_to_proto(person, with_vectors=with_vectors), stored_crops=crops
+    )
+
+
+def people_response(people: Iterable[Person], next_token: str, revision: int) -> admin_pb2.ListPeopleResponse:
+    return admin_pb2.ListPeopleResponse(
+        people=[person_to_proto(p, with_vectors=False) for p in people],
+        next_page_token=next_token,
+        gallery_revision=revision,
+    )
+
+
+# -- queries -----------------------------------------------------------------------------------------
+
+
+def filter_from_proto(message: query_pb2.EventFilter) -> EventFilter:
+    for name, values, known in (("decisions", message.decisions, DECISIONS), ("kinds", message.kinds, KINDS)):
+        if any(v not in known for v in values):
+            raise InvalidArgumentError(f"filter {name} holds an unspecified or unknown value")
+    return EventFilter(
+        start=from_timestamp(message.start, "filter start"),
+        end=from_timestamp(message.end, "filter end"),
+        device_ids=tuple(message.device_ids),
+        person_ids=tuple(message.person_ids),
+        decisions=tuple(DECISIONS[d] for d in message.decisions),
+        kinds=tuple(KINDS[k] for k in message.kinds),
+    )
+
+
+def filter_to_proto(flt: EventFilter) -> query_pb2.EventFilter:
+    return query_pb2.EventFilter(
+        start=timestamp(flt.start),
+        end=timestamp(flt.end),
+        device_ids=flt.device_ids,
+        person_ids=flt.person_ids,
+        decisions=[DECISION_VALUES[d] for d in flt.decisions],
+        kinds=[KIND_VALUES[k] for k in flt.kinds],
+    )
+
+
+def events_response(page: EventPage) -> query_pb2.ListEventsResponse:
+    return query_pb2.ListEventsResponse(
+        events=[event_to_proto(e) for e in page.events],
+        next_page_token=page.next_cursor.encode() if page.next_cursor else "",
+    )
+
+
+def counts_response(counts: Iterable[IntervalCount]) -> query_pb2.CountEventsResponse:
+    return query_pb2.CountEventsResponse(
+        counts=[
+            query_pb2.IntervalCount(start=timestamp(c.start), device_id=c.device_id, count=c.count)
+            for c in counts
+        ]
+    )
+
+
+def expressions_response(counts: Iterable[ExpressionCount]) -> query_pb2.ExpressionDistributionResponse:
+    return query_pb2.ExpressionDistributionResponse(
+        counts=[
+            query_pb2.ExpressionCount(device_id=c.device_id, label=c.label, count=c.count) for c in counts
+        ]
+    )
+
+
+def unknown_rate_response(
+    total: UnknownRate, per_device: Iterable[UnknownRate]
+) -> query_pb2.UnknownFaceRateResponse:
+    def one(rate: UnknownRate) -> query_pb2.UnknownFaceRate:
+        return query_pb2.UnknownFaceRate(
+            device_id=rate.device_id,
+            face_events=rate.face_events,
+            unknown_events=rate.unknown_events,
+            rate=rate.rate,
+        )
+
+    return query_pb2.UnknownFaceRateResponse(total=one(total), per_device=[one(r) for r in per_device])
+
+
+def access_response(doors: Iterable[DoorAccess]) -> query_pb2.AccessSummaryResponse:
+    return query_pb2.AccessSummaryResponse(
+        doors=[
+            query_pb2.DoorAccess(device_id=d.device_id, door=d.door, granted=d.granted, denied=d.denied)
+            for d in doors
+        ]
+    )

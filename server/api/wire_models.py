@@ -1,0 +1,306 @@
+"""Conversions of the model-version messages (models.proto and their uses in FleetService, QueryService and
+AdminService) to and from facefleet.server.domain.models; the companion of facefleet.server.api.wire, the only
+other module that touches generated code. `*_from_proto` validate and raise InvalidArgumentError naming the
+field."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from facefleet.server.api.wire import from_timestamp, timestamp
+from facefleet.server.domain.models import (
+    MAX_STATUSES,
+    Activation,
+    DeviceRollout,
+    DeviceState,
+    ModelAssignment,
+    ModelStatus,
+    PublishedModel,
+    Release,
+    Rollout,
+    RolloutState,
+    Target,
+)
+from facefleet.server.domain.queries import AgentStatus
+from facefleet.server.domain.records import MAX_LABEL_CHARS, check_model_id
+from facefleet.server.errors import InvalidArgumentError
+from facefleet.server.rollouts.control import StartedRollout
+from facefleet.server.rollouts.files import Chunk
+from facefleet.server.rollouts.uploads import RolloutAction, UploadChunk, UploadHeader, UploadPart
+from facefleet.v1 import admin_pb2, fleet_pb2, models_pb2, query_pb2
+
+ACTIVATIONS: dict[models_pb2.ModelActivation, Activation] = {
+    models_pb2.MODEL_ACTIVATION_DOWNLOADING: "downloading",
+    models_pb2.MODEL_ACTIVATION_VERIFYING: "verifying",
+    models_pb2.MODEL_ACTIVATION_ACTIVE: "active",
+    models_pb2.MODEL_ACTIVATION_FAILED: "failed",
+}
+ACTIVATION_VALUES = {name: value for value, name in ACTIVATIONS.items()}
+PRECISIONS: dict[admin_pb2.ModelPrecision, str] = {
+    admin_pb2.MODEL_PRECISION_UNSPECIFIED: "FP16",
+    admin_pb2.MODEL_PRECISION_FP16: "FP16",
+    admin_pb2.MODEL_PRECISION_FP32: "FP32",
+}
+PRECISION_VALUES = {"FP16": admin_pb2.MODEL_PRECISION_FP16, "FP32": admin_pb2.MODEL_PRECISION_FP32}
+ROLLOUT_STATES: dict[RolloutState, admin_pb2.RolloutState] = {
+    "preparing": admin_pb2.ROLLOUT_STATE_PREPARING,
+    "active": admin_pb2.ROLLOUT_STATE_ACTIVE,
+    "paused": admin_pb2.ROLLOUT_STATE_PAUSED,
+    "rolled_back": admin_pb2.ROLLOUT_STATE_ROLLED_BACK,
+}
+DEVICE_STATES: dict[DeviceState, admin_pb2.RolloutDeviceState] = {
+    "assigned": admin_pb2.ROLLOUT_DEVICE_STATE_ASSIGNED,
+    "downloading": admin_pb2.ROLLOUT_DEVICE_STATE_DOWNLOADING,
+    "verifying": admin_pb2.ROLLOUT_DEVICE_STATE_VERIFYING,
+    "active": admin_pb2.ROLLOUT_DEVICE_STATE_ACTIVE,
+    "failed": admin_pb2.ROLLOUT_DEVICE_STATE_FAILED,
+}
+ROLLOUT_ACTIONS: dict[admin_pb2.RolloutAction, RolloutAction] = {
+    admin_pb2.ROLLOUT_ACTION_PAUSE: "pause",
+    admin_pb2.ROLLOUT_ACTION_RESUME: "resume",
+    admin_pb2.ROLLOUT_ACTION_ROLLBACK: "rollback",
+}
+MAX_LISTED_PEOPLE = 1000
+"""Most person ids in each list of a StartRolloutResponse (its counts are complete)."""
+
+
+def status_from_proto(message: models_pb2.ModelStatus, name: str) -> ModelStatus:
+    if message.state not in ACTIVATIONS:
+        raise InvalidArgumentError(f"{name}: state is missing or unknown")
+    stamp = message.time
+    time = from_timestamp(stamp, f"{name}.time") if stamp.seconds or stamp.nanos else None
+    try:
+        return ModelStatus(
+            task=message.task,
+            model_id=message.model_id,
+            rollout_id=message.rollout_id,
+            state=ACTIVATIONS[message.state],
+            reason=message.reason,
+            time=time,
+        )
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"{name}: {exc}") from None
+
+
+def statuses_from_proto(messages: Sequence[models_pb2.ModelStatus], field: str) -> tuple[ModelStatus, ...]:
+    if len(messages) > MAX_STATUSES:
+        raise InvalidArgumentError(f"{field}: {len(messages)} statuses; the limit is {MAX_STATUSES}")
+    return tuple(status_from_proto(m, f"{field}[{i}]") for i, m in enumerate(messages))
+
+
+def status_to_proto(status: ModelStatus) -> models_pb2.ModelStatus:
+    return models_pb2.ModelStatus(
+        task=status.task,
+        model_id=status.model_id,
+        rollout_id=status.rollout_id,
+        state=ACTIVATION_VALUES[status.state],
+        reason=status.reason,
+        time=timestamp(status.time),
+    )
+
+
+def release_to_proto(release: Release) -> models_pb2.ModelRelease:
+    return models_pb2.ModelRelease(
+        task=release.task,
+        model_id=release.model_id,
+        files=[models_pb2.ModelFile(name=f.name, size=f.size, sha256=f.sha256) for f in release.files],
+        manifest_json=release.manifest_json,
+        rollout_id=release.rollout_id,
+    )
+
+
+def assignment_to_proto(assignment: ModelAssignment) -> fleet_pb2.WatchResponse:
+    return fleet_pb2.WatchResponse(
+        models=models_pb2.ModelAssignment(releases=[release_to_proto(r) for r in assignment.releases])
+    )
+
+
+def download_from_proto(request: fleet_pb2.DownloadModelRequest) -> tuple[str, str, int]:
+    """(model_id, file name, offset) of a download request."""
+    check_model_id(request.model_id)
+    if not request.file or len(request.file) > MAX_LABEL_CHARS:
+        raise InvalidArgumentError(f"file must be a file name of 1–{MAX_LABEL_CHARS} characters")
+    return request.model_id, request.file, request.offset
+
+
+def chunk_to_proto(chunk: Chunk) -> fleet_pb2.ModelChunk:
+    return fleet_pb2.ModelChunk(data=chunk.data, offset=chunk.offset, size=chunk.size)
+
+
+def report_models_from_proto(
+    request: fleet_pb2.ReportModelStatusRequest,
+) -> tuple[tuple[ModelStatus, ...], dict[str, str]]:
+    return statuses_from_proto(request.statuses, "statuses"), dict(request.model_versions)
+
+
+def report_models_response() -> fleet_pb2.ReportModelStatusResponse:
+    return fleet_pb2.ReportModelStatusResponse()
+
+
+def fleet_response(
+    agents: Iterable[AgentStatus], revision: int, now: datetime
+) -> query_pb2.FleetStatusResponse:
+    return query_pb2.FleetStatusResponse(
+        agents=[
+            query_pb2.AgentStatus(
+                device_id=a.device_id,
+                online=a.online,
+                watching=a.watching,
+                last_seen=timestamp(a.last_seen),
+                registered_at=timestamp(a.registered_at),
+                agent_version=a.agent_version,
+                hostname=a.hostname,
+                model_versions=dict(a.model_versions),
+                capabilities=a.capabilities,
+                gallery_revision=a.gallery_revision,
+                revision_lag=a.revision_lag,
+                health=dict(a.health),
+                model_statuses=[status_to_proto(s) for s in a.model_statuses],
+                groups=a.groups,
+            )
+            for a in agents
+        ],
+        gallery_revision=revision,
+        server_time=timestamp(now),
+    )
+
+
+# -- AdminService: models ----------------------------------------------------------------------------
+
+
+def upload_part_from_proto(message: admin_pb2.PublishModelRequest) -> UploadPart:
+    """One message of a PublishModel upload: its header or a chunk."""
+    part = message.WhichOneof("part")
+    if part == "header":
+        h = message.header
+        if h.precision not in PRECISIONS:
+            raise InvalidArgumentError("header.precision is unknown; use FP16 or FP32")
+        try:
+            return UploadHeader(
+                task=h.task,
+                name=h.name,
+                version=h.version,
+                precision=PRECISIONS[h.precision],
+                licence=h.licence or "unknown",
+                files=tuple(h.files),
+            )
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"header: {exc}") from None
+    if part == "chunk":
+        return UploadChunk(message.chunk.file, message.chunk.data)
+    raise InvalidArgumentError("a PublishModel message must carry a header or a chunk")
+
+
+def published_to_proto(model: PublishedModel) -> admin_pb2.PublishedModel:
+    message = admin_pb2.PublishedModel(
+        model_id=model.model_id,
+        task=model.task,
+        files=[models_pb2.ModelFile(name=f.name, size=f.size, sha256=f.sha256) for f in model.files],
+        precision=PRECISION_VALUES.get(model.precision, admin_pb2.MODEL_PRECISION_UNSPECIFIED),
+        licence=model.licence,
+        published_at=timestamp(model.published_at),
+    )
+    if model.retired_at is not None:
+        message.retired_at.CopyFrom(timestamp(model.retired_at))
+    return message
+
+
+def publish_response(model: PublishedModel) -> admin_pb2.PublishModelResponse:
+    return admin_pb2.PublishModelResponse(model=published_to_proto(model))
+
+
+def models_response(models: Iterable[PublishedModel]) -> admin_pb2.ListModelsResponse:
+    return admin_pb2.ListModelsResponse(models=[published_to_proto(m) for m in models])
+
+
+def retire_response(model: PublishedModel) -> admin_pb2.RetireModelResponse:
+    return admin_pb2.RetireModelResponse(model=published_to_proto(model))
+
+
+# -- AdminService: rollouts --------------------------------------------------------------------------
+
+
+def target_from_proto(message: admin_pb2.RolloutTarget) -> Target:
+    kind = message.WhichOneof("kind")
+    try:
+        if kind == "all":
+            if not message.all:
+                raise InvalidArgumentError("target.all must be true when set")
+            return Target("all")
+        if kind == "group":
+            return Target("group", group=message.group)
+        if kind == "percent":
+            return Target("percent", percent=message.percent)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"target: {exc}") from None
+    raise InvalidArgumentError("target is missing: set all = true, a group, or a percent (1–100)")
+
+
+def target_to_proto(target: Target) -> admin_pb2.RolloutTarget:
+    if target.kind == "all":
+        return admin_pb2.RolloutTarget(all=True)
+    if target.kind == "group":
+        return admin_pb2.RolloutTarget(group=target.group)
+    return admin_pb2.RolloutTarget(percent=target.percent)
+
+
+def rollout_to_proto(rollout: Rollout) -> admin_pb2.Rollout:
+    return admin_pb2.Rollout(
+        rollout_id=rollout.rollout_id,
+        task=rollout.task,
+        model_id=rollout.model_id,
+        target=target_to_proto(rollout.target),
+        state=ROLLOUT_STATES[rollout.state],
+        created_at=timestamp(rollout.created_at),
+        updated_at=timestamp(rollout.updated_at),
+    )
+
+
+def start_rollout_from_proto(request: admin_pb2.StartRolloutRequest) -> tuple[str, Target]:
+    check_model_id(request.model_id)
+    return request.model_id, target_from_proto(request.target)
+
+
+def start_rollout_response(started: StartedRollout) -> admin_pb2.StartRolloutResponse:
+    return admin_pb2.StartRolloutResponse(
+        rollout=rollout_to_proto(started.rollout),
+        reembedded_count=len(started.reembedded),
+        reembedded=sorted(started.reembedded)[:MAX_LISTED_PEOPLE],
+        without_crops_count=len(started.without_crops),
+        without_crops=sorted(started.without_crops)[:MAX_LISTED_PEOPLE],
+    )
+
+
+def change_rollout_from_proto(
+    request: admin_pb2.ChangeRolloutRequest,
+) -> tuple[int, RolloutAction, int | None]:
+    """(rollout id, action, percent or None) of a ChangeRollout request."""
+    if request.action not in ROLLOUT_ACTIONS:
+        raise InvalidArgumentError("action is missing or unknown: use PAUSE, RESUME or ROLLBACK")
+    percent = request.percent if request.HasField("percent") else None
+    return request.rollout_id, ROLLOUT_ACTIONS[request.action], percent
+
+
+def change_rollout_response(rollout: Rollout) -> admin_pb2.ChangeRolloutResponse:
+    return admin_pb2.ChangeRolloutResponse(rollout=rollout_to_proto(rollout))
+
+
+def rollouts_response(rollouts: Iterable[Rollout]) -> admin_pb2.ListRolloutsResponse:
+    return admin_pb2.ListRolloutsResponse(rollouts=[rollout_to_proto(r) for r in rollouts])
+
+
+def device_rollout_to_proto(row: DeviceRollout) -> admin_pb2.RolloutDevice:
+    return admin_pb2.RolloutDevice(
+        device_id=row.device_id,
+        state=DEVICE_STATES[row.state],
+        previous_model_id=row.previous_model_id,
+        reason=row.reason,
+        updated_at=timestamp(row.updated_at),
+    )
+
+
+def rollout_response(rollout: Rollout, devices: Iterable[DeviceRollout]) -> admin_pb2.GetRolloutResponse:
+    return admin_pb2.GetRolloutResponse(
+        rollout=rollout_to_proto(rollout), devices=[device_rollout_to_proto(d) for d in devices]
+    )

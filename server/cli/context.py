@@ -1,0 +1,47 @@
+"""What every facefleet-server command shares: the loaded config, the state directory's paths, the state
+database (opened on first use) and the output console."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from rich.console import Console
+
+from facefleet.core.paths import resolve_state_dir
+from facefleet.server.config import ServerConfig, load_config
+from facefleet.server.paths import ServerPaths
+from facefleet.server.state.sqlite.state import SqliteState
+
+
+@dataclass
+class Context:
+    """Parsed global options and what commands share."""
+
+    config: ServerConfig
+    paths: ServerPaths
+    json_output: bool = False
+    console: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Context:
+        config = load_config(args.config)
+        state_dir = resolve_state_dir("facefleet-server", args.state_dir, config.state_dir)
+        return cls(config, ServerPaths.from_config(state_dir, config), bool(getattr(args, "json", False)))
+
+    @cached_property
+    def state(self) -> SqliteState:
+        return SqliteState(self.paths.database, log_revisions=self.config.gallery.log_revisions)
+
+    def print_json(self, data: Any) -> None:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        """Close the state database if a command opened it."""
+        if "state" in self.__dict__:
+            self.state.close()

@@ -1,0 +1,237 @@
+"""The facefleet-server command line: serve, certificates, operator tokens, models, rollouts and dashboard
+queries.
+
+Exit codes: 0 success (and `serve` stopped by SIGTERM/SIGINT); 1 unexpected failure; 2 bad usage;
+65 bad input data; 66 not found; 69 cannot listen on an address; 74 state database or model store
+unusable; 78 configuration or TLS files unusable (the systemd unit does not restart on 78).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from facefleet import __version__
+from facefleet.core.cli import add_command, configure_logging, program_parser, run_command
+from facefleet.core.errors import EXIT_OK
+from facefleet.server.api import certs
+from facefleet.server.api.security import new_token
+from facefleet.server.cli.context import Context
+from facefleet.server.cli.models import register as register_models
+from facefleet.server.cli.query import register as register_query
+from facefleet.server.config import load_config
+from facefleet.server.domain.records import ROLES, utc_now
+
+EPILOG = """examples:
+  facefleet-server certs init --server-name fleet.example.org
+  facefleet-server certs issue door-1
+  facefleet-server tokens create dashboard --role query
+  facefleet-server --config /etc/facefleet-server/server.toml serve
+  facefleet-server query events --since 24h --device door-1 --json
+  facefleet-server models publish emotion.tflite --task expression --name mini-xception --version v2
+  facefleet-server rollout start mini-xception@v2 --percent 10
+"""
+
+
+def _parser(commands: Any, name: str, help_text: str, example: str, description: str = "") -> Any:
+    """A sub-command declared like the agent's; the caller adds --json where it has one."""
+    return add_command(commands, name, help_text, example, description=description, json_output=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser, commands = program_parser(
+        "facefleet-server",
+        "FaceFleet central server: enrolled people, the fleet of agents, their events.",
+        EPILOG,
+        __version__,
+        "database, models and TLS files (overrides the config)",
+    )
+
+    serve = _parser(
+        commands,
+        "serve",
+        "run the gRPC server until SIGTERM",
+        "facefleet-server --config /etc/facefleet-server/server.toml serve",
+        "Serve FleetService to agents (mutual TLS) and Admin/QueryService to operators (bearer tokens).",
+    )
+    serve.set_defaults(handler=_serve)
+
+    check = _parser(
+        commands, "check-config", "validate a config file", "facefleet-server check-config server.toml"
+    )
+    check.add_argument("file", type=Path)
+    check.add_argument("--json", action="store_true", help="print the effective settings as JSON")
+    check.set_defaults(handler=_check_config, needs_context=False)
+
+    _register_certs(commands)
+    _register_tokens(commands)
+    register_models(commands, _parser)
+    register_query(commands, _parser)
+    return parser
+
+
+def _register_certs(commands: Any) -> None:
+    group = _parser(
+        commands, "certs", "create the site CA and certificates", "facefleet-server certs issue door-1"
+    )
+    verbs = group.add_subparsers(dest="certs_command", metavar="VERB", required=True)
+    init = _parser(
+        verbs,
+        "init",
+        "create the CA and the server certificate in <state_dir>/tls",
+        "facefleet-server certs init --server-name fleet.example.org --server-name 10.0.0.5",
+    )
+    init.add_argument(
+        "--server-name", action="append", default=[], help="DNS name or IP agents dial (repeat)"
+    )
+    init.add_argument(
+        "--force", action="store_true", help="replace an existing CA (old device certs stop working)"
+    )
+    init.add_argument("--json", action="store_true")
+    init.set_defaults(handler=_certs_init)
+    issue = _parser(
+        verbs,
+        "issue",
+        "issue a device (client) certificate signed by the CA",
+        "facefleet-server certs issue door-1 --out /tmp/door-1",
+    )
+    issue.add_argument("device", help="device id (the agent's device_id)")
+    issue.add_argument(
+        "--out", type=Path, help="directory for DEVICE.pem/.key (default <state_dir>/tls/devices)"
+    )
+    issue.add_argument("--days", type=int, default=certs.LEAF_DAYS, help="validity in days")
+    issue.add_argument("--json", action="store_true")
+    issue.set_defaults(handler=_certs_issue)
+    server = _parser(
+        verbs,
+        "server",
+        "re-issue the server certificate (e.g. for new names)",
+        "facefleet-server certs server --server-name fleet.example.org",
+    )
+    server.add_argument("--server-name", action="append", default=[], help="DNS name or IP (repeat)")
+    server.add_argument("--json", action="store_true")
+    server.set_defaults(handler=_certs_server)
+
+
+def _register_tokens(commands: Any) -> None:
+    group = _parser(
+        commands, "tokens", "manage operator bearer tokens", "facefleet-server tokens create ops --role admin"
+    )
+    verbs = group.add_subparsers(dest="tokens_command", metavar="VERB", required=True)
+    create = _parser(
+        verbs,
+        "create",
+        "create a token (printed once; only its hash is stored)",
+        "facefleet-server tokens create grafana --role query --json",
+    )
+    create.add_argument("name")
+    create.add_argument(
+        "--role", choices=ROLES, required=True, help="admin: enrol and query; query: query only"
+    )
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(handler=_tokens_create)
+    listing = _parser(verbs, "list", "list tokens (names and roles)", "facefleet-server tokens list --json")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_tokens_list)
+    revoke = _parser(verbs, "revoke", "revoke a token by name", "facefleet-server tokens revoke grafana")
+    revoke.add_argument("name")
+    revoke.set_defaults(handler=_tokens_revoke)
+
+
+def _serve(context: Context, args: argparse.Namespace) -> int:
+    from facefleet.server.app import serve
+
+    return serve(context.config, context.paths)
+
+
+def _check_config(context: Context | None, args: argparse.Namespace) -> int:
+    config = load_config(args.file)
+    print(config.model_dump_json(indent=2) if args.json else f"{args.file}: ok")
+    return EXIT_OK
+
+
+def _certs_init(context: Context, args: argparse.Namespace) -> int:
+    ca = certs.init_ca(context.paths.tls_dir, server_names=args.server_name, force=args.force)
+    tls = context.paths.tls_dir
+    files = {
+        "ca": {"cert": ca.cert, "key": ca.key},
+        "server": {"cert": tls / "server.pem", "key": tls / "server.key"},
+    }
+    _show_files(context, files, "keep ca.key secret: it signs device certificates")
+    return EXIT_OK
+
+
+def _certs_issue(context: Context, args: argparse.Namespace) -> int:
+    issued = certs.issue_device(context.paths.tls_dir, args.device, out_dir=args.out, days=args.days)
+    files = {args.device: {"cert": issued.cert, "key": issued.key}, "ca": {"cert": context.paths.ca_cert}}
+    _show_files(context, files, f"install the three files on {args.device}")
+    return EXIT_OK
+
+
+def _certs_server(context: Context, args: argparse.Namespace) -> int:
+    issued = certs.issue_server(context.paths.tls_dir, args.server_name)
+    _show_files(context, {"server": {"cert": issued.cert, "key": issued.key}}, "restart the server to use it")
+    return EXIT_OK
+
+
+def _show_files(context: Context, files: dict[str, dict[str, Path]], note: str) -> None:
+    if context.json_output:
+        context.print_json(
+            {name: {kind: str(path) for kind, path in paths.items()} for name, paths in files.items()}
+        )
+        return
+    for name, paths in files.items():
+        context.console.print(f"{name}: " + ", ".join(str(path) for path in paths.values()), markup=False)
+    context.console.print(note, markup=False)
+
+
+def _tokens_create(context: Context, args: argparse.Namespace) -> int:
+    token, record = new_token(args.name, args.role, utc_now())
+    context.state.add_token(record)
+    if context.json_output:
+        context.print_json({"name": record.name, "role": record.role, "token": token})
+    else:
+        context.console.print(f"token {record.name} ({record.role}); shown once, store it now:", markup=False)
+        print(token)
+    return EXIT_OK
+
+
+def _tokens_list(context: Context, args: argparse.Namespace) -> int:
+    records = context.state.list_tokens()
+    if context.json_output:
+        context.print_json(
+            [
+                {"name": r.name, "role": r.role, "id": r.token_id, "created_at": r.created_at.isoformat()}
+                for r in records
+            ]
+        )
+        return EXIT_OK
+    table = Table("name", "role", "id", "created")
+    for r in records:
+        table.add_row(r.name, r.role, r.token_id, r.created_at.isoformat(timespec="seconds"))
+    context.console.print(table)
+    return EXIT_OK
+
+
+def _tokens_revoke(context: Context, args: argparse.Namespace) -> int:
+    context.state.revoke_token(args.name)
+    context.console.print(
+        f"token {args.name} revoked (running servers forget it within tokens.cache_seconds)"
+    )
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose, logging.INFO if args.command == "serve" else logging.WARNING)
+    return run_command("facefleet-server", args, Context.from_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

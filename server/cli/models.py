@@ -1,0 +1,382 @@
+"""`facefleet-server models …` and `facefleet-server rollout …`: the model catalogue and rollouts, on the
+state directory directly (no running server needed; a running one picks changes up within fleet.poll_seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from rich.progress import Progress
+from rich.table import Table
+
+from facefleet.core.errors import EXIT_OK
+from facefleet.server.cli.context import Context
+from facefleet.server.domain.models import DeviceRollout, PublishedModel, Rollout, Target
+from facefleet.server.rollouts.catalogue import ModelCatalog
+from facefleet.server.rollouts.control import PREPARING_STALE_SECONDS, RolloutControl, StartedRollout
+from facefleet.vision.models.importer import PRECISIONS
+from facefleet.vision.models.store import ModelStore
+from facefleet.vision.models.tasks import TASKS
+from facefleet.vision.runtime import Runtime
+
+
+def register(commands: Any, make: Callable[..., Any]) -> None:
+    _register_models(commands, make)
+    _register_rollouts(commands, make)
+
+
+def _register_models(commands: Any, make: Callable[..., Any]) -> None:
+    group = make(commands, "models", "manage the server's model catalogue", "facefleet-server models list")
+    verbs = group.add_subparsers(dest="models_command", metavar="VERB", required=True)
+    defaults = make(
+        verbs,
+        "import-defaults",
+        "import the default models from the installed carrier packages (and publish them)",
+        "facefleet-server --state-dir /var/lib/facefleet-server models import-defaults",
+    )
+    defaults.set_defaults(handler=_import_defaults)
+    publish = make(
+        verbs,
+        "publish",
+        "convert a model and publish it for rollouts",
+        "facefleet-server models publish emotion.tflite --task expression --name mini-xception "
+        "--version fer2013-fp32 --precision FP32",
+        "Convert an ONNX/TFLite/IR model (a file, or a directory with model.xml + model.bin or one model "
+        "file) to OpenVINO IR in the server's model store, check it fits its task, and record its files "
+        "and sha256 in the catalogue.",
+    )
+    publish.add_argument("path", help="model file or directory")
+    publish.add_argument("--task", choices=TASKS, required=True)
+    publish.add_argument("--name", required=True, help="model name, e.g. mini-xception")
+    publish.add_argument("--version", required=True, help="version label, e.g. fer2013-fp32")
+    publish.add_argument("--precision", choices=PRECISIONS, default="FP16", help="IR weight precision")
+    publish.add_argument("--licence", default="unknown", help="licence of the model, e.g. MIT")
+    publish.set_defaults(handler=_publish)
+    listing = make(verbs, "list", "list published models", "facefleet-server models list --json")
+    listing.set_defaults(handler=_list_models)
+    show = make(
+        verbs, "show", "one published model with its files", "facefleet-server models show sface@2021dec"
+    )
+    show.add_argument("model_id", metavar="MODEL_ID", help="name@version")
+    show.set_defaults(handler=_show_model)
+    retire = make(
+        verbs,
+        "retire",
+        "stop offering a model (no new rollout, no download)",
+        "facefleet-server models retire mini-xception@fer2013-fp32",
+    )
+    retire.add_argument("model_id", metavar="MODEL_ID", help="name@version")
+    retire.set_defaults(handler=_retire_model)
+    for verb in (defaults, publish, listing, show, retire):
+        verb.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _register_rollouts(commands: Any, make: Callable[..., Any]) -> None:
+    group = make(commands, "rollout", "roll model versions out to the fleet", "facefleet-server rollout list")
+    verbs = group.add_subparsers(dest="rollout_command", metavar="VERB", required=True)
+    start = make(
+        verbs,
+        "start",
+        "roll a published model out to all agents, a group, or a percentage",
+        "facefleet-server rollout start mini-xception@fer2013-fp32 --percent 10",
+        "Target a published model at agents. An embedding model first re-embeds every enrolled person from "
+        "the retained crops; agents receive it once its gallery is complete.",
+    )
+    start.add_argument("model_id", metavar="MODEL_ID", help="name@version")
+    target = start.add_mutually_exclusive_group(required=True)
+    target.add_argument("--all", action="store_true", help="every agent")
+    target.add_argument("--group", help="agents that declare this group")
+    target.add_argument("--percent", type=int, help="this percentage of the fleet (1–100), a canary")
+    start.set_defaults(handler=_start)
+    listing = make(verbs, "list", "list rollouts, newest first", "facefleet-server rollout list --json")
+    listing.set_defaults(handler=_list_rollouts)
+    show = make(verbs, "show", "a rollout and its state on each agent", "facefleet-server rollout show 3")
+    show.set_defaults(handler=_show_rollout)
+    pause = make(verbs, "pause", "announce to no more agents", "facefleet-server rollout pause 3")
+    pause.set_defaults(handler=partial(_change, "pause"))
+    resume = make(
+        verbs,
+        "resume",
+        "resume a paused rollout and/or widen a percent rollout",
+        "facefleet-server rollout resume 3 --percent 50",
+    )
+    resume.add_argument("--percent", type=int, help="widen to this percentage")
+    resume.set_defaults(handler=partial(_change, "resume"))
+    rollback = make(
+        verbs,
+        "rollback",
+        "send its agents back to the version they ran before; also ends a rollout stuck preparing (its "
+        f"preparer was killed; one without progress for {PREPARING_STALE_SECONDS:.0f} s is rolled back "
+        "anyway)",
+        "facefleet-server rollout rollback 3",
+    )
+    rollback.set_defaults(handler=partial(_change, "rollback"))
+    for verb in (start, listing, show, pause, resume, rollback):
+        if verb is not start and verb is not listing:
+            verb.add_argument("rollout_id", metavar="ID", type=int, help="rollout id (`rollout list`)")
+        verb.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+# -- models ------------------------------------------------------------------------------------------
+
+
+def _runtime(context: Context) -> Runtime:
+    return Runtime(context.config.runtime.settings(context.paths.state_dir))
+
+
+def _catalog(context: Context, runtime: Runtime | None = None) -> ModelCatalog:
+    return ModelCatalog(context.state.models, ModelStore(context.paths.models), runtime)
+
+
+def _import_defaults(context: Context, args: argparse.Namespace) -> int:
+    from facefleet.vision.models.importer import import_defaults
+
+    runtime = _runtime(context)
+    catalog = _catalog(context, runtime)
+    with context.console.status("importing the default models…"):
+        published = catalog.record_all(import_defaults(runtime, catalog.store))
+    if context.json_output:
+        context.print_json([{"task": m.task, "model_id": m.model_id} for m in published])
+        return EXIT_OK
+    for model in published:
+        context.console.print(f"{model.task}: {model.model_id}", markup=False)
+    return EXIT_OK
+
+
+def _publish(context: Context, args: argparse.Namespace) -> int:
+    catalog = _catalog(context, _runtime(context))
+    with context.console.status(f"converting {args.path}…"):
+        model = catalog.publish(
+            Path(args.path), args.task, args.name, args.version, args.precision, args.licence
+        )
+    if context.json_output:
+        context.print_json(model_json(model))
+        return EXIT_OK
+    context.console.print(
+        f"published {model.model_id} ({model.task}, {model.precision}, {model.size / 2**20:.1f} MiB); "
+        f"roll it out with `facefleet-server rollout start {model.model_id} --percent 10`",
+        markup=False,
+    )
+    return EXIT_OK
+
+
+def _list_models(context: Context, args: argparse.Namespace) -> int:
+    models = _catalog(context).published()
+    if context.json_output:
+        context.print_json([model_json(m, files=False) for m in models])
+        return EXIT_OK
+    if not models:
+        context.console.print(
+            "no published models; `facefleet-server models import-defaults` or `models publish PATH …`",
+            markup=False,
+        )
+        return EXIT_OK
+    table = Table("model", "task", "precision", "size", "licence", "published", "retired")
+    for m in models:
+        table.add_row(
+            m.model_id,
+            m.task,
+            m.precision,
+            f"{m.size / 2**20:.1f} MiB",
+            m.licence,
+            m.published_at.isoformat(timespec="seconds"),
+            m.retired_at.isoformat(timespec="seconds") if m.retired_at else "",
+        )
+    context.console.print(table)
+    return EXIT_OK
+
+
+def _show_model(context: Context, args: argparse.Namespace) -> int:
+    model = _catalog(context).show(args.model_id)
+    if context.json_output:
+        context.print_json({**model_json(model), "manifest_json": model.manifest_json})
+        return EXIT_OK
+    state = f"retired {model.retired_at.isoformat(timespec='seconds')}" if model.retired_at else "published"
+    context.console.print(f"{model.model_id}: {model.task}, {model.precision}, {state}", markup=False)
+    table = Table("file", "bytes", "sha256")
+    for f in model.files:
+        table.add_row(f.name, str(f.size), f.sha256)
+    context.console.print(table)
+    return EXIT_OK
+
+
+def _retire_model(context: Context, args: argparse.Namespace) -> int:
+    model = _catalog(context).retire(args.model_id)
+    if context.json_output:
+        context.print_json(model_json(model, files=False))
+        return EXIT_OK
+    context.console.print(f"model {model.model_id} retired: no new rollouts, no downloads", markup=False)
+    return EXIT_OK
+
+
+def model_json(model: PublishedModel, *, files: bool = True) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "model_id": model.model_id,
+        "task": model.task,
+        "precision": model.precision,
+        "licence": model.licence,
+        "size": model.size,
+        "published_at": model.published_at.isoformat(),
+        "retired_at": model.retired_at.isoformat() if model.retired_at else None,
+    }
+    if files:
+        data["files"] = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in model.files]
+    return data
+
+
+# -- rollouts ----------------------------------------------------------------------------------------
+
+
+def _control(context: Context, runtime: Runtime | None = None) -> RolloutControl:
+    return RolloutControl(
+        context.state,
+        _catalog(context, runtime),
+        runtime=runtime,
+        settle_seconds=2 * context.config.fleet.poll_seconds + 1.0,
+    )
+
+
+def _start(context: Context, args: argparse.Namespace) -> int:
+    if args.all:
+        target = Target("all")
+    elif args.group is not None:
+        target = Target("group", group=args.group)
+    else:
+        target = Target("percent", percent=args.percent)
+    model = _catalog(context).show(args.model_id)
+    runtime = _runtime(context) if model.task == "embedding" else None
+    control = _control(context, runtime)
+    if runtime is None:
+        started = control.start(args.model_id, target)
+    else:
+        with Progress(console=context.console, transient=True, disable=context.json_output) as bar:
+            task = bar.add_task(f"re-embedding the gallery with {args.model_id}", total=None)
+            started = control.start(
+                args.model_id,
+                target,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    return _show_started(context, started)
+
+
+def _show_started(context: Context, started: StartedRollout) -> int:
+    rollout = started.rollout
+    if context.json_output:
+        context.print_json(
+            {
+                **rollout_json(rollout),
+                "reembedded": list(started.reembedded),
+                "without_crops": list(started.without_crops),
+            }
+        )
+        return EXIT_OK
+    context.console.print(
+        f"rollout {rollout.rollout_id}: {rollout.model_id} to {rollout.target.describe()}, {rollout.state}",
+        markup=False,
+    )
+    if rollout.task == "embedding":
+        context.console.print(f"re-embedded {len(started.reembedded)} people from their crops", markup=False)
+    if started.without_crops:
+        context.console.print(
+            f"warning: {len(started.without_crops)} people have no retained crops and were not re-embedded; "
+            f"{rollout.model_id} will not recognise them until they are re-enrolled: "
+            + ", ".join(started.without_crops),
+            markup=False,
+        )
+    return EXIT_OK
+
+
+def _list_rollouts(context: Context, args: argparse.Namespace) -> int:
+    found = _control(context).all_rollouts()
+    if context.json_output:
+        context.print_json([rollout_json(r) for r in found])
+        return EXIT_OK
+    if not found:
+        context.console.print(
+            "no rollouts; start one with `facefleet-server rollout start MODEL_ID --percent 10`"
+        )
+        return EXIT_OK
+    table = Table("id", "task", "model", "target", "state", "created", "updated")
+    for r in found:
+        table.add_row(
+            str(r.rollout_id),
+            r.task,
+            r.model_id,
+            r.target.describe(),
+            r.state,
+            r.created_at.isoformat(timespec="seconds"),
+            r.updated_at.isoformat(timespec="seconds"),
+        )
+    context.console.print(table)
+    return EXIT_OK
+
+
+def _show_rollout(context: Context, args: argparse.Namespace) -> int:
+    rollout, devices = _control(context).show(args.rollout_id)
+    if context.json_output:
+        context.print_json({**rollout_json(rollout), "devices": [device_json(d) for d in devices]})
+        return EXIT_OK
+    context.console.print(
+        f"rollout {rollout.rollout_id}: {rollout.model_id} ({rollout.task}) to {rollout.target.describe()}, "
+        f"{rollout.state}; announced to {len(devices)} agents",
+        markup=False,
+    )
+    if rollout.reason:
+        context.console.print(f"rolled back because {rollout.reason}", markup=False)
+    table = Table("device", "state", "previous", "updated", "reason")
+    for d in devices:
+        table.add_row(
+            d.device_id, d.state, d.previous_model_id, d.updated_at.isoformat(timespec="seconds"), d.reason
+        )
+    context.console.print(table)
+    return EXIT_OK
+
+
+def _change(verb: str, context: Context, args: argparse.Namespace) -> int:
+    control = _control(context)
+    if verb == "pause":
+        rollout = control.pause(args.rollout_id)
+    elif verb == "resume":
+        rollout = control.resume(args.rollout_id, args.percent)
+    else:
+        rollout = control.rollback(args.rollout_id)
+    if context.json_output:
+        context.print_json(rollout_json(rollout))
+        return EXIT_OK
+    context.console.print(
+        f"rollout {rollout.rollout_id}: {rollout.model_id} to {rollout.target.describe()}, "
+        f"now {rollout.state}",
+        markup=False,
+    )
+    return EXIT_OK
+
+
+def rollout_json(rollout: Rollout) -> dict[str, Any]:
+    return {
+        "rollout_id": rollout.rollout_id,
+        "task": rollout.task,
+        "model_id": rollout.model_id,
+        "target": {
+            "kind": rollout.target.kind,
+            "group": rollout.target.group,
+            "percent": rollout.target.percent,
+        },
+        "state": rollout.state,
+        "reason": rollout.reason,
+        "created_at": rollout.created_at.isoformat(),
+        "updated_at": rollout.updated_at.isoformat(),
+    }
+
+
+def device_json(row: DeviceRollout) -> dict[str, Any]:
+    return {
+        "device_id": row.device_id,
+        "state": row.state,
+        "previous_model_id": row.previous_model_id,
+        "reason": row.reason,
+        "updated_at": row.updated_at.isoformat(),
+    }

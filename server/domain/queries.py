@@ -1,0 +1,178 @@
+"""Dashboard query types: the event filter, paging tokens and the aggregate rows (plain dataclasses)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from facefleet.server.domain.models import ModelStatus
+from facefleet.server.domain.records import (
+    DECISIONS,
+    EVENT_KINDS,
+    Decision,
+    Event,
+    EventKind,
+    check_id,
+    check_utc,
+)
+from facefleet.server.errors import InvalidArgumentError
+
+MAX_RANGE = timedelta(days=400)
+MAX_FILTER_VALUES = 100
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+MIN_INTERVAL_S = 60
+MAX_INTERVAL_S = 31 * 86400
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def to_us(moment: datetime) -> int:
+    """Microseconds since the UNIX epoch (how the state stores times)."""
+    delta = moment - EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(micros: int) -> datetime:
+    return EPOCH + timedelta(microseconds=micros)
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Events in [start, end) matching every non-empty list."""
+
+    start: datetime
+    end: datetime
+    device_ids: tuple[str, ...] = ()
+    person_ids: tuple[str, ...] = ()
+    decisions: tuple[Decision, ...] = ()
+    kinds: tuple[EventKind, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start", check_utc("filter start", self.start))
+        object.__setattr__(self, "end", check_utc("filter end", self.end))
+        if self.end <= self.start:
+            raise InvalidArgumentError(
+                f"filter end {self.end.isoformat()} must be after start {self.start.isoformat()}"
+            )
+        if self.end - self.start > MAX_RANGE:
+            raise InvalidArgumentError(f"filter time range is over {MAX_RANGE.days} days; narrow it")
+        for name, values in (("device_ids", self.device_ids), ("person_ids", self.person_ids)):
+            if len(values) > MAX_FILTER_VALUES:
+                raise InvalidArgumentError(f"filter {name}: at most {MAX_FILTER_VALUES} values")
+            for value in values:
+                check_id(name[:-1], value)
+        if any(d not in DECISIONS for d in self.decisions):
+            raise InvalidArgumentError(f"filter decisions must be among {', '.join(DECISIONS)}")
+        if any(k not in EVENT_KINDS for k in self.kinds):
+            raise InvalidArgumentError(f"filter kinds must be among {', '.join(EVENT_KINDS)}")
+
+    @property
+    def start_us(self) -> int:
+        return to_us(self.start)
+
+    @property
+    def end_us(self) -> int:
+        return to_us(self.end)
+
+    def without_persons(self, query: str) -> EventFilter:
+        if self.person_ids:
+            raise InvalidArgumentError(f"{query} cannot filter by person_ids; use ListEvents")
+        return self
+
+
+def page_size(requested: int) -> int:
+    if requested < 0 or requested > MAX_PAGE_SIZE:
+        raise InvalidArgumentError(f"page_size must be 1–{MAX_PAGE_SIZE} (0 for {DEFAULT_PAGE_SIZE})")
+    return requested or DEFAULT_PAGE_SIZE
+
+
+def check_interval(seconds: int) -> int:
+    if not MIN_INTERVAL_S <= seconds <= MAX_INTERVAL_S:
+        raise InvalidArgumentError(
+            f"interval_seconds must be {MIN_INTERVAL_S}–{MAX_INTERVAL_S}, got {seconds}"
+        )
+    return seconds
+
+
+@dataclass(frozen=True)
+class EventCursor:
+    """Where a page of events (newest first) ended: the last event's time and id."""
+
+    time_us: int
+    event_id: str
+
+    def encode(self) -> str:
+        return base64.urlsafe_b64encode(f"{self.time_us}|{self.event_id}".encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> EventCursor:
+        try:
+            text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+            micros, event_id = text.split("|", 1)
+            return cls(int(micros), event_id)
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            raise InvalidArgumentError(
+                "page_token is not one this server issued; pass next_page_token unchanged"
+            ) from None
+
+
+@dataclass(frozen=True)
+class EventPage:
+    events: tuple[Event, ...]
+    next_cursor: EventCursor | None
+
+
+@dataclass(frozen=True)
+class IntervalCount:
+    start: datetime
+    device_id: str
+    count: int
+
+
+@dataclass(frozen=True)
+class ExpressionCount:
+    device_id: str
+    label: str
+    count: int
+
+
+@dataclass(frozen=True)
+class UnknownRate:
+    device_id: str
+    face_events: int
+    unknown_events: int
+
+    @property
+    def rate(self) -> float:
+        return self.unknown_events / self.face_events if self.face_events else 0.0
+
+
+@dataclass(frozen=True)
+class DoorAccess:
+    device_id: str
+    door: str
+    granted: int
+    denied: int
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    """An agent as a dashboard sees it."""
+
+    device_id: str
+    online: bool
+    watching: bool
+    last_seen: datetime
+    registered_at: datetime
+    agent_version: str
+    hostname: str
+    model_versions: Mapping[str, str]
+    capabilities: tuple[str, ...]
+    gallery_revision: int
+    revision_lag: int
+    health: Mapping[str, float] = field(default_factory=dict)
+    model_statuses: tuple[ModelStatus, ...] = ()
+    groups: tuple[str, ...] = ()

@@ -1,0 +1,263 @@
+"""FleetService logic: registration, the gallery Watch stream, acknowledgements and event reports.
+
+Watch protocol: a stream starts at the agent's revision R. If the agent's gallery_id is not this server's,
+or R is 0, it gets a snapshot; if R is ahead of the server, FailedPreconditionError; if the change log no
+longer reaches back to R (more than `gallery.log_revisions` behind), a snapshot; otherwise the coalesced
+delta R → head. Then the stream waits on the fanout and sends each new delta as it commits, with a
+heartbeat after every idle `heartbeat_seconds`. Deltas above half the message limit are split into parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from facefleet.server.domain.models import ModelAssignment, ModelStatus, Release, check_statuses
+from facefleet.server.domain.records import (
+    Event,
+    GalleryDelta,
+    Heartbeat,
+    Person,
+    Registration,
+    ReportOutcome,
+    Welcome,
+    check_health,
+    utc_now,
+)
+from facefleet.server.errors import FailedPreconditionError, InvalidArgumentError, PermissionDeniedError
+from facefleet.server.rollouts.distribution import ModelDistribution
+from facefleet.server.rollouts.files import Chunk
+from facefleet.server.state.fanout import GalleryFanout
+from facefleet.server.state.interface import State
+
+DELTA_CACHE_ENTRIES = 64
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    max_report_events: int = 10_000
+    heartbeat_seconds: float = 30.0
+    max_message_bytes: int = 16 * 1024 * 1024
+
+
+class DeltaCache:
+    """Deltas computed once and shared by every stream asking for the same one: after a change, the 200
+    streams that were at the previous head need the same delta, and only the first one reads the state."""
+
+    def __init__(self, state: State, entries: int = DELTA_CACHE_ENTRIES) -> None:
+        self.state = state
+        self.entries = entries
+        self._futures: OrderedDict[tuple[int, int, bool], asyncio.Future[GalleryDelta]] = OrderedDict()
+
+    async def get(self, from_revision: int, head: int, snapshot: bool) -> GalleryDelta:
+        key = (from_revision, head, snapshot)
+        future = self._futures.get(key)
+        if future is None:
+            future = asyncio.ensure_future(asyncio.to_thread(self._compute, from_revision, snapshot))
+            self._futures[key] = future
+            while len(self._futures) > self.entries:
+                self._futures.popitem(last=False)
+        try:
+            return await asyncio.shield(future)
+        except Exception:
+            self._futures.pop(key, None)
+            raise
+
+    def _compute(self, from_revision: int, snapshot: bool) -> GalleryDelta:
+        if snapshot:
+            return self.state.snapshot()
+        return self.state.changes_since(from_revision) or self.state.snapshot()
+
+
+class FleetHandler:
+    """The logic behind FleetService; device ids passed in are already authenticated."""
+
+    def __init__(
+        self,
+        state: State,
+        fanout: GalleryFanout,
+        settings: FleetSettings,
+        embedding_models: Callable[[], tuple[str, ...]],
+        clock: Callable[[], datetime] = utc_now,
+        models: ModelDistribution | None = None,
+    ) -> None:
+        self.state = state
+        self.models = models
+        self.fanout = fanout
+        self.settings = settings
+        self.embedding_models = embedding_models
+        self.clock = clock
+        self.gallery_id = state.gallery_id()
+        self.deltas = DeltaCache(state)
+        self._registered: set[str] = set()
+
+    async def register(self, registration: Registration, statuses: Sequence[ModelStatus] = ()) -> Welcome:
+        check_statuses(tuple(statuses))
+
+        def store() -> None:
+            now = self.clock()
+            self.state.register_agent(registration, now)
+            self.state.models.set_agent_models(
+                registration.device_id, now, statuses=statuses, groups=registration.groups
+            )
+
+        await asyncio.to_thread(store)
+        self._registered.add(registration.device_id)
+        return Welcome(
+            gallery_revision=self.fanout.head,
+            gallery_id=self.gallery_id,
+            embedding_models=self.embedding_models(),
+            max_report_events=self.settings.max_report_events,
+            heartbeat_seconds=round(self.settings.heartbeat_seconds),
+            server_time=self.clock(),
+        )
+
+    async def watch(
+        self, device_id: str, from_revision: int, gallery_id: str, models: Sequence[str]
+    ) -> AsyncIterator[GalleryDelta | Heartbeat | ModelAssignment]:
+        """The agent's missing changes, then every new one, until the server stops; after the initial
+        gallery update, the model releases it should run whenever they differ from what was last sent
+        (gallery deltas go first)."""
+        await self._require_registered(device_id)
+        snapshot = from_revision == 0 or (bool(gallery_id) and gallery_id != self.gallery_id)
+        if not snapshot and from_revision > self.fanout.head:
+            raise FailedPreconditionError(
+                f"from_revision {from_revision} is ahead of the server's gallery revision "
+                f"{self.fanout.head}: "
+                "the agent's gallery did not come from this server's database; watch from revision 0 to "
+                "receive a full snapshot"
+            )
+        wanted = frozenset(models) if models else None
+        revision = from_revision
+        models_seen: int | None = None
+        sent: tuple[Release, ...] = ()
+        self.fanout.enter(device_id)
+        try:
+            if not snapshot and revision == self.fanout.head:
+                yield Heartbeat(revision, self.clock())
+            while not self.fanout.closed:
+                if snapshot or self.fanout.head > revision:
+                    delta = await self.deltas.get(revision, self.fanout.head, snapshot)
+                    for part in split_delta(only_models(delta, wanted), self.settings.max_message_bytes // 2):
+                        yield part
+                    revision, snapshot = delta.to_revision, False
+                elif self.models is not None and models_seen != self.fanout.models_head:
+                    models_seen = self.fanout.models_head
+                    planned = await self.models.releases(device_id)
+                    if planned.head > revision:  # gallery first: recompute once the agent has it
+                        await self.fanout.publish(planned.head)
+                        models_seen = None
+                    elif planned.releases != sent:
+                        sent = planned.releases
+                        yield ModelAssignment(planned.releases)
+                        await self.models.announce(device_id, planned)
+                elif not await self.fanout.wait_beyond(
+                    revision, self.settings.heartbeat_seconds, models=models_seen
+                ):
+                    if self.fanout.closed:
+                        break
+                    yield Heartbeat(self.fanout.head, self.clock())
+                    await asyncio.to_thread(self.state.touch_agent, device_id, self.clock())
+        finally:
+            self.fanout.leave(device_id)
+
+    async def acknowledge(self, device_id: str, revision: int) -> int:
+        await self._require_registered(device_id)
+        if revision > self.fanout.head:
+            raise InvalidArgumentError(
+                f"gallery_revision {revision} is ahead of the server's {self.fanout.head}; acknowledge only "
+                "revisions received from this server"
+            )
+        await asyncio.to_thread(self.state.touch_agent, device_id, self.clock(), gallery_revision=revision)
+        return self.fanout.head
+
+    async def report(
+        self,
+        device_id: str,
+        events: Sequence[Event],
+        rejected: Sequence[tuple[str, str]],
+        health: Mapping[str, float],
+    ) -> ReportOutcome:
+        total = len(events) + len(rejected)
+        if total > self.settings.max_report_events:
+            raise InvalidArgumentError(
+                f"{total} events in one report; the limit is {self.settings.max_report_events}: "
+                "split the batch"
+            )
+        health = check_health(health)
+        await self._require_registered(device_id)
+        for event in events:
+            if event.device_id != device_id:
+                raise PermissionDeniedError(
+                    f"event {event.event_id} names device {event.device_id!r}, but this connection is device "
+                    f"{device_id!r}; an agent reports only its own events"
+                )
+
+        def store() -> tuple[int, int]:
+            outcome = self.state.add_events(events) if events else (0, 0)
+            self.state.touch_agent(device_id, self.clock(), health=health or None)
+            return outcome
+
+        stored, duplicates = await asyncio.to_thread(store)
+        return ReportOutcome(stored, duplicates, tuple(rejected))
+
+    async def download(
+        self, device_id: str, model_id: str, file_name: str, offset: int
+    ) -> AsyncIterator[Chunk]:
+        await self._require_registered(device_id)
+        if self.models is None:
+            raise FailedPreconditionError("this server does not distribute models")
+        async for chunk in self.models.download(model_id, file_name, offset):
+            yield chunk
+
+    async def report_models(
+        self, device_id: str, statuses: Sequence[ModelStatus], model_versions: Mapping[str, str]
+    ) -> None:
+        await self._require_registered(device_id)
+        if self.models is None:
+            raise FailedPreconditionError("this server does not distribute models")
+        await self.models.report(device_id, statuses, model_versions)
+        await asyncio.to_thread(self.state.touch_agent, device_id, self.clock())
+
+    async def _require_registered(self, device_id: str) -> None:
+        if device_id in self._registered:
+            return
+        if await asyncio.to_thread(self.state.get_agent, device_id) is None:
+            raise FailedPreconditionError(f"device {device_id!r} has not registered; call Register first")
+        self._registered.add(device_id)
+
+
+def only_models(delta: GalleryDelta, model_ids: frozenset[str] | None) -> GalleryDelta:
+    """The delta with only the embeddings of model_ids (all when None)."""
+    if model_ids is None:
+        return delta
+    return replace(delta, upserts=tuple(p.with_models(model_ids) for p in delta.upserts))
+
+
+def split_delta(delta: GalleryDelta, max_bytes: int) -> list[GalleryDelta]:
+    """Parts of at most ~max_bytes each (a single larger person gets a part of its own); all parts but the
+    last have more_parts=True, the deletes travel in the last part."""
+    groups: list[list[Person]] = [[]]
+    size = 0
+    for person in delta.upserts:
+        person_bytes = person.estimated_bytes()
+        if groups[-1] and size + person_bytes > max_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(person)
+        size += person_bytes
+    if len(groups) == 1:
+        return [delta]
+    last = len(groups) - 1
+    return [
+        replace(
+            delta,
+            upserts=tuple(group),
+            deletes=delta.deletes if i == last else (),
+            more_parts=i != last,
+        )
+        for i, group in enumerate(groups)
+    ]

@@ -1,0 +1,130 @@
+"""AdminService logic: enrol, update, delete, get and list people. Each change is one gallery revision,
+published to the fanout once committed so every watching agent receives it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from facefleet.server.domain.queries import page_size
+from facefleet.server.domain.records import (
+    Embedding,
+    EnrolmentRequest,
+    EnrolmentResult,
+    Person,
+    PersonUpdate,
+    utc_now,
+)
+from facefleet.server.errors import InvalidArgumentError
+from facefleet.server.gallery.embedder import EmbeddedImages, Enroller
+from facefleet.server.state.fanout import GalleryFanout
+from facefleet.server.state.interface import State
+
+MAX_CONCURRENT_ENROLMENTS = 2
+
+
+@dataclass(frozen=True)
+class PersonView:
+    person: Person
+    stored_crops: int
+
+
+class PeopleHandler:
+    """enroller: builds (once) the image enroller, or raises FailedPreconditionError naming what is missing;
+    known_models: model_id → embedding dimension of every embedding model the server knows."""
+
+    def __init__(
+        self,
+        state: State,
+        fanout: GalleryFanout,
+        enroller: Callable[[], Enroller],
+        known_models: Callable[[], Mapping[str, int]],
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.state = state
+        self.fanout = fanout
+        self.enroller = enroller
+        self.known_models = known_models
+        self.clock = clock
+        self._enrolling = asyncio.Semaphore(MAX_CONCURRENT_ENROLMENTS)
+
+    async def enrol(self, request: EnrolmentRequest) -> EnrolmentResult:
+        self._check_embeddings(request.embeddings)
+        embedded = EmbeddedImages((), (), ())
+        if request.images:
+            async with self._enrolling:
+                enroller = await asyncio.to_thread(self.enroller)
+                embedded = await asyncio.to_thread(enroller.embed, request.images)
+        person = Person(
+            person_id=request.person_id or str(uuid.uuid4()),
+            display_name=request.display_name,
+            groups=request.groups,
+            metadata_json=request.metadata_json,
+            embeddings=embedded.embeddings + request.embeddings,
+        )
+        now = self.clock()
+        if request.on_existing == "fail":
+            stored = await asyncio.to_thread(self.state.add_person, person, embedded.crops, now)
+        else:
+            append = request.on_existing == "append"
+            stored = await asyncio.to_thread(
+                lambda: self.state.replace_person(person, embedded.crops, now, append=append)
+            )
+        await self.fanout.publish(stored.revision)
+        return EnrolmentResult(stored, embedded.faces)
+
+    async def update(self, update: PersonUpdate) -> Person:
+        person = await asyncio.to_thread(
+            lambda: self.state.update_person(
+                update.person_id,
+                self.clock(),
+                display_name=update.display_name,
+                groups=update.groups,
+                metadata_json=update.metadata_json,
+            )
+        )
+        await self.fanout.publish(person.revision)
+        return person
+
+    async def delete(self, person_id: str) -> int:
+        revision = await asyncio.to_thread(self.state.delete_person, person_id, self.clock())
+        await self.fanout.publish(revision)
+        return revision
+
+    async def get(self, person_id: str) -> PersonView:
+        """The person with their embeddings (the caller decides whether to send the vectors)."""
+
+        def read() -> PersonView:
+            person = self.state.get_person(person_id, with_vectors=True)
+            return PersonView(person, len(self.state.crops(person_id)))
+
+        return await asyncio.to_thread(read)
+
+    async def page(self, *, page_token: str, size: int, group: str) -> tuple[list[Person], str]:
+        limit = page_size(size)
+        if len(page_token) > 256 or len(group) > 128:
+            raise InvalidArgumentError("page_token or group is too long")
+        people = await asyncio.to_thread(
+            lambda: self.state.list_people(after=page_token, limit=limit, group=group)
+        )
+        return people, people[-1].person_id if len(people) == limit else ""
+
+    def _check_embeddings(self, embeddings: tuple[Embedding, ...]) -> None:
+        if not embeddings:
+            return
+        known = self.known_models()
+        for index, embedding in enumerate(embeddings):
+            dim = known.get(embedding.model_id)
+            if dim is None:
+                names = ", ".join(sorted(known)) or "none: import models into the server's state directory"
+                raise InvalidArgumentError(
+                    f"embeddings[{index}]: unknown embedding model {embedding.model_id!r}; known: {names}"
+                )
+            if embedding.dim != dim:
+                raise InvalidArgumentError(
+                    f"embeddings[{index}]: {embedding.model_id} embeddings have {dim} dimensions, "
+                    f"got {embedding.dim}"
+                )

@@ -1,0 +1,208 @@
+"""The catalogue of model versions the server can roll out: publish (convert with the agents' own importer
+into the server's model store, then record files, sizes, sha256 and manifest), list, show, retire.
+
+A model id ("name@version") is unique across tasks. Publishing the same source again is a no-op; another
+file under a published id is refused. A model that does not fit its task is refused before anything is
+stored (the importer converts into a staging directory and checks the model's inputs and outputs first).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from facefleet.core.errors import FaceFleetError
+from facefleet.server.domain.models import ModelFile, PublishedModel, check_task
+from facefleet.server.domain.records import MAX_LABEL_CHARS, check_text, utc_now
+from facefleet.server.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from facefleet.server.state.models import ModelState
+from facefleet.vision.errors import ModelSpecError
+from facefleet.vision.models.importer import MODEL_SUFFIXES, PRECISIONS, import_model
+from facefleet.vision.models.manifest import MANIFEST_NAME, ModelManifest, Source, check_part, sha256_file
+from facefleet.vision.models.store import MODEL_XML, ModelStore, StoredModel
+from facefleet.vision.models.tasks import check_fits
+from facefleet.vision.runtime import Runtime
+
+WEIGHTS = "model.bin"
+
+
+class ModelCatalog:
+    """Published models: their records in `state` and their files in `store` (the server's model store).
+    runtime: converts models on publish (not needed to list, show, retire or serve downloads)."""
+
+    def __init__(self, state: ModelState, store: ModelStore, runtime: Runtime | None = None) -> None:
+        self.state = state
+        self.store = store
+        self.runtime = runtime
+
+    def publish(
+        self,
+        path: Path,
+        task: str,
+        name: str,
+        version: str,
+        precision: str = "FP16",
+        licence: str = "unknown",
+        now: datetime | None = None,
+    ) -> PublishedModel:
+        """Convert and store a model file (.onnx/.tflite/.xml) or a directory holding model.xml (+ .bin) or
+        exactly one model file; record it in the catalogue and return the record."""
+        check_task(task)
+        for label, value in (("name", name), ("version", version)):
+            try:
+                check_part(label, value)
+            except FaceFleetError as exc:
+                raise InvalidArgumentError(str(exc)) from None
+        if precision not in PRECISIONS:
+            raise InvalidArgumentError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        check_text("licence", licence, MAX_LABEL_CHARS)
+        if self.runtime is None:
+            raise FailedPreconditionError("publishing a model needs an inference runtime to convert it")
+        source = model_source(path)
+        model_id = f"{name}@{version}"
+        try:
+            existing: PublishedModel | None = self.state.get_model(model_id)
+        except NotFoundError:
+            existing = None
+        if existing is not None and existing.task != task:
+            raise AlreadyExistsError(
+                f"model id {model_id} is already published for task {existing.task}; model ids are unique "
+                "across tasks: choose another --name or --version"
+            )
+        try:
+            if source.suffix.lower() == ".xml":
+                stored = self._import_ir(source, task, name, version, precision, licence)
+            else:
+                stored = import_model(
+                    self.runtime,
+                    self.store,
+                    source,
+                    task=task,
+                    name=name,
+                    version=version,
+                    licence=licence,
+                    precision=precision,
+                    activate=False,
+                )
+        except ModelSpecError as exc:
+            raise InvalidArgumentError(f"cannot publish {model_id}: {exc}") from None
+        except FaceFleetError as exc:
+            if "already exists with other files" in str(exc):
+                raise AlreadyExistsError(
+                    f"model {model_id} is already published with other files; publish this one under "
+                    "another --version"
+                ) from None
+            raise
+        return self.record(stored, now)
+
+    def _import_ir(
+        self, xml: Path, task: str, name: str, version: str, precision: str, licence: str
+    ) -> StoredModel:
+        """OpenVINO IR is stored as it is (the converter reads only ONNX and TFLite): its inputs and
+        outputs are checked against the task, and `precision` labels it."""
+        assert self.runtime is not None
+        weights = xml.with_suffix(".bin")
+        if not weights.is_file():
+            raise InvalidArgumentError(f"{xml}: its weights {weights.name} are missing next to it")
+        try:
+            existing: StoredModel | None = self.store.get(task, name, version)
+        except FaceFleetError:
+            existing = None
+        source_sha = sha256_file(xml)
+        if (
+            existing is not None
+            and existing.manifest.source.sha256 == source_sha
+            and existing.manifest.files.get(WEIGHTS) == sha256_file(weights)
+        ):
+            return existing
+        try:
+            io = self.runtime.describe(xml)
+        except RuntimeError as exc:
+            raise ModelSpecError(f"{xml}: OpenVINO cannot read this IR: {str(exc).splitlines()[0]}") from None
+        check_fits(task, io, str(xml))
+        staged = self.store.staging_dir()
+        try:
+            shutil.copyfile(xml, staged / MODEL_XML)
+            shutil.copyfile(weights, staged / WEIGHTS)
+            manifest = ModelManifest(
+                task=task,
+                name=name,
+                version=version,
+                files={p.name: sha256_file(p) for p in sorted(staged.iterdir())},
+                source=Source(path=str(xml), sha256=source_sha),
+                licence=licence,
+                inputs=io.inputs,
+                outputs=io.outputs,
+                precision=precision,
+                created_at=utc_now().isoformat(timespec="seconds"),
+            )
+            return self.store.add(staged, manifest)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+
+    def record(self, stored: StoredModel, now: datetime | None = None) -> PublishedModel:
+        """Record a model already in the store (e.g. the defaults) in the catalogue; idempotent."""
+        manifest = stored.manifest
+        files = tuple(
+            ModelFile(file_name, (stored.directory / file_name).stat().st_size, sha256)
+            for file_name, sha256 in sorted(manifest.files.items())
+        )
+        return self.state.add_model(
+            PublishedModel(
+                model_id=manifest.model_id,
+                task=manifest.task,
+                precision=manifest.precision,
+                licence=manifest.licence[:MAX_LABEL_CHARS],
+                files=files,
+                manifest_json=(stored.directory / MANIFEST_NAME).read_text(encoding="utf-8"),
+                published_at=now or utc_now(),
+            )
+        )
+
+    def record_all(self, models: Sequence[StoredModel]) -> list[PublishedModel]:
+        return [self.record(model) for model in models]
+
+    def published(self) -> list[PublishedModel]:
+        """Every published model (retired ones too), by task then id."""
+        return self.state.list_models()
+
+    def show(self, model_id: str) -> PublishedModel:
+        return self.state.get_model(model_id)
+
+    def retire(self, model_id: str, now: datetime | None = None) -> PublishedModel:
+        return self.state.retire_model(model_id, now or utc_now())
+
+    def stored(self, model: PublishedModel) -> StoredModel:
+        """The store's copy of a published model (ModelStoreError when it has vanished)."""
+        return self.store.get(model.task, model.name, model.version)
+
+    def file_path(self, model: PublishedModel, file_name: str) -> Path:
+        """Where a file of a published model lives in the store (the name must be one of its files)."""
+        if model.file(file_name) is None:
+            raise NotFoundError(f"model {model.model_id} has no file {file_name[:80]!r}")
+        return self.store.root / model.task / model.name / model.version / file_name
+
+
+def model_source(path: Path) -> Path:
+    """The file to import: path itself, or in a directory its model.xml, else its one model file."""
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise InvalidArgumentError(f"{path}: no such model file or directory")
+    if (path / MODEL_XML).is_file():
+        return path / MODEL_XML
+    found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in MODEL_SUFFIXES)
+    if len(found) != 1:
+        listed = ", ".join(p.name for p in found) or "none"
+        raise InvalidArgumentError(
+            f"{path}: a model directory must hold model.xml (+ model.bin) or exactly one model file "
+            f"({', '.join(MODEL_SUFFIXES)}); found {listed}: give the file itself"
+        )
+    return found[0]

@@ -1,0 +1,142 @@
+"""FleetService logic for model versions: the releases each agent should run (for its Watch stream), file
+downloads, and the activation statuses agents report.
+
+Rollouts and the catalogue are read once per models revision and shared by every stream; each stream then
+adds its own device's groups and announced rollouts. A release of a rollout is recorded as announced to a
+device (state 'assigned', with the version the device ran before) only once its stream has sent it
+(`announce` after the yield): a paused rollout keeps covering exactly the devices that received it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from facefleet.server.domain.models import (
+    ModelStatus,
+    PublishedModel,
+    Release,
+    Rollout,
+    check_model_versions,
+    check_statuses,
+)
+from facefleet.server.domain.records import utc_now
+from facefleet.server.errors import NotFoundError
+from facefleet.server.rollouts.catalogue import ModelCatalog
+from facefleet.server.rollouts.files import Chunk, ModelFiles
+from facefleet.server.rollouts.plan import desired_releases
+from facefleet.server.state.interface import State
+
+Fleetwide = tuple[tuple[Rollout, ...], dict[str, PublishedModel]]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What a device's stream should send: its releases, the gallery head revision read after them, and
+    the (rollout_id, previous_model_id) pairs to record as announced once the releases are sent."""
+
+    releases: tuple[Release, ...]
+    head: int
+    new: tuple[tuple[int, str], ...]
+
+
+class ModelDistribution:
+    """What agents learn and fetch about model versions; device ids passed in are authenticated."""
+
+    def __init__(
+        self, state: State, catalog: ModelCatalog, files: ModelFiles, clock: Callable[[], datetime] = utc_now
+    ) -> None:
+        self.state = state
+        self.catalog = catalog
+        self.files = files
+        self.clock = clock
+        self._fleetwide: tuple[int, asyncio.Future[Fleetwide]] | None = None
+
+    async def releases(self, device_id: str) -> Planned:
+        """The releases the device should run now, and the gallery head revision read after them (an
+        embedding model's gallery is complete at that revision, so it must reach the agent first). Newly
+        covering rollouts are not recorded here: `announce` them once they are sent."""
+        rollouts, catalogue = await self._shared()
+
+        def compute() -> Planned:
+            models = self.state.models
+            agent = self.state.get_agent(device_id)
+            groups = models.agent_models((device_id,)).get(device_id)
+            announced = models.device_rollouts(device_id)
+            releases = desired_releases(
+                device_id, groups.groups if groups else (), rollouts, announced, catalogue
+            )
+            running = agent.model_versions if agent else {}
+            new = tuple(
+                (r.rollout_id, running.get(r.task, ""))
+                for r in releases
+                if r.rollout_id and r.rollout_id not in announced
+            )
+            return Planned(releases, self.state.head_revision(), new)
+
+        return await asyncio.to_thread(compute)
+
+    async def announce(self, device_id: str, planned: Planned) -> None:
+        """Record the planned releases' new rollouts as announced to the device, which was sent them."""
+        if planned.new:
+            await asyncio.to_thread(self.state.models.announce, device_id, planned.new, self.clock())
+
+    async def download(self, model_id: str, file_name: str, offset: int) -> AsyncIterator[Chunk]:
+        """A file of a published, not retired model from offset on, verified against the catalogue."""
+        model = await asyncio.to_thread(self.state.models.get_model, model_id)
+        if model.retired:
+            raise NotFoundError(f"model {model_id} is retired; it can no longer be downloaded")
+        expected = model.file(file_name)
+        if expected is None:
+            names = ", ".join(f.name for f in model.files)
+            raise NotFoundError(f"model {model_id} has no file {file_name[:80]!r}; its files: {names}")
+        path = self.catalog.file_path(model, file_name)
+        async for chunk in self.files.chunks(path, expected, offset, f"{model_id}/{file_name}"):
+            yield chunk
+
+    async def report(
+        self, device_id: str, statuses: Sequence[ModelStatus], model_versions: Mapping[str, str]
+    ) -> None:
+        check_statuses(tuple(statuses))
+        versions = check_model_versions(dict(model_versions))
+
+        def store() -> None:
+            # A status for a rollout proves the agent received it, even when its stream broke before the
+            # announcement was recorded: record it now (the previous version is what the agent ran then).
+            models = self.state.models
+            agent = self.state.get_agent(device_id)
+            running = agent.model_versions if agent else {}
+            tasks = {r.rollout_id: r.task for r in models.list_rollouts()}
+            announced = models.device_rollouts(device_id)
+            received = tuple(
+                (s.rollout_id, running.get(s.task, ""))
+                for s in statuses
+                if tasks.get(s.rollout_id) == s.task and s.rollout_id not in announced
+            )
+            if received:
+                models.announce(device_id, received, self.clock())
+            models.set_agent_models(
+                device_id, self.clock(), statuses=statuses, model_versions=versions or None
+            )
+
+        await asyncio.to_thread(store)
+
+    async def _shared(self) -> Fleetwide:
+        """Rollouts that can cover anyone (not preparing) and the not retired models, per models revision."""
+        revision = await asyncio.to_thread(self.state.models.models_revision)
+        if self._fleetwide is None or self._fleetwide[0] != revision:
+            self._fleetwide = (revision, asyncio.ensure_future(asyncio.to_thread(self._read_fleetwide)))
+        future = self._fleetwide[1]
+        try:
+            return await asyncio.shield(future)
+        except Exception:
+            self._fleetwide = None
+            raise
+
+    def _read_fleetwide(self) -> Fleetwide:
+        models = self.state.models
+        rollouts = tuple(r for r in models.list_rollouts() if r.state != "preparing")
+        catalogue = {m.model_id: m for m in models.list_models() if not m.retired}
+        return rollouts, catalogue

@@ -1,0 +1,82 @@
+"""In-process notification of new gallery revisions (and model/rollout changes) to every open Watch stream.
+
+One asyncio.Condition guards the head revision: a commit calls publish(revision) and every stream waiting in
+wait_beyond() wakes at once (notify_all), so one change reaches hundreds of watchers in one pass of the
+event loop. Streams then fetch the delta through a shared cache (facefleet.server.fleet.link), so 200 watchers
+at the same revision cost one database read. One server process per database: a multi-instance deployment
+(PostgreSQL) would feed publish() from the database's own notifications instead."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+
+class GalleryFanout:
+    """The head revision, the streams waiting for it to move, and which devices are watching now."""
+
+    def __init__(self, head: int, models_head: int = 0) -> None:
+        self._head = head
+        self._models_head = models_head
+        self._condition = asyncio.Condition()
+        self._closed = False
+        self._watching: Counter[str] = Counter()
+
+    @property
+    def head(self) -> int:
+        return self._head
+
+    @property
+    def models_head(self) -> int:
+        """The models revision (facefleet.server.state.models) streams last heard of."""
+        return self._models_head
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def publish(self, revision: int) -> None:
+        """A revision was committed: wake every waiting stream (revisions published late are ignored)."""
+        async with self._condition:
+            if revision > self._head:
+                self._head = revision
+                self._condition.notify_all()
+
+    async def publish_models(self, revision: int) -> None:
+        """The models or rollouts changed: wake every waiting stream to recompute its releases."""
+        async with self._condition:
+            if revision != self._models_head:
+                self._models_head = revision
+                self._condition.notify_all()
+
+    async def wait_beyond(self, revision: int, timeout: float, models: int | None = None) -> bool:
+        """Wait until the head passes `revision` or the models revision differs from `models` (True), or a
+        timeout or close() comes first (False)."""
+
+        def moved() -> bool:
+            return self._head > revision or (models is not None and self._models_head != models)
+
+        async with self._condition:
+            try:
+                await asyncio.wait_for(self._condition.wait_for(lambda: moved() or self._closed), timeout)
+            except asyncio.TimeoutError:
+                return False
+            return moved() and not self._closed
+
+    async def close(self) -> None:
+        """Server shutdown: release every waiting stream so it can end."""
+        async with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+    def enter(self, device_id: str) -> None:
+        self._watching[device_id] += 1
+
+    def leave(self, device_id: str) -> None:
+        self._watching[device_id] -= 1
+        if self._watching[device_id] <= 0:
+            del self._watching[device_id]
+
+    def watching(self) -> frozenset[str]:
+        """Devices with at least one open Watch stream."""
+        return frozenset(self._watching)

@@ -1,0 +1,1 @@
+"""SQLite implementation of the state (stdlib sqlite3), one module per table group."""

@@ -1,0 +1,271 @@
+"""Events in SQLite: idempotent batch inserts, keyset-paged listing, and dashboard aggregates.
+
+Aggregates must stay fast over millions of events, so every insert also adds to two rollups (events per
+day and per hour, by device, kind, decision, expression and door) in the same transaction. An aggregate
+over [start, end) reads whole days from the daily rollup, the whole hours around them from the hourly one,
+and only the partial hours at the edges from the raw events (by index), so results are exact at any
+boundary. Plain SQL that PostgreSQL runs as well (WITHOUT ROWID is SQLite's clustered primary key).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from collections.abc import Sequence
+
+from facefleet.server.domain.queries import (
+    DoorAccess,
+    EventCursor,
+    EventFilter,
+    EventPage,
+    ExpressionCount,
+    IntervalCount,
+    UnknownRate,
+    from_us,
+    to_us,
+)
+from facefleet.server.domain.records import Decision, Event, EventKind, ExpressionResult
+
+HOUR_US = 3_600_000_000
+DAY_US = 24 * HOUR_US
+ROLLUPS = ((DAY_US, "event_rollup_day"), (HOUR_US, "event_rollup_hour"))
+"""(bucket length in µs, table), coarsest first."""
+_CHUNK = 500
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS events (
+        id INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, device_id TEXT NOT NULL,
+        time_us INTEGER NOT NULL, kind TEXT NOT NULL, decision TEXT NOT NULL, camera TEXT NOT NULL,
+        person_id TEXT NOT NULL, score REAL NOT NULL, margin REAL NOT NULL, expression TEXT NOT NULL,
+        expression_json TEXT NOT NULL, quality REAL NOT NULL, model_versions_json TEXT NOT NULL,
+        gallery_revision INTEGER NOT NULL, door TEXT NOT NULL, reason TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS events_time ON events(time_us, event_id)",
+    "CREATE INDEX IF NOT EXISTS events_device_time ON events(device_id, time_us)",
+    "CREATE INDEX IF NOT EXISTS events_person_time ON events(person_id, time_us)",
+    *(
+        f"""CREATE TABLE IF NOT EXISTS {table} (
+            bucket_us INTEGER NOT NULL, device_id TEXT NOT NULL, kind TEXT NOT NULL, decision TEXT NOT NULL,
+            expression TEXT NOT NULL, door TEXT NOT NULL, n INTEGER NOT NULL,
+            PRIMARY KEY (bucket_us, device_id, kind, decision, expression, door)) WITHOUT ROWID"""
+        for _, table in ROLLUPS
+    ),
+)
+
+_COLUMNS = (
+    "event_id, device_id, time_us, kind, decision, camera, person_id, score, margin, expression, "
+    "expression_json, quality, model_versions_json, gallery_revision, door, reason"
+)
+
+
+def add_events(conn: sqlite3.Connection, events: Sequence[Event]) -> tuple[int, int]:
+    """Insert the events whose ids are not stored yet (inside the caller's transaction)."""
+    unique: dict[str, Event] = {}
+    for event in events:
+        unique.setdefault(event.event_id, event)
+    ids = list(unique)
+    existing: set[str] = set()
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        existing.update(
+            row[0]
+            for row in conn.execute(f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk)  # noqa: S608
+        )
+    new = [unique[i] for i in ids if i not in existing]
+    conn.executemany(
+        f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join('?' * 16)})",  # noqa: S608
+        [_row(e) for e in new],
+    )
+    for size, table in ROLLUPS:
+        counts = Counter(
+            (to_us(e.time) // size * size, e.device_id, e.kind, e.decision, _label(e), e.door) for e in new
+        )
+        conn.executemany(
+            f"INSERT INTO {table} (bucket_us, device_id, kind, decision, expression, door, n) "  # noqa: S608
+            "VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (bucket_us, device_id, kind, decision, expression, door) "
+            f"DO UPDATE SET n = {table}.n + excluded.n",
+            [(*key, n) for key, n in counts.items()],
+        )
+    return len(new), len(events) - len(new)
+
+
+def list_events(
+    conn: sqlite3.Connection, flt: EventFilter, cursor: EventCursor | None, limit: int
+) -> EventPage:
+    where, params = _where(flt, "time_us", flt.start_us, flt.end_us, raw=True)
+    if cursor is not None:
+        where += " AND (time_us < ? OR (time_us = ? AND event_id < ?))"
+        params += [cursor.time_us, cursor.time_us, cursor.event_id]
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY time_us DESC, event_id DESC LIMIT ?",  # noqa: S608
+        [*params, limit + 1],
+    ).fetchall()
+    events = tuple(_event(row) for row in rows[:limit])
+    more = len(rows) > limit
+    return EventPage(events, EventCursor(rows[limit - 1][2], rows[limit - 1][0]) if more else None)
+
+
+def count_events(conn: sqlite3.Connection, flt: EventFilter, interval_s: int) -> list[IntervalCount]:
+    sums = _aggregate(conn, flt, ("device_id",), (None,), interval_us=interval_s * 1_000_000)
+    return [
+        IntervalCount(start=from_us(int(bucket)), device_id=str(device), count=values[0])
+        for (bucket, device), values in sorted(sums.items())
+    ]
+
+
+def expression_counts(
+    conn: sqlite3.Connection, flt: EventFilter, *, per_device: bool
+) -> list[ExpressionCount]:
+    face = _face_only(flt)
+    totals = _aggregate(conn, face, ("expression",), (None,), extra="expression <> ''")
+    rows = [ExpressionCount("", str(label), v[0]) for (label,), v in sorted(totals.items())]
+    if per_device:
+        sums = _aggregate(conn, face, ("device_id", "expression"), (None,), extra="expression <> ''")
+        rows += [ExpressionCount(str(d), str(label), v[0]) for (d, label), v in sorted(sums.items())]
+    return rows
+
+
+def unknown_rates(conn: sqlite3.Connection, flt: EventFilter) -> list[UnknownRate]:
+    sums = _aggregate(conn, _face_only(flt), ("device_id",), (None, "decision = 'unknown'"))
+    return [UnknownRate(str(device), v[0], v[1]) for (device,), v in sorted(sums.items())]
+
+
+def access_summary(conn: sqlite3.Connection, flt: EventFilter) -> list[DoorAccess]:
+    access = EventFilter(flt.start, flt.end, flt.device_ids, (), flt.decisions, ("access",))
+    sums = _aggregate(conn, access, ("device_id", "door"), ("decision = 'granted'", "decision = 'denied'"))
+    return [DoorAccess(str(device), str(door), v[0], v[1]) for (device, door), v in sorted(sums.items())]
+
+
+def _face_only(flt: EventFilter) -> EventFilter:
+    return EventFilter(flt.start, flt.end, flt.device_ids, (), flt.decisions, ("face",))
+
+
+def _aggregate(
+    conn: sqlite3.Connection,
+    flt: EventFilter,
+    keys: tuple[str, ...],
+    counted: tuple[str | None, ...],
+    *,
+    interval_us: int | None = None,
+    extra: str = "",
+) -> dict[tuple[int | str, ...], list[int]]:
+    """key → [count of events meeting each condition in `counted` (None: all)] over the filter's range."""
+    usable = [
+        (size, table)
+        for size, table in ROLLUPS
+        if not flt.person_ids and (interval_us is None or interval_us % size == 0)
+    ]
+    sums: dict[tuple[int | str, ...], list[int]] = {}
+    for table, lo, hi in segments(flt.start_us, flt.end_us, usable):
+        raw = table == "events"
+        time_col, weight = ("time_us", "1") if raw else ("bucket_us", "n")
+        key_sql = ([f"{time_col} / {int(interval_us)} * {int(interval_us)}"] if interval_us else []) + list(
+            keys
+        )
+        values = [f"SUM(CASE WHEN {c} THEN {weight} ELSE 0 END)" if c else f"SUM({weight})" for c in counted]
+        where, params = _where(flt, time_col, lo, hi, raw=raw)
+        if extra:
+            where += f" AND {extra}"
+        sql = (
+            f"SELECT {', '.join(key_sql + values)} FROM {table} WHERE {where} "  # noqa: S608
+            f"GROUP BY {', '.join(str(i + 1) for i in range(len(key_sql)))}"
+        )
+        for row in conn.execute(sql, params):
+            key, counts = tuple(row[: len(key_sql)]), row[len(key_sql) :]
+            total = sums.setdefault(key, [0] * len(counted))
+            for i, value in enumerate(counts):
+                total[i] += int(value or 0)
+    return sums
+
+
+def segments(lo: int, hi: int, rollups: Sequence[tuple[int, str]]) -> list[tuple[str, int, int]]:
+    """[lo, hi) split into (table, lo, hi) parts: each rollup (coarsest first) serves the whole buckets it
+    can, the raw events table the rest."""
+    if lo >= hi:
+        return []
+    if not rollups:
+        return [("events", lo, hi)]
+    (size, table), finer = rollups[0], rollups[1:]
+    inner_lo, inner_hi = -(-lo // size) * size, hi // size * size
+    if inner_lo >= inner_hi:
+        return segments(lo, hi, finer)
+    return [*segments(lo, inner_lo, finer), (table, inner_lo, inner_hi), *segments(inner_hi, hi, finer)]
+
+
+def _where(flt: EventFilter, time_col: str, start: int, end: int, *, raw: bool) -> tuple[str, list[object]]:
+    clauses = [f"{time_col} >= ?", f"{time_col} < ?"]
+    params: list[object] = [start, end]
+    columns: list[tuple[str, Sequence[str]]] = [
+        ("device_id", flt.device_ids),
+        ("kind", flt.kinds),
+        ("decision", flt.decisions),
+    ]
+    if raw:
+        columns.append(("person_id", flt.person_ids))
+    for column, values in columns:
+        if values:
+            clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
+            params.extend(values)
+    return " AND ".join(clauses), params
+
+
+def _label(event: Event) -> str:
+    return event.expression.label if event.expression else ""
+
+
+def _row(e: Event) -> tuple[object, ...]:
+    return (
+        e.event_id,
+        e.device_id,
+        to_us(e.time),
+        e.kind,
+        e.decision,
+        e.camera,
+        e.person_id,
+        float(e.score),
+        float(e.margin),
+        _label(e),
+        json.dumps(dict(e.expression.probabilities), sort_keys=True) if e.expression else "{}",
+        float(e.quality),
+        json.dumps(dict(e.model_versions), sort_keys=True),
+        e.gallery_revision,
+        e.door,
+        e.reason,
+    )
+
+
+def _event(row: tuple[object, ...]) -> Event:
+    (event_id, device_id, time_us, kind, decision, camera, person_id, score, margin, label, probabilities,
+     quality, model_versions, gallery_revision, door, reason) = row  # fmt: skip
+    kind_value: EventKind = "face" if kind == "face" else "access"
+    return Event(
+        event_id=str(event_id),
+        device_id=str(device_id),
+        time=from_us(int(str(time_us))),
+        kind=kind_value,
+        decision=_decision(str(decision)),
+        camera=str(camera),
+        person_id=str(person_id),
+        score=float(str(score)),
+        margin=float(str(margin)),
+        expression=ExpressionResult(str(label), json.loads(str(probabilities))) if label else None,
+        quality=float(str(quality)),
+        model_versions=json.loads(str(model_versions)),
+        gallery_revision=int(str(gallery_revision)),
+        door=str(door),
+        reason=str(reason),
+    )
+
+
+def _decision(value: str) -> Decision:
+    decisions: dict[str, Decision] = {
+        "match": "match",
+        "unknown": "unknown",
+        "ambiguous": "ambiguous",
+        "undecided": "undecided",
+        "granted": "granted",
+        "denied": "denied",
+    }
+    return decisions[value]

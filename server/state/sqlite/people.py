@@ -1,0 +1,137 @@
+"""Row-level SQL of the gallery tables (people, their groups, embeddings and crops) for
+facefleet.server.state.sqlite.state.SqliteState: plain functions on a connection, run inside its
+transactions."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from datetime import datetime
+
+import numpy as np
+
+from facefleet.server.domain.queries import from_us, to_us
+from facefleet.server.domain.records import Crop, Embedding, Person
+from facefleet.server.errors import NotFoundError
+
+CHUNK = 500
+"""Most ids in one IN (…) query."""
+PERSON_COLUMNS = (
+    "p.person_id, p.display_name, p.groups_json, p.metadata_json, p.created_us, p.updated_us, p.revision"
+)
+
+
+def exists(conn: sqlite3.Connection, person_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM people WHERE person_id = ?", (person_id,)).fetchone() is not None
+
+
+def insert_groups(conn: sqlite3.Connection, person_id: str, groups: tuple[str, ...]) -> None:
+    conn.executemany(
+        "INSERT INTO person_groups (group_name, person_id) VALUES (?, ?)", [(g, person_id) for g in groups]
+    )
+
+
+def insert_embeddings(conn: sqlite3.Connection, person_id: str, embeddings: Sequence[Embedding]) -> None:
+    conn.executemany(
+        "INSERT INTO embeddings (person_id, model_id, dim, vector, quality, source) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (person_id, e.model_id, e.dim, e.vector.astype("<f4").tobytes(), float(e.quality), e.source)
+            for e in embeddings
+        ],
+    )
+
+
+def insert_crops(conn: sqlite3.Connection, person_id: str, crops: Sequence[Crop]) -> None:
+    conn.executemany(
+        "INSERT INTO crops (person_id, image_format, source, data) VALUES (?, ?, ?, ?)",
+        [(person_id, c.image_format, c.source, c.data) for c in crops],
+    )
+
+
+def load_person(conn: sqlite3.Connection, person_id: str, *, with_vectors: bool) -> Person:
+    if with_vectors:
+        people = load_people(conn, [person_id])
+        if people:
+            return people[0]
+    else:
+        row = conn.execute(
+            f"SELECT {PERSON_COLUMNS} FROM people p WHERE p.person_id = ?",  # noqa: S608
+            (person_id,),
+        ).fetchone()
+        if row:
+            return person_from_row(row, ())
+    raise NotFoundError(f"person {person_id} is not enrolled")
+
+
+def load_people(conn: sqlite3.Connection, ids: Sequence[str]) -> list[Person]:
+    """The people with these ids that exist, with their embeddings, in the order of ids."""
+    people: dict[str, Person] = {}
+    for start in range(0, len(ids), CHUNK):
+        chunk = list(ids[start : start + CHUNK])
+        marks = ", ".join("?" * len(chunk))
+        embeddings: dict[str, list[Embedding]] = {}
+        for person_id, model_id, dim, vector, quality, source in conn.execute(
+            "SELECT person_id, model_id, dim, vector, quality, source FROM embeddings "  # noqa: S608
+            f"WHERE person_id IN ({marks}) ORDER BY person_id, id",
+            chunk,
+        ):
+            array = np.frombuffer(vector, dtype="<f4", count=dim).astype(np.float32)
+            embeddings.setdefault(person_id, []).append(Embedding(model_id, array, quality, source))
+        for row in conn.execute(
+            f"SELECT {PERSON_COLUMNS} FROM people p WHERE p.person_id IN ({marks})",  # noqa: S608
+            chunk,
+        ):
+            people[row[0]] = person_from_row(row, tuple(embeddings.get(row[0], ())))
+    return [people[i] for i in ids if i in people]
+
+
+def person_from_row(row: tuple[object, ...], embeddings: tuple[Embedding, ...]) -> Person:
+    person_id, name, groups_json, metadata_json, created_us, updated_us, revision = row
+    return Person(
+        person_id=str(person_id),
+        display_name=str(name),
+        groups=tuple(json.loads(str(groups_json))),
+        metadata_json=str(metadata_json),
+        embeddings=embeddings,
+        created_at=from_us(int(str(created_us))),
+        updated_at=from_us(int(str(updated_us))),
+        revision=int(str(revision)),
+    )
+
+
+def update_fields(conn: sqlite3.Connection, person: Person, now: datetime, revision: int) -> None:
+    conn.execute(
+        "UPDATE people SET display_name = ?, groups_json = ?, metadata_json = ?, updated_us = ?, "
+        "revision = ? WHERE person_id = ?",
+        (
+            person.display_name,
+            json.dumps(list(person.groups)),
+            person.metadata_json,
+            to_us(now),
+            revision,
+            person.person_id,
+        ),
+    )
+    conn.execute("DELETE FROM person_groups WHERE person_id = ?", (person.person_id,))
+    insert_groups(conn, person.person_id, person.groups)
+
+
+def insert_person(
+    conn: sqlite3.Connection, person: Person, created: datetime, updated: datetime, revision: int
+) -> None:
+    conn.execute(
+        "INSERT INTO people (person_id, display_name, groups_json, metadata_json, created_us, "
+        "updated_us, revision) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            person.person_id,
+            person.display_name,
+            json.dumps(list(person.groups)),
+            person.metadata_json,
+            to_us(created),
+            to_us(updated),
+            revision,
+        ),
+    )
+    insert_groups(conn, person.person_id, person.groups)

@@ -1,0 +1,475 @@
+"""SQLite implementation of the server state (stdlib sqlite3): WAL, busy timeout, foreign keys,
+idempotent numbered migrations applied at open, parameterised SQL only.
+
+Each thread gets its own connection; writes are serialised by a lock in this process and by
+`BEGIN IMMEDIATE` against other processes (e.g. `facefleet-server tokens create` while the server runs).
+Reads that need a consistent view (a gallery delta) run in one deferred transaction, which WAL turns into
+a snapshot. Row-level SQL lives in companions: people in facefleet.server.state.sqlite.people, agents and
+tokens in facefleet.server.state.sqlite.agents, events and dashboard aggregates in
+facefleet.server.state.sqlite.events, models in facefleet.server.state.sqlite.models."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from facefleet.server.domain.queries import (
+    DoorAccess,
+    EventCursor,
+    EventFilter,
+    EventPage,
+    ExpressionCount,
+    IntervalCount,
+    UnknownRate,
+    to_us,
+)
+from facefleet.server.domain.records import (
+    MAX_EMBEDDINGS_PER_PERSON,
+    AgentInfo,
+    Crop,
+    Embedding,
+    Event,
+    GalleryDelta,
+    Person,
+    Registration,
+    TokenRecord,
+)
+from facefleet.server.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StateError
+from facefleet.server.state.interface import State
+from facefleet.server.state.sqlite import agents as sqlite_agents
+from facefleet.server.state.sqlite import events as sqlite_events
+from facefleet.server.state.sqlite import models as sqlite_models
+from facefleet.server.state.sqlite import people as sqlite_people
+
+BUSY_TIMEOUT_MS = 10_000
+DEFAULT_LOG_REVISIONS = 1000
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        """CREATE TABLE IF NOT EXISTS people (
+            person_id TEXT PRIMARY KEY, display_name TEXT NOT NULL, groups_json TEXT NOT NULL,
+            metadata_json TEXT NOT NULL, created_us INTEGER NOT NULL, updated_us INTEGER NOT NULL,
+            revision INTEGER NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS person_groups (
+            group_name TEXT NOT NULL,
+            person_id TEXT NOT NULL REFERENCES people(person_id) ON DELETE CASCADE,
+            PRIMARY KEY (group_name, person_id))""",
+        "CREATE INDEX IF NOT EXISTS person_groups_person ON person_groups(person_id)",
+        """CREATE TABLE IF NOT EXISTS embeddings (
+            id INTEGER PRIMARY KEY,
+            person_id TEXT NOT NULL REFERENCES people(person_id) ON DELETE CASCADE,
+            model_id TEXT NOT NULL, dim INTEGER NOT NULL, vector BLOB NOT NULL,
+            quality REAL NOT NULL, source TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS embeddings_person ON embeddings(person_id, id)",
+        """CREATE TABLE IF NOT EXISTS crops (
+            id INTEGER PRIMARY KEY,
+            person_id TEXT NOT NULL REFERENCES people(person_id) ON DELETE CASCADE,
+            image_format TEXT NOT NULL, source TEXT NOT NULL, data BLOB NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS crops_person ON crops(person_id, id)",
+        """CREATE TABLE IF NOT EXISTS gallery_changes (
+            revision INTEGER NOT NULL, person_id TEXT NOT NULL,
+            op TEXT NOT NULL CHECK (op IN ('upsert', 'delete')), committed_us INTEGER NOT NULL,
+            PRIMARY KEY (revision, person_id))""",
+        """CREATE TABLE IF NOT EXISTS agents (
+            device_id TEXT PRIMARY KEY, agent_version TEXT NOT NULL, hostname TEXT NOT NULL,
+            model_versions_json TEXT NOT NULL, capabilities_json TEXT NOT NULL,
+            gallery_revision INTEGER NOT NULL, registered_us INTEGER NOT NULL,
+            last_seen_us INTEGER NOT NULL, health_json TEXT NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS tokens (
+            token_id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, role TEXT NOT NULL,
+            salt BLOB NOT NULL, digest BLOB NOT NULL, created_us INTEGER NOT NULL)""",
+        *sqlite_events.SCHEMA,
+    ),
+    sqlite_models.SCHEMA,
+    sqlite_models.SCHEMA_3,
+)
+"""Schema versions: MIGRATIONS[i] takes the schema from version i to i + 1. Append, never edit."""
+
+
+class SqliteState(State):
+    """The server state in one SQLite file."""
+
+    def __init__(self, path: Path, *, log_revisions: int = DEFAULT_LOG_REVISIONS) -> None:
+        self.path = path
+        self.log_revisions = max(1, log_revisions)
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._idle = threading.Condition()  # guards _busy and _closed
+        self._busy = 0
+        self._closed = False
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"state directory {path.parent}: cannot create ({exc.strerror})") from None
+        self._migrate()
+        self.models = sqlite_models.SqliteModelState(self)
+
+    # -- connections -------------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+                )
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA foreign_keys = ON")
+                if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+                    raise StateError(f"{self.path}: cannot switch to WAL mode (is it on a network drive?)")
+                conn.execute("PRAGMA synchronous = NORMAL")
+            except sqlite3.Error as exc:
+                raise StateError(f"state database {self.path}: cannot open ({exc})") from None
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def _use(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, counted as in use: close() waits for it, since closing a connection
+        while a worker thread still runs a statement on it (for a call the server already cancelled at
+        shutdown) crashes the process."""
+        with self._idle:
+            if self._closed:
+                raise StateError(f"state database {self.path} is closed: the server is stopping")
+            self._busy += 1
+        try:
+            yield self._conn()
+        finally:
+            with self._idle:
+                self._busy -= 1
+                self._idle.notify_all()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, serialised in-process and against other processes."""
+        with self._use() as conn, self._write_lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StateError(f"state database {self.path} is busy or read-only: {exc}") from None
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK")
+                raise StateError(
+                    f"state database {self.path}: cannot commit ({exc}); is the disk full?"
+                ) from None
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: every query inside sees the same committed state."""
+        with self._use() as conn:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._write() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            version = int(_meta(conn, "schema_version", "0"))
+            if version > len(MIGRATIONS):
+                raise StateError(
+                    f"state database {self.path} has schema version {version}, newer than this server "
+                    f"({len(MIGRATIONS)}); upgrade facefleet-server"
+                )
+            for statements in MIGRATIONS[version:]:
+                for statement in statements:
+                    conn.execute(statement)
+            _set_meta(conn, "schema_version", str(len(MIGRATIONS)))
+            if _meta(conn, "gallery_id", "") == "":
+                _set_meta(conn, "gallery_id", str(uuid.uuid4()))
+                _set_meta(conn, "head_revision", "0")
+                _set_meta(conn, "log_floor", "0")
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Close every connection once the statements in flight have finished; later calls fail."""
+        with self._idle:
+            self._closed = True
+            self._idle.wait_for(lambda: self._busy == 0, timeout)
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    # -- gallery -------------------------------------------------------------------------------------
+
+    def gallery_id(self) -> str:
+        with self._use() as conn:
+            return _meta(conn, "gallery_id", "")
+
+    def head_revision(self) -> int:
+        with self._use() as conn:
+            return int(_meta(conn, "head_revision", "0"))
+
+    def add_person(self, person: Person, crops: Sequence[Crop], now: datetime) -> Person:
+        with self._write() as conn:
+            if sqlite_people.exists(conn, person.person_id):
+                raise AlreadyExistsError(
+                    f"person {person.person_id} is already enrolled; choose another id, or replace or "
+                    "append to them (on_existing)"
+                )
+            revision = self._next_revision(conn, [(person.person_id, "upsert")], now)
+            sqlite_people.insert_person(conn, person, now, now, revision)
+            sqlite_people.insert_embeddings(conn, person.person_id, person.embeddings)
+            sqlite_people.insert_crops(conn, person.person_id, crops)
+            return sqlite_people.load_person(conn, person.person_id, with_vectors=True)
+
+    def replace_person(self, person: Person, crops: Sequence[Crop], now: datetime, *, append: bool) -> Person:
+        with self._write() as conn:
+            revision = self._next_revision(conn, [(person.person_id, "upsert")], now)
+            if not sqlite_people.exists(conn, person.person_id):
+                sqlite_people.insert_person(conn, person, now, now, revision)
+            elif append:
+                conn.execute(
+                    "UPDATE people SET updated_us = ?, revision = ? WHERE person_id = ?",
+                    (to_us(now), revision, person.person_id),
+                )
+            else:
+                for model_id in person.model_ids():
+                    conn.execute(
+                        "DELETE FROM embeddings WHERE person_id = ? AND model_id = ?",
+                        (person.person_id, model_id),
+                    )
+                if crops:
+                    conn.execute("DELETE FROM crops WHERE person_id = ?", (person.person_id,))
+                sqlite_people.update_fields(conn, person, now, revision)
+            sqlite_people.insert_embeddings(conn, person.person_id, person.embeddings)
+            sqlite_people.insert_crops(conn, person.person_id, crops)
+            count = conn.execute(
+                "SELECT COUNT(*) FROM embeddings WHERE person_id = ?", (person.person_id,)
+            ).fetchone()[0]
+            if count > MAX_EMBEDDINGS_PER_PERSON:
+                raise InvalidArgumentError(
+                    f"person {person.person_id} would have {count} embeddings, over the limit of "
+                    f"{MAX_EMBEDDINGS_PER_PERSON}; replace them instead of appending"
+                )
+            return sqlite_people.load_person(conn, person.person_id, with_vectors=True)
+
+    def update_person(
+        self,
+        person_id: str,
+        now: datetime,
+        *,
+        display_name: str | None = None,
+        groups: tuple[str, ...] | None = None,
+        metadata_json: str | None = None,
+    ) -> Person:
+        with self._write() as conn:
+            current = sqlite_people.load_person(conn, person_id, with_vectors=False)
+            updated = Person(
+                person_id=person_id,
+                display_name=current.display_name if display_name is None else display_name,
+                groups=current.groups if groups is None else groups,
+                metadata_json=current.metadata_json if metadata_json is None else metadata_json,
+            )
+            revision = self._next_revision(conn, [(person_id, "upsert")], now)
+            sqlite_people.update_fields(conn, updated, now, revision)
+            return sqlite_people.load_person(conn, person_id, with_vectors=True)
+
+    def replace_model_embeddings(
+        self,
+        person_id: str,
+        model_id: str,
+        embeddings: Sequence[Embedding],
+        now: datetime,
+        *,
+        revision: int | None = None,
+    ) -> int | None:
+        with self._write() as conn:
+            row = conn.execute("SELECT revision FROM people WHERE person_id = ?", (person_id,)).fetchone()
+            if row is None or (revision is not None and int(row[0]) != revision):
+                return None
+            new = self._next_revision(conn, [(person_id, "upsert")], now)
+            conn.execute("DELETE FROM embeddings WHERE person_id = ? AND model_id = ?", (person_id, model_id))
+            sqlite_people.insert_embeddings(
+                conn, person_id, [e for e in embeddings if e.model_id == model_id]
+            )
+            conn.execute(
+                "UPDATE people SET updated_us = ?, revision = ? WHERE person_id = ?",
+                (to_us(now), new, person_id),
+            )
+            return new
+
+    def delete_person(self, person_id: str, now: datetime) -> int:
+        with self._write() as conn:
+            if not sqlite_people.exists(conn, person_id):
+                raise NotFoundError(f"person {person_id} is not enrolled")
+            revision = self._next_revision(conn, [(person_id, "delete")], now)
+            conn.execute("DELETE FROM people WHERE person_id = ?", (person_id,))
+            return revision
+
+    def get_person(self, person_id: str, *, with_vectors: bool = True) -> Person:
+        with self._read() as conn:
+            return sqlite_people.load_person(conn, person_id, with_vectors=with_vectors)
+
+    def list_people(self, *, after: str = "", limit: int = 100, group: str = "") -> list[Person]:
+        columns = sqlite_people.PERSON_COLUMNS
+        with self._read() as conn:
+            if group:
+                rows = conn.execute(
+                    f"SELECT {columns} FROM people p JOIN person_groups g USING (person_id) "  # noqa: S608
+                    "WHERE g.group_name = ? AND p.person_id > ? ORDER BY p.person_id LIMIT ?",
+                    (group, after, limit),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    f"SELECT {columns} FROM people p WHERE p.person_id > ? "  # noqa: S608
+                    "ORDER BY p.person_id LIMIT ?",
+                    (after, limit),
+                ).fetchall()
+            return [sqlite_people.person_from_row(row, ()) for row in rows]
+
+    def crops(self, person_id: str) -> list[Crop]:
+        with self._use() as conn:
+            rows = conn.execute(
+                "SELECT image_format, data, source FROM crops WHERE person_id = ? ORDER BY id", (person_id,)
+            ).fetchall()
+        return [Crop(image_format=fmt, data=bytes(data), source=source) for fmt, data, source in rows]
+
+    def changes_since(self, revision: int) -> GalleryDelta | None:
+        with self._read() as conn:
+            head = int(_meta(conn, "head_revision", "0"))
+            if revision < int(_meta(conn, "log_floor", "0")) or revision > head:
+                return None
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT DISTINCT person_id FROM gallery_changes WHERE revision > ? ORDER BY person_id",
+                    (revision,),
+                )
+            ]
+            people = sqlite_people.load_people(conn, ids)
+            found = {p.person_id for p in people}
+            return GalleryDelta(
+                from_revision=revision,
+                to_revision=head,
+                snapshot=False,
+                upserts=tuple(people),
+                deletes=tuple(i for i in ids if i not in found),
+                gallery_id=_meta(conn, "gallery_id", ""),
+            )
+
+    def snapshot(self) -> GalleryDelta:
+        with self._read() as conn:
+            ids = [row[0] for row in conn.execute("SELECT person_id FROM people ORDER BY person_id")]
+            return GalleryDelta(
+                from_revision=0,
+                to_revision=int(_meta(conn, "head_revision", "0")),
+                snapshot=True,
+                upserts=tuple(sqlite_people.load_people(conn, ids)),
+                gallery_id=_meta(conn, "gallery_id", ""),
+            )
+
+    def _next_revision(self, conn: sqlite3.Connection, changes: list[tuple[str, str]], now: datetime) -> int:
+        """Allocate the next revision, log its changes, and drop log entries past the retention."""
+        revision = int(_meta(conn, "head_revision", "0")) + 1
+        conn.executemany(
+            "INSERT INTO gallery_changes (revision, person_id, op, committed_us) VALUES (?, ?, ?, ?)",
+            [(revision, person_id, op, to_us(now)) for person_id, op in changes],
+        )
+        _set_meta(conn, "head_revision", str(revision))
+        floor = revision - self.log_revisions
+        if floor > int(_meta(conn, "log_floor", "0")):
+            conn.execute("DELETE FROM gallery_changes WHERE revision <= ?", (floor,))
+            _set_meta(conn, "log_floor", str(floor))
+        return revision
+
+    # -- agents --------------------------------------------------------------------------------------
+
+    def register_agent(self, registration: Registration, now: datetime) -> AgentInfo:
+        with self._write() as conn:
+            return sqlite_agents.register_agent(conn, registration, now)
+
+    def get_agent(self, device_id: str) -> AgentInfo | None:
+        with self._use() as conn:
+            agents = sqlite_agents.load_agents(conn, (device_id,))
+        return agents[0] if agents else None
+
+    def touch_agent(
+        self,
+        device_id: str,
+        now: datetime,
+        *,
+        gallery_revision: int | None = None,
+        health: Mapping[str, float] | None = None,
+    ) -> None:
+        with self._write() as conn:
+            sqlite_agents.touch_agent(conn, device_id, now, gallery_revision, health)
+
+    def list_agents(self, device_ids: Sequence[str] = ()) -> list[AgentInfo]:
+        with self._use() as conn:
+            return sqlite_agents.load_agents(conn, tuple(device_ids) or None)
+
+    # -- events --------------------------------------------------------------------------------------
+
+    def add_events(self, events: Sequence[Event]) -> tuple[int, int]:
+        with self._write() as conn:
+            return sqlite_events.add_events(conn, events)
+
+    def list_events(self, flt: EventFilter, cursor: EventCursor | None, limit: int) -> EventPage:
+        with self._use() as conn:
+            return sqlite_events.list_events(conn, flt, cursor, limit)
+
+    def count_events(self, flt: EventFilter, interval_s: int) -> list[IntervalCount]:
+        with self._read() as conn:
+            return sqlite_events.count_events(conn, flt, interval_s)
+
+    def expression_counts(self, flt: EventFilter, *, per_device: bool) -> list[ExpressionCount]:
+        with self._read() as conn:
+            return sqlite_events.expression_counts(conn, flt, per_device=per_device)
+
+    def unknown_rates(self, flt: EventFilter) -> list[UnknownRate]:
+        with self._read() as conn:
+            return sqlite_events.unknown_rates(conn, flt)
+
+    def access_summary(self, flt: EventFilter) -> list[DoorAccess]:
+        with self._read() as conn:
+            return sqlite_events.access_summary(conn, flt)
+
+    # -- tokens --------------------------------------------------------------------------------------
+
+    def add_token(self, record: TokenRecord) -> None:
+        with self._write() as conn:
+            sqlite_agents.add_token(conn, record)
+
+    def find_token(self, token_id: str) -> TokenRecord | None:
+        with self._use() as conn:
+            return sqlite_agents.find_token(conn, token_id)
+
+    def list_tokens(self) -> list[TokenRecord]:
+        with self._use() as conn:
+            return sqlite_agents.list_tokens(conn)
+
+    def revoke_token(self, name: str) -> None:
+        with self._write() as conn:
+            sqlite_agents.revoke_token(conn, name)
+
+
+def _meta(conn: sqlite3.Connection, key: str, default: str) -> str:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return str(row[0]) if row else default
+
+
+def _set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )

@@ -1,0 +1,84 @@
+"""Config sections of the vision pipeline that agent and server share: [runtime], [detector], [quality]."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from facefleet.core.config import StrictSection
+from facefleet.vision.detection import DetectorSettings
+from facefleet.vision.quality import QualityPolicy
+from facefleet.vision.runtime import RuntimeSettings
+
+
+class RuntimeConfig(StrictSection):
+    """[runtime] How OpenVINO compiles and runs the models."""
+
+    device: str = Field("CPU", description="OpenVINO device: CPU, GPU, NPU, AUTO, HETERO:GPU,CPU, MULTI:…")
+    fallback_to_cpu: bool = Field(False, description="Use CPU with a warning when the device is missing")
+    performance_hint: Literal["LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"] = Field(
+        "LATENCY", description="OpenVINO performance hint"
+    )
+    inference_precision: Literal["f32", "f16", "bf16"] = Field(
+        "f32",
+        description="Inference precision: f32 is reproducible, bf16/f16 faster where the device has them",
+    )
+    model_cache: bool = Field(
+        True, description="Cache compiled models under <state_dir>/cache for fast restarts"
+    )
+    num_streams: int = Field(
+        0, ge=0, le=64, description="Parallel inference streams per model; 0 = from the hint"
+    )
+    num_threads: int = Field(0, ge=0, le=1024, description="Inference threads per model; 0 = all cores")
+    jobs: int = Field(0, ge=0, le=64, description="Asynchronous requests in flight per model; 0 = automatic")
+
+    def settings(self, state_dir: Path) -> RuntimeSettings:
+        return RuntimeSettings(
+            device=self.device,
+            fallback_to_cpu=self.fallback_to_cpu,
+            performance_hint=self.performance_hint,
+            inference_precision=self.inference_precision,
+            cache_dir=state_dir / "cache" if self.model_cache else None,
+            num_streams=self.num_streams or None,
+            num_threads=self.num_threads or None,
+        )
+
+
+class DetectorConfig(StrictSection):
+    """[detector] Face detection."""
+
+    long_side: int = Field(640, ge=64, le=4096, description="Larger frames are scaled down to this (px)")
+    upscale: bool = Field(False, description="Scale smaller frames up to long_side too (more work)")
+    score_threshold: float = Field(0.6, gt=0, lt=1, description="Minimum detection confidence")
+    nms_threshold: float = Field(0.3, gt=0, lt=1, description="Overlap (IoU) above which boxes are merged")
+    max_faces: int = Field(100, ge=1, le=1000, description="Most faces kept per frame, best first")
+
+    def settings(self) -> DetectorSettings:
+        return DetectorSettings(
+            long_side=self.long_side,
+            upscale=self.upscale,
+            score_threshold=self.score_threshold,
+            nms_threshold=self.nms_threshold,
+            max_faces=self.max_faces,
+        )
+
+
+class QualityConfig(StrictSection):
+    """[quality] Minimums for a face to be used for enrolment and identity decisions."""
+
+    min_face_px: float = Field(40.0, ge=0, description="Shorter side of the face box (px)")
+    min_sharpness: float = Field(15.0, ge=0, description="Laplacian variance of the aligned face")
+    max_yaw: float = Field(0.6, ge=0, le=1, description="Largest left/right turn (0 frontal, 1 profile)")
+    max_pitch: float = Field(0.6, ge=0, le=1, description="Largest up/down tilt (0 frontal, 1 extreme)")
+    min_score: float = Field(0.3, ge=0, le=1, description="Minimum overall quality")
+
+    def policy(self) -> QualityPolicy:
+        return QualityPolicy(
+            min_face_px=self.min_face_px,
+            min_sharpness=self.min_sharpness,
+            max_yaw=self.max_yaw,
+            max_pitch=self.max_pitch,
+            min_score=self.min_score,
+        )

@@ -1,0 +1,147 @@
+"""YuNet face detection: input preparation and output decoding in pure numpy.
+
+YuNet predicts, on grids of strides 8, 16 and 32, a class score, an objectness score, a box
+(centre offset and log size) and 5 landmarks per cell. The network takes a BGR float image of any
+height and width that are multiples of 32; frames are scaled (aspect kept) and padded bottom/right.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from facefleet.vision.faces import Detection
+
+STRIDES = (8, 16, 32)
+OUTPUT_NAMES = tuple(f"{kind}_{s}" for kind in ("cls", "obj", "bbox", "kps") for s in STRIDES)
+
+
+@dataclass(frozen=True)
+class DetectorInput:
+    """A frame prepared for YuNet. tensor: (1, 3, H, W) float32 BGR 0–255; scale: input px per frame px."""
+
+    tensor: npt.NDArray[np.float32]
+    scale: float
+    frame_hw: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """long_side: frames are scaled down so their longest side is at most this (px); upscale: also scale
+    smaller frames up to it (finds smaller faces in small images, at a higher cost); thresholds in [0, 1]."""
+
+    long_side: int = 640
+    upscale: bool = False
+    score_threshold: float = 0.6
+    nms_threshold: float = 0.3
+    max_faces: int = 100
+
+
+def input_size(
+    frame_hw: tuple[int, int], long_side: int, upscale: bool = False
+) -> tuple[float, tuple[int, int]]:
+    """Scale factor and padded (H, W), both multiples of 32, for a frame of size frame_hw."""
+    height, width = frame_hw
+    if height < 1 or width < 1:
+        raise ValueError(f"frame must be at least 1×1 pixels, got {width}×{height}")
+    scale = long_side / max(height, width)
+    if not upscale:
+        scale = min(scale, 1.0)
+    scaled_h = max(1, round(height * scale))
+    scaled_w = max(1, round(width * scale))
+    padded = (-(-scaled_h // 32) * 32, -(-scaled_w // 32) * 32)
+    return scale, padded
+
+
+def prepare(frame_bgr: npt.NDArray[np.uint8], settings: DetectorSettings) -> DetectorInput:
+    """Scale frame_bgr (H, W, 3) uint8 so its long side is settings.long_side, pad, and make NCHW float32."""
+    height, width = frame_bgr.shape[:2]
+    scale, (pad_h, pad_w) = input_size((height, width), settings.long_side, settings.upscale)
+    scaled_h, scaled_w = max(1, round(height * scale)), max(1, round(width * scale))
+    resized: npt.NDArray[np.generic] = frame_bgr
+    if (scaled_w, scaled_h) != (width, height):
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(frame_bgr, (scaled_w, scaled_h), interpolation=interpolation)
+    tensor = np.zeros((1, 3, pad_h, pad_w), dtype=np.float32)
+    tensor[0, :, :scaled_h, :scaled_w] = resized.transpose(2, 0, 1)
+    return DetectorInput(tensor=tensor, scale=scale, frame_hw=(height, width))
+
+
+def decode(
+    outputs: Mapping[str, npt.NDArray[np.float32]],
+    prepared: DetectorInput,
+    settings: DetectorSettings,
+) -> list[Detection]:
+    """Turn YuNet's raw outputs (names in OUTPUT_NAMES, shapes (1, cells, k)) into frame-space detections."""
+    pad_h, pad_w = prepared.tensor.shape[2:]
+    boxes: list[npt.NDArray[np.float32]] = []
+    landmarks: list[npt.NDArray[np.float32]] = []
+    scores: list[npt.NDArray[np.float32]] = []
+    for stride in STRIDES:
+        rows, cols = pad_h // stride, pad_w // stride
+        cls = _flat(outputs, f"cls_{stride}", rows * cols, 1)[:, 0]
+        obj = _flat(outputs, f"obj_{stride}", rows * cols, 1)[:, 0]
+        score = np.sqrt(np.clip(cls, 0, 1) * np.clip(obj, 0, 1))
+        keep = np.nonzero(score >= settings.score_threshold)[0]
+        if keep.size == 0:
+            continue
+        bbox = _flat(outputs, f"bbox_{stride}", rows * cols, 4)[keep]
+        kps = _flat(outputs, f"kps_{stride}", rows * cols, 10)[keep].reshape(-1, 5, 2)
+        grid_xy = np.stack([keep % cols, keep // cols], axis=1).astype(np.float32)
+        centre = (grid_xy + bbox[:, :2]) * stride
+        size = np.exp(np.minimum(bbox[:, 2:], 10.0)) * stride
+        boxes.append(np.concatenate([centre - size / 2, centre + size / 2], axis=1))
+        landmarks.append((grid_xy[:, None, :] + kps) * stride)
+        scores.append(score[keep])
+    if not scores:
+        return []
+    all_boxes = np.concatenate(boxes) / prepared.scale
+    all_landmarks = np.concatenate(landmarks) / prepared.scale
+    all_scores = np.concatenate(scores)
+    height, width = prepared.frame_hw
+    all_boxes[:, [0, 2]] = np.clip(all_boxes[:, [0, 2]], 0, width)
+    all_boxes[:, [1, 3]] = np.clip(all_boxes[:, [1, 3]], 0, height)
+    chosen = nms(all_boxes, all_scores, settings.nms_threshold)[: settings.max_faces]
+    return [
+        Detection(
+            box_xyxy=all_boxes[i].astype(np.float32),
+            landmarks_xy=all_landmarks[i].astype(np.float32),
+            score=float(all_scores[i]),
+        )
+        for i in chosen
+        if all_boxes[i, 2] > all_boxes[i, 0] and all_boxes[i, 3] > all_boxes[i, 1]
+    ]
+
+
+def nms(
+    boxes_xyxy: npt.NDArray[np.float32], scores: npt.NDArray[np.float32], iou_threshold: float
+) -> list[int]:
+    """Greedy non-maximum suppression. boxes_xyxy: (N, 4); scores: (N,). Returns kept indices, best first."""
+    order = np.argsort(-scores, kind="stable")
+    areas = np.prod(np.clip(boxes_xyxy[:, 2:] - boxes_xyxy[:, :2], 0, None), axis=1)
+    kept: list[int] = []
+    while order.size:
+        best, rest = int(order[0]), order[1:]
+        kept.append(best)
+        top_left = np.maximum(boxes_xyxy[best, :2], boxes_xyxy[rest, :2])
+        bottom_right = np.minimum(boxes_xyxy[best, 2:], boxes_xyxy[rest, 2:])
+        inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
+        iou = inter / np.maximum(areas[best] + areas[rest] - inter, 1e-9)
+        order = rest[iou <= iou_threshold]
+    return kept
+
+
+def _flat(
+    outputs: Mapping[str, npt.NDArray[np.float32]], name: str, cells: int, width: int
+) -> npt.NDArray[np.float32]:
+    try:
+        array = np.asarray(outputs[name], dtype=np.float32)
+    except KeyError:
+        raise KeyError(f"detector output '{name}' is missing; the model has {sorted(outputs)}") from None
+    if array.size != cells * width:
+        raise ValueError(f"detector output '{name}' has {array.size} values, expected {cells}×{width}")
+    return array.reshape(cells, width)

@@ -1,0 +1,33 @@
+"""Errors of the vision pipeline and the model store, each with its CLI exit code."""
+
+from __future__ import annotations
+
+from facefleet.core.errors import EXIT_DATA, EXIT_IO, EXIT_UNAVAILABLE, FaceFleetError
+
+
+class ImageError(FaceFleetError):
+    """An image cannot be read or has an unusable format."""
+
+    exit_code = EXIT_DATA
+
+
+class DeviceError(FaceFleetError):
+    """The requested OpenVINO device is not available."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+class ModelStoreError(FaceFleetError):
+    """The model store is missing a model or cannot be written."""
+
+    exit_code = EXIT_IO
+
+
+class ModelIntegrityError(ModelStoreError):
+    """A stored model file does not match the sha256 in its manifest."""
+
+
+class ModelSpecError(FaceFleetError):
+    """A model's inputs or outputs do not fit the task it is imported for."""
+
+    exit_code = EXIT_DATA

@@ -1,0 +1,284 @@
+"""From a BGR frame to analysed faces: detect → align → quality → embed → expression.
+
+`FaceAnalyzer.analyze` runs one frame synchronously. `FaceAnalyzer.stream` keeps several frames in
+flight with OpenVINO asynchronous requests, so inference of one frame overlaps the Python pre- and
+post-processing of its neighbours; it yields results in frame order. The faces of a frame go through the
+embedding and expression models as one batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from facefleet.vision import detection
+from facefleet.vision.alignment import align_face
+from facefleet.vision.detection import DetectorSettings
+from facefleet.vision.errors import ModelStoreError
+from facefleet.vision.faces import Detection, Expression, Face
+from facefleet.vision.images import to_bgr8
+from facefleet.vision.models.store import ModelStore, StoredModel, check_model
+from facefleet.vision.preprocess import (
+    embedding_input,
+    expression_input,
+    normalise_embeddings,
+    softmax_if_needed,
+)
+from facefleet.vision.quality import assess
+from facefleet.vision.runtime import CompiledNet, Outputs, Request, Runtime
+
+Frame = npt.NDArray[np.uint8]
+NET_CACHE_SIZE = 24
+
+
+@dataclass(frozen=True)
+class AnalyzerSettings:
+    """What to compute per face, YuNet settings, and jobs: frames in flight in stream() (0 = auto)."""
+
+    detector: DetectorSettings = field(default_factory=DetectorSettings)
+    embeddings: bool = True
+    expressions: bool = True
+    jobs: int = 0
+
+
+class FaceAnalyzer:
+    """The active detection, embedding and expression models of a store, compiled on one runtime."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        store: ModelStore | None,
+        settings: AnalyzerSettings | None = None,
+        *,
+        models: Mapping[str, StoredModel] | None = None,
+    ) -> None:
+        """The store's active models, or those given in models (task → model) instead. Every model's files
+        are checked against its manifest first (ModelIntegrityError)."""
+        self.runtime = runtime
+        self.settings = settings or AnalyzerSettings()
+        chosen = dict(models or {})
+        wanted = ("detection",) + ("embedding",) * self.settings.embeddings
+        wanted += ("expression",) * self.settings.expressions
+        for task in wanted:
+            if task not in chosen:
+                if store is None:
+                    raise ModelStoreError(f"no {task} model was given to the analyzer")
+                chosen[task] = store.active(task)
+            check_model(chosen[task])
+        self.detector_model = chosen["detection"]
+        self.embedding_model = chosen.get("embedding") if self.settings.embeddings else None
+        self.expression_model = chosen.get("expression") if self.settings.expressions else None
+        self._nets: OrderedDict[tuple[str, tuple[int, ...]], CompiledNet] = OrderedDict()
+        self._nets_lock = threading.Lock()
+        for kind, shape in (("embedding", (1, 3, 112, 112)), ("expression", (1, 64, 64, 1))):
+            if self._model(kind) is not None:
+                self.net(kind, shape)  # compile the single-face shapes up front
+
+    def with_model(self, model: StoredModel) -> FaceAnalyzer:
+        """A new analyzer that runs `model` for its task and shares the compiled models of the other tasks.
+
+        The new model is compiled here, for every input shape this analyzer has compiled its predecessor
+        for, so the first frames after a switch do not wait for a compilation."""
+        task = model.manifest.task
+        if task not in ("detection", "embedding", "expression"):
+            raise ValueError(f"the analyzer runs no {task} model")
+        current = {"detection": self.detector_model, "embedding": self.embedding_model}
+        current["expression"] = self.expression_model
+        models = {kind: m for kind, m in current.items() if m is not None}
+        models[task] = model
+        settings = replace(
+            self.settings,
+            embeddings=self.settings.embeddings or task == "embedding",
+            expressions=self.settings.expressions or task == "expression",
+        )
+        clone = FaceAnalyzer(self.runtime, None, settings, models=models)
+        with self._nets_lock:
+            shared = [(key, net) for key, net in self._nets.items() if key[0] != task]
+            shapes = [key[1] for key in self._nets if key[0] == task]
+        with clone._nets_lock:
+            clone._nets.update(shared)
+        for shape in shapes:
+            clone.net(task, shape)
+        return clone
+
+    @property
+    def embedding_model_id(self) -> str | None:
+        return self.embedding_model.manifest.model_id if self.embedding_model else None
+
+    def analyze(self, frame: npt.NDArray[Any]) -> list[Face]:
+        """All faces of one frame (any size, grey/BGR/BGRA, 8 or 16 bit), best detection score first."""
+        frame_bgr = to_bgr8(frame)
+        return self.describe(frame_bgr, self.detect(frame_bgr))
+
+    def detect(self, frame_bgr: Frame) -> list[Detection]:
+        prepared = detection.prepare(frame_bgr, self.settings.detector)
+        outputs = self.net("detection", prepared.tensor.shape).infer(prepared.tensor)
+        return detection.decode(outputs, prepared, self.settings.detector)
+
+    def describe(self, frame_bgr: Frame, detections: list[Detection]) -> list[Face]:
+        """Align each detection, assess its quality and run the embedding and expression models on all
+        faces of the frame as one batch (measured faster than one request per face)."""
+        aligned = [align_face(frame_bgr, det.landmarks_xy) for det in detections]
+        batches = self.face_batches(frame_bgr, detections, aligned)
+        results = {kind: net.infer(tensor) for kind, (net, tensor) in batches.items()}
+        return self.faces(detections, aligned, results)
+
+    def face_batches(
+        self, frame_bgr: Frame, detections: list[Detection], aligned: list[Frame]
+    ) -> dict[str, tuple[CompiledNet, npt.NDArray[np.float32]]]:
+        """Input batches of the face models for one frame's faces: kind → (net, (N, …) tensor)."""
+        if not detections:
+            return {}
+        batches = {}
+        if self.embedding_model is not None:
+            tensor = np.stack([embedding_input(crop) for crop in aligned])
+            batches["embedding"] = (self.net("embedding", tensor.shape), tensor)
+        if self.expression_model is not None:
+            tensor = np.stack([expression_input(frame_bgr, det.box_xyxy) for det in detections])
+            batches["expression"] = (self.net("expression", tensor.shape), tensor)
+        return batches
+
+    def faces(
+        self, detections: list[Detection], aligned: list[Frame], results: dict[str, Outputs]
+    ) -> list[Face]:
+        """Faces from detections, their aligned crops and the face models' batch outputs by kind."""
+        embeddings = expressions = None
+        if "embedding" in results:
+            embeddings = normalise_embeddings(next(iter(results["embedding"].values())))
+        if "expression" in results:
+            expressions = softmax_if_needed(next(iter(results["expression"].values())))
+        return [
+            Face(
+                detection=det,
+                quality=assess(det, crop),
+                embedding=None if embeddings is None else embeddings[i],
+                expression=None if expressions is None else Expression.from_probabilities(expressions[i]),
+                embedding_model=self.embedding_model_id if embeddings is not None else None,
+            )
+            for i, (det, crop) in enumerate(zip(detections, aligned, strict=True))
+        ]
+
+    def stream(self, frames: Iterable[npt.NDArray[Any]], jobs: int | None = None) -> Iterator[list[Face]]:
+        """Analyse frames with inference in flight while Python pre/post-processes; results in input order."""
+        return _Stream(self, jobs or self.settings.jobs or self._auto_jobs()).run(frames)
+
+    def net(self, kind: str, shape: tuple[int, ...]) -> CompiledNet:
+        """A model compiled for one static input shape (a frame size, a batch of N faces).
+
+        Static shapes are faster than dynamic ones, and OpenVINO 2026.4's CPU plugin computed wrong
+        expression scores with a dynamic batch under the THROUGHPUT hint. The most recently used shapes
+        are kept."""
+        key = (kind, tuple(shape))
+        with self._nets_lock:
+            net = self._nets.get(key)
+            if net is None:
+                model = self._model(kind)
+                if model is None:
+                    raise ValueError(f"no {kind} model is loaded")
+                # The expression model runs one request at a time: OpenVINO 2026.4's CPU plugin returned
+                # wrong expression scores for concurrent requests on several streams (THROUGHPUT hint).
+                net = self.runtime.compile(
+                    model.xml_path, input_shape=key[1], single_stream=kind == "expression"
+                )
+                self._nets[key] = net
+                while len(self._nets) > NET_CACHE_SIZE:
+                    self._nets.popitem(last=False)
+            self._nets.move_to_end(key)
+            return net
+
+    def _model(self, kind: str) -> StoredModel | None:
+        return {"detection": self.detector_model, "embedding": self.embedding_model}.get(
+            kind, self.expression_model
+        )
+
+    def _auto_jobs(self) -> int:
+        """Pipeline depth: at least 2 frames, more when the device runs several requests at once."""
+        optimal = self.net("embedding", (1, 3, 112, 112)).optimal_requests if self.embedding_model else 1
+        return max(2, optimal)
+
+
+@dataclass
+class _FrameJob:
+    """One frame on its way through the stream."""
+
+    frame: Frame
+    prepared: detection.DetectorInput
+    detections: list[Detection] = field(default_factory=list)
+    aligned: list[Frame] = field(default_factory=list)
+    requests: dict[str, list[Request]] = field(default_factory=dict)
+
+
+class _Stream:
+    """A software pipeline on one Python thread: while OpenVINO runs started requests on its own threads
+    (without the GIL), Python prepares the next frame and decodes and aligns the previous one. Stages are
+    first in, first out, so frames come out in input order.
+
+    Callbacks (AsyncInferQueue) would run Python on OpenVINO's threads, which then wait for the GIL behind
+    the pre/post-processing; explicit start/wait keeps the inference threads free of Python."""
+
+    def __init__(self, analyzer: FaceAnalyzer, depth: int) -> None:
+        self.analyzer = analyzer
+        self.depth = max(1, depth)
+        self.detecting: deque[tuple[_FrameJob, Request]] = deque()
+        self.describing: deque[_FrameJob] = deque()
+        self.free: dict[CompiledNet, list[Request]] = {}
+
+    def run(self, frames: Iterable[npt.NDArray[Any]]) -> Iterator[list[Face]]:
+        for frame in frames:
+            frame_bgr = to_bgr8(frame)
+            job = _FrameJob(frame_bgr, detection.prepare(frame_bgr, self.analyzer.settings.detector))
+            shape = job.prepared.tensor.shape
+            net = self.analyzer.net("detection", shape)
+            request = self._take(net)
+            request.start(job.prepared.tensor)
+            self.detecting.append((job, request))
+            if len(self.detecting) >= self.depth:
+                yield from self._finish_detection()
+        while self.detecting:
+            yield from self._finish_detection()
+        while self.describing:
+            yield self._finish_faces()
+
+    def _take(self, net: CompiledNet) -> Request:
+        """A free request of this compiled model, or a new one."""
+        pool = self.free.setdefault(net, [])
+        return pool.pop() if pool else net.request()
+
+    def _release(self, request: Request) -> None:
+        self.free.setdefault(request.net, []).append(request)
+
+    def _finish_detection(self) -> Iterator[list[Face]]:
+        """Wait for the oldest detection, then start the face models on its faces."""
+        job, request = self.detecting.popleft()
+        outputs = request.wait()
+        self._release(request)
+        job.detections = detection.decode(outputs, job.prepared, self.analyzer.settings.detector)
+        job.aligned = [align_face(job.frame, det.landmarks_xy) for det in job.detections]
+        while len(self.describing) >= self.depth:
+            yield self._finish_faces()
+        for kind, (net, tensor) in self.analyzer.face_batches(job.frame, job.detections, job.aligned).items():
+            # with several inference streams, split the batch so that every stream works on it
+            parts = np.array_split(tensor, min(len(tensor), net.optimal_requests))
+            job.requests[kind] = []
+            for part in parts:
+                part_net = self.analyzer.net(kind, part.shape)
+                face_request = self._take(part_net)
+                face_request.start(part)
+                job.requests[kind].append(face_request)
+        self.describing.append(job)
+
+    def _finish_faces(self) -> list[Face]:
+        job = self.describing.popleft()
+        results: dict[str, Outputs] = {}
+        for kind, requests in job.requests.items():
+            parts = [request.wait() for request in requests]
+            for request in requests:
+                self._release(request)
+            results[kind] = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        return self.analyzer.faces(job.detections, job.aligned, results)

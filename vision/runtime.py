@@ -1,0 +1,265 @@
+"""The one module that talks to OpenVINO: devices, compilation, synchronous and asynchronous inference
+requests, and conversion of ONNX/TFLite/IR files to IR for the model store."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import openvino as ov
+
+from facefleet.vision.errors import DeviceError, ModelSpecError
+
+log = logging.getLogger(__name__)
+
+PerformanceHint = Literal["LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"]
+Precision = Literal["f32", "f16", "bf16"]
+Outputs = dict[str, npt.NDArray[np.float32]]
+VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """How models are compiled.
+
+    device: OpenVINO device string (CPU, GPU, NPU, AUTO, HETERO:GPU,CPU, MULTI:…);
+    fallback_to_cpu: use CPU (with a warning) when the device is missing instead of failing;
+    num_streams / num_threads: None lets OpenVINO choose from the performance hint.
+    """
+
+    device: str = "CPU"
+    fallback_to_cpu: bool = False
+    performance_hint: PerformanceHint = "LATENCY"
+    inference_precision: Precision = "f32"
+    cache_dir: Path | None = None
+    num_streams: int | None = None
+    num_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output: name, shape (-1 for a dynamic dimension) and element type."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
+        return cls(
+            name=str(data["name"]), shape=tuple(int(d) for d in data["shape"]), dtype=str(data["dtype"])
+        )
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """The inputs and outputs of a model, in model order."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+class Runtime:
+    """An OpenVINO Core bound to one resolved device and compile configuration."""
+
+    def __init__(self, settings: RuntimeSettings | None = None) -> None:
+        self.settings = settings or RuntimeSettings()
+        self._core = ov.Core()
+        if self.settings.cache_dir is not None:
+            self.settings.cache_dir.mkdir(parents=True, exist_ok=True)
+            self._core.set_property({"CACHE_DIR": str(self.settings.cache_dir)})
+        self.device = self._resolve_device(self.settings.device)
+
+    @property
+    def version(self) -> str:
+        return str(ov.get_version())
+
+    def available_devices(self) -> list[str]:
+        return list(self._core.available_devices)
+
+    def device_properties(self, device: str) -> dict[str, str]:
+        """Readable properties of one physical device, as strings."""
+        result: dict[str, str] = {}
+        supported = self._core.get_property(device, "SUPPORTED_PROPERTIES")
+        for key, mode in dict(supported).items():
+            if key in ("SUPPORTED_PROPERTIES", "CACHING_PROPERTIES") or str(mode) == "WO":
+                continue
+            try:
+                result[key] = str(self._core.get_property(device, key))
+            except (RuntimeError, TypeError):
+                continue  # a property this binding cannot express; not worth failing the listing
+        return result
+
+    def compile(
+        self, model_xml: Path, input_shape: Sequence[int] | None = None, single_stream: bool = False
+    ) -> CompiledNet:
+        """Compile an IR file for this runtime's device; input_shape reshapes the single input first;
+        single_stream: never run two requests of this model at the same time."""
+        model = self._core.read_model(str(model_xml))
+        if input_shape is not None:
+            model.reshape({model.inputs[0].get_any_name(): ov.PartialShape(list(input_shape))})
+        config = self._compile_config()
+        if single_stream and "PERFORMANCE_HINT" in config:
+            config["PERFORMANCE_HINT"] = "LATENCY"
+            config.pop("NUM_STREAMS", None)
+        compiled = self._core.compile_model(model, self.device, config)
+        return CompiledNet(compiled)
+
+    def describe(self, model_path: Path) -> ModelIO:
+        """Inputs and outputs of an ONNX, TFLite or IR file, without compiling it."""
+        model = self._core.read_model(str(model_path))
+        return _model_io(model)
+
+    def convert_to_ir(self, source: Path, target_xml: Path, compress_to_fp16: bool = True) -> ModelIO:
+        """Convert an ONNX, TFLite or IR file to IR (target_xml and its .bin), weights in FP16 if asked."""
+        try:
+            with _usage_reports_declined():
+                model = ov.convert_model(str(source))
+        except Exception as exc:
+            raise ModelSpecError(f"{source}: OpenVINO cannot convert this model: {_first_line(exc)}") from exc
+        ov.save_model(model, str(target_xml), compress_to_fp16=compress_to_fp16)
+        return _model_io(model)
+
+    def _compile_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"PERFORMANCE_HINT": self.settings.performance_hint}
+        physical = self.device.split(":")[0].split(".")[0]
+        supported: set[str] = set()
+        if physical not in VIRTUAL_DEVICES:
+            supported = set(self._core.get_property(self.device, "SUPPORTED_PROPERTIES"))
+        if "INFERENCE_PRECISION_HINT" in supported:
+            config["INFERENCE_PRECISION_HINT"] = self.settings.inference_precision
+        if self.settings.num_streams is not None and "NUM_STREAMS" in supported:
+            config["NUM_STREAMS"] = self.settings.num_streams
+        if self.settings.num_threads is not None and "INFERENCE_NUM_THREADS" in supported:
+            config["INFERENCE_NUM_THREADS"] = self.settings.num_threads
+        return config
+
+    def _resolve_device(self, device: str) -> str:
+        available = self.available_devices()
+        missing = [name for name in requested_devices(device) if not _is_available(name, available)]
+        if not missing:
+            return device
+        message = (
+            f"OpenVINO device {', '.join(missing)} is not available (runtime {ov.get_version()}); "
+            f"available devices: {', '.join(available) or 'none'}"
+        )
+        if self.settings.fallback_to_cpu and _is_available("CPU", available):
+            log.warning("%s; falling back to CPU as runtime.fallback_to_cpu allows", message)
+            return "CPU"
+        raise DeviceError(f"{message}. Set runtime.device to one of them or runtime.fallback_to_cpu = true.")
+
+
+@contextlib.contextmanager
+def _usage_reports_declined() -> Iterator[None]:
+    """OpenVINO's converter sends usage statistics from a forked child process unless it runs under CI (its
+    only switch besides a consent file in the user's home). FaceFleet runs offline, and forking next to
+    running gRPC threads crashes the child, so conversions run with that switch on."""
+    previous = os.environ.get("CI")
+    os.environ["CI"] = "true"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("CI", None)
+        else:
+            os.environ["CI"] = previous
+
+
+def requested_devices(device: str) -> list[str]:
+    """Physical devices named by a device string: 'HETERO:GPU,CPU' → ['GPU', 'CPU'], 'AUTO' → []."""
+    device = device.strip()
+    if not device:
+        raise DeviceError("runtime.device is empty; use e.g. CPU, GPU, NPU or AUTO")
+    head, _, tail = device.partition(":")
+    if head.upper() in VIRTUAL_DEVICES:
+        return [name.strip() for name in tail.split(",") if name.strip()]
+    return [device]
+
+
+def _is_available(name: str, available: Sequence[str]) -> bool:
+    return any(dev == name or dev.split(".")[0] == name for dev in available)
+
+
+class CompiledNet:
+    """A compiled model with one input: synchronous calls and an asynchronous request queue."""
+
+    def __init__(self, compiled: Any) -> None:
+        self._compiled = compiled
+        self.input_name: str = compiled.inputs[0].get_any_name()
+        self._request = compiled.create_infer_request()
+        self._lock = threading.Lock()
+        self._output_names = [_names(port) for port in compiled.outputs]
+
+    @functools.cached_property
+    def optimal_requests(self) -> int:
+        """Requests the device runs at once (1 with the LATENCY hint, the stream count with THROUGHPUT)."""
+        return int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+
+    def infer(self, tensor: npt.NDArray[np.float32]) -> Outputs:
+        """Run one synchronous inference; outputs by every name of each output port (copied)."""
+        with self._lock:
+            self._request.infer({0: tensor})
+            return self._collect(self._request)
+
+    def request(self) -> Request:
+        """A new request for start()/wait() asynchronous use; the caller owns it (not thread-safe)."""
+        return Request(self, self._compiled.create_infer_request())
+
+    def _collect(self, request: Any) -> Outputs:
+        result: Outputs = {}
+        for index, names in enumerate(self._output_names):
+            data = np.array(request.get_output_tensor(index).data, dtype=np.float32, copy=True)
+            for name in names:
+                result[name] = data
+        return result
+
+
+class Request:
+    """One asynchronous inference request: start() returns at once, wait() blocks without the GIL."""
+
+    def __init__(self, net: CompiledNet, raw: Any) -> None:
+        self.net = net
+        self._raw = raw
+
+    def start(self, tensor: npt.NDArray[np.float32]) -> None:
+        self._raw.start_async({0: tensor})
+
+    def done(self) -> bool:
+        """True when the started inference has finished (does not block)."""
+        return bool(self._raw.wait_for(0))
+
+    def wait(self) -> Outputs:
+        """Block until the inference finishes; its outputs, copied."""
+        self._raw.wait()
+        return self.net._collect(self._raw)
+
+
+def _names(port: Any) -> list[str]:
+    names = sorted(port.get_names())
+    return names or [str(port.get_index())]
+
+
+def _model_io(model: Any) -> ModelIO:
+    def spec(port: Any) -> TensorSpec:
+        shape = tuple(-1 if dim.is_dynamic else dim.get_length() for dim in port.get_partial_shape())
+        names = _names(port)
+        return TensorSpec(name=names[0], shape=shape, dtype=str(port.get_element_type().get_type_name()))
+
+    return ModelIO(inputs=tuple(spec(p) for p in model.inputs), outputs=tuple(spec(p) for p in model.outputs))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from facefleet.core.backoff import Backoff
 from facefleet.vision.errors import ImageError
 from facefleet.vision.images import list_images, read_image, to_bgr8
 
@@ -204,22 +205,22 @@ class Camera:
             self._on_status(status)
 
     def _run(self) -> None:
-        backoff = self.settings.backoff_initial_s
+        backoff = Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s, jitter=0.0)
         number = 0
         while not self._stop.is_set():
             try:
                 reader = self._opener(self.settings)
             except SourceError as exc:
-                backoff = self._retry(str(exc), backoff)
+                self._retry(str(exc), backoff.next())
                 continue
             self._set_status(state="running", error=None, retry_in_s=None)
             log.info("camera '%s': reading %s", self.settings.name, self.settings.source)
             try:
                 number, ended = self._read_all(reader, number)
-                backoff = self.settings.backoff_initial_s
+                backoff.reset()
             except SourceError as exc:
                 ended = False
-                backoff = self._retry(str(exc), backoff)
+                self._retry(str(exc), backoff.next())
             finally:
                 reader.close()
             if ended and not self.settings.loop:
@@ -259,8 +260,7 @@ class Camera:
                     next_due = time.monotonic()
         return number, False
 
-    def _retry(self, error: str, backoff: float) -> float:
-        log.warning("camera '%s': %s (retrying in %.0f s)", self.settings.name, error, backoff)
-        self._set_status(state="retrying", error=error, retry_in_s=backoff)
-        self._stop.wait(backoff)
-        return min(backoff * 2, self.settings.backoff_max_s)
+    def _retry(self, error: str, delay_s: float) -> None:
+        log.warning("camera '%s': %s (retrying in %.0f s)", self.settings.name, error, delay_s)
+        self._set_status(state="retrying", error=error, retry_in_s=delay_s)
+        self._stop.wait(delay_s)

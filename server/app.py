@@ -18,7 +18,6 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -35,11 +34,11 @@ from facefleet.server.api.security import Authenticator
 from facefleet.server.api.servicers import AdminServicer, FleetServicer, QueryServicer
 from facefleet.server.config import ServerConfig
 from facefleet.server.errors import FailedPreconditionError, ServerConfigError, ServerError
-from facefleet.server.fleet.dashboard import DashboardHandler
 from facefleet.server.fleet.link import FleetHandler, FleetSettings
-from facefleet.server.gallery.embedder import Enroller, EnrolmentSettings
+from facefleet.server.fleet.queries import QueryHandler
+from facefleet.server.gallery.embedder import Enroller
+from facefleet.server.gallery.enrolment_models import EnrolmentModels, rollout_embedding_models
 from facefleet.server.gallery.people import PeopleHandler
-from facefleet.server.gallery.reembed import CropEmbedder, reembed
 from facefleet.server.paths import ServerPaths
 from facefleet.server.rollouts.catalogue import ModelCatalog
 from facefleet.server.rollouts.control import RolloutControl
@@ -48,11 +47,9 @@ from facefleet.server.rollouts.files import CHUNK_BYTES, ModelFiles
 from facefleet.server.rollouts.uploads import ModelAdmin
 from facefleet.server.state.fanout import GalleryFanout
 from facefleet.server.state.interface import State
-from facefleet.server.state.models import ModelState
 from facefleet.server.state.sqlite.state import SqliteState
 from facefleet.vision.models.store import ModelStore
-from facefleet.vision.models.tasks import embedding_dimension
-from facefleet.vision.runtime import ModelIO, Runtime
+from facefleet.vision.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +86,9 @@ class FleetServer:
         self.state = state or SqliteState(paths.database, log_revisions=config.gallery.log_revisions)
         self.models = ModelStore(paths.models)
         self.catalog = ModelCatalog(self.state.models, self.models)
-        self._enroller = enroller
-        self._base_models = enroller.model_ids if enroller is not None else None
-        self._rollout_models: tuple[str, ...] = ()
-        self._enroller_lock = threading.Lock()
         self._runtime: Runtime | None = None
         self._runtime_lock = threading.Lock()
+        self.enrolment = EnrolmentModels(config, paths, self.state, self.models, self._get_runtime, enroller)
         self.fanout: GalleryFanout | None = None
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -106,7 +100,7 @@ class FleetServer:
         credentials = None if self.config.insecure_development else self._credentials()
         await asyncio.to_thread(self._expire_stalled)
         self.fanout = GalleryFanout(self.state.head_revision(), self.state.models.models_revision())
-        await self._follow_rollout_models(
+        await self.enrolment.follow_rollouts(
             await asyncio.to_thread(rollout_embedding_models, self.state.models)
         )
         server = grpc.aio.server(options=self._options())
@@ -150,7 +144,7 @@ class FleetServer:
             loop.add_signal_handler(sig, stop.set)
         status = f"agents on port {ports.agents or '-'}, operators on port {ports.operators or '-'}"
         log.info("serving: %s; gallery revision %d", status, self.state.head_revision())
-        if not self._embedding_models():
+        if not self.enrolment.embedding_models():
             log.warning(
                 "no embedding model in %s: enrolment from images fails until you run "
                 "`facefleet-server --state-dir %s models import-defaults`",
@@ -182,13 +176,13 @@ class FleetServer:
                 heartbeat_seconds=config.gallery.heartbeat_seconds,
                 max_message_bytes=config.listen.max_message_bytes,
             ),
-            embedding_models=self._embedding_models,
+            embedding_models=self.enrolment.embedding_models,
             models=ModelDistribution(
                 self.state, self.catalog, ModelFiles(min(CHUNK_BYTES, config.listen.max_message_bytes // 2))
             ),
         )
-        people = PeopleHandler(self.state, fanout, self._get_enroller, self._known_models)
-        dashboard = DashboardHandler(
+        people = PeopleHandler(self.state, fanout, self.enrolment.enroller, self.enrolment.known_models)
+        dashboard = QueryHandler(
             self.state,
             online_window=timedelta(seconds=config.fleet.online_window_seconds),
             watching=fanout.watching,
@@ -277,7 +271,7 @@ class FleetServer:
             await self.fanout.publish(head)
         if models_revision != self.fanout.models_head:
             await self.fanout.publish_models(models_revision)
-            await self._follow_rollout_models(await asyncio.to_thread(rollout_embedding_models, models))
+            await self.enrolment.follow_rollouts(await asyncio.to_thread(rollout_embedding_models, models))
 
     def rollout_control(
         self, runtime: Runtime | None = None, settle_seconds: float | None = None
@@ -295,9 +289,7 @@ class FleetServer:
             self.state,
             ModelCatalog(self.state.models, self.models, runtime),
             runtime=runtime,
-            settle_seconds=2 * self.config.fleet.poll_seconds + 1.0
-            if settle_seconds is None
-            else settle_seconds,
+            settle_seconds=settle_seconds,
             on_change=changed,
         )
 
@@ -320,43 +312,6 @@ class FleetServer:
                     log.exception("cannot read changes from the state database; retrying")
                 failing = True
 
-    async def _follow_rollout_models(self, rollout_models: tuple[str, ...]) -> None:
-        if rollout_models == self._rollout_models:
-            return
-        self._rollout_models = rollout_models
-        enroller = self._enroller
-        if enroller is None:
-            return  # built with them on first use
-        wanted = _merge(self._enrolment_base(), rollout_models)
-        if wanted != enroller.model_ids:
-            try:
-                rebuilt = await asyncio.to_thread(enroller.with_models, wanted, self.models)
-            except Exception as exc:  # keep serving with the current enroller
-                log.error("enrolment cannot embed with %s: %s", ", ".join(wanted), exc)
-                return
-            with self._enroller_lock:
-                self._enroller = rebuilt
-            log.info("enrolment now embeds with %s", ", ".join(wanted))
-            for model_id in (m for m in wanted if m not in enroller.model_ids):
-                await asyncio.to_thread(self._embed_stragglers, model_id)
-
-    def _embed_stragglers(self, model_id: str) -> None:
-        """People enrolled while the enroller did not embed with model_id yet get its embeddings from their
-        crops now. With the rollout command's own two sweeps, a rollout's gallery has no gap however long
-        this server took to notice the rollout and rebuild its enroller."""
-        missing = self.state.models.people_without_model(model_id)
-        if not missing:
-            return
-        name, _, version = model_id.partition("@")
-        try:
-            embedder = CropEmbedder(self._get_runtime(), self.models.get("embedding", name, version))
-            result = reembed(self.state, embedder, missing)
-        except (FaceFleetError, ServerError) as exc:
-            log.error("cannot embed people enrolled meanwhile with %s: %s", model_id, exc)
-            return
-        if result.reembedded:
-            log.info("embedded %d people enrolled meanwhile with %s", len(result.reembedded), model_id)
-
     # -- models --------------------------------------------------------------------------------------
 
     def _get_runtime(self) -> Runtime:
@@ -368,87 +323,6 @@ class FleetServer:
                 except FaceFleetError as exc:
                     raise FailedPreconditionError(f"cannot set up the inference runtime: {exc}") from None
             return self._runtime
-
-    def _get_enroller(self) -> Enroller:
-        """The image enroller, built once (compiling the models takes a few seconds)."""
-        with self._enroller_lock:
-            if self._enroller is None:
-                self._enroller = self._build_enroller()
-            return self._enroller
-
-    def _build_enroller(self) -> Enroller:
-        from facefleet.vision.pipeline import AnalyzerSettings, FaceAnalyzer
-        from facefleet.vision.runtime import Runtime
-
-        config = self.config
-        try:
-            runtime = Runtime(config.runtime.settings(self.paths.state_dir))
-            settings = AnalyzerSettings(detector=config.detector.settings(), expressions=False)
-            analyzer = FaceAnalyzer(runtime, self.models, settings)
-            active = analyzer.embedding_model
-            base = config.gallery.embedding_models or ((active.manifest.model_id,) if active else ())
-            self._base_models = base
-            return Enroller(
-                analyzer,
-                self.models,
-                runtime,
-                EnrolmentSettings(
-                    model_ids=_merge(base, self._rollout_models),
-                    retain_crops=config.gallery.retain_crops,
-                    crop_format=config.gallery.crop_format,
-                    max_image_bytes=config.gallery.max_image_bytes,
-                    max_image_pixels=config.gallery.max_image_pixels,
-                    quality=config.quality.policy(),
-                ),
-            )
-        except ServerError:
-            raise
-        except FaceFleetError as exc:
-            raise FailedPreconditionError(
-                f"enrolment from images needs the models in {self.paths.models}: {exc}. Run "
-                f"`facefleet-server --state-dir {self.paths.state_dir} models import-defaults`"
-            ) from None
-
-    def _known_models(self) -> Mapping[str, int]:
-        """Embedding model id → dimension for every embedding model in the store (and the enroller's)."""
-        known = {
-            m.manifest.model_id: embedding_dimension(ModelIO(m.manifest.inputs, m.manifest.outputs))
-            for m in self.models.models()
-            if m.manifest.task == "embedding"
-        }
-        if self._enroller is not None:
-            known.update(self._enroller.dimensions)
-        return known
-
-    def _embedding_models(self) -> tuple[str, ...]:
-        """What enrolment embeds with: the configured (or active) models and those of embedding rollouts
-        that are preparing, active or paused."""
-        return _merge(self._enrolment_base(), self._rollout_models)
-
-    def _enrolment_base(self) -> tuple[str, ...]:
-        if self._base_models is not None:
-            return self._base_models
-        if self.config.gallery.embedding_models:
-            return self.config.gallery.embedding_models
-        try:
-            return (self.models.active("embedding").manifest.model_id,)
-        except FaceFleetError:
-            return ()
-
-
-def rollout_embedding_models(models: ModelState) -> tuple[str, ...]:
-    """Embedding models of rollouts that are preparing, active or paused, oldest rollout first."""
-    return tuple(
-        dict.fromkeys(
-            r.model_id
-            for r in reversed(models.list_rollouts())
-            if r.task == "embedding" and r.state != "rolled_back"
-        )
-    )
-
-
-def _merge(*groups: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(model_id for group in groups for model_id in group))
 
 
 async def _watchdog(interval: float) -> None:

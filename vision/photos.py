@@ -16,17 +16,26 @@ SAMPLE_PHOTOS = {
 }
 """name → (package, path in the package): astronaut has one smiling face, t1 six people."""
 
+CARRIER_INSTALL_COMMANDS = {
+    "scikit-image": "pip install 'facefleet[models]'",
+    "insightface": "pip install --no-deps insightface==2.1",
+}
+"""package → the command that installs it: insightface declares onnxruntime, so it is not in the extra."""
+
 
 def sample_photo(name: str) -> Path:
-    """Path of a bundled sample photo, or an ImageError saying which package to install."""
+    """Path of a bundled sample photo, or an ImageError saying what to install."""
     package, relative = SAMPLE_PHOTOS[name]
+    what = f"sample photo '{name}' comes from the {package} wheel"
     try:
-        path = Path(str(metadata.distribution(package).locate_file(relative)))
+        distribution = metadata.distribution(package)
     except metadata.PackageNotFoundError:
-        path = None
-    if path is None or not path.is_file():
+        raise ImageError(f"{what}, which is not installed: {CARRIER_INSTALL_COMMANDS[package]}") from None
+    path = Path(str(distribution.locate_file(relative)))
+    if not path.is_file():
         raise ImageError(
-            f"sample photo '{name}' comes with package '{package}'; run scripts/setup to install it"
+            f"{what}, but the installed {package} {distribution.version} has no {relative}: "
+            f"{CARRIER_INSTALL_COMMANDS[package]}"
         )
     return path
 

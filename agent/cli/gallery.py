@@ -27,21 +27,19 @@ from facefleet.vision.pipeline import FaceAnalyzer
 
 
 def register(commands: Any) -> None:
-    enroll = add_command(
+    enrol = add_command(
         commands,
         "enroll",
         "enrol a person from photos (each must hold one good face)",
         "facefleet-agent enroll --person-id ada --name 'Ada L.' --group staff photos/ada/",
     )
-    enroll.add_argument("--person-id", required=True, help="stable id, e.g. an employee number")
-    enroll.add_argument("--name", default="", help="display name")
-    enroll.add_argument(
-        "--group", action="append", default=[], help="a group, e.g. a door group (repeatable)"
-    )
-    enroll.add_argument("--largest-face", action="store_true", help="use the largest face of a group photo")
-    enroll.add_argument("--add", action="store_true", help="add samples to a person who is already enrolled")
-    enroll.add_argument("images", nargs="+", type=Path, help="image files or folders")
-    enroll.set_defaults(handler=_enroll)
+    enrol.add_argument("--person-id", required=True, help="stable id, e.g. an employee number")
+    enrol.add_argument("--name", default="", help="display name")
+    enrol.add_argument("--group", action="append", default=[], help="a group, e.g. a door group (repeatable)")
+    enrol.add_argument("--largest-face", action="store_true", help="use the largest face of a group photo")
+    enrol.add_argument("--add", action="store_true", help="add samples to a person who is already enrolled")
+    enrol.add_argument("images", nargs="+", type=Path, help="image files or folders")
+    enrol.set_defaults(handler=_enrol)
 
     people = add_command(
         commands,
@@ -119,7 +117,7 @@ def _open_store(context: Context, read_only: bool = False) -> EmbeddingStore:
     return EmbeddingStore(store_path(context), read_only=read_only)
 
 
-def _enroll(context: Context, args: argparse.Namespace) -> int:
+def _enrol(context: Context, args: argparse.Namespace) -> int:
     analyzer = make_analyzer(context)
     model_id = analyzer.embedding_model_id
     assert model_id is not None

@@ -3,7 +3,6 @@ and failed calls described with the likely fix."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,23 +25,6 @@ class TlsFiles(Protocol):
 
     @property
     def key_file(self) -> Path: ...
-
-
-class Backoff:
-    """Exponential reconnect delays: min_s, 2·min_s, … up to max_s, each shortened by up to 20 % at random
-    so a fleet does not reconnect in lockstep after a server restart."""
-
-    def __init__(self, min_s: float, max_s: float) -> None:
-        self.min_s, self.max_s = min_s, max(min_s, max_s)
-        self.failures = 0
-
-    def next(self) -> float:
-        delay = min(self.max_s, self.min_s * 2 ** min(self.failures, 30))
-        self.failures += 1
-        return float(delay * random.uniform(0.8, 1.0))  # noqa: S311 - jitter, not cryptography
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 def channel_options(keepalive_s: float, server_name: str = "") -> list[tuple[str, Any]]:

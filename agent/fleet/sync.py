@@ -38,7 +38,6 @@ from facefleet.agent.domain.fleet import (
 )
 from facefleet.agent.domain.records import RevisionConflictError, StoreError
 from facefleet.agent.fleet.channel import (
-    Backoff,
     channel_options,
     describe_rpc_error,
     read_tls,
@@ -46,6 +45,7 @@ from facefleet.agent.fleet.channel import (
 )
 from facefleet.agent.fleet.wire import FleetClient, WatchStream
 from facefleet.agent.store.database import EmbeddingStore
+from facefleet.core.backoff import Backoff
 from facefleet.core.errors import FaceFleetError
 
 if TYPE_CHECKING:

@@ -16,8 +16,8 @@ from facefleet.server.api.security import Authenticator
 from facefleet.server.domain.models import ModelAssignment
 from facefleet.server.domain.records import GalleryDelta
 from facefleet.server.errors import ServerError
-from facefleet.server.fleet.dashboard import DashboardHandler
 from facefleet.server.fleet.link import FleetHandler
+from facefleet.server.fleet.queries import QueryHandler
 from facefleet.server.gallery.people import PeopleHandler
 from facefleet.server.rollouts.uploads import ModelAdmin
 
@@ -189,7 +189,7 @@ class AdminServicer(wire.AdminServicerBase):
 
 
 class QueryServicer(wire.QueryServicerBase):
-    def __init__(self, handler: DashboardHandler, auth: Authenticator) -> None:
+    def __init__(self, handler: QueryHandler, auth: Authenticator) -> None:
         self.handler = handler
         self.auth = auth
 

@@ -1,6 +1,8 @@
-"""The only module that touches the generated facefleet.v1 protobuf code: conversions between messages and
-the domain dataclasses (`*_from_proto` validate and raise InvalidArgumentError naming the field), plus the
-generated service base classes and registration functions the servicers and the app need."""
+"""Conversions between the generated facefleet.v1 messages of people, gallery deltas, events, the fleet link
+and dashboard queries and the domain dataclasses (`*_from_proto` validate and raise InvalidArgumentError
+naming the field), plus the generated service base classes and registration functions the servicers and the
+app need. The model-version messages are converted in wire_models; no other server module imports
+generated code."""
 
 from __future__ import annotations
 

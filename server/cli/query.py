@@ -20,7 +20,7 @@ from facefleet.core.errors import EXIT_OK, EXIT_USAGE
 from facefleet.server.cli.context import Context
 from facefleet.server.domain.queries import EventFilter
 from facefleet.server.domain.records import DECISIONS, EVENT_KINDS, Event, utc_now
-from facefleet.server.fleet.dashboard import DashboardHandler
+from facefleet.server.fleet.queries import QueryHandler
 
 _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -87,8 +87,8 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
         verb.set_defaults(handler=handler)
 
 
-def _dashboard(context: Context) -> DashboardHandler:
-    return DashboardHandler(
+def _dashboard(context: Context) -> QueryHandler:
+    return QueryHandler(
         context.state, online_window=timedelta(seconds=context.config.fleet.online_window_seconds)
     )
 

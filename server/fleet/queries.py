@@ -25,7 +25,7 @@ from facefleet.server.errors import InvalidArgumentError
 from facefleet.server.state.interface import State
 
 
-class DashboardHandler:
+class QueryHandler:
     """watching: devices with an open Watch stream now; head: the current gallery revision."""
 
     def __init__(

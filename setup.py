@@ -2,7 +2,7 @@
 
 from setuptools import find_packages, setup
 
-FOLDERS = ("core", "vision", "agent", "server")
+FOLDERS = ("core", "vision", "link", "agent", "server")
 package_dir = {"facefleet": "protos/facefleet"}
 packages = ["facefleet", *(f"facefleet.{name}" for name in find_packages("protos/facefleet"))]
 for folder in FOLDERS:

@@ -39,9 +39,10 @@ import grpc
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from facefleet.link.checks import utc_now
+from facefleet.link.events import Event, ExpressionResult
 from facefleet.server.api import certs
 from facefleet.server.api.security import new_token
-from facefleet.server.domain.records import Event, ExpressionResult, utc_now
 from facefleet.server.state.sqlite.state import SqliteState
 from facefleet.v1 import (
     admin_pb2,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from facefleet.core.errors import EXIT_CONFIG, EXIT_DATA, EXIT_FAILURE, EXIT_IO, EXIT_NO_INPUT, FaceFleetError
+from facefleet.link.errors import LinkError
 
 __all__ = [
     "AlreadyExistsError",
@@ -28,7 +29,7 @@ class ServerError(FaceFleetError):
     exit_code = EXIT_FAILURE
 
 
-class InvalidArgumentError(ServerError):
+class InvalidArgumentError(ServerError, LinkError):
     """A request field is malformed, too large, or inconsistent (the caller must change the request)."""
 
     status = "INVALID_ARGUMENT"

@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from facefleet.server.domain.records import check_id
-from facefleet.server.errors import InvalidArgumentError, ServerConfigError, ServerError
+from facefleet.link.checks import check_id
+from facefleet.link.errors import LinkError
+from facefleet.server.errors import ServerConfigError, ServerError
 
 DEVICE_URI_PREFIX = "urn:facefleet:device:"
 CA_DAYS = 3650
@@ -115,7 +116,7 @@ def issue_device(
     """<out_dir>/<device_id>.pem and .key, a client certificate signed by the CA in tls_dir."""
     try:
         check_id("device id", device_id)
-    except InvalidArgumentError as exc:
+    except LinkError as exc:
         raise ServerError(str(exc)) from None
     out = out_dir or tls_dir / "devices"
     return _issue(

@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from facefleet.link.checks import check_id
 from facefleet.server.api.certs import DEVICE_URI_PREFIX
-from facefleet.server.domain.records import Role, TokenRecord, check_id
+from facefleet.server.domain.records import Role, TokenRecord
 from facefleet.server.errors import InvalidArgumentError, PermissionDeniedError, UnauthenticatedError
 from facefleet.server.state.interface import State
 

@@ -11,10 +11,11 @@ from typing import Any, TypeVar
 
 import grpc
 
+from facefleet.link.errors import LinkError
+from facefleet.link.gallery import GalleryDelta
+from facefleet.link.models import ModelAssignment
 from facefleet.server.api import wire, wire_models
 from facefleet.server.api.security import Authenticator
-from facefleet.server.domain.models import ModelAssignment
-from facefleet.server.domain.records import GalleryDelta
 from facefleet.server.errors import ServerError
 from facefleet.server.fleet.link import FleetHandler
 from facefleet.server.fleet.queries import QueryHandler
@@ -32,6 +33,8 @@ def unary(method: Callable[[S, Any, Any], Awaitable[Any]]) -> Callable[[S, Any, 
             return await method(self, request, context)
         except ServerError as exc:
             await context.abort(grpc.StatusCode[exc.status], str(exc))
+        except LinkError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except grpc.aio.AbortError:
             raise
         except Exception:
@@ -51,6 +54,8 @@ def streaming(
                 yield message
         except ServerError as exc:
             await context.abort(grpc.StatusCode[exc.status], str(exc))
+        except LinkError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except grpc.aio.AbortError:
             raise
         except Exception:

@@ -13,6 +13,12 @@ import grpc
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from facefleet.link.checks import MAX_EMBEDDINGS_PER_PERSON, check_id
+from facefleet.link.errors import LinkError
+from facefleet.link.events import Decision, Event, EventKind, ExpressionResult
+from facefleet.link.fleet import Heartbeat, Registration, ReportOutcome, Welcome
+from facefleet.link.gallery import Embedding as DomainEmbedding
+from facefleet.link.gallery import GalleryDelta, Person
 from facefleet.server.domain.queries import (
     DoorAccess,
     EventFilter,
@@ -21,25 +27,7 @@ from facefleet.server.domain.queries import (
     IntervalCount,
     UnknownRate,
 )
-from facefleet.server.domain.records import (
-    MAX_EMBEDDINGS_PER_PERSON,
-    Decision,
-    EnrolmentRequest,
-    EnrolmentResult,
-    Event,
-    EventKind,
-    ExpressionResult,
-    GalleryDelta,
-    Heartbeat,
-    OnExisting,
-    Person,
-    PersonUpdate,
-    Registration,
-    ReportOutcome,
-    Welcome,
-    check_id,
-)
-from facefleet.server.domain.records import Embedding as DomainEmbedding
+from facefleet.server.domain.records import EnrolmentRequest, EnrolmentResult, OnExisting, PersonUpdate
 from facefleet.server.errors import InvalidArgumentError
 
 # mypy does not see the editable install's protos/ root; the generated .pyi stubs would need
@@ -145,7 +133,7 @@ def embedding_from_proto(message: gallery_pb2.Embedding, name: str) -> DomainEmb
     vector = np.frombuffer(message.vector, dtype="<f4").astype(np.float32)
     try:
         return DomainEmbedding(message.model_id, vector, float(message.quality), message.source or "client")
-    except InvalidArgumentError as exc:
+    except LinkError as exc:
         raise InvalidArgumentError(f"{name}: {exc}") from None
 
 
@@ -279,7 +267,7 @@ def report_from_proto(
     for index, message in enumerate(request.events):
         try:
             events.append(event_from_proto(message, default_device=device_id))
-        except InvalidArgumentError as exc:
+        except LinkError as exc:
             rejected.append((message.event_id or f"#{index}", str(exc)))
     return events, rejected, dict(request.health)
 

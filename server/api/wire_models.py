@@ -8,22 +8,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
+from facefleet.link.checks import MAX_LABEL_CHARS, check_model_id
+from facefleet.link.errors import LinkError
+from facefleet.link.models import MAX_STATUSES, Activation, ModelAssignment, ModelRelease, ModelStatus
 from facefleet.server.api.wire import from_timestamp, timestamp
 from facefleet.server.domain.models import (
-    MAX_STATUSES,
-    Activation,
     DeviceRollout,
     DeviceState,
-    ModelAssignment,
-    ModelStatus,
     PublishedModel,
-    Release,
     Rollout,
     RolloutState,
     Target,
 )
 from facefleet.server.domain.queries import AgentStatus
-from facefleet.server.domain.records import MAX_LABEL_CHARS, check_model_id
 from facefleet.server.errors import InvalidArgumentError
 from facefleet.server.rollouts.control import StartedRollout
 from facefleet.server.rollouts.files import Chunk
@@ -79,7 +76,7 @@ def status_from_proto(message: models_pb2.ModelStatus, name: str) -> ModelStatus
             reason=message.reason,
             time=time,
         )
-    except InvalidArgumentError as exc:
+    except LinkError as exc:
         raise InvalidArgumentError(f"{name}: {exc}") from None
 
 
@@ -100,7 +97,7 @@ def status_to_proto(status: ModelStatus) -> models_pb2.ModelStatus:
     )
 
 
-def release_to_proto(release: Release) -> models_pb2.ModelRelease:
+def release_to_proto(release: ModelRelease) -> models_pb2.ModelRelease:
     return models_pb2.ModelRelease(
         task=release.task,
         model_id=release.model_id,
@@ -185,7 +182,7 @@ def upload_part_from_proto(message: admin_pb2.PublishModelRequest) -> UploadPart
                 licence=h.licence or "unknown",
                 files=tuple(h.files),
             )
-        except InvalidArgumentError as exc:
+        except LinkError as exc:
             raise InvalidArgumentError(f"header: {exc}") from None
     if part == "chunk":
         return UploadChunk(message.chunk.file, message.chunk.data)
@@ -232,7 +229,7 @@ def target_from_proto(message: admin_pb2.RolloutTarget) -> Target:
             return Target("group", group=message.group)
         if kind == "percent":
             return Target("percent", percent=message.percent)
-    except InvalidArgumentError as exc:
+    except LinkError as exc:
         raise InvalidArgumentError(f"target: {exc}") from None
     raise InvalidArgumentError("target is missing: set all = true, a group, or a percent (1–100)")
 

@@ -20,13 +20,14 @@ from rich.table import Table
 from facefleet import __version__
 from facefleet.core.cli import add_command, configure_logging, program_parser, run_command
 from facefleet.core.errors import EXIT_OK
+from facefleet.link.checks import utc_now
 from facefleet.server.api import certs
 from facefleet.server.api.security import new_token
 from facefleet.server.cli.context import Context
 from facefleet.server.cli.models import register as register_models
 from facefleet.server.cli.query import register as register_query
 from facefleet.server.config import load_config
-from facefleet.server.domain.records import ROLES, utc_now
+from facefleet.server.domain.records import ROLES
 
 EPILOG = """examples:
   facefleet-server certs init --server-name fleet.example.org

@@ -17,9 +17,10 @@ from typing import Any
 from rich.table import Table
 
 from facefleet.core.errors import EXIT_OK, EXIT_USAGE
+from facefleet.link.checks import utc_now
+from facefleet.link.events import DECISIONS, EVENT_KINDS, Event
 from facefleet.server.cli.context import Context
 from facefleet.server.domain.queries import EventFilter
-from facefleet.server.domain.records import DECISIONS, EVENT_KINDS, Event, utc_now
 from facefleet.server.fleet.queries import QueryHandler
 
 _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")

@@ -6,54 +6,24 @@ Times are timezone-aware UTC datetimes; sizes are bytes; sha256 is lowercase hex
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from facefleet.server.domain.records import (
-    MAX_LABEL_CHARS,
-    MAX_REASON_CHARS,
+from facefleet.link.checks import (
     check_groups,
     check_model_id,
-    check_utc,
+    check_task,
 )
+from facefleet.link.models import ModelFile, ModelStatus
 from facefleet.server.errors import InvalidArgumentError
-from facefleet.vision.models.tasks import TASKS
 
 RolloutState = Literal["preparing", "active", "paused", "rolled_back"]
 ROLLOUT_STATES: tuple[RolloutState, ...] = ("preparing", "active", "paused", "rolled_back")
 DeviceState = Literal["assigned", "downloading", "verifying", "active", "failed"]
 DEVICE_STATES: tuple[DeviceState, ...] = ("assigned", "downloading", "verifying", "active", "failed")
-Activation = Literal["downloading", "verifying", "active", "failed"]
-ACTIVATIONS: tuple[Activation, ...] = ("downloading", "verifying", "active", "failed")
 TargetKind = Literal["all", "group", "percent"]
 TARGET_KINDS: tuple[TargetKind, ...] = ("all", "group", "percent")
-MAX_STATUSES = 16
-"""Most model statuses in one ReportModelStatus or Register call."""
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
-
-
-def check_task(task: str) -> str:
-    if task not in TASKS:
-        raise InvalidArgumentError(f"task {task[:40]!r} is not one of {', '.join(TASKS)}")
-    return task
-
-
-@dataclass(frozen=True)
-class ModelFile:
-    """One file of a published model version."""
-
-    name: str
-    size: int
-    sha256: str
-
-    def __post_init__(self) -> None:
-        if not _FILE_NAME.match(self.name):
-            raise InvalidArgumentError(f"model file name {self.name[:80]!r} is not a plain file name")
-        if self.size < 0 or not _SHA256.match(self.sha256):
-            raise InvalidArgumentError(f"model file {self.name}: bad size or sha256")
 
 
 @dataclass(frozen=True)
@@ -152,74 +122,9 @@ class DeviceRollout:
 
 
 @dataclass(frozen=True)
-class Release:
-    """A model version one agent should run for a task. files empty: activate the copy the agent stores."""
-
-    task: str
-    model_id: str
-    files: tuple[ModelFile, ...] = ()
-    manifest_json: str = ""
-    rollout_id: int = 0
-
-
-@dataclass(frozen=True)
-class ModelStatus:
-    """What an agent reports about an assigned model version (reason: why it failed, or progress)."""
-
-    task: str
-    model_id: str
-    rollout_id: int
-    state: Activation
-    reason: str = ""
-    time: datetime | None = None
-
-    def __post_init__(self) -> None:
-        check_task(self.task)
-        check_model_id(self.model_id)
-        if self.state not in ACTIVATIONS:
-            raise InvalidArgumentError(
-                f"model status of {self.model_id}: state must be one of {', '.join(ACTIVATIONS)}"
-            )
-        if self.rollout_id < 0:
-            raise InvalidArgumentError("rollout_id must not be negative")
-        if len(self.reason) > MAX_REASON_CHARS:
-            raise InvalidArgumentError(
-                f"model status of {self.model_id}: reason is {len(self.reason)} characters long; "
-                f"the limit is {MAX_REASON_CHARS}"
-            )
-        # An exception text may hold newlines; keep it on one line rather than refusing the report.
-        object.__setattr__(self, "reason", "".join(" " if ord(c) < 32 else c for c in self.reason))
-        if self.time is not None:
-            object.__setattr__(self, "time", check_utc("model status time", self.time))
-
-
-def check_statuses(statuses: tuple[ModelStatus, ...]) -> tuple[ModelStatus, ...]:
-    if len(statuses) > MAX_STATUSES:
-        raise InvalidArgumentError(f"{len(statuses)} model statuses in one call; the limit is {MAX_STATUSES}")
-    return statuses
-
-
-def check_model_versions(versions: dict[str, str]) -> dict[str, str]:
-    """Active model ids by task, as an agent reports them."""
-    for task, model_id in versions.items():
-        check_task(task)
-        if len(model_id) > MAX_LABEL_CHARS:
-            raise InvalidArgumentError(f"model_versions[{task}] is too long")
-        check_model_id(model_id)
-    return versions
-
-
-@dataclass(frozen=True)
 class AgentModels:
     """The rollout-related state of one agent: its declared groups and latest status per task."""
 
     device_id: str
     groups: tuple[str, ...] = ()
     statuses: tuple[ModelStatus, ...] = ()
-
-
-@dataclass(frozen=True)
-class ModelAssignment:
-    """The whole set of releases one agent should run, as sent on its Watch stream."""
-
-    releases: tuple[Release, ...]

@@ -8,16 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from facefleet.server.domain.models import ModelStatus
-from facefleet.server.domain.records import (
-    DECISIONS,
-    EVENT_KINDS,
-    Decision,
-    Event,
-    EventKind,
-    check_id,
-    check_utc,
-)
+from facefleet.link.checks import check_id, check_utc
+from facefleet.link.events import DECISIONS, EVENT_KINDS, Decision, Event, EventKind
+from facefleet.link.models import ModelStatus
 from facefleet.server.errors import InvalidArgumentError
 
 MAX_RANGE = timedelta(days=400)

@@ -15,18 +15,11 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from facefleet.server.domain.models import ModelAssignment, ModelStatus, Release, check_statuses
-from facefleet.server.domain.records import (
-    Event,
-    GalleryDelta,
-    Heartbeat,
-    Person,
-    Registration,
-    ReportOutcome,
-    Welcome,
-    check_health,
-    utc_now,
-)
+from facefleet.link.checks import check_health, utc_now
+from facefleet.link.events import Event
+from facefleet.link.fleet import Heartbeat, Registration, ReportOutcome, Welcome
+from facefleet.link.gallery import GalleryDelta, Person
+from facefleet.link.models import ModelAssignment, ModelRelease, ModelStatus, check_statuses
 from facefleet.server.errors import FailedPreconditionError, InvalidArgumentError, PermissionDeniedError
 from facefleet.server.rollouts.distribution import ModelDistribution
 from facefleet.server.rollouts.files import Chunk
@@ -133,7 +126,7 @@ class FleetHandler:
         wanted = frozenset(models) if models else None
         revision = from_revision
         models_seen: int | None = None
-        sent: tuple[Release, ...] = ()
+        sent: tuple[ModelRelease, ...] = ()
         self.fanout.enter(device_id)
         try:
             if not snapshot and revision == self.fanout.head:

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
+from facefleet.link.checks import check_id, utc_now
 from facefleet.server.domain.models import AgentModels
 from facefleet.server.domain.queries import (
     MAX_FILTER_VALUES,
@@ -20,7 +21,7 @@ from facefleet.server.domain.queries import (
     check_interval,
     page_size,
 )
-from facefleet.server.domain.records import AgentInfo, check_id, utc_now
+from facefleet.server.domain.records import AgentInfo
 from facefleet.server.errors import InvalidArgumentError
 from facefleet.server.state.interface import State
 

@@ -19,7 +19,8 @@ import numpy as np
 import numpy.typing as npt
 
 from facefleet.core.errors import FaceFleetError
-from facefleet.server.domain.records import Crop, Embedding, EnrolledFace
+from facefleet.link.gallery import Embedding
+from facefleet.server.domain.records import Crop, EnrolledFace
 from facefleet.server.errors import FailedPreconditionError, InvalidArgumentError
 from facefleet.vision.alignment import align_face
 from facefleet.vision.faces import Face

@@ -9,15 +9,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from facefleet.link.checks import utc_now
+from facefleet.link.gallery import Embedding, Person
 from facefleet.server.domain.queries import page_size
-from facefleet.server.domain.records import (
-    Embedding,
-    EnrolmentRequest,
-    EnrolmentResult,
-    Person,
-    PersonUpdate,
-    utc_now,
-)
+from facefleet.server.domain.records import EnrolmentRequest, EnrolmentResult, PersonUpdate
 from facefleet.server.errors import InvalidArgumentError
 from facefleet.server.gallery.embedder import EmbeddedImages, Enroller
 from facefleet.server.state.fanout import GalleryFanout

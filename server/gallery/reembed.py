@@ -20,7 +20,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from facefleet.server.domain.records import Crop, Embedding, utc_now
+from facefleet.link.checks import utc_now
+from facefleet.link.gallery import Embedding
+from facefleet.server.domain.records import Crop
 from facefleet.server.errors import InvalidArgumentError, NotFoundError
 from facefleet.server.state.interface import State
 from facefleet.vision.models.store import StoredModel

@@ -14,8 +14,9 @@ from datetime import datetime
 from pathlib import Path
 
 from facefleet.core.errors import FaceFleetError
-from facefleet.server.domain.models import ModelFile, PublishedModel, check_task
-from facefleet.server.domain.records import MAX_LABEL_CHARS, check_text, utc_now
+from facefleet.link.checks import MAX_LABEL_CHARS, check_task, check_text, utc_now
+from facefleet.link.models import ModelFile
+from facefleet.server.domain.models import PublishedModel
 from facefleet.server.errors import (
     AlreadyExistsError,
     FailedPreconditionError,

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from facefleet.link.checks import MAX_REASON_CHARS, utc_now
 from facefleet.server.domain.models import DeviceRollout, Rollout, Target
-from facefleet.server.domain.records import MAX_REASON_CHARS, utc_now
 from facefleet.server.errors import FailedPreconditionError
 from facefleet.server.gallery.reembed import CropEmbedder, reembed
 from facefleet.server.rollouts import plan as rollouts

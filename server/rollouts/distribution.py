@@ -14,15 +14,9 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from facefleet.server.domain.models import (
-    ModelStatus,
-    PublishedModel,
-    Release,
-    Rollout,
-    check_model_versions,
-    check_statuses,
-)
-from facefleet.server.domain.records import utc_now
+from facefleet.link.checks import utc_now
+from facefleet.link.models import ModelRelease, ModelStatus, check_model_versions, check_statuses
+from facefleet.server.domain.models import PublishedModel, Rollout
 from facefleet.server.errors import NotFoundError
 from facefleet.server.rollouts.catalogue import ModelCatalog
 from facefleet.server.rollouts.files import Chunk, ModelFiles
@@ -37,7 +31,7 @@ class Planned:
     """What a device's stream should send: its releases, the gallery head revision read after them, and
     the (rollout_id, previous_model_id) pairs to record as announced once the releases are sent."""
 
-    releases: tuple[Release, ...]
+    releases: tuple[ModelRelease, ...]
     head: int
     new: tuple[tuple[int, str], ...]
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from facefleet.server.domain.models import ModelFile
+from facefleet.link.models import ModelFile
 from facefleet.server.errors import DataLossError, OutOfRangeError
 from facefleet.vision.models.manifest import sha256_file
 

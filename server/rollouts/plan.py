@@ -20,7 +20,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from facefleet.server.domain.models import DeviceRollout, PublishedModel, Release, Rollout, Target
+from facefleet.link.models import ModelRelease
+from facefleet.server.domain.models import DeviceRollout, PublishedModel, Rollout, Target
 from facefleet.server.errors import FailedPreconditionError, InvalidArgumentError
 
 
@@ -49,11 +50,11 @@ def desired_releases(
     rollouts: Sequence[Rollout],
     announced: Mapping[int, DeviceRollout],
     catalogue: Mapping[str, PublishedModel],
-) -> tuple[Release, ...]:
+) -> tuple[ModelRelease, ...]:
     """The releases one device should run, sorted by task. announced: this device's rows by rollout id;
     catalogue: published models by id (retired ones left out)."""
     newest_first = sorted(rollouts, key=lambda r: r.rollout_id, reverse=True)
-    releases: dict[str, Release] = {}
+    releases: dict[str, ModelRelease] = {}
     for rollout in newest_first:
         if rollout.task in releases:
             continue
@@ -72,7 +73,7 @@ def desired_releases(
             releases[rollout.task] = (
                 _release(rollout.task, previous, 0)
                 if previous is not None and previous.task == rollout.task
-                else Release(rollout.task, before)
+                else ModelRelease(rollout.task, before)
             )
     return tuple(releases[task] for task in sorted(releases))
 
@@ -103,8 +104,8 @@ def _version_before(
     return ""
 
 
-def _release(task: str, model: PublishedModel, rollout_id: int) -> Release:
-    return Release(task, model.model_id, model.files, model.manifest_json, rollout_id)
+def _release(task: str, model: PublishedModel, rollout_id: int) -> ModelRelease:
+    return ModelRelease(task, model.model_id, model.files, model.manifest_json, rollout_id)
 
 
 # -- state changes -----------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from facefleet.core.errors import FaceFleetError
-from facefleet.server.domain.models import DeviceRollout, PublishedModel, Rollout, Target, check_task
-from facefleet.server.domain.records import MAX_LABEL_CHARS, check_model_id, check_text
+from facefleet.link.checks import MAX_LABEL_CHARS, check_model_id, check_task, check_text
+from facefleet.server.domain.models import DeviceRollout, PublishedModel, Rollout, Target
 from facefleet.server.errors import InvalidArgumentError, ResourceExhaustedError, ServerError, StateError
 from facefleet.server.rollouts.catalogue import ModelCatalog
 from facefleet.server.rollouts.control import RolloutControl, StartedRollout

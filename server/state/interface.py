@@ -18,6 +18,9 @@ import abc
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
+from facefleet.link.events import Event
+from facefleet.link.fleet import Registration
+from facefleet.link.gallery import Embedding, GalleryDelta, Person
 from facefleet.server.domain.queries import (
     DoorAccess,
     EventCursor,
@@ -27,16 +30,7 @@ from facefleet.server.domain.queries import (
     IntervalCount,
     UnknownRate,
 )
-from facefleet.server.domain.records import (
-    AgentInfo,
-    Crop,
-    Embedding,
-    Event,
-    GalleryDelta,
-    Person,
-    Registration,
-    TokenRecord,
-)
+from facefleet.server.domain.records import AgentInfo, Crop, TokenRecord
 from facefleet.server.state.models import ModelState
 
 

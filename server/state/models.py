@@ -12,10 +12,10 @@ import abc
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
+from facefleet.link.models import ModelStatus
 from facefleet.server.domain.models import (
     AgentModels,
     DeviceRollout,
-    ModelStatus,
     PublishedModel,
     Rollout,
     RolloutState,

@@ -30,10 +30,10 @@ from facefleet.agent.fleet.wire import (
 from facefleet.agent.publish.events import Versions, access_event, face_event
 from facefleet.agent.recognition.doors import AccessDecision
 from facefleet.agent.recognition.tracking import TrackEvent
+from facefleet.link.gallery import Embedding as ServerEmbedding
+from facefleet.link.gallery import GalleryDelta as ServerDelta
+from facefleet.link.gallery import Person as ServerPerson
 from facefleet.server.api import wire as server_wire
-from facefleet.server.domain.records import Embedding as ServerEmbedding
-from facefleet.server.domain.records import GalleryDelta as ServerDelta
-from facefleet.server.domain.records import Person as ServerPerson
 from facefleet.server.fleet.link import split_delta
 from facefleet.v1 import fleet_pb2, gallery_pb2
 

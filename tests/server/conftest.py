@@ -20,11 +20,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from facefleet.link.checks import utc_now
 from facefleet.server.api import certs
 from facefleet.server.api.security import new_token
 from facefleet.server.app import FleetServer
 from facefleet.server.config import ServerConfig
-from facefleet.server.domain.records import utc_now
 from facefleet.server.gallery.embedder import Enroller, EnrolmentSettings
 from facefleet.server.paths import ServerPaths
 from facefleet.server.state.sqlite.state import SqliteState

@@ -19,8 +19,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from facefleet.core.errors import EXIT_CONFIG, EXIT_OK
+from facefleet.link.checks import utc_now
+from facefleet.link.events import Event, ExpressionResult
+from facefleet.link.fleet import Registration
+from facefleet.link.gallery import Person
 from facefleet.server.cli.main import build_parser, main
-from facefleet.server.domain.records import Event, ExpressionResult, Person, Registration, utc_now
 from facefleet.server.state.sqlite.state import SqliteState
 from tests.server.conftest import Pki
 

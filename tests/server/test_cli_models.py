@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from facefleet.core.errors import EXIT_DATA, EXIT_NO_INPUT, EXIT_OK
-from facefleet.server.domain.models import ModelStatus
-from facefleet.server.domain.records import Registration, utc_now
+from facefleet.link.checks import utc_now
+from facefleet.link.fleet import Registration
+from facefleet.link.models import ModelStatus
 from facefleet.server.state.sqlite.state import SqliteState
 from tests.server.test_cli import run_cli
 

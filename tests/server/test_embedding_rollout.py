@@ -13,8 +13,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from facefleet.link.gallery import Embedding, Person
 from facefleet.server.domain.models import Target
-from facefleet.server.domain.records import Crop, Embedding, Person
+from facefleet.server.domain.records import Crop
 from facefleet.server.gallery.embedder import Enroller
 from facefleet.server.gallery.reembed import CropEmbedder, reembed
 from facefleet.server.rollouts.catalogue import ModelCatalog

@@ -31,11 +31,11 @@ from facefleet.agent.config import AgentConfig
 from facefleet.agent.service import AgentService
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.agent.updates.statuses import STATUS_FILE
+from facefleet.link.checks import utc_now
 from facefleet.server.api import certs
 from facefleet.server.cli import main as server_main
 from facefleet.server.domain.models import Target
 from facefleet.server.domain.queries import EventFilter
-from facefleet.server.domain.records import utc_now
 from facefleet.server.gallery.embedder import Enroller
 from facefleet.v1 import admin_pb2, models_pb2, query_pb2
 from facefleet.vision.models.onnx_fold import fold_blocked_dequantize

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from facefleet.server.domain.models import ModelFile, ModelStatus, PublishedModel, Target
-from facefleet.server.domain.records import Registration
+from facefleet.link.errors import LinkError
+from facefleet.link.fleet import Registration
+from facefleet.link.models import ModelFile, ModelStatus
+from facefleet.server.domain.models import PublishedModel, Target
 from facefleet.server.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -87,7 +89,7 @@ def test_an_id_is_unique_and_a_published_id_keeps_its_files(catalog: ModelCatalo
 def test_bad_publish_arguments_are_refused(
     catalog: ModelCatalog, fer_tflite: Path, arguments: tuple[str, ...], message: str
 ) -> None:
-    with pytest.raises(InvalidArgumentError, match=message):
+    with pytest.raises(LinkError, match=message):
         catalog.publish(fer_tflite, *arguments)
     assert catalog.published() == []
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from facefleet.server.domain.models import ModelFile
+from facefleet.link.models import ModelFile
 from facefleet.server.errors import DataLossError, OutOfRangeError
 from facefleet.server.gallery.embedder import Enroller
 from facefleet.server.rollouts.files import ModelFiles

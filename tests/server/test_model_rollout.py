@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from facefleet.link.checks import utc_now
+from facefleet.link.gallery import Embedding, GalleryDelta, Person
 from facefleet.server.cli.main import main
 from facefleet.server.domain.models import PublishedModel, Target
-from facefleet.server.domain.records import Embedding, GalleryDelta, Person, utc_now
 from facefleet.server.fleet.link import FleetHandler, FleetSettings
 from facefleet.server.gallery.embedder import Enroller
 from facefleet.server.rollouts import plan as rollouts

@@ -18,10 +18,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from facefleet.link.gallery import Embedding, Person
 from facefleet.server.app import rollout_embedding_models
 from facefleet.server.config import ServerConfig
 from facefleet.server.domain.models import Target
-from facefleet.server.domain.records import Crop, Embedding, Person
+from facefleet.server.domain.records import Crop
 from facefleet.server.errors import FailedPreconditionError
 from facefleet.server.gallery.embedder import Enroller
 from facefleet.server.paths import ServerPaths

@@ -8,16 +8,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from facefleet.server.domain.models import (
-    DeviceRollout,
-    ModelFile,
-    ModelStatus,
-    PublishedModel,
-    Release,
-    Rollout,
-    RolloutState,
-    Target,
-)
+from facefleet.link.errors import LinkError
+from facefleet.link.models import ModelFile, ModelRelease, ModelStatus
+from facefleet.server.domain.models import DeviceRollout, PublishedModel, Rollout, RolloutState, Target
 from facefleet.server.errors import FailedPreconditionError, InvalidArgumentError
 from facefleet.server.rollouts import plan as rollouts
 from facefleet.server.rollouts.plan import bucket, covers, desired_releases
@@ -130,7 +123,7 @@ def test_a_rollback_returns_announced_agents_to_their_previous_version() -> None
     assert (release.model_id, release.rollout_id, release.files) == (previous, 0, CATALOGUE[previous].files)
     unpublished = {5: row(5, "door-1", "mini-xception@site-tuned")}
     assert desired_releases("door-1", (), [back], unpublished, CATALOGUE) == (
-        Release("expression", "mini-xception@site-tuned"),
+        ModelRelease("expression", "mini-xception@site-tuned"),
     )
     assert desired_releases("door-2", (), [back], {}, CATALOGUE) == ()
     assert desired_releases("door-1", (), [back], {5: row(5, "door-1", "")}, CATALOGUE) == ()
@@ -242,7 +235,7 @@ def test_only_percent_rollouts_can_be_widened() -> None:
     ],
 )
 def test_bad_targets_are_refused(kwargs: dict[str, object], message: str) -> None:
-    with pytest.raises(InvalidArgumentError, match=message):
+    with pytest.raises(LinkError, match=message):
         Target(**kwargs)  # type: ignore[arg-type]
 
 
@@ -257,7 +250,7 @@ def test_bad_targets_are_refused(kwargs: dict[str, object], message: str) -> Non
 )
 def test_bad_model_statuses_are_refused(kwargs: dict[str, object], message: str) -> None:
     good = ModelStatus("expression", NEW, 1, "failed", "sha256 differs")
-    with pytest.raises(InvalidArgumentError, match=message):
+    with pytest.raises(LinkError, match=message):
         replace(good, **kwargs)  # type: ignore[arg-type]
 
 

@@ -15,16 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from facefleet.link.events import Event, ExpressionResult
+from facefleet.link.fleet import Registration
+from facefleet.link.gallery import Embedding, Person
 from facefleet.server.domain.queries import EventCursor, EventFilter
-from facefleet.server.domain.records import (
-    Crop,
-    Embedding,
-    Event,
-    ExpressionResult,
-    Person,
-    Registration,
-    TokenRecord,
-)
+from facefleet.server.domain.records import Crop, TokenRecord
 from facefleet.server.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StateError
 from facefleet.server.state.interface import State
 from facefleet.server.state.sqlite.state import SqliteState

@@ -13,9 +13,9 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from facefleet.link.gallery import Embedding, GalleryDelta, Person
 from facefleet.server.api import certs
 from facefleet.server.api.security import Authenticator, certificate_identity, new_token
-from facefleet.server.domain.records import Embedding, GalleryDelta, Person
 from facefleet.server.errors import (
     InvalidArgumentError,
     PermissionDeniedError,

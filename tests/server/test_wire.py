@@ -9,9 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from facefleet.link.errors import LinkError
+from facefleet.link.events import Event, ExpressionResult
+from facefleet.link.gallery import Embedding, GalleryDelta, Person
 from facefleet.server.api import wire
 from facefleet.server.domain.queries import EventFilter
-from facefleet.server.domain.records import Embedding, Event, ExpressionResult, GalleryDelta, Person
 from facefleet.server.errors import InvalidArgumentError
 from facefleet.v1 import admin_pb2, events_pb2, gallery_pb2, query_pb2
 
@@ -110,7 +112,7 @@ def test_malformed_events_are_refused_naming_the_field(mutate: object, message: 
         Event("e1", "door-1", NOW, "face", "match", person_id="alice", expression=ExpressionResult("happy"))
     )
     mutate(proto)  # type: ignore[operator]
-    with pytest.raises(InvalidArgumentError, match=message):
+    with pytest.raises(LinkError, match=message):
         wire.event_from_proto(proto)
 
 

@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from facefleet.link.errors import LinkError
+from facefleet.link.models import ModelAssignment, ModelFile, ModelRelease, ModelStatus
 from facefleet.server.api import wire_models
-from facefleet.server.domain.models import ModelAssignment, ModelFile, ModelStatus, Release
-from facefleet.server.errors import InvalidArgumentError
 from facefleet.server.rollouts.files import Chunk
 from facefleet.v1 import fleet_pb2, models_pb2
 
@@ -46,14 +46,14 @@ def test_malformed_reports_are_refused_naming_the_field(
     if message is None:
         assert wire_models.report_models_from_proto(request) == ((), {})
         return
-    with pytest.raises(InvalidArgumentError, match=message):
+    with pytest.raises(LinkError, match=message):
         wire_models.report_models_from_proto(request)
 
 
 def test_an_assignment_carries_files_manifest_and_rollout() -> None:
     files = (ModelFile("model.bin", 10, "a" * 64), ModelFile("model.xml", 3, "b" * 64))
     assignment = ModelAssignment(
-        (Release("expression", "m@v2", files, "{}", 4), Release("embedding", "sface@2021dec"))
+        (ModelRelease("expression", "m@v2", files, "{}", 4), ModelRelease("embedding", "sface@2021dec"))
     )
     message = wire_models.assignment_to_proto(assignment).models
     assert [(r.task, r.model_id, r.rollout_id, r.manifest_json) for r in message.releases] == [
@@ -80,7 +80,7 @@ def test_download_requests(request_fields: dict[str, object], message: str | Non
     if message is None:
         assert wire_models.download_from_proto(request) == ("m@v", "model.bin", 5)
     else:
-        with pytest.raises(InvalidArgumentError, match=message):
+        with pytest.raises(LinkError, match=message):
             wire_models.download_from_proto(request)
 
 

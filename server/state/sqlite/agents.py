@@ -9,8 +9,9 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
+from facefleet.link.fleet import Registration
 from facefleet.server.domain.queries import from_us, to_us
-from facefleet.server.domain.records import AgentInfo, Registration, TokenRecord
+from facefleet.server.domain.records import AgentInfo, TokenRecord
 from facefleet.server.errors import AlreadyExistsError, NotFoundError
 
 _COLUMNS = "token_id, name, role, salt, digest, created_us"

@@ -14,6 +14,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Sequence
 
+from facefleet.link.events import Decision, Event, EventKind, ExpressionResult
 from facefleet.server.domain.queries import (
     DoorAccess,
     EventCursor,
@@ -25,7 +26,6 @@ from facefleet.server.domain.queries import (
     from_us,
     to_us,
 )
-from facefleet.server.domain.records import Decision, Event, EventKind, ExpressionResult
 
 HOUR_US = 3_600_000_000
 DAY_US = 24 * HOUR_US

@@ -12,13 +12,11 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol, cast
 
+from facefleet.link.models import Activation, ModelFile, ModelStatus
 from facefleet.server.domain.models import (
-    Activation,
     AgentModels,
     DeviceRollout,
     DeviceState,
-    ModelFile,
-    ModelStatus,
     PublishedModel,
     Rollout,
     RolloutState,

@@ -11,8 +11,9 @@ from datetime import datetime
 
 import numpy as np
 
+from facefleet.link.gallery import Embedding, Person
 from facefleet.server.domain.queries import from_us, to_us
-from facefleet.server.domain.records import Crop, Embedding, Person
+from facefleet.server.domain.records import Crop
 from facefleet.server.errors import NotFoundError
 
 CHUNK = 500

@@ -18,6 +18,10 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+from facefleet.link.checks import MAX_EMBEDDINGS_PER_PERSON
+from facefleet.link.events import Event
+from facefleet.link.fleet import Registration
+from facefleet.link.gallery import Embedding, GalleryDelta, Person
 from facefleet.server.domain.queries import (
     DoorAccess,
     EventCursor,
@@ -28,17 +32,7 @@ from facefleet.server.domain.queries import (
     UnknownRate,
     to_us,
 )
-from facefleet.server.domain.records import (
-    MAX_EMBEDDINGS_PER_PERSON,
-    AgentInfo,
-    Crop,
-    Embedding,
-    Event,
-    GalleryDelta,
-    Person,
-    Registration,
-    TokenRecord,
-)
+from facefleet.server.domain.records import AgentInfo, Crop, TokenRecord
 from facefleet.server.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StateError
 from facefleet.server.state.interface import State
 from facefleet.server.state.sqlite import agents as sqlite_agents

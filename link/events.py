@@ -1,0 +1,96 @@
+"""Face and access events as agents report them to the server."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from facefleet.link.checks import (
+    MAX_LABEL_CHARS,
+    MAX_MAP_ENTRIES,
+    MAX_REASON_CHARS,
+    check_id,
+    check_text,
+    check_utc,
+)
+from facefleet.link.errors import LinkError
+from facefleet.vision.faces import EXPRESSION_LABELS
+
+EventKind = Literal["face", "access"]
+Decision = Literal["match", "unknown", "ambiguous", "undecided", "granted", "denied"]
+EVENT_KINDS: tuple[EventKind, ...] = ("face", "access")
+FACE_DECISIONS: tuple[Decision, ...] = ("match", "unknown", "ambiguous", "undecided")
+ACCESS_DECISIONS: tuple[Decision, ...] = ("granted", "denied")
+DECISIONS: tuple[Decision, ...] = FACE_DECISIONS + ACCESS_DECISIONS
+
+
+@dataclass(frozen=True)
+class ExpressionResult:
+    label: str
+    probabilities: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.label not in EXPRESSION_LABELS:
+            raise LinkError(
+                f"expression label {self.label[:40]!r} is not one of {', '.join(EXPRESSION_LABELS)}"
+            )
+        if len(self.probabilities) > MAX_MAP_ENTRIES or any(
+            key not in EXPRESSION_LABELS or not 0.0 <= value <= 1.0
+            for key, value in self.probabilities.items()
+        ):
+            raise LinkError("expression probabilities must map FER labels to values within 0–1")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One face or access event reported by an agent."""
+
+    event_id: str
+    device_id: str
+    time: datetime
+    kind: EventKind
+    decision: Decision
+    camera: str = ""
+    person_id: str = ""
+    score: float = 0.0
+    margin: float = 0.0
+    expression: ExpressionResult | None = None
+    quality: float = 0.0
+    model_versions: Mapping[str, str] = field(default_factory=dict)
+    gallery_revision: int = 0
+    door: str = ""
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.event_id or len(self.event_id) > 64 or not self.event_id.isascii():
+            raise LinkError("event_id must be 1–64 ASCII characters (a UUID)")
+        check_id("device_id", self.device_id)
+        object.__setattr__(self, "time", check_utc("time", self.time))
+        if self.time.year < 2000:
+            raise LinkError(f"event time {self.time.isoformat()} is before 2000: set the device's clock")
+        if self.kind not in EVENT_KINDS:
+            raise LinkError(f"event kind must be one of {', '.join(EVENT_KINDS)}, not {self.kind!r}")
+        allowed = FACE_DECISIONS if self.kind == "face" else ACCESS_DECISIONS
+        if self.decision not in allowed:
+            raise LinkError(
+                f"a {self.kind} event needs a decision among {', '.join(allowed)}, got {self.decision!r}"
+            )
+        if self.person_id:
+            check_id("person_id", self.person_id)
+        elif self.decision == "match":
+            raise LinkError("a 'match' event needs a person_id")
+        for name, value in (("score", self.score), ("margin", self.margin), ("quality", self.quality)):
+            if not math.isfinite(value) or abs(value) > 1e6:
+                raise LinkError(f"event {name} must be a finite number, got {value}")
+        for name, text in (("camera", self.camera), ("door", self.door)):
+            check_text(name, text, MAX_LABEL_CHARS)
+        check_text("reason", self.reason, MAX_REASON_CHARS)
+        if len(self.model_versions) > MAX_MAP_ENTRIES or any(
+            len(k) > MAX_LABEL_CHARS or len(v) > MAX_LABEL_CHARS for k, v in self.model_versions.items()
+        ):
+            raise LinkError(f"model_versions: at most {MAX_MAP_ENTRIES} short entries")
+        if self.gallery_revision < 0:
+            raise LinkError("gallery_revision must not be negative")

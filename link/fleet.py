@@ -1,0 +1,68 @@
+"""The fleet link's session messages: an agent's registration, the server's welcome, the heartbeat of
+an idle watch stream, and what the server did with a report."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from facefleet.link.checks import MAX_LABEL_CHARS, MAX_MAP_ENTRIES, check_groups, check_id, check_text
+from facefleet.link.errors import LinkError
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Sent on an idle Watch stream."""
+
+    gallery_revision: int
+    server_time: datetime
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What an agent tells the server when it registers."""
+
+    device_id: str
+    agent_version: str = ""
+    hostname: str = ""
+    model_versions: Mapping[str, str] = field(default_factory=dict)
+    capabilities: tuple[str, ...] = ()
+    gallery_revision: int = 0
+    gallery_id: str = ""
+    groups: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_id("device_id", self.device_id)
+        object.__setattr__(self, "groups", check_groups(tuple(self.groups)))
+        check_text("agent_version", self.agent_version, MAX_LABEL_CHARS)
+        check_text("hostname", self.hostname, 255)
+        if len(self.capabilities) > MAX_MAP_ENTRIES or any(
+            len(c) > MAX_LABEL_CHARS for c in self.capabilities
+        ):
+            raise LinkError(f"capabilities: at most {MAX_MAP_ENTRIES} short entries")
+        if len(self.model_versions) > MAX_MAP_ENTRIES or any(
+            len(k) > MAX_LABEL_CHARS or len(v) > MAX_LABEL_CHARS for k, v in self.model_versions.items()
+        ):
+            raise LinkError(f"model_versions: at most {MAX_MAP_ENTRIES} short entries")
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """What Register answers."""
+
+    gallery_revision: int
+    gallery_id: str
+    embedding_models: tuple[str, ...]
+    max_report_events: int
+    heartbeat_seconds: int
+    server_time: datetime
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    """Result of storing a batch: new events, repeats, and refused events (event_id, reason)."""
+
+    stored: int
+    duplicates: int
+    rejected: tuple[tuple[str, str], ...] = ()

@@ -34,6 +34,7 @@ from facefleet.agent.recognition.doors import AccessDecision, DoorController
 from facefleet.agent.recognition.matching import Decision, DecisionPolicy, Matcher
 from facefleet.agent.recognition.tracking import Observation, Tracker
 from facefleet.agent.store.database import OUTBOX_DROPPED, EmbeddingStore
+from facefleet.agent.updates.statuses import status_to_json
 from facefleet.agent.updates.updater import ModelUpdater, Switch, UpdateSettings
 from facefleet.core import notify
 from facefleet.core.config import credential_path, secret
@@ -347,7 +348,7 @@ class AgentService:
 
     def _model_statuses(self) -> list[dict[str, Any]]:
         updater = self.sync.updater if self.sync is not None else None
-        return [] if updater is None else [s.to_json() for s in updater.statuses()]
+        return [] if updater is None else [status_to_json(s) for s in updater.statuses()]
 
     def health(self) -> dict[str, float]:
         """Figures for the fleet server's dashboard (sent with every report)."""

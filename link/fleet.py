@@ -9,14 +9,15 @@ from datetime import datetime
 
 from facefleet.link.checks import MAX_LABEL_CHARS, MAX_MAP_ENTRIES, check_groups, check_id, check_text
 from facefleet.link.errors import LinkError
+from facefleet.link.models import ModelStatus, check_statuses
 
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """Sent on an idle Watch stream."""
+    """Sent on an idle Watch stream, with the server's current revision and clock."""
 
     gallery_revision: int
-    server_time: datetime
+    server_time: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,11 @@ class Registration:
     capabilities: tuple[str, ...] = ()
     gallery_revision: int = 0
     gallery_id: str = ""
+    model_statuses: tuple[ModelStatus, ...] = ()
     groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "model_statuses", check_statuses(tuple(self.model_statuses)))
         check_id("device_id", self.device_id)
         object.__setattr__(self, "groups", check_groups(tuple(self.groups)))
         check_text("agent_version", self.agent_version, MAX_LABEL_CHARS)
@@ -56,13 +59,14 @@ class Welcome:
     embedding_models: tuple[str, ...]
     max_report_events: int
     heartbeat_seconds: int
-    server_time: datetime
+    server_time: datetime | None = None
 
 
 @dataclass(frozen=True)
 class ReportOutcome:
-    """Result of storing a batch: new events, repeats, and refused events (event_id, reason)."""
+    """Result of storing a batch: new events, repeats, and refused events (event_id, reason). Every event
+    not refused is durably stored."""
 
-    stored: int
-    duplicates: int
+    stored: int = 0
+    duplicates: int = 0
     rejected: tuple[tuple[str, str], ...] = ()

@@ -4,6 +4,8 @@ agent from one server revision to another. Vectors are (D,) float32, L2-normalis
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -121,18 +123,69 @@ class Person:
 
 @dataclass(frozen=True, eq=False)
 class GalleryDelta:
-    """What brings a gallery from from_revision to to_revision; snapshot: replace everything."""
+    """Server changes from revision from_revision to to_revision (one part of them when more_parts).
+
+    upserts: people as the server has them now (each replaces the stored person and all their embeddings);
+    deletes: person ids to erase; snapshot: the whole gallery, so everyone else is forgotten and
+    to_revision/gallery_id are taken as they are, even when lower than before."""
 
     from_revision: int
     to_revision: int
-    snapshot: bool
+    snapshot: bool = False
     upserts: tuple[Person, ...] = ()
     deletes: tuple[str, ...] = ()
     gallery_id: str = ""
     more_parts: bool = False
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "upserts", tuple(self.upserts))
+        object.__setattr__(self, "deletes", tuple(self.deletes))
+        if self.from_revision < 0 or self.to_revision < 0:
+            raise LinkError(
+                f"gallery delta revisions must not be negative, got {self.from_revision} → {self.to_revision}"
+            )
+        if not self.snapshot and self.to_revision < self.from_revision:
+            raise LinkError(
+                f"gallery delta goes backwards ({self.from_revision} → {self.to_revision}); "
+                "only a snapshot may"
+            )
         if self.snapshot and self.deletes:
-            raise ValueError("a snapshot carries no deletes")
-        if self.to_revision < self.from_revision:
-            raise ValueError(f"delta goes backwards: {self.from_revision} → {self.to_revision}")
+            raise LinkError("a gallery snapshot carries no deletes (everyone not in it is forgotten)")
+        counts = Counter(p.person_id for p in self.upserts)
+        repeated = {p for p, n in counts.items() if n > 1} | (counts.keys() & set(self.deletes))
+        if repeated:
+            raise LinkError(
+                f"gallery delta {self.from_revision} → {self.to_revision} names person(s) "
+                f"{', '.join(sorted(map(repr, repeated)))} more than once"
+            )
+
+
+def join_parts(parts: Sequence[GalleryDelta]) -> GalleryDelta:
+    """The one delta a multi-part delta stands for: every part but the last has more_parts, all share
+    from_revision, to_revision, snapshot and gallery_id; their upserts and deletes add up."""
+    if not parts:
+        raise LinkError("no gallery delta parts to join")
+    first, last = parts[0], parts[-1]
+    key = (first.from_revision, first.to_revision, first.snapshot, first.gallery_id)
+    for index, part in enumerate(parts):
+        if (part.from_revision, part.to_revision, part.snapshot, part.gallery_id) != key:
+            raise LinkError(
+                f"gallery delta part {index + 1} is for {part.from_revision} → {part.to_revision} but "
+                f"the first part was for {first.from_revision} → {first.to_revision}; "
+                "the server mixed two deltas"
+            )
+        if part.more_parts != (part is not last):
+            raise LinkError(
+                f"gallery delta part {index + 1} of {len(parts)} has more_parts={part.more_parts}; "
+                "only the last part may end the delta"
+            )
+    if len(parts) == 1:
+        return first
+    return GalleryDelta(
+        first.from_revision,
+        first.to_revision,
+        first.snapshot,
+        tuple(u for part in parts for u in part.upserts),
+        tuple(d for part in parts for d in part.deletes),
+        first.gallery_id,
+    )

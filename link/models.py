@@ -31,12 +31,19 @@ class ModelFile:
         if not _FILE_NAME.match(self.name):
             raise LinkError(f"model file name {self.name[:80]!r} is not a plain file name")
         if self.size < 0 or not _SHA256.match(self.sha256):
-            raise LinkError(f"model file {self.name}: bad size or sha256")
+            raise LinkError(f"model file {self.name}: bad size or no valid sha256 (64 lowercase hex digits)")
+
+
+MAX_RELEASE_FILES = 8
+MAX_RELEASE_FILE_BYTES = 4 * 1024**3
+MAX_MANIFEST_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class ModelRelease:
-    """A model version one agent should run for a task. files empty: activate the copy the agent stores."""
+    """A model version one agent should run for a task. files empty: activate the copy the agent stores (a
+    rollback); manifest_json: the version's manifest.json text ('' when files is empty). Checked so that
+    nothing in it can name a path outside a model store or make an agent download without bound."""
 
     task: str
     model_id: str
@@ -44,10 +51,41 @@ class ModelRelease:
     manifest_json: str = ""
     rollout_id: int = 0
 
+    def __post_init__(self) -> None:
+        what = f"model release {self.model_id[:80]!r} ({self.task[:20]!r})"
+        try:
+            check_task(self.task)
+            check_model_id(self.model_id)
+        except LinkError as exc:
+            raise LinkError(f"{what}: {exc}") from None
+        object.__setattr__(self, "files", tuple(self.files))
+        if len(self.files) > MAX_RELEASE_FILES:
+            raise LinkError(f"{what}: {len(self.files)} files; at most {MAX_RELEASE_FILES}")
+        for file in self.files:
+            if file.name == "manifest.json" or len(file.name) > 64:
+                raise LinkError(f"{what}: file name {file.name[:80]!r} is not allowed")
+            if not 0 < file.size <= MAX_RELEASE_FILE_BYTES:
+                raise LinkError(f"{what}: file {file.name} has size {file.size}; expected 1 B to 4 GiB")
+        if len({f.name for f in self.files}) != len(self.files):
+            raise LinkError(f"{what}: a file is listed twice")
+        if len(self.manifest_json.encode()) > MAX_MANIFEST_BYTES:
+            raise LinkError(f"{what}: manifest_json is over {MAX_MANIFEST_BYTES // 1024} KiB")
+        if bool(self.files) != bool(self.manifest_json):
+            raise LinkError(f"{what}: files and manifest_json come together (both or neither)")
+        if self.rollout_id < 0:
+            raise LinkError(f"{what}: rollout_id must not be negative")
+
+    @property
+    def name_version(self) -> tuple[str, str]:
+        name, _, version = self.model_id.partition("@")
+        return name, version
+
 
 @dataclass(frozen=True)
 class ModelStatus:
-    """What an agent reports about an assigned model version (reason: why it failed, or progress)."""
+    """What an agent reports about an assigned model version (reason: why it failed, or progress; time:
+    when). final is the agent's own and not sent: whether a failure is final for this rollout, or is tried
+    again."""
 
     task: str
     model_id: str
@@ -55,6 +93,7 @@ class ModelStatus:
     state: Activation
     reason: str = ""
     time: datetime | None = None
+    final: bool = True
 
     def __post_init__(self) -> None:
         check_task(self.task)
@@ -92,6 +131,15 @@ def check_model_versions(versions: dict[str, str]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class ModelAssignment:
-    """The whole set of releases one agent should run, as sent on its Watch stream."""
+    """The whole set of releases one agent should run, as sent on its Watch stream: at most one per task."""
 
-    releases: tuple[ModelRelease, ...]
+    releases: tuple[ModelRelease, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "releases", tuple(self.releases))
+        tasks = [r.task for r in self.releases]
+        if len(set(tasks)) != len(tasks):
+            raise LinkError(f"model assignment names a task twice ({', '.join(sorted(tasks))})")
+
+    def by_task(self) -> dict[str, ModelRelease]:
+        return {release.task: release for release in self.releases}

@@ -1,5 +1,6 @@
 """Shared fixtures: the default models imported once per session into a temporary store, a runtime
-pinned to f32 on CPU so numbers are reproducible, and the real sample photos from installed wheels."""
+pinned to f32 on CPU so numbers are reproducible, and the real sample photos from installed wheels;
+`link_session_models` for state directories that use the session's models as they are."""
 
 from __future__ import annotations
 
@@ -29,6 +30,18 @@ def model_store(tmp_path_factory: pytest.TempPathFactory, runtime: Runtime) -> M
     store = ModelStore(tmp_path_factory.mktemp("state") / "models")
     import_defaults(runtime, store)
     return store
+
+
+def link_session_models(state: Path, model_store: ModelStore) -> Path:
+    """Make `state` a state directory that links to the session's default models and to the cache of
+    their compiled forms (`<state_dir>/cache`), so each model compiles once per session instead of once per
+    test. Only for tests that leave the models as they are: one that imports or activates needs a copy."""
+    cache = model_store.root.parent / "cache"
+    cache.mkdir(exist_ok=True)
+    state.mkdir(exist_ok=True)
+    (state / "models").symlink_to(model_store.root, target_is_directory=True)
+    (state / "cache").symlink_to(cache, target_is_directory=True)
+    return state
 
 
 @pytest.fixture(scope="session")

@@ -9,10 +9,10 @@ from typing import Any
 from rich.table import Table
 
 from facefleet.agent.cli.context import Context
-from facefleet.agent.domain.fleet import ModelStatus
-from facefleet.agent.updates.statuses import load_statuses
+from facefleet.agent.updates.statuses import load_statuses, status_to_json
 from facefleet.core.cli import add_command
 from facefleet.core.errors import EXIT_IO, EXIT_OK, FaceFleetError
+from facefleet.link.models import ModelStatus
 from facefleet.vision.models.importer import PRECISIONS, import_defaults, import_model
 from facefleet.vision.models.store import StoredModel
 from facefleet.vision.models.tasks import TASKS
@@ -183,7 +183,7 @@ def _show(context: Context, models: list[StoredModel]) -> None:
 
 
 def _status_json(status: ModelStatus | None) -> dict[str, Any] | None:
-    return None if status is None else status.to_json()
+    return None if status is None else status_to_json(status)
 
 
 def _ref(model: StoredModel) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from facefleet.core.errors import EXIT_DATA, EXIT_IO, EXIT_UNAVAILABLE, FaceFleetError
+from facefleet.link.gallery import Person as LinkPerson
 from facefleet.vision.vectors import MatchError, unit_vector
 
 FloatArray = npt.NDArray[np.float32]
@@ -205,3 +206,19 @@ class AuditEntry:
     person_id: str | None
     score: float | None
     details: Mapping[str, Any]
+
+
+def upsert_from_link(person: LinkPerson) -> PersonUpsert:
+    """A person as the server sent them (a gallery delta's upsert), as the store keeps them: metadata as a
+    mapping, each embedding's source marked as coming from the server."""
+    what = f"gallery person {person.person_id!r} from the server"
+    try:
+        return PersonUpsert(
+            Person(person.person_id, person.display_name, person.groups, json.loads(person.metadata_json)),
+            tuple(
+                Embedding(e.model_id, e.vector, e.quality, f"server:{e.source}" if e.source else "server")
+                for e in person.embeddings
+            ),
+        )
+    except InvalidRecordError as exc:
+        raise InvalidRecordError(f"{what}: {exc}") from None

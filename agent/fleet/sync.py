@@ -26,16 +26,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from facefleet import __version__
-from facefleet.agent.domain.fleet import (
-    GalleryDelta,
-    Heartbeat,
-    ModelAssignment,
-    ModelStatus,
-    Registration,
-    SyncPoint,
-    Welcome,
-    join_parts,
-)
+from facefleet.agent.domain.fleet import SyncPoint
 from facefleet.agent.domain.records import RevisionConflictError, StoreError
 from facefleet.agent.fleet.channel import (
     channel_options,
@@ -47,6 +38,9 @@ from facefleet.agent.fleet.wire import FleetClient, WatchStream
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.core.backoff import Backoff
 from facefleet.core.errors import FaceFleetError
+from facefleet.link.fleet import Heartbeat, Registration, Welcome
+from facefleet.link.gallery import GalleryDelta, join_parts
+from facefleet.link.models import ModelAssignment, ModelStatus
 
 if TYPE_CHECKING:
     from facefleet.agent.updates.updater import ModelUpdater

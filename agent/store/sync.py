@@ -18,8 +18,15 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
-from facefleet.agent.domain.fleet import GalleryDelta, QueuedReport, SyncPoint
-from facefleet.agent.domain.records import InvalidRecordError, PersonUpsert, RevisionConflictError, json_text
+from facefleet.agent.domain.fleet import QueuedReport, SyncPoint
+from facefleet.agent.domain.records import (
+    InvalidRecordError,
+    PersonUpsert,
+    RevisionConflictError,
+    json_text,
+    upsert_from_link,
+)
+from facefleet.link.gallery import GalleryDelta
 
 _LOG = logging.getLogger(__name__)
 
@@ -95,13 +102,14 @@ class ServerSync:
             point = _read_point(conn)
             deletes = delta.deletes
             if delta.snapshot:
-                kept = {u.person.person_id for u in delta.upserts}
+                kept = {person.person_id for person in delta.upserts}
                 everyone = [row[0] for row in conn.execute("SELECT person_id FROM people")]
                 deletes = tuple(p for p in everyone if p not in kept)
             else:
                 _check_continues(point, delta, self._store.path)
             if delta.upserts or deletes:
-                self._store._change_people(conn, delta.upserts, deletes, whole_people=True)
+                upserts = [upsert_from_link(person) for person in delta.upserts]
+                self._store._change_people(conn, upserts, deletes, whole_people=True)
                 revision = self._store._bump(conn)
             else:
                 revision = int(conn.execute("SELECT revision FROM gallery WHERE id = 1").fetchone()[0])

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from facefleet.agent.domain.fleet import ModelFileSpec
+from facefleet.link.models import ModelFile
 from facefleet.vision.errors import ModelIntegrityError, ModelStoreError
 
 Fetch = Callable[[str, int], AsyncIterator[bytes]]
@@ -26,11 +26,11 @@ class DiskFullError(ModelStoreError):
     """The disk filled up while a model was downloaded or stored."""
 
 
-def part_path(directory: Path, spec: ModelFileSpec) -> Path:
+def part_path(directory: Path, spec: ModelFile) -> Path:
     return directory / f"{spec.sha256}.part"
 
 
-async def download(fetch: Fetch, spec: ModelFileSpec, directory: Path) -> Path:
+async def download(fetch: Fetch, spec: ModelFile, directory: Path) -> Path:
     """The verified file `spec` in directory, fetched from where an earlier attempt stopped.
 
     A resumed file that fails the check is fetched once more from the start (its earlier part may have been
@@ -50,7 +50,7 @@ async def download(fetch: Fetch, spec: ModelFileSpec, directory: Path) -> Path:
     return path
 
 
-async def _fetch_rest(fetch: Fetch, spec: ModelFileSpec, path: Path) -> None:
+async def _fetch_rest(fetch: Fetch, spec: ModelFile, path: Path) -> None:
     """Append the bytes path lacks, fsynced every FSYNC_BYTES and at the end; writes run off the loop."""
     have = path.stat().st_size if path.exists() else 0
     if have > spec.size:
@@ -93,7 +93,7 @@ def _sync(handle: BinaryIO) -> None:
     os.fsync(handle.fileno())
 
 
-def check_file(path: Path, spec: ModelFileSpec) -> None:
+def check_file(path: Path, spec: ModelFile) -> None:
     """Raise ModelIntegrityError (and delete the file) when size or sha256 differ from spec."""
     size = path.stat().st_size
     digest = hashlib.sha256()

@@ -30,15 +30,18 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
-from facefleet.agent.domain.fleet import ModelAssignment, ModelRelease, ModelStatus, WireError
 from facefleet.agent.recognition.matching import LoadedGalleries
 from facefleet.agent.updates.download import DiskFullError, download
 from facefleet.agent.updates.smoke import smoke_test
 from facefleet.agent.updates.statuses import load_statuses, save_statuses
 from facefleet.core.errors import FaceFleetError
+from facefleet.link.checks import MAX_REASON_CHARS
+from facefleet.link.errors import LinkError
+from facefleet.link.models import Activation, ModelAssignment, ModelRelease, ModelStatus
 from facefleet.vision.errors import ModelIntegrityError, ModelSpecError, ModelStoreError
 from facefleet.vision.models.manifest import MANIFEST_NAME, ModelManifest, sha256_file
 from facefleet.vision.models.store import ModelStore, StoredModel, check_model
@@ -192,7 +195,7 @@ class ModelUpdater:
                 log.info("%s", exc)
                 return
             except (FaceFleetError, OSError, RuntimeError, ValueError) as exc:
-                if isinstance(exc, (ConnectionError, WireError)):
+                if isinstance(exc, (ConnectionError, LinkError)):
                     raise  # the connection broke: retried once reconnected, the download resumes
                 transient = isinstance(exc, TRANSIENT_ERRORS) or release.rollout_id == 0
                 reason = _reason(exc) + ("; retrying later" if transient else "")
@@ -403,13 +406,19 @@ class ModelUpdater:
         client: ModelClient,
         timeout: float,
         release: ModelRelease,
-        state: str,
+        state: Activation,
         reason: str,
         *,
         final: bool = True,
     ) -> None:
         status = ModelStatus(
-            release.task, release.model_id, release.rollout_id, state, reason, time.time(), final
+            release.task,
+            release.model_id,
+            release.rollout_id,
+            state,
+            reason[:MAX_REASON_CHARS],
+            datetime.now(timezone.utc),
+            final,
         )
         self._statuses[release.task] = status
         await asyncio.to_thread(save_statuses, self.store, dict(self._statuses))

@@ -11,9 +11,8 @@ from typing import Any, TypeVar
 
 import grpc
 
+from facefleet.link import serde
 from facefleet.link.errors import LinkError
-from facefleet.link.gallery import GalleryDelta
-from facefleet.link.models import ModelAssignment
 from facefleet.server.api import wire, wire_models
 from facefleet.server.api.security import Authenticator
 from facefleet.server.errors import ServerError
@@ -73,9 +72,8 @@ class FleetServicer(wire.FleetServicerBase):
     @unary
     async def Register(self, request: Any, context: Any) -> Any:  # noqa: N802
         device = self.auth.device(context.auth_context(), request.device_id)
-        registration = wire.registration_from_proto(request, device)
-        statuses = wire_models.statuses_from_proto(request.model_statuses, "model_statuses")
-        return wire.register_response(await self.handler.register(registration, statuses))
+        registration = serde.registration_from_proto(request, device)
+        return serde.welcome_to_proto(await self.handler.register(registration))
 
     @streaming
     async def Watch(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
@@ -84,12 +82,7 @@ class FleetServicer(wire.FleetServicerBase):
             device, request.from_revision, request.gallery_id, tuple(request.embedding_models)
         )
         async for update in updates:
-            if isinstance(update, GalleryDelta):
-                yield wire.delta_to_proto(update)
-            elif isinstance(update, ModelAssignment):
-                yield wire_models.assignment_to_proto(update)
-            else:
-                yield wire.heartbeat_to_proto(update)
+            yield serde.watch_update_to_proto(update)
 
     @streaming
     async def DownloadModel(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
@@ -114,7 +107,7 @@ class FleetServicer(wire.FleetServicerBase):
     async def ReportResults(self, request: Any, context: Any) -> Any:  # noqa: N802
         device = self.auth.device(context.auth_context(), request.device_id)
         events, rejected, health = wire.report_from_proto(request, device)
-        return wire.report_response(await self.handler.report(device, events, rejected, health))
+        return serde.outcome_to_proto(await self.handler.report(device, events, rejected, health))
 
 
 class AdminServicer(wire.AdminServicerBase):

@@ -7,18 +7,25 @@ generated code."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timezone
 
 import grpc
-import numpy as np
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from facefleet.link.checks import MAX_EMBEDDINGS_PER_PERSON, check_id
 from facefleet.link.errors import LinkError
-from facefleet.link.events import Decision, Event, EventKind, ExpressionResult
-from facefleet.link.fleet import Heartbeat, Registration, ReportOutcome, Welcome
-from facefleet.link.gallery import Embedding as DomainEmbedding
-from facefleet.link.gallery import GalleryDelta, Person
+from facefleet.link.events import Event
+from facefleet.link.gallery import Person
+from facefleet.link.serde import (
+    DECISION_VALUES,
+    DECISIONS,
+    KIND_VALUES,
+    KINDS,
+    embedding_from_proto,
+    event_from_proto,
+    event_to_proto,
+    from_timestamp,
+    person_to_proto,
+    timestamp,
+)
 from facefleet.server.domain.queries import (
     DoorAccess,
     EventFilter,
@@ -35,10 +42,8 @@ from facefleet.server.errors import InvalidArgumentError
 from facefleet.v1 import (
     admin_pb2,
     admin_pb2_grpc,
-    events_pb2,
     fleet_pb2,
     fleet_pb2_grpc,
-    gallery_pb2,
     query_pb2,
     query_pb2_grpc,
 )
@@ -69,20 +74,6 @@ SERVICE_NAMES = tuple(
     )
 )
 
-KINDS: dict[events_pb2.EventKind, EventKind] = {
-    events_pb2.EVENT_KIND_FACE: "face",
-    events_pb2.EVENT_KIND_ACCESS: "access",
-}
-KIND_VALUES = {kind: value for value, kind in KINDS.items()}
-DECISIONS: dict[events_pb2.Decision, Decision] = {
-    events_pb2.DECISION_MATCH: "match",
-    events_pb2.DECISION_UNKNOWN: "unknown",
-    events_pb2.DECISION_AMBIGUOUS: "ambiguous",
-    events_pb2.DECISION_UNDECIDED: "undecided",
-    events_pb2.DECISION_GRANTED: "granted",
-    events_pb2.DECISION_DENIED: "denied",
-}
-DECISION_VALUES = {decision: value for value, decision in DECISIONS.items()}
 ON_EXISTING: dict[int, OnExisting] = {
     admin_pb2.ON_EXISTING_FAIL: "fail",
     admin_pb2.ON_EXISTING_REPLACE: "replace",
@@ -93,168 +84,10 @@ ON_EXISTING: dict[int, OnExisting] = {
 # -- time --------------------------------------------------------------------------------------------
 
 
-def timestamp(moment: datetime | None) -> Timestamp:
-    stamp = Timestamp()
-    if moment is not None:
-        stamp.FromDatetime(moment.astimezone(timezone.utc))
-    return stamp
-
-
-def from_timestamp(stamp: Timestamp, name: str) -> datetime:
-    if stamp.seconds == 0 and stamp.nanos == 0:
-        raise InvalidArgumentError(f"{name} is missing")
-    try:
-        moment: datetime = stamp.ToDatetime(tzinfo=timezone.utc)
-        return moment
-    except (ValueError, OverflowError):
-        raise InvalidArgumentError(f"{name} is out of range") from None
-
-
 # -- gallery -----------------------------------------------------------------------------------------
 
 
-def embedding_to_proto(embedding: DomainEmbedding, *, with_vector: bool = True) -> gallery_pb2.Embedding:
-    return gallery_pb2.Embedding(
-        model_id=embedding.model_id,
-        dim=embedding.dim,
-        vector=embedding.vector.astype("<f4").tobytes() if with_vector else b"",
-        quality=embedding.quality,
-        source=embedding.source,
-    )
-
-
-def embedding_from_proto(message: gallery_pb2.Embedding, name: str) -> DomainEmbedding:
-    """An embedding as sent by a client; `name` (e.g. 'embeddings[2]') prefixes every error."""
-    if message.dim == 0 or len(message.vector) != 4 * message.dim:
-        raise InvalidArgumentError(
-            f"{name}: vector has {len(message.vector)} bytes, but dim {message.dim} needs {4 * message.dim} "
-            "(float32 little-endian)"
-        )
-    vector = np.frombuffer(message.vector, dtype="<f4").astype(np.float32)
-    try:
-        return DomainEmbedding(message.model_id, vector, float(message.quality), message.source or "client")
-    except LinkError as exc:
-        raise InvalidArgumentError(f"{name}: {exc}") from None
-
-
-def person_to_proto(person: Person, *, with_vectors: bool = True) -> gallery_pb2.Person:
-    return gallery_pb2.Person(
-        person_id=person.person_id,
-        display_name=person.display_name,
-        groups=person.groups,
-        metadata_json=person.metadata_json,
-        embeddings=[embedding_to_proto(e, with_vector=with_vectors) for e in person.embeddings],
-        created_at=timestamp(person.created_at),
-        updated_at=timestamp(person.updated_at),
-        revision=person.revision,
-    )
-
-
-def person_from_proto(message: gallery_pb2.Person) -> Person:
-    return Person(
-        person_id=message.person_id,
-        display_name=message.display_name,
-        groups=tuple(message.groups),
-        metadata_json=message.metadata_json,
-        embeddings=tuple(
-            embedding_from_proto(e, f"person {message.person_id} embeddings[{i}]")
-            for i, e in enumerate(message.embeddings)
-        ),
-        created_at=message.created_at.ToDatetime(tzinfo=timezone.utc)
-        if message.HasField("created_at")
-        else None,
-        updated_at=message.updated_at.ToDatetime(tzinfo=timezone.utc)
-        if message.HasField("updated_at")
-        else None,
-        revision=message.revision,
-    )
-
-
-def delta_to_proto(delta: GalleryDelta) -> fleet_pb2.WatchResponse:
-    return fleet_pb2.WatchResponse(
-        gallery=gallery_pb2.GalleryDelta(
-            from_revision=delta.from_revision,
-            to_revision=delta.to_revision,
-            snapshot=delta.snapshot,
-            upserts=[person_to_proto(p) for p in delta.upserts],
-            deletes=delta.deletes,
-            more_parts=delta.more_parts,
-            gallery_id=delta.gallery_id,
-        )
-    )
-
-
-def delta_from_proto(message: gallery_pb2.GalleryDelta) -> GalleryDelta:
-    return GalleryDelta(
-        from_revision=message.from_revision,
-        to_revision=message.to_revision,
-        snapshot=message.snapshot,
-        upserts=tuple(person_from_proto(p) for p in message.upserts),
-        deletes=tuple(message.deletes),
-        gallery_id=message.gallery_id,
-        more_parts=message.more_parts,
-    )
-
-
-def heartbeat_to_proto(heartbeat: Heartbeat) -> fleet_pb2.WatchResponse:
-    return fleet_pb2.WatchResponse(
-        heartbeat=fleet_pb2.Heartbeat(
-            gallery_revision=heartbeat.gallery_revision, server_time=timestamp(heartbeat.server_time)
-        )
-    )
-
-
 # -- events ------------------------------------------------------------------------------------------
-
-
-def event_to_proto(event: Event) -> events_pb2.Event:
-    message = events_pb2.Event(
-        event_id=event.event_id,
-        device_id=event.device_id,
-        time=timestamp(event.time),
-        camera=event.camera,
-        kind=KIND_VALUES[event.kind],
-        person_id=event.person_id,
-        decision=DECISION_VALUES[event.decision],
-        score=event.score,
-        margin=event.margin,
-        quality=event.quality,
-        model_versions=dict(event.model_versions),
-        gallery_revision=event.gallery_revision,
-        door=event.door,
-        reason=event.reason,
-    )
-    if event.expression is not None:
-        message.expression.label = event.expression.label
-        message.expression.probabilities.update(event.expression.probabilities)
-    return message
-
-
-def event_from_proto(message: events_pb2.Event, default_device: str = "") -> Event:
-    if message.kind not in KINDS:
-        raise InvalidArgumentError("kind must be EVENT_KIND_FACE or EVENT_KIND_ACCESS")
-    if message.decision not in DECISIONS:
-        raise InvalidArgumentError("decision is missing or unknown")
-    expression = None
-    if message.HasField("expression"):
-        expression = ExpressionResult(message.expression.label, dict(message.expression.probabilities))
-    return Event(
-        event_id=message.event_id,
-        device_id=message.device_id or default_device,
-        time=from_timestamp(message.time, "time"),
-        kind=KINDS[message.kind],
-        decision=DECISIONS[message.decision],
-        camera=message.camera,
-        person_id=message.person_id,
-        score=message.score,
-        margin=message.margin,
-        expression=expression,
-        quality=message.quality,
-        model_versions=dict(message.model_versions),
-        gallery_revision=message.gallery_revision,
-        door=message.door,
-        reason=message.reason,
-    )
 
 
 def report_from_proto(
@@ -272,40 +105,7 @@ def report_from_proto(
     return events, rejected, dict(request.health)
 
 
-def report_response(outcome: ReportOutcome) -> fleet_pb2.ReportResultsResponse:
-    return fleet_pb2.ReportResultsResponse(
-        rejected=[fleet_pb2.EventRejection(event_id=i, reason=r) for i, r in outcome.rejected],
-        stored=outcome.stored,
-        duplicates=outcome.duplicates,
-    )
-
-
 # -- fleet -------------------------------------------------------------------------------------------
-
-
-def registration_from_proto(request: fleet_pb2.RegisterRequest, device_id: str) -> Registration:
-    """The registration of the authenticated device_id."""
-    return Registration(
-        device_id=device_id,
-        agent_version=request.agent_version,
-        hostname=request.hostname,
-        model_versions=dict(request.model_versions),
-        capabilities=tuple(request.capabilities),
-        gallery_revision=request.gallery_revision,
-        gallery_id=request.gallery_id,
-        groups=tuple(request.groups),
-    )
-
-
-def register_response(welcome: Welcome) -> fleet_pb2.RegisterResponse:
-    return fleet_pb2.RegisterResponse(
-        gallery_revision=welcome.gallery_revision,
-        gallery_id=welcome.gallery_id,
-        embedding_models=welcome.embedding_models,
-        max_report_events=welcome.max_report_events,
-        heartbeat_seconds=welcome.heartbeat_seconds,
-        server_time=timestamp(welcome.server_time),
-    )
 
 
 def ack_response(revision: int) -> fleet_pb2.AckGalleryResponse:

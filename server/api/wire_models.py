@@ -5,13 +5,13 @@ field."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime
 
 from facefleet.link.checks import MAX_LABEL_CHARS, check_model_id
 from facefleet.link.errors import LinkError
-from facefleet.link.models import MAX_STATUSES, Activation, ModelAssignment, ModelRelease, ModelStatus
-from facefleet.server.api.wire import from_timestamp, timestamp
+from facefleet.link.models import ModelStatus
+from facefleet.link.serde import status_to_proto, statuses_from_proto, timestamp
 from facefleet.server.domain.models import (
     DeviceRollout,
     DeviceState,
@@ -27,13 +27,6 @@ from facefleet.server.rollouts.files import Chunk
 from facefleet.server.rollouts.uploads import RolloutAction, UploadChunk, UploadHeader, UploadPart
 from facefleet.v1 import admin_pb2, fleet_pb2, models_pb2, query_pb2
 
-ACTIVATIONS: dict[models_pb2.ModelActivation, Activation] = {
-    models_pb2.MODEL_ACTIVATION_DOWNLOADING: "downloading",
-    models_pb2.MODEL_ACTIVATION_VERIFYING: "verifying",
-    models_pb2.MODEL_ACTIVATION_ACTIVE: "active",
-    models_pb2.MODEL_ACTIVATION_FAILED: "failed",
-}
-ACTIVATION_VALUES = {name: value for value, name in ACTIVATIONS.items()}
 PRECISIONS: dict[admin_pb2.ModelPrecision, str] = {
     admin_pb2.MODEL_PRECISION_UNSPECIFIED: "FP16",
     admin_pb2.MODEL_PRECISION_FP16: "FP16",
@@ -60,57 +53,6 @@ ROLLOUT_ACTIONS: dict[admin_pb2.RolloutAction, RolloutAction] = {
 }
 MAX_LISTED_PEOPLE = 1000
 """Most person ids in each list of a StartRolloutResponse (its counts are complete)."""
-
-
-def status_from_proto(message: models_pb2.ModelStatus, name: str) -> ModelStatus:
-    if message.state not in ACTIVATIONS:
-        raise InvalidArgumentError(f"{name}: state is missing or unknown")
-    stamp = message.time
-    time = from_timestamp(stamp, f"{name}.time") if stamp.seconds or stamp.nanos else None
-    try:
-        return ModelStatus(
-            task=message.task,
-            model_id=message.model_id,
-            rollout_id=message.rollout_id,
-            state=ACTIVATIONS[message.state],
-            reason=message.reason,
-            time=time,
-        )
-    except LinkError as exc:
-        raise InvalidArgumentError(f"{name}: {exc}") from None
-
-
-def statuses_from_proto(messages: Sequence[models_pb2.ModelStatus], field: str) -> tuple[ModelStatus, ...]:
-    if len(messages) > MAX_STATUSES:
-        raise InvalidArgumentError(f"{field}: {len(messages)} statuses; the limit is {MAX_STATUSES}")
-    return tuple(status_from_proto(m, f"{field}[{i}]") for i, m in enumerate(messages))
-
-
-def status_to_proto(status: ModelStatus) -> models_pb2.ModelStatus:
-    return models_pb2.ModelStatus(
-        task=status.task,
-        model_id=status.model_id,
-        rollout_id=status.rollout_id,
-        state=ACTIVATION_VALUES[status.state],
-        reason=status.reason,
-        time=timestamp(status.time),
-    )
-
-
-def release_to_proto(release: ModelRelease) -> models_pb2.ModelRelease:
-    return models_pb2.ModelRelease(
-        task=release.task,
-        model_id=release.model_id,
-        files=[models_pb2.ModelFile(name=f.name, size=f.size, sha256=f.sha256) for f in release.files],
-        manifest_json=release.manifest_json,
-        rollout_id=release.rollout_id,
-    )
-
-
-def assignment_to_proto(assignment: ModelAssignment) -> fleet_pb2.WatchResponse:
-    return fleet_pb2.WatchResponse(
-        models=models_pb2.ModelAssignment(releases=[release_to_proto(r) for r in assignment.releases])
-    )
 
 
 def download_from_proto(request: fleet_pb2.DownloadModelRequest) -> tuple[str, str, int]:

@@ -19,7 +19,7 @@ from facefleet.link.checks import check_health, utc_now
 from facefleet.link.events import Event
 from facefleet.link.fleet import Heartbeat, Registration, ReportOutcome, Welcome
 from facefleet.link.gallery import GalleryDelta, Person
-from facefleet.link.models import ModelAssignment, ModelRelease, ModelStatus, check_statuses
+from facefleet.link.models import ModelAssignment, ModelRelease, ModelStatus
 from facefleet.server.errors import FailedPreconditionError, InvalidArgumentError, PermissionDeniedError
 from facefleet.server.rollouts.distribution import ModelDistribution
 from facefleet.server.rollouts.files import Chunk
@@ -87,14 +87,14 @@ class FleetHandler:
         self.deltas = DeltaCache(state)
         self._registered: set[str] = set()
 
-    async def register(self, registration: Registration, statuses: Sequence[ModelStatus] = ()) -> Welcome:
-        check_statuses(tuple(statuses))
+    async def register(self, registration: Registration) -> Welcome:
+        """Record the agent, its groups and the model statuses it brought; the server's answer."""
 
         def store() -> None:
             now = self.clock()
             self.state.register_agent(registration, now)
             self.state.models.set_agent_models(
-                registration.device_id, now, statuses=statuses, groups=registration.groups
+                registration.device_id, now, statuses=registration.model_statuses, groups=registration.groups
             )
 
         await asyncio.to_thread(store)

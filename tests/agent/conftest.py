@@ -67,8 +67,8 @@ class Subscriber:
             time.sleep(0.02)
 
     def close(self) -> None:
+        self.client.disconnect()  # first, so that the network loop ends at once instead of at its next tick
         self.client.loop_stop()
-        self.client.disconnect()
 
 
 @pytest.fixture

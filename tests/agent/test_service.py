@@ -23,6 +23,7 @@ from facefleet.agent.domain.records import Embedding, Person, PersonUpsert
 from facefleet.agent.service import AgentService
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.vision.models.store import ModelStore
+from tests.conftest import link_session_models
 from tests.mosquitto import Mosquitto
 from tests.tmpfs import fill, mounted_tmpfs
 
@@ -32,9 +33,7 @@ PREFIX = "facefleet/door-box/"
 @pytest.fixture
 def state_dir(model_store: ModelStore, analyzer: Any, astronaut: np.ndarray, tmp_path: Path) -> Path:
     """A state directory with the default models and Eileen (the astronaut, group 'crew') enrolled."""
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "models").symlink_to(model_store.root, target_is_directory=True)
+    state = link_session_models(tmp_path / "state", model_store)
     (face,) = analyzer.analyze(astronaut)
     with EmbeddingStore(state / "agent.db") as store:
         store.apply_batch(
@@ -85,6 +84,7 @@ min_frames = 3
     return path
 
 
+@pytest.mark.slow
 def test_service_publishes_identity_unknown_expression_and_door_decisions(
     state_dir: Path,
     astronaut: np.ndarray,

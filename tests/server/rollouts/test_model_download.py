@@ -18,7 +18,7 @@ from facefleet.server.rollouts.files import ModelFiles
 from facefleet.v1 import fleet_pb2
 from facefleet.vision.runtime import Runtime
 from tests.server.conftest import Harness, Pki, run, serving
-from tests.server.test_model_rollout import NEW, publish_expression_models
+from tests.server.rollouts.test_model_rollout import NEW, publish_expression_models
 
 CHUNK = 32 * 1024  # half of the 64 KiB message limit below
 

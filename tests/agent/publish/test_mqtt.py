@@ -84,6 +84,7 @@ def test_status_is_retained_and_offline_on_a_clean_stop(
     late.wait_for(lambda: late.on(PREFIX + "status")[-1]["state"] == "offline")
 
 
+@pytest.mark.slow
 def test_last_will_marks_a_crashed_agent_offline(broker: Mosquitto, subscriber_factory: Any) -> None:
     watcher = subscriber_factory(broker.port, PREFIX + "status")
     script = textwrap.dedent(
@@ -151,6 +152,7 @@ def test_refused_credentials_are_reported(tmp_path: Path) -> None:
         secured.stop()
 
 
+@pytest.mark.slow
 def test_backlog_written_while_the_broker_is_down_is_delivered_in_order(
     tmp_path: Path, subscriber_factory: Any
 ) -> None:
@@ -172,6 +174,7 @@ def test_backlog_written_while_the_broker_is_down_is_delivered_in_order(
     assert numbers == list(range(300))
 
 
+@pytest.mark.slow
 def test_broker_outage_mid_run_loses_nothing(tmp_path: Path, subscriber_factory: Any) -> None:
     broker = Mosquitto(tmp_path).start()
     store = EmbeddingStore(tmp_path / "store.db")

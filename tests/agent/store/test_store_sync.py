@@ -12,17 +12,18 @@ import numpy as np
 import pytest
 from sqlite_utils import Database
 
-from facefleet.agent.domain.fleet import GalleryDelta
 from facefleet.agent.domain.records import (
     Embedding,
     InvalidEmbeddingError,
     InvalidRecordError,
     Person,
-    PersonUpsert,
     RevisionConflictError,
 )
 from facefleet.agent.store.database import MIGRATIONS, EmbeddingStore
 from facefleet.agent.store.sync import REPORTS_DROPPED
+from facefleet.link.gallery import Embedding as LinkEmbedding
+from facefleet.link.gallery import GalleryDelta
+from facefleet.link.gallery import Person as LinkPerson
 
 MODEL = "sface@2021dec"
 
@@ -37,8 +38,13 @@ def emb(seed: int, model: str = MODEL, dim: int = 128) -> Embedding:
     return Embedding(model, np.random.default_rng(seed).normal(size=dim).astype(np.float32), 0.9, "server")
 
 
-def upsert(person_id: str, *seeds: int, name: str = "") -> PersonUpsert:
-    return PersonUpsert(Person(person_id, name), tuple(emb(s) for s in seeds))
+def link_emb(seed: int, dim: int = 128) -> LinkEmbedding:
+    return LinkEmbedding(MODEL, np.random.default_rng(seed).normal(size=dim).astype(np.float32), 0.9, "")
+
+
+def upsert(person_id: str, *seeds: int, name: str = "") -> LinkPerson:
+    """A person as a server delta carries them."""
+    return LinkPerson(person_id, name, embeddings=tuple(link_emb(s) for s in seeds))
 
 
 def state(store: EmbeddingStore) -> tuple[object, ...]:
@@ -89,7 +95,7 @@ def test_a_server_upsert_replaces_all_of_the_persons_embeddings(store: Embedding
     store.upsert_person(Person("alice"), [emb(1), emb(2, "arcface@r100", 512)])
     store.sync.apply(GalleryDelta(0, 1, snapshot=True, upserts=(upsert("alice", 7, name="Alice"),)), [MODEL])
     (only,) = store.embeddings("alice")
-    assert (only.model_id, only.vector.tobytes()) == (MODEL, emb(7).vector.tobytes())
+    assert (only.model_id, only.vector.tobytes()) == (MODEL, link_emb(7).vector.tobytes())
     assert store.person("alice").name == "Alice"
 
 
@@ -127,7 +133,7 @@ def test_a_delta_failing_half_way_changes_nothing(store: EmbeddingStore) -> None
         GalleryDelta(0, 1, snapshot=True, upserts=(upsert("alice", 1),), gallery_id="g"), [MODEL]
     )
     before = state(store)
-    wrong_dim = PersonUpsert(Person("bob"), (emb(2, dim=64),))
+    wrong_dim = LinkPerson("bob", embeddings=(link_emb(2, dim=64),))
     with pytest.raises(
         InvalidEmbeddingError, match="has 64 dimensions, but that model's embeddings have 128"
     ):
@@ -151,7 +157,7 @@ def test_a_snapshot_resets_the_gallery_even_to_a_lower_revision_of_another_galle
         [MODEL],
     )
     assert [p.person_id for p in store.people()] == ["bob", "carol"]
-    assert store.embeddings("bob")[0].vector.tobytes() == emb(5).vector.tobytes()
+    assert store.embeddings("bob")[0].vector.tobytes() == link_emb(5).vector.tobytes()
     assert store.revision() == before + 1  # forward, so the matcher reloads
     point = store.sync.point()
     assert (point.revision, point.gallery_id) == (3, "new")

@@ -3,7 +3,8 @@ the switch, refusals that keep the running version running, and the disk bound.
 
 The bytes come from a real published version (the expression model imported again at FP32, in a store laid
 out as the server's) through `FileServer`, which serves them the way DownloadModel does and can break the
-connection at a chosen byte. The gRPC path end to end is in test_model_rollout.py.
+connection at a chosen byte. The gRPC path end to end is in
+tests/server/rollouts/test_model_rollout.py.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import numpy as np
 import pytest
 
 from facefleet.agent.cli.main import main as cli_main
-from facefleet.agent.domain.fleet import ModelAssignment, ModelFileSpec, ModelRelease, ModelStatus
 from facefleet.agent.updates.download import DiskFullError, download, part_path
 from facefleet.agent.updates.statuses import STATUS_FILE
 from facefleet.agent.updates.updater import ModelUpdater, RetryLaterError, Switch, UpdateSettings
+from facefleet.link.models import ModelAssignment, ModelFile, ModelRelease, ModelStatus
 from facefleet.vision.errors import ModelIntegrityError
 from facefleet.vision.models.importer import DEFAULT_MODELS, import_model, locate_default
 from facefleet.vision.models.manifest import MANIFEST_NAME, ModelManifest, sha256_file
@@ -58,7 +59,7 @@ def published(tmp_path_factory: pytest.TempPathFactory, runtime: Runtime) -> Mod
 
 def release_of(model: StoredModel, rollout_id: int = 1) -> ModelRelease:
     files = tuple(
-        ModelFileSpec(name, (model.directory / name).stat().st_size, sha)
+        ModelFile(name, (model.directory / name).stat().st_size, sha)
         for name, sha in sorted(model.manifest.files.items())
     )
     manifest = (model.directory / MANIFEST_NAME).read_text(encoding="utf-8")
@@ -175,7 +176,7 @@ def test_bytes_that_differ_from_the_release_are_refused_and_forgotten(
 ) -> None:
     model = published.models()[0]
     spec = next(f for f in release_of(model).files if f.name == "model.bin")
-    wrong = ModelFileSpec(spec.name, spec.size, "0" * 64)
+    wrong = ModelFile(spec.name, spec.size, "0" * 64)
     server = FileServer(published)
 
     def fetch(file: str, offset: int) -> AsyncIterator[bytes]:
@@ -420,7 +421,7 @@ def test_a_rollback_uses_the_agents_own_conversion_of_the_same_source(
     agent.reconcile(FileServer(published), release_of(published.models()[0]))
     server_bytes = {name: "f" * 64 for name in original.manifest.files}
     manifest = json.dumps({**original.manifest.to_json(), "files": server_bytes})
-    files = tuple(ModelFileSpec(name, 1000, sha) for name, sha in sorted(server_bytes.items()))
+    files = tuple(ModelFile(name, 1000, sha) for name, sha in sorted(server_bytes.items()))
     server = FileServer(published)
     agent.reconcile(server, ModelRelease("expression", original.manifest.model_id, files, manifest, 9))
     assert expression_of(agent.analyzer) == original.manifest.model_id

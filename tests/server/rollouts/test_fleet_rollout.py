@@ -42,7 +42,9 @@ from facefleet.vision.models.onnx_fold import fold_blocked_dequantize
 from facefleet.vision.models.store import ModelStore
 from tests.agent.test_service import write_video
 from tests.server.conftest import Harness, Pki, run, serving
-from tests.server.test_agent_sync import until
+from tests.server.fleet.test_agent_sync import until
+
+pytestmark = pytest.mark.slow  # agents downloading, compiling and switching for real, some as processes
 
 EXPRESSION_NEW = "mini-xception@fer2013-fp32"
 EXPRESSION_TAMPERED = "mini-xception@fer2013-tampered"

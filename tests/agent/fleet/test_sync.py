@@ -1,6 +1,6 @@
 """The sync client's pieces that need no server: reconnect backoff, where a Watch resumes, the [server]
 config section and its TLS files, and a client whose server is unreachable. The end-to-end behaviour
-against a real server is in tests/server/test_agent_sync.py."""
+against a real server is in tests/server/fleet/test_agent_sync.py."""
 
 from __future__ import annotations
 
@@ -16,13 +16,14 @@ import pytest
 from pydantic import ValidationError
 
 from facefleet.agent.config import AgentConfig, FleetServerConfig, load_config
-from facefleet.agent.domain.fleet import SyncPoint, Welcome
+from facefleet.agent.domain.fleet import SyncPoint
 from facefleet.agent.fleet.channel import read_tls
 from facefleet.agent.fleet.sync import FleetSync, SyncSettings, resume_from
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.core.backoff import Backoff
 from facefleet.core.config import credential_path
 from facefleet.core.errors import ConfigError
+from facefleet.link.fleet import Welcome
 from facefleet.server.api import certs
 
 if sys.version_info >= (3, 11):
@@ -224,7 +225,7 @@ def test_without_a_server_events_wait_in_the_store_and_stop_cuts_the_backoff_sho
 
 
 def test_the_readme_documents_every_server_key_in_a_valid_config_block() -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).parents[3] / "README.md").read_text(encoding="utf-8")
     block = readme.split("### Configuration", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
     config = AgentConfig.model_validate(tomllib.loads(block))
     assert config.server == FleetServerConfig()  # the block shows the defaults
@@ -234,7 +235,7 @@ def test_the_readme_documents_every_server_key_in_a_valid_config_block() -> None
 
 
 def test_the_example_config_shows_a_server_section_that_is_off_until_certificates_are_installed() -> None:
-    config = load_config(Path(__file__).parents[2] / "systemd" / "agent.example.toml")
+    config = load_config(Path(__file__).parents[3] / "systemd" / "agent.example.toml")
     assert (config.server.enabled, config.server.address, config.server.key_file) == (
         False,
         "fleet.example:7443",

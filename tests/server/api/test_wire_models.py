@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from facefleet.link import serde
 from facefleet.link.errors import LinkError
 from facefleet.link.models import ModelAssignment, ModelFile, ModelRelease, ModelStatus
 from facefleet.server.api import wire_models
@@ -19,14 +20,14 @@ WHEN = datetime(2026, 11, 23, 12, 0, 1, tzinfo=timezone.utc)
 @pytest.mark.parametrize("state", ["downloading", "verifying", "active", "failed"])
 def test_a_status_survives_the_round_trip(state: str) -> None:
     status = ModelStatus("embedding", "sface@2021dec-fp32", 7, state, "why", WHEN)  # type: ignore[arg-type]
-    assert wire_models.status_from_proto(wire_models.status_to_proto(status), "s") == status
+    assert serde.status_from_proto(serde.status_to_proto(status), "s") == status
 
 
 def test_a_status_without_time_keeps_none() -> None:
     message = models_pb2.ModelStatus(
         task="expression", model_id="m@v", state=models_pb2.MODEL_ACTIVATION_ACTIVE, time=Timestamp()
     )
-    assert wire_models.status_from_proto(message, "s").time is None
+    assert serde.status_from_proto(message, "s").time is None
 
 
 @pytest.mark.parametrize(
@@ -55,7 +56,7 @@ def test_an_assignment_carries_files_manifest_and_rollout() -> None:
     assignment = ModelAssignment(
         (ModelRelease("expression", "m@v2", files, "{}", 4), ModelRelease("embedding", "sface@2021dec"))
     )
-    message = wire_models.assignment_to_proto(assignment).models
+    message = serde.watch_update_to_proto(assignment).models
     assert [(r.task, r.model_id, r.rollout_id, r.manifest_json) for r in message.releases] == [
         ("expression", "m@v2", 4, "{}"),
         ("embedding", "sface@2021dec", 0, ""),

@@ -160,6 +160,7 @@ def test_check_config(
     assert got == code and message in out + err
 
 
+@pytest.mark.slow
 def test_console_script_runs(state_dir: Path, photo_paths: dict[str, Path]) -> None:
     script = Path(sys.executable).with_name("facefleet-agent")
     result = subprocess.run(

@@ -23,7 +23,7 @@ from facefleet.server.gallery.embedder import Enroller
 from facefleet.server.rollouts.uploads import UploadHeader
 from facefleet.v1 import admin_pb2, fleet_pb2
 from tests.server.conftest import Harness, Pki, next_update, run, serving
-from tests.server.test_fleet_service import random_embedding
+from tests.server.fleet.test_fleet_service import random_embedding
 
 OLD = "mini-xception@fer2013"
 NEW = "mini-xception@fer2013-fp32"

@@ -14,14 +14,12 @@ import pytest
 from facefleet.agent.cli.main import main
 from facefleet.agent.config import load_config
 from facefleet.vision.models.store import ModelStore
+from tests.conftest import link_session_models
 
 
 @pytest.fixture
 def state_dir(model_store: ModelStore, tmp_path: Path) -> Path:
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "models").symlink_to(model_store.root, target_is_directory=True)
-    return state
+    return link_session_models(tmp_path / "state", model_store)
 
 
 def run(capsys: pytest.CaptureFixture[str], state_dir: Path, *argv: str) -> tuple[int, Any, str]:

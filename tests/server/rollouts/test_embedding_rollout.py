@@ -25,7 +25,7 @@ from facefleet.v1 import admin_pb2, fleet_pb2, gallery_pb2
 from facefleet.vision.models.store import ModelStore, StoredModel
 from facefleet.vision.runtime import Runtime
 from tests.server.conftest import Pki, encode, next_update, run, serving
-from tests.server.test_fleet_service import random_embedding
+from tests.server.fleet.test_fleet_service import random_embedding
 
 OLD = "sface@2021dec"
 NEW = "sface@2021dec-fp32"

@@ -32,13 +32,13 @@ from facefleet.server.state.sqlite.state import SqliteState
 from facefleet.v1 import fleet_pb2
 from facefleet.vision.models.store import ModelStore
 from facefleet.vision.runtime import Runtime
+from tests.server.cli.test_cli import run_cli
 from tests.server.conftest import Pki, encode, run, serving
-from tests.server.test_cli import run_cli
 
 OLD = "sface@2021dec"
 NEW = "sface@2021dec-fp32"
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 class FakeTime:
@@ -128,6 +128,7 @@ def test_a_preparer_that_fails_rolls_its_rollout_back_with_the_reason(
     state.close()
 
 
+@pytest.mark.slow
 def test_a_rollout_whose_preparer_was_killed_is_rolled_back_once_it_shows_no_progress(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], runtime: Runtime, model_irs: dict[str, Path]
 ) -> None:

@@ -13,7 +13,7 @@ from facefleet.link.checks import utc_now
 from facefleet.link.fleet import Registration
 from facefleet.link.models import ModelStatus
 from facefleet.server.state.sqlite.state import SqliteState
-from tests.server.test_cli import run_cli
+from tests.server.cli.test_cli import run_cli
 
 NEW = "mini-xception@fer2013-fp32"
 

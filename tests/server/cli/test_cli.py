@@ -168,6 +168,7 @@ def serve_process(tmp_path: Path, pki: Pki, notify_path: Path, **tls: str) -> su
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 def test_serve_notifies_systemd_answers_health_and_stops_on_sigterm(tmp_path: Path, pki: Pki) -> None:
     notify_path = tmp_path / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:

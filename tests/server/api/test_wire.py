@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from facefleet.link import serde
 from facefleet.link.errors import LinkError
 from facefleet.link.events import Event, ExpressionResult
 from facefleet.link.gallery import Embedding, GalleryDelta, Person
@@ -28,9 +29,9 @@ finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 )
 def test_embedding_vectors_survive_the_wire_bit_for_bit(values: list[float], quality: float) -> None:
     embedding = Embedding("sface@2021dec", np.array(values, dtype=np.float32), quality, "image:3")
-    message = wire.embedding_to_proto(embedding)
+    message = serde.embedding_to_proto(embedding)
     assert len(message.vector) == 4 * message.dim == 4 * len(values)
-    back = wire.embedding_from_proto(gallery_pb2.Embedding.FromString(message.SerializeToString()), "e")
+    back = serde.embedding_from_proto(gallery_pb2.Embedding.FromString(message.SerializeToString()), "e")
     assert back.same_as(embedding)
     assert abs(float(np.linalg.norm(back.vector)) - 1.0) < 1e-4
 
@@ -47,8 +48,8 @@ def test_people_and_deltas_round_trip() -> None:
         4,
     )
     delta = GalleryDelta(3, 9, False, (alice,), ("bob", "carol"), "gid", more_parts=True)
-    message = wire.delta_to_proto(delta).gallery
-    back = wire.delta_from_proto(gallery_pb2.GalleryDelta.FromString(message.SerializeToString()))
+    message = serde.watch_update_to_proto(delta).gallery
+    back = serde.delta_from_proto(gallery_pb2.GalleryDelta.FromString(message.SerializeToString()))
     assert (back.from_revision, back.to_revision, back.snapshot, back.deletes) == (
         3,
         9,
@@ -78,7 +79,9 @@ def test_events_round_trip_with_every_field() -> None:
         door="main",
         reason="not in group staff",
     )
-    back = wire.event_from_proto(events_pb2.Event.FromString(wire.event_to_proto(event).SerializeToString()))
+    back = serde.event_from_proto(
+        events_pb2.Event.FromString(serde.event_to_proto(event).SerializeToString())
+    )
     assert back == event
 
 
@@ -108,18 +111,18 @@ def test_filters_round_trip() -> None:
     ],
 )
 def test_malformed_events_are_refused_naming_the_field(mutate: object, message: str) -> None:
-    proto = wire.event_to_proto(
+    proto = serde.event_to_proto(
         Event("e1", "door-1", NOW, "face", "match", person_id="alice", expression=ExpressionResult("happy"))
     )
     mutate(proto)  # type: ignore[operator]
     with pytest.raises(LinkError, match=message):
-        wire.event_from_proto(proto)
+        serde.event_from_proto(proto)
 
 
 def test_an_event_without_device_id_belongs_to_the_reporting_device() -> None:
     from facefleet.v1 import fleet_pb2
 
-    proto = wire.event_to_proto(Event("e1", "door-1", NOW, "face", "unknown"))
+    proto = serde.event_to_proto(Event("e1", "door-1", NOW, "face", "unknown"))
     proto.device_id = ""
     events, rejected, _ = wire.report_from_proto(fleet_pb2.ReportResultsRequest(events=[proto]), "lobby")
     assert ([e.device_id for e in events], rejected) == (["lobby"], [])
@@ -147,7 +150,7 @@ def test_malformed_embeddings_are_refused_with_their_index(
     embedding: gallery_pb2.Embedding, message: str
 ) -> None:
     request = admin_pb2.EnrollPersonRequest(person_id="x", embeddings=[embedding])
-    with pytest.raises(InvalidArgumentError, match=r"embeddings\[0\]: " + message):
+    with pytest.raises(LinkError, match=r"embeddings\[0\]: " + message):
         wire.enrolment_from_proto(request)
 
 

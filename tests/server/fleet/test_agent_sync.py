@@ -23,7 +23,6 @@ import numpy.typing as npt
 import pytest
 
 from facefleet.agent.config import AgentConfig
-from facefleet.agent.domain.fleet import GalleryDelta
 from facefleet.agent.domain.records import Embedding, Person
 from facefleet.agent.fleet.sync import FleetSync, SyncSettings
 from facefleet.agent.publish.events import Versions, access_event, face_event
@@ -32,6 +31,7 @@ from facefleet.agent.recognition.matching import Decision, Matcher
 from facefleet.agent.recognition.tracking import TrackEvent
 from facefleet.agent.service import AgentService
 from facefleet.agent.store.database import EmbeddingStore
+from facefleet.link.gallery import GalleryDelta
 from facefleet.server.domain.queries import EventFilter
 from facefleet.server.errors import StateError
 from facefleet.server.gallery.embedder import Enroller
@@ -40,6 +40,7 @@ from facefleet.v1 import admin_pb2, gallery_pb2, query_pb2
 from facefleet.vision.models.store import ModelStore
 from facefleet.vision.pipeline import FaceAnalyzer
 from tests.agent.test_service import write_video
+from tests.conftest import link_session_models
 from tests.server.conftest import Harness, Pki, run, serving
 
 MODEL = "sface@2021dec"
@@ -482,9 +483,7 @@ def test_the_agent_service_syncs_from_the_server_and_reports_what_its_camera_saw
     astronaut: npt.NDArray[np.uint8],
     astronaut_jpeg: bytes,
 ) -> None:
-    state = tmp_path / "agent-state"
-    state.mkdir()
-    (state / "models").symlink_to(model_store.root, target_is_directory=True)
+    state = link_session_models(tmp_path / "agent-state", model_store)
     blank = np.full_like(astronaut, 40)
     video = write_video(tmp_path / "door.avi", [astronaut] * 6 + [blank] * 10, fps=8)
     issued = pki.device("door-1")

@@ -1,0 +1,377 @@
+"""The link's protobuf conversions, written once for both sides: `*_to_proto` builds the facefleet.v1
+message of a link type, `*_from_proto` reads one back into a validated link type, raising LinkError that
+names the field. The only module of the link that imports the generated code."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from facefleet.link.errors import LinkError
+from facefleet.link.events import Decision, Event, EventKind, ExpressionResult
+from facefleet.link.fleet import Heartbeat, Registration, ReportOutcome, Welcome
+from facefleet.link.gallery import Embedding, GalleryDelta, Person
+from facefleet.link.models import (
+    MAX_STATUSES,
+    Activation,
+    ModelAssignment,
+    ModelFile,
+    ModelRelease,
+    ModelStatus,
+)
+from facefleet.v1 import events_pb2, fleet_pb2, gallery_pb2, models_pb2
+
+WatchUpdate = GalleryDelta | Heartbeat | ModelAssignment
+"""What a Watch stream carries."""
+
+KINDS: dict[events_pb2.EventKind, EventKind] = {
+    events_pb2.EVENT_KIND_FACE: "face",
+    events_pb2.EVENT_KIND_ACCESS: "access",
+}
+KIND_VALUES = {kind: value for value, kind in KINDS.items()}
+DECISIONS: dict[events_pb2.Decision, Decision] = {
+    events_pb2.DECISION_MATCH: "match",
+    events_pb2.DECISION_UNKNOWN: "unknown",
+    events_pb2.DECISION_AMBIGUOUS: "ambiguous",
+    events_pb2.DECISION_UNDECIDED: "undecided",
+    events_pb2.DECISION_GRANTED: "granted",
+    events_pb2.DECISION_DENIED: "denied",
+}
+DECISION_VALUES = {decision: value for value, decision in DECISIONS.items()}
+ACTIVATIONS: dict[models_pb2.ModelActivation, Activation] = {
+    models_pb2.MODEL_ACTIVATION_DOWNLOADING: "downloading",
+    models_pb2.MODEL_ACTIVATION_VERIFYING: "verifying",
+    models_pb2.MODEL_ACTIVATION_ACTIVE: "active",
+    models_pb2.MODEL_ACTIVATION_FAILED: "failed",
+}
+ACTIVATION_VALUES = {name: value for value, name in ACTIVATIONS.items()}
+
+
+# -- time --------------------------------------------------------------------------------------------
+
+
+def timestamp(moment: datetime | None) -> Timestamp:
+    """A UTC Timestamp; None gives the unset (zero) Timestamp."""
+    stamp = Timestamp()
+    if moment is not None:
+        stamp.FromDatetime(moment.astimezone(timezone.utc))
+    return stamp
+
+
+def from_timestamp(stamp: Timestamp, name: str) -> datetime:
+    """A timezone-aware UTC datetime; a missing (zero) or out-of-range Timestamp is a LinkError."""
+    if stamp.seconds == 0 and stamp.nanos == 0:
+        raise LinkError(f"{name} is missing")
+    try:
+        moment: datetime = stamp.ToDatetime(tzinfo=timezone.utc)
+        return moment
+    except (ValueError, OverflowError):
+        raise LinkError(f"{name} is out of range") from None
+
+
+def _optional_time(stamp: Timestamp, name: str) -> datetime | None:
+    return from_timestamp(stamp, name) if stamp.seconds or stamp.nanos else None
+
+
+# -- gallery -----------------------------------------------------------------------------------------
+
+
+def embedding_to_proto(embedding: Embedding, *, with_vector: bool = True) -> gallery_pb2.Embedding:
+    """vector: D float32 little-endian bytes (left empty in listings without vectors)."""
+    return gallery_pb2.Embedding(
+        model_id=embedding.model_id,
+        dim=embedding.dim,
+        vector=embedding.vector.astype("<f4").tobytes() if with_vector else b"",
+        quality=embedding.quality,
+        source=embedding.source,
+    )
+
+
+def embedding_from_proto(message: gallery_pb2.Embedding, name: str) -> Embedding:
+    """An embedding; `name` (e.g. 'embeddings[2]') prefixes every error."""
+    if message.dim == 0 or len(message.vector) != 4 * message.dim:
+        raise LinkError(
+            f"{name}: vector has {len(message.vector)} bytes, but dim {message.dim} needs {4 * message.dim} "
+            "(float32 little-endian)"
+        )
+    vector = np.frombuffer(message.vector, dtype="<f4").astype(np.float32)
+    try:
+        return Embedding(message.model_id, vector, float(message.quality), message.source or "client")
+    except LinkError as exc:
+        raise LinkError(f"{name}: {exc}") from None
+
+
+def person_to_proto(person: Person, *, with_vectors: bool = True) -> gallery_pb2.Person:
+    return gallery_pb2.Person(
+        person_id=person.person_id,
+        display_name=person.display_name,
+        groups=person.groups,
+        metadata_json=person.metadata_json,
+        embeddings=[embedding_to_proto(e, with_vector=with_vectors) for e in person.embeddings],
+        created_at=timestamp(person.created_at),
+        updated_at=timestamp(person.updated_at),
+        revision=person.revision,
+    )
+
+
+def person_from_proto(message: gallery_pb2.Person) -> Person:
+    name = f"person {message.person_id[:80]!r}"
+    try:
+        return Person(
+            person_id=message.person_id,
+            display_name=message.display_name,
+            groups=tuple(message.groups),
+            metadata_json=message.metadata_json,
+            embeddings=tuple(
+                embedding_from_proto(e, f"embeddings[{i}] ({e.model_id or 'no model id'})")
+                for i, e in enumerate(message.embeddings)
+            ),
+            created_at=_optional_time(message.created_at, "created_at"),
+            updated_at=_optional_time(message.updated_at, "updated_at"),
+            revision=message.revision,
+        )
+    except LinkError as exc:
+        raise LinkError(f"{name}: {exc}") from None
+
+
+def delta_to_proto(delta: GalleryDelta) -> gallery_pb2.GalleryDelta:
+    return gallery_pb2.GalleryDelta(
+        from_revision=delta.from_revision,
+        to_revision=delta.to_revision,
+        snapshot=delta.snapshot,
+        upserts=[person_to_proto(p) for p in delta.upserts],
+        deletes=delta.deletes,
+        more_parts=delta.more_parts,
+        gallery_id=delta.gallery_id,
+    )
+
+
+def delta_from_proto(message: gallery_pb2.GalleryDelta) -> GalleryDelta:
+    return GalleryDelta(
+        from_revision=message.from_revision,
+        to_revision=message.to_revision,
+        snapshot=message.snapshot,
+        upserts=tuple(person_from_proto(p) for p in message.upserts),
+        deletes=tuple(message.deletes),
+        gallery_id=message.gallery_id,
+        more_parts=message.more_parts,
+    )
+
+
+# -- the watch stream --------------------------------------------------------------------------------
+
+
+def watch_update_to_proto(update: WatchUpdate) -> fleet_pb2.WatchResponse:
+    if isinstance(update, GalleryDelta):
+        return fleet_pb2.WatchResponse(gallery=delta_to_proto(update))
+    if isinstance(update, ModelAssignment):
+        return fleet_pb2.WatchResponse(models=assignment_to_proto(update))
+    return fleet_pb2.WatchResponse(
+        heartbeat=fleet_pb2.Heartbeat(
+            gallery_revision=update.gallery_revision, server_time=timestamp(update.server_time)
+        )
+    )
+
+
+def watch_update_from_proto(message: fleet_pb2.WatchResponse) -> WatchUpdate | None:
+    """A Watch message; None for an update kind this side does not know yet (a later v1 addition)."""
+    kind = message.WhichOneof("update")
+    if kind == "gallery":
+        return delta_from_proto(message.gallery)
+    if kind == "heartbeat":
+        beat = message.heartbeat
+        return Heartbeat(beat.gallery_revision, _optional_time(beat.server_time, "heartbeat server_time"))
+    if kind == "models":
+        return assignment_from_proto(message.models)
+    return None
+
+
+# -- events ------------------------------------------------------------------------------------------
+
+
+def event_to_proto(event: Event) -> events_pb2.Event:
+    message = events_pb2.Event(
+        event_id=event.event_id,
+        device_id=event.device_id,
+        time=timestamp(event.time),
+        camera=event.camera,
+        kind=KIND_VALUES[event.kind],
+        person_id=event.person_id,
+        decision=DECISION_VALUES[event.decision],
+        score=event.score,
+        margin=event.margin,
+        quality=event.quality,
+        model_versions=dict(event.model_versions),
+        gallery_revision=event.gallery_revision,
+        door=event.door,
+        reason=event.reason,
+    )
+    if event.expression is not None:
+        message.expression.label = event.expression.label
+        message.expression.probabilities.update(event.expression.probabilities)
+    return message
+
+
+def event_from_proto(message: events_pb2.Event, default_device: str = "") -> Event:
+    """An event; one without a device_id is default_device's (the reporting device)."""
+    if message.kind not in KINDS:
+        raise LinkError("kind must be EVENT_KIND_FACE or EVENT_KIND_ACCESS")
+    if message.decision not in DECISIONS:
+        raise LinkError("decision is missing or unknown")
+    expression = None
+    if message.HasField("expression"):
+        expression = ExpressionResult(message.expression.label, dict(message.expression.probabilities))
+    return Event(
+        event_id=message.event_id,
+        device_id=message.device_id or default_device,
+        time=from_timestamp(message.time, "time"),
+        kind=KINDS[message.kind],
+        decision=DECISIONS[message.decision],
+        camera=message.camera,
+        person_id=message.person_id,
+        score=message.score,
+        margin=message.margin,
+        expression=expression,
+        quality=message.quality,
+        model_versions=dict(message.model_versions),
+        gallery_revision=message.gallery_revision,
+        door=message.door,
+        reason=message.reason,
+    )
+
+
+# -- the session -------------------------------------------------------------------------------------
+
+
+def registration_to_proto(registration: Registration) -> fleet_pb2.RegisterRequest:
+    return fleet_pb2.RegisterRequest(
+        device_id=registration.device_id,
+        agent_version=registration.agent_version,
+        model_versions=dict(registration.model_versions),
+        capabilities=registration.capabilities,
+        gallery_revision=registration.gallery_revision,
+        gallery_id=registration.gallery_id,
+        hostname=registration.hostname,
+        model_statuses=[status_to_proto(s) for s in registration.model_statuses],
+        groups=registration.groups,
+    )
+
+
+def registration_from_proto(request: fleet_pb2.RegisterRequest, device_id: str) -> Registration:
+    """The registration of device_id (the authenticated device, whatever the request names)."""
+    return Registration(
+        device_id=device_id,
+        agent_version=request.agent_version,
+        hostname=request.hostname,
+        model_versions=dict(request.model_versions),
+        capabilities=tuple(request.capabilities),
+        gallery_revision=request.gallery_revision,
+        gallery_id=request.gallery_id,
+        model_statuses=statuses_from_proto(request.model_statuses, "model_statuses"),
+        groups=tuple(request.groups),
+    )
+
+
+def welcome_to_proto(welcome: Welcome) -> fleet_pb2.RegisterResponse:
+    return fleet_pb2.RegisterResponse(
+        gallery_revision=welcome.gallery_revision,
+        gallery_id=welcome.gallery_id,
+        embedding_models=welcome.embedding_models,
+        max_report_events=welcome.max_report_events,
+        heartbeat_seconds=welcome.heartbeat_seconds,
+        server_time=timestamp(welcome.server_time),
+    )
+
+
+def welcome_from_proto(message: fleet_pb2.RegisterResponse) -> Welcome:
+    return Welcome(
+        gallery_revision=message.gallery_revision,
+        gallery_id=message.gallery_id,
+        embedding_models=tuple(message.embedding_models),
+        max_report_events=message.max_report_events,
+        heartbeat_seconds=message.heartbeat_seconds,
+        server_time=_optional_time(message.server_time, "server_time"),
+    )
+
+
+def outcome_to_proto(outcome: ReportOutcome) -> fleet_pb2.ReportResultsResponse:
+    return fleet_pb2.ReportResultsResponse(
+        rejected=[fleet_pb2.EventRejection(event_id=i, reason=r) for i, r in outcome.rejected],
+        stored=outcome.stored,
+        duplicates=outcome.duplicates,
+    )
+
+
+def outcome_from_proto(message: fleet_pb2.ReportResultsResponse) -> ReportOutcome:
+    return ReportOutcome(
+        stored=message.stored,
+        duplicates=message.duplicates,
+        rejected=tuple((r.event_id, r.reason) for r in message.rejected),
+    )
+
+
+# -- model versions ----------------------------------------------------------------------------------
+
+
+def release_to_proto(release: ModelRelease) -> models_pb2.ModelRelease:
+    return models_pb2.ModelRelease(
+        task=release.task,
+        model_id=release.model_id,
+        files=[models_pb2.ModelFile(name=f.name, size=f.size, sha256=f.sha256) for f in release.files],
+        manifest_json=release.manifest_json,
+        rollout_id=release.rollout_id,
+    )
+
+
+def release_from_proto(message: models_pb2.ModelRelease) -> ModelRelease:
+    return ModelRelease(
+        message.task,
+        message.model_id,
+        tuple(ModelFile(f.name, f.size, f.sha256) for f in message.files),
+        message.manifest_json,
+        message.rollout_id,
+    )
+
+
+def assignment_to_proto(assignment: ModelAssignment) -> models_pb2.ModelAssignment:
+    return models_pb2.ModelAssignment(releases=[release_to_proto(r) for r in assignment.releases])
+
+
+def assignment_from_proto(message: models_pb2.ModelAssignment) -> ModelAssignment:
+    return ModelAssignment(tuple(release_from_proto(r) for r in message.releases))
+
+
+def status_to_proto(status: ModelStatus) -> models_pb2.ModelStatus:
+    return models_pb2.ModelStatus(
+        task=status.task,
+        model_id=status.model_id,
+        rollout_id=status.rollout_id,
+        state=ACTIVATION_VALUES[status.state],
+        reason=status.reason,
+        time=timestamp(status.time),
+    )
+
+
+def status_from_proto(message: models_pb2.ModelStatus, name: str) -> ModelStatus:
+    if message.state not in ACTIVATIONS:
+        raise LinkError(f"{name}: state is missing or unknown")
+    try:
+        return ModelStatus(
+            task=message.task,
+            model_id=message.model_id,
+            rollout_id=message.rollout_id,
+            state=ACTIVATIONS[message.state],
+            reason=message.reason,
+            time=_optional_time(message.time, f"{name}.time"),
+        )
+    except LinkError as exc:
+        raise LinkError(f"{name}: {exc}") from None
+
+
+def statuses_from_proto(messages: Sequence[models_pb2.ModelStatus], field: str) -> tuple[ModelStatus, ...]:
+    if len(messages) > MAX_STATUSES:
+        raise LinkError(f"{field}: {len(messages)} statuses; the limit is {MAX_STATUSES}")
+    return tuple(status_from_proto(m, f"{field}[{i}]") for i, m in enumerate(messages))

@@ -27,19 +27,20 @@ from facefleet.agent.config import AgentConfig, DoorConfig
 from facefleet.agent.domain.records import Person, StoreError
 from facefleet.agent.fleet.sync import FleetSync, SyncSettings
 from facefleet.agent.publish.discovery import discovery_messages
-from facefleet.agent.publish.events import Versions, access_event, face_event, reply
+from facefleet.agent.publish.events import AgentEvent, Versions, access_event, face_event, mqtt_payload, reply
 from facefleet.agent.publish.mqtt import MqttLink, MqttSettings
 from facefleet.agent.publish.outbox import OutboxPublisher
 from facefleet.agent.recognition.doors import AccessDecision, DoorController
 from facefleet.agent.recognition.matching import Decision, DecisionPolicy, Matcher
-from facefleet.agent.recognition.tracking import Observation, Tracker
-from facefleet.agent.store.database import OUTBOX_DROPPED, EmbeddingStore
+from facefleet.agent.recognition.tracking import Observation, Tracker, TrackEvent
+from facefleet.agent.store.database import EmbeddingStore
 from facefleet.agent.updates.statuses import status_to_json
 from facefleet.agent.updates.updater import ModelUpdater, Switch, UpdateSettings
 from facefleet.core import notify
 from facefleet.core.config import credential_path, secret
 from facefleet.core.errors import ConfigError
 from facefleet.core.paths import model_store_dir
+from facefleet.link.errors import LinkError
 from facefleet.vision.errors import ModelStoreError
 from facefleet.vision.faces import EXPRESSION_LABELS, Face
 from facefleet.vision.models.store import ModelStore
@@ -219,54 +220,61 @@ class AgentService:
 
     def _act(self, decision: AccessDecision, camera: str) -> None:
         now = time.time()
-        payload = access_event(self.device_id, camera, decision, self._versions(), now)
+        event = access_event(self.device_id, camera, decision, self._versions(), now)
         log.info("door %s: %s %s (%s)", decision.door, decision.decision, decision.person_id, decision.reason)
+        versions = event.envelope.versions
         self._guarded(
-            lambda: self.store.audit_append(
+            lambda: self.store.audit.append(
                 decision.door,
                 decision.decision,
                 person_id=decision.person_id,
                 score=decision.score,
                 details={
-                    k: payload[k]
-                    for k in ("event_id", "reason", "mode", "frames", "margin", "models", "gallery_revision")
+                    "event_id": event.envelope.event_id,
+                    "reason": decision.reason,
+                    "mode": decision.mode,
+                    "frames": decision.frames,
+                    "margin": None if decision.margin is None else round(decision.margin, 4),
+                    "models": dict(versions.models),
+                    "gallery_revision": versions.gallery_revision,
                 },
                 at=now,
             )
         )
-        self._submit(f"access/{decision.door}", payload)
-        self._report(payload)
+        self._emit(event)
         if decision.granted:
             door = next(d for d in self.config.doors if d.name == decision.door)
             if door.relay_topic:
                 self._submit(
                     door.relay_topic,
-                    {"schema": 1, "door": door.name, "action": "open", "event_id": payload["event_id"]},
+                    {"schema": 1, "door": door.name, "action": "open", "event_id": event.envelope.event_id},
                 )
             if door.command:
                 threading.Thread(target=_run_action, args=(door,), daemon=True).start()
 
     # ---- events, status, commands ------------------------------------------------------------------------
 
-    def _publish_track_events(self, camera: str, events: list[Any], when: float) -> None:
-        for event in events:
-            person = self._people.get(event.identity)
-            payload = face_event(
-                self.device_id, camera, event, person.name if person else None, self._versions(), when
-            )
-            self._submit("events/face", payload)
-            self._report(payload)
+    def _publish_track_events(self, camera: str, events: list[TrackEvent], when: float) -> None:
+        for track in events:
+            person = self._people.get(track.identity)
+            name = person.name if person else None
+            self._emit(face_event(self.device_id, camera, track, name, self._versions(), when))
+
+    def _emit(self, event: AgentEvent) -> None:
+        """Publish an event over MQTT and queue it for the fleet server (each where there is one)."""
+        self._submit(event.topic, mqtt_payload(event))
+        sync = self.sync
+        if sync is None:
+            return
+        try:
+            self._guarded(lambda: sync.submit(event))
+        except LinkError as exc:  # a value past the link's limits: published, but not reported
+            log.error("event %s is not reported to the server: %s", event.envelope.event_id, exc)
 
     def _submit(self, topic_suffix: str, payload: dict[str, Any]) -> None:
         if self.link is None:
             return
         self._guarded(lambda: self.outbox.submit(topic_suffix, json.dumps(payload)))
-
-    def _report(self, payload: dict[str, Any]) -> None:
-        """Queue a face or access event for the fleet server (when there is one)."""
-        sync = self.sync
-        if sync is not None:
-            self._guarded(lambda: sync.submit(payload))
 
     def _guarded(self, write: Any) -> None:
         """Run a store write; a full disk or a locked file is logged and reported, never fatal."""
@@ -340,7 +348,7 @@ class AgentService:
             "gallery_revision": self._people_revision,
             "cameras": cameras,
             "doors": sorted(self.doors),
-            "outbox": {"pending": self.store.outbox_count(), "dropped": self.store.counter(OUTBOX_DROPPED)},
+            "outbox": {"pending": self.store.outbox.count(), "dropped": self.store.outbox.dropped()},
             "server": self.sync.status() if self.sync is not None else None,
             "models": self._model_statuses(),
             "errors": self.errors[-5:],
@@ -358,8 +366,8 @@ class AgentService:
             "fps": float(sum(s.fps for s in cameras)),
             "cameras": float(len(cameras)),
             "cameras_running": float(sum(s.state == "running" for s in cameras)),
-            "outbox_pending": float(self.store.outbox_count()),
-            "outbox_dropped": float(self.store.counter(OUTBOX_DROPPED)),
+            "outbox_pending": float(self.store.outbox.count()),
+            "outbox_dropped": float(self.store.outbox.dropped()),
             "store_revision": float(max(self._people_revision, 0)),
             "people": float(len(self._people)),
             "errors": float(len(self.errors)),
@@ -376,7 +384,7 @@ class AgentService:
             self.link.set_status(status)
         notify.notify(f"STATUS=gallery r{status['gallery_revision']}, outbox {status['outbox']['pending']}")
         self._guarded(
-            lambda: self.store.audit_prune(time.time() - 86400 * self.config.service.audit_retention_days)
+            lambda: self.store.audit.prune(time.time() - 86400 * self.config.service.audit_retention_days)
         )
 
     def _update_camera_state(self, camera: str, faces: list[Face], decisions: list[Decision]) -> None:
@@ -401,7 +409,7 @@ class AgentService:
         frames. An embedding model's galleries are built here, so the frame loop only installs them."""
         manifest = switch.model.manifest
         if manifest.task == "embedding":
-            switch.galleries = self.matcher.load(self.store, [manifest.model_id])
+            switch.galleries = self.matcher.load(self.store.gallery, [manifest.model_id])
         self._switches.put(switch)
 
     def _apply_switches(self) -> None:
@@ -429,11 +437,11 @@ class AgentService:
             if embedding:
                 if switch.galleries is not None:
                     self.matcher.install(switch.galleries)  # refreshed below if the store moved on
-                self.matcher.refresh(self.store, [manifest.model_id])
+                self.matcher.refresh(self.store.gallery, [manifest.model_id])
             self.models.activate(manifest.task, manifest.name, manifest.version)
         except (StoreError, ModelStoreError, OSError):
             if embedding:
-                self.matcher.refresh(self.store, [previous])
+                self.matcher.refresh(self.store.gallery, [previous])
             raise
         if embedding:
             self.model_id = manifest.model_id
@@ -445,8 +453,8 @@ class AgentService:
 
     def _refresh_gallery(self) -> None:
         try:
-            if self.matcher.refresh(self.store, [self.model_id]):
-                self._people = {p.person_id: p for p in self.store.people()}
+            if self.matcher.refresh(self.store.gallery, [self.model_id]):
+                self._people = {p.person_id: p for p in self.store.gallery.people()}
                 self._people_revision = self.matcher.revision or 0
         except StoreError as exc:
             log.error("gallery refresh: %s (keeping the last gallery)", exc)

@@ -174,8 +174,8 @@ def main() -> None:
         import_defaults(runtime, store)
         astronaut, group = read_image(sample_photo("astronaut")), read_image(sample_photo("t1"))
         (face,) = FaceAnalyzer(runtime, store).analyze(astronaut)
-        with EmbeddingStore(state / "agent.db") as gallery:
-            gallery.apply_batch(
+        with EmbeddingStore(state / "agent.db") as agent_store:
+            agent_store.gallery.apply_batch(
                 [PersonUpsert(Person("eileen"), (Embedding("sface@2021dec", face.embedding),))]
             )
         blank = np.full_like(astronaut, 40)

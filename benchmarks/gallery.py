@@ -156,16 +156,16 @@ def bench_sqlite_load(rng: np.random.Generator, n: int = 100_000) -> dict[str, A
     ]
     with tempfile.TemporaryDirectory() as directory, EmbeddingStore(Path(directory) / "agent.db") as store:
         started = time.perf_counter()
-        store.apply_batch(upserts)
+        store.gallery.apply_batch(upserts)
         insert_s = time.perf_counter() - started
         loads = []
         for _ in range(3):
             started = time.perf_counter()
-            loaded = store.load_embeddings(MODEL)
+            loaded = store.gallery.load_embeddings(MODEL)
             loads.append(time.perf_counter() - started)
         matcher = Matcher()
         started = time.perf_counter()
-        matcher.refresh(store, [MODEL])
+        matcher.refresh(store.gallery, [MODEL])
         refresh_s = time.perf_counter() - started
         size_mb = (Path(directory) / "agent.db").stat().st_size / 1e6
     assert loaded.matrix.shape == (n, DIM)

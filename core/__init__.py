@@ -1,2 +1,3 @@
 """What every FaceFleet program shares: errors and exit codes, the strict config base and TOML loading,
-state-directory resolution, command-line helpers and systemd notification. Imports nothing of ours."""
+state-directory resolution, command-line helpers, systemd notification and the numbered migrations of
+SQLite files. Imports nothing of ours."""

@@ -1,6 +1,6 @@
 """Shared fixtures: the default models imported once per session into a temporary store, a runtime
-pinned to f32 on CPU so numbers are reproducible, and the real sample photos from installed wheels;
-`link_session_models` for state directories that use the session's models as they are."""
+pinned to f32 on CPU so numbers are reproducible, the cache of those models compiled, and the real sample
+photos from installed wheels."""
 
 from __future__ import annotations
 
@@ -32,16 +32,14 @@ def model_store(tmp_path_factory: pytest.TempPathFactory, runtime: Runtime) -> M
     return store
 
 
-def link_session_models(state: Path, model_store: ModelStore) -> Path:
-    """Make `state` a state directory that links to the session's default models and to the cache of
-    their compiled forms (`<state_dir>/cache`), so each model compiles once per session instead of once per
-    test. Only for tests that leave the models as they are: one that imports or activates needs a copy."""
+@pytest.fixture(scope="session")
+def model_cache(model_store: ModelStore) -> Path:
+    """OpenVINO's cache of compiled models, where an agent keeps it (`<state_dir>/cache`) next to the
+    session's models. Agents and CLI runs on links or copies of those models that use it compile each model
+    once per session instead of once per test."""
     cache = model_store.root.parent / "cache"
     cache.mkdir(exist_ok=True)
-    state.mkdir(exist_ok=True)
-    (state / "models").symlink_to(model_store.root, target_is_directory=True)
-    (state / "cache").symlink_to(cache, target_is_directory=True)
-    return state
+    return cache
 
 
 @pytest.fixture(scope="session")

@@ -123,7 +123,7 @@ def _enrol(context: Context, args: argparse.Namespace) -> int:
     assert model_id is not None
     policy = context.config.quality.policy()
     with _open_store(context) as store:
-        exists = args.person_id in {p.person_id for p in store.people()}
+        exists = args.person_id in {p.person_id for p in store.gallery.people()}
         if exists and not args.add:
             raise DuplicatePersonError(
                 f"person id {args.person_id!r} is already enrolled; use --add for more samples, or another id"
@@ -146,7 +146,7 @@ def _enrol(context: Context, args: argparse.Namespace) -> int:
                 progress.advance(task)
         revision = None
         if accepted:
-            existing = store.person(args.person_id) if exists else None
+            existing = store.gallery.person(args.person_id) if exists else None
             person = Person(
                 args.person_id,
                 args.name or (existing.name if existing else ""),
@@ -154,10 +154,10 @@ def _enrol(context: Context, args: argparse.Namespace) -> int:
                 existing.metadata if existing else {},
             )
             if exists:
-                store.upsert_person(person)
-                revision = store.add_embeddings(args.person_id, accepted)
+                store.gallery.upsert_person(person)
+                revision = store.gallery.add_embeddings(args.person_id, accepted)
             else:
-                revision = store.apply_batch([PersonUpsert(person, tuple(accepted))])
+                revision = store.gallery.apply_batch([PersonUpsert(person, tuple(accepted))])
     report = {
         "person_id": args.person_id,
         "enrolled": len(accepted),
@@ -178,9 +178,9 @@ def _enrol(context: Context, args: argparse.Namespace) -> int:
 
 def _people_list(context: Context, args: argparse.Namespace) -> int:
     with _open_store(context) as store:
-        people = store.people()
-        counts = {p.person_id: len(store.embeddings(p.person_id)) for p in people}
-        revision = store.revision()
+        people = store.gallery.people()
+        counts = {p.person_id: len(store.gallery.embeddings(p.person_id)) for p in people}
+        revision = store.gallery.revision()
     rows: list[dict[str, Any]] = [
         {
             "person_id": p.person_id,
@@ -202,8 +202,8 @@ def _people_list(context: Context, args: argparse.Namespace) -> int:
 
 def _people_show(context: Context, args: argparse.Namespace) -> int:
     with _open_store(context) as store:
-        person = store.person(args.person_id)
-        embeddings = store.embeddings(args.person_id)
+        person = store.gallery.person(args.person_id)
+        embeddings = store.gallery.embeddings(args.person_id)
     data = {
         "person_id": person.person_id,
         "name": person.name,
@@ -229,7 +229,7 @@ def _people_show(context: Context, args: argparse.Namespace) -> int:
 
 def _people_delete(context: Context, args: argparse.Namespace) -> int:
     with _open_store(context) as store:
-        revision = store.delete_person(args.person_id)
+        revision = store.gallery.delete_person(args.person_id)
     if context.json_output:
         context.print_json({"deleted": args.person_id, "gallery_revision": revision})
     else:
@@ -242,7 +242,7 @@ def _matcher(context: Context, analyzer: FaceAnalyzer) -> tuple[Matcher, str]:
     assert model_id is not None
     matcher = Matcher(context.config.matching.policy())
     with _open_store(context, read_only=store_path(context).exists()) as store:
-        matcher.refresh(store, [model_id])
+        matcher.refresh(store.gallery, [model_id])
     return matcher, model_id
 
 

@@ -8,9 +8,9 @@ resumes its Watch from. A `SyncPoint` records the latter.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+
+from facefleet.link.events import Event
 
 
 @dataclass(frozen=True)
@@ -26,12 +26,11 @@ class SyncPoint:
 
 @dataclass(frozen=True)
 class QueuedReport:
-    """An event waiting in the store until the server acknowledges it. payload: the event as published
-    (facefleet.agent.publish.events); gallery_revision: the server revision applied when it was queued;
-    created_at: unix s."""
+    """An event waiting in the store until the server acknowledges it. event: the link event to report;
+    gallery_revision: the server revision applied when it was queued; created_at: unix s."""
 
     report_id: int
     event_id: str
-    payload: Mapping[str, Any]
+    event: Event
     gallery_revision: int
     created_at: float

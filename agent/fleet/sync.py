@@ -34,7 +34,9 @@ from facefleet.agent.fleet.channel import (
     read_tls,
     server_address,
 )
-from facefleet.agent.fleet.wire import FleetClient, WatchStream
+from facefleet.agent.fleet.client import FleetClient, WatchStream
+from facefleet.agent.fleet.reports import report_event
+from facefleet.agent.publish.events import AgentEvent
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.core.backoff import Backoff
 from facefleet.core.errors import FaceFleetError
@@ -140,10 +142,12 @@ class FleetSync:
         """The sync thread is alive (started and not yet stopped)."""
         return self._thread.is_alive()
 
-    def submit(self, payload: dict[str, Any]) -> bool:
-        """Queue a face or access event payload for the server (durably, before any attempt to send it);
-        False when its event id is already queued. StoreError when the store cannot take it."""
-        added = self.store.reports.put(payload, self.applied_revision)
+    def submit(self, event: AgentEvent) -> bool:
+        """Queue a face or access event for the server (durably, before any attempt to send it); False when
+        its event id is already queued. StoreError when the store cannot take it, LinkError when the event
+        breaks the link's limits."""
+        revision = self.applied_revision
+        added = self.store.reports.put(report_event(event, revision), revision)
         with self._lock:
             if self._loop is not None and self._wake is not None:
                 self._loop.call_soon_threadsafe(self._wake.set)

@@ -45,7 +45,7 @@ class OutboxPublisher:
 
     def submit(self, topic_suffix: str, payload: str, qos: int = 1) -> int:
         """Commit a message to the outbox (before any attempt to send it); its outbox id."""
-        message_id = self._store.outbox_put(topic_suffix, payload, qos)
+        message_id = self._store.outbox.put(topic_suffix, payload, qos)
         self._wake.set()
         return message_id
 
@@ -69,12 +69,12 @@ class OutboxPublisher:
         self._wake.set()
 
     def pending(self) -> int:
-        return self._store.outbox_count()
+        return self._store.outbox.count()
 
     def flush(self, timeout: float) -> bool:
         """Wait until the outbox is empty (True) or the timeout passes (False)."""
         deadline = time.monotonic() + timeout
-        while self._store.outbox_count() > 0:
+        while self._store.outbox.count() > 0:
             if time.monotonic() >= deadline:
                 return False
             self._wake.set()
@@ -101,7 +101,7 @@ class OutboxPublisher:
     def _delete_acknowledged(self) -> None:
         with self._lock:
             acked, self._acked = self._acked, []
-        self.delivered += self._store.outbox_delete_many(acked)
+        self.delivered += self._store.outbox.delete_many(acked)
         with self._lock:
             self._sent.difference_update(acked)
 
@@ -114,7 +114,7 @@ class OutboxPublisher:
             room = self._window - len(self._in_flight)
         if room <= 0:
             return
-        for message in self._store.outbox_pending(len(sent) + room):
+        for message in self._store.outbox.pending(len(sent) + room):
             if message.message_id in sent:
                 continue
             mid = self._publish(message.topic, message.payload.encode(), message.qos)

@@ -50,7 +50,7 @@ class PersonScore:
 
 
 class GallerySource(Protocol):
-    """Where galleries come from; `facefleet.agent.store.database.EmbeddingStore` is one."""
+    """Where galleries come from; an EmbeddingStore's `gallery` (facefleet.agent.store.gallery) is one."""
 
     def revision(self) -> int: ...
 

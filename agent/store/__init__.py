@@ -1,2 +1,4 @@
-"""The on-device SQLite store (the only package that imports sqlite_utils): people and embeddings, the
-gallery revision, the MQTT outbox, the report queue to the server and the access audit log."""
+"""The agent's on-device store, one SQLite file: `database.EmbeddingStore` (what callers open) over
+`connection` (the file, its transactions, counters, checks and errors), its schema in `migrations`, and one
+module per part — `gallery` (people, embeddings, revision), `outbox` (MQTT), `audit` (door decisions),
+`sync` (the fleet server's sync point and deltas) and `reports` (typed events queued for the server)."""

@@ -82,7 +82,7 @@ class UpdateSettings:
 
 
 class ModelClient(Protocol):
-    """The server calls the updater needs (facefleet.agent.fleet.wire.FleetClient)."""
+    """The server calls the updater needs (facefleet.agent.fleet.client.FleetClient)."""
 
     def download(self, model_id: str, file: str, offset: int, timeout: float) -> AsyncIterator[bytes]: ...
 

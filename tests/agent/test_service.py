@@ -23,9 +23,10 @@ from facefleet.agent.domain.records import Embedding, Person, PersonUpsert
 from facefleet.agent.service import AgentService
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.vision.models.store import ModelStore
-from tests.conftest import link_session_models
 from tests.mosquitto import Mosquitto
 from tests.tmpfs import fill, mounted_tmpfs
+
+pytestmark = pytest.mark.slow  # the service end to end: a broker, cameras in real time, one run as a process
 
 PREFIX = "facefleet/door-box/"
 
@@ -33,10 +34,12 @@ PREFIX = "facefleet/door-box/"
 @pytest.fixture
 def state_dir(model_store: ModelStore, analyzer: Any, astronaut: np.ndarray, tmp_path: Path) -> Path:
     """A state directory with the default models and Eileen (the astronaut, group 'crew') enrolled."""
-    state = link_session_models(tmp_path / "state", model_store)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "models").symlink_to(model_store.root, target_is_directory=True)
     (face,) = analyzer.analyze(astronaut)
     with EmbeddingStore(state / "agent.db") as store:
-        store.apply_batch(
+        store.gallery.apply_batch(
             [
                 PersonUpsert(
                     Person("eileen", "Eileen C.", ("crew",)), (Embedding("sface@2021dec", face.embedding),)
@@ -84,7 +87,6 @@ min_frames = 3
     return path
 
 
-@pytest.mark.slow
 def test_service_publishes_identity_unknown_expression_and_door_decisions(
     state_dir: Path,
     astronaut: np.ndarray,
@@ -148,9 +150,9 @@ def test_service_publishes_identity_unknown_expression_and_door_decisions(
     )
     assert statuses[-1]["state"] == "offline"
     with EmbeddingStore(state_dir / "agent.db") as store:
-        audit = store.audit_entries()
+        audit = store.audit.entries()
         assert {entry.decision for entry in audit} == {"granted", "denied"}
-        assert store.outbox_count() == 0
+        assert store.outbox.count() == 0
 
 
 def test_badge_claims_and_bad_commands(
@@ -276,5 +278,5 @@ def test_a_full_disk_is_reported_and_the_service_keeps_running(
         runner.join(30)
     assert not runner.is_alive()
     with EmbeddingStore(small_disk / "agent.db") as store:
-        assert [p.person_id for p in store.people()] == ["eileen"]  # nothing stored before was lost
+        assert [p.person_id for p in store.gallery.people()] == ["eileen"]  # nothing stored before was lost
         assert store.integrity_check() == []

@@ -1,5 +1,5 @@
-"""SQLite implementation of the server state (stdlib sqlite3): WAL, busy timeout, foreign keys,
-idempotent numbered migrations applied at open, parameterised SQL only.
+"""SQLite implementation of the server state (stdlib sqlite3): WAL, busy timeout, foreign keys, numbered
+migrations applied at open (facefleet.core.migrations), parameterised SQL only.
 
 Each thread gets its own connection; writes are serialised by a lock in this process and by
 `BEGIN IMMEDIATE` against other processes (e.g. `facefleet-server tokens create` while the server runs).
@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+from facefleet.core.migrations import Legacy, Migration, Migrations, SchemaError, has_table
 from facefleet.link.checks import MAX_EMBEDDINGS_PER_PERSON
 from facefleet.link.events import Event
 from facefleet.link.fleet import Registration
@@ -43,47 +44,73 @@ from facefleet.server.state.sqlite import people as sqlite_people
 BUSY_TIMEOUT_MS = 10_000
 DEFAULT_LOG_REVISIONS = 1000
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        """CREATE TABLE IF NOT EXISTS people (
-            person_id TEXT PRIMARY KEY, display_name TEXT NOT NULL, groups_json TEXT NOT NULL,
-            metadata_json TEXT NOT NULL, created_us INTEGER NOT NULL, updated_us INTEGER NOT NULL,
-            revision INTEGER NOT NULL)""",
-        """CREATE TABLE IF NOT EXISTS person_groups (
-            group_name TEXT NOT NULL,
-            person_id TEXT NOT NULL REFERENCES people(person_id) ON DELETE CASCADE,
-            PRIMARY KEY (group_name, person_id))""",
-        "CREATE INDEX IF NOT EXISTS person_groups_person ON person_groups(person_id)",
-        """CREATE TABLE IF NOT EXISTS embeddings (
-            id INTEGER PRIMARY KEY,
-            person_id TEXT NOT NULL REFERENCES people(person_id) ON DELETE CASCADE,
-            model_id TEXT NOT NULL, dim INTEGER NOT NULL, vector BLOB NOT NULL,
-            quality REAL NOT NULL, source TEXT NOT NULL)""",
-        "CREATE INDEX IF NOT EXISTS embeddings_person ON embeddings(person_id, id)",
-        """CREATE TABLE IF NOT EXISTS crops (
-            id INTEGER PRIMARY KEY,
-            person_id TEXT NOT NULL REFERENCES people(person_id) ON DELETE CASCADE,
-            image_format TEXT NOT NULL, source TEXT NOT NULL, data BLOB NOT NULL)""",
-        "CREATE INDEX IF NOT EXISTS crops_person ON crops(person_id, id)",
-        """CREATE TABLE IF NOT EXISTS gallery_changes (
-            revision INTEGER NOT NULL, person_id TEXT NOT NULL,
-            op TEXT NOT NULL CHECK (op IN ('upsert', 'delete')), committed_us INTEGER NOT NULL,
-            PRIMARY KEY (revision, person_id))""",
-        """CREATE TABLE IF NOT EXISTS agents (
-            device_id TEXT PRIMARY KEY, agent_version TEXT NOT NULL, hostname TEXT NOT NULL,
-            model_versions_json TEXT NOT NULL, capabilities_json TEXT NOT NULL,
-            gallery_revision INTEGER NOT NULL, registered_us INTEGER NOT NULL,
-            last_seen_us INTEGER NOT NULL, health_json TEXT NOT NULL)""",
-        """CREATE TABLE IF NOT EXISTS tokens (
-            token_id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, role TEXT NOT NULL,
-            salt BLOB NOT NULL, digest BLOB NOT NULL, created_us INTEGER NOT NULL)""",
-        *sqlite_events.SCHEMA,
-    ),
-    sqlite_models.SCHEMA,
-    sqlite_models.SCHEMA_3,
+INITIAL = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS people (
+        person_id TEXT PRIMARY KEY, display_name TEXT NOT NULL, groups_json TEXT NOT NULL,
+        metadata_json TEXT NOT NULL, created_us INTEGER NOT NULL, updated_us INTEGER NOT NULL,
+        revision INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS person_groups (
+        group_name TEXT NOT NULL,
+        person_id TEXT NOT NULL REFERENCES people(person_id) ON DELETE CASCADE,
+        PRIMARY KEY (group_name, person_id))""",
+    "CREATE INDEX IF NOT EXISTS person_groups_person ON person_groups(person_id)",
+    """CREATE TABLE IF NOT EXISTS embeddings (
+        id INTEGER PRIMARY KEY,
+        person_id TEXT NOT NULL REFERENCES people(person_id) ON DELETE CASCADE,
+        model_id TEXT NOT NULL, dim INTEGER NOT NULL, vector BLOB NOT NULL,
+        quality REAL NOT NULL, source TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS embeddings_person ON embeddings(person_id, id)",
+    """CREATE TABLE IF NOT EXISTS crops (
+        id INTEGER PRIMARY KEY,
+        person_id TEXT NOT NULL REFERENCES people(person_id) ON DELETE CASCADE,
+        image_format TEXT NOT NULL, source TEXT NOT NULL, data BLOB NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS crops_person ON crops(person_id, id)",
+    """CREATE TABLE IF NOT EXISTS gallery_changes (
+        revision INTEGER NOT NULL, person_id TEXT NOT NULL,
+        op TEXT NOT NULL CHECK (op IN ('upsert', 'delete')), committed_us INTEGER NOT NULL,
+        PRIMARY KEY (revision, person_id))""",
+    """CREATE TABLE IF NOT EXISTS agents (
+        device_id TEXT PRIMARY KEY, agent_version TEXT NOT NULL, hostname TEXT NOT NULL,
+        model_versions_json TEXT NOT NULL, capabilities_json TEXT NOT NULL,
+        gallery_revision INTEGER NOT NULL, registered_us INTEGER NOT NULL,
+        last_seen_us INTEGER NOT NULL, health_json TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS tokens (
+        token_id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, role TEXT NOT NULL,
+        salt BLOB NOT NULL, digest BLOB NOT NULL, created_us INTEGER NOT NULL)""",
+    *sqlite_events.SCHEMA,
 )
-"""Schema versions: MIGRATIONS[i] takes the schema from version i to i + 1. Append, never edit."""
+"""Migration 1: people, crops, the gallery change log, agents, tokens and events."""
+
+
+def _legacy_version(conn: sqlite3.Connection) -> int | None:
+    """The schema version recorded in the meta table before the migration runner (None: none there)."""
+    if not has_table(conn, "meta"):
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        return None
+    if not str(row[0]).isdigit():
+        raise SchemaError(f"its meta schema_version {row[0]!r} is not a version number")
+    return int(row[0])
+
+
+def _forget_legacy(conn: sqlite3.Connection) -> None:
+    conn.execute("DELETE FROM meta WHERE key = 'schema_version'")
+
+
+MIGRATIONS = Migrations(
+    (
+        Migration(1, "initial", INITIAL),
+        Migration(2, "models", sqlite_models.SCHEMA),
+        Migration(3, "rollout_reason", sqlite_models.SCHEMA_3),
+    ),
+    what="state database",
+    program="server",
+    fix="upgrade facefleet-server",
+    legacy=Legacy(_legacy_version, _forget_legacy),
+)
+"""The server database's migrations (facefleet.core.migrations): append, never edit one that has shipped."""
 
 
 class SqliteState(State):
@@ -175,18 +202,15 @@ class SqliteState(State):
                 conn.execute("COMMIT")
 
     def _migrate(self) -> None:
+        """Apply pending migrations (each in its own transaction), then give a new gallery its id."""
+        with self._use() as conn, self._write_lock:
+            try:
+                MIGRATIONS.apply(conn, self.path)
+            except SchemaError as exc:
+                raise StateError(str(exc)) from None
+            except sqlite3.Error as exc:
+                raise StateError(f"state database {self.path}: cannot migrate ({exc})") from None
         with self._write() as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            version = int(_meta(conn, "schema_version", "0"))
-            if version > len(MIGRATIONS):
-                raise StateError(
-                    f"state database {self.path} has schema version {version}, newer than this server "
-                    f"({len(MIGRATIONS)}); upgrade facefleet-server"
-                )
-            for statements in MIGRATIONS[version:]:
-                for statement in statements:
-                    conn.execute(statement)
-            _set_meta(conn, "schema_version", str(len(MIGRATIONS)))
             if _meta(conn, "gallery_id", "") == "":
                 _set_meta(conn, "gallery_id", str(uuid.uuid4()))
                 _set_meta(conn, "head_revision", "0")

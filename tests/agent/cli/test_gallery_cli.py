@@ -14,12 +14,15 @@ import pytest
 from facefleet.agent.cli.main import main
 from facefleet.agent.config import load_config
 from facefleet.vision.models.store import ModelStore
-from tests.conftest import link_session_models
 
 
 @pytest.fixture
-def state_dir(model_store: ModelStore, tmp_path: Path) -> Path:
-    return link_session_models(tmp_path / "state", model_store)
+def state_dir(model_store: ModelStore, model_cache: Path, tmp_path: Path) -> Path:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "models").symlink_to(model_store.root, target_is_directory=True)
+    (state / "cache").symlink_to(model_cache, target_is_directory=True)
+    return state
 
 
 def run(capsys: pytest.CaptureFixture[str], state_dir: Path, *argv: str) -> tuple[int, Any, str]:
@@ -214,6 +217,7 @@ def test_store_check(
     assert code == 0 and result["ok"] is True
 
 
+@pytest.mark.slow
 def test_calibrate_chooses_a_threshold_and_writes_it(
     state_dir: Path,
     astronaut: np.ndarray,

@@ -9,7 +9,6 @@ import re
 import socket
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,8 @@ from facefleet.agent.config import AgentConfig, FleetServerConfig, load_config
 from facefleet.agent.domain.fleet import SyncPoint
 from facefleet.agent.fleet.channel import read_tls
 from facefleet.agent.fleet.sync import FleetSync, SyncSettings, resume_from
+from facefleet.agent.publish.events import Versions, access_event
+from facefleet.agent.recognition.doors import AccessDecision
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.core.backoff import Backoff
 from facefleet.core.config import credential_path
@@ -206,7 +207,10 @@ def test_without_a_server_events_wait_in_the_store_and_stop_cuts_the_backoff_sho
         sync = FleetSync(slow, store)
         sync.start()
         try:
-            assert sync.submit({"event_id": str(uuid.uuid4()), "kind": "face"})
+            denied = AccessDecision("main", "denied", "unknown face", "identify", None, None, None, 3)
+            assert sync.submit(
+                access_event("door-1", "front", denied, Versions("0.1", "2026.0", {}, 0), time.time())
+            )
             deadline = time.monotonic() + 20
             while "retrying in" not in caplog.text:
                 assert time.monotonic() < deadline, "no retry logged"

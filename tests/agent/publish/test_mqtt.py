@@ -162,7 +162,7 @@ def test_backlog_written_while_the_broker_is_down_is_delivered_in_order(
     try:
         for number in range(300):
             agent.outbox.submit("events/face", event(number))
-        assert store.outbox_count() == 300
+        assert store.outbox.count() == 300
         broker.start()
         watcher = subscriber_factory(broker.port, PREFIX + "events/#")
         assert agent.outbox.flush(30)
@@ -206,7 +206,7 @@ def test_broker_outage_mid_run_loses_nothing(tmp_path: Path, subscriber_factory:
         broker.stop()
     received = [payload["event_id"] for payload in watcher.on(PREFIX + "events/face")]
     assert set(received) == {f"event-{n:05d}" for n in range(600)}
-    assert store.outbox_count() == 0
+    assert store.outbox.count() == 0
     assert any(up is False for up, _ in agent.connections[1:])
 
 
@@ -216,7 +216,7 @@ def test_agent_restart_delivers_the_stored_backlog(
     path = tmp_path / "store.db"
     first = EmbeddingStore(path)
     for number in range(50):
-        first.outbox_put("events/face", event(number))
+        first.outbox.put("events/face", event(number))
     first.close()
     watcher = subscriber_factory(broker.port, PREFIX + "events/#")
     agent = Agent(broker.port, EmbeddingStore(path)).start()
@@ -245,5 +245,5 @@ def test_window_bounds_unacknowledged_messages(broker: Mosquitto, tmp_path: Path
         publisher.acknowledged(mid)
     time.sleep(0.5)
     publisher.stop()
-    assert store.outbox_count() == 20 - window
+    assert store.outbox.count() == 20 - window
     assert len(published) == 2 * window

@@ -38,7 +38,9 @@ from facefleet.agent.domain.records import (
     UnknownPersonError,
 )
 from facefleet.agent.recognition.matching import Matcher
-from facefleet.agent.store.database import MIGRATION_NAMES, OUTBOX_DROPPED, EmbeddingStore
+from facefleet.agent.store.database import EmbeddingStore
+from facefleet.agent.store.migrations import MIGRATIONS
+from facefleet.agent.store.outbox import OUTBOX_DROPPED
 
 MODEL = "sface@2021dec"
 FloatArray = npt.NDArray[np.float32]
@@ -65,9 +67,9 @@ def embedding(seed: int, model: str = MODEL, dim: int = 128) -> Embedding:
 
 def snapshot(store: EmbeddingStore) -> tuple[int, list[tuple[str, str]], dict[str, list[bytes]]]:
     """Revision, people and every stored vector: what must survive a failed change."""
-    people = [(p.person_id, p.name) for p in store.people()]
-    vectors = {pid: [e.vector.tobytes() for e in store.embeddings(pid)] for pid, _ in people}
-    return store.revision(), people, vectors
+    people = [(p.person_id, p.name) for p in store.gallery.people()]
+    vectors = {pid: [e.vector.tobytes() for e in store.gallery.embeddings(pid)] for pid, _ in people}
+    return store.gallery.revision(), people, vectors
 
 
 def sha256(path: Path) -> str:
@@ -79,7 +81,7 @@ def schema_dump(path: Path) -> tuple[object, ...]:
         return (
             conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall(),
             conn.execute(
-                "SELECT migration_set, name, applied_at FROM _sqlite_migrations ORDER BY id"
+                "SELECT version, name, applied_at FROM facefleet_migrations ORDER BY version"
             ).fetchall(),
             conn.execute("PRAGMA user_version").fetchone(),
             conn.execute("SELECT * FROM gallery").fetchall(),
@@ -91,23 +93,23 @@ def schema_dump(path: Path) -> tuple[object, ...]:
 
 def test_migrations_run_twice_change_nothing(store_path: Path) -> None:
     with EmbeddingStore(store_path) as store:
-        store.add_person(Person("alice"), [embedding(1)])
-        assert store.schema_version() == len(MIGRATION_NAMES)
+        store.gallery.add_person(Person("alice"), [embedding(1)])
+        assert store.schema_version() == MIGRATIONS.latest
         assert store.migrate() == []
     before = schema_dump(store_path)
-    assert before[2] == (len(MIGRATION_NAMES),)
+    assert before[2] == (MIGRATIONS.latest,)
     with EmbeddingStore(store_path) as store:
         assert store.migrate() == []
-        assert store.revision() == 1
-        assert [p.person_id for p in store.people()] == ["alice"]
+        assert store.gallery.revision() == 1
+        assert [p.person_id for p in store.gallery.people()] == ["alice"]
     assert schema_dump(store_path) == before
 
 
 def test_the_store_uses_wal_and_foreign_keys(store: EmbeddingStore, store_path: Path) -> None:
     with sqlite3.connect(store_path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    store.add_person(Person("alice"), [embedding(1)])
-    store.delete_person("alice")
+    store.gallery.add_person(Person("alice"), [embedding(1)])
+    store.gallery.delete_person("alice")
     with sqlite3.connect(store_path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM embeddings").fetchone() == (0,)  # ON DELETE CASCADE
 
@@ -115,8 +117,8 @@ def test_the_store_uses_wal_and_foreign_keys(store: EmbeddingStore, store_path: 
 def test_integrity_check_is_clean_on_a_good_store_and_finds_orphans(
     store: EmbeddingStore, store_path: Path
 ) -> None:
-    store.add_person(Person("alice"), [embedding(1), embedding(2)])
-    store.outbox_put("facefleet/box/events/face", "{}")
+    store.gallery.add_person(Person("alice"), [embedding(1), embedding(2)])
+    store.outbox.put("facefleet/box/events/face", "{}")
     assert store.integrity_check() == []
     with sqlite3.connect(store_path) as conn:  # foreign keys are off on this raw connection
         blob = vector(3).tobytes()
@@ -143,9 +145,9 @@ finite_vectors = hnp.arrays(
 def test_vectors_round_trip_unit_normalised(vector: FloatArray) -> None:
     with tempfile.TemporaryDirectory() as directory, EmbeddingStore(Path(directory) / "agent.db") as store:
         given_embedding = Embedding(MODEL, vector)
-        store.upsert_person(Person("alice"), [given_embedding])
-        stored = store.embeddings("alice")[0].vector
-        ids, matrix, qualities = store.load_embeddings(MODEL)
+        store.gallery.upsert_person(Person("alice"), [given_embedding])
+        stored = store.gallery.embeddings("alice")[0].vector
+        ids, matrix, qualities = store.gallery.load_embeddings(MODEL)
     expected = vector.astype(np.float64) / np.linalg.norm(vector.astype(np.float64))
     assert stored.dtype == np.float32 and matrix.dtype == np.float32
     np.testing.assert_array_equal(stored, given_embedding.vector)
@@ -172,43 +174,45 @@ def test_zero_vectors_are_rejected(dim: int) -> None:
 
 
 def test_a_vector_of_the_wrong_dimension_for_its_model_is_rejected(store: EmbeddingStore) -> None:
-    store.add_person(Person("alice"), [embedding(1, dim=128)])
+    store.gallery.add_person(Person("alice"), [embedding(1, dim=128)])
     before = snapshot(store)
     with pytest.raises(InvalidEmbeddingError, match=r"'bob'.*64 dimensions.*have 128"):
-        store.add_person(Person("bob"), [embedding(2, dim=64)])
+        store.gallery.add_person(Person("bob"), [embedding(2, dim=64)])
     with pytest.raises(InvalidEmbeddingError, match="64 dimensions"):
-        store.add_embeddings("alice", [embedding(3, dim=64)])
+        store.gallery.add_embeddings("alice", [embedding(3, dim=64)])
     assert snapshot(store) == before
-    store.add_person(Person("bob"), [embedding(2, model="other@1", dim=64)])  # another model may differ
-    assert store.load_embeddings("other@1").matrix.shape == (1, 64)
+    store.gallery.add_person(
+        Person("bob"), [embedding(2, model="other@1", dim=64)]
+    )  # another model may differ
+    assert store.gallery.load_embeddings("other@1").matrix.shape == (1, 64)
 
 
 def test_different_models_never_mix(store: EmbeddingStore) -> None:
-    store.add_person(Person("alice"), [embedding(1), embedding(2, model="arcface@1")])
-    store.add_person(Person("bob"), [embedding(3, model="arcface@1")])
-    store.add_embeddings("bob", [embedding(4)])
-    sface = store.load_embeddings(MODEL)
-    arcface = store.load_embeddings("arcface@1")
+    store.gallery.add_person(Person("alice"), [embedding(1), embedding(2, model="arcface@1")])
+    store.gallery.add_person(Person("bob"), [embedding(3, model="arcface@1")])
+    store.gallery.add_embeddings("bob", [embedding(4)])
+    sface = store.gallery.load_embeddings(MODEL)
+    arcface = store.gallery.load_embeddings("arcface@1")
     assert sface.person_ids == ["alice", "bob"]
     assert arcface.person_ids == ["alice", "bob"]
     np.testing.assert_array_equal(sface.matrix, np.stack([embedding(1).vector, embedding(4).vector]))
     np.testing.assert_array_equal(arcface.matrix, np.stack([embedding(2).vector, embedding(3).vector]))
-    empty = store.load_embeddings("unknown@0")
+    empty = store.gallery.load_embeddings("unknown@0")
     assert (empty.person_ids, empty.matrix.shape, empty.qualities.shape) == ([], (0, 0), (0,))
 
 
 def test_people_round_trip_with_groups_and_metadata(store: EmbeddingStore) -> None:
-    store.add_person(Person("alice", "Alice A.", ("staff", "lab"), {"badge": 7, "tags": ["x"]}))
-    alice = store.person("alice")
+    store.gallery.add_person(Person("alice", "Alice A.", ("staff", "lab"), {"badge": 7, "tags": ["x"]}))
+    alice = store.gallery.person("alice")
     assert (alice.name, alice.groups, alice.metadata) == (
         "Alice A.",
         ("staff", "lab"),
         {"badge": 7, "tags": ["x"]},
     )
     assert alice.created_at is not None and alice.created_at == alice.updated_at
-    store.upsert_person(Person("alice", "Alice B."))
-    assert store.person("alice").name == "Alice B."
-    assert store.person("alice").created_at == alice.created_at
+    store.gallery.upsert_person(Person("alice", "Alice B."))
+    assert store.gallery.person("alice").name == "Alice B."
+    assert store.gallery.person("alice").created_at == alice.created_at
 
 
 @pytest.mark.parametrize(
@@ -229,20 +233,20 @@ def test_invalid_records_are_rejected(make: object, error: type[Exception]) -> N
 
 
 def test_unknown_and_duplicate_people_are_clear_errors(store: EmbeddingStore) -> None:
-    store.add_person(Person("alice"))
+    store.gallery.add_person(Person("alice"))
     with pytest.raises(DuplicatePersonError, match=r"'alice' already exists.*upsert_person"):
-        store.add_person(Person("alice"))
+        store.gallery.add_person(Person("alice"))
     calls: list[Callable[[], object]] = [
-        lambda: store.person("bob"),
-        lambda: store.delete_person("bob"),
-        lambda: store.add_embeddings("bob", [embedding(1)]),
-        lambda: store.remove_embeddings("bob"),
-        lambda: store.embeddings("bob"),
+        lambda: store.gallery.person("bob"),
+        lambda: store.gallery.delete_person("bob"),
+        lambda: store.gallery.add_embeddings("bob", [embedding(1)]),
+        lambda: store.gallery.remove_embeddings("bob"),
+        lambda: store.gallery.embeddings("bob"),
     ]
     for call in calls:
         with pytest.raises(UnknownPersonError, match=f"no person 'bob' in store {store.path}"):
             call()
-    assert store.revision() == 1
+    assert store.gallery.revision() == 1
 
 
 # ---- revisions and batches --------------------------------------------------------------------------------
@@ -250,25 +254,25 @@ def test_unknown_and_duplicate_people_are_clear_errors(store: EmbeddingStore) ->
 
 def test_every_gallery_change_bumps_the_revision(store: EmbeddingStore) -> None:
     changes: list[Callable[[], int]] = [
-        lambda: store.add_person(Person("alice"), [embedding(1)]),
-        lambda: store.upsert_person(Person("alice", "Alice")),
-        lambda: store.upsert_person(Person("bob"), [embedding(2)]),
-        lambda: store.add_embeddings("alice", [embedding(3)]),
-        lambda: store.remove_embeddings("alice", MODEL),
-        lambda: store.apply_batch([PersonUpsert(Person("carol"), (embedding(4),))], ["bob"]),
-        lambda: store.delete_person("alice"),
+        lambda: store.gallery.add_person(Person("alice"), [embedding(1)]),
+        lambda: store.gallery.upsert_person(Person("alice", "Alice")),
+        lambda: store.gallery.upsert_person(Person("bob"), [embedding(2)]),
+        lambda: store.gallery.add_embeddings("alice", [embedding(3)]),
+        lambda: store.gallery.remove_embeddings("alice", MODEL),
+        lambda: store.gallery.apply_batch([PersonUpsert(Person("carol"), (embedding(4),))], ["bob"]),
+        lambda: store.gallery.delete_person("alice"),
     ]
     for expected, change in enumerate(changes, start=1):
         assert change() == expected
-        assert store.revision() == expected
-    store.outbox_put("t", "{}")
-    store.audit_append("door1", "match")
-    store.people()
-    assert store.revision() == len(changes)
+        assert store.gallery.revision() == expected
+    store.outbox.put("t", "{}")
+    store.audit.append("door1", "match")
+    store.gallery.people()
+    assert store.gallery.revision() == len(changes)
 
 
 def test_a_batch_failing_half_way_leaves_the_previous_revision_and_data(store: EmbeddingStore) -> None:
-    store.add_person(Person("zoe"), [embedding(0)])
+    store.gallery.add_person(Person("zoe"), [embedding(0)])
     before = snapshot(store)
     batch = [
         PersonUpsert(Person("alice"), (embedding(1),)),
@@ -276,44 +280,49 @@ def test_a_batch_failing_half_way_leaves_the_previous_revision_and_data(store: E
         PersonUpsert(Person("carol"), (embedding(3, dim=256),)),  # the third upsert is invalid
     ]
     with pytest.raises(InvalidEmbeddingError, match="'carol'"):
-        store.apply_batch(batch, deletes=["zoe"])
+        store.gallery.apply_batch(batch, deletes=["zoe"])
     assert snapshot(store) == before
     assert store.integrity_check() == []
 
 
 def test_batch_upserts_replace_embeddings_of_the_given_models_only(store: EmbeddingStore) -> None:
-    store.add_person(Person("alice"), [embedding(1), embedding(2), embedding(3, model="arcface@1")])
-    store.apply_batch([PersonUpsert(Person("alice"), (embedding(4),))])
-    assert [e.vector.tobytes() for e in store.embeddings("alice", MODEL)] == [embedding(4).vector.tobytes()]
-    assert len(store.embeddings("alice", "arcface@1")) == 1
+    store.gallery.add_person(Person("alice"), [embedding(1), embedding(2), embedding(3, model="arcface@1")])
+    store.gallery.apply_batch([PersonUpsert(Person("alice"), (embedding(4),))])
+    assert [e.vector.tobytes() for e in store.gallery.embeddings("alice", MODEL)] == [
+        embedding(4).vector.tobytes()
+    ]
+    assert len(store.gallery.embeddings("alice", "arcface@1")) == 1
 
 
 def test_sync_batches_check_and_set_the_revision(store: EmbeddingStore) -> None:
-    assert store.apply_batch([PersonUpsert(Person("alice"), (embedding(1),))], new_revision=40) == 40
+    assert store.gallery.apply_batch([PersonUpsert(Person("alice"), (embedding(1),))], new_revision=40) == 40
     with pytest.raises(RevisionConflictError, match="revision 40 but the batch was made for revision 39"):
-        store.apply_batch([PersonUpsert(Person("bob"))], expected_revision=39, new_revision=41)
+        store.gallery.apply_batch([PersonUpsert(Person("bob"))], expected_revision=39, new_revision=41)
     with pytest.raises(RevisionConflictError, match="only move forward"):
-        store.apply_batch([PersonUpsert(Person("bob"))], expected_revision=40, new_revision=40)
-    assert store.apply_batch([], ["alice", "never-enrolled"], expected_revision=40, new_revision=45) == 45
-    assert store.people() == []
-    assert store.apply_batch() == 45  # nothing to do: no new revision
+        store.gallery.apply_batch([PersonUpsert(Person("bob"))], expected_revision=40, new_revision=40)
+    assert (
+        store.gallery.apply_batch([], ["alice", "never-enrolled"], expected_revision=40, new_revision=45)
+        == 45
+    )
+    assert store.gallery.people() == []
+    assert store.gallery.apply_batch() == 45  # nothing to do: no new revision
 
 
 def test_a_batch_naming_a_person_twice_is_rejected(store: EmbeddingStore) -> None:
     with pytest.raises(InvalidRecordError, match="'alice'"):
-        store.apply_batch([PersonUpsert(Person("alice"))], ["alice"])
-    assert store.revision() == 0
+        store.gallery.apply_batch([PersonUpsert(Person("alice"))], ["alice"])
+    assert store.gallery.revision() == 0
 
 
 def test_matcher_follows_the_store(store: EmbeddingStore) -> None:
-    store.add_person(Person("alice"), [embedding(1)])
+    store.gallery.add_person(Person("alice"), [embedding(1)])
     matcher = Matcher()
-    assert matcher.refresh(store, [MODEL])
+    assert matcher.refresh(store.gallery, [MODEL])
     assert matcher.identify(vector(2), MODEL).status == "unknown"
-    store.add_person(Person("bob"), [embedding(2)])
-    assert matcher.refresh(store, [MODEL])
+    store.gallery.add_person(Person("bob"), [embedding(2)])
+    assert matcher.refresh(store.gallery, [MODEL])
     assert matcher.identify(vector(2), MODEL).person_id == "bob"
-    assert not matcher.refresh(store, [MODEL])
+    assert not matcher.refresh(store.gallery, [MODEL])
 
 
 # ---- bad files --------------------------------------------------------------------------------------------
@@ -354,10 +363,10 @@ def test_a_write_lock_held_too_long_is_a_busy_error(store_path: Path) -> None:
         holder = sqlite3.connect(store_path, isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")
         with pytest.raises(StoreBusyError, match=f"store {store_path} is busy"):
-            store.add_person(Person("alice"))
+            store.gallery.add_person(Person("alice"))
         holder.execute("ROLLBACK")
         holder.close()
-        assert store.add_person(Person("alice")) == 1
+        assert store.gallery.add_person(Person("alice")) == 1
 
 
 def test_a_directory_is_not_a_store(tmp_path: Path) -> None:
@@ -367,15 +376,15 @@ def test_a_directory_is_not_a_store(tmp_path: Path) -> None:
 
 def test_read_only_mode_reads_and_refuses_writes(store_path: Path) -> None:
     with EmbeddingStore(store_path) as store:
-        store.add_person(Person("alice"), [embedding(1)])
+        store.gallery.add_person(Person("alice"), [embedding(1)])
     digest = sha256(store_path)
     with EmbeddingStore(store_path, read_only=True) as store:
-        assert [p.person_id for p in store.people()] == ["alice"]
-        assert store.load_embeddings(MODEL).matrix.shape == (1, 128)
+        assert [p.person_id for p in store.gallery.people()] == ["alice"]
+        assert store.gallery.load_embeddings(MODEL).matrix.shape == (1, 128)
         writes: list[Callable[[], object]] = [
-            lambda: store.add_person(Person("bob")),
-            lambda: store.delete_person("alice"),
-            lambda: store.outbox_put("t", "{}"),
+            lambda: store.gallery.add_person(Person("bob")),
+            lambda: store.gallery.delete_person("alice"),
+            lambda: store.outbox.put("t", "{}"),
         ]
         for write in writes:
             with pytest.raises(StoreReadOnlyError, match=f"store {store_path} was opened read-only"):
@@ -400,7 +409,7 @@ def test_a_read_only_store_is_a_clear_error_and_loses_nothing(read_only: str) ->
     try:
         path = directory / "agent.db"
         with EmbeddingStore(path) as store:
-            store.add_person(Person("alice"), [embedding(1)])
+            store.gallery.add_person(Person("alice"), [embedding(1)])
         digest = sha256(path)
         if read_only == "file":
             directory.chmod(0o755)
@@ -432,7 +441,7 @@ def test_two_store_objects_on_one_file_write_concurrently(store_path: Path) -> N
     def enrol(store: EmbeddingStore, prefix: str) -> None:
         try:
             for i in range(30):
-                store.add_person(Person(f"{prefix}{i}"), [embedding(i)])
+                store.gallery.add_person(Person(f"{prefix}{i}"), [embedding(i)])
         except BaseException as exc:
             errors.append(exc)
 
@@ -442,8 +451,8 @@ def test_two_store_objects_on_one_file_write_concurrently(store_path: Path) -> N
     for thread in threads:
         thread.join()
     assert errors == []
-    assert len(first.people()) == len(second.people()) == 60
-    assert first.revision() == second.revision() == 60
+    assert len(first.gallery.people()) == len(second.gallery.people()) == 60
+    assert first.gallery.revision() == second.gallery.revision() == 60
     first.close()
     second.close()
 
@@ -457,7 +466,7 @@ from facefleet.agent.store.database import EmbeddingStore
 with EmbeddingStore(Path(sys.argv[1])) as store:
     for i in range(int(sys.argv[2])):
         vector = np.random.default_rng(i).standard_normal(128).astype(np.float32)
-        store.add_person(Person(f"{sys.argv[3]}{i}"), [Embedding("sface@2021dec", vector)])
+        store.gallery.add_person(Person(f"{sys.argv[3]}{i}"), [Embedding("sface@2021dec", vector)])
 """
 
 
@@ -466,12 +475,12 @@ def test_a_second_process_writes_concurrently(store: EmbeddingStore, store_path:
         [sys.executable, "-c", _WRITER, str(store_path), "40", "child"], stderr=subprocess.PIPE
     )
     for i in range(40):
-        store.add_person(Person(f"parent{i}"), [embedding(i)])
+        store.gallery.add_person(Person(f"parent{i}"), [embedding(i)])
     _, stderr = child.communicate(timeout=120)
     assert child.returncode == 0, stderr.decode()
-    assert len(store.people()) == 80
-    assert store.revision() == 80
-    assert store.load_embeddings(MODEL).matrix.shape == (80, 128)
+    assert len(store.gallery.people()) == 80
+    assert store.gallery.revision() == 80
+    assert store.gallery.load_embeddings(MODEL).matrix.shape == (80, 128)
 
 
 def test_processes_creating_a_new_store_at_once_all_succeed(store_path: Path) -> None:
@@ -483,8 +492,8 @@ def test_processes_creating_a_new_store_at_once_all_succeed(store_path: Path) ->
         _, stderr = child.communicate(timeout=120)
         assert child.returncode == 0, stderr.decode()
     with EmbeddingStore(store_path) as store:
-        assert len(store.people()) == 9
-        assert store.schema_version() == len(MIGRATION_NAMES)
+        assert len(store.gallery.people()) == 9
+        assert store.schema_version() == MIGRATIONS.latest
         assert store.integrity_check() == []
 
 
@@ -493,26 +502,27 @@ import os, sys
 from pathlib import Path
 import numpy as np
 from facefleet.agent.domain.records import Embedding, Person, PersonUpsert
+from facefleet.agent.store import gallery
 from facefleet.agent.store.database import EmbeddingStore
 calls = 0
-original = EmbeddingStore._write_upsert
-def crash_on_third(self, *args):
+original = gallery._write_upsert
+def crash_on_third(*args):
     global calls
     calls += 1
     if calls == 3:
         os._exit(3)  # like a power cut: no rollback, no close
-    original(self, *args)
-EmbeddingStore._write_upsert = crash_on_third
+    original(*args)
+gallery._write_upsert = crash_on_third
 store = EmbeddingStore(Path(sys.argv[1]))
 vector = np.ones(128, np.float32)
 batch = [PersonUpsert(Person(f"p{i}"), (Embedding("sface@2021dec", vector),)) for i in range(5)]
-store.apply_batch(batch, ["zoe"])
+store.gallery.apply_batch(batch, ["zoe"])
 """
 
 
 def test_a_crash_mid_write_leaves_the_previous_state(store_path: Path) -> None:
     with EmbeddingStore(store_path) as store:
-        store.add_person(Person("zoe"), [embedding(0)])
+        store.gallery.add_person(Person("zoe"), [embedding(0)])
         before = snapshot(store)
     child = subprocess.run([sys.executable, "-c", textwrap.dedent(_CRASHER), str(store_path)], check=False)
     assert child.returncode == 3
@@ -526,35 +536,35 @@ def test_a_crash_mid_write_leaves_the_previous_state(store_path: Path) -> None:
 
 def test_outbox_keeps_order_and_drops_the_oldest_when_full_counting_them(store_path: Path) -> None:
     with EmbeddingStore(store_path, outbox_limit=3) as store:
-        ids = [store.outbox_put("facefleet/box/events/face", f'{{"n": {n}}}') for n in range(5)]
-        pending = store.outbox_pending()
+        ids = [store.outbox.put("facefleet/box/events/face", f'{{"n": {n}}}') for n in range(5)]
+        pending = store.outbox.pending()
         assert [m.message_id for m in pending] == ids[2:]
         assert [m.payload for m in pending] == ['{"n": 2}', '{"n": 3}', '{"n": 4}']
-        assert store.counter(OUTBOX_DROPPED) == 2
-        assert store.outbox_delete(ids[2])
-        assert not store.outbox_delete(ids[2])
-        assert [m.message_id for m in store.outbox_pending(limit=1)] == [ids[3]]
-        assert store.outbox_count() == 2
-        assert store.outbox_delete_many([]) == 0
+        assert store.counter(OUTBOX_DROPPED) == store.outbox.dropped() == 2
+        assert store.outbox.delete(ids[2])
+        assert not store.outbox.delete(ids[2])
+        assert [m.message_id for m in store.outbox.pending(limit=1)] == [ids[3]]
+        assert store.outbox.count() == 2
+        assert store.outbox.delete_many([]) == 0
     with EmbeddingStore(store_path, outbox_limit=3) as store:  # durable across restarts
-        assert [m.message_id for m in store.outbox_pending()] == ids[3:]
-        assert store.outbox_delete_many([ids[3], ids[2], 999]) == 1
-        assert [m.message_id for m in store.outbox_pending()] == [ids[4]]
+        assert [m.message_id for m in store.outbox.pending()] == ids[3:]
+        assert store.outbox.delete_many([ids[3], ids[2], 999]) == 1
+        assert [m.message_id for m in store.outbox.pending()] == [ids[4]]
         assert store.counter(OUTBOX_DROPPED) == 2
 
 
 @pytest.mark.parametrize(("topic", "qos"), [("", 1), ("t", 3)])
 def test_bad_outbox_messages_are_rejected(store: EmbeddingStore, topic: str, qos: int) -> None:
     with pytest.raises(InvalidRecordError):
-        store.outbox_put(topic, "{}", qos)
-    assert store.outbox_count() == 0
+        store.outbox.put(topic, "{}", qos)
+    assert store.outbox.count() == 0
 
 
 def test_audit_log_appends_and_prunes_by_age(store: EmbeddingStore) -> None:
     for at, decision in ((100.0, "match"), (200.0, "unknown"), (300.0, "match")):
-        store.audit_append("door1", decision, person_id="alice", score=0.7, details={"camera": "c1"}, at=at)
-    assert store.audit_prune(older_than=250.0) == 2
-    entries = store.audit_entries()
+        store.audit.append("door1", decision, person_id="alice", score=0.7, details={"camera": "c1"}, at=at)
+    assert store.audit.prune(older_than=250.0) == 2
+    entries = store.audit.entries()
     assert [(e.time, e.decision, e.person_id, e.details) for e in entries] == [
         (300.0, "match", "alice", {"camera": "c1"})
     ]

@@ -1,16 +1,16 @@
 """The store's server-sync tables on real SQLite: migration 0002, applying server deltas atomically with their
-revision, the snapshot reset path, and the bounded, durable queue of events to report."""
+revision, the snapshot reset path, and the bounded, durable queue of typed events to report."""
 
 from __future__ import annotations
 
 import sqlite3
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlite_utils import Database
 
 from facefleet.agent.domain.records import (
     Embedding,
@@ -19,11 +19,13 @@ from facefleet.agent.domain.records import (
     Person,
     RevisionConflictError,
 )
-from facefleet.agent.store.database import MIGRATIONS, EmbeddingStore
-from facefleet.agent.store.sync import REPORTS_DROPPED
+from facefleet.agent.store.database import EmbeddingStore
+from facefleet.agent.store.reports import REPORTS_DROPPED
+from facefleet.link.events import Event, ExpressionResult
 from facefleet.link.gallery import Embedding as LinkEmbedding
 from facefleet.link.gallery import GalleryDelta
 from facefleet.link.gallery import Person as LinkPerson
+from tests.agent.store.legacy import make_legacy_store
 
 MODEL = "sface@2021dec"
 
@@ -50,23 +52,22 @@ def upsert(person_id: str, *seeds: int, name: str = "") -> LinkPerson:
 def state(store: EmbeddingStore) -> tuple[object, ...]:
     """Everything a failed apply must leave as it was."""
     people = {
-        p.person_id: (p.name, [e.vector.tobytes() for e in store.embeddings(p.person_id)])
-        for p in store.people()
+        p.person_id: (p.name, [e.vector.tobytes() for e in store.gallery.embeddings(p.person_id)])
+        for p in store.gallery.people()
     }
-    return store.revision(), store.sync.point(), people
+    return store.gallery.revision(), store.sync.point(), people
 
 
 def test_migration_0002_upgrades_a_store_keeping_its_people(tmp_path: Path) -> None:
     path = tmp_path / "agent.db"
-    db = Database(sqlite3.connect(path))
-    MIGRATIONS.apply(db, stop_before="0002_sync")  # a store written before sync existed
+    db = make_legacy_store(path, upto=1)  # a store written before sync existed
     db.execute("INSERT INTO people (person_id, created_at, updated_at) VALUES ('alice', 0, 0)")
     db.execute("UPDATE gallery SET revision = 4")
     db.conn.commit()
     db.close()
     with EmbeddingStore(path) as store:
-        assert [p.person_id for p in store.people()] == ["alice"]
-        assert store.revision() == 4
+        assert [p.person_id for p in store.gallery.people()] == ["alice"]
+        assert store.gallery.revision() == 4
         point = store.sync.point()
         assert (point.revision, point.gallery_id, point.models, point.applied_at) == (0, "", (), None)
         assert store.reports.count() == 0
@@ -80,29 +81,29 @@ def test_a_delta_is_applied_with_its_server_revision_and_moves_the_store_revisio
         GalleryDelta(0, 3, snapshot=True, upserts=(upsert("alice", 1), upsert("bob", 2)), gallery_id="g"),
         [MODEL],
     )
-    before = store.revision()
+    before = store.gallery.revision()
     revision = store.sync.apply(
         GalleryDelta(3, 5, upserts=(upsert("carol", 3),), deletes=("bob",), gallery_id="g"), [MODEL]
     )
-    assert revision == store.revision() == before + 1
-    assert [p.person_id for p in store.people()] == ["alice", "carol"]
+    assert revision == store.gallery.revision() == before + 1
+    assert [p.person_id for p in store.gallery.people()] == ["alice", "carol"]
     point = store.sync.point()
     assert (point.revision, point.gallery_id, point.models) == (5, "g", (MODEL,))
     assert point.applied_at is not None
 
 
 def test_a_server_upsert_replaces_all_of_the_persons_embeddings(store: EmbeddingStore) -> None:
-    store.upsert_person(Person("alice"), [emb(1), emb(2, "arcface@r100", 512)])
+    store.gallery.upsert_person(Person("alice"), [emb(1), emb(2, "arcface@r100", 512)])
     store.sync.apply(GalleryDelta(0, 1, snapshot=True, upserts=(upsert("alice", 7, name="Alice"),)), [MODEL])
-    (only,) = store.embeddings("alice")
+    (only,) = store.gallery.embeddings("alice")
     assert (only.model_id, only.vector.tobytes()) == (MODEL, link_emb(7).vector.tobytes())
-    assert store.person("alice").name == "Alice"
+    assert store.gallery.person("alice").name == "Alice"
 
 
 def test_an_empty_delta_records_the_revision_without_moving_the_store(store: EmbeddingStore) -> None:
     store.sync.apply(GalleryDelta(0, 0, snapshot=True, gallery_id="g"), [MODEL])
     store.sync.apply(GalleryDelta(0, 2, gallery_id="g"), [MODEL])  # e.g. an enrolment then its deletion
-    assert (store.revision(), store.sync.point().revision) == (0, 2)
+    assert (store.gallery.revision(), store.sync.point().revision) == (0, 2)
 
 
 @pytest.mark.parametrize(
@@ -150,15 +151,15 @@ def test_a_snapshot_resets_the_gallery_even_to_a_lower_revision_of_another_galle
         GalleryDelta(0, 50, snapshot=True, upserts=(upsert("alice", 1), upsert("bob", 2)), gallery_id="old"),
         [MODEL],
     )
-    store.add_person(Person("local"), [emb(9)])  # enrolled on the box itself
-    before = store.revision()
+    store.gallery.add_person(Person("local"), [emb(9)])  # enrolled on the box itself
+    before = store.gallery.revision()
     store.sync.apply(
         GalleryDelta(0, 3, snapshot=True, upserts=(upsert("bob", 5), upsert("carol", 6)), gallery_id="new"),
         [MODEL],
     )
-    assert [p.person_id for p in store.people()] == ["bob", "carol"]
-    assert store.embeddings("bob")[0].vector.tobytes() == link_emb(5).vector.tobytes()
-    assert store.revision() == before + 1  # forward, so the matcher reloads
+    assert [p.person_id for p in store.gallery.people()] == ["bob", "carol"]
+    assert store.gallery.embeddings("bob")[0].vector.tobytes() == link_emb(5).vector.tobytes()
+    assert store.gallery.revision() == before + 1  # forward, so the matcher reloads
     point = store.sync.point()
     assert (point.revision, point.gallery_id) == (3, "new")
 
@@ -171,38 +172,68 @@ def test_an_unjoined_part_is_refused(store: EmbeddingStore) -> None:
 # -- the reports queue -------------------------------------------------------------------------------------
 
 
-def payload(n: int = 0) -> dict[str, object]:
-    return {"schema": 1, "event_id": str(uuid.uuid4()), "kind": "face", "n": n}
+def event(n: int = 0) -> Event:
+    """A face event as the agent reports it (values exact in float32, as the wire keeps them)."""
+    return Event(
+        event_id=str(uuid.uuid4()),
+        device_id="door-box",
+        time=datetime(2025, 1, 31, 12, tzinfo=timezone.utc) + timedelta(seconds=n, microseconds=250),
+        kind="face",
+        decision="match",
+        camera="front",
+        person_id="alice",
+        score=0.75,
+        expression=ExpressionResult("happy", {"happy": 0.75, "neutral": 0.25}),
+        quality=0.5,
+        model_versions={"embedding": MODEL},
+        gallery_revision=7,
+        reason=f"track decided after {n} frames",
+    )
 
 
 def test_reports_queue_in_order_once_per_event_and_survive_a_restart(tmp_path: Path) -> None:
-    events = [payload(i) for i in range(5)]
+    events = [event(i) for i in range(5)]
     with EmbeddingStore(tmp_path / "agent.db") as store:
         assert [store.reports.put(e, gallery_revision=7) for e in events] == [True] * 5
         assert store.reports.put(events[0]) is False  # already queued
         assert store.reports.pending(limit=0) == []
     with EmbeddingStore(tmp_path / "agent.db") as store:
         queued = store.reports.pending(limit=3)
-        assert [r.payload for r in queued] == events[:3]
-        assert [(r.event_id, r.gallery_revision) for r in queued] == [(e["event_id"], 7) for e in events[:3]]
+        assert [r.event for r in queued] == events[:3]
+        assert [(r.event_id, r.gallery_revision) for r in queued] == [(e.event_id, 7) for e in events[:3]]
         assert store.reports.delete([r.report_id for r in queued]) == 3
         assert store.reports.delete([queued[0].report_id]) == 0
         assert store.reports.delete([]) == 0
-        assert [r.payload for r in store.reports.pending()] == events[3:]
+        assert [r.event for r in store.reports.pending()] == events[3:]
         assert store.reports.count() == 2
 
 
 def test_a_full_report_queue_drops_the_oldest_and_counts_them(tmp_path: Path) -> None:
     with EmbeddingStore(tmp_path / "agent.db", report_limit=3) as store:
-        events = [payload(i) for i in range(5)]
-        for event in events:
-            store.reports.put(event)
-        assert [r.payload for r in store.reports.pending()] == events[2:]
+        events = [event(i) for i in range(5)]
+        for queued in events:
+            store.reports.put(queued)
+        assert [r.event for r in store.reports.pending()] == events[2:]
         assert store.reports.dropped() == store.counter(REPORTS_DROPPED) == 2
 
 
 @pytest.mark.parametrize("event_id", [None, "", "x" * 65, "é-not-ascii", 17])
 def test_a_report_without_a_usable_event_id_is_refused(store: EmbeddingStore, event_id: object) -> None:
+    unusable = event()
+    object.__setattr__(unusable, "event_id", event_id)  # Event refuses these itself; the store checks again
     with pytest.raises(InvalidRecordError, match="needs an event_id of 1–64 ASCII characters"):
-        store.reports.put({"event_id": event_id})
+        store.reports.put(unusable)
     assert store.reports.count() == 0
+
+
+def test_a_queued_event_that_no_longer_decodes_is_dropped_and_counted(
+    store: EmbeddingStore, tmp_path: Path
+) -> None:
+    first, second = event(1), event(2)
+    store.reports.put(first)
+    store.reports.put(second)
+    with sqlite3.connect(tmp_path / "agent.db") as conn:  # a damaged row
+        conn.execute("UPDATE reports SET event = X'ffff' WHERE event_id = ?", (first.event_id,))
+    conn.close()
+    assert [r.event for r in store.reports.pending()] == [second]
+    assert (store.reports.count(), store.reports.dropped()) == (1, 1)

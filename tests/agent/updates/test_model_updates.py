@@ -30,7 +30,7 @@ from facefleet.vision.models.importer import DEFAULT_MODELS, import_model, locat
 from facefleet.vision.models.manifest import MANIFEST_NAME, ModelManifest, sha256_file
 from facefleet.vision.models.store import ModelStore, StoredModel
 from facefleet.vision.pipeline import FaceAnalyzer
-from facefleet.vision.runtime import Runtime
+from facefleet.vision.runtime import Runtime, RuntimeSettings
 from tests.tmpfs import fill, mounted_tmpfs
 
 EXPRESSION = DEFAULT_MODELS[2]
@@ -128,10 +128,17 @@ class Agent:
         asyncio.run(self.updater.reconcile(ModelAssignment(releases), server, 5.0))
 
 
+@pytest.fixture(scope="module")
+def agent_runtime(model_cache: Path) -> Runtime:
+    """The session's runtime settings with the compiled-model cache an agent keeps by default, shared by this
+    module's agents: each starts from a copy of the same models and most switch to the same new version."""
+    return Runtime(RuntimeSettings(device="CPU", inference_precision="f32", cache_dir=model_cache))
+
+
 @pytest.fixture
-def agent(tmp_path: Path, runtime: Runtime, model_store: ModelStore) -> Agent:
+def agent(tmp_path: Path, agent_runtime: Runtime, model_store: ModelStore) -> Agent:
     shutil.copytree(model_store.root, tmp_path / "models")
-    return Agent(runtime, tmp_path / "models")
+    return Agent(agent_runtime, tmp_path / "models")
 
 
 def expression_of(analyzer: FaceAnalyzer) -> str:
@@ -341,12 +348,12 @@ def test_a_model_that_cannot_be_compiled_is_refused(
 
 
 def test_a_smoke_inference_without_a_face_refuses_the_version(
-    tmp_path: Path, runtime: Runtime, model_store: ModelStore, published: ModelStore
+    tmp_path: Path, agent_runtime: Runtime, model_store: ModelStore, published: ModelStore
 ) -> None:
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((480, 640, 3), 128, np.uint8))
     shutil.copytree(model_store.root, tmp_path / "models")
-    agent = Agent(runtime, tmp_path / "models", UpdateSettings(smoke_photo=blank))
+    agent = Agent(agent_runtime, tmp_path / "models", UpdateSettings(smoke_photo=blank))
     agent.reconcile(FileServer(published), release_of(published.models()[0]))
     status = agent.updater.statuses()[0]
     assert status.state == "failed"
@@ -356,10 +363,10 @@ def test_a_smoke_inference_without_a_face_refuses_the_version(
 
 
 def test_versions_beyond_keep_versions_are_removed_but_never_the_previous_one(
-    tmp_path: Path, runtime: Runtime, model_store: ModelStore, published: ModelStore
+    tmp_path: Path, runtime: Runtime, agent_runtime: Runtime, model_store: ModelStore, published: ModelStore
 ) -> None:
     shutil.copytree(model_store.root, tmp_path / "models")
-    agent = Agent(runtime, tmp_path / "models", UpdateSettings(keep_versions=2))
+    agent = Agent(agent_runtime, tmp_path / "models", UpdateSettings(keep_versions=2))
     original = expression_of(agent.analyzer)
     located = locate_default(EXPRESSION)
     assert located is not None

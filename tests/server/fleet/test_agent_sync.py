@@ -25,7 +25,7 @@ import pytest
 from facefleet.agent.config import AgentConfig
 from facefleet.agent.domain.records import Embedding, Person
 from facefleet.agent.fleet.sync import FleetSync, SyncSettings
-from facefleet.agent.publish.events import Versions, access_event, face_event
+from facefleet.agent.publish.events import AccessEvent, FaceEvent, Versions, access_event, face_event
 from facefleet.agent.recognition.doors import AccessDecision
 from facefleet.agent.recognition.matching import Decision, Matcher
 from facefleet.agent.recognition.tracking import TrackEvent
@@ -40,7 +40,6 @@ from facefleet.v1 import admin_pb2, gallery_pb2, query_pb2
 from facefleet.vision.models.store import ModelStore
 from facefleet.vision.pipeline import FaceAnalyzer
 from tests.agent.test_service import write_video
-from tests.conftest import link_session_models
 from tests.server.conftest import Harness, Pki, run, serving
 
 MODEL = "sface@2021dec"
@@ -95,7 +94,7 @@ async def until(check: Callable[[], T], timeout: float = 20.0, what: str = "cond
 
 
 def identify(matcher: Matcher, store: EmbeddingStore, query: npt.NDArray[np.float32]) -> Decision:
-    matcher.refresh(store, [MODEL])
+    matcher.refresh(store.gallery, [MODEL])
     return matcher.identify(query, MODEL)
 
 
@@ -198,8 +197,8 @@ def test_a_deletion_on_the_server_erases_the_person_on_the_agent(
                     return (
                         known,
                         identify(matcher, store, flipped_query),
-                        store.people(),
-                        len(store.load_embeddings(MODEL).person_ids),
+                        store.gallery.people(),
+                        len(store.gallery.load_embeddings(MODEL).person_ids),
                     )
 
     known, after, people, embeddings = run(scenario)
@@ -230,7 +229,7 @@ def test_an_agent_offline_during_three_changes_catches_up_when_it_reconnects(
                     status = await harness.query().FleetStatus(
                         query_pb2.FleetStatusRequest(), metadata=harness.query_md
                     )
-                return offline_revision, head, store.people(), store.revision(), status
+                return offline_revision, head, store.gallery.people(), store.gallery.revision(), status
 
     offline_revision, head, people, store_revision, status = run(scenario)
     assert (offline_revision, head) == (2, 5)
@@ -261,29 +260,29 @@ def test_a_fresh_agent_gets_the_whole_gallery_and_a_stale_one_is_reset_to_it(
     with open_store(
         tmp_path / "stale.db"
     ) as stale:  # synced from another server long ago, plus a local person
-        stale.add_person(Person("local-only"), [Embedding(MODEL, np.ones(128, np.float32))])
+        stale.gallery.add_person(Person("local-only"), [Embedding(MODEL, np.ones(128, np.float32))])
         stale.sync.apply(GalleryDelta(0, 500, snapshot=True, gallery_id="another-server"), [MODEL])
-        stale_revision = stale.revision()
+        stale_revision = stale.gallery.revision()
     caplog.set_level(logging.INFO, logger="facefleet.agent.fleet.sync")
     head, gallery_id = run(scenario)
     assert head == 120
     expected = {r.person_id: np.frombuffer(r.embeddings[0].vector, "<f4") for r in requests}
     for name in ("fresh", "stale"):
         with open_store(tmp_path / f"{name}.db") as store:
-            people = store.people()
+            people = store.gallery.people()
             assert [p.person_id for p in people] == sorted(expected), name
             for person_id, vector in expected.items():
-                (embedding,) = store.embeddings(person_id)
+                (embedding,) = store.gallery.embeddings(person_id)
                 np.testing.assert_array_equal(embedding.vector, vector)
             point = store.sync.point()
             assert (point.revision, point.gallery_id, point.models) == (120, gallery_id, (MODEL,))
             if name == "stale":
-                assert store.revision() > stale_revision  # the matcher reloads though 120 < 500
+                assert store.gallery.revision() > stale_revision  # the matcher reloads though 120 < 500
     assert "gallery revision 120 applied from a snapshot in 3 parts" in caplog.text
     assert "the server's gallery is" in caplog.text  # the stale agent asked for the snapshot
 
 
-def face_payload(device: str, person_id: str | None, now: float) -> dict[str, Any]:
+def face_payload(device: str, person_id: str | None, now: float) -> FaceEvent:
     track = TrackEvent(
         "decided",
         "t1",
@@ -301,7 +300,7 @@ def face_payload(device: str, person_id: str | None, now: float) -> dict[str, An
     return face_event(device, "door", track, person_id, versions, now)
 
 
-def access_payload(device: str, now: float) -> dict[str, Any]:
+def access_payload(device: str, now: float) -> AccessEvent:
     decision = AccessDecision("front", "granted", "in group staff", "identify", "eileen", 0.8, 0.3, 3)
     return access_event(device, "door", decision, Versions("0.1.0", "2026.0", {}, 7), now)
 
@@ -345,9 +344,9 @@ def test_queued_events_are_reported_once_even_when_sent_twice(
 
     stored, first, reported, refused, health = run(scenario)
     assert (first, reported, refused) == (3, 6, 0)
-    assert sorted(e.event_id for e in stored) == sorted(p["event_id"] for p in payloads)
+    assert sorted(e.event_id for e in stored) == sorted(p.envelope.event_id for p in payloads)
     by_id = {e.event_id: e for e in stored}
-    match, unknown, access = (by_id[p["event_id"]] for p in payloads)
+    match, unknown, access = (by_id[p.envelope.event_id] for p in payloads)
     assert (match.kind, match.decision, match.person_id, match.camera) == ("face", "match", "eileen", "door")
     assert match.expression is not None and match.expression.label == "happy"
     assert (
@@ -397,11 +396,12 @@ def test_a_report_the_server_fails_to_store_stays_queued_and_is_retried_until_ac
     caplog.set_level(logging.WARNING, logger="facefleet.agent.fleet.sync")
     queued, stored, connects_once = run(scenario)
     assert queued == [1, 1, 1]  # kept while the server failed
-    assert stored == [payload["event_id"]]
+    assert stored == [payload.envelope.event_id]
     assert connects_once  # the session and its Watch stream survived the failed reports
     assert caplog.text.count("a report of 1 events failed") == 3
 
 
+@pytest.mark.slow
 def test_the_agent_keeps_its_gallery_and_retries_while_the_server_is_down(
     tmp_path: Path,
     pki: Pki,
@@ -456,7 +456,7 @@ def test_the_agent_keeps_its_gallery_and_retries_while_the_server_is_down(
                     while_down,
                     revision,
                     sync.status()["address"],
-                    store.people(),
+                    store.gallery.people(),
                     stored,
                 )
             finally:
@@ -467,7 +467,7 @@ def test_the_agent_keeps_its_gallery_and_retries_while_the_server_is_down(
     assert pending_while_down == 1
     assert revision == 2
     assert [p.person_id for p in people] == ["bob", "eileen"]
-    assert stored == [payload["event_id"]]
+    assert stored == [payload.envelope.event_id]
     retries = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
     assert retries
     assert all(line.startswith(f"server {address}: ") for line in retries)
@@ -483,7 +483,9 @@ def test_the_agent_service_syncs_from_the_server_and_reports_what_its_camera_saw
     astronaut: npt.NDArray[np.uint8],
     astronaut_jpeg: bytes,
 ) -> None:
-    state = link_session_models(tmp_path / "agent-state", model_store)
+    state = tmp_path / "agent-state"
+    state.mkdir()
+    (state / "models").symlink_to(model_store.root, target_is_directory=True)
     blank = np.full_like(astronaut, 40)
     video = write_video(tmp_path / "door.avi", [astronaut] * 6 + [blank] * 10, fps=8)
     issued = pki.device("door-1")
@@ -529,7 +531,7 @@ def test_the_agent_service_syncs_from_the_server_and_reports_what_its_camera_saw
                 service.stop_event.set()
                 await asyncio.to_thread(runner.join, 30)
             with open_store(state / "agent.db") as store:
-                return events, status, store.reports.count(), [p.person_id for p in store.people()]
+                return events, status, store.reports.count(), [p.person_id for p in store.gallery.people()]
 
     events, status, left, people = run(scenario)
     assert people == ["eileen"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from facefleet.link.gallery import Embedding, Person
 from facefleet.server.domain.models import Target
@@ -36,6 +37,7 @@ def vectors(person: gallery_pb2.Person, model_id: str) -> list[npt.NDArray[np.fl
     return [np.frombuffer(e.vector, dtype="<f4") for e in person.embeddings if e.model_id == model_id]
 
 
+@pytest.mark.slow
 def test_an_embedding_rollout_completes_the_gallery_before_agents_switch(
     tmp_path: Path,
     pki: Pki,

@@ -282,7 +282,7 @@ def test_identification_keeps_working_across_an_embedding_model_switch(
         (e.decision, e.person_id, e.model_versions.get("embedding")) for e in faces
     ]
     with EmbeddingStore(state / "agent.db") as store:
-        person_ids, matrix, _ = store.load_embeddings(EMBEDDING_ROTATED)
+        person_ids, matrix, _ = store.gallery.load_embeddings(EMBEDDING_ROTATED)
     assert list(person_ids) == ["eileen"] and matrix.shape[1] == 128
     assert ModelStore(state / "models").active("embedding").manifest.model_id == EMBEDDING_ROTATED
 
@@ -389,8 +389,8 @@ def test_an_agent_killed_during_a_switch_comes_back_on_a_working_version(
         assert store.verify_files(model) == []  # nothing half-written in the store
     assert not (state / "models" / ".staging").exists() or not any((state / "models" / ".staging").iterdir())
     with EmbeddingStore(state / "agent.db") as db:
-        assert [p.person_id for p in db.people()] == ["eileen"]
-        assert list(db.load_embeddings(EMBEDDING_NEW)[0]) == ["eileen"]
+        assert [p.person_id for p in db.gallery.people()] == ["eileen"]
+        assert list(db.gallery.load_embeddings(EMBEDDING_NEW)[0]) == ["eileen"]
     verify = subprocess.run(
         [
             str(Path(sys.executable).with_name("facefleet-agent")),

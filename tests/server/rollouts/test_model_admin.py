@@ -282,6 +282,7 @@ async def quiet(stream: Any) -> None:
     assert message.WhichOneof("update") == "heartbeat", message
 
 
+@pytest.mark.slow
 def test_rollouts_started_and_changed_over_grpc_reach_watching_agents_at_once(
     tmp_path: Path, pki: Pki, enroller: Enroller, model_irs: dict[str, Path]
 ) -> None:
@@ -401,6 +402,7 @@ def test_rollouts_started_and_changed_over_grpc_reach_watching_agents_at_once(
     run(scenario)
 
 
+@pytest.mark.slow
 def test_an_embedding_rollout_reports_who_was_reembedded_and_who_needs_re_enrolment(
     tmp_path: Path, pki: Pki, enroller: Enroller, model_irs: dict[str, Path], astronaut_jpeg: bytes
 ) -> None:

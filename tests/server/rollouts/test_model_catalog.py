@@ -159,7 +159,7 @@ def test_agents_statuses_groups_and_announcements(tmp_path: Path) -> None:
 def test_an_older_database_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "server.db"
     conn = sqlite3.connect(path)
-    for statement in MIGRATIONS[0]:
+    for statement in MIGRATIONS.steps[0].statements:  # version 1, recorded in meta as servers did then
         conn.execute(statement)
     conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1'), ('gallery_id', 'g')")
     conn.execute(
@@ -177,9 +177,8 @@ def test_an_older_database_is_upgraded_in_place(tmp_path: Path) -> None:
         )
         state.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
-        str(len(MIGRATIONS)),
-    )
+    assert conn.execute("SELECT MAX(version) FROM facefleet_migrations").fetchone() == (MIGRATIONS.latest,)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() is None
     conn.close()
 
 

@@ -98,6 +98,7 @@ def summary(releases: list[models_pb2.ModelRelease]) -> list[tuple[str, str, int
     return [(r.task, r.model_id, r.rollout_id, len(r.files)) for r in releases]
 
 
+@pytest.mark.slow
 def test_a_group_rollout_reaches_its_agents_only_and_a_rollback_returns_them(
     tmp_path: Path, pki: Pki, enroller: Enroller, runtime: Runtime, model_irs: dict[str, Path]
 ) -> None:
@@ -275,6 +276,7 @@ def test_in_process_rollout_changes_reach_the_streams_without_waiting_for_the_po
     run(scenario)
 
 
+@pytest.mark.slow
 def test_a_rollout_counts_as_announced_only_once_its_assignment_was_sent(
     tmp_path: Path, pki: Pki, enroller: Enroller, runtime: Runtime, model_irs: dict[str, Path]
 ) -> None:

@@ -347,7 +347,52 @@ def test_a_database_from_a_newer_server_is_refused(tmp_path: Path) -> None:
 
     SqliteState(tmp_path / "server.db").close()
     with sqlite3.connect(tmp_path / "server.db") as conn:
-        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+        conn.execute("INSERT INTO facefleet_migrations VALUES (99, 'from_the_future', 0)")
+    with pytest.raises(StateError, match="schema version 99, newer than this server"):
+        SqliteState(tmp_path / "server.db")
+
+
+def as_recorded_before_the_runner(path: Path, version: str) -> None:
+    """Record the schema version as servers did before facefleet.core.migrations: in the meta table."""
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE facefleet_migrations")
+        conn.execute("PRAGMA user_version = 0")
+        conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (version,))
+    conn.close()
+
+
+def test_a_database_recorded_in_meta_at_the_current_version_is_adopted_keeping_everything(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "server.db"
+    state = SqliteState(path)
+    state.add_person(person("alice", 1), [], NOW)
+    gallery_id = state.gallery_id()
+    state.close()
+    as_recorded_before_the_runner(path, "3")
+    for _ in range(2):  # migration 3 (ALTER TABLE … ADD COLUMN) would fail if it ran again
+        state = SqliteState(path)
+        assert (state.gallery_id(), state.head_revision()) == (gallery_id, 1)
+        assert [p.person_id for p in state.list_people()] == ["alice"]
+        state.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version, name FROM facefleet_migrations").fetchall() == [
+            (1, "initial"),
+            (2, "models"),
+            (3, "rollout_reason"),
+        ]
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() is None
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+    conn.close()
+
+
+def test_a_database_recorded_in_meta_at_a_newer_version_is_refused(tmp_path: Path) -> None:
+    SqliteState(tmp_path / "server.db").close()
+    as_recorded_before_the_runner(tmp_path / "server.db", "99")
     with pytest.raises(StateError, match="schema version 99, newer than this server"):
         SqliteState(tmp_path / "server.db")
 

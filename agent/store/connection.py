@@ -1,0 +1,239 @@
+"""The store's core: one SQLite file (WAL, busy timeout, synchronous FULL) opened read-write or read-only,
+checked and migrated before use, with its transactions as public context managers, its counters, SQLite's
+own integrity checks, and sqlite3 errors turned into StoreErrors that name the file and the fix.
+
+The gallery, outbox, audit, sync and reports modules of this package work through `read()` and `write()`.
+Every write is one `BEGIN IMMEDIATE` transaction, so a crash or an error half-way leaves the previous state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from facefleet.agent.domain.records import (
+    StoreBusyError,
+    StoreError,
+    StoreFormatError,
+    StoreReadOnlyError,
+)
+from facefleet.core.migrations import RECORD_TABLE, Migrations, SchemaError
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+DEFAULT_BUSY_TIMEOUT_MS = 5000
+
+
+class StoreConnection:
+    """The SQLite file at `path` with the given migrations, created (with its directory) if missing and
+    migrated on open. Safe to share between threads (one lock) and between processes (WAL, busy timeout).
+    read_only opens an existing, up-to-date store without writing anything; every write then raises
+    StoreReadOnlyError. busy_timeout_ms: how long a write waits for another process's write lock."""
+
+    def __init__(
+        self,
+        path: Path,
+        migrations: Migrations,
+        *,
+        read_only: bool = False,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+    ) -> None:
+        self.path = path
+        self.migrations = migrations
+        self.read_only = read_only
+        self.busy_timeout_ms = busy_timeout_ms
+        self._lock = threading.RLock()
+        _check_file(path, read_only)
+        with self._translated():
+            self._conn = _connect(path, read_only, busy_timeout_ms)
+        try:
+            with self._translated():
+                self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+                self._conn.execute("PRAGMA foreign_keys = ON")
+            self._check_schema()  # before anything writes: never convert another application's database
+            if not read_only:
+                with self._translated():
+                    # a door box loses power; commits must last
+                    self._conn.execute("PRAGMA synchronous = FULL")
+                    if self._conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                        self._conn.execute("PRAGMA journal_mode = WAL")
+                self.migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # ---- transactions -------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """The connection for reads, under the lock; sqlite3 errors come out as StoreErrors."""
+        with self._lock, self._translated():
+            yield self._conn
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: BEGIN IMMEDIATE takes the write lock up front (waiting up to the busy
+        timeout), so two processes never deadlock upgrading a read; any exception rolls everything back."""
+        if self.read_only:
+            raise StoreReadOnlyError(f"store {self.path} was opened read-only; open it writable to change it")
+        with self._lock, self._translated():
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.rollback()
+                raise
+
+    # ---- schema -------------------------------------------------------------------------------------------
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations, each in a transaction; the names applied (empty when up to date)."""
+        if self.read_only:
+            raise StoreReadOnlyError(f"store {self.path} was opened read-only; open it writable to migrate")
+        with self._lock, self._translated(), _schema_errors():
+            return [step.name for step in self.migrations.apply(self._conn, self.path)]
+
+    def schema_version(self) -> int:
+        """How many migrations have been applied (also in PRAGMA user_version)."""
+        with self._lock, self._translated(), _schema_errors():
+            return self.migrations.version(self._conn, self.path)
+
+    def _check_schema(self) -> None:
+        """Refuse SQLite files of other applications, stores written by a newer FaceFleet, and (read-only)
+        stores that need an upgrade."""
+        version = self.schema_version()
+        with self._lock, self._translated():
+            rows = self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        tables = {row[0] for row in rows}
+        ours = {RECORD_TABLE, "_sqlite_migrations"}  # the second: how stores recorded their schema before
+        foreign = {t for t in tables - ours if not t.startswith("sqlite_")}
+        if version == 0 and foreign:
+            raise StoreFormatError(
+                f"file {self.path} is an SQLite database but not a FaceFleet store (it has tables "
+                f"{', '.join(sorted(foreign))}); move it away or choose another state directory"
+            )
+        pending = self.migrations.latest - version
+        if self.read_only and pending:
+            raise StoreFormatError(
+                f"store {self.path} needs a schema upgrade ({pending} migrations); open it writable once"
+            )
+
+    # ---- counters and health ------------------------------------------------------------------------------
+
+    def counter(self, name: str) -> int:
+        """A counter's value (0 when never incremented)."""
+        with self.read() as conn:
+            row = conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def increment(self, name: str, by: int = 1) -> int:
+        """Add to a counter in a transaction of its own; its new value."""
+        with self.write() as conn:
+            return add_to_counter(conn, name, by)
+
+    def integrity_check(self) -> list[str]:
+        """Problems found by SQLite's integrity and foreign-key checks; empty when the file is healthy."""
+        with self.read() as conn:
+            problems = [row[0] for row in conn.execute("PRAGMA integrity_check") if row[0] != "ok"]
+            problems += [
+                f"{table} row {rowid}: references a missing {parent} row"
+                for table, rowid, parent, _ in conn.execute("PRAGMA foreign_key_check")
+            ]
+        return problems
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """Turn sqlite3 errors into StoreErrors that name the file and the fix."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path, self.busy_timeout_ms) from exc
+
+
+def add_to_counter(conn: sqlite3.Connection, name: str, by: int) -> int:
+    """Add to a counter inside the caller's write transaction; its new value."""
+    conn.execute(
+        "INSERT INTO counters (name, value) VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+        (name, by),
+    )
+    return int(conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0])
+
+
+@contextlib.contextmanager
+def _schema_errors() -> Iterator[None]:
+    try:
+        yield
+    except SchemaError as exc:
+        raise StoreFormatError(str(exc)) from None
+
+
+def _check_file(path: Path, read_only: bool) -> None:
+    """Before SQLite touches anything: the path must be a store (or nothing yet) we may open as asked."""
+    if path.is_dir():
+        raise StoreError(f"store path {path} is a directory; give the path of the store file inside it")
+    if path.exists():
+        try:
+            with path.open("rb") as handle:
+                header = handle.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            raise StoreError(f"cannot read store {path}: {exc.strerror}; check its permissions") from None
+        if header and header != SQLITE_HEADER:
+            raise StoreFormatError(
+                f"file {path} is not a FaceFleet store (not an SQLite database); it was left untouched - "
+                "move it away or choose another state directory"
+            )
+    elif read_only:
+        raise StoreError(f"no store at {path} to open read-only; check the state directory")
+    if read_only:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreReadOnlyError(f"cannot create the directory of store {path}: {exc.strerror}") from None
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise StoreReadOnlyError(
+            f"store {path} is read-only for this user; make it writable (chown/chmod) or open it read-only"
+        )
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise StoreReadOnlyError(
+            f"store {path}: its directory {path.parent} is not writable, and SQLite must create "
+            f"{path.name}-wal and {path.name}-shm there; make the directory writable or move the store"
+        )
+
+
+def _connect(path: Path, read_only: bool, busy_timeout_ms: int) -> sqlite3.Connection:
+    """Autocommit (isolation_level None): transactions are the explicit ones of write() and migrations."""
+    target = f"{path.resolve().as_uri()}?mode=ro" if read_only else f"{path.resolve().as_uri()}?mode=rwc"
+    return sqlite3.connect(
+        target, uri=True, timeout=busy_timeout_ms / 1000, check_same_thread=False, isolation_level=None
+    )
+
+
+def _translate(exc: sqlite3.Error, path: Path, busy_timeout_ms: int) -> StoreError:
+    message = str(exc).lower()
+    if "readonly" in message or "read-only" in message:
+        return StoreReadOnlyError(f"store {path} is read-only ({exc}); make it and its directory writable")
+    if "locked" in message or "busy" in message:
+        return StoreBusyError(
+            f"store {path} is busy: another process held its write lock for more than "
+            f"{busy_timeout_ms / 1000:g} s ({exc}); retry, or stop the process that holds it"
+        )
+    if "not a database" in message or "malformed" in message or "corrupt" in message:
+        return StoreFormatError(
+            f"store {path} is corrupt ({exc}); restore a backup, or move it away to start an empty store "
+            "that the server re-fills"
+        )
+    if "full" in message:
+        return StoreError(f"store {path}: the disk is full ({exc}); free space there - nothing was written")
+    if "unable to open" in message:
+        return StoreError(f"cannot open store {path} ({exc}); check the path and its permissions")
+    return StoreError(f"store {path}: {exc}")

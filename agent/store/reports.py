@@ -1,0 +1,123 @@
+"""The durable queue of events to report to the fleet server: link Events (facefleet.link.events) kept as
+their protobuf bytes (facefleet.link.serde), oldest first, until the server acknowledges them. The table is
+the store's migration 3 (facefleet.agent.store.migrations); this module and that migration encode events the
+same way, with `encode` and `decode` below.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Sequence
+
+from google.protobuf.message import DecodeError
+
+from facefleet.agent.domain.fleet import QueuedReport
+from facefleet.agent.domain.records import InvalidRecordError
+from facefleet.agent.store.connection import StoreConnection, add_to_counter
+from facefleet.link import serde
+from facefleet.link.errors import LinkError
+from facefleet.link.events import Event
+from facefleet.v1 import events_pb2
+
+_LOG = logging.getLogger(__name__)
+
+DEFAULT_REPORT_LIMIT = 100_000
+REPORTS_DROPPED = "reports_dropped"
+"""Counter of queued reports dropped: the oldest when the queue was full, and any that could not be read."""
+
+
+def encode(event: Event) -> bytes:
+    """The bytes the queue keeps for an event: its facefleet.v1.Event message."""
+    return serde.event_to_proto(event).SerializeToString()
+
+
+def decode(data: bytes) -> Event:
+    """An event back from its stored bytes; DecodeError or LinkError when they are not a valid Event."""
+    return serde.event_from_proto(events_pb2.Event.FromString(data))
+
+
+class ReportQueue:
+    """Events to report to the server, oldest first, kept until it acknowledges them. When more than
+    `limit` wait, the oldest are dropped, counted in the REPORTS_DROPPED counter and logged."""
+
+    def __init__(self, connection: StoreConnection, limit: int = DEFAULT_REPORT_LIMIT) -> None:
+        if limit < 1:
+            raise InvalidRecordError(f"report queue limit must be at least 1, got {limit}")
+        self._connection = connection
+        self.limit = limit
+
+    def put(self, event: Event, gallery_revision: int = 0) -> bool:
+        """Queue an event by its event_id with the server gallery revision the agent had applied; False when
+        that id is already queued."""
+        event_id = event.event_id
+        if not isinstance(event_id, str) or not 0 < len(event_id) <= 64 or not event_id.isascii():
+            raise InvalidRecordError(
+                f"a reported event needs an event_id of 1–64 ASCII characters, got {event_id!r}"
+            )
+        data = encode(event)
+        with self._connection.write() as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO reports (event_id, event, gallery_revision, created_at) "
+                "VALUES (?, ?, ?, ?)",
+                (event_id, data, max(0, int(gallery_revision)), time.time()),
+            )
+            if not cursor.rowcount:
+                return False
+            excess = conn.execute("SELECT COUNT(*) FROM reports").fetchone()[0] - self.limit
+            if excess > 0:
+                conn.execute(
+                    "DELETE FROM reports WHERE id IN (SELECT id FROM reports ORDER BY id LIMIT ?)", (excess,)
+                )
+                add_to_counter(conn, REPORTS_DROPPED, excess)
+                _LOG.warning(
+                    "report queue of %s is full (%d events): dropped the %d oldest",
+                    self._connection.path,
+                    self.limit,
+                    excess,
+                )
+            return True
+
+    def pending(self, limit: int = 500) -> list[QueuedReport]:
+        """The oldest queued events, oldest first. A row that no longer decodes (a damaged file) is dropped,
+        counted and logged, so one bad row never blocks the queue."""
+        with self._connection.read() as conn:
+            rows = conn.execute(
+                "SELECT id, event_id, event, gallery_revision, created_at FROM reports ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        reports, unreadable = [], []
+        for report_id, event_id, data, revision, created in rows:
+            try:
+                reports.append(QueuedReport(report_id, event_id, decode(data), revision, created))
+            except (DecodeError, LinkError) as exc:
+                _LOG.warning(
+                    "report %s in %s is unreadable (%s): dropped", event_id, self._connection.path, exc
+                )
+                unreadable.append(report_id)
+        if unreadable and not self._connection.read_only:
+            with self._connection.write() as conn:
+                deleted = _delete(conn, unreadable)
+                add_to_counter(conn, REPORTS_DROPPED, deleted)
+        return reports
+
+    def delete(self, report_ids: Sequence[int]) -> int:
+        """Remove acknowledged events in one transaction; how many were still queued."""
+        if not report_ids:
+            return 0
+        with self._connection.write() as conn:
+            return _delete(conn, report_ids)
+
+    def count(self) -> int:
+        with self._connection.read() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM reports").fetchone()[0])
+
+    def dropped(self) -> int:
+        """How many queued events were dropped since the store was created."""
+        return self._connection.counter(REPORTS_DROPPED)
+
+
+def _delete(conn: sqlite3.Connection, report_ids: Sequence[int]) -> int:
+    cursor = conn.executemany("DELETE FROM reports WHERE id = ?", [(int(i),) for i in report_ids])
+    return int(cursor.rowcount)

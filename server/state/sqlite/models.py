@@ -66,30 +66,30 @@ _ROLLOUT_COLUMNS = (
 _DEVICE_COLUMNS = "rollout_id, device_id, previous_model_id, state, reason, updated_us"
 
 
-class StateCore(Protocol):
-    """What SqliteState lends its companions: its transactions."""
+class Transactions(Protocol):
+    """What SqliteState lends its companions: its connection and its read and write transactions."""
 
-    def _use(self) -> AbstractContextManager[sqlite3.Connection]: ...
+    def connection(self) -> AbstractContextManager[sqlite3.Connection]: ...
 
-    def _read(self) -> AbstractContextManager[sqlite3.Connection]: ...
+    def read(self) -> AbstractContextManager[sqlite3.Connection]: ...
 
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]: ...
+    def write(self) -> AbstractContextManager[sqlite3.Connection]: ...
 
 
 class SqliteModelState(ModelState):
     """Model versions and rollouts in the server's SQLite database, in SqliteState's transactions."""
 
-    def __init__(self, core: StateCore) -> None:
+    def __init__(self, core: Transactions) -> None:
         self._core = core
 
     def models_revision(self) -> int:
-        with self._core._use() as conn:
+        with self._core.connection() as conn:
             return _revision(conn)
 
     # -- catalogue -----------------------------------------------------------------------------------
 
     def add_model(self, model: PublishedModel) -> PublishedModel:
-        with self._core._write() as conn:
+        with self._core.write() as conn:
             existing = _model(conn, model.model_id)
             if existing is not None:
                 if existing.task == model.task and existing.files == model.files:
@@ -114,18 +114,18 @@ class SqliteModelState(ModelState):
             return _require_model(conn, model.model_id)
 
     def get_model(self, model_id: str) -> PublishedModel:
-        with self._core._use() as conn:
+        with self._core.connection() as conn:
             return _require_model(conn, model_id)
 
     def list_models(self) -> list[PublishedModel]:
-        with self._core._use() as conn:
+        with self._core.connection() as conn:
             rows = conn.execute(
                 f"SELECT {_MODEL_COLUMNS} FROM models ORDER BY task, model_id"  # noqa: S608
             ).fetchall()
         return [_model_from_row(row) for row in rows]
 
     def retire_model(self, model_id: str, now: datetime) -> PublishedModel:
-        with self._core._write() as conn:
+        with self._core.write() as conn:
             model = _require_model(conn, model_id)
             using = [
                 f"{row[0]} ({row[1]})"
@@ -149,7 +149,7 @@ class SqliteModelState(ModelState):
     # -- rollouts ------------------------------------------------------------------------------------
 
     def add_rollout(self, model_id: str, target: Target, state: RolloutState, now: datetime) -> Rollout:
-        with self._core._write() as conn:
+        with self._core.write() as conn:
             model = _require_model(conn, model_id)
             if model.retired:
                 raise FailedPreconditionError(
@@ -173,18 +173,18 @@ class SqliteModelState(ModelState):
             return _require_rollout(conn, int(cursor.lastrowid or 0))
 
     def get_rollout(self, rollout_id: int) -> Rollout:
-        with self._core._use() as conn:
+        with self._core.connection() as conn:
             return _require_rollout(conn, rollout_id)
 
     def list_rollouts(self) -> list[Rollout]:
-        with self._core._use() as conn:
+        with self._core.connection() as conn:
             rows = conn.execute(
                 f"SELECT {_ROLLOUT_COLUMNS} FROM rollouts ORDER BY rollout_id DESC"  # noqa: S608
             ).fetchall()
         return [_rollout_from_row(row) for row in rows]
 
     def change_rollout(self, rollout_id: int, change: Callable[[Rollout], Rollout]) -> Rollout:
-        with self._core._write() as conn:
+        with self._core.write() as conn:
             new = change(_require_rollout(conn, rollout_id))
             conn.execute(
                 "UPDATE rollouts SET target_kind = ?, target_group = ?, target_percent = ?, state = ?, "
@@ -203,7 +203,7 @@ class SqliteModelState(ModelState):
             return _require_rollout(conn, rollout_id)
 
     def touch_rollout(self, rollout_id: int, now: datetime) -> bool:
-        with self._core._write() as conn:
+        with self._core.write() as conn:
             cursor = conn.execute(
                 "UPDATE rollouts SET updated_us = MAX(updated_us, ?) WHERE rollout_id = ? "
                 "AND state = 'preparing'",
@@ -212,7 +212,7 @@ class SqliteModelState(ModelState):
             return cursor.rowcount == 1
 
     def device_rollouts(self, device_id: str) -> dict[int, DeviceRollout]:
-        with self._core._use() as conn:
+        with self._core.connection() as conn:
             rows = conn.execute(
                 f"SELECT {_DEVICE_COLUMNS} FROM rollout_devices WHERE device_id = ?",  # noqa: S608
                 (device_id,),
@@ -220,7 +220,7 @@ class SqliteModelState(ModelState):
         return {int(row[0]): _device_from_row(row) for row in rows}
 
     def rollout_devices(self, rollout_id: int) -> list[DeviceRollout]:
-        with self._core._use() as conn:
+        with self._core.connection() as conn:
             _require_rollout(conn, rollout_id)
             rows = conn.execute(
                 f"SELECT {_DEVICE_COLUMNS} FROM rollout_devices WHERE rollout_id = ? "  # noqa: S608
@@ -232,7 +232,7 @@ class SqliteModelState(ModelState):
     def announce(self, device_id: str, announced: Sequence[tuple[int, str]], now: datetime) -> None:
         if not announced:
             return
-        with self._core._write() as conn:
+        with self._core.write() as conn:
             conn.executemany(
                 "INSERT INTO rollout_devices (rollout_id, device_id, previous_model_id, state, reason, "
                 "updated_us) VALUES (?, ?, ?, 'assigned', '', ?) ON CONFLICT DO NOTHING",
@@ -250,7 +250,7 @@ class SqliteModelState(ModelState):
         groups: Sequence[str] | None = None,
         model_versions: Mapping[str, str] | None = None,
     ) -> None:
-        with self._core._write() as conn:
+        with self._core.write() as conn:
             if groups is not None:
                 conn.execute("DELETE FROM agent_groups WHERE device_id = ?", (device_id,))
                 conn.executemany(
@@ -284,7 +284,7 @@ class SqliteModelState(ModelState):
                     )
 
     def agent_models(self, device_ids: Sequence[str] = ()) -> dict[str, AgentModels]:
-        with self._core._read() as conn:
+        with self._core.read() as conn:
             groups: dict[str, list[str]] = {}
             statuses: dict[str, list[ModelStatus]] = {}
             for device_id, group in _rows(conn, "device_id, group_name", "agent_groups", device_ids):
@@ -304,7 +304,7 @@ class SqliteModelState(ModelState):
         }
 
     def people_without_model(self, model_id: str) -> list[str]:
-        with self._core._use() as conn:
+        with self._core.connection() as conn:
             return [
                 row[0]
                 for row in conn.execute(

@@ -155,7 +155,7 @@ class SqliteState(State):
         return conn
 
     @contextmanager
-    def _use(self) -> Iterator[sqlite3.Connection]:
+    def connection(self) -> Iterator[sqlite3.Connection]:
         """This thread's connection, counted as in use: close() waits for it, since closing a connection
         while a worker thread still runs a statement on it (for a call the server already cancelled at
         shutdown) crashes the process."""
@@ -171,9 +171,9 @@ class SqliteState(State):
                 self._idle.notify_all()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, serialised in-process and against other processes."""
-        with self._use() as conn, self._write_lock:
+        with self.connection() as conn, self._write_lock:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
@@ -192,9 +192,9 @@ class SqliteState(State):
                 ) from None
 
     @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def read(self) -> Iterator[sqlite3.Connection]:
         """One read transaction: every query inside sees the same committed state."""
-        with self._use() as conn:
+        with self.connection() as conn:
             conn.execute("BEGIN")
             try:
                 yield conn
@@ -203,14 +203,14 @@ class SqliteState(State):
 
     def _migrate(self) -> None:
         """Apply pending migrations (each in its own transaction), then give a new gallery its id."""
-        with self._use() as conn, self._write_lock:
+        with self.connection() as conn, self._write_lock:
             try:
                 MIGRATIONS.apply(conn, self.path)
             except SchemaError as exc:
                 raise StateError(str(exc)) from None
             except sqlite3.Error as exc:
                 raise StateError(f"state database {self.path}: cannot migrate ({exc})") from None
-        with self._write() as conn:
+        with self.write() as conn:
             if _meta(conn, "gallery_id", "") == "":
                 _set_meta(conn, "gallery_id", str(uuid.uuid4()))
                 _set_meta(conn, "head_revision", "0")
@@ -230,15 +230,15 @@ class SqliteState(State):
     # -- gallery -------------------------------------------------------------------------------------
 
     def gallery_id(self) -> str:
-        with self._use() as conn:
+        with self.connection() as conn:
             return _meta(conn, "gallery_id", "")
 
     def head_revision(self) -> int:
-        with self._use() as conn:
+        with self.connection() as conn:
             return int(_meta(conn, "head_revision", "0"))
 
     def add_person(self, person: Person, crops: Sequence[Crop], now: datetime) -> Person:
-        with self._write() as conn:
+        with self.write() as conn:
             if sqlite_people.exists(conn, person.person_id):
                 raise AlreadyExistsError(
                     f"person {person.person_id} is already enrolled; choose another id, or replace or "
@@ -251,7 +251,7 @@ class SqliteState(State):
             return sqlite_people.load_person(conn, person.person_id, with_vectors=True)
 
     def replace_person(self, person: Person, crops: Sequence[Crop], now: datetime, *, append: bool) -> Person:
-        with self._write() as conn:
+        with self.write() as conn:
             revision = self._next_revision(conn, [(person.person_id, "upsert")], now)
             if not sqlite_people.exists(conn, person.person_id):
                 sqlite_people.insert_person(conn, person, now, now, revision)
@@ -290,7 +290,7 @@ class SqliteState(State):
         groups: tuple[str, ...] | None = None,
         metadata_json: str | None = None,
     ) -> Person:
-        with self._write() as conn:
+        with self.write() as conn:
             current = sqlite_people.load_person(conn, person_id, with_vectors=False)
             updated = Person(
                 person_id=person_id,
@@ -311,7 +311,7 @@ class SqliteState(State):
         *,
         revision: int | None = None,
     ) -> int | None:
-        with self._write() as conn:
+        with self.write() as conn:
             row = conn.execute("SELECT revision FROM people WHERE person_id = ?", (person_id,)).fetchone()
             if row is None or (revision is not None and int(row[0]) != revision):
                 return None
@@ -327,7 +327,7 @@ class SqliteState(State):
             return new
 
     def delete_person(self, person_id: str, now: datetime) -> int:
-        with self._write() as conn:
+        with self.write() as conn:
             if not sqlite_people.exists(conn, person_id):
                 raise NotFoundError(f"person {person_id} is not enrolled")
             revision = self._next_revision(conn, [(person_id, "delete")], now)
@@ -335,12 +335,12 @@ class SqliteState(State):
             return revision
 
     def get_person(self, person_id: str, *, with_vectors: bool = True) -> Person:
-        with self._read() as conn:
+        with self.read() as conn:
             return sqlite_people.load_person(conn, person_id, with_vectors=with_vectors)
 
     def list_people(self, *, after: str = "", limit: int = 100, group: str = "") -> list[Person]:
         columns = sqlite_people.PERSON_COLUMNS
-        with self._read() as conn:
+        with self.read() as conn:
             if group:
                 rows = conn.execute(
                     f"SELECT {columns} FROM people p JOIN person_groups g USING (person_id) "  # noqa: S608
@@ -356,14 +356,14 @@ class SqliteState(State):
             return [sqlite_people.person_from_row(row, ()) for row in rows]
 
     def crops(self, person_id: str) -> list[Crop]:
-        with self._use() as conn:
+        with self.connection() as conn:
             rows = conn.execute(
                 "SELECT image_format, data, source FROM crops WHERE person_id = ? ORDER BY id", (person_id,)
             ).fetchall()
         return [Crop(image_format=fmt, data=bytes(data), source=source) for fmt, data, source in rows]
 
     def changes_since(self, revision: int) -> GalleryDelta | None:
-        with self._read() as conn:
+        with self.read() as conn:
             head = int(_meta(conn, "head_revision", "0"))
             if revision < int(_meta(conn, "log_floor", "0")) or revision > head:
                 return None
@@ -386,7 +386,7 @@ class SqliteState(State):
             )
 
     def snapshot(self) -> GalleryDelta:
-        with self._read() as conn:
+        with self.read() as conn:
             ids = [row[0] for row in conn.execute("SELECT person_id FROM people ORDER BY person_id")]
             return GalleryDelta(
                 from_revision=0,
@@ -413,11 +413,11 @@ class SqliteState(State):
     # -- agents --------------------------------------------------------------------------------------
 
     def register_agent(self, registration: Registration, now: datetime) -> AgentInfo:
-        with self._write() as conn:
+        with self.write() as conn:
             return sqlite_agents.register_agent(conn, registration, now)
 
     def get_agent(self, device_id: str) -> AgentInfo | None:
-        with self._use() as conn:
+        with self.connection() as conn:
             agents = sqlite_agents.load_agents(conn, (device_id,))
         return agents[0] if agents else None
 
@@ -429,55 +429,55 @@ class SqliteState(State):
         gallery_revision: int | None = None,
         health: Mapping[str, float] | None = None,
     ) -> None:
-        with self._write() as conn:
+        with self.write() as conn:
             sqlite_agents.touch_agent(conn, device_id, now, gallery_revision, health)
 
     def list_agents(self, device_ids: Sequence[str] = ()) -> list[AgentInfo]:
-        with self._use() as conn:
+        with self.connection() as conn:
             return sqlite_agents.load_agents(conn, tuple(device_ids) or None)
 
     # -- events --------------------------------------------------------------------------------------
 
     def add_events(self, events: Sequence[Event]) -> tuple[int, int]:
-        with self._write() as conn:
+        with self.write() as conn:
             return sqlite_events.add_events(conn, events)
 
     def list_events(self, flt: EventFilter, cursor: EventCursor | None, limit: int) -> EventPage:
-        with self._use() as conn:
+        with self.connection() as conn:
             return sqlite_events.list_events(conn, flt, cursor, limit)
 
     def count_events(self, flt: EventFilter, interval_s: int) -> list[IntervalCount]:
-        with self._read() as conn:
+        with self.read() as conn:
             return sqlite_events.count_events(conn, flt, interval_s)
 
     def expression_counts(self, flt: EventFilter, *, per_device: bool) -> list[ExpressionCount]:
-        with self._read() as conn:
+        with self.read() as conn:
             return sqlite_events.expression_counts(conn, flt, per_device=per_device)
 
     def unknown_rates(self, flt: EventFilter) -> list[UnknownRate]:
-        with self._read() as conn:
+        with self.read() as conn:
             return sqlite_events.unknown_rates(conn, flt)
 
     def access_summary(self, flt: EventFilter) -> list[DoorAccess]:
-        with self._read() as conn:
+        with self.read() as conn:
             return sqlite_events.access_summary(conn, flt)
 
     # -- tokens --------------------------------------------------------------------------------------
 
     def add_token(self, record: TokenRecord) -> None:
-        with self._write() as conn:
+        with self.write() as conn:
             sqlite_agents.add_token(conn, record)
 
     def find_token(self, token_id: str) -> TokenRecord | None:
-        with self._use() as conn:
+        with self.connection() as conn:
             return sqlite_agents.find_token(conn, token_id)
 
     def list_tokens(self) -> list[TokenRecord]:
-        with self._use() as conn:
+        with self.connection() as conn:
             return sqlite_agents.list_tokens(conn)
 
     def revoke_token(self, name: str) -> None:
-        with self._write() as conn:
+        with self.write() as conn:
             sqlite_agents.revoke_token(conn, name)
 
 

@@ -404,7 +404,7 @@ def test_closing_waits_for_a_statement_in_flight_and_refuses_later_calls(tmp_pat
     inside, order = threading.Event(), []
 
     def write() -> None:
-        with state._write() as conn:
+        with state.write() as conn:
             inside.set()
             time.sleep(0.3)
             conn.execute("SELECT 1")

@@ -100,6 +100,7 @@ def test_missing_source_retries_with_growing_backoff(tmp_path: Path) -> None:
     assert camera.next_frame(0, timeout=0.01) is None
 
 
+@pytest.mark.slow
 def test_stream_that_never_answers_times_out_and_retries() -> None:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

@@ -61,6 +61,7 @@ def face_crops(group_photo: np.ndarray) -> list[np.ndarray]:
     return crops
 
 
+@pytest.mark.slow
 def test_enrol_then_identify_changed_photos_and_strangers(
     state_dir: Path,
     astronaut: np.ndarray,
@@ -134,6 +135,7 @@ def test_two_near_people_are_ambiguous(
     assert decision["margin"] < 0.05
 
 
+@pytest.mark.slow
 def test_enrolment_lists_rejected_images_and_keeps_the_rest(
     state_dir: Path,
     astronaut: np.ndarray,

@@ -132,6 +132,7 @@ def test_commands_arrive_by_subtopic_and_oversized_ones_are_dropped(
     assert agent.commands == [("verify", b'{"door": "front"}'), ("reload", b"{}")]
 
 
+@pytest.mark.slow
 def test_refused_credentials_are_reported(tmp_path: Path) -> None:
     secured = Mosquitto(tmp_path, users={"agent": "right"}).start()
     try:
@@ -228,6 +229,7 @@ def test_agent_restart_delivers_the_stored_backlog(
     assert [p["n"] for p in watcher.on(PREFIX + "events/face")] == list(range(50))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("window", [1, 8])
 def test_window_bounds_unacknowledged_messages(broker: Mosquitto, tmp_path: Path, window: int) -> None:
     store = EmbeddingStore(tmp_path / "store.db")

@@ -378,7 +378,12 @@ def test_an_agent_killed_during_a_switch_comes_back_on_a_working_version(
                 return seen, found
             finally:
                 process.send_signal(signal.SIGTERM)
-                await asyncio.to_thread(process.wait, 30)
+                try:
+                    await asyncio.to_thread(process.wait, 30)
+                except subprocess.TimeoutExpired:
+                    process.kill()  # never leave an agent running past the test
+                    await asyncio.to_thread(process.wait, 10)
+                    raise
 
     seen, found = run(scenario)
     assert all(version in (EMBEDDING_OLD, EMBEDDING_NEW) for version in seen)

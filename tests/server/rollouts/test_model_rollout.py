@@ -144,6 +144,7 @@ def test_a_group_rollout_reaches_its_agents_only_and_a_rollback_returns_them(
     run(scenario)
 
 
+@pytest.mark.slow
 def test_a_reconnecting_agent_gets_its_assignment_and_unrelated_rollouts_stay_put(
     tmp_path: Path, pki: Pki, enroller: Enroller, runtime: Runtime, model_irs: dict[str, Path]
 ) -> None:

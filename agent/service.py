@@ -89,6 +89,7 @@ class AgentService:
         self.door_policies = {d.name: self._door_policy(d) for d in config.doors}
         self.commands: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=1000)
         self.stop_event = threading.Event()
+        self._stop_requested = False
         self.errors: list[str] = []
         self._people: dict[str, Person] = {}
         self._people_revision = -1
@@ -102,8 +103,14 @@ class AgentService:
 
     # ---- life cycle -----------------------------------------------------------------------------------
 
+    def request_stop(self) -> None:
+        """Ask run() to stop, from a signal handler: it takes no lock (setting stop_event there could
+        deadlock with the main thread's own wait on it), and run() sees it within one turn of its loop."""
+        self._stop_requested = True
+
     def run(self) -> int:
-        """Serve until stop_event is set; flush what can be flushed and return 0."""
+        """Serve until stop_event is set (or request_stop() is called); flush what can be flushed and
+        return 0."""
         for camera in self.cameras.values():
             camera.start()
         self.outbox.start()
@@ -118,6 +125,9 @@ class AgentService:
         last_frame = dict.fromkeys(self.cameras, 0)
         try:
             while not self.stop_event.is_set():
+                if self._stop_requested:
+                    self.stop_event.set()
+                    break
                 self._handle_commands()
                 self._apply_switches()
                 self._refresh_gallery()

@@ -29,7 +29,7 @@ def _run(context: Context, args: argparse.Namespace) -> int:
     service = AgentService(context.config, context.state_dir)
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        service.stop_event.set()
+        service.request_stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

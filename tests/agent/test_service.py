@@ -280,3 +280,28 @@ def test_a_full_disk_is_reported_and_the_service_keeps_running(
     with EmbeddingStore(small_disk / "agent.db") as store:
         assert [p.person_id for p in store.gallery.people()] == ["eileen"]  # nothing stored before was lost
         assert store.integrity_check() == []
+
+
+def test_a_stop_request_takes_no_lock_and_stops_the_service(
+    state_dir: Path, broker: Mosquitto, tmp_path: Path
+) -> None:
+    """SIGTERM's handler runs on the main thread, which may be inside stop_event.wait() holding the event's
+    lock: a handler that needs that lock deadlocks the agent, which then ignores every SIGTERM."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "empty.png"), np.full((200, 200, 3), 50, np.uint8))
+    service = AgentService(load_config(config_file(tmp_path, broker.port, "loop", folder)), state_dir)
+    runner = threading.Thread(target=service.run)
+    runner.start()
+    try:
+        with service.stop_event._cond:  # as the main thread holds it inside stop_event.wait()
+            handler = threading.Thread(target=service.request_stop)
+            handler.start()
+            handler.join(5)
+            assert not handler.is_alive(), "the stop request waited for the stop event's lock"
+        runner.join(30)
+        assert not runner.is_alive()
+        assert service.stop_event.is_set()
+    finally:
+        service.stop_event.set()
+        runner.join(30)

@@ -158,6 +158,10 @@ class StoreConnection:
             raise _translate(exc, self.path, self.busy_timeout_ms) from exc
 
 
+QUEUE_TABLES = ("outbox", "reports")
+"""The store's bounded queues: rows numbered by `id`, the oldest dropped past their limit."""
+
+
 def add_to_counter(conn: sqlite3.Connection, name: str, by: int) -> int:
     """Add to a counter inside the caller's write transaction; its new value."""
     conn.execute(
@@ -166,6 +170,19 @@ def add_to_counter(conn: sqlite3.Connection, name: str, by: int) -> int:
         (name, by),
     )
     return int(conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0])
+
+
+def drop_oldest(conn: sqlite3.Connection, table: str, limit: int, counter: str) -> int:
+    """Keep a bounded queue table (one of ours, rows numbered by `id`) at `limit` rows, inside the caller's
+    write transaction: delete the oldest rows past it and add them to `counter`. The rows dropped."""
+    if table not in QUEUE_TABLES:  # a table name cannot be a parameter: only our own get here
+        raise ValueError(f"{table!r} is not a bounded queue table of the store ({', '.join(QUEUE_TABLES)})")
+    excess = int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]) - limit  # noqa: S608
+    if excess <= 0:
+        return 0
+    conn.execute(f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} ORDER BY id LIMIT ?)", (excess,))  # noqa: S608
+    add_to_counter(conn, counter, excess)
+    return excess
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 
 from facefleet.agent.domain.records import InvalidRecordError, OutboxMessage
-from facefleet.agent.store.connection import StoreConnection, add_to_counter
+from facefleet.agent.store.connection import StoreConnection, drop_oldest
 
 _LOG = logging.getLogger(__name__)
 
@@ -41,12 +41,8 @@ class Outbox:
                 (topic, payload, qos, time.time()),
             )
             message_id = int(cursor.lastrowid or 0)
-            excess = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] - self.limit
-            if excess > 0:
-                conn.execute(
-                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)", (excess,)
-                )
-                add_to_counter(conn, OUTBOX_DROPPED, excess)
+            excess = drop_oldest(conn, "outbox", self.limit, OUTBOX_DROPPED)
+            if excess:
                 _LOG.warning(
                     "outbox of %s is full (%d messages): dropped the %d oldest",
                     self._connection.path,

@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 
 from facefleet.agent.domain.fleet import QueuedReport
 from facefleet.agent.domain.records import InvalidRecordError
-from facefleet.agent.store.connection import StoreConnection, add_to_counter
+from facefleet.agent.store.connection import StoreConnection, add_to_counter, drop_oldest
 from facefleet.link import serde
 from facefleet.link.errors import LinkError
 from facefleet.link.events import Event
@@ -65,12 +65,8 @@ class ReportQueue:
             )
             if not cursor.rowcount:
                 return False
-            excess = conn.execute("SELECT COUNT(*) FROM reports").fetchone()[0] - self.limit
-            if excess > 0:
-                conn.execute(
-                    "DELETE FROM reports WHERE id IN (SELECT id FROM reports ORDER BY id LIMIT ?)", (excess,)
-                )
-                add_to_counter(conn, REPORTS_DROPPED, excess)
+            excess = drop_oldest(conn, "reports", self.limit, REPORTS_DROPPED)
+            if excess:
                 _LOG.warning(
                     "report queue of %s is full (%d events): dropped the %d oldest",
                     self._connection.path,

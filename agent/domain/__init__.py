@@ -1,2 +1,3 @@
-"""The agent's domain types, free of SQL and protobuf: the store's records and errors, and the types of the
-fleet protocol (gallery deltas, registrations, model releases and statuses). The lowest layer of the agent."""
+"""The agent's own records, free of SQL and protobuf: the store's records and errors, where the gallery
+stands on the server, and the events queued for it. The lowest layer of the agent; the link's messages are
+facefleet.link types."""

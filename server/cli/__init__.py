@@ -1,4 +1,5 @@
-"""The facefleet-server command line: serve, certificates, tokens, models, rollouts and queries."""
+"""The facefleet-server command line: serve, certificates, tokens, models, rollouts and queries; the top
+layer of the server."""
 
 from facefleet.server.cli.main import main
 

@@ -29,9 +29,9 @@ from grpc_reflection.v1alpha import reflection
 
 from facefleet.core import notify
 from facefleet.core.errors import EXIT_OK, EXIT_UNAVAILABLE, FaceFleetError
-from facefleet.server.api import wire
 from facefleet.server.api.security import Authenticator
 from facefleet.server.api.servicers import AdminServicer, FleetServicer, QueryServicer
+from facefleet.server.api.wire import services
 from facefleet.server.config import ServerConfig
 from facefleet.server.errors import FailedPreconditionError, ServerConfigError, ServerError
 from facefleet.server.fleet.link import FleetHandler, FleetSettings
@@ -188,7 +188,7 @@ class FleetServer:
             watching=fanout.watching,
             head=lambda: fanout.head,
         )
-        wire.add_fleet_servicer(FleetServicer(fleet, auth), server)
+        services.add_fleet_servicer(FleetServicer(fleet, auth), server)
         models = ModelAdmin(
             self.catalog,
             self.paths.uploads,
@@ -197,14 +197,14 @@ class FleetServer:
             control=self.rollout_control,
             changed=self.refresh,
         )
-        wire.add_admin_servicer(AdminServicer(people, auth, models), server)
-        wire.add_query_servicer(QueryServicer(dashboard, auth), server)
+        services.add_admin_servicer(AdminServicer(people, auth, models), server)
+        services.add_query_servicer(QueryServicer(dashboard, auth), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        for name in ("", *wire.SERVICE_NAMES):
+        for name in ("", *services.SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         reflection.enable_server_reflection(
             (
-                *wire.SERVICE_NAMES,
+                *services.SERVICE_NAMES,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),

@@ -13,8 +13,11 @@ import grpc
 
 from facefleet.link import serde
 from facefleet.link.errors import LinkError
-from facefleet.server.api import wire, wire_models
 from facefleet.server.api.security import Authenticator
+from facefleet.server.api.wire import admin as admin_wire
+from facefleet.server.api.wire import fleet as fleet_wire
+from facefleet.server.api.wire import query as query_wire
+from facefleet.server.api.wire import services
 from facefleet.server.errors import ServerError
 from facefleet.server.fleet.link import FleetHandler
 from facefleet.server.fleet.queries import QueryHandler
@@ -64,7 +67,7 @@ def streaming(
     return call
 
 
-class FleetServicer(wire.FleetServicerBase):
+class FleetServicer(services.FleetServicerBase):
     def __init__(self, handler: FleetHandler, auth: Authenticator) -> None:
         self.handler = handler
         self.auth = auth
@@ -87,30 +90,30 @@ class FleetServicer(wire.FleetServicerBase):
     @streaming
     async def DownloadModel(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
         device = self.auth.device(context.auth_context(), request.device_id)
-        model_id, file_name, offset = wire_models.download_from_proto(request)
+        model_id, file_name, offset = fleet_wire.download_from_proto(request)
         async for chunk in self.handler.download(device, model_id, file_name, offset):
-            yield wire_models.chunk_to_proto(chunk)
+            yield fleet_wire.chunk_to_proto(chunk)
 
     @unary
     async def ReportModelStatus(self, request: Any, context: Any) -> Any:  # noqa: N802
         device = self.auth.device(context.auth_context(), request.device_id)
-        statuses, versions = wire_models.report_models_from_proto(request)
+        statuses, versions = fleet_wire.report_models_from_proto(request)
         await self.handler.report_models(device, statuses, versions)
-        return wire_models.report_models_response()
+        return fleet_wire.report_models_response()
 
     @unary
     async def AckGallery(self, request: Any, context: Any) -> Any:  # noqa: N802
         device = self.auth.device(context.auth_context(), request.device_id)
-        return wire.ack_response(await self.handler.acknowledge(device, request.gallery_revision))
+        return fleet_wire.ack_response(await self.handler.acknowledge(device, request.gallery_revision))
 
     @unary
     async def ReportResults(self, request: Any, context: Any) -> Any:  # noqa: N802
         device = self.auth.device(context.auth_context(), request.device_id)
-        events, rejected, health = wire.report_from_proto(request, device)
+        events, rejected, health = fleet_wire.report_from_proto(request, device)
         return serde.outcome_to_proto(await self.handler.report(device, events, rejected, health))
 
 
-class AdminServicer(wire.AdminServicerBase):
+class AdminServicer(services.AdminServicerBase):
     def __init__(self, handler: PeopleHandler, auth: Authenticator, models: ModelAdmin) -> None:
         self.handler = handler
         self.auth = auth
@@ -119,23 +122,25 @@ class AdminServicer(wire.AdminServicerBase):
     @unary
     async def EnrollPerson(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.auth.operator(context.invocation_metadata() or (), "admin")
-        return wire.enrolment_response(await self.handler.enrol(wire.enrolment_from_proto(request)))
+        return admin_wire.enrolment_response(
+            await self.handler.enrol(admin_wire.enrolment_from_proto(request))
+        )
 
     @unary
     async def UpdatePerson(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.auth.operator(context.invocation_metadata() or (), "admin")
-        return wire.update_response(await self.handler.update(wire.update_from_proto(request)))
+        return admin_wire.update_response(await self.handler.update(admin_wire.update_from_proto(request)))
 
     @unary
     async def DeletePerson(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.auth.operator(context.invocation_metadata() or (), "admin")
-        return wire.delete_response(await self.handler.delete(wire.person_id_from_proto(request)))
+        return admin_wire.delete_response(await self.handler.delete(admin_wire.person_id_from_proto(request)))
 
     @unary
     async def GetPerson(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.auth.operator(context.invocation_metadata() or (), "admin")
-        view = await self.handler.get(wire.person_id_from_proto(request))
-        return wire.get_person_response(
+        view = await self.handler.get(admin_wire.person_id_from_proto(request))
+        return admin_wire.get_person_response(
             view.person, view.stored_crops, with_vectors=request.include_embeddings
         )
 
@@ -145,48 +150,48 @@ class AdminServicer(wire.AdminServicerBase):
         people, token = await self.handler.page(
             page_token=request.page_token, size=request.page_size, group=request.group
         )
-        return wire.people_response(people, token, self.handler.fanout.head)
+        return admin_wire.people_response(people, token, self.handler.fanout.head)
 
     @unary
     async def PublishModel(self, request_iterator: Any, context: Any) -> Any:  # noqa: N802
         self.auth.operator(context.invocation_metadata() or (), "admin")
-        parts = (wire_models.upload_part_from_proto(message) async for message in request_iterator)
-        return wire_models.publish_response(await self.models.publish(parts))
+        parts = (admin_wire.upload_part_from_proto(message) async for message in request_iterator)
+        return admin_wire.publish_response(await self.models.publish(parts))
 
     @unary
     async def ListModels(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.auth.operator(context.invocation_metadata() or (), "admin")
-        return wire_models.models_response(await self.models.models(request.task))
+        return admin_wire.models_response(await self.models.models(request.task))
 
     @unary
     async def RetireModel(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.auth.operator(context.invocation_metadata() or (), "admin")
-        return wire_models.retire_response(await self.models.retire(request.model_id))
+        return admin_wire.retire_response(await self.models.retire(request.model_id))
 
     @unary
     async def StartRollout(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.auth.operator(context.invocation_metadata() or (), "admin")
-        model_id, target = wire_models.start_rollout_from_proto(request)
-        return wire_models.start_rollout_response(await self.models.start(model_id, target))
+        model_id, target = admin_wire.start_rollout_from_proto(request)
+        return admin_wire.start_rollout_response(await self.models.start(model_id, target))
 
     @unary
     async def ChangeRollout(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.auth.operator(context.invocation_metadata() or (), "admin")
-        rollout_id, action, percent = wire_models.change_rollout_from_proto(request)
-        return wire_models.change_rollout_response(await self.models.change(rollout_id, action, percent))
+        rollout_id, action, percent = admin_wire.change_rollout_from_proto(request)
+        return admin_wire.change_rollout_response(await self.models.change(rollout_id, action, percent))
 
     @unary
     async def ListRollouts(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.auth.operator(context.invocation_metadata() or (), "admin")
-        return wire_models.rollouts_response(await self.models.rollouts())
+        return admin_wire.rollouts_response(await self.models.rollouts())
 
     @unary
     async def GetRollout(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.auth.operator(context.invocation_metadata() or (), "admin")
-        return wire_models.rollout_response(*await self.models.rollout(request.rollout_id))
+        return admin_wire.rollout_response(*await self.models.rollout(request.rollout_id))
 
 
-class QueryServicer(wire.QueryServicerBase):
+class QueryServicer(services.QueryServicerBase):
     def __init__(self, handler: QueryHandler, auth: Authenticator) -> None:
         self.handler = handler
         self.auth = auth
@@ -195,35 +200,41 @@ class QueryServicer(wire.QueryServicerBase):
     async def ListEvents(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.auth.operator(context.invocation_metadata() or (), "query")
         page = await self.handler.events(
-            wire.filter_from_proto(request.filter), request.page_token, request.page_size
+            query_wire.filter_from_proto(request.filter), request.page_token, request.page_size
         )
-        return wire.events_response(page)
+        return query_wire.events_response(page)
 
     @unary
     async def CountEvents(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.auth.operator(context.invocation_metadata() or (), "query")
-        counts = await self.handler.counts(wire.filter_from_proto(request.filter), request.interval_seconds)
-        return wire.counts_response(counts)
+        counts = await self.handler.counts(
+            query_wire.filter_from_proto(request.filter), request.interval_seconds
+        )
+        return query_wire.counts_response(counts)
 
     @unary
     async def ExpressionDistribution(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.auth.operator(context.invocation_metadata() or (), "query")
-        flt = wire.filter_from_proto(request.filter)
-        return wire.expressions_response(await self.handler.expressions(flt, per_device=request.per_device))
+        flt = query_wire.filter_from_proto(request.filter)
+        return query_wire.expressions_response(
+            await self.handler.expressions(flt, per_device=request.per_device)
+        )
 
     @unary
     async def UnknownFaceRate(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.auth.operator(context.invocation_metadata() or (), "query")
-        total, per_device = await self.handler.unknown_rate(wire.filter_from_proto(request.filter))
-        return wire.unknown_rate_response(total, per_device)
+        total, per_device = await self.handler.unknown_rate(query_wire.filter_from_proto(request.filter))
+        return query_wire.unknown_rate_response(total, per_device)
 
     @unary
     async def AccessSummary(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.auth.operator(context.invocation_metadata() or (), "query")
-        return wire.access_response(await self.handler.access(wire.filter_from_proto(request.filter)))
+        return query_wire.access_response(
+            await self.handler.access(query_wire.filter_from_proto(request.filter))
+        )
 
     @unary
     async def FleetStatus(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.auth.operator(context.invocation_metadata() or (), "query")
         agents, head = await self.handler.fleet(tuple(request.device_ids))
-        return wire_models.fleet_response(agents, head, self.handler.clock())
+        return query_wire.fleet_response(agents, head, self.handler.clock())

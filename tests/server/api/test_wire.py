@@ -13,7 +13,9 @@ from facefleet.link import serde
 from facefleet.link.errors import LinkError
 from facefleet.link.events import Event, ExpressionResult
 from facefleet.link.gallery import Embedding, GalleryDelta, Person
-from facefleet.server.api import wire
+from facefleet.server.api.wire import admin as admin_wire
+from facefleet.server.api.wire import fleet as fleet_wire
+from facefleet.server.api.wire import query as query_wire
 from facefleet.server.domain.queries import EventFilter
 from facefleet.server.errors import InvalidArgumentError
 from facefleet.v1 import admin_pb2, events_pb2, gallery_pb2, query_pb2
@@ -89,7 +91,7 @@ def test_filters_round_trip() -> None:
     flt = EventFilter(
         NOW, NOW + timedelta(hours=2), ("door-1",), ("alice",), ("granted", "match"), ("access",)
     )
-    assert wire.filter_from_proto(wire.filter_to_proto(flt)) == flt
+    assert query_wire.filter_from_proto(query_wire.filter_to_proto(flt)) == flt
 
 
 @pytest.mark.parametrize(
@@ -124,7 +126,9 @@ def test_an_event_without_device_id_belongs_to_the_reporting_device() -> None:
 
     proto = serde.event_to_proto(Event("e1", "door-1", NOW, "face", "unknown"))
     proto.device_id = ""
-    events, rejected, _ = wire.report_from_proto(fleet_pb2.ReportResultsRequest(events=[proto]), "lobby")
+    events, rejected, _ = fleet_wire.report_from_proto(
+        fleet_pb2.ReportResultsRequest(events=[proto]), "lobby"
+    )
     assert ([e.device_id for e in events], rejected) == (["lobby"], [])
 
 
@@ -151,11 +155,11 @@ def test_malformed_embeddings_are_refused_with_their_index(
 ) -> None:
     request = admin_pb2.EnrollPersonRequest(person_id="x", embeddings=[embedding])
     with pytest.raises(LinkError, match=r"embeddings\[0\]: " + message):
-        wire.enrolment_from_proto(request)
+        admin_wire.enrolment_from_proto(request)
 
 
 def test_a_filter_with_unspecified_enum_values_is_refused() -> None:
-    flt = wire.filter_to_proto(EventFilter(NOW, NOW + timedelta(hours=1)))
+    flt = query_wire.filter_to_proto(EventFilter(NOW, NOW + timedelta(hours=1)))
     flt.decisions.append(events_pb2.DECISION_UNSPECIFIED)
     with pytest.raises(InvalidArgumentError, match="filter decisions holds an unspecified"):
-        wire.filter_from_proto(query_pb2.EventFilter.FromString(flt.SerializeToString()))
+        query_wire.filter_from_proto(query_pb2.EventFilter.FromString(flt.SerializeToString()))

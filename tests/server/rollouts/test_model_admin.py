@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 
-from facefleet.server.api import wire_models
+from facefleet.server.api.wire import admin as admin_wire
 from facefleet.server.domain.models import Target
 from facefleet.server.errors import InvalidArgumentError
 from facefleet.server.gallery.embedder import Enroller
@@ -214,10 +214,10 @@ def test_rollout_targets_round_trip(
 ) -> None:
     if error is not None:
         with pytest.raises(InvalidArgumentError, match=re.escape(error)):
-            wire_models.target_from_proto(target)
+            admin_wire.target_from_proto(target)
         return
-    assert wire_models.target_from_proto(target) == expected
-    assert expected is not None and wire_models.target_to_proto(expected) == target
+    assert admin_wire.target_from_proto(target) == expected
+    assert expected is not None and admin_wire.target_to_proto(expected) == target
 
 
 def test_other_tokens_are_refused(tmp_path: Path, pki: Pki, enroller: Enroller) -> None:

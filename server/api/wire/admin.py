@@ -1,17 +1,19 @@
-"""Conversions of the model-version messages (models.proto and their uses in FleetService, QueryService and
-AdminService) to and from facefleet.server.domain.models; the companion of facefleet.server.api.wire, the only
-other module that touches generated code. `*_from_proto` validate and raise InvalidArgumentError naming the
-field."""
+"""AdminService messages: people (enrol, update, delete, get, list) and model versions (publish by
+upload, list, retire) and rollouts (start, change, list, show). `*_from_proto` validate and raise
+InvalidArgumentError (or LinkError) naming the field."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
 
-from facefleet.link.checks import MAX_LABEL_CHARS, check_model_id
+from facefleet.link.checks import MAX_EMBEDDINGS_PER_PERSON, check_id, check_model_id
 from facefleet.link.errors import LinkError
-from facefleet.link.models import ModelStatus
-from facefleet.link.serde import status_to_proto, statuses_from_proto, timestamp
+from facefleet.link.gallery import Person
+from facefleet.link.serde import (
+    embedding_from_proto,
+    person_to_proto,
+    timestamp,
+)
 from facefleet.server.domain.models import (
     DeviceRollout,
     DeviceState,
@@ -20,12 +22,91 @@ from facefleet.server.domain.models import (
     RolloutState,
     Target,
 )
-from facefleet.server.domain.queries import AgentStatus
+from facefleet.server.domain.records import EnrolmentRequest, EnrolmentResult, OnExisting, PersonUpdate
 from facefleet.server.errors import InvalidArgumentError
 from facefleet.server.rollouts.control import StartedRollout
-from facefleet.server.rollouts.files import Chunk
 from facefleet.server.rollouts.uploads import RolloutAction, UploadChunk, UploadHeader, UploadPart
-from facefleet.v1 import admin_pb2, fleet_pb2, models_pb2, query_pb2
+from facefleet.v1 import (
+    admin_pb2,
+    models_pb2,
+)
+
+ON_EXISTING: dict[int, OnExisting] = {
+    admin_pb2.ON_EXISTING_FAIL: "fail",
+    admin_pb2.ON_EXISTING_REPLACE: "replace",
+    admin_pb2.ON_EXISTING_APPEND: "append",
+}
+
+
+def enrolment_from_proto(request: admin_pb2.EnrollPersonRequest) -> EnrolmentRequest:
+    if len(request.embeddings) > MAX_EMBEDDINGS_PER_PERSON:
+        raise InvalidArgumentError(
+            f"{len(request.embeddings)} embeddings; the limit is {MAX_EMBEDDINGS_PER_PERSON}"
+        )
+    if request.on_existing not in ON_EXISTING:
+        raise InvalidArgumentError(f"on_existing {request.on_existing} is not a known OnExisting value")
+    return EnrolmentRequest(
+        person_id=request.person_id,
+        display_name=request.display_name,
+        groups=tuple(request.groups),
+        metadata_json=request.metadata_json,
+        images=tuple(request.images),
+        embeddings=tuple(
+            embedding_from_proto(e, f"embeddings[{i}]") for i, e in enumerate(request.embeddings)
+        ),
+        on_existing=ON_EXISTING[request.on_existing],
+    )
+
+
+def enrolment_response(result: EnrolmentResult) -> admin_pb2.EnrollPersonResponse:
+    return admin_pb2.EnrollPersonResponse(
+        person=person_to_proto(result.person, with_vectors=False),
+        faces=[
+            admin_pb2.EnrolledFace(
+                image_index=f.image_index, box_xyxy=f.box_xyxy, quality=f.quality, model_ids=f.model_ids
+            )
+            for f in result.faces
+        ],
+        revision=result.person.revision,
+    )
+
+
+def person_id_from_proto(request: admin_pb2.DeletePersonRequest | admin_pb2.GetPersonRequest) -> str:
+    return check_id("person_id", request.person_id)
+
+
+def update_from_proto(request: admin_pb2.UpdatePersonRequest) -> PersonUpdate:
+    return PersonUpdate(
+        person_id=request.person_id,
+        display_name=request.display_name if request.HasField("display_name") else None,
+        groups=tuple(request.groups.groups) if request.HasField("groups") else None,
+        metadata_json=request.metadata_json if request.HasField("metadata_json") else None,
+    )
+
+
+def update_response(person: Person) -> admin_pb2.UpdatePersonResponse:
+    return admin_pb2.UpdatePersonResponse(
+        person=person_to_proto(person, with_vectors=False), revision=person.revision
+    )
+
+
+def delete_response(revision: int) -> admin_pb2.DeletePersonResponse:
+    return admin_pb2.DeletePersonResponse(revision=revision)
+
+
+def get_person_response(person: Person, crops: int, *, with_vectors: bool) -> admin_pb2.GetPersonResponse:
+    return admin_pb2.GetPersonResponse(
+        person=person_to_proto(person, with_vectors=with_vectors), stored_crops=crops
+    )
+
+
+def people_response(people: Iterable[Person], next_token: str, revision: int) -> admin_pb2.ListPeopleResponse:
+    return admin_pb2.ListPeopleResponse(
+        people=[person_to_proto(p, with_vectors=False) for p in people],
+        next_page_token=next_token,
+        gallery_revision=revision,
+    )
+
 
 PRECISIONS: dict[admin_pb2.ModelPrecision, str] = {
     admin_pb2.MODEL_PRECISION_UNSPECIFIED: "FP16",
@@ -53,59 +134,6 @@ ROLLOUT_ACTIONS: dict[admin_pb2.RolloutAction, RolloutAction] = {
 }
 MAX_LISTED_PEOPLE = 1000
 """Most person ids in each list of a StartRolloutResponse (its counts are complete)."""
-
-
-def download_from_proto(request: fleet_pb2.DownloadModelRequest) -> tuple[str, str, int]:
-    """(model_id, file name, offset) of a download request."""
-    check_model_id(request.model_id)
-    if not request.file or len(request.file) > MAX_LABEL_CHARS:
-        raise InvalidArgumentError(f"file must be a file name of 1–{MAX_LABEL_CHARS} characters")
-    return request.model_id, request.file, request.offset
-
-
-def chunk_to_proto(chunk: Chunk) -> fleet_pb2.ModelChunk:
-    return fleet_pb2.ModelChunk(data=chunk.data, offset=chunk.offset, size=chunk.size)
-
-
-def report_models_from_proto(
-    request: fleet_pb2.ReportModelStatusRequest,
-) -> tuple[tuple[ModelStatus, ...], dict[str, str]]:
-    return statuses_from_proto(request.statuses, "statuses"), dict(request.model_versions)
-
-
-def report_models_response() -> fleet_pb2.ReportModelStatusResponse:
-    return fleet_pb2.ReportModelStatusResponse()
-
-
-def fleet_response(
-    agents: Iterable[AgentStatus], revision: int, now: datetime
-) -> query_pb2.FleetStatusResponse:
-    return query_pb2.FleetStatusResponse(
-        agents=[
-            query_pb2.AgentStatus(
-                device_id=a.device_id,
-                online=a.online,
-                watching=a.watching,
-                last_seen=timestamp(a.last_seen),
-                registered_at=timestamp(a.registered_at),
-                agent_version=a.agent_version,
-                hostname=a.hostname,
-                model_versions=dict(a.model_versions),
-                capabilities=a.capabilities,
-                gallery_revision=a.gallery_revision,
-                revision_lag=a.revision_lag,
-                health=dict(a.health),
-                model_statuses=[status_to_proto(s) for s in a.model_statuses],
-                groups=a.groups,
-            )
-            for a in agents
-        ],
-        gallery_revision=revision,
-        server_time=timestamp(now),
-    )
-
-
-# -- AdminService: models ----------------------------------------------------------------------------
 
 
 def upload_part_from_proto(message: admin_pb2.PublishModelRequest) -> UploadPart:
@@ -155,9 +183,6 @@ def models_response(models: Iterable[PublishedModel]) -> admin_pb2.ListModelsRes
 
 def retire_response(model: PublishedModel) -> admin_pb2.RetireModelResponse:
     return admin_pb2.RetireModelResponse(model=published_to_proto(model))
-
-
-# -- AdminService: rollouts --------------------------------------------------------------------------
 
 
 def target_from_proto(message: admin_pb2.RolloutTarget) -> Target:

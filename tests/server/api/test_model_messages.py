@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from facefleet.link import serde
 from facefleet.link.errors import LinkError
 from facefleet.link.models import ModelAssignment, ModelFile, ModelRelease, ModelStatus
-from facefleet.server.api import wire_models
+from facefleet.server.api.wire import fleet as fleet_wire
 from facefleet.server.rollouts.files import Chunk
 from facefleet.v1 import fleet_pb2, models_pb2
 
@@ -45,10 +45,10 @@ def test_malformed_reports_are_refused_naming_the_field(
 ) -> None:
     request = fleet_pb2.ReportModelStatusRequest(device_id="door-1", statuses=statuses)
     if message is None:
-        assert wire_models.report_models_from_proto(request) == ((), {})
+        assert fleet_wire.report_models_from_proto(request) == ((), {})
         return
     with pytest.raises(LinkError, match=message):
-        wire_models.report_models_from_proto(request)
+        fleet_wire.report_models_from_proto(request)
 
 
 def test_an_assignment_carries_files_manifest_and_rollout() -> None:
@@ -79,13 +79,13 @@ def test_an_assignment_carries_files_manifest_and_rollout() -> None:
 def test_download_requests(request_fields: dict[str, object], message: str | None) -> None:
     request = fleet_pb2.DownloadModelRequest(device_id="door-1", **request_fields)  # type: ignore[arg-type]
     if message is None:
-        assert wire_models.download_from_proto(request) == ("m@v", "model.bin", 5)
+        assert fleet_wire.download_from_proto(request) == ("m@v", "model.bin", 5)
     else:
         with pytest.raises(LinkError, match=message):
-            wire_models.download_from_proto(request)
+            fleet_wire.download_from_proto(request)
 
 
 def test_a_chunk() -> None:
-    assert wire_models.chunk_to_proto(Chunk(b"abc", 3, 6)) == fleet_pb2.ModelChunk(
+    assert fleet_wire.chunk_to_proto(Chunk(b"abc", 3, 6)) == fleet_pb2.ModelChunk(
         data=b"abc", offset=3, size=6
     )

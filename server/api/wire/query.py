@@ -1,0 +1,130 @@
+"""QueryService messages: the event filter, event pages, the aggregates and the fleet status."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from facefleet.link.serde import (
+    DECISION_VALUES,
+    DECISIONS,
+    KIND_VALUES,
+    KINDS,
+    event_to_proto,
+    from_timestamp,
+    status_to_proto,
+    timestamp,
+)
+from facefleet.server.domain.queries import (
+    AgentStatus,
+    DoorAccess,
+    EventFilter,
+    EventPage,
+    ExpressionCount,
+    IntervalCount,
+    UnknownRate,
+)
+from facefleet.server.errors import InvalidArgumentError
+from facefleet.v1 import (
+    query_pb2,
+)
+
+
+def filter_from_proto(message: query_pb2.EventFilter) -> EventFilter:
+    for name, values, known in (("decisions", message.decisions, DECISIONS), ("kinds", message.kinds, KINDS)):
+        if any(v not in known for v in values):
+            raise InvalidArgumentError(f"filter {name} holds an unspecified or unknown value")
+    return EventFilter(
+        start=from_timestamp(message.start, "filter start"),
+        end=from_timestamp(message.end, "filter end"),
+        device_ids=tuple(message.device_ids),
+        person_ids=tuple(message.person_ids),
+        decisions=tuple(DECISIONS[d] for d in message.decisions),
+        kinds=tuple(KINDS[k] for k in message.kinds),
+    )
+
+
+def filter_to_proto(flt: EventFilter) -> query_pb2.EventFilter:
+    return query_pb2.EventFilter(
+        start=timestamp(flt.start),
+        end=timestamp(flt.end),
+        device_ids=flt.device_ids,
+        person_ids=flt.person_ids,
+        decisions=[DECISION_VALUES[d] for d in flt.decisions],
+        kinds=[KIND_VALUES[k] for k in flt.kinds],
+    )
+
+
+def events_response(page: EventPage) -> query_pb2.ListEventsResponse:
+    return query_pb2.ListEventsResponse(
+        events=[event_to_proto(e) for e in page.events],
+        next_page_token=page.next_cursor.encode() if page.next_cursor else "",
+    )
+
+
+def counts_response(counts: Iterable[IntervalCount]) -> query_pb2.CountEventsResponse:
+    return query_pb2.CountEventsResponse(
+        counts=[
+            query_pb2.IntervalCount(start=timestamp(c.start), device_id=c.device_id, count=c.count)
+            for c in counts
+        ]
+    )
+
+
+def expressions_response(counts: Iterable[ExpressionCount]) -> query_pb2.ExpressionDistributionResponse:
+    return query_pb2.ExpressionDistributionResponse(
+        counts=[
+            query_pb2.ExpressionCount(device_id=c.device_id, label=c.label, count=c.count) for c in counts
+        ]
+    )
+
+
+def unknown_rate_response(
+    total: UnknownRate, per_device: Iterable[UnknownRate]
+) -> query_pb2.UnknownFaceRateResponse:
+    def one(rate: UnknownRate) -> query_pb2.UnknownFaceRate:
+        return query_pb2.UnknownFaceRate(
+            device_id=rate.device_id,
+            face_events=rate.face_events,
+            unknown_events=rate.unknown_events,
+            rate=rate.rate,
+        )
+
+    return query_pb2.UnknownFaceRateResponse(total=one(total), per_device=[one(r) for r in per_device])
+
+
+def access_response(doors: Iterable[DoorAccess]) -> query_pb2.AccessSummaryResponse:
+    return query_pb2.AccessSummaryResponse(
+        doors=[
+            query_pb2.DoorAccess(device_id=d.device_id, door=d.door, granted=d.granted, denied=d.denied)
+            for d in doors
+        ]
+    )
+
+
+def fleet_response(
+    agents: Iterable[AgentStatus], revision: int, now: datetime
+) -> query_pb2.FleetStatusResponse:
+    return query_pb2.FleetStatusResponse(
+        agents=[
+            query_pb2.AgentStatus(
+                device_id=a.device_id,
+                online=a.online,
+                watching=a.watching,
+                last_seen=timestamp(a.last_seen),
+                registered_at=timestamp(a.registered_at),
+                agent_version=a.agent_version,
+                hostname=a.hostname,
+                model_versions=dict(a.model_versions),
+                capabilities=a.capabilities,
+                gallery_revision=a.gallery_revision,
+                revision_lag=a.revision_lag,
+                health=dict(a.health),
+                model_statuses=[status_to_proto(s) for s in a.model_statuses],
+                groups=a.groups,
+            )
+            for a in agents
+        ],
+        gallery_revision=revision,
+        server_time=timestamp(now),
+    )

@@ -175,6 +175,8 @@ class FleetServer:
                 max_report_events=config.fleet.max_report_events,
                 heartbeat_seconds=config.gallery.heartbeat_seconds,
                 max_message_bytes=config.listen.max_message_bytes,
+                max_event_age=timedelta(days=config.fleet.max_event_age_days),
+                max_event_ahead=timedelta(seconds=config.fleet.max_event_ahead_seconds),
             ),
             embedding_models=self.enrolment.embedding_models,
             models=ModelDistribution(

@@ -84,6 +84,18 @@ class FleetConfig(StrictSection):
         description="How often the server looks for gallery, model and rollout changes made by another "
         "process on the same state directory (e.g. `facefleet-server rollout start`)",
     )
+    max_event_age_days: int = Field(
+        365,
+        ge=1,
+        le=3650,
+        description="Reported events older than this are refused (per event, with the reason)",
+    )
+    max_event_ahead_seconds: int = Field(
+        86400,
+        ge=60,
+        le=7 * 86400,
+        description="Reported events dated further ahead of the server's clock are refused",
+    )
 
 
 class ModelsConfig(StrictSection):

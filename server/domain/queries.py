@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from facefleet.link.checks import check_id, check_utc
+from facefleet.link.errors import LinkError
 from facefleet.link.events import DECISIONS, EVENT_KINDS, Decision, Event, EventKind
 from facefleet.link.models import ModelStatus
 from facefleet.server.errors import InvalidArgumentError
@@ -98,18 +98,52 @@ class EventCursor:
     event_id: str
 
     def encode(self) -> str:
-        return base64.urlsafe_b64encode(f"{self.time_us}|{self.event_id}".encode()).decode().rstrip("=")
+        return _encode_token(f"e|{self.time_us}|{self.event_id}")
 
     @classmethod
     def decode(cls, token: str) -> EventCursor:
         try:
-            text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-            micros, event_id = text.split("|", 1)
+            kind, micros, event_id = _decode_token(token).split("|", 2)
+            if kind != "e" or not event_id:
+                raise ValueError(kind)
             return cls(int(micros), event_id)
-        except (ValueError, binascii.Error, UnicodeDecodeError):
-            raise InvalidArgumentError(
-                "page_token is not one this server issued; pass next_page_token unchanged"
-            ) from None
+        except ValueError:
+            raise InvalidArgumentError(NOT_ISSUED) from None
+
+
+@dataclass(frozen=True)
+class PeopleCursor:
+    """Where a page of people (by person id) ended, and the group the listing was for."""
+
+    person_id: str
+    group: str = ""
+
+    def encode(self) -> str:
+        return _encode_token(f"p|{self.group}|{self.person_id}")
+
+    @classmethod
+    def decode(cls, token: str, group: str) -> PeopleCursor:
+        """The cursor of a token this server issued for the same listing (the same group)."""
+        try:
+            kind, token_group, person_id = _decode_token(token).split("|", 2)
+            if kind != "p" or token_group != group:
+                raise ValueError(kind)
+            check_id("person_id", person_id)
+        except (ValueError, LinkError):
+            raise InvalidArgumentError(NOT_ISSUED) from None
+        return cls(person_id, group)
+
+
+NOT_ISSUED = "page_token is not one this server issued for this listing; pass next_page_token unchanged"
+
+
+def _encode_token(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> str:
+    """The text of a page token; ValueError when it is not one (binascii.Error and UnicodeDecodeError are)."""
+    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,11 @@ heartbeat after every idle `heartbeat_seconds`. Deltas above half the message li
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from facefleet.link.checks import check_health, utc_now
 from facefleet.link.events import Event
@@ -34,6 +35,8 @@ class FleetSettings:
     max_report_events: int = 10_000
     heartbeat_seconds: float = 30.0
     max_message_bytes: int = 16 * 1024 * 1024
+    max_event_age: timedelta = timedelta(days=365)
+    max_event_ahead: timedelta = timedelta(days=1)
 
 
 class DeltaCache:
@@ -188,6 +191,11 @@ class FleetHandler:
                     f"event {event.event_id} names device {event.device_id!r}, but this connection is device "
                     f"{device_id!r}; an agent reports only its own events"
                 )
+        now = self.clock()
+        refusals = {e.event_id: why for e in events if (why := refusal(e, now, self.settings)) is not None}
+        if refusals:
+            events = [e for e in events if e.event_id not in refusals]
+            rejected = [*rejected, *refusals.items()]
 
         def store() -> tuple[int, int]:
             outcome = self.state.add_events(events) if events else (0, 0)
@@ -254,3 +262,29 @@ def split_delta(delta: GalleryDelta, max_bytes: int) -> list[GalleryDelta]:
         )
         for i, group in enumerate(groups)
     ]
+
+
+def refusal(event: Event, now: datetime, settings: FleetSettings) -> str | None:
+    """Why a well-formed reported event is not stored (None: it is): an event id that is not a UUID (ids
+    are how repeats are recognised), or a time the server's clock cannot believe."""
+    if len(event.event_id) != 36 or not _is_uuid(event.event_id):
+        return f"event_id {event.event_id[:64]!r} is not a UUID (8-4-4-4-12 hexadecimal digits)"
+    if event.time > now + settings.max_event_ahead:
+        return (
+            f"event time {event.time.isoformat()} is ahead of the server's clock ({now.isoformat()}) by more "
+            f"than {settings.max_event_ahead}: set the device's clock"
+        )
+    if event.time < now - settings.max_event_age:
+        return (
+            f"event time {event.time.isoformat()} is older than the {settings.max_event_age.days} days the "
+            "server takes reports for"
+        )
+    return None
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True

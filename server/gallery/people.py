@@ -11,7 +11,7 @@ from datetime import datetime
 
 from facefleet.link.checks import utc_now
 from facefleet.link.gallery import Embedding, Person
-from facefleet.server.domain.queries import page_size
+from facefleet.server.domain.queries import PeopleCursor, page_size
 from facefleet.server.domain.records import EnrolmentRequest, EnrolmentResult, PersonUpdate
 from facefleet.server.errors import InvalidArgumentError
 from facefleet.server.gallery.embedder import EmbeddedImages, Enroller
@@ -102,10 +102,11 @@ class PeopleHandler:
         limit = page_size(size)
         if len(page_token) > 256 or len(group) > 128:
             raise InvalidArgumentError("page_token or group is too long")
+        after = PeopleCursor.decode(page_token, group).person_id if page_token else ""
         people = await asyncio.to_thread(
-            lambda: self.state.list_people(after=page_token, limit=limit, group=group)
+            lambda: self.state.list_people(after=after, limit=limit, group=group)
         )
-        return people, people[-1].person_id if len(people) == limit else ""
+        return people, PeopleCursor(people[-1].person_id, group).encode() if len(people) == limit else ""
 
     def _check_embeddings(self, embeddings: tuple[Embedding, ...]) -> None:
         if not embeddings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -248,6 +249,10 @@ def test_watchers_can_ask_for_one_embedding_model_only(tmp_path: Path, pki: Pki,
     assert list(person.embeddings) == []
 
 
+DAY = (datetime.now(timezone.utc) - timedelta(days=7)).replace(hour=0, minute=0, second=0, microsecond=0)
+"""Midnight a week ago: reported events must be within the server's window of accepted times."""
+
+
 def event(device: str, when: datetime, index: int) -> events_pb2.Event:
     stamp = Timestamp()
     stamp.FromDatetime(when)
@@ -267,7 +272,7 @@ def event(device: str, when: datetime, index: int) -> events_pb2.Event:
 def test_ten_thousand_events_reported_twice_are_stored_once(
     tmp_path: Path, pki: Pki, enroller: Enroller
 ) -> None:
-    start = datetime(2026, 5, 1, 8, 0, tzinfo=timezone.utc)
+    start = DAY.replace(hour=8)
     events = [event("door-1", start + timedelta(seconds=i), i) for i in range(10_000)]
 
     async def scenario() -> tuple[list[tuple[int, int]], int]:
@@ -297,26 +302,47 @@ def _whole_day(start: datetime) -> EventFilter:
 def test_a_report_rejects_bad_events_one_by_one_and_stores_the_rest(
     tmp_path: Path, pki: Pki, enroller: Enroller
 ) -> None:
-    good = event("door-1", datetime(2026, 5, 1, tzinfo=timezone.utc), 1)
+    good = event("door-1", DAY, 1)
     no_time = events_pb2.Event(
         event_id="e-no-time", kind=events_pb2.EVENT_KIND_FACE, decision=events_pb2.DECISION_UNKNOWN
     )
-    wrong_decision = event("door-1", datetime(2026, 5, 1, tzinfo=timezone.utc), 2)
+    wrong_decision = event("door-1", DAY, 2)
     wrong_decision.event_id, wrong_decision.decision = "e-granted-face", events_pb2.DECISION_GRANTED
+    not_a_uuid = event("door-1", DAY, 3)
+    not_a_uuid.event_id = "e-17"
+    far_future = event("door-1", datetime(9999, 1, 1, tzinfo=timezone.utc), 4)
+    tomorrow_plus = event("door-1", datetime.now(timezone.utc) + timedelta(days=2), 5)
+    ancient = event("door-1", datetime.now(timezone.utc) - timedelta(days=400), 6)
 
-    async def scenario() -> fleet_pb2.ReportResultsResponse:
+    async def scenario() -> tuple[fleet_pb2.ReportResultsResponse, int]:
         async with serving(tmp_path, pki, enroller) as harness:
             fleet = await harness.registered("door-1")
-            return await fleet.ReportResults(
-                fleet_pb2.ReportResultsRequest(device_id="door-1", events=[good, no_time, wrong_decision])
+            reply = await fleet.ReportResults(
+                fleet_pb2.ReportResultsRequest(
+                    device_id="door-1",
+                    events=[good, no_time, wrong_decision, not_a_uuid, far_future, tomorrow_plus, ancient],
+                )
             )
+            with sqlite3.connect(harness.server.paths.database) as db:
+                return reply, db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
 
-    reply = run(scenario)
-    assert reply.stored == 1
+    reply, stored_events = run(scenario)
+    assert (reply.stored, stored_events) == (1, 1)
     reasons = {r.event_id: r.reason for r in reply.rejected}
-    assert set(reasons) == {"e-no-time", "e-granted-face"}
+    assert set(reasons) == {
+        "e-no-time",
+        "e-granted-face",
+        "e-17",
+        far_future.event_id,
+        tomorrow_plus.event_id,
+        ancient.event_id,
+    }
     assert "time is missing" in reasons["e-no-time"]
     assert "face event needs a decision among" in reasons["e-granted-face"]
+    assert "is not a UUID" in reasons["e-17"]
+    assert "ahead of the server's clock" in reasons[far_future.event_id]
+    assert "set the device's clock" in reasons[tomorrow_plus.event_id]
+    assert "older than the 365 days" in reasons[ancient.event_id]
 
 
 def test_an_agent_cannot_report_or_register_as_another_device(
@@ -332,7 +358,7 @@ def test_an_agent_cannot_report_or_register_as_another_device(
                 fleet.ReportResults(
                     fleet_pb2.ReportResultsRequest(
                         device_id="door-1",
-                        events=[event("door-2", datetime(2026, 5, 1, tzinfo=timezone.utc), 1)],
+                        events=[event("door-2", DAY, 1)],
                     )
                 ),
                 fleet.AckGallery(fleet_pb2.AckGalleryRequest(device_id="door-2")),

@@ -15,7 +15,8 @@ from facefleet.server.gallery.embedder import Enroller
 from facefleet.v1 import events_pb2, fleet_pb2, query_pb2
 from tests.server.conftest import Harness, Pki, run, serving
 
-T0 = datetime(2026, 5, 1, 9, 0, tzinfo=timezone.utc)
+T0 = (datetime.now(timezone.utc) - timedelta(days=30)).replace(hour=9, minute=0, second=0, microsecond=0)
+"""A morning a month ago: reported events must be within the server's window of accepted times."""
 
 
 def stamp(moment: datetime) -> Timestamp:

@@ -109,9 +109,20 @@ def test_enrolment_from_embeddings_and_people_listing(tmp_path: Path, pki: Pki, 
             person = await admin.GetPerson(
                 admin_pb2.GetPersonRequest(person_id="p3", include_embeddings=True), metadata=harness.admin_md
             )
-            return [*pages, staff], person
+            forged = []
+            for token, group in (("p1", ""), ("garbage!", ""), (pages[0].next_page_token, "staff")):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await admin.ListPeople(
+                        admin_pb2.ListPeopleRequest(page_size=2, page_token=token, group=group),
+                        metadata=harness.admin_md,
+                    )
+                forged.append((refused.value.code(), refused.value.details()))
+            return [*pages, staff], person, forged
 
-    responses, person = run(scenario)
+    responses, person, forged = run(scenario)
+    # a person id, garbage, and a token of another listing (all people, not group staff) are not tokens
+    assert [code for code, _ in forged] == [grpc.StatusCode.INVALID_ARGUMENT] * 3
+    assert all("page_token is not one this server issued" in details for _, details in forged)
     *pages, staff = responses
     assert [[p.person_id for p in page.people] for page in pages] == [["p0", "p1"], ["p2", "p3"], ["p4"]]
     assert all(page.gallery_revision == 5 for page in pages)

@@ -84,8 +84,8 @@ class ModelRelease:
 @dataclass(frozen=True)
 class ModelStatus:
     """What an agent reports about an assigned model version (reason: why it failed, or progress; time:
-    when). final is the agent's own and not sent: whether a failure is final for this rollout, or is tried
-    again."""
+    when). final: whether a failure refuses the version for this rollout (False: the agent tries it again;
+    `retrying` on the wire)."""
 
     task: str
     model_id: str

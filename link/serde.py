@@ -352,6 +352,7 @@ def status_to_proto(status: ModelStatus) -> models_pb2.ModelStatus:
         state=ACTIVATION_VALUES[status.state],
         reason=status.reason,
         time=timestamp(status.time),
+        retrying=status.state == "failed" and not status.final,
     )
 
 
@@ -366,6 +367,7 @@ def status_from_proto(message: models_pb2.ModelStatus, name: str) -> ModelStatus
             state=ACTIVATIONS[message.state],
             reason=message.reason,
             time=_optional_time(message.time, f"{name}.time"),
+            final=not message.retrying,
         )
     except LinkError as exc:
         raise LinkError(f"{name}: {exc}") from None

@@ -20,8 +20,17 @@ from facefleet.server.errors import InvalidArgumentError
 
 RolloutState = Literal["preparing", "active", "paused", "rolled_back"]
 ROLLOUT_STATES: tuple[RolloutState, ...] = ("preparing", "active", "paused", "rolled_back")
-DeviceState = Literal["assigned", "downloading", "verifying", "active", "failed"]
-DEVICE_STATES: tuple[DeviceState, ...] = ("assigned", "downloading", "verifying", "active", "failed")
+DeviceState = Literal["assigned", "downloading", "verifying", "active", "failed", "retrying"]
+DEVICE_STATES: tuple[DeviceState, ...] = (
+    "assigned",
+    "downloading",
+    "verifying",
+    "active",
+    "failed",
+    "retrying",
+)
+"""Where a rollout stands on one device; failed: refused for this rollout; retrying: failed for now, tried
+again by the agent."""
 TargetKind = Literal["all", "group", "percent"]
 TARGET_KINDS: tuple[TargetKind, ...] = ("all", "group", "percent")
 

@@ -6,11 +6,12 @@ covers nobody; a `paused` one still covers the agents it was already announced t
 and no new ones; an `active` one covers its target. A percent target is deterministic per rollout and device
 (`bucket`), so widening 10 → 50 % keeps the first 10 % and adds to them.
 
-Desired releases, per task: the newest covering rollout's version; else, when a rolled-back rollout had been
-announced to the agent, the version the agent ran before it (its files when the catalogue still has it,
-otherwise none: "activate your own stored copy"). When that version is itself one a rolled-back rollout
-announced to the agent brought (v1 → v2 by R1, v2 → v3 by R2, both rolled back), the chain is followed back to
-v1, each rollout once. Tasks with nothing desired are left out.
+Desired releases, per task: the newest covering rollout's version, leaving out any rollout the agent refused
+(its version never decides that agent's: a refused v3 must not shadow the rollback of the rollout before it);
+else, when a rolled-back rollout had been announced to the agent, the version the agent ran before it (its
+files when the catalogue still has it, otherwise none: "activate your own stored copy"). When that version is
+itself one a rolled-back rollout announced to the agent brought (v1 → v2 by R1, v2 → v3 by R2, both rolled
+back), the chain is followed back to v1, each rollout once. Tasks with nothing desired are left out.
 """
 
 from __future__ import annotations
@@ -59,8 +60,12 @@ def desired_releases(
         if rollout.task in releases:
             continue
         model = catalogue.get(rollout.model_id)
-        if model is not None and covers(
-            rollout, device_id, groups, announced=rollout.rollout_id in announced
+        row = announced.get(rollout.rollout_id)
+        refused = row is not None and row.state == "failed"
+        if (
+            model is not None
+            and not refused
+            and covers(rollout, device_id, groups, announced=row is not None)
         ):
             releases[rollout.task] = _release(rollout.task, model, rollout.rollout_id)
     rolled_back = [r for r in newest_first if r.state == "rolled_back" and r.rollout_id in announced]

@@ -40,6 +40,7 @@ class RolloutDeviceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLLOUT_DEVICE_STATE_VERIFYING: _ClassVar[RolloutDeviceState]
     ROLLOUT_DEVICE_STATE_ACTIVE: _ClassVar[RolloutDeviceState]
     ROLLOUT_DEVICE_STATE_FAILED: _ClassVar[RolloutDeviceState]
+    ROLLOUT_DEVICE_STATE_RETRYING: _ClassVar[RolloutDeviceState]
 
 class RolloutAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -64,6 +65,7 @@ ROLLOUT_DEVICE_STATE_DOWNLOADING: RolloutDeviceState
 ROLLOUT_DEVICE_STATE_VERIFYING: RolloutDeviceState
 ROLLOUT_DEVICE_STATE_ACTIVE: RolloutDeviceState
 ROLLOUT_DEVICE_STATE_FAILED: RolloutDeviceState
+ROLLOUT_DEVICE_STATE_RETRYING: RolloutDeviceState
 ROLLOUT_ACTION_UNSPECIFIED: RolloutAction
 ROLLOUT_ACTION_PAUSE: RolloutAction
 ROLLOUT_ACTION_RESUME: RolloutAction

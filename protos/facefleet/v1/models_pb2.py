@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x61\x63\x65\x66leet/v1/models.proto\x12\x0c\x66\x61\x63\x65\x66leet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"7\n\tModelFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\x81\x01\n\x0cModelRelease\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12&\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x17.facefleet.v1.ModelFile\x12\x15\n\rmanifest_json\x18\x04 \x01(\t\x12\x12\n\nrollout_id\x18\x05 \x01(\x04\"?\n\x0fModelAssignment\x12,\n\x08releases\x18\x01 \x03(\x0b\x32\x1a.facefleet.v1.ModelRelease\"\xa9\x01\n\x0bModelStatus\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x12\n\nrollout_id\x18\x03 \x01(\x04\x12,\n\x05state\x18\x04 \x01(\x0e\x32\x1d.facefleet.v1.ModelActivation\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xaf\x01\n\x0fModelActivation\x12 \n\x1cMODEL_ACTIVATION_UNSPECIFIED\x10\x00\x12 \n\x1cMODEL_ACTIVATION_DOWNLOADING\x10\x01\x12\x1e\n\x1aMODEL_ACTIVATION_VERIFYING\x10\x02\x12\x1b\n\x17MODEL_ACTIVATION_ACTIVE\x10\x03\x12\x1b\n\x17MODEL_ACTIVATION_FAILED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x61\x63\x65\x66leet/v1/models.proto\x12\x0c\x66\x61\x63\x65\x66leet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"7\n\tModelFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\x81\x01\n\x0cModelRelease\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12&\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x17.facefleet.v1.ModelFile\x12\x15\n\rmanifest_json\x18\x04 \x01(\t\x12\x12\n\nrollout_id\x18\x05 \x01(\x04\"?\n\x0fModelAssignment\x12,\n\x08releases\x18\x01 \x03(\x0b\x32\x1a.facefleet.v1.ModelRelease\"\xbb\x01\n\x0bModelStatus\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x12\n\nrollout_id\x18\x03 \x01(\x04\x12,\n\x05state\x18\x04 \x01(\x0e\x32\x1d.facefleet.v1.ModelActivation\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08retrying\x18\x07 \x01(\x08*\xaf\x01\n\x0fModelActivation\x12 \n\x1cMODEL_ACTIVATION_UNSPECIFIED\x10\x00\x12 \n\x1cMODEL_ACTIVATION_DOWNLOADING\x10\x01\x12\x1e\n\x1aMODEL_ACTIVATION_VERIFYING\x10\x02\x12\x1b\n\x17MODEL_ACTIVATION_ACTIVE\x10\x03\x12\x1b\n\x17MODEL_ACTIVATION_FAILED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'facefleet.v1.models_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELACTIVATION']._serialized_start=503
-  _globals['_MODELACTIVATION']._serialized_end=678
+  _globals['_MODELACTIVATION']._serialized_start=521
+  _globals['_MODELACTIVATION']._serialized_end=696
   _globals['_MODELFILE']._serialized_start=76
   _globals['_MODELFILE']._serialized_end=131
   _globals['_MODELRELEASE']._serialized_start=134
@@ -41,5 +41,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELASSIGNMENT']._serialized_start=265
   _globals['_MODELASSIGNMENT']._serialized_end=328
   _globals['_MODELSTATUS']._serialized_start=331
-  _globals['_MODELSTATUS']._serialized_end=500
+  _globals['_MODELSTATUS']._serialized_end=518
 # @@protoc_insertion_point(module_scope)

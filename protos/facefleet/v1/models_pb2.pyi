@@ -54,17 +54,19 @@ class ModelAssignment(_message.Message):
     def __init__(self, releases: _Optional[_Iterable[_Union[ModelRelease, _Mapping]]] = ...) -> None: ...
 
 class ModelStatus(_message.Message):
-    __slots__ = ("task", "model_id", "rollout_id", "state", "reason", "time")
+    __slots__ = ("task", "model_id", "rollout_id", "state", "reason", "time", "retrying")
     TASK_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    RETRYING_FIELD_NUMBER: _ClassVar[int]
     task: str
     model_id: str
     rollout_id: int
     state: ModelActivation
     reason: str
     time: _timestamp_pb2.Timestamp
-    def __init__(self, task: _Optional[str] = ..., model_id: _Optional[str] = ..., rollout_id: _Optional[int] = ..., state: _Optional[_Union[ModelActivation, str]] = ..., reason: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    retrying: bool
+    def __init__(self, task: _Optional[str] = ..., model_id: _Optional[str] = ..., rollout_id: _Optional[int] = ..., state: _Optional[_Union[ModelActivation, str]] = ..., reason: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retrying: _Optional[bool] = ...) -> None: ...

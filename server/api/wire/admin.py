@@ -126,6 +126,7 @@ DEVICE_STATES: dict[DeviceState, admin_pb2.RolloutDeviceState] = {
     "verifying": admin_pb2.ROLLOUT_DEVICE_STATE_VERIFYING,
     "active": admin_pb2.ROLLOUT_DEVICE_STATE_ACTIVE,
     "failed": admin_pb2.ROLLOUT_DEVICE_STATE_FAILED,
+    "retrying": admin_pb2.ROLLOUT_DEVICE_STATE_RETRYING,
 }
 ROLLOUT_ACTIONS: dict[admin_pb2.RolloutAction, RolloutAction] = {
     admin_pb2.ROLLOUT_ACTION_PAUSE: "pause",

@@ -267,10 +267,11 @@ class SqliteModelState(ModelState):
                     (device_id, s.task, s.model_id, s.rollout_id, s.state, s.reason, time_us),
                 )
                 if s.rollout_id:
+                    device_state = "retrying" if s.state == "failed" and not s.final else s.state
                     conn.execute(
                         "UPDATE rollout_devices SET state = ?, reason = ?, updated_us = ? "
                         "WHERE rollout_id = ? AND device_id = ?",
-                        (s.state, s.reason, to_us(now), s.rollout_id, device_id),
+                        (device_state, s.reason, to_us(now), s.rollout_id, device_id),
                     )
             if model_versions:
                 row = conn.execute(

@@ -23,6 +23,14 @@ def test_a_status_survives_the_round_trip(state: str) -> None:
     assert serde.status_from_proto(serde.status_to_proto(status), "s") == status
 
 
+@pytest.mark.parametrize("final", [True, False])
+def test_a_failure_says_whether_the_agent_tries_again(final: bool) -> None:
+    status = ModelStatus("expression", "m@v", 7, "failed", "no space left", WHEN, final=final)
+    message = serde.status_to_proto(status)
+    assert message.retrying is not final
+    assert serde.status_from_proto(message, "s").final is final
+
+
 def test_a_status_without_time_keeps_none() -> None:
     message = models_pb2.ModelStatus(
         task="expression", model_id="m@v", state=models_pb2.MODEL_ACTIVATION_ACTIVE, time=Timestamp()

@@ -149,6 +149,11 @@ def test_agents_statuses_groups_and_announcements(tmp_path: Path) -> None:
     assert models.agent_models() == models.agent_models(["door-1"])
     agent = models.agent_models()["door-1"]
     assert (agent.groups, agent.statuses) == (("east", "lobby"), (failed,))
+    full_disk = ModelStatus(
+        "expression", NEW, rollout.rollout_id, "failed", "no space left; retrying later", NOW, final=False
+    )
+    models.set_agent_models("door-1", NOW, statuses=[full_disk])
+    assert models.device_rollouts("door-1")[rollout.rollout_id].state == "retrying"  # not refused
     active = ModelStatus("expression", NEW, rollout.rollout_id, "active", "", NOW)
     models.set_agent_models("door-1", NOW, statuses=[active], model_versions={"expression": NEW})
     assert state.get_agent("door-1").model_versions == {"expression": NEW}  # type: ignore[union-attr]

@@ -133,6 +133,23 @@ V1, V2, V3 = "mini-xception@v1", "mini-xception@v2", "mini-xception@v3"
 CHAIN = {m.model_id: m for m in (model(V1), model(V2), model(V3))}
 
 
+def test_a_refused_rollout_never_decides_the_version_and_does_not_shadow_a_rollback() -> None:
+    """R1 moved door-1 v1 → v2; door-1 refused R2's v3 (a tampered file) and keeps v2. Rolling R1 back
+    returns door-1 to v1 although R2 is still active; door-2, which took v3, stays on it."""
+    r1, r2 = rollout(1, V2), rollout(2, V3)
+    refused = replace(row(2, "door-1", V2), state="failed", reason="model.bin: sha256 differs")
+    announced = {1: row(1, "door-1", V1), 2: refused}
+    [before] = desired_releases("door-1", (), [r1, r2], announced, CHAIN)
+    assert before.model_id == V2  # R1's version, not the refused v3
+    back = rollouts.rolled_back(r1, NOW)
+    [release] = desired_releases("door-1", (), [back, r2], announced, CHAIN)
+    assert (release.model_id, release.rollout_id) == (V1, 0)
+    took_it = {2: replace(row(2, "door-2", V2), state="active")}
+    assert [r.model_id for r in desired_releases("door-2", (), [back, r2], took_it, CHAIN)] == [V3]
+    retrying = {2: replace(row(2, "door-3", V2), state="retrying", reason="no space left")}
+    assert [r.model_id for r in desired_releases("door-3", (), [back, r2], retrying, CHAIN)] == [V3]
+
+
 @pytest.mark.parametrize("order", [(2, 1), (1, 2)])
 def test_chained_rollbacks_return_agents_to_the_version_before_the_first(order: tuple[int, int]) -> None:
     """R1 moved door-1 v1 → v2, R2 v2 → v3; whichever is rolled back first, both rolled back means v1."""

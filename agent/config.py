@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
 import sys
 from pathlib import Path
 from typing import Literal
@@ -14,8 +15,10 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from facefleet.agent.recognition.doors import parse_window
 from facefleet.agent.recognition.matching import DecisionPolicy
-from facefleet.core.config import StrictSection, load_toml_model, parse_address
+from facefleet.core.config import StrictSection, credential_path, load_toml_model, parse_address
 from facefleet.core.errors import ConfigError
+from facefleet.link.checks import check_id
+from facefleet.link.errors import LinkError
 from facefleet.vision.config import DetectorConfig, QualityConfig, RuntimeConfig
 
 if sys.version_info >= (3, 11):
@@ -72,6 +75,29 @@ class MqttConfig(StrictSection):
         10_000, ge=10, le=10_000_000, description="Events kept while the broker is away"
     )
     discovery_prefix: str = Field("homeassistant", description="Home Assistant discovery prefix; empty = off")
+
+    def password(self) -> str | None:
+        """The password in password_file (a bare name: in $CREDENTIALS_DIRECTORY), if one is set."""
+        if self.password_file is None:
+            return None
+        text = _read("mqtt.password_file", credential_path(self.password_file), "the broker password")
+        return text.decode("utf-8", "replace").strip()
+
+    def tls_files(self) -> tuple[Path | None, Path | None, Path | None]:
+        """(ca_file, cert_file, key_file) as the connection uses them, each checked: a readable PEM file of
+        the right kind, the key the certificate's. All None when tls is off (the files are not used then)."""
+        if not self.tls:
+            return None, None, None
+        if self.key_file is not None and self.cert_file is None:
+            raise ConfigError("mqtt.key_file is set but cert_file is not: give both for a client certificate")
+        ca = cert = key = None
+        if self.ca_file is not None:
+            ca = _certificates("mqtt.ca_file", self.ca_file, "the CA certificate that signed the broker's")
+        if self.cert_file is not None:
+            cert = _certificates("mqtt.cert_file", self.cert_file, "this device's client certificate")
+            key = credential_path(self.key_file) if self.key_file is not None else None
+            _key_pair("mqtt", cert, key)
+        return ca, cert, key
 
 
 class CameraConfig(StrictSection):
@@ -151,6 +177,19 @@ class FleetServerConfig(StrictSection):
                 raise ValueError(f"group {group[:40]!r}: use 1–128 letters, digits, '.', '_', ':', '@', '-'")
         return groups
 
+    def tls_files(self) -> tuple[Path, Path, Path]:
+        """(ca_file, cert_file, key_file) as the connection uses them, each checked: a readable PEM file of
+        the right kind, the key the certificate's."""
+        if self.ca_file is None or self.cert_file is None or self.key_file is None:
+            raise ConfigError("[server] is enabled: set ca_file, cert_file and key_file")
+        ca = _certificates(
+            "server.ca_file", self.ca_file, "the site CA certificate (tls/ca.pem on the server)"
+        )
+        cert = _certificates("server.cert_file", self.cert_file, f"this device's certificate {_ISSUED}")
+        key = credential_path(self.key_file)
+        _key_pair("server", cert, key)
+        return ca, cert, key
+
     @model_validator(mode="after")
     def _complete_when_enabled(self) -> FleetServerConfig:
         if self.address:
@@ -204,7 +243,9 @@ class ServiceConfig(StrictSection):
 class AgentConfig(StrictSection):
     """The whole agent configuration file."""
 
-    device_id: str = Field("", max_length=64, description="This agent's id; empty = the host name")
+    device_id: str = Field(
+        "", description="This agent's id: letters, digits, '.', '_', ':', '@', '-'; empty = the host name"
+    )
     state_dir: Path | None = Field(
         None, description="Models, database and cache; see the README for the default"
     )
@@ -218,6 +259,26 @@ class AgentConfig(StrictSection):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     cameras: list[CameraConfig] = Field(default_factory=list, max_length=64)
     doors: list[DoorConfig] = Field(default_factory=list, max_length=64)
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id_rule(cls, device_id: str) -> str:
+        """The link's id rule, which the server applies too: '/', '#' and '+' would also break MQTT topics."""
+        if device_id:
+            try:
+                check_id("device_id", device_id)
+            except LinkError as exc:
+                raise ValueError(str(exc)) from None
+        return device_id
+
+    def check_files(self) -> None:
+        """Check every file the enabled sections name, as `run` reads them, without connecting anywhere;
+        ConfigError naming the key and the file otherwise."""
+        if self.mqtt.enabled:
+            self.mqtt.password()
+            self.mqtt.tls_files()
+        if self.server.enabled:
+            self.server.tls_files()
 
     @model_validator(mode="after")
     def _doors_watch_known_cameras(self) -> AgentConfig:
@@ -235,6 +296,54 @@ class AgentConfig(StrictSection):
             for window in door.schedule:
                 parse_window(window)
         return self
+
+
+_ISSUED = "from `facefleet-server certs issue DEVICE`"
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
+
+
+def _read(key: str, path: Path, what: str) -> bytes:
+    """A file the config names at `key`; ConfigError naming the key, the file and what it should hold.
+    A bare name left by credential_path means $CREDENTIALS_DIRECTORY was not set, which the error says."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        problem = "no such file" if isinstance(exc, FileNotFoundError) else f"cannot read ({exc.strerror})"
+    if key.endswith(("key_file", "password_file")) and len(path.parts) == 1:
+        what += " (a bare name is read from $CREDENTIALS_DIRECTORY, which is not set)"
+    raise ConfigError(f"{key} {path}: {problem}; it should hold {what}")
+
+
+def _certificates(key: str, path: Path, what: str) -> Path:
+    """A readable PEM file of one or more certificates that TLS can load."""
+    blocks = _PEM_BLOCK.findall(_read(key, path, what))
+    if b"CERTIFICATE" not in blocks:
+        raise ConfigError(f"{key} {path}: not a PEM certificate; it should hold {what}")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"{key} {path}: not a PEM certificate ({exc.reason}); it should hold {what}"
+        ) from None
+    return path
+
+
+def _key_pair(section: str, cert: Path, key: Path | None) -> None:
+    """The private key (key_file, or inside cert_file when key is None) loads and is the certificate's."""
+    key_name = f"{section}.key_file" if key is not None else f"{section}.cert_file"
+    key_path = key if key is not None else cert
+    what = f"the unencrypted private key of {section}.cert_file"
+    if not any(
+        block.endswith(b"PRIVATE KEY") for block in _PEM_BLOCK.findall(_read(key_name, key_path, what))
+    ):
+        raise ConfigError(f"{key_name} {key_path}: not a PEM private key; it should hold {what}")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=lambda: b"")
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"{key_name} {key_path}: does not match {section}.cert_file {cert}, or needs a passphrase "
+            f"({exc.reason}); it should hold {what}"
+        ) from None
 
 
 def load_config(path: Path | None) -> AgentConfig:

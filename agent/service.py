@@ -14,6 +14,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from facefleet.agent.domain.records import Person, StoreError
 from facefleet.agent.fleet.sync import FleetSync, SyncSettings
 from facefleet.agent.publish.discovery import discovery_messages
 from facefleet.agent.publish.events import AgentEvent, Versions, access_event, face_event, mqtt_payload, reply
-from facefleet.agent.publish.mqtt import MqttLink, MqttSettings
+from facefleet.agent.publish.mqtt import MAX_COMMAND_BYTES, MqttLink, MqttSettings
 from facefleet.agent.publish.outbox import OutboxPublisher
 from facefleet.agent.recognition.doors import AccessDecision, DoorController
 from facefleet.agent.recognition.matching import Decision, DecisionPolicy, Matcher
@@ -37,8 +38,6 @@ from facefleet.agent.store.database import EmbeddingStore
 from facefleet.agent.updates.statuses import status_to_json
 from facefleet.agent.updates.updater import ModelUpdater, Switch, UpdateSettings
 from facefleet.core import notify
-from facefleet.core.config import credential_path, secret
-from facefleet.core.errors import ConfigError
 from facefleet.core.paths import model_store_dir
 from facefleet.link.errors import LinkError
 from facefleet.vision.errors import ModelStoreError
@@ -50,6 +49,9 @@ from facefleet.vision.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
+MAX_REQUEST_ID = 128
+
+
 class VerifyCommand(BaseModel):
     """cmd/verify: a badge reader says who is at a door."""
 
@@ -57,7 +59,42 @@ class VerifyCommand(BaseModel):
     door: str = Field(max_length=32)
     person_id: str = Field(min_length=1, max_length=128)
     timeout_s: float | None = Field(None, gt=0, le=300)
-    request_id: str | None = Field(None, max_length=128)
+    request_id: str | None = Field(None, max_length=MAX_REQUEST_ID)
+
+
+COMMAND_QUEUE_LIMIT = 1000
+"""Commands waiting for the frame loop; one more is refused at once with a `busy: …` reply."""
+REPEAT_WINDOW_S = 600.0
+"""A request_id executed this recently (s) is answered as a duplicate and not executed again."""
+REMEMBERED_REQUESTS = 1000
+"""At most this many executed request_ids are remembered (the oldest are forgotten first)."""
+
+
+class RecentRequests:
+    """The request_ids of recently executed commands (monotonic seconds), bounded in age and number, so a
+    command delivered twice (a client's retry, a broker's redelivery) is executed once."""
+
+    def __init__(self, window_s: float, limit: int) -> None:
+        self._window_s = window_s
+        self._limit = limit
+        self._executed: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def age(self, key: tuple[str, str], now: float) -> float | None:
+        """Seconds since `key` (command, request_id) was executed, or None when it is not remembered."""
+        self._forget(now)
+        executed = self._executed.get(key)
+        return None if executed is None else now - executed
+
+    def add(self, key: tuple[str, str], now: float) -> None:
+        self._executed[key] = now
+        self._executed.move_to_end(key)
+        self._forget(now)
+
+    def _forget(self, now: float) -> None:
+        while self._executed and (
+            len(self._executed) > self._limit or next(iter(self._executed.values())) < now - self._window_s
+        ):
+            self._executed.popitem(last=False)
 
 
 class AgentService:
@@ -87,7 +124,8 @@ class AgentService:
         self.trackers = {name: Tracker(min_quality=config.matching.min_quality) for name in self.cameras}
         self.doors = {d.name: DoorController(d, self._person) for d in config.doors}
         self.door_policies = {d.name: self._door_policy(d) for d in config.doors}
-        self.commands: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=1000)
+        self.commands: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=COMMAND_QUEUE_LIMIT)
+        self._executed = RecentRequests(REPEAT_WINDOW_S, REMEMBERED_REQUESTS)
         self.stop_event = threading.Event()
         self._stop_requested = False
         self.errors: list[str] = []
@@ -308,8 +346,9 @@ class AgentService:
 
     def _command(self, command: str, payload: bytes) -> None:
         now = time.time()
+        request_id = _request_id(payload)  # read leniently, so that refusals carry it too
         if command != "verify":
-            self._reply(command, None, False, f"unknown command {command!r}; supported: verify", now)
+            self._reply(command, request_id, False, f"unknown command {command!r}; supported: verify", now)
             return
         try:
             request = VerifyCommand.model_validate_json(payload)
@@ -317,11 +356,13 @@ class AgentService:
             problems = "; ".join(
                 f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in exc.errors()
             )
-            self._reply(command, None, False, f"malformed cmd/verify: {problems}", now)
+            self._reply(command, request_id, False, f"malformed cmd/verify: {problems}", now)
             return
         door = self.doors.get(request.door)
         if door is None:
             self._reply(command, request.request_id, False, f"unknown door {request.door!r}", now)
+            return
+        if self._repeated(command, request.request_id, now):
             return
         immediate = door.claim(request.person_id, now, request.timeout_s, request.request_id)
         self._reply(
@@ -329,6 +370,23 @@ class AgentService:
         )
         if immediate is not None:
             self._act(immediate, door.door.camera)
+
+    def _repeated(self, command: str, request_id: str | None, now: float) -> bool:
+        """True (and answered as a duplicate) when this request_id was executed within REPEAT_WINDOW_S;
+        otherwise it is remembered as executed now."""
+        if request_id is None:
+            return False
+        key, clock = (command, request_id), time.monotonic()
+        age = self._executed.age(key, clock)
+        if age is None:
+            self._executed.add(key, clock)
+            return False
+        detail = (
+            f"duplicate request_id {request_id!r}: executed {age:.0f} s ago, not executed again "
+            f"(request_ids are remembered for {REPEAT_WINDOW_S / 60:.0f} minutes)"
+        )
+        self._reply(command, request_id, False, detail, now)
+        return True
 
     def _reply(self, command: str, request_id: str | None, ok: bool, detail: str, now: float) -> None:
         if not ok:
@@ -488,27 +546,32 @@ class AgentService:
 
     def _make_link(self) -> MqttLink:
         mqtt = self.config.mqtt
+        ca_file, cert_file, key_file = mqtt.tls_files()  # a bad file: ConfigError naming its key (exit 78)
         settings = MqttSettings(
             host=mqtt.host,
             port=mqtt.port,
             prefix=self.prefix,
             client_id=f"facefleet-{self.device_id}",
             username=mqtt.username,
-            password=secret(mqtt.password_file),
+            password=mqtt.password(),
             tls=mqtt.tls,
-            ca_file=mqtt.ca_file,
-            cert_file=mqtt.cert_file,
-            key_file=mqtt.key_file,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
             keepalive_s=mqtt.keepalive_s,
             reconnect_max_s=mqtt.reconnect_max_s,
         )
-        return MqttLink(settings, self.outbox.acknowledged, self._queue_command, self._connection_changed)
+        return MqttLink(
+            settings,
+            self.outbox.acknowledged,
+            self._queue_command,
+            self._connection_changed,
+            self._refuse_oversized,
+        )
 
     def _make_sync(self) -> FleetSync:
         server = self.config.server
-        ca_file, cert_file, key_file = server.ca_file, server.cert_file, server.key_file
-        if ca_file is None or cert_file is None or key_file is None:  # the config validator requires them
-            raise ConfigError("[server] is enabled: set ca_file, cert_file and key_file")
+        ca_file, cert_file, key_file = server.tls_files()  # a bad file: ConfigError naming its key (exit 78)
         models = dict(self._versions().models)
         capabilities = [f"openvino:{self.config.runtime.device}"]
         capabilities += ["expression"] if "expression" in models else []
@@ -518,7 +581,7 @@ class AgentService:
             device_id=self.device_id,
             ca_file=ca_file,
             cert_file=cert_file,
-            key_file=credential_path(key_file),
+            key_file=key_file,
             models=(self.model_id,),
             server_name=server.server_name,
             hostname=socket.gethostname(),
@@ -542,10 +605,21 @@ class AgentService:
         return FleetSync(settings, self.store, self.health, updater)
 
     def _queue_command(self, command: str, payload: bytes) -> None:
+        """On the MQTT thread: queue a command for the frame loop, or refuse it at once when
+        COMMAND_QUEUE_LIMIT commands are already waiting."""
         try:
             self.commands.put_nowait((command, payload))
         except queue.Full:
-            log.warning("cmd/%s dropped: too many commands waiting", command)
+            detail = f"busy: {COMMAND_QUEUE_LIMIT} commands are already waiting; not executed, send it again"
+            self._reply(command, _request_id(payload), False, detail, time.time())
+
+    def _refuse_oversized(self, command: str, size: int) -> None:
+        """On the MQTT thread: answer a command over MAX_COMMAND_BYTES, whose payload is not read."""
+        detail = (
+            f"command of {size} bytes is over the {MAX_COMMAND_BYTES}-byte limit; not executed "
+            "(its request_id is not read from an oversized payload)"
+        )
+        self._reply(command, None, False, detail, time.time())
 
     def _connection_changed(self, connected: bool, reason: str) -> None:
         self.outbox.connection_changed(connected)
@@ -559,6 +633,17 @@ class AgentService:
                 list(self.doors),
             ):
                 self.link.publish_retained(topic, payload)
+
+
+def _request_id(payload: bytes) -> str | None:
+    """A command's request_id when it can be read (a JSON object whose request_id is a string of at most
+    MAX_REQUEST_ID characters), whatever else is wrong with the command."""
+    try:
+        document = json.loads(payload)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
+        return None
+    value = document.get("request_id") if isinstance(document, dict) else None
+    return value if isinstance(value, str) and len(value) <= MAX_REQUEST_ID else None
 
 
 def _probabilities(face: Face) -> npt.NDArray[np.float32]:

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
+from facefleet.core.errors import EXIT_NO_INPUT
 from facefleet.vision.errors import ImageError
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_PIXELS = 100_000_000
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"})
+# Not IMREAD_UNCHANGED: it skips the EXIF Orientation tag, which leaves portrait phone photos on their side.
+# These flags keep 16-bit and grey pixels and let OpenCV turn the image upright; they drop alpha, as
+# to_bgr8 would.
+_DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+
+
+class NoImagesError(ImageError):
+    """The files and folders given hold no image file at all."""
+
+    exit_code = EXIT_NO_INPUT
 
 
 def to_bgr8(image: npt.NDArray[np.generic], name: str = "frame") -> npt.NDArray[np.uint8]:
@@ -36,7 +48,8 @@ def to_bgr8(image: npt.NDArray[np.generic], name: str = "frame") -> npt.NDArray[
 
 
 def read_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> npt.NDArray[np.uint8]:
-    """Read an image file as (H, W, 3) uint8 BGR, or raise ImageError naming the file and the problem."""
+    """Read an image file as (H, W, 3) uint8 BGR, turned upright as its EXIF Orientation tag says, or raise
+    ImageError naming the file and the problem."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -56,15 +69,24 @@ def read_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> npt.NDArray[np
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc})") from None
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    return decode_image(data, str(path), max_pixels)
+
+
+def decode_image(
+    data: bytes | npt.NDArray[np.uint8], what: str, max_pixels: int = MAX_PIXELS
+) -> npt.NDArray[np.uint8]:
+    """Encoded image bytes (JPEG, PNG, BMP, WebP, TIFF, …) → (H, W, 3) uint8 BGR, turned upright as its EXIF
+    Orientation tag says; ImageError naming `what` when unreadable or over max_pixels."""
+    buffer = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
+    image = cv2.imdecode(buffer, _DECODE_FLAGS)
     if image is None:
-        raise ImageError(f"{path}: not a readable image (corrupt, truncated or an unsupported format)")
+        raise ImageError(f"{what}: not a readable image (corrupt, truncated or an unsupported format)")
     if image.shape[0] * image.shape[1] > max_pixels:
         raise ImageError(
-            f"{path}: image is {image.shape[1]}×{image.shape[0]} pixels, "
+            f"{what}: image is {image.shape[1]}×{image.shape[0]} pixels, "
             f"over the {max_pixels / 1e6:.0f} MP limit; downscale it first"
         )
-    return to_bgr8(image, str(path))
+    return to_bgr8(image, what)
 
 
 def list_images(path: Path) -> list[Path]:
@@ -72,6 +94,18 @@ def list_images(path: Path) -> list[Path]:
     if path.is_dir():
         return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     return [path]
+
+
+def image_files(entries: Sequence[Path]) -> list[Path]:
+    """The image files of every entry, file or folder (see list_images), in order; NoImagesError naming the
+    entries and the suffixes read when there is none at all."""
+    paths = [path for entry in entries for path in list_images(entry)]
+    if not paths:
+        raise NoImagesError(
+            f"{', '.join(map(str, entries))}: no image files here (files read: "
+            f"{' '.join(sorted(IMAGE_SUFFIXES))}); give image files or folders that hold some"
+        )
+    return paths
 
 
 def _to_uint8(image: npt.NDArray[np.generic], name: str) -> npt.NDArray[np.uint8]:

@@ -16,14 +16,18 @@ from facefleet.agent.cli.vision import make_analyzer
 from facefleet.agent.config import write_threshold
 from facefleet.agent.domain.records import DuplicatePersonError, Embedding, Person, PersonUpsert
 from facefleet.agent.recognition.calibration import calibrate
-from facefleet.agent.recognition.face_choice import FaceChoice, choose_face
+from facefleet.agent.recognition.face_choice import choose_face
 from facefleet.agent.recognition.matching import Matcher
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.core.cli import add_command
 from facefleet.core.errors import EXIT_DATA, EXIT_IO, EXIT_OK, ConfigError
 from facefleet.vision.errors import ImageError
-from facefleet.vision.images import list_images, read_image
+from facefleet.vision.images import image_files, list_images, read_image
 from facefleet.vision.pipeline import FaceAnalyzer
+from facefleet.vision.quality import QualityPolicy
+
+# Two unit embeddings this close come from the same image: a second copy adds no sample, only weight.
+DUPLICATE_COSINE = 0.9999
 
 
 def register(commands: Any) -> None:
@@ -118,6 +122,7 @@ def _open_store(context: Context, read_only: bool = False) -> EmbeddingStore:
 
 
 def _enrol(context: Context, args: argparse.Namespace) -> int:
+    paths = image_files(args.images)
     analyzer = make_analyzer(context)
     model_id = analyzer.embedding_model_id
     assert model_id is not None
@@ -128,21 +133,23 @@ def _enrol(context: Context, args: argparse.Namespace) -> int:
             raise DuplicatePersonError(
                 f"person id {args.person_id!r} is already enrolled; use --add for more samples, or another id"
             )
-        paths = [image for entry in args.images for image in list_images(entry)]
+        stored = store.gallery.embeddings(args.person_id, model_id) if exists else []
         accepted: list[Embedding] = []
         rejected: list[dict[str, str]] = []
         with Progress(console=context.errors, transient=True, disable=context.json_output) as progress:
             task = progress.add_task("enrolling", total=len(paths))
             for path in paths:
-                try:
-                    choice = choose_face(analyzer.analyze(read_image(path)), policy, args.largest_face)
-                except ImageError as exc:
-                    choice = FaceChoice(None, reason=str(exc))
-                if choice.face is not None and choice.embedding is not None:
-                    quality = min(1.0, choice.face.quality.score)
-                    accepted.append(Embedding(model_id, choice.embedding, quality, f"enrol:{path.name}"))
+                sample = _sample(analyzer, path, model_id, policy, args.largest_face)
+                if isinstance(sample, str):
+                    rejected.append({"image": str(path), "reason": sample})
+                elif (twin := _twin(sample, stored)) is not None:
+                    reason = f"already enrolled: identical to a stored sample ({twin.source or 'no source'})"
+                    rejected.append({"image": str(path), "reason": reason})
+                elif (twin := _twin(sample, accepted)) is not None:
+                    reason = f"identical to {twin.source.removeprefix('enrol:')}, enrolled in this run"
+                    rejected.append({"image": str(path), "reason": reason})
                 else:
-                    rejected.append({"image": str(path), "reason": choice.reason or "unusable"})
+                    accepted.append(sample)
                 progress.advance(task)
         revision = None
         if accepted:
@@ -174,6 +181,27 @@ def _enrol(context: Context, args: argparse.Namespace) -> int:
         for item in rejected:
             context.console.print(f"  rejected {item['image']}: {item['reason']}", markup=False)
     return EXIT_OK if accepted else EXIT_DATA
+
+
+def _sample(
+    analyzer: FaceAnalyzer, path: Path, model_id: str, policy: QualityPolicy, largest_face: bool
+) -> Embedding | str:
+    """The enrolment sample of one image, or why the image cannot give one."""
+    try:
+        choice = choose_face(analyzer.analyze(read_image(path)), policy, largest_face)
+    except ImageError as exc:
+        return str(exc)
+    if choice.face is None or choice.embedding is None:
+        return choice.reason or "unusable"
+    return Embedding(model_id, choice.embedding, min(1.0, choice.face.quality.score), f"enrol:{path.name}")
+
+
+def _twin(sample: Embedding, others: list[Embedding]) -> Embedding | None:
+    """The sample of the same model that `sample` only repeats (cosine ≥ DUPLICATE_COSINE), if any."""
+    for other in others:
+        if other.model_id == sample.model_id and float(other.vector @ sample.vector) >= DUPLICATE_COSINE:
+            return other
+    return None
 
 
 def _people_list(context: Context, args: argparse.Namespace) -> int:

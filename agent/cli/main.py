@@ -1,8 +1,8 @@
 """Entry point: global options, sub-command dispatch, and domain errors turned into exit codes.
 
-Exit codes: 0 success; 1 unexpected failure; 2 bad usage; 65 bad input data (image, model spec);
-66 input file missing; 69 OpenVINO device unavailable; 74 model store or file integrity problem;
-78 configuration error.
+Exit codes: 0 success; 1 unexpected failure; 2 bad usage; 65 bad input data (image, model spec, person id,
+a file that is not a FaceFleet store); 66 input file missing; 69 OpenVINO device unavailable or the store
+busy; 74 model store, store or file integrity problem; 78 configuration error, or a file it names unusable.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         "check-config",
         "validate a config file",
         "facefleet-agent check-config /etc/facefleet/agent.toml   (exit 78 when invalid)",
-        description="Validate an agent config file strictly; with --json, print the effective settings.",
+        description="Validate an agent config file strictly, and the files it names as `run` reads them "
+        "(MQTT and [server] PEM files, the MQTT password file); with --json, print the effective settings.",
     )
     check.add_argument("file", type=Path)
     check.set_defaults(handler=_check_config, needs_context=False)
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_config(context: Context | None, args: argparse.Namespace) -> int:
     config = load_config(args.file)
+    config.check_files()
     if args.json:
         print(config.model_dump_json(indent=2))
     else:

@@ -26,6 +26,7 @@ def register(commands: Any) -> None:
 
 
 def _run(context: Context, args: argparse.Namespace) -> int:
+    context.config.check_files()  # a bad TLS or password file: exit 78 before any model is compiled
     service = AgentService(context.config, context.state_dir)
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -12,7 +12,7 @@ from facefleet.agent.cli.context import Context
 from facefleet.core.cli import add_command
 from facefleet.core.errors import EXIT_DATA, EXIT_OK
 from facefleet.vision.errors import ImageError
-from facefleet.vision.images import list_images, read_image
+from facefleet.vision.images import image_files, read_image
 from facefleet.vision.pipeline import AnalyzerSettings, FaceAnalyzer
 
 
@@ -45,8 +45,8 @@ def make_analyzer(context: Context) -> FaceAnalyzer:
 
 
 def _analyze(context: Context, args: argparse.Namespace) -> int:
+    paths = image_files(args.images)
     analyzer = make_analyzer(context)
-    paths = [image for folder in args.images for image in list_images(folder)]
     results: list[dict[str, Any]] = []
     for path in paths:
         try:

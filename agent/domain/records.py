@@ -16,6 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from facefleet.core.errors import EXIT_DATA, EXIT_IO, EXIT_UNAVAILABLE, FaceFleetError
+from facefleet.link.checks import check_id
+from facefleet.link.errors import LinkError
 from facefleet.link.gallery import Person as LinkPerson
 from facefleet.vision.vectors import MatchError, unit_vector
 
@@ -35,6 +37,12 @@ class StoreFormatError(StoreError):
     """The file is not a FaceFleet store, is corrupt, or was written by a newer FaceFleet."""
 
     exit_code = EXIT_DATA
+
+
+class StoreCorruptError(StoreFormatError):
+    """SQLite finds the store damaged: an integrity problem, as `store check` reports it."""
+
+    exit_code = EXIT_IO
 
 
 class StoreReadOnlyError(StoreError):
@@ -73,7 +81,19 @@ class RevisionConflictError(StoreError):
     exit_code = EXIT_DATA
 
 
+def check_person_id(value: object) -> str:
+    """The link's id rule (facefleet.link.checks.check_id), the one the server applies to person ids."""
+    if not isinstance(value, str):
+        raise InvalidRecordError(f"person id must be a string, got {value!r}")
+    try:
+        return check_id("person id", value)
+    except LinkError as exc:
+        raise InvalidRecordError(str(exc)) from None
+
+
 def check_identifier(what: str, value: object) -> str:
+    """Groups, model ids, door names: 1–128 characters without whitespace or control characters (the
+    server's rule for groups, see facefleet.link.checks.check_groups)."""
     if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
         raise InvalidRecordError(
             f"{what} must be 1–128 characters without spaces or control characters, got {value!r}"
@@ -101,6 +121,8 @@ class Person:
     updated_at: float | None = None
 
     def __post_init__(self) -> None:
+        # The looser identifier rule here, so that people stored before the id rule still load; every
+        # write applies check_person_id (facefleet.agent.store.gallery).
         check_identifier("person id", self.person_id)
         if not isinstance(self.name, str):
             raise InvalidRecordError(f"person {self.person_id!r}: name must be a string, got {self.name!r}")

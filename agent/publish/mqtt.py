@@ -2,7 +2,8 @@
 and retained status, the command subscription, and QoS 1 publishes acknowledged by PUBACK.
 
 Topics live under a prefix, by default `facefleet/<device_id>/`: `status` (retained; the last will sets it
-to offline), `events/face`, `access/<door>`, and `cmd/#` (subscribed).
+to offline), `events/face`, `access/<door>`, and `cmd/#` (subscribed). Commands delivered with the retain flag
+(a retained message the broker replays on every connect) are logged and ignored, never passed on.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ class MqttLink:
     """One connection to the broker, kept up by paho's network thread with reconnect backoff.
 
     on_ack(mid) runs when the broker acknowledged a QoS 1 publish; on_command(subtopic, payload) for each
-    message under `<prefix>cmd/`; on_connection(connected, reason) on every connect and disconnect.
-    Callbacks run on paho's thread and must be quick."""
+    live message under `<prefix>cmd/` of at most MAX_COMMAND_BYTES; on_oversized(subtopic, size) instead
+    for a larger one (its payload is not passed on); on_connection(connected, reason) on every connect and
+    disconnect. Callbacks run on paho's thread and must be quick."""
 
     def __init__(
         self,
@@ -60,10 +62,12 @@ class MqttLink:
         on_ack: Callable[[int], None],
         on_command: Callable[[str, bytes], None],
         on_connection: Callable[[bool, str], None],
+        on_oversized: Callable[[str, int], None] | None = None,
     ) -> None:
         self.settings = settings
         self._on_ack = on_ack
         self._on_command = on_command
+        self._on_oversized = on_oversized
         self._on_connection = on_connection
         self._connected = threading.Event()
         self._status_payload: bytes | None = None
@@ -181,12 +185,23 @@ class MqttLink:
         prefix = self.topic("cmd/")
         if not message.topic.startswith(prefix):
             return
-        if len(message.payload) > MAX_COMMAND_BYTES:
+        # Only a replay of a retained message arrives with the flag (retain-as-published is off).
+        if message.retain:
             log.warning(
-                "MQTT: ignoring %s: %d bytes is over the %d limit",
+                "MQTT: ignoring the retained command on %s: commands run only when published without retain "
+                "(remove it by publishing an empty retained message to that topic)",
                 message.topic,
-                len(message.payload),
-                MAX_COMMAND_BYTES,
             )
             return
-        self._on_command(message.topic[len(prefix) :], bytes(message.payload))
+        name, size = message.topic[len(prefix) :], len(message.payload)
+        if size > MAX_COMMAND_BYTES:
+            log.warning(
+                "MQTT: refusing %s: %d bytes is over the %d-byte limit",
+                message.topic,
+                size,
+                MAX_COMMAND_BYTES,
+            )
+            if self._on_oversized is not None:
+                self._on_oversized(name, size)
+            return
+        self._on_command(name, bytes(message.payload))

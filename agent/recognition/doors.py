@@ -101,15 +101,28 @@ class DoorController:
         self, person_id: str, now: float, timeout_s: float | None = None, claim_id: str | None = None
     ) -> AccessDecision | None:
         """A badge says `person_id` is at the door; decided by the next faces, or denied at once when the
-        person is unknown. Returns the immediate decision, if any."""
+        person is unknown. Every claim gets exactly one decision, so this returns the one made now, if any:
+        the denial of an unknown person (a pending claim stays pending), or the end of the pending claim
+        this one replaces (superseded, or timed out if its deadline has passed)."""
         claim_id = claim_id or str(uuid.uuid4())
         if self._person(person_id) is None:
             return self._decide(
                 "denied", f"claimed person {person_id!r} is not enrolled", "claim", None, [], claim_id
             )
+        replaced = self._claim
+        ended = None if replaced is None else self._observe_claim(None, now)
+        if replaced is not None and ended is None:
+            ended = self._decide(
+                "denied",
+                f"superseded by claim {claim_id!r}",
+                "claim",
+                replaced.person_id,
+                list(self._streak),
+                replaced.claim_id,
+            )
         self._claim = _Claim(claim_id, person_id, now + (timeout_s or self.door.claim_timeout_s))
         self._reset()
-        return None
+        return ended
 
     def observe(
         self, decision: Decision | None, claim_score: Decision | None, now: float

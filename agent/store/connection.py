@@ -17,10 +17,12 @@ from pathlib import Path
 
 from facefleet.agent.domain.records import (
     StoreBusyError,
+    StoreCorruptError,
     StoreError,
     StoreFormatError,
     StoreReadOnlyError,
 )
+from facefleet.core.files import create_private
 from facefleet.core.migrations import RECORD_TABLE, Migrations, SchemaError
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -229,6 +231,13 @@ def _check_file(path: Path, read_only: bool) -> None:
 
 def _connect(path: Path, read_only: bool, busy_timeout_ms: int) -> sqlite3.Connection:
     """Autocommit (isolation_level None): transactions are the explicit ones of write() and migrations."""
+    if not read_only:
+        try:
+            create_private(path)
+        except OSError as exc:
+            raise StoreReadOnlyError(
+                f"cannot create store {path}: {exc.strerror}; check its directory"
+            ) from None
     target = f"{path.resolve().as_uri()}?mode=ro" if read_only else f"{path.resolve().as_uri()}?mode=rwc"
     return sqlite3.connect(
         target, uri=True, timeout=busy_timeout_ms / 1000, check_same_thread=False, isolation_level=None
@@ -245,7 +254,7 @@ def _translate(exc: sqlite3.Error, path: Path, busy_timeout_ms: int) -> StoreErr
             f"{busy_timeout_ms / 1000:g} s ({exc}); retry, or stop the process that holds it"
         )
     if "not a database" in message or "malformed" in message or "corrupt" in message:
-        return StoreFormatError(
+        return StoreCorruptError(
             f"store {path} is corrupt ({exc}); restore a backup, or move it away to start an empty store "
             "that the server re-fills"
         )

@@ -29,6 +29,7 @@ from facefleet.agent.domain.records import (
     RevisionConflictError,
     StoreFormatError,
     UnknownPersonError,
+    check_person_id,
     json_text,
 )
 from facefleet.agent.store.connection import StoreConnection
@@ -254,6 +255,7 @@ def _model_dims(conn: sqlite3.Connection) -> dict[str, int]:
 
 def _write_upsert(conn: sqlite3.Connection, upsert: PersonUpsert, dims: dict[str, int], now: float) -> None:
     person = upsert.person
+    check_person_id(person.person_id)
     groups, metadata = json_text("groups", list(person.groups)), json_text("metadata", person.metadata)
     conn.execute(
         "INSERT INTO people (person_id, name, groups_json, metadata_json, created_at, updated_at) "

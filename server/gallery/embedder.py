@@ -23,8 +23,9 @@ from facefleet.link.gallery import Embedding
 from facefleet.server.domain.records import Crop, EnrolledFace
 from facefleet.server.errors import FailedPreconditionError, InvalidArgumentError
 from facefleet.vision.alignment import align_face
+from facefleet.vision.errors import ImageError
 from facefleet.vision.faces import Face
-from facefleet.vision.images import to_bgr8
+from facefleet.vision.images import decode_image
 from facefleet.vision.models.store import ModelStore, StoredModel
 from facefleet.vision.models.tasks import embedding_dimension
 from facefleet.vision.pipeline import FaceAnalyzer
@@ -131,19 +132,9 @@ class Enroller:
                 f"images[{index}] is {len(data) / 2**20:.1f} MiB, over the "
                 f"{self.settings.max_image_bytes / 2**20:.0f} MiB limit; send a smaller JPEG"
             )
-        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise InvalidArgumentError(
-                f"images[{index}] is not a readable image (JPEG, PNG, BMP, WebP or TIFF expected)"
-            )
-        if image.shape[0] * image.shape[1] > self.settings.max_image_pixels:
-            raise InvalidArgumentError(
-                f"images[{index}] is {image.shape[1]}×{image.shape[0]} pixels, over the "
-                f"{self.settings.max_image_pixels / 1e6:.0f} MP limit; downscale it"
-            )
         try:
-            return to_bgr8(image, f"images[{index}]")
-        except FaceFleetError as exc:
+            return decode_image(data, f"images[{index}]", self.settings.max_image_pixels)
+        except ImageError as exc:
             raise InvalidArgumentError(str(exc)) from None
 
     def _one_good_face(self, index: int, faces: list[Face]) -> Face:

@@ -20,6 +20,7 @@ import pytest
 
 from facefleet.agent.config import load_config
 from facefleet.agent.domain.records import Embedding, Person, PersonUpsert
+from facefleet.agent.publish.mqtt import MAX_COMMAND_BYTES
 from facefleet.agent.service import AgentService
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.vision.models.store import ModelStore
@@ -204,6 +205,120 @@ def test_badge_claims_and_bad_commands(
     )
     assert claims["r2"]["person_id"] == "eileen" and claims["r2"]["frames"] == 3
     assert any("malformed" in error for error in service.errors)
+
+
+def blank_camera(tmp_path: Path) -> Path:
+    """A looping camera that never shows a face, so badge claims stay pending."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "empty.png"), np.full((200, 200, 3), 50, np.uint8))
+    return folder
+
+
+def send(watcher: Any, command: str, body: dict[str, Any]) -> None:
+    watcher.client.publish(f"{PREFIX}cmd/{command}", json.dumps(body), qos=1)
+
+
+def test_every_refusal_keeps_a_readable_request_id_and_oversized_commands_are_answered(
+    state_dir: Path, broker: Mosquitto, subscriber_factory: Any, tmp_path: Path
+) -> None:
+    config = load_config(config_file(tmp_path, broker.port, "loop", blank_camera(tmp_path)))
+    watcher = subscriber_factory(broker.port, PREFIX + "#")
+    service = AgentService(config, state_dir)
+    runner = threading.Thread(target=service.run)
+    runner.start()
+    try:
+        watcher.wait_for(lambda: watcher.on(PREFIX + "status"), timeout=30)
+        send(
+            watcher,
+            "verify",
+            {"door": "front", "person_id": "eileen", "colour": "red", "request_id": "extra"},
+        )
+        send(watcher, "verify", {"door": "front", "person_id": "", "timeout_s": -1, "request_id": "values"})
+        send(watcher, "verify", {"door": "back", "person_id": "eileen", "request_id": "door"})
+        send(watcher, "reload", {"request_id": "command"})
+        watcher.client.publish(PREFIX + "cmd/verify", b'{"request_id": "cut", ', qos=1)
+        send(watcher, "verify", {"door": "front", "person_id": "x" * MAX_COMMAND_BYTES, "request_id": "huge"})
+        watcher.wait_for(lambda: len(watcher.on(PREFIX + "replies/verify")) >= 5, timeout=30)
+        watcher.wait_for(lambda: watcher.on(PREFIX + "replies/reload"), timeout=30)
+    finally:
+        service.stop_event.set()
+        runner.join(30)
+    replies = watcher.on(PREFIX + "replies/verify")
+    assert not any(r["ok"] for r in replies) and len(replies) == 5
+    by_id = {r["request_id"]: r["detail"] for r in replies if r["request_id"] is not None}
+    assert sorted(by_id) == ["door", "extra", "values"]
+    assert "colour" in by_id["extra"] and "person_id" in by_id["values"] and "timeout_s" in by_id["values"]
+    assert "unknown door 'back'" in by_id["door"]
+    unreadable = sorted(r["detail"] for r in replies if r["request_id"] is None)
+    assert "malformed" in unreadable[1]
+    assert f"over the {MAX_COMMAND_BYTES}-byte limit" in unreadable[0] and "request_id" in unreadable[0]
+    (reload,) = watcher.on(PREFIX + "replies/reload")
+    assert (reload["request_id"], reload["ok"]) == ("command", False) and "unknown command" in reload[
+        "detail"
+    ]
+
+
+def test_a_repeated_request_id_is_not_executed_again_and_a_new_claim_supersedes_the_pending_one(
+    state_dir: Path, broker: Mosquitto, subscriber_factory: Any, tmp_path: Path
+) -> None:
+    config = load_config(config_file(tmp_path, broker.port, "loop", blank_camera(tmp_path)))
+    watcher = subscriber_factory(broker.port, PREFIX + "#")
+    service = AgentService(config, state_dir)
+    runner = threading.Thread(target=service.run)
+    runner.start()
+    try:
+        watcher.wait_for(lambda: watcher.on(PREFIX + "status"), timeout=30)
+        for request_id in ("c1", "c2", "c1"):
+            send(watcher, "verify", {"door": "front", "person_id": "eileen", "request_id": request_id})
+        watcher.wait_for(lambda: len(watcher.on(PREFIX + "replies/verify")) >= 3, timeout=30)
+    finally:
+        service.stop_event.set()
+        runner.join(30)
+    watcher.wait_for(lambda: watcher.on(PREFIX + "status")[-1]["state"] == "offline")  # sent after the outbox
+    replies = watcher.on(PREFIX + "replies/verify")
+    assert [(r["request_id"], r["ok"]) for r in replies] == [("c1", True), ("c2", True), ("c1", False)]
+    assert replies[2]["detail"].startswith("duplicate request_id 'c1'")
+    (superseded,) = watcher.on(PREFIX + "access/front")  # c2 is still waiting for a face
+    assert (superseded["claim_id"], superseded["decision"]) == ("c1", "denied")
+    assert superseded["reason"] == "superseded by claim 'c2'"
+
+
+def test_a_flood_of_commands_gets_a_reply_for_every_command(
+    state_dir: Path,
+    broker: Mosquitto,
+    subscriber_factory: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = load_config(config_file(tmp_path, broker.port, "loop", blank_camera(tmp_path)))
+    watcher = subscriber_factory(broker.port, PREFIX + "#")
+    service = AgentService(config, state_dir)
+    gate = threading.Event()  # holds the frame loop, so that commands pile up as behind a slow frame
+    apply_switches = service._apply_switches
+    monkeypatch.setattr(service, "_apply_switches", lambda: (gate.wait(60), apply_switches()))
+    runner = threading.Thread(target=service.run)
+    runner.start()
+    sent = [f"flood-{n:04d}" for n in range(service.commands.maxsize + 5)]
+
+    def answered() -> list[Any]:
+        return watcher.on(PREFIX + "replies/verify")
+
+    try:
+        watcher.wait_for(lambda: watcher.on(PREFIX + "status"), timeout=30)
+        for request_id in sent:
+            send(watcher, "verify", {"door": "back", "person_id": "eileen", "request_id": request_id})
+        watcher.wait_for(lambda: sum(r["detail"].startswith("busy") for r in answered()) >= 5, timeout=30)
+        gate.set()
+        watcher.wait_for(lambda: len(answered()) >= len(sent), timeout=60)
+    finally:
+        gate.set()
+        service.stop_event.set()
+        runner.join(30)
+    replies = answered()
+    assert sorted(r["request_id"] for r in replies) == sent
+    busy = [r["request_id"] for r in replies if r["detail"].startswith("busy")]
+    assert len(busy) == 5 and not any(r["ok"] for r in replies)
 
 
 def test_home_assistant_discovery(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -9,12 +12,76 @@ import numpy as np
 import pytest
 
 from facefleet.vision.errors import ImageError
-from facefleet.vision.images import list_images, read_image, to_bgr8
+from facefleet.vision.images import NoImagesError, image_files, list_images, read_image, to_bgr8
+from facefleet.vision.pipeline import FaceAnalyzer
 
 
 def write(path: Path, image: np.ndarray) -> Path:
     assert cv2.imwrite(str(path), image)
     return path
+
+
+def exif_orientation(orientation: int) -> bytes:
+    """An EXIF block (big-endian TIFF header, one IFD) with only the Orientation tag (0x0112, a SHORT)."""
+    return b"MM\x00*" + struct.pack(">IHHHIHHI", 8, 1, 0x0112, 3, 1, orientation, 0, 0)
+
+
+def jpeg_with_orientation(image: np.ndarray, orientation: int) -> bytes:
+    """A JPEG of `image` with an EXIF APP1 segment right after the start-of-image marker."""
+    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    payload = b"Exif\x00\x00" + exif_orientation(orientation)
+    segment = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    return encoded[:2].tobytes() + segment + encoded[2:].tobytes()
+
+
+def png_with_orientation(image: np.ndarray, orientation: int) -> bytes:
+    """A PNG of `image` with an eXIf chunk right after the IHDR chunk (8-byte signature, 25-byte IHDR)."""
+    ok, encoded = cv2.imencode(".png", image)
+    assert ok
+    data = exif_orientation(orientation)
+    chunk = struct.pack(">I", len(data)) + b"eXIf" + data + struct.pack(">I", zlib.crc32(b"eXIf" + data))
+    return encoded[:33].tobytes() + chunk + encoded[33:].tobytes()
+
+
+# How a camera stores an upright image (H, W, C) for each EXIF orientation: the inverse of what the tag asks a
+# reader to do (2: mirror, 3: turn 180°, 4: flip, 5: transpose, 6: turn 90° clockwise, 7: transverse, 8: turn
+# 90° anticlockwise).
+STORED_AS: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    1: lambda im: im,
+    2: lambda im: im[:, ::-1],
+    3: lambda im: im[::-1, ::-1],
+    4: lambda im: im[::-1],
+    5: lambda im: im.transpose(1, 0, 2),
+    6: lambda im: np.rot90(im, 1),
+    7: lambda im: np.rot90(im, 2).transpose(1, 0, 2),
+    8: lambda im: np.rot90(im, -1),
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(STORED_AS))
+def test_jpeg_exif_orientation_turns_the_photo_upright_and_its_face_is_found(
+    tmp_path: Path, astronaut: np.ndarray, analyzer: FaceAnalyzer, orientation: int
+) -> None:
+    upright = np.ascontiguousarray(astronaut[:, 60:460])  # 512 × 400: portrait, so a turn changes the shape
+    stored = np.ascontiguousarray(STORED_AS[orientation](upright))
+    path = tmp_path / "phone.jpg"
+    path.write_bytes(jpeg_with_orientation(stored, orientation))
+    frame = read_image(path)
+    assert frame.shape == upright.shape
+    assert np.abs(frame.astype(int) - upright).mean() < 4  # JPEG noise; a wrong turn or mirror is ~90
+    (expected,) = analyzer.analyze(upright)
+    (face,) = analyzer.analyze(frame)
+    assert np.abs(face.detection.box_xyxy - expected.detection.box_xyxy).max() < 6
+
+
+def test_png_exif_orientation_keeps_16_bit_and_alpha_handling(tmp_path: Path, astronaut: np.ndarray) -> None:
+    upright = cv2.cvtColor(astronaut[:, 60:460], cv2.COLOR_BGR2BGRA).astype(np.uint16) * 257
+    path = tmp_path / "scan.png"
+    path.write_bytes(png_with_orientation(np.ascontiguousarray(STORED_AS[6](upright)), 6))
+    frame = read_image(path)
+    assert frame.shape == (512, 400, 3) and frame.dtype == np.uint8
+    assert np.array_equal(frame, astronaut[:, 60:460])
 
 
 def test_missing_empty_and_non_image_files_name_the_file(tmp_path: Path) -> None:
@@ -97,3 +164,17 @@ def test_list_images_filters_a_folder_by_suffix(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"x")
     assert [p.name for p in list_images(tmp_path)] == ["a.PNG", "b.jpg"]
     assert list_images(tmp_path / "b.jpg") == [tmp_path / "b.jpg"]
+
+
+def test_image_files_of_entries_without_images_is_an_error_naming_them(tmp_path: Path) -> None:
+    empty, notes = tmp_path / "empty", tmp_path / "notes"
+    empty.mkdir()
+    notes.mkdir()
+    (notes / "readme.txt").write_text("x")
+    (notes / "a.jpg").mkdir()  # a folder, not an image
+    with pytest.raises(NoImagesError, match="no image files") as info:
+        image_files([empty, notes])
+    assert info.value.exit_code == 66
+    assert f"{empty}, {notes}" in str(info.value) and ".jpg" in str(info.value) and ".png" in str(info.value)
+    (notes / "b.png").write_bytes(b"x")
+    assert image_files([empty, notes, tmp_path / "c.jpg"]) == [notes / "b.png", tmp_path / "c.jpg"]

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+from facefleet.core.files import create_private
 from facefleet.core.migrations import Legacy, Migration, Migrations, SchemaError, has_table
 from facefleet.link.checks import MAX_EMBEDDINGS_PER_PERSON
 from facefleet.link.events import Event
@@ -130,6 +131,10 @@ class SqliteState(State):
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StateError(f"state directory {path.parent}: cannot create ({exc.strerror})") from None
+        try:
+            create_private(path)
+        except OSError as exc:
+            raise StateError(f"state database {path}: cannot create ({exc.strerror})") from None
         self._migrate()
         self.models = sqlite_models.SqliteModelState(self)
 

@@ -101,6 +101,21 @@ def test_analyze_table_output(
     assert code == 0 and "1 face(s)" in out and "happy" in out
 
 
+@pytest.mark.parametrize(
+    "command", [["analyze"], ["enroll", "--person-id", "eileen"]], ids=["analyze", "enroll"]
+)
+def test_folders_without_images_exit_66_naming_them_and_the_suffixes_read(
+    state_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    empty, notes = tmp_path / "empty", tmp_path / "notes"
+    empty.mkdir()
+    notes.mkdir()
+    (notes / "readme.txt").write_text("not an image")
+    code, out, err = run(capsys, "--state-dir", str(state_dir), *command, str(empty), str(notes), "--json")
+    assert code == 66 and out == ""
+    assert f"{empty}, {notes}: no image files here" in err and ".jpg" in err and ".png" in err
+
+
 def test_missing_device_exits_69(
     state_dir: Path, photo_paths: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -172,3 +187,37 @@ def test_console_script_runs(state_dir: Path, photo_paths: dict[str, Path]) -> N
     )
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)["images"][0]["faces"]) == 1
+
+
+def test_enroll_refuses_a_person_id_outside_the_id_rule(
+    model_store: ModelStore,
+    model_cache: Path,
+    photo_paths: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "models").symlink_to(model_store.root, target_is_directory=True)
+    (state / "cache").symlink_to(model_cache, target_is_directory=True)
+    astronaut = str(photo_paths["astronaut"])
+    code, _, err = run(capsys, "--state-dir", str(state), "enroll", "--person-id", "../../x", astronaut)
+    assert code == 65
+    assert "person id '../../x' is not valid: use 1–128 letters, digits" in err
+    code, out, _ = run(capsys, "--state-dir", str(state), "people", "list", "--json")
+    assert code == 0 and json.loads(out)["people"] == []
+
+
+@pytest.mark.parametrize(
+    ("content", "code", "message"),
+    [
+        (b"SQLite format 3\x00" + bytes(range(256)) * 64, 74, "is corrupt"),
+        (b"definitely not sqlite" * 100, 65, "not a FaceFleet store"),
+    ],
+)
+def test_store_problems_exit_with_the_codes_of_the_readme(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, code: int, message: str
+) -> None:
+    (tmp_path / "agent.db").write_bytes(content)
+    got, _, err = run(capsys, "--state-dir", str(tmp_path), "store", "check")
+    assert got == code and message in err and "agent.db" in err

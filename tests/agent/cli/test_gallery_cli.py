@@ -181,10 +181,48 @@ def test_duplicate_person_id_is_refused_and_nothing_changes(
     _, people, _ = run(capsys, state_dir, "people", "list", "--json")
     assert people["gallery_revision"] == 1
     assert people["people"] == [{"person_id": "eileen", "name": "Eileen", "groups": [], "embeddings": 1}]
-    code, report, _ = run(capsys, state_dir, "enroll", "--person-id", "eileen", "--add", str(photo), "--json")
+    flipped = save(tmp_path / "flipped.png", np.ascontiguousarray(astronaut[:, ::-1]))
+    code, report, _ = run(
+        capsys, state_dir, "enroll", "--person-id", "eileen", "--add", str(flipped), "--json"
+    )
     assert code == 0 and report["gallery_revision"] == 3
     _, shown, _ = run(capsys, state_dir, "people", "show", "eileen", "--json")
     assert len(shown["embeddings"]) == 2 and shown["embeddings"][0]["model_id"] == "sface@2021dec"
+
+
+def test_adding_an_identical_sample_is_rejected_and_stores_nothing(
+    state_dir: Path, astronaut: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo = save(tmp_path / "a.png", astronaut)
+    run(capsys, state_dir, "enroll", "--person-id", "eileen", str(photo))
+    code, out, _ = run(capsys, state_dir, "enroll", "--person-id", "eileen", "--add", str(photo))
+    assert code == 65
+    reason = "already enrolled: identical to a stored sample (enrol:a.png)"
+    assert f"rejected {photo}: {reason}" in " ".join(out.split())  # rich wraps long lines
+    _, shown, _ = run(capsys, state_dir, "people", "show", "eileen", "--json")
+    assert len(shown["embeddings"]) == 1
+    copy = save(tmp_path / "copy.png", astronaut)
+    flipped = save(tmp_path / "flipped.png", np.ascontiguousarray(astronaut[:, ::-1]))
+    again = save(tmp_path / "flipped-again.png", np.ascontiguousarray(astronaut[:, ::-1]))
+    code, report, _ = run(
+        capsys,
+        state_dir,
+        "enroll",
+        "--person-id",
+        "eileen",
+        "--add",
+        str(copy),
+        str(flipped),
+        str(again),
+        "--json",
+    )
+    assert code == 0 and report["enrolled"] == 1
+    assert report["rejected"] == [
+        {"image": str(copy), "reason": reason},
+        {"image": str(again), "reason": "identical to flipped.png, enrolled in this run"},
+    ]
+    _, shown, _ = run(capsys, state_dir, "people", "show", "eileen", "--json")
+    assert [e["source"] for e in shown["embeddings"]] == ["enrol:a.png", "enrol:flipped.png"]
 
 
 def test_people_delete_and_unknown_ids(

@@ -132,6 +132,31 @@ def test_commands_arrive_by_subtopic_and_oversized_ones_are_dropped(
     assert agent.commands == [("verify", b'{"door": "front"}'), ("reload", b"{}")]
 
 
+def test_retained_commands_are_ignored_with_a_warning(
+    broker: Mosquitto, tmp_path: Path, subscriber_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A retained command would be replayed, and executed, on every (re)connect."""
+    sender = subscriber_factory(broker.port, "unused/#")
+    stale = b'{"door": "front", "person_id": "ada", "request_id": "stale"}'
+    sender.client.publish(PREFIX + "cmd/verify", stale, qos=1, retain=True).wait_for_publish(5)
+    agent = Agent(broker.port, EmbeddingStore(tmp_path / "store.db")).start()
+    try:
+        assert agent.link.wait_connected(10)
+        time.sleep(0.2)
+        sender.client.publish(PREFIX + "cmd/verify", b'{"request_id": "live"}', qos=1, retain=True)
+        deadline = time.monotonic() + 10
+        while not agent.commands and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+    finally:
+        agent.stop()
+    assert agent.commands == [("verify", b'{"request_id": "live"}')]  # delivered live: not a replay
+    assert any(
+        "retained" in record.getMessage() and PREFIX + "cmd/verify" in record.getMessage()
+        for record in caplog.records
+    )
+
+
 @pytest.mark.slow
 def test_refused_credentials_are_reported(tmp_path: Path) -> None:
     secured = Mosquitto(tmp_path, users={"agent": "right"}).start()

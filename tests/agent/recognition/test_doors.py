@@ -110,3 +110,24 @@ def test_badge_claims() -> None:
     controller.claim("bob", at(11), claim_id="c3")
     timed_out = controller.observe(None, None, at(11) + 6)
     assert timed_out is not None and "timed out" in timed_out.reason and controller.claimed_person is None
+
+
+def test_a_new_claim_answers_the_pending_one_as_superseded() -> None:
+    controller = door(allow_people=["bob"], claim_timeout_s=5)
+    assert controller.claim("bob", at(9), claim_id="c1") is None
+    reject = decision(None, "unknown", 0.1)
+    controller.observe(None, reject, at(9) + 0.1)
+    superseded = controller.claim("ada", at(9) + 1, claim_id="c2")
+    assert superseded is not None
+    assert (superseded.claim_id, superseded.person_id, superseded.decision, superseded.mode) == (
+        "c1",
+        "bob",
+        "denied",
+        "claim",
+    )
+    assert superseded.reason == "superseded by claim 'c2'" and superseded.frames == 1
+    assert controller.claimed_person == "ada"
+    unknown = controller.claim("mallory", at(9) + 2, claim_id="c3")  # denied at once: c2 stays pending
+    assert unknown is not None and unknown.claim_id == "c3" and controller.claimed_person == "ada"
+    expired = controller.claim("bob", at(9) + 7, claim_id="c4")  # c2 timed out before c4 came
+    assert expired is not None and expired.claim_id == "c2" and "timed out" in expired.reason

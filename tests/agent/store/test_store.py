@@ -221,6 +221,7 @@ def test_people_round_trip_with_groups_and_metadata(store: EmbeddingStore) -> No
         (lambda: Person(""), InvalidRecordError),
         (lambda: Person("has space"), InvalidRecordError),
         (lambda: Person("x" * 129), InvalidRecordError),
+        (lambda: Person("alice", groups=("has space",)), InvalidRecordError),
         (lambda: Person("alice", metadata={"when": object()}), InvalidRecordError),
         (lambda: Embedding("", vector(1)), InvalidRecordError),
         (lambda: Embedding(MODEL, vector(1), quality=1.5), InvalidRecordError),
@@ -230,6 +231,41 @@ def test_people_round_trip_with_groups_and_metadata(store: EmbeddingStore) -> No
 def test_invalid_records_are_rejected(make: object, error: type[Exception]) -> None:
     with pytest.raises(error):
         make()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("person_id", ["../../x", "door/1", "a#b", "x+y"])
+def test_person_ids_written_follow_the_link_id_rule(store: EmbeddingStore, person_id: str) -> None:
+    with pytest.raises(InvalidRecordError, match=r"person id '.*' is not valid: use 1–128 letters"):
+        store.gallery.add_person(Person(person_id))
+    assert store.gallery.people() == []
+
+
+def test_groups_keep_their_rule_and_people_stored_before_the_id_rule_still_load(
+    store: EmbeddingStore, store_path: Path
+) -> None:
+    store.gallery.add_person(Person("ada.l:2@site-1", groups=("floor/2", "crew+")))
+    with sqlite3.connect(store_path) as db:  # as an older agent stored it, before the id rule
+        db.execute(
+            "INSERT INTO people (person_id, name, groups_json, metadata_json, created_at, updated_at) "
+            "VALUES ('josé/old', '', '[]', '{}', 0, 0)"
+        )
+    people = {p.person_id: p.groups for p in store.gallery.people()}
+    assert people == {"ada.l:2@site-1": ("floor/2", "crew+"), "josé/old": ()}
+    store.gallery.delete_person("josé/old")
+    assert [p.person_id for p in store.gallery.people()] == ["ada.l:2@site-1"]
+
+
+def test_a_new_store_and_its_wal_are_private_to_the_user(store_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        with EmbeddingStore(store_path) as store:
+            store.gallery.add_person(Person("alice"))
+            files = [store_path, *store_path.parent.glob("agent.db-*")]
+            modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in files}
+    finally:
+        os.umask(umask)
+    assert {"agent.db", "agent.db-wal", "agent.db-shm"} <= set(modes)
+    assert set(modes.values()) == {0o600}
 
 
 def test_unknown_and_duplicate_people_are_clear_errors(store: EmbeddingStore) -> None:
@@ -353,9 +389,10 @@ def test_a_corrupt_store_is_a_clear_error_and_left_unchanged(store_path: Path) -
     store_path.parent.mkdir(parents=True)
     store_path.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 64)
     digest = sha256(store_path)
-    with pytest.raises(StoreFormatError, match=f"store {store_path} is corrupt"):
+    with pytest.raises(StoreFormatError, match=f"store {store_path} is corrupt") as info:
         EmbeddingStore(store_path)
     assert sha256(store_path) == digest
+    assert info.value.exit_code == 74  # the README's "integrity problem", as `store check` reports damage
 
 
 def test_a_write_lock_held_too_long_is_a_busy_error(store_path: Path) -> None:

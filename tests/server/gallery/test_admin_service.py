@@ -14,6 +14,7 @@ from facefleet.vision.models.store import ModelStore
 from facefleet.vision.pipeline import FaceAnalyzer
 from facefleet.vision.runtime import Runtime
 from tests.server.conftest import Pki, encode, run, serving
+from tests.vision.test_images import jpeg_with_orientation
 
 
 def unit_vector(dim: int = 128, seed: int = 0) -> bytes:
@@ -173,6 +174,22 @@ def test_crops_are_not_kept_when_retain_crops_is_off(
     assert run(scenario) == 0
 
 
+def test_a_portrait_phone_photo_enrols_turned_upright_by_its_exif_orientation(
+    tmp_path: Path, pki: Pki, enroller: Enroller, astronaut: np.ndarray
+) -> None:
+    """Stored on its side, as phones store portrait photos, with EXIF Orientation 6 ("turn 90° clockwise")."""
+    on_its_side = np.ascontiguousarray(np.rot90(astronaut, k=1))
+    photo = jpeg_with_orientation(on_its_side, 6)
+
+    async def scenario() -> tuple[int, int]:
+        async with serving(tmp_path, pki, enroller) as harness:
+            request = admin_pb2.EnrollPersonRequest(person_id="eileen", images=[photo])
+            reply = await harness.admin().EnrollPerson(request, metadata=harness.admin_md)
+            return len(reply.faces), len(harness.server.state.crops("eileen"))
+
+    assert run(scenario) == (1, 1)
+
+
 def test_the_kept_crop_is_an_aligned_112_pixel_face(
     tmp_path: Path, pki: Pki, enroller: Enroller, astronaut_jpeg: bytes
 ) -> None:
@@ -210,7 +227,7 @@ def bad_requests(
             request(person_id="x", images=[group_jpeg]),
             "images[0]: 5 faces are good enough for enrolment; crop the image",
         ),
-        ("not an image", request(person_id="x", images=[b"GIF89a..."]), "images[0] is not a readable image"),
+        ("not an image", request(person_id="x", images=[b"GIF89a..."]), "images[0]: not a readable image"),
         ("empty image", request(person_id="x", images=[b""]), "images[0] is empty"),
         (
             "wrong dimension",

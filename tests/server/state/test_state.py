@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import stat
 import threading
 import time
 import uuid
@@ -57,6 +59,23 @@ def emb(seed: int, model: str = "sface@2021dec", dim: int = 128) -> Embedding:
 
 def person(person_id: str, *seeds: int, **fields: object) -> Person:
     return Person(person_id, embeddings=tuple(emb(s) for s in seeds), **fields)  # type: ignore[arg-type]
+
+
+def test_a_new_sqlite_database_and_its_wal_are_private_to_the_user(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "server.db"
+    umask = os.umask(0o022)
+    try:
+        state = SqliteState(path)
+        try:
+            state.add_person(person("ada", 1), [], NOW)
+            files = [path, *path.parent.glob("server.db-*")]
+            modes = {file.name: stat.S_IMODE(file.stat().st_mode) for file in files}
+        finally:
+            state.close()
+    finally:
+        os.umask(umask)
+    assert {"server.db", "server.db-wal", "server.db-shm"} <= set(modes)
+    assert set(modes.values()) == {0o600}
 
 
 def test_a_new_database_starts_empty_at_revision_zero(state: State) -> None:

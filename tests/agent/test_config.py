@@ -1,0 +1,169 @@
+"""The agent's config file and the files it names: `check-config` and `run` refuse a missing or garbage PEM
+file, an unreadable password file and a device id outside the link's id rule with exit 78 naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from facefleet.agent.cli.main import main
+from facefleet.core.errors import EXIT_CONFIG, EXIT_OK
+from facefleet.server.api import certs
+from facefleet.vision.models.store import ModelStore
+
+GARBAGE = "this is not a certificate\n"
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A site CA (ca.pem), a device certificate (devices/door-1.pem) and its key (devices/door-1.key)."""
+    tls_dir = tmp_path_factory.mktemp("tls")
+    certs.init_ca(tls_dir, server_names=["127.0.0.1"])
+    certs.issue_device(tls_dir, "door-1")
+    return tls_dir
+
+
+def check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str) -> tuple[int, str]:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    code = main(["check-config", str(path)])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def mqtt_tls(ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None) -> str:
+    lines = ["[mqtt]", "tls = true", f'ca_file = "{ca_file}"']
+    lines += [f'cert_file = "{cert_file}"'] if cert_file else []
+    lines += [f'key_file = "{key_file}"'] if key_file else []
+    return "\n".join(lines) + "\n"
+
+
+def server_tls(ca_file: Path, cert_file: Path, key_file: Path) -> str:
+    return (
+        f'[server]\nenabled = true\naddress = "127.0.0.1:7443"\n'
+        f'ca_file = "{ca_file}"\ncert_file = "{cert_file}"\nkey_file = "{key_file}"\n'
+    )
+
+
+def test_check_config_accepts_real_pem_files(
+    tls: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    device = tls / "devices"
+    text = mqtt_tls(tls / "ca.pem", device / "door-1.pem", device / "door-1.key")
+    text += server_tls(tls / "ca.pem", device / "door-1.pem", device / "door-1.key")
+    code, output = check_config(tmp_path, capsys, 'device_id = "door-1"\n' + text)
+    assert (code, output.strip()) == (EXIT_OK, f"{tmp_path / 'agent.toml'}: ok")
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "content", "message"),
+    [
+        ("mqtt", "ca_file", None, "no such file"),
+        ("mqtt", "ca_file", GARBAGE, "not a PEM certificate"),
+        ("mqtt", "ca_file", "", "not a PEM certificate"),
+        ("mqtt", "cert_file", GARBAGE, "not a PEM certificate"),
+        ("mqtt", "key_file", GARBAGE, "not a PEM private key"),
+        ("server", "ca_file", None, "no such file"),
+        ("server", "ca_file", GARBAGE, "not a PEM certificate"),
+        ("server", "cert_file", GARBAGE, "not a PEM certificate"),
+        ("server", "key_file", GARBAGE, "not a PEM private key"),
+    ],
+)
+def test_check_config_refuses_a_missing_or_garbage_pem_file(
+    tls: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    section: str,
+    key: str,
+    content: str | None,
+    message: str,
+) -> None:
+    files = {
+        "ca_file": tls / "ca.pem",
+        "cert_file": tls / "devices/door-1.pem",
+        "key_file": tls / "devices/door-1.key",
+    }
+    bad = tmp_path / "bad.pem"
+    if content is not None:
+        bad.write_text(content)
+    files[key] = bad
+    text = (mqtt_tls if section == "mqtt" else server_tls)(
+        files["ca_file"], files["cert_file"], files["key_file"]
+    )
+    code, output = check_config(tmp_path, capsys, text)
+    assert code == EXIT_CONFIG
+    assert f"{section}.{key} {bad}: {message}" in output
+    assert "Traceback" not in output
+
+
+def test_check_config_refuses_a_key_that_does_not_match_the_certificate(
+    tls: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = mqtt_tls(tls / "ca.pem", tls / "devices/door-1.pem", tls / "ca.key")
+    code, output = check_config(tmp_path, capsys, text)
+    assert code == EXIT_CONFIG and "mqtt.key_file" in output and "does not match" in output
+
+
+def test_check_config_refuses_a_missing_password_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "mqtt-password"
+    code, output = check_config(tmp_path, capsys, f'[mqtt]\nusername = "door"\npassword_file = "{missing}"\n')
+    assert code == EXIT_CONFIG and f"mqtt.password_file {missing}: no such file" in output
+
+
+def test_files_of_a_disabled_section_are_not_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing.pem"
+    text = f'[mqtt]\nenabled = false\ntls = true\nca_file = "{missing}"\n'
+    text += f'[server]\nca_file = "{missing}"\n'
+    code, output = check_config(tmp_path, capsys, text)
+    assert code == EXIT_OK, output
+
+
+@pytest.mark.parametrize("device_id", ["door/1", "a#b", "x+y", "-door", "a b"])
+def test_check_config_refuses_a_device_id_outside_the_id_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], device_id: str
+) -> None:
+    code, output = check_config(tmp_path, capsys, f'device_id = "{device_id}"\n')
+    assert code == EXIT_CONFIG and "'device_id'" in output and "letters, digits" in output
+
+
+@pytest.mark.parametrize("device_id", ["", "door-1", "lobby.east:2@site"])
+def test_check_config_accepts_device_ids_of_the_id_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], device_id: str
+) -> None:
+    code, output = check_config(tmp_path, capsys, f'device_id = "{device_id}"\n')
+    assert code == EXIT_OK, output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("content", [None, GARBAGE], ids=["missing", "garbage"])
+def test_run_exits_78_naming_a_missing_or_garbage_ca_file(
+    model_store: ModelStore, model_cache: Path, tmp_path: Path, content: str | None
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "models").symlink_to(model_store.root, target_is_directory=True)
+    (state / "cache").symlink_to(model_cache, target_is_directory=True)
+    ca_file = tmp_path / "ca.pem"
+    if content is not None:
+        ca_file.write_text(content)
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'device_id = "door-1"\n[mqtt]\nhost = "127.0.0.1"\ntls = true\nca_file = "{ca_file}"\n'
+    )
+    script = Path(sys.executable).with_name("facefleet-agent")
+    result = subprocess.run(
+        [str(script), "--config", str(config), "--state-dir", str(state), "run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    assert f"mqtt.ca_file {ca_file}: " in result.stderr and "Traceback" not in result.stderr

@@ -14,16 +14,23 @@ import socket
 import subprocess
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from facefleet import __version__
 from facefleet.agent.cameras import Camera, CameraFrame, CameraSettings
+from facefleet.agent.commands import (
+    COMMAND_QUEUE_LIMIT,
+    REMEMBERED_REQUESTS,
+    REPEAT_WINDOW_S,
+    RecentRequests,
+    VerifyCommand,
+    request_id_of,
+)
 from facefleet.agent.config import AgentConfig, DoorConfig
 from facefleet.agent.domain.records import Person, StoreError
 from facefleet.agent.fleet.sync import FleetSync, SyncSettings
@@ -47,54 +54,6 @@ from facefleet.vision.pipeline import AnalyzerSettings, FaceAnalyzer
 from facefleet.vision.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-
-MAX_REQUEST_ID = 128
-
-
-class VerifyCommand(BaseModel):
-    """cmd/verify: a badge reader says who is at a door."""
-
-    model_config = ConfigDict(extra="forbid")
-    door: str = Field(max_length=32)
-    person_id: str = Field(min_length=1, max_length=128)
-    timeout_s: float | None = Field(None, gt=0, le=300)
-    request_id: str | None = Field(None, max_length=MAX_REQUEST_ID)
-
-
-COMMAND_QUEUE_LIMIT = 1000
-"""Commands waiting for the frame loop; one more is refused at once with a `busy: …` reply."""
-REPEAT_WINDOW_S = 600.0
-"""A request_id executed this recently (s) is answered as a duplicate and not executed again."""
-REMEMBERED_REQUESTS = 1000
-"""At most this many executed request_ids are remembered (the oldest are forgotten first)."""
-
-
-class RecentRequests:
-    """The request_ids of recently executed commands (monotonic seconds), bounded in age and number, so a
-    command delivered twice (a client's retry, a broker's redelivery) is executed once."""
-
-    def __init__(self, window_s: float, limit: int) -> None:
-        self._window_s = window_s
-        self._limit = limit
-        self._executed: OrderedDict[tuple[str, str], float] = OrderedDict()
-
-    def age(self, key: tuple[str, str], now: float) -> float | None:
-        """Seconds since `key` (command, request_id) was executed, or None when it is not remembered."""
-        self._forget(now)
-        executed = self._executed.get(key)
-        return None if executed is None else now - executed
-
-    def add(self, key: tuple[str, str], now: float) -> None:
-        self._executed[key] = now
-        self._executed.move_to_end(key)
-        self._forget(now)
-
-    def _forget(self, now: float) -> None:
-        while self._executed and (
-            len(self._executed) > self._limit or next(iter(self._executed.values())) < now - self._window_s
-        ):
-            self._executed.popitem(last=False)
 
 
 class AgentService:
@@ -346,7 +305,7 @@ class AgentService:
 
     def _command(self, command: str, payload: bytes) -> None:
         now = time.time()
-        request_id = _request_id(payload)  # read leniently, so that refusals carry it too
+        request_id = request_id_of(payload)  # read leniently, so that refusals carry it too
         if command != "verify":
             self._reply(command, request_id, False, f"unknown command {command!r}; supported: verify", now)
             return
@@ -374,19 +333,10 @@ class AgentService:
     def _repeated(self, command: str, request_id: str | None, now: float) -> bool:
         """True (and answered as a duplicate) when this request_id was executed within REPEAT_WINDOW_S;
         otherwise it is remembered as executed now."""
-        if request_id is None:
-            return False
-        key, clock = (command, request_id), time.monotonic()
-        age = self._executed.age(key, clock)
-        if age is None:
-            self._executed.add(key, clock)
-            return False
-        detail = (
-            f"duplicate request_id {request_id!r}: executed {age:.0f} s ago, not executed again "
-            f"(request_ids are remembered for {REPEAT_WINDOW_S / 60:.0f} minutes)"
-        )
-        self._reply(command, request_id, False, detail, now)
-        return True
+        detail = self._executed.repeat(command, request_id, time.monotonic())
+        if detail is not None:
+            self._reply(command, request_id, False, detail, now)
+        return detail is not None
 
     def _reply(self, command: str, request_id: str | None, ok: bool, detail: str, now: float) -> None:
         if not ok:
@@ -611,7 +561,7 @@ class AgentService:
             self.commands.put_nowait((command, payload))
         except queue.Full:
             detail = f"busy: {COMMAND_QUEUE_LIMIT} commands are already waiting; not executed, send it again"
-            self._reply(command, _request_id(payload), False, detail, time.time())
+            self._reply(command, request_id_of(payload), False, detail, time.time())
 
     def _refuse_oversized(self, command: str, size: int) -> None:
         """On the MQTT thread: answer a command over MAX_COMMAND_BYTES, whose payload is not read."""
@@ -633,17 +583,6 @@ class AgentService:
                 list(self.doors),
             ):
                 self.link.publish_retained(topic, payload)
-
-
-def _request_id(payload: bytes) -> str | None:
-    """A command's request_id when it can be read (a JSON object whose request_id is a string of at most
-    MAX_REQUEST_ID characters), whatever else is wrong with the command."""
-    try:
-        document = json.loads(payload)
-    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
-        return None
-    value = document.get("request_id") if isinstance(document, dict) else None
-    return value if isinstance(value, str) and len(value) <= MAX_REQUEST_ID else None
 
 
 def _probabilities(face: Face) -> npt.NDArray[np.float32]:

@@ -1,0 +1,83 @@
+"""Commands the agent takes on `cmd/<command>` over MQTT: their schema, their request ids read leniently so
+that every refusal can carry one, and the memory of recently executed request ids that keeps a command
+delivered twice (a client's retry, a broker's redelivery) from running twice."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_REQUEST_ID = 128
+
+
+class VerifyCommand(BaseModel):
+    """cmd/verify: a badge reader says who is at a door."""
+
+    model_config = ConfigDict(extra="forbid")
+    door: str = Field(max_length=32)
+    person_id: str = Field(min_length=1, max_length=128)
+    timeout_s: float | None = Field(None, gt=0, le=300)
+    request_id: str | None = Field(None, max_length=MAX_REQUEST_ID)
+
+
+COMMAND_QUEUE_LIMIT = 1000
+"""Commands waiting for the frame loop; one more is refused at once with a `busy: …` reply."""
+REPEAT_WINDOW_S = 600.0
+"""A request_id executed this recently (s) is answered as a duplicate and not executed again."""
+REMEMBERED_REQUESTS = 1000
+"""At most this many executed request_ids are remembered (the oldest are forgotten first)."""
+
+
+class RecentRequests:
+    """The request_ids of recently executed commands (monotonic seconds), bounded in age and number, so a
+    command delivered twice (a client's retry, a broker's redelivery) is executed once."""
+
+    def __init__(self, window_s: float, limit: int) -> None:
+        self._window_s = window_s
+        self._limit = limit
+        self._executed: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def age(self, key: tuple[str, str], now: float) -> float | None:
+        """Seconds since `key` (command, request_id) was executed, or None when it is not remembered."""
+        self._forget(now)
+        executed = self._executed.get(key)
+        return None if executed is None else now - executed
+
+    def add(self, key: tuple[str, str], now: float) -> None:
+        self._executed[key] = now
+        self._executed.move_to_end(key)
+        self._forget(now)
+
+    def repeat(self, command: str, request_id: str | None, now: float) -> str | None:
+        """Why this command is not executed again (its request_id was executed within the window), or None:
+        then it is remembered as executed now. now: monotonic seconds."""
+        if request_id is None:
+            return None
+        key = (command, request_id)
+        age = self.age(key, now)
+        if age is None:
+            self.add(key, now)
+            return None
+        return (
+            f"duplicate request_id {request_id!r}: executed {age:.0f} s ago, not executed again "
+            f"(request_ids are remembered for {self._window_s / 60:.0f} minutes)"
+        )
+
+    def _forget(self, now: float) -> None:
+        while self._executed and (
+            len(self._executed) > self._limit or next(iter(self._executed.values())) < now - self._window_s
+        ):
+            self._executed.popitem(last=False)
+
+
+def request_id_of(payload: bytes) -> str | None:
+    """A command's request_id when it can be read (a JSON object whose request_id is a string of at most
+    MAX_REQUEST_ID characters), whatever else is wrong with the command."""
+    try:
+        document = json.loads(payload)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
+        return None
+    value = document.get("request_id") if isinstance(document, dict) else None
+    return value if isinstance(value, str) and len(value) <= MAX_REQUEST_ID else None

@@ -1,0 +1,40 @@
+"""Commands on cmd/<command>: request ids read leniently, and the bounded memory of executed ones."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from facefleet.agent.commands import MAX_REQUEST_ID, RecentRequests, request_id_of
+
+
+@pytest.mark.parametrize(
+    ("payload", "request_id"),
+    [
+        (json.dumps({"request_id": "r1", "door": 7}).encode(), "r1"),  # other fields wrong: still read
+        (b"{not json", None),
+        (json.dumps({"request_id": 5}).encode(), None),
+        (json.dumps({"request_id": "x" * (MAX_REQUEST_ID + 1)}).encode(), None),
+        (json.dumps(["request_id", "r1"]).encode(), None),
+        (b"[" * 100_000, None),  # nested too deep for the parser
+        (b"", None),
+    ],
+)
+def test_a_request_id_is_read_whatever_else_is_wrong(payload: bytes, request_id: str | None) -> None:
+    assert request_id_of(payload) == request_id
+
+
+def test_a_request_id_runs_once_within_the_window_and_memory_is_bounded() -> None:
+    recent = RecentRequests(window_s=600.0, limit=3)
+    assert recent.repeat("verify", "r1", 0.0) is None  # executed now
+    detail = recent.repeat("verify", "r1", 30.0)
+    assert detail is not None and "duplicate request_id 'r1': executed 30 s ago" in detail
+    assert recent.repeat("other", "r1", 31.0) is None  # another command's ids are its own
+    assert recent.repeat("verify", None, 32.0) is None  # no id: nothing to compare
+    assert recent.repeat("verify", None, 33.0) is None
+    assert recent.repeat("verify", "r1", 601.0) is None  # past the window: runs again
+    for name in ("a", "b", "c"):
+        recent.repeat("verify", name, 602.0)
+    assert recent.age(("verify", "r1"), 603.0) is None  # the oldest forgotten past the limit
+    assert recent.repeat("verify", "c", 603.0) is not None

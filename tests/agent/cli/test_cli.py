@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from facefleet.agent.cli.main import build_parser, main
+from facefleet.agent.cli.main import main
 from facefleet.vision.models.store import ModelStore
 
 
@@ -23,31 +23,6 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def all_commands() -> list[list[str]]:
-    parser = build_parser()
-    found: list[list[str]] = []
-
-    def walk(p: object, prefix: list[str]) -> None:
-        for action in getattr(p, "_actions", []):
-            if action.__class__.__name__ == "_SubParsersAction":
-                for name, sub in action.choices.items():
-                    found.append([*prefix, name])
-                    walk(sub, [*prefix, name])
-
-    walk(parser, [])
-    return found
-
-
-@pytest.mark.parametrize("command", all_commands(), ids=" ".join)
-def test_every_command_has_help_with_an_example(
-    command: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit) as info:
-        main([*command, "--help"])
-    assert info.value.code == 0
-    assert "example" in capsys.readouterr().out
 
 
 def test_analyze_json_describes_every_face(

@@ -180,7 +180,10 @@ class FleetServer:
             ),
             embedding_models=self.enrolment.embedding_models,
             models=ModelDistribution(
-                self.state, self.catalog, ModelFiles(min(CHUNK_BYTES, config.listen.max_message_bytes // 2))
+                self.state,
+                self.catalog,
+                ModelFiles(min(CHUNK_BYTES, config.listen.max_message_bytes // 2)),
+                changed=self.refresh,
             ),
         )
         people = PeopleHandler(self.state, fanout, self.enrolment.enroller, self.enrolment.known_models)

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import errno
+import shutil
+from pathlib import Path
+
 from facefleet.core.errors import EXIT_CONFIG, EXIT_DATA, EXIT_FAILURE, EXIT_IO, EXIT_NO_INPUT, FaceFleetError
 from facefleet.link.errors import LinkError
 
@@ -19,6 +23,8 @@ __all__ = [
     "ServerError",
     "StateError",
     "UnauthenticatedError",
+    "disk_full",
+    "is_disk_full",
 ]
 
 
@@ -65,6 +71,34 @@ class ResourceExhaustedError(ServerError):
 
     status = "RESOURCE_EXHAUSTED"
     exit_code = EXIT_DATA
+
+
+def is_disk_full(exc: OSError) -> bool:
+    """Whether a failed write found no space (or no quota) left on its filesystem."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(what: str, path: Path) -> ResourceExhaustedError:
+    """The error for a write to `path` that found its disk full: names the file, the free space left on its
+    filesystem and the fix. what: e.g. "state database" or "model upload"."""
+    try:
+        free = f"{_size(shutil.disk_usage(path if path.is_dir() else path.parent).free)} free"
+    except OSError:
+        free = "free space unknown"
+    return ResourceExhaustedError(
+        f"{what} {path}: the disk is full ({free} there); free space on the disk holding {path} and retry "
+        "- nothing was stored"
+    )
+
+
+def _size(n_bytes: int) -> str:
+    """A byte count for people: "0 B", "12 KiB", "3.4 GiB"."""
+    size, unit = float(n_bytes), "B"
+    for bigger in ("KiB", "MiB", "GiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{size:.0f} {unit}" if unit == "B" or size >= 10 else f"{size:.1f} {unit}"
 
 
 class DataLossError(ServerError):

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -18,15 +19,41 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class Mosquitto:
-    """A broker process; start() and stop() may be called repeatedly (same port, for outage tests)."""
+@dataclass(frozen=True)
+class BrokerTls:
+    """A TLS listener: the broker's certificate and key, and the CA it checks client certificates against.
+    require_certificate: clients must present a certificate from that CA, whose CN becomes their user name."""
 
-    def __init__(self, workdir: Path, users: dict[str, str] | None = None) -> None:
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    require_certificate: bool = False
+
+    def lines(self) -> list[str]:
+        lines = [
+            f"cafile {self.cafile}",
+            f"certfile {self.certfile}",
+            f"keyfile {self.keyfile}",
+            "tls_version tlsv1.2",  # the lowest version the listener accepts
+        ]
+        if self.require_certificate:
+            lines += ["require_certificate true", "use_identity_as_username true"]
+        return lines
+
+
+class Mosquitto:
+    """A broker process; start() and stop() may be called repeatedly (same port, for outage tests).
+    With tls, its one listener speaks only TLS."""
+
+    def __init__(
+        self, workdir: Path, users: dict[str, str] | None = None, tls: BrokerTls | None = None
+    ) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.process: subprocess.Popen[bytes] | None = None
         lines = [
             f"listener {self.port} 127.0.0.1",
+            *(tls.lines() if tls is not None else []),
             "persistence true",  # sessions and queued QoS 1 messages survive a restart, as in production
             f"persistence_location {workdir}/",
             f"user {getpass.getuser()}",  # when run as root, stay able to read the test's own files
@@ -42,9 +69,14 @@ class Mosquitto:
         self.config = workdir / "mosquitto.conf"
         self.config.write_text("\n".join(lines) + "\n")
 
+    @property
+    def log(self) -> str:
+        path = self.workdir / "mosquitto.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def start(self) -> Mosquitto:
-        log = (self.workdir / "mosquitto.log").open("ab")
-        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=log, stderr=log)
+        with (self.workdir / "mosquitto.log").open("ab") as log:
+            self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=log, stderr=log)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -52,14 +84,16 @@ class Mosquitto:
                 return self
             except OSError:
                 if self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"mosquitto exited: {(self.workdir / 'mosquitto.log').read_text()}"
-                    ) from None
+                    raise RuntimeError(f"mosquitto exited: {self.log}") from None
                 time.sleep(0.05)
         raise RuntimeError("mosquitto did not start listening within 10 s")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(10)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
         self.process = None

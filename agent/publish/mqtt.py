@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,7 +55,8 @@ class MqttLink:
     on_ack(mid) runs when the broker acknowledged a QoS 1 publish; on_command(subtopic, payload) for each
     live message under `<prefix>cmd/` of at most MAX_COMMAND_BYTES; on_oversized(subtopic, size) instead
     for a larger one (its payload is not passed on); on_connection(connected, reason) on every connect and
-    disconnect. Callbacks run on paho's thread and must be quick."""
+    disconnect, and on each failed attempt, with why (a refused TLS certificate, say). Callbacks run on
+    paho's thread and must be quick."""
 
     def __init__(
         self,
@@ -71,6 +73,9 @@ class MqttLink:
         self._on_connection = on_connection
         self._connected = threading.Event()
         self._status_payload: bytes | None = None
+        # paho's last socket error, since its disconnect reason for a lost socket is only "Unspecified error"
+        self._socket_error: str | None = None
+        self._failure: str | None = None  # the last failure logged, so that retries do not repeat it
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
@@ -89,7 +94,9 @@ class MqttLink:
         client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
         client.max_inflight_messages_set(settings.max_inflight)
         client.on_connect = self._handle_connect
+        client.on_connect_fail = self._handle_connect_fail
         client.on_disconnect = self._handle_disconnect
+        client.on_log = self._handle_log
         client.on_publish = self._handle_publish
         client.on_message = self._handle_message
         self._client = client
@@ -155,6 +162,7 @@ class MqttLink:
             )
             self._on_connection(False, str(reason.getName()))
             return
+        self._socket_error = self._failure = None
         client.subscribe(self.topic("cmd/#"), qos=1)
         if self._status_payload is not None:
             client.publish(self.topic("status"), self._status_payload, qos=1, retain=True)
@@ -167,11 +175,29 @@ class MqttLink:
     ) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
+        why = str(reason.getName())
+        if reason.is_failure and self._socket_error is not None:
+            why = f"{why}: {_with_hint(self._socket_error)}"
+        self._socket_error = None
         if was_connected:
-            log.warning(
-                "MQTT: disconnected from %s:%s (%s)", self.settings.host, self.settings.port, reason.getName()
-            )
-        self._on_connection(False, str(reason.getName()))
+            log.warning("MQTT: disconnected from %s:%s (%s)", self.settings.host, self.settings.port, why)
+            self._on_connection(False, why)
+        else:  # lost before the broker's CONNACK, e.g. a TLS 1.3 broker refusing the client certificate
+            self._report_failure(why)
+
+    def _handle_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        # paho calls this inside its `except OSError` around the connection attempt: that is the error.
+        self._report_failure(_connect_error(sys.exc_info()[1]))
+
+    def _handle_log(self, client: paho.Client, userdata: Any, level: int, message: str) -> None:
+        if level == paho.MQTT_LOG_ERR:
+            self._socket_error = message
+
+    def _report_failure(self, why: str) -> None:
+        if why != self._failure:
+            log.error("MQTT: cannot connect to %s:%s: %s", self.settings.host, self.settings.port, why)
+            self._failure = why
+        self._on_connection(False, why)
 
     def _handle_publish(
         self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
@@ -205,3 +231,26 @@ class MqttLink:
                 self._on_oversized(name, size)
             return
         self._on_command(name, bytes(message.payload))
+
+
+def _connect_error(error: BaseException | None) -> str:
+    """Why a connection attempt failed, naming what to check."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (
+            f"TLS: the broker's certificate failed verification ({error.verify_message}); ca_file must be "
+            "the CA that signed it, and host a name or address the certificate carries"
+        )
+    if isinstance(error, ssl.SSLError):
+        return _with_hint(f"TLS handshake failed: {error}")
+    if isinstance(error, OSError):
+        return f"cannot connect: {error.strerror or error}"
+    return "cannot connect"
+
+
+def _with_hint(error: str) -> str:
+    """An OpenSSL error with the fix for the alerts a broker sends about client certificates."""
+    if "CERTIFICATE_REQUIRED" in error:
+        return f"{error}; the broker requires a client certificate: set cert_file and key_file"
+    if "ALERT_UNKNOWN_CA" in error or "ALERT_BAD_CERTIFICATE" in error:
+        return f"{error}; the broker does not accept this client certificate: use one its CA signed"
+    return error

@@ -171,8 +171,10 @@ class AdminServicer(services.AdminServicerBase):
     @unary
     async def StartRollout(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.auth.operator(context.invocation_metadata() or (), "admin")
-        model_id, target = admin_wire.start_rollout_from_proto(request)
-        return admin_wire.start_rollout_response(await self.models.start(model_id, target))
+        start = admin_wire.start_rollout_from_proto(request)
+        return admin_wire.start_rollout_response(
+            await self.models.start(start.model_id, start.target, start.max_failures, start.on_failures)
+        )
 
     @unary
     async def ChangeRollout(self, request: Any, context: Any) -> Any:  # noqa: N802

@@ -15,7 +15,15 @@ from rich.table import Table
 
 from facefleet.core.errors import EXIT_OK
 from facefleet.server.cli.context import Context
-from facefleet.server.domain.models import DeviceRollout, PublishedModel, Rollout, Target
+from facefleet.server.domain.models import (
+    FAILURE_ACTIONS,
+    DeviceRollout,
+    MaxFailures,
+    PublishedModel,
+    Rollout,
+    Target,
+)
+from facefleet.server.errors import InvalidArgumentError
 from facefleet.server.rollouts.catalogue import ModelCatalog
 from facefleet.server.rollouts.control import PREPARING_STALE_SECONDS, RolloutControl, StartedRollout
 from facefleet.vision.models.importer import PRECISIONS
@@ -82,15 +90,27 @@ def _register_rollouts(commands: Any, make: Callable[..., Any]) -> None:
         verbs,
         "start",
         "roll a published model out to all agents, a group, or a percentage",
-        "facefleet-server rollout start mini-xception@fer2013-fp32 --percent 10",
+        "facefleet-server rollout start mini-xception@fer2013-fp32 --percent 10 --max-failures 2",
         "Target a published model at agents. An embedding model first re-embeds every enrolled person from "
-        "the retained crops; agents receive it once its gallery is complete.",
+        "the retained crops; agents receive it once its gallery is complete. With --max-failures, the "
+        "rollout stops by itself once more agents refuse it (their activation failed for good).",
     )
     start.add_argument("model_id", metavar="MODEL_ID", help="name@version")
     target = start.add_mutually_exclusive_group(required=True)
     target.add_argument("--all", action="store_true", help="every agent")
     target.add_argument("--group", help="agents that declare this group")
     target.add_argument("--percent", type=int, help="this percentage of the fleet (1–100), a canary")
+    start.add_argument(
+        "--max-failures",
+        metavar="N|P%",
+        help="refusals tolerated: a count (2) or a percentage of the agents it reached (20%%); one more "
+        "stops the rollout (default: no limit)",
+    )
+    start.add_argument(
+        "--on-failures",
+        choices=FAILURE_ACTIONS,
+        help="what stopping means: pause it (agents that took it keep it) or roll it back (default: pause)",
+    )
     start.set_defaults(handler=_start)
     listing = make(verbs, "list", "list rollouts, newest first", "facefleet-server rollout list --json")
     listing.set_defaults(handler=_list_rollouts)
@@ -247,15 +267,20 @@ def _start(context: Context, args: argparse.Namespace) -> int:
         target = Target("group", group=args.group)
     else:
         target = Target("percent", percent=args.percent)
+    if args.on_failures is not None and args.max_failures is None:
+        raise InvalidArgumentError("--on-failures needs --max-failures (e.g. --max-failures 2)")
+    max_failures = None if args.max_failures is None else MaxFailures.parse(args.max_failures)
     model = _catalog(context).show(args.model_id)
     runtime = _runtime(context) if model.task == "embedding" else None
-    control = _control(context, runtime)
+    start = partial(
+        _control(context, runtime).start, max_failures=max_failures, on_failures=args.on_failures or "pause"
+    )
     if runtime is None:
-        started = control.start(args.model_id, target)
+        started = start(args.model_id, target)
     else:
         with Progress(console=context.console, transient=True, disable=context.json_output) as bar:
             task = bar.add_task(f"re-embedding the gallery with {args.model_id}", total=None)
-            started = control.start(
+            started = start(
                 args.model_id,
                 target,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
@@ -275,7 +300,8 @@ def _show_started(context: Context, started: StartedRollout) -> int:
         )
         return EXIT_OK
     context.console.print(
-        f"rollout {rollout.rollout_id}: {rollout.model_id} to {rollout.target.describe()}, {rollout.state}",
+        f"rollout {rollout.rollout_id}: {rollout.model_id} to {rollout.target.describe()}, {rollout.state}"
+        f"{_budget(rollout, ', ')}",
         markup=False,
     )
     if rollout.task == "embedding":
@@ -300,7 +326,7 @@ def _list_rollouts(context: Context, args: argparse.Namespace) -> int:
             "no rollouts; start one with `facefleet-server rollout start MODEL_ID --percent 10`"
         )
         return EXIT_OK
-    table = Table("id", "task", "model", "target", "state", "created", "updated")
+    table = Table("id", "task", "model", "target", "state", "max failures", "created", "updated", "reason")
     for r in found:
         table.add_row(
             str(r.rollout_id),
@@ -308,8 +334,10 @@ def _list_rollouts(context: Context, args: argparse.Namespace) -> int:
             r.model_id,
             r.target.describe(),
             r.state,
+            _budget(r),
             r.created_at.isoformat(timespec="seconds"),
             r.updated_at.isoformat(timespec="seconds"),
+            r.reason,
         )
     context.console.print(table)
     return EXIT_OK
@@ -322,11 +350,11 @@ def _show_rollout(context: Context, args: argparse.Namespace) -> int:
         return EXIT_OK
     context.console.print(
         f"rollout {rollout.rollout_id}: {rollout.model_id} ({rollout.task}) to {rollout.target.describe()}, "
-        f"{rollout.state}; announced to {len(devices)} agents",
+        f"{rollout.state}; announced to {len(devices)} agents{_budget(rollout, '; ')}",
         markup=False,
     )
     if rollout.reason:
-        context.console.print(f"rolled back because {rollout.reason}", markup=False)
+        context.console.print(f"{rollout.state.replace('_', ' ')} because {rollout.reason}", markup=False)
     table = Table("device", "state", "previous", "updated", "reason")
     for d in devices:
         table.add_row(
@@ -355,6 +383,15 @@ def _change(verb: str, context: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _budget(rollout: Rollout, prefix: str = "") -> str:
+    """'2, then pause' after prefix and 'max failures ' (without prefix: alone), or '' for a rollout
+    without a failure budget."""
+    if rollout.max_failures is None:
+        return ""
+    budget = f"{rollout.max_failures.describe()}, then {rollout.on_failures}"
+    return f"{prefix}max failures {budget}" if prefix else budget
+
+
 def rollout_json(rollout: Rollout) -> dict[str, Any]:
     return {
         "rollout_id": rollout.rollout_id,
@@ -367,6 +404,10 @@ def rollout_json(rollout: Rollout) -> dict[str, Any]:
         },
         "state": rollout.state,
         "reason": rollout.reason,
+        "max_failures": None
+        if rollout.max_failures is None
+        else {"count": rollout.max_failures.count, "percent": rollout.max_failures.percent},
+        "on_failures": rollout.on_failures,
         "created_at": rollout.created_at.isoformat(),
         "updated_at": rollout.updated_at.isoformat(),
     }

@@ -33,6 +33,9 @@ DEVICE_STATES: tuple[DeviceState, ...] = (
 again by the agent."""
 TargetKind = Literal["all", "group", "percent"]
 TARGET_KINDS: tuple[TargetKind, ...] = ("all", "group", "percent")
+FailureAction = Literal["pause", "rollback"]
+FAILURE_ACTIONS: tuple[FailureAction, ...] = ("pause", "rollback")
+"""What the server does to a rollout once more agents refused it than its max_failures allows."""
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,51 @@ class Target:
 
 
 @dataclass(frozen=True)
+class MaxFailures:
+    """A rollout's failure budget: it tolerates `count` refusals, or refusals from `percent` % of the agents
+    it was announced to (exactly one of the two is set); one more stops it."""
+
+    count: int | None = None
+    percent: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.count is not None and self.percent is not None:
+            raise InvalidArgumentError("max_failures: give a count or a percent, not both")
+        if self.count is None and self.percent is None:
+            raise InvalidArgumentError("max_failures: give a count (e.g. 2) or a percent (e.g. 20 %)")
+        if self.count is not None and self.count < 0:
+            raise InvalidArgumentError(f"max_failures.count must not be negative, got {self.count}")
+        if self.percent is not None and not 0 <= self.percent <= 100:
+            raise InvalidArgumentError(f"max_failures.percent must be 0–100, got {self.percent}")
+
+    @classmethod
+    def parse(cls, text: str) -> MaxFailures:
+        """'2' (a count) or '20%' (a percent), as an operator types it."""
+        number = text.strip().removesuffix("%").strip()
+        try:
+            value = int(number)
+        except ValueError:
+            raise InvalidArgumentError(
+                f"max_failures {text!r} is neither a count nor a percent; give e.g. 2 or 20%"
+            ) from None
+        return cls(percent=value) if text.strip().endswith("%") else cls(count=value)
+
+    def exceeded(self, refused: int, announced: int) -> bool:
+        """Whether `refused` refusals among `announced` agents are more than this budget tolerates."""
+        if self.count is not None:
+            return refused > self.count
+        return refused > 0 and refused * 100 > (self.percent or 0) * announced
+
+    def describe(self) -> str:
+        return f"{self.count}" if self.count is not None else f"{self.percent} %"
+
+
+@dataclass(frozen=True)
 class Rollout:
     """A model version targeted at part of the fleet. While preparing, updated_at is the preparing
-    process's last sign of progress; reason: why it was rolled back when an operator did not do it."""
+    process's last sign of progress. max_failures: how many refusals it tolerates (None: any number);
+    on_failures: what the server does to it past them; reason: why it was paused or rolled back when an
+    operator did not do it."""
 
     rollout_id: int
     task: str
@@ -111,10 +156,14 @@ class Rollout:
     created_at: datetime
     updated_at: datetime
     reason: str = ""
+    max_failures: MaxFailures | None = None
+    on_failures: FailureAction = "pause"
 
     def __post_init__(self) -> None:
         if self.state not in ROLLOUT_STATES:
             raise InvalidArgumentError(f"rollout state must be one of {', '.join(ROLLOUT_STATES)}")
+        if self.on_failures not in FAILURE_ACTIONS:
+            raise InvalidArgumentError(f"on_failures must be one of {', '.join(FAILURE_ACTIONS)}")
 
 
 @dataclass(frozen=True)

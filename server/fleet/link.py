@@ -93,14 +93,25 @@ class FleetHandler:
     async def register(self, registration: Registration) -> Welcome:
         """Record the agent, its groups and the model statuses it brought; the server's answer."""
 
+        statuses = registration.model_statuses
+        # Statuses go through the model distribution when there is one, so that a refusal an agent
+        # reports as it registers counts against its rollout's failure budget at once.
+        through_distribution = self.models is not None and bool(statuses)
+
         def store() -> None:
             now = self.clock()
             self.state.register_agent(registration, now)
             self.state.models.set_agent_models(
-                registration.device_id, now, statuses=registration.model_statuses, groups=registration.groups
+                registration.device_id,
+                now,
+                statuses=() if through_distribution else statuses,
+                groups=registration.groups,
             )
 
         await asyncio.to_thread(store)
+        if through_distribution:
+            assert self.models is not None
+            await self.models.report(registration.device_id, statuses, {})
         self._registered.add(registration.device_id)
         return Welcome(
             gallery_revision=self.fanout.head,

@@ -23,9 +23,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 from facefleet.link.checks import MAX_REASON_CHARS, utc_now
-from facefleet.server.domain.models import DeviceRollout, Rollout, Target
+from facefleet.server.domain.models import DeviceRollout, FailureAction, MaxFailures, Rollout, Target
 from facefleet.server.errors import FailedPreconditionError
 from facefleet.server.gallery.reembed import CropEmbedder, reembed
 from facefleet.server.rollouts import plan as rollouts
@@ -77,16 +78,30 @@ class RolloutControl:
         self.sleep = sleep
 
     def start(
-        self, model_id: str, target: Target, *, progress: Callable[[int, int], None] | None = None
+        self,
+        model_id: str,
+        target: Target,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        max_failures: MaxFailures | None = None,
+        on_failures: FailureAction = "pause",
     ) -> StartedRollout:
-        """Roll a published model out to target; an embedding model's gallery is completed first."""
+        """Roll a published model out to target; an embedding model's gallery is completed first. Past
+        max_failures refusals (None: no limit) the rollout pauses or rolls back, as on_failures says."""
         model = self.catalog.show(model_id)
         if model.retired:
             raise FailedPreconditionError(
                 f"model {model_id} is retired and cannot be rolled out; publish a new version"
             )
+        add = partial(
+            self.state.models.add_rollout,
+            model_id,
+            target,
+            max_failures=max_failures,
+            on_failures=on_failures,
+        )
         if model.task != "embedding":
-            started = self.state.models.add_rollout(model_id, target, "active", self.clock())
+            started = add("active", self.clock())
             self._changed()
             return StartedRollout(started)
         if self.runtime is None:
@@ -94,7 +109,7 @@ class RolloutControl:
         stored = self.catalog.stored(model)
         self.catalog.store.check(stored)
         embedder = CropEmbedder(self.runtime, stored)
-        rollout = self.state.models.add_rollout(model_id, target, "preparing", self.clock())
+        rollout = add("preparing", self.clock())
         self._changed()
         beat = _Heartbeat(self.state.models, rollout.rollout_id, self.clock)
         try:

@@ -5,12 +5,16 @@ Rollouts and the catalogue are read once per models revision and shared by every
 adds its own device's groups and announced rollouts. A release of a rollout is recorded as announced to a
 device (state 'assigned', with the version the device ran before) only once its stream has sent it
 (`announce` after the yield): a paused rollout keeps covering exactly the devices that received it.
+
+A refusal that takes a rollout past its failure budget pauses or rolls it back in the transaction that
+records it (facefleet.server.rollouts.plan.stopped); `changed` then wakes the Watch streams at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,9 +24,10 @@ from facefleet.server.domain.models import PublishedModel, Rollout
 from facefleet.server.errors import NotFoundError
 from facefleet.server.rollouts.catalogue import ModelCatalog
 from facefleet.server.rollouts.files import Chunk, ModelFiles
-from facefleet.server.rollouts.plan import desired_releases
+from facefleet.server.rollouts.plan import desired_releases, stopped
 from facefleet.server.state.interface import State
 
+log = logging.getLogger(__name__)
 Fleetwide = tuple[tuple[Rollout, ...], dict[str, PublishedModel]]
 
 
@@ -37,15 +42,22 @@ class Planned:
 
 
 class ModelDistribution:
-    """What agents learn and fetch about model versions; device ids passed in are authenticated."""
+    """What agents learn and fetch about model versions; device ids passed in are authenticated.
+    changed: publishes rollout changes to the Watch streams (FleetServer.refresh)."""
 
     def __init__(
-        self, state: State, catalog: ModelCatalog, files: ModelFiles, clock: Callable[[], datetime] = utc_now
+        self,
+        state: State,
+        catalog: ModelCatalog,
+        files: ModelFiles,
+        clock: Callable[[], datetime] = utc_now,
+        changed: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.state = state
         self.catalog = catalog
         self.files = files
         self.clock = clock
+        self.changed = changed
         self._fleetwide: tuple[int, asyncio.Future[Fleetwide]] | None = None
 
     async def releases(self, device_id: str) -> Planned:
@@ -96,7 +108,7 @@ class ModelDistribution:
         check_statuses(tuple(statuses))
         versions = check_model_versions(dict(model_versions))
 
-        def store() -> None:
+        def store() -> list[Rollout]:
             # A status for a rollout proves the agent received it, even when its stream broke before the
             # announcement was recorded: record it now (the previous version is what the agent ran then).
             models = self.state.models
@@ -111,11 +123,25 @@ class ModelDistribution:
             )
             if received:
                 models.announce(device_id, received, self.clock())
-            models.set_agent_models(
-                device_id, self.clock(), statuses=statuses, model_versions=versions or None
+            now = self.clock()
+            return models.set_agent_models(
+                device_id,
+                now,
+                statuses=statuses,
+                model_versions=versions or None,
+                stop=lambda rollout, devices: stopped(rollout, devices, now),
             )
 
-        await asyncio.to_thread(store)
+        for rollout in await asyncio.to_thread(store):
+            log.warning(
+                "rollout %d of %s is now %s: %s",
+                rollout.rollout_id,
+                rollout.model_id,
+                rollout.state.replace("_", " "),
+                rollout.reason,
+            )
+            if self.changed is not None:
+                await self.changed()
 
     async def _shared(self) -> Fleetwide:
         """Rollouts that can cover anyone (not preparing) and the not retired models, per models revision."""

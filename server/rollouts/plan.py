@@ -12,6 +12,10 @@ else, when a rolled-back rollout had been announced to the agent, the version th
 files when the catalogue still has it, otherwise none: "activate your own stored copy"). When that version is
 itself one a rolled-back rollout announced to the agent brought (v1 → v2 by R1, v2 → v3 by R2, both rolled
 back), the chain is followed back to v1, each rollout once. Tasks with nothing desired are left out.
+
+Failure budget: a rollout with max_failures stops itself once more of the agents it was announced to refused
+it (device rows 'failed'; 'retrying' ones are still trying) than the budget tolerates: `stopped` pauses it,
+or rolls it back when its on_failures says so, with a reason naming the refusals.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+from facefleet.link.checks import MAX_REASON_CHARS
 from facefleet.link.models import ModelRelease
 from facefleet.server.domain.models import DeviceRollout, PublishedModel, Rollout, Target
 from facefleet.server.errors import FailedPreconditionError, InvalidArgumentError
@@ -116,13 +121,13 @@ def _release(task: str, model: PublishedModel, rollout_id: int) -> ModelRelease:
 # -- state changes -----------------------------------------------------------------------------------
 
 
-def paused(rollout: Rollout, now: datetime) -> Rollout:
+def paused(rollout: Rollout, now: datetime, reason: str = "") -> Rollout:
     if rollout.state != "active":
         raise FailedPreconditionError(
             f"rollout {rollout.rollout_id} is {rollout.state.replace('_', ' ')}; only an active rollout "
             "can be paused"
         )
-    return replace(rollout, state="paused", updated_at=now)
+    return replace(rollout, state="paused", updated_at=now, reason=reason)
 
 
 def resumed(rollout: Rollout, now: datetime, percent: int | None = None) -> Rollout:
@@ -149,13 +154,38 @@ def resumed(rollout: Rollout, now: datetime, percent: int | None = None) -> Roll
         raise FailedPreconditionError(
             f"rollout {rollout.rollout_id} is already active; give --percent to widen it"
         )
-    return replace(rollout, state="active", target=target, updated_at=now)
+    return replace(rollout, state="active", target=target, updated_at=now, reason="")
 
 
 def rolled_back(rollout: Rollout, now: datetime, reason: str = "") -> Rollout:
     if rollout.state == "rolled_back":
         raise FailedPreconditionError(f"rollout {rollout.rollout_id} is already rolled back")
     return replace(rollout, state="rolled_back", updated_at=now, reason=reason)
+
+
+SHOWN_REFUSALS = 3
+"""Most refusals a stopped rollout's reason quotes (its counts are complete)."""
+
+
+def stopped(rollout: Rollout, devices: Sequence[DeviceRollout], now: datetime) -> Rollout:
+    """The rollout paused (or rolled back, as its on_failures says) with the reason, when more of the
+    agents it was announced to (devices: its rows) refused it than its max_failures tolerates; otherwise
+    unchanged: no budget, within it, or nothing left to stop (a paused rollout can still be rolled back)."""
+    budget = rollout.max_failures
+    refused = [d for d in devices if d.state == "failed"]
+    if budget is None or not budget.exceeded(len(refused), len(devices)):
+        return rollout
+    quoted = "; ".join(f"{d.device_id}: {d.reason or 'no reason given'}" for d in refused[:SHOWN_REFUSALS])
+    more = f"; and {len(refused) - SHOWN_REFUSALS} more" if len(refused) > SHOWN_REFUSALS else ""
+    reason = (
+        f"stopped: {len(refused)} of {len(devices)} agents refused it (limit {budget.describe()}): "
+        f"{quoted}{more}"
+    )[:MAX_REASON_CHARS]
+    if rollout.on_failures == "rollback" and rollout.state in ("active", "paused"):
+        return rolled_back(rollout, now, reason)
+    if rollout.on_failures == "pause" and rollout.state == "active":
+        return paused(rollout, now, reason)
+    return rollout
 
 
 def stalled(rollout: Rollout, now: datetime, bound: timedelta) -> bool:

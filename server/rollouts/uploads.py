@@ -10,19 +10,33 @@ removed when the next one starts.
 from __future__ import annotations
 
 import asyncio
-import errno
 import shutil
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Literal
 
 from facefleet.core.errors import FaceFleetError
 from facefleet.link.checks import MAX_LABEL_CHARS, check_model_id, check_task, check_text
-from facefleet.server.domain.models import DeviceRollout, PublishedModel, Rollout, Target
-from facefleet.server.errors import InvalidArgumentError, ResourceExhaustedError, ServerError, StateError
+from facefleet.server.domain.models import (
+    DeviceRollout,
+    FailureAction,
+    MaxFailures,
+    PublishedModel,
+    Rollout,
+    Target,
+)
+from facefleet.server.errors import (
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    ServerError,
+    StateError,
+    disk_full,
+    is_disk_full,
+)
 from facefleet.server.rollouts.catalogue import ModelCatalog
 from facefleet.server.rollouts.control import RolloutControl, StartedRollout
 from facefleet.vision.models.importer import PRECISIONS
@@ -249,13 +263,19 @@ class ModelAdmin:
 
     # -- rollouts ------------------------------------------------------------------------------------
 
-    async def start(self, model_id: str, target: Target) -> StartedRollout:
+    async def start(
+        self,
+        model_id: str,
+        target: Target,
+        max_failures: MaxFailures | None = None,
+        on_failures: FailureAction = "pause",
+    ) -> StartedRollout:
         """Start a rollout; for an embedding model this waits for the gallery to be re-embedded."""
         check_model_id(model_id)
         model = await asyncio.to_thread(self.catalog.show, model_id)
         runtime = await asyncio.to_thread(self.runtime) if model.task == "embedding" else None
-        control = self.control(runtime)
-        return await asyncio.to_thread(control.start, model_id, target)
+        start = partial(self.control(runtime).start, max_failures=max_failures, on_failures=on_failures)
+        return await asyncio.to_thread(start, model_id, target)
 
     async def change(self, rollout_id: int, action: RolloutAction, percent: int | None = None) -> Rollout:
         if action not in ROLLOUT_ACTIONS:
@@ -282,6 +302,6 @@ def _open_new(path: Path) -> BinaryIO:
 
 
 def _storage_error(where: Path, exc: OSError) -> ServerError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ResourceExhaustedError(f"no space left in {where} for the upload; free disk space and retry")
+    if is_disk_full(exc):
+        return disk_full("upload directory", where)
     return StateError(f"cannot write the upload into {where}: {exc.strerror}")

@@ -16,11 +16,16 @@ from facefleet.link.models import ModelStatus
 from facefleet.server.domain.models import (
     AgentModels,
     DeviceRollout,
+    FailureAction,
+    MaxFailures,
     PublishedModel,
     Rollout,
     RolloutState,
     Target,
 )
+
+Stop = Callable[[Rollout, Sequence[DeviceRollout]], Rollout]
+"""A rollout and its device rows → the rollout as it should be (facefleet.server.rollouts.plan.stopped)."""
 
 
 class ModelState(abc.ABC):
@@ -50,8 +55,18 @@ class ModelState(abc.ABC):
     # -- rollouts ------------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def add_rollout(self, model_id: str, target: Target, state: RolloutState, now: datetime) -> Rollout:
-        """A new rollout of a published, not retired model (its task is the model's)."""
+    def add_rollout(
+        self,
+        model_id: str,
+        target: Target,
+        state: RolloutState,
+        now: datetime,
+        *,
+        max_failures: MaxFailures | None = None,
+        on_failures: FailureAction = "pause",
+    ) -> Rollout:
+        """A new rollout of a published, not retired model (its task is the model's), with its failure
+        budget (None: no limit)."""
 
     @abc.abstractmethod
     def get_rollout(self, rollout_id: int) -> Rollout: ...
@@ -93,9 +108,12 @@ class ModelState(abc.ABC):
         statuses: Sequence[ModelStatus] = (),
         groups: Sequence[str] | None = None,
         model_versions: Mapping[str, str] | None = None,
-    ) -> None:
+        stop: Stop | None = None,
+    ) -> list[Rollout]:
         """Store an agent's latest status per task (and on its rows of the matching rollouts), its groups
-        when given, and its active model ids by task when given (merged into what it registered)."""
+        when given, and its active model ids by task when given (merged into what it registered).
+        stop: called in the same transaction for each rollout a status refused (a final failure), with all
+        its device rows; a changed result is stored. Returns the rollouts so changed."""
 
     @abc.abstractmethod
     def agent_models(self, device_ids: Sequence[str] = ()) -> dict[str, AgentModels]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +29,9 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 class Subscriber:
     """Records every message under a topic filter, as (topic, JSON payload or raw bytes, retained)."""
 
-    def __init__(self, port: int, topic_filter: str, client_id: str) -> None:
+    def __init__(
+        self, port: int, topic_filter: str, client_id: str, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.messages: list[tuple[str, Any, bool]] = []
         self.arrivals: list[float] = []  # time.time() of each message
         self._lock = threading.Lock()
@@ -39,6 +42,8 @@ class Subscriber:
         self.client.on_connect = lambda c, u, f, r, p: (c.subscribe(topic_filter, qos=1), self._ready.set())
         self.client.on_message = self._record
         self.client.reconnect_delay_set(1, 1)
+        if tls is not None:
+            self.client.tls_set_context(tls)
         session = Properties(PacketTypes.CONNECT)
         session.SessionExpiryInterval = 600  # the broker queues QoS 1 messages while this client is away
         self.client.connect("127.0.0.1", port, clean_start=False, properties=session)
@@ -77,6 +82,31 @@ def subscriber_factory() -> Iterator[Any]:
 
     def make(port: int, topic_filter: str = "#") -> Subscriber:
         subscriber = Subscriber(port, topic_filter, client_id=f"test-subscriber-{len(made)}")
+        made.append(subscriber)
+        return subscriber
+
+    yield make
+    for subscriber in made:
+        subscriber.close()
+
+
+@pytest.fixture
+def tls_subscriber_factory() -> Iterator[Any]:
+    """Subscribers over TLS: make(port, ca_file, topic_filter, cert_file, key_file), the last two for
+    brokers that require a client certificate."""
+    made: list[Subscriber] = []
+
+    def make(
+        port: int,
+        ca_file: Path,
+        topic_filter: str = "#",
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+    ) -> Subscriber:
+        context = ssl.create_default_context(cafile=str(ca_file))
+        if cert_file is not None:
+            context.load_cert_chain(cert_file, key_file)
+        subscriber = Subscriber(port, topic_filter, client_id=f"test-tls-subscriber-{len(made)}", tls=context)
         made.append(subscriber)
         return subscriber
 

@@ -32,6 +32,12 @@ class RolloutState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLLOUT_STATE_PAUSED: _ClassVar[RolloutState]
     ROLLOUT_STATE_ROLLED_BACK: _ClassVar[RolloutState]
 
+class FailureAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FAILURE_ACTION_UNSPECIFIED: _ClassVar[FailureAction]
+    FAILURE_ACTION_PAUSE: _ClassVar[FailureAction]
+    FAILURE_ACTION_ROLLBACK: _ClassVar[FailureAction]
+
 class RolloutDeviceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ROLLOUT_DEVICE_STATE_UNSPECIFIED: _ClassVar[RolloutDeviceState]
@@ -59,6 +65,9 @@ ROLLOUT_STATE_PREPARING: RolloutState
 ROLLOUT_STATE_ACTIVE: RolloutState
 ROLLOUT_STATE_PAUSED: RolloutState
 ROLLOUT_STATE_ROLLED_BACK: RolloutState
+FAILURE_ACTION_UNSPECIFIED: FailureAction
+FAILURE_ACTION_PAUSE: FailureAction
+FAILURE_ACTION_ROLLBACK: FailureAction
 ROLLOUT_DEVICE_STATE_UNSPECIFIED: RolloutDeviceState
 ROLLOUT_DEVICE_STATE_ASSIGNED: RolloutDeviceState
 ROLLOUT_DEVICE_STATE_DOWNLOADING: RolloutDeviceState
@@ -275,8 +284,16 @@ class RolloutTarget(_message.Message):
     percent: int
     def __init__(self, all: _Optional[bool] = ..., group: _Optional[str] = ..., percent: _Optional[int] = ...) -> None: ...
 
+class MaxFailures(_message.Message):
+    __slots__ = ("count", "percent")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    percent: int
+    def __init__(self, count: _Optional[int] = ..., percent: _Optional[int] = ...) -> None: ...
+
 class Rollout(_message.Message):
-    __slots__ = ("rollout_id", "task", "model_id", "target", "state", "created_at", "updated_at")
+    __slots__ = ("rollout_id", "task", "model_id", "target", "state", "created_at", "updated_at", "max_failures", "on_failures", "reason")
     ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -284,6 +301,9 @@ class Rollout(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    ON_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     rollout_id: int
     task: str
     model_id: str
@@ -291,7 +311,10 @@ class Rollout(_message.Message):
     state: RolloutState
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, rollout_id: _Optional[int] = ..., task: _Optional[str] = ..., model_id: _Optional[str] = ..., target: _Optional[_Union[RolloutTarget, _Mapping]] = ..., state: _Optional[_Union[RolloutState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    max_failures: MaxFailures
+    on_failures: FailureAction
+    reason: str
+    def __init__(self, rollout_id: _Optional[int] = ..., task: _Optional[str] = ..., model_id: _Optional[str] = ..., target: _Optional[_Union[RolloutTarget, _Mapping]] = ..., state: _Optional[_Union[RolloutState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_failures: _Optional[_Union[MaxFailures, _Mapping]] = ..., on_failures: _Optional[_Union[FailureAction, str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RolloutDevice(_message.Message):
     __slots__ = ("device_id", "state", "previous_model_id", "reason", "updated_at")
@@ -308,12 +331,16 @@ class RolloutDevice(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., state: _Optional[_Union[RolloutDeviceState, str]] = ..., previous_model_id: _Optional[str] = ..., reason: _Optional[str] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class StartRolloutRequest(_message.Message):
-    __slots__ = ("model_id", "target")
+    __slots__ = ("model_id", "target", "max_failures", "on_failures")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    ON_FAILURES_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     target: RolloutTarget
-    def __init__(self, model_id: _Optional[str] = ..., target: _Optional[_Union[RolloutTarget, _Mapping]] = ...) -> None: ...
+    max_failures: MaxFailures
+    on_failures: FailureAction
+    def __init__(self, model_id: _Optional[str] = ..., target: _Optional[_Union[RolloutTarget, _Mapping]] = ..., max_failures: _Optional[_Union[MaxFailures, _Mapping]] = ..., on_failures: _Optional[_Union[FailureAction, str]] = ...) -> None: ...
 
 class StartRolloutResponse(_message.Message):
     __slots__ = ("rollout", "reembedded_count", "reembedded", "without_crops_count", "without_crops")

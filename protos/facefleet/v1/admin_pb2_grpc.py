@@ -185,8 +185,9 @@ class AdminServiceServicer:
         """Roll a published version out to all agents, a group, or a percentage of the fleet. An embedding model
         first re-embeds every enrolled person from the retained crops (the call blocks meanwhile: give it a
         generous deadline; an expired deadline does not stop the re-embedding, and the rollout still starts);
-        agents receive it with its complete gallery. Errors: NOT_FOUND (unknown model), FAILED_PRECONDITION
-        (a retired model), INVALID_ARGUMENT (a bad target).
+        agents receive it with its complete gallery. With max_failures, it pauses (or rolls back, per
+        on_failures) by itself once more agents refuse it; its `reason` then says why. Errors: NOT_FOUND
+        (unknown model), FAILED_PRECONDITION (a retired model), INVALID_ARGUMENT (a bad target or budget).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

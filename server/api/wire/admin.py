@@ -5,6 +5,7 @@ InvalidArgumentError (or LinkError) naming the field."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from facefleet.link.checks import MAX_EMBEDDINGS_PER_PERSON, check_id, check_model_id
 from facefleet.link.errors import LinkError
@@ -17,6 +18,8 @@ from facefleet.link.serde import (
 from facefleet.server.domain.models import (
     DeviceRollout,
     DeviceState,
+    FailureAction,
+    MaxFailures,
     PublishedModel,
     Rollout,
     RolloutState,
@@ -133,6 +136,15 @@ ROLLOUT_ACTIONS: dict[admin_pb2.RolloutAction, RolloutAction] = {
     admin_pb2.ROLLOUT_ACTION_RESUME: "resume",
     admin_pb2.ROLLOUT_ACTION_ROLLBACK: "rollback",
 }
+FAILURE_ACTIONS: dict[int, FailureAction] = {
+    admin_pb2.FAILURE_ACTION_UNSPECIFIED: "pause",
+    admin_pb2.FAILURE_ACTION_PAUSE: "pause",
+    admin_pb2.FAILURE_ACTION_ROLLBACK: "rollback",
+}
+FAILURE_ACTION_VALUES: dict[FailureAction, admin_pb2.FailureAction] = {
+    "pause": admin_pb2.FAILURE_ACTION_PAUSE,
+    "rollback": admin_pb2.FAILURE_ACTION_ROLLBACK,
+}
 MAX_LISTED_PEOPLE = 1000
 """Most person ids in each list of a StartRolloutResponse (its counts are complete)."""
 
@@ -210,8 +222,19 @@ def target_to_proto(target: Target) -> admin_pb2.RolloutTarget:
     return admin_pb2.RolloutTarget(percent=target.percent)
 
 
+def max_failures_from_proto(message: admin_pb2.MaxFailures) -> MaxFailures:
+    return MaxFailures(
+        count=message.count if message.HasField("count") else None,
+        percent=message.percent if message.HasField("percent") else None,
+    )
+
+
+def max_failures_to_proto(budget: MaxFailures) -> admin_pb2.MaxFailures:
+    return admin_pb2.MaxFailures(count=budget.count, percent=budget.percent)
+
+
 def rollout_to_proto(rollout: Rollout) -> admin_pb2.Rollout:
-    return admin_pb2.Rollout(
+    message = admin_pb2.Rollout(
         rollout_id=rollout.rollout_id,
         task=rollout.task,
         model_id=rollout.model_id,
@@ -219,12 +242,36 @@ def rollout_to_proto(rollout: Rollout) -> admin_pb2.Rollout:
         state=ROLLOUT_STATES[rollout.state],
         created_at=timestamp(rollout.created_at),
         updated_at=timestamp(rollout.updated_at),
+        on_failures=FAILURE_ACTION_VALUES[rollout.on_failures],
+        reason=rollout.reason,
     )
+    if rollout.max_failures is not None:
+        message.max_failures.CopyFrom(max_failures_to_proto(rollout.max_failures))
+    return message
 
 
-def start_rollout_from_proto(request: admin_pb2.StartRolloutRequest) -> tuple[str, Target]:
+@dataclass(frozen=True)
+class StartRollout:
+    """What a StartRollout request asks for."""
+
+    model_id: str
+    target: Target
+    max_failures: MaxFailures | None = None
+    on_failures: FailureAction = "pause"
+
+
+def start_rollout_from_proto(request: admin_pb2.StartRolloutRequest) -> StartRollout:
     check_model_id(request.model_id)
-    return request.model_id, target_from_proto(request.target)
+    if request.on_failures not in FAILURE_ACTIONS:
+        raise InvalidArgumentError(
+            f"on_failures {request.on_failures} is not a known FailureAction; use PAUSE or ROLLBACK"
+        )
+    return StartRollout(
+        request.model_id,
+        target_from_proto(request.target),
+        max_failures_from_proto(request.max_failures) if request.HasField("max_failures") else None,
+        FAILURE_ACTIONS[request.on_failures],
+    )
 
 
 def start_rollout_response(started: StartedRollout) -> admin_pb2.StartRolloutResponse:

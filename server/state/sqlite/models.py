@@ -1,7 +1,7 @@
 """SQLite tables of model versions: the catalogue, rollouts, per-device rollout rows, agents' groups and
 latest model statuses. A companion of facefleet.server.state.sqlite.state.SqliteState: it shares its
 connections and transactions (its `models` attribute), and SCHEMA is its migration 2 (idempotent: IF NOT
-EXISTS)."""
+EXISTS), SCHEMA_3 and SCHEMA_4 its migrations 3 and 4."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from facefleet.server.domain.models import (
     AgentModels,
     DeviceRollout,
     DeviceState,
+    FailureAction,
+    MaxFailures,
     PublishedModel,
     Rollout,
     RolloutState,
@@ -25,7 +27,7 @@ from facefleet.server.domain.models import (
 )
 from facefleet.server.domain.queries import from_us, to_us
 from facefleet.server.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
-from facefleet.server.state.models import ModelState
+from facefleet.server.state.models import ModelState, Stop
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS models (
@@ -57,11 +59,20 @@ SCHEMA = (
 SCHEMA_3 = ("ALTER TABLE rollouts ADD COLUMN reason TEXT NOT NULL DEFAULT ''",)
 """Migration 3: why a rollout was rolled back when no operator did it (its preparation stopped)."""
 
+SCHEMA_4 = (
+    "ALTER TABLE rollouts ADD COLUMN max_failures_count INTEGER CHECK (max_failures_count >= 0)",
+    "ALTER TABLE rollouts ADD COLUMN max_failures_percent INTEGER "
+    "CHECK (max_failures_percent BETWEEN 0 AND 100)",
+    "ALTER TABLE rollouts ADD COLUMN on_failures TEXT NOT NULL DEFAULT 'pause' "
+    "CHECK (on_failures IN ('pause', 'rollback'))",
+)
+"""Migration 4: a rollout's failure budget (NULL count and percent: none) and what to do past it."""
+
 _REVISION_KEY = "models_revision"
 _MODEL_COLUMNS = "model_id, task, precision, licence, files_json, manifest_json, published_us, retired_us"
 _ROLLOUT_COLUMNS = (
     "rollout_id, task, model_id, target_kind, target_group, target_percent, state, created_us, updated_us, "
-    "reason"
+    "reason, max_failures_count, max_failures_percent, on_failures"
 )
 _DEVICE_COLUMNS = "rollout_id, device_id, previous_model_id, state, reason, updated_us"
 
@@ -148,7 +159,16 @@ class SqliteModelState(ModelState):
 
     # -- rollouts ------------------------------------------------------------------------------------
 
-    def add_rollout(self, model_id: str, target: Target, state: RolloutState, now: datetime) -> Rollout:
+    def add_rollout(
+        self,
+        model_id: str,
+        target: Target,
+        state: RolloutState,
+        now: datetime,
+        *,
+        max_failures: MaxFailures | None = None,
+        on_failures: FailureAction = "pause",
+    ) -> Rollout:
         with self._core.write() as conn:
             model = _require_model(conn, model_id)
             if model.retired:
@@ -157,7 +177,8 @@ class SqliteModelState(ModelState):
                 )
             cursor = conn.execute(
                 "INSERT INTO rollouts (task, model_id, target_kind, target_group, target_percent, state, "
-                "created_us, updated_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_us, updated_us, max_failures_count, max_failures_percent, on_failures) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     model.task,
                     model_id,
@@ -167,6 +188,9 @@ class SqliteModelState(ModelState):
                     state,
                     to_us(now),
                     to_us(now),
+                    max_failures.count if max_failures else None,
+                    max_failures.percent if max_failures else None,
+                    on_failures,
                 ),
             )
             _bump(conn)
@@ -185,20 +209,7 @@ class SqliteModelState(ModelState):
 
     def change_rollout(self, rollout_id: int, change: Callable[[Rollout], Rollout]) -> Rollout:
         with self._core.write() as conn:
-            new = change(_require_rollout(conn, rollout_id))
-            conn.execute(
-                "UPDATE rollouts SET target_kind = ?, target_group = ?, target_percent = ?, state = ?, "
-                "updated_us = ?, reason = ? WHERE rollout_id = ?",
-                (
-                    new.target.kind,
-                    new.target.group,
-                    new.target.percent,
-                    new.state,
-                    to_us(new.updated_at),
-                    new.reason,
-                    rollout_id,
-                ),
-            )
+            _update_rollout(conn, change(_require_rollout(conn, rollout_id)))
             _bump(conn)
             return _require_rollout(conn, rollout_id)
 
@@ -249,7 +260,9 @@ class SqliteModelState(ModelState):
         statuses: Sequence[ModelStatus] = (),
         groups: Sequence[str] | None = None,
         model_versions: Mapping[str, str] | None = None,
-    ) -> None:
+        stop: Stop | None = None,
+    ) -> list[Rollout]:
+        refused: set[int] = set()
         with self._core.write() as conn:
             if groups is not None:
                 conn.execute("DELETE FROM agent_groups WHERE device_id = ?", (device_id,))
@@ -268,11 +281,13 @@ class SqliteModelState(ModelState):
                 )
                 if s.rollout_id:
                     device_state = "retrying" if s.state == "failed" and not s.final else s.state
-                    conn.execute(
+                    cursor = conn.execute(
                         "UPDATE rollout_devices SET state = ?, reason = ?, updated_us = ? "
                         "WHERE rollout_id = ? AND device_id = ?",
                         (device_state, s.reason, to_us(now), s.rollout_id, device_id),
                     )
+                    if device_state == "failed" and cursor.rowcount == 1:
+                        refused.add(s.rollout_id)
             if model_versions:
                 row = conn.execute(
                     "SELECT model_versions_json FROM agents WHERE device_id = ?", (device_id,)
@@ -283,6 +298,7 @@ class SqliteModelState(ModelState):
                         "UPDATE agents SET model_versions_json = ? WHERE device_id = ?",
                         (json.dumps(merged, sort_keys=True), device_id),
                     )
+            return _stop_refused(conn, sorted(refused), stop) if stop is not None else []
 
     def agent_models(self, device_ids: Sequence[str] = ()) -> dict[str, AgentModels]:
         with self._core.read() as conn:
@@ -328,6 +344,45 @@ def _rows(
     yield from conn.execute(
         f"SELECT {columns} FROM {table} WHERE device_id IN ({marks}) ORDER BY device_id, {order}",  # noqa: S608
         list(device_ids),
+    )
+
+
+def _stop_refused(conn: sqlite3.Connection, rollout_ids: Sequence[int], stop: Stop) -> list[Rollout]:
+    """Apply `stop` to each refused rollout with its device rows; store and return the changed ones."""
+    changed = []
+    for rollout_id in rollout_ids:
+        rollout = _require_rollout(conn, rollout_id)
+        devices = [
+            _device_from_row(row)
+            for row in conn.execute(
+                f"SELECT {_DEVICE_COLUMNS} FROM rollout_devices WHERE rollout_id = ? "  # noqa: S608
+                "ORDER BY device_id",
+                (rollout_id,),
+            )
+        ]
+        new = stop(rollout, devices)
+        if new != rollout:
+            _update_rollout(conn, new)
+            changed.append(_require_rollout(conn, rollout_id))
+    if changed:
+        _bump(conn)
+    return changed
+
+
+def _update_rollout(conn: sqlite3.Connection, new: Rollout) -> None:
+    """Store what a change may alter: target, state, updated_at and reason (not its budget)."""
+    conn.execute(
+        "UPDATE rollouts SET target_kind = ?, target_group = ?, target_percent = ?, state = ?, "
+        "updated_us = ?, reason = ? WHERE rollout_id = ?",
+        (
+            new.target.kind,
+            new.target.group,
+            new.target.percent,
+            new.state,
+            to_us(new.updated_at),
+            new.reason,
+            new.rollout_id,
+        ),
     )
 
 
@@ -386,7 +441,16 @@ def _require_rollout(conn: sqlite3.Connection, rollout_id: int) -> Rollout:
 
 
 def _rollout_from_row(row: tuple[object, ...]) -> Rollout:
-    rollout_id, task, model_id, kind, group, percent, state, created_us, updated_us, reason = row
+    rollout_id, task, model_id, kind, group, percent, state, created_us, updated_us, reason = row[:10]
+    count, budget_percent, on_failures = row[10:]
+    budget = (
+        None
+        if count is None and budget_percent is None
+        else MaxFailures(
+            None if count is None else int(str(count)),
+            None if budget_percent is None else int(str(budget_percent)),
+        )
+    )
     return Rollout(
         rollout_id=int(str(rollout_id)),
         task=str(task),
@@ -396,6 +460,8 @@ def _rollout_from_row(row: tuple[object, ...]) -> Rollout:
         created_at=from_us(int(str(created_us))),
         updated_at=from_us(int(str(updated_us))),
         reason=str(reason),
+        max_failures=budget,
+        on_failures=cast(FailureAction, on_failures),
     )
 
 

@@ -10,11 +10,12 @@ facefleet.server.state.sqlite.events, models in facefleet.server.state.sqlite.mo
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 
@@ -35,14 +36,26 @@ from facefleet.server.domain.queries import (
     to_us,
 )
 from facefleet.server.domain.records import AgentInfo, Crop, TokenRecord
-from facefleet.server.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StateError
+from facefleet.server.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    NotFoundError,
+    ServerError,
+    StateError,
+    disk_full,
+    is_disk_full,
+)
 from facefleet.server.state.interface import State
 from facefleet.server.state.sqlite import agents as sqlite_agents
 from facefleet.server.state.sqlite import events as sqlite_events
 from facefleet.server.state.sqlite import models as sqlite_models
 from facefleet.server.state.sqlite import people as sqlite_people
 
+log = logging.getLogger(__name__)
+
 BUSY_TIMEOUT_MS = 10_000
+SQLITE_FULL = 13
+"""SQLite's result code for "database or disk is full" (sqlite3.SQLITE_FULL from Python 3.11)."""
 DEFAULT_LOG_REVISIONS = 1000
 
 INITIAL = (
@@ -105,6 +118,7 @@ MIGRATIONS = Migrations(
         Migration(1, "initial", INITIAL),
         Migration(2, "models", sqlite_models.SCHEMA),
         Migration(3, "rollout_reason", sqlite_models.SCHEMA_3),
+        Migration(4, "rollout_failure_budget", sqlite_models.SCHEMA_4),
     ),
     what="state database",
     program="server",
@@ -177,24 +191,51 @@ class SqliteState(State):
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, serialised in-process and against other processes."""
+        """One write transaction, serialised in-process and against other processes: committed when the
+        body returns, rolled back when it raises. A full disk becomes ResourceExhaustedError, other
+        SQLite conditions (busy, read-only, I/O) StateError; either way nothing stays half-written."""
         with self.connection() as conn, self._write_lock:
             try:
                 conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise StateError(f"state database {self.path} is busy or read-only: {exc}") from None
-            try:
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            try:
                 conn.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:
+                self._abandon(conn)
+                error = self._write_error(exc)
+                if error is None:
+                    raise
+                raise error from None
+            except BaseException:
+                self._abandon(conn)
+                raise
+
+    def _abandon(self, conn: sqlite3.Connection) -> None:
+        """Roll back what a failed write left open. A COMMIT that failed on a full disk has usually rolled
+        back already, so there may be nothing to roll back; a connection still inside a transaction
+        afterwards is closed and forgotten, and this thread's next call opens a fresh one."""
+        if conn.in_transaction:
+            with suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-                raise StateError(
-                    f"state database {self.path}: cannot commit ({exc}); is the disk full?"
-                ) from None
+        if conn.in_transaction:
+            with self._connections_lock:
+                if conn in self._connections:  # close() may have let go of it already
+                    self._connections.remove(conn)
+            self._local.conn = None
+            with suppress(sqlite3.Error):
+                conn.close()
+
+    def _write_error(self, exc: sqlite3.Error | OSError) -> ServerError | None:
+        """The server error for a failed write; None for a bug (a constraint or an API misuse), which
+        keeps its traceback."""
+        if _disk_full(exc):
+            error = disk_full("state database", self.path)
+            log.warning("%s", error)
+            return error
+        if isinstance(exc, OSError):
+            return StateError(f"state database {self.path}: cannot write ({exc.strerror})")
+        if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
+            return StateError(f"state database {self.path}: cannot write ({exc}); is it busy or read-only?")
+        return None
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -484,6 +525,13 @@ class SqliteState(State):
     def revoke_token(self, name: str) -> None:
         with self.write() as conn:
             sqlite_agents.revoke_token(conn, name)
+
+
+def _disk_full(exc: sqlite3.Error | OSError) -> bool:
+    if isinstance(exc, OSError):
+        return is_disk_full(exc)
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    return code == SQLITE_FULL if code is not None else "disk is full" in str(exc)
 
 
 def _meta(conn: sqlite3.Connection, key: str, default: str) -> str:

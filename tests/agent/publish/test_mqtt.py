@@ -1,23 +1,30 @@
-"""MQTT link and outbox against a real mosquitto: status and last will, commands, credentials, and
-at-least-once delivery across broker outages and agent restarts."""
+"""MQTT link and outbox against a real mosquitto: status and last will, commands, credentials,
+at-least-once delivery across broker outages and agent restarts, and TLS with server and client
+certificates from the site CA."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from facefleet.agent.config import MqttConfig, load_config
 from facefleet.agent.publish.mqtt import MAX_COMMAND_BYTES, MqttLink, MqttSettings
 from facefleet.agent.publish.outbox import OutboxPublisher
+from facefleet.agent.service import AgentService
 from facefleet.agent.store.database import EmbeddingStore
-from tests.mosquitto import Mosquitto
+from facefleet.server.api import certs
+from facefleet.vision.models.store import ModelStore
+from tests.mosquitto import BrokerTls, Mosquitto
 
 PREFIX = "facefleet/door-box/"
 
@@ -274,3 +281,253 @@ def test_window_bounds_unacknowledged_messages(broker: Mosquitto, tmp_path: Path
     publisher.stop()
     assert store.outbox.count() == 20 - window
     assert len(published) == 2 * window
+
+
+# ---- TLS ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Site:
+    """A site CA (tls_dir/ca.pem), the broker's certificate for 127.0.0.1 and localhost, and client
+    certificates for the agent (CN door-box) and the test's subscriber (CN watcher)."""
+
+    tls_dir: Path
+    server: certs.Issued
+    device: certs.Issued
+    watcher: certs.Issued
+
+    @property
+    def ca(self) -> Path:
+        return self.tls_dir / "ca.pem"
+
+    def broker(
+        self, workdir: Path, require_certificate: bool = False, server: certs.Issued | None = None
+    ) -> Mosquitto:
+        server = server or self.server
+        workdir.mkdir()
+        tls = BrokerTls(self.ca, server.cert, server.key, require_certificate)
+        return Mosquitto(workdir, tls=tls).start()
+
+
+def make_site(tls_dir: Path) -> Site:
+    certs.init_ca(tls_dir, server_names=["127.0.0.1", "localhost"])
+    server = certs.Issued(tls_dir / "server.pem", tls_dir / "server.key")
+    return Site(
+        tls_dir, server, certs.issue_device(tls_dir, "door-box"), certs.issue_device(tls_dir, "watcher")
+    )
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    return make_site(tmp_path / "site")
+
+
+def wait_for_connection_report(agent: Agent, timeout: float = 10.0) -> tuple[bool, str]:
+    deadline = time.monotonic() + timeout
+    while not agent.connections and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert agent.connections, "the link reported neither a connection nor a failure"
+    return agent.connections[0]
+
+
+def test_tls_with_the_site_ca_carries_events_and_the_retained_status(
+    site: Site, tmp_path: Path, tls_subscriber_factory: Any
+) -> None:
+    broker = site.broker(tmp_path / "broker")
+    try:
+        watcher = tls_subscriber_factory(broker.port, site.ca, PREFIX + "events/#")
+        agent = Agent(broker.port, EmbeddingStore(tmp_path / "store.db"), tls=True, ca_file=site.ca)
+        agent.start()
+        try:
+            agent.link.set_status({"schema": 1, "state": "online"})
+            assert agent.link.wait_connected(10), agent.connections
+            agent.outbox.submit("events/face", event(1))
+            assert agent.outbox.flush(10)
+            watcher.wait_for(lambda: watcher.on(PREFIX + "events/face"))
+            late = tls_subscriber_factory(broker.port, site.ca, PREFIX + "status")
+            late.wait_for(lambda: late.on(PREFIX + "status"))
+        finally:
+            agent.stop()
+        assert watcher.on(PREFIX + "events/face") == [json.loads(event(1))]
+        assert late.messages[0][1]["state"] == "online" and late.messages[0][2] is True  # retained
+        late.wait_for(lambda: late.on(PREFIX + "status")[-1]["state"] == "offline")
+        # The listener speaks only TLS: the same agent without it gets no MQTT session there.
+        plain = Agent(broker.port, EmbeddingStore(tmp_path / "plain.db"), client_id="plain-box").start()
+        up, _ = wait_for_connection_report(plain)
+        plain.stop()
+        assert up is False
+    finally:
+        broker.stop()
+
+
+def another_ca(tmp_path: Path, site: Site) -> certs.Issued:
+    """A broker certificate for 127.0.0.1 from a CA the agent does not trust."""
+    certs.init_ca(tmp_path / "other", server_names=["127.0.0.1", "localhost"])
+    return certs.Issued(tmp_path / "other" / "server.pem", tmp_path / "other" / "server.key")
+
+
+def localhost_only(tmp_path: Path, site: Site) -> certs.Issued:
+    """A broker certificate from the site CA, for a name other than the address the agent dials."""
+    tls_dir = tmp_path / "named"
+    tls_dir.mkdir()
+    for name in ("ca.pem", "ca.key"):
+        shutil.copy(site.tls_dir / name, tls_dir / name)
+    return certs.issue_server(tls_dir, ["localhost"])
+
+
+@pytest.mark.parametrize(
+    ("broker_certificate", "why"),
+    [
+        (another_ca, "unable to get local issuer certificate"),
+        (localhost_only, "mismatch, certificate is not valid for '127.0.0.1'"),
+    ],
+    ids=["another-ca", "wrong-name"],
+)
+def test_tls_refuses_a_broker_certificate_it_cannot_verify(
+    site: Site, tmp_path: Path, broker_certificate: Any, why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = site.broker(tmp_path / "broker", server=broker_certificate(tmp_path, site))
+    store = EmbeddingStore(tmp_path / "store.db")
+    agent = Agent(broker.port, store, tls=True, ca_file=site.ca)
+    try:
+        agent.outbox.submit("events/face", event(1))
+        agent.start()
+        up, reason = wait_for_connection_report(agent)
+        assert agent.link.publish("events/face", event(2).encode()) is None
+    finally:
+        agent.stop()
+        broker.stop()
+    assert up is False
+    assert "TLS: the broker's certificate failed verification" in reason and why in reason
+    assert "ca_file" in reason
+    assert any(why in record.getMessage() for record in caplog.records if record.levelname == "ERROR")
+    assert store.outbox.count() == 1  # kept for a broker it can trust, never sent
+    assert "New client connected" not in broker.log
+
+
+def test_client_certificates_from_the_config_connect_and_publish(
+    site: Site, tmp_path: Path, tls_subscriber_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The [mqtt] keys as a systemd unit gives them: the key as a bare name in $CREDENTIALS_DIRECTORY."""
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    shutil.copy(site.device.key, credentials / "mqtt.key")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    config = MqttConfig(tls=True, ca_file=site.ca, cert_file=site.device.cert, key_file=Path("mqtt.key"))
+    ca_file, cert_file, key_file = config.tls_files()
+    assert key_file == credentials / "mqtt.key"
+    broker = site.broker(tmp_path / "broker", require_certificate=True)
+    try:
+        watcher = tls_subscriber_factory(
+            broker.port, site.ca, PREFIX + "events/#", site.watcher.cert, site.watcher.key
+        )
+        agent = Agent(
+            broker.port,
+            EmbeddingStore(tmp_path / "store.db"),
+            tls=True,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+        ).start()
+        try:
+            assert agent.link.wait_connected(10), agent.connections
+            agent.outbox.submit("events/face", event(1))
+            assert agent.outbox.flush(10)
+            watcher.wait_for(lambda: watcher.on(PREFIX + "events/face"))
+        finally:
+            agent.stop()
+    finally:
+        broker.stop()
+    assert watcher.on(PREFIX + "events/face") == [json.loads(event(1))]
+    assert "as door-box (p5, c1, k30, u'door-box')" in broker.log  # the certificate's CN is the user
+
+
+def stranger_certificate(tmp_path: Path, site: Site) -> dict[str, Path]:
+    """A client certificate from a CA the broker does not know."""
+    certs.init_ca(tmp_path / "other", server_names=["127.0.0.1"])
+    issued = certs.issue_device(tmp_path / "other", "door-box")
+    return {"cert_file": issued.cert, "key_file": issued.key}
+
+
+@pytest.mark.parametrize(
+    ("client_certificate", "why"),
+    [
+        (lambda tmp_path, site: {}, "the broker requires a client certificate: set cert_file and key_file"),
+        (stranger_certificate, "the broker does not accept this client certificate"),
+    ],
+    ids=["none", "another-ca"],
+)
+def test_a_broker_that_requires_client_certificates_refuses_others(
+    site: Site, tmp_path: Path, client_certificate: Any, why: str
+) -> None:
+    broker = site.broker(tmp_path / "broker", require_certificate=True)
+    store = EmbeddingStore(tmp_path / "store.db")
+    agent = Agent(broker.port, store, tls=True, ca_file=site.ca, **client_certificate(tmp_path, site))
+    try:
+        agent.outbox.submit("events/face", event(1))
+        agent.start()
+        up, reason = wait_for_connection_report(agent)
+    finally:
+        agent.stop()
+        broker.stop()
+    assert up is False and why in reason
+    assert store.outbox.count() == 1
+    assert "New client connected" not in broker.log
+
+
+@pytest.mark.slow
+def test_the_service_connects_with_client_certificates_from_its_config(
+    site: Site,
+    model_store: ModelStore,
+    model_cache: Path,
+    tmp_path: Path,
+    tls_subscriber_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """AgentService from a config file: retained status and a command's reply over TLS, offline on stop."""
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    shutil.copy(site.device.key, credentials / "mqtt.key")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "models").symlink_to(model_store.root, target_is_directory=True)
+    (state / "cache").symlink_to(model_cache, target_is_directory=True)
+    broker = site.broker(tmp_path / "broker", require_certificate=True)
+    config_path = tmp_path / "agent.toml"
+    config_path.write_text(
+        textwrap.dedent(
+            f"""
+            device_id = "door-box"
+            [mqtt]
+            host = "127.0.0.1"
+            port = {broker.port}
+            reconnect_max_s = 1
+            tls = true
+            ca_file = "{site.ca}"
+            cert_file = "{site.device.cert}"
+            key_file = "mqtt.key"
+            """
+        )
+    )
+    try:
+        watcher = tls_subscriber_factory(
+            broker.port, site.ca, PREFIX + "#", site.watcher.cert, site.watcher.key
+        )
+        service = AgentService(load_config(config_path), state)
+        runner = threading.Thread(target=service.run)
+        runner.start()
+        try:
+            watcher.wait_for(lambda: watcher.on(PREFIX + "status"), timeout=30)
+            watcher.client.publish(PREFIX + "cmd/ping", json.dumps({"request_id": "p1"}), qos=1)
+            watcher.wait_for(lambda: watcher.on(PREFIX + "replies/ping"))
+        finally:
+            service.stop_event.set()
+            runner.join(30)
+        watcher.wait_for(lambda: watcher.on(PREFIX + "status")[-1]["state"] == "offline")
+    finally:
+        broker.stop()
+    assert watcher.on(PREFIX + "status")[0]["state"] == "online"
+    (answer,) = watcher.on(PREFIX + "replies/ping")
+    assert answer["request_id"] == "p1" and answer["ok"] is False and "unknown command" in answer["detail"]
+    assert "u'door-box'" in broker.log

@@ -12,6 +12,7 @@ from facefleet.core.errors import EXIT_DATA, EXIT_NO_INPUT, EXIT_OK
 from facefleet.link.checks import utc_now
 from facefleet.link.fleet import Registration
 from facefleet.link.models import ModelStatus
+from facefleet.server.rollouts import plan
 from facefleet.server.state.sqlite.state import SqliteState
 from tests.server.cli.test_cli import run_cli
 
@@ -137,3 +138,73 @@ def test_rollout_verbs(
     code, _, err = run_cli(capsys, *base, "rollout", "show", "99")
     assert (code, "no rollout 99" in err) == (EXIT_NO_INPUT, True)
     assert run_cli(capsys, *base, "models", "retire", NEW)[0] == EXIT_OK
+
+
+def test_rollout_start_with_a_failure_budget(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model_irs: dict[str, Path]
+) -> None:
+    base = ["--state-dir", str(tmp_path)]
+    publish = [
+        *base,
+        "models",
+        "publish",
+        str(model_irs[NEW]),
+        "--task",
+        "expression",
+        "--name",
+        "mini-xception",
+    ]
+    assert run_cli(capsys, *publish, "--version", "fer2013-fp32")[0] == EXIT_OK
+    start = [*base, "rollout", "start", NEW, "--all"]
+
+    for flags, message in [
+        (["--max-failures", "-1"], "max_failures.count must not be negative, got -1"),
+        (["--max-failures", "150%"], "max_failures.percent must be 0–100, got 150"),
+        (["--max-failures", "lots"], "give e.g. 2 or 20%"),
+        (["--on-failures", "rollback"], "--on-failures needs --max-failures"),
+    ]:
+        code, _, err = run_cli(capsys, *start, *flags)
+        assert (code, message in err) == (EXIT_DATA, True), (flags, err)
+    with pytest.raises(SystemExit) as info:
+        run_cli(capsys, *start, "--max-failures", "1", "--on-failures", "retry")
+    assert info.value.code == 2
+    code, out, _ = run_cli(capsys, *base, "rollout", "list", "--json")
+    assert json.loads(out) == [], "a refused start stores no rollout"
+
+    code, out, _ = run_cli(capsys, *start, "--max-failures", "20%", "--json")
+    assert (code, json.loads(out)["max_failures"], json.loads(out)["on_failures"]) == (
+        EXIT_OK,
+        {"count": None, "percent": 20},
+        "pause",
+    )
+    code, out, _ = run_cli(capsys, *start, "--max-failures", "1", "--on-failures", "rollback")
+    assert (code, "max failures 1, then rollback" in out) == (EXIT_OK, True)
+    code, out, _ = run_cli(capsys, *base, "rollout", "list")
+    assert "20 %, then pause" in out and "1, then rollback" in out
+    rollouts = json.loads(run_cli(capsys, *base, "rollout", "list", "--json")[1])
+    assert [(r["max_failures"], r["on_failures"]) for r in rollouts] == [
+        ({"count": 1, "percent": None}, "rollback"),
+        ({"count": None, "percent": 20}, "pause"),
+    ]
+    rid = rollouts[0]["rollout_id"]
+
+    # two refusals reported to the server pass the budget of 1: rolled back, saying why
+    state = SqliteState(tmp_path / "server.db")
+    for door, reason in (("door-1", "model.bin: sha256 differs"), ("door-2", "output is NaN")):
+        state.models.announce(door, [(rid, "mini-xception@fer2013")], utc_now())
+        state.models.set_agent_models(
+            door,
+            utc_now(),
+            statuses=[ModelStatus("expression", NEW, rid, "failed", reason)],
+            stop=lambda rollout, devices: plan.stopped(rollout, devices, utc_now()),
+        )
+    state.close()
+    code, out, _ = run_cli(capsys, *base, "rollout", "show", str(rid))
+    assert "max failures 1, then rollback" in out
+    assert "rolled back because stopped: 2 of 2 agents refused it (limit 1): door-1: model.bin" in out
+    shown = json.loads(run_cli(capsys, *base, "rollout", "show", str(rid), "--json")[1])
+    assert (shown["state"], shown["reason"]) == (
+        "rolled_back",
+        "stopped: 2 of 2 agents refused it (limit 1): door-1: model.bin: sha256 differs; "
+        "door-2: output is NaN",
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import grpc
@@ -14,6 +15,7 @@ from facefleet.vision.models.store import ModelStore
 from facefleet.vision.pipeline import FaceAnalyzer
 from facefleet.vision.runtime import Runtime
 from tests.server.conftest import Pki, encode, run, serving
+from tests.tmpfs import fill, mounted_tmpfs
 from tests.vision.test_images import jpeg_with_orientation
 
 
@@ -323,3 +325,40 @@ def test_update_changes_only_the_fields_it_sets(tmp_path: Path, pki: Pki, enroll
     reply = run(scenario)
     assert (reply.person.display_name, list(reply.person.groups), reply.revision) == ("Alice", ["night"], 2)
     assert reply.person.embeddings[0].vector == b""  # listed without the vector
+
+
+def test_enrolment_on_a_full_disk_fails_with_resource_exhausted_and_succeeds_once_space_returns(
+    tmp_path: Path, pki: Pki, enroller: Enroller, caplog: pytest.LogCaptureFixture
+) -> None:
+    def request(person_id: str) -> admin_pb2.EnrollPersonRequest:
+        return admin_pb2.EnrollPersonRequest(person_id=person_id, embeddings=EMBEDDING_REQUEST.embeddings)
+
+    async def scenario() -> tuple[grpc.aio.AioRpcError, list[str], int]:
+        async with serving(tmp_path, pki, enroller) as harness:
+            admin, md = harness.admin(), harness.admin_md
+            await admin.EnrollPerson(request("alice"), metadata=md)
+            filler = fill(tmp_path / "state")
+            for attempt in range(50):  # one usually fails at once; a write may fit in reused WAL frames
+                try:
+                    await admin.EnrollPerson(request(f"p{attempt}"), metadata=md)
+                except grpc.aio.AioRpcError as exc:
+                    refused = exc
+                    break
+            else:
+                pytest.fail("50 enrolments on a full disk all succeeded")
+            listed = await admin.ListPeople(admin_pb2.ListPeopleRequest(), metadata=md)
+            filler.unlink()
+            after = await admin.EnrollPerson(request("after"), metadata=md)
+            return refused, [p.person_id for p in listed.people], after.revision
+
+    with mounted_tmpfs(tmp_path / "state", "4m"), caplog.at_level(logging.WARNING):
+        refused, listed, revision = run(scenario)
+    database = tmp_path / "state" / "server.db"
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"free space on the disk holding {database}" in (refused.details() or "")
+    assert listed[0] == "alice"
+    assert "after" not in listed
+    assert revision == len(listed) + 1
+    assert "cannot rollback" not in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+    assert any(str(database) in r.getMessage() for r in caplog.records if r.levelname == "WARNING")

@@ -1,8 +1,10 @@
 """Rollout logic without I/O: coverage by target and state, deterministic percent buckets, the desired
-releases of one agent (including rollbacks to the version it ran before), and the allowed state changes."""
+releases of one agent (including rollbacks to the version it ran before), the allowed state changes, and
+the failure budget that stops a rollout by itself."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
@@ -10,7 +12,15 @@ import pytest
 
 from facefleet.link.errors import LinkError
 from facefleet.link.models import ModelFile, ModelRelease, ModelStatus
-from facefleet.server.domain.models import DeviceRollout, PublishedModel, Rollout, RolloutState, Target
+from facefleet.server.domain.models import (
+    DeviceRollout,
+    FailureAction,
+    MaxFailures,
+    PublishedModel,
+    Rollout,
+    RolloutState,
+    Target,
+)
 from facefleet.server.errors import FailedPreconditionError, InvalidArgumentError
 from facefleet.server.rollouts import plan as rollouts
 from facefleet.server.rollouts.plan import bucket, covers, desired_releases
@@ -273,3 +283,124 @@ def test_bad_model_statuses_are_refused(kwargs: dict[str, object], message: str)
 
 def test_a_status_reason_is_kept_on_one_line() -> None:
     assert ModelStatus("expression", NEW, 1, "failed", "compile\nfailed").reason == "compile failed"
+
+
+# -- failure budget ----------------------------------------------------------------------------------
+
+
+def devices(*states: str) -> list[DeviceRollout]:
+    """Rows of rollout 9 on door-1, door-2, … in these states; refusals say which door refused."""
+    return [
+        DeviceRollout(9, f"door-{i}", "mini-xception@fer2013", state, f"reason {i}", NOW)  # type: ignore[arg-type]
+        for i, state in enumerate(states, 1)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("budget", "states", "stops"),
+    [
+        (MaxFailures(count=2), ("failed", "failed", "active", "active"), False),
+        (MaxFailures(count=2), ("failed", "failed", "failed", "active"), True),
+        (MaxFailures(count=0), ("failed",), True),
+        (MaxFailures(count=0), ("active", "assigned"), False),
+        (MaxFailures(count=1), ("failed", "retrying", "retrying", "retrying"), False),
+        (MaxFailures(percent=25), ("failed", "active", "active", "active"), False),
+        (MaxFailures(percent=25), ("failed", "failed", "active", "active"), True),
+        (MaxFailures(percent=25), ("failed", "retrying", "retrying", "active"), False),
+        (MaxFailures(percent=0), ("active",) * 10, False),
+        (MaxFailures(percent=0), ("failed", *("active",) * 99), True),
+        (MaxFailures(percent=100), ("failed",) * 3, False),
+        (None, ("failed",) * 3, False),
+    ],
+)
+def test_a_rollout_stops_once_refusals_pass_its_budget_as_a_count_or_a_percent(
+    budget: MaxFailures | None, states: tuple[str, ...], stops: bool
+) -> None:
+    start = replace(rollout(9, NEW), max_failures=budget)
+    after = rollouts.stopped(start, devices(*states), NOW + timedelta(seconds=1))
+    assert after.state == ("paused" if stops else "active")
+    assert (after == start) is not stops
+
+
+def test_the_reason_of_a_stopped_rollout_counts_and_names_the_refusals() -> None:
+    start = replace(rollout(9, NEW), max_failures=MaxFailures(count=2))
+    after = rollouts.stopped(start, devices("failed", "active", "failed", "retrying", "failed"), NOW)
+    assert after.reason == (
+        "stopped: 3 of 5 agents refused it (limit 2): door-1: reason 1; door-3: reason 3; door-5: reason 5"
+    )
+    many = rollouts.stopped(
+        replace(start, max_failures=MaxFailures(percent=10)), devices(*("failed",) * 5, "active"), NOW
+    )
+    assert many.reason.startswith("stopped: 5 of 6 agents refused it (limit 10 %): door-1: reason 1;")
+    assert many.reason.endswith("door-3: reason 3; and 2 more")
+
+
+@pytest.mark.parametrize(
+    ("on_failures", "state", "expected"),
+    [
+        ("pause", "active", "paused"),
+        ("pause", "paused", "paused"),
+        ("pause", "rolled_back", "rolled_back"),
+        ("rollback", "active", "rolled_back"),
+        ("rollback", "paused", "rolled_back"),
+        ("rollback", "rolled_back", "rolled_back"),
+    ],
+)
+def test_past_its_budget_a_rollout_pauses_or_rolls_back_as_chosen(
+    on_failures: FailureAction, state: RolloutState, expected: RolloutState
+) -> None:
+    start = replace(rollout(9, NEW, state=state), max_failures=MaxFailures(count=0), on_failures=on_failures)
+    later = NOW + timedelta(seconds=5)
+    after = rollouts.stopped(start, devices("failed", "active"), later)
+    assert after.state == expected
+    if expected == state:
+        assert after == start  # nothing left to stop: no new reason, no new time
+    else:
+        assert after.updated_at == later and after.reason.startswith("stopped: 1 of 2 agents refused it")
+
+
+def test_resuming_a_stopped_rollout_clears_its_reason() -> None:
+    start = replace(rollout(9, NEW), max_failures=MaxFailures(count=0))
+    stopped = rollouts.stopped(start, devices("failed"), NOW)
+    assert stopped.reason and rollouts.resumed(stopped, NOW).reason == ""
+    assert rollouts.paused(start, NOW).reason == ""  # an operator's pause gives none
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "error"),
+    [
+        ("2", MaxFailures(count=2), None),
+        ("0", MaxFailures(count=0), None),
+        ("20%", MaxFailures(percent=20), None),
+        ("20 %", MaxFailures(percent=20), None),
+        ("-1", None, "max_failures.count must not be negative, got -1"),
+        ("101%", None, "max_failures.percent must be 0–100, got 101"),
+        ("-5%", None, "max_failures.percent must be 0–100, got -5"),
+        ("two", None, "neither a count nor a percent"),
+        ("", None, "neither a count nor a percent"),
+    ],
+)
+def test_a_failure_budget_is_parsed_as_a_count_or_a_percent(
+    text: str, expected: MaxFailures | None, error: str | None
+) -> None:
+    if error is None:
+        assert MaxFailures.parse(text) == expected
+        return
+    with pytest.raises(InvalidArgumentError, match=re.escape(error)):
+        MaxFailures.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "give a count"),
+        ({"count": 1, "percent": 10}, "not both"),
+        ({"count": -1}, "max_failures.count must not be negative"),
+        ({"percent": 101}, "max_failures.percent must be 0–100"),
+    ],
+)
+def test_bad_failure_budgets_are_refused(kwargs: dict[str, int], message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=re.escape(message)):
+        MaxFailures(**kwargs)
+    with pytest.raises(InvalidArgumentError, match="on_failures must be one of pause, rollback"):
+        replace(rollout(9, NEW), on_failures="retry")  # type: ignore[arg-type]

@@ -393,7 +393,11 @@ def test_a_database_recorded_in_meta_at_the_current_version_is_adopted_keeping_e
     gallery_id = state.gallery_id()
     state.close()
     as_recorded_before_the_runner(path, "3")
-    for _ in range(2):  # migration 3 (ALTER TABLE … ADD COLUMN) would fail if it ran again
+    with sqlite3.connect(path) as conn:  # the schema servers had then: without migration 4's columns
+        for column in ("max_failures_count", "max_failures_percent", "on_failures"):
+            conn.execute(f"ALTER TABLE rollouts DROP COLUMN {column}")
+    conn.close()
+    for _ in range(2):  # migrations 3 and 4 (ALTER TABLE … ADD COLUMN) would fail if they ran again
         state = SqliteState(path)
         assert (state.gallery_id(), state.head_revision()) == (gallery_id, 1)
         assert [p.person_id for p in state.list_people()] == ["alice"]
@@ -403,9 +407,10 @@ def test_a_database_recorded_in_meta_at_the_current_version_is_adopted_keeping_e
             (1, "initial"),
             (2, "models"),
             (3, "rollout_reason"),
+            (4, "rollout_failure_budget"),
         ]
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() is None
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
     conn.close()
 
 

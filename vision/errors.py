@@ -31,3 +31,7 @@ class ModelSpecError(FaceFleetError):
     """A model's inputs or outputs do not fit the task it is imported for."""
 
     exit_code = EXIT_DATA
+
+
+class StorageFullError(ModelStoreError):
+    """A model could not be written: the disk holding the model store is full."""

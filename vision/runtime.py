@@ -4,9 +4,11 @@ requests, and conversion of ONNX/TFLite/IR files to IR for the model store."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import openvino as ov
 
-from facefleet.vision.errors import DeviceError, ModelSpecError
+from facefleet.vision.errors import DeviceError, ModelSpecError, ModelStoreError, StorageFullError
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,8 @@ PerformanceHint = Literal["LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"]
 Precision = Literal["f32", "f16", "bf16"]
 Outputs = dict[str, npt.NDArray[np.float32]]
 VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
+MIN_FREE_BYTES = 1 << 20
+"""A failed model write with less free space than this on its disk is reported as a full disk."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,16 @@ class Runtime:
                 model = ov.convert_model(str(source))
         except Exception as exc:
             raise ModelSpecError(f"{source}: OpenVINO cannot convert this model: {_first_line(exc)}") from exc
-        ov.save_model(model, str(target_xml), compress_to_fp16=compress_to_fp16)
+        try:
+            ov.save_model(model, str(target_xml), compress_to_fp16=compress_to_fp16)
+        except (RuntimeError, OSError) as exc:  # OpenVINO reports a failed write as an iostream error
+            free = shutil.disk_usage(target_xml.parent).free
+            if free < MIN_FREE_BYTES or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
+                raise StorageFullError(
+                    f"{target_xml}: cannot write the converted model, the disk is full ({free} bytes free)"
+                ) from exc
+            message = f"{target_xml}: cannot write the converted model ({_first_line(exc)})"
+            raise ModelStoreError(message) from exc
         return _model_io(model)
 
     def _compile_config(self) -> dict[str, Any]:

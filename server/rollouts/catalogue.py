@@ -22,9 +22,11 @@ from facefleet.server.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    disk_full,
+    is_disk_full,
 )
 from facefleet.server.state.models import ModelState
-from facefleet.vision.errors import ModelSpecError
+from facefleet.vision.errors import ModelSpecError, StorageFullError
 from facefleet.vision.models.importer import MODEL_SUFFIXES, PRECISIONS, import_model
 from facefleet.vision.models.manifest import MANIFEST_NAME, ModelManifest, Source, check_part, sha256_file
 from facefleet.vision.models.store import MODEL_XML, ModelStore, StoredModel
@@ -94,6 +96,12 @@ class ModelCatalog:
                 )
         except ModelSpecError as exc:
             raise InvalidArgumentError(f"cannot publish {model_id}: {exc}") from None
+        except StorageFullError:
+            raise disk_full("model store", self.store.root) from None
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full("model store", self.store.root) from None
+            raise
         except FaceFleetError as exc:
             if "already exists with other files" in str(exc):
                 raise AlreadyExistsError(

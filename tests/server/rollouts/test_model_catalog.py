@@ -20,6 +20,7 @@ from facefleet.server.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    ResourceExhaustedError,
 )
 from facefleet.server.rollouts import plan as rollouts
 from facefleet.server.rollouts.catalogue import ModelCatalog
@@ -27,6 +28,7 @@ from facefleet.server.state.sqlite.state import MIGRATIONS, SqliteState
 from facefleet.vision.models.manifest import sha256_file
 from facefleet.vision.models.store import ModelStore
 from facefleet.vision.runtime import Runtime
+from tests.tmpfs import fill, mounted_tmpfs
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 NEW = "mini-xception@fer2013-fp32"
@@ -203,3 +205,18 @@ def test_the_default_models_are_recorded_so_they_can_be_rolled_back_to(
     assert state.models.models_revision() == revision, "recording again changes nothing"
     sface = catalog.show("sface@2021dec")
     assert {f.name: f.sha256 for f in sface.files} == catalog.stored(sface).manifest.files
+
+
+def test_publishing_onto_a_full_disk_is_resource_exhausted_and_stores_nothing(
+    tmp_path: Path, runtime: Runtime, fer_tflite: Path
+) -> None:
+    with mounted_tmpfs(tmp_path / "disk", "8m") as disk:
+        state = SqliteState(tmp_path / "server.db")
+        models = ModelCatalog(state.models, ModelStore(disk / "models"), runtime)
+        filler = fill(disk)
+        with pytest.raises(ResourceExhaustedError, match=r"model store .*: the disk is full.*free space"):
+            models.publish(fer_tflite, "expression", "mini-xception", "fer2013-fp32", "FP32", "MIT")
+        assert models.published() == []
+        filler.unlink()
+        model = models.publish(fer_tflite, "expression", "mini-xception", "fer2013-fp32", "FP32", "MIT")
+        assert [m.model_id for m in models.published()] == [model.model_id]

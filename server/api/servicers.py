@@ -28,20 +28,27 @@ log = logging.getLogger(__name__)
 S = TypeVar("S")
 
 
+async def _abort(context: Any, name: str, exc: Exception) -> None:
+    """End the call with the status a domain error names (INVALID_ARGUMENT for a LinkError); anything else
+    is logged with its traceback and becomes INTERNAL without details."""
+    if isinstance(exc, ServerError):
+        await context.abort(grpc.StatusCode[exc.status], str(exc))
+    elif isinstance(exc, LinkError):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    else:
+        log.exception("%s failed", name, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal server error; see the server log")
+
+
 def unary(method: Callable[[S, Any, Any], Awaitable[Any]]) -> Callable[[S, Any, Any], Awaitable[Any]]:
     @functools.wraps(method)
     async def call(self: S, request: Any, context: Any) -> Any:
         try:
             return await method(self, request, context)
-        except ServerError as exc:
-            await context.abort(grpc.StatusCode[exc.status], str(exc))
-        except LinkError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except grpc.aio.AbortError:
             raise
-        except Exception:
-            log.exception("%s failed", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal server error; see the server log")
+        except Exception as exc:
+            await _abort(context, method.__name__, exc)
 
     return call
 
@@ -54,15 +61,10 @@ def streaming(
         try:
             async for message in method(self, request, context):
                 yield message
-        except ServerError as exc:
-            await context.abort(grpc.StatusCode[exc.status], str(exc))
-        except LinkError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except grpc.aio.AbortError:
             raise
-        except Exception:
-            log.exception("%s failed", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal server error; see the server log")
+        except Exception as exc:
+            await _abort(context, method.__name__, exc)
 
     return call
 

@@ -71,21 +71,17 @@ def test_models_publish_list_show_retire(
     assert (code, "retired" in err) == (EXIT_DATA, True)
 
 
+def publish_new(capsys: pytest.CaptureFixture[str], base: list[str], model_irs: dict[str, Path]) -> None:
+    """`models publish` of the NEW expression model's IR into the state directory of `base`."""
+    publish = [*base, "models", "publish", str(model_irs[NEW]), "--task", "expression"]
+    assert run_cli(capsys, *publish, "--name", "mini-xception", "--version", "fer2013-fp32")[0] == EXIT_OK
+
+
 def test_rollout_verbs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], model_irs: dict[str, Path]
 ) -> None:
     base = ["--state-dir", str(tmp_path)]
-    publish = [
-        *base,
-        "models",
-        "publish",
-        str(model_irs[NEW]),
-        "--task",
-        "expression",
-        "--name",
-        "mini-xception",
-    ]
-    assert run_cli(capsys, *publish, "--version", "fer2013-fp32")[0] == EXIT_OK
+    publish_new(capsys, base, model_irs)
 
     code, _, err = run_cli(capsys, *base, "rollout", "start", "mini-xception@v9", "--all")
     assert (code, "not published" in err) == (EXIT_NO_INPUT, True)
@@ -144,17 +140,7 @@ def test_rollout_start_with_a_failure_budget(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], model_irs: dict[str, Path]
 ) -> None:
     base = ["--state-dir", str(tmp_path)]
-    publish = [
-        *base,
-        "models",
-        "publish",
-        str(model_irs[NEW]),
-        "--task",
-        "expression",
-        "--name",
-        "mini-xception",
-    ]
-    assert run_cli(capsys, *publish, "--version", "fer2013-fp32")[0] == EXIT_OK
+    publish_new(capsys, base, model_irs)
     start = [*base, "rollout", "start", NEW, "--all"]
 
     for flags, message in [

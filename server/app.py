@@ -30,7 +30,7 @@ from grpc_reflection.v1alpha import reflection
 from facefleet.core import notify
 from facefleet.core.errors import EXIT_OK, EXIT_UNAVAILABLE, FaceFleetError
 from facefleet.server.api.security import Authenticator
-from facefleet.server.api.servicers import AdminServicer, FleetServicer, QueryServicer
+from facefleet.server.api.servicers import AdminServicer, AuditLog, FleetServicer, QueryServicer
 from facefleet.server.api.wire import services
 from facefleet.server.config import ServerConfig
 from facefleet.server.errors import FailedPreconditionError, ServerConfigError, ServerError
@@ -202,7 +202,7 @@ class FleetServer:
             control=self.rollout_control,
             changed=self.refresh,
         )
-        services.add_admin_servicer(AdminServicer(people, auth, models), server)
+        services.add_admin_servicer(AdminServicer(people, auth, models, AuditLog(self.state)), server)
         services.add_query_servicer(QueryServicer(dashboard, auth), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for name in ("", *services.SERVICE_NAMES):

@@ -1,28 +1,34 @@
 """gRPC servicers: decode the request (wire), authenticate, call the handler, encode the reply. Domain
 errors become `context.abort(<their status>, <their message>)`; anything else is logged and becomes
-INTERNAL without details."""
+INTERNAL without details. AdminService's changes are recorded in the admin audit log by `audited`, which
+knows each RPC's action and target."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
 
 from facefleet.link import serde
+from facefleet.link.checks import utc_now
 from facefleet.link.errors import LinkError
 from facefleet.server.api.security import Authenticator
 from facefleet.server.api.wire import admin as admin_wire
 from facefleet.server.api.wire import fleet as fleet_wire
 from facefleet.server.api.wire import query as query_wire
 from facefleet.server.api.wire import services
+from facefleet.server.domain.audit import AuditCursor, AuditEntry, AuditFilter, AuditPage
 from facefleet.server.errors import ServerError
 from facefleet.server.fleet.link import FleetHandler
 from facefleet.server.fleet.queries import QueryHandler
 from facefleet.server.gallery.people import PeopleHandler
 from facefleet.server.rollouts.uploads import ModelAdmin
+from facefleet.server.state.interface import State
 
 log = logging.getLogger(__name__)
 S = TypeVar("S")
@@ -67,6 +73,65 @@ def streaming(
             await _abort(context, method.__name__, exc)
 
     return call
+
+
+class AuditLog:
+    """The admin audit log as the servicers use it: append an entry, read a page."""
+
+    def __init__(self, state: State, clock: Callable[[], datetime] = utc_now) -> None:
+        self.state = state
+        self.clock = clock
+
+    async def record(self, who: str, action: str, target: str, error: BaseException | None) -> None:
+        """Append the outcome of a change; a log that cannot be written is logged, and the call still
+        answers what the change did."""
+        try:
+            entry = AuditEntry.of(self.clock(), who, action, target, error)
+            await asyncio.to_thread(self.state.add_audit, entry)
+        except ServerError as exc:  # e.g. a full disk: the state names it, no traceback needed
+            log.warning("cannot record %s %s by %s in the admin audit log: %s", action, target, who, exc)
+        except Exception:
+            log.exception("cannot record %s %s by %s in the admin audit log", action, target, who)
+
+    async def page(self, flt: AuditFilter, cursor: AuditCursor | None, size: int) -> AuditPage:
+        return await asyncio.to_thread(self.state.list_audit, flt, cursor, size)
+
+
+Describe = Callable[[Any, Any], tuple[str, str]]
+"""(request, response or None when refused) → (action, target) of an audited RPC."""
+
+
+def audited(describe: Describe) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
+    """An AdminService change: authenticate the admin, run it, and record who did what and the outcome
+    (success or the refusal) in the audit log. Calls refused before authentication are not recorded."""
+
+    def wrap(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(method)
+        async def call(self: AdminServicer, request: Any, context: Any) -> Any:
+            operator = self.auth.operator(context.invocation_metadata() or (), "admin")
+            try:
+                response = await method(self, request, context)
+            except Exception as exc:
+                await self.audit.record(operator.name, *describe(request, None), exc)
+                raise
+            await self.audit.record(operator.name, *describe(request, response), None)
+            return response
+
+        return call
+
+    return wrap
+
+
+def _enrolled(request: Any, response: Any) -> tuple[str, str]:
+    return "people.enrol", response.person.person_id if response is not None else request.person_id
+
+
+def _published(request: Any, response: Any) -> tuple[str, str]:
+    return "models.publish", response.model.model_id if response is not None else ""
+
+
+def _changed(request: Any, response: Any) -> tuple[str, str]:
+    return f"rollouts.{admin_wire.ROLLOUT_ACTIONS.get(request.action, 'change')}", str(request.rollout_id)
 
 
 class FleetServicer(services.FleetServicerBase):
@@ -116,26 +181,29 @@ class FleetServicer(services.FleetServicerBase):
 
 
 class AdminServicer(services.AdminServicerBase):
-    def __init__(self, handler: PeopleHandler, auth: Authenticator, models: ModelAdmin) -> None:
+    def __init__(
+        self, handler: PeopleHandler, auth: Authenticator, models: ModelAdmin, audit: AuditLog
+    ) -> None:
         self.handler = handler
         self.auth = auth
         self.models = models
+        self.audit = audit
 
     @unary
+    @audited(_enrolled)
     async def EnrollPerson(self, request: Any, context: Any) -> Any:  # noqa: N802
-        self.auth.operator(context.invocation_metadata() or (), "admin")
         return admin_wire.enrolment_response(
             await self.handler.enrol(admin_wire.enrolment_from_proto(request))
         )
 
     @unary
+    @audited(lambda request, _: ("people.update", request.person_id))
     async def UpdatePerson(self, request: Any, context: Any) -> Any:  # noqa: N802
-        self.auth.operator(context.invocation_metadata() or (), "admin")
         return admin_wire.update_response(await self.handler.update(admin_wire.update_from_proto(request)))
 
     @unary
+    @audited(lambda request, _: ("people.delete", request.person_id))
     async def DeletePerson(self, request: Any, context: Any) -> Any:  # noqa: N802
-        self.auth.operator(context.invocation_metadata() or (), "admin")
         return admin_wire.delete_response(await self.handler.delete(admin_wire.person_id_from_proto(request)))
 
     @unary
@@ -155,8 +223,8 @@ class AdminServicer(services.AdminServicerBase):
         return admin_wire.people_response(people, token, self.handler.fanout.head)
 
     @unary
+    @audited(_published)
     async def PublishModel(self, request_iterator: Any, context: Any) -> Any:  # noqa: N802
-        self.auth.operator(context.invocation_metadata() or (), "admin")
         parts = (admin_wire.upload_part_from_proto(message) async for message in request_iterator)
         return admin_wire.publish_response(await self.models.publish(parts))
 
@@ -166,21 +234,21 @@ class AdminServicer(services.AdminServicerBase):
         return admin_wire.models_response(await self.models.models(request.task))
 
     @unary
+    @audited(lambda request, _: ("models.retire", request.model_id))
     async def RetireModel(self, request: Any, context: Any) -> Any:  # noqa: N802
-        self.auth.operator(context.invocation_metadata() or (), "admin")
         return admin_wire.retire_response(await self.models.retire(request.model_id))
 
     @unary
+    @audited(lambda request, _: ("rollouts.start", request.model_id))
     async def StartRollout(self, request: Any, context: Any) -> Any:  # noqa: N802
-        self.auth.operator(context.invocation_metadata() or (), "admin")
         start = admin_wire.start_rollout_from_proto(request)
         return admin_wire.start_rollout_response(
             await self.models.start(start.model_id, start.target, start.max_failures, start.on_failures)
         )
 
     @unary
+    @audited(_changed)
     async def ChangeRollout(self, request: Any, context: Any) -> Any:  # noqa: N802
-        self.auth.operator(context.invocation_metadata() or (), "admin")
         rollout_id, action, percent = admin_wire.change_rollout_from_proto(request)
         return admin_wire.change_rollout_response(await self.models.change(rollout_id, action, percent))
 
@@ -193,6 +261,12 @@ class AdminServicer(services.AdminServicerBase):
     async def GetRollout(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.auth.operator(context.invocation_metadata() or (), "admin")
         return admin_wire.rollout_response(*await self.models.rollout(request.rollout_id))
+
+    @unary
+    async def ListAudit(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.auth.operator(context.invocation_metadata() or (), "admin")
+        flt, cursor, size = admin_wire.audit_query_from_proto(request, self.audit.clock())
+        return admin_wire.audit_response(await self.audit.page(flt, cursor, size))
 
 
 class QueryServicer(services.QueryServicerBase):

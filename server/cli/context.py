@@ -1,11 +1,14 @@
 """What every facefleet-server command shares: the loaded config, the state directory's paths, the state
-database (opened on first use) and the output console."""
+database (opened on first use), the output console, and recording changes in the admin audit log."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -13,9 +16,13 @@ from typing import Any
 from rich.console import Console
 
 from facefleet.core.paths import resolve_state_dir
+from facefleet.link.checks import utc_now
 from facefleet.server.config import ServerConfig, load_config
+from facefleet.server.domain.audit import LOCAL, AuditEntry
 from facefleet.server.paths import ServerPaths
 from facefleet.server.state.sqlite.state import SqliteState
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,6 +47,22 @@ class Context:
     def print_json(self, data: Any) -> None:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
         sys.stdout.flush()
+
+    @contextmanager
+    def audited(self, action: str, target: str) -> Iterator[None]:
+        """Record the change the body makes (who = "local") in the admin audit log, refused or not."""
+        try:
+            yield
+        except Exception as exc:
+            self._record(action, target, exc)
+            raise
+        self._record(action, target, None)
+
+    def _record(self, action: str, target: str, error: Exception | None) -> None:
+        try:
+            self.state.add_audit(AuditEntry.of(utc_now(), LOCAL, action, target, error))
+        except Exception as exc:  # the change's own outcome matters more than its record
+            log.warning("cannot record %s %s in the admin audit log: %s", action, target, exc)
 
     def close(self) -> None:
         """Close the state database if a command opened it."""

@@ -1,5 +1,5 @@
-"""The facefleet-server command line: serve, certificates, operator tokens, models, rollouts and dashboard
-queries.
+"""The facefleet-server command line: serve, certificates, operator tokens, models, rollouts, dashboard
+queries and the admin audit log.
 
 Exit codes: 0 success (and `serve` stopped by SIGTERM/SIGINT); 1 unexpected failure; 2 bad usage;
 65 bad input data; 66 not found; 69 cannot listen on an address; 74 state database or model store
@@ -23,6 +23,7 @@ from facefleet.core.errors import EXIT_OK
 from facefleet.link.checks import utc_now
 from facefleet.server.api import certs
 from facefleet.server.api.security import new_token
+from facefleet.server.cli.audit import register as register_audit
 from facefleet.server.cli.context import Context
 from facefleet.server.cli.models import register as register_models
 from facefleet.server.cli.query import register as register_query
@@ -37,6 +38,7 @@ EPILOG = """examples:
   facefleet-server query events --since 24h --device door-1 --json
   facefleet-server models publish emotion.tflite --task expression --name mini-xception --version v2
   facefleet-server rollout start mini-xception@v2 --percent 10
+  facefleet-server audit list --since 7d --action rollouts
 """
 
 
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_tokens(commands)
     register_models(commands, _parser)
     register_query(commands, _parser)
+    register_audit(commands, _parser)
     return parser
 
 
@@ -193,8 +196,9 @@ def _show_files(context: Context, files: dict[str, dict[str, Path]], note: str) 
 
 
 def _tokens_create(context: Context, args: argparse.Namespace) -> int:
-    token, record = new_token(args.name, args.role, utc_now())
-    context.state.add_token(record)
+    with context.audited("tokens.create", args.name):
+        token, record = new_token(args.name, args.role, utc_now())
+        context.state.add_token(record)
     if context.json_output:
         context.print_json({"name": record.name, "role": record.role, "token": token})
     else:
@@ -221,7 +225,8 @@ def _tokens_list(context: Context, args: argparse.Namespace) -> int:
 
 
 def _tokens_revoke(context: Context, args: argparse.Namespace) -> int:
-    context.state.revoke_token(args.name)
+    with context.audited("tokens.revoke", args.name):
+        context.state.revoke_token(args.name)
     context.console.print(
         f"token {args.name} revoked (running servers forget it within tokens.cache_seconds)"
     )

@@ -1,5 +1,6 @@
 """`facefleet-server models …` and `facefleet-server rollout …`: the model catalogue and rollouts, on the
 state directory directly (no running server needed; a running one picks changes up within fleet.poll_seconds).
+Publishing, retiring and every rollout change are recorded in the admin audit log as made by "local".
 """
 
 from __future__ import annotations
@@ -168,11 +169,12 @@ def _import_defaults(context: Context, args: argparse.Namespace) -> int:
 
 
 def _publish(context: Context, args: argparse.Namespace) -> int:
-    catalog = _catalog(context, _runtime(context))
-    with context.console.status(f"converting {args.path}…"):
-        model = catalog.publish(
-            Path(args.path), args.task, args.name, args.version, args.precision, args.licence
-        )
+    with context.audited("models.publish", f"{args.name}@{args.version}"):
+        catalog = _catalog(context, _runtime(context))
+        with context.console.status(f"converting {args.path}…"):
+            model = catalog.publish(
+                Path(args.path), args.task, args.name, args.version, args.precision, args.licence
+            )
     if context.json_output:
         context.print_json(model_json(model))
         return EXIT_OK
@@ -225,7 +227,8 @@ def _show_model(context: Context, args: argparse.Namespace) -> int:
 
 
 def _retire_model(context: Context, args: argparse.Namespace) -> int:
-    model = _catalog(context).retire(args.model_id)
+    with context.audited("models.retire", args.model_id):
+        model = _catalog(context).retire(args.model_id)
     if context.json_output:
         context.print_json(model_json(model, files=False))
         return EXIT_OK
@@ -261,6 +264,12 @@ def _control(context: Context, runtime: Runtime | None = None) -> RolloutControl
 
 
 def _start(context: Context, args: argparse.Namespace) -> int:
+    with context.audited("rollouts.start", args.model_id):
+        started = _started(context, args)
+    return _show_started(context, started)
+
+
+def _started(context: Context, args: argparse.Namespace) -> StartedRollout:
     if args.all:
         target = Target("all")
     elif args.group is not None:
@@ -285,7 +294,7 @@ def _start(context: Context, args: argparse.Namespace) -> int:
                 target,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
-    return _show_started(context, started)
+    return started
 
 
 def _show_started(context: Context, started: StartedRollout) -> int:
@@ -365,13 +374,14 @@ def _show_rollout(context: Context, args: argparse.Namespace) -> int:
 
 
 def _change(verb: str, context: Context, args: argparse.Namespace) -> int:
-    control = _control(context)
-    if verb == "pause":
-        rollout = control.pause(args.rollout_id)
-    elif verb == "resume":
-        rollout = control.resume(args.rollout_id, args.percent)
-    else:
-        rollout = control.rollback(args.rollout_id)
+    with context.audited(f"rollouts.{verb}", str(args.rollout_id)):
+        control = _control(context)
+        if verb == "pause":
+            rollout = control.pause(args.rollout_id)
+        elif verb == "resume":
+            rollout = control.resume(args.rollout_id, args.percent)
+        else:
+            rollout = control.rollback(args.rollout_id)
     if context.json_output:
         context.print_json(rollout_json(rollout))
         return EXIT_OK

@@ -97,8 +97,8 @@ def _dashboard(context: Context) -> QueryHandler:
 def _filter(args: argparse.Namespace) -> EventFilter:
     now = utc_now()
     return EventFilter(
-        start=_moment(args.since, now),
-        end=_moment(args.until, now) if args.until else now + timedelta(microseconds=1),
+        start=parse_moment(args.since, now),
+        end=parse_moment(args.until, now) if args.until else now + timedelta(microseconds=1),
         device_ids=tuple(args.device),
         person_ids=tuple(getattr(args, "person", [])),
         decisions=tuple(args.decision),
@@ -106,7 +106,7 @@ def _filter(args: argparse.Namespace) -> EventFilter:
     )
 
 
-def _moment(text: str, now: datetime) -> datetime:
+def parse_moment(text: str, now: datetime) -> datetime:
     match = _DURATION.match(text.strip())
     if match:
         return now - timedelta(seconds=int(match[1]) * _UNITS[match[2]])

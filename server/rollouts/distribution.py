@@ -7,7 +7,8 @@ device (state 'assigned', with the version the device ran before) only once its 
 (`announce` after the yield): a paused rollout keeps covering exactly the devices that received it.
 
 A refusal that takes a rollout past its failure budget pauses or rolls it back in the transaction that
-records it (facefleet.server.rollouts.plan.stopped); `changed` then wakes the Watch streams at once.
+records it (facefleet.server.rollouts.plan.stopped) and is entered in the admin audit log as done by
+"server"; `changed` then wakes the Watch streams at once.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from datetime import datetime
 
 from facefleet.link.checks import utc_now
 from facefleet.link.models import ModelRelease, ModelStatus, check_model_versions, check_statuses
+from facefleet.server.domain.audit import SERVER, AuditEntry
 from facefleet.server.domain.models import PublishedModel, Rollout
-from facefleet.server.errors import NotFoundError
+from facefleet.server.errors import NotFoundError, ServerError
 from facefleet.server.rollouts.catalogue import ModelCatalog
 from facefleet.server.rollouts.files import Chunk, ModelFiles
 from facefleet.server.rollouts.plan import desired_releases, stopped
@@ -124,13 +126,16 @@ class ModelDistribution:
             if received:
                 models.announce(device_id, received, self.clock())
             now = self.clock()
-            return models.set_agent_models(
+            halted = models.set_agent_models(
                 device_id,
                 now,
                 statuses=statuses,
                 model_versions=versions or None,
                 stop=lambda rollout, devices: stopped(rollout, devices, now),
             )
+            for rollout in halted:
+                self._audit_stop(rollout, now)
+            return halted
 
         for rollout in await asyncio.to_thread(store):
             log.warning(
@@ -142,6 +147,18 @@ class ModelDistribution:
             )
             if self.changed is not None:
                 await self.changed()
+
+    def _audit_stop(self, rollout: Rollout, now: datetime) -> None:
+        """Record a rollout its failure budget stopped in the admin audit log, as done by the server."""
+        action = "rollouts.rollback" if rollout.state == "rolled_back" else "rollouts.pause"
+        try:
+            self.state.add_audit(
+                AuditEntry(now, SERVER, action, str(rollout.rollout_id), detail=rollout.reason)
+            )
+        except ServerError as exc:  # e.g. a full disk: the state names it, no traceback needed
+            log.warning("cannot record %s %d in the admin audit log: %s", action, rollout.rollout_id, exc)
+        except Exception:
+            log.exception("cannot record %s %d in the admin audit log", action, rollout.rollout_id)
 
     async def _shared(self) -> Fleetwide:
         """Rollouts that can cover anyone (not preparing) and the not retired models, per models revision."""

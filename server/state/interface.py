@@ -1,4 +1,5 @@
-"""The server's state behind one interface: people and the gallery revision log, agents, events, tokens.
+"""The server's state behind one interface: people and the gallery revision log, agents, events, tokens,
+the admin audit log.
 
 Implementations: `facefleet.server.state.sqlite.state.SqliteState` (the embedded default). The interface asks
 for nothing SQLite-specific, so a PostgreSQL implementation can serve a fleet that outgrows one machine: every
@@ -21,6 +22,7 @@ from datetime import datetime
 from facefleet.link.events import Event
 from facefleet.link.fleet import Registration
 from facefleet.link.gallery import Embedding, GalleryDelta, Person
+from facefleet.server.domain.audit import AuditCursor, AuditEntry, AuditFilter, AuditPage
 from facefleet.server.domain.queries import (
     DoorAccess,
     EventCursor,
@@ -176,6 +178,16 @@ class State(abc.ABC):
     @abc.abstractmethod
     def revoke_token(self, name: str) -> None:
         """Delete a token by name; NotFoundError when there is none."""
+
+    # -- admin audit log -----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def add_audit(self, entry: AuditEntry) -> AuditEntry:
+        """Append an entry to the admin audit log; return it with its entry_id."""
+
+    @abc.abstractmethod
+    def list_audit(self, flt: AuditFilter, after: AuditCursor | None, limit: int) -> AuditPage:
+        """Matching entries, newest first (ties by entry_id, descending), after cursor, at most limit."""
 
     # -- lifecycle -----------------------------------------------------------------------------------
 

@@ -101,6 +101,11 @@ class AdminServiceStub:
                 request_serializer=facefleet_dot_v1_dot_admin__pb2.GetRolloutRequest.SerializeToString,
                 response_deserializer=facefleet_dot_v1_dot_admin__pb2.GetRolloutResponse.FromString,
                 _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/facefleet.v1.AdminService/ListAudit',
+                request_serializer=facefleet_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=facefleet_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -216,6 +221,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAudit(self, request, context):
+        """The admin audit log, newest first, a page at a time: every change to people, tokens, models and
+        rollouts (through this service or the server's command line), with who made it, when and the
+        outcome; refused changes too. INVALID_ARGUMENT for until not after since or a foreign page_token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -278,6 +292,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetRollout,
                     request_deserializer=facefleet_dot_v1_dot_admin__pb2.GetRolloutRequest.FromString,
                     response_serializer=facefleet_dot_v1_dot_admin__pb2.GetRolloutResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=facefleet_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
+                    response_serializer=facefleet_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -611,6 +630,33 @@ class AdminService:
             '/facefleet.v1.AdminService/GetRollout',
             facefleet_dot_v1_dot_admin__pb2.GetRolloutRequest.SerializeToString,
             facefleet_dot_v1_dot_admin__pb2.GetRolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facefleet.v1.AdminService/ListAudit',
+            facefleet_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+            facefleet_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,20 +1,23 @@
-"""AdminService messages: people (enrol, update, delete, get, list) and model versions (publish by
-upload, list, retire) and rollouts (start, change, list, show). `*_from_proto` validate and raise
-InvalidArgumentError (or LinkError) naming the field."""
+"""AdminService messages: people (enrol, update, delete, get, list), model versions (publish by upload,
+list, retire), rollouts (start, change, list, show) and the admin audit log. `*_from_proto` validate and
+raise InvalidArgumentError (or LinkError) naming the field."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from facefleet.link.checks import MAX_EMBEDDINGS_PER_PERSON, check_id, check_model_id
 from facefleet.link.errors import LinkError
 from facefleet.link.gallery import Person
 from facefleet.link.serde import (
     embedding_from_proto,
+    from_timestamp,
     person_to_proto,
     timestamp,
 )
+from facefleet.server.domain.audit import AuditCursor, AuditEntry, AuditFilter, AuditPage
 from facefleet.server.domain.models import (
     DeviceRollout,
     DeviceState,
@@ -25,6 +28,7 @@ from facefleet.server.domain.models import (
     RolloutState,
     Target,
 )
+from facefleet.server.domain.queries import EPOCH, page_size
 from facefleet.server.domain.records import EnrolmentRequest, EnrolmentResult, OnExisting, PersonUpdate
 from facefleet.server.errors import InvalidArgumentError
 from facefleet.server.rollouts.control import StartedRollout
@@ -315,4 +319,38 @@ def device_rollout_to_proto(row: DeviceRollout) -> admin_pb2.RolloutDevice:
 def rollout_response(rollout: Rollout, devices: Iterable[DeviceRollout]) -> admin_pb2.GetRolloutResponse:
     return admin_pb2.GetRolloutResponse(
         rollout=rollout_to_proto(rollout), devices=[device_rollout_to_proto(d) for d in devices]
+    )
+
+
+def audit_query_from_proto(
+    request: admin_pb2.ListAuditRequest, now: datetime
+) -> tuple[AuditFilter, AuditCursor | None, int]:
+    """(filter, where the previous page ended, page size); unset since means the first entry, unset until
+    means now."""
+    since = from_timestamp(request.since, "since") if request.HasField("since") else EPOCH
+    until = (
+        from_timestamp(request.until, "until")
+        if request.HasField("until")
+        else now + timedelta(microseconds=1)
+    )
+    flt = AuditFilter(since, until, who=request.who, action=request.action_prefix)
+    cursor = AuditCursor.decode(request.page_token) if request.page_token else None
+    return flt, cursor, page_size(request.page_size)
+
+
+def audit_entry_to_proto(entry: AuditEntry) -> admin_pb2.AuditEntry:
+    return admin_pb2.AuditEntry(
+        time=timestamp(entry.time),
+        who=entry.who,
+        action=entry.action,
+        target=entry.target,
+        outcome=entry.outcome,
+        detail=entry.detail,
+    )
+
+
+def audit_response(page: AuditPage) -> admin_pb2.ListAuditResponse:
+    return admin_pb2.ListAuditResponse(
+        entries=[audit_entry_to_proto(e) for e in page.entries],
+        next_page_token=page.next_cursor.encode() if page.next_cursor else "",
     )

@@ -6,7 +6,8 @@ Each thread gets its own connection; writes are serialised by a lock in this pro
 Reads that need a consistent view (a gallery delta) run in one deferred transaction, which WAL turns into
 a snapshot. Row-level SQL lives in companions: people in facefleet.server.state.sqlite.people, agents and
 tokens in facefleet.server.state.sqlite.agents, events and dashboard aggregates in
-facefleet.server.state.sqlite.events, models in facefleet.server.state.sqlite.models."""
+facefleet.server.state.sqlite.events, models in facefleet.server.state.sqlite.models, the admin audit log in
+facefleet.server.state.sqlite.audit."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from facefleet.link.checks import MAX_EMBEDDINGS_PER_PERSON
 from facefleet.link.events import Event
 from facefleet.link.fleet import Registration
 from facefleet.link.gallery import Embedding, GalleryDelta, Person
+from facefleet.server.domain.audit import AuditCursor, AuditEntry, AuditFilter, AuditPage
 from facefleet.server.domain.queries import (
     DoorAccess,
     EventCursor,
@@ -47,6 +49,7 @@ from facefleet.server.errors import (
 )
 from facefleet.server.state.interface import State
 from facefleet.server.state.sqlite import agents as sqlite_agents
+from facefleet.server.state.sqlite import audit as sqlite_audit
 from facefleet.server.state.sqlite import events as sqlite_events
 from facefleet.server.state.sqlite import models as sqlite_models
 from facefleet.server.state.sqlite import people as sqlite_people
@@ -119,6 +122,7 @@ MIGRATIONS = Migrations(
         Migration(2, "models", sqlite_models.SCHEMA),
         Migration(3, "rollout_reason", sqlite_models.SCHEMA_3),
         Migration(4, "rollout_failure_budget", sqlite_models.SCHEMA_4),
+        Migration(5, "admin_audit", sqlite_audit.SCHEMA),
     ),
     what="state database",
     program="server",
@@ -525,6 +529,16 @@ class SqliteState(State):
     def revoke_token(self, name: str) -> None:
         with self.write() as conn:
             sqlite_agents.revoke_token(conn, name)
+
+    # -- admin audit log -----------------------------------------------------------------------------
+
+    def add_audit(self, entry: AuditEntry) -> AuditEntry:
+        with self.write() as conn:
+            return sqlite_audit.add_audit(conn, entry)
+
+    def list_audit(self, flt: AuditFilter, after: AuditCursor | None, limit: int) -> AuditPage:
+        with self.connection() as conn:
+            return sqlite_audit.list_audit(conn, flt, after, limit)
 
 
 def _disk_full(exc: sqlite3.Error | OSError) -> bool:

@@ -15,6 +15,7 @@ import pytest
 
 from facefleet.link.models import ModelFile, ModelStatus
 from facefleet.server.api.wire import admin as admin_wire
+from facefleet.server.domain.audit import AuditFilter
 from facefleet.server.domain.models import MaxFailures, PublishedModel, Rollout, Target
 from facefleet.server.errors import InvalidArgumentError
 from facefleet.server.gallery.embedder import Enroller
@@ -128,6 +129,11 @@ def test_the_refusal_that_passes_the_budget_pauses_the_rollout_in_the_same_call_
     reopened = SqliteState(path)
     assert reopened.models.get_rollout(rid) == stopped
     assert reopened.models.list_rollouts() == [stopped]
+    # the stop is in the admin audit log once, as done by the server, with the reason
+    audit = reopened.list_audit(AuditFilter(NOW - timedelta(days=1), NOW + timedelta(days=1)), None, 10)
+    assert [(e.time, e.who, e.action, e.target, e.outcome, e.detail) for e in audit.entries] == [
+        (NOW, "server", "rollouts.pause", str(rid), "ok", expected)
+    ]
     reopened.close()
 
 

@@ -1,0 +1,61 @@
+"""Row-level SQL of the admin audit log for facefleet.server.state.sqlite.state.SqliteState: plain functions
+on a connection, run inside its transactions."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from facefleet.server.domain.audit import AuditCursor, AuditEntry, AuditFilter, AuditPage
+from facefleet.server.domain.queries import from_us, to_us
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS admin_audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, time_us INTEGER NOT NULL, who TEXT NOT NULL,
+        action TEXT NOT NULL, target TEXT NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS admin_audit_time ON admin_audit(time_us, id)",
+)
+"""Migration 5: the admin audit log, listed newest first by time."""
+
+
+def add_audit(conn: sqlite3.Connection, entry: AuditEntry) -> AuditEntry:
+    cursor = conn.execute(
+        "INSERT INTO admin_audit (time_us, who, action, target, outcome, detail) VALUES (?, ?, ?, ?, ?, ?)",
+        (to_us(entry.time), entry.who, entry.action, entry.target, entry.outcome, entry.detail),
+    )
+    return AuditEntry(
+        entry.time,
+        entry.who,
+        entry.action,
+        entry.target,
+        entry.outcome,
+        entry.detail,
+        int(cursor.lastrowid or 0),
+    )
+
+
+def list_audit(
+    conn: sqlite3.Connection, flt: AuditFilter, after: AuditCursor | None, limit: int
+) -> AuditPage:
+    """Matching entries newest first (ties by id, descending), after the cursor, at most limit."""
+    where = ["time_us >= ?", "time_us < ?"]
+    params: list[object] = [to_us(flt.since), to_us(flt.until)]
+    if flt.who:
+        where.append("who = ?")
+        params.append(flt.who)
+    if flt.action:
+        where.append("substr(action, 1, ?) = ?")
+        params += [len(flt.action), flt.action]
+    if after is not None:
+        where.append("(time_us < ? OR (time_us = ? AND id < ?))")
+        params += [after.time_us, after.time_us, after.entry_id]
+    rows = conn.execute(
+        "SELECT id, time_us, who, action, target, outcome, detail FROM admin_audit "  # noqa: S608
+        f"WHERE {' AND '.join(where)} ORDER BY time_us DESC, id DESC LIMIT ?",
+        (*params, limit + 1),
+    ).fetchall()
+    entries = tuple(
+        AuditEntry(from_us(time_us), who, action, target, outcome, detail, entry_id)
+        for entry_id, time_us, who, action, target, outcome, detail in rows[:limit]
+    )
+    more = len(rows) > limit and entries
+    return AuditPage(entries, AuditCursor(to_us(entries[-1].time), entries[-1].entry_id) if more else None)

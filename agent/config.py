@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import ssl
 import sys
 from pathlib import Path
@@ -271,9 +272,24 @@ class AgentConfig(StrictSection):
                 raise ValueError(str(exc)) from None
         return device_id
 
+    def device(self) -> str:
+        """This agent's id: device_id, or the host name when it is empty, which must then follow the id rule
+        too (it names MQTT topics and the agent on the server); ConfigError otherwise."""
+        if self.device_id:
+            return self.device_id
+        hostname = socket.gethostname()
+        try:
+            return check_id("device_id", hostname)
+        except LinkError:
+            raise ConfigError(
+                f"device_id is empty and the host name {hostname!r} is not a valid id (1–128 letters, "
+                "digits, '.', '_', ':', '@' or '-', starting with a letter or digit): set device_id"
+            ) from None
+
     def check_files(self) -> None:
-        """Check every file the enabled sections name, as `run` reads them, without connecting anywhere;
-        ConfigError naming the key and the file otherwise."""
+        """Check the device id and every file the enabled sections name, as `run` reads them, without
+        connecting anywhere; ConfigError naming the key and the file otherwise."""
+        self.device()
         if self.mqtt.enabled:
             self.mqtt.password()
             self.mqtt.tls_files()

@@ -61,7 +61,7 @@ class AgentService:
 
     def __init__(self, config: AgentConfig, state_dir: Path) -> None:
         self.config = config
-        self.device_id = config.device_id or socket.gethostname()
+        self.device_id = config.device()
         self.prefix = config.mqtt.prefix or f"facefleet/{self.device_id}/"
         self.runtime = Runtime(config.runtime.settings(state_dir))
         settings = AnalyzerSettings(detector=config.detector.settings(), jobs=config.runtime.jobs)

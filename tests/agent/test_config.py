@@ -3,6 +3,7 @@ file, an unreadable password file and a device id outside the link's id rule wit
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from facefleet.agent.cli.main import main
-from facefleet.core.errors import EXIT_CONFIG, EXIT_OK
+from facefleet.agent.config import AgentConfig
+from facefleet.core.errors import EXIT_CONFIG, EXIT_OK, ConfigError
 from facefleet.server.api import certs
 from facefleet.vision.models.store import ModelStore
 
@@ -167,3 +169,15 @@ def test_run_exits_78_naming_a_missing_or_garbage_ca_file(
     )
     assert result.returncode == EXIT_CONFIG, result.stderr
     assert f"mqtt.ca_file {ca_file}: " in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_empty_device_id_takes_the_host_name_only_when_it_is_a_valid_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = AgentConfig()
+    monkeypatch.setattr(socket, "gethostname", lambda: "door-box.local")
+    assert config.device() == "door-box.local"
+    monkeypatch.setattr(socket, "gethostname", lambda: "door box")
+    with pytest.raises(ConfigError, match=r"host name 'door box' is not a valid id.*set device_id"):
+        config.check_files()
+    assert AgentConfig(device_id="front-door").device() == "front-door"

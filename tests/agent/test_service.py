@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -52,6 +53,18 @@ def state_dir(model_store: ModelStore, analyzer: Any, astronaut: np.ndarray, tmp
 
 def stranger(group_photo: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(group_photo[190:550, 380:660])
+
+
+@contextlib.contextmanager
+def running(service: AgentService) -> Iterator[AgentService]:
+    """The service's run() on a thread for the duration, stopped and joined afterwards."""
+    runner = threading.Thread(target=service.run)
+    runner.start()
+    try:
+        yield service
+    finally:
+        service.stop_event.set()
+        runner.join(30)
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float) -> Path:
@@ -165,9 +178,7 @@ def test_badge_claims_and_bad_commands(
     config = load_config(config_file(tmp_path, broker.port, "loop", folder, allow_people=["eileen"]))
     watcher = subscriber_factory(broker.port, PREFIX + "#")
     service = AgentService(config, state_dir)
-    runner = threading.Thread(target=service.run)
-    runner.start()
-    try:
+    with running(service):
         watcher.wait_for(lambda: watcher.on(PREFIX + "access/front"), timeout=30)  # the stranger is denied
         sender = watcher.client
         sender.publish(PREFIX + "cmd/verify", b"{not json", qos=1)
@@ -190,9 +201,6 @@ def test_badge_claims_and_bad_commands(
         watcher.wait_for(
             lambda: any(e.get("claim_id") == "r2" for e in watcher.on(PREFIX + "access/front")), timeout=30
         )
-    finally:
-        service.stop_event.set()
-        runner.join(30)
     replies = watcher.on(PREFIX + "replies/verify")
     assert [r["ok"] for r in replies] == [False, False, False, True, True]
     assert "malformed" in replies[0]["detail"] and "colour" in replies[1]["detail"]
@@ -225,9 +233,7 @@ def test_every_refusal_keeps_a_readable_request_id_and_oversized_commands_are_an
     config = load_config(config_file(tmp_path, broker.port, "loop", blank_camera(tmp_path)))
     watcher = subscriber_factory(broker.port, PREFIX + "#")
     service = AgentService(config, state_dir)
-    runner = threading.Thread(target=service.run)
-    runner.start()
-    try:
+    with running(service):
         watcher.wait_for(lambda: watcher.on(PREFIX + "status"), timeout=30)
         send(
             watcher,
@@ -241,9 +247,6 @@ def test_every_refusal_keeps_a_readable_request_id_and_oversized_commands_are_an
         send(watcher, "verify", {"door": "front", "person_id": "x" * MAX_COMMAND_BYTES, "request_id": "huge"})
         watcher.wait_for(lambda: len(watcher.on(PREFIX + "replies/verify")) >= 5, timeout=30)
         watcher.wait_for(lambda: watcher.on(PREFIX + "replies/reload"), timeout=30)
-    finally:
-        service.stop_event.set()
-        runner.join(30)
     replies = watcher.on(PREFIX + "replies/verify")
     assert not any(r["ok"] for r in replies) and len(replies) == 5
     by_id = {r["request_id"]: r["detail"] for r in replies if r["request_id"] is not None}
@@ -265,16 +268,11 @@ def test_a_repeated_request_id_is_not_executed_again_and_a_new_claim_supersedes_
     config = load_config(config_file(tmp_path, broker.port, "loop", blank_camera(tmp_path)))
     watcher = subscriber_factory(broker.port, PREFIX + "#")
     service = AgentService(config, state_dir)
-    runner = threading.Thread(target=service.run)
-    runner.start()
-    try:
+    with running(service):
         watcher.wait_for(lambda: watcher.on(PREFIX + "status"), timeout=30)
         for request_id in ("c1", "c2", "c1"):
             send(watcher, "verify", {"door": "front", "person_id": "eileen", "request_id": request_id})
         watcher.wait_for(lambda: len(watcher.on(PREFIX + "replies/verify")) >= 3, timeout=30)
-    finally:
-        service.stop_event.set()
-        runner.join(30)
     watcher.wait_for(lambda: watcher.on(PREFIX + "status")[-1]["state"] == "offline")  # sent after the outbox
     replies = watcher.on(PREFIX + "replies/verify")
     assert [(r["request_id"], r["ok"]) for r in replies] == [("c1", True), ("c2", True), ("c1", False)]
@@ -330,13 +328,8 @@ def test_home_assistant_discovery(
     config = load_config(config_file(tmp_path, broker.port, "loop", folder))
     watcher = subscriber_factory(broker.port, "homeassistant/#")
     service = AgentService(config, state_dir)
-    runner = threading.Thread(target=service.run)
-    runner.start()
-    try:
+    with running(service):
         watcher.wait_for(lambda: len(watcher.messages) >= 4, timeout=30)
-    finally:
-        service.stop_event.set()
-        runner.join(30)
     topics = {topic: payload for topic, payload, _ in watcher.messages}
     person = topics["homeassistant/sensor/facefleet_door-box_loop_person/config"]
     assert person["state_topic"] == PREFIX + "cameras/loop/state"

@@ -34,6 +34,8 @@ from facefleet.server.api.servicers import AdminServicer, AuditLog, FleetService
 from facefleet.server.api.wire import services
 from facefleet.server.config import ServerConfig
 from facefleet.server.errors import FailedPreconditionError, ServerConfigError, ServerError
+from facefleet.server.fleet.device_admin import DeviceAdmin
+from facefleet.server.fleet.devices import DeviceRegistry
 from facefleet.server.fleet.link import FleetHandler, FleetSettings
 from facefleet.server.fleet.queries import QueryHandler
 from facefleet.server.gallery.embedder import Enroller
@@ -94,12 +96,16 @@ class FleetServer:
         self._server: grpc.aio.Server | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._poll: asyncio.Task[None] | None = None
+        self.devices = DeviceRegistry(self.state)
 
     async def start(self) -> Ports:
         """Bind the listeners and start serving."""
         credentials = None if self.config.insecure_development else self._credentials()
         await asyncio.to_thread(self._expire_stalled)
-        self.fanout = GalleryFanout(self.state.head_revision(), self.state.models.models_revision())
+        await asyncio.to_thread(self.devices.reload)
+        self.fanout = GalleryFanout(
+            self.state.head_revision(), self.state.models.models_revision(), self.devices.revision
+        )
         await self.enrolment.follow_rollouts(
             await asyncio.to_thread(rollout_embedding_models, self.state.models)
         )
@@ -166,7 +172,10 @@ class FleetServer:
     async def _add_services(self, server: grpc.aio.Server, fanout: GalleryFanout) -> None:
         config = self.config
         auth = Authenticator(
-            self.state, insecure=config.insecure_development, cache_seconds=config.tokens.cache_seconds
+            self.state,
+            devices=self.devices,
+            insecure=config.insecure_development,
+            cache_seconds=config.tokens.cache_seconds,
         )
         fleet = FleetHandler(
             self.state,
@@ -202,7 +211,10 @@ class FleetServer:
             control=self.rollout_control,
             changed=self.refresh,
         )
-        services.add_admin_servicer(AdminServicer(people, auth, models, AuditLog(self.state)), server)
+        devices = DeviceAdmin(self.state, changed=self.refresh)
+        services.add_admin_servicer(
+            AdminServicer(people, auth, models, AuditLog(self.state), devices), server
+        )
         services.add_query_servicer(QueryServicer(dashboard, auth), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for name in ("", *services.SERVICE_NAMES):
@@ -262,11 +274,13 @@ class FleetServer:
     # -- changes from other processes --------------------------------------------------------------
 
     async def refresh(self) -> None:
-        """Publish gallery, model and rollout changes committed since the last look (by this process or
-        another on the same state directory, e.g. the CLI) to the Watch streams; follow the embedding
-        models of rollouts in the enroller."""
+        """Publish gallery, model, rollout and device changes committed since the last look (by this
+        process or another on the same state directory, e.g. the CLI) to the Watch streams; follow the
+        embedding models of rollouts in the enroller."""
         assert self.fanout is not None
         models = self.state.models
+        if await asyncio.to_thread(self.devices.reload):
+            await self.fanout.publish_devices(self.devices.revision)
         await asyncio.to_thread(self._expire_stalled)
         # models first: a rollout activated after its gallery was completed is then seen with that gallery
         models_revision, head = await asyncio.to_thread(

@@ -83,5 +83,5 @@ def describe_rpc_error(error: grpc.aio.AioRpcError, timeout: float, *, connected
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return f"it refused this device's certificate ({details}); check [server] cert_file and key_file"
     if code == grpc.StatusCode.PERMISSION_DENIED:
-        return f"permission denied ({details}); device_id must be the device named in the certificate"
+        return f"permission denied: {details}"
     return f"{code.name}: {details}"

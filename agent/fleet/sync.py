@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from cryptography import x509
 
 from facefleet import __version__
 from facefleet.agent.domain.fleet import SyncPoint
@@ -50,6 +51,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_HEALTH_FIGURES = 32
+CERTIFICATE_EXPIRY_HEALTH = "certificate_expires_at"
+"""The health figure that tells the server when this device's certificate expires (Unix seconds)."""
+WIPE_METADATA = ("facefleet-device-action", "wipe-gallery")
+"""Trailing metadata of the server's refusal of a device revoked with --wipe: erase the gallery."""
 STATUS_RETRY_S = 5.0
 """How often model statuses the server did not acknowledge are sent again."""
 
@@ -122,6 +127,8 @@ class FleetSync:
         self.connects = 0
         self.reported = 0
         self.refused = 0
+        self.wiped_at: float | None = None
+        self.certificate_expires_at = certificate_expiry(self._tls[2])
 
     # ---- life cycle ---------------------------------------------------------------------------------
 
@@ -172,6 +179,8 @@ class FleetSync:
             "reports_pending": self.store.reports.count(),
             "reports_dropped": self.store.reports.dropped(),
             "last_error": self.last_error,
+            "certificate_expires_at": self.certificate_expires_at,
+            "gallery_wiped_at": self.wiped_at,
         }
 
     # ---- the loop -----------------------------------------------------------------------------------
@@ -224,6 +233,8 @@ class FleetSync:
         except _RetryError as exc:
             return str(exc)
         except grpc.aio.AioRpcError as exc:
+            if WIPE_METADATA in tuple(exc.trailing_metadata() or ()):
+                await self._wipe(exc)
             return describe_rpc_error(exc, self.settings.rpc_timeout_s, connected=self.connected)
         except (FaceFleetError, OSError) as exc:
             return str(exc)
@@ -233,8 +244,29 @@ class FleetSync:
         finally:
             self.connected = False
 
+    async def _wipe(self, refusal: grpc.aio.AioRpcError) -> None:
+        """The server revoked this device and ordered its gallery erased (a lost or stolen box)."""
+
+        def erase() -> bool:
+            if self.wiped_at is not None and not self.store.gallery.people():
+                return False  # erased already; the server repeats the order on every call
+            self.store.sync.erase()
+            return True
+
+        if not await asyncio.to_thread(erase):
+            return
+        self.wiped_at = time.time()
+        self.applied_revision = 0
+        log.critical(
+            "server %s revoked this device and ordered its gallery erased (%s): every enrolled person and "
+            "embedding is deleted",
+            self.settings.address,
+            refusal.details(),
+        )
+
     async def _session(self, backoff: Backoff, stopping: asyncio.Event, wake: asyncio.Event) -> None:
         self._tls = await asyncio.to_thread(read_tls, self.settings)  # certificates may have been renewed
+        self.certificate_expires_at = certificate_expiry(self._tls[2])
         channel = grpc.aio.secure_channel(self.settings.address, self._credentials(), options=self._options())
         try:
             client = FleetClient(channel, self.settings.device_id)
@@ -472,6 +504,8 @@ class FleetSync:
         try:
             figures = {**self.health(), "reports_pending": self.store.reports.count() - sending}
             figures["reports_dropped"] = self.store.reports.dropped()
+            if self.certificate_expires_at is not None:
+                figures[CERTIFICATE_EXPIRY_HEALTH] = self.certificate_expires_at
             clean = {str(k)[:64]: float(v) for k, v in figures.items() if k}
         except (StoreError, ValueError, TypeError) as exc:
             log.warning("health figures unavailable: %s", exc)
@@ -508,3 +542,11 @@ def resume_from(
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+def certificate_expiry(cert_pem: bytes) -> float | None:
+    """When the first certificate in a PEM file expires (Unix seconds), None when it cannot be read."""
+    try:
+        return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc.timestamp()
+    except ValueError:
+        return None

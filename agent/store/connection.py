@@ -94,6 +94,15 @@ class StoreConnection:
                 self._conn.rollback()
                 raise
 
+    def scrub(self) -> None:
+        """Rewrite the file without the pages that deleted rows left behind (VACUUM), and empty the
+        write-ahead log, so erased data cannot be read back from the disk image."""
+        if self.read_only:
+            raise StoreReadOnlyError(f"store {self.path} was opened read-only; open it writable to scrub it")
+        with self._lock, self._translated():
+            self._conn.execute("VACUUM")
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     # ---- schema -------------------------------------------------------------------------------------------
 
     def migrate(self) -> list[str]:

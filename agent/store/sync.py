@@ -75,6 +75,22 @@ class ServerSync:
             )
             return revision
 
+    def erase(self) -> int:
+        """Erase the whole gallery (people and their embeddings) and forget the sync point, then scrub the
+        file: the server revoked this device and told it to wipe. The store's revision (moved on, so the
+        matcher reloads an empty gallery)."""
+        with self._connection.write() as conn:
+            everyone = tuple(row[0] for row in conn.execute("SELECT person_id FROM people"))
+            self._gallery.change_people(conn, [], everyone, whole_people=True)
+            revision = self._gallery.bump(conn)
+            conn.execute(
+                "UPDATE server_sync SET revision = 0, gallery_id = '', models_json = '[]', applied_at = ? "
+                "WHERE id = 1",
+                (time.time(),),
+            )
+        self._connection.scrub()
+        return revision
+
 
 def _check_continues(point: SyncPoint, delta: GalleryDelta, path: Path) -> None:
     if delta.gallery_id and point.gallery_id and delta.gallery_id != point.gallery_id:

@@ -30,10 +30,19 @@ LEAF_DAYS = 825
 
 @dataclass(frozen=True)
 class Issued:
-    """Paths of a certificate and its key."""
+    """Paths of a certificate and its key; serial (lower-case hex) and validity of a certificate issued
+    here (empty and None for one only named)."""
 
     cert: Path
     key: Path
+    serial: str = ""
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+
+
+def serial_text(serial: int) -> str:
+    """A certificate serial number as the server records it: lower-case hexadecimal."""
+    return f"{serial:x}"
 
 
 def init_ca(
@@ -160,7 +169,13 @@ def _issue(
         .sign(ca_key, hashes.SHA256())
     )
     _write(target, cert, key)
-    return target
+    return Issued(
+        target.cert,
+        target.key,
+        serial_text(cert.serial_number),
+        cert.not_valid_before_utc,
+        cert.not_valid_after_utc,
+    )
 
 
 def _load_ca(tls_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:

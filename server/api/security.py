@@ -3,7 +3,9 @@
 Devices: the agents' listener requires a client certificate signed by the site CA (checked by TLS). The
 device id is the certificate's "urn:facefleet:device:<id>" URI SAN, else its subject CN; a request that
 names another device fails with PERMISSION_DENIED, a call without a verified certificate with
-UNAUTHENTICATED. Only with `insecure_development = true` is the device id taken from the request.
+UNAUTHENTICATED. Only with `insecure_development = true` is the device id taken from the request. Every call
+is then admitted by the device registry (facefleet.server.fleet.devices): a disabled or revoked device, or a
+certificate serial the server revoked or never issued to that device, is refused.
 
 Operators: "authorization: Bearer ff1.<token_id>.<secret>". The state keeps the token id, the role, a random
 salt and sha256(salt ‖ secret), never the secret: tokens are 256-bit random, so a fast hash is enough and
@@ -20,10 +22,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from cryptography import x509
+
 from facefleet.link.checks import check_id
-from facefleet.server.api.certs import DEVICE_URI_PREFIX
+from facefleet.server.api.certs import DEVICE_URI_PREFIX, serial_text
 from facefleet.server.domain.records import Role, TokenRecord
 from facefleet.server.errors import InvalidArgumentError, PermissionDeniedError, UnauthenticatedError
+from facefleet.server.fleet.devices import DeviceRegistry
 from facefleet.server.state.interface import State
 
 TOKEN_PREFIX = "ff1"  # noqa: S105 - the token format's version tag, not a secret
@@ -60,18 +65,27 @@ class Authenticator:
         self,
         state: State,
         *,
+        devices: DeviceRegistry | None = None,
         insecure: bool = False,
         cache_seconds: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.state = state
+        self.devices = devices or DeviceRegistry(state)
         self.insecure = insecure
         self.cache_seconds = cache_seconds
         self._clock = clock
         self._cache: dict[str, tuple[TokenRecord | None, float]] = {}
+        self._serials: dict[bytes, str] = {}
 
     def device(self, auth_context: Mapping[str, Iterable[bytes]], claimed: str) -> str:
-        """The calling device's id; `claimed` is the device_id the request names ('' = none)."""
+        """The calling device's id, once admitted; `claimed` is the device_id the request names ('' =
+        none)."""
+        identity = self._identity(auth_context, claimed)
+        self.devices.admit(identity, None if self.insecure else self._serial(auth_context))
+        return identity
+
+    def _identity(self, auth_context: Mapping[str, Iterable[bytes]], claimed: str) -> str:
         if self.insecure:
             if not claimed:
                 raise InvalidArgumentError(
@@ -89,6 +103,22 @@ class Authenticator:
                 f"this connection is authenticated as device {identity!r} and cannot act as {claimed[:80]!r}"
             )
         return identity
+
+    def _serial(self, auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
+        """The serial of the call's client certificate (parsed once per certificate)."""
+        pems = list(auth_context.get("x509_pem_cert", []))
+        if not pems:
+            return None
+        serial = self._serials.get(pems[0])
+        if serial is None:
+            try:
+                serial = serial_text(x509.load_pem_x509_certificate(pems[0]).serial_number)
+            except ValueError:
+                raise UnauthenticatedError("the client certificate cannot be read") from None
+            if len(self._serials) > 10_000:
+                self._serials.clear()
+            self._serials[pems[0]] = serial
+        return serial
 
     def operator(self, metadata: Iterable[tuple[str, str | bytes]], need: Role) -> Operator:
         """The operator behind the call's bearer token, if its role grants `need`."""

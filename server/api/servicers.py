@@ -19,11 +19,14 @@ from facefleet.link.checks import utc_now
 from facefleet.link.errors import LinkError
 from facefleet.server.api.security import Authenticator
 from facefleet.server.api.wire import admin as admin_wire
+from facefleet.server.api.wire import devices as devices_wire
 from facefleet.server.api.wire import fleet as fleet_wire
 from facefleet.server.api.wire import query as query_wire
 from facefleet.server.api.wire import services
 from facefleet.server.domain.audit import AuditCursor, AuditEntry, AuditFilter, AuditPage
+from facefleet.server.domain.devices import DeviceRefusedError
 from facefleet.server.errors import ServerError
+from facefleet.server.fleet.device_admin import DeviceAdmin
 from facefleet.server.fleet.link import FleetHandler
 from facefleet.server.fleet.queries import QueryHandler
 from facefleet.server.gallery.people import PeopleHandler
@@ -32,11 +35,16 @@ from facefleet.server.state.interface import State
 
 log = logging.getLogger(__name__)
 S = TypeVar("S")
+WIPE_METADATA_KEY = "facefleet-device-action"
+WIPE_GALLERY = "wipe-gallery"
+"""Trailing metadata of a refusal that tells a device revoked with --wipe to erase its gallery."""
 
 
 async def _abort(context: Any, name: str, exc: Exception) -> None:
     """End the call with the status a domain error names (INVALID_ARGUMENT for a LinkError); anything else
     is logged with its traceback and becomes INTERNAL without details."""
+    if isinstance(exc, DeviceRefusedError) and exc.wipe:
+        context.set_trailing_metadata(((WIPE_METADATA_KEY, WIPE_GALLERY),))
     if isinstance(exc, ServerError):
         await context.abort(grpc.StatusCode[exc.status], str(exc))
     elif isinstance(exc, LinkError):
@@ -147,18 +155,25 @@ class FleetServicer(services.FleetServicerBase):
 
     @streaming
     async def Watch(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
-        device = self.auth.device(context.auth_context(), request.device_id)
+        auth_context = context.auth_context()
+        device = self.auth.device(auth_context, request.device_id)
         updates = self.handler.watch(
-            device, request.from_revision, request.gallery_id, tuple(request.embedding_models)
+            device,
+            request.from_revision,
+            request.gallery_id,
+            tuple(request.embedding_models),
+            admitted=lambda: self.auth.device(auth_context, request.device_id),
         )
         async for update in updates:
             yield serde.watch_update_to_proto(update)
 
     @streaming
     async def DownloadModel(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
-        device = self.auth.device(context.auth_context(), request.device_id)
+        auth_context = context.auth_context()
+        device = self.auth.device(auth_context, request.device_id)
         model_id, file_name, offset = fleet_wire.download_from_proto(request)
         async for chunk in self.handler.download(device, model_id, file_name, offset):
+            self.auth.device(auth_context, request.device_id)  # a device refused meanwhile gets no more
             yield fleet_wire.chunk_to_proto(chunk)
 
     @unary
@@ -182,12 +197,18 @@ class FleetServicer(services.FleetServicerBase):
 
 class AdminServicer(services.AdminServicerBase):
     def __init__(
-        self, handler: PeopleHandler, auth: Authenticator, models: ModelAdmin, audit: AuditLog
+        self,
+        handler: PeopleHandler,
+        auth: Authenticator,
+        models: ModelAdmin,
+        audit: AuditLog,
+        devices: DeviceAdmin,
     ) -> None:
         self.handler = handler
         self.auth = auth
         self.models = models
         self.audit = audit
+        self.devices = devices
 
     @unary
     @audited(_enrolled)
@@ -267,6 +288,20 @@ class AdminServicer(services.AdminServicerBase):
         self.auth.operator(context.invocation_metadata() or (), "admin")
         flt, cursor, size = admin_wire.audit_query_from_proto(request, self.audit.clock())
         return admin_wire.audit_response(await self.audit.page(flt, cursor, size))
+
+    @unary
+    async def ListDevices(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.auth.operator(context.invocation_metadata() or (), "admin")
+        return devices_wire.devices_response(
+            await self.devices.list(devices_wire.device_ids_from_proto(request))
+        )
+
+    @unary
+    @audited(lambda request, _: (f"devices.{devices_wire.action_name(request)}", request.device_id[:80]))
+    async def ChangeDevice(self, request: Any, context: Any) -> Any:  # noqa: N802
+        device_id, action, reason, wipe = devices_wire.change_from_proto(request)
+        who = self.auth.operator(context.invocation_metadata() or (), "admin").name
+        return devices_wire.change_response(await self.devices.change(device_id, action, reason, wipe, who))
 
 
 class QueryServicer(services.QueryServicerBase):

@@ -1,5 +1,5 @@
-"""The facefleet-server command line: serve, certificates, operator tokens, models, rollouts, dashboard
-queries and the admin audit log.
+"""The facefleet-server command line: serve, certificates and devices, operator tokens, models, rollouts,
+dashboard queries and the admin audit log.
 
 Exit codes: 0 success (and `serve` stopped by SIGTERM/SIGINT); 1 unexpected failure; 2 bad usage;
 65 bad input data; 66 not found; 69 cannot listen on an address; 74 state database or model store
@@ -21,10 +21,10 @@ from facefleet import __version__
 from facefleet.core.cli import add_command, configure_logging, program_parser, run_command
 from facefleet.core.errors import EXIT_OK
 from facefleet.link.checks import utc_now
-from facefleet.server.api import certs
 from facefleet.server.api.security import new_token
 from facefleet.server.cli.audit import register as register_audit
 from facefleet.server.cli.context import Context
+from facefleet.server.cli.devices import register_certs, register_devices
 from facefleet.server.cli.models import register as register_models
 from facefleet.server.cli.query import register as register_query
 from facefleet.server.config import load_config
@@ -33,6 +33,7 @@ from facefleet.server.domain.records import ROLES
 EPILOG = """examples:
   facefleet-server certs init --server-name fleet.example.org
   facefleet-server certs issue door-1
+  facefleet-server devices revoke door-1 --wipe --reason stolen
   facefleet-server tokens create dashboard --role query
   facefleet-server --config /etc/facefleet-server/server.toml serve
   facefleet-server query events --since 24h --device door-1 --json
@@ -72,55 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the effective settings as JSON")
     check.set_defaults(handler=_check_config, needs_context=False)
 
-    _register_certs(commands)
+    register_certs(commands, _parser)
+    register_devices(commands, _parser)
     _register_tokens(commands)
     register_models(commands, _parser)
     register_query(commands, _parser)
     register_audit(commands, _parser)
     return parser
-
-
-def _register_certs(commands: Any) -> None:
-    group = _parser(
-        commands, "certs", "create the site CA and certificates", "facefleet-server certs issue door-1"
-    )
-    verbs = group.add_subparsers(dest="certs_command", metavar="VERB", required=True)
-    init = _parser(
-        verbs,
-        "init",
-        "create the CA and the server certificate in <state_dir>/tls",
-        "facefleet-server certs init --server-name fleet.example.org --server-name 10.0.0.5",
-    )
-    init.add_argument(
-        "--server-name", action="append", default=[], help="DNS name or IP agents dial (repeat)"
-    )
-    init.add_argument(
-        "--force", action="store_true", help="replace an existing CA (old device certs stop working)"
-    )
-    init.add_argument("--json", action="store_true")
-    init.set_defaults(handler=_certs_init)
-    issue = _parser(
-        verbs,
-        "issue",
-        "issue a device (client) certificate signed by the CA",
-        "facefleet-server certs issue door-1 --out /tmp/door-1",
-    )
-    issue.add_argument("device", help="device id (the agent's device_id)")
-    issue.add_argument(
-        "--out", type=Path, help="directory for DEVICE.pem/.key (default <state_dir>/tls/devices)"
-    )
-    issue.add_argument("--days", type=int, default=certs.LEAF_DAYS, help="validity in days")
-    issue.add_argument("--json", action="store_true")
-    issue.set_defaults(handler=_certs_issue)
-    server = _parser(
-        verbs,
-        "server",
-        "re-issue the server certificate (e.g. for new names)",
-        "facefleet-server certs server --server-name fleet.example.org",
-    )
-    server.add_argument("--server-name", action="append", default=[], help="DNS name or IP (repeat)")
-    server.add_argument("--json", action="store_true")
-    server.set_defaults(handler=_certs_server)
 
 
 def _register_tokens(commands: Any) -> None:
@@ -158,41 +117,6 @@ def _check_config(context: Context | None, args: argparse.Namespace) -> int:
     config = load_config(args.file)
     print(config.model_dump_json(indent=2) if args.json else f"{args.file}: ok")
     return EXIT_OK
-
-
-def _certs_init(context: Context, args: argparse.Namespace) -> int:
-    ca = certs.init_ca(context.paths.tls_dir, server_names=args.server_name, force=args.force)
-    tls = context.paths.tls_dir
-    files = {
-        "ca": {"cert": ca.cert, "key": ca.key},
-        "server": {"cert": tls / "server.pem", "key": tls / "server.key"},
-    }
-    _show_files(context, files, "keep ca.key secret: it signs device certificates")
-    return EXIT_OK
-
-
-def _certs_issue(context: Context, args: argparse.Namespace) -> int:
-    issued = certs.issue_device(context.paths.tls_dir, args.device, out_dir=args.out, days=args.days)
-    files = {args.device: {"cert": issued.cert, "key": issued.key}, "ca": {"cert": context.paths.ca_cert}}
-    _show_files(context, files, f"install the three files on {args.device}")
-    return EXIT_OK
-
-
-def _certs_server(context: Context, args: argparse.Namespace) -> int:
-    issued = certs.issue_server(context.paths.tls_dir, args.server_name)
-    _show_files(context, {"server": {"cert": issued.cert, "key": issued.key}}, "restart the server to use it")
-    return EXIT_OK
-
-
-def _show_files(context: Context, files: dict[str, dict[str, Path]], note: str) -> None:
-    if context.json_output:
-        context.print_json(
-            {name: {kind: str(path) for kind, path in paths.items()} for name, paths in files.items()}
-        )
-        return
-    for name, paths in files.items():
-        context.console.print(f"{name}: " + ", ".join(str(path) for path in paths.values()), markup=False)
-    context.console.print(note, markup=False)
 
 
 def _tokens_create(context: Context, args: argparse.Namespace) -> int:

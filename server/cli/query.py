@@ -188,12 +188,15 @@ def _fleet(context: Context, args: argparse.Namespace) -> int:
     if context.json_output:
         context.print_json({"gallery_revision": head, "agents": [_plain(a) for a in agents]})
         return EXIT_OK
-    table = Table(
-        "device", "online", "last seen", "version", "groups", "models", "model status", "revision", "lag"
-    )
+    table = Table()
+    table.add_column("device", no_wrap=True)  # the one column that must stay whole on a narrow terminal
+    for column in ("online", "last seen", "version", "groups", "models", "model status", "revision (lag)"):
+        table.add_column(column)
+    table.add_column("certificate")
     for a in agents:
+        expires = a.certificate_expires_at
         table.add_row(
-            a.device_id,
+            a.device_id + ("" if a.device_status == "active" else f" ({a.device_status})"),
             "yes" if a.online else "no",
             a.last_seen.isoformat(timespec="seconds"),
             a.agent_version,
@@ -202,8 +205,8 @@ def _fleet(context: Context, args: argparse.Namespace) -> int:
             "\n".join(
                 f"{s.model_id} {s.state}" + (f": {s.reason}" if s.reason else "") for s in a.model_statuses
             ),
-            str(a.gallery_revision),
-            str(a.revision_lag),
+            f"{a.gallery_revision} ({a.revision_lag})",
+            "-" if expires is None else f"until {expires:%Y-%m-%d}",
         )
     context.console.print(f"gallery revision {head}", markup=False)
     context.console.print(table)

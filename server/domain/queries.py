@@ -203,3 +203,5 @@ class AgentStatus:
     health: Mapping[str, float] = field(default_factory=dict)
     model_statuses: tuple[ModelStatus, ...] = ()
     groups: tuple[str, ...] = ()
+    device_status: str = "active"
+    certificate_expires_at: datetime | None = None

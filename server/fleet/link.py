@@ -123,11 +123,17 @@ class FleetHandler:
         )
 
     async def watch(
-        self, device_id: str, from_revision: int, gallery_id: str, models: Sequence[str]
+        self,
+        device_id: str,
+        from_revision: int,
+        gallery_id: str,
+        models: Sequence[str],
+        admitted: Callable[[], object] = lambda: None,
     ) -> AsyncIterator[GalleryDelta | Heartbeat | ModelAssignment]:
         """The agent's missing changes, then every new one, until the server stops; after the initial
         gallery update, the model releases it should run whenever they differ from what was last sent
-        (gallery deltas go first)."""
+        (gallery deltas go first). `admitted` raises when the device may no longer be served: it is asked
+        again whenever a device changes, and its error ends the stream at once."""
         await self._require_registered(device_id)
         snapshot = from_revision == 0 or (bool(gallery_id) and gallery_id != self.gallery_id)
         if not snapshot and from_revision > self.fanout.head:
@@ -140,13 +146,17 @@ class FleetHandler:
         wanted = frozenset(models) if models else None
         revision = from_revision
         models_seen: int | None = None
+        devices_seen = self.fanout.devices_head
         sent: tuple[ModelRelease, ...] = ()
         self.fanout.enter(device_id)
         try:
             if not snapshot and revision == self.fanout.head:
                 yield Heartbeat(revision, self.clock())
             while not self.fanout.closed:
-                if snapshot or self.fanout.head > revision:
+                if devices_seen != self.fanout.devices_head:
+                    devices_seen = self.fanout.devices_head
+                    admitted()
+                elif snapshot or self.fanout.head > revision:
                     delta = await self.deltas.get(revision, self.fanout.head, snapshot)
                     for part in split_delta(only_models(delta, wanted), self.settings.max_message_bytes // 2):
                         yield part
@@ -162,7 +172,7 @@ class FleetHandler:
                         yield ModelAssignment(planned.releases)
                         await self.models.announce(device_id, planned)
                 elif not await self.fanout.wait_beyond(
-                    revision, self.settings.heartbeat_seconds, models=models_seen
+                    revision, self.settings.heartbeat_seconds, models=models_seen, devices=devices_seen
                 ):
                     if self.fanout.closed:
                         break

@@ -21,8 +21,8 @@ from facefleet.server.domain.queries import (
     check_interval,
     page_size,
 )
-from facefleet.server.domain.records import AgentInfo
 from facefleet.server.errors import InvalidArgumentError
+from facefleet.server.fleet.device_admin import DeviceView, device_views
 from facefleet.server.state.interface import State
 
 
@@ -75,10 +75,10 @@ class QueryHandler:
         for device_id in device_ids:
             check_id("device_id", device_id)
 
-        def read() -> tuple[list[AgentInfo], dict[str, AgentModels]]:
-            return self.state.list_agents(device_ids), self.state.models.agent_models(device_ids)
+        def read() -> tuple[list[DeviceView], dict[str, AgentModels]]:
+            return device_views(self.state, tuple(device_ids)), self.state.models.agent_models(device_ids)
 
-        agents, models = await asyncio.to_thread(read)
+        views, models = await asyncio.to_thread(read)
         head, now, watching = self.head(), self.clock(), self.watching()
         return [
             AgentStatus(
@@ -96,6 +96,9 @@ class QueryHandler:
                 health=a.health,
                 model_statuses=models[a.device_id].statuses if a.device_id in models else (),
                 groups=models[a.device_id].groups if a.device_id in models else (),
+                device_status=v.device.status,
+                certificate_expires_at=v.certificate_expires_at,
             )
-            for a in agents
+            for v in views
+            if (a := v.agent) is not None
         ], head

@@ -1,4 +1,5 @@
-"""In-process notification of new gallery revisions (and model/rollout changes) to every open Watch stream.
+"""In-process notification of new gallery revisions (and model, rollout and device changes) to every open
+Watch stream.
 
 One asyncio.Condition guards the head revision: a commit calls publish(revision) and every stream waiting in
 wait_beyond() wakes at once (notify_all), so one change reaches hundreds of watchers in one pass of the
@@ -15,9 +16,10 @@ from collections import Counter
 class GalleryFanout:
     """The head revision, the streams waiting for it to move, and which devices are watching now."""
 
-    def __init__(self, head: int, models_head: int = 0) -> None:
+    def __init__(self, head: int, models_head: int = 0, devices_head: int = 0) -> None:
         self._head = head
         self._models_head = models_head
+        self._devices_head = devices_head
         self._condition = asyncio.Condition()
         self._closed = False
         self._watching: Counter[str] = Counter()
@@ -30,6 +32,11 @@ class GalleryFanout:
     def models_head(self) -> int:
         """The models revision (facefleet.server.state.models) streams last heard of."""
         return self._models_head
+
+    @property
+    def devices_head(self) -> int:
+        """The devices revision (facefleet.server.state.devices) streams last heard of."""
+        return self._devices_head
 
     @property
     def closed(self) -> bool:
@@ -49,12 +56,25 @@ class GalleryFanout:
                 self._models_head = revision
                 self._condition.notify_all()
 
-    async def wait_beyond(self, revision: int, timeout: float, models: int | None = None) -> bool:
-        """Wait until the head passes `revision` or the models revision differs from `models` (True), or a
-        timeout or close() comes first (False)."""
+    async def publish_devices(self, revision: int) -> None:
+        """A device was disabled, enabled or revoked: wake every waiting stream to check its device."""
+        async with self._condition:
+            if revision != self._devices_head:
+                self._devices_head = revision
+                self._condition.notify_all()
+
+    async def wait_beyond(
+        self, revision: int, timeout: float, models: int | None = None, devices: int | None = None
+    ) -> bool:
+        """Wait until the head passes `revision`, or the models revision differs from `models`, or the
+        devices revision from `devices` (True), or a timeout or close() comes first (False)."""
 
         def moved() -> bool:
-            return self._head > revision or (models is not None and self._models_head != models)
+            return (
+                self._head > revision
+                or (models is not None and self._models_head != models)
+                or (devices is not None and self._devices_head != devices)
+            )
 
         async with self._condition:
             try:

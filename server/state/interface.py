@@ -33,15 +33,18 @@ from facefleet.server.domain.queries import (
     UnknownRate,
 )
 from facefleet.server.domain.records import AgentInfo, Crop, TokenRecord
+from facefleet.server.state.devices import DeviceState
 from facefleet.server.state.models import ModelState
 
 
 class State(abc.ABC):
     """Durable server state. Methods raise NotFoundError, AlreadyExistsError or StateError
     (facefleet.server.errors).
-    `models` holds the model catalogue and rollouts (facefleet.server.state.models)."""
+    `models` holds the model catalogue and rollouts (facefleet.server.state.models), `devices` each device's
+    status and certificates (facefleet.server.state.devices)."""
 
     models: ModelState
+    devices: DeviceState
 
     # -- gallery -------------------------------------------------------------------------------------
 

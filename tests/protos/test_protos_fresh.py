@@ -29,6 +29,7 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
     assert stale == [], f"stale generated code {stale}: run scripts/gen-protos and commit the result"
     assert {p.stem for p in GENERATED.glob("*.proto")} == {
         "admin",
+        "devices",
         "events",
         "fleet",
         "gallery",

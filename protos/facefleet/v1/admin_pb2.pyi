@@ -1,5 +1,6 @@
 import datetime
 
+from facefleet.v1 import devices_pb2 as _devices_pb2
 from facefleet.v1 import gallery_pb2 as _gallery_pb2
 from facefleet.v1 import models_pb2 as _models_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -54,6 +55,13 @@ class RolloutAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLLOUT_ACTION_PAUSE: _ClassVar[RolloutAction]
     ROLLOUT_ACTION_RESUME: _ClassVar[RolloutAction]
     ROLLOUT_ACTION_ROLLBACK: _ClassVar[RolloutAction]
+
+class DeviceAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEVICE_ACTION_UNSPECIFIED: _ClassVar[DeviceAction]
+    DEVICE_ACTION_DISABLE: _ClassVar[DeviceAction]
+    DEVICE_ACTION_ENABLE: _ClassVar[DeviceAction]
+    DEVICE_ACTION_REVOKE: _ClassVar[DeviceAction]
 ON_EXISTING_FAIL: OnExisting
 ON_EXISTING_REPLACE: OnExisting
 ON_EXISTING_APPEND: OnExisting
@@ -79,6 +87,10 @@ ROLLOUT_ACTION_UNSPECIFIED: RolloutAction
 ROLLOUT_ACTION_PAUSE: RolloutAction
 ROLLOUT_ACTION_RESUME: RolloutAction
 ROLLOUT_ACTION_ROLLBACK: RolloutAction
+DEVICE_ACTION_UNSPECIFIED: DeviceAction
+DEVICE_ACTION_DISABLE: DeviceAction
+DEVICE_ACTION_ENABLE: DeviceAction
+DEVICE_ACTION_REVOKE: DeviceAction
 
 class EnrollPersonRequest(_message.Message):
     __slots__ = ("person_id", "display_name", "groups", "metadata_json", "images", "embeddings", "on_existing")
@@ -435,3 +447,33 @@ class ListAuditResponse(_message.Message):
     entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
     next_page_token: str
     def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ListDevicesRequest(_message.Message):
+    __slots__ = ("device_ids",)
+    DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
+    device_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, device_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListDevicesResponse(_message.Message):
+    __slots__ = ("devices",)
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedCompositeFieldContainer[_devices_pb2.Device]
+    def __init__(self, devices: _Optional[_Iterable[_Union[_devices_pb2.Device, _Mapping]]] = ...) -> None: ...
+
+class ChangeDeviceRequest(_message.Message):
+    __slots__ = ("device_id", "action", "reason", "wipe")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    WIPE_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    action: DeviceAction
+    reason: str
+    wipe: bool
+    def __init__(self, device_id: _Optional[str] = ..., action: _Optional[_Union[DeviceAction, str]] = ..., reason: _Optional[str] = ..., wipe: _Optional[bool] = ...) -> None: ...
+
+class ChangeDeviceResponse(_message.Message):
+    __slots__ = ("device",)
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    device: _devices_pb2.Device
+    def __init__(self, device: _Optional[_Union[_devices_pb2.Device, _Mapping]] = ...) -> None: ...

@@ -106,6 +106,16 @@ class AdminServiceStub:
                 request_serializer=facefleet_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=facefleet_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.ListDevices = channel.unary_unary(
+                '/facefleet.v1.AdminService/ListDevices',
+                request_serializer=facefleet_dot_v1_dot_admin__pb2.ListDevicesRequest.SerializeToString,
+                response_deserializer=facefleet_dot_v1_dot_admin__pb2.ListDevicesResponse.FromString,
+                _registered_method=True)
+        self.ChangeDevice = channel.unary_unary(
+                '/facefleet.v1.AdminService/ChangeDevice',
+                request_serializer=facefleet_dot_v1_dot_admin__pb2.ChangeDeviceRequest.SerializeToString,
+                response_deserializer=facefleet_dot_v1_dot_admin__pb2.ChangeDeviceResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -230,6 +240,23 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDevices(self, request, context):
+        """Every device the server has registered or issued a certificate to (or only device_ids), by id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeDevice(self, request, context):
+        """Disable, enable or revoke a device. A disabled or revoked device is refused on every FleetService
+        call, and its open streams end within a second. Errors: NOT_FOUND (a device the server never
+        registered nor issued a certificate to), INVALID_ARGUMENT (an action its status does not allow, e.g.
+        enabling a revoked device, or wipe without revoke).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -297,6 +324,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=facefleet_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
                     response_serializer=facefleet_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'ListDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDevices,
+                    request_deserializer=facefleet_dot_v1_dot_admin__pb2.ListDevicesRequest.FromString,
+                    response_serializer=facefleet_dot_v1_dot_admin__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'ChangeDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeDevice,
+                    request_deserializer=facefleet_dot_v1_dot_admin__pb2.ChangeDeviceRequest.FromString,
+                    response_serializer=facefleet_dot_v1_dot_admin__pb2.ChangeDeviceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -657,6 +694,60 @@ class AdminService:
             '/facefleet.v1.AdminService/ListAudit',
             facefleet_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
             facefleet_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facefleet.v1.AdminService/ListDevices',
+            facefleet_dot_v1_dot_admin__pb2.ListDevicesRequest.SerializeToString,
+            facefleet_dot_v1_dot_admin__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facefleet.v1.AdminService/ChangeDevice',
+            facefleet_dot_v1_dot_admin__pb2.ChangeDeviceRequest.SerializeToString,
+            facefleet_dot_v1_dot_admin__pb2.ChangeDeviceResponse.FromString,
             options,
             channel_credentials,
             insecure,

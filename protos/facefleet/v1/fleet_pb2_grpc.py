@@ -32,6 +32,12 @@ class FleetServiceStub:
     "urn:facefleet:device:<id>" URI SAN, else its subject CN); every device_id field of a request must equal
     it, or the call fails with PERMISSION_DENIED. A call without a client certificate fails with
     UNAUTHENTICATED (or at the TLS handshake, on the agents' listener).
+
+    Admission, checked on every call and again on open streams whenever a device changes: a disabled or
+    revoked device gets PERMISSION_DENIED; a certificate the server revoked (or, for a device whose
+    certificates it recorded, never issued) gets UNAUTHENTICATED. A device revoked with --wipe gets
+    PERMISSION_DENIED with the trailing metadata "facefleet-device-action: wipe-gallery": the agent erases
+    its gallery.
     """
 
     def __init__(self, channel):
@@ -79,6 +85,12 @@ class FleetServiceServicer:
     "urn:facefleet:device:<id>" URI SAN, else its subject CN); every device_id field of a request must equal
     it, or the call fails with PERMISSION_DENIED. A call without a client certificate fails with
     UNAUTHENTICATED (or at the TLS handshake, on the agents' listener).
+
+    Admission, checked on every call and again on open streams whenever a device changes: a disabled or
+    revoked device gets PERMISSION_DENIED; a certificate the server revoked (or, for a device whose
+    certificates it recorded, never issued) gets UNAUTHENTICATED. A device revoked with --wipe gets
+    PERMISSION_DENIED with the trailing metadata "facefleet-device-action: wipe-gallery": the agent erases
+    its gallery.
     """
 
     def Register(self, request, context):
@@ -180,6 +192,12 @@ class FleetService:
     "urn:facefleet:device:<id>" URI SAN, else its subject CN); every device_id field of a request must equal
     it, or the call fails with PERMISSION_DENIED. A call without a client certificate fails with
     UNAUTHENTICATED (or at the TLS handshake, on the agents' listener).
+
+    Admission, checked on every call and again on open streams whenever a device changes: a disabled or
+    revoked device gets PERMISSION_DENIED; a certificate the server revoked (or, for a device whose
+    certificates it recorded, never issued) gets UNAUTHENTICATED. A device revoked with --wipe gets
+    PERMISSION_DENIED with the trailing metadata "facefleet-device-action: wipe-gallery": the agent erases
+    its gallery.
     """
 
     @staticmethod

@@ -22,12 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from facefleet.v1 import devices_pb2 as facefleet_dot_v1_dot_devices__pb2
 from facefleet.v1 import events_pb2 as facefleet_dot_v1_dot_events__pb2
 from facefleet.v1 import models_pb2 as facefleet_dot_v1_dot_models__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x61\x63\x65\x66leet/v1/query.proto\x12\x0c\x66\x61\x63\x65\x66leet.v1\x1a\x19\x66\x61\x63\x65\x66leet/v1/events.proto\x1a\x19\x66\x61\x63\x65\x66leet/v1/models.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdc\x01\n\x0b\x45ventFilter\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndevice_ids\x18\x03 \x03(\t\x12\x12\n\nperson_ids\x18\x04 \x03(\t\x12)\n\tdecisions\x18\x05 \x03(\x0e\x32\x16.facefleet.v1.Decision\x12&\n\x05kinds\x18\x06 \x03(\x0e\x32\x17.facefleet.v1.EventKind\"e\n\x11ListEventsRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.facefleet.v1.EventFilter\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"R\n\x12ListEventsResponse\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.facefleet.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Y\n\x12\x43ountEventsRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.facefleet.v1.EventFilter\x12\x18\n\x10interval_seconds\x18\x02 \x01(\r\"\\\n\rIntervalCount\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"B\n\x13\x43ountEventsResponse\x12+\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x1b.facefleet.v1.IntervalCount\"^\n\x1d\x45xpressionDistributionRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.facefleet.v1.EventFilter\x12\x12\n\nper_device\x18\x02 \x01(\x08\"B\n\x0f\x45xpressionCount\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"O\n\x1e\x45xpressionDistributionResponse\x12-\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x1d.facefleet.v1.ExpressionCount\"C\n\x16UnknownFaceRateRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.facefleet.v1.EventFilter\"_\n\x0fUnknownFaceRate\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66\x61\x63\x65_events\x18\x02 \x01(\x04\x12\x16\n\x0eunknown_events\x18\x03 \x01(\x04\x12\x0c\n\x04rate\x18\x04 \x01(\x01\"z\n\x17UnknownFaceRateResponse\x12,\n\x05total\x18\x01 \x01(\x0b\x32\x1d.facefleet.v1.UnknownFaceRate\x12\x31\n\nper_device\x18\x02 \x03(\x0b\x32\x1d.facefleet.v1.UnknownFaceRate\"A\n\x14\x41\x63\x63\x65ssSummaryRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.facefleet.v1.EventFilter\"N\n\nDoorAccess\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64oor\x18\x02 \x01(\t\x12\x0f\n\x07granted\x18\x03 \x01(\x04\x12\x0e\n\x06\x64\x65nied\x18\x04 \x01(\x04\"@\n\x15\x41\x63\x63\x65ssSummaryResponse\x12\'\n\x05\x64oors\x18\x01 \x03(\x0b\x32\x18.facefleet.v1.DoorAccess\"(\n\x12\x46leetStatusRequest\x12\x12\n\ndevice_ids\x18\x01 \x03(\t\"\xb8\x04\n\x0b\x41gentStatus\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0e\n\x06online\x18\x02 \x01(\x08\x12\x10\n\x08watching\x18\x03 \x01(\x08\x12-\n\tlast_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rregistered_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x10\n\x08hostname\x18\x07 \x01(\t\x12\x44\n\x0emodel_versions\x18\x08 \x03(\x0b\x32,.facefleet.v1.AgentStatus.ModelVersionsEntry\x12\x14\n\x0c\x63\x61pabilities\x18\t \x03(\t\x12\x18\n\x10gallery_revision\x18\n \x01(\x04\x12\x14\n\x0crevision_lag\x18\x0b \x01(\x04\x12\x35\n\x06health\x18\x0c \x03(\x0b\x32%.facefleet.v1.AgentStatus.HealthEntry\x12\x31\n\x0emodel_statuses\x18\r \x03(\x0b\x32\x19.facefleet.v1.ModelStatus\x12\x0e\n\x06groups\x18\x0e \x03(\t\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bHealthEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x8b\x01\n\x13\x46leetStatusResponse\x12)\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x19.facefleet.v1.AgentStatus\x12\x18\n\x10gallery_revision\x18\x02 \x01(\x04\x12/\n\x0bserver_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xb6\x04\n\x0cQueryService\x12O\n\nListEvents\x12\x1f.facefleet.v1.ListEventsRequest\x1a .facefleet.v1.ListEventsResponse\x12R\n\x0b\x43ountEvents\x12 .facefleet.v1.CountEventsRequest\x1a!.facefleet.v1.CountEventsResponse\x12s\n\x16\x45xpressionDistribution\x12+.facefleet.v1.ExpressionDistributionRequest\x1a,.facefleet.v1.ExpressionDistributionResponse\x12^\n\x0fUnknownFaceRate\x12$.facefleet.v1.UnknownFaceRateRequest\x1a%.facefleet.v1.UnknownFaceRateResponse\x12X\n\rAccessSummary\x12\".facefleet.v1.AccessSummaryRequest\x1a#.facefleet.v1.AccessSummaryResponse\x12R\n\x0b\x46leetStatus\x12 .facefleet.v1.FleetStatusRequest\x1a!.facefleet.v1.FleetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x61\x63\x65\x66leet/v1/query.proto\x12\x0c\x66\x61\x63\x65\x66leet.v1\x1a\x1a\x66\x61\x63\x65\x66leet/v1/devices.proto\x1a\x19\x66\x61\x63\x65\x66leet/v1/events.proto\x1a\x19\x66\x61\x63\x65\x66leet/v1/models.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdc\x01\n\x0b\x45ventFilter\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndevice_ids\x18\x03 \x03(\t\x12\x12\n\nperson_ids\x18\x04 \x03(\t\x12)\n\tdecisions\x18\x05 \x03(\x0e\x32\x16.facefleet.v1.Decision\x12&\n\x05kinds\x18\x06 \x03(\x0e\x32\x17.facefleet.v1.EventKind\"e\n\x11ListEventsRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.facefleet.v1.EventFilter\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"R\n\x12ListEventsResponse\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.facefleet.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Y\n\x12\x43ountEventsRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.facefleet.v1.EventFilter\x12\x18\n\x10interval_seconds\x18\x02 \x01(\r\"\\\n\rIntervalCount\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"B\n\x13\x43ountEventsResponse\x12+\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x1b.facefleet.v1.IntervalCount\"^\n\x1d\x45xpressionDistributionRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.facefleet.v1.EventFilter\x12\x12\n\nper_device\x18\x02 \x01(\x08\"B\n\x0f\x45xpressionCount\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"O\n\x1e\x45xpressionDistributionResponse\x12-\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x1d.facefleet.v1.ExpressionCount\"C\n\x16UnknownFaceRateRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.facefleet.v1.EventFilter\"_\n\x0fUnknownFaceRate\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66\x61\x63\x65_events\x18\x02 \x01(\x04\x12\x16\n\x0eunknown_events\x18\x03 \x01(\x04\x12\x0c\n\x04rate\x18\x04 \x01(\x01\"z\n\x17UnknownFaceRateResponse\x12,\n\x05total\x18\x01 \x01(\x0b\x32\x1d.facefleet.v1.UnknownFaceRate\x12\x31\n\nper_device\x18\x02 \x03(\x0b\x32\x1d.facefleet.v1.UnknownFaceRate\"A\n\x14\x41\x63\x63\x65ssSummaryRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.facefleet.v1.EventFilter\"N\n\nDoorAccess\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64oor\x18\x02 \x01(\t\x12\x0f\n\x07granted\x18\x03 \x01(\x04\x12\x0e\n\x06\x64\x65nied\x18\x04 \x01(\x04\"@\n\x15\x41\x63\x63\x65ssSummaryResponse\x12\'\n\x05\x64oors\x18\x01 \x03(\x0b\x32\x18.facefleet.v1.DoorAccess\"(\n\x12\x46leetStatusRequest\x12\x12\n\ndevice_ids\x18\x01 \x03(\t\"\xa4\x05\n\x0b\x41gentStatus\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0e\n\x06online\x18\x02 \x01(\x08\x12\x10\n\x08watching\x18\x03 \x01(\x08\x12-\n\tlast_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rregistered_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x10\n\x08hostname\x18\x07 \x01(\t\x12\x44\n\x0emodel_versions\x18\x08 \x03(\x0b\x32,.facefleet.v1.AgentStatus.ModelVersionsEntry\x12\x14\n\x0c\x63\x61pabilities\x18\t \x03(\t\x12\x18\n\x10gallery_revision\x18\n \x01(\x04\x12\x14\n\x0crevision_lag\x18\x0b \x01(\x04\x12\x35\n\x06health\x18\x0c \x03(\x0b\x32%.facefleet.v1.AgentStatus.HealthEntry\x12\x31\n\x0emodel_statuses\x18\r \x03(\x0b\x32\x19.facefleet.v1.ModelStatus\x12\x0e\n\x06groups\x18\x0e \x03(\t\x12\x31\n\rdevice_status\x18\x0f \x01(\x0e\x32\x1a.facefleet.v1.DeviceStatus\x12\x37\n\x13\x63\x65rtificate_expires\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bHealthEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x8b\x01\n\x13\x46leetStatusResponse\x12)\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x19.facefleet.v1.AgentStatus\x12\x18\n\x10gallery_revision\x18\x02 \x01(\x04\x12/\n\x0bserver_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xb6\x04\n\x0cQueryService\x12O\n\nListEvents\x12\x1f.facefleet.v1.ListEventsRequest\x1a .facefleet.v1.ListEventsResponse\x12R\n\x0b\x43ountEvents\x12 .facefleet.v1.CountEventsRequest\x1a!.facefleet.v1.CountEventsResponse\x12s\n\x16\x45xpressionDistribution\x12+.facefleet.v1.ExpressionDistributionRequest\x1a,.facefleet.v1.ExpressionDistributionResponse\x12^\n\x0fUnknownFaceRate\x12$.facefleet.v1.UnknownFaceRateRequest\x1a%.facefleet.v1.UnknownFaceRateResponse\x12X\n\rAccessSummary\x12\".facefleet.v1.AccessSummaryRequest\x1a#.facefleet.v1.AccessSummaryResponse\x12R\n\x0b\x46leetStatus\x12 .facefleet.v1.FleetStatusRequest\x1a!.facefleet.v1.FleetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,46 +39,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENTSTATUS_MODELVERSIONSENTRY']._serialized_options = b'8\001'
   _globals['_AGENTSTATUS_HEALTHENTRY']._loaded_options = None
   _globals['_AGENTSTATUS_HEALTHENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTFILTER']._serialized_start=130
-  _globals['_EVENTFILTER']._serialized_end=350
-  _globals['_LISTEVENTSREQUEST']._serialized_start=352
-  _globals['_LISTEVENTSREQUEST']._serialized_end=453
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=455
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=537
-  _globals['_COUNTEVENTSREQUEST']._serialized_start=539
-  _globals['_COUNTEVENTSREQUEST']._serialized_end=628
-  _globals['_INTERVALCOUNT']._serialized_start=630
-  _globals['_INTERVALCOUNT']._serialized_end=722
-  _globals['_COUNTEVENTSRESPONSE']._serialized_start=724
-  _globals['_COUNTEVENTSRESPONSE']._serialized_end=790
-  _globals['_EXPRESSIONDISTRIBUTIONREQUEST']._serialized_start=792
-  _globals['_EXPRESSIONDISTRIBUTIONREQUEST']._serialized_end=886
-  _globals['_EXPRESSIONCOUNT']._serialized_start=888
-  _globals['_EXPRESSIONCOUNT']._serialized_end=954
-  _globals['_EXPRESSIONDISTRIBUTIONRESPONSE']._serialized_start=956
-  _globals['_EXPRESSIONDISTRIBUTIONRESPONSE']._serialized_end=1035
-  _globals['_UNKNOWNFACERATEREQUEST']._serialized_start=1037
-  _globals['_UNKNOWNFACERATEREQUEST']._serialized_end=1104
-  _globals['_UNKNOWNFACERATE']._serialized_start=1106
-  _globals['_UNKNOWNFACERATE']._serialized_end=1201
-  _globals['_UNKNOWNFACERATERESPONSE']._serialized_start=1203
-  _globals['_UNKNOWNFACERATERESPONSE']._serialized_end=1325
-  _globals['_ACCESSSUMMARYREQUEST']._serialized_start=1327
-  _globals['_ACCESSSUMMARYREQUEST']._serialized_end=1392
-  _globals['_DOORACCESS']._serialized_start=1394
-  _globals['_DOORACCESS']._serialized_end=1472
-  _globals['_ACCESSSUMMARYRESPONSE']._serialized_start=1474
-  _globals['_ACCESSSUMMARYRESPONSE']._serialized_end=1538
-  _globals['_FLEETSTATUSREQUEST']._serialized_start=1540
-  _globals['_FLEETSTATUSREQUEST']._serialized_end=1580
-  _globals['_AGENTSTATUS']._serialized_start=1583
-  _globals['_AGENTSTATUS']._serialized_end=2151
-  _globals['_AGENTSTATUS_MODELVERSIONSENTRY']._serialized_start=2052
-  _globals['_AGENTSTATUS_MODELVERSIONSENTRY']._serialized_end=2104
-  _globals['_AGENTSTATUS_HEALTHENTRY']._serialized_start=2106
-  _globals['_AGENTSTATUS_HEALTHENTRY']._serialized_end=2151
-  _globals['_FLEETSTATUSRESPONSE']._serialized_start=2154
-  _globals['_FLEETSTATUSRESPONSE']._serialized_end=2293
-  _globals['_QUERYSERVICE']._serialized_start=2296
-  _globals['_QUERYSERVICE']._serialized_end=2862
+  _globals['_EVENTFILTER']._serialized_start=158
+  _globals['_EVENTFILTER']._serialized_end=378
+  _globals['_LISTEVENTSREQUEST']._serialized_start=380
+  _globals['_LISTEVENTSREQUEST']._serialized_end=481
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=483
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=565
+  _globals['_COUNTEVENTSREQUEST']._serialized_start=567
+  _globals['_COUNTEVENTSREQUEST']._serialized_end=656
+  _globals['_INTERVALCOUNT']._serialized_start=658
+  _globals['_INTERVALCOUNT']._serialized_end=750
+  _globals['_COUNTEVENTSRESPONSE']._serialized_start=752
+  _globals['_COUNTEVENTSRESPONSE']._serialized_end=818
+  _globals['_EXPRESSIONDISTRIBUTIONREQUEST']._serialized_start=820
+  _globals['_EXPRESSIONDISTRIBUTIONREQUEST']._serialized_end=914
+  _globals['_EXPRESSIONCOUNT']._serialized_start=916
+  _globals['_EXPRESSIONCOUNT']._serialized_end=982
+  _globals['_EXPRESSIONDISTRIBUTIONRESPONSE']._serialized_start=984
+  _globals['_EXPRESSIONDISTRIBUTIONRESPONSE']._serialized_end=1063
+  _globals['_UNKNOWNFACERATEREQUEST']._serialized_start=1065
+  _globals['_UNKNOWNFACERATEREQUEST']._serialized_end=1132
+  _globals['_UNKNOWNFACERATE']._serialized_start=1134
+  _globals['_UNKNOWNFACERATE']._serialized_end=1229
+  _globals['_UNKNOWNFACERATERESPONSE']._serialized_start=1231
+  _globals['_UNKNOWNFACERATERESPONSE']._serialized_end=1353
+  _globals['_ACCESSSUMMARYREQUEST']._serialized_start=1355
+  _globals['_ACCESSSUMMARYREQUEST']._serialized_end=1420
+  _globals['_DOORACCESS']._serialized_start=1422
+  _globals['_DOORACCESS']._serialized_end=1500
+  _globals['_ACCESSSUMMARYRESPONSE']._serialized_start=1502
+  _globals['_ACCESSSUMMARYRESPONSE']._serialized_end=1566
+  _globals['_FLEETSTATUSREQUEST']._serialized_start=1568
+  _globals['_FLEETSTATUSREQUEST']._serialized_end=1608
+  _globals['_AGENTSTATUS']._serialized_start=1611
+  _globals['_AGENTSTATUS']._serialized_end=2287
+  _globals['_AGENTSTATUS_MODELVERSIONSENTRY']._serialized_start=2188
+  _globals['_AGENTSTATUS_MODELVERSIONSENTRY']._serialized_end=2240
+  _globals['_AGENTSTATUS_HEALTHENTRY']._serialized_start=2242
+  _globals['_AGENTSTATUS_HEALTHENTRY']._serialized_end=2287
+  _globals['_FLEETSTATUSRESPONSE']._serialized_start=2290
+  _globals['_FLEETSTATUSRESPONSE']._serialized_end=2429
+  _globals['_QUERYSERVICE']._serialized_start=2432
+  _globals['_QUERYSERVICE']._serialized_end=2998
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,6 @@
 import datetime
 
+from facefleet.v1 import devices_pb2 as _devices_pb2
 from facefleet.v1 import events_pb2 as _events_pb2
 from facefleet.v1 import models_pb2 as _models_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -150,7 +151,7 @@ class FleetStatusRequest(_message.Message):
     def __init__(self, device_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("device_id", "online", "watching", "last_seen", "registered_at", "agent_version", "hostname", "model_versions", "capabilities", "gallery_revision", "revision_lag", "health", "model_statuses", "groups")
+    __slots__ = ("device_id", "online", "watching", "last_seen", "registered_at", "agent_version", "hostname", "model_versions", "capabilities", "gallery_revision", "revision_lag", "health", "model_statuses", "groups", "device_status", "certificate_expires")
     class ModelVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +180,8 @@ class AgentStatus(_message.Message):
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     MODEL_STATUSES_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_EXPIRES_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     online: bool
     watching: bool
@@ -193,7 +196,9 @@ class AgentStatus(_message.Message):
     health: _containers.ScalarMap[str, float]
     model_statuses: _containers.RepeatedCompositeFieldContainer[_models_pb2.ModelStatus]
     groups: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, device_id: _Optional[str] = ..., online: _Optional[bool] = ..., watching: _Optional[bool] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., hostname: _Optional[str] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., gallery_revision: _Optional[int] = ..., revision_lag: _Optional[int] = ..., health: _Optional[_Mapping[str, float]] = ..., model_statuses: _Optional[_Iterable[_Union[_models_pb2.ModelStatus, _Mapping]]] = ..., groups: _Optional[_Iterable[str]] = ...) -> None: ...
+    device_status: _devices_pb2.DeviceStatus
+    certificate_expires: _timestamp_pb2.Timestamp
+    def __init__(self, device_id: _Optional[str] = ..., online: _Optional[bool] = ..., watching: _Optional[bool] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., hostname: _Optional[str] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., gallery_revision: _Optional[int] = ..., revision_lag: _Optional[int] = ..., health: _Optional[_Mapping[str, float]] = ..., model_statuses: _Optional[_Iterable[_Union[_models_pb2.ModelStatus, _Mapping]]] = ..., groups: _Optional[_Iterable[str]] = ..., device_status: _Optional[_Union[_devices_pb2.DeviceStatus, str]] = ..., certificate_expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class FleetStatusResponse(_message.Message):
     __slots__ = ("agents", "gallery_revision", "server_time")

@@ -15,6 +15,7 @@ from facefleet.link.serde import (
     status_to_proto,
     timestamp,
 )
+from facefleet.server.api.wire.devices import status_to_proto as device_status_to_proto
 from facefleet.server.domain.queries import (
     AgentStatus,
     DoorAccess,
@@ -106,25 +107,30 @@ def fleet_response(
     agents: Iterable[AgentStatus], revision: int, now: datetime
 ) -> query_pb2.FleetStatusResponse:
     return query_pb2.FleetStatusResponse(
-        agents=[
-            query_pb2.AgentStatus(
-                device_id=a.device_id,
-                online=a.online,
-                watching=a.watching,
-                last_seen=timestamp(a.last_seen),
-                registered_at=timestamp(a.registered_at),
-                agent_version=a.agent_version,
-                hostname=a.hostname,
-                model_versions=dict(a.model_versions),
-                capabilities=a.capabilities,
-                gallery_revision=a.gallery_revision,
-                revision_lag=a.revision_lag,
-                health=dict(a.health),
-                model_statuses=[status_to_proto(s) for s in a.model_statuses],
-                groups=a.groups,
-            )
-            for a in agents
-        ],
+        agents=[agent_status_to_proto(a) for a in agents],
         gallery_revision=revision,
         server_time=timestamp(now),
     )
+
+
+def agent_status_to_proto(a: AgentStatus) -> query_pb2.AgentStatus:
+    message = query_pb2.AgentStatus(
+        device_id=a.device_id,
+        online=a.online,
+        watching=a.watching,
+        last_seen=timestamp(a.last_seen),
+        registered_at=timestamp(a.registered_at),
+        agent_version=a.agent_version,
+        hostname=a.hostname,
+        model_versions=dict(a.model_versions),
+        capabilities=a.capabilities,
+        gallery_revision=a.gallery_revision,
+        revision_lag=a.revision_lag,
+        health=dict(a.health),
+        model_statuses=[status_to_proto(s) for s in a.model_statuses],
+        groups=a.groups,
+        device_status=device_status_to_proto(a.device_status),
+    )
+    if a.certificate_expires_at is not None:
+        message.certificate_expires.CopyFrom(timestamp(a.certificate_expires_at))
+    return message

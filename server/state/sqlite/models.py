@@ -8,9 +8,8 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Protocol, cast
+from typing import cast
 
 from facefleet.link.models import Activation, ModelFile, ModelStatus
 from facefleet.server.domain.models import (
@@ -28,6 +27,7 @@ from facefleet.server.domain.models import (
 from facefleet.server.domain.queries import from_us, to_us
 from facefleet.server.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
 from facefleet.server.state.models import ModelState, Stop
+from facefleet.server.state.sqlite.meta import Transactions, bump, counter
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS models (
@@ -77,16 +77,6 @@ _ROLLOUT_COLUMNS = (
 _DEVICE_COLUMNS = "rollout_id, device_id, previous_model_id, state, reason, updated_us"
 
 
-class Transactions(Protocol):
-    """What SqliteState lends its companions: its connection and its read and write transactions."""
-
-    def connection(self) -> AbstractContextManager[sqlite3.Connection]: ...
-
-    def read(self) -> AbstractContextManager[sqlite3.Connection]: ...
-
-    def write(self) -> AbstractContextManager[sqlite3.Connection]: ...
-
-
 class SqliteModelState(ModelState):
     """Model versions and rollouts in the server's SQLite database, in SqliteState's transactions."""
 
@@ -95,7 +85,7 @@ class SqliteModelState(ModelState):
 
     def models_revision(self) -> int:
         with self._core.connection() as conn:
-            return _revision(conn)
+            return counter(conn, _REVISION_KEY)
 
     # -- catalogue -----------------------------------------------------------------------------------
 
@@ -121,7 +111,7 @@ class SqliteModelState(ModelState):
                     to_us(model.published_at),
                 ),
             )
-            _bump(conn)
+            bump(conn, _REVISION_KEY)
             return _require_model(conn, model.model_id)
 
     def get_model(self, model_id: str) -> PublishedModel:
@@ -154,7 +144,7 @@ class SqliteModelState(ModelState):
             if model.retired:
                 return model
             conn.execute("UPDATE models SET retired_us = ? WHERE model_id = ?", (to_us(now), model_id))
-            _bump(conn)
+            bump(conn, _REVISION_KEY)
             return _require_model(conn, model_id)
 
     # -- rollouts ------------------------------------------------------------------------------------
@@ -193,7 +183,7 @@ class SqliteModelState(ModelState):
                     on_failures,
                 ),
             )
-            _bump(conn)
+            bump(conn, _REVISION_KEY)
             return _require_rollout(conn, int(cursor.lastrowid or 0))
 
     def get_rollout(self, rollout_id: int) -> Rollout:
@@ -210,7 +200,7 @@ class SqliteModelState(ModelState):
     def change_rollout(self, rollout_id: int, change: Callable[[Rollout], Rollout]) -> Rollout:
         with self._core.write() as conn:
             _update_rollout(conn, change(_require_rollout(conn, rollout_id)))
-            _bump(conn)
+            bump(conn, _REVISION_KEY)
             return _require_rollout(conn, rollout_id)
 
     def touch_rollout(self, rollout_id: int, now: datetime) -> bool:
@@ -365,7 +355,7 @@ def _stop_refused(conn: sqlite3.Connection, rollout_ids: Sequence[int], stop: St
             _update_rollout(conn, new)
             changed.append(_require_rollout(conn, rollout_id))
     if changed:
-        _bump(conn)
+        bump(conn, _REVISION_KEY)
     return changed
 
 
@@ -383,19 +373,6 @@ def _update_rollout(conn: sqlite3.Connection, new: Rollout) -> None:
             new.reason,
             new.rollout_id,
         ),
-    )
-
-
-def _revision(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT value FROM meta WHERE key = ?", (_REVISION_KEY,)).fetchone()
-    return int(row[0]) if row else 0
-
-
-def _bump(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        "INSERT INTO meta (key, value) VALUES (?, '1') "
-        "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
-        (_REVISION_KEY,),
     )
 
 

@@ -6,8 +6,8 @@ Each thread gets its own connection; writes are serialised by a lock in this pro
 Reads that need a consistent view (a gallery delta) run in one deferred transaction, which WAL turns into
 a snapshot. Row-level SQL lives in companions: people in facefleet.server.state.sqlite.people, agents and
 tokens in facefleet.server.state.sqlite.agents, events and dashboard aggregates in
-facefleet.server.state.sqlite.events, models in facefleet.server.state.sqlite.models, the admin audit log in
-facefleet.server.state.sqlite.audit."""
+facefleet.server.state.sqlite.events, models in facefleet.server.state.sqlite.models, devices in
+facefleet.server.state.sqlite.devices, the admin audit log in facefleet.server.state.sqlite.audit."""
 
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ from facefleet.server.errors import (
 from facefleet.server.state.interface import State
 from facefleet.server.state.sqlite import agents as sqlite_agents
 from facefleet.server.state.sqlite import audit as sqlite_audit
+from facefleet.server.state.sqlite import devices as sqlite_devices
 from facefleet.server.state.sqlite import events as sqlite_events
 from facefleet.server.state.sqlite import models as sqlite_models
 from facefleet.server.state.sqlite import people as sqlite_people
@@ -123,6 +124,7 @@ MIGRATIONS = Migrations(
         Migration(3, "rollout_reason", sqlite_models.SCHEMA_3),
         Migration(4, "rollout_failure_budget", sqlite_models.SCHEMA_4),
         Migration(5, "admin_audit", sqlite_audit.SCHEMA),
+        Migration(6, "devices", sqlite_devices.SCHEMA),
     ),
     what="state database",
     program="server",
@@ -155,6 +157,7 @@ class SqliteState(State):
             raise StateError(f"state database {path}: cannot create ({exc.strerror})") from None
         self._migrate()
         self.models = sqlite_models.SqliteModelState(self)
+        self.devices = sqlite_devices.SqliteDeviceState(self)
 
     # -- connections -------------------------------------------------------------------------------
 

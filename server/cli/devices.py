@@ -1,0 +1,265 @@
+"""`facefleet-server certs …` and `devices …`: the site CA and the certificates it issues, and which devices
+the server admits. Every certificate issued to a device is recorded by serial; a running server follows
+device changes within `fleet.poll_seconds`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from facefleet.core.errors import EXIT_OK
+from facefleet.link.checks import check_id, utc_now
+from facefleet.server.api import certs
+from facefleet.server.cli.context import Context
+from facefleet.server.domain.devices import MAX_REASON_CHARS
+from facefleet.server.errors import FailedPreconditionError, NotFoundError
+from facefleet.server.fleet.device_admin import DeviceView, change_device, device_views, record_certificate
+
+EXPIRY_WARNING_DAYS = 30
+"""`devices list` marks certificates that expire sooner than this."""
+
+
+def register_certs(commands: Any, make: Callable[..., Any]) -> None:
+    group = make(
+        commands, "certs", "create the site CA and certificates", "facefleet-server certs issue door-1"
+    )
+    verbs = group.add_subparsers(dest="certs_command", metavar="VERB", required=True)
+    init = make(
+        verbs,
+        "init",
+        "create the CA and the server certificate in <state_dir>/tls",
+        "facefleet-server certs init --server-name fleet.example.org --server-name 10.0.0.5",
+    )
+    init.add_argument(
+        "--server-name", action="append", default=[], help="DNS name or IP agents dial (repeat)"
+    )
+    init.add_argument(
+        "--force", action="store_true", help="replace an existing CA (old device certs stop working)"
+    )
+    init.add_argument("--json", action="store_true")
+    init.set_defaults(handler=_certs_init)
+    for verb, help_text, example, description in (
+        (
+            "issue",
+            "issue a device (client) certificate signed by the CA",
+            "facefleet-server certs issue door-1 --out /tmp/door-1",
+            "Issue a client certificate for a device and record its serial. A revoked device is admitted "
+            "again with the new certificate.",
+        ),
+        (
+            "renew",
+            "issue a known device a new certificate before its current one expires",
+            "facefleet-server certs renew door-1 --out /tmp/door-1",
+            "Issue a new certificate for a device the server knows. Its older certificates keep working "
+            "until the device first calls with the new one; then they are revoked.",
+        ),
+    ):
+        issue = make(verbs, verb, help_text, example, description)
+        issue.add_argument("device", help="device id (the agent's device_id)")
+        issue.add_argument(
+            "--out", type=Path, help="directory for DEVICE.pem/.key (default <state_dir>/tls/devices)"
+        )
+        issue.add_argument("--days", type=int, default=certs.LEAF_DAYS, help="validity in days")
+        issue.add_argument("--json", action="store_true")
+        issue.set_defaults(handler=_certs_issue, renew=verb == "renew")
+    server = make(
+        verbs,
+        "server",
+        "re-issue the server certificate (e.g. for new names)",
+        "facefleet-server certs server --server-name fleet.example.org",
+    )
+    server.add_argument("--server-name", action="append", default=[], help="DNS name or IP (repeat)")
+    server.add_argument("--json", action="store_true")
+    server.set_defaults(handler=_certs_server)
+
+
+def register_devices(commands: Any, make: Callable[..., Any]) -> None:
+    group = make(
+        commands,
+        "devices",
+        "list, disable, enable or revoke devices",
+        "facefleet-server devices revoke door-1 --wipe --reason stolen",
+    )
+    verbs = group.add_subparsers(dest="devices_command", metavar="VERB", required=True)
+    listing = make(
+        verbs,
+        "list",
+        "devices with status, certificate and last contact",
+        "facefleet-server devices list --json",
+        "Every device the server has registered or issued a certificate to: status (active, disabled, "
+        "revoked) with the reason, the current certificate's serial and expiry, and when it was last seen.",
+    )
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(handler=_devices_list)
+    for verb, help_text, example in (
+        ("disable", "refuse a device until it is enabled again", "facefleet-server devices disable door-1"),
+        ("enable", "admit a disabled device again", "facefleet-server devices enable door-1"),
+        (
+            "revoke",
+            "refuse a device's certificates for good (a lost or stolen box)",
+            "facefleet-server devices revoke door-1 --wipe --reason 'stolen 2026-12-01'",
+        ),
+    ):
+        change = make(verbs, verb, help_text, example)
+        change.add_argument("device", help="device id")
+        change.add_argument("--reason", default="", help=f"why (at most {MAX_REASON_CHARS} characters)")
+        if verb == "revoke":
+            change.add_argument(
+                "--wipe", action="store_true", help="tell the device to erase its gallery when it calls"
+            )
+        change.add_argument("--json", action="store_true")
+        change.set_defaults(handler=_devices_change, action=verb)
+
+
+def _certs_init(context: Context, args: argparse.Namespace) -> int:
+    ca = certs.init_ca(context.paths.tls_dir, server_names=args.server_name, force=args.force)
+    tls = context.paths.tls_dir
+    files = {
+        "ca": {"cert": ca.cert, "key": ca.key},
+        "server": {"cert": tls / "server.pem", "key": tls / "server.key"},
+    }
+    _show_files(context, files, "keep ca.key secret: it signs device certificates")
+    return EXIT_OK
+
+
+def _certs_issue(context: Context, args: argparse.Namespace) -> int:
+    device_id = check_id("device id", args.device)
+    action = "devices.renew" if args.renew else "devices.issue"
+    with context.audited(action, device_id):
+        if args.renew:
+            known = device_views(context.state, (device_id,))
+            if not known:
+                raise NotFoundError(
+                    f"no device {device_id!r} to renew; issue its first certificate with "
+                    f"`facefleet-server certs issue {device_id}`"
+                )
+            if known[0].device.status == "revoked":
+                raise FailedPreconditionError(
+                    f"device {device_id!r} is revoked; `facefleet-server certs issue {device_id}` admits it "
+                    "again with a new certificate"
+                )
+        issued = certs.issue_device(context.paths.tls_dir, device_id, out_dir=args.out, days=args.days)
+        assert issued.not_before is not None
+        assert issued.not_after is not None
+        record_certificate(
+            context.state, device_id, issued.serial, issued.not_before, issued.not_after, "local", utc_now()
+        )
+    files = {device_id: {"cert": issued.cert, "key": issued.key}, "ca": {"cert": context.paths.ca_cert}}
+    note = f"certificate {issued.serial}, valid until {issued.not_after:%Y-%m-%d}"
+    _show_files(context, files, f"{note}; install the three files on {device_id}")
+    return EXIT_OK
+
+
+def _certs_server(context: Context, args: argparse.Namespace) -> int:
+    issued = certs.issue_server(context.paths.tls_dir, args.server_name)
+    _show_files(context, {"server": {"cert": issued.cert, "key": issued.key}}, "restart the server to use it")
+    return EXIT_OK
+
+
+def _show_files(context: Context, files: dict[str, dict[str, Path]], note: str) -> None:
+    if context.json_output:
+        context.print_json(
+            {name: {kind: str(path) for kind, path in paths.items()} for name, paths in files.items()}
+        )
+        return
+    for name, paths in files.items():
+        context.console.print(f"{name}: " + ", ".join(str(path) for path in paths.values()), markup=False)
+    context.console.print(note, markup=False)
+
+
+def _devices_list(context: Context, args: argparse.Namespace) -> int:
+    views = device_views(context.state)
+    now = utc_now()
+    if context.json_output:
+        context.print_json([view_json(v) for v in views])
+        return EXIT_OK
+    if not views:
+        context.console.print("no devices yet; `facefleet-server certs issue DEVICE` adds one", markup=False)
+        return EXIT_OK
+    table = Table("device", "status", "reason", "certificate", "expires", "last seen")
+    for view in views:
+        device, current = view.device, view.device.current_certificate()
+        expires = view.certificate_expires_at
+        table.add_row(
+            device.device_id,
+            device.status + (" (wipe)" if device.wipe else ""),
+            device.reason,
+            current.serial[:16] if current else "-",
+            _expiry(expires, now),
+            _time(view.agent.last_seen if view.agent else None),
+        )
+    context.console.print(table)
+    return EXIT_OK
+
+
+def _devices_change(context: Context, args: argparse.Namespace) -> int:
+    with context.audited(f"devices.{args.action}", args.device):
+        device = change_device(
+            context.state,
+            args.device,
+            args.action,
+            reason=args.reason,
+            who="local",
+            now=utc_now(),
+            wipe=getattr(args, "wipe", False),
+        )
+    if context.json_output:
+        context.print_json(view_json(DeviceView(device, None)))
+    else:
+        wipe = "; it will be told to erase its gallery when it calls" if device.wipe else ""
+        context.console.print(
+            f"device {device.device_id} is now {device.status}{wipe} (running servers refuse it within "
+            f"fleet.poll_seconds)",
+            markup=False,
+        )
+    return EXIT_OK
+
+
+def view_json(view: DeviceView) -> dict[str, Any]:
+    device = view.device
+    expires = view.certificate_expires_at
+    return {
+        "device_id": device.device_id,
+        "status": device.status,
+        "reason": device.reason,
+        "changed_at": _iso(device.changed_at),
+        "changed_by": device.changed_by,
+        "wipe": device.wipe,
+        "wipe_sent_at": _iso(device.wipe_sent_at),
+        "certificate_expires_at": _iso(expires),
+        "last_seen": _iso(view.agent.last_seen if view.agent else None),
+        "certificates": [
+            {
+                "serial": c.serial,
+                "not_before": c.not_before.isoformat(),
+                "not_after": c.not_after.isoformat(),
+                "issued_at": c.issued_at.isoformat(),
+                "revoked_at": _iso(c.revoked_at),
+                "revoked_reason": c.revoked_reason,
+            }
+            for c in device.certificates
+        ],
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _time(moment: datetime | None) -> str:
+    return "-" if moment is None else moment.isoformat(timespec="seconds")
+
+
+def _expiry(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "-"
+    days = (moment - now).days
+    if moment <= now:
+        return f"{moment:%Y-%m-%d} (expired)"
+    return f"{moment:%Y-%m-%d}" + (f" ({days} days left)" if days < EXPIRY_WARNING_DAYS else "")

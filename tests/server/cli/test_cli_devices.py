@@ -1,0 +1,88 @@
+"""`facefleet-server certs issue|renew` record each certificate's serial; `devices list|disable|enable|revoke`
+change which devices the server admits, each change in the admin audit log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from facefleet.core.errors import EXIT_DATA, EXIT_NO_INPUT, EXIT_OK
+from tests.server.cli.test_cli import run_cli
+
+
+def listed(capsys: pytest.CaptureFixture[str], state: list[str]) -> dict[str, dict[str, Any]]:
+    code, out, _ = run_cli(capsys, *state, "devices", "list", "--json")
+    assert code == EXIT_OK
+    return {device["device_id"]: device for device in json.loads(out)}
+
+
+def serial_of(path: Path) -> str:
+    return f"{x509.load_pem_x509_certificate(path.read_bytes()).serial_number:x}"
+
+
+def test_certificates_are_recorded_and_devices_change_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = ["--state-dir", str(tmp_path)]
+    assert run_cli(capsys, *state, "certs", "init")[0] == EXIT_OK
+    code, out, _ = run_cli(capsys, *state, "devices", "list")
+    assert (code, "no devices yet") == (EXIT_OK, out.split(";")[0])
+
+    code, out, _ = run_cli(capsys, *state, "certs", "issue", "door-7", "--json")
+    assert code == EXIT_OK
+    first = serial_of(Path(json.loads(out)["door-7"]["cert"]))
+    device = listed(capsys, state)["door-7"]
+    assert (device["status"], [c["serial"] for c in device["certificates"]]) == ("active", [first])
+    assert device["certificate_expires_at"] == device["certificates"][0]["not_after"]
+
+    code, out, _ = run_cli(capsys, *state, "certs", "renew", "door-7", "--out", str(tmp_path / "renewed"))
+    assert code == EXIT_OK
+    second = serial_of(tmp_path / "renewed" / "door-7.pem")
+    assert f"certificate {second}" in out
+    certificates = listed(capsys, state)["door-7"]["certificates"]
+    assert [(c["serial"], c["revoked_at"]) for c in certificates] == [(first, None), (second, None)]
+
+    code, _, err = run_cli(capsys, *state, "certs", "renew", "nobody")
+    assert code == EXIT_NO_INPUT
+    assert "certs issue nobody" in err
+
+    code, out, _ = run_cli(capsys, *state, "devices", "disable", "door-7", "--reason", "moved")
+    assert (code, "device door-7 is now disabled") == (EXIT_OK, out.split(" (")[0])
+    assert listed(capsys, state)["door-7"]["reason"] == "moved"
+
+    code, out, _ = run_cli(capsys, *state, "devices", "revoke", "door-7", "--wipe", "--reason", "stolen")
+    assert code == EXIT_OK
+    assert "told to erase its gallery" in out
+    device = listed(capsys, state)["door-7"]
+    assert (device["status"], device["wipe"], device["changed_by"]) == ("revoked", True, "local")
+    assert all(c["revoked_reason"] == "device revoked" for c in device["certificates"])
+    code, out, _ = run_cli(capsys, *state, "devices", "list")
+    assert "revoked (wipe)" in out and "stolen" in out
+
+    code, _, err = run_cli(capsys, *state, "devices", "enable", "door-7")
+    assert code == EXIT_DATA
+    assert "certs issue door-7" in err
+    assert run_cli(capsys, *state, "certs", "renew", "door-7")[0] == EXIT_DATA
+    assert run_cli(capsys, *state, "devices", "disable", "nobody")[0] == EXIT_NO_INPUT
+
+    assert run_cli(capsys, *state, "certs", "issue", "door-7")[0] == EXIT_OK
+    device = listed(capsys, state)["door-7"]
+    assert (device["status"], device["wipe"]) == ("active", False)
+    assert [c["revoked_at"] is None for c in device["certificates"]] == [False, False, True]
+
+    code, out, _ = run_cli(capsys, *state, "audit", "list", "--action", "devices", "--json")
+    assert [(e["action"], e["target"], e["outcome"]) for e in json.loads(out)] == [
+        ("devices.issue", "door-7", "ok"),
+        ("devices.disable", "nobody", "NOT_FOUND"),
+        ("devices.renew", "door-7", "FAILED_PRECONDITION"),
+        ("devices.enable", "door-7", "INVALID_ARGUMENT"),
+        ("devices.revoke", "door-7", "ok"),
+        ("devices.disable", "door-7", "ok"),
+        ("devices.renew", "nobody", "NOT_FOUND"),
+        ("devices.renew", "door-7", "ok"),
+        ("devices.issue", "door-7", "ok"),
+    ]

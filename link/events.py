@@ -17,6 +17,7 @@ from facefleet.link.checks import (
     check_utc,
 )
 from facefleet.link.errors import LinkError
+from facefleet.link.gallery import Embedding
 from facefleet.vision.faces import EXPRESSION_LABELS
 
 EventKind = Literal["face", "access"]
@@ -25,6 +26,32 @@ EVENT_KINDS: tuple[EventKind, ...] = ("face", "access")
 FACE_DECISIONS: tuple[Decision, ...] = ("match", "unknown", "ambiguous", "undecided")
 ACCESS_DECISIONS: tuple[Decision, ...] = ("granted", "denied")
 DECISIONS: tuple[Decision, ...] = FACE_DECISIONS + ACCESS_DECISIONS
+MAX_SNAPSHOT_JPEG_BYTES = 64 * 1024
+"""Largest face crop or context view a snapshot may carry (bytes)."""
+_JPEG_START = b"\xff\xd8\xff"
+
+
+@dataclass(frozen=True)
+class FaceSnapshot:
+    """The best face of a track. crop_jpeg: the aligned 112×112 crop; context_jpeg: a small view of the frame
+    around it (longest side ≤ 320 px; b"" = none); both JPEG of at most MAX_SNAPSHOT_JPEG_BYTES.
+    embedding: the face's embedding, as the agent matched it."""
+
+    crop_jpeg: bytes = field(repr=False)
+    context_jpeg: bytes = field(repr=False)
+    embedding: Embedding
+
+    def __post_init__(self) -> None:
+        for name, data in (("crop_jpeg", self.crop_jpeg), ("context_jpeg", self.context_jpeg)):
+            if not data and name == "context_jpeg":
+                continue
+            if len(data) > MAX_SNAPSHOT_JPEG_BYTES:
+                raise LinkError(
+                    f"snapshot {name} is {len(data)} bytes; the limit is {MAX_SNAPSHOT_JPEG_BYTES} (encode a "
+                    "smaller JPEG)"
+                )
+            if not data.startswith(_JPEG_START):
+                raise LinkError(f"snapshot {name} is not a JPEG image")
 
 
 @dataclass(frozen=True)
@@ -63,6 +90,7 @@ class Event:
     gallery_revision: int = 0
     door: str = ""
     reason: str = ""
+    snapshot: FaceSnapshot | None = None
 
     def __post_init__(self) -> None:
         if not self.event_id or len(self.event_id) > 64 or not self.event_id.isascii():
@@ -94,3 +122,5 @@ class Event:
             raise LinkError(f"model_versions: at most {MAX_MAP_ENTRIES} short entries")
         if self.gallery_revision < 0:
             raise LinkError("gallery_revision must not be negative")
+        if self.snapshot is not None and self.kind != "face":
+            raise LinkError("only face events carry a snapshot")

@@ -11,7 +11,7 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from facefleet.link.errors import LinkError
-from facefleet.link.events import Decision, Event, EventKind, ExpressionResult
+from facefleet.link.events import Decision, Event, EventKind, ExpressionResult, FaceSnapshot
 from facefleet.link.fleet import Heartbeat, Registration, ReportOutcome, Welcome
 from facefleet.link.gallery import Embedding, GalleryDelta, Person
 from facefleet.link.models import (
@@ -212,6 +212,10 @@ def event_to_proto(event: Event) -> events_pb2.Event:
     if event.expression is not None:
         message.expression.label = event.expression.label
         message.expression.probabilities.update(event.expression.probabilities)
+    if event.snapshot is not None:
+        message.snapshot.crop_jpeg = event.snapshot.crop_jpeg
+        message.snapshot.context_jpeg = event.snapshot.context_jpeg
+        message.snapshot.embedding.CopyFrom(embedding_to_proto(event.snapshot.embedding))
     return message
 
 
@@ -224,6 +228,13 @@ def event_from_proto(message: events_pb2.Event, default_device: str = "") -> Eve
     expression = None
     if message.HasField("expression"):
         expression = ExpressionResult(message.expression.label, dict(message.expression.probabilities))
+    snapshot = None
+    if message.HasField("snapshot"):
+        snapshot = FaceSnapshot(
+            message.snapshot.crop_jpeg,
+            message.snapshot.context_jpeg,
+            embedding_from_proto(message.snapshot.embedding, "snapshot.embedding"),
+        )
     return Event(
         event_id=message.event_id,
         device_id=message.device_id or default_device,
@@ -240,6 +251,7 @@ def event_from_proto(message: events_pb2.Event, default_device: str = "") -> Eve
         gallery_revision=message.gallery_revision,
         door=message.door,
         reason=message.reason,
+        snapshot=snapshot,
     )
 
 

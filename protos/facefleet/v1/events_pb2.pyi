@@ -1,5 +1,6 @@
 import datetime
 
+from facefleet.v1 import gallery_pb2 as _gallery_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -52,7 +53,7 @@ class Expression(_message.Message):
     def __init__(self, label: _Optional[str] = ..., probabilities: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("event_id", "device_id", "time", "camera", "kind", "person_id", "decision", "score", "margin", "expression", "quality", "model_versions", "gallery_revision", "door", "reason")
+    __slots__ = ("event_id", "device_id", "time", "camera", "kind", "person_id", "decision", "score", "margin", "expression", "quality", "model_versions", "gallery_revision", "door", "reason", "snapshot")
     class ModelVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +76,7 @@ class Event(_message.Message):
     GALLERY_REVISION_FIELD_NUMBER: _ClassVar[int]
     DOOR_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     device_id: str
     time: _timestamp_pb2.Timestamp
@@ -90,4 +92,15 @@ class Event(_message.Message):
     gallery_revision: int
     door: str
     reason: str
-    def __init__(self, event_id: _Optional[str] = ..., device_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., camera: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., person_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., score: _Optional[float] = ..., margin: _Optional[float] = ..., expression: _Optional[_Union[Expression, _Mapping]] = ..., quality: _Optional[float] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., gallery_revision: _Optional[int] = ..., door: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    snapshot: FaceSnapshot
+    def __init__(self, event_id: _Optional[str] = ..., device_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., camera: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., person_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., score: _Optional[float] = ..., margin: _Optional[float] = ..., expression: _Optional[_Union[Expression, _Mapping]] = ..., quality: _Optional[float] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., gallery_revision: _Optional[int] = ..., door: _Optional[str] = ..., reason: _Optional[str] = ..., snapshot: _Optional[_Union[FaceSnapshot, _Mapping]] = ...) -> None: ...
+
+class FaceSnapshot(_message.Message):
+    __slots__ = ("crop_jpeg", "context_jpeg", "embedding")
+    CROP_JPEG_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_JPEG_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    crop_jpeg: bytes
+    context_jpeg: bytes
+    embedding: _gallery_pb2.Embedding
+    def __init__(self, crop_jpeg: _Optional[bytes] = ..., context_jpeg: _Optional[bytes] = ..., embedding: _Optional[_Union[_gallery_pb2.Embedding, _Mapping]] = ...) -> None: ...

@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -29,8 +31,11 @@ from grpc_reflection.v1alpha import reflection
 
 from facefleet.core import notify
 from facefleet.core.errors import EXIT_OK, EXIT_UNAVAILABLE, FaceFleetError
+from facefleet.link.checks import utc_now
+from facefleet.server.api.audit import AuditLog
+from facefleet.server.api.handlers import OperatorHandlers
 from facefleet.server.api.security import Authenticator
-from facefleet.server.api.servicers import AdminServicer, AuditLog, FleetServicer, QueryServicer
+from facefleet.server.api.servicers import AdminServicer, FleetServicer, QueryServicer
 from facefleet.server.api.wire import services
 from facefleet.server.config import ServerConfig
 from facefleet.server.errors import FailedPreconditionError, ServerConfigError, ServerError
@@ -41,6 +46,7 @@ from facefleet.server.fleet.queries import QueryHandler
 from facefleet.server.gallery.embedder import Enroller
 from facefleet.server.gallery.enrolment_models import EnrolmentModels, rollout_embedding_models
 from facefleet.server.gallery.people import PeopleHandler
+from facefleet.server.gallery.unknown import UnknownFaces, UnknownSettings
 from facefleet.server.paths import ServerPaths
 from facefleet.server.rollouts.catalogue import ModelCatalog
 from facefleet.server.rollouts.control import RolloutControl
@@ -54,6 +60,8 @@ from facefleet.vision.models.store import ModelStore
 from facefleet.vision.runtime import Runtime
 
 log = logging.getLogger(__name__)
+EXPIRY_INTERVAL_S = 3600.0
+"""How often expired face snapshots are deleted while serving."""
 
 
 class BindError(ServerError):
@@ -97,6 +105,7 @@ class FleetServer:
         self._watchdog: asyncio.Task[None] | None = None
         self._poll: asyncio.Task[None] | None = None
         self.devices = DeviceRegistry(self.state)
+        self.handlers: OperatorHandlers | None = None
 
     async def start(self) -> Ports:
         """Bind the listeners and start serving."""
@@ -211,11 +220,20 @@ class FleetServer:
             control=self.rollout_control,
             changed=self.refresh,
         )
-        devices = DeviceAdmin(self.state, changed=self.refresh)
-        services.add_admin_servicer(
-            AdminServicer(people, auth, models, AuditLog(self.state), devices), server
+        unknown = UnknownFaces(
+            self.state,
+            people,
+            self.enrolment.enroller,
+            UnknownSettings(
+                threshold=config.snapshots.cluster_threshold,
+                window=timedelta(days=config.snapshots.cluster_window_days),
+            ),
         )
-        services.add_query_servicer(QueryServicer(dashboard, auth), server)
+        devices = DeviceAdmin(self.state, changed=self.refresh)
+        audit = AuditLog(self.state)
+        self.handlers = OperatorHandlers(auth, people, unknown, dashboard, models, devices, audit)
+        services.add_admin_servicer(AdminServicer(self.handlers), server)
+        services.add_query_servicer(QueryServicer(self.handlers), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for name in ("", *services.SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -319,12 +337,24 @@ class FleetServer:
                 "rolled back rollout %d of %s: %s", rollout.rollout_id, rollout.model_id, rollout.reason
             )
 
+    def expire_snapshots(self) -> int:
+        """Delete the face snapshots older than `snapshots.keep_days` (blocking); how many."""
+        before = utc_now() - timedelta(days=self.config.snapshots.keep_days)
+        expired = self.state.snapshots.expire_snapshots(before)
+        if expired:
+            log.info("deleted %d face snapshots older than %d days", expired, self.config.snapshots.keep_days)
+        return expired
+
     async def _poll_changes(self) -> None:
         failing = False
+        expired_at = -math.inf
         while True:
             await asyncio.sleep(self.config.fleet.poll_seconds)
             try:
                 await self.refresh()
+                if time.monotonic() - expired_at >= EXPIRY_INTERVAL_S:
+                    await asyncio.to_thread(self.expire_snapshots)
+                    expired_at = time.monotonic()
                 failing = False
             except Exception:
                 if not failing:  # once per outage, not every poll

@@ -25,6 +25,11 @@ class ListenConfig(StrictSection):
         "[::]:7444",
         description="host:port for operators, dashboards (Admin/QueryService): TLS + bearer token; '' = off",
     )
+    http: str = Field(
+        "[::]:7445",
+        description="host:port of the HTTP/JSON API and web console: TLS (the server certificate) + bearer "
+        "token; '' = off",
+    )
     max_message_bytes: int = Field(
         16 * 1024 * 1024,
         ge=64 * 1024,
@@ -110,6 +115,22 @@ class ModelsConfig(StrictSection):
     )
 
 
+class SnapshotsConfig(StrictSection):
+    """[snapshots] Face snapshots the agents report, and the review of unknown faces."""
+
+    keep_days: int = Field(30, ge=1, le=3650, description="Snapshots older than this are deleted")
+    cluster_threshold: float = Field(
+        0.363,
+        ge=-1,
+        le=1,
+        description="Cosine similarity at which an unknown face joins a cluster (the agents' matching "
+        "threshold)",
+    )
+    cluster_window_days: int = Field(
+        30, ge=1, le=3650, description="Unknown faces of this many days back are clustered for review"
+    )
+
+
 class TokensConfig(StrictSection):
     """[tokens] Operator bearer tokens (stored as salted sha256 digests in the state database)."""
 
@@ -135,6 +156,7 @@ class ServerConfig(StrictSection):
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     tokens: TokensConfig = Field(default_factory=TokensConfig)
+    snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)

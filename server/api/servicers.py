@@ -1,37 +1,29 @@
 """gRPC servicers: decode the request (wire), authenticate, call the handler, encode the reply. Domain
 errors become `context.abort(<their status>, <their message>)`; anything else is logged and becomes
-INTERNAL without details. AdminService's changes are recorded in the admin audit log by `audited`, which
-knows each RPC's action and target."""
+INTERNAL without details. AdminService's changes are recorded in the admin audit log
+(facefleet.server.api.audit) by `audited`, which knows each RPC's action and target."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
 
 from facefleet.link import serde
-from facefleet.link.checks import utc_now
 from facefleet.link.errors import LinkError
+from facefleet.server.api.handlers import OperatorHandlers
 from facefleet.server.api.security import Authenticator
 from facefleet.server.api.wire import admin as admin_wire
 from facefleet.server.api.wire import devices as devices_wire
 from facefleet.server.api.wire import fleet as fleet_wire
 from facefleet.server.api.wire import query as query_wire
 from facefleet.server.api.wire import services
-from facefleet.server.domain.audit import AuditCursor, AuditEntry, AuditFilter, AuditPage
 from facefleet.server.domain.devices import DeviceRefusedError
 from facefleet.server.errors import ServerError
-from facefleet.server.fleet.device_admin import DeviceAdmin
 from facefleet.server.fleet.link import FleetHandler
-from facefleet.server.fleet.queries import QueryHandler
-from facefleet.server.gallery.people import PeopleHandler
-from facefleet.server.rollouts.uploads import ModelAdmin
-from facefleet.server.state.interface import State
 
 log = logging.getLogger(__name__)
 S = TypeVar("S")
@@ -81,28 +73,6 @@ def streaming(
             await _abort(context, method.__name__, exc)
 
     return call
-
-
-class AuditLog:
-    """The admin audit log as the servicers use it: append an entry, read a page."""
-
-    def __init__(self, state: State, clock: Callable[[], datetime] = utc_now) -> None:
-        self.state = state
-        self.clock = clock
-
-    async def record(self, who: str, action: str, target: str, error: BaseException | None) -> None:
-        """Append the outcome of a change; a log that cannot be written is logged, and the call still
-        answers what the change did."""
-        try:
-            entry = AuditEntry.of(self.clock(), who, action, target, error)
-            await asyncio.to_thread(self.state.add_audit, entry)
-        except ServerError as exc:  # e.g. a full disk: the state names it, no traceback needed
-            log.warning("cannot record %s %s by %s in the admin audit log: %s", action, target, who, exc)
-        except Exception:
-            log.exception("cannot record %s %s by %s in the admin audit log", action, target, who)
-
-    async def page(self, flt: AuditFilter, cursor: AuditCursor | None, size: int) -> AuditPage:
-        return await asyncio.to_thread(self.state.list_audit, flt, cursor, size)
 
 
 Describe = Callable[[Any, Any], tuple[str, str]]
@@ -196,19 +166,12 @@ class FleetServicer(services.FleetServicerBase):
 
 
 class AdminServicer(services.AdminServicerBase):
-    def __init__(
-        self,
-        handler: PeopleHandler,
-        auth: Authenticator,
-        models: ModelAdmin,
-        audit: AuditLog,
-        devices: DeviceAdmin,
-    ) -> None:
-        self.handler = handler
-        self.auth = auth
-        self.models = models
-        self.audit = audit
-        self.devices = devices
+    def __init__(self, handlers: OperatorHandlers) -> None:
+        self.handler = handlers.people
+        self.auth = handlers.auth
+        self.models = handlers.models
+        self.audit = handlers.audit
+        self.devices = handlers.devices
 
     @unary
     @audited(_enrolled)
@@ -305,9 +268,9 @@ class AdminServicer(services.AdminServicerBase):
 
 
 class QueryServicer(services.QueryServicerBase):
-    def __init__(self, handler: QueryHandler, auth: Authenticator) -> None:
-        self.handler = handler
-        self.auth = auth
+    def __init__(self, handlers: OperatorHandlers) -> None:
+        self.handler = handlers.queries
+        self.auth = handlers.auth
 
     @unary
     async def ListEvents(self, request: Any, context: Any) -> Any:  # noqa: N802

@@ -137,4 +137,3 @@ def check_reason(reason: str) -> str:
             f"reason {reason[:80]!r}: give at most {MAX_REASON_CHARS} printable characters"
         )
     return reason
-

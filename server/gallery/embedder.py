@@ -10,7 +10,7 @@ future model can re-embed the gallery without the original photos.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -123,6 +123,24 @@ class Enroller:
                     )
                 )
         return EmbeddedImages(tuple(embeddings), tuple(crops), tuple(faces))
+
+    def embed_crops(
+        self, crops: Sequence[tuple[Frame, float, str]], skip: Collection[str] = ()
+    ) -> list[Embedding]:
+        """Embeddings of aligned 112×112 BGR face crops (crop, quality 0–1, source) for every model of this
+        enroller except those in skip (e.g. the model the crops' own embeddings come from)."""
+        found: list[Embedding] = []
+        with self._lock:
+            for model_id in self.dimensions:
+                if model_id in skip:
+                    continue
+                extra = self._extra.get(model_id)
+                for crop, quality, source in crops:
+                    tensor = embedding_input(crop)[None]
+                    net = extra or self.analyzer.net("embedding", tensor.shape)
+                    raw = next(iter(net.infer(tensor).values()))
+                    found.append(Embedding(model_id, normalise_embeddings(raw)[0], quality, source))
+        return found
 
     def _decode(self, index: int, data: bytes) -> Frame:
         if not data:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from facefleet.link.checks import utc_now
 from facefleet.link.gallery import Embedding, Person
 from facefleet.server.domain.queries import PeopleCursor, page_size
-from facefleet.server.domain.records import EnrolmentRequest, EnrolmentResult, PersonUpdate
+from facefleet.server.domain.records import Crop, EnrolmentRequest, EnrolmentResult, PersonUpdate
 from facefleet.server.errors import InvalidArgumentError
 from facefleet.server.gallery.embedder import EmbeddedImages, Enroller
 from facefleet.server.state.fanout import GalleryFanout
@@ -70,6 +70,25 @@ class PeopleHandler:
             )
         await self.fanout.publish(stored.revision)
         return EnrolmentResult(stored, embedded.faces)
+
+    async def enrol_embedded(
+        self, person: Person, crops: Sequence[Crop], *, append: bool | None, snapshots: Sequence[str] = ()
+    ) -> Person:
+        """Store a person whose embeddings are computed already (e.g. from face snapshots) as one revision:
+        a new person (append None: AlreadyExistsError when the id is taken), or added to (append True) an
+        existing one. snapshots: the snapshot ids it came from, marked enrolled with it."""
+        self._check_embeddings(person.embeddings)
+        now = self.clock()
+        if append is None:
+            stored = await asyncio.to_thread(
+                lambda: self.state.add_person(person, crops, now, snapshots=snapshots)
+            )
+        else:
+            stored = await asyncio.to_thread(
+                lambda: self.state.replace_person(person, crops, now, append=append, snapshots=snapshots)
+            )
+        await self.fanout.publish(stored.revision)
+        return stored
 
     async def update(self, update: PersonUpdate) -> Person:
         person = await asyncio.to_thread(

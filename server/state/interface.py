@@ -35,16 +35,19 @@ from facefleet.server.domain.queries import (
 from facefleet.server.domain.records import AgentInfo, Crop, TokenRecord
 from facefleet.server.state.devices import DeviceState
 from facefleet.server.state.models import ModelState
+from facefleet.server.state.snapshots import SnapshotState
 
 
 class State(abc.ABC):
     """Durable server state. Methods raise NotFoundError, AlreadyExistsError or StateError
     (facefleet.server.errors).
     `models` holds the model catalogue and rollouts (facefleet.server.state.models), `devices` each device's
-    status and certificates (facefleet.server.state.devices)."""
+    status and certificates (facefleet.server.state.devices), `snapshots` the face snapshots agents report
+    (facefleet.server.state.snapshots)."""
 
     models: ModelState
     devices: DeviceState
+    snapshots: SnapshotState
 
     # -- gallery -------------------------------------------------------------------------------------
 
@@ -57,13 +60,26 @@ class State(abc.ABC):
         """The latest gallery revision (0 before the first change)."""
 
     @abc.abstractmethod
-    def add_person(self, person: Person, crops: Sequence[Crop], now: datetime) -> Person:
-        """Store a new person as one revision and return it as stored; AlreadyExistsError if id is taken."""
+    def add_person(
+        self, person: Person, crops: Sequence[Crop], now: datetime, *, snapshots: Sequence[str] = ()
+    ) -> Person:
+        """Store a new person as one revision and return it as stored; AlreadyExistsError if id is taken.
+        snapshots: ids of face snapshots the person was enrolled from, marked enrolled in the same
+        transaction."""
 
     @abc.abstractmethod
-    def replace_person(self, person: Person, crops: Sequence[Crop], now: datetime, *, append: bool) -> Person:
+    def replace_person(
+        self,
+        person: Person,
+        crops: Sequence[Crop],
+        now: datetime,
+        *,
+        append: bool,
+        snapshots: Sequence[str] = (),
+    ) -> Person:
         """Create or replace a person as one revision. append=False replaces the embeddings of the models
-        `person` brings (other models' embeddings stay) and the crops; append=True adds to both."""
+        `person` brings (other models' embeddings stay) and the crops; append=True adds to both.
+        snapshots: as for add_person."""
 
     @abc.abstractmethod
     def update_person(

@@ -54,6 +54,7 @@ from facefleet.server.state.sqlite import devices as sqlite_devices
 from facefleet.server.state.sqlite import events as sqlite_events
 from facefleet.server.state.sqlite import models as sqlite_models
 from facefleet.server.state.sqlite import people as sqlite_people
+from facefleet.server.state.sqlite import snapshots as sqlite_snapshots
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ MIGRATIONS = Migrations(
         Migration(4, "rollout_failure_budget", sqlite_models.SCHEMA_4),
         Migration(5, "admin_audit", sqlite_audit.SCHEMA),
         Migration(6, "devices", sqlite_devices.SCHEMA),
+        Migration(7, "snapshots", sqlite_snapshots.SCHEMA),
     ),
     what="state database",
     program="server",
@@ -158,6 +160,7 @@ class SqliteState(State):
         self._migrate()
         self.models = sqlite_models.SqliteModelState(self)
         self.devices = sqlite_devices.SqliteDeviceState(self)
+        self.snapshots = sqlite_snapshots.SqliteSnapshotState(self)
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -290,7 +293,9 @@ class SqliteState(State):
         with self.connection() as conn:
             return int(_meta(conn, "head_revision", "0"))
 
-    def add_person(self, person: Person, crops: Sequence[Crop], now: datetime) -> Person:
+    def add_person(
+        self, person: Person, crops: Sequence[Crop], now: datetime, *, snapshots: Sequence[str] = ()
+    ) -> Person:
         with self.write() as conn:
             if sqlite_people.exists(conn, person.person_id):
                 raise AlreadyExistsError(
@@ -301,9 +306,18 @@ class SqliteState(State):
             sqlite_people.insert_person(conn, person, now, now, revision)
             sqlite_people.insert_embeddings(conn, person.person_id, person.embeddings)
             sqlite_people.insert_crops(conn, person.person_id, crops)
+            sqlite_snapshots.mark_enrolled(conn, snapshots, person.person_id)
             return sqlite_people.load_person(conn, person.person_id, with_vectors=True)
 
-    def replace_person(self, person: Person, crops: Sequence[Crop], now: datetime, *, append: bool) -> Person:
+    def replace_person(
+        self,
+        person: Person,
+        crops: Sequence[Crop],
+        now: datetime,
+        *,
+        append: bool,
+        snapshots: Sequence[str] = (),
+    ) -> Person:
         with self.write() as conn:
             revision = self._next_revision(conn, [(person.person_id, "upsert")], now)
             if not sqlite_people.exists(conn, person.person_id):
@@ -332,6 +346,7 @@ class SqliteState(State):
                     f"person {person.person_id} would have {count} embeddings, over the limit of "
                     f"{MAX_EMBEDDINGS_PER_PERSON}; replace them instead of appending"
                 )
+            sqlite_snapshots.mark_enrolled(conn, snapshots, person.person_id)
             return sqlite_people.load_person(conn, person.person_id, with_vectors=True)
 
     def update_person(
@@ -493,7 +508,9 @@ class SqliteState(State):
 
     def add_events(self, events: Sequence[Event]) -> tuple[int, int]:
         with self.write() as conn:
-            return sqlite_events.add_events(conn, events)
+            outcome = sqlite_events.add_events(conn, events)
+            sqlite_snapshots.add_snapshots(conn, events)
+            return outcome
 
     def list_events(self, flt: EventFilter, cursor: EventCursor | None, limit: int) -> EventPage:
         with self.connection() as conn:

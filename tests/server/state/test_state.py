@@ -410,9 +410,10 @@ def test_a_database_recorded_in_meta_at_the_current_version_is_adopted_keeping_e
             (4, "rollout_failure_budget"),
             (5, "admin_audit"),
             (6, "devices"),
+            (7, "snapshots"),
         ]
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() is None
-        assert conn.execute("PRAGMA user_version").fetchone() == (6,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (7,)
     conn.close()
 
 

@@ -1,0 +1,194 @@
+"""Unknown faces: the snapshots agents report of faces nobody enrolled, grouped into clusters of the same
+unseen person (facefleet.server.domain.snapshots), and what operators do with them: enrol a cluster (or
+chosen snapshots) as a new person or add it to an existing one, dismiss, delete.
+
+An enrolment takes each snapshot's embedding as it is (the model the agent matched with) and its aligned crop
+as an enrolment crop, kept for re-embedding with future models; models the server enrols with that the
+snapshots lack are computed from those crops. It is one gallery revision, marked on the snapshots in the same
+transaction, so the agents recognise the person at their next frame."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from facefleet.link.checks import MAX_EMBEDDINGS_PER_PERSON, check_id, utc_now
+from facefleet.link.gallery import Embedding, Person
+from facefleet.server.domain.queries import page_size
+from facefleet.server.domain.records import Crop
+from facefleet.server.domain.snapshots import (
+    ImageKind,
+    Snapshot,
+    SnapshotCursor,
+    SnapshotFilter,
+    SnapshotPage,
+    UnknownCluster,
+    cluster_unknown,
+)
+from facefleet.server.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from facefleet.server.gallery.embedder import Enroller
+from facefleet.server.gallery.people import PeopleHandler
+from facefleet.server.state.interface import State
+
+CROP_SIZE = 112
+Frame = npt.NDArray[np.uint8]
+MAX_SNAPSHOTS_PER_ACTION = 1000
+
+
+@dataclass(frozen=True)
+class UnknownSettings:
+    """threshold: cosine similarity at which a snapshot joins a cluster (the agents' matching threshold);
+    window: how far back clusters look; max_snapshots: how many of the newest unknown snapshots are
+    clustered."""
+
+    threshold: float = 0.363
+    window: timedelta = timedelta(days=30)
+    max_snapshots: int = 50_000
+
+
+@dataclass(frozen=True)
+class UnknownEnrolment:
+    """Enrol the snapshots of a cluster, or chosen snapshots, as person_id: a new person (existing False;
+    display_name and groups apply) or more samples of an enrolled one (existing True)."""
+
+    person_id: str
+    cluster_id: str = ""
+    snapshot_ids: tuple[str, ...] = ()
+    display_name: str = ""
+    groups: tuple[str, ...] = ()
+    existing: bool = False
+
+
+@dataclass(frozen=True)
+class UnknownEnrolled:
+    """The person as stored, and the snapshots enrolled."""
+
+    person: Person
+    snapshot_ids: tuple[str, ...]
+
+
+class UnknownFaces:
+    """Unknown-face review. enroller: the server's image enroller, or FailedPreconditionError when it has no
+    models (then only the snapshots' own embeddings are stored)."""
+
+    def __init__(
+        self,
+        state: State,
+        people: PeopleHandler,
+        enroller: Callable[[], Enroller],
+        settings: UnknownSettings,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.state = state
+        self.people = people
+        self.enroller = enroller
+        self.settings = settings
+        self.clock = clock
+
+    async def clusters(self) -> list[UnknownCluster]:
+        """Clusters of unknown snapshots under review, newest first."""
+        since = self.clock() - self.settings.window
+        snapshots = await asyncio.to_thread(
+            self.state.snapshots.unknown_snapshots, since, self.settings.max_snapshots
+        )
+        return await asyncio.to_thread(cluster_unknown, snapshots, self.settings.threshold)
+
+    async def cluster(self, cluster_id: str) -> UnknownCluster:
+        check_id("cluster id", cluster_id)
+        for cluster in await self.clusters():
+            if cluster.cluster_id == cluster_id:
+                return cluster
+        raise NotFoundError(
+            f"no unknown-face cluster {cluster_id!r} under review: it was enrolled, dismissed or expired, or "
+            "its first snapshot was; list the clusters again"
+        )
+
+    async def snapshots(self, flt: SnapshotFilter, page_token: str, size: int) -> SnapshotPage:
+        after = SnapshotCursor.decode(page_token) if page_token else None
+        return await asyncio.to_thread(self.state.snapshots.list_snapshots, flt, after, page_size(size))
+
+    async def image(self, snapshot_id: str, kind: ImageKind) -> bytes:
+        check_id("snapshot id", snapshot_id)
+        data = await asyncio.to_thread(self.state.snapshots.image, snapshot_id, kind)
+        if not data:
+            raise NotFoundError(f"snapshot {snapshot_id!r} has no {kind} image")
+        return data
+
+    async def enrol(self, request: UnknownEnrolment) -> UnknownEnrolled:
+        """Enrol the snapshots (one gallery revision); they leave the review."""
+        snapshots = await self._chosen(request.cluster_id, request.snapshot_ids)
+        crops, quality, images = await asyncio.to_thread(self._crops, snapshots)
+        embeddings = [
+            Embedding(s.model_id, s.vector, min(max(s.quality, 0.0), 1.0), f"snapshot:{s.event_id}")
+            for s in snapshots
+        ]
+        try:
+            enroller = await asyncio.to_thread(self.enroller)
+        except FailedPreconditionError:
+            enroller = None
+        if enroller is not None:
+            have = {s.model_id for s in snapshots}
+            sources = [(images[c.source], quality[c.source], c.source) for c in crops]
+            embeddings += await asyncio.to_thread(enroller.embed_crops, sources, have)
+        if len(embeddings) > MAX_EMBEDDINGS_PER_PERSON:
+            raise InvalidArgumentError(
+                f"{len(snapshots)} snapshots give {len(embeddings)} embeddings, over the limit of "
+                f"{MAX_EMBEDDINGS_PER_PERSON} per person; choose fewer snapshots"
+            )
+        if request.existing:
+            known = await asyncio.to_thread(self.state.get_person, request.person_id, with_vectors=False)
+            person = Person(
+                known.person_id, known.display_name, known.groups, known.metadata_json, tuple(embeddings)
+            )
+        else:
+            person = Person(request.person_id, request.display_name, request.groups, "{}", tuple(embeddings))
+        ids = tuple(s.event_id for s in snapshots)
+        stored = await self.people.enrol_embedded(
+            person, crops, append=True if request.existing else None, snapshots=ids
+        )
+        return UnknownEnrolled(stored, ids)
+
+    async def dismiss(self, cluster_id: str, snapshot_ids: Sequence[str]) -> int:
+        """Take snapshots out of the review (kept until retention); how many."""
+        snapshots = await self._chosen(cluster_id, tuple(snapshot_ids))
+        ids = [s.event_id for s in snapshots]
+        return await asyncio.to_thread(self.state.snapshots.set_status, ids, "dismissed")
+
+    async def delete(self, cluster_id: str, snapshot_ids: Sequence[str]) -> int:
+        """Delete snapshots and their images now; how many."""
+        snapshots = await self._chosen(cluster_id, tuple(snapshot_ids))
+        return await asyncio.to_thread(self.state.snapshots.delete_snapshots, [s.event_id for s in snapshots])
+
+    async def _chosen(self, cluster_id: str, snapshot_ids: tuple[str, ...]) -> list[Snapshot]:
+        if bool(cluster_id) == bool(snapshot_ids):
+            raise InvalidArgumentError("give either a cluster id or snapshot ids")
+        if len(snapshot_ids) > MAX_SNAPSHOTS_PER_ACTION:
+            raise InvalidArgumentError(f"at most {MAX_SNAPSHOTS_PER_ACTION} snapshot ids at a time")
+        if cluster_id:
+            return list((await self.cluster(cluster_id)).snapshots)
+        for snapshot_id in snapshot_ids:
+            check_id("snapshot id", snapshot_id)
+        return await asyncio.to_thread(self.state.snapshots.get_snapshots, list(dict.fromkeys(snapshot_ids)))
+
+    def _crops(self, snapshots: Sequence[Snapshot]) -> tuple[list[Crop], dict[str, float], dict[str, Frame]]:
+        """The snapshots' aligned crops as enrolment crops, with quality and decoded image by source; a crop
+        that does not decode to a 112×112 colour face is left out (its embedding still counts)."""
+        crops: list[Crop] = []
+        quality: dict[str, float] = {}
+        images: dict[str, Frame] = {}
+        for snapshot in snapshots:
+            data = self.state.snapshots.image(snapshot.event_id, "crop")
+            image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+            if image is None or image.shape != (CROP_SIZE, CROP_SIZE, 3):
+                continue
+            source = f"snapshot:{snapshot.event_id}"
+            crops.append(Crop("jpeg", data, source))
+            quality[source] = min(max(snapshot.quality, 0.0), 1.0)
+            images[source] = np.asarray(image, dtype=np.uint8)
+        return crops, quality, images

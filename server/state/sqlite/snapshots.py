@@ -1,0 +1,190 @@
+"""Face snapshots in the server's SQLite database (facefleet.server.state.snapshots), in SqliteState's
+transactions; `add_snapshots` and `mark_enrolled` run inside the caller's transaction."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from datetime import datetime
+
+import numpy as np
+
+from facefleet.link.events import Event
+from facefleet.server.domain.queries import from_us, to_us
+from facefleet.server.domain.snapshots import (
+    UNKNOWN_DECISIONS,
+    ImageKind,
+    Snapshot,
+    SnapshotCursor,
+    SnapshotFilter,
+    SnapshotPage,
+    SnapshotStatus,
+)
+from facefleet.server.errors import NotFoundError
+from facefleet.server.state.snapshots import SnapshotState
+from facefleet.server.state.sqlite.meta import Transactions
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS snapshots (
+        event_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, camera TEXT NOT NULL, time_us INTEGER NOT NULL,
+        decision TEXT NOT NULL, person_id TEXT NOT NULL, quality REAL NOT NULL, model_id TEXT NOT NULL,
+        vector BLOB NOT NULL, crop_jpeg BLOB NOT NULL, context_jpeg BLOB NOT NULL, status TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS snapshots_time ON snapshots(time_us, event_id)",
+    "CREATE INDEX IF NOT EXISTS snapshots_review ON snapshots(status, decision, time_us)",
+)
+"""Migration 7: face snapshots, reviewed newest first."""
+
+_COLUMNS = (
+    "event_id, device_id, camera, time_us, decision, person_id, quality, model_id, vector, status, "
+    "length(crop_jpeg), length(context_jpeg)"
+)
+_CHUNK = 500
+
+
+class SqliteSnapshotState(SnapshotState):
+    """Snapshots in the server's SQLite database."""
+
+    def __init__(self, core: Transactions) -> None:
+        self._core = core
+
+    def list_snapshots(self, flt: SnapshotFilter, after: SnapshotCursor | None, limit: int) -> SnapshotPage:
+        where = ["time_us >= ?", "time_us < ?"]
+        params: list[object] = [to_us(flt.since), to_us(flt.until)]
+        for column, value in (
+            ("device_id", flt.device_id),
+            ("camera", flt.camera),
+            ("decision", flt.decision),
+            ("status", flt.status),
+        ):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if after is not None:
+            where.append("(time_us < ? OR (time_us = ? AND event_id < ?))")
+            params += [after.time_us, after.time_us, after.event_id]
+        with self._core.connection() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM snapshots WHERE {' AND '.join(where)} "  # noqa: S608
+                "ORDER BY time_us DESC, event_id DESC LIMIT ?",
+                (*params, limit + 1),
+            ).fetchall()
+        snapshots = tuple(_snapshot(row) for row in rows[:limit])
+        more = len(rows) > limit and snapshots
+        last = snapshots[-1] if more else None
+        return SnapshotPage(snapshots, SnapshotCursor(to_us(last.time), last.event_id) if last else None)
+
+    def unknown_snapshots(self, since: datetime, limit: int) -> list[Snapshot]:
+        marks = ", ".join("?" * len(UNKNOWN_DECISIONS))
+        with self._core.connection() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM snapshots WHERE status = 'new' "  # noqa: S608
+                f"AND decision IN ({marks}) AND time_us >= ? ORDER BY time_us DESC LIMIT ?",
+                (*UNKNOWN_DECISIONS, to_us(since), limit),
+            ).fetchall()
+        return [_snapshot(row) for row in rows]
+
+    def get_snapshots(self, event_ids: Sequence[str]) -> list[Snapshot]:
+        found: dict[str, Snapshot] = {}
+        with self._core.connection() as conn:
+            for start in range(0, len(event_ids), _CHUNK):
+                chunk = list(event_ids[start : start + _CHUNK])
+                marks = ", ".join("?" * len(chunk))
+                for row in conn.execute(
+                    f"SELECT {_COLUMNS} FROM snapshots WHERE event_id IN ({marks})",  # noqa: S608
+                    chunk,
+                ):
+                    found[row[0]] = _snapshot(row)
+        for event_id in event_ids:
+            if event_id not in found:
+                raise NotFoundError(f"no snapshot {event_id!r}; it may have expired or been deleted")
+        return [found[event_id] for event_id in event_ids]
+
+    def image(self, event_id: str, kind: ImageKind) -> bytes:
+        column = "crop_jpeg" if kind == "crop" else "context_jpeg"
+        with self._core.connection() as conn:
+            row = conn.execute(
+                f"SELECT {column} FROM snapshots WHERE event_id = ?",  # noqa: S608
+                (event_id,),
+            ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no snapshot {event_id!r}; it may have expired or been deleted")
+        return bytes(row[0])
+
+    def set_status(self, event_ids: Sequence[str], status: SnapshotStatus) -> int:
+        with self._core.write() as conn:
+            return _update(
+                conn, event_ids, "UPDATE snapshots SET status = ? WHERE status != 'enrolled' AND", status
+            )
+
+    def delete_snapshots(self, event_ids: Sequence[str]) -> int:
+        with self._core.write() as conn:
+            return _update(conn, event_ids, "DELETE FROM snapshots WHERE")
+
+    def expire_snapshots(self, before: datetime) -> int:
+        with self._core.write() as conn:
+            return int(conn.execute("DELETE FROM snapshots WHERE time_us < ?", (to_us(before),)).rowcount)
+
+
+def add_snapshots(conn: sqlite3.Connection, events: Sequence[Event]) -> int:
+    """Store the snapshots these events carry (a stored id is left as it is); how many were new."""
+    rows = [
+        (
+            e.event_id,
+            e.device_id,
+            e.camera,
+            to_us(e.time),
+            e.decision,
+            e.person_id,
+            float(e.snapshot.embedding.quality or e.quality),
+            e.snapshot.embedding.model_id,
+            np.asarray(e.snapshot.embedding.vector, dtype="<f4").tobytes(),
+            e.snapshot.crop_jpeg,
+            e.snapshot.context_jpeg,
+        )
+        for e in events
+        if e.snapshot is not None
+    ]
+    before = conn.total_changes
+    conn.executemany(
+        "INSERT INTO snapshots (event_id, device_id, camera, time_us, decision, person_id, quality, "
+        "model_id, vector, crop_jpeg, context_jpeg, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'new') "
+        "ON CONFLICT (event_id) DO NOTHING",
+        rows,
+    )
+    return conn.total_changes - before
+
+
+def mark_enrolled(conn: sqlite3.Connection, event_ids: Sequence[str], person_id: str) -> int:
+    """The snapshots a person was just enrolled from (inside the enrolment's transaction)."""
+    return _update(
+        conn, event_ids, "UPDATE snapshots SET status = 'enrolled', person_id = ? WHERE", person_id
+    )
+
+
+def _update(conn: sqlite3.Connection, event_ids: Sequence[str], statement: str, *first: object) -> int:
+    changed = 0
+    for start in range(0, len(event_ids), _CHUNK):
+        chunk = list(event_ids[start : start + _CHUNK])
+        marks = ", ".join("?" * len(chunk))
+        changed += conn.execute(f"{statement} event_id IN ({marks})", (*first, *chunk)).rowcount
+    return changed
+
+
+def _snapshot(row: tuple[object, ...]) -> Snapshot:
+    event_id, device_id, camera, time_us, decision, person_id, quality, model_id, vector, status = row[:10]
+    assert status in ("new", "dismissed", "enrolled")
+    assert isinstance(vector, bytes)
+    return Snapshot(
+        event_id=str(event_id),
+        device_id=str(device_id),
+        camera=str(camera),
+        time=from_us(int(str(time_us))),
+        decision=str(decision),
+        person_id=str(person_id),
+        quality=float(str(quality)),
+        model_id=str(model_id),
+        vector=np.frombuffer(vector, dtype="<f4").astype(np.float32),
+        status=status,
+        crop_bytes=int(str(row[10])),
+        context_bytes=int(str(row[11])),
+    )

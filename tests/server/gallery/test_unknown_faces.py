@@ -1,0 +1,207 @@
+"""Unknown faces on a real server: face snapshots of real faces (insightface's t1.jpg, six people) reported
+through FleetService, clustered per unseen person, enrolled as a new or existing person in one gallery
+revision, dismissed, deleted and expired."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from facefleet.link import serde
+from facefleet.link.checks import utc_now
+from facefleet.link.errors import LinkError
+from facefleet.link.events import Event, FaceSnapshot
+from facefleet.link.gallery import Embedding
+from facefleet.server.domain.snapshots import SnapshotFilter, cluster_unknown
+from facefleet.server.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from facefleet.server.gallery.embedder import Enroller
+from facefleet.server.gallery.unknown import UnknownEnrolment
+from facefleet.v1 import fleet_pb2
+from facefleet.vision.alignment import align_face
+from facefleet.vision.pipeline import FaceAnalyzer
+from tests.server.conftest import Harness, Pki, run, serving
+
+MODEL = "sface@2021dec"
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One face as an agent's camera saw it: its aligned crop (JPEG) and embedding."""
+
+    crop_jpeg: bytes
+    vector: npt.NDArray[np.float32]
+    quality: float
+
+
+def _seen(analyzer: FaceAnalyzer, frame: npt.NDArray[np.uint8]) -> list[Seen]:
+    faces = sorted(analyzer.analyze(frame), key=lambda f: float(f.detection.box_xyxy[0]))
+    found = []
+    for face in faces:
+        crop = align_face(frame, face.detection.landmarks_xy)
+        ok, data = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        assert ok
+        assert face.embedding is not None
+        found.append(Seen(bytes(data.tobytes()), face.embedding, float(face.quality.score)))
+    return found
+
+
+@pytest.fixture(scope="module")
+def strangers(analyzer: FaceAnalyzer, group_photo: npt.NDArray[np.uint8]) -> list[tuple[Seen, Seen]]:
+    """Three of t1.jpg's people, each seen twice (the photo and its mirror image), left to right."""
+    direct = _seen(analyzer, group_photo)
+    mirrored = _seen(analyzer, np.ascontiguousarray(group_photo[:, ::-1]))[::-1]
+    assert len(direct) == len(mirrored) == 6
+    return [(direct[i], mirrored[i]) for i in (0, 2, 4)]
+
+
+def face_event(seen: Seen, time: datetime, decision: str = "unknown", person: str = "") -> Event:
+    return Event(
+        str(uuid.uuid4()),
+        "door-1",
+        time,
+        "face",
+        decision,  # type: ignore[arg-type]
+        camera="entrance",
+        person_id=person,
+        quality=seen.quality,
+        snapshot=FaceSnapshot(seen.crop_jpeg, b"", Embedding(MODEL, seen.vector, seen.quality)),
+    )
+
+
+async def report(harness: Harness, events: list[Event]) -> None:
+    fleet = await harness.registered("door-1")
+    request = fleet_pb2.ReportResultsRequest(
+        device_id="door-1", events=[serde.event_to_proto(e) for e in events]
+    )
+    reply = await fleet.ReportResults(request)
+    assert list(reply.rejected) == []
+
+
+def test_the_strangers_fall_into_one_cluster_each(strangers: list[tuple[Seen, Seen]]) -> None:
+    from facefleet.server.domain.snapshots import Snapshot
+
+    now = utc_now()
+    snapshots = [
+        Snapshot(f"{person}-{view}", "door-1", "entrance", now + timedelta(seconds=2 * person + view),
+                 "unknown", "", seen.quality, MODEL, seen.vector)
+        for person, pair in enumerate(strangers)
+        for view, seen in enumerate(pair)
+    ]  # fmt: skip
+    clusters = cluster_unknown(snapshots[::-1], threshold=0.363)
+    assert [(c.cluster_id, c.count) for c in clusters] == [("2-0", 2), ("1-0", 2), ("0-0", 2)]
+    assert [s.event_id for s in clusters[0].snapshots] == ["2-1", "2-0"]  # newest first
+    assert len(cluster_unknown(snapshots, threshold=1.01)) == 6  # nobody is that similar
+
+
+def test_an_unknown_cluster_is_enrolled_dismissed_and_its_snapshots_leave_the_review(
+    tmp_path, pki: Pki, enroller: Enroller, strangers: list[tuple[Seen, Seen]]
+) -> None:
+    start = utc_now() - timedelta(minutes=10)
+
+    async def scenario() -> None:
+        async with serving(tmp_path, pki, enroller) as harness:
+            unknown = harness.server.handlers.unknown  # type: ignore[union-attr]
+            events = [
+                face_event(seen, start + timedelta(seconds=10 * person + view))
+                for person, pair in enumerate(strangers)
+                for view, seen in enumerate(pair)
+            ]
+            matched = face_event(strangers[0][0], start + timedelta(minutes=5), "match", "someone")
+            await report(harness, [*events, matched])
+            await report(harness, events)  # a repeated report stores nothing twice
+            clusters = await unknown.clusters()
+            assert [(c.cluster_id, c.count) for c in clusters] == [
+                (events[4].event_id, 2),
+                (events[2].event_id, 2),
+                (events[0].event_id, 2),
+            ]
+            assert (clusters[0].devices, clusters[0].cameras) == (("door-1",), ("door-1/entrance",))
+            crop = await unknown.image(events[0].event_id, "crop")
+            assert cv2.imdecode(np.frombuffer(crop, np.uint8), cv2.IMREAD_COLOR).shape == (112, 112, 3)
+            with pytest.raises(NotFoundError, match="no context image"):
+                await unknown.image(events[0].event_id, "context")
+
+            head = harness.server.fanout.head  # type: ignore[union-attr]
+            enrolled = await unknown.enrol(
+                UnknownEnrolment("visitor-a", cluster_id=events[0].event_id, display_name="Visitor A")
+            )
+            person = enrolled.person
+            assert (person.person_id, person.display_name, person.revision) == (
+                "visitor-a",
+                "Visitor A",
+                head + 1,
+            )
+            assert sorted(e.source for e in person.embeddings) == sorted(
+                f"snapshot:{e.event_id}" for e in events[:2]
+            )
+            assert {e.model_id for e in person.embeddings} == {MODEL}
+            assert len(harness.server.state.crops("visitor-a")) == 2
+            assert [c.cluster_id for c in await unknown.clusters()] == [
+                events[4].event_id,
+                events[2].event_id,
+            ]
+
+            more = await unknown.enrol(
+                UnknownEnrolment("visitor-a", snapshot_ids=(events[4].event_id,), existing=True)
+            )
+            assert len(more.person.embeddings) == 3
+            assert more.person.display_name == "Visitor A"
+            assert [c.count for c in await unknown.clusters()] == [1, 2]
+
+            assert await unknown.dismiss(events[2].event_id, ()) == 2
+            # its first snapshot enrolled, the last stranger's cluster goes by the next one
+            assert [c.cluster_id for c in await unknown.clusters()] == [events[5].event_id]
+            page = await unknown.snapshots(
+                SnapshotFilter(start - timedelta(hours=1), utc_now(), status="dismissed"), "", 10
+            )
+            assert sorted(s.event_id for s in page.snapshots) == sorted(e.event_id for e in events[2:4])
+            enrolled_page = await unknown.snapshots(
+                SnapshotFilter(start - timedelta(hours=1), utc_now(), status="enrolled"), "", 10
+            )
+            assert {s.person_id for s in enrolled_page.snapshots} == {"visitor-a"}
+
+            assert await unknown.delete("", (events[5].event_id,)) == 1
+            assert await unknown.clusters() == []
+            assert harness.server.expire_snapshots() == 0
+            assert harness.server.state.snapshots.expire_snapshots(utc_now() + timedelta(days=1)) == 6
+            with pytest.raises(NotFoundError):
+                await unknown.image(events[0].event_id, "crop")
+
+    run(scenario)
+
+
+def test_refused_unknown_face_actions_change_nothing(
+    tmp_path, pki: Pki, enroller: Enroller, strangers: list[tuple[Seen, Seen]]
+) -> None:
+    async def scenario() -> None:
+        async with serving(tmp_path, pki, enroller) as harness:
+            unknown = harness.server.handlers.unknown  # type: ignore[union-attr]
+            events = [face_event(seen, utc_now() - timedelta(minutes=1)) for seen in strangers[1]]
+            await report(harness, events)
+            (cluster,) = await unknown.clusters()
+            with pytest.raises(NotFoundError, match="list the clusters again"):
+                await unknown.enrol(UnknownEnrolment("x", cluster_id=str(uuid.uuid4())))
+            with pytest.raises(InvalidArgumentError, match="either a cluster id or snapshot ids"):
+                await unknown.enrol(UnknownEnrolment("x", cluster_id=cluster.cluster_id, snapshot_ids=("a",)))
+            with pytest.raises(NotFoundError, match="no snapshot"):
+                await unknown.enrol(
+                    UnknownEnrolment("x", snapshot_ids=(events[0].event_id, str(uuid.uuid4())))
+                )
+            with pytest.raises(NotFoundError):
+                await unknown.enrol(UnknownEnrolment("nobody", cluster_id=cluster.cluster_id, existing=True))
+            with pytest.raises(LinkError, match="person_id '../x' is not valid"):
+                await unknown.enrol(UnknownEnrolment("../x", cluster_id=cluster.cluster_id))
+            await unknown.enrol(UnknownEnrolment("taken", snapshot_ids=(events[0].event_id,)))
+            with pytest.raises(AlreadyExistsError):
+                await unknown.enrol(UnknownEnrolment("taken", snapshot_ids=(events[1].event_id,)))
+            (left,) = await unknown.clusters()
+            assert [s.event_id for s in left.snapshots] == [events[1].event_id]  # still under review
+            assert len(harness.server.state.get_person("taken").embeddings) == 1
+
+    run(scenario)

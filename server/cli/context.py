@@ -17,6 +17,7 @@ from rich.console import Console
 
 from facefleet.core.paths import resolve_state_dir
 from facefleet.link.checks import utc_now
+from facefleet.server.cli.local import LocalHandlers
 from facefleet.server.config import ServerConfig, load_config
 from facefleet.server.domain.audit import LOCAL, AuditEntry
 from facefleet.server.paths import ServerPaths
@@ -43,6 +44,11 @@ class Context:
     @cached_property
     def state(self) -> SqliteState:
         return SqliteState(self.paths.database, log_revisions=self.config.gallery.log_revisions)
+
+    @cached_property
+    def operators(self) -> LocalHandlers:
+        """The operator handlers over this state directory."""
+        return LocalHandlers(self.config, self.paths, self.state)
 
     def print_json(self, data: Any) -> None:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")

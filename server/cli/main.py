@@ -26,7 +26,9 @@ from facefleet.server.cli.audit import register as register_audit
 from facefleet.server.cli.context import Context
 from facefleet.server.cli.devices import register_certs, register_devices
 from facefleet.server.cli.models import register as register_models
+from facefleet.server.cli.people import register as register_people
 from facefleet.server.cli.query import register as register_query
+from facefleet.server.cli.unknown import register as register_unknown
 from facefleet.server.config import load_config
 from facefleet.server.domain.records import ROLES
 
@@ -35,6 +37,8 @@ EPILOG = """examples:
   facefleet-server certs issue door-1
   facefleet-server devices revoke door-1 --wipe --reason stolen
   facefleet-server tokens create dashboard --role query
+  facefleet-server people enroll alice --image alice.jpg --group staff
+  facefleet-server unknown list
   facefleet-server --config /etc/facefleet-server/server.toml serve
   facefleet-server query events --since 24h --device door-1 --json
   facefleet-server models publish emotion.tflite --task expression --name mini-xception --version v2
@@ -79,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_models(commands, _parser)
     register_query(commands, _parser)
     register_audit(commands, _parser)
+    register_people(commands, _parser)
+    register_unknown(commands, _parser)
     return parser
 
 

@@ -2,8 +2,9 @@
 own thread so a slow or failing camera never holds up the others.
 
 A camera keeps only its newest frame: when inference is slower than the camera, older frames are
-dropped (latest frame wins) and counted. A source that fails is reopened with exponential backoff;
-a video file or image folder that ends is reported as ended (or looped when configured).
+dropped (latest frame wins) and counted. A source that fails is reopened with exponential backoff,
+which starts over once the source delivers a frame again; a video file or image folder that ends is
+reported as ended (or looped when configured).
 """
 
 from __future__ import annotations
@@ -216,8 +217,7 @@ class Camera:
             self._set_status(state="running", error=None, retry_in_s=None)
             log.info("camera '%s': reading %s", self.settings.name, self.settings.source)
             try:
-                number, ended = self._read_all(reader, number)
-                backoff.reset()
+                number, ended = self._read_all(reader, number, backoff)
             except SourceError as exc:
                 ended = False
                 self._retry(str(exc), backoff.next())
@@ -229,8 +229,10 @@ class Camera:
                 return
         self._set_status(state="stopped")
 
-    def _read_all(self, reader: FrameReader, number: int) -> tuple[int, bool]:
-        """Read until the source ends (True) or stop is asked (False); raises SourceError on a failure."""
+    def _read_all(self, reader: FrameReader, number: int, backoff: Backoff) -> tuple[int, bool]:
+        """Read until the source ends (True) or stop is asked (False); raises SourceError on a failure.
+        The first frame resets the backoff: a stream that worked again is retried after the shortest delay
+        when it next fails, while one that opens but never delivers a frame keeps backing off."""
         interval = 1.0 / self.settings.max_fps if self.settings.max_fps > 0 else 0.0
         if interval == 0.0 and isinstance(reader, CaptureReader) and reader.file_fps:
             interval = 1.0 / reader.file_fps
@@ -243,6 +245,8 @@ class Camera:
                 return number, True
             number += 1
             read_here += 1
+            if read_here == 1:
+                backoff.reset()
             frame = CameraFrame(self.settings.name, number, time.time(), image)
             with self._condition:
                 self._latest = frame
@@ -261,6 +265,6 @@ class Camera:
         return number, False
 
     def _retry(self, error: str, delay_s: float) -> None:
-        log.warning("camera '%s': %s (retrying in %.0f s)", self.settings.name, error, delay_s)
+        log.warning("camera '%s': %s (retrying in %g s)", self.settings.name, error, delay_s)
         self._set_status(state="retrying", error=error, retry_in_s=delay_s)
         self._stop.wait(delay_s)

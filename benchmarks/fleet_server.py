@@ -164,7 +164,8 @@ class ServerProcess:
         config = self.config
         poll = "" if self.poll_seconds is None else f"poll_seconds = {self.poll_seconds}\n"
         config.write_text(
-            '[listen]\nagents = "127.0.0.1:0"\noperators = "127.0.0.1:0"\ngrace_seconds = 1\n'
+            '[listen]\nagents = "127.0.0.1:0"\noperators = "127.0.0.1:0"\nhttp = "127.0.0.1:0"\n'
+            "grace_seconds = 1\n"
             f"max_concurrent_streams = 10000\n[fleet]\nmax_report_events = 10000\n{poll}"
         )
         notify_path = self.root / "notify.sock"

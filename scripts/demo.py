@@ -80,10 +80,11 @@ def start_server(work: Path) -> tuple[subprocess.Popen[bytes], list[str], int, i
     state = work / "server"
     state.mkdir()
     shutil.copytree(STATE / "models", state / "models")  # rollouts publish into it
-    agents_port, operators_port = free_port(), free_port()
+    agents_port, operators_port, http_port = free_port(), free_port(), free_port()
     config = work / "server.toml"
     config.write_text(
         f'[listen]\nagents = "127.0.0.1:{agents_port}"\noperators = "127.0.0.1:{operators_port}"\n'
+        f'http = "127.0.0.1:{http_port}"\n'
         "[fleet]\npoll_seconds = 0.2\n"
     )
     server = [str(BIN / "facefleet-server"), "--config", str(config), "--state-dir", str(state)]

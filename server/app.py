@@ -4,7 +4,9 @@ graceful stop on SIGTERM/SIGINT.
 Listeners: `listen.agents` requires a client certificate signed by the site CA (FleetService);
 `listen.operators` is server-authenticated TLS for bearer-token callers (AdminService, QueryService). Every
 service is served on both, and each checks its own credentials, so a call on the wrong listener fails with
-UNAUTHENTICATED instead of reaching data. With `insecure_development = true` both are plaintext.
+UNAUTHENTICATED instead of reaching data. `listen.http` serves the HTTP API (facefleet.server.api.http) on
+the same event loop, TLS with the server certificate and bearer tokens. With `insecure_development = true`
+all are plaintext.
 
 Stop: health turns NOT_SERVING, Watch streams end, running calls get `listen.grace_seconds`, then the
 process exits 0. Exit codes of `serve`: 0 stopped by a signal, 69 cannot listen, 74 state database
@@ -34,6 +36,7 @@ from facefleet.core.errors import EXIT_OK, EXIT_UNAVAILABLE, FaceFleetError
 from facefleet.link.checks import utc_now
 from facefleet.server.api.audit import AuditLog
 from facefleet.server.api.handlers import OperatorHandlers
+from facefleet.server.api.http.server import HttpServer, start_http
 from facefleet.server.api.security import Authenticator
 from facefleet.server.api.servicers import AdminServicer, FleetServicer, QueryServicer
 from facefleet.server.api.wire import services
@@ -77,6 +80,7 @@ class Ports:
 
     agents: int
     operators: int
+    http: int = 0
 
 
 class FleetServer:
@@ -106,6 +110,7 @@ class FleetServer:
         self._poll: asyncio.Task[None] | None = None
         self.devices = DeviceRegistry(self.state)
         self.handlers: OperatorHandlers | None = None
+        self._http: HttpServer | None = None
 
     async def start(self) -> Ports:
         """Bind the listeners and start serving."""
@@ -128,6 +133,8 @@ class FleetServer:
             agents = self._bind(server, listen.agents, agent_credentials, "listen.agents")
             operators = self._bind(server, listen.operators, operator_credentials, "listen.operators")
             await server.start()
+            assert self.handlers is not None
+            self._http = await start_http(self.handlers, self.config, self.paths, bind_error=BindError)
         except BaseException:
             await server.stop(0)
             raise
@@ -135,7 +142,7 @@ class FleetServer:
         self._poll = asyncio.create_task(self._poll_changes())
         if self.config.insecure_development:
             log.warning("insecure_development = true: plaintext listeners, device ids taken from requests")
-        return Ports(agents, operators)
+        return Ports(agents, operators, self._http.port if self._http else 0)
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop: NOT_SERVING, end Watch streams, give running calls the grace period."""
@@ -145,6 +152,9 @@ class FleetServer:
         await self.health.enter_graceful_shutdown()
         if self.fanout is not None:
             await self.fanout.close()
+        if self._http is not None:
+            await self._http.stop(self.config.listen.grace_seconds if grace is None else grace)
+            self._http = None
         if self._server is not None:
             await self._server.stop(self.config.listen.grace_seconds if grace is None else grace)
             self._server = None
@@ -158,6 +168,7 @@ class FleetServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         status = f"agents on port {ports.agents or '-'}, operators on port {ports.operators or '-'}"
+        status += f", HTTP API on port {ports.http or '-'}"
         log.info("serving: %s; gallery revision %d", status, self.state.head_revision())
         if not self.enrolment.embedding_models():
             log.warning(

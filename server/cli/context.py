@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from pydantic import BaseModel
 from rich.console import Console
 
 from facefleet.core.paths import resolve_state_dir
 from facefleet.link.checks import utc_now
 from facefleet.server.cli.local import LocalHandlers
+from facefleet.server.cli.remote import RemoteServer, RemoteSettings
 from facefleet.server.config import ServerConfig, load_config
 from facefleet.server.domain.audit import LOCAL, AuditEntry
 from facefleet.server.paths import ServerPaths
@@ -35,11 +37,21 @@ class Context:
     json_output: bool = False
     console: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
 
+    remote: RemoteServer | None = None
+
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Context:
         config = load_config(args.config)
         state_dir = resolve_state_dir("facefleet-server", args.state_dir, config.state_dir)
-        return cls(config, ServerPaths.from_config(state_dir, config), bool(getattr(args, "json", False)))
+        settings = RemoteSettings.from_options(
+            getattr(args, "server", None), getattr(args, "token_file", None), getattr(args, "ca_file", None)
+        )
+        return cls(
+            config,
+            ServerPaths.from_config(state_dir, config),
+            bool(getattr(args, "json", False)),
+            remote=None if settings is None else RemoteServer(settings),
+        )
 
     @cached_property
     def state(self) -> SqliteState:
@@ -71,6 +83,18 @@ class Context:
             log.warning("cannot record %s %s in the admin audit log: %s", action, target, exc)
 
     def close(self) -> None:
-        """Close the state database if a command opened it."""
+        """Close the state database if a command opened it, and the connection to a remote server."""
         if "state" in self.__dict__:
             self.state.close()
+        if self.remote is not None:
+            self.remote.close()
+
+
+def dump(model: BaseModel) -> Any:
+    """A response model of the HTTP API as JSON-ready data: what a verb prints, on the server host or not."""
+    return model.model_dump(mode="json")
+
+
+def when(iso: str, *, seconds: bool = False) -> str:
+    """An ISO time of the JSON as a table shows it: 2026-12-02 14:05(:09)."""
+    return iso.replace("T", " ")[: 19 if seconds else 16]

@@ -28,6 +28,7 @@ from facefleet.server.cli.devices import register_certs, register_devices
 from facefleet.server.cli.models import register as register_models
 from facefleet.server.cli.people import register as register_people
 from facefleet.server.cli.query import register as register_query
+from facefleet.server.cli.remote import CA_FILE_ENV, SERVER_ENV, TOKEN_FILE_ENV
 from facefleet.server.cli.unknown import register as register_unknown
 from facefleet.server.config import load_config
 from facefleet.server.domain.records import ROLES
@@ -59,6 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
         EPILOG,
         __version__,
         "database, models and TLS files (overrides the config)",
+    )
+    remote = parser.add_argument_group(
+        "remote server", "verbs that read or change fleet state call this server's HTTP API instead"
+    )
+    remote.add_argument("--server", metavar="URL", help=f"https://host:port (or ${SERVER_ENV})")
+    remote.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help=f"a file holding an operator token (or ${TOKEN_FILE_ENV})",
+    )
+    remote.add_argument(
+        "--ca-file",
+        type=Path,
+        metavar="FILE",
+        help=f"the site CA to trust (or ${CA_FILE_ENV}; default: the system's)",
     )
 
     serve = _parser(

@@ -1,5 +1,6 @@
-"""`facefleet-server people …`: enrol people from photos, list, show, update and delete them. Each change is
-one gallery revision, recorded in the admin audit log."""
+"""`facefleet-server people …`: enrol people from photos, list, show, update and delete them. On the state
+directory, or with --server through the HTTP API; the JSON is the HTTP API's either way. Each change is one
+gallery revision, recorded in the admin audit log."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ from typing import Any
 from rich.table import Table
 
 from facefleet.core.errors import EXIT_OK
-from facefleet.link.gallery import Person
-from facefleet.server.cli.context import Context
-from facefleet.server.domain.records import MAX_ENROL_IMAGES, EnrolmentRequest, PersonUpdate
+from facefleet.server.api.http.enrolment import IMAGES_FIELD, EnrolmentForm, UploadedImage, UploadEnrolment
+from facefleet.server.api.http.people import EnrolledFaceOut, PersonDetail, PersonOut
+from facefleet.server.cli.context import Context, dump
+from facefleet.server.domain.records import MAX_ENROL_IMAGES, OnExisting, PersonUpdate
 from facefleet.server.errors import InvalidArgumentError, NotFoundError
+
+PAGE_SIZE = 1000
 
 
 def register(commands: Any, make: Callable[..., Any]) -> None:
@@ -28,8 +32,8 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
         "enroll",
         "enrol a person from photos (one face each)",
         "facefleet-server people enroll alice --image a.jpg --image b.jpg --name 'Alice A.' --group staff",
-        "Each photo must hold one good face; a photo that does not is named with the reason and nothing is "
-        "stored. The aligned crops are kept for re-embedding with future models.",
+        "Each photo must hold one good face; when one does not, every refused photo is named with the reason "
+        "and nothing is stored. The aligned crops are kept for re-embedding with future models.",
     )
     enroll.add_argument("person", help="person id (letters, digits, '.', '_', ':', '@', '-')")
     enroll.add_argument("--image", action="append", type=Path, required=True, help="a photo (repeat)")
@@ -72,43 +76,69 @@ def _enroll(context: Context, args: argparse.Namespace) -> int:
     images = []
     for path in args.image:
         try:
-            images.append(path.read_bytes())
+            images.append(UploadedImage(path.name, path.read_bytes()))
         except OSError as exc:
             raise NotFoundError(f"--image {path}: cannot read it ({exc.strerror})") from None
-    request = EnrolmentRequest(
-        person_id=args.person,
-        display_name=args.name,
-        groups=tuple(args.group),
-        images=tuple(images),
-        on_existing="replace" if args.replace else "append" if args.append else "fail",
-    )
-    with context.audited("people.enrol", args.person):
-        result = asyncio.run(context.operators.people.enrol(request))
+    on_existing: OnExisting = "replace" if args.replace else "append" if args.append else "fail"
+    if context.remote is not None:
+        files = [(IMAGES_FIELD, (image.filename, image.data)) for image in images]
+        fields = {
+            "person_id": args.person,
+            "display_name": args.name,
+            "groups": args.group,
+            "on_existing": on_existing,
+        }
+        enrolled = context.remote.post("/people", files=files, data=fields)
+    else:
+        form = EnrolmentForm(args.person, args.name, tuple(args.group), "{}", on_existing, tuple(images))
+        with context.audited("people.enrol", args.person):
+            result = asyncio.run(UploadEnrolment(context.operators.people).enrol(form))
+        enrolled = {
+            "person": dump(PersonOut.of(result.person)),
+            "faces": [
+                dump(
+                    EnrolledFaceOut(
+                        image_index=f.image_index,
+                        filename=images[f.image_index].filename,
+                        box_xyxy=list(f.box_xyxy),
+                        quality=f.quality,
+                        model_ids=list(f.model_ids),
+                    )
+                )
+                for f in result.faces
+            ],
+            "revision": result.person.revision,
+        }
     if context.json_output:
-        context.print_json(person_json(result.person))
+        context.print_json(enrolled)
         return EXIT_OK
-    for face in result.faces:
+    for face in enrolled["faces"]:
+        box = ", ".join(f"{v:.0f}" for v in face["box_xyxy"])
         context.console.print(
-            f"{args.image[face.image_index]}: face at {', '.join(f'{v:.0f}' for v in face.box_xyxy)}, "
-            f"quality {face.quality:.2f}",
-            markup=False,
+            f"{face['filename']}: face at {box}, quality {face['quality']:.2f}", markup=False
         )
-    _say_stored(context, result.person)
+    _say_stored(context, enrolled["person"])
     return EXIT_OK
 
 
 def _list(context: Context, args: argparse.Namespace) -> int:
-    people: list[Person] = []
+    people: list[dict[str, Any]] = []
     token = ""
     while True:
-        page, token = asyncio.run(
-            context.operators.people.page(page_token=token, size=1000, group=args.group)
-        )
-        people += page
+        if context.remote is not None:
+            params = {"group": args.group, "page_size": PAGE_SIZE, "page_token": token}
+            page = context.remote.get("/people", params)
+            people += page["people"]
+            token = page["next_page_token"]
+        else:
+            found, token = asyncio.run(
+                context.operators.people.page(page_token=token, size=PAGE_SIZE, group=args.group)
+            )
+            people += [dump(PersonOut.of(p)) for p in found]
         if not token:
             break
     if context.json_output:
-        context.print_json([person_json(p, embeddings=False) for p in people])
+        context.print_json(people)
         return EXIT_OK
     if not people:
         context.console.print(
@@ -120,21 +150,27 @@ def _list(context: Context, args: argparse.Namespace) -> int:
     for column in ("name", "groups", "revision"):
         table.add_column(column)
     for person in people:
-        table.add_row(person.person_id, person.display_name, ", ".join(person.groups), str(person.revision))
+        table.add_row(
+            person["person_id"], person["display_name"], ", ".join(person["groups"]), str(person["revision"])
+        )
     context.console.print(table)
     return EXIT_OK
 
 
 def _show(context: Context, args: argparse.Namespace) -> int:
-    view = asyncio.run(context.operators.people.get(args.person))
-    data = {**person_json(view.person), "stored_crops": view.stored_crops}
+    if context.remote is not None:
+        detail = context.remote.get(f"/people/{args.person}")
+    else:
+        view = asyncio.run(context.operators.people.get(args.person))
+        detail = dump(PersonDetail(person=PersonOut.of(view.person), stored_crops=view.stored_crops))
     if context.json_output:
-        context.print_json(data)
+        context.print_json(detail)
         return EXIT_OK
-    for key, value in data.items():
-        if key != "embeddings":
-            context.console.print(f"{key}: {value}", markup=False)
-    for embedding in data["embeddings"]:
+    person = detail["person"]
+    for key in ("person_id", "display_name", "groups", "revision", "created_at", "updated_at"):
+        context.console.print(f"{key}: {person[key]}", markup=False)
+    context.console.print(f"stored_crops: {detail['stored_crops']}", markup=False)
+    for embedding in person["embeddings"]:
         context.console.print(
             f"  {embedding['model_id']} quality {embedding['quality']:.2f} from {embedding['source']}",
             markup=False,
@@ -143,44 +179,35 @@ def _show(context: Context, args: argparse.Namespace) -> int:
 
 
 def _update(context: Context, args: argparse.Namespace) -> int:
-    groups = () if args.no_groups else None if args.group is None else tuple(args.group)
-    update = PersonUpdate(args.person, display_name=args.name, groups=groups)
-    with context.audited("people.update", args.person):
-        person = asyncio.run(context.operators.people.update(update))
+    groups = [] if args.no_groups else args.group
+    if context.remote is not None:
+        body = {k: v for k, v in (("display_name", args.name), ("groups", groups)) if v is not None}
+        person = context.remote.patch(f"/people/{args.person}", body)["person"]
+    else:
+        update = PersonUpdate(
+            args.person, display_name=args.name, groups=None if groups is None else tuple(groups)
+        )
+        with context.audited("people.update", args.person):
+            person = dump(PersonOut.of(asyncio.run(context.operators.people.update(update))))
     if context.json_output:
-        context.print_json(person_json(person))
+        context.print_json(person)
     else:
         _say_stored(context, person)
     return EXIT_OK
 
 
 def _delete(context: Context, args: argparse.Namespace) -> int:
-    with context.audited("people.delete", args.person):
-        revision = asyncio.run(context.operators.people.delete(args.person))
+    if context.remote is not None:
+        revision = context.remote.delete(f"/people/{args.person}")["revision"]
+    else:
+        with context.audited("people.delete", args.person):
+            revision = asyncio.run(context.operators.people.delete(args.person))
     context.console.print(f"{args.person} deleted (gallery revision {revision})", markup=False)
     return EXIT_OK
 
 
-def _say_stored(context: Context, person: Person) -> None:
+def _say_stored(context: Context, person: dict[str, Any]) -> None:
+    embeddings, revision = len(person["embeddings"]), person["revision"]
     context.console.print(
-        f"{person.person_id}: {len(person.embeddings)} embeddings, gallery revision {person.revision}",
-        markup=False,
+        f"{person['person_id']}: {embeddings} embeddings, gallery revision {revision}", markup=False
     )
-
-
-def person_json(person: Person, *, embeddings: bool = True) -> dict[str, Any]:
-    """A person as JSON; embeddings (model, dimension, quality, source; no vectors) unless left out."""
-    data: dict[str, Any] = {
-        "person_id": person.person_id,
-        "display_name": person.display_name,
-        "groups": list(person.groups),
-        "revision": person.revision,
-        "created_at": person.created_at.isoformat() if person.created_at else None,
-        "updated_at": person.updated_at.isoformat() if person.updated_at else None,
-    }
-    if embeddings:
-        data["embeddings"] = [
-            {"model_id": e.model_id, "dim": e.dim, "quality": e.quality, "source": e.source}
-            for e in person.embeddings
-        ]
-    return data

@@ -1,6 +1,7 @@
 """`facefleet-server unknown …`: review the faces agents saw that nobody enrolled, grouped per unseen person;
-enrol a cluster as a new person or add it to an enrolled one, or dismiss it. Each change is in the admin
-audit log."""
+enrol a cluster as a new person or add it to an enrolled one, or dismiss it. On the state directory, or with
+--server through the HTTP API; the JSON is the HTTP API's either way. Each change is in the admin audit
+log."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from typing import Any
 from rich.table import Table
 
 from facefleet.core.errors import EXIT_OK
-from facefleet.server.cli.context import Context
-from facefleet.server.cli.people import person_json
-from facefleet.server.domain.snapshots import Snapshot, UnknownCluster
+from facefleet.server.api.http.people import PersonOut
+from facefleet.server.api.http.unknown import ClusterOut, ClusterSummary, SnapshotOut
+from facefleet.server.cli.context import Context, dump, when
 from facefleet.server.errors import ServerError
 from facefleet.server.gallery.unknown import UnknownEnrolment
 
@@ -66,9 +67,12 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
 
 
 def _list(context: Context, args: argparse.Namespace) -> int:
-    clusters = asyncio.run(context.operators.unknown.clusters())
+    if context.remote is not None:
+        clusters = context.remote.get("/unknown/clusters")["clusters"]
+    else:
+        clusters = [dump(ClusterSummary.of(c)) for c in asyncio.run(context.operators.unknown.clusters())]
     if context.json_output:
-        context.print_json([cluster_json(c) for c in clusters])
+        context.print_json(clusters)
         return EXIT_OK
     if not clusters:
         context.console.print("no unknown faces to review", markup=False)
@@ -79,95 +83,98 @@ def _list(context: Context, args: argparse.Namespace) -> int:
         table.add_column(column)
     for c in clusters:
         table.add_row(
-            c.cluster_id,
-            str(c.count),
-            f"{c.first_seen:%Y-%m-%d %H:%M}",
-            f"{c.last_seen:%Y-%m-%d %H:%M}",
-            ", ".join(c.cameras),
+            c["cluster_id"],
+            str(c["count"]),
+            when(c["first_seen"]),
+            when(c["last_seen"]),
+            ", ".join(c["cameras"]),
         )
     context.console.print(table)
     return EXIT_OK
 
 
 def _show(context: Context, args: argparse.Namespace) -> int:
-    unknown = context.operators.unknown
-    cluster = asyncio.run(unknown.cluster(args.cluster))
+    remote = context.remote
+    if remote is not None:
+        cluster = remote.get(f"/unknown/clusters/{args.cluster}")
+    else:
+        found = asyncio.run(context.operators.unknown.cluster(args.cluster))
+        cluster = dump(
+            ClusterOut(
+                **ClusterSummary.of(found).model_dump(),
+                snapshots=[SnapshotOut.of(s) for s in found.snapshots],
+            )
+        )
     if args.save is not None:
         try:
             args.save.mkdir(parents=True, exist_ok=True)
-            for snapshot in cluster.snapshots:
-                crop = asyncio.run(unknown.image(snapshot.event_id, "crop"))
-                (args.save / f"{snapshot.event_id}.jpg").write_bytes(crop)
+            for snapshot in cluster["snapshots"]:
+                snapshot_id = snapshot["snapshot_id"]
+                if remote is not None:
+                    crop = remote.image(f"/snapshots/{snapshot_id}/crop")
+                else:
+                    crop = asyncio.run(context.operators.unknown.image(snapshot_id, "crop"))
+                (args.save / f"{snapshot_id}.jpg").write_bytes(crop)
         except OSError as exc:
             raise ServerError(f"--save {args.save}: cannot write ({exc.strerror})") from None
     if context.json_output:
-        context.print_json(cluster_json(cluster))
+        context.print_json(cluster)
         return EXIT_OK
     table = Table()
     table.add_column("snapshot", no_wrap=True)
     for column in ("time", "camera", "quality"):
         table.add_column(column)
-    for s in cluster.snapshots:
+    for s in cluster["snapshots"]:
         table.add_row(
-            s.event_id, f"{s.time:%Y-%m-%d %H:%M:%S}", f"{s.device_id}/{s.camera}", f"{s.quality:.2f}"
+            s["snapshot_id"],
+            when(s["time"], seconds=True),
+            f"{s['device_id']}/{s['camera']}",
+            f"{s['quality']:.2f}",
         )
     context.console.print(table)
     return EXIT_OK
 
 
 def _enroll(context: Context, args: argparse.Namespace) -> int:
-    request = UnknownEnrolment(
-        args.person_id,
-        cluster_id=args.cluster,
-        display_name=args.name,
-        groups=tuple(args.group),
-        existing=args.existing,
-    )
-    with context.audited("unknown.enrol", args.cluster):
-        enrolled = asyncio.run(context.operators.unknown.enrol(request))
-    if context.json_output:
-        context.print_json(
-            {"person": person_json(enrolled.person), "snapshot_ids": list(enrolled.snapshot_ids)}
+    if context.remote is not None:
+        body = {
+            "person_id": args.person_id,
+            "display_name": args.name,
+            "groups": args.group,
+            "existing": args.existing,
+        }
+        enrolled = context.remote.post(f"/unknown/clusters/{args.cluster}/enrol", body)
+    else:
+        request = UnknownEnrolment(
+            args.person_id,
+            cluster_id=args.cluster,
+            display_name=args.name,
+            groups=tuple(args.group),
+            existing=args.existing,
         )
+        with context.audited("unknown.enrol", args.person_id):
+            result = asyncio.run(context.operators.unknown.enrol(request))
+        enrolled = {
+            "person": dump(PersonOut.of(result.person)),
+            "snapshot_ids": list(result.snapshot_ids),
+            "revision": result.person.revision,
+        }
+    if context.json_output:
+        context.print_json(enrolled)
         return EXIT_OK
     context.console.print(
-        f"{enrolled.person.person_id}: enrolled from {len(enrolled.snapshot_ids)} snapshots "
-        f"(gallery revision {enrolled.person.revision})",
+        f"{enrolled['person']['person_id']}: enrolled from {len(enrolled['snapshot_ids'])} snapshots "
+        f"(gallery revision {enrolled['revision']})",
         markup=False,
     )
     return EXIT_OK
 
 
 def _dismiss(context: Context, args: argparse.Namespace) -> int:
-    with context.audited("unknown.dismiss", args.cluster):
-        count = asyncio.run(context.operators.unknown.dismiss(args.cluster, ()))
+    if context.remote is not None:
+        count = context.remote.post(f"/unknown/clusters/{args.cluster}/dismiss")["count"]
+    else:
+        with context.audited("unknown.dismiss", args.cluster):
+            count = asyncio.run(context.operators.unknown.dismiss(args.cluster, ()))
     context.console.print(f"{count} snapshots dismissed", markup=False)
     return EXIT_OK
-
-
-def snapshot_json(snapshot: Snapshot) -> dict[str, Any]:
-    return {
-        "snapshot_id": snapshot.event_id,
-        "device_id": snapshot.device_id,
-        "camera": snapshot.camera,
-        "time": snapshot.time.isoformat(),
-        "decision": snapshot.decision,
-        "person_id": snapshot.person_id,
-        "quality": snapshot.quality,
-        "model_id": snapshot.model_id,
-        "status": snapshot.status,
-    }
-
-
-def cluster_json(cluster: UnknownCluster) -> dict[str, Any]:
-    return {
-        "cluster_id": cluster.cluster_id,
-        "model_id": cluster.model_id,
-        "count": cluster.count,
-        "first_seen": cluster.first_seen.isoformat(),
-        "last_seen": cluster.last_seen.isoformat(),
-        "devices": list(cluster.devices),
-        "cameras": list(cluster.cameras),
-        "best_snapshot_id": cluster.best.event_id,
-        "snapshots": [snapshot_json(s) for s in cluster.snapshots],
-    }

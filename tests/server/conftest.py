@@ -1,6 +1,7 @@
 """Server test fixtures: a site PKI made by facefleet.server.api.certs, the enrolment pipeline on the
 session's real
-models, and `Harness`: a real grpc.aio server on port 0 with TLS, real SQLite in tmp_path, and clients.
+models, and `Harness`: a real grpc.aio server on port 0 with TLS (and its HTTP API on another port 0), real
+SQLite in tmp_path, and clients.
 
 Tests are plain sync functions that run their scenario with asyncio.run (no async test plugin)."""
 
@@ -137,6 +138,13 @@ class Harness:
     admin_token: str
     query_token: str
     channels: list[grpc.aio.Channel]
+    http_port: int = 0
+
+    @property
+    def http_url(self) -> str:
+        """The HTTP API's base URL (https unless the server runs with insecure_development)."""
+        scheme = "http" if self.server.config.insecure_development else "https"
+        return f"{scheme}://localhost:{self.http_port}"
 
     @property
     def admin_md(self) -> tuple[tuple[str, str], ...]:
@@ -193,7 +201,12 @@ async def serving(tmp_path: Path, pki: Pki, enroller: Enroller, **sections: Any)
     """A server with its own state in tmp_path; `sections` override config sections, e.g.
     gallery={"log_revisions": 3}, or top-level keys, e.g. insecure_development=True."""
     data: dict[str, Any] = {
-        "listen": {"agents": "127.0.0.1:0", "operators": "127.0.0.1:0", "grace_seconds": 1},
+        "listen": {
+            "agents": "127.0.0.1:0",
+            "operators": "127.0.0.1:0",
+            "http": "127.0.0.1:0",
+            "grace_seconds": 1,
+        },
         "tls": {
             "ca_cert": str(pki.tls_dir / "ca.pem"),
             "server_cert": str(pki.tls_dir / "server.pem"),
@@ -215,7 +228,9 @@ async def serving(tmp_path: Path, pki: Pki, enroller: Enroller, **sections: Any)
     except BaseException:
         await server.stop(0)
         raise
-    harness = Harness(server, pki, ports.agents, ports.operators, admin_token, query_token, [])
+    harness = Harness(
+        server, pki, ports.agents, ports.operators, admin_token, query_token, [], http_port=ports.http
+    )
     try:
         yield harness
     finally:

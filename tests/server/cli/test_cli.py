@@ -127,8 +127,8 @@ def serve_process(tmp_path: Path, pki: Pki, notify_path: Path, **tls: str) -> su
         **tls,
     }
     config.write_text(
-        '[listen]\nagents = "127.0.0.1:0"\noperators = "127.0.0.1:0"\ngrace_seconds = 2\n[tls]\n'
-        + "".join(f'{key} = "{value}"\n' for key, value in paths.items())
+        '[listen]\nagents = "127.0.0.1:0"\noperators = "127.0.0.1:0"\nhttp = "127.0.0.1:0"\n'
+        "grace_seconds = 2\n[tls]\n" + "".join(f'{key} = "{value}"\n' for key, value in paths.items())
     )
     env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
     command = [

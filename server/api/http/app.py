@@ -1,0 +1,90 @@
+"""The FastAPI application of the HTTP API: the routers under /api, the OpenAPI document at
+/api/openapi.json, problem details for errors outside the routes too, and the upload limits from the server's
+configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException
+
+from facefleet import __version__
+from facefleet.link.checks import MAX_GROUPS
+from facefleet.server.api.handlers import OperatorHandlers
+from facefleet.server.api.http import audit, devices, people, queries, rollouts, unknown
+from facefleet.server.api.http.enrolment import FIELDS, UploadEnrolment
+from facefleet.server.api.http.problems import ProblemRoute, routing_problem
+from facefleet.server.api.http.uploads import UploadLimits
+from facefleet.server.config import ServerConfig
+from facefleet.server.domain.records import MAX_ENROL_IMAGES
+
+PREFIX = "/api"
+OPENAPI_PATH = f"{PREFIX}/openapi.json"
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """Upload limits. images: enrolment photos (each, and all of one request together); models: a model
+    upload (all its files together)."""
+
+    images: UploadLimits
+    models: UploadLimits
+
+    @classmethod
+    def from_config(cls, config: ServerConfig) -> HttpLimits:
+        image = config.gallery.max_image_bytes
+        together = max(image, config.listen.max_message_bytes)
+        upload = config.models.max_upload_bytes
+        return cls(
+            images=UploadLimits(
+                image,
+                together,
+                MAX_ENROL_IMAGES,
+                "gallery.max_image_bytes, listen.max_message_bytes",
+                max_fields=MAX_GROUPS + len(FIELDS),
+            ),
+            models=UploadLimits(upload, upload, 2, "models.max_upload_bytes"),
+        )
+
+
+def create_app(handlers: OperatorHandlers, limits: HttpLimits) -> FastAPI:
+    """The application over the server's operator handlers."""
+    app = FastAPI(
+        title="FaceFleet",
+        version=__version__,
+        description="The FaceFleet server's HTTP/JSON API: what AdminService and QueryService do. "
+        "Authorization: Bearer <token> (role admin, or query for events and fleet status). Errors are "
+        "RFC 9457 problem details (application/problem+json).",
+        openapi_url=OPENAPI_PATH,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.handlers = handlers
+    app.state.enrolment = UploadEnrolment(handlers.people)
+    app.state.image_limits = limits.images
+    app.state.model_limits = limits.models
+    api = APIRouter(prefix=PREFIX, route_class=ProblemRoute)
+    for module in (people, unknown, queries, rollouts, devices, audit):
+        api.include_router(module.router)
+    app.include_router(api)
+    app.add_exception_handler(HTTPException, routing_problem)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document; validation errors are documented as the 4XX problem details they are."""
+    if app.openapi_schema is None:
+        document = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        for operations in document.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            document.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = document
+    return app.openapi_schema

@@ -1,0 +1,125 @@
+"""Serving the HTTP API with uvicorn on the running event loop, next to the gRPC server: `listen.http`, TLS
+with the server's certificate (plaintext with `insecure_development = true`), HTTP/1.1, no access log. The
+socket is bound here, so that a port that cannot be bound is the caller's bind error and port 0 works; the
+process's signal handlers stay the server's (uvicorn's own are not installed)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+
+import uvicorn
+
+from facefleet.server.api.handlers import OperatorHandlers
+from facefleet.server.api.http.app import HttpLimits, create_app
+from facefleet.server.config import ServerConfig
+from facefleet.server.errors import ServerConfigError, ServerError
+from facefleet.server.paths import ServerPaths
+
+log = logging.getLogger(__name__)
+STOP_MARGIN_S = 5.0
+"""How much longer than its grace period a stop may take before the server task is cancelled."""
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its signal handling: SIGTERM and SIGINT stop the whole server process."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class HttpServer:
+    """The running HTTP API: its bound port, and stop()."""
+
+    def __init__(self, server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+        self._server = server
+        self._task = task
+
+    @property
+    def port(self) -> int:
+        return int(self._server.servers[0].sockets[0].getsockname()[1])
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting connections; running requests get `grace` seconds, then they are cancelled."""
+        self._server.config.timeout_graceful_shutdown = max(1, round(grace)) if grace > 0 else None
+        self._server.should_exit = True
+        self._server.force_exit = grace <= 0
+        try:
+            await asyncio.wait_for(self._task, max(grace, 0) + STOP_MARGIN_S)
+        except asyncio.TimeoutError:
+            log.warning("the HTTP API did not stop within its grace period; its connections were dropped")
+
+
+async def start_http(
+    handlers: OperatorHandlers,
+    config: ServerConfig,
+    paths: ServerPaths,
+    *,
+    bind_error: Callable[[str], ServerError],
+) -> HttpServer | None:
+    """Serve the HTTP API on `listen.http` (None when it is ''); bind_error makes the error of an address
+    that cannot be listened on."""
+    address = config.listen.http
+    if not address:
+        return None
+    host, port = parse_address(address)
+    settings = uvicorn.Config(
+        create_app(handlers, HttpLimits.from_config(config)),
+        http="h11",
+        ws="none",
+        lifespan="off",
+        interface="asgi3",
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        ssl_certfile=None if config.insecure_development else paths.server_cert,
+        ssl_keyfile=None if config.insecure_development else paths.server_key,
+        timeout_graceful_shutdown=max(1, round(config.listen.grace_seconds)),
+    )
+    try:
+        settings.load()
+    except (OSError, ssl.SSLError) as exc:
+        raise ServerConfigError(
+            f"listen.http: cannot use the server certificate {paths.server_cert} with its key "
+            f"{paths.server_key}: {exc}"
+        ) from None
+    try:
+        sock = _bind(host, port)
+    except OSError as exc:
+        raise bind_error(
+            f"listen.http = {address!r}: cannot listen ({exc.strerror or exc}); is another server running?"
+        ) from None
+    server = _Uvicorn(settings)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:  # startup only creates the server on the bound socket: a few loop turns
+        if task.done():
+            sock.close()
+            task.result()
+            raise ServerConfigError(f"listen.http = {address!r}: the HTTP API did not start")
+        await asyncio.sleep(0.005)
+    return HttpServer(server, task)
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """host:port, with an IPv6 host in brackets ("[::]:7445"); ServerConfigError when it is not one."""
+    host, colon, port = address.rpartition(":")
+    if not colon or not port.isdigit() or int(port) > 65535:
+        raise ServerConfigError(
+            f"listen.http = {address!r}: give host:port, e.g. '[::]:7445' or '0.0.0.0:7445'"
+        )
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket; "::" (or "") takes IPv4 too, as gRPC's "[::]" does."""
+    if host in ("", "::") and socket.has_dualstack_ipv6():
+        return socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=128)
+    family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    return socket.create_server((host, port), family=family, backlog=128)

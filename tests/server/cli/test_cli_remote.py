@@ -1,0 +1,130 @@
+"""The command line against a remote server: `--server https://… --token-file F --ca-file CA` calls a real
+server's HTTP API (TLS with the site CA, bearer token) and prints what the same verb prints on the server
+host; refusals keep their messages and exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from facefleet.core.errors import EXIT_CONFIG, EXIT_DATA, EXIT_NO_INPUT, EXIT_OK, EXIT_UNAVAILABLE
+from facefleet.link.checks import utc_now
+from facefleet.server.domain.audit import AuditFilter
+from facefleet.server.gallery.embedder import Enroller
+from tests.server.cli.test_cli import run_cli
+from tests.server.conftest import Harness, Pki, run, serving
+from tests.server.gallery.test_unknown_faces import Seen, face_event, report, strangers  # noqa: F401
+
+
+def token_file(tmp_path: Path, token: str, name: str = "token") -> Path:
+    path = tmp_path / name
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def remote(harness: Harness, tmp_path: Path, token: str | None = None) -> list[str]:
+    """Global options that point the command line at the harness's HTTP API (no local state directory)."""
+    return [
+        "--state-dir",
+        str(tmp_path / "not-used"),
+        "--server",
+        harness.http_url,
+        "--token-file",
+        str(token_file(tmp_path, token or harness.admin_token)),
+        "--ca-file",
+        str(harness.pki.tls_dir / "ca.pem"),
+    ]
+
+
+def test_people_and_unknown_faces_through_a_remote_server(
+    tmp_path: Path,
+    pki: Pki,
+    enroller: Enroller,
+    photo_paths: dict[str, Path],
+    strangers: list[tuple[Seen, Seen]],  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async def scenario() -> None:
+        async with serving(tmp_path, pki, enroller) as harness:
+            base = remote(harness, tmp_path)
+
+            def cli(*argv: str) -> tuple[int, str, str]:
+                return run_cli(capsys, *base, *argv)
+
+            code, out, err = await asyncio.to_thread(
+                cli, "people", "enroll", "eileen", "--image", str(photo_paths["astronaut"]), "--group", "crew"
+            )
+            assert code == EXIT_OK, err
+            assert "astronaut.png: face at" in out and "eileen: 1 embeddings, gallery revision 1" in out
+            code, _, err = await asyncio.to_thread(
+                cli, "people", "enroll", "crowd", "--image", str(photo_paths["t1"])
+            )
+            assert code == EXIT_DATA
+            assert "t1.jpg" in err and "faces are good enough" in err
+            code, _, err = await asyncio.to_thread(
+                cli, "people", "enroll", "eileen", "--image", str(photo_paths["astronaut"])
+            )
+            assert code == EXIT_DATA
+            assert "already enrolled" in err
+            code, out, _ = await asyncio.to_thread(cli, "people", "list", "--json")
+            assert [p["person_id"] for p in json.loads(out)] == ["eileen"]
+            code, out, _ = await asyncio.to_thread(
+                cli, "people", "update", "eileen", "--name", "Eileen C.", "--json"
+            )
+            assert json.loads(out)["display_name"] == "Eileen C."
+            assert (await asyncio.to_thread(cli, "people", "show", "nobody"))[0] == EXIT_NO_INPUT
+
+            events = [face_event(seen, utc_now() - timedelta(minutes=2)) for seen in strangers[0]]
+            await report(harness, events)
+            code, out, _ = await asyncio.to_thread(cli, "unknown", "list", "--json")
+            (cluster,) = json.loads(out)
+            assert (cluster["cluster_id"], cluster["count"]) == (events[0].event_id, 2)
+            saved = tmp_path / "crops"
+            code, out, _ = await asyncio.to_thread(
+                cli, "unknown", "show", cluster["cluster_id"], "--save", str(saved)
+            )
+            assert code == EXIT_OK
+            assert sorted(p.stem for p in saved.iterdir()) == sorted(e.event_id for e in events)
+            code, out, err = await asyncio.to_thread(
+                cli, "unknown", "enroll", cluster["cluster_id"], "--person-id", "visitor-1"
+            )
+            assert code == EXIT_OK, err
+            assert "visitor-1: enrolled from 2 snapshots" in out
+            assert [p.person_id for p in harness.server.state.list_people()] == ["eileen", "visitor-1"]
+            since = utc_now() - timedelta(hours=1)
+            audit = harness.server.state.list_audit(AuditFilter(since, utc_now(), who="admin"), None, 20)
+            assert ("unknown.enrol", "visitor-1") in [(e.action, e.target) for e in audit.entries]
+
+            (tmp_path / "query").mkdir()
+            query_only = remote(harness, tmp_path / "query", harness.query_token)
+            code, _, err = await asyncio.to_thread(run_cli, capsys, *query_only, "people", "list")
+            assert code != EXIT_OK
+            assert "needs 'admin'" in err
+
+    run(scenario)
+
+
+def test_remote_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    token = token_file(tmp_path, "ff1.abc.def")
+    code, _, err = run_cli(capsys, "--server", "https://localhost:1", "people", "list")
+    assert code == EXIT_CONFIG
+    assert "--token-file" in err
+    code, _, err = run_cli(capsys, "--server", "ftp://x", "--token-file", str(token), "people", "list")
+    assert code == EXIT_CONFIG
+    token.chmod(0o644)
+    code, _, err = run_cli(
+        capsys, "--server", "https://localhost:1", "--token-file", str(token), "people", "list"
+    )
+    assert code == EXIT_CONFIG
+    assert f"chmod 600 {token}" in err
+    token.chmod(0o600)
+    code, _, err = run_cli(
+        capsys, "--server", "https://127.0.0.1:1", "--token-file", str(token), "people", "list"
+    )
+    assert code == EXIT_UNAVAILABLE
+    assert "cannot reach https://127.0.0.1:1" in err

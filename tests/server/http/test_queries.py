@@ -1,0 +1,150 @@
+"""/api/events and /api/fleet over HTTPS: what agents reported through FleetService is what a dashboard with a
+query token gets back, as events a page at a time, aggregates and the fleet status."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from facefleet.server.gallery.embedder import Enroller
+from tests.server.conftest import Pki, run, serving
+from tests.server.fleet.test_query_service import REPORTS, T0, reported
+from tests.server.http.clients import client, problem
+
+WINDOW = {"start": T0.isoformat(), "end": (T0 + timedelta(hours=3)).isoformat()}
+
+
+def test_events_and_aggregates_answer_what_agents_reported(
+    tmp_path: Path, pki: Pki, enroller: Enroller
+) -> None:
+    async def scenario() -> dict[str, Any]:
+        async with serving(tmp_path, pki, enroller) as harness:
+            await reported(harness)
+            async with client(harness, harness.query_token) as http:
+                pages = [(await http.get("/api/events", params={**WINDOW, "page_size": 4})).json()]
+                while pages[-1]["next_page_token"]:
+                    params = {**WINDOW, "page_size": 4, "page_token": pages[-1]["next_page_token"]}
+                    pages.append((await http.get("/api/events", params=params)).json())
+                filtered = await http.get(
+                    "/api/events", params={**WINDOW, "device_id": "door-2", "decision": "unknown"}
+                )
+                alice = await http.get("/api/events", params={**WINDOW, "person_id": "alice"})
+                return {
+                    "pages": pages,
+                    "filtered": filtered.json()["events"],
+                    "alice": alice.json()["events"],
+                    "recent": (await http.get("/api/events")).json()["events"],
+                    "hourly": await http.get(
+                        "/api/events/counts", params={**WINDOW, "interval_seconds": 3600}
+                    ),
+                    "expressions": await http.get(
+                        "/api/events/expressions", params={**WINDOW, "per_device": "true"}
+                    ),
+                    "unknown": await http.get("/api/events/unknown-rate", params=WINDOW),
+                    "access": await http.get("/api/events/access", params=WINDOW),
+                    "fleet": (await http.get("/api/fleet")).json(),
+                    "one": (await http.get("/api/fleet", params={"device_id": "door-2"})).json(),
+                }
+
+    r = run(scenario)
+    listed = [e for page in r["pages"] for e in page["events"]]
+    everything = [e for events in REPORTS.values() for e in events]
+    assert len(r["pages"]) == 3
+    assert sorted(e["event_id"] for e in listed) == sorted(e.event_id for e in everything)
+    times = [datetime.fromisoformat(e["time"].replace("Z", "+00:00")) for e in listed]
+    assert times == sorted(times, reverse=True)
+    first = next(e for e in listed if e["decision"] == "match" and e["kind"] == "face")
+    assert first["expression"]["label"] == "happy" and first["model_versions"] == {
+        "embedding": "sface@2021dec"
+    }
+    assert (first["score"], first["quality"], first["gallery_revision"]) == (
+        pytest.approx(0.7),
+        pytest.approx(0.8),
+        3,
+    )
+    assert len(r["filtered"]) == 2 and {e["device_id"] for e in r["filtered"]} == {"door-2"}
+    assert {(e["kind"], e["device_id"]) for e in r["alice"]} == {
+        ("face", "door-1"),
+        ("access", "door-1"),
+        ("face", "door-2"),
+        ("access", "door-2"),
+    }
+    assert r["recent"] == []  # the default window is the last 24 hours; the reports are a month old
+
+    hourly = {
+        (datetime.fromisoformat(c["start"]).hour, c["device_id"]): c["count"]
+        for c in r["hourly"].json()["counts"]
+    }
+    assert hourly == {(9, "door-1"): 3, (10, "door-1"): 2, (9, "door-2"): 2, (11, "door-2"): 2}
+    counts = r["expressions"].json()["counts"]
+    assert {c["label"]: c["count"] for c in counts if not c["device_id"]} == {
+        "happy": 4,
+        "neutral": 1,
+        "sad": 1,
+    }
+    assert {(c["device_id"], c["label"]): c["count"] for c in counts if c["device_id"]} == {
+        ("door-1", "happy"): 2,
+        ("door-1", "sad"): 1,
+        ("door-2", "happy"): 2,
+        ("door-2", "neutral"): 1,
+    }
+    unknown = r["unknown"].json()
+    assert (unknown["total"]["face_events"], unknown["total"]["unknown_events"]) == (6, 3)
+    assert unknown["total"]["rate"] == pytest.approx(0.5)
+    assert {(d["device_id"], d["unknown_events"]) for d in unknown["per_device"]} == {
+        ("door-1", 1),
+        ("door-2", 2),
+    }
+    assert r["access"].json()["doors"] == [
+        {"device_id": "door-1", "door": "main", "granted": 1, "denied": 1},
+        {"device_id": "door-2", "door": "side", "granted": 1, "denied": 0},
+    ]
+
+    fleet = r["fleet"]
+    assert [a["device_id"] for a in fleet["agents"]] == ["door-1", "door-2"]
+    door1 = fleet["agents"][0]
+    assert (door1["online"], door1["agent_version"], door1["device_status"]) == (True, "test", "active")
+    assert fleet["gallery_revision"] == 0 and fleet["server_time"]
+    assert [a["device_id"] for a in r["one"]["agents"]] == ["door-2"]
+
+
+def test_bad_queries_are_400_problems(tmp_path: Path, pki: Pki, enroller: Enroller) -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        async with serving(tmp_path, pki, enroller) as harness, client(harness, harness.query_token) as http:
+            backwards = {"start": WINDOW["end"], "end": WINDOW["start"]}
+            return [
+                problem(await http.get("/api/events", params=backwards), 400, "INVALID_ARGUMENT"),
+                problem(
+                    await http.get("/api/events", params={"start": "2024-01-01T00:00:00"}),
+                    400,
+                    "INVALID_ARGUMENT",
+                ),
+                problem(await http.get("/api/events", params={"decision": "maybe"}), 400, "INVALID_ARGUMENT"),
+                problem(
+                    await http.get("/api/events", params={"page_token": "garbage!"}),
+                    400,
+                    "INVALID_ARGUMENT",
+                ),
+                problem(
+                    await http.get("/api/events/counts", params={"interval_seconds": 1}),
+                    400,
+                    "INVALID_ARGUMENT",
+                ),
+                problem(
+                    await http.get("/api/events/counts", params={"person_id": "alice"}),
+                    400,
+                    "INVALID_ARGUMENT",
+                ),
+                problem(
+                    await http.get("/api/fleet", params={"device_id": "no way"}), 400, "INVALID_ARGUMENT"
+                ),
+            ]
+
+    results = run(scenario)
+    assert "must be after start" in results[0]["detail"]
+    assert results[2]["errors"][0]["field"].startswith("decision")
+    assert "interval_seconds must be 60" in results[4]["detail"]
+    assert "cannot filter by person_ids" in results[5]["detail"]

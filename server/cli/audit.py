@@ -1,4 +1,5 @@
-"""`facefleet-server audit list`: the admin audit log on the local state database, as a table or --json.
+"""`facefleet-server audit list`: the admin audit log, on the state directory or with --server through the
+HTTP API, as a table or --json (the HTTP API's JSON either way).
 
 Every change to people, tokens, models and rollouts is there, made through AdminService (who = the
 token's name), this command line (who = "local") or by the server itself (who = "server"), refused ones too.
@@ -15,9 +16,10 @@ from rich.table import Table
 
 from facefleet.core.errors import EXIT_OK
 from facefleet.link.checks import utc_now
-from facefleet.server.cli.context import Context
+from facefleet.server.api.http.audit import AuditEntryOut
+from facefleet.server.cli.context import Context, dump, when
 from facefleet.server.cli.query import parse_moment
-from facefleet.server.domain.audit import AuditEntry, AuditFilter
+from facefleet.server.domain.audit import AuditFilter
 from facefleet.server.domain.queries import MAX_PAGE_SIZE
 from facefleet.server.errors import InvalidArgumentError
 
@@ -65,26 +67,27 @@ def _list(context: Context, args: argparse.Namespace) -> int:
         who=args.who,
         action=args.action,
     )
-    entries = context.state.list_audit(flt, None, args.limit).entries
+    if context.remote is not None:
+        params = {
+            "since": flt.since.isoformat(),
+            "until": flt.until.isoformat(),
+            "who": flt.who,
+            "action_prefix": flt.action,
+            "page_size": args.limit,
+        }
+        entries = context.remote.get("/audit", params)["entries"]
+    else:
+        entries = [dump(AuditEntryOut.of(e)) for e in context.state.list_audit(flt, None, args.limit).entries]
     if context.json_output:
-        context.print_json([entry_json(e) for e in entries])
+        context.print_json(entries)
         return EXIT_OK
     if not entries:
         context.console.print("no audit entries in that range; widen it with --since 30d", markup=False)
         return EXIT_OK
     table = Table("time", "who", "action", "target", "outcome", "detail")
     for e in entries:
-        table.add_row(e.time.isoformat(timespec="seconds"), e.who, e.action, e.target, e.outcome, e.detail)
+        table.add_row(
+            when(e["time"], seconds=True), e["who"], e["action"], e["target"], e["outcome"], e["detail"]
+        )
     context.console.print(table)
     return EXIT_OK
-
-
-def entry_json(entry: AuditEntry) -> dict[str, Any]:
-    return {
-        "time": entry.time.isoformat(),
-        "who": entry.who,
-        "action": entry.action,
-        "target": entry.target,
-        "outcome": entry.outcome,
-        "detail": entry.detail,
-    }

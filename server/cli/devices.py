@@ -16,7 +16,8 @@ from rich.table import Table
 from facefleet.core.errors import EXIT_OK
 from facefleet.link.checks import check_id, utc_now
 from facefleet.server.api import certs
-from facefleet.server.cli.context import Context
+from facefleet.server.api.http.devices import DeviceOut
+from facefleet.server.cli.context import Context, dump, when
 from facefleet.server.domain.devices import MAX_REASON_CHARS
 from facefleet.server.errors import FailedPreconditionError, NotFoundError
 from facefleet.server.fleet.device_admin import DeviceView, change_device, device_views, record_certificate
@@ -174,86 +175,63 @@ def _show_files(context: Context, files: dict[str, dict[str, Path]], note: str) 
 
 
 def _devices_list(context: Context, args: argparse.Namespace) -> int:
-    views = device_views(context.state)
-    now = utc_now()
+    if context.remote is not None:
+        devices = context.remote.get("/devices")["devices"]
+    else:
+        devices = [dump(DeviceOut.of(view)) for view in device_views(context.state)]
     if context.json_output:
-        context.print_json([view_json(v) for v in views])
+        context.print_json(devices)
         return EXIT_OK
-    if not views:
+    if not devices:
         context.console.print("no devices yet; `facefleet-server certs issue DEVICE` adds one", markup=False)
         return EXIT_OK
-    table = Table("device", "status", "reason", "certificate", "expires", "last seen")
-    for view in views:
-        device, current = view.device, view.device.current_certificate()
-        expires = view.certificate_expires_at
+    now = utc_now()
+    table = Table()
+    table.add_column("device", no_wrap=True)
+    for column in ("status", "reason", "certificate", "expires", "last seen"):
+        table.add_column(column)
+    for device in devices:
+        current = [c for c in device["certificates"] if c["revoked_at"] is None]
+        expires = device["certificate_expires"]
         table.add_row(
-            device.device_id,
-            device.status + (" (wipe)" if device.wipe else ""),
-            device.reason,
-            current.serial[:16] if current else "-",
-            _expiry(expires, now),
-            _time(view.agent.last_seen if view.agent else None),
+            device["device_id"],
+            device["status"] + (" (wipe)" if device["wipe"] else ""),
+            device["reason"],
+            current[-1]["serial"][:16] if current else "-",
+            _expiry(datetime.fromisoformat(expires) if expires else None, now),
+            when(device["last_seen"], seconds=True) if device["last_seen"] else "-",
         )
     context.console.print(table)
     return EXIT_OK
 
 
 def _devices_change(context: Context, args: argparse.Namespace) -> int:
-    with context.audited(f"devices.{args.action}", args.device):
-        device = change_device(
-            context.state,
-            args.device,
-            args.action,
-            reason=args.reason,
-            who="local",
-            now=utc_now(),
-            wipe=getattr(args, "wipe", False),
-        )
-    if context.json_output:
-        context.print_json(view_json(DeviceView(device, None)))
+    wipe = getattr(args, "wipe", False)
+    if context.remote is not None:
+        body = {"reason": args.reason, "wipe": wipe}
+        device = context.remote.post(f"/devices/{args.device}/{args.action}", body)
     else:
-        wipe = "; it will be told to erase its gallery when it calls" if device.wipe else ""
+        with context.audited(f"devices.{args.action}", args.device):
+            changed = change_device(
+                context.state,
+                args.device,
+                args.action,
+                reason=args.reason,
+                who="local",
+                now=utc_now(),
+                wipe=wipe,
+            )
+        device = dump(DeviceOut.of(DeviceView(changed, None)))
+    if context.json_output:
+        context.print_json(device)
+    else:
+        told = "; it will be told to erase its gallery when it calls" if device["wipe"] else ""
         context.console.print(
-            f"device {device.device_id} is now {device.status}{wipe} (running servers refuse it within "
+            f"device {device['device_id']} is now {device['status']}{told} (running servers refuse it within "
             f"fleet.poll_seconds)",
             markup=False,
         )
     return EXIT_OK
-
-
-def view_json(view: DeviceView) -> dict[str, Any]:
-    device = view.device
-    expires = view.certificate_expires_at
-    return {
-        "device_id": device.device_id,
-        "status": device.status,
-        "reason": device.reason,
-        "changed_at": _iso(device.changed_at),
-        "changed_by": device.changed_by,
-        "wipe": device.wipe,
-        "wipe_sent_at": _iso(device.wipe_sent_at),
-        "certificate_expires_at": _iso(expires),
-        "last_seen": _iso(view.agent.last_seen if view.agent else None),
-        "certificates": [
-            {
-                "serial": c.serial,
-                "not_before": c.not_before.isoformat(),
-                "not_after": c.not_after.isoformat(),
-                "issued_at": c.issued_at.isoformat(),
-                "revoked_at": _iso(c.revoked_at),
-                "revoked_reason": c.revoked_reason,
-            }
-            for c in device.certificates
-        ],
-    }
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
-
-
-def _time(moment: datetime | None) -> str:
-    return "-" if moment is None else moment.isoformat(timespec="seconds")
 
 
 def _expiry(moment: datetime | None, now: datetime) -> str:

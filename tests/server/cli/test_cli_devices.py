@@ -37,7 +37,7 @@ def test_certificates_are_recorded_and_devices_change_status(
     first = serial_of(Path(json.loads(out)["door-7"]["cert"]))
     device = listed(capsys, state)["door-7"]
     assert (device["status"], [c["serial"] for c in device["certificates"]]) == ("active", [first])
-    assert device["certificate_expires_at"] == device["certificates"][0]["not_after"]
+    assert device["certificate_expires"] == device["certificates"][0]["not_after"]
 
     code, out, _ = run_cli(capsys, *state, "certs", "renew", "door-7", "--out", str(tmp_path / "renewed"))
     assert code == EXIT_OK

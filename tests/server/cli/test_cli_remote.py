@@ -100,6 +100,17 @@ def test_people_and_unknown_faces_through_a_remote_server(
             audit = harness.server.state.list_audit(AuditFilter(since, utc_now(), who="admin"), None, 20)
             assert ("unknown.enrol", "visitor-1") in [(e.action, e.target) for e in audit.entries]
 
+            code, out, _ = await asyncio.to_thread(cli, "devices", "disable", "door-1", "--reason", "moved")
+            assert "device door-1 is now disabled" in out
+            code, out, _ = await asyncio.to_thread(cli, "devices", "list", "--json")
+            assert [(d["device_id"], d["status"], d["changed_by"]) for d in json.loads(out)] == [
+                ("door-1", "disabled", "admin")
+            ]
+            code, out, _ = await asyncio.to_thread(cli, "audit", "list", "--action", "devices", "--json")
+            assert [(e["who"], e["action"], e["target"]) for e in json.loads(out)] == [
+                ("admin", "devices.disable", "door-1")
+            ]
+
             (tmp_path / "query").mkdir()
             query_only = remote(harness, tmp_path / "query", harness.query_token)
             code, _, err = await asyncio.to_thread(run_cli, capsys, *query_only, "people", "list")

@@ -1,7 +1,8 @@
-"""`facefleet-server query …`: the dashboard queries on the local state database, as tables or --json.
+"""`facefleet-server query …`: the dashboard queries, on the state directory or with --server through the
+HTTP API, as tables or --json (the HTTP API's JSON either way).
 
-These read the state directory directly (no token, no running server needed). `online` in `query fleet`
-then comes from last-seen times only, since open Watch streams are known to the serving process alone.
+On the state directory no token and no running server are needed; `online` in `query fleet` then comes from
+last-seen times only, since open Watch streams are known to the serving process alone.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import argparse
 import asyncio
 import re
 from collections.abc import Callable
-from dataclasses import asdict, is_dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -18,10 +18,17 @@ from rich.table import Table
 
 from facefleet.core.errors import EXIT_OK, EXIT_USAGE
 from facefleet.link.checks import utc_now
-from facefleet.link.events import DECISIONS, EVENT_KINDS, Event
-from facefleet.server.cli.context import Context
+from facefleet.link.events import DECISIONS, EVENT_KINDS
+from facefleet.server.api.http.queries import (
+    AgentOut,
+    DoorAccess,
+    EventOut,
+    ExpressionCount,
+    IntervalCount,
+    UnknownRate,
+)
+from facefleet.server.cli.context import Context, dump, when
 from facefleet.server.domain.queries import EventFilter
-from facefleet.server.fleet.queries import QueryHandler
 
 _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -88,12 +95,6 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
         verb.set_defaults(handler=handler)
 
 
-def _dashboard(context: Context) -> QueryHandler:
-    return QueryHandler(
-        context.state, online_window=timedelta(seconds=context.config.fleet.online_window_seconds)
-    )
-
-
 def _filter(args: argparse.Namespace) -> EventFilter:
     now = utc_now()
     return EventFilter(
@@ -119,30 +120,44 @@ def parse_moment(text: str, now: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    """The HTTP API's query parameters of the event filter the options give."""
+    flt = _filter(args)
+    return {
+        "start": flt.start.isoformat(),
+        "end": flt.end.isoformat(),
+        "device_id": list(flt.device_ids),
+        "person_id": list(flt.person_ids),
+        "decision": list(flt.decisions),
+        "kind": list(flt.kinds),
+    }
+
+
 def _events(context: Context, args: argparse.Namespace) -> int:
-    page = asyncio.run(_dashboard(context).events(_filter(args), "", args.limit))
+    if context.remote is not None:
+        events = context.remote.get("/events", {**_params(args), "page_size": args.limit})["events"]
+    else:
+        page = asyncio.run(context.operators.queries.events(_filter(args), "", args.limit))
+        events = [dump(EventOut.of(e)) for e in page.events]
     if context.json_output:
-        context.print_json([_plain(e) for e in page.events])
+        context.print_json(events)
         return EXIT_OK
     table = Table("time", "device", "camera", "kind", "decision", "person", "score", "expression", "door")
-    for e in page.events:
-        table.add_row(*_event_row(e))
+    for e in events:
+        expression = e["expression"]["label"] if e["expression"] else ""
+        table.add_row(
+            when(e["time"], seconds=True),
+            e["device_id"],
+            e["camera"],
+            e["kind"],
+            e["decision"],
+            e["person_id"],
+            f"{e['score']:.3f}",
+            expression,
+            e["door"],
+        )
     context.console.print(table)
     return EXIT_OK
-
-
-def _event_row(e: Event) -> list[str]:
-    return [
-        e.time.isoformat(timespec="seconds"),
-        e.device_id,
-        e.camera,
-        e.kind,
-        e.decision,
-        e.person_id,
-        f"{e.score:.3f}",
-        e.expression.label if e.expression else "",
-        e.door,
-    ]
 
 
 def _counts(context: Context, args: argparse.Namespace) -> int:
@@ -151,23 +166,40 @@ def _counts(context: Context, args: argparse.Namespace) -> int:
         print(f"facefleet-server: error: --interval {args.interval!r} is not a duration like 15m or 1h")
         return EXIT_USAGE
     seconds = int(match[1]) * _UNITS[match[2]]
-    rows = asyncio.run(_dashboard(context).counts(_filter(args), seconds))
+    if context.remote is not None:
+        rows = context.remote.get("/events/counts", {**_params(args), "interval_seconds": seconds})["counts"]
+    else:
+        found = asyncio.run(context.operators.queries.counts(_filter(args), seconds))
+        rows = [dump(IntervalCount(start=c.start, device_id=c.device_id, count=c.count)) for c in found]
     return _show(context, rows, ("start", "device_id", "count"))
 
 
 def _expressions(context: Context, args: argparse.Namespace) -> int:
-    rows = asyncio.run(_dashboard(context).expressions(_filter(args), per_device=args.per_device))
+    if context.remote is not None:
+        params = {**_params(args), "per_device": args.per_device}
+        rows = context.remote.get("/events/expressions", params)["counts"]
+    else:
+        found = asyncio.run(context.operators.queries.expressions(_filter(args), per_device=args.per_device))
+        rows = [dump(ExpressionCount(device_id=c.device_id, label=c.label, count=c.count)) for c in found]
     return _show(context, rows, ("device_id", "label", "count"))
 
 
 def _unknown(context: Context, args: argparse.Namespace) -> int:
-    total, rows = asyncio.run(_dashboard(context).unknown_rate(_filter(args)))
-    data = [{**_plain(r), "rate": round(r.rate, 4)} for r in (total, *rows)]
+    if context.remote is not None:
+        rates = context.remote.get("/events/unknown-rate", _params(args))
+    else:
+        total, per_device = asyncio.run(context.operators.queries.unknown_rate(_filter(args)))
+        rows = [
+            dump(UnknownRate(device_id=r.device_id, face_events=r.face_events,
+                             unknown_events=r.unknown_events, rate=round(r.rate, 4)))
+            for r in (total, *per_device)
+        ]  # fmt: skip
+        rates = {"total": rows[0], "per_device": rows[1:]}
     if context.json_output:
-        context.print_json({"total": data[0], "per_device": data[1:]})
+        context.print_json(rates)
         return EXIT_OK
     table = Table("device", "face events", "unknown", "rate")
-    for row in data:
+    for row in (rates["total"], *rates["per_device"]):
         table.add_row(
             row["device_id"] or "(all)",
             str(row["face_events"]),
@@ -179,64 +211,58 @@ def _unknown(context: Context, args: argparse.Namespace) -> int:
 
 
 def _access(context: Context, args: argparse.Namespace) -> int:
-    rows = asyncio.run(_dashboard(context).access(_filter(args)))
+    if context.remote is not None:
+        rows = context.remote.get("/events/access", _params(args))["doors"]
+    else:
+        found = asyncio.run(context.operators.queries.access(_filter(args)))
+        rows = [
+            dump(DoorAccess(device_id=d.device_id, door=d.door, granted=d.granted, denied=d.denied))
+            for d in found
+        ]
     return _show(context, rows, ("device_id", "door", "granted", "denied"))
 
 
 def _fleet(context: Context, args: argparse.Namespace) -> int:
-    agents, head = asyncio.run(_dashboard(context).fleet(tuple(args.device)))
+    if context.remote is not None:
+        fleet = context.remote.get("/fleet", {"device_id": args.device})
+    else:
+        agents, head = asyncio.run(context.operators.queries.fleet(tuple(args.device)))
+        fleet = {"gallery_revision": head, "agents": [dump(AgentOut.of(a)) for a in agents]}
     if context.json_output:
-        context.print_json({"gallery_revision": head, "agents": [_plain(a) for a in agents]})
+        context.print_json({"gallery_revision": fleet["gallery_revision"], "agents": fleet["agents"]})
         return EXIT_OK
     table = Table()
     table.add_column("device", no_wrap=True)  # the one column that must stay whole on a narrow terminal
     for column in ("online", "last seen", "version", "groups", "models", "model status", "revision (lag)"):
         table.add_column(column)
     table.add_column("certificate")
-    for a in agents:
-        expires = a.certificate_expires_at
+    for a in fleet["agents"]:
+        expires = a["certificate_expires"]
         table.add_row(
-            a.device_id + ("" if a.device_status == "active" else f" ({a.device_status})"),
-            "yes" if a.online else "no",
-            a.last_seen.isoformat(timespec="seconds"),
-            a.agent_version,
-            ", ".join(a.groups),
-            "\n".join(f"{task}: {model_id}" for task, model_id in sorted(a.model_versions.items())),
+            a["device_id"] + ("" if a["device_status"] == "active" else f" ({a['device_status']})"),
+            "yes" if a["online"] else "no",
+            when(a["last_seen"], seconds=True),
+            a["agent_version"],
+            ", ".join(a["groups"]),
+            "\n".join(f"{task}: {model_id}" for task, model_id in sorted(a["model_versions"].items())),
             "\n".join(
-                f"{s.model_id} {s.state}" + (f": {s.reason}" if s.reason else "") for s in a.model_statuses
+                f"{s['model_id']} {s['state']}" + (f": {s['reason']}" if s["reason"] else "")
+                for s in a["model_statuses"]
             ),
-            f"{a.gallery_revision} ({a.revision_lag})",
-            "-" if expires is None else f"until {expires:%Y-%m-%d}",
+            f"{a['gallery_revision']} ({a['revision_lag']})",
+            "-" if expires is None else f"until {expires[:10]}",
         )
-    context.console.print(f"gallery revision {head}", markup=False)
+    context.console.print(f"gallery revision {fleet['gallery_revision']}", markup=False)
     context.console.print(table)
     return EXIT_OK
 
 
-def _show(context: Context, rows: list[Any], columns: tuple[str, ...]) -> int:
-    data = [_plain(row) for row in rows]
+def _show(context: Context, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> int:
     if context.json_output:
-        context.print_json(data)
+        context.print_json(rows)
         return EXIT_OK
     table = Table(*columns)
-    for row in data:
+    for row in rows:
         table.add_row(*(str(row[c]) for c in columns))
     context.console.print(table)
     return EXIT_OK
-
-
-def _plain(item: Any) -> dict[str, Any]:
-    """A dataclass as JSON-ready values (times as ISO text)."""
-    assert is_dataclass(item)
-    assert not isinstance(item, type)
-
-    def convert(value: Any) -> Any:
-        if isinstance(value, datetime):
-            return value.isoformat()
-        if isinstance(value, dict):
-            return {k: convert(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [convert(v) for v in value]
-        return value
-
-    return {key: convert(value) for key, value in asdict(item).items()}

@@ -116,6 +116,17 @@ def test_people_and_unknown_faces_through_a_remote_server(
             code, _, err = await asyncio.to_thread(run_cli, capsys, *query_only, "people", "list")
             assert code != EXIT_OK
             assert "needs 'admin'" in err
+            code, out, _ = await asyncio.to_thread(
+                run_cli, capsys, *query_only, "query", "events", "--since", "1h", "--json"
+            )
+            assert sorted(e["event_id"] for e in json.loads(out)) == sorted(e.event_id for e in events)
+            code, out, _ = await asyncio.to_thread(run_cli, capsys, *query_only, "query", "fleet", "--json")
+            (agent,) = json.loads(out)["agents"]
+            assert (agent["device_id"], agent["device_status"]) == ("door-1", "disabled")
+            code, out, _ = await asyncio.to_thread(
+                run_cli, capsys, *query_only, "query", "unknown-rate", "--json"
+            )
+            assert json.loads(out)["total"]["unknown_events"] == 2
 
     run(scenario)
 

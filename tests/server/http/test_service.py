@@ -158,3 +158,29 @@ def test_an_http_address_in_use_is_a_bind_error(tmp_path: Path, pki: Pki, enroll
         taken.close()
     assert f"listen.http = '127.0.0.1:{port}': cannot listen" in str(refused.value)
     assert refused.value.exit_code == EXIT_UNAVAILABLE
+
+
+def test_connections_to_the_http_api_send_small_writes_at_once() -> None:
+    """Nagle's algorithm is off on accepted connections (TCP_NODELAY): otherwise each response on a kept-alive
+    connection waits for the client's delayed ACK, as its headers and body are two writes."""
+    from facefleet.server.api.http.server import _bind
+
+    async def accepted_nodelay() -> int:
+        result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            sock = writer.get_extra_info("socket")
+            result.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        listener = _bind("127.0.0.1", 0)
+        server = await asyncio.start_server(accept, sock=listener)
+        _, writer = await asyncio.open_connection("127.0.0.1", listener.getsockname()[1])
+        try:
+            return await asyncio.wait_for(result, 10)
+        finally:
+            writer.close()
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(accepted_nodelay()) != 0

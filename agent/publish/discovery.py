@@ -1,4 +1,5 @@
-"""Home Assistant MQTT discovery: one device per agent with sensors for each camera and door."""
+"""Home Assistant MQTT discovery: one device per agent with sensors for each camera and door, and an image
+entity per camera for its latest face crop when those are published."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ def discovery_messages(
     version: str,
     cameras: list[str],
     doors: list[str],
+    face_images: bool = False,
 ) -> list[tuple[str, dict[str, Any]]]:
-    """(topic, config payload) pairs to publish retained under the discovery prefix."""
+    """(topic, config payload) pairs to publish retained under the discovery prefix. face_images: each
+    camera's latest face crop is published (JPEG on cameras/<camera>/face)."""
     device = {
         "identifiers": [f"facefleet_{device_id}"],
         "name": f"FaceFleet {device_id}",
@@ -43,6 +46,21 @@ def discovery_messages(
                         "unique_id": unique,
                         "state_topic": state,
                         "value_template": template,
+                        "availability": [availability],
+                        "device": device,
+                    },
+                )
+            )
+        if face_images:
+            unique = f"facefleet_{device_id}_{camera}_face"
+            messages.append(
+                (
+                    f"{discovery_prefix}/image/{unique}/config",
+                    {
+                        "name": f"{camera} face",
+                        "unique_id": unique,
+                        "image_topic": f"{topic_prefix}cameras/{camera}/face",
+                        "content_type": "image/jpeg",
                         "availability": [availability],
                         "device": device,
                     },

@@ -13,6 +13,7 @@ from typing import Any
 
 from facefleet.agent.recognition.doors import AccessDecision
 from facefleet.agent.recognition.tracking import TrackEvent
+from facefleet.link.events import FaceSnapshot
 
 SCHEMA = 1
 
@@ -45,11 +46,13 @@ class Envelope:
 @dataclass(frozen=True)
 class FaceEvent:
     """A tracked face whose identity was decided, changed, or whose track ended; name: the identified
-    person's display name (None for unknown faces)."""
+    person's display name (None for unknown faces); snapshot: the track's best face, reported to the server
+    with the event (MQTT carries only its id, the event id)."""
 
     envelope: Envelope
     track: TrackEvent
     name: str | None = None
+    snapshot: FaceSnapshot | None = None
 
     @property
     def topic(self) -> str:
@@ -72,9 +75,15 @@ AgentEvent = FaceEvent | AccessEvent
 
 
 def face_event(
-    device_id: str, camera: str, track: TrackEvent, name: str | None, versions: Versions, now: float
+    device_id: str,
+    camera: str,
+    track: TrackEvent,
+    name: str | None,
+    versions: Versions,
+    now: float,
+    snapshot: FaceSnapshot | None = None,
 ) -> FaceEvent:
-    return FaceEvent(Envelope(device_id, camera, now, versions), track, name)
+    return FaceEvent(Envelope(device_id, camera, now, versions), track, name, snapshot)
 
 
 def access_event(
@@ -126,6 +135,7 @@ def mqtt_payload(event: AgentEvent) -> dict[str, Any]:
             "box_xyxy": [round(v, 1) for v in track.box_xyxy],
             "first_seen": utc_iso(track.first_seen),
             "last_seen": utc_iso(track.last_seen),
+            "snapshot_id": envelope.event_id if event.snapshot is not None else None,
         }
         kind = "face"
     else:

@@ -2,8 +2,9 @@
 and retained status, the command subscription, and QoS 1 publishes acknowledged by PUBACK.
 
 Topics live under a prefix, by default `facefleet/<device_id>/`: `status` (retained; the last will sets it
-to offline), `events/face`, `access/<door>`, and `cmd/#` (subscribed). Commands delivered with the retain flag
-(a retained message the broker replays on every connect) are logged and ignored, never passed on.
+to offline), `events/face`, `access/<door>`, `cameras/<camera>/…` (retained), and `cmd/#` (subscribed).
+Commands delivered with the retain flag (a retained message the broker replays on every connect) are logged
+and ignored, never passed on.
 """
 
 from __future__ import annotations
@@ -131,6 +132,12 @@ class MqttLink:
         """Publish a retained JSON document to a full topic (e.g. Home Assistant discovery), if connected."""
         if self.connected:
             self._client.publish(topic, json.dumps(payload).encode(), qos=1, retain=True)
+
+    def publish_latest(self, suffix: str, payload: bytes) -> None:
+        """Publish raw bytes (e.g. a JPEG) retained under the prefix, if connected: a latest value that the
+        next one replaces. QoS 0, so no PUBACK comes back to be taken for an outbox message's."""
+        if self.connected:
+            self._client.publish(self.topic(suffix), payload, qos=0, retain=True)
 
     def set_status(self, status: dict[str, Any]) -> None:
         """Publish the retained status now (if connected) and again after every reconnect."""

@@ -1,5 +1,6 @@
-"""Door access decisions (pure python): who may enter, after how many agreeing frames, when, and 1:1
-badge claims that must be confirmed by the face within a timeout."""
+"""Door access decisions (pure python): who may enter, after how many agreeing frames, when, 1:1 badge
+claims that must be confirmed by the face within a timeout, and, where the door asks for it, a liveness
+proof (a blink, or a blink and a head turn) before a grant."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from datetime import datetime
 from typing import Protocol
 
 from facefleet.agent.domain.records import Person
+from facefleet.agent.recognition.liveness import LivenessCheck, LivenessMode, LivenessSettings, Subject
 from facefleet.agent.recognition.matching import Decision
+from facefleet.vision.mesh import FaceSample
 
 
 class DoorRules(Protocol):
@@ -30,6 +33,12 @@ class DoorRules(Protocol):
     def schedule(self) -> list[str]: ...
     @property
     def claim_timeout_s(self) -> float: ...
+    @property
+    def liveness(self) -> LivenessMode: ...
+    @property
+    def liveness_timeout_s(self) -> float: ...
+    @property
+    def liveness_turn_deg(self) -> float: ...
 
 
 REPEAT_AFTER_S = 10.0
@@ -81,7 +90,11 @@ class _Claim:
 
 class DoorController:
     """One door. observe() once per analysed frame of the door's camera with the decision about the most
-    prominent face (or None when no face is in view); it returns an access decision when one is made."""
+    prominent face (or None when no face is in view) and, at a door with liveness on, that face's mesh
+    sample; it returns an access decision when one is made.
+
+    With liveness on, a person who would be granted waits until the liveness check has seen their proof,
+    and is denied with the reason when liveness_timeout_s passes without it."""
 
     def __init__(self, door: DoorRules, person: Callable[[str], Person | None]) -> None:
         self.door = door
@@ -91,6 +104,10 @@ class DoorController:
         self._streak: list[Decision] = []
         self._recent: dict[str, float] = {}
         self._claim: _Claim | None = None
+        self.liveness: LivenessCheck | None = None
+        if door.liveness != "off":
+            settings = LivenessSettings(door.liveness, door.liveness_timeout_s, door.liveness_turn_deg)
+            self.liveness = LivenessCheck(settings)
 
     @property
     def claimed_person(self) -> str | None:
@@ -125,10 +142,16 @@ class DoorController:
         return ended
 
     def observe(
-        self, decision: Decision | None, claim_score: Decision | None, now: float
+        self,
+        decision: Decision | None,
+        claim_score: Decision | None,
+        now: float,
+        face: FaceSample | None = None,
     ) -> AccessDecision | None:
         """decision: 1:N decision on the face (door threshold applied); claim_score: 1:1 decision against
-        the pending claim, when there is one."""
+        the pending claim, when there is one; face: the face's mesh sample, for the liveness check."""
+        if self.liveness is not None:
+            self.liveness.observe(self._subject(decision, claim_score), face, now)
         if self._claim is not None:
             return self._observe_claim(claim_score, now)
         if decision is None or decision.status in ("undecided", "ambiguous"):
@@ -142,44 +165,59 @@ class DoorController:
             or now - self._recent.get(subject, -1e18) < REPEAT_AFTER_S
         ):
             return None
+        if subject == "unknown":
+            return self._conclude(subject, now, "denied", "face not recognised", None)
+        problem = self._refusal(subject, now)
+        if problem:
+            return self._conclude(subject, now, "denied", problem, subject)
+        if self.liveness is None:
+            return self._conclude(subject, now, "granted", "recognised and allowed", subject)
+        verdict = self.liveness.verdict(subject, now)
+        if verdict.state == "pending":
+            return None  # the streak goes on until the proof comes or the window ends
+        self.liveness.restart(now)
+        granted = verdict.state == "passed"
+        reason = f"recognised and allowed; {verdict.reason}" if granted else verdict.reason
+        return self._conclude(subject, now, "granted" if granted else "denied", reason, subject)
+
+    def _conclude(
+        self, subject: str, now: float, verdict: str, reason: str, person_id: str | None
+    ) -> AccessDecision:
         self._recent[subject] = now
         frames = list(self._streak)
         self._reset()
-        if subject == "unknown":
-            return self._decide("denied", "face not recognised", "identify", None, frames)
-        problem = self._refusal(subject, now)
-        return self._decide(
-            "denied" if problem else "granted",
-            problem or "recognised and allowed",
-            "identify",
-            subject,
-            frames,
-        )
+        return self._decide(verdict, reason, "identify", person_id, frames)
 
     def _observe_claim(self, decision: Decision | None, now: float) -> AccessDecision | None:
         claim = self._claim
         assert claim is not None
         if now > claim.deadline:
+            confirmed = self._streak_subject == "accept" and len(self._streak) >= self.door.min_frames
+            reason = "no matching face seen before the claim timed out"
+            if confirmed and self.liveness is not None:  # the face matched; its proof never came
+                reason = f"liveness: {self.liveness.missing(claim.person_id)} before the claim timed out"
+                self.liveness.restart(now)
             self._claim = None
             frames = list(self._streak)
             self._reset()
-            return self._decide(
-                "denied",
-                "no matching face seen before the claim timed out",
-                "claim",
-                claim.person_id,
-                frames,
-                claim.claim_id,
-            )
+            return self._decide("denied", reason, "claim", claim.person_id, frames, claim.claim_id)
         if decision is None or decision.status == "undecided":
             return None
         subject = "accept" if decision.accepted else "reject"
         self._extend(subject, decision)
         if len(self._streak) < self.door.min_frames:
             return None
+        liveness = None
+        if subject == "accept" and self.liveness is not None and not self._refusal(claim.person_id, now):
+            liveness = self.liveness.verdict(claim.person_id, now)
+            if liveness.state == "pending":
+                return None  # until the proof comes, the window ends or the claim times out
+            self.liveness.restart(now)
         frames = list(self._streak)
         self._claim = None
         self._reset()
+        if liveness is not None and liveness.state == "failed":
+            return self._decide("denied", liveness.reason, "claim", claim.person_id, frames, claim.claim_id)
         if subject == "reject":
             return self._decide(
                 "denied",
@@ -190,10 +228,21 @@ class DoorController:
                 claim.claim_id,
             )
         problem = self._refusal(claim.person_id, now)
+        reason = problem or "claim confirmed by face"
+        if liveness is not None:
+            reason = f"{reason}; {liveness.reason}"
         verdict = "denied" if problem else "granted"
-        return self._decide(
-            verdict, problem or "claim confirmed by face", "claim", claim.person_id, frames, claim.claim_id
-        )
+        return self._decide(verdict, reason, "claim", claim.person_id, frames, claim.claim_id)
+
+    def _subject(self, decision: Decision | None, claim_score: Decision | None) -> Subject:
+        """Who the face is, for the liveness check: a badge claim the face confirms names the person,
+        otherwise the 1:N decision does ("unknown" for nobody enrolled, None when it could not tell)."""
+        claimed = self.claimed_person
+        if claimed is not None and claim_score is not None and claim_score.accepted:
+            return claimed
+        if decision is None or decision.status in ("undecided", "ambiguous"):
+            return None
+        return decision.person_id if decision.status == "match" else "unknown"
 
     def _refusal(self, person_id: str, now: float) -> str | None:
         person = self._person(person_id)

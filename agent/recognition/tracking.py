@@ -3,20 +3,25 @@
 Each face observation (box, quality, the matcher's verdict, expression probabilities) joins the track
 whose last box overlaps it most. A track's identity is decided by quality-weighted votes over several
 frames, its expression is smoothed, and it emits one event when its identity is decided, one when that
-identity changes, and a final one when the track ends.
+identity changes, and a final one when the track ends. A track keeps the pixels of its best face by quality
+(one FaceCrop, made only when a face beats the track's best so far), which its events carry.
 """
 
 from __future__ import annotations
 
 import itertools
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from facefleet.vision.faces import EXPRESSION_LABELS
+
+if TYPE_CHECKING:
+    from facefleet.agent.recognition.snapshots import FaceCrop
 
 Verdict = Literal["match", "unknown", "ambiguous", "undecided"]
 TrackEventKind = Literal["decided", "changed", "ended"]
@@ -26,7 +31,8 @@ UNKNOWN = "unknown"
 @dataclass(frozen=True, eq=False)
 class Observation:
     """One face in one frame after matching. box_xyxy: (4,) frame pixels; quality in [0, 1];
-    verdict: the matcher's decision, with person_id and score for a match; expression: (7,) probabilities."""
+    verdict: the matcher's decision, with person_id and score for a match; expression: (7,) probabilities;
+    crop: makes this face's FaceCrop, called only when it is its track's best face so far (None: no crops)."""
 
     box_xyxy: npt.NDArray[np.float32]
     quality: float
@@ -34,6 +40,7 @@ class Observation:
     person_id: str | None = None
     score: float = 0.0
     expression: npt.NDArray[np.float32] | None = None
+    crop: Callable[[], FaceCrop] | None = None
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,8 @@ class TrackEvent:
     """A change worth publishing: identity decided, identity changed, or track ended.
 
     identity: a person id or "unknown"; score: best match score for that person (0 for unknown);
-    frames: observations that voted; expression: smoothed label and probabilities."""
+    frames: observations that voted; expression: smoothed label and probabilities; quality: the best face's;
+    best: the pixels of that face (None when the observations made no crops)."""
 
     kind: TrackEventKind
     track_id: str
@@ -67,6 +75,7 @@ class TrackEvent:
     box_xyxy: tuple[float, float, float, float]
     first_seen: float
     last_seen: float
+    best: FaceCrop | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(eq=False)
@@ -82,6 +91,7 @@ class _Track:
     missed: int = 0
     expression: npt.NDArray[np.float32] | None = None
     identity: str | None = None
+    best: FaceCrop | None = None
 
 
 class Tracker:
@@ -138,6 +148,8 @@ class Tracker:
         track.box_xyxy = observation.box_xyxy
         track.last_seen = timestamp
         track.missed = 0
+        if observation.crop is not None and (track.best is None or observation.quality > track.best.quality):
+            track.best = observation.crop()
         track.best_quality = max(track.best_quality, observation.quality)
         if observation.expression is not None:
             alpha = self.settings.expression_alpha
@@ -192,6 +204,7 @@ class Tracker:
             box_xyxy=(x1, y1, x2, y2),
             first_seen=track.first_seen,
             last_seen=track.last_seen,
+            best=track.best,
         )
 
 

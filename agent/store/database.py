@@ -1,6 +1,7 @@
 """`EmbeddingStore`, the object callers open: the agent's store file (facefleet.agent.store.connection)
 with its parts as attributes — `gallery` (people, embeddings, revision), `outbox` (MQTT), `audit` (door
-decisions), `sync` (the fleet server's sync point) and `reports` (events queued for the server).
+decisions), `sync` (the fleet server's sync point), `reports` (events queued for the server) and `snapshots`
+(the face snapshots of those events).
 
     with EmbeddingStore(state_dir / "agent.db") as store:
         store.gallery.add_person(Person("alice"), embeddings)
@@ -17,6 +18,11 @@ from facefleet.agent.store.gallery import GalleryStore
 from facefleet.agent.store.migrations import MIGRATIONS
 from facefleet.agent.store.outbox import DEFAULT_OUTBOX_LIMIT, Outbox
 from facefleet.agent.store.reports import DEFAULT_REPORT_LIMIT, ReportQueue
+from facefleet.agent.store.snapshots import (
+    DEFAULT_SNAPSHOT_KEEP_S,
+    DEFAULT_SNAPSHOT_LIMIT_BYTES,
+    SnapshotQueue,
+)
 from facefleet.agent.store.sync import ServerSync
 
 
@@ -25,7 +31,8 @@ class EmbeddingStore:
 
     Safe to share between threads and between processes. read_only opens an existing store without writing
     anything; every write then raises StoreReadOnlyError. outbox_limit, report_limit: how many messages and
-    reports may wait before the oldest are dropped; busy_timeout_ms: how long a write waits for another
+    reports may wait before the oldest are dropped; snapshot_limit_bytes, snapshot_keep_s: how many bytes of
+    face snapshots may wait, and for how long (s); busy_timeout_ms: how long a write waits for another
     process's write lock.
     """
 
@@ -37,6 +44,8 @@ class EmbeddingStore:
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
         outbox_limit: int = DEFAULT_OUTBOX_LIMIT,
         report_limit: int = DEFAULT_REPORT_LIMIT,
+        snapshot_limit_bytes: int = DEFAULT_SNAPSHOT_LIMIT_BYTES,
+        snapshot_keep_s: float = DEFAULT_SNAPSHOT_KEEP_S,
     ) -> None:
         self.path = Path(path)
         self.read_only = read_only
@@ -48,7 +57,8 @@ class EmbeddingStore:
             self.outbox = Outbox(self.connection, outbox_limit)
             self.audit = AuditLog(self.connection)
             self.sync = ServerSync(self.connection, self.gallery)
-            self.reports = ReportQueue(self.connection, report_limit)
+            self.snapshots = SnapshotQueue(self.connection, snapshot_limit_bytes, snapshot_keep_s)
+            self.reports = ReportQueue(self.connection, report_limit, self.snapshots)
         except BaseException:
             self.connection.close()
             raise

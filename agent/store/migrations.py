@@ -1,6 +1,7 @@
 """The store's schema, as numbered migrations (facefleet.core.migrations): append new ones, never edit one
 that has shipped. 1: people, embeddings, gallery revision, outbox, audit log, counters; 2: the server sync
-point and the report queue (events as JSON text); 3: the report queue holds link Events as protobuf bytes.
+point and the report queue (events as JSON text); 3: the report queue holds link Events as protobuf bytes;
+4: face snapshots beside the reports of their events.
 
 Stores migrated before this runner existed recorded their migrations with sqlite-utils, in its
 `_sqlite_migrations` table (set "facefleet-agent-store", names "0001_initial" and "0002_sync"): such a store
@@ -103,6 +104,24 @@ TYPED_REPORTS = (
         gallery_revision INTEGER NOT NULL DEFAULT 0,
         created_at REAL NOT NULL
     )""",
+)
+
+
+SNAPSHOTS = (
+    # The small columns first: sizes are summed without reading the JPEGs' overflow pages.
+    """CREATE TABLE snapshots (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL UNIQUE REFERENCES reports (event_id) ON DELETE CASCADE,
+        size INTEGER NOT NULL CHECK (size > 0),
+        created_at REAL NOT NULL,
+        model_id TEXT NOT NULL,
+        quality REAL NOT NULL CHECK (quality BETWEEN 0 AND 1),
+        source TEXT NOT NULL DEFAULT '',
+        vector BLOB NOT NULL CHECK (typeof(vector) = 'blob' AND length(vector) > 0),
+        crop_jpeg BLOB NOT NULL CHECK (typeof(crop_jpeg) = 'blob' AND length(crop_jpeg) > 0),
+        context_jpeg BLOB NOT NULL CHECK (typeof(context_jpeg) = 'blob')
+    )""",
+    "CREATE INDEX snapshots_by_time ON snapshots (created_at)",
 )
 
 
@@ -220,6 +239,7 @@ MIGRATIONS = Migrations(
         Migration(1, "initial", INITIAL),
         Migration(2, "sync", SYNC),
         Migration(3, "typed_reports", TYPED_REPORTS, _convert_json_reports),
+        Migration(4, "snapshots", SNAPSHOTS),
     ),
     what="store",
     program="agent",

@@ -1,7 +1,8 @@
 """The durable queue of events to report to the fleet server: link Events (facefleet.link.events) kept as
 their protobuf bytes (facefleet.link.serde), oldest first, until the server acknowledges them. The table is
 the store's migration 3 (facefleet.agent.store.migrations); this module and that migration encode events the
-same way, with `encode` and `decode` below.
+same way, with `encode` and `decode` below. A face event's snapshot is kept apart, bounded on its own
+(facefleet.agent.store.snapshots), and joins its event again when the event is read back.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ import logging
 import sqlite3
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 from google.protobuf.message import DecodeError
 
 from facefleet.agent.domain.fleet import QueuedReport
 from facefleet.agent.domain.records import InvalidRecordError
 from facefleet.agent.store.connection import StoreConnection, add_to_counter, drop_oldest
+from facefleet.agent.store.snapshots import SnapshotQueue
 from facefleet.link import serde
 from facefleet.link.errors import LinkError
 from facefleet.link.events import Event
@@ -40,13 +43,20 @@ def decode(data: bytes) -> Event:
 
 class ReportQueue:
     """Events to report to the server, oldest first, kept until it acknowledges them. When more than
-    `limit` wait, the oldest are dropped, counted in the REPORTS_DROPPED counter and logged."""
+    `limit` wait, the oldest are dropped, counted in the REPORTS_DROPPED counter and logged. Snapshots of
+    face events wait in `snapshots`."""
 
-    def __init__(self, connection: StoreConnection, limit: int = DEFAULT_REPORT_LIMIT) -> None:
+    def __init__(
+        self,
+        connection: StoreConnection,
+        limit: int = DEFAULT_REPORT_LIMIT,
+        snapshots: SnapshotQueue | None = None,
+    ) -> None:
         if limit < 1:
             raise InvalidRecordError(f"report queue limit must be at least 1, got {limit}")
         self._connection = connection
         self.limit = limit
+        self.snapshots = snapshots if snapshots is not None else SnapshotQueue(connection)
 
     def put(self, event: Event, gallery_revision: int = 0) -> bool:
         """Queue an event by its event_id with the server gallery revision the agent had applied; False when
@@ -56,15 +66,18 @@ class ReportQueue:
             raise InvalidRecordError(
                 f"a reported event needs an event_id of 1–64 ASCII characters, got {event_id!r}"
             )
-        data = encode(event)
+        data = encode(replace(event, snapshot=None) if event.snapshot is not None else event)
+        now = time.time()
         with self._connection.write() as conn:
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO reports (event_id, event, gallery_revision, created_at) "
                 "VALUES (?, ?, ?, ?)",
-                (event_id, data, max(0, int(gallery_revision)), time.time()),
+                (event_id, data, max(0, int(gallery_revision)), now),
             )
             if not cursor.rowcount:
                 return False
+            if event.snapshot is not None:
+                self.snapshots.add(conn, event_id, event.snapshot, now)
             excess = drop_oldest(conn, "reports", self.limit, REPORTS_DROPPED)
             if excess:
                 _LOG.warning(
@@ -75,18 +88,25 @@ class ReportQueue:
                 )
             return True
 
-    def pending(self, limit: int = 500) -> list[QueuedReport]:
-        """The oldest queued events, oldest first. A row that no longer decodes (a damaged file) is dropped,
-        counted and logged, so one bad row never blocks the queue."""
+    def pending(self, limit: int = 500, max_bytes: int | None = None) -> list[QueuedReport]:
+        """The oldest queued events with their snapshots, oldest first: at most `limit`, and at most
+        `max_bytes` of events and snapshots together (but always the oldest one). A row that no longer
+        decodes (a damaged file) is dropped, counted and logged, so one bad row never blocks the queue."""
         with self._connection.read() as conn:
+            if max_bytes is not None:
+                limit = _within(conn, limit, max_bytes)
             rows = conn.execute(
                 "SELECT id, event_id, event, gallery_revision, created_at FROM reports ORDER BY id LIMIT ?",
                 (limit,),
             ).fetchall()
+            snapshots = self.snapshots.load(conn, rows[0][0], rows[-1][0]) if rows else {}
         reports, unreadable = [], []
         for report_id, event_id, data, revision, created in rows:
             try:
-                reports.append(QueuedReport(report_id, event_id, decode(data), revision, created))
+                event = decode(data)
+                if event_id in snapshots and event.kind == "face":
+                    event = replace(event, snapshot=snapshots[event_id])
+                reports.append(QueuedReport(report_id, event_id, event, revision, created))
             except (DecodeError, LinkError) as exc:
                 _LOG.warning(
                     "report %s in %s is unreadable (%s): dropped", event_id, self._connection.path, exc
@@ -112,6 +132,22 @@ class ReportQueue:
     def dropped(self) -> int:
         """How many queued events were dropped since the store was created."""
         return self._connection.counter(REPORTS_DROPPED)
+
+
+def _within(conn: sqlite3.Connection, limit: int, max_bytes: int) -> int:
+    """How many of the `limit` oldest reports fit in max_bytes with their snapshots (at least one, if any)."""
+    sizes = conn.execute(
+        "SELECT length(r.event) + COALESCE(s.size, 0) FROM reports r "
+        "LEFT JOIN snapshots s ON s.event_id = r.event_id ORDER BY r.id LIMIT ?",
+        (limit,),
+    ).fetchall()
+    total, fitting = 0, 0
+    for (size,) in sizes:
+        total += size
+        if total > max_bytes and fitting:
+            break
+        fitting += 1
+    return min(limit, max(fitting, 1))
 
 
 def _delete(conn: sqlite3.Connection, report_ids: Sequence[int]) -> int:

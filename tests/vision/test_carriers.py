@@ -1,5 +1,6 @@
-"""The wheels that carry the default models and the sample photos: when one is missing, the error names the
-command that installs it, and those commands agree with the `models` extra and with scripts/setup."""
+"""The wheels that carry the default models, the sample photos and the test footage: when one is missing, the
+error names the command that installs it, and those commands agree with the `models` extra and with
+scripts/setup."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from facefleet.vision.errors import ImageError, ModelStoreError
 from facefleet.vision.models import importer
 from facefleet.vision.models.store import ModelStore
 from facefleet.vision.runtime import Runtime
+from tests.vision.liveness_media import FOOTAGE_PACKAGE
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,7 +57,9 @@ def _setup_carriers() -> set[str]:
 
 
 def _install_commands() -> dict[str, str]:
-    return {**photos.CARRIER_INSTALL_COMMANDS, **importer.CARRIER_INSTALL_COMMANDS}
+    """package → install command of every carrier: models, photos, and the real face footage of the tests."""
+    footage = dict([FOOTAGE_PACKAGE])
+    return {**photos.CARRIER_INSTALL_COMMANDS, **importer.CARRIER_INSTALL_COMMANDS, **footage}
 
 
 def _declared_dependencies(package: str) -> set[str]:

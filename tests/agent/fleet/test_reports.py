@@ -5,8 +5,12 @@ server's decoder and validation accept, and a report batch leaves out events que
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 
+import cv2
+import numpy as np
+import numpy.typing as npt
 import pytest
 
 from facefleet.agent.domain.fleet import QueuedReport
@@ -24,7 +28,8 @@ from facefleet.agent.recognition.doors import AccessDecision
 from facefleet.agent.recognition.tracking import TrackEvent
 from facefleet.link import serde
 from facefleet.link.errors import LinkError
-from facefleet.link.events import Event
+from facefleet.link.events import Event, FaceSnapshot
+from facefleet.link.gallery import Embedding
 from facefleet.v1 import events_pb2
 
 MODEL = "sface@2021dec"
@@ -159,3 +164,21 @@ def test_a_report_sends_the_queued_events_but_not_those_of_another_device_name()
     assert refused == [(renamed.event_id, "queued as device 'old-name', not 'door-1'")]
     empty, none_refused = report_to_proto("door-1", [], {})
     assert (list(empty.events), none_refused) == ([], [])
+
+
+def test_a_snapshot_goes_to_the_server_with_its_event_and_only_its_id_over_mqtt(
+    astronaut: npt.NDArray[np.uint8],
+) -> None:
+    ok, crop = cv2.imencode(".jpg", cv2.resize(astronaut[40:240, 150:350], (112, 112)))
+    assert ok
+    vector = np.random.default_rng(3).normal(size=128).astype(np.float32)
+    snapshot = FaceSnapshot(crop.tobytes(), b"", Embedding(MODEL, vector, 0.8, "camera:front"))
+    event = dataclasses.replace(face(None, kind="ended"), snapshot=snapshot)
+    reported = on_the_server(report_event(event, 5))
+    assert reported.snapshot is not None and reported.snapshot.crop_jpeg == crop.tobytes()
+    np.testing.assert_allclose(reported.snapshot.embedding.vector, snapshot.embedding.vector, atol=1e-6)
+    payload = mqtt_payload(event)
+    assert payload["snapshot_id"] == event.envelope.event_id == reported.event_id
+    assert len(json.dumps(payload)) < 2000  # the id, never the image
+    assert mqtt_payload(face(None, kind="ended"))["snapshot_id"] is None
+    assert report_event(face(None, kind="ended"), 5).snapshot is None

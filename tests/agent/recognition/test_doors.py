@@ -10,6 +10,7 @@ from facefleet.agent.config import DoorConfig
 from facefleet.agent.domain.records import Person
 from facefleet.agent.recognition.doors import REPEAT_AFTER_S, DoorController
 from facefleet.agent.recognition.matching import Decision
+from tests.agent.recognition.face_samples import face_sample
 
 PEOPLE = {"ada": Person("ada", "Ada", ("staff",)), "bob": Person("bob", "Bob", ("visitors",))}
 
@@ -131,3 +132,68 @@ def test_a_new_claim_answers_the_pending_one_as_superseded() -> None:
     assert unknown is not None and unknown.claim_id == "c3" and controller.claimed_person == "ada"
     expired = controller.claim("bob", at(9) + 7, claim_id="c4")  # c2 timed out before c4 came
     assert expired is not None and expired.claim_id == "c2" and "timed out" in expired.reason
+
+
+def watch(controller: DoorController, person: str | None, frames: list[dict], start: float) -> list:
+    """Frames of a face (face_sample keyword arguments) recognised as `person`, 30 per second."""
+    results = []
+    for i, frame in enumerate(frames):
+        now = start + i / 30
+        sample = face_sample(frame=i, **frame)
+        result = controller.observe(decision(person), None, now, sample)
+        if result is not None:
+            results.append((now - start, result))
+    return results
+
+
+OPEN = [{}] * 30
+BLINK = [*OPEN, {"closed": True}, {"closed": True}, *OPEN]
+
+
+def test_with_liveness_a_grant_waits_for_a_blink() -> None:
+    controller = door(liveness="blink")
+    ((after, granted),) = watch(controller, "ada", BLINK, at(9))
+    assert granted.decision == "granted" and after > 1.0  # not at the third frame: at the blink
+    assert granted.reason == "recognised and allowed; liveness passed (blink)"
+    assert granted.frames > 3
+
+
+def test_with_liveness_a_face_that_never_blinks_is_denied_when_the_window_ends() -> None:
+    controller = door(liveness="blink", liveness_timeout_s=2.0)
+    results = watch(controller, "ada", [{}] * 90, at(9))
+    ((denied_after, denied),) = results
+    assert (denied.decision, denied.reason) == ("denied", "liveness: no blink within 2.0 s")
+    assert 2.0 <= denied_after < 2.1
+    later = watch(controller, "ada", [*BLINK, *[{}] * 300], at(9) + 3)  # blinks in the next window
+    ((after, granted),) = later
+    assert granted.decision == "granted" and 3 + after >= denied_after + REPEAT_AFTER_S  # when it may again
+
+
+def test_liveness_does_not_delay_a_denial() -> None:
+    controller = door(liveness="blink")
+    ((after, denied),) = watch(controller, "bob", OPEN, at(9))
+    assert denied.decision == "denied" and "may not enter" in denied.reason and after < 0.1
+
+
+def test_with_liveness_a_claim_needs_the_blink_too() -> None:
+    controller = door(allow_people=["bob"], liveness="blink", liveness_timeout_s=2.0)
+    controller.claim("bob", at(9), claim_id="c1")
+    accept = decision("bob", "match", 0.9)
+    results = [controller.observe(accept, accept, at(9) + i / 30, face_sample(frame=i)) for i in range(80)]
+    (denied,) = [r for r in results if r is not None]
+    assert (denied.decision, denied.claim_id, denied.reason) == (
+        "denied",
+        "c1",
+        "liveness: no blink within 2.0 s",
+    )
+    controller.claim("bob", at(10), claim_id="c2")
+    frames = [*[{}] * 10, {"closed": True}, {}, {}]
+    results = [
+        controller.observe(accept, accept, at(10) + i / 30, face_sample(frame=i, **f))
+        for i, f in enumerate(frames)
+    ]
+    (granted,) = [r for r in results if r is not None]
+    assert (granted.decision, granted.reason) == (
+        "granted",
+        "claim confirmed by face; liveness passed (blink)",
+    )

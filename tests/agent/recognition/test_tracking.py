@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import numpy as np
 import pytest
 
+from facefleet.agent.recognition.snapshots import FaceCrop
 from facefleet.agent.recognition.tracking import Observation, Tracker, TrackerSettings, iou
 from facefleet.vision.faces import EXPRESSION_LABELS
 
@@ -104,3 +108,30 @@ def test_no_observations_no_events() -> None:
 )
 def test_iou(a: list[float], b: list[float], expected: float) -> None:
     assert iou(np.array(a, np.float32), np.array(b, np.float32)) == pytest.approx(expected)
+
+
+def test_a_track_keeps_the_crop_of_its_best_face_made_only_when_a_face_beats_it() -> None:
+    made: list[float] = []
+
+    def crop(quality: float) -> Any:
+        def make() -> FaceCrop:
+            made.append(quality)
+            pixels = np.full((112, 112, 3), int(quality * 100), np.uint8)
+            return FaceCrop(pixels, None, np.ones(128, np.float32), "sface@2021dec", quality)
+
+        return make
+
+    tracker = Tracker(TrackerSettings(min_votes=2, max_missed=1))
+    events = []
+    for i, quality in enumerate([0.5, 0.8, 0.6, 0.9, 0.7]):
+        observation = replace(seen(100, verdict="unknown", quality=quality), crop=crop(quality))
+        events += tracker.update([observation], i)
+    events += tracker.update([], 5) + tracker.update([], 6)
+    assert made == [0.5, 0.8, 0.9]  # one crop per new best, never one per frame
+    decided, ended = events
+    assert (decided.kind, ended.kind) == ("decided", "ended")
+    assert decided.best is not None and decided.best.quality == 0.8  # the best when it was decided
+    assert ended.best is not None and ended.best.quality == 0.9 == ended.quality
+    assert int(ended.best.aligned_bgr[0, 0, 0]) == 90
+    without = Tracker(TrackerSettings(min_votes=1, max_missed=0))
+    assert [e.best for e in without.update([seen(100)], 0) + without.update([], 1)] == [None, None]

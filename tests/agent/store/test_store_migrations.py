@@ -158,6 +158,7 @@ def test_a_store_migrated_by_sqlite_utils_is_adopted_and_its_json_reports_become
             (1, "initial"),
             (2, "sync"),
             (3, "typed_reports"),
+            (4, "snapshots"),
         ]
         assert conn.execute("PRAGMA user_version").fetchone() == (MIGRATIONS.latest,)
     conn.close()
@@ -215,7 +216,8 @@ def test_a_legacy_store_opened_read_only_asks_to_be_opened_writable_once(tmp_pat
     db.close()
     digest = sha256(path)
     with pytest.raises(
-        StoreFormatError, match=r"needs a schema upgrade \(1 migrations\); open it writable once"
+        StoreFormatError,
+        match=rf"needs a schema upgrade \({MIGRATIONS.latest - 2} migrations\); open it writable once",
     ):
         EmbeddingStore(path, read_only=True)
     assert sha256(path) == digest

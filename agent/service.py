@@ -408,6 +408,7 @@ class AgentService:
                 "frames_dropped": s.frames_dropped,
                 "frames_analysed": self.frames_analysed[name],
                 "error": s.error,
+                "retry_in_s": s.retry_in_s,
             }
             for name, camera in self.cameras.items()
             for s in [camera.status]

@@ -194,6 +194,7 @@ def test_the_agent_recognises_faces_on_an_rtsp_camera_before_and_after_the_serve
         watcher.wait_for(lambda: cameras()[-1]["state"] == "running", timeout=30)
     away = next(c for c in cameras() if c["state"] == "retrying")
     assert away["error"].startswith(rtsp_server.url)
+    assert away["retry_in_s"] is not None and away["retry_in_s"] > 0
     back = cameras()[statuses_before:]
     assert back[-1]["error"] is None and back[-1]["frames_read"] > away["frames_read"]
     events = decided()

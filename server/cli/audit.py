@@ -12,12 +12,10 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from rich.table import Table
-
 from facefleet.core.errors import EXIT_OK
 from facefleet.link.checks import utc_now
 from facefleet.server.api.http.audit import AuditEntryOut
-from facefleet.server.cli.context import Context, dump, when
+from facefleet.server.cli.context import Context, dump, new_table, when
 from facefleet.server.cli.query import parse_moment
 from facefleet.server.domain.audit import AuditFilter
 from facefleet.server.domain.queries import MAX_PAGE_SIZE
@@ -84,7 +82,7 @@ def _list(context: Context, args: argparse.Namespace) -> int:
     if not entries:
         context.console.print("no audit entries in that range; widen it with --since 30d", markup=False)
         return EXIT_OK
-    table = Table("time", "who", "action", "target", "outcome", "detail")
+    table = new_table("time", "who", "action", "target", "outcome", "detail")
     for e in entries:
         table.add_row(
             when(e["time"], seconds=True), e["who"], e["action"], e["target"], e["outcome"], e["detail"]

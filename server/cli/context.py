@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 from rich.console import Console
+from rich.table import Table
 
 from facefleet.core.paths import resolve_state_dir
 from facefleet.link.checks import utc_now
@@ -68,7 +69,11 @@ class Context:
 
     @contextmanager
     def audited(self, action: str, target: str) -> Iterator[None]:
-        """Record the change the body makes (who = "local") in the admin audit log, refused or not."""
+        """Record the change the body makes (who = "local") in the admin audit log, refused or not. Against
+        a remote server the server records it, with the token's name."""
+        if self.remote is not None:
+            yield
+            return
         try:
             yield
         except Exception as exc:
@@ -98,3 +103,15 @@ def dump(model: BaseModel) -> Any:
 def when(iso: str, *, seconds: bool = False) -> str:
     """An ISO time of the JSON as a table shows it: 2026-12-02 14:05(:09)."""
     return iso.replace("T", " ")[: 19 if seconds else 16]
+
+
+def new_table(*columns: str, whole: tuple[str, ...] = ()) -> Table:
+    """A table whose cells wrap, however narrow the terminal, instead of being cut to "…"; the columns named
+    in `whole` (ids) are never broken."""
+    made = Table()
+    for column in columns:
+        if column in whole:
+            made.add_column(column, no_wrap=True)
+        else:
+            made.add_column(column, overflow="fold")
+    return made

@@ -189,7 +189,7 @@ def _devices_list(context: Context, args: argparse.Namespace) -> int:
     table = Table()
     table.add_column("device", no_wrap=True)
     for column in ("status", "reason", "certificate", "expires", "last seen"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for device in devices:
         current = [c for c in device["certificates"] if c["revoked_at"] is None]
         expires = device["certificate_expires"]

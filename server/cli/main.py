@@ -15,15 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from facefleet import __version__
 from facefleet.core.cli import add_command, configure_logging, program_parser, run_command
 from facefleet.core.errors import EXIT_OK
 from facefleet.link.checks import utc_now
 from facefleet.server.api.security import new_token
 from facefleet.server.cli.audit import register as register_audit
-from facefleet.server.cli.context import Context
+from facefleet.server.cli.context import Context, new_table
 from facefleet.server.cli.devices import register_certs, register_devices
 from facefleet.server.cli.models import register as register_models
 from facefleet.server.cli.people import register as register_people
@@ -164,7 +162,7 @@ def _tokens_list(context: Context, args: argparse.Namespace) -> int:
             ]
         )
         return EXIT_OK
-    table = Table("name", "role", "id", "created")
+    table = new_table("name", "role", "id", "created")
     for r in records:
         table.add_row(r.name, r.role, r.token_id, r.created_at.isoformat(timespec="seconds"))
     context.console.print(table)

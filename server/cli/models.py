@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.progress import Progress
-from rich.table import Table
 
 from facefleet.core.errors import EXIT_OK
-from facefleet.server.cli.context import Context
+from facefleet.server.cli.context import Context, new_table
+from facefleet.server.cli.remote_models import RemoteCatalog, RemoteControl
 from facefleet.server.domain.models import (
     FAILURE_ACTIONS,
     DeviceRollout,
@@ -24,7 +24,7 @@ from facefleet.server.domain.models import (
     Rollout,
     Target,
 )
-from facefleet.server.errors import InvalidArgumentError
+from facefleet.server.errors import InvalidArgumentError, ServerConfigError
 from facefleet.server.rollouts.catalogue import ModelCatalog
 from facefleet.server.rollouts.control import PREPARING_STALE_SECONDS, RolloutControl, StartedRollout
 from facefleet.vision.models.importer import PRECISIONS
@@ -149,15 +149,25 @@ def _runtime(context: Context) -> Runtime:
     return Runtime(context.config.runtime.settings(context.paths.state_dir))
 
 
-def _catalog(context: Context, runtime: Runtime | None = None) -> ModelCatalog:
+def _catalog(context: Context, runtime: Runtime | None = None) -> ModelCatalog | RemoteCatalog:
+    if context.remote is not None:
+        return RemoteCatalog(context.remote)
+    return _local_catalog(context, runtime)
+
+
+def _local_catalog(context: Context, runtime: Runtime | None = None) -> ModelCatalog:
     return ModelCatalog(context.state.models, ModelStore(context.paths.models), runtime)
 
 
 def _import_defaults(context: Context, args: argparse.Namespace) -> int:
     from facefleet.vision.models.importer import import_defaults
 
+    if context.remote is not None:
+        raise ServerConfigError(
+            "models import-defaults imports into the server's own state directory: run it on the server host"
+        )
     runtime = _runtime(context)
-    catalog = _catalog(context, runtime)
+    catalog = _local_catalog(context, runtime)
     with context.console.status("importing the default models…"):
         published = catalog.record_all(import_defaults(runtime, catalog.store))
     if context.json_output:
@@ -170,7 +180,7 @@ def _import_defaults(context: Context, args: argparse.Namespace) -> int:
 
 def _publish(context: Context, args: argparse.Namespace) -> int:
     with context.audited("models.publish", f"{args.name}@{args.version}"):
-        catalog = _catalog(context, _runtime(context))
+        catalog = _catalog(context, None if context.remote else _runtime(context))
         with context.console.status(f"converting {args.path}…"):
             model = catalog.publish(
                 Path(args.path), args.task, args.name, args.version, args.precision, args.licence
@@ -197,7 +207,9 @@ def _list_models(context: Context, args: argparse.Namespace) -> int:
             markup=False,
         )
         return EXIT_OK
-    table = Table("model", "task", "precision", "size", "licence", "published", "retired")
+    table = new_table(
+        "model", "task", "precision", "size", "licence", "published", "retired", whole=("model",)
+    )
     for m in models:
         table.add_row(
             m.model_id,
@@ -219,7 +231,7 @@ def _show_model(context: Context, args: argparse.Namespace) -> int:
         return EXIT_OK
     state = f"retired {model.retired_at.isoformat(timespec='seconds')}" if model.retired_at else "published"
     context.console.print(f"{model.model_id}: {model.task}, {model.precision}, {state}", markup=False)
-    table = Table("file", "bytes", "sha256")
+    table = new_table("file", "bytes", "sha256", whole=("file",))
     for f in model.files:
         table.add_row(f.name, str(f.size), f.sha256)
     context.console.print(table)
@@ -254,10 +266,12 @@ def model_json(model: PublishedModel, *, files: bool = True) -> dict[str, Any]:
 # -- rollouts ----------------------------------------------------------------------------------------
 
 
-def _control(context: Context, runtime: Runtime | None = None) -> RolloutControl:
+def _control(context: Context, runtime: Runtime | None = None) -> RolloutControl | RemoteControl:
+    if context.remote is not None:
+        return RemoteControl(context.remote)
     return RolloutControl(
         context.state,
-        _catalog(context, runtime),
+        _local_catalog(context, runtime),
         runtime=runtime,
         settle_seconds=2 * context.config.fleet.poll_seconds + 1.0,
     )
@@ -280,7 +294,7 @@ def _started(context: Context, args: argparse.Namespace) -> StartedRollout:
         raise InvalidArgumentError("--on-failures needs --max-failures (e.g. --max-failures 2)")
     max_failures = None if args.max_failures is None else MaxFailures.parse(args.max_failures)
     model = _catalog(context).show(args.model_id)
-    runtime = _runtime(context) if model.task == "embedding" else None
+    runtime = _runtime(context) if model.task == "embedding" and context.remote is None else None
     start = partial(
         _control(context, runtime).start, max_failures=max_failures, on_failures=args.on_failures or "pause"
     )
@@ -335,12 +349,15 @@ def _list_rollouts(context: Context, args: argparse.Namespace) -> int:
             "no rollouts; start one with `facefleet-server rollout start MODEL_ID --percent 10`"
         )
         return EXIT_OK
-    table = Table("id", "task", "model", "target", "state", "max failures", "created", "updated", "reason")
+    table = new_table(
+        "id", "model", "task", "target", "state", "max failures", "created", "updated", "reason",
+        whole=("id", "model", "state"),
+    )  # fmt: skip
     for r in found:
         table.add_row(
             str(r.rollout_id),
-            r.task,
             r.model_id,
+            r.task,
             r.target.describe(),
             r.state,
             _budget(r),
@@ -364,7 +381,7 @@ def _show_rollout(context: Context, args: argparse.Namespace) -> int:
     )
     if rollout.reason:
         context.console.print(f"{rollout.state.replace('_', ' ')} because {rollout.reason}", markup=False)
-    table = Table("device", "state", "previous", "updated", "reason")
+    table = new_table("device", "state", "previous", "updated", "reason", whole=("device",))
     for d in devices:
         table.add_row(
             d.device_id, d.state, d.previous_model_id, d.updated_at.isoformat(timespec="seconds"), d.reason

@@ -148,7 +148,7 @@ def _list(context: Context, args: argparse.Namespace) -> int:
     table = Table()
     table.add_column("person", no_wrap=True)
     for column in ("name", "groups", "revision"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for person in people:
         table.add_row(
             person["person_id"], person["display_name"], ", ".join(person["groups"]), str(person["revision"])

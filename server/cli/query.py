@@ -27,7 +27,7 @@ from facefleet.server.api.http.queries import (
     IntervalCount,
     UnknownRate,
 )
-from facefleet.server.cli.context import Context, dump, when
+from facefleet.server.cli.context import Context, dump, new_table, when
 from facefleet.server.domain.queries import EventFilter
 
 _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
@@ -142,7 +142,7 @@ def _events(context: Context, args: argparse.Namespace) -> int:
     if context.json_output:
         context.print_json(events)
         return EXIT_OK
-    table = Table("time", "device", "camera", "kind", "decision", "person", "score", "expression", "door")
+    table = new_table("time", "device", "camera", "kind", "decision", "person", "score", "expression", "door")
     for e in events:
         expression = e["expression"]["label"] if e["expression"] else ""
         table.add_row(
@@ -198,7 +198,7 @@ def _unknown(context: Context, args: argparse.Namespace) -> int:
     if context.json_output:
         context.print_json(rates)
         return EXIT_OK
-    table = Table("device", "face events", "unknown", "rate")
+    table = new_table("device", "face events", "unknown", "rate")
     for row in (rates["total"], *rates["per_device"]):
         table.add_row(
             row["device_id"] or "(all)",
@@ -234,8 +234,8 @@ def _fleet(context: Context, args: argparse.Namespace) -> int:
     table = Table()
     table.add_column("device", no_wrap=True)  # the one column that must stay whole on a narrow terminal
     for column in ("online", "last seen", "version", "groups", "models", "model status", "revision (lag)"):
-        table.add_column(column)
-    table.add_column("certificate")
+        table.add_column(column, overflow="fold")
+    table.add_column("certificate", overflow="fold")
     for a in fleet["agents"]:
         expires = a["certificate_expires"]
         table.add_row(

@@ -80,7 +80,7 @@ def _list(context: Context, args: argparse.Namespace) -> int:
     table = Table()
     table.add_column("cluster", no_wrap=True)
     for column in ("seen", "first", "last", "cameras"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for c in clusters:
         table.add_row(
             c["cluster_id"],
@@ -123,7 +123,7 @@ def _show(context: Context, args: argparse.Namespace) -> int:
     table = Table()
     table.add_column("snapshot", no_wrap=True)
     for column in ("time", "camera", "quality"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for s in cluster["snapshots"]:
         table.add_row(
             s["snapshot_id"],

@@ -150,3 +150,60 @@ def test_remote_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixtur
     )
     assert code == EXIT_UNAVAILABLE
     assert "cannot reach https://127.0.0.1:1" in err
+
+
+def test_models_and_rollouts_through_a_remote_server(
+    tmp_path: Path, pki: Pki, enroller: Enroller, fer_tflite: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def scenario() -> None:
+        async with serving(tmp_path, pki, enroller) as harness:
+            base = remote(harness, tmp_path)
+
+            def cli(*argv: str) -> tuple[int, str, str]:
+                return run_cli(capsys, *base, *argv)
+
+            await harness.registered("door-1")
+            code, out, err = await asyncio.to_thread(
+                cli, "models", "publish", str(fer_tflite), "--task", "expression", "--name", "mini-xception",
+                "--version", "remote", "--precision", "FP32", "--json",
+            )  # fmt: skip
+            assert code == EXIT_OK, err
+            published = json.loads(out)
+            assert (published["model_id"], published["task"]) == ("mini-xception@remote", "expression")
+            assert {f["name"] for f in published["files"]} == {"model.xml", "model.bin"}
+            code, out, _ = await asyncio.to_thread(cli, "models", "list", "--json")
+            assert "mini-xception@remote" in [m["model_id"] for m in json.loads(out)]
+            code, out, err = await asyncio.to_thread(
+                cli,
+                "rollout",
+                "start",
+                "mini-xception@remote",
+                "--percent",
+                "100",
+                "--max-failures",
+                "1",
+                "--json",
+            )
+            assert code == EXIT_OK, err
+            started = json.loads(out)
+            assert (started["state"], started["max_failures"]) == ("active", {"count": 1, "percent": None})
+            rid = str(started["rollout_id"])
+            code, out, _ = await asyncio.to_thread(cli, "rollout", "show", rid, "--json")
+            assert json.loads(out)["model_id"] == "mini-xception@remote"
+            code, out, _ = await asyncio.to_thread(cli, "rollout", "pause", rid, "--json")
+            assert json.loads(out)["state"] == "paused"
+            code, _, err = await asyncio.to_thread(cli, "models", "retire", "mini-xception@remote")
+            assert code == EXIT_DATA
+            assert "rollout" in err
+            code, out, _ = await asyncio.to_thread(cli, "rollout", "rollback", rid, "--json")
+            assert json.loads(out)["state"] == "rolled_back"
+            assert (await asyncio.to_thread(cli, "models", "retire", "mini-xception@remote"))[0] == EXIT_OK
+            code, out, _ = await asyncio.to_thread(cli, "rollout", "list")
+            assert "mini-xception@remote" in out and "rolled_back" in out
+            assert (await asyncio.to_thread(cli, "models", "import-defaults"))[0] == EXIT_CONFIG
+            actions = [e.action for e in harness.server.state.list_audit(
+                AuditFilter(utc_now() - timedelta(hours=1), utc_now()), None, 20).entries]  # fmt: skip
+            assert actions[:5] == ["models.retire", "rollouts.rollback", "models.retire", "rollouts.pause",
+                                   "rollouts.start"]  # fmt: skip
+
+    run(scenario)

@@ -241,10 +241,17 @@ def report_bytes(device: str, first: int, count: int) -> bytes:
     return fleet_pb2.ReportResultsRequest(device_id=device, events=events).SerializeToString()
 
 
-async def ingest(server: ServerProcess, agents: int, calls: int, per_call: int) -> dict[str, Any]:
-    """events/s with `agents` concurrent agents, each making `calls` ReportResults of `per_call` events."""
+async def ingest(
+    server: ServerProcess,
+    agents: int,
+    calls: int,
+    per_call: int,
+    report: Callable[[str, int, int], bytes] = report_bytes,
+) -> dict[str, Any]:
+    """events/s with `agents` concurrent agents, each making `calls` ReportResults of `per_call` events;
+    report(device, first, count) makes a serialised request."""
     devices = [f"dev-{i:03d}" for i in range(agents)]
-    payloads = {d: [report_bytes(d, c * per_call, per_call) for c in range(calls)] for d in devices}
+    payloads = {d: [report(d, c * per_call, per_call) for c in range(calls)] for d in devices}
     channels = {d: server.agent_channel(d) for d in devices}
     for device, channel in channels.items():
         await fleet_pb2_grpc.FleetServiceStub(channel).Register(fleet_pb2.RegisterRequest(device_id=device))
@@ -270,6 +277,7 @@ async def ingest(server: ServerProcess, agents: int, calls: int, per_call: int) 
     return {
         "agents": agents,
         "events": stored,
+        "bytes_per_event": round(len(payloads[devices[0]][0]) / per_call),
         "events_per_call": per_call,
         "seconds": round(elapsed, 2),
         "events_per_s": round(stored / elapsed),

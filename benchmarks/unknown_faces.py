@@ -27,6 +27,7 @@ import time
 import uuid
 from collections import Counter
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fleet_server import NOW, ServerProcess, new_state, progress
+from fleet_server import NOW, ServerProcess, ingest, new_state, progress
 
 from facefleet.link import serde
 from facefleet.link.checks import utc_now
@@ -46,7 +47,7 @@ from facefleet.link.gallery import Embedding
 from facefleet.server.domain.snapshots import cluster_unknown
 from facefleet.server.gallery.unknown import UnknownFaces, UnknownSettings
 from facefleet.server.state.sqlite.state import SqliteState
-from facefleet.v1 import events_pb2, fleet_pb2, fleet_pb2_grpc
+from facefleet.v1 import events_pb2, fleet_pb2
 from facefleet.vision.alignment import align_face
 from facefleet.vision.config import RuntimeConfig
 from facefleet.vision.images import read_image
@@ -130,34 +131,6 @@ def snapshot_report(device: str, first: int, count: int, snapshot: events_pb2.Fa
     return fleet_pb2.ReportResultsRequest(device_id=device, events=events).SerializeToString()
 
 
-async def ingest(
-    server: ServerProcess, agents: int, calls: int, snapshot: events_pb2.FaceSnapshot | None
-) -> Any:
-    devices = [f"dev-{i:03d}" for i in range(agents)]
-    payloads = {d: [snapshot_report(d, c * 500, 500, snapshot) for c in range(calls)] for d in devices}
-    channels = {d: server.agent_channel(d) for d in devices}
-    for device, channel in channels.items():
-        await fleet_pb2_grpc.FleetServiceStub(channel).Register(fleet_pb2.RegisterRequest(device_id=device))
-
-    async def agent(device: str) -> int:
-        report = channels[device].unary_unary(
-            "/facefleet.v1.FleetService/ReportResults",
-            request_serializer=None,
-            response_deserializer=fleet_pb2.ReportResultsResponse.FromString,
-        )
-        return sum([(await report(payload)).stored for payload in payloads[device]])
-
-    start = time.perf_counter()
-    stored = sum(await asyncio.gather(*(agent(d) for d in devices)))
-    elapsed = time.perf_counter() - start
-    for channel in channels.values():
-        await channel.close()
-    assert stored == agents * calls * 500, f"stored {stored}"
-    size = len(payloads[devices[0]][0]) / 500
-    return {"events": stored, "bytes_per_event": round(size), "seconds": round(elapsed, 2),
-            "events_per_s": round(stored / elapsed)}  # fmt: skip
-
-
 def clustering(root: Path, real: list[npt.NDArray[np.float32]], crop: bytes, count: int, repeats: int) -> Any:
     rng = np.random.default_rng(11)
     identities = people(real, 300, rng)
@@ -222,8 +195,12 @@ def main() -> None:
         calls = 2 if args.quick else 4
         with ServerProcess(root, state_dir) as server:
             progress("ingest from 50 agents, with and without snapshots")
-            figures["ingest_with_snapshots"] = asyncio.run(ingest(server, 50, calls, snapshot))
-            figures["ingest_without_snapshots_baseline"] = asyncio.run(ingest(server, 50, calls, None))
+            with_snapshot = partial(snapshot_report, snapshot=snapshot)
+            without = partial(snapshot_report, snapshot=None)
+            figures["ingest_with_snapshots"] = asyncio.run(ingest(server, 50, calls, 500, with_snapshot))
+            figures["ingest_without_snapshots_baseline"] = asyncio.run(
+                ingest(server, 50, calls, 500, without)
+            )
     with_s = figures["ingest_with_snapshots"]["events_per_s"]
     report = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},

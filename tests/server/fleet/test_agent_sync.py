@@ -107,6 +107,29 @@ def vector_person(person_id: str, seed: int) -> admin_pb2.EnrollPersonRequest:
     )
 
 
+def agent_config(
+    harness: Harness, pki: Pki, video: Path, device: str = "door-1", mqtt: dict[str, Any] | None = None
+) -> AgentConfig:
+    """An agent that reports to the harness's server (with `device`'s certificate) what its one camera, a
+    looping video at 8 fps, sees; MQTT off unless `mqtt` says where the broker is."""
+    issued = pki.device(device)
+    return AgentConfig.model_validate(
+        {
+            "device_id": device,
+            "mqtt": mqtt or {"enabled": False},
+            "service": {"status_interval_s": 1},
+            "server": {
+                "enabled": True,
+                "address": f"127.0.0.1:{harness.agents_port}",
+                "ca_file": str(pki.tls_dir / "ca.pem"),
+                "cert_file": str(issued.cert),
+                "key_file": str(issued.key),
+            },
+            "cameras": [{"name": "door", "source": str(video), "max_fps": 8, "loop": True}],
+        }
+    )
+
+
 async def enrol(harness: Harness, request: admin_pb2.EnrollPersonRequest) -> int:
     return int((await harness.admin().EnrollPerson(request, metadata=harness.admin_md)).revision)
 
@@ -488,26 +511,11 @@ def test_the_agent_service_syncs_from_the_server_and_reports_what_its_camera_saw
     (state / "models").symlink_to(model_store.root, target_is_directory=True)
     blank = np.full_like(astronaut, 40)
     video = write_video(tmp_path / "door.avi", [astronaut] * 6 + [blank] * 10, fps=8)
-    issued = pki.device("door-1")
 
     async def scenario() -> tuple[list[Any], query_pb2.FleetStatusResponse, int, list[str]]:
         async with serving(tmp_path, pki, enroller) as harness:
             await enrol(harness, admin_pb2.EnrollPersonRequest(person_id="eileen", images=[astronaut_jpeg]))
-            config = AgentConfig.model_validate(
-                {
-                    "device_id": "door-1",
-                    "mqtt": {"enabled": False},
-                    "service": {"status_interval_s": 1},
-                    "server": {
-                        "enabled": True,
-                        "address": f"127.0.0.1:{harness.agents_port}",
-                        "ca_file": str(pki.tls_dir / "ca.pem"),
-                        "cert_file": str(issued.cert),
-                        "key_file": str(issued.key),
-                    },
-                    "cameras": [{"name": "door", "source": str(video), "max_fps": 8, "loop": True}],
-                }
-            )
+            config = agent_config(harness, pki, video)
             service = await asyncio.to_thread(AgentService, config, state)
             runner = threading.Thread(target=service.run)
             runner.start()

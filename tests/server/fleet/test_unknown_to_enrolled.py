@@ -15,7 +15,6 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from facefleet.agent.config import AgentConfig
 from facefleet.agent.service import AgentService
 from facefleet.core.errors import EXIT_OK
 from facefleet.server.gallery.embedder import Enroller
@@ -26,7 +25,7 @@ from tests.mosquitto import Mosquitto
 from tests.server.cli.test_cli import run_cli
 from tests.server.cli.test_cli_remote import remote
 from tests.server.conftest import Pki, run, serving
-from tests.server.fleet.test_agent_sync import until
+from tests.server.fleet.test_agent_sync import agent_config, until
 
 PREFIX = "facefleet/door-1/"
 
@@ -48,28 +47,14 @@ def test_a_stranger_seen_by_an_agent_is_enrolled_from_its_cluster_and_then_recog
     face = stranger(group_photo)
     blank = np.full_like(face, 40)
     video = write_video(tmp_path / "door.avi", [face] * 8 + [blank] * 16, fps=8)
-    issued = pki.device("door-1")
     (tmp_path / "mqtt").mkdir()
     broker = Mosquitto(tmp_path / "mqtt").start()
     watcher = Subscriber(broker.port, PREFIX + "events/face", client_id="test-watcher")
 
     async def scenario() -> tuple[list[Any], dict[str, Any]]:
         async with serving(tmp_path, pki, enroller) as harness:
-            config = AgentConfig.model_validate(
-                {
-                    "device_id": "door-1",
-                    "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_max_s": 1},
-                    "service": {"status_interval_s": 1},
-                    "server": {
-                        "enabled": True,
-                        "address": f"127.0.0.1:{harness.agents_port}",
-                        "ca_file": str(pki.tls_dir / "ca.pem"),
-                        "cert_file": str(issued.cert),
-                        "key_file": str(issued.key),
-                    },
-                    "cameras": [{"name": "door", "source": str(video), "max_fps": 8, "loop": True}],
-                }
-            )
+            mqtt = {"host": "127.0.0.1", "port": broker.port, "reconnect_max_s": 1}
+            config = agent_config(harness, pki, video, mqtt=mqtt)
             service = await asyncio.to_thread(AgentService, config, state)
             runner = threading.Thread(target=service.run)
             runner.start()

@@ -14,8 +14,6 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from rich.table import Table
-
 from facefleet.core.errors import EXIT_OK, EXIT_USAGE
 from facefleet.link.checks import utc_now
 from facefleet.link.events import DECISIONS, EVENT_KINDS
@@ -222,6 +220,13 @@ def _access(context: Context, args: argparse.Namespace) -> int:
     return _show(context, rows, ("device_id", "door", "granted", "denied"))
 
 
+FLEET_COLUMNS = (
+    "device", "online", "last seen", "version", "groups", "models", "model status", "rev (lag)", "cert until"
+)  # fmt: skip
+WIDE_TABLE_COLUMNS = 120
+"""`query fleet` prints a table on terminals at least this wide, one block per agent on narrower ones."""
+
+
 def _fleet(context: Context, args: argparse.Namespace) -> int:
     if context.remote is not None:
         fleet = context.remote.get("/fleet", {"device_id": args.device})
@@ -231,37 +236,54 @@ def _fleet(context: Context, args: argparse.Namespace) -> int:
     if context.json_output:
         context.print_json({"gallery_revision": fleet["gallery_revision"], "agents": fleet["agents"]})
         return EXIT_OK
-    table = Table()
-    table.add_column("device", no_wrap=True)  # the one column that must stay whole on a narrow terminal
-    for column in ("online", "last seen", "version", "groups", "models", "model status", "revision (lag)"):
-        table.add_column(column, overflow="fold")
-    table.add_column("certificate", overflow="fold")
-    for a in fleet["agents"]:
-        expires = a["certificate_expires"]
-        table.add_row(
-            a["device_id"] + ("" if a["device_status"] == "active" else f" ({a['device_status']})"),
-            "yes" if a["online"] else "no",
-            when(a["last_seen"], seconds=True),
-            a["agent_version"],
-            ", ".join(a["groups"]),
-            "\n".join(f"{task}: {model_id}" for task, model_id in sorted(a["model_versions"].items())),
-            "\n".join(
+    agents = fleet["agents"]
+    rows = [
+        {
+            "device": a["device_id"] + ("" if a["device_status"] == "active" else f" ({a['device_status']})"),
+            "online": "yes" if a["online"] else "no",
+            "last seen": when(a["last_seen"], seconds=True)[5:],
+            "version": a["agent_version"],
+            "groups": ", ".join(a["groups"]),
+            "models": "\n".join(model_id for _, model_id in sorted(a["model_versions"].items())),
+            "model status": "\n".join(
                 f"{s['model_id']} {s['state']}" + (f": {s['reason']}" if s["reason"] else "")
                 for s in a["model_statuses"]
             ),
-            f"{a['gallery_revision']} ({a['revision_lag']})",
-            "-" if expires is None else f"until {expires[:10]}",
-        )
+            "rev (lag)": f"{a['gallery_revision']} ({a['revision_lag']})",
+            "cert until": (a["certificate_expires"] or "-")[:10],
+        }
+        for a in agents
+    ]
     context.console.print(f"gallery revision {fleet['gallery_revision']}", markup=False)
+    if context.console.width < WIDE_TABLE_COLUMNS:  # a table of nine columns would not fit: one block each
+        for row in rows:
+            context.console.print(_fleet_block(row), markup=False)
+        return EXIT_OK
+    columns = [c for c in FLEET_COLUMNS if c not in ("groups", "model status") or any(r[c] for r in rows)]
+    table = new_table(*columns, whole=("device", "online", "rev (lag)"))
+    for row in rows:
+        table.add_row(*(row[c] for c in columns))
     context.console.print(table)
     return EXIT_OK
+
+
+def _fleet_block(row: dict[str, str]) -> str:
+    """One agent of `query fleet` as a few lines, for a terminal too narrow for the table."""
+    groups = f", groups {row['groups']}" if row["groups"] else ""
+    lines = [
+        f"{row['device']}: online {row['online']}, last seen {row['last seen']}, agent {row['version']}, "
+        f"revision {row['rev (lag)']}, certificate until {row['cert until']}{groups}",
+        "  models: " + ", ".join(row["models"].splitlines()),
+    ]
+    lines += [f"  {status}" for status in row["model status"].splitlines()]
+    return "\n".join(lines)
 
 
 def _show(context: Context, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> int:
     if context.json_output:
         context.print_json(rows)
         return EXIT_OK
-    table = Table(*columns)
+    table = new_table(*columns)
     for row in rows:
         table.add_row(*(str(row[c]) for c in columns))
     context.console.print(table)

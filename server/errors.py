@@ -24,6 +24,7 @@ __all__ = [
     "StateError",
     "UnauthenticatedError",
     "disk_full",
+    "error_for_status",
     "is_disk_full",
 ]
 
@@ -132,3 +133,12 @@ class ServerConfigError(ServerError):
 
     status = "FAILED_PRECONDITION"
     exit_code = EXIT_CONFIG
+
+
+def error_for_status(status: str) -> type[ServerError]:
+    """The domain error that a gRPC status name stands for (the first class naming it), ServerError for a
+    status none names: a refusal that came back over the wire, raised again as the same error."""
+    for cls in ServerError.__subclasses__():
+        if cls.status == status:
+            return cls
+    return ServerError

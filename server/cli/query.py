@@ -189,7 +189,7 @@ def _unknown(context: Context, args: argparse.Namespace) -> int:
         total, per_device = asyncio.run(context.operators.queries.unknown_rate(_filter(args)))
         rows = [
             dump(UnknownRate(device_id=r.device_id, face_events=r.face_events,
-                             unknown_events=r.unknown_events, rate=round(r.rate, 4)))
+                             unknown_events=r.unknown_events, rate=r.rate))
             for r in (total, *per_device)
         ]  # fmt: skip
         rates = {"total": rows[0], "per_device": rows[1:]}

@@ -20,8 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from facefleet.core.errors import EXIT_UNAVAILABLE
-from facefleet.server import errors
-from facefleet.server.errors import ServerConfigError, ServerError
+from facefleet.server.errors import ServerConfigError, ServerError, error_for_status
 
 SERVER_ENV = "FACEFLEET_SERVER"
 TOKEN_FILE_ENV = "FACEFLEET_TOKEN_FILE"  # noqa: S105 - the name of a variable, not a secret
@@ -29,19 +28,6 @@ CA_FILE_ENV = "FACEFLEET_CA_FILE"
 MAX_TOKEN_FILE_BYTES = 4096
 TIMEOUT_S = 60.0
 """Longest wait for one answer (an enrolment or a model upload is converted while the call waits)."""
-
-_ERRORS: dict[str, type[ServerError]] = {
-    "INVALID_ARGUMENT": errors.InvalidArgumentError,
-    "OUT_OF_RANGE": errors.OutOfRangeError,
-    "NOT_FOUND": errors.NotFoundError,
-    "ALREADY_EXISTS": errors.AlreadyExistsError,
-    "FAILED_PRECONDITION": errors.FailedPreconditionError,
-    "RESOURCE_EXHAUSTED": errors.ResourceExhaustedError,
-    "UNAUTHENTICATED": errors.UnauthenticatedError,
-    "PERMISSION_DENIED": errors.PermissionDeniedError,
-    "DATA_LOSS": errors.DataLossError,
-    "UNAVAILABLE": errors.StateError,
-}
 
 
 class UnreachableError(ServerError):
@@ -166,7 +152,7 @@ def _refusal(response: httpx.Response) -> ServerError:
         ]
     except (ValueError, AttributeError):
         code, detail, extra = "", response.text[:200], []
-    error = _ERRORS.get(code, ServerError)
+    error = error_for_status(code)
     message = detail or f"HTTP {response.status_code}"
     return error("; ".join([message, *extra]) if extra else message)
 

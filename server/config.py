@@ -142,6 +142,22 @@ class TokensConfig(StrictSection):
     )
 
 
+class ConsoleConfig(StrictSection):
+    """[console] The web console at /console/ on the HTTP API's address: sign-in with an operator token
+    starts a session kept in the server's memory (a restart signs everyone out)."""
+
+    enabled: bool = Field(True, description="Serve the web console (the HTTP API stays on when false)")
+    session_idle_minutes: int = Field(
+        60, ge=1, le=24 * 60, description="A session unused this long ends; the next request must sign in"
+    )
+    session_max_hours: int = Field(
+        12, ge=1, le=24 * 30, description="A session ends this long after sign-in, used or not"
+    )
+    max_sessions: int = Field(
+        1000, ge=1, le=100_000, description="Most sessions at once; signing in past it ends the oldest"
+    )
+
+
 class ServerConfig(StrictSection):
     """The whole server configuration file."""
 
@@ -156,6 +172,7 @@ class ServerConfig(StrictSection):
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     tokens: TokensConfig = Field(default_factory=TokensConfig)
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     detector: DetectorConfig = Field(default_factory=DetectorConfig)

@@ -1,6 +1,7 @@
 """The FastAPI application of the HTTP API: the routers under /api, the OpenAPI document at
-/api/openapi.json, problem details for errors outside the routes too, and the upload limits from the server's
-configuration."""
+/api/openapi.json, problem details for errors outside the routes too, the upload limits from the server's
+configuration, and the web console (its files at /console/, its sessions at /api/session), with the
+security headers on every response."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import RedirectResponse
 from starlette.exceptions import HTTPException
 
 from facefleet import __version__
 from facefleet.link.checks import MAX_GROUPS
 from facefleet.server.api.handlers import OperatorHandlers
-from facefleet.server.api.http import audit, devices, people, queries, rollouts, unknown
+from facefleet.server.api.http import audit, devices, people, queries, rollouts, session, unknown
 from facefleet.server.api.http.enrolment import FIELDS, UploadEnrolment
 from facefleet.server.api.http.problems import ProblemRoute, routing_problem
 from facefleet.server.api.http.uploads import UploadLimits
-from facefleet.server.config import ServerConfig
+from facefleet.server.config import ConsoleConfig, ServerConfig
+from facefleet.server.console.assets import CONSOLE_PATH, ConsoleFiles, SecurityHeaders
+from facefleet.server.console.sessions import ConsoleSessions
 from facefleet.server.domain.records import MAX_ENROL_IMAGES
 
 PREFIX = "/api"
@@ -50,8 +54,11 @@ class HttpLimits:
         )
 
 
-def create_app(handlers: OperatorHandlers, limits: HttpLimits) -> FastAPI:
-    """The application over the server's operator handlers."""
+def create_app(
+    handlers: OperatorHandlers, limits: HttpLimits, console: ConsoleConfig | None = None
+) -> FastAPI:
+    """The application over the server's operator handlers; the web console per `console` (default: on)."""
+    console = console or ConsoleConfig()
     app = FastAPI(
         title="FaceFleet",
         version=__version__,
@@ -66,13 +73,28 @@ def create_app(handlers: OperatorHandlers, limits: HttpLimits) -> FastAPI:
     app.state.enrolment = UploadEnrolment(handlers.people)
     app.state.image_limits = limits.images
     app.state.model_limits = limits.models
+    app.state.sessions = ConsoleSessions(
+        idle_s=console.session_idle_minutes * 60.0,
+        max_age_s=console.session_max_hours * 3600.0,
+        limit=console.max_sessions,
+    )
     api = APIRouter(prefix=PREFIX, route_class=ProblemRoute)
-    for module in (people, unknown, queries, rollouts, devices, audit):
+    modules = (people, unknown, queries, rollouts, devices, audit) + ((session,) if console.enabled else ())
+    for module in modules:
         api.include_router(module.router)
     app.include_router(api)
+    if console.enabled:
+        app.add_api_route("/", _to_console, include_in_schema=False)
+        app.add_api_route(CONSOLE_PATH, _to_console, include_in_schema=False)
+        app.mount(CONSOLE_PATH, ConsoleFiles(), name="console")
+    app.add_middleware(SecurityHeaders)
     app.add_exception_handler(HTTPException, routing_problem)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+async def _to_console() -> RedirectResponse:
+    return RedirectResponse(CONSOLE_PATH + "/", status_code=307)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -1,6 +1,11 @@
 """Who is calling: the operator behind `Authorization: Bearer <token>`, checked by the server's Authenticator
-(the tokens and roles of the gRPC API). Reads need the "query" role (an "admin" token has it too); changes,
-and reads of people, face images and the admin's lists, need "admin", as in AdminService."""
+(the tokens and roles of the gRPC API), or behind a web console session cookie (the token it signed in
+with, checked again on every request). Reads need the "query" role (an "admin" token has it too); changes,
+and reads of people, face images and the admin's lists, need "admin", as in AdminService.
+
+A request that relies on the session cookie and changes anything (any method but GET, HEAD and OPTIONS)
+must carry the session's CSRF token in the `X-CSRF-Token` header, and an `Origin`, if it sends one, of this
+server; a bearer token needs neither (a browser never adds it on its own)."""
 
 from __future__ import annotations
 
@@ -11,8 +16,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from facefleet.server.api.handlers import OperatorHandlers
 from facefleet.server.api.security import Operator
+from facefleet.server.console.sessions import ConsoleSession, ConsoleSessions
 from facefleet.server.domain.records import Role
-from facefleet.server.errors import UnauthenticatedError
+from facefleet.server.errors import PermissionDeniedError, UnauthenticatedError
+
+SESSION_COOKIE = "facefleet_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -27,14 +37,58 @@ def handlers(request: Request) -> OperatorHandlers:
     return cast(OperatorHandlers, request.app.state.handlers)
 
 
-def _operator(request: Request, credentials: HTTPAuthorizationCredentials | None, need: Role) -> Operator:
-    if credentials is None:
-        raise UnauthenticatedError(
-            "send the header 'Authorization: Bearer <token>'; create a token with "
-            "`facefleet-server tokens create NAME --role admin|query`"
+def sessions(request: Request) -> ConsoleSessions:
+    """The console's sessions, which the application holds."""
+    return cast(ConsoleSessions, request.app.state.sessions)
+
+
+def console_session(request: Request) -> tuple[str, ConsoleSession] | None:
+    """(id, session) of the request's session cookie, if it names a live session."""
+    session_id = request.cookies.get(SESSION_COOKIE, "")
+    session = sessions(request).find(session_id) if session_id else None
+    return None if session is None else (session_id, session)
+
+
+def check_csrf(request: Request, session: ConsoleSession) -> None:
+    """Refuse a change sent with a session cookie but without its CSRF token, or from another origin."""
+    if request.method in SAFE_METHODS:
+        return
+    if not session.csrf_matches(request.headers.get(CSRF_HEADER)):
+        raise PermissionDeniedError(
+            f"this change needs the session's CSRF token in the {CSRF_HEADER} header (the web console sends "
+            "it; other clients use 'Authorization: Bearer <token>')"
         )
-    metadata = (("authorization", f"Bearer {credentials.credentials}"),)
-    return handlers(request).auth.operator(metadata, need)
+    origin = request.headers.get("origin")
+    if origin is not None and origin != _own_origin(request):
+        raise PermissionDeniedError(
+            f"a change from origin {origin[:100]!r} is not accepted with this server's session cookie"
+        )
+
+
+def _own_origin(request: Request) -> str:
+    return f"{request.url.scheme}://{request.headers.get('host', '')}"
+
+
+def _operator(request: Request, credentials: HTTPAuthorizationCredentials | None, need: Role) -> Operator:
+    session_id = ""
+    if credentials is not None:
+        token = credentials.credentials
+    elif (found := console_session(request)) is not None:
+        session_id, session = found
+        check_csrf(request, session)
+        token = session.token
+    else:
+        raise UnauthenticatedError(
+            "send the header 'Authorization: Bearer <token>' or sign in to the web console; create a token "
+            "with `facefleet-server tokens create NAME --role admin|query`"
+        )
+    metadata = (("authorization", f"Bearer {token}"),)
+    try:
+        return handlers(request).auth.operator(metadata, need)
+    except UnauthenticatedError:
+        if session_id:
+            sessions(request).end(session_id)
+        raise
 
 
 async def query_operator(request: Request, credentials: Credentials) -> Operator:

@@ -70,7 +70,7 @@ async def start_http(
         return None
     host, port = parse_address(address)
     settings = uvicorn.Config(
-        create_app(handlers, HttpLimits.from_config(config)),
+        create_app(handlers, HttpLimits.from_config(config), config.console),
         http="h11",
         ws="none",
         lifespan="off",

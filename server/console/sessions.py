@@ -1,0 +1,97 @@
+"""Web console sessions: signing in with an operator token gives a random session id (the HttpOnly cookie)
+and a CSRF token (which the page sends back as a header on every change). Sessions live in memory only.
+The operator's token stays with the session on the server, and every request checks it again, so revoking
+the token ends its sessions within the token cache time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+SESSION_ID_BYTES = 32
+MAX_SESSION_ID_CHARS = 64
+"""A session id is 43 URL-safe characters; anything longer is not one of ours."""
+
+
+@dataclass(frozen=True)
+class ConsoleSession:
+    """One signed-in browser. token: the operator token it signed in with (kept here, never sent back);
+    started and expires: Unix seconds."""
+
+    token: str
+    csrf_token: str
+    started: float
+    expires: float
+
+    def csrf_matches(self, offered: str | None) -> bool:
+        """Whether `offered` is this session's CSRF token (constant time)."""
+        return offered is not None and hmac.compare_digest(offered.encode(), self.csrf_token.encode())
+
+
+class ConsoleSessions:
+    """The server's console sessions, by the sha256 of their id (an id is never stored as such).
+
+    idle_s: a session unused this long ends; max_age_s: it ends this long after sign-in anyway; limit: most
+    sessions at once (the one used least recently ends first)."""
+
+    def __init__(
+        self,
+        idle_s: float,
+        max_age_s: float,
+        limit: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.idle_s = idle_s
+        self.max_age_s = max_age_s
+        self.limit = limit
+        self._clock = clock
+        self._sessions: OrderedDict[bytes, tuple[ConsoleSession, float]] = OrderedDict()
+
+    def start(self, token: str) -> tuple[str, ConsoleSession]:
+        """A new session for an operator token already checked: (its id for the cookie, the session)."""
+        now = self._clock()
+        while self._sessions:
+            oldest, used = next(iter(self._sessions.values()))
+            if now < oldest.expires and now - used < self.idle_s:
+                break
+            self._sessions.popitem(last=False)
+        session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
+        session = ConsoleSession(token, secrets.token_urlsafe(SESSION_ID_BYTES), now, now + self.max_age_s)
+        self._sessions[_key(session_id)] = (session, now)
+        while len(self._sessions) > self.limit:
+            self._sessions.popitem(last=False)
+        return session_id, session
+
+    def find(self, session_id: str) -> ConsoleSession | None:
+        """The live session with this id, marked as used now; None for an unknown or ended one."""
+        if not session_id or len(session_id) > MAX_SESSION_ID_CHARS:
+            return None
+        key = _key(session_id)
+        found = self._sessions.get(key)
+        if found is None:
+            return None
+        session, used = found
+        now = self._clock()
+        if now >= session.expires or now - used >= self.idle_s:
+            del self._sessions[key]
+            return None
+        self._sessions[key] = (session, now)
+        self._sessions.move_to_end(key)
+        return session
+
+    def end(self, session_id: str) -> None:
+        """Sign out: the session is gone (nothing happens for an unknown id)."""
+        if session_id and len(session_id) <= MAX_SESSION_ID_CHARS:
+            self._sessions.pop(_key(session_id), None)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+def _key(session_id: str) -> bytes:
+    return hashlib.sha256(session_id.encode()).digest()

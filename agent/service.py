@@ -34,7 +34,7 @@ from facefleet.agent.commands import (
 )
 from facefleet.agent.config import AgentConfig, DoorConfig
 from facefleet.agent.domain.records import Person, StoreError
-from facefleet.agent.fleet.sync import FleetSync, SyncSettings
+from facefleet.agent.fleet.sync import SYNC_HEALTH, FleetSync, SyncSettings
 from facefleet.agent.publish.discovery import discovery_messages
 from facefleet.agent.publish.events import AgentEvent, Versions, access_event, face_event, mqtt_payload, reply
 from facefleet.agent.publish.mqtt import MAX_COMMAND_BYTES, MqttLink, MqttSettings
@@ -55,6 +55,7 @@ from facefleet.agent.updates.statuses import status_to_json
 from facefleet.agent.updates.updater import ModelUpdater, Switch, UpdateSettings
 from facefleet.core import notify
 from facefleet.core.paths import model_store_dir
+from facefleet.link.checks import MAX_HEALTH_ENTRIES
 from facefleet.link.errors import LinkError
 from facefleet.link.events import FaceSnapshot
 from facefleet.vision.errors import ModelStoreError
@@ -67,6 +68,8 @@ from facefleet.vision.pipeline import AnalyzerSettings, FaceAnalyzer
 from facefleet.vision.runtime import Runtime
 
 log = logging.getLogger(__name__)
+CAMERA_HEALTH = ("fps", "dropped", "running")
+"""The health figures of each camera, as `camera.<name>.<figure>`."""
 
 
 class AgentService:
@@ -438,9 +441,13 @@ class AgentService:
         return [] if updater is None else [status_to_json(s) for s in updater.statuses()]
 
     def health(self) -> dict[str, float]:
-        """Figures for the fleet server's dashboard (sent with every report)."""
+        """Figures for the fleet server's dashboard (sent with every report): the totals, then per camera
+        `camera.<name>.fps`, `.dropped` (frames dropped) and `.running` (1 or 0), in the config's order. The
+        server takes at most MAX_HEALTH_ENTRIES figures, some of them the link's own (SYNC_HEALTH): with more
+        cameras than fit beside the totals, the last cameras are left out (whole; `cameras` still counts
+        them all)."""
         cameras = [camera.status for camera in self.cameras.values()]
-        return {
+        health = {
             "frames_analysed": float(sum(self.frames_analysed.values())),
             "fps": float(sum(s.fps for s in cameras)),
             "cameras": float(len(cameras)),
@@ -453,7 +460,14 @@ class AgentService:
             "model_mismatches": float(self.model_mismatches),
             "snapshots_pending": float(self.store.snapshots.count()),
             "snapshots_dropped": float(self.store.snapshots.dropped()),
+            "reports_pending": float(self.store.reports.count()),
         }
+        room = (MAX_HEALTH_ENTRIES - len(health.keys() | set(SYNC_HEALTH))) // len(CAMERA_HEALTH)
+        for status in cameras[: max(room, 0)]:
+            values = (status.fps, status.frames_dropped, status.state == "running")
+            for figure, value in zip(CAMERA_HEALTH, values, strict=True):
+                health[f"camera.{status.name}.{figure}"] = float(value)
+        return health
 
     def _publish_status(self) -> None:
         try:

@@ -26,6 +26,9 @@ MAX_METADATA_BYTES = 16 * 1024
 MAX_EMBEDDINGS_PER_PERSON = 256
 MIN_DIM, MAX_DIM = 16, 4096
 MAX_MAP_ENTRIES = 32
+MAX_HEALTH_ENTRIES = 128
+"""Health figures of one agent: its totals, the link's own and a few per camera ("camera.<name>.fps")."""
+MAX_HEALTH_KEY_CHARS = 64
 MAX_REASON_CHARS = 512
 
 
@@ -89,11 +92,16 @@ def check_utc(name: str, value: datetime) -> datetime:
 
 
 def check_health(health: Mapping[str, float]) -> dict[str, float]:
-    """Agent health figures: at most MAX_MAP_ENTRIES short names with finite values."""
-    if len(health) > MAX_MAP_ENTRIES or any(
-        not key or len(key) > 64 or not math.isfinite(value) for key, value in health.items()
+    """Agent health figures: at most MAX_HEALTH_ENTRIES names of 1–MAX_HEALTH_KEY_CHARS characters with
+    finite values."""
+    if len(health) > MAX_HEALTH_ENTRIES or any(
+        not key or len(key) > MAX_HEALTH_KEY_CHARS or not math.isfinite(value)
+        for key, value in health.items()
     ):
-        raise LinkError(f"health: at most {MAX_MAP_ENTRIES} figures with 1–64 character names, finite values")
+        raise LinkError(
+            f"health: at most {MAX_HEALTH_ENTRIES} figures with 1–{MAX_HEALTH_KEY_CHARS} character names, "
+            "finite values"
+        )
     return dict(health)
 
 

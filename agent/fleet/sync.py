@@ -41,6 +41,7 @@ from facefleet.agent.publish.events import AgentEvent
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.core.backoff import Backoff
 from facefleet.core.errors import FaceFleetError
+from facefleet.link.checks import MAX_HEALTH_ENTRIES, MAX_HEALTH_KEY_CHARS
 from facefleet.link.fleet import Heartbeat, Registration, Welcome
 from facefleet.link.gallery import GalleryDelta, join_parts
 from facefleet.link.models import ModelAssignment, ModelStatus
@@ -50,9 +51,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_HEALTH_FIGURES = 32
+MAX_HEALTH_FIGURES = MAX_HEALTH_ENTRIES
 CERTIFICATE_EXPIRY_HEALTH = "certificate_expires_at"
 """The health figure that tells the server when this device's certificate expires (Unix seconds)."""
+SYNC_HEALTH = ("reports_pending", "reports_dropped", CERTIFICATE_EXPIRY_HEALTH)
+"""The figures FleetSync adds to the caller's health(): they replace the caller's of the same names and are
+kept before them when there are more than MAX_HEALTH_FIGURES."""
 WIPE_METADATA = ("facefleet-device-action", "wipe-gallery")
 """Trailing metadata of the server's refusal of a device revoked with --wipe: erase the gallery."""
 STATUS_RETRY_S = 5.0
@@ -506,14 +510,18 @@ class FleetSync:
         )
 
     def _health(self, sending: int) -> dict[str, float]:
-        """The caller's figures plus the queue's (beyond the `sending` events of this report): finite, at
-        most MAX_HEALTH_FIGURES (the server's limit)."""
+        """The queue's figures (beyond the `sending` events of this report) and the certificate's, then the
+        caller's: finite, at most MAX_HEALTH_FIGURES (the server's limit; the caller's last ones are left
+        out beyond it)."""
         try:
-            figures = {**self.health(), "reports_pending": self.store.reports.count() - sending}
-            figures["reports_dropped"] = self.store.reports.dropped()
+            own: dict[str, float] = {
+                "reports_pending": self.store.reports.count() - sending,
+                "reports_dropped": self.store.reports.dropped(),
+            }
             if self.certificate_expires_at is not None:
-                figures[CERTIFICATE_EXPIRY_HEALTH] = self.certificate_expires_at
-            clean = {str(k)[:64]: float(v) for k, v in figures.items() if k}
+                own[CERTIFICATE_EXPIRY_HEALTH] = self.certificate_expires_at
+            figures = {**own, **{k: v for k, v in self.health().items() if k not in own}}
+            clean = {str(k)[:MAX_HEALTH_KEY_CHARS]: float(v) for k, v in figures.items() if k}
         except (StoreError, ValueError, TypeError) as exc:
             log.warning("health figures unavailable: %s", exc)
             return {}

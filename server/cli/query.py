@@ -82,6 +82,8 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
             )
             verb.add_argument("--kind", action="append", choices=EVENT_KINDS, default=[])
             verb.add_argument("--decision", action="append", choices=DECISIONS, default=[])
+            verb.add_argument("--camera", action="append", default=[], help="only this camera (repeat)")
+            verb.add_argument("--door", action="append", default=[], help="only this door (repeat)")
         verb.add_argument("--device", action="append", default=[], help="only this device (repeat)")
         if name == "events":
             verb.add_argument("--person", action="append", default=[], help="only this person (repeat)")
@@ -102,6 +104,8 @@ def _filter(args: argparse.Namespace) -> EventFilter:
         person_ids=tuple(getattr(args, "person", [])),
         decisions=tuple(args.decision),
         kinds=tuple(args.kind),
+        cameras=tuple(args.camera),
+        doors=tuple(args.door),
     )
 
 
@@ -128,6 +132,8 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
         "person_id": list(flt.person_ids),
         "decision": list(flt.decisions),
         "kind": list(flt.kinds),
+        "camera": list(flt.cameras),
+        "door": list(flt.doors),
     }
 
 

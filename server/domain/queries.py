@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from facefleet.link.checks import check_id, check_utc
+from facefleet.link.checks import MAX_LABEL_CHARS, check_id, check_utc
 from facefleet.link.errors import LinkError
 from facefleet.link.events import DECISIONS, EVENT_KINDS, Decision, Event, EventKind
 from facefleet.link.models import ModelStatus
@@ -42,6 +42,8 @@ class EventFilter:
     person_ids: tuple[str, ...] = ()
     decisions: tuple[Decision, ...] = ()
     kinds: tuple[EventKind, ...] = ()
+    cameras: tuple[str, ...] = ()
+    doors: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "start", check_utc("filter start", self.start))
@@ -57,6 +59,11 @@ class EventFilter:
                 raise InvalidArgumentError(f"filter {name}: at most {MAX_FILTER_VALUES} values")
             for value in values:
                 check_id(name[:-1], value)
+        for name, values in (("cameras", self.cameras), ("doors", self.doors)):
+            if len(values) > MAX_FILTER_VALUES:
+                raise InvalidArgumentError(f"filter {name}: at most {MAX_FILTER_VALUES} values")
+            for value in values:
+                _check_name(name, value)
         if any(d not in DECISIONS for d in self.decisions):
             raise InvalidArgumentError(f"filter decisions must be among {', '.join(DECISIONS)}")
         if any(k not in EVENT_KINDS for k in self.kinds):
@@ -74,6 +81,16 @@ class EventFilter:
         if self.person_ids:
             raise InvalidArgumentError(f"{query} cannot filter by person_ids; use ListEvents")
         return self
+
+
+def _check_name(name: str, value: str) -> None:
+    """A camera or door name as events carry it: 1–MAX_LABEL_CHARS characters, none a control character
+    (agents name them with letters, digits, '_' and '-', at most 32)."""
+    if not value or len(value) > MAX_LABEL_CHARS or any(ord(ch) < 32 for ch in value):
+        raise InvalidArgumentError(
+            f"filter {name}: {value[:80]!r} is not a {name[:-1]} name: use 1–{MAX_LABEL_CHARS} characters "
+            f"without control characters, the name in the agent's [[{name}]] config"
+        )
 
 
 def page_size(requested: int) -> int:

@@ -13,20 +13,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EventFilter(_message.Message):
-    __slots__ = ("start", "end", "device_ids", "person_ids", "decisions", "kinds")
+    __slots__ = ("start", "end", "device_ids", "person_ids", "decisions", "kinds", "cameras", "doors")
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
     PERSON_IDS_FIELD_NUMBER: _ClassVar[int]
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
     KINDS_FIELD_NUMBER: _ClassVar[int]
+    CAMERAS_FIELD_NUMBER: _ClassVar[int]
+    DOORS_FIELD_NUMBER: _ClassVar[int]
     start: _timestamp_pb2.Timestamp
     end: _timestamp_pb2.Timestamp
     device_ids: _containers.RepeatedScalarFieldContainer[str]
     person_ids: _containers.RepeatedScalarFieldContainer[str]
     decisions: _containers.RepeatedScalarFieldContainer[_events_pb2.Decision]
     kinds: _containers.RepeatedScalarFieldContainer[_events_pb2.EventKind]
-    def __init__(self, start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., device_ids: _Optional[_Iterable[str]] = ..., person_ids: _Optional[_Iterable[str]] = ..., decisions: _Optional[_Iterable[_Union[_events_pb2.Decision, str]]] = ..., kinds: _Optional[_Iterable[_Union[_events_pb2.EventKind, str]]] = ...) -> None: ...
+    cameras: _containers.RepeatedScalarFieldContainer[str]
+    doors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., device_ids: _Optional[_Iterable[str]] = ..., person_ids: _Optional[_Iterable[str]] = ..., decisions: _Optional[_Iterable[_Union[_events_pb2.Decision, str]]] = ..., kinds: _Optional[_Iterable[_Union[_events_pb2.EventKind, str]]] = ..., cameras: _Optional[_Iterable[str]] = ..., doors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListEventsRequest(_message.Message):
     __slots__ = ("filter", "page_size", "page_token")

@@ -19,6 +19,7 @@ from facefleet.server.api.handlers import OperatorHandlers
 from facefleet.server.api.http import audit, devices, people, queries, rollouts, session, unknown
 from facefleet.server.api.http.enrolment import FIELDS, UploadEnrolment
 from facefleet.server.api.http.problems import ProblemRoute, routing_problem
+from facefleet.server.api.http.timing import ServerTiming
 from facefleet.server.api.http.uploads import UploadLimits
 from facefleet.server.config import ConsoleConfig, ServerConfig
 from facefleet.server.console.assets import CONSOLE_PATH, ConsoleFiles, SecurityHeaders
@@ -88,6 +89,7 @@ def create_app(
         app.add_api_route(CONSOLE_PATH, _to_console, include_in_schema=False)
         app.mount(CONSOLE_PATH, ConsoleFiles(), name="console")
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(ServerTiming)
     app.add_exception_handler(HTTPException, routing_problem)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

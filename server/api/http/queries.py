@@ -29,6 +29,8 @@ def event_filter(
     person_id: Annotated[list[str], Query(description="Only these people")] = [],  # noqa: B006
     decision: Annotated[list[Decision], Query(description="Only these decisions")] = [],  # noqa: B006
     kind: Annotated[list[EventKind], Query(description="Only these kinds")] = [],  # noqa: B006
+    camera: Annotated[list[str], Query(description="Only these cameras (names as agents report them)")] = [],  # noqa: B006
+    door: Annotated[list[str], Query(description="Only these doors (only access events have one)")] = [],  # noqa: B006
 ) -> EventFilter:
     """The event filter of a request's query parameters."""
     until = end or utc_now()
@@ -39,6 +41,8 @@ def event_filter(
         person_ids=tuple(person_id),
         decisions=tuple(decision),
         kinds=tuple(kind),
+        cameras=tuple(camera),
+        doors=tuple(door),
     )
 
 

@@ -42,6 +42,8 @@ def filter_from_proto(message: query_pb2.EventFilter) -> EventFilter:
         person_ids=tuple(message.person_ids),
         decisions=tuple(DECISIONS[d] for d in message.decisions),
         kinds=tuple(KINDS[k] for k in message.kinds),
+        cameras=tuple(message.cameras),
+        doors=tuple(message.doors),
     )
 
 
@@ -53,6 +55,8 @@ def filter_to_proto(flt: EventFilter) -> query_pb2.EventFilter:
         person_ids=flt.person_ids,
         decisions=[DECISION_VALUES[d] for d in flt.decisions],
         kinds=[KIND_VALUES[k] for k in flt.kinds],
+        cameras=flt.cameras,
+        doors=flt.doors,
     )
 
 

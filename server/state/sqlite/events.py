@@ -13,6 +13,7 @@ import json
 import sqlite3
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 
 from facefleet.link.events import Decision, Event, EventKind, ExpressionResult
 from facefleet.server.domain.queries import (
@@ -51,6 +52,13 @@ SCHEMA = (
         for _, table in ROLLUPS
     ),
 )
+
+SCHEMA_8 = (
+    "CREATE INDEX IF NOT EXISTS events_camera_time ON events(camera, time_us)",
+    "CREATE INDEX IF NOT EXISTS events_door_time ON events(door, time_us)",
+)
+"""Migration 8: filters by camera or door. Only access events name a door, and a camera filter reads raw
+events even in aggregates, so without these both walk every event of the time range."""
 
 _COLUMNS = (
     "event_id, device_id, time_us, kind, decision, camera, person_id, score, margin, expression, "
@@ -133,13 +141,13 @@ def unknown_rates(conn: sqlite3.Connection, flt: EventFilter) -> list[UnknownRat
 
 
 def access_summary(conn: sqlite3.Connection, flt: EventFilter) -> list[DoorAccess]:
-    access = EventFilter(flt.start, flt.end, flt.device_ids, (), flt.decisions, ("access",))
+    access = replace(flt, person_ids=(), kinds=("access",))
     sums = _aggregate(conn, access, ("device_id", "door"), ("decision = 'granted'", "decision = 'denied'"))
     return [DoorAccess(str(device), str(door), v[0], v[1]) for (device, door), v in sorted(sums.items())]
 
 
 def _face_only(flt: EventFilter) -> EventFilter:
-    return EventFilter(flt.start, flt.end, flt.device_ids, (), flt.decisions, ("face",))
+    return replace(flt, person_ids=(), kinds=("face",))
 
 
 def _aggregate(
@@ -151,11 +159,12 @@ def _aggregate(
     interval_us: int | None = None,
     extra: str = "",
 ) -> dict[tuple[int | str, ...], list[int]]:
-    """key → [count of events meeting each condition in `counted` (None: all)] over the filter's range."""
+    """key → [count of events meeting each condition in `counted` (None: all)] over the filter's range.
+    The rollups serve filters on their own columns only: a person or camera filter reads raw events."""
     usable = [
         (size, table)
         for size, table in ROLLUPS
-        if not flt.person_ids and (interval_us is None or interval_us % size == 0)
+        if not flt.person_ids and not flt.cameras and (interval_us is None or interval_us % size == 0)
     ]
     sums: dict[tuple[int | str, ...], list[int]] = {}
     for table, lo, hi in segments(flt.start_us, flt.end_us, usable):
@@ -201,9 +210,10 @@ def _where(flt: EventFilter, time_col: str, start: int, end: int, *, raw: bool) 
         ("device_id", flt.device_ids),
         ("kind", flt.kinds),
         ("decision", flt.decisions),
+        ("door", flt.doors),
     ]
     if raw:
-        columns.append(("person_id", flt.person_ids))
+        columns += [("person_id", flt.person_ids), ("camera", flt.cameras)]
     for column, values in columns:
         if values:
             clauses.append(f"{column} IN ({', '.join('?' * len(values))})")

@@ -127,6 +127,7 @@ MIGRATIONS = Migrations(
         Migration(5, "admin_audit", sqlite_audit.SCHEMA),
         Migration(6, "devices", sqlite_devices.SCHEMA),
         Migration(7, "snapshots", sqlite_snapshots.SCHEMA),
+        Migration(8, "event_camera_door_indexes", sqlite_events.SCHEMA_8),
     ),
     what="state database",
     program="server",

@@ -24,6 +24,7 @@ from facefleet.agent.store.database import EmbeddingStore
 from facefleet.core.backoff import Backoff
 from facefleet.core.config import credential_path
 from facefleet.core.errors import ConfigError
+from facefleet.link.checks import MAX_HEALTH_ENTRIES, check_health
 from facefleet.link.fleet import Welcome
 from facefleet.server.api import certs
 
@@ -226,6 +227,36 @@ def test_without_a_server_events_wait_in_the_store_and_stop_cuts_the_backoff_sho
     line = next(r.getMessage() for r in caplog.records if "retrying in" in r.getMessage())
     assert line.startswith(f"server {address}: cannot reach it (")
     assert re.search(r"\(retrying in (4[89]|5\d|60) s\)$", line), line
+
+
+def test_health_keeps_the_links_own_figures_first_within_the_servers_limit(tmp_path: Path) -> None:
+    tls = tmp_path / "tls"
+    certs.init_ca(tls, server_names=["127.0.0.1"])
+    device = certs.issue_device(tls, "door-1")
+    real = SyncSettings(
+        **{
+            **settings(tmp_path, "127.0.0.1:1").__dict__,
+            "ca_file": tls / "ca.pem",
+            "cert_file": device.cert,
+            "key_file": device.key,
+        }
+    )
+    cameras = {f"camera.cam-{i:03d}.fps": float(i) for i in range(2 * MAX_HEALTH_ENTRIES)}
+    with EmbeddingStore(tmp_path / "agent.db") as store:
+        sync = FleetSync(real, store, lambda: {"fps": 9.5, "reports_pending": 99.0, **cameras})
+        denied = AccessDecision("main", "denied", "unknown face", "identify", None, None, None, 3)
+        for _ in range(3):
+            assert sync.submit(
+                access_event("door-1", "front", denied, Versions("0.1", "2026.0", {}, 0), time.time())
+            )
+        health = sync._health(sending=1)
+    assert check_health(health) == health and len(health) == MAX_HEALTH_ENTRIES
+    assert health["reports_pending"] == 2.0  # the queue's, beyond the one being sent, not the caller's
+    assert health["reports_dropped"] == 0.0
+    assert sync.certificate_expires_at is not None
+    assert health["certificate_expires_at"] == sync.certificate_expires_at
+    assert health["fps"] == 9.5
+    assert [k for k in health if k.startswith("camera.")] == list(cameras)[: MAX_HEALTH_ENTRIES - 4]
 
 
 def test_the_readme_documents_every_server_key_in_a_valid_config_block() -> None:

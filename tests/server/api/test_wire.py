@@ -89,9 +89,18 @@ def test_events_round_trip_with_every_field() -> None:
 
 def test_filters_round_trip() -> None:
     flt = EventFilter(
-        NOW, NOW + timedelta(hours=2), ("door-1",), ("alice",), ("granted", "match"), ("access",)
+        NOW,
+        NOW + timedelta(hours=2),
+        ("door-1",),
+        ("alice",),
+        ("granted", "match"),
+        ("access",),
+        cameras=("lobby", "gate-2"),
+        doors=("main",),
     )
-    assert query_wire.filter_from_proto(query_wire.filter_to_proto(flt)) == flt
+    message = query_pb2.EventFilter.FromString(query_wire.filter_to_proto(flt).SerializeToString())
+    assert (list(message.cameras), list(message.doors)) == (["lobby", "gate-2"], ["main"])
+    assert query_wire.filter_from_proto(message) == flt
 
 
 @pytest.mark.parametrize(
@@ -156,6 +165,17 @@ def test_malformed_embeddings_are_refused_with_their_index(
     request = admin_pb2.EnrollPersonRequest(person_id="x", embeddings=[embedding])
     with pytest.raises(LinkError, match=r"embeddings\[0\]: " + message):
         admin_wire.enrolment_from_proto(request)
+
+
+def test_a_filter_with_a_bad_camera_or_door_is_refused_naming_the_field() -> None:
+    flt = query_wire.filter_to_proto(EventFilter(NOW, NOW + timedelta(hours=1)))
+    flt.cameras.append("")
+    with pytest.raises(InvalidArgumentError, match="filter cameras: '' is not a camera name"):
+        query_wire.filter_from_proto(flt)
+    del flt.cameras[:]
+    flt.doors.extend(f"door-{i}" for i in range(101))
+    with pytest.raises(InvalidArgumentError, match="filter doors: at most 100 values"):
+        query_wire.filter_from_proto(flt)
 
 
 def test_a_filter_with_unspecified_enum_values_is_refused() -> None:

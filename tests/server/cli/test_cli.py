@@ -18,7 +18,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from facefleet.core.errors import EXIT_CONFIG, EXIT_OK
+from facefleet.core.errors import EXIT_CONFIG, EXIT_DATA, EXIT_OK
 from facefleet.link.checks import utc_now
 from facefleet.link.events import Event, ExpressionResult
 from facefleet.link.fleet import Registration
@@ -88,10 +88,16 @@ def test_queries_print_what_was_reported(tmp_path: Path, capsys: pytest.CaptureF
             "unknown" if i % 2 else "match",
             person_id="" if i % 2 else "alice",
             expression=ExpressionResult("happy" if i < 3 else "sad"),
+            camera="porch" if i == 1 else "hall",
         )
         for i in range(5)
     ]
-    state.add_events(events)
+    doors = [
+        Event(str(uuid.uuid4()), "door-1", now - timedelta(minutes=i), "access", decision, person_id="alice",
+              camera="hall", door=door)
+        for i, (decision, door) in enumerate((("granted", "main"), ("denied", "side")))
+    ]  # fmt: skip
+    state.add_events(events + doors)
     state.close()
     base = ["--state-dir", str(tmp_path)]
     code, out, _ = run_cli(capsys, *base, "query", "events", "--since", "1h", "--decision", "match", "--json")
@@ -104,7 +110,20 @@ def test_queries_print_what_was_reported(tmp_path: Path, capsys: pytest.CaptureF
     code, out, _ = run_cli(capsys, *base, "query", "unknown-rate", "--json")
     assert json.loads(out)["total"] == {"device_id": "", "face_events": 5, "unknown_events": 2, "rate": 0.4}
     code, out, _ = run_cli(capsys, *base, "query", "counts", "--interval", "1d", "--json")
-    assert sum(r["count"] for r in json.loads(out)) == 5
+    assert sum(r["count"] for r in json.loads(out)) == 7
+    code, out, _ = run_cli(capsys, *base, "query", "events", "--camera", "porch", "--json")
+    assert [e["event_id"] for e in json.loads(out)] == [events[1].event_id]
+    code, out, _ = run_cli(capsys, *base, "query", "events", "--door", "main", "--door", "side", "--json")
+    assert sorted(e["event_id"] for e in json.loads(out)) == sorted(e.event_id for e in doors)
+    code, out, _ = run_cli(capsys, *base, "query", "counts", "--interval", "1d", "--door", "main", "--json")
+    assert sum(r["count"] for r in json.loads(out)) == 1
+    code, out, _ = run_cli(capsys, *base, "query", "access", "--door", "side", "--json")
+    assert json.loads(out) == [{"device_id": "door-1", "door": "side", "granted": 0, "denied": 1}]
+    code, out, _ = run_cli(capsys, *base, "query", "unknown-rate", "--camera", "porch", "--json")
+    assert json.loads(out)["total"] == {"device_id": "", "face_events": 1, "unknown_events": 1, "rate": 1.0}
+    code, _, err = run_cli(capsys, *base, "query", "events", "--camera", "")
+    assert code == EXIT_DATA
+    assert "filter cameras: '' is not a camera name" in err
     code, out, _ = run_cli(capsys, *base, "query", "fleet", "--json")
     (agent,) = json.loads(out)["agents"]
     assert (agent["device_id"], agent["agent_version"], agent["online"], agent["revision_lag"]) == (

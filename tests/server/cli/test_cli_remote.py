@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from facefleet.core.errors import EXIT_CONFIG, EXIT_DATA, EXIT_NO_INPUT, EXIT_OK, EXIT_UNAVAILABLE
 from facefleet.link.checks import utc_now
+from facefleet.link.events import Event
 from facefleet.server.domain.audit import AuditFilter
 from facefleet.server.gallery.embedder import Enroller
 from tests.server.cli.test_cli import run_cli
@@ -81,6 +83,12 @@ def test_people_and_unknown_faces_through_a_remote_server(
 
             events = [face_event(seen, utc_now() - timedelta(minutes=2)) for seen in strangers[0]]
             await report(harness, events)
+            doors = [
+                Event(str(uuid.uuid4()), "door-1", utc_now() - timedelta(minutes=1), "access", decision,
+                      camera="gate", door=door)
+                for decision, door in (("granted", "main"), ("denied", "side"))
+            ]  # fmt: skip
+            await report(harness, doors)
             code, out, _ = await asyncio.to_thread(cli, "unknown", "list", "--json")
             (cluster,) = json.loads(out)
             assert (cluster["cluster_id"], cluster["count"]) == (events[0].event_id, 2)
@@ -119,7 +127,48 @@ def test_people_and_unknown_faces_through_a_remote_server(
             code, out, _ = await asyncio.to_thread(
                 run_cli, capsys, *query_only, "query", "events", "--since", "1h", "--json"
             )
+            assert sorted(e["event_id"] for e in json.loads(out)) == sorted(
+                e.event_id for e in events + doors
+            )
+            code, out, _ = await asyncio.to_thread(
+                run_cli, capsys, *query_only, "query", "events", "--camera", "entrance", "--json"
+            )
             assert sorted(e["event_id"] for e in json.loads(out)) == sorted(e.event_id for e in events)
+            code, out, _ = await asyncio.to_thread(
+                run_cli,
+                capsys,
+                *query_only,
+                "query",
+                "events",
+                "--door",
+                "main",
+                "--camera",
+                "gate",
+                "--json",
+            )
+            assert [e["event_id"] for e in json.loads(out)] == [doors[0].event_id]
+            code, out, _ = await asyncio.to_thread(
+                run_cli, capsys, *query_only, "query", "access", "--door", "side", "--json"
+            )
+            assert json.loads(out) == [{"device_id": "door-1", "door": "side", "granted": 0, "denied": 1}]
+            code, out, _ = await asyncio.to_thread(
+                run_cli,
+                capsys,
+                *query_only,
+                "query",
+                "counts",
+                "--interval",
+                "1h",
+                "--camera",
+                "gate",
+                "--json",
+            )
+            assert sum(r["count"] for r in json.loads(out)) == 2
+            code, _, err = await asyncio.to_thread(
+                run_cli, capsys, *query_only, "query", "events", "--door", "front\x07door"
+            )
+            assert code == EXIT_DATA
+            assert "filter doors: 'front\\x07door' is not a door name" in err
             code, out, _ = await asyncio.to_thread(run_cli, capsys, *query_only, "query", "fleet", "--json")
             (agent,) = json.loads(out)["agents"]
             assert (agent["device_id"], agent["device_status"]) == ("door-1", "disabled")

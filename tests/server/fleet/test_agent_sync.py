@@ -551,4 +551,6 @@ def test_the_agent_service_syncs_from_the_server_and_reports_what_its_camera_saw
     (agent,) = status.agents
     assert "openvino:CPU" in agent.capabilities
     assert agent.health["frames_analysed"] > 0
+    figures = {"cameras", "reports_pending", "camera.door.fps", "camera.door.dropped", "camera.door.running"}
+    assert figures <= set(agent.health)  # the names an agent gives reach the dashboard unchanged
     assert agent.revision_lag == 0

@@ -26,13 +26,13 @@ def stamp(moment: datetime) -> Timestamp:
 
 
 def face(
-    device: str, minute: int, decision: int, person: str = "", label: str = "neutral"
+    device: str, minute: int, decision: int, person: str = "", label: str = "neutral", camera: str = "cam"
 ) -> events_pb2.Event:
     return events_pb2.Event(
         event_id=str(uuid.uuid4()),
         device_id=device,
         time=stamp(T0 + timedelta(minutes=minute)),
-        camera="cam",
+        camera=camera,
         kind=events_pb2.EVENT_KIND_FACE,
         decision=decision,
         person_id=person,
@@ -70,7 +70,7 @@ REPORTS = {
     ],
     "door-2": [
         face("door-2", 10, UNKNOWN, "", "neutral"),
-        face("door-2", 20, UNKNOWN, "", "happy"),
+        face("door-2", 20, UNKNOWN, "", "happy", camera="porch"),
         face("door-2", 130, MATCH, "alice", "happy"),
         access("door-2", 131, GRANTED, "side"),
     ],
@@ -110,7 +110,20 @@ def test_events_come_back_newest_first_with_filters_and_paging(
                 query_pb2.ListEventsRequest(filter=window(device_ids=["door-2"], decisions=[UNKNOWN])),
                 metadata=md,
             )
-            return {"pages": pages, "alice": alice, "unknown_door2": unknown_door2}
+            by_camera = {
+                cameras: await query.ListEvents(
+                    query_pb2.ListEventsRequest(filter=window(cameras=cameras)), metadata=md
+                )
+                for cameras in (("porch",), ("cam",), ("porch", "cam"), ("side",))
+            }
+            by_door = {
+                doors: await query.ListEvents(
+                    query_pb2.ListEventsRequest(filter=window(doors=doors)), metadata=md
+                )
+                for doors in (("main",), ("side",), ("main", "side"), ("porch",))
+            }
+            return {"pages": pages, "alice": alice, "unknown_door2": unknown_door2, "by_camera": by_camera,
+                    "by_door": by_door}  # fmt: skip
 
     result = run(scenario)
     listed = [e for page in result["pages"] for e in page.events]
@@ -127,6 +140,19 @@ def test_events_come_back_newest_first_with_filters_and_paging(
         (events_pb2.EVENT_KIND_ACCESS, "door-2"),
     }
     assert len(result["unknown_door2"].events) == 2
+
+    def ids(reply: query_pb2.ListEventsResponse) -> list[str]:
+        return sorted(e.event_id for e in reply.events)
+
+    def reported_where(wanted: Any) -> list[str]:
+        return sorted(e.event_id for e in everything if wanted(e))
+
+    for cameras, reply in result["by_camera"].items():
+        assert ids(reply) == reported_where(lambda e, c=cameras: e.camera in c), cameras
+    for doors, reply in result["by_door"].items():
+        assert ids(reply) == reported_where(lambda e, d=doors: e.door in d), doors
+    assert [len(r.events) for r in result["by_camera"].values()] == [1, 5, 6, 0]
+    assert [len(r.events) for r in result["by_door"].values()] == [2, 1, 3, 0]
 
 
 def test_aggregates_count_what_was_reported(tmp_path: Path, pki: Pki, enroller: Enroller) -> None:
@@ -152,6 +178,23 @@ def test_aggregates_count_what_was_reported(tmp_path: Path, pki: Pki, enroller: 
                 ),
                 "access": await query.AccessSummary(
                     query_pb2.AccessSummaryRequest(filter=window()), metadata=md
+                ),
+                "main_hourly": await query.CountEvents(
+                    query_pb2.CountEventsRequest(filter=window(doors=["main"]), interval_seconds=3600),
+                    metadata=md,
+                ),
+                "side_access": await query.AccessSummary(
+                    query_pb2.AccessSummaryRequest(filter=window(doors=["side"])), metadata=md
+                ),
+                "porch_hourly": await query.CountEvents(
+                    query_pb2.CountEventsRequest(filter=window(cameras=["porch"]), interval_seconds=3600),
+                    metadata=md,
+                ),
+                "porch_unknown": await query.UnknownFaceRate(
+                    query_pb2.UnknownFaceRateRequest(filter=window(cameras=["porch"])), metadata=md
+                ),
+                "cam_expressions": await query.ExpressionDistribution(
+                    query_pb2.ExpressionDistributionRequest(filter=window(cameras=["cam"])), metadata=md
                 ),
             }
 
@@ -183,6 +226,17 @@ def test_aggregates_count_what_was_reported(tmp_path: Path, pki: Pki, enroller: 
         ("door-1", "main", 1, 1),
         ("door-2", "side", 1, 0),
     ]
+    # a door filter (served by the rollups) and a camera filter (by the raw events) count what was reported
+    main = [(c.start.ToDatetime().hour, c.device_id, c.count) for c in r["main_hourly"].counts]
+    assert main == [(9, "door-1", 1), (10, "door-1", 1)]
+    assert [(d.device_id, d.door, d.granted, d.denied) for d in r["side_access"].doors] == [
+        ("door-2", "side", 1, 0)
+    ]
+    porch = [(c.start.ToDatetime().hour, c.device_id, c.count) for c in r["porch_hourly"].counts]
+    assert porch == [(9, "door-2", 1)]
+    total = r["porch_unknown"].total
+    assert (total.face_events, total.unknown_events) == (1, 1)
+    assert {c.label: c.count for c in r["cam_expressions"].counts} == {"happy": 3, "sad": 1, "neutral": 1}
 
 
 def test_bad_queries_fail_with_invalid_argument(tmp_path: Path, pki: Pki, enroller: Enroller) -> None:
@@ -208,6 +262,13 @@ def test_bad_queries_fail_with_invalid_argument(tmp_path: Path, pki: Pki, enroll
                     ),
                     metadata=md,
                 ),
+                query.ListEvents(
+                    query_pb2.ListEventsRequest(filter=window(cameras=["lobby\t2"])), metadata=md
+                ),
+                query.AccessSummary(
+                    query_pb2.AccessSummaryRequest(filter=window(doors=[f"door-{i}" for i in range(101)])),
+                    metadata=md,
+                ),
             ]
             results = []
             for call in calls:
@@ -225,3 +286,5 @@ def test_bad_queries_fail_with_invalid_argument(tmp_path: Path, pki: Pki, enroll
     assert "interval_seconds must be 60" in details[3]
     assert "CountEvents cannot filter by person_ids" in details[4]
     assert "must be after start" in details[5]
+    assert "filter cameras: 'lobby\\t2' is not a camera name" in details[6]
+    assert "filter doors: at most 100 values" in details[7]

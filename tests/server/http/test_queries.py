@@ -32,7 +32,24 @@ def test_events_and_aggregates_answer_what_agents_reported(
                     "/api/events", params={**WINDOW, "device_id": "door-2", "decision": "unknown"}
                 )
                 alice = await http.get("/api/events", params={**WINDOW, "person_id": "alice"})
+                porch = await http.get("/api/events", params={**WINDOW, "camera": "porch"})
+                doors = await http.get(
+                    "/api/events", params=[*WINDOW.items(), ("door", "main"), ("door", "side")]
+                )
                 return {
+                    "porch": porch.json()["events"],
+                    "doors": doors.json()["events"],
+                    "main_hourly": (
+                        await http.get(
+                            "/api/events/counts", params={**WINDOW, "door": "main", "interval_seconds": 3600}
+                        )
+                    ).json()["counts"],
+                    "side_access": (
+                        await http.get("/api/events/access", params={**WINDOW, "door": "side"})
+                    ).json(),
+                    "cam_unknown": (
+                        await http.get("/api/events/unknown-rate", params={**WINDOW, "camera": "cam"})
+                    ).json(),
                     "pages": pages,
                     "filtered": filtered.json()["events"],
                     "alice": alice.json()["events"],
@@ -72,6 +89,23 @@ def test_events_and_aggregates_answer_what_agents_reported(
         ("face", "door-2"),
         ("access", "door-2"),
     }
+    assert [(e["device_id"], e["camera"], e["decision"]) for e in r["porch"]] == [
+        ("door-2", "porch", "unknown")
+    ]
+    assert sorted(e["event_id"] for e in r["doors"]) == sorted(e.event_id for e in everything if e.door)
+    assert [(e["door"], e["decision"]) for e in r["doors"]] == [
+        ("side", "granted"),
+        ("main", "denied"),
+        ("main", "granted"),
+    ]
+    assert [
+        (datetime.fromisoformat(c["start"]).hour, c["device_id"], c["count"]) for c in r["main_hourly"]
+    ] == [
+        (9, "door-1", 1),
+        (10, "door-1", 1),
+    ]
+    assert r["side_access"]["doors"] == [{"device_id": "door-2", "door": "side", "granted": 1, "denied": 0}]
+    assert (r["cam_unknown"]["total"]["face_events"], r["cam_unknown"]["total"]["unknown_events"]) == (5, 2)
     assert r["recent"] == []  # the default window is the last 24 hours; the reports are a month old
 
     hourly = {
@@ -141,6 +175,12 @@ def test_bad_queries_are_400_problems(tmp_path: Path, pki: Pki, enroller: Enroll
                 problem(
                     await http.get("/api/fleet", params={"device_id": "no way"}), 400, "INVALID_ARGUMENT"
                 ),
+                problem(await http.get("/api/events", params={"camera": ""}), 400, "INVALID_ARGUMENT"),
+                problem(
+                    await http.get("/api/events/access", params=[("door", f"d{i}") for i in range(101)]),
+                    400,
+                    "INVALID_ARGUMENT",
+                ),
             ]
 
     results = run(scenario)
@@ -148,3 +188,5 @@ def test_bad_queries_are_400_problems(tmp_path: Path, pki: Pki, enroller: Enroll
     assert results[2]["errors"][0]["field"].startswith("decision")
     assert "interval_seconds must be 60" in results[4]["detail"]
     assert "cannot filter by person_ids" in results[5]["detail"]
+    assert "filter cameras: '' is not a camera name: use 1–128 characters" in results[7]["detail"]
+    assert "filter doors: at most 100 values" in results[8]["detail"]

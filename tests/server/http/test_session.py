@@ -76,7 +76,9 @@ def test_a_session_cookie_stands_in_for_the_token_and_changes_need_its_csrf_toke
                 r["revoked"] = problem(await query.get("/api/events"), 401, "UNAUTHENTICATED")
             async with client(harness, "") as anonymous:
                 r["bad_token"] = problem(
-                    await anonymous.post("/api/session", json={"token": "ff1.abc.def"}), 401, "UNAUTHENTICATED"
+                    await anonymous.post("/api/session", json={"token": "ff1.abc.def"}),
+                    401,
+                    "UNAUTHENTICATED",
                 )
                 r["bad_token_cookie"] = anonymous.cookies.get(SESSION_COOKIE)
                 r["long_token"] = problem(

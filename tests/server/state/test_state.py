@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import stat
 import threading
 import time
@@ -248,16 +249,68 @@ def test_event_paging_is_stable_when_times_tie(state: State) -> None:
     assert seen == sorted((e.event_id for e in events), reverse=True)
 
 
+def test_camera_and_door_filters_list_exactly_their_events(state: State) -> None:
+    events = random_events(1500, seed=7, span_s=6 * 3600)
+    state.add_events(events)
+    start, end = NOW + timedelta(minutes=30), NOW + timedelta(hours=5)
+    for flt, wanted in (
+        (EventFilter(start, end, cameras=("north",)), lambda e: e.camera == "north"),
+        (EventFilter(start, end, doors=("side",)), lambda e: e.door == "side"),
+        (EventFilter(start, end, cameras=("south", "north")), lambda e: e.camera in ("south", "north")),
+        (
+            EventFilter(start, end, cameras=("south",), doors=("main", "side"), kinds=("access",)),
+            lambda e: e.camera == "south" and e.door in ("main", "side"),
+        ),
+        (EventFilter(start, end, cameras=("nowhere",)), lambda e: False),
+        (EventFilter(start, end, doors=("north",)), lambda e: False),  # a camera's name is not a door's
+    ):
+        listed, cursor = [], None
+        while True:
+            page = state.list_events(flt, cursor, 100)
+            listed.extend(page.events)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        expected = sorted(
+            (e for e in events if start <= e.time < end and wanted(e)),
+            key=lambda e: (e.time, e.event_id),
+            reverse=True,
+        )
+        assert [e.event_id for e in listed] == [e.event_id for e in expected]
+        assert listed == expected  # every field as reported
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"cameras": ("",)}, "filter cameras: '' is not a camera name: use 1–128 characters"),
+        ({"doors": ("front\n",)}, "filter doors: 'front\\n' is not a door name"),
+        ({"doors": ("d" * 129,)}, f"filter doors: '{'d' * 80}' is not a door name"),
+        ({"cameras": tuple(f"cam-{i}" for i in range(101))}, "filter cameras: at most 100 values"),
+        ({"doors": tuple(f"door-{i}" for i in range(101))}, "filter doors: at most 100 values"),
+    ],
+)
+def test_bad_camera_and_door_filters_are_refused_naming_the_field(
+    fields: dict[str, tuple[str, ...]], message: str
+) -> None:
+    with pytest.raises(InvalidArgumentError, match=re.escape(message)):
+        EventFilter(NOW, NOW + timedelta(hours=1), **fields)  # type: ignore[arg-type]
+    assert EventFilter(NOW, NOW + timedelta(hours=1), cameras=("Porch cam 2",), doors=("front",)).cameras == (
+        "Porch cam 2",
+    )
+
+
 def random_events(count: int, seed: int, span_s: int) -> list[Event]:
     rng = random.Random(seed)
     events = []
     for i in range(count):
         when = NOW + timedelta(seconds=rng.randrange(0, span_s), microseconds=rng.randrange(10**6))
         device = rng.choice(["door-1", "door-2", "lobby"])
+        camera = rng.choice(["north", "south", ""])
         if rng.random() < 0.3:
             events.append(
                 make_event(i, when, device=device, kind="access", decision=rng.choice(["granted", "denied"]),
-                           person_id="alice", door=rng.choice(["main", "side"]))
+                           person_id="alice", door=rng.choice(["main", "side"]), camera=camera)
             )  # fmt: skip
         else:
             decision = rng.choice(["match", "unknown", "ambiguous"])
@@ -266,7 +319,13 @@ def random_events(count: int, seed: int, span_s: int) -> list[Event]:
             person_id = "bob" if decision == "match" else ""
             events.append(
                 make_event(
-                    i, when, device=device, decision=decision, person_id=person_id, expression=expression
+                    i,
+                    when,
+                    device=device,
+                    decision=decision,
+                    person_id=person_id,
+                    expression=expression,
+                    camera=camera,
                 )
             )
     return events
@@ -332,6 +391,36 @@ def test_aggregates_match_a_brute_force_count_at_any_boundaries(
     assert sum(c.count for c in state.count_events(device_only, 3600)) == sum(
         1 for e in inside if e.device_id == "lobby" and e.decision == "unknown"
     )
+
+    # a door filter is served by the rollups, a camera filter by the raw events: both count exactly
+    for narrow, wanted in (
+        (EventFilter(start, end, doors=("main",)), lambda e: e.door == "main"),
+        (EventFilter(start, end, cameras=("north",)), lambda e: e.camera == "north"),
+        (
+            EventFilter(
+                start, end, cameras=("south", "north"), doors=("side",), device_ids=("lobby", "door-1")
+            ),
+            lambda e: e.camera in ("south", "north") and e.door == "side" and e.device_id != "door-2",
+        ),
+    ):
+        chosen = [e for e in inside if wanted(e)]
+        got = {(int(c.start.timestamp()), c.device_id): c.count for c in state.count_events(narrow, 3600)}
+        assert got == dict(Counter((int(e.time.timestamp()) // 3600 * 3600, e.device_id) for e in chosen))
+        doors = {(d.device_id, d.door): (d.granted, d.denied) for d in state.access_summary(narrow)}
+        assert doors == {
+            key: (sum(e.decision == "granted" for e in group), sum(e.decision == "denied" for e in group))
+            for key in {(e.device_id, e.door) for e in chosen if e.kind == "access"}
+            for group in [[e for e in chosen if (e.device_id, e.door) == key]]
+        }
+        rates = {r.device_id: (r.face_events, r.unknown_events) for r in state.unknown_rates(narrow)}
+        faces = [e for e in chosen if e.kind == "face"]
+        assert rates == {
+            device: (sum(e.device_id == device for e in faces),
+                     sum(e.device_id == device and e.decision == "unknown" for e in faces))
+            for device in {e.device_id for e in faces}
+        }  # fmt: skip
+        expressions = {c.label: c.count for c in state.expression_counts(narrow, per_device=False)}
+        assert expressions == dict(Counter(e.expression.label for e in faces if e.expression))
 
 
 def test_tokens_are_stored_looked_up_and_revoked(state: State) -> None:
@@ -411,9 +500,10 @@ def test_a_database_recorded_in_meta_at_the_current_version_is_adopted_keeping_e
             (5, "admin_audit"),
             (6, "devices"),
             (7, "snapshots"),
+            (8, "event_camera_door_indexes"),
         ]
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() is None
-        assert conn.execute("PRAGMA user_version").fetchone() == (7,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (8,)
     conn.close()
 
 

@@ -1,0 +1,138 @@
+"""The agent's health figures for the fleet dashboard: the totals, the report queue and each camera's own,
+within what the server accepts however many cameras there are."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facefleet.agent.cameras import Camera, CameraSettings, SourceError
+from facefleet.agent.config import CameraConfig, load_config
+from facefleet.agent.fleet.sync import SYNC_HEALTH
+from facefleet.agent.service import CAMERA_HEALTH, AgentService
+from facefleet.link.checks import MAX_HEALTH_ENTRIES, MAX_HEALTH_KEY_CHARS, check_health
+from facefleet.link.events import Event
+from facefleet.vision.models.store import ModelStore
+
+
+def agent(tmp_path: Path, model_store: ModelStore, model_cache: Path, cameras: list[str]) -> AgentService:
+    """A service (not running) with these cameras, on the session's models, without broker or server."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "models").symlink_to(model_store.root, target_is_directory=True)
+    (state / "cache").symlink_to(model_cache, target_is_directory=True)
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        'device_id = "door-box"\n[mqtt]\nenabled = false\n'
+        + "".join(f'[[cameras]]\nname = "{name}"\nsource = "{tmp_path}"\n' for name in cameras)
+    )
+    return AgentService(load_config(config), state)
+
+
+class Stalled:
+    """A source that gives a few frames and then waits (the camera stays running) until released."""
+
+    def __init__(self, frames: int) -> None:
+        self.frames = frames
+        self.release = threading.Event()
+
+    def read(self) -> np.ndarray | None:
+        if self.frames > 0:
+            self.frames -= 1
+            return np.zeros((8, 8, 3), np.uint8)
+        self.release.wait(10)
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def broken(settings: CameraSettings) -> Stalled:
+    raise SourceError(f"{settings.source}: no such device")
+
+
+def until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_health_names_each_camera_and_the_report_queue(
+    tmp_path: Path, model_store: ModelStore, model_cache: Path
+) -> None:
+    service = agent(tmp_path, model_store, model_cache, ["porch", "gate"])
+    source = Stalled(frames=5)
+    porch = Camera(CameraSettings("porch", "fake://porch"), opener=lambda _: source)
+    gate = Camera(CameraSettings("gate", "/dev/video9", backoff_initial_s=60), opener=broken)
+    service.cameras = {"porch": porch, "gate": gate}
+    for event_number in range(3):
+        event = Event(
+            str(uuid.UUID(int=event_number)), "door-box", datetime.now(timezone.utc), "face", "unknown"
+        )
+        assert service.store.reports.put(event)
+    porch.start()
+    gate.start()
+    try:
+        until(lambda: porch.status.frames_read == 5 and gate.status.state == "retrying", "the cameras")
+        frame = porch.next_frame(after=0, timeout=1)  # the first four were never taken: dropped
+        assert frame is not None and frame.number == 5
+        health, status = service.health(), porch.status
+    finally:
+        source.release.set()
+        porch.stop()
+        gate.stop()
+        service.store.close()
+    assert health["reports_pending"] == 3.0
+    assert (health["camera.porch.running"], health["camera.porch.dropped"]) == (1.0, 4.0)
+    assert health["camera.porch.fps"] == status.fps > 0
+    assert (health["camera.gate.running"], health["camera.gate.dropped"], health["camera.gate.fps"]) == (
+        0.0,
+        0.0,
+        0.0,
+    )
+    assert (health["cameras"], health["cameras_running"], health["fps"]) == (2.0, 1.0, status.fps)
+    assert [k for k in health if k.startswith("camera.")] == [
+        f"camera.{name}.{figure}" for name in ("porch", "gate") for figure in ("fps", "dropped", "running")
+    ]
+    assert check_health(health) == health
+
+
+def test_with_more_cameras_than_fit_the_totals_stay_and_whole_cameras_are_left_out(
+    tmp_path: Path, model_store: ModelStore, model_cache: Path
+) -> None:
+    names = [f"{i:02d}-" + "c" * 29 for i in range(64)]  # the config's most: 64 names of 32 characters
+    service = agent(tmp_path, model_store, model_cache, names)
+    try:
+        health = service.health()
+    finally:
+        service.store.close()
+    assert max(len(key) for key in health) <= MAX_HEALTH_KEY_CHARS
+    totals = [k for k in health if not k.startswith("camera.")]
+    assert {"cameras", "fps", "outbox_pending", "reports_pending", "snapshots_dropped"} <= set(totals)
+    assert health["cameras"] == 64.0
+    shown = list(dict.fromkeys(k.split(".")[1] for k in health if k.startswith("camera.")))
+    assert shown == names[: len(shown)] and len(shown) == (MAX_HEALTH_ENTRIES - len(totals) - 2) // 3
+    assert all(
+        f"camera.{name}.{figure}" in health for name in shown for figure in ("fps", "dropped", "running")
+    )
+    # with the figures the link adds (tested in tests/agent/fleet/test_sync.py) the server still takes it all
+    with_link = {**health, **dict.fromkeys(SYNC_HEALTH, 1.0)}
+    assert len(with_link) <= MAX_HEALTH_ENTRIES
+    assert check_health(with_link) == with_link
+
+
+def test_the_longest_camera_name_fits_every_per_camera_key() -> None:
+    longest = CameraConfig(name="c" * 32, source="0").name
+    with pytest.raises(ValueError, match="should match pattern"):  # the config allows 32 characters at most
+        CameraConfig(name="c" * 33, source="0")
+    keys = {f"camera.{longest}.{figure}": 0.0 for figure in CAMERA_HEALTH}
+    assert max(len(key) for key in keys) <= MAX_HEALTH_KEY_CHARS
+    assert check_health(keys) == keys

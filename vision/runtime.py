@@ -126,13 +126,22 @@ class Runtime:
         model = self._core.read_model(str(model_path))
         return _model_io(model)
 
-    def convert_to_ir(self, source: Path, target_xml: Path, compress_to_fp16: bool = True) -> ModelIO:
-        """Convert an ONNX, TFLite or IR file to IR (target_xml and its .bin), weights in FP16 if asked."""
+    def convert_to_ir(
+        self, source: Path, target_xml: Path, compress_to_fp16: bool = True, weights: Path | None = None
+    ) -> ModelIO:
+        """Convert an ONNX or TFLite file to IR (target_xml and its .bin), weights in FP16 if asked. An IR
+        (source NAME.xml, weights: its .bin, default NAME.bin beside it) is read and saved again the same way:
+        OpenVINO's converter does not take IR, its reader does."""
         try:
-            with _usage_reports_declined():
-                model = ov.convert_model(str(source))
+            if source.suffix.lower() == ".xml":
+                weights = weights or source.with_suffix(".bin")
+                model = self._core.read_model(str(source), str(weights))
+            else:
+                with _usage_reports_declined():
+                    model = ov.convert_model(str(source))
         except Exception as exc:
-            raise ModelSpecError(f"{source}: OpenVINO cannot convert this model: {_first_line(exc)}") from exc
+            what = "read this IR" if source.suffix.lower() == ".xml" else "convert this model"
+            raise ModelSpecError(f"{source}: OpenVINO cannot {what}: {_first_line(exc)}") from exc
         try:
             ov.save_model(model, str(target_xml), compress_to_fp16=compress_to_fp16)
         except (RuntimeError, OSError) as exc:  # OpenVINO reports a failed write as an iostream error

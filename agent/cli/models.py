@@ -13,6 +13,7 @@ from facefleet.agent.updates.statuses import load_statuses, status_to_json
 from facefleet.core.cli import add_command
 from facefleet.core.errors import EXIT_IO, EXIT_OK, FaceFleetError
 from facefleet.link.models import ModelStatus
+from facefleet.vision.errors import ModelSpecError
 from facefleet.vision.models.importer import PRECISIONS, import_defaults, import_model
 from facefleet.vision.models.store import StoredModel
 from facefleet.vision.models.tasks import TASKS
@@ -44,9 +45,16 @@ def register(commands: Any) -> None:
         "import",
         "import your own ONNX, TFLite or IR model",
         "facefleet-agent models import det.onnx --task detection --name mine --version 1",
-        description="Convert a model to IR, check that it fits the task, and store it.",
+        description="Convert a model to IR, check that it fits the task, and store it. An OpenVINO IR is "
+        "its .xml with its .bin beside it (NAME.xml, NAME.bin), or both files given.",
     )
-    own.add_argument("path", type=Path, help="model file (.onnx, .tflite or .xml)")
+    own.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="model file (.onnx, .tflite, or an IR's .xml with its .bin beside it), or an IR's .xml and .bin",
+    )
     own.add_argument("--task", choices=TASKS, required=True)
     own.add_argument("--name", required=True)
     own.add_argument("--version", required=True)
@@ -96,19 +104,34 @@ def _import_defaults(context: Context, args: argparse.Namespace) -> int:
 
 
 def _import(context: Context, args: argparse.Namespace) -> int:
+    source, weights = _import_files(args.paths)
     model = import_model(
         context.runtime,
         context.model_store,
-        args.path,
+        source,
         task=args.task,
         name=args.name,
         version=args.version,
         licence=args.licence,
         precision=args.precision,
         activate=True if args.activate else None,
+        weights=weights,
     )
     _show(context, [model])
     return EXIT_OK
+
+
+def _import_files(paths: list[Path]) -> tuple[Path, Path | None]:
+    """The model file and, for an IR given as its two files (in either order), its weights."""
+    if len(paths) == 1:
+        return paths[0], None
+    bins = [p for p in paths if p.suffix.lower() == ".bin"]
+    xmls = [p for p in paths if p.suffix.lower() == ".xml"]
+    if len(paths) == 2 and len(bins) == 1 and len(xmls) == 1:
+        return xmls[0], bins[0]
+    raise ModelSpecError(
+        f"{', '.join(map(str, paths))}: give one model file, or an OpenVINO IR's .xml and its .bin"
+    )
 
 
 def _list(context: Context, args: argparse.Namespace) -> int:

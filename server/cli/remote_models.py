@@ -21,6 +21,8 @@ from facefleet.server.domain.models import (
 )
 from facefleet.server.errors import InvalidArgumentError, NotFoundError
 from facefleet.server.rollouts.control import StartedRollout
+from facefleet.vision.errors import ModelSpecError
+from facefleet.vision.models.importer import ir_weights
 
 MAX_UPLOAD_FILES = 2
 """A model is one .onnx or .tflite file, or an IR's .xml and .bin."""
@@ -50,8 +52,11 @@ class RemoteCatalog:
         """Upload a model file, or an IR folder or file (.xml with its .bin), and publish it."""
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix in (".xml", ".bin"))
-        elif path.suffix == ".xml":
-            files = [path, path.with_suffix(".bin")]
+        elif path.suffix.lower() == ".xml" and path.is_file():
+            try:
+                files = [path, ir_weights(path)]
+            except ModelSpecError as exc:  # not IR, or its .bin is missing: say so before uploading
+                raise InvalidArgumentError(str(exc)) from None
         else:
             files = [path]
         if not files or len(files) > MAX_UPLOAD_FILES or not all(f.is_file() for f in files):

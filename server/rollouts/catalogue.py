@@ -8,7 +8,6 @@ stored (the importer converts into a staging directory and checks the model's in
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -28,12 +27,9 @@ from facefleet.server.errors import (
 from facefleet.server.state.models import ModelState
 from facefleet.vision.errors import ModelSpecError, StorageFullError
 from facefleet.vision.models.importer import MODEL_SUFFIXES, PRECISIONS, import_model
-from facefleet.vision.models.manifest import MANIFEST_NAME, ModelManifest, Source, check_part, sha256_file
+from facefleet.vision.models.manifest import MANIFEST_NAME, check_part
 from facefleet.vision.models.store import MODEL_XML, ModelStore, StoredModel
-from facefleet.vision.models.tasks import check_fits
 from facefleet.vision.runtime import Runtime
-
-WEIGHTS = "model.bin"
 
 
 class ModelCatalog:
@@ -55,8 +51,9 @@ class ModelCatalog:
         licence: str = "unknown",
         now: datetime | None = None,
     ) -> PublishedModel:
-        """Convert and store a model file (.onnx/.tflite/.xml) or a directory holding model.xml (+ .bin) or
-        exactly one model file; record it in the catalogue and return the record."""
+        """Convert and store a model file (.onnx/.tflite, or an IR's .xml with its .bin beside it) or a
+        directory holding model.xml (+ model.bin) or exactly one model file; record it in the catalogue and
+        return the record."""
         check_task(task)
         for label, value in (("name", name), ("version", version)):
             try:
@@ -80,20 +77,17 @@ class ModelCatalog:
                 "across tasks: choose another --name or --version"
             )
         try:
-            if source.suffix.lower() == ".xml":
-                stored = self._import_ir(source, task, name, version, precision, licence)
-            else:
-                stored = import_model(
-                    self.runtime,
-                    self.store,
-                    source,
-                    task=task,
-                    name=name,
-                    version=version,
-                    licence=licence,
-                    precision=precision,
-                    activate=False,
-                )
+            stored = import_model(
+                self.runtime,
+                self.store,
+                source,
+                task=task,
+                name=name,
+                version=version,
+                licence=licence,
+                precision=precision,
+                activate=False,
+            )
         except ModelSpecError as exc:
             raise InvalidArgumentError(f"cannot publish {model_id}: {exc}") from None
         except StorageFullError:
@@ -110,51 +104,6 @@ class ModelCatalog:
                 ) from None
             raise
         return self.record(stored, now)
-
-    def _import_ir(
-        self, xml: Path, task: str, name: str, version: str, precision: str, licence: str
-    ) -> StoredModel:
-        """OpenVINO IR is stored as it is (the converter reads only ONNX and TFLite): its inputs and
-        outputs are checked against the task, and `precision` labels it."""
-        assert self.runtime is not None
-        weights = xml.with_suffix(".bin")
-        if not weights.is_file():
-            raise InvalidArgumentError(f"{xml}: its weights {weights.name} are missing next to it")
-        try:
-            existing: StoredModel | None = self.store.get(task, name, version)
-        except FaceFleetError:
-            existing = None
-        source_sha = sha256_file(xml)
-        if (
-            existing is not None
-            and existing.manifest.source.sha256 == source_sha
-            and existing.manifest.files.get(WEIGHTS) == sha256_file(weights)
-        ):
-            return existing
-        try:
-            io = self.runtime.describe(xml)
-        except RuntimeError as exc:
-            raise ModelSpecError(f"{xml}: OpenVINO cannot read this IR: {str(exc).splitlines()[0]}") from None
-        check_fits(task, io, str(xml))
-        staged = self.store.staging_dir()
-        try:
-            shutil.copyfile(xml, staged / MODEL_XML)
-            shutil.copyfile(weights, staged / WEIGHTS)
-            manifest = ModelManifest(
-                task=task,
-                name=name,
-                version=version,
-                files={p.name: sha256_file(p) for p in sorted(staged.iterdir())},
-                source=Source(path=str(xml), sha256=source_sha),
-                licence=licence,
-                inputs=io.inputs,
-                outputs=io.outputs,
-                precision=precision,
-                created_at=utc_now().isoformat(timespec="seconds"),
-            )
-            return self.store.add(staged, manifest)
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
 
     def record(self, stored: StoredModel, now: datetime | None = None) -> PublishedModel:
         """Record a model already in the store (e.g. the defaults) in the catalogue; idempotent."""

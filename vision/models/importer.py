@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from xml.etree import ElementTree
 
 from facefleet.vision.errors import ModelSpecError, ModelStoreError
 from facefleet.vision.models.manifest import ModelManifest, Source, sha256_file
@@ -17,6 +18,9 @@ from facefleet.vision.models.tasks import check_fits
 from facefleet.vision.runtime import Runtime
 
 MODEL_SUFFIXES = (".onnx", ".tflite", ".xml")
+IR_SUFFIX = ".xml"
+IR_ROOT = "net"
+"""The root element of an OpenVINO IR's .xml."""
 PRECISIONS = ("FP16", "FP32")
 
 
@@ -85,18 +89,30 @@ def import_model(
     precision: str = "FP16",
     package: tuple[str, str] | None = None,
     activate: bool | None = None,
+    weights: Path | None = None,
 ) -> StoredModel:
-    """Convert source into the store as task/name/version; activate it (default: when the task has none)."""
+    """Convert source into the store as task/name/version; activate it (default: when the task has none).
+    An OpenVINO IR is its .xml as source with its .bin as weights (default: NAME.bin beside NAME.xml); it is
+    saved again like a converted model, with the same compression and task checks."""
     if precision not in PRECISIONS:
         raise ModelSpecError(f"precision '{precision}' is not supported; use one of {', '.join(PRECISIONS)}")
     if not source.is_file():
         raise ModelSpecError(f"{source}: no such model file")
-    if source.suffix.lower() not in MODEL_SUFFIXES:
+    suffix = source.suffix.lower()
+    if suffix not in MODEL_SUFFIXES:
         raise ModelSpecError(f"{source}: unsupported model format; use one of {', '.join(MODEL_SUFFIXES)}")
+    if weights is not None and suffix != IR_SUFFIX:
+        raise ModelSpecError(
+            f"{weights}: a weights file goes only with an OpenVINO IR (.xml), not with {source.name}"
+        )
+    ir_bin = ir_weights(source, weights) if suffix == IR_SUFFIX else None
+    source_sha = sha256_file(source)
+    weights_sha = sha256_file(ir_bin) if ir_bin is not None else None
     existing = _existing(store, task, name, version)
     if (
         existing is not None
-        and existing.manifest.source.sha256 == sha256_file(source)
+        and existing.manifest.source.sha256 == source_sha
+        and existing.manifest.source.weights_sha256 == weights_sha
         and existing.manifest.precision == precision
     ):
         return _maybe_activate(store, existing, activate)
@@ -108,7 +124,9 @@ def import_model(
             if fold_blocked_dequantize(source, readable) == 0:
                 readable.unlink()
                 readable = source
-        io = runtime.convert_to_ir(readable, staged / MODEL_XML, compress_to_fp16=precision == "FP16")
+        io = runtime.convert_to_ir(
+            readable, staged / MODEL_XML, compress_to_fp16=precision == "FP16", weights=ir_bin
+        )
         check_fits(task, io, str(source))
         if readable != source:
             readable.unlink()
@@ -119,9 +137,10 @@ def import_model(
             files={path.name: sha256_file(path) for path in sorted(staged.iterdir())},
             source=Source(
                 path=str(source) if package is None else source.name,
-                sha256=sha256_file(source),
+                sha256=source_sha,
                 package=package[0] if package else None,
                 package_version=package[1] if package else None,
+                weights_sha256=weights_sha,
             ),
             licence=licence,
             inputs=io.inputs,
@@ -133,6 +152,43 @@ def import_model(
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     return _maybe_activate(store, model, activate)
+
+
+def ir_weights(xml: Path, weights: Path | None = None) -> Path:
+    """The weights of the OpenVINO IR `xml`: `weights`, else NAME.bin beside NAME.xml. ModelSpecError when
+    xml is not an IR or the weights file is missing, saying which file and what to do."""
+    root = _xml_root(xml)
+    if root != IR_ROOT:
+        found = "it is not XML" if root is None else f"its root element is <{root}>, not <{IR_ROOT}>"
+        raise ModelSpecError(
+            f"{xml}: not an OpenVINO IR: {found}. An IR is NAME.xml (root element <{IR_ROOT}>) with its "
+            "weights in NAME.bin; give an IR, or the model as .onnx or .tflite"
+        )
+    if weights is not None:
+        if not weights.is_file():
+            raise ModelSpecError(f"{xml}: the weights given for this OpenVINO IR, {weights}, are no file")
+        return weights
+    weights = xml.with_suffix(".bin")
+    if not weights.is_file():
+        raise ModelSpecError(
+            f"{xml}: the weights of this OpenVINO IR are missing: no file {weights}. An IR is NAME.xml with "
+            f"NAME.bin beside it: put {weights.name} next to {xml.name}, or give the .bin file as well"
+        )
+    return weights
+
+
+def _xml_root(path: Path) -> str | None:
+    """The tag of path's root element, None when it is not XML. Only the document's head is parsed (up to
+    the root's start tag); Python's expat refuses entity-expansion bombs."""
+    try:
+        with path.open("rb") as handle:
+            for _, element in ElementTree.iterparse(handle, events=("start",)):  # noqa: S314 (see above)
+                return str(element.tag)
+    except ElementTree.ParseError:
+        return None
+    except OSError as exc:
+        raise ModelSpecError(f"{path}: cannot read this file: {exc.strerror}") from None
+    return None
 
 
 def import_defaults(runtime: Runtime, store: ModelStore, precision: str = "FP16") -> list[StoredModel]:

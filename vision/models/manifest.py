@@ -19,12 +19,14 @@ _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
 @dataclass(frozen=True)
 class Source:
-    """Where a model file came from: a package (name, version) and the file's path and sha256 in it."""
+    """Where a model file came from: a package (name, version) and the file's path and sha256 in it; for an
+    OpenVINO IR, path and sha256 are its .xml's and weights_sha256 is its .bin's."""
 
     path: str
     sha256: str
     package: str | None = None
     package_version: str | None = None
+    weights_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,18 +55,21 @@ class ModelManifest:
         return f"{self.name}@{self.version}"
 
     def to_json(self) -> dict[str, Any]:
+        source: dict[str, Any] = {
+            "path": self.source.path,
+            "sha256": self.source.sha256,
+            "package": self.source.package,
+            "package_version": self.source.package_version,
+        }
+        if self.source.weights_sha256 is not None:
+            source["weights_sha256"] = self.source.weights_sha256
         return {
             "format": FORMAT_VERSION,
             "task": self.task,
             "name": self.name,
             "version": self.version,
             "files": dict(sorted(self.files.items())),
-            "source": {
-                "path": self.source.path,
-                "sha256": self.source.sha256,
-                "package": self.source.package,
-                "package_version": self.source.package_version,
-            },
+            "source": source,
             "licence": self.licence,
             "inputs": [spec.to_json() for spec in self.inputs],
             "outputs": [spec.to_json() for spec in self.outputs],
@@ -88,6 +93,7 @@ class ModelManifest:
                 sha256=source["sha256"],
                 package=source.get("package"),
                 package_version=source.get("package_version"),
+                weights_sha256=source.get("weights_sha256"),
             ),
             licence=data["licence"],
             inputs=tuple(TensorSpec.from_json(s) for s in data["inputs"]),

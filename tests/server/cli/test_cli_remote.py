@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -202,8 +203,18 @@ def test_remote_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_models_and_rollouts_through_a_remote_server(
-    tmp_path: Path, pki: Pki, enroller: Enroller, fer_tflite: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    pki: Pki,
+    enroller: Enroller,
+    fer_tflite: Path,
+    model_irs: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    ir = tmp_path / "ir"
+    ir.mkdir()
+    for suffix in (".xml", ".bin"):
+        shutil.copyfile(model_irs["mini-xception@fer2013-fp32"] / f"model{suffix}", ir / f"emotion{suffix}")
+
     async def scenario() -> None:
         async with serving(tmp_path, pki, enroller) as harness:
             base = remote(harness, tmp_path)
@@ -220,6 +231,17 @@ def test_models_and_rollouts_through_a_remote_server(
             published = json.loads(out)
             assert (published["model_id"], published["task"]) == ("mini-xception@remote", "expression")
             assert {f["name"] for f in published["files"]} == {"model.xml", "model.bin"}
+            publish_ir = ["models", "publish", str(ir / "emotion.xml"), "--task", "expression"]
+            code, out, err = await asyncio.to_thread(
+                cli, *publish_ir, "--name", "mini-xception", "--version", "remote-ir", "--json"
+            )
+            assert code == EXIT_OK, err
+            assert json.loads(out)["model_id"] == "mini-xception@remote-ir"
+            (ir / "emotion.bin").unlink()  # half an IR is refused before anything is sent
+            code, _, err = await asyncio.to_thread(
+                cli, *publish_ir, "--name", "mini-xception", "--version", "half"
+            )
+            assert code == EXIT_DATA and "put emotion.bin next to emotion.xml" in err, err
             code, out, _ = await asyncio.to_thread(cli, "models", "list", "--json")
             assert "mini-xception@remote" in [m["model_id"] for m in json.loads(out)]
             code, out, err = await asyncio.to_thread(

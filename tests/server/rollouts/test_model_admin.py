@@ -1,7 +1,7 @@
 """AdminService's model and rollout calls over the operators' TLS listener with an admin token: a real
 server on port 0, real SQLite, the real expression model (the fer TFLite converted at FP32, and IR pairs
-uploaded as they are). Rollout changes reach watching agents at once (the server's poll is set to a minute,
-so only the in-process change can deliver them in time)."""
+uploaded and imported like it). Rollout changes reach watching agents at once (the server's poll is set to a
+minute, so only the in-process change can deliver them in time)."""
 
 from __future__ import annotations
 

@@ -114,6 +114,39 @@ def test_a_directory_holds_model_xml_or_exactly_one_model_file(
         catalog.publish(tmp_path / "missing", "expression", "mini-xception", "v2")
 
 
+def test_an_ir_file_is_imported_like_any_model_and_half_an_ir_is_refused(
+    catalog: ModelCatalog, model_irs: dict[str, Path], tmp_path: Path
+) -> None:
+    """An IR goes through the agents' importer: its precision is applied (SFace's FP32 IR published at FP16
+    gets FP16 weights, as a converted model would), and the task checks are the same."""
+    export = tmp_path / "export"
+    export.mkdir()
+    for suffix in (".xml", ".bin"):
+        shutil.copyfile(model_irs["sface@2021dec-fp32"] / f"model{suffix}", export / f"sface{suffix}")
+    xml = export / "sface.xml"
+    model = catalog.publish(xml, "embedding", "sface", "ir", "FP16", "Apache-2.0")
+    stored = catalog.stored(model)
+    assert (model.precision, stored.manifest.outputs[0].shape) == ("FP16", (1, 128))
+    assert 'element_type="f16"' in stored.xml_path.read_text()
+    assert (stored.directory / "model.bin").stat().st_size < 0.6 * (export / "sface.bin").stat().st_size
+    assert stored.manifest.source.weights_sha256 == sha256_file(export / "sface.bin")
+    assert catalog.publish(xml, "embedding", "sface", "ir", "FP16", "Apache-2.0") == model
+
+    with pytest.raises(InvalidArgumentError, match="does not fit task 'expression'"):
+        catalog.publish(xml, "expression", "sface", "v2")
+    (export / "sface.bin").unlink()
+    with pytest.raises(
+        InvalidArgumentError, match=r"no file .*sface\.bin\. An IR is NAME\.xml with NAME\.bin"
+    ):
+        catalog.publish(xml, "embedding", "sface", "v2")
+    page = export / "page.xml"
+    page.write_text("<html/>")
+    with pytest.raises(InvalidArgumentError, match="not an OpenVINO IR: its root element is <html>"):
+        catalog.publish(page, "embedding", "sface", "v3")
+    assert [m.model_id for m in catalog.published()] == ["sface@ir"]
+    assert [m.manifest.version for m in catalog.store.models()] == ["ir"]
+
+
 def test_retire_waits_for_rollouts_to_end_and_a_retired_model_cannot_be_rolled_out(
     catalog: ModelCatalog, fer_tflite: Path
 ) -> None:

@@ -283,6 +283,16 @@ class SnapshotsConfig(StrictSection):
         return context_px
 
 
+class AttributesConfig(StrictSection):
+    """[attributes] Estimated gender and age of each face (the optional `attributes` model task): smoothed
+    per track, in MQTT face events and the events reported to the server. Off by default; never used for
+    an access decision."""
+
+    enabled: bool = Field(
+        False, description="Estimate gender and age of each face; needs the attributes model in the store"
+    )
+
+
 class ServiceConfig(StrictSection):
     """[service] The long-running agent."""
 
@@ -308,6 +318,7 @@ class AgentConfig(StrictSection):
     server: FleetServerConfig = Field(default_factory=FleetServerConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig)
+    attributes: AttributesConfig = Field(default_factory=AttributesConfig)
     cameras: list[CameraConfig] = Field(default_factory=list, max_length=64)
     doors: list[DoorConfig] = Field(default_factory=list, max_length=64)
 

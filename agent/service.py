@@ -80,7 +80,11 @@ class AgentService:
         self.device_id = config.device()
         self.prefix = config.mqtt.prefix or f"facefleet/{self.device_id}/"
         self.runtime = Runtime(config.runtime.settings(state_dir))
-        settings = AnalyzerSettings(detector=config.detector.settings(), jobs=config.runtime.jobs)
+        settings = AnalyzerSettings(
+            detector=config.detector.settings(),
+            jobs=config.runtime.jobs,
+            attributes=config.attributes.enabled,
+        )
         self.models = ModelStore(model_store_dir(state_dir))
         self.analyzer = FaceAnalyzer(self.runtime, self.models, settings)
         model_id = self.analyzer.embedding_model_id
@@ -219,6 +223,7 @@ class AgentService:
                 decision.score or 0.0,
                 None if face.expression is None else _probabilities(face),
                 self._crop(frame.image, face),
+                face.attributes,
             )
             for face, decision in zip(faces, decisions, strict=True)
         ]
@@ -596,6 +601,8 @@ class AgentService:
         models = {"detection": self.analyzer.detector_model.manifest.model_id, "embedding": self.model_id}
         if self.analyzer.expression_model is not None:
             models["expression"] = self.analyzer.expression_model.manifest.model_id
+        if self.analyzer.attributes_model is not None:
+            models["attributes"] = self.analyzer.attributes_model.manifest.model_id
         return Versions(__version__, self.runtime.version, models, self._people_revision)
 
     def _make_link(self) -> MqttLink:

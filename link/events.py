@@ -71,6 +71,32 @@ class ExpressionResult:
             raise LinkError("expression probabilities must map FER labels to values within 0–1")
 
 
+AGE_BANDS = ("0-12", "13-19", "20-29", "30-39", "40-49", "50-59", "60+")
+GENDERS = ("female", "male")
+
+
+@dataclass(frozen=True)
+class AttributesResult:
+    """Estimated gender and age of a tracked face (means over the track's faces); never an access input."""
+
+    gender: str
+    male_probability: float
+    age_years: float
+    age_band: str
+
+    def __post_init__(self) -> None:
+        if self.gender not in GENDERS:
+            raise LinkError(f"attributes gender {self.gender[:40]!r} is not one of {', '.join(GENDERS)}")
+        if not 0.0 <= self.male_probability <= 1.0:
+            raise LinkError("attributes male_probability must be within 0–1")
+        if not 0.0 <= self.age_years <= 150.0:
+            raise LinkError("attributes age_years must be within 0–150")
+        if self.age_band not in AGE_BANDS:
+            raise LinkError(
+                f"attributes age_band {self.age_band[:40]!r} is not one of {', '.join(AGE_BANDS)}"
+            )
+
+
 @dataclass(frozen=True)
 class Event:
     """One face or access event reported by an agent."""
@@ -91,6 +117,7 @@ class Event:
     door: str = ""
     reason: str = ""
     snapshot: FaceSnapshot | None = None
+    attributes: AttributesResult | None = None
 
     def __post_init__(self) -> None:
         if not self.event_id or len(self.event_id) > 64 or not self.event_id.isascii():

@@ -11,7 +11,7 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from facefleet.link.errors import LinkError
-from facefleet.link.events import Decision, Event, EventKind, ExpressionResult, FaceSnapshot
+from facefleet.link.events import AttributesResult, Decision, Event, EventKind, ExpressionResult, FaceSnapshot
 from facefleet.link.fleet import Heartbeat, Registration, ReportOutcome, Welcome
 from facefleet.link.gallery import Embedding, GalleryDelta, Person
 from facefleet.link.models import (
@@ -212,6 +212,11 @@ def event_to_proto(event: Event) -> events_pb2.Event:
     if event.expression is not None:
         message.expression.label = event.expression.label
         message.expression.probabilities.update(event.expression.probabilities)
+    if event.attributes is not None:
+        message.attributes.gender = event.attributes.gender
+        message.attributes.male_probability = event.attributes.male_probability
+        message.attributes.age_years = event.attributes.age_years
+        message.attributes.age_band = event.attributes.age_band
     if event.snapshot is not None:
         message.snapshot.crop_jpeg = event.snapshot.crop_jpeg
         message.snapshot.context_jpeg = event.snapshot.context_jpeg
@@ -228,6 +233,14 @@ def event_from_proto(message: events_pb2.Event, default_device: str = "") -> Eve
     expression = None
     if message.HasField("expression"):
         expression = ExpressionResult(message.expression.label, dict(message.expression.probabilities))
+    attributes = None
+    if message.HasField("attributes"):
+        attributes = AttributesResult(
+            message.attributes.gender,
+            round(message.attributes.male_probability, 4),
+            round(message.attributes.age_years, 1),
+            message.attributes.age_band,
+        )
     snapshot = None
     if message.HasField("snapshot"):
         snapshot = FaceSnapshot(
@@ -252,6 +265,7 @@ def event_from_proto(message: events_pb2.Event, default_device: str = "") -> Eve
         door=message.door,
         reason=message.reason,
         snapshot=snapshot,
+        attributes=attributes,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 import numpy.typing as npt
@@ -16,7 +18,7 @@ ALIGNED_SIZE = 112
 
 
 def similarity_transform(
-    source_xy: npt.NDArray[np.float32], target_xy: npt.NDArray[np.float32]
+    source_xy: npt.NDArray[np.floating[Any]], target_xy: npt.NDArray[np.floating[Any]]
 ) -> npt.NDArray[np.float64]:
     """Least-squares similarity (rotation, uniform scale, translation) mapping source onto target.
 

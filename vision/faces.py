@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from facefleet.vision.attributes import Attributes
+
 FloatArray = npt.NDArray[np.float32]
 
 LANDMARK_NAMES = ("right_eye", "left_eye", "nose", "right_mouth", "left_mouth")
@@ -87,6 +89,7 @@ class Face:
     embedding: FloatArray | None = None
     expression: Expression | None = None
     embedding_model: str | None = None
+    attributes: Attributes | None = None
 
     def to_json(self, include_embedding: bool = False) -> dict[str, object]:
         """JSON-ready description: box and landmarks in frame pixels, quality, expression, embedding."""
@@ -107,6 +110,8 @@ class Face:
                 "label": self.expression.label,
                 "probabilities": {k: round(v, 4) for k, v in self.expression.probabilities.items()},
             }
+        if self.attributes is not None:
+            result["attributes"] = self.attributes.to_json()
         if include_embedding and self.embedding is not None:
             result["embedding"] = [round(float(v), 6) for v in self.embedding]
         return result

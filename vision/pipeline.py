@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from facefleet.vision import detection
 from facefleet.vision.alignment import align_face
+from facefleet.vision.attributes import AGE_CHIP_SIZE, GENDER_CHIP_SIZE, Attributes, face_chip, model_input
 from facefleet.vision.detection import DetectorSettings
 from facefleet.vision.errors import ModelStoreError
 from facefleet.vision.faces import Detection, Expression, Face
@@ -44,6 +45,7 @@ class AnalyzerSettings:
     detector: DetectorSettings = field(default_factory=DetectorSettings)
     embeddings: bool = True
     expressions: bool = True
+    attributes: bool = False
     jobs: int = 0
 
 
@@ -65,6 +67,7 @@ class FaceAnalyzer:
         chosen = dict(models or {})
         wanted = ("detection",) + ("embedding",) * self.settings.embeddings
         wanted += ("expression",) * self.settings.expressions
+        wanted += ("attributes",) * self.settings.attributes
         for task in wanted:
             if task not in chosen:
                 if store is None:
@@ -74,9 +77,14 @@ class FaceAnalyzer:
         self.detector_model = chosen["detection"]
         self.embedding_model = chosen.get("embedding") if self.settings.embeddings else None
         self.expression_model = chosen.get("expression") if self.settings.expressions else None
+        self.attributes_model = chosen.get("attributes") if self.settings.attributes else None
         self._nets: OrderedDict[tuple[str, tuple[int, ...]], CompiledNet] = OrderedDict()
         self._nets_lock = threading.Lock()
-        for kind, shape in (("embedding", (1, 3, 112, 112)), ("expression", (1, 64, 64, 1))):
+        for kind, shape in (
+            ("embedding", (1, 3, 112, 112)),
+            ("expression", (1, 64, 64, 1)),
+            ("attributes", (1,)),
+        ):
             if self._model(kind) is not None:
                 self.net(kind, shape)  # compile the single-face shapes up front
 
@@ -86,10 +94,11 @@ class FaceAnalyzer:
         The new model is compiled here, for every input shape this analyzer has compiled its predecessor
         for, so the first frames after a switch do not wait for a compilation."""
         task = model.manifest.task
-        if task not in ("detection", "embedding", "expression"):
+        if task not in ("detection", "embedding", "expression", "attributes"):
             raise ValueError(f"the analyzer runs no {task} model")
         current = {"detection": self.detector_model, "embedding": self.embedding_model}
         current["expression"] = self.expression_model
+        current["attributes"] = self.attributes_model
         models = {kind: m for kind, m in current.items() if m is not None}
         models[task] = model
         settings = replace(
@@ -127,7 +136,27 @@ class FaceAnalyzer:
         aligned = [align_face(frame_bgr, det.landmarks_xy) for det in detections]
         batches = self.face_batches(frame_bgr, detections, aligned)
         results = {kind: net.infer(tensor) for kind, (net, tensor) in batches.items()}
-        return self.faces(detections, aligned, results)
+        return self.faces(detections, aligned, results, self.attributes_of(frame_bgr, detections))
+
+    def attributes_of(self, frame_bgr: Frame, detections: list[Detection]) -> list[Attributes] | None:
+        """Gender and age of each face (None when the attributes task is off): the package's chips from
+        YuNet's landmarks, both models in one synchronous request for the frame's faces."""
+        if self.attributes_model is None or not detections:
+            return None
+        gender = np.stack(
+            [model_input(face_chip(frame_bgr, d.landmarks_xy, GENDER_CHIP_SIZE)) for d in detections]
+        )
+        age = np.stack([model_input(face_chip(frame_bgr, d.landmarks_xy, AGE_CHIP_SIZE)) for d in detections])
+        # the chips are cut from the BGR frame; the models take RGB (channel order does not move pixels)
+        outputs = self.net("attributes", (len(detections),)).infer_inputs(
+            {
+                "gender_chip": np.ascontiguousarray(gender[:, ::-1]),
+                "age_chip": np.ascontiguousarray(age[:, ::-1]),
+            }
+        )
+        return [
+            Attributes.from_outputs(outputs["gender"][i], outputs["age"][i]) for i in range(len(detections))
+        ]
 
     def face_batches(
         self, frame_bgr: Frame, detections: list[Detection], aligned: list[Frame]
@@ -145,7 +174,11 @@ class FaceAnalyzer:
         return batches
 
     def faces(
-        self, detections: list[Detection], aligned: list[Frame], results: dict[str, Outputs]
+        self,
+        detections: list[Detection],
+        aligned: list[Frame],
+        results: dict[str, Outputs],
+        attributes: list[Attributes] | None = None,
     ) -> list[Face]:
         """Faces from detections, their aligned crops and the face models' batch outputs by kind."""
         embeddings = expressions = None
@@ -160,6 +193,7 @@ class FaceAnalyzer:
                 embedding=None if embeddings is None else embeddings[i],
                 expression=None if expressions is None else Expression.from_probabilities(expressions[i]),
                 embedding_model=self.embedding_model_id if embeddings is not None else None,
+                attributes=None if attributes is None else attributes[i],
             )
             for i, (det, crop) in enumerate(zip(detections, aligned, strict=True))
         ]
@@ -183,9 +217,16 @@ class FaceAnalyzer:
                     raise ValueError(f"no {kind} model is loaded")
                 # The expression model runs one request at a time: OpenVINO 2026.4's CPU plugin returned
                 # wrong expression scores for concurrent requests on several streams (THROUGHPUT hint).
-                net = self.runtime.compile(
-                    model.xml_path, input_shape=key[1], single_stream=kind == "expression"
-                )
+                if kind == "attributes":  # two inputs, a batch of key[1][0] faces
+                    batch = key[1][0]
+                    net = self.runtime.compile(
+                        model.xml_path,
+                        input_shapes={"gender_chip": (batch, 3, 32, 32), "age_chip": (batch, 3, 64, 64)},
+                    )
+                else:
+                    net = self.runtime.compile(
+                        model.xml_path, input_shape=key[1], single_stream=kind == "expression"
+                    )
                 self._nets[key] = net
                 while len(self._nets) > NET_CACHE_SIZE:
                     self._nets.popitem(last=False)
@@ -193,9 +234,11 @@ class FaceAnalyzer:
             return net
 
     def _model(self, kind: str) -> StoredModel | None:
-        return {"detection": self.detector_model, "embedding": self.embedding_model}.get(
-            kind, self.expression_model
-        )
+        return {
+            "detection": self.detector_model,
+            "embedding": self.embedding_model,
+            "attributes": self.attributes_model,
+        }.get(kind, self.expression_model)
 
     def _auto_jobs(self) -> int:
         """Pipeline depth: at least 2 frames, more when the device runs several requests at once."""
@@ -281,4 +324,5 @@ class _Stream:
             for request in requests:
                 self._release(request)
             results[kind] = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-        return self.analyzer.faces(job.detections, job.aligned, results)
+        attributes = self.analyzer.attributes_of(job.frame, job.detections)
+        return self.analyzer.faces(job.detections, job.aligned, results, attributes)

@@ -107,13 +107,20 @@ class Runtime:
         return result
 
     def compile(
-        self, model_xml: Path, input_shape: Sequence[int] | None = None, single_stream: bool = False
+        self,
+        model_xml: Path,
+        input_shape: Sequence[int] | None = None,
+        single_stream: bool = False,
+        input_shapes: Mapping[str, Sequence[int]] | None = None,
     ) -> CompiledNet:
-        """Compile an IR file for this runtime's device; input_shape reshapes the single input first;
-        single_stream: never run two requests of this model at the same time."""
+        """Compile an IR file for this runtime's device; input_shape reshapes the single input first
+        (input_shapes: several inputs by name); single_stream: never run two requests of this model at the
+        same time."""
         model = self._core.read_model(str(model_xml))
         if input_shape is not None:
             model.reshape({model.inputs[0].get_any_name(): ov.PartialShape(list(input_shape))})
+        if input_shapes:
+            model.reshape({name: ov.PartialShape(list(shape)) for name, shape in input_shapes.items()})
         config = self._compile_config()
         if single_stream and "PERFORMANCE_HINT" in config:
             config["PERFORMANCE_HINT"] = "LATENCY"
@@ -153,6 +160,37 @@ class Runtime:
             message = f"{target_xml}: cannot write the converted model ({_first_line(exc)})"
             raise ModelStoreError(message) from exc
         return _model_io(model)
+
+    def merge_to_ir(
+        self, sources: Mapping[str, Path], target_xml: Path, compress_to_fp16: bool = True
+    ) -> ModelIO:
+        """Several single-input, single-output ONNX/TFLite models side by side in one IR: for each
+        name → source, an input `<name>_chip` and an output `<name>` (e.g. the attributes task's gender and
+        age models, which the model store keeps as one model)."""
+        params: list[Any] = []
+        results: list[Any] = []
+        for name, source in sources.items():
+            try:
+                with _usage_reports_declined():
+                    model = ov.convert_model(str(source))
+            except Exception as exc:
+                raise ModelSpecError(
+                    f"{source}: OpenVINO cannot convert this model: {_first_line(exc)}"
+                ) from exc
+            if len(model.inputs) != 1 or len(model.outputs) != 1:
+                raise ModelSpecError(f"{source}: needs one input and one output to be merged")
+            model.inputs[0].get_tensor().set_names({f"{name}_chip"})
+            model.outputs[0].get_tensor().set_names({name})
+            params.extend(model.get_parameters())
+            results.extend(model.get_results())
+        merged = ov.Model(results, params, "+".join(sources))
+        try:
+            ov.save_model(merged, str(target_xml), compress_to_fp16=compress_to_fp16)
+        except (RuntimeError, OSError) as exc:
+            raise ModelStoreError(
+                f"{target_xml}: cannot write the merged model ({_first_line(exc)})"
+            ) from exc
+        return _model_io(merged)
 
     def _compile_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"PERFORMANCE_HINT": self.settings.performance_hint}
@@ -233,6 +271,12 @@ class CompiledNet:
         """Run one synchronous inference; outputs by every name of each output port (copied)."""
         with self._lock:
             self._request.infer({0: tensor})
+            return self._collect(self._request)
+
+    def infer_inputs(self, tensors: Mapping[str, npt.NDArray[np.float32]]) -> Outputs:
+        """Run one synchronous inference of a model with several inputs, given by name."""
+        with self._lock:
+            self._request.infer(dict(tensors))
             return self._collect(self._request)
 
     def request(self) -> Request:

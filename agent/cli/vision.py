@@ -27,6 +27,11 @@ def register(commands: Any) -> None:
     analyze.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
     analyze.add_argument("--device", help="OpenVINO device for this run (e.g. CPU, GPU, AUTO)")
     analyze.add_argument("--embeddings", action="store_true", help="include each face's embedding vector")
+    analyze.add_argument(
+        "--attributes",
+        action="store_true",
+        help="estimate each face's gender and age (on anyway with [attributes] enabled = true)",
+    )
     analyze.set_defaults(handler=_analyze)
 
     devices = add_command(
@@ -39,14 +44,18 @@ def register(commands: Any) -> None:
     devices.set_defaults(handler=_devices)
 
 
-def make_analyzer(context: Context) -> FaceAnalyzer:
-    settings = AnalyzerSettings(detector=context.config.detector.settings(), jobs=context.config.runtime.jobs)
+def make_analyzer(context: Context, attributes: bool = False) -> FaceAnalyzer:
+    settings = AnalyzerSettings(
+        detector=context.config.detector.settings(),
+        jobs=context.config.runtime.jobs,
+        attributes=attributes,
+    )
     return FaceAnalyzer(context.runtime, context.model_store, settings)
 
 
 def _analyze(context: Context, args: argparse.Namespace) -> int:
     paths = image_files(args.images)
-    analyzer = make_analyzer(context)
+    analyzer = make_analyzer(context, args.attributes or context.config.attributes.enabled)
     results: list[dict[str, Any]] = []
     for path in paths:
         try:

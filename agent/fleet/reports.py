@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 from facefleet.agent.publish.events import AgentEvent, FaceEvent
 from facefleet.link.checks import MAX_REASON_CHARS
-from facefleet.link.events import Decision, Event, EventKind, ExpressionResult
+from facefleet.link.events import AttributesResult, Decision, Event, EventKind, ExpressionResult
 from facefleet.vision.faces import EXPRESSION_LABELS
 
 
@@ -19,6 +19,7 @@ def report_event(event: AgentEvent, server_revision: int) -> Event:
     kind: EventKind
     decision: Decision
     snapshot = None
+    attributes = None
     if isinstance(event, FaceEvent):
         track = event.track
         known = track.identity != "unknown"
@@ -27,6 +28,14 @@ def report_event(event: AgentEvent, server_revision: int) -> Event:
         quality, expression = track.quality, _expression(track.expression, track.expression_probabilities)
         reason = f"track {track.kind} after {track.frames} frames"
         snapshot = event.snapshot
+        if track.attributes is not None:  # only with [attributes] enabled = true
+            estimate = track.attributes
+            attributes = AttributesResult(
+                estimate.gender,
+                round(estimate.probabilities["male"], 4),
+                round(min(150.0, max(0.0, estimate.age_years)), 1),
+                estimate.age_band,
+            )
     else:
         access = event.decision
         kind, decision, door = "access", "granted" if access.granted else "denied", access.door
@@ -50,6 +59,7 @@ def report_event(event: AgentEvent, server_revision: int) -> Event:
         door=door,
         reason=reason[:MAX_REASON_CHARS],
         snapshot=snapshot,
+        attributes=attributes,
     )
 
 

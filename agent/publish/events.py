@@ -137,6 +137,8 @@ def mqtt_payload(event: AgentEvent) -> dict[str, Any]:
             "last_seen": utc_iso(track.last_seen),
             "snapshot_id": envelope.event_id if event.snapshot is not None else None,
         }
+        if track.attributes is not None:  # only with [attributes] enabled = true
+            body["attributes"] = track.attributes.to_json()
         kind = "face"
     else:
         decision = event.decision

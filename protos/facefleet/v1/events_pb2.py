@@ -26,7 +26,7 @@ from facefleet.v1 import gallery_pb2 as facefleet_dot_v1_dot_gallery__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x61\x63\x65\x66leet/v1/events.proto\x12\x0c\x66\x61\x63\x65\x66leet.v1\x1a\x1a\x66\x61\x63\x65\x66leet/v1/gallery.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x01\n\nExpression\x12\r\n\x05label\x18\x01 \x01(\t\x12\x42\n\rprobabilities\x18\x02 \x03(\x0b\x32+.facefleet.v1.Expression.ProbabilitiesEntry\x1a\x34\n\x12ProbabilitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x84\x04\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63\x61mera\x18\x04 \x01(\t\x12%\n\x04kind\x18\x05 \x01(\x0e\x32\x17.facefleet.v1.EventKind\x12\x11\n\tperson_id\x18\x06 \x01(\t\x12(\n\x08\x64\x65\x63ision\x18\x07 \x01(\x0e\x32\x16.facefleet.v1.Decision\x12\r\n\x05score\x18\x08 \x01(\x02\x12\x0e\n\x06margin\x18\t \x01(\x02\x12,\n\nexpression\x18\n \x01(\x0b\x32\x18.facefleet.v1.Expression\x12\x0f\n\x07quality\x18\x0b \x01(\x02\x12>\n\x0emodel_versions\x18\x0c \x03(\x0b\x32&.facefleet.v1.Event.ModelVersionsEntry\x12\x18\n\x10gallery_revision\x18\r \x01(\x04\x12\x0c\n\x04\x64oor\x18\x0e \x01(\t\x12\x0e\n\x06reason\x18\x0f \x01(\t\x12,\n\x08snapshot\x18\x10 \x01(\x0b\x32\x1a.facefleet.v1.FaceSnapshot\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"c\n\x0c\x46\x61\x63\x65Snapshot\x12\x11\n\tcrop_jpeg\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontext_jpeg\x18\x02 \x01(\x0c\x12*\n\tembedding\x18\x03 \x01(\x0b\x32\x17.facefleet.v1.Embedding*S\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_KIND_FACE\x10\x01\x12\x15\n\x11\x45VENT_KIND_ACCESS\x10\x02*\xa9\x01\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_MATCH\x10\x01\x12\x14\n\x10\x44\x45\x43ISION_UNKNOWN\x10\x02\x12\x16\n\x12\x44\x45\x43ISION_AMBIGUOUS\x10\x03\x12\x16\n\x12\x44\x45\x43ISION_UNDECIDED\x10\x04\x12\x14\n\x10\x44\x45\x43ISION_GRANTED\x10\x05\x12\x13\n\x0f\x44\x45\x43ISION_DENIED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x61\x63\x65\x66leet/v1/events.proto\x12\x0c\x66\x61\x63\x65\x66leet.v1\x1a\x1a\x66\x61\x63\x65\x66leet/v1/gallery.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x01\n\nExpression\x12\r\n\x05label\x18\x01 \x01(\t\x12\x42\n\rprobabilities\x18\x02 \x03(\x0b\x32+.facefleet.v1.Expression.ProbabilitiesEntry\x1a\x34\n\x12ProbabilitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"_\n\x0e\x46\x61\x63\x65\x41ttributes\x12\x0e\n\x06gender\x18\x01 \x01(\t\x12\x18\n\x10male_probability\x18\x02 \x01(\x02\x12\x11\n\tage_years\x18\x03 \x01(\x02\x12\x10\n\x08\x61ge_band\x18\x04 \x01(\t\"\xb6\x04\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63\x61mera\x18\x04 \x01(\t\x12%\n\x04kind\x18\x05 \x01(\x0e\x32\x17.facefleet.v1.EventKind\x12\x11\n\tperson_id\x18\x06 \x01(\t\x12(\n\x08\x64\x65\x63ision\x18\x07 \x01(\x0e\x32\x16.facefleet.v1.Decision\x12\r\n\x05score\x18\x08 \x01(\x02\x12\x0e\n\x06margin\x18\t \x01(\x02\x12,\n\nexpression\x18\n \x01(\x0b\x32\x18.facefleet.v1.Expression\x12\x0f\n\x07quality\x18\x0b \x01(\x02\x12>\n\x0emodel_versions\x18\x0c \x03(\x0b\x32&.facefleet.v1.Event.ModelVersionsEntry\x12\x18\n\x10gallery_revision\x18\r \x01(\x04\x12\x0c\n\x04\x64oor\x18\x0e \x01(\t\x12\x0e\n\x06reason\x18\x0f \x01(\t\x12,\n\x08snapshot\x18\x10 \x01(\x0b\x32\x1a.facefleet.v1.FaceSnapshot\x12\x30\n\nattributes\x18\x11 \x01(\x0b\x32\x1c.facefleet.v1.FaceAttributes\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"c\n\x0c\x46\x61\x63\x65Snapshot\x12\x11\n\tcrop_jpeg\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontext_jpeg\x18\x02 \x01(\x0c\x12*\n\tembedding\x18\x03 \x01(\x0b\x32\x17.facefleet.v1.Embedding*S\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_KIND_FACE\x10\x01\x12\x15\n\x11\x45VENT_KIND_ACCESS\x10\x02*\xa9\x01\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_MATCH\x10\x01\x12\x14\n\x10\x44\x45\x43ISION_UNKNOWN\x10\x02\x12\x16\n\x12\x44\x45\x43ISION_AMBIGUOUS\x10\x03\x12\x16\n\x12\x44\x45\x43ISION_UNDECIDED\x10\x04\x12\x14\n\x10\x44\x45\x43ISION_GRANTED\x10\x05\x12\x13\n\x0f\x44\x45\x43ISION_DENIED\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,18 +37,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPRESSION_PROBABILITIESENTRY']._serialized_options = b'8\001'
   _globals['_EVENT_MODELVERSIONSENTRY']._loaded_options = None
   _globals['_EVENT_MODELVERSIONSENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTKIND']._serialized_start=876
-  _globals['_EVENTKIND']._serialized_end=959
-  _globals['_DECISION']._serialized_start=962
-  _globals['_DECISION']._serialized_end=1131
+  _globals['_EVENTKIND']._serialized_start=1023
+  _globals['_EVENTKIND']._serialized_end=1106
+  _globals['_DECISION']._serialized_start=1109
+  _globals['_DECISION']._serialized_end=1278
   _globals['_EXPRESSION']._serialized_start=105
   _globals['_EXPRESSION']._serialized_end=254
   _globals['_EXPRESSION_PROBABILITIESENTRY']._serialized_start=202
   _globals['_EXPRESSION_PROBABILITIESENTRY']._serialized_end=254
-  _globals['_EVENT']._serialized_start=257
-  _globals['_EVENT']._serialized_end=773
-  _globals['_EVENT_MODELVERSIONSENTRY']._serialized_start=721
-  _globals['_EVENT_MODELVERSIONSENTRY']._serialized_end=773
-  _globals['_FACESNAPSHOT']._serialized_start=775
-  _globals['_FACESNAPSHOT']._serialized_end=874
+  _globals['_FACEATTRIBUTES']._serialized_start=256
+  _globals['_FACEATTRIBUTES']._serialized_end=351
+  _globals['_EVENT']._serialized_start=354
+  _globals['_EVENT']._serialized_end=920
+  _globals['_EVENT_MODELVERSIONSENTRY']._serialized_start=868
+  _globals['_EVENT_MODELVERSIONSENTRY']._serialized_end=920
+  _globals['_FACESNAPSHOT']._serialized_start=922
+  _globals['_FACESNAPSHOT']._serialized_end=1021
 # @@protoc_insertion_point(module_scope)

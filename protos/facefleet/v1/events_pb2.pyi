@@ -52,8 +52,20 @@ class Expression(_message.Message):
     probabilities: _containers.ScalarMap[str, float]
     def __init__(self, label: _Optional[str] = ..., probabilities: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
+class FaceAttributes(_message.Message):
+    __slots__ = ("gender", "male_probability", "age_years", "age_band")
+    GENDER_FIELD_NUMBER: _ClassVar[int]
+    MALE_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    AGE_YEARS_FIELD_NUMBER: _ClassVar[int]
+    AGE_BAND_FIELD_NUMBER: _ClassVar[int]
+    gender: str
+    male_probability: float
+    age_years: float
+    age_band: str
+    def __init__(self, gender: _Optional[str] = ..., male_probability: _Optional[float] = ..., age_years: _Optional[float] = ..., age_band: _Optional[str] = ...) -> None: ...
+
 class Event(_message.Message):
-    __slots__ = ("event_id", "device_id", "time", "camera", "kind", "person_id", "decision", "score", "margin", "expression", "quality", "model_versions", "gallery_revision", "door", "reason", "snapshot")
+    __slots__ = ("event_id", "device_id", "time", "camera", "kind", "person_id", "decision", "score", "margin", "expression", "quality", "model_versions", "gallery_revision", "door", "reason", "snapshot", "attributes")
     class ModelVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +89,7 @@ class Event(_message.Message):
     DOOR_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     device_id: str
     time: _timestamp_pb2.Timestamp
@@ -93,7 +106,8 @@ class Event(_message.Message):
     door: str
     reason: str
     snapshot: FaceSnapshot
-    def __init__(self, event_id: _Optional[str] = ..., device_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., camera: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., person_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., score: _Optional[float] = ..., margin: _Optional[float] = ..., expression: _Optional[_Union[Expression, _Mapping]] = ..., quality: _Optional[float] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., gallery_revision: _Optional[int] = ..., door: _Optional[str] = ..., reason: _Optional[str] = ..., snapshot: _Optional[_Union[FaceSnapshot, _Mapping]] = ...) -> None: ...
+    attributes: FaceAttributes
+    def __init__(self, event_id: _Optional[str] = ..., device_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., camera: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., person_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., score: _Optional[float] = ..., margin: _Optional[float] = ..., expression: _Optional[_Union[Expression, _Mapping]] = ..., quality: _Optional[float] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., gallery_revision: _Optional[int] = ..., door: _Optional[str] = ..., reason: _Optional[str] = ..., snapshot: _Optional[_Union[FaceSnapshot, _Mapping]] = ..., attributes: _Optional[_Union[FaceAttributes, _Mapping]] = ...) -> None: ...
 
 class FaceSnapshot(_message.Message):
     __slots__ = ("crop_jpeg", "context_jpeg", "embedding")

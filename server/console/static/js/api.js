@@ -1,0 +1,86 @@
+/** The fetch wrapper of the console: the session cookie on every call, the CSRF header on every change,
+ * JSON in and out, RFC 9457 problem details as ApiError (its message is the problem's detail), and a
+ * 401 anywhere sends the operator back to the sign-in form. */
+
+export const SESSION_PATH = '/api/session';
+
+let csrfToken = '';
+let onUnauthorized = () => {};
+
+/** An API call that failed: `status` (0 when the server was not reached) and the `problem` body. */
+export class ApiError extends Error {
+  constructor(problem, status) {
+    super(problem.detail || problem.title || `request failed (HTTP ${status})`);
+    this.name = 'ApiError';
+    this.status = status;
+    this.problem = problem;
+  }
+}
+
+/** Keep the CSRF token of the current session (in memory only; '' when signed out). */
+export function setCsrfToken(token) {
+  csrfToken = token || '';
+}
+
+/** What to do when the server answers 401 (the session ended). */
+export function setUnauthorizedHandler(handler) {
+  onUnauthorized = handler;
+}
+
+/** Whether an error is a cancelled request (the page that asked for it has gone). */
+export function isAbort(error) {
+  return error?.name === 'AbortError';
+}
+
+/** path with its query: values '' / null / undefined are left out; arrays repeat the parameter. */
+export function withQuery(path, query) {
+  const params = new URLSearchParams();
+  for (const [key, value] of Object.entries(query || {})) {
+    for (const one of [].concat(value)) {
+      if (one !== '' && one !== null && one !== undefined) params.append(key, String(one));
+    }
+  }
+  const text = params.toString();
+  return text ? `${path}?${text}` : path;
+}
+
+/** Call the API. options: query (object), json (a body to send as JSON), form (FormData), signal. */
+export async function request(method, path, { query, json, form, signal } = {}) {
+  const headers = { Accept: 'application/json, application/problem+json' };
+  if (method !== 'GET' && method !== 'HEAD') headers['X-CSRF-Token'] = csrfToken;
+  let body;
+  if (json !== undefined) {
+    headers['Content-Type'] = 'application/json';
+    body = JSON.stringify(json);
+  } else if (form !== undefined) {
+    body = form; // the browser sets multipart/form-data with its boundary
+  }
+  let response;
+  try {
+    response = await fetch(withQuery(path, query), {
+      method, headers, body, signal, credentials: 'same-origin', cache: 'no-store',
+    });
+  } catch (error) {
+    if (isAbort(error)) throw error;
+    throw new ApiError({ detail: 'The server cannot be reached; check the connection and try again.' }, 0);
+  }
+  if (response.status === 204) return null;
+  const type = response.headers.get('Content-Type') || '';
+  const data = type.includes('json') ? await response.json().catch(() => null) : null;
+  if (!response.ok) {
+    const problem = data && typeof data === 'object'
+      ? data : { detail: `HTTP ${response.status} ${response.statusText}`.trim() };
+    const error = new ApiError(problem, response.status);
+    if (response.status === 401 && path !== SESSION_PATH) onUnauthorized(error);
+    throw error;
+  }
+  return data;
+}
+
+export const get = (path, query, options = {}) => request('GET', path, { ...options, query });
+export const post = (path, json, options = {}) => request('POST', path, { ...options, json });
+export const patch = (path, json, options = {}) => request('PATCH', path, { ...options, json });
+export const del = (path, options = {}) => request('DELETE', path, options);
+
+/** A path segment as it goes into a URL. */
+export const seg = (value) => encodeURIComponent(String(value));

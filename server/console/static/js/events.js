@@ -1,0 +1,142 @@
+/** A table of events, newest first, a page at a time ("Newer" / "Older" by page token), with live updates
+ * while the first page is shown: events newer than the newest one shown appear without a reload. */
+
+import { get, isAbort } from './api.js';
+import { badge, h, replace } from './dom.js';
+import { number, plural, timeEl } from './format.js';
+import { every } from './poll.js';
+
+export const DECISIONS = ['match', 'unknown', 'ambiguous', 'undecided', 'granted', 'denied'];
+const TONES = { match: 'ok', granted: 'ok', unknown: 'warn', ambiguous: 'warn', undecided: 'muted', denied: 'bad' };
+const LIVE_MS = 4000;
+
+/** A decision as a badge: its colour and its word. */
+export function decisionBadge(decision) {
+  return badge(decision || '—', TONES[decision] || 'muted');
+}
+
+/** A person id (cut short on screen, whole in its title and text) with the person's name when known. */
+export function personCell(personId, names) {
+  if (!personId) return h('span', { class: 'muted', text: '—' });
+  const name = names?.get(personId);
+  const id = h('span', { class: ['id', name ? 'muted' : null], title: personId, text: personId });
+  return name ? h('span', null, h('span', { class: 'block', text: name }), h('small', { class: 'block' }, id)) : id;
+}
+
+/** The columns an events table can show, by key. */
+export const COLUMNS = {
+  time: { label: 'Time', cell: (e) => timeEl(e.time) },
+  device: { label: 'Device', cell: (e) => e.device_id },
+  camera: { label: 'Camera', cell: (e) => e.camera || '—' },
+  door: { label: 'Door', cell: (e) => e.door || '—' },
+  kind: { label: 'Kind', cell: (e) => e.kind },
+  decision: { label: 'Decision', cell: (e) => decisionBadge(e.decision) },
+  person: { label: 'Person', cell: (e, names) => personCell(e.person_id, names) },
+  reason: { label: 'Reason', cell: (e) => e.reason || '—', wrap: true },
+  score: { label: 'Score', cell: (e) => (e.kind === 'face' ? number(e.score, 2) : '—'), num: true },
+  expression: { label: 'Expression', cell: (e) => e.expression?.label || '—' },
+};
+
+/**
+ * The events view. options: title (its h2), columns (keys of COLUMNS), query() (the filter as API query
+ * parameters, with start and end), live() (whether new events may still come: no end time), names() (person
+ * id → name, or null), signal (the page's), pageSize, emptyText. Returns {element, load}: load() shows the
+ * first page of the current query.
+ */
+export function eventsTable({
+  title = 'Events', columns, query, live = () => true, names = () => null, signal, pageSize = 50,
+  emptyText = 'No events in this range',
+}) {
+  const headingId = `events-heading-${Math.random().toString(36).slice(2, 8)}`;
+  const status = h('p', { class: 'meta', role: 'status', 'aria-live': 'polite' });
+  const body = h('tbody');
+  const table = h('table', { class: 'data events' },
+    h('thead', null, h('tr', null, columns.map((key) =>
+      h('th', { scope: 'col', class: COLUMNS[key].num ? 'num' : null, text: COLUMNS[key].label })))),
+    body);
+  const wrap = h('div', { class: 'table-wrap', hidden: true }, table);
+  const empty = h('p', { class: 'empty', hidden: true, text: emptyText });
+  const newer = h('button', { type: 'button', text: 'Newer', disabled: true });
+  const older = h('button', { type: 'button', text: 'Older', disabled: true });
+  const pageLabel = h('span', { class: 'meta' });
+  const pager = h('div', { class: 'pager', role: 'group', 'aria-label': `${title} pages`, hidden: true }, newer, pageLabel, older);
+  const element = h('section', { class: 'panel' },
+    h('h2', { id: headingId, text: title }), status, wrap, empty, pager);
+  const tokens = [''];
+  let next = '';
+  let shown = [];
+  let seen = new Set();
+  let sequence = 0;
+  let loaded = false;
+  let current = {};
+
+  const row = (event, fresh = false) => h('tr', { class: fresh ? 'fresh' : null, dataset: { eventId: event.event_id } },
+    columns.map((key) => h('td', { class: [COLUMNS[key].num && 'num', COLUMNS[key].wrap && 'reason'] },
+      COLUMNS[key].cell(event, names()))));
+
+  const render = () => {
+    replace(body, shown.map((event) => row(event)));
+    wrap.hidden = shown.length === 0;
+    empty.hidden = shown.length !== 0;
+    newer.disabled = tokens.length === 1;
+    older.disabled = !next;
+    pageLabel.textContent = `Page ${tokens.length}`;
+    pager.hidden = tokens.length === 1 && !next;
+  };
+
+  const fetchPage = async () => {
+    const mine = ++sequence;
+    status.textContent = 'Loading events…';
+    table.setAttribute('aria-busy', 'true');
+    try {
+      const page = await get('/api/events', { ...current, page_size: pageSize, page_token: tokens.at(-1) }, { signal });
+      if (mine !== sequence) return;
+      shown = page.events;
+      seen = new Set(shown.map((e) => e.event_id));
+      next = page.next_page_token;
+      loaded = true;
+      render();
+      const livePart = tokens.length === 1 && live() ? ' New events appear as they arrive.' : '';
+      status.textContent = shown.length ? `${plural(shown.length, 'event')}, newest first.${livePart}` : '';
+    } catch (error) {
+      if (isAbort(error) || mine !== sequence) return;
+      status.textContent = '';
+      replace(status, h('span', { role: 'alert', class: 'error-text', text: `Events cannot be loaded: ${error.message}` }));
+    } finally {
+      if (mine === sequence) table.removeAttribute('aria-busy');
+    }
+  };
+
+  const poll = async () => {
+    if (tokens.length !== 1 || !live() || sequence === 0) return;
+    const mine = sequence;
+    const since = shown.length ? shown[0].time : current.start;
+    const page = await get('/api/events', { ...current, start: since, end: '', page_size: 100 }, { signal })
+      .catch((error) => { if (!isAbort(error)) console.warn('events refresh failed', error); return null; });
+    if (!page || mine !== sequence || tokens.length !== 1) return;
+    if (page.next_page_token) { await fetchPage(); return; }
+    const fresh = page.events.filter((e) => !seen.has(e.event_id));
+    if (!fresh.length) return;
+    fresh.forEach((e) => seen.add(e.event_id));
+    shown = [...fresh, ...shown];
+    body.prepend(...fresh.map((e) => row(e, true)));
+    wrap.hidden = false;
+    empty.hidden = true;
+    status.textContent = `${plural(fresh.length, 'new event')} arrived; ${plural(shown.length, 'event')} shown, newest first.`;
+  };
+
+  const keepFocus = (from, to) => { if (from.disabled && !to.disabled) to.focus(); };
+  newer.addEventListener('click', () => { tokens.pop(); fetchPage().then(() => keepFocus(newer, older)); });
+  older.addEventListener('click', () => {
+    if (next) { tokens.push(next); fetchPage().then(() => keepFocus(older, newer)); }
+  });
+  every(LIVE_MS, poll, signal);
+
+  const load = () => {
+    current = query();
+    tokens.length = 1;
+    next = '';
+    return fetchPage();
+  };
+  return { element, load, redraw: () => { if (loaded) render(); } };
+}

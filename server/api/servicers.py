@@ -314,3 +314,10 @@ class QueryServicer(services.QueryServicerBase):
         self.auth.operator(context.invocation_metadata() or (), "query")
         agents, head = await self.handler.fleet(tuple(request.device_ids))
         return query_wire.fleet_response(agents, head, self.handler.clock())
+
+    @unary
+    async def AttributeDistribution(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.auth.operator(context.invocation_metadata() or (), "query")
+        flt = query_wire.filter_from_proto(request.filter)
+        total, per_device = await self.handler.attributes(flt, per_device=request.per_device)
+        return query_wire.attributes_response(total, per_device)

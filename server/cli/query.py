@@ -16,9 +16,10 @@ from typing import Any
 
 from facefleet.core.errors import EXIT_OK, EXIT_USAGE
 from facefleet.link.checks import utc_now
-from facefleet.link.events import DECISIONS, EVENT_KINDS
+from facefleet.link.events import AGE_BANDS, DECISIONS, EVENT_KINDS, GENDERS
 from facefleet.server.api.http.queries import (
     AgentOut,
+    AttributeCountsOut,
     DoorAccess,
     EventOut,
     ExpressionCount,
@@ -64,6 +65,12 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
         ),
         ("access", "granted/denied per door", "facefleet-server query access --since 7d --json", _access),
         (
+            "attributes",
+            "estimated gender and age band of face events ([attributes] enabled on agents)",
+            "facefleet-server query attributes --since 30d --per-device",
+            _attributes,
+        ),
+        (
             "fleet",
             "agents: online, last seen, versions, model activations, lag",
             "facefleet-server query fleet",
@@ -90,7 +97,7 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
             verb.add_argument("--limit", type=int, default=50, help="events to show (1–1000)")
         if name == "counts":
             verb.add_argument("--interval", default="1h", help="interval length: 1m, 15m, 1h, 1d …")
-        if name == "expressions":
+        if name in ("expressions", "attributes"):
             verb.add_argument("--per-device", action="store_true")
         verb.set_defaults(handler=handler)
 
@@ -224,6 +231,54 @@ def _access(context: Context, args: argparse.Namespace) -> int:
             for d in found
         ]
     return _show(context, rows, ("device_id", "door", "granted", "denied"))
+
+
+ATTRIBUTE_COLUMNS = ("device", "face events", "estimated", *GENDERS, *AGE_BANDS)
+WIDE_ATTRIBUTE_COLUMNS = 105
+"""`query attributes` prints a table on terminals at least this wide, a few lines per row on narrower ones."""
+
+
+def _attributes(context: Context, args: argparse.Namespace) -> int:
+    if context.remote is not None:
+        found = context.remote.get("/events/attributes", {**_params(args), "per_device": args.per_device})
+    else:
+        total, devices = asyncio.run(
+            context.operators.queries.attributes(_filter(args), per_device=args.per_device)
+        )
+        found = {
+            "total": dump(AttributeCountsOut.of(total)),
+            "per_device": [dump(AttributeCountsOut.of(r)) for r in devices],
+        }
+    if context.json_output:
+        context.print_json(found)
+        return EXIT_OK
+    rows = [found["total"], *found["per_device"]]
+    if context.console.width < WIDE_ATTRIBUTE_COLUMNS:  # twelve columns would not fit: a block each
+        for row in rows:
+            context.console.print(_attribute_block(row), markup=False)
+        return EXIT_OK
+    table = new_table(*ATTRIBUTE_COLUMNS, whole=("device",))
+    for row in rows:
+        table.add_row(
+            row["device_id"] or "(all)",
+            str(row["face_events"]),
+            str(row["estimated"]),
+            *(str(row["genders"].get(g, 0)) for g in GENDERS),
+            *(str(row["age_bands"].get(b, 0)) for b in AGE_BANDS),
+        )
+    context.console.print(table)
+    return EXIT_OK
+
+
+def _attribute_block(row: dict[str, Any]) -> str:
+    """One row of `query attributes` as three lines, for a terminal too narrow for the table."""
+    return "\n".join(
+        (
+            f"{row['device_id'] or '(all)'}: {row['face_events']} face events, {row['estimated']} estimated",
+            "  " + ", ".join(f"{g} {row['genders'].get(g, 0)}" for g in GENDERS),
+            "  " + ", ".join(f"{b}: {row['age_bands'].get(b, 0)}" for b in AGE_BANDS),
+        )
+    )
 
 
 FLEET_COLUMNS = (

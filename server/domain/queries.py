@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from facefleet.link.checks import MAX_LABEL_CHARS, check_id, check_utc
 from facefleet.link.errors import LinkError
-from facefleet.link.events import DECISIONS, EVENT_KINDS, Decision, Event, EventKind
+from facefleet.link.events import AGE_BANDS, DECISIONS, EVENT_KINDS, GENDERS, Decision, Event, EventKind
 from facefleet.link.models import ModelStatus
 from facefleet.server.errors import InvalidArgumentError
 
@@ -200,6 +200,73 @@ class DoorAccess:
     door: str
     granted: int
     denied: int
+
+
+@dataclass(frozen=True)
+class AttributeCount:
+    """Face events with one estimated gender and age band."""
+
+    gender: str
+    age_band: str
+    count: int
+
+
+@dataclass(frozen=True)
+class AttributeCounts:
+    """The estimated genders and age bands of one device's face events (device_id '': of every device the
+    filter covers). face_events: all of them, with attributes or without (from agents with
+    `[attributes] enabled = false`); counts: the non-zero ones per gender and age band, by gender (female,
+    male) then age band (youngest first). Each event counts under the gender and band its agent reported
+    (its gender is "male" when the male probability is above 0.5)."""
+
+    device_id: str
+    face_events: int
+    counts: tuple[AttributeCount, ...] = ()
+
+    @property
+    def estimated(self) -> int:
+        """Face events with attributes."""
+        return sum(c.count for c in self.counts)
+
+    @property
+    def genders(self) -> dict[str, int]:
+        """Estimated face events per gender: every gender, female first."""
+        return _tally(GENDERS, ((c.gender, c.count) for c in self.counts))
+
+    @property
+    def age_bands(self) -> dict[str, int]:
+        """Estimated face events per age band: every band, youngest first."""
+        return _tally(AGE_BANDS, ((c.age_band, c.count) for c in self.counts))
+
+    @classmethod
+    def of(cls, device_id: str, face_events: int, cells: Iterable[AttributeCount]) -> AttributeCounts:
+        """A device's counts from its cells in any order: those of one gender and band added up, zeros left
+        out, ordered by gender then age band."""
+        added: dict[tuple[str, str], int] = {}
+        for c in cells:
+            added[(c.gender, c.age_band)] = added.get((c.gender, c.age_band), 0) + c.count
+        ordered = sorted(
+            (key for key, n in added.items() if n),
+            key=lambda key: (_rank(GENDERS, key[0]), _rank(AGE_BANDS, key[1]), key),
+        )
+        return cls(device_id, face_events, tuple(AttributeCount(g, b, added[(g, b)]) for g, b in ordered))
+
+    @classmethod
+    def total(cls, rows: Iterable[AttributeCounts]) -> AttributeCounts:
+        """The fleet-wide counts (device_id '') of several devices' counts."""
+        rows = tuple(rows)
+        return cls.of("", sum(r.face_events for r in rows), (c for r in rows for c in r.counts))
+
+
+def _rank(known: tuple[str, ...], value: str) -> int:
+    return known.index(value) if value in known else len(known)
+
+
+def _tally(labels: tuple[str, ...], counted: Iterable[tuple[str, int]]) -> dict[str, int]:
+    tally = dict.fromkeys(labels, 0)
+    for label, count in counted:
+        tally[label] = tally.get(label, 0) + count
+    return tally
 
 
 @dataclass(frozen=True)

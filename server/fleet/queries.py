@@ -11,6 +11,7 @@ from facefleet.server.domain.models import AgentModels
 from facefleet.server.domain.queries import (
     MAX_FILTER_VALUES,
     AgentStatus,
+    AttributeCounts,
     DoorAccess,
     EventCursor,
     EventFilter,
@@ -68,6 +69,15 @@ class QueryHandler:
 
     async def access(self, flt: EventFilter) -> list[DoorAccess]:
         return await asyncio.to_thread(self.state.access_summary, flt.without_persons("AccessSummary"))
+
+    async def attributes(
+        self, flt: EventFilter, *, per_device: bool
+    ) -> tuple[AttributeCounts, list[AttributeCounts]]:
+        """The estimated genders and age bands of the face events: fleet-wide, and per device if asked."""
+        rows = await asyncio.to_thread(
+            self.state.attribute_counts, flt.without_persons("AttributeDistribution")
+        )
+        return AttributeCounts.total(rows), rows if per_device else []
 
     async def fleet(self, device_ids: Sequence[str] = ()) -> tuple[list[AgentStatus], int]:
         if len(device_ids) > MAX_FILTER_VALUES:

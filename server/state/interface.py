@@ -24,6 +24,7 @@ from facefleet.link.fleet import Registration
 from facefleet.link.gallery import Embedding, GalleryDelta, Person
 from facefleet.server.domain.audit import AuditCursor, AuditEntry, AuditFilter, AuditPage
 from facefleet.server.domain.queries import (
+    AttributeCounts,
     DoorAccess,
     EventCursor,
     EventFilter,
@@ -181,6 +182,11 @@ class State(abc.ABC):
     @abc.abstractmethod
     def access_summary(self, flt: EventFilter) -> list[DoorAccess]:
         """Granted and denied access events per device and door."""
+
+    @abc.abstractmethod
+    def attribute_counts(self, flt: EventFilter) -> list[AttributeCounts]:
+        """Face events per device with how many had each estimated gender and age band, sorted by device;
+        only devices with face events. Kinds and person_ids in flt are ignored (face events only)."""
 
     # -- operator tokens -----------------------------------------------------------------------------
 

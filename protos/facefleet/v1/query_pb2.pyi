@@ -148,6 +148,56 @@ class AccessSummaryResponse(_message.Message):
     doors: _containers.RepeatedCompositeFieldContainer[DoorAccess]
     def __init__(self, doors: _Optional[_Iterable[_Union[DoorAccess, _Mapping]]] = ...) -> None: ...
 
+class AttributeDistributionRequest(_message.Message):
+    __slots__ = ("filter", "per_device")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    PER_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    filter: EventFilter
+    per_device: bool
+    def __init__(self, filter: _Optional[_Union[EventFilter, _Mapping]] = ..., per_device: _Optional[bool] = ...) -> None: ...
+
+class LabelCount(_message.Message):
+    __slots__ = ("label", "count")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    count: int
+    def __init__(self, label: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class AttributeCount(_message.Message):
+    __slots__ = ("gender", "age_band", "count")
+    GENDER_FIELD_NUMBER: _ClassVar[int]
+    AGE_BAND_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    gender: str
+    age_band: str
+    count: int
+    def __init__(self, gender: _Optional[str] = ..., age_band: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class AttributeCounts(_message.Message):
+    __slots__ = ("device_id", "face_events", "estimated", "genders", "age_bands", "gender_age_bands")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    FACE_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_FIELD_NUMBER: _ClassVar[int]
+    GENDERS_FIELD_NUMBER: _ClassVar[int]
+    AGE_BANDS_FIELD_NUMBER: _ClassVar[int]
+    GENDER_AGE_BANDS_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    face_events: int
+    estimated: int
+    genders: _containers.RepeatedCompositeFieldContainer[LabelCount]
+    age_bands: _containers.RepeatedCompositeFieldContainer[LabelCount]
+    gender_age_bands: _containers.RepeatedCompositeFieldContainer[AttributeCount]
+    def __init__(self, device_id: _Optional[str] = ..., face_events: _Optional[int] = ..., estimated: _Optional[int] = ..., genders: _Optional[_Iterable[_Union[LabelCount, _Mapping]]] = ..., age_bands: _Optional[_Iterable[_Union[LabelCount, _Mapping]]] = ..., gender_age_bands: _Optional[_Iterable[_Union[AttributeCount, _Mapping]]] = ...) -> None: ...
+
+class AttributeDistributionResponse(_message.Message):
+    __slots__ = ("total", "per_device")
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PER_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    total: AttributeCounts
+    per_device: _containers.RepeatedCompositeFieldContainer[AttributeCounts]
+    def __init__(self, total: _Optional[_Union[AttributeCounts, _Mapping]] = ..., per_device: _Optional[_Iterable[_Union[AttributeCounts, _Mapping]]] = ...) -> None: ...
+
 class FleetStatusRequest(_message.Message):
     __slots__ = ("device_ids",)
     DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]

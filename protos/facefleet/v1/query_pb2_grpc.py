@@ -68,6 +68,11 @@ class QueryServiceStub:
                 request_serializer=facefleet_dot_v1_dot_query__pb2.FleetStatusRequest.SerializeToString,
                 response_deserializer=facefleet_dot_v1_dot_query__pb2.FleetStatusResponse.FromString,
                 _registered_method=True)
+        self.AttributeDistribution = channel.unary_unary(
+                '/facefleet.v1.QueryService/AttributeDistribution',
+                request_serializer=facefleet_dot_v1_dot_query__pb2.AttributeDistributionRequest.SerializeToString,
+                response_deserializer=facefleet_dot_v1_dot_query__pb2.AttributeDistributionResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServiceServicer:
@@ -119,6 +124,14 @@ class QueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AttributeDistribution(self, request, context):
+        """How many face events showed each estimated gender and age band (from agents with [attributes]
+        enabled = true), out of all face events.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -151,6 +164,11 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.FleetStatus,
                     request_deserializer=facefleet_dot_v1_dot_query__pb2.FleetStatusRequest.FromString,
                     response_serializer=facefleet_dot_v1_dot_query__pb2.FleetStatusResponse.SerializeToString,
+            ),
+            'AttributeDistribution': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttributeDistribution,
+                    request_deserializer=facefleet_dot_v1_dot_query__pb2.AttributeDistributionRequest.FromString,
+                    response_serializer=facefleet_dot_v1_dot_query__pb2.AttributeDistributionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -319,6 +337,33 @@ class QueryService:
             '/facefleet.v1.QueryService/FleetStatus',
             facefleet_dot_v1_dot_query__pb2.FleetStatusRequest.SerializeToString,
             facefleet_dot_v1_dot_query__pb2.FleetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttributeDistribution(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facefleet.v1.QueryService/AttributeDistribution',
+            facefleet_dot_v1_dot_query__pb2.AttributeDistributionRequest.SerializeToString,
+            facefleet_dot_v1_dot_query__pb2.AttributeDistributionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,7 +1,7 @@
 """/api/events and /api/fleet: what QueryService answers dashboards — events a page at a time, the
-aggregates (counts per interval, expressions, unknown-face rate, door access) and the fleet status. A
-"query" token is enough. Time ranges are half-open [start, end), ISO 8601 with a zone; the default is the
-last 24 hours."""
+aggregates (counts per interval, expressions, unknown-face rate, door access, estimated genders and age
+bands) and the fleet status. A "query" token is enough. Time ranges are half-open [start, end), ISO 8601
+with a zone; the default is the last 24 hours."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from facefleet.link.checks import utc_now
-from facefleet.link.events import Decision, Event, EventKind
+from facefleet.link.events import AttributesResult, Decision, Event, EventKind
 from facefleet.link.models import ModelStatus
 from facefleet.server.api.http.auth import Handlers, QueryOperator
 from facefleet.server.api.http.problems import ERROR_RESPONSES, ProblemRoute
-from facefleet.server.domain.queries import AgentStatus, EventFilter
+from facefleet.server.domain.queries import AgentStatus, AttributeCounts, EventFilter
 
 router = APIRouter(tags=["events and fleet"], route_class=ProblemRoute, responses=ERROR_RESPONSES)
 DEFAULT_RANGE = timedelta(days=1)
@@ -54,6 +54,19 @@ class ExpressionOut(BaseModel):
     probabilities: dict[str, float]
 
 
+class AttributesOut(BaseModel):
+    gender: str = Field(description="female or male: the more probable one")
+    male_probability: float = Field(description="0–1; that of female is 1 minus it")
+    age_years: float
+    age_band: str = Field(description="0-12, 13-19, 20-29, 30-39, 40-49, 50-59 or 60+")
+
+    @classmethod
+    def of(cls, a: AttributesResult) -> AttributesOut:
+        return cls(
+            gender=a.gender, male_probability=a.male_probability, age_years=a.age_years, age_band=a.age_band
+        )
+
+
 class EventOut(BaseModel):
     event_id: str
     device_id: str
@@ -70,6 +83,10 @@ class EventOut(BaseModel):
     gallery_revision: int
     door: str
     reason: str
+    attributes: AttributesOut | None = Field(
+        description="Estimated gender and age (face events of agents with [attributes] enabled = true); "
+        "never used for access"
+    )
 
     @classmethod
     def of(cls, e: Event) -> EventOut:
@@ -92,6 +109,7 @@ class EventOut(BaseModel):
             gallery_revision=e.gallery_revision,
             door=e.door,
             reason=e.reason,
+            attributes=None if e.attributes is None else AttributesOut.of(e.attributes),
         )
 
 
@@ -141,6 +159,41 @@ class DoorAccess(BaseModel):
 
 class Access(BaseModel):
     doors: list[DoorAccess]
+
+
+class AttributeCountOut(BaseModel):
+    gender: str
+    age_band: str
+    count: int
+
+
+class AttributeCountsOut(BaseModel):
+    device_id: str = Field(description="Empty in the fleet-wide row")
+    face_events: int = Field(description="Face events matching the filter, with attributes or without")
+    estimated: int = Field(description="Of those, the ones with attributes")
+    genders: dict[str, int] = Field(description="Estimated face events per gender: female, male")
+    age_bands: dict[str, int] = Field(description="Estimated face events per age band, youngest first")
+    gender_age_bands: list[AttributeCountOut] = Field(
+        description="Per gender and age band, by gender then band; those without events left out"
+    )
+
+    @classmethod
+    def of(cls, c: AttributeCounts) -> AttributeCountsOut:
+        return cls(
+            device_id=c.device_id,
+            face_events=c.face_events,
+            estimated=c.estimated,
+            genders=c.genders,
+            age_bands=c.age_bands,
+            gender_age_bands=[
+                AttributeCountOut(gender=x.gender, age_band=x.age_band, count=x.count) for x in c.counts
+            ],
+        )
+
+
+class AttributeDistribution(BaseModel):
+    total: AttributeCountsOut
+    per_device: list[AttributeCountsOut] = Field(description="Only with per_device: by device")
 
 
 class ModelStatusOut(BaseModel):
@@ -269,6 +322,25 @@ async def access(operator: QueryOperator, handlers: Handlers, flt: Filter) -> Ac
         doors=[
             DoorAccess(device_id=d.device_id, door=d.door, granted=d.granted, denied=d.denied) for d in doors
         ]
+    )
+
+
+@router.get(
+    "/events/attributes",
+    summary="Face events per estimated gender and age band",
+    description="Counts only the face events of agents with `[attributes] enabled = true`, each under the "
+    "gender and age band its agent reported; `face_events` counts them all. Person filters are refused.",
+    response_model=AttributeDistribution,
+)
+async def attributes(
+    operator: QueryOperator,
+    handlers: Handlers,
+    flt: Filter,
+    per_device: Annotated[bool, Query(description="Also count per device")] = False,
+) -> AttributeDistribution:
+    total, rows = await handlers.queries.attributes(flt, per_device=per_device)
+    return AttributeDistribution(
+        total=AttributeCountsOut.of(total), per_device=[AttributeCountsOut.of(r) for r in rows]
     )
 
 

@@ -1,4 +1,5 @@
-"""QueryService messages: the event filter, event pages, the aggregates and the fleet status."""
+"""QueryService messages: the event filter, event pages, the aggregates (the attribute distribution among
+them) and the fleet status."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from facefleet.link.serde import (
 from facefleet.server.api.wire.devices import status_to_proto as device_status_to_proto
 from facefleet.server.domain.queries import (
     AgentStatus,
+    AttributeCounts,
     DoorAccess,
     EventFilter,
     EventPage,
@@ -104,6 +106,28 @@ def access_response(doors: Iterable[DoorAccess]) -> query_pb2.AccessSummaryRespo
             query_pb2.DoorAccess(device_id=d.device_id, door=d.door, granted=d.granted, denied=d.denied)
             for d in doors
         ]
+    )
+
+
+def attributes_response(
+    total: AttributeCounts, per_device: Iterable[AttributeCounts]
+) -> query_pb2.AttributeDistributionResponse:
+    return query_pb2.AttributeDistributionResponse(
+        total=attribute_counts_to_proto(total), per_device=[attribute_counts_to_proto(r) for r in per_device]
+    )
+
+
+def attribute_counts_to_proto(counts: AttributeCounts) -> query_pb2.AttributeCounts:
+    return query_pb2.AttributeCounts(
+        device_id=counts.device_id,
+        face_events=counts.face_events,
+        estimated=counts.estimated,
+        genders=[query_pb2.LabelCount(label=g, count=n) for g, n in counts.genders.items()],
+        age_bands=[query_pb2.LabelCount(label=b, count=n) for b, n in counts.age_bands.items()],
+        gender_age_bands=[
+            query_pb2.AttributeCount(gender=c.gender, age_band=c.age_band, count=c.count)
+            for c in counts.counts
+        ],
     )
 
 

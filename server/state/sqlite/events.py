@@ -5,6 +5,11 @@ day and per hour, by device, kind, decision, expression and door) in the same tr
 over [start, end) reads whole days from the daily rollup, the whole hours around them from the hourly one,
 and only the partial hours at the edges from the raw events (by index), so results are exact at any
 boundary. Plain SQL that PostgreSQL runs as well (WITHOUT ROWID is SQLite's clustered primary key).
+
+Events with estimated attributes (gender and age band) are also counted in two rollups of their own (by
+device, kind, decision, door, gender and age band), read the same way. They are separate from the main
+rollups on purpose: as key columns there, the 2 genders × 7 age bands would multiply the rows of every face
+event key (up to 14 times), and with them the time of every other aggregate.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 
-from facefleet.link.events import Decision, Event, EventKind, ExpressionResult
+from facefleet.link.events import AttributesResult, Decision, Event, EventKind, ExpressionResult
 from facefleet.server.domain.queries import (
+    AttributeCount,
+    AttributeCounts,
     DoorAccess,
     EventCursor,
     EventFilter,
@@ -32,6 +39,8 @@ HOUR_US = 3_600_000_000
 DAY_US = 24 * HOUR_US
 ROLLUPS = ((DAY_US, "event_rollup_day"), (HOUR_US, "event_rollup_hour"))
 """(bucket length in µs, table), coarsest first."""
+ATTRIBUTE_ROLLUPS = ((DAY_US, "event_attributes_day"), (HOUR_US, "event_attributes_hour"))
+"""The same for events with attributes, by gender and age band as well (migration 9)."""
 _CHUNK = 500
 
 SCHEMA = (
@@ -60,10 +69,41 @@ SCHEMA_8 = (
 """Migration 8: filters by camera or door. Only access events name a door, and a camera filter reads raw
 events even in aggregates, so without these both walk every event of the time range."""
 
+ATTRIBUTE_COLUMNS = (
+    ("gender", "TEXT NOT NULL DEFAULT ''"),
+    ("male_probability", "REAL"),
+    ("age_years", "REAL"),
+    ("age_band", "TEXT NOT NULL DEFAULT ''"),
+)
+"""Migration 9's columns of `events`: an event's estimated attributes as the agent reported them; '' and NULL
+for an event without (every event stored before)."""
+
+SCHEMA_9 = tuple(
+    f"""CREATE TABLE IF NOT EXISTS {table} (
+        bucket_us INTEGER NOT NULL, device_id TEXT NOT NULL, kind TEXT NOT NULL, decision TEXT NOT NULL,
+        door TEXT NOT NULL, gender TEXT NOT NULL, age_band TEXT NOT NULL, n INTEGER NOT NULL,
+        PRIMARY KEY (bucket_us, device_id, kind, decision, door, gender, age_band)) WITHOUT ROWID"""
+    for _, table in ATTRIBUTE_ROLLUPS
+)
+"""Migration 9: the attribute rollups. Events stored before carry no attributes, so they start empty and
+the main rollups keep their rows and counts as they are."""
+
+
+def add_attribute_columns(conn: sqlite3.Connection) -> None:
+    """Migration 9's columns, those `events` lacks (ADD COLUMN only changes the schema: instant however many
+    events there are)."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    for name, definition in ATTRIBUTE_COLUMNS:
+        if name not in present:
+            conn.execute(f"ALTER TABLE events ADD COLUMN {name} {definition}")
+
+
 _COLUMNS = (
     "event_id, device_id, time_us, kind, decision, camera, person_id, score, margin, expression, "
-    "expression_json, quality, model_versions_json, gallery_revision, door, reason"
+    "expression_json, quality, model_versions_json, gallery_revision, door, reason, gender, "
+    "male_probability, age_years, age_band"
 )
+_COLUMN_COUNT = len(_COLUMNS.split(","))
 
 
 def add_events(conn: sqlite3.Connection, events: Sequence[Event]) -> tuple[int, int]:
@@ -82,7 +122,7 @@ def add_events(conn: sqlite3.Connection, events: Sequence[Event]) -> tuple[int, 
         )
     new = [unique[i] for i in ids if i not in existing]
     conn.executemany(
-        f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join('?' * 16)})",  # noqa: S608
+        f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join('?' * _COLUMN_COUNT)})",  # noqa: S608
         [_row(e) for e in new],
     )
     for size, table in ROLLUPS:
@@ -95,6 +135,19 @@ def add_events(conn: sqlite3.Connection, events: Sequence[Event]) -> tuple[int, 
             "ON CONFLICT (bucket_us, device_id, kind, decision, expression, door) "
             f"DO UPDATE SET n = {table}.n + excluded.n",
             [(*key, n) for key, n in counts.items()],
+        )
+    estimated = [(e, e.attributes) for e in new if e.attributes is not None]
+    for size, table in ATTRIBUTE_ROLLUPS if estimated else ():
+        tallies = Counter(
+            (to_us(e.time) // size * size, e.device_id, e.kind, e.decision, e.door, a.gender, a.age_band)
+            for e, a in estimated
+        )
+        conn.executemany(
+            f"INSERT INTO {table} (bucket_us, device_id, kind, decision, door, gender, age_band, n) "  # noqa: S608
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (bucket_us, device_id, kind, decision, door, gender, age_band) "
+            f"DO UPDATE SET n = {table}.n + excluded.n",
+            [(*key, n) for key, n in tallies.items()],
         )
     return len(new), len(events) - len(new)
 
@@ -146,6 +199,28 @@ def access_summary(conn: sqlite3.Connection, flt: EventFilter) -> list[DoorAcces
     return [DoorAccess(str(device), str(door), v[0], v[1]) for (device, door), v in sorted(sums.items())]
 
 
+def attribute_counts(conn: sqlite3.Connection, flt: EventFilter) -> list[AttributeCounts]:
+    """Face events per device, and how many of them had each estimated gender and age band (as the agent
+    reported them); sorted by device."""
+    face = _face_only(flt)
+    totals = _aggregate(conn, face, ("device_id",), (None,))
+    cells = _aggregate(
+        conn,
+        face,
+        ("device_id", "gender", "age_band"),
+        (None,),
+        rollups=ATTRIBUTE_ROLLUPS,
+        extra="gender <> ''",
+    )
+    per_device: dict[str, list[AttributeCount]] = {}
+    for (device, gender, band), values in cells.items():
+        per_device.setdefault(str(device), []).append(AttributeCount(str(gender), str(band), values[0]))
+    return [
+        AttributeCounts.of(str(device), values[0], per_device.get(str(device), ()))
+        for (device,), values in sorted(totals.items())
+    ]
+
+
 def _face_only(flt: EventFilter) -> EventFilter:
     return replace(flt, person_ids=(), kinds=("face",))
 
@@ -158,12 +233,14 @@ def _aggregate(
     *,
     interval_us: int | None = None,
     extra: str = "",
+    rollups: Sequence[tuple[int, str]] = ROLLUPS,
 ) -> dict[tuple[int | str, ...], list[int]]:
     """key → [count of events meeting each condition in `counted` (None: all)] over the filter's range.
-    The rollups serve filters on their own columns only: a person or camera filter reads raw events."""
+    The rollups serve filters on their own columns only: a person or camera filter reads raw events.
+    `extra` holds in the raw events and in the rollups alike."""
     usable = [
         (size, table)
-        for size, table in ROLLUPS
+        for size, table in rollups
         if not flt.person_ids and not flt.cameras and (interval_us is None or interval_us % size == 0)
     ]
     sums: dict[tuple[int | str, ...], list[int]] = {}
@@ -243,12 +320,19 @@ def _row(e: Event) -> tuple[object, ...]:
         e.gallery_revision,
         e.door,
         e.reason,
+        *_attribute_values(e.attributes),
     )
+
+
+def _attribute_values(attributes: AttributesResult | None) -> tuple[object, ...]:
+    if attributes is None:
+        return ("", None, None, "")
+    return (attributes.gender, attributes.male_probability, attributes.age_years, attributes.age_band)
 
 
 def _event(row: tuple[object, ...]) -> Event:
     (event_id, device_id, time_us, kind, decision, camera, person_id, score, margin, label, probabilities,
-     quality, model_versions, gallery_revision, door, reason) = row  # fmt: skip
+     quality, model_versions, gallery_revision, door, reason, gender, male, years, band) = row  # fmt: skip
     kind_value: EventKind = "face" if kind == "face" else "access"
     return Event(
         event_id=str(event_id),
@@ -266,6 +350,9 @@ def _event(row: tuple[object, ...]) -> Event:
         gallery_revision=int(str(gallery_revision)),
         door=str(door),
         reason=str(reason),
+        attributes=AttributesResult(str(gender), float(str(male)), float(str(years)), str(band))
+        if gender
+        else None,
     )
 
 

@@ -28,6 +28,7 @@ from facefleet.link.fleet import Registration
 from facefleet.link.gallery import Embedding, GalleryDelta, Person
 from facefleet.server.domain.audit import AuditCursor, AuditEntry, AuditFilter, AuditPage
 from facefleet.server.domain.queries import (
+    AttributeCounts,
     DoorAccess,
     EventCursor,
     EventFilter,
@@ -128,6 +129,7 @@ MIGRATIONS = Migrations(
         Migration(6, "devices", sqlite_devices.SCHEMA),
         Migration(7, "snapshots", sqlite_snapshots.SCHEMA),
         Migration(8, "event_camera_door_indexes", sqlite_events.SCHEMA_8),
+        Migration(9, "event_attributes", sqlite_events.SCHEMA_9, sqlite_events.add_attribute_columns),
     ),
     what="state database",
     program="server",
@@ -532,6 +534,10 @@ class SqliteState(State):
     def access_summary(self, flt: EventFilter) -> list[DoorAccess]:
         with self.read() as conn:
             return sqlite_events.access_summary(conn, flt)
+
+    def attribute_counts(self, flt: EventFilter) -> list[AttributeCounts]:
+        with self.read() as conn:
+            return sqlite_events.attribute_counts(conn, flt)
 
     # -- tokens --------------------------------------------------------------------------------------
 

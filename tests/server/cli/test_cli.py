@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from facefleet.core.errors import EXIT_CONFIG, EXIT_DATA, EXIT_OK
 from facefleet.link.checks import utc_now
-from facefleet.link.events import Event, ExpressionResult
+from facefleet.link.events import AttributesResult, Event, ExpressionResult
 from facefleet.link.fleet import Registration
 from facefleet.link.gallery import Person
 from facefleet.server.cli.main import main
@@ -74,7 +74,19 @@ def test_check_config_names_the_bad_key(tmp_path: Path, capsys: pytest.CaptureFi
     assert "'gallery.log_revisions'" in err
 
 
-def test_queries_print_what_was_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+ESTIMATES = (
+    AttributesResult("female", 0.0312, 34.2, "30-39"),
+    AttributesResult("male", 0.5, 12.5, "13-19"),
+    None,
+    AttributesResult("female", 0.5, 61.0, "60+"),
+    AttributesResult("female", 0.2, 36.0, "30-39"),
+)
+"""The attributes of the five face events of test_queries_print_what_was_reported (one without)."""
+
+
+def test_queries_print_what_was_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     state = SqliteState(tmp_path / "server.db")
     now = utc_now()
     state.register_agent(Registration("door-1", "0.3.0"), now)
@@ -89,6 +101,7 @@ def test_queries_print_what_was_reported(tmp_path: Path, capsys: pytest.CaptureF
             person_id="" if i % 2 else "alice",
             expression=ExpressionResult("happy" if i < 3 else "sad"),
             camera="porch" if i == 1 else "hall",
+            attributes=ESTIMATES[i],
         )
         for i in range(5)
     ]
@@ -124,6 +137,57 @@ def test_queries_print_what_was_reported(tmp_path: Path, capsys: pytest.CaptureF
     code, _, err = run_cli(capsys, *base, "query", "events", "--camera", "")
     assert code == EXIT_DATA
     assert "filter cameras: '' is not a camera name" in err
+    code, out, _ = run_cli(capsys, *base, "query", "attributes", "--json")
+    bands = dict.fromkeys(("0-12", "13-19", "20-29", "30-39", "40-49", "50-59", "60+"), 0)
+    assert (code, json.loads(out)) == (
+        EXIT_OK,
+        {
+            "total": {
+                "device_id": "",
+                "face_events": 5,
+                "estimated": 4,
+                "genders": {"female": 3, "male": 1},
+                "age_bands": {**bands, "13-19": 1, "30-39": 2, "60+": 1},
+                "gender_age_bands": [
+                    {"gender": "female", "age_band": "30-39", "count": 2},
+                    {"gender": "female", "age_band": "60+", "count": 1},
+                    {"gender": "male", "age_band": "13-19", "count": 1},
+                ],
+            },
+            "per_device": [],
+        },
+    )
+    code, out, _ = run_cli(
+        capsys, *base, "query", "attributes", "--per-device", "--decision", "unknown", "--json"
+    )
+    found = json.loads(out)
+    assert [r["device_id"] for r in found["per_device"]] == ["door-1"]
+    assert (found["total"]["face_events"], found["total"]["genders"]) == (2, {"female": 1, "male": 1})
+    monkeypatch.setenv("COLUMNS", "120")
+    code, out, _ = run_cli(capsys, *base, "query", "attributes", "--per-device", "--camera", "hall")
+    assert code == EXIT_OK
+    lines = [line for line in out.splitlines() if "(all)" in line or "door-1" in line]
+    assert [re.findall(r"\d+|\(all\)|door-1", line) for line in lines] == [
+        ["(all)", "4", "3", "3", "0", "0", "0", "0", "2", "0", "0", "1"],
+        ["door-1", "4", "3", "3", "0", "0", "0", "0", "2", "0", "0", "1"],
+    ]  # device, face events, estimated, female, male, then each age band
+    monkeypatch.setenv("COLUMNS", "60")  # too narrow for the table: a block per row
+    code, out, _ = run_cli(capsys, *base, "query", "attributes", "--camera", "hall")
+    assert out.splitlines() == [
+        "(all): 4 face events, 3 estimated",
+        "  female 3, male 0",
+        "  0-12: 0, 13-19: 0, 20-29: 0, 30-39: 2, 40-49: 0, 50-59: 0, 60+: 1",
+    ]
+    with pytest.raises(SystemExit) as usage:  # like the other aggregates: no person filter
+        run_cli(capsys, *base, "query", "attributes", "--person", "alice")
+    assert usage.value.code == 2 and "unrecognized arguments: --person" in capsys.readouterr().err
+    code, out, _ = run_cli(capsys, *base, "query", "events", "--camera", "porch", "--json")
+    assert json.loads(out)[0]["attributes"] == {
+        "gender": "male",
+        "male_probability": 0.5,
+        "age_years": 12.5,
+        "age_band": "13-19",
+    }
     code, out, _ = run_cli(capsys, *base, "query", "fleet", "--json")
     (agent,) = json.loads(out)["agents"]
     assert (agent["device_id"], agent["agent_version"], agent["online"], agent["revision_lag"]) == (

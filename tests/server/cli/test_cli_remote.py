@@ -8,14 +8,16 @@ import asyncio
 import json
 import shutil
 import uuid
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from facefleet.core.errors import EXIT_CONFIG, EXIT_DATA, EXIT_NO_INPUT, EXIT_OK, EXIT_UNAVAILABLE
 from facefleet.link.checks import utc_now
-from facefleet.link.events import Event
+from facefleet.link.events import AttributesResult, Event
 from facefleet.server.domain.audit import AuditFilter
 from facefleet.server.gallery.embedder import Enroller
 from tests.server.cli.test_cli import run_cli
@@ -179,6 +181,90 @@ def test_people_and_unknown_faces_through_a_remote_server(
             assert json.loads(out)["total"]["unknown_events"] == 2
 
     run(scenario)
+
+
+def test_the_attribute_distribution_through_a_remote_server_is_what_the_host_prints(
+    tmp_path: Path,
+    pki: Pki,
+    enroller: Enroller,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "120")
+    estimates = (
+        AttributesResult("female", 0.12, 27.3, "20-29"),
+        AttributesResult("male", 0.5, 12.5, "13-19"),
+        AttributesResult("female", 0.5, 64.0, "60+"),
+        None,
+    )
+    now = utc_now()
+    events = [
+        Event(str(uuid.uuid4()), "door-1", now - timedelta(minutes=i), "face", ("unknown", "match")[i % 2],
+              person_id="alice" if i % 2 else "", camera=("porch", "hall")[i % 3 == 0],
+              attributes=estimates[i % 4])
+        for i in range(10)
+    ]  # fmt: skip
+    runs = (
+        ("--json",),
+        ("--json", "--per-device", "--decision", "unknown"),
+        ("--json", "--camera", "porch", "--since", "2h"),
+        ("--per-device",),
+    )
+
+    async def scenario() -> dict[str, list[tuple[int, str, str]]]:
+        async with serving(tmp_path, pki, enroller) as harness:
+            await report(harness, events)
+            await report(harness, events[:3])  # repeats count once
+            (tmp_path / "query").mkdir()
+            sides = {
+                "remote": remote(harness, tmp_path / "query", harness.query_token),
+                "local": ["--state-dir", str(tmp_path / "state")],
+            }
+            outputs: dict[str, list[tuple[int, str, str]]] = {}
+            for side, base in sides.items():
+                outputs[side] = [
+                    await asyncio.to_thread(run_cli, capsys, *base, "query", "attributes", *argv)
+                    for argv in runs
+                ]
+                outputs[side].append(
+                    await asyncio.to_thread(run_cli, capsys, *base, "query", "attributes", "--door", "")
+                )
+            return outputs
+
+    outputs = run(scenario)
+    assert outputs["remote"] == outputs["local"]
+    everything, unknown, porch, table, refused = outputs["remote"]
+    assert all(code == EXIT_OK for code, _, _ in (everything, unknown, porch, table))
+
+    def expected(chosen: list[Event]) -> tuple[int, int, dict[str, int], dict[tuple[str, str], int]]:
+        estimated = [e.attributes for e in chosen if e.attributes is not None]
+        genders = {g: sum(a.gender == g for a in estimated) for g in ("female", "male")}
+        return len(chosen), len(estimated), genders, dict(Counter((a.gender, a.age_band) for a in estimated))
+
+    def got(row: dict[str, Any]) -> tuple[int, int, dict[str, int], dict[tuple[str, str], int]]:
+        cells = {(c["gender"], c["age_band"]): c["count"] for c in row["gender_age_bands"]}
+        return row["face_events"], row["estimated"], row["genders"], cells
+
+    assert (
+        got(json.loads(everything[1])["total"])
+        == expected(events)
+        == (
+            10,
+            8,
+            {"female": 5, "male": 3},
+            {("female", "20-29"): 3, ("male", "13-19"): 3, ("female", "60+"): 2},
+        )
+    )
+    found = json.loads(unknown[1])
+    assert [r["device_id"] for r in found["per_device"]] == ["door-1"]
+    assert (
+        got(found["total"])
+        == got(found["per_device"][0])
+        == expected([e for e in events if e.decision == "unknown"])
+    )
+    assert got(json.loads(porch[1])["total"]) == expected([e for e in events if e.camera == "porch"])
+    assert "(all)" in table[1] and "door-1" in table[1] and "60+" in table[1]
+    assert refused[0] == EXIT_DATA and "filter doors: '' is not a door name" in refused[2]
 
 
 def test_remote_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

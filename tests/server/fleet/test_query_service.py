@@ -26,8 +26,21 @@ def stamp(moment: datetime) -> Timestamp:
 
 
 def face(
-    device: str, minute: int, decision: int, person: str = "", label: str = "neutral", camera: str = "cam"
+    device: str,
+    minute: int,
+    decision: int,
+    person: str = "",
+    label: str = "neutral",
+    camera: str = "cam",
+    attributes: tuple[str, float, float, str] | None = None,
 ) -> events_pb2.Event:
+    """A face event; attributes: (gender, male probability, age in years, age band) as an agent estimates."""
+    estimate = None
+    if attributes is not None:
+        gender, male, years, band = attributes
+        estimate = events_pb2.FaceAttributes(
+            gender=gender, male_probability=male, age_years=years, age_band=band
+        )
     return events_pb2.Event(
         event_id=str(uuid.uuid4()),
         device_id=device,
@@ -42,6 +55,7 @@ def face(
         expression=events_pb2.Expression(label=label, probabilities={label: 1.0}),
         model_versions={"embedding": "sface@2021dec"},
         gallery_revision=3,
+        attributes=estimate,
     )
 
 
@@ -62,15 +76,15 @@ MATCH, UNKNOWN = events_pb2.DECISION_MATCH, events_pb2.DECISION_UNKNOWN
 GRANTED, DENIED = events_pb2.DECISION_GRANTED, events_pb2.DECISION_DENIED
 REPORTS = {
     "door-1": [
-        face("door-1", 0, MATCH, "alice", "happy"),
-        face("door-1", 5, UNKNOWN, "", "sad"),
+        face("door-1", 0, MATCH, "alice", "happy", attributes=("female", 0.1, 31.4, "30-39")),
+        face("door-1", 5, UNKNOWN, "", "sad", attributes=("male", 0.93, 24.0, "20-29")),
         face("door-1", 70, MATCH, "bob", "happy"),
         access("door-1", 0, GRANTED, "main"),
         access("door-1", 71, DENIED, "main", "bob"),
     ],
     "door-2": [
-        face("door-2", 10, UNKNOWN, "", "neutral"),
-        face("door-2", 20, UNKNOWN, "", "happy", camera="porch"),
+        face("door-2", 10, UNKNOWN, "", "neutral", attributes=("female", 0.5, 12.5, "0-12")),
+        face("door-2", 20, UNKNOWN, "", "happy", camera="porch", attributes=("male", 0.7, 66.0, "60+")),
         face("door-2", 130, MATCH, "alice", "happy"),
         access("door-2", 131, GRANTED, "side"),
     ],
@@ -78,7 +92,8 @@ REPORTS = {
 
 
 def window(**fields: Any) -> query_pb2.EventFilter:
-    return query_pb2.EventFilter(start=stamp(T0), end=stamp(T0 + timedelta(hours=3)), **fields)
+    """The three hours of REPORTS (fields may narrow them, or set start and end)."""
+    return query_pb2.EventFilter(**{"start": stamp(T0), "end": stamp(T0 + timedelta(hours=3)), **fields})
 
 
 async def reported(harness: Harness) -> query_pb2.QueryServiceStub:
@@ -133,6 +148,9 @@ def test_events_come_back_newest_first_with_filters_and_paging(
     times = [e.time.ToDatetime() for e in listed]
     assert times == sorted(times, reverse=True)
     assert {e.event_id: e for e in everything}[listed[0].event_id] == listed[0]  # every field round-trips
+    reported_attributes = {e.event_id: e.attributes for e in everything if e.HasField("attributes")}
+    assert {e.event_id: e.attributes for e in listed if e.HasField("attributes")} == reported_attributes
+    assert len(reported_attributes) == 4
     assert {(e.kind, e.device_id) for e in result["alice"].events} == {
         (events_pb2.EVENT_KIND_FACE, "door-1"),
         (events_pb2.EVENT_KIND_ACCESS, "door-1"),
@@ -237,6 +255,108 @@ def test_aggregates_count_what_was_reported(tmp_path: Path, pki: Pki, enroller: 
     total = r["porch_unknown"].total
     assert (total.face_events, total.unknown_events) == (1, 1)
     assert {c.label: c.count for c in r["cam_expressions"].counts} == {"happy": 3, "sad": 1, "neutral": 1}
+
+
+def attribute_rows(reply: query_pb2.AttributeDistributionResponse) -> dict[str, Any]:
+    """device ('' the total) → (face events, estimated, genders, age bands, {(gender, band): count})."""
+    return {
+        row.device_id: (
+            row.face_events,
+            row.estimated,
+            [(c.label, c.count) for c in row.genders],
+            [(c.label, c.count) for c in row.age_bands],
+            {(c.gender, c.age_band): c.count for c in row.gender_age_bands},
+        )
+        for row in (reply.total, *reply.per_device)
+    }
+
+
+def bands(**counts: int) -> list[tuple[str, int]]:
+    """Every age band in order with its count (keyword b0_12 for "0-12", b60 for "60+")."""
+    names = {"b0_12": "0-12", "b13_19": "13-19", "b20_29": "20-29", "b30_39": "30-39", "b40_49": "40-49",
+             "b50_59": "50-59", "b60": "60+"}  # fmt: skip
+    return [(band, counts.get(key, 0)) for key, band in names.items()]
+
+
+def test_the_attribute_distribution_counts_what_agents_estimated(
+    tmp_path: Path, pki: Pki, enroller: Enroller
+) -> None:
+    async def scenario() -> dict[str, Any]:
+        async with serving(tmp_path, pki, enroller) as harness:
+            query, md = await reported(harness), harness.query_md
+
+            async def distribution(per_device: bool = True, **fields: Any) -> Any:
+                request = query_pb2.AttributeDistributionRequest(
+                    filter=window(**fields), per_device=per_device
+                )
+                return await query.AttributeDistribution(request, metadata=md)
+
+            results: dict[str, Any] = {
+                "all": await distribution(),
+                "fleet_only": await distribution(per_device=False),
+                "porch": await distribution(cameras=["porch"]),
+                "unknown": await distribution(decisions=[UNKNOWN]),
+                "door_2": await distribution(device_ids=["door-2"], kinds=[events_pb2.EVENT_KIND_ACCESS]),
+                "main_door": await distribution(doors=["main"]),
+                "later": await distribution(
+                    per_device=False,
+                    start=stamp(T0 + timedelta(minutes=5)),
+                    end=stamp(T0 + timedelta(minutes=20)),
+                ),
+            }
+            for name, call in (
+                ("person", distribution(person_ids=["alice"])),
+                (
+                    "no_token",
+                    query.AttributeDistribution(query_pb2.AttributeDistributionRequest(filter=window())),
+                ),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call
+                results[name] = (refused.value.code(), refused.value.details())
+            return results
+
+    r = run(scenario)
+    door_1 = (3, 2, [("female", 1), ("male", 1)], bands(b20_29=1, b30_39=1),
+              {("female", "30-39"): 1, ("male", "20-29"): 1})  # fmt: skip
+    door_2 = (
+        3,
+        2,
+        [("female", 1), ("male", 1)],
+        bands(b0_12=1, b60=1),
+        {("female", "0-12"): 1, ("male", "60+"): 1},
+    )
+    everyone = (6, 4, [("female", 2), ("male", 2)], bands(b0_12=1, b20_29=1, b30_39=1, b60=1),
+                {**door_1[4], **door_2[4]})  # fmt: skip
+    assert attribute_rows(r["all"]) == {"": everyone, "door-1": door_1, "door-2": door_2}
+    assert [row.device_id for row in r["all"].per_device] == ["door-1", "door-2"]
+    assert [(c.gender, c.age_band) for c in r["all"].total.gender_age_bands] == [
+        ("female", "0-12"),
+        ("female", "30-39"),
+        ("male", "20-29"),
+        ("male", "60+"),
+    ]
+    assert attribute_rows(r["fleet_only"]) == {"": everyone}
+    porch = (1, 1, [("female", 0), ("male", 1)], bands(b60=1), {("male", "60+"): 1})
+    assert attribute_rows(r["porch"]) == {"": porch, "door-2": porch}  # a camera filter reads the raw events
+    unknown_1 = (1, 1, [("female", 0), ("male", 1)], bands(b20_29=1), {("male", "20-29"): 1})
+    assert attribute_rows(r["unknown"]) == {
+        "": (3, 3, [("female", 1), ("male", 2)], bands(b0_12=1, b20_29=1, b60=1),
+             {("female", "0-12"): 1, ("male", "20-29"): 1, ("male", "60+"): 1}),
+        "door-1": unknown_1,
+        "door-2": (2, *door_2[1:]),  # its match was not estimated
+    }  # fmt: skip
+    assert attribute_rows(r["door_2"]) == {"": door_2, "door-2": door_2}  # face events whatever the kinds
+    assert attribute_rows(r["main_door"]) == {"": (0, 0, [("female", 0), ("male", 0)], bands(), {})}
+    assert attribute_rows(r["later"]) == {
+        "": (2, 2, [("female", 1), ("male", 1)], bands(b0_12=1, b20_29=1), {("female", "0-12"): 1,
+                                                                             ("male", "20-29"): 1})
+    }  # fmt: skip
+    assert r["person"] == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "AttributeDistribution cannot filter by person_ids; use ListEvents",
+    )
+    assert r["no_token"][0] == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_bad_queries_fail_with_invalid_argument(tmp_path: Path, pki: Pki, enroller: Enroller) -> None:

@@ -62,6 +62,15 @@ def test_events_and_aggregates_answer_what_agents_reported(
                     ),
                     "unknown": await http.get("/api/events/unknown-rate", params=WINDOW),
                     "access": await http.get("/api/events/access", params=WINDOW),
+                    "attributes": await http.get(
+                        "/api/events/attributes", params={**WINDOW, "per_device": "true"}
+                    ),
+                    "porch_attributes": (
+                        await http.get(
+                            "/api/events/attributes",
+                            params=[*WINDOW.items(), ("camera", "porch"), ("decision", "unknown")],
+                        )
+                    ).json(),
                     "fleet": (await http.get("/api/fleet")).json(),
                     "one": (await http.get("/api/fleet", params={"device_id": "door-2"})).json(),
                 }
@@ -137,6 +146,75 @@ def test_events_and_aggregates_answer_what_agents_reported(
         {"device_id": "door-2", "door": "side", "granted": 1, "denied": 0},
     ]
 
+    by_id = {e["event_id"]: e for e in listed}
+    for sent in everything:
+        if sent.HasField("attributes"):
+            a = sent.attributes
+            assert by_id[sent.event_id]["attributes"] == {
+                "gender": a.gender,
+                "male_probability": pytest.approx(a.male_probability),
+                "age_years": pytest.approx(a.age_years),
+                "age_band": a.age_band,
+            }
+        else:
+            assert by_id[sent.event_id]["attributes"] is None
+    assert by_id[REPORTS["door-2"][0].event_id]["attributes"] == {
+        "gender": "female",
+        "male_probability": 0.5,
+        "age_years": 12.5,
+        "age_band": "0-12",
+    }
+    no_bands = dict.fromkeys(("0-12", "13-19", "20-29", "30-39", "40-49", "50-59", "60+"), 0)
+    attributes = r["attributes"]
+    assert attributes.status_code == 200
+    assert attributes.json() == {
+        "total": {
+            "device_id": "",
+            "face_events": 6,
+            "estimated": 4,
+            "genders": {"female": 2, "male": 2},
+            "age_bands": {**no_bands, "0-12": 1, "20-29": 1, "30-39": 1, "60+": 1},
+            "gender_age_bands": [
+                {"gender": "female", "age_band": "0-12", "count": 1},
+                {"gender": "female", "age_band": "30-39", "count": 1},
+                {"gender": "male", "age_band": "20-29", "count": 1},
+                {"gender": "male", "age_band": "60+", "count": 1},
+            ],
+        },
+        "per_device": [
+            {
+                "device_id": "door-1",
+                "face_events": 3,
+                "estimated": 2,
+                "genders": {"female": 1, "male": 1},
+                "age_bands": {**no_bands, "20-29": 1, "30-39": 1},
+                "gender_age_bands": [
+                    {"gender": "female", "age_band": "30-39", "count": 1},
+                    {"gender": "male", "age_band": "20-29", "count": 1},
+                ],
+            },
+            {
+                "device_id": "door-2",
+                "face_events": 3,
+                "estimated": 2,
+                "genders": {"female": 1, "male": 1},
+                "age_bands": {**no_bands, "0-12": 1, "60+": 1},
+                "gender_age_bands": [
+                    {"gender": "female", "age_band": "0-12", "count": 1},
+                    {"gender": "male", "age_band": "60+", "count": 1},
+                ],
+            },
+        ],
+    }
+    assert list(attributes.json()["total"]["age_bands"]) == list(no_bands)  # youngest first
+    porch = r["porch_attributes"]
+    assert porch["per_device"] == []
+    assert (porch["total"]["face_events"], porch["total"]["estimated"], porch["total"]["genders"]) == (
+        1,
+        1,
+        {"female": 0, "male": 1},
+    )
+
     fleet = r["fleet"]
     assert [a["device_id"] for a in fleet["agents"]] == ["door-1", "door-2"]
     door1 = fleet["agents"][0]
@@ -181,6 +259,16 @@ def test_bad_queries_are_400_problems(tmp_path: Path, pki: Pki, enroller: Enroll
                     400,
                     "INVALID_ARGUMENT",
                 ),
+                problem(
+                    await http.get("/api/events/attributes", params={"person_id": "alice"}),
+                    400,
+                    "INVALID_ARGUMENT",
+                ),
+                problem(
+                    await http.get("/api/events/attributes", params={"per_device": "perhaps"}),
+                    400,
+                    "INVALID_ARGUMENT",
+                ),
             ]
 
     results = run(scenario)
@@ -190,3 +278,5 @@ def test_bad_queries_are_400_problems(tmp_path: Path, pki: Pki, enroller: Enroll
     assert "cannot filter by person_ids" in results[5]["detail"]
     assert "filter cameras: '' is not a camera name: use 1–128 characters" in results[7]["detail"]
     assert "filter doors: at most 100 values" in results[8]["detail"]
+    assert results[9]["detail"] == "AttributeDistribution cannot filter by person_ids; use ListEvents"
+    assert results[10]["errors"][0]["field"].startswith("per_device")

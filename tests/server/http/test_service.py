@@ -42,6 +42,7 @@ def test_the_openapi_document_lists_every_group_of_endpoints(
         "/api/snapshots/{snapshot_id}/{kind}": {"get"},
         "/api/events": {"get"},
         "/api/events/counts": {"get"},
+        "/api/events/attributes": {"get"},
         "/api/fleet": {"get"},
         "/api/models": {"get", "post"},
         "/api/rollouts/{rollout_id}/{action}": {"post"},

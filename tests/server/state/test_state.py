@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facefleet.link.events import Event, ExpressionResult
+from facefleet.link.events import AGE_BANDS, GENDERS, AttributesResult, Event, ExpressionResult
 from facefleet.link.fleet import Registration
 from facefleet.link.gallery import Embedding, Person
-from facefleet.server.domain.queries import EventCursor, EventFilter
+from facefleet.server.domain.queries import AttributeCounts, EventCursor, EventFilter
 from facefleet.server.domain.records import Crop, TokenRecord
 from facefleet.server.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StateError
 from facefleet.server.state.interface import State
@@ -300,6 +300,30 @@ def test_bad_camera_and_door_filters_are_refused_naming_the_field(
     )
 
 
+EDGE_ATTRIBUTES = (
+    AttributesResult("female", 0.5, 12.5, "0-12"),  # an agent says female at 0.5; 12.46 years is band 0-12
+    AttributesResult("male", 0.5, 12.5, "13-19"),  # 0.50004 (male), rounded on the wire; 12.54 years
+    AttributesResult("female", 0.0, 0.0, "0-12"),
+    AttributesResult("male", 1.0, 150.0, "60+"),
+    AttributesResult("male", 0.5001, 19.5, "20-29"),
+    AttributesResult("female", 0.4999, 59.4, "50-59"),
+)
+"""Attributes at the edges of their ranges, gender and band as an agent reports them."""
+
+
+def random_attributes(rng: random.Random) -> AttributesResult | None:
+    """None for a third (an agent without [attributes]), an edge case for some, else random estimates."""
+    draw = rng.random()
+    if draw < 0.35:
+        return None
+    if draw < 0.45:
+        return rng.choice(EDGE_ATTRIBUTES)
+    male = round(rng.random(), 4)
+    return AttributesResult(
+        "male" if male > 0.5 else "female", male, round(rng.uniform(0, 95), 1), rng.choice(AGE_BANDS)
+    )
+
+
 def random_events(count: int, seed: int, span_s: int) -> list[Event]:
     rng = random.Random(seed)
     events = []
@@ -310,7 +334,8 @@ def random_events(count: int, seed: int, span_s: int) -> list[Event]:
         if rng.random() < 0.3:
             events.append(
                 make_event(i, when, device=device, kind="access", decision=rng.choice(["granted", "denied"]),
-                           person_id="alice", door=rng.choice(["main", "side"]), camera=camera)
+                           person_id="alice", door=rng.choice(["main", "side"]), camera=camera,
+                           attributes=random_attributes(rng) if rng.random() < 0.1 else None)
             )  # fmt: skip
         else:
             decision = rng.choice(["match", "unknown", "ambiguous"])
@@ -326,9 +351,41 @@ def random_events(count: int, seed: int, span_s: int) -> list[Event]:
                     person_id=person_id,
                     expression=expression,
                     camera=camera,
+                    attributes=random_attributes(rng),
                 )
             )
     return events
+
+
+def attribute_tally(events: list[Event]) -> dict[str, tuple[int, dict[tuple[str, str], int]]]:
+    """Brute force: per device with face events, (face events, {(gender, age band): estimated ones})."""
+    tally: dict[str, tuple[int, dict[tuple[str, str], int]]] = {}
+    for e in events:
+        if e.kind != "face":
+            continue
+        faces, cells = tally.get(e.device_id, (0, {}))
+        if e.attributes is not None:
+            key = (e.attributes.gender, e.attributes.age_band)
+            cells[key] = cells.get(key, 0) + 1
+        tally[e.device_id] = (faces + 1, cells)
+    return tally
+
+
+def as_tally(rows: list[AttributeCounts]) -> dict[str, tuple[int, dict[tuple[str, str], int]]]:
+    """What the state answered, as attribute_tally gives it, after checking each row's order and sums."""
+    assert [r.device_id for r in rows] == sorted(r.device_id for r in rows)
+    order = [(g, b) for g in GENDERS for b in AGE_BANDS]
+    for row in rows:
+        cells = [(c.gender, c.age_band) for c in row.counts]
+        assert cells == sorted(cells, key=order.index) and all(c.count > 0 for c in row.counts)
+        assert row.estimated == sum(c.count for c in row.counts) <= row.face_events
+        assert list(row.genders) == list(GENDERS) and list(row.age_bands) == list(AGE_BANDS)
+        assert sum(row.genders.values()) == sum(row.age_bands.values()) == row.estimated
+        for gender in GENDERS:
+            assert row.genders[gender] == sum(c.count for c in row.counts if c.gender == gender)
+        for band in AGE_BANDS:
+            assert row.age_bands[band] == sum(c.count for c in row.counts if c.age_band == band)
+    return {r.device_id: (r.face_events, {(c.gender, c.age_band): c.count for c in r.counts}) for r in rows}
 
 
 DAY_S = 86400
@@ -391,6 +448,15 @@ def test_aggregates_match_a_brute_force_count_at_any_boundaries(
     assert sum(c.count for c in state.count_events(device_only, 3600)) == sum(
         1 for e in inside if e.device_id == "lobby" and e.decision == "unknown"
     )
+    assert as_tally(state.attribute_counts(flt)) == attribute_tally(inside)
+    assert as_tally(state.attribute_counts(device_only)) == attribute_tally(
+        [e for e in inside if e.device_id == "lobby" and e.decision == "unknown"]
+    )
+    total = AttributeCounts.total(state.attribute_counts(flt))
+    assert (total.device_id, total.face_events) == ("", len(faces))
+    assert {(c.gender, c.age_band): c.count for c in total.counts} == dict(
+        Counter((e.attributes.gender, e.attributes.age_band) for e in faces if e.attributes)
+    )
 
     # a door filter is served by the rollups, a camera filter by the raw events: both count exactly
     for narrow, wanted in (
@@ -421,6 +487,82 @@ def test_aggregates_match_a_brute_force_count_at_any_boundaries(
         }  # fmt: skip
         expressions = {c.label: c.count for c in state.expression_counts(narrow, per_device=False)}
         assert expressions == dict(Counter(e.expression.label for e in faces if e.expression))
+        assert as_tally(state.attribute_counts(narrow)) == attribute_tally(chosen)
+    # the attribute distribution under each other filter, alone and together (person filters are the
+    # handler's to refuse; the state counts face events whatever kinds the filter names)
+    for narrow, wanted in (
+        (EventFilter(start, end, decisions=("match", "ambiguous")), lambda e: e.decision != "unknown"),
+        (
+            EventFilter(start, end, device_ids=("door-2",), kinds=("access",)),
+            lambda e: e.device_id == "door-2",
+        ),
+        (EventFilter(start, end, decisions=("granted",)), lambda e: False),
+        (
+            EventFilter(
+                start, end, device_ids=("door-1", "lobby"), cameras=("south",), decisions=("unknown",)
+            ),
+            lambda e: e.device_id != "door-2" and e.camera == "south" and e.decision == "unknown",
+        ),
+    ):
+        assert as_tally(state.attribute_counts(narrow)) == attribute_tally([e for e in inside if wanted(e)])
+
+
+def test_events_keep_their_attributes_or_their_absence(state: State) -> None:
+    events = [
+        make_event(1, NOW, attributes=AttributesResult("male", 0.8934, 31.4, "30-39")),
+        make_event(2, NOW + timedelta(seconds=1), attributes=EDGE_ATTRIBUTES[1]),
+        make_event(3, NOW + timedelta(seconds=2)),
+        make_event(4, NOW + timedelta(seconds=3), kind="access", decision="granted", door="main",
+                   attributes=AttributesResult("female", 0.0001, 150.0, "60+")),
+    ]  # fmt: skip
+    state.add_events(events)
+    page = state.list_events(EventFilter(NOW, NOW + timedelta(minutes=1)), None, 10)
+    assert page.events == tuple(reversed(events))
+    assert [e.attributes for e in page.events][2:] == [EDGE_ATTRIBUTES[1], events[0].attributes]
+    assert page.events[1].attributes is None
+
+
+def test_the_attribute_distribution_counts_exactly_the_events_of_the_range(state: State) -> None:
+    """Events on every edge an aggregate splits at: the range's own (start counts, end does not), whole
+    hours and whole days (the rollups) and the partial hours between them (the raw events)."""
+    day = NOW.replace(hour=0)
+    moments = [
+        day - timedelta(microseconds=1),
+        day,
+        day + timedelta(microseconds=1),
+        day + timedelta(hours=1) - timedelta(microseconds=1),
+        day + timedelta(hours=1),
+        NOW - timedelta(microseconds=1),
+        NOW,
+        NOW + timedelta(minutes=30),
+        day + timedelta(days=1) - timedelta(microseconds=1),
+        day + timedelta(days=1),
+        day + timedelta(days=2, hours=5, microseconds=1),
+        day + timedelta(days=3),
+    ]
+    events = [
+        make_event(i * 10 + j, moment, device=("door-1", "lobby")[j % 2], attributes=attributes)
+        for i, moment in enumerate(moments)
+        for j, attributes in enumerate((*EDGE_ATTRIBUTES, None))
+    ]
+    state.add_events(events[::2])
+    state.add_events(events)  # the repeats are stored once and counted once
+    for start, end in (
+        (day, day + timedelta(days=3)),
+        (day + timedelta(microseconds=1), day + timedelta(days=1)),
+        (day - timedelta(microseconds=1), day + timedelta(hours=1)),
+        (NOW, NOW + timedelta(microseconds=1)),
+        (NOW - timedelta(hours=13), NOW + timedelta(days=2, hours=6)),
+        (day + timedelta(days=1), day + timedelta(days=1, microseconds=1)),
+    ):
+        rows = state.attribute_counts(EventFilter(start, end))
+        assert as_tally(rows) == attribute_tally([e for e in events if start <= e.time < end]), (start, end)
+    whole = AttributeCounts.total(state.attribute_counts(EventFilter(day, day + timedelta(days=3))))
+    assert whole.genders == {"female": 30, "male": 30}
+    assert whole.age_bands == {"0-12": 20, "13-19": 10, "20-29": 10, "30-39": 0, "40-49": 0, "50-59": 10,
+                               "60+": 10}  # fmt: skip
+    assert (whole.face_events, whole.estimated) == (70, 60)
+    assert state.attribute_counts(EventFilter(day - timedelta(days=1), day - timedelta(hours=1))) == []
 
 
 def test_tokens_are_stored_looked_up_and_revoked(state: State) -> None:
@@ -501,10 +643,109 @@ def test_a_database_recorded_in_meta_at_the_current_version_is_adopted_keeping_e
             (6, "devices"),
             (7, "snapshots"),
             (8, "event_camera_door_indexes"),
+            (9, "event_attributes"),
         ]
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() is None
-        assert conn.execute("PRAGMA user_version").fetchone() == (8,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (9,)
     conn.close()
+
+
+def store_as_version_8(path: Path, events: list[Event]) -> None:
+    """A state database at schema version 8 holding `events` as a server of that version stored them: no
+    attribute columns, both rollups by device, kind, decision, expression and door."""
+    import sqlite3
+
+    from facefleet.core.migrations import Migrations
+    from facefleet.server.state.sqlite.state import MIGRATIONS
+
+    version_8 = Migrations(MIGRATIONS.steps[:8], "state database", "server", "upgrade", MIGRATIONS.legacy)
+    conn = sqlite3.connect(path, isolation_level=None)
+    version_8.apply(conn, path)
+    columns = (
+        "event_id, device_id, time_us, kind, decision, camera, person_id, score, margin, expression, "
+        "expression_json, quality, model_versions_json, gallery_revision, door, reason"
+    )
+    to_us = {e.event_id: int(e.time.timestamp()) * 1_000_000 + e.time.microsecond for e in events}
+    with conn:
+        conn.executemany(
+            f"INSERT INTO events ({columns}) VALUES ({', '.join('?' * 16)})",
+            [
+                (e.event_id, e.device_id, to_us[e.event_id], e.kind, e.decision, e.camera, e.person_id,
+                 e.score, e.margin, e.expression.label if e.expression else "",
+                 '{"' + e.expression.label + '": 1.0}' if e.expression else "{}", e.quality, "{}",
+                 e.gallery_revision, e.door, e.reason)
+                for e in events
+            ],
+        )  # fmt: skip
+        for size, table in ((86_400_000_000, "event_rollup_day"), (3_600_000_000, "event_rollup_hour")):
+            tally = Counter(
+                (to_us[e.event_id] // size * size, e.device_id, e.kind, e.decision,
+                 e.expression.label if e.expression else "", e.door)
+                for e in events
+            )  # fmt: skip
+            conn.executemany(
+                f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(*key, n) for key, n in tally.items()],
+            )
+    conn.close()
+
+
+def test_a_version_8_database_gains_attributes_keeping_its_events_and_rollups(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "server.db"
+    old = [
+        replace(e, attributes=None, model_versions={}) for e in random_events(2000, seed=8, span_s=3 * DAY_S)
+    ]
+    for i, e in enumerate(old):  # probabilities as the version 8 servers stored them, one per label
+        if e.expression is not None:
+            old[i] = replace(e, expression=ExpressionResult(e.expression.label, {e.expression.label: 1.0}))
+    store_as_version_8(path, old)
+
+    def rollups() -> list[list[tuple[object, ...]]]:
+        with sqlite3.connect(path) as conn:
+            tables = [
+                conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4, 5, 6").fetchall()
+                for table in ("event_rollup_day", "event_rollup_hour")
+            ]
+        conn.close()
+        return tables
+
+    before = rollups()
+    state = SqliteState(path)
+    try:
+        assert rollups() == before
+        with state.read() as conn:
+            assert conn.execute("PRAGMA user_version").fetchone() == (9,)
+            assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        start, end = NOW - timedelta(hours=1), NOW + timedelta(days=3)
+        flt = EventFilter(start, end)
+        listed, cursor = [], None
+        while True:
+            page = state.list_events(flt, cursor, 1000)
+            listed.extend(page.events)
+            if (cursor := page.next_cursor) is None:
+                break
+        assert listed == sorted(old, key=lambda e: (e.time, e.event_id), reverse=True)
+        daily = {(int(c.start.timestamp()), c.device_id): c.count for c in state.count_events(flt, 86400)}
+        assert daily == dict(Counter((int(e.time.timestamp()) // 86400 * 86400, e.device_id) for e in old))
+        faces = [e for e in old if e.kind == "face"]
+        expressions = {c.label: c.count for c in state.expression_counts(flt, per_device=False)}
+        assert expressions == dict(Counter(e.expression.label for e in faces if e.expression))
+        assert sum(d.granted + d.denied for d in state.access_summary(flt)) == len(old) - len(faces)
+        assert as_tally(state.attribute_counts(flt)) == attribute_tally(old)
+        assert AttributeCounts.total(state.attribute_counts(flt)).estimated == 0
+
+        new = random_events(3000, seed=9, span_s=3 * DAY_S)[2000:]  # ids after the old ones
+        assert state.add_events([*old[:100], *new]) == (1000, 100)
+        both = old + new
+        assert as_tally(state.attribute_counts(flt)) == attribute_tally(both)
+        daily = {(int(c.start.timestamp()), c.device_id): c.count for c in state.count_events(flt, 86400)}
+        assert daily == dict(Counter((int(e.time.timestamp()) // 86400 * 86400, e.device_id) for e in both))
+        page = state.list_events(EventFilter(start, end, device_ids=("lobby",)), None, 1000)
+        assert {e.event_id: e for e in page.events} == {e.event_id: e for e in both if e.device_id == "lobby"}
+    finally:
+        state.close()
 
 
 def test_a_database_recorded_in_meta_at_a_newer_version_is_refused(tmp_path: Path) -> None:

@@ -71,7 +71,7 @@ function legend(series) {
 function dataTable(caption, headers, rows) {
   return h('details', { class: 'chart-data' },
     h('summary', { text: 'Data table' }),
-    h('div', { class: 'table-wrap' }, h('table', null,
+    h('div', { class: 'table-wrap' }, h('table', { class: 'data' },
       h('caption', { class: 'visually-hidden', text: caption }),
       h('thead', null, h('tr', null, headers.map((text) => h('th', { scope: 'col', text })))),
       h('tbody', null, rows.map((cells) => h('tr', null, cells.map((text, i) =>
@@ -200,7 +200,7 @@ export function barChart({
   const bars = s('g', { class: 'bars' });
   categories.forEach((category, c) => {
     const left = m.left + c * band;
-    const inner = band * 0.7;
+    const inner = Math.min(band * 0.7, (stacked ? 1 : colored.length) * 56); // bars at most 56 wide
     const start = left + (band - inner) / 2;
     let base = 0;
     colored.forEach((one, k) => {

@@ -59,7 +59,8 @@ export function eventsTable({
   const newer = h('button', { type: 'button', text: 'Newer', disabled: true });
   const older = h('button', { type: 'button', text: 'Older', disabled: true });
   const pageLabel = h('span', { class: 'meta' });
-  const pager = h('div', { class: 'pager', role: 'group', 'aria-label': `${title} pages`, hidden: true }, newer, pageLabel, older);
+  const pager = h('div', { class: 'pager', role: 'group', 'aria-label': `${title} pages`, hidden: true },
+    newer, pageLabel, older);
   const element = h('section', { class: 'panel' },
     h('h2', { id: headingId, text: title }), status, wrap, empty, pager);
   const tokens = [''];
@@ -122,7 +123,8 @@ export function eventsTable({
     body.prepend(...fresh.map((e) => row(e, true)));
     wrap.hidden = false;
     empty.hidden = true;
-    status.textContent = `${plural(fresh.length, 'new event')} arrived; ${plural(shown.length, 'event')} shown, newest first.`;
+    status.textContent = `${plural(fresh.length, 'new event')} arrived; `
+      + `${plural(shown.length, 'event')} shown, newest first.`;
   };
 
   const keepFocus = (from, to) => { if (from.disabled && !to.disabled) to.focus(); };

@@ -8,7 +8,7 @@ import { duration, fromLocalInput, shortDateTime, toDate, toLocalInput } from '.
 import { every } from '../poll.js';
 import { accessChart, chooseInterval, eventsChart, expressionsChart, unknownChart } from '../aggregates.js';
 import { DECISIONS, eventsTable } from '../events.js';
-import { loadPeople, namesById, peopleDatalist } from '../directory.js';
+import { loadPeople, namesById, peopleDatalist, resolvePerson } from '../directory.js';
 import { cameras } from './fleet.js';
 
 const DAY_MS = 86400000;
@@ -19,11 +19,13 @@ const CHARTS_MS = 30000;
 export function render(ctx) {
   const { main, params, signal, isAdmin } = ctx;
   let names = null;
+  let people = [];
   const ids = { cameras: uid('cameras'), doors: uid('doors'), people: uid('people') };
   const chosenDevice = params.get('device') || '';
   const device = select({ name: 'device' }, [['', 'Any device'], ...(chosenDevice ? [[chosenDevice, chosenDevice]] : [])],
     chosenDevice);
-  const camera = h('input', { type: 'text', name: 'camera', list: ids.cameras, value: params.get('camera') || '', autocomplete: 'off' });
+  const camera = h('input', { type: 'text', name: 'camera', list: ids.cameras, value: params.get('camera') || '',
+    autocomplete: 'off' });
   const person = h('input', { type: 'text', name: 'person', list: isAdmin ? ids.people : null,
     value: params.get('person') || '', autocomplete: 'off' });
   const door = h('input', { type: 'text', name: 'door', list: ids.doors, value: params.get('door') || '', autocomplete: 'off' });
@@ -37,7 +39,8 @@ export function render(ctx) {
   const peopleList = h('datalist', { id: ids.people });
   const messages = messageBox();
   const form = h('form', { class: 'filters panel' },
-    field('Device', device), field('Camera', camera), field('Person', person, isAdmin ? 'Person id or pick a name' : 'Person id'),
+    field('Device', device), field('Camera', camera),
+    field('Person', person, isAdmin ? 'Person id or pick a name' : 'Person id'),
     field('Door', door), field('Decision', decision), field('From', from),
     field('To', to, 'Empty: until now, with live updates'),
     h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary', text: 'Apply' })),
@@ -58,7 +61,8 @@ export function render(ctx) {
     if ((end || new Date()) - start > MAX_RANGE_MS) throw new Error('The range is over 400 days; narrow it.');
     return {
       start: start.toISOString(), end: end ? end.toISOString() : '', device_id: device.value,
-      camera: camera.value.trim(), person_id: person.value.trim(), door: door.value.trim(), decision: decision.value,
+      camera: camera.value.trim(), person_id: resolvePerson(person.value, people), door: door.value.trim(),
+      decision: decision.value,
     };
   };
 
@@ -88,7 +92,8 @@ export function render(ctx) {
       ]);
       if (mine !== chartSequence) return;
       chartsNote.textContent = `${shortDateTime(startMs)} to ${flt.end ? shortDateTime(endMs) : 'now'}, `
-        + `per ${duration(interval)}.${personId ? ' The charts cover everyone: the aggregates cannot be filtered by person.' : ''}`
+        + `per ${duration(interval)}.`
+        + `${personId ? ' The charts cover everyone: the aggregates cannot be filtered by person.' : ''}`
         + `${flt.decision ? ' The unknown-face rate is over every decision.' : ''}`;
       const width = Math.max(560, Math.min(1400, chartGrid.clientWidth - 24));
       replace(chartGrid, h('div', { class: 'wide' }, eventsChart(counts.counts, startMs, endMs, interval, width)),
@@ -133,7 +138,7 @@ export function render(ctx) {
     }
     if (isAdmin) {
       try {
-        const people = await loadPeople({ signal });
+        people = await loadPeople({ signal });
         names = namesById(people);
         peopleList.replaceWith(peopleDatalist(ids.people, people));
         table.redraw();

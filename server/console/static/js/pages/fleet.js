@@ -10,7 +10,9 @@ import { every } from '../poll.js';
 const REFRESH_MS = 5000;
 const DAY_MS = 86400000;
 const STATUS_TONES = { active: 'ok', disabled: 'warn', revoked: 'bad' };
-const MODEL_TONES = { active: 'ok', failed: 'bad', retrying: 'warn', downloading: 'info', verifying: 'info', assigned: 'info' };
+const MODEL_TONES = {
+  active: 'ok', failed: 'bad', retrying: 'warn', downloading: 'info', verifying: 'info', assigned: 'info',
+};
 const CAMERA_METRICS = { fps: 0, dropped: 1 }; // shown first, in this order
 
 /** Kept across refreshes and visits: the sort column, its direction and the group filter. */
@@ -189,7 +191,7 @@ export function render(ctx) {
     const focusRow = focused?.closest('tr')?.dataset.device;
     const focusKey = focused?.dataset.focusKey;
     replace(body, shown.map((agent) => h('tr', { dataset: { device: agent.device_id } },
-      COLUMNS.map((c, i) => (i === 0 ? h('th', { scope: 'row' }, c.cell(agent, now)) : h('td', null, c.cell(agent, now)))))));
+      COLUMNS.map((c, i) => h(i === 0 ? 'th' : 'td', { scope: i === 0 ? 'row' : null }, c.cell(agent, now))))));
     if (focusRow && focusKey) {
       const again = [...body.rows].find((r) => r.dataset.device === focusRow);
       again?.querySelector(`[data-focus-key="${focusKey}"]`)?.focus();

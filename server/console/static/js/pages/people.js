@@ -43,7 +43,8 @@ export function render(ctx) {
   const previous = h('button', { type: 'button', text: 'Previous', disabled: true });
   const next = h('button', { type: 'button', text: 'Next', disabled: true });
   const pageLabel = h('span', { class: 'meta' });
-  const pager = h('div', { class: 'pager', role: 'group', 'aria-label': 'People pages', hidden: true }, previous, pageLabel, next);
+  const pager = h('div', { class: 'pager', role: 'group', 'aria-label': 'People pages', hidden: true },
+    previous, pageLabel, next);
 
   const matching = () => {
     const needle = search.value.trim().toLowerCase();
@@ -126,7 +127,8 @@ export function render(ctx) {
       submitLabel: 'Save',
       fields: [h('p', { class: 'meta', text: `Person id ${person.person_id}` }), crops,
         field('Name', name), field('Groups', groups, 'Comma separated, e.g. staff, night-shift')],
-      onSubmit: () => patch(`/api/people/${seg(person.person_id)}`, { display_name: name.value.trim(), groups: words(groups.value) }),
+      onSubmit: () => patch(`/api/people/${seg(person.person_id)}`,
+        { display_name: name.value.trim(), groups: words(groups.value) }),
     });
     get(`/api/people/${seg(person.person_id)}`, null, { signal }).then((detail) => {
       const shown = Math.min(detail.stored_crops, SHOWN_CROPS);

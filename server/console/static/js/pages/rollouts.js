@@ -12,7 +12,9 @@ const REFRESH_MS = 5000;
 const LIST_REFRESH_MS = 10000;
 const DETAILED = 20;
 const STATE_TONES = { preparing: 'info', active: 'ok', paused: 'warn', rolled_back: 'bad' };
-const DEVICE_TONES = { assigned: 'info', downloading: 'info', verifying: 'info', active: 'ok', failed: 'bad', retrying: 'warn' };
+const DEVICE_TONES = {
+  assigned: 'info', downloading: 'info', verifying: 'info', active: 'ok', failed: 'bad', retrying: 'warn',
+};
 
 const stateBadge = (state) => badge(state.replace('_', ' '), STATE_TONES[state] || 'muted');
 
@@ -23,24 +25,33 @@ export function targetText(target) {
   return 'All agents';
 }
 
+/** "pauses after more than 2 refusals", "rolls back when over 20 % refuse". */
 function budgetText(rollout) {
   const budget = rollout.max_failures;
-  if (!budget) return 'no failure budget';
-  const limit = budget.count !== null && budget.count !== undefined ? plural(budget.count, 'agent') : `${budget.percent} %`;
-  return `over ${limit} refusing: ${rollout.on_failures === 'rollback' ? 'roll back' : 'pause'}`;
+  if (!budget) return 'no failure limit';
+  const action = rollout.on_failures === 'rollback' ? 'rolls back' : 'pauses';
+  return budget.count !== null && budget.count !== undefined
+    ? `${action} after more than ${plural(budget.count, 'refusal')}` : `${action} when over ${budget.percent} % refuse`;
 }
 
-/** How far a rollout got: a <progress> and the agents per state. */
-function progress(rolloutId, devices) {
-  if (!devices.length) return h('span', { class: 'muted', text: 'not announced to any agent yet' });
+/** How far a rollout got: a <progress> and the agents per state. A rolled-back rollout says how far it
+ * had got; the Fleet page shows each agent's model as it is now. */
+function progress(rollout, devices) {
+  const rolloutId = rollout.rollout_id;
+  if (!devices.length) return h('span', { class: 'muted', text: 'no agent yet' });
   const counts = {};
   devices.forEach((d) => { counts[d.state] = (counts[d.state] || 0) + 1; });
   const done = counts.active || 0;
+  if (rollout.state === 'rolled_back') {
+    return h('small', { class: 'block' },
+      `rolled back; ${number(done)} of ${plural(devices.length, 'agent')} had switched to it`);
+  }
   const id = uid('progress');
   return h('div', { class: 'progress' },
     h('progress', { id, max: devices.length, value: done, 'aria-label': `Progress of rollout ${rolloutId}` }),
     h('small', { class: 'block' }, `${number(done)} of ${plural(devices.length, 'agent')} active`,
-      Object.entries(counts).filter(([state]) => state !== 'active').map(([state, n]) => `, ${number(n)} ${state}`).join('')));
+      Object.entries(counts).filter(([state]) => state !== 'active')
+        .map(([state, n]) => `, ${number(n)} ${state}`).join('')));
 }
 
 /** What each action asks before it is done: [button text, dialog title, dialog text, dangerous]. */
@@ -64,11 +75,12 @@ async function change(rollout, action, { notify, percent } = {}) {
   const [, title, message, danger] = question(action, rollout, percent);
   if (!await confirmDialog({ title, message, danger })) return false;
   try {
-    await post(`/api/rollouts/${rollout.rollout_id}/${action}`, percent ? { percent } : {});
-    notify(`${title.replace(/\?$/, '')}: done.`, 'ok');
+    const changed = await post(`/api/rollouts/${rollout.rollout_id}/${action}`, percent ? { percent } : {});
+    const now = percent ? `widened to ${percent} %` : changed.state.replace('_', ' ');
+    notify(`Rollout ${rollout.rollout_id} ${now}.`, 'ok');
     return true;
   } catch (error) {
-    notify(`${title.replace(/\?$/, '')}: ${error.message}`, 'error');
+    notify(`${title.replace(/\?$/, '')}: not done: ${error.message}`, 'error');
     return false;
   }
 }
@@ -113,8 +125,8 @@ function renderList(ctx) {
         h('td', null, r.model_id, h('small', { class: 'block muted', text: r.task })),
         h('td', { text: targetText(r.target) }),
         h('td', null, stateBadge(r.state)),
-        h('td', null, details[i] ? progress(r.rollout_id, details[i].devices) : h('span', { class: 'muted', text: '—' })),
-        h('td', { text: budgetText(r) }),
+        h('td', null, details[i] ? progress(r, details[i].devices) : h('span', { class: 'muted', text: '—' })),
+        h('td', { class: 'small', text: budgetText(r) }),
         h('td', null, timeEl(r.updated_at)),
         h('td', { class: 'reason', text: r.reason || '—' }),
         h('td', { class: 'row-actions' }, allowed(r).map((action) => h('button', {
@@ -191,7 +203,10 @@ function startForm(ctx, reload) {
     const typed = budget.value.trim();
     if (typed) {
       const value = Number(typed.replace(/%$/, '').trim());
-      if (!Number.isInteger(value) || value < 0) { messages.show('Max failures: give e.g. 2 or 20%.', 'error'); return; }
+      if (!Number.isInteger(value) || value < 0) {
+        messages.show('Max failures: give e.g. 2 or 20%.', 'error');
+        return;
+      }
       body.max_failures = typed.endsWith('%') ? { percent: value } : { count: value };
     }
     if (!await confirmDialog({ title: 'Start the rollout?', danger: false,
@@ -233,6 +248,7 @@ function renderOne(ctx, idText) {
     h('caption', { class: 'visually-hidden', text: 'The rollout on each agent' }),
     h('thead', null, h('tr', null, ['Device', 'State', 'Previous model', 'Reason', 'Updated']
       .map((text) => h('th', { scope: 'col', text })))), body));
+  const agentsSection = h('section', { class: 'panel', hidden: true }, h('h2', { id: agentsId, text: 'Agents' }), wrap);
   let current = null;
   let gone = false; // no such rollout: stop asking
 
@@ -267,12 +283,13 @@ function renderOne(ctx, idText) {
         h('dt', { text: 'Model' }), h('dd', { text: `${current.model_id} (${current.task})` }),
         h('dt', { text: 'Target' }), h('dd', { text: targetText(current.target) }),
         h('dt', { text: 'State' }), h('dd', null, stateBadge(current.state)),
-        h('dt', { text: 'Progress' }), h('dd', null, progress(id, detail.devices)),
+        h('dt', { text: 'Progress' }), h('dd', null, progress(detail.rollout, detail.devices)),
         h('dt', { text: 'Failure budget' }), h('dd', { text: budgetText(current) }),
         h('dt', { text: 'Started' }), h('dd', null, timeEl(current.created_at, { mode: 'full' })),
         h('dt', { text: 'Updated' }), h('dd', null, timeEl(current.updated_at, { mode: 'full' })),
         current.reason ? [h('dt', { text: 'Reason' }), h('dd', { class: 'reason', text: current.reason })] : null));
       drawActions(current);
+      agentsSection.hidden = false;
       replace(body, detail.devices.length ? detail.devices.map((d) => h('tr', { dataset: { device: d.device_id } },
         h('th', { scope: 'row', text: d.device_id }),
         h('td', null, badge(d.state, DEVICE_TONES[d.state] || 'muted')),
@@ -291,7 +308,7 @@ function renderOne(ctx, idText) {
 
   main.append(h('p', null, h('a', { href: '#/rollouts', text: '← All rollouts' })),
     h('h1', { text: `Rollout ${idText}` }), messages, h('section', { class: 'panel' }, summary, actions),
-    h('section', { class: 'panel' }, h('h2', { id: agentsId, text: 'Agents' }), wrap));
+    agentsSection);
   load();
   every(REFRESH_MS, load, signal);
 }

@@ -9,6 +9,7 @@ import { plural, timeEl } from '../format.js';
 import { forgetPeople, loadPeople, peopleDatalist, resolvePerson } from '../directory.js';
 
 const PAGE_SIZE = 10;
+const nameOf = (person) => person.display_name || person.person_id;
 const SHOWN_FACES = 18;
 
 /** A new person id (a random UUID; crypto.randomUUID needs a secure context, getRandomValues does not). */
@@ -46,7 +47,8 @@ export function render(ctx) {
   const previous = h('button', { type: 'button', text: 'Previous', disabled: true });
   const next = h('button', { type: 'button', text: 'Next', disabled: true });
   const pageLabel = h('span', { class: 'meta' });
-  const pager = h('div', { class: 'pager', role: 'group', 'aria-label': 'Cluster pages', hidden: true }, previous, pageLabel, next);
+  const pager = h('div', { class: 'pager', role: 'group', 'aria-label': 'Cluster pages', hidden: true },
+    previous, pageLabel, next);
   const datalist = h('datalist', { id: listId });
 
   const done = async (text) => {
@@ -84,7 +86,7 @@ export function render(ctx) {
         fields: [field('Name', name), field('Groups', groups, 'Comma separated, e.g. visitors')],
         onSubmit: () => post(`${base}/enrol`, { person_id: newPersonId(), display_name: name.value.trim(),
           groups: words(groups.value), existing: false }),
-      }).then((r) => r && done(`Enrolled ${plural(r.snapshot_ids.length, 'face')} as ${r.person.display_name || r.person.person_id}.`));
+      }).then((r) => r && done(`Enrolled ${plural(r.snapshot_ids.length, 'face')} as ${nameOf(r.person)}.`));
     };
 
     const addToExisting = () => {
@@ -94,7 +96,7 @@ export function render(ctx) {
         submitLabel: 'Add',
         fields: [field('Person', who, 'A person id, or pick a name from the list')],
         onSubmit: () => post(`${base}/enrol`, { person_id: resolvePerson(who.value, people), existing: true }),
-      }).then((r) => r && done(`Added ${plural(r.snapshot_ids.length, 'face')} to ${r.person.display_name || r.person.person_id}.`));
+      }).then((r) => r && done(`Added ${plural(r.snapshot_ids.length, 'face')} to ${nameOf(r.person)}.`));
     };
 
     const dismiss = async () => {

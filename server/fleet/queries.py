@@ -50,10 +50,13 @@ class QueryHandler:
         limit = page_size(size)
         return await asyncio.to_thread(self.state.list_events, flt, cursor, limit)
 
-    async def counts(self, flt: EventFilter, interval_s: int) -> list[IntervalCount]:
+    async def counts(
+        self, flt: EventFilter, interval_s: int, *, per_device: bool = True
+    ) -> list[IntervalCount]:
         check_interval(interval_s)
+        flt = flt.without_persons("CountEvents")
         return await asyncio.to_thread(
-            self.state.count_events, flt.without_persons("CountEvents"), interval_s
+            lambda: self.state.count_events(flt, interval_s, per_device=per_device)
         )
 
     async def expressions(self, flt: EventFilter, *, per_device: bool) -> list[ExpressionCount]:

@@ -27,6 +27,10 @@ class PersonView:
     stored_crops: int
 
 
+MAX_SEARCH_CHARS = 128
+"""The longest text a people search may look for."""
+
+
 class PeopleHandler:
     """enroller: builds (once) the image enroller, or raises FailedPreconditionError naming what is missing;
     known_models: model_id → embedding dimension of every embedding model the server knows."""
@@ -117,15 +121,25 @@ class PeopleHandler:
 
         return await asyncio.to_thread(read)
 
-    async def page(self, *, page_token: str, size: int, group: str) -> tuple[list[Person], str]:
+    async def page(
+        self, *, page_token: str, size: int, group: str, search: str = ""
+    ) -> tuple[list[Person], str]:
+        """A page of people in `group` (all: ''), whose id or name contains `search` (any: ''), and the
+        token of the next page ('' on the last)."""
         limit = page_size(size)
         if len(page_token) > 256 or len(group) > 128:
             raise InvalidArgumentError("page_token or group is too long")
+        if len(search) > MAX_SEARCH_CHARS:
+            raise InvalidArgumentError(f"search: at most {MAX_SEARCH_CHARS} characters")
         after = PeopleCursor.decode(page_token, group).person_id if page_token else ""
         people = await asyncio.to_thread(
-            lambda: self.state.list_people(after=after, limit=limit, group=group)
+            lambda: self.state.list_people(after=after, limit=limit, group=group, search=search)
         )
         return people, PeopleCursor(people[-1].person_id, group).encode() if len(people) == limit else ""
+
+    async def crop_counts(self, person_ids: list[str]) -> dict[str, int]:
+        """How many face crops each of these people has kept."""
+        return await asyncio.to_thread(self.state.crop_counts, person_ids)
 
     def _check_embeddings(self, embeddings: tuple[Embedding, ...]) -> None:
         if not embeddings:

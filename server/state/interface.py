@@ -118,8 +118,15 @@ class State(abc.ABC):
         """One person (NotFoundError if unknown); without embeddings when with_vectors is False."""
 
     @abc.abstractmethod
-    def list_people(self, *, after: str = "", limit: int = 100, group: str = "") -> list[Person]:
-        """People with person_id > after, sorted by id, at most limit, without embeddings."""
+    def list_people(
+        self, *, after: str = "", limit: int = 100, group: str = "", search: str = ""
+    ) -> list[Person]:
+        """People with person_id > after, sorted by id, at most limit, without embeddings; search: only
+        those whose id or display name contains it (ASCII letters in any case)."""
+
+    @abc.abstractmethod
+    def crop_counts(self, person_ids: Sequence[str]) -> dict[str, int]:
+        """How many face crops are kept for each of these people (0 for one with none or unknown)."""
 
     @abc.abstractmethod
     def crops(self, person_id: str) -> list[Crop]:
@@ -168,8 +175,11 @@ class State(abc.ABC):
         """Matching events, newest first (ties by event id, descending), after cursor."""
 
     @abc.abstractmethod
-    def count_events(self, flt: EventFilter, interval_s: int) -> list[IntervalCount]:
-        """Events per interval (aligned to the epoch) per device, sorted by start then device."""
+    def count_events(
+        self, flt: EventFilter, interval_s: int, *, per_device: bool = True
+    ) -> list[IntervalCount]:
+        """Events per interval (aligned to the epoch) per device, sorted by start then device; without
+        per_device, fleet-wide (device_id '')."""
 
     @abc.abstractmethod
     def expression_counts(self, flt: EventFilter, *, per_device: bool) -> list[ExpressionCount]:

@@ -56,6 +56,7 @@ class PersonOut(BaseModel):
     created_at: datetime | None
     updated_at: datetime | None
     revision: int = Field(description="The gallery revision of the person's last change")
+    stored_crops: int | None = Field(None, description="In lists: how many face crops are kept")
 
     @classmethod
     def of(cls, person: Person, *, vectors: bool = False) -> PersonOut:
@@ -120,12 +121,16 @@ async def list_people(
     operator: AdminOperator,
     handlers: Handlers,
     group: Annotated[str, Query(description="Only people in this group")] = "",
+    q: Annotated[str, Query(description="Only people whose id or display name contains this")] = "",
     page_size: Annotated[int, Query(description="1–1000; 0 means 100")] = 0,
     page_token: Annotated[str, Query(description="next_page_token of the previous page")] = "",
 ) -> PeoplePage:
-    people, token = await handlers.people.page(page_token=page_token, size=page_size, group=group)
+    people, token = await handlers.people.page(
+        page_token=page_token, size=page_size, group=group, search=q.strip()
+    )
+    crops = await handlers.people.crop_counts([p.person_id for p in people])
     return PeoplePage(
-        people=[PersonOut.of(p) for p in people],
+        people=[PersonOut.of(p).model_copy(update={"stored_crops": crops[p.person_id]}) for p in people],
         next_page_token=token,
         gallery_revision=handlers.people.fanout.head,
     )

@@ -285,8 +285,11 @@ async def counts(
     handlers: Handlers,
     flt: Filter,
     interval_seconds: Annotated[int, Query(description="60 s to 31 days, aligned to the epoch")] = 3600,
+    per_device: Annotated[
+        bool, Query(description="false: fleet-wide counts per interval (device_id empty)")
+    ] = True,
 ) -> Counts:
-    rows = await handlers.queries.counts(flt, interval_seconds)
+    rows = await handlers.queries.counts(flt, interval_seconds, per_device=per_device)
     return Counts(counts=[IntervalCount(start=c.start, device_id=c.device_id, count=c.count) for c in rows])
 
 

@@ -168,11 +168,16 @@ def list_events(
     return EventPage(events, EventCursor(rows[limit - 1][2], rows[limit - 1][0]) if more else None)
 
 
-def count_events(conn: sqlite3.Connection, flt: EventFilter, interval_s: int) -> list[IntervalCount]:
-    sums = _aggregate(conn, flt, ("device_id",), (None,), interval_us=interval_s * 1_000_000)
+def count_events(
+    conn: sqlite3.Connection, flt: EventFilter, interval_s: int, *, per_device: bool = True
+) -> list[IntervalCount]:
+    keys = ("device_id",) if per_device else ()
+    sums = _aggregate(conn, flt, keys, (None,), interval_us=interval_s * 1_000_000)
     return [
-        IntervalCount(start=from_us(int(bucket)), device_id=str(device), count=values[0])
-        for (bucket, device), values in sorted(sums.items())
+        IntervalCount(
+            start=from_us(int(key[0])), device_id=str(key[1]) if per_device else "", count=values[0]
+        )
+        for key, values in sorted(sums.items())
     ]
 
 

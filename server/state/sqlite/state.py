@@ -409,22 +409,42 @@ class SqliteState(State):
         with self.read() as conn:
             return sqlite_people.load_person(conn, person_id, with_vectors=with_vectors)
 
-    def list_people(self, *, after: str = "", limit: int = 100, group: str = "") -> list[Person]:
+    def list_people(
+        self, *, after: str = "", limit: int = 100, group: str = "", search: str = ""
+    ) -> list[Person]:
         columns = sqlite_people.PERSON_COLUMNS
+        joined = "JOIN person_groups g USING (person_id) " if group else ""
+        clauses, params = ["p.person_id > ?"], [after]
+        if group:
+            clauses.append("g.group_name = ?")
+            params.append(group)
+        if search:
+            pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            clauses.append("(p.person_id LIKE ? ESCAPE '\\' OR p.display_name LIKE ? ESCAPE '\\')")
+            params += [pattern, pattern]
         with self.read() as conn:
-            if group:
-                rows = conn.execute(
-                    f"SELECT {columns} FROM people p JOIN person_groups g USING (person_id) "  # noqa: S608
-                    "WHERE g.group_name = ? AND p.person_id > ? ORDER BY p.person_id LIMIT ?",
-                    (group, after, limit),
-                ).fetchall()
-            else:
-                rows = conn.execute(
-                    f"SELECT {columns} FROM people p WHERE p.person_id > ? "  # noqa: S608
-                    "ORDER BY p.person_id LIMIT ?",
-                    (after, limit),
-                ).fetchall()
+            rows = conn.execute(
+                f"SELECT {columns} FROM people p {joined}WHERE {' AND '.join(clauses)} "  # noqa: S608
+                "ORDER BY p.person_id LIMIT ?",
+                (*params, limit),
+            ).fetchall()
             return [sqlite_people.person_from_row(row, ()) for row in rows]
+
+    def crop_counts(self, person_ids: Sequence[str]) -> dict[str, int]:
+        counts = dict.fromkeys(person_ids, 0)
+        ids = list(counts)
+        with self.read() as conn:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                counts.update(
+                    conn.execute(
+                        f"SELECT person_id, COUNT(*) FROM crops WHERE person_id IN ({marks}) "  # noqa: S608
+                        "GROUP BY person_id",
+                        chunk,
+                    ).fetchall()
+                )
+        return counts
 
     def crops(self, person_id: str) -> list[Crop]:
         with self.connection() as conn:
@@ -519,9 +539,11 @@ class SqliteState(State):
         with self.connection() as conn:
             return sqlite_events.list_events(conn, flt, cursor, limit)
 
-    def count_events(self, flt: EventFilter, interval_s: int) -> list[IntervalCount]:
+    def count_events(
+        self, flt: EventFilter, interval_s: int, *, per_device: bool = True
+    ) -> list[IntervalCount]:
         with self.read() as conn:
-            return sqlite_events.count_events(conn, flt, interval_s)
+            return sqlite_events.count_events(conn, flt, interval_s, per_device=per_device)
 
     def expression_counts(self, flt: EventFilter, *, per_device: bool) -> list[ExpressionCount]:
         with self.read() as conn:

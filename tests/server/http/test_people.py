@@ -87,6 +87,11 @@ def test_people_are_enrolled_from_photos_listed_changed_shown_as_jpeg_crops_and_
             staff = (await http.get("/api/people", params={"group": "staff"})).json()
             assert [p["person_id"] for p in staff["people"]] == ["eileen"]
             assert staff["gallery_revision"] == 2
+            assert staff["people"][0]["stored_crops"] == 2
+            found = (await http.get("/api/people", params={"q": "EILE"})).json()["people"]
+            assert [(p["person_id"], p["stored_crops"]) for p in found] == [("eileen", 2)]
+            assert (await http.get("/api/people", params={"q": "nobody"})).json()["people"] == []
+            problem(await http.get("/api/people", params={"q": "x" * 129}), 400, "INVALID_ARGUMENT")
 
             shown = (await http.get("/api/people/eileen", params={"include_embeddings": "true"})).json()
             assert shown["stored_crops"] == 2

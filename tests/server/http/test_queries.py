@@ -57,6 +57,12 @@ def test_events_and_aggregates_answer_what_agents_reported(
                     "hourly": await http.get(
                         "/api/events/counts", params={**WINDOW, "interval_seconds": 3600}
                     ),
+                    "fleet_hourly": (
+                        await http.get(
+                            "/api/events/counts",
+                            params={**WINDOW, "interval_seconds": 3600, "per_device": "false"},
+                        )
+                    ).json()["counts"],
                     "expressions": await http.get(
                         "/api/events/expressions", params={**WINDOW, "per_device": "true"}
                     ),
@@ -122,6 +128,10 @@ def test_events_and_aggregates_answer_what_agents_reported(
         for c in r["hourly"].json()["counts"]
     }
     assert hourly == {(9, "door-1"): 3, (10, "door-1"): 2, (9, "door-2"): 2, (11, "door-2"): 2}
+    fleet_hourly = {
+        (datetime.fromisoformat(c["start"]).hour, c["device_id"]): c["count"] for c in r["fleet_hourly"]
+    }
+    assert fleet_hourly == {(9, ""): 5, (10, ""): 2, (11, ""): 2}
     counts = r["expressions"].json()["counts"]
     assert {c["label"]: c["count"] for c in counts if not c["device_id"]} == {
         "happy": 4,

@@ -203,6 +203,29 @@ def test_people_list_pages_by_id_and_filters_by_group(state: State) -> None:
     assert state.list_people(group="nobody") == []
 
 
+def test_people_are_searched_by_id_or_name_and_their_crops_counted(state: State) -> None:
+    crop = Crop("png", b"a", "image:0")
+    state.add_person(person("ada", 1, display_name="Ada Lovelace", groups=("staff",)), [crop, crop], NOW)
+    state.add_person(person("grace", 2, display_name="Grace Hopper"), [crop], NOW)
+    state.add_person(person("x_100", 3, display_name="100% sure"), [], NOW)
+    state.add_person(person("x-1000", 4), [], NOW)
+    assert [p.person_id for p in state.list_people(search="LOVE")] == ["ada"]
+    assert [p.person_id for p in state.list_people(search="a")] == ["ada", "grace"]
+    assert [p.person_id for p in state.list_people(search="a", group="staff")] == ["ada"]
+    assert [p.person_id for p in state.list_people(search="a", after="ada")] == ["grace"]
+    # LIKE's wildcards are searched for as themselves
+    assert [p.person_id for p in state.list_people(search="x_")] == ["x_100"]
+    assert [p.person_id for p in state.list_people(search="0%")] == ["x_100"]
+    assert state.list_people(search="'; DROP TABLE people; --") == []
+    assert state.crop_counts(["ada", "grace", "x_100", "nobody"]) == {
+        "ada": 2,
+        "grace": 1,
+        "x_100": 0,
+        "nobody": 0,
+    }
+    assert state.crop_counts([]) == {}
+
+
 def test_agents_register_and_are_touched(state: State) -> None:
     registration = Registration("door-1", "0.1", "box", {"embedding": "sface@2021dec"}, ("cpu",), 3, "g")
     agent = state.register_agent(registration, NOW)
@@ -424,6 +447,11 @@ def test_aggregates_match_a_brute_force_count_at_any_boundaries(
     hourly = {(int(c.start.timestamp()), c.device_id): c.count for c in state.count_events(flt, 7200)}
     expected_hourly = Counter((int(e.time.timestamp()) // 7200 * 7200, e.device_id) for e in inside)
     assert hourly == dict(expected_hourly)
+    fleet_wide = {
+        (int(c.start.timestamp()), c.device_id): c.count
+        for c in state.count_events(flt, 86400, per_device=False)
+    }
+    assert fleet_wide == dict(Counter((int(e.time.timestamp()) // 86400 * 86400, "") for e in inside))
 
     faces = [e for e in inside if e.kind == "face"]
     expressions = {c.label: c.count for c in state.expression_counts(flt, per_device=False)}

@@ -23,12 +23,14 @@ function top(entries, count = 3) {
 
 /** Events per interval per device (lines). counts: /api/events/counts rows; start, end: ms; width: px. */
 export function eventsChart(counts, start, end, intervalSeconds, width = 960) {
-  const title = `Events per ${duration(intervalSeconds)}, by device`;
+  const fleetWide = counts.length > 0 && counts.every((row) => !row.device_id);
+  const title = `Events per ${duration(intervalSeconds)}, ${fleetWide ? 'all devices' : 'by device'}`;
   if (!counts.length) return emptyChart(title);
   const byDevice = new Map();
   for (const row of counts) {
-    if (!byDevice.has(row.device_id)) byDevice.set(row.device_id, new Map());
-    const points = byDevice.get(row.device_id);
+    const name = row.device_id || 'All devices';
+    if (!byDevice.has(name)) byDevice.set(name, new Map());
+    const points = byDevice.get(name);
     const at = new Date(row.start).getTime();
     points.set(at, (points.get(at) || 0) + row.count);
   }

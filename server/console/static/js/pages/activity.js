@@ -13,6 +13,7 @@ import { cameras } from './fleet.js';
 
 const DAY_MS = 86400000;
 const MAX_RANGE_MS = 400 * DAY_MS;
+const MAX_DEVICE_SERIES = 8;
 const CHARTS_MS = 30000;
 
 /** Render the page into ctx.main. */
@@ -75,6 +76,8 @@ export function render(ctx) {
     signal,
   });
 
+  let knownFleet;
+  const fleetSize = new Promise((resolve) => { knownFleet = resolve; });
   let chartSequence = 0;
   const loadCharts = async () => {
     const mine = ++chartSequence;
@@ -84,8 +87,10 @@ export function render(ctx) {
     const interval = chooseInterval(Math.ceil((endMs - startMs) / 1000));
     chartGrid.setAttribute('aria-busy', 'true');
     try {
+      // One line per device while they can be told apart; past that, the fleet's total.
+      const perDevice = Boolean(flt.device_id) || (await fleetSize) <= MAX_DEVICE_SERIES;
       const [counts, expressions, rates, access] = await Promise.all([
-        get('/api/events/counts', { ...flt, interval_seconds: interval }, { signal }),
+        get('/api/events/counts', { ...flt, interval_seconds: interval, per_device: perDevice }, { signal }),
         get('/api/events/expressions', flt, { signal }),
         get('/api/events/unknown-rate', { ...flt, decision: '' }, { signal }), // a rate over every decision
         get('/api/events/access', flt, { signal }),
@@ -126,6 +131,7 @@ export function render(ctx) {
   const loadChoices = async () => {
     try {
       const fleet = await get('/api/fleet', null, { signal });
+      knownFleet(fleet.agents.length);
       const devices = fleet.agents.map((a) => a.device_id).sort();
       const chosen = device.value;
       if (chosen && !devices.includes(chosen)) devices.push(chosen);
@@ -134,6 +140,7 @@ export function render(ctx) {
       const cameraNames = new Set(fleet.agents.flatMap((a) => cameras(a.health).map(([name]) => name)));
       replace(cameraList, [...cameraNames].sort().map((c) => h('option', { value: c })));
     } catch (error) {
+      knownFleet(Infinity);
       if (!isAbort(error)) messages.show(`The device list cannot be loaded: ${error.message}`, 'error');
     }
     if (isAdmin) {

@@ -5,7 +5,7 @@ import { del, get, isAbort, patch, request, seg } from '../api.js';
 import { field, h, messageBox, replace, select, uid, words } from '../dom.js';
 import { confirmDialog, formDialog } from '../dialog.js';
 import { number, plural, timeEl } from '../format.js';
-import { forgetPeople, loadPeople } from '../directory.js';
+import { forgetPeople } from '../directory.js';
 
 const PAGE_SIZE = 25;
 const MAX_PHOTOS = 32;
@@ -27,10 +27,12 @@ export function cropImage(person, index = 0, size = 56) {
 export function render(ctx) {
   const { main, signal, notify } = ctx;
   let people = null;
+  const tokens = ['']; // page_token of each page seen so far: tokens[i] opens page i
   let page = 0;
-  const details = new Map(); // "id@revision" → GET /api/people/{id} (how many crops it has)
-  const search = h('input', { type: 'search', name: 'search', autocomplete: 'off', placeholder: 'Name, id or group' });
-  const group = select({ name: 'group' }, [['', 'All groups']]);
+  let nextToken = '';
+  let loads = 0;
+  const search = h('input', { type: 'search', name: 'search', autocomplete: 'off', placeholder: 'Name or id', maxlength: 128 });
+  const group = h('input', { type: 'text', name: 'group', autocomplete: 'off', placeholder: 'Any group', maxlength: 128 });
   const count = h('p', { class: 'meta', role: 'status', 'aria-live': 'polite' });
   const messages = messageBox();
   const body = h('tbody');
@@ -46,77 +48,62 @@ export function render(ctx) {
   const pager = h('div', { class: 'pager', role: 'group', 'aria-label': 'People pages', hidden: true },
     previous, pageLabel, next);
 
-  const matching = () => {
-    const needle = search.value.trim().toLowerCase();
-    return people.filter((p) => (!group.value || p.groups.includes(group.value))
-      && (!needle || [p.display_name, p.person_id, ...p.groups].some((t) => t.toLowerCase().includes(needle))));
-  };
-
-  /** The person's crop count, asked once per revision (the list does not carry it), then the photo. */
-  const describe = (person, photo, crops) => {
-    const key = `${person.person_id}@${person.revision}`;
-    if (!details.has(key)) {
-      details.set(key, get(`/api/people/${seg(person.person_id)}`, null, { signal }).catch((error) => {
-        details.delete(key);
-        throw error;
-      }));
-    }
-    details.get(key).then((detail) => {
-      crops.textContent = number(detail.stored_crops);
-      replace(photo, detail.stored_crops ? cropImage(person) : h('span', { class: ['crop', 'no-crop'], text: 'no photo' }));
-    }).catch((error) => { if (!isAbort(error)) crops.textContent = '?'; });
-  };
-
-  const row = (person) => {
-    const photo = h('td', null, h('span', { class: ['crop', 'no-crop'] }));
-    const crops = h('td', { class: 'num', text: '…' });
-    describe(person, photo, crops);
-    return h('tr', { dataset: { personId: person.person_id } }, photo,
-      h('th', { scope: 'row', text: person.display_name || '—' }),
-      h('td', { class: 'mono', text: person.person_id }),
-      h('td', { text: person.groups.join(', ') || '—' }),
-      crops,
-      h('td', null, timeEl(person.updated_at || person.created_at)),
-      h('td', { class: 'row-actions' },
-        h('button', { type: 'button', text: 'Edit', 'aria-label': `Edit ${nameOf(person)}`, onclick: () => edit(person) }),
-        h('button', { type: 'button', class: 'danger', text: 'Delete', 'aria-label': `Delete ${nameOf(person)}`,
-          onclick: () => remove(person) })));
-  };
+  const row = (person) => h('tr', { dataset: { personId: person.person_id } },
+    h('td', null, person.stored_crops ? cropImage(person) : h('span', { class: ['crop', 'no-crop'], text: 'no photo' })),
+    h('th', { scope: 'row', text: person.display_name || '—' }),
+    h('td', { class: 'mono', text: person.person_id }),
+    h('td', { text: person.groups.join(', ') || '—' }),
+    h('td', { class: 'num', text: number(person.stored_crops ?? 0) }),
+    h('td', null, timeEl(person.updated_at || person.created_at)),
+    h('td', { class: 'row-actions' },
+      h('button', { type: 'button', text: 'Edit', 'aria-label': `Edit ${nameOf(person)}`, onclick: () => edit(person) }),
+      h('button', { type: 'button', class: 'danger', text: 'Delete', 'aria-label': `Delete ${nameOf(person)}`,
+        onclick: () => remove(person) })));
 
   const show = () => {
-    if (!people) return;
-    const found = matching();
-    const pages = Math.max(1, Math.ceil(found.length / PAGE_SIZE));
-    page = Math.min(page, pages - 1);
-    replace(body, found.slice(page * PAGE_SIZE, (page + 1) * PAGE_SIZE).map(row));
-    wrap.hidden = found.length === 0;
-    empty.hidden = found.length !== 0;
-    empty.textContent = people.length ? 'Nobody matches the search.' : 'Nobody is enrolled yet: enrol someone below.';
-    count.textContent = found.length === people.length ? plural(people.length, 'person', 'people')
-      : `${number(found.length)} of ${plural(people.length, 'person', 'people')}`;
+    replace(body, people.map(row));
+    wrap.hidden = people.length === 0;
+    empty.hidden = people.length !== 0;
+    const filtered = search.value.trim() || group.value.trim();
+    empty.textContent = filtered ? 'Nobody matches the search.' : 'Nobody is enrolled yet: enrol someone below.';
+    const first = page * PAGE_SIZE;
+    count.textContent = people.length
+      ? `${number(first + 1)}–${number(first + people.length)}${nextToken ? '' : ` of ${number(first + people.length)}`}`
+      : '';
     previous.disabled = page === 0;
-    next.disabled = page >= pages - 1;
-    pageLabel.textContent = `Page ${page + 1} of ${pages}`;
-    pager.hidden = pages < 2;
+    next.disabled = !nextToken;
+    pageLabel.textContent = `Page ${page + 1}`;
+    pager.hidden = page === 0 && !nextToken;
   };
 
-  const load = async () => {
+  /** Load page `index` (0: the first) of the people matching the search and group. */
+  const load = async (index = 0) => {
+    const mine = ++loads;
     try {
-      people = await loadPeople({ signal, fresh: true });
-      const groups = [...new Set(people.flatMap((p) => p.groups))].sort();
-      const chosen = group.value;
-      replace(group, [['', 'All groups'], ...groups.map((g) => [g, g])].map(([value, text]) =>
-        h('option', { value, selected: value === chosen, text })));
+      const answer = await get('/api/people', { page_size: PAGE_SIZE, page_token: tokens[index],
+        q: search.value.trim(), group: group.value.trim() }, { signal });
+      if (mine !== loads) return; // a newer search has started
+      people = answer.people;
+      page = index;
+      nextToken = answer.next_page_token;
+      tokens.length = index + 1;
+      if (nextToken) tokens.push(nextToken);
       loading.remove();
+      messages.clear();
       show();
     } catch (error) {
-      if (isAbort(error)) return;
+      if (isAbort(error) || mine !== loads) return;
       loading.remove();
       messages.show(`People cannot be listed: ${error.message}`, 'error');
     }
   };
 
-  const changed = () => { forgetPeople(); return load(); };
+  let typing = 0;
+  const restart = () => {
+    clearTimeout(typing);
+    typing = setTimeout(() => { tokens.length = 1; load(0); }, 250);
+  };
+  const changed = () => { forgetPeople(); return load(page); };
 
   async function edit(person) {
     const name = h('input', { type: 'text', name: 'display_name', value: person.display_name, maxlength: 200 });
@@ -159,16 +146,16 @@ export function render(ctx) {
     }
   }
 
-  search.addEventListener('input', () => { page = 0; show(); });
-  group.addEventListener('change', () => { page = 0; show(); });
-  previous.addEventListener('click', () => { page -= 1; show(); if (previous.disabled) next.focus(); });
-  next.addEventListener('click', () => { page += 1; show(); if (next.disabled) previous.focus(); });
+  search.addEventListener('input', restart);
+  group.addEventListener('input', restart);
+  previous.addEventListener('click', async () => { await load(page - 1); if (previous.disabled) next.focus(); });
+  next.addEventListener('click', async () => { await load(page + 1); if (next.disabled) previous.focus(); });
   const listId = uid('people');
   main.append(h('h1', { text: 'People' }),
     h('section', { class: 'panel' },
       h('h2', { id: listId, class: 'visually-hidden', text: 'Enrolled people' }),
       h('form', { class: 'toolbar', role: 'search', onsubmit: (e) => e.preventDefault() },
-        field('Search', search), field('Group', group), count),
+        field('Search', search), field('Group', group, 'Exact group name'), count),
       messages, loading, wrap, empty,
       pager),
     enrolForm(ctx, changed));

@@ -35,7 +35,7 @@ from urllib.parse import urlencode
 
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
-from playwright.sync_api import Page, Response, sync_playwright
+from playwright.sync_api import Page, sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -138,6 +138,7 @@ def show(route: str) -> Callable[[Page, str], None]:
     def step(page: Page, base: str) -> None:
         page.goto("about:blank")
         page.goto(f"{base}/console/#/{route}", wait_until="load", timeout=60_000)
+        page.evaluate("() => performance.setResourceTimingBufferSize(1000)")
 
     return step
 
@@ -159,31 +160,23 @@ PAGES: dict[str, Callable[[Page, str], None]] = {
 }
 
 
+RESOURCES_JS = """() => [...performance.getEntriesByType('navigation'),
+  ...performance.getEntriesByType('resource')].map((e) => ({
+    url: e.name, status: e.responseStatus, bytes: e.encodedBodySize,
+    server_ms: (e.serverTiming.find((t) => t.name === 'app') || { duration: 0 }).duration }))"""
+"""Every request of the page's document so far, from the browser's own Resource Timing (the body's bytes as
+sent, and the Server-Timing the server reported)."""
+
+
 def load(page: Page, base: str, step: Callable[[Page, str], None]) -> list[dict[str, Any]]:
-    """Run a step and return every response it caused: url, bytes of body, server milliseconds."""
-    responses: list[Response] = []
-
-    def seen(response: Response) -> None:
-        responses.append(response)
-
-    page.on("response", seen)
+    """Run a step that opens a page, let it settle, and return every request of that document: url,
+    status, bytes of body, server milliseconds."""
     step(page, base)
     page.wait_for_load_state("networkidle", timeout=60_000)
     page.wait_for_timeout(300)
-    page.remove_listener("response", seen)
     rows = []
-    for response in responses:
-        response.finished()
-        timing = response.headers.get("server-timing", "")
-        server_ms = float(timing.split("dur=")[1]) if "dur=" in timing else 0.0
-        rows.append(
-            {
-                "url": response.url.removeprefix(base),
-                "status": response.status,
-                "bytes": response.request.sizes()["responseBodySize"],
-                "server_ms": server_ms,
-            }
-        )
+    for entry in page.evaluate(RESOURCES_JS):
+        rows.append({**entry, "url": str(entry["url"]).removeprefix(base)})
     return rows
 
 

@@ -7,13 +7,16 @@ import { duration, number, percent, plural, shortDateTime } from './format.js';
 const INTERVALS = [60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800];
 const MAX_BUCKETS = 200;
 const TWO_DAYS_S = 2 * 86400;
+const TEN_DAYS_S = 10 * 86400;
 export const GRANTED = '#0072b2';
 export const DENIED = '#d55e00';
 
 /** The interval (seconds) for a range: at most ~200 buckets, 1 minute to 1 day (longer only for very long
- * ranges), whole hours for ranges over 2 days so that the server can answer from its rollups. */
+ * ranges), whole hours for ranges over 2 days and whole days over 10 days, so that the server answers from
+ * its hourly or daily rollup. */
 export function chooseInterval(rangeSeconds) {
-  return INTERVALS.find((i) => (rangeSeconds <= TWO_DAYS_S || i % 3600 === 0) && rangeSeconds / i <= MAX_BUCKETS)
+  const unit = rangeSeconds > TEN_DAYS_S ? 86400 : rangeSeconds > TWO_DAYS_S ? 3600 : 1;
+  return INTERVALS.find((i) => i % unit === 0 && rangeSeconds / i <= MAX_BUCKETS)
     || INTERVALS[INTERVALS.length - 1];
 }
 

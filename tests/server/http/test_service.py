@@ -123,7 +123,8 @@ def test_curl_enrols_lists_and_is_refused_over_the_limit(
 
     enrolled, listed, too_big, updated, rate = run(scenario)
     assert enrolled[0] == 201 and enrolled[1]["person"]["person_id"] == "eileen"
-    assert listed == (200, {**listed[1], "people": [{**enrolled[1]["person"], "embeddings": []}]})
+    listed_person = {**enrolled[1]["person"], "embeddings": [], "stored_crops": 1}
+    assert listed == (200, {**listed[1], "people": [listed_person]})
     assert too_big[0] == 413 and too_big[1]["code"] == "RESOURCE_EXHAUSTED"
     assert "file 'big.jpg' is over the limit" in too_big[1]["detail"]
     assert updated[0] == 200 and updated[1]["person"]["display_name"] == "Eileen"

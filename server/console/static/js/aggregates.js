@@ -6,6 +6,7 @@ import { duration, number, percent, plural, shortDateTime } from './format.js';
 
 const INTERVALS = [60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800];
 const MAX_BUCKETS = 200;
+const MAX_BARS = 12;
 const TWO_DAYS_S = 2 * 86400;
 const TEN_DAYS_S = 10 * 86400;
 export const GRANTED = '#0072b2';
@@ -61,9 +62,13 @@ export function expressionsChart(rows) {
 
 /** Share of face events that were unknown, per device (bars, %). rates: /api/events/unknown-rate. */
 export function unknownChart(rates) {
-  const title = 'Unknown-face rate by device';
-  const rows = rates.per_device.filter((r) => r.face_events > 0);
-  if (!rows.length) return emptyChart(title, 'No face events in this range');
+  const seen = rates.per_device.filter((r) => r.face_events > 0);
+  const many = seen.length > MAX_BARS;
+  const title = many ? `Unknown-face rate, the ${MAX_BARS} highest of ${number(seen.length)} devices`
+    : 'Unknown-face rate by device';
+  if (!seen.length) return emptyChart(title, 'No face events in this range');
+  const rows = many ? seen.slice().sort((a, b) => b.rate - a.rate || a.device_id.localeCompare(b.device_id))
+    .slice(0, MAX_BARS) : seen;
   const fleet = rates.total;
   const highest = rows.slice().sort((a, b) => b.rate - a.rate)[0];
   const summary = `Unknown faces: ${percent(fleet.rate)} of ${plural(fleet.face_events, 'face event')} fleet-wide; `

@@ -82,12 +82,18 @@ export function unknownChart(rates) {
 /** Granted and denied decisions per door (stacked bars). doors: /api/events/access rows. */
 export function accessChart(doors, title = 'Access decisions by door') {
   if (!doors.length) return emptyChart(title, 'No access decisions in this range');
-  const rows = doors.slice().sort((a, b) => (b.granted + b.denied) - (a.granted + a.denied));
-  const granted = rows.reduce((sum, d) => sum + d.granted, 0);
-  const denied = rows.reduce((sum, d) => sum + d.denied, 0);
-  const worst = rows.slice().sort((a, b) => b.denied - a.denied)[0];
-  const summary = `Access: ${number(granted)} granted and ${number(denied)} denied at ${plural(rows.length, 'door')}`
+  const all = doors.slice().sort((a, b) => (b.granted + b.denied) - (a.granted + a.denied));
+  const granted = all.reduce((sum, d) => sum + d.granted, 0);
+  const denied = all.reduce((sum, d) => sum + d.denied, 0);
+  const worst = all.slice().sort((a, b) => b.denied - a.denied)[0];
+  const summary = `Access: ${number(granted)} granted and ${number(denied)} denied at ${plural(all.length, 'door')}`
     + (worst.denied ? `; most denials at ${doorLabel(worst)} (${number(worst.denied)}).` : '.');
+  // The busiest doors, and every door with a denial among the busiest of those, while bars stay readable.
+  const rows = all.length > MAX_BARS
+    ? [...new Set([...all.filter((d) => d.denied).sort((a, b) => b.denied - a.denied).slice(0, MAX_BARS / 2),
+      ...all])].slice(0, MAX_BARS)
+    : all;
+  if (rows.length < all.length) title = `${title}: ${MAX_BARS} of ${number(all.length)}, the most denied and the busiest`;
   return barChart({ title, summary, categories: rows.map(doorLabel), stacked: true,
     series: [{ name: 'Granted', color: GRANTED, values: rows.map((d) => d.granted) },
       { name: 'Denied', color: DENIED, values: rows.map((d) => d.denied) }],

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from facefleet.link.checks import utc_now
+from facefleet.link.checks import check_id, utc_now
 from facefleet.link.gallery import Embedding, Person
 from facefleet.server.domain.queries import PeopleCursor, page_size
 from facefleet.server.domain.records import Crop, EnrolmentRequest, EnrolmentResult, PersonUpdate
@@ -29,6 +29,8 @@ class PersonView:
 
 MAX_SEARCH_CHARS = 128
 """The longest text a people search may look for."""
+MAX_LOOKUP_IDS = 100
+"""The most people one listing may ask for by id."""
 
 
 class PeopleHandler:
@@ -122,18 +124,24 @@ class PeopleHandler:
         return await asyncio.to_thread(read)
 
     async def page(
-        self, *, page_token: str, size: int, group: str, search: str = ""
+        self, *, page_token: str, size: int, group: str, search: str = "", person_ids: Sequence[str] = ()
     ) -> tuple[list[Person], str]:
-        """A page of people in `group` (all: ''), whose id or name contains `search` (any: ''), and the
-        token of the next page ('' on the last)."""
+        """A page of people in `group` (all: ''), whose id or name contains `search` (any: ''), among
+        `person_ids` (any: ()), and the token of the next page ('' on the last)."""
         limit = page_size(size)
         if len(page_token) > 256 or len(group) > 128:
             raise InvalidArgumentError("page_token or group is too long")
         if len(search) > MAX_SEARCH_CHARS:
             raise InvalidArgumentError(f"search: at most {MAX_SEARCH_CHARS} characters")
+        if len(person_ids) > MAX_LOOKUP_IDS:
+            raise InvalidArgumentError(f"person_id: at most {MAX_LOOKUP_IDS} at once; ask in batches")
+        for person_id in person_ids:
+            check_id("person_id", person_id)
         after = PeopleCursor.decode(page_token, group).person_id if page_token else ""
         people = await asyncio.to_thread(
-            lambda: self.state.list_people(after=after, limit=limit, group=group, search=search)
+            lambda: self.state.list_people(
+                after=after, limit=limit, group=group, search=search, person_ids=person_ids
+            )
         )
         return people, PeopleCursor(people[-1].person_id, group).encode() if len(people) == limit else ""
 

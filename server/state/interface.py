@@ -119,10 +119,16 @@ class State(abc.ABC):
 
     @abc.abstractmethod
     def list_people(
-        self, *, after: str = "", limit: int = 100, group: str = "", search: str = ""
+        self,
+        *,
+        after: str = "",
+        limit: int = 100,
+        group: str = "",
+        search: str = "",
+        person_ids: Sequence[str] = (),
     ) -> list[Person]:
         """People with person_id > after, sorted by id, at most limit, without embeddings; search: only
-        those whose id or display name contains it (ASCII letters in any case)."""
+        those whose id or display name contains it (ASCII letters in any case); person_ids: only these."""
 
     @abc.abstractmethod
     def crop_counts(self, person_ids: Sequence[str]) -> dict[str, int]:

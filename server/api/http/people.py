@@ -122,11 +122,14 @@ async def list_people(
     handlers: Handlers,
     group: Annotated[str, Query(description="Only people in this group")] = "",
     q: Annotated[str, Query(description="Only people whose id or display name contains this")] = "",
+    person_id: Annotated[
+        list[str], Query(description="Only these people (repeat the parameter; at most 100)")
+    ] = [],  # noqa: B006
     page_size: Annotated[int, Query(description="1–1000; 0 means 100")] = 0,
     page_token: Annotated[str, Query(description="next_page_token of the previous page")] = "",
 ) -> PeoplePage:
     people, token = await handlers.people.page(
-        page_token=page_token, size=page_size, group=group, search=q.strip()
+        page_token=page_token, size=page_size, group=group, search=q.strip(), person_ids=tuple(person_id)
     )
     crops = await handlers.people.crop_counts([p.person_id for p in people])
     return PeoplePage(

@@ -410,7 +410,13 @@ class SqliteState(State):
             return sqlite_people.load_person(conn, person_id, with_vectors=with_vectors)
 
     def list_people(
-        self, *, after: str = "", limit: int = 100, group: str = "", search: str = ""
+        self,
+        *,
+        after: str = "",
+        limit: int = 100,
+        group: str = "",
+        search: str = "",
+        person_ids: Sequence[str] = (),
     ) -> list[Person]:
         columns = sqlite_people.PERSON_COLUMNS
         joined = "JOIN person_groups g USING (person_id) " if group else ""
@@ -422,6 +428,9 @@ class SqliteState(State):
             pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             clauses.append("(p.person_id LIKE ? ESCAPE '\\' OR p.display_name LIKE ? ESCAPE '\\')")
             params += [pattern, pattern]
+        if person_ids:
+            clauses.append(f"p.person_id IN ({', '.join('?' * len(person_ids))})")
+            params += list(person_ids)
         with self.read() as conn:
             rows = conn.execute(
                 f"SELECT {columns} FROM people p {joined}WHERE {' AND '.join(clauses)} "  # noqa: S608

@@ -92,6 +92,12 @@ def test_people_are_enrolled_from_photos_listed_changed_shown_as_jpeg_crops_and_
             assert [(p["person_id"], p["stored_crops"]) for p in found] == [("eileen", 2)]
             assert (await http.get("/api/people", params={"q": "nobody"})).json()["people"] == []
             problem(await http.get("/api/people", params={"q": "x" * 129}), 400, "INVALID_ARGUMENT")
+            asked = [("person_id", "eileen"), ("person_id", "nobody"), ("person_id", other)]
+            by_id = (await http.get("/api/people", params=asked)).json()["people"]
+            assert [p["person_id"] for p in by_id] == sorted(["eileen", other])
+            too_many = [("person_id", f"p{i}") for i in range(101)]
+            problem(await http.get("/api/people", params=too_many), 400, "INVALID_ARGUMENT")
+            problem(await http.get("/api/people", params={"person_id": "../x"}), 400, "INVALID_ARGUMENT")
 
             shown = (await http.get("/api/people/eileen", params={"include_embeddings": "true"})).json()
             assert shown["stored_crops"] == 2

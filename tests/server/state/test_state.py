@@ -217,6 +217,8 @@ def test_people_are_searched_by_id_or_name_and_their_crops_counted(state: State)
     assert [p.person_id for p in state.list_people(search="x_")] == ["x_100"]
     assert [p.person_id for p in state.list_people(search="0%")] == ["x_100"]
     assert state.list_people(search="'; DROP TABLE people; --") == []
+    assert [p.person_id for p in state.list_people(person_ids=["grace", "nobody", "ada"])] == ["ada", "grace"]
+    assert [p.person_id for p in state.list_people(person_ids=["grace", "ada"], search="ada")] == ["ada"]
     assert state.crop_counts(["ada", "grace", "x_100", "nobody"]) == {
         "ada": 2,
         "grace": 1,

@@ -40,13 +40,23 @@ export const COLUMNS = {
 /**
  * The events view. options: title (its h2), columns (keys of COLUMNS), query() (the filter as API query
  * parameters, with start and end), live() (whether new events may still come: no end time), names() (person
- * id → name, or null), signal (the page's), pageSize, emptyText. Returns {element, load}: load() shows the
- * first page of the current query.
+ * id → name, or null), lookupNames(ids) (asks for the names of the people shown before they are drawn, or
+ * null), signal (the page's), pageSize, emptyText. Returns {element, load}: load() shows the first page of
+ * the current query.
  */
 export function eventsTable({
-  title = 'Events', columns, query, live = () => true, names = () => null, signal, pageSize = 50,
-  emptyText = 'No events in this range',
+  title = 'Events', columns, query, live = () => true, names = () => null, lookupNames = null, signal,
+  pageSize = 50, emptyText = 'No events in this range',
 }) {
+  /** Names of the people in these events, looked up before the rows are drawn (a failure draws ids). */
+  const nameThem = async (events) => {
+    if (!lookupNames) return;
+    try {
+      await lookupNames(events.map((e) => e.person_id).filter(Boolean));
+    } catch (error) {
+      if (!isAbort(error)) console.warn('names cannot be looked up', error);
+    }
+  };
   const headingId = `events-heading-${Math.random().toString(36).slice(2, 8)}`;
   const status = h('p', { class: 'meta', role: 'status', 'aria-live': 'polite' });
   const body = h('tbody');
@@ -92,6 +102,8 @@ export function eventsTable({
     try {
       const page = await get('/api/events', { ...current, page_size: pageSize, page_token: tokens.at(-1) }, { signal });
       if (mine !== sequence) return;
+      await nameThem(page.events);
+      if (mine !== sequence) return;
       shown = page.events;
       seen = new Set(shown.map((e) => e.event_id));
       next = page.next_page_token;
@@ -118,12 +130,16 @@ export function eventsTable({
     if (page.next_page_token) { await fetchPage(); return; }
     const fresh = page.events.filter((e) => !seen.has(e.event_id));
     if (!fresh.length) return;
-    fresh.forEach((e) => seen.add(e.event_id));
-    shown = [...fresh, ...shown];
-    body.prepend(...fresh.map((e) => row(e, true)));
+    await nameThem(fresh);
+    if (mine !== sequence || tokens.length !== 1) return;
+    const unseen = fresh.filter((e) => !seen.has(e.event_id));
+    if (!unseen.length) return;
+    unseen.forEach((e) => seen.add(e.event_id));
+    shown = [...unseen, ...shown];
+    body.prepend(...unseen.map((e) => row(e, true)));
     wrap.hidden = false;
     empty.hidden = true;
-    status.textContent = `${plural(fresh.length, 'new event')} arrived; `
+    status.textContent = `${plural(unseen.length, 'new event')} arrived; `
       + `${plural(shown.length, 'event')} shown, newest first.`;
   };
 

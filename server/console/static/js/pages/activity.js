@@ -8,7 +8,7 @@ import { duration, fromLocalInput, shortDateTime, toDate, toLocalInput } from '.
 import { every } from '../poll.js';
 import { accessChart, chooseInterval, eventsChart, expressionsChart, unknownChart } from '../aggregates.js';
 import { DECISIONS, eventsTable } from '../events.js';
-import { loadPeople, namesById, peopleDatalist, resolvePerson } from '../directory.js';
+import { knownNames, namesFor, pickPeople, resolvePerson } from '../directory.js';
 import { cameras } from './fleet.js';
 
 const DAY_MS = 86400000;
@@ -19,7 +19,6 @@ const CHARTS_MS = 30000;
 /** Render the page into ctx.main. */
 export function render(ctx) {
   const { main, params, signal, isAdmin } = ctx;
-  let names = null;
   let people = [];
   const ids = { cameras: uid('cameras'), doors: uid('doors'), people: uid('people') };
   const chosenDevice = params.get('device') || '';
@@ -72,7 +71,8 @@ export function render(ctx) {
     columns: ['time', 'device', 'camera', 'kind', 'decision', 'person', 'door', 'reason', 'score', 'expression'],
     query: () => applied,
     live: () => !applied.end,
-    names: () => names,
+    names: () => (isAdmin ? knownNames() : null),
+    lookupNames: isAdmin ? (ids) => namesFor(ids, { signal }) : null,
     signal,
   });
 
@@ -143,17 +143,8 @@ export function render(ctx) {
       knownFleet(Infinity);
       if (!isAbort(error)) messages.show(`The device list cannot be loaded: ${error.message}`, 'error');
     }
-    if (isAdmin) {
-      try {
-        people = await loadPeople({ signal });
-        names = namesById(people);
-        peopleList.replaceWith(peopleDatalist(ids.people, people));
-        table.redraw();
-      } catch (error) {
-        if (!isAbort(error)) console.warn('people cannot be listed', error);
-      }
-    }
   };
+  if (isAdmin) pickPeople(person, peopleList, { signal, found: (found) => { people = found; } });
 
   form.addEventListener('submit', (event) => { event.preventDefault(); apply(); });
   main.append(h('h1', { text: 'Activity' }), form, messages, charts, table.element);

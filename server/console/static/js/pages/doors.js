@@ -7,7 +7,7 @@ import { number, percent } from '../format.js';
 import { every } from '../poll.js';
 import { accessChart } from '../aggregates.js';
 import { eventsTable } from '../events.js';
-import { loadPeople, namesById } from '../directory.js';
+import { knownNames, namesFor } from '../directory.js';
 
 const HOUR_MS = 3600000;
 const RANGES = [['1h', 'Last hour', HOUR_MS], ['24h', 'Last 24 hours', 24 * HOUR_MS],
@@ -17,7 +17,6 @@ const SUMMARY_MS = 30000;
 /** Render the page into ctx.main. */
 export function render(ctx) {
   const { main, params, signal, isAdmin } = ctx;
-  let names = null;
   let start = '';
   let doors = [];
   const chosenRange = RANGES.some(([key]) => key === params.get('range')) ? params.get('range') : '24h';
@@ -30,7 +29,8 @@ export function render(ctx) {
     title: 'Recent access events',
     columns: ['time', 'door', 'device', 'person', 'decision', 'reason'],
     query: () => ({ kind: 'access', door: door.value, start }),
-    names: () => names,
+    names: () => (isAdmin ? knownNames() : null),
+    lookupNames: isAdmin ? (ids) => namesFor(ids, { signal }) : null,
     signal,
     emptyText: 'No access events in this range',
   });
@@ -85,8 +85,4 @@ export function render(ctx) {
     table.element);
   reload();
   every(SUMMARY_MS, loadSummary, signal);
-  if (isAdmin) {
-    loadPeople({ signal }).then((people) => { names = namesById(people); table.redraw(); })
-      .catch((error) => { if (!isAbort(error)) console.warn('people cannot be listed', error); });
-  }
 }

@@ -6,7 +6,7 @@ import { del, get, isAbort, post, seg } from '../api.js';
 import { field, h, messageBox, replace, uid, words } from '../dom.js';
 import { confirmDialog, formDialog } from '../dialog.js';
 import { plural, timeEl } from '../format.js';
-import { forgetPeople, loadPeople, peopleDatalist, resolvePerson } from '../directory.js';
+import { forgetPeople, pickPeople, resolvePerson } from '../directory.js';
 
 const PAGE_SIZE = 10;
 const nameOf = (person) => person.display_name || person.person_id;
@@ -91,6 +91,7 @@ export function render(ctx) {
 
     const addToExisting = () => {
       const who = h('input', { type: 'text', name: 'person', list: listId, required: true, autocomplete: 'off' });
+      pickPeople(who, document.getElementById(listId), { signal, found: (found) => { people = found; } });
       formDialog({
         title: `Add ${faceCount} to an existing person`,
         submitLabel: 'Add',
@@ -156,6 +157,4 @@ export function render(ctx) {
     h('div', { class: 'toolbar' }, count, h('button', { type: 'button', text: 'Refresh', onclick: load })),
     messages, list, pager, datalist);
   load();
-  loadPeople({ signal }).then((all) => { people = all; datalist.replaceWith(peopleDatalist(listId, all)); })
-    .catch((error) => { if (!isAbort(error)) console.warn('people cannot be listed', error); });
 }

@@ -35,3 +35,20 @@ class ModelSpecError(FaceFleetError):
 
 class StorageFullError(ModelStoreError):
     """A model could not be written: the disk holding the model store is full."""
+
+
+class QuantizationError(FaceFleetError):
+    """A model cannot be quantized: its task is not allowed, no faces to calibrate on, or the accuracy guard
+    refused the result (the error then carries the guard's figures)."""
+
+    exit_code = EXIT_DATA
+
+    def __init__(self, message: str, figures: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.figures = figures
+
+
+class QuantizerMissingError(QuantizationError):
+    """NNCF, the optional quantization extra, is not installed."""
+
+    exit_code = EXIT_UNAVAILABLE

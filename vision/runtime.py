@@ -9,6 +9,7 @@ import functools
 import logging
 import os
 import shutil
+import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,13 @@ import numpy as np
 import numpy.typing as npt
 import openvino as ov
 
-from facefleet.vision.errors import DeviceError, ModelSpecError, ModelStoreError, StorageFullError
+from facefleet.vision.errors import (
+    DeviceError,
+    ModelSpecError,
+    ModelStoreError,
+    QuantizerMissingError,
+    StorageFullError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +198,64 @@ class Runtime:
                 f"{target_xml}: cannot write the merged model ({_first_line(exc)})"
             ) from exc
         return _model_io(merged)
+
+    def quantize_to_ir(
+        self,
+        source_xml: Path,
+        target_xml: Path,
+        calibration: Sequence[npt.NDArray[np.float32]],
+        keep_first_convolution: bool = True,
+        asymmetric_activations: bool = False,
+    ) -> tuple[ModelIO, list[str]]:
+        """NNCF post-training INT8 quantization of an IR with one input: calibration holds input tensors
+        (batch 1 each, all used); keep_first_convolution leaves the first convolution in float;
+        asymmetric_activations: NNCF's MIXED preset instead of PERFORMANCE (symmetric everywhere). Saves
+        target_xml (and its .bin) and returns its IO and the names of the operations kept in float.
+
+        NNCF is the optional `quantize` extra and is imported here only, when a model is quantized (NNCF
+        needs the openvino.Model, which only this module may hold); the agent's runtime never imports it."""
+        try:
+            import nncf  # the optional extra, see above
+        except ImportError:
+            raise QuantizerMissingError(
+                "quantization needs NNCF, the optional extra: pip install 'facefleet[quantize]'"
+            ) from None
+        model = self._core.read_model(str(source_xml))
+        if len(model.inputs) != 1:
+            raise ModelSpecError(f"{source_xml}: only models with one input can be quantized")
+        kept: list[str] = []
+        if keep_first_convolution:
+            convolutions = [
+                op.get_friendly_name()
+                for op in model.get_ordered_ops()
+                if op.get_type_name() in ("Convolution", "GroupConvolution")
+            ]
+            kept = convolutions[:1]
+        ignored = nncf.IgnoredScope(names=kept) if kept else None
+        nncf_log = logging.getLogger("nncf")  # NNCF logs its INFO lines to stdout, where --json goes
+        level = nncf_log.level
+        nncf_log.setLevel(logging.WARNING)
+        try:
+            with _usage_reports_declined(), contextlib.redirect_stdout(sys.stderr):
+                quantized = nncf.quantize(
+                    model,
+                    nncf.Dataset(list(calibration)),
+                    subset_size=len(calibration),
+                    ignored_scope=ignored,
+                    preset=nncf.QuantizationPreset.MIXED if asymmetric_activations else None,
+                )
+        except Exception as exc:
+            message = f"{source_xml}: NNCF cannot quantize this model: {_first_line(exc)}"
+            raise ModelSpecError(message) from exc
+        finally:
+            nncf_log.setLevel(level)
+        try:
+            ov.save_model(quantized, str(target_xml))
+        except (RuntimeError, OSError) as exc:
+            raise ModelStoreError(
+                f"{target_xml}: cannot write the quantized model ({_first_line(exc)})"
+            ) from exc
+        return _model_io(quantized), kept
 
     def _compile_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"PERFORMANCE_HINT": self.settings.performance_hint}

@@ -1,0 +1,42 @@
+"""`facefleet-agent models quantize`: the INT8 version, its guard's figures (--json), --activate, refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from facefleet.agent.cli.main import main
+from facefleet.core.errors import EXIT_DATA, EXIT_OK
+from facefleet.vision.models.store import ModelStore
+from tests.vision.models.test_quantize import photo_folder
+
+pytestmark = pytest.mark.slow  # NNCF calibration and the guard: ~8 s a quantization
+
+
+def test_the_cli_quantizes_prints_the_figures_and_activates(
+    model_store: ModelStore, photo_paths: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    shutil.copytree(model_store.root, state / "models")
+    photos = photo_folder(tmp_path / "photos", photo_paths)
+    argv = ["--state-dir", str(state), "models", "quantize", "sface@2021dec", "--photos", str(photos)]
+    code = main([*argv, "--samples", "60", "--version", "2021dec-q60", "--activate", "--json"])
+    out = capsys.readouterr().out
+    assert code == EXIT_OK, out
+    report = json.loads(out)
+    assert report["model_id"] == "sface@2021dec-q60"
+    assert report["quantized_from"] == "sface@2021dec"
+    assert report["guard"]["passed"] is True
+    assert report["guard"]["calibration_samples"] == 60
+    assert ModelStore(state / "models").active_map()["embedding"] == "sface/2021dec-q60"
+
+    code = main([*argv, "--samples", "10", "--version", "2021dec-q10"])
+    assert code == EXIT_OK
+    assert "held-out samples" in capsys.readouterr().out
+
+    code = main(["--state-dir", str(state), "models", "quantize", "yunet@2023mar", "--photos", str(photos)])
+    assert code == EXIT_DATA
+    assert "detection models stay in float" in capsys.readouterr().err

@@ -21,6 +21,7 @@ from facefleet.core.errors import EXIT_OK
 from facefleet.link.checks import utc_now
 from facefleet.server.api.security import new_token
 from facefleet.server.cli.audit import register as register_audit
+from facefleet.server.cli.backup import register as register_backup
 from facefleet.server.cli.context import Context, new_table
 from facefleet.server.cli.devices import register_certs, register_devices
 from facefleet.server.cli.models import register as register_models
@@ -43,6 +44,7 @@ EPILOG = """examples:
   facefleet-server models publish emotion.tflite --task expression --name mini-xception --version v2
   facefleet-server rollout start mini-xception@v2 --percent 10
   facefleet-server audit list --since 7d --action rollouts
+  facefleet-server backup /var/backups/facefleet/today
 """
 
 
@@ -100,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_audit(commands, _parser)
     register_people(commands, _parser)
     register_unknown(commands, _parser)
+    register_backup(commands, _parser)
     return parser
 
 

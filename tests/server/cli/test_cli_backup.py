@@ -1,0 +1,148 @@
+"""`facefleet-server backup` and `restore` end to end on real SQLite: a backup taken while another connection
+writes restores into an empty state directory that answers like the original; a damaged backup, or a restore
+over an existing database without --force, is refused."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from facefleet.core.errors import EXIT_DATA, EXIT_IO, EXIT_OK
+from facefleet.link.checks import utc_now
+from facefleet.link.events import Event
+from facefleet.link.fleet import Registration
+from facefleet.link.gallery import Person
+from facefleet.server.api.security import new_token
+from facefleet.server.domain.records import Crop
+from facefleet.server.state.sqlite.state import SqliteState
+from tests.server.cli.test_cli import run_cli
+
+
+def populate(state_dir: Path) -> None:
+    state = SqliteState(state_dir / "server.db")
+    now = utc_now()
+    state.register_agent(Registration("door-1", "0.3.0"), now)
+    for name in ("alice", "bob"):
+        state.add_person(
+            Person(name, display_name=name.title()), [Crop("png", b"\x89PNG" + name.encode(), "t")], now
+        )
+    state.add_events(
+        [
+            Event(str(uuid.uuid4()), "door-1", now - timedelta(minutes=i), "face", "match", person_id="alice")
+            for i in range(20)
+        ]
+    )
+    state.add_token(new_token("grafana", "query", now)[1])
+    state.close()
+    model = state_dir / "models" / "face" / "m" / "v1"
+    model.mkdir(parents=True)
+    (model / "model.onnx").write_bytes(b"weights")
+
+
+def answers(capsys: pytest.CaptureFixture[str], state_dir: Path) -> tuple[object, ...]:
+    base = ["--state-dir", str(state_dir)]
+    code, people, err = run_cli(capsys, *base, "people", "list", "--json")
+    assert code == EXIT_OK, err
+    code, counts, err = run_cli(capsys, *base, "query", "counts", "--interval", "1d", "--json")
+    assert code == EXIT_OK, err
+    code, tokens, err = run_cli(capsys, *base, "tokens", "list", "--json")
+    assert code == EXIT_OK, err
+    return (
+        json.loads(people),
+        sum(r["count"] for r in json.loads(counts)),
+        [(t["name"], t["role"], t["id"]) for t in json.loads(tokens)],
+    )
+
+
+def test_backup_while_writing_restores_the_same_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "source"
+    populate(source)
+    original = answers(capsys, source)
+    assert original[1] == 20
+
+    stop = threading.Event()
+
+    def write() -> None:  # another connection keeps writing while the backup runs
+        conn = sqlite3.connect(source / "server.db", timeout=10)
+        conn.execute("PRAGMA journal_mode = WAL")
+        while not stop.is_set():
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, 'x')", (str(uuid.uuid4()),))
+            conn.commit()
+        conn.close()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        dest = tmp_path / "backup"
+        code, out, err = run_cli(capsys, "--state-dir", str(source), "backup", str(dest), "--json")
+    finally:
+        stop.set()
+        writer.join()
+    assert code == EXIT_OK, err
+    manifest = json.loads(out)
+    assert manifest == json.loads((dest / "backup.json").read_text())
+    assert manifest["row_counts"]["people"] == 2
+    assert manifest["row_counts"]["crops"] == 2
+    assert manifest["row_counts"]["events"] == 20
+    assert manifest["row_counts"]["tokens"] == 1
+    assert manifest["schema_version"] > 0
+    assert list(manifest["models"]) == ["face/m/v1/model.onnx"]
+
+    code, _, err = run_cli(capsys, "--state-dir", str(source), "backup", str(dest))
+    assert code == EXIT_DATA
+    assert "exists and is not empty" in err
+
+    restored = tmp_path / "restored"
+    code, _, err = run_cli(capsys, "--state-dir", str(restored), "restore", str(dest))
+    assert code == EXIT_OK, err
+    assert (restored / "models" / "face" / "m" / "v1" / "model.onnx").read_bytes() == b"weights"
+    assert answers(capsys, restored) == original
+
+
+def test_a_damaged_backup_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "source"
+    populate(source)
+    dest = tmp_path / "backup"
+    assert run_cli(capsys, "--state-dir", str(source), "backup", str(dest))[0] == EXIT_OK
+    db = dest / "server.db"
+    data = bytearray(db.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    db.write_bytes(bytes(data))
+    restored = tmp_path / "restored"
+    code, _, err = run_cli(capsys, "--state-dir", str(restored), "restore", str(dest))
+    assert code == EXIT_IO
+    assert "does not match the manifest" in err
+    assert not (restored / "server.db").exists()
+
+
+def test_restore_over_an_existing_database_needs_force_and_keeps_the_old_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "source"
+    populate(source)
+    dest = tmp_path / "backup"
+    assert run_cli(capsys, "--state-dir", str(source), "backup", str(dest))[0] == EXIT_OK
+    target = tmp_path / "target"
+    SqliteState(target / "server.db").close()
+    before = (target / "server.db").read_bytes()
+
+    code, _, err = run_cli(capsys, "--state-dir", str(target), "restore", str(dest))
+    assert code == EXIT_DATA
+    assert "pass --force" in err
+    assert (target / "server.db").read_bytes() == before
+
+    code, out, err = run_cli(capsys, "--state-dir", str(target), "restore", str(dest), "--force", "--json")
+    assert code == EXIT_OK, err
+    kept = Path(json.loads(out)["kept"])
+    assert kept.parent == target
+    assert kept.name.startswith("server.db.before-restore-")
+    assert kept.read_bytes() == before
+    assert answers(capsys, target) == answers(capsys, source)

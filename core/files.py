@@ -1,8 +1,10 @@
-"""Files only their owner may read: databases holding embeddings, token hashes and queued events."""
+"""Files only their owner may read (databases holding embeddings, token hashes and queued events), and files
+replaced whole or not at all."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -15,5 +17,32 @@ def create_private(path: Path) -> None:
         return
     try:
         os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Replace `path` with `content` (text as UTF-8) all at once: a temporary file beside it, fsynced, renamed
+    over it, and the folder fsynced; a crash leaves the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the folder's entries (a rename, a new file) durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
     finally:
         os.close(fd)

@@ -9,8 +9,9 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from facefleet.core.files import write_atomic
 from facefleet.link.models import ModelStatus
-from facefleet.vision.models.store import ModelStore, write_atomic
+from facefleet.vision.models.store import ModelStore
 
 log = logging.getLogger(__name__)
 

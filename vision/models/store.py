@@ -10,6 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from facefleet.core.files import fsync_dir, write_atomic
 from facefleet.vision.errors import ModelIntegrityError, ModelStoreError
 from facefleet.vision.models.manifest import MANIFEST_NAME, ModelManifest, check_part, sha256_file
 
@@ -57,7 +58,7 @@ class ModelStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         _fsync_tree(staged)
         os.replace(staged, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return StoredModel(manifest, target)
 
     def get(self, task: str, name: str, version: str) -> StoredModel:
@@ -162,32 +163,9 @@ def check_model(model: StoredModel) -> None:
         raise ModelIntegrityError("; ".join(problems))
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def _fsync_tree(directory: Path) -> None:
     for path in directory.iterdir():
         if path.is_file():
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(directory)

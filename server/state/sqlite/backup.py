@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from facefleet.core.files import fsync_dir, write_atomic
 from facefleet.core.migrations import SchemaError
 from facefleet.server.errors import AlreadyExistsError, DataLossError, NotFoundError, StateError
 from facefleet.server.state.sqlite.state import BUSY_TIMEOUT_MS, MIGRATIONS
@@ -106,7 +107,7 @@ def backup_state(database: Path, models: Path, dest: Path, now: datetime) -> Bac
             row_counts=counts,
             models=model_sums,
         )
-        _write_atomically(dest / MANIFEST, (json.dumps(manifest.to_json(), indent=2) + "\n").encode())
+        write_atomic(dest / MANIFEST, (json.dumps(manifest.to_json(), indent=2) + "\n").encode())
     except sqlite3.Error as exc:
         raise StateError(f"cannot back up state database {database} to {dest} ({exc})") from None
     except OSError as exc:
@@ -249,26 +250,4 @@ def _copy_atomically(source: Path, target: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(target.parent)

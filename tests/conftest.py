@@ -4,6 +4,7 @@ photos from installed wheels."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from facefleet.vision.models.store import ModelStore
 from facefleet.vision.photos import sample_photo
 from facefleet.vision.pipeline import FaceAnalyzer
 from facefleet.vision.runtime import Runtime, RuntimeSettings
+from tests.postgres import PostgresCluster
 
 SFACE_THRESHOLD = 0.363
 
@@ -60,3 +62,13 @@ def group_photo() -> npt.NDArray[np.uint8]:
 @pytest.fixture(scope="session")
 def photo_paths() -> dict[str, Path]:
     return {"astronaut": sample_photo("astronaut"), "t1": sample_photo("t1")}
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL server for the session (tests.postgres); each test makes its own database."""
+    cluster = PostgresCluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

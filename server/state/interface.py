@@ -204,6 +204,11 @@ class State(abc.ABC):
         """Face events per device with how many had each estimated gender and age band, sorted by device;
         only devices with face events. Kinds and person_ids in flt are ignored (face events only)."""
 
+    @abc.abstractmethod
+    def expire_events(self, before: datetime) -> int:
+        """Delete the events before `before` and the rollup buckets that end by then (retention); how many
+        events. Cut on a day boundary, aggregates stay exact."""
+
     # -- operator tokens -----------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -229,6 +234,10 @@ class State(abc.ABC):
     @abc.abstractmethod
     def list_audit(self, flt: AuditFilter, after: AuditCursor | None, limit: int) -> AuditPage:
         """Matching entries, newest first (ties by entry_id, descending), after cursor, at most limit."""
+
+    @abc.abstractmethod
+    def expire_audit(self, before: datetime) -> int:
+        """Delete the admin audit entries before `before` (retention); how many."""
 
     # -- lifecycle -----------------------------------------------------------------------------------
 

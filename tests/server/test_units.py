@@ -24,7 +24,7 @@ from facefleet.server.errors import (
 )
 from facefleet.server.fleet.link import only_models, split_delta
 from facefleet.server.state.fanout import GalleryFanout
-from facefleet.server.state.sqlite.events import segments
+from facefleet.server.state.sql.events import segments
 from facefleet.server.state.sqlite.state import SqliteState
 from tests.server.conftest import Pki
 

@@ -22,7 +22,8 @@ from typing import Any
 from facefleet.core.files import fsync_dir, write_atomic
 from facefleet.core.migrations import SchemaError
 from facefleet.server.errors import AlreadyExistsError, DataLossError, NotFoundError, StateError
-from facefleet.server.state.sqlite.state import BUSY_TIMEOUT_MS, MIGRATIONS
+from facefleet.server.state.sqlite.schema import MIGRATIONS
+from facefleet.server.state.sqlite.state import BUSY_TIMEOUT_MS
 
 MANIFEST = "backup.json"
 DATABASE = "server.db"

@@ -1,4 +1,5 @@
-"""The State contract. Every test runs against each implementation in STATES (add a PostgreSQL one there)."""
+"""The State contract. Every test runs against each implementation: SQLite in a temporary folder, and
+PostgreSQL in a fresh database of the session's throwaway cluster (tests.postgres)."""
 
 from __future__ import annotations
 
@@ -25,20 +26,27 @@ from facefleet.server.domain.queries import AttributeCounts, EventCursor, EventF
 from facefleet.server.domain.records import Crop, TokenRecord
 from facefleet.server.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StateError
 from facefleet.server.state.interface import State
+from facefleet.server.state.postgres.state import PostgresState
 from facefleet.server.state.sqlite.state import SqliteState
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
-STATES: dict[str, Callable[[Path, int], State]] = {
-    "sqlite": lambda root, log: SqliteState(root / "server.db", log_revisions=log),
-}
+BACKENDS = ("postgresql", "sqlite")
 
 
-@pytest.fixture(params=sorted(STATES))
+@pytest.fixture(params=BACKENDS)
 def make_state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., State]]:
+    """Opens the state of one backend; every call opens the same database again."""
     made: list[State] = []
+    url = ""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_cluster").create_database()
 
     def make(log_revisions: int = 1000) -> State:
-        state = STATES[request.param](tmp_path, log_revisions)
+        state: State
+        if url:
+            state = PostgresState(url, log_revisions=log_revisions, pool_size=4)
+        else:
+            state = SqliteState(tmp_path / "server.db", log_revisions=log_revisions)
         made.append(state)
         return state
 

@@ -3,23 +3,15 @@ on a connection, run inside its transactions."""
 
 from __future__ import annotations
 
-import sqlite3
-
 from facefleet.server.domain.audit import AuditCursor, AuditEntry, AuditFilter, AuditPage
 from facefleet.server.domain.queries import from_us, to_us
-
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS admin_audit (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, time_us INTEGER NOT NULL, who TEXT NOT NULL,
-        action TEXT NOT NULL, target TEXT NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS admin_audit_time ON admin_audit(time_us, id)",
-)
-"""Migration 5: the admin audit log, listed newest first by time."""
+from facefleet.server.state.sql.meta import Connection
 
 
-def add_audit(conn: sqlite3.Connection, entry: AuditEntry) -> AuditEntry:
+def add_audit(conn: Connection, entry: AuditEntry) -> AuditEntry:
     cursor = conn.execute(
-        "INSERT INTO admin_audit (time_us, who, action, target, outcome, detail) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO admin_audit (time_us, who, action, target, outcome, detail) VALUES (?, ?, ?, ?, ?, ?) "
+        "RETURNING id",
         (to_us(entry.time), entry.who, entry.action, entry.target, entry.outcome, entry.detail),
     )
     return AuditEntry(
@@ -29,13 +21,11 @@ def add_audit(conn: sqlite3.Connection, entry: AuditEntry) -> AuditEntry:
         entry.target,
         entry.outcome,
         entry.detail,
-        int(cursor.lastrowid or 0),
+        int(cursor.fetchone()[0]),
     )
 
 
-def list_audit(
-    conn: sqlite3.Connection, flt: AuditFilter, after: AuditCursor | None, limit: int
-) -> AuditPage:
+def list_audit(conn: Connection, flt: AuditFilter, after: AuditCursor | None, limit: int) -> AuditPage:
     """Matching entries newest first (ties by id, descending), after the cursor, at most limit."""
     where = ["time_us >= ?", "time_us < ?"]
     params: list[object] = [to_us(flt.since), to_us(flt.until)]
@@ -59,3 +49,8 @@ def list_audit(
     )
     more = len(rows) > limit and entries
     return AuditPage(entries, AuditCursor(to_us(entries[-1].time), entries[-1].entry_id) if more else None)
+
+
+def expire_audit(conn: Connection, before_us: int) -> int:
+    """Delete the entries before `before_us` (retention); how many."""
+    return max(0, int(conn.execute("DELETE FROM admin_audit WHERE time_us < ?", (before_us,)).rowcount))

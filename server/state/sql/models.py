@@ -6,7 +6,6 @@ EXISTS), SCHEMA_3 and SCHEMA_4 its migrations 3 and 4."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import cast
@@ -27,46 +26,7 @@ from facefleet.server.domain.models import (
 from facefleet.server.domain.queries import from_us, to_us
 from facefleet.server.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
 from facefleet.server.state.models import ModelState, Stop
-from facefleet.server.state.sqlite.meta import Transactions, bump, counter
-
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS models (
-        model_id TEXT PRIMARY KEY, task TEXT NOT NULL, precision TEXT NOT NULL, licence TEXT NOT NULL,
-        files_json TEXT NOT NULL, manifest_json TEXT NOT NULL, published_us INTEGER NOT NULL,
-        retired_us INTEGER)""",
-    """CREATE TABLE IF NOT EXISTS rollouts (
-        rollout_id INTEGER PRIMARY KEY AUTOINCREMENT, task TEXT NOT NULL,
-        model_id TEXT NOT NULL REFERENCES models(model_id),
-        target_kind TEXT NOT NULL CHECK (target_kind IN ('all', 'group', 'percent')),
-        target_group TEXT NOT NULL, target_percent INTEGER NOT NULL,
-        state TEXT NOT NULL CHECK (state IN ('preparing', 'active', 'paused', 'rolled_back')),
-        created_us INTEGER NOT NULL, updated_us INTEGER NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS rollouts_model ON rollouts(model_id)",
-    """CREATE TABLE IF NOT EXISTS rollout_devices (
-        rollout_id INTEGER NOT NULL REFERENCES rollouts(rollout_id) ON DELETE CASCADE,
-        device_id TEXT NOT NULL, previous_model_id TEXT NOT NULL, state TEXT NOT NULL,
-        reason TEXT NOT NULL, updated_us INTEGER NOT NULL, PRIMARY KEY (rollout_id, device_id))""",
-    "CREATE INDEX IF NOT EXISTS rollout_devices_device ON rollout_devices(device_id)",
-    """CREATE TABLE IF NOT EXISTS agent_groups (
-        device_id TEXT NOT NULL, group_name TEXT NOT NULL, PRIMARY KEY (device_id, group_name))""",
-    """CREATE TABLE IF NOT EXISTS agent_model_statuses (
-        device_id TEXT NOT NULL, task TEXT NOT NULL, model_id TEXT NOT NULL, rollout_id INTEGER NOT NULL,
-        state TEXT NOT NULL, reason TEXT NOT NULL, time_us INTEGER NOT NULL,
-        PRIMARY KEY (device_id, task))""",
-)
-"""Migration 2: model versions and rollouts."""
-
-SCHEMA_3 = ("ALTER TABLE rollouts ADD COLUMN reason TEXT NOT NULL DEFAULT ''",)
-"""Migration 3: why a rollout was rolled back when no operator did it (its preparation stopped)."""
-
-SCHEMA_4 = (
-    "ALTER TABLE rollouts ADD COLUMN max_failures_count INTEGER CHECK (max_failures_count >= 0)",
-    "ALTER TABLE rollouts ADD COLUMN max_failures_percent INTEGER "
-    "CHECK (max_failures_percent BETWEEN 0 AND 100)",
-    "ALTER TABLE rollouts ADD COLUMN on_failures TEXT NOT NULL DEFAULT 'pause' "
-    "CHECK (on_failures IN ('pause', 'rollback'))",
-)
-"""Migration 4: a rollout's failure budget (NULL count and percent: none) and what to do past it."""
+from facefleet.server.state.sql.meta import Connection, Transactions, bump, counter
 
 _REVISION_KEY = "models_revision"
 _MODEL_COLUMNS = "model_id, task, precision, licence, files_json, manifest_json, published_us, retired_us"
@@ -77,7 +37,7 @@ _ROLLOUT_COLUMNS = (
 _DEVICE_COLUMNS = "rollout_id, device_id, previous_model_id, state, reason, updated_us"
 
 
-class SqliteModelState(ModelState):
+class SqlModelState(ModelState):
     """Model versions and rollouts in the server's SQLite database, in SqliteState's transactions."""
 
     def __init__(self, core: Transactions) -> None:
@@ -168,7 +128,7 @@ class SqliteModelState(ModelState):
             cursor = conn.execute(
                 "INSERT INTO rollouts (task, model_id, target_kind, target_group, target_percent, state, "
                 "created_us, updated_us, max_failures_count, max_failures_percent, on_failures) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING rollout_id",
                 (
                     model.task,
                     model_id,
@@ -184,7 +144,7 @@ class SqliteModelState(ModelState):
                 ),
             )
             bump(conn, _REVISION_KEY)
-            return _require_rollout(conn, int(cursor.lastrowid or 0))
+            return _require_rollout(conn, int(cursor.fetchone()[0]))
 
     def get_rollout(self, rollout_id: int) -> Rollout:
         with self._core.connection() as conn:
@@ -206,9 +166,9 @@ class SqliteModelState(ModelState):
     def touch_rollout(self, rollout_id: int, now: datetime) -> bool:
         with self._core.write() as conn:
             cursor = conn.execute(
-                "UPDATE rollouts SET updated_us = MAX(updated_us, ?) WHERE rollout_id = ? "
-                "AND state = 'preparing'",
-                (to_us(now), rollout_id),
+                "UPDATE rollouts SET updated_us = CASE WHEN updated_us > ? THEN updated_us ELSE ? END "
+                "WHERE rollout_id = ? AND state = 'preparing'",
+                (to_us(now), to_us(now), rollout_id),
             )
             return cursor.rowcount == 1
 
@@ -322,9 +282,7 @@ class SqliteModelState(ModelState):
             ]
 
 
-def _rows(
-    conn: sqlite3.Connection, columns: str, table: str, device_ids: Sequence[str]
-) -> Iterator[tuple[str, ...]]:
+def _rows(conn: Connection, columns: str, table: str, device_ids: Sequence[str]) -> Iterator[tuple[str, ...]]:
     """Rows of an agent table, for some devices or all, sorted by device id then the second column."""
     order = columns.split(", ")[1]
     if not device_ids:
@@ -337,7 +295,7 @@ def _rows(
     )
 
 
-def _stop_refused(conn: sqlite3.Connection, rollout_ids: Sequence[int], stop: Stop) -> list[Rollout]:
+def _stop_refused(conn: Connection, rollout_ids: Sequence[int], stop: Stop) -> list[Rollout]:
     """Apply `stop` to each refused rollout with its device rows; store and return the changed ones."""
     changed = []
     for rollout_id in rollout_ids:
@@ -359,7 +317,7 @@ def _stop_refused(conn: sqlite3.Connection, rollout_ids: Sequence[int], stop: St
     return changed
 
 
-def _update_rollout(conn: sqlite3.Connection, new: Rollout) -> None:
+def _update_rollout(conn: Connection, new: Rollout) -> None:
     """Store what a change may alter: target, state, updated_at and reason (not its budget)."""
     conn.execute(
         "UPDATE rollouts SET target_kind = ?, target_group = ?, target_percent = ?, state = ?, "
@@ -376,7 +334,7 @@ def _update_rollout(conn: sqlite3.Connection, new: Rollout) -> None:
     )
 
 
-def _model(conn: sqlite3.Connection, model_id: str) -> PublishedModel | None:
+def _model(conn: Connection, model_id: str) -> PublishedModel | None:
     row = conn.execute(
         f"SELECT {_MODEL_COLUMNS} FROM models WHERE model_id = ?",  # noqa: S608
         (model_id,),
@@ -384,7 +342,7 @@ def _model(conn: sqlite3.Connection, model_id: str) -> PublishedModel | None:
     return _model_from_row(row) if row else None
 
 
-def _require_model(conn: sqlite3.Connection, model_id: str) -> PublishedModel:
+def _require_model(conn: Connection, model_id: str) -> PublishedModel:
     model = _model(conn, model_id)
     if model is None:
         raise NotFoundError(
@@ -407,7 +365,7 @@ def _model_from_row(row: tuple[object, ...]) -> PublishedModel:
     )
 
 
-def _require_rollout(conn: sqlite3.Connection, rollout_id: int) -> Rollout:
+def _require_rollout(conn: Connection, rollout_id: int) -> Rollout:
     row = conn.execute(
         f"SELECT {_ROLLOUT_COLUMNS} FROM rollouts WHERE rollout_id = ?",  # noqa: S608
         (rollout_id,),

@@ -5,7 +5,6 @@ transactions."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -15,6 +14,7 @@ from facefleet.link.gallery import Embedding, Person
 from facefleet.server.domain.queries import from_us, to_us
 from facefleet.server.domain.records import Crop
 from facefleet.server.errors import NotFoundError
+from facefleet.server.state.sql.meta import Connection
 
 CHUNK = 500
 """Most ids in one IN (…) query."""
@@ -23,17 +23,17 @@ PERSON_COLUMNS = (
 )
 
 
-def exists(conn: sqlite3.Connection, person_id: str) -> bool:
+def exists(conn: Connection, person_id: str) -> bool:
     return conn.execute("SELECT 1 FROM people WHERE person_id = ?", (person_id,)).fetchone() is not None
 
 
-def insert_groups(conn: sqlite3.Connection, person_id: str, groups: tuple[str, ...]) -> None:
+def insert_groups(conn: Connection, person_id: str, groups: tuple[str, ...]) -> None:
     conn.executemany(
         "INSERT INTO person_groups (group_name, person_id) VALUES (?, ?)", [(g, person_id) for g in groups]
     )
 
 
-def insert_embeddings(conn: sqlite3.Connection, person_id: str, embeddings: Sequence[Embedding]) -> None:
+def insert_embeddings(conn: Connection, person_id: str, embeddings: Sequence[Embedding]) -> None:
     conn.executemany(
         "INSERT INTO embeddings (person_id, model_id, dim, vector, quality, source) "
         "VALUES (?, ?, ?, ?, ?, ?)",
@@ -44,14 +44,14 @@ def insert_embeddings(conn: sqlite3.Connection, person_id: str, embeddings: Sequ
     )
 
 
-def insert_crops(conn: sqlite3.Connection, person_id: str, crops: Sequence[Crop]) -> None:
+def insert_crops(conn: Connection, person_id: str, crops: Sequence[Crop]) -> None:
     conn.executemany(
         "INSERT INTO crops (person_id, image_format, source, data) VALUES (?, ?, ?, ?)",
         [(person_id, c.image_format, c.source, c.data) for c in crops],
     )
 
 
-def load_person(conn: sqlite3.Connection, person_id: str, *, with_vectors: bool) -> Person:
+def load_person(conn: Connection, person_id: str, *, with_vectors: bool) -> Person:
     if with_vectors:
         people = load_people(conn, [person_id])
         if people:
@@ -66,7 +66,7 @@ def load_person(conn: sqlite3.Connection, person_id: str, *, with_vectors: bool)
     raise NotFoundError(f"person {person_id} is not enrolled")
 
 
-def load_people(conn: sqlite3.Connection, ids: Sequence[str]) -> list[Person]:
+def load_people(conn: Connection, ids: Sequence[str]) -> list[Person]:
     """The people with these ids that exist, with their embeddings, in the order of ids."""
     people: dict[str, Person] = {}
     for start in range(0, len(ids), CHUNK):
@@ -102,7 +102,7 @@ def person_from_row(row: tuple[object, ...], embeddings: tuple[Embedding, ...]) 
     )
 
 
-def update_fields(conn: sqlite3.Connection, person: Person, now: datetime, revision: int) -> None:
+def update_fields(conn: Connection, person: Person, now: datetime, revision: int) -> None:
     conn.execute(
         "UPDATE people SET display_name = ?, groups_json = ?, metadata_json = ?, updated_us = ?, "
         "revision = ? WHERE person_id = ?",
@@ -120,7 +120,7 @@ def update_fields(conn: sqlite3.Connection, person: Person, now: datetime, revis
 
 
 def insert_person(
-    conn: sqlite3.Connection, person: Person, created: datetime, updated: datetime, revision: int
+    conn: Connection, person: Person, created: datetime, updated: datetime, revision: int
 ) -> None:
     conn.execute(
         "INSERT INTO people (person_id, display_name, groups_json, metadata_json, created_us, "

@@ -3,7 +3,6 @@ transactions; `add_snapshots` and `mark_enrolled` run inside the caller's transa
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -22,17 +21,7 @@ from facefleet.server.domain.snapshots import (
 )
 from facefleet.server.errors import NotFoundError
 from facefleet.server.state.snapshots import SnapshotState
-from facefleet.server.state.sqlite.meta import Transactions
-
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS snapshots (
-        event_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, camera TEXT NOT NULL, time_us INTEGER NOT NULL,
-        decision TEXT NOT NULL, person_id TEXT NOT NULL, quality REAL NOT NULL, model_id TEXT NOT NULL,
-        vector BLOB NOT NULL, crop_jpeg BLOB NOT NULL, context_jpeg BLOB NOT NULL, status TEXT NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS snapshots_time ON snapshots(time_us, event_id)",
-    "CREATE INDEX IF NOT EXISTS snapshots_review ON snapshots(status, decision, time_us)",
-)
-"""Migration 7: face snapshots, reviewed newest first."""
+from facefleet.server.state.sql.meta import Connection, Transactions
 
 _COLUMNS = (
     "event_id, device_id, camera, time_us, decision, person_id, quality, model_id, vector, status, "
@@ -41,7 +30,7 @@ _COLUMNS = (
 _CHUNK = 500
 
 
-class SqliteSnapshotState(SnapshotState):
+class SqlSnapshotState(SnapshotState):
     """Snapshots in the server's SQLite database."""
 
     def __init__(self, core: Transactions) -> None:
@@ -125,7 +114,7 @@ class SqliteSnapshotState(SnapshotState):
             return int(conn.execute("DELETE FROM snapshots WHERE time_us < ?", (to_us(before),)).rowcount)
 
 
-def add_snapshots(conn: sqlite3.Connection, events: Sequence[Event]) -> int:
+def add_snapshots(conn: Connection, events: Sequence[Event]) -> int:
     """Store the snapshots these events carry (a stored id is left as it is); how many were new."""
     rows = [
         (
@@ -144,24 +133,23 @@ def add_snapshots(conn: sqlite3.Connection, events: Sequence[Event]) -> int:
         for e in events
         if e.snapshot is not None
     ]
-    before = conn.total_changes
-    conn.executemany(
+    cursor = conn.executemany(
         "INSERT INTO snapshots (event_id, device_id, camera, time_us, decision, person_id, quality, "
         "model_id, vector, crop_jpeg, context_jpeg, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'new') "
         "ON CONFLICT (event_id) DO NOTHING",
         rows,
     )
-    return conn.total_changes - before
+    return max(0, int(cursor.rowcount))
 
 
-def mark_enrolled(conn: sqlite3.Connection, event_ids: Sequence[str], person_id: str) -> int:
+def mark_enrolled(conn: Connection, event_ids: Sequence[str], person_id: str) -> int:
     """The snapshots a person was just enrolled from (inside the enrolment's transaction)."""
     return _update(
         conn, event_ids, "UPDATE snapshots SET status = 'enrolled', person_id = ? WHERE", person_id
     )
 
 
-def _update(conn: sqlite3.Connection, event_ids: Sequence[str], statement: str, *first: object) -> int:
+def _update(conn: Connection, event_ids: Sequence[str], statement: str, *first: object) -> int:
     changed = 0
     for start in range(0, len(event_ids), _CHUNK):
         chunk = list(event_ids[start : start + _CHUNK])

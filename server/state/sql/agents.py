@@ -5,7 +5,6 @@ functions on a connection, run inside its transactions."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
@@ -13,12 +12,13 @@ from facefleet.link.fleet import Registration
 from facefleet.server.domain.queries import from_us, to_us
 from facefleet.server.domain.records import AgentInfo, TokenRecord
 from facefleet.server.errors import AlreadyExistsError, NotFoundError
+from facefleet.server.state.sql.meta import Connection
 
 _COLUMNS = "token_id, name, role, salt, digest, created_us"
 """Of the tokens table, in the order _token reads them."""
 
 
-def register_agent(conn: sqlite3.Connection, r: Registration, now: datetime) -> AgentInfo:
+def register_agent(conn: Connection, r: Registration, now: datetime) -> AgentInfo:
     """Insert or update an agent; registered_at is kept on re-registration."""
     conn.execute(
         "INSERT INTO agents (device_id, agent_version, hostname, model_versions_json, "
@@ -43,17 +43,18 @@ def register_agent(conn: sqlite3.Connection, r: Registration, now: datetime) -> 
 
 
 def touch_agent(
-    conn: sqlite3.Connection,
+    conn: Connection,
     device_id: str,
     now: datetime,
     gallery_revision: int | None,
     health: Mapping[str, float] | None,
 ) -> None:
     conn.execute(
-        "UPDATE agents SET last_seen_us = MAX(last_seen_us, ?), "
+        "UPDATE agents SET last_seen_us = CASE WHEN last_seen_us > ? THEN last_seen_us ELSE ? END, "
         "gallery_revision = COALESCE(?, gallery_revision), health_json = COALESCE(?, health_json) "
         "WHERE device_id = ?",
         (
+            to_us(now),
             to_us(now),
             gallery_revision,
             json.dumps(dict(health), sort_keys=True) if health else None,
@@ -62,7 +63,7 @@ def touch_agent(
     )
 
 
-def load_agents(conn: sqlite3.Connection, device_ids: Sequence[str] | None) -> list[AgentInfo]:
+def load_agents(conn: Connection, device_ids: Sequence[str] | None) -> list[AgentInfo]:
     columns = (
         "device_id, agent_version, hostname, model_versions_json, capabilities_json, gallery_revision, "
         "registered_us, last_seen_us, health_json"
@@ -91,7 +92,7 @@ def load_agents(conn: sqlite3.Connection, device_ids: Sequence[str] | None) -> l
     ]
 
 
-def add_token(conn: sqlite3.Connection, record: TokenRecord) -> None:
+def add_token(conn: Connection, record: TokenRecord) -> None:
     if conn.execute("SELECT 1 FROM tokens WHERE name = ?", (record.name,)).fetchone():
         raise AlreadyExistsError(
             f"a token named {record.name!r} exists; revoke it first or pick another name"
@@ -102,7 +103,7 @@ def add_token(conn: sqlite3.Connection, record: TokenRecord) -> None:
     )
 
 
-def find_token(conn: sqlite3.Connection, token_id: str) -> TokenRecord | None:
+def find_token(conn: Connection, token_id: str) -> TokenRecord | None:
     row = conn.execute(
         f"SELECT {_COLUMNS} FROM tokens WHERE token_id = ?",  # noqa: S608
         (token_id,),
@@ -110,12 +111,12 @@ def find_token(conn: sqlite3.Connection, token_id: str) -> TokenRecord | None:
     return _token(row) if row else None
 
 
-def list_tokens(conn: sqlite3.Connection) -> list[TokenRecord]:
+def list_tokens(conn: Connection) -> list[TokenRecord]:
     rows = conn.execute(f"SELECT {_COLUMNS} FROM tokens ORDER BY name").fetchall()  # noqa: S608
     return [_token(row) for row in rows]
 
 
-def revoke_token(conn: sqlite3.Connection, name: str) -> None:
+def revoke_token(conn: Connection, name: str) -> None:
     if conn.execute("DELETE FROM tokens WHERE name = ?", (name,)).rowcount == 0:
         raise NotFoundError(f"no token named {name!r}; `facefleet-server tokens list` shows them")
 

@@ -15,7 +15,6 @@ event key (up to 14 times), and with them the time of every other aggregate.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
@@ -34,6 +33,7 @@ from facefleet.server.domain.queries import (
     from_us,
     to_us,
 )
+from facefleet.server.state.sql.meta import Connection
 
 HOUR_US = 3_600_000_000
 DAY_US = 24 * HOUR_US
@@ -42,60 +42,6 @@ ROLLUPS = ((DAY_US, "event_rollup_day"), (HOUR_US, "event_rollup_hour"))
 ATTRIBUTE_ROLLUPS = ((DAY_US, "event_attributes_day"), (HOUR_US, "event_attributes_hour"))
 """The same for events with attributes, by gender and age band as well (migration 9)."""
 _CHUNK = 500
-
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS events (
-        id INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, device_id TEXT NOT NULL,
-        time_us INTEGER NOT NULL, kind TEXT NOT NULL, decision TEXT NOT NULL, camera TEXT NOT NULL,
-        person_id TEXT NOT NULL, score REAL NOT NULL, margin REAL NOT NULL, expression TEXT NOT NULL,
-        expression_json TEXT NOT NULL, quality REAL NOT NULL, model_versions_json TEXT NOT NULL,
-        gallery_revision INTEGER NOT NULL, door TEXT NOT NULL, reason TEXT NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS events_time ON events(time_us, event_id)",
-    "CREATE INDEX IF NOT EXISTS events_device_time ON events(device_id, time_us)",
-    "CREATE INDEX IF NOT EXISTS events_person_time ON events(person_id, time_us)",
-    *(
-        f"""CREATE TABLE IF NOT EXISTS {table} (
-            bucket_us INTEGER NOT NULL, device_id TEXT NOT NULL, kind TEXT NOT NULL, decision TEXT NOT NULL,
-            expression TEXT NOT NULL, door TEXT NOT NULL, n INTEGER NOT NULL,
-            PRIMARY KEY (bucket_us, device_id, kind, decision, expression, door)) WITHOUT ROWID"""
-        for _, table in ROLLUPS
-    ),
-)
-
-SCHEMA_8 = (
-    "CREATE INDEX IF NOT EXISTS events_camera_time ON events(camera, time_us)",
-    "CREATE INDEX IF NOT EXISTS events_door_time ON events(door, time_us)",
-)
-"""Migration 8: filters by camera or door. Only access events name a door, and a camera filter reads raw
-events even in aggregates, so without these both walk every event of the time range."""
-
-ATTRIBUTE_COLUMNS = (
-    ("gender", "TEXT NOT NULL DEFAULT ''"),
-    ("male_probability", "REAL"),
-    ("age_years", "REAL"),
-    ("age_band", "TEXT NOT NULL DEFAULT ''"),
-)
-"""Migration 9's columns of `events`: an event's estimated attributes as the agent reported them; '' and NULL
-for an event without (every event stored before)."""
-
-SCHEMA_9 = tuple(
-    f"""CREATE TABLE IF NOT EXISTS {table} (
-        bucket_us INTEGER NOT NULL, device_id TEXT NOT NULL, kind TEXT NOT NULL, decision TEXT NOT NULL,
-        door TEXT NOT NULL, gender TEXT NOT NULL, age_band TEXT NOT NULL, n INTEGER NOT NULL,
-        PRIMARY KEY (bucket_us, device_id, kind, decision, door, gender, age_band)) WITHOUT ROWID"""
-    for _, table in ATTRIBUTE_ROLLUPS
-)
-"""Migration 9: the attribute rollups. Events stored before carry no attributes, so they start empty and
-the main rollups keep their rows and counts as they are."""
-
-
-def add_attribute_columns(conn: sqlite3.Connection) -> None:
-    """Migration 9's columns, those `events` lacks (ADD COLUMN only changes the schema: instant however many
-    events there are)."""
-    present = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
-    for name, definition in ATTRIBUTE_COLUMNS:
-        if name not in present:
-            conn.execute(f"ALTER TABLE events ADD COLUMN {name} {definition}")
 
 
 _COLUMNS = (
@@ -106,8 +52,10 @@ _COLUMNS = (
 _COLUMN_COUNT = len(_COLUMNS.split(","))
 
 
-def add_events(conn: sqlite3.Connection, events: Sequence[Event]) -> tuple[int, int]:
-    """Insert the events whose ids are not stored yet (inside the caller's transaction)."""
+def add_events(conn: Connection, events: Sequence[Event]) -> tuple[int, int]:
+    """Insert the events whose ids are not stored yet (inside the caller's transaction). An event a
+    concurrent transaction stores first is skipped by ON CONFLICT, so only rows this call inserted are
+    counted in the rollups; the rollup upserts run in key order, so concurrent ingests cannot deadlock."""
     unique: dict[str, Event] = {}
     for event in events:
         unique.setdefault(event.event_id, event)
@@ -120,11 +68,21 @@ def add_events(conn: sqlite3.Connection, events: Sequence[Event]) -> tuple[int, 
             row[0]
             for row in conn.execute(f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk)  # noqa: S608
         )
-    new = [unique[i] for i in ids if i not in existing]
-    conn.executemany(
-        f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join('?' * _COLUMN_COUNT)})",  # noqa: S608
-        [_row(e) for e in new],
-    )
+    candidates = [unique[i] for i in ids if i not in existing]
+    inserted: set[str] = set()
+    row_marks = f"({', '.join('?' * _COLUMN_COUNT)})"
+    for start in range(0, len(candidates), _CHUNK):
+        chunk_events = candidates[start : start + _CHUNK]
+        values = [value for e in chunk_events for value in _row(e)]
+        inserted.update(
+            row[0]
+            for row in conn.execute(
+                f"INSERT INTO events ({_COLUMNS}) VALUES {', '.join([row_marks] * len(chunk_events))} "  # noqa: S608
+                "ON CONFLICT DO NOTHING RETURNING event_id",
+                values,
+            ).fetchall()
+        )
+    new = [e for e in candidates if e.event_id in inserted]
     for size, table in ROLLUPS:
         counts = Counter(
             (to_us(e.time) // size * size, e.device_id, e.kind, e.decision, _label(e), e.door) for e in new
@@ -134,7 +92,7 @@ def add_events(conn: sqlite3.Connection, events: Sequence[Event]) -> tuple[int, 
             "VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (bucket_us, device_id, kind, decision, expression, door) "
             f"DO UPDATE SET n = {table}.n + excluded.n",
-            [(*key, n) for key, n in counts.items()],
+            [(*key, n) for key, n in sorted(counts.items())],
         )
     estimated = [(e, e.attributes) for e in new if e.attributes is not None]
     for size, table in ATTRIBUTE_ROLLUPS if estimated else ():
@@ -147,14 +105,21 @@ def add_events(conn: sqlite3.Connection, events: Sequence[Event]) -> tuple[int, 
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (bucket_us, device_id, kind, decision, door, gender, age_band) "
             f"DO UPDATE SET n = {table}.n + excluded.n",
-            [(*key, n) for key, n in tallies.items()],
+            [(*key, n) for key, n in sorted(tallies.items())],
         )
     return len(new), len(events) - len(new)
 
 
-def list_events(
-    conn: sqlite3.Connection, flt: EventFilter, cursor: EventCursor | None, limit: int
-) -> EventPage:
+def expire_events(conn: Connection, before_us: int) -> int:
+    """Delete the events before `before_us` and the rollup buckets that end by then (inside the caller's
+    transaction); how many events. A cut on a day boundary keeps every aggregate exact."""
+    deleted = conn.execute("DELETE FROM events WHERE time_us < ?", (before_us,)).rowcount
+    for size, table in (*ROLLUPS, *ATTRIBUTE_ROLLUPS):
+        conn.execute(f"DELETE FROM {table} WHERE bucket_us + ? <= ?", (size, before_us))  # noqa: S608
+    return max(0, int(deleted))
+
+
+def list_events(conn: Connection, flt: EventFilter, cursor: EventCursor | None, limit: int) -> EventPage:
     where, params = _where(flt, "time_us", flt.start_us, flt.end_us, raw=True)
     if cursor is not None:
         where += " AND (time_us < ? OR (time_us = ? AND event_id < ?))"
@@ -169,7 +134,7 @@ def list_events(
 
 
 def count_events(
-    conn: sqlite3.Connection, flt: EventFilter, interval_s: int, *, per_device: bool = True
+    conn: Connection, flt: EventFilter, interval_s: int, *, per_device: bool = True
 ) -> list[IntervalCount]:
     keys = ("device_id",) if per_device else ()
     sums = _aggregate(conn, flt, keys, (None,), interval_us=interval_s * 1_000_000)
@@ -181,9 +146,7 @@ def count_events(
     ]
 
 
-def expression_counts(
-    conn: sqlite3.Connection, flt: EventFilter, *, per_device: bool
-) -> list[ExpressionCount]:
+def expression_counts(conn: Connection, flt: EventFilter, *, per_device: bool) -> list[ExpressionCount]:
     face = _face_only(flt)
     totals = _aggregate(conn, face, ("expression",), (None,), extra="expression <> ''")
     rows = [ExpressionCount("", str(label), v[0]) for (label,), v in sorted(totals.items())]
@@ -193,18 +156,18 @@ def expression_counts(
     return rows
 
 
-def unknown_rates(conn: sqlite3.Connection, flt: EventFilter) -> list[UnknownRate]:
+def unknown_rates(conn: Connection, flt: EventFilter) -> list[UnknownRate]:
     sums = _aggregate(conn, _face_only(flt), ("device_id",), (None, "decision = 'unknown'"))
     return [UnknownRate(str(device), v[0], v[1]) for (device,), v in sorted(sums.items())]
 
 
-def access_summary(conn: sqlite3.Connection, flt: EventFilter) -> list[DoorAccess]:
+def access_summary(conn: Connection, flt: EventFilter) -> list[DoorAccess]:
     access = replace(flt, person_ids=(), kinds=("access",))
     sums = _aggregate(conn, access, ("device_id", "door"), ("decision = 'granted'", "decision = 'denied'"))
     return [DoorAccess(str(device), str(door), v[0], v[1]) for (device, door), v in sorted(sums.items())]
 
 
-def attribute_counts(conn: sqlite3.Connection, flt: EventFilter) -> list[AttributeCounts]:
+def attribute_counts(conn: Connection, flt: EventFilter) -> list[AttributeCounts]:
     """Face events per device, and how many of them had each estimated gender and age band (as the agent
     reported them); sorted by device."""
     face = _face_only(flt)
@@ -231,7 +194,7 @@ def _face_only(flt: EventFilter) -> EventFilter:
 
 
 def _aggregate(
-    conn: sqlite3.Connection,
+    conn: Connection,
     flt: EventFilter,
     keys: tuple[str, ...],
     counted: tuple[str | None, ...],

@@ -3,7 +3,6 @@ SqliteState's transactions."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -12,26 +11,14 @@ from facefleet.server.domain.devices import Certificate, Device
 from facefleet.server.domain.queries import from_us, to_us
 from facefleet.server.errors import NotFoundError
 from facefleet.server.state.devices import DeviceState
-from facefleet.server.state.sqlite.meta import Transactions, bump, counter
-
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS devices (
-        device_id TEXT PRIMARY KEY, status TEXT NOT NULL, reason TEXT NOT NULL, changed_us INTEGER,
-        changed_by TEXT NOT NULL, wipe INTEGER NOT NULL, wipe_sent_us INTEGER)""",
-    """CREATE TABLE IF NOT EXISTS device_certificates (
-        serial TEXT PRIMARY KEY, device_id TEXT NOT NULL, not_before_us INTEGER NOT NULL,
-        not_after_us INTEGER NOT NULL, issued_us INTEGER NOT NULL, revoked_us INTEGER,
-        revoked_reason TEXT NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS device_certificates_device ON device_certificates(device_id, issued_us)",
-)
-"""Migration 6: device status and the client certificates issued to each device."""
+from facefleet.server.state.sql.meta import Connection, Transactions, bump, counter
 
 _REVISION_KEY = "devices_revision"
 _DEVICE_COLUMNS = "device_id, status, reason, changed_us, changed_by, wipe, wipe_sent_us"
 _CERT_COLUMNS = "serial, device_id, not_before_us, not_after_us, issued_us, revoked_us, revoked_reason"
 
 
-class SqliteDeviceState(DeviceState):
+class SqlDeviceState(DeviceState):
     """Devices in the server's SQLite database."""
 
     def __init__(self, core: Transactions) -> None:
@@ -111,7 +98,7 @@ class SqliteDeviceState(DeviceState):
             )
 
 
-def _load(conn: sqlite3.Connection, device_ids: tuple[str, ...] | None) -> list[Device]:
+def _load(conn: Connection, device_ids: tuple[str, ...] | None) -> list[Device]:
     where, params = "", tuple[str, ...]()
     if device_ids is not None:
         where, params = f"WHERE device_id IN ({', '.join('?' * len(device_ids))})", device_ids
@@ -130,7 +117,7 @@ def _load(conn: sqlite3.Connection, device_ids: tuple[str, ...] | None) -> list[
     return [devices[device_id] for device_id in sorted(devices)]
 
 
-def _write(conn: sqlite3.Connection, device: Device) -> None:
+def _write(conn: Connection, device: Device) -> None:
     conn.execute(
         f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
         "ON CONFLICT (device_id) DO UPDATE SET status = excluded.status, reason = excluded.reason, "

@@ -1,0 +1,220 @@
+"""PostgreSQL implementation of the server state, for fleets that outgrow one machine and for several server
+replicas on one database.
+
+psycopg 3 with its connection pool (psycopg_pool), used synchronously: the `State` interface is blocking and
+its async callers already run it in worker threads, so the same portable SQL (facefleet.server.state.sql)
+serves both backends, and each call holds a pooled connection only for its transaction. asyncpg would need
+a second, async copy of every query.
+
+Transactions: reads that need one view run REPEATABLE READ READ ONLY; writes take a transaction-scoped
+advisory lock, which serialises them across every replica as SQLite's BEGIN IMMEDIATE does in one file
+(gallery revisions and meta counters are read-modify-write). Event ingest runs without that lock: its
+inserts are idempotent (ON CONFLICT DO NOTHING) and its rollup upserts go in key order, so replicas ingest
+in parallel. Partitions of `events` (facefleet.server.state.postgres.schema) are created before the first
+event of a month is stored."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import psycopg.errors
+from psycopg import sql
+from psycopg.rows import tuple_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from facefleet.core.migrations import SchemaError
+from facefleet.link.events import Event
+from facefleet.server.domain.queries import to_us
+from facefleet.server.errors import ResourceExhaustedError, ServerError, StateError
+from facefleet.server.state.postgres import schema
+from facefleet.server.state.postgres.connection import PgConnection
+from facefleet.server.state.sql import devices as sql_devices
+from facefleet.server.state.sql import models as sql_models
+from facefleet.server.state.sql import snapshots as sql_snapshots
+from facefleet.server.state.sql.meta import Connection, get_meta, set_meta
+from facefleet.server.state.sql.state import SqlState
+
+log = logging.getLogger(__name__)
+
+WRITE_LOCK = 0x46465731
+"""Advisory lock key of write transactions ('FFW1')."""
+PARTITION_LOCK = 0x46465032
+"""Advisory lock key while creating event partitions ('FFP2')."""
+DEFAULT_POOL_SIZE = 10
+POOL_TIMEOUT_S = 30.0
+
+
+def redact(url: str) -> str:
+    """A postgresql:// URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class PostgresState(SqlState):
+    """The server state in a PostgreSQL database (URL: postgresql://user:password@host:port/dbname)."""
+
+    def __init__(self, url: str, *, log_revisions: int = 1000, pool_size: int = DEFAULT_POOL_SIZE) -> None:
+        self.url = url
+        self.where = redact(url)
+        self.log_revisions = max(1, log_revisions)
+        self._months: set[tuple[int, int]] = set()
+        self._months_lock = threading.Lock()
+        try:
+            self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+                url,
+                min_size=1,
+                max_size=max(1, pool_size),
+                kwargs={"autocommit": True, "row_factory": tuple_row},
+                timeout=POOL_TIMEOUT_S,
+                name="facefleet-state",
+                open=False,
+            )
+            self.pool.open(wait=True, timeout=POOL_TIMEOUT_S)
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise StateError(f"state database {self.where}: cannot connect ({_reason(exc)})") from None
+        try:
+            self._migrate()
+        except BaseException:
+            self.pool.close()
+            raise
+        self.models = sql_models.SqlModelState(self)
+        self.devices = sql_devices.SqlDeviceState(self)
+        self.snapshots = sql_snapshots.SqlSnapshotState(self)
+
+    # -- connections and transactions --------------------------------------------------------------------
+
+    @contextmanager
+    def _raw(self) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        except PoolTimeout:
+            raise StateError(
+                f"state database {self.where}: no free connection in {POOL_TIMEOUT_S:.0f} s; is the "
+                "database reachable, or the pool ([state] pool_size) too small?"
+            ) from None
+        except psycopg.Error as exc:
+            error = self._error(exc)
+            if error is None:
+                raise
+            raise error from None
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        with self._raw() as conn:
+            yield PgConnection(conn)
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self._raw() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield PgConnection(conn)
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self._raw() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+            yield PgConnection(conn)
+
+    @contextmanager
+    def ingest(self) -> Iterator[Connection]:
+        with self._raw() as conn, conn.transaction():
+            yield PgConnection(conn)
+
+    def _error(self, exc: psycopg.Error) -> ServerError | None:
+        """The server error for a database failure; None for a bug (a constraint or bad SQL), which keeps
+        its traceback."""
+        if isinstance(exc, psycopg.errors.DiskFull):
+            error = ResourceExhaustedError(
+                f"state database {self.where}: the database server's disk is full; free space there and retry"
+            )
+            log.warning("%s", error)
+            return error
+        if isinstance(exc, (psycopg.OperationalError, psycopg.errors.InsufficientResources)):
+            return StateError(f"state database {self.where}: {_reason(exc)}")
+        if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+            return StateError(f"state database {self.where} is read-only ({_reason(exc)}); is it a standby?")
+        return None
+
+    def _migrate(self) -> None:
+        with self._raw() as conn:
+            try:
+                applied = schema.migrate(conn, self.where)
+            except SchemaError as exc:
+                raise StateError(str(exc)) from None
+        if applied:
+            log.info("state database %s: applied migrations %s", self.where, applied)
+        with self.write() as conn:
+            if get_meta(conn, "gallery_id", "") == "":
+                set_meta(conn, "gallery_id", str(uuid.uuid4()))
+                set_meta(conn, "head_revision", "0")
+                set_meta(conn, "log_floor", "0")
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Close the pool once the connections in use are returned; later calls fail."""
+        self.pool.close(timeout=timeout)
+
+    def pool_stats(self) -> dict[str, int]:
+        """The pool's figures (psycopg_pool's get_stats: pool_size, pool_available, requests_waiting…)."""
+        return dict(self.pool.get_stats())
+
+    # -- events ---------------------------------------------------------------------------------------------
+
+    def add_events(self, events: Sequence[Event]) -> tuple[int, int]:
+        months = {schema.month_of(to_us(e.time)) for e in events}
+        self.ensure_partitions(months)
+        try:
+            return super().add_events(events)
+        except psycopg.errors.CheckViolation:  # another replica's retention dropped a partition since
+            with self._months_lock:
+                self._months -= months
+            self.ensure_partitions(months)
+            return super().add_events(events)
+
+    def ensure_partitions(self, months: set[tuple[int, int]]) -> None:
+        """Create the partitions of `events` for these (year, month)s that this process has not seen."""
+        with self._months_lock:
+            missing = sorted(months - self._months)
+        if not missing:
+            return
+        with self._raw() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
+            for year, month in missing:
+                schema.create_partition(conn, year, month)
+        with self._months_lock:
+            self._months.update(missing)
+
+    def expire_events(self, before: datetime) -> int:
+        """Drop the monthly partitions that end by `before`, then delete the rest of the expired events
+        and rollup buckets; how many events."""
+        before_us = to_us(before)
+        dropped = 0
+        with self._raw() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
+            for name, _start, end in schema.partitions(conn):
+                if end <= before_us:
+                    table = sql.Identifier(name)
+                    count = conn.execute(sql.SQL("SELECT COUNT(*) FROM {}").format(table)).fetchone()
+                    dropped += int(count[0]) if count else 0
+                    conn.execute(sql.SQL("DROP TABLE {}").format(table))
+                    year, month = (int(part) for part in name.split("_")[1:])
+                    with self._months_lock:
+                        self._months.discard((year, month))
+        return dropped + super().expire_events(before)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

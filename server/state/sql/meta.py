@@ -1,0 +1,72 @@
+"""What the SQL state implementations lend their row-level companions (facefleet.server.state.sql): a
+connection, read and write transactions, and counters kept in the meta table.
+
+The companions' SQL runs unchanged on SQLite and PostgreSQL: `?` placeholders (the PostgreSQL connection
+translates them), `ON CONFLICT` upserts, `RETURNING`, no engine-specific functions. Only the schemas differ
+(facefleet.server.state.sqlite.schema, facefleet.server.state.postgres.schema)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+
+class Cursor(Protocol):
+    """The DB-API cursor a statement returns: rows as tuples, and rowcount after a change."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Any: ...
+
+
+class Connection(Protocol):
+    """A connection inside a transaction: sqlite3.Connection, or the PostgreSQL adapter
+    (facefleet.server.state.postgres.connection.PgConnection)."""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Cursor: ...
+
+
+class Transactions(Protocol):
+    """A state's connection (one statement, no transaction of its own) and its read and write
+    transactions."""
+
+    def connection(self) -> AbstractContextManager[Connection]: ...
+
+    def read(self) -> AbstractContextManager[Connection]: ...
+
+    def write(self) -> AbstractContextManager[Connection]: ...
+
+
+def counter(conn: Connection, key: str) -> int:
+    """A counter kept in the meta table (0 before its first bump)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def bump(conn: Connection, key: str) -> None:
+    """Move a meta counter on by one, inside the caller's write transaction."""
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, '1') "
+        "ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(meta.value AS INTEGER) + 1 AS TEXT)",
+        (key,),
+    )
+
+
+def get_meta(conn: Connection, key: str, default: str) -> str:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return str(row[0]) if row else default
+
+
+def set_meta(conn: Connection, key: str, value: str) -> None:
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )

@@ -14,11 +14,19 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from facefleet.agent.recognition.doors import parse_window
+from facefleet.agent.recognition.doors import (
+    DOOR_DEFAULT_THRESHOLD,
+    DOOR_THRESHOLDS,
+    DoorThreshold,
+    door_threshold,
+    parse_window,
+)
 from facefleet.agent.recognition.liveness import LivenessMode
 from facefleet.agent.recognition.matching import DecisionPolicy
 from facefleet.core.config import StrictSection, credential_path, load_toml_model, parse_address
 from facefleet.core.errors import ConfigError
+from facefleet.core.logs import LogFormat
+from facefleet.core.metrics import check_listen
 from facefleet.link.checks import check_id
 from facefleet.link.errors import LinkError
 from facefleet.vision.config import DetectorConfig, QualityConfig, RuntimeConfig
@@ -37,6 +45,17 @@ class MatchingConfig(StrictSection):
         description="Cosine threshold per embedding model id, e.g. 'sface@2021dec' = 0.363",
     )
     default_threshold: float = Field(0.363, ge=-1, le=1, description="Threshold for models not listed")
+    door_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Door threshold per embedding model id, e.g. 'sface@2021dec' = 0.5; unlisted models use "
+        "the built-in one measured for them (sface@2021dec 0.50, sface@2021dec-int8 0.51)",
+    )
+    door_default_threshold: float = Field(
+        DOOR_DEFAULT_THRESHOLD,
+        ge=-1,
+        le=1,
+        description="Door threshold for models neither listed in door_thresholds nor measured",
+    )
     ambiguity_margin: float = Field(
         0.05, ge=0, lt=2, description="Best and second-best person closer than this: ambiguous, nobody named"
     )
@@ -123,8 +142,21 @@ class DoorConfig(StrictSection):
     camera: str = Field(description="The camera watching this door")
     allow_people: list[str] = Field(default_factory=list, description="Person ids who may enter")
     allow_groups: list[str] = Field(default_factory=list, description="Groups whose members may enter")
-    min_frames: int = Field(3, ge=1, le=100, description="Consecutive frames that must agree before granting")
-    threshold: float | None = Field(None, ge=-1, le=1, description="Match threshold for this door")
+    min_frames: int = Field(3, ge=1, le=100, description="Good frames of the track needed before a decision")
+    evidence_frames: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="The latest good frames of the track whose scores are averaged for a decision "
+        "(at least min_frames)",
+    )
+    threshold: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="Match threshold of this door for every model; empty = [matching] door_thresholds, "
+        "else the built-in one for the model",
+    )
     schedule: list[str] = Field(
         default_factory=list, description="Open hours as 'HH:MM-HH:MM' (local time); empty = always"
     )
@@ -300,6 +332,19 @@ class ServiceConfig(StrictSection):
     status_interval_s: float = Field(30.0, ge=1, le=3600, description="How often the status is refreshed (s)")
 
 
+class MetricsConfig(StrictSection):
+    """[metrics] The Prometheus endpoint: GET http://<listen>/metrics."""
+
+    listen: str = Field(
+        "127.0.0.1:9108", description="host:port of the Prometheus endpoint (port 0 = any free one); '' = off"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _address(cls, listen: str) -> str:
+        return check_listen(listen)
+
+
 class AgentConfig(StrictSection):
     """The whole agent configuration file."""
 
@@ -308,6 +353,9 @@ class AgentConfig(StrictSection):
     )
     state_dir: Path | None = Field(
         None, description="Models, database and cache; see the README for the default"
+    )
+    log_format: LogFormat = Field(
+        "text", description="Log lines of `run`: 'text', or 'json' (one object per line, with device_id)"
     )
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
@@ -319,6 +367,7 @@ class AgentConfig(StrictSection):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig)
     attributes: AttributesConfig = Field(default_factory=AttributesConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     cameras: list[CameraConfig] = Field(default_factory=list, max_length=64)
     doors: list[DoorConfig] = Field(default_factory=list, max_length=64)
 
@@ -357,6 +406,22 @@ class AgentConfig(StrictSection):
         if self.server.enabled:
             self.server.tls_files()
 
+    def door_threshold(self, door: DoorConfig, model_id: str) -> DoorThreshold:
+        """The threshold `door` applies to faces of embedding model `model_id`, and where it comes from."""
+        matching = self.matching
+        return door_threshold(
+            model_id, door.name, door.threshold, matching.door_thresholds, matching.door_default_threshold
+        )
+
+    def door_thresholds(self, door: DoorConfig) -> dict[str, DoorThreshold]:
+        """The door's threshold for every embedding model the configuration or the built-in table names,
+        and ('*') for any other."""
+        models = [*DOOR_THRESHOLDS, *self.matching.thresholds, *self.matching.door_thresholds]
+        found = {model_id: self.door_threshold(door, model_id) for model_id in dict.fromkeys(models)}
+        fallback = self.door_threshold(door, "*")
+        found["*"] = DoorThreshold("*", fallback.threshold, fallback.source)
+        return found
+
     @model_validator(mode="after")
     def _doors_watch_known_cameras(self) -> AgentConfig:
         cameras = [camera.name for camera in self.cameras]
@@ -372,6 +437,11 @@ class AgentConfig(StrictSection):
                 )
             for window in door.schedule:
                 parse_window(window)
+            if door.evidence_frames < door.min_frames:
+                raise ValueError(
+                    f"door '{door.name}': evidence_frames {door.evidence_frames} < min_frames "
+                    f"{door.min_frames}; the frames averaged must include those required"
+                )
         return self
 
 

@@ -35,8 +35,17 @@ from facefleet.agent.commands import (
 from facefleet.agent.config import AgentConfig, DoorConfig
 from facefleet.agent.domain.records import Person, StoreError
 from facefleet.agent.fleet.sync import SYNC_HEALTH, FleetSync, SyncSettings
+from facefleet.agent.metrics import AgentFigures, AgentMetrics, CameraFigures
 from facefleet.agent.publish.discovery import discovery_messages
-from facefleet.agent.publish.events import AgentEvent, Versions, access_event, face_event, mqtt_payload, reply
+from facefleet.agent.publish.events import (
+    AccessEvent,
+    AgentEvent,
+    Versions,
+    access_event,
+    face_event,
+    mqtt_payload,
+    reply,
+)
 from facefleet.agent.publish.mqtt import MAX_COMMAND_BYTES, MqttLink, MqttSettings
 from facefleet.agent.publish.outbox import OutboxPublisher
 from facefleet.agent.recognition.doors import AccessDecision, DoorController
@@ -54,6 +63,7 @@ from facefleet.agent.store.database import EmbeddingStore
 from facefleet.agent.updates.statuses import status_to_json
 from facefleet.agent.updates.updater import ModelUpdater, Switch, UpdateSettings
 from facefleet.core import notify
+from facefleet.core.metrics import MetricsBindError
 from facefleet.core.paths import model_store_dir
 from facefleet.link.checks import MAX_HEALTH_ENTRIES
 from facefleet.link.errors import LinkError
@@ -105,7 +115,8 @@ class AgentService:
             for c in config.cameras
         }
         self.trackers = {name: Tracker(min_quality=config.matching.min_quality) for name in self.cameras}
-        self.doors = {d.name: DoorController(d, self._person) for d in config.doors}
+        margin = config.matching.ambiguity_margin
+        self.doors = {d.name: DoorController(d, self._person, margin) for d in config.doors}
         self.door_policies = {d.name: self._door_policy(d) for d in config.doors}
         self.commands: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=COMMAND_QUEUE_LIMIT)
         self._executed = RecentRequests(REPEAT_WINDOW_S, REMEMBERED_REQUESTS)
@@ -121,6 +132,8 @@ class AgentService:
         self.outbox = OutboxPublisher(self.store, self._publish)
         self.link = self._make_link() if config.mqtt.enabled else None
         self.sync = self._make_sync() if config.server.enabled else None
+        self.metrics = AgentMetrics(self.figures)
+        self.metrics_endpoint = self.metrics.serve(config.metrics.listen)
         snapshots = config.snapshots
         self.snapshot_settings = SnapshotSettings(
             snapshots.context_px, snapshots.jpeg_quality, snapshots.context_jpeg_quality
@@ -140,6 +153,7 @@ class AgentService:
     def run(self) -> int:
         """Serve until stop_event is set (or request_stop() is called); flush what can be flushed and
         return 0."""
+        self._serve_metrics()
         for camera in self.cameras.values():
             camera.start()
         self.outbox.start()
@@ -197,13 +211,22 @@ class AgentService:
         self.outbox.stop()
         if self.link is not None:
             self.link.stop()
+        self.metrics_endpoint.stop()
         self.store.close()
+
+    def _serve_metrics(self) -> None:
+        """Start the Prometheus endpoint; an address that cannot be bound is logged and the agent runs on
+        without it (recognition and doors matter more than their figures)."""
+        try:
+            self.metrics_endpoint.start()
+        except MetricsBindError as exc:
+            log.error("%s; running without the metrics endpoint", exc)
 
     # ---- frames -----------------------------------------------------------------------------------------
 
     def _process(self, frame: CameraFrame) -> None:
         self.frames_analysed[frame.camera] += 1
-        faces = [f for f in self.analyzer.analyze(frame.image) if f.embedding is not None]
+        faces = [f for f in self.metrics.analyze(self.analyzer, frame.image) if f.embedding is not None]
         if any(face.embedding_model != self.model_id for face in faces):  # never compare across models
             self.model_mismatches += 1
             log.error("frame skipped: embeddings of another model than the gallery's %s", self.model_id)
@@ -214,6 +237,8 @@ class AgentService:
             for face in faces
             if face.embedding is not None
         ]
+        for decision in decisions:
+            self.metrics.identities.labels(frame.camera, decision.status).inc()
         observations = [
             Observation(
                 face.detection.box_xyxy,
@@ -251,20 +276,39 @@ class AgentService:
             if door.liveness is not None:
                 sample = self._face_sample(frame, face)
             policy = self.door_policies[name]
-            door_decision = policy.decide(self.model_id, decision.candidates, face.quality.score)
             claimed = door.claimed_person
-            if claimed is not None and face.embedding is not None:
-                claim_decision = self.matcher.verify(
-                    face.embedding, self.model_id, claimed, quality=face.quality.score
+            gate = self.config.quality.policy().rejections(face.quality)
+            if gate:  # below the quality gate: left undecided, neither counted nor ending the evidence
+                threshold = policy.threshold(self.model_id)
+                door_decision = Decision(
+                    "undecided", self.model_id, None, None, None, threshold, "; ".join(gate)
                 )
-        result = door.observe(door_decision, claim_decision, frame.captured_at, sample)
+                claim_decision = door_decision if claimed is not None else None
+            else:
+                door_decision = policy.decide(self.model_id, decision.candidates, face.quality.score)
+                if claimed is not None and face.embedding is not None:
+                    gallery = self.matcher.gallery(self.model_id)
+                    score = gallery.verify_score(face.embedding, claimed, self.config.matching.scoring)
+                    claim_decision = policy.decide_claim(self.model_id, claimed, score, face.quality.score)
+            track = self.trackers[frame.camera].last_track_ids[index]
+        else:
+            track = None
+        result = door.observe(door_decision, claim_decision, frame.captured_at, sample, track)
         if result is not None:
             self._act(result, frame.camera)
 
     def _act(self, decision: AccessDecision, camera: str) -> None:
         now = time.time()
         event = access_event(self.device_id, camera, decision, self._versions(), now)
-        log.info("door %s: %s %s (%s)", decision.door, decision.decision, decision.person_id, decision.reason)
+        self.metrics.access.labels(decision.door, decision.decision).inc()
+        log.info(
+            "door %s: %s %s (%s)",
+            decision.door,
+            decision.decision,
+            decision.person_id,
+            decision.reason,
+            extra={"device_id": self.device_id, "event_id": event.envelope.event_id},
+        )
         versions = event.envelope.versions
         self._guarded(
             lambda: self.store.audit.append(
@@ -332,6 +376,7 @@ class AgentService:
 
     def _emit(self, event: AgentEvent) -> None:
         """Publish an event over MQTT and queue it for the fleet server (each where there is one)."""
+        self.metrics.events.labels("access" if isinstance(event, AccessEvent) else event.track.kind).inc()
         self._submit(event.topic, mqtt_payload(event))
         sync = self.sync
         if sync is None:
@@ -339,7 +384,12 @@ class AgentService:
         try:
             self._guarded(lambda: sync.submit(event))
         except LinkError as exc:  # a value past the link's limits: published, but not reported
-            log.error("event %s is not reported to the server: %s", event.envelope.event_id, exc)
+            log.error(
+                "event %s is not reported to the server: %s",
+                event.envelope.event_id,
+                exc,
+                extra={"device_id": self.device_id, "event_id": event.envelope.event_id},
+            )
 
     def _submit(self, topic_suffix: str, payload: dict[str, Any]) -> None:
         if self.link is None:
@@ -440,6 +490,32 @@ class AgentService:
             "models": self._model_statuses(),
             "errors": self.errors[-5:],
         }
+
+    def figures(self) -> AgentFigures:
+        """What the metrics endpoint reads at scrape time (from its own thread)."""
+        cameras = {
+            name: CameraFigures(
+                frames_read=s.frames_read,
+                frames_dropped=s.frames_dropped,
+                frames_analysed=self.frames_analysed[name],
+                running=s.state == "running",
+            )
+            for name, camera in self.cameras.items()
+            for s in [camera.status]
+        }
+        versions = self._versions()
+        return AgentFigures(
+            cameras=cameras,
+            outbox_pending=self.store.outbox.count() if self.link is not None else None,
+            reports_pending=self.store.reports.count() if self.sync is not None else None,
+            snapshots_pending=self.store.snapshots.count() if self.sync is not None else None,
+            mqtt_connected=self.link.connected if self.link is not None else None,
+            server_connected=self.sync.connected if self.sync is not None else None,
+            models=dict(versions.models),
+            gallery_revision=max(self._people_revision, 0),
+            people=len(self._people),
+            versions={"agent": versions.agent, "openvino": versions.openvino},
+        )
 
     def _model_statuses(self) -> list[dict[str, Any]]:
         updater = self.sync.updater if self.sync is not None else None
@@ -590,12 +666,11 @@ class AgentService:
         return FaceMesh(self.runtime, model)
 
     def _door_policy(self, door: DoorConfig) -> DecisionPolicy:
+        """The door's decisions on faces of the running embedding model: its own stricter threshold (see
+        AgentConfig.door_threshold), the [matching] ambiguity margin and quality minimum."""
         base = self.config.matching.policy()
-        if door.threshold is None:
-            return base
-        return DecisionPolicy(
-            {self.model_id: door.threshold}, base.default_threshold, base.ambiguity_margin, base.min_quality
-        )
+        threshold = self.config.door_threshold(door, self.model_id).threshold
+        return DecisionPolicy({self.model_id: threshold}, threshold, base.ambiguity_margin, base.min_quality)
 
     def _versions(self) -> Versions:
         models = {"detection": self.analyzer.detector_model.manifest.model_id, "embedding": self.model_id}

@@ -33,6 +33,7 @@ from grpc_reflection.v1alpha import reflection
 
 from facefleet.core import notify
 from facefleet.core.errors import EXIT_OK, EXIT_UNAVAILABLE, FaceFleetError
+from facefleet.core.metrics import MetricsBindError
 from facefleet.link.checks import utc_now
 from facefleet.server.api.audit import AuditLog
 from facefleet.server.api.handlers import OperatorHandlers
@@ -41,6 +42,7 @@ from facefleet.server.api.security import Authenticator
 from facefleet.server.api.servicers import AdminServicer, FleetServicer, QueryServicer
 from facefleet.server.api.wire import services
 from facefleet.server.config import ServerConfig
+from facefleet.server.domain.models import ROLLOUT_STATES
 from facefleet.server.errors import FailedPreconditionError, ServerConfigError, ServerError
 from facefleet.server.fleet.device_admin import DeviceAdmin
 from facefleet.server.fleet.devices import DeviceRegistry
@@ -50,6 +52,7 @@ from facefleet.server.gallery.embedder import Enroller
 from facefleet.server.gallery.enrolment_models import EnrolmentModels, rollout_embedding_models
 from facefleet.server.gallery.people import PeopleHandler
 from facefleet.server.gallery.unknown import UnknownFaces, UnknownSettings
+from facefleet.server.metrics import ServerFigures, ServerMetrics, pool_figures
 from facefleet.server.paths import ServerPaths
 from facefleet.server.rollouts.catalogue import ModelCatalog
 from facefleet.server.rollouts.control import RolloutControl
@@ -58,13 +61,26 @@ from facefleet.server.rollouts.files import CHUNK_BYTES, ModelFiles
 from facefleet.server.rollouts.uploads import ModelAdmin
 from facefleet.server.state.fanout import GalleryFanout
 from facefleet.server.state.interface import State
-from facefleet.server.state.sqlite.state import SqliteState
+from facefleet.server.state.open import open_state
+from facefleet.server.state.postgres.notify import RECONNECTED, follow
+from facefleet.server.state.postgres.state import PostgresState
 from facefleet.vision.models.store import ModelStore
 from facefleet.vision.runtime import Runtime
 
 log = logging.getLogger(__name__)
 EXPIRY_INTERVAL_S = 3600.0
-"""How often expired face snapshots are deleted while serving."""
+"""How often the retention job runs while serving."""
+EXPIRY_CHECK_S = 60.0
+"""On PostgreSQL, how often the loop wakes to see whether the retention job is due."""
+
+
+@dataclass(frozen=True)
+class Expired:
+    """What one run of the retention job deleted."""
+
+    events: int
+    snapshots: int
+    audit: int
 
 
 class BindError(ServerError):
@@ -81,6 +97,7 @@ class Ports:
     agents: int
     operators: int
     http: int = 0
+    metrics: int = 0
 
 
 class FleetServer:
@@ -97,7 +114,12 @@ class FleetServer:
     ) -> None:
         self.config = config
         self.paths = paths
-        self.state = state or SqliteState(paths.database, log_revisions=config.gallery.log_revisions)
+        self.state = state or open_state(
+            config.state.url,
+            paths.database,
+            log_revisions=config.gallery.log_revisions,
+            pool_size=config.state.pool_size,
+        )
         self.models = ModelStore(paths.models)
         self.catalog = ModelCatalog(self.state.models, self.models)
         self._runtime: Runtime | None = None
@@ -108,9 +130,13 @@ class FleetServer:
         self._server: grpc.aio.Server | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._poll: asyncio.Task[None] | None = None
+        self._auth: Authenticator | None = None
         self.devices = DeviceRegistry(self.state)
         self.handlers: OperatorHandlers | None = None
         self._http: HttpServer | None = None
+        self.metrics = ServerMetrics()
+        self.metrics.watch(self.figures)
+        self.metrics_endpoint = self.metrics.serve(config.metrics.listen)
 
     async def start(self) -> Ports:
         """Bind the listeners and start serving."""
@@ -123,7 +149,7 @@ class FleetServer:
         await self.enrolment.follow_rollouts(
             await asyncio.to_thread(rollout_embedding_models, self.state.models)
         )
-        server = grpc.aio.server(options=self._options())
+        server = grpc.aio.server(options=self._options(), interceptors=[self.metrics.interceptor()])
         try:
             await self._add_services(server, self.fanout)
             listen = self.config.listen
@@ -142,7 +168,12 @@ class FleetServer:
         self._poll = asyncio.create_task(self._poll_changes())
         if self.config.insecure_development:
             log.warning("insecure_development = true: plaintext listeners, device ids taken from requests")
-        return Ports(agents, operators, self._http.port if self._http else 0)
+        try:
+            metrics = self.metrics_endpoint.start()
+        except MetricsBindError as exc:  # the service matters more than its figures
+            log.error("%s; serving without the metrics endpoint", exc)
+            metrics = 0
+        return Ports(agents, operators, self._http.port if self._http else 0, metrics)
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop: NOT_SERVING, end Watch streams, give running calls the grace period."""
@@ -158,6 +189,7 @@ class FleetServer:
         if self._server is not None:
             await self._server.stop(self.config.listen.grace_seconds if grace is None else grace)
             self._server = None
+        await asyncio.to_thread(self.metrics_endpoint.stop)  # waits for the serving thread's next poll
         self.state.close()
 
     async def run(self) -> int:
@@ -168,7 +200,7 @@ class FleetServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         status = f"agents on port {ports.agents or '-'}, operators on port {ports.operators or '-'}"
-        status += f", HTTP API on port {ports.http or '-'}"
+        status += f", HTTP API on port {ports.http or '-'}, metrics on port {ports.metrics or '-'}"
         log.info("serving: %s; gallery revision %d", status, self.state.head_revision())
         if not self.enrolment.embedding_models():
             log.warning(
@@ -197,6 +229,7 @@ class FleetServer:
             insecure=config.insecure_development,
             cache_seconds=config.tokens.cache_seconds,
         )
+        self._auth = auth
         fleet = FleetHandler(
             self.state,
             fanout,
@@ -207,6 +240,7 @@ class FleetServer:
                 max_event_age=timedelta(days=config.fleet.max_event_age_days),
                 max_event_ahead=timedelta(seconds=config.fleet.max_event_ahead_seconds),
             ),
+            metrics=self.metrics,
             embedding_models=self.enrolment.embedding_models,
             models=ModelDistribution(
                 self.state,
@@ -300,6 +334,19 @@ class FleetServer:
             raise BindError(f"{key} = {address!r}: cannot listen; is the port in use?")
         return int(port)
 
+    def figures(self) -> ServerFigures:
+        """What the metrics endpoint reads at scrape time (from its own thread)."""
+        fanout = self.fanout
+        rollouts: dict[str, int] = dict.fromkeys(ROLLOUT_STATES, 0)
+        for rollout in self.state.models.list_rollouts():
+            rollouts[rollout.state] = rollouts.get(rollout.state, 0) + 1
+        return ServerFigures(
+            gallery_revision=fanout.head if fanout is not None else self.state.head_revision(),
+            models_revision=fanout.models_head if fanout is not None else 0,
+            rollouts=rollouts,
+            pool=pool_figures(self.state),
+        )
+
     # -- changes from other processes --------------------------------------------------------------
 
     async def refresh(self) -> None:
@@ -348,29 +395,65 @@ class FleetServer:
                 "rolled back rollout %d of %s: %s", rollout.rollout_id, rollout.model_id, rollout.reason
             )
 
-    def expire_snapshots(self) -> int:
-        """Delete the face snapshots older than `snapshots.keep_days` (blocking); how many."""
-        before = utc_now() - timedelta(days=self.config.snapshots.keep_days)
-        expired = self.state.snapshots.expire_snapshots(before)
-        if expired:
-            log.info("deleted %d face snapshots older than %d days", expired, self.config.snapshots.keep_days)
+    def expire(self) -> Expired:
+        """Delete what [retention] says has expired (blocking), cut at midnight UTC; how much of each."""
+        retention = self.config.retention
+        today = utc_now().replace(hour=0, minute=0, second=0, microsecond=0)
+        expired = Expired(
+            events=self.state.expire_events(today - timedelta(days=retention.events_days))
+            if retention.events_days
+            else 0,
+            snapshots=self.state.snapshots.expire_snapshots(today - timedelta(days=retention.snapshots_days))
+            if retention.snapshots_days
+            else 0,
+            audit=self.state.expire_audit(today - timedelta(days=retention.audit_days))
+            if retention.audit_days
+            else 0,
+        )
+        if expired.events or expired.snapshots or expired.audit:
+            log.info(
+                "retention: deleted %d events, %d face snapshots and %d audit entries",
+                expired.events,
+                expired.snapshots,
+                expired.audit,
+            )
         return expired
 
     async def _poll_changes(self) -> None:
+        """SQLite: look for changes every poll_seconds. PostgreSQL: follow its notifications instead
+        (facefleet.server.state.postgres.notify). Either way, run the retention job every hour."""
+        if isinstance(self.state, PostgresState):
+            listening = asyncio.create_task(follow(self.state.url, self._notified))
+        else:
+            listening = None
         failing = False
         expired_at = -math.inf
-        while True:
-            await asyncio.sleep(self.config.fleet.poll_seconds)
-            try:
-                await self.refresh()
-                if time.monotonic() - expired_at >= EXPIRY_INTERVAL_S:
-                    await asyncio.to_thread(self.expire_snapshots)
-                    expired_at = time.monotonic()
-                failing = False
-            except Exception:
-                if not failing:  # once per outage, not every poll
-                    log.exception("cannot read changes from the state database; retrying")
-                failing = True
+        try:
+            while True:
+                await asyncio.sleep(self.config.fleet.poll_seconds if listening is None else EXPIRY_CHECK_S)
+                try:
+                    if listening is None:
+                        await self.refresh()
+                    if time.monotonic() - expired_at >= EXPIRY_INTERVAL_S:
+                        await asyncio.to_thread(self.expire)
+                        expired_at = time.monotonic()
+                    failing = False
+                except Exception:
+                    if not failing:  # once per outage, not every poll
+                        log.exception("cannot read changes from the state database; retrying")
+                    failing = True
+        finally:
+            if listening is not None:
+                listening.cancel()
+
+    async def _notified(self, change: str) -> None:
+        """A change committed through any replica (facefleet.server.state.postgres.notify)."""
+        if change in ("tokens", RECONNECTED) and self._auth is not None:
+            self._auth.forget_tokens()
+        try:
+            await self.refresh()
+        except Exception:
+            log.exception("cannot read a change from the state database; the next one retries")
 
     # -- models --------------------------------------------------------------------------------------
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from facefleet.core.config import StrictSection, load_toml_model
+from facefleet.core.logs import LogFormat
+from facefleet.core.metrics import check_listen
 from facefleet.server.errors import ServerConfigError
 from facefleet.vision.config import DetectorConfig, QualityConfig, RuntimeConfig
 
@@ -103,8 +105,36 @@ class FleetConfig(StrictSection):
     )
 
 
+class StateConfig(StrictSection):
+    """[state] The database the server keeps its state in."""
+
+    url: str = Field(
+        "",
+        description="'' = the embedded SQLite database <state_dir>/server.db; 'sqlite:///ABSOLUTE/PATH.db'; "
+        "or 'postgresql://USER@HOST:PORT/DBNAME' (password from ~/.pgpass or PGPASSWORD, TLS by sslmode=…) "
+        "for a fleet beyond one machine and several server replicas on one database",
+    )
+    pool_size: int = Field(10, ge=1, le=500, description="PostgreSQL connections per server process")
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if url and not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(
+                "must be '' (the state directory's SQLite file), 'sqlite:///ABSOLUTE/PATH.db' or "
+                "'postgresql://USER@HOST:PORT/DBNAME'"
+            )
+        return url
+
+
 class ModelsConfig(StrictSection):
     """[models] Model versions operators publish through AdminService.PublishModel."""
+
+    dir: Path | None = Field(
+        None,
+        description="The model store; unset = <state_dir>/models. With several replicas on one PostgreSQL "
+        "database, a folder every replica shares (e.g. NFS): a model published through one is served by all",
+    )
 
     max_upload_bytes: int = Field(
         512 * 1024 * 1024,
@@ -115,10 +145,20 @@ class ModelsConfig(StrictSection):
     )
 
 
+class RetentionConfig(StrictSection):
+    """[retention] How long the server keeps what agents report and what operators did; an hourly job deletes
+    what expired (whole monthly partitions of events on PostgreSQL), on every replica. 0 keeps forever."""
+
+    events_days: int = Field(
+        365, ge=0, le=36500, description="Events (and their dashboard counts) older than this many days"
+    )
+    snapshots_days: int = Field(30, ge=0, le=36500, description="Face snapshots older than this many days")
+    audit_days: int = Field(730, ge=0, le=36500, description="Admin audit entries older than this many days")
+
+
 class SnapshotsConfig(StrictSection):
     """[snapshots] Face snapshots the agents report, and the review of unknown faces."""
 
-    keep_days: int = Field(30, ge=1, le=3650, description="Snapshots older than this are deleted")
     cluster_threshold: float = Field(
         0.363,
         ge=-1,
@@ -158,6 +198,20 @@ class ConsoleConfig(StrictSection):
     )
 
 
+class MetricsConfig(StrictSection):
+    """[metrics] The Prometheus endpoint: GET http://<listen>/metrics (plain HTTP: keep it on a private
+    address)."""
+
+    listen: str = Field(
+        "127.0.0.1:9109", description="host:port of the Prometheus endpoint (port 0 = any free one); '' = off"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _address(cls, listen: str) -> str:
+        return check_listen(listen)
+
+
 class ServerConfig(StrictSection):
     """The whole server configuration file."""
 
@@ -166,14 +220,20 @@ class ServerConfig(StrictSection):
         False,
         description="Plaintext listeners and device ids taken from requests: for development only",
     )
+    log_format: LogFormat = Field(
+        "text", description="Log lines of `serve`: 'text', or 'json' (one object per line)"
+    )
     listen: ListenConfig = Field(default_factory=ListenConfig)
     tls: TlsConfig = Field(default_factory=TlsConfig)
     gallery: GalleryConfig = Field(default_factory=GalleryConfig)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     tokens: TokensConfig = Field(default_factory=TokensConfig)
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)

@@ -1,4 +1,5 @@
-"""Where the server keeps its state: the database, the model store and the TLS files."""
+"""Where the server keeps its state: the database, the model store and the TLS files. `models` is
+[models] dir when set (a folder every replica shares)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ class ServerPaths:
     """The files under one state directory (TLS paths may be overridden by the config)."""
 
     state_dir: Path
+    models: Path
     ca_cert: Path
     server_cert: Path
     server_key: Path
@@ -23,6 +25,7 @@ class ServerPaths:
         tls = state_dir / "tls"
         return cls(
             state_dir=state_dir,
+            models=config.models.dir or model_store_dir(state_dir),
             ca_cert=config.tls.ca_cert or tls / "ca.pem",
             server_cert=config.tls.server_cert or tls / "server.pem",
             server_key=config.tls.server_key or tls / "server.key",
@@ -31,10 +34,6 @@ class ServerPaths:
     @property
     def database(self) -> Path:
         return self.state_dir / "server.db"
-
-    @property
-    def models(self) -> Path:
-        return model_store_dir(self.state_dir)
 
     @property
     def uploads(self) -> Path:

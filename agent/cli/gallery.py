@@ -379,11 +379,18 @@ def _calibrate(context: Context, args: argparse.Namespace) -> int:
         "people": len(samples),
         "samples": int(sum(len(v) for v in samples.values())),
         "target_far": args.target_far,
+        "threshold": round(chosen.threshold, 4),
+        "far": chosen.far,
+        "frr": chosen.frr,
+        "margin": round(chosen.margin, 4),
         "by_scoring": {
             scoring: {
                 "threshold": round(c.threshold, 4),
                 "far": c.far,
                 "frr": c.frr,
+                "margin": round(c.margin, 4),
+                "impostor_max": round(c.impostor_max, 4),
+                "genuine_min": round(c.genuine_min, 4),
                 "genuine": c.genuine_count,
                 "impostor": c.impostor_count,
             }
@@ -402,7 +409,8 @@ def _calibrate(context: Context, args: argparse.Namespace) -> int:
     else:
         context.console.print(
             f"{model_id}: threshold {chosen.threshold:.4f} for FAR ≤ {args.target_far:g} "
-            f"({context.config.matching.scoring} scoring) → FRR {chosen.frr:.3%} "
+            f"({context.config.matching.scoring} scoring) → FAR {chosen.far:.3%}, FRR {chosen.frr:.3%}, "
+            f"margin {chosen.margin:+.4f} over the highest impostor score {chosen.impostor_max:.4f} "
             f"on {report['people']} people, {report['samples']} photos",
             markup=False,
         )

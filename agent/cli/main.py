@@ -8,6 +8,7 @@ busy; 74 model store, store or file integrity problem; 78 configuration error, o
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         "validate a config file",
         "facefleet-agent check-config /etc/facefleet/agent.toml   (exit 78 when invalid)",
         description="Validate an agent config file strictly, and the files it names as `run` reads them "
-        "(MQTT and [server] PEM files, the MQTT password file); with --json, print the effective settings.",
+        "(MQTT and [server] PEM files, the MQTT password file); with --json, print the effective settings, "
+        "each door's threshold per embedding model with where it comes from and its margin over the closest "
+        "impostor score measured for the model.",
     )
     check.add_argument("file", type=Path)
     check.set_defaults(handler=_check_config, needs_context=False)
@@ -59,7 +62,12 @@ def _check_config(context: Context | None, args: argparse.Namespace) -> int:
     config = load_config(args.file)
     config.check_files()
     if args.json:
-        print(config.model_dump_json(indent=2))
+        effective = config.model_dump(mode="json")
+        for door, dumped in zip(config.doors, effective["doors"], strict=True):
+            dumped["effective_threshold"] = {
+                model_id: found.to_json() for model_id, found in config.door_thresholds(door).items()
+            }
+        print(json.dumps(effective, indent=2))
     else:
         print(f"{args.file}: ok")
     return EXIT_OK

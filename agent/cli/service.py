@@ -11,6 +11,7 @@ from facefleet.agent.cli.context import Context
 from facefleet.agent.service import AgentService
 from facefleet.core.cli import add_command
 from facefleet.core.errors import EXIT_OK
+from facefleet.core.logs import set_log_format
 
 
 def register(commands: Any) -> None:
@@ -27,6 +28,7 @@ def register(commands: Any) -> None:
 
 def _run(context: Context, args: argparse.Namespace) -> int:
     context.config.check_files()  # a bad TLS or password file: exit 78 before any model is compiled
+    set_log_format(context.config.log_format, {"device_id": context.config.device()})
     service = AgentService(context.config, context.state_dir)
 
     def stop(signum: int, frame: FrameType | None) -> None:

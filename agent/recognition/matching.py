@@ -239,6 +239,8 @@ class Calibration:
 
     far: fraction of impostor scores ≥ threshold; frr: fraction of genuine scores < threshold. With M impostor
     scores the smallest measurable FAR is 1/M: a lower target yields a threshold just above every impostor.
+    impostor_max, genuine_min: the highest impostor and the lowest genuine score; margin: threshold minus
+    impostor_max (how far the closest stranger stays below the threshold; negative when some are above it).
     """
 
     threshold: float
@@ -247,6 +249,12 @@ class Calibration:
     frr: float
     genuine_count: int
     impostor_count: int
+    impostor_max: float
+    genuine_min: float
+
+    @property
+    def margin(self) -> float:
+        return self.threshold - self.impostor_max
 
 
 def calibrate_threshold(genuine: npt.ArrayLike, impostor: npt.ArrayLike, target_far: float) -> Calibration:
@@ -268,6 +276,8 @@ def calibrate_threshold(genuine: npt.ArrayLike, impostor: npt.ArrayLike, target_
         frr=float(np.mean(genuine_scores < threshold)),
         genuine_count=int(genuine_scores.size),
         impostor_count=int(impostor_scores.size),
+        impostor_max=float(descending[0]),
+        genuine_min=float(np.min(genuine_scores)),
     )
 
 

@@ -109,6 +109,8 @@ class Tracker:
         self.settings = settings or TrackerSettings()
         self.min_quality = min_quality
         self._tracks: list[_Track] = []
+        self.last_track_ids: list[str] = []
+        """The track id of each observation of the last update, in their order."""
 
     @property
     def active_tracks(self) -> int:
@@ -118,6 +120,7 @@ class Tracker:
         """Fold one frame's observations into the tracks; the events this frame caused."""
         events: list[TrackEvent] = []
         assigned = self._assign(observations)
+        self.last_track_ids = []
         for track in self._tracks:
             if track not in assigned.values():
                 track.missed += 1
@@ -126,6 +129,7 @@ class Tracker:
             if existing is None:
                 existing = _Track(uuid.uuid4().hex, observation.box_xyxy, timestamp, timestamp)
                 self._tracks.append(existing)
+            self.last_track_ids.append(existing.track_id)
             events.extend(self._observe(existing, observation, timestamp))
         for track in [t for t in self._tracks if t.missed > self.settings.max_missed]:
             self._tracks.remove(track)

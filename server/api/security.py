@@ -140,6 +140,10 @@ class Authenticator:
             )
         return Operator(record.name, record.role)
 
+    def forget_tokens(self) -> None:
+        """Look every token up again on its next use (a token was revoked through another replica)."""
+        self._cache.clear()
+
     def _lookup(self, token: str) -> TokenRecord | None:
         prefix, _, rest = token.partition(".")
         token_id, _, secret = rest.partition(".")

@@ -49,6 +49,12 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
 def _local_only(context: Context, verb: str) -> None:
     if context.remote is not None:
         raise InvalidArgumentError(f"{verb} works on the server host's state directory; drop --server")
+    if context.config.state.url.startswith(("postgresql://", "postgres://")):
+        raise InvalidArgumentError(
+            f"{verb} copies the embedded SQLite state, and [state] url is on PostgreSQL: use "
+            "`pg_dump --format=custom --file state.pgdump URL` and "
+            "`pg_restore --dbname NEW_URL state.pgdump` with a copy of the [models] dir"
+        )
 
 
 def _backup(context: Context, args: argparse.Namespace) -> int:

@@ -24,7 +24,8 @@ from facefleet.server.cli.remote import RemoteServer, RemoteSettings
 from facefleet.server.config import ServerConfig, load_config
 from facefleet.server.domain.audit import LOCAL, AuditEntry
 from facefleet.server.paths import ServerPaths
-from facefleet.server.state.sqlite.state import SqliteState
+from facefleet.server.state.interface import State
+from facefleet.server.state.open import open_state
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,13 @@ class Context:
         )
 
     @cached_property
-    def state(self) -> SqliteState:
-        return SqliteState(self.paths.database, log_revisions=self.config.gallery.log_revisions)
+    def state(self) -> State:
+        return open_state(
+            self.config.state.url,
+            self.paths.database,
+            log_revisions=self.config.gallery.log_revisions,
+            pool_size=min(self.config.state.pool_size, 2),
+        )
 
     @cached_property
     def operators(self) -> LocalHandlers:

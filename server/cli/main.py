@@ -18,6 +18,7 @@ from typing import Any
 from facefleet import __version__
 from facefleet.core.cli import add_command, configure_logging, program_parser, run_command
 from facefleet.core.errors import EXIT_OK
+from facefleet.core.logs import set_log_format
 from facefleet.link.checks import utc_now
 from facefleet.server.api.security import new_token
 from facefleet.server.cli.audit import register as register_audit
@@ -28,6 +29,7 @@ from facefleet.server.cli.models import register as register_models
 from facefleet.server.cli.people import register as register_people
 from facefleet.server.cli.query import register as register_query
 from facefleet.server.cli.remote import CA_FILE_ENV, SERVER_ENV, TOKEN_FILE_ENV
+from facefleet.server.cli.state import register as register_state
 from facefleet.server.cli.unknown import register as register_unknown
 from facefleet.server.config import load_config
 from facefleet.server.domain.records import ROLES
@@ -103,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_people(commands, _parser)
     register_unknown(commands, _parser)
     register_backup(commands, _parser)
+    register_state(commands, _parser)
     return parser
 
 
@@ -134,6 +137,7 @@ def _register_tokens(commands: Any) -> None:
 def _serve(context: Context, args: argparse.Namespace) -> int:
     from facefleet.server.app import serve
 
+    set_log_format(context.config.log_format)
     return serve(context.config, context.paths)
 
 

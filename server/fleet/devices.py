@@ -40,7 +40,13 @@ class DeviceRegistry:
         for device_id, serial in superseding.items():
             revoked = self.state.devices.supersede(device_id, serial, now)
             if revoked:
-                log.info("device %s now uses certificate %s: %d older revoked", device_id, serial, revoked)
+                log.info(
+                    "device %s now uses certificate %s: %d older revoked",
+                    device_id,
+                    serial,
+                    revoked,
+                    extra={"device_id": device_id},
+                )
         for device_id in told:
             self.state.devices.mark_wipe_sent(device_id, now)
         revision = self.state.devices.devices_revision()

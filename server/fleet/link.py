@@ -10,6 +10,7 @@ heartbeat after every idle `heartbeat_seconds`. Deltas above half the message li
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -22,11 +23,13 @@ from facefleet.link.fleet import Heartbeat, Registration, ReportOutcome, Welcome
 from facefleet.link.gallery import GalleryDelta, Person
 from facefleet.link.models import ModelAssignment, ModelRelease, ModelStatus
 from facefleet.server.errors import FailedPreconditionError, InvalidArgumentError, PermissionDeniedError
+from facefleet.server.metrics import ServerMetrics
 from facefleet.server.rollouts.distribution import ModelDistribution
 from facefleet.server.rollouts.files import Chunk
 from facefleet.server.state.fanout import GalleryFanout
 from facefleet.server.state.interface import State
 
+log = logging.getLogger(__name__)
 DELTA_CACHE_ENTRIES = 64
 
 
@@ -79,8 +82,10 @@ class FleetHandler:
         embedding_models: Callable[[], tuple[str, ...]],
         clock: Callable[[], datetime] = utc_now,
         models: ModelDistribution | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.state = state
+        self.metrics = metrics
         self.models = models
         self.fanout = fanout
         self.settings = settings
@@ -113,6 +118,12 @@ class FleetHandler:
             assert self.models is not None
             await self.models.report(registration.device_id, statuses, {})
         self._registered.add(registration.device_id)
+        log.info(
+            "device %s registered (agent %s)",
+            registration.device_id,
+            registration.agent_version,
+            extra={"device_id": registration.device_id},
+        )
         return Welcome(
             gallery_revision=self.fanout.head,
             gallery_id=self.gallery_id,
@@ -149,6 +160,7 @@ class FleetHandler:
         devices_seen = self.fanout.devices_head
         sent: tuple[ModelRelease, ...] = ()
         self.fanout.enter(device_id)
+        self._count_streams(+1)
         try:
             if not snapshot and revision == self.fanout.head:
                 yield Heartbeat(revision, self.clock())
@@ -180,6 +192,12 @@ class FleetHandler:
                     await asyncio.to_thread(self.state.touch_agent, device_id, self.clock())
         finally:
             self.fanout.leave(device_id)
+            self._count_streams(-1)
+
+    def _count_streams(self, change: int) -> None:
+        if self.metrics is not None:
+            self.metrics.watch_streams.inc(change)
+            self.metrics.agents_watching.set(len(self.fanout.watching()))
 
     async def acknowledge(self, device_id: str, revision: int) -> int:
         await self._require_registered(device_id)
@@ -224,6 +242,27 @@ class FleetHandler:
             return outcome
 
         stored, duplicates = await asyncio.to_thread(store)
+        if self.metrics is not None:
+            self.metrics.reported(stored, duplicates, len(rejected))
+        log.debug(
+            "device %s reported %d events: %d stored, %d duplicates, %d rejected",
+            device_id,
+            total,
+            stored,
+            duplicates,
+            len(rejected),
+            extra={"device_id": device_id},
+        )
+        if rejected:  # the first one with its reason; the rest are in the reply to the agent
+            event_id, why = rejected[0]
+            log.info(
+                "device %s: %d reported events rejected; event %s: %s",
+                device_id,
+                len(rejected),
+                event_id,
+                why,
+                extra={"device_id": device_id, "event_id": event_id},
+            )
         return ReportOutcome(stored, duplicates, tuple(rejected))
 
     async def download(

@@ -28,7 +28,7 @@ from facefleet.server.app import FleetServer
 from facefleet.server.config import ServerConfig
 from facefleet.server.gallery.embedder import Enroller, EnrolmentSettings
 from facefleet.server.paths import ServerPaths
-from facefleet.server.state.sqlite.state import SqliteState
+from facefleet.server.state.open import open_state
 from facefleet.v1 import admin_pb2_grpc, fleet_pb2, fleet_pb2_grpc, query_pb2_grpc
 from facefleet.vision.models.importer import DEFAULT_MODELS, DefaultModel, import_model, locate_default
 from facefleet.vision.models.store import ModelStore
@@ -207,6 +207,7 @@ async def serving(tmp_path: Path, pki: Pki, enroller: Enroller, **sections: Any)
             "http": "127.0.0.1:0",
             "grace_seconds": 1,
         },
+        "metrics": {"listen": "127.0.0.1:0"},
         "tls": {
             "ca_cert": str(pki.tls_dir / "ca.pem"),
             "server_cert": str(pki.tls_dir / "server.pem"),
@@ -217,9 +218,13 @@ async def serving(tmp_path: Path, pki: Pki, enroller: Enroller, **sections: Any)
         data[name] = {**data.get(name, {}), **values} if isinstance(values, dict) else values
     config = ServerConfig.model_validate(data)
     paths = ServerPaths.from_config(tmp_path / "state", config)
-    state = SqliteState(paths.database, log_revisions=config.gallery.log_revisions)
-    admin_token, admin = new_token("admin", "admin", utc_now())
-    query_token, query = new_token("dashboard", "query", utc_now())
+    state = open_state(
+        config.state.url, paths.database, log_revisions=config.gallery.log_revisions, pool_size=4
+    )
+    taken = {t.name for t in state.list_tokens()}  # another replica of the same database made its own
+    suffix = f"-{len(taken) // 2}" if taken else ""
+    admin_token, admin = new_token(f"admin{suffix}", "admin", utc_now())
+    query_token, query = new_token(f"dashboard{suffix}", "query", utc_now())
     state.add_token(admin)
     state.add_token(query)
     server = FleetServer(config, paths, enroller=enroller, state=state)

@@ -150,6 +150,39 @@ def test_check_config(
     assert got == code and message in out + err
 
 
+def test_check_config_json_shows_each_doors_threshold_and_where_it_comes_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        '[matching]\ndoor_thresholds = { "arcface@r1" = 0.42 }\n\n'
+        '[[cameras]]\nname = "cam"\nsource = "0"\n\n'
+        '[[doors]]\nname = "front"\ncamera = "cam"\n\n'
+        '[[doors]]\nname = "vault"\ncamera = "cam"\nthreshold = 0.6\nevidence_frames = 8\n'
+    )
+    code, out, err = run(capsys, "check-config", str(path), "--json")
+    assert code == 0, err
+    front, vault = json.loads(out)["doors"]
+    assert (front["min_frames"], front["evidence_frames"], vault["evidence_frames"]) == (3, 5, 8)
+    sface = front["effective_threshold"]["sface@2021dec"]
+    assert sface["source"] == "built-in for sface@2021dec" and sface["threshold"] > 0.363
+    assert sface["margin"] == pytest.approx(sface["threshold"] - sface["closest_impostor"], abs=1e-4)
+    assert sface["margin"] > 0
+    int8 = front["effective_threshold"]["sface@2021dec-int8"]
+    assert int8["source"] == "built-in for sface@2021dec-int8" and int8["margin"] > 0
+    arcface = front["effective_threshold"]["arcface@r1"]
+    assert (arcface["threshold"], arcface["source"], arcface["margin"]) == (
+        0.42,
+        "matching.door_thresholds",
+        None,
+    )
+    assert front["effective_threshold"]["*"]["source"] == "matching.door_default_threshold"
+    assert {t["source"] for t in vault["effective_threshold"].values()} == {"doors.vault.threshold"}
+    assert vault["effective_threshold"]["sface@2021dec"]["margin"] == pytest.approx(
+        0.6 - sface["closest_impostor"], abs=1e-4
+    )
+
+
 @pytest.mark.slow
 def test_console_script_runs(state_dir: Path, photo_paths: dict[str, Path]) -> None:
     script = Path(sys.executable).with_name("facefleet-agent")

@@ -304,11 +304,20 @@ def test_calibrate_chooses_a_threshold_and_writes_it(
     assert best["genuine"] == report["samples"] and best["impostor"] == report["samples"] * 5
     assert best["far"] <= 0.01 and best["frr"] < 0.2
     assert 0.2 < best["threshold"] < 0.9
+    assert best["margin"] == pytest.approx(best["threshold"] - best["impostor_max"], abs=2e-4)
+    assert (best["margin"] > 0) == (best["far"] == 0)  # above every impostor exactly when none is accepted
+    assert {k: report[k] for k in ("threshold", "far", "frr", "margin")} == {
+        k: best[k] for k in ("threshold", "far", "frr", "margin")
+    }  # the configured scoring's proposal
     assert report["separates_better"] in ("best", "template")
     written = load_config(config)
     assert written.matching.thresholds["sface@2021dec"] == pytest.approx(best["threshold"], abs=1e-4)
     assert written.matching.ambiguity_margin == 0.04
     assert config.read_text().startswith("# site config")
+    code, out, _ = run(capsys, state_dir, "calibrate", str(folder), "--target-far", "0.01")
+    text = " ".join(out.split())
+    assert code == 0 and f"threshold {best['threshold']:.4f} for FAR ≤ 0.01" in text
+    assert f"FAR {best['far']:.3%}, FRR {best['frr']:.3%}, margin {best['margin']:+.4f}" in text
 
 
 def test_calibrate_needs_labelled_folders(

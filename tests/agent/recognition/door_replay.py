@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from facefleet.agent.config import DoorConfig, MatchingConfig
+from facefleet.agent.config import AgentConfig, DoorConfig, MatchingConfig
 from facefleet.agent.domain.records import Person
 from facefleet.agent.recognition.doors import AccessDecision, DoorController
 from facefleet.agent.recognition.gallery import Gallery
-from facefleet.agent.recognition.matching import Matcher
+from facefleet.agent.recognition.matching import Decision, DecisionPolicy, Matcher
+from facefleet.vision.config import QualityConfig
 from facefleet.vision.mesh import FaceMesh, face_sample
 from facefleet.vision.pipeline import FaceAnalyzer
 
@@ -38,7 +39,8 @@ class Outcome:
 
 
 class DoorReplay:
-    """People enrolled from one image each (group "staff"), and doors that let staff in."""
+    """People enrolled from one image each (group "staff"), and doors that let staff in, deciding as the
+    agent does: the door's own threshold, faces below the [quality] gate left undecided."""
 
     def __init__(self, analyzer: FaceAnalyzer, mesh: FaceMesh, people: Mapping[str, Frame]) -> None:
         self.analyzer, self.mesh = analyzer, mesh
@@ -54,20 +56,23 @@ class DoorReplay:
             embeddings.append(largest.embedding)
         self.people = {pid: Person(pid, pid, ("staff",)) for pid in people}
         self.matcher = Matcher(MatchingConfig().policy())
+        self.gate = QualityConfig().policy()
         self.matcher.set_gallery(Gallery.build(model_id, list(people), np.stack(embeddings)))
 
     def run(self, frames: Iterable[Frame], fps: float, **doors: Mapping[str, Any]) -> Outcome:
         """Play frames at `fps` to doors named by keyword, each with its DoorConfig settings, e.g.
         run(frames, 30, blink={"liveness": "blink"})."""
-        controllers = {
-            name: DoorController(
-                DoorConfig.model_validate(
-                    {"name": name, "camera": "cam", "allow_groups": ["staff"], **rules}
-                ),
-                self.people.get,
+        configs = {
+            name: DoorConfig.model_validate(
+                {"name": name, "camera": "cam", "allow_groups": ["staff"], **rules}
             )
             for name, rules in doors.items()
         }
+        controllers = {name: DoorController(config, self.people.get) for name, config in configs.items()}
+        policies = {}
+        for name, config in configs.items():  # each door's own threshold, as the agent applies it
+            threshold = AgentConfig().door_threshold(config, self.model_id).threshold
+            policies[name] = DecisionPolicy({self.model_id: threshold}, threshold, min_quality=0.3)
         outcome = Outcome({name: [] for name in controllers})
         checking = any(c.liveness is not None for c in controllers.values())
         for index, frame in enumerate(frames):
@@ -80,8 +85,15 @@ class DoorReplay:
                 decision = self.matcher.identify(face.embedding, self.model_id, quality=face.quality.score)
                 if checking:
                     sample = face_sample(frame, self.mesh(frame, face.detection))
+            gate = self.gate.rejections(face.quality) if faces else []
             for name, controller in controllers.items():
-                result = controller.observe(decision, None, now, sample)
+                at_door = None
+                if decision is not None and gate:  # below the [quality] gate, as the agent leaves it
+                    threshold = policies[name].threshold(self.model_id)
+                    at_door = Decision("undecided", self.model_id, None, None, None, threshold, gate[0])
+                elif decision is not None:
+                    at_door = policies[name].decide(self.model_id, decision.candidates, face.quality.score)
+                result = controller.observe(at_door, None, now, sample)
                 if result is not None:
                     outcome.decisions[name].append((index, result))
         return outcome

@@ -1,4 +1,5 @@
-"""Door decisions without cameras: groups, consecutive frames, schedules, repeats and badge claims."""
+"""Door decisions without cameras: groups, evidence combined over good frames, schedules, repeats, badge
+claims, and the door thresholds per embedding model."""
 
 from __future__ import annotations
 
@@ -6,17 +7,32 @@ from datetime import datetime
 
 import pytest
 
-from facefleet.agent.config import DoorConfig
+from facefleet.agent.config import AgentConfig, DoorConfig
 from facefleet.agent.domain.records import Person
-from facefleet.agent.recognition.doors import REPEAT_AFTER_S, DoorController
+from facefleet.agent.recognition.doors import (
+    DOOR_DEFAULT_THRESHOLD,
+    DOOR_THRESHOLDS,
+    REPEAT_AFTER_S,
+    DoorController,
+)
+from facefleet.agent.recognition.gallery import PersonScore
 from facefleet.agent.recognition.matching import Decision
 from tests.agent.recognition.face_samples import face_sample
 
 PEOPLE = {"ada": Person("ada", "Ada", ("staff",)), "bob": Person("bob", "Bob", ("visitors",))}
 
 
-def decision(person: str | None, status: str = "match", score: float = 0.8) -> Decision:
-    return Decision(status, "sface@2021dec", person, score, 0.3, 0.363, "test")  # type: ignore[arg-type]
+THRESHOLD = 0.5
+
+
+def decision(person: str | None, status: str = "match", score: float = 0.8, **others: float) -> Decision:
+    """A frame's decision at the door threshold: `person` (or nobody) scored `score`, other candidates as
+    given (person id → score)."""
+    ranked = sorted(
+        [*([PersonScore(person, score)] if person else []), *(PersonScore(p, s) for p, s in others.items())],
+        key=lambda c: -c.score,
+    )
+    return Decision(status, "sface@2021dec", person, score, None, THRESHOLD, "test", tuple(ranked))  # type: ignore[arg-type]
 
 
 def door(**changes: object) -> DoorController:
@@ -62,12 +78,102 @@ def test_others_and_strangers_are_denied_with_the_reason() -> None:
     assert (stranger.decision, stranger.reason, stranger.person_id) == ("denied", "face not recognised", None)
 
 
-def test_disagreeing_or_undecided_frames_restart_the_count() -> None:
+def test_a_new_track_or_no_face_starts_the_evidence_again() -> None:
     controller = door()
-    feed(controller, "ada", 2, at(9))
-    controller.observe(decision(None, "ambiguous"), None, at(9) + 0.3)
-    assert feed(controller, "ada", 2, at(9) + 0.4) == []
-    assert [r.person_id for r in feed(controller, "ada", 1, at(9) + 0.7)] == ["ada"]
+    for i in range(2):
+        assert controller.observe(decision("ada"), None, at(9) + i * 0.1, track="t1") is None
+    assert controller.observe(decision("ada"), None, at(9) + 0.2, track="t2") is None  # someone else's face
+    assert controller.observe(None, None, at(9) + 0.3) is None  # nobody in view
+    assert controller.observe(decision("ada"), None, at(9) + 0.4, track="t2") is None
+    assert controller.observe(decision("ada"), None, at(9) + 0.5, track="t2") is None
+    granted = controller.observe(decision("ada"), None, at(9) + 0.6, track="t2")
+    assert granted is not None and (granted.decision, granted.frames) == ("granted", 3)
+
+
+def test_frames_below_the_quality_gate_are_left_undecided() -> None:
+    controller = door()
+    poor = Decision("undecided", "sface@2021dec", None, None, None, THRESHOLD, "quality too low")
+    assert [controller.observe(poor, None, at(9) + i) for i in range(50)] == [
+        None
+    ] * 50  # no grant, no denial
+    feed(controller, "ada", 2, at(10))
+    assert controller.observe(poor, None, at(10) + 0.2) is None  # neither counted nor ending the evidence
+    granted = controller.observe(decision("ada"), None, at(10) + 0.3)
+    assert granted is not None and (granted.decision, granted.frames) == ("granted", 3)
+    assert all(controller.observe(poor, None, at(11) + i) is None for i in range(50))  # strangers too
+
+
+def ada_scores(scores: list[float]) -> list:
+    """A door's results for frames where Ada, the best candidate, scored these (a match from THRESHOLD)."""
+    controller = door()
+    return [
+        controller.observe(
+            decision("ada", score=s) if s >= THRESHOLD else decision(None, "unknown", s, ada=s),
+            None,
+            at(9) + i,
+        )
+        for i, s in enumerate(scores)
+    ]
+
+
+def test_the_scores_of_several_frames_are_combined_not_the_best_one() -> None:
+    lucky = [0.3, 0.65, 0.3]  # one frame above the threshold: their mean 0.417 is not
+    *waiting, denied = ada_scores(lucky)
+    assert waiting == [None, None] and denied is not None
+    assert (denied.decision, denied.reason, denied.frames) == ("denied", "face not recognised", 3)
+    assert denied.score == pytest.approx(sum(lucky) / 3)
+    *waiting, granted = ada_scores([0.6, 0.45, 0.6])  # one frame below it: their mean 0.55 is above
+    assert waiting == [None, None] and granted is not None
+    assert (granted.decision, granted.person_id, granted.score) == ("granted", "ada", pytest.approx(0.55))
+
+
+def test_a_person_must_lead_the_next_one_over_the_frames() -> None:
+    controller = door(evidence_frames=4)
+    close = [
+        controller.observe(decision("ada", score=0.62, bob=0.6), None, at(9) + i * 0.1) for i in range(3)
+    ]
+    assert close == [None] * 3  # ambiguous: more frames are awaited
+    clear = [
+        controller.observe(decision("ada", score=0.8, bob=0.4), None, at(9) + 1 + i * 0.1) for i in range(3)
+    ]
+    granted = next(r for r in clear if r is not None)
+    assert (granted.person_id, granted.frames) == ("ada", 4)  # the last four good frames
+    assert granted.margin is not None and granted.margin >= 0.05
+
+
+def test_door_thresholds_per_model() -> None:
+    config = AgentConfig.model_validate(
+        {
+            "cameras": [{"name": "cam", "source": "0"}],
+            "doors": [
+                {"name": "front", "camera": "cam"},
+                {"name": "vault", "camera": "cam", "threshold": 0.6},
+            ],
+            "matching": {"door_thresholds": {"arcface@1": 0.4}, "door_default_threshold": 0.55},
+        }
+    )
+    front, vault = config.doors
+    sface = config.door_threshold(front, "sface@2021dec")
+    assert (sface.threshold, sface.source) == (
+        DOOR_THRESHOLDS["sface@2021dec"][0],
+        "built-in for sface@2021dec",
+    )
+    assert sface.threshold > 0.363 and sface.margin is not None and sface.margin > 0.02
+    int8 = config.door_threshold(front, "sface@2021dec-int8")
+    assert int8.threshold == DOOR_THRESHOLDS["sface@2021dec-int8"][0] != sface.threshold
+    assert (
+        config.door_threshold(front, "arcface@1").threshold,
+        config.door_threshold(front, "other@1").threshold,
+    ) == (0.4, 0.55)
+    assert config.door_threshold(vault, "sface@2021dec").source == "doors.vault.threshold"
+    assert AgentConfig().matching.door_default_threshold == DOOR_DEFAULT_THRESHOLD
+    with pytest.raises(ValueError, match="evidence_frames 2 < min_frames 3"):
+        AgentConfig.model_validate(
+            {
+                "cameras": [{"name": "cam", "source": "0"}],
+                "doors": [{"name": "d", "camera": "cam", "evidence_frames": 2}],
+            }
+        )
 
 
 @pytest.mark.parametrize(

@@ -45,8 +45,10 @@ def populate(state_dir: Path) -> None:
     (model / "model.onnx").write_bytes(b"weights")
 
 
-def answers(capsys: pytest.CaptureFixture[str], state_dir: Path) -> tuple[object, ...]:
-    base = ["--state-dir", str(state_dir)]
+def answers(
+    capsys: pytest.CaptureFixture[str], state_dir: Path, config: Path | None = None
+) -> tuple[object, ...]:
+    base = ["--state-dir", str(state_dir), *(["--config", str(config)] if config else [])]
     code, people, err = run_cli(capsys, *base, "people", "list", "--json")
     assert code == EXIT_OK, err
     code, counts, err = run_cli(capsys, *base, "query", "counts", "--interval", "1d", "--json")

@@ -168,7 +168,7 @@ def test_an_unknown_cluster_is_enrolled_dismissed_and_its_snapshots_leave_the_re
 
             assert await unknown.delete("", (events[5].event_id,)) == 1
             assert await unknown.clusters() == []
-            assert harness.server.expire_snapshots() == 0
+            assert harness.server.expire().snapshots == 0
             assert harness.server.state.snapshots.expire_snapshots(utc_now() + timedelta(days=1)) == 6
             with pytest.raises(NotFoundError):
                 await unknown.image(events[0].event_id, "crop")

@@ -22,12 +22,15 @@ import pytest
 from facefleet.link.events import AGE_BANDS, GENDERS, AttributesResult, Event, ExpressionResult
 from facefleet.link.fleet import Registration
 from facefleet.link.gallery import Embedding, Person
+from facefleet.server.domain.audit import AuditEntry, AuditFilter
 from facefleet.server.domain.queries import AttributeCounts, EventCursor, EventFilter
 from facefleet.server.domain.records import Crop, TokenRecord
 from facefleet.server.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StateError
 from facefleet.server.state.interface import State
+from facefleet.server.state.postgres.schema import partitions
 from facefleet.server.state.postgres.state import PostgresState
 from facefleet.server.state.sqlite.state import SqliteState
+from tests.postgres import PostgresCluster
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
 BACKENDS = ("postgresql", "sqlite")
@@ -851,3 +854,50 @@ def test_replacing_one_models_embeddings_at_a_revision_skips_a_person_changed_si
         state.replace_model_embeddings("alice", "other@v1", [emb(2, "other@v1")], NOW, revision=current) == 3
     )
     assert state.replace_model_embeddings("nobody", "other@v1", [emb(2, "other@v1")], NOW, revision=1) is None
+
+
+def test_retention_deletes_expired_events_and_their_counts_exactly(state: State) -> None:
+    months = [datetime(2026, m, 10, 9, 30, tzinfo=timezone.utc) for m in (1, 2, 3, 4)]
+    events = [make_event(i, months[i % 4] + timedelta(minutes=i)) for i in range(400)]
+    state.add_events(events)
+    cut = datetime(2026, 3, 10, tzinfo=timezone.utc)  # drops January and February whole, keeps March on
+    everything = EventFilter(
+        datetime(2025, 12, 1, tzinfo=timezone.utc), datetime(2026, 6, 1, tzinfo=timezone.utc)
+    )
+    assert state.expire_events(cut) == 200
+    assert state.expire_events(cut) == 0
+    left = state.list_events(everything, None, 1000).events
+    assert len(left) == 200 and min(e.time for e in left) >= cut
+    per_day = {c.start: c.count for c in state.count_events(everything, 86400, per_device=False)}
+    assert per_day == {
+        datetime(2026, 3, 10, tzinfo=timezone.utc): 100,
+        datetime(2026, 4, 10, tzinfo=timezone.utc): 100,
+    }
+    assert sum(r.face_events for r in state.unknown_rates(everything)) == 200
+    # a late event for an expired month is stored again (its partition comes back on PostgreSQL)
+    assert state.add_events([make_event(10_000, months[0])]) == (1, 0)
+    assert sum(r.face_events for r in state.unknown_rates(everything)) == 201
+
+
+def test_retention_deletes_expired_audit_entries(state: State) -> None:
+    for day in range(10):
+        state.add_audit(AuditEntry(NOW + timedelta(days=day), "ops", "people.enrol", f"p{day}"))
+    assert state.expire_audit(NOW + timedelta(days=4)) == 4
+    page = state.list_audit(AuditFilter(NOW, NOW + timedelta(days=30)), None, 100)
+    assert sorted(e.target for e in page.entries) == [f"p{day}" for day in range(4, 10)]
+
+
+def test_postgresql_retention_drops_whole_monthly_partitions(postgres_cluster: PostgresCluster) -> None:
+    state = PostgresState(postgres_cluster.create_database(), pool_size=2)
+    try:
+        state.add_events(
+            [make_event(i, datetime(2026, 1 + i % 3, 5, tzinfo=timezone.utc)) for i in range(30)]
+        )
+        with state.connection() as conn:
+            before = [name for name, *_ in partitions(conn.raw)]  # type: ignore[attr-defined]
+        assert before == ["events_2026_01", "events_2026_02", "events_2026_03"]
+        assert state.expire_events(datetime(2026, 3, 1, tzinfo=timezone.utc)) == 20
+        with state.connection() as conn:
+            assert [name for name, *_ in partitions(conn.raw)] == ["events_2026_03"]  # type: ignore[attr-defined]
+    finally:
+        state.close()

@@ -1,0 +1,196 @@
+"""The agent's Prometheus metrics (`[metrics] listen`, default 127.0.0.1:9108): what the frame loop counts
+as it goes (inference latency, identity and door decisions, events), and what is read from the service when
+Prometheus scrapes (frames per camera, queue depths, connections, model versions).
+
+Labels are bounded by the configuration: camera and door names, model tasks and ids, outcomes. No person,
+event or track id is ever a label."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy.typing as npt
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from facefleet.core.metrics import LATENCY_BUCKETS, MetricsEndpoint
+from facefleet.vision.alignment import align_face
+from facefleet.vision.faces import Face
+from facefleet.vision.images import to_bgr8
+from facefleet.vision.pipeline import FaceAnalyzer
+from facefleet.vision.runtime import Outputs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CameraFigures:
+    """One camera's totals since the agent started."""
+
+    frames_read: int
+    frames_dropped: int
+    frames_analysed: int
+    running: bool
+
+
+@dataclass(frozen=True)
+class AgentFigures:
+    """What the agent reports at scrape time; None where a part is off (no MQTT, no server)."""
+
+    cameras: Mapping[str, CameraFigures] = field(default_factory=dict)
+    outbox_pending: int | None = None
+    reports_pending: int | None = None
+    snapshots_pending: int | None = None
+    mqtt_connected: bool | None = None
+    server_connected: bool | None = None
+    models: Mapping[str, str] = field(default_factory=dict)
+    """task → model id of the models the frame loop runs."""
+    gallery_revision: int = 0
+    people: int = 0
+    versions: Mapping[str, str] = field(default_factory=dict)
+    """agent and runtime versions."""
+
+
+class AgentMetrics:
+    """The agent's registry: the frame loop's own counters and a collector reading `figures` at scrape
+    time (a failing read is logged and leaves those metrics out of that scrape)."""
+
+    def __init__(self, figures: Callable[[], AgentFigures] | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self.inference = Histogram(
+            "facefleet_agent_inference_seconds",
+            "Inference time of one frame's request to a model (all faces of the frame in one batch)",
+            ["task", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.identities = Counter(
+            "facefleet_agent_identity_decisions",
+            "Identity decisions on analysed faces, by outcome (match, unknown, ambiguous, undecided)",
+            ["camera", "outcome"],
+            registry=self.registry,
+        )
+        self.access = Counter(
+            "facefleet_agent_access_decisions",
+            "Door access decisions, by outcome (granted, denied)",
+            ["door", "outcome"],
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "facefleet_agent_events",
+            "Events emitted, by kind (decided, changed and ended face events; access)",
+            ["kind"],
+            registry=self.registry,
+        )
+        if figures is not None:
+            self.registry.register(_FiguresCollector(figures))
+
+    def analyze(self, analyzer: FaceAnalyzer, image: npt.NDArray[Any]) -> list[Face]:
+        """`analyzer.analyze(image)`, step by step, timing each model's step into the inference histogram."""
+        return analyze_timed(analyzer, image, self.inference.labels)
+
+    def serve(self, listen: str) -> MetricsEndpoint:
+        """The endpoint of this registry on `listen` ('' = off), not yet started."""
+        return MetricsEndpoint(self.registry, listen)
+
+
+class _FiguresCollector(Collector):
+    def __init__(self, figures: Callable[[], AgentFigures]) -> None:
+        self.figures = figures
+
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
+        try:
+            figures = self.figures()
+        except Exception as exc:
+            log.warning("metrics: cannot read the agent's figures: %s", exc)
+            return []
+        return list(_families(figures))
+
+
+def _families(f: AgentFigures) -> Iterable[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
+    counters = (
+        ("facefleet_agent_frames_read", "Frames read from the camera", "frames_read"),
+        ("facefleet_agent_frames_analysed", "Frames the pipeline analysed", "frames_analysed"),
+        (
+            "facefleet_agent_frames_dropped",
+            "Frames read but never analysed (a newer one came)",
+            "frames_dropped",
+        ),
+    )
+    for name, documentation, attribute in counters:
+        counter = CounterMetricFamily(name, documentation, labels=["camera"])
+        for camera, figures in f.cameras.items():
+            counter.add_metric([camera], getattr(figures, attribute))
+        yield counter
+    running = GaugeMetricFamily(
+        "facefleet_agent_camera_running", "1 while the camera delivers frames", labels=["camera"]
+    )
+    for camera, figures in f.cameras.items():
+        running.add_metric([camera], float(figures.running))
+    yield running
+    depths = (
+        ("facefleet_agent_outbox_depth", "Messages waiting in the MQTT outbox", f.outbox_pending),
+        (
+            "facefleet_agent_report_queue_depth",
+            "Events waiting to be reported to the server",
+            f.reports_pending,
+        ),
+        ("facefleet_agent_snapshots_pending", "Face snapshots waiting to be reported", f.snapshots_pending),
+    )
+    for name, documentation, value in depths:
+        if value is not None:
+            yield GaugeMetricFamily(name, documentation, value=float(value))
+    connections = (
+        ("facefleet_agent_mqtt_connected", "1 while connected to the MQTT broker", f.mqtt_connected),
+        ("facefleet_agent_server_connected", "1 while connected to the fleet server", f.server_connected),
+    )
+    for name, documentation, connected in connections:
+        if connected is not None:
+            yield GaugeMetricFamily(name, documentation, value=float(connected))
+    models = InfoMetricFamily(
+        "facefleet_agent_model", "The model the agent runs for each task", labels=["task"]
+    )
+    for task, model_id in sorted(f.models.items()):
+        models.add_metric([task], {"model": model_id})
+    yield models
+    yield GaugeMetricFamily(
+        "facefleet_agent_gallery_revision",
+        "Gallery revision of the on-device store",
+        value=f.gallery_revision,
+    )
+    yield GaugeMetricFamily("facefleet_agent_people", "People in the on-device gallery", value=f.people)
+    if f.versions:
+        yield InfoMetricFamily("facefleet_agent_build", "Agent and runtime versions", value=dict(f.versions))
+
+
+def analyze_timed(
+    analyzer: FaceAnalyzer, image: npt.NDArray[Any], histogram: Callable[[str, str], Any]
+) -> list[Face]:
+    """The faces `analyzer.analyze(image)` finds, computed with the analyzer's own steps (detect, then one
+    batch per face model) so that each model's step is timed: `histogram(task, model_id).observe(seconds)`.
+    Detection's step includes its pre- and post-processing (scaling the frame, decoding the boxes)."""
+    frame_bgr = to_bgr8(image)
+    started = time.perf_counter()
+    detections = analyzer.detect(frame_bgr)
+    histogram("detection", analyzer.detector_model.manifest.model_id).observe(time.perf_counter() - started)
+    aligned = [align_face(frame_bgr, detection.landmarks_xy) for detection in detections]
+    models = {"embedding": analyzer.embedding_model, "expression": analyzer.expression_model}
+    results: dict[str, Outputs] = {}
+    for kind, (net, tensor) in analyzer.face_batches(frame_bgr, detections, aligned).items():
+        started = time.perf_counter()
+        results[kind] = net.infer(tensor)
+        model = models.get(kind)
+        if model is not None:
+            histogram(kind, model.manifest.model_id).observe(time.perf_counter() - started)
+    started = time.perf_counter()
+    attributes = analyzer.attributes_of(frame_bgr, detections)
+    if attributes is not None and analyzer.attributes_model is not None:
+        histogram("attributes", analyzer.attributes_model.manifest.model_id).observe(
+            time.perf_counter() - started
+        )
+    return analyzer.faces(detections, aligned, results, attributes)

@@ -1,0 +1,85 @@
+"""Several server replicas on one PostgreSQL database (a throwaway cluster, tests.postgres): a change made
+through one reaches Watch streams on another through LISTEN/NOTIFY, with no polling."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from facefleet.link.checks import utc_now
+from facefleet.server.domain.queries import EventFilter
+from facefleet.server.gallery.embedder import Enroller
+from facefleet.v1 import admin_pb2, fleet_pb2
+from tests.postgres import PostgresCluster
+from tests.server.conftest import Pki, next_delta, run, serving
+from tests.server.fleet.test_fleet_service import event
+
+
+def test_a_person_enrolled_through_one_replica_reaches_an_agent_watching_another(
+    tmp_path: Path, pki: Pki, enroller: Enroller, astronaut_jpeg: bytes, postgres_cluster: PostgresCluster
+) -> None:
+    url = postgres_cluster.create_database()
+    sections = {"state": {"url": url}}  # on PostgreSQL replicas never poll: only a notification brings it
+
+    async def scenario() -> float:
+        async with (
+            serving(tmp_path / "a", pki, enroller, **sections) as a,
+            serving(tmp_path / "b", pki, enroller, **sections) as b,
+        ):
+            fleet = await b.registered("door-1")
+            stream = fleet.Watch(fleet_pb2.WatchRequest(device_id="door-1", from_revision=0))
+            assert (await next_delta(stream)).gallery.snapshot
+            await asyncio.sleep(0.5)  # the replica's LISTEN is in place
+            started = time.monotonic()
+            await a.admin().EnrollPerson(
+                admin_pb2.EnrollPersonRequest(person_id="eileen", images=[astronaut_jpeg]),
+                metadata=a.admin_md,
+            )
+            delta = (await next_delta(stream)).gallery
+            took = time.monotonic() - started
+            assert (delta.from_revision, delta.to_revision) == (0, 1)
+            assert [p.person_id for p in delta.upserts] == ["eileen"]
+            # the token a replica made works on the other one: they share the database
+            people = await b.admin().ListPeople(admin_pb2.ListPeopleRequest(), metadata=a.admin_md)
+            assert [p.person_id for p in people.people] == ["eileen"]
+            stream.cancel()
+            return took
+
+    took = run(scenario)
+    assert took < 20  # enrolment embeds the photo; the fan-out itself is measured in benchmarks
+
+
+def test_the_same_events_reported_to_both_replicas_at_once_are_stored_once(
+    tmp_path: Path, pki: Pki, enroller: Enroller, postgres_cluster: PostgresCluster
+) -> None:
+    url = postgres_cluster.create_database()
+    sections = {"state": {"url": url}}
+    start = utc_now().replace(microsecond=0) - timedelta(hours=2)
+    events = [event("door-1", start + timedelta(seconds=i), i) for i in range(4000)]
+
+    async def scenario() -> tuple[list[tuple[int, int]], int]:
+        async with (
+            serving(tmp_path / "a", pki, enroller, **sections) as a,
+            serving(tmp_path / "b", pki, enroller, **sections) as b,
+        ):
+            # an agent whose report timed out on one replica retries on the other while the first still runs
+            fleets = [await a.registered("door-1"), await b.registered("door-1")]
+            replies = await asyncio.gather(
+                *(
+                    fleet.ReportResults(
+                        fleet_pb2.ReportResultsRequest(
+                            device_id="door-1", events=events[offset : offset + 1000]
+                        )
+                    )
+                    for offset in range(0, len(events), 1000)
+                    for fleet in fleets
+                )
+            )
+            counts = a.server.state.unknown_rates(EventFilter(start, start + timedelta(hours=2)))
+            return [(r.stored, r.duplicates) for r in replies], counts[0].face_events
+
+    outcomes, stored = run(scenario)
+    assert stored == 4000
+    assert sum(s for s, _ in outcomes) == 4000 and sum(d for _, d in outcomes) == 4000

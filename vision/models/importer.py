@@ -209,9 +209,16 @@ def _xml_root(path: Path) -> str | None:
 
 
 def import_defaults(runtime: Runtime, store: ModelStore, precision: str = "FP16") -> list[StoredModel]:
-    """Import every default model whose carrier package is installed; a missing required one is an error."""
+    """Import every default model whose carrier package is installed; a missing required one is an error.
+    A default model the store holds already is kept as it is, not converted again: OpenVINO names the
+    nodes it generates from a counter of the process, so a second conversion can differ in its XML."""
     imported = []
     for default in DEFAULT_MODELS:
+        try:
+            imported.append(store.get(default.task, default.name, default.version))
+            continue
+        except ModelStoreError:
+            pass
         located = locate_default(default)
         if located is None:
             if default.optional:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from facefleet.vision.errors import ModelSpecError, ModelStoreError
-from facefleet.vision.models.importer import DEFAULT_MODELS, import_model, locate_default
+from facefleet.vision.models.importer import DEFAULT_MODELS, import_defaults, import_model, locate_default
 from facefleet.vision.models.manifest import sha256_file
 from facefleet.vision.models.onnx_fold import dequantize
 from facefleet.vision.models.store import ModelStore
@@ -190,3 +190,15 @@ def test_blocked_dequantize(
     result = dequantize(quantized, scale, zero_point, axis, block)
     assert result.dtype == np.float32
     np.testing.assert_allclose(result, np.asarray(expected, np.float32))
+
+
+def test_importing_the_defaults_again_keeps_the_stored_models(
+    runtime: Runtime, model_store: ModelStore
+) -> None:
+    """`scripts/setup` runs the import on every call: a second one must neither fail nor change a file."""
+    before = {(m.manifest.model_id, tuple(sorted(m.manifest.files.items()))) for m in model_store.models()}
+    again = import_defaults(runtime, model_store)
+    assert {m.manifest.model_id for m in again} <= {model_id for model_id, _ in before}
+    assert {
+        (m.manifest.model_id, tuple(sorted(m.manifest.files.items()))) for m in model_store.models()
+    } == before

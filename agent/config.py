@@ -26,7 +26,7 @@ from facefleet.agent.recognition.matching import DecisionPolicy
 from facefleet.core.config import StrictSection, credential_path, load_toml_model, parse_address
 from facefleet.core.errors import ConfigError
 from facefleet.core.logs import LogFormat
-from facefleet.core.metrics import check_listen
+from facefleet.core.metrics import MetricsSection
 from facefleet.link.checks import check_id
 from facefleet.link.errors import LinkError
 from facefleet.vision.config import DetectorConfig, QualityConfig, RuntimeConfig
@@ -332,17 +332,12 @@ class ServiceConfig(StrictSection):
     status_interval_s: float = Field(30.0, ge=1, le=3600, description="How often the status is refreshed (s)")
 
 
-class MetricsConfig(StrictSection):
-    """[metrics] The Prometheus endpoint: GET http://<listen>/metrics."""
+class MetricsConfig(MetricsSection):
+    """[metrics] The agent's Prometheus endpoint."""
 
     listen: str = Field(
         "127.0.0.1:9108", description="host:port of the Prometheus endpoint (port 0 = any free one); '' = off"
     )
-
-    @field_validator("listen")
-    @classmethod
-    def _address(cls, listen: str) -> str:
-        return check_listen(listen)
 
 
 class AgentConfig(StrictSection):

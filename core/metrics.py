@@ -13,7 +13,9 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import start_http_server
+from pydantic import Field, field_validator
 
+from facefleet.core.config import StrictSection
 from facefleet.core.errors import EXIT_UNAVAILABLE, FaceFleetError
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,20 @@ def check_listen(listen: str) -> str:
     if listen:
         metrics_address(listen)
     return listen
+
+
+class MetricsSection(StrictSection):
+    """[metrics] The Prometheus endpoint: GET http://<listen>/metrics (plain HTTP: keep it on a private
+    address). Each program sets its own default `listen`."""
+
+    listen: str = Field(
+        "", description="host:port of the Prometheus endpoint (port 0 = any free one); '' = off"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _address(cls, listen: str) -> str:
+        return check_listen(listen)
 
 
 class MetricsEndpoint:

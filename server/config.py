@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 
 from facefleet.core.config import StrictSection, load_toml_model
 from facefleet.core.logs import LogFormat
-from facefleet.core.metrics import check_listen
+from facefleet.core.metrics import MetricsSection
 from facefleet.server.errors import ServerConfigError
 from facefleet.vision.config import DetectorConfig, QualityConfig, RuntimeConfig
 
@@ -198,18 +198,12 @@ class ConsoleConfig(StrictSection):
     )
 
 
-class MetricsConfig(StrictSection):
-    """[metrics] The Prometheus endpoint: GET http://<listen>/metrics (plain HTTP: keep it on a private
-    address)."""
+class MetricsConfig(MetricsSection):
+    """[metrics] The server's Prometheus endpoint."""
 
     listen: str = Field(
         "127.0.0.1:9109", description="host:port of the Prometheus endpoint (port 0 = any free one); '' = off"
     )
-
-    @field_validator("listen")
-    @classmethod
-    def _address(cls, listen: str) -> str:
-        return check_listen(listen)
 
 
 class ServerConfig(StrictSection):

@@ -15,17 +15,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from facefleet.agent.config import AgentConfig
-from facefleet.agent.domain.records import Embedding, Person, PersonUpsert
 from facefleet.agent.metrics import AgentMetrics, analyze_timed
-from facefleet.agent.store.database import EmbeddingStore
-from facefleet.vision.models.store import ModelStore
 from facefleet.vision.pipeline import FaceAnalyzer
+from tests.agent.test_service import state_dir, write_video  # noqa: F401 (a fixture)
 from tests.mosquitto import Mosquitto
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -91,31 +88,15 @@ def test_metrics_listen_is_validated() -> None:
 
 @pytest.mark.slow
 def test_a_running_agent_serves_moving_counters_and_logs_json_lines(
-    model_store: ModelStore,
+    state_dir: Path,  # noqa: F811
     analyzer: FaceAnalyzer,
     astronaut: np.ndarray,
     broker: Mosquitto,
     tmp_path: Path,
 ) -> None:
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "models").symlink_to(model_store.root, target_is_directory=True)
-    (face,) = analyzer.analyze(astronaut)
-    with EmbeddingStore(state / "agent.db") as store:
-        store.gallery.apply_batch(
-            [
-                PersonUpsert(
-                    Person("eileen", "Eileen C.", ("crew",)), (Embedding("sface@2021dec", face.embedding),)
-                )
-            ]
-        )
-    video = tmp_path / "door.avi"
+    state = state_dir
     blank = np.full_like(astronaut, 40)
-    height, width = astronaut.shape[:2]
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"MJPG"), 8, (width, height))
-    for frame in [astronaut] * 8 + [blank] * 8:
-        writer.write(frame)
-    writer.release()
+    video = write_video(tmp_path / "door.avi", [astronaut] * 8 + [blank] * 8, 8)
     config = tmp_path / "agent.toml"
     config.write_text(
         f"""

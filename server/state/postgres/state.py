@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,7 +38,7 @@ from facefleet.server.state.postgres.connection import PgConnection
 from facefleet.server.state.sql import devices as sql_devices
 from facefleet.server.state.sql import models as sql_models
 from facefleet.server.state.sql import snapshots as sql_snapshots
-from facefleet.server.state.sql.meta import Connection, get_meta, set_meta
+from facefleet.server.state.sql.meta import Connection
 from facefleet.server.state.sql.state import SqlState
 
 log = logging.getLogger(__name__)
@@ -156,11 +155,7 @@ class PostgresState(SqlState):
                 raise StateError(str(exc)) from None
         if applied:
             log.info("state database %s: applied migrations %s", self.where, applied)
-        with self.write() as conn:
-            if get_meta(conn, "gallery_id", "") == "":
-                set_meta(conn, "gallery_id", str(uuid.uuid4()))
-                set_meta(conn, "head_revision", "0")
-                set_meta(conn, "log_floor", "0")
+        self._start_gallery()
 
     def close(self, timeout: float = 30.0) -> None:
         """Close the pool once the connections in use are returned; later calls fail."""
@@ -173,7 +168,7 @@ class PostgresState(SqlState):
     # -- events ---------------------------------------------------------------------------------------------
 
     def add_events(self, events: Sequence[Event]) -> tuple[int, int]:
-        months = {schema.month_of(to_us(e.time)) for e in events}
+        months = {(t.year, t.month) for t in (e.time.astimezone(timezone.utc) for e in events)}
         self.ensure_partitions(months)
         try:
             return super().add_events(events)

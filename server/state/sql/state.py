@@ -9,6 +9,7 @@ PostgreSQL). Event ingest goes through `ingest()`, which a backend may run witho
 from __future__ import annotations
 
 import abc
+import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -57,6 +58,14 @@ class SqlState(State):
     def write(self) -> AbstractContextManager[Connection]:
         """One write transaction, serialised against every other write(): committed when the body returns,
         rolled back when it raises."""
+
+    def _start_gallery(self) -> None:
+        """Give a new database its gallery id and revision 0 (once its migrations have run)."""
+        with self.write() as conn:
+            if get_meta(conn, "gallery_id", "") == "":
+                set_meta(conn, "gallery_id", str(uuid.uuid4()))
+                set_meta(conn, "head_revision", "0")
+                set_meta(conn, "log_floor", "0")
 
     def ingest(self) -> AbstractContextManager[Connection]:
         """The write transaction event ingest runs in (by default write())."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -25,7 +24,6 @@ from facefleet.server.errors import ServerError, StateError, disk_full, is_disk_
 from facefleet.server.state.sql import devices as sql_devices
 from facefleet.server.state.sql import models as sql_models
 from facefleet.server.state.sql import snapshots as sql_snapshots
-from facefleet.server.state.sql.meta import get_meta, set_meta
 from facefleet.server.state.sql.state import SqlState
 from facefleet.server.state.sqlite.schema import MIGRATIONS
 
@@ -167,11 +165,7 @@ class SqliteState(SqlState):
                 raise StateError(str(exc)) from None
             except sqlite3.Error as exc:
                 raise StateError(f"state database {self.path}: cannot migrate ({exc})") from None
-        with self.write() as conn:
-            if get_meta(conn, "gallery_id", "") == "":
-                set_meta(conn, "gallery_id", str(uuid.uuid4()))
-                set_meta(conn, "head_revision", "0")
-                set_meta(conn, "log_floor", "0")
+        self._start_gallery()
 
     def close(self, timeout: float = 30.0) -> None:
         """Close every connection once the statements in flight have finished; later calls fail."""

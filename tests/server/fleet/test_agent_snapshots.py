@@ -107,7 +107,11 @@ def test_snapshots_queued_while_the_server_is_away_are_reported_in_byte_bounded_
     assert {(e.kind, e.decision, e.camera) for e in stored} == {("face", "unknown", "door")}
     assert (left, left_bytes, refused) == (0, 0, 0)  # the snapshots went with their events
     calls = [(n, with_snapshot) for n, with_snapshot, _ in requests if n]  # health-only calls left out
-    # the oldest event, whose snapshot was dropped, goes along with the next; then one snapshot per call,
-    # the first time and again when reported twice
-    assert calls == [(2, 1)] + [(1, 1)] * 4 + [(1, 1)] * 6
+    # the oldest event, whose snapshot was dropped, goes along with the next; then one snapshot per call
+    assert calls[:5] == [(2, 1)] + [(1, 1)] * 4
+    # reported again while the client is running: whether the oldest snapshot is dropped again before it is
+    # sent depends on how many went before the last was queued; every event still goes, one snapshot per call
+    repeat = calls[5:]
+    assert sum(n for n, _ in repeat) == 6 and all(with_snapshot == 1 for _, with_snapshot in repeat)
+    assert len(repeat) in (5, 6)
     assert all(size <= report_bytes for _, _, size in requests)

@@ -11,6 +11,14 @@ from facefleet.link.checks import MAX_LABEL_CHARS, MAX_MAP_ENTRIES, check_groups
 from facefleet.link.errors import LinkError
 from facefleet.link.models import ModelStatus, check_statuses
 
+WATCH_END_KEY = "facefleet-watch-end"
+"""Trailing metadata of a Watch stream the server ended on purpose, with one of the reasons below."""
+WATCH_END_MAX_AGE = "max-age"
+"""The stream reached `[fleet] watch_max_age_seconds`: reconnect at once (a load balancer may pick another
+replica) and resume from the applied revision."""
+WATCH_END_SHUTDOWN = "shutdown"
+"""The server is stopping: reconnect after the usual backoff."""
+
 
 @dataclass(frozen=True)
 class Heartbeat:

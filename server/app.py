@@ -239,6 +239,9 @@ class FleetServer:
                 max_message_bytes=config.listen.max_message_bytes,
                 max_event_age=timedelta(days=config.fleet.max_event_age_days),
                 max_event_ahead=timedelta(seconds=config.fleet.max_event_ahead_seconds),
+                watch_max_age=timedelta(seconds=config.fleet.watch_max_age_seconds)
+                if config.fleet.watch_max_age_seconds
+                else None,
             ),
             metrics=self.metrics,
             embedding_models=self.enrolment.embedding_models,

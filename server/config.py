@@ -103,6 +103,13 @@ class FleetConfig(StrictSection):
         le=7 * 86400,
         description="Reported events dated further ahead of the server's clock are refused",
     )
+    watch_max_age_seconds: int = Field(
+        3600,
+        ge=0,
+        le=7 * 86400,
+        description="A Watch stream ends after 85–100 % of this and the agent reconnects at once, so a TCP "
+        "load balancer in front of several replicas can rebalance (0 = streams last as long as the server)",
+    )
 
 
 class StateConfig(StrictSection):

@@ -41,6 +41,39 @@ def test_unit_verifies_cleanly(unit: Path, tmp_path: Path) -> None:
     assert problems == []
 
 
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (apt: systemd)"
+)
+def test_the_readmes_replica_template_verifies_and_names_config_and_state_per_instance(
+    tmp_path: Path,
+) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    [command] = [
+        line for line in readme.splitlines() if line.startswith("sed ") and "server@.service" in line
+    ]
+    script, _, _ = command.rpartition(" > ")
+    template = tmp_path / "facefleet-server@.service"
+    made = subprocess.run(
+        script, shell=True, cwd=ROOT, capture_output=True, text=True, check=True, timeout=60
+    )
+    template.write_text(made.stdout.replace(INSTALL_PREFIX, str(Path(sys.executable).parent) + "/"))
+    settings = unit_settings(template)
+    assert settings["StateDirectory"] == ["facefleet-server/%i"]
+    assert all(
+        "/etc/facefleet-server/%i.toml" in line for line in settings["ExecStart"] + settings["ExecStartPre"]
+    )
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(tmp_path / "facefleet-server@a.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [
+        line for line in (result.stdout + result.stderr).splitlines() if "facefleet-server@" in line
+    ] == []
+
+
 @pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
 def test_unit_is_a_hardened_notify_service_that_does_not_loop_on_bad_config(unit: Path) -> None:
     settings = unit_settings(unit)

@@ -12,7 +12,7 @@ import grpc
 from facefleet.agent.domain.fleet import QueuedReport
 from facefleet.link import serde
 from facefleet.link.errors import LinkError
-from facefleet.link.fleet import Registration, ReportOutcome, Welcome
+from facefleet.link.fleet import WATCH_END_KEY, Registration, ReportOutcome, Welcome
 from facefleet.link.models import ModelStatus
 
 # The *_pb2_grpc modules carry no annotations; the *_pb2.pyi stubs are found through mypy_path.
@@ -71,6 +71,13 @@ class WatchStream:
             update = serde.watch_update_from_proto(message)
             if update is not None:
                 return update
+
+    async def end_reason(self) -> str:
+        """Why the server ended the stream (facefleet.link.fleet WATCH_END_*), "" when it did not say."""
+        for key, value in await self._call.trailing_metadata() or ():
+            if key == WATCH_END_KEY:
+                return str(value)
+        return ""
 
     def cancel(self) -> None:
         self._call.cancel()

@@ -42,7 +42,7 @@ from facefleet.agent.store.database import EmbeddingStore
 from facefleet.core.backoff import Backoff
 from facefleet.core.errors import FaceFleetError
 from facefleet.link.checks import MAX_HEALTH_ENTRIES, MAX_HEALTH_KEY_CHARS
-from facefleet.link.fleet import Heartbeat, Registration, Welcome
+from facefleet.link.fleet import WATCH_END_MAX_AGE, WATCH_END_SHUTDOWN, Heartbeat, Registration, Welcome
 from facefleet.link.gallery import GalleryDelta, join_parts
 from facefleet.link.models import ModelAssignment, ModelStatus
 
@@ -94,6 +94,10 @@ class SyncSettings:
 
 class _RetryError(Exception):
     """The session ended for a reason worth a log line; reconnect after the backoff."""
+
+
+class _ReconnectNowError(Exception):
+    """The server ended the watch stream on purpose (its maximum age): reconnect at once."""
 
 
 class FleetSync:
@@ -213,6 +217,8 @@ class FleetSync:
                 reason = await self._attempt(backoff, stopping, wake)
                 if stopping.is_set():
                     break
+                if reason is None:
+                    continue
                 if self._restart.is_set():
                     self._restart.clear()
                     watched = ", ".join(self.settings.models)
@@ -233,11 +239,14 @@ class FleetSync:
             with self._lock:
                 self._loop = self._stopping = self._wake = None
 
-    async def _attempt(self, backoff: Backoff, stopping: asyncio.Event, wake: asyncio.Event) -> str:
-        """One session; why it ended (ignored when stopping)."""
+    async def _attempt(self, backoff: Backoff, stopping: asyncio.Event, wake: asyncio.Event) -> str | None:
+        """One session; why it ended (ignored when stopping), None to reconnect at once."""
         try:
             await self._session(backoff, stopping, wake)
             return "stopped"
+        except _ReconnectNowError as exc:
+            log.info("server %s: %s; reconnecting", self.settings.address, exc)
+            return None
         except _RetryError as exc:
             return str(exc)
         except grpc.aio.AioRpcError as exc:
@@ -342,6 +351,11 @@ class FleetSync:
                     self._resync = True
                 raise
             if update is None:
+                reason = await stream.end_reason()
+                if reason == WATCH_END_MAX_AGE:
+                    raise _ReconnectNowError("the watch stream reached the server's maximum age")
+                if reason == WATCH_END_SHUTDOWN:
+                    raise _RetryError("the server is shutting down")
                 raise _RetryError("the server ended the watch stream (restarting?)")
             backoff.reset()  # the session works: the next outage starts again from the shortest delay
             if isinstance(update, Heartbeat):

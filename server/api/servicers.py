@@ -14,6 +14,7 @@ import grpc
 
 from facefleet.link import serde
 from facefleet.link.errors import LinkError
+from facefleet.link.fleet import WATCH_END_KEY, WATCH_END_MAX_AGE, WATCH_END_SHUTDOWN
 from facefleet.server.api.handlers import OperatorHandlers
 from facefleet.server.api.security import Authenticator
 from facefleet.server.api.wire import admin as admin_wire
@@ -136,6 +137,8 @@ class FleetServicer(services.FleetServicerBase):
         )
         async for update in updates:
             yield serde.watch_update_to_proto(update)
+        reason = WATCH_END_SHUTDOWN if self.handler.fanout.closed else WATCH_END_MAX_AGE
+        context.set_trailing_metadata(((WATCH_END_KEY, reason),))
 
     @streaming
     async def DownloadModel(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802

@@ -1,9 +1,11 @@
-"""`facefleet-server backup DEST` and `facefleet-server restore SRC`: the state database and the model store
-of the state directory, on the server host (facefleet.server.state.sqlite.backup does the work)."""
+"""`facefleet-server backup DEST` and `facefleet-server restore SRC`: the state database and the model store,
+on the server host. On the embedded SQLite state facefleet.server.state.sqlite.backup does the work; with
+[state] url on PostgreSQL, facefleet.server.state.postgres.backup (pg_dump and pg_restore)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,8 +13,8 @@ from typing import Any
 from facefleet.core.errors import EXIT_OK
 from facefleet.link.checks import utc_now
 from facefleet.server.cli.context import Context
-from facefleet.server.errors import InvalidArgumentError
-from facefleet.server.state.sqlite.backup import backup_state, restore_state
+from facefleet.server.errors import FailedPreconditionError, InvalidArgumentError
+from facefleet.server.state.sqlite.backup import MANIFEST, backup_state, restore_state
 
 
 def register(commands: Any, make: Callable[..., Any]) -> None:
@@ -21,9 +23,12 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
         "backup",
         "copy the state database and model store into a new directory (safe while serving)",
         "facefleet-server backup /var/backups/facefleet/2026-12-02",
-        "Copy server.db with SQLite's online backup API (consistent while the server serves), the model "
-        "store's files, and a backup.json manifest (time, schema version, row counts, sha256 of each file) "
-        "into DEST, which must not exist or be empty.",
+        "Copy the state, the model store's files, and a backup.json manifest (time, schema version, row "
+        "counts, sha256 of each file) into DEST, which must not exist or be empty. SQLite: server.db with "
+        "SQLite's online backup API (consistent while the server serves). PostgreSQL ([state] url = "
+        "postgresql://…): state.pgdump by `pg_dump --format=custom` (the newest under "
+        "/usr/lib/postgresql/*/bin, else PATH; apt install postgresql-client), on the same snapshot as the "
+        "row counts, while the servers go on serving.",
     )
     backup.add_argument("dest", type=Path, metavar="DEST", help="a new or empty directory")
     backup.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -31,16 +36,26 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
     restore = make(
         commands,
         "restore",
-        "restore a backup into the state directory (stop the server first)",
+        "restore a backup into the state (stop the server first)",
         "facefleet-server restore /var/backups/facefleet/2026-12-02",
         "Run this only while the server is stopped (systemctl stop facefleet-server). Checks the backup "
-        "(sha256 against its manifest, PRAGMA integrity_check, a schema version this server knows), copies "
-        "the model files, then server.db (a temporary file, fsync, rename). An existing server.db is refused "
-        "unless --force, which keeps it as server.db.before-restore-<time>.",
+        "(sha256 against its manifest, a schema version this server knows) before it changes anything. "
+        "SQLite: also PRAGMA integrity_check; copies the model files, then server.db (a temporary file, "
+        "fsync, rename); an existing server.db is refused unless --force, which keeps it as "
+        "server.db.before-restore-<time>. PostgreSQL: restores into the database of [state] url with "
+        "`pg_restore --no-owner --single-transaction --exit-on-error` (all or nothing), copies the model "
+        "files into the [models] dir, then compares row counts with the manifest. Create a new, empty "
+        "database for it (createdb NAME); the empty FaceFleet tables of a server started on it once are "
+        "dropped first. A database holding FaceFleet data is refused unless --force, which drops its "
+        "FaceFleet tables before the restore (nothing of them is kept, even if the restore then fails: back "
+        "it up first) and overwrites model files that differ from the backup's.",
     )
     restore.add_argument("src", type=Path, metavar="SRC", help="a directory written by `backup`")
     restore.add_argument(
-        "--force", action="store_true", help="replace an existing state database (the old one is kept)"
+        "--force",
+        action="store_true",
+        help="SQLite: replace an existing state database (the old one is kept); PostgreSQL: drop the "
+        "target's FaceFleet tables and overwrite differing model files (nothing is kept)",
     )
     restore.add_argument("--json", action="store_true", help="print the manifest as JSON")
     restore.set_defaults(handler=_restore)
@@ -48,25 +63,31 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
 
 def _local_only(context: Context, verb: str) -> None:
     if context.remote is not None:
-        raise InvalidArgumentError(f"{verb} works on the server host's state directory; drop --server")
-    if context.config.state.url.startswith(("postgresql://", "postgres://")):
-        raise InvalidArgumentError(
-            f"{verb} copies the embedded SQLite state, and [state] url is on PostgreSQL: use "
-            "`pg_dump --format=custom --file state.pgdump URL` and "
-            "`pg_restore --dbname NEW_URL state.pgdump` with a copy of the [models] dir"
-        )
+        raise InvalidArgumentError(f"{verb} works on the server host's state; drop --server")
+
+
+def _on_postgres(context: Context) -> bool:
+    return context.config.state.url.startswith(("postgresql://", "postgres://"))
 
 
 def _backup(context: Context, args: argparse.Namespace) -> int:
     _local_only(context, "backup")
-    manifest = backup_state(context.paths.database, context.paths.models, args.dest, utc_now())
+    if _on_postgres(context):
+        from facefleet.server.state.postgres import backup as pg
+        from facefleet.server.state.postgres.state import redact
+
+        pg_manifest = pg.backup_state(context.config.state.url, context.paths.models, args.dest, utc_now())
+        source, data = redact(context.config.state.url), pg_manifest.to_json()
+    else:
+        manifest = backup_state(context.paths.database, context.paths.models, args.dest, utc_now())
+        source, data = str(context.paths.database), manifest.to_json()
     if context.json_output:
-        context.print_json(manifest.to_json())
+        context.print_json(data)
         return EXIT_OK
-    counts = ", ".join(f"{table} {n}" for table, n in manifest.row_counts.items())
+    counts = ", ".join(f"{table} {n}" for table, n in data["row_counts"].items())
     context.console.print(
-        f"backed up {context.paths.database} (schema {manifest.schema_version}; {counts}) and "
-        f"{len(manifest.models)} model files to {args.dest}",
+        f"backed up {source} (schema {data['schema_version']}; {counts}) and "
+        f"{len(data['models'])} model files to {args.dest}",
         markup=False,
     )
     return EXIT_OK
@@ -74,6 +95,14 @@ def _backup(context: Context, args: argparse.Namespace) -> int:
 
 def _restore(context: Context, args: argparse.Namespace) -> int:
     _local_only(context, "restore")
+    backend = _backup_backend(args.src)
+    if _on_postgres(context):
+        return _restore_postgres(context, args)
+    if backend != "sqlite":
+        raise FailedPreconditionError(
+            f"backup {args.src} is of a {backend} state, and this server's state is SQLite: set [state] url "
+            "to an empty PostgreSQL database (postgresql://USER@HOST:PORT/DBNAME) to restore it"
+        )
     manifest, kept = restore_state(
         args.src, context.paths.database, context.paths.models, utc_now(), force=args.force
     )
@@ -88,3 +117,35 @@ def _restore(context: Context, args: argparse.Namespace) -> int:
         markup=False,
     )
     return EXIT_OK
+
+
+def _restore_postgres(context: Context, args: argparse.Namespace) -> int:
+    from facefleet.server.state.postgres import backup as pg
+    from facefleet.server.state.postgres.state import redact
+
+    url = context.config.state.url
+    restored = pg.restore_state(args.src, url, context.paths.models, force=args.force)
+    manifest = restored.manifest
+    if context.json_output:
+        context.print_json(
+            {**manifest.to_json(), "cleaned": restored.cleaned, "models_copied": restored.models_copied}
+        )
+        return EXIT_OK
+    counts = ", ".join(f"{table} {n}" for table, n in manifest.row_counts.items())
+    context.console.print(
+        f"restored {args.src} (taken {manifest.created_at}, schema {manifest.schema_version}; {counts}) into "
+        f"{redact(url)} and {restored.models_copied} model files into {context.paths.models}; "
+        "start the server again",
+        markup=False,
+    )
+    return EXIT_OK
+
+
+def _backup_backend(src: Path) -> str:
+    """The backend a backup's manifest names ("sqlite" when it names none, as SQLite backups do); "sqlite"
+    as well when there is no readable manifest, whose restore then says what is wrong."""
+    try:
+        data = json.loads((src / MANIFEST).read_text())
+        return str(data.get("backend", "sqlite")) if isinstance(data, dict) else "sqlite"
+    except (OSError, ValueError):
+        return "sqlite"

@@ -5,12 +5,17 @@ or R is 0, it gets a snapshot; if R is ahead of the server, FailedPreconditionEr
 longer reaches back to R (more than `gallery.log_revisions` behind), a snapshot; otherwise the coalesced
 delta R → head. Then the stream waits on the fanout and sends each new delta as it commits, with a
 heartbeat after every idle `heartbeat_seconds`. Deltas above half the message limit are split into parts.
+A stream ends by itself, between two messages, once it is `watch_max_age` old (each stream's age drawn
+from 85–100 % of it, so streams opened together do not all end together): the agent opens a new
+connection, which a TCP load balancer may send to another replica, and resumes from its revision.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -40,6 +45,8 @@ class FleetSettings:
     max_message_bytes: int = 16 * 1024 * 1024
     max_event_age: timedelta = timedelta(days=365)
     max_event_ahead: timedelta = timedelta(days=1)
+    watch_max_age: timedelta | None = timedelta(hours=1)
+    """How long a Watch stream lasts before the server ends it (None: as long as the server runs)."""
 
 
 class DeltaCache:
@@ -141,10 +148,11 @@ class FleetHandler:
         models: Sequence[str],
         admitted: Callable[[], object] = lambda: None,
     ) -> AsyncIterator[GalleryDelta | Heartbeat | ModelAssignment]:
-        """The agent's missing changes, then every new one, until the server stops; after the initial
-        gallery update, the model releases it should run whenever they differ from what was last sent
-        (gallery deltas go first). `admitted` raises when the device may no longer be served: it is asked
-        again whenever a device changes, and its error ends the stream at once."""
+        """The agent's missing changes, then every new one, until the server stops or the stream reaches
+        its maximum age; after the initial gallery update, the model releases it should run whenever they
+        differ from what was last sent (gallery deltas go first). `admitted` raises when the device may no
+        longer be served: it is asked again whenever a device changes, and its error ends the stream at
+        once."""
         await self._require_registered(device_id)
         snapshot = from_revision == 0 or (bool(gallery_id) and gallery_id != self.gallery_id)
         if not snapshot and from_revision > self.fanout.head:
@@ -159,6 +167,7 @@ class FleetHandler:
         models_seen: int | None = None
         devices_seen = self.fanout.devices_head
         sent: tuple[ModelRelease, ...] = ()
+        ends_at = self._stream_end()
         self.fanout.enter(device_id)
         self._count_streams(+1)
         try:
@@ -183,16 +192,28 @@ class FleetHandler:
                         sent = planned.releases
                         yield ModelAssignment(planned.releases)
                         await self.models.announce(device_id, planned)
+                elif (left := ends_at - time.monotonic()) <= 0:
+                    break
                 elif not await self.fanout.wait_beyond(
-                    revision, self.settings.heartbeat_seconds, models=models_seen, devices=devices_seen
+                    revision,
+                    min(self.settings.heartbeat_seconds, left),
+                    models=models_seen,
+                    devices=devices_seen,
                 ):
-                    if self.fanout.closed:
+                    if self.fanout.closed or time.monotonic() >= ends_at:
                         break
                     yield Heartbeat(self.fanout.head, self.clock())
                     await asyncio.to_thread(self.state.touch_agent, device_id, self.clock())
         finally:
             self.fanout.leave(device_id)
             self._count_streams(-1)
+
+    def _stream_end(self) -> float:
+        """When (time.monotonic(), s) a stream opened now ends: 85–100 % of the maximum age from now."""
+        if self.settings.watch_max_age is None:
+            return float("inf")
+        share = random.uniform(0.85, 1.0)  # noqa: S311 (a spread over time, not a secret)
+        return time.monotonic() + self.settings.watch_max_age.total_seconds() * share
 
     def _count_streams(self, change: int) -> None:
         if self.metrics is not None:

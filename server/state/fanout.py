@@ -4,8 +4,9 @@ Watch stream.
 One asyncio.Condition guards the head revision: a commit calls publish(revision) and every stream waiting in
 wait_beyond() wakes at once (notify_all), so one change reaches hundreds of watchers in one pass of the
 event loop. Streams then fetch the delta through a shared cache (facefleet.server.fleet.link), so 200 watchers
-at the same revision cost one database read. One server process per database: a multi-instance deployment
-(PostgreSQL) would feed publish() from the database's own notifications instead."""
+at the same revision cost one database read. The process's own commits call publish(); changes made by
+another process reach it from the database: on SQLite by polling, on PostgreSQL by its notifications
+(facefleet.server.state.postgres.notify)."""
 
 from __future__ import annotations
 

@@ -90,7 +90,7 @@ def test_state_migrate_refuses_what_is_not_a_postgresql_url(
     assert "postgresql://USER@HOST:PORT/DBNAME" in err
 
 
-def test_backup_refuses_a_postgresql_state_and_names_pg_dump(
+def test_backup_of_an_unreachable_postgresql_state_names_the_url_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "server.toml"
@@ -99,4 +99,5 @@ def test_backup_refuses_a_postgresql_state_and_names_pg_dump(
         capsys, "--config", str(config), "--state-dir", str(tmp_path), "backup", str(tmp_path / "b")
     )
     assert code != EXIT_OK
-    assert "pg_dump" in err and not (tmp_path / "b").exists()
+    assert "cannot connect to the state database postgresql://facefleet@127.0.0.1:1/none" in err
+    assert "check [state] url" in err and not (tmp_path / "b").exists()

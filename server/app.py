@@ -160,7 +160,9 @@ class FleetServer:
             operators = self._bind(server, listen.operators, operator_credentials, "listen.operators")
             await server.start()
             assert self.handlers is not None
-            self._http = await start_http(self.handlers, self.config, self.paths, bind_error=BindError)
+            self._http = await start_http(
+                self.handlers, self.config, self.paths, bind_error=BindError, observer=self.metrics
+            )
         except BaseException:
             await server.stop(0)
             raise

@@ -1,13 +1,16 @@
 """The server's Prometheus metrics (`[metrics] listen`, default 127.0.0.1:9109): calls per gRPC method with
-their latency (a grpc.aio server interceptor), reports and the events they brought, open Watch streams, and
-what is read when Prometheus scrapes (gallery revision, rollouts by state, the database pool).
+their latency (a grpc.aio server interceptor), HTTP API requests per route with theirs (an ASGI middleware,
+facefleet.server.api.http.timing), reports and the events they brought, open Watch streams, and what is
+read when Prometheus scrapes (gallery revision, rollouts by state, the database pool).
 
 The database pool: a state that keeps a pool of connections offers `pool_stats()` → {figure: value}
 (PostgreSQL: psycopg_pool's statistics, e.g. pool_size, pool_available, requests_waiting), shown as
 `facefleet_server_db_pool{figure=…}`; a state without one (SQLite) shows nothing there.
 
 Labels are bounded: method names of the registered services only (an unknown method is not counted),
-status codes, outcomes, rollout states. No device, person or event id is ever a label."""
+HTTP route templates (`/api/people/{person_id}`, never the path asked for; `unmatched` for no route),
+standard HTTP methods, status codes, outcomes, rollout states. No device, person or event id is ever a
+label."""
 
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from prometheus_client.registry import Collector
 from facefleet.core.metrics import LATENCY_BUCKETS, MetricsEndpoint
 
 log = logging.getLogger(__name__)
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 T = TypeVar("T")
 U = TypeVar("U")
 
@@ -73,6 +77,19 @@ class ServerMetrics:
             ["method", "code"],
             registry=self.registry,
         )
+        self.http_seconds = Histogram(
+            "facefleet_server_http_seconds",
+            "Time from an HTTP API request's start to the end of its response, per route and method",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.http_requests = Counter(
+            "facefleet_server_http_requests",
+            "Answered HTTP API requests, per route, method and status code",
+            ["route", "method", "code"],
+            registry=self.registry,
+        )
         self.reports = Counter(
             "facefleet_server_reports",
             "Event reports (ReportResults) the server accepted",
@@ -103,6 +120,12 @@ class ServerMetrics:
         self.events.labels("stored").inc(stored)
         self.events.labels("duplicate").inc(duplicates)
         self.events.labels("rejected").inc(rejected)
+
+    def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One answered HTTP request: its route template (or "unmatched"), method, status and duration."""
+        method = method if method in HTTP_METHODS else "other"
+        self.http_seconds.labels(route, method).observe(seconds)
+        self.http_requests.labels(route, method, str(status)).inc()
 
     def interceptor(self) -> grpc.aio.ServerInterceptor:
         """Times every call of a registered method and counts it by status code."""

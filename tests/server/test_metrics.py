@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 
 from facefleet.server.config import ServerConfig
@@ -61,6 +63,12 @@ def test_scraped_counters_move_with_reports_watch_streams_and_calls(
             assert (first.stored, again.duplicates) == (5, 5)
             with pytest.raises(grpc.aio.AioRpcError):  # another device's id: PERMISSION_DENIED
                 await fleet.Register(fleet_pb2.RegisterRequest(device_id="door-2"))
+            verify = ssl.create_default_context(cafile=str(pki.tls_dir / "ca.pem"))
+            headers = {"Authorization": f"Bearer {harness.admin_token}"}
+            async with httpx.AsyncClient(verify=verify, headers=headers) as http:
+                paths = ("/api/people/alice", "/api/people/nobody", "/api/people/alice", "/api/no-such-thing")
+                statuses = [(await http.get(harness.http_url + path)).status_code for path in paths]
+            assert statuses == [200, 404, 200, 404]
             during = await asyncio.to_thread(scrape, port)
             stream.cancel()
             after = await _settled(harness, port)
@@ -78,6 +86,15 @@ def test_scraped_counters_move_with_reports_watch_streams_and_calls(
     assert value(during, "facefleet_server_gallery_revision") == 1
     assert value(during, "facefleet_server_rpcs_total", method=FLEET + "ReportResults", code="OK") == 2
     assert value(during, "facefleet_server_rpcs_total", method=FLEET + "Register", code="OK") == 1
+    person = {"route": "/api/people/{person_id}", "method": "GET"}
+    assert value(during, "facefleet_server_http_requests_total", **person, code="200") == 2
+    assert value(during, "facefleet_server_http_requests_total", **person, code="404") == 1
+    assert value(during, "facefleet_server_http_seconds_count", **person) == 3
+    assert (
+        value(during, "facefleet_server_http_requests_total", route="unmatched", method="GET", code="404")
+        == 1
+    )
+    assert not [labels for name, labels in during if "nobody" in str(labels)]  # paths asked for are no label
     assert (
         value(during, "facefleet_server_rpcs_total", method=FLEET + "Register", code="PERMISSION_DENIED") == 1
     )
@@ -92,7 +109,7 @@ def test_scraped_counters_move_with_reports_watch_streams_and_calls(
     assert not [key for key in during if key[0] == "facefleet_server_db_pool"]  # SQLite has no pool
     # no id is a label: every label value is a method, code, outcome or state
     labels = {name for (_, pairs) in during for name, _ in pairs}
-    assert labels <= {"method", "code", "outcome", "state", "le"}
+    assert labels <= {"method", "code", "outcome", "state", "le", "route"}
 
 
 async def _settled(harness: Harness, port: int) -> Samples:

@@ -19,7 +19,7 @@ from facefleet.server.api.handlers import OperatorHandlers
 from facefleet.server.api.http import audit, devices, people, queries, rollouts, session, unknown
 from facefleet.server.api.http.enrolment import FIELDS, UploadEnrolment
 from facefleet.server.api.http.problems import ProblemRoute, routing_problem
-from facefleet.server.api.http.timing import ServerTiming
+from facefleet.server.api.http.timing import RequestObserver, ServerTiming
 from facefleet.server.api.http.uploads import UploadLimits
 from facefleet.server.config import ConsoleConfig, ServerConfig
 from facefleet.server.console.assets import CONSOLE_PATH, ConsoleFiles, SecurityHeaders
@@ -56,9 +56,13 @@ class HttpLimits:
 
 
 def create_app(
-    handlers: OperatorHandlers, limits: HttpLimits, console: ConsoleConfig | None = None
+    handlers: OperatorHandlers,
+    limits: HttpLimits,
+    console: ConsoleConfig | None = None,
+    observer: RequestObserver | None = None,
 ) -> FastAPI:
-    """The application over the server's operator handlers; the web console per `console` (default: on)."""
+    """The application over the server's operator handlers; the web console per `console` (default: on);
+    every request told to `observer` (the server's metrics) when there is one."""
     console = console or ConsoleConfig()
     app = FastAPI(
         title="FaceFleet",
@@ -81,15 +85,17 @@ def create_app(
     )
     api = APIRouter(prefix=PREFIX, route_class=ProblemRoute)
     modules = (people, unknown, queries, rollouts, devices, audit) + ((session,) if console.enabled else ())
+    templates: dict[int, str] = {}
     for module in modules:
         api.include_router(module.router)
+        templates.update((id(route), PREFIX + route.path) for route in module.router.routes)
     app.include_router(api)
     if console.enabled:
         app.add_api_route("/", _to_console, include_in_schema=False)
         app.add_api_route(CONSOLE_PATH, _to_console, include_in_schema=False)
         app.mount(CONSOLE_PATH, ConsoleFiles(), name="console")
     app.add_middleware(SecurityHeaders)
-    app.add_middleware(ServerTiming)
+    app.add_middleware(ServerTiming, observer=observer, templates=templates)
     app.add_exception_handler(HTTPException, routing_problem)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

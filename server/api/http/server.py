@@ -17,6 +17,7 @@ import uvicorn
 
 from facefleet.server.api.handlers import OperatorHandlers
 from facefleet.server.api.http.app import HttpLimits, create_app
+from facefleet.server.api.http.timing import RequestObserver
 from facefleet.server.config import ServerConfig
 from facefleet.server.errors import ServerConfigError, ServerError
 from facefleet.server.paths import ServerPaths
@@ -62,15 +63,16 @@ async def start_http(
     paths: ServerPaths,
     *,
     bind_error: Callable[[str], ServerError],
+    observer: RequestObserver | None = None,
 ) -> HttpServer | None:
     """Serve the HTTP API on `listen.http` (None when it is ''); bind_error makes the error of an address
-    that cannot be listened on."""
+    that cannot be listened on; observer (the server's metrics) is told about every request."""
     address = config.listen.http
     if not address:
         return None
     host, port = parse_address(address)
     settings = uvicorn.Config(
-        create_app(handlers, HttpLimits.from_config(config), config.console),
+        create_app(handlers, HttpLimits.from_config(config), config.console, observer),
         http="h11",
         ws="none",
         lifespan="off",

@@ -51,10 +51,30 @@ EXPRESSION_TAMPERED = "mini-xception@fer2013-tampered"
 EMBEDDING_OLD = "sface@2021dec"
 EMBEDDING_NEW = "sface@2021dec-fp32"
 EMBEDDING_ROTATED = "sface@rotated"
+EMBEDDING_ARCFACE = "arcface@r1"
+ARCFACE_DIMENSION = 512
 ACTIVE = models_pb2.MODEL_ACTIVATION_ACTIVE
 FAILED = models_pb2.MODEL_ACTIVATION_FAILED
 T = TypeVar("T")
 AGENT_CLI = Path(sys.executable).with_name("facefleet-agent")
+
+
+def sface_projected(sface_onnx: Path, folder: Path, projection: npt.NDArray[np.float64]) -> Path:
+    """SFace followed by a fixed 128×D projection of its output: a real embedding model of another space."""
+    folded = folder / "sface-folded.onnx"
+    if fold_blocked_dequantize(sface_onnx, folded) == 0:
+        shutil.copyfile(sface_onnx, folded)
+    model = onnx.load(str(folded))
+    output = model.graph.output[0].name
+    producer = next(node for node in model.graph.node if output in node.output)
+    producer.output[list(producer.output).index(output)] = "unprojected"
+    model.graph.initializer.append(onnx.numpy_helper.from_array(projection.astype(np.float32), "projection"))
+    model.graph.node.append(onnx.helper.make_node("MatMul", ["unprojected", "projection"], [output]))
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    dims[len(dims) - 1].dim_value = projection.shape[1]
+    projected = folder / "sface-projected.onnx"
+    onnx.save(model, str(projected))
+    return projected
 
 
 @pytest.fixture(scope="module")
@@ -62,20 +82,16 @@ def sface_rotated_onnx(tmp_path_factory: pytest.TempPathFactory, sface_onnx: Pat
     """SFace followed by a fixed random rotation of its 128-d output: a real embedding model whose vectors
     are unrelated to SFace's (the same face scores about 0 across the two), so any comparison of an
     embedding with the other model's gallery would show up as an unknown face."""
-    folder = tmp_path_factory.mktemp("rotated")
-    folded = folder / "sface-folded.onnx"
-    if fold_blocked_dequantize(sface_onnx, folded) == 0:
-        shutil.copyfile(sface_onnx, folded)
-    model = onnx.load(str(folded))
-    output = model.graph.output[0].name
-    producer = next(node for node in model.graph.node if output in node.output)
-    producer.output[list(producer.output).index(output)] = "unrotated"
     rotation, _ = np.linalg.qr(np.random.default_rng(7).normal(size=(128, 128)))
-    model.graph.initializer.append(onnx.numpy_helper.from_array(rotation.astype(np.float32), "rotation"))
-    model.graph.node.append(onnx.helper.make_node("MatMul", ["unrotated", "rotation"], [output]))
-    rotated = folder / "sface-rotated.onnx"
-    onnx.save(model, str(rotated))
-    return rotated
+    return sface_projected(sface_onnx, tmp_path_factory.mktemp("rotated"), rotation)
+
+
+@pytest.fixture(scope="module")
+def arcface_shaped_onnx(tmp_path_factory: pytest.TempPathFactory, sface_onnx: Path) -> Path:
+    """A model of an ArcFace-class shape (112×112 aligned face → 512-d vector) that tells faces apart as
+    well as SFace: SFace followed by an isometry into 512 dimensions (orthonormal 128×512 rows)."""
+    columns, _ = np.linalg.qr(np.random.default_rng(11).normal(size=(ARCFACE_DIMENSION, 128)))
+    return sface_projected(sface_onnx, tmp_path_factory.mktemp("arcface"), columns.T)
 
 
 def agent_state(tmp_path: Path, model_store: ModelStore, device: str) -> Path:
@@ -226,20 +242,33 @@ def face_events(harness: Harness) -> list[Any]:
     return list(harness.server.state.list_events(day, None, 1000).events)
 
 
+@pytest.mark.parametrize(
+    ("new_model", "dimension"),
+    [(EMBEDDING_ROTATED, 128), (EMBEDDING_ARCFACE, ARCFACE_DIMENSION)],
+    ids=["sface-rotated", "arcface-class-512"],
+)
 def test_identification_keeps_working_across_an_embedding_model_switch(
     tmp_path: Path,
     pki: Pki,
     enroller: Enroller,
     model_store: ModelStore,
-    sface_rotated_onnx: Path,
     astronaut: npt.NDArray[np.uint8],
     astronaut_jpeg: bytes,
+    request: pytest.FixtureRequest,
+    new_model: str,
+    dimension: int,
 ) -> None:
+    """The agent identifies the enrolled person with the old model, then (once the server re-embedded the
+    gallery and the agent verified, compiled and switched) with the new one: a rotation of SFace's space,
+    or a user's own model of an ArcFace-class shape (112×112 → 512)."""
+    source = request.getfixturevalue(
+        "sface_rotated_onnx" if new_model == EMBEDDING_ROTATED else "arcface_shaped_onnx"
+    )
     blank = np.full_like(astronaut, 40)
     video = write_video(tmp_path / "door.avi", [astronaut] * 8 + [blank] * 14, fps=8)  # visits end
     state = agent_state(tmp_path, model_store, "door-1")
 
-    async def scenario() -> tuple[list[Any], AgentService, int, int, float]:
+    async def scenario() -> tuple[list[Any], AgentService, int, int, dict[str, Any]]:
         async with serving(tmp_path, pki, enroller, fleet={"poll_seconds": 0.1}) as harness:
             request = admin_pb2.EnrollPersonRequest(person_id="eileen", images=[astronaut_jpeg])
             await harness.admin().EnrollPerson(request, metadata=harness.admin_md)
@@ -251,17 +280,19 @@ def test_identification_keeps_working_across_an_embedding_model_switch(
                     timeout=60,
                     what="eileen recognised with the first model",
                 )
-                await publish(harness, sface_rotated_onnx, "embedding", EMBEDDING_ROTATED, "FP16")
-                starting = asyncio.ensure_future(cli(harness, "rollout", "start", EMBEDDING_ROTATED, "--all"))
+                await publish(harness, source, "embedding", new_model, "FP16")
+                starting = asyncio.ensure_future(cli(harness, "rollout", "start", new_model, "--all"))
                 verifying = await until(
-                    lambda: frames_when(service, state, "verifying"), timeout=120, what="verification"
+                    lambda: frames_when(service, state, new_model, "verifying"),
+                    timeout=120,
+                    what="verification",
                 )
-                await until(lambda: service.model_id == EMBEDDING_ROTATED, timeout=120, what="the switch")
+                await until(lambda: service.model_id == new_model, timeout=120, what="the switch")
                 switched_at = sum(service.frames_analysed.values())
                 assert await starting == 0
                 await until(
                     lambda: any(
-                        e.person_id == "eileen" and e.model_versions.get("embedding") == EMBEDDING_ROTATED
+                        e.person_id == "eileen" and e.model_versions.get("embedding") == new_model
                         for e in face_events(harness)
                     ),
                     timeout=60,
@@ -269,32 +300,34 @@ def test_identification_keeps_working_across_an_embedding_model_switch(
                 )
                 person = harness.server.state.get_person("eileen")
                 by_model = {e.model_id: e.vector for e in person.embeddings}
-                across = float(by_model[EMBEDDING_OLD] @ by_model[EMBEDDING_ROTATED])
-                return face_events(harness), service, verifying, switched_at, across
+                return face_events(harness), service, verifying, switched_at, by_model
 
-    events, service, verifying, switched_at, across = run(scenario)
-    assert abs(across) < 0.3  # the same face in the two models' spaces: a cross-model match is impossible
+    events, service, verifying, switched_at, by_model = run(scenario)
+    assert by_model[new_model].shape == (dimension,)
+    if dimension == by_model[EMBEDDING_OLD].shape[0]:
+        across = float(by_model[EMBEDDING_OLD] @ by_model[new_model])
+        assert abs(across) < 0.3  # the same face in the two models' spaces: a cross-model match is impossible
     assert service.model_mismatches == 0
     assert switched_at > verifying  # frames kept flowing on the old model while the new one was prepared
     faces = [e for e in events if e.kind == "face"]
-    assert {e.model_versions["embedding"] for e in faces} == {EMBEDDING_OLD, EMBEDDING_ROTATED}
+    assert {e.model_versions["embedding"] for e in faces} == {EMBEDDING_OLD, new_model}
     assert all((e.decision, e.person_id) == ("match", "eileen") for e in faces), [
         (e.decision, e.person_id, e.model_versions.get("embedding")) for e in faces
     ]
     with EmbeddingStore(state / "agent.db") as store:
-        person_ids, matrix, _ = store.gallery.load_embeddings(EMBEDDING_ROTATED)
-    assert list(person_ids) == ["eileen"] and matrix.shape[1] == 128
-    assert ModelStore(state / "models").active("embedding").manifest.model_id == EMBEDDING_ROTATED
+        person_ids, matrix, _ = store.gallery.load_embeddings(new_model)
+    assert list(person_ids) == ["eileen"] and matrix.shape[1] == dimension
+    assert ModelStore(state / "models").active("embedding").manifest.model_id == new_model
 
 
-def frames_when(service: AgentService, state: Path, wanted: str) -> int | None:
-    """Frames analysed so far once the agent reports `wanted` for the rotated model (else None)."""
+def frames_when(service: AgentService, state: Path, model_id: str, wanted: str) -> int | None:
+    """Frames analysed so far once the agent reports `wanted` for the embedding model_id (else None)."""
     path = state / "models" / STATUS_FILE
     try:
         status = json.loads(path.read_text())["statuses"]["embedding"]
     except (OSError, ValueError, KeyError):
         return None
-    if (status["model_id"], status["state"]) != (EMBEDDING_ROTATED, wanted):
+    if (status["model_id"], status["state"]) != (model_id, wanted):
         return None
     return sum(service.frames_analysed.values()) or None
 

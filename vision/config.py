@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from facefleet.core.config import StrictSection
 from facefleet.vision.detection import DetectorSettings
+from facefleet.vision.models.tasks import TASKS
+from facefleet.vision.precision.plan import PrecisionSettings
 from facefleet.vision.quality import QualityPolicy
-from facefleet.vision.runtime import RuntimeSettings
+from facefleet.vision.runtime import PrecisionSetting, RuntimeSettings
 
 
 class RuntimeConfig(StrictSection):
@@ -21,9 +23,15 @@ class RuntimeConfig(StrictSection):
     performance_hint: Literal["LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"] = Field(
         "LATENCY", description="OpenVINO performance hint"
     )
-    inference_precision: Literal["f32", "f16", "bf16"] = Field(
-        "f32",
-        description="Inference precision: f32 is reproducible, bf16/f16 faster where the device has them",
+    inference_precision: PrecisionSetting = Field(
+        "auto",
+        description="Inference precision: auto measures f32, bf16/f16 and INT8 variants per model on the "
+        "device and runs the fastest that passes its accuracy guard; f32 (reproducible), bf16 or f16 "
+        "for every model",
+    )
+    precision: dict[str, PrecisionSetting] = Field(
+        default_factory=dict,
+        description='Per-task override of inference_precision, e.g. {embedding = "f32"}',
     )
     model_cache: bool = Field(
         True, description="Cache compiled models under <state_dir>/cache for fast restarts"
@@ -33,6 +41,20 @@ class RuntimeConfig(StrictSection):
     )
     num_threads: int = Field(0, ge=0, le=1024, description="Inference threads per model; 0 = all cores")
     jobs: int = Field(0, ge=0, le=64, description="Asynchronous requests in flight per model; 0 = automatic")
+
+    @field_validator("precision")
+    @classmethod
+    def _known_tasks(cls, value: dict[str, PrecisionSetting]) -> dict[str, PrecisionSetting]:
+        unknown = sorted(set(value) - set(TASKS))
+        if unknown:
+            raise ValueError(
+                f"unknown task {', '.join(repr(t) for t in unknown)}; the keys of [runtime] precision are "
+                f'tasks: {", ".join(TASKS)} (e.g. precision = {{embedding = "f32"}})'
+            )
+        return value
+
+    def precision_settings(self) -> PrecisionSettings:
+        return PrecisionSettings(self.inference_precision, dict(self.precision))
 
     def settings(self, state_dir: Path) -> RuntimeSettings:
         return RuntimeSettings(

@@ -25,7 +25,7 @@ import numpy.typing as npt
 from facefleet.vision.faces import Detection
 from facefleet.vision.images import to_bgr8
 from facefleet.vision.models.store import StoredModel, check_model
-from facefleet.vision.runtime import CompiledNet, Outputs, Runtime
+from facefleet.vision.runtime import CompiledNet, Outputs, Precision, Runtime
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -150,10 +150,12 @@ def decode_mesh(outputs: Outputs, transform: npt.NDArray[np.float64]) -> Mesh:
 class FaceMesh:
     """The store's face-mesh model (task `landmarks`) compiled on a runtime; one face per call."""
 
-    def __init__(self, runtime: Runtime, model: StoredModel) -> None:
+    def __init__(self, runtime: Runtime, model: StoredModel, precision: Precision | None = None) -> None:
         check_model(model)
         self.model = model
-        self._net: CompiledNet = runtime.compile(model.xml_path, input_shape=(1, INPUT_SIZE, INPUT_SIZE, 3))
+        self._net: CompiledNet = runtime.compile(
+            model.xml_path, input_shape=(1, INPUT_SIZE, INPUT_SIZE, 3), precision=precision
+        )
 
     def __call__(self, frame: npt.NDArray[np.generic], detection: Detection) -> Mesh:
         """The mesh of one detected face of a frame (grey/BGR/BGRA, 8 or 16 bit)."""

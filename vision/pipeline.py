@@ -25,6 +25,7 @@ from facefleet.vision.errors import ModelStoreError
 from facefleet.vision.faces import Detection, Expression, Face
 from facefleet.vision.images import to_bgr8
 from facefleet.vision.models.store import ModelStore, StoredModel, check_model
+from facefleet.vision.precision.plan import PrecisionPlan
 from facefleet.vision.preprocess import (
     embedding_input,
     expression_input,
@@ -59,10 +60,13 @@ class FaceAnalyzer:
         settings: AnalyzerSettings | None = None,
         *,
         models: Mapping[str, StoredModel] | None = None,
+        precisions: PrecisionPlan | None = None,
     ) -> None:
         """The store's active models, or those given in models (task → model) instead. Every model's files
-        are checked against its manifest first (ModelIntegrityError)."""
+        are checked against its manifest first (ModelIntegrityError). precisions: what each model is
+        compiled at (and which IR, for an INT8 variant); None: the runtime's default precision."""
         self.runtime = runtime
+        self.precisions = precisions
         self.settings = settings or AnalyzerSettings()
         chosen = dict(models or {})
         wanted = ("detection",) + ("embedding",) * self.settings.embeddings
@@ -78,6 +82,9 @@ class FaceAnalyzer:
         self.embedding_model = chosen.get("embedding") if self.settings.embeddings else None
         self.expression_model = chosen.get("expression") if self.settings.expressions else None
         self.attributes_model = chosen.get("attributes") if self.settings.attributes else None
+        if precisions is not None:  # measure what has no choice yet now, not at the first frame
+            for model in chosen.values():
+                precisions.choice(model)
         self._nets: OrderedDict[tuple[str, tuple[int, ...]], CompiledNet] = OrderedDict()
         self._nets_lock = threading.Lock()
         for kind, shape in (
@@ -106,7 +113,7 @@ class FaceAnalyzer:
             embeddings=self.settings.embeddings or task == "embedding",
             expressions=self.settings.expressions or task == "expression",
         )
-        clone = FaceAnalyzer(self.runtime, None, settings, models=models)
+        clone = FaceAnalyzer(self.runtime, None, settings, models=models, precisions=self.precisions)
         with self._nets_lock:
             shared = [(key, net) for key, net in self._nets.items() if key[0] != task]
             shapes = [key[1] for key in self._nets if key[0] == task]
@@ -215,17 +222,22 @@ class FaceAnalyzer:
                 model = self._model(kind)
                 if model is None:
                     raise ValueError(f"no {kind} model is loaded")
+                xml, precision = model.xml_path, None
+                if self.precisions is not None:
+                    compilation = self.precisions.compilation(model)
+                    xml, precision = compilation.xml_path, compilation.precision
                 # The expression model runs one request at a time: OpenVINO 2026.4's CPU plugin returned
                 # wrong expression scores for concurrent requests on several streams (THROUGHPUT hint).
                 if kind == "attributes":  # two inputs, a batch of key[1][0] faces
                     batch = key[1][0]
                     net = self.runtime.compile(
-                        model.xml_path,
+                        xml,
                         input_shapes={"gender_chip": (batch, 3, 32, 32), "age_chip": (batch, 3, 64, 64)},
+                        precision=precision,
                     )
                 else:
                     net = self.runtime.compile(
-                        model.xml_path, input_shape=key[1], single_stream=kind == "expression"
+                        xml, input_shape=key[1], single_stream=kind == "expression", precision=precision
                     )
                 self._nets[key] = net
                 while len(self._nets) > NET_CACHE_SIZE:

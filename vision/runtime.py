@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 PerformanceHint = Literal["LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"]
 Precision = Literal["f32", "f16", "bf16"]
+PrecisionSetting = Literal["auto", "f32", "f16", "bf16"]
+"""A configured precision: "auto" leaves it to the per-model choice (f32 for a model compiled without one)."""
+HINT_CAPABILITIES: dict[str, Precision] = {"BF16": "bf16", "FP16": "f16"}
+"""OPTIMIZATION_CAPABILITIES entries → the inference precision hint they make worth trying."""
 Outputs = dict[str, npt.NDArray[np.float32]]
 VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
 MIN_FREE_BYTES = 1 << 20
@@ -44,13 +48,14 @@ class RuntimeSettings:
 
     device: OpenVINO device string (CPU, GPU, NPU, AUTO, HETERO:GPU,CPU, MULTI:…);
     fallback_to_cpu: use CPU (with a warning) when the device is missing instead of failing;
-    num_streams / num_threads: None lets OpenVINO choose from the performance hint.
+    num_streams / num_threads: None lets OpenVINO choose from the performance hint;
+    inference_precision: the hint of models compiled without their own ("auto": f32).
     """
 
     device: str = "CPU"
     fallback_to_cpu: bool = False
     performance_hint: PerformanceHint = "LATENCY"
-    inference_precision: Precision = "f32"
+    inference_precision: PrecisionSetting = "auto"
     cache_dir: Path | None = None
     num_streams: int | None = None
     num_threads: int | None = None
@@ -113,22 +118,45 @@ class Runtime:
                 continue  # a property this binding cannot express; not worth failing the listing
         return result
 
+    @functools.cached_property
+    def device_name(self) -> str:
+        """The device and the hardware behind it, e.g. 'CPU (Intel(R) Xeon(R) …)': what a measurement on
+        this device holds for."""
+        if self.device.split(":")[0].upper() in VIRTUAL_DEVICES:
+            return self.device
+        try:
+            return f"{self.device} ({self._core.get_property(self.device, 'FULL_DEVICE_NAME')})"
+        except (RuntimeError, TypeError):
+            return self.device
+
+    def hint_precisions(self) -> list[Precision]:
+        """The inference precision hints worth measuring on this device: f32 always, bf16/f16 where its
+        OPTIMIZATION_CAPABILITIES has BF16/FP16 and it takes the hint (virtual devices: f32 only)."""
+        if not self._takes_precision_hint():
+            return ["f32"]
+        try:
+            capabilities = {str(c) for c in self._core.get_property(self.device, "OPTIMIZATION_CAPABILITIES")}
+        except (RuntimeError, TypeError):
+            return ["f32"]
+        return ["f32", *(hint for name, hint in HINT_CAPABILITIES.items() if name in capabilities)]
+
     def compile(
         self,
         model_xml: Path,
         input_shape: Sequence[int] | None = None,
         single_stream: bool = False,
         input_shapes: Mapping[str, Sequence[int]] | None = None,
+        precision: Precision | None = None,
     ) -> CompiledNet:
         """Compile an IR file for this runtime's device; input_shape reshapes the single input first
         (input_shapes: several inputs by name); single_stream: never run two requests of this model at the
-        same time."""
+        same time; precision: this model's inference precision hint (default: the settings')."""
         model = self._core.read_model(str(model_xml))
         if input_shape is not None:
             model.reshape({model.inputs[0].get_any_name(): ov.PartialShape(list(input_shape))})
         if input_shapes:
             model.reshape({name: ov.PartialShape(list(shape)) for name, shape in input_shapes.items()})
-        config = self._compile_config()
+        config = self._compile_config(precision)
         if single_stream and "PERFORMANCE_HINT" in config:
             config["PERFORMANCE_HINT"] = "LATENCY"
             config.pop("NUM_STREAMS", None)
@@ -257,14 +285,25 @@ class Runtime:
             ) from exc
         return _model_io(quantized), kept
 
-    def _compile_config(self) -> dict[str, Any]:
-        config: dict[str, Any] = {"PERFORMANCE_HINT": self.settings.performance_hint}
+    def default_precision(self) -> Precision:
+        """The hint of a model compiled without its own: the configured one, f32 for "auto"."""
+        setting = self.settings.inference_precision
+        return "f32" if setting == "auto" else setting
+
+    def _supported_properties(self) -> set[str]:
         physical = self.device.split(":")[0].split(".")[0]
-        supported: set[str] = set()
-        if physical not in VIRTUAL_DEVICES:
-            supported = set(self._core.get_property(self.device, "SUPPORTED_PROPERTIES"))
+        if physical in VIRTUAL_DEVICES:
+            return set()
+        return set(self._core.get_property(self.device, "SUPPORTED_PROPERTIES"))
+
+    def _takes_precision_hint(self) -> bool:
+        return "INFERENCE_PRECISION_HINT" in self._supported_properties()
+
+    def _compile_config(self, precision: Precision | None = None) -> dict[str, Any]:
+        config: dict[str, Any] = {"PERFORMANCE_HINT": self.settings.performance_hint}
+        supported = self._supported_properties()
         if "INFERENCE_PRECISION_HINT" in supported:
-            config["INFERENCE_PRECISION_HINT"] = self.settings.inference_precision
+            config["INFERENCE_PRECISION_HINT"] = precision or self.default_precision()
         if self.settings.num_streams is not None and "NUM_STREAMS" in supported:
             config["NUM_STREAMS"] = self.settings.num_streams
         if self.settings.num_threads is not None and "INFERENCE_NUM_THREADS" in supported:
@@ -331,6 +370,16 @@ class CompiledNet:
     def optimal_requests(self) -> int:
         """Requests the device runs at once (1 with the LATENCY hint, the stream count with THROUGHPUT)."""
         return int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+
+    @functools.cached_property
+    def inference_precision(self) -> str:
+        """The precision the device runs this model at (OpenVINO's element type name: f32, bf16, f16), or
+        '' where the device does not say."""
+        try:
+            value = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+        except (RuntimeError, TypeError):
+            return ""
+        return str(value.get_type_name()) if hasattr(value, "get_type_name") else str(value)
 
     def infer(self, tensor: npt.NDArray[np.float32]) -> Outputs:
         """Run one synchronous inference; outputs by every name of each output port (copied)."""

@@ -15,6 +15,8 @@ from rich.console import Console
 from facefleet.agent.config import AgentConfig, load_config
 from facefleet.core.paths import model_store_dir, resolve_state_dir
 from facefleet.vision.models.store import ModelStore
+from facefleet.vision.precision.cache import PrecisionCache, cache_path
+from facefleet.vision.precision.plan import PrecisionPlan
 from facefleet.vision.runtime import Runtime
 
 
@@ -52,6 +54,20 @@ class Context:
     @cached_property
     def model_store(self) -> ModelStore:
         return ModelStore(model_store_dir(self.state_dir))
+
+    @cached_property
+    def precisions(self) -> PrecisionPlan:
+        """What each model runs at: the overrides, or the agent's cached measurements (never measured here:
+        models without one run at f32 until `models tune` or the agent measures them)."""
+        return PrecisionPlan(
+            self.runtime,
+            self.model_store,
+            self.config.runtime.precision_settings(),
+            PrecisionCache(cache_path(self.state_dir)),
+            measure=False,
+            threshold=self.config.matching.policy().threshold,
+            detector=self.config.detector.settings(),
+        )
 
     def print_json(self, data: Any) -> None:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")

@@ -25,13 +25,14 @@ from facefleet.vision.models.quantize import (
 )
 from facefleet.vision.models.store import StoredModel
 from facefleet.vision.models.tasks import TASKS
+from facefleet.vision.precision.probes import TUNED_TASKS
 
 
 def register(commands: Any) -> None:
     models = add_command(
         commands,
         "models",
-        "import, list, verify and activate models",
+        "import, list, verify, activate, quantize and tune models",
         "facefleet-agent models import-defaults && facefleet-agent models verify",
         description="Manage the model store (OpenVINO IR with manifests) under <state_dir>/models.",
         json_output=False,
@@ -79,6 +80,21 @@ def register(commands: Any) -> None:
         description="List the stored models, marking the active one of each task.",
     )
     listing.set_defaults(handler=_list)
+
+    tune = add_command(
+        verbs,
+        "tune",
+        "measure f32, bf16/f16 and INT8 variants of the active models and choose per device",
+        "facefleet-agent models tune --json   (--force: measure again)",
+        description="For each active detection, embedding, expression and attributes model: time every "
+        "candidate precision on the configured device (the best of 4 interleaved rounds, each the median "
+        "of 7 runs) and guard it against the f32 outputs of the same model on the bundled sample photos; "
+        "the fastest that passes (and is at least 1.1x faster than f32) is cached in "
+        '<state_dir>/cache/precision.json and used by the agent under inference_precision = "auto". '
+        "INT8 embedding models are measured but never chosen (their embeddings are another model's).",
+    )
+    tune.add_argument("--force", action="store_true", help="measure again even when a choice is cached")
+    tune.set_defaults(handler=_tune)
 
     verify = add_command(
         verbs,
@@ -190,6 +206,63 @@ def _verify(context: Context, args: argparse.Namespace) -> int:
     return EXIT_OK if all(r["ok"] for r in results) else EXIT_IO
 
 
+def _tune(context: Context, args: argparse.Namespace) -> int:
+    plan = context.precisions
+    runtime = context.runtime
+    results: list[dict[str, Any]] = []
+    with context.errors.status(f"measuring precisions on {runtime.device}…"):
+        for task in TUNED_TASKS:
+            if task not in context.model_store.active_map():
+                continue
+            model = context.model_store.active(task)
+            cached = None if args.force else plan.cached(model)
+            measured = cached or plan.tune(model)
+            runs_at = plan.choice(model)
+            results.append(
+                {
+                    "task": task,
+                    "model_id": model.manifest.model_id,
+                    "cached": cached is not None,
+                    "chosen": measured.summary(),
+                    "runs_at": runs_at.summary(),
+                    "measurements": [m.to_json() for m in measured.measurements],
+                }
+            )
+    if context.json_output:
+        context.print_json(
+            {
+                "device": runtime.device,
+                "device_name": runtime.device_name,
+                "openvino": runtime.version,
+                "models": results,
+            }
+        )
+        return EXIT_OK
+    table = Table("task", "model", "candidate", "median ms", "guard", "chosen")
+    for result in results:
+        chosen = result["chosen"]
+        for m in result["measurements"]:
+            label = m["candidate"] if m["variant"] is None else f"{m['candidate']} ({m['variant']})"
+            is_chosen = m["precision"] == chosen["precision"] and m["variant"] == chosen["variant"]
+            verdict = "passed" if m["guard"]["passed"] else "REFUSED"
+            table.add_row(
+                result["task"],
+                result["model_id"],
+                label,
+                f"{m['median_ms']:.2f}",
+                f"{verdict}: {m['guard']['summary']}" + ("" if m["eligible"] else f" ({m['note']})"),
+                "*" if is_chosen else "",
+            )
+    context.console.print(table)
+    for result in results:
+        runs_at = result["runs_at"]
+        if runs_at["source"] != "auto":
+            context.console.print(
+                f"{result['task']} runs at {runs_at['precision']} anyway: {runs_at['reason']}", markup=False
+            )
+    return EXIT_OK
+
+
 def _activate(context: Context, args: argparse.Namespace) -> int:
     model = context.model_store.activate(args.task, args.name, args.version)
     context.console.print(f"active {args.task} model: {_ref(model)}", markup=False)
@@ -249,12 +322,13 @@ def _show(context: Context, models: list[StoredModel]) -> None:
                     **m.manifest.to_json(),
                     "active": active.get(m.manifest.task) == f"{m.manifest.name}/{m.manifest.version}",
                     "rollout": _status_json(statuses.get(m.manifest.model_id)),
+                    "runs_at": context.precisions.choice(m).summary(),
                 }
                 for m in models
             ]
         )
         return
-    table = Table("task", "name", "version", "precision", "source", "active", "rollout")
+    table = Table("task", "name", "version", "precision", "runs at", "source", "active", "rollout")
     for m in models:
         source = m.manifest.source
         origin = f"{source.package}=={source.package_version}" if source.package else source.path
@@ -265,6 +339,7 @@ def _show(context: Context, models: list[StoredModel]) -> None:
             m.manifest.name,
             m.manifest.version,
             m.manifest.precision,
+            _runs_at(context, m),
             origin,
             "*" if is_active else "",
             "" if status is None else f"{status.state} (rollout {status.rollout_id})",
@@ -275,6 +350,12 @@ def _show(context: Context, models: list[StoredModel]) -> None:
             f"{status.task} {status.model_id} (rollout {status.rollout_id}): {status.state}: {status.reason}",
             markup=False,
         )
+
+
+def _runs_at(context: Context, model: StoredModel) -> str:
+    """The inference precision (or INT8 variant) the model runs at on the configured device, and why."""
+    choice = context.precisions.choice(model)
+    return f"{choice.label} ({'measured' if choice.source == 'auto' else choice.source})"
 
 
 def _status_json(status: ModelStatus | None) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ from rich.table import Table
 from facefleet.agent.cli.context import Context
 from facefleet.core.cli import add_command
 from facefleet.core.errors import EXIT_DATA, EXIT_OK
-from facefleet.vision.errors import ImageError
+from facefleet.vision.errors import ImageError, ModelStoreError
 from facefleet.vision.images import image_files, read_image
 from facefleet.vision.pipeline import AnalyzerSettings, FaceAnalyzer
 
@@ -39,7 +39,8 @@ def register(commands: Any) -> None:
         "devices",
         "list OpenVINO devices and their properties",
         "facefleet-agent devices --json",
-        description="List the devices the installed OpenVINO runtime can use here.",
+        description="List the devices the installed OpenVINO runtime can use here, and what precision each "
+        "active model runs at on the configured device (and why: measured, override, not measured yet).",
     )
     devices.set_defaults(handler=_devices)
 
@@ -50,7 +51,7 @@ def make_analyzer(context: Context, attributes: bool = False) -> FaceAnalyzer:
         jobs=context.config.runtime.jobs,
         attributes=attributes,
     )
-    return FaceAnalyzer(context.runtime, context.model_store, settings)
+    return FaceAnalyzer(context.runtime, context.model_store, settings, precisions=context.precisions)
 
 
 def _analyze(context: Context, args: argparse.Namespace) -> int:
@@ -112,8 +113,11 @@ def _print_faces(context: Context, results: list[dict[str, Any]]) -> None:
 def _devices(context: Context, args: argparse.Namespace) -> int:
     runtime = context.runtime
     devices = {name: runtime.device_properties(name) for name in runtime.available_devices()}
+    models = active_precisions(context)
     if context.json_output:
-        context.print_json({"openvino": runtime.version, "devices": devices})
+        context.print_json(
+            {"openvino": runtime.version, "devices": devices, "device": runtime.device, "models": models}
+        )
         return EXIT_OK
     context.console.print(f"OpenVINO {runtime.version}", markup=False)
     for name, properties in devices.items():
@@ -121,4 +125,34 @@ def _devices(context: Context, args: argparse.Namespace) -> int:
         for key, value in properties.items():
             table.add_row(key, value)
         context.console.print(table)
+    table = Table("task", "model", "runs at", "source", "why", title=f"active models on {runtime.device}")
+    for entry in models:
+        runs_at = entry["precision"] if entry["variant"] is None else f"int8 ({entry['variant']})"
+        table.add_row(entry["task"], entry["model"], runs_at, entry["source"], entry["reason"])
+    context.console.print(table)
     return EXIT_OK
+
+
+def active_precisions(context: Context) -> list[dict[str, Any]]:
+    """The active model of each task with what it runs at on the configured device: task, model (id),
+    precision, variant (INT8 model id or None), source, reason."""
+    active = context.model_store.active_map()
+    rows = []
+    for task in sorted(active):
+        try:
+            model = context.model_store.active(task)
+        except ModelStoreError as exc:
+            rows.append(
+                {
+                    "task": task,
+                    "model": active[task],
+                    "precision": None,
+                    "variant": None,
+                    "source": "error",
+                    "reason": str(exc),
+                }
+            )
+            continue
+        choice = context.precisions.choice(model)
+        rows.append({"task": task, "model": model.manifest.model_id, **choice.summary()})
+    return rows

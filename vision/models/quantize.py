@@ -296,6 +296,67 @@ def describe(figures: GuardFigures) -> str:
     )
 
 
+@dataclass(frozen=True)
+class EmbeddingAgreement:
+    """How a candidate embedding model agrees with the float one on the same faces: cosine of their
+    embeddings over the held-out samples, and decisions at the threshold on the pairs; passed: every limit
+    of GuardLimits held."""
+
+    held_out_faces: int
+    held_out_samples: int
+    cosine_min: float
+    cosine_mean: float
+    genuine_pairs: int
+    impostor_pairs: int
+    decision_changes: int
+    near_threshold_pairs: int
+    near_threshold_changes: int
+    passed: bool
+
+
+def compare_embeddings(
+    float_net: CompiledNet,
+    candidate_net: CompiledNet,
+    held_out: Sequence[FaceSample],
+    faces: Sequence[FaceSample],
+    rng: np.random.Generator,
+    threshold: float,
+    limits: GuardLimits,
+) -> EmbeddingAgreement:
+    """The accuracy guard: both nets (compiled for (1, 3, 112, 112)) on each held-out face and
+    HELD_OUT_VARIANTS variants of it, and on the pairs of faces (a face with a variant of itself: genuine,
+    every two different faces: impostor)."""
+    checked = [
+        _aligned(face) if k == 0 else _variant(face, rng)
+        for face in held_out
+        for k in range(HELD_OUT_VARIANTS + 1)
+    ]
+    cosines = np.sum(_embed(float_net, checked) * _embed(candidate_net, checked), axis=1)
+    crops = [_aligned(face) for face in faces] + [_variant(face, rng) for face in faces]
+    float_embeddings, candidate_embeddings = _embed(float_net, crops), _embed(candidate_net, crops)
+    count = len(faces)
+    pairs = [(i, count + i) for i in range(count)] + list(itertools.combinations(range(count), 2))
+    left, right = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    float_scores = np.sum(float_embeddings[left] * float_embeddings[right], axis=1)
+    candidate_scores = np.sum(candidate_embeddings[left] * candidate_embeddings[right], axis=1)
+    changed = (float_scores >= threshold) != (candidate_scores >= threshold)
+    near = np.abs(float_scores - threshold) < limits.decision_margin
+    changes = int(np.count_nonzero(changed & ~near))
+    cosine_min, cosine_mean = float(cosines.min()), float(cosines.mean())
+    return EmbeddingAgreement(
+        held_out_faces=len(held_out),
+        held_out_samples=len(checked),
+        cosine_min=round(cosine_min, 5),
+        cosine_mean=round(cosine_mean, 5),
+        genuine_pairs=count,
+        impostor_pairs=len(pairs) - count,
+        decision_changes=changes,
+        near_threshold_pairs=int(np.count_nonzero(near)),
+        near_threshold_changes=int(np.count_nonzero(changed & near)),
+        passed=cosine_min >= limits.min_cosine and cosine_mean >= limits.mean_cosine and changes == 0,
+    )
+
+
 def _guard(
     runtime: Runtime,
     float_xml: Path,
@@ -310,44 +371,27 @@ def _guard(
     shape = (1, 3, ALIGNED_SIZE, ALIGNED_SIZE)
     float_net = runtime.compile(float_xml, input_shape=shape, single_stream=True)
     int8_net = runtime.compile(int8_xml, input_shape=shape, single_stream=True)
-    checked = [
-        _aligned(face) if k == 0 else _variant(face, rng)
-        for face in held_out
-        for k in range(HELD_OUT_VARIANTS + 1)
-    ]
-    cosines = np.sum(_embed(float_net, checked) * _embed(int8_net, checked), axis=1)
-    # pairs: each face with a variant of itself (genuine), and every two different faces (impostor)
-    crops = [_aligned(face) for face in faces] + [_variant(face, rng) for face in faces]
-    float_embeddings, int8_embeddings = _embed(float_net, crops), _embed(int8_net, crops)
-    count = len(faces)
-    pairs = [(i, count + i) for i in range(count)] + list(itertools.combinations(range(count), 2))
-    left, right = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
-    float_scores = np.sum(float_embeddings[left] * float_embeddings[right], axis=1)
-    int8_scores = np.sum(int8_embeddings[left] * int8_embeddings[right], axis=1)
-    changed = (float_scores >= threshold) != (int8_scores >= threshold)
-    near = np.abs(float_scores - threshold) < limits.decision_margin
-    changes = int(np.count_nonzero(changed & ~near))
-    cosine_min, cosine_mean = float(cosines.min()), float(cosines.mean())
-    tensor = embedding_input(checked[0])[None]
+    agreement = compare_embeddings(float_net, int8_net, held_out, faces, rng, threshold, limits)
+    tensor = embedding_input(_aligned(held_out[0]))[None]
     return GuardFigures(
-        held_out_faces=len(held_out),
-        held_out_samples=len(checked),
+        held_out_faces=agreement.held_out_faces,
+        held_out_samples=agreement.held_out_samples,
         calibration_faces=0,
         calibration_samples=0,
-        cosine_min=round(cosine_min, 5),
-        cosine_mean=round(cosine_mean, 5),
+        cosine_min=agreement.cosine_min,
+        cosine_mean=agreement.cosine_mean,
         min_cosine_limit=limits.min_cosine,
         mean_cosine_limit=limits.mean_cosine,
         threshold=threshold,
-        genuine_pairs=count,
-        impostor_pairs=len(pairs) - count,
-        decision_changes=changes,
-        near_threshold_pairs=int(np.count_nonzero(near)),
-        near_threshold_changes=int(np.count_nonzero(changed & near)),
+        genuine_pairs=agreement.genuine_pairs,
+        impostor_pairs=agreement.impostor_pairs,
+        decision_changes=agreement.decision_changes,
+        near_threshold_pairs=agreement.near_threshold_pairs,
+        near_threshold_changes=agreement.near_threshold_changes,
         decision_margin=limits.decision_margin,
         ms_per_face_float=round(_ms_per_face(float_net, tensor), 3),
         ms_per_face_int8=round(_ms_per_face(int8_net, tensor), 3),
-        passed=cosine_min >= limits.min_cosine and cosine_mean >= limits.mean_cosine and changes == 0,
+        passed=agreement.passed,
     )
 
 

@@ -1,0 +1,285 @@
+"""Precision per device on the real models and photos: the guards, the auto choice (latencies injected
+through the timer seam, never asserted), the cache, the overrides, and the analyzer compiling each model
+at its choice."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import pytest
+
+from facefleet.vision.models.manifest import ModelManifest, sha256_file
+from facefleet.vision.models.store import ModelStore, StoredModel
+from facefleet.vision.pipeline import AnalyzerSettings, FaceAnalyzer
+from facefleet.vision.precision.cache import PrecisionCache, cache_path
+from facefleet.vision.precision.choice import Measurement
+from facefleet.vision.precision.guards import REFERENCE, GuardResult
+from facefleet.vision.precision.plan import PrecisionPlan, PrecisionSettings
+from facefleet.vision.precision.probes import EmbeddingProbe, ExpressionProbe, Probe
+from facefleet.vision.precision.samples import TuningSamples, tuning_samples
+from facefleet.vision.precision.tuner import EMBEDDING_INT8_NOTE, MIN_SPEEDUP, choose
+from facefleet.vision.runtime import Precision, Runtime, RuntimeSettings
+
+
+@pytest.fixture(scope="module")
+def auto_runtime(model_cache: Path) -> Runtime:
+    """A runtime as the agent has it by default: inference_precision = "auto"."""
+    return Runtime(RuntimeSettings(device="CPU", cache_dir=model_cache))
+
+
+@pytest.fixture(scope="module")
+def samples(auto_runtime: Runtime, model_store: ModelStore) -> TuningSamples:
+    return tuning_samples(auto_runtime, model_store.active("detection"))
+
+
+@pytest.fixture(scope="module")
+def perturbed(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore) -> Callable[[str], Path]:
+    """task → an IR of the active model with every weight tensor scaled by 1 + N(0, 0.3): a candidate that
+    is made worse on purpose."""
+    folder = tmp_path_factory.mktemp("perturbed")
+
+    def make(task: str) -> Path:
+        core = ov.Core()
+        model = core.read_model(str(model_store.active(task).xml_path))
+        rng = np.random.default_rng(1)
+        for op in model.get_ordered_ops():
+            if op.get_type_name() != "Constant" or op.get_element_type() not in (ov.Type.f16, ov.Type.f32):
+                continue
+            data = op.get_data()
+            if data.size < 64:
+                continue
+            noisy = data.astype(np.float32) * (1 + 0.3 * rng.standard_normal(data.shape))
+            replacement = ov.opset13.constant(noisy.astype(data.dtype))
+            op.output(0).replace(replacement.output(0))
+        target = folder / f"{task}.xml"
+        ov.save_model(model, str(target), compress_to_fp16=False)
+        return target
+
+    return make
+
+
+def bf16_or_skip(runtime: Runtime) -> None:
+    if "bf16" not in runtime.hint_precisions():
+        pytest.skip("this CPU has no BF16 (OPTIMIZATION_CAPABILITIES)")
+
+
+def test_the_candidate_hints_follow_the_device_capabilities(auto_runtime: Runtime) -> None:
+    capabilities = auto_runtime.device_properties("CPU")["OPTIMIZATION_CAPABILITIES"]
+    hints = auto_runtime.hint_precisions()
+    assert hints[0] == "f32"
+    assert ("bf16" in hints) == ("BF16" in capabilities)
+    assert ("f16" in hints) == ("'FP16'" in capabilities or '"FP16"' in capabilities)
+
+
+def test_the_embedding_guard_accepts_bf16_sface(
+    auto_runtime: Runtime, model_store: ModelStore, samples: TuningSamples
+) -> None:
+    bf16_or_skip(auto_runtime)
+    probe = EmbeddingProbe(auto_runtime, samples)
+    xml = model_store.active("embedding").xml_path
+    result = probe.guard(probe.compile(xml, "f32"), probe.compile(xml, "bf16"))
+    assert result.passed, result.summary
+    assert len(samples.faces) == 2 * (1 + 6)  # astronaut and t1, each mirrored too
+    assert result.figures["cosine_min"] >= 0.985 and result.figures["cosine_mean"] >= 0.995
+    assert result.figures["decision_changes"] == 0
+
+
+@pytest.mark.parametrize(
+    ("task", "probe_class"), [("embedding", EmbeddingProbe), ("expression", ExpressionProbe)]
+)
+def test_the_guard_refuses_a_model_with_perturbed_weights(
+    auto_runtime: Runtime,
+    model_store: ModelStore,
+    samples: TuningSamples,
+    perturbed: Callable[[str], Path],
+    task: str,
+    probe_class: type[Probe],
+) -> None:
+    probe = probe_class(auto_runtime, samples)
+    reference = probe.compile(model_store.active(task).xml_path, "f32")
+    result = probe.guard(reference, probe.compile(perturbed(task), "f32"))
+    assert not result.passed, result.summary
+    assert probe.guard(reference, reference).passed
+
+
+def test_the_detection_guard_holds_for_bf16_yunet_with_the_stated_figures(
+    auto_runtime: Runtime, model_store: ModelStore, samples: TuningSamples
+) -> None:
+    bf16_or_skip(auto_runtime)
+    plan = PrecisionPlan(auto_runtime, model_store, timer=lambda label, run: 1.0)
+    choice = plan.tune(model_store.active("detection"))
+    bf16 = next(m for m in choice.measurements if m.label == "bf16")
+    assert bf16.guard.figures["faces"] == 14 and bf16.guard.figures["count_changes"] == 0
+    assert bf16.guard.figures["min_box_iou"] >= 0.9 and bf16.guard.figures["max_landmark_shift_px"] <= 2.0
+
+
+def injected(latencies: dict[str, float], calls: list[str] | None = None) -> Callable[..., float]:
+    """A timer that runs the inference once (so the seam is exercised) and reports the given latency."""
+
+    def timer(label: str, run: Callable[[], None]) -> float:
+        run()
+        if calls is not None:
+            calls.append(label)
+        return latencies[label]
+
+    return timer
+
+
+@pytest.mark.parametrize(
+    ("latencies", "expected"),
+    [
+        ({"f32": 8.0, "bf16": 4.0, "f16": 5.0}, "bf16"),
+        ({"f32": 4.0, "bf16": 8.0, "f16": 9.0}, "f32"),
+        ({"f32": 4.0, "bf16": 4.0 / (MIN_SPEEDUP - 0.05), "f16": 9.0}, "f32"),  # too small a gain
+    ],
+)
+def test_auto_picks_the_fastest_candidate_that_passes(
+    auto_runtime: Runtime, model_store: ModelStore, latencies: dict[str, float], expected: str
+) -> None:
+    bf16_or_skip(auto_runtime)
+    plan = PrecisionPlan(auto_runtime, model_store, timer=injected(latencies))
+    choice = plan.tune(model_store.active("expression"))
+    assert choice.source == "auto" and choice.precision == expected
+    assert [m.label for m in choice.measurements] == auto_runtime.hint_precisions()
+    assert all(m.guard.passed for m in choice.measurements)
+
+
+def measurement(
+    label: str,
+    ms: float,
+    passed: bool = True,
+    variant: str | None = None,
+    eligible: bool = True,
+    note: str = "",
+) -> Measurement:
+    guard = REFERENCE if label == "f32" else GuardResult(passed, f"{label} guard")
+    precision: Precision = "bf16" if label == "bf16" else "f32"
+    return Measurement(label, precision, variant, ms, guard, eligible, note)
+
+
+def test_a_faster_candidate_that_fails_its_guard_or_is_not_eligible_is_not_chosen() -> None:
+    refused = choose(
+        "detection", "yunet@x", [measurement("f32", 8), measurement("int8", 2, False, variant="y")]
+    )
+    assert refused.precision == "f32" and refused.variant is None
+    assert "int8 refused by the guard" in refused.reason
+    embedding = choose(
+        "embedding",
+        "sface@x",
+        [
+            measurement("f32", 8),
+            measurement("bf16", 4),
+            measurement("int8", 2, variant="sface@x-int8", eligible=False, note=EMBEDDING_INT8_NOTE),
+        ],
+    )
+    assert embedding.precision == "bf16" and embedding.variant is None
+    assert "own model id" in embedding.reason
+    variant = choose(
+        "detection", "yunet@x", [measurement("f32", 8), measurement("int8", 2, variant="yunet@x-int8")]
+    )
+    assert variant.variant == "yunet@x-int8" and variant.label == "int8 (yunet@x-int8)"
+
+
+def test_the_choice_is_cached_and_measured_again_for_another_openvino_or_model(
+    auto_runtime: Runtime, model_store: ModelStore, tmp_path: Path
+) -> None:
+    bf16_or_skip(auto_runtime)
+    cache = PrecisionCache(cache_path(tmp_path))
+    calls: list[str] = []
+    timer = injected({"f32": 8.0, "bf16": 4.0, "f16": 5.0}, calls)
+    model = model_store.active("expression")
+    first = PrecisionPlan(auto_runtime, model_store, cache=cache, timer=timer).choice(model)
+    assert first.precision == "bf16" and first.source == "auto" and calls
+    assert cache.path == tmp_path / "cache" / "precision.json"
+    calls.clear()
+    again = PrecisionPlan(auto_runtime, model_store, cache=PrecisionCache(cache.path), timer=timer).choice(
+        model
+    )
+    assert again == first and not calls  # a restart does not measure again
+    device, version = auto_runtime.device_name, auto_runtime.version
+    assert cache.get(model.manifest.model_id, device, version) == first
+    assert cache.get(model.manifest.model_id, device, "2099.1") is None
+    assert cache.get(model.manifest.model_id, "GPU (another)", version) is None
+    assert cache.get("mini-xception@other", device, version) is None
+    # the OpenVINO version changes: the cached entry no longer applies and the model is measured again
+    data = json.loads(cache.path.read_text(encoding="utf-8"))
+    data["choices"][0]["openvino"] = "2025.0.0"
+    cache.path.write_text(json.dumps(data), encoding="utf-8")
+    PrecisionPlan(auto_runtime, model_store, cache=cache, timer=timer).choice(model)
+    assert calls
+    # another model id (a new version of the same model) has no choice yet
+    other = StoredModel(
+        ModelManifest.from_json({**model.manifest.to_json(), "version": "v2"}), model.directory
+    )
+    listing = PrecisionPlan(auto_runtime, model_store, cache=cache, measure=False, timer=timer)
+    assert listing.choice(other).source == "default" and listing.choice(other).precision == "f32"
+
+
+def test_the_overrides_win_without_measuring(auto_runtime: Runtime, model_store: ModelStore) -> None:
+    calls: list[str] = []
+    timer = injected({"f32": 8.0, "bf16": 1.0, "f16": 1.0}, calls)
+    everything = PrecisionPlan(auto_runtime, model_store, PrecisionSettings("f16"), timer=timer)
+    choice = everything.choice(model_store.active("embedding"))
+    assert (choice.precision, choice.source) == ("f16", "override")
+    assert "inference_precision = 'f16'" in choice.reason
+    per_task = PrecisionPlan(
+        auto_runtime, model_store, PrecisionSettings("bf16", {"embedding": "f32"}), timer=timer
+    )
+    embedding = per_task.choice(model_store.active("embedding"))
+    assert (embedding.precision, embedding.source) == ("f32", "task override")
+    assert "precision.embedding = 'f32'" in embedding.reason
+    assert per_task.choice(model_store.active("detection")).precision == "bf16"
+    assert not calls
+
+
+def test_the_analyzer_compiles_each_model_at_its_choice(
+    auto_runtime: Runtime, model_store: ModelStore, astronaut: np.ndarray, tmp_path: Path
+) -> None:
+    bf16_or_skip(auto_runtime)
+    settings = PrecisionSettings("auto", {"embedding": "bf16", "expression": "f32"})
+    plan = PrecisionPlan(auto_runtime, model_store, settings, measure=False)
+    analyzer = FaceAnalyzer(auto_runtime, model_store, AnalyzerSettings(), precisions=plan)
+    (face,) = analyzer.analyze(astronaut)
+    assert face.embedding is not None and face.expression is not None
+    assert analyzer.net("embedding", (1, 3, 112, 112)).inference_precision == "bf16"
+    assert analyzer.net("expression", (1, 64, 64, 1)).inference_precision == "f32"
+    # not measured and measure=False: the default, f32, until measured
+    assert plan.choice(model_store.active("detection")).source == "default"
+    assert analyzer.net("detection", (1, 3, 512, 512)).inference_precision == "f32"
+    # a switched-in model keeps the plan
+    switched = analyzer.with_model(model_store.active("embedding"))
+    assert switched.precisions is plan
+
+
+def test_an_int8_variant_of_a_non_embedding_model_is_a_candidate(
+    auto_runtime: Runtime, model_store: ModelStore, tmp_path: Path
+) -> None:
+    """A store copy with an 'INT8 variant' of the expression model (its IR recorded as quantized from it):
+    measured at the f32 hint, and chosen when it is the fastest that passes."""
+    store = ModelStore(tmp_path / "models")
+    shutil.copytree(model_store.root, store.root, symlinks=False)
+    source = store.active("expression")
+    staged = store.staging_dir()
+    for name in ("model.xml", "model.bin"):
+        shutil.copy(source.directory / name, staged / name)
+    manifest = ModelManifest.from_json(
+        {
+            **source.manifest.to_json(),
+            "version": f"{source.manifest.version}-int8",
+            "precision": "INT8",
+            "files": {name: sha256_file(staged / name) for name in ("model.xml", "model.bin")},
+            "extra": {"quantized_from": source.manifest.model_id},
+        }
+    )
+    variant = store.add(staged, manifest)
+    latencies = {"f32": 8.0, "bf16": 6.0, "f16": 6.0, "int8": 2.0}
+    plan = PrecisionPlan(auto_runtime, store, timer=injected(latencies))
+    choice = plan.tune(source)
+    assert [m.label for m in choice.measurements][-1] == "int8"
+    assert choice.variant == variant.manifest.model_id and choice.precision == "f32"
+    assert plan.compilation(source).xml_path == variant.xml_path

@@ -1,0 +1,165 @@
+"""What each model runs at: [runtime] precision.<task> (a per-task override) wins over [runtime]
+inference_precision (a global override unless "auto"); under "auto" a model takes the choice cached for it
+on this device and OpenVINO version, or is measured (when allowed), or runs at f32 until it is."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from facefleet.core.errors import FaceFleetError
+from facefleet.vision.detection import DetectorSettings
+from facefleet.vision.errors import ModelSpecError, ModelStoreError
+from facefleet.vision.models.quantize import DEFAULT_THRESHOLD, find_model
+from facefleet.vision.models.store import ModelStore, StoredModel
+from facefleet.vision.precision.cache import PrecisionCache
+from facefleet.vision.precision.choice import Choice
+from facefleet.vision.precision.probes import PROBES, TUNED_TASKS
+from facefleet.vision.precision.samples import TuningSamples, tuning_samples
+from facefleet.vision.precision.tuner import Timer, candidates, median_ms, tune
+from facefleet.vision.runtime import Precision, PrecisionSetting, Runtime
+
+log = logging.getLogger(__name__)
+TUNE_HINT = "run `facefleet-agent models tune` or start the agent to measure"
+
+
+@dataclass(frozen=True)
+class PrecisionSettings:
+    """default: [runtime] inference_precision ("auto", or f32/f16/bf16 for every model); tasks: [runtime]
+    precision, task → setting, each overriding the default for its task."""
+
+    default: PrecisionSetting = "auto"
+    tasks: Mapping[str, PrecisionSetting] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Compilation:
+    """How to compile a model: the IR (the model's, or its INT8 variant's) and the precision hint."""
+
+    xml_path: Path
+    precision: Precision
+    choice: Choice
+
+
+class PrecisionPlan:
+    """Resolves the precision of each model on one runtime; measure: measure models that have no cached
+    choice (the agent service) or leave them at f32 (listings, one-off commands). timer, photos: the
+    latency seam and the photos of the measurements (default: median wall time, the bundled photos)."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        store: ModelStore,
+        settings: PrecisionSettings | None = None,
+        cache: PrecisionCache | None = None,
+        *,
+        measure: bool = True,
+        threshold: Callable[[str], float] = lambda model_id: DEFAULT_THRESHOLD,
+        detector: DetectorSettings | None = None,
+        timer: Timer = median_ms,
+        photos: list[Path] | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.store = store
+        self.settings = settings or PrecisionSettings(runtime.settings.inference_precision)
+        self.cache = cache
+        self.measure = measure
+        self.threshold = threshold
+        self.detector = detector
+        self.timer = timer
+        self.photos = photos
+        self._samples: TuningSamples | None = None
+        self._resolved: dict[str, Choice] = {}
+        self._lock = threading.RLock()
+
+    def choice(self, model: StoredModel) -> Choice:
+        """What model runs at (resolved once per plan; logged at INFO when first resolved)."""
+        with self._lock:
+            known = self._resolved.get(model.manifest.model_id)
+            if known is None:
+                known = self._resolve(model)
+                self._resolved[model.manifest.model_id] = known
+                log.info(
+                    "precision: %s %s runs at %s on %s (%s): %s",
+                    known.task,
+                    known.model_id,
+                    known.label,
+                    self.runtime.device,
+                    known.source,
+                    known.reason,
+                )
+            return known
+
+    def compilation(self, model: StoredModel) -> Compilation:
+        """The IR and hint to compile model with."""
+        choice = self.choice(model)
+        xml = model.xml_path if choice.variant is None else find_model(self.store, choice.variant).xml_path
+        return Compilation(xml, choice.precision, choice)
+
+    def tune(self, model: StoredModel, include_ineligible: bool = True) -> Choice:
+        """Measure model now (whatever is cached), cache and return the auto choice; the overrides still
+        decide what it runs at (choice())."""
+        task = model.manifest.task
+        if task not in TUNED_TASKS:
+            raise ModelSpecError(
+                f"{model.manifest.model_id}: {task} models have no accuracy guard to tune with"
+            )
+        with self._lock:
+            probe = PROBES[task](
+                self.runtime, self._tuning_samples(), self.threshold(model.manifest.model_id)
+            )
+            measured = tune(probe, self.store, model, self.timer, include_ineligible)
+            if self.cache is not None:
+                self.cache.put(measured, self.runtime.device_name, self.runtime.version)
+            self._resolved.pop(model.manifest.model_id, None)
+            return measured
+
+    def cached(self, model: StoredModel) -> Choice | None:
+        """The auto choice cached for model on this device and OpenVINO version, if any (and usable)."""
+        if self.cache is None:
+            return None
+        found = self.cache.get(model.manifest.model_id, self.runtime.device_name, self.runtime.version)
+        if found is not None and found.variant is not None:
+            try:
+                find_model(self.store, found.variant)
+            except ModelStoreError:
+                return None  # the INT8 variant it chose is gone: measure again
+        return found
+
+    def _resolve(self, model: StoredModel) -> Choice:
+        task, model_id = model.manifest.task, model.manifest.model_id
+        override = self.settings.tasks.get(task, "auto")
+        if override != "auto":
+            return Choice(
+                task, model_id, override, "task override", f"[runtime] precision.{task} = {override!r}"
+            )
+        if self.settings.default != "auto":
+            reason = f"[runtime] inference_precision = {self.settings.default!r}"
+            return Choice(task, model_id, self.settings.default, "override", reason)
+        if task not in TUNED_TASKS:
+            return Choice(
+                task, model_id, "f32", "default", f"f32: {task} models have no accuracy guard to tune"
+            )
+        cached = self.cached(model)
+        if cached is not None:
+            return cached
+        if [c.label for c in candidates(self.runtime, self.store, model)] == ["f32"]:
+            reason = f"f32: the only candidate on {self.runtime.device} (no bf16/f16 hint, no INT8 variant)"
+            return Choice(task, model_id, "f32", "auto", reason)
+        if not self.measure:
+            return Choice(task, model_id, "f32", "default", f"f32 until measured: {TUNE_HINT}")
+        try:
+            return self.tune(model, include_ineligible=False)
+        except (FaceFleetError, RuntimeError) as exc:
+            log.warning("precision of %s %s not measured (%s); it runs at f32", task, model_id, exc)
+            return Choice(task, model_id, "f32", "default", f"f32: not measured ({exc})")
+
+    def _tuning_samples(self) -> TuningSamples:
+        if self._samples is None:
+            self._samples = tuning_samples(
+                self.runtime, self.store.active("detection"), self.photos, self.detector
+            )
+        return self._samples

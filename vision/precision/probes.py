@@ -1,0 +1,176 @@
+"""How each task's model is compiled, timed and guarded in a precision measurement: the same input
+shapes the pipeline compiles (one face; the photo frames for detection), fed with the tuning samples."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from facefleet.vision import detection
+from facefleet.vision.alignment import ALIGNED_SIZE, align_face
+from facefleet.vision.attributes import AGE_CHIP_SIZE, GENDER_CHIP_SIZE, age_years, face_chip, model_input
+from facefleet.vision.errors import ImageError
+from facefleet.vision.faces import Detection
+from facefleet.vision.models.quantize import DEFAULT_THRESHOLD, GuardLimits, compare_embeddings
+from facefleet.vision.precision import guards
+from facefleet.vision.precision.guards import GuardResult
+from facefleet.vision.precision.samples import FoundFace, TuningSamples
+from facefleet.vision.preprocess import embedding_input, expression_input, softmax_if_needed
+from facefleet.vision.runtime import CompiledNet, Precision, Runtime
+
+Nets = dict[tuple[int, ...], CompiledNet]
+"""A model compiled for each input shape a probe needs (detection: one per frame size)."""
+EMBEDDING_SHAPE = (1, 3, ALIGNED_SIZE, ALIGNED_SIZE)
+EXPRESSION_SHAPE = (1, 64, 64, 1)
+TUNED_TASKS = ("detection", "embedding", "expression", "attributes")
+"""Tasks with a guard; others (the face mesh) run at the default precision."""
+
+
+class Probe:
+    """One task's measurement: compile() a model at a precision hint, run_once() its timing input (one face,
+    or the largest photo frame for detection), guard() a candidate's outputs against the reference's."""
+
+    def __init__(
+        self, runtime: Runtime, samples: TuningSamples, threshold: float = DEFAULT_THRESHOLD
+    ) -> None:
+        self.runtime = runtime
+        self.samples = samples
+        self.threshold = threshold
+
+    def compile(self, xml: Path, precision: Precision) -> Nets:
+        raise NotImplementedError
+
+    def run_once(self, nets: Nets) -> None:
+        raise NotImplementedError
+
+    def guard(self, reference: Nets, candidate: Nets) -> GuardResult:
+        raise NotImplementedError
+
+
+class DetectionProbe(Probe):
+    def compile(self, xml: Path, precision: Precision) -> Nets:
+        shapes = {tuple(frame.tensor.shape) for frame in self.samples.frames}
+        return {shape: self.runtime.compile(xml, input_shape=shape, precision=precision) for shape in shapes}
+
+    def run_once(self, nets: Nets) -> None:
+        frame = max(self.samples.frames, key=lambda f: f.tensor.size)
+        nets[tuple(frame.tensor.shape)].infer(frame.tensor)
+
+    def guard(self, reference: Nets, candidate: Nets) -> GuardResult:
+        settings = self.samples.detector
+
+        def detect(nets: Nets, frame: detection.DetectorInput) -> list[Detection]:
+            return detection.decode(nets[tuple(frame.tensor.shape)].infer(frame.tensor), frame, settings)
+
+        frames = self.samples.frames
+        return guards.detections(
+            [detect(reference, f) for f in frames],
+            [detect(candidate, f) for f in frames],
+            [f.scale for f in frames],
+        )
+
+
+class EmbeddingProbe(Probe):
+    """The quantizer's guard with every found face held out (nothing is calibrated here)."""
+
+    def compile(self, xml: Path, precision: Precision) -> Nets:
+        net = self.runtime.compile(xml, input_shape=EMBEDDING_SHAPE, single_stream=True, precision=precision)
+        return {EMBEDDING_SHAPE: net}
+
+    def run_once(self, nets: Nets) -> None:
+        face = _first(self.samples)
+        crop = align_face(face.frame, face.detection.landmarks_xy)
+        nets[EMBEDDING_SHAPE].infer(embedding_input(crop)[None])
+
+    def guard(self, reference: Nets, candidate: Nets) -> GuardResult:
+        faces = [face.sample() for face in self.samples.faces]
+        limits = GuardLimits()
+        rng = np.random.default_rng(0)  # the same variants for every candidate
+        agreement = compare_embeddings(
+            reference[EMBEDDING_SHAPE], candidate[EMBEDDING_SHAPE], faces, faces, rng, self.threshold, limits
+        )
+        summary = (
+            f"cosine to f32 on {agreement.held_out_samples} samples of {agreement.held_out_faces} faces: "
+            f"min {agreement.cosine_min:.4f} (limit {limits.min_cosine}), mean {agreement.cosine_mean:.4f} "
+            f"(limit {limits.mean_cosine}); decisions at {self.threshold} changed on "
+            f"{agreement.decision_changes} of {agreement.genuine_pairs + agreement.impostor_pairs} pairs"
+        )
+        return GuardResult(agreement.passed, summary, asdict(agreement))
+
+
+class ExpressionProbe(Probe):
+    def compile(self, xml: Path, precision: Precision) -> Nets:
+        net = self.runtime.compile(xml, input_shape=EXPRESSION_SHAPE, single_stream=True, precision=precision)
+        return {EXPRESSION_SHAPE: net}
+
+    def run_once(self, nets: Nets) -> None:
+        face = _first(self.samples)
+        nets[EXPRESSION_SHAPE].infer(expression_input(face.frame, face.detection.box_xyxy)[None])
+
+    def guard(self, reference: Nets, candidate: Nets) -> GuardResult:
+        inputs = [expression_input(f.frame, f.detection.box_xyxy)[None] for f in self.samples.faces]
+
+        def probabilities(nets: Nets) -> npt.NDArray[np.float32]:
+            raw = [next(iter(nets[EXPRESSION_SHAPE].infer(t).values())).reshape(1, -1) for t in inputs]
+            return softmax_if_needed(np.concatenate(raw))
+
+        return guards.classification(probabilities(reference), probabilities(candidate), "expression")
+
+
+class AttributesProbe(Probe):
+    """Gender probabilities as classification, age as years (class expectation or regressed value)."""
+
+    def compile(self, xml: Path, precision: Precision) -> Nets:
+        shapes = {"gender_chip": (1, 3, GENDER_CHIP_SIZE, GENDER_CHIP_SIZE)}
+        shapes["age_chip"] = (1, 3, AGE_CHIP_SIZE, AGE_CHIP_SIZE)
+        return {(1,): self.runtime.compile(xml, input_shapes=shapes, precision=precision)}
+
+    def run_once(self, nets: Nets) -> None:
+        nets[(1,)].infer_inputs(self._inputs()[0])
+
+    def guard(self, reference: Nets, candidate: Nets) -> GuardResult:
+        inputs = self._inputs()
+        ref = [reference[(1,)].infer_inputs(i) for i in inputs]
+        cand = [candidate[(1,)].infer_inputs(i) for i in inputs]
+
+        def gender(outputs: list[dict[str, npt.NDArray[np.float32]]]) -> npt.NDArray[np.float32]:
+            return softmax_if_needed(np.concatenate([o["gender"].reshape(1, -1) for o in outputs]))
+
+        return guards.combined(
+            [
+                guards.classification(gender(ref), gender(cand), "gender"),
+                guards.years([age_years(o["age"]) for o in ref], [age_years(o["age"]) for o in cand]),
+            ]
+        )
+
+    def _inputs(self) -> list[dict[str, npt.NDArray[np.float32]]]:
+        inputs = []
+        for face in self.samples.faces:  # chips from the BGR frame, fed as RGB like the pipeline does
+            landmarks = face.detection.landmarks_xy
+            gender = model_input(face_chip(face.frame, landmarks, GENDER_CHIP_SIZE))[::-1]
+            age = model_input(face_chip(face.frame, landmarks, AGE_CHIP_SIZE))[::-1]
+            inputs.append(
+                {
+                    "gender_chip": np.ascontiguousarray(gender[None]),
+                    "age_chip": np.ascontiguousarray(age[None]),
+                }
+            )
+        return inputs
+
+
+PROBES: dict[str, Callable[[Runtime, TuningSamples, float], Probe]] = {
+    "detection": DetectionProbe,
+    "embedding": EmbeddingProbe,
+    "expression": ExpressionProbe,
+    "attributes": AttributesProbe,
+}
+
+
+def _first(samples: TuningSamples) -> FoundFace:
+    if not samples.faces:
+        raise ImageError("the sample photos gave no faces to measure this model on")
+    return samples.faces[0]

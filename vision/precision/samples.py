@@ -1,0 +1,76 @@
+"""Real inputs for precision measurements: the sample photos that ship in installed packages (and their
+mirror images), and the faces the float detector finds in them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from facefleet.vision import detection
+from facefleet.vision.detection import DetectorInput, DetectorSettings
+from facefleet.vision.faces import Detection
+from facefleet.vision.images import read_image
+from facefleet.vision.models.quantize import FaceSample
+from facefleet.vision.models.store import StoredModel, check_model
+from facefleet.vision.photos import SAMPLE_PHOTOS, sample_photo
+from facefleet.vision.runtime import CompiledNet, Runtime
+
+Frame = npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class FoundFace:
+    """One face the float detector found: the frame (BGR) it is in and its detection (frame px)."""
+
+    frame: Frame
+    detection: Detection
+    origin: str
+
+    def sample(self) -> FaceSample:
+        """The face as the quantizer's guard takes it."""
+        return FaceSample(self.frame, self.detection.landmarks_xy.astype(np.float32), self.origin)
+
+
+@dataclass(frozen=True)
+class TuningSamples:
+    """frames: prepared detector inputs of every photo and its mirror image; faces: found in them."""
+
+    detector: DetectorSettings
+    frames: tuple[DetectorInput, ...]
+    faces: tuple[FoundFace, ...]
+
+
+def sample_photos() -> list[Path]:
+    """The bundled sample photos (astronaut: one face, t1: six); ImageError says what to install."""
+    return [sample_photo(name) for name in SAMPLE_PHOTOS]
+
+
+def tuning_samples(
+    runtime: Runtime,
+    detector: StoredModel,
+    photos: Sequence[Path] | None = None,
+    settings: DetectorSettings | None = None,
+) -> TuningSamples:
+    """Frames and faces of the photos (default: the bundled ones), found with detector run at f32."""
+    settings = settings or DetectorSettings()
+    check_model(detector)
+    nets: dict[tuple[int, ...], CompiledNet] = {}
+    frames: list[DetectorInput] = []
+    faces: list[FoundFace] = []
+    for path in photos if photos is not None else sample_photos():
+        photo = read_image(path)
+        for mirrored, frame in ((False, photo), (True, np.ascontiguousarray(photo[:, ::-1]))):
+            prepared = detection.prepare(frame, settings)
+            shape = tuple(prepared.tensor.shape)
+            if shape not in nets:
+                nets[shape] = runtime.compile(detector.xml_path, input_shape=shape, precision="f32")
+            frames.append(prepared)
+            found = detection.decode(nets[shape].infer(prepared.tensor), prepared, settings)
+            for index, face in enumerate(found):
+                origin = f"{path.name}{' (mirrored)' if mirrored else ''} face {index + 1}"
+                faces.append(FoundFace(frame, face, origin))
+    return TuningSamples(settings, tuple(frames), tuple(faces))

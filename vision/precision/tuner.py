@@ -1,0 +1,165 @@
+"""Measure a model's candidate precisions on the runtime's device and choose the fastest that passes its
+task's accuracy guard against the f32 outputs of the same float model.
+
+Candidates: every inference precision hint the device supports (Runtime.hint_precisions: f32, and bf16/f16
+where its OPTIMIZATION_CAPABILITIES has them) and every INT8 variant the store holds of this very model
+(manifest extra.quantized_from, written by `models quantize`), compiled at the f32 hint. An INT8 variant of
+an embedding model is measured only when asked (for `models tune`) and never chosen: its embeddings are
+its own model id's, not the gallery's, so running it is a rollout decision (models quantize + publish).
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from facefleet.vision.models.quantize import PRECISION as INT8
+from facefleet.vision.models.store import ModelStore, StoredModel, check_model
+from facefleet.vision.precision.choice import Choice, Measurement
+from facefleet.vision.precision.guards import REFERENCE
+from facefleet.vision.precision.probes import Probe
+from facefleet.vision.runtime import Precision, Runtime
+
+Timer = Callable[[str, Callable[[], None]], float]
+"""(candidate label, one inference of the timing input) → latency in ms of one round; the seam tests
+inject."""
+ROUNDS = 4
+"""Timing rounds; the candidates take turns in each, and a candidate's latency is its best round, so that
+load from other processes during one round does not decide the choice."""
+RUNS_PER_ROUND = 7
+WARMUP_RUNS = 3
+MIN_SPEEDUP = 1.1
+"""A candidate other than f32 must be at least this much faster than f32 to be chosen over it (f32 is
+reproducible; a smaller gain is within the noise of a shared machine)."""
+EMBEDDING_INT8_NOTE = (
+    "not chosen automatically: an INT8 embedding model has its own model id and embedding space, not the "
+    "gallery's; run it through `models quantize` and a rollout"
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A way to run a model: label, hint, the model compiled (the float one or its INT8 variant)."""
+
+    label: str
+    precision: Precision
+    model: StoredModel
+    eligible: bool = True
+    note: str = ""
+
+
+def median_ms(label: str, run: Callable[[], None]) -> float:
+    """Median wall time of RUNS_PER_ROUND runs after WARMUP_RUNS, in ms."""
+    for _ in range(WARMUP_RUNS):
+        run()
+    times = []
+    for _ in range(RUNS_PER_ROUND):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+def candidates(
+    runtime: Runtime, store: ModelStore | None, model: StoredModel, include_ineligible: bool = False
+) -> list[Candidate]:
+    """The hints of the device, then the store's INT8 variants of model (embedding ones only if asked)."""
+    found = [Candidate(hint, hint, model) for hint in runtime.hint_precisions()]
+    manifest = model.manifest
+    variants = [
+        m
+        for m in (store.models() if store is not None else [])
+        if m.manifest.task == manifest.task
+        and m.manifest.precision == INT8
+        and m.manifest.extra.get("quantized_from") == manifest.model_id
+    ]
+    for variant in variants:
+        if manifest.task == "embedding":
+            if include_ineligible:
+                found.append(Candidate("int8", "f32", variant, eligible=False, note=EMBEDDING_INT8_NOTE))
+        else:
+            found.append(Candidate("int8", "f32", variant))
+    return found
+
+
+def measure(
+    probe: Probe, model: StoredModel, found: Sequence[Candidate], timer: Timer = median_ms
+) -> list[Measurement]:
+    """Guard each candidate, then time them in ROUNDS interleaved rounds (best round each); the f32 float
+    model is the reference (its guard passes by definition)."""
+    reference = probe.compile(model.xml_path, "f32")
+    compiled = []
+    for candidate in found:
+        is_reference = candidate.model is model and candidate.precision == "f32"
+        if not is_reference:
+            check_model(candidate.model)
+        nets = reference if is_reference else probe.compile(candidate.model.xml_path, candidate.precision)
+        compiled.append((candidate, nets, REFERENCE if is_reference else probe.guard(reference, nets)))
+    best = [float("inf")] * len(compiled)
+    for _ in range(ROUNDS):
+        for index, (candidate, nets, _guard) in enumerate(compiled):
+            best[index] = min(best[index], timer(candidate.label, functools.partial(probe.run_once, nets)))
+    return [
+        Measurement(
+            candidate.label,
+            candidate.precision,
+            None if candidate.model is model else candidate.model.manifest.model_id,
+            round(milliseconds, 3),
+            guard,
+            candidate.eligible,
+            candidate.note,
+        )
+        for (candidate, _nets, guard), milliseconds in zip(compiled, best, strict=True)
+    ]
+
+
+def choose(task: str, model_id: str, measurements: Sequence[Measurement]) -> Choice:
+    """The fastest eligible candidate whose guard passed, with the reason in one line."""
+    passing = [m for m in measurements if m.eligible and m.guard.passed]
+    fastest = min(passing, key=lambda m: m.median_ms)
+    reference = next(m for m in measurements if m.label == "f32" and m.variant is None)
+    speed = reference.median_ms / fastest.median_ms if fastest.median_ms > 0 else 1.0
+    what = fastest.label if fastest.variant is None else f"{fastest.label} ({fastest.variant})"
+    best = fastest if speed >= MIN_SPEEDUP else reference
+    if fastest is reference:
+        parts = [f"measured: f32 is the fastest ({reference.median_ms:.2f} ms)"]
+    elif best is reference:
+        parts = [
+            f"measured: {what} passes the guard but is only {speed:.2f}× f32 ({fastest.median_ms:.2f} vs "
+            f"{reference.median_ms:.2f} ms, less than {MIN_SPEEDUP}×): f32 kept"
+        ]
+    else:
+        parts = [
+            f"measured: {what} is the fastest that passes the guard ({fastest.median_ms:.2f} ms, "
+            f"{speed:.2f}× f32's {reference.median_ms:.2f} ms)"
+        ]
+    for m in measurements:
+        if not m.guard.passed:
+            parts.append(f"{m.label} refused by the guard: {m.guard.summary}")
+        elif not m.eligible:
+            parts.append(f"{m.label} ({m.variant}) {m.note}")
+    return Choice(
+        task=task,
+        model_id=model_id,
+        precision=best.precision,
+        source="auto",
+        reason="; ".join(parts),
+        variant=best.variant,
+        measurements=tuple(measurements),
+    )
+
+
+def tune(
+    probe: Probe,
+    store: ModelStore | None,
+    model: StoredModel,
+    timer: Timer = median_ms,
+    include_ineligible: bool = False,
+) -> Choice:
+    """Measure model's candidates on the probe's runtime and choose."""
+    found = candidates(probe.runtime, store, model, include_ineligible)
+    measurements = measure(probe, model, found, timer)
+    return choose(model.manifest.task, model.manifest.model_id, measurements)

@@ -8,6 +8,7 @@ embedding and expression models as one batch.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Mapping
@@ -37,6 +38,9 @@ from facefleet.vision.runtime import CompiledNet, Outputs, Request, Runtime
 
 Frame = npt.NDArray[np.uint8]
 NET_CACHE_SIZE = 24
+DYNAMIC_BATCH = -1
+"""The batch dimension of a model compiled for any number of faces."""
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,8 @@ class FaceAnalyzer:
                 precisions.choice(model)
         self._nets: OrderedDict[tuple[str, tuple[int, ...]], CompiledNet] = OrderedDict()
         self._nets_lock = threading.Lock()
+        self._batch_any: dict[str, bool] = {}
+        """kind → whether its model was compiled for any batch size (decided at its first compile)."""
         for kind, shape in (
             ("embedding", (1, 3, 112, 112)),
             ("expression", (1, 64, 64, 1)),
@@ -116,7 +122,8 @@ class FaceAnalyzer:
         clone = FaceAnalyzer(self.runtime, None, settings, models=models, precisions=self.precisions)
         with self._nets_lock:
             shared = [(key, net) for key, net in self._nets.items() if key[0] != task]
-            shapes = [key[1] for key in self._nets if key[0] == task]
+            # a batch of any size is asked for as one face: the new model may fix its batch
+            shapes = [(1, *k[1:]) if k[0] == DYNAMIC_BATCH else k for kind, k in self._nets if kind == task]
         with clone._nets_lock:
             clone._nets.update(shared)
         for shape in shapes:
@@ -210,40 +217,56 @@ class FaceAnalyzer:
         return _Stream(self, jobs or self.settings.jobs or self._auto_jobs()).run(frames)
 
     def net(self, kind: str, shape: tuple[int, ...]) -> CompiledNet:
-        """A model compiled for one static input shape (a frame size, a batch of N faces).
+        """A model compiled for an input shape (a frame size, a batch of N faces).
 
-        Static shapes are faster than dynamic ones, and OpenVINO 2026.4's CPU plugin computed wrong
-        expression scores with a dynamic batch under the THROUGHPUT hint. The most recently used shapes
-        are kept."""
-        key = (kind, tuple(shape))
+        The embedding model is compiled once for any number of faces (a dynamic batch): on the CPU as fast
+        as a static batch, where each static batch size holds its own copy of the weights and buffers
+        (about 100 MB for SFace at 1 and 6 faces). A model whose graph fixes its batch keeps static shapes.
+        The other models keep static shapes: OpenVINO 2026.4's CPU plugin computed wrong expression scores
+        with a dynamic batch under the THROUGHPUT hint, and a frame size is a camera's. The most recently
+        used shapes are kept."""
         with self._nets_lock:
+            if self._batch_any.get(kind):
+                shape = (DYNAMIC_BATCH, *shape[1:])
+            key = (kind, tuple(shape))
             net = self._nets.get(key)
             if net is None:
-                model = self._model(kind)
-                if model is None:
-                    raise ValueError(f"no {kind} model is loaded")
-                xml, precision = model.xml_path, None
-                if self.precisions is not None:
-                    compilation = self.precisions.compilation(model)
-                    xml, precision = compilation.xml_path, compilation.precision
-                # The expression model runs one request at a time: OpenVINO 2026.4's CPU plugin returned
-                # wrong expression scores for concurrent requests on several streams (THROUGHPUT hint).
-                if kind == "attributes":  # two inputs, a batch of key[1][0] faces
-                    batch = key[1][0]
-                    net = self.runtime.compile(
-                        xml,
-                        input_shapes={"gender_chip": (batch, 3, 32, 32), "age_chip": (batch, 3, 64, 64)},
-                        precision=precision,
-                    )
-                else:
-                    net = self.runtime.compile(
-                        xml, input_shape=key[1], single_stream=kind == "expression", precision=precision
-                    )
+                net, key = self._compile(kind, key[1])
                 self._nets[key] = net
                 while len(self._nets) > NET_CACHE_SIZE:
                     self._nets.popitem(last=False)
             self._nets.move_to_end(key)
             return net
+
+    def _compile(self, kind: str, shape: tuple[int, ...]) -> tuple[CompiledNet, tuple[str, tuple[int, ...]]]:
+        """The model of `kind` compiled for `shape` (or for any batch size, see net()), with its cache key."""
+        model = self._model(kind)
+        if model is None:
+            raise ValueError(f"no {kind} model is loaded")
+        xml, precision = model.xml_path, None
+        if self.precisions is not None:
+            compilation = self.precisions.compilation(model)
+            xml, precision = compilation.xml_path, compilation.precision
+        if kind == "attributes":  # two inputs, a batch of shape[0] faces
+            batch = shape[0]
+            shapes = {"gender_chip": (batch, 3, 32, 32), "age_chip": (batch, 3, 64, 64)}
+            return self.runtime.compile(xml, input_shapes=shapes, precision=precision), (kind, shape)
+        if kind == "embedding" and kind not in self._batch_any:
+            any_batch = (DYNAMIC_BATCH, *shape[1:])
+            try:
+                net = self.runtime.compile(xml, input_shape=any_batch, precision=precision)
+            except RuntimeError as exc:  # e.g. a Reshape in the graph that fixes the batch
+                log.info("%s keeps static batch sizes: %s", model.manifest.model_id, str(exc).splitlines()[0])
+                self._batch_any[kind] = False
+            else:
+                self._batch_any[kind] = True
+                return net, (kind, any_batch)
+        # The expression model runs one request at a time: OpenVINO 2026.4's CPU plugin returned wrong
+        # expression scores for concurrent requests on several streams (THROUGHPUT hint).
+        net = self.runtime.compile(
+            xml, input_shape=shape, single_stream=kind == "expression", precision=precision
+        )
+        return net, (kind, shape)
 
     def _model(self, kind: str) -> StoredModel | None:
         return {

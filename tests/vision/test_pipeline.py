@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 
+from facefleet.vision.alignment import align_face
 from facefleet.vision.faces import EXPRESSION_LABELS, Face
 from facefleet.vision.models.store import ModelStore
 from facefleet.vision.pipeline import FaceAnalyzer
-from facefleet.vision.runtime import Runtime, RuntimeSettings
+from facefleet.vision.preprocess import embedding_input, normalise_embeddings
+from facefleet.vision.runtime import CompiledNet, Runtime, RuntimeSettings
 from tests.conftest import SFACE_THRESHOLD
 
 
@@ -196,3 +201,40 @@ def test_stream_splits_face_batches_across_streams_without_changing_results(
             assert float(a.embedding @ b.embedding) == pytest.approx(1.0, abs=1e-4)
             assert a.expression is not None and b.expression is not None
             assert a.expression.label == b.expression.label
+
+
+def test_one_compiled_embedding_model_serves_every_batch_size_with_the_single_face_results(
+    analyzer: FaceAnalyzer, group_photo: np.ndarray
+) -> None:
+    assert analyzer.net("embedding", (1, 3, 112, 112)) is analyzer.net("embedding", (6, 3, 112, 112))
+    faces = analyzer.analyze(group_photo)  # the six faces in one request
+    assert len(faces) == 6
+    single = analyzer.net("embedding", (1, 3, 112, 112))
+    for face in faces:
+        crop = align_face(group_photo, face.detection.landmarks_xy)
+        alone = normalise_embeddings(next(iter(single.infer(embedding_input(crop)[None]).values())))[0]
+        assert face.embedding is not None
+        assert float(face.embedding @ alone) == pytest.approx(1.0, abs=1e-5)
+
+
+class NoDynamicBatch(Runtime):
+    """The real runtime, refusing what some models' graphs refuse: a batch of any size."""
+
+    def compile(
+        self, model_xml: Path, input_shape: Sequence[int] | None = None, **options: Any
+    ) -> CompiledNet:
+        if input_shape is not None and input_shape[0] == -1:
+            raise RuntimeError("Reshape: the graph fixes the batch size\nmore detail")
+        return super().compile(model_xml, input_shape, **options)
+
+
+def test_an_embedding_model_that_cannot_take_any_batch_size_keeps_static_batch_sizes(
+    model_store: ModelStore, analyzer: FaceAnalyzer, group_photo: np.ndarray
+) -> None:
+    static = FaceAnalyzer(NoDynamicBatch(RuntimeSettings(inference_precision="f32")), model_store)
+    assert static.net("embedding", (1, 3, 112, 112)) is not static.net("embedding", (6, 3, 112, 112))
+    faces, reference = static.analyze(group_photo), analyzer.analyze(group_photo)
+    assert len(faces) == len(reference) == 6
+    for face, want in zip(faces, reference, strict=True):
+        assert face.embedding is not None and want.embedding is not None
+        assert float(face.embedding @ want.embedding) == pytest.approx(1.0, abs=1e-5)

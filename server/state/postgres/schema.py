@@ -5,9 +5,10 @@ The tables and columns are those of the SQLite schema (facefleet.server.state.sq
 types: BIGINT times in microseconds, BYTEA blobs, identity columns. `events` is partitioned by month of
 `time_us` (native range partitioning): its primary key (time_us, event_id) includes the partition key, as
 PostgreSQL requires, and partitions are created as events arrive for a month (`ensure_partitions`) and
-dropped whole by retention. Triggers announce changes on the `facefleet_state` channel (LISTEN/NOTIFY):
-the gallery head, the models and devices revisions, and token revocations, so every replica's Watch streams
-and token cache follow a change made through any of them."""
+dropped whole by retention. Its four rollups are partitioned by month of `bucket_us` the same way (migration
+2), so a month's counts go with its events. Triggers announce changes on the `facefleet_state` channel
+(LISTEN/NOTIFY): the gallery head, the models and devices revisions, and token revocations, so every
+replica's Watch streams and token cache follow a change made through any of them."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ CHANNEL = "facefleet_state"
 MIGRATION_LOCK = 0x46464D31
 """Advisory lock key held while migrating (any 64-bit number; 'FFM1')."""
 
-_EVENT_COLUMNS = """event_id TEXT NOT NULL, device_id TEXT NOT NULL, time_us BIGINT NOT NULL,
+EVENT_COLUMNS_DDL = """event_id TEXT NOT NULL, device_id TEXT NOT NULL, time_us BIGINT NOT NULL,
     kind TEXT NOT NULL, decision TEXT NOT NULL, camera TEXT NOT NULL, person_id TEXT NOT NULL,
     score DOUBLE PRECISION NOT NULL, margin DOUBLE PRECISION NOT NULL, expression TEXT NOT NULL,
     expression_json TEXT NOT NULL, quality DOUBLE PRECISION NOT NULL, model_versions_json TEXT NOT NULL,
@@ -69,7 +70,8 @@ INITIAL = (
     """CREATE TABLE tokens (
         token_id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, role TEXT NOT NULL,
         salt BYTEA NOT NULL, digest BYTEA NOT NULL, created_us BIGINT NOT NULL)""",
-    f"CREATE TABLE events ({_EVENT_COLUMNS}, PRIMARY KEY (time_us, event_id)) PARTITION BY RANGE (time_us)",
+    f"CREATE TABLE events ({EVENT_COLUMNS_DDL}, PRIMARY KEY (time_us, event_id)) "
+    "PARTITION BY RANGE (time_us)",
     "CREATE INDEX events_event ON events(event_id)",
     "CREATE INDEX events_device_time ON events(device_id, time_us)",
     "CREATE INDEX events_person_time ON events(person_id, time_us)",
@@ -161,7 +163,37 @@ class PgMigration:
     statements: tuple[str, ...]
 
 
-MIGRATIONS = (PgMigration(1, "initial", INITIAL),)
+PARTITIONED = ("events", *(table for _, table in (*ROLLUPS, *ATTRIBUTE_ROLLUPS)))
+"""The tables partitioned by month: events and its rollups (each month's partition is `<table>_YYYY_MM`)."""
+
+ROLLUP_PARTITIONS = (
+    f"""DO $$
+    DECLARE
+        rollup TEXT;
+        kept TEXT;
+        month_start TIMESTAMP;
+    BEGIN
+        FOREACH rollup IN ARRAY ARRAY[{", ".join(f"'{table}'" for table in PARTITIONED[1:])}] LOOP
+            kept := rollup || '_unpartitioned';
+            EXECUTE format('ALTER TABLE %I RENAME TO %I', rollup, kept);
+            EXECUTE format('ALTER INDEX %I RENAME TO %I', rollup || '_pkey', kept || '_pkey');
+            EXECUTE format('CREATE TABLE %I (LIKE %I INCLUDING DEFAULTS INCLUDING INDEXES) '
+                'PARTITION BY RANGE (bucket_us)', rollup, kept);
+            FOR month_start IN EXECUTE format('SELECT DISTINCT date_trunc(''month'', '
+                'to_timestamp(bucket_us / 1000000.0) AT TIME ZONE ''UTC'') FROM %I', kept) LOOP
+                EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%s) TO (%s)',
+                    rollup || to_char(month_start, '_YYYY_MM'), rollup,
+                    (extract(epoch FROM month_start) * 1000000)::BIGINT,
+                    (extract(epoch FROM month_start + INTERVAL '1 month') * 1000000)::BIGINT);
+            END LOOP;
+            EXECUTE format('INSERT INTO %I SELECT * FROM %I', rollup, kept);
+            EXECUTE format('DROP TABLE %I', kept);
+        END LOOP;
+    END $$""",  # noqa: S608 (the table names are the schema's own)
+)
+"""Migration 2: the rollups partitioned by month, their rows kept (a partition per month they hold)."""
+
+MIGRATIONS = (PgMigration(1, "initial", INITIAL), PgMigration(2, "rollup partitions", ROLLUP_PARTITIONS))
 """Append, never edit one that has shipped."""
 LATEST = len(MIGRATIONS)
 
@@ -216,30 +248,38 @@ def month_bounds(year: int, month: int) -> tuple[int, int]:
     return int(start.timestamp()) * 1_000_000, int(end.timestamp()) * 1_000_000
 
 
-def partition_name(year: int, month: int) -> str:
-    return f"events_{year:04d}_{month:02d}"
+def partition_name(year: int, month: int, table: str = "events") -> str:
+    return f"{table}_{year:04d}_{month:02d}"
 
 
 def create_partition(conn: psycopg.Connection[tuple[object, ...]], year: int, month: int) -> None:
-    """Create the month's partition of `events` unless it exists (inside the caller's transaction)."""
+    """Create the month's partitions of `events` and its rollups unless they exist (inside the caller's
+    transaction)."""
     start, end = month_bounds(year, month)
-    conn.execute(
-        sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF events FOR VALUES FROM ({}) TO ({})").format(
-            sql.Identifier(partition_name(year, month)), sql.Literal(start), sql.Literal(end)
+    for table in PARTITIONED:
+        conn.execute(
+            sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+                sql.Identifier(partition_name(year, month, table)),
+                sql.Identifier(table),
+                sql.Literal(start),
+                sql.Literal(end),
+            )
         )
-    )
 
 
-def partitions(conn: psycopg.Connection[tuple[object, ...]]) -> list[tuple[str, int, int]]:
-    """The partitions of `events` as (name, start µs, end µs), oldest first."""
+def partitions(
+    conn: psycopg.Connection[tuple[object, ...]], table: str = "events"
+) -> list[tuple[str, int, int]]:
+    """The monthly partitions of `table` as (name, start µs, end µs), oldest first."""
     rows = conn.execute(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'events'"
+        "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = %s",
+        (table,),
     ).fetchall()
     found = []
     for (name,) in rows:
-        parts = str(name).split("_")
-        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-            start, end = month_bounds(int(parts[1]), int(parts[2]))
+        year, _, month = str(name).removeprefix(f"{table}_").partition("_")
+        if year.isdigit() and month.isdigit() and str(name) == partition_name(int(year), int(month), table):
+            start, end = month_bounds(int(year), int(month))
             found.append((str(name), start, end))
     return sorted(found, key=lambda p: p[1])

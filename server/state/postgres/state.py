@@ -35,9 +35,11 @@ from facefleet.server.domain.queries import to_us
 from facefleet.server.errors import ResourceExhaustedError, ServerError, StateError
 from facefleet.server.state.postgres import schema
 from facefleet.server.state.postgres.connection import PgConnection
+from facefleet.server.state.postgres.events import ArrayRows
 from facefleet.server.state.sql import devices as sql_devices
 from facefleet.server.state.sql import models as sql_models
 from facefleet.server.state.sql import snapshots as sql_snapshots
+from facefleet.server.state.sql.events import DAY_US, ROLLUPS
 from facefleet.server.state.sql.meta import Connection
 from facefleet.server.state.sql.state import SqlState
 
@@ -61,8 +63,14 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
+DAY_ROLLUP = dict(ROLLUPS)[DAY_US]
+"""The daily rollup: the sum of its counts over a month is the number of events of that month."""
+
+
 class PostgresState(SqlState):
     """The server state in a PostgreSQL database (URL: postgresql://user:password@host:port/dbname)."""
+
+    event_rows = ArrayRows()
 
     def __init__(self, url: str, *, log_revisions: int = 1000, pool_size: int = DEFAULT_POOL_SIZE) -> None:
         self.url = url
@@ -192,21 +200,25 @@ class PostgresState(SqlState):
             self._months.update(missing)
 
     def expire_events(self, before: datetime) -> int:
-        """Drop the monthly partitions that end by `before`, then delete the rest of the expired events
-        and rollup buckets; how many events."""
+        """Drop the months that end by `before` (the partitions of events and of its rollups, counted from
+        the daily rollup, which holds every event of the month), then delete the rest of the expired
+        events and rollup buckets; how many events."""
         before_us = to_us(before)
         dropped = 0
         with self._raw() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
             for name, _start, end in schema.partitions(conn):
-                if end <= before_us:
-                    table = sql.Identifier(name)
-                    count = conn.execute(sql.SQL("SELECT COUNT(*) FROM {}").format(table)).fetchone()
-                    dropped += int(count[0]) if count else 0
-                    conn.execute(sql.SQL("DROP TABLE {}").format(table))
-                    year, month = (int(part) for part in name.split("_")[1:])
-                    with self._months_lock:
-                        self._months.discard((year, month))
+                if end > before_us:
+                    continue
+                year, month = (int(part) for part in name.split("_")[1:])
+                day_rollup = sql.Identifier(schema.partition_name(year, month, DAY_ROLLUP))
+                count = conn.execute(sql.SQL("SELECT COALESCE(SUM(n), 0) FROM {}").format(day_rollup))
+                dropped += int(str((count.fetchone() or (0,))[0]))
+                for table in schema.PARTITIONED:
+                    partition = sql.Identifier(schema.partition_name(year, month, table))
+                    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(partition))
+                with self._months_lock:
+                    self._months.discard((year, month))
         return dropped + super().expire_events(before)
 
 

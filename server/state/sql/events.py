@@ -18,6 +18,7 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Protocol
 
 from facefleet.link.events import AttributesResult, Decision, Event, EventKind, ExpressionResult
 from facefleet.server.domain.queries import (
@@ -44,15 +45,56 @@ ATTRIBUTE_ROLLUPS = ((DAY_US, "event_attributes_day"), (HOUR_US, "event_attribut
 _CHUNK = 500
 
 
-_COLUMNS = (
+COLUMNS = (
     "event_id, device_id, time_us, kind, decision, camera, person_id, score, margin, expression, "
     "expression_json, quality, model_versions_json, gallery_revision, door, reason, gender, "
     "male_probability, age_years, age_band"
 )
-_COLUMN_COUNT = len(_COLUMNS.split(","))
+COLUMN_COUNT = len(COLUMNS.split(","))
 
 
-def add_events(conn: Connection, events: Sequence[Event]) -> tuple[int, int]:
+class EventRows(Protocol):
+    """How a batch of event rows meets the events table, inside the caller's transaction."""
+
+    def stored(self, conn: Connection, ids: Sequence[str]) -> set[str]:
+        """The ids among `ids` already stored."""
+        ...
+
+    def insert(self, conn: Connection, rows: Sequence[tuple[object, ...]]) -> set[str]:
+        """Insert rows (in COLUMNS order) whose id is not stored, skipping a conflict; the ids inserted."""
+        ...
+
+
+class ValuesLists:
+    """Portable SQL for both backends: an IN list and a multi-row VALUES per chunk of _CHUNK rows."""
+
+    def stored(self, conn: Connection, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            query = f"SELECT event_id FROM events WHERE event_id IN ({marks})"  # noqa: S608
+            found.update(row[0] for row in conn.execute(query, chunk))
+        return found
+
+    def insert(self, conn: Connection, rows: Sequence[tuple[object, ...]]) -> set[str]:
+        inserted: set[str] = set()
+        row_marks = f"({', '.join('?' * COLUMN_COUNT)})"
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            query = (
+                f"INSERT INTO events ({COLUMNS}) VALUES {', '.join([row_marks] * len(chunk))} "  # noqa: S608
+                "ON CONFLICT DO NOTHING RETURNING event_id"
+            )
+            values = [value for row in chunk for value in row]
+            inserted.update(row[0] for row in conn.execute(query, values).fetchall())
+        return inserted
+
+
+VALUES_LISTS = ValuesLists()
+
+
+def add_events(conn: Connection, events: Sequence[Event], rows: EventRows = VALUES_LISTS) -> tuple[int, int]:
     """Insert the events whose ids are not stored yet (inside the caller's transaction). An event a
     concurrent transaction stores first is skipped by ON CONFLICT, so only rows this call inserted are
     counted in the rollups; the rollup upserts run in key order, so concurrent ingests cannot deadlock."""
@@ -60,28 +102,9 @@ def add_events(conn: Connection, events: Sequence[Event]) -> tuple[int, int]:
     for event in events:
         unique.setdefault(event.event_id, event)
     ids = list(unique)
-    existing: set[str] = set()
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start : start + _CHUNK]
-        marks = ", ".join("?" * len(chunk))
-        existing.update(
-            row[0]
-            for row in conn.execute(f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk)  # noqa: S608
-        )
+    existing = rows.stored(conn, ids)
     candidates = [unique[i] for i in ids if i not in existing]
-    inserted: set[str] = set()
-    row_marks = f"({', '.join('?' * _COLUMN_COUNT)})"
-    for start in range(0, len(candidates), _CHUNK):
-        chunk_events = candidates[start : start + _CHUNK]
-        values = [value for e in chunk_events for value in _row(e)]
-        inserted.update(
-            row[0]
-            for row in conn.execute(
-                f"INSERT INTO events ({_COLUMNS}) VALUES {', '.join([row_marks] * len(chunk_events))} "  # noqa: S608
-                "ON CONFLICT DO NOTHING RETURNING event_id",
-                values,
-            ).fetchall()
-        )
+    inserted = rows.insert(conn, [_row(e) for e in candidates]) if candidates else set()
     new = [e for e in candidates if e.event_id in inserted]
     for size, table in ROLLUPS:
         counts = Counter(
@@ -125,7 +148,7 @@ def list_events(conn: Connection, flt: EventFilter, cursor: EventCursor | None, 
         where += " AND (time_us < ? OR (time_us = ? AND event_id < ?))"
         params += [cursor.time_us, cursor.time_us, cursor.event_id]
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY time_us DESC, event_id DESC LIMIT ?",  # noqa: S608
+        f"SELECT {COLUMNS} FROM events WHERE {where} ORDER BY time_us DESC, event_id DESC LIMIT ?",  # noqa: S608
         [*params, limit + 1],
     ).fetchall()
     events = tuple(_event(row) for row in rows[:limit])

@@ -45,6 +45,8 @@ class SqlState(State):
     """`State` on a SQL backend: subclasses lend connections and transactions."""
 
     log_revisions: int
+    event_rows: sql_events.EventRows = sql_events.VALUES_LISTS
+    """How event batches are inserted (a backend may have a faster way than the portable SQL)."""
 
     @abc.abstractmethod
     def connection(self) -> AbstractContextManager[Connection]:
@@ -325,7 +327,7 @@ class SqlState(State):
 
     def add_events(self, events: Sequence[Event]) -> tuple[int, int]:
         with self.ingest() as conn:
-            outcome = sql_events.add_events(conn, events)
+            outcome = sql_events.add_events(conn, events, self.event_rows)
             sql_snapshots.add_snapshots(conn, events)
             return outcome
 

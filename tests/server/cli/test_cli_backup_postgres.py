@@ -21,6 +21,7 @@ from facefleet.link.fleet import Registration
 from facefleet.link.gallery import Embedding, Person
 from facefleet.server.api.security import new_token
 from facefleet.server.domain.records import Crop
+from facefleet.server.state.postgres import schema
 from facefleet.server.state.postgres.backup import client_command
 from facefleet.server.state.postgres.state import PostgresState
 from tests.postgres import PostgresCluster
@@ -118,7 +119,7 @@ def test_backup_restores_into_a_new_database_that_answers_the_same(
     assert "events 50" in out
     manifest = json.loads((dest / "backup.json").read_text())
     assert manifest["backend"] == "postgresql"
-    assert manifest["schema_version"] == 1
+    assert manifest["schema_version"] == schema.LATEST
     assert (dest / "state.pgdump").read_bytes().startswith(b"PGDMP")
     counts = manifest["row_counts"]
     assert (counts["people"], counts["crops"], counts["embeddings"], counts["events"]) == (3, 2, 1, 50)

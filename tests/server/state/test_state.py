@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
 
 from facefleet.link.events import AGE_BANDS, GENDERS, AttributesResult, Event, ExpressionResult
@@ -27,8 +28,10 @@ from facefleet.server.domain.queries import AttributeCounts, EventCursor, EventF
 from facefleet.server.domain.records import Crop, TokenRecord
 from facefleet.server.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StateError
 from facefleet.server.state.interface import State
-from facefleet.server.state.postgres.schema import partitions
+from facefleet.server.state.postgres.connection import PgConnection
+from facefleet.server.state.postgres.schema import MIGRATIONS, PARTITIONED, month_bounds, partitions
 from facefleet.server.state.postgres.state import PostgresState
+from facefleet.server.state.sql.events import add_events
 from facefleet.server.state.sqlite.state import SqliteState
 from tests.postgres import PostgresCluster
 
@@ -896,8 +899,54 @@ def test_postgresql_retention_drops_whole_monthly_partitions(postgres_cluster: P
         with state.connection() as conn:
             before = [name for name, *_ in partitions(conn.raw)]  # type: ignore[attr-defined]
         assert before == ["events_2026_01", "events_2026_02", "events_2026_03"]
+        with state.connection() as conn:
+            rollups = [name for name, *_ in partitions(conn.raw, "event_rollup_hour")]  # type: ignore[attr-defined]
+        assert rollups == [
+            "event_rollup_hour_2026_01",
+            "event_rollup_hour_2026_02",
+            "event_rollup_hour_2026_03",
+        ]
         assert state.expire_events(datetime(2026, 3, 1, tzinfo=timezone.utc)) == 20
         with state.connection() as conn:
-            assert [name for name, *_ in partitions(conn.raw)] == ["events_2026_03"]  # type: ignore[attr-defined]
+            for table in PARTITIONED:  # the events of the month and every count of them went together
+                left = [name for name, *_ in partitions(conn.raw, table)]  # type: ignore[attr-defined]
+                assert left == [f"{table}_2026_03"]
+    finally:
+        state.close()
+
+
+def test_postgresql_migration_2_partitions_the_rollups_by_month_keeping_every_count(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    url = postgres_cluster.create_database()
+    events = [make_event(i, datetime(2026, 1 + i % 3, 5, 8 + i % 5, tzinfo=timezone.utc)) for i in range(60)]
+    with psycopg.connect(url, autocommit=True) as raw, raw.transaction():  # as the first release left it
+        raw.execute(
+            "CREATE TABLE facefleet_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+            "applied_at DOUBLE PRECISION NOT NULL)"
+        )
+        for statement in MIGRATIONS[0].statements:
+            raw.execute(statement)
+        raw.execute("INSERT INTO facefleet_migrations VALUES (1, 'initial', 0)")
+        for month in (1, 2, 3):
+            start, end = month_bounds(2026, month)
+            raw.execute(
+                f"CREATE TABLE events_2026_0{month} PARTITION OF events FOR VALUES FROM ({start}) TO ({end})"
+            )
+        assert add_events(PgConnection(raw), events) == (60, 0)
+    state = PostgresState(url, pool_size=2)  # migrates to the partitioned rollups
+    try:
+        everything = EventFilter(
+            datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 4, 1, tzinfo=timezone.utc)
+        )
+        per_day = {c.start.month: c.count for c in state.count_events(everything, 86400, per_device=False)}
+        per_hour = state.count_events(everything, 3600, per_device=False)
+        assert per_day == {1: 20, 2: 20, 3: 20} and sum(c.count for c in per_hour) == 60
+        with state.connection() as conn:  # (no event had attributes: their rollups had no rows to move)
+            for table in ("events", "event_rollup_day", "event_rollup_hour"):
+                months = [name for name, *_ in partitions(conn.raw, table)]  # type: ignore[attr-defined]
+                assert months == [f"{table}_2026_0{month}" for month in (1, 2, 3)]
+        assert state.expire_events(datetime(2026, 3, 1, tzinfo=timezone.utc)) == 40
+        assert sum(c.count for c in state.count_events(everything, 86400, per_device=False)) == 20
     finally:
         state.close()

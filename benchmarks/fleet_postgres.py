@@ -21,7 +21,7 @@ import psycopg
 from facefleet.link.events import AGE_BANDS, GENDERS, AttributesResult, Event, ExpressionResult
 from facefleet.server.domain.queries import to_us
 from facefleet.server.state.postgres import schema
-from facefleet.server.state.sql.events import _COLUMNS, ATTRIBUTE_ROLLUPS, ROLLUPS, _label, _row
+from facefleet.server.state.sql.events import ATTRIBUTE_ROLLUPS, COLUMNS, ROLLUPS, _label, _row
 
 CHUNK = 200_000
 """Rows per write into a COPY."""
@@ -144,7 +144,7 @@ def copy_events(
     rows = zip(range(count), device.tolist(), times.tolist(), kind.tolist(), strict=True)
     copy_lines(
         conn,
-        f"COPY events ({_COLUMNS}) FROM STDIN",
+        f"COPY events ({COLUMNS}) FROM STDIN",
         (f"{ID_PREFIX}{i:012x}\t{names[d]}\t{t}\t{texts[k]}\n" for i, d, t, k in rows),
     )
     steps["copy_events_s"] = time.perf_counter() - started

@@ -1,5 +1,14 @@
-"""Vision pipeline benchmark: per-stage latency, sequential vs asynchronous frames/s, scaling with
-streams and threads, and the same models run through OpenCV's DNN module as the non-OpenVINO baseline.
+"""Vision pipeline benchmark: per-stage latency, end-to-end frames at every precision, sequential vs
+asynchronous frames/s, scaling with streams and threads, and the same models run through OpenCV's DNN
+module as the non-OpenVINO baseline.
+
+`precisions`: the one-face frame (astronaut, 512×512) and the six-face frame (t1, 1280×886) end to end
+(detect, align, embed, expression) at f32, at bf16 where the CPU has it, at the per-model choice an agent
+makes under `inference_precision = "auto"` (the chosen defaults: targets one-face < 6 ms, six-face < 20 ms),
+and with SFace quantized to INT8 in this run (`models quantize` on the bundled photos) beside the auto
+choice for the other models; then stream() against the sequential loop for the chosen defaults. `int8`:
+the quantization guard's cosine of INT8 to f32 embeddings on held-out faces, and the lowest genuine and
+highest impostor score of the photos that ship in packages (benchmarks/door_threshold.py) for both.
 
 Prints one JSON document. Every figure is measured in this run on the bundled real photos.
 Usage: .venv/bin/python benchmarks/pipeline.py [--quick] [--state-dir DIR]
@@ -12,6 +21,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -27,11 +37,18 @@ from facefleet.vision.alignment import align_face
 from facefleet.vision.images import read_image
 from facefleet.vision.models.importer import DEFAULT_MODELS, import_defaults, locate_default
 from facefleet.vision.models.onnx_fold import fold_blocked_dequantize
+from facefleet.vision.models.quantize import faces_from_photos, quantize_model
 from facefleet.vision.models.store import ModelStore
 from facefleet.vision.photos import sample_photo
 from facefleet.vision.pipeline import AnalyzerSettings, FaceAnalyzer
+from facefleet.vision.precision.cache import PrecisionCache
+from facefleet.vision.precision.plan import PrecisionPlan
 from facefleet.vision.preprocess import embedding_input, expression_input
+from facefleet.vision.quality import QualityPolicy
 from facefleet.vision.runtime import Runtime, RuntimeSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from door_threshold import PHOTOS, labelled_faces, package_file, scores
 
 
 def median_ms(function: Callable[[], object], repeats: int, warmup: int = 3) -> float:
@@ -123,6 +140,69 @@ def dlib_baseline(frames: list[np.ndarray], rounds: int) -> dict[str, Any] | Non
     return {"frames_per_s": frames_per_second(run, frames, rounds)}
 
 
+def end_to_end(analyzer: FaceAnalyzer, photos: dict[str, np.ndarray], repeats: int) -> dict[str, Any]:
+    """Median ms of a whole frame through analyze(): one face and six faces; what each model ran at."""
+    return {
+        "one_face_frame_ms": median_ms(lambda: analyzer.analyze(photos["astronaut"]), repeats),
+        "six_face_frame_ms": median_ms(lambda: analyzer.analyze(photos["t1"]), repeats),
+        "runs_at": {
+            model.manifest.task: (analyzer.precisions.choice(model).label if analyzer.precisions else "f32")
+            for model in (analyzer.detector_model, analyzer.embedding_model, analyzer.expression_model)
+            if model is not None
+        },
+    }
+
+
+def precisions(
+    store: ModelStore, scratch: Path, photos: dict[str, np.ndarray], repeats: int
+) -> tuple[dict[str, Any], dict[str, FaceAnalyzer], Any]:
+    """End-to-end frames at every precision; the analyzers by name and the INT8 quantization result."""
+    f32 = Runtime(RuntimeSettings(device="CPU", inference_precision="f32"))
+    analyzers = {"f32": FaceAnalyzer(f32, store)}
+    if "bf16" in f32.hint_precisions():
+        analyzers["bf16"] = FaceAnalyzer(Runtime(RuntimeSettings(inference_precision="bf16")), store)
+    auto = Runtime(RuntimeSettings(inference_precision="auto"))
+    plan = PrecisionPlan(auto, store, cache=PrecisionCache(scratch / "cache" / "precision.json"))
+    analyzers["auto"] = FaceAnalyzer(auto, store, precisions=plan)
+    stills = [package_file(p, r) for p, names in PHOTOS.items() for r in names.values()]
+    quantized = quantize_model(
+        f32, store, store.active("embedding"), faces_from_photos(f32, store.active("detection"), stills)
+    )
+    analyzers["int8_embedding"] = analyzers["auto"].with_model(quantized.model)
+    figures = {name: end_to_end(analyzer, photos, repeats) for name, analyzer in analyzers.items()}
+    chosen = figures["auto"]
+    figures["targets"] = {
+        "chosen_defaults_one_face_frame_under_6_ms": chosen["one_face_frame_ms"] < 6,
+        "chosen_defaults_six_face_frame_under_20_ms": chosen["six_face_frame_ms"] < 20,
+    }
+    figures["auto_vs_f32"] = {
+        frame: round(figures["f32"][frame] / chosen[frame], 2)
+        for frame in ("one_face_frame_ms", "six_face_frame_ms")
+    }
+    return figures, analyzers, quantized
+
+
+def int8_accuracy(analyzers: dict[str, FaceAnalyzer], quantized: Any) -> dict[str, Any]:
+    """INT8 against f32 SFace: the guard's cosines on held-out faces, and the genuine-min and impostor-max of
+    the package photos for both (door_threshold's identities, faces that pass the quality gate)."""
+    policy = QualityPolicy()
+    float_scores = scores(labelled_faces(analyzers["f32"], policy))
+    int8_scores = scores(labelled_faces(analyzers["int8_embedding"], policy))
+    keep = ("identities", "faces", "genuine_pairs", "impostor_pairs", "genuine_min", "impostor_max")
+    guard = quantized.figures
+    return {
+        "model": quantized.model.manifest.model_id,
+        "cosine_to_f32_held_out": {
+            "faces": guard.held_out_faces,
+            "samples": guard.held_out_samples,
+            "min": guard.cosine_min,
+            "mean": guard.cosine_mean,
+        },
+        "f32_photos": {key: float_scores[key] for key in keep},
+        "int8_photos": {key: int8_scores[key] for key in keep},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -133,10 +213,11 @@ def main() -> None:
     repeats, rounds = (10, 1) if args.quick else (40, 5)
 
     with tempfile.TemporaryDirectory() as scratch:
-        root = args.state_dir / "models" if args.state_dir else Path(scratch) / "models"
-        store = ModelStore(root)
+        store = ModelStore(Path(scratch) / "models")  # a copy: the INT8 variant is added to it
         base = RuntimeSettings(device="CPU", inference_precision="f32")
-        if not args.state_dir:
+        if args.state_dir:
+            shutil.copytree(args.state_dir / "models", store.root)
+        else:
             import_defaults(Runtime(base), store)
         photos = {name: read_image(sample_photo(name)) for name in ("astronaut", "t1")}
         frames = [
@@ -158,23 +239,29 @@ def main() -> None:
         bf16 = FaceAnalyzer(Runtime(RuntimeSettings(device="CPU", inference_precision="bf16")), store)
         result["latency_bf16_where_the_cpu_has_it"] = stage_latency(bf16, photos, repeats)
 
+        result["precisions"], analyzers, quantized = precisions(store, Path(scratch), photos, repeats)
+        result["int8"] = int8_accuracy(analyzers, quantized)
+        chosen = analyzers["auto"]  # the agent's defaults from here on
+
         def sequential(batch: list[np.ndarray]) -> None:
             for frame in batch:
-                analyzer.analyze(frame)
+                chosen.analyze(frame)
 
         def asynchronous(target: FaceAnalyzer, jobs: int) -> Callable[[list[np.ndarray]], None]:
             return lambda batch: [None for _ in target.stream(batch, jobs=jobs)]  # type: ignore[func-returns-value]
 
-        throughput_analyzer = FaceAnalyzer(
-            Runtime(RuntimeSettings(**{**vars(base), "performance_hint": "THROUGHPUT"})), store
+        throughput_hint = Runtime(RuntimeSettings(inference_precision="auto", performance_hint="THROUGHPUT"))
+        throughput_plan = PrecisionPlan(
+            throughput_hint, store, cache=PrecisionCache(Path(scratch) / "cache" / "precision.json")
         )
+        throughput_analyzer = FaceAnalyzer(throughput_hint, store, precisions=throughput_plan)
         mixes = {"mixed_frames": frames, "one_face_frames": one_face_frames}
-        result["throughput"] = {}
+        result["throughput"] = {"precisions": "auto (the chosen defaults)"}
         for label, batch in mixes.items():
             fps = compare_fps(
                 {
                     "sequential": sequential,
-                    "latency": asynchronous(analyzer, 4),
+                    "latency": asynchronous(chosen, 4),
                     "throughput": asynchronous(throughput_analyzer, 4),
                 },
                 batch,

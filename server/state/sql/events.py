@@ -138,7 +138,8 @@ def expire_events(conn: Connection, before_us: int) -> int:
     transaction); how many events. A cut on a day boundary keeps every aggregate exact."""
     deleted = conn.execute("DELETE FROM events WHERE time_us < ?", (before_us,)).rowcount
     for size, table in (*ROLLUPS, *ATTRIBUTE_ROLLUPS):
-        conn.execute(f"DELETE FROM {table} WHERE bucket_us + ? <= ?", (size, before_us))  # noqa: S608
+        # bucket_us alone on the left: the primary key's index (and the partition bounds) apply
+        conn.execute(f"DELETE FROM {table} WHERE bucket_us <= ?", (before_us - size,))  # noqa: S608
     return max(0, int(deleted))
 
 

@@ -19,13 +19,11 @@ as a libpq keyword/value string."""
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -37,7 +35,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from facefleet.core.files import fsync_dir, write_atomic
+from facefleet.core.files import write_atomic
 from facefleet.core.migrations import SchemaError
 from facefleet.server.errors import (
     AlreadyExistsError,
@@ -46,6 +44,7 @@ from facefleet.server.errors import (
     NotFoundError,
     StateError,
 )
+from facefleet.server.state.backup_files import copy_atomically, copy_models, sha256_file
 from facefleet.server.state.postgres import schema
 from facefleet.server.state.postgres.copy import TABLES
 from facefleet.server.state.postgres.state import redact
@@ -242,7 +241,7 @@ def backup_state(url: str, models: Path, dest: Path, now: datetime) -> PgBackupM
                 f"cannot back up the state database {where} to {dump}",
             )
             conn.rollback()
-            model_sums = _copy_models(models, dest / MODELS)
+            model_sums = copy_models(models, dest / MODELS)
             manifest = PgBackupManifest(
                 created_at=now.isoformat(),
                 schema_version=schema_version,
@@ -368,14 +367,6 @@ def restore_state(src: Path, url: str, models: Path, *, force: bool = False) -> 
 # -- helpers -------------------------------------------------------------------------------------------
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _one(conn: psycopg.Connection[tuple[Any, ...]], query: str) -> Any:
     row = conn.execute(query).fetchone()
     return None if row is None else row[0]
@@ -440,19 +431,6 @@ def _remove_partial(dest: Path, created: bool) -> None:
     shutil.rmtree(dest / MODELS, ignore_errors=True)
 
 
-def _copy_models(models: Path, dest: Path) -> dict[str, str]:
-    sums: dict[str, str] = {}
-    if not models.is_dir():
-        return sums
-    for path in sorted(p for p in models.rglob("*") if p.is_file()):
-        name = path.relative_to(models).as_posix()
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
-        sums[name] = sha256_file(target)
-    return sums
-
-
 def _model_conflicts(models: Path, sums: dict[str, str]) -> list[str]:
     """Model files (paths under models/) present in the store with another sha256 than the backup's."""
     return [
@@ -469,23 +447,6 @@ def _restore_models(backup: Path, models: Path, sums: dict[str, str]) -> int:
         target = models / name
         if target.is_file() and sha256_file(target) == sum_:
             continue
-        _copy_atomically(backup / name, target)
+        copy_atomically(backup / name, target)
         copied += 1
     return copied
-
-
-def _copy_atomically(source: Path, target: Path) -> None:
-    """Copy into a temporary file next to `target`, fsync it, rename it over `target`, fsync the folder."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".restore", dir=target.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as out, source.open("rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(target.parent)

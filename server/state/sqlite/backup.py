@@ -8,20 +8,18 @@ while the server is stopped."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import sqlite3
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from facefleet.core.files import fsync_dir, write_atomic
+from facefleet.core.files import write_atomic
 from facefleet.core.migrations import SchemaError
 from facefleet.server.errors import AlreadyExistsError, DataLossError, NotFoundError, StateError
+from facefleet.server.state.backup_files import copy_atomically, copy_models, sha256_file
 from facefleet.server.state.sqlite.schema import MIGRATIONS
 from facefleet.server.state.sqlite.state import BUSY_TIMEOUT_MS
 
@@ -79,14 +77,6 @@ class BackupManifest:
             raise DataLossError(f"backup manifest {path} is unreadable ({exc})") from None
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def backup_state(database: Path, models: Path, dest: Path, now: datetime) -> BackupManifest:
     """Copy the state database (online, consistent while the server writes) and the model store into
     `dest`, a new or empty directory, and write its manifest last."""
@@ -99,7 +89,7 @@ def backup_state(database: Path, models: Path, dest: Path, now: datetime) -> Bac
         copy = dest / DATABASE
         _online_copy(database, copy)
         schema_version, counts = _describe(copy)
-        model_sums = _copy_models(models, dest / MODELS)
+        model_sums = copy_models(models, dest / MODELS)
         manifest = BackupManifest(
             created_at=now.isoformat(),
             schema_version=schema_version,
@@ -170,7 +160,7 @@ def restore_state(
     try:
         database.parent.mkdir(parents=True, exist_ok=True)
         for name in manifest.models:
-            _copy_atomically(src / MODELS / name, models / name)
+            copy_atomically(src / MODELS / name, models / name)
         if database.exists():
             kept = database.with_name(f"{database.name}.before-restore-{now.strftime('%Y%m%dT%H%M%SZ')}")
             if kept.exists():
@@ -183,7 +173,7 @@ def restore_state(
                     stale.rename(kept.with_name(kept.name + suffix))
                 else:
                     stale.unlink()
-        _copy_atomically(src / DATABASE, database)
+        copy_atomically(src / DATABASE, database)
     except OSError as exc:
         raise StateError(
             f"cannot restore the backup {src} into {database.parent} ({exc.strerror or exc})"
@@ -222,33 +212,3 @@ def _describe(database: Path) -> tuple[int, dict[str, int]]:
     finally:
         conn.close()
     return version, counts
-
-
-def _copy_models(models: Path, dest: Path) -> dict[str, str]:
-    sums: dict[str, str] = {}
-    if not models.is_dir():
-        return sums
-    for path in sorted(p for p in models.rglob("*") if p.is_file()):
-        name = path.relative_to(models).as_posix()
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
-        sums[name] = sha256_file(target)
-    return sums
-
-
-def _copy_atomically(source: Path, target: Path) -> None:
-    """Copy into a temporary file next to `target`, fsync it, rename it over `target`, fsync the folder."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".restore", dir=target.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as out, source.open("rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(target.parent)

@@ -146,7 +146,11 @@ def end_to_end(analyzer: FaceAnalyzer, photos: dict[str, np.ndarray], repeats: i
         "one_face_frame_ms": median_ms(lambda: analyzer.analyze(photos["astronaut"]), repeats),
         "six_face_frame_ms": median_ms(lambda: analyzer.analyze(photos["t1"]), repeats),
         "runs_at": {
-            model.manifest.task: (analyzer.precisions.choice(model).label if analyzer.precisions else "f32")
+            model.manifest.task: (
+                analyzer.precisions.choice(model).label
+                if analyzer.precisions
+                else analyzer.runtime.settings.inference_precision
+            )
             for model in (analyzer.detector_model, analyzer.embedding_model, analyzer.expression_model)
             if model is not None
         },

@@ -5,7 +5,6 @@ on the server host. On the embedded SQLite state facefleet.server.state.sqlite.b
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,8 @@ from typing import Any
 from facefleet.core.errors import EXIT_OK
 from facefleet.link.checks import utc_now
 from facefleet.server.cli.context import Context
-from facefleet.server.errors import FailedPreconditionError, InvalidArgumentError
-from facefleet.server.state.sqlite.backup import MANIFEST, backup_state, restore_state
+from facefleet.server.errors import InvalidArgumentError
+from facefleet.server.state.sqlite.backup import backup_state, restore_state
 
 
 def register(commands: Any, make: Callable[..., Any]) -> None:
@@ -76,18 +75,18 @@ def _backup(context: Context, args: argparse.Namespace) -> int:
         from facefleet.server.state.postgres import backup as pg
         from facefleet.server.state.postgres.state import redact
 
-        pg_manifest = pg.backup_state(context.config.state.url, context.paths.models, args.dest, utc_now())
-        source, data = redact(context.config.state.url), pg_manifest.to_json()
+        manifest = pg.backup_state(context.config.state.url, context.paths.models, args.dest, utc_now())
+        source = redact(context.config.state.url)
     else:
         manifest = backup_state(context.paths.database, context.paths.models, args.dest, utc_now())
-        source, data = str(context.paths.database), manifest.to_json()
+        source = str(context.paths.database)
     if context.json_output:
-        context.print_json(data)
+        context.print_json(manifest.to_json())
         return EXIT_OK
-    counts = ", ".join(f"{table} {n}" for table, n in data["row_counts"].items())
+    counts = ", ".join(f"{table} {n}" for table, n in manifest.row_counts.items())
     context.console.print(
-        f"backed up {source} (schema {data['schema_version']}; {counts}) and "
-        f"{len(data['models'])} model files to {args.dest}",
+        f"backed up {source} (schema {manifest.schema_version}; {counts}) and "
+        f"{len(manifest.models)} model files to {args.dest}",
         markup=False,
     )
     return EXIT_OK
@@ -95,14 +94,8 @@ def _backup(context: Context, args: argparse.Namespace) -> int:
 
 def _restore(context: Context, args: argparse.Namespace) -> int:
     _local_only(context, "restore")
-    backend = _backup_backend(args.src)
     if _on_postgres(context):
         return _restore_postgres(context, args)
-    if backend != "sqlite":
-        raise FailedPreconditionError(
-            f"backup {args.src} is of a {backend} state, and this server's state is SQLite: set [state] url "
-            "to an empty PostgreSQL database (postgresql://USER@HOST:PORT/DBNAME) to restore it"
-        )
     manifest, kept = restore_state(
         args.src, context.paths.database, context.paths.models, utc_now(), force=args.force
     )
@@ -139,13 +132,3 @@ def _restore_postgres(context: Context, args: argparse.Namespace) -> int:
         markup=False,
     )
     return EXIT_OK
-
-
-def _backup_backend(src: Path) -> str:
-    """The backend a backup's manifest names ("sqlite" when it names none, as SQLite backups do); "sqlite"
-    as well when there is no readable manifest, whose restore then says what is wrong."""
-    try:
-        data = json.loads((src / MANIFEST).read_text())
-        return str(data.get("backend", "sqlite")) if isinstance(data, dict) else "sqlite"
-    except (OSError, ValueError):
-        return "sqlite"

@@ -19,14 +19,13 @@ as a libpq keyword/value string."""
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,6 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from facefleet.core.files import write_atomic
 from facefleet.core.migrations import SchemaError
 from facefleet.server.errors import (
     AlreadyExistsError,
@@ -45,15 +43,13 @@ from facefleet.server.errors import (
     StateError,
 )
 from facefleet.server.state.backup_files import copy_atomically, copy_models, sha256_file
+from facefleet.server.state.backup_manifest import MANIFEST, BackupManifest
 from facefleet.server.state.postgres import schema
 from facefleet.server.state.postgres.copy import TABLES
 from facefleet.server.state.postgres.state import redact
 
-MANIFEST = "backup.json"
 DUMP = "state.pgdump"
 MODELS = "models"
-FORMAT = 1
-BACKEND = "postgresql"
 DATA_TABLES = ("people", "events", "tokens", "agents", "models", "admin_audit", "snapshots")
 """Tables whose rows make a target database 'hold data' (a restore refuses it without force)."""
 OWN_TABLES = (*TABLES, "facefleet_migrations")
@@ -64,63 +60,11 @@ CONNECT_TIMEOUT_S = 10
 
 
 @dataclass(frozen=True)
-class PgBackupManifest:
-    """What backup.json of a PostgreSQL backup records. models: sha256 of each model store file, by its path
-    under models/; versions as majors (16) of the server dumped and of pg_dump."""
-
-    created_at: str
-    schema_version: int
-    dump_sha256: str
-    dump_bytes: int
-    row_counts: dict[str, int]
-    server_version: int
-    pg_dump_version: int
-    models: dict[str, str] = field(default_factory=dict)
-    backend: str = BACKEND
-    format: int = FORMAT
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def load(cls, path: Path) -> PgBackupManifest:
-        try:
-            data = json.loads(path.read_text())
-            backend = str(data.get("backend", "sqlite"))
-            if backend != BACKEND:
-                raise FailedPreconditionError(
-                    f"backup {path.parent} is of a {backend} state, and [state] url is on PostgreSQL: "
-                    "restore it into an SQLite state directory, then `facefleet-server state migrate`"
-                )
-            manifest = cls(
-                created_at=str(data["created_at"]),
-                schema_version=int(data["schema_version"]),
-                dump_sha256=str(data["dump_sha256"]),
-                dump_bytes=int(data["dump_bytes"]),
-                row_counts={str(k): int(v) for k, v in data["row_counts"].items()},
-                server_version=int(data["server_version"]),
-                pg_dump_version=int(data["pg_dump_version"]),
-                models={str(k): str(v) for k, v in data.get("models", {}).items()},
-                format=int(data.get("format", FORMAT)),
-            )
-        except FileNotFoundError:
-            raise NotFoundError(f"{path}: no backup manifest; is this a facefleet-server backup?") from None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise DataLossError(f"backup manifest {path} is unreadable ({exc}); use another backup") from None
-        if manifest.format > FORMAT:
-            raise DataLossError(
-                f"backup manifest {path} has format {manifest.format}, newer than this server ({FORMAT}): "
-                "upgrade facefleet-server before restoring it"
-            )
-        return manifest
-
-
-@dataclass(frozen=True)
 class PgRestored:
     """A restore's outcome: the manifest, whether the target's FaceFleet tables were dropped first, and the
     model files copied (those already there with the same sha256 are not)."""
 
-    manifest: PgBackupManifest
+    manifest: BackupManifest
     cleaned: bool
     models_copied: int
 
@@ -206,7 +150,7 @@ def _connect(url: str, purpose: str) -> Iterator[psycopg.Connection[tuple[Any, .
 # -- backup --------------------------------------------------------------------------------------------
 
 
-def backup_state(url: str, models: Path, dest: Path, now: datetime) -> PgBackupManifest:
+def backup_state(url: str, models: Path, dest: Path, now: datetime) -> BackupManifest:
     """pg_dump the state database at `url` and copy the model store into `dest`, a new or empty directory;
     the manifest is written last. Consistent while servers write (one exported snapshot)."""
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -242,17 +186,18 @@ def backup_state(url: str, models: Path, dest: Path, now: datetime) -> PgBackupM
             )
             conn.rollback()
             model_sums = copy_models(models, dest / MODELS)
-            manifest = PgBackupManifest(
+            manifest = BackupManifest(
+                backend="postgresql",
                 created_at=now.isoformat(),
                 schema_version=schema_version,
-                dump_sha256=sha256_file(dump),
-                dump_bytes=dump.stat().st_size,
+                state_sha256=sha256_file(dump),
+                state_bytes=dump.stat().st_size,
                 row_counts=counts,
                 server_version=server_major,
                 pg_dump_version=dump_major,
                 models=model_sums,
             )
-            write_atomic(dest / MANIFEST, (json.dumps(manifest.to_json(), indent=2) + "\n").encode())
+            manifest.write(dest / MANIFEST)
         except BaseException as exc:
             _remove_partial(dest, created)
             if isinstance(exc, OSError):
@@ -264,17 +209,17 @@ def backup_state(url: str, models: Path, dest: Path, now: datetime) -> PgBackupM
 # -- restore -------------------------------------------------------------------------------------------
 
 
-def verify_backup(src: Path) -> PgBackupManifest:
+def verify_backup(src: Path) -> BackupManifest:
     """The backup's manifest, once its dump and model files match their sha256 and its schema version is one
     this server knows."""
-    manifest = PgBackupManifest.load(src / MANIFEST)
+    manifest = BackupManifest.load(src / MANIFEST, "postgresql")
     dump = src / DUMP
     if not dump.is_file():
         raise NotFoundError(f"backup {src} has no {DUMP}; the backup is incomplete, use another one")
     actual = sha256_file(dump)
-    if actual != manifest.dump_sha256:
+    if actual != manifest.state_sha256:
         raise DataLossError(
-            f"backup {dump}: sha256 {actual} does not match the manifest's {manifest.dump_sha256}; "
+            f"backup {dump}: sha256 {actual} does not match the manifest's {manifest.state_sha256}; "
             "the backup is damaged, use another one"
         )
     if manifest.schema_version > schema.LATEST:
@@ -303,11 +248,11 @@ def restore_state(src: Path, url: str, models: Path, *, force: bool = False) -> 
     manifest = verify_backup(src)
     pg_restore = find_program("pg_restore")
     restore_major = program_major(pg_restore)
-    if restore_major < manifest.pg_dump_version:
+    dumped_by = manifest.pg_dump_version  # always set on a PostgreSQL manifest
+    if dumped_by is not None and restore_major < dumped_by:
         raise FailedPreconditionError(
-            f"{pg_restore} is version {restore_major}, older than the pg_dump "
-            f"({manifest.pg_dump_version}) that wrote {src / DUMP}: "
-            f"apt install {CLIENT_PACKAGE}-{manifest.pg_dump_version}"
+            f"{pg_restore} is version {restore_major}, older than the pg_dump ({dumped_by}) that wrote "
+            f"{src / DUMP}: apt install {CLIENT_PACKAGE}-{dumped_by}"
         )
     where = redact(url)
     conninfo, env = client_command(url)

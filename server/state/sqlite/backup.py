@@ -2,31 +2,26 @@
 
 A backup is a directory: `server.db` (copied with SQLite's online backup API, so it is consistent while the
 server serves and writes in WAL mode; the copy is in rollback-journal mode, one self-contained file),
-`models/` (a copy of the model store's files) and `backup.json` (the time, the schema version, row counts and
-the sha256 of every file). A restore checks all of that before it touches the state directory, and must run
-while the server is stopped."""
+`models/` (a copy of the model store's files) and `backup.json` (the time, the schema version, row counts,
+the sha256 of every file, `backend: sqlite`). A restore checks all of that before it touches the state
+directory, and must run while the server is stopped."""
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
-from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from facefleet.core.files import write_atomic
 from facefleet.core.migrations import SchemaError
 from facefleet.server.errors import AlreadyExistsError, DataLossError, NotFoundError, StateError
 from facefleet.server.state.backup_files import copy_atomically, copy_models, sha256_file
+from facefleet.server.state.backup_manifest import MANIFEST, BackupManifest
 from facefleet.server.state.sqlite.schema import MIGRATIONS
 from facefleet.server.state.sqlite.state import BUSY_TIMEOUT_MS
 
-MANIFEST = "backup.json"
 DATABASE = "server.db"
 MODELS = "models"
-FORMAT = 1
 TABLES = (
     "people",
     "embeddings",
@@ -43,40 +38,6 @@ TABLES = (
 """The tables whose row counts the manifest records (those that exist in the database)."""
 
 
-@dataclass(frozen=True)
-class BackupManifest:
-    """What backup.json records. models: sha256 of each model store file, by its path under models/."""
-
-    created_at: str
-    schema_version: int
-    database_sha256: str
-    database_bytes: int
-    row_counts: dict[str, int]
-    models: dict[str, str] = field(default_factory=dict)
-    format: int = FORMAT
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def load(cls, path: Path) -> BackupManifest:
-        try:
-            data = json.loads(path.read_text())
-            return cls(
-                created_at=str(data["created_at"]),
-                schema_version=int(data["schema_version"]),
-                database_sha256=str(data["database_sha256"]),
-                database_bytes=int(data["database_bytes"]),
-                row_counts={str(k): int(v) for k, v in data["row_counts"].items()},
-                models={str(k): str(v) for k, v in data.get("models", {}).items()},
-                format=int(data.get("format", FORMAT)),
-            )
-        except FileNotFoundError:
-            raise NotFoundError(f"{path}: no backup manifest; is this a facefleet-server backup?") from None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise DataLossError(f"backup manifest {path} is unreadable ({exc})") from None
-
-
 def backup_state(database: Path, models: Path, dest: Path, now: datetime) -> BackupManifest:
     """Copy the state database (online, consistent while the server writes) and the model store into
     `dest`, a new or empty directory, and write its manifest last."""
@@ -91,14 +52,15 @@ def backup_state(database: Path, models: Path, dest: Path, now: datetime) -> Bac
         schema_version, counts = _describe(copy)
         model_sums = copy_models(models, dest / MODELS)
         manifest = BackupManifest(
+            backend="sqlite",
             created_at=now.isoformat(),
             schema_version=schema_version,
-            database_sha256=sha256_file(copy),
-            database_bytes=copy.stat().st_size,
+            state_sha256=sha256_file(copy),
+            state_bytes=copy.stat().st_size,
             row_counts=counts,
             models=model_sums,
         )
-        write_atomic(dest / MANIFEST, (json.dumps(manifest.to_json(), indent=2) + "\n").encode())
+        manifest.write(dest / MANIFEST)
     except sqlite3.Error as exc:
         raise StateError(f"cannot back up state database {database} to {dest} ({exc})") from None
     except OSError as exc:
@@ -109,14 +71,14 @@ def backup_state(database: Path, models: Path, dest: Path, now: datetime) -> Bac
 def verify_backup(src: Path) -> BackupManifest:
     """The backup's manifest, once its database matches its sha256, passes `PRAGMA integrity_check` and is
     not newer than this server, and its model files match theirs."""
-    manifest = BackupManifest.load(src / MANIFEST)
+    manifest = BackupManifest.load(src / MANIFEST, "sqlite")
     database = src / DATABASE
     if not database.is_file():
         raise NotFoundError(f"backup {src} has no {DATABASE}")
     actual = sha256_file(database)
-    if actual != manifest.database_sha256:
+    if actual != manifest.state_sha256:
         raise DataLossError(
-            f"backup {database}: sha256 {actual} does not match the manifest's {manifest.database_sha256}; "
+            f"backup {database}: sha256 {actual} does not match the manifest's {manifest.state_sha256}; "
             "the backup is damaged, use another one"
         )
     try:

@@ -1,6 +1,6 @@
 """`facefleet-server backup` and `restore` end to end on real SQLite: a backup taken while another connection
 writes restores into an empty state directory that answers like the original; a damaged backup, or a restore
-over an existing database without --force, is refused."""
+over an existing database without --force, is refused, and so is a PostgreSQL backup."""
 
 from __future__ import annotations
 
@@ -148,3 +148,34 @@ def test_restore_over_an_existing_database_needs_force_and_keeps_the_old_one(
     assert kept.name.startswith("server.db.before-restore-")
     assert kept.read_bytes() == before
     assert answers(capsys, target) == answers(capsys, source)
+
+
+def test_a_backup_from_before_the_backend_key_still_restores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "source"
+    populate(source)
+    dest = tmp_path / "backup"
+    assert run_cli(capsys, "--state-dir", str(source), "backup", str(dest))[0] == EXIT_OK
+    manifest = json.loads((dest / "backup.json").read_text())
+    assert manifest.pop("backend") == "sqlite"
+    (dest / "backup.json").write_text(json.dumps(manifest))
+    restored = tmp_path / "restored"
+    code, _, err = run_cli(capsys, "--state-dir", str(restored), "restore", str(dest))
+    assert code == EXIT_OK, err
+    assert answers(capsys, restored) == answers(capsys, source)
+
+
+def test_a_postgresql_backup_is_not_restored_into_sqlite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "backup.json").write_text(
+        json.dumps({"created_at": "x", "schema_version": 2, "backend": "postgresql"})
+    )
+    restored = tmp_path / "restored"
+    code, _, err = run_cli(capsys, "--state-dir", str(restored), "restore", str(backup))
+    assert code == EXIT_DATA
+    assert "postgresql state" in err and "set [state] url" in err
+    assert not (restored / "server.db").exists()

@@ -21,6 +21,7 @@ import psycopg
 from facefleet.link.events import AGE_BANDS, GENDERS, AttributesResult, Event, ExpressionResult
 from facefleet.server.domain.queries import to_us
 from facefleet.server.state.postgres import schema
+from facefleet.server.state.sql import attribute_cells
 from facefleet.server.state.sql.events import ATTRIBUTE_ROLLUPS, COLUMNS, ROLLUPS, _label, _row
 
 CHUNK = 200_000
@@ -167,8 +168,9 @@ def copy_rollups(
     names: Sequence[str],
 ) -> None:
     """The rollup rows of the filled events, as add_events counts them: per bucket, device and the rollup's
-    own key columns (events without attributes are not in the attribute rollups). Copied into a staging
-    table, then added to the rollup's rows (ingest may have counted events in the same buckets)."""
+    own key columns (events without attributes are not in the attribute rollups, which count the cells of
+    a key in columns). Copied into a staging table, then added to the rollup's rows (ingest may have
+    counted events in the same buckets)."""
     main_keys = [(e.kind, e.decision, _label(e), e.door) for e in shapes]
     attribute_keys = [
         (e.kind, e.decision, e.door, e.attributes.gender, e.attributes.age_band) if e.attributes else None
@@ -191,17 +193,23 @@ def copy_rollups(
             rows = zip(
                 (buckets * size).tolist(), devices.tolist(), classes.tolist(), counts.tolist(), strict=True
             )
-            conn.execute(f"CREATE TEMPORARY TABLE staging (LIKE {table})")
+            conn.execute(
+                f"CREATE TEMPORARY TABLE staging (bucket_us BIGINT, device_id TEXT, "
+                f"{', '.join(f'{c} TEXT' for c in columns.split(', '))}, n BIGINT)"
+            )
             copy_lines(
                 conn,
                 f"COPY staging (bucket_us, device_id, {columns}, n) FROM STDIN",
                 (f"{b}\t{names[d]}\t{texts[c]}\t{n}\n" for b, d, c, n in rows),
             )
-            conn.execute(
-                f"INSERT INTO {table} (bucket_us, device_id, {columns}, n) "
-                f"SELECT bucket_us, device_id, {columns}, n FROM staging "
-                f"ON CONFLICT (bucket_us, device_id, {columns}) DO UPDATE SET n = {table}.n + excluded.n"
-            )
+            if tables is ATTRIBUTE_ROLLUPS:  # wide rows, a count column per gender and age band
+                conn.execute(attribute_cells.convert_long_rollup("staging", table, add=True))
+            else:
+                conn.execute(
+                    f"INSERT INTO {table} (bucket_us, device_id, {columns}, n) "
+                    f"SELECT bucket_us, device_id, {columns}, n FROM staging "
+                    f"ON CONFLICT (bucket_us, device_id, {columns}) DO UPDATE SET n = {table}.n + excluded.n"
+                )
             conn.execute("DROP TABLE staging")
 
 

@@ -54,11 +54,16 @@ ACTIVATION_VALUES = {name: value for value, name in ACTIVATIONS.items()}
 
 
 def timestamp(moment: datetime | None) -> Timestamp:
-    """A UTC Timestamp; None gives the unset (zero) Timestamp."""
-    stamp = Timestamp()
-    if moment is not None:
-        stamp.FromDatetime(moment.astimezone(timezone.utc))
-    return stamp
+    """A UTC Timestamp (a naive time is local); None gives the unset (zero) Timestamp. Computed from the
+    difference to the epoch: Timestamp.FromDatetime took most of the time of a fleet status of 2,000
+    agents (three times each)."""
+    if moment is None:
+        return Timestamp()
+    since = (moment if moment.tzinfo is not None else moment.astimezone(timezone.utc)) - _EPOCH
+    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def from_timestamp(stamp: Timestamp, name: str) -> datetime:

@@ -20,6 +20,7 @@ import psycopg
 from psycopg import sql
 
 from facefleet.core.migrations import SchemaError
+from facefleet.server.state.sql import attribute_cells
 from facefleet.server.state.sql.events import ATTRIBUTE_ROLLUPS, ROLLUPS
 
 CHANNEL = "facefleet_state"
@@ -89,7 +90,7 @@ INITIAL = (
             bucket_us BIGINT NOT NULL, device_id TEXT NOT NULL, kind TEXT NOT NULL, decision TEXT NOT NULL,
             door TEXT NOT NULL, gender TEXT NOT NULL, age_band TEXT NOT NULL, n BIGINT NOT NULL,
             PRIMARY KEY (bucket_us, device_id, kind, decision, door, gender, age_band))"""
-        for _, table in ATTRIBUTE_ROLLUPS
+        for table in attribute_cells.LONG_TABLES
     ),
     """CREATE TABLE models (
         model_id TEXT PRIMARY KEY, task TEXT NOT NULL, precision TEXT NOT NULL, licence TEXT NOT NULL,
@@ -165,6 +166,7 @@ class PgMigration:
 
 PARTITIONED = ("events", *(table for _, table in (*ROLLUPS, *ATTRIBUTE_ROLLUPS)))
 """The tables partitioned by month: events and its rollups (each month's partition is `<table>_YYYY_MM`)."""
+ROLLUPS_OF_MIGRATION_2 = (*(table for _, table in ROLLUPS), *attribute_cells.LONG_TABLES)
 
 ROLLUP_PARTITIONS = (
     f"""DO $$
@@ -173,7 +175,7 @@ ROLLUP_PARTITIONS = (
         kept TEXT;
         month_start TIMESTAMP;
     BEGIN
-        FOREACH rollup IN ARRAY ARRAY[{", ".join(f"'{table}'" for table in PARTITIONED[1:])}] LOOP
+        FOREACH rollup IN ARRAY ARRAY[{", ".join(f"'{table}'" for table in ROLLUPS_OF_MIGRATION_2)}] LOOP
             kept := rollup || '_unpartitioned';
             EXECUTE format('ALTER TABLE %I RENAME TO %I', rollup, kept);
             EXECUTE format('ALTER INDEX %I RENAME TO %I', rollup || '_pkey', kept || '_pkey');
@@ -193,7 +195,40 @@ ROLLUP_PARTITIONS = (
 )
 """Migration 2: the rollups partitioned by month, their rows kept (a partition per month they hold)."""
 
-MIGRATIONS = (PgMigration(1, "initial", INITIAL), PgMigration(2, "rollup partitions", ROLLUP_PARTITIONS))
+ATTRIBUTE_CELLS = (
+    *(
+        f"CREATE TABLE {table} ({attribute_cells.table_body('BIGINT')}) PARTITION BY RANGE (bucket_us)"
+        for _, table in ATTRIBUTE_ROLLUPS
+    ),
+    f"""DO $$
+    DECLARE
+        wide TEXT;
+        month TEXT;
+        bounds TEXT;
+    BEGIN
+        FOREACH wide IN ARRAY ARRAY[{", ".join(f"'{table}'" for _, table in ATTRIBUTE_ROLLUPS)}] LOOP
+            FOR month, bounds IN SELECT substring(c.relname FROM '_[0-9]{{4}}_[0-9]{{2}}$'),
+                    pg_get_expr(c.relpartbound, c.oid)
+                FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'events' LOOP
+                EXECUTE format('CREATE TABLE %I PARTITION OF %I %s', wide || month, wide, bounds);
+            END LOOP;
+        END LOOP;
+    END $$""",  # noqa: S608 (the table names are the schema's own)
+    *(
+        attribute_cells.convert_long_rollup(long, wide)
+        for long, (_, wide) in zip(attribute_cells.LONG_TABLES, ATTRIBUTE_ROLLUPS, strict=True)
+    ),
+    *(f"DROP TABLE {table}" for table in attribute_cells.LONG_TABLES),
+)
+"""Migration 3: the attribute rollups in wide rows, a count column per gender × age band (attribute_cells),
+their counts kept, with a partition for each month `events` has."""
+
+MIGRATIONS = (
+    PgMigration(1, "initial", INITIAL),
+    PgMigration(2, "rollup partitions", ROLLUP_PARTITIONS),
+    PgMigration(3, "attribute cells", ATTRIBUTE_CELLS),
+)
 """Append, never edit one that has shipped."""
 LATEST = len(MIGRATIONS)
 

@@ -104,13 +104,13 @@ def _load(conn: Connection, device_ids: tuple[str, ...] | None) -> list[Device]:
         where, params = f"WHERE device_id IN ({', '.join('?' * len(device_ids))})", device_ids
     devices = {
         row[0]: _device(row)
-        for row in conn.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices {where}", params)  # noqa: S608
+        for row in conn.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices {where}", params).fetchall()  # noqa: S608
     }
     certificates: dict[str, list[Certificate]] = {}
     for row in conn.execute(
         f"SELECT {_CERT_COLUMNS} FROM device_certificates {where} ORDER BY issued_us, serial",  # noqa: S608
         params,
-    ):
+    ).fetchall():
         certificates.setdefault(row[1], []).append(_certificate(row))
     for device_id, certs in certificates.items():
         devices[device_id] = replace(devices.get(device_id) or Device(device_id), certificates=tuple(certs))

@@ -7,9 +7,10 @@ and only the partial hours at the edges from the raw events (by index), so resul
 boundary. Plain SQL that PostgreSQL runs as well (WITHOUT ROWID is SQLite's clustered primary key).
 
 Events with estimated attributes (gender and age band) are also counted in two rollups of their own (by
-device, kind, decision, door, gender and age band), read the same way. They are separate from the main
-rollups on purpose: as key columns there, the 2 genders × 7 age bands would multiply the rows of every face
-event key (up to 14 times), and with them the time of every other aggregate.
+device, kind, decision and door, a count column per gender × age band: attribute_cells), read the same
+way. They are separate from the main rollups on purpose: as key columns there, the 2 genders × 7 age bands
+would multiply the rows of every face event key (up to 14 times), and with them the time of every other
+aggregate.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from facefleet.link.events import AttributesResult, Decision, Event, EventKind, ExpressionResult
@@ -34,14 +35,15 @@ from facefleet.server.domain.queries import (
     from_us,
     to_us,
 )
+from facefleet.server.state.sql.attribute_cells import CELL_COLUMNS, CELLS, KEY_COLUMNS
 from facefleet.server.state.sql.meta import Connection
 
 HOUR_US = 3_600_000_000
 DAY_US = 24 * HOUR_US
 ROLLUPS = ((DAY_US, "event_rollup_day"), (HOUR_US, "event_rollup_hour"))
 """(bucket length in µs, table), coarsest first."""
-ATTRIBUTE_ROLLUPS = ((DAY_US, "event_attributes_day"), (HOUR_US, "event_attributes_hour"))
-"""The same for events with attributes, by gender and age band as well (migration 9)."""
+ATTRIBUTE_ROLLUPS = ((DAY_US, "event_attribute_cells_day"), (HOUR_US, "event_attribute_cells_hour"))
+"""The same for events with attributes, a count per gender and age band (attribute_cells)."""
 _CHUNK = 500
 
 
@@ -51,6 +53,30 @@ COLUMNS = (
     "male_probability, age_years, age_band"
 )
 COLUMN_COUNT = len(COLUMNS.split(","))
+
+
+@dataclass(frozen=True)
+class Tally:
+    """What one sum of an aggregate adds per row, as SQL: per raw event, and per rollup row."""
+
+    raw: str
+    rollup: str
+
+
+ALL = Tally("1", "n")
+"""Every event."""
+
+
+def when(condition: str) -> Tally:
+    """The events meeting `condition` (on columns of both the events and the rollups)."""
+    return Tally(f"CASE WHEN {condition} THEN 1 ELSE 0 END", f"CASE WHEN {condition} THEN n ELSE 0 END")
+
+
+CELL_TALLIES = tuple(
+    Tally(f"CASE WHEN gender = '{gender}' AND age_band = '{band}' THEN 1 ELSE 0 END", column)
+    for (gender, band), column in zip(CELLS, CELL_COLUMNS, strict=True)
+)
+"""The events of each gender × age band cell, read from the attribute rollups' cell columns."""
 
 
 class EventRows(Protocol):
@@ -118,17 +144,18 @@ def add_events(conn: Connection, events: Sequence[Event], rows: EventRows = VALU
             [(*key, n) for key, n in sorted(counts.items())],
         )
     estimated = [(e, e.attributes) for e in new if e.attributes is not None]
+    cell_index = {cell: i for i, cell in enumerate(CELLS)}
     for size, table in ATTRIBUTE_ROLLUPS if estimated else ():
-        tallies = Counter(
-            (to_us(e.time) // size * size, e.device_id, e.kind, e.decision, e.door, a.gender, a.age_band)
-            for e, a in estimated
-        )
+        cells_of: dict[tuple[object, ...], list[int]] = {}
+        for e, a in estimated:
+            key = (to_us(e.time) // size * size, e.device_id, e.kind, e.decision, e.door)
+            cells_of.setdefault(key, [0] * len(CELLS))[cell_index[a.gender, a.age_band]] += 1
+        updates = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in CELL_COLUMNS)
         conn.executemany(
-            f"INSERT INTO {table} (bucket_us, device_id, kind, decision, door, gender, age_band, n) "  # noqa: S608
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (bucket_us, device_id, kind, decision, door, gender, age_band) "
-            f"DO UPDATE SET n = {table}.n + excluded.n",
-            [(*key, n) for key, n in sorted(tallies.items())],
+            f"INSERT INTO {table} ({', '.join(KEY_COLUMNS + CELL_COLUMNS)}) "  # noqa: S608
+            f"VALUES ({', '.join('?' * (len(KEY_COLUMNS) + len(CELL_COLUMNS)))}) "
+            f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET {updates}",
+            [(*key, *cells) for key, cells in sorted(cells_of.items())],
         )
     return len(new), len(events) - len(new)
 
@@ -161,7 +188,7 @@ def count_events(
     conn: Connection, flt: EventFilter, interval_s: int, *, per_device: bool = True
 ) -> list[IntervalCount]:
     keys = ("device_id",) if per_device else ()
-    sums = _aggregate(conn, flt, keys, (None,), interval_us=interval_s * 1_000_000)
+    sums = _aggregate(conn, flt, keys, (ALL,), interval_us=interval_s * 1_000_000)
     return [
         IntervalCount(
             start=from_us(int(key[0])), device_id=str(key[1]) if per_device else "", count=values[0]
@@ -172,22 +199,24 @@ def count_events(
 
 def expression_counts(conn: Connection, flt: EventFilter, *, per_device: bool) -> list[ExpressionCount]:
     face = _face_only(flt)
-    totals = _aggregate(conn, face, ("expression",), (None,), extra="expression <> ''")
+    totals = _aggregate(conn, face, ("expression",), (ALL,), extra="expression <> ''")
     rows = [ExpressionCount("", str(label), v[0]) for (label,), v in sorted(totals.items())]
     if per_device:
-        sums = _aggregate(conn, face, ("device_id", "expression"), (None,), extra="expression <> ''")
+        sums = _aggregate(conn, face, ("device_id", "expression"), (ALL,), extra="expression <> ''")
         rows += [ExpressionCount(str(d), str(label), v[0]) for (d, label), v in sorted(sums.items())]
     return rows
 
 
 def unknown_rates(conn: Connection, flt: EventFilter) -> list[UnknownRate]:
-    sums = _aggregate(conn, _face_only(flt), ("device_id",), (None, "decision = 'unknown'"))
+    sums = _aggregate(conn, _face_only(flt), ("device_id",), (ALL, when("decision = 'unknown'")))
     return [UnknownRate(str(device), v[0], v[1]) for (device,), v in sorted(sums.items())]
 
 
 def access_summary(conn: Connection, flt: EventFilter) -> list[DoorAccess]:
     access = replace(flt, person_ids=(), kinds=("access",))
-    sums = _aggregate(conn, access, ("device_id", "door"), ("decision = 'granted'", "decision = 'denied'"))
+    sums = _aggregate(
+        conn, access, ("device_id", "door"), (when("decision = 'granted'"), when("decision = 'denied'"))
+    )
     return [DoorAccess(str(device), str(door), v[0], v[1]) for (device, door), v in sorted(sums.items())]
 
 
@@ -195,18 +224,13 @@ def attribute_counts(conn: Connection, flt: EventFilter) -> list[AttributeCounts
     """Face events per device, and how many of them had each estimated gender and age band (as the agent
     reported them); sorted by device."""
     face = _face_only(flt)
-    totals = _aggregate(conn, face, ("device_id",), (None,))
-    cells = _aggregate(
-        conn,
-        face,
-        ("device_id", "gender", "age_band"),
-        (None,),
-        rollups=ATTRIBUTE_ROLLUPS,
-        extra="gender <> ''",
-    )
+    totals = _aggregate(conn, face, ("device_id",), (ALL,))
+    cells = _aggregate(conn, face, ("device_id",), CELL_TALLIES, rollups=ATTRIBUTE_ROLLUPS)
     per_device: dict[str, list[AttributeCount]] = {}
-    for (device, gender, band), values in cells.items():
-        per_device.setdefault(str(device), []).append(AttributeCount(str(gender), str(band), values[0]))
+    for (device,), values in cells.items():
+        per_device[str(device)] = [
+            AttributeCount(gender, band, n) for (gender, band), n in zip(CELLS, values, strict=True) if n
+        ]
     return [
         AttributeCounts.of(str(device), values[0], per_device.get(str(device), ()))
         for (device,), values in sorted(totals.items())
@@ -221,41 +245,53 @@ def _aggregate(
     conn: Connection,
     flt: EventFilter,
     keys: tuple[str, ...],
-    counted: tuple[str | None, ...],
+    counted: Sequence[Tally],
     *,
     interval_us: int | None = None,
     extra: str = "",
     rollups: Sequence[tuple[int, str]] = ROLLUPS,
 ) -> dict[tuple[int | str, ...], list[int]]:
-    """key → [count of events meeting each condition in `counted` (None: all)] over the filter's range.
-    The rollups serve filters on their own columns only: a person or camera filter reads raw events.
-    `extra` holds in the raw events and in the rollups alike."""
+    """key → [each sum of `counted`] over the filter's range, in key order. The rollups serve filters on
+    their own columns only: a person or camera filter reads raw events. `extra` holds in the raw events and
+    in the rollups alike.
+
+    One statement sums every segment of the range (UNION ALL), so the database merges them and hands back
+    one row per key: on PostgreSQL, fetching and merging the segments' rows in Python cost as much as
+    the scans."""
     usable = [
         (size, table)
         for size, table in rollups
         if not flt.person_ids and not flt.cameras and (interval_us is None or interval_us % size == 0)
     ]
-    sums: dict[tuple[int | str, ...], list[int]] = {}
+    parts: list[str] = []
+    params: list[object] = []
     for table, lo, hi in segments(flt.start_us, flt.end_us, usable):
         raw = table == "events"
-        time_col, weight = ("time_us", "1") if raw else ("bucket_us", "n")
+        time_col = "time_us" if raw else "bucket_us"
         key_sql = ([f"{time_col} / {int(interval_us)} * {int(interval_us)}"] if interval_us else []) + list(
             keys
         )
-        values = [f"SUM(CASE WHEN {c} THEN {weight} ELSE 0 END)" if c else f"SUM({weight})" for c in counted]
-        where, params = _where(flt, time_col, lo, hi, raw=raw)
+        values = [tally.raw if raw else tally.rollup for tally in counted]
+        where, where_params = _where(flt, time_col, lo, hi, raw=raw)
         if extra:
             where += f" AND {extra}"
-        sql = (
-            f"SELECT {', '.join(key_sql + values)} FROM {table} WHERE {where} "  # noqa: S608
-            f"GROUP BY {', '.join(str(i + 1) for i in range(len(key_sql)))}"
-        )
-        for row in conn.execute(sql, params):
-            key, counts = tuple(row[: len(key_sql)]), row[len(key_sql) :]
-            total = sums.setdefault(key, [0] * len(counted))
-            for i, value in enumerate(counts):
-                total[i] += int(value or 0)
-    return sums
+        columns = [f"{sql} AS k{i}" for i, sql in enumerate(key_sql)]
+        columns += [f"{sql} AS v{i}" for i, sql in enumerate(values)]
+        parts.append(f"SELECT {', '.join(columns)} FROM {table} WHERE {where}")  # noqa: S608
+        params += where_params
+    if not parts:
+        return {}
+    width = len(keys) + (1 if interval_us else 0)
+    key_names = ", ".join(f"k{i}" for i in range(width))
+    sums = ", ".join(f"CAST(SUM(v{i}) AS BIGINT)" for i in range(len(counted)))  # not numeric on PostgreSQL
+    sql = (
+        f"SELECT {key_names}, {sums} FROM ({' UNION ALL '.join(parts)}) AS segments "  # noqa: S608
+        f"GROUP BY {key_names} ORDER BY {key_names}"
+    )
+    return {
+        tuple(row[:width]): [int(value or 0) for value in row[width:]]
+        for row in conn.execute(sql, params).fetchall()
+    }
 
 
 def segments(lo: int, hi: int, rollups: Sequence[tuple[int, str]]) -> list[tuple[str, int, int]]:

@@ -286,13 +286,13 @@ def _rows(conn: Connection, columns: str, table: str, device_ids: Sequence[str])
     """Rows of an agent table, for some devices or all, sorted by device id then the second column."""
     order = columns.split(", ")[1]
     if not device_ids:
-        yield from conn.execute(f"SELECT {columns} FROM {table} ORDER BY device_id, {order}")  # noqa: S608
+        yield from conn.execute(f"SELECT {columns} FROM {table} ORDER BY device_id, {order}").fetchall()  # noqa: S608
         return
     marks = ", ".join("?" * len(device_ids))
     yield from conn.execute(
         f"SELECT {columns} FROM {table} WHERE device_id IN ({marks}) ORDER BY device_id, {order}",  # noqa: S608
         list(device_ids),
-    )
+    ).fetchall()
 
 
 def _stop_refused(conn: Connection, rollout_ids: Sequence[int], stop: Stop) -> list[Rollout]:

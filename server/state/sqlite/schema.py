@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 
 from facefleet.core.migrations import Legacy, Migration, Migrations, SchemaError, has_table
+from facefleet.server.state.sql import attribute_cells
 from facefleet.server.state.sql.events import ATTRIBUTE_ROLLUPS, ROLLUPS
 
 EVENTS_SCHEMA = (
@@ -49,10 +50,24 @@ EVENTS_SCHEMA_9 = tuple(
         bucket_us INTEGER NOT NULL, device_id TEXT NOT NULL, kind TEXT NOT NULL, decision TEXT NOT NULL,
         door TEXT NOT NULL, gender TEXT NOT NULL, age_band TEXT NOT NULL, n INTEGER NOT NULL,
         PRIMARY KEY (bucket_us, device_id, kind, decision, door, gender, age_band)) WITHOUT ROWID"""
-    for _, table in ATTRIBUTE_ROLLUPS
+    for table in attribute_cells.LONG_TABLES
 )
 """Migration 9: the attribute rollups. Events stored before carry no attributes, so they start empty and
 the main rollups keep their rows and counts as they are."""
+
+ATTRIBUTE_CELLS_SCHEMA = (
+    *(
+        f"CREATE TABLE IF NOT EXISTS {table} ({attribute_cells.table_body('INTEGER')}) WITHOUT ROWID"
+        for _, table in ATTRIBUTE_ROLLUPS
+    ),
+    *(
+        attribute_cells.convert_long_rollup(long, wide)
+        for long, (_, wide) in zip(attribute_cells.LONG_TABLES, ATTRIBUTE_ROLLUPS, strict=True)
+    ),
+    *(f"DROP TABLE IF EXISTS {table}" for table in attribute_cells.LONG_TABLES),
+)
+"""Migration 10: the attribute rollups in wide rows, a count column per gender × age band (attribute_cells),
+their counts kept."""
 
 
 def add_attribute_columns(conn: sqlite3.Connection) -> None:
@@ -200,6 +215,7 @@ MIGRATIONS = Migrations(
         Migration(7, "snapshots", SNAPSHOTS_SCHEMA),
         Migration(8, "event_camera_door_indexes", EVENTS_SCHEMA_8),
         Migration(9, "event_attributes", EVENTS_SCHEMA_9, add_attribute_columns),
+        Migration(10, "attribute_cells", ATTRIBUTE_CELLS_SCHEMA),
     ),
     what="state database",
     program="server",

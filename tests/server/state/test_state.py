@@ -24,14 +24,14 @@ from facefleet.link.events import AGE_BANDS, GENDERS, AttributesResult, Event, E
 from facefleet.link.fleet import Registration
 from facefleet.link.gallery import Embedding, Person
 from facefleet.server.domain.audit import AuditEntry, AuditFilter
-from facefleet.server.domain.queries import AttributeCounts, EventCursor, EventFilter
+from facefleet.server.domain.queries import AttributeCounts, EventCursor, EventFilter, to_us
 from facefleet.server.domain.records import Crop, TokenRecord
 from facefleet.server.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StateError
 from facefleet.server.state.interface import State
 from facefleet.server.state.postgres.connection import PgConnection
 from facefleet.server.state.postgres.schema import MIGRATIONS, PARTITIONED, month_bounds, partitions
 from facefleet.server.state.postgres.state import PostgresState
-from facefleet.server.state.sql.events import add_events
+from facefleet.server.state.sql.events import COLUMN_COUNT, COLUMNS, _row, add_events
 from facefleet.server.state.sqlite.state import SqliteState
 from tests.postgres import PostgresCluster
 
@@ -688,9 +688,10 @@ def test_a_database_recorded_in_meta_at_the_current_version_is_adopted_keeping_e
             (7, "snapshots"),
             (8, "event_camera_door_indexes"),
             (9, "event_attributes"),
+            (10, "attribute_cells"),
         ]
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() is None
-        assert conn.execute("PRAGMA user_version").fetchone() == (9,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (10,)
     conn.close()
 
 
@@ -760,7 +761,7 @@ def test_a_version_8_database_gains_attributes_keeping_its_events_and_rollups(tm
     try:
         assert rollups() == before
         with state.read() as conn:
-            assert conn.execute("PRAGMA user_version").fetchone() == (9,)
+            assert conn.execute("PRAGMA user_version").fetchone() == (10,)
             assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         start, end = NOW - timedelta(hours=1), NOW + timedelta(days=3)
         flt = EventFilter(start, end)
@@ -788,6 +789,101 @@ def test_a_version_8_database_gains_attributes_keeping_its_events_and_rollups(tm
         assert daily == dict(Counter((int(e.time.timestamp()) // 86400 * 86400, e.device_id) for e in both))
         page = state.list_events(EventFilter(start, end, device_ids=("lobby",)), None, 1000)
         assert {e.event_id: e for e in page.events} == {e.event_id: e for e in both if e.device_id == "lobby"}
+    finally:
+        state.close()
+
+
+def long_rollups(events: list[Event]) -> dict[str, list[tuple[object, ...]]]:
+    """The rows of every rollup as servers before the wide attribute rollups stored them: the main ones, and
+    a row per gender and age band in event_attributes_day/hour; table → rows."""
+    rows = {}
+    for size, suffix in ((DAY_S * 1_000_000, "day"), (3600 * 1_000_000, "hour")):
+        main = Counter(
+            (to_us(e.time) // size * size, e.device_id, e.kind, e.decision,
+             e.expression.label if e.expression else "", e.door)
+            for e in events
+        )  # fmt: skip
+        cells = Counter(
+            (to_us(e.time) // size * size, e.device_id, e.kind, e.decision, e.door, a.gender, a.age_band)
+            for e in events
+            if (a := e.attributes) is not None
+        )
+        rows[f"event_rollup_{suffix}"] = [(*key, n) for key, n in main.items()]
+        rows[f"event_attributes_{suffix}"] = [(*key, n) for key, n in cells.items()]
+    return rows
+
+
+def store_long(execute: Callable[[str, list[object]], object], events: list[Event], marker: str) -> None:
+    """Store events and long_rollups(events) with `execute(sql, params)` (`marker`: the placeholder)."""
+    for event in events:
+        execute(
+            f"INSERT INTO events ({COLUMNS}) VALUES ({', '.join([marker] * COLUMN_COUNT)})", list(_row(event))
+        )
+    for table, rows in long_rollups(events).items():
+        for row in rows:
+            execute(f"INSERT INTO {table} VALUES ({', '.join([marker] * len(row))})", list(row))
+
+
+def assert_same_aggregates(state: State, events: list[Event]) -> None:
+    """Attribute, expression and count aggregates over whole and partial days equal brute-force counts."""
+    for start, end in ((NOW, NOW + timedelta(days=4)), (NOW + timedelta(hours=5), NOW + timedelta(hours=67))):
+        inside = [e for e in events if start <= e.time < end]
+        flt = EventFilter(start, end)
+        assert as_tally(state.attribute_counts(flt)) == attribute_tally(inside)
+        daily = {(int(c.start.timestamp()), c.device_id): c.count for c in state.count_events(flt, 86400)}
+        assert daily == dict(Counter((int(e.time.timestamp()) // 86400 * 86400, e.device_id) for e in inside))
+
+
+def test_a_version_9_database_keeps_its_attribute_counts_in_wide_rows(tmp_path: Path) -> None:
+    import sqlite3
+
+    from facefleet.core.migrations import Migrations
+    from facefleet.server.state.sqlite.state import MIGRATIONS as SQLITE_MIGRATIONS
+
+    path = tmp_path / "server.db"
+    events = random_events(3000, seed=10, span_s=3 * DAY_S)
+    version_9 = Migrations(SQLITE_MIGRATIONS.steps[:9], "state database", "server", "upgrade")
+    conn = sqlite3.connect(path, isolation_level=None)
+    version_9.apply(conn, path)
+    with conn:
+        store_long(conn.execute, events, "?")
+    conn.close()
+    state = SqliteState(path)
+    try:
+        assert_same_aggregates(state, events)
+        with state.read() as read:
+            tables = {row[0] for row in read.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "event_attribute_cells_day" in tables and "event_attributes_day" not in tables
+    finally:
+        state.close()
+
+
+def test_postgresql_migration_3_keeps_the_attribute_counts_in_wide_monthly_partitions(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    url = postgres_cluster.create_database()
+    events = random_events(3000, seed=11, span_s=3 * DAY_S)
+    with psycopg.connect(url, autocommit=True) as raw, raw.transaction():  # as servers of migration 2 left it
+        raw.execute(
+            "CREATE TABLE facefleet_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+            "applied_at DOUBLE PRECISION NOT NULL)"
+        )
+        for step in MIGRATIONS[:2]:
+            for statement in step.statements:
+                raw.execute(statement)
+            raw.execute("INSERT INTO facefleet_migrations VALUES (%s, %s, 0)", (step.version, step.name))
+        start, end = month_bounds(2026, 5)
+        for table in ("events", *long_rollups([])):
+            raw.execute(
+                f"CREATE TABLE {table}_2026_05 PARTITION OF {table} FOR VALUES FROM ({start}) TO ({end})"
+            )
+        store_long(lambda sql, params: raw.execute(sql, params), events, "%s")
+    state = PostgresState(url, pool_size=2)
+    try:
+        assert_same_aggregates(state, events)
+        with state.connection() as conn:
+            for table in PARTITIONED:
+                assert [name for name, *_ in partitions(conn.raw, table)] == [f"{table}_2026_05"]  # type: ignore[attr-defined]
     finally:
         state.close()
 

@@ -302,6 +302,36 @@ def create_partition(conn: psycopg.Connection[tuple[object, ...]], year: int, mo
         )
 
 
+EXPIRED_SUFFIX = "_expired"
+"""A month's partition detached by retention is renamed `<partition>_expired` until it is dropped."""
+
+
+def detach_partition(conn: psycopg.Connection[tuple[object, ...]], year: int, month: int, table: str) -> None:
+    """Take the month's partition out of `table` and rename it `<partition>_expired` (inside the caller's
+    transaction): the month's rows leave `table` at once, while the files stay for drop_expired."""
+    name = partition_name(year, month, table)
+    conn.execute(
+        sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(sql.Identifier(table), sql.Identifier(name))
+    )
+    conn.execute(
+        sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+            sql.Identifier(name), sql.Identifier(name + EXPIRED_SUFFIX)
+        )
+    )
+
+
+def expired_tables(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
+    """The detached partitions not dropped yet (see detach_partition)."""
+    pattern = f"^({'|'.join(PARTITIONED)})_[0-9]{{4}}_[0-9]{{2}}{EXPIRED_SUFFIX}$"
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = current_schema() AND c.relkind = 'r' AND NOT c.relispartition AND c.relname ~ %s "
+        "ORDER BY c.relname",
+        (pattern,),
+    ).fetchall()
+    return [str(row[0]) for row in rows]
+
+
 def partitions(
     conn: psycopg.Connection[tuple[object, ...]], table: str = "events"
 ) -> list[tuple[str, int, int]]:

@@ -199,10 +199,16 @@ class PostgresState(SqlState):
         with self._months_lock:
             self._months.update(missing)
 
-    def expire_events(self, before: datetime) -> int:
-        """Drop the months that end by `before` (the partitions of events and of its rollups, counted from
-        the daily rollup, which holds every event of the month), then delete the rest of the expired
-        events and rollup buckets; how many events."""
+    def expire_events(self, before: datetime, *, drop: bool = True) -> int:
+        """Take the months that end by `before` out of events and its rollups (detaching their partitions;
+        counted from the daily rollup, which holds every event of the month), delete the rest of the
+        expired events and rollup buckets, then drop the detached partitions; how many events.
+
+        Dropping a partition's files (gigabytes for a busy month) takes a second or more on some disks, and
+        inside the transaction that changes `events` it would hold the table's lock meanwhile, stalling
+        ingest and queries: detaching is a change of the catalogue only. Each detached partition is dropped
+        in a transaction of its own, which locks nothing else; a drop that did not happen (a crash) is
+        retried by the next run. drop=False leaves the detached partitions for drop_expired()."""
         before_us = to_us(before)
         dropped = 0
         with self._raw() as conn, conn.transaction():
@@ -215,11 +221,27 @@ class PostgresState(SqlState):
                 count = conn.execute(sql.SQL("SELECT COALESCE(SUM(n), 0) FROM {}").format(day_rollup))
                 dropped += int(str((count.fetchone() or (0,))[0]))
                 for table in schema.PARTITIONED:
-                    partition = sql.Identifier(schema.partition_name(year, month, table))
-                    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(partition))
+                    if schema.partition_name(year, month, table) in self._partition_names(conn, table):
+                        schema.detach_partition(conn, year, month, table)
                 with self._months_lock:
                     self._months.discard((year, month))
-        return dropped + super().expire_events(before)
+        expired = dropped + super().expire_events(before)
+        if drop:
+            self.drop_expired()
+        return expired
+
+    def drop_expired(self) -> list[str]:
+        """Drop the partitions that retention detached (see expire_events); their names."""
+        with self._raw() as conn:
+            names = schema.expired_tables(conn)
+            for name in names:
+                with conn.transaction():
+                    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+        return names
+
+    @staticmethod
+    def _partition_names(conn: psycopg.Connection[Any], table: str) -> set[str]:
+        return {name for name, _start, _end in schema.partitions(conn, table)}
 
 
 def _reason(exc: BaseException) -> str:

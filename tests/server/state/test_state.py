@@ -29,7 +29,14 @@ from facefleet.server.domain.records import Crop, TokenRecord
 from facefleet.server.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StateError
 from facefleet.server.state.interface import State
 from facefleet.server.state.postgres.connection import PgConnection
-from facefleet.server.state.postgres.schema import MIGRATIONS, PARTITIONED, month_bounds, partitions
+from facefleet.server.state.postgres.schema import (
+    MIGRATIONS,
+    PARTITIONED,
+    detach_partition,
+    expired_tables,
+    month_bounds,
+    partitions,
+)
 from facefleet.server.state.postgres.state import PostgresState
 from facefleet.server.state.sql.events import COLUMN_COUNT, COLUMNS, _row, add_events
 from facefleet.server.state.sqlite.state import SqliteState
@@ -1007,6 +1014,16 @@ def test_postgresql_retention_drops_whole_monthly_partitions(postgres_cluster: P
             for table in PARTITIONED:  # the events of the month and every count of them went together
                 left = [name for name, *_ in partitions(conn.raw, table)]  # type: ignore[attr-defined]
                 assert left == [f"{table}_2026_03"]
+            assert expired_tables(conn.raw) == []  # type: ignore[attr-defined]  # detached, then dropped
+        # a run that detached a month but did not drop it (a crash): the next run drops it
+        with state._raw() as raw, raw.transaction():
+            detach_partition(raw, 2026, 3, "events")
+        with state.connection() as conn:
+            assert expired_tables(conn.raw) == ["events_2026_03_expired"]  # type: ignore[attr-defined]
+        assert state.expire_events(datetime(2026, 1, 1, tzinfo=timezone.utc)) == 0
+        with state.connection() as conn:
+            assert expired_tables(conn.raw) == []  # type: ignore[attr-defined]
+            assert partitions(conn.raw) == []  # type: ignore[attr-defined]
     finally:
         state.close()
 

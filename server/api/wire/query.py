@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from facefleet.link.serde import (
     DECISION_VALUES,
     DECISIONS,
@@ -70,12 +72,13 @@ def events_response(page: EventPage) -> query_pb2.ListEventsResponse:
 
 
 def counts_response(counts: Iterable[IntervalCount]) -> query_pb2.CountEventsResponse:
-    return query_pb2.CountEventsResponse(
-        counts=[
-            query_pb2.IntervalCount(start=timestamp(c.start), device_id=c.device_id, count=c.count)
-            for c in counts
-        ]
-    )
+    stamps: dict[datetime, Timestamp] = {}  # many devices share each interval's start
+    rows = []
+    for c in counts:
+        if c.start not in stamps:
+            stamps[c.start] = timestamp(c.start)
+        rows.append(query_pb2.IntervalCount(start=stamps[c.start], device_id=c.device_id, count=c.count))
+    return query_pb2.CountEventsResponse(counts=rows)
 
 
 def expressions_response(counts: Iterable[ExpressionCount]) -> query_pb2.ExpressionDistributionResponse:

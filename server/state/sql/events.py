@@ -189,10 +189,9 @@ def count_events(
 ) -> list[IntervalCount]:
     keys = ("device_id",) if per_device else ()
     sums = _aggregate(conn, flt, keys, (ALL,), interval_us=interval_s * 1_000_000)
+    starts = {start: from_us(int(start)) for start, *_ in sums}  # one datetime per interval, not per row
     return [
-        IntervalCount(
-            start=from_us(int(key[0])), device_id=str(key[1]) if per_device else "", count=values[0]
-        )
+        IntervalCount(start=starts[key[0]], device_id=str(key[1]) if per_device else "", count=values[0])
         for key, values in sorted(sums.items())
     ]
 

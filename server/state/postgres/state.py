@@ -71,6 +71,7 @@ class PostgresState(SqlState):
     """The server state in a PostgreSQL database (URL: postgresql://user:password@host:port/dbname)."""
 
     event_rows = ArrayRows()
+    aggregate_in_one_statement = True
 
     def __init__(self, url: str, *, log_revisions: int = 1000, pool_size: int = DEFAULT_POOL_SIZE) -> None:
         self.url = url

@@ -185,10 +185,18 @@ def list_events(conn: Connection, flt: EventFilter, cursor: EventCursor | None, 
 
 
 def count_events(
-    conn: Connection, flt: EventFilter, interval_s: int, *, per_device: bool = True
+    conn: Connection,
+    flt: EventFilter,
+    interval_s: int,
+    *,
+    per_device: bool = True,
+    one_statement: bool = False,
 ) -> list[IntervalCount]:
+    """Events per interval (and device); one_statement: see _aggregate, as in the other aggregates."""
     keys = ("device_id",) if per_device else ()
-    sums = _aggregate(conn, flt, keys, (ALL,), interval_us=interval_s * 1_000_000)
+    sums = _aggregate(
+        conn, flt, keys, (ALL,), one_statement=one_statement, interval_us=interval_s * 1_000_000
+    )
     starts = {start: from_us(int(start)) for start, *_ in sums}  # one datetime per interval, not per row
     return [
         IntervalCount(start=starts[key[0]], device_id=str(key[1]) if per_device else "", count=values[0])
@@ -196,35 +204,50 @@ def count_events(
     ]
 
 
-def expression_counts(conn: Connection, flt: EventFilter, *, per_device: bool) -> list[ExpressionCount]:
+def expression_counts(
+    conn: Connection, flt: EventFilter, *, per_device: bool, one_statement: bool = False
+) -> list[ExpressionCount]:
     face = _face_only(flt)
-    totals = _aggregate(conn, face, ("expression",), (ALL,), extra="expression <> ''")
+    totals = _aggregate(
+        conn, face, ("expression",), (ALL,), one_statement=one_statement, extra="expression <> ''"
+    )
     rows = [ExpressionCount("", str(label), v[0]) for (label,), v in sorted(totals.items())]
     if per_device:
-        sums = _aggregate(conn, face, ("device_id", "expression"), (ALL,), extra="expression <> ''")
+        sums = _aggregate(
+            conn,
+            face,
+            ("device_id", "expression"),
+            (ALL,),
+            one_statement=one_statement,
+            extra="expression <> ''",
+        )
         rows += [ExpressionCount(str(d), str(label), v[0]) for (d, label), v in sorted(sums.items())]
     return rows
 
 
-def unknown_rates(conn: Connection, flt: EventFilter) -> list[UnknownRate]:
-    sums = _aggregate(conn, _face_only(flt), ("device_id",), (ALL, when("decision = 'unknown'")))
+def unknown_rates(conn: Connection, flt: EventFilter, *, one_statement: bool = False) -> list[UnknownRate]:
+    tallies = (ALL, when("decision = 'unknown'"))
+    sums = _aggregate(conn, _face_only(flt), ("device_id",), tallies, one_statement=one_statement)
     return [UnknownRate(str(device), v[0], v[1]) for (device,), v in sorted(sums.items())]
 
 
-def access_summary(conn: Connection, flt: EventFilter) -> list[DoorAccess]:
+def access_summary(conn: Connection, flt: EventFilter, *, one_statement: bool = False) -> list[DoorAccess]:
     access = replace(flt, person_ids=(), kinds=("access",))
-    sums = _aggregate(
-        conn, access, ("device_id", "door"), (when("decision = 'granted'"), when("decision = 'denied'"))
-    )
+    tallies = (when("decision = 'granted'"), when("decision = 'denied'"))
+    sums = _aggregate(conn, access, ("device_id", "door"), tallies, one_statement=one_statement)
     return [DoorAccess(str(device), str(door), v[0], v[1]) for (device, door), v in sorted(sums.items())]
 
 
-def attribute_counts(conn: Connection, flt: EventFilter) -> list[AttributeCounts]:
+def attribute_counts(
+    conn: Connection, flt: EventFilter, *, one_statement: bool = False
+) -> list[AttributeCounts]:
     """Face events per device, and how many of them had each estimated gender and age band (as the agent
     reported them); sorted by device."""
     face = _face_only(flt)
-    totals = _aggregate(conn, face, ("device_id",), (ALL,))
-    cells = _aggregate(conn, face, ("device_id",), CELL_TALLIES, rollups=ATTRIBUTE_ROLLUPS)
+    totals = _aggregate(conn, face, ("device_id",), (ALL,), one_statement=one_statement)
+    cells = _aggregate(
+        conn, face, ("device_id",), CELL_TALLIES, one_statement=one_statement, rollups=ATTRIBUTE_ROLLUPS
+    )
     per_device: dict[str, list[AttributeCount]] = {}
     for (device,), values in cells.items():
         per_device[str(device)] = [
@@ -246,24 +269,26 @@ def _aggregate(
     keys: tuple[str, ...],
     counted: Sequence[Tally],
     *,
+    one_statement: bool,
     interval_us: int | None = None,
     extra: str = "",
     rollups: Sequence[tuple[int, str]] = ROLLUPS,
 ) -> dict[tuple[int | str, ...], list[int]]:
-    """key → [each sum of `counted`] over the filter's range, in key order. The rollups serve filters on
-    their own columns only: a person or camera filter reads raw events. `extra` holds in the raw events and
-    in the rollups alike.
+    """key → [each sum of `counted`] over the filter's range. The rollups serve filters on their own
+    columns only: a person or camera filter reads raw events. `extra` holds in the raw events and in the
+    rollups alike.
 
-    One statement sums every segment of the range (UNION ALL), so the database merges them and hands back
-    one row per key: on PostgreSQL, fetching and merging the segments' rows in Python cost as much as
-    the scans."""
+    The range's segments (segments()) are summed one statement each and merged here, or, with
+    one_statement, by one statement over all of them (UNION ALL) that hands back one row per key. Measured
+    over 30 days: PostgreSQL sums the expression distribution of 10M events in 63 ms in one statement
+    against 94 ms a segment at a time; SQLite groups each segment faster on its own (daily counts per
+    device, 1M events: 52 against 61 ms)."""
     usable = [
         (size, table)
         for size, table in rollups
         if not flt.person_ids and not flt.cameras and (interval_us is None or interval_us % size == 0)
     ]
-    parts: list[str] = []
-    params: list[object] = []
+    parts: list[tuple[str, list[object]]] = []
     for table, lo, hi in segments(flt.start_us, flt.end_us, usable):
         raw = table == "events"
         time_col = "time_us" if raw else "bucket_us"
@@ -271,26 +296,27 @@ def _aggregate(
             keys
         )
         values = [tally.raw if raw else tally.rollup for tally in counted]
-        where, where_params = _where(flt, time_col, lo, hi, raw=raw)
+        where, params = _where(flt, time_col, lo, hi, raw=raw)
         if extra:
             where += f" AND {extra}"
         columns = [f"{sql} AS k{i}" for i, sql in enumerate(key_sql)]
         columns += [f"{sql} AS v{i}" for i, sql in enumerate(values)]
-        parts.append(f"SELECT {', '.join(columns)} FROM {table} WHERE {where}")  # noqa: S608
-        params += where_params
-    if not parts:
-        return {}
+        parts.append((f"SELECT {', '.join(columns)} FROM {table} WHERE {where}", params))  # noqa: S608
+    if one_statement and parts:
+        parts = [(" UNION ALL ".join(sql for sql, _ in parts), [p for _, params in parts for p in params])]
     width = len(keys) + (1 if interval_us else 0)
     key_names = ", ".join(f"k{i}" for i in range(width))
-    sums = ", ".join(f"CAST(SUM(v{i}) AS BIGINT)" for i in range(len(counted)))  # not numeric on PostgreSQL
-    sql = (
-        f"SELECT {key_names}, {sums} FROM ({' UNION ALL '.join(parts)}) AS segments "  # noqa: S608
-        f"GROUP BY {key_names} ORDER BY {key_names}"
-    )
-    return {
-        tuple(row[:width]): [int(value or 0) for value in row[width:]]
-        for row in conn.execute(sql, params).fetchall()
-    }
+    sum_sql = ", ".join(
+        f"CAST(SUM(v{i}) AS BIGINT)" for i in range(len(counted))
+    )  # not numeric on PostgreSQL
+    sums: dict[tuple[int | str, ...], list[int]] = {}
+    for rows, params in parts:
+        sql = f"SELECT {key_names}, {sum_sql} FROM ({rows}) AS segment GROUP BY {key_names}"  # noqa: S608
+        for row in conn.execute(sql, params).fetchall():
+            total = sums.setdefault(tuple(row[:width]), [0] * len(counted))
+            for i, value in enumerate(row[width:]):
+                total[i] += int(value or 0)
+    return sums
 
 
 def segments(lo: int, hi: int, rollups: Sequence[tuple[int, str]]) -> list[tuple[str, int, int]]:

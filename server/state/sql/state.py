@@ -47,6 +47,8 @@ class SqlState(State):
     log_revisions: int
     event_rows: sql_events.EventRows = sql_events.VALUES_LISTS
     """How event batches are inserted (a backend may have a faster way than the portable SQL)."""
+    aggregate_in_one_statement = False
+    """How the dashboard aggregates sum the segments of a range (see sql.events._aggregate)."""
 
     @abc.abstractmethod
     def connection(self) -> AbstractContextManager[Connection]:
@@ -339,23 +341,27 @@ class SqlState(State):
         self, flt: EventFilter, interval_s: int, *, per_device: bool = True
     ) -> list[IntervalCount]:
         with self.read() as conn:
-            return sql_events.count_events(conn, flt, interval_s, per_device=per_device)
+            return sql_events.count_events(
+                conn, flt, interval_s, per_device=per_device, one_statement=self.aggregate_in_one_statement
+            )
 
     def expression_counts(self, flt: EventFilter, *, per_device: bool) -> list[ExpressionCount]:
         with self.read() as conn:
-            return sql_events.expression_counts(conn, flt, per_device=per_device)
+            return sql_events.expression_counts(
+                conn, flt, per_device=per_device, one_statement=self.aggregate_in_one_statement
+            )
 
     def unknown_rates(self, flt: EventFilter) -> list[UnknownRate]:
         with self.read() as conn:
-            return sql_events.unknown_rates(conn, flt)
+            return sql_events.unknown_rates(conn, flt, one_statement=self.aggregate_in_one_statement)
 
     def access_summary(self, flt: EventFilter) -> list[DoorAccess]:
         with self.read() as conn:
-            return sql_events.access_summary(conn, flt)
+            return sql_events.access_summary(conn, flt, one_statement=self.aggregate_in_one_statement)
 
     def attribute_counts(self, flt: EventFilter) -> list[AttributeCounts]:
         with self.read() as conn:
-            return sql_events.attribute_counts(conn, flt)
+            return sql_events.attribute_counts(conn, flt, one_statement=self.aggregate_in_one_statement)
 
     def expire_events(self, before: datetime) -> int:
         with self.write() as conn:

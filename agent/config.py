@@ -330,6 +330,12 @@ class ServiceConfig(StrictSection):
 
     audit_retention_days: int = Field(90, ge=1, le=3650, description="Access decisions kept in the audit log")
     status_interval_s: float = Field(30.0, ge=1, le=3600, description="How often the status is refreshed (s)")
+    pipeline: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Analyse frames with inference in flight while the loop handles the previous ones: 'on', "
+        "'off' (one frame at a time, the shortest latency), or 'auto': measure both on the frames seen "
+        "(at start, after a model switch, every 10 minutes) and run the faster, 'off' on a tie",
+    )
 
 
 class MetricsConfig(MetricsSection):

@@ -8,22 +8,15 @@ event or track id is ever a label."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 from facefleet.core.metrics import LATENCY_BUCKETS, MetricsEndpoint
-from facefleet.vision.alignment import align_face
-from facefleet.vision.faces import Face
-from facefleet.vision.images import to_bgr8
-from facefleet.vision.pipeline import FaceAnalyzer
-from facefleet.vision.runtime import Outputs
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +47,8 @@ class AgentFigures:
     people: int = 0
     versions: Mapping[str, str] = field(default_factory=dict)
     """agent and runtime versions."""
+    frame_path: Mapping[str, Any] = field(default_factory=dict)
+    """How frames are analysed: PathChooser.status() (mode, path, measuring, fps per path)."""
 
 
 class AgentMetrics:
@@ -64,7 +59,9 @@ class AgentMetrics:
         self.registry = CollectorRegistry()
         self.inference = Histogram(
             "facefleet_agent_inference_seconds",
-            "Inference time of one frame's request to a model (all faces of the frame in one batch)",
+            "Inference time of one frame's request to a model (all faces of the frame in one batch): "
+            "OpenVINO's time from its start to its completion, without the Python work around it; on the "
+            "pipelined path it includes waiting behind another frame's request running at the same time",
             ["task", "model"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
@@ -90,9 +87,9 @@ class AgentMetrics:
         if figures is not None:
             self.registry.register(_FiguresCollector(figures))
 
-    def analyze(self, analyzer: FaceAnalyzer, image: npt.NDArray[Any]) -> list[Face]:
-        """`analyzer.analyze(image)`, step by step, timing each model's step into the inference histogram."""
-        return analyze_timed(analyzer, image, self.inference.labels)
+    def observe(self, task: str, model_id: str, seconds: float) -> None:
+        """One frame's inference time of one model (FramePipeline's observe)."""
+        self.inference.labels(task, model_id).observe(seconds)
 
     def serve(self, listen: str) -> MetricsEndpoint:
         """The endpoint of this registry on `listen` ('' = off), not yet started."""
@@ -166,31 +163,17 @@ def _families(f: AgentFigures) -> Iterable[CounterMetricFamily | GaugeMetricFami
     yield GaugeMetricFamily("facefleet_agent_people", "People in the on-device gallery", value=f.people)
     if f.versions:
         yield InfoMetricFamily("facefleet_agent_build", "Agent and runtime versions", value=dict(f.versions))
-
-
-def analyze_timed(
-    analyzer: FaceAnalyzer, image: npt.NDArray[Any], histogram: Callable[[str, str], Any]
-) -> list[Face]:
-    """The faces `analyzer.analyze(image)` finds, computed with the analyzer's own steps (detect, then one
-    batch per face model) so that each model's step is timed: `histogram(task, model_id).observe(seconds)`.
-    Detection's step includes its pre- and post-processing (scaling the frame, decoding the boxes)."""
-    frame_bgr = to_bgr8(image)
-    started = time.perf_counter()
-    detections = analyzer.detect(frame_bgr)
-    histogram("detection", analyzer.detector_model.manifest.model_id).observe(time.perf_counter() - started)
-    aligned = [align_face(frame_bgr, detection.landmarks_xy) for detection in detections]
-    models = {"embedding": analyzer.embedding_model, "expression": analyzer.expression_model}
-    results: dict[str, Outputs] = {}
-    for kind, (net, tensor) in analyzer.face_batches(frame_bgr, detections, aligned).items():
-        started = time.perf_counter()
-        results[kind] = net.infer(tensor)
-        model = models.get(kind)
-        if model is not None:
-            histogram(kind, model.manifest.model_id).observe(time.perf_counter() - started)
-    started = time.perf_counter()
-    attributes = analyzer.attributes_of(frame_bgr, detections)
-    if attributes is not None and analyzer.attributes_model is not None:
-        histogram("attributes", analyzer.attributes_model.manifest.model_id).observe(
-            time.perf_counter() - started
+    if f.frame_path:
+        yield InfoMetricFamily(
+            "facefleet_agent_frame_path",
+            "How frames are analysed: mode (auto, on, off) and path (sequential, pipelined)",
+            value={"mode": str(f.frame_path["mode"]), "path": str(f.frame_path["path"])},
         )
-    return analyzer.faces(detections, aligned, results, attributes)
+        measured = GaugeMetricFamily(
+            "facefleet_agent_frame_path_fps",
+            "Frames/s each path reached when the agent last measured both (pipeline = auto)",
+            labels=["path"],
+        )
+        for path, fps in sorted(f.frame_path.get("fps", {}).items()):
+            measured.add_metric([path], float(fps))
+        yield measured

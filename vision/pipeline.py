@@ -1,8 +1,9 @@
 """From a BGR frame to analysed faces: detect → align → quality → embed → expression.
 
-`FaceAnalyzer.analyze` runs one frame synchronously. `FaceAnalyzer.stream` keeps several frames in
-flight with OpenVINO asynchronous requests, so inference of one frame overlaps the Python pre- and
-post-processing of its neighbours; it yields results in frame order. The faces of a frame go through the
+`FaceAnalyzer.analyze` runs one frame synchronously. `FramePipeline` keeps several frames in flight with
+OpenVINO asynchronous requests, so inference of one frame overlaps the Python pre- and post-processing of
+its neighbours (and the caller's work on finished frames); frames are pushed in and come out in order.
+`FaceAnalyzer.stream` runs an iterable of frames through it. The faces of a frame go through the
 embedding and expression models as one batch.
 """
 
@@ -10,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +42,11 @@ Frame = npt.NDArray[np.uint8]
 NET_CACHE_SIZE = 24
 DYNAMIC_BATCH = -1
 """The batch dimension of a model compiled for any number of faces."""
+ANY_BATCH = ("embedding", "expression")
+"""The face models compiled once for any number of faces, when their graph allows it (see net())."""
+T = TypeVar("T")
+Observe = Callable[[str, str, float], None]
+"""observe(task, model_id, seconds): one frame's inference time of one model."""
 log = logging.getLogger(__name__)
 
 
@@ -214,17 +221,23 @@ class FaceAnalyzer:
 
     def stream(self, frames: Iterable[npt.NDArray[Any]], jobs: int | None = None) -> Iterator[list[Face]]:
         """Analyse frames with inference in flight while Python pre/post-processes; results in input order."""
-        return _Stream(self, jobs or self.settings.jobs or self._auto_jobs()).run(frames)
+        pipeline: FramePipeline[None] = FramePipeline(self, jobs or self.settings.jobs or self._auto_jobs())
+        for frame in frames:
+            for _, faces in pipeline.submit(None, frame):
+                yield faces
+        for _, faces in pipeline.drain():
+            yield faces
 
     def net(self, kind: str, shape: tuple[int, ...]) -> CompiledNet:
         """A model compiled for an input shape (a frame size, a batch of N faces).
 
-        The embedding model is compiled once for any number of faces (a dynamic batch): on the CPU as fast
-        as a static batch, where each static batch size holds its own copy of the weights and buffers
-        (about 100 MB for SFace at 1 and 6 faces). A model whose graph fixes its batch keeps static shapes.
-        The other models keep static shapes: OpenVINO 2026.4's CPU plugin computed wrong expression scores
-        with a dynamic batch under the THROUGHPUT hint, and a frame size is a camera's. The most recently
-        used shapes are kept."""
+        The embedding and expression models are compiled once for any number of faces (a dynamic batch):
+        on the CPU as fast as a static batch, where each static batch size holds its own copy of the
+        weights and buffers (about 100 MB for SFace at 1 and 6 faces, 6 MB more per face count for
+        mini-Xception). A model whose graph fixes its batch keeps static shapes. The expression model
+        always runs on one stream (LATENCY): OpenVINO 2026.4's CPU plugin computed wrong expression scores
+        with a dynamic batch under the THROUGHPUT hint. The other models keep static shapes (a frame size
+        is a camera's). The most recently used shapes are kept."""
         with self._nets_lock:
             if self._batch_any.get(kind):
                 shape = (DYNAMIC_BATCH, *shape[1:])
@@ -251,10 +264,12 @@ class FaceAnalyzer:
             batch = shape[0]
             shapes = {"gender_chip": (batch, 3, 32, 32), "age_chip": (batch, 3, 64, 64)}
             return self.runtime.compile(xml, input_shapes=shapes, precision=precision), (kind, shape)
-        if kind == "embedding" and kind not in self._batch_any:
+        if kind in ANY_BATCH and kind not in self._batch_any:
             any_batch = (DYNAMIC_BATCH, *shape[1:])
             try:
-                net = self.runtime.compile(xml, input_shape=any_batch, precision=precision)
+                net = self.runtime.compile(
+                    xml, input_shape=any_batch, single_stream=kind == "expression", precision=precision
+                )
             except RuntimeError as exc:  # e.g. a Reshape in the graph that fixes the batch
                 log.info("%s keeps static batch sizes: %s", model.manifest.model_id, str(exc).splitlines()[0])
                 self._batch_any[kind] = False
@@ -282,9 +297,10 @@ class FaceAnalyzer:
 
 
 @dataclass
-class _FrameJob:
-    """One frame on its way through the stream."""
+class _FrameJob(Generic[T]):
+    """One frame on its way through the pipeline, with the caller's tag."""
 
+    tag: T
     frame: Frame
     prepared: detection.DetectorInput
     detections: list[Detection] = field(default_factory=list)
@@ -292,36 +308,72 @@ class _FrameJob:
     requests: dict[str, list[Request]] = field(default_factory=dict)
 
 
-class _Stream:
+class FramePipeline(Generic[T]):
     """A software pipeline on one Python thread: while OpenVINO runs started requests on its own threads
     (without the GIL), Python prepares the next frame and decodes and aligns the previous one. Stages are
-    first in, first out, so frames come out in input order.
+    first in, first out, so frames come out in submission order.
+
+    Push-style: submit(tag, frame) starts a frame and returns the (tag, faces) of the frames completed
+    meanwhile; poll() completes, without blocking, the frames whose requests have finished; drain()
+    completes every frame in flight. depth: frames held by each stage (detection, face models), so at most
+    2·depth - 1 frames are in flight after a submit. A pipeline runs one analyzer: to change models, drain
+    it and start another.
+
+    observe(task, model_id, seconds), if given, receives each frame's inference time per model: OpenVINO's
+    time from the start of the request to its completion (the parts of a split batch: the longest), which
+    includes waiting behind requests of other frames running at the same time on the device, and excludes
+    the Python work around it; attributes, which run synchronously, are timed by the wall clock.
 
     Callbacks (AsyncInferQueue) would run Python on OpenVINO's threads, which then wait for the GIL behind
     the pre/post-processing; explicit start/wait keeps the inference threads free of Python."""
 
-    def __init__(self, analyzer: FaceAnalyzer, depth: int) -> None:
+    def __init__(self, analyzer: FaceAnalyzer, depth: int, observe: Observe | None = None) -> None:
         self.analyzer = analyzer
         self.depth = max(1, depth)
-        self.detecting: deque[tuple[_FrameJob, Request]] = deque()
-        self.describing: deque[_FrameJob] = deque()
-        self.free: dict[CompiledNet, list[Request]] = {}
+        self.observe = observe
+        self.detecting: deque[tuple[_FrameJob[T], Request]] = deque()
+        self.describing: deque[_FrameJob[T]] = deque()
+        self.free: OrderedDict[CompiledNet, list[Request]] = OrderedDict()
+        """Idle requests by compiled model, the most recently used last (at most NET_CACHE_SIZE models, so
+        that a long-lived pipeline does not keep the models of frame sizes long gone)."""
 
-    def run(self, frames: Iterable[npt.NDArray[Any]]) -> Iterator[list[Face]]:
-        for frame in frames:
-            frame_bgr = to_bgr8(frame)
-            job = _FrameJob(frame_bgr, detection.prepare(frame_bgr, self.analyzer.settings.detector))
-            shape = job.prepared.tensor.shape
-            net = self.analyzer.net("detection", shape)
-            request = self._take(net)
-            request.start(job.prepared.tensor)
-            self.detecting.append((job, request))
-            if len(self.detecting) >= self.depth:
-                yield from self._finish_detection()
+    @property
+    def in_flight(self) -> int:
+        """Frames submitted and not yet returned."""
+        return len(self.detecting) + len(self.describing)
+
+    def submit(self, tag: T, frame: npt.NDArray[Any]) -> list[tuple[T, list[Face]]]:
+        """Start one frame; the frames completed meanwhile, oldest first."""
+        frame_bgr = to_bgr8(frame)
+        job = _FrameJob(tag, frame_bgr, detection.prepare(frame_bgr, self.analyzer.settings.detector))
+        request = self._take(self.analyzer.net("detection", job.prepared.tensor.shape))
+        request.start(job.prepared.tensor)  # copied into the request: decode needs only its shape
+        job.prepared = replace(job.prepared, tensor=np.broadcast_to(np.float32(0), job.prepared.tensor.shape))
+        self.detecting.append((job, request))
+        done: list[tuple[T, list[Face]]] = []
+        if len(self.detecting) >= self.depth:
+            self._finish_detection(done)
+        return done
+
+    def poll(self) -> list[tuple[T, list[Face]]]:
+        """The frames that can be completed without waiting for a request, oldest first."""
+        done: list[tuple[T, list[Face]]] = []
+        while True:
+            if self.describing and all(r.done() for rs in self.describing[0].requests.values() for r in rs):
+                done.append(self._finish_faces())
+            elif self.detecting and len(self.describing) < self.depth and self.detecting[0][1].done():
+                self._finish_detection(done)
+            else:
+                return done
+
+    def drain(self) -> list[tuple[T, list[Face]]]:
+        """Every frame in flight, completed, oldest first."""
+        done: list[tuple[T, list[Face]]] = []
         while self.detecting:
-            yield from self._finish_detection()
+            self._finish_detection(done)
         while self.describing:
-            yield self._finish_faces()
+            done.append(self._finish_faces())
+        return done
 
     def _take(self, net: CompiledNet) -> Request:
         """A free request of this compiled model, or a new one."""
@@ -330,16 +382,27 @@ class _Stream:
 
     def _release(self, request: Request) -> None:
         self.free.setdefault(request.net, []).append(request)
+        self.free.move_to_end(request.net)
+        while len(self.free) > NET_CACHE_SIZE:
+            self.free.popitem(last=False)
 
-    def _finish_detection(self) -> Iterator[list[Face]]:
-        """Wait for the oldest detection, then start the face models on its faces."""
+    def _observe(self, kind: str, requests: list[Request]) -> None:
+        model = self.analyzer._model(kind)
+        if self.observe is not None and model is not None and requests:
+            seconds = max(request.latency_s() for request in requests)
+            self.observe(kind, model.manifest.model_id, seconds)
+
+    def _finish_detection(self, done: list[tuple[T, list[Face]]]) -> None:
+        """Wait for the oldest detection, then start the face models on its faces (completing the oldest
+        frames into done first while the face stage is full)."""
         job, request = self.detecting.popleft()
         outputs = request.wait()
+        self._observe("detection", [request])
         self._release(request)
         job.detections = detection.decode(outputs, job.prepared, self.analyzer.settings.detector)
         job.aligned = [align_face(job.frame, det.landmarks_xy) for det in job.detections]
         while len(self.describing) >= self.depth:
-            yield self._finish_faces()
+            done.append(self._finish_faces())
         for kind, (net, tensor) in self.analyzer.face_batches(job.frame, job.detections, job.aligned).items():
             # with several inference streams, split the batch so that every stream works on it
             parts = np.array_split(tensor, min(len(tensor), net.optimal_requests))
@@ -351,13 +414,18 @@ class _Stream:
                 job.requests[kind].append(face_request)
         self.describing.append(job)
 
-    def _finish_faces(self) -> list[Face]:
+    def _finish_faces(self) -> tuple[T, list[Face]]:
         job = self.describing.popleft()
         results: dict[str, Outputs] = {}
         for kind, requests in job.requests.items():
             parts = [request.wait() for request in requests]
+            self._observe(kind, requests)
             for request in requests:
                 self._release(request)
             results[kind] = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        started = time.perf_counter()
         attributes = self.analyzer.attributes_of(job.frame, job.detections)
-        return self.analyzer.faces(job.detections, job.aligned, results, attributes)
+        if attributes is not None and self.observe is not None and self.analyzer.attributes_model is not None:
+            model_id = self.analyzer.attributes_model.manifest.model_id
+            self.observe("attributes", model_id, time.perf_counter() - started)
+        return job.tag, self.analyzer.faces(job.detections, job.aligned, results, attributes)

@@ -12,6 +12,12 @@ from dataclasses import dataclass
 
 from facefleet.link.events import Event
 
+CERTIFICATE_EXPIRY_HEALTH = "certificate_expires_at"
+"""The health figure that tells the server when this device's certificate expires (Unix seconds)."""
+SYNC_HEALTH = ("reports_pending", "reports_dropped", CERTIFICATE_EXPIRY_HEALTH)
+"""The figures the link to the server (agent.fleet.sync) adds to the service's health(): they replace the
+service's of the same names and are kept before them when there are more than the server takes."""
+
 
 @dataclass(frozen=True)
 class SyncPoint:

@@ -27,7 +27,7 @@ import grpc
 from cryptography import x509
 
 from facefleet import __version__
-from facefleet.agent.domain.fleet import SyncPoint
+from facefleet.agent.domain.fleet import CERTIFICATE_EXPIRY_HEALTH, SyncPoint
 from facefleet.agent.domain.records import RevisionConflictError, StoreError
 from facefleet.agent.fleet.channel import (
     channel_options,
@@ -52,11 +52,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_HEALTH_FIGURES = MAX_HEALTH_ENTRIES
-CERTIFICATE_EXPIRY_HEALTH = "certificate_expires_at"
-"""The health figure that tells the server when this device's certificate expires (Unix seconds)."""
-SYNC_HEALTH = ("reports_pending", "reports_dropped", CERTIFICATE_EXPIRY_HEALTH)
-"""The figures FleetSync adds to the caller's health(): they replace the caller's of the same names and are
-kept before them when there are more than MAX_HEALTH_FIGURES."""
 WIPE_METADATA = ("facefleet-device-action", "wipe-gallery")
 """Trailing metadata of the server's refusal of a device revoked with --wipe: erase the gallery."""
 STATUS_RETRY_S = 5.0

@@ -20,8 +20,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from facefleet.agent.config import AgentConfig
-from facefleet.agent.metrics import AgentMetrics, analyze_timed
-from facefleet.vision.pipeline import FaceAnalyzer
+from facefleet.agent.metrics import AgentMetrics
+from facefleet.vision.pipeline import FaceAnalyzer, FramePipeline
 from tests.agent.test_service import state_dir, write_video  # noqa: F401 (a fixture)
 from tests.mosquitto import Mosquitto
 
@@ -48,15 +48,23 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+@pytest.mark.parametrize("then_drain", [True, False])
 def test_timed_analysis_finds_the_same_faces_as_the_analyzer(
-    analyzer: FaceAnalyzer, astronaut: np.ndarray, group_photo: np.ndarray
+    analyzer: FaceAnalyzer, astronaut: np.ndarray, group_photo: np.ndarray, then_drain: bool
 ) -> None:
+    """Sequential (drained after each frame) or pipelined: each frame's models timed once each."""
     metrics = AgentMetrics()
-    for image in (astronaut, group_photo):
-        timed = analyze_timed(analyzer, image, metrics.inference.labels)
+    pipeline: FramePipeline[int] = FramePipeline(analyzer, 1, metrics.observe)
+    images = (astronaut, group_photo)
+    timed = []
+    for tag, image in enumerate(images):
+        timed += pipeline.submit(tag, image) + (pipeline.drain() if then_drain else [])
+    timed += pipeline.drain()
+    assert [tag for tag, _ in timed] == [0, 1]
+    for (_, faces), image in zip(timed, images, strict=True):
         plain = analyzer.analyze(image)
-        assert len(timed) == len(plain) > 0
-        for a, b in zip(timed, plain, strict=True):
+        assert len(faces) == len(plain) > 0
+        for a, b in zip(faces, plain, strict=True):
             assert a.detection.box_xyxy == pytest.approx(b.detection.box_xyxy)
             assert a.embedding is not None and b.embedding is not None
             assert float(a.embedding @ b.embedding) > 0.9999

@@ -15,7 +15,7 @@ import pytest
 
 from facefleet.agent.cameras import Camera, CameraSettings, SourceError
 from facefleet.agent.config import CameraConfig, load_config
-from facefleet.agent.fleet.sync import SYNC_HEALTH
+from facefleet.agent.domain.fleet import SYNC_HEALTH
 from facefleet.agent.service import CAMERA_HEALTH, AgentService
 from facefleet.link.checks import MAX_HEALTH_ENTRIES, MAX_HEALTH_KEY_CHARS, check_health
 from facefleet.link.events import Event

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,13 @@ import pytest
 from facefleet.vision.alignment import align_face
 from facefleet.vision.faces import EXPRESSION_LABELS, Face
 from facefleet.vision.models.store import ModelStore
-from facefleet.vision.pipeline import FaceAnalyzer
-from facefleet.vision.preprocess import embedding_input, normalise_embeddings
+from facefleet.vision.pipeline import FaceAnalyzer, FramePipeline
+from facefleet.vision.preprocess import (
+    embedding_input,
+    expression_input,
+    normalise_embeddings,
+    softmax_if_needed,
+)
 from facefleet.vision.runtime import CompiledNet, Runtime, RuntimeSettings
 from tests.conftest import SFACE_THRESHOLD
 
@@ -159,6 +165,77 @@ def test_stream_can_be_abandoned_early(analyzer: FaceAnalyzer, astronaut: np.nda
     first = next(stream)
     stream.close()
     assert len(first) == 1
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_pushed_frames_come_back_once_each_in_order_with_their_tags_and_faces(
+    analyzer: FaceAnalyzer, astronaut: np.ndarray, group_photo: np.ndarray, depth: int
+) -> None:
+    empty = np.zeros((200, 300, 3), np.uint8)
+    frames = [astronaut, group_photo, empty, group_photo, astronaut, empty, group_photo]
+    expected = [analyzer.analyze(frame) for frame in frames]
+    pipeline: FramePipeline[int] = FramePipeline(analyzer, depth)
+    done: list[tuple[int, list[Face]]] = []
+    for tag, frame in enumerate(frames):
+        done += pipeline.submit(tag, frame)
+        assert pipeline.in_flight == tag + 1 - len(done) <= 2 * depth - 1
+        if tag == 3:
+            done += pipeline.poll()  # never blocks, never reorders
+    done += pipeline.drain()
+    assert pipeline.in_flight == 0 and pipeline.drain() == []
+    assert [tag for tag, _ in done] == list(range(len(frames)))
+    for (_, got), want in zip(done, expected, strict=True):
+        assert len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a.detection.box_xyxy, b.detection.box_xyxy, atol=1e-3)
+            assert a.embedding is not None and b.embedding is not None
+            assert float(a.embedding @ b.embedding) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_drained_pipeline_has_nothing_left_for_poll(analyzer: FaceAnalyzer, astronaut: np.ndarray) -> None:
+    pipeline: FramePipeline[str] = FramePipeline(analyzer, 2)
+    assert pipeline.submit("a", astronaut) == [] and pipeline.in_flight == 1
+    finished = []
+    for _ in range(1000):  # poll completes it once its requests are done, without waiting
+        finished += pipeline.poll()
+        if finished:
+            break
+        time.sleep(0.005)
+    assert [tag for tag, _ in finished] == ["a"] and len(finished[0][1]) == 1
+    assert pipeline.in_flight == 0 and pipeline.poll() == [] and pipeline.drain() == []
+
+
+def test_the_pipeline_times_each_model_of_each_frame(analyzer: FaceAnalyzer, group_photo: np.ndarray) -> None:
+    observed: list[tuple[str, str, float]] = []
+    pipeline: FramePipeline[int] = FramePipeline(analyzer, 1, lambda *seen: observed.append(seen))
+    pipeline.submit(0, group_photo)
+    pipeline.submit(1, np.zeros((200, 300, 3), np.uint8))  # no faces: detection only
+    pipeline.drain()
+    tasks = [(task, model) for task, model, _ in observed]
+    assert tasks.count(("detection", "yunet@2023mar")) == 2
+    assert tasks.count(("embedding", "sface@2021dec")) == 1
+    assert tasks.count(("expression", analyzer.expression_model.manifest.model_id)) == 1  # type: ignore[union-attr]
+    assert all(0 < seconds < 5 for _, _, seconds in observed)
+
+
+def test_the_expression_model_is_compiled_once_whatever_the_number_of_faces(
+    runtime: Runtime, model_store: ModelStore, astronaut: np.ndarray, group_photo: np.ndarray
+) -> None:
+    analyzer = FaceAnalyzer(runtime, model_store)
+    six = analyzer.analyze(group_photo)
+    two = analyzer.analyze(np.hstack([astronaut, astronaut[:, ::-1]]))
+    streamed = list(analyzer.stream(iter([group_photo, astronaut]), jobs=1))
+    assert (len(six), len(two), [len(f) for f in streamed]) == (6, 2, [6, 1])
+    assert [key for key in analyzer._nets if key[0] == "expression"] == [("expression", (-1, 64, 64, 1))]
+    assert analyzer.expression_model is not None
+    batch = runtime.compile(
+        analyzer.expression_model.xml_path, input_shape=(6, 64, 64, 1), single_stream=True
+    )
+    tensor = np.stack([expression_input(group_photo, face.detection.box_xyxy) for face in six])
+    want = softmax_if_needed(next(iter(batch.infer(tensor).values())))
+    for faces in (six, streamed[0]):  # the scores of a model compiled for six faces
+        got = [[face.expression.probabilities[k] for k in EXPRESSION_LABELS] for face in faces]  # type: ignore[union-attr]
+        np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_embeddings_match_opencv_reference_pipeline(

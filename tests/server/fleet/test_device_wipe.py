@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from cryptography import x509
 
-from facefleet.agent.fleet.sync import CERTIFICATE_EXPIRY_HEALTH
+from facefleet.agent.domain.fleet import CERTIFICATE_EXPIRY_HEALTH
 from facefleet.server.gallery.embedder import Enroller
 from facefleet.v1 import admin_pb2, devices_pb2
 from tests.server.conftest import Pki, run, serving

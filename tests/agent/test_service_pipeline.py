@@ -1,0 +1,191 @@
+"""The service's frame paths: pipelined frames handled in order, drained before a model switch and at a
+path change, and the path in use in the status and metrics (real models, no broker)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from facefleet.agent.cameras import CameraFrame
+from facefleet.agent.config import load_config
+from facefleet.agent.service import AgentService
+from facefleet.agent.updates.updater import Switch
+from facefleet.vision.faces import Face
+from facefleet.vision.models.store import ModelStore
+from facefleet.vision.path_choice import PathChooser
+from facefleet.vision.pipeline import FaceAnalyzer
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float) -> Path:
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (width, height))
+    for frame in frames:
+        writer.write(cv2.resize(frame, (width, height)))
+    writer.release()
+    return path
+
+
+def make_service(
+    tmp_path: Path, model_store: ModelStore, pipeline: str, cameras: dict[str, Path]
+) -> AgentService:
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    if not (state / "models").exists():
+        (state / "models").symlink_to(model_store.root, target_is_directory=True)
+    camera_lines = "".join(f'[[cameras]]\nname = "{n}"\nsource = "{s}"\n' for n, s in cameras.items())
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        'device_id = "pipe"\n[runtime]\ninference_precision = "f32"\n[mqtt]\nenabled = false\n'
+        f'[metrics]\nlisten = ""\n[service]\npipeline = "{pipeline}"\n{camera_lines}'
+    )
+    service = AgentService(load_config(config), state)
+    service._refresh_gallery()  # as run() does before its first frame
+    return service
+
+
+@pytest.fixture
+def video(tmp_path: Path, astronaut: np.ndarray) -> Path:
+    return write_video(tmp_path / "still.avi", [astronaut], 30)
+
+
+@pytest.fixture
+def service(tmp_path: Path, model_store: ModelStore, video: Path) -> Iterator[AgentService]:
+    service = make_service(tmp_path, model_store, "on", {"cam": video})
+    yield service
+    service.store.close()
+
+
+def recorded(service: AgentService, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, FaceAnalyzer]]:
+    """(camera, frame number, analyzer running) of each frame the service handles, in handling order."""
+    seen: list[tuple[str, int, FaceAnalyzer]] = []
+    process = service._process
+
+    def record(frame: CameraFrame, faces: list[Face]) -> None:
+        seen.append((frame.camera, frame.number, service.analyzer))
+        process(frame, faces)
+
+    monkeypatch.setattr(service, "_process", record)
+    return seen
+
+
+def frames(images: list[np.ndarray], camera: str = "cam") -> list[CameraFrame]:
+    return [CameraFrame(camera, n, time.time(), image) for n, image in enumerate(images, 1)]
+
+
+@pytest.mark.slow
+def test_pipelined_frames_of_two_cameras_are_handled_once_each_in_order(
+    tmp_path: Path, model_store: ModelStore, astronaut: np.ndarray, group_photo: np.ndarray
+) -> None:
+    one = write_video(tmp_path / "one.avi", [astronaut, np.full_like(astronaut, 40)] * 10, 30)
+    six = write_video(tmp_path / "six.avi", [group_photo] * 20, 30)
+    service = make_service(tmp_path, model_store, "on", {"one": one, "six": six})
+    seen: list[tuple[str, int]] = []
+    process = service._process
+    service._process = lambda frame, faces: (
+        seen.append((frame.camera, frame.number)),
+        process(frame, faces),
+    )[1]  # type: ignore[method-assign]
+    runner = threading.Thread(target=service.run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ended = all(c.status.state == "ended" for c in service.cameras.values())
+            if ended and not service._pipeline.in_flight and service.frames_analysed["six"]:
+                break
+            time.sleep(0.05)
+        status = service.status()
+    finally:
+        service.stop_event.set()
+        runner.join(30)
+        service.store.close()
+    for camera in ("one", "six"):
+        numbers = [n for c, n in seen if c == camera]
+        assert numbers and numbers == sorted(set(numbers)), camera
+        assert service.frames_analysed[camera] == len(numbers)
+    assert status["frame_path"] == {"mode": "on", "path": "pipelined", "measuring": False, "fps": {}}
+    counts = {
+        s.labels["task"]: s.value
+        for metric in service.metrics.registry.collect()
+        if metric.name == "facefleet_agent_inference_seconds"
+        for s in metric.samples
+        if s.name.endswith("_count")
+    }
+    assert counts["detection"] == len(seen) and counts["embedding"] > 0
+
+
+def test_a_model_switch_waits_for_the_frames_in_flight_and_the_new_model_starts_afresh(
+    service: AgentService, astronaut: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = recorded(service, monkeypatch)
+    old = service.analyzer
+    pending = frames([astronaut, astronaut[:, ::-1].copy(), astronaut, astronaut])
+    for frame in pending[:3]:
+        service._analyse(frame)
+    assert service._pipeline.in_flight > 0  # some frames are still running on the old analyzer
+    model = service.models.active("expression")
+    switch = Switch(
+        release=None, model=model, analyzer=old.with_model(model), done=concurrent.futures.Future()
+    )  # type: ignore[arg-type]
+    service._queue_switch(switch)
+    service._apply_switches()
+    assert switch.done.result(timeout=0) is None
+    assert [(n, a) for _, n, a in seen] == [(1, old), (2, old), (3, old)]
+    assert service.analyzer is switch.analyzer and service._pipeline.analyzer is switch.analyzer
+    assert service._pipeline.in_flight == 0
+    service._analyse(pending[3])
+    service._settle()
+    assert seen[-1][1:] == (4, switch.analyzer)
+
+
+def test_a_change_of_path_keeps_the_frame_order_and_the_choice_is_reported(
+    service: AgentService, astronaut: np.ndarray, group_photo: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = recorded(service, monkeypatch)
+    service.frame_path = PathChooser("auto", window=2, rounds=2)
+    paths = []
+    for frame in frames([astronaut, group_photo, np.zeros((120, 160, 3), np.uint8)] * 6):
+        paths.append(service.frame_path.path)
+        service._analyse(frame)
+    service._settle()
+    assert [n for _, n, _ in seen] == list(range(1, 19))
+    assert "sequential" in paths[:2] and "pipelined" in paths  # warm-up, then both measured
+    status: dict[str, Any] = service.status()["frame_path"]
+    assert status["mode"] == "auto" and not status["measuring"]
+    assert set(status["fps"]) == {"sequential", "pipelined"} and min(status["fps"].values()) > 0
+    assert status["path"] == service.frame_path.path
+    exposition = {m.name: m for m in service.metrics.registry.collect()}
+    info = exposition["facefleet_agent_frame_path"].samples[0].labels
+    assert info == {"mode": "auto", "path": status["path"]}
+    fps = {s.labels["path"]: s.value for s in exposition["facefleet_agent_frame_path_fps"].samples}
+    assert fps == status["fps"]
+
+
+def test_pipeline_off_handles_each_frame_before_the_next(
+    tmp_path: Path,
+    model_store: ModelStore,
+    video: Path,
+    astronaut: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service = make_service(tmp_path, model_store, "off", {"cam": video})
+    try:
+        seen = recorded(service, monkeypatch)
+        for frame in frames([astronaut] * 3):
+            service._analyse(frame)
+            assert seen[-1][1] == frame.number and service._pipeline.in_flight == 0
+        assert service.status()["frame_path"]["path"] == "sequential"
+        count = service.metrics.registry.get_sample_value(
+            "facefleet_agent_inference_seconds_count", {"task": "detection", "model": "yunet@2023mar"}
+        )
+        assert count == 3
+    finally:
+        service.store.close()

@@ -48,18 +48,10 @@ from facefleet.vision.pipeline import FaceAnalyzer
 from facefleet.vision.runtime import Runtime
 from tests.agent.conftest import Subscriber
 from tests.mosquitto import Mosquitto
+from tests.videos import write_video
 
 AGENT = str(Path(sys.executable).with_name("facefleet-agent"))
 CAMERA_FPS = 60
-
-
-def write_video(path: Path, frames: list[np.ndarray], fps: float) -> Path:
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (width, height))
-    for frame in frames:
-        writer.write(cv2.resize(frame, (width, height)))
-    writer.release()
-    return path
 
 
 def process_figures(pid: int, started: float, cpu_start: float) -> dict[str, float]:

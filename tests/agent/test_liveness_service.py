@@ -21,7 +21,8 @@ from facefleet.vision.errors import ModelStoreError
 from facefleet.vision.models.store import ModelStore
 from facefleet.vision.pipeline import FaceAnalyzer
 from tests.mosquitto import Mosquitto
-from tests.vision.liveness_media import attack_photos, attack_video, genuine_frames, write_video
+from tests.videos import write_video
+from tests.vision.liveness_media import attack_photos, attack_video, genuine_frames
 
 pytestmark = pytest.mark.slow  # a broker and a 30 s camera video in real time
 

@@ -22,8 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from facefleet.agent.config import AgentConfig
 from facefleet.agent.metrics import AgentMetrics
 from facefleet.vision.pipeline import FaceAnalyzer, FramePipeline
-from tests.agent.test_service import state_dir, write_video  # noqa: F401 (a fixture)
+from tests.agent.test_service import state_dir  # noqa: F401 (a fixture)
 from tests.mosquitto import Mosquitto
+from tests.videos import write_video
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

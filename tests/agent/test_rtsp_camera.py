@@ -15,9 +15,10 @@ import pytest
 from facefleet.agent.cameras import Camera, CameraFrame, CameraSettings, CameraStatus
 from facefleet.agent.config import load_config
 from facefleet.agent.service import AgentService
-from tests.agent.test_service import PREFIX, running, state_dir, write_video
+from tests.agent.test_service import PREFIX, running, state_dir
 from tests.mosquitto import Mosquitto
 from tests.rtsp import RtspServer
+from tests.videos import write_video
 
 __all__ = ["state_dir"]  # the service tests' state: the default models, Eileen (the astronaut) enrolled
 

@@ -27,6 +27,7 @@ from facefleet.agent.store.database import EmbeddingStore
 from facefleet.vision.models.store import ModelStore
 from tests.mosquitto import Mosquitto
 from tests.tmpfs import fill, mounted_tmpfs
+from tests.videos import write_video
 
 pytestmark = pytest.mark.slow  # the service end to end: a broker, cameras in real time, one run as a process
 
@@ -65,15 +66,6 @@ def running(service: AgentService) -> Iterator[AgentService]:
     finally:
         service.stop_event.set()
         runner.join(30)
-
-
-def write_video(path: Path, frames: list[np.ndarray], fps: float) -> Path:
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (width, height))
-    for frame in frames:
-        writer.write(cv2.resize(frame, (width, height)))
-    writer.release()
-    return path
 
 
 def config_file(tmp_path: Path, port: int, camera: str, source: Path, **door: Any) -> Path:

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 
@@ -22,15 +21,7 @@ from facefleet.vision.faces import Face
 from facefleet.vision.models.store import ModelStore
 from facefleet.vision.path_choice import PathChooser
 from facefleet.vision.pipeline import FaceAnalyzer
-
-
-def write_video(path: Path, frames: list[np.ndarray], fps: float) -> Path:
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (width, height))
-    for frame in frames:
-        writer.write(cv2.resize(frame, (width, height)))
-    writer.release()
-    return path
+from tests.videos import write_video
 
 
 def make_service(

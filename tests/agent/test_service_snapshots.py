@@ -21,8 +21,9 @@ from facefleet.link.events import Event
 from facefleet.server.api import certs
 from facefleet.vision.pipeline import FaceAnalyzer
 from tests.agent.recognition.test_snapshots import decode, embed_aligned
-from tests.agent.test_service import running, state_dir, stranger, write_video  # noqa: F401 (a fixture)
+from tests.agent.test_service import running, state_dir, stranger  # noqa: F401 (a fixture)
 from tests.mosquitto import Mosquitto, free_port
+from tests.videos import write_video
 
 pytestmark = pytest.mark.slow  # the service end to end: a broker and a camera in real time
 

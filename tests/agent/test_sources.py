@@ -12,16 +12,7 @@ import numpy as np
 import pytest
 
 from facefleet.agent.cameras import Camera, CameraSettings, CameraStatus, SourceError, open_reader
-
-
-def write_video(path: Path, frames: list[np.ndarray], fps: float = 25.0) -> Path:
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (width, height))
-    assert writer.isOpened()
-    for frame in frames:
-        writer.write(frame)
-    writer.release()
-    return path
+from tests.videos import write_video
 
 
 def numbered_frames(count: int) -> list[np.ndarray]:
@@ -51,7 +42,7 @@ def collect(camera: Camera, timeout: float = 10.0) -> list[int]:
 
 
 def test_video_file_plays_to_its_end(tmp_path: Path) -> None:
-    video = write_video(tmp_path / "door.avi", numbered_frames(12))
+    video = write_video(tmp_path / "door.avi", numbered_frames(12), 25.0)
     camera = Camera(CameraSettings("door", str(video), max_fps=50)).start()
     try:
         numbers = collect(camera)
@@ -65,7 +56,7 @@ def test_video_file_plays_to_its_end(tmp_path: Path) -> None:
 
 
 def test_looping_file_keeps_going(tmp_path: Path) -> None:
-    video = write_video(tmp_path / "loop.avi", numbered_frames(5))
+    video = write_video(tmp_path / "loop.avi", numbered_frames(5), 25.0)
     camera = Camera(CameraSettings("loop", str(video), max_fps=200, loop=True)).start()
     try:
         wait_for(lambda: camera.status.frames_read > 12)
@@ -135,7 +126,7 @@ def test_stream_that_never_answers_times_out_and_retries() -> None:
 
 
 def test_slow_consumer_gets_the_latest_frame_and_drops_are_counted(tmp_path: Path) -> None:
-    video = write_video(tmp_path / "fast.avi", numbered_frames(40))
+    video = write_video(tmp_path / "fast.avi", numbered_frames(40), 25.0)
     camera = Camera(CameraSettings("fast", str(video), max_fps=400)).start()
     try:
         wait_for(lambda: camera.status.state == "ended")

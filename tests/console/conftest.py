@@ -53,10 +53,11 @@ from facefleet.agent.service import AgentService
 from facefleet.server.gallery.embedder import Enroller
 from facefleet.vision.models.store import ModelStore
 from tests.agent.conftest import Subscriber
-from tests.agent.test_service import stranger, write_video
+from tests.agent.test_service import stranger
 from tests.mosquitto import Mosquitto
 from tests.server import conftest as server_fixtures
 from tests.server.conftest import Harness, Pki, serving
+from tests.videos import write_video
 
 # The server fixtures this folder needs, shared with tests/server (a conftest sees only its own folder's).
 pki = server_fixtures.pki

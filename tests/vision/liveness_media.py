@@ -18,6 +18,7 @@ import numpy.typing as npt
 from facefleet.vision.images import read_image
 from facefleet.vision.photos import sample_photo
 from facefleet.vision.pipeline import FaceAnalyzer
+from tests.videos import write_video
 
 Frame = npt.NDArray[np.uint8]
 
@@ -231,16 +232,6 @@ def _screen(picture: Frame, seconds: float, eye_row: float, glare_size: float) -
     light += 0.7 * np.exp(-((x - glare_x) ** 2 + (y - glare_y) ** 2) / (2 * radius**2))[:, :, None]
     shown = np.clip(light * 255, 0, 255).astype(np.uint8)
     return np.asarray(cv2.copyMakeBorder(shown, 20, 20, 20, 20, cv2.BORDER_CONSTANT, value=(15, 15, 15)))
-
-
-def write_video(path: Path, frames: list[Frame], fps: float) -> Path:
-    """frames as an MJPG .avi at fps (all resized to the first frame's size)."""
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (width, height))
-    for frame in frames:
-        writer.write(cv2.resize(frame, (width, height)))
-    writer.release()
-    return path
 
 
 def _main(out: Path) -> None:

@@ -45,6 +45,15 @@ def populate(state_dir: Path) -> None:
     (model / "model.onnx").write_bytes(b"weights")
 
 
+def backed_up(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, Path]:
+    """A populated state directory and a backup of it made with the CLI: (state dir, backup)."""
+    source = tmp_path / "source"
+    populate(source)
+    dest = tmp_path / "backup"
+    assert run_cli(capsys, "--state-dir", str(source), "backup", str(dest))[0] == EXIT_OK
+    return source, dest
+
+
 def answers(
     capsys: pytest.CaptureFixture[str], state_dir: Path, config: Path | None = None
 ) -> tuple[object, ...]:
@@ -110,10 +119,7 @@ def test_backup_while_writing_restores_the_same_state(
 
 
 def test_a_damaged_backup_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    source = tmp_path / "source"
-    populate(source)
-    dest = tmp_path / "backup"
-    assert run_cli(capsys, "--state-dir", str(source), "backup", str(dest))[0] == EXIT_OK
+    _, dest = backed_up(tmp_path, capsys)
     db = dest / "server.db"
     data = bytearray(db.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -128,10 +134,7 @@ def test_a_damaged_backup_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_restore_over_an_existing_database_needs_force_and_keeps_the_old_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    source = tmp_path / "source"
-    populate(source)
-    dest = tmp_path / "backup"
-    assert run_cli(capsys, "--state-dir", str(source), "backup", str(dest))[0] == EXIT_OK
+    source, dest = backed_up(tmp_path, capsys)
     target = tmp_path / "target"
     SqliteState(target / "server.db").close()
     before = (target / "server.db").read_bytes()
@@ -153,10 +156,7 @@ def test_restore_over_an_existing_database_needs_force_and_keeps_the_old_one(
 def test_a_backup_from_before_the_backend_key_still_restores(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    source = tmp_path / "source"
-    populate(source)
-    dest = tmp_path / "backup"
-    assert run_cli(capsys, "--state-dir", str(source), "backup", str(dest))[0] == EXIT_OK
+    source, dest = backed_up(tmp_path, capsys)
     manifest = json.loads((dest / "backup.json").read_text())
     assert manifest.pop("backend") == "sqlite"
     (dest / "backup.json").write_text(json.dumps(manifest))

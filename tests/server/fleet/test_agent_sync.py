@@ -39,8 +39,8 @@ from facefleet.server.state.sqlite.state import SqliteState
 from facefleet.v1 import admin_pb2, gallery_pb2, query_pb2
 from facefleet.vision.models.store import ModelStore
 from facefleet.vision.pipeline import FaceAnalyzer
-from tests.agent.test_service import write_video
 from tests.server.conftest import Harness, Pki, run, serving
+from tests.videos import write_video
 
 MODEL = "sface@2021dec"
 T = TypeVar("T")

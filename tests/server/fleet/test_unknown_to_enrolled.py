@@ -20,12 +20,13 @@ from facefleet.core.errors import EXIT_OK
 from facefleet.server.gallery.embedder import Enroller
 from facefleet.vision.models.store import ModelStore
 from tests.agent.conftest import Subscriber
-from tests.agent.test_service import stranger, write_video
+from tests.agent.test_service import stranger
 from tests.mosquitto import Mosquitto
 from tests.server.cli.test_cli import run_cli
 from tests.server.cli.test_cli_remote import remote
 from tests.server.conftest import Pki, run, serving
 from tests.server.fleet.test_agent_sync import agent_config, until
+from tests.videos import write_video
 
 PREFIX = "facefleet/door-1/"
 

@@ -40,9 +40,9 @@ from facefleet.server.gallery.embedder import Enroller
 from facefleet.v1 import admin_pb2, models_pb2, query_pb2
 from facefleet.vision.models.onnx_fold import fold_blocked_dequantize
 from facefleet.vision.models.store import ModelStore
-from tests.agent.test_service import write_video
 from tests.server.conftest import Harness, Pki, run, serving
 from tests.server.fleet.test_agent_sync import until
+from tests.videos import write_video
 
 pytestmark = pytest.mark.slow  # agents downloading, compiling and switching for real, some as processes
 

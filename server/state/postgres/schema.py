@@ -202,16 +202,22 @@ ATTRIBUTE_CELLS = (
     ),
     f"""DO $$
     DECLARE
-        wide TEXT;
+        pair TEXT[];
         month TEXT;
         bounds TEXT;
     BEGIN
-        FOREACH wide IN ARRAY ARRAY[{", ".join(f"'{table}'" for _, table in ATTRIBUTE_ROLLUPS)}] LOOP
-            FOR month, bounds IN SELECT substring(c.relname FROM '_[0-9]{{4}}_[0-9]{{2}}$'),
+        FOREACH pair SLICE 1 IN ARRAY ARRAY[{
+        ", ".join(
+            f"['{wide}', '{long}']"
+            for (_, wide), long in zip(ATTRIBUTE_ROLLUPS, attribute_cells.LONG_TABLES, strict=True)
+        )
+    }] LOOP
+            FOR month, bounds IN SELECT DISTINCT substring(c.relname FROM '_[0-9]{{4}}_[0-9]{{2}}$'),
                     pg_get_expr(c.relpartbound, c.oid)
                 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'events' LOOP
-                EXECUTE format('CREATE TABLE %I PARTITION OF %I %s', wide || month, wide, bounds);
+                JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname IN ('events', pair[2]) LOOP
+                EXECUTE format('CREATE TABLE IF NOT EXISTS %I PARTITION OF %I %s', pair[1] || month, pair[1],
+                    bounds);
             END LOOP;
         END LOOP;
     END $$""",  # noqa: S608 (the table names are the schema's own)
@@ -222,7 +228,7 @@ ATTRIBUTE_CELLS = (
     *(f"DROP TABLE {table}" for table in attribute_cells.LONG_TABLES),
 )
 """Migration 3: the attribute rollups in wide rows, a count column per gender × age band (attribute_cells),
-their counts kept, with a partition for each month `events` has."""
+their counts kept, with a partition for each month that `events` or the long rollup has."""
 
 MIGRATIONS = (
     PgMigration(1, "initial", INITIAL),

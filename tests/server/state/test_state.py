@@ -885,12 +885,28 @@ def test_postgresql_migration_3_keeps_the_attribute_counts_in_wide_monthly_parti
                 f"CREATE TABLE {table}_2026_05 PARTITION OF {table} FOR VALUES FROM ({start}) TO ({end})"
             )
         store_long(lambda sql, params: raw.execute(sql, params), events, "%s")
+        april = month_bounds(2026, 4)  # a month of the long rollup without a partition of events
+        raw.execute(
+            f"CREATE TABLE event_attributes_day_2026_04 PARTITION OF event_attributes_day "
+            f"FOR VALUES FROM ({april[0]}) TO ({april[1]})"
+        )
+        raw.execute(
+            "INSERT INTO event_attributes_day VALUES (%s, 'lobby', 'face', 'match', '', 'male', '30-39', 7)",
+            (april[0],),
+        )
     state = PostgresState(url, pool_size=2)
     try:
         assert_same_aggregates(state, events)
         with state.connection() as conn:
             for table in PARTITIONED:
-                assert [name for name, *_ in partitions(conn.raw, table)] == [f"{table}_2026_05"]  # type: ignore[attr-defined]
+                months = ["2026_04", "2026_05"] if table == "event_attribute_cells_day" else ["2026_05"]
+                found = [name for name, *_ in partitions(conn.raw, table)]  # type: ignore[attr-defined]
+                assert found == [f"{table}_{month}" for month in months]
+            kept = conn.execute(
+                "SELECT device_id, n_male_30_39 FROM event_attribute_cells_day WHERE bucket_us < ?",
+                (month_bounds(2026, 5)[0],),
+            ).fetchall()
+            assert [tuple(row) for row in kept] == [("lobby", 7)]
     finally:
         state.close()
 

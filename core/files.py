@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 def create_private(path: Path) -> None:
@@ -22,14 +24,22 @@ def create_private(path: Path) -> None:
 
 
 def write_atomic(path: Path, content: str | bytes) -> None:
-    """Replace `path` with `content` (text as UTF-8) all at once: a temporary file beside it, fsynced, renamed
-    over it, and the folder fsynced; a crash leaves the old file or the new one, never a part."""
+    """Replace `path` with `content` (text as UTF-8) all at once (see replace_atomic)."""
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    replace_atomic(path, lambda handle: handle.write(data))
+
+
+def replace_atomic(path: Path, write: Callable[[BinaryIO], object], *, mode: int | None = None) -> None:
+    """Replace `path` with what `write` writes to a temporary file beside it (given `mode`, else mkstemp's
+    0600), fsynced, renamed over it, and the folder fsynced: a crash leaves the old file or the new one,
+    never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    data = content.encode("utf-8") if isinstance(content, str) else content
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)

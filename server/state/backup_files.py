@@ -3,12 +3,10 @@ files restored whole or not at all."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from facefleet.core.files import fsync_dir
+from facefleet.core.files import replace_atomic
 from facefleet.vision.models.manifest import sha256_file
 
 __all__ = ["copy_atomically", "copy_models", "sha256_file"]
@@ -29,17 +27,6 @@ def copy_models(models: Path, dest: Path) -> dict[str, str]:
 
 
 def copy_atomically(source: Path, target: Path) -> None:
-    """Copy into a temporary file next to `target`, fsync it, rename it over `target`, fsync the folder."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".restore", dir=target.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as out, source.open("rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(target.parent)
+    """Copy `source` over `target` all at once, private to the user (core.files.replace_atomic)."""
+    with source.open("rb") as inp:
+        replace_atomic(target, lambda out: shutil.copyfileobj(inp, out, 1 << 20), mode=0o600)

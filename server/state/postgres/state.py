@@ -212,6 +212,7 @@ class PostgresState(SqlState):
         retried by the next run. drop=False leaves the detached partitions for drop_expired()."""
         before_us = to_us(before)
         dropped = 0
+        self.drop_expired()  # a crash's leftovers first: a month detached again takes the same name
         with self._raw() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
             for name, _start, end in schema.partitions(conn):

@@ -215,6 +215,7 @@ class PostgresState(SqlState):
         self.drop_expired()  # a crash's leftovers first: a month detached again takes the same name
         with self._raw() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
+            attached = {table: self._partition_names(conn, table) for table in schema.PARTITIONED}
             for name, _start, end in schema.partitions(conn):
                 if end > before_us:
                     continue
@@ -223,7 +224,7 @@ class PostgresState(SqlState):
                 count = conn.execute(sql.SQL("SELECT COALESCE(SUM(n), 0) FROM {}").format(day_rollup))
                 dropped += int(str((count.fetchone() or (0,))[0]))
                 for table in schema.PARTITIONED:
-                    if schema.partition_name(year, month, table) in self._partition_names(conn, table):
+                    if schema.partition_name(year, month, table) in attached[table]:
                         schema.detach_partition(conn, year, month, table)
                 with self._months_lock:
                     self._months.discard((year, month))

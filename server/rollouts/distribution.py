@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from facefleet.link.checks import utc_now
@@ -26,7 +26,7 @@ from facefleet.server.domain.models import PublishedModel, Rollout
 from facefleet.server.errors import NotFoundError, ServerError
 from facefleet.server.rollouts.catalogue import ModelCatalog
 from facefleet.server.rollouts.files import Chunk, ModelFiles
-from facefleet.server.rollouts.plan import desired_releases, stopped
+from facefleet.server.rollouts.plan import covers, desired_releases, stopped
 from facefleet.server.state.interface import State
 
 log = logging.getLogger(__name__)
@@ -113,15 +113,40 @@ class ModelDistribution:
         def store() -> list[Rollout]:
             # A status for a rollout proves the agent received it, even when its stream broke before the
             # announcement was recorded: record it now (the previous version is what the agent ran then).
+            # A rollout that was never sent to the device and does not cover it cannot have reached it: its
+            # status counts for no rollout, so one agent cannot spend another group's failure budget.
             models = self.state.models
             agent = self.state.get_agent(device_id)
             running = agent.model_versions if agent else {}
-            tasks = {r.rollout_id: r.task for r in models.list_rollouts()}
+            rollouts = {r.rollout_id: r for r in models.list_rollouts()}
             announced = models.device_rollouts(device_id)
+            memberships = models.agent_models((device_id,)).get(device_id)
+            groups = memberships.groups if memberships else ()
+            checked = []
+            for s in statuses:
+                rollout = rollouts.get(s.rollout_id)
+                if (
+                    s.rollout_id
+                    and s.rollout_id not in announced
+                    and (
+                        rollout is None
+                        or rollout.task != s.task
+                        or not covers(rollout, device_id, groups, announced=False)
+                    )
+                ):
+                    log.warning(
+                        "%s reported %s for rollout %d, which was never sent to it; the status counts for "
+                        "no rollout",
+                        device_id,
+                        s.state,
+                        s.rollout_id,
+                    )
+                    s = replace(s, rollout_id=0)
+                checked.append(s)
             received = tuple(
                 (s.rollout_id, running.get(s.task, ""))
-                for s in statuses
-                if tasks.get(s.rollout_id) == s.task and s.rollout_id not in announced
+                for s in checked
+                if s.rollout_id and s.rollout_id not in announced
             )
             if received:
                 models.announce(device_id, received, self.clock())
@@ -129,7 +154,7 @@ class ModelDistribution:
             halted = models.set_agent_models(
                 device_id,
                 now,
-                statuses=statuses,
+                statuses=checked,
                 model_versions=versions or None,
                 stop=lambda rollout, devices: stopped(rollout, devices, now),
             )

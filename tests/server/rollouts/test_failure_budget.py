@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
+from facefleet.link.fleet import Registration
 from facefleet.link.models import ModelFile, ModelStatus
 from facefleet.server.api.wire import admin as admin_wire
 from facefleet.server.domain.audit import AuditFilter
@@ -163,6 +164,35 @@ def test_past_the_budget_a_rollback_rollout_is_rolled_back_and_a_failed_stop_sto
     rolled = server.report("door-1", refused(rid))
     assert (rolled.state, rolled.on_failures, server.changes) == ("rolled_back", "rollback", 1)
     assert rolled.reason == "stopped: 1 of 2 agents refused it (limit 0): door-1: model.bin: sha256 differs"
+
+
+def test_a_refusal_from_an_agent_the_rollout_never_reached_spends_none_of_its_budget(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rollout for group canary with no refusal to spare: lobby-7, outside the group and never sent it,
+    reports a refusal and the rollout stays active (its status is kept, for no rollout); canary-1, in the
+    group but not yet recorded as sent it (its stream broke), counts and stops it."""
+    server = Reporting(tmp_path / "server.db", tmp_path)
+    models = server.state.models
+    models.add_model(published(NEW))
+    rid = models.add_rollout(
+        NEW, Target("group", group="canary"), "active", NOW, max_failures=MaxFailures(count=0)
+    ).rollout_id
+    for device, groups in (("canary-1", ["canary"]), ("lobby-7", [])):
+        server.state.register_agent(Registration(device, groups=tuple(groups)), NOW)
+        models.set_agent_models(device, NOW, groups=groups)
+
+    with caplog.at_level("WARNING"):
+        assert server.report("lobby-7", refused(rid, "forged")).state == "active"
+    assert "lobby-7 reported failed for rollout 1, which was never sent to it" in caplog.text
+    assert [d.device_id for d in models.rollout_devices(rid)] == []
+    kept = models.agent_models(("lobby-7",))["lobby-7"]
+    assert [(s.model_id, s.rollout_id, s.state) for s in kept.statuses] == [(NEW, 0, "failed")]
+    assert server.changes == 0
+
+    stopped = server.report("canary-1", refused(rid, "out of memory"))
+    assert (stopped.state, server.changes) == ("paused", 1)
+    assert [d.device_id for d in models.rollout_devices(rid)] == ["canary-1"]
 
 
 # -- over gRPC ---------------------------------------------------------------------------------------

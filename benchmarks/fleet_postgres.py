@@ -13,6 +13,7 @@ import itertools
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -218,3 +219,23 @@ def copy_lines(conn: psycopg.Connection[tuple[object, ...]], statement: str, lin
     with conn.cursor().copy(statement) as copy:
         while block := "".join(itertools.islice(lines, CHUNK)):
             copy.write(block)
+
+
+def data_volume(path: Path) -> dict[str, object]:
+    """The mounted volume holding `path` (from /proc/mounts): its mount point, file system and options.
+
+    online_discard: mounted with `discard`, which trims freed blocks as files go; a dropped partition's
+    gigabytes then take seconds to free where periodic `fstrim` takes milliseconds."""
+    resolved, best = path.resolve(), ("", "", "")
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _, mount_point, fs_type, options, *_ = line.split()
+        mount_point = mount_point.replace("\\040", " ")
+        if resolved.is_relative_to(mount_point) and len(mount_point) >= len(best[0]):
+            best = (mount_point, fs_type, options)
+    mount_point, fs_type, options = best
+    return {
+        "mount_point": mount_point,
+        "fs_type": fs_type,
+        "options": options,
+        "online_discard": "discard" in options.split(","),
+    }

@@ -27,13 +27,14 @@ PostgreSQL (a throwaway cluster, tests.postgres; replicas share the database, TL
   the raw scans on PostgreSQL and the SQLite p95;
 - retention: PostgresState.expire_events before the first of this month, which detaches last month's
   partitions (the month leaves `events` and its rollups) and then drops them (their files go); each step
-  timed; target < 1 s, vs SQLite's row deletes.
+  timed; target < 1 s, vs SQLite's row deletes; with the volume the cluster is on (`data_volume`: mounted
+  with online discard, the files take seconds to free).
 
 The servers run as real `facefleet-server serve` processes (mutual TLS); the simulated agents and dashboards
 are asyncio clients in this process, on loopback only. The open-files limit is raised to its hard limit
 first (the servers inherit it): every streaming agent holds a socket at both ends.
 Usage: .venv/bin/python benchmarks/fleet_server.py [--quick] [--events N] [--attributes-share S]
-       [--pg-events N] [--stream-agents N]
+       [--pg-events N] [--stream-agents N] [--pg-dir DIR]
 (--quick: fewer repeats, 100k SQLite events, 200k PostgreSQL events, 300 streaming agents.)
 """
 
@@ -71,7 +72,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fleet_postgres import copy_events
+from fleet_postgres import copy_events, data_volume
 
 from facefleet.link.checks import utc_now
 from facefleet.link.events import AGE_BANDS, AttributesResult, Event, ExpressionResult
@@ -760,7 +761,7 @@ async def postgres_replicas(root: Path, setup: dict[str, Any], args: argparse.Na
 async def postgres(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The PostgreSQL figures, on a throwaway cluster (tests.postgres)."""
     progress("PostgreSQL: starting a throwaway cluster")
-    cluster = PostgresCluster.start()
+    cluster = PostgresCluster.start(args.pg_dir)
     try:
         url = cluster.create_database()
         progress(f"PostgreSQL: state with {args.stream_agents} device certificates")
@@ -773,7 +774,11 @@ async def postgres(root: Path, args: argparse.Namespace) -> dict[str, Any]:
                 figures["queries_raw_scan_baseline"] = raw_scans(conn, 1 if args.quick else 3)
             progress("PostgreSQL: retention of last month")
             sizes = partition_sizes(url)
-            figures["retention"] = {"partitions": sizes, **pg_retention(state, month_start(NOW))}
+            figures["retention"] = {
+                "partitions": sizes,
+                **pg_retention(state, month_start(NOW)),
+                "data_volume": data_volume(cluster.root),
+            }
         finally:
             state.close()
     finally:
@@ -880,6 +885,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--stream-agents", type=int, default=None, help="agents with a Watch stream each (default 2000)"
+    )
+    parser.add_argument(
+        "--pg-dir",
+        type=Path,
+        default=None,
+        help="folder to make the throwaway PostgreSQL cluster in (default: the temporary folder); its "
+        "volume decides how fast a dropped month's files are freed",
     )
     args = parser.parse_args()
     args.pg_events = args.pg_events or (200_000 if args.quick else 10_000_000)

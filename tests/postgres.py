@@ -38,13 +38,13 @@ class PostgresCluster:
     bin: Path
 
     @classmethod
-    def start(cls) -> PostgresCluster:
-        """A new cluster in a folder of its own under the system's temporary folder (pytest's are private
-        to root, out of the postgres user's reach)."""
+    def start(cls, parent: Path | None = None) -> PostgresCluster:
+        """A new cluster in a folder of its own under `parent`, by default the system's temporary folder
+        (pytest's are private to root, out of the postgres user's reach)."""
         found = bindir()
         if found is None:
             raise RuntimeError("PostgreSQL is not installed: run scripts/setup (apt package postgresql)")
-        root = Path(tempfile.mkdtemp(prefix="facefleet-postgres-"))
+        root = Path(tempfile.mkdtemp(prefix="facefleet-postgres-", dir=parent))
         cluster = cls(root, free_port(), found)
         if os.geteuid() == 0:
             shutil.chown(root, "postgres", "postgres")

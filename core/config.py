@@ -59,13 +59,22 @@ def _describe(error: object) -> str:
     return f"'{key}': {error['msg']} (got {error.get('input')!r})"
 
 
-def parse_address(address: str) -> tuple[str, int]:
-    """'host:port' (host may be a bracketed IPv6 address) → (host, port)."""
+def parse_address(address: str, *, listening: bool = False) -> tuple[str, int]:
+    """'host:port' (host may be a bracketed IPv6 address) → (host, port). listening: an address to listen
+    on, where port 0 lets the system pick a free port. ValueError names the rule."""
     host, sep, port = address.rpartition(":")
-    valid_port = port.isdigit() and 1 <= int(port) <= 65535
+    valid_port = port.isdigit() and (0 if listening else 1) <= int(port) <= 65535
     if not sep or not host or not valid_port or any(c.isspace() for c in host):
-        raise ValueError(f"address {address!r} must look like 'host:port', e.g. 'fleet.example:7443'")
+        example = "'[::]:7443' or '127.0.0.1:9108'" if listening else "'fleet.example:7443'"
+        raise ValueError(f"address {address!r} must look like 'host:port', e.g. {example}")
     return host.strip("[]"), int(port)
+
+
+def check_listen(address: str) -> str:
+    """A config validator: '' (off) or an address to listen on."""
+    if address:
+        parse_address(address, listening=True)
+    return address
 
 
 def credential_path(path: Path) -> Path:

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import start_http_server
 from pydantic import Field, field_validator
 
-from facefleet.core.config import StrictSection
+from facefleet.core.config import StrictSection, check_listen, parse_address
 from facefleet.core.errors import EXIT_UNAVAILABLE, FaceFleetError
 
 log = logging.getLogger(__name__)
@@ -27,22 +27,6 @@ class MetricsBindError(FaceFleetError):
     """The metrics address cannot be bound (in use, or not an address of this host)."""
 
     exit_code = EXIT_UNAVAILABLE
-
-
-def metrics_address(listen: str) -> tuple[str, int]:
-    """'host:port' of `[metrics] listen` (host may be a bracketed IPv6 address; port 0 = any free port) →
-    (host, port). ValueError names the rule."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535 or any(c.isspace() for c in host):
-        raise ValueError(f"address {listen!r} must look like 'host:port', e.g. '127.0.0.1:9108'; '' = off")
-    return host.strip("[]"), int(port)
-
-
-def check_listen(listen: str) -> str:
-    """A config validator: '' (off) or a valid metrics address."""
-    if listen:
-        metrics_address(listen)
-    return listen
 
 
 class MetricsSection(StrictSection):
@@ -79,7 +63,7 @@ class MetricsEndpoint:
         """Bind and serve; the bound port, or 0 when off. MetricsBindError when the address is taken."""
         if not self.listen or self._server is not None:
             return self.port
-        host, port = metrics_address(self.listen)
+        host, port = parse_address(self.listen, listening=True)
         try:
             self._server, self._thread = start_http_server(port, host, self.registry)
         except OSError as exc:

@@ -25,7 +25,6 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -54,7 +53,7 @@ from facefleet.server.gallery.enrolment_models import EnrolmentModels, rollout_e
 from facefleet.server.gallery.people import PeopleHandler
 from facefleet.server.gallery.unknown import UnknownFaces, UnknownSettings
 from facefleet.server.metrics import ServerFigures, ServerMetrics, pool_figures
-from facefleet.server.paths import ServerPaths
+from facefleet.server.paths import TLS_FILES, ServerPaths, read_pem
 from facefleet.server.rollouts.catalogue import ModelCatalog
 from facefleet.server.rollouts.control import RolloutControl
 from facefleet.server.rollouts.distribution import ModelDistribution
@@ -317,11 +316,7 @@ class FleetServer:
 
     def _credentials(self) -> tuple[grpc.ServerCredentials, grpc.ServerCredentials]:
         p = self.paths
-        ca, chain, key = (_read_tls(path, what) for path, what in (
-            (p.ca_cert, "CA certificate (tls.ca_cert)"),
-            (p.server_cert, "server certificate (tls.server_cert)"),
-            (p.server_key, "server key (tls.server_key)"),
-        ))  # fmt: skip
+        ca, chain, key = (read_pem(getattr(p, name), name) for name in TLS_FILES)
         pair = [(key, chain)]
         agents = grpc.ssl_server_credentials(pair, root_certificates=ca, require_client_auth=True)
         operators = grpc.ssl_server_credentials(pair)
@@ -483,21 +478,6 @@ async def _watchdog(interval: float) -> None:
     while True:
         notify.notify("WATCHDOG=1")
         await asyncio.sleep(interval)
-
-
-def _read_tls(path: Path, what: str) -> bytes:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ServerConfigError(
-            f"{what} {path} does not exist; create the site CA and server certificate with "
-            "`facefleet-server certs init`, or set the path in [tls]"
-        ) from None
-    except OSError as exc:
-        raise ServerConfigError(f"{what} {path}: cannot read ({exc.strerror})") from None
-    if b"-----BEGIN" not in data:
-        raise ServerConfigError(f"{what} {path} is not a PEM file")
-    return data
 
 
 def serve(config: ServerConfig, paths: ServerPaths) -> int:

@@ -4,12 +4,13 @@ See systemd/server.example.toml for a commented example."""
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from facefleet.core.config import StrictSection, load_toml_model
+from facefleet.core.config import StrictSection, check_listen, load_toml_model, parse_address
 from facefleet.core.logs import LogFormat
 from facefleet.core.metrics import MetricsSection
 from facefleet.server.errors import ServerConfigError
@@ -42,6 +43,11 @@ class ListenConfig(StrictSection):
     max_concurrent_streams: int = Field(
         1000, ge=1, le=100_000, description="Largest number of calls in flight on one connection"
     )
+
+    @field_validator("agents", "operators", "http")
+    @classmethod
+    def _address(cls, address: str) -> str:
+        return check_listen(address)
 
 
 class TlsConfig(StrictSection):
@@ -238,6 +244,29 @@ class ServerConfig(StrictSection):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+
+    @model_validator(mode="after")
+    def _insecure_only_on_loopback(self) -> ServerConfig:
+        """Plaintext listeners that take device ids from requests stay on this machine."""
+        if self.insecure_development:
+            for key in ("agents", "operators", "http"):
+                address = getattr(self.listen, key)
+                if address and not is_loopback(parse_address(address, listening=True)[0]):
+                    raise ValueError(
+                        f"insecure_development = true serves plaintext and takes device ids from requests, "
+                        f"so listen.{key} must be a loopback address such as '127.0.0.1:0', not {address!r}"
+                    )
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listening host name or address reaches only this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_config(path: Path | None) -> ServerConfig:

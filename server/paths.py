@@ -8,6 +8,7 @@ from pathlib import Path
 
 from facefleet.core.paths import model_store_dir
 from facefleet.server.config import ServerConfig
+from facefleet.server.errors import ServerConfigError
 
 
 @dataclass(frozen=True)
@@ -51,3 +52,24 @@ class ServerPaths:
     @property
     def devices_dir(self) -> Path:
         return self.tls_dir / "devices"
+
+
+TLS_FILES = {"ca_cert": "CA certificate", "server_cert": "server certificate", "server_key": "server key"}
+"""The server's TLS files: the ServerPaths attribute and [tls] key → what it is."""
+
+
+def read_pem(path: Path, key: str) -> bytes:
+    """The PEM file of one of TLS_FILES (by key); ServerConfigError says what is wrong and the fix."""
+    what = f"{TLS_FILES[key]} (tls.{key})"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ServerConfigError(
+            f"{what} {path} does not exist; create the site CA and server certificate with "
+            "`facefleet-server certs init`, or set the path in [tls]"
+        ) from None
+    except OSError as exc:
+        raise ServerConfigError(f"{what} {path}: cannot read ({exc.strerror})") from None
+    if b"-----BEGIN" not in data:
+        raise ServerConfigError(f"{what} {path} is not a PEM file")
+    return data

@@ -33,6 +33,7 @@ from facefleet.server.cli.state import register as register_state
 from facefleet.server.cli.unknown import register as register_unknown
 from facefleet.server.config import load_config
 from facefleet.server.domain.records import ROLES
+from facefleet.server.paths import TLS_FILES, read_pem
 
 EPILOG = """examples:
   facefleet-server certs init --server-name fleet.example.org
@@ -143,6 +144,10 @@ def _serve(context: Context, args: argparse.Namespace) -> int:
 
 def _check_config(context: Context | None, args: argparse.Namespace) -> int:
     config = load_config(args.file)
+    for key in TLS_FILES:
+        path = getattr(config.tls, key)
+        if path is not None:  # the defaults under the state directory exist once `certs init` ran
+            read_pem(path, key)
     print(config.model_dump_json(indent=2) if args.json else f"{args.file}: ok")
     return EXIT_OK
 

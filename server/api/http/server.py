@@ -15,6 +15,7 @@ from typing import Any
 
 import uvicorn
 
+from facefleet.core.config import parse_address
 from facefleet.server.api.handlers import OperatorHandlers
 from facefleet.server.api.http.app import HttpLimits, create_app
 from facefleet.server.api.http.timing import RequestObserver
@@ -70,7 +71,7 @@ async def start_http(
     address = config.listen.http
     if not address:
         return None
-    host, port = parse_address(address)
+    host, port = parse_address(address, listening=True)  # checked when the configuration loaded
     settings = uvicorn.Config(
         create_app(handlers, HttpLimits.from_config(config), config.console, observer),
         http="h11",
@@ -108,16 +109,6 @@ async def start_http(
             raise ServerConfigError(f"listen.http = {address!r}: the HTTP API did not start")
         await asyncio.sleep(0.005)
     return HttpServer(server, task)
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """host:port, with an IPv6 host in brackets ("[::]:7445"); ServerConfigError when it is not one."""
-    host, colon, port = address.rpartition(":")
-    if not colon or not port.isdigit() or int(port) > 65535:
-        raise ServerConfigError(
-            f"listen.http = {address!r}: give host:port, e.g. '[::]:7445' or '0.0.0.0:7445'"
-        )
-    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 def _bind(host: str, port: int) -> socket.socket:

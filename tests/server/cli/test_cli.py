@@ -74,6 +74,53 @@ def test_check_config_names_the_bad_key(tmp_path: Path, capsys: pytest.CaptureFi
     assert "'gallery.log_revisions'" in err
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '[listen]\nagents = "127.0.0.1:70000"\n',
+            "'listen.agents': Value error, address '127.0.0.1:70000' must",
+        ),
+        ('[listen]\noperators = "7444"\n', "'listen.operators': Value error, address '7444' must look like"),
+        ('[listen]\nhttp = "localhost"\n', "'listen.http': Value error, address 'localhost' must look like"),
+        (
+            'insecure_development = true\n[listen]\nagents = "127.0.0.1:0"\n',
+            "listen.operators must be a loopback address such as '127.0.0.1:0', not '[::]:7444'",
+        ),
+        (
+            '[tls]\nca_cert = "/nonexistent/ca.pem"\n',
+            "CA certificate (tls.ca_cert) /nonexistent/ca.pem does not",
+        ),
+        ('[tls]\nserver_key = "server.toml"\n', "server key (tls.server_key) server.toml is not a PEM file"),
+    ],
+)
+def test_check_config_refuses_addresses_it_cannot_listen_on_and_missing_tls_files(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    text: str,
+    expected: str,
+) -> None:
+    """An address gRPC would read otherwise ('7444' is not a port, 70000 wraps to 4464) stops the load, as
+    do listeners open beyond this machine in insecure development mode and [tls] files that are not PEM."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "server.toml"
+    config.write_text(text)
+    code, _, err = run_cli(capsys, "check-config", str(config))
+    assert (code, expected in err) == (EXIT_CONFIG, True), err
+
+
+def test_check_config_accepts_loopback_insecure_listeners_and_port_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "server.toml"
+    config.write_text(
+        'insecure_development = true\n[listen]\nagents = "127.0.0.1:0"\noperators = "[::1]:7444"\n'
+        'http = "localhost:7445"\n'
+    )
+    assert run_cli(capsys, "check-config", str(config))[0] == EXIT_OK
+
+
 ESTIMATES = (
     AttributesResult("female", 0.0312, 34.2, "30-39"),
     AttributesResult("male", 0.5, 12.5, "13-19"),

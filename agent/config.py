@@ -27,7 +27,7 @@ from facefleet.core.config import StrictSection, credential_path, load_toml_mode
 from facefleet.core.errors import ConfigError
 from facefleet.core.logs import LogFormat
 from facefleet.core.metrics import MetricsSection
-from facefleet.link.checks import check_id
+from facefleet.link.checks import check_id, check_model_id
 from facefleet.link.errors import LinkError
 from facefleet.vision.config import DetectorConfig, QualityConfig, RuntimeConfig
 
@@ -64,6 +64,18 @@ class MatchingConfig(StrictSection):
         "best", description="Person score: best sample, or the mean of their samples"
     )
 
+    @field_validator("thresholds", "door_thresholds")
+    @classmethod
+    def _cosines_per_model(cls, thresholds: dict[str, float]) -> dict[str, float]:
+        for model_id, value in thresholds.items():
+            try:
+                check_model_id(model_id)
+            except LinkError as exc:
+                raise ValueError(f"{exc}; the keys are embedding model ids such as 'sface@2021dec'") from None
+            if not -1 <= value <= 1:
+                raise ValueError(f"{model_id} = {value}: a threshold is a cosine between -1 and 1")
+        return thresholds
+
     def policy(self) -> DecisionPolicy:
         return DecisionPolicy(
             thresholds=self.thresholds,
@@ -96,6 +108,24 @@ class MqttConfig(StrictSection):
         10_000, ge=10, le=10_000_000, description="Events kept while the broker is away"
     )
     discovery_prefix: str = Field("homeassistant", description="Home Assistant discovery prefix; empty = off")
+
+    @field_validator("prefix")
+    @classmethod
+    def _topic_prefix(cls, prefix: str) -> str:
+        if prefix:
+            check_topic(prefix, "a topic prefix such as 'site/door-1/'")
+            if not prefix.endswith("/"):
+                raise ValueError(f"{prefix!r} must end with '/', e.g. {prefix + '/'!r}")
+        return prefix
+
+    @field_validator("discovery_prefix")
+    @classmethod
+    def _discovery_prefix(cls, prefix: str) -> str:
+        if prefix:
+            check_topic(prefix, "a Home Assistant discovery prefix such as 'homeassistant'")
+            if prefix.endswith("/"):
+                raise ValueError(f"{prefix!r}: give the prefix without the trailing '/'")
+        return prefix
 
     def password(self) -> str | None:
         """The password in password_file (a bare name: in $CREDENTIALS_DIRECTORY), if one is set."""
@@ -179,6 +209,13 @@ class DoorConfig(StrictSection):
     liveness_turn_deg: float = Field(
         15.0, ge=5, le=60, description="Head yaw change that blink_turn asks for (degrees)"
     )
+
+    @field_validator("relay_topic")
+    @classmethod
+    def _relay_topic(cls, topic: str) -> str:
+        if topic:
+            check_topic(topic, "a topic under the MQTT prefix such as 'relay/front'")
+        return topic
 
 
 class FleetServerConfig(StrictSection):
@@ -448,6 +485,23 @@ class AgentConfig(StrictSection):
 
 _ISSUED = "from `facefleet-server certs issue DEVICE`"
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
+
+
+def check_topic(topic: str, what: str) -> str:
+    """An MQTT topic (or part of one) to publish to: no wildcards, no empty level at either end, no '$' or
+    control characters. ValueError says what was expected."""
+    if (
+        any(c in topic for c in "#+$")
+        or any(ord(c) < 32 for c in topic)
+        or topic.startswith("/")
+        or "//" in topic
+        or len(topic.encode("utf-8")) > 128
+    ):
+        raise ValueError(
+            f"{topic!r} is not {what}: at most 128 bytes, no '#', '+' or '$', no empty level ('//' or a "
+            "leading '/')"
+        )
+    return topic
 
 
 def _read(key: str, path: Path, what: str) -> bytes:

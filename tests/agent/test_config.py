@@ -181,3 +181,44 @@ def test_an_empty_device_id_takes_the_host_name_only_when_it_is_a_valid_id(
     with pytest.raises(ConfigError, match=r"host name 'door box' is not a valid id.*set device_id"):
         config.check_files()
     assert AgentConfig(device_id="front-door").device() == "front-door"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "[matching.thresholds]\n'sface@2021dec' = 7.0\n",
+            "'matching.thresholds': Value error, sface@2021dec = 7.0",
+        ),
+        ("[matching.door_thresholds]\n'sface@2021dec' = -5.0\n", "'matching.door_thresholds': Value error"),
+        (
+            "[matching.door_thresholds]\nsface = 0.5\n",
+            "model id 'sface' is not valid: expected '<name>@<version>'",
+        ),
+        ('[mqtt]\nprefix = "site/#/"\n', "'mqtt.prefix': Value error, 'site/#/' is not a topic prefix"),
+        ('[mqtt]\nprefix = "site/door-1"\n', "'site/door-1' must end with '/', e.g. 'site/door-1/'"),
+        ('[mqtt]\ndiscovery_prefix = "home+assistant"\n', "'mqtt.discovery_prefix': Value error"),
+        ('[mqtt]\ndiscovery_prefix = "homeassistant/"\n', "give the prefix without the trailing '/'"),
+        (
+            '[[cameras]]\nname = "front"\nsource = "0"\n[[doors]]\nname = "front"\ncamera = "front"\n'
+            'relay_topic = "relay//front"\n',
+            "'doors.0.relay_topic': Value error, 'relay//front' is not a topic under the MQTT prefix",
+        ),
+    ],
+)
+def test_check_config_refuses_thresholds_outside_a_cosine_and_topics_mqtt_cannot_publish_to(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
+) -> None:
+    """Caught when the file loads, naming the key: not at the first decision or the first publish (paho
+    raises on a wildcard topic in the thread that sends the outbox)."""
+    code, output = check_config(tmp_path, capsys, text)
+    assert (code, expected in output) == (EXIT_CONFIG, True), output
+
+
+def test_check_config_accepts_cosine_thresholds_per_model_and_plain_topics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = "[matching.thresholds]\n'sface@2021dec' = 0.4\n[matching.door_thresholds]\n'sface@2021dec-int8' = 0.51\n"
+    text += '[mqtt]\nprefix = "site/door-1/"\ndiscovery_prefix = "ha"\n'
+    code, output = check_config(tmp_path, capsys, text)
+    assert code == EXIT_OK, output

@@ -30,6 +30,8 @@ MAX_HEALTH_ENTRIES = 128
 """Health figures of one agent: its totals, the link's own and a few per camera ("camera.<name>.fps")."""
 MAX_HEALTH_KEY_CHARS = 64
 MAX_REASON_CHARS = 512
+MAX_REVISION = 2**63 - 1
+"""The largest gallery revision: what a signed 64-bit database integer holds."""
 
 
 def utc_now() -> datetime:

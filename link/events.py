@@ -28,6 +28,7 @@ ACCESS_DECISIONS: tuple[Decision, ...] = ("granted", "denied")
 DECISIONS: tuple[Decision, ...] = FACE_DECISIONS + ACCESS_DECISIONS
 MAX_SNAPSHOT_JPEG_BYTES = 64 * 1024
 """Largest face crop or context view a snapshot may carry (bytes)."""
+MAX_EVENT_ID_CHARS = 64
 _JPEG_START = b"\xff\xd8\xff"
 
 
@@ -120,8 +121,8 @@ class Event:
     attributes: AttributesResult | None = None
 
     def __post_init__(self) -> None:
-        if not self.event_id or len(self.event_id) > 64 or not self.event_id.isascii():
-            raise LinkError("event_id must be 1–64 ASCII characters (a UUID)")
+        if not self.event_id or len(self.event_id) > MAX_EVENT_ID_CHARS or not self.event_id.isascii():
+            raise LinkError(f"event_id must be 1–{MAX_EVENT_ID_CHARS} ASCII characters (a UUID)")
         check_id("device_id", self.device_id)
         object.__setattr__(self, "time", check_utc("time", self.time))
         if self.time.year < 2000:

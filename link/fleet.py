@@ -7,7 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from facefleet.link.checks import MAX_LABEL_CHARS, MAX_MAP_ENTRIES, check_groups, check_id, check_text
+from facefleet.link.checks import (
+    MAX_LABEL_CHARS,
+    MAX_MAP_ENTRIES,
+    MAX_REVISION,
+    check_groups,
+    check_id,
+    check_text,
+)
 from facefleet.link.errors import LinkError
 from facefleet.link.models import ModelStatus, check_statuses
 
@@ -48,6 +55,11 @@ class Registration:
         object.__setattr__(self, "groups", check_groups(tuple(self.groups)))
         check_text("agent_version", self.agent_version, MAX_LABEL_CHARS)
         check_text("hostname", self.hostname, 255)
+        if not 0 <= self.gallery_revision <= MAX_REVISION:
+            raise LinkError(
+                f"gallery_revision {self.gallery_revision} is out of range: 0 for no gallery, else a "
+                f"revision this server sent (at most {MAX_REVISION})"
+            )
         if len(self.capabilities) > MAX_MAP_ENTRIES or any(
             len(c) > MAX_LABEL_CHARS for c in self.capabilities
         ):

@@ -277,7 +277,7 @@ class FleetHandler:
         if rejected:  # the first one with its reason; the rest are in the reply to the agent
             event_id, why = rejected[0]
             log.info(
-                "device %s: %d reported events rejected; event %s: %s",
+                "device %s: %d reported events rejected; event %r: %s",
                 device_id,
                 len(rejected),
                 event_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from facefleet.link.checks import MAX_LABEL_CHARS, check_model_id
 from facefleet.link.errors import LinkError
-from facefleet.link.events import Event
+from facefleet.link.events import MAX_EVENT_ID_CHARS, Event
 from facefleet.link.models import ModelStatus
 from facefleet.link.serde import (
     event_from_proto,
@@ -29,7 +29,8 @@ def report_from_proto(
         try:
             events.append(event_from_proto(message, default_device=device_id))
         except LinkError as exc:
-            rejected.append((message.event_id or f"#{index}", str(exc)))
+            # the id as sent, cut to the longest valid one: the agent matches it, the log quotes it
+            rejected.append((message.event_id[:MAX_EVENT_ID_CHARS] or f"#{index}", str(exc)))
     return events, rejected, dict(request.health)
 
 

@@ -313,6 +313,8 @@ def test_a_report_rejects_bad_events_one_by_one_and_stores_the_rest(
     far_future = event("door-1", datetime(9999, 1, 1, tzinfo=timezone.utc), 4)
     tomorrow_plus = event("door-1", datetime.now(timezone.utc) + timedelta(days=2), 5)
     ancient = event("door-1", datetime.now(timezone.utc) - timedelta(days=400), 6)
+    too_long = event("door-1", DAY, 7)
+    too_long.event_id = "x" * 5000  # rejected under its first 64 characters, not echoed whole
 
     async def scenario() -> tuple[fleet_pb2.ReportResultsResponse, int]:
         async with serving(tmp_path, pki, enroller) as harness:
@@ -320,7 +322,16 @@ def test_a_report_rejects_bad_events_one_by_one_and_stores_the_rest(
             reply = await fleet.ReportResults(
                 fleet_pb2.ReportResultsRequest(
                     device_id="door-1",
-                    events=[good, no_time, wrong_decision, not_a_uuid, far_future, tomorrow_plus, ancient],
+                    events=[
+                        good,
+                        no_time,
+                        wrong_decision,
+                        not_a_uuid,
+                        far_future,
+                        tomorrow_plus,
+                        ancient,
+                        too_long,
+                    ],
                 )
             )
             with sqlite3.connect(harness.server.paths.database) as db:
@@ -336,7 +347,9 @@ def test_a_report_rejects_bad_events_one_by_one_and_stores_the_rest(
         far_future.event_id,
         tomorrow_plus.event_id,
         ancient.event_id,
+        "x" * 64,
     }
+    assert "event_id must be 1–64 ASCII characters" in reasons["x" * 64]
     assert "time is missing" in reasons["e-no-time"]
     assert "face event needs a decision among" in reasons["e-granted-face"]
     assert "is not a UUID" in reasons["e-17"]
@@ -426,6 +439,26 @@ def test_unregistered_devices_must_register_before_watching_or_reporting(
     for code, details in run(scenario):
         assert code == grpc.StatusCode.FAILED_PRECONDITION
         assert "device 'lobby' has not registered; call Register first" in details
+
+
+def test_a_gallery_revision_beyond_a_database_integer_is_refused_at_register(
+    tmp_path: Path, pki: Pki, enroller: Enroller
+) -> None:
+    """2**63 fits the wire's uint64 but no database column: INVALID_ARGUMENT naming it, not INTERNAL."""
+
+    async def scenario() -> tuple[grpc.StatusCode, str, int]:
+        async with serving(tmp_path, pki, enroller) as harness:
+            fleet = harness.fleet("lobby")
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await fleet.Register(fleet_pb2.RegisterRequest(device_id="lobby", gallery_revision=2**63))
+            welcome = await fleet.Register(
+                fleet_pb2.RegisterRequest(device_id="lobby", gallery_revision=2**63 - 1)
+            )
+            return info.value.code(), info.value.details() or "", welcome.gallery_revision
+
+    code, details, revision = run(scenario)
+    assert (code, revision) == (grpc.StatusCode.INVALID_ARGUMENT, 0)
+    assert "gallery_revision 9223372036854775808 is out of range" in details
 
 
 def test_register_and_acknowledge_show_in_fleet_status(tmp_path: Path, pki: Pki, enroller: Enroller) -> None:

@@ -19,6 +19,8 @@ MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 MIN_INTERVAL_S = 60
 MAX_INTERVAL_S = 31 * 86400
+MAX_INTERVALS = 10_000
+"""Intervals one count query may cover (per device): a chart's points, not a raw export."""
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -99,10 +101,17 @@ def page_size(requested: int) -> int:
     return requested or DEFAULT_PAGE_SIZE
 
 
-def check_interval(seconds: int) -> int:
+def check_interval(seconds: int, flt: EventFilter) -> int:
+    """interval_seconds of a count query over flt's range: within its bounds and at most MAX_INTERVALS."""
     if not MIN_INTERVAL_S <= seconds <= MAX_INTERVAL_S:
         raise InvalidArgumentError(
             f"interval_seconds must be {MIN_INTERVAL_S}–{MAX_INTERVAL_S}, got {seconds}"
+        )
+    intervals = -(-(flt.end_us - flt.start_us) // (seconds * 1_000_000))
+    if intervals > MAX_INTERVALS:
+        raise InvalidArgumentError(
+            f"{intervals:,} intervals of {seconds} s in the filter's range; the limit is {MAX_INTERVALS:,}: "
+            "use a longer interval_seconds or a shorter range"
         )
     return seconds
 

@@ -53,7 +53,7 @@ class QueryHandler:
     async def counts(
         self, flt: EventFilter, interval_s: int, *, per_device: bool = True
     ) -> list[IntervalCount]:
-        check_interval(interval_s)
+        check_interval(interval_s, flt)
         flt = flt.without_persons("CountEvents")
         return await asyncio.to_thread(
             lambda: self.state.count_events(flt, interval_s, per_device=per_device)

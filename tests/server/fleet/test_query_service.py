@@ -389,6 +389,12 @@ def test_bad_queries_fail_with_invalid_argument(tmp_path: Path, pki: Pki, enroll
                     query_pb2.AccessSummaryRequest(filter=window(doors=[f"door-{i}" for i in range(101)])),
                     metadata=md,
                 ),
+                query.CountEvents(  # minutes of 400 days: 576,000 points per device
+                    query_pb2.CountEventsRequest(
+                        filter=window(end=stamp(T0 + timedelta(days=400))), interval_seconds=60
+                    ),
+                    metadata=md,
+                ),
             ]
             results = []
             for call in calls:
@@ -408,3 +414,4 @@ def test_bad_queries_fail_with_invalid_argument(tmp_path: Path, pki: Pki, enroll
     assert "must be after start" in details[5]
     assert "filter cameras: 'lobby\\t2' is not a camera name" in details[6]
     assert "filter doors: at most 100 values" in details[7]
+    assert "576,000 intervals of 60 s in the filter's range; the limit is 10,000" in details[8]

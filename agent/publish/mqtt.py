@@ -21,11 +21,16 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger(__name__)
 
 MAX_COMMAND_BYTES = 64 * 1024
+MAX_PACKET_BYTES = 2 * MAX_COMMAND_BYTES
+"""The largest MQTT packet the agent takes (MQTT 5 Maximum Packet Size, told to the broker at connect): the
+broker drops bigger messages instead of sending them, so none is read into memory whole."""
 OFFLINE_STATUS = {"schema": 1, "state": "offline"}
 
 
@@ -111,8 +116,10 @@ class MqttLink:
 
     def start(self) -> None:
         """Connect in the background; paho reconnects by itself after a loss."""
+        limits = Properties(PacketTypes.CONNECT)
+        limits.MaximumPacketSize = MAX_PACKET_BYTES
         self._client.connect_async(
-            self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s
+            self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s, properties=limits
         )
         self._client.loop_start()
 

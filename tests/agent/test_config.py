@@ -218,7 +218,8 @@ def test_check_config_refuses_thresholds_outside_a_cosine_and_topics_mqtt_cannot
 def test_check_config_accepts_cosine_thresholds_per_model_and_plain_topics(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    text = "[matching.thresholds]\n'sface@2021dec' = 0.4\n[matching.door_thresholds]\n'sface@2021dec-int8' = 0.51\n"
+    text = "[matching.thresholds]\n'sface@2021dec' = 0.4\n"
+    text += "[matching.door_thresholds]\n'sface@2021dec-int8' = 0.51\n"
     text += '[mqtt]\nprefix = "site/door-1/"\ndiscovery_prefix = "ha"\n'
     code, output = check_config(tmp_path, capsys, text)
     assert code == EXIT_OK, output

@@ -139,6 +139,33 @@ def test_commands_arrive_by_subtopic_and_oversized_ones_are_dropped(
     assert agent.commands == [("verify", b'{"door": "front"}'), ("reload", b"{}")]
 
 
+def test_the_broker_keeps_messages_over_the_packet_limit_from_the_agent(
+    broker: Mosquitto, tmp_path: Path, subscriber_factory: Any
+) -> None:
+    """A command over MAX_COMMAND_BYTES but within the packet limit arrives and is refused by size; one of
+    1 MiB never reaches the agent (the broker drops it), and the connection stays up for the next."""
+    oversized: list[tuple[str, int]] = []
+    agent = Agent(broker.port, EmbeddingStore(tmp_path / "store.db"))
+    agent.link._on_oversized = lambda name, size: oversized.append((name, size))
+    agent.start()
+    try:
+        assert agent.link.wait_connected(10)
+        time.sleep(0.2)
+        sender = subscriber_factory(broker.port, "unused/#")
+        sender.client.publish(PREFIX + "cmd/verify", b"x" * (MAX_COMMAND_BYTES + 1), qos=1)
+        sender.client.publish(PREFIX + "cmd/enrol", b"x" * (1024 * 1024), qos=1)
+        sender.client.publish(PREFIX + "cmd/reload", b"{}", qos=1)
+        deadline = time.monotonic() + 10
+        while not agent.commands and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+    finally:
+        agent.stop()
+    assert oversized == [("verify", MAX_COMMAND_BYTES + 1)]
+    assert agent.commands == [("reload", b"{}")]
+    assert [up for up, _ in agent.connections] == [True, False]  # down once: by stop()
+
+
 def test_retained_commands_are_ignored_with_a_warning(
     broker: Mosquitto, tmp_path: Path, subscriber_factory: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

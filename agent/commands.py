@@ -24,6 +24,9 @@ class VerifyCommand(BaseModel):
 
 COMMAND_QUEUE_LIMIT = 1000
 """Commands waiting for the frame loop; one more is refused at once with a `busy: …` reply."""
+MAX_QUEUED_REPLIES = 100
+"""Replies waiting in the outbox for the broker; more are not sent (logged), so replies never push events
+out of the bounded outbox."""
 REPEAT_WINDOW_S = 600.0
 """A request_id executed this recently (s) is answered as a duplicate and not executed again."""
 REMEMBERED_REQUESTS = 1000

@@ -29,6 +29,7 @@ from facefleet import __version__
 from facefleet.agent.cameras import Camera, CameraFrame, CameraSettings
 from facefleet.agent.commands import (
     COMMAND_QUEUE_LIMIT,
+    MAX_QUEUED_REPLIES,
     REMEMBERED_REQUESTS,
     REPEAT_WINDOW_S,
     RecentRequests,
@@ -510,7 +511,19 @@ class AgentService:
         if not ok:
             log.warning("cmd/%s: %s", command, detail)
             self.errors = [*self.errors[-9:], f"cmd/{command}: {detail}"]
-        self._submit(f"replies/{command}", reply(command, request_id, ok, detail, self.device_id, now))
+        if self.link is None:
+            return
+        payload = json.dumps(reply(command, request_id, ok, detail, self.device_id, now))
+        topic = f"replies/{command}"
+        self._guarded(lambda: self._queue_reply(topic, payload))
+
+    def _queue_reply(self, topic: str, payload: str) -> None:
+        """Queue a reply unless MAX_QUEUED_REPLIES wait already (a flood of refused commands, or commands
+        the broker kept during an outage, must not push queued events out of the outbox)."""
+        if self.outbox.submit(topic, payload, same_kind_limit=MAX_QUEUED_REPLIES) is None:
+            log.warning(
+                "%s not sent: %d replies are waiting for the broker already", topic, MAX_QUEUED_REPLIES
+            )
 
     def status(self) -> dict[str, Any]:
         cameras = {

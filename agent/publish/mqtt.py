@@ -116,7 +116,7 @@ class MqttLink:
 
     def start(self) -> None:
         """Connect in the background; paho reconnects by itself after a loss."""
-        limits = Properties(PacketTypes.CONNECT)
+        limits = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         limits.MaximumPacketSize = MAX_PACKET_BYTES
         self._client.connect_async(
             self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s, properties=limits

@@ -43,9 +43,12 @@ class OutboxPublisher:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, topic_suffix: str, payload: str, qos: int = 1) -> int:
-        """Commit a message to the outbox (before any attempt to send it); its outbox id."""
-        message_id = self._store.outbox.put(topic_suffix, payload, qos)
+    def submit(
+        self, topic_suffix: str, payload: str, qos: int = 1, *, same_kind_limit: int | None = None
+    ) -> int | None:
+        """Commit a message to the outbox (before any attempt to send it); its outbox id, or None when
+        same_kind_limit messages of its kind already wait (Outbox.put)."""
+        message_id = self._store.outbox.put(topic_suffix, payload, qos, same_kind_limit=same_kind_limit)
         self._wake.set()
         return message_id
 

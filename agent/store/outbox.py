@@ -26,9 +26,13 @@ class Outbox:
         self._connection = connection
         self.limit = limit
 
-    def put(self, topic: str, payload: str, qos: int = 1) -> int:
+    def put(
+        self, topic: str, payload: str, qos: int = 1, *, same_kind_limit: int | None = None
+    ) -> int | None:
         """Queue a message; the id. When the outbox is over its limit, the oldest messages are dropped and
-        counted in the OUTBOX_DROPPED counter (and logged)."""
+        counted in the OUTBOX_DROPPED counter (and logged). same_kind_limit: queue it only while fewer
+        messages of its kind (the topic's first level, e.g. 'replies/') wait, else None: a flood of one kind
+        cannot push the others out."""
         if not topic or not isinstance(topic, str) or not isinstance(payload, str):
             raise InvalidRecordError(
                 f"outbox message needs a non-empty topic and a text payload, got {topic!r}"
@@ -36,6 +40,13 @@ class Outbox:
         if qos not in (0, 1, 2):
             raise InvalidRecordError(f"MQTT qos must be 0, 1 or 2, got {qos!r}")
         with self._connection.write() as conn:
+            if same_kind_limit is not None:
+                kind = topic.split("/", 1)[0] + "/"
+                (waiting,) = conn.execute(
+                    "SELECT COUNT(*) FROM outbox WHERE substr(topic, 1, ?) = ?", (len(kind), kind)
+                ).fetchone()
+                if waiting >= same_kind_limit:
+                    return None
             cursor = conn.execute(
                 "INSERT INTO outbox (topic, payload, qos, created_at) VALUES (?, ?, ?, ?)",
                 (topic, payload, qos, time.time()),

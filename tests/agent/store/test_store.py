@@ -571,6 +571,19 @@ def test_a_crash_mid_write_leaves_the_previous_state(store_path: Path) -> None:
 # ---- outbox, counters, audit log --------------------------------------------------------------------------
 
 
+def test_replies_beyond_their_own_limit_are_refused_and_push_no_event_out(store_path: Path) -> None:
+    """An outbox of 10 holding 3 events: two replies fit their limit of 2, the third is refused (None), and
+    the events all stay; events themselves are not held to the replies' limit."""
+    with EmbeddingStore(store_path, outbox_limit=10) as store:
+        events = [store.outbox.put("events/face", f'{{"n": {n}}}') for n in range(3)]
+        replies = [store.outbox.put("replies/verify", "{}", same_kind_limit=2) for _ in range(3)]
+        assert replies[2] is None and None not in replies[:2]
+        assert store.outbox.put("replies-x/verify", "{}", same_kind_limit=2) is not None  # another kind
+        assert [m.message_id for m in store.outbox.pending()][:3] == events
+        assert store.outbox.dropped() == 0
+        assert store.outbox.put("events/face", "{}", same_kind_limit=3) is None  # 3 events wait
+
+
 def test_outbox_keeps_order_and_drops_the_oldest_when_full_counting_them(store_path: Path) -> None:
     with EmbeddingStore(store_path, outbox_limit=3) as store:
         ids = [store.outbox.put("facefleet/box/events/face", f'{{"n": {n}}}') for n in range(5)]

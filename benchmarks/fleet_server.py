@@ -22,7 +22,7 @@ PostgreSQL (a throwaway cluster, tests.postgres; replicas share the database, TL
   replica: the fan-out of an enrolment to all (target <= 1 s, vs 200 watchers), and the server's memory per
   stream: its VmRSS with every stream open minus before the agents connected, over the agents;
 - fill: 10M events over 30 days loaded by COPY into `events` (monthly partitions) and its rollups, as the
-  server stores them (fleet_postgres.py), then ANALYZE;
+  server stores them (fleet_postgres.py), then VACUUM (ANALYZE) as autovacuum would have by then;
 - queries_over_stored_events: the SQLite query set over those events through gRPC; target p95 < 200 ms, vs
   the raw scans on PostgreSQL and the SQLite p95;
 - retention: PostgresState.expire_events before the first of this month, which detaches last month's

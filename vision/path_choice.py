@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -18,9 +19,10 @@ PATHS: tuple[FramePath, FramePath] = ("sequential", "pipelined")
 class PathChooser:
     """The path a frame loop runs. mode "on": pipelined, "off": sequential; "auto": after `window` frames
     of warm-up (compilations, first-frame costs), alternating windows of `window` frames on each path,
-    `rounds` times each, then the pipelined path when its frames/s (frames completed over wall time,
-    summed over its windows) is at least `margin` × the sequential path's, else sequential (its latency
-    is lower). Short alternating windows sample both paths across the same scenes (faces come and go).
+    `rounds` times each, then the pipelined path when its frames/s (the median over its windows, each
+    window's frames completed over its wall time) is at least `margin` × the sequential path's, else
+    sequential (its latency is lower). Short alternating windows sample both paths across the same scenes
+    (faces come and go); the median keeps one window that a camera stall (a reconnect) slowed from deciding.
     A camera slower than both paths makes them equal, so sequential. Auto measures again every
     `remeasure_s` seconds and after restart() (e.g. a model switch).
 
@@ -49,7 +51,8 @@ class PathChooser:
         """The windows still to run: None = warm-up (not measured), then the paths to measure."""
         self._counted = 0
         self._started = 0.0
-        self._totals: dict[FramePath, list[float]] = {}
+        self._windows: dict[FramePath, list[float]] = {}
+        """frames/s of each measured window, per path."""
         self._decided_at = 0.0
         self.restart()
 
@@ -75,7 +78,7 @@ class PathChooser:
         if self.mode != "auto":
             return
         self._plan = [None, *(path for _ in range(self.rounds) for path in PATHS)]
-        self._totals = {path: [0.0, 0.0] for path in PATHS}  # frames, seconds
+        self._windows = {path: [] for path in PATHS}
         self._counted = 0
         self._started = self.clock()
 
@@ -89,16 +92,15 @@ class PathChooser:
         now = self.clock()
         window = self._plan.pop(0)
         if window is not None:
-            totals = self._totals[window]
-            totals[0] += self._counted
-            totals[1] += now - self._started
+            elapsed = now - self._started
+            self._windows[window].append(self._counted / elapsed if elapsed > 0 else 0.0)
         self._counted = 0
         self._started = now
         if not self._plan:
             self._decide(now)
 
     def _decide(self, now: float) -> None:
-        self.fps = {path: round(f / s, 1) if s > 0 else 0.0 for path, (f, s) in self._totals.items()}
+        self.fps = {path: round(statistics.median(fps), 1) for path, fps in self._windows.items()}
         faster = self.fps["pipelined"] >= self.margin * self.fps["sequential"]
         self._chosen = "pipelined" if faster else "sequential"
         self._decided_at = now

@@ -58,6 +58,20 @@ def test_auto_falls_back_to_sequential_unless_pipelining_pays_its_margin(pipelin
     assert not chooser.measuring and chooser.path == "sequential"
 
 
+def test_one_window_slowed_by_a_camera_stall_does_not_decide() -> None:
+    """Pipelined 25 frames/s against sequential 20, three windows each; a 10 s stall (a camera
+    reconnecting) in one pipelined window would bring a sum over the windows to 6.6 frames/s."""
+    clock = Clock()
+    chooser = PathChooser("auto", window=10, rounds=3, clock=clock)
+    ms: dict[FramePath, float] = {"sequential": 50, "pipelined": 40}
+    run(chooser, clock, ms, 10 + 10)  # warm-up, first sequential window
+    run(chooser, clock, ms, 5)
+    clock.now += 10.0  # the stall, within the first pipelined window
+    run(chooser, clock, ms, 5 + 40)
+    assert not chooser.measuring and chooser.path == "pipelined"
+    assert chooser.fps == {"sequential": 20.0, "pipelined": 25.0}
+
+
 def test_frames_drained_from_the_other_path_do_not_count_towards_a_window() -> None:
     clock = Clock()
     chooser = PathChooser("auto", window=2, rounds=1, clock=clock)

@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +34,7 @@ from facefleet.server.state.interface import State
 
 TOKEN_PREFIX = "ff1"  # noqa: S105 - the token format's version tag, not a secret
 MAX_TOKEN_CHARS = 256
+MAX_UNKNOWN_TOKENS = 10_000
 GRANTS: dict[Role, frozenset[Role]] = {"admin": frozenset({"admin", "query"}), "query": frozenset({"query"})}
 
 
@@ -75,7 +77,11 @@ class Authenticator:
         self.insecure = insecure
         self.cache_seconds = cache_seconds
         self._clock = clock
-        self._cache: dict[str, tuple[TokenRecord | None, float]] = {}
+        self._known: dict[str, tuple[TokenRecord, float]] = {}
+        """Token id → its record and when it was read: the tokens in use (a few per site)."""
+        self._unknown: OrderedDict[str, float] = OrderedDict()
+        """Token ids the state does not hold → when that was read, the latest MAX_UNKNOWN_TOKENS: made-up
+        ids can fill this, never evict the known ones."""
         self._serials: dict[bytes, str] = {}
 
     def device(self, auth_context: Mapping[str, Iterable[bytes]], claimed: str) -> str:
@@ -142,23 +148,38 @@ class Authenticator:
 
     def forget_tokens(self) -> None:
         """Look every token up again on its next use (a token was revoked through another replica)."""
-        self._cache.clear()
+        self._known.clear()
+        self._unknown.clear()
 
     def _lookup(self, token: str) -> TokenRecord | None:
         prefix, _, rest = token.partition(".")
         token_id, _, secret = rest.partition(".")
         if prefix != TOKEN_PREFIX or not token_id or not secret:
             return None
-        now = self._clock()
-        cached = self._cache.get(token_id)
-        if cached is None or now - cached[1] > self.cache_seconds:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            cached = (self.state.find_token(token_id), now)
-            self._cache[token_id] = cached
-        record = cached[0]
+        record = self._record(token_id)
         if record is None or not hmac.compare_digest(record.digest, _digest(record.salt, secret)):
             return None
+        return record
+
+    def _record(self, token_id: str) -> TokenRecord | None:
+        """The state's record of a token id, read again once it is cache_seconds old."""
+        now = self._clock()
+        known = self._known.get(token_id)
+        if known is not None and now - known[1] <= self.cache_seconds:
+            return known[0]
+        seen = self._unknown.get(token_id)
+        if seen is not None and now - seen <= self.cache_seconds:
+            return None
+        record = self.state.find_token(token_id)
+        if record is not None:
+            self._unknown.pop(token_id, None)
+            self._known[token_id] = (record, now)
+        else:
+            self._known.pop(token_id, None)
+            self._unknown[token_id] = now
+            self._unknown.move_to_end(token_id)
+            while len(self._unknown) > MAX_UNKNOWN_TOKENS:
+                self._unknown.popitem(last=False)
         return record
 
 

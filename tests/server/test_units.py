@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from facefleet.link.gallery import Embedding, GalleryDelta, Person
-from facefleet.server.api import certs
+from facefleet.server.api import certs, security
 from facefleet.server.api.security import Authenticator, certificate_identity, new_token
 from facefleet.server.errors import (
     InvalidArgumentError,
@@ -182,6 +182,30 @@ def test_revocation_waits_for_the_cache(auth: tuple[Authenticator, dict[str, str
     clock[0] += 11
     with pytest.raises(UnauthenticatedError):
         cached.operator(metadata, "query")
+
+
+def test_made_up_token_ids_never_push_a_known_token_out_of_the_cache(
+    auth: tuple[Authenticator, dict[str, str], SqliteState], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More unknown ids than MAX_UNKNOWN_TOKENS are each looked up once; the valid token stays cached (no
+    lookup), and an unknown id asked again within cache_seconds is not looked up again."""
+    _, tokens, state = auth
+    authenticator = Authenticator(state, cache_seconds=60, clock=lambda: 100.0)
+    valid = [("authorization", f"Bearer {tokens['query']}")]
+    authenticator.operator(valid, "query")
+    lookups: list[str] = []
+    find_token = state.find_token
+    monkeypatch.setattr(
+        state, "find_token", lambda token_id: lookups.append(token_id) or find_token(token_id)
+    )
+    made_up = security.MAX_UNKNOWN_TOKENS + 10
+    for n in range(made_up):
+        with pytest.raises(UnauthenticatedError):
+            authenticator.operator([("authorization", f"Bearer ff1.made-up-{n}.secret")], "query")
+    with pytest.raises(UnauthenticatedError):
+        authenticator.operator([("authorization", f"Bearer ff1.made-up-{made_up - 1}.secret")], "query")
+    assert authenticator.operator(valid, "query").name == "grafana"
+    assert lookups == [f"made-up-{n}" for n in range(made_up)]
 
 
 @pytest.mark.parametrize(

@@ -405,17 +405,21 @@ class FleetServer:
         """Delete what [retention] says has expired (blocking), cut at midnight UTC; how much of each."""
         retention = self.config.retention
         today = utc_now().replace(hour=0, minute=0, second=0, microsecond=0)
-        expired = Expired(
-            events=self.state.expire_events(today - timedelta(days=retention.events_days))
-            if retention.events_days
-            else 0,
-            snapshots=self.state.snapshots.expire_snapshots(today - timedelta(days=retention.snapshots_days))
-            if retention.snapshots_days
-            else 0,
-            audit=self.state.expire_audit(today - timedelta(days=retention.audit_days))
-            if retention.audit_days
-            else 0,
-        )
+        deleted = {"events": 0, "face snapshots": 0, "audit entries": 0}
+        for what, days, expire in (  # each on its own: one that fails leaves the others to run
+            ("events", retention.events_days, self.state.expire_events),
+            ("face snapshots", retention.snapshots_days, self.state.snapshots.expire_snapshots),
+            ("audit entries", retention.audit_days, self.state.expire_audit),
+        ):
+            if not days:
+                continue
+            try:
+                deleted[what] = expire(today - timedelta(days=days))
+            except ServerError as exc:
+                log.error("retention of %s failed: %s", what, exc)
+            except Exception as exc:
+                log.exception("retention of %s failed: %s", what, exc)
+        expired = Expired(deleted["events"], deleted["face snapshots"], deleted["audit entries"])
         if expired.events or expired.snapshots or expired.audit:
             log.info(
                 "retention: deleted %d events, %d face snapshots and %d audit entries",

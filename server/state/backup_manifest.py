@@ -6,16 +6,19 @@ and the backend. The state file's keys are named as each backend has always writ
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from facefleet.core.files import write_atomic
 from facefleet.server.errors import DataLossError, FailedPreconditionError, NotFoundError
 
-__all__ = ["FORMAT", "MANIFEST", "Backend", "BackupManifest"]
+__all__ = ["FORMAT", "MANIFEST", "MODELS", "Backend", "BackupManifest", "check_model_name"]
 
 MANIFEST = "backup.json"
+MODELS = "models"
+"""The folder of a backup that holds the copy of the model store."""
 FORMAT = 1
 Backend = Literal["sqlite", "postgresql"]
 _STATE_KEY: dict[Backend, str] = {"sqlite": "database", "postgresql": "dump"}
@@ -101,9 +104,36 @@ class BackupManifest:
             raise NotFoundError(f"{path}: no backup manifest; is this a facefleet-server backup?") from None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DataLossError(f"backup manifest {path} is unreadable ({exc}); use another backup") from None
+        for name in manifest.models:
+            check_model_name(name, path.parent / MODELS, path)
         if manifest.format > FORMAT:
             raise DataLossError(
                 f"backup manifest {path} has format {manifest.format}, newer than this server ({FORMAT}): "
                 "upgrade facefleet-server before restoring it"
             )
         return manifest
+
+
+def check_model_name(name: str, folder: Path, manifest: Path) -> Path:
+    """`folder / name` for a model file named in `manifest`, once `name` is a relative path that stays inside
+    `folder`; DataLossError naming the entry otherwise (copying it would write outside the model store)."""
+    pure = PurePosixPath(name)
+    if (
+        "\0" in name
+        or pure.is_absolute()
+        or ".." in pure.parts
+        or not pure.parts
+        or not _inside(folder, name)
+    ):
+        raise DataLossError(
+            f"backup manifest {manifest} lists the model file {name!r}, which is not a path inside the model "
+            "store: FaceFleet did not write this backup (or it was altered); use another backup"
+        )
+    return folder / name
+
+
+def _inside(folder: Path, name: str) -> bool:
+    """Whether `folder / name` resolves (symbolic links followed) to a place under `folder`."""
+    real = Path(os.path.realpath(folder))
+    path = Path(os.path.realpath(folder / name))
+    return path != real and path.is_relative_to(real)

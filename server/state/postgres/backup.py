@@ -7,11 +7,12 @@ READ transaction counts the rows and exports its snapshot, and pg_dump runs with
 while the servers go on writing.
 
 A restore checks the manifest and every file's sha256 first, then runs `pg_restore --no-owner
---single-transaction --exit-on-error` (all or nothing), copies the model files and compares the restored
-row counts with the manifest. The target database must hold no FaceFleet data; the FaceFleet tables of one
-that holds only the empty schema (a server started on it once) are dropped first. With `force`, so are those
-of a target that holds data: nothing of them is kept, and a restore that then fails leaves the database
-without them (pg_restore's own --clean cannot drop the partitions of `events` one by one).
+--no-privileges --single-transaction --exit-on-error` (all or nothing; no role of the source is needed),
+copies the model files and compares the restored row counts with the manifest. The target database must
+hold no FaceFleet data; the FaceFleet tables of one that holds only the empty schema (a server started on it
+once) are dropped first. With `force`, so are those of a target that holds data: nothing of them is kept,
+and a restore that then fails leaves the database without them (pg_restore's own --clean cannot drop the
+partitions of `events` one by one).
 
 Passwords never reach a command line: the URL's password goes to the child's PGPASSWORD and the rest of it
 as a libpq keyword/value string."""
@@ -43,13 +44,12 @@ from facefleet.server.errors import (
     StateError,
 )
 from facefleet.server.state.backup_files import copy_atomically, copy_models, sha256_file
-from facefleet.server.state.backup_manifest import MANIFEST, BackupManifest
+from facefleet.server.state.backup_manifest import MANIFEST, MODELS, BackupManifest
 from facefleet.server.state.postgres import schema
 from facefleet.server.state.postgres.copy import TABLES
 from facefleet.server.state.postgres.state import redact
 
 DUMP = "state.pgdump"
-MODELS = "models"
 DATA_TABLES = ("people", "events", "tokens", "agents", "models", "admin_audit", "snapshots")
 """Tables whose rows make a target database 'hold data' (a restore refuses it without force)."""
 OWN_TABLES = (*TABLES, "facefleet_migrations")
@@ -281,7 +281,15 @@ def restore_state(src: Path, url: str, models: Path, *, force: bool = False) -> 
         _drop_own_objects(url, where)
     _run(
         pg_restore,
-        ["--no-owner", "--single-transaction", "--exit-on-error", "--dbname", conninfo, str(src / DUMP)],
+        [
+            "--no-owner",
+            "--no-privileges",
+            "--single-transaction",
+            "--exit-on-error",
+            "--dbname",
+            conninfo,
+            str(src / DUMP),
+        ],
         env,
         f"cannot restore {src / DUMP} into {where} "
         + ("(its FaceFleet tables were dropped before)" if cleaned else "(nothing was changed)"),
@@ -338,10 +346,10 @@ def _drop_own_objects(url: str, where: str) -> None:
 
 
 def _tables(conn: psycopg.Connection[tuple[Any, ...]]) -> set[str]:
-    """The tables of the public schema (partitioned parents included)."""
+    """The tables of the current schema (partitioned parents included)."""
     rows = conn.execute(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')"
+        "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')"
     ).fetchall()
     return {str(row[0]) for row in rows}
 

@@ -344,7 +344,8 @@ def partitions(
     """The monthly partitions of `table` as (name, start µs, end µs), oldest first."""
     rows = conn.execute(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = %s",
+        "JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n ON n.oid = p.relnamespace "
+        "WHERE n.nspname = current_schema() AND c.relnamespace = p.relnamespace AND p.relname = %s",
         (table,),
     ).fetchall()
     found = []
@@ -354,3 +355,27 @@ def partitions(
             start, end = month_bounds(int(year), int(month))
             found.append((str(name), start, end))
     return sorted(found, key=lambda p: p[1])
+
+
+def expired_months(conn: psycopg.Connection[tuple[object, ...]], before_us: int) -> list[tuple[int, int]]:
+    """The (year, month)s that end by `before_us` and still have a partition in any of PARTITIONED."""
+    return sorted(
+        {
+            month_of(start)
+            for table in PARTITIONED
+            for _, start, end in partitions(conn, table)
+            if end <= before_us
+        }
+    )
+
+
+def month_tables(conn: psycopg.Connection[tuple[object, ...]], year: int, month: int) -> set[str]:
+    """The tables of PARTITIONED that have the month's partition attached."""
+    rows = conn.execute(
+        "SELECT p.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n ON n.oid = p.relnamespace "
+        "WHERE n.nspname = current_schema() AND c.relnamespace = p.relnamespace AND p.relname = ANY(%s) "
+        "AND c.relname = p.relname || %s",
+        (list(PARTITIONED), partition_name(year, month, "")),
+    ).fetchall()
+    return {str(row[0]) for row in rows}

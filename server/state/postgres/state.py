@@ -21,11 +21,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 import psycopg.errors
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -37,9 +38,10 @@ from facefleet.server.state.postgres import schema
 from facefleet.server.state.postgres.connection import PgConnection
 from facefleet.server.state.postgres.events import ArrayRows
 from facefleet.server.state.sql import devices as sql_devices
+from facefleet.server.state.sql import events as sql_events
 from facefleet.server.state.sql import models as sql_models
 from facefleet.server.state.sql import snapshots as sql_snapshots
-from facefleet.server.state.sql.events import DAY_US, ROLLUPS
+from facefleet.server.state.sql.events import ATTRIBUTE_ROLLUPS, DAY_US, ROLLUPS
 from facefleet.server.state.sql.meta import Connection
 from facefleet.server.state.sql.state import SqlState
 
@@ -51,16 +53,41 @@ PARTITION_LOCK = 0x46465032
 """Advisory lock key while creating event partitions ('FFP2')."""
 DEFAULT_POOL_SIZE = 10
 POOL_TIMEOUT_S = 30.0
+DETACH_LOCK_TIMEOUT_MS = 2000
+"""How long retention waits for the locks that detach a month's partitions: while it waits, every new query
+and insert on `events` queues behind it."""
+
+
+SECRET_PARAMETERS = ("password", "sslpassword")
+"""libpq parameters that redact() masks."""
 
 
 def redact(url: str) -> str:
-    """A postgresql:// URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    """A postgresql:// URL (or libpq key=value string) without its passwords, for messages and logs: the
+    password of the user info and the values of SECRET_PARAMETERS are ***."""
+    if "://" not in url:
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.ProgrammingError:
+            return "(a connection string libpq cannot parse)"
+        return make_conninfo(
+            **{k: "***" if k in SECRET_PARAMETERS else str(v) for k, v in params.items() if v is not None}
+        )
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{netloc.rsplit('@', 1)[-1]}"
+    except ValueError:
+        return "(a URL that cannot be parsed)"
+    query = "&".join(_redact_parameter(pair) for pair in parts.query.split("&")) if parts.query else ""
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _redact_parameter(pair: str) -> str:
+    """One `key=value` of a URL's query, its value *** when the key names a password."""
+    key, equals, _value = pair.partition("=")
+    return f"{key}=***" if equals and unquote(key).strip().lower() in SECRET_PARAMETERS else pair
 
 
 DAY_ROLLUP = dict(ROLLUPS)[DAY_US]
@@ -202,36 +229,89 @@ class PostgresState(SqlState):
 
     def expire_events(self, before: datetime, *, drop: bool = True) -> int:
         """Take the months that end by `before` out of events and its rollups (detaching their partitions;
-        counted from the daily rollup, which holds every event of the month), delete the rest of the
+        counted from the daily rollup, which holds every event of the month, or from the month's events when
+        a database migrated from schema 1 has no rollup partition for it), delete the rest of the
         expired events and rollup buckets, then drop the detached partitions; how many events.
 
         Dropping a partition's files (gigabytes for a busy month) takes a second or more on some disks, and
         inside the transaction that changes `events` it would hold the table's lock meanwhile, stalling
-        ingest and queries: detaching is a change of the catalogue only. Each detached partition is dropped
-        in a transaction of its own, which locks nothing else; a drop that did not happen (a crash) is
-        retried by the next run. drop=False leaves the detached partitions for drop_expired()."""
+        ingest and queries: detaching is a change of the catalogue only. Each month is detached in a
+        transaction of its own that waits DETACH_LOCK_TIMEOUT_MS at most for its locks: a month in use (a
+        long query, pg_dump) is left whole for the next run, and nothing queues behind the wait meanwhile.
+        Each detached partition is dropped in a transaction of its own, which locks nothing else; a drop
+        that did not happen (a crash) is retried by the next run. drop=False leaves the detached partitions
+        for drop_expired()."""
         before_us = to_us(before)
-        dropped = 0
+        expired = 0
+        kept_until: int | None = None  # the end of the last expired month left attached (in use)
         self.drop_expired()  # a crash's leftovers first: a month detached again takes the same name
-        with self._raw() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
-            attached = {table: self._partition_names(conn, table) for table in schema.PARTITIONED}
-            for name, _start, end in schema.partitions(conn):
-                if end > before_us:
+        with self._raw() as conn:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
+                months = schema.expired_months(conn, before_us)
+            for year, month in months:
+                try:
+                    expired += self._detach_month(conn, year, month)
+                except psycopg.errors.LockNotAvailable:
+                    log.warning(
+                        "state database %s: the events of %04d-%02d are in use (a long query or a backup "
+                        "holds their tables); retention tries again at its next run",
+                        self.where,
+                        year,
+                        month,
+                    )
+                    kept_until = max(kept_until or 0, schema.month_bounds(year, month)[1])
                     continue
-                year, month = (int(part) for part in name.split("_")[1:])
-                day_rollup = sql.Identifier(schema.partition_name(year, month, DAY_ROLLUP))
-                count = conn.execute(sql.SQL("SELECT COALESCE(SUM(n), 0) FROM {}").format(day_rollup))
-                dropped += int(str((count.fetchone() or (0,))[0]))
-                for table in schema.PARTITIONED:
-                    if schema.partition_name(year, month, table) in attached[table]:
-                        schema.detach_partition(conn, year, month, table)
                 with self._months_lock:
                     self._months.discard((year, month))
-        expired = dropped + super().expire_events(before)
+        expired += self._delete_expired(before_us, kept_until)
         if drop:
             self.drop_expired()
         return expired
+
+    def _detach_month(self, conn: psycopg.Connection[Any], year: int, month: int) -> int:
+        """Detach the month's partitions that exist, in a transaction of its own; how many events they held.
+        LockNotAvailable (rolled back) when a lock takes longer than DETACH_LOCK_TIMEOUT_MS."""
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{DETACH_LOCK_TIMEOUT_MS}ms",))
+            present = schema.month_tables(conn, year, month)
+            count = 0
+            if "events" in present:  # a month migrated from schema 1 may lack its rollup partitions
+                counted = (
+                    sql.SQL("SELECT COALESCE(SUM(n), 0) FROM {}").format(
+                        sql.Identifier(schema.partition_name(year, month, DAY_ROLLUP))
+                    )
+                    if DAY_ROLLUP in present
+                    else sql.SQL("SELECT COUNT(*) FROM {}").format(
+                        sql.Identifier(schema.partition_name(year, month))
+                    )
+                )
+                count = int(str((conn.execute(counted).fetchone() or (0,))[0]))
+            for table in schema.PARTITIONED:
+                if table in present:
+                    schema.detach_partition(conn, year, month, table)
+        return count
+
+    def _delete_expired(self, before_us: int, after_us: int | None) -> int:
+        """Delete the events before `before_us` and the rollup buckets that end by then, from `after_us` on
+        when given (the months before it are left to the next run); how many events."""
+        if after_us is None:
+            with self.write() as conn:
+                return sql_events.expire_events(conn, before_us)
+        with self._raw() as raw, raw.transaction():
+            raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+            deleted = raw.execute(
+                "DELETE FROM events WHERE time_us >= %s AND time_us < %s", (after_us, before_us)
+            ).rowcount
+            for size, table in (*ROLLUPS, *ATTRIBUTE_ROLLUPS):
+                raw.execute(
+                    sql.SQL("DELETE FROM {} WHERE bucket_us >= %s AND bucket_us <= %s").format(
+                        sql.Identifier(table)
+                    ),
+                    (after_us, before_us - size),
+                )
+        return max(0, deleted)
 
     def drop_expired(self) -> list[str]:
         """Drop the partitions that retention detached (see expire_events); their names."""
@@ -241,10 +321,6 @@ class PostgresState(SqlState):
                 with conn.transaction():
                     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
         return names
-
-    @staticmethod
-    def _partition_names(conn: psycopg.Connection[Any], table: str) -> set[str]:
-        return {name for name, _start, _end in schema.partitions(conn, table)}
 
 
 def _reason(exc: BaseException) -> str:

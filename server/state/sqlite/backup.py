@@ -16,12 +16,11 @@ from pathlib import Path
 from facefleet.core.migrations import SchemaError
 from facefleet.server.errors import AlreadyExistsError, DataLossError, NotFoundError, StateError
 from facefleet.server.state.backup_files import copy_atomically, copy_models, sha256_file
-from facefleet.server.state.backup_manifest import MANIFEST, BackupManifest
+from facefleet.server.state.backup_manifest import MANIFEST, MODELS, BackupManifest
 from facefleet.server.state.sqlite.schema import MIGRATIONS
 from facefleet.server.state.sqlite.state import BUSY_TIMEOUT_MS
 
 DATABASE = "server.db"
-MODELS = "models"
 TABLES = (
     "people",
     "embeddings",

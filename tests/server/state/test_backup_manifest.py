@@ -1,10 +1,12 @@
 """backup.json of either backend: each writes the keys it always wrote (SQLite's `database_*`, PostgreSQL's
 `dump_*` and versions) plus `backend`; a manifest of the other backend is refused naming it and the fix, one
-without `backend` is of SQLite, a newer format or a missing key is unreadable."""
+without `backend` is of SQLite, a newer format or a missing key is unreadable, and a model file name that
+leads out of the model store is refused naming it."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,28 @@ def test_a_damaged_or_newer_manifest_is_refused(
     path.write_text(json.dumps(data))
     with pytest.raises(DataLossError, match=match):
         BackupManifest.load(path, backend)
+
+
+@pytest.mark.parametrize(
+    "name", ["../evil.txt", "/etc/evil.txt", "face/../../evil.txt", "face/..", "", ".", "a\0b"]
+)
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_model_file_name_outside_the_model_store_is_refused(
+    tmp_path: Path, backend: Backend, name: str
+) -> None:
+    manifest = SQLITE if backend == "sqlite" else POSTGRES
+    path = tmp_path / "backup.json"
+    path.write_text(json.dumps({**manifest.to_json(), "models": {name: "cd" * 32}}))
+    with pytest.raises(DataLossError) as raised:
+        BackupManifest.load(path, backend)
+    assert repr(name) in str(raised.value) and "FaceFleet did not write this backup" in str(raised.value)
+
+
+def test_a_model_file_behind_a_link_out_of_the_backup_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "backup" / "models").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "backup" / "models" / "face").symlink_to(tmp_path / "elsewhere")
+    path = tmp_path / "backup" / "backup.json"
+    path.write_text(json.dumps(SQLITE.to_json()))  # its model file is face/m/v1/model.onnx
+    with pytest.raises(DataLossError, match=re.escape("'face/m/v1/model.onnx'")):
+        BackupManifest.load(path, "sqlite")

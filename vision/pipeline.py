@@ -9,6 +9,7 @@ embedding and expression models as one batch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -51,6 +52,15 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class _SharedNets:
+    """What an analyzer hands its clone (with_model): its compiled models of the tasks that keep their
+    model, by (kind, input shape), and whether each such kind takes a batch of any size."""
+
+    nets: list[tuple[tuple[str, tuple[int, ...]], CompiledNet]]
+    batch_any: dict[str, bool]
+
+
+@dataclass(frozen=True)
 class AnalyzerSettings:
     """What to compute per face, YuNet settings, and jobs: frames in flight in stream() (0 = auto)."""
 
@@ -72,10 +82,12 @@ class FaceAnalyzer:
         *,
         models: Mapping[str, StoredModel] | None = None,
         precisions: PrecisionPlan | None = None,
+        _shared: _SharedNets | None = None,
     ) -> None:
         """The store's active models, or those given in models (task → model) instead. Every model's files
         are checked against its manifest first (ModelIntegrityError). precisions: what each model is
-        compiled at (and which IR, for an INT8 variant); None: the runtime's default precision."""
+        compiled at (and which IR, for an INT8 variant); None: the runtime's default precision. _shared:
+        models already compiled by the analyzer this one is cloned from (with_model), used as they are."""
         self.runtime = runtime
         self.precisions = precisions
         self.settings = settings or AnalyzerSettings()
@@ -100,6 +112,9 @@ class FaceAnalyzer:
         self._nets_lock = threading.Lock()
         self._batch_any: dict[str, bool] = {}
         """kind → whether its model was compiled for any batch size (decided at its first compile)."""
+        if _shared is not None:
+            self._nets.update(_shared.nets)
+            self._batch_any.update(_shared.batch_any)
         for kind, shape in (
             ("embedding", (1, 3, 112, 112)),
             ("expression", (1, 64, 64, 1)),
@@ -125,14 +140,18 @@ class FaceAnalyzer:
             self.settings,
             embeddings=self.settings.embeddings or task == "embedding",
             expressions=self.settings.expressions or task == "expression",
+            attributes=self.settings.attributes or task == "attributes",
         )
-        clone = FaceAnalyzer(self.runtime, None, settings, models=models, precisions=self.precisions)
         with self._nets_lock:
-            shared = [(key, net) for key, net in self._nets.items() if key[0] != task]
+            shared = _SharedNets(
+                [(key, net) for key, net in self._nets.items() if key[0] != task],
+                {kind: any_batch for kind, any_batch in self._batch_any.items() if kind != task},
+            )
             # a batch of any size is asked for as one face: the new model may fix its batch
             shapes = [(1, *k[1:]) if k[0] == DYNAMIC_BATCH else k for kind, k in self._nets if kind == task]
-        with clone._nets_lock:
-            clone._nets.update(shared)
+        clone = FaceAnalyzer(
+            self.runtime, None, settings, models=models, precisions=self.precisions, _shared=shared
+        )
         for shape in shapes:
             clone.net(task, shape)
         return clone
@@ -225,8 +244,9 @@ class FaceAnalyzer:
         for frame in frames:
             for _, faces in pipeline.submit(None, frame):
                 yield faces
-        for _, faces in pipeline.drain():
-            yield faces
+        while pipeline.in_flight:  # a failed frame raises; the frames after it come from the next drain
+            for _, faces in pipeline.drain():
+                yield faces
 
     def net(self, kind: str, shape: tuple[int, ...]) -> CompiledNet:
         """A model compiled for an input shape (a frame size, a batch of N faces).
@@ -298,7 +318,8 @@ class FaceAnalyzer:
 
 @dataclass
 class _FrameJob(Generic[T]):
-    """One frame on its way through the pipeline, with the caller's tag."""
+    """One frame on its way through the pipeline, with the caller's tag; error: why it failed (it then goes
+    on through the stages, in its place, and comes out as that error)."""
 
     tag: T
     frame: Frame
@@ -306,6 +327,7 @@ class _FrameJob(Generic[T]):
     detections: list[Detection] = field(default_factory=list)
     aligned: list[Frame] = field(default_factory=list)
     requests: dict[str, list[Request]] = field(default_factory=dict)
+    error: Exception | None = None
 
 
 class FramePipeline(Generic[T]):
@@ -318,6 +340,11 @@ class FramePipeline(Generic[T]):
     completes every frame in flight. depth: frames held by each stage (detection, face models), so at most
     2·depth - 1 frames are in flight after a submit. A pipeline runs one analyzer: to change models, drain
     it and start another.
+
+    A frame that fails (its inference, decoding or face models raise) does not take others with it: its
+    exception is raised once, by the call that would have returned it, after the frames before it were
+    returned (by an earlier call); the frames after it stay in the pipeline and come out, in order, from the
+    next calls (in_flight counts them). A frame submit() cannot read raises there and is not taken.
 
     observe(task, model_id, seconds), if given, receives each frame's inference time per model: OpenVINO's
     time from the start of the request to its completion (the parts of a split batch: the longest), which
@@ -333,46 +360,63 @@ class FramePipeline(Generic[T]):
         self.observe = observe
         self.detecting: deque[tuple[_FrameJob[T], Request]] = deque()
         self.describing: deque[_FrameJob[T]] = deque()
+        self.completed: deque[tuple[T, list[Face] | Exception]] = deque()
+        """Frames through both stages, oldest first, not yet returned: their faces, or why they failed."""
         self.free: OrderedDict[CompiledNet, list[Request]] = OrderedDict()
         """Idle requests by compiled model, the most recently used last (at most NET_CACHE_SIZE models, so
         that a long-lived pipeline does not keep the models of frame sizes long gone)."""
 
     @property
     def in_flight(self) -> int:
-        """Frames submitted and not yet returned."""
-        return len(self.detecting) + len(self.describing)
+        """Frames submitted and not yet returned (or raised)."""
+        return len(self.detecting) + len(self.describing) + len(self.completed)
 
     def submit(self, tag: T, frame: npt.NDArray[Any]) -> list[tuple[T, list[Face]]]:
         """Start one frame; the frames completed meanwhile, oldest first."""
         frame_bgr = to_bgr8(frame)
         job = _FrameJob(tag, frame_bgr, detection.prepare(frame_bgr, self.analyzer.settings.detector))
         request = self._take(self.analyzer.net("detection", job.prepared.tensor.shape))
-        request.start(job.prepared.tensor)  # copied into the request: decode needs only its shape
+        try:
+            request.start(job.prepared.tensor)  # copied into the request: decode needs only its shape
+        except BaseException:
+            self._release(request)
+            raise
         job.prepared = replace(job.prepared, tensor=np.broadcast_to(np.float32(0), job.prepared.tensor.shape))
         self.detecting.append((job, request))
-        done: list[tuple[T, list[Face]]] = []
         if len(self.detecting) >= self.depth:
-            self._finish_detection(done)
-        return done
+            self._finish_detection()
+        return self._deliver()
 
     def poll(self) -> list[tuple[T, list[Face]]]:
         """The frames that can be completed without waiting for a request, oldest first."""
-        done: list[tuple[T, list[Face]]] = []
         while True:
             if self.describing and all(r.done() for rs in self.describing[0].requests.values() for r in rs):
-                done.append(self._finish_faces())
+                self._finish_faces()
             elif self.detecting and len(self.describing) < self.depth and self.detecting[0][1].done():
-                self._finish_detection(done)
+                self._finish_detection()
             else:
-                return done
+                return self._deliver()
 
     def drain(self) -> list[tuple[T, list[Face]]]:
-        """Every frame in flight, completed, oldest first."""
-        done: list[tuple[T, list[Face]]] = []
+        """Every frame in flight, completed, oldest first (up to a failed frame: see the class)."""
         while self.detecting:
-            self._finish_detection(done)
+            self._finish_detection()
         while self.describing:
-            done.append(self._finish_faces())
+            self._finish_faces()
+        return self._deliver()
+
+    def _deliver(self) -> list[tuple[T, list[Face]]]:
+        """The completed frames up to the first failed one; that one's exception when it is the oldest."""
+        done: list[tuple[T, list[Face]]] = []
+        while self.completed:
+            tag, result = self.completed[0]
+            if isinstance(result, Exception):
+                if done:
+                    break  # raised by the next call, after the frames before it
+                self.completed.popleft()
+                raise result
+            self.completed.popleft()
+            done.append((tag, result))
         return done
 
     def _take(self, net: CompiledNet) -> Request:
@@ -392,40 +436,76 @@ class FramePipeline(Generic[T]):
             seconds = max(request.latency_s() for request in requests)
             self.observe(kind, model.manifest.model_id, seconds)
 
-    def _finish_detection(self, done: list[tuple[T, list[Face]]]) -> None:
+    def _finish_detection(self) -> None:
         """Wait for the oldest detection, then start the face models on its faces (completing the oldest
-        frames into done first while the face stage is full)."""
-        job, request = self.detecting.popleft()
-        outputs = request.wait()
-        self._observe("detection", [request])
-        self._release(request)
-        job.detections = detection.decode(outputs, job.prepared, self.analyzer.settings.detector)
-        job.aligned = [align_face(job.frame, det.landmarks_xy) for det in job.detections]
+        frames first while the face stage is full). The job leaves the detection stage only once it is in
+        the face stage, its detection request back in the pool; a failure marks it (job.error)."""
+        job, request = self.detecting[0]
+        try:
+            outputs = request.wait()
+            self._observe("detection", [request])
+            job.detections = detection.decode(outputs, job.prepared, self.analyzer.settings.detector)
+            job.aligned = [align_face(job.frame, det.landmarks_xy) for det in job.detections]
+        except Exception as exc:
+            job.error = exc
         while len(self.describing) >= self.depth:
-            done.append(self._finish_faces())
+            self._finish_faces()
+        if job.error is None:
+            try:
+                self._start_faces(job)
+            except Exception as exc:
+                job.error = exc  # the requests it started stay in job.requests, for _finish_faces
+        self.detecting.popleft()
+        self._release(request)
+        self.describing.append(job)
+
+    def _start_faces(self, job: _FrameJob[T]) -> None:
+        """Start the face models on the job's faces, each started request recorded in job.requests."""
         for kind, (net, tensor) in self.analyzer.face_batches(job.frame, job.detections, job.aligned).items():
             # with several inference streams, split the batch so that every stream works on it
             parts = np.array_split(tensor, min(len(tensor), net.optimal_requests))
-            job.requests[kind] = []
+            started: list[Request] = []
+            job.requests[kind] = started
             for part in parts:
-                part_net = self.analyzer.net(kind, part.shape)
-                face_request = self._take(part_net)
-                face_request.start(part)
-                job.requests[kind].append(face_request)
-        self.describing.append(job)
+                face_request = self._take(self.analyzer.net(kind, part.shape))
+                try:
+                    face_request.start(part)
+                except BaseException:
+                    self._release(face_request)
+                    raise
+                started.append(face_request)
 
-    def _finish_faces(self) -> tuple[T, list[Face]]:
-        job = self.describing.popleft()
+    def _finish_faces(self) -> None:
+        """Complete the oldest frame of the face stage into self.completed: its faces, or its error. Its
+        requests go back to the pool as it leaves the stage (after a failure, once none is running)."""
+        job = self.describing[0]
+        result: list[Face] | Exception
+        if job.error is not None:
+            result = job.error
+        else:
+            try:
+                result = self._faces_of(job)
+            except Exception as exc:
+                result = exc
+        requests = [request for started in job.requests.values() for request in started]
+        if isinstance(result, Exception):
+            for request in requests:  # a request is started again only once it has finished
+                with contextlib.suppress(Exception):
+                    request.wait()
+        self.describing.popleft()
+        for request in requests:
+            self._release(request)
+        self.completed.append((job.tag, result))
+
+    def _faces_of(self, job: _FrameJob[T]) -> list[Face]:
         results: dict[str, Outputs] = {}
         for kind, requests in job.requests.items():
             parts = [request.wait() for request in requests]
             self._observe(kind, requests)
-            for request in requests:
-                self._release(request)
             results[kind] = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
         started = time.perf_counter()
         attributes = self.analyzer.attributes_of(job.frame, job.detections)
         if attributes is not None and self.observe is not None and self.analyzer.attributes_model is not None:
             model_id = self.analyzer.attributes_model.manifest.model_id
             self.observe("attributes", model_id, time.perf_counter() - started)
-        return job.tag, self.analyzer.faces(job.detections, job.aligned, results, attributes)
+        return self.analyzer.faces(job.detections, job.aligned, results, attributes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +12,18 @@ import cv2
 import numpy as np
 import pytest
 
+from facefleet.vision import detection
 from facefleet.vision.alignment import align_face
 from facefleet.vision.faces import EXPRESSION_LABELS, Face
 from facefleet.vision.models.store import ModelStore
-from facefleet.vision.pipeline import FaceAnalyzer, FramePipeline
+from facefleet.vision.pipeline import AnalyzerSettings, FaceAnalyzer, FramePipeline
 from facefleet.vision.preprocess import (
     embedding_input,
     expression_input,
     normalise_embeddings,
     softmax_if_needed,
 )
-from facefleet.vision.runtime import CompiledNet, Runtime, RuntimeSettings
+from facefleet.vision.runtime import CompiledNet, Request, Runtime, RuntimeSettings
 from tests.conftest import SFACE_THRESHOLD
 
 
@@ -318,3 +319,135 @@ def test_an_embedding_model_that_cannot_take_any_batch_size_keeps_static_batch_s
     for face, want in zip(faces, reference, strict=True):
         assert face.embedding is not None and want.embedding is not None
         assert float(face.embedding @ want.embedding) == pytest.approx(1.0, abs=1e-5)
+
+
+class FailsOnOneFrameSize(FaceAnalyzer):
+    """The real analyzer and models; frames of one size fail at one step of the pipeline's face stage:
+    'face inputs' (their face-model batches cannot be made) or 'attributes' (after the face models ran)."""
+
+    bad_hw: tuple[int, int] = (0, 0)
+    step = ""
+
+    def face_batches(
+        self, frame_bgr: np.ndarray, detections: list[Any], aligned: list[np.ndarray]
+    ) -> dict[str, tuple[CompiledNet, np.ndarray]]:
+        if self.step == "face inputs" and frame_bgr.shape[:2] == self.bad_hw:
+            raise RuntimeError("this frame's faces cannot be prepared")
+        return super().face_batches(frame_bgr, detections, aligned)
+
+    def attributes_of(self, frame_bgr: np.ndarray, detections: list[Any]) -> Any:
+        if self.step == "attributes" and frame_bgr.shape[:2] == self.bad_hw:
+            raise RuntimeError("this frame's attributes cannot be computed")
+        return super().attributes_of(frame_bgr, detections)
+
+
+@pytest.mark.parametrize("step", ["decode", "face inputs", "attributes"])
+@pytest.mark.parametrize("depth", [1, 2, 4])
+def test_a_failing_frame_raises_once_and_every_other_frame_comes_out_in_order(
+    runtime: Runtime,
+    model_store: ModelStore,
+    astronaut: np.ndarray,
+    group_photo: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+    depth: int,
+) -> None:
+    analyzer = FailsOnOneFrameSize(runtime, model_store, AnalyzerSettings(attributes=True))
+    bad = np.vstack([astronaut, astronaut[-32:]])  # the astronaut, 32 rows taller: fails
+    empty = np.zeros((200, 300, 3), np.uint8)
+    frames = [astronaut, group_photo, bad, empty, group_photo, astronaut, bad, group_photo]
+    expected = {tag: analyzer.analyze(frame) for tag, frame in enumerate(frames) if frame is not bad}
+    analyzer.bad_hw, analyzer.step = bad.shape[:2], step
+    if step == "decode":  # the detector's outputs of the bad frame cannot be decoded
+        decode = detection.decode
+
+        def failing_decode(outputs: Any, prepared: detection.DetectorInput, settings: Any) -> Any:
+            if prepared.frame_hw == analyzer.bad_hw:
+                raise RuntimeError("this frame's detections cannot be decoded")
+            return decode(outputs, prepared, settings)
+
+        monkeypatch.setattr(detection, "decode", failing_decode)
+    created: list[Request] = []
+    new_request = CompiledNet.request
+
+    def counted(net: CompiledNet) -> Request:
+        created.append(new_request(net))
+        return created[-1]
+
+    monkeypatch.setattr(CompiledNet, "request", counted)
+    pipeline: FramePipeline[int] = FramePipeline(analyzer, depth)
+    done: list[tuple[int, list[Face]]] = []
+    raised: list[tuple[int, str]] = []  # (frames out when a failure was raised, its message)
+
+    def collect(call: Callable[[], list[tuple[int, list[Face]]]]) -> None:
+        try:
+            done.extend(call())
+        except RuntimeError as exc:
+            raised.append((len(done), str(exc)))
+
+    for tag, frame in enumerate(frames):
+        collect(lambda tag=tag, frame=frame: pipeline.submit(tag, frame))  # type: ignore[misc]
+        if tag == 4:
+            collect(pipeline.poll)
+    while pipeline.in_flight:
+        collect(pipeline.drain)
+    # each failed frame raised once, in its place: after the frames before it, before those after it
+    assert [after for after, _ in raised] == [2, 5], raised
+    assert all("cannot be" in message for _, message in raised)
+    assert [tag for tag, _ in done] == [0, 1, 3, 4, 5, 7]
+    for tag, faces in done:
+        assert len(faces) == len(expected[tag])
+        for got, want in zip(faces, expected[tag], strict=True):
+            np.testing.assert_allclose(got.detection.box_xyxy, want.detection.box_xyxy, atol=1e-3)
+            assert got.embedding is not None and want.embedding is not None
+            assert float(got.embedding @ want.embedding) == pytest.approx(1.0, abs=1e-4)
+            assert got.attributes == want.attributes
+    # every request it started is back in its pool, none running
+    pooled = [request for requests in pipeline.free.values() for request in requests]
+    assert len(pooled) == len(created) and set(map(id, pooled)) == set(map(id, created))
+    assert all(request.done() for request in pooled)
+
+
+class CountingRuntime(Runtime):
+    """The real runtime, recording the IR of every compilation."""
+
+    def __init__(self, settings: RuntimeSettings) -> None:
+        super().__init__(settings)
+        self.compiled: list[Path] = []
+
+    def compile(
+        self, model_xml: Path, input_shape: Sequence[int] | None = None, **options: Any
+    ) -> CompiledNet:
+        self.compiled.append(Path(model_xml))
+        return super().compile(model_xml, input_shape, **options)
+
+
+def test_a_detection_switch_compiles_the_detection_model_only(
+    model_store: ModelStore, astronaut: np.ndarray, group_photo: np.ndarray
+) -> None:
+    runtime = CountingRuntime(RuntimeSettings(inference_precision="f32"))
+    analyzer = FaceAnalyzer(runtime, model_store, AnalyzerSettings(attributes=True))
+    before = [analyzer.analyze(frame) for frame in (astronaut, group_photo)]
+    runtime.compiled.clear()
+    switched = analyzer.with_model(model_store.active("detection"))
+    after = [switched.analyze(frame) for frame in (astronaut, group_photo)]
+    detector = model_store.active("detection").xml_path
+    assert runtime.compiled == [detector, detector]  # the two frame sizes, nothing else
+    shared = [("embedding", (6, 3, 112, 112)), ("expression", (1, 64, 64, 1)), ("attributes", (6,))]
+    for kind, shape in shared:
+        assert switched.net(kind, shape) is analyzer.net(kind, shape)
+    for got, want in zip(after, before, strict=True):
+        assert [f.attributes for f in got] == [f.attributes for f in want]
+        assert [f.embedding_model for f in got] == [f.embedding_model for f in want]
+
+
+def test_switching_in_an_attributes_model_adds_the_attributes(
+    analyzer: FaceAnalyzer, model_store: ModelStore, astronaut: np.ndarray
+) -> None:
+    assert analyzer.attributes_model is None
+    switched = analyzer.with_model(model_store.active("attributes"))
+    assert switched.attributes_model == model_store.active("attributes")
+    assert switched.settings.attributes and not analyzer.settings.attributes
+    face = only_face(switched, astronaut)
+    assert face.attributes is not None and face.embedding is not None and face.expression is not None
+    assert only_face(analyzer, astronaut).attributes is None

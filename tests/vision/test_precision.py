@@ -7,20 +7,25 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import openvino as ov
 import pytest
 
+from facefleet.vision.detection import DetectorSettings
+from facefleet.vision.errors import ImageError
 from facefleet.vision.models.manifest import ModelManifest, sha256_file
 from facefleet.vision.models.store import ModelStore, StoredModel
 from facefleet.vision.pipeline import AnalyzerSettings, FaceAnalyzer
+from facefleet.vision.precision import guards
 from facefleet.vision.precision.cache import PrecisionCache, cache_path
 from facefleet.vision.precision.choice import Measurement
 from facefleet.vision.precision.guards import REFERENCE, GuardResult
 from facefleet.vision.precision.plan import PrecisionPlan, PrecisionSettings
-from facefleet.vision.precision.probes import EmbeddingProbe, ExpressionProbe, Probe
+from facefleet.vision.precision.probes import PROBES, EmbeddingProbe, ExpressionProbe, Probe
 from facefleet.vision.precision.samples import TuningSamples, tuning_samples
 from facefleet.vision.precision.tuner import EMBEDDING_INT8_NOTE, MIN_SPEEDUP, choose
 from facefleet.vision.runtime import Precision, Runtime, RuntimeSettings
@@ -202,10 +207,10 @@ def test_the_choice_is_cached_and_measured_again_for_another_openvino_or_model(
     )
     assert again == first and not calls  # a restart does not measure again
     device, version = auto_runtime.device_name, auto_runtime.version
-    assert cache.get(model.manifest.model_id, device, version) == first
-    assert cache.get(model.manifest.model_id, device, "2099.1") is None
-    assert cache.get(model.manifest.model_id, "GPU (another)", version) is None
-    assert cache.get("mini-xception@other", device, version) is None
+    assert cache.get(model.manifest, device, version) == first
+    assert cache.get(model.manifest, device, "2099.1") is None
+    assert cache.get(model.manifest, "GPU (another)", version) is None
+    assert cache.get(replace(model.manifest, version="other"), device, version) is None
     # the OpenVINO version changes: the cached entry no longer applies and the model is measured again
     data = json.loads(cache.path.read_text(encoding="utf-8"))
     data["choices"][0]["openvino"] = "2025.0.0"
@@ -283,3 +288,87 @@ def test_an_int8_variant_of_a_non_embedding_model_is_a_candidate(
     assert [m.label for m in choice.measurements][-1] == "int8"
     assert choice.variant == variant.manifest.model_id and choice.precision == "f32"
     assert plan.compilation(source).xml_path == variant.xml_path
+
+
+def test_the_samples_are_found_at_the_default_thresholds_whatever_the_site_keeps(
+    auto_runtime: Runtime, model_store: ModelStore
+) -> None:
+    """A site that keeps only faces scored ≥ 0.95 (none in the bundled photos) still has its models
+    measured on the photos' 14 faces, and its analyzer starts."""
+    bf16_or_skip(auto_runtime)
+    strict = DetectorSettings(score_threshold=0.95)
+    plan = PrecisionPlan(
+        auto_runtime, model_store, detector=strict, timer=injected({"f32": 8.0, "bf16": 4.0, "f16": 4.0})
+    )
+    analyzer = FaceAnalyzer(
+        auto_runtime, model_store, AnalyzerSettings(detector=strict, attributes=True), precisions=plan
+    )
+    for task in ("detection", "embedding", "expression", "attributes"):
+        choice = plan.choice(model_store.active(task))
+        assert choice.source == "auto", choice.reason
+        bf16 = next(m for m in choice.measurements if m.label == "bf16")
+        assert bf16.guard.passed, bf16.guard.summary
+    detection = plan.choice(model_store.active("detection"))
+    assert next(m for m in detection.measurements if m.label == "bf16").guard.figures["faces"] == 14
+    assert analyzer.settings.detector.score_threshold == 0.95  # the site's thresholds still decide its faces
+
+
+def test_a_guard_given_no_faces_refuses(
+    auto_runtime: Runtime, model_store: ModelStore, samples: TuningSamples
+) -> None:
+    assert not guards.classification(np.zeros((0, 7), np.float32), np.zeros((0, 7), np.float32)).passed
+    assert not guards.years([], []).passed
+    nothing = guards.detections([[], []], [[], []], [1.0, 1.0])
+    assert not nothing.passed and "no faces" in nothing.summary
+    empty = TuningSamples(samples.detector, samples.frames, ())
+    for task, probe_class in PROBES.items():
+        probe = probe_class(auto_runtime, empty, 0.363)
+        nets = probe.compile(model_store.active(task).xml_path, "f32")
+        with pytest.raises(ImageError, match="gave no faces"):
+            probe.guard(nets, nets)
+        with pytest.raises(ImageError, match="gave no faces"):
+            probe.run_once(nets)
+
+
+def test_photos_without_faces_leave_the_models_at_f32_with_the_reason(
+    auto_runtime: Runtime, model_store: ModelStore, tmp_path: Path
+) -> None:
+    bf16_or_skip(auto_runtime)
+    blank = tmp_path / "wall.png"
+    cv2.imwrite(str(blank), np.full((480, 640, 3), 128, np.uint8))
+    cache = PrecisionCache(cache_path(tmp_path))
+    timer = injected({"f32": 8.0, "bf16": 1.0, "f16": 1.0})
+    plan = PrecisionPlan(auto_runtime, model_store, cache=cache, photos=[blank], timer=timer)
+    FaceAnalyzer(auto_runtime, model_store, AnalyzerSettings(attributes=True), precisions=plan)
+    for task in ("detection", "embedding", "expression", "attributes"):
+        choice = plan.choice(model_store.active(task))
+        assert (choice.precision, choice.source) == ("f32", "default")
+        assert "gave no faces" in choice.reason
+    assert not cache.path.exists()  # nothing measured, nothing cached: measured again at the next start
+
+
+def test_a_model_reimported_under_its_id_with_other_files_is_measured_again(
+    auto_runtime: Runtime, model_store: ModelStore, tmp_path: Path
+) -> None:
+    bf16_or_skip(auto_runtime)
+    cache = PrecisionCache(cache_path(tmp_path))
+    calls: list[str] = []
+    timer = injected({"f32": 8.0, "bf16": 4.0, "f16": 4.0}, calls)
+    model = model_store.active("expression")
+    first = PrecisionPlan(auto_runtime, model_store, cache=cache, timer=timer).choice(model)
+    assert first.source == "auto" and calls
+    calls.clear()
+    files = {name: "0" * 64 for name in model.manifest.files}
+    reimported = StoredModel(replace(model.manifest, files=files), model.directory)
+    device, version = auto_runtime.device_name, auto_runtime.version
+    assert cache.get(model.manifest, device, version) == first
+    assert cache.get(reimported.manifest, device, version) is None
+    listing = PrecisionPlan(auto_runtime, model_store, cache=cache, measure=False, timer=timer)
+    assert listing.cached(reimported) is None and listing.choice(reimported).source == "default"
+    assert listing.choice(model) == first  # the same id with its own files still hits
+    # an entry written before the files were part of the key misses too
+    data = json.loads(cache.path.read_text(encoding="utf-8"))
+    del data["choices"][0]["files"]
+    cache.path.write_text(json.dumps(data), encoding="utf-8")
+    assert cache.get(model.manifest, device, version) is None
+    assert not calls

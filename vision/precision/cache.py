@@ -1,15 +1,22 @@
-"""<state_dir>/cache/precision.json: the auto choices measured, per (model id, device, OpenVINO version),
-so that a restart does not measure again. Another device or OpenVINO version is a miss."""
+"""<state_dir>/cache/precision.json: the auto choices measured, per (model id, sha256 of its files, device,
+OpenVINO version), so that a restart does not measure again. Another device or OpenVINO version, or a
+model re-imported under the same id with other files, is a miss (and so is an entry written before the
+files were part of the key)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from facefleet.core.files import write_atomic
+from facefleet.vision.models.manifest import ModelManifest
 from facefleet.vision.precision.choice import Choice
 
 log = logging.getLogger(__name__)
@@ -23,39 +30,50 @@ def cache_path(state_dir: Path) -> Path:
 
 
 class PrecisionCache:
-    """The measured choices in one JSON file: {"format": 1, "choices": [{model_id, device, openvino, …}]}."""
+    """The measured choices in one JSON file: {"format": 1, "choices": [{model_id, files, device, openvino,
+    choice}]}, files: the model's file name → sha256 (its manifest's). Shared by the processes of one state
+    directory (the agent, `models tune`): a write holds an exclusive lock on a sibling file, <name>.lock."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
 
-    def get(self, model_id: str, device: str, openvino: str) -> Choice | None:
-        """The choice measured for this model on this device and OpenVINO version, or None."""
+    def get(self, model: ModelManifest, device: str, openvino: str) -> Choice | None:
+        """The choice measured for this model (these very files) on this device and OpenVINO version, or
+        None."""
         for entry in self._entries():
-            if (entry.get("model_id"), entry.get("device"), entry.get("openvino")) == (
-                model_id,
-                device,
-                openvino,
-            ):
+            if _model_of(entry) == (model.model_id, device, openvino) and _files_of(entry) == model.files:
                 try:
                     return Choice.from_json(entry["choice"])
                 except (KeyError, TypeError, ValueError):
                     return None
         return None
 
-    def put(self, choice: Choice, device: str, openvino: str) -> None:
-        """Record (or replace) the choice for its model on this device and OpenVINO version."""
-        with self._lock:
-            key = (choice.model_id, device, openvino)
-            entries = [
-                e for e in self._entries() if (e.get("model_id"), e.get("device"), e.get("openvino")) != key
-            ]
-            entry = {"model_id": choice.model_id, "device": device, "openvino": openvino}
-            entries.append({**entry, "choice": choice.to_json()})
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+    def put(self, choice: Choice, model: ModelManifest, device: str, openvino: str) -> None:
+        """Record the choice for model on this device and OpenVINO version, replacing what was measured for
+        its model id there before (with these files or others)."""
+        if choice.model_id != model.model_id:
+            raise ValueError(f"a choice for {choice.model_id} cannot be cached for {model.model_id}")
+        key = (model.model_id, device, openvino)
+        with self._lock, self._exclusive():
+            entries = [e for e in self._entries() if _model_of(e) != key]
+            entry = {"model_id": model.model_id, "files": dict(sorted(model.files.items()))}
+            entries.append({**entry, "device": device, "openvino": openvino, "choice": choice.to_json()})
             write_atomic(
                 self.path, json.dumps({"format": FORMAT_VERSION, "choices": entries}, indent=2) + "\n"
             )
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the exclusive lock of <name>.lock (fcntl.flock; released when the file is closed), so the
+        read-modify-write of another process does not drop this one's entries."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _entries(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
@@ -68,3 +86,12 @@ class PrecisionCache:
         if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
             return []
         return [e for e in data.get("choices", []) if isinstance(e, dict)]
+
+
+def _model_of(entry: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    return entry.get("model_id"), entry.get("device"), entry.get("openvino")
+
+
+def _files_of(entry: Mapping[str, Any]) -> dict[str, str] | None:
+    files = entry.get("files")
+    return files if isinstance(files, dict) else None

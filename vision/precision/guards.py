@@ -48,7 +48,9 @@ def classification(
     reference: npt.NDArray[np.float32], candidate: npt.NDArray[np.float32], what: str = "class"
 ) -> GuardResult:
     """Probabilities (N, C) of the same N inputs: top-1 agreement ≥ MIN_TOP1_AGREEMENT and every
-    probability within MAX_PROBABILITY_DIFFERENCE."""
+    probability within MAX_PROBABILITY_DIFFERENCE. No inputs: refused (nothing was compared)."""
+    if len(reference) == 0:
+        return GuardResult(False, f"{what}: no inputs to compare (no sample faces)", {"inputs": 0})
     agreement = float(np.mean(reference.argmax(axis=1) == candidate.argmax(axis=1)))
     difference = float(np.max(np.abs(reference - candidate)))
     passed = agreement >= MIN_TOP1_AGREEMENT and difference <= MAX_PROBABILITY_DIFFERENCE
@@ -62,8 +64,10 @@ def classification(
 
 
 def years(reference: Sequence[float], candidate: Sequence[float]) -> GuardResult:
-    """Age estimates of the same faces: every one within MAX_YEARS_DIFFERENCE years."""
-    difference = float(np.max(np.abs(np.subtract(reference, candidate)))) if reference else 0.0
+    """Age estimates of the same faces: every one within MAX_YEARS_DIFFERENCE years. No faces: refused."""
+    if len(reference) == 0:
+        return GuardResult(False, "age: no faces to compare (no sample faces)", {"age_faces": 0})
+    difference = float(np.max(np.abs(np.subtract(reference, candidate))))
     passed = difference <= MAX_YEARS_DIFFERENCE
     summary = f"age max difference {difference:.2f} years (max {MAX_YEARS_DIFFERENCE})"
     return GuardResult(passed, summary, {"age_max_years_difference": round(difference, 3)})
@@ -76,7 +80,8 @@ def detections(
 ) -> GuardResult:
     """Detections of the same frames (frame px; scales: model input px per frame px): the same number of
     faces in each frame, each f32 face's best-overlapping candidate box at IoU ≥ MIN_BOX_IOU and its
-    landmarks within MAX_LANDMARK_SHIFT_PX at the input scale."""
+    landmarks within MAX_LANDMARK_SHIFT_PX at the input scale. No f32 face in any frame: refused (nothing
+    was compared)."""
     count_changes = 0
     min_iou, max_shift = 1.0, 0.0
     faces = 0
@@ -99,6 +104,8 @@ def detections(
         f"min box IoU {min_iou:.3f} (min {MIN_BOX_IOU}), max landmark shift {max_shift:.2f} px at input "
         f"scale (max {MAX_LANDMARK_SHIFT_PX})"
     )
+    if faces == 0:
+        passed, summary = False, f"no faces to compare (no sample faces): {summary}"
     figures = {
         "frames": len(reference),
         "faces": faces,

@@ -1,6 +1,7 @@
 """What each model runs at: [runtime] precision.<task> (a per-task override) wins over [runtime]
 inference_precision (a global override unless "auto"); under "auto" a model takes the choice cached for it
-on this device and OpenVINO version, or is measured (when allowed), or runs at f32 until it is."""
+(its files) on this device and OpenVINO version, or is measured (when allowed), or runs at f32 until it
+is."""
 
 from __future__ import annotations
 
@@ -46,8 +47,10 @@ class Compilation:
 
 class PrecisionPlan:
     """Resolves the precision of each model on one runtime; measure: measure models that have no cached
-    choice (the agent service) or leave them at f32 (listings, one-off commands). timer, photos: the
-    latency seam and the photos of the measurements (default: median wall time, the bundled photos)."""
+    choice (the agent service) or leave them at f32 (listings, one-off commands). detector: the site's
+    [detector] settings, whose frame geometry the samples are prepared at (their faces are found at the
+    default thresholds, see samples.sample_detector). timer, photos: the latency seam and the photos of the
+    measurements (default: median wall time, the bundled photos)."""
 
     def __init__(
         self,
@@ -72,16 +75,17 @@ class PrecisionPlan:
         self.timer = timer
         self.photos = photos
         self._samples: TuningSamples | None = None
-        self._resolved: dict[str, Choice] = {}
+        self._resolved: dict[tuple[str, tuple[tuple[str, str], ...]], Choice] = {}
+        """(model id, its files' sha256 by name) → its choice."""
         self._lock = threading.RLock()
 
     def choice(self, model: StoredModel) -> Choice:
         """What model runs at (resolved once per plan; logged at INFO when first resolved)."""
         with self._lock:
-            known = self._resolved.get(model.manifest.model_id)
+            known = self._resolved.get(_identity(model))
             if known is None:
                 known = self._resolve(model)
-                self._resolved[model.manifest.model_id] = known
+                self._resolved[_identity(model)] = known
                 log.info(
                     "precision: %s %s runs at %s on %s (%s): %s",
                     known.task,
@@ -113,15 +117,16 @@ class PrecisionPlan:
             )
             measured = tune(probe, self.store, model, self.timer, include_ineligible)
             if self.cache is not None:
-                self.cache.put(measured, self.runtime.device_name, self.runtime.version)
-            self._resolved.pop(model.manifest.model_id, None)
+                self.cache.put(measured, model.manifest, self.runtime.device_name, self.runtime.version)
+            self._resolved.pop(_identity(model), None)
             return measured
 
     def cached(self, model: StoredModel) -> Choice | None:
-        """The auto choice cached for model on this device and OpenVINO version, if any (and usable)."""
+        """The auto choice cached for model (its files) on this device and OpenVINO version, if any (and
+        usable)."""
         if self.cache is None:
             return None
-        found = self.cache.get(model.manifest.model_id, self.runtime.device_name, self.runtime.version)
+        found = self.cache.get(model.manifest, self.runtime.device_name, self.runtime.version)
         if found is not None and found.variant is not None:
             try:
                 find_model(self.store, found.variant)
@@ -163,3 +168,8 @@ class PrecisionPlan:
                 self.runtime, self.store.active("detection"), self.photos, self.detector
             )
         return self._samples
+
+
+def _identity(model: StoredModel) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """A model's id and files: a model re-imported under the same id with other files is another model."""
+    return model.manifest.model_id, tuple(sorted(model.manifest.files.items()))

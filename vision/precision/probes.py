@@ -32,7 +32,8 @@ TUNED_TASKS = ("detection", "embedding", "expression", "attributes")
 
 class Probe:
     """One task's measurement: compile() a model at a precision hint, run_once() its timing input (one face,
-    or the largest photo frame for detection), guard() a candidate's outputs against the reference's."""
+    or the largest photo frame for detection), guard() a candidate's outputs against the reference's.
+    Samples without faces measure nothing: run_once() and guard() raise ImageError."""
 
     def __init__(
         self, runtime: Runtime, samples: TuningSamples, threshold: float = DEFAULT_THRESHOLD
@@ -57,10 +58,12 @@ class DetectionProbe(Probe):
         return {shape: self.runtime.compile(xml, input_shape=shape, precision=precision) for shape in shapes}
 
     def run_once(self, nets: Nets) -> None:
+        _faces(self.samples)  # nothing to guard with: the measurement is refused as a whole
         frame = max(self.samples.frames, key=lambda f: f.tensor.size)
         nets[tuple(frame.tensor.shape)].infer(frame.tensor)
 
     def guard(self, reference: Nets, candidate: Nets) -> GuardResult:
+        _faces(self.samples)  # frames without faces would pass any candidate
         settings = self.samples.detector
 
         def detect(nets: Nets, frame: detection.DetectorInput) -> list[Detection]:
@@ -82,12 +85,12 @@ class EmbeddingProbe(Probe):
         return {EMBEDDING_SHAPE: net}
 
     def run_once(self, nets: Nets) -> None:
-        face = _first(self.samples)
+        face = _faces(self.samples)[0]
         crop = align_face(face.frame, face.detection.landmarks_xy)
         nets[EMBEDDING_SHAPE].infer(embedding_input(crop)[None])
 
     def guard(self, reference: Nets, candidate: Nets) -> GuardResult:
-        faces = [face.sample() for face in self.samples.faces]
+        faces = [face.sample() for face in _faces(self.samples)]
         limits = GuardLimits()
         rng = np.random.default_rng(0)  # the same variants for every candidate
         agreement = compare_embeddings(
@@ -108,11 +111,11 @@ class ExpressionProbe(Probe):
         return {EXPRESSION_SHAPE: net}
 
     def run_once(self, nets: Nets) -> None:
-        face = _first(self.samples)
+        face = _faces(self.samples)[0]
         nets[EXPRESSION_SHAPE].infer(expression_input(face.frame, face.detection.box_xyxy)[None])
 
     def guard(self, reference: Nets, candidate: Nets) -> GuardResult:
-        inputs = [expression_input(f.frame, f.detection.box_xyxy)[None] for f in self.samples.faces]
+        inputs = [expression_input(f.frame, f.detection.box_xyxy)[None] for f in _faces(self.samples)]
 
         def probabilities(nets: Nets) -> npt.NDArray[np.float32]:
             raw = [next(iter(nets[EXPRESSION_SHAPE].infer(t).values())).reshape(1, -1) for t in inputs]
@@ -149,7 +152,7 @@ class AttributesProbe(Probe):
 
     def _inputs(self) -> list[dict[str, npt.NDArray[np.float32]]]:
         inputs = []
-        for face in self.samples.faces:  # chips from the BGR frame, fed as RGB like the pipeline does
+        for face in _faces(self.samples):  # chips from the BGR frame, fed as RGB like the pipeline does
             landmarks = face.detection.landmarks_xy
             gender = model_input(face_chip(face.frame, landmarks, GENDER_CHIP_SIZE))[::-1]
             age = model_input(face_chip(face.frame, landmarks, AGE_CHIP_SIZE))[::-1]
@@ -170,7 +173,13 @@ PROBES: dict[str, Callable[[Runtime, TuningSamples, float], Probe]] = {
 }
 
 
-def _first(samples: TuningSamples) -> FoundFace:
+def _faces(samples: TuningSamples) -> tuple[FoundFace, ...]:
+    """The faces of the samples, or ImageError: no faces, nothing to measure a model on."""
     if not samples.faces:
-        raise ImageError("the sample photos gave no faces to measure this model on")
-    return samples.faces[0]
+        raise ImageError(
+            f"the {len(samples.frames)} sample frames gave no faces at the default detector thresholds, so "
+            "there is nothing to measure this model's precision on: check that `facefleet-agent analyze "
+            "<photo>` finds faces in them with the active detection model (`python -m "
+            "facefleet.vision.photos` lists the bundled photos)"
+        )
+    return samples.faces

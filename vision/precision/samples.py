@@ -1,10 +1,10 @@
 """Real inputs for precision measurements: the sample photos that ship in installed packages (and their
-mirror images), and the faces the float detector finds in them."""
+mirror images), and the faces the float detector finds in them at the default thresholds."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,8 @@ class FoundFace:
 
 @dataclass(frozen=True)
 class TuningSamples:
-    """frames: prepared detector inputs of every photo and its mirror image; faces: found in them."""
+    """frames: prepared detector inputs of every photo and its mirror image; faces: found in them;
+    detector: the settings they were prepared and found with (sample_detector)."""
 
     detector: DetectorSettings
     frames: tuple[DetectorInput, ...]
@@ -49,14 +50,28 @@ def sample_photos() -> list[Path]:
     return [sample_photo(name) for name in SAMPLE_PHOTOS]
 
 
+def sample_detector(site: DetectorSettings | None = None) -> DetectorSettings:
+    """The settings the samples are found with: the site's frame geometry (long_side, upscale), so the
+    detector is measured at the input scale it runs at, and the default thresholds and face limit: the
+    samples measure the models, whatever faces a site chooses to keep (a score_threshold of 0.95 finds
+    none in the bundled photos)."""
+    defaults = DetectorSettings()
+    if site is None:
+        return defaults
+    return replace(defaults, long_side=site.long_side, upscale=site.upscale)
+
+
 def tuning_samples(
     runtime: Runtime,
     detector: StoredModel,
     photos: Sequence[Path] | None = None,
     settings: DetectorSettings | None = None,
 ) -> TuningSamples:
-    """Frames and faces of the photos (default: the bundled ones), found with detector run at f32."""
-    settings = settings or DetectorSettings()
+    """Frames and faces of the photos (default: the bundled ones), found with detector run at f32.
+
+    settings: the site's [detector] settings; only their frame geometry is used (sample_detector). The
+    samples may have no faces (photos without any): the probes then refuse to measure (ImageError)."""
+    settings = sample_detector(settings)
     check_model(detector)
     nets: dict[tuple[int, ...], CompiledNet] = {}
     frames: list[DetectorInput] = []

@@ -89,6 +89,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CAMERA_HEALTH = ("fps", "dropped", "running")
+MAX_FAILED_FRAMES = 30
+"""Frames in a row whose analysis may fail (each logged and skipped) before the service stops with the error,
+for systemd to restart it with its models loaded afresh."""
 """The health figures of each camera, as `camera.<name>.<figure>`."""
 MALLOC_ARENAS = 2
 """glibc malloc arenas of the agent process (glibc's default: 8 per core), unless MALLOC_ARENA_MAX is set."""
@@ -157,6 +160,8 @@ class AgentService:
         self.metrics = AgentMetrics(self.figures)
         self.frame_path = PathChooser(config.service.pipeline)
         self._pipeline = self._new_pipeline()
+        self._failed_frames = 0
+        """Frames in a row whose analysis failed."""
         self.metrics_endpoint = self.metrics.serve(config.metrics.listen)
         snapshots = config.snapshots
         self.snapshot_settings = SnapshotSettings(
@@ -209,7 +214,7 @@ class AgentService:
                         self._settle()
                         self._publish_track_events(name, self.trackers[name].finish(), time.time())
                 if not busy and self._pipeline.in_flight:
-                    self._handle(self._pipeline.poll(), "pipelined")
+                    self._handle(self._advance(self._pipeline.poll), "pipelined")
                 now = time.monotonic()
                 if now - last_status >= self.config.service.status_interval_s:
                     last_status = now
@@ -265,15 +270,36 @@ class AgentService:
         run the same pipeline and its requests (one set of inference buffers): sequential drains it after
         each frame."""
         if self.frame_path.path == "pipelined":
-            self._handle(self._pipeline.submit(frame, frame.image), "pipelined")
+            self._handle(self._advance(lambda: self._pipeline.submit(frame, frame.image)), "pipelined")
             return
         self._settle()  # frames still in flight from the pipelined path come first
-        self._handle(self._pipeline.submit(frame, frame.image) + self._pipeline.drain(), "sequential")
+        done = self._advance(lambda: self._pipeline.submit(frame, frame.image) + self._pipeline.drain())
+        self._handle(done, "sequential")
 
     def _settle(self) -> None:
         """Complete and handle every frame in flight (before a model switch, a track's end, shutdown)."""
-        if self._pipeline.in_flight:
-            self._handle(self._pipeline.drain(), "pipelined")
+        while self._pipeline.in_flight:
+            self._handle(self._advance(self._pipeline.drain), "pipelined")
+
+    def _advance(
+        self, step: Callable[[], list[tuple[CameraFrame, list[Face]]]]
+    ) -> list[tuple[CameraFrame, list[Face]]]:
+        """One call of the pipeline: the frames it completed. A frame whose analysis raises is logged and
+        skipped (the frames around it go on); MAX_FAILED_FRAMES in a row raise."""
+        try:
+            done = step()
+        except Exception as exc:
+            self._failed_frames += 1
+            if self._failed_frames >= MAX_FAILED_FRAMES:
+                log.error("%d frames in a row could not be analysed; stopping", self._failed_frames)
+                raise
+            message = f"a frame could not be analysed and was skipped: {type(exc).__name__}: {exc}"
+            log.error("%s", message, exc_info=self._failed_frames == 1)
+            self.errors = [*self.errors[-9:], message]
+            return []
+        if done:
+            self._failed_frames = 0
+        return done
 
     def _handle(self, done: list[tuple[CameraFrame, list[Face]]], path: FramePath) -> None:
         for frame, faces in done:

@@ -15,8 +15,9 @@ import pytest
 
 from facefleet.agent.cameras import CameraFrame
 from facefleet.agent.config import load_config
-from facefleet.agent.service import AgentService
+from facefleet.agent.service import MAX_FAILED_FRAMES, AgentService
 from facefleet.agent.updates.updater import Switch
+from facefleet.vision import detection
 from facefleet.vision.faces import Face
 from facefleet.vision.models.store import ModelStore
 from facefleet.vision.path_choice import PathChooser
@@ -178,5 +179,53 @@ def test_pipeline_off_handles_each_frame_before_the_next(
             "facefleet_agent_inference_seconds_count", {"task": "detection", "model": "yunet@2023mar"}
         )
         assert count == 3
+    finally:
+        service.store.close()
+
+
+@pytest.mark.parametrize("pipeline", ["on", "off"])
+def test_a_frame_whose_analysis_fails_is_skipped_and_too_many_in_a_row_stop_the_service(
+    tmp_path: Path,
+    model_store: ModelStore,
+    video: Path,
+    astronaut: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+    pipeline: str,
+) -> None:
+    """The second frame's detection output cannot be decoded: frames 1, 3, 4 and 5 are handled in order, the
+    error is in the status; then MAX_FAILED_FRAMES failing frames in a row end the frame loop."""
+    service = make_service(tmp_path, model_store, pipeline, {"cam": video})
+    seen = recorded(service, monkeypatch)
+    decode = detection.decode
+    failing: set[int] = {2}
+    calls = [0]
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] in failing:
+            raise ValueError("detector output 'cls_8' has 7 values, expected 4200×1")
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(detection, "decode", flaky)
+    try:
+        for frame in frames([astronaut] * 5):
+            service._analyse(frame)
+        service._settle()
+        assert [n for _, n, _ in seen] == [1, 3, 4, 5]
+        assert service._pipeline.in_flight == 0
+        assert (
+            "a frame could not be analysed and was skipped: ValueError: detector output" in service.errors[-1]
+        )
+
+        failing.update(range(calls[0] + 1, calls[0] + 1 + MAX_FAILED_FRAMES))
+
+        def failing_frames() -> None:
+            for frame in frames([astronaut] * (MAX_FAILED_FRAMES + 2)):
+                service._analyse(frame)
+            service._settle()
+
+        with pytest.raises(ValueError, match="cls_8"):
+            failing_frames()
+        assert len(seen) == 4
     finally:
         service.store.close()

@@ -41,7 +41,7 @@ from facefleet.server.state.sql import devices as sql_devices
 from facefleet.server.state.sql import events as sql_events
 from facefleet.server.state.sql import models as sql_models
 from facefleet.server.state.sql import snapshots as sql_snapshots
-from facefleet.server.state.sql.events import ATTRIBUTE_ROLLUPS, DAY_US, ROLLUPS
+from facefleet.server.state.sql.events import DAY_US, ROLLUPS
 from facefleet.server.state.sql.meta import Connection
 from facefleet.server.state.sql.state import SqlState
 
@@ -295,23 +295,10 @@ class PostgresState(SqlState):
 
     def _delete_expired(self, before_us: int, after_us: int | None) -> int:
         """Delete the events before `before_us` and the rollup buckets that end by then, from `after_us` on
-        when given (the months before it are left to the next run); how many events."""
-        if after_us is None:
-            with self.write() as conn:
-                return sql_events.expire_events(conn, before_us)
-        with self._raw() as raw, raw.transaction():
-            raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-            deleted = raw.execute(
-                "DELETE FROM events WHERE time_us >= %s AND time_us < %s", (after_us, before_us)
-            ).rowcount
-            for size, table in (*ROLLUPS, *ATTRIBUTE_ROLLUPS):
-                raw.execute(
-                    sql.SQL("DELETE FROM {} WHERE bucket_us >= %s AND bucket_us <= %s").format(
-                        sql.Identifier(table)
-                    ),
-                    (after_us, before_us - size),
-                )
-        return max(0, deleted)
+        when given (the months before it are left to the next run); how many events. Outside the write
+        lock, as ingest: a day of events takes seconds to delete, and gallery changes go on meanwhile."""
+        with self.ingest() as conn:
+            return sql_events.expire_events(conn, before_us, after_us or 0)
 
     def drop_expired(self) -> list[str]:
         """Drop the partitions that retention detached (see expire_events); their names."""

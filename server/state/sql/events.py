@@ -160,13 +160,19 @@ def add_events(conn: Connection, events: Sequence[Event], rows: EventRows = VALU
     return len(new), len(events) - len(new)
 
 
-def expire_events(conn: Connection, before_us: int) -> int:
-    """Delete the events before `before_us` and the rollup buckets that end by then (inside the caller's
-    transaction); how many events. A cut on a day boundary keeps every aggregate exact."""
-    deleted = conn.execute("DELETE FROM events WHERE time_us < ?", (before_us,)).rowcount
+def expire_events(conn: Connection, before_us: int, after_us: int = 0) -> int:
+    """Delete the events before `before_us` and the rollup buckets that end by then, from `after_us` on
+    (inside the caller's transaction); how many events. A cut on a day boundary keeps every aggregate
+    exact."""
+    deleted = conn.execute(
+        "DELETE FROM events WHERE time_us >= ? AND time_us < ?", (after_us, before_us)
+    ).rowcount
     for size, table in (*ROLLUPS, *ATTRIBUTE_ROLLUPS):
         # bucket_us alone on the left: the primary key's index (and the partition bounds) apply
-        conn.execute(f"DELETE FROM {table} WHERE bucket_us <= ?", (before_us - size,))  # noqa: S608
+        conn.execute(
+            f"DELETE FROM {table} WHERE bucket_us >= ? AND bucket_us <= ?",  # noqa: S608
+            (after_us, before_us - size),
+        )
     return max(0, int(deleted))
 
 

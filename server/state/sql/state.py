@@ -72,7 +72,8 @@ class SqlState(State):
                 set_meta(conn, "log_floor", "0")
 
     def ingest(self) -> AbstractContextManager[Connection]:
-        """The write transaction event ingest runs in (by default write())."""
+        """The write transaction of events and their rollups, which change no gallery revision or meta
+        counter (by default write(); on PostgreSQL not serialised against the other writes)."""
         return self.write()
 
     # -- gallery -------------------------------------------------------------------------------------
@@ -364,7 +365,7 @@ class SqlState(State):
             return sql_events.attribute_counts(conn, flt, one_statement=self.aggregate_in_one_statement)
 
     def expire_events(self, before: datetime) -> int:
-        with self.write() as conn:
+        with self.ingest() as conn:  # changes no gallery or counter: other writes go on meanwhile
             return sql_events.expire_events(conn, to_us(before))
 
     # -- tokens --------------------------------------------------------------------------------------

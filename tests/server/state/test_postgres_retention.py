@@ -118,3 +118,26 @@ def test_partitions_are_those_of_the_current_schema(postgres_cluster: PostgresCl
             public.close()
     finally:
         other.close()
+
+
+def test_the_partial_month_is_deleted_without_waiting_for_the_write_lock(
+    state: PostgresState, url: str
+) -> None:
+    """Deleting a day of events takes seconds on a busy fleet: it runs as ingest does, while a gallery write
+    (which holds the write lock) goes on, instead of stalling every write behind it."""
+    state.add_events([make_event(i, utc(2026, 3, 1 + i)) for i in range(10)])
+    with psycopg.connect(url) as writer:  # a gallery write in progress
+        writer.execute("SELECT pg_advisory_xact_lock(%s)", (postgres_state.WRITE_LOCK,))
+        released: list[int] = []  # the writer ended after 20 s (so that a waiting retention fails, not hangs)
+        guard = threading.Timer(
+            20, lambda pid: (released.append(pid), terminate(url, pid)), (writer.info.backend_pid,)
+        )
+        guard.start()
+        try:
+            assert state.expire_events(utc(2026, 3, 6)) == 5
+        finally:
+            guard.cancel()
+        assert released == []
+        writer.rollback()
+    left = state.list_events(EVERYTHING, None, 100).events
+    assert sorted(e.time.day for e in left) == [6, 7, 8, 9, 10]

@@ -43,7 +43,7 @@ Frame = npt.NDArray[np.uint8]
 NET_CACHE_SIZE = 24
 DYNAMIC_BATCH = -1
 """The batch dimension of a model compiled for any number of faces."""
-ANY_BATCH = ("embedding", "expression")
+ANY_BATCH = ("embedding", "expression", "attributes")
 """The face models compiled once for any number of faces, when their graph allows it (see net())."""
 T = TypeVar("T")
 Observe = Callable[[str, str, float], None]
@@ -251,10 +251,12 @@ class FaceAnalyzer:
     def net(self, kind: str, shape: tuple[int, ...]) -> CompiledNet:
         """A model compiled for an input shape (a frame size, a batch of N faces).
 
-        The embedding and expression models are compiled once for any number of faces (a dynamic batch):
-        on the CPU as fast as a static batch, where each static batch size holds its own copy of the
-        weights and buffers (about 100 MB for SFace at 1 and 6 faces, 6 MB more per face count for
-        mini-Xception). A model whose graph fixes its batch keeps static shapes. The expression model
+        The embedding, expression and attributes models are compiled once for any number of faces (a
+        dynamic batch): on the CPU as fast as a static batch, with the same outputs, where each static
+        batch size holds its own copy of the weights and buffers (about 100 MB for SFace at 1 and 6 faces,
+        6 MB more per face count for mini-Xception) and costs a compilation in the frame loop the first
+        time that many faces are seen (0.2–0.4 s for the attributes model). A model whose graph fixes its
+        batch keeps static shapes. The expression model
         always runs on one stream (LATENCY): OpenVINO 2026.4's CPU plugin computed wrong expression scores
         with a dynamic batch under the THROUGHPUT hint. The other models keep static shapes (a frame size
         is a camera's). The most recently used shapes are kept."""
@@ -280,16 +282,20 @@ class FaceAnalyzer:
         if self.precisions is not None:
             compilation = self.precisions.compilation(model)
             xml, precision = compilation.xml_path, compilation.precision
-        if kind == "attributes":  # two inputs, a batch of shape[0] faces
-            batch = shape[0]
-            shapes = {"gender_chip": (batch, 3, 32, 32), "age_chip": (batch, 3, 64, 64)}
-            return self.runtime.compile(xml, input_shapes=shapes, precision=precision), (kind, shape)
+
+        def compiled(batch_shape: tuple[int, ...]) -> CompiledNet:
+            if kind == "attributes":  # two inputs, a batch of batch_shape[0] faces
+                batch = batch_shape[0]
+                shapes = {"gender_chip": (batch, 3, 32, 32), "age_chip": (batch, 3, 64, 64)}
+                return self.runtime.compile(xml, input_shapes=shapes, precision=precision)
+            return self.runtime.compile(
+                xml, input_shape=batch_shape, single_stream=kind == "expression", precision=precision
+            )
+
         if kind in ANY_BATCH and kind not in self._batch_any:
             any_batch = (DYNAMIC_BATCH, *shape[1:])
             try:
-                net = self.runtime.compile(
-                    xml, input_shape=any_batch, single_stream=kind == "expression", precision=precision
-                )
+                net = compiled(any_batch)
             except RuntimeError as exc:  # e.g. a Reshape in the graph that fixes the batch
                 log.info("%s keeps static batch sizes: %s", model.manifest.model_id, str(exc).splitlines()[0])
                 self._batch_any[kind] = False
@@ -298,10 +304,7 @@ class FaceAnalyzer:
                 return net, (kind, any_batch)
         # The expression model runs one request at a time: OpenVINO 2026.4's CPU plugin returned wrong
         # expression scores for concurrent requests on several streams (THROUGHPUT hint).
-        net = self.runtime.compile(
-            xml, input_shape=shape, single_stream=kind == "expression", precision=precision
-        )
-        return net, (kind, shape)
+        return compiled(shape), (kind, shape)
 
     def _model(self, kind: str) -> StoredModel | None:
         return {

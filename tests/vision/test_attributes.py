@@ -199,6 +199,34 @@ def test_the_astronaut_and_the_group_get_attributes_in_the_analysis(
         )
 
 
+def test_one_compile_serves_every_face_count_with_the_outputs_of_a_compile_per_count(
+    group_photo: npt.NDArray[np.uint8], attribute_analyzer: FaceAnalyzer, runtime: Runtime
+) -> None:
+    """A crowd of changing size costs no compilation in the frame loop: the model is compiled for any
+    number of faces, and its scores are those of a model compiled for exactly the six faces."""
+    faces = attribute_analyzer.analyze(group_photo)
+    one_face = attribute_analyzer.net("attributes", (1,))
+    assert attribute_analyzer.net("attributes", (len(faces),)) is one_face
+    assert attribute_analyzer.net("attributes", (17,)) is one_face
+    assert attribute_analyzer.attributes_model is not None
+    six = runtime.compile(
+        attribute_analyzer.attributes_model.xml_path,
+        input_shapes={"gender_chip": (6, 3, 32, 32), "age_chip": (6, 3, 64, 64)},
+    )
+    detections = [face.detection for face in faces]
+    chips = {
+        "gender_chip": np.stack(
+            [model_input(face_chip(group_photo, d.landmarks_xy, GENDER_CHIP_SIZE)) for d in detections]
+        ),
+        "age_chip": np.stack(
+            [model_input(face_chip(group_photo, d.landmarks_xy, AGE_CHIP_SIZE)) for d in detections]
+        ),
+    }
+    static = six.infer_inputs({name: np.ascontiguousarray(chip[:, ::-1]) for name, chip in chips.items()})
+    for i, face in enumerate(faces):
+        assert face.attributes == Attributes.from_outputs(static["gender"][i], static["age"][i])
+
+
 def test_without_the_task_faces_have_no_attributes(
     astronaut: npt.NDArray[np.uint8], analyzer: FaceAnalyzer
 ) -> None:

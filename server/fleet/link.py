@@ -257,12 +257,33 @@ class FleetHandler:
             events = [e for e in events if e.event_id not in refusals]
             rejected = [*rejected, *refusals.items()]
 
-        def store() -> tuple[int, int]:
-            outcome = self.state.add_events(events) if events else (0, 0)
+        def store() -> tuple[int, int, list[tuple[str, str]]]:
+            stored, duplicates = self.state.add_events(events) if events else (0, 0)
+            taken: list[tuple[str, str]] = []
+            if duplicates:  # a repeat is the agent's own event; an id another device holds is not
+                owners = self.state.event_devices([e.event_id for e in events])
+                taken = [(i, owner) for i, owner in owners.items() if owner != device_id]
             self.state.touch_agent(device_id, self.clock(), health=health or None)
-            return outcome
+            return stored, duplicates - len(taken), taken
 
-        stored, duplicates = await asyncio.to_thread(store)
+        stored, duplicates, taken = await asyncio.to_thread(store)
+        if taken:
+            log.warning(
+                "device %s reported %d events whose ids are stored for other devices (event %r of %s, …); "
+                "they were not stored: event ids must be unique (UUIDs), or one device is reusing another's",
+                device_id,
+                len(taken),
+                taken[0][0],
+                taken[0][1],
+                extra={"device_id": device_id, "event_id": taken[0][0]},
+            )
+            rejected = [
+                *rejected,
+                *(
+                    (i, f"event id {i} is already stored for another device; give each event a new UUID")
+                    for i, _ in taken
+                ),
+            ]
         if self.metrics is not None:
             self.metrics.reported(stored, duplicates, len(rejected))
         log.debug(

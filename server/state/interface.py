@@ -177,6 +177,10 @@ class State(abc.ABC):
         """Store the events whose ids are new, in one transaction; return (stored, duplicates)."""
 
     @abc.abstractmethod
+    def event_devices(self, event_ids: Sequence[str]) -> dict[str, str]:
+        """The stored events among event_ids → the device each belongs to."""
+
+    @abc.abstractmethod
     def list_events(self, flt: EventFilter, cursor: EventCursor | None, limit: int) -> EventPage:
         """Matching events, newest first (ties by event id, descending), after cursor."""
 

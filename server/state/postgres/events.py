@@ -34,9 +34,11 @@ _INSERT = (
 class ArrayRows:
     """facefleet.server.state.sql.events.EventRows with array parameters."""
 
-    def stored(self, conn: Connection, ids: Sequence[str]) -> set[str]:
-        rows = conn.execute("SELECT event_id FROM events WHERE event_id = ANY(?::text[])", (list(ids),))
-        return {row[0] for row in rows.fetchall()}
+    def stored(self, conn: Connection, ids: Sequence[str]) -> dict[str, str]:
+        rows = conn.execute(
+            "SELECT event_id, device_id FROM events WHERE event_id = ANY(?::text[])", (list(ids),)
+        )
+        return {row[0]: row[1] for row in rows.fetchall()}
 
     def insert(self, conn: Connection, rows: Sequence[tuple[object, ...]]) -> set[str]:
         columns = [list(column) for column in zip(*rows, strict=True)]

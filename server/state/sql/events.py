@@ -82,8 +82,8 @@ CELL_TALLIES = tuple(
 class EventRows(Protocol):
     """How a batch of event rows meets the events table, inside the caller's transaction."""
 
-    def stored(self, conn: Connection, ids: Sequence[str]) -> set[str]:
-        """The ids among `ids` already stored."""
+    def stored(self, conn: Connection, ids: Sequence[str]) -> dict[str, str]:
+        """The ids among `ids` already stored → the device each belongs to."""
         ...
 
     def insert(self, conn: Connection, rows: Sequence[tuple[object, ...]]) -> set[str]:
@@ -94,13 +94,13 @@ class EventRows(Protocol):
 class ValuesLists:
     """Portable SQL for both backends: an IN list and a multi-row VALUES per chunk of _CHUNK rows."""
 
-    def stored(self, conn: Connection, ids: Sequence[str]) -> set[str]:
-        found: set[str] = set()
+    def stored(self, conn: Connection, ids: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
             marks = ", ".join("?" * len(chunk))
-            query = f"SELECT event_id FROM events WHERE event_id IN ({marks})"  # noqa: S608
-            found.update(row[0] for row in conn.execute(query, chunk))
+            query = f"SELECT event_id, device_id FROM events WHERE event_id IN ({marks})"  # noqa: S608
+            found.update((row[0], row[1]) for row in conn.execute(query, chunk))
         return found
 
     def insert(self, conn: Connection, rows: Sequence[tuple[object, ...]]) -> set[str]:

@@ -334,6 +334,10 @@ class SqlState(State):
             sql_snapshots.add_snapshots(conn, events)
             return outcome
 
+    def event_devices(self, event_ids: Sequence[str]) -> dict[str, str]:
+        with self.connection() as conn:
+            return self.event_rows.stored(conn, event_ids)
+
     def list_events(self, flt: EventFilter, cursor: EventCursor | None, limit: int) -> EventPage:
         with self.connection() as conn:
             return sql_events.list_events(conn, flt, cursor, limit)

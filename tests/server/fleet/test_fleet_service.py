@@ -295,6 +295,54 @@ def test_ten_thousand_events_reported_twice_are_stored_once(
     assert stored == 10_000
 
 
+def test_an_event_id_another_device_holds_is_rejected_not_counted_as_a_repeat(
+    tmp_path: Path, pki: Pki, enroller: Enroller, caplog: pytest.LogCaptureFixture
+) -> None:
+    """door-2 reports an event under an id door-1's event has: door-1's report of it is rejected with the
+    reason (its agent logs it) and the server warns naming both devices; each device's own repeats stay
+    duplicates."""
+    day = datetime.now(timezone.utc) - timedelta(hours=1)
+
+    async def scenario() -> list[tuple[int, int, list[tuple[str, str]]]]:
+        async with serving(tmp_path, pki, enroller) as harness:
+            door_1, door_2 = await harness.registered("door-1"), await harness.registered("door-2")
+            replies = [
+                await door_2.ReportResults(
+                    fleet_pb2.ReportResultsRequest(device_id="door-2", events=[event("door-2", day, 7)])
+                ),
+                await door_1.ReportResults(
+                    fleet_pb2.ReportResultsRequest(
+                        device_id="door-1", events=[event("door-1", day, 7), event("door-1", day, 8)]
+                    )
+                ),
+                await door_1.ReportResults(
+                    fleet_pb2.ReportResultsRequest(device_id="door-1", events=[event("door-1", day, 8)])
+                ),
+                await door_2.ReportResults(
+                    fleet_pb2.ReportResultsRequest(device_id="door-2", events=[event("door-2", day, 7)])
+                ),
+            ]
+            return [(r.stored, r.duplicates, [(x.event_id, x.reason) for x in r.rejected]) for r in replies]
+
+    with caplog.at_level("WARNING"):
+        outcomes = run(scenario)
+    taken = str(uuid.UUID(int=7))
+    assert outcomes == [
+        (1, 0, []),
+        (
+            1,
+            0,
+            [(taken, f"event id {taken} is already stored for another device; give each event a new UUID")],
+        ),
+        (0, 1, []),
+        (0, 1, []),
+    ]
+    assert (
+        f"device door-1 reported 1 events whose ids are stored for other devices (event '{taken}' of door-2"
+        in (caplog.text)
+    )
+
+
 def _whole_day(start: datetime) -> EventFilter:
     return EventFilter(start, start + timedelta(days=1))
 

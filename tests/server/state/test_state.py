@@ -280,6 +280,13 @@ def test_events_are_stored_once_whatever_the_repeats(state: State) -> None:
     assert sum(r.face_events for r in state.unknown_rates(flt)) == 1200
     page = state.list_events(flt, None, 1000)
     assert len({e.event_id for e in page.events}) == 1000
+    assert state.add_events([make_event(5000, NOW, device="door-2")]) == (1, 0)
+    asked = [events[0].event_id, str(uuid.UUID(int=5000)), str(uuid.UUID(int=9999)), events[1199].event_id]
+    assert state.event_devices(asked) == {
+        events[0].event_id: "door-1",
+        str(uuid.UUID(int=5000)): "door-2",
+        events[1199].event_id: "door-1",
+    }
 
 
 def test_event_paging_is_stable_when_times_tie(state: State) -> None:

@@ -118,6 +118,14 @@ def test_last_will_marks_a_crashed_agent_offline(broker: Mosquitto, subscriber_f
     watcher.wait_for(lambda: watcher.on(PREFIX + "status")[-1]["state"] == "offline")
 
 
+def wait_for_commands(agent: Agent, count: int) -> None:
+    """Until `count` commands arrived (10 s at most), then a little longer for any that should not."""
+    deadline = time.monotonic() + 10
+    while len(agent.commands) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+
+
 def test_commands_arrive_by_subtopic_and_oversized_ones_are_dropped(
     broker: Mosquitto, tmp_path: Path, subscriber_factory: Any
 ) -> None:
@@ -130,10 +138,7 @@ def test_commands_arrive_by_subtopic_and_oversized_ones_are_dropped(
         sender.client.publish(PREFIX + "cmd/verify", b"x" * (MAX_COMMAND_BYTES + 1), qos=1)
         sender.client.publish("facefleet/other-box/cmd/verify", b"{}", qos=1)
         sender.client.publish(PREFIX + "cmd/reload", b"{}", qos=1)
-        deadline = time.monotonic() + 10
-        while len(agent.commands) < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.3)
+        wait_for_commands(agent, 2)
     finally:
         agent.stop()
     assert agent.commands == [("verify", b'{"door": "front"}'), ("reload", b"{}")]
@@ -155,10 +160,7 @@ def test_the_broker_keeps_messages_over_the_packet_limit_from_the_agent(
         sender.client.publish(PREFIX + "cmd/verify", b"x" * (MAX_COMMAND_BYTES + 1), qos=1)
         sender.client.publish(PREFIX + "cmd/enrol", b"x" * (1024 * 1024), qos=1)
         sender.client.publish(PREFIX + "cmd/reload", b"{}", qos=1)
-        deadline = time.monotonic() + 10
-        while not agent.commands and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.3)
+        wait_for_commands(agent, 1)
     finally:
         agent.stop()
     assert oversized == [("verify", MAX_COMMAND_BYTES + 1)]
@@ -178,10 +180,7 @@ def test_retained_commands_are_ignored_with_a_warning(
         assert agent.link.wait_connected(10)
         time.sleep(0.2)
         sender.client.publish(PREFIX + "cmd/verify", b'{"request_id": "live"}', qos=1, retain=True)
-        deadline = time.monotonic() + 10
-        while not agent.commands and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.3)
+        wait_for_commands(agent, 1)
     finally:
         agent.stop()
     assert agent.commands == [("verify", b'{"request_id": "live"}')]  # delivered live: not a replay

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,7 +34,8 @@ from facefleet.server.state.interface import State
 
 TOKEN_PREFIX = "ff1"  # noqa: S105 - the token format's version tag, not a secret
 MAX_TOKEN_CHARS = 256
-MAX_UNKNOWN_TOKENS = 10_000
+MISS_READ_S = 1.0
+"""Least time between two reads of the tokens that an unknown token id sets off (s)."""
 GRANTS: dict[Role, frozenset[Role]] = {"admin": frozenset({"admin", "query"}), "query": frozenset({"query"})}
 
 
@@ -77,11 +78,11 @@ class Authenticator:
         self.insecure = insecure
         self.cache_seconds = cache_seconds
         self._clock = clock
-        self._known: dict[str, tuple[TokenRecord, float]] = {}
-        """Token id → its record and when it was read: the tokens in use (a few per site)."""
-        self._unknown: OrderedDict[str, float] = OrderedDict()
-        """Token ids the state does not hold → when that was read, the latest MAX_UNKNOWN_TOKENS: made-up
-        ids can fill this, never evict the known ones."""
+        self._tokens: dict[str, TokenRecord] = {}
+        """Every stored token by id, read whole (a site has a few dozen): a token id the state does not
+        hold costs no query of its own."""
+        self._read_at = -math.inf
+        self._miss_read_at = -math.inf
         self._serials: dict[bytes, str] = {}
 
     def device(self, auth_context: Mapping[str, Iterable[bytes]], claimed: str) -> str:
@@ -148,8 +149,7 @@ class Authenticator:
 
     def forget_tokens(self) -> None:
         """Look every token up again on its next use (a token was revoked through another replica)."""
-        self._known.clear()
-        self._unknown.clear()
+        self._read_at = -math.inf
 
     def _lookup(self, token: str) -> TokenRecord | None:
         prefix, _, rest = token.partition(".")
@@ -162,25 +162,22 @@ class Authenticator:
         return record
 
     def _record(self, token_id: str) -> TokenRecord | None:
-        """The state's record of a token id, read again once it is cache_seconds old."""
+        """The stored token with this id. The tokens are read again once they are cache_seconds old, and
+        on a miss at most once per MISS_READ_S: a token just created elsewhere works within a second, and
+        made-up ids (whatever their number) cost at most that one read."""
         now = self._clock()
-        known = self._known.get(token_id)
-        if known is not None and now - known[1] <= self.cache_seconds:
-            return known[0]
-        seen = self._unknown.get(token_id)
-        if seen is not None and now - seen <= self.cache_seconds:
-            return None
-        record = self.state.find_token(token_id)
-        if record is not None:
-            self._unknown.pop(token_id, None)
-            self._known[token_id] = (record, now)
-        else:
-            self._known.pop(token_id, None)
-            self._unknown[token_id] = now
-            self._unknown.move_to_end(token_id)
-            while len(self._unknown) > MAX_UNKNOWN_TOKENS:
-                self._unknown.popitem(last=False)
+        if now - self._read_at > self.cache_seconds:
+            self._read(now)
+        record = self._tokens.get(token_id)
+        if record is None and now - max(self._read_at, self._miss_read_at) >= MISS_READ_S:
+            self._miss_read_at = now
+            self._read(now)
+            record = self._tokens.get(token_id)
         return record
+
+    def _read(self, now: float) -> None:
+        self._tokens = {record.token_id: record for record in self.state.list_tokens()}
+        self._read_at = now
 
 
 def certificate_identity(auth_context: Mapping[str, Iterable[bytes]]) -> str | None:

@@ -191,7 +191,8 @@ class TokensConfig(StrictSection):
         10.0,
         ge=0,
         le=3600,
-        description="Verified tokens are remembered this long (a revocation waits for it)",
+        description="The token table is read again after this long (a revocation waits for it); an unknown "
+        "token id reads it at most once a second",
     )
 
 

@@ -22,7 +22,7 @@ from facefleet.vision.models.store import ModelStore, StoredModel
 from facefleet.vision.pipeline import AnalyzerSettings, FaceAnalyzer
 from facefleet.vision.precision import guards
 from facefleet.vision.precision.cache import PrecisionCache, cache_path
-from facefleet.vision.precision.choice import Measurement
+from facefleet.vision.precision.choice import Choice, Measurement
 from facefleet.vision.precision.guards import REFERENCE, GuardResult
 from facefleet.vision.precision.plan import PrecisionPlan, PrecisionSettings
 from facefleet.vision.precision.probes import PROBES, EmbeddingProbe, ExpressionProbe, Probe
@@ -190,15 +190,29 @@ def test_a_faster_candidate_that_fails_its_guard_or_is_not_eligible_is_not_chose
     assert variant.variant == "yunet@x-int8" and variant.label == "int8 (yunet@x-int8)"
 
 
-def test_the_choice_is_cached_and_measured_again_for_another_openvino_or_model(
+def expression_measured(
     auto_runtime: Runtime, model_store: ModelStore, tmp_path: Path
-) -> None:
+) -> tuple[PrecisionCache, list[str], Callable[..., float], StoredModel, Choice]:
+    """The expression model measured once (bf16 twice as fast as f32, f16 slower) into a cache under
+    tmp_path: the cache, the precisions timed (calls), the timer, the model and its choice."""
     bf16_or_skip(auto_runtime)
     cache = PrecisionCache(cache_path(tmp_path))
     calls: list[str] = []
     timer = injected({"f32": 8.0, "bf16": 4.0, "f16": 5.0}, calls)
     model = model_store.active("expression")
-    first = PrecisionPlan(auto_runtime, model_store, cache=cache, timer=timer).choice(model)
+    return (
+        cache,
+        calls,
+        timer,
+        model,
+        PrecisionPlan(auto_runtime, model_store, cache=cache, timer=timer).choice(model),
+    )
+
+
+def test_the_choice_is_cached_and_measured_again_for_another_openvino_or_model(
+    auto_runtime: Runtime, model_store: ModelStore, tmp_path: Path
+) -> None:
+    cache, calls, timer, model, first = expression_measured(auto_runtime, model_store, tmp_path)
     assert first.precision == "bf16" and first.source == "auto" and calls
     assert cache.path == tmp_path / "cache" / "precision.json"
     calls.clear()
@@ -350,12 +364,7 @@ def test_photos_without_faces_leave_the_models_at_f32_with_the_reason(
 def test_a_model_reimported_under_its_id_with_other_files_is_measured_again(
     auto_runtime: Runtime, model_store: ModelStore, tmp_path: Path
 ) -> None:
-    bf16_or_skip(auto_runtime)
-    cache = PrecisionCache(cache_path(tmp_path))
-    calls: list[str] = []
-    timer = injected({"f32": 8.0, "bf16": 4.0, "f16": 4.0}, calls)
-    model = model_store.active("expression")
-    first = PrecisionPlan(auto_runtime, model_store, cache=cache, timer=timer).choice(model)
+    cache, calls, timer, model, first = expression_measured(auto_runtime, model_store, tmp_path)
     assert first.source == "auto" and calls
     calls.clear()
     files = {name: "0" * 64 for name in model.manifest.files}

@@ -460,6 +460,13 @@ class AgentConfig(StrictSection):
         found["*"] = DoorThreshold("*", fallback.threshold, fallback.source)
         return found
 
+    def decision_thresholds(self, model_id: str) -> tuple[float, ...]:
+        """The cosine thresholds this agent takes decisions at with embedding model model_id: its matching
+        threshold, then each door's (the ones a faster precision of the model must not change)."""
+        found = [self.matching.policy().threshold(model_id)]
+        found += [self.door_threshold(door, model_id).threshold for door in self.doors]
+        return tuple(dict.fromkeys(found))
+
     @model_validator(mode="after")
     def _doors_watch_known_cameras(self) -> AgentConfig:
         cameras = [camera.name for camera in self.cameras]

@@ -112,13 +112,12 @@ class AgentService:
             attributes=config.attributes.enabled,
         )
         self.models = ModelStore(model_store_dir(state_dir))
-        matching = config.matching.policy()
         self.precisions = PrecisionPlan(  # measures, at start, the models with no cached choice
             self.runtime,
             self.models,
             config.runtime.precision_settings(),
             PrecisionCache(cache_path(state_dir)),
-            threshold=matching.threshold,
+            thresholds=config.decision_thresholds,
             detector=settings.detector,
         )
         self.analyzer = FaceAnalyzer(self.runtime, self.models, settings, precisions=self.precisions)

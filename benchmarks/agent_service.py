@@ -8,8 +8,9 @@ agent's own rate, not the camera's: one face for 1 s then 1 s without faces; six
 0.4 s without faces (at 30 analysed frames/s or more, at least 12 frames without a face, which ends the
 tracks: they end after 10 missed frames), so most frames carry six faces.
 
-Like an installed agent, which measures its models' precisions at its first start and caches them
-(<state_dir>/cache/precision.json), the measured runs start with the precisions already measured:
+The models are installed as on a site: `facefleet-agent models import-defaults`, which also builds SFace's
+INT8 variant. Like an installed agent, which measures its models' precisions at its first start and caches
+them (<state_dir>/cache/precision.json), the measured runs start with the precisions already measured:
 `facefleet-agent models tune` runs first, and its peak RSS (precision_tune_peak_rss_mb) stands for what a
 first start adds. Each run is measured after the agent has chosen its frame path (pipeline = "auto").
 
@@ -41,7 +42,6 @@ from facefleet.agent.publish.mqtt import MqttLink, MqttSettings
 from facefleet.agent.publish.outbox import OutboxPublisher
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.vision.images import read_image
-from facefleet.vision.models.importer import import_defaults
 from facefleet.vision.models.store import ModelStore
 from facefleet.vision.photos import sample_photo
 from facefleet.vision.pipeline import FaceAnalyzer
@@ -120,20 +120,27 @@ def run_service(root: Path, state: Path, port: int, video: Path, seconds: float)
     }
 
 
-def tune(root: Path, state: Path) -> float:
-    """Run `facefleet-agent models tune` (what a first start measures); its peak RSS (MB)."""
+def tune(root: Path, state: Path) -> tuple[float, dict[str, str]]:
+    """Run `facefleet-agent models tune` (what a first start measures): its peak RSS (MB), and what each
+    task's model runs at."""
     config = root / "tune.toml"
     config.write_text('device_id = "bench"\n[mqtt]\nenabled = false\n')
     process = subprocess.Popen(
         [AGENT, "--config", str(config), "--state-dir", str(state), "models", "tune", "--json"],
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
+    assert process.stdout is not None
+    output = process.stdout.read()
     _, code, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(code)
     if process.returncode:
         raise RuntimeError(f"models tune failed ({process.returncode})")
-    return round(usage.ru_maxrss / 1024, 1)
+    runs_at = {}
+    for model in json.loads(output)["models"]:
+        chosen = model["chosen"]
+        runs_at[model["task"]] = f"int8 ({chosen['variant']})" if chosen["variant"] else chosen["precision"]
+    return round(usage.ru_maxrss / 1024, 1), runs_at
 
 
 def publish_rate(root: Path, port: int, count: int, durable: bool) -> int:
@@ -201,14 +208,15 @@ def main() -> None:
         state = root / "state"
         store = ModelStore(state / "models")
         runtime = Runtime()
-        import_defaults(runtime, store)
+        install = [AGENT, "--state-dir", str(state), "models", "import-defaults"]
+        subprocess.run(install, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         astronaut, group = read_image(sample_photo("astronaut")), read_image(sample_photo("t1"))
         (face,) = FaceAnalyzer(runtime, store).analyze(astronaut)
         with EmbeddingStore(state / "agent.db") as agent_store:
             agent_store.gallery.apply_batch(
                 [PersonUpsert(Person("eileen"), (Embedding("sface@2021dec", face.embedding),))]
             )
-        tune_peak = tune(root, state)
+        tune_peak, runs_at = tune(root, state)
         blank = np.full_like(astronaut, 40)
         one = write_video(root / "one.avi", [blank] * 60 + [astronaut] * 60, fps=CAMERA_FPS)
         six_blank = [cv2.resize(blank, (1280, 886))] * 24
@@ -218,6 +226,7 @@ def main() -> None:
             report = {
                 "camera_fps": CAMERA_FPS,
                 "precision_tune_peak_rss_mb": tune_peak,
+                "runs_at": runs_at,
                 "one_face": run_service(root, state, broker.port, one, seconds),
                 "six_faces": run_service(root, state, broker.port, six, seconds),
                 "outbox": outbox_throughput(root, broker.port, events),

@@ -4,11 +4,11 @@ module as the non-OpenVINO baseline.
 
 `precisions`: the one-face frame (astronaut, 512×512) and the six-face frame (t1, 1280×886) end to end
 (detect, align, embed, expression) at f32, at bf16 where the CPU has it, at the per-model choice an agent
-makes under `inference_precision = "auto"` (the chosen defaults: targets one-face < 6 ms, six-face < 20 ms),
-and with SFace quantized to INT8 in this run (`models quantize` on the bundled photos) beside the auto
-choice for the other models; then stream() against the sequential loop for the chosen defaults. `int8`:
-the quantization guard's cosine of INT8 to f32 embeddings on held-out faces, and the lowest genuine and
-highest impostor score of the photos that ship in packages (benchmarks/door_threshold.py) for both.
+makes under `inference_precision = "auto"` (the chosen defaults: targets one-face < 6 ms, six-face < 20 ms)
+once SFace's INT8 variant is built in this run as `models import-defaults` builds it on site; then stream()
+against the sequential loop for the chosen defaults. `int8`: the quantization guard's cosine of INT8 to f32
+embeddings on held-out faces, and the lowest genuine and highest impostor score of the photos that ship in
+packages (benchmarks/door_threshold.py) with f32, with INT8, and INT8 faces against an f32 gallery.
 
 Prints one JSON document. Every figure is measured in this run on the bundled real photos.
 Usage: .venv/bin/python benchmarks/pipeline.py [--quick] [--state-dir DIR]
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -43,12 +44,13 @@ from facefleet.vision.photos import sample_photo
 from facefleet.vision.pipeline import AnalyzerSettings, FaceAnalyzer
 from facefleet.vision.precision.cache import PrecisionCache
 from facefleet.vision.precision.plan import PrecisionPlan
+from facefleet.vision.precision.samples import sample_photos
 from facefleet.vision.preprocess import embedding_input, expression_input
 from facefleet.vision.quality import QualityPolicy
 from facefleet.vision.runtime import Runtime, RuntimeSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from door_threshold import PHOTOS, labelled_faces, package_file, scores
+from door_threshold import labelled_faces, scores
 
 
 def median_ms(function: Callable[[], object], repeats: int, warmup: int = 3) -> float:
@@ -160,20 +162,26 @@ def end_to_end(analyzer: FaceAnalyzer, photos: dict[str, np.ndarray], repeats: i
 def precisions(
     store: ModelStore, scratch: Path, photos: dict[str, np.ndarray], repeats: int
 ) -> tuple[dict[str, Any], dict[str, FaceAnalyzer], Any]:
-    """End-to-end frames at every precision; the analyzers by name and the INT8 quantization result."""
+    """End-to-end frames at every precision; the analyzers by name and the INT8 quantization result. The
+    INT8 variant of SFace is built first, as `models import-defaults` builds it on site (the bundled photos),
+    so the auto choice weighs it like an agent does."""
     f32 = Runtime(RuntimeSettings(device="CPU", inference_precision="f32"))
     analyzers = {"f32": FaceAnalyzer(f32, store)}
     if "bf16" in f32.hint_precisions():
         analyzers["bf16"] = FaceAnalyzer(Runtime(RuntimeSettings(inference_precision="bf16")), store)
+    faces = faces_from_photos(f32, store.active("detection"), sample_photos())
+    quantized = quantize_model(f32, store, store.active("embedding"), faces)
     auto = Runtime(RuntimeSettings(inference_precision="auto"))
     plan = PrecisionPlan(auto, store, cache=PrecisionCache(scratch / "cache" / "precision.json"))
     analyzers["auto"] = FaceAnalyzer(auto, store, precisions=plan)
-    stills = [package_file(p, r) for p, names in PHOTOS.items() for r in names.values()]
-    quantized = quantize_model(
-        f32, store, store.active("embedding"), faces_from_photos(f32, store.active("detection"), stills)
-    )
-    analyzers["int8_embedding"] = analyzers["auto"].with_model(quantized.model)
     figures = {name: end_to_end(analyzer, photos, repeats) for name, analyzer in analyzers.items()}
+    figures["auto"]["choices"] = {
+        model.manifest.task: plan.choice(model).reason
+        for model in (analyzers["auto"].detector_model, analyzers["auto"].embedding_model)
+        if model is not None
+    }
+    # INT8 SFace as its own model (activated, or rolled out with a re-embedded gallery): accuracy only
+    analyzers["int8_rollout"] = analyzers["auto"].with_model(quantized.model)
     chosen = figures["auto"]
     figures["targets"] = {
         "chosen_defaults_one_face_frame_under_6_ms": chosen["one_face_frame_ms"] < 6,
@@ -188,10 +196,12 @@ def precisions(
 
 def int8_accuracy(analyzers: dict[str, FaceAnalyzer], quantized: Any) -> dict[str, Any]:
     """INT8 against f32 SFace: the guard's cosines on held-out faces, and the genuine-min and impostor-max of
-    the package photos for both (door_threshold's identities, faces that pass the quality gate)."""
+    the package photos (door_threshold's identities, faces that pass the quality gate; none of them
+    calibrated the INT8 model) with f32 on both sides, INT8 on both sides (its own gallery, after a
+    rollout), and INT8 faces against an f32 gallery (what auto runs when it chooses the variant)."""
     policy = QualityPolicy()
-    float_scores = scores(labelled_faces(analyzers["f32"], policy))
-    int8_scores = scores(labelled_faces(analyzers["int8_embedding"], policy))
+    float_faces = labelled_faces(analyzers["f32"], policy)
+    int8_faces = labelled_faces(analyzers["int8_rollout"], policy)
     keep = ("identities", "faces", "genuine_pairs", "impostor_pairs", "genuine_min", "impostor_max")
     guard = quantized.figures
     return {
@@ -202,9 +212,21 @@ def int8_accuracy(analyzers: dict[str, FaceAnalyzer], quantized: Any) -> dict[st
             "min": guard.cosine_min,
             "mean": guard.cosine_mean,
         },
-        "f32_photos": {key: float_scores[key] for key in keep},
-        "int8_photos": {key: int8_scores[key] for key in keep},
+        "f32_photos": {key: scores(float_faces)[key] for key in keep},
+        "int8_photos": {key: scores(int8_faces)[key] for key in keep},
+        "int8_against_f32_gallery": mixed_scores(int8_faces, float_faces),
     }
+
+
+def mixed_scores(probes: list[tuple[str, str, Any]], gallery: list[tuple[str, str, Any]]) -> dict[str, Any]:
+    """Lowest genuine and highest impostor score of each face of probes against every other face of gallery
+    (the same faces in the same order, embedded by two models)."""
+    assert [(i, o) for i, o, _ in probes] == [(i, o) for i, o, _ in gallery], "not the same faces"
+    genuine, impostor = [], []
+    for a, b in itertools.permutations(range(len(probes)), 2):
+        score = float(probes[a][2].embedding @ gallery[b][2].embedding)
+        (genuine if probes[a][0] == gallery[b][0] else impostor).append(score)
+    return {"genuine_min": round(min(genuine), 4), "impostor_max": round(max(impostor), 4)}
 
 
 def main() -> None:

@@ -65,7 +65,7 @@ class Context:
             self.config.runtime.precision_settings(),
             PrecisionCache(cache_path(self.state_dir)),
             measure=False,
-            threshold=self.config.matching.policy().threshold,
+            thresholds=self.config.decision_thresholds,
             detector=self.config.detector.settings(),
         )
 

@@ -21,11 +21,15 @@ from facefleet.vision.models.quantize import (
     describe,
     faces_from_photos,
     find_model,
+    int8_variants,
     quantize_model,
+    quantizer_installed,
 )
+from facefleet.vision.models.quantize import PRECISION as INT8
 from facefleet.vision.models.store import StoredModel
 from facefleet.vision.models.tasks import TASKS
 from facefleet.vision.precision.probes import TUNED_TASKS
+from facefleet.vision.precision.samples import sample_photos
 
 
 def register(commands: Any) -> None:
@@ -44,9 +48,18 @@ def register(commands: Any) -> None:
         "import-defaults",
         "import the models bundled in the installed carrier packages",
         "facefleet-agent models import-defaults --precision FP16",
-        description="Convert YuNet, SFace, mini-Xception (and the face mesh, if installed) to IR.",
+        description="Convert YuNet, SFace, mini-Xception (and the face mesh, if installed) to IR, then build "
+        "an INT8 variant of the embedding model on the bundled photos when NNCF (facefleet[quantize]) is "
+        "installed: the agent runs it in the float model's place if it is faster here and passes the "
+        "accuracy guard at the agent's thresholds.",
     )
     defaults.add_argument("--precision", choices=PRECISIONS, default="FP16", help="IR weight precision")
+    defaults.add_argument(
+        "--no-int8",
+        dest="int8",
+        action="store_false",
+        help="do not build the INT8 variant of the embedding model",
+    )
     defaults.set_defaults(handler=_import_defaults)
 
     own = add_command(
@@ -145,8 +158,46 @@ def register(commands: Any) -> None:
 def _import_defaults(context: Context, args: argparse.Namespace) -> int:
     with context.errors.status("importing the default models…"):
         models = import_defaults(context.runtime, context.model_store, precision=args.precision)
-    _show(context, models)
+    variant = _int8_on_site(context) if args.int8 else None
+    _show(context, models if variant is None or variant in models else [*models, variant])
     return EXIT_OK
+
+
+def _int8_on_site(context: Context) -> StoredModel | None:
+    """The INT8 variant of the active embedding model: the stored one, or one built now on the bundled
+    photos; None (and why, on stderr) when NNCF is missing or the accuracy guard refuses it."""
+    store = context.model_store
+    source = store.active("embedding")
+    if source.manifest.precision == INT8:
+        return None
+    found = int8_variants(store, source)
+    if found:
+        return found[0]
+    model_id = source.manifest.model_id
+    if not quantizer_installed():
+        context.errors.print(
+            f"{model_id} runs in float: NNCF is not installed, so no INT8 variant was built (it embeds a "
+            "face about twice as fast as f32). Install it with pip install 'facefleet[quantize]' and run "
+            "`facefleet-agent models import-defaults` again",
+            markup=False,
+            soft_wrap=True,
+        )
+        return None
+    threshold = context.config.matching.policy().threshold(model_id)
+    with context.errors.status(f"building an INT8 variant of {model_id} on the bundled photos…"):
+        faces = faces_from_photos(context.runtime, store.active("detection"), sample_photos())
+        try:
+            result = quantize_model(context.runtime, store, source, faces, threshold=threshold)
+        except QuantizationError as exc:
+            context.errors.print(f"{model_id} runs in float: {exc}", markup=False, soft_wrap=True)
+            return None
+    context.errors.print(
+        f"built {result.model.manifest.model_id} ({describe(result.figures)}); the agent runs it in "
+        f"{model_id}'s place where it is the fastest candidate that passes the guard (`models tune`)",
+        markup=False,
+        soft_wrap=True,
+    )
+    return result.model
 
 
 def _import(context: Context, args: argparse.Namespace) -> int:
@@ -250,7 +301,7 @@ def _tune(context: Context, args: argparse.Namespace) -> int:
                 result["model_id"],
                 label,
                 f"{m['median_ms']:.2f}",
-                f"{verdict}: {m['guard']['summary']}" + ("" if m["eligible"] else f" ({m['note']})"),
+                f"{verdict}: {m['guard']['summary']}",
                 "*" if is_chosen else "",
             )
     context.console.print(table)

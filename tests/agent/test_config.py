@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from facefleet.agent.cli.main import main
-from facefleet.agent.config import AgentConfig
+from facefleet.agent.config import AgentConfig, load_config
 from facefleet.core.errors import EXIT_CONFIG, EXIT_OK, ConfigError
 from facefleet.server.api import certs
 from facefleet.vision.models.store import ModelStore
@@ -223,3 +223,18 @@ def test_check_config_accepts_cosine_thresholds_per_model_and_plain_topics(
     text += '[mqtt]\nprefix = "site/door-1/"\ndiscovery_prefix = "ha"\n'
     code, output = check_config(tmp_path, capsys, text)
     assert code == EXIT_OK, output
+
+
+def test_decision_thresholds_are_the_matching_one_then_each_doors(tmp_path: Path) -> None:
+    """What a faster precision of an embedding model must not change: the agent's matching threshold for
+    the model and every door's (each once)."""
+    path = tmp_path / "agent.toml"
+    text = "[matching.thresholds]\n'sface@2021dec' = 0.4\n"
+    text += '[[cameras]]\nname = "front"\nsource = "0"\n'
+    for door, own in (("front", ""), ("lab", "threshold = 0.55\n"), ("store", "threshold = 0.55\n")):
+        text += f'[[doors]]\nname = "{door}"\ncamera = "front"\n{own}'
+    path.write_text(text)
+    config = load_config(path)
+    assert config.decision_thresholds("sface@2021dec") == (0.4, 0.5, 0.55)
+    assert config.decision_thresholds("arcface@r1") == (0.363, 0.5, 0.55)
+    assert AgentConfig().decision_thresholds("sface@2021dec") == (0.363,)

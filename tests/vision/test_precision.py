@@ -27,7 +27,7 @@ from facefleet.vision.precision.guards import REFERENCE, GuardResult
 from facefleet.vision.precision.plan import PrecisionPlan, PrecisionSettings
 from facefleet.vision.precision.probes import PROBES, EmbeddingProbe, ExpressionProbe, Probe
 from facefleet.vision.precision.samples import TuningSamples, tuning_samples
-from facefleet.vision.precision.tuner import EMBEDDING_INT8_NOTE, MIN_SPEEDUP, choose
+from facefleet.vision.precision.tuner import MIN_SPEEDUP, choose
 from facefleet.vision.runtime import Precision, Runtime, RuntimeSettings
 
 
@@ -154,20 +154,13 @@ def test_auto_picks_the_fastest_candidate_that_passes(
     assert all(m.guard.passed for m in choice.measurements)
 
 
-def measurement(
-    label: str,
-    ms: float,
-    passed: bool = True,
-    variant: str | None = None,
-    eligible: bool = True,
-    note: str = "",
-) -> Measurement:
+def measurement(label: str, ms: float, passed: bool = True, variant: str | None = None) -> Measurement:
     guard = REFERENCE if label == "f32" else GuardResult(passed, f"{label} guard")
     precision: Precision = "bf16" if label == "bf16" else "f32"
-    return Measurement(label, precision, variant, ms, guard, eligible, note)
+    return Measurement(label, precision, variant, ms, guard)
 
 
-def test_a_faster_candidate_that_fails_its_guard_or_is_not_eligible_is_not_chosen() -> None:
+def test_a_faster_candidate_that_fails_its_guard_is_not_chosen() -> None:
     refused = choose(
         "detection", "yunet@x", [measurement("f32", 8), measurement("int8", 2, False, variant="y")]
     )
@@ -179,15 +172,14 @@ def test_a_faster_candidate_that_fails_its_guard_or_is_not_eligible_is_not_chose
         [
             measurement("f32", 8),
             measurement("bf16", 4),
-            measurement("int8", 2, variant="sface@x-int8", eligible=False, note=EMBEDDING_INT8_NOTE),
+            measurement("int8", 2, False, variant="sface@x-int8"),
         ],
     )
     assert embedding.precision == "bf16" and embedding.variant is None
-    assert "own model id" in embedding.reason
     variant = choose(
-        "detection", "yunet@x", [measurement("f32", 8), measurement("int8", 2, variant="yunet@x-int8")]
+        "embedding", "sface@x", [measurement("f32", 8), measurement("int8", 2, variant="sface@x-int8")]
     )
-    assert variant.variant == "yunet@x-int8" and variant.label == "int8 (yunet@x-int8)"
+    assert variant.variant == "sface@x-int8" and variant.label == "int8 (sface@x-int8)"
 
 
 def expression_measured(
@@ -336,7 +328,7 @@ def test_a_guard_given_no_faces_refuses(
     assert not nothing.passed and "no faces" in nothing.summary
     empty = TuningSamples(samples.detector, samples.frames, ())
     for task, probe_class in PROBES.items():
-        probe = probe_class(auto_runtime, empty, 0.363)
+        probe = probe_class(auto_runtime, empty, (0.363,))
         nets = probe.compile(model_store.active(task).xml_path, "f32")
         with pytest.raises(ImageError, match="gave no faces"):
             probe.guard(nets, nets)

@@ -21,7 +21,8 @@ from facefleet.vision.precision.choice import Choice
 
 log = logging.getLogger(__name__)
 CACHE_NAME = "precision.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: INT8 variants of embedding models are candidates too (a file of format 1 is measured again)."""
 
 
 def cache_path(state_dir: Path) -> Path:
@@ -30,7 +31,7 @@ def cache_path(state_dir: Path) -> Path:
 
 
 class PrecisionCache:
-    """The measured choices in one JSON file: {"format": 1, "choices": [{model_id, files, device, openvino,
+    """The measured choices in one JSON file: {"format": 2, "choices": [{model_id, files, device, openvino,
     choice}]}, files: the model's file name → sha256 (its manifest's). Shared by the processes of one state
     directory (the agent, `models tune`): a write holds an exclusive lock on a sibling file, <name>.lock."""
 

@@ -17,15 +17,13 @@ precision.<task>; default: not measured (yet), f32."""
 class Measurement:
     """One candidate measured: label (f32, bf16, f16, int8), the hint it was compiled with, the INT8 variant
     it runs instead of the float model (model id, or None), its median latency (ms per run of the probe's
-    timing input) and its guard; eligible: may be chosen (note says why not)."""
+    timing input) and its guard."""
 
     label: str
     precision: Precision
     variant: str | None
     median_ms: float
     guard: GuardResult
-    eligible: bool = True
-    note: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -34,8 +32,6 @@ class Measurement:
             "variant": self.variant,
             "median_ms": self.median_ms,
             "guard": self.guard.to_json(),
-            "eligible": self.eligible,
-            "note": self.note,
         }
 
     @classmethod
@@ -46,8 +42,6 @@ class Measurement:
             variant=data.get("variant"),
             median_ms=float(data["median_ms"]),
             guard=GuardResult.from_json(data["guard"]),
-            eligible=bool(data.get("eligible", True)),
-            note=str(data.get("note", "")),
         )
 
 

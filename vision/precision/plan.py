@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,8 +49,9 @@ class PrecisionPlan:
     """Resolves the precision of each model on one runtime; measure: measure models that have no cached
     choice (the agent service) or leave them at f32 (listings, one-off commands). detector: the site's
     [detector] settings, whose frame geometry the samples are prepared at (their faces are found at the
-    default thresholds, see samples.sample_detector). timer, photos: the latency seam and the photos of the
-    measurements (default: median wall time, the bundled photos)."""
+    default thresholds, see samples.sample_detector). thresholds: model id → the cosine thresholds its
+    decisions are taken at (matching, doors), which an embedding candidate's guard checks. timer, photos: the
+    latency seam and the photos of the measurements (default: median wall time, the bundled photos)."""
 
     def __init__(
         self,
@@ -60,7 +61,7 @@ class PrecisionPlan:
         cache: PrecisionCache | None = None,
         *,
         measure: bool = True,
-        threshold: Callable[[str], float] = lambda model_id: DEFAULT_THRESHOLD,
+        thresholds: Callable[[str], Sequence[float]] = lambda model_id: (DEFAULT_THRESHOLD,),
         detector: DetectorSettings | None = None,
         timer: Timer = median_ms,
         photos: list[Path] | None = None,
@@ -70,7 +71,7 @@ class PrecisionPlan:
         self.settings = settings or PrecisionSettings(runtime.settings.inference_precision)
         self.cache = cache
         self.measure = measure
-        self.threshold = threshold
+        self.thresholds = thresholds
         self.detector = detector
         self.timer = timer
         self.photos = photos
@@ -103,7 +104,7 @@ class PrecisionPlan:
         xml = model.xml_path if choice.variant is None else find_model(self.store, choice.variant).xml_path
         return Compilation(xml, choice.precision, choice)
 
-    def tune(self, model: StoredModel, include_ineligible: bool = True) -> Choice:
+    def tune(self, model: StoredModel) -> Choice:
         """Measure model now (whatever is cached), cache and return the auto choice; the overrides still
         decide what it runs at (choice())."""
         task = model.manifest.task
@@ -113,9 +114,9 @@ class PrecisionPlan:
             )
         with self._lock:
             probe = PROBES[task](
-                self.runtime, self._tuning_samples(), self.threshold(model.manifest.model_id)
+                self.runtime, self._tuning_samples(), self.thresholds(model.manifest.model_id)
             )
-            measured = tune(probe, self.store, model, self.timer, include_ineligible)
+            measured = tune(probe, self.store, model, self.timer)
             if self.cache is not None:
                 self.cache.put(measured, model.manifest, self.runtime.device_name, self.runtime.version)
             self._resolved.pop(_identity(model), None)
@@ -157,7 +158,7 @@ class PrecisionPlan:
         if not self.measure:
             return Choice(task, model_id, "f32", "default", f"f32 until measured: {TUNE_HINT}")
         try:
-            return self.tune(model, include_ineligible=False)
+            return self.tune(model)
         except (FaceFleetError, RuntimeError) as exc:
             log.warning("precision of %s %s not measured (%s); it runs at f32", task, model_id, exc)
             return Choice(task, model_id, "f32", "default", f"f32: not measured ({exc})")

@@ -3,7 +3,7 @@ shapes the pipeline compiles (one face; the photo frames for detection), fed wit
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -36,11 +36,15 @@ class Probe:
     Samples without faces measure nothing: run_once() and guard() raise ImageError."""
 
     def __init__(
-        self, runtime: Runtime, samples: TuningSamples, threshold: float = DEFAULT_THRESHOLD
+        self,
+        runtime: Runtime,
+        samples: TuningSamples,
+        thresholds: Sequence[float] = (DEFAULT_THRESHOLD,),
     ) -> None:
         self.runtime = runtime
         self.samples = samples
-        self.threshold = threshold
+        self.thresholds = tuple(thresholds)
+        """The cosine thresholds an embedding model's decisions are taken at (matching, doors)."""
 
     def compile(self, xml: Path, precision: Precision) -> Nets:
         raise NotImplementedError
@@ -78,7 +82,9 @@ class DetectionProbe(Probe):
 
 
 class EmbeddingProbe(Probe):
-    """The quantizer's guard with every found face held out (nothing is calibrated here)."""
+    """The quantizer's guard with every found face held out (nothing is calibrated here), at every
+    threshold in use: a candidate runs in the float model's place against the gallery the float model
+    embedded, so no pair may change its decision whichever of the two embedded its enrolled face."""
 
     def compile(self, xml: Path, precision: Precision) -> Nets:
         net = self.runtime.compile(xml, input_shape=EMBEDDING_SHAPE, single_stream=True, precision=precision)
@@ -94,12 +100,12 @@ class EmbeddingProbe(Probe):
         limits = GuardLimits()
         rng = np.random.default_rng(0)  # the same variants for every candidate
         agreement = compare_embeddings(
-            reference[EMBEDDING_SHAPE], candidate[EMBEDDING_SHAPE], faces, faces, rng, self.threshold, limits
+            reference[EMBEDDING_SHAPE], candidate[EMBEDDING_SHAPE], faces, faces, rng, self.thresholds, limits
         )
         summary = (
             f"cosine to f32 on {agreement.held_out_samples} samples of {agreement.held_out_faces} faces: "
             f"min {agreement.cosine_min:.4f} (limit {limits.min_cosine}), mean {agreement.cosine_mean:.4f} "
-            f"(limit {limits.mean_cosine}); decisions at {self.threshold} changed on "
+            f"(limit {limits.mean_cosine}); decisions at {', '.join(map(str, self.thresholds))} changed on "
             f"{agreement.decision_changes} of {agreement.genuine_pairs + agreement.impostor_pairs} pairs"
         )
         return GuardResult(agreement.passed, summary, asdict(agreement))
@@ -165,7 +171,7 @@ class AttributesProbe(Probe):
         return inputs
 
 
-PROBES: dict[str, Callable[[Runtime, TuningSamples, float], Probe]] = {
+PROBES: dict[str, Callable[[Runtime, TuningSamples, Sequence[float]], Probe]] = {
     "detection": DetectionProbe,
     "embedding": EmbeddingProbe,
     "expression": ExpressionProbe,

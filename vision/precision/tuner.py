@@ -3,9 +3,9 @@ task's accuracy guard against the f32 outputs of the same float model.
 
 Candidates: every inference precision hint the device supports (Runtime.hint_precisions: f32, and bf16/f16
 where its OPTIMIZATION_CAPABILITIES has them) and every INT8 variant the store holds of this very model
-(manifest extra.quantized_from, written by `models quantize`), compiled at the f32 hint. An INT8 variant of
-an embedding model is measured only when asked (for `models tune`) and never chosen: its embeddings are
-its own model id's, not the gallery's, so running it is a rollout decision (models quantize + publish).
+(manifest extra.quantized_from, written by `models quantize`), compiled at the f32 hint. A chosen variant
+runs in the float model's place under the float model's id: an embedding variant's embeddings are matched
+against the gallery the float model embedded, which its guard checks (probes.EmbeddingProbe).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from facefleet.vision.models.quantize import PRECISION as INT8
+from facefleet.vision.models.quantize import int8_variants
 from facefleet.vision.models.store import ModelStore, StoredModel, check_model
 from facefleet.vision.precision.choice import Choice, Measurement
 from facefleet.vision.precision.guards import REFERENCE
@@ -34,10 +34,6 @@ WARMUP_RUNS = 3
 MIN_SPEEDUP = 1.1
 """A candidate other than f32 must be at least this much faster than f32 to be chosen over it (f32 is
 reproducible; a smaller gain is within the noise of a shared machine)."""
-EMBEDDING_INT8_NOTE = (
-    "not chosen automatically: an INT8 embedding model has its own model id and embedding space, not the "
-    "gallery's; run it through `models quantize` and a rollout"
-)
 
 
 @dataclass(frozen=True)
@@ -47,8 +43,6 @@ class Candidate:
     label: str
     precision: Precision
     model: StoredModel
-    eligible: bool = True
-    note: str = ""
 
 
 def median_ms(label: str, run: Callable[[], None]) -> float:
@@ -63,25 +57,11 @@ def median_ms(label: str, run: Callable[[], None]) -> float:
     return statistics.median(times)
 
 
-def candidates(
-    runtime: Runtime, store: ModelStore | None, model: StoredModel, include_ineligible: bool = False
-) -> list[Candidate]:
-    """The hints of the device, then the store's INT8 variants of model (embedding ones only if asked)."""
+def candidates(runtime: Runtime, store: ModelStore | None, model: StoredModel) -> list[Candidate]:
+    """The hints of the device, then the store's INT8 variants of model."""
     found = [Candidate(hint, hint, model) for hint in runtime.hint_precisions()]
-    manifest = model.manifest
-    variants = [
-        m
-        for m in (store.models() if store is not None else [])
-        if m.manifest.task == manifest.task
-        and m.manifest.precision == INT8
-        and m.manifest.extra.get("quantized_from") == manifest.model_id
-    ]
-    for variant in variants:
-        if manifest.task == "embedding":
-            if include_ineligible:
-                found.append(Candidate("int8", "f32", variant, eligible=False, note=EMBEDDING_INT8_NOTE))
-        else:
-            found.append(Candidate("int8", "f32", variant))
+    variants = int8_variants(store, model) if store is not None else []
+    found.extend(Candidate("int8", "f32", variant) for variant in variants)
     return found
 
 
@@ -109,16 +89,14 @@ def measure(
             None if candidate.model is model else candidate.model.manifest.model_id,
             round(milliseconds, 3),
             guard,
-            candidate.eligible,
-            candidate.note,
         )
         for (candidate, _nets, guard), milliseconds in zip(compiled, best, strict=True)
     ]
 
 
 def choose(task: str, model_id: str, measurements: Sequence[Measurement]) -> Choice:
-    """The fastest eligible candidate whose guard passed, with the reason in one line."""
-    passing = [m for m in measurements if m.eligible and m.guard.passed]
+    """The fastest candidate whose guard passed, with the reason in one line."""
+    passing = [m for m in measurements if m.guard.passed]
     fastest = min(passing, key=lambda m: m.median_ms)
     reference = next(m for m in measurements if m.label == "f32" and m.variant is None)
     speed = reference.median_ms / fastest.median_ms if fastest.median_ms > 0 else 1.0
@@ -139,8 +117,6 @@ def choose(task: str, model_id: str, measurements: Sequence[Measurement]) -> Cho
     for m in measurements:
         if not m.guard.passed:
             parts.append(f"{m.label} refused by the guard: {m.guard.summary}")
-        elif not m.eligible:
-            parts.append(f"{m.label} ({m.variant}) {m.note}")
     return Choice(
         task=task,
         model_id=model_id,
@@ -157,9 +133,8 @@ def tune(
     store: ModelStore | None,
     model: StoredModel,
     timer: Timer = median_ms,
-    include_ineligible: bool = False,
 ) -> Choice:
     """Measure model's candidates on the probe's runtime and choose."""
-    found = candidates(probe.runtime, store, model, include_ineligible)
+    found = candidates(probe.runtime, store, model)
     measurements = measure(probe, model, found, timer)
     return choose(model.manifest.task, model.manifest.model_id, measurements)

@@ -2,7 +2,8 @@
 
 YuNet predicts, on grids of strides 8, 16 and 32, a class score, an objectness score, a box
 (centre offset and log size) and 5 landmarks per cell. The network takes a BGR float image of any
-height and width that are multiples of 32; frames are scaled (aspect kept) and padded bottom/right.
+height and width that are multiples of 32; frames are scaled (aspect kept) and padded bottom/right, and
+given as uint8 (1, H, W, 3), which the compiled model converts (Runtime.compile's image_input).
 """
 
 from __future__ import annotations
@@ -22,11 +23,16 @@ OUTPUT_NAMES = tuple(f"{kind}_{s}" for kind in ("cls", "obj", "bbox", "kps") for
 
 @dataclass(frozen=True)
 class DetectorInput:
-    """A frame prepared for YuNet. tensor: (1, 3, H, W) float32 BGR 0–255; scale: input px per frame px."""
+    """A frame prepared for YuNet. tensor: (1, H, W, 3) uint8 BGR, padded; scale: input px per frame px."""
 
-    tensor: npt.NDArray[np.float32]
+    tensor: npt.NDArray[np.uint8]
     scale: float
     frame_hw: tuple[int, int]
+
+    @property
+    def padded_hw(self) -> tuple[int, int]:
+        """The input's (H, W) in px, multiples of 32."""
+        return int(self.tensor.shape[1]), int(self.tensor.shape[2])
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,7 @@ def input_size(
 
 
 def prepare(frame_bgr: npt.NDArray[np.uint8], settings: DetectorSettings) -> DetectorInput:
-    """Scale frame_bgr (H, W, 3) uint8 so its long side is settings.long_side, pad, and make NCHW float32."""
+    """Scale frame_bgr (H, W, 3) uint8 so its long side is settings.long_side and pad it (zeros)."""
     height, width = frame_bgr.shape[:2]
     scale, (pad_h, pad_w) = input_size((height, width), settings.long_side, settings.upscale)
     scaled_h, scaled_w = max(1, round(height * scale)), max(1, round(width * scale))
@@ -66,8 +72,8 @@ def prepare(frame_bgr: npt.NDArray[np.uint8], settings: DetectorSettings) -> Det
     if (scaled_w, scaled_h) != (width, height):
         interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
         resized = cv2.resize(frame_bgr, (scaled_w, scaled_h), interpolation=interpolation)
-    tensor = np.zeros((1, 3, pad_h, pad_w), dtype=np.float32)
-    tensor[0, :, :scaled_h, :scaled_w] = resized.transpose(2, 0, 1)
+    tensor = np.zeros((1, pad_h, pad_w, 3), dtype=np.uint8)
+    tensor[0, :scaled_h, :scaled_w] = resized
     return DetectorInput(tensor=tensor, scale=scale, frame_hw=(height, width))
 
 
@@ -77,7 +83,7 @@ def decode(
     settings: DetectorSettings,
 ) -> list[Detection]:
     """Turn YuNet's raw outputs (names in OUTPUT_NAMES, shapes (1, cells, k)) into frame-space detections."""
-    pad_h, pad_w = prepared.tensor.shape[2:]
+    pad_h, pad_w = prepared.padded_hw
     boxes: list[npt.NDArray[np.float32]] = []
     landmarks: list[npt.NDArray[np.float32]] = []
     scores: list[npt.NDArray[np.float32]] = []

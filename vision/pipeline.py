@@ -289,7 +289,11 @@ class FaceAnalyzer:
                 shapes = {"gender_chip": (batch, 3, 32, 32), "age_chip": (batch, 3, 64, 64)}
                 return self.runtime.compile(xml, input_shapes=shapes, precision=precision)
             return self.runtime.compile(
-                xml, input_shape=batch_shape, single_stream=kind == "expression", precision=precision
+                xml,
+                input_shape=batch_shape,
+                single_stream=kind == "expression",
+                precision=precision,
+                image_input=kind == "detection",
             )
 
         if kind in ANY_BATCH and kind not in self._batch_any:

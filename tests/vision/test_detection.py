@@ -29,7 +29,7 @@ def raw_outputs(pad_hw: tuple[int, int]) -> dict[str, np.ndarray]:
 
 
 def prepared_for(pad_hw: tuple[int, int], scale: float, frame_hw: tuple[int, int]) -> DetectorInput:
-    return DetectorInput(tensor=np.zeros((1, 3, *pad_hw), np.float32), scale=scale, frame_hw=frame_hw)
+    return DetectorInput(tensor=np.zeros((1, *pad_hw, 3), np.uint8), scale=scale, frame_hw=frame_hw)
 
 
 def put_face(
@@ -121,16 +121,17 @@ def test_input_size_rejects_an_empty_frame() -> None:
         input_size((0, 10), 640)
 
 
-def test_prepare_makes_nchw_bgr_float_with_padding() -> None:
-    frame = np.zeros((100, 200, 3), np.uint8)
+def test_prepare_makes_an_nhwc_bgr_uint8_image_padded_bottom_right() -> None:
+    frame = np.zeros((90, 200, 3), np.uint8)
     frame[..., 0] = 10  # blue
     frame[..., 2] = 200  # red
     prepared = prepare(frame, DetectorSettings(long_side=64))
-    assert prepared.tensor.shape == (1, 3, 32, 64)
-    assert prepared.tensor[0, 0, 0, 0] == 10 and prepared.tensor[0, 2, 0, 0] == 200
-    assert np.all(prepared.tensor[0, :, 32 - 0 :, :] == 0)
-    assert np.all(prepared.tensor[0, :, 30:, :] >= 0)
     assert prepared.scale == pytest.approx(64 / 200)
+    assert prepared.tensor.shape == (1, 32, 64, 3) and prepared.tensor.dtype == np.uint8
+    assert prepared.padded_hw == (32, 64)
+    assert prepared.tensor[0, 0, 0].tolist() == [10, 0, 200]
+    assert np.all(prepared.tensor[0, :29, :, 2] == 200)  # 90 px × 0.32 = 29 rows of the frame
+    assert np.all(prepared.tensor[0, 29:] == 0)  # then padding
 
 
 @pytest.mark.parametrize(

@@ -261,7 +261,7 @@ def test_the_analyzer_compiles_each_model_at_its_choice(
     assert analyzer.net("expression", (1, 64, 64, 1)).inference_precision == "f32"
     # not measured and measure=False: the default, f32, until measured
     assert plan.choice(model_store.active("detection")).source == "default"
-    assert analyzer.net("detection", (1, 3, 512, 512)).inference_precision == "f32"
+    assert analyzer.net("detection", (1, 512, 512, 3)).inference_precision == "f32"
     # a switched-in model keeps the plan
     switched = analyzer.with_model(model_store.active("embedding"))
     assert switched.precisions is plan

@@ -94,3 +94,19 @@ def test_requests_in_flight_together_give_the_synchronous_results(
             next(iter(result.values())), next(iter(net.infer(tensor).values())), atol=1e-6
         )
     assert len({round(float(next(iter(r.values()))[0, 3]), 5) for r in results}) > 1
+
+
+def test_an_image_input_gives_the_float_inputs_outputs(
+    runtime: Runtime, model_store: ModelStore, group_photo: np.ndarray
+) -> None:
+    """The detector compiled to take the uint8 (1, H, W, 3) image converts it inside the model: the same
+    outputs as the (1, 3, H, W) float input it replaces, on a real photo."""
+    xml = model_store.active("detection").xml_path
+    image = np.ascontiguousarray(group_photo[:448, :640][None])
+    as_image = runtime.compile(xml, input_shape=image.shape, image_input=True)
+    as_float = runtime.compile(xml, input_shape=(1, 3, 448, 640))
+    converted = as_image.infer(image)
+    expected = as_float.infer(np.ascontiguousarray(image.transpose(0, 3, 1, 2), dtype=np.float32))
+    assert converted.keys() == expected.keys()
+    for name, values in expected.items():
+        np.testing.assert_allclose(converted[name], values, rtol=1e-5, atol=1e-5)

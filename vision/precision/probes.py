@@ -59,7 +59,10 @@ class Probe:
 class DetectionProbe(Probe):
     def compile(self, xml: Path, precision: Precision) -> Nets:
         shapes = {tuple(frame.tensor.shape) for frame in self.samples.frames}
-        return {shape: self.runtime.compile(xml, input_shape=shape, precision=precision) for shape in shapes}
+        return {
+            shape: self.runtime.compile(xml, input_shape=shape, precision=precision, image_input=True)
+            for shape in shapes
+        }
 
     def run_once(self, nets: Nets) -> None:
         _faces(self.samples)  # nothing to guard with: the measurement is refused as a whole

@@ -82,7 +82,9 @@ def tuning_samples(
             prepared = detection.prepare(frame, settings)
             shape = tuple(prepared.tensor.shape)
             if shape not in nets:
-                nets[shape] = runtime.compile(detector.xml_path, input_shape=shape, precision="f32")
+                nets[shape] = runtime.compile(
+                    detector.xml_path, input_shape=shape, precision="f32", image_input=True
+                )
             frames.append(prepared)
             found = detection.decode(nets[shape].infer(prepared.tensor), prepared, settings)
             for index, face in enumerate(found):

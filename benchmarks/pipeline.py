@@ -38,8 +38,13 @@ from facefleet.vision.alignment import align_face
 from facefleet.vision.images import read_image
 from facefleet.vision.models.importer import DEFAULT_MODELS, import_defaults, locate_default
 from facefleet.vision.models.onnx_fold import fold_blocked_dequantize
-from facefleet.vision.models.quantize import faces_from_photos, quantize_model
-from facefleet.vision.models.store import ModelStore
+from facefleet.vision.models.quantize import (
+    LOCAL_VERSION_SUFFIX,
+    faces_from_photos,
+    int8_variants,
+    quantize_model,
+)
+from facefleet.vision.models.store import ModelStore, StoredModel
 from facefleet.vision.photos import sample_photo
 from facefleet.vision.pipeline import AnalyzerSettings, FaceAnalyzer
 from facefleet.vision.precision.cache import PrecisionCache
@@ -161,16 +166,22 @@ def end_to_end(analyzer: FaceAnalyzer, photos: dict[str, np.ndarray], repeats: i
 
 def precisions(
     store: ModelStore, scratch: Path, photos: dict[str, np.ndarray], repeats: int
-) -> tuple[dict[str, Any], dict[str, FaceAnalyzer], Any]:
-    """End-to-end frames at every precision; the analyzers by name and the INT8 quantization result. The
+) -> tuple[dict[str, Any], dict[str, FaceAnalyzer], StoredModel]:
+    """End-to-end frames at every precision; the analyzers by name and SFace's INT8 variant. The
     INT8 variant of SFace is built first, as `models import-defaults` builds it on site (the bundled photos),
     so the auto choice weighs it like an agent does."""
     f32 = Runtime(RuntimeSettings(device="CPU", inference_precision="f32"))
     analyzers = {"f32": FaceAnalyzer(f32, store)}
     if "bf16" in f32.hint_precisions():
         analyzers["bf16"] = FaceAnalyzer(Runtime(RuntimeSettings(inference_precision="bf16")), store)
-    faces = faces_from_photos(f32, store.active("detection"), sample_photos())
-    quantized = quantize_model(f32, store, store.active("embedding"), faces)
+    source = store.active("embedding")
+    stored = int8_variants(store, source)  # --state-dir: the one import-defaults built there
+    if stored:
+        variant = stored[0]
+    else:
+        faces = faces_from_photos(f32, store.active("detection"), sample_photos())
+        version = f"{source.manifest.version}{LOCAL_VERSION_SUFFIX}"
+        variant = quantize_model(f32, store, source, faces, version=version).model
     auto = Runtime(RuntimeSettings(inference_precision="auto"))
     plan = PrecisionPlan(auto, store, cache=PrecisionCache(scratch / "cache" / "precision.json"))
     analyzers["auto"] = FaceAnalyzer(auto, store, precisions=plan)
@@ -181,7 +192,7 @@ def precisions(
         if model is not None
     }
     # INT8 SFace as its own model (activated, or rolled out with a re-embedded gallery): accuracy only
-    analyzers["int8_rollout"] = analyzers["auto"].with_model(quantized.model)
+    analyzers["int8_rollout"] = analyzers["auto"].with_model(variant)
     chosen = figures["auto"]
     figures["targets"] = {
         "chosen_defaults_one_face_frame_under_6_ms": chosen["one_face_frame_ms"] < 6,
@@ -191,26 +202,27 @@ def precisions(
         frame: round(figures["f32"][frame] / chosen[frame], 2)
         for frame in ("one_face_frame_ms", "six_face_frame_ms")
     }
-    return figures, analyzers, quantized
+    return figures, analyzers, variant
 
 
-def int8_accuracy(analyzers: dict[str, FaceAnalyzer], quantized: Any) -> dict[str, Any]:
+def int8_accuracy(analyzers: dict[str, FaceAnalyzer], variant: StoredModel) -> dict[str, Any]:
     """INT8 against f32 SFace: the guard's cosines on held-out faces, and the genuine-min and impostor-max of
-    the package photos (door_threshold's identities, faces that pass the quality gate; none of them
-    calibrated the INT8 model) with f32 on both sides, INT8 on both sides (its own gallery, after a
-    rollout), and INT8 faces against an f32 gallery (what auto runs when it chooses the variant)."""
+    the package photos (door_threshold's identities, faces that pass the quality gate; the INT8 model was
+    calibrated on two of those photos, astronaut and t1) with f32 on both sides, INT8 on both sides (its
+    own gallery, after a rollout), and INT8 faces against an f32 gallery (what auto runs when it chooses
+    the variant)."""
     policy = QualityPolicy()
     float_faces = labelled_faces(analyzers["f32"], policy)
     int8_faces = labelled_faces(analyzers["int8_rollout"], policy)
     keep = ("identities", "faces", "genuine_pairs", "impostor_pairs", "genuine_min", "impostor_max")
-    guard = quantized.figures
+    guard = variant.manifest.extra["quantization"]["guard"]
     return {
-        "model": quantized.model.manifest.model_id,
+        "model": variant.manifest.model_id,
         "cosine_to_f32_held_out": {
-            "faces": guard.held_out_faces,
-            "samples": guard.held_out_samples,
-            "min": guard.cosine_min,
-            "mean": guard.cosine_mean,
+            "faces": guard["held_out_faces"],
+            "samples": guard["held_out_samples"],
+            "min": guard["cosine_min"],
+            "mean": guard["cosine_mean"],
         },
         "f32_photos": {key: scores(float_faces)[key] for key in keep},
         "int8_photos": {key: scores(int8_faces)[key] for key in keep},
@@ -265,8 +277,8 @@ def main() -> None:
         bf16 = FaceAnalyzer(Runtime(RuntimeSettings(device="CPU", inference_precision="bf16")), store)
         result["latency_bf16_where_the_cpu_has_it"] = stage_latency(bf16, photos, repeats)
 
-        result["precisions"], analyzers, quantized = precisions(store, Path(scratch), photos, repeats)
-        result["int8"] = int8_accuracy(analyzers, quantized)
+        result["precisions"], analyzers, variant = precisions(store, Path(scratch), photos, repeats)
+        result["int8"] = int8_accuracy(analyzers, variant)
         chosen = analyzers["auto"]  # the agent's defaults from here on
 
         def sequential(batch: list[np.ndarray]) -> None:

@@ -18,6 +18,7 @@ from facefleet.vision.images import image_files
 from facefleet.vision.models.importer import PRECISIONS, import_defaults, import_model
 from facefleet.vision.models.quantize import (
     DEFAULT_SAMPLES,
+    LOCAL_VERSION_SUFFIX,
     describe,
     faces_from_photos,
     find_model,
@@ -104,7 +105,8 @@ def register(commands: Any) -> None:
         "of 7 runs) and guard it against the f32 outputs of the same model on the bundled sample photos; "
         "the fastest that passes (and is at least 1.1x faster than f32) is cached in "
         '<state_dir>/cache/precision.json and used by the agent under inference_precision = "auto". '
-        "INT8 embedding models are measured but never chosen (their embeddings are another model's).",
+        "An INT8 variant of an embedding model runs in its place against its gallery, so its guard checks "
+        "every decision at the matching threshold and each door's.",
     )
     tune.add_argument("--force", action="store_true", help="measure again even when a choice is cached")
     tune.set_defaults(handler=_tune)
@@ -184,12 +186,17 @@ def _int8_on_site(context: Context) -> StoredModel | None:
         )
         return None
     threshold = context.config.matching.policy().threshold(model_id)
+    version = f"{source.manifest.version}{LOCAL_VERSION_SUFFIX}"
     with context.errors.status(f"building an INT8 variant of {model_id} on the bundled photos…"):
-        faces = faces_from_photos(context.runtime, store.active("detection"), sample_photos())
         try:
-            result = quantize_model(context.runtime, store, source, faces, threshold=threshold)
-        except QuantizationError as exc:
-            context.errors.print(f"{model_id} runs in float: {exc}", markup=False, soft_wrap=True)
+            faces = faces_from_photos(context.runtime, store.active("detection"), sample_photos())
+            result = quantize_model(
+                context.runtime, store, source, faces, threshold=threshold, version=version
+            )
+        except FaceFleetError as exc:  # the float models are imported: the variant is an extra
+            context.errors.print(
+                f"{model_id} runs in float, no INT8 variant was built: {exc}", markup=False, soft_wrap=True
+            )
             return None
     context.errors.print(
         f"built {result.model.manifest.model_id} ({describe(result.figures)}); the agent runs it in "

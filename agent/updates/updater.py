@@ -44,6 +44,7 @@ from facefleet.link.errors import LinkError
 from facefleet.link.models import Activation, ModelAssignment, ModelRelease, ModelStatus
 from facefleet.vision.errors import ModelIntegrityError, ModelSpecError, ModelStoreError
 from facefleet.vision.models.manifest import MANIFEST_NAME, ModelManifest, sha256_file
+from facefleet.vision.models.quantize import PRECISION as INT8
 from facefleet.vision.models.store import ModelStore, StoredModel, check_model
 from facefleet.vision.models.tasks import check_fits
 from facefleet.vision.pipeline import FaceAnalyzer
@@ -296,7 +297,8 @@ class ModelUpdater:
         if release.files and stored.manifest.files != wanted:
             theirs = _release_manifest(release)
             ours = stored.manifest
-            if (ours.source.sha256, ours.precision) == (theirs.source.sha256, theirs.precision):
+            own_conversion = (ours.source.sha256, ours.precision) == (theirs.source.sha256, theirs.precision)
+            if own_conversion and ours.precision != INT8:  # an INT8 model is its calibration's, not the IR's
                 log.info("model %s: using this agent's own conversion of the same source", release.model_id)
                 return stored
             raise ModelIntegrityError(
@@ -383,20 +385,27 @@ class ModelUpdater:
 
     def prune(self, task: str, protect: str | None = None) -> list[str]:
         """Remove the oldest stored versions of task beyond keep_versions, never the active one nor
-        `protect` (the version that ran before the switch: the rollback target); the model ids removed."""
+        `protect` (the version that ran before the switch: the rollback target); the model ids removed.
+        An INT8 variant of a stored model (extra.quantized_from) is not a version of its own: it goes
+        with its float model."""
         versions = self.store.versions(task)
         active = self.store.active_map().get(task)
-        removable = [
-            m
-            for m in versions
-            if f"{m.manifest.name}/{m.manifest.version}" != active and m.manifest.model_id != protect
-        ]
-        surplus = len(versions) - max(2, self.settings.keep_versions)
+        stored = {m.manifest.model_id for m in versions}
+
+        def kept(m: StoredModel) -> bool:
+            return f"{m.manifest.name}/{m.manifest.version}" == active or m.manifest.model_id == protect
+
+        variants = [m for m in versions if m.manifest.extra.get("quantized_from") in stored and not kept(m)]
+        counted = [m for m in versions if m not in variants]
+        surplus = len(counted) - max(2, self.settings.keep_versions)
         removed = []
-        for model in removable[: max(0, surplus)]:
-            self.store.remove(model)
-            removed.append(model.manifest.model_id)
-            log.info("model %s (%s) removed from the store (keep_versions)", model.manifest.model_id, task)
+        for model in [m for m in counted if not kept(m)][: max(0, surplus)]:
+            model_id = model.manifest.model_id
+            own = [v for v in variants if v.manifest.extra["quantized_from"] == model_id]
+            for doomed in [model, *own]:
+                self.store.remove(doomed)
+                removed.append(doomed.manifest.model_id)
+                log.info("model %s (%s) removed (keep_versions)", doomed.manifest.model_id, task)
         return removed
 
     # ---- statuses -----------------------------------------------------------------------------------

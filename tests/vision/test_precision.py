@@ -17,7 +17,7 @@ import pytest
 
 from facefleet.vision.detection import DetectorSettings
 from facefleet.vision.errors import ImageError
-from facefleet.vision.models.manifest import ModelManifest, sha256_file
+from facefleet.vision.models.manifest import ModelManifest
 from facefleet.vision.models.store import ModelStore, StoredModel
 from facefleet.vision.pipeline import AnalyzerSettings, FaceAnalyzer
 from facefleet.vision.precision import guards
@@ -29,6 +29,7 @@ from facefleet.vision.precision.probes import PROBES, EmbeddingProbe, Expression
 from facefleet.vision.precision.samples import TuningSamples, tuning_samples
 from facefleet.vision.precision.tuner import MIN_SPEEDUP, choose
 from facefleet.vision.runtime import Precision, Runtime, RuntimeSettings
+from tests.variants import store_variant_copy
 
 
 @pytest.fixture(scope="module")
@@ -275,25 +276,63 @@ def test_an_int8_variant_of_a_non_embedding_model_is_a_candidate(
     store = ModelStore(tmp_path / "models")
     shutil.copytree(model_store.root, store.root, symlinks=False)
     source = store.active("expression")
-    staged = store.staging_dir()
-    for name in ("model.xml", "model.bin"):
-        shutil.copy(source.directory / name, staged / name)
-    manifest = ModelManifest.from_json(
-        {
-            **source.manifest.to_json(),
-            "version": f"{source.manifest.version}-int8",
-            "precision": "INT8",
-            "files": {name: sha256_file(staged / name) for name in ("model.xml", "model.bin")},
-            "extra": {"quantized_from": source.manifest.model_id},
-        }
-    )
-    variant = store.add(staged, manifest)
+    variant = store_variant_copy(store, source)
     latencies = {"f32": 8.0, "bf16": 6.0, "f16": 6.0, "int8": 2.0}
     plan = PrecisionPlan(auto_runtime, store, timer=injected(latencies))
     choice = plan.tune(source)
     assert [m.label for m in choice.measurements][-1] == "int8"
     assert choice.variant == variant.manifest.model_id and choice.precision == "f32"
     assert plan.compilation(source).xml_path == variant.xml_path
+
+
+def test_a_damaged_variant_is_not_run_and_is_left_out_when_measured_again(
+    auto_runtime: Runtime, model_store: ModelStore, tmp_path: Path
+) -> None:
+    """The variant a cached choice names is checked against its sha256 before it is compiled: damaged, the
+    float model runs at f32 instead; measured again, the damaged variant is left out and the others
+    compete."""
+    store = ModelStore(tmp_path / "models")
+    shutil.copytree(model_store.root, store.root, symlinks=False)
+    source = store.active("expression")
+    variant = store_variant_copy(store, source)
+    cache = PrecisionCache(cache_path(tmp_path))
+    latencies = {"f32": 8.0, "bf16": 4.0, "f16": 4.0, "int8": 2.0}
+    plan = PrecisionPlan(auto_runtime, store, cache=cache, timer=injected(latencies))
+    assert plan.tune(source).variant == variant.manifest.model_id
+    with (variant.directory / "model.bin").open("ab") as weights:
+        weights.write(b"\0")
+    later = PrecisionPlan(auto_runtime, store, cache=cache, measure=False)
+    assert later.choice(source).variant == variant.manifest.model_id  # what was cached
+    compilation = later.compilation(source)
+    assert (compilation.xml_path, compilation.precision) == (source.xml_path, "f32")
+    assert "INT8 variant cannot run" in compilation.choice.reason and "model.bin" in compilation.choice.reason
+    again = plan.tune(source)
+    assert [m.label for m in again.measurements] == auto_runtime.hint_precisions()
+    assert again.variant is None
+
+
+def test_an_embedding_choice_is_measured_again_when_a_decision_threshold_changes(
+    auto_runtime: Runtime, model_store: ModelStore, tmp_path: Path
+) -> None:
+    """The cache keeps the thresholds an embedding model's guard checked: another matching or door
+    threshold is a miss, so the variant is guarded again at the new one."""
+    cache = PrecisionCache(cache_path(tmp_path))
+    embedding = model_store.active("embedding")
+    model_id = embedding.manifest.model_id
+    measured = Choice("embedding", model_id, "bf16", "auto", "measured: bf16 is the fastest")
+    device, version = auto_runtime.device_name, auto_runtime.version
+    cache.put(measured, embedding.manifest, device, version, (0.5, 0.363))
+
+    def cached(thresholds: tuple[float, ...]) -> Choice | None:
+        plan = PrecisionPlan(auto_runtime, model_store, cache=cache, thresholds=lambda model_id: thresholds)
+        return plan.cached(embedding)
+
+    assert cached((0.363, 0.5)) == measured and cached((0.363, 0.5, 0.5)) == measured
+    assert cached((0.363,)) is None and cached((0.363, 0.55)) is None
+    expression = model_store.active("expression")  # other tasks have no thresholds
+    other = replace(measured, task="expression", model_id=expression.manifest.model_id)
+    cache.put(other, expression.manifest, device, version)
+    assert PrecisionPlan(auto_runtime, model_store, cache=cache).cached(expression) is not None
 
 
 def test_the_samples_are_found_at_the_default_thresholds_whatever_the_site_keeps(

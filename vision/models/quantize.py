@@ -52,6 +52,9 @@ HELD_OUT_VARIANTS = 7
 TIMING_RUNS = 50
 PRECISION = "INT8"
 VERSION_SUFFIX = "-int8"
+LOCAL_VERSION_SUFFIX = "-int8-local"
+"""The version suffix of the variant `models import-defaults` builds on an agent, apart from the `-int8`
+version a server publishes and rolls out (another calibration: other files)."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,8 @@ def quantizer_installed() -> bool:
 
 
 def int8_variants(store: ModelStore, source: StoredModel) -> list[StoredModel]:
-    """The INT8 versions the store holds of source (their manifest's extra.quantized_from names it)."""
+    """The INT8 versions the store holds of source: their manifest's extra.quantized_from names it, and
+    their source is its very IR (not an earlier import under the same id)."""
     manifest = source.manifest
     return [
         m
@@ -141,6 +145,7 @@ def int8_variants(store: ModelStore, source: StoredModel) -> list[StoredModel]:
         if m.manifest.task == manifest.task
         and m.manifest.precision == PRECISION
         and m.manifest.extra.get("quantized_from") == manifest.model_id
+        and m.manifest.source.sha256 == manifest.files.get(MODEL_XML)
     ]
 
 
@@ -345,8 +350,11 @@ def compare_embeddings(
     """The accuracy guard: both nets (compiled for (1, 3, 112, 112)) on each held-out face and
     HELD_OUT_VARIANTS variants of it, and on the pairs of faces (a face with a variant of itself: genuine,
     every two different faces: impostor). A pair's decision at each threshold must stay the float one
-    whichever net embedded the enrolled side: the candidate (a gallery it embedded itself) or the float
-    model (a gallery the float model embedded, as when the candidate runs in its place)."""
+    whoever embedded either side: both the candidate (a gallery it embedded itself), or one the candidate
+    and the other the float model, either way round (a gallery the float model embedded, probed by the
+    candidate running in its place, and the reverse)."""
+    if not thresholds:
+        raise ValueError("the guard needs at least one threshold to check decisions at")
     checked = [
         _aligned(face) if k == 0 else _variant(face, rng)
         for face in held_out
@@ -362,6 +370,7 @@ def compare_embeddings(
     candidate_scores = (
         np.sum(candidate_embeddings[left] * candidate_embeddings[right], axis=1),
         np.sum(candidate_embeddings[left] * float_embeddings[right], axis=1),
+        np.sum(float_embeddings[left] * candidate_embeddings[right], axis=1),
     )
     counted = np.zeros(len(pairs), dtype=bool)
     uncounted = np.zeros(len(pairs), dtype=bool)

@@ -1,7 +1,7 @@
 """<state_dir>/cache/precision.json: the auto choices measured, per (model id, sha256 of its files, device,
-OpenVINO version), so that a restart does not measure again. Another device or OpenVINO version, or a
-model re-imported under the same id with other files, is a miss (and so is an entry written before the
-files were part of the key)."""
+OpenVINO version, and the decision thresholds an embedding model's guard checked), so that a restart does
+not measure again. Another device or OpenVINO version, a model re-imported under the same id with other
+files, or a changed matching or door threshold is a miss (and so is an entry of an older format)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,26 +39,44 @@ class PrecisionCache:
         self.path = path
         self._lock = threading.Lock()
 
-    def get(self, model: ModelManifest, device: str, openvino: str) -> Choice | None:
-        """The choice measured for this model (these very files) on this device and OpenVINO version, or
-        None."""
+    def get(
+        self, model: ModelManifest, device: str, openvino: str, thresholds: Sequence[float] = ()
+    ) -> Choice | None:
+        """The choice measured for this model (these very files) on this device and OpenVINO version, its
+        guard at these decision thresholds (an embedding model's), or None."""
         for entry in self._entries():
-            if _model_of(entry) == (model.model_id, device, openvino) and _files_of(entry) == model.files:
+            if (
+                _model_of(entry) == (model.model_id, device, openvino)
+                and _files_of(entry) == model.files
+                and entry.get("thresholds", []) == sorted(set(thresholds))
+            ):
                 try:
                     return Choice.from_json(entry["choice"])
                 except (KeyError, TypeError, ValueError):
                     return None
         return None
 
-    def put(self, choice: Choice, model: ModelManifest, device: str, openvino: str) -> None:
-        """Record the choice for model on this device and OpenVINO version, replacing what was measured for
-        its model id there before (with these files or others)."""
+    def put(
+        self,
+        choice: Choice,
+        model: ModelManifest,
+        device: str,
+        openvino: str,
+        thresholds: Sequence[float] = (),
+    ) -> None:
+        """Record the choice for model on this device and OpenVINO version, guarded at these decision
+        thresholds, replacing what was measured for its model id there before (with these files or
+        others)."""
         if choice.model_id != model.model_id:
             raise ValueError(f"a choice for {choice.model_id} cannot be cached for {model.model_id}")
         key = (model.model_id, device, openvino)
         with self._lock, self._exclusive():
             entries = [e for e in self._entries() if _model_of(e) != key]
-            entry = {"model_id": model.model_id, "files": dict(sorted(model.files.items()))}
+            entry = {
+                "model_id": model.model_id,
+                "files": dict(sorted(model.files.items())),
+                "thresholds": sorted(set(thresholds)),
+            }
             entries.append({**entry, "device": device, "openvino": openvino, "choice": choice.to_json()})
             write_atomic(
                 self.path, json.dumps({"format": FORMAT_VERSION, "choices": entries}, indent=2) + "\n"

@@ -48,8 +48,8 @@ class Measurement:
 @dataclass(frozen=True)
 class Choice:
     """The precision a model (task, model_id) runs at: the hint, and the INT8 variant compiled instead of
-    it (its model id) when that won; source and reason say why; measurements: the candidates of an auto
-    choice."""
+    it (its model id, and its files' sha256 by name as measured) when that won; source and reason say why;
+    measurements: the candidates of an auto choice."""
 
     task: str
     model_id: str
@@ -58,6 +58,7 @@ class Choice:
     reason: str
     variant: str | None = None
     measurements: tuple[Measurement, ...] = ()
+    variant_files: tuple[tuple[str, str], ...] = ()
 
     @property
     def label(self) -> str:
@@ -79,6 +80,7 @@ class Choice:
             "model_id": self.model_id,
             **self.summary(),
             "measurements": [m.to_json() for m in self.measurements],
+            "variant_files": dict(self.variant_files),
         }
 
     @classmethod
@@ -91,4 +93,5 @@ class Choice:
             reason=str(data["reason"]),
             variant=data.get("variant"),
             measurements=tuple(Measurement.from_json(m) for m in data.get("measurements", [])),
+            variant_files=tuple(sorted(dict(data.get("variant_files", {})).items())),
         )

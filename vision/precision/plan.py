@@ -15,7 +15,7 @@ from facefleet.core.errors import FaceFleetError
 from facefleet.vision.detection import DetectorSettings
 from facefleet.vision.errors import ModelSpecError, ModelStoreError
 from facefleet.vision.models.quantize import DEFAULT_THRESHOLD, find_model
-from facefleet.vision.models.store import ModelStore, StoredModel
+from facefleet.vision.models.store import ModelStore, StoredModel, check_model
 from facefleet.vision.precision.cache import PrecisionCache
 from facefleet.vision.precision.choice import Choice
 from facefleet.vision.precision.probes import PROBES, TUNED_TASKS
@@ -99,10 +99,25 @@ class PrecisionPlan:
             return known
 
     def compilation(self, model: StoredModel) -> Compilation:
-        """The IR and hint to compile model with."""
+        """The IR and hint to compile model with: its INT8 variant's when chosen and its files are intact
+        (checked against their sha256), else the float model at f32 until the next measurement."""
         choice = self.choice(model)
-        xml = model.xml_path if choice.variant is None else find_model(self.store, choice.variant).xml_path
-        return Compilation(xml, choice.precision, choice)
+        if choice.variant is None:
+            return Compilation(model.xml_path, choice.precision, choice)
+        try:
+            variant = find_model(self.store, choice.variant)
+            check_model(variant)
+            if dict(choice.variant_files) != variant.manifest.files:
+                raise ModelStoreError(f"model {choice.variant} is not the one measured (other files)")
+        except ModelStoreError as exc:
+            log.warning("precision: %s runs at f32 instead of %s: %s", choice.model_id, choice.label, exc)
+            fallback = Choice(
+                choice.task, choice.model_id, "f32", "default", f"f32: its INT8 variant cannot run ({exc})"
+            )
+            with self._lock:
+                self._resolved[_identity(model)] = fallback
+            return Compilation(model.xml_path, "f32", fallback)
+        return Compilation(variant.xml_path, choice.precision, choice)
 
     def tune(self, model: StoredModel) -> Choice:
         """Measure model now (whatever is cached), cache and return the auto choice; the overrides still
@@ -118,7 +133,8 @@ class PrecisionPlan:
             )
             measured = tune(probe, self.store, model, self.timer)
             if self.cache is not None:
-                self.cache.put(measured, model.manifest, self.runtime.device_name, self.runtime.version)
+                device, version = self.runtime.device_name, self.runtime.version
+                self.cache.put(measured, model.manifest, device, version, self._guarded_at(model))
             self._resolved.pop(_identity(model), None)
             return measured
 
@@ -127,13 +143,22 @@ class PrecisionPlan:
         usable)."""
         if self.cache is None:
             return None
-        found = self.cache.get(model.manifest, self.runtime.device_name, self.runtime.version)
+        device, version = self.runtime.device_name, self.runtime.version
+        found = self.cache.get(model.manifest, device, version, self._guarded_at(model))
         if found is not None and found.variant is not None:
             try:
-                find_model(self.store, found.variant)
+                variant = find_model(self.store, found.variant)
             except ModelStoreError:
                 return None  # the INT8 variant it chose is gone: measure again
+            if dict(found.variant_files) != variant.manifest.files:
+                return None  # another model under the variant's id: measure again
         return found
+
+    def _guarded_at(self, model: StoredModel) -> tuple[float, ...]:
+        """The decision thresholds an embedding model's guard checks (none for other tasks)."""
+        if model.manifest.task != "embedding":
+            return ()
+        return tuple(sorted(set(self.thresholds(model.manifest.model_id))))
 
     def _resolve(self, model: StoredModel) -> Choice:
         task, model_id = model.manifest.task, model.manifest.model_id

@@ -11,11 +11,13 @@ against the gallery the float model embedded, which its guard checks (probes.Emb
 from __future__ import annotations
 
 import functools
+import logging
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from facefleet.vision.errors import ModelStoreError
 from facefleet.vision.models.quantize import int8_variants
 from facefleet.vision.models.store import ModelStore, StoredModel, check_model
 from facefleet.vision.precision.choice import Choice, Measurement
@@ -23,6 +25,7 @@ from facefleet.vision.precision.guards import REFERENCE
 from facefleet.vision.precision.probes import Probe
 from facefleet.vision.runtime import Precision, Runtime
 
+log = logging.getLogger(__name__)
 Timer = Callable[[str, Callable[[], None]], float]
 """(candidate label, one inference of the timing input) → latency in ms of one round; the seam tests
 inject."""
@@ -74,8 +77,12 @@ def measure(
     compiled = []
     for candidate in found:
         is_reference = candidate.model is model and candidate.precision == "f32"
-        if not is_reference:
-            check_model(candidate.model)
+        if candidate.model is not model:
+            try:
+                check_model(candidate.model)
+            except ModelStoreError as exc:  # a damaged variant is left out, the others still compete
+                log.warning("precision: %s is not measured: %s", candidate.model.manifest.model_id, exc)
+                continue
         nets = reference if is_reference else probe.compile(candidate.model.xml_path, candidate.precision)
         compiled.append((candidate, nets, REFERENCE if is_reference else probe.guard(reference, nets)))
     best = [float("inf")] * len(compiled)
@@ -137,4 +144,8 @@ def tune(
     """Measure model's candidates on the probe's runtime and choose."""
     found = candidates(probe.runtime, store, model)
     measurements = measure(probe, model, found, timer)
-    return choose(model.manifest.task, model.manifest.model_id, measurements)
+    choice = choose(model.manifest.task, model.manifest.model_id, measurements)
+    variant = next((c.model for c in found if c.model.manifest.model_id == choice.variant), None)
+    if variant is None:
+        return choice
+    return replace(choice, variant_files=tuple(sorted(variant.manifest.files.items())))

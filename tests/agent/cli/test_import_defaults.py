@@ -45,16 +45,16 @@ def test_the_int8_variant_is_built_once_beside_the_active_float_model(
     state: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     listed, err = import_defaults(state, capsys)
-    variant = listed["2021dec-int8"]
+    variant = listed["2021dec-int8-local"]
     assert variant["precision"] == "INT8" and variant["active"] is False
     assert variant["extra"]["quantized_from"] == "sface@2021dec"
     assert variant["extra"]["quantization"]["guard"]["passed"] is True
     assert listed["2021dec"]["active"] is True
-    assert "built sface@2021dec-int8" in err and "runs it in sface@2021dec's place" in err
+    assert "built sface@2021dec-int8-local" in err and "runs it in sface@2021dec's place" in err
 
     again, err = import_defaults(state, capsys)
-    assert "built" not in err and again["2021dec-int8"]["files"] == variant["files"]
-    assert int8_models(state) == ["sface@2021dec-int8"]
+    assert "built" not in err and again["2021dec-int8-local"]["files"] == variant["files"]
+    assert int8_models(state) == ["sface@2021dec-int8-local"]
 
 
 def test_no_int8_or_no_nncf_leaves_the_float_models_alone_and_says_how_to_get_it(

@@ -32,6 +32,7 @@ from facefleet.vision.models.store import ModelStore, StoredModel
 from facefleet.vision.pipeline import FaceAnalyzer
 from facefleet.vision.runtime import Runtime, RuntimeSettings
 from tests.tmpfs import fill, mounted_tmpfs
+from tests.variants import store_variant_copy
 
 EXPRESSION = DEFAULT_MODELS[2]
 DETECTION = DEFAULT_MODELS[0]
@@ -380,6 +381,42 @@ def test_versions_beyond_keep_versions_are_removed_but_never_the_previous_one(
     stored = [m.manifest.model_id for m in agent.store.versions("expression")]
     assert stored == [f"{EXPRESSION.name}@{NEW_VERSION}", f"{EXPRESSION.name}@fer2013-b"]
     assert expression_of(agent.analyzer) == f"{EXPRESSION.name}@fer2013-b"
+
+
+def test_an_int8_variant_takes_no_place_among_keep_versions_and_goes_with_its_float_model(
+    tmp_path: Path, runtime: Runtime, agent_runtime: Runtime, model_store: ModelStore, published: ModelStore
+) -> None:
+    shutil.copytree(model_store.root, tmp_path / "models")
+    agent = Agent(agent_runtime, tmp_path / "models", UpdateSettings(keep_versions=2))
+    original = agent.store.active("expression").manifest.model_id
+    variant = store_variant_copy(agent.store, agent.store.active("expression")).manifest.model_id
+    located = locate_default(EXPRESSION)
+    assert located is not None
+    second = ModelStore(tmp_path / "second")
+    import_model(runtime, second, located[0], task="expression", name=EXPRESSION.name, version="fer2013-b")
+    agent.reconcile(FileServer(published), release_of(published.models()[0]))
+    newer = f"{EXPRESSION.name}@{NEW_VERSION}"
+    assert sorted(m.manifest.model_id for m in agent.store.versions("expression")) == sorted(
+        [original, variant, newer]
+    )
+    agent.reconcile(FileServer(second), release_of(second.models()[0]))
+    stored = [m.manifest.model_id for m in agent.store.versions("expression")]
+    assert stored == [newer, f"{EXPRESSION.name}@fer2013-b"]
+
+
+def test_an_int8_model_of_the_same_source_is_not_taken_for_the_releases_own_conversion(
+    agent: Agent, published: ModelStore
+) -> None:
+    """A float IR converted by the agent stands for the server's conversion of the same source; an INT8
+    model does not (its files are its calibration's), so a release with other files is refused."""
+    stored = store_variant_copy(agent.store, agent.store.active("expression"))
+    theirs = {name: "f" * 64 for name in stored.manifest.files}
+    manifest = json.dumps({**stored.manifest.to_json(), "files": theirs})
+    files = tuple(ModelFile(name, 1000, sha) for name, sha in sorted(theirs.items()))
+    release = ModelRelease("expression", stored.manifest.model_id, files, manifest, 9)
+    agent.reconcile(FileServer(published), release)
+    status = agent.updater.statuses()[0]
+    assert status.state == "failed" and "other files than the release" in status.reason
 
 
 def test_a_task_the_agent_does_not_run_is_refused_and_stale_partial_downloads_are_forgotten(

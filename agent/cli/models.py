@@ -411,7 +411,12 @@ def _show(context: Context, models: list[StoredModel]) -> None:
 
 
 def _runs_at(context: Context, model: StoredModel) -> str:
-    """The inference precision (or INT8 variant) the model runs at on the configured device, and why."""
+    """The inference precision (or INT8 variant) the model runs at on the configured device, and why; for
+    an inactive INT8 variant, the model it may run in place of."""
+    quantized_from = model.manifest.extra.get("quantized_from")
+    active = context.model_store.active_map().get(model.manifest.task)
+    if quantized_from and active != f"{model.manifest.name}/{model.manifest.version}":
+        return f"variant of {quantized_from}"
     choice = context.precisions.choice(model)
     return f"{choice.label} ({'measured' if choice.source == 'auto' else choice.source})"
 

@@ -42,7 +42,7 @@ def state(model_store: ModelStore, tmp_path: Path) -> Path:
 
 @pytest.mark.slow  # NNCF calibration and the guard: ~10 s
 def test_the_int8_variant_is_built_once_beside_the_active_float_model(
-    state: Path, capsys: pytest.CaptureFixture[str]
+    state: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     listed, err = import_defaults(state, capsys)
     variant = listed["2021dec-int8-local"]
@@ -55,6 +55,9 @@ def test_the_int8_variant_is_built_once_beside_the_active_float_model(
     again, err = import_defaults(state, capsys)
     assert "built" not in err and again["2021dec-int8-local"]["files"] == variant["files"]
     assert int8_models(state) == ["sface@2021dec-int8-local"]
+    monkeypatch.setenv("COLUMNS", "250")  # rich's tables: wide enough for every column
+    assert main(["--state-dir", str(state), "models", "list"]) == EXIT_OK
+    assert "variant of sface@2021dec" in capsys.readouterr().out
 
 
 def test_no_int8_or_no_nncf_leaves_the_float_models_alone_and_says_how_to_get_it(

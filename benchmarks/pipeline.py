@@ -38,12 +38,7 @@ from facefleet.vision.alignment import align_face
 from facefleet.vision.images import read_image
 from facefleet.vision.models.importer import DEFAULT_MODELS, import_defaults, locate_default
 from facefleet.vision.models.onnx_fold import fold_blocked_dequantize
-from facefleet.vision.models.quantize import (
-    LOCAL_VERSION_SUFFIX,
-    faces_from_photos,
-    int8_variants,
-    quantize_model,
-)
+from facefleet.vision.models.quantize import int8_variants, quantize_locally
 from facefleet.vision.models.store import ModelStore, StoredModel
 from facefleet.vision.photos import sample_photo
 from facefleet.vision.pipeline import AnalyzerSettings, FaceAnalyzer
@@ -176,12 +171,7 @@ def precisions(
         analyzers["bf16"] = FaceAnalyzer(Runtime(RuntimeSettings(inference_precision="bf16")), store)
     source = store.active("embedding")
     stored = int8_variants(store, source)  # --state-dir: the one import-defaults built there
-    if stored:
-        variant = stored[0]
-    else:
-        faces = faces_from_photos(f32, store.active("detection"), sample_photos())
-        version = f"{source.manifest.version}{LOCAL_VERSION_SUFFIX}"
-        variant = quantize_model(f32, store, source, faces, version=version).model
+    variant = stored[0] if stored else quantize_locally(f32, store, source, sample_photos()).model
     auto = Runtime(RuntimeSettings(inference_precision="auto"))
     plan = PrecisionPlan(auto, store, cache=PrecisionCache(scratch / "cache" / "precision.json"))
     analyzers["auto"] = FaceAnalyzer(auto, store, precisions=plan)

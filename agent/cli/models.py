@@ -18,11 +18,11 @@ from facefleet.vision.images import image_files
 from facefleet.vision.models.importer import PRECISIONS, import_defaults, import_model
 from facefleet.vision.models.quantize import (
     DEFAULT_SAMPLES,
-    LOCAL_VERSION_SUFFIX,
     describe,
     faces_from_photos,
     find_model,
     int8_variants,
+    quantize_locally,
     quantize_model,
     quantizer_installed,
 )
@@ -186,13 +186,9 @@ def _int8_on_site(context: Context) -> StoredModel | None:
         )
         return None
     threshold = context.config.matching.policy().threshold(model_id)
-    version = f"{source.manifest.version}{LOCAL_VERSION_SUFFIX}"
     with context.errors.status(f"building an INT8 variant of {model_id} on the bundled photos…"):
         try:
-            faces = faces_from_photos(context.runtime, store.active("detection"), sample_photos())
-            result = quantize_model(
-                context.runtime, store, source, faces, threshold=threshold, version=version
-            )
+            result = quantize_locally(context.runtime, store, source, sample_photos(), threshold)
         except FaceFleetError as exc:  # the float models are imported: the variant is an extra
             context.errors.print(
                 f"{model_id} runs in float, no INT8 variant was built: {exc}", markup=False, soft_wrap=True

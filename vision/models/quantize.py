@@ -306,6 +306,20 @@ def quantize_model(
     return QuantizeResult(model, source, figures, tuple(kept))
 
 
+def quantize_locally(
+    runtime: Runtime,
+    store: ModelStore,
+    source: StoredModel,
+    photos: Sequence[Path],
+    threshold: float = DEFAULT_THRESHOLD,
+) -> QuantizeResult:
+    """The INT8 variant `models import-defaults` builds on an agent: source quantized on the faces of photos
+    (the bundled ones) into version + LOCAL_VERSION_SUFFIX."""
+    faces = faces_from_photos(runtime, store.active("detection"), photos)
+    version = f"{source.manifest.version}{LOCAL_VERSION_SUFFIX}"
+    return quantize_model(runtime, store, source, faces, threshold=threshold, version=version)
+
+
 def describe(figures: GuardFigures) -> str:
     """The guard's figures in one line."""
     return (

@@ -5,7 +5,8 @@ module as the non-OpenVINO baseline.
 `precisions`: the one-face frame (astronaut, 512×512) and the six-face frame (t1, 1280×886) end to end
 (detect, align, embed, expression) at f32, at bf16 where the CPU has it, at the per-model choice an agent
 makes under `inference_precision = "auto"` (the chosen defaults: targets one-face < 6 ms, six-face < 20 ms)
-once SFace's INT8 variant is built in this run as `models import-defaults` builds it on site; then stream()
+once SFace's INT8 variant is built in this run as `models import-defaults` builds it on site (the precisions
+take turns round by round; the median of every frame and of the run's quietest round of frames); then stream()
 against the sequential loop for the chosen defaults. `int8`: the quantization guard's cosine of INT8 to f32
 embeddings on held-out faces, and the lowest genuine and highest impostor score of the photos that ship in
 packages (benchmarks/door_threshold.py) with f32, with INT8, and INT8 faces against an f32 gallery.
@@ -142,12 +143,38 @@ def dlib_baseline(frames: list[np.ndarray], rounds: int) -> dict[str, Any] | Non
     return {"frames_per_s": frames_per_second(run, frames, rounds)}
 
 
-def end_to_end(analyzer: FaceAnalyzer, photos: dict[str, np.ndarray], repeats: int) -> dict[str, Any]:
-    """Median ms of a whole frame through analyze(): one face and six faces; what each model ran at."""
-    return {
-        "one_face_frame_ms": median_ms(lambda: analyzer.analyze(photos["astronaut"]), repeats),
-        "six_face_frame_ms": median_ms(lambda: analyzer.analyze(photos["t1"]), repeats),
-        "runs_at": {
+def end_to_end(
+    analyzers: dict[str, FaceAnalyzer], photos: dict[str, np.ndarray], repeats: int, rounds: int
+) -> dict[str, dict[str, Any]]:
+    """A whole frame through analyze(), one face and six faces, for every analyzer. The analyzers take
+    turns in `rounds` rounds of frames, so that load from other processes on a shared machine hits them
+    alike; each runs its round's frames in a row, as an agent's frame loop does. *_ms: the median of every
+    frame; *_quietest_round_ms: the lowest median of one round (the machine at its quietest moment of the
+    run); runs_at: what each model ran at."""
+    figures: dict[str, dict[str, Any]] = {name: {} for name in analyzers}
+    per_round = max(3, repeats // rounds)
+    for label, photo in (("one_face_frame_ms", photos["astronaut"]), ("six_face_frame_ms", photos["t1"])):
+        for analyzer in analyzers.values():
+            for _ in range(3):
+                analyzer.analyze(photo)
+        blocks: dict[str, list[list[float]]] = {name: [] for name in analyzers}
+        for _ in range(rounds):
+            for name, analyzer in analyzers.items():
+                analyzer.analyze(photo)  # its models back in the caches, as in an agent's frame loop
+                samples = []
+                for _ in range(per_round):
+                    start = time.perf_counter()
+                    analyzer.analyze(photo)
+                    samples.append(time.perf_counter() - start)
+                blocks[name].append(samples)
+        for name, runs in blocks.items():
+            every = [s for block in runs for s in block]
+            figures[name][label] = round(statistics.median(every) * 1000, 2)
+            figures[name][label.replace("_ms", "_quietest_round_ms")] = round(
+                min(statistics.median(block) for block in runs) * 1000, 2
+            )
+    for name, analyzer in analyzers.items():
+        figures[name]["runs_at"] = {
             model.manifest.task: (
                 analyzer.precisions.choice(model).label
                 if analyzer.precisions
@@ -155,12 +182,12 @@ def end_to_end(analyzer: FaceAnalyzer, photos: dict[str, np.ndarray], repeats: i
             )
             for model in (analyzer.detector_model, analyzer.embedding_model, analyzer.expression_model)
             if model is not None
-        },
-    }
+        }
+    return figures
 
 
 def precisions(
-    store: ModelStore, scratch: Path, photos: dict[str, np.ndarray], repeats: int
+    store: ModelStore, scratch: Path, photos: dict[str, np.ndarray], repeats: int, rounds: int
 ) -> tuple[dict[str, Any], dict[str, FaceAnalyzer], StoredModel]:
     """End-to-end frames at every precision; the analyzers by name and SFace's INT8 variant. The
     INT8 variant of SFace is built first, as `models import-defaults` builds it on site (the bundled photos),
@@ -175,7 +202,7 @@ def precisions(
     auto = Runtime(RuntimeSettings(inference_precision="auto"))
     plan = PrecisionPlan(auto, store, cache=PrecisionCache(scratch / "cache" / "precision.json"))
     analyzers["auto"] = FaceAnalyzer(auto, store, precisions=plan)
-    figures = {name: end_to_end(analyzer, photos, repeats) for name, analyzer in analyzers.items()}
+    figures: dict[str, Any] = end_to_end(analyzers, photos, repeats, rounds)
     figures["auto"]["choices"] = {
         model.manifest.task: plan.choice(model).reason
         for model in (analyzers["auto"].detector_model, analyzers["auto"].embedding_model)
@@ -187,6 +214,10 @@ def precisions(
     figures["targets"] = {
         "chosen_defaults_one_face_frame_under_6_ms": chosen["one_face_frame_ms"] < 6,
         "chosen_defaults_six_face_frame_under_20_ms": chosen["six_face_frame_ms"] < 20,
+        "at_the_quietest_round": {
+            "one_face_frame_under_6_ms": chosen["one_face_frame_quietest_round_ms"] < 6,
+            "six_face_frame_under_20_ms": chosen["six_face_frame_quietest_round_ms"] < 20,
+        },
     }
     figures["auto_vs_f32"] = {
         frame: round(figures["f32"][frame] / chosen[frame], 2)
@@ -267,7 +298,7 @@ def main() -> None:
         bf16 = FaceAnalyzer(Runtime(RuntimeSettings(device="CPU", inference_precision="bf16")), store)
         result["latency_bf16_where_the_cpu_has_it"] = stage_latency(bf16, photos, repeats)
 
-        result["precisions"], analyzers, variant = precisions(store, Path(scratch), photos, repeats)
+        result["precisions"], analyzers, variant = precisions(store, Path(scratch), photos, repeats, rounds)
         result["int8"] = int8_accuracy(analyzers, variant)
         chosen = analyzers["auto"]  # the agent's defaults from here on
 

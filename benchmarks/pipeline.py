@@ -174,15 +174,7 @@ def end_to_end(
                 min(statistics.median(block) for block in runs) * 1000, 2
             )
     for name, analyzer in analyzers.items():
-        figures[name]["runs_at"] = {
-            model.manifest.task: (
-                analyzer.precisions.choice(model).label
-                if analyzer.precisions
-                else analyzer.runtime.settings.inference_precision
-            )
-            for model in (analyzer.detector_model, analyzer.embedding_model, analyzer.expression_model)
-            if model is not None
-        }
+        figures[name]["runs_at"] = analyzer.runs_at()
     return figures
 
 

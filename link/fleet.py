@@ -16,7 +16,7 @@ from facefleet.link.checks import (
     check_text,
 )
 from facefleet.link.errors import LinkError
-from facefleet.link.models import ModelStatus, check_statuses
+from facefleet.link.models import ModelStatus, check_model_precisions, check_statuses
 
 WATCH_END_KEY = "facefleet-watch-end"
 """Trailing metadata of a Watch stream the server ended on purpose, with one of the reasons below."""
@@ -48,9 +48,12 @@ class Registration:
     gallery_id: str = ""
     model_statuses: tuple[ModelStatus, ...] = ()
     groups: tuple[str, ...] = ()
+    model_precisions: Mapping[str, str] = field(default_factory=dict)
+    """What each active model runs at, by task (facefleet.link.models.check_model_precisions)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_statuses", check_statuses(tuple(self.model_statuses)))
+        object.__setattr__(self, "model_precisions", check_model_precisions(dict(self.model_precisions)))
         check_id("device_id", self.device_id)
         object.__setattr__(self, "groups", check_groups(tuple(self.groups)))
         check_text("agent_version", self.agent_version, MAX_LABEL_CHARS)

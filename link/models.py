@@ -129,6 +129,26 @@ def check_model_versions(versions: dict[str, str]) -> dict[str, str]:
     return versions
 
 
+_PRECISION_LABEL = re.compile(r"^(?:f32|f16|bf16|int8 \((.+)\))$")
+"""An OpenVINO inference precision hint, or an INT8 variant (its model id) run in a float model's place."""
+
+
+def check_model_precisions(precisions: dict[str, str]) -> dict[str, str]:
+    """What each active model runs at on the agent's device, by task, as an agent reports it: 'f32', 'bf16',
+    'f16', or 'int8 (<model id>)' for an INT8 variant run in the float model's place."""
+    for task, label in precisions.items():
+        check_task(task)
+        match = _PRECISION_LABEL.match(label) if len(label) <= MAX_LABEL_CHARS else None
+        if match is None:
+            raise LinkError(
+                f"model_precisions[{task}] {label[:80]!r} is not a precision: expected e.g. 'bf16' or "
+                "'int8 (<model id>)'"
+            )
+        if match.group(1) is not None:
+            check_model_id(match.group(1))
+    return precisions
+
+
 @dataclass(frozen=True)
 class ModelAssignment:
     """The whole set of releases one agent should run, as sent on its Watch stream: at most one per task."""

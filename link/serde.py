@@ -288,6 +288,7 @@ def registration_to_proto(registration: Registration) -> fleet_pb2.RegisterReque
         hostname=registration.hostname,
         model_statuses=[status_to_proto(s) for s in registration.model_statuses],
         groups=registration.groups,
+        model_precisions=dict(registration.model_precisions),
     )
 
 
@@ -303,6 +304,7 @@ def registration_from_proto(request: fleet_pb2.RegisterRequest, device_id: str) 
         gallery_id=request.gallery_id,
         model_statuses=statuses_from_proto(request.model_statuses, "model_statuses"),
         groups=tuple(request.groups),
+        model_precisions=dict(request.model_precisions),
     )
 
 

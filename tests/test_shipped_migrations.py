@@ -31,11 +31,13 @@ SHIPPED = {
         8: ("event_camera_door_indexes", "a669df71ff4596f6"),
         9: ("event_attributes", "bb35af9df87bbd2a"),
         10: ("attribute_cells", "d22c4fddfad1753f"),
+        11: ("agent_precisions", "33bb3cad5ce2b63f"),
     },
     "server PostgreSQL": {
         1: ("initial", "ea78df22c0e8d37e"),
         2: ("rollup partitions", "e289553d10802dbf"),
         3: ("attribute cells", "4bc23614560493dd"),
+        4: ("agent precisions", "33bb3cad5ce2b63f"),
     },
 }
 """Database kind → version → (name, the first 16 hex digits of the sha256 of its statements)."""

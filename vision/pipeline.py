@@ -160,6 +160,20 @@ class FaceAnalyzer:
     def embedding_model_id(self) -> str | None:
         return self.embedding_model.manifest.model_id if self.embedding_model else None
 
+    def runs_at(self) -> dict[str, str]:
+        """task → what its model runs at on the device: the inference precision ('f32', 'bf16', 'f16'), or
+        'int8 (<model id>)' when an INT8 variant runs in the float model's place."""
+        models = (self.detector_model, self.embedding_model, self.expression_model, self.attributes_model)
+        return {
+            model.manifest.task: (
+                self.precisions.choice(model).label
+                if self.precisions is not None
+                else self.runtime.default_precision()
+            )
+            for model in models
+            if model is not None
+        }
+
     def analyze(self, frame: npt.NDArray[Any]) -> list[Face]:
         """All faces of one frame (any size, grey/BGR/BGRA, 8 or 16 bit), best detection score first."""
         frame_bgr = to_bgr8(frame)

@@ -141,12 +141,17 @@ class FleetClient:
             ) from None
 
     async def report_models(
-        self, statuses: Sequence[ModelStatus], versions: Mapping[str, str], timeout: float
+        self,
+        statuses: Sequence[ModelStatus],
+        versions: Mapping[str, str],
+        precisions: Mapping[str, str],
+        timeout: float,
     ) -> None:
-        """Tell the server how assigned model versions are doing and which run now."""
+        """Tell the server how assigned model versions are doing, which run now and at what precision."""
         request = fleet_pb2.ReportModelStatusRequest(
             device_id=self.device_id,
             statuses=[serde.status_to_proto(s) for s in statuses[-MAX_MODEL_STATUSES:]],
             model_versions=dict(versions),
+            model_precisions=dict(precisions),
         )
         await self._stub.ReportModelStatus(request, timeout=timeout)

@@ -76,6 +76,7 @@ class SyncSettings:
     agent_version: str = __version__
     hostname: str = ""
     model_versions: Mapping[str, str] = field(default_factory=dict)
+    model_precisions: Mapping[str, str] = field(default_factory=dict)
     capabilities: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
     report_batch: int = 500
@@ -479,13 +480,17 @@ class FleetSync:
         return client.download(model_id, file, offset, timeout)
 
     async def report_models(
-        self, statuses: Sequence[ModelStatus], versions: Mapping[str, str], timeout: float
+        self,
+        statuses: Sequence[ModelStatus],
+        versions: Mapping[str, str],
+        precisions: Mapping[str, str],
+        timeout: float,
     ) -> None:
         """ReportModelStatus on the current session (ConnectionError when there is none)."""
         client = self._client
         if client is None:
             raise ConnectionError("not connected to the server")
-        await client.report_models(statuses, versions, timeout)
+        await client.report_models(statuses, versions, precisions, timeout)
 
     def watch_models(self, models: tuple[str, ...]) -> None:
         """Watch the gallery of these embedding models from now on: a changed set reconnects at once and
@@ -511,6 +516,7 @@ class FleetSync:
             agent_version=settings.agent_version,
             hostname=settings.hostname,
             model_versions=self.updater.versions() if self.updater else dict(settings.model_versions),
+            model_precisions=self.updater.precisions() if self.updater else dict(settings.model_precisions),
             capabilities=settings.capabilities,
             gallery_revision=point.revision,
             gallery_id=point.gallery_id,

@@ -88,7 +88,11 @@ class ModelClient(Protocol):
     def download(self, model_id: str, file: str, offset: int, timeout: float) -> AsyncIterator[bytes]: ...
 
     async def report_models(
-        self, statuses: Sequence[ModelStatus], versions: Mapping[str, str], timeout: float
+        self,
+        statuses: Sequence[ModelStatus],
+        versions: Mapping[str, str],
+        precisions: Mapping[str, str],
+        timeout: float,
     ) -> None: ...
 
 
@@ -149,6 +153,10 @@ class ModelUpdater:
             "expression": analyzer.expression_model,
         }
         return {task: m.manifest.model_id for task, m in running.items() if m is not None}
+
+    def precisions(self) -> dict[str, str]:
+        """task → what its running model runs at on the device ('bf16', 'int8 (<variant id>)', …)."""
+        return self.analyzer().runs_at()
 
     def pending(self, assignment: ModelAssignment) -> list[ModelRelease]:
         """Releases that differ from what runs and were not refused before."""
@@ -435,10 +443,11 @@ class ModelUpdater:
         await self.report(client, timeout)
 
     async def report(self, client: ModelClient, timeout: float) -> bool:
-        """Send the statuses and running versions; True once the server has them. A failure is logged and
-        leaves `unreported` set, for a retry (and the next Register carries them anyway)."""
+        """Send the statuses, the running versions and what they run at; True once the server has them. A
+        failure is logged and leaves `unreported` set, for a retry (and the next Register carries them
+        anyway)."""
         try:
-            await client.report_models(self.statuses(), self.versions(), timeout)
+            await client.report_models(self.statuses(), self.versions(), self.precisions(), timeout)
         except Exception as exc:
             log.warning("model status not reported (%s); it is sent again later", _reason(exc))
             return False

@@ -152,8 +152,8 @@ class FleetServicer(services.FleetServicerBase):
     @unary
     async def ReportModelStatus(self, request: Any, context: Any) -> Any:  # noqa: N802
         device = self.auth.device(context.auth_context(), request.device_id)
-        statuses, versions = fleet_wire.report_models_from_proto(request)
-        await self.handler.report_models(device, statuses, versions)
+        statuses, versions, precisions = fleet_wire.report_models_from_proto(request)
+        await self.handler.report_models(device, statuses, versions, precisions)
         return fleet_wire.report_models_response()
 
     @unary

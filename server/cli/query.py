@@ -305,7 +305,11 @@ def _fleet(context: Context, args: argparse.Namespace) -> int:
             "last seen": when(a["last_seen"], seconds=True)[5:],
             "version": a["agent_version"],
             "groups": ", ".join(a["groups"]),
-            "models": "\n".join(model_id for _, model_id in sorted(a["model_versions"].items())),
+            "models": "\n".join(
+                model_id
+                + (f" at {precision}" if (precision := a.get("model_precisions", {}).get(task)) else "")
+                for task, model_id in sorted(a["model_versions"].items())
+            ),
             "model status": "\n".join(
                 f"{s['model_id']} {s['state']}" + (f": {s['reason']}" if s["reason"] else "")
                 for s in a["model_statuses"]

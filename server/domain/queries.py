@@ -298,3 +298,4 @@ class AgentStatus:
     groups: tuple[str, ...] = ()
     device_status: str = "active"
     certificate_expires_at: datetime | None = None
+    model_precisions: Mapping[str, str] = field(default_factory=dict)

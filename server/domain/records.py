@@ -105,6 +105,8 @@ class AgentInfo:
     registered_at: datetime
     last_seen: datetime
     health: Mapping[str, float] = field(default_factory=dict)
+    model_precisions: Mapping[str, str] = field(default_factory=dict)
+    """What each active model runs at on the agent's device, by task ('bf16', 'int8 (<model id>)')."""
 
 
 @dataclass(frozen=True)

@@ -317,12 +317,16 @@ class FleetHandler:
             yield chunk
 
     async def report_models(
-        self, device_id: str, statuses: Sequence[ModelStatus], model_versions: Mapping[str, str]
+        self,
+        device_id: str,
+        statuses: Sequence[ModelStatus],
+        model_versions: Mapping[str, str],
+        model_precisions: Mapping[str, str],
     ) -> None:
         await self._require_registered(device_id)
         if self.models is None:
             raise FailedPreconditionError("this server does not distribute models")
-        await self.models.report(device_id, statuses, model_versions)
+        await self.models.report(device_id, statuses, model_versions, model_precisions)
         await asyncio.to_thread(self.state.touch_agent, device_id, self.clock())
 
     async def _require_registered(self, device_id: str) -> None:

@@ -103,6 +103,7 @@ class QueryHandler:
                 agent_version=a.agent_version,
                 hostname=a.hostname,
                 model_versions=a.model_versions,
+                model_precisions=a.model_precisions,
                 capabilities=a.capabilities,
                 gallery_revision=a.gallery_revision,
                 revision_lag=max(0, head - a.gallery_revision),

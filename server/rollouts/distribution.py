@@ -20,7 +20,13 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from facefleet.link.checks import utc_now
-from facefleet.link.models import ModelRelease, ModelStatus, check_model_versions, check_statuses
+from facefleet.link.models import (
+    ModelRelease,
+    ModelStatus,
+    check_model_precisions,
+    check_model_versions,
+    check_statuses,
+)
 from facefleet.server.domain.audit import SERVER, AuditEntry
 from facefleet.server.domain.models import PublishedModel, Rollout
 from facefleet.server.errors import NotFoundError, ServerError
@@ -105,10 +111,17 @@ class ModelDistribution:
             yield chunk
 
     async def report(
-        self, device_id: str, statuses: Sequence[ModelStatus], model_versions: Mapping[str, str]
+        self,
+        device_id: str,
+        statuses: Sequence[ModelStatus],
+        model_versions: Mapping[str, str],
+        model_precisions: Mapping[str, str] | None = None,
     ) -> None:
+        """Store an agent's model statuses (each counted for the rollout it belongs to, which a refusal may
+        stop), and which model versions it runs and at what precision, by task."""
         check_statuses(tuple(statuses))
         versions = check_model_versions(dict(model_versions))
+        precisions = check_model_precisions(dict(model_precisions or {}))
 
         def store() -> list[Rollout]:
             # A status for a rollout proves the agent received it, even when its stream broke before the
@@ -156,6 +169,7 @@ class ModelDistribution:
                 now,
                 statuses=checked,
                 model_versions=versions or None,
+                model_precisions=precisions or None,
                 stop=lambda rollout, devices: stopped(rollout, devices, now),
             )
             for rollout in halted:

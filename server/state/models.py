@@ -108,10 +108,12 @@ class ModelState(abc.ABC):
         statuses: Sequence[ModelStatus] = (),
         groups: Sequence[str] | None = None,
         model_versions: Mapping[str, str] | None = None,
+        model_precisions: Mapping[str, str] | None = None,
         stop: Stop | None = None,
     ) -> list[Rollout]:
         """Store an agent's latest status per task (and on its rows of the matching rollouts), its groups
-        when given, and its active model ids by task when given (merged into what it registered).
+        when given, and its active model ids and what they run at, by task, when given (each merged into
+        what it registered).
         stop: called in the same transaction for each rollout a status refused (a final failure), with all
         its device rows; a changed result is stored. Returns the rollouts so changed."""
 

@@ -104,6 +104,7 @@ def test_pipelined_frames_of_two_cameras_are_handled_once_each_in_order(
         assert numbers and numbers == sorted(set(numbers)), camera
         assert service.frames_analysed[camera] == len(numbers)
     assert status["frame_path"] == {"mode": "on", "path": "pipelined", "measuring": False, "fps": {}}
+    assert status["precisions"] == {"detection": "f32", "embedding": "f32", "expression": "f32"}
     counts = {
         s.labels["task"]: s.value
         for metric in service.metrics.registry.collect()

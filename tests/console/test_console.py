@@ -95,8 +95,12 @@ def test_an_admin_signs_in_and_sees_the_agent_online_with_its_versions(
     expect(cell(table, row, "State")).to_contain_text("Online")
     versions = cell(table, row, "Versions").get_by_role("listitem")
     assert {"detection", "embedding", "expression"} <= set(agent["model_versions"]), agent["model_versions"]
-    for what, version in {"agent": agent["agent_version"], **agent["model_versions"]}.items():
-        expect(versions.filter(has_text=exactly(f"{what}: {version}"))).to_have_count(1)
+    precisions = agent["model_precisions"]  # what the agent registered with
+    assert set(precisions) == set(agent["model_versions"]), precisions
+    expect(versions.filter(has_text=exactly(f"agent: {agent['agent_version']}"))).to_have_count(1)
+    for task, version in agent["model_versions"].items():
+        shown = f"{task}: {version} at {precisions[task]}"
+        expect(versions.filter(has_text=exactly(shown))).to_have_count(1)
     admin.screenshot("fleet")
 
     admin.page.reload()  # the session outlives a reload: the cookie, not the page, holds it
@@ -268,7 +272,9 @@ def test_a_rollout_is_started_and_rolled_back_from_the_rollouts_page(
     admin.go("Fleet")
     agents = main(page).get_by_role("table", name="Agents")
     versions = cell(agents, agents.get_by_role("row").filter(has_text=DEVICE), "Versions")
-    expression = versions.get_by_role("listitem").filter(has_text=exactly(f"expression: {OLD}"))
+    runs_at = (fleet.agent_row() or {})["model_precisions"]["expression"]  # reported with the switch back
+    shown = f"expression: {OLD} at {runs_at}"
+    expression = versions.get_by_role("listitem").filter(has_text=exactly(shown))
     expect(expression).to_have_count(1, timeout=10_000)  # the fleet page refreshes every 5 s
 
 

@@ -4,6 +4,7 @@ naming what is wrong, and registrations and watch updates round-trip."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -144,7 +145,14 @@ def test_watch_updates_heartbeats_and_unknown_kinds() -> None:
 
 def test_a_registration_reaches_the_server_as_sent() -> None:
     sent = Registration(
-        "door-1", "0.1.0", "box-7", {"embedding": MODEL}, ("openvino:CPU", "expression"), 41, "gallery-a"
+        "door-1",
+        "0.1.0",
+        "box-7",
+        {"embedding": MODEL},
+        ("openvino:CPU", "expression"),
+        41,
+        "gallery-a",
+        model_precisions={"detection": "bf16", "embedding": "int8 (sface@2021dec-int8-local)"},
     )
     got = serde.registration_from_proto(serde.registration_to_proto(sent), "door-1")
     assert (got.agent_version, got.hostname, dict(got.model_versions), got.capabilities) == (
@@ -154,6 +162,26 @@ def test_a_registration_reaches_the_server_as_sent() -> None:
         ("openvino:CPU", "expression"),
     )
     assert (got.gallery_revision, got.gallery_id) == (41, "gallery-a")
+    assert dict(got.model_precisions) == {"detection": "bf16", "embedding": "int8 (sface@2021dec-int8-local)"}
+
+
+@pytest.mark.parametrize(
+    ("precisions", "message"),
+    [
+        ({"embedding": "BF16"}, "model_precisions[embedding] 'BF16' is not a precision"),
+        ({"embedding": "int8 (not-a-model)"}, "model id 'not-a-model' is not valid"),
+        ({"embedding": "fast"}, "model_precisions[embedding] 'fast' is not a precision"),
+        ({"embedding": f"int8 (sface@{'x' * 200})"}, "model_precisions[embedding] 'int8 (sface@xxx"),
+        ({"faces": "f32"}, "task 'faces' is not one of"),
+    ],
+)
+def test_a_registration_with_a_malformed_precision_is_refused(
+    precisions: dict[str, str], message: str
+) -> None:
+    request = serde.registration_to_proto(Registration("door-1"))
+    request.model_precisions.update(precisions)
+    with pytest.raises(LinkError, match=re.escape(message)):
+        serde.registration_from_proto(request, "door-1")
 
 
 def test_join_parts_refuses_parts_of_different_deltas() -> None:

@@ -285,6 +285,8 @@ def test_stream_splits_face_batches_across_streams_without_changing_results(
         model_store,
     )
     assert throughput.net("embedding", (1, 3, 112, 112)).optimal_requests == 2
+    # no precision plan: every model runs at the runtime's configured precision
+    assert throughput.runs_at() == {"detection": "f32", "embedding": "f32", "expression": "f32"}
     frames = [group_photo, astronaut, group_photo]
     for got, want in zip(throughput.stream(iter(frames)), [analyzer.analyze(f) for f in frames], strict=True):
         assert len(got) == len(want)

@@ -263,6 +263,7 @@ def test_the_analyzer_compiles_each_model_at_its_choice(
     # not measured and measure=False: the default, f32, until measured
     assert plan.choice(model_store.active("detection")).source == "default"
     assert analyzer.net("detection", (1, 512, 512, 3)).inference_precision == "f32"
+    assert analyzer.runs_at() == {"detection": "f32", "embedding": "bf16", "expression": "f32"}
     # a switched-in model keeps the plan
     switched = analyzer.with_model(model_store.active("embedding"))
     assert switched.precisions is plan
@@ -283,6 +284,8 @@ def test_an_int8_variant_of_a_non_embedding_model_is_a_candidate(
     assert [m.label for m in choice.measurements][-1] == "int8"
     assert choice.variant == variant.manifest.model_id and choice.precision == "f32"
     assert plan.compilation(source).xml_path == variant.xml_path
+    analyzer = FaceAnalyzer(auto_runtime, store, AnalyzerSettings(embeddings=False), precisions=plan)
+    assert analyzer.runs_at()["expression"] == f"int8 ({variant.manifest.model_id})"
 
 
 def test_a_damaged_variant_is_not_run_and_is_left_out_when_measured_again(

@@ -13,8 +13,15 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("device_id", "agent_version", "model_versions", "capabilities", "gallery_revision", "gallery_id", "hostname", "model_statuses", "groups")
+    __slots__ = ("device_id", "agent_version", "model_versions", "capabilities", "gallery_revision", "gallery_id", "hostname", "model_statuses", "groups", "model_precisions")
     class ModelVersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ModelPrecisionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +37,7 @@ class RegisterRequest(_message.Message):
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_STATUSES_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_PRECISIONS_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     agent_version: str
     model_versions: _containers.ScalarMap[str, str]
@@ -39,7 +47,8 @@ class RegisterRequest(_message.Message):
     hostname: str
     model_statuses: _containers.RepeatedCompositeFieldContainer[_models_pb2.ModelStatus]
     groups: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, device_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., gallery_revision: _Optional[int] = ..., gallery_id: _Optional[str] = ..., hostname: _Optional[str] = ..., model_statuses: _Optional[_Iterable[_Union[_models_pb2.ModelStatus, _Mapping]]] = ..., groups: _Optional[_Iterable[str]] = ...) -> None: ...
+    model_precisions: _containers.ScalarMap[str, str]
+    def __init__(self, device_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., gallery_revision: _Optional[int] = ..., gallery_id: _Optional[str] = ..., hostname: _Optional[str] = ..., model_statuses: _Optional[_Iterable[_Union[_models_pb2.ModelStatus, _Mapping]]] = ..., groups: _Optional[_Iterable[str]] = ..., model_precisions: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("gallery_revision", "gallery_id", "embedding_models", "max_report_events", "heartbeat_seconds", "server_time")
@@ -159,8 +168,15 @@ class ModelChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
 
 class ReportModelStatusRequest(_message.Message):
-    __slots__ = ("device_id", "statuses", "model_versions")
+    __slots__ = ("device_id", "statuses", "model_versions", "model_precisions")
     class ModelVersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ModelPrecisionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -170,10 +186,12 @@ class ReportModelStatusRequest(_message.Message):
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     STATUSES_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_PRECISIONS_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     statuses: _containers.RepeatedCompositeFieldContainer[_models_pb2.ModelStatus]
     model_versions: _containers.ScalarMap[str, str]
-    def __init__(self, device_id: _Optional[str] = ..., statuses: _Optional[_Iterable[_Union[_models_pb2.ModelStatus, _Mapping]]] = ..., model_versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    model_precisions: _containers.ScalarMap[str, str]
+    def __init__(self, device_id: _Optional[str] = ..., statuses: _Optional[_Iterable[_Union[_models_pb2.ModelStatus, _Mapping]]] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., model_precisions: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ReportModelStatusResponse(_message.Message):
     __slots__ = ()

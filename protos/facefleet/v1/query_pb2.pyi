@@ -205,7 +205,7 @@ class FleetStatusRequest(_message.Message):
     def __init__(self, device_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("device_id", "online", "watching", "last_seen", "registered_at", "agent_version", "hostname", "model_versions", "capabilities", "gallery_revision", "revision_lag", "health", "model_statuses", "groups", "device_status", "certificate_expires")
+    __slots__ = ("device_id", "online", "watching", "last_seen", "registered_at", "agent_version", "hostname", "model_versions", "capabilities", "gallery_revision", "revision_lag", "health", "model_statuses", "groups", "device_status", "certificate_expires", "model_precisions")
     class ModelVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -220,6 +220,13 @@ class AgentStatus(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class ModelPrecisionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     ONLINE_FIELD_NUMBER: _ClassVar[int]
     WATCHING_FIELD_NUMBER: _ClassVar[int]
@@ -236,6 +243,7 @@ class AgentStatus(_message.Message):
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_STATUS_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_PRECISIONS_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     online: bool
     watching: bool
@@ -252,7 +260,8 @@ class AgentStatus(_message.Message):
     groups: _containers.RepeatedScalarFieldContainer[str]
     device_status: _devices_pb2.DeviceStatus
     certificate_expires: _timestamp_pb2.Timestamp
-    def __init__(self, device_id: _Optional[str] = ..., online: _Optional[bool] = ..., watching: _Optional[bool] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., hostname: _Optional[str] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., gallery_revision: _Optional[int] = ..., revision_lag: _Optional[int] = ..., health: _Optional[_Mapping[str, float]] = ..., model_statuses: _Optional[_Iterable[_Union[_models_pb2.ModelStatus, _Mapping]]] = ..., groups: _Optional[_Iterable[str]] = ..., device_status: _Optional[_Union[_devices_pb2.DeviceStatus, str]] = ..., certificate_expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    model_precisions: _containers.ScalarMap[str, str]
+    def __init__(self, device_id: _Optional[str] = ..., online: _Optional[bool] = ..., watching: _Optional[bool] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., hostname: _Optional[str] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., gallery_revision: _Optional[int] = ..., revision_lag: _Optional[int] = ..., health: _Optional[_Mapping[str, float]] = ..., model_statuses: _Optional[_Iterable[_Union[_models_pb2.ModelStatus, _Mapping]]] = ..., groups: _Optional[_Iterable[str]] = ..., device_status: _Optional[_Union[_devices_pb2.DeviceStatus, str]] = ..., certificate_expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_precisions: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class FleetStatusResponse(_message.Message):
     __slots__ = ("agents", "gallery_revision", "server_time")

@@ -227,6 +227,10 @@ class AgentOut(BaseModel):
     agent_version: str
     hostname: str
     model_versions: dict[str, str]
+    model_precisions: dict[str, str] = Field(
+        description="What each active model runs at on the agent's device, by task: 'f32', 'bf16', or "
+        "'int8 (<model id>)' when an INT8 variant runs in the float model's place"
+    )
     capabilities: list[str]
     gallery_revision: int
     revision_lag: int
@@ -247,6 +251,7 @@ class AgentOut(BaseModel):
             agent_version=a.agent_version,
             hostname=a.hostname,
             model_versions=dict(a.model_versions),
+            model_precisions=dict(a.model_precisions),
             capabilities=list(a.capabilities),
             gallery_revision=a.gallery_revision,
             revision_lag=a.revision_lag,

@@ -154,6 +154,7 @@ def agent_status_to_proto(a: AgentStatus) -> query_pb2.AgentStatus:
         agent_version=a.agent_version,
         hostname=a.hostname,
         model_versions=dict(a.model_versions),
+        model_precisions=dict(a.model_precisions),
         capabilities=a.capabilities,
         gallery_revision=a.gallery_revision,
         revision_lag=a.revision_lag,

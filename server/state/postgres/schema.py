@@ -230,10 +230,14 @@ ATTRIBUTE_CELLS = (
 """Migration 3: the attribute rollups in wide rows, a count column per gender × age band (attribute_cells),
 their counts kept, with a partition for each month that `events` or the long rollup has."""
 
+AGENT_PRECISIONS = ("ALTER TABLE agents ADD COLUMN model_precisions_json TEXT NOT NULL DEFAULT '{}'",)
+"""Migration 4: what each agent's models run at, by task (an agent registered before it: unknown, {})."""
+
 MIGRATIONS = (
     PgMigration(1, "initial", INITIAL),
     PgMigration(2, "rollup partitions", ROLLUP_PARTITIONS),
     PgMigration(3, "attribute cells", ATTRIBUTE_CELLS),
+    PgMigration(4, "agent precisions", AGENT_PRECISIONS),
 )
 """Append, never edit one that has shipped."""
 LATEST = len(MIGRATIONS)

@@ -22,10 +22,11 @@ def register_agent(conn: Connection, r: Registration, now: datetime) -> AgentInf
     """Insert or update an agent; registered_at is kept on re-registration."""
     conn.execute(
         "INSERT INTO agents (device_id, agent_version, hostname, model_versions_json, "
-        "capabilities_json, gallery_revision, registered_us, last_seen_us, health_json) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, '{}') "
+        "model_precisions_json, capabilities_json, gallery_revision, registered_us, last_seen_us, "
+        "health_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '{}') "
         "ON CONFLICT (device_id) DO UPDATE SET agent_version = excluded.agent_version, "
         "hostname = excluded.hostname, model_versions_json = excluded.model_versions_json, "
+        "model_precisions_json = excluded.model_precisions_json, "
         "capabilities_json = excluded.capabilities_json, "
         "gallery_revision = excluded.gallery_revision, last_seen_us = excluded.last_seen_us",
         (
@@ -33,6 +34,7 @@ def register_agent(conn: Connection, r: Registration, now: datetime) -> AgentInf
             r.agent_version,
             r.hostname,
             json.dumps(dict(r.model_versions), sort_keys=True),
+            json.dumps(dict(r.model_precisions), sort_keys=True),
             json.dumps(list(r.capabilities)),
             r.gallery_revision,
             to_us(now),
@@ -66,7 +68,7 @@ def touch_agent(
 def load_agents(conn: Connection, device_ids: Sequence[str] | None) -> list[AgentInfo]:
     columns = (
         "device_id, agent_version, hostname, model_versions_json, capabilities_json, gallery_revision, "
-        "registered_us, last_seen_us, health_json"
+        "registered_us, last_seen_us, health_json, model_precisions_json"
     )
     if device_ids is None:
         rows = conn.execute(f"SELECT {columns} FROM agents ORDER BY device_id").fetchall()  # noqa: S608
@@ -87,6 +89,7 @@ def load_agents(conn: Connection, device_ids: Sequence[str] | None) -> list[Agen
             registered_at=from_us(row[6]),
             last_seen=from_us(row[7]),
             health=json.loads(row[8]),
+            model_precisions=json.loads(row[9]),
         )
         for row in rows
     ]

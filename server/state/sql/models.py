@@ -210,6 +210,7 @@ class SqlModelState(ModelState):
         statuses: Sequence[ModelStatus] = (),
         groups: Sequence[str] | None = None,
         model_versions: Mapping[str, str] | None = None,
+        model_precisions: Mapping[str, str] | None = None,
         stop: Stop | None = None,
     ) -> list[Rollout]:
         refused: set[int] = set()
@@ -238,16 +239,21 @@ class SqlModelState(ModelState):
                     )
                     if device_state == "failed" and cursor.rowcount == 1:
                         refused.add(s.rollout_id)
-            if model_versions:
-                row = conn.execute(
-                    "SELECT model_versions_json FROM agents WHERE device_id = ?", (device_id,)
-                ).fetchone()
-                if row is not None:
-                    merged = {**json.loads(row[0]), **model_versions}
-                    conn.execute(
-                        "UPDATE agents SET model_versions_json = ? WHERE device_id = ?",
-                        (json.dumps(merged, sort_keys=True), device_id),
-                    )
+            for column, given in (
+                ("model_versions_json", model_versions),
+                ("model_precisions_json", model_precisions),
+            ):
+                if given:
+                    row = conn.execute(
+                        f"SELECT {column} FROM agents WHERE device_id = ?",  # noqa: S608 (a fixed name)
+                        (device_id,),
+                    ).fetchone()
+                    if row is not None:
+                        merged = {**json.loads(row[0]), **given}
+                        conn.execute(
+                            f"UPDATE agents SET {column} = ? WHERE device_id = ?",  # noqa: S608
+                            (json.dumps(merged, sort_keys=True), device_id),
+                        )
             return _stop_refused(conn, sorted(refused), stop) if stop is not None else []
 
     def agent_models(self, device_ids: Sequence[str] = ()) -> dict[str, AgentModels]:

@@ -187,6 +187,9 @@ INITIAL = (
 )
 """Migration 1: people, crops, the gallery change log, agents, tokens and events."""
 
+AGENT_PRECISIONS_SCHEMA = ("ALTER TABLE agents ADD COLUMN model_precisions_json TEXT NOT NULL DEFAULT '{}'",)
+"""Migration 11: what each agent's models run at, by task (an agent registered before it: unknown, {})."""
+
 
 def _legacy_version(conn: sqlite3.Connection) -> int | None:
     """The schema version recorded in the meta table before the migration runner (None: none there)."""
@@ -216,6 +219,7 @@ MIGRATIONS = Migrations(
         Migration(8, "event_camera_door_indexes", EVENTS_SCHEMA_8),
         Migration(9, "event_attributes", EVENTS_SCHEMA_9, add_attribute_columns),
         Migration(10, "attribute_cells", ATTRIBUTE_CELLS_SCHEMA),
+        Migration(11, "agent_precisions", AGENT_PRECISIONS_SCHEMA),
     ),
     what="state database",
     program="server",

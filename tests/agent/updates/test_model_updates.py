@@ -83,6 +83,7 @@ class FileServer:
         self.requests: list[tuple[str, str, int]] = []
         self.reports: list[list[ModelStatus]] = []
         self.versions: list[Mapping[str, str]] = []
+        self.precisions: list[Mapping[str, str]] = []
 
     async def download(self, model_id: str, file: str, offset: int, timeout: float) -> AsyncIterator[bytes]:
         self.requests.append((model_id, file, offset))
@@ -102,10 +103,15 @@ class FileServer:
             await asyncio.sleep(0)
 
     async def report_models(
-        self, statuses: Sequence[ModelStatus], versions: Mapping[str, str], timeout: float
+        self,
+        statuses: Sequence[ModelStatus],
+        versions: Mapping[str, str],
+        precisions: Mapping[str, str],
+        timeout: float,
     ) -> None:
         self.reports.append(list(statuses))
         self.versions.append(dict(versions))
+        self.precisions.append(dict(precisions))
 
     def states(self, task: str) -> list[str]:
         return [s.state for report in self.reports for s in report if s.task == task]
@@ -236,6 +242,7 @@ def test_an_assigned_version_is_downloaded_verified_and_switched_to(
     assert agent.store.active("expression").manifest.model_id == release.model_id
     assert server.states("expression") == ["downloading", "verifying", "active"]
     assert server.versions[-1]["expression"] == release.model_id
+    assert server.precisions[-1] == {"detection": "f32", "embedding": "f32", "expression": "f32"}
     status = agent.updater.statuses()[0]
     assert (status.model_id, status.rollout_id, status.state) == (release.model_id, 7, "active")
     # the previous version stays for a rollback; the detector and embedder were not compiled again

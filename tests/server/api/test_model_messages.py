@@ -53,7 +53,7 @@ def test_malformed_reports_are_refused_naming_the_field(
 ) -> None:
     request = fleet_pb2.ReportModelStatusRequest(device_id="door-1", statuses=statuses)
     if message is None:
-        assert fleet_wire.report_models_from_proto(request) == ((), {})
+        assert fleet_wire.report_models_from_proto(request) == ((), {}, {})
         return
     with pytest.raises(LinkError, match=message):
         fleet_wire.report_models_from_proto(request)

@@ -110,7 +110,12 @@ def test_rollout_verbs(
 
     state = SqliteState(tmp_path / "server.db")
     state.register_agent(
-        Registration("door-1", model_versions={"expression": "mini-xception@fer2013"}), utc_now()
+        Registration(
+            "door-1",
+            model_versions={"expression": "mini-xception@fer2013"},
+            model_precisions={"expression": "bf16"},
+        ),
+        utc_now(),
     )
     state.models.announce("door-1", [(int(rid), "mini-xception@fer2013")], utc_now())
     failure = ModelStatus("expression", NEW, int(rid), "failed", "smoke inference: output is NaN")
@@ -121,9 +126,11 @@ def test_rollout_verbs(
     assert "door-1" in out and "failed" in out and "output is NaN" in out and "mini-xception@fer2013" in out
     code, out, _ = run_cli(capsys, *base, "query", "fleet")
     assert "lobby" in out and "output is NaN" in out
+    assert "mini-xception@fer2013 at bf16" in " ".join(out.split())  # the version, then what it runs at
     code, out, _ = run_cli(capsys, *base, "query", "fleet", "--json")
     [agent] = json.loads(out)["agents"]
     assert agent["groups"] == ["lobby"]
+    assert agent["model_precisions"] == {"expression": "bf16"}
     assert agent["model_statuses"][0]["reason"] == "smoke inference: output is NaN"
 
     assert (

@@ -521,6 +521,7 @@ def test_register_and_acknowledge_show_in_fleet_status(tmp_path: Path, pki: Pki,
                 fleet_pb2.RegisterRequest(
                     agent_version="0.1.0",
                     model_versions={"embedding": "sface@2021dec"},
+                    model_precisions={"embedding": "int8 (sface@2021dec-int8-local)"},
                     capabilities=["openvino:CPU"],
                 )
             )
@@ -545,6 +546,7 @@ def test_register_and_acknowledge_show_in_fleet_status(tmp_path: Path, pki: Pki,
     )
     assert (agent.gallery_revision, agent.revision_lag) == (1, 1)
     assert dict(agent.model_versions) == {"embedding": "sface@2021dec"}
+    assert dict(agent.model_precisions) == {"embedding": "int8 (sface@2021dec-int8-local)"}
     assert list(agent.capabilities) == ["openvino:CPU"]
 
 

@@ -54,7 +54,11 @@ async def watching(harness: Harness, device: str, groups: tuple[str, ...] = ()) 
     stub = harness.fleet(device)
     await stub.Register(
         fleet_pb2.RegisterRequest(
-            device_id=device, agent_version="test", model_versions={"expression": OLD}, groups=groups
+            device_id=device,
+            agent_version="test",
+            model_versions={"expression": OLD},
+            model_precisions={"expression": "f32"},
+            groups=groups,
         )
     )
     stream = stub.Watch(fleet_pb2.WatchRequest(device_id=device, from_revision=0))
@@ -196,6 +200,7 @@ def test_activation_reports_show_in_fleet_status_and_rollout_progress(
                     device_id="door-1",
                     statuses=[status(models_pb2.MODEL_ACTIVATION_ACTIVE, rollout_id=rollout_id)],
                     model_versions={"expression": NEW},
+                    model_precisions={"expression": "int8 (mini-xception@fer2013-int8-local)"},
                 )
             )
             await door2.ReportModelStatus(
@@ -228,6 +233,14 @@ def test_activation_reports_show_in_fleet_status_and_rollout_progress(
                     )
                 errors[name] = info.value.code()
             with pytest.raises(grpc.aio.AioRpcError) as info:
+                await door1.ReportModelStatus(
+                    fleet_pb2.ReportModelStatusRequest(
+                        device_id="door-1", model_precisions={"expression": "fast"}
+                    )
+                )
+            assert "model_precisions[expression] 'fast' is not a precision" in (info.value.details() or "")
+            errors["bad precision"] = info.value.code()
+            with pytest.raises(grpc.aio.AioRpcError) as info:
                 await harness.fleet("lobby").ReportModelStatus(
                     fleet_pb2.ReportModelStatusRequest(device_id="lobby", statuses=[])
                 )
@@ -239,6 +252,11 @@ def test_activation_reports_show_in_fleet_status_and_rollout_progress(
     assert list(agents["door-1"].groups) == ["lobby"] and list(agents["door-2"].groups) == []
     assert dict(agents["door-1"].model_versions) == {"expression": NEW}
     assert dict(agents["door-2"].model_versions) == {"expression": OLD}
+    # what each runs at: as registered, then as door-1 reported after its switch
+    assert dict(agents["door-1"].model_precisions) == {
+        "expression": "int8 (mini-xception@fer2013-int8-local)"
+    }
+    assert dict(agents["door-2"].model_precisions) == {"expression": "f32"}
     [failed] = agents["door-2"].model_statuses
     assert (failed.model_id, failed.state, failed.reason) == (
         NEW,
@@ -255,6 +273,7 @@ def test_activation_reports_show_in_fleet_status_and_rollout_progress(
         "bad task": grpc.StatusCode.INVALID_ARGUMENT,
         "no state": grpc.StatusCode.INVALID_ARGUMENT,
         "long reason": grpc.StatusCode.INVALID_ARGUMENT,
+        "bad precision": grpc.StatusCode.INVALID_ARGUMENT,
         "unregistered": grpc.StatusCode.FAILED_PRECONDITION,
     }
 

@@ -685,6 +685,7 @@ def test_a_database_recorded_in_meta_at_the_current_version_is_adopted_keeping_e
     with sqlite3.connect(path) as conn:  # the schema servers had then: without migration 4's columns
         for column in ("max_failures_count", "max_failures_percent", "on_failures"):
             conn.execute(f"ALTER TABLE rollouts DROP COLUMN {column}")
+        conn.execute("ALTER TABLE agents DROP COLUMN model_precisions_json")  # and without migration 11's
     conn.close()
     for _ in range(2):  # migrations 3 and 4 (ALTER TABLE … ADD COLUMN) would fail if they ran again
         state = SqliteState(path)
@@ -703,9 +704,10 @@ def test_a_database_recorded_in_meta_at_the_current_version_is_adopted_keeping_e
             (8, "event_camera_door_indexes"),
             (9, "event_attributes"),
             (10, "attribute_cells"),
+            (11, "agent_precisions"),
         ]
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() is None
-        assert conn.execute("PRAGMA user_version").fetchone() == (10,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (11,)
     conn.close()
 
 
@@ -749,8 +751,46 @@ def store_as_version_8(path: Path, events: list[Event]) -> None:
     conn.close()
 
 
+def test_an_agent_registered_before_precisions_were_recorded_keeps_its_row(tmp_path: Path) -> None:
+    """Migration 11 adds what each agent's models run at: a row from before reads as unknown ({}), and the
+    agent's next registration fills it in."""
+    import sqlite3
+
+    from facefleet.core.migrations import Migrations
+    from facefleet.server.state.sqlite.state import MIGRATIONS
+
+    path = tmp_path / "server.db"
+    version_10 = Migrations(MIGRATIONS.steps[:10], "state database", "server", "upgrade", MIGRATIONS.legacy)
+    conn = sqlite3.connect(path, isolation_level=None)
+    version_10.apply(conn, path)
+    with conn:
+        conn.execute(
+            "INSERT INTO agents (device_id, agent_version, hostname, model_versions_json, capabilities_json, "
+            "gallery_revision, registered_us, last_seen_us, health_json) "
+            """VALUES ('door-1', '0.1.0', 'box', '{"embedding": "sface@2021dec"}', '[]', 3, 1, 2, '{}')"""
+        )
+    conn.close()
+    state = SqliteState(path)
+    try:
+        agent = state.get_agent("door-1")
+        assert agent is not None
+        assert (dict(agent.model_versions), agent.gallery_revision, dict(agent.model_precisions)) == (
+            {"embedding": "sface@2021dec"},
+            3,
+            {},
+        )
+        precisions = {"embedding": "int8 (sface@2021dec-int8-local)"}
+        state.register_agent(Registration("door-1", model_precisions=precisions), NOW)
+        again = state.get_agent("door-1")
+        assert again is not None and dict(again.model_precisions) == precisions
+    finally:
+        state.close()
+
+
 def test_a_version_8_database_gains_attributes_keeping_its_events_and_rollups(tmp_path: Path) -> None:
     import sqlite3
+
+    from facefleet.server.state.sqlite.state import MIGRATIONS as SQLITE_MIGRATIONS
 
     path = tmp_path / "server.db"
     old = [
@@ -775,7 +815,7 @@ def test_a_version_8_database_gains_attributes_keeping_its_events_and_rollups(tm
     try:
         assert rollups() == before
         with state.read() as conn:
-            assert conn.execute("PRAGMA user_version").fetchone() == (10,)
+            assert conn.execute("PRAGMA user_version").fetchone() == (len(SQLITE_MIGRATIONS.steps),)
             assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         start, end = NOW - timedelta(hours=1), NOW + timedelta(days=3)
         flt = EventFilter(start, end)

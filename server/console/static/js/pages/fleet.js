@@ -72,12 +72,14 @@ function onlineCell(agent) {
     agent.watching ? h('small', { class: 'block muted', text: 'watching' }) : null);
 }
 
-/** The agent's version, then its model version per task. */
+/** The agent's version, then its model version per task with what it runs at on the device. */
 function versionsCell(agent) {
   const entries = Object.entries(agent.model_versions).sort(([a], [b]) => a.localeCompare(b));
+  const precisions = agent.model_precisions || {};
   return h('ul', { class: ['plain', 'models'] },
     h('li', null, h('small', { class: 'muted', text: 'agent: ' }), agent.agent_version || '—'),
-    entries.map(([task, model]) => h('li', null, h('small', { class: 'muted', text: `${task}: ` }), model)));
+    entries.map(([task, model]) => h('li', null, h('small', { class: 'muted', text: `${task}: ` }), model,
+      precisions[task] ? h('small', { class: 'muted', text: ` at ${precisions[task]}` }) : null)));
 }
 
 function galleryCell(agent) {

@@ -559,3 +559,32 @@ def test_the_agent_service_syncs_from_the_server_and_reports_what_its_camera_saw
     figures = {"cameras", "reports_pending", "camera.door.fps", "camera.door.dropped", "camera.door.running"}
     assert figures <= set(agent.health)  # the names an agent gives reach the dashboard unchanged
     assert agent.revision_lag == 0
+
+
+def test_the_server_records_what_the_agents_models_run_at_from_registration_and_reports(
+    tmp_path: Path, pki: Pki, enroller: Enroller
+) -> None:
+    registered = {"detection": "bf16", "embedding": "bf16"}
+    switched = {"embedding": "int8 (sface@2021dec-int8-local)"}
+
+    async def scenario() -> tuple[dict[str, str], dict[str, str]]:
+        async with serving(tmp_path, pki, enroller) as harness:
+
+            def precisions() -> dict[str, str]:
+                agent = harness.server.state.get_agent("door-1")
+                return dict(agent.model_precisions) if agent else {}
+
+            versions = {"detection": "yunet@2023mar", "embedding": MODEL}
+            agent = settings(harness, pki, model_versions=versions, model_precisions=registered)
+            with open_store(tmp_path / "agent.db") as store:
+                async with syncing(agent, store) as sync:
+                    await until(lambda: sync.connected, what="the agent registered")
+                    at_registration = await until(precisions, what="the registered precisions")
+                    assert sync._loop is not None  # the report goes out on the sync client's own loop
+                    report = sync.report_models([], {"embedding": MODEL}, switched, 10.0)
+                    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(report, sync._loop))
+                    return at_registration, precisions()
+
+    at_registration, after_report = run(scenario)
+    assert at_registration == registered
+    assert after_report == {**registered, **switched}  # merged by task into what the agent registered

@@ -123,7 +123,7 @@ class FleetHandler:
         await asyncio.to_thread(store)
         if through_distribution:
             assert self.models is not None
-            await self.models.report(registration.device_id, statuses, {})
+            await self.models.report(registration.device_id, statuses, {}, {})
         self._registered.add(registration.device_id)
         log.info(
             "device %s registered (agent %s)",

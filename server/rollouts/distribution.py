@@ -115,13 +115,13 @@ class ModelDistribution:
         device_id: str,
         statuses: Sequence[ModelStatus],
         model_versions: Mapping[str, str],
-        model_precisions: Mapping[str, str] | None = None,
+        model_precisions: Mapping[str, str],
     ) -> None:
         """Store an agent's model statuses (each counted for the rollout it belongs to, which a refusal may
         stop), and which model versions it runs and at what precision, by task."""
         check_statuses(tuple(statuses))
         versions = check_model_versions(dict(model_versions))
-        precisions = check_model_precisions(dict(model_precisions or {}))
+        precisions = check_model_precisions(dict(model_precisions))
 
         def store() -> list[Rollout]:
             # A status for a rollout proves the agent received it, even when its stream broke before the

@@ -6,7 +6,7 @@ from __future__ import annotations
 from facefleet.link.checks import MAX_LABEL_CHARS, check_model_id
 from facefleet.link.errors import LinkError
 from facefleet.link.events import MAX_EVENT_ID_CHARS, Event
-from facefleet.link.models import ModelStatus, check_model_precisions
+from facefleet.link.models import ModelStatus
 from facefleet.link.serde import (
     event_from_proto,
     statuses_from_proto,
@@ -53,9 +53,10 @@ def chunk_to_proto(chunk: Chunk) -> fleet_pb2.ModelChunk:
 def report_models_from_proto(
     request: fleet_pb2.ReportModelStatusRequest,
 ) -> tuple[tuple[ModelStatus, ...], dict[str, str], dict[str, str]]:
-    """(statuses, model ids by task, what they run at by task) of a report, checked."""
-    precisions = check_model_precisions(dict(request.model_precisions))
-    return statuses_from_proto(request.statuses, "statuses"), dict(request.model_versions), precisions
+    """(statuses, model ids by task, what they run at by task) of a report; the statuses checked here, the
+    maps where they are stored (ModelDistribution.report)."""
+    statuses = statuses_from_proto(request.statuses, "statuses")
+    return statuses, dict(request.model_versions), dict(request.model_precisions)
 
 
 def report_models_response() -> fleet_pb2.ReportModelStatusResponse:

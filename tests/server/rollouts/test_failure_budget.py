@@ -76,7 +76,7 @@ class Reporting:
         self.changes += 1
 
     def report(self, device_id: str, status: ModelStatus) -> Rollout:
-        asyncio.run(self.distribution.report(device_id, [status], {}))
+        asyncio.run(self.distribution.report(device_id, [status], {}, {}))
         return self.state.models.get_rollout(status.rollout_id)
 
 

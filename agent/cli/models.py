@@ -143,7 +143,8 @@ def register(commands: Any) -> None:
         "'facefleet[quantize]'), calibrated on the faces of a folder of photos, into NAME@VERSION-int8. "
         "It is kept only when its embeddings of held-out faces reach a cosine to the float model of at "
         "least 0.985 (min) and 0.995 (mean) and no pair of faces changes its decision at the matching "
-        "threshold; otherwise it is refused with the figures (exit 65). Detection models stay in float.",
+        "threshold or a door's; otherwise it is refused with the figures (exit 65). Detection models stay "
+        "in float.",
     )
     quantize.add_argument("model", metavar="MODEL_ID", help="NAME@VERSION or TASK/NAME/VERSION")
     quantize.add_argument(
@@ -185,10 +186,10 @@ def _int8_on_site(context: Context) -> StoredModel | None:
             soft_wrap=True,
         )
         return None
-    threshold = context.config.matching.policy().threshold(model_id)
+    thresholds = context.config.decision_thresholds(model_id)
     with context.errors.status(f"building an INT8 variant of {model_id} on the bundled photos…"):
         try:
-            result = quantize_locally(context.runtime, store, source, sample_photos(), threshold)
+            result = quantize_locally(context.runtime, store, source, sample_photos(), thresholds)
         except FaceFleetError as exc:  # the float models are imported: the variant is an extra
             context.errors.print(
                 f"{model_id} runs in float, no INT8 variant was built: {exc}", markup=False, soft_wrap=True
@@ -327,7 +328,7 @@ def _quantize(context: Context, args: argparse.Namespace) -> int:
     store = context.model_store
     source = find_model(store, args.model)
     photos = image_files([args.photos])
-    threshold = context.config.matching.policy().threshold(source.manifest.model_id)
+    thresholds = context.config.decision_thresholds(source.manifest.model_id)
     with context.errors.status(f"quantizing {source.manifest.model_id}…"):
         faces = faces_from_photos(context.runtime, store.active("detection"), photos)
         try:
@@ -337,7 +338,7 @@ def _quantize(context: Context, args: argparse.Namespace) -> int:
                 source,
                 faces,
                 samples=args.samples,
-                threshold=threshold,
+                thresholds=thresholds,
                 version=args.version,
                 activate=args.activate,
             )

@@ -104,7 +104,9 @@ def _register_models(commands: Any, make: Callable[..., Any]) -> None:
         "model in the server's store into NAME@VERSION-int8, calibrated on the enrolled people's aligned "
         "crops (or on the faces of --photos). It is published, ready to roll out, only when its "
         "embeddings of held-out faces reach a cosine to the float model of at least 0.985 (min) and 0.995 "
-        "(mean) and no pair of faces changes its decision at --threshold; otherwise it is refused with the "
+        "(mean) and no pair of faces changes its decision at any --threshold (the agents' matching "
+        "threshold, 0.363 by default; repeat it for each door threshold) or at the server's "
+        "snapshots.cluster_threshold, which groups unknown faces; otherwise it is refused with the "
         "figures (exit 65). "
         "Detection models stay in float.",
     )
@@ -113,7 +115,12 @@ def _register_models(commands: Any, make: Callable[..., Any]) -> None:
     quantize.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="calibration samples")
     quantize.add_argument("--version", help="version of the new model (default: VERSION-int8)")
     quantize.add_argument(
-        "--threshold", type=float, default=DEFAULT_THRESHOLD, help="the matching threshold the guard checks"
+        "--threshold",
+        type=float,
+        action="append",
+        dest="thresholds",
+        metavar="COSINE",
+        help=f"a threshold agents decide at, for the guard (repeatable; default {DEFAULT_THRESHOLD})",
     )
     quantize.set_defaults(handler=_quantize)
     for verb in (defaults, publish, listing, show, retire, quantize):
@@ -274,6 +281,13 @@ def _show_model(context: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _guarded_thresholds(context: Context, given: list[float] | None) -> tuple[float, ...]:
+    """The cosines a quantized model must not change a decision at: those given (the agents' matching
+    threshold by default), and the one the server groups unknown faces at."""
+    thresholds = [*(given or [DEFAULT_THRESHOLD]), context.config.snapshots.cluster_threshold]
+    return tuple(dict.fromkeys(thresholds))
+
+
 def _quantize(context: Context, args: argparse.Namespace) -> int:
     if context.remote is not None:
         raise ServerConfigError(
@@ -296,7 +310,7 @@ def _quantize(context: Context, args: argparse.Namespace) -> int:
                     source,
                     faces,
                     samples=args.samples,
-                    threshold=args.threshold,
+                    thresholds=_guarded_thresholds(context, args.thresholds),
                     version=args.version,
                 )
             except QuantizationError as exc:

@@ -10,9 +10,10 @@ or from already aligned 112×112 crops (the server's enrolment crops). Every fou
 calibration set for the guard; the others are augmented (landmark jitter, mirroring, brightness and
 contrast) to the number of samples asked for. The guard compares the INT8 model with the float one: the
 cosine of their embeddings on the held-out faces (and variants of them) must reach GuardLimits, and no
-pair of faces (a face with a variant of itself, two different faces) may change its decision at the
-matching threshold, whether the enrolled face of the pair was embedded by the INT8 model or by the float
-one. Otherwise the new version is refused with the figures and nothing is stored.
+pair of faces (a face with a variant of itself, two different faces) may change its decision at any of the
+thresholds decisions are taken at (matching, doors, the server's grouping of unknown faces), whether the
+enrolled face of the pair was embedded by the INT8 model or by the float one. Otherwise the new version is
+refused with the figures and nothing is stored.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ class GuardFigures:
     cosine_mean: float
     min_cosine_limit: float
     mean_cosine_limit: float
-    threshold: float
+    thresholds: tuple[float, ...]
     genuine_pairs: int
     impostor_pairs: int
     decision_changes: int
@@ -205,14 +206,15 @@ def quantize_model(
     faces: Sequence[FaceSample],
     *,
     samples: int = DEFAULT_SAMPLES,
-    threshold: float = DEFAULT_THRESHOLD,
+    thresholds: Sequence[float] = (DEFAULT_THRESHOLD,),
     limits: GuardLimits | None = None,
     version: str | None = None,
     activate: bool = False,
     seed: int = 0,
 ) -> QuantizeResult:
     """Quantize source (a stored float model) on faces into source's name, version+'-int8' (or version);
-    QuantizationError with the guard's figures, and nothing stored, when the guard refuses it."""
+    QuantizationError with the guard's figures, and nothing stored, when the guard refuses it. thresholds:
+    the cosines decisions are taken at with the model (at least one)."""
     limits = limits or GuardLimits()
     task = source.manifest.task
     if task in REFUSED:
@@ -230,6 +232,11 @@ def quantize_model(
         )
     if samples < 1:
         raise QuantizationError(f"--samples must be at least 1, got {samples}")
+    thresholds = tuple(dict.fromkeys(float(t) for t in thresholds))
+    if not thresholds or not all(-1.0 <= t <= 1.0 for t in thresholds):
+        raise QuantizationError(
+            f"the guard checks decisions at cosine thresholds in [-1, 1]; got {list(thresholds)}"
+        )
     held_out = [face for i, face in enumerate(faces) if i % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1]
     calibrating = [face for i, face in enumerate(faces) if i % HOLD_OUT_EVERY != HOLD_OUT_EVERY - 1]
     if not held_out or not calibrating:
@@ -261,7 +268,7 @@ def quantize_model(
         )
         check_fits(task, io, f"{source.manifest.model_id} quantized")
         quantized_xml = staged / MODEL_XML
-        figures = _guard(runtime, source.xml_path, quantized_xml, held_out, faces, rng, threshold, limits)
+        figures = _guard(runtime, source.xml_path, quantized_xml, held_out, faces, rng, thresholds, limits)
         figures = GuardFigures(
             **{**figures.to_json(), "calibration_faces": len(calibrating), "calibration_samples": samples}
         )
@@ -311,13 +318,13 @@ def quantize_locally(
     store: ModelStore,
     source: StoredModel,
     photos: Sequence[Path],
-    threshold: float = DEFAULT_THRESHOLD,
+    thresholds: Sequence[float] = (DEFAULT_THRESHOLD,),
 ) -> QuantizeResult:
     """The INT8 variant `models import-defaults` builds on an agent: source quantized on the faces of photos
     (the bundled ones) into version + LOCAL_VERSION_SUFFIX."""
     faces = faces_from_photos(runtime, store.active("detection"), photos)
     version = f"{source.manifest.version}{LOCAL_VERSION_SUFFIX}"
-    return quantize_model(runtime, store, source, faces, threshold=threshold, version=version)
+    return quantize_model(runtime, store, source, faces, thresholds=thresholds, version=version)
 
 
 def describe(figures: GuardFigures) -> str:
@@ -325,13 +332,18 @@ def describe(figures: GuardFigures) -> str:
     return (
         f"cosine to float on {figures.held_out_samples} held-out samples of {figures.held_out_faces} faces: "
         f"min {figures.cosine_min:.4f} (limit {figures.min_cosine_limit}), mean {figures.cosine_mean:.4f} "
-        f"(limit {figures.mean_cosine_limit}); decisions at threshold {figures.threshold} changed on "
+        f"(limit {figures.mean_cosine_limit}); decisions at {_thresholds(figures.thresholds)} changed on "
         f"{figures.decision_changes} of {figures.genuine_pairs + figures.impostor_pairs} pairs "
         f"({figures.genuine_pairs} genuine, {figures.impostor_pairs} impostor; "
         f"{figures.near_threshold_changes} more of {figures.near_threshold_pairs} within "
-        f"{figures.decision_margin} of the threshold, not counted); per face "
+        f"{figures.decision_margin} of a threshold, not counted); per face "
         f"{figures.ms_per_face_float:.2f} ms float, {figures.ms_per_face_int8:.2f} ms INT8"
     )
+
+
+def _thresholds(thresholds: Sequence[float]) -> str:
+    listed = ", ".join(f"{t:g}" for t in thresholds)
+    return f"threshold {listed}" if len(thresholds) == 1 else f"thresholds {listed}"
 
 
 @dataclass(frozen=True)
@@ -420,14 +432,14 @@ def _guard(
     held_out: Sequence[FaceSample],
     faces: Sequence[FaceSample],
     rng: np.random.Generator,
-    threshold: float,
+    thresholds: tuple[float, ...],
     limits: GuardLimits,
 ) -> GuardFigures:
     """The guard's figures (calibration_* left at 0 for the caller)."""
     shape = (1, 3, ALIGNED_SIZE, ALIGNED_SIZE)
     float_net = runtime.compile(float_xml, input_shape=shape, single_stream=True)
     int8_net = runtime.compile(int8_xml, input_shape=shape, single_stream=True)
-    agreement = compare_embeddings(float_net, int8_net, held_out, faces, rng, (threshold,), limits)
+    agreement = compare_embeddings(float_net, int8_net, held_out, faces, rng, thresholds, limits)
     tensor = embedding_input(_aligned(held_out[0]))[None]
     return GuardFigures(
         held_out_faces=agreement.held_out_faces,
@@ -438,7 +450,7 @@ def _guard(
         cosine_mean=agreement.cosine_mean,
         min_cosine_limit=limits.min_cosine,
         mean_cosine_limit=limits.mean_cosine,
-        threshold=threshold,
+        thresholds=thresholds,
         genuine_pairs=agreement.genuine_pairs,
         impostor_pairs=agreement.impostor_pairs,
         decision_changes=agreement.decision_changes,

@@ -39,9 +39,10 @@ def test_quantize_on_the_enrolment_crops_publishes_a_version_to_roll_out(
         code, _, err = run_cli(capsys, *base, "people", "enroll", person, "--image", str(photo))
         assert code == EXIT_OK, err
 
-    code, out, err = run_cli(
-        capsys, *base, "models", "quantize", "sface@2021dec", "--samples", "100", "--json"
-    )
+    config = state_dir / "server.toml"  # unknown faces are grouped at a threshold of their own
+    config.write_text("[snapshots]\ncluster_threshold = 0.42\n")
+    quantize = ["models", "quantize", "sface@2021dec", "--samples", "100", "--threshold", "0.5", "--json"]
+    code, out, err = run_cli(capsys, "--config", str(config), *base, *quantize)
     assert code == EXIT_OK, err
     report = json.loads(out)
     assert (report["model_id"], report["task"], report["precision"]) == (
@@ -55,6 +56,7 @@ def test_quantize_on_the_enrolment_crops_publishes_a_version_to_roll_out(
     assert guard["held_out_faces"] + guard["calibration_faces"] == len(people)  # one crop per person
     assert guard["cosine_min"] >= 0.985 and guard["cosine_mean"] >= 0.995
     assert guard["decision_changes"] == 0
+    assert guard["thresholds"] == [0.5, 0.42]  # --threshold, then the server's snapshots.cluster_threshold
 
     code, out, _ = run_cli(capsys, *base, "models", "list", "--json")
     assert "sface@2021dec-int8" in [m["model_id"] for m in json.loads(out)]

@@ -152,6 +152,16 @@ def test_too_few_faces_are_refused(runtime: Runtime, store: ModelStore, faces: l
         quantize_model(runtime, store, find_model(store, "sface@2021dec"), faces[:2])
 
 
+@pytest.mark.parametrize("thresholds", [(), (0.363, 1.5)])
+def test_thresholds_outside_the_cosine_range_are_refused(
+    runtime: Runtime, store: ModelStore, faces: list[FaceSample], thresholds: tuple[float, ...]
+) -> None:
+    before = [m.manifest.model_id for m in store.versions("embedding")]
+    with pytest.raises(QuantizationError, match=r"cosine thresholds in \[-1, 1\]"):
+        quantize_model(runtime, store, find_model(store, "sface@2021dec"), faces, thresholds=thresholds)
+    assert [m.manifest.model_id for m in store.versions("embedding")] == before  # nothing stored
+
+
 def rotated_embedding_model(source: Path, target: Path, degrees: float) -> Path:
     """SFace with its embedding turned by `degrees` in each of its 64 planes (dims 2k, 2k+1): every
     embedding keeps its length and every two keep their cosine, so a gallery the rotated model embedded

@@ -314,6 +314,33 @@ def test_a_damaged_variant_is_not_run_and_is_left_out_when_measured_again(
     assert again.variant is None
 
 
+def test_an_int8_variant_stored_after_the_measurement_is_measured_at_the_next_start(
+    auto_runtime: Runtime, model_store: ModelStore, tmp_path: Path
+) -> None:
+    """The cache keeps the INT8 variants that were candidates: one quantized (or imported) after the model
+    was measured makes the cached choice a miss, so the next start measures it, and a removed one too."""
+    store = ModelStore(tmp_path / "models")
+    shutil.copytree(model_store.root, store.root, symlinks=False)
+    source = store.active("expression")
+    cache = PrecisionCache(cache_path(tmp_path))
+    latencies = {"f32": 8.0, "bf16": 4.0, "f16": 4.0, "int8": 2.0}
+    assert (
+        PrecisionPlan(auto_runtime, store, cache=cache, timer=injected(latencies)).choice(source).variant
+        is None
+    )
+    variant = store_variant_copy(store, source)
+    calls: list[str] = []
+    restarted = PrecisionPlan(auto_runtime, store, cache=cache, timer=injected(latencies, calls))
+    assert restarted.choice(source).variant == variant.manifest.model_id
+    assert "int8" in calls
+    calls.clear()
+    again = PrecisionPlan(auto_runtime, store, cache=cache, timer=injected(latencies, calls))
+    assert again.choice(source).variant == variant.manifest.model_id and not calls  # cached with it
+    store.remove(variant)
+    gone = PrecisionPlan(auto_runtime, store, cache=cache, timer=injected(latencies, calls))
+    assert gone.choice(source).variant is None and calls
+
+
 def test_an_embedding_choice_is_measured_again_when_a_decision_threshold_changes(
     auto_runtime: Runtime, model_store: ModelStore, tmp_path: Path
 ) -> None:

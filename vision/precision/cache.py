@@ -1,7 +1,8 @@
 """<state_dir>/cache/precision.json: the auto choices measured, per (model id, sha256 of its files, device,
-OpenVINO version, and the decision thresholds an embedding model's guard checked), so that a restart does
-not measure again. Another device or OpenVINO version, a model re-imported under the same id with other
-files, or a changed matching or door threshold is a miss (and so is an entry of an older format)."""
+OpenVINO version, the decision thresholds an embedding model's guard checked, and the INT8 variants that
+were candidates), so that a restart does not measure again. Another device or OpenVINO version, a model
+re-imported under the same id with other files, a changed matching or door threshold, or an INT8 variant
+added, removed or replaced since is a miss (and so is an entry of an older format)."""
 
 from __future__ import annotations
 
@@ -40,15 +41,22 @@ class PrecisionCache:
         self._lock = threading.Lock()
 
     def get(
-        self, model: ModelManifest, device: str, openvino: str, thresholds: Sequence[float] = ()
+        self,
+        model: ModelManifest,
+        device: str,
+        openvino: str,
+        thresholds: Sequence[float] = (),
+        variants: Mapping[str, Mapping[str, str]] | None = None,
     ) -> Choice | None:
         """The choice measured for this model (these very files) on this device and OpenVINO version, its
-        guard at these decision thresholds (an embedding model's), or None."""
+        guard at these decision thresholds (an embedding model's), with these INT8 variants (model id → its
+        files' sha256 by name) among the candidates; or None."""
         for entry in self._entries():
             if (
                 _model_of(entry) == (model.model_id, device, openvino)
                 and _files_of(entry) == model.files
                 and entry.get("thresholds", []) == sorted(set(thresholds))
+                and entry.get("variants", {}) == _sorted_variants(variants)
             ):
                 try:
                     return Choice.from_json(entry["choice"])
@@ -63,10 +71,11 @@ class PrecisionCache:
         device: str,
         openvino: str,
         thresholds: Sequence[float] = (),
+        variants: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         """Record the choice for model on this device and OpenVINO version, guarded at these decision
-        thresholds, replacing what was measured for its model id there before (with these files or
-        others)."""
+        thresholds, measured with these INT8 variants among the candidates, replacing what was measured for
+        its model id there before (with these files or others)."""
         if choice.model_id != model.model_id:
             raise ValueError(f"a choice for {choice.model_id} cannot be cached for {model.model_id}")
         key = (model.model_id, device, openvino)
@@ -76,6 +85,7 @@ class PrecisionCache:
                 "model_id": model.model_id,
                 "files": dict(sorted(model.files.items())),
                 "thresholds": sorted(set(thresholds)),
+                "variants": _sorted_variants(variants),
             }
             entries.append({**entry, "device": device, "openvino": openvino, "choice": choice.to_json()})
             write_atomic(
@@ -109,6 +119,11 @@ class PrecisionCache:
 
 def _model_of(entry: Mapping[str, Any]) -> tuple[Any, Any, Any]:
     return entry.get("model_id"), entry.get("device"), entry.get("openvino")
+
+
+def _sorted_variants(variants: Mapping[str, Mapping[str, str]] | None) -> dict[str, dict[str, str]]:
+    """Variants as JSON keeps them: model id → {file name: sha256}, both sorted."""
+    return {model_id: dict(sorted(files.items())) for model_id, files in sorted((variants or {}).items())}
 
 
 def _files_of(entry: Mapping[str, Any]) -> dict[str, str] | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from facefleet.core.errors import FaceFleetError
 from facefleet.vision.detection import DetectorSettings
 from facefleet.vision.errors import ModelSpecError, ModelStoreError
-from facefleet.vision.models.quantize import DEFAULT_THRESHOLD, find_model
+from facefleet.vision.models.quantize import DEFAULT_THRESHOLD, find_model, int8_variants
 from facefleet.vision.models.store import ModelStore, StoredModel, check_model
 from facefleet.vision.precision.cache import PrecisionCache
 from facefleet.vision.precision.choice import Choice
@@ -134,7 +134,8 @@ class PrecisionPlan:
             measured = tune(probe, self.store, model, self.timer)
             if self.cache is not None:
                 device, version = self.runtime.device_name, self.runtime.version
-                self.cache.put(measured, model.manifest, device, version, self._guarded_at(model))
+                guarded_at, variants = self._guarded_at(model), self._variants(model)
+                self.cache.put(measured, model.manifest, device, version, guarded_at, variants)
             self._resolved.pop(_identity(model), None)
             return measured
 
@@ -144,7 +145,9 @@ class PrecisionPlan:
         if self.cache is None:
             return None
         device, version = self.runtime.device_name, self.runtime.version
-        found = self.cache.get(model.manifest, device, version, self._guarded_at(model))
+        found = self.cache.get(
+            model.manifest, device, version, self._guarded_at(model), self._variants(model)
+        )
         if found is not None and found.variant is not None:
             try:
                 variant = find_model(self.store, found.variant)
@@ -159,6 +162,11 @@ class PrecisionPlan:
         if model.manifest.task != "embedding":
             return ()
         return tuple(sorted(set(self.thresholds(model.manifest.model_id))))
+
+    def _variants(self, model: StoredModel) -> dict[str, dict[str, str]]:
+        """The INT8 variants the store holds of model (its candidates besides the precision hints): model id
+        → its files' sha256 by name."""
+        return {v.manifest.model_id: dict(v.manifest.files) for v in int8_variants(self.store, model)}
 
     def _resolve(self, model: StoredModel) -> Choice:
         task, model_id = model.manifest.task, model.manifest.model_id

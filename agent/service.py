@@ -119,6 +119,7 @@ class AgentService:
             PrecisionCache(cache_path(state_dir)),
             thresholds=config.decision_thresholds,
             detector=settings.detector,
+            measure_in_child=True,  # the candidates' memory goes with the child
         )
         self.analyzer = FaceAnalyzer(self.runtime, self.models, settings, precisions=self.precisions)
         model_id = self.analyzer.embedding_model_id

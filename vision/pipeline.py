@@ -106,8 +106,7 @@ class FaceAnalyzer:
         self.expression_model = chosen.get("expression") if self.settings.expressions else None
         self.attributes_model = chosen.get("attributes") if self.settings.attributes else None
         if precisions is not None:  # measure what has no choice yet now, not at the first frame
-            for model in chosen.values():
-                precisions.choice(model)
+            precisions.prepare(list(chosen.values()))
         self._nets: OrderedDict[tuple[str, tuple[int, ...]], CompiledNet] = OrderedDict()
         self._nets_lock = threading.Lock()
         self._batch_any: dict[str, bool] = {}

@@ -442,3 +442,40 @@ def test_a_model_reimported_under_its_id_with_other_files_is_measured_again(
     cache.path.write_text(json.dumps(data), encoding="utf-8")
     assert cache.get(model.manifest, device, version) is None
     assert not calls
+
+
+def test_measuring_in_a_child_process_caches_the_choices_and_compiles_nothing_here(
+    auto_runtime: Runtime, model_store: ModelStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """measure_in_child (the agent's): the candidates are compiled in a child process, which caches what it
+    measured; this process reads the choices from the cache. A model the child cannot measure runs at f32
+    with the child's reason."""
+    bf16_or_skip(auto_runtime)
+    compiled: list[str] = []
+    compile_here = Runtime.compile
+
+    def counted(runtime: Runtime, model_xml: Path, *args: object, **kwargs: object) -> object:
+        compiled.append(Path(model_xml).parent.name)
+        return compile_here(runtime, model_xml, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Runtime, "compile", counted)
+    cache = PrecisionCache(cache_path(tmp_path))
+    plan = PrecisionPlan(auto_runtime, model_store, cache=cache, measure_in_child=True)
+    models = [model_store.active(task) for task in ("detection", "expression")]
+    plan.prepare(models)
+    assert not compiled  # not one candidate compiled in this process
+    device, version = auto_runtime.device_name, auto_runtime.version
+    for model in models:
+        measured = cache.get(model.manifest, device, version)
+        assert measured is not None and measured.source == "auto"
+        assert plan.choice(model) == measured
+        assert {m.label for m in measured.measurements} >= {"f32", "bf16"}
+
+    blank = tmp_path / "wall.png"
+    cv2.imwrite(str(blank), np.full((480, 640, 3), 128, np.uint8))
+    other = PrecisionCache(cache_path(tmp_path / "other"))
+    failing = PrecisionPlan(auto_runtime, model_store, cache=other, photos=[blank], measure_in_child=True)
+    expression = model_store.active("expression")
+    choice = failing.choice(expression)
+    assert (choice.precision, choice.source) == ("f32", "default")
+    assert "gave no faces" in choice.reason and not other.path.exists() and not compiled

@@ -1,13 +1,20 @@
 """What each model runs at: [runtime] precision.<task> (a per-task override) wins over [runtime]
 inference_precision (a global override unless "auto"); under "auto" a model takes the choice cached for it
 (its files) on this device and OpenVINO version, or is measured (when allowed), or runs at f32 until it
-is."""
+is.
+
+A long-running process measures in a child process (measure_in_child): measuring compiles every candidate
+of a model at once (SFace's f32, bf16 and INT8 add some 240 MB), and the allocator does not give all of that
+back, so an agent that measured in its own process ran some 70 MB heavier for its whole life. The child
+writes the cache, which the process then reads."""
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +28,7 @@ from facefleet.vision.precision.choice import Choice
 from facefleet.vision.precision.probes import PROBES, TUNED_TASKS
 from facefleet.vision.precision.samples import TuningSamples, tuning_samples
 from facefleet.vision.precision.tuner import Timer, candidates, median_ms, tune
-from facefleet.vision.runtime import Precision, PrecisionSetting, Runtime
+from facefleet.vision.runtime import Precision, PrecisionSetting, Runtime, RuntimeSettings
 
 log = logging.getLogger(__name__)
 TUNE_HINT = "run `facefleet-agent models tune` or start the agent to measure"
@@ -51,7 +58,9 @@ class PrecisionPlan:
     [detector] settings, whose frame geometry the samples are prepared at (their faces are found at the
     default thresholds, see samples.sample_detector). thresholds: model id → the cosine thresholds its
     decisions are taken at (matching, doors), which an embedding candidate's guard checks. timer, photos: the
-    latency seam and the photos of the measurements (default: median wall time, the bundled photos)."""
+    latency seam and the photos of the measurements (default: median wall time, the bundled photos).
+    measure_in_child: measure in a child process (with the default timer; only with a cache, which carries
+    the choices back)."""
 
     def __init__(
         self,
@@ -65,6 +74,7 @@ class PrecisionPlan:
         detector: DetectorSettings | None = None,
         timer: Timer = median_ms,
         photos: list[Path] | None = None,
+        measure_in_child: bool = False,
     ) -> None:
         self.runtime = runtime
         self.store = store
@@ -75,7 +85,10 @@ class PrecisionPlan:
         self.detector = detector
         self.timer = timer
         self.photos = photos
+        self.measure_in_child = measure_in_child and cache is not None
         self._samples: TuningSamples | None = None
+        self._not_measured: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+        """(model id, files) → why measuring it failed (not tried again by this plan)."""
         self._resolved: dict[tuple[str, tuple[tuple[str, str], ...]], Choice] = {}
         """(model id, its files' sha256 by name) → its choice."""
         self._lock = threading.RLock()
@@ -97,6 +110,16 @@ class PrecisionPlan:
                     known.reason,
                 )
             return known
+
+    def prepare(self, models: Sequence[StoredModel]) -> None:
+        """Resolve what each of models runs at, measuring those that need it together (in one child
+        process when measure_in_child: its start and the sample faces are paid once)."""
+        with self._lock:
+            pending = [m for m in models if self._settled(m) is None and self.measure]
+            if self.measure_in_child and pending:
+                self._measure_in_child(pending)
+            for model in models:
+                self.choice(model)
 
     def compilation(self, model: StoredModel) -> Compilation:
         """The IR and hint to compile model with: its INT8 variant's when chosen and its files are intact
@@ -169,6 +192,26 @@ class PrecisionPlan:
         return {v.manifest.model_id: dict(v.manifest.files) for v in int8_variants(self.store, model)}
 
     def _resolve(self, model: StoredModel) -> Choice:
+        settled = self._settled(model)
+        if settled is not None:
+            return settled
+        task, model_id = model.manifest.task, model.manifest.model_id
+        if not self.measure:
+            return Choice(task, model_id, "f32", "default", f"f32 until measured: {TUNE_HINT}")
+        if self.measure_in_child:
+            self._measure_in_child([model])
+            return self._settled(model) or Choice(
+                task, model_id, "f32", "default", "f32: the measuring process cached no choice"
+            )
+        try:
+            return self.tune(model)
+        except (FaceFleetError, RuntimeError) as exc:
+            log.warning("precision of %s %s not measured (%s); it runs at f32", task, model_id, exc)
+            return Choice(task, model_id, "f32", "default", f"f32: not measured ({exc})")
+
+    def _settled(self, model: StoredModel) -> Choice | None:
+        """model's choice when no measurement is needed for it: an override, a task without a guard, a
+        cached choice, a single candidate, or a measurement that failed; None: it needs measuring."""
         task, model_id = model.manifest.task, model.manifest.model_id
         override = self.settings.tasks.get(task, "auto")
         if override != "auto":
@@ -188,13 +231,34 @@ class PrecisionPlan:
         if [c.label for c in candidates(self.runtime, self.store, model)] == ["f32"]:
             reason = f"f32: the only candidate on {self.runtime.device} (no bf16/f16 hint, no INT8 variant)"
             return Choice(task, model_id, "f32", "auto", reason)
-        if not self.measure:
-            return Choice(task, model_id, "f32", "default", f"f32 until measured: {TUNE_HINT}")
+        failed = self._not_measured.get(_identity(model))
+        if failed is not None:
+            return Choice(task, model_id, "f32", "default", f"f32: not measured ({failed})")
+        return None
+
+    def _measure_in_child(self, models: Sequence[StoredModel]) -> None:
+        """Measure models in a child process that writes the cache; a model it could not measure is
+        recorded with the reason (it runs at f32)."""
+        assert self.cache is not None
+        request = MeasureRequest(
+            self.runtime.settings,
+            self.store.root,
+            self.cache.path,
+            tuple(_ref(m) for m in models),
+            {m.manifest.model_id: tuple(self.thresholds(m.manifest.model_id)) for m in models},
+            self.detector,
+            self.photos,
+        )
         try:
-            return self.tune(model)
-        except (FaceFleetError, RuntimeError) as exc:
-            log.warning("precision of %s %s not measured (%s); it runs at f32", task, model_id, exc)
-            return Choice(task, model_id, "f32", "default", f"f32: not measured ({exc})")
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+                failures = child.submit(measure_requested, request).result()
+        except Exception as exc:  # the child died or could not start: nothing was measured
+            failures = {_ref(m): f"the measuring process failed: {exc!r}" for m in models}
+        for model in models:
+            reason = failures.get(_ref(model))
+            if reason is not None:
+                log.warning("precision of %s not measured (%s); it runs at f32", _ref(model), reason)
+                self._not_measured[_identity(model)] = reason
 
     def _tuning_samples(self) -> TuningSamples:
         if self._samples is None:
@@ -202,6 +266,45 @@ class PrecisionPlan:
                 self.runtime, self.store.active("detection"), self.photos, self.detector
             )
         return self._samples
+
+
+@dataclass(frozen=True)
+class MeasureRequest:
+    """What a child process measures: the models ('task/name/version') of the store at store_root, on a
+    runtime of these settings, each embedding model guarded at its thresholds (model id → cosines)."""
+
+    runtime: RuntimeSettings
+    store_root: Path
+    cache_path: Path
+    models: tuple[str, ...]
+    thresholds: Mapping[str, tuple[float, ...]]
+    detector: DetectorSettings | None
+    photos: list[Path] | None
+
+
+def measure_requested(request: MeasureRequest) -> dict[str, str]:
+    """In the child process: measure and cache each requested model; 'task/name/version' → why it could
+    not be."""
+    store = ModelStore(request.store_root)
+    plan = PrecisionPlan(
+        Runtime(request.runtime),
+        store,
+        cache=PrecisionCache(request.cache_path),
+        thresholds=lambda model_id: request.thresholds.get(model_id, (DEFAULT_THRESHOLD,)),
+        detector=request.detector,
+        photos=request.photos,
+    )
+    failures = {}
+    for ref in request.models:
+        try:
+            plan.tune(store.get(*ref.split("/")))
+        except (FaceFleetError, RuntimeError) as exc:
+            failures[ref] = str(exc)
+    return failures
+
+
+def _ref(model: StoredModel) -> str:
+    return f"{model.manifest.task}/{model.manifest.name}/{model.manifest.version}"
 
 
 def _identity(model: StoredModel) -> tuple[str, tuple[tuple[str, str], ...]]:

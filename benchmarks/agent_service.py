@@ -65,9 +65,9 @@ def process_figures(pid: int, started: float, cpu_start: float) -> dict[str, flo
     }
 
 
-class DescendantPeak:
-    """The highest peak RSS (VmHWM) of any process the agent starts (its measuring child), polled every
-    20 ms until stopped."""
+class MeasuringChildPeak:
+    """The peak RSS (VmHWM) of the child process the agent measures its models' precisions in (a
+    multiprocessing spawn child), polled every 20 ms until stopped; 0 when there was none."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -88,6 +88,8 @@ class DescendantPeak:
                 try:
                     if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != self.pid:
                         continue
+                    if b"spawn_main" not in (stat.parent / "cmdline").read_bytes():
+                        continue  # another child (a tool run by a library), not the measuring one
                     status = (stat.parent / "status").read_text()
                 except (OSError, ValueError, IndexError):
                     continue  # gone meanwhile
@@ -105,7 +107,7 @@ def run_service(root: Path, state: Path, port: int, video: Path, seconds: float)
     process = subprocess.Popen(
         [AGENT, "--config", str(config), "--state-dir", str(state), "run"], stderr=subprocess.DEVNULL
     )
-    children = DescendantPeak(process.pid)
+    children = MeasuringChildPeak(process.pid)
     launched = time.monotonic()
     try:
         deadline = time.monotonic() + 120

@@ -21,6 +21,7 @@ from facefleet.vision.models.manifest import ModelManifest
 from facefleet.vision.models.store import ModelStore, StoredModel
 from facefleet.vision.pipeline import AnalyzerSettings, FaceAnalyzer
 from facefleet.vision.precision import guards
+from facefleet.vision.precision import plan as plan_module
 from facefleet.vision.precision.cache import PrecisionCache, cache_path
 from facefleet.vision.precision.choice import Choice, Measurement
 from facefleet.vision.precision.guards import REFERENCE, GuardResult
@@ -479,3 +480,29 @@ def test_measuring_in_a_child_process_caches_the_choices_and_compiles_nothing_he
     choice = failing.choice(expression)
     assert (choice.precision, choice.source) == ("f32", "default")
     assert "gave no faces" in choice.reason and not other.path.exists() and not compiled
+
+
+def test_a_child_that_cannot_start_leaves_the_measurement_to_this_process(
+    auto_runtime: Runtime,
+    model_store: ModelStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Where no child process can be started (a sandbox without /dev/shm, say), the model is measured here
+    rather than left at f32."""
+    bf16_or_skip(auto_runtime)
+
+    class NoChildren:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            raise OSError(38, "Function not implemented: sem_open")
+
+    monkeypatch.setattr(plan_module, "ProcessPoolExecutor", NoChildren)
+    cache = PrecisionCache(cache_path(tmp_path))
+    plan = PrecisionPlan(auto_runtime, model_store, cache=cache, measure_in_child=True)
+    expression = model_store.active("expression")
+    with caplog.at_level("WARNING"):
+        choice = plan.choice(expression)
+    assert choice.source == "auto" and {m.label for m in choice.measurements} >= {"f32", "bf16"}
+    assert cache.get(expression.manifest, auto_runtime.device_name, auto_runtime.version) == choice
+    assert "measuring in a child process failed" in caplog.text and "sem_open" in caplog.text

@@ -237,8 +237,8 @@ class PrecisionPlan:
         return None
 
     def _measure_in_child(self, models: Sequence[StoredModel]) -> None:
-        """Measure models in a child process that writes the cache; a model it could not measure is
-        recorded with the reason (it runs at f32)."""
+        """Measure models in a child process that writes the cache (in this one when the child cannot
+        start or dies); a model that could not be measured is recorded with the reason (it runs at f32)."""
         assert self.cache is not None
         request = MeasureRequest(
             self.runtime.settings,
@@ -252,8 +252,14 @@ class PrecisionPlan:
         try:
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
                 failures = child.submit(measure_requested, request).result()
-        except Exception as exc:  # the child died or could not start: nothing was measured
-            failures = {_ref(m): f"the measuring process failed: {exc!r}" for m in models}
+        except Exception as exc:  # the child could not start or died: measured here instead
+            log.warning("precision: measuring in a child process failed (%r); measuring here", exc)
+            failures = {}
+            for model in models:
+                try:
+                    self.tune(model)
+                except (FaceFleetError, RuntimeError) as error:
+                    failures[_ref(model)] = str(error)
         for model in models:
             reason = failures.get(_ref(model))
             if reason is not None:

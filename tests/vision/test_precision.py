@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -506,3 +507,33 @@ def test_a_child_that_cannot_start_leaves_the_measurement_to_this_process(
     assert choice.source == "auto" and {m.label for m in choice.measurements} >= {"f32", "bf16"}
     assert cache.get(expression.manifest, auto_runtime.device_name, auto_runtime.version) == choice
     assert "measuring in a child process failed" in caplog.text and "sem_open" in caplog.text
+
+
+def test_a_resolved_choice_does_not_wait_for_another_models_measurement(
+    auto_runtime: Runtime, model_store: ModelStore
+) -> None:
+    """While one thread measures a model (a rollout's new version), another gets the choice of a model
+    already resolved (the frame loop's status) at once."""
+    bf16_or_skip(auto_runtime)
+    measuring, release = threading.Event(), threading.Event()
+
+    def held(label: str, run: Callable[[], None]) -> float:
+        measuring.set()
+        release.wait(60)
+        return 1.0
+
+    plan = PrecisionPlan(auto_runtime, model_store, PrecisionSettings(tasks={"detection": "f32"}), timer=held)
+    detection = model_store.active("detection")
+    resolved = plan.choice(detection)  # the override: nothing measured
+    measurer = threading.Thread(target=plan.choice, args=(model_store.active("expression"),))
+    measurer.start()
+    try:
+        assert measuring.wait(60)
+        answers: list[Choice] = []
+        asking = threading.Thread(target=lambda: answers.append(plan.choice(detection)))
+        asking.start()
+        asking.join(30)  # blocked behind the measurement it would stay until release
+        assert answers == [resolved]
+    finally:
+        release.set()
+        measurer.join(60)

@@ -94,7 +94,12 @@ class PrecisionPlan:
         self._lock = threading.RLock()
 
     def choice(self, model: StoredModel) -> Choice:
-        """What model runs at (resolved once per plan; logged at INFO when first resolved)."""
+        """What model runs at (resolved once per plan; logged at INFO when first resolved). A resolved
+        model's choice is returned without waiting for a measurement another thread is making (the frame
+        loop asks for the running models' while a rollout's new model is measured)."""
+        known = self._resolved.get(_identity(model))
+        if known is not None:
+            return known
         with self._lock:
             known = self._resolved.get(_identity(model))
             if known is None:

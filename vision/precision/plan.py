@@ -120,7 +120,7 @@ class PrecisionPlan:
         """Resolve what each of models runs at, measuring those that need it together (in one child
         process when measure_in_child: its start and the sample faces are paid once)."""
         with self._lock:
-            pending = [m for m in models if self._settled(m) is None and self.measure]
+            pending = [m for m in models if self._settled(m) is None] if self.measure else []
             if self.measure_in_child and pending:
                 self._measure_in_child(pending)
             for model in models:
@@ -259,17 +259,22 @@ class PrecisionPlan:
                 failures = child.submit(measure_requested, request).result()
         except Exception as exc:  # the child could not start or died: measured here instead
             log.warning("precision: measuring in a child process failed (%r); measuring here", exc)
-            failures = {}
-            for model in models:
-                try:
-                    self.tune(model)
-                except (FaceFleetError, RuntimeError) as error:
-                    failures[_ref(model)] = str(error)
+            failures = self._tune_each(models)
         for model in models:
             reason = failures.get(_ref(model))
             if reason is not None:
                 log.warning("precision of %s not measured (%s); it runs at f32", _ref(model), reason)
                 self._not_measured[_identity(model)] = reason
+
+    def _tune_each(self, models: Sequence[StoredModel]) -> dict[str, str]:
+        """Measure and cache models in this process; 'task/name/version' → why one could not be."""
+        failures = {}
+        for model in models:
+            try:
+                self.tune(model)
+            except (FaceFleetError, RuntimeError) as exc:
+                failures[_ref(model)] = str(exc)
+        return failures
 
     def _tuning_samples(self) -> TuningSamples:
         if self._samples is None:
@@ -305,13 +310,7 @@ def measure_requested(request: MeasureRequest) -> dict[str, str]:
         detector=request.detector,
         photos=request.photos,
     )
-    failures = {}
-    for ref in request.models:
-        try:
-            plan.tune(store.get(*ref.split("/")))
-        except (FaceFleetError, RuntimeError) as exc:
-            failures[ref] = str(exc)
-    return failures
+    return plan._tune_each([store.get(*ref.split("/")) for ref in request.models])
 
 
 def _ref(model: StoredModel) -> str:

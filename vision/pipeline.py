@@ -122,8 +122,9 @@ class FaceAnalyzer:
             if self._model(kind) is not None:
                 self.net(kind, shape)  # compile the single-face shapes up front
 
-    def with_model(self, model: StoredModel) -> FaceAnalyzer:
-        """A new analyzer that runs `model` for its task and shares the compiled models of the other tasks.
+    def with_model(self, model: StoredModel, precisions: PrecisionPlan | None = None) -> FaceAnalyzer:
+        """A new analyzer that runs `model` for its task and shares the compiled models of the other tasks;
+        precisions: the plan it resolves precisions with (default: this analyzer's).
 
         The new model is compiled here, for every input shape this analyzer has compiled its predecessor
         for, so the first frames after a switch do not wait for a compilation."""
@@ -149,7 +150,12 @@ class FaceAnalyzer:
             # a batch of any size is asked for as one face: the new model may fix its batch
             shapes = [(1, *k[1:]) if k[0] == DYNAMIC_BATCH else k for kind, k in self._nets if kind == task]
         clone = FaceAnalyzer(
-            self.runtime, None, settings, models=models, precisions=self.precisions, _shared=shared
+            self.runtime,
+            None,
+            settings,
+            models=models,
+            precisions=precisions or self.precisions,
+            _shared=shared,
         )
         for shape in shapes:
             clone.net(task, shape)

@@ -15,6 +15,14 @@ For each release of an assignment that differs from what the agent runs, `ModelU
    version until that moment;
 5. removes stored versions beyond `keep_versions` per task (never the active or the previous one).
 
+A release of an INT8 variant published to run in its float model's place (manifest extra.runs_in_place_of,
+`facefleet-server models quantize --in-place`) is stored next to the float model the agent runs, which stays
+active under its id with its gallery: the precisions of that model are measured again with the variant among
+the candidates (facefleet.vision.precision), and the analyzer that runs the winner is switched in as above.
+The variant is refused when this agent runs another model for the task, does not measure precisions
+("auto"), or its accuracy guard fails on this agent's faces. A later release of the float model itself (a
+rollback) withdraws the delivered variants and measures again.
+
 Any failure leaves the previous version running and is recorded with its reason (in updates.json next to
 the store, so a restart does not retry a refused version and still reports why) and reported to the server.
 """
@@ -45,9 +53,11 @@ from facefleet.link.models import Activation, ModelAssignment, ModelRelease, Mod
 from facefleet.vision.errors import ModelIntegrityError, ModelSpecError, ModelStoreError
 from facefleet.vision.models.manifest import MANIFEST_NAME, ModelManifest, sha256_file
 from facefleet.vision.models.quantize import PRECISION as INT8
+from facefleet.vision.models.quantize import int8_variants
 from facefleet.vision.models.store import ModelStore, StoredModel, check_model
 from facefleet.vision.models.tasks import check_fits
 from facefleet.vision.pipeline import FaceAnalyzer
+from facefleet.vision.precision.choice import Choice
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +156,7 @@ class ModelUpdater:
 
     def versions(self) -> dict[str, str]:
         """task → model id running now."""
-        analyzer = self.analyzer()
-        running = {
-            "detection": analyzer.detector_model,
-            "embedding": analyzer.embedding_model,
-            "expression": analyzer.expression_model,
-        }
+        running = _running_models(self.analyzer())
         return {task: m.manifest.model_id for task, m in running.items() if m is not None}
 
     def precisions(self) -> dict[str, str]:
@@ -160,10 +165,9 @@ class ModelUpdater:
 
     def pending(self, assignment: ModelAssignment) -> list[ModelRelease]:
         """Releases that differ from what runs and were not refused before."""
-        running = self.versions()
         todo = []
         for release in assignment.releases:
-            if running.get(release.task) == release.model_id:
+            if self._applied(release):
                 continue
             last = self._statuses.get(release.task)
             refused = (
@@ -191,7 +195,7 @@ class ModelUpdater:
         longer names is abandoned quietly (the caller then reconciles the newer one)."""
         self.latest = assignment
         for release in assignment.releases:
-            if self.versions().get(release.task) == release.model_id:
+            if self._applied(release):
                 await self._settle_active(release, client, timeout)
         pending = self.pending(assignment)
         retry = []
@@ -199,7 +203,13 @@ class ModelUpdater:
             try:
                 if release.task not in ANALYZER_TASKS:
                     raise ModelSpecError(f"this agent runs no {release.task} model")
-                await self._apply(release, client, timeout)
+                place = self._in_place_of(release)
+                if place is not None:
+                    await self._apply_variant(release, place, client, timeout)
+                elif self.versions().get(release.task) == release.model_id:
+                    await self._withdraw_variants(release, client, timeout)
+                else:
+                    await self._apply(release, client, timeout)
             except SupersededError as exc:
                 log.info("%s", exc)
                 return
@@ -216,6 +226,46 @@ class ModelUpdater:
         await asyncio.to_thread(self._forget_downloads, {f.sha256 for r in pending for f in r.files})
         if retry:
             raise RetryLaterError(f"model {', '.join(retry)} to be tried again")
+
+    def _applied(self, release: ModelRelease) -> bool:
+        """Whether the agent runs what release asks: its model, without delivered variants it no longer
+        wants; for a variant to run in a float model's place, that float model with the variant stored and
+        reported active."""
+        running = self.versions().get(release.task)
+        try:
+            place = self._in_place_of(release)
+        except FaceFleetError:
+            return False  # an unreadable release: _apply says why
+        if place is None:
+            return running == release.model_id and not self._delivered_variants(release.task, running)
+        last = self._statuses.get(release.task)
+        return (
+            running == place
+            and self._stored(release) is not None
+            and last is not None
+            and (last.model_id, last.rollout_id, last.state)
+            == (release.model_id, release.rollout_id, "active")
+        )
+
+    def _in_place_of(self, release: ModelRelease) -> str | None:
+        """The float model a release's variant runs in the place of (None: a model of its own)."""
+        if release.manifest_json:
+            return _release_manifest(release).runs_in_place_of
+        stored = self._stored(release)
+        return stored.manifest.runs_in_place_of if stored is not None else None
+
+    def _stored(self, release: ModelRelease) -> StoredModel | None:
+        name, version = release.name_version
+        try:
+            return self.store.get(release.task, name, version)
+        except ModelStoreError:
+            return None
+
+    def _delivered_variants(self, task: str, model_id: str | None) -> list[StoredModel]:
+        """The variants a rollout delivered to run in model_id's place (not those built on this agent)."""
+        if model_id is None:
+            return []
+        return [m for m in self.store.versions(task) if m.manifest.runs_in_place_of == model_id]
 
     def _forget_downloads(self, keep: set[str]) -> None:
         """Remove partial downloads of versions no longer assigned (a rollback during a download)."""
@@ -273,6 +323,105 @@ class ModelUpdater:
         except (FaceFleetError, OSError) as exc:  # the version runs; only the clean-up failed
             log.warning("old %s versions not removed: %s", release.task, _reason(exc))
 
+    async def _apply_variant(
+        self, release: ModelRelease, place: str, client: ModelClient, timeout: float
+    ) -> None:
+        """Store the variant next to the float model `place`, measure that model again with it among the
+        candidates, and switch to the analyzer that runs the winner."""
+        log.info(
+            "model %s (%s): assigned by rollout %d to run in %s's place",
+            release.model_id,
+            release.task,
+            release.rollout_id,
+            place,
+        )
+        running = self.versions().get(release.task)
+        if running != place:
+            raise ModelSpecError(
+                f"model {release.model_id} is an INT8 variant to run in {place}'s place, and this agent runs "
+                f"{running or 'no model'} for {release.task}; roll out {place} first"
+            )
+        stored = self._stored_copy(release)
+        if stored is None:
+            await self._record(client, timeout, release, "downloading", f"{len(release.files)} files")
+            stored = await self._download(release, client)
+        self._still_wanted(release)
+        await self._record(
+            client, timeout, release, "verifying", f"measuring it against {place} on this device"
+        )
+        try:
+            analyzer, choice = await asyncio.to_thread(self._measure_variant, stored)
+        except FaceFleetError:
+            await asyncio.to_thread(self._discard, stored)
+            raise
+        await self._hand_over(release, _running_model(analyzer, release.task), analyzer)
+        if choice.variant == release.model_id:
+            outcome = f"runs in {place}'s place: {choice.reason}"
+        else:
+            outcome = f"stored; {place} runs at {choice.label}: {choice.reason}"
+        log.info("model %s (%s): %s", release.model_id, release.task, outcome)
+        await self._record(client, timeout, release, "active", outcome)
+
+    def _measure_variant(self, variant: StoredModel) -> tuple[FaceAnalyzer, Choice]:
+        """An analyzer whose float model of variant's task was measured again with variant stored (a
+        measurement in the agent's child process), smoke-tested, and what that model now runs at.
+        ModelSpecError when the variant cannot take part or its guard refuses it."""
+        check_model(variant)
+        task, model_id = variant.manifest.task, variant.manifest.model_id
+        analyzer = self.analyzer()
+        float_model = _running_model(analyzer, task)
+        plan = analyzer.precisions
+        setting = plan.measured_setting(task) if plan is not None else "f32"
+        if plan is None or setting is not None:
+            raise ModelSpecError(
+                f"model {model_id} runs in its float model's place only where precisions are measured "
+                f'([runtime] inference_precision = "auto"); this agent runs {task} at {setting}'
+            )
+        if model_id not in {v.manifest.model_id for v in int8_variants(self.store, float_model)}:
+            raise ModelSpecError(
+                f"model {model_id} was not quantized from this agent's {float_model.manifest.model_id} "
+                "(another source file)"
+            )
+        renewed = plan.renewed()
+        candidate = analyzer.with_model(float_model, renewed)
+        choice = renewed.choice(float_model)
+        measured = next((m for m in choice.measurements if m.variant == model_id), None)
+        if measured is None:
+            raise ModelSpecError(f"model {model_id} was not measured on this device: {choice.reason}")
+        if not measured.guard.passed:
+            raise ModelSpecError(
+                f"model {model_id} is refused by the accuracy guard on this agent's faces: "
+                f"{measured.guard.summary}"
+            )
+        smoke_test(candidate, task, self.settings.smoke_photo)
+        return candidate, choice
+
+    async def _withdraw_variants(self, release: ModelRelease, client: ModelClient, timeout: float) -> None:
+        """The float model runs and is asked for again (a variant's rollout rolled back): remove the
+        variants delivered for it, measure it again without them, and switch to what wins."""
+        doomed = self._delivered_variants(release.task, release.model_id)
+        names = ", ".join(m.manifest.model_id for m in doomed)
+        log.info("model %s (%s): withdrawing INT8 variant %s", release.model_id, release.task, names)
+        await self._record(client, timeout, release, "verifying", f"withdrawing INT8 variant {names}")
+
+        def withdraw() -> FaceAnalyzer | None:
+            for model in doomed:
+                self.store.remove(model)
+            analyzer = self.analyzer()
+            plan = analyzer.precisions
+            if plan is None or plan.measured_setting(release.task) is not None:
+                return None  # a variant never ran here: nothing to switch
+            float_model = _running_model(analyzer, release.task)
+            candidate = analyzer.with_model(float_model, plan.renewed())
+            smoke_test(candidate, release.task, self.settings.smoke_photo)
+            return candidate
+
+        candidate = await asyncio.to_thread(withdraw)
+        if candidate is not None:
+            await self._hand_over(release, _running_model(candidate, release.task), candidate)
+        runs_at = self.precisions().get(release.task, "f32")
+        await self._record(client, timeout, release, "active", f"running at {runs_at}; {names} withdrawn")
+
     async def _hand_over(self, release: ModelRelease, stored: StoredModel, analyzer: FaceAnalyzer) -> None:
         """Give the verified analyzer to the frame loop and wait until it runs (a last chance to abandon)."""
         self._still_wanted(release)
@@ -291,15 +440,13 @@ class ModelUpdater:
         """The stored version when its files are the release's, when the release brings none, or when it is
         this agent's own conversion of the same source model at the same precision (OpenVINO versions
         write different IR bytes for the same model, e.g. for the defaults both sides import)."""
-        name, version = release.name_version
-        try:
-            stored = self.store.get(release.task, name, version)
-        except ModelStoreError:
+        stored = self._stored(release)
+        if stored is None:
             if not release.files:
                 raise ModelStoreError(
                     f"model {release.model_id} is not stored on this agent and the server sent no files; "
                     "publish it on the server and roll it out again"
-                ) from None
+                )
             return None
         wanted = {f.name: f.sha256 for f in release.files}
         if release.files and stored.manifest.files != wanted:
@@ -453,6 +600,22 @@ class ModelUpdater:
             return False
         self.unreported = False
         return True
+
+
+def _running_models(analyzer: FaceAnalyzer) -> dict[str, StoredModel | None]:
+    """task → the model analyzer runs for it (the tasks a rollout may change)."""
+    return {
+        "detection": analyzer.detector_model,
+        "embedding": analyzer.embedding_model,
+        "expression": analyzer.expression_model,
+    }
+
+
+def _running_model(analyzer: FaceAnalyzer, task: str) -> StoredModel:
+    model = _running_models(analyzer).get(task)
+    if model is None:
+        raise ModelSpecError(f"this agent runs no {task} model")
+    return model
 
 
 def _release_manifest(release: ModelRelease) -> ModelManifest:

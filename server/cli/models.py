@@ -107,8 +107,11 @@ def _register_models(commands: Any, make: Callable[..., Any]) -> None:
         "(mean) and no pair of faces changes its decision at any --threshold (the agents' matching "
         "threshold, 0.363 by default; repeat it for each door threshold) or at the server's "
         "snapshots.cluster_threshold, which groups unknown faces; otherwise it is refused with the "
-        "figures (exit 65). "
-        "Detection models stay in float.",
+        "figures (exit 65). With --in-place it is published to run in the float model's place: its "
+        "rollout re-embeds nothing, agents that run the float model keep it, its id and its gallery, and "
+        "measure the variant among their precisions (each runs it where it is the fastest that passes the "
+        "guard on its own faces and thresholds); without it, it is a model of its own, with a gallery "
+        "re-embedded by its rollout. Detection models stay in float.",
     )
     quantize.add_argument("model_id", metavar="MODEL_ID", help="name@version, e.g. sface@2021dec")
     quantize.add_argument("--photos", type=Path, metavar="DIR", help="photos with faces instead of the crops")
@@ -121,6 +124,11 @@ def _register_models(commands: Any, make: Callable[..., Any]) -> None:
         dest="thresholds",
         metavar="COSINE",
         help=f"a threshold agents decide at, for the guard (repeatable; default {DEFAULT_THRESHOLD})",
+    )
+    quantize.add_argument(
+        "--in-place",
+        action="store_true",
+        help="publish it to run in the float model's place on the agents (same id and gallery)",
     )
     quantize.set_defaults(handler=_quantize)
     for verb in (defaults, publish, listing, show, retire, quantize):
@@ -257,7 +265,7 @@ def _list_models(context: Context, args: argparse.Namespace) -> int:
         table.add_row(
             m.model_id,
             m.task,
-            m.precision,
+            m.precision if m.runs_in_place_of is None else f"{m.precision} (in {m.runs_in_place_of}'s place)",
             f"{m.size / 2**20:.1f} MiB",
             m.licence,
             m.published_at.isoformat(timespec="seconds"),
@@ -312,6 +320,7 @@ def _quantize(context: Context, args: argparse.Namespace) -> int:
                     samples=args.samples,
                     thresholds=_guarded_thresholds(context, args.thresholds),
                     version=args.version,
+                    in_place=args.in_place,
                 )
             except QuantizationError as exc:
                 if context.json_output and exc.figures is not None:
@@ -328,9 +337,10 @@ def _quantize(context: Context, args: argparse.Namespace) -> int:
             }
         )
         return EXIT_OK
+    role = f"to run in {source.manifest.model_id}'s place" if args.in_place else "a model of its own"
     context.console.print(
-        f"published {published.model_id} (INT8, from {source.manifest.model_id}; roll it out with "
-        f"`facefleet-server rollout start {published.model_id} …`): {describe(result.figures)}",
+        f"published {published.model_id} (INT8, from {source.manifest.model_id}, {role}; roll it out "
+        f"with `facefleet-server rollout start {published.model_id} …`): {describe(result.figures)}",
         markup=False,
     )
     return EXIT_OK
@@ -373,6 +383,7 @@ def model_json(model: PublishedModel, *, files: bool = True) -> dict[str, Any]:
         "size": model.size,
         "published_at": model.published_at.isoformat(),
         "retired_at": model.retired_at.isoformat() if model.retired_at else None,
+        "runs_in_place_of": model.runs_in_place_of,
     }
     if files:
         data["files"] = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in model.files]
@@ -435,6 +446,7 @@ def _show_started(context: Context, started: StartedRollout) -> int:
                 **rollout_json(rollout),
                 "reembedded": list(started.reembedded),
                 "without_crops": list(started.without_crops),
+                "runs_in_place_of": started.runs_in_place_of,
             }
         )
         return EXIT_OK
@@ -443,7 +455,13 @@ def _show_started(context: Context, started: StartedRollout) -> int:
         f"{_budget(rollout, ', ')}",
         markup=False,
     )
-    if rollout.task == "embedding":
+    if started.runs_in_place_of is not None:
+        context.console.print(
+            f"agents that run {started.runs_in_place_of} keep it and its gallery, and measure "
+            f"{rollout.model_id} among their precisions",
+            markup=False,
+        )
+    elif rollout.task == "embedding":
         context.console.print(f"re-embedded {len(started.reembedded)} people from their crops", markup=False)
     if started.without_crops:
         context.console.print(

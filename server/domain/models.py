@@ -6,6 +6,7 @@ Times are timezone-aware UTC datetimes; sizes are bytes; sha256 is lowercase hex
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -17,6 +18,7 @@ from facefleet.link.checks import (
 )
 from facefleet.link.models import ModelFile, ModelStatus
 from facefleet.server.errors import InvalidArgumentError
+from facefleet.vision.models.manifest import ModelManifest
 
 RolloutState = Literal["preparing", "active", "paused", "rolled_back"]
 ROLLOUT_STATES: tuple[RolloutState, ...] = ("preparing", "active", "paused", "rolled_back")
@@ -73,6 +75,15 @@ class PublishedModel:
 
     def file(self, name: str) -> ModelFile | None:
         return next((f for f in self.files if f.name == name), None)
+
+    @property
+    def runs_in_place_of(self) -> str | None:
+        """The float model this INT8 variant was published to run in the place of (its rollout re-embeds
+        nothing: agents keep the float model and its gallery, and measure the variant), or None."""
+        try:
+            return ModelManifest.from_json(json.loads(self.manifest_json)).runs_in_place_of
+        except (ValueError, KeyError, TypeError):
+            return None
 
 
 @dataclass(frozen=True)

@@ -150,14 +150,21 @@ class EnrolmentModels:
 
 
 def rollout_embedding_models(models: ModelState) -> tuple[str, ...]:
-    """Embedding models of rollouts that are preparing, active or paused, oldest rollout first."""
-    return tuple(
-        dict.fromkeys(
-            r.model_id
-            for r in reversed(models.list_rollouts())
-            if r.task == "embedding" and r.state != "rolled_back"
-        )
+    """Embedding models of rollouts that are preparing, active or paused, oldest rollout first; not the
+    variants that run in a float model's place (their agents match against the float model's gallery)."""
+    wanted = dict.fromkeys(
+        r.model_id
+        for r in reversed(models.list_rollouts())
+        if r.task == "embedding" and r.state != "rolled_back"
     )
+    return tuple(model_id for model_id in wanted if not _runs_in_place(models, model_id))
+
+
+def _runs_in_place(models: ModelState, model_id: str) -> bool:
+    try:
+        return models.get_model(model_id).runs_in_place_of is not None
+    except FaceFleetError:
+        return False
 
 
 def _merge(*groups: tuple[str, ...]) -> tuple[str, ...]:

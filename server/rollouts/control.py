@@ -43,11 +43,13 @@ PREPARING_STALE_SECONDS = 120.0
 
 @dataclass(frozen=True)
 class StartedRollout:
-    """A started rollout; for an embedding model, who was re-embedded and who could not be (no crops)."""
+    """A started rollout; for an embedding model, who was re-embedded and who could not be (no crops), or
+    the float model its INT8 variant runs in the place of (nobody re-embedded)."""
 
     rollout: Rollout
     reembedded: tuple[str, ...] = ()
     without_crops: tuple[str, ...] = ()
+    runs_in_place_of: str | None = None
 
 
 class RolloutControl:
@@ -86,7 +88,8 @@ class RolloutControl:
         max_failures: MaxFailures | None = None,
         on_failures: FailureAction = "pause",
     ) -> StartedRollout:
-        """Roll a published model out to target; an embedding model's gallery is completed first. Past
+        """Roll a published model out to target; an embedding model's gallery is completed first (not for an
+        INT8 variant that runs in its float model's place: agents keep the float model's gallery). Past
         max_failures refusals (None: no limit) the rollout pauses or rolls back, as on_failures says."""
         model = self.catalog.show(model_id)
         if model.retired:
@@ -100,10 +103,10 @@ class RolloutControl:
             max_failures=max_failures,
             on_failures=on_failures,
         )
-        if model.task != "embedding":
-            started = add("active", self.clock())
+        if model.task != "embedding" or model.runs_in_place_of is not None:
+            started = add("active", self.clock())  # a variant in its float model's place needs no gallery
             self._changed()
-            return StartedRollout(started)
+            return StartedRollout(started, runs_in_place_of=model.runs_in_place_of)
         if self.runtime is None:
             raise FailedPreconditionError("rolling out an embedding model needs a runtime to re-embed crops")
         stored = self.catalog.stored(model)

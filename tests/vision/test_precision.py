@@ -13,7 +13,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import openvino as ov
 import pytest
 
 from facefleet.vision.detection import DetectorSettings
@@ -31,6 +30,7 @@ from facefleet.vision.precision.probes import PROBES, EmbeddingProbe, Expression
 from facefleet.vision.precision.samples import TuningSamples, tuning_samples
 from facefleet.vision.precision.tuner import MIN_SPEEDUP, choose
 from facefleet.vision.runtime import Precision, Runtime, RuntimeSettings
+from tests.precision_seams import injected, perturbed_ir
 from tests.variants import store_variant_copy
 
 
@@ -52,21 +52,7 @@ def perturbed(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore)
     folder = tmp_path_factory.mktemp("perturbed")
 
     def make(task: str) -> Path:
-        core = ov.Core()
-        model = core.read_model(str(model_store.active(task).xml_path))
-        rng = np.random.default_rng(1)
-        for op in model.get_ordered_ops():
-            if op.get_type_name() != "Constant" or op.get_element_type() not in (ov.Type.f16, ov.Type.f32):
-                continue
-            data = op.get_data()
-            if data.size < 64:
-                continue
-            noisy = data.astype(np.float32) * (1 + 0.3 * rng.standard_normal(data.shape))
-            replacement = ov.opset13.constant(noisy.astype(data.dtype))
-            op.output(0).replace(replacement.output(0))
-        target = folder / f"{task}.xml"
-        ov.save_model(model, str(target), compress_to_fp16=False)
-        return target
+        return perturbed_ir(model_store.active(task).xml_path, folder / f"{task}.xml")
 
     return make
 
@@ -124,18 +110,6 @@ def test_the_detection_guard_holds_for_bf16_yunet_with_the_stated_figures(
     bf16 = next(m for m in choice.measurements if m.label == "bf16")
     assert bf16.guard.figures["faces"] == 14 and bf16.guard.figures["count_changes"] == 0
     assert bf16.guard.figures["min_box_iou"] >= 0.9 and bf16.guard.figures["max_landmark_shift_px"] <= 2.0
-
-
-def injected(latencies: dict[str, float], calls: list[str] | None = None) -> Callable[..., float]:
-    """A timer that runs the inference once (so the seam is exercised) and reports the given latency."""
-
-    def timer(label: str, run: Callable[[], None]) -> float:
-        run()
-        if calls is not None:
-            calls.append(label)
-        return latencies[label]
-
-    return timer
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,10 @@ from facefleet.vision.runtime import TensorSpec
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
+IN_PLACE_KEY = "runs_in_place_of"
+"""Manifest extra of an INT8 variant published to run in its float model's place (`models quantize
+--in-place` on a server): the float model's id. Its rollout keeps the agents' float model, its id and its
+gallery, and adds the variant to what they measure; without it an INT8 version is a model of its own."""
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
 
@@ -53,6 +57,12 @@ class ModelManifest:
     def model_id(self) -> str:
         """Short identity used wherever results must name the model, e.g. 'sface@2021dec'."""
         return f"{self.name}@{self.version}"
+
+    @property
+    def runs_in_place_of(self) -> str | None:
+        """The float model id this variant was published to run in the place of (IN_PLACE_KEY), or None."""
+        value = self.extra.get(IN_PLACE_KEY)
+        return value if isinstance(value, str) and value else None
 
     def to_json(self) -> dict[str, Any]:
         source: dict[str, Any] = {

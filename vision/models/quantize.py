@@ -37,7 +37,7 @@ from facefleet.vision.alignment import ALIGNED_SIZE, ARCFACE_TEMPLATE_XY, align_
 from facefleet.vision.detection import DetectorSettings
 from facefleet.vision.errors import ModelStoreError, QuantizationError
 from facefleet.vision.images import read_image
-from facefleet.vision.models.manifest import ModelManifest, Source, sha256_file
+from facefleet.vision.models.manifest import IN_PLACE_KEY, ModelManifest, Source, sha256_file
 from facefleet.vision.models.store import MODEL_XML, ModelStore, StoredModel, check_model
 from facefleet.vision.models.tasks import check_fits
 from facefleet.vision.preprocess import embedding_input, normalise_embeddings
@@ -56,6 +56,9 @@ VERSION_SUFFIX = "-int8"
 LOCAL_VERSION_SUFFIX = "-int8-local"
 """The version suffix of the variant `models import-defaults` builds on an agent, apart from the `-int8`
 version a server publishes and rolls out (another calibration: other files)."""
+SOURCE_OF_SOURCE_KEY = "quantized_from_source"
+"""Manifest extra: the sha256 of the float model's own source (the ONNX file it was converted from), so a
+variant built by a server matches an agent's float model converted from the same file into other IR bytes."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,8 @@ def quantizer_installed() -> bool:
 
 def int8_variants(store: ModelStore, source: StoredModel) -> list[StoredModel]:
     """The INT8 versions the store holds of source: their manifest's extra.quantized_from names it, and
-    their source is its very IR (not an earlier import under the same id)."""
+    they were quantized from its very IR, or from IR converted from the same source file (not from an
+    earlier import under the same id)."""
     manifest = source.manifest
     return [
         m
@@ -146,7 +150,13 @@ def int8_variants(store: ModelStore, source: StoredModel) -> list[StoredModel]:
         if m.manifest.task == manifest.task
         and m.manifest.precision == PRECISION
         and m.manifest.extra.get("quantized_from") == manifest.model_id
-        and m.manifest.source.sha256 == manifest.files.get(MODEL_XML)
+        and (
+            m.manifest.source.sha256 == manifest.files.get(MODEL_XML)
+            or (
+                bool(manifest.source.sha256)
+                and m.manifest.extra.get(SOURCE_OF_SOURCE_KEY) == manifest.source.sha256
+            )
+        )
     ]
 
 
@@ -210,11 +220,13 @@ def quantize_model(
     limits: GuardLimits | None = None,
     version: str | None = None,
     activate: bool = False,
+    in_place: bool = False,
     seed: int = 0,
 ) -> QuantizeResult:
     """Quantize source (a stored float model) on faces into source's name, version+'-int8' (or version);
     QuantizationError with the guard's figures, and nothing stored, when the guard refuses it. thresholds:
-    the cosines decisions are taken at with the model (at least one)."""
+    the cosines decisions are taken at with the model (at least one); in_place: publish it to run in the
+    source's place (IN_PLACE_KEY)."""
     limits = limits or GuardLimits()
     task = source.manifest.task
     if task in REFUSED:
@@ -298,6 +310,8 @@ def quantize_model(
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             extra={
                 "quantized_from": original.model_id,
+                SOURCE_OF_SOURCE_KEY: original.source.sha256,
+                **({IN_PLACE_KEY: original.model_id} if in_place else {}),
                 "quantization": {
                     "tool": f"nncf=={metadata.version('nncf')}",
                     "kept_in_float": kept,

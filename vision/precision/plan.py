@@ -93,6 +93,31 @@ class PrecisionPlan:
         """(model id, its files' sha256 by name) → its choice."""
         self._lock = threading.RLock()
 
+    def renewed(self) -> PrecisionPlan:
+        """A plan with the same settings and nothing resolved yet: what the store holds now (an INT8
+        variant delivered or withdrawn since) decides anew, while this plan keeps answering for the models
+        that run."""
+        return PrecisionPlan(
+            self.runtime,
+            self.store,
+            self.settings,
+            self.cache,
+            measure=self.measure,
+            thresholds=self.thresholds,
+            detector=self.detector,
+            timer=self.timer,
+            photos=self.photos,
+            measure_in_child=self.measure_in_child,
+        )
+
+    def measured_setting(self, task: str) -> PrecisionSetting | None:
+        """The override that decides task's precision without a measurement ([runtime] precision.<task>,
+        then inference_precision), or None under "auto"."""
+        override = self.settings.tasks.get(task, "auto")
+        if override != "auto":
+            return override
+        return self.settings.default if self.settings.default != "auto" else None
+
     def choice(self, model: StoredModel) -> Choice:
         """What model runs at (resolved once per plan; logged at INFO when first resolved). A resolved
         model's choice is returned without waiting for a measurement another thread is making (the frame

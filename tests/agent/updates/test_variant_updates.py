@@ -1,0 +1,153 @@
+"""An INT8 variant a server published to run in its float model's place (`models quantize --in-place`), on
+the agent: stored next to the float model, measured among its precisions, run under the float model's id
+and gallery, kept across a restart, withdrawn when the float model is asked for again; refused with the
+reason where it cannot run in place. Latencies come through the timer seam (never asserted); guards,
+compilations and the smoke inference are real."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+
+from facefleet.agent.updates.updater import ModelUpdater, Switch
+from facefleet.link.models import ModelAssignment, ModelRelease
+from facefleet.vision.models.store import ModelStore, StoredModel
+from facefleet.vision.pipeline import FaceAnalyzer
+from facefleet.vision.precision.cache import PrecisionCache
+from facefleet.vision.precision.plan import PrecisionPlan, PrecisionSettings
+from facefleet.vision.runtime import Runtime, RuntimeSettings
+from tests.agent.updates.test_model_updates import FileServer, release_of
+from tests.precision_seams import injected, perturbed_ir
+from tests.variants import store_variant_copy
+
+FLOAT = "sface@2021dec"
+VARIANT = "sface@2021dec-int8"
+LATENCIES = {"f32": 8.0, "bf16": 6.0, "f16": 6.0, "int8": 2.0}
+"""The variant is the fastest candidate, so it runs wherever its guard passes."""
+
+
+@pytest.fixture(scope="module")
+def auto_runtime(model_cache: Path) -> Runtime:
+    return Runtime(RuntimeSettings(device="CPU", cache_dir=model_cache))
+
+
+class PlannedAgent:
+    """An agent's models with a precision plan (its choices cached in the state directory) and the switch
+    callback of the service."""
+
+    def __init__(self, runtime: Runtime, state: Path, settings: PrecisionSettings | None = None) -> None:
+        self.calls: list[str] = []
+        self.store = ModelStore(state / "models")
+        cache = PrecisionCache(state / "precision.json")
+        plan = PrecisionPlan(runtime, self.store, settings, cache, timer=injected(LATENCIES, self.calls))
+        self.analyzer = FaceAnalyzer(runtime, self.store, precisions=plan)
+        self.updater = ModelUpdater(self.store, lambda: self.analyzer, self.switch)
+
+    def switch(self, switch: Switch) -> None:
+        self.analyzer = switch.analyzer
+        manifest = switch.model.manifest
+        self.store.activate(manifest.task, manifest.name, manifest.version)
+        switch.done.set_result(None)
+
+    def reconcile(self, server: FileServer, release: ModelRelease) -> None:
+        asyncio.run(self.updater.reconcile(ModelAssignment((release,)), server, 5.0))
+
+    def stored(self) -> list[str]:
+        return sorted(m.manifest.model_id for m in self.store.models())
+
+    def embedding_status(self) -> tuple[str, int, str, str]:
+        status = next(s for s in self.updater.statuses() if s.task == "embedding")
+        return status.model_id, status.rollout_id, status.state, status.reason
+
+
+@pytest.fixture
+def state(tmp_path: Path, model_store: ModelStore) -> Path:
+    """An agent's state directory with a copy of the session's float models."""
+    shutil.copytree(model_store.root, tmp_path / "agent" / "models")
+    return tmp_path / "agent"
+
+
+def published_variant(tmp_path: Path, source: StoredModel, ir: Path | None = None) -> FileServer:
+    """A server's store holding an in-place INT8 variant of source (from another conversion of its source
+    file: the IR sha256 differs), serving it."""
+    server_store = ModelStore(tmp_path / "server" / "models")
+    store_variant_copy(server_store, source, ir=ir, in_place=True)
+    return FileServer(server_store)
+
+
+def test_a_variant_delivered_in_place_runs_under_the_float_models_id_and_is_withdrawn_on_rollback(
+    auto_runtime: Runtime, state: Path, tmp_path: Path
+) -> None:
+    agent = PlannedAgent(auto_runtime, state)
+    source = agent.store.active("embedding")
+    assert not agent.updater.precisions()["embedding"].startswith("int8")
+    server = published_variant(tmp_path, source)
+    variant = server.store.models()[0]
+    release = release_of(variant, rollout_id=7)
+
+    agent.reconcile(server, release)
+
+    assert agent.updater.versions()["embedding"] == FLOAT  # its id, its gallery
+    assert agent.store.active("embedding").manifest.model_id == FLOAT
+    assert agent.updater.precisions()["embedding"] == f"int8 ({VARIANT})"
+    assert VARIANT in agent.stored()
+    model_id, rollout_id, activation, reason = agent.embedding_status()
+    assert (model_id, rollout_id, activation) == (VARIANT, 7, "active")
+    assert f"runs in {FLOAT}'s place" in reason
+    assert server.states("embedding") == ["downloading", "verifying", "active"]
+    assert server.precisions[-1]["embedding"] == f"int8 ({VARIANT})"
+
+    # the same assignment again: nothing downloaded, nothing measured
+    agent.calls.clear()
+    requests = len(server.requests)
+    agent.reconcile(server, release)
+    assert agent.calls == [] and len(server.requests) == requests
+
+    # a restart finds the choice cached with the variant it measured
+    restarted = PlannedAgent(auto_runtime, state)
+    assert restarted.updater.precisions()["embedding"] == f"int8 ({VARIANT})"
+    assert "int8" not in restarted.calls
+
+    # the rollout rolled back: the float model is asked for again; the variant goes, the model is measured
+    restarted.reconcile(server, ModelRelease("embedding", FLOAT, rollout_id=0))
+    assert VARIANT not in restarted.stored()
+    assert not restarted.updater.precisions()["embedding"].startswith("int8")
+    assert "bf16" in restarted.calls or "f16" in restarted.calls or "f32" in restarted.calls
+    model_id, _, activation, reason = restarted.embedding_status()
+    assert (model_id, activation) == (FLOAT, "active")
+    assert f"{VARIANT} withdrawn" in reason
+
+
+def test_a_variant_that_cannot_run_in_place_is_refused_with_the_reason_and_not_kept(
+    auto_runtime: Runtime, state: Path, tmp_path: Path
+) -> None:
+    overridden = PlannedAgent(auto_runtime, state, PrecisionSettings("f32"))
+    server = published_variant(tmp_path, overridden.store.active("embedding"))
+    overridden.reconcile(server, release_of(server.store.models()[0], rollout_id=7))
+    model_id, rollout_id, activation, reason = overridden.embedding_status()
+    assert (model_id, rollout_id, activation) == (VARIANT, 7, "failed")
+    assert 'inference_precision = "auto"' in reason
+    assert VARIANT not in overridden.stored()
+    assert overridden.updater.precisions()["embedding"] == "f32"
+
+
+def test_a_variant_refused_by_the_guard_on_the_agents_faces_is_not_run(
+    auto_runtime: Runtime, state: Path, tmp_path: Path
+) -> None:
+    agent = PlannedAgent(auto_runtime, state)
+    source = agent.store.active("embedding")
+    worse = perturbed_ir(source.xml_path, tmp_path / "worse.xml")  # made worse on purpose
+    server = published_variant(tmp_path, source, ir=worse)
+    before = agent.updater.precisions()["embedding"]
+
+    agent.reconcile(server, release_of(server.store.models()[0], rollout_id=7))
+
+    model_id, _, activation, reason = agent.embedding_status()
+    assert (model_id, activation) == (VARIANT, "failed")
+    assert "refused by the accuracy guard on this agent's faces" in reason
+    assert VARIANT not in agent.stored()
+    assert agent.updater.precisions()["embedding"] == before
+    assert agent.updater.versions()["embedding"] == FLOAT

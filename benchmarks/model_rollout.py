@@ -14,6 +14,9 @@ next to a baseline from the same run:
   window of the same length just before; frames/s in both. Target: no downtime, i.e. frames keep being
   processed on the old model until the new one is ready; counted as met when the longest gap stays under
   0.5 s (a face passing a door is in view for longer), and the gap at the switch frame is reported too.
+  Last, SFace's INT8 variant quantized by the server (`models quantize --in-place`, on the bundled photos) and
+  rolled out to run in the float model's place: the agent measures it in its child and switches to what wins
+  (`runs_at`, `agent_reason`); then its rollback, which withdraws it.
 
 The server is a real `facefleet-server serve` process (mutual TLS, SQLite in a temporary state directory,
 [fleet] poll_seconds = 0.2) driven by its real CLI. The simulated agents are asyncio clients in this process,
@@ -82,6 +85,9 @@ from facefleet.vision.runtime import Runtime
 SERVER_CLI = str(Path(sys.executable).with_name("facefleet-server"))
 EXPRESSION = ("expression", "mini-xception@fer2013", "mini-xception@fer2013-fp32")
 EMBEDDING = ("embedding", "sface@2021dec", "sface@2021dec-fp32")
+IN_PLACE = "sface@2021dec-int8"
+"""SFace's INT8 variant built by the server (`models quantize --in-place`) to run in the float model's
+place."""
 ANALYZER_TASKS = ("detection", "embedding", "expression")
 DOWNLOADING, VERIFYING, ACTIVE = (
     models_pb2.MODEL_ACTIVATION_DOWNLOADING,
@@ -520,6 +526,16 @@ def agent_switch(
     return result
 
 
+def photos(root: Path) -> Path:
+    """A folder of the bundled photos (14 faces with their mirror images) to quantize on."""
+    folder = root / "photos"
+    folder.mkdir(exist_ok=True)
+    for name in ("astronaut", "t1"):
+        source = sample_photo(name)
+        (folder / source.name).write_bytes(source.read_bytes())
+    return folder
+
+
 def write_video(path: Path, frame: np.ndarray, count: int, fps: float) -> Path:
     height, width = frame.shape[:2]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (width, height))
@@ -562,24 +578,36 @@ def agent_switches(server: ServerProcess, setup: dict[str, Any], root: Path, qui
                 raise RuntimeError(f"the agent did not start: {service.errors}")
             time.sleep(0.05)
         since = time.time() + 3.0  # warm-up: the first frames and the first gallery
-        results = {}
+        results: dict[str, Any] = {}
         after_s, rollback_s = (3.0, 5.0) if quick else (5.0, 8.0)
         status_file = state / "models" / STATUS_FILE
-        for (task, old, new), baseline_s in (
-            (EXPRESSION, 6.0 if quick else 10.0),
-            (EMBEDDING, 12.0 if quick else 20.0),
-        ):
+
+        def there_and_back(task: str, old: str, new: str, baseline_s: float) -> dict[str, Any]:
+            nonlocal since
             time.sleep(max(0.0, since + baseline_s - time.time()))
             progress(f"{new}: rollout and rollback on the real agent")
             switch = Switch(setup, status_file, task, new)
             rollout = agent_switch(server, log, switch, ("rollout", "start", new, "--all"), since, after_s)
+            rollout["agent_reason"] = switch.reason
+            rollout["runs_at"] = service.analyzer.runs_at()[task]
             since = rollout.pop("_end") + 1.0
             time.sleep(max(0.0, since + rollback_s - time.time()))
             args = ("rollout", "rollback", str(rollout.pop("_rollout_id")))
             rollback = agent_switch(server, log, Switch(setup, status_file, task, old), args, since, after_s)
+            rollback["runs_at"] = service.analyzer.runs_at()[task]
             since = rollback.pop("_end") + 1.0
             rollback.pop("_rollout_id")
-            results[task] = {"rollout": rollout, "rollback": rollback}
+            return {"rollout": rollout, "rollback": rollback}
+
+        results["expression"] = there_and_back(*EXPRESSION, 6.0 if quick else 10.0)
+        results["embedding"] = there_and_back(*EMBEDDING, 12.0 if quick else 20.0)
+        progress(f"{IN_PLACE}: quantized on the server, to run in {EMBEDDING[1]}'s place")
+        quantize = ("models", "quantize", EMBEDDING[1], "--photos", str(photos(root)), "--in-place")
+        quantize_s, _ = server_cli(setup, *quantize)
+        results["embedding_int8_in_place"] = {
+            "quantize_s": round(quantize_s, 2),
+            **there_and_back("embedding", EMBEDDING[1], IN_PLACE, 12.0 if quick else 20.0),
+        }
         return results
     finally:
         service.stop_event.set()

@@ -455,10 +455,11 @@ def _show_started(context: Context, started: StartedRollout) -> int:
         f"{_budget(rollout, ', ')}",
         markup=False,
     )
+    gallery = started.runs_in_place_of or rollout.model_id
     if started.runs_in_place_of is not None:
         context.console.print(
-            f"agents that run {started.runs_in_place_of} keep it and its gallery, and measure "
-            f"{rollout.model_id} among their precisions",
+            f"agents that run {gallery} keep it and its gallery, and measure {rollout.model_id} among their "
+            f"precisions; {len(started.reembedded)} people embedded with {gallery} from their crops",
             markup=False,
         )
     elif rollout.task == "embedding":
@@ -466,7 +467,7 @@ def _show_started(context: Context, started: StartedRollout) -> int:
     if started.without_crops:
         context.console.print(
             f"warning: {len(started.without_crops)} people have no retained crops and were not re-embedded; "
-            f"{rollout.model_id} will not recognise them until they are re-enrolled: "
+            f"{gallery} will not recognise them until they are re-enrolled: "
             + ", ".join(started.without_crops),
             markup=False,
         )

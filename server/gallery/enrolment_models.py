@@ -150,21 +150,22 @@ class EnrolmentModels:
 
 
 def rollout_embedding_models(models: ModelState) -> tuple[str, ...]:
-    """Embedding models of rollouts that are preparing, active or paused, oldest rollout first; not the
-    variants that run in a float model's place (their agents match against the float model's gallery)."""
-    wanted = dict.fromkeys(
-        r.model_id
-        for r in reversed(models.list_rollouts())
-        if r.task == "embedding" and r.state != "rolled_back"
+    """Embedding models of rollouts that are preparing, active or paused, oldest rollout first; for an INT8
+    variant that runs in a float model's place, that float model (its agents match against its gallery)."""
+    return tuple(
+        dict.fromkeys(
+            _gallery_model(models, r.model_id)
+            for r in reversed(models.list_rollouts())
+            if r.task == "embedding" and r.state != "rolled_back"
+        )
     )
-    return tuple(model_id for model_id in wanted if not _runs_in_place(models, model_id))
 
 
-def _runs_in_place(models: ModelState, model_id: str) -> bool:
+def _gallery_model(models: ModelState, model_id: str) -> str:
     try:
-        return models.get_model(model_id).runs_in_place_of is not None
+        return models.get_model(model_id).runs_in_place_of or model_id
     except FaceFleetError:
-        return False
+        return model_id
 
 
 def _merge(*groups: tuple[str, ...]) -> tuple[str, ...]:

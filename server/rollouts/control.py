@@ -7,6 +7,8 @@ with the new model too, while this re-embeds everyone enrolled from their retain
 could have noticed (`settle_seconds`), a second sweep embeds the people enrolled meanwhile by a server that
 had not yet noticed; then the rollout turns active and agents receive the model with its complete gallery.
 People without crops cannot be re-embedded: the new model will not recognise them until they are re-enrolled.
+An INT8 variant published to run in its float model's place goes through the same steps for the float
+model's gallery, embedding only the people who lack it (none, while the float model is the server's own).
 
 A preparing rollout must not outlive the process preparing it (a kill -9 runs no clean-up, and enrolment would
 embed with its model for good). So while preparing, that process moves the rollout's updated_at about every
@@ -33,6 +35,9 @@ from facefleet.server.rollouts import plan as rollouts
 from facefleet.server.rollouts.catalogue import ModelCatalog
 from facefleet.server.state.interface import State
 from facefleet.server.state.models import ModelState
+from facefleet.vision.errors import ModelStoreError
+from facefleet.vision.models.quantize import find_model
+from facefleet.vision.models.store import StoredModel
 from facefleet.vision.runtime import Runtime
 
 HEARTBEAT_SECONDS = 5.0
@@ -43,8 +48,8 @@ PREPARING_STALE_SECONDS = 120.0
 
 @dataclass(frozen=True)
 class StartedRollout:
-    """A started rollout; for an embedding model, who was re-embedded and who could not be (no crops), or
-    the float model its INT8 variant runs in the place of (nobody re-embedded)."""
+    """A started rollout; for an embedding model, who was re-embedded and who could not be (no crops); for
+    an INT8 variant, the float model it runs in the place of (whose gallery was completed)."""
 
     rollout: Rollout
     reembedded: tuple[str, ...] = ()
@@ -88,8 +93,8 @@ class RolloutControl:
         max_failures: MaxFailures | None = None,
         on_failures: FailureAction = "pause",
     ) -> StartedRollout:
-        """Roll a published model out to target; an embedding model's gallery is completed first (not for an
-        INT8 variant that runs in its float model's place: agents keep the float model's gallery). Past
+        """Roll a published model out to target; an embedding model's gallery is completed first (for an INT8
+        variant that runs in its float model's place, the float model's: its agents match against it). Past
         max_failures refusals (None: no limit) the rollout pauses or rolls back, as on_failures says."""
         model = self.catalog.show(model_id)
         if model.retired:
@@ -103,22 +108,25 @@ class RolloutControl:
             max_failures=max_failures,
             on_failures=on_failures,
         )
-        if model.task != "embedding" or model.runs_in_place_of is not None:
-            started = add("active", self.clock())  # a variant in its float model's place needs no gallery
+        if model.task != "embedding":
+            started = add("active", self.clock())
             self._changed()
-            return StartedRollout(started, runs_in_place_of=model.runs_in_place_of)
+            return StartedRollout(started)
         if self.runtime is None:
             raise FailedPreconditionError("rolling out an embedding model needs a runtime to re-embed crops")
-        stored = self.catalog.stored(model)
+        place = model.runs_in_place_of
+        stored = self.catalog.stored(model) if place is None else self._float_model(model_id, place)
         self.catalog.store.check(stored)
         embedder = CropEmbedder(self.runtime, stored)
+        gallery_id = stored.manifest.model_id
         rollout = add("preparing", self.clock())
         self._changed()
         beat = _Heartbeat(self.state.models, rollout.rollout_id, self.clock)
         try:
-            first = reembed(self.state, embedder, progress=beat.around(progress), clock=self.clock)
+            lacking = None if place is None else self.state.models.people_without_model(gallery_id)
+            first = reembed(self.state, embedder, lacking, progress=beat.around(progress), clock=self.clock)
             self._settle(beat)
-            missing = self.state.models.people_without_model(model_id)
+            missing = self.state.models.people_without_model(gallery_id)
             second = reembed(self.state, embedder, missing, progress=beat.around(None), clock=self.clock)
             active = self.state.models.change_rollout(
                 rollout.rollout_id, lambda r: rollouts.activated(r, self.clock())
@@ -133,7 +141,17 @@ class RolloutControl:
         finally:
             self._changed()
         reembedded = tuple(sorted({*first.reembedded, *second.reembedded}))
-        return StartedRollout(active, reembedded, second.without_crops)
+        return StartedRollout(active, reembedded, second.without_crops, place)
+
+    def _float_model(self, model_id: str, place: str) -> StoredModel:
+        """The server's copy of the float model a variant runs in the place of (agents use its gallery)."""
+        try:
+            return find_model(self.catalog.store, place)
+        except ModelStoreError:
+            raise FailedPreconditionError(
+                f"model {model_id} runs in {place}'s place, and the server's model store has no {place} to "
+                f"complete its gallery with; import or publish {place} first"
+            ) from None
 
     def _settle(self, beat: _Heartbeat) -> None:
         """Wait settle_seconds, showing progress meanwhile."""

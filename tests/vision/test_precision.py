@@ -5,11 +5,14 @@ at its choice."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -32,6 +35,8 @@ from facefleet.vision.precision.tuner import MIN_SPEEDUP, choose
 from facefleet.vision.runtime import Precision, Runtime, RuntimeSettings
 from tests.precision_seams import injected, perturbed_ir
 from tests.variants import store_variant_copy
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -481,6 +486,26 @@ def test_a_child_that_cannot_start_leaves_the_measurement_to_this_process(
     assert choice.source == "auto" and {m.label for m in choice.measurements} >= {"f32", "bf16"}
     assert cache.get(expression.manifest, auto_runtime.device_name, auto_runtime.version) == choice
     assert "measuring in a child process failed" in caplog.text and "sem_open" in caplog.text
+
+
+def test_a_child_that_dies_leaves_its_models_at_f32_and_this_process_alive(
+    auto_runtime: Runtime, model_store: ModelStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A candidate that crashes the runtime kills the measuring child; measuring it again here would kill
+    the agent (at every start, as the cache stays empty), so the model runs at f32 with the reason."""
+
+    class DyingChild(ProcessPoolExecutor):
+        def submit(self, fn: Callable[..., T], /, *args: object, **kwargs: object) -> Future[T]:
+            return super().submit(os._exit, 3)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(plan_module, "ProcessPoolExecutor", DyingChild)
+    cache = PrecisionCache(cache_path(tmp_path))
+    plan = PrecisionPlan(auto_runtime, model_store, cache=cache, measure_in_child=True)
+    expression = model_store.active("expression")
+    choice = plan.choice(expression)
+    assert (choice.precision, choice.source) == ("f32", "default")
+    assert "the measuring process died" in choice.reason
+    assert cache.get(expression.manifest, auto_runtime.device_name, auto_runtime.version) is None
 
 
 def test_a_resolved_choice_does_not_wait_for_another_models_measurement(

@@ -140,24 +140,26 @@ def quantizer_installed() -> bool:
 
 
 def int8_variants(store: ModelStore, source: StoredModel) -> list[StoredModel]:
-    """The INT8 versions the store holds of source: their manifest's extra.quantized_from names it, and
-    they were quantized from its very IR, or from IR converted from the same source file (not from an
-    earlier import under the same id)."""
-    manifest = source.manifest
-    return [
-        m
-        for m in store.models()
-        if m.manifest.task == manifest.task
-        and m.manifest.precision == PRECISION
-        and m.manifest.extra.get("quantized_from") == manifest.model_id
+    """The INT8 versions the store holds of source (is_variant_of)."""
+    return [m for m in store.models() if is_variant_of(m.manifest, source.manifest)]
+
+
+def is_variant_of(candidate: ModelManifest, source: ModelManifest) -> bool:
+    """Whether candidate is an INT8 version of source: its extra.quantized_from names source, and it was
+    quantized from source's very IR, or from IR converted from the same source file (not from an earlier
+    import under the same id)."""
+    return (
+        candidate.task == source.task
+        and candidate.precision == PRECISION
+        and candidate.extra.get("quantized_from") == source.model_id
         and (
-            m.manifest.source.sha256 == manifest.files.get(MODEL_XML)
+            candidate.source.sha256 == source.files.get(MODEL_XML)
             or (
-                bool(manifest.source.sha256)
-                and m.manifest.extra.get(SOURCE_OF_SOURCE_KEY) == manifest.source.sha256
+                bool(source.source.sha256)
+                and candidate.extra.get(SOURCE_OF_SOURCE_KEY) == source.source.sha256
             )
         )
-    ]
+    )
 
 
 def find_model(store: ModelStore, ref: str) -> StoredModel:

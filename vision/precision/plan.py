@@ -6,7 +6,8 @@ is.
 A long-running process measures in a child process (measure_in_child): measuring compiles every candidate
 of a model at once (SFace's f32, bf16 and INT8 add some 240 MB), and the allocator does not give all of that
 back, so an agent that measured in its own process ran some 70 MB heavier for its whole life. The child
-writes the cache, which the process then reads."""
+writes the cache, which the process then reads. Where no child can be started the process measures itself;
+a child that dies (a candidate that crashes the runtime) leaves its models at f32 with the reason."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import multiprocessing
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -282,7 +284,10 @@ class PrecisionPlan:
         try:
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
                 failures = child.submit(measure_requested, request).result()
-        except Exception as exc:  # the child could not start or died: measured here instead
+        except BrokenProcessPool as exc:  # a model that kills its process must not kill this one too
+            log.error("precision: the measuring process died (%s); those models run at f32", exc)
+            failures = {_ref(m): f"the measuring process died ({exc})" for m in models}
+        except Exception as exc:  # no child could be started: measured here instead
             log.warning("precision: measuring in a child process failed (%r); measuring here", exc)
             failures = self._tune_each(models)
         for model in models:

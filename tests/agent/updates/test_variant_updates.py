@@ -1,8 +1,9 @@
 """An INT8 variant a server published to run in its float model's place (`models quantize --in-place`), on
 the agent: stored next to the float model, measured among its precisions, run under the float model's id
-and gallery, kept across a restart, withdrawn when the float model is asked for again; refused with the
-reason where it cannot run in place. Latencies come through the timer seam (never asserted); guards,
-compilations and the smoke inference are real."""
+and gallery, kept across a restart, replaced by a later variant, withdrawn when the float model is asked for
+again (retried, never refused, when that fails); refused with the reason where it cannot run in place.
+Latencies come through the timer seam (never asserted); guards, compilations and the smoke inference are
+real. The server's gallery is a seam here (tests/server/rollouts/test_variant_rollout.py has the real one)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from facefleet.agent.updates.updater import ModelUpdater, Switch
+from facefleet.agent.updates import updater as updater_module
+from facefleet.agent.updates.updater import ModelUpdater, RetryLaterError, Switch
 from facefleet.link.models import ModelAssignment, ModelRelease
+from facefleet.vision.models.manifest import ModelManifest
 from facefleet.vision.models.store import ModelStore, StoredModel
 from facefleet.vision.pipeline import FaceAnalyzer
 from facefleet.vision.precision.cache import PrecisionCache
@@ -70,12 +73,40 @@ def state(tmp_path: Path, model_store: ModelStore) -> Path:
     return tmp_path / "agent"
 
 
-def published_variant(tmp_path: Path, source: StoredModel, ir: Path | None = None) -> FileServer:
+def published_variant(
+    tmp_path: Path, source: StoredModel, ir: Path | None = None, version: str | None = None
+) -> FileServer:
     """A server's store holding an in-place INT8 variant of source (from another conversion of its source
     file: the IR sha256 differs), serving it."""
     server_store = ModelStore(tmp_path / "server" / "models")
-    store_variant_copy(server_store, source, ir=ir, in_place=True)
+    store_variant_copy(server_store, source, version, ir=ir, in_place=True)
     return FileServer(server_store)
+
+
+def release_of_version(server: FileServer, version: str, rollout_id: int) -> ModelRelease:
+    model = next(m for m in server.store.models() if m.manifest.version == version)
+    return release_of(model, rollout_id)
+
+
+class CompleteGallery:
+    """The sync client's side of an embedding switch, with every model's gallery already applied."""
+
+    def __init__(self) -> None:
+        self.watched: list[tuple[str, ...]] = []
+
+    def watch_models(self, models: tuple[str, ...]) -> None:
+        self.watched.append(models)
+
+    def gallery_has(self, model_id: str) -> bool:
+        return True
+
+
+def stored_float_copy(store: ModelStore, source: StoredModel, version: str) -> StoredModel:
+    """source's files as another float version of the same model (another version an agent may run)."""
+    staged = store.staging_dir()
+    for name in source.manifest.files:
+        shutil.copy(source.directory / name, staged / name)
+    return store.add(staged, ModelManifest.from_json({**source.manifest.to_json(), "version": version}))
 
 
 def test_a_variant_delivered_in_place_runs_under_the_float_models_id_and_is_withdrawn_on_rollback(
@@ -147,7 +178,81 @@ def test_a_variant_refused_by_the_guard_on_the_agents_faces_is_not_run(
 
     model_id, _, activation, reason = agent.embedding_status()
     assert (model_id, activation) == (VARIANT, "failed")
-    assert "refused by the accuracy guard on this agent's faces" in reason
+    assert "refused by the accuracy guard on this device at its thresholds" in reason
     assert VARIANT not in agent.stored()
     assert agent.updater.precisions()["embedding"] == before
     assert agent.updater.versions()["embedding"] == FLOAT
+
+
+def test_a_later_variant_replaces_the_earlier_one_and_a_rollback_brings_that_back(
+    auto_runtime: Runtime, state: Path, tmp_path: Path
+) -> None:
+    agent = PlannedAgent(auto_runtime, state)
+    source = agent.store.active("embedding")
+    first = published_variant(tmp_path / "first", source)
+    second = published_variant(tmp_path / "second", source, version="2021dec-int8-b")
+
+    agent.reconcile(first, release_of(first.store.models()[0], rollout_id=2))
+    agent.reconcile(second, release_of(second.store.models()[0], rollout_id=5))
+    assert VARIANT not in agent.stored() and "sface@2021dec-int8-b" in agent.stored()
+    assert agent.updater.precisions()["embedding"] == "int8 (sface@2021dec-int8-b)"
+
+    # rollout 5 rolled back: rollout 2's variant is the newest covering one again, and it alone competes
+    agent.reconcile(first, release_of(first.store.models()[0], rollout_id=2))
+    assert VARIANT in agent.stored() and "sface@2021dec-int8-b" not in agent.stored()
+    assert agent.updater.precisions()["embedding"] == f"int8 ({VARIANT})"
+    assert agent.embedding_status()[:3] == (VARIANT, 2, "active")
+
+
+def test_an_agent_on_another_version_switches_to_the_stored_float_model_first(
+    auto_runtime: Runtime, state: Path, tmp_path: Path
+) -> None:
+    """A later rollout of another version was rolled back while the variant's rollout stayed active: the
+    variant comes back to an agent running that other version, and it still stores the float model."""
+    store = ModelStore(state / "models")
+    source = store.active("embedding")
+    other = stored_float_copy(store, source, "2021dec-copy")
+    store.activate("embedding", other.manifest.name, other.manifest.version)
+    agent = PlannedAgent(auto_runtime, state)
+    gallery = CompleteGallery()
+    agent.updater.gallery = gallery
+    assert agent.updater.versions()["embedding"] == "sface@2021dec-copy"
+    server = published_variant(tmp_path, source)
+
+    agent.reconcile(server, release_of(server.store.models()[0], rollout_id=7))
+
+    assert agent.updater.versions()["embedding"] == FLOAT
+    assert agent.store.active("embedding").manifest.model_id == FLOAT
+    assert agent.updater.precisions()["embedding"] == f"int8 ({VARIANT})"
+    assert ("sface@2021dec-copy", FLOAT) in gallery.watched  # the float model's gallery came first
+    assert agent.embedding_status()[:3] == (VARIANT, 7, "active")
+
+
+def test_a_withdrawal_that_fails_is_retried_and_never_refuses_the_float_model(
+    auto_runtime: Runtime, state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = PlannedAgent(auto_runtime, state)
+    server = published_variant(tmp_path, agent.store.active("embedding"))
+    agent.reconcile(server, release_of(server.store.models()[0], rollout_id=7))
+    assert agent.updater.precisions()["embedding"] == f"int8 ({VARIANT})"
+
+    def broken(*args: object) -> object:
+        raise RuntimeError("compilation failed")
+
+    float_again = ModelRelease("embedding", FLOAT, rollout_id=3)  # rollout 3 brought the float model
+    with monkeypatch.context() as patched:
+        patched.setattr(updater_module, "remeasured", broken)
+        with pytest.raises(RetryLaterError):
+            agent.reconcile(server, float_again)
+    status = next(s for s in agent.updater.statuses() if s.task == "embedding")
+    assert (status.model_id, status.rollout_id, status.state, status.final) == (FLOAT, 3, "failed", False)
+    assert "compilation failed" in status.reason and "retrying later" in status.reason
+    # the files went, but the frames still run the variant compiled before: not done yet
+    assert VARIANT not in agent.stored()
+    assert agent.updater.precisions()["embedding"] == f"int8 ({VARIANT})"
+
+    agent.reconcile(server, float_again)
+    assert not agent.updater.precisions()["embedding"].startswith("int8")
+    model_id, rollout_id, activation, reason = agent.embedding_status()
+    assert (model_id, rollout_id, activation) == (FLOAT, 3, "active")
+    assert f"{VARIANT} withdrawn" in reason

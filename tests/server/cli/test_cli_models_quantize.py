@@ -81,7 +81,8 @@ def test_quantize_on_photos_and_refusals(
     assert "published sface@2021dec-int8 (INT8, from sface@2021dec, to run in sface@2021dec's place" in out
     assert "held-out samples" in out
 
-    # published to run in the float model's place: its rollout re-embeds nobody, enrolment ignores it
+    # published to run in the float model's place: its rollout completes the float model's gallery (nobody
+    # lacks it here), and enrolment goes on embedding with the float model while it is rolled out
     state = ["--state-dir", str(state_dir)]
     code, _, err = run_cli(capsys, *state, "people", "enroll", "man", "--image", str(package_file(MAN_PHOTO)))
     assert code == EXIT_OK, err
@@ -95,7 +96,7 @@ def test_quantize_on_photos_and_refusals(
     assert started["runs_in_place_of"] == "sface@2021dec"
     opened = SqliteState(state_dir / "server.db")
     try:
-        assert rollout_embedding_models(opened.models) == ()
+        assert rollout_embedding_models(opened.models) == ("sface@2021dec",)
     finally:
         opened.close()
 

@@ -15,10 +15,6 @@ from facefleet.vision.pipeline import FaceAnalyzer
 from facefleet.vision.precision.choice import Choice
 
 
-class NotMeasuredError(ModelSpecError):
-    """A variant could not be measured on this device this time (the measurement failed, not its guard)."""
-
-
 def running_models(analyzer: FaceAnalyzer) -> dict[str, StoredModel | None]:
     """task → the model analyzer runs for it (the tasks a rollout may change)."""
     return {
@@ -67,23 +63,28 @@ def measured_setting(analyzer: FaceAnalyzer, task: str) -> str | None:
 def remeasured(analyzer: FaceAnalyzer, task: str, smoke_photo: Path | None) -> tuple[FaceAnalyzer, Choice]:
     """An analyzer whose model of task is measured again with what the store holds now (the agent measures
     in its child process), smoke-tested, and that model's new choice."""
-    candidate, choice = _measured_again(analyzer, task)
+    candidate, choice = _measured_again(analyzer, running_model(analyzer, task), frozenset())
     smoke_test(candidate, task, smoke_photo)
     return candidate, choice
 
 
 def with_variant(
-    analyzer: FaceAnalyzer, variant: StoredModel, smoke_photo: Path | None
+    analyzer: FaceAnalyzer,
+    float_model: StoredModel,
+    variant: StoredModel,
+    excluded: frozenset[str],
+    smoke_photo: Path | None,
 ) -> tuple[FaceAnalyzer, Choice]:
-    """remeasured() for the float model variant runs in the place of, now that variant is stored: the new
-    analyzer and choice. NotMeasuredError when the measurement failed; ModelSpecError when the variant's
-    accuracy guard refused it."""
+    """An analyzer that runs float_model (the running one, or a stored version to switch to) measured again
+    with variant stored and the variants excluded (model ids) left out of the candidates, smoke-tested, and
+    float_model's new choice. ModelSpecError when the variant was not measured or its guard refused it."""
     check_model(variant)
+    check_model(float_model)
     task, model_id = variant.manifest.task, variant.manifest.model_id
-    candidate, choice = _measured_again(analyzer, task)
+    candidate, choice = _measured_again(analyzer, float_model, excluded)
     measured = next((m for m in choice.measurements if m.variant == model_id), None)
     if measured is None:
-        raise NotMeasuredError(f"model {model_id} was not measured on this device: {choice.reason}")
+        raise ModelSpecError(f"model {model_id} was not measured on this device: {choice.reason}")
     if not measured.guard.passed:
         raise ModelSpecError(
             f"model {model_id} is refused by the accuracy guard on this device at its thresholds: "
@@ -93,12 +94,15 @@ def with_variant(
     return candidate, choice
 
 
-def _measured_again(analyzer: FaceAnalyzer, task: str) -> tuple[FaceAnalyzer, Choice]:
+def _measured_again(
+    analyzer: FaceAnalyzer, float_model: StoredModel, excluded: frozenset[str]
+) -> tuple[FaceAnalyzer, Choice]:
     plan = analyzer.precisions
     if plan is None:
-        raise ModelSpecError(f"this agent does not measure the precision of its {task} model")
-    float_model = running_model(analyzer, task)
-    renewed = plan.renewed()
+        raise ModelSpecError(
+            f"this agent does not measure the precision of its {float_model.manifest.task} model"
+        )
+    renewed = plan.renewed(float_model, excluded)
     try:
         candidate = analyzer.with_model(float_model, renewed)
     except FaceFleetError:

@@ -44,7 +44,6 @@ from typing import Protocol
 
 from facefleet.agent.recognition.matching import LoadedGalleries
 from facefleet.agent.updates.candidates import (
-    NotMeasuredError,
     measured_setting,
     reason,
     remeasured,
@@ -85,9 +84,8 @@ class WithdrawError(ModelStoreError):
     """Withdrawing a delivered variant failed; the float model it ran in the place of is not refused."""
 
 
-TRANSIENT_ERRORS = (DiskFullError, GalleryTimeoutError, NotMeasuredError, WithdrawError)
-"""Refusals worth another try later: the disk may be cleaned up, the server may come back, a measurement
-may succeed."""
+TRANSIENT_ERRORS = (DiskFullError, GalleryTimeoutError, WithdrawError)
+"""Refusals worth another try later: the disk may be cleaned up, the server may come back."""
 
 ANALYZER_TASKS = ("detection", "embedding", "expression")
 
@@ -201,23 +199,24 @@ class ModelUpdater:
         running = self.versions().get(task)
         try:
             place = self._in_place_of(release)
-        except FaceFleetError:
-            return False  # an unreadable release: applying it says why
-        if place is None:
-            variant = self._running_variant(task)
+            if place is None:
+                variant = self._running_variant(task)
+                return (
+                    running == release.model_id
+                    and not self.stored.delivered_variants(task, running)
+                    and (variant is None or self.stored.by_id(task, variant) is not None)
+                )
+            last = self._statuses.get(task)
             return (
-                running == release.model_id
-                and not self.stored.delivered_variants(task, running)
-                and (variant is None or self.stored.by_id(task, variant) is not None)
+                running == place
+                and self.stored.stored(release) is not None
+                and last is not None
+                and (last.model_id, last.rollout_id, last.state)
+                == (release.model_id, release.rollout_id, "active")
+                and measured_setting(self.analyzer(), task) is None
             )
-        last = self._statuses.get(task)
-        return (
-            running == place
-            and self.stored.stored(release) is not None
-            and last is not None
-            and (last.model_id, last.rollout_id, last.state)
-            == (release.model_id, release.rollout_id, "active")
-        )
+        except FaceFleetError:  # an unreadable release or store: the running model is what it names
+            return running == release.model_id
 
     def _in_place_of(self, release: ModelRelease) -> str | None:
         """The float model a release's variant runs in the place of (None: a model of its own)."""
@@ -308,7 +307,15 @@ class ModelUpdater:
             await self._record(client, timeout, release, "downloading", f"{len(release.files)} files")
             stored = await self._download(release, client)
         self._still_wanted(release)
-        previous = await self._activate(release, stored, client, timeout, discard=True)
+        await self._record(client, timeout, release, "verifying", "compiling and running a smoke inference")
+        try:
+            analyzer = await asyncio.to_thread(
+                with_version, self.analyzer(), stored, self.settings.smoke_photo
+            )
+        except FaceFleetError:
+            await asyncio.to_thread(self.stored.discard, stored)  # a refused version takes no place
+            raise
+        previous = await self._switch_to(release, stored, analyzer)
         log.info("model %s (%s): active", release.model_id, release.task)
         await self._record(client, timeout, release, "active", "running")
         try:
@@ -316,31 +323,14 @@ class ModelUpdater:
         except (FaceFleetError, OSError) as exc:  # the version runs; only the clean-up failed
             log.warning("old %s versions not removed: %s", release.task, reason(exc))
 
-    async def _activate(
-        self,
-        release: ModelRelease,
-        stored: StoredModel,
-        client: ModelClient,
-        timeout: float,
-        *,
-        discard: bool,
+    async def _switch_to(
+        self, release: ModelRelease, stored: StoredModel, analyzer: FaceAnalyzer
     ) -> str | None:
-        """Verify stored off the frame loop, wait for its gallery (an embedding model), switch to it; the
-        model id it replaced. discard: remove stored when it is refused."""
-        model_id = stored.manifest.model_id
-        await self._record(
-            client, timeout, release, "verifying", f"{model_id}: compiling and running a smoke inference"
-        )
-        try:
-            analyzer = await asyncio.to_thread(
-                with_version, self.analyzer(), stored, self.settings.smoke_photo
-            )
-        except FaceFleetError:
-            if discard:
-                await asyncio.to_thread(self.stored.discard, stored)  # a refused version takes no place
-            raise
+        """Hand the verified analyzer that runs stored over, an embedding model's gallery first when it is
+        another model than the running one; the model id it replaced."""
         previous = self.versions().get(release.task)
-        if release.task != "embedding":
+        model_id = stored.manifest.model_id
+        if release.task != "embedding" or model_id == previous:
             await self._hand_over(release, stored, analyzer)
             return previous
         try:
@@ -357,32 +347,49 @@ class ModelUpdater:
     async def _apply_variant(
         self, release: ModelRelease, place: str, client: ModelClient, timeout: float
     ) -> None:
-        """Store the variant next to the float model `place` (switching to that first when another version
-        runs), remove variants delivered for it before, measure it again with this one among the
-        candidates, and switch to the analyzer that runs the winner."""
+        """Store the variant next to the float model `place`, measure that model again with this variant
+        among the candidates (not the variants delivered before), and switch to the analyzer that runs the
+        winner (and to the float model, with its gallery, when another version runs); then remove the
+        variants delivered before. A refused variant leaves the store; one whose switch is to be retried
+        (a gallery that did not arrive) stays for the next try."""
         task = release.task
         log.info("model %s (%s): assigned by rollout %d to run in %s's place", release.model_id, task,
                  release.rollout_id, place)  # fmt: skip
-        float_model = self._in_place_target(release, place)
+        try:
+            float_model = self._in_place_target(release, place)
+        except FaceFleetError:
+            kept = self.stored.stored(release)  # delivered before, now refused here: not a candidate
+            if kept is not None:
+                await asyncio.to_thread(self.stored.discard, kept)
+            raise
         stored = self.stored.copy_for(release)
         if stored is None:
             await self._record(client, timeout, release, "downloading", f"{len(release.files)} files")
             stored = await self._download(release, client)
         self._still_wanted(release)
+        older = [
+            m for m in self.stored.delivered_variants(task, place) if m.manifest.model_id != release.model_id
+        ]
+        excluded = frozenset(m.manifest.model_id for m in older)
+        smoke = self.settings.smoke_photo
         try:
-            if self.versions().get(task) != place:
-                await self._activate(release, float_model, client, timeout, discard=False)
             await self._record(client, timeout, release, "verifying", f"measuring it against {place}")
-            for older in self.stored.delivered_variants(task, place):
-                if older.manifest.model_id != release.model_id:
-                    await asyncio.to_thread(self.store.remove, older)
-                    log.info("model %s (%s): replaced by %s", older.manifest.model_id, task, release.model_id)
-            smoke = self.settings.smoke_photo
-            analyzer, choice = await asyncio.to_thread(with_variant, self.analyzer(), stored, smoke)
-            await self._hand_over(release, running_model(analyzer, task), analyzer)
-        except BaseException:
-            await asyncio.to_thread(self.stored.discard, stored)  # refused or abandoned: not a candidate
+            analyzer, choice = await asyncio.to_thread(
+                with_variant, self.analyzer(), float_model, stored, excluded, smoke
+            )
+            previous = await self._switch_to(release, float_model, analyzer)
+        except BaseException as exc:
+            if not isinstance(exc, TRANSIENT_ERRORS):
+                await asyncio.to_thread(self.stored.discard, stored)  # refused or abandoned
             raise
+        try:
+            for model in older:
+                await asyncio.to_thread(self.store.remove, model)
+                log.info("model %s (%s): replaced by %s", model.manifest.model_id, task, release.model_id)
+            if previous != place:
+                await asyncio.to_thread(self.stored.prune, task, self.settings.keep_versions, previous)
+        except (FaceFleetError, OSError) as exc:  # the variant runs; only the clean-up failed
+            log.warning("old %s versions not removed: %s", task, reason(exc))
         if choice.variant == release.model_id:
             outcome = f"runs in {place}'s place: {choice.reason}"
         else:

@@ -108,9 +108,9 @@ def _register_models(commands: Any, make: Callable[..., Any]) -> None:
         "threshold, 0.363 by default; repeat it for each door threshold) or at the server's "
         "snapshots.cluster_threshold, which groups unknown faces; otherwise it is refused with the "
         "figures (exit 65). With --in-place it is published to run in the float model's place: its "
-        "rollout re-embeds nothing, agents that run the float model keep it, its id and its gallery, and "
-        "measure the variant among their precisions (each runs it where it is the fastest that passes the "
-        "guard on its own faces and thresholds); without it, it is a model of its own, with a gallery "
+        "rollout keeps the float model's gallery, agents that store the float model run it, under its "
+        "id, and measure the variant among their precisions (each runs it where it is the fastest that "
+        "passes the guard at its own thresholds); without it, it is a model of its own, with a gallery "
         "re-embedded by its rollout. Detection models stay in float.",
     )
     quantize.add_argument("model_id", metavar="MODEL_ID", help="name@version, e.g. sface@2021dec")

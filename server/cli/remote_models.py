@@ -105,7 +105,10 @@ class RemoteControl:
             body["max_failures"] = {"count": max_failures.count, "percent": max_failures.percent}
         started = self.remote.post("/rollouts", body)
         return StartedRollout(
-            rollout_from(started["rollout"]), tuple(started["reembedded"]), tuple(started["without_crops"])
+            rollout_from(started["rollout"]),
+            tuple(started["reembedded"]),
+            tuple(started["without_crops"]),
+            started.get("runs_in_place_of"),
         )
 
     def pause(self, rollout_id: int) -> Rollout:
@@ -128,6 +131,7 @@ def model_from(data: dict[str, Any]) -> PublishedModel:
         manifest_json=data.get("manifest_json", ""),
         published_at=_time(data["published_at"]),
         retired_at=_time(data["retired_at"]) if data["retired_at"] else None,
+        runs_in_place_of=data.get("runs_in_place_of"),
     )
 
 

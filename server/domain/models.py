@@ -42,7 +42,9 @@ FAILURE_ACTIONS: tuple[FailureAction, ...] = ("pause", "rollback")
 
 @dataclass(frozen=True)
 class PublishedModel:
-    """A model version in the server's catalogue. manifest_json: its manifest.json text as stored."""
+    """A model version in the server's catalogue. manifest_json: its manifest.json text as stored;
+    runs_in_place_of: the float model this INT8 variant was published to run in the place of (read from
+    manifest_json when not given): its rollout keeps that model's gallery, agents measure the variant."""
 
     model_id: str
     task: str
@@ -52,10 +54,13 @@ class PublishedModel:
     manifest_json: str
     published_at: datetime
     retired_at: datetime | None = None
+    runs_in_place_of: str | None = None
 
     def __post_init__(self) -> None:
         check_model_id(self.model_id)
         check_task(self.task)
+        if self.runs_in_place_of is None and self.manifest_json:
+            object.__setattr__(self, "runs_in_place_of", _in_place_of(self.manifest_json))
 
     @property
     def name(self) -> str:
@@ -75,15 +80,6 @@ class PublishedModel:
 
     def file(self, name: str) -> ModelFile | None:
         return next((f for f in self.files if f.name == name), None)
-
-    @property
-    def runs_in_place_of(self) -> str | None:
-        """The float model this INT8 variant was published to run in the place of (its rollout re-embeds
-        nothing: agents keep the float model and its gallery, and measure the variant), or None."""
-        try:
-            return ModelManifest.from_json(json.loads(self.manifest_json)).runs_in_place_of
-        except (ValueError, KeyError, TypeError):
-            return None
 
 
 @dataclass(frozen=True)
@@ -197,3 +193,10 @@ class AgentModels:
     device_id: str
     groups: tuple[str, ...] = ()
     statuses: tuple[ModelStatus, ...] = ()
+
+
+def _in_place_of(manifest_json: str) -> str | None:
+    try:
+        return ModelManifest.from_json(json.loads(manifest_json)).runs_in_place_of
+    except (ValueError, KeyError, TypeError):
+        return None

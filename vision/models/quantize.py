@@ -22,7 +22,7 @@ import importlib.util
 import itertools
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -139,9 +139,15 @@ def quantizer_installed() -> bool:
     return importlib.util.find_spec("nncf") is not None
 
 
-def int8_variants(store: ModelStore, source: StoredModel) -> list[StoredModel]:
-    """The INT8 versions the store holds of source (is_variant_of)."""
-    return [m for m in store.models() if is_variant_of(m.manifest, source.manifest)]
+def int8_variants(
+    store: ModelStore, source: StoredModel, excluded: Collection[str] = ()
+) -> list[StoredModel]:
+    """The INT8 versions the store holds of source (is_variant_of), but those excluded (by model id)."""
+    return [
+        m
+        for m in store.models()
+        if is_variant_of(m.manifest, source.manifest) and m.manifest.model_id not in excluded
+    ]
 
 
 def is_variant_of(candidate: ModelManifest, source: ModelManifest) -> bool:

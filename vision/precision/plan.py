@@ -62,7 +62,7 @@ class PrecisionPlan:
     decisions are taken at (matching, doors), which an embedding candidate's guard checks. timer, photos: the
     latency seam and the photos of the measurements (default: median wall time, the bundled photos).
     measure_in_child: measure in a child process (with the default timer; only with a cache, which carries
-    the choices back)."""
+    the choices back). excluded: INT8 variants (model ids) left out of the candidates."""
 
     def __init__(
         self,
@@ -77,6 +77,7 @@ class PrecisionPlan:
         timer: Timer = median_ms,
         photos: list[Path] | None = None,
         measure_in_child: bool = False,
+        excluded: frozenset[str] = frozenset(),
     ) -> None:
         self.runtime = runtime
         self.store = store
@@ -88,6 +89,7 @@ class PrecisionPlan:
         self.timer = timer
         self.photos = photos
         self.measure_in_child = measure_in_child and cache is not None
+        self.excluded = excluded
         self._samples: TuningSamples | None = None
         self._not_measured: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
         """(model id, files) → why measuring it failed (not tried again by this plan)."""
@@ -95,11 +97,11 @@ class PrecisionPlan:
         """(model id, its files' sha256 by name) → its choice."""
         self._lock = threading.RLock()
 
-    def renewed(self) -> PrecisionPlan:
-        """A plan with the same settings and nothing resolved yet: what the store holds now (an INT8
-        variant delivered or withdrawn since) decides anew, while this plan keeps answering for the models
-        that run."""
-        return PrecisionPlan(
+    def renewed(self, model: StoredModel, excluded: frozenset[str] = frozenset()) -> PrecisionPlan:
+        """A plan with the same settings and choices but model's, which it resolves anew from what the store
+        holds now (an INT8 variant delivered or withdrawn since), leaving the variants excluded (model ids)
+        out of its candidates; this plan keeps answering for the models that run."""
+        renewed = PrecisionPlan(
             self.runtime,
             self.store,
             self.settings,
@@ -110,7 +112,13 @@ class PrecisionPlan:
             timer=self.timer,
             photos=self.photos,
             measure_in_child=self.measure_in_child,
+            excluded=excluded,
         )
+        with self._lock:
+            renewed._samples = self._samples
+            renewed._resolved = {k: c for k, c in self._resolved.items() if k != _identity(model)}
+            renewed._not_measured = {k: r for k, r in self._not_measured.items() if k != _identity(model)}
+        return renewed
 
     def measured_setting(self, task: str) -> PrecisionSetting | None:
         """The override that decides task's precision without a measurement ([runtime] precision.<task>,
@@ -186,7 +194,7 @@ class PrecisionPlan:
             probe = PROBES[task](
                 self.runtime, self._tuning_samples(), self.thresholds(model.manifest.model_id)
             )
-            measured = tune(probe, self.store, model, self.timer)
+            measured = tune(probe, self.store, model, self.timer, self.excluded)
             if self.cache is not None:
                 device, version = self.runtime.device_name, self.runtime.version
                 guarded_at, variants = self._guarded_at(model), self._variants(model)
@@ -221,7 +229,8 @@ class PrecisionPlan:
     def _variants(self, model: StoredModel) -> dict[str, dict[str, str]]:
         """The INT8 variants the store holds of model (its candidates besides the precision hints): model id
         → its files' sha256 by name."""
-        return {v.manifest.model_id: dict(v.manifest.files) for v in int8_variants(self.store, model)}
+        variants = int8_variants(self.store, model, self.excluded)
+        return {v.manifest.model_id: dict(v.manifest.files) for v in variants}
 
     def _resolve(self, model: StoredModel) -> Choice:
         settled = self._settled(model)
@@ -260,7 +269,7 @@ class PrecisionPlan:
         cached = self.cached(model)
         if cached is not None:
             return cached
-        if [c.label for c in candidates(self.runtime, self.store, model)] == ["f32"]:
+        if [c.label for c in candidates(self.runtime, self.store, model, self.excluded)] == ["f32"]:
             reason = f"f32: the only candidate on {self.runtime.device} (no bf16/f16 hint, no INT8 variant)"
             return Choice(task, model_id, "f32", "auto", reason)
         failed = self._not_measured.get(_identity(model))
@@ -280,6 +289,7 @@ class PrecisionPlan:
             {m.manifest.model_id: tuple(self.thresholds(m.manifest.model_id)) for m in models},
             self.detector,
             self.photos,
+            tuple(sorted(self.excluded)),
         )
         try:
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
@@ -317,7 +327,8 @@ class PrecisionPlan:
 @dataclass(frozen=True)
 class MeasureRequest:
     """What a child process measures: the models ('task/name/version') of the store at store_root, on a
-    runtime of these settings, each embedding model guarded at its thresholds (model id → cosines)."""
+    runtime of these settings, each embedding model guarded at its thresholds (model id → cosines), without
+    the INT8 variants excluded (model ids)."""
 
     runtime: RuntimeSettings
     store_root: Path
@@ -326,6 +337,7 @@ class MeasureRequest:
     thresholds: Mapping[str, tuple[float, ...]]
     detector: DetectorSettings | None
     photos: list[Path] | None
+    excluded: tuple[str, ...] = ()
 
 
 def measure_requested(request: MeasureRequest) -> dict[str, str]:
@@ -339,6 +351,7 @@ def measure_requested(request: MeasureRequest) -> dict[str, str]:
         thresholds=lambda model_id: request.thresholds.get(model_id, (DEFAULT_THRESHOLD,)),
         detector=request.detector,
         photos=request.photos,
+        excluded=frozenset(request.excluded),
     )
     return plan._tune_each([store.get(*ref.split("/")) for ref in request.models])
 

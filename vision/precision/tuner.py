@@ -14,7 +14,7 @@ import functools
 import logging
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 
 from facefleet.vision.errors import ModelStoreError
@@ -60,10 +60,12 @@ def median_ms(label: str, run: Callable[[], None]) -> float:
     return statistics.median(times)
 
 
-def candidates(runtime: Runtime, store: ModelStore | None, model: StoredModel) -> list[Candidate]:
-    """The hints of the device, then the store's INT8 variants of model."""
+def candidates(
+    runtime: Runtime, store: ModelStore | None, model: StoredModel, excluded: Collection[str] = ()
+) -> list[Candidate]:
+    """The hints of the device, then the store's INT8 variants of model (but those excluded, by id)."""
     found = [Candidate(hint, hint, model) for hint in runtime.hint_precisions()]
-    variants = int8_variants(store, model) if store is not None else []
+    variants = int8_variants(store, model, excluded) if store is not None else []
     found.extend(Candidate("int8", "f32", variant) for variant in variants)
     return found
 
@@ -140,9 +142,11 @@ def tune(
     store: ModelStore | None,
     model: StoredModel,
     timer: Timer = median_ms,
+    excluded: Collection[str] = (),
 ) -> Choice:
-    """Measure model's candidates on the probe's runtime and choose."""
-    found = candidates(probe.runtime, store, model)
+    """Measure model's candidates on the probe's runtime (but the INT8 variants excluded, by id) and
+    choose."""
+    found = candidates(probe.runtime, store, model, excluded)
     measurements = measure(probe, model, found, timer)
     choice = choose(model.manifest.task, model.manifest.model_id, measurements)
     variant = next((c.model for c in found if c.model.manifest.model_id == choice.variant), None)

@@ -239,7 +239,7 @@ class PublishModelRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[PublishModelHeader, _Mapping]] = ..., chunk: _Optional[_Union[ModelUploadChunk, _Mapping]] = ...) -> None: ...
 
 class PublishedModel(_message.Message):
-    __slots__ = ("model_id", "task", "files", "precision", "licence", "published_at", "retired_at")
+    __slots__ = ("model_id", "task", "files", "precision", "licence", "published_at", "retired_at", "runs_in_place_of")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
@@ -247,6 +247,7 @@ class PublishedModel(_message.Message):
     LICENCE_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_AT_FIELD_NUMBER: _ClassVar[int]
     RETIRED_AT_FIELD_NUMBER: _ClassVar[int]
+    RUNS_IN_PLACE_OF_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     task: str
     files: _containers.RepeatedCompositeFieldContainer[_models_pb2.ModelFile]
@@ -254,7 +255,8 @@ class PublishedModel(_message.Message):
     licence: str
     published_at: _timestamp_pb2.Timestamp
     retired_at: _timestamp_pb2.Timestamp
-    def __init__(self, model_id: _Optional[str] = ..., task: _Optional[str] = ..., files: _Optional[_Iterable[_Union[_models_pb2.ModelFile, _Mapping]]] = ..., precision: _Optional[_Union[ModelPrecision, str]] = ..., licence: _Optional[str] = ..., published_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    runs_in_place_of: str
+    def __init__(self, model_id: _Optional[str] = ..., task: _Optional[str] = ..., files: _Optional[_Iterable[_Union[_models_pb2.ModelFile, _Mapping]]] = ..., precision: _Optional[_Union[ModelPrecision, str]] = ..., licence: _Optional[str] = ..., published_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., runs_in_place_of: _Optional[str] = ...) -> None: ...
 
 class PublishModelResponse(_message.Message):
     __slots__ = ("model",)
@@ -355,18 +357,20 @@ class StartRolloutRequest(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., target: _Optional[_Union[RolloutTarget, _Mapping]] = ..., max_failures: _Optional[_Union[MaxFailures, _Mapping]] = ..., on_failures: _Optional[_Union[FailureAction, str]] = ...) -> None: ...
 
 class StartRolloutResponse(_message.Message):
-    __slots__ = ("rollout", "reembedded_count", "reembedded", "without_crops_count", "without_crops")
+    __slots__ = ("rollout", "reembedded_count", "reembedded", "without_crops_count", "without_crops", "runs_in_place_of")
     ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     REEMBEDDED_COUNT_FIELD_NUMBER: _ClassVar[int]
     REEMBEDDED_FIELD_NUMBER: _ClassVar[int]
     WITHOUT_CROPS_COUNT_FIELD_NUMBER: _ClassVar[int]
     WITHOUT_CROPS_FIELD_NUMBER: _ClassVar[int]
+    RUNS_IN_PLACE_OF_FIELD_NUMBER: _ClassVar[int]
     rollout: Rollout
     reembedded_count: int
     reembedded: _containers.RepeatedScalarFieldContainer[str]
     without_crops_count: int
     without_crops: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, rollout: _Optional[_Union[Rollout, _Mapping]] = ..., reembedded_count: _Optional[int] = ..., reembedded: _Optional[_Iterable[str]] = ..., without_crops_count: _Optional[int] = ..., without_crops: _Optional[_Iterable[str]] = ...) -> None: ...
+    runs_in_place_of: str
+    def __init__(self, rollout: _Optional[_Union[Rollout, _Mapping]] = ..., reembedded_count: _Optional[int] = ..., reembedded: _Optional[_Iterable[str]] = ..., without_crops_count: _Optional[int] = ..., without_crops: _Optional[_Iterable[str]] = ..., runs_in_place_of: _Optional[str] = ...) -> None: ...
 
 class ChangeRolloutRequest(_message.Message):
     __slots__ = ("rollout_id", "action", "percent")

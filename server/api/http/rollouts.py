@@ -53,6 +53,9 @@ class ModelOut(BaseModel):
     files: list[ModelFileOut] = Field(description="The stored OpenVINO IR files agents download")
     published_at: datetime
     retired_at: datetime | None
+    runs_in_place_of: str | None = Field(
+        None, description="An INT8 variant published to run in this float model's place (`--in-place`)"
+    )
 
     @classmethod
     def of(cls, m: PublishedModel) -> ModelOut:
@@ -64,6 +67,7 @@ class ModelOut(BaseModel):
             files=[ModelFileOut(name=f.name, size=f.size, sha256=f.sha256) for f in m.files],
             published_at=m.published_at,
             retired_at=m.retired_at,
+            runs_in_place_of=m.runs_in_place_of,
         )
 
 
@@ -141,6 +145,10 @@ class Started(BaseModel):
     reembedded: list[str] = Field(description=f"The first {MAX_LISTED_PEOPLE} of them, sorted")
     without_crops_count: int = Field(description="Embedding models: people who must be re-enrolled")
     without_crops: list[str] = Field(description=f"The first {MAX_LISTED_PEOPLE} of them, sorted")
+    runs_in_place_of: str | None = Field(
+        None,
+        description="An INT8 variant: the float model whose gallery was completed and that it runs beside",
+    )
 
 
 class RolloutChange(BaseModel):
@@ -317,6 +325,7 @@ async def start(body: RolloutStart, operator: AdminOperator, handlers: Handlers)
         reembedded=sorted(started.reembedded)[:MAX_LISTED_PEOPLE],
         without_crops_count=len(started.without_crops),
         without_crops=sorted(started.without_crops)[:MAX_LISTED_PEOPLE],
+        runs_in_place_of=started.runs_in_place_of,
     )
 
 

@@ -184,6 +184,7 @@ def published_to_proto(model: PublishedModel) -> admin_pb2.PublishedModel:
         precision=PRECISION_VALUES.get(model.precision, admin_pb2.MODEL_PRECISION_UNSPECIFIED),
         licence=model.licence,
         published_at=timestamp(model.published_at),
+        runs_in_place_of=model.runs_in_place_of or "",
     )
     if model.retired_at is not None:
         message.retired_at.CopyFrom(timestamp(model.retired_at))
@@ -285,6 +286,7 @@ def start_rollout_response(started: StartedRollout) -> admin_pb2.StartRolloutRes
         reembedded=sorted(started.reembedded)[:MAX_LISTED_PEOPLE],
         without_crops_count=len(started.without_crops),
         without_crops=sorted(started.without_crops)[:MAX_LISTED_PEOPLE],
+        runs_in_place_of=started.runs_in_place_of or "",
     )
 
 

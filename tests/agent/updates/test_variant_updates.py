@@ -165,6 +165,25 @@ def test_a_variant_that_cannot_run_in_place_is_refused_with_the_reason_and_not_k
     assert overridden.updater.precisions()["embedding"] == "f32"
 
 
+def test_a_variant_running_in_place_is_refused_once_the_precision_is_pinned(
+    auto_runtime: Runtime, state: Path, tmp_path: Path
+) -> None:
+    """The site pins the embedding precision after the variant arrived: the agent restarts at that
+    precision, and the assignment it gets again no longer counts as applied."""
+    agent = PlannedAgent(auto_runtime, state)
+    server = published_variant(tmp_path, agent.store.active("embedding"))
+    release = release_of(server.store.models()[0], rollout_id=7)
+    agent.reconcile(server, release)
+    assert agent.embedding_status()[:3] == (VARIANT, 7, "active")
+
+    pinned = PlannedAgent(auto_runtime, state, PrecisionSettings("auto", {"embedding": "bf16"}))
+    pinned.reconcile(server, release)
+    model_id, rollout_id, activation, reason = pinned.embedding_status()
+    assert (model_id, rollout_id, activation) == (VARIANT, 7, "failed")
+    assert "this agent runs embedding at bf16" in reason
+    assert VARIANT not in pinned.stored()
+
+
 def test_a_variant_refused_by_the_guard_on_the_agents_faces_is_not_run(
     auto_runtime: Runtime, state: Path, tmp_path: Path
 ) -> None:

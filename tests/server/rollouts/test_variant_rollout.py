@@ -5,6 +5,8 @@ the float model alone when the rollout is rolled back."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,12 @@ import numpy.typing as npt
 import pytest
 
 from facefleet.agent.service import AgentService
+from facefleet.core.errors import EXIT_OK
 from facefleet.server.gallery.embedder import Enroller
 from facefleet.v1 import admin_pb2, query_pb2
 from facefleet.vision.models.store import ModelStore
+from tests.server.cli.test_cli import run_cli
+from tests.server.cli.test_cli_remote import remote
 from tests.server.conftest import Harness, Pki, run, serving
 from tests.server.fleet.test_agent_sync import until
 from tests.server.rollouts.test_fleet_rollout import (
@@ -30,6 +35,7 @@ from tests.server.rollouts.test_fleet_rollout import (
     statuses,
     until_async,
 )
+from tests.variants import store_variant_copy
 from tests.videos import write_video
 from tests.vision.models.test_quantize import photo_folder
 
@@ -137,3 +143,37 @@ def test_a_variant_rolled_out_in_place_runs_under_the_float_model_and_goes_on_ro
     assert any(e.person_id == "eileen" and e.decision == "match" for e in found["after"])
     assert f"{VARIANT} withdrawn" in found["withdrawn"]
     assert not found["runs_at_after_rollback"].startswith("int8")
+
+
+def test_an_in_place_variant_shows_and_starts_through_a_remote_server(
+    tmp_path: Path,
+    pki: Pki,
+    enroller: Enroller,
+    model_store: ModelStore,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An operator without the server's state directory sees what the variant is for and what its rollout
+    did, through the HTTP API."""
+    shutil.copytree(model_store.root, tmp_path / "state" / "models")
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with serving(tmp_path, pki, enroller) as harness:
+            server = harness.server
+            variant = store_variant_copy(server.models, server.models.active("embedding"), in_place=True)
+            await asyncio.to_thread(server.catalog.record, variant)
+            base = remote(harness, tmp_path)
+            code, out, err = await asyncio.to_thread(run_cli, capsys, *base, "models", "list", "--json")
+            assert code == EXIT_OK, err
+            listed = next(m for m in json.loads(out) if m["model_id"] == VARIANT)
+            start = ("rollout", "start", VARIANT, "--all", "--json")
+            code, out, err = await asyncio.to_thread(run_cli, capsys, *base, *start)
+            assert code == EXIT_OK, err
+            return listed, json.loads(out)
+
+    listed, started = run(scenario)
+    assert listed["runs_in_place_of"] == EMBEDDING_OLD
+    assert (started["state"], started["runs_in_place_of"], started["reembedded"]) == (
+        "active",
+        EMBEDDING_OLD,
+        [],
+    )

@@ -287,38 +287,31 @@ def test_identification_keeps_working_across_an_embedding_model_switch(
     state = agent_state(tmp_path, model_store, "door-1")
 
     async def scenario() -> tuple[list[Any], AgentService, int, int, dict[str, Any]]:
-        async with serving(tmp_path, pki, enroller, fleet={"poll_seconds": 0.1}) as harness:
-            request = admin_pb2.EnrollPersonRequest(person_id="eileen", images=[astronaut_jpeg])
-            await harness.admin().EnrollPerson(request, metadata=harness.admin_md)
-            camera = {"name": "door", "source": str(video), "max_fps": 8, "loop": True}
-            config = agent_settings(harness, pki, "door-1", cameras=[camera])
-            async with running_agent(config, state) as service:
-                await until(
-                    lambda: any(e.person_id == "eileen" for e in face_events(harness)),
-                    timeout=60,
-                    what="eileen recognised with the first model",
-                )
-                await publish(harness, source, "embedding", new_model, "FP16")
-                starting = asyncio.ensure_future(cli(harness, "rollout", "start", new_model, "--all"))
-                verifying = await until(
-                    lambda: frames_when(service, state, new_model, "verifying"),
-                    timeout=120,
-                    what="verification",
-                )
-                await until(lambda: service.model_id == new_model, timeout=120, what="the switch")
-                switched_at = sum(service.frames_analysed.values())
-                assert await starting == 0
-                await until(
-                    lambda: any(
-                        e.person_id == "eileen" and e.model_versions.get("embedding") == new_model
-                        for e in face_events(harness)
-                    ),
-                    timeout=60,
-                    what="eileen recognised with the new model",
-                )
-                person = harness.server.state.get_person("eileen")
-                by_model = {e.model_id: e.vector for e in person.embeddings}
-                return face_events(harness), service, verifying, switched_at, by_model
+        async with (
+            serving(tmp_path, pki, enroller, fleet={"poll_seconds": 0.1}) as harness,
+            door_agent(harness, pki, state, video, astronaut_jpeg) as service,
+        ):
+            await publish(harness, source, "embedding", new_model, "FP16")
+            starting = asyncio.ensure_future(cli(harness, "rollout", "start", new_model, "--all"))
+            verifying = await until(
+                lambda: frames_when(service, state, new_model, "verifying"),
+                timeout=120,
+                what="verification",
+            )
+            await until(lambda: service.model_id == new_model, timeout=120, what="the switch")
+            switched_at = sum(service.frames_analysed.values())
+            assert await starting == 0
+            await until(
+                lambda: any(
+                    e.person_id == "eileen" and e.model_versions.get("embedding") == new_model
+                    for e in face_events(harness)
+                ),
+                timeout=60,
+                what="eileen recognised with the new model",
+            )
+            person = harness.server.state.get_person("eileen")
+            by_model = {e.model_id: e.vector for e in person.embeddings}
+            return face_events(harness), service, verifying, switched_at, by_model
 
     events, service, verifying, switched_at, by_model = run(scenario)
     assert by_model[new_model].shape == (dimension,)
@@ -336,6 +329,25 @@ def test_identification_keeps_working_across_an_embedding_model_switch(
         person_ids, matrix, _ = store.gallery.load_embeddings(new_model)
     assert list(person_ids) == ["eileen"] and matrix.shape[1] == dimension
     assert ModelStore(state / "models").active("embedding").manifest.model_id == new_model
+
+
+@asynccontextmanager
+async def door_agent(
+    harness: Harness, pki: Pki, state: Path, video: Path, astronaut_jpeg: bytes
+) -> AsyncIterator[AgentService]:
+    """Eileen enrolled on the server, and door-1's agent running on the video (8 frames/s, looped) once it
+    has recognised her with its first embedding model."""
+    request = admin_pb2.EnrollPersonRequest(person_id="eileen", images=[astronaut_jpeg])
+    await harness.admin().EnrollPerson(request, metadata=harness.admin_md)
+    camera = {"name": "door", "source": str(video), "max_fps": 8, "loop": True}
+    config = agent_settings(harness, pki, "door-1", cameras=[camera])
+    async with running_agent(config, state) as service:
+        await until(
+            lambda: any(e.person_id == "eileen" for e in face_events(harness)),
+            timeout=120,
+            what="eileen recognised with the first model",
+        )
+        yield service
 
 
 def frames_when(service: AgentService, state: Path, model_id: str, wanted: str) -> int | None:

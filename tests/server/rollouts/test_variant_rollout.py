@@ -18,7 +18,7 @@ import pytest
 from facefleet.agent.service import AgentService
 from facefleet.core.errors import EXIT_OK
 from facefleet.server.gallery.embedder import Enroller
-from facefleet.v1 import admin_pb2, query_pb2
+from facefleet.v1 import query_pb2
 from facefleet.vision.models.store import ModelStore
 from tests.server.cli.test_cli import run_cli
 from tests.server.cli.test_cli_remote import remote
@@ -27,11 +27,10 @@ from tests.server.fleet.test_agent_sync import until
 from tests.server.rollouts.test_fleet_rollout import (
     ACTIVE,
     EMBEDDING_OLD,
-    agent_settings,
     agent_state,
     cli,
+    door_agent,
     face_events,
-    running_agent,
     statuses,
     until_async,
 )
@@ -66,66 +65,55 @@ def test_a_variant_rolled_out_in_place_runs_under_the_float_model_and_goes_on_ro
     shutil.copytree(model_store.root, tmp_path / "state" / "models")  # the server's float models
 
     async def scenario() -> dict[str, Any]:
-        async with serving(tmp_path, pki, enroller, fleet={"poll_seconds": 0.1}) as harness:
-            request = admin_pb2.EnrollPersonRequest(person_id="eileen", images=[astronaut_jpeg])
-            await harness.admin().EnrollPerson(request, metadata=harness.admin_md)
-            camera = {"name": "door", "source": str(video), "max_fps": 8, "loop": True}
-            config = agent_settings(harness, pki, "door-1", cameras=[camera])
-            async with running_agent(config, state) as service:
-                await until(
-                    lambda: any(e.person_id == "eileen" for e in face_events(harness)),
-                    timeout=120,
-                    what="eileen recognised with the float model",
-                )
-                quantize = ("models", "quantize", EMBEDDING_OLD, "--photos", str(photos), "--samples", "60")
-                assert await cli(harness, *quantize, "--in-place") == 0
-                assert await cli(harness, "rollout", "start", VARIANT, "--all") == 0
-                delivered = await until_async(
-                    lambda: statuses(harness),
-                    lambda found: (
-                        found.get("door-1", {}).get("embedding", ("", 0, ""))[:2] == (VARIANT, ACTIVE)
-                    ),
-                    timeout=240,
-                    what="the variant reported active",
-                )
-                runs_at = service.analyzer.runs_at()["embedding"]
-                reported = await until_async(
-                    lambda: precisions(harness), lambda found: found.get("embedding") == runs_at, timeout=30
-                )
-                seen = len(face_events(harness))
-                await until(
-                    lambda: any(e.person_id == "eileen" for e in face_events(harness)[seen:]),
-                    timeout=120,
-                    what="eileen recognised after the variant arrived",
-                )
-                after = face_events(harness)[seen:]
-                stored = [m.manifest.model_id for m in ModelStore(state / "models").models()]
+        async with (
+            serving(tmp_path, pki, enroller, fleet={"poll_seconds": 0.1}) as harness,
+            door_agent(harness, pki, state, video, astronaut_jpeg) as service,
+        ):
+            quantize = ("models", "quantize", EMBEDDING_OLD, "--photos", str(photos), "--samples", "60")
+            assert await cli(harness, *quantize, "--in-place") == 0
+            assert await cli(harness, "rollout", "start", VARIANT, "--all") == 0
+            delivered = await until_async(
+                lambda: statuses(harness),
+                lambda found: found.get("door-1", {}).get("embedding", ("", 0, ""))[:2] == (VARIANT, ACTIVE),
+                timeout=240,
+                what="the variant reported active",
+            )
+            runs_at = service.analyzer.runs_at()["embedding"]
+            reported = await until_async(
+                lambda: precisions(harness), lambda found: found.get("embedding") == runs_at, timeout=30
+            )
+            seen = len(face_events(harness))
+            await until(
+                lambda: any(e.person_id == "eileen" for e in face_events(harness)[seen:]),
+                timeout=120,
+                what="eileen recognised after the variant arrived",
+            )
+            after = face_events(harness)[seen:]
+            stored = [m.manifest.model_id for m in ModelStore(state / "models").models()]
 
-                rollout_id = harness.server.state.models.list_rollouts()[0].rollout_id
-                assert await cli(harness, "rollout", "rollback", str(rollout_id)) == 0
-                await until(
-                    lambda: (
-                        VARIANT not in [m.manifest.model_id for m in ModelStore(state / "models").models()]
-                    ),
-                    timeout=240,
-                    what="the variant withdrawn",
-                )
-                withdrawn = await until_async(
-                    lambda: statuses(harness),
-                    lambda found: found["door-1"]["embedding"][:2] == (EMBEDDING_OLD, ACTIVE),
-                    timeout=120,
-                    what="the float model reported active again",
-                )
-                return {
-                    "reason": delivered["door-1"]["embedding"][2],
-                    "runs_at": runs_at,
-                    "reported": reported,
-                    "after": after,
-                    "stored": stored,
-                    "withdrawn": withdrawn["door-1"]["embedding"][2],
-                    "runs_at_after_rollback": service.analyzer.runs_at()["embedding"],
-                    "service": service,
-                }
+            rollout_id = harness.server.state.models.list_rollouts()[0].rollout_id
+            assert await cli(harness, "rollout", "rollback", str(rollout_id)) == 0
+            await until(
+                lambda: VARIANT not in [m.manifest.model_id for m in ModelStore(state / "models").models()],
+                timeout=240,
+                what="the variant withdrawn",
+            )
+            withdrawn = await until_async(
+                lambda: statuses(harness),
+                lambda found: found["door-1"]["embedding"][:2] == (EMBEDDING_OLD, ACTIVE),
+                timeout=120,
+                what="the float model reported active again",
+            )
+            return {
+                "reason": delivered["door-1"]["embedding"][2],
+                "runs_at": runs_at,
+                "reported": reported,
+                "after": after,
+                "stored": stored,
+                "withdrawn": withdrawn["door-1"]["embedding"][2],
+                "runs_at_after_rollback": service.analyzer.runs_at()["embedding"],
+                "service": service,
+            }
 
     found = run(scenario)
     service: AgentService = found["service"]

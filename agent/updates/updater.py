@@ -232,8 +232,11 @@ class ModelUpdater:
 
     def _running_variant(self, task: str) -> str | None:
         """The INT8 variant the running analyzer compiled in its float model's place, if any."""
-        label = self.precisions().get(task, "")
-        return label[len("int8 (") : -1] if label.startswith("int8 (") and label.endswith(")") else None
+        analyzer = self.analyzer()
+        model = running_models(analyzer).get(task)
+        if analyzer.precisions is None or model is None:
+            return None
+        return analyzer.precisions.choice(model).variant
 
     # ---- the work -----------------------------------------------------------------------------------
 

@@ -27,11 +27,11 @@ for the new gallery first, as the agent does. They do not compile or smoke-test 
 that cost is in the agent figures. All of them share one Python process (one core for their TLS and sha256)
 and this machine with the server, which 50 separate boxes would not.
 
-The real agent is facefleet.agent.service.AgentService (what `facefleet-agent run` runs; MQTT off) on a thread
-of this process, connected to the server over mutual TLS; each analysed frame is timestamped as the service
-counts it. Server, CLI and agent share this machine's cores, unlike a real site: the CPU the server and the
-CLI used during each switch is reported alongside, and the window from the agent's first status (downloading
-or verifying) to active shows what the edge box alone goes through.
+The real agent is facefleet.agent.service.loop.AgentService (what `facefleet-agent run` runs; MQTT off) on a
+thread of this process, connected to the server over mutual TLS; each analysed frame is timestamped as the
+service counts it. Server, CLI and agent share this machine's cores, unlike a real site: the CPU the server
+and the CLI used during each switch is reported alongside, and the window from the agent's first status
+(downloading or verifying) to active shows what the edge box alone goes through.
 
 Usage: .venv/bin/python benchmarks/model_rollout.py [--quick] [--agents N]  (--quick: 10 agents, shorter
 windows)
@@ -65,7 +65,7 @@ import numpy as np
 from fleet_server import ServerProcess, new_state, progress
 
 from facefleet.agent.config import AgentConfig
-from facefleet.agent.service import AgentService
+from facefleet.agent.service.loop import AgentService
 from facefleet.agent.updates.statuses import STATUS_FILE
 from facefleet.v1 import (
     admin_pb2,

@@ -8,7 +8,7 @@ from types import FrameType
 from typing import Any
 
 from facefleet.agent.cli.context import Context
-from facefleet.agent.service import AgentService
+from facefleet.agent.service.loop import AgentService
 from facefleet.core.cli import add_command
 from facefleet.core.errors import EXIT_OK
 from facefleet.core.logs import set_log_format

@@ -15,7 +15,7 @@ import pytest
 
 from facefleet.agent.config import load_config
 from facefleet.agent.domain.records import Embedding, Person, PersonUpsert
-from facefleet.agent.service import AgentService
+from facefleet.agent.service.loop import AgentService
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.vision.errors import ModelStoreError
 from facefleet.vision.models.store import ModelStore

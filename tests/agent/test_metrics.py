@@ -204,5 +204,5 @@ min_frames = 3
     records = json_records(lines)
     assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
     assert all(r["device_id"] == "door-box" for r in records)
-    assert granted["level"] == "INFO" and granted["logger"] == "facefleet.agent.service"
+    assert granted["level"] == "INFO" and granted["logger"] == "facefleet.agent.service.doors"
     assert len(granted["event_id"]) == 36 and granted["time"].endswith("+00:00")

@@ -14,7 +14,7 @@ import pytest
 
 from facefleet.agent.cameras import Camera, CameraFrame, CameraSettings, CameraStatus
 from facefleet.agent.config import load_config
-from facefleet.agent.service import AgentService
+from facefleet.agent.service.loop import AgentService
 from tests.agent.test_service import PREFIX, running, state_dir
 from tests.mosquitto import Mosquitto
 from tests.rtsp import RtspServer

@@ -19,10 +19,11 @@ import cv2
 import numpy as np
 import pytest
 
+from facefleet.agent.commands import COMMAND_QUEUE_LIMIT
 from facefleet.agent.config import load_config
 from facefleet.agent.domain.records import Embedding, Person, PersonUpsert
 from facefleet.agent.publish.mqtt import MAX_COMMAND_BYTES
-from facefleet.agent.service import AgentService
+from facefleet.agent.service.loop import AgentService
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.vision.models.store import ModelStore
 from tests.mosquitto import Mosquitto
@@ -289,7 +290,7 @@ def test_a_flood_of_commands_gets_a_reply_for_every_command(
     monkeypatch.setattr(service, "_apply_switches", lambda: (gate.wait(60), apply_switches()))
     runner = threading.Thread(target=service.run)
     runner.start()
-    sent = [f"flood-{n:04d}" for n in range(service.commands.maxsize + 5)]
+    sent = [f"flood-{n:04d}" for n in range(COMMAND_QUEUE_LIMIT + 5)]
 
     def answered() -> list[Any]:
         return watcher.on(PREFIX + "replies/verify")

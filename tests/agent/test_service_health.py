@@ -16,7 +16,8 @@ import pytest
 from facefleet.agent.cameras import Camera, CameraSettings, SourceError
 from facefleet.agent.config import CameraConfig, load_config
 from facefleet.agent.domain.fleet import SYNC_HEALTH
-from facefleet.agent.service import CAMERA_HEALTH, AgentService
+from facefleet.agent.service.loop import AgentService
+from facefleet.agent.service.reports import CAMERA_HEALTH
 from facefleet.link.checks import MAX_HEALTH_ENTRIES, MAX_HEALTH_KEY_CHARS, check_health
 from facefleet.link.events import Event
 from facefleet.vision.models.store import ModelStore

@@ -15,7 +15,7 @@ import pytest
 
 from facefleet.agent.cameras import CameraFrame
 from facefleet.agent.config import load_config
-from facefleet.agent.service import MAX_FAILED_FRAMES, AgentService
+from facefleet.agent.service.loop import MAX_FAILED_FRAMES, AgentService
 from facefleet.agent.updates.updater import Switch
 from facefleet.vision import detection
 from facefleet.vision.faces import Face

@@ -15,7 +15,7 @@ import numpy.typing as npt
 import pytest
 
 from facefleet.agent.config import load_config
-from facefleet.agent.service import AgentService
+from facefleet.agent.service.loop import AgentService
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.link.events import Event
 from facefleet.server.api import certs

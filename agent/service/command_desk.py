@@ -1,0 +1,131 @@
+"""Commands from `cmd/#` in the frame loop: queued from the MQTT thread (refused at once when too many
+wait, or when over the size limit), checked against their schema, executed once per request_id, and
+answered on `replies/<command>`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import time
+from collections.abc import Callable
+
+from pydantic import ValidationError
+
+from facefleet.agent.commands import (
+    COMMAND_QUEUE_LIMIT,
+    MAX_QUEUED_REPLIES,
+    REMEMBERED_REQUESTS,
+    REPEAT_WINDOW_S,
+    RecentRequests,
+    VerifyCommand,
+    request_id_of,
+)
+from facefleet.agent.publish.events import reply
+from facefleet.agent.publish.mqtt import MAX_COMMAND_BYTES
+from facefleet.agent.publish.outbox import OutboxPublisher
+from facefleet.agent.service.doors import DoorAccess
+
+log = logging.getLogger(__name__)
+
+
+class CommandDesk:
+    """The commands waiting for the frame loop, and their replies.
+
+    outbox: where replies are queued (None: no broker, so replies are only logged); guarded: runs a store
+    write whose failure is logged, never fatal; record_error: keeps a refusal among the agent's errors."""
+
+    def __init__(
+        self,
+        device_id: str,
+        doors: DoorAccess,
+        outbox: OutboxPublisher | None,
+        guarded: Callable[[Callable[[], object]], None],
+        record_error: Callable[[str], None],
+    ) -> None:
+        self.device_id = device_id
+        self.doors = doors
+        self.outbox = outbox
+        self.guarded = guarded
+        self.record_error = record_error
+        self.waiting: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=COMMAND_QUEUE_LIMIT)
+        self._executed = RecentRequests(REPEAT_WINDOW_S, REMEMBERED_REQUESTS)
+
+    def queue(self, command: str, payload: bytes) -> None:
+        """On the MQTT thread: queue a command for the frame loop, or refuse it at once when
+        COMMAND_QUEUE_LIMIT commands are already waiting."""
+        try:
+            self.waiting.put_nowait((command, payload))
+        except queue.Full:
+            detail = f"busy: {COMMAND_QUEUE_LIMIT} commands are already waiting; not executed, send it again"
+            self._reply(command, request_id_of(payload), False, detail, time.time())
+
+    def refuse_oversized(self, command: str, size: int) -> None:
+        """On the MQTT thread: answer a command over MAX_COMMAND_BYTES, whose payload is not read."""
+        detail = (
+            f"command of {size} bytes is over the {MAX_COMMAND_BYTES}-byte limit; not executed "
+            "(its request_id is not read from an oversized payload)"
+        )
+        self._reply(command, None, False, detail, time.time())
+
+    def execute_waiting(self) -> None:
+        """In the frame loop: execute every command waiting, in order."""
+        while True:
+            try:
+                command, payload = self.waiting.get_nowait()
+            except queue.Empty:
+                return
+            self._execute(command, payload)
+
+    def _execute(self, command: str, payload: bytes) -> None:
+        now = time.time()
+        request_id = request_id_of(payload)  # read leniently, so that refusals carry it too
+        if command != "verify":
+            self._reply(command, request_id, False, f"unknown command {command!r}; supported: verify", now)
+            return
+        try:
+            request = VerifyCommand.model_validate_json(payload)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in exc.errors()
+            )
+            self._reply(command, request_id, False, f"malformed cmd/verify: {problems}", now)
+            return
+        door = self.doors.controllers.get(request.door)
+        if door is None:
+            self._reply(command, request.request_id, False, f"unknown door {request.door!r}", now)
+            return
+        if self._repeated(command, request.request_id, now):
+            return
+        immediate = door.claim(request.person_id, now, request.timeout_s, request.request_id)
+        self._reply(
+            command, request.request_id, True, f"verifying {request.person_id!r} at {request.door!r}", now
+        )
+        if immediate is not None:
+            self.doors.act(immediate, door.door.camera)
+
+    def _repeated(self, command: str, request_id: str | None, now: float) -> bool:
+        """True (and answered as a duplicate) when this request_id was executed within REPEAT_WINDOW_S;
+        otherwise it is remembered as executed now."""
+        detail = self._executed.repeat(command, request_id, time.monotonic())
+        if detail is not None:
+            self._reply(command, request_id, False, detail, now)
+        return detail is not None
+
+    def _reply(self, command: str, request_id: str | None, ok: bool, detail: str, now: float) -> None:
+        if not ok:
+            log.warning("cmd/%s: %s", command, detail)
+            self.record_error(f"cmd/{command}: {detail}")
+        outbox = self.outbox
+        if outbox is None:
+            return
+        payload = json.dumps(reply(command, request_id, ok, detail, self.device_id, now))
+        topic = f"replies/{command}"
+        self.guarded(lambda: _queue_reply(outbox, topic, payload))
+
+
+def _queue_reply(outbox: OutboxPublisher, topic: str, payload: str) -> None:
+    """Queue a reply unless MAX_QUEUED_REPLIES wait already (a flood of refused commands, or commands the
+    broker kept during an outage, must not push queued events out of the outbox)."""
+    if outbox.submit(topic, payload, same_kind_limit=MAX_QUEUED_REPLIES) is None:
+        log.warning("%s not sent: %d replies are waiting for the broker already", topic, MAX_QUEUED_REPLIES)

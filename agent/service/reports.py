@@ -1,0 +1,147 @@
+"""What the running agent says about itself: the retained MQTT status, the figures of the metrics
+endpoint, and the health figures sent to the fleet server with every report."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from facefleet.agent.cameras import Camera
+from facefleet.agent.domain.fleet import SYNC_HEALTH
+from facefleet.agent.domain.records import Person
+from facefleet.agent.metrics import AgentFigures, CameraFigures
+from facefleet.agent.publish.events import Versions
+from facefleet.agent.publish.mqtt import MqttLink
+from facefleet.agent.service.doors import DoorAccess
+from facefleet.agent.store.database import EmbeddingStore
+from facefleet.agent.updates.statuses import status_to_json
+from facefleet.link.checks import MAX_HEALTH_ENTRIES
+from facefleet.vision.path_choice import PathChooser
+from facefleet.vision.pipeline import FaceAnalyzer
+
+if TYPE_CHECKING:
+    from facefleet.agent.fleet.sync import FleetSync
+
+CAMERA_HEALTH = ("fps", "dropped", "running")
+"""The health figures of each camera, as `camera.<name>.<figure>`."""
+
+
+class ReportedAgent(Protocol):
+    """What the reports read of the running agent (loop.AgentService)."""
+
+    device_id: str
+    cameras: dict[str, Camera]
+    frames_analysed: dict[str, int]
+    store: EmbeddingStore
+    link: MqttLink | None
+    sync: FleetSync | None
+    analyzer: FaceAnalyzer
+    doors: DoorAccess
+    frame_path: PathChooser
+    people: dict[str, Person]
+    people_revision: int
+    model_mismatches: int
+    errors: list[str]
+
+    def versions(self) -> Versions: ...
+
+
+def status(agent: ReportedAgent) -> dict[str, Any]:
+    """The retained `status` message: versions, precisions, cameras, doors, queues, model rollouts, the
+    frame path and the last errors."""
+    cameras = {
+        name: {
+            "state": s.state,
+            "fps": s.fps,
+            "frames_read": s.frames_read,
+            "frames_dropped": s.frames_dropped,
+            "frames_analysed": agent.frames_analysed[name],
+            "error": s.error,
+            "retry_in_s": s.retry_in_s,
+        }
+        for name, camera in agent.cameras.items()
+        for s in [camera.status]
+    }
+    store = agent.store
+    updater = agent.sync.updater if agent.sync is not None else None
+    return {
+        "schema": 1,
+        "state": "online",
+        "device_id": agent.device_id,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": agent.versions().to_json(),
+        "precisions": agent.analyzer.runs_at(),
+        "gallery_revision": agent.people_revision,
+        "cameras": cameras,
+        "doors": sorted(agent.doors.controllers),
+        "outbox": {"pending": store.outbox.count(), "dropped": store.outbox.dropped()},
+        "server": agent.sync.status() if agent.sync is not None else None,
+        "snapshots": {
+            "pending": store.snapshots.count(),
+            "bytes": store.snapshots.size(),
+            "dropped": store.snapshots.dropped(),
+        },
+        "models": [] if updater is None else [status_to_json(s) for s in updater.statuses()],
+        "frame_path": agent.frame_path.status(),
+        "errors": agent.errors[-5:],
+    }
+
+
+def figures(agent: ReportedAgent) -> AgentFigures:
+    """What the metrics endpoint reads at scrape time (from its own thread)."""
+    cameras = {
+        name: CameraFigures(
+            frames_read=s.frames_read,
+            frames_dropped=s.frames_dropped,
+            frames_analysed=agent.frames_analysed[name],
+            running=s.state == "running",
+        )
+        for name, camera in agent.cameras.items()
+        for s in [camera.status]
+    }
+    versions = agent.versions()
+    store, link, sync = agent.store, agent.link, agent.sync
+    return AgentFigures(
+        cameras=cameras,
+        outbox_pending=store.outbox.count() if link is not None else None,
+        reports_pending=store.reports.count() if sync is not None else None,
+        snapshots_pending=store.snapshots.count() if sync is not None else None,
+        mqtt_connected=link.connected if link is not None else None,
+        server_connected=sync.connected if sync is not None else None,
+        models=dict(versions.models),
+        gallery_revision=max(agent.people_revision, 0),
+        people=len(agent.people),
+        versions={"agent": versions.agent, "openvino": versions.openvino},
+        frame_path=agent.frame_path.status(),
+    )
+
+
+def health(agent: ReportedAgent) -> dict[str, float]:
+    """Figures for the fleet server's dashboard (sent with every report): the totals, then per camera
+    `camera.<name>.fps`, `.dropped` (frames dropped) and `.running` (1 or 0), in the config's order. The
+    server takes at most MAX_HEALTH_ENTRIES figures, some of them the link's own (SYNC_HEALTH): with more
+    cameras than fit beside the totals, the last cameras are left out (whole; `cameras` still counts them
+    all)."""
+    cameras = [camera.status for camera in agent.cameras.values()]
+    store = agent.store
+    figures = {
+        "frames_analysed": float(sum(agent.frames_analysed.values())),
+        "fps": float(sum(s.fps for s in cameras)),
+        "cameras": float(len(cameras)),
+        "cameras_running": float(sum(s.state == "running" for s in cameras)),
+        "outbox_pending": float(store.outbox.count()),
+        "outbox_dropped": float(store.outbox.dropped()),
+        "store_revision": float(max(agent.people_revision, 0)),
+        "people": float(len(agent.people)),
+        "errors": float(len(agent.errors)),
+        "model_mismatches": float(agent.model_mismatches),
+        "snapshots_pending": float(store.snapshots.count()),
+        "snapshots_dropped": float(store.snapshots.dropped()),
+        "reports_pending": float(store.reports.count()),
+    }
+    room = (MAX_HEALTH_ENTRIES - len(figures.keys() | set(SYNC_HEALTH))) // len(CAMERA_HEALTH)
+    for camera in cameras[: max(room, 0)]:
+        values = (camera.fps, camera.frames_dropped, camera.state == "running")
+        for figure, value in zip(CAMERA_HEALTH, values, strict=True):
+            figures[f"camera.{camera.name}.{figure}"] = float(value)
+    return figures

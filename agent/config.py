@@ -460,11 +460,13 @@ class AgentConfig(StrictSection):
         found["*"] = DoorThreshold("*", fallback.threshold, fallback.source)
         return found
 
-    def decision_thresholds(self, model_id: str) -> tuple[float, ...]:
-        """The cosine thresholds this agent takes decisions at with embedding model model_id: its matching
-        threshold, then each door's (the ones a faster precision of the model must not change)."""
+    def decision_thresholds(self, model_id: str, cluster_threshold: float | None = None) -> tuple[float, ...]:
+        """The cosine thresholds decisions are taken at with embedding model model_id (the ones a faster
+        precision of the model must not change): this agent's matching threshold, each door's, then the
+        fleet server's cluster_threshold (the one it groups the unknown faces agents report at), if known."""
         found = [self.matching.policy().threshold(model_id)]
         found += [self.door_threshold(door, model_id).threshold for door in self.doors]
+        found += [] if cluster_threshold is None else [cluster_threshold]
         return tuple(dict.fromkeys(found))
 
     @model_validator(mode="after")

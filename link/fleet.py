@@ -3,6 +3,7 @@ an idle watch stream, and what the server did with a report."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -83,6 +84,13 @@ class Welcome:
     max_report_events: int
     heartbeat_seconds: int
     server_time: datetime | None = None
+    cluster_threshold: float | None = None
+    """The cosine at which the server groups unknown faces (None: a server that does not say)."""
+
+    def __post_init__(self) -> None:
+        threshold = self.cluster_threshold
+        if threshold is not None and not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
+            raise LinkError(f"cluster_threshold must be a cosine from -1 to 1, got {threshold}")
 
 
 @dataclass(frozen=True)

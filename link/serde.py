@@ -316,6 +316,7 @@ def welcome_to_proto(welcome: Welcome) -> fleet_pb2.RegisterResponse:
         max_report_events=welcome.max_report_events,
         heartbeat_seconds=welcome.heartbeat_seconds,
         server_time=timestamp(welcome.server_time),
+        cluster_threshold=welcome.cluster_threshold,
     )
 
 
@@ -327,6 +328,7 @@ def welcome_from_proto(message: fleet_pb2.RegisterResponse) -> Welcome:
         max_report_events=message.max_report_events,
         heartbeat_seconds=message.heartbeat_seconds,
         server_time=_optional_time(message.server_time, "server_time"),
+        cluster_threshold=message.cluster_threshold if message.HasField("cluster_threshold") else None,
     )
 
 

@@ -249,6 +249,7 @@ class FleetServer:
                 watch_max_age=timedelta(seconds=config.fleet.watch_max_age_seconds)
                 if config.fleet.watch_max_age_seconds
                 else None,
+                cluster_threshold=config.snapshots.cluster_threshold,
             ),
             metrics=self.metrics,
             embedding_models=self.enrolment.embedding_models,

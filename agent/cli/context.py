@@ -13,6 +13,8 @@ from typing import Any
 from rich.console import Console
 
 from facefleet.agent.config import AgentConfig, load_config
+from facefleet.agent.store.database import EmbeddingStore
+from facefleet.core.errors import FaceFleetError
 from facefleet.core.paths import model_store_dir, resolve_state_dir
 from facefleet.vision.models.store import ModelStore
 from facefleet.vision.precision.cache import PrecisionCache, cache_path
@@ -65,9 +67,33 @@ class Context:
             self.config.runtime.precision_settings(),
             PrecisionCache(cache_path(self.state_dir)),
             measure=False,
-            thresholds=self.config.decision_thresholds,
+            thresholds=self.decision_thresholds,
             detector=self.config.detector.settings(),
         )
+
+    @property
+    def store_path(self) -> Path:
+        """The on-device store: <state_dir>/agent.db."""
+        return self.state_dir / "agent.db"
+
+    def decision_thresholds(self, model_id: str) -> tuple[float, ...]:
+        """The thresholds the agent's precision guard checks for model_id (AgentConfig.decision_thresholds),
+        with the server's cluster threshold as the agent last recorded it."""
+        return self.config.decision_thresholds(model_id, self.server_cluster_threshold)
+
+    @cached_property
+    def server_cluster_threshold(self) -> float | None:
+        """The fleet server's cluster threshold as its last Register told the agent (None: not told, or
+        no store to read it from)."""
+        path = self.store_path
+        if not path.is_file():
+            return None
+        try:
+            with EmbeddingStore(path, read_only=True) as store:
+                return store.sync.cluster_threshold()
+        except FaceFleetError as exc:
+            self.errors.print(f"{path}: the server's cluster threshold is not read ({exc})", markup=False)
+            return None
 
     def print_json(self, data: Any) -> None:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")

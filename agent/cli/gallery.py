@@ -114,7 +114,7 @@ def register(commands: Any) -> None:
 
 
 def store_path(context: Context) -> Path:
-    return context.state_dir / "agent.db"
+    return context.store_path
 
 
 def _open_store(context: Context, read_only: bool = False) -> EmbeddingStore:

@@ -186,7 +186,7 @@ def _int8_on_site(context: Context) -> StoredModel | None:
             soft_wrap=True,
         )
         return None
-    thresholds = context.config.decision_thresholds(model_id)
+    thresholds = context.decision_thresholds(model_id)
     with context.errors.status(f"building an INT8 variant of {model_id} on the bundled photos…"):
         try:
             result = quantize_locally(context.runtime, store, source, sample_photos(), thresholds)
@@ -328,7 +328,7 @@ def _quantize(context: Context, args: argparse.Namespace) -> int:
     store = context.model_store
     source = find_model(store, args.model)
     photos = image_files([args.photos])
-    thresholds = context.config.decision_thresholds(source.manifest.model_id)
+    thresholds = context.decision_thresholds(source.manifest.model_id)
     with context.errors.status(f"quantizing {source.manifest.model_id}…"):
         faces = faces_from_photos(context.runtime, store.active("detection"), photos)
         try:

@@ -128,6 +128,8 @@ class FleetSync:
         self._wake: asyncio.Event | None = None
         self._stop_requested = threading.Event()
         self._resync = False
+        self._guard_changed = False
+        """The server's cluster threshold changed: the running embedding model's precision is checked."""
         self.connected = False
         self.last_error: str | None = None
         self.server_revision: int | None = None
@@ -286,6 +288,7 @@ class FleetSync:
             point = await asyncio.to_thread(self.store.sync.point)
             welcome = await client.register(self._registration(point), self.settings.rpc_timeout_s)
             self.server_revision = welcome.gallery_revision
+            await self._note_cluster_threshold(welcome.cluster_threshold)
             models = self.settings.models  # this session's: deltas are recorded as of these models
             from_revision, gallery_id, why = resume_from(point, welcome, models, self._resync)
             if why is not None:  # expected when an embedding-model switch changes the watched models
@@ -439,6 +442,17 @@ class FleetSync:
         if self._assigned is not None:
             self._assigned.set()
 
+    async def _note_cluster_threshold(self, threshold: float | None) -> None:
+        """Record what Register said of the server's cluster threshold; a change has the model updater
+        check that the running embedding model's precision was guarded at it."""
+        changed = await asyncio.to_thread(self.store.sync.record_cluster_threshold, threshold)
+        if not changed:
+            return
+        log.info("server %s: unknown faces are grouped at cosine %s", self.settings.address, threshold)
+        if self.updater is not None and self._assigned is not None:
+            self._guard_changed = True
+            self._assigned.set()
+
     async def _models(self, updater: ModelUpdater) -> None:
         """Apply each assignment; a broken connection or a refusal that may pass retries it after a backoff,
         and a newer assignment replaces one not yet applied. Statuses the server did not take are sent
@@ -449,6 +463,9 @@ class FleetSync:
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(assigned.wait(), STATUS_RETRY_S)
+            if self._guard_changed:
+                self._guard_changed = False
+                await updater.guard_changed("embedding")
             if updater.unreported and self._client is not None:
                 await updater.report(self, self.settings.rpc_timeout_s)
             if not assigned.is_set():

@@ -95,19 +95,6 @@ class AgentService:
             attributes=config.attributes.enabled,
         )
         self.models = ModelStore(model_store_dir(state_dir))
-        self.precisions = PrecisionPlan(  # measures, at start, the models with no cached choice
-            self.runtime,
-            self.models,
-            config.runtime.precision_settings(),
-            PrecisionCache(cache_path(state_dir)),
-            thresholds=config.decision_thresholds,
-            detector=settings.detector,
-            measure_in_child=True,  # the candidates' memory goes with the child
-        )
-        self.analyzer = FaceAnalyzer(self.runtime, self.models, settings, precisions=self.precisions)
-        model_id = self.analyzer.embedding_model_id
-        assert model_id is not None
-        self.model_id = model_id
         self.store = EmbeddingStore(
             state_dir / "agent.db",
             outbox_limit=config.mqtt.outbox_limit,
@@ -115,6 +102,19 @@ class AgentService:
             snapshot_limit_bytes=config.snapshots.max_pending_mb << 20,
             snapshot_keep_s=86400.0 * config.snapshots.keep_days,
         )
+        self.precisions = PrecisionPlan(  # measures, at start, the models with no cached choice
+            self.runtime,
+            self.models,
+            config.runtime.precision_settings(),
+            PrecisionCache(cache_path(state_dir)),
+            thresholds=self._guard_thresholds,
+            detector=settings.detector,
+            measure_in_child=True,  # the candidates' memory goes with the child
+        )
+        self.analyzer = FaceAnalyzer(self.runtime, self.models, settings, precisions=self.precisions)
+        model_id = self.analyzer.embedding_model_id
+        assert model_id is not None
+        self.model_id = model_id
         self.matcher = Matcher(config.matching.policy())
         self.cameras = {
             c.name: Camera(CameraSettings(c.name, c.source, c.max_fps, c.loop, timeout_s=c.timeout_s))
@@ -505,6 +505,16 @@ class AgentService:
                 self.people_revision = self.matcher.revision or 0
         except StoreError as exc:
             log.error("gallery refresh: %s (keeping the last gallery)", exc)
+
+    def _guard_thresholds(self, model_id: str) -> tuple[float, ...]:
+        """The thresholds a faster precision of embedding model model_id must not change a decision at:
+        the config's, and the fleet server's cluster threshold as its last Register told this agent."""
+        try:
+            cluster_threshold = self.store.sync.cluster_threshold()
+        except StoreError as exc:
+            log.error("the server's cluster threshold is not read (%s); guarding without it", exc)
+            cluster_threshold = None
+        return self.config.decision_thresholds(model_id, cluster_threshold)
 
     def _person(self, person_id: str) -> Person | None:
         """The person as the gallery last loaded them (the dict is replaced at each refresh)."""

@@ -124,6 +124,11 @@ SNAPSHOTS = (
     "CREATE INDEX snapshots_by_time ON snapshots (created_at)",
 )
 
+SERVER_THRESHOLDS = (
+    # The cosine at which the server groups unknown faces, as its last Register said (NULL: not said).
+    "ALTER TABLE server_sync ADD COLUMN cluster_threshold REAL CHECK (cluster_threshold BETWEEN -1 AND 1)",
+)
+
 
 def _convert_json_reports(conn: sqlite3.Connection) -> None:
     """Migration 3: every report queued as JSON text moves to the new table as the same Event in protobuf,
@@ -240,6 +245,7 @@ MIGRATIONS = Migrations(
         Migration(2, "sync", SYNC),
         Migration(3, "typed_reports", TYPED_REPORTS, _convert_json_reports),
         Migration(4, "snapshots", SNAPSHOTS),
+        Migration(5, "server_thresholds", SERVER_THRESHOLDS),
     ),
     what="store",
     program="agent",

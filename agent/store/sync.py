@@ -37,6 +37,22 @@ class ServerSync:
         with self._connection.read() as conn:
             return _read_point(conn)
 
+    def cluster_threshold(self) -> float | None:
+        """The cosine at which the server groups unknown faces, as its last Register said (None: not said,
+        or no Register yet)."""
+        with self._connection.read() as conn:
+            value = conn.execute("SELECT cluster_threshold FROM server_sync WHERE id = 1").fetchone()[0]
+        return None if value is None else float(value)
+
+    def record_cluster_threshold(self, threshold: float | None) -> bool:
+        """Keep what the server's Register said of its cluster threshold; True when it changed."""
+        with self._connection.write() as conn:
+            before = conn.execute("SELECT cluster_threshold FROM server_sync WHERE id = 1").fetchone()[0]
+            if before == threshold:
+                return False
+            conn.execute("UPDATE server_sync SET cluster_threshold = ? WHERE id = 1", (threshold,))
+        return True
+
     def apply(self, delta: GalleryDelta, models: Sequence[str] = ()) -> int:
         """Apply a whole (joined) delta atomically and record its server revision; the store's revision.
 

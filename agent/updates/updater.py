@@ -130,7 +130,8 @@ class Switch:
     """A verified analyzer waiting for the service to swap it in; done completes once it runs (or fails).
     galleries: for an embedding model, its galleries loaded by whoever takes the switch, off the frames."""
 
-    release: ModelRelease
+    release: ModelRelease | None
+    """None: the running model measured again, no release."""
     model: StoredModel
     analyzer: FaceAnalyzer
     done: concurrent.futures.Future[None]
@@ -451,6 +452,33 @@ class ModelUpdater:
             raise WithdrawError(f"withdrawing INT8 variant {names} failed: {reason(exc)}") from None
         runs_at = self.precisions().get(task, "f32")
         await self._record(client, timeout, release, "active", f"running at {runs_at}; {names} withdrawn")
+
+    async def guard_changed(self, task: str) -> bool:
+        """The thresholds the accuracy guard checks changed (the server's cluster threshold): when the
+        running model of task runs at a measured precision whose choice was not guarded at them, measure it
+        again and switch to what wins. True when it was measured again; a failure is logged and the
+        running choice stays (until the next start measures it)."""
+        analyzer = self.analyzer()
+        model = running_models(analyzer).get(task)
+        plan = analyzer.precisions
+        if model is None or plan is None or measured_setting(analyzer, task) is not None:
+            return False
+        if plan.cached(model) is not None:
+            return False  # already measured at these thresholds
+        before = plan.choice(model).label
+        try:
+            candidate, choice = await asyncio.to_thread(remeasured, analyzer, task, self.settings.smoke_photo)
+            switch = Switch(None, running_model(candidate, task), candidate, concurrent.futures.Future())
+            await asyncio.to_thread(self.switch, switch)
+            await asyncio.wrap_future(switch.done)
+        except Exception as exc:
+            log.error("%s model %s not measured again at the new thresholds: %s", task,
+                      model.manifest.model_id, reason(exc))  # fmt: skip
+            return False
+        log.info("%s model %s measured again at the new thresholds: %s (was %s); %s", task,
+                 model.manifest.model_id, choice.label, before, choice.reason)  # fmt: skip
+        self.unreported = True  # what it runs at goes to the server with the statuses
+        return True
 
     async def _hand_over(self, release: ModelRelease, stored: StoredModel, analyzer: FaceAnalyzer) -> None:
         """Give the verified analyzer to the frame loop and wait until it runs (a last chance to abandon)."""

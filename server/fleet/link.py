@@ -47,6 +47,8 @@ class FleetSettings:
     max_event_ahead: timedelta = timedelta(days=1)
     watch_max_age: timedelta | None = timedelta(hours=1)
     """How long a Watch stream lasts before the server ends it (None: as long as the server runs)."""
+    cluster_threshold: float | None = None
+    """[snapshots] cluster_threshold, told to every agent at Register (None: not told)."""
 
 
 class DeltaCache:
@@ -138,6 +140,7 @@ class FleetHandler:
             max_report_events=self.settings.max_report_events,
             heartbeat_seconds=round(self.settings.heartbeat_seconds),
             server_time=self.clock(),
+            cluster_threshold=self.settings.cluster_threshold,
         )
 
     async def watch(

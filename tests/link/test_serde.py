@@ -13,7 +13,7 @@ import pytest
 from facefleet.agent.domain.records import upsert_from_link
 from facefleet.link import serde
 from facefleet.link.errors import LinkError
-from facefleet.link.fleet import Heartbeat, Registration
+from facefleet.link.fleet import Heartbeat, Registration, Welcome
 from facefleet.link.gallery import Embedding, GalleryDelta, Person, join_parts
 from facefleet.server.fleet.link import split_delta
 from facefleet.v1 import fleet_pb2, gallery_pb2
@@ -192,3 +192,16 @@ def test_join_parts_refuses_parts_of_different_deltas() -> None:
         join_parts([GalleryDelta(1, 4), GalleryDelta(1, 4)])
     with pytest.raises(LinkError, match="no gallery delta parts"):
         join_parts([])
+
+
+def test_the_servers_cluster_threshold_crosses_register_exactly_and_only_as_a_cosine() -> None:
+    welcome = Welcome(3, "g", ("sface@2021dec",), 100, 30, cluster_threshold=0.363)
+    assert serde.welcome_from_proto(serde.welcome_to_proto(welcome)).cluster_threshold == 0.363
+    silent = serde.welcome_to_proto(Welcome(3, "g", (), 100, 30))
+    assert not silent.HasField("cluster_threshold")
+    assert serde.welcome_from_proto(silent).cluster_threshold is None
+    for bad in (1.5, float("nan")):
+        message = serde.welcome_to_proto(welcome)
+        message.cluster_threshold = bad
+        with pytest.raises(LinkError, match="cluster_threshold must be a cosine from -1 to 1"):
+            serde.welcome_from_proto(message)

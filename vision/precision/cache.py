@@ -2,10 +2,13 @@
 OpenVINO version, the decision thresholds an embedding model's guard checked, and the INT8 variants that
 were candidates), so that a restart does not measure again. Another device or OpenVINO version, a model
 re-imported under the same id with other files, a changed matching or door threshold, or an INT8 variant
-added, removed or replaced since is a miss (and so is an entry of an older format)."""
+added or replaced since is a miss (and so is an entry of an older format). A variant removed since is not,
+unless it was the one chosen: the winner of the candidates then is the winner of the fewer candidates now
+(a variant refused by its guard is removed right after the measurement that refused it)."""
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -50,18 +53,28 @@ class PrecisionCache:
     ) -> Choice | None:
         """The choice measured for this model (these very files) on this device and OpenVINO version, its
         guard at these decision thresholds (an embedding model's), with these INT8 variants (model id → its
-        files' sha256 by name) among the candidates; or None."""
+        files' sha256 by name) among the candidates, or with more of them when none of the others won; or
+        None. The measurements of variants no longer given are left out of the choice."""
+        now = _sorted_variants(variants)
         for entry in self._entries():
             if (
                 _model_of(entry) == (model.model_id, device, openvino)
                 and _files_of(entry) == model.files
                 and entry.get("thresholds", []) == sorted(set(thresholds))
-                and entry.get("variants", {}) == _sorted_variants(variants)
             ):
+                measured_with = entry.get("variants", {})
+                if not isinstance(measured_with, dict) or any(
+                    measured_with.get(model_id) != files for model_id, files in now.items()
+                ):
+                    return None
                 try:
-                    return Choice.from_json(entry["choice"])
+                    choice = Choice.from_json(entry["choice"])
                 except (KeyError, TypeError, ValueError):
                     return None
+                if choice.variant is not None and choice.variant not in now:
+                    return None  # the variant that won is gone: measure again
+                kept = tuple(m for m in choice.measurements if m.variant is None or m.variant in now)
+                return dataclasses.replace(choice, measurements=kept)
         return None
 
     def put(

@@ -51,20 +51,22 @@ class RegisterRequest(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., gallery_revision: _Optional[int] = ..., gallery_id: _Optional[str] = ..., hostname: _Optional[str] = ..., model_statuses: _Optional[_Iterable[_Union[_models_pb2.ModelStatus, _Mapping]]] = ..., groups: _Optional[_Iterable[str]] = ..., model_precisions: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("gallery_revision", "gallery_id", "embedding_models", "max_report_events", "heartbeat_seconds", "server_time")
+    __slots__ = ("gallery_revision", "gallery_id", "embedding_models", "max_report_events", "heartbeat_seconds", "server_time", "cluster_threshold")
     GALLERY_REVISION_FIELD_NUMBER: _ClassVar[int]
     GALLERY_ID_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_MODELS_FIELD_NUMBER: _ClassVar[int]
     MAX_REPORT_EVENTS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     gallery_revision: int
     gallery_id: str
     embedding_models: _containers.RepeatedScalarFieldContainer[str]
     max_report_events: int
     heartbeat_seconds: int
     server_time: _timestamp_pb2.Timestamp
-    def __init__(self, gallery_revision: _Optional[int] = ..., gallery_id: _Optional[str] = ..., embedding_models: _Optional[_Iterable[str]] = ..., max_report_events: _Optional[int] = ..., heartbeat_seconds: _Optional[int] = ..., server_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    cluster_threshold: float
+    def __init__(self, gallery_revision: _Optional[int] = ..., gallery_id: _Optional[str] = ..., embedding_models: _Optional[_Iterable[str]] = ..., max_report_events: _Optional[int] = ..., heartbeat_seconds: _Optional[int] = ..., server_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cluster_threshold: _Optional[float] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("device_id", "from_revision", "gallery_id", "embedding_models")

@@ -159,6 +159,7 @@ def test_a_store_migrated_by_sqlite_utils_is_adopted_and_its_json_reports_become
             (2, "sync"),
             (3, "typed_reports"),
             (4, "snapshots"),
+            (5, "server_thresholds"),
         ]
         assert conn.execute("PRAGMA user_version").fetchone() == (MIGRATIONS.latest,)
     conn.close()

@@ -18,6 +18,7 @@ from facefleet.agent.domain.records import (
     InvalidRecordError,
     Person,
     RevisionConflictError,
+    StoreError,
 )
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.agent.store.reports import REPORTS_DROPPED
@@ -72,6 +73,23 @@ def test_migration_0002_upgrades_a_store_keeping_its_people(tmp_path: Path) -> N
         assert (point.revision, point.gallery_id, point.models, point.applied_at) == (0, "", (), None)
         assert store.reports.count() == 0
         assert store.integrity_check() == []
+
+
+def test_the_servers_cluster_threshold_is_kept_across_a_reopen_and_a_change_is_reported(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "agent.db"
+    with EmbeddingStore(path) as store:
+        assert store.sync.cluster_threshold() is None  # no Register yet
+        assert store.sync.record_cluster_threshold(0.42)
+        assert not store.sync.record_cluster_threshold(0.42)  # the same again: no change
+    with EmbeddingStore(path, read_only=True) as store:
+        assert store.sync.cluster_threshold() == 0.42
+    with EmbeddingStore(path) as store:
+        assert store.sync.record_cluster_threshold(None)  # a server that no longer says
+        assert store.sync.cluster_threshold() is None
+        with pytest.raises(StoreError, match="CHECK constraint failed"), store.connection.write() as conn:
+            conn.execute("UPDATE server_sync SET cluster_threshold = 1.5")
 
 
 def test_a_delta_is_applied_with_its_server_revision_and_moves_the_store_revision(

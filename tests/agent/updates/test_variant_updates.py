@@ -43,9 +43,18 @@ class PlannedAgent:
 
     def __init__(self, runtime: Runtime, state: Path, settings: PrecisionSettings | None = None) -> None:
         self.calls: list[str] = []
+        self.server_thresholds: list[float] = []
+        """The server's cluster threshold, as the agent's store would hold it."""
         self.store = ModelStore(state / "models")
         cache = PrecisionCache(state / "precision.json")
-        plan = PrecisionPlan(runtime, self.store, settings, cache, timer=injected(LATENCIES, self.calls))
+        plan = PrecisionPlan(
+            runtime,
+            self.store,
+            settings,
+            cache,
+            timer=injected(LATENCIES, self.calls),
+            thresholds=lambda model_id: (0.363, 0.5, *self.server_thresholds),
+        )
         self.analyzer = FaceAnalyzer(runtime, self.store, precisions=plan)
         self.updater = ModelUpdater(self.store, lambda: self.analyzer, self.switch)
 
@@ -201,6 +210,9 @@ def test_a_variant_refused_by_the_guard_on_the_agents_faces_is_not_run(
     assert VARIANT not in agent.stored()
     assert agent.updater.precisions()["embedding"] == before
     assert agent.updater.versions()["embedding"] == FLOAT
+    restarted = PlannedAgent(auto_runtime, state)  # the choice measured with the refused variant still holds
+    assert restarted.updater.precisions()["embedding"] == before
+    assert restarted.calls == []
 
 
 def test_a_later_variant_replaces_the_earlier_one_and_a_rollback_brings_that_back(
@@ -275,3 +287,34 @@ def test_a_withdrawal_that_fails_is_retried_and_never_refuses_the_float_model(
     model_id, rollout_id, activation, reason = agent.embedding_status()
     assert (model_id, rollout_id, activation) == (FLOAT, 3, "active")
     assert f"{VARIANT} withdrawn" in reason
+
+
+def test_a_new_server_cluster_threshold_has_the_running_choice_measured_again_at_it(
+    auto_runtime: Runtime, state: Path, tmp_path: Path
+) -> None:
+    """The server groups unknown faces at a threshold the agent's guard did not check: the variant that
+    runs in the float model's place is measured again with it among the thresholds, once."""
+    agent = PlannedAgent(auto_runtime, state)
+    source = agent.store.active("embedding")
+    server = published_variant(tmp_path, source)
+    agent.reconcile(server, release_of(server.store.models()[0], rollout_id=7))
+    assert agent.updater.precisions()["embedding"] == f"int8 ({VARIANT})"
+    assert not asyncio.run(agent.updater.guard_changed("embedding"))  # measured at these thresholds
+
+    agent.server_thresholds.append(0.42)
+    agent.calls.clear()
+    assert asyncio.run(agent.updater.guard_changed("embedding"))
+    assert agent.calls  # measured again
+    plan = agent.analyzer.precisions
+    assert plan is not None
+    choice = plan.choice(agent.analyzer.embedding_model)  # type: ignore[arg-type]
+    guarded = next(m for m in choice.measurements if m.variant == VARIANT).guard
+    assert "decisions at 0.363, 0.5, 0.42 changed on" in guarded.summary
+    assert agent.updater.versions()["embedding"] == FLOAT and agent.updater.unreported
+
+    agent.calls.clear()
+    assert not asyncio.run(agent.updater.guard_changed("embedding"))
+    assert agent.calls == []
+    pinned = PlannedAgent(auto_runtime, state, PrecisionSettings("f32"))
+    pinned.server_thresholds.append(0.45)
+    assert not asyncio.run(pinned.updater.guard_changed("embedding"))

@@ -204,6 +204,21 @@ def test_an_enrolment_on_the_server_lets_the_agent_identify_the_person(
     assert revision == 1
 
 
+def test_the_agent_records_the_cluster_threshold_the_server_groups_unknown_faces_at(
+    tmp_path: Path, pki: Pki, enroller: Enroller
+) -> None:
+    """Register tells it; the agent's precision guard checks decisions at it (tests/agent/updates)."""
+
+    async def scenario() -> float | None:
+        async with serving(tmp_path, pki, enroller, snapshots={"cluster_threshold": 0.42}) as harness:
+            with open_store(tmp_path / "agent.db") as store:
+                async with syncing(settings(harness, pki), store) as sync:
+                    await until(lambda: sync.connected, what="the agent registered")
+                    return store.sync.cluster_threshold()
+
+    assert run(scenario) == 0.42
+
+
 def test_a_deletion_on_the_server_erases_the_person_on_the_agent(
     tmp_path: Path,
     pki: Pki,

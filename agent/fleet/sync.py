@@ -448,7 +448,10 @@ class FleetSync:
         changed = await asyncio.to_thread(self.store.sync.record_cluster_threshold, threshold)
         if not changed:
             return
-        log.info("server %s: unknown faces are grouped at cosine %s", self.settings.address, threshold)
+        if threshold is None:
+            log.info("server %s: no longer says where it groups unknown faces", self.settings.address)
+        else:
+            log.info("server %s: unknown faces are grouped at cosine %s", self.settings.address, threshold)
         if self.updater is not None and self._assigned is not None:
             self._guard_changed = True
             self._assigned.set()
@@ -465,7 +468,10 @@ class FleetSync:
                 await asyncio.wait_for(assigned.wait(), STATUS_RETRY_S)
             if self._guard_changed:
                 self._guard_changed = False
-                await updater.guard_changed("embedding")
+                try:
+                    await updater.guard_changed("embedding")
+                except Exception:  # never the end of model updates
+                    log.exception("model update: the embedding model was not measured again")
             if updater.unreported and self._client is not None:
                 await updater.report(self, self.settings.rpc_timeout_s)
             if not assigned.is_set():

@@ -102,64 +102,68 @@ class AgentService:
             snapshot_limit_bytes=config.snapshots.max_pending_mb << 20,
             snapshot_keep_s=86400.0 * config.snapshots.keep_days,
         )
-        self.precisions = PrecisionPlan(  # measures, at start, the models with no cached choice
-            self.runtime,
-            self.models,
-            config.runtime.precision_settings(),
-            PrecisionCache(cache_path(state_dir)),
-            thresholds=self._guard_thresholds,
-            detector=settings.detector,
-            measure_in_child=True,  # the candidates' memory goes with the child
-        )
-        self.analyzer = FaceAnalyzer(self.runtime, self.models, settings, precisions=self.precisions)
-        model_id = self.analyzer.embedding_model_id
-        assert model_id is not None
-        self.model_id = model_id
-        self.matcher = Matcher(config.matching.policy())
-        self.cameras = {
-            c.name: Camera(CameraSettings(c.name, c.source, c.max_fps, c.loop, timeout_s=c.timeout_s))
-            for c in config.cameras
-        }
-        self.trackers = {name: Tracker(min_quality=config.matching.min_quality) for name in self.cameras}
-        self.stop_event = threading.Event()
-        self._stop_requested = False
-        self.errors: list[str] = []
-        self.people: dict[str, Person] = {}
-        self.people_revision = -1
-        self._camera_state: dict[str, dict[str, Any]] = {}
-        self.frames_analysed = dict.fromkeys(self.cameras, 0)
-        self.model_mismatches = 0
-        self._switches: queue.Queue[Switch] = queue.Queue()
-        self.outbox = OutboxPublisher(self.store, self._publish)
-        self.metrics = AgentMetrics(self.figures)
-        outlets = DoorOutlets(
-            self.metrics, self.store.audit, self._emit, self._submit, self._guarded, self.versions
-        )
-        mesh = face_mesh(config, self.runtime, self.models, self.precisions)
-        self.doors = DoorAccess(config, self.device_id, self._person, mesh, outlets)
-        self.doors.use_model(self.model_id)
-        self.commands = CommandDesk(
-            self.device_id,
-            self.doors,
-            self.outbox if config.mqtt.enabled else None,
-            self._guarded,
-            self._record_error,
-        )
-        self.link = self._make_link() if config.mqtt.enabled else None
-        self.sync = self._make_sync() if config.server.enabled else None
-        self.frame_path = PathChooser(config.service.pipeline)
-        self._pipeline = self._new_pipeline()
-        self._failed_frames = 0
-        """Frames in a row whose analysis failed."""
-        self.metrics_endpoint = self.metrics.serve(config.metrics.listen)
-        snapshots = config.snapshots
-        self.snapshot_settings = SnapshotSettings(
-            snapshots.context_px, snapshots.jpeg_quality, snapshots.context_jpeg_quality
-        )
-        # a track keeps its best face only when it goes somewhere: to the server, or to the broker
-        self._keep_crops = (snapshots.report != "none" and self.sync is not None) or (
-            snapshots.publish_latest and self.link is not None
-        )
+        try:
+            self.precisions = PrecisionPlan(  # measures, at start, the models with no cached choice
+                self.runtime,
+                self.models,
+                config.runtime.precision_settings(),
+                PrecisionCache(cache_path(state_dir)),
+                thresholds=self._guard_thresholds,
+                detector=settings.detector,
+                measure_in_child=True,  # the candidates' memory goes with the child
+            )
+            self.analyzer = FaceAnalyzer(self.runtime, self.models, settings, precisions=self.precisions)
+            model_id = self.analyzer.embedding_model_id
+            assert model_id is not None
+            self.model_id = model_id
+            self.matcher = Matcher(config.matching.policy())
+            self.cameras = {
+                c.name: Camera(CameraSettings(c.name, c.source, c.max_fps, c.loop, timeout_s=c.timeout_s))
+                for c in config.cameras
+            }
+            self.trackers = {name: Tracker(min_quality=config.matching.min_quality) for name in self.cameras}
+            self.stop_event = threading.Event()
+            self._stop_requested = False
+            self.errors: list[str] = []
+            self.people: dict[str, Person] = {}
+            self.people_revision = -1
+            self._camera_state: dict[str, dict[str, Any]] = {}
+            self.frames_analysed = dict.fromkeys(self.cameras, 0)
+            self.model_mismatches = 0
+            self._switches: queue.Queue[Switch] = queue.Queue()
+            self.outbox = OutboxPublisher(self.store, self._publish)
+            self.metrics = AgentMetrics(self.figures)
+            outlets = DoorOutlets(
+                self.metrics, self.store.audit, self._emit, self._submit, self._guarded, self.versions
+            )
+            mesh = face_mesh(config, self.runtime, self.models, self.precisions)
+            self.doors = DoorAccess(config, self.device_id, self._person, mesh, outlets)
+            self.doors.use_model(self.model_id)
+            self.commands = CommandDesk(
+                self.device_id,
+                self.doors,
+                self.outbox if config.mqtt.enabled else None,
+                self._guarded,
+                self._record_error,
+            )
+            self.link = self._make_link() if config.mqtt.enabled else None
+            self.sync = self._make_sync() if config.server.enabled else None
+            self.frame_path = PathChooser(config.service.pipeline)
+            self._pipeline = self._new_pipeline()
+            self._failed_frames = 0
+            """Frames in a row whose analysis failed."""
+            self.metrics_endpoint = self.metrics.serve(config.metrics.listen)
+            snapshots = config.snapshots
+            self.snapshot_settings = SnapshotSettings(
+                snapshots.context_px, snapshots.jpeg_quality, snapshots.context_jpeg_quality
+            )
+            # a track keeps its best face only when it goes somewhere: to the server, or to the broker
+            self._keep_crops = (snapshots.report != "none" and self.sync is not None) or (
+                snapshots.publish_latest and self.link is not None
+            )
+        except BaseException:  # a refused start leaves no store open
+            self.store.close()
+            raise
 
     # ---- life cycle -----------------------------------------------------------------------------------
 

@@ -64,6 +64,7 @@ from facefleet.vision.models.manifest import ModelManifest
 from facefleet.vision.models.quantize import is_variant_of
 from facefleet.vision.models.store import ModelStore, StoredModel
 from facefleet.vision.pipeline import FaceAnalyzer
+from facefleet.vision.precision.choice import Choice
 
 log = logging.getLogger(__name__)
 
@@ -456,29 +457,43 @@ class ModelUpdater:
     async def guard_changed(self, task: str) -> bool:
         """The thresholds the accuracy guard checks changed (the server's cluster threshold): when the
         running model of task runs at a measured precision whose choice was not guarded at them, measure it
-        again and switch to what wins. True when it was measured again; a failure is logged and the
-        running choice stays (until the next start measures it)."""
+        again, and switch to what wins when it is not what runs. True when it was measured again; a
+        failure is logged and the running choice stays (until the next start measures it)."""
         analyzer = self.analyzer()
+        try:
+            running = await asyncio.to_thread(self._guarded_choice, analyzer, task)
+            if running is None:
+                return False
+            candidate, choice = await asyncio.to_thread(remeasured, analyzer, task, self.settings.smoke_photo)
+            if (choice.precision, choice.variant, choice.variant_files) != (
+                running.precision,
+                running.variant,
+                running.variant_files,
+            ):
+                switch = Switch(None, running_model(candidate, task), candidate, concurrent.futures.Future())
+                await asyncio.to_thread(self.switch, switch)
+                await asyncio.wrap_future(switch.done)
+                self.unreported = True  # what it runs at goes to the server with the statuses
+        except Exception as exc:
+            log.error("%s model not measured again at the new thresholds: %s", task, reason(exc))
+            return False
+        log.info("%s model %s measured again at the new thresholds: %s (was %s); %s", task,
+                 choice.model_id, choice.label, running.label, choice.reason)  # fmt: skip
+        return True
+
+    @staticmethod
+    def _guarded_choice(analyzer: FaceAnalyzer, task: str) -> Choice | None:
+        """The measured choice analyzer runs task's model at, when it was not measured at the thresholds
+        the guard checks now (None: nothing to measure again: no such model, a pinned precision, a choice
+        nothing was measured for, or one measured at these thresholds)."""
         model = running_models(analyzer).get(task)
         plan = analyzer.precisions
         if model is None or plan is None or measured_setting(analyzer, task) is not None:
-            return False
-        if plan.cached(model) is not None:
-            return False  # already measured at these thresholds
-        before = plan.choice(model).label
-        try:
-            candidate, choice = await asyncio.to_thread(remeasured, analyzer, task, self.settings.smoke_photo)
-            switch = Switch(None, running_model(candidate, task), candidate, concurrent.futures.Future())
-            await asyncio.to_thread(self.switch, switch)
-            await asyncio.wrap_future(switch.done)
-        except Exception as exc:
-            log.error("%s model %s not measured again at the new thresholds: %s", task,
-                      model.manifest.model_id, reason(exc))  # fmt: skip
-            return False
-        log.info("%s model %s measured again at the new thresholds: %s (was %s); %s", task,
-                 model.manifest.model_id, choice.label, before, choice.reason)  # fmt: skip
-        self.unreported = True  # what it runs at goes to the server with the statuses
-        return True
+            return None
+        running = plan.choice(model)
+        if running.source != "auto" or plan.cached(model) is not None:
+            return None
+        return running
 
     async def _hand_over(self, release: ModelRelease, stored: StoredModel, analyzer: FaceAnalyzer) -> None:
         """Give the verified analyzer to the frame loop and wait until it runs (a last chance to abandon)."""

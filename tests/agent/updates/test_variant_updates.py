@@ -8,6 +8,7 @@ real. The server's gallery is a seam here (tests/server/rollouts/test_variant_ro
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from pathlib import Path
 
@@ -43,6 +44,7 @@ class PlannedAgent:
 
     def __init__(self, runtime: Runtime, state: Path, settings: PrecisionSettings | None = None) -> None:
         self.calls: list[str] = []
+        self.latencies = dict(LATENCIES)
         self.server_thresholds: list[float] = []
         """The server's cluster threshold, as the agent's store would hold it."""
         self.store = ModelStore(state / "models")
@@ -52,7 +54,7 @@ class PlannedAgent:
             self.store,
             settings,
             cache,
-            timer=injected(LATENCIES, self.calls),
+            timer=injected(self.latencies, self.calls),
             thresholds=lambda model_id: (0.363, 0.5, *self.server_thresholds),
         )
         self.analyzer = FaceAnalyzer(runtime, self.store, precisions=plan)
@@ -301,20 +303,29 @@ def test_a_new_server_cluster_threshold_has_the_running_choice_measured_again_at
     assert agent.updater.precisions()["embedding"] == f"int8 ({VARIANT})"
     assert not asyncio.run(agent.updater.guard_changed("embedding"))  # measured at these thresholds
 
+    running = agent.analyzer
     agent.server_thresholds.append(0.42)
     agent.calls.clear()
     assert asyncio.run(agent.updater.guard_changed("embedding"))
-    assert agent.calls  # measured again
-    plan = agent.analyzer.precisions
-    assert plan is not None
-    choice = plan.choice(agent.analyzer.embedding_model)  # type: ignore[arg-type]
-    guarded = next(m for m in choice.measurements if m.variant == VARIANT).guard
-    assert "decisions at 0.363, 0.5, 0.42 changed on" in guarded.summary
-    assert agent.updater.versions()["embedding"] == FLOAT and agent.updater.unreported
+    assert agent.calls  # measured again; the same winner: nothing switched
+    assert agent.analyzer is running and not agent.updater.unreported
+    (entry,) = [
+        e for e in json.loads((state / "precision.json").read_text())["choices"] if e["model_id"] == FLOAT
+    ]
+    assert entry["thresholds"] == [0.363, 0.42, 0.5]
+    guarded = next(m for m in entry["choice"]["measurements"] if m["variant"] == VARIANT)["guard"]
+    assert "decisions at 0.363, 0.5, 0.42 changed on" in guarded["summary"]
 
     agent.calls.clear()
-    assert not asyncio.run(agent.updater.guard_changed("embedding"))
+    assert not asyncio.run(agent.updater.guard_changed("embedding"))  # measured at these already
     assert agent.calls == []
+
+    agent.server_thresholds[:] = [0.45]
+    agent.latencies["int8"] = 100.0  # another winner this time (a hint, or f32): it is switched in
+    assert asyncio.run(agent.updater.guard_changed("embedding"))
+    assert agent.analyzer is not running and agent.updater.unreported
+    assert not agent.updater.precisions()["embedding"].startswith("int8")
+    assert agent.updater.versions()["embedding"] == FLOAT
     pinned = PlannedAgent(auto_runtime, state, PrecisionSettings("f32"))
     pinned.server_thresholds.append(0.45)
     assert not asyncio.run(pinned.updater.guard_changed("embedding"))

@@ -5,6 +5,7 @@ packaged footage and then photos of three enrolled people held up to it."""
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,3 +142,13 @@ def test_a_door_with_liveness_refuses_to_start_without_the_face_mesh(
     config_path.write_text(config_text(broker.port, tmp_path))
     with pytest.raises(ModelStoreError, match=r"door 'blink' checks liveness.*models import-defaults"):
         AgentService(load_config(config_path), state_dir)
+    assert str(state_dir / "agent.db") not in open_files()  # the refused start closed the store it opened
+
+
+def open_files() -> set[str]:
+    """The files this process holds open (Linux)."""
+    opened = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            opened.add(os.readlink(f"/proc/self/fd/{fd}"))
+    return opened

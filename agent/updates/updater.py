@@ -465,11 +465,7 @@ class ModelUpdater:
             if running is None:
                 return False
             candidate, choice = await asyncio.to_thread(remeasured, analyzer, task, self.settings.smoke_photo)
-            if (choice.precision, choice.variant, choice.variant_files) != (
-                running.precision,
-                running.variant,
-                running.variant_files,
-            ):
+            if not choice.runs_same_as(running):
                 switch = Switch(None, running_model(candidate, task), candidate, concurrent.futures.Future())
                 await asyncio.to_thread(self.switch, switch)
                 await asyncio.wrap_future(switch.done)
@@ -483,17 +479,13 @@ class ModelUpdater:
 
     @staticmethod
     def _guarded_choice(analyzer: FaceAnalyzer, task: str) -> Choice | None:
-        """The measured choice analyzer runs task's model at, when it was not measured at the thresholds
-        the guard checks now (None: nothing to measure again: no such model, a pinned precision, a choice
-        nothing was measured for, or one measured at these thresholds)."""
+        """The choice analyzer runs task's model at, when the model is to be measured again now (at the
+        thresholds the guard checks now); None: no such model, or nothing to measure."""
         model = running_models(analyzer).get(task)
         plan = analyzer.precisions
-        if model is None or plan is None or measured_setting(analyzer, task) is not None:
+        if model is None or plan is None or not plan.needs_measuring(model):
             return None
-        running = plan.choice(model)
-        if running.source != "auto" or plan.cached(model) is not None:
-            return None
-        return running
+        return plan.choice(model)
 
     async def _hand_over(self, release: ModelRelease, stored: StoredModel, analyzer: FaceAnalyzer) -> None:
         """Give the verified analyzer to the frame loop and wait until it runs (a last chance to abandon)."""

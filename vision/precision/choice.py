@@ -60,6 +60,14 @@ class Choice:
     measurements: tuple[Measurement, ...] = ()
     variant_files: tuple[tuple[str, str], ...] = ()
 
+    def runs_same_as(self, other: Choice) -> bool:
+        """Whether both compile the same thing: the same hint and the same INT8 variant (its very files)."""
+        return (self.precision, self.variant, self.variant_files) == (
+            other.precision,
+            other.variant,
+            other.variant_files,
+        )
+
     @property
     def label(self) -> str:
         """What it runs at in one word or two: 'bf16', 'int8 (sface@2021dec-int8)'."""

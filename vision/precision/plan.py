@@ -250,6 +250,13 @@ class PrecisionPlan:
             log.warning("precision of %s %s not measured (%s); it runs at f32", task, model_id, exc)
             return Choice(task, model_id, "f32", "default", f"f32: not measured ({exc})")
 
+    def needs_measuring(self, model: StoredModel) -> bool:
+        """Whether model's choice would be measured now: under "auto", with candidates besides f32, no choice
+        cached for the thresholds its guard checks and the variants the store holds now, and no measurement
+        of it failed in this plan."""
+        with self._lock:
+            return self._settled(model) is None
+
     def _settled(self, model: StoredModel) -> Choice | None:
         """model's choice when no measurement is needed for it: an override, a task without a guard, a
         cached choice, a single candidate, or a measurement that failed; None: it needs measuring."""

@@ -68,12 +68,15 @@ def prepare(frame_bgr: npt.NDArray[np.uint8], settings: DetectorSettings) -> Det
     height, width = frame_bgr.shape[:2]
     scale, (pad_h, pad_w) = input_size((height, width), settings.long_side, settings.upscale)
     scaled_h, scaled_w = max(1, round(height * scale)), max(1, round(width * scale))
-    resized: npt.NDArray[np.generic] = frame_bgr
-    if (scaled_w, scaled_h) != (width, height):
-        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        resized = cv2.resize(frame_bgr, (scaled_w, scaled_h), interpolation=interpolation)
     tensor = np.zeros((1, pad_h, pad_w, 3), dtype=np.uint8)
-    tensor[0, :scaled_h, :scaled_w] = resized
+    placed = tensor[0, :scaled_h, :scaled_w]
+    if (scaled_w, scaled_h) == (width, height):
+        placed[...] = frame_bgr
+    else:  # scaled straight into the padded input, saving a copy of the frame
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(frame_bgr, (scaled_w, scaled_h), dst=placed, interpolation=interpolation)
+        if resized is not placed:  # an OpenCV that could not write into the view
+            placed[...] = resized
     return DetectorInput(tensor=tensor, scale=scale, frame_hw=(height, width))
 
 

@@ -50,33 +50,34 @@ def pose_from_landmarks(landmarks_xy: npt.NDArray[np.float32]) -> tuple[float, f
     yaw: where the nose sits between the eyes, -1..1 (0 centred); pitch: where the nose sits between the
     eye line and the mouth line, rescaled so 0 is the frontal position and ±1 the lines themselves.
     """
-    right_eye, left_eye, nose, right_mouth, left_mouth = (
-        landmarks_xy[i].astype(np.float64) for i in range(5)
-    )
-    eye_vec = left_eye - right_eye
-    eye_dist = float(np.hypot(*eye_vec))
+    (rex, rey), (lex, ley), (nx, ny), (rmx, rmy), (lmx, lmy) = np.asarray(
+        landmarks_xy, dtype=np.float64
+    ).tolist()[:5]
+    eye_x, eye_y = lex - rex, ley - rey
+    eye_dist = math.hypot(eye_x, eye_y)
     if eye_dist < 1e-6:
         return 1.0, 1.0, 0.0
-    roll = math.degrees(math.atan2(eye_vec[1], eye_vec[0]))
-    axis = eye_vec / eye_dist
-    normal = np.array([-axis[1], axis[0]])
-    nose_along = float((nose - right_eye) @ axis) / eye_dist
-    yaw = float(np.clip(2.0 * nose_along - 1.0, -1.0, 1.0))
-    eye_mid = (right_eye + left_eye) / 2
-    mouth_mid = (right_mouth + left_mouth) / 2
-    mouth_depth = float((mouth_mid - eye_mid) @ normal)
+    roll = math.degrees(math.atan2(eye_y, eye_x))
+    axis_x, axis_y = eye_x / eye_dist, eye_y / eye_dist
+    normal_x, normal_y = -axis_y, axis_x
+    nose_along = ((nx - rex) * axis_x + (ny - rey) * axis_y) / eye_dist
+    yaw = min(1.0, max(-1.0, 2.0 * nose_along - 1.0))
+    mid_x, mid_y = (rex + lex) / 2, (rey + ley) / 2
+    mouth_depth = ((rmx + lmx) / 2 - mid_x) * normal_x + ((rmy + lmy) / 2 - mid_y) * normal_y
     if mouth_depth < 1e-6:
         return yaw, 1.0, roll
-    nose_depth = float((nose - eye_mid) @ normal) / mouth_depth
+    nose_depth = ((nx - mid_x) * normal_x + (ny - mid_y) * normal_y) / mouth_depth
     frontal_nose_depth = 0.5
-    pitch = float(np.clip((nose_depth - frontal_nose_depth) / frontal_nose_depth, -1.0, 1.0))
+    pitch = min(1.0, max(-1.0, (nose_depth - frontal_nose_depth) / frontal_nose_depth))
     return yaw, pitch, roll
 
 
 def sharpness(aligned_bgr: npt.NDArray[np.uint8]) -> float:
     """Variance of the Laplacian of the (112, 112, 3) aligned crop in grey: low means blurred."""
     grey = cv2.cvtColor(aligned_bgr, cv2.COLOR_BGR2GRAY)
-    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+    # The Laplacian of uint8 pixels is a small integer, exact in float32; the variance is summed in double.
+    _, deviation = cv2.meanStdDev(cv2.Laplacian(grey, cv2.CV_32F))
+    return float(deviation[0, 0]) ** 2
 
 
 def assess(detection: Detection, aligned_bgr: npt.NDArray[np.uint8]) -> Quality:

@@ -58,3 +58,23 @@ def test_align_face_moves_landmark_pixels_onto_the_template() -> None:
     for x, y in ARCFACE_TEMPLATE_XY:
         assert aligned[round(y), round(x)].min() > 200
     assert aligned[5, 5].max() == 0
+
+
+def umeyama(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Umeyama's SVD solution, the reference for the closed form (2, 3)."""
+    src, dst = source.astype(np.float64), target.astype(np.float64)
+    src_c, dst_c = src - src.mean(axis=0), dst - dst.mean(axis=0)
+    u, singular, vt = np.linalg.svd(dst_c.T @ src_c / len(src))
+    sign = np.diag([1.0, -1.0 if np.linalg.det(u) * np.linalg.det(vt) < 0 else 1.0])
+    linear = float(np.trace(np.diag(singular) @ sign)) / ((src_c**2).sum() / len(src)) * (u @ sign @ vt)
+    return np.hstack([linear, (dst.mean(axis=0) - linear @ src.mean(axis=0))[:, None]])
+
+
+def test_similarity_transform_is_the_least_squares_fit_of_noisy_points() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        count = int(rng.integers(2, 9))
+        source = rng.normal(0, rng.uniform(1, 400), (count, 2))
+        target = transform(source, rng.uniform(-180, 180), rng.uniform(0.2, 4), (10, -3))
+        target = target + rng.normal(0, 5, target.shape)
+        np.testing.assert_allclose(similarity_transform(source, target), umeyama(source, target), atol=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -132,6 +133,21 @@ def test_prepare_makes_an_nhwc_bgr_uint8_image_padded_bottom_right() -> None:
     assert prepared.tensor[0, 0, 0].tolist() == [10, 0, 200]
     assert np.all(prepared.tensor[0, :29, :, 2] == 200)  # 90 px × 0.32 = 29 rows of the frame
     assert np.all(prepared.tensor[0, 29:] == 0)  # then padding
+
+
+@pytest.mark.parametrize(("frame_hw", "long_side"), [((100, 90), 64), ((70, 45), 640), ((37, 300), 256)])
+def test_prepare_places_the_scaled_frame_and_pads_both_sides_with_zeros(
+    frame_hw: tuple[int, int], long_side: int
+) -> None:
+    frame = np.random.default_rng(3).integers(1, 256, (*frame_hw, 3), dtype=np.uint8)
+    prepared = prepare(frame, DetectorSettings(long_side=long_side))
+    height, width = (max(1, round(side * prepared.scale)) for side in frame_hw)
+    expected = frame
+    if prepared.scale < 1:
+        expected = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(prepared.tensor[0, :height, :width], expected)
+    assert not prepared.tensor[0, height:].any() and not prepared.tensor[0, :, width:].any()
+    assert prepared.tensor[0, :height, :width].all()
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,16 @@
-"""YuNet face detection: input preparation and output decoding in pure numpy.
+"""YuNet face detection: input preparation and output decoding in numpy.
 
 YuNet predicts, on grids of strides 8, 16 and 32, a class score, an objectness score, a box
 (centre offset and log size) and 5 landmarks per cell. The network takes a BGR float image of any
 height and width that are multiples of 32; frames are scaled (aspect kept) and padded bottom/right, and
-given as uint8 (1, H, W, 3), which the compiled model converts (Runtime.compile's image_input).
+given as uint8 (1, H, W, 3), which the compiled model converts (Runtime.compile's image_input). The
+compiled model also scores every cell and joins the three grids (JOINED_OUTPUTS), so one frame's outputs
+are three arrays over all cells, stride 8's first, each grid row by row.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -16,9 +19,16 @@ import numpy as np
 import numpy.typing as npt
 
 from facefleet.vision.faces import Detection
+from facefleet.vision.runtime import JoinedOutputs
 
 STRIDES = (8, 16, 32)
 OUTPUT_NAMES = tuple(f"{kind}_{s}" for kind in ("cls", "obj", "bbox", "kps") for s in STRIDES)
+JOINED_OUTPUTS = JoinedOutputs(
+    score_pairs=tuple((f"cls_{s}", f"obj_{s}") for s in STRIDES),
+    concatenated={"bbox": tuple(f"bbox_{s}" for s in STRIDES), "kps": tuple(f"kps_{s}" for s in STRIDES)},
+)
+"""How detectors are compiled: `score` (1, cells, 1), the geometric mean of class and objectness scores;
+`bbox` (1, cells, 4), centre offset and log size in cells; `kps` (1, cells, 10), 5 landmarks in cells."""
 
 
 @dataclass(frozen=True)
@@ -85,32 +95,22 @@ def decode(
     prepared: DetectorInput,
     settings: DetectorSettings,
 ) -> list[Detection]:
-    """Turn YuNet's raw outputs (names in OUTPUT_NAMES, shapes (1, cells, k)) into frame-space detections."""
-    pad_h, pad_w = prepared.padded_hw
-    boxes: list[npt.NDArray[np.float32]] = []
-    landmarks: list[npt.NDArray[np.float32]] = []
-    scores: list[npt.NDArray[np.float32]] = []
-    for stride in STRIDES:
-        rows, cols = pad_h // stride, pad_w // stride
-        cls = _flat(outputs, f"cls_{stride}", rows * cols, 1)[:, 0]
-        obj = _flat(outputs, f"obj_{stride}", rows * cols, 1)[:, 0]
-        score = np.sqrt(np.clip(cls, 0, 1) * np.clip(obj, 0, 1))
-        keep = np.nonzero(score >= settings.score_threshold)[0]
-        if keep.size == 0:
-            continue
-        bbox = _flat(outputs, f"bbox_{stride}", rows * cols, 4)[keep]
-        kps = _flat(outputs, f"kps_{stride}", rows * cols, 10)[keep].reshape(-1, 5, 2)
-        grid_xy = np.stack([keep % cols, keep // cols], axis=1).astype(np.float32)
-        centre = (grid_xy + bbox[:, :2]) * stride
-        size = np.exp(np.minimum(bbox[:, 2:], 10.0)) * stride
-        boxes.append(np.concatenate([centre - size / 2, centre + size / 2], axis=1))
-        landmarks.append((grid_xy[:, None, :] + kps) * stride)
-        scores.append(score[keep])
-    if not scores:
+    """Turn a detector's joined outputs (JOINED_OUTPUTS, one row per cell) into frame-space detections."""
+    grid_xy, strides = _cells(prepared.padded_hw)
+    cells = len(strides)
+    score = _flat(outputs, "score", cells, 1)[:, 0]
+    keep = np.nonzero(score >= settings.score_threshold)[0]
+    if keep.size == 0:
         return []
-    all_boxes = np.concatenate(boxes) / prepared.scale
-    all_landmarks = np.concatenate(landmarks) / prepared.scale
-    all_scores = np.concatenate(scores)
+    cell_xy, stride = grid_xy[keep], strides[keep]
+    bbox = _flat(outputs, "bbox", cells, 4)[keep]
+    kps = _flat(outputs, "kps", cells, 10)[keep].reshape(-1, 5, 2)
+    centre = (cell_xy + bbox[:, :2]) * stride
+    size = np.exp(np.minimum(bbox[:, 2:], 10.0)) * stride
+    corners = np.concatenate([centre - size / 2, centre + size / 2], axis=1) / prepared.scale
+    all_boxes = corners.astype(np.float32, copy=False)
+    all_landmarks = (cell_xy[:, None, :] + kps) * stride[:, None, :] / prepared.scale
+    all_scores = score[keep]
     height, width = prepared.frame_hw
     all_boxes[:, [0, 2]] = np.clip(all_boxes[:, [0, 2]], 0, width)
     all_boxes[:, [1, 3]] = np.clip(all_boxes[:, [1, 3]], 0, height)
@@ -124,6 +124,23 @@ def decode(
         for i in chosen
         if all_boxes[i, 2] > all_boxes[i, 0] and all_boxes[i, 3] > all_boxes[i, 1]
     ]
+
+
+@functools.lru_cache(maxsize=16)
+def _cells(padded_hw: tuple[int, int]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Every cell of the three grids for a padded input, in the joined outputs' order: its (x, y) in the
+    grid, (cells, 2), and its stride in px, (cells, 1)."""
+    grids, strides = [], []
+    for stride in STRIDES:
+        rows, cols = padded_hw[0] // stride, padded_hw[1] // stride
+        index = np.arange(rows * cols)
+        grids.append(np.stack([index % cols, index // cols], axis=1))
+        strides.append(np.full((rows * cols, 1), stride))
+    grid_xy = np.concatenate(grids).astype(np.float32)
+    grid_xy.flags.writeable = False
+    stride_px = np.concatenate(strides).astype(np.float32)
+    stride_px.flags.writeable = False
+    return grid_xy, stride_px
 
 
 def nms(

@@ -313,6 +313,7 @@ class FaceAnalyzer:
                 single_stream=kind == "expression",
                 precision=precision,
                 image_input=kind == "detection",
+                joined=detection.JOINED_OUTPUTS if kind == "detection" else None,
             )
 
         if kind in ANY_BATCH and kind not in self._batch_any:

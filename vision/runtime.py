@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 import openvino as ov
+import openvino.opset13 as ops
 from openvino.preprocess import PrePostProcessor
 
 from facefleet.vision.errors import (
@@ -43,6 +44,20 @@ Input = npt.NDArray[np.float32] | npt.NDArray[np.uint8]
 VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
 MIN_FREE_BYTES = 1 << 20
 """A failed model write with less free space than this on its disk is reported as a full disk."""
+
+
+@dataclass(frozen=True)
+class JoinedOutputs:
+    """Outputs a compiled model hands over joined, so a frame's results cross into Python as a few arrays.
+
+    score_pairs: output pairs (a, b), each scored inside the model as sqrt(clip(a, 0, 1) · clip(b, 0, 1)),
+    all concatenated along axis 1 into the output `score`; concatenated: name → outputs concatenated
+    along axis 1 into that output. The outputs joined are (1, cells, k) with the same k within a group;
+    the model's other outputs are dropped.
+    """
+
+    score_pairs: tuple[tuple[str, str], ...]
+    concatenated: Mapping[str, tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -151,12 +166,14 @@ class Runtime:
         input_shapes: Mapping[str, Sequence[int]] | None = None,
         precision: Precision | None = None,
         image_input: bool = False,
+        joined: JoinedOutputs | None = None,
     ) -> CompiledNet:
         """Compile an IR file for this runtime's device; input_shape reshapes the single input first
         (input_shapes: several inputs by name); single_stream: never run two requests of this model at the
         same time; precision: this model's inference precision hint (default: the settings'). image_input:
         the single (N, C, H, W) float input takes an (N, H, W, C) uint8 image instead, input_shape being
-        that image's, and converts it inside the compiled model (a quarter of the bytes to copy in)."""
+        that image's, and converts it inside the compiled model (a quarter of the bytes to copy in). joined:
+        the outputs handed over joined (JoinedOutputs)."""
         model = self._core.read_model(str(model_xml))
         if input_shape is not None:
             if image_input:
@@ -170,6 +187,8 @@ class Runtime:
             steps.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
             steps.input().model().set_layout(ov.Layout("NCHW"))
             model = steps.build()
+        if joined is not None:
+            _join_outputs(model, joined, model_xml)
         config = self._compile_config(precision)
         if single_stream and "PERFORMANCE_HINT" in config:
             config["PERFORMANCE_HINT"] = "LATENCY"
@@ -453,6 +472,38 @@ class Request:
     def latency_s(self) -> float:
         """OpenVINO's time from the start of the finished inference to its completion (s)."""
         return float(self._raw.latency) / 1000.0
+
+
+def _join_outputs(model: Any, joined: JoinedOutputs, model_xml: Path) -> None:
+    """Replace model's outputs (in place) by the joined ones of JoinedOutputs."""
+    producers = {
+        name: result.input_value(0)
+        for result in model.get_results()
+        for name in result.get_output_tensor(0).get_names()
+    }
+
+    def output(name: str) -> Any:
+        try:
+            return producers[name]
+        except KeyError:
+            raise ModelSpecError(
+                f"{model_xml}: no output '{name}' to join; the model has {sorted(producers)}"
+            ) from None
+
+    nodes: dict[str, Any] = {}
+    if joined.score_pairs:
+        scores = [
+            ops.sqrt(ops.multiply(ops.clamp(output(a), 0.0, 1.0), ops.clamp(output(b), 0.0, 1.0)))
+            for a, b in joined.score_pairs
+        ]
+        nodes["score"] = ops.concat(scores, 1)
+    for name, parts in joined.concatenated.items():
+        nodes[name] = ops.concat([output(part) for part in parts], 1)
+    for result in list(model.get_results()):
+        model.remove_result(result)
+    for name, node in nodes.items():
+        node.output(0).get_tensor().set_names({name})
+    model.add_results([ops.result(node) for node in nodes.values()])
 
 
 def _names(port: Any) -> list[str]:

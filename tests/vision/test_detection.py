@@ -1,4 +1,4 @@
-"""YuNet decoding on hand-made raw outputs: no OpenVINO involved."""
+"""YuNet decoding on hand-made outputs, joined as the compiled detector joins them: no OpenVINO involved."""
 
 from __future__ import annotations
 
@@ -29,6 +29,18 @@ def raw_outputs(pad_hw: tuple[int, int]) -> dict[str, np.ndarray]:
     return outputs
 
 
+def joined(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What the detector compiled with JOINED_OUTPUTS hands over for these raw per-grid outputs."""
+    return {
+        "score": np.concatenate(
+            [np.sqrt(np.clip(raw[f"cls_{s}"], 0, 1) * np.clip(raw[f"obj_{s}"], 0, 1)) for s in STRIDES],
+            axis=1,
+        ),
+        "bbox": np.concatenate([raw[f"bbox_{s}"] for s in STRIDES], axis=1),
+        "kps": np.concatenate([raw[f"kps_{s}"] for s in STRIDES], axis=1),
+    }
+
+
 def prepared_for(pad_hw: tuple[int, int], scale: float, frame_hw: tuple[int, int]) -> DetectorInput:
     return DetectorInput(tensor=np.zeros((1, *pad_hw, 3), np.uint8), scale=scale, frame_hw=frame_hw)
 
@@ -48,7 +60,7 @@ def test_decode_places_box_and_landmarks_in_frame_pixels() -> None:
     outputs = raw_outputs((64, 96))
     put_face(outputs, stride=16, row=2, col=3, cols=96 // 16, score=0.9)
     # frame was 128×192 scaled by 0.5 into the 64×96 input
-    detections = decode(outputs, prepared_for((64, 96), 0.5, (128, 192)), DetectorSettings())
+    detections = decode(joined(outputs), prepared_for((64, 96), 0.5, (128, 192)), DetectorSettings())
     assert len(detections) == 1
     face = detections[0]
     centre = np.array([(3 + 0.5) * 16, (2 + 0.5) * 16]) / 0.5
@@ -60,36 +72,51 @@ def test_decode_places_box_and_landmarks_in_frame_pixels() -> None:
     assert face.score == pytest.approx(0.9, abs=1e-6)
 
 
-def test_decode_score_is_geometric_mean_and_threshold_applies() -> None:
+def test_decode_applies_the_score_threshold() -> None:
     outputs = raw_outputs((32, 32))
     outputs["cls_8"][0, 5, 0] = 0.81
     outputs["obj_8"][0, 5, 0] = 0.25  # sqrt(0.81·0.25) = 0.45 < 0.6
-    assert decode(outputs, prepared_for((32, 32), 1.0, (32, 32)), DetectorSettings()) == []
-    low = decode(outputs, prepared_for((32, 32), 1.0, (32, 32)), DetectorSettings(score_threshold=0.4))
+    assert decode(joined(outputs), prepared_for((32, 32), 1.0, (32, 32)), DetectorSettings()) == []
+    low = decode(
+        joined(outputs), prepared_for((32, 32), 1.0, (32, 32)), DetectorSettings(score_threshold=0.4)
+    )
     assert [round(d.score, 3) for d in low] == [0.45]
+    (cell,) = low
+    np.testing.assert_allclose(cell.landmarks_xy[0], [5 % 4 * 8, 5 // 4 * 8])  # stride 8, row 1, column 1
 
 
 def test_decode_suppresses_overlapping_boxes_and_keeps_the_best() -> None:
     outputs = raw_outputs((64, 64))
     put_face(outputs, stride=8, row=3, col=3, cols=8, score=0.8)
     put_face(outputs, stride=8, row=3, col=4, cols=8, score=0.95)
-    detections = decode(outputs, prepared_for((64, 64), 1.0, (64, 64)), DetectorSettings())
+    detections = decode(joined(outputs), prepared_for((64, 64), 1.0, (64, 64)), DetectorSettings())
     assert [round(d.score, 2) for d in detections] == [0.95]
 
 
 def test_decode_clips_boxes_to_the_frame() -> None:
     outputs = raw_outputs((32, 32))
     put_face(outputs, stride=32, row=0, col=0, cols=1, score=0.99)
-    (face,) = decode(outputs, prepared_for((32, 32), 1.0, (20, 30)), DetectorSettings())
+    (face,) = decode(joined(outputs), prepared_for((32, 32), 1.0, (20, 30)), DetectorSettings())
     assert face.box_xyxy.min() >= 0 and face.box_xyxy[2] <= 30 and face.box_xyxy[3] <= 20
 
 
 def test_decode_names_a_missing_output() -> None:
     outputs = raw_outputs((32, 32))
-    del outputs["kps_16"]
     outputs["cls_16"][0, 0, 0] = outputs["obj_16"][0, 0, 0] = 1.0
-    with pytest.raises(KeyError, match="kps_16"):
-        decode(outputs, prepared_for((32, 32), 1.0, (32, 32)), DetectorSettings())
+    incomplete = joined(outputs)
+    del incomplete["kps"]
+    with pytest.raises(KeyError, match="'kps' is missing"):
+        decode(incomplete, prepared_for((32, 32), 1.0, (32, 32)), DetectorSettings())
+
+
+def test_decode_finds_faces_on_every_grid_of_a_frame_size() -> None:
+    """Cells of the stride-16 and stride-32 grids land where they are, after stride 8's in the joined rows."""
+    outputs = raw_outputs((128, 96))
+    put_face(outputs, stride=16, row=6, col=1, cols=96 // 16, score=0.9)
+    put_face(outputs, stride=32, row=1, col=1, cols=96 // 32, score=0.8)
+    found = decode(joined(outputs), prepared_for((128, 96), 1.0, (128, 96)), DetectorSettings())
+    centres = [((d.box_xyxy[:2] + d.box_xyxy[2:]) / 2).tolist() for d in found]
+    assert centres == [[(1 + 0.5) * 16, (6 + 0.5) * 16], [(1 + 0.5) * 32, (1 + 0.5) * 32]]
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,10 @@ import logging
 import numpy as np
 import pytest
 
-from facefleet.vision.errors import DeviceError
+from facefleet.vision.detection import JOINED_OUTPUTS, STRIDES
+from facefleet.vision.errors import DeviceError, ModelSpecError
 from facefleet.vision.models.store import ModelStore
-from facefleet.vision.runtime import Runtime, RuntimeSettings, requested_devices
+from facefleet.vision.runtime import JoinedOutputs, Runtime, RuntimeSettings, requested_devices
 
 
 @pytest.mark.parametrize(
@@ -110,3 +111,32 @@ def test_an_image_input_gives_the_float_inputs_outputs(
     assert converted.keys() == expected.keys()
     for name, values in expected.items():
         np.testing.assert_allclose(converted[name], values, rtol=1e-5, atol=1e-5)
+
+
+def test_joined_outputs_score_and_concatenate_inside_the_model(
+    runtime: Runtime, model_store: ModelStore, group_photo: np.ndarray
+) -> None:
+    """The detector compiled with its joined outputs hands over, on a real photo, the geometric mean of
+    its class and objectness scores and its boxes and landmarks, each concatenated over the three grids."""
+    xml = model_store.active("detection").xml_path
+    image = np.ascontiguousarray(group_photo[:448, :640][None])
+    joined = runtime.compile(xml, input_shape=image.shape, image_input=True, joined=JOINED_OUTPUTS)
+    raw = runtime.compile(xml, input_shape=image.shape, image_input=True).infer(image)
+    outputs = joined.infer(image)
+    assert set(outputs) == {"score", "bbox", "kps"}
+    cells = sum((448 // s) * (640 // s) for s in STRIDES)
+    expected_score = np.concatenate(
+        [np.sqrt(np.clip(raw[f"cls_{s}"], 0, 1) * np.clip(raw[f"obj_{s}"], 0, 1)) for s in STRIDES], axis=1
+    )
+    assert outputs["score"].shape == (1, cells, 1) and (outputs["score"] > 0.6).sum() >= 6
+    np.testing.assert_allclose(outputs["score"], expected_score, rtol=1e-5, atol=1e-6)
+    for kind in ("bbox", "kps"):
+        expected = np.concatenate([raw[f"{kind}_{s}"] for s in STRIDES], axis=1)
+        np.testing.assert_allclose(outputs[kind], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_joining_an_output_the_model_lacks_names_it(runtime: Runtime, model_store: ModelStore) -> None:
+    xml = model_store.active("detection").xml_path
+    wrong = JoinedOutputs(score_pairs=(("cls_8", "obj_64"),), concatenated={})
+    with pytest.raises(ModelSpecError, match=r"no output 'obj_64' to join; the model has .*cls_16"):
+        runtime.compile(xml, input_shape=(1, 64, 64, 3), image_input=True, joined=wrong)

@@ -197,7 +197,9 @@ def faces_from_photos(
             prepared = detection.prepare(frame, settings)
             shape = tuple(prepared.tensor.shape)
             if shape not in nets:
-                nets[shape] = runtime.compile(detector.xml_path, input_shape=shape, image_input=True)
+                nets[shape] = runtime.compile(
+                    detector.xml_path, input_shape=shape, image_input=True, joined=detection.JOINED_OUTPUTS
+                )
             found = detection.decode(nets[shape].infer(prepared.tensor), prepared, settings)
             for index, face in enumerate(found):
                 origin = f"{path.name}{' (mirrored)' if mirrored else ''} face {index + 1}"

@@ -60,7 +60,9 @@ class DetectionProbe(Probe):
     def compile(self, xml: Path, precision: Precision) -> Nets:
         shapes = {tuple(frame.tensor.shape) for frame in self.samples.frames}
         return {
-            shape: self.runtime.compile(xml, input_shape=shape, precision=precision, image_input=True)
+            shape: self.runtime.compile(
+                xml, input_shape=shape, precision=precision, image_input=True, joined=detection.JOINED_OUTPUTS
+            )
             for shape in shapes
         }
 

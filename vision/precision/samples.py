@@ -83,7 +83,11 @@ def tuning_samples(
             shape = tuple(prepared.tensor.shape)
             if shape not in nets:
                 nets[shape] = runtime.compile(
-                    detector.xml_path, input_shape=shape, precision="f32", image_input=True
+                    detector.xml_path,
+                    input_shape=shape,
+                    precision="f32",
+                    image_input=True,
+                    joined=detection.JOINED_OUTPUTS,
                 )
             frames.append(prepared)
             found = detection.decode(nets[shape].infer(prepared.tensor), prepared, settings)

@@ -25,7 +25,10 @@ STRIDES = (8, 16, 32)
 OUTPUT_NAMES = tuple(f"{kind}_{s}" for kind in ("cls", "obj", "bbox", "kps") for s in STRIDES)
 JOINED_OUTPUTS = JoinedOutputs(
     score_pairs=tuple((f"cls_{s}", f"obj_{s}") for s in STRIDES),
-    concatenated={"bbox": tuple(f"bbox_{s}" for s in STRIDES), "kps": tuple(f"kps_{s}" for s in STRIDES)},
+    concatenated=(
+        ("bbox", 4, tuple(f"bbox_{s}" for s in STRIDES)),
+        ("kps", 10, tuple(f"kps_{s}" for s in STRIDES)),
+    ),
 )
 """How detectors are compiled: `score` (1, cells, 1), the geometric mean of class and objectness scores;
 `bbox` (1, cells, 4), centre offset and log size in cells; `kps` (1, cells, 10), 5 landmarks in cells."""
@@ -84,9 +87,7 @@ def prepare(frame_bgr: npt.NDArray[np.uint8], settings: DetectorSettings) -> Det
         placed[...] = frame_bgr
     else:  # scaled straight into the padded input, saving a copy of the frame
         interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        resized = cv2.resize(frame_bgr, (scaled_w, scaled_h), dst=placed, interpolation=interpolation)
-        if resized is not placed:  # an OpenCV that could not write into the view
-            placed[...] = resized
+        cv2.resize(frame_bgr, (scaled_w, scaled_h), dst=placed, interpolation=interpolation)
     return DetectorInput(tensor=tensor, scale=scale, frame_hw=(height, width))
 
 

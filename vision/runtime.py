@@ -50,14 +50,14 @@ MIN_FREE_BYTES = 1 << 20
 class JoinedOutputs:
     """Outputs a compiled model hands over joined, so a frame's results cross into Python as a few arrays.
 
-    score_pairs: output pairs (a, b), each scored inside the model as sqrt(clip(a, 0, 1) · clip(b, 0, 1)),
-    all concatenated along axis 1 into the output `score`; concatenated: name → outputs concatenated
-    along axis 1 into that output. The outputs joined are (1, cells, k) with the same k within a group;
-    the model's other outputs are dropped.
+    score_pairs: output pairs (a, b), each read as (1, cells, 1) and scored inside the model as
+    sqrt(clip(a, 0, 1) · clip(b, 0, 1)), all concatenated along axis 1 into the output `score`;
+    concatenated: (name, width, parts), the parts each read as (1, cells, width) and concatenated along
+    axis 1 into the output name. The model's other outputs are dropped.
     """
 
     score_pairs: tuple[tuple[str, str], ...]
-    concatenated: Mapping[str, tuple[str, ...]]
+    concatenated: tuple[tuple[str, int, tuple[str, ...]], ...]
 
 
 @dataclass(frozen=True)
@@ -482,23 +482,30 @@ def _join_outputs(model: Any, joined: JoinedOutputs, model_xml: Path) -> None:
         for name in result.get_output_tensor(0).get_names()
     }
 
-    def output(name: str) -> Any:
+    def rows(name: str, width: int) -> Any:
+        """Output name as (1, cells, width)."""
         try:
-            return producers[name]
+            producer = producers[name]
         except KeyError:
             raise ModelSpecError(
                 f"{model_xml}: no output '{name}' to join; the model has {sorted(producers)}"
             ) from None
+        return ops.reshape(producer, ops.constant(np.array([1, -1, width], dtype=np.int64)), False)
 
-    nodes: dict[str, Any] = {}
-    if joined.score_pairs:
-        scores = [
-            ops.sqrt(ops.multiply(ops.clamp(output(a), 0.0, 1.0), ops.clamp(output(b), 0.0, 1.0)))
-            for a, b in joined.score_pairs
-        ]
-        nodes["score"] = ops.concat(scores, 1)
-    for name, parts in joined.concatenated.items():
-        nodes[name] = ops.concat([output(part) for part in parts], 1)
+    try:
+        nodes: dict[str, Any] = {}
+        if joined.score_pairs:
+            scores = [
+                ops.sqrt(ops.multiply(ops.clamp(rows(a, 1), 0.0, 1.0), ops.clamp(rows(b, 1), 0.0, 1.0)))
+                for a, b in joined.score_pairs
+            ]
+            nodes["score"] = ops.concat(scores, 1)
+        for name, width, parts in joined.concatenated:
+            nodes[name] = ops.concat([rows(part, width) for part in parts], 1)
+    except RuntimeError as exc:  # shapes that cannot be read as rows of that width
+        raise ModelSpecError(
+            f"{model_xml}: its outputs cannot be joined as this task needs: {_first_line(exc)}"
+        ) from exc
     for result in list(model.get_results()):
         model.remove_result(result)
     for name, node in nodes.items():

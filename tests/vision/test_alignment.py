@@ -1,4 +1,4 @@
-"""5-point similarity alignment, pure numpy + cv2."""
+"""5-point similarity alignment: the closed-form fit and the warp onto the ArcFace template."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""YuNet decoding on hand-made outputs, joined as the compiled detector joins them: no OpenVINO involved."""
+"""YuNet input preparation, and decoding of hand-made outputs joined as the compiled detector joins them."""
 
 from __future__ import annotations
 
@@ -162,16 +162,20 @@ def test_prepare_makes_an_nhwc_bgr_uint8_image_padded_bottom_right() -> None:
     assert np.all(prepared.tensor[0, 29:] == 0)  # then padding
 
 
-@pytest.mark.parametrize(("frame_hw", "long_side"), [((100, 90), 64), ((70, 45), 640), ((37, 300), 256)])
+@pytest.mark.parametrize(
+    ("frame_hw", "long_side", "upscale"),
+    [((100, 90), 64, False), ((70, 45), 640, False), ((37, 300), 256, False), ((70, 45), 100, True)],
+)
 def test_prepare_places_the_scaled_frame_and_pads_both_sides_with_zeros(
-    frame_hw: tuple[int, int], long_side: int
+    frame_hw: tuple[int, int], long_side: int, upscale: bool
 ) -> None:
     frame = np.random.default_rng(3).integers(1, 256, (*frame_hw, 3), dtype=np.uint8)
-    prepared = prepare(frame, DetectorSettings(long_side=long_side))
+    prepared = prepare(frame, DetectorSettings(long_side=long_side, upscale=upscale))
     height, width = (max(1, round(side * prepared.scale)) for side in frame_hw)
     expected = frame
-    if prepared.scale < 1:
-        expected = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+    if prepared.scale != 1:
+        interpolation = cv2.INTER_AREA if prepared.scale < 1 else cv2.INTER_LINEAR
+        expected = cv2.resize(frame, (width, height), interpolation=interpolation)
     np.testing.assert_array_equal(prepared.tensor[0, :height, :width], expected)
     assert not prepared.tensor[0, height:].any() and not prepared.tensor[0, :, width:].any()
     assert prepared.tensor[0, :height, :width].all()

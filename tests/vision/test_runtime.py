@@ -137,6 +137,16 @@ def test_joined_outputs_score_and_concatenate_inside_the_model(
 
 def test_joining_an_output_the_model_lacks_names_it(runtime: Runtime, model_store: ModelStore) -> None:
     xml = model_store.active("detection").xml_path
-    wrong = JoinedOutputs(score_pairs=(("cls_8", "obj_64"),), concatenated={})
+    wrong = JoinedOutputs(score_pairs=(("cls_8", "obj_64"),), concatenated=())
     with pytest.raises(ModelSpecError, match=r"no output 'obj_64' to join; the model has .*cls_16"):
+        runtime.compile(xml, input_shape=(1, 64, 64, 3), image_input=True, joined=wrong)
+
+
+def test_outputs_that_cannot_be_read_as_rows_of_their_width_are_refused(
+    runtime: Runtime, model_store: ModelStore
+) -> None:
+    """A stride-8 grid of 8×8 cells has 64·10 landmark values: rows of 7 do not fit, and the error says so."""
+    xml = model_store.active("detection").xml_path
+    wrong = JoinedOutputs(score_pairs=(), concatenated=(("kps", 7, ("kps_8",)),))
+    with pytest.raises(ModelSpecError, match="outputs cannot be joined as this task needs"):
         runtime.compile(xml, input_shape=(1, 64, 64, 3), image_input=True, joined=wrong)

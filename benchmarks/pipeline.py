@@ -10,6 +10,9 @@ take turns round by round; the median of every frame and of the run's quietest r
 against the sequential loop for the chosen defaults. `int8`: the quantization guard's cosine of INT8 to f32
 embeddings on held-out faces, and the lowest genuine and highest impostor score of the photos that ship in
 packages (benchmarks/door_threshold.py) with f32, with INT8, and INT8 faces against an f32 gallery.
+`frame_split_chosen_defaults`: each model's inference alone on the frame's own inputs against the frame end
+to end, at the chosen defaults; the difference is the Python work between the inferences and the cost of
+running the models in turn.
 
 Prints one JSON document. Every figure is measured in this run on the bundled real photos.
 Usage: .venv/bin/python benchmarks/pipeline.py [--quick] [--state-dir DIR]
@@ -18,6 +21,7 @@ Usage: .venv/bin/python benchmarks/pipeline.py [--quick] [--state-dir DIR]
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import itertools
 import json
@@ -35,8 +39,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from facefleet.vision import detection
 from facefleet.vision.alignment import align_face
-from facefleet.vision.images import read_image
+from facefleet.vision.images import read_image, to_bgr8
 from facefleet.vision.models.importer import DEFAULT_MODELS, import_defaults, locate_default
 from facefleet.vision.models.onnx_fold import fold_blocked_dequantize
 from facefleet.vision.models.quantize import int8_variants, quantize_locally
@@ -103,6 +108,29 @@ def stage_latency(analyzer: FaceAnalyzer, photos: dict[str, np.ndarray], repeats
         "one_face_frame_ms": median_ms(lambda: analyzer.analyze(astronaut), repeats),
         "six_face_frame_ms": median_ms(lambda: analyzer.analyze(photos["t1"]), max(5, repeats // 3)),
     }
+
+
+def frame_split(analyzer: FaceAnalyzer, photos: dict[str, np.ndarray], repeats: int) -> dict[str, Any]:
+    """Where a frame's time goes: each model's inference alone on the frame's own inputs (medians, ms), and
+    the frame end to end; what is left is the Python work (scaling, decoding, alignment, face inputs,
+    quality) plus the cost of running the models in turn rather than each alone."""
+    split: dict[str, Any] = {}
+    for label, name in (("one_face", "astronaut"), ("six_faces", "t1")):
+        frame = to_bgr8(photos[name])
+        prepared = detection.prepare(frame, analyzer.settings.detector)
+        detector = analyzer.net("detection", prepared.tensor.shape)
+        found = detection.decode(detector.infer(prepared.tensor), prepared, analyzer.settings.detector)
+        aligned = [align_face(frame, d.landmarks_xy) for d in found]
+        inputs = {"detection": (detector, prepared.tensor), **analyzer.face_batches(frame, found, aligned)}
+        inference = {k: median_ms(functools.partial(n.infer, x), repeats) for k, (n, x) in inputs.items()}
+        whole = median_ms(functools.partial(analyzer.analyze, frame), repeats)
+        split[label] = {
+            "faces": len(found),
+            "inference_alone_ms": inference,
+            "frame_ms": whole,
+            "frame_minus_inference_alone_ms": round(whole - sum(inference.values()), 2),
+        }
+    return split
 
 
 class OpenCvPipeline:
@@ -293,6 +321,7 @@ def main() -> None:
         result["precisions"], analyzers, variant = precisions(store, Path(scratch), photos, repeats, rounds)
         result["int8"] = int8_accuracy(analyzers, variant)
         chosen = analyzers["auto"]  # the agent's defaults from here on
+        result["frame_split_chosen_defaults"] = frame_split(chosen, photos, repeats)
 
         def sequential(batch: list[np.ndarray]) -> None:
             for frame in batch:

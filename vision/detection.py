@@ -22,12 +22,13 @@ from facefleet.vision.faces import Detection
 from facefleet.vision.runtime import JoinedOutputs
 
 STRIDES = (8, 16, 32)
-OUTPUT_NAMES = tuple(f"{kind}_{s}" for kind in ("cls", "obj", "bbox", "kps") for s in STRIDES)
+OUTPUT_WIDTHS = {"cls": 1, "obj": 1, "bbox": 4, "kps": 10}
+"""Values per grid cell of each kind of output: class score, objectness score, box, 5 landmarks."""
+OUTPUT_NAMES = tuple(f"{kind}_{s}" for kind in OUTPUT_WIDTHS for s in STRIDES)
 JOINED_OUTPUTS = JoinedOutputs(
     score_pairs=tuple((f"cls_{s}", f"obj_{s}") for s in STRIDES),
-    concatenated=(
-        ("bbox", 4, tuple(f"bbox_{s}" for s in STRIDES)),
-        ("kps", 10, tuple(f"kps_{s}" for s in STRIDES)),
+    concatenated=tuple(
+        (kind, OUTPUT_WIDTHS[kind], tuple(f"{kind}_{s}" for s in STRIDES)) for kind in ("bbox", "kps")
     ),
 )
 """How detectors are compiled: `score` (1, cells, 1), the geometric mean of class and objectness scores;

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from facefleet.vision.detection import OUTPUT_NAMES
+from facefleet.vision.detection import OUTPUT_NAMES, OUTPUT_WIDTHS, STRIDES
 from facefleet.vision.errors import ModelSpecError
 from facefleet.vision.faces import EXPRESSION_LABELS
 from facefleet.vision.runtime import ModelIO, TensorSpec
@@ -54,6 +54,17 @@ def _detection(io: ModelIO) -> str | None:
         return (
             f"outputs {', '.join(missing)} are missing (YuNet layout expected); "
             f"model outputs: {_describe(io.outputs)}"
+        )
+    widths = {f"{kind}_{s}": width for kind, width in OUTPUT_WIDTHS.items() for s in STRIDES}
+    wrong = [
+        spec
+        for spec in io.outputs
+        if spec.name in widths and spec.shape and spec.shape[-1] not in (-1, widths[spec.name])
+    ]
+    if wrong:
+        return (
+            f"outputs {_describe(tuple(wrong))} must end in their values per grid cell "
+            f"(cls and obj 1, bbox 4, kps 10; YuNet layout expected)"
         )
     return None
 

@@ -11,15 +11,16 @@ are three arrays over all cells, stride 8's first, each grid row by row.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
 from facefleet.vision.faces import Detection
-from facefleet.vision.runtime import JoinedOutputs
+from facefleet.vision.runtime import CompiledNet, JoinedOutputs, Precision, Runtime
 
 STRIDES = (8, 16, 32)
 OUTPUT_WIDTHS = {"cls": 1, "obj": 1, "bbox": 4, "kps": 10}
@@ -75,6 +76,19 @@ def input_size(
     scaled_w = max(1, round(width * scale))
     padded = (-(-scaled_h // 32) * 32, -(-scaled_w // 32) * 32)
     return scale, padded
+
+
+def compile_detector(
+    runtime: Runtime,
+    model_xml: Path,
+    input_shape: Sequence[int] | None = None,
+    precision: Precision | None = None,
+) -> CompiledNet:
+    """A detector compiled as every caller runs it: the frame's uint8 (1, H, W, 3) in (input_shape is that
+    image's), its JOINED_OUTPUTS out; precision: its inference precision hint (default: the runtime's)."""
+    return runtime.compile(
+        model_xml, input_shape=input_shape, precision=precision, image_input=True, joined=JOINED_OUTPUTS
+    )
 
 
 def prepare(frame_bgr: npt.NDArray[np.uint8], settings: DetectorSettings) -> DetectorInput:

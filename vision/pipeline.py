@@ -307,13 +307,10 @@ class FaceAnalyzer:
                 batch = batch_shape[0]
                 shapes = {"gender_chip": (batch, 3, 32, 32), "age_chip": (batch, 3, 64, 64)}
                 return self.runtime.compile(xml, input_shapes=shapes, precision=precision)
+            if kind == "detection":
+                return detection.compile_detector(self.runtime, xml, batch_shape, precision)
             return self.runtime.compile(
-                xml,
-                input_shape=batch_shape,
-                single_stream=kind == "expression",
-                precision=precision,
-                image_input=kind == "detection",
-                joined=detection.JOINED_OUTPUTS if kind == "detection" else None,
+                xml, input_shape=batch_shape, single_stream=kind == "expression", precision=precision
             )
 
         if kind in ANY_BATCH and kind not in self._batch_any:

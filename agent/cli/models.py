@@ -13,7 +13,7 @@ from facefleet.agent.updates.statuses import load_statuses, status_to_json
 from facefleet.core.cli import add_command
 from facefleet.core.errors import EXIT_IO, EXIT_OK, FaceFleetError
 from facefleet.link.models import ModelStatus
-from facefleet.vision.detection import JOINED_OUTPUTS
+from facefleet.vision.detection import compile_detector
 from facefleet.vision.errors import ModelSpecError, QuantizationError
 from facefleet.vision.images import image_files
 from facefleet.vision.models.importer import PRECISIONS, import_defaults, import_model
@@ -247,10 +247,10 @@ def _verify(context: Context, args: argparse.Namespace) -> int:
         problems = context.model_store.verify_files(model)
         if not problems:
             try:
-                detector = model.manifest.task == "detection"
-                context.runtime.compile(
-                    model.xml_path, image_input=detector, joined=JOINED_OUTPUTS if detector else None
-                )
+                if model.manifest.task == "detection":
+                    compile_detector(context.runtime, model.xml_path)
+                else:
+                    context.runtime.compile(model.xml_path)
             except (FaceFleetError, RuntimeError) as exc:
                 problems.append(f"{model.xml_path}: does not compile on {context.runtime.device}: {exc}")
         results.append({"model": _ref(model), "ok": not problems, "problems": problems})

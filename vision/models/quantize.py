@@ -197,9 +197,7 @@ def faces_from_photos(
             prepared = detection.prepare(frame, settings)
             shape = tuple(prepared.tensor.shape)
             if shape not in nets:
-                nets[shape] = runtime.compile(
-                    detector.xml_path, input_shape=shape, image_input=True, joined=detection.JOINED_OUTPUTS
-                )
+                nets[shape] = detection.compile_detector(runtime, detector.xml_path, shape)
             found = detection.decode(nets[shape].infer(prepared.tensor), prepared, settings)
             for index, face in enumerate(found):
                 origin = f"{path.name}{' (mirrored)' if mirrored else ''} face {index + 1}"

@@ -59,12 +59,7 @@ class Probe:
 class DetectionProbe(Probe):
     def compile(self, xml: Path, precision: Precision) -> Nets:
         shapes = {tuple(frame.tensor.shape) for frame in self.samples.frames}
-        return {
-            shape: self.runtime.compile(
-                xml, input_shape=shape, precision=precision, image_input=True, joined=detection.JOINED_OUTPUTS
-            )
-            for shape in shapes
-        }
+        return {shape: detection.compile_detector(self.runtime, xml, shape, precision) for shape in shapes}
 
     def run_once(self, nets: Nets) -> None:
         _faces(self.samples)  # nothing to guard with: the measurement is refused as a whole

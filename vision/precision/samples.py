@@ -82,13 +82,7 @@ def tuning_samples(
             prepared = detection.prepare(frame, settings)
             shape = tuple(prepared.tensor.shape)
             if shape not in nets:
-                nets[shape] = runtime.compile(
-                    detector.xml_path,
-                    input_shape=shape,
-                    precision="f32",
-                    image_input=True,
-                    joined=detection.JOINED_OUTPUTS,
-                )
+                nets[shape] = detection.compile_detector(runtime, detector.xml_path, shape, "f32")
             frames.append(prepared)
             found = detection.decode(nets[shape].infer(prepared.tensor), prepared, settings)
             for index, face in enumerate(found):

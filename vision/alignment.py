@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import cv2
@@ -42,6 +43,8 @@ def similarity_transform(
         spread += x * x + y * y
         dot += u * x + v * y
         cross += v * x - u * y
+    if not math.isfinite(spread + dot + cross):
+        raise ValueError("points are not all finite numbers; cannot align")
     if spread < 1e-12 * count:
         raise ValueError("source points are all at the same place; cannot align")
     a, b = dot / spread, cross / spread

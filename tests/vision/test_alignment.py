@@ -40,6 +40,8 @@ def test_similarity_transform_never_reflects() -> None:
         (np.zeros((5, 2), np.float32), "same place"),
         (np.zeros((1, 2), np.float32), "N >= 2"),
         (np.zeros((5, 3), np.float32), "N, 2"),
+        (np.array([[1, 2], [3, np.nan], [5, 6], [7, 8], [9, 1]], np.float32), "not all finite"),
+        (np.array([[1, 2], [3, np.inf], [5, 6], [7, 8], [9, 1]], np.float32), "not all finite"),
     ],
 )
 def test_similarity_transform_rejects_degenerate_points(source: np.ndarray, message: str) -> None:

@@ -52,11 +52,16 @@ def load_toml_model(path: Path | None, model: type[Model], error: type[FaceFleet
 
 
 def _describe(error: object) -> str:
+    """One validation problem: the key and what is wrong with it; a rule across keys (no key) by its
+    message alone, without the whole file's values."""
     assert isinstance(error, dict)
     key = ".".join(str(part) for part in error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         return f"unknown key '{key}'"
-    return f"'{key}': {error['msg']} (got {error.get('input')!r})"
+    if not key:
+        return message
+    return f"'{key}': {message} (got {error.get('input')!r})"
 
 
 def parse_address(address: str, *, listening: bool = False) -> tuple[str, int]:

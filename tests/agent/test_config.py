@@ -188,21 +188,21 @@ def test_an_empty_device_id_takes_the_host_name_only_when_it_is_a_valid_id(
     [
         (
             "[matching.thresholds]\n'sface@2021dec' = 7.0\n",
-            "'matching.thresholds': Value error, sface@2021dec = 7.0",
+            "'matching.thresholds': sface@2021dec = 7.0",
         ),
-        ("[matching.door_thresholds]\n'sface@2021dec' = -5.0\n", "'matching.door_thresholds': Value error"),
+        ("[matching.door_thresholds]\n'sface@2021dec' = -5.0\n", "'matching.door_thresholds':"),
         (
             "[matching.door_thresholds]\nsface = 0.5\n",
             "model id 'sface' is not valid: expected '<name>@<version>'",
         ),
-        ('[mqtt]\nprefix = "site/#/"\n', "'mqtt.prefix': Value error, 'site/#/' is not a topic prefix"),
+        ('[mqtt]\nprefix = "site/#/"\n', "'mqtt.prefix': 'site/#/' is not a topic prefix"),
         ('[mqtt]\nprefix = "site/door-1"\n', "'site/door-1' must end with '/', e.g. 'site/door-1/'"),
-        ('[mqtt]\ndiscovery_prefix = "home+assistant"\n', "'mqtt.discovery_prefix': Value error"),
+        ('[mqtt]\ndiscovery_prefix = "home+assistant"\n', "'mqtt.discovery_prefix':"),
         ('[mqtt]\ndiscovery_prefix = "homeassistant/"\n', "give the prefix without the trailing '/'"),
         (
             '[[cameras]]\nname = "front"\nsource = "0"\n[[doors]]\nname = "front"\ncamera = "front"\n'
             'relay_topic = "relay//front"\n',
-            "'doors.0.relay_topic': Value error, 'relay//front' is not a topic under the MQTT prefix",
+            "'doors.0.relay_topic': 'relay//front' is not a topic under the MQTT prefix",
         ),
     ],
 )
@@ -213,6 +213,17 @@ def test_check_config_refuses_thresholds_outside_a_cosine_and_topics_mqtt_cannot
     raises on a wildcard topic in the thread that sends the outbox)."""
     code, output = check_config(tmp_path, capsys, text)
     assert (code, expected in output) == (EXIT_CONFIG, True), output
+
+
+def test_a_rule_across_keys_is_told_by_its_message_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without an empty key or a dump of the whole file's values."""
+    text = '[mqtt]\nhost = "broker.example"\n[[doors]]\nname = "front"\ncamera = "cam0"\n'
+    code, output = check_config(tmp_path, capsys, text)
+    assert code == EXIT_CONFIG, output
+    assert "door 'front' watches camera 'cam0', which is not configured" in output
+    assert "'':" not in output and "broker.example" not in output and "Value error" not in output
 
 
 def test_check_config_accepts_cosine_thresholds_per_model_and_plain_topics(

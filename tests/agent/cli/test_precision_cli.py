@@ -124,7 +124,7 @@ def test_models_tune_json_measures_caches_and_reuses(
     [
         (
             '[runtime]\nprecision = { embeding = "f32" }\n',
-            "'runtime.precision': Value error, unknown task 'embeding'; the keys of [runtime] precision are "
+            "'runtime.precision': unknown task 'embeding'; the keys of [runtime] precision are "
             "tasks: detection, embedding, expression, landmarks, attributes",
         ),
         (

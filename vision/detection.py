@@ -53,13 +53,16 @@ class DetectorInput:
 @dataclass(frozen=True)
 class DetectorSettings:
     """long_side: frames are scaled down so their longest side is at most this (px); upscale: also scale
-    smaller frames up to it (finds smaller faces in small images, at a higher cost); thresholds in [0, 1]."""
+    smaller frames up to it (finds smaller faces in small images, at a higher cost); thresholds in [0, 1].
+    landmark_vote_iou: a face's landmarks are the score-weighted mean of those of every cell above the score
+    threshold whose box overlaps the face's by at least this IoU (1.0: the best cell's alone)."""
 
     long_side: int = 640
     upscale: bool = False
     score_threshold: float = 0.6
     nms_threshold: float = 0.3
     max_faces: int = 100
+    landmark_vote_iou: float = 0.5
 
 
 def input_size(
@@ -130,16 +133,55 @@ def decode(
     height, width = prepared.frame_hw
     all_boxes[:, [0, 2]] = np.clip(all_boxes[:, [0, 2]], 0, width)
     all_boxes[:, [1, 3]] = np.clip(all_boxes[:, [1, 3]], 0, height)
-    chosen = nms(all_boxes, all_scores, settings.nms_threshold)[: settings.max_faces]
+    chosen = [
+        i
+        for i in nms(all_boxes, all_scores, settings.nms_threshold)[: settings.max_faces]
+        if all_boxes[i, 2] > all_boxes[i, 0] and all_boxes[i, 3] > all_boxes[i, 1]
+    ]
+    landmarks = voted_landmarks(all_boxes, all_scores, all_landmarks, chosen, settings.landmark_vote_iou)
     return [
         Detection(
             box_xyxy=all_boxes[i].astype(np.float32),
-            landmarks_xy=all_landmarks[i].astype(np.float32),
+            landmarks_xy=landmarks[k],
             score=float(all_scores[i]),
         )
-        for i in chosen
-        if all_boxes[i, 2] > all_boxes[i, 0] and all_boxes[i, 3] > all_boxes[i, 1]
+        for k, i in enumerate(chosen)
     ]
+
+
+def voted_landmarks(
+    boxes_xyxy: npt.NDArray[np.float32],
+    scores: npt.NDArray[np.float32],
+    landmarks_xy: npt.NDArray[np.float32],
+    kept: Sequence[int],
+    iou_threshold: float,
+) -> npt.NDArray[np.float32]:
+    """Landmarks (K, 5, 2) of each kept candidate: the score-weighted mean of the landmarks (N, 5, 2) of
+    every candidate whose box overlaps the kept one's by at least iou_threshold, itself included.
+
+    Neighbouring cells of one face each predict its landmarks, several pixels apart; one cell's prediction
+    moves with where the face falls on the grid, and the embedding with it. Their mean moves less (figures in
+    the README's "Models"), at no inference cost. kept: indices of boxes with a positive area."""
+    rows = list(kept)
+    if not rows or iou_threshold >= 1.0:
+        return landmarks_xy[rows].astype(np.float32)
+    weights = np.where(iou(boxes_xyxy[rows], boxes_xyxy) >= iou_threshold, scores[None, :], 0.0)
+    voted: npt.NDArray[np.float32] = (
+        np.einsum("kn,nij->kij", weights, landmarks_xy) / weights.sum(axis=1)[:, None, None]
+    ).astype(np.float32)
+    return voted
+
+
+def iou(boxes_a: npt.NDArray[np.float32], boxes_b: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Intersection over union of every box of boxes_a (K, 4) with every box of boxes_b (N, 4): (K, N)."""
+    top_left = np.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
+    bottom_right = np.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
+    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
+    area_a = np.prod(np.clip(boxes_a[:, 2:] - boxes_a[:, :2], 0, None), axis=1)
+    area_b = np.prod(np.clip(boxes_b[:, 2:] - boxes_b[:, :2], 0, None), axis=1)
+    union = np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+    overlap: npt.NDArray[np.float32] = (inter / union).astype(np.float32)
+    return overlap
 
 
 @functools.lru_cache(maxsize=16)
@@ -164,16 +206,11 @@ def nms(
 ) -> list[int]:
     """Greedy non-maximum suppression. boxes_xyxy: (N, 4); scores: (N,). Returns kept indices, best first."""
     order = np.argsort(-scores, kind="stable")
-    areas = np.prod(np.clip(boxes_xyxy[:, 2:] - boxes_xyxy[:, :2], 0, None), axis=1)
     kept: list[int] = []
     while order.size:
         best, rest = int(order[0]), order[1:]
         kept.append(best)
-        top_left = np.maximum(boxes_xyxy[best, :2], boxes_xyxy[rest, :2])
-        bottom_right = np.minimum(boxes_xyxy[best, 2:], boxes_xyxy[rest, 2:])
-        inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
-        iou = inter / np.maximum(areas[best] + areas[rest] - inter, 1e-9)
-        order = rest[iou <= iou_threshold]
+        order = rest[iou(boxes_xyxy[best : best + 1], boxes_xyxy[rest])[0] <= iou_threshold]
     return kept
 
 

@@ -12,6 +12,7 @@ from facefleet.vision.detection import (
     DetectorSettings,
     decode,
     input_size,
+    iou,
     nms,
     prepare,
 )
@@ -91,6 +92,35 @@ def test_decode_suppresses_overlapping_boxes_and_keeps_the_best() -> None:
     put_face(outputs, stride=8, row=3, col=4, cols=8, score=0.95)
     detections = decode(joined(outputs), prepared_for((64, 64), 1.0, (64, 64)), DetectorSettings())
     assert [round(d.score, 2) for d in detections] == [0.95]
+
+
+def test_decode_takes_the_landmarks_of_overlapping_cells_weighted_by_score() -> None:
+    """Two cells of one face (boxes of 4 cells, IoU 0.6) vote for its landmarks; a face elsewhere keeps its
+    own; at landmark_vote_iou 1.0 each face has its best cell's landmarks alone."""
+    outputs = raw_outputs((96, 96))
+    put_face(outputs, stride=8, row=4, col=4, cols=12, score=0.9)
+    put_face(outputs, stride=8, row=4, col=5, cols=12, score=0.7)
+    put_face(outputs, stride=8, row=10, col=10, cols=12, score=0.8)
+    for index in (4 * 12 + 4, 4 * 12 + 5):
+        outputs["bbox_8"][0, index, 2:] = np.log(4.0)
+    outputs["kps_8"][0, 4 * 12 + 5] += 0.25  # the weaker cell puts every landmark 2 px lower right
+    prepared = prepared_for((96, 96), 1.0, (96, 96))
+    best_cell = decode(joined(outputs), prepared, DetectorSettings(landmark_vote_iou=1.0))
+    voted = decode(joined(outputs), prepared, DetectorSettings())
+    assert [round(d.score, 2) for d in voted] == [0.9, 0.8] == [round(d.score, 2) for d in best_cell]
+    weaker = best_cell[0].landmarks_xy + np.array([8, 0]) + 0.25 * 8  # its cell is one to the right
+    expected = (0.9 * best_cell[0].landmarks_xy + 0.7 * weaker) / (0.9 + 0.7)
+    np.testing.assert_allclose(voted[0].landmarks_xy, expected, atol=1e-4)
+    assert np.abs(voted[0].landmarks_xy - best_cell[0].landmarks_xy).max() > 0.5
+    np.testing.assert_allclose(voted[1].landmarks_xy, best_cell[1].landmarks_xy, atol=1e-4)
+    np.testing.assert_array_equal(voted[0].box_xyxy, best_cell[0].box_xyxy)
+
+
+def test_iou_of_every_pair_of_boxes() -> None:
+    boxes = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30], [0, 0, 10, 10]], np.float32)
+    np.testing.assert_allclose(
+        iou(boxes[:2], boxes), [[1.0, 50 / 150, 0.0, 1.0], [50 / 150, 1.0, 0.0, 50 / 150]], atol=1e-6
+    )
 
 
 def test_decode_clips_boxes_to_the_frame() -> None:

@@ -165,11 +165,10 @@ def voted_landmarks(
     rows = list(kept)
     if not rows or iou_threshold >= 1.0:
         return landmarks_xy[rows].astype(np.float32)
-    weights = np.where(iou(boxes_xyxy[rows], boxes_xyxy) >= iou_threshold, scores[None, :], 0.0)
-    voted: npt.NDArray[np.float32] = (
-        np.einsum("kn,nij->kij", weights, landmarks_xy) / weights.sum(axis=1)[:, None, None]
-    ).astype(np.float32)
-    return voted
+    weights = (iou(boxes_xyxy[rows], boxes_xyxy) >= iou_threshold) * scores  # (K, N)
+    voted = weights @ landmarks_xy.reshape(len(scores), 10) / weights.sum(axis=1, keepdims=True)
+    shaped: npt.NDArray[np.float32] = voted.reshape(-1, 5, 2).astype(np.float32)
+    return shaped
 
 
 def iou(boxes_a: npt.NDArray[np.float32], boxes_b: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

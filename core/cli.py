@@ -6,14 +6,27 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from facefleet.core.errors import EXIT_FAILURE, FaceFleetError
 
 EXIT_INTERRUPTED = 130
+PIPED_WIDTH = 200
+"""Columns of a command's tables when its output goes to a pipe or a file (and $COLUMNS is not set)."""
+
+
+def output_console(*, stderr: bool = False, soft_wrap: bool = False) -> Console:
+    """Where a command prints: the terminal's width on a terminal; PIPED_WIDTH columns into a pipe or a file
+    (rich would take 80), so that a table row stays on one line for grep, less and logs."""
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, highlight=False, soft_wrap=soft_wrap, width=PIPED_WIDTH if piped else None)
 
 
 def program_parser(

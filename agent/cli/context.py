@@ -14,6 +14,7 @@ from rich.console import Console
 
 from facefleet.agent.config import AgentConfig, load_config
 from facefleet.agent.store.database import EmbeddingStore
+from facefleet.core.cli import output_console
 from facefleet.core.errors import FaceFleetError
 from facefleet.core.paths import model_store_dir, resolve_state_dir
 from facefleet.vision.models.store import ModelStore
@@ -31,8 +32,8 @@ class Context:
     config_path: Path | None = None
     json_output: bool = False
     device_override: str | None = None
-    console: Console = field(default_factory=lambda: Console(stderr=False, highlight=False))
-    errors: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+    console: Console = field(default_factory=output_console)
+    errors: Console = field(default_factory=lambda: output_console(stderr=True))
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Context:

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from facefleet.core.cli import output_console
 from facefleet.core.paths import resolve_state_dir
 from facefleet.link.checks import utc_now
 from facefleet.server.cli.local import LocalHandlers
@@ -37,7 +38,7 @@ class Context:
     config: ServerConfig
     paths: ServerPaths
     json_output: bool = False
-    console: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
+    console: Console = field(default_factory=lambda: output_console(soft_wrap=True))
 
     remote: RemoteServer | None = None
 

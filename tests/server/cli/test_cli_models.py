@@ -21,8 +21,8 @@ NEW = "mini-xception@fer2013-fp32"
 
 @pytest.fixture(autouse=True)
 def wide_tables(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tables as a wide terminal shows them (rich shortens cells to fit 80 columns otherwise)."""
-    monkeypatch.setenv("COLUMNS", "250")
+    """Tables as printed into a pipe: wide enough for every cell (core.cli.output_console)."""
+    monkeypatch.delenv("COLUMNS", raising=False)
 
 
 def test_models_publish_list_show_retire(

@@ -64,6 +64,10 @@ class DetectorSettings:
     max_faces: int = 100
     landmark_vote_iou: float = 0.5
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.landmark_vote_iou <= 1.0:  # at 0, cells of every face in the frame would vote
+            raise ValueError(f"landmark_vote_iou must be in (0, 1], got {self.landmark_vote_iou}")
+
 
 def input_size(
     frame_hw: tuple[int, int], long_side: int, upscale: bool = False

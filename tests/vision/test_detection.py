@@ -116,6 +116,12 @@ def test_decode_takes_the_landmarks_of_overlapping_cells_weighted_by_score() -> 
     np.testing.assert_array_equal(voted[0].box_xyxy, best_cell[0].box_xyxy)
 
 
+@pytest.mark.parametrize("vote_iou", [0.0, -0.5, 1.5])
+def test_a_landmark_vote_iou_outside_0_to_1_is_refused(vote_iou: float) -> None:
+    with pytest.raises(ValueError, match=r"landmark_vote_iou must be in \(0, 1\]"):
+        DetectorSettings(landmark_vote_iou=vote_iou)
+
+
 def test_iou_of_every_pair_of_boxes() -> None:
     boxes = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30], [0, 0, 10, 10]], np.float32)
     np.testing.assert_allclose(

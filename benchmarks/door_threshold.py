@@ -118,7 +118,7 @@ def labelled_faces(
             faces = analyzer.analyze(frame)
             if faces:
                 largest = max(faces, key=lambda f: f.detection.size_wh[0] * f.detection.size_wh[1])
-                origin = f"{name} video {index * video_step_s:.2f} s"
+                origin = f"{name} video {index * video_step_s:g} s"
                 found += [(name, origin, f) for f in good([largest])]
     return found
 

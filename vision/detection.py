@@ -161,18 +161,27 @@ def voted_landmarks(
     iou_threshold: float,
 ) -> npt.NDArray[np.float32]:
     """Landmarks (K, 5, 2) of each kept candidate: the score-weighted mean of the landmarks (N, 5, 2) of
-    every candidate whose box overlaps the kept one's by at least iou_threshold, itself included.
+    the candidates that belong to it, itself included. A candidate belongs to the kept box it overlaps most,
+    if by at least iou_threshold; a kept box belongs to itself, so two faces never vote for each other, and a
+    cell between two faces votes for one of them.
 
     Neighbouring cells of one face each predict its landmarks, several pixels apart; one cell's prediction
     moves with where the face falls on the grid, and the embedding with it. Their mean moves less (figures in
-    the README's "Models"), at no inference cost. kept: indices of boxes with a positive area."""
+    the README's "Models"), at no inference cost. A face without weight (scores of 0) keeps its own."""
     rows = list(kept)
+    own = landmarks_xy[rows].astype(np.float32)
     if not rows or iou_threshold >= 1.0:
-        return landmarks_xy[rows].astype(np.float32)
-    weights = (iou(boxes_xyxy[rows], boxes_xyxy) >= iou_threshold) * scores  # (K, N)
-    voted = weights @ landmarks_xy.reshape(len(scores), 10) / weights.sum(axis=1, keepdims=True)
-    shaped: npt.NDArray[np.float32] = voted.reshape(-1, 5, 2).astype(np.float32)
-    return shaped
+        return own
+    overlap = iou(boxes_xyxy[rows], boxes_xyxy)  # (K, N)
+    belongs = (overlap >= iou_threshold) & (overlap.argmax(axis=0) == np.arange(len(rows))[:, None])
+    belongs[:, rows] = np.eye(len(rows), dtype=bool)
+    weights = belongs * scores
+    totals = weights.sum(axis=1, keepdims=True)
+    voted = weights @ landmarks_xy.reshape(len(scores), 10) / np.where(totals > 0, totals, 1.0)
+    chosen: npt.NDArray[np.float32] = np.where(totals[:, :, None] > 0, voted.reshape(-1, 5, 2), own).astype(
+        np.float32
+    )
+    return chosen
 
 
 def iou(boxes_a: npt.NDArray[np.float32], boxes_b: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

@@ -139,13 +139,14 @@ def test_from_yunet_landmarks_against_the_package_on_the_same_faces(
     dlib's landmarks in that box → its chips → ONNX Runtime).
 
     Where the model is sure (reference probability below 0.05 or above 0.95) the probabilities agree within
-    0.006 on average and 0.025 on every face. On a borderline face the model follows the alignment steeply:
-    the package itself moves by up to 0.13 when dlib's landmarks move by 1–2 px (its own HOG box against
-    YuNet's box, t1's fourth face), and YuNet's landmarks are other points than dlib's. Measured here: t1's
-    fourth face 0.56 apart (the package says 0.06 male, a woman), the astronaut 0.06 (0.11): those two are
-    the only borderline faces, and the test holds them to that count rather than to a tolerance. With each
-    face's landmarks from its best grid cell alone (before they were voted, see detection.voted_landmarks)
-    the sure faces agreed within 0.0078 on average and 0.0185 at most, and the astronaut was 0.26 apart."""
+    0.006 on average and 0.021 at most (held to 0.007 and 0.025). On a borderline face the model follows the
+    alignment steeply: the package itself moves by up to 0.13 when dlib's landmarks move by 1–2 px (its own
+    HOG box against YuNet's box, t1's fourth face), and YuNet's landmarks are other points than dlib's.
+    Measured here: t1's fourth face 0.56 apart (the package says 0.06 male, a woman), the astronaut 0.06
+    (0.11): those two are the only borderline faces, and the test holds them to that count rather than to a
+    tolerance. With each face's landmarks from its best grid cell alone (before they were voted, see
+    detection.voted_landmarks) the sure faces agreed within 0.0078 on average and 0.0185 at most, and the
+    astronaut was 0.26 apart."""
     frontend = reference._ensure_frontend()  # type: ignore[attr-defined]
     engine = reference._engine  # type: ignore[attr-defined]
     sure, borderline = [], []
@@ -163,7 +164,7 @@ def test_from_yunet_landmarks_against_the_package_on_the_same_faces(
     assert len(sure) + len(borderline) >= 7
     assert len(sure) >= 5
     assert max(difference for _, difference in sure) <= 0.025, sure
-    assert statistics.mean(difference for _, difference in sure) <= 0.008, sure
+    assert statistics.mean(difference for _, difference in sure) <= 0.007, sure
     assert len(borderline) <= 2, borderline
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from facefleet.vision.detection import (
     iou,
     nms,
     prepare,
+    voted_landmarks,
 )
 
 
@@ -114,6 +117,38 @@ def test_decode_takes_the_landmarks_of_overlapping_cells_weighted_by_score() -> 
     assert np.abs(voted[0].landmarks_xy - best_cell[0].landmarks_xy).max() > 0.5
     np.testing.assert_allclose(voted[1].landmarks_xy, best_cell[1].landmarks_xy, atol=1e-4)
     np.testing.assert_array_equal(voted[0].box_xyxy, best_cell[0].box_xyxy)
+
+
+def test_two_faces_that_overlap_do_not_vote_for_each_other() -> None:
+    """Kept apart by a lenient NMS threshold (boxes of 4 cells one cell apart, IoU 0.6), each keeps its own
+    landmarks; a cell between two faces votes for the one it overlaps most, not for both."""
+    outputs = raw_outputs((96, 96))
+    put_face(outputs, stride=8, row=4, col=4, cols=12, score=0.9)
+    put_face(outputs, stride=8, row=4, col=5, cols=12, score=0.8)
+    for index in (4 * 12 + 4, 4 * 12 + 5):
+        outputs["bbox_8"][0, index, 2:] = np.log(4.0)
+    prepared = prepared_for((96, 96), 1.0, (96, 96))
+    lenient = DetectorSettings(nms_threshold=0.7)
+    alone = decode(joined(outputs), prepared, replace(lenient, landmark_vote_iou=1.0))
+    voted = decode(joined(outputs), prepared, lenient)
+    assert len(voted) == len(alone) == 2
+    for mine, own in zip(voted, alone, strict=True):
+        np.testing.assert_allclose(mine.landmarks_xy, own.landmarks_xy, atol=1e-4)
+
+    boxes = np.array([[0, 0, 10, 10], [5.4, 0, 15.4, 10], [2.7, 0, 12.7, 10]], np.float32)
+    landmarks = np.stack([np.full((5, 2), v, np.float32) for v in (0.0, 10.0, 4.0)])
+    scores = np.array([0.9, 0.9, 0.8], np.float32)
+    first, second = voted_landmarks(boxes, scores, landmarks, [0, 1], 0.5)
+    assert iou(boxes[2:], boxes[:2]).min() >= 0.5  # the middle cell overlaps both faces enough
+    np.testing.assert_allclose(first, (0.9 * 0 + 0.8 * 4) / 1.7, atol=1e-5)  # ties go to the first face
+    np.testing.assert_allclose(second, 10.0)
+
+
+def test_a_face_without_weight_keeps_its_own_landmarks() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10]], np.float32)
+    landmarks = np.stack([np.full((5, 2), v, np.float32) for v in (3.0, 7.0)])
+    voted = voted_landmarks(boxes, np.zeros(2, np.float32), landmarks, [0], 0.5)
+    np.testing.assert_array_equal(voted[0], landmarks[0])
 
 
 @pytest.mark.parametrize("vote_iou", [0.0, -0.5, 1.5])

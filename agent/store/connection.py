@@ -119,10 +119,15 @@ class StoreConnection:
 
     def _check_schema(self) -> None:
         """Refuse SQLite files of other applications, stores written by a newer FaceFleet, and (read-only)
-        stores that need an upgrade."""
-        version = self.schema_version()
+        stores that need an upgrade. The version and the tables are read in one read transaction: another
+        process creating the store meanwhile commits each migration's tables with its version."""
         with self._lock, self._translated():
-            rows = self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+            self._conn.execute("BEGIN DEFERRED")
+            try:
+                version = self.schema_version()
+                rows = self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+            finally:
+                self._conn.rollback()  # it only read
         tables = {row[0] for row in rows}
         ours = {RECORD_TABLE, "_sqlite_migrations"}  # the second: how stores recorded their schema before
         foreign = {t for t in tables - ours if not t.startswith("sqlite_")}

@@ -38,6 +38,7 @@ from facefleet.agent.domain.records import (
     UnknownPersonError,
 )
 from facefleet.agent.recognition.matching import Matcher
+from facefleet.agent.store.connection import StoreConnection
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.agent.store.migrations import MIGRATIONS
 from facefleet.agent.store.outbox import OUTBOX_DROPPED
@@ -505,6 +506,37 @@ with EmbeddingStore(Path(sys.argv[1])) as store:
         vector = np.random.default_rng(i).standard_normal(128).astype(np.float32)
         store.gallery.add_person(Person(f"{sys.argv[3]}{i}"), [Embedding("sface@2021dec", vector)])
 """
+
+
+def test_a_store_created_while_another_opening_checks_it_is_not_taken_for_a_foreign_file(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The opening that checks reads the schema version (0: nothing yet), then another opening creates the
+    store and commits its tables, then the first lists the tables. Read in one transaction, the first sees
+    either no tables or the tables with their version, never tables without a version."""
+    check = StoreConnection.schema_version
+    other: list[threading.Thread] = []
+    failures: list[BaseException] = []
+
+    def create() -> None:
+        try:
+            EmbeddingStore(store_path).close()
+        except BaseException as exc:  # reported by the test below
+            failures.append(exc)
+
+    def version_then_another_creates(self: StoreConnection) -> int:
+        version = check(self)
+        if not other:
+            other.append(threading.Thread(target=create))
+            other[0].start()
+            other[0].join(timeout=1.0)  # it may commit now, or wait for this opening's read to end
+        return version
+
+    monkeypatch.setattr(StoreConnection, "schema_version", version_then_another_creates)
+    with EmbeddingStore(store_path) as store:
+        other[0].join(timeout=30)
+        assert failures == [] and not other[0].is_alive()
+        assert store.schema_version() == MIGRATIONS.latest
 
 
 def test_a_second_process_writes_concurrently(store: EmbeddingStore, store_path: Path) -> None:

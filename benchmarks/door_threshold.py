@@ -123,9 +123,14 @@ def labelled_faces(
     return found
 
 
-def scores(faces: list[tuple[str, str, Face]]) -> dict[str, Any]:
-    genuine: list[tuple[float, str, str]] = []
-    impostor: list[tuple[float, str, str]] = []
+Pair = tuple[float, str, str]
+"""A pair of faces: its score and what each face is."""
+
+
+def pairs(faces: list[tuple[str, str, Face]]) -> tuple[list[Pair], list[Pair]]:
+    """Every genuine pair (the same identity) and every impostor pair of the faces, with their scores."""
+    genuine: list[Pair] = []
+    impostor: list[Pair] = []
     for (id_a, origin_a, a), (id_b, origin_b, b) in itertools.combinations(faces, 2):
         assert a.embedding is not None and b.embedding is not None
         score = float(a.embedding @ b.embedding)
@@ -133,6 +138,11 @@ def scores(faces: list[tuple[str, str, Face]]) -> dict[str, Any]:
             genuine.append((score, origin_a, origin_b))
         else:
             impostor.append((score, f"{id_a} ({origin_a})", f"{id_b} ({origin_b})"))
+    return genuine, impostor
+
+
+def scores(faces: list[tuple[str, str, Face]]) -> dict[str, Any]:
+    genuine, impostor = pairs(faces)
     genuine.sort()
     impostor.sort(reverse=True)
     return {
@@ -150,12 +160,8 @@ def scores(faces: list[tuple[str, str, Face]]) -> dict[str, Any]:
 def separation(faces: list[tuple[str, str, Face]]) -> dict[str, Any]:
     """How far apart genuine and impostor scores lie: means, the highest impostor, d′ (the difference of
     the means over the root mean of the variances) and the share of genuine pairs under the door threshold."""
-    genuine: list[float] = []
-    impostor: list[float] = []
-    for (id_a, _, a), (id_b, _, b) in itertools.combinations(faces, 2):
-        assert a.embedding is not None and b.embedding is not None
-        (genuine if id_a == id_b else impostor).append(float(a.embedding @ b.embedding))
-    same, other = np.array(genuine), np.array(impostor)
+    genuine, impostor = pairs(faces)
+    same, other = (np.array([score for score, _, _ in found]) for found in (genuine, impostor))
     d_prime = (same.mean() - other.mean()) / np.sqrt((same.var() + other.var()) / 2)
     return {
         "faces": len(faces),

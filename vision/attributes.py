@@ -24,7 +24,9 @@ data: never an identity or an access decision (see the README).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -67,6 +69,20 @@ YUNET_TEMPLATE_UNIT = np.array(
 )
 """(3, 2) YuNet's eyes and nose tip (the first three of LANDMARK_NAMES) on dlib's unit face square."""
 ALIGNING_LANDMARKS = 3
+DLIB_5_POINT_TEMPLATE_UNIT = np.array(
+    [
+        (0.8595674595992, 0.2134981538014),
+        (0.6460604764104, 0.2289674387677),
+        (0.1205750620789, 0.2137274526848),
+        (0.3340850613712, 0.2290642403242),
+        (0.4901123135679, 0.6277975316475),
+    ]
+)
+"""(5, 2) dlib's own 5-point template on the unit face square, before padding (`get_face_chip_details`,
+interpolation.h): the outer and inner corners of the person's left eye (right in the image), of the right
+eye, and the bottom of the nose. The package's chips place its shape predictor's 5 landmarks there."""
+CHIP_INPUTS = {"gender_chip": GENDER_CHIP_SIZE, "age_chip": AGE_CHIP_SIZE}
+"""The attributes model's inputs and the size of the chip each takes."""
 
 Image = npt.NDArray[np.uint8]
 
@@ -139,9 +155,11 @@ def age_band(years: float) -> str:
     return band
 
 
-def chip_template(size: int, padding: float = CHIP_PADDING) -> npt.NDArray[np.float64]:
+def chip_template(
+    size: int, padding: float = CHIP_PADDING, template_unit: npt.NDArray[np.float64] = YUNET_TEMPLATE_UNIT
+) -> npt.NDArray[np.float64]:
     """(3, 2) positions of YuNet's eyes and nose tip in a size×size chip with the package's padding."""
-    out: npt.NDArray[np.float64] = (padding + YUNET_TEMPLATE_UNIT) / (2 * padding + 1) * size
+    out: npt.NDArray[np.float64] = (padding + template_unit) / (2 * padding + 1) * size
     return out
 
 
@@ -153,12 +171,36 @@ def model_input(chip_rgb: Image) -> npt.NDArray[np.float32]:
     return np.ascontiguousarray(values.transpose(2, 0, 1))
 
 
+def face_inputs(
+    frame_bgr: Image,
+    landmarks_xy: Sequence[npt.NDArray[np.floating[Any]]],
+    template_unit: npt.NDArray[np.float64] = YUNET_TEMPLATE_UNIT,
+) -> dict[str, npt.NDArray[np.float32]]:
+    """The attributes model's inputs for the faces with YuNet landmarks_xy (5, 2) each in frame_bgr (H, W, 3):
+    CHIP_INPUTS name → (N, 3, S, S) float32, each chip cut from the frame, turned to RGB and normalised."""
+    return {
+        name: np.stack(
+            [
+                model_input(face_chip(frame_bgr, points, size, template_unit=template_unit)[:, :, ::-1])
+                for points in landmarks_xy
+            ]
+        )
+        for name, size in CHIP_INPUTS.items()
+    }
+
+
 def face_chip(
-    image: Image, landmarks_xy: npt.NDArray[np.float32], size: int, padding: float = CHIP_PADDING
+    image: Image,
+    landmarks_xy: npt.NDArray[np.floating[Any]],
+    size: int,
+    padding: float = CHIP_PADDING,
+    template_unit: npt.NDArray[np.float64] = YUNET_TEMPLATE_UNIT,
 ) -> Image:
     """The (size, size, C) chip of the face with YuNet landmarks_xy (5, 2) out of image (H, W, C), as
-    dlib's extract_image_chip(image, get_face_chip_details(...)) cuts it. Channel order is kept."""
-    chip_to_image = similarity_transform(chip_template(size, padding), landmarks_xy[:ALIGNING_LANDMARKS])
+    dlib's extract_image_chip(image, get_face_chip_details(...)) cuts it. Channel order is kept.
+    template_unit: where YuNet's eyes and nose tip go on the unit face square."""
+    template = chip_template(size, padding, template_unit)
+    chip_to_image = similarity_transform(template, landmarks_xy[:ALIGNING_LANDMARKS])
     return extract_chip(image, chip_to_image, size)
 
 

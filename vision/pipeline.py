@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from facefleet.vision import detection
 from facefleet.vision.alignment import align_face
-from facefleet.vision.attributes import AGE_CHIP_SIZE, GENDER_CHIP_SIZE, Attributes, face_chip, model_input
+from facefleet.vision.attributes import CHIP_INPUTS, Attributes, face_inputs
 from facefleet.vision.detection import DetectorSettings
 from facefleet.vision.errors import ModelStoreError
 from facefleet.vision.faces import Detection, Expression, Face
@@ -202,17 +202,8 @@ class FaceAnalyzer:
         YuNet's landmarks, both models in one synchronous request for the frame's faces."""
         if self.attributes_model is None or not detections:
             return None
-        gender = np.stack(
-            [model_input(face_chip(frame_bgr, d.landmarks_xy, GENDER_CHIP_SIZE)) for d in detections]
-        )
-        age = np.stack([model_input(face_chip(frame_bgr, d.landmarks_xy, AGE_CHIP_SIZE)) for d in detections])
-        # the chips are cut from the BGR frame; the models take RGB (channel order does not move pixels)
-        outputs = self.net("attributes", (len(detections),)).infer_inputs(
-            {
-                "gender_chip": np.ascontiguousarray(gender[:, ::-1]),
-                "age_chip": np.ascontiguousarray(age[:, ::-1]),
-            }
-        )
+        inputs = face_inputs(frame_bgr, [d.landmarks_xy for d in detections])
+        outputs = self.net("attributes", (len(detections),)).infer_inputs(inputs)
         return [
             Attributes.from_outputs(outputs["gender"][i], outputs["age"][i]) for i in range(len(detections))
         ]
@@ -305,7 +296,7 @@ class FaceAnalyzer:
         def compiled(batch_shape: tuple[int, ...]) -> CompiledNet:
             if kind == "attributes":  # two inputs, a batch of batch_shape[0] faces
                 batch = batch_shape[0]
-                shapes = {"gender_chip": (batch, 3, 32, 32), "age_chip": (batch, 3, 64, 64)}
+                shapes = {name: (batch, 3, size, size) for name, size in CHIP_INPUTS.items()}
                 return self.runtime.compile(xml, input_shapes=shapes, precision=precision)
             if kind == "detection":
                 return detection.compile_detector(self.runtime, xml, batch_shape, precision)

@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from facefleet.vision import detection
 from facefleet.vision.alignment import ALIGNED_SIZE, align_face
-from facefleet.vision.attributes import AGE_CHIP_SIZE, GENDER_CHIP_SIZE, age_years, face_chip, model_input
+from facefleet.vision.attributes import CHIP_INPUTS, age_years, face_inputs
 from facefleet.vision.errors import ImageError
 from facefleet.vision.faces import Detection
 from facefleet.vision.models.quantize import DEFAULT_THRESHOLD, GuardLimits, compare_embeddings
@@ -134,8 +134,7 @@ class AttributesProbe(Probe):
     """Gender probabilities as classification, age as years (class expectation or regressed value)."""
 
     def compile(self, xml: Path, precision: Precision) -> Nets:
-        shapes = {"gender_chip": (1, 3, GENDER_CHIP_SIZE, GENDER_CHIP_SIZE)}
-        shapes["age_chip"] = (1, 3, AGE_CHIP_SIZE, AGE_CHIP_SIZE)
+        shapes = {name: (1, 3, size, size) for name, size in CHIP_INPUTS.items()}
         return {(1,): self.runtime.compile(xml, input_shapes=shapes, precision=precision)}
 
     def run_once(self, nets: Nets) -> None:
@@ -157,18 +156,7 @@ class AttributesProbe(Probe):
         )
 
     def _inputs(self) -> list[dict[str, npt.NDArray[np.float32]]]:
-        inputs = []
-        for face in _faces(self.samples):  # chips from the BGR frame, fed as RGB like the pipeline does
-            landmarks = face.detection.landmarks_xy
-            gender = model_input(face_chip(face.frame, landmarks, GENDER_CHIP_SIZE))[::-1]
-            age = model_input(face_chip(face.frame, landmarks, AGE_CHIP_SIZE))[::-1]
-            inputs.append(
-                {
-                    "gender_chip": np.ascontiguousarray(gender[None]),
-                    "age_chip": np.ascontiguousarray(age[None]),
-                }
-            )
-        return inputs
+        return [face_inputs(face.frame, [face.detection.landmarks_xy]) for face in _faces(self.samples)]
 
 
 PROBES: dict[str, Callable[[Runtime, TuningSamples, Sequence[float]], Probe]] = {

@@ -29,18 +29,23 @@ def normalise_embeddings(raw: npt.NDArray[np.float32]) -> npt.NDArray[np.float32
 def expression_input(
     frame_bgr: npt.NDArray[np.uint8], box_xyxy: npt.NDArray[np.float32]
 ) -> npt.NDArray[np.float32]:
-    """mini-Xception input from the face box padded by 10%: (64, 64, 1) float32 grey in [-1, 1]."""
+    """mini-Xception input, cut as the fer package cuts a face: (64, 64, 1) float32 grey in [-1, 1] of a
+    square about the box's centre, its side the box's longer side padded by 10 % each way (the face keeps its
+    shape: YuNet's boxes are taller than wide), resized linearly. Parts of the square outside the frame repeat
+    the frame's edge, so a face at the edge stays centred; a box wholly outside gives a black input."""
     height, width = frame_bgr.shape[:2]
     x1, y1, x2, y2 = (float(v) for v in box_xyxy)
-    pad_x, pad_y = (x2 - x1) * EXPRESSION_BOX_PADDING, (y2 - y1) * EXPRESSION_BOX_PADDING
-    left, top = max(0, int(x1 - pad_x)), max(0, int(y1 - pad_y))
-    right, bottom = min(width, int(np.ceil(x2 + pad_x))), min(height, int(np.ceil(y2 + pad_y)))
-    if right <= left or bottom <= top:
-        crop = np.zeros((EXPRESSION_SIZE, EXPRESSION_SIZE, 3), dtype=np.uint8)
-    else:
-        crop = frame_bgr[top:bottom, left:right]
-    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
-    grey = cv2.resize(grey, (EXPRESSION_SIZE, EXPRESSION_SIZE), interpolation=cv2.INTER_AREA)
+    side = max(1, round(max(x2 - x1, y2 - y1) * (1 + 2 * EXPRESSION_BOX_PADDING)))
+    left, top = round((x1 + x2 - side) / 2), round((y1 + y2 - side) / 2)
+    right, bottom = left + side, top + side
+    inside = frame_bgr[max(0, top) : min(height, bottom), max(0, left) : min(width, right)]
+    if inside.size == 0:
+        return np.full((EXPRESSION_SIZE, EXPRESSION_SIZE, 1), -1.0, dtype=np.float32)
+    grey = cv2.cvtColor(inside, cv2.COLOR_BGR2GRAY)
+    outside = (max(0, -top), max(0, bottom - height), max(0, -left), max(0, right - width))
+    if any(outside):
+        grey = cv2.copyMakeBorder(grey, *outside, cv2.BORDER_REPLICATE)
+    grey = cv2.resize(grey, (EXPRESSION_SIZE, EXPRESSION_SIZE), interpolation=cv2.INTER_LINEAR)
     tensor: npt.NDArray[np.float32] = ((grey.astype(np.float32) / 255.0 - 0.5) * 2.0)[:, :, None]
     return tensor
 

@@ -275,6 +275,31 @@ def test_the_expression_model_is_compiled_once_whatever_the_number_of_faces(
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def test_the_expression_input_is_a_square_about_the_box_so_a_face_keeps_its_shape() -> None:
+    """A tall box (as YuNet's are) gives a square of its height padded by 10 % a side: a round face stays
+    round, centred, 40 / 72 of the input across."""
+    frame = np.zeros((200, 240, 3), dtype=np.uint8)
+    cv2.circle(frame, (120, 100), 20, (255, 255, 255), thickness=-1)
+    tensor = expression_input(frame, np.array([100, 70, 140, 130], dtype=np.float32))
+    assert tensor.shape == (64, 64, 1) and tensor.dtype == np.float32
+    white = tensor[:, :, 0] > 0
+    columns, rows = np.flatnonzero(white.any(axis=0)), np.flatnonzero(white.any(axis=1))
+    assert abs(len(columns) - len(rows)) <= 1
+    assert len(rows) == pytest.approx(40 / 72 * 64, abs=2)
+    assert (columns.mean(), rows.mean()) == (pytest.approx(31.5, abs=1), pytest.approx(31.5, abs=1))
+    assert tensor.min() == pytest.approx(-1.0) and tensor.max() == pytest.approx(1.0)
+
+
+def test_a_face_at_the_frame_edge_stays_centred_in_the_expression_input() -> None:
+    """The part of the square outside the frame repeats the frame's edge rather than moving the face."""
+    frame = np.zeros((200, 200, 3), dtype=np.uint8)
+    frame[:, 10] = 255  # a line through the box's centre, which is 10 px from the frame's left edge
+    tensor = expression_input(frame, np.array([-10, 50, 30, 110], dtype=np.float32))
+    assert int(np.argmax(tensor[:, :, 0].sum(axis=0))) in (31, 32, 33)
+    outside = expression_input(frame, np.array([-300, -300, -200, -200], dtype=np.float32))
+    assert outside.shape == (64, 64, 1) and np.all(outside == -1.0)
+
+
 def test_embeddings_match_opencv_reference_pipeline(
     analyzer: FaceAnalyzer, group_photo: np.ndarray, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -115,12 +115,19 @@ def test_the_face_event_carries_them_on_mqtt_and_to_the_server(
     json.dumps(payload)
 
     reported = report_event(event, 3)
-    assert reported.attributes is not None
+    assert reported.attributes is not None and ended.attributes is not None
+    assert reported.attributes.gender == "female"
+    assert reported.attributes.male_probability == pytest.approx(
+        ended.attributes.probabilities["male"], abs=1e-4
+    )
+    assert reported.attributes.male_probability < 0.5  # the astronaut is a woman
+    assert reported.attributes.age_years == pytest.approx(ended.attributes.age_years, abs=0.05)
+    assert 20 <= reported.attributes.age_years <= 50
     message = serde.event_to_proto(reported)
     assert message.HasField("attributes")
     decoded = serde.event_from_proto(events_pb2.Event.FromString(message.SerializeToString()))
     assert decoded.attributes == reported.attributes
-    assert decoded.attributes.age_band == ended.attributes.age_band  # type: ignore[union-attr]
+    assert decoded.attributes.age_band == ended.attributes.age_band
 
     # without the task: no field on MQTT, none on the wire, and an older payload (no field 17) still decodes
     (_, plain) = track_of([astronaut] * 3, analyzer)

@@ -300,6 +300,37 @@ def test_a_face_at_the_frame_edge_stays_centred_in_the_expression_input() -> Non
     assert outside.shape == (64, 64, 1) and np.all(outside == -1.0)
 
 
+def test_detections_match_opencv_face_detector_yn(
+    runtime: Runtime, model_store: ModelStore, astronaut: np.ndarray, group_photo: np.ndarray
+) -> None:
+    """YuNet through OpenVINO with our input, decoding and NMS (landmarks of each face's best cell, as OpenCV
+    takes them) against OpenCV's own FaceDetectorYN on the carrier's ONNX file and the same pixels: the same
+    faces, scores within 0.01, boxes and landmarks within 1 px."""
+    from facefleet.vision.models.importer import DEFAULT_MODELS, locate_default
+
+    located = locate_default(next(m for m in DEFAULT_MODELS if m.task == "detection"))
+    assert located is not None
+    settings = detection.DetectorSettings(landmark_vote_iou=1.0)
+    ours = FaceAnalyzer(
+        runtime, model_store, AnalyzerSettings(detector=settings, embeddings=False, expressions=False)
+    )
+    small_group = cv2.resize(group_photo, (640, 443), interpolation=cv2.INTER_AREA)  # not scaled again
+    for frame, faces in ((astronaut, 1), (small_group, 6)):
+        height, width = frame.shape[:2]
+        reference = cv2.FaceDetectorYN.create(
+            str(located[0]), "", (width, height), settings.score_threshold, settings.nms_threshold, 5000
+        )
+        _, rows = reference.detect(frame)
+        found = ours.detect(frame)
+        assert rows is not None and len(rows) == len(found) == faces
+        for row in rows:
+            box = np.array([row[0], row[1], row[0] + row[2], row[1] + row[3]])
+            match = min(found, key=lambda d: float(np.abs(d.box_xyxy - box).max()))
+            assert np.abs(match.box_xyxy - box).max() < 1.0
+            assert np.abs(match.landmarks_xy - row[4:14].reshape(5, 2)).max() < 1.0
+            assert match.score == pytest.approx(float(row[14]), abs=0.01)
+
+
 def test_embeddings_match_opencv_reference_pipeline(
     analyzer: FaceAnalyzer, group_photo: np.ndarray, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

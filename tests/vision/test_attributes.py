@@ -271,5 +271,7 @@ def test_decoding_the_outputs() -> None:
         Attributes.from_outputs(np.array([0.9, 0.1], np.float32), np.array([7.0], np.float32)).age_band
         == "0-12"
     )
+    youngest, oldest = np.eye(81, dtype=np.float32)[[0, 80]]
+    assert (age_years(youngest), age_years(oldest)) == (pytest.approx(0.25), pytest.approx(80.0))
     with pytest.raises(ValueError, match="81 class"):
         age_years(np.zeros(5, dtype=np.float32))

@@ -5,11 +5,13 @@ queries through the CLI when [state] url points at it, and goes on numbering aft
 from __future__ import annotations
 
 import json
+import sqlite3
 import uuid
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
 
 from facefleet.core.errors import EXIT_OK
@@ -57,6 +59,19 @@ def test_state_migrate_copies_every_table_and_the_server_answers_the_same(
     assert code == EXIT_OK, err
     rows = json.loads(out)["rows"]
     assert set(rows) == set(TABLES)
+    # every table of either schema is copied (a table left out of TABLES would be lost in the move)
+    bookkeeping = {"facefleet_migrations", "sqlite_sequence"}
+    with sqlite3.connect(source / "server.db") as db:
+        in_sqlite = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    with psycopg.connect(url) as db:
+        in_postgres = {
+            name
+            for (name,) in db.execute(  # tables and partitioned tables, not their partitions
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
+            )
+        }
+    assert in_sqlite - bookkeeping == in_postgres - bookkeeping == set(TABLES)
     assert (rows["people"], rows["embeddings"], rows["crops"], rows["events"]) == (3, 1, 2, 50)
     assert rows["tokens"] == 1 and rows["admin_audit"] == 1
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -492,7 +493,15 @@ class ModelUpdater:
         self._still_wanted(release)
         switch = Switch(release, stored, analyzer, concurrent.futures.Future())
         await asyncio.to_thread(self.switch, switch)  # the service may prepare the gallery here
-        await asyncio.wrap_future(switch.done)
+        try:
+            await asyncio.wrap_future(switch.done)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:  # activating it on disk: worth another try once there is room
+                raise DiskFullError(
+                    f"disk full while activating model {stored.manifest.model_id} in {self.store.root}; "
+                    "free space or lower [models] keep_versions"
+                ) from None
+            raise
 
     async def _download(self, release: ModelRelease, client: ModelClient) -> StoredModel:
         manifest = release_manifest(release)

@@ -4,6 +4,8 @@ path change, and the path in use in the status and metrics (real models, no brok
 from __future__ import annotations
 
 import concurrent.futures
+import errno
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ import pytest
 
 from facefleet.agent.cameras import CameraFrame
 from facefleet.agent.config import load_config
+from facefleet.agent.recognition.matching import MatchError
 from facefleet.agent.service.loop import MAX_FAILED_FRAMES, AgentService
 from facefleet.agent.updates.updater import Switch
 from facefleet.vision import detection
@@ -22,11 +25,12 @@ from facefleet.vision.faces import Face
 from facefleet.vision.models.store import ModelStore
 from facefleet.vision.path_choice import PathChooser
 from facefleet.vision.pipeline import FaceAnalyzer
+from tests.variants import store_variant_copy
 from tests.videos import write_video
 
 
 def make_service(
-    tmp_path: Path, model_store: ModelStore, pipeline: str, cameras: dict[str, Path]
+    tmp_path: Path, model_store: ModelStore, pipeline: str, cameras: dict[str, Path], more_config: str = ""
 ) -> AgentService:
     state = tmp_path / "state"
     state.mkdir(exist_ok=True)
@@ -36,7 +40,7 @@ def make_service(
     config = tmp_path / "agent.toml"
     config.write_text(
         'device_id = "pipe"\n[runtime]\ninference_precision = "f32"\n[mqtt]\nenabled = false\n'
-        f'[metrics]\nlisten = ""\n[service]\npipeline = "{pipeline}"\n{camera_lines}'
+        f'[metrics]\nlisten = ""\n[service]\npipeline = "{pipeline}"\n{camera_lines}{more_config}'
     )
     service = AgentService(load_config(config), state)
     service._refresh_gallery()  # as run() does before its first frame
@@ -137,6 +141,54 @@ def test_a_model_switch_waits_for_the_frames_in_flight_and_the_new_model_starts_
     service._analyse(pending[3])
     service._settle()
     assert seen[-1][1:] == (4, switch.analyzer)
+
+
+def test_a_failed_embedding_switch_leaves_the_model_its_gallery_and_the_doors_as_they_were(
+    tmp_path: Path, model_store: ModelStore, video: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk is full when a new embedding model is activated: the switch fails with that error, and the
+    agent goes on with the model, gallery and door thresholds it had; the same switch works once it can."""
+    (tmp_path / "state").mkdir()
+    shutil.copytree(model_store.root, tmp_path / "state" / "models")  # its own store: a model is added
+    door = '[[doors]]\nname = "front"\ncamera = "cam"\nallow_groups = ["staff"]\n'
+    service = make_service(tmp_path, model_store, "on", {"cam": video}, door)
+    try:
+        running, analyzer = service.model_id, service.analyzer
+        other = store_variant_copy(service.models, service.models.active("embedding"), "2021dec-other")
+        new_id = other.manifest.model_id
+
+        def switch() -> Switch:
+            done: concurrent.futures.Future[None] = concurrent.futures.Future()
+            return Switch(release=None, model=other, analyzer=analyzer.with_model(other), done=done)
+
+        def full_disk(*args: object) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        failing = switch()
+        with monkeypatch.context() as patched:
+            patched.setattr(service.models, "activate", full_disk)
+            service._queue_switch(failing)
+            service._apply_switches()
+        with pytest.raises(OSError, match="No space left"):
+            failing.done.result(timeout=0)
+        assert service.model_id == running and service.analyzer is analyzer
+        assert service._pipeline.analyzer is analyzer
+        assert service.models.active("embedding").manifest.model_id == running
+        assert service.matcher.gallery(running).model_id == running
+        with pytest.raises(MatchError, match="no gallery loaded"):
+            service.matcher.gallery(new_id)
+        assert list(service.doors.policies["front"].thresholds) == [running]
+
+        working = switch()
+        service._queue_switch(working)
+        service._apply_switches()
+        assert working.done.result(timeout=0) is None
+        assert service.model_id == new_id and service.analyzer is working.analyzer
+        assert service.models.active("embedding").manifest.model_id == new_id
+        assert service.matcher.gallery(new_id).model_id == new_id
+        assert list(service.doors.policies["front"].thresholds) == [new_id]
+    finally:
+        service.store.close()
 
 
 def test_a_change_of_path_keeps_the_frame_order_and_the_choice_is_reported(

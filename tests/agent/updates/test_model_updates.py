@@ -10,6 +10,7 @@ tests/server/rollouts/test_model_rollout.py.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import shutil
@@ -462,6 +463,41 @@ def test_a_full_disk_refuses_the_version_keeps_the_running_one_and_tells_the_ser
     (tiny_disk / "filler").unlink()  # space freed: the next try of the same rollout succeeds
     agent.reconcile(server, release)
     assert expression_of(agent.analyzer) == release.model_id
+
+
+class FullDiskAgent(Agent):
+    """An agent whose disk is full when a new version is activated (the service's switch fails so)."""
+
+    full = True
+
+    def switch(self, switch: Switch) -> None:
+        if self.full:
+            switch.done.set_exception(OSError(errno.ENOSPC, "No space left on device"))
+        else:
+            super().switch(switch)
+
+
+def test_a_full_disk_when_the_version_is_activated_is_tried_again_without_a_new_download(
+    tmp_path: Path, agent_runtime: Runtime, model_store: ModelStore, published: ModelStore
+) -> None:
+    shutil.copytree(model_store.root, tmp_path / "models")
+    agent = FullDiskAgent(agent_runtime, tmp_path / "models")
+    before = expression_of(agent.analyzer)
+    server = FileServer(published)
+    release = release_of(published.models()[0])
+    with pytest.raises(RetryLaterError):
+        agent.reconcile(server, release)
+    assert expression_of(agent.analyzer) == before
+    assert agent.store.active("expression").manifest.model_id == before
+    refused = server.reports[-1][0]
+    assert refused.state == "failed" and not refused.final
+    assert f"disk full while activating model {release.model_id}" in refused.reason
+    assert release.model_id in [m.manifest.model_id for m in agent.store.versions("expression")]
+    downloaded = len(server.requests)
+    agent.full = False  # space freed: the next try switches to the version it stored
+    agent.reconcile(server, release)
+    assert expression_of(agent.analyzer) == release.model_id
+    assert len(server.requests) == downloaded
 
 
 def test_a_rollback_uses_the_agents_own_conversion_of_the_same_source(

@@ -164,6 +164,7 @@ class FleetServicer(services.FleetServicerBase):
     @unary
     async def ReportResults(self, request: Any, context: Any) -> Any:  # noqa: N802
         device = self.auth.device(context.auth_context(), request.device_id)
+        self.handler.check_report_size(len(request.events))
         events, rejected, health = fleet_wire.report_from_proto(request, device)
         return serde.outcome_to_proto(await self.handler.report(device, events, rejected, health))
 

@@ -233,6 +233,15 @@ class FleetHandler:
         await asyncio.to_thread(self.state.touch_agent, device_id, self.clock(), gallery_revision=revision)
         return self.fanout.head
 
+    def check_report_size(self, events: int) -> None:
+        """InvalidArgumentError when a report holds more events than the server takes at once: checked on
+        the count alone, before any event is decoded."""
+        if events > self.settings.max_report_events:
+            raise InvalidArgumentError(
+                f"{events} events in one report; the limit is {self.settings.max_report_events}: "
+                "split the batch"
+            )
+
     async def report(
         self,
         device_id: str,
@@ -241,11 +250,7 @@ class FleetHandler:
         health: Mapping[str, float],
     ) -> ReportOutcome:
         total = len(events) + len(rejected)
-        if total > self.settings.max_report_events:
-            raise InvalidArgumentError(
-                f"{total} events in one report; the limit is {self.settings.max_report_events}: "
-                "split the batch"
-            )
+        self.check_report_size(total)
         health = check_health(health)
         await self._require_registered(device_id)
         for event in events:

@@ -14,6 +14,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from facefleet.agent.recognition.gallery import SFACE_THRESHOLD, Gallery
+from facefleet.server.api.wire import fleet as fleet_wire
 from facefleet.server.domain.queries import EventFilter
 from facefleet.server.gallery.embedder import Enroller
 from facefleet.v1 import admin_pb2, events_pb2, fleet_pb2, gallery_pb2
@@ -293,6 +294,38 @@ def test_ten_thousand_events_reported_twice_are_stored_once(
     outcomes, stored = run(scenario)
     assert outcomes == [(2500, 0)] * 4 + [(0, 2500)] * 4
     assert stored == 10_000
+
+
+def test_a_report_over_the_event_limit_is_refused_before_any_event_is_decoded(
+    tmp_path: Path, pki: Pki, enroller: Enroller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report of 10,001 events is refused on its count alone: no event is decoded (which would hold the
+    server's event loop) and none is stored."""
+    decoded: list[int] = []
+    decode = fleet_wire.report_from_proto
+
+    def counted(request: fleet_pb2.ReportResultsRequest, device: str) -> object:
+        decoded.append(len(request.events))
+        return decode(request, device)
+
+    monkeypatch.setattr(fleet_wire, "report_from_proto", counted)
+    start = DAY.replace(hour=8)
+    events = [event("door-1", start + timedelta(seconds=i), i) for i in range(10_001)]
+
+    async def scenario() -> tuple[grpc.StatusCode, str, int]:
+        async with serving(tmp_path, pki, enroller) as harness:
+            fleet = await harness.registered("door-1")
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await fleet.ReportResults(fleet_pb2.ReportResultsRequest(device_id="door-1", events=events))
+            reply = await fleet.ReportResults(
+                fleet_pb2.ReportResultsRequest(device_id="door-1", events=events[:10_000])
+            )
+            return refused.value.code(), refused.value.details() or "", reply.stored
+
+    code, details, stored = run(scenario)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "10001 events in one report; the limit is 10000: split the batch" in details
+    assert decoded == [10_000] and stored == 10_000
 
 
 def test_an_event_id_another_device_holds_is_rejected_not_counted_as_a_repeat(

@@ -123,6 +123,11 @@ class UnknownFaces:
     async def enrol(self, request: UnknownEnrolment) -> UnknownEnrolled:
         """Enrol the snapshots (one gallery revision); they leave the review."""
         snapshots = await self._chosen(request.cluster_id, request.snapshot_ids)
+        if len(snapshots) > MAX_EMBEDDINGS_PER_PERSON:  # an embedding each at least: refused before decoding
+            raise InvalidArgumentError(
+                f"{len(snapshots)} snapshots give {len(snapshots)} embeddings or more, over the limit of "
+                f"{MAX_EMBEDDINGS_PER_PERSON} per person; choose fewer snapshots"
+            )
         crops, quality, images = await asyncio.to_thread(self._crops, snapshots)
         embeddings = [
             Embedding(s.model_id, s.vector, min(max(s.quality, 0.0), 1.0), f"snapshot:{s.event_id}")

@@ -205,3 +205,31 @@ def test_refused_unknown_face_actions_change_nothing(
             assert len(harness.server.state.get_person("taken").embeddings) == 1
 
     run(scenario)
+
+
+def test_a_cluster_over_the_embeddings_of_a_person_is_refused_before_its_images_are_read(
+    tmp_path, pki: Pki, enroller: Enroller, strangers: list[tuple[Seen, Seen]]
+) -> None:
+    """300 sightings of one stranger make one cluster, more than a person may hold (256 embeddings): its
+    enrolment is refused on the count, before any crop is read, decoded or embedded."""
+
+    async def scenario() -> None:
+        async with serving(tmp_path, pki, enroller) as harness:
+            unknown = harness.server.handlers.unknown  # type: ignore[union-attr]
+            seen = strangers[0][0]
+            start = utc_now() - timedelta(hours=1)
+            await report(harness, [face_event(seen, start + timedelta(seconds=i)) for i in range(300)])
+            (cluster,) = await unknown.clusters()
+            assert cluster.count == 300
+            read: list[str] = []
+            image = unknown.state.snapshots.image
+            unknown.state.snapshots.image = lambda *args: (read.append(args[0]), image(*args))[1]
+            with pytest.raises(InvalidArgumentError, match="over the limit of 256 per person"):
+                await unknown.enrol(UnknownEnrolment("crowd", cluster_id=cluster.cluster_id))
+            assert read == []
+            with pytest.raises(NotFoundError):
+                harness.server.state.get_person("crowd")
+            (left,) = await unknown.clusters()
+            assert left.count == 300  # still under review
+
+    run(scenario)

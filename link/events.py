@@ -19,6 +19,7 @@ from facefleet.link.checks import (
 from facefleet.link.errors import LinkError
 from facefleet.link.gallery import Embedding
 from facefleet.vision.faces import EXPRESSION_LABELS
+from facefleet.vision.image_size import declared_size
 
 EventKind = Literal["face", "access"]
 Decision = Literal["match", "unknown", "ambiguous", "undecided", "granted", "denied"]
@@ -28,14 +29,19 @@ ACCESS_DECISIONS: tuple[Decision, ...] = ("granted", "denied")
 DECISIONS: tuple[Decision, ...] = FACE_DECISIONS + ACCESS_DECISIONS
 MAX_SNAPSHOT_JPEG_BYTES = 64 * 1024
 """Largest face crop or context view a snapshot may carry (bytes)."""
+SNAPSHOT_CROP_PX = 112
+"""A snapshot's crop is the aligned face, this many pixels square."""
+MAX_SNAPSHOT_CONTEXT_PX = 320
+"""Longest side of a snapshot's context view (px)."""
 MAX_EVENT_ID_CHARS = 64
 _JPEG_START = b"\xff\xd8\xff"
 
 
 @dataclass(frozen=True)
 class FaceSnapshot:
-    """The best face of a track. crop_jpeg: the aligned 112×112 crop; context_jpeg: a small view of the frame
-    around it (longest side ≤ 320 px; b"" = none); both JPEG of at most MAX_SNAPSHOT_JPEG_BYTES.
+    """The best face of a track. crop_jpeg: the aligned SNAPSHOT_CROP_PX square crop; context_jpeg: a small
+    view of the frame around it (longest side ≤ MAX_SNAPSHOT_CONTEXT_PX; b"" = none); both JPEG of at most
+    MAX_SNAPSHOT_JPEG_BYTES, their sizes checked on their headers.
     embedding: the face's embedding, as the agent matched it."""
 
     crop_jpeg: bytes = field(repr=False)
@@ -53,6 +59,20 @@ class FaceSnapshot:
                 )
             if not data.startswith(_JPEG_START):
                 raise LinkError(f"snapshot {name} is not a JPEG image")
+            size = declared_size(data)  # the header only: a few bytes may declare billions of pixels
+            if size is None:
+                raise LinkError(f"snapshot {name} is not a readable JPEG image (no frame header)")
+            width, height = size
+            if name == "crop_jpeg" and size != (SNAPSHOT_CROP_PX, SNAPSHOT_CROP_PX):
+                raise LinkError(
+                    f"snapshot crop_jpeg is {width}×{height} pixels; it must be the aligned "
+                    f"{SNAPSHOT_CROP_PX}×{SNAPSHOT_CROP_PX} face"
+                )
+            if name == "context_jpeg" and max(size) > MAX_SNAPSHOT_CONTEXT_PX:
+                raise LinkError(
+                    f"snapshot context_jpeg is {width}×{height} pixels; its longest side may be "
+                    f"{MAX_SNAPSHOT_CONTEXT_PX} px at most"
+                )
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import numpy.typing as npt
 
 from facefleet.core.errors import EXIT_NO_INPUT
 from facefleet.vision.errors import ImageError
+from facefleet.vision.image_size import FORMATS, declared_size
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_PIXELS = 100_000_000
@@ -66,22 +67,29 @@ def read_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> npt.NDArray[np
             f"{path}: file is {size / 2**20:.0f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit"
         )
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        data = path.read_bytes()
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc})") from None
     return decode_image(data, str(path), max_pixels)
 
 
-def decode_image(
-    data: bytes | npt.NDArray[np.uint8], what: str, max_pixels: int = MAX_PIXELS
-) -> npt.NDArray[np.uint8]:
-    """Encoded image bytes (JPEG, PNG, BMP, WebP, TIFF, …) → (H, W, 3) uint8 BGR, turned upright as its EXIF
-    Orientation tag says; ImageError naming `what` when unreadable or over max_pixels."""
-    buffer = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
-    image = cv2.imdecode(buffer, _DECODE_FLAGS)
+def decode_image(data: bytes, what: str, max_pixels: int = MAX_PIXELS) -> npt.NDArray[np.uint8]:
+    """Encoded image bytes (JPEG, PNG, BMP, WebP, TIFF or PNM) → (H, W, 3) uint8 BGR, turned upright as its
+    EXIF Orientation tag says; ImageError naming `what` when unreadable or over max_pixels. The size is
+    checked on the header before anything is decoded: a small file may declare billions of pixels."""
+    declared = declared_size(data)
+    if declared is None:
+        raise ImageError(f"{what}: not a readable image (send a {FORMATS} image)")
+    width, height = declared
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{what}: image is {width}×{height} pixels, over the {max_pixels / 1e6:.0f} MP limit; "
+            "downscale it first"
+        )
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _DECODE_FLAGS)
     if image is None:
         raise ImageError(f"{what}: not a readable image (corrupt, truncated or an unsupported format)")
-    if image.shape[0] * image.shape[1] > max_pixels:
+    if image.shape[0] * image.shape[1] > max_pixels:  # a header that understated the size
         raise ImageError(
             f"{what}: image is {image.shape[1]}×{image.shape[0]} pixels, "
             f"over the {max_pixels / 1e6:.0f} MP limit; downscale it first"

@@ -35,6 +35,7 @@ from facefleet.server.errors import FailedPreconditionError, InvalidArgumentErro
 from facefleet.server.gallery.embedder import Enroller
 from facefleet.server.gallery.people import PeopleHandler
 from facefleet.server.state.interface import State
+from facefleet.vision.image_size import declared_size
 
 CROP_SIZE = 112
 Frame = npt.NDArray[np.uint8]
@@ -189,6 +190,8 @@ class UnknownFaces:
         images: dict[str, Frame] = {}
         for snapshot in snapshots:
             data = self.state.snapshots.image(snapshot.event_id, "crop")
+            if declared_size(data) != (CROP_SIZE, CROP_SIZE):  # checked before a pixel is decoded
+                continue
             image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
             if image is None or image.shape != (CROP_SIZE, CROP_SIZE, 3):
                 continue

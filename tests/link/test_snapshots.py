@@ -23,6 +23,14 @@ def jpeg(size: int = 112, seed: int = 0) -> bytes:
     return bytes(data.tobytes())
 
 
+def resized(data: bytes, side: int) -> bytes:
+    """The JPEG with its frame header saying side×side: a few kilobytes that would decode to gigabytes."""
+    raw = bytearray(data)
+    at = raw.index(b"\xff\xc0")
+    raw[at + 5 : at + 9] = side.to_bytes(2, "big") * 2
+    return bytes(raw)
+
+
 def embedding() -> Embedding:
     return Embedding("sface@2021dec", np.random.default_rng(1).normal(size=128).astype(np.float32), 0.8)
 
@@ -61,6 +69,11 @@ def test_a_snapshot_travels_with_its_event_unchanged() -> None:
         (b"\x89PNG\r\n\x1a\n" + b"0" * 100, b"", "crop_jpeg is not a JPEG"),
         (jpeg(), b"GIF89a", "context_jpeg is not a JPEG"),
         (b"\xff\xd8\xff" + b"0" * MAX_SNAPSHOT_JPEG_BYTES, b"", "the limit is 65536"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF", b"", "crop_jpeg is not a readable JPEG"),
+        (jpeg(113), b"", "crop_jpeg is 113×113 pixels; it must be the aligned 112×112 face"),
+        (resized(jpeg(), 16_000), b"", "crop_jpeg is 16000×16000 pixels"),
+        (jpeg(), jpeg(321), "context_jpeg is 321×321 pixels; its longest side may be 320 px at most"),
+        (jpeg(), resized(jpeg(320), 16_000), "context_jpeg is 16000×16000 pixels"),
     ],
 )
 def test_a_snapshot_that_is_not_a_small_jpeg_is_refused(crop: bytes, context: bytes, message: str) -> None:

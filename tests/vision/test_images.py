@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from facefleet.vision.errors import ImageError
-from facefleet.vision.images import NoImagesError, image_files, list_images, read_image, to_bgr8
+from facefleet.vision.images import (
+    NoImagesError,
+    decode_image,
+    image_files,
+    list_images,
+    read_image,
+    to_bgr8,
+)
 from facefleet.vision.pipeline import FaceAnalyzer
 
 
@@ -128,6 +135,45 @@ def test_grey_alpha_and_16_bit_files_become_8_bit_bgr(
     assert frame.shape == astronaut.shape and frame.dtype == np.uint8
     grey = cv2.cvtColor(astronaut, cv2.COLOR_BGR2GRAY).astype(int)
     assert np.abs(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY).astype(int) - grey).mean() < 2
+
+
+def bomb(suffix: str, width: int, height: int) -> bytes:
+    """A 16×16 image whose header says width×height: a few hundred bytes that would decode to gigabytes."""
+    ok, data = cv2.imencode(suffix, np.full((16, 16, 3), 128, np.uint8))
+    assert ok
+    raw = bytearray(data.tobytes())
+    if suffix == ".jpg":
+        at = raw.index(b"\xff\xc0")
+        raw[at + 5 : at + 9] = struct.pack(">HH", height, width)
+    else:
+        raw[16:24] = struct.pack(">II", width, height)  # PNG's IHDR
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_an_image_declaring_too_many_pixels_is_refused_before_it_is_decoded(
+    tmp_path: Path, suffix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / f"bomb{suffix}"
+    path.write_bytes(bomb(suffix, 20_000, 20_000))
+    assert path.stat().st_size < 1000
+    decoded: list[int] = []
+    monkeypatch.setattr(cv2, "imdecode", lambda data, flags: decoded.append(len(data)))
+    with pytest.raises(ImageError, match=r"bomb\.\w+: image is 20000×20000 pixels, over the 100 MP limit"):
+        read_image(path)
+    assert decoded == []
+    with pytest.raises(ImageError, match="20000×20000 pixels, over the 100 MP limit"):
+        decode_image(path.read_bytes(), "upload")
+    assert decoded == []
+
+
+def test_an_image_of_an_unreadable_format_names_the_formats_read(tmp_path: Path) -> None:
+    path = tmp_path / "anim.gif"
+    path.write_bytes(b"GIF89a\x10\x00\x10\x00" + bytes(40))
+    with pytest.raises(
+        ImageError, match=r"anim\.gif: not a readable image \(send a JPEG, PNG, BMP, WebP, TIFF"
+    ):
+        read_image(path)
 
 
 def test_pixel_limit_is_a_clear_error(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from facefleet.link.checks import check_utc
 from facefleet.link.errors import LinkError
-from facefleet.server.domain.queries import NOT_ISSUED, _decode_token, _encode_token
+from facefleet.server.domain.queries import NOT_ISSUED, _encode_token, timed_cursor
 from facefleet.server.errors import InvalidArgumentError, ServerError
 
 LOCAL = "local"
@@ -110,13 +110,14 @@ class AuditCursor:
 
     @classmethod
     def decode(cls, token: str) -> AuditCursor:
+        time_us, entry = timed_cursor(token, "a")
         try:
-            kind, micros, entry_id = _decode_token(token).split("|", 2)
-            if kind != "a":
-                raise ValueError(kind)
-            return cls(int(micros), int(entry_id))
+            entry_id = int(entry)
+            if entry_id not in range(2**63):
+                raise ValueError(entry)
         except ValueError:
             raise InvalidArgumentError(NOT_ISSUED) from None
+        return cls(time_us, entry_id)
 
 
 @dataclass(frozen=True)

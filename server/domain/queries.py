@@ -65,7 +65,7 @@ class EventFilter:
             if len(values) > MAX_FILTER_VALUES:
                 raise InvalidArgumentError(f"filter {name}: at most {MAX_FILTER_VALUES} values")
             for value in values:
-                _check_name(name, value)
+                check_filter_name(name, value)
         if any(d not in DECISIONS for d in self.decisions):
             raise InvalidArgumentError(f"filter decisions must be among {', '.join(DECISIONS)}")
         if any(k not in EVENT_KINDS for k in self.kinds):
@@ -85,7 +85,7 @@ class EventFilter:
         return self
 
 
-def _check_name(name: str, value: str) -> None:
+def check_filter_name(name: str, value: str) -> None:
     """A camera or door name as events carry it: 1–MAX_LABEL_CHARS characters, none a control character
     (agents name them with letters, digits, '_' and '-', at most 32)."""
     if not value or len(value) > MAX_LABEL_CHARS or any(ord(ch) < 32 for ch in value):
@@ -128,13 +128,7 @@ class EventCursor:
 
     @classmethod
     def decode(cls, token: str) -> EventCursor:
-        try:
-            kind, micros, event_id = _decode_token(token).split("|", 2)
-            if kind != "e" or not event_id:
-                raise ValueError(kind)
-            return cls(int(micros), event_id)
-        except ValueError:
-            raise InvalidArgumentError(NOT_ISSUED) from None
+        return cls(*timed_cursor(token, "e"))
 
 
 @dataclass(frozen=True)
@@ -167,9 +161,29 @@ def _encode_token(text: str) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
+MAX_PAGE_TOKEN_CHARS = 512
+"""Longest page token this server issues: a time, a separator and an id of at most MAX_LABEL_CHARS."""
+_INT64 = range(-(2**63), 2**63)
+
+
 def _decode_token(token: str) -> str:
     """The text of a page token; ValueError when it is not one (binascii.Error and UnicodeDecodeError are)."""
+    if len(token) > MAX_PAGE_TOKEN_CHARS:
+        raise ValueError("too long")
     return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+
+
+def timed_cursor(token: str, kind: str) -> tuple[int, str]:
+    """(time in µs, id) of a page token `kind|time|id`; InvalidArgumentError (NOT_ISSUED) when it is not one
+    this server issued: another kind, no id, or a time no stored row can have (outside 64-bit integers)."""
+    try:
+        found, micros, row_id = _decode_token(token).split("|", 2)
+        time_us = int(micros)
+        if found != kind or not row_id or time_us not in _INT64:
+            raise ValueError(found)
+    except ValueError:
+        raise InvalidArgumentError(NOT_ISSUED) from None
+    return time_us, row_id
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ from typing import Literal, get_args
 import numpy as np
 import numpy.typing as npt
 
-from facefleet.server.domain.queries import NOT_ISSUED, _decode_token, _encode_token
+from facefleet.link.checks import check_id, check_utc
+from facefleet.link.events import DECISIONS
+from facefleet.server.domain.queries import _encode_token, check_filter_name, timed_cursor
 from facefleet.server.errors import InvalidArgumentError
 
 SnapshotStatus = Literal["new", "dismissed", "enrolled"]
@@ -57,6 +59,22 @@ class SnapshotFilter:
     decision: str = ""
     status: str = ""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "since", check_utc("filter since", self.since))
+        object.__setattr__(self, "until", check_utc("filter until", self.until))
+        if self.until <= self.since:
+            raise InvalidArgumentError(
+                f"filter until {self.until.isoformat()} must be after since {self.since.isoformat()}"
+            )
+        if self.device_id:
+            check_id("device_id", self.device_id)
+        if self.camera:
+            check_filter_name("cameras", self.camera)
+        if self.decision and self.decision not in DECISIONS:
+            raise InvalidArgumentError(f"filter decision must be one of {', '.join(DECISIONS)}")
+        if self.status and self.status not in SNAPSHOT_STATUSES:
+            raise InvalidArgumentError(f"filter status must be one of {', '.join(SNAPSHOT_STATUSES)}")
+
 
 @dataclass(frozen=True)
 class SnapshotCursor:
@@ -70,13 +88,7 @@ class SnapshotCursor:
 
     @classmethod
     def decode(cls, token: str) -> SnapshotCursor:
-        try:
-            kind, micros, event_id = _decode_token(token).split("|", 2)
-            if kind != "s":
-                raise ValueError(kind)
-            return cls(int(micros), event_id)
-        except ValueError:
-            raise InvalidArgumentError(NOT_ISSUED) from None
+        return cls(*timed_cursor(token, "s"))
 
 
 @dataclass(frozen=True)

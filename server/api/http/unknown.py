@@ -186,7 +186,7 @@ async def snapshots(
     flt = SnapshotFilter(
         since=since or EPOCH,
         until=until or utc_now() + timedelta(microseconds=1),
-        device_id=check_id("device_id", device_id) if device_id else "",
+        device_id=device_id,
         camera=camera,
         decision=decision or "",
         status=status or "",

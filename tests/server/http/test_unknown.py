@@ -3,6 +3,7 @@ listed, clustered, shown as JPEG, enrolled as a person (one gallery revision), d
 
 from __future__ import annotations
 
+import base64
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -185,3 +186,39 @@ def test_unknown_faces_are_clustered_shown_enrolled_dismissed_and_deleted(
         ("unknown.enrol", "x", "NOT_FOUND"),
         ("unknown.dismiss", "", "INVALID_ARGUMENT"),
     ]
+
+
+def forged_token(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def test_forged_page_tokens_and_bad_snapshot_filters_are_a_400_naming_the_problem(
+    tmp_path: Path, pki: Pki, enroller: Enroller
+) -> None:
+    """A page token this server never issued (a time beyond 64-bit integers, an audit entry id that is not
+    a number, an oversized token) and a snapshot filter without a time zone or with an over-long camera name
+    are refused with what is wrong, never an internal error."""
+    huge = 10**30
+    requests = [
+        ("/api/events", {"start": "2024-01-01T00:00:00Z", "end": "2024-02-01T00:00:00Z",
+                         "page_token": forged_token(f"e|{huge}|x")}, "pass next_page_token unchanged"),
+        ("/api/snapshots", {"page_token": forged_token(f"s|{huge}|x")}, "pass next_page_token unchanged"),
+        ("/api/audit", {"page_token": forged_token(f"a|{huge}|1")}, "pass next_page_token unchanged"),
+        ("/api/audit", {"page_token": forged_token("a|1|x")}, "pass next_page_token unchanged"),
+        ("/api/snapshots", {"page_token": "A" * 10_000}, "pass next_page_token unchanged"),
+        ("/api/snapshots", {"since": "2024-01-01T00:00:00"}, "filter since must be timezone-aware"),
+        ("/api/snapshots", {"camera": "c" * 10_000}, "is not a camera name"),
+        ("/api/snapshots", {"since": "2030-01-01T00:00:00Z", "until": "2029-01-01T00:00:00Z"},
+         "must be after since"),
+    ]  # fmt: skip
+
+    async def scenario() -> list[str]:
+        async with serving(tmp_path, pki, enroller) as harness, client(harness) as http:
+            return [
+                problem(await http.get(path, params=params), 400, "INVALID_ARGUMENT")["detail"]
+                for path, params, _ in requests
+            ]
+
+    details = run(scenario)
+    for detail, (path, _, wanted) in zip(details, requests, strict=True):
+        assert wanted in detail, (path, detail)

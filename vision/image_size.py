@@ -12,7 +12,7 @@ Size = tuple[int, int]
 FORMATS = "JPEG, PNG, BMP, WebP, TIFF or PNM"
 _JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 """Start-of-frame markers (SOF0–SOF15), which carry the frame's size; C4, C8 and CC are other segments."""
-_PNM_HEADER = re.compile(rb"P[1-6](?:\s|#[^\n]*\n)+(\d+)(?:\s|#[^\n]*\n)+(\d+)")
+_PNM_HEADER = re.compile(rb"P[1-6](?:\s|#[^\r\n]*[\r\n])+(\d+)(?:\s|#[^\r\n]*[\r\n])+(\d+)")
 
 
 def declared_size(data: bytes) -> Size | None:
@@ -51,8 +51,11 @@ def _le(data: bytes, at: int, size: int, signed: bool = False) -> int:
 def _jpeg(data: bytes) -> Size | None:
     at = 2
     while at + 4 <= len(data):
-        if data[at] != 0xFF:
-            return None
+        if data[at] != 0xFF:  # stray bytes before a marker: skipped, as libjpeg does
+            at = data.find(b"\xff", at)
+            if at < 0:
+                return None
+            continue
         marker = data[at + 1]
         if marker == 0xFF:  # fill byte
             at += 1
@@ -96,12 +99,13 @@ def _tiff(data: bytes) -> Size | None:
         return int.from_bytes(data[at : at + size], order)  # type: ignore[arg-type]
 
     ifd = number(4, 4)
-    found: dict[int, int] = {}
+    found: dict[int, int | None] = {}
     for entry in range(number(ifd, 2)):
         at = ifd + 2 + 12 * entry
-        tag, kind = number(at, 2), number(at + 2, 2)
-        if tag in (256, 257) and kind in (3, 4):  # SHORT or LONG
-            found[tag] = number(at + 8, 2 if kind == 3 else 4)
-    if 256 in found and 257 in found:
-        return found[256], found[257]
-    return None
+        tag, kind, count = number(at, 2), number(at + 2, 2), number(at + 4, 4)
+        if tag in (256, 257) and tag not in found:  # the first entry of a tag is the one decoders use
+            found[tag] = number(at + 8, 2 if kind == 3 else 4) if kind in (3, 4) and count == 1 else None
+    width, height = found.get(256), found.get(257)
+    if width is None or height is None:  # missing, or of a type read otherwise: not vouched for
+        return None
+    return width, height

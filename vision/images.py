@@ -79,7 +79,10 @@ def decode_image(data: bytes, what: str, max_pixels: int = MAX_PIXELS) -> npt.ND
     checked on the header before anything is decoded: a small file may declare billions of pixels."""
     declared = declared_size(data)
     if declared is None:
-        raise ImageError(f"{what}: not a readable image (send a {FORMATS} image)")
+        raise ImageError(
+            f"{what}: not a readable image (its header is cut short or damaged, or it is not a {FORMATS} "
+            "image)"
+        )
     width, height = declared
     if width * height > max_pixels:
         raise ImageError(

@@ -38,9 +38,9 @@ def expression_input(
     side = max(1, round(max(x2 - x1, y2 - y1) * (1 + 2 * EXPRESSION_BOX_PADDING)))
     left, top = round((x1 + x2 - side) / 2), round((y1 + y2 - side) / 2)
     right, bottom = left + side, top + side
-    inside = frame_bgr[max(0, top) : min(height, bottom), max(0, left) : min(width, right)]
-    if inside.size == 0:
+    if right <= 0 or bottom <= 0 or left >= width or top >= height:  # wholly outside the frame
         return np.full((EXPRESSION_SIZE, EXPRESSION_SIZE, 1), -1.0, dtype=np.float32)
+    inside = frame_bgr[max(0, top) : min(height, bottom), max(0, left) : min(width, right)]
     grey = cv2.cvtColor(inside, cv2.COLOR_BGR2GRAY)
     outside = (max(0, -top), max(0, bottom - height), max(0, -left), max(0, right - width))
     if any(outside):

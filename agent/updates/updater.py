@@ -496,7 +496,10 @@ class ModelUpdater:
         try:
             await asyncio.wrap_future(switch.done)
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:  # activating it on disk: worth another try once there is room
+            if exc.errno in (
+                errno.ENOSPC,
+                errno.EDQUOT,
+            ):  # activating it: worth another try once there is room
                 raise DiskFullError(
                     f"disk full while activating model {stored.manifest.model_id} in {self.store.root}; "
                     "free space or lower [models] keep_versions"

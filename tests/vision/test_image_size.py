@@ -55,8 +55,40 @@ def test_hand_made_headers() -> None:
     extended_webp = b"RIFF\x00\x00\x00\x00WEBPVP8X" + bytes(8) + (WIDTH - 1).to_bytes(3, "little")
     extended_webp += (HEIGHT - 1).to_bytes(3, "little")
     top_down_bmp = b"BM" + bytes(12) + struct.pack("<Iii", 40, WIDTH, -HEIGHT)
-    for data in (big_endian_tiff, extended_webp, top_down_bmp, b"P2\n# made by hand\n53 37\n255\n0"):
+    ok, data = cv2.imencode(".jpg", NOISE)
+    assert ok
+    jpeg = data.tobytes()
+    table = jpeg.index(b"\xff\xdb")
+    stray_bytes_jpeg = jpeg[:table] + b"\x00\x00" + jpeg[table:]  # libjpeg skips them, with a warning
+    assert cv2.imdecode(np.frombuffer(stray_bytes_jpeg, np.uint8), cv2.IMREAD_COLOR).shape[:2] == (
+        HEIGHT,
+        WIDTH,
+    )
+    for data in (
+        big_endian_tiff,
+        extended_webp,
+        top_down_bmp,
+        b"P2\n# made by hand\n53 37\n255\n0",
+        b"P2\r# a comment ended by a carriage return\r53 37\r255\r0",
+        stray_bytes_jpeg,
+    ):
         assert declared_size(data) == (WIDTH, HEIGHT), data[:4]
+
+
+def tiff(*entries: tuple[int, int, int, int]) -> bytes:
+    """A little-endian TIFF header with these (tag, type, count, value) entries in its first directory."""
+    data = b"II*\x00" + struct.pack("<IH", 8, len(entries))
+    return data + b"".join(struct.pack("<HHII", *entry) for entry in entries)
+
+
+def test_a_tiff_tag_counts_by_its_first_entry_as_decoders_read_it() -> None:
+    """A later entry of the same tag cannot make a large image look small; an entry of another type than
+    SHORT or LONG is not vouched for."""
+    short, long_, signed = 3, 4, 9
+    repeated = tiff((256, short, 1, 64), (257, short, 1, 64), (256, short, 1, 8), (257, short, 1, 8))
+    assert declared_size(repeated) == (64, 64)
+    assert declared_size(tiff((256, long_, 1, 20_000), (257, short, 1, 20_000))) == (20_000, 20_000)
+    assert declared_size(tiff((256, signed, 1, 64), (257, short, 1, 64), (256, short, 1, 8))) is None
 
 
 def test_what_it_cannot_read_is_none() -> None:

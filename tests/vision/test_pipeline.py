@@ -296,8 +296,10 @@ def test_a_face_at_the_frame_edge_stays_centred_in_the_expression_input() -> Non
     frame[:, 10] = 255  # a line through the box's centre, which is 10 px from the frame's left edge
     tensor = expression_input(frame, np.array([-10, 50, 30, 110], dtype=np.float32))
     assert int(np.argmax(tensor[:, :, 0].sum(axis=0))) in (31, 32, 33)
-    outside = expression_input(frame, np.array([-300, -300, -200, -200], dtype=np.float32))
-    assert outside.shape == (64, 64, 1) and np.all(outside == -1.0)
+    white = np.full_like(frame, 255)
+    for box in ([-300, -300, -200, -200], [50, -300, 150, -200], [-300, 50, -200, 150], [300, 50, 400, 150]):
+        outside = expression_input(white, np.array(box, dtype=np.float32))  # above, left, right of the frame
+        assert outside.shape == (64, 64, 1) and np.all(outside == -1.0), box
 
 
 def test_detections_match_opencv_face_detector_yn(

@@ -19,7 +19,7 @@ from facefleet.link.checks import (
 from facefleet.link.errors import LinkError
 from facefleet.link.gallery import Embedding
 from facefleet.vision.faces import EXPRESSION_LABELS
-from facefleet.vision.image_size import declared_size
+from facefleet.vision.images.header import declared_size
 
 EventKind = Literal["face", "access"]
 Decision = Literal["match", "unknown", "ambiguous", "undecided", "granted", "denied"]

@@ -35,7 +35,7 @@ from facefleet.server.errors import FailedPreconditionError, InvalidArgumentErro
 from facefleet.server.gallery.embedder import Enroller
 from facefleet.server.gallery.people import PeopleHandler
 from facefleet.server.state.interface import State
-from facefleet.vision.image_size import declared_size
+from facefleet.vision.images.header import declared_size
 
 CROP_SIZE = 112
 Frame = npt.NDArray[np.uint8]

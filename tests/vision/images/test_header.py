@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from facefleet.vision.image_size import declared_size
+from facefleet.vision.images.header import declared_size
 
 WIDTH, HEIGHT = 53, 37
 NOISE = np.random.default_rng(0).integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)

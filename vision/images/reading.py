@@ -11,7 +11,7 @@ import numpy.typing as npt
 
 from facefleet.core.errors import EXIT_NO_INPUT
 from facefleet.vision.errors import ImageError
-from facefleet.vision.image_size import FORMATS, declared_size
+from facefleet.vision.images.header import FORMATS, declared_size
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_PIXELS = 100_000_000

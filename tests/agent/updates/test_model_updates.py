@@ -444,11 +444,9 @@ def test_a_task_the_agent_does_not_run_is_refused_and_stale_partial_downloads_ar
     assert not stale.exists()
 
 
-def test_a_full_disk_refuses_the_version_keeps_the_running_one_and_tells_the_server(
-    agent: Agent, published: ModelStore, tiny_disk: Path
-) -> None:
-    (agent.store.root / ".downloads").symlink_to(tiny_disk, target_is_directory=True)
-    fill(tiny_disk)
+def refused_for_now(agent: Agent, published: ModelStore) -> tuple[FileServer, ModelRelease, ModelStatus]:
+    """Roll the published expression model out to an agent that cannot take it yet: the reconcile asks to be
+    tried again, the running version stays, on disk too. The server, the release and the last status."""
     before = expression_of(agent.analyzer)
     server = FileServer(published)
     release = release_of(published.models()[0])
@@ -456,8 +454,16 @@ def test_a_full_disk_refuses_the_version_keeps_the_running_one_and_tells_the_ser
         agent.reconcile(server, release)
     assert expression_of(agent.analyzer) == before
     assert agent.store.active("expression").manifest.model_id == before
+    return server, release, server.reports[-1][0]
+
+
+def test_a_full_disk_refuses_the_version_keeps_the_running_one_and_tells_the_server(
+    agent: Agent, published: ModelStore, tiny_disk: Path
+) -> None:
+    (agent.store.root / ".downloads").symlink_to(tiny_disk, target_is_directory=True)
+    fill(tiny_disk)
+    server, release, refused = refused_for_now(agent, published)
     assert server.states("expression")[-1] == "failed"
-    refused = server.reports[-1][0]
     assert "disk full while downloading" in refused.reason and not refused.final
     assert [p.name for p in tiny_disk.iterdir()] == ["filler"]
     (tiny_disk / "filler").unlink()  # space freed: the next try of the same rollout succeeds
@@ -482,14 +488,7 @@ def test_a_full_disk_when_the_version_is_activated_is_tried_again_without_a_new_
 ) -> None:
     shutil.copytree(model_store.root, tmp_path / "models")
     agent = FullDiskAgent(agent_runtime, tmp_path / "models")
-    before = expression_of(agent.analyzer)
-    server = FileServer(published)
-    release = release_of(published.models()[0])
-    with pytest.raises(RetryLaterError):
-        agent.reconcile(server, release)
-    assert expression_of(agent.analyzer) == before
-    assert agent.store.active("expression").manifest.model_id == before
-    refused = server.reports[-1][0]
+    server, release, refused = refused_for_now(agent, published)
     assert refused.state == "failed" and not refused.final
     assert f"disk full while activating model {release.model_id}" in refused.reason
     assert release.model_id in [m.manifest.model_id for m in agent.store.versions("expression")]

@@ -16,7 +16,7 @@ from facefleet.vision.pipeline import FaceAnalyzer
 from facefleet.vision.runtime import Runtime
 from tests.server.conftest import Pki, encode, run, serving
 from tests.tmpfs import fill, mounted_tmpfs
-from tests.vision.test_images import jpeg_with_orientation
+from tests.vision.images.test_reading import jpeg_with_orientation
 
 
 def unit_vector(dim: int = 128, seed: int = 0) -> bytes:

@@ -49,6 +49,10 @@ class StoreReadOnlyError(StoreError):
     """The store (or its directory) cannot be written by this process."""
 
 
+class StoreFullError(StoreError):
+    """The disk holding the store is full (or the user's quota spent); nothing was written."""
+
+
 class StoreBusyError(StoreError):
     """Another process held the write lock for longer than the busy timeout."""
 

@@ -20,6 +20,7 @@ from facefleet.agent.domain.records import (
     StoreCorruptError,
     StoreError,
     StoreFormatError,
+    StoreFullError,
     StoreReadOnlyError,
 )
 from facefleet.core.files import create_private
@@ -273,7 +274,9 @@ def _translate(exc: sqlite3.Error, path: Path, busy_timeout_ms: int) -> StoreErr
             "that the server re-fills"
         )
     if "full" in message:
-        return StoreError(f"store {path}: the disk is full ({exc}); free space there - nothing was written")
+        return StoreFullError(
+            f"store {path}: the disk is full ({exc}); free space there - nothing was written"
+        )
     if "unable to open" in message:
         return StoreError(f"cannot open store {path} ({exc}); check the path and its permissions")
     return StoreError(f"store {path}: {exc}")

@@ -43,6 +43,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
+from facefleet.agent.domain.records import StoreFullError
 from facefleet.agent.recognition.matching import LoadedGalleries
 from facefleet.agent.updates.candidates import (
     measured_setting,
@@ -90,6 +91,8 @@ TRANSIENT_ERRORS = (DiskFullError, GalleryTimeoutError, WithdrawError)
 """Refusals worth another try later: the disk may be cleaned up, the server may come back."""
 
 ANALYZER_TASKS = ("detection", "embedding", "expression")
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+"""A full disk, or the user's quota spent."""
 
 
 @dataclass(frozen=True)
@@ -492,17 +495,14 @@ class ModelUpdater:
         """Give the verified analyzer to the frame loop and wait until it runs (a last chance to abandon)."""
         self._still_wanted(release)
         switch = Switch(release, stored, analyzer, concurrent.futures.Future())
-        await asyncio.to_thread(self.switch, switch)  # the service may prepare the gallery here
         try:
+            await asyncio.to_thread(self.switch, switch)  # the service may prepare the gallery here
             await asyncio.wrap_future(switch.done)
-        except OSError as exc:
-            if exc.errno in (
-                errno.ENOSPC,
-                errno.EDQUOT,
-            ):  # activating it: worth another try once there is room
+        except (OSError, StoreFullError) as exc:
+            if isinstance(exc, StoreFullError) or exc.errno in DISK_FULL_ERRNOS:  # worth another try later
                 raise DiskFullError(
-                    f"disk full while activating model {stored.manifest.model_id} in {self.store.root}; "
-                    "free space or lower [models] keep_versions"
+                    f"disk full while switching to model {stored.manifest.model_id} ({reason(exc)}); free "
+                    "space or lower [models] keep_versions"
                 ) from None
             raise
 

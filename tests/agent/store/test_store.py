@@ -34,6 +34,7 @@ from facefleet.agent.domain.records import (
     StoreBusyError,
     StoreError,
     StoreFormatError,
+    StoreFullError,
     StoreReadOnlyError,
     UnknownPersonError,
 )
@@ -42,6 +43,7 @@ from facefleet.agent.store.connection import StoreConnection
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.agent.store.migrations import MIGRATIONS
 from facefleet.agent.store.outbox import OUTBOX_DROPPED
+from tests.tmpfs import fill, mounted_tmpfs
 
 MODEL = "sface@2021dec"
 FloatArray = npt.NDArray[np.float32]
@@ -652,3 +654,19 @@ def test_audit_log_appends_and_prunes_by_age(store: EmbeddingStore) -> None:
     ]
     assert store.increment("doors_opened", 2) == 2
     assert store.counter("doors_opened") == 2
+
+
+def test_a_write_on_a_full_disk_is_a_store_full_error_and_keeps_what_was_stored(tmp_path: Path) -> None:
+    """SQLite's "database or disk is full" is told apart (the model updater retries a switch it stopped)."""
+    crowd = [PersonUpsert(Person(f"p{index}"), (embedding(index),)) for index in range(200)]
+    with mounted_tmpfs(tmp_path / "disk", "1m") as disk, EmbeddingStore(disk / "agent.db") as store:
+        store.gallery.apply_batch([PersonUpsert(Person("alice"), (embedding(1),))])
+        revision = store.gallery.revision()
+        fill(disk)
+        with pytest.raises(
+            StoreFullError, match=r"the disk is full .*free space there - nothing was written"
+        ):
+            store.gallery.apply_batch(crowd)
+        (disk / "filler").unlink()
+        assert [p.person_id for p in store.gallery.people()] == ["alice"]
+        assert store.gallery.revision() == revision

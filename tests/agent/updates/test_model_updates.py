@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from facefleet.agent.cli.main import main as cli_main
+from facefleet.agent.domain.records import StoreFullError
 from facefleet.agent.updates.download import DiskFullError, download, part_path
 from facefleet.agent.updates.statuses import STATUS_FILE
 from facefleet.agent.updates.updater import ModelUpdater, RetryLaterError, Switch, UpdateSettings
@@ -472,28 +473,40 @@ def test_a_full_disk_refuses_the_version_keeps_the_running_one_and_tells_the_ser
 
 
 class FullDiskAgent(Agent):
-    """An agent whose disk is full when a new version is activated (the service's switch fails so)."""
+    """An agent whose disk is full when it switches to a new version: `full` is the error its switch fails
+    with (the service's: writing active.json, or the store reading the new model's gallery), None once
+    there is room."""
 
-    full = True
+    full: Exception | None = None
 
     def switch(self, switch: Switch) -> None:
-        if self.full:
-            switch.done.set_exception(OSError(errno.ENOSPC, "No space left on device"))
+        if self.full is not None:
+            switch.done.set_exception(self.full)
         else:
             super().switch(switch)
 
 
-def test_a_full_disk_when_the_version_is_activated_is_tried_again_without_a_new_download(
-    tmp_path: Path, agent_runtime: Runtime, model_store: ModelStore, published: ModelStore
+@pytest.mark.parametrize(
+    "full",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        OSError(errno.EDQUOT, "Disk quota exceeded"),
+        StoreFullError("store agent.db: the disk is full (database or disk is full); free space there"),
+    ],
+    ids=["no-space", "quota", "store"],
+)
+def test_a_full_disk_when_the_version_is_switched_to_is_tried_again_without_a_new_download(
+    tmp_path: Path, agent_runtime: Runtime, model_store: ModelStore, published: ModelStore, full: Exception
 ) -> None:
     shutil.copytree(model_store.root, tmp_path / "models")
     agent = FullDiskAgent(agent_runtime, tmp_path / "models")
+    agent.full = full
     server, release, refused = refused_for_now(agent, published)
     assert refused.state == "failed" and not refused.final
-    assert f"disk full while activating model {release.model_id}" in refused.reason
+    assert f"disk full while switching to model {release.model_id}" in refused.reason
     assert release.model_id in [m.manifest.model_id for m in agent.store.versions("expression")]
     downloaded = len(server.requests)
-    agent.full = False  # space freed: the next try switches to the version it stored
+    agent.full = None  # space freed: the next try switches to the version it stored
     agent.reconcile(server, release)
     assert expression_of(agent.analyzer) == release.model_id
     assert len(server.requests) == downloaded

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from facefleet.link.checks import check_utc
 from facefleet.link.errors import LinkError
-from facefleet.server.domain.queries import NOT_ISSUED, _encode_token, timed_cursor
+from facefleet.server.domain.queries import NOT_ISSUED, _encode_token, time_range, timed_cursor
 from facefleet.server.errors import InvalidArgumentError, ServerError
 
 LOCAL = "local"
@@ -86,12 +86,9 @@ class AuditFilter:
     action: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "since", check_utc("audit since", self.since))
-        object.__setattr__(self, "until", check_utc("audit until", self.until))
-        if self.until <= self.since:
-            raise InvalidArgumentError(
-                f"audit until {self.until.isoformat()} must be after since {self.since.isoformat()}"
-            )
+        since, until = time_range("audit", ("since", self.since), ("until", self.until))
+        object.__setattr__(self, "since", since)
+        object.__setattr__(self, "until", until)
         if len(self.who) > MAX_WHO_CHARS or len(self.action) > MAX_ACTION_CHARS:
             raise InvalidArgumentError(
                 f"audit who and action filters: at most {MAX_WHO_CHARS} and {MAX_ACTION_CHARS} characters"

@@ -48,12 +48,9 @@ class EventFilter:
     doors: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "start", check_utc("filter start", self.start))
-        object.__setattr__(self, "end", check_utc("filter end", self.end))
-        if self.end <= self.start:
-            raise InvalidArgumentError(
-                f"filter end {self.end.isoformat()} must be after start {self.start.isoformat()}"
-            )
+        start, end = time_range("filter", ("start", self.start), ("end", self.end))
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "end", end)
         if self.end - self.start > MAX_RANGE:
             raise InvalidArgumentError(f"filter time range is over {MAX_RANGE.days} days; narrow it")
         for name, values in (("device_ids", self.device_ids), ("person_ids", self.person_ids)):
@@ -83,6 +80,21 @@ class EventFilter:
         if self.person_ids:
             raise InvalidArgumentError(f"{query} cannot filter by person_ids; use ListEvents")
         return self
+
+
+def time_range(
+    what: str, start: tuple[str, datetime], end: tuple[str, datetime]
+) -> tuple[datetime, datetime]:
+    """A filter's half-open time range, each end given with its name, in UTC; InvalidArgumentError when an end
+    has no time zone (LinkError) or the range is empty."""
+    (start_name, start_time), (end_name, end_time) = start, end
+    start_time = check_utc(f"{what} {start_name}", start_time)
+    end_time = check_utc(f"{what} {end_name}", end_time)
+    if end_time <= start_time:
+        raise InvalidArgumentError(
+            f"{what} {end_name} {end_time.isoformat()} must be after {start_name} {start_time.isoformat()}"
+        )
+    return start_time, end_time
 
 
 def check_filter_name(name: str, value: str) -> None:

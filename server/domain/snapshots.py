@@ -17,9 +17,9 @@ from typing import Literal, get_args
 import numpy as np
 import numpy.typing as npt
 
-from facefleet.link.checks import check_id, check_utc
+from facefleet.link.checks import check_id
 from facefleet.link.events import DECISIONS
-from facefleet.server.domain.queries import _encode_token, check_filter_name, timed_cursor
+from facefleet.server.domain.queries import _encode_token, check_filter_name, time_range, timed_cursor
 from facefleet.server.errors import InvalidArgumentError
 
 SnapshotStatus = Literal["new", "dismissed", "enrolled"]
@@ -60,12 +60,9 @@ class SnapshotFilter:
     status: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "since", check_utc("filter since", self.since))
-        object.__setattr__(self, "until", check_utc("filter until", self.until))
-        if self.until <= self.since:
-            raise InvalidArgumentError(
-                f"filter until {self.until.isoformat()} must be after since {self.since.isoformat()}"
-            )
+        since, until = time_range("filter", ("since", self.since), ("until", self.until))
+        object.__setattr__(self, "since", since)
+        object.__setattr__(self, "until", until)
         if self.device_id:
             check_id("device_id", self.device_id)
         if self.camera:

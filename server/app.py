@@ -121,7 +121,7 @@ class FleetServer:
             pool_size=config.state.pool_size,
         )
         self.models = ModelStore(paths.models)
-        self.catalog = ModelCatalog(self.state.models, self.models)
+        self.catalog = ModelCatalog(self.state.models, self.models, limits=config.models.conversion_limits())
         self._runtime: Runtime | None = None
         self._runtime_lock = threading.Lock()
         self.enrolment = EnrolmentModels(config, paths, self.state, self.models, self._get_runtime, enroller)

@@ -33,6 +33,13 @@ class ModelSpecError(FaceFleetError):
     exit_code = EXIT_DATA
 
 
+class ConversionLimitError(FaceFleetError):
+    """Converting a model needed more memory or time than its limits allow, or the converting child process
+    died."""
+
+    exit_code = EXIT_DATA
+
+
 class StorageFullError(ModelStoreError):
     """A model could not be written: the disk holding the model store is full."""
 

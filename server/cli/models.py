@@ -207,7 +207,12 @@ def _catalog(context: Context, runtime: Runtime | None = None) -> ModelCatalog |
 
 
 def _local_catalog(context: Context, runtime: Runtime | None = None) -> ModelCatalog:
-    return ModelCatalog(context.state.models, ModelStore(context.paths.models), runtime)
+    return ModelCatalog(
+        context.state.models,
+        ModelStore(context.paths.models),
+        runtime,
+        context.config.models.conversion_limits(),
+    )
 
 
 def _import_defaults(context: Context, args: argparse.Namespace) -> int:

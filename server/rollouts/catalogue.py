@@ -21,11 +21,13 @@ from facefleet.server.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    ResourceExhaustedError,
     disk_full,
     is_disk_full,
 )
 from facefleet.server.state.models import ModelState
-from facefleet.vision.errors import ModelSpecError, StorageFullError
+from facefleet.vision.errors import ConversionLimitError, ModelSpecError, StorageFullError
+from facefleet.vision.models.conversion import ConversionLimits
 from facefleet.vision.models.importer import MODEL_SUFFIXES, PRECISIONS, import_model
 from facefleet.vision.models.manifest import MANIFEST_NAME, check_part
 from facefleet.vision.models.store import MODEL_XML, ModelStore, StoredModel
@@ -34,12 +36,20 @@ from facefleet.vision.runtime import Runtime
 
 class ModelCatalog:
     """Published models: their records in `state` and their files in `store` (the server's model store).
-    runtime: converts models on publish (not needed to list, show, retire or serve downloads)."""
+    runtime: converts models on publish (not needed to list, show, retire or serve downloads); limits: a
+    published file is converted in a child process held to them (None: in this process)."""
 
-    def __init__(self, state: ModelState, store: ModelStore, runtime: Runtime | None = None) -> None:
+    def __init__(
+        self,
+        state: ModelState,
+        store: ModelStore,
+        runtime: Runtime | None = None,
+        limits: ConversionLimits | None = None,
+    ) -> None:
         self.state = state
         self.store = store
         self.runtime = runtime
+        self.limits = limits
 
     def publish(
         self,
@@ -87,9 +97,12 @@ class ModelCatalog:
                 licence=licence,
                 precision=precision,
                 activate=False,
+                limits=self.limits,
             )
         except ModelSpecError as exc:
             raise InvalidArgumentError(f"cannot publish {model_id}: {exc}") from None
+        except ConversionLimitError as exc:
+            raise ResourceExhaustedError(f"cannot publish {model_id}: {exc}") from None
         except StorageFullError:
             raise disk_full("model store", self.store.root) from None
         except OSError as exc:

@@ -229,7 +229,9 @@ class ModelAdmin:
     ) -> PublishedModel:
         started.set()
         try:
-            catalog = ModelCatalog(self.catalog.state, self.catalog.store, self.runtime())
+            catalog = ModelCatalog(
+                self.catalog.state, self.catalog.store, self.runtime(), self.catalog.limits
+            )
             with self._converting:  # one conversion at a time: each takes all cores for a while
                 return catalog.publish(
                     directory / header.source,

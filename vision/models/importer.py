@@ -11,8 +11,8 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 from facefleet.vision.errors import ModelSpecError, ModelStoreError
+from facefleet.vision.models.conversion import ConversionLimits, convert_in_child, convert_source
 from facefleet.vision.models.manifest import ModelManifest, Source, sha256_file
-from facefleet.vision.models.onnx_fold import fold_blocked_dequantize
 from facefleet.vision.models.store import MODEL_XML, ModelStore, StoredModel
 from facefleet.vision.models.tasks import check_fits
 from facefleet.vision.runtime import Runtime
@@ -107,10 +107,12 @@ def import_model(
     package: tuple[str, str] | None = None,
     activate: bool | None = None,
     weights: Path | None = None,
+    limits: ConversionLimits | None = None,
 ) -> StoredModel:
     """Convert source into the store as task/name/version; activate it (default: when the task has none).
     An OpenVINO IR is its .xml as source with its .bin as weights (default: NAME.bin beside NAME.xml); it is
-    saved again like a converted model, with the same compression and task checks."""
+    saved again like a converted model, with the same compression and task checks. limits: convert in a
+    child process held to them (a file from outside: see conversion)."""
     if precision not in PRECISIONS:
         raise ModelSpecError(f"precision '{precision}' is not supported; use one of {', '.join(PRECISIONS)}")
     if not source.is_file():
@@ -135,18 +137,11 @@ def import_model(
         return _maybe_activate(store, existing, activate)
     staged = store.staging_dir()
     try:
-        readable = source
-        if source.suffix.lower() == ".onnx":
-            readable = staged / "folded.onnx"
-            if fold_blocked_dequantize(source, readable) == 0:
-                readable.unlink()
-                readable = source
-        io = runtime.convert_to_ir(
-            readable, staged / MODEL_XML, compress_to_fp16=precision == "FP16", weights=ir_bin
-        )
+        if limits is None:
+            io = convert_source(runtime, source, staged / MODEL_XML, precision, ir_bin)
+        else:
+            io = convert_in_child(source, staged / MODEL_XML, precision, ir_bin, limits)
         check_fits(task, io, str(source))
-        if readable != source:
-            readable.unlink()
         manifest = ModelManifest(
             task=task,
             name=name,

@@ -173,7 +173,8 @@ class AdminServiceServicer:
         `models.max_upload_bytes`; its temporary files are removed whatever happens.
         Errors: INVALID_ARGUMENT (no header first, a file name with path parts, a chunk of a file the header
         did not announce, an announced file never sent, a model that does not fit its task — naming the
-        problem), RESOURCE_EXHAUSTED (the upload exceeds max_upload_bytes; nothing is stored),
+        problem), RESOURCE_EXHAUSTED (the upload exceeds max_upload_bytes, or its conversion needs more memory
+        or time than models.convert_memory_bytes or models.convert_timeout_s allow; nothing is stored),
         ALREADY_EXISTS (the model id is published with other files). Publishing the same files again
         returns the published model.
         """

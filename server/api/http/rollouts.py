@@ -211,8 +211,9 @@ PUBLISH_FORM = {
                             "items": {"type": "string", "format": "binary"},
                             "maxItems": 2,
                             "description": "One .onnx or .tflite file, or an OpenVINO IR pair NAME.xml "
-                            "+ NAME.bin (bare file names); at most models.max_upload_bytes together. The "
-                            "fields come first.",
+                            "+ NAME.bin (bare file names); at most models.max_upload_bytes together, "
+                            "converted within models.convert_memory_bytes and models.convert_timeout_s "
+                            "(413 otherwise). The fields come first.",
                         },
                     },
                 }

@@ -1,11 +1,15 @@
 """Converting a model file to IR for the store, in this process or in a child process with a memory and a
 time limit.
 
-A model file of a few hundred bytes can make OpenVINO's converter build tensors of any size (a
-ConstantOfShape of n×n is folded into n² floats), so a file that crosses a process boundary (a server
-upload) is converted in a child whose data segment is limited (RLIMIT_DATA): the child fails, and the
-process that asked is unharmed. The child is `python -m facefleet.vision.models.conversion`: the request
-as JSON on its standard input, the reply as one JSON line on its standard output.
+A model file of a few KB can make OpenVINO build tensors of any size (a ConstantOfShape of n×n is folded
+into n² floats), so a file that crosses a process boundary (a server upload) is converted in a child whose
+data segment is limited (RLIMIT_DATA): the child fails, and the process that asked is unharmed. The child
+also compiles the converted model once for the CPU, on one thread: an IR's constants are folded only when
+it is compiled, so a model that passes here does not then take the memory of the server that re-embeds
+with it or of the agents it is rolled out to.
+
+The child is `python -m facefleet.vision.models.conversion`: the request as JSON on its standard input,
+the reply as one JSON line on its standard output.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from facefleet.vision.errors import (
     StorageFullError,
 )
 from facefleet.vision.models.onnx_fold import fold_blocked_dequantize
-from facefleet.vision.runtime import ModelIO, Runtime, TensorSpec
+from facefleet.vision.runtime import ModelIO, Runtime, RuntimeSettings, TensorSpec
 
 MAX_REPLY_BYTES = 1 << 20
 """A reply longer than this is no reply of ours."""
@@ -37,6 +41,8 @@ REPLY_ERRORS: dict[str, type[Exception]] = {
     "full": StorageFullError,
 }
 """A child's error kind → the exception the parent raises (a "memory" kind: ConversionLimitError)."""
+CHECK_SETTINGS = RuntimeSettings(device="CPU", num_streams=1, num_threads=1)
+"""How the child compiles a converted model to check it: the CPU, one stream, one thread."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,7 @@ def convert_in_child(
     if reply.get("error") == "memory":
         raise ConversionLimitError(
             f"{source}: converting this model needs more memory than {limits.memory_setting} "
-            f"({limits.memory_bytes} bytes) allows; nothing was stored. A model of a few hundred bytes "
+            f"({limits.memory_bytes} bytes) allows; nothing was stored. A model of a few KB "
             f"can declare tensors of any size: check the model, or raise {limits.memory_setting} for a "
             f"model you trust ({message})"
         )
@@ -152,6 +158,17 @@ def _out_of_memory(exc: BaseException) -> bool:
     return False
 
 
+def _check_compiles(runtime: Runtime, source: Path, target_xml: Path) -> None:
+    try:
+        runtime.compile(target_xml)
+    except RuntimeError as exc:
+        if _out_of_memory(exc):
+            raise
+        raise ModelSpecError(
+            f"{source}: OpenVINO cannot compile this model for the CPU: {_last_line(exc)}"
+        ) from exc
+
+
 def _last_line(exc: BaseException) -> str:
     lines = [line for line in str(exc).splitlines() if line.strip()]
     return lines[-1][:300] if lines else type(exc).__name__
@@ -161,14 +178,13 @@ def _child(request: dict[str, Any]) -> dict[str, Any]:
     memory = int(request["memory_bytes"])
     resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
     weights = request["weights"]
+    source, target = Path(request["source"]), Path(request["target"])
+    runtime = Runtime(CHECK_SETTINGS)
     try:
         io = convert_source(
-            Runtime(),
-            Path(request["source"]),
-            Path(request["target"]),
-            str(request["precision"]),
-            None if weights is None else Path(weights),
+            runtime, source, target, str(request["precision"]), None if weights is None else Path(weights)
         )
+        _check_compiles(runtime, source, target)
     except Exception as exc:
         if _out_of_memory(exc):
             return {"error": "memory", "message": _last_line(exc)}

@@ -24,7 +24,7 @@ from facefleet.server.rollouts.uploads import UploadHeader
 from facefleet.v1 import admin_pb2, fleet_pb2
 from tests.server.conftest import Harness, Pki, next_update, run, serving
 from tests.server.fleet.test_fleet_service import random_embedding
-from tests.vision.models.bomb_onnx import constant_bomb_onnx
+from tests.vision.models.bombs import broadcast_bomb_ir, constant_bomb_onnx
 
 OLD = "mini-xception@fer2013"
 NEW = "mini-xception@fer2013-fp32"
@@ -172,24 +172,31 @@ def test_bad_uploads_are_refused_and_leave_nothing(
         assert str(tmp_path) not in details  # the upload's temporary directory is not the caller's business
 
 
-def test_a_conversion_bomb_is_refused_and_the_server_publishes_on(
+def test_model_bombs_are_refused_and_the_server_publishes_on(
     tmp_path: Path, pki: Pki, enroller: Enroller, fer_tflite: Path
 ) -> None:
-    bomb = constant_bomb_onnx(tmp_path / "bomb.onnx", 20_000).read_bytes()  # 2 KB, 1.6 GB to convert
+    onnx = constant_bomb_onnx(tmp_path / "bomb.onnx", 20_000)  # 2 KB, 1.6 GB to convert
+    ir = broadcast_bomb_ir(tmp_path / "bomb.xml", 20_000)  # 6 KB, 1.6 GB to compile
+    bombs = {
+        "bomb@onnx": {"model.onnx": onnx.read_bytes()},
+        "bomb@ir": {"model.xml": ir.read_bytes(), "model.bin": ir.with_suffix(".bin").read_bytes()},
+    }
 
     async def scenario() -> None:
         async with serving(
             tmp_path, pki, enroller, models={"convert_memory_bytes": 512 * 1024 * 1024}
         ) as harness:
-            requests = upload({"model.onnx": bomb}, task="embedding", name="bomb", version="v1")
-            code, details = await failure(harness.admin().PublishModel(requests, metadata=harness.admin_md))
-            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
-            assert (
-                "cannot publish bomb@v1: model.onnx: converting this model needs more memory than " in details
-            )
-            assert "models.convert_memory_bytes (536870912 bytes)" in details
-            assert await listed(harness) == [] and leftovers(harness) == []
-            assert [p for p in harness.server.models.root.rglob("*") if p.is_file()] == []
+            for model_id, files in bombs.items():
+                version = model_id.split("@")[1]
+                requests = upload(files, task="embedding", name="bomb", version=version)
+                code, details = await failure(
+                    harness.admin().PublishModel(requests, metadata=harness.admin_md)
+                )
+                assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+                assert f"cannot publish {model_id}: " in details
+                assert "needs more memory than models.convert_memory_bytes (536870912 bytes)" in details
+                assert await listed(harness) == [] and leftovers(harness) == []
+                assert [p for p in harness.server.models.root.rglob("*") if p.is_file()] == []
             published = await harness.admin().PublishModel(
                 upload({"emotion.tflite": fer_tflite.read_bytes()}), metadata=harness.admin_md
             )

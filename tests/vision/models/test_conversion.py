@@ -15,7 +15,7 @@ from facefleet.vision.models.importer import import_model
 from facefleet.vision.models.manifest import sha256_file
 from facefleet.vision.models.store import ModelStore
 from facefleet.vision.runtime import Runtime
-from tests.vision.models.bomb_onnx import constant_bomb_onnx
+from tests.vision.models.bombs import broadcast_bomb_ir, constant_bomb_onnx
 from tests.vision.models.test_model_store import default_path
 
 LIMITS = ConversionLimits(512 << 20, 120, "models.convert_memory_bytes", "models.convert_timeout_s")
@@ -44,15 +44,20 @@ def test_a_model_converted_in_a_child_is_the_one_converted_here(runtime: Runtime
     assert child_store.verify_files(there) == []
 
 
-def test_a_conversion_bomb_is_stopped_by_the_memory_limit_and_nothing_is_stored(
-    runtime: Runtime, tmp_path: Path
+BOMBS = {".onnx": constant_bomb_onnx, ".xml": broadcast_bomb_ir}
+"""The bombs by the suffix of their files: the ONNX folds its tensor when converted, the IR when compiled."""
+
+
+@pytest.mark.parametrize("suffix", sorted(BOMBS))
+def test_a_model_bomb_is_stopped_by_the_memory_limit_and_nothing_is_stored(
+    suffix: str, runtime: Runtime, tmp_path: Path
 ) -> None:
     store = ModelStore(tmp_path / "models")
-    small = constant_bomb_onnx(tmp_path / "small.onnx", 100)
+    small = BOMBS[suffix](tmp_path / f"small{suffix}", 100)
     kept = import_model(runtime, store, small, task="embedding", name="m", version="small", limits=LIMITS)
     before = stored_files(store)
-    bomb = constant_bomb_onnx(tmp_path / "bomb.onnx", 20_000)  # 4·20000² bytes = 1.6 GB to convert
-    assert bomb.stat().st_size < 2048
+    bomb = BOMBS[suffix](tmp_path / f"bomb{suffix}", 20_000)  # 4·20000² bytes = 1.6 GB
+    assert sum(p.stat().st_size for p in tmp_path.glob("bomb.*")) < 8192
     with pytest.raises(ConversionLimitError) as refused:
         import_model(runtime, store, bomb, task="embedding", name="m", version="bomb", limits=LIMITS)
     message = str(refused.value)

@@ -1,5 +1,6 @@
-"""A conversion bomb: an ONNX file of 2 KB, shaped like an embedding model, whose conversion
-builds an n×n tensor of ones (ConstantOfShape) before folding it to one number."""
+"""Model bombs: files of a few KB, shaped like an embedding model, that build an n×n tensor of ones before
+folding it to one number: an ONNX whose conversion does so (ConstantOfShape), and an OpenVINO IR that
+converts in no time and does so when it is compiled (Broadcast)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import openvino as ov
+import openvino.opset13 as ops
 from onnx import TensorProto, helper, numpy_helper
 
 
@@ -34,4 +37,17 @@ def constant_bomb_onnx(path: Path, n: int) -> Path:
         initializer=initializers,
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def broadcast_bomb_ir(path: Path, n: int) -> Path:
+    """path (NAME.xml, with NAME.bin beside it): input N×3×112×112 → N×128, like constant_bomb_onnx but
+    with a Broadcast that OpenVINO folds only when the model is compiled (n = 20000: 1.6 GB)."""
+    image = ops.parameter([1, 3, 112, 112], np.float32, name="input")
+    pooled = ops.reduce_mean(image, np.array([2, 3]), False)
+    projected = ops.matmul(pooled, ops.constant(np.ones((3, 128), np.float32)), False, False)
+    ones = ops.broadcast(ops.constant(np.float32(1.0)), ops.constant(np.array([n, n], np.int64)))
+    embedding = ops.add(projected, ops.reduce_sum(ones, np.array([0, 1]), False))
+    embedding.output(0).get_tensor().set_names({"embedding"})
+    ov.save_model(ov.Model([embedding], [image], "broadcast-bomb"), str(path), compress_to_fp16=False)
     return path

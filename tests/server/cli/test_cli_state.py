@@ -1,24 +1,30 @@
 """`facefleet-server state migrate --to postgresql://…` on a real PostgreSQL (a throwaway cluster): a
-populated SQLite state copied into an empty database has every table's row count, answers the same
-queries through the CLI when [state] url points at it, and goes on numbering after the copied ids."""
+populated SQLite state (rows in every table) copied into an empty database holds every row as it was,
+column by column, answers the same queries through the CLI when [state] url points at it, and goes on
+numbering after the copied ids."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+import cv2
 import numpy as np
 import psycopg
 import pytest
 
 from facefleet.core.errors import EXIT_OK
 from facefleet.link.checks import utc_now
-from facefleet.link.events import AttributesResult, Event
+from facefleet.link.events import AttributesResult, Event, FaceSnapshot
 from facefleet.link.gallery import Embedding, Person
+from facefleet.link.models import ModelFile, ModelStatus
 from facefleet.server.domain.audit import AuditEntry
+from facefleet.server.domain.devices import Certificate
+from facefleet.server.domain.models import PublishedModel, Target
 from facefleet.server.state.postgres.copy import TABLES
 from facefleet.server.state.postgres.state import PostgresState
 from facefleet.server.state.sqlite.state import SqliteState
@@ -27,16 +33,15 @@ from tests.server.cli.test_cli import run_cli
 from tests.server.cli.test_cli_backup import answers, populate
 
 
-def test_state_migrate_copies_every_table_and_the_server_answers_the_same(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], postgres_cluster: PostgresCluster
-) -> None:
-    source = tmp_path / "source"
-    populate(source)
-    state = SqliteState(source / "server.db")
+def populate_every_table(state: SqliteState) -> None:
+    """Rows in the tables that populate() leaves empty: groups, snapshots, attribute cells, a model with a
+    rollout that reached an agent, the agent's groups and model statuses, a device with its certificate."""
     now = utc_now()
     vector = np.random.default_rng(3).normal(size=128).astype(np.float32)
-    state.add_person(Person("carol", embeddings=(Embedding("sface@2021dec", vector, 0.9, "t"),)), [], now)
-    state.add_events(  # events across several months, some with attributes
+    embedding = Embedding("sface@2021dec", vector, 0.9137, "t")
+    state.add_person(Person("carol", groups=("staff",), embeddings=(embedding,)), [], now)
+    crop = cv2.imencode(".jpg", np.full((112, 112, 3), 90, np.uint8))[1].tobytes()
+    state.add_events(  # events across several months, some with attributes, one with a snapshot
         [
             Event(
                 str(uuid.uuid4()),
@@ -44,12 +49,56 @@ def test_state_migrate_copies_every_table_and_the_server_answers_the_same(
                 now - timedelta(days=40 * (i % 3), minutes=i),
                 "face",
                 "unknown",
-                attributes=AttributesResult("female", 0.1, 31.0, "30-39") if i % 2 else None,
+                score=0.3141 + i / 1000,
+                quality=0.7182,
+                attributes=AttributesResult("female", 0.1234, 31.37, "30-39") if i % 2 else None,
+                snapshot=FaceSnapshot(crop, b"", embedding) if i == 0 else None,
             )
             for i in range(30)
         ]
     )
     state.add_audit(AuditEntry(now, "local", "people.enrol", "carol"))
+    model_id = "mini-xception@fer2013-fp32"
+    files = (ModelFile("model.xml", 10, "a" * 64), ModelFile("model.bin", 20, "b" * 64))
+    state.models.add_model(PublishedModel(model_id, "expression", "FP32", "MIT", files, "{}", now))
+    rollout = state.models.add_rollout(model_id, Target("all"), "active", now)
+    state.models.announce("door-1", [(rollout.rollout_id, "mini-xception@fer2013")], now)
+    status = ModelStatus("expression", model_id, rollout.rollout_id, "failed", "smoke inference: NaN", now)
+    state.models.set_agent_models("door-1", now, statuses=[status], groups=["lobby"])
+    certificate = Certificate("1f2e3d", "door-1", now - timedelta(days=1), now + timedelta(days=365), now)
+    state.devices.add_certificate(certificate, "local")
+
+
+PG_COLUMNS = (
+    "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+    "AND table_name = %s ORDER BY ordinal_position"
+)
+
+
+def rows_of(
+    read: Callable[[str], list[tuple[object, ...]]], table: str, columns: list[str]
+) -> list[tuple[object, ...]]:
+    """Every row of table, its columns in the given order, sorted; bytes and booleans as SQLite has them."""
+    names = ", ".join(columns)
+    rows = read(f"SELECT {names} FROM {table}")
+    return sorted(
+        (
+            tuple(
+                bytes(v) if isinstance(v, memoryview) else int(v) if isinstance(v, bool) else v for v in row
+            )
+            for row in rows
+        ),
+        key=repr,
+    )
+
+
+def test_state_migrate_copies_every_row_of_every_table_and_the_server_answers_the_same(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], postgres_cluster: PostgresCluster
+) -> None:
+    source = tmp_path / "source"
+    populate(source)
+    state = SqliteState(source / "server.db")
+    populate_every_table(state)
     stored = state.get_person("carol").embeddings[0].vector
     state.close()
     original = answers(capsys, source)
@@ -74,6 +123,17 @@ def test_state_migrate_copies_every_table_and_the_server_answers_the_same(
     assert in_sqlite - bookkeeping == in_postgres - bookkeeping == set(TABLES)
     assert (rows["people"], rows["embeddings"], rows["crops"], rows["events"]) == (3, 1, 2, 50)
     assert rows["tokens"] == 1 and rows["admin_audit"] == 1
+    assert [table for table in TABLES if rows[table] == 0] == []
+    # and every row arrives as it was, column by column (a column the copy drops or bends shows here)
+    with sqlite3.connect(source / "server.db") as lite, psycopg.connect(url) as pg:
+        for table in TABLES:
+            columns = [row[0] for row in pg.execute(PG_COLUMNS, (table,)).fetchall()]
+            sqlite_columns = {row[1] for row in lite.execute(f"PRAGMA table_info({table})")}
+            # SQLite numbers events by rowid; PostgreSQL's partitioned events go by event_id alone
+            assert sqlite_columns - set(columns) == ({"id"} if table == "events" else set()), table
+            assert set(columns) <= sqlite_columns, table
+            copied = rows_of(lambda q: pg.execute(q).fetchall(), table, columns)
+            assert rows_of(lambda q: lite.execute(q).fetchall(), table, columns) == copied, table
 
     # the same state directory, now configured for the PostgreSQL copy
     config = tmp_path / "server.toml"
@@ -86,7 +146,7 @@ def test_state_migrate_copies_every_table_and_the_server_answers_the_same(
     migrated = PostgresState(url, pool_size=1)
     try:
         assert migrated.get_person("carol").embeddings[0].vector.tolist() == stored.tolist()
-        assert migrated.add_audit(AuditEntry(now, "local", "people.update", "carol")).entry_id == 2
+        assert migrated.add_audit(AuditEntry(utc_now(), "local", "people.update", "carol")).entry_id == 2
         assert migrated.head_revision() == 3
     finally:
         migrated.close()

@@ -29,7 +29,7 @@ from facefleet.core.logs import LogFormat
 from facefleet.core.metrics import MetricsSection
 from facefleet.link.checks import check_id, check_model_id
 from facefleet.link.errors import LinkError
-from facefleet.vision.config import DetectorConfig, QualityConfig, RuntimeConfig
+from facefleet.vision.config import ConversionConfig, DetectorConfig, QualityConfig, RuntimeConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -295,8 +295,8 @@ class FleetServerConfig(StrictSection):
         return self
 
 
-class ModelsConfig(StrictSection):
-    """[models] Model versions rolled out by the server."""
+class ModelsConfig(ConversionConfig):
+    """[models] Model versions rolled out by the server, and the limits of `models import`."""
 
     accept_rollouts: bool = Field(
         True, description="Download, verify and switch to the model versions the server assigns"

@@ -14,8 +14,7 @@ from facefleet.core.config import StrictSection, check_listen, load_toml_model, 
 from facefleet.core.logs import LogFormat
 from facefleet.core.metrics import MetricsSection
 from facefleet.server.errors import ServerConfigError
-from facefleet.vision.config import DetectorConfig, QualityConfig, RuntimeConfig
-from facefleet.vision.models.conversion import ConversionLimits
+from facefleet.vision.config import ConversionConfig, DetectorConfig, QualityConfig, RuntimeConfig
 
 
 class ListenConfig(StrictSection):
@@ -141,7 +140,7 @@ class StateConfig(StrictSection):
         return url
 
 
-class ModelsConfig(StrictSection):
+class ModelsConfig(ConversionConfig):
     """[models] Model versions operators publish through AdminService.PublishModel."""
 
     dir: Path | None = Field(
@@ -157,25 +156,6 @@ class ModelsConfig(StrictSection):
         description="Largest PublishModel upload (all its files together); a bigger one fails with "
         "RESOURCE_EXHAUSTED and nothing is stored",
     )
-    convert_memory_bytes: int = Field(
-        4 * 1024 * 1024 * 1024,
-        ge=512 * 1024 * 1024,
-        le=1024 * 1024 * 1024 * 1024,
-        description="Memory a published model's conversion may take (it runs in a child process held to "
-        "this); a model that needs more fails with RESOURCE_EXHAUSTED and nothing is stored",
-    )
-    convert_timeout_s: float = Field(
-        600, ge=1, le=86400, description="Seconds a published model's conversion may take, likewise"
-    )
-
-    def conversion_limits(self) -> ConversionLimits:
-        """The limits of a published model's conversion, naming these settings."""
-        return ConversionLimits(
-            self.convert_memory_bytes,
-            self.convert_timeout_s,
-            memory_setting="models.convert_memory_bytes",
-            seconds_setting="models.convert_timeout_s",
-        )
 
 
 class RetentionConfig(StrictSection):

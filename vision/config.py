@@ -1,4 +1,5 @@
-"""Config sections of the vision pipeline that agent and server share: [runtime], [detector], [quality]."""
+"""Config sections of the vision pipeline that agent and server share: [runtime], [detector], [quality],
+and the conversion limits of their [models] sections."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pydantic import Field, field_validator
 
 from facefleet.core.config import StrictSection
 from facefleet.vision.detection import DetectorSettings
+from facefleet.vision.models.conversion import ConversionLimits
 from facefleet.vision.models.tasks import TASKS
 from facefleet.vision.precision.plan import PrecisionSettings
 from facefleet.vision.quality import QualityPolicy
@@ -103,4 +105,29 @@ class QualityConfig(StrictSection):
             max_yaw=self.max_yaw,
             max_pitch=self.max_pitch,
             min_score=self.min_score,
+        )
+
+
+class ConversionConfig(StrictSection):
+    """The limits of a model file's conversion in [models]: a model the server publishes, or one an agent's
+    `models import` reads, is converted in a child process held to them (see vision.models.conversion)."""
+
+    convert_memory_bytes: int = Field(
+        4 * 1024 * 1024 * 1024,
+        ge=512 * 1024 * 1024,
+        le=1024 * 1024 * 1024 * 1024,
+        description="Memory a model's conversion may take (published on the server, `models import` on an "
+        "agent); a model that needs more is refused (RESOURCE_EXHAUSTED) and nothing is stored",
+    )
+    convert_timeout_s: float = Field(
+        600, ge=1, le=86400, description="Seconds a model's conversion may take, likewise"
+    )
+
+    def conversion_limits(self) -> ConversionLimits:
+        """The limits of a model's conversion, naming these settings."""
+        return ConversionLimits(
+            self.convert_memory_bytes,
+            self.convert_timeout_s,
+            memory_setting="models.convert_memory_bytes",
+            seconds_setting="models.convert_timeout_s",
         )

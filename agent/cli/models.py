@@ -218,6 +218,7 @@ def _import(context: Context, args: argparse.Namespace) -> int:
         precision=args.precision,
         activate=True if args.activate else None,
         weights=weights,
+        limits=context.config.models.conversion_limits(),
     )
     _show(context, [model])
     return EXIT_OK

@@ -210,6 +210,16 @@ class ConsoleConfig(StrictSection):
     max_sessions: int = Field(
         1000, ge=1, le=100_000, description="Most sessions at once; signing in past it ends the oldest"
     )
+    max_sessions_per_token: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="Most sessions of one operator token; signing in past it ends that token's oldest "
+        "(never another token's)",
+    )
+    sign_ins_per_minute: int = Field(
+        10, ge=1, le=1000, description="Most sign-ins of one token in a minute; more are refused with 429"
+    )
 
 
 class MetricsConfig(MetricsSection):

@@ -6,7 +6,8 @@ The console is static: HTML, CSS and JavaScript modules in `static/` beside this
 
 Every response carries a Content-Security-Policy: the console's allows its own scripts, styles, images and
 API calls and nothing else (no inline script or style, no eval, no framing); the API's allows nothing,
-since JSON and images are never documents."""
+since JSON and images are never documents. API responses are `Cache-Control: no-store` unless a route says
+otherwise: they carry people's faces and names, which a browser must not keep on disk after sign-out."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ CONSOLE_CSP = (
     "frame-ancestors 'none'"
 )
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
+API_CACHE_CONTROL = "no-store"
+"""API responses (faces, names, events) are not kept by browsers or proxies."""
 COMMON_HEADERS = (
     ("x-content-type-options", "nosniff"),
     ("referrer-policy", "no-referrer"),
@@ -50,7 +53,7 @@ class ConsoleFiles(StaticFiles):
 
 class SecurityHeaders:
     """ASGI middleware: the console's or the API's Content-Security-Policy, and the common hardening
-    headers, on every HTTP response."""
+    headers, on every HTTP response; no-store on the API's."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -69,6 +72,8 @@ class SecurityHeaders:
                 headers["content-security-policy"] = policy
                 for name, value in COMMON_HEADERS:
                     headers.setdefault(name, value)
+                if not console:
+                    headers.setdefault("cache-control", API_CACHE_CONTROL)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 SESSION_ID_BYTES = 32
 MAX_SESSION_ID_CHARS = 64
 """A session id is 43 URL-safe characters; anything longer is not one of ours."""
+SIGN_IN_WINDOW_S = 60.0
+"""The window of ConsoleSessions.sign_ins_per_minute."""
 
 
 @dataclass(frozen=True)
@@ -33,11 +36,21 @@ class ConsoleSession:
         return offered is not None and hmac.compare_digest(offered.encode(), self.csrf_token.encode())
 
 
+class SignInsTooFrequentError(Exception):
+    """A token signed in more often than its limit allows; retry_after_s: when the next sign-in may start."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class ConsoleSessions:
     """The server's console sessions, by the sha256 of their id (an id is never stored as such).
 
     idle_s: a session unused this long ends; max_age_s: it ends this long after sign-in anyway; limit: most
-    sessions at once (the one used least recently ends first)."""
+    sessions at once (the one used least recently ends first); per_token: most sessions of one token (its
+    own least recently used one ends first, so that one token's sign-ins cannot end other operators'
+    sessions); sign_ins_per_minute: most sign-ins of one token in any minute (each is audited)."""
 
     def __init__(
         self,
@@ -45,16 +58,25 @@ class ConsoleSessions:
         max_age_s: float,
         limit: int,
         clock: Callable[[], float] = time.time,
+        *,
+        per_token: int = 20,
+        sign_ins_per_minute: int = 10,
     ) -> None:
         self.idle_s = idle_s
         self.max_age_s = max_age_s
         self.limit = limit
+        self.per_token = per_token
+        self.sign_ins_per_minute = sign_ins_per_minute
         self._clock = clock
         self._sessions: OrderedDict[bytes, tuple[ConsoleSession, float]] = OrderedDict()
+        self._sign_ins: dict[bytes, deque[float]] = {}
+        """sha256 of a token → the times of its sign-ins in the last minute (tokens that were checked)."""
 
     def start(self, token: str) -> tuple[str, ConsoleSession]:
-        """A new session for an operator token already checked: (its id for the cookie, the session)."""
+        """A new session for an operator token already checked: (its id for the cookie, the session).
+        SignInsTooFrequentError when the token signed in sign_ins_per_minute times in the last minute."""
         now = self._clock()
+        self._note_sign_in(token, now)
         while self._sessions:
             oldest, used = next(iter(self._sessions.values()))
             if now < oldest.expires and now - used < self.idle_s:
@@ -63,9 +85,27 @@ class ConsoleSessions:
         session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
         session = ConsoleSession(token, secrets.token_urlsafe(SESSION_ID_BYTES), now, now + self.max_age_s)
         self._sessions[_key(session_id)] = (session, now)
+        owned = [key for key, (other, _) in self._sessions.items() if other.token == token]
+        for key in owned[: max(0, len(owned) - self.per_token)]:  # least recently used first
+            del self._sessions[key]
         while len(self._sessions) > self.limit:
             self._sessions.popitem(last=False)
         return session_id, session
+
+    def _note_sign_in(self, token: str, now: float) -> None:
+        for key in [key for key, times in self._sign_ins.items() if now - times[-1] >= SIGN_IN_WINDOW_S]:
+            del self._sign_ins[key]
+        times = self._sign_ins.setdefault(_key(token), deque())
+        while times and now - times[0] >= SIGN_IN_WINDOW_S:
+            times.popleft()
+        if len(times) >= self.sign_ins_per_minute:
+            retry_after = SIGN_IN_WINDOW_S - (now - times[0])
+            raise SignInsTooFrequentError(
+                f"this token signed in {len(times)} times in the last minute, its limit; sign in again in "
+                f"{math.ceil(retry_after)} s, and keep one session per browser",
+                retry_after,
+            )
+        times.append(now)
 
     def find(self, session_id: str) -> ConsoleSession | None:
         """The live session with this id, marked as used now; None for an unknown or ended one."""

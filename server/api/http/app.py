@@ -82,6 +82,8 @@ def create_app(
         idle_s=console.session_idle_minutes * 60.0,
         max_age_s=console.session_max_hours * 3600.0,
         limit=console.max_sessions,
+        per_token=console.max_sessions_per_token,
+        sign_ins_per_minute=console.sign_ins_per_minute,
     )
     api = APIRouter(prefix=PREFIX, route_class=ProblemRoute)
     modules = (people, unknown, queries, rollouts, devices, audit) + ((session,) if console.enabled else ())

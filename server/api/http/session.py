@@ -5,10 +5,11 @@ reaches the browser again. Sign-ins and sign-outs are in the admin audit log ("c
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from facefleet.server.api.http.auth import (
@@ -20,7 +21,7 @@ from facefleet.server.api.http.auth import (
 )
 from facefleet.server.api.http.problems import ERROR_RESPONSES, ProblemRoute
 from facefleet.server.api.security import MAX_TOKEN_CHARS, Operator
-from facefleet.server.console.sessions import ConsoleSession
+from facefleet.server.console.sessions import ConsoleSession, SignInsTooFrequentError
 from facefleet.server.errors import UnauthenticatedError
 
 router = APIRouter(
@@ -77,7 +78,11 @@ async def sign_in(body: SignIn, request: Request, response: Response, handlers: 
             "`facefleet-server tokens create NAME --role admin|query`"
         ) from None
     store = sessions(request)
-    session_id, session = store.start(token)
+    try:
+        session_id, session = store.start(token)
+    except SignInsTooFrequentError as exc:
+        retry_after = str(math.ceil(exc.retry_after_s))
+        raise HTTPException(429, str(exc), headers={"Retry-After": retry_after}) from None
     response.set_cookie(
         SESSION_COOKIE,
         session_id,
@@ -87,15 +92,13 @@ async def sign_in(body: SignIn, request: Request, response: Response, handlers: 
         httponly=True,
         samesite="strict",
     )
-    response.headers["cache-control"] = "no-store"
     await handlers.audit.record(operator.name, "console.sign-in", operator.role, None)
     return _session_out(operator, session)
 
 
 @router.get("", summary="The signed-in operator and the session's CSRF token", response_model=SessionOut)
-async def current(signed_in: SignedIn, response: Response) -> SessionOut:
+async def current(signed_in: SignedIn) -> SessionOut:
     _, session, operator = signed_in
-    response.headers["cache-control"] = "no-store"
     return _session_out(operator, session)
 
 

@@ -108,6 +108,7 @@ def test_people_are_enrolled_from_photos_listed_changed_shown_as_jpeg_crops_and_
             assert stored[0].image_format == "png"  # the server keeps PNG; the API answers JPEG
             crop = await http.get("/api/people/eileen/crops/1")
             assert crop.status_code == 200 and crop.headers["content-type"] == "image/jpeg"
+            assert crop.headers["cache-control"] == "no-store"  # no face left in the browser's cache
             assert crop.content.startswith(b"\xff\xd8\xff")
             decoded = cv2.imdecode(np.frombuffer(crop.content, np.uint8), cv2.IMREAD_COLOR)
             original = cv2.imdecode(np.frombuffer(stored[1].data, np.uint8), cv2.IMREAD_COLOR)

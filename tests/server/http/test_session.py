@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from facefleet.server.api.http.auth import CSRF_HEADER, SESSION_COOKIE
 from facefleet.server.console.assets import API_CSP, CONSOLE_CSP
-from facefleet.server.console.sessions import ConsoleSessions
+from facefleet.server.console.sessions import ConsoleSessions, SignInsTooFrequentError
 from facefleet.server.gallery.embedder import Enroller
 from tests.server.conftest import Pki, run, serving
 from tests.server.http.clients import client, problem
@@ -142,6 +143,7 @@ def test_the_console_is_served_with_a_strict_policy_and_the_api_with_none(
     assert headers["cache-control"] == "no-cache" and r["cached"] == 304
     assert '<script type="module"' in text and "<script>" not in text and "style=" not in text
     assert r["api"]["content-security-policy"] == API_CSP
+    assert r["api"]["cache-control"] == "no-store"
     for name, value in (("x-content-type-options", "nosniff"), ("x-frame-options", "DENY")):
         assert headers[name] == value and r["api"][name] == value
     assert r["outside"] == 401  # normalised to /api/fleet, which needs a token: no file outside static/
@@ -194,3 +196,57 @@ def test_sessions_end_when_idle_when_old_or_when_too_many() -> None:
     sessions.end(a)
     assert sessions.find(a) is None
     assert not sessions.find(c).csrf_matches(None)  # type: ignore[union-attr]
+
+
+def test_one_tokens_sessions_end_its_own_oldest_and_its_sign_ins_are_limited() -> None:
+    clock = Clock()
+    sessions = ConsoleSessions(
+        idle_s=600, max_age_s=3600, limit=5, clock=clock, per_token=2, sign_ins_per_minute=3
+    )
+    admin, _ = sessions.start("admin-token")
+    mine = []
+    for _ in range(3):
+        mine.append(sessions.start("query-token")[0])
+        clock.now += 1
+    assert sessions.find(mine[0]) is None  # the token's own least recently used session ended
+    assert sessions.find(mine[1]) is not None and sessions.find(mine[2]) is not None
+    with pytest.raises(
+        SignInsTooFrequentError, match=r"3 times in the last minute.*again in 57 s"
+    ) as refused:
+        sessions.start("query-token")
+    assert refused.value.retry_after_s == pytest.approx(57.0)
+    sessions.start("admin-token")  # another token's limit is its own
+    clock.now += 58
+    for _ in range(3):
+        sessions.start("query-token")
+        clock.now += 20
+    assert sessions.find(admin) is not None  # however often another token signs in
+    assert len(sessions) == 4  # two of each token
+
+
+def test_sign_ins_past_the_limit_are_429_and_leave_other_sessions(
+    tmp_path: Path, pki: Pki, enroller: Enroller
+) -> None:
+    async def scenario() -> dict[str, Any]:
+        console = {"sign_ins_per_minute": 3, "max_sessions_per_token": 2, "max_sessions": 3}
+        async with serving(tmp_path, pki, enroller, console=console) as harness:
+            r: dict[str, Any] = {}
+            async with client(harness, "") as admin:
+                await sign_in(admin, harness.admin_token)
+                async with client(harness, "") as query:
+                    for _ in range(3):
+                        await sign_in(query, harness.query_token)
+                    refused = await query.post("/api/session", json={"token": harness.query_token})
+                    r["refused"] = (problem(refused, 429, "RESOURCE_EXHAUSTED"), refused.headers)
+                r["admin_still"] = (await admin.get("/api/session")).status_code
+            async with client(harness) as bearer:
+                audit = (await bearer.get("/api/audit", params={"action_prefix": "console."})).json()
+                r["audit"] = [(e["who"], e["action"]) for e in audit["entries"]]
+            return r
+
+    r = run(scenario)
+    body, headers = r["refused"]
+    assert "signed in 3 times in the last minute" in body["detail"]
+    assert 1 <= int(headers["retry-after"]) <= 60
+    assert r["admin_still"] == 200  # the query token's sign-ins did not end the admin's session
+    assert r["audit"].count(("dashboard", "console.sign-in")) == 3  # the refused one is not audited

@@ -121,6 +121,13 @@ class PermissionDeniedError(ServerError):
     status = "PERMISSION_DENIED"
 
 
+class UnavailableError(ServerError):
+    """The server cannot do this now and a retry later will do (e.g. another model is being converted)."""
+
+    status = "UNAVAILABLE"
+    exit_code = EXIT_IO
+
+
 class StateError(ServerError):
     """The state database cannot be opened, migrated or written."""
 

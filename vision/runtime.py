@@ -42,6 +42,20 @@ Outputs = dict[str, npt.NDArray[np.float32]]
 Input = npt.NDArray[np.float32] | npt.NDArray[np.uint8]
 """An input tensor: float, or a uint8 image for a model compiled with image_input."""
 VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
+CONTROL_FLOW = ("Loop", "TensorIterator", "If")
+"""Operations that can run a model's body any number of times."""
+SIZE_INPUTS: dict[str, tuple[int, ...]] = {
+    "Broadcast": (1,),
+    "Tile": (1,),
+    "Range": (0, 1, 2),
+    "Pad": (1, 2),
+    "Interpolate": (1, 2, 3),
+    "RandomUniform": (0,),
+    "Eye": (0, 1, 3),
+}
+"""Operation → the inputs that set how large its output is; rehearse() wants them constant."""
+REHEARSAL_SPATIAL = 640
+"""The size rehearse() gives an input dimension left open beyond the batch (YuNet's own 640×640)."""
 MIN_FREE_BYTES = 1 << 20
 """A failed model write with less free space than this on its disk is reported as a full disk."""
 
@@ -228,6 +242,47 @@ class Runtime:
             message = f"{target_xml}: cannot write the converted model ({_first_line(exc)})"
             raise ModelStoreError(message) from exc
         return _model_io(model)
+
+    def rehearse(self, model_xml: Path, source: str, spatial: int = REHEARSAL_SPATIAL) -> None:
+        """Run an IR once on zeros, compiled for this runtime's device, to learn whether it fits in memory
+        and time before anyone relies on it; its input dimensions left open become 1 (the first) or
+        `spatial`. ModelSpecError (naming source) for a model that could run without bound on some input:
+        control flow (Loop, TensorIterator, If), or an operation whose output size comes from a tensor
+        computed at run time rather than a constant (a Broadcast to the input's shape times 20000, say).
+        Failures to compile or run raise as OpenVINO raised them (std::bad_alloc and the like)."""
+        model = self._core.read_model(str(model_xml))
+        for op in model.get_ordered_ops():
+            kind = op.get_type_name()
+            if kind in CONTROL_FLOW:
+                raise ModelSpecError(
+                    f"{source}: uses control flow ({kind} {op.get_friendly_name()!r}), which no face model "
+                    "needs and which can run without end; export the model without it"
+                )
+            for index in SIZE_INPUTS.get(kind, ()):
+                if index < op.get_input_size() and not _constant(op.input_value(index).get_node()):
+                    raise ModelSpecError(
+                        f"{source}: {kind} {op.get_friendly_name()!r} takes its output size from a tensor "
+                        "computed at run time, so its memory has no bound a model check can see; export the "
+                        "model with constant sizes (static shapes)"
+                    )
+        shapes = {
+            port.get_any_name(): ov.PartialShape(
+                [
+                    dim.get_length() if dim.is_static else 1 if axis == 0 else spatial
+                    for axis, dim in enumerate(port.get_partial_shape())
+                ]
+            )
+            for port in model.inputs
+        }
+        model.reshape(shapes)
+        compiled = self._core.compile_model(model, self.device, self._compile_config())
+        zeros = {
+            port.get_any_name(): np.zeros(
+                [dim.get_length() for dim in port.get_partial_shape()], port.get_element_type().to_dtype()
+            )
+            for port in model.inputs
+        }
+        compiled.create_infer_request().infer(zeros)
 
     def merge_to_ir(
         self, sources: Mapping[str, Path], target_xml: Path, compress_to_fp16: bool = True
@@ -511,6 +566,13 @@ def _join_outputs(model: Any, joined: JoinedOutputs, model_xml: Path) -> None:
     for name, node in nodes.items():
         node.output(0).get_tensor().set_names({name})
     model.add_results([ops.result(node) for node in nodes.values()])
+
+
+def _constant(node: Any) -> bool:
+    """Whether node is a Constant, or a Convert of one (FP16 compression puts Converts in between)."""
+    while node.get_type_name() == "Convert":
+        node = node.input_value(0).get_node()
+    return bool(node.get_type_name() == "Constant")
 
 
 def _names(port: Any) -> list[str]:

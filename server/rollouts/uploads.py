@@ -34,6 +34,7 @@ from facefleet.server.errors import (
     ResourceExhaustedError,
     ServerError,
     StateError,
+    UnavailableError,
     disk_full,
     is_disk_full,
 )
@@ -232,7 +233,12 @@ class ModelAdmin:
             catalog = ModelCatalog(
                 self.catalog.state, self.catalog.store, self.runtime(), self.catalog.limits
             )
-            with self._converting:  # one conversion at a time: each takes all cores for a while
+            if not self._converting.acquire(blocking=False):  # one at a time, and no thread left waiting
+                raise UnavailableError(
+                    f"another model is being converted; publish {header.model_id} again when it is done "
+                    f"(a conversion takes at most models.convert_timeout_s); nothing was stored"
+                )
+            try:
                 return catalog.publish(
                     directory / header.source,
                     header.task,
@@ -241,6 +247,8 @@ class ModelAdmin:
                     header.precision,
                     header.licence,
                 )
+            finally:
+                self._converting.release()
         except ServerError as exc:
             # the temporary directory means nothing to the caller: name the file as they sent it
             message = str(exc).replace(f"{directory}/", "")

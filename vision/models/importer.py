@@ -140,7 +140,7 @@ def import_model(
         if limits is None:
             io = convert_source(runtime, source, staged / MODEL_XML, precision, ir_bin)
         else:
-            io = convert_in_child(source, staged / MODEL_XML, precision, ir_bin, limits)
+            io = convert_in_child(source, staged / MODEL_XML, task, precision, ir_bin, limits)
         check_fits(task, io, str(source))
         manifest = ModelManifest(
             task=task,

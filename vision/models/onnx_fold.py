@@ -17,7 +17,8 @@ from facefleet.vision.errors import ModelSpecError
 
 
 def fold_blocked_dequantize(source: Path, target: Path) -> int:
-    """Write source with every constant block-quantised DequantizeLinear folded; returns how many were."""
+    """Write source with every constant block-quantised DequantizeLinear folded to target; returns how
+    many were (0: nothing was written)."""
     try:
         import onnx
         from onnx import numpy_helper
@@ -28,30 +29,52 @@ def fold_blocked_dequantize(source: Path, target: Path) -> int:
         ) from None
     try:
         model = onnx.load(str(source))
+    except MemoryError:
+        raise
     except Exception as exc:
         raise ModelSpecError(
             f"{source}: not a readable ONNX model, OpenVINO cannot convert it ({exc})"
         ) from None
     graph = model.graph
+    blocked = [
+        node
+        for node in graph.node
+        if node.op_type == "DequantizeLinear"
+        and any(a.name == "block_size" and onnx.helper.get_attribute_value(a) for a in node.attribute)
+    ]
+    if not blocked:
+        return 0
+    wanted = {name for node in blocked for name in node.input if name}
     constants: dict[str, npt.NDArray[Any]] = {
-        init.name: numpy_helper.to_array(init) for init in graph.initializer
+        init.name: numpy_helper.to_array(init) for init in graph.initializer if init.name in wanted
     }
     for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+        if (
+            node.op_type == "Constant"
+            and node.output[0] in wanted
+            and node.attribute
+            and node.attribute[0].name == "value"
+        ):
             constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     folded: list[Any] = []
-    for node in graph.node:
-        if node.op_type != "DequantizeLinear" or not all(name in constants for name in node.input if name):
+    for node in blocked:
+        if not all(name in constants for name in node.input if name):
             continue
         attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        if not attributes.get("block_size"):
-            continue
         quantized, scale = constants[node.input[0]], constants[node.input[1]]
         zero_point = constants[node.input[2]] if len(node.input) > 2 and node.input[2] else None
         axis, block_size = int(attributes.get("axis", 1)), int(attributes["block_size"])
-        values = dequantize(quantized, scale, zero_point, axis, block_size)
+        try:
+            values = dequantize(quantized, scale, zero_point, axis, block_size)
+        except (ValueError, IndexError) as exc:
+            raise ModelSpecError(
+                f"{source}: its block-quantised weights {node.name or node.output[0]!r} do not fit their "
+                f"scales (axis {axis}, block size {block_size}): {exc}"
+            ) from None
         graph.initializer.append(numpy_helper.from_array(values, node.output[0]))
         folded.append(node)
+    if not folded:
+        return 0
     for node in folded:
         graph.node.remove(node)
     used = {name for node in graph.node for name in node.input}

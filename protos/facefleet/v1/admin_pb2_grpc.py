@@ -173,8 +173,10 @@ class AdminServiceServicer:
         `models.max_upload_bytes`; its temporary files are removed whatever happens.
         Errors: INVALID_ARGUMENT (no header first, a file name with path parts, a chunk of a file the header
         did not announce, an announced file never sent, a model that does not fit its task — naming the
-        problem), RESOURCE_EXHAUSTED (the upload exceeds max_upload_bytes, or its conversion needs more memory
-        or time than models.convert_memory_bytes or models.convert_timeout_s allow; nothing is stored),
+        problem, or one that could grow or run without bound), RESOURCE_EXHAUSTED (the upload exceeds
+        max_upload_bytes, or its conversion and one trial inference need more memory or time than
+        models.convert_memory_bytes or models.convert_timeout_s allow; nothing is stored), UNAVAILABLE
+        (another model is being converted: retry),
         ALREADY_EXISTS (the model id is published with other files). Publishing the same files again
         returns the published model.
         """

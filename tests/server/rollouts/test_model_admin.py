@@ -172,11 +172,11 @@ def test_bad_uploads_are_refused_and_leave_nothing(
         assert str(tmp_path) not in details  # the upload's temporary directory is not the caller's business
 
 
-def test_model_bombs_are_refused_and_the_server_publishes_on(
+def test_model_bombs_and_a_publish_during_another_are_refused_and_the_server_publishes_on(
     tmp_path: Path, pki: Pki, enroller: Enroller, fer_tflite: Path
 ) -> None:
-    onnx = constant_bomb_onnx(tmp_path / "bomb.onnx", 20_000)  # 2 KB, 1.6 GB to convert
-    ir = broadcast_bomb_ir(tmp_path / "bomb.xml", 20_000)  # 6 KB, 1.6 GB to compile
+    onnx = constant_bomb_onnx(tmp_path / "bomb.onnx", 30_000)  # 2 KB, 3.6 GB to convert
+    ir = broadcast_bomb_ir(tmp_path / "bomb.xml", 30_000)  # 6 KB, 3.6 GB to compile
     bombs = {
         "bomb@onnx": {"model.onnx": onnx.read_bytes()},
         "bomb@ir": {"model.xml": ir.read_bytes(), "model.bin": ir.with_suffix(".bin").read_bytes()},
@@ -184,7 +184,7 @@ def test_model_bombs_are_refused_and_the_server_publishes_on(
 
     async def scenario() -> None:
         async with serving(
-            tmp_path, pki, enroller, models={"convert_memory_bytes": 512 * 1024 * 1024}
+            tmp_path, pki, enroller, models={"convert_memory_bytes": 1024 * 1024 * 1024}
         ) as harness:
             for model_id, files in bombs.items():
                 version = model_id.split("@")[1]
@@ -194,9 +194,21 @@ def test_model_bombs_are_refused_and_the_server_publishes_on(
                 )
                 assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
                 assert f"cannot publish {model_id}: " in details
-                assert "needs more memory than models.convert_memory_bytes (536870912 bytes)" in details
+                assert "needs more memory than models.convert_memory_bytes (1073741824 bytes)" in details
                 assert await listed(harness) == [] and leftovers(harness) == []
                 assert [p for p in harness.server.models.root.rglob("*") if p.is_file()] == []
+            converting = harness.server.handlers.models._converting
+            converting.acquire()  # another publish is converting
+            try:
+                requests = upload({"emotion.tflite": fer_tflite.read_bytes()})
+                code, details = await failure(
+                    harness.admin().PublishModel(requests, metadata=harness.admin_md)
+                )
+            finally:
+                converting.release()
+            assert code == grpc.StatusCode.UNAVAILABLE, details
+            assert f"another model is being converted; publish {NEW} again when it is done" in details
+            assert await listed(harness) == [] and leftovers(harness) == []
             published = await harness.admin().PublishModel(
                 upload({"emotion.tflite": fer_tflite.read_bytes()}), metadata=harness.admin_md
             )

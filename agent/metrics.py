@@ -38,9 +38,13 @@ class AgentFigures:
     cameras: Mapping[str, CameraFigures] = field(default_factory=dict)
     outbox_pending: int | None = None
     reports_pending: int | None = None
+    reports_refused: int | None = None
+    """Queued events the server refused for good, since the store was created."""
     snapshots_pending: int | None = None
     mqtt_connected: bool | None = None
     server_connected: bool | None = None
+    clock_implausible: bool = False
+    """The wall clock cannot be believed (domain.clock); the status's warnings say why."""
     models: Mapping[str, str] = field(default_factory=dict)
     """task → model id of the models the frame loop runs."""
     gallery_revision: int = 0
@@ -142,6 +146,18 @@ def _families(f: AgentFigures) -> Iterable[CounterMetricFamily | GaugeMetricFami
     for name, documentation, value in depths:
         if value is not None:
             yield GaugeMetricFamily(name, documentation, value=float(value))
+    if f.reports_refused is not None:
+        yield CounterMetricFamily(
+            "facefleet_agent_reports_refused",
+            "Queued events the server refused for good (e.g. for a time its clock cannot believe), dropped",
+            value=f.reports_refused,
+        )
+    yield GaugeMetricFamily(
+        "facefleet_agent_clock_implausible",
+        "1 while the wall clock cannot be believed (before the agent's release, or the server refuses events "
+        "for their time)",
+        value=float(f.clock_implausible),
+    )
     connections = (
         ("facefleet_agent_mqtt_connected", "1 while connected to the MQTT broker", f.mqtt_connected),
         ("facefleet_agent_server_connected", "1 while connected to the fleet server", f.server_connected),

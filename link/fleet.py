@@ -93,6 +93,16 @@ class Welcome:
             raise LinkError(f"cluster_threshold must be a cosine from -1 to 1, got {threshold}")
 
 
+EVENT_TIME_REFUSAL = "event time "
+"""How the reason begins when the server refuses a reported event for its time (further ahead of the server's
+clock, or older, than it takes): the reporting device's clock is off."""
+
+
+def refused_for_time(reason: str) -> bool:
+    """The server refused an event, with this reason, for its time."""
+    return reason.startswith(EVENT_TIME_REFUSAL)
+
+
 @dataclass(frozen=True)
 class ReportOutcome:
     """Result of storing a batch: new events, repeats, and refused events (event_id, reason). Every event

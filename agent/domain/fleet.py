@@ -14,7 +14,15 @@ from facefleet.link.events import Event
 
 CERTIFICATE_EXPIRY_HEALTH = "certificate_expires_at"
 """The health figure that tells the server when this device's certificate expires (Unix seconds)."""
-SYNC_HEALTH = ("reports_pending", "reports_dropped", CERTIFICATE_EXPIRY_HEALTH)
+CLOCK_HEALTH = "clock_implausible"
+"""The health figure that is 1 while the agent's wall clock cannot be believed (domain.clock), else 0."""
+SYNC_HEALTH = (
+    "reports_pending",
+    "reports_dropped",
+    "reports_refused",
+    CLOCK_HEALTH,
+    CERTIFICATE_EXPIRY_HEALTH,
+)
 """The figures the link to the server (agent.fleet.sync) adds to the service's health(): they replace the
 service's of the same names and are kept before them when there are more than the server takes."""
 

@@ -27,7 +27,8 @@ import grpc
 from cryptography import x509
 
 from facefleet import __version__
-from facefleet.agent.domain.fleet import CERTIFICATE_EXPIRY_HEALTH, SyncPoint
+from facefleet.agent.domain.clock import clock_warning
+from facefleet.agent.domain.fleet import CERTIFICATE_EXPIRY_HEALTH, CLOCK_HEALTH, SyncPoint
 from facefleet.agent.domain.records import RevisionConflictError, StoreError
 from facefleet.agent.fleet.channel import (
     channel_options,
@@ -42,7 +43,14 @@ from facefleet.agent.store.database import EmbeddingStore
 from facefleet.core.backoff import Backoff
 from facefleet.core.errors import FaceFleetError
 from facefleet.link.checks import MAX_HEALTH_ENTRIES, MAX_HEALTH_KEY_CHARS
-from facefleet.link.fleet import WATCH_END_MAX_AGE, WATCH_END_SHUTDOWN, Heartbeat, Registration, Welcome
+from facefleet.link.fleet import (
+    WATCH_END_MAX_AGE,
+    WATCH_END_SHUTDOWN,
+    Heartbeat,
+    Registration,
+    Welcome,
+    refused_for_time,
+)
 from facefleet.link.gallery import GalleryDelta, join_parts
 from facefleet.link.models import ModelAssignment, ModelStatus
 
@@ -137,6 +145,9 @@ class FleetSync:
         self.connects = 0
         self.reported = 0
         self.refused = 0
+        self.clock_refusal: str | None = None
+        """The server's reason for refusing an event for its time, since it last took a report without such a
+        refusal: the wall clock is off (domain.clock.clock_warning)."""
         self.wiped_at: float | None = None
         self.certificate_expires_at = certificate_expiry(self._tls[2])
 
@@ -188,6 +199,7 @@ class FleetSync:
             "server_revision": self.server_revision,
             "reports_pending": self.store.reports.count(),
             "reports_dropped": self.store.reports.dropped(),
+            "reports_refused": self.store.reports.refused(),
             "last_error": self.last_error,
             "certificate_expires_at": self.certificate_expires_at,
             "gallery_wiped_at": self.wiped_at,
@@ -391,8 +403,9 @@ class FleetSync:
 
     async def _report(self, client: FleetClient, welcome: Welcome, wake: asyncio.Event) -> None:
         """Send queued events oldest first with their snapshots, at most a batch (and report_bytes) per call;
-        delete them, snapshots too, once acknowledged (stored, already stored, or refused for good). Health
-        goes along, at least every interval. A failed call keeps the batch for a retry with backoff (a dead
+        delete them, snapshots too, once acknowledged (stored, already stored, or refused for good: those are
+        counted in the store as they leave it, and a refusal for their time warns of the clock). Health goes
+        along, at least every interval. A failed call keeps the batch for a retry with backoff (a dead
         connection ends the Watch, and the session)."""
         batch_size = min(self.settings.report_batch, welcome.max_report_events or self.settings.report_batch)
         interval = self.settings.health_interval_s
@@ -428,9 +441,27 @@ class FleetSync:
             for event_id, reason in outcome.rejected:
                 address = self.settings.address
                 log.warning("server %s refused event %s: %s (dropped)", address, event_id, reason)
+            self._note_clock(outcome.rejected, outcome.stored + outcome.duplicates)
             self.reported += outcome.stored + outcome.duplicates
             self.refused += len(outcome.rejected)
-            await asyncio.to_thread(self.store.reports.delete, [r.report_id for r in batch])
+            rejected = {event_id for event_id, _ in outcome.rejected}
+            await asyncio.to_thread(
+                self.store.reports.delete,
+                [r.report_id for r in batch],
+                [r.report_id for r in batch if r.event_id in rejected],
+            )
+
+    def _note_clock(self, rejected: Sequence[tuple[str, str]], taken: int) -> None:
+        """Remember a refusal for the events' time until the server takes a report without one."""
+        timed = [reason for _, reason in rejected if refused_for_time(reason)]
+        if timed:
+            self.clock_refusal = timed[0]
+            warning = clock_warning(time.time(), self.clock_refusal)
+            log.warning(
+                "server %s: %d events refused for their time: %s", self.settings.address, len(timed), warning
+            )
+        elif taken:
+            self.clock_refusal = None
 
     # ---- model versions -----------------------------------------------------------------------------
 
@@ -555,6 +586,8 @@ class FleetSync:
             own: dict[str, float] = {
                 "reports_pending": self.store.reports.count() - sending,
                 "reports_dropped": self.store.reports.dropped(),
+                "reports_refused": self.store.reports.refused(),
+                CLOCK_HEALTH: float(clock_warning(time.time(), self.clock_refusal) is not None),
             }
             if self.certificate_expires_at is not None:
                 own[CERTIFICATE_EXPIRY_HEALTH] = self.certificate_expires_at

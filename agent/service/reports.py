@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from facefleet.agent.cameras import Camera
+from facefleet.agent.domain.clock import clock_warning
 from facefleet.agent.domain.fleet import SYNC_HEALTH
 from facefleet.agent.domain.records import Person
 from facefleet.agent.metrics import AgentFigures, CameraFigures
@@ -84,6 +85,7 @@ def status(agent: ReportedAgent) -> dict[str, Any]:
         "models": [] if updater is None else [status_to_json(s) for s in updater.statuses()],
         "frame_path": agent.frame_path.status(),
         "errors": agent.errors[-5:],
+        "warnings": warnings(agent),
     }
 
 
@@ -105,6 +107,8 @@ def figures(agent: ReportedAgent) -> AgentFigures:
         cameras=cameras,
         outbox_pending=store.outbox.count() if link is not None else None,
         reports_pending=store.reports.count() if sync is not None else None,
+        reports_refused=store.reports.refused() if sync is not None else None,
+        clock_implausible=bool(warnings(agent)),
         snapshots_pending=store.snapshots.count() if sync is not None else None,
         mqtt_connected=link.connected if link is not None else None,
         server_connected=sync.connected if sync is not None else None,
@@ -145,3 +149,11 @@ def health(agent: ReportedAgent) -> dict[str, float]:
         for figure, value in zip(CAMERA_HEALTH, values, strict=True):
             figures[f"camera.{camera.name}.{figure}"] = float(value)
     return figures
+
+
+def warnings(agent: ReportedAgent) -> list[str]:
+    """What someone should put right on the box, each naming the fix: a wall clock that cannot be believed
+    (before the agent's release, or the server refuses events for their time)."""
+    refusal = agent.sync.clock_refusal if agent.sync is not None else None
+    warning = clock_warning(time.time(), refusal)
+    return [] if warning is None else [warning]

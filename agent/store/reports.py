@@ -29,6 +29,9 @@ _LOG = logging.getLogger(__name__)
 DEFAULT_REPORT_LIMIT = 100_000
 REPORTS_DROPPED = "reports_dropped"
 """Counter of queued reports dropped: the oldest when the queue was full, and any that could not be read."""
+REPORTS_REFUSED = "reports_refused"
+"""Counter of queued reports the server refused for good (a time its clock cannot believe, an id that is not
+a UUID, …) and that left the queue with their refusal."""
 
 
 def encode(event: Event) -> bytes:
@@ -118,12 +121,18 @@ class ReportQueue:
                 add_to_counter(conn, REPORTS_DROPPED, deleted)
         return reports
 
-    def delete(self, report_ids: Sequence[int]) -> int:
-        """Remove acknowledged events in one transaction; how many were still queued."""
+    def delete(self, report_ids: Sequence[int], refused: Sequence[int] = ()) -> int:
+        """Remove acknowledged events in one transaction; how many were still queued. Those of them in
+        `refused` (the server refused them for good) are added to the REPORTS_REFUSED counter in the same
+        transaction, so each is counted once however often its acknowledgement is retried."""
         if not report_ids:
             return 0
+        refused_ids = set(refused) & set(report_ids)
         with self._connection.write() as conn:
-            return _delete(conn, report_ids)
+            gone = _delete(conn, sorted(refused_ids))
+            if gone:
+                add_to_counter(conn, REPORTS_REFUSED, gone)
+            return gone + _delete(conn, [i for i in report_ids if i not in refused_ids])
 
     def count(self) -> int:
         with self._connection.read() as conn:
@@ -132,6 +141,10 @@ class ReportQueue:
     def dropped(self) -> int:
         """How many queued events were dropped since the store was created."""
         return self._connection.counter(REPORTS_DROPPED)
+
+    def refused(self) -> int:
+        """How many queued events the server refused for good since the store was created."""
+        return self._connection.counter(REPORTS_REFUSED)
 
 
 def _within(conn: sqlite3.Connection, limit: int, max_bytes: int) -> int:

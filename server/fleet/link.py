@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 
 from facefleet.link.checks import check_health, utc_now
 from facefleet.link.events import Event
-from facefleet.link.fleet import Heartbeat, Registration, ReportOutcome, Welcome
+from facefleet.link.fleet import EVENT_TIME_REFUSAL, Heartbeat, Registration, ReportOutcome, Welcome
 from facefleet.link.gallery import GalleryDelta, Person
 from facefleet.link.models import ModelAssignment, ModelRelease, ModelStatus
 from facefleet.server.errors import FailedPreconditionError, InvalidArgumentError, PermissionDeniedError
@@ -385,13 +385,13 @@ def refusal(event: Event, now: datetime, settings: FleetSettings) -> str | None:
         return f"event_id {event.event_id[:64]!r} is not a UUID (8-4-4-4-12 hexadecimal digits)"
     if event.time > now + settings.max_event_ahead:
         return (
-            f"event time {event.time.isoformat()} is ahead of the server's clock ({now.isoformat()}) by more "
-            f"than {settings.max_event_ahead}: set the device's clock"
+            f"{EVENT_TIME_REFUSAL}{event.time.isoformat()} is ahead of the server's clock "
+            f"({now.isoformat()}) by more than {settings.max_event_ahead}: set the device's clock"
         )
     if event.time < now - settings.max_event_age:
         return (
-            f"event time {event.time.isoformat()} is older than the {settings.max_event_age.days} days the "
-            "server takes reports for"
+            f"{EVENT_TIME_REFUSAL}{event.time.isoformat()} is older than the {settings.max_event_age.days} "
+            "days the server takes reports for"
         )
     return None
 

@@ -120,7 +120,8 @@ def test_with_more_cameras_than_fit_the_totals_stay_and_whole_cameras_are_left_o
     assert {"cameras", "fps", "outbox_pending", "reports_pending", "snapshots_dropped"} <= set(totals)
     assert health["cameras"] == 64.0
     shown = list(dict.fromkeys(k.split(".")[1] for k in health if k.startswith("camera.")))
-    assert shown == names[: len(shown)] and len(shown) == (MAX_HEALTH_ENTRIES - len(totals) - 2) // 3
+    links_own = len(set(SYNC_HEALTH) - set(totals))  # the link's figures the service has no value for
+    assert shown == names[: len(shown)] and len(shown) == (MAX_HEALTH_ENTRIES - len(totals) - links_own) // 3
     assert all(
         f"camera.{name}.{figure}" in health for name in shown for figure in ("fps", "dropped", "running")
     )
@@ -128,6 +129,24 @@ def test_with_more_cameras_than_fit_the_totals_stay_and_whole_cameras_are_left_o
     with_link = {**health, **dict.fromkeys(SYNC_HEALTH, 1.0)}
     assert len(with_link) <= MAX_HEALTH_ENTRIES
     assert check_health(with_link) == with_link
+
+
+def test_a_clock_before_the_release_is_warned_of_in_the_status_and_the_metrics(
+    tmp_path: Path, model_store: ModelStore, model_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = agent(tmp_path, model_store, model_cache, [])
+    try:
+        believed = service.status()["warnings"], service.figures().clock_implausible
+        monkeypatch.setattr(time, "time", lambda: 5.0)  # no real-time clock, booted offline
+        status, figures = service.status(), service.figures()
+        gauge = service.metrics.registry.get_sample_value("facefleet_agent_clock_implausible")
+    finally:
+        service.store.close()
+    assert believed == ([], False)
+    (warning,) = status["warnings"]
+    assert warning.startswith("the wall clock reads 1970-01-01T00:00:05Z, before 2026-01-01T00:00:00Z")
+    assert warning.endswith("set the clock (NTP: chrony or systemd-timesyncd)")
+    assert figures.clock_implausible and gauge == 1.0
 
 
 def test_the_longest_camera_name_fits_every_per_camera_key() -> None:

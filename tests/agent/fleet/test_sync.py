@@ -252,11 +252,11 @@ def test_health_keeps_the_links_own_figures_first_within_the_servers_limit(tmp_p
         health = sync._health(sending=1)
     assert check_health(health) == health and len(health) == MAX_HEALTH_ENTRIES
     assert health["reports_pending"] == 2.0  # the queue's, beyond the one being sent, not the caller's
-    assert health["reports_dropped"] == 0.0
+    assert (health["reports_dropped"], health["reports_refused"], health["clock_implausible"]) == (0, 0, 0)
     assert sync.certificate_expires_at is not None
     assert health["certificate_expires_at"] == sync.certificate_expires_at
     assert health["fps"] == 9.5
-    assert [k for k in health if k.startswith("camera.")] == list(cameras)[: MAX_HEALTH_ENTRIES - 4]
+    assert [k for k in health if k.startswith("camera.")] == list(cameras)[: MAX_HEALTH_ENTRIES - 6]
 
 
 def test_the_readme_documents_every_server_key_in_a_valid_config_block() -> None:

@@ -21,7 +21,7 @@ from facefleet.agent.domain.records import (
     StoreError,
 )
 from facefleet.agent.store.database import EmbeddingStore
-from facefleet.agent.store.reports import REPORTS_DROPPED
+from facefleet.agent.store.reports import REPORTS_DROPPED, REPORTS_REFUSED
 from facefleet.link.events import Event, ExpressionResult
 from facefleet.link.gallery import Embedding as LinkEmbedding
 from facefleet.link.gallery import GalleryDelta
@@ -233,6 +233,20 @@ def test_a_full_report_queue_drops_the_oldest_and_counts_them(tmp_path: Path) ->
             store.reports.put(queued)
         assert [r.event for r in store.reports.pending()] == events[2:]
         assert store.reports.dropped() == store.counter(REPORTS_DROPPED) == 2
+
+
+def test_events_the_server_refused_are_counted_once_as_they_leave_the_queue(tmp_path: Path) -> None:
+    with EmbeddingStore(tmp_path / "agent.db") as store:
+        for n in range(4):
+            store.reports.put(event(n))
+        queued = store.reports.pending()
+        ids = [r.report_id for r in queued]
+        assert store.reports.delete(ids[:3], refused=[ids[1], ids[2], ids[3]]) == 3  # the 4th is not acked
+        assert store.reports.delete(ids[:3], refused=ids[:3]) == 0  # a repeated acknowledgement
+        assert store.reports.delete([ids[3]]) == 1  # stored: not counted
+        assert (store.reports.count(), store.reports.dropped()) == (0, 0)
+    with EmbeddingStore(tmp_path / "agent.db") as store:
+        assert store.reports.refused() == store.counter(REPORTS_REFUSED) == 2
 
 
 @pytest.mark.parametrize("event_id", [None, "", "x" * 65, "é-not-ascii", 17])

@@ -193,6 +193,13 @@ class DoorConfig(StrictSection):
     relay_topic: str = Field(
         "", description="MQTT topic (under the prefix) told 'open' on a grant; empty = none"
     )
+    relay_expiry_s: int = Field(
+        5,
+        ge=1,
+        le=300,
+        description="An 'open' not delivered within this many seconds is dropped (never opens the door "
+        "later); it is sent at once, never queued",
+    )
     command: list[str] = Field(default_factory=list, description="Program run on a grant, e.g. gpioset …")
     command_timeout_s: float = Field(5.0, gt=0, le=60, description="Longest the command may run (s)")
     claim_timeout_s: float = Field(

@@ -82,6 +82,12 @@ class AgentMetrics:
             ["door", "outcome"],
             registry=self.registry,
         )
+        self.relay_unsent = Counter(
+            "facefleet_agent_relay_unsent",
+            "Granted opens whose relay message could not be sent (the broker not connected); never queued",
+            ["door"],
+            registry=self.registry,
+        )
         self.events = Counter(
             "facefleet_agent_events",
             "Events emitted, by kind (decided, changed and ended face events; access)",

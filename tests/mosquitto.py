@@ -43,10 +43,14 @@ class BrokerTls:
 
 class Mosquitto:
     """A broker process; start() and stop() may be called repeatedly (same port, for outage tests).
-    With tls, its one listener speaks only TLS."""
+    With tls, its one listener speaks only TLS; with acl, clients may use only the topics it allows."""
 
     def __init__(
-        self, workdir: Path, users: dict[str, str] | None = None, tls: BrokerTls | None = None
+        self,
+        workdir: Path,
+        users: dict[str, str] | None = None,
+        tls: BrokerTls | None = None,
+        acl: str | None = None,
     ) -> None:
         self.port = free_port()
         self.workdir = workdir
@@ -66,6 +70,9 @@ class Mosquitto:
             lines += ["allow_anonymous false", f"password_file {password_file}"]
         else:
             lines.append("allow_anonymous true")
+        if acl is not None:  # mosquitto's acl_file lines, e.g. "topic readwrite site/events/#"
+            (workdir / "acl").write_text(acl)
+            lines.append(f"acl_file {workdir / 'acl'}")
         self.config = workdir / "mosquitto.conf"
         self.config.write_text("\n".join(lines) + "\n")
 

@@ -32,6 +32,8 @@ MAX_PACKET_BYTES = 2 * MAX_COMMAND_BYTES
 """The largest MQTT packet the agent takes (MQTT 5 Maximum Packet Size, told to the broker at connect): the
 broker drops bigger messages instead of sending them, so none is read into memory whole."""
 OFFLINE_STATUS = {"schema": 1, "state": "offline"}
+PERMANENT_REFUSALS = frozenset({0x87, 0x90, 0x99})
+"""MQTT 5 PUBACK reasons no retry mends: Not authorized, Topic Name invalid, Payload format invalid."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,9 @@ class MqttSettings:
 class MqttLink:
     """One connection to the broker, kept up by paho's network thread with reconnect backoff.
 
-    on_ack(mid) runs when the broker acknowledged a QoS 1 publish; on_command(subtopic, payload) for each
+    on_ack(mid) runs when the broker acknowledged a QoS 1 publish, on_refused(mid, reason, permanent) when it
+    refused one (an MQTT 5 PUBACK with a failure reason; permanent: not authorised, an invalid topic or
+    payload, which no retry mends); on_command(subtopic, payload) for each
     live message under `<prefix>cmd/` of at most MAX_COMMAND_BYTES; on_oversized(subtopic, size) instead
     for a larger one (its payload is not passed on); on_connection(connected, reason) on every connect and
     disconnect, and on each failed attempt, with why (a refused TLS certificate, say). Callbacks run on
@@ -71,9 +75,11 @@ class MqttLink:
         on_command: Callable[[str, bytes], None],
         on_connection: Callable[[bool, str], None],
         on_oversized: Callable[[str, int], None] | None = None,
+        on_refused: Callable[[int, str, bool], None] | None = None,
     ) -> None:
         self.settings = settings
         self._on_ack = on_ack
+        self._on_refused = on_refused
         self._on_command = on_command
         self._on_oversized = on_oversized
         self._on_connection = on_connection
@@ -126,11 +132,19 @@ class MqttLink:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
-    def publish(self, suffix: str, payload: bytes, qos: int = 1, retain: bool = False) -> int | None:
-        """Publish under the prefix; the message id to await in on_ack, or None when not connected."""
+    def publish(
+        self, suffix: str, payload: bytes, qos: int = 1, retain: bool = False, expiry_s: int | None = None
+    ) -> int | None:
+        """Publish under the prefix; the message id to await in on_ack, or None when not connected.
+        expiry_s: the MQTT 5 message expiry (a broker drops the message once it is that old, undelivered)."""
         if not self.connected:
             return None
-        info = self._client.publish(self.topic(suffix), payload, qos=qos, retain=retain)
+        properties = None
+        if expiry_s is not None:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.MessageExpiryInterval = expiry_s
+        topic = self.topic(suffix)
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return None
         return int(info.mid)
@@ -217,7 +231,10 @@ class MqttLink:
         self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
     ) -> None:
         if reason.is_failure:
-            log.warning("MQTT: broker rejected message %d: %s", mid, reason.getName())
+            name = str(reason.getName())
+            log.warning("MQTT: broker rejected message %d: %s", mid, name)
+            if self._on_refused is not None:
+                self._on_refused(mid, name, reason.value in PERMANENT_REFUSALS)
             return
         self._on_ack(mid)
 

@@ -1,6 +1,11 @@
 """At-least-once delivery of events: every message is committed to the store's outbox before it is
 published (QoS 1) and deleted only when the broker's PUBACK arrives. After a broker outage or an agent
 restart the backlog goes out oldest first; a message may then arrive twice, always with the same event id.
+
+A message the broker refuses (an MQTT 5 PUBACK with a failure reason) leaves the window at once: refused
+for good (not authorised, an invalid topic or payload) or MAX_REFUSALS times, it is removed and counted
+(`outbox_rejected`); otherwise it waits RETRY_FIRST_S, doubling to RETRY_MAX_S, and goes out again. So a
+topic the broker's ACL forbids cannot hold up the events behind it.
 """
 
 from __future__ import annotations
@@ -8,7 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from facefleet.agent.domain.records import StoreError
 from facefleet.agent.store.database import EmbeddingStore
@@ -16,24 +23,50 @@ from facefleet.agent.store.database import EmbeddingStore
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes, int], "int | None"]
+EARLY_OUTCOME_S = 5.0
+"""How long the broker's answer to a message id not (yet) in flight is kept: the answer may come before
+publish() returned the id, but an answer older than this belongs to some other message."""
+MAX_REFUSALS = 5
+RETRY_FIRST_S = 5.0
+RETRY_MAX_S = 300.0
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The broker's refusal of a publish: its reason code's name, and whether a retry can succeed."""
+
+    reason: str
+    permanent: bool
 
 
 class OutboxPublisher:
     """Moves outbox messages to the broker on its own thread, keeping at most `window` unacknowledged.
 
     publish(topic_suffix, payload, qos) returns the MQTT message id, or None when not connected; connect
-    `acknowledged(mid)` and `connection_changed(up)` to the MQTT link's callbacks."""
+    `acknowledged(mid)`, `refused(mid, reason, permanent)` and `connection_changed(up)` to the MQTT link's
+    callbacks. clock: monotonic seconds, for retry times and the age of early answers."""
 
-    def __init__(self, store: EmbeddingStore, publish: Publish, window: int = 50) -> None:
+    def __init__(
+        self,
+        store: EmbeddingStore,
+        publish: Publish,
+        window: int = 50,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._store = store
+        self._clock = clock
         self._publish = publish
         self._window = window
         self._lock = threading.Lock()  # never held while calling into the MQTT client
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._in_flight: dict[int, int] = {}  # MQTT message id → outbox id
-        self._early_acks: set[int] = set()  # acknowledged before publish() returned their id
+        self._early: OrderedDict[int, tuple[float, Refusal | None]] = OrderedDict()
+        """MQTT message id → (when, the broker's answer: None = acknowledged) for ids not in flight."""
         self._acked: list[int] = []
+        self._refused: list[tuple[int, Refusal]] = []  # outbox ids refused, to settle on the thread
+        self._refusals: dict[int, int] = {}  # outbox id → refusals so far
+        self._retry_at: dict[int, float] = {}  # outbox id → the clock's time before which it waits
         self._sent: set[int] = set()  # outbox ids published on this connection and not yet deleted
         self._connected = False
         self._generation = 0  # bumped on every disconnect
@@ -53,13 +86,32 @@ class OutboxPublisher:
         return message_id
 
     def acknowledged(self, mid: int) -> None:
+        """The broker acknowledged message id mid (PUBACK)."""
+        self._answered(mid, None)
+
+    def refused(self, mid: int, reason: str, permanent: bool) -> None:
+        """The broker refused message id mid (a PUBACK with a failure reason)."""
+        self._answered(mid, Refusal(reason, permanent))
+
+    def _answered(self, mid: int, refusal: Refusal | None) -> None:
+        now = self._clock()
         with self._lock:
             outbox_id = self._in_flight.pop(mid, None)
             if outbox_id is not None:
-                self._acked.append(outbox_id)
-            else:
-                self._early_acks.add(mid)
+                self._settle(outbox_id, refusal)
+            else:  # early, or the answer to a message of another kind (status, a QoS 0 latest value)
+                while self._early and now - next(iter(self._early.values()))[0] >= EARLY_OUTCOME_S:
+                    self._early.popitem(last=False)
+                self._early.pop(mid, None)
+                self._early[mid] = (now, refusal)
         self._wake.set()
+
+    def _settle(self, outbox_id: int, refusal: Refusal | None) -> None:
+        """Record the broker's answer to an outbox message (the lock held)."""
+        if refusal is None:
+            self._acked.append(outbox_id)
+        else:
+            self._refused.append((outbox_id, refusal))
 
     def connection_changed(self, connected: bool) -> None:
         with self._lock:
@@ -67,7 +119,7 @@ class OutboxPublisher:
             if not connected:
                 self._generation += 1
                 self._in_flight.clear()  # resent from the outbox after reconnecting
-                self._early_acks.clear()
+                self._early.clear()
                 self._sent = set(self._acked)
         self._wake.set()
 
@@ -95,6 +147,7 @@ class OutboxPublisher:
             self._wake.clear()
             try:
                 self._delete_acknowledged()
+                self._handle_refused()
                 self._send()
             except StoreError as exc:
                 log.error("outbox: %s (retrying)", exc)
@@ -107,6 +160,38 @@ class OutboxPublisher:
         self.delivered += self._store.outbox.delete_many(acked)
         with self._lock:
             self._sent.difference_update(acked)
+        for outbox_id in acked:
+            self._refusals.pop(outbox_id, None)
+            self._retry_at.pop(outbox_id, None)
+
+    def _handle_refused(self) -> None:
+        """Remove and count what the broker refused for good; let the rest wait and go out again."""
+        with self._lock:
+            refused, self._refused = self._refused, []
+        for outbox_id, refusal in refused:
+            count = self._refusals.get(outbox_id, 0) + 1
+            if refusal.permanent or count >= MAX_REFUSALS:
+                self._store.outbox.reject(outbox_id)
+                self._refusals.pop(outbox_id, None)
+                self._retry_at.pop(outbox_id, None)
+                log.warning(
+                    "outbox: the broker refused message %d %s (%s): removed, counted in outbox_rejected",
+                    outbox_id,
+                    "for good" if refusal.permanent else f"{count} times",
+                    refusal.reason,
+                )
+            else:
+                wait = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (count - 1))
+                self._refusals[outbox_id] = count
+                self._retry_at[outbox_id] = self._clock() + wait
+                log.warning(
+                    "outbox: the broker refused message %d (%s); sending it again in %.0f s",
+                    outbox_id,
+                    refusal.reason,
+                    wait,
+                )
+            with self._lock:
+                self._sent.discard(outbox_id)
 
     def _send(self) -> None:
         with self._lock:
@@ -117,8 +202,10 @@ class OutboxPublisher:
             room = self._window - len(self._in_flight)
         if room <= 0:
             return
-        for message in self._store.outbox.pending(len(sent) + room):
-            if message.message_id in sent:
+        now = self._clock()
+        waiting = {outbox_id for outbox_id, due in self._retry_at.items() if due > now}
+        for message in self._store.outbox.pending(len(sent) + len(waiting) + room):
+            if message.message_id in sent or message.message_id in waiting:
                 continue
             mid = self._publish(message.topic, message.payload.encode(), message.qos)
             if mid is None:
@@ -127,8 +214,11 @@ class OutboxPublisher:
                 if self._generation != generation:
                     return  # the connection dropped meanwhile: the message stays queued and is resent
                 self._sent.add(message.message_id)
-                if mid in self._early_acks:
-                    self._early_acks.discard(mid)
-                    self._acked.append(message.message_id)
+                early = self._early.pop(mid, None)
+                if early is not None and self._clock() - early[0] < EARLY_OUTCOME_S:
+                    self._settle(message.message_id, early[1])
                 else:
                     self._in_flight[mid] = message.message_id
+            room -= 1
+            if room <= 0:
+                return

@@ -16,7 +16,7 @@ from facefleet.agent.cameras import CameraFrame
 from facefleet.agent.config import AgentConfig, DoorConfig
 from facefleet.agent.domain.records import Person
 from facefleet.agent.metrics import AgentMetrics
-from facefleet.agent.publish.events import AgentEvent, Versions, access_event
+from facefleet.agent.publish.events import AgentEvent, Versions, access_event, utc_iso
 from facefleet.agent.recognition.doors import AccessDecision, DoorController
 from facefleet.agent.recognition.matching import Decision, DecisionPolicy, Matcher
 from facefleet.agent.store.audit import AuditLog
@@ -72,11 +72,13 @@ class DoorAccess:
                 self._door_frame(name, door, faces, decisions, track_ids, frame, matcher, model_id)
 
     def act(self, decision: AccessDecision, camera: str) -> None:
-        """Carry out a door's decision: the audit row, the access event, and on a grant the relay message
-        and the door's command."""
+        """Carry out a door's decision: on a grant first the relay message and the door's command, then
+        the audit row and the access event (which wait for the store)."""
         now = time.time()
         event = access_event(self.device_id, camera, decision, self.outlets.versions(), now)
         self.outlets.metrics.access.labels(decision.door, decision.decision).inc()
+        if decision.granted:
+            self._open(decision.door, event.envelope.event_id, now)
         log.info(
             "door %s: %s %s (%s)",
             decision.door,
@@ -105,15 +107,30 @@ class DoorAccess:
             )
         )
         self.outlets.emit(event)
-        if decision.granted:
-            door = next(d for d in self.config.doors if d.name == decision.door)
-            if door.relay_topic:
-                self.outlets.submit(
-                    door.relay_topic,
-                    {"schema": 1, "door": door.name, "action": "open", "event_id": event.envelope.event_id},
+
+    def _open(self, name: str, event_id: str, now: float) -> None:
+        """Open a door now: its relay message, published at once and never queued (QoS 0, expiring after
+        relay_expiry_s, so that no outage or restart replays it later), and its command."""
+        door = next(d for d in self.config.doors if d.name == name)
+        if door.relay_topic:
+            payload = {
+                "schema": 1,
+                "door": door.name,
+                "action": "open",
+                "event_id": event_id,
+                "time": utc_iso(now),
+                "expires_at": utc_iso(now + door.relay_expiry_s),
+            }
+            if not self.outlets.command(door.relay_topic, payload, door.relay_expiry_s):
+                self.outlets.metrics.relay_unsent.labels(door.name).inc()
+                log.error(
+                    "door %s: granted, but the relay message was not sent (the MQTT broker is not "
+                    "connected); it is not queued, so the door stays shut",
+                    door.name,
+                    extra={"device_id": self.device_id, "event_id": event_id},
                 )
-            if door.command:
-                threading.Thread(target=_run_action, args=(door,), daemon=True).start()
+        if door.command:
+            threading.Thread(target=_run_action, args=(door,), daemon=True).start()
 
     def _door_frame(
         self,
@@ -173,14 +190,15 @@ class DoorAccess:
 
 @dataclass(frozen=True)
 class DoorOutlets:
-    """Where a door's decisions go. emit: publishes an event and queues it for the server; submit: publishes
-    a JSON message on a topic under the agent's prefix; guarded: runs a store write whose failure is logged,
-    never fatal; versions: the versions an event carries."""
+    """Where a door's decisions go. emit: publishes an event and queues it for the server; command(topic,
+    payload, expiry_s): publishes a JSON command under the agent's prefix at once, never queued, False when
+    it could not be sent; guarded: runs a store write whose failure is logged, never fatal; versions: the
+    versions an event carries."""
 
     metrics: AgentMetrics
     audit: AuditLog
     emit: Callable[[AgentEvent], None]
-    submit: Callable[[str, dict[str, Any]], None]
+    command: Callable[[str, dict[str, Any], int], bool]
     guarded: Callable[[Callable[[], object]], None]
     versions: Callable[[], Versions]
 

@@ -134,7 +134,7 @@ class AgentService:
             self.outbox = OutboxPublisher(self.store, self._publish)
             self.metrics = AgentMetrics(self.figures)
             outlets = DoorOutlets(
-                self.metrics, self.store.audit, self._emit, self._submit, self._guarded, self.versions
+                self.metrics, self.store.audit, self._emit, self._command, self._guarded, self.versions
             )
             mesh = face_mesh(config, self.runtime, self.models, self.precisions)
             self.doors = DoorAccess(config, self.device_id, self._person, mesh, outlets)
@@ -385,6 +385,13 @@ class AgentService:
                 extra={"device_id": self.device_id, "event_id": event.envelope.event_id},
             )
 
+    def _command(self, topic_suffix: str, payload: dict[str, Any], expiry_s: int) -> bool:
+        """Publish a command (a relay's 'open') now, QoS 0 and expiring: never queued, never replayed."""
+        link = self.link
+        if link is None:
+            return False
+        return link.publish(topic_suffix, json.dumps(payload).encode(), qos=0, expiry_s=expiry_s) is not None
+
     def _submit(self, topic_suffix: str, payload: dict[str, Any]) -> None:
         if self.link is None:
             return
@@ -540,6 +547,7 @@ class AgentService:
             self.commands.queue,
             self._connection_changed,
             self.commands.refuse_oversized,
+            self.outbox.refused,
         )
 
     def _make_sync(self) -> FleetSync:

@@ -75,7 +75,11 @@ def status(agent: ReportedAgent) -> dict[str, Any]:
         "gallery_revision": agent.people_revision,
         "cameras": cameras,
         "doors": sorted(agent.doors.controllers),
-        "outbox": {"pending": store.outbox.count(), "dropped": store.outbox.dropped()},
+        "outbox": {
+            "pending": store.outbox.count(),
+            "dropped": store.outbox.dropped(),
+            "rejected": store.outbox.rejected(),
+        },
         "server": agent.sync.status() if agent.sync is not None else None,
         "snapshots": {
             "pending": store.snapshots.count(),
@@ -135,6 +139,7 @@ def health(agent: ReportedAgent) -> dict[str, float]:
         "cameras_running": float(sum(s.state == "running" for s in cameras)),
         "outbox_pending": float(store.outbox.count()),
         "outbox_dropped": float(store.outbox.dropped()),
+        "outbox_rejected": float(store.outbox.rejected()),
         "store_revision": float(max(agent.people_revision, 0)),
         "people": float(len(agent.people)),
         "errors": float(len(agent.errors)),

@@ -8,13 +8,15 @@ import time
 from collections.abc import Sequence
 
 from facefleet.agent.domain.records import InvalidRecordError, OutboxMessage
-from facefleet.agent.store.connection import StoreConnection, drop_oldest
+from facefleet.agent.store.connection import StoreConnection, add_to_counter, drop_oldest
 
 _LOG = logging.getLogger(__name__)
 
 DEFAULT_OUTBOX_LIMIT = 10_000
 OUTBOX_DROPPED = "outbox_dropped"
 """Counter of outbox messages dropped (oldest first) because the outbox was full."""
+OUTBOX_REJECTED = "outbox_rejected"
+"""Counter of outbox messages the broker refused for good (not authorised, an invalid topic or payload)."""
 
 
 class Outbox:
@@ -82,6 +84,19 @@ class Outbox:
         with self._connection.write() as conn:
             cursor = conn.executemany("DELETE FROM outbox WHERE id = ?", [(int(i),) for i in message_ids])
             return int(cursor.rowcount)
+
+    def reject(self, message_id: int) -> bool:
+        """Remove a message the broker refused for good and count it in OUTBOX_REJECTED, in one
+        transaction; False when it was already gone."""
+        with self._connection.write() as conn:
+            gone = conn.execute("DELETE FROM outbox WHERE id = ?", (message_id,)).rowcount > 0
+            if gone:
+                add_to_counter(conn, OUTBOX_REJECTED, 1)
+            return gone
+
+    def rejected(self) -> int:
+        """How many messages the broker refused for good, since the store was created."""
+        return self._connection.counter(OUTBOX_REJECTED)
 
     def count(self) -> int:
         with self._connection.read() as conn:

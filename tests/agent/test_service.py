@@ -11,7 +11,9 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +151,10 @@ def test_service_publishes_identity_unknown_expression_and_door_decisions(
     granted, denied = watcher.on(PREFIX + "access/front")[:2]
     assert (granted["decision"], granted["person_id"], granted["frames"]) == ("granted", "eileen", 3)
     assert (denied["decision"], denied["reason"]) == ("denied", "face not recognised")
-    assert watcher.on(PREFIX + "relay/front")[0]["action"] == "open"
+    [relay] = watcher.on(PREFIX + "relay/front")
+    assert (relay["action"], relay["door"], relay["event_id"]) == ("open", "front", granted["event_id"])
+    opened, expires = (datetime.fromisoformat(relay[key]) for key in ("time", "expires_at"))
+    assert expires - opened == timedelta(seconds=5)  # relay_expiry_s: not acted on later
     statuses = watcher.on(PREFIX + "status")
     assert statuses[0]["state"] == "online" and statuses[0]["cameras"]["door"]["state"] in (
         "running",
@@ -406,3 +411,32 @@ def test_a_stop_request_takes_no_lock_and_stops_the_service(
     finally:
         service.stop_event.set()
         runner.join(30)
+
+
+def test_a_grant_while_the_broker_is_away_never_opens_the_door_later(
+    state_dir: Path, astronaut: np.ndarray, broker: Mosquitto, subscriber_factory: Any, tmp_path: Path
+) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "eileen.png"), astronaut)
+    config = load_config(
+        config_file(tmp_path, broker.port, "loop", folder, allow_people=["eileen"], relay_topic="relay/front")
+    )
+    broker.stop()
+    service = AgentService(config, state_dir)
+    with running(service):
+        deadline = time.monotonic() + 30
+        while not service.store.audit.entries():  # granted while no broker is there
+            assert time.monotonic() < deadline, "no door decision"
+            time.sleep(0.1)
+        broker.start()
+        watcher = subscriber_factory(broker.port, PREFIX + "#")
+        watcher.wait_for(lambda: watcher.on(PREFIX + "access/front"), timeout=30)  # the queued event
+        assert service.outbox.flush(10)
+        time.sleep(1.0)
+        unsent = service.metrics.relay_unsent.labels("front")._value.get()
+        decisions = [entry.decision for entry in service.store.audit.entries()]
+    assert decisions[:1] == ["granted"]
+    assert watcher.on(PREFIX + "access/front")[0]["decision"] == "granted"
+    assert watcher.on(PREFIX + "relay/front") == []  # the open was not queued, so never replayed
+    assert unsent >= 1

@@ -19,7 +19,7 @@ import pytest
 
 from facefleet.agent.config import MqttConfig, load_config
 from facefleet.agent.publish.mqtt import MAX_COMMAND_BYTES, MqttLink, MqttSettings
-from facefleet.agent.publish.outbox import OutboxPublisher
+from facefleet.agent.publish.outbox import MAX_REFUSALS, RETRY_FIRST_S, OutboxPublisher
 from facefleet.agent.service.loop import AgentService
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.server.api import certs
@@ -54,6 +54,7 @@ class Agent:
             on_ack=lambda mid: self.outbox.acknowledged(mid),
             on_command=lambda topic, payload: self.commands.append((topic, payload)),
             on_connection=self._connection,
+            on_refused=lambda mid, reason, permanent: self.outbox.refused(mid, reason, permanent),
         )
         self.outbox = OutboxPublisher(
             store, lambda topic, payload, qos: self.link.publish(topic, payload, qos)
@@ -557,3 +558,104 @@ def test_the_service_connects_with_client_certificates_from_its_config(
     (answer,) = watcher.on(PREFIX + "replies/ping")
     assert answer["request_id"] == "p1" and answer["ok"] is False and "unknown command" in answer["detail"]
     assert "u'door-box'" in broker.log
+
+
+# ---- refusals and answers to other messages ------------------------------------------------------------
+
+
+def test_messages_the_broker_refuses_do_not_hold_up_the_events_behind_them(
+    tmp_path: Path, subscriber_factory: Any
+) -> None:
+    acl = f"topic readwrite {PREFIX}events/#\ntopic readwrite {PREFIX}status\ntopic read {PREFIX}cmd/#\n"
+    broker = Mosquitto(tmp_path, acl=acl).start()  # the site's ACL: no replies/ for this agent
+    store = EmbeddingStore(tmp_path / "store.db")
+    watcher = subscriber_factory(broker.port, PREFIX + "events/#")
+    agent = Agent(broker.port, store)
+    try:
+        for number in range(60):  # more than the window of 50 unacknowledged messages
+            agent.outbox.submit("replies/verify", event(number))
+        for number in range(20):
+            agent.outbox.submit("events/face", event(number))
+        agent.start()
+        assert agent.outbox.flush(30), f"{store.outbox.count()} messages still queued"
+        watcher.wait_for(lambda: len(watcher.on(PREFIX + "events/face")) >= 20)
+    finally:
+        agent.stop()
+        broker.stop()
+    assert [payload["n"] for payload in watcher.on(PREFIX + "events/face")] == list(range(20))
+    assert store.outbox.rejected() == 60  # "Not authorized" is for good: removed and counted
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def wait_until(condition: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.01)
+
+
+def test_an_old_answer_to_another_message_does_not_acknowledge_an_outbox_message(tmp_path: Path) -> None:
+    store = EmbeddingStore(tmp_path / "store.db")
+    clock = Clock()
+    mids = iter([7, 8])
+    published: list[int] = []
+    publisher = OutboxPublisher(
+        store, lambda t, p, q: published.append(mid := next(mids)) or mid, clock=clock
+    )
+    publisher.start()
+    publisher.connection_changed(True)
+    try:
+        publisher.acknowledged(7)  # the PUBACK of a status message, say, that used id 7 long ago
+        clock.now += 60
+        publisher.submit("events/face", event(0))
+        wait_until(lambda: published == [7])
+        time.sleep(0.3)
+        assert store.outbox.count() == 1  # still waiting for its own PUBACK
+        publisher.acknowledged(7)
+        wait_until(lambda: store.outbox.count() == 0)
+        publisher.acknowledged(8)  # a PUBACK that overtakes publish() returning its id: kept a moment
+        publisher.submit("events/face", event(1))
+        wait_until(lambda: published == [7, 8] and store.outbox.count() == 0)
+    finally:
+        publisher.stop()
+
+
+def test_a_refused_message_is_sent_again_later_and_removed_after_the_last_try(tmp_path: Path) -> None:
+    store = EmbeddingStore(tmp_path / "store.db")
+    clock = Clock()
+    published: list[str] = []
+
+    def publish(topic: str, payload: bytes, qos: int) -> int:
+        published.append(topic)
+        return len(published)
+
+    publisher = OutboxPublisher(store, publish, clock=clock)
+    publisher.start()
+    publisher.connection_changed(True)
+    try:
+        publisher.submit("events/face", event(0))
+        for attempt in range(1, MAX_REFUSALS + 1):
+            wait_until(lambda attempt=attempt: len(published) == attempt)  # type: ignore[misc]
+            publisher.refused(attempt, "Quota exceeded", permanent=False)
+            time.sleep(0.2)
+            clock.now += RETRY_FIRST_S * 2 ** (attempt - 1) - 1
+            time.sleep(1.2)  # the thread looks again at least every second
+            if attempt < MAX_REFUSALS:
+                assert len(published) == attempt  # it waits out its back-off
+                clock.now += 1.5
+        wait_until(lambda: store.outbox.count() == 0)
+        assert (len(published), store.outbox.rejected()) == (MAX_REFUSALS, 1)
+        publisher.submit("events/face", event(1))
+        wait_until(lambda: len(published) == MAX_REFUSALS + 1)
+        publisher.refused(MAX_REFUSALS + 1, "Payload format invalid", permanent=True)
+        wait_until(lambda: store.outbox.rejected() == 2)
+        assert store.outbox.count() == 0
+    finally:
+        publisher.stop()

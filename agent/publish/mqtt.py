@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import ssl
 import sys
 import threading
@@ -32,14 +33,18 @@ MAX_PACKET_BYTES = 2 * MAX_COMMAND_BYTES
 """The largest MQTT packet the agent takes (MQTT 5 Maximum Packet Size, told to the broker at connect): the
 broker drops bigger messages instead of sending them, so none is read into memory whole."""
 OFFLINE_STATUS = {"schema": 1, "state": "offline"}
-PERMANENT_REFUSALS = frozenset({0x87, 0x90, 0x99})
-"""MQTT 5 PUBACK reasons no retry mends: Not authorized, Topic Name invalid, Payload format invalid."""
+PERMANENT_REFUSALS = frozenset({0x90, 0x99})
+"""MQTT 5 PUBACK reasons no retry mends: Topic Name invalid, Payload format invalid (Not authorized is not
+among them: a broker's ACL can be put right)."""
 
 
 @dataclass(frozen=True)
 class MqttSettings:
     """Broker connection. prefix: topic prefix ending in '/'; tls: connect with TLS (ca_file to trust a
-    private CA, cert_file/key_file for client certificates); reconnect backoff in seconds."""
+    private CA, cert_file/key_file for client certificates); reconnect backoff in seconds; unacked_timeout_s:
+    drop the connection when data sent to the broker stays unacknowledged (by TCP) this long (Linux
+    TCP_USER_TIMEOUT), so that a message written to a silent connection is lost with it instead of reaching
+    the broker when the network comes back (a relay's 'open', minutes later)."""
 
     host: str
     port: int
@@ -55,14 +60,15 @@ class MqttSettings:
     reconnect_min_s: int = 1
     reconnect_max_s: int = 60
     max_inflight: int = 100
+    unacked_timeout_s: float | None = None
 
 
 class MqttLink:
     """One connection to the broker, kept up by paho's network thread with reconnect backoff.
 
     on_ack(mid) runs when the broker acknowledged a QoS 1 publish, on_refused(mid, reason, permanent) when it
-    refused one (an MQTT 5 PUBACK with a failure reason; permanent: not authorised, an invalid topic or
-    payload, which no retry mends); on_command(subtopic, payload) for each
+    refused one (an MQTT 5 PUBACK with a failure reason; permanent: an invalid topic or payload, which no
+    retry mends); on_command(subtopic, payload) for each
     live message under `<prefix>cmd/` of at most MAX_COMMAND_BYTES; on_oversized(subtopic, size) instead
     for a larger one (its payload is not passed on); on_connection(connected, reason) on every connect and
     disconnect, and on each failed attempt, with why (a refused TLS certificate, say). Callbacks run on
@@ -191,12 +197,25 @@ class MqttLink:
             self._on_connection(False, str(reason.getName()))
             return
         self._socket_error = self._failure = None
+        self._limit_unacked(client)
         client.subscribe(self.topic("cmd/#"), qos=1)
         if self._status_payload is not None:
             client.publish(self.topic("status"), self._status_payload, qos=1, retain=True)
         self._connected.set()
         log.info("MQTT: connected to %s:%s", self.settings.host, self.settings.port)
         self._on_connection(True, "connected")
+
+    def _limit_unacked(self, client: paho.Client) -> None:
+        timeout = self.settings.unacked_timeout_s
+        connection = client.socket()
+        if timeout is None or not isinstance(connection, socket.socket):  # an SSLSocket is one too
+            return
+        if not hasattr(socket, "TCP_USER_TIMEOUT"):  # not Linux
+            return
+        try:
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(timeout * 1000))
+        except OSError as exc:
+            log.warning("MQTT: cannot bound how long sent data may stay unacknowledged: %s", exc)
 
     def _handle_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any

@@ -2,10 +2,11 @@
 published (QoS 1) and deleted only when the broker's PUBACK arrives. After a broker outage or an agent
 restart the backlog goes out oldest first; a message may then arrive twice, always with the same event id.
 
-A message the broker refuses (an MQTT 5 PUBACK with a failure reason) leaves the window at once: refused
-for good (not authorised, an invalid topic or payload) or MAX_REFUSALS times, it is removed and counted
-(`outbox_rejected`); otherwise it waits RETRY_FIRST_S, doubling to RETRY_MAX_S, and goes out again. So a
-topic the broker's ACL forbids cannot hold up the events behind it.
+A message the broker refuses (an MQTT 5 PUBACK with a failure reason) leaves the window at once, so a topic
+the broker's ACL forbids cannot hold up the events behind it. One that can never be taken (an invalid topic or
+payload) is removed and counted (`outbox_rejected`); any other (not authorised, a quota) waits RETRY_FIRST_S,
+doubling to RETRY_MAX_S, and goes out again, as long as the outbox keeps it: an ACL put right later still
+gets every event.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ Publish = Callable[[str, bytes, int], "int | None"]
 EARLY_OUTCOME_S = 5.0
 """How long the broker's answer to a message id not (yet) in flight is kept: the answer may come before
 publish() returned the id, but an answer older than this belongs to some other message."""
-MAX_REFUSALS = 5
 RETRY_FIRST_S = 5.0
 RETRY_MAX_S = 300.0
 
@@ -164,33 +164,41 @@ class OutboxPublisher:
             self._refusals.pop(outbox_id, None)
             self._retry_at.pop(outbox_id, None)
 
+    def backing_off(self) -> int:
+        """Messages the broker refused that wait to go out again."""
+        return len(self._retry_at)
+
     def _handle_refused(self) -> None:
-        """Remove and count what the broker refused for good; let the rest wait and go out again."""
-        with self._lock:
-            refused, self._refused = self._refused, []
-        for outbox_id, refusal in refused:
-            count = self._refusals.get(outbox_id, 0) + 1
-            if refusal.permanent or count >= MAX_REFUSALS:
-                self._store.outbox.reject(outbox_id)
+        """Remove and count what the broker can never take; let the rest wait and go out again. One at a
+        time: a store error leaves the ones not yet handled for the next round."""
+        while True:
+            with self._lock:
+                if not self._refused:
+                    return
+                outbox_id, refusal = self._refused[0]
+            if refusal.permanent:
+                self._store.outbox.reject(outbox_id)  # a StoreError: tried again next round
                 self._refusals.pop(outbox_id, None)
                 self._retry_at.pop(outbox_id, None)
                 log.warning(
-                    "outbox: the broker refused message %d %s (%s): removed, counted in outbox_rejected",
+                    "outbox: the broker refused message %d for good (%s): removed, counted as rejected",
                     outbox_id,
-                    "for good" if refusal.permanent else f"{count} times",
                     refusal.reason,
                 )
             else:
+                count = self._refusals.get(outbox_id, 0) + 1
                 wait = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (count - 1))
                 self._refusals[outbox_id] = count
                 self._retry_at[outbox_id] = self._clock() + wait
                 log.warning(
-                    "outbox: the broker refused message %d (%s); sending it again in %.0f s",
+                    "outbox: the broker refused message %d (%s, %d times); sending it again in %.0f s",
                     outbox_id,
                     refusal.reason,
+                    count,
                     wait,
                 )
             with self._lock:
+                self._refused.pop(0)
                 self._sent.discard(outbox_id)
 
     def _send(self) -> None:
@@ -204,7 +212,12 @@ class OutboxPublisher:
             return
         now = self._clock()
         waiting = {outbox_id for outbox_id, due in self._retry_at.items() if due > now}
-        for message in self._store.outbox.pending(len(sent) + len(waiting) + room):
+        messages = self._store.outbox.pending(len(sent) + len(waiting) + room)
+        if messages:  # a refused message the outbox dropped (it was full) needs no more retries
+            for gone in [outbox_id for outbox_id in self._retry_at if outbox_id < messages[0].message_id]:
+                self._retry_at.pop(gone, None)
+                self._refusals.pop(gone, None)
+        for message in messages:
             if message.message_id in sent or message.message_id in waiting:
                 continue
             mid = self._publish(message.topic, message.payload.encode(), message.qos)
@@ -217,6 +230,7 @@ class OutboxPublisher:
                 early = self._early.pop(mid, None)
                 if early is not None and self._clock() - early[0] < EARLY_OUTCOME_S:
                     self._settle(message.message_id, early[1])
+                    self._wake.set()  # to delete it (or handle its refusal) on the next round, at once
                 else:
                     self._in_flight[mid] = message.message_id
             room -= 1

@@ -78,7 +78,10 @@ class DoorAccess:
         event = access_event(self.device_id, camera, decision, self.outlets.versions(), now)
         self.outlets.metrics.access.labels(decision.door, decision.decision).inc()
         if decision.granted:
-            self._open(decision.door, event.envelope.event_id, now)
+            try:
+                self._open(decision.door, event.envelope.event_id, now)
+            except Exception:  # the audit row and the event below are written whatever happened
+                log.exception("door %s: opening failed", decision.door)
         log.info(
             "door %s: %s %s (%s)",
             decision.door,

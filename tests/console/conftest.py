@@ -182,23 +182,15 @@ def spki_pin(certificate: Path) -> str:
     return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
-def agent_settings(harness: Harness, pki: Pki, video: Path, broker: Mosquitto) -> AgentConfig:
+def agent_settings(harness: Harness, video: Path, broker: Mosquitto) -> AgentConfig:
     """door-1 reporting to the harness's server what its camera sees, publishing on the broker, with a
     door for the group "staff" on that camera."""
-    issued = pki.device(DEVICE)
     return AgentConfig.model_validate(
         {
             "device_id": DEVICE,
             "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_max_s": 1},
             "service": {"status_interval_s": 1},
-            "server": {
-                "enabled": True,
-                "address": f"127.0.0.1:{harness.agents_port}",
-                "ca_file": str(pki.tls_dir / "ca.pem"),
-                "cert_file": str(issued.cert),
-                "key_file": str(issued.key),
-                "reconnect_max_s": 1,
-            },
+            "server": harness.agent_server_section(DEVICE, reconnect_max_s=1),
             "cameras": [{"name": CAMERA, "source": str(video), "max_fps": FPS, "loop": True}],
             "doors": [{"name": DOOR, "camera": CAMERA, "allow_groups": ["staff"], "min_frames": 3}],
         }
@@ -246,7 +238,7 @@ def fleet(
         stack.callback(broker.stop)
         watcher = Subscriber(broker.port, PREFIX + "events/#", client_id="console-watcher")
         stack.callback(watcher.close)
-        agent = AgentService(agent_settings(server.harness, pki, video, broker), state)
+        agent = AgentService(agent_settings(server.harness, video, broker), state)
         runner = threading.Thread(target=agent.run, name="agent")
         runner.start()
         stack.callback(runner.join, 30)

@@ -176,6 +176,19 @@ class Harness:
         )
         return self.channel(self.agents_port, credentials)
 
+    def agent_server_section(self, device: str, **extra: Any) -> dict[str, Any]:
+        """An agent config's [server] section: `device` reporting to this server with its certificate from
+        the test PKI (issued already), plus `extra` keys."""
+        issued = self.pki.device(device)
+        return {
+            "enabled": True,
+            "address": f"127.0.0.1:{self.agents_port}",
+            "ca_file": str(self.pki.tls_dir / "ca.pem"),
+            "cert_file": str(issued.cert),
+            "key_file": str(issued.key),
+            **extra,
+        }
+
     def fleet(self, device: str = "door-1", **kwargs: Any) -> fleet_pb2_grpc.FleetServiceStub:
         return fleet_pb2_grpc.FleetServiceStub(self.agent_channel(device, **kwargs))
 

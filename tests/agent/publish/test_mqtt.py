@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -19,8 +21,9 @@ import pytest
 
 from facefleet.agent.config import MqttConfig, load_config
 from facefleet.agent.publish.mqtt import MAX_COMMAND_BYTES, MqttLink, MqttSettings
-from facefleet.agent.publish.outbox import MAX_REFUSALS, RETRY_FIRST_S, OutboxPublisher
+from facefleet.agent.publish.outbox import RETRY_FIRST_S, OutboxPublisher
 from facefleet.agent.service.loop import AgentService
+from facefleet.agent.service.wiring import mqtt_settings
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.server.api import certs
 from facefleet.vision.models.store import ModelStore
@@ -566,10 +569,10 @@ def test_the_service_connects_with_client_certificates_from_its_config(
 def test_messages_the_broker_refuses_do_not_hold_up_the_events_behind_them(
     tmp_path: Path, subscriber_factory: Any
 ) -> None:
-    acl = f"topic readwrite {PREFIX}events/#\ntopic readwrite {PREFIX}status\ntopic read {PREFIX}cmd/#\n"
-    broker = Mosquitto(tmp_path, acl=acl).start()  # the site's ACL: no replies/ for this agent
+    allowed = f"topic readwrite {PREFIX}events/#\ntopic readwrite {PREFIX}status\ntopic read {PREFIX}cmd/#\n"
+    broker = Mosquitto(tmp_path, acl=allowed).start()  # the site's ACL: no replies/ for this agent yet
     store = EmbeddingStore(tmp_path / "store.db")
-    watcher = subscriber_factory(broker.port, PREFIX + "events/#")
+    watcher = subscriber_factory(broker.port, PREFIX + "#")
     agent = Agent(broker.port, store)
     try:
         for number in range(60):  # more than the window of 50 unacknowledged messages
@@ -577,13 +580,20 @@ def test_messages_the_broker_refuses_do_not_hold_up_the_events_behind_them(
         for number in range(20):
             agent.outbox.submit("events/face", event(number))
         agent.start()
+        watcher.wait_for(lambda: len(watcher.on(PREFIX + "events/face")) >= 20, timeout=30)
+        wait_until(lambda: agent.outbox.backing_off() == 60 and store.outbox.count() == 60)
+        assert watcher.on(PREFIX + "replies/verify") == []
+        (tmp_path / "acl").write_text(allowed + f"topic readwrite {PREFIX}replies/#\n")  # put right
+        assert broker.process is not None
+        broker.process.send_signal(signal.SIGHUP)  # mosquitto reads its ACL again
         assert agent.outbox.flush(30), f"{store.outbox.count()} messages still queued"
-        watcher.wait_for(lambda: len(watcher.on(PREFIX + "events/face")) >= 20)
+        watcher.wait_for(lambda: len(watcher.on(PREFIX + "replies/verify")) >= 60, timeout=30)
     finally:
         agent.stop()
         broker.stop()
     assert [payload["n"] for payload in watcher.on(PREFIX + "events/face")] == list(range(20))
-    assert store.outbox.rejected() == 60  # "Not authorized" is for good: removed and counted
+    assert sorted(payload["n"] for payload in watcher.on(PREFIX + "replies/verify")) == list(range(60))
+    assert store.outbox.rejected() == 0  # "Not authorized" waited for the ACL; nothing was thrown away
 
 
 class Clock:
@@ -594,7 +604,7 @@ class Clock:
         return self.now
 
 
-def wait_until(condition: Any, timeout: float = 5.0) -> None:
+def wait_until(condition: Any, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "condition not met"
@@ -614,9 +624,10 @@ def test_an_old_answer_to_another_message_does_not_acknowledge_an_outbox_message
     try:
         publisher.acknowledged(7)  # the PUBACK of a status message, say, that used id 7 long ago
         clock.now += 60
+        time.sleep(0.2)
         publisher.submit("events/face", event(0))
         wait_until(lambda: published == [7])
-        time.sleep(0.3)
+        time.sleep(1.5)  # longer than the thread's round of one second
         assert store.outbox.count() == 1  # still waiting for its own PUBACK
         publisher.acknowledged(7)
         wait_until(lambda: store.outbox.count() == 0)
@@ -627,7 +638,7 @@ def test_an_old_answer_to_another_message_does_not_acknowledge_an_outbox_message
         publisher.stop()
 
 
-def test_a_refused_message_is_sent_again_later_and_removed_after_the_last_try(tmp_path: Path) -> None:
+def test_a_refused_message_waits_longer_each_time_and_an_invalid_one_is_removed(tmp_path: Path) -> None:
     store = EmbeddingStore(tmp_path / "store.db")
     clock = Clock()
     published: list[str] = []
@@ -641,21 +652,49 @@ def test_a_refused_message_is_sent_again_later_and_removed_after_the_last_try(tm
     publisher.connection_changed(True)
     try:
         publisher.submit("events/face", event(0))
-        for attempt in range(1, MAX_REFUSALS + 1):
+        for attempt in range(1, 4):
             wait_until(lambda attempt=attempt: len(published) == attempt)  # type: ignore[misc]
             publisher.refused(attempt, "Quota exceeded", permanent=False)
-            time.sleep(0.2)
+            wait_until(lambda: publisher.backing_off() == 1 and not publisher._refused)
             clock.now += RETRY_FIRST_S * 2 ** (attempt - 1) - 1
-            time.sleep(1.2)  # the thread looks again at least every second
-            if attempt < MAX_REFUSALS:
-                assert len(published) == attempt  # it waits out its back-off
-                clock.now += 1.5
+            time.sleep(1.5)  # longer than the thread's round of one second
+            assert len(published) == attempt  # it waits out its back-off: 5, 10, 20 s
+            clock.now += 1.5
+        wait_until(lambda: len(published) == 4)
+        publisher.acknowledged(4)
         wait_until(lambda: store.outbox.count() == 0)
-        assert (len(published), store.outbox.rejected()) == (MAX_REFUSALS, 1)
+        assert (publisher.backing_off(), store.outbox.rejected()) == (0, 0)
         publisher.submit("events/face", event(1))
-        wait_until(lambda: len(published) == MAX_REFUSALS + 1)
-        publisher.refused(MAX_REFUSALS + 1, "Payload format invalid", permanent=True)
-        wait_until(lambda: store.outbox.rejected() == 2)
+        wait_until(lambda: len(published) == 5)
+        publisher.refused(5, "Payload format invalid", permanent=True)
+        wait_until(lambda: store.outbox.rejected() == 1)
         assert store.outbox.count() == 0
     finally:
         publisher.stop()
+
+
+def test_a_connection_for_relays_drops_data_the_broker_does_not_take_in_time(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    config = load_config_text(
+        tmp_path,
+        f'[mqtt]\nport = {broker.port}\n[[cameras]]\nname = "c"\nsource = "0"\n'
+        '[[doors]]\nname = "front"\ncamera = "c"\nrelay_topic = "relay/front"\nrelay_expiry_s = 3\n'
+        '[[doors]]\nname = "back"\ncamera = "c"\n',
+    )
+    wired = mqtt_settings(config, PREFIX, "door-box")
+    assert wired.unacked_timeout_s == 3
+    agent = Agent(broker.port, EmbeddingStore(tmp_path / "store.db"), unacked_timeout_s=3).start()
+    try:
+        assert agent.link.wait_connected(10)
+        connection = agent.link._client.socket()
+        assert isinstance(connection, socket.socket)
+        assert connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 3000
+    finally:
+        agent.stop()
+
+
+def load_config_text(tmp_path: Path, text: str) -> Any:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return load_config(path)

@@ -26,21 +26,14 @@ from tests.server.fleet.test_agent_sync import access_payload, health, open_stor
 DAY = 86400.0
 
 
-def without_cameras(harness: Harness, pki: Pki) -> AgentConfig:
+def without_cameras(harness: Harness) -> AgentConfig:
     """An agent reporting to the harness's server, with no camera and no broker."""
-    issued = pki.device("door-1")
     return AgentConfig.model_validate(
         {
             "device_id": "door-1",
             "mqtt": {"enabled": False},
             "service": {"status_interval_s": 1},
-            "server": {
-                "enabled": True,
-                "address": f"127.0.0.1:{harness.agents_port}",
-                "ca_file": str(pki.tls_dir / "ca.pem"),
-                "cert_file": str(issued.cert),
-                "key_file": str(issued.key),
-            },
+            "server": harness.agent_server_section("door-1"),
         }
     )
 
@@ -66,7 +59,7 @@ def test_an_event_the_server_refuses_for_its_time_is_counted_for_good_and_the_cl
 
     async def scenario() -> dict[str, Any]:
         async with serving(tmp_path, pki, enroller) as harness:
-            service = await asyncio.to_thread(AgentService, without_cameras(harness, pki), state)
+            service = await asyncio.to_thread(AgentService, without_cameras(harness), state)
             seen: dict[str, Any] = {}
             try:
                 sync = service.sync

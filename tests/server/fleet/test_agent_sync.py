@@ -113,23 +113,16 @@ def vector_person(person_id: str, seed: int) -> admin_pb2.EnrollPersonRequest:
 
 
 def agent_config(
-    harness: Harness, pki: Pki, video: Path, device: str = "door-1", mqtt: dict[str, Any] | None = None
+    harness: Harness, video: Path, device: str = "door-1", mqtt: dict[str, Any] | None = None
 ) -> AgentConfig:
     """An agent that reports to the harness's server (with `device`'s certificate) what its one camera, a
     looping video at 8 fps, sees; MQTT off unless `mqtt` says where the broker is."""
-    issued = pki.device(device)
     return AgentConfig.model_validate(
         {
             "device_id": device,
             "mqtt": mqtt or {"enabled": False},
             "service": {"status_interval_s": 1},
-            "server": {
-                "enabled": True,
-                "address": f"127.0.0.1:{harness.agents_port}",
-                "ca_file": str(pki.tls_dir / "ca.pem"),
-                "cert_file": str(issued.cert),
-                "key_file": str(issued.key),
-            },
+            "server": harness.agent_server_section(device),
             "cameras": [{"name": "door", "source": str(video), "max_fps": 8, "loop": True}],
         }
     )
@@ -535,7 +528,7 @@ def test_the_agent_service_syncs_from_the_server_and_reports_what_its_camera_saw
     async def scenario() -> tuple[list[Any], query_pb2.FleetStatusResponse, int, list[str]]:
         async with serving(tmp_path, pki, enroller) as harness:
             await enrol(harness, admin_pb2.EnrollPersonRequest(person_id="eileen", images=[astronaut_jpeg]))
-            config = agent_config(harness, pki, video)
+            config = agent_config(harness, video)
             service = await asyncio.to_thread(AgentService, config, state)
             runner = threading.Thread(target=service.run)
             runner.start()

@@ -55,7 +55,7 @@ def test_a_stranger_seen_by_an_agent_is_enrolled_from_its_cluster_and_then_recog
     async def scenario() -> tuple[list[Any], dict[str, Any]]:
         async with serving(tmp_path, pki, enroller) as harness:
             mqtt = {"host": "127.0.0.1", "port": broker.port, "reconnect_max_s": 1}
-            config = agent_config(harness, pki, video, mqtt=mqtt)
+            config = agent_config(harness, video, mqtt=mqtt)
             service = await asyncio.to_thread(AgentService, config, state)
             runner = threading.Thread(target=service.run)
             runner.start()

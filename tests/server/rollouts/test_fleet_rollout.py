@@ -104,21 +104,13 @@ def agent_state(tmp_path: Path, model_store: ModelStore, device: str) -> Path:
 
 
 def agent_settings(harness: Harness, pki: Pki, device: str, **extra: Any) -> dict[str, Any]:
-    issued = pki.device(device)
-    if not issued.cert.exists():
+    if not pki.device(device).cert.exists():
         certs.issue_device(pki.tls_dir, device)
     return {
         "device_id": device,
         "mqtt": {"enabled": False},
         "service": {"status_interval_s": 1},
-        "server": {
-            "enabled": True,
-            "address": f"127.0.0.1:{harness.agents_port}",
-            "ca_file": str(pki.tls_dir / "ca.pem"),
-            "cert_file": str(issued.cert),
-            "key_file": str(issued.key),
-            "reconnect_max_s": 1,
-        },
+        "server": harness.agent_server_section(device, reconnect_max_s=1),
         **extra,
     }
 

@@ -208,7 +208,11 @@ class ConsoleConfig(StrictSection):
         12, ge=1, le=24 * 30, description="A session ends this long after sign-in, used or not"
     )
     max_sessions: int = Field(
-        1000, ge=1, le=100_000, description="Most sessions at once; signing in past it ends the oldest"
+        1000,
+        ge=1,
+        le=100_000,
+        description="Most sessions at once; a sign-in past it ends that token's own oldest, or is refused "
+        "(503) when all are other tokens'",
     )
     max_sessions_per_token: int = Field(
         20,
@@ -220,6 +224,15 @@ class ConsoleConfig(StrictSection):
     sign_ins_per_minute: int = Field(
         10, ge=1, le=1000, description="Most sign-ins of one token in a minute; more are refused with 429"
     )
+
+    @model_validator(mode="after")
+    def _per_token_within_all(self) -> ConsoleConfig:
+        if self.max_sessions_per_token > self.max_sessions:
+            raise ValueError(
+                f"[console] max_sessions_per_token ({self.max_sessions_per_token}) must not exceed "
+                f"max_sessions ({self.max_sessions})"
+            )
+        return self
 
 
 class MetricsConfig(MetricsSection):

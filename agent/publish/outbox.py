@@ -31,6 +31,12 @@ RETRY_FIRST_S = 5.0
 RETRY_MAX_S = 300.0
 
 
+def back_off(refusals: int) -> float:
+    """Seconds a message refused `refusals` times waits before it goes out again: RETRY_FIRST_S, doubling
+    to RETRY_MAX_S."""
+    return min(RETRY_MAX_S, RETRY_FIRST_S * 2.0 ** min(max(refusals, 1) - 1, 16))
+
+
 @dataclass(frozen=True)
 class Refusal:
     """The broker's refusal of a publish: its reason code's name, and whether a retry can succeed."""
@@ -152,6 +158,9 @@ class OutboxPublisher:
             except StoreError as exc:
                 log.error("outbox: %s (retrying)", exc)
                 self._stop.wait(1.0)
+            except Exception:  # a fault of ours must not end delivery for good
+                log.exception("outbox: unexpected error (retrying)")
+                self._stop.wait(1.0)
         self._delete_acknowledged()
 
     def _delete_acknowledged(self) -> None:
@@ -187,7 +196,7 @@ class OutboxPublisher:
                 )
             else:
                 count = self._refusals.get(outbox_id, 0) + 1
-                wait = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (count - 1))
+                wait = back_off(count)
                 self._refusals[outbox_id] = count
                 self._retry_at[outbox_id] = self._clock() + wait
                 log.warning(

@@ -16,7 +16,7 @@ DEFAULT_OUTBOX_LIMIT = 10_000
 OUTBOX_DROPPED = "outbox_dropped"
 """Counter of outbox messages dropped (oldest first) because the outbox was full."""
 OUTBOX_REJECTED = "outbox_rejected"
-"""Counter of outbox messages the broker refused for good (not authorised, an invalid topic or payload)."""
+"""Counter of outbox messages the broker can never take (an invalid topic or payload), removed."""
 
 
 class Outbox:

@@ -44,13 +44,17 @@ class SignInsTooFrequentError(Exception):
         self.retry_after_s = retry_after_s
 
 
+class SessionsFullError(Exception):
+    """The console holds its most sessions, all of other tokens."""
+
+
 class ConsoleSessions:
     """The server's console sessions, by the sha256 of their id (an id is never stored as such).
 
     idle_s: a session unused this long ends; max_age_s: it ends this long after sign-in anyway; limit: most
-    sessions at once (the one used least recently ends first); per_token: most sessions of one token (its
-    own least recently used one ends first, so that one token's sign-ins cannot end other operators'
-    sessions); sign_ins_per_minute: most sign-ins of one token in any minute (each is audited)."""
+    sessions at once; per_token: most sessions of one token. A sign-in ends only sessions of its own token
+    (the least recently used first), never another operator's; sign_ins_per_minute: most sign-ins of one
+    token in any minute (each is audited)."""
 
     def __init__(
         self,
@@ -74,30 +78,38 @@ class ConsoleSessions:
 
     def start(self, token: str) -> tuple[str, ConsoleSession]:
         """A new session for an operator token already checked: (its id for the cookie, the session).
-        SignInsTooFrequentError when the token signed in sign_ins_per_minute times in the last minute."""
+        Room is made only among the token's own sessions (its least recently used ends): with `limit`
+        sessions of other tokens live, SessionsFullError; SignInsTooFrequentError when the token signed in
+        sign_ins_per_minute times in the last minute."""
         now = self._clock()
-        self._note_sign_in(token, now)
         while self._sessions:
             oldest, used = next(iter(self._sessions.values()))
             if now < oldest.expires and now - used < self.idle_s:
                 break
             self._sessions.popitem(last=False)
+        owned = [key for key, (other, _) in self._sessions.items() if other.token == token]
+        ending = owned[: max(0, len(owned) + 1 - self.per_token)]  # least recently used first
+        if len(self._sessions) - len(ending) >= self.limit:
+            if not owned:
+                raise SessionsFullError(
+                    f"the console holds its most sessions ({self.limit}, [console] max_sessions), all in "
+                    "use by other operators; try again when one signs out or is idle, or raise max_sessions"
+                )
+            ending = owned[: len(ending) + 1]
+        self._note_sign_in(token, now)
+        for key in ending:
+            del self._sessions[key]
         session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
         session = ConsoleSession(token, secrets.token_urlsafe(SESSION_ID_BYTES), now, now + self.max_age_s)
         self._sessions[_key(session_id)] = (session, now)
-        owned = [key for key, (other, _) in self._sessions.items() if other.token == token]
-        for key in owned[: max(0, len(owned) - self.per_token)]:  # least recently used first
-            del self._sessions[key]
-        while len(self._sessions) > self.limit:
-            self._sessions.popitem(last=False)
         return session_id, session
 
     def _note_sign_in(self, token: str, now: float) -> None:
         for key in [key for key, times in self._sign_ins.items() if now - times[-1] >= SIGN_IN_WINDOW_S]:
             del self._sign_ins[key]
-        times = self._sign_ins.setdefault(_key(token), deque())
-        while times and now - times[0] >= SIGN_IN_WINDOW_S:
-            times.popleft()
+        # the sign-ins of the last minute; a time ahead of now is forgotten (the clock was set back)
+        times = deque(t for t in self._sign_ins.get(_key(token), ()) if 0 <= now - t < SIGN_IN_WINDOW_S)
+        self._sign_ins[_key(token)] = times
         if len(times) >= self.sign_ins_per_minute:
             retry_after = SIGN_IN_WINDOW_S - (now - times[0])
             raise SignInsTooFrequentError(

@@ -41,7 +41,13 @@ HTTP_STATUS = {
     "DEADLINE_EXCEEDED": 504,
 }
 """gRPC status name → HTTP status; any other (INTERNAL, DATA_LOSS, UNKNOWN) is 500."""
-CODES_BY_HTTP = {404: "NOT_FOUND", 405: "UNIMPLEMENTED", 413: "RESOURCE_EXHAUSTED", 429: "RESOURCE_EXHAUSTED"}
+CODES_BY_HTTP = {
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    413: "RESOURCE_EXHAUSTED",
+    429: "RESOURCE_EXHAUSTED",
+    503: "UNAVAILABLE",
+}
 """Routing errors (no such path, a method the path does not take) and rate limits as gRPC status names."""
 WWW_AUTHENTICATE = 'Bearer realm="facefleet"'
 INTERNAL_DETAIL = "internal server error; see the server log"

@@ -21,7 +21,7 @@ from facefleet.server.api.http.auth import (
 )
 from facefleet.server.api.http.problems import ERROR_RESPONSES, ProblemRoute
 from facefleet.server.api.security import MAX_TOKEN_CHARS, Operator
-from facefleet.server.console.sessions import ConsoleSession, SignInsTooFrequentError
+from facefleet.server.console.sessions import ConsoleSession, SessionsFullError, SignInsTooFrequentError
 from facefleet.server.errors import UnauthenticatedError
 
 router = APIRouter(
@@ -83,6 +83,8 @@ async def sign_in(body: SignIn, request: Request, response: Response, handlers: 
     except SignInsTooFrequentError as exc:
         retry_after = str(math.ceil(exc.retry_after_s))
         raise HTTPException(429, str(exc), headers={"Retry-After": retry_after}) from None
+    except SessionsFullError as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": "60"}) from None
     response.set_cookie(
         SESSION_COOKIE,
         session_id,

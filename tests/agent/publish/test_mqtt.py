@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 from facefleet.agent.config import MqttConfig, load_config
+from facefleet.agent.domain.records import StoreError
 from facefleet.agent.publish.mqtt import MAX_COMMAND_BYTES, MqttLink, MqttSettings
-from facefleet.agent.publish.outbox import RETRY_FIRST_S, OutboxPublisher
+from facefleet.agent.publish.outbox import RETRY_FIRST_S, OutboxPublisher, back_off
 from facefleet.agent.service.loop import AgentService
 from facefleet.agent.service.wiring import mqtt_settings
 from facefleet.agent.store.database import EmbeddingStore
@@ -698,3 +699,51 @@ def load_config_text(tmp_path: Path, text: str) -> Any:
     path = tmp_path / "agent.toml"
     path.write_text(text)
     return load_config(path)
+
+
+def test_the_back_off_doubles_to_its_cap_and_stays_there() -> None:
+    waits = [back_off(refusals) for refusals in (1, 2, 3, 6, 7, 1024, 1025, 10**6)]
+    assert waits == [5.0, 10.0, 20.0, 160.0, 300.0, 300.0, 300.0, 300.0]
+
+
+def test_a_store_error_while_removing_a_refused_message_loses_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = EmbeddingStore(tmp_path / "store.db")
+    published: list[int] = []
+    publisher = OutboxPublisher(store, lambda t, p, q: published.append(len(published) + 1) or len(published))
+    reject = store.outbox.reject
+    failures = iter([True])
+
+    def flaky_reject(message_id: int) -> bool:
+        if next(failures, False):
+            raise StoreError("database is locked")
+        return reject(message_id)
+
+    monkeypatch.setattr(store.outbox, "reject", flaky_reject)
+    publisher.start()
+    publisher.connection_changed(True)
+    try:
+        for number in range(3):
+            publisher.submit("events/face", event(number))
+        wait_until(lambda: len(published) == 3)
+        for mid in (1, 2, 3):
+            publisher.refused(mid, "Topic Name invalid", permanent=True)
+        wait_until(lambda: store.outbox.rejected() == 3)
+        assert store.outbox.count() == 0
+    finally:
+        publisher.stop()
+
+
+def test_an_answer_that_overtook_its_publish_is_acted_on_at_once(tmp_path: Path) -> None:
+    store = EmbeddingStore(tmp_path / "store.db")
+    publisher = OutboxPublisher(store, lambda t, p, q: 9)
+    publisher.start()
+    publisher.connection_changed(True)
+    try:
+        time.sleep(1.2)  # the thread now sleeps in its round of one second
+        publisher.acknowledged(9)
+        publisher.submit("events/face", event(0))
+        wait_until(lambda: store.outbox.count() == 0, timeout=0.8)  # before the next round
+    finally:
+        publisher.stop()

@@ -11,10 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from facefleet.server.api.http.auth import CSRF_HEADER, SESSION_COOKIE
+from facefleet.server.config import ConsoleConfig
 from facefleet.server.console.assets import API_CSP, CONSOLE_CSP
-from facefleet.server.console.sessions import ConsoleSessions, SignInsTooFrequentError
+from facefleet.server.console.sessions import ConsoleSessions, SessionsFullError, SignInsTooFrequentError
 from facefleet.server.gallery.embedder import Enroller
 from tests.server.conftest import Pki, run, serving
 from tests.server.http.clients import client, problem
@@ -170,7 +172,7 @@ class Clock:
         return self.now
 
 
-def test_sessions_end_when_idle_when_old_or_when_too_many() -> None:
+def test_sessions_end_when_idle_when_old_or_when_their_token_has_too_many() -> None:
     clock = Clock()
     sessions = ConsoleSessions(idle_s=60, max_age_s=300, limit=2, clock=clock)
     first, session = sessions.start("token-1")
@@ -189,12 +191,15 @@ def test_sessions_end_when_idle_when_old_or_when_too_many() -> None:
     assert sessions.find(kept) is None  # 300 s after sign-in, used or not
     a, _ = sessions.start("a")
     b, _ = sessions.start("b")
-    assert sessions.find(a) is not None  # a is now the most recently used
+    with pytest.raises(SessionsFullError, match=r"most sessions \(2, \[console\] max_sessions\)"):
+        sessions.start("c")  # full, and every session is another operator's: none of theirs ends
+    assert sessions.find(a) is not None and sessions.find(b) is not None
+    a2, _ = sessions.start("a")  # a's own least recently used session makes room
+    assert (sessions.find(a), len(sessions)) == (None, 2)
+    assert sessions.find(a2) is not None and sessions.find(b) is not None
+    sessions.end(a2)
+    assert sessions.find(a2) is None
     c, _ = sessions.start("c")
-    assert (sessions.find(b), len(sessions)) == (None, 2)
-    assert sessions.find(a) is not None and sessions.find(c) is not None
-    sessions.end(a)
-    assert sessions.find(a) is None
     assert not sessions.find(c).csrf_matches(None)  # type: ignore[union-attr]
 
 
@@ -250,3 +255,23 @@ def test_sign_ins_past_the_limit_are_429_and_leave_other_sessions(
     assert 1 <= int(headers["retry-after"]) <= 60
     assert r["admin_still"] == 200  # the query token's sign-ins did not end the admin's session
     assert r["audit"].count(("dashboard", "console.sign-in")) == 3  # the refused one is not audited
+
+
+def test_a_clock_set_back_does_not_lock_a_token_out() -> None:
+    clock = Clock()
+    sessions = ConsoleSessions(idle_s=600, max_age_s=3600, limit=50, clock=clock, sign_ins_per_minute=2)
+    sessions.start("t")
+    sessions.start("t")
+    clock.now -= 3600  # NTP steps the clock back an hour
+    sessions.start("t")  # the sign-ins "from the future" are forgotten
+    sessions.start("t")
+    with pytest.raises(SignInsTooFrequentError) as refused:
+        sessions.start("t")  # the limit holds again, counted from the clock as it now reads
+    assert 0 < refused.value.retry_after_s <= 60
+
+
+def test_a_token_may_not_hold_more_sessions_than_the_console() -> None:
+    with pytest.raises(
+        ValidationError, match=r"max_sessions_per_token \(30\) must not exceed max_sessions \(20\)"
+    ):
+        ConsoleConfig(max_sessions=20, max_sessions_per_token=30)

@@ -40,6 +40,7 @@ from facefleet.agent.fleet.client import FleetClient, WatchStream
 from facefleet.agent.fleet.reports import report_event
 from facefleet.agent.publish.events import AgentEvent
 from facefleet.agent.store.database import EmbeddingStore
+from facefleet.agent.store.reports import PreparedReport, prepare_report
 from facefleet.core.backoff import Backoff
 from facefleet.core.errors import FaceFleetError
 from facefleet.link.checks import MAX_HEALTH_ENTRIES, MAX_HEALTH_KEY_CHARS
@@ -174,12 +175,27 @@ class FleetSync:
         """Queue a face or access event for the server (durably, before any attempt to send it); False when
         its event id is already queued. StoreError when the store cannot take it, LinkError when the event
         breaks the link's limits."""
+        return self.queue(self.prepare(event))
+
+    def queue(self, report: PreparedReport) -> bool:
+        """Queue a prepared report (prepare()) and wake the report loop; False when already queued."""
+        with self.store.connection.write() as conn:
+            added = self.store.reports.add(conn, report)
+        self.wake()
+        return added
+
+    def prepare(self, event: AgentEvent) -> PreparedReport:
+        """An event as the report queue takes it, with the gallery revision applied now (to be queued by
+        the caller, e.g. with its MQTT message in one transaction, then wake()). InvalidRecordError or
+        LinkError when it cannot be reported."""
         revision = self.applied_revision
-        added = self.store.reports.put(report_event(event, revision), revision)
+        return prepare_report(report_event(event, revision), revision)
+
+    def wake(self) -> None:
+        """Report what was queued without waiting for the next round."""
         with self._lock:
             if self._loop is not None and self._wake is not None:
                 self._loop.call_soon_threadsafe(self._wake.set)
-        return added
 
     def flush(self, timeout: float) -> bool:
         """Wait until every queued event is acknowledged (True) or the timeout passes (False)."""

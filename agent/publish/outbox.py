@@ -91,6 +91,10 @@ class OutboxPublisher:
         self._wake.set()
         return message_id
 
+    def wake(self) -> None:
+        """Send what was queued (e.g. by EmbeddingStore.queue_event) without waiting for the next round."""
+        self._wake.set()
+
     def acknowledged(self, mid: int) -> None:
         """The broker acknowledged message id mid (PUBACK)."""
         self._answered(mid, None)

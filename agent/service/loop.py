@@ -369,21 +369,32 @@ class AgentService:
         return snapshot
 
     def _emit(self, event: AgentEvent) -> None:
-        """Publish an event over MQTT and queue it for the fleet server (each where there is one)."""
+        """Publish an event over MQTT and queue it for the fleet server (each where there is one), both in
+        one store transaction: a crash or a full disk leaves both or neither."""
         self.metrics.events.labels("access" if isinstance(event, AccessEvent) else event.track.kind).inc()
-        self._submit(event.topic, mqtt_payload(event))
         sync = self.sync
-        if sync is None:
-            return
-        try:
-            self._guarded(lambda: sync.submit(event))
-        except LinkError as exc:  # a value past the link's limits: published, but not reported
-            log.error(
-                "event %s is not reported to the server: %s",
-                event.envelope.event_id,
-                exc,
-                extra={"device_id": self.device_id, "event_id": event.envelope.event_id},
-            )
+        report = None
+        if sync is not None:
+            try:
+                report = sync.prepare(event)
+            except (LinkError, StoreError) as exc:  # past the link's limits: published, but not reported
+                log.error(
+                    "event %s is not reported to the server: %s",
+                    event.envelope.event_id,
+                    exc,
+                    extra={"device_id": self.device_id, "event_id": event.envelope.event_id},
+                )
+        payload = json.dumps(mqtt_payload(event))
+        if self.link is not None and sync is not None and report is not None:
+            queued = report
+            self._guarded(lambda: self.store.queue_event(event.topic, payload, queued))
+            self.outbox.wake()
+            sync.wake()
+        elif self.link is not None:
+            self._guarded(lambda: self.outbox.submit(event.topic, payload))
+        elif sync is not None and report is not None:
+            queued = report
+            self._guarded(lambda: sync.queue(queued))
 
     def _command(self, topic_suffix: str, payload: dict[str, Any], expiry_s: int) -> bool:
         """Publish a command (a relay's 'open') now, QoS 0 and expiring: never queued, never replayed."""

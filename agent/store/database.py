@@ -17,7 +17,7 @@ from facefleet.agent.store.connection import DEFAULT_BUSY_TIMEOUT_MS, StoreConne
 from facefleet.agent.store.gallery import GalleryStore
 from facefleet.agent.store.migrations import MIGRATIONS
 from facefleet.agent.store.outbox import DEFAULT_OUTBOX_LIMIT, Outbox
-from facefleet.agent.store.reports import DEFAULT_REPORT_LIMIT, ReportQueue
+from facefleet.agent.store.reports import DEFAULT_REPORT_LIMIT, PreparedReport, ReportQueue
 from facefleet.agent.store.snapshots import (
     DEFAULT_SNAPSHOT_KEEP_S,
     DEFAULT_SNAPSHOT_LIMIT_BYTES,
@@ -74,6 +74,12 @@ class EmbeddingStore:
 
     def __repr__(self) -> str:
         return f"EmbeddingStore({str(self.path)!r}{', read_only=True' if self.read_only else ''})"
+
+    def queue_event(self, topic: str, payload: str, report: PreparedReport) -> None:
+        """An event's MQTT message and its report for the server, in one transaction: both or neither."""
+        with self.connection.write() as conn:
+            self.outbox.add(conn, topic, payload)
+            self.reports.add(conn, report)
 
     def migrate(self) -> list[str]:
         """Apply pending migrations; the names applied (empty when up to date)."""

@@ -4,6 +4,7 @@ acknowledges them, oldest first, bounded (the oldest are dropped, counted and lo
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Sequence
 
@@ -35,34 +36,47 @@ class Outbox:
         counted in the OUTBOX_DROPPED counter (and logged). same_kind_limit: queue it only while fewer
         messages of its kind (the topic's first level, e.g. 'replies/') wait, else None: a flood of one kind
         cannot push the others out."""
+        with self._connection.write() as conn:
+            return self.add(conn, topic, payload, qos, same_kind_limit=same_kind_limit)
+
+    def add(
+        self,
+        conn: sqlite3.Connection,
+        topic: str,
+        payload: str,
+        qos: int = 1,
+        *,
+        same_kind_limit: int | None = None,
+    ) -> int | None:
+        """put() inside the caller's write transaction (e.g. with the event's report,
+        EmbeddingStore.queue_event)."""
         if not topic or not isinstance(topic, str) or not isinstance(payload, str):
             raise InvalidRecordError(
                 f"outbox message needs a non-empty topic and a text payload, got {topic!r}"
             )
         if qos not in (0, 1, 2):
             raise InvalidRecordError(f"MQTT qos must be 0, 1 or 2, got {qos!r}")
-        with self._connection.write() as conn:
-            if same_kind_limit is not None:
-                kind = topic.split("/", 1)[0] + "/"
-                (waiting,) = conn.execute(
-                    "SELECT COUNT(*) FROM outbox WHERE substr(topic, 1, ?) = ?", (len(kind), kind)
-                ).fetchone()
-                if waiting >= same_kind_limit:
-                    return None
-            cursor = conn.execute(
-                "INSERT INTO outbox (topic, payload, qos, created_at) VALUES (?, ?, ?, ?)",
-                (topic, payload, qos, time.time()),
+        if same_kind_limit is not None:
+            kind = topic.split("/", 1)[0] + "/"
+            (waiting,) = conn.execute(
+                "SELECT COUNT(*) FROM outbox WHERE substr(topic, 1, ?) = ?", (len(kind), kind)
+            ).fetchone()
+            if waiting >= same_kind_limit:
+                return None
+        cursor = conn.execute(
+            "INSERT INTO outbox (topic, payload, qos, created_at) VALUES (?, ?, ?, ?)",
+            (topic, payload, qos, time.time()),
+        )
+        message_id = int(cursor.lastrowid or 0)
+        excess = drop_oldest(conn, "outbox", self.limit, OUTBOX_DROPPED)
+        if excess:
+            _LOG.warning(
+                "outbox of %s is full (%d messages): dropped the %d oldest",
+                self._connection.path,
+                self.limit,
+                excess,
             )
-            message_id = int(cursor.lastrowid or 0)
-            excess = drop_oldest(conn, "outbox", self.limit, OUTBOX_DROPPED)
-            if excess:
-                _LOG.warning(
-                    "outbox of %s is full (%d messages): dropped the %d oldest",
-                    self._connection.path,
-                    self.limit,
-                    excess,
-                )
-            return message_id
+        return message_id
 
     def pending(self, limit: int = 100) -> list[OutboxMessage]:
         """The oldest queued messages, oldest first."""

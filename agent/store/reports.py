@@ -11,7 +11,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from google.protobuf.message import DecodeError
 
@@ -21,7 +21,7 @@ from facefleet.agent.store.connection import StoreConnection, add_to_counter, dr
 from facefleet.agent.store.snapshots import SnapshotQueue
 from facefleet.link import serde
 from facefleet.link.errors import LinkError
-from facefleet.link.events import Event
+from facefleet.link.events import Event, FaceSnapshot
 from facefleet.v1 import events_pb2
 
 _LOG = logging.getLogger(__name__)
@@ -44,6 +44,29 @@ def decode(data: bytes) -> Event:
     return serde.event_from_proto(events_pb2.Event.FromString(data))
 
 
+@dataclass(frozen=True)
+class PreparedReport:
+    """An event checked and encoded for the report queue, its snapshot apart: all that may fail before a
+    write transaction is opened."""
+
+    event_id: str
+    data: bytes
+    gallery_revision: int
+    snapshot: FaceSnapshot | None
+
+
+def prepare_report(event: Event, gallery_revision: int = 0) -> PreparedReport:
+    """InvalidRecordError for an event id the queue cannot hold, LinkError for an event past the link's
+    limits."""
+    event_id = event.event_id
+    if not isinstance(event_id, str) or not 0 < len(event_id) <= 64 or not event_id.isascii():
+        raise InvalidRecordError(
+            f"a reported event needs an event_id of 1–64 ASCII characters, got {event_id!r}"
+        )
+    data = encode(replace(event, snapshot=None) if event.snapshot is not None else event)
+    return PreparedReport(event_id, data, max(0, int(gallery_revision)), event.snapshot)
+
+
 class ReportQueue:
     """Events to report to the server, oldest first, kept until it acknowledges them. When more than
     `limit` wait, the oldest are dropped, counted in the REPORTS_DROPPED counter and logged. Snapshots of
@@ -64,32 +87,32 @@ class ReportQueue:
     def put(self, event: Event, gallery_revision: int = 0) -> bool:
         """Queue an event by its event_id with the server gallery revision the agent had applied; False when
         that id is already queued."""
-        event_id = event.event_id
-        if not isinstance(event_id, str) or not 0 < len(event_id) <= 64 or not event_id.isascii():
-            raise InvalidRecordError(
-                f"a reported event needs an event_id of 1–64 ASCII characters, got {event_id!r}"
-            )
-        data = encode(replace(event, snapshot=None) if event.snapshot is not None else event)
-        now = time.time()
+        report = prepare_report(event, gallery_revision)
         with self._connection.write() as conn:
-            cursor = conn.execute(
-                "INSERT OR IGNORE INTO reports (event_id, event, gallery_revision, created_at) "
-                "VALUES (?, ?, ?, ?)",
-                (event_id, data, max(0, int(gallery_revision)), now),
+            return self.add(conn, report)
+
+    def add(self, conn: sqlite3.Connection, report: PreparedReport) -> bool:
+        """Queue a prepared report inside the caller's write transaction (e.g. with the event's MQTT
+        message, EmbeddingStore.queue_event); False when its event id is already queued."""
+        now = time.time()
+        cursor = conn.execute(
+            "INSERT OR IGNORE INTO reports (event_id, event, gallery_revision, created_at) "
+            "VALUES (?, ?, ?, ?)",
+            (report.event_id, report.data, report.gallery_revision, now),
+        )
+        if not cursor.rowcount:
+            return False
+        if report.snapshot is not None:
+            self.snapshots.add(conn, report.event_id, report.snapshot, now)
+        excess = drop_oldest(conn, "reports", self.limit, REPORTS_DROPPED)
+        if excess:
+            _LOG.warning(
+                "report queue of %s is full (%d events): dropped the %d oldest",
+                self._connection.path,
+                self.limit,
+                excess,
             )
-            if not cursor.rowcount:
-                return False
-            if event.snapshot is not None:
-                self.snapshots.add(conn, event_id, event.snapshot, now)
-            excess = drop_oldest(conn, "reports", self.limit, REPORTS_DROPPED)
-            if excess:
-                _LOG.warning(
-                    "report queue of %s is full (%d events): dropped the %d oldest",
-                    self._connection.path,
-                    self.limit,
-                    excess,
-                )
-            return True
+        return True
 
     def pending(self, limit: int = 500, max_bytes: int | None = None) -> list[QueuedReport]:
         """The oldest queued events with their snapshots, oldest first: at most `limit`, and at most

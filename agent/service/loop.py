@@ -403,11 +403,6 @@ class AgentService:
             return False
         return link.publish(topic_suffix, json.dumps(payload).encode(), qos=0, expiry_s=expiry_s) is not None
 
-    def _submit(self, topic_suffix: str, payload: dict[str, Any]) -> None:
-        if self.link is None:
-            return
-        self._guarded(lambda: self.outbox.submit(topic_suffix, json.dumps(payload)))
-
     def _guarded(self, write: Callable[[], object]) -> None:
         """Run a store write; a full disk or a locked file is logged and reported, never fatal."""
         try:

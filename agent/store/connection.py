@@ -9,6 +9,7 @@ Every write is one `BEGIN IMMEDIATE` transaction, so a crash or an error half-wa
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -28,6 +29,8 @@ from facefleet.core.migrations import RECORD_TABLE, Migrations, SchemaError
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 DEFAULT_BUSY_TIMEOUT_MS = 5000
+
+_LOG = logging.getLogger(__name__)
 
 
 class StoreConnection:
@@ -175,8 +178,9 @@ class StoreConnection:
             raise _translate(exc, self.path, self.busy_timeout_ms) from exc
 
 
-QUEUE_TABLES = ("outbox", "reports")
-"""The store's bounded queues: rows numbered by `id`, the oldest dropped past their limit."""
+QUEUE_TABLES = {"outbox": ("outbox", "messages"), "reports": ("report queue", "events")}
+"""The store's bounded queues (rows numbered by `id`, the oldest dropped past their limit): table → what
+the log calls it and its rows."""
 
 
 def add_to_counter(conn: sqlite3.Connection, name: str, by: int) -> int:
@@ -189,9 +193,10 @@ def add_to_counter(conn: sqlite3.Connection, name: str, by: int) -> int:
     return int(conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0])
 
 
-def drop_oldest(conn: sqlite3.Connection, table: str, limit: int, counter: str) -> int:
+def drop_oldest(conn: sqlite3.Connection, table: str, limit: int, counter: str, store: Path) -> int:
     """Keep a bounded queue table (one of ours, rows numbered by `id`) at `limit` rows, inside the caller's
-    write transaction: delete the oldest rows past it and add them to `counter`. The rows dropped."""
+    write transaction: delete the oldest rows past it, add them to `counter` and log a warning naming the
+    `store` file. The rows dropped."""
     if table not in QUEUE_TABLES:  # a table name cannot be a parameter: only our own get here
         raise ValueError(f"{table!r} is not a bounded queue table of the store ({', '.join(QUEUE_TABLES)})")
     excess = int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]) - limit  # noqa: S608
@@ -199,6 +204,8 @@ def drop_oldest(conn: sqlite3.Connection, table: str, limit: int, counter: str) 
         return 0
     conn.execute(f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} ORDER BY id LIMIT ?)", (excess,))  # noqa: S608
     add_to_counter(conn, counter, excess)
+    label, rows = QUEUE_TABLES[table]
+    _LOG.warning("%s of %s is full (%d %s): dropped the %d oldest", label, store, limit, rows, excess)
     return excess
 
 

@@ -3,15 +3,12 @@ acknowledges them, oldest first, bounded (the oldest are dropped, counted and lo
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import time
 from collections.abc import Sequence
 
 from facefleet.agent.domain.records import InvalidRecordError, OutboxMessage
 from facefleet.agent.store.connection import StoreConnection, add_to_counter, drop_oldest
-
-_LOG = logging.getLogger(__name__)
 
 DEFAULT_OUTBOX_LIMIT = 10_000
 OUTBOX_DROPPED = "outbox_dropped"
@@ -68,14 +65,7 @@ class Outbox:
             (topic, payload, qos, time.time()),
         )
         message_id = int(cursor.lastrowid or 0)
-        excess = drop_oldest(conn, "outbox", self.limit, OUTBOX_DROPPED)
-        if excess:
-            _LOG.warning(
-                "outbox of %s is full (%d messages): dropped the %d oldest",
-                self._connection.path,
-                self.limit,
-                excess,
-            )
+        drop_oldest(conn, "outbox", self.limit, OUTBOX_DROPPED, self._connection.path)
         return message_id
 
     def pending(self, limit: int = 100) -> list[OutboxMessage]:

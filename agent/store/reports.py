@@ -104,14 +104,7 @@ class ReportQueue:
             return False
         if report.snapshot is not None:
             self.snapshots.add(conn, report.event_id, report.snapshot, now)
-        excess = drop_oldest(conn, "reports", self.limit, REPORTS_DROPPED)
-        if excess:
-            _LOG.warning(
-                "report queue of %s is full (%d events): dropped the %d oldest",
-                self._connection.path,
-                self.limit,
-                excess,
-            )
+        drop_oldest(conn, "reports", self.limit, REPORTS_DROPPED, self._connection.path)
         return True
 
     def pending(self, limit: int = 500, max_bytes: int | None = None) -> list[QueuedReport]:

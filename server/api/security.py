@@ -5,7 +5,8 @@ device id is the certificate's "urn:facefleet:device:<id>" URI SAN, else its sub
 names another device fails with PERMISSION_DENIED, a call without a verified certificate with
 UNAUTHENTICATED. Only with `insecure_development = true` is the device id taken from the request. Every call
 is then admitted by the device registry (facefleet.server.fleet.devices): a disabled or revoked device, or a
-certificate serial the server revoked or never issued to that device, is refused.
+certificate serial the server revoked or never issued to that device, is refused. So is a certificate past its
+expiry: TLS checks that only when a connection is made, and an agent's connection may stay open for weeks.
 
 Operators: "authorization: Bearer ff1.<token_id>.<secret>". The state keeps the token id, the role, a random
 salt and sha256(salt ‖ secret), never the secret: tokens are 256-bit random, so a fast hash is enough and
@@ -25,8 +26,9 @@ from datetime import datetime
 
 from cryptography import x509
 
-from facefleet.link.checks import check_id
+from facefleet.link.checks import check_id, utc_now
 from facefleet.server.api.certs import DEVICE_URI_PREFIX, serial_text
+from facefleet.server.domain.devices import CertificateRefusedError
 from facefleet.server.domain.records import Role, TokenRecord
 from facefleet.server.errors import InvalidArgumentError, PermissionDeniedError, UnauthenticatedError
 from facefleet.server.fleet.devices import DeviceRegistry
@@ -60,6 +62,14 @@ class Operator:
     role: Role
 
 
+@dataclass(frozen=True)
+class _Presented:
+    """What admission needs of a client certificate: its serial (lower-case hex) and its expiry (UTC)."""
+
+    serial: str
+    not_after: datetime
+
+
 class Authenticator:
     """Checks device identities and operator tokens. Pure logic: servicers hand in the call's auth context
     and metadata, so this is testable without gRPC."""
@@ -72,24 +82,33 @@ class Authenticator:
         insecure: bool = False,
         cache_seconds: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.state = state
         self.devices = devices or DeviceRegistry(state)
         self.insecure = insecure
         self.cache_seconds = cache_seconds
         self._clock = clock
+        self._wall_clock = wall_clock
         self._tokens: dict[str, TokenRecord] = {}
         """Every stored token by id, read whole (a site has a few dozen): a token id the state does not
         hold costs no query of its own."""
         self._read_at = -math.inf
         self._miss_read_at = -math.inf
-        self._serials: dict[bytes, str] = {}
+        self._presented: dict[bytes, _Presented] = {}
 
     def device(self, auth_context: Mapping[str, Iterable[bytes]], claimed: str) -> str:
         """The calling device's id, once admitted; `claimed` is the device_id the request names ('' =
         none)."""
         identity = self._identity(auth_context, claimed)
-        self.devices.admit(identity, None if self.insecure else self._serial(auth_context))
+        presented = None if self.insecure else self._certificate(auth_context)
+        if presented is not None and presented.not_after <= self._wall_clock():
+            raise CertificateRefusedError(
+                f"certificate {presented.serial} of device {identity!r} expired at "
+                f"{presented.not_after.isoformat()}; install a new one from "
+                f"`facefleet-server certs renew {identity}`"
+            )
+        self.devices.admit(identity, None if presented is None else presented.serial)
         return identity
 
     def _identity(self, auth_context: Mapping[str, Iterable[bytes]], claimed: str) -> str:
@@ -111,21 +130,22 @@ class Authenticator:
             )
         return identity
 
-    def _serial(self, auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
-        """The serial of the call's client certificate (parsed once per certificate)."""
+    def _certificate(self, auth_context: Mapping[str, Iterable[bytes]]) -> _Presented | None:
+        """The serial and expiry of the call's client certificate (parsed once per certificate)."""
         pems = list(auth_context.get("x509_pem_cert", []))
         if not pems:
             return None
-        serial = self._serials.get(pems[0])
-        if serial is None:
+        presented = self._presented.get(pems[0])
+        if presented is None:
             try:
-                serial = serial_text(x509.load_pem_x509_certificate(pems[0]).serial_number)
+                cert = x509.load_pem_x509_certificate(pems[0])
             except ValueError:
                 raise UnauthenticatedError("the client certificate cannot be read") from None
-            if len(self._serials) > 10_000:
-                self._serials.clear()
-            self._serials[pems[0]] = serial
-        return serial
+            presented = _Presented(serial_text(cert.serial_number), cert.not_valid_after_utc)
+            if len(self._presented) > 10_000:
+                self._presented.clear()
+            self._presented[pems[0]] = presented
+        return presented
 
     def operator(self, metadata: Iterable[tuple[str, str | bytes]], need: Role) -> Operator:
         """The operator behind the call's bearer token, if its role grants `need`."""

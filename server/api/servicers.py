@@ -214,7 +214,9 @@ class AdminServicer(services.AdminServicerBase):
     @audited(_published)
     async def PublishModel(self, request_iterator: Any, context: Any) -> Any:  # noqa: N802
         parts = (admin_wire.upload_part_from_proto(message) async for message in request_iterator)
-        return admin_wire.publish_response(await self.models.publish(parts))
+        metadata = context.invocation_metadata() or ()
+        model = await self.models.publish(parts, still_allowed=lambda: self.auth.operator(metadata, "admin"))
+        return admin_wire.publish_response(model)
 
     @unary
     async def ListModels(self, request: Any, context: Any) -> Any:  # noqa: N802

@@ -8,6 +8,7 @@ exit code as it would on the server host."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import ssl
 import stat
@@ -61,6 +62,11 @@ class RemoteSettings:
         if parts.scheme not in ("https", "http") or not parts.hostname or parts.path not in ("", "/"):
             raise ServerConfigError(
                 f"--server {url!r}: give the server's HTTP API as https://host:port (its listen.http)"
+            )
+        if parts.scheme == "http" and not _loopback(parts.hostname):
+            raise ServerConfigError(
+                f"--server {url!r}: plain http would send the token in clear text; give https://… "
+                "(http only reaches a server on this machine, e.g. http://127.0.0.1:7445)"
             )
         token_path = token_file or (Path(env[TOKEN_FILE_ENV]) if env.get(TOKEN_FILE_ENV) else None)
         if token_path is None:
@@ -162,3 +168,13 @@ def _params(params: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if params is None:
         return None
     return {k: v for k, v in params.items() if v not in ("", None, [], ())}
+
+
+def _loopback(host: str) -> bool:
+    """Whether `host` names this machine (localhost, 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

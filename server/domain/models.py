@@ -108,6 +108,10 @@ class Target:
         ]
 
 
+MAX_FAILURE_COUNT = 1_000_000
+"""The largest failure budget a rollout takes as a count (more agents than any fleet has)."""
+
+
 @dataclass(frozen=True)
 class MaxFailures:
     """A rollout's failure budget: it tolerates `count` refusals, or refusals from `percent` % of the agents
@@ -121,8 +125,8 @@ class MaxFailures:
             raise InvalidArgumentError("max_failures: give a count or a percent, not both")
         if self.count is None and self.percent is None:
             raise InvalidArgumentError("max_failures: give a count (e.g. 2) or a percent (e.g. 20 %)")
-        if self.count is not None and self.count < 0:
-            raise InvalidArgumentError(f"max_failures.count must not be negative, got {self.count}")
+        if self.count is not None and not 0 <= self.count <= MAX_FAILURE_COUNT:
+            raise InvalidArgumentError(f"max_failures.count must be 0–{MAX_FAILURE_COUNT}, got {self.count}")
         if self.percent is not None and not 0 <= self.percent <= 100:
             raise InvalidArgumentError(f"max_failures.percent must be 0–100, got {self.percent}")
 

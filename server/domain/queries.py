@@ -63,6 +63,9 @@ class EventFilter:
                 raise InvalidArgumentError(f"filter {name}: at most {MAX_FILTER_VALUES} values")
             for value in values:
                 check_filter_name(name, value)
+        # one of each: a list of millions of repeats would reach the SQL as millions of parameters
+        object.__setattr__(self, "decisions", tuple(dict.fromkeys(self.decisions)))
+        object.__setattr__(self, "kinds", tuple(dict.fromkeys(self.kinds)))
         if any(d not in DECISIONS for d in self.decisions):
             raise InvalidArgumentError(f"filter decisions must be among {', '.join(DECISIONS)}")
         if any(k not in EVENT_KINDS for k in self.kinds):

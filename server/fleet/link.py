@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -36,6 +36,8 @@ from facefleet.server.state.interface import State
 
 log = logging.getLogger(__name__)
 DELTA_CACHE_ENTRIES = 64
+EVENT_ID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+"""An event id as agents write it (a UUID's canonical form): one spelling per id, so repeats are found."""
 
 
 @dataclass(frozen=True)
@@ -381,8 +383,11 @@ def split_delta(delta: GalleryDelta, max_bytes: int) -> list[GalleryDelta]:
 def refusal(event: Event, now: datetime, settings: FleetSettings) -> str | None:
     """Why a well-formed reported event is not stored (None: it is): an event id that is not a UUID (ids
     are how repeats are recognised), or a time the server's clock cannot believe."""
-    if len(event.event_id) != 36 or not _is_uuid(event.event_id):
-        return f"event_id {event.event_id[:64]!r} is not a UUID (8-4-4-4-12 hexadecimal digits)"
+    if not EVENT_ID_PATTERN.fullmatch(event.event_id):
+        return (
+            f"event_id {event.event_id[:64]!r} is not a UUID in its canonical form "
+            "(8-4-4-4-12 lower-case hexadecimal digits)"
+        )
     if event.time > now + settings.max_event_ahead:
         return (
             f"{EVENT_TIME_REFUSAL}{event.time.isoformat()} is ahead of the server's clock "
@@ -394,11 +399,3 @@ def refusal(event: Event, now: datetime, settings: FleetSettings) -> str | None:
             "days the server takes reports for"
         )
     return None
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True

@@ -5,6 +5,7 @@ agents fetching the same 19 MB file cost one hash; a file changed on disk gets c
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from facefleet.link.models import ModelFile
 from facefleet.server.errors import DataLossError, OutOfRangeError
 from facefleet.vision.models.manifest import sha256_file
 
+log = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20
 _CACHE_ENTRIES = 256
 
@@ -40,9 +42,8 @@ class ModelFiles:
         try:
             stat = path.stat()
         except OSError:
-            raise DataLossError(
-                f"{what}: the server's copy {path} is missing; publish the model again"
-            ) from None
+            log.error("%s: the server's copy %s is missing", what, path)
+            raise DataLossError(f"{what}: the server's copy is missing; publish the model again") from None
         if stat.st_size != expected.size:
             raise DataLossError(
                 f"{what}: the server's copy is {stat.st_size} bytes, the catalogue says {expected.size}; "

@@ -155,12 +155,17 @@ class ModelAdmin:
 
     # -- models --------------------------------------------------------------------------------------
 
-    async def publish(self, parts: AsyncIterator[UploadPart]) -> PublishedModel:
-        """Receive an upload (header, then chunks) and publish it; its temporary files are removed."""
+    async def publish(
+        self, parts: AsyncIterator[UploadPart], *, still_allowed: Callable[[], object] = lambda: None
+    ) -> PublishedModel:
+        """Receive an upload (header, then chunks) and publish it; its temporary files are removed.
+        still_allowed: raises when the caller may no longer publish (its token revoked while the upload came
+        in); asked once all of it is in, before anything is converted or stored."""
         directory = await asyncio.to_thread(self._new_upload_dir)
         started = threading.Event()
         try:
             header = await self._receive(parts, directory)
+            still_allowed()
             model = await asyncio.to_thread(self._publish_received, header, directory, started)
         finally:
             if not started.is_set():  # otherwise the worker thread removes it when it is done

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from facefleet.link.gallery import Embedding, GalleryDelta, Person
 from facefleet.server.api import certs
 from facefleet.server.api.security import Authenticator, certificate_identity, new_token
+from facefleet.server.domain.devices import CertificateRefusedError
 from facefleet.server.errors import (
     InvalidArgumentError,
     PermissionDeniedError,
@@ -255,6 +256,26 @@ def test_device_identity_comes_from_the_certificate(
     else:
         with pytest.raises(expected):  # type: ignore[call-overload]
             authenticator.device(context, claimed)
+
+
+def test_a_certificate_past_its_expiry_is_refused_on_a_connection_made_before(
+    tmp_path: Path, pki: Pki
+) -> None:
+    issued = certs.issue_device(pki.tls_dir, "door-7", out_dir=tmp_path, days=1)
+    assert issued.not_after is not None
+    context = {
+        "transport_security_type": [b"ssl"],
+        "x509_subject_alternative_name": [b"urn:facefleet:device:door-7"],
+        "x509_pem_cert": [issued.cert.read_bytes()],
+    }
+    now = [issued.not_after - timedelta(seconds=1)]
+    authenticator = Authenticator(SqliteState(tmp_path / "s.db"), wall_clock=lambda: now[0])
+    assert authenticator.device(context, "") == "door-7"  # TLS admitted it; so does the server
+    now[0] = issued.not_after
+    with pytest.raises(
+        CertificateRefusedError, match=rf"certificate {issued.serial} .* expired at .*certs renew door-7"
+    ):
+        authenticator.device(context, "")
 
 
 def test_insecure_development_takes_the_device_from_the_request(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from facefleet.server.api.http.auth import AdminOperator, Handlers
+from facefleet.server.api.http.params import InRange
 from facefleet.server.api.http.problems import ERROR_RESPONSES, ProblemRoute
 from facefleet.server.domain import queries
 from facefleet.server.domain.audit import AuditCursor, AuditEntry, AuditFilter
@@ -42,8 +43,10 @@ class AuditPage(BaseModel):
 async def audit_log(
     operator: AdminOperator,
     handlers: Handlers,
-    since: Annotated[datetime | None, Query(description="At or after (default: the first entry)")] = None,
-    until: Annotated[datetime | None, Query(description="Before (default: now)")] = None,
+    since: Annotated[
+        datetime | None, Query(description="At or after (default: the first entry)"), InRange
+    ] = None,
+    until: Annotated[datetime | None, Query(description="Before (default: now)"), InRange] = None,
     who: Annotated[str, Query(description="Only entries by this token name, 'local' or 'server'")] = "",
     action_prefix: Annotated[str, Query(description="Only actions that start with this, e.g. people")] = "",
     page_size: Annotated[int, Query(description="1–1000; 0 means 100")] = 0,

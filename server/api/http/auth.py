@@ -69,7 +69,10 @@ def _own_origin(request: Request) -> str:
     return f"{request.url.scheme}://{request.headers.get('host', '')}"
 
 
-def _operator(request: Request, credentials: HTTPAuthorizationCredentials | None, need: Role) -> Operator:
+def check_operator(
+    request: Request, credentials: HTTPAuthorizationCredentials | None, need: Role
+) -> Operator:
+    """The operator behind the request's bearer token or session, if its role grants `need`."""
     session_id = ""
     if credentials is not None:
         token = credentials.credentials
@@ -92,11 +95,11 @@ def _operator(request: Request, credentials: HTTPAuthorizationCredentials | None
 
 
 async def query_operator(request: Request, credentials: Credentials) -> Operator:
-    return _operator(request, credentials, "query")
+    return check_operator(request, credentials, "query")
 
 
 async def admin_operator(request: Request, credentials: Credentials) -> Operator:
-    return _operator(request, credentials, "admin")
+    return check_operator(request, credentials, "admin")
 
 
 Handlers = Annotated[OperatorHandlers, Depends(handlers)]

@@ -15,6 +15,7 @@ from facefleet.link.checks import utc_now
 from facefleet.link.events import AttributesResult, Decision, Event, EventKind
 from facefleet.link.models import ModelStatus
 from facefleet.server.api.http.auth import Handlers, QueryOperator
+from facefleet.server.api.http.params import InRange
 from facefleet.server.api.http.problems import ERROR_RESPONSES, ProblemRoute
 from facefleet.server.domain.queries import AgentStatus, AttributeCounts, EventFilter
 
@@ -23,8 +24,8 @@ DEFAULT_RANGE = timedelta(days=1)
 
 
 def event_filter(
-    start: Annotated[datetime | None, Query(description="From (default: end - 24 h)")] = None,
-    end: Annotated[datetime | None, Query(description="Until, excluded (default: now)")] = None,
+    start: Annotated[datetime | None, Query(description="From (default: end - 24 h)"), InRange] = None,
+    end: Annotated[datetime | None, Query(description="Until, excluded (default: now)"), InRange] = None,
     device_id: Annotated[list[str], Query(description="Only these devices (repeat the parameter)")] = [],  # noqa: B006
     person_id: Annotated[list[str], Query(description="Only these people")] = [],  # noqa: B006
     decision: Annotated[list[Decision], Query(description="Only these decisions")] = [],  # noqa: B006

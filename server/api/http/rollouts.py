@@ -12,8 +12,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from facefleet.link.checks import MAX_REVISION
 from facefleet.server.api.http.audited import Change, audited
-from facefleet.server.api.http.auth import AdminOperator, Handlers
+from facefleet.server.api.http.auth import AdminOperator, Credentials, Handlers, check_operator
 from facefleet.server.api.http.problems import ERROR_RESPONSES, ProblemRoute
 from facefleet.server.api.http.uploads import FileStart, FormField, Part, UploadLimits, multipart
 from facefleet.server.domain.models import (
@@ -36,7 +37,7 @@ HEADER_FIELDS = ("task", "name", "version", "precision", "licence")
 MAX_LISTED_PEOPLE = 1000
 """Most person ids in each list of a started rollout (its counts are complete)."""
 ModelId = Annotated[str, Path(description="<name>@<version>")]
-RolloutId = Annotated[int, Path(ge=1)]
+RolloutId = Annotated[int, Path(ge=1, le=MAX_REVISION)]
 
 
 class ModelFileOut(BaseModel):
@@ -233,10 +234,15 @@ PUBLISH_FORM = {
     response_model=ModelOut,
     openapi_extra=PUBLISH_FORM,
 )
-async def publish(request: Request, operator: AdminOperator, handlers: Handlers) -> ModelOut:
+async def publish(
+    request: Request, operator: AdminOperator, credentials: Credentials, handlers: Handlers
+) -> ModelOut:
     limits: UploadLimits = request.app.state.model_limits
     async with audited(handlers, operator, "models.publish") as change:
-        model = await handlers.models.publish(_upload_parts(multipart(request, limits), change))
+        model = await handlers.models.publish(
+            _upload_parts(multipart(request, limits), change),
+            still_allowed=lambda: check_operator(request, credentials, "admin"),
+        )
         change.target = model.model_id
     return ModelOut.of(model)
 

@@ -15,6 +15,7 @@ from facefleet.link.events import Decision
 from facefleet.server.api.handlers import OperatorHandlers
 from facefleet.server.api.http.audited import audited
 from facefleet.server.api.http.auth import AdminOperator, Handlers
+from facefleet.server.api.http.params import InRange
 from facefleet.server.api.http.people import JPEG, PersonOut
 from facefleet.server.api.http.problems import ERROR_RESPONSES, ProblemRoute
 from facefleet.server.api.security import Operator
@@ -174,8 +175,8 @@ async def delete_cluster(cluster_id: ClusterId, operator: AdminOperator, handler
 async def snapshots(
     operator: AdminOperator,
     handlers: Handlers,
-    since: Annotated[datetime | None, Query(description="At or after (ISO 8601 with zone)")] = None,
-    until: Annotated[datetime | None, Query(description="Before (default: now)")] = None,
+    since: Annotated[datetime | None, Query(description="At or after (ISO 8601 with zone)"), InRange] = None,
+    until: Annotated[datetime | None, Query(description="Before (default: now)"), InRange] = None,
     device_id: str = "",
     camera: str = "",
     decision: Decision | None = None,

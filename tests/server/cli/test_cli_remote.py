@@ -274,6 +274,13 @@ def test_remote_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "--token-file" in err
     code, _, err = run_cli(capsys, "--server", "ftp://x", "--token-file", str(token), "people", "list")
     assert code == EXIT_CONFIG
+    code, _, err = run_cli(
+        capsys, "--server", "http://192.0.2.1:7445", "--token-file", str(token), "people", "list"
+    )
+    assert code == EXIT_CONFIG
+    assert "clear text" in err
+    code, _, err = run_cli(capsys, "--server", "http://[::1]:1", "--token-file", str(token), "people", "list")
+    assert code == EXIT_UNAVAILABLE  # this machine: tried
     token.chmod(0o644)
     code, _, err = run_cli(
         capsys, "--server", "https://localhost:1", "--token-file", str(token), "people", "list"

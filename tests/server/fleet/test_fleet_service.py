@@ -384,6 +384,7 @@ def test_a_report_rejects_bad_events_one_by_one_and_stores_the_rest(
     tmp_path: Path, pki: Pki, enroller: Enroller
 ) -> None:
     good = event("door-1", DAY, 1)
+    good.event_id = "0425281b-b593-4b9f-a1c2-358ff6ed6f5a"
     no_time = events_pb2.Event(
         event_id="e-no-time", kind=events_pb2.EVENT_KIND_FACE, decision=events_pb2.DECISION_UNKNOWN
     )
@@ -391,6 +392,13 @@ def test_a_report_rejects_bad_events_one_by_one_and_stores_the_rest(
     wrong_decision.event_id, wrong_decision.decision = "e-granted-face", events_pb2.DECISION_GRANTED
     not_a_uuid = event("door-1", DAY, 3)
     not_a_uuid.event_id = "e-17"
+    hex_id = good.event_id.replace("-", "")
+    other_spellings = []  # the same UUID as `good`, spelt so that uuid.UUID() takes it: one event stored once
+    for n, spelling in enumerate(
+        (good.event_id.upper(), f"urn:{hex_id}", f"{hex_id}----", f"{{--{hex_id}}}")
+    ):
+        other_spellings.append(event("door-1", DAY, 10 + n))
+        other_spellings[-1].event_id = spelling
     far_future = event("door-1", datetime(9999, 1, 1, tzinfo=timezone.utc), 4)
     tomorrow_plus = event("door-1", datetime.now(timezone.utc) + timedelta(days=2), 5)
     ancient = event("door-1", datetime.now(timezone.utc) - timedelta(days=400), 6)
@@ -412,6 +420,7 @@ def test_a_report_rejects_bad_events_one_by_one_and_stores_the_rest(
                         tomorrow_plus,
                         ancient,
                         too_long,
+                        *other_spellings,
                     ],
                 )
             )
@@ -429,11 +438,14 @@ def test_a_report_rejects_bad_events_one_by_one_and_stores_the_rest(
         tomorrow_plus.event_id,
         ancient.event_id,
         "x" * 64,
+        *(e.event_id for e in other_spellings),
     }
     assert "event_id must be 1–64 ASCII characters" in reasons["x" * 64]
     assert "time is missing" in reasons["e-no-time"]
     assert "face event needs a decision among" in reasons["e-granted-face"]
     assert "is not a UUID" in reasons["e-17"]
+    for spelling in other_spellings:
+        assert "lower-case hexadecimal" in reasons[spelling.event_id]
     assert "ahead of the server's clock" in reasons[far_future.event_id]
     assert "set the device's clock" in reasons[tomorrow_plus.event_id]
     assert "older than the 365 days" in reasons[ancient.event_id]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from facefleet.server.gallery.embedder import Enroller
-from tests.server.conftest import Pki, run, serving
+from tests.server.conftest import Harness, Pki, run, serving
 from tests.server.fleet.test_query_service import REPORTS, T0, reported
 from tests.server.http.clients import client, problem
 
@@ -233,6 +233,26 @@ def test_events_and_aggregates_answer_what_agents_reported(
     assert [a["device_id"] for a in r["one"]["agents"]] == ["door-2"]
 
 
+OUT_OF_RANGE: list[tuple[str, str, dict[str, Any]]] = [
+    ("GET", "/api/audit", {"params": {"since": "0001-01-01T00:00:00+01:00"}}),
+    ("GET", "/api/snapshots", {"params": {"until": "0001-01-01T00:00:00+01:00"}}),
+    ("GET", f"/api/rollouts/{2**70}", {}),
+    ("POST", f"/api/rollouts/{2**70}/pause", {"json": {}}),
+    (
+        "POST",
+        "/api/rollouts",
+        {"json": {"model_id": "m@1", "target": {"kind": "all"}, "max_failures": {"count": 10**30}}},
+    ),
+]
+"""Admin requests whose values lie outside what a date or a database integer holds."""
+
+
+async def out_of_range(harness: Harness, request: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
+    method, path, options = request
+    async with client(harness) as http:
+        return problem(await http.request(method, path, **options), 400, "INVALID_ARGUMENT")
+
+
 def test_bad_queries_are_400_problems(tmp_path: Path, pki: Pki, enroller: Enroller) -> None:
     async def scenario() -> list[dict[str, Any]]:
         async with serving(tmp_path, pki, enroller) as harness, client(harness, harness.query_token) as http:
@@ -279,9 +299,19 @@ def test_bad_queries_are_400_problems(tmp_path: Path, pki: Pki, enroller: Enroll
                     400,
                     "INVALID_ARGUMENT",
                 ),
+                problem(
+                    await http.get("/api/events", params={"end": "0001-01-01T00:00:00Z"}),
+                    400,
+                    "INVALID_ARGUMENT",
+                ),
+                *[await out_of_range(harness, request) for request in OUT_OF_RANGE],
             ]
 
     results = run(scenario)
+    assert "end: Value error, give a time between 1970-01-02 and 9999-12-30" in results[11]["detail"]
+    for result, request in zip(results[12:], OUT_OF_RANGE, strict=True):
+        assert ("9999-12-30" in result["detail"]) == ("0001" in str(request)), (request, result)
+    assert "max_failures.count must be 0–1000000" in results[-1]["detail"]
     assert "must be after start" in results[0]["detail"]
     assert results[2]["errors"][0]["field"].startswith("decision")
     assert "interval_seconds must be 60" in results[4]["detail"]

@@ -5,9 +5,10 @@ minute, so only the in-process change can deliver them in time)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timezone
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ import grpc
 import numpy as np
 import pytest
 
+from facefleet.link.checks import utc_now
+from facefleet.server.api.security import new_token
 from facefleet.server.api.wire import admin as admin_wire
 from facefleet.server.domain.models import Target
 from facefleet.server.errors import InvalidArgumentError
@@ -24,6 +27,7 @@ from facefleet.server.rollouts.uploads import UploadHeader
 from facefleet.v1 import admin_pb2, fleet_pb2
 from tests.server.conftest import Harness, Pki, next_update, run, serving
 from tests.server.fleet.test_fleet_service import random_embedding
+from tests.server.http.clients import client
 from tests.vision.models.bombs import broadcast_bomb_ir, constant_bomb_onnx
 
 OLD = "mini-xception@fer2013"
@@ -297,6 +301,78 @@ def test_other_tokens_are_refused(tmp_path: Path, pki: Pki, enroller: Enroller) 
     assert {code for code, _ in denied} == {grpc.StatusCode.PERMISSION_DENIED}
     assert all("role 'query'" in details for _, details in denied)
     assert anonymous[0] == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_an_upload_whose_token_is_revoked_while_it_comes_in_is_not_published(
+    tmp_path: Path, pki: Pki, enroller: Enroller, fer_tflite: Path
+) -> None:
+    """The token is checked when the call starts and again once the whole upload is in, over gRPC and
+    HTTP; a revoked token's upload is refused and audited as refused, and nothing is stored."""
+    data = fer_tflite.read_bytes()
+
+    async def upload_dir_made(harness: Harness) -> None:  # after the call was admitted
+        while not list(harness.server.paths.uploads.glob("upload-*")):
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> tuple[tuple[grpc.StatusCode, str], int, str, list[Any], list[str]]:
+        async with serving(tmp_path, pki, enroller, tokens={"cache_seconds": 0}) as harness:
+            state = harness.server.state
+            tokens = {}
+            for name in ("ops", "web"):
+                tokens[name], record = new_token(name, "admin", utc_now())
+                state.add_token(record)
+            go = asyncio.Event()
+
+            async def slow_upload() -> AsyncIterator[admin_pb2.PublishModelRequest]:
+                requests = upload({"emotion.tflite": data})
+                yield next(requests)
+                await go.wait()
+                for request in requests:
+                    yield request
+
+            md = (("authorization", f"Bearer {tokens['ops']}"),)
+            call = asyncio.ensure_future(harness.admin().PublishModel(slow_upload(), metadata=md))
+            await upload_dir_made(harness)
+            state.revoke_token("ops")
+            go.set()
+            grpc_refusal = await failure(call)
+
+            http_go = asyncio.Event()
+            fields = {"task": "expression", "name": "mini-xception", "version": "web", "precision": "FP32"}
+
+            async def slow_body() -> AsyncIterator[bytes]:
+                for name, value in fields.items():
+                    yield f'--B\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+                yield b'--B\r\nContent-Disposition: form-data; name="files"; filename="a.tflite"\r\n\r\n'
+                await http_go.wait()
+                yield data + b"\r\n--B--\r\n"
+
+            async with client(harness, tokens["web"]) as http:
+                post = asyncio.ensure_future(
+                    http.post(
+                        "/api/models",
+                        content=slow_body(),
+                        headers={"content-type": "multipart/form-data; boundary=B"},
+                    )
+                )
+                await upload_dir_made(harness)
+                state.revoke_token("web")
+                http_go.set()
+                response = await post
+            entries = await harness.admin().ListAudit(
+                admin_pb2.ListAuditRequest(action_prefix="models."), metadata=harness.admin_md
+            )
+            outcomes = [f"{e.who} {e.action} {e.outcome}" for e in entries.entries]
+            return grpc_refusal, response.status_code, response.text, await listed(harness), outcomes
+
+    grpc_refusal, http_status, http_text, models, outcomes = run(scenario)
+    assert grpc_refusal[0] == grpc.StatusCode.UNAUTHENTICATED, grpc_refusal
+    assert http_status == 401, http_text
+    assert models == []
+    assert sorted(outcomes) == [
+        "ops models.publish UNAUTHENTICATED",
+        "web models.publish UNAUTHENTICATED",
+    ]
 
 
 # -- rollouts ----------------------------------------------------------------------------------------

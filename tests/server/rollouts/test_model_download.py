@@ -114,5 +114,9 @@ def test_a_file_is_hashed_once_per_size_and_modification_time(tmp_path: Path) ->
             await files.verify(path, entry, "m@v/model.bin")
         with pytest.raises(OutOfRangeError):
             [c async for c in files.chunks(path, entry, entry.size + 1, "m@v/model.bin")]
+        path.unlink()
+        with pytest.raises(DataLossError, match="copy is missing; publish the model again") as missing:
+            await files.verify(path, entry, "m@v/model.bin")
+        assert str(tmp_path) not in str(missing.value)  # agents are not told the server's paths
 
     asyncio.run(scenario())

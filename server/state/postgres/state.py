@@ -8,7 +8,10 @@ a second, async copy of every query.
 
 Transactions: reads that need one view run REPEATABLE READ READ ONLY; writes take a transaction-scoped
 advisory lock, which serialises them across every replica as SQLite's BEGIN IMMEDIATE does in one file
-(gallery revisions and meta counters are read-modify-write). Event ingest runs without that lock: its
+(gallery revisions and meta counters are read-modify-write). Writes and ingest run READ COMMITTED whatever the
+database's default (`default_transaction_isolation`): under REPEATABLE READ a write's snapshot would be
+taken before it waits for the lock, and every write that waited would fail on the rows the one before it
+changed. Event ingest runs without that lock: its
 inserts are idempotent (ON CONFLICT DO NOTHING) and its rollup upserts go in key order, so replicas ingest
 in parallel. Partitions of `events` (facefleet.server.state.postgres.schema) are created before the first
 event of a month is stored."""
@@ -51,6 +54,8 @@ WRITE_LOCK = 0x46465731
 """Advisory lock key of write transactions ('FFW1')."""
 PARTITION_LOCK = 0x46465032
 """Advisory lock key while creating event partitions ('FFP2')."""
+READ_COMMITTED = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
+"""The first statement of write and ingest transactions (see the module's docstring)."""
 DEFAULT_POOL_SIZE = 10
 POOL_TIMEOUT_S = 30.0
 DETACH_LOCK_TIMEOUT_MS = 2000
@@ -160,12 +165,14 @@ class PostgresState(SqlState):
     @contextmanager
     def write(self) -> Iterator[Connection]:
         with self._raw() as conn, conn.transaction():
+            conn.execute(READ_COMMITTED)
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
             yield PgConnection(conn)
 
     @contextmanager
     def ingest(self) -> Iterator[Connection]:
         with self._raw() as conn, conn.transaction():
+            conn.execute(READ_COMMITTED)
             yield PgConnection(conn)
 
     def _error(self, exc: psycopg.Error) -> ServerError | None:

@@ -3,6 +3,7 @@ plus active.json naming the active version of each task, replaced atomically (wr
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -43,23 +44,30 @@ class ModelStore:
         return Path(tempfile.mkdtemp(dir=staging))
 
     def add(self, staged: Path, manifest: ModelManifest) -> StoredModel:
-        """Move a staged model directory into place with its manifest; identical re-adds are a no-op."""
+        """Move a staged model directory into place with its manifest; identical re-adds are a no-op, also
+        when another process (a replica sharing the store) puts the same version in place at the same time."""
         target = self._path(manifest.task, manifest.name, manifest.version)
         (staged / MANIFEST_NAME).write_text(json.dumps(manifest.to_json(), indent=2) + "\n", encoding="utf-8")
-        if target.exists():
-            existing = self.get(manifest.task, manifest.name, manifest.version)
-            shutil.rmtree(staged, ignore_errors=True)
-            if existing.manifest.files == manifest.files:
-                return existing
-            raise ModelStoreError(
-                f"model {manifest.task}/{manifest.name}/{manifest.version} already exists with other files; "
-                "import it under another --version"
-            )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _fsync_tree(staged)
-        os.replace(staged, target)
-        fsync_dir(target.parent)
-        return StoredModel(manifest, target)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _fsync_tree(staged)
+            try:
+                os.replace(staged, target)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                # another process moved the same version in place since the check: compare with it
+            else:
+                fsync_dir(target.parent)
+                return StoredModel(manifest, target)
+        existing = self.get(manifest.task, manifest.name, manifest.version)
+        shutil.rmtree(staged, ignore_errors=True)
+        if existing.manifest.files == manifest.files:
+            return existing
+        raise ModelStoreError(
+            f"model {manifest.task}/{manifest.name}/{manifest.version} already exists with other files; "
+            "import it under another --version"
+        )
 
     def get(self, task: str, name: str, version: str) -> StoredModel:
         directory = self._path(task, name, version)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +13,9 @@ import pytest
 
 from facefleet.vision.errors import ModelSpecError, ModelStoreError
 from facefleet.vision.models.importer import DEFAULT_MODELS, import_defaults, import_model, locate_default
-from facefleet.vision.models.manifest import sha256_file
+from facefleet.vision.models.manifest import ModelManifest, sha256_file
 from facefleet.vision.models.onnx_fold import dequantize
-from facefleet.vision.models.store import ModelStore
+from facefleet.vision.models.store import ModelStore, StoredModel
 from facefleet.vision.runtime import Runtime
 
 
@@ -202,3 +204,46 @@ def test_importing_the_defaults_again_keeps_the_stored_models(
     assert {
         (m.manifest.model_id, tuple(sorted(m.manifest.files.items()))) for m in model_store.models()
     } == before
+
+
+def add_at_once(store: ModelStore, folders: list[Path], manifest: ModelManifest) -> list[object]:
+    """store.add(folder, manifest) for each folder, in threads released together; what each returned or
+    raised."""
+    start = threading.Barrier(len(folders))
+    outcomes: list[object] = []
+
+    def publish(folder: Path) -> None:
+        start.wait()
+        try:
+            outcomes.append(store.add(folder, manifest))
+        except Exception as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=publish, args=(folder,)) for folder in folders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+def test_the_same_version_added_by_two_publishers_at_once_is_stored_once(
+    model_store: ModelStore, tmp_path: Path
+) -> None:
+    """Two server replicas sharing one store publish the same model at the same moment: both get the stored
+    model, and neither leaves its staged copy behind."""
+    source = model_store.get("expression", "mini-xception", "fer2013")
+    store = ModelStore(tmp_path / "shared")
+
+    def staged() -> Path:
+        folder = store.staging_dir()
+        for name in source.manifest.files:
+            shutil.copy(source.directory / name, folder / name)
+        return folder
+
+    for attempt in range(8):  # the moves race within microseconds: several tries make them collide
+        manifest = replace(source.manifest, version=f"race-{attempt}")
+        outcomes = add_at_once(store, [staged(), staged()], manifest)
+        assert [type(o) for o in outcomes] == [StoredModel, StoredModel], outcomes
+        assert store.get("expression", "mini-xception", f"race-{attempt}").manifest.files == manifest.files
+    assert list((store.root / ".staging").iterdir()) == []

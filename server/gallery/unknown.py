@@ -5,7 +5,8 @@ chosen snapshots) as a new person or add it to an existing one, dismiss, delete.
 An enrolment takes each snapshot's embedding as it is (the model the agent matched with) and its aligned crop
 as an enrolment crop, kept for re-embedding with future models; models the server enrols with that the
 snapshots lack are computed from those crops. It is one gallery revision, marked on the snapshots in the same
-transaction, so the agents recognise the person at their next frame."""
+transaction, so the agents recognise the person at their next frame; a snapshot another operator enrolled
+meanwhile (through this replica or another) fails that transaction, so no face is enrolled twice."""
 
 from __future__ import annotations
 

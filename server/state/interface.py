@@ -66,7 +66,7 @@ class State(abc.ABC):
     ) -> Person:
         """Store a new person as one revision and return it as stored; AlreadyExistsError if id is taken.
         snapshots: ids of face snapshots the person was enrolled from, marked enrolled in the same
-        transaction."""
+        transaction; FailedPreconditionError (nothing stored) when any of them is enrolled already or gone."""
 
     @abc.abstractmethod
     def replace_person(

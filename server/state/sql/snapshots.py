@@ -19,7 +19,7 @@ from facefleet.server.domain.snapshots import (
     SnapshotPage,
     SnapshotStatus,
 )
-from facefleet.server.errors import NotFoundError
+from facefleet.server.errors import FailedPreconditionError, NotFoundError
 from facefleet.server.state.snapshots import SnapshotState
 from facefleet.server.state.sql.meta import Connection, Transactions
 
@@ -143,10 +143,23 @@ def add_snapshots(conn: Connection, events: Sequence[Event]) -> int:
 
 
 def mark_enrolled(conn: Connection, event_ids: Sequence[str], person_id: str) -> int:
-    """The snapshots a person was just enrolled from (inside the enrolment's transaction)."""
-    return _update(
-        conn, event_ids, "UPDATE snapshots SET status = 'enrolled', person_id = ? WHERE", person_id
+    """The snapshots a person was just enrolled from (inside the enrolment's transaction). A snapshot
+    enrolled already (by another operator, or through another replica, since it was read) or gone raises
+    FailedPreconditionError, so the enrolment's transaction rolls back and no face is enrolled twice."""
+    wanted = list(dict.fromkeys(event_ids))
+    changed = _update(
+        conn,
+        wanted,
+        "UPDATE snapshots SET status = 'enrolled', person_id = ? WHERE status != 'enrolled' AND",
+        person_id,
     )
+    if changed < len(wanted):
+        raise FailedPreconditionError(
+            f"{len(wanted) - changed} of the {len(wanted)} snapshots were enrolled meanwhile (by another "
+            "operator?) or have expired; nothing was enrolled: list the unknown faces again and enrol what "
+            "is still under review"
+        )
+    return changed
 
 
 def _update(conn: Connection, event_ids: Sequence[str], statement: str, *first: object) -> int:

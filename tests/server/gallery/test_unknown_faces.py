@@ -19,7 +19,12 @@ from facefleet.link.errors import LinkError
 from facefleet.link.events import Event, FaceSnapshot
 from facefleet.link.gallery import Embedding
 from facefleet.server.domain.snapshots import SnapshotFilter, cluster_unknown
-from facefleet.server.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from facefleet.server.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from facefleet.server.gallery.embedder import Enroller
 from facefleet.server.gallery.unknown import UnknownEnrolment
 from facefleet.v1 import fleet_pb2
@@ -231,5 +236,38 @@ def test_a_cluster_over_the_embeddings_of_a_person_is_refused_before_its_images_
                 harness.server.state.get_person("crowd")
             (left,) = await unknown.clusters()
             assert left.count == 300  # still under review
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_snapshots_enrolled_by_one_operator_are_refused_to_another_who_listed_them_before(
+    tmp_path, pki: Pki, enroller: Enroller, strangers: list[tuple[Seen, Seen]], backend: str, request
+) -> None:
+    """Two operators (or one retrying through another replica) enrol the same cluster: the first enrolment
+    wins, the second changes nothing, so no face becomes two people or twice the samples of one."""
+    sections = {}
+    if backend == "postgresql":
+        sections["state"] = {"url": request.getfixturevalue("postgres_cluster").create_database()}
+
+    async def scenario() -> None:
+        async with serving(tmp_path, pki, enroller, **sections) as harness:
+            unknown = harness.server.handlers.unknown  # type: ignore[union-attr]
+            state = harness.server.state
+            await report(
+                harness, [face_event(seen, utc_now() - timedelta(minutes=1)) for seen in strangers[0]]
+            )
+            (cluster,) = await unknown.clusters()
+            listed = tuple(s.event_id for s in cluster.snapshots)  # what the second operator's page shows
+            await unknown.enrol(UnknownEnrolment("visitor-a", cluster_id=cluster.cluster_id))
+            head = state.head_revision()
+            with pytest.raises(FailedPreconditionError, match="enrolled meanwhile"):
+                await unknown.enrol(UnknownEnrolment("visitor-b", snapshot_ids=listed))
+            with pytest.raises(FailedPreconditionError, match="enrolled meanwhile"):
+                await unknown.enrol(UnknownEnrolment("visitor-a", snapshot_ids=listed, existing=True))
+            assert state.head_revision() == head
+            assert [p.person_id for p in state.list_people()] == ["visitor-a"]
+            assert len(state.get_person("visitor-a").embeddings) == 2
+            assert len(state.crops("visitor-a")) == 2
 
     run(scenario)

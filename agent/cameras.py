@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -74,12 +74,15 @@ class CameraStatus:
 
 @dataclass(frozen=True)
 class CameraFrame:
-    """A frame with its camera, sequence number (from 1) and capture time (time.time(), seconds)."""
+    """A frame with its camera, sequence number (from 1) and capture time: captured_at on the wall clock
+    (time.time(), seconds) for events and schedules, seen_at on a clock that never steps back
+    (time.monotonic(), seconds) for intervals."""
 
     camera: str
     number: int
     captured_at: float
     image: Frame
+    seen_at: float = field(default_factory=time.monotonic)
 
 
 def open_reader(settings: CameraSettings) -> FrameReader:

@@ -29,7 +29,12 @@ where they were not among the candidates), so one lucky frame of a stranger does
 poor frame of a member does not close it. The best mean at or above the threshold, ahead of the second by the
 ambiguity margin, names the person; a best mean below it is a stranger. Frames below the quality gate are
 left undecided: they neither count nor end the evidence, and a face that never passes the gate gets no
-decision at all. A new track, or no face in view, starts the evidence again.
+decision at all. A new track, no face in view, or a pause of more than EVIDENCE_GAP_S between two frames (a
+camera that stalled or reconnected) starts the evidence again, and with it the liveness proofs.
+
+**Clocks.** Intervals (evidence gaps, repeats, claim deadlines, liveness windows) are measured on a clock
+that never steps back (time.monotonic() in the service), so a wall clock set back by NTP neither holds a
+claim open nor locks a member out; the schedule is read on the wall clock.
 """
 
 from __future__ import annotations
@@ -75,7 +80,10 @@ class DoorRules(Protocol):
 
 
 REPEAT_AFTER_S = 10.0
-"""A person decided at a door is not decided again there for this long (they are still in view)."""
+"""A person decided at a door is not decided again there for this long (they are still in view); a stranger
+is not decided again on the same track."""
+EVIDENCE_GAP_S = 2.0
+"""Frames of a door's camera further apart than this (s) are not one look at one face."""
 
 DOOR_THRESHOLDS: Mapping[str, tuple[float, float]] = {
     "sface@2021dec": (0.50, 0.4473),
@@ -229,6 +237,7 @@ class DoorController:
         self._person = person
         self._windows = [parse_window(window) for window in door.schedule]
         self._track: str | None = None
+        self._last_frame: float | None = None
         self._frames: deque[Decision] = deque(maxlen=max(door.evidence_frames, door.min_frames))
         self._recent: dict[str, float] = {}
         self._claim: _Claim | None = None
@@ -255,7 +264,7 @@ class DoorController:
                 "denied", f"claimed person {person_id!r} is not enrolled", "claim", None, [], claim_id
             )
         replaced = self._claim
-        ended = None if replaced is None else self._observe_claim(None, now)
+        ended = None if replaced is None else self._observe_claim(None, now, now)  # no face: no schedule read
         if replaced is not None and ended is None:
             frames = list(self._frames)
             ended = self._decide(
@@ -278,17 +287,27 @@ class DoorController:
         now: float,
         face: FaceSample | None = None,
         track: str | None = None,
+        wall: float | None = None,
     ) -> AccessDecision | None:
         """decision: 1:N decision on the face (door threshold applied); claim_score: 1:1 decision against
-        the pending claim (door threshold applied), when there is one; face: the face's mesh sample, for
-        the liveness check; track: the face's track id (another track starts the evidence again)."""
+        the pending claim (door threshold applied), when there is one (both None: no face in view); now:
+        seconds on a clock that never steps back; face: the face's mesh sample, for the liveness check;
+        track: the face's track id (another track starts the evidence again); wall: Unix seconds, for the
+        schedule (None: now)."""
+        wall = now if wall is None else wall
+        stalled = self._last_frame is not None and not 0 <= now - self._last_frame <= EVIDENCE_GAP_S
+        self._last_frame = now
+        if stalled or (track is not None and track != self._track):
+            self._track = track if track is not None else self._track
+            self._reset()
+            if self.liveness is not None:
+                self.liveness.restart(now)  # a proof counts only for the face that gave it
         if self.liveness is not None:
             self.liveness.observe(self._subject(decision, claim_score), face, now)
-        if track is not None and track != self._track:
-            self._track = track
-            self._reset()
         if self._claim is not None:
-            return self._observe_claim(claim_score, now)
+            if decision is None and claim_score is None:
+                self._reset()  # nobody in view: the claim waits for a face, whose evidence starts afresh
+            return self._observe_claim(claim_score, now, wall)
         if decision is None:
             self._reset()
             return None
@@ -298,11 +317,15 @@ class DoorController:
         if evidence.status == "ambiguous":
             return None  # more frames may separate the two
         subject = evidence.person_id or "unknown"
-        if now - self._recent.get(subject, -1e18) < REPEAT_AFTER_S:
+        repeat_key = subject if evidence.person_id else f"unknown:{self._track}"
+        last = self._recent.get(repeat_key)
+        if last is not None and 0 <= now - last < REPEAT_AFTER_S:
+            if self.liveness is not None:
+                self.liveness.restart(now)  # a proof given while the door is silent is not kept for later
             return None
         if subject == "unknown":
-            return self._conclude(subject, now, "denied", "face not recognised", None, evidence)
-        problem = self._refusal(subject, now)
+            return self._conclude(repeat_key, now, "denied", "face not recognised", None, evidence)
+        problem = self._refusal(subject, wall)
         if problem:
             return self._conclude(subject, now, "denied", problem, subject, evidence)
         if self.liveness is None:
@@ -327,21 +350,26 @@ class DoorController:
 
     def _conclude(
         self,
-        subject: str,
+        repeat_key: str,
         now: float,
         verdict: str,
         reason: str,
         person_id: str | None,
         evidence: Evidence,
     ) -> AccessDecision:
-        self._recent[subject] = now
+        self._decided(repeat_key, now)
         frames = list(self._frames)
         self._reset()
         return self._decide(
             verdict, reason, "identify", person_id, frames, None, evidence.score, evidence.margin
         )
 
-    def _observe_claim(self, decision: Decision | None, now: float) -> AccessDecision | None:
+    def _decided(self, repeat_key: str, now: float) -> None:
+        """Remember a decision for REPEAT_AFTER_S (person id, or "unknown:<track>"); older ones go."""
+        self._recent = {k: t for k, t in self._recent.items() if 0 <= now - t < REPEAT_AFTER_S}
+        self._recent[repeat_key] = now
+
+    def _observe_claim(self, decision: Decision | None, now: float, wall: float) -> AccessDecision | None:
         claim = self._claim
         assert claim is not None
         if now > claim.deadline:
@@ -362,13 +390,15 @@ class DoorController:
         accepted = _claim_accepted(frames)
         score = _claim_mean(frames)
         liveness = None
-        if accepted and self.liveness is not None and not self._refusal(claim.person_id, now):
+        if accepted and self.liveness is not None and not self._refusal(claim.person_id, wall):
             liveness = self.liveness.verdict(claim.person_id, now)
             if liveness.state == "pending":
                 return None  # until the proof comes, the window ends or the claim times out
             self.liveness.restart(now)
         self._claim = None
         self._reset()
+        if accepted:  # the face-only path does not decide the same person again at once
+            self._decided(claim.person_id, now)
         if liveness is not None and liveness.state == "failed":
             return self._decide(
                 "denied", liveness.reason, "claim", claim.person_id, frames, claim.claim_id, score
@@ -383,7 +413,7 @@ class DoorController:
                 claim.claim_id,
                 score,
             )
-        problem = self._refusal(claim.person_id, now)
+        problem = self._refusal(claim.person_id, wall)
         reason = problem or "claim confirmed by face"
         if liveness is not None:
             reason = f"{reason}; {liveness.reason}"
@@ -392,27 +422,29 @@ class DoorController:
 
     def _subject(self, decision: Decision | None, claim_score: Decision | None) -> Subject:
         """Who the face is, for the liveness check: a badge claim the face confirms names the person,
-        otherwise the 1:N decision does ("unknown" for nobody enrolled, None when it could not tell)."""
+        otherwise a 1:N match does. A frame recognised as nobody, or as nobody for sure, tells nothing: the
+        combined evidence of the track may still name someone whose scores straddle the threshold, and
+        another face is another track, which starts the proofs again."""
         claimed = self.claimed_person
         if claimed is not None and claim_score is not None and claim_score.accepted:
             return claimed
-        if decision is None or decision.status in ("undecided", "ambiguous"):
+        if decision is None or decision.status != "match":
             return None
-        return decision.person_id if decision.status == "match" else "unknown"
+        return decision.person_id
 
-    def _refusal(self, person_id: str, now: float) -> str | None:
+    def _refusal(self, person_id: str, wall: float) -> str | None:
         person = self._person(person_id)
         allowed = person is not None and (
             person_id in self.door.allow_people or bool(set(person.groups) & set(self.door.allow_groups))
         )
         if not allowed:
             return f"{person_id!r} may not enter through {self.door.name!r}"
-        if self._windows and not self._open_at(now):
+        if self._windows and not self._open_at(wall):
             return f"{self.door.name!r} is closed at this time (open {', '.join(self.door.schedule)})"
         return None
 
-    def _open_at(self, now: float) -> bool:
-        moment = datetime.fromtimestamp(now)
+    def _open_at(self, wall: float) -> bool:
+        moment = datetime.fromtimestamp(wall)
         minute = moment.hour * 60 + moment.minute
         for start, end in self._windows:
             if (start <= minute < end) if start <= end else (minute >= start or minute < end):

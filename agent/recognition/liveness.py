@@ -49,8 +49,8 @@ MIN_SCALE_RATIO = 0.67
 """A face whose eye distance jumps by more than 1.5× between frames is another face: a new session."""
 
 Subject = str | None
-"""Who a frame's face is: a person id, "unknown" for a face recognised as nobody enrolled (both end a
-session of someone else), or None when recognition could not tell (low quality, ambiguous)."""
+"""Who a frame's face is: a person id (another one than the session's ends the session), or None when the
+frame does not tell (recognised as nobody, low quality, ambiguous)."""
 
 
 @dataclass(frozen=True)

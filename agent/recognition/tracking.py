@@ -49,11 +49,14 @@ class Observation:
 @dataclass(frozen=True)
 class TrackerSettings:
     """min_iou: overlap needed to continue a track; max_missed: frames a track may miss before it ends;
-    min_votes: observations that must have voted before deciding; decide_share: share of the vote weight
-    the winner needs; expression_alpha: weight of the newest frame in the smoothed expression."""
+    max_gap_s: seconds a track may go unseen before it ends, however few frames it missed (a camera that
+    stalled or reconnected: the next face on the same spot may be someone else); min_votes: observations
+    that must have voted before deciding; decide_share: share of the vote weight the winner needs;
+    expression_alpha: weight of the newest frame in the smoothed expression."""
 
     min_iou: float = 0.3
     max_missed: int = 10
+    max_gap_s: float = 5.0
     min_votes: int = 3
     decide_share: float = 0.6
     expression_alpha: float = 0.3
@@ -119,6 +122,9 @@ class Tracker:
     def update(self, observations: list[Observation], timestamp: float) -> list[TrackEvent]:
         """Fold one frame's observations into the tracks; the events this frame caused."""
         events: list[TrackEvent] = []
+        for track in [t for t in self._tracks if abs(timestamp - t.last_seen) > self.settings.max_gap_s]:
+            self._tracks.remove(track)  # a clock step either way ends it too: better than merging faces
+            events.append(self._event("ended", track))
         assigned = self._assign(observations)
         self.last_track_ids = []
         for track in self._tracks:

@@ -97,7 +97,7 @@ class CommandDesk:
             return
         if self._repeated(command, request.request_id, now):
             return
-        immediate = door.claim(request.person_id, now, request.timeout_s, request.request_id)
+        immediate = door.claim(request.person_id, time.monotonic(), request.timeout_s, request.request_id)
         self._reply(
             command, request.request_id, True, f"verifying {request.person_id!r} at {request.door!r}", now
         )

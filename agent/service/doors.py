@@ -77,11 +77,13 @@ class DoorAccess:
         now = time.time()
         event = access_event(self.device_id, camera, decision, self.outlets.versions(), now)
         self.outlets.metrics.access.labels(decision.door, decision.decision).inc()
+        relay = None
         if decision.granted:
             try:
-                self._open(decision.door, event.envelope.event_id, now)
+                relay = self._open(decision.door, event.envelope.event_id, now)
             except Exception:  # the audit row and the event below are written whatever happened
                 log.exception("door %s: opening failed", decision.door)
+                relay = "failed"
         log.info(
             "door %s: %s %s (%s)",
             decision.door,
@@ -105,15 +107,18 @@ class DoorAccess:
                     "margin": None if decision.margin is None else round(decision.margin, 4),
                     "models": dict(versions.models),
                     "gallery_revision": versions.gallery_revision,
+                    **({"relay": relay} if relay else {}),
                 },
                 at=now,
             )
         )
         self.outlets.emit(event)
 
-    def _open(self, name: str, event_id: str, now: float) -> None:
+    def _open(self, name: str, event_id: str, now: float) -> str | None:
         """Open a door now: its relay message, published at once and never queued (QoS 0, expiring after
-        relay_expiry_s, so that no outage or restart replays it later), and its command."""
+        relay_expiry_s, so that no outage or restart replays it later), and its command. What became of
+        the relay message: "sent", "unsent" (no broker), or None when the door has no relay topic."""
+        relay = None
         door = next(d for d in self.config.doors if d.name == name)
         if door.relay_topic:
             payload = {
@@ -124,7 +129,9 @@ class DoorAccess:
                 "time": utc_iso(now),
                 "expires_at": utc_iso(now + door.relay_expiry_s),
             }
+            relay = "sent"
             if not self.outlets.command(door.relay_topic, payload, door.relay_expiry_s):
+                relay = "unsent"
                 self.outlets.metrics.relay_unsent.labels(door.name).inc()
                 log.error(
                     "door %s: granted, but the relay message was not sent (the MQTT broker is not "
@@ -134,6 +141,7 @@ class DoorAccess:
                 )
         if door.command:
             threading.Thread(target=_run_action, args=(door,), daemon=True).start()
+        return relay
 
     def _door_frame(
         self,
@@ -169,7 +177,9 @@ class DoorAccess:
                     score = gallery.verify_score(face.embedding, claimed, self.config.matching.scoring)
                     claim_decision = policy.decide_claim(model_id, claimed, score, face.quality.score)
             track = track_ids[index]
-        result = door.observe(door_decision, claim_decision, frame.captured_at, sample, track)
+        result = door.observe(
+            door_decision, claim_decision, frame.seen_at, sample, track, wall=frame.captured_at
+        )
         if result is not None:
             self.act(result, frame.camera)
 

@@ -516,8 +516,11 @@ class AgentService:
     # ---- helpers ------------------------------------------------------------------------------------------
 
     def _refresh_gallery(self) -> None:
+        """Bring the matcher up to the store's gallery, and the people the doors check (groups) with it:
+        also when a model switch moved the matcher on by itself."""
         try:
-            if self.matcher.refresh(self.store.gallery, [self.model_id]):
+            self.matcher.refresh(self.store.gallery, [self.model_id])
+            if (self.matcher.revision or 0) != self.people_revision:
                 self.people = {p.person_id: p for p in self.store.gallery.people()}
                 self.people_revision = self.matcher.revision or 0
         except StoreError as exc:

@@ -48,7 +48,7 @@ def test_a_grant_sends_the_open_with_its_expiry_then_audits_and_reports(tmp_path
     [(topic, payload, expiry)] = sent
     assert (topic, expiry, payload["action"], payload["door"]) == ("relay/front", 4, "open", "front")
     assert payload["event_id"] == entry.details["event_id"] == emitted[0].envelope.event_id
-    assert entry.decision == "granted"
+    assert (entry.decision, entry.details["relay"]) == ("granted", "sent")
 
 
 @pytest.mark.parametrize("failure", ["raises", "not sent"])
@@ -65,5 +65,6 @@ def test_a_grant_whose_open_fails_is_still_audited_and_reported(tmp_path: Path, 
         entries = store.audit.entries()
         unsent = access.outlets.metrics.relay_unsent.labels("front")._value.get()
     assert [entry.decision for entry in entries] == ["granted"]
+    assert entries[0].details["relay"] == ("failed" if failure == "raises" else "unsent")  # the row says so
     assert len(emitted) == 1
     assert unsent == (1 if failure == "not sent" else 0)

@@ -17,6 +17,7 @@ import pytest
 
 from facefleet.agent.cameras import CameraFrame
 from facefleet.agent.config import load_config
+from facefleet.agent.domain.records import Embedding, Person
 from facefleet.agent.recognition.matching import MatchError
 from facefleet.agent.service.loop import MAX_FAILED_FRAMES, AgentService
 from facefleet.agent.updates.updater import Switch
@@ -187,6 +188,36 @@ def test_a_failed_embedding_switch_leaves_the_model_its_gallery_and_the_doors_as
         assert service.models.active("embedding").manifest.model_id == new_id
         assert service.matcher.gallery(new_id).model_id == new_id
         assert list(service.doors.policies["front"].thresholds) == [new_id]
+    finally:
+        service.store.close()
+
+
+def test_the_people_doors_check_follow_a_gallery_change_made_while_a_model_switch_was_prepared(
+    tmp_path: Path, model_store: ModelStore, video: Path
+) -> None:
+    """Ada's group is taken away after the new embedding model's gallery was loaded and before the switch:
+    the switch brings the matcher up to that change, and the doors see it too."""
+    (tmp_path / "state").mkdir()
+    shutil.copytree(model_store.root, tmp_path / "state" / "models")
+    door = '[[doors]]\nname = "front"\ncamera = "cam"\nallow_groups = ["staff"]\n'
+    service = make_service(tmp_path, model_store, "on", {"cam": video}, door)
+    try:
+        other = store_variant_copy(service.models, service.models.active("embedding"), "2021dec-other")
+        vector = np.random.default_rng(0).normal(size=128).astype(np.float32)
+        vectors = [Embedding(model_id, vector) for model_id in (service.model_id, other.manifest.model_id)]
+        service.store.gallery.add_person(Person("ada", "Ada", ("staff",)), vectors)
+        service._refresh_gallery()
+        assert service.people["ada"].groups == ("staff",)
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        switch = Switch(release=None, model=other, analyzer=service.analyzer.with_model(other), done=done)
+        service._queue_switch(switch)  # loads the new model's gallery
+        revoked = service.store.gallery.upsert_person(Person("ada", "Ada", ()))
+        service._apply_switches()
+        assert done.result(timeout=0) is None and service.matcher.revision == revoked
+        for _ in range(3):  # the loop's next rounds
+            service._refresh_gallery()
+        assert service.people["ada"].groups == ()
+        assert service.people_revision == revoked  # what audit rows and events carry
     finally:
         service.store.close()
 

@@ -92,7 +92,8 @@ class DoorReplay:
         access.use_model(self.model_id)
         outcome = Outcome({name: [] for name in doors})
         for index, image in enumerate(frames):
-            frame = CameraFrame(self.CAMERA, index + 1, START + index / fps, image)
+            at = START + index / fps
+            frame = CameraFrame(self.CAMERA, index + 1, at, image, seen_at=at)
             faces = [f for f in self.analyzer.analyze(image) if f.embedding is not None]
             decisions = [
                 self.matcher.identify(f.embedding, self.model_id, quality=f.quality.score)  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from facefleet.agent.domain.records import Person
 from facefleet.agent.recognition.doors import (
     DOOR_DEFAULT_THRESHOLD,
     DOOR_THRESHOLDS,
+    EVIDENCE_GAP_S,
     REPEAT_AFTER_S,
     DoorController,
 )
@@ -88,6 +89,49 @@ def test_a_new_track_or_no_face_starts_the_evidence_again() -> None:
     assert controller.observe(decision("ada"), None, at(9) + 0.5, track="t2") is None
     granted = controller.observe(decision("ada"), None, at(9) + 0.6, track="t2")
     assert granted is not None and (granted.decision, granted.frames) == ("granted", 3)
+
+
+def test_a_pause_in_the_frames_starts_the_evidence_again() -> None:
+    """A camera stalls for two minutes with Ada's track open; the next face on the same spot, a stranger,
+    is judged on its own frames, not on Ada's."""
+    controller = door()
+    assert feed(controller, "ada", 2, at(9)) == []
+    stranger = decision(None, "unknown", 0.02)
+    after = [controller.observe(stranger, None, at(9) + 120 + i * 0.1, track=None) for i in range(3)]
+    assert after[:2] == [None, None] and after[2] is not None
+    assert (after[2].decision, after[2].person_id, after[2].frames) == ("denied", None, 3)
+    assert feed(controller, "ada", 2, at(10)) == []  # a pause of more than EVIDENCE_GAP_S, not less
+    granted = controller.observe(decision("ada"), None, at(10) + 0.1 + EVIDENCE_GAP_S)
+    assert granted is not None and (granted.decision, granted.frames) == ("granted", 3)
+
+
+def test_a_second_stranger_on_another_track_is_denied_and_the_first_is_not_denied_again() -> None:
+    controller = door()
+    stranger = decision(None, "unknown", 0.02)
+    first = [controller.observe(stranger, None, at(9) + i * 0.1, track="t1") for i in range(30)]
+    assert [r.decision for r in first if r is not None] == ["denied"]  # once while the track lasts
+    second = [controller.observe(stranger, None, at(9) + 3 + i * 0.1, track="t2") for i in range(3)]
+    assert second[2] is not None and second[2].decision == "denied"  # 3 s later: an audit row of its own
+
+
+def test_intervals_run_on_the_steady_clock_and_the_schedule_on_the_wall_clock() -> None:
+    """The wall clock was an hour fast and NTP set it back: the door neither waits an hour to decide on Ada
+    again nor reads its schedule off the steady clock."""
+    controller = door(schedule=["08:00-10:00"])
+    granted = [controller.observe(decision("ada"), None, 100 + i * 0.1, wall=at(9, 30)) for i in range(3)][2]
+    assert granted is not None and granted.granted
+    again = [
+        controller.observe(decision("ada"), None, 100 + REPEAT_AFTER_S + i * 0.1, wall=at(8, 30) + i * 0.1)
+        for i in range(3)
+    ][2]
+    assert (
+        again is not None and again.granted
+    )  # 10 s later on the steady clock: an hour "earlier" on the wall
+    closed = [controller.observe(decision("ada"), None, 200 + i * 0.1, wall=at(11)) for i in range(3)][2]
+    assert closed is not None and "closed at this time" in closed.reason
+    stepped = door()  # a caller whose clock does step back is not locked out either
+    assert feed(stepped, "ada", 3, at(9))[0].granted
+    assert [r.decision for r in feed(stepped, "ada", 3, at(9) - 3600)] == ["granted"]
 
 
 def test_frames_below_the_quality_gate_are_left_undecided() -> None:
@@ -219,6 +263,27 @@ def test_badge_claims() -> None:
     assert timed_out is not None and "timed out" in timed_out.reason and controller.claimed_person is None
 
 
+def test_with_a_claim_nobody_in_view_starts_the_evidence_again() -> None:
+    """Ada badges in and is seen twice, then leaves; a stranger who steps in on the claim's remaining time
+    is judged on their own frames."""
+    controller = door(claim_timeout_s=30)
+    controller.claim("ada", at(9), claim_id="c1")
+    accept, reject = decision("ada", "match", 0.9), decision(None, "unknown", 0.05)
+    assert [controller.observe(accept, accept, at(9) + i * 0.1) for i in range(2)] == [None, None]
+    assert [controller.observe(None, None, at(9) + 0.2 + i * 0.1) for i in range(5)] == [None] * 5
+    results = [controller.observe(reject, reject, at(9) + 1 + i * 0.1) for i in range(3)]
+    assert results[:2] == [None, None] and results[2] is not None
+    assert (results[2].decision, results[2].reason) == ("denied", "face does not match the claimed person")
+
+
+def test_a_claim_granted_is_not_granted_again_by_the_face_alone() -> None:
+    controller = door()
+    controller.claim("ada", at(9), claim_id="c1")
+    accept = decision("ada", "match", 0.9)
+    results = [controller.observe(accept, accept, at(9) + i * 0.1, track="t1") for i in range(30)]
+    assert [(r.mode, r.decision) for r in results if r is not None] == [("claim", "granted")]  # one opening
+
+
 def test_a_new_claim_answers_the_pending_one_as_superseded() -> None:
     controller = door(allow_people=["bob"], claim_timeout_s=5)
     assert controller.claim("bob", at(9), claim_id="c1") is None
@@ -270,9 +335,49 @@ def test_with_liveness_a_face_that_never_blinks_is_denied_when_the_window_ends()
     ((denied_after, denied),) = results
     assert (denied.decision, denied.reason) == ("denied", "liveness: no blink within 2.0 s")
     assert 2.0 <= denied_after < 2.1
-    later = watch(controller, "ada", [*BLINK, *[{}] * 300], at(9) + 3)  # blinks in the next window
-    ((after, granted),) = later
-    assert granted.decision == "granted" and 3 + after >= denied_after + REPEAT_AFTER_S  # when it may again
+    silent = watch(controller, "ada", [*BLINK, *[{}] * 300], at(9) + 3)  # blinks while the door is silent
+    ((after, again),) = silent
+    assert (again.decision, again.reason) == ("denied", "liveness: no blink within 2.0 s")  # not kept
+    assert 3 + after > denied_after + REPEAT_AFTER_S + 1.9  # a new window once the door may decide again
+    ((_, granted),) = watch(controller, "ada", BLINK, at(9) + 30)
+    assert granted.decision == "granted"
+
+
+def test_with_liveness_frames_of_a_member_below_the_threshold_do_not_restart_the_proof() -> None:
+    """Ada's frames straddle the threshold (0.65 and 0.45, a mean of 0.6): a frame recognised as nobody
+    tells nothing about who blinks, so her blink still counts."""
+    controller = door(liveness="blink", liveness_timeout_s=2.0)
+    results = []
+    for i in range(120):
+        score = 0.45 if i % 4 == 0 else 0.65
+        frame = (
+            decision("ada", score=score)
+            if score >= THRESHOLD
+            else decision(None, "unknown", score, ada=score)
+        )
+        sample = face_sample(frame=i, closed=i == 40)
+        result = controller.observe(frame, None, at(9) + i / 30, sample, track="t1")
+        if result is not None:
+            results.append(result)
+    assert [(r.decision, r.reason) for r in results][:1] == [
+        ("granted", "recognised and allowed; liveness passed (blink)")
+    ]
+
+
+def test_with_liveness_a_blink_of_someone_who_left_does_not_pass_for_a_photo() -> None:
+    """Ada is granted, blinks while the door is silent, and leaves; her photo held up on a new track must
+    blink for itself."""
+    controller = door(liveness="blink", liveness_timeout_s=2.0)
+    ((_, granted),) = watch(controller, "ada", BLINK, at(9))
+    assert granted.granted
+    assert watch(controller, "ada", [*BLINK, *[{}] * 190], at(9) + 2.1) == []  # blinks again, silently
+    photo = [  # held up a moment after she left, once the door may decide on her again
+        controller.observe(decision("ada"), None, at(9) + 10.6 + i / 30, face_sample(frame=i), track="photo")
+        for i in range(90)
+    ]
+    assert [(r.decision, r.reason) for r in photo if r is not None] == [
+        ("denied", "liveness: no blink within 2.0 s")
+    ]
 
 
 def test_liveness_does_not_delay_a_denial() -> None:

@@ -55,6 +55,18 @@ def test_votes_are_weighted_by_quality_and_low_quality_frames_do_not_vote() -> N
     assert [(e.kind, e.identity, e.frames) for e in events] == [("decided", "ada", 3)]
 
 
+def test_a_track_unseen_for_longer_than_max_gap_s_ends_however_few_frames_it_missed() -> None:
+    """The camera stalls for two minutes: the face next seen on the same spot starts a track of its own."""
+    tracker = Tracker(TrackerSettings(min_votes=2, max_gap_s=5.0))
+    events = [e for t in (0.0, 0.1, 0.2) for e in tracker.update([seen(100, person="ada")], t)]
+    first = tracker.last_track_ids[0]
+    events += tracker.update([seen(100, person="bob")], 120.0)
+    assert [(e.kind, e.identity) for e in events] == [("decided", "ada"), ("ended", "ada")]
+    assert tracker.last_track_ids[0] != first
+    tracker.update([seen(100, person="bob")], 124.0)  # within max_gap_s: the same track
+    assert tracker.active_tracks == 1
+
+
 def test_a_changed_identity_is_an_event_and_the_end_is_final() -> None:
     tracker = Tracker(TrackerSettings(min_votes=2, decide_share=0.6, max_missed=2))
     events = []

@@ -1,10 +1,10 @@
 """FleetService logic: registration, the gallery Watch stream, acknowledgements and event reports.
 
 Watch protocol: a stream starts at the agent's revision R. If the agent's gallery_id is not this server's,
-or R is 0, it gets a snapshot; if R is ahead of the server, FailedPreconditionError; if the change log no
-longer reaches back to R (more than `gallery.log_revisions` behind), a snapshot; otherwise the coalesced
-delta R → head. Then the stream waits on the fanout and sends each new delta as it commits, with a
-heartbeat after every idle `heartbeat_seconds`. Deltas above half the message limit are split into parts.
+or R is 0, it gets a snapshot; if R is ahead of the database's head, FailedPreconditionError; if the change
+log no longer reaches back to R (more than `gallery.log_revisions` behind), a snapshot; otherwise the
+coalesced delta R → head. Then the stream waits on the fanout and sends each new delta as it commits, with
+a heartbeat after every idle `heartbeat_seconds`. Deltas above half the message limit are split into parts.
 A stream ends by itself, between two messages, once it is `watch_max_age` old (each stream's age drawn
 from 85–100 % of it, so streams opened together do not all end together): the agent opens a new
 connection, which a TCP load balancer may send to another replica, and resumes from its revision.
@@ -114,7 +114,7 @@ class FleetHandler:
         # reports as it registers counts against its rollout's failure budget at once.
         through_distribution = self.models is not None and bool(statuses)
 
-        def store() -> None:
+        def store() -> int:
             now = self.clock()
             self.state.register_agent(registration, now)
             self.state.models.set_agent_models(
@@ -123,8 +123,9 @@ class FleetHandler:
                 statuses=() if through_distribution else statuses,
                 groups=registration.groups,
             )
+            return self.state.head_revision()
 
-        await asyncio.to_thread(store)
+        await self.fanout.publish(await asyncio.to_thread(store))
         if through_distribution:
             assert self.models is not None
             await self.models.report(registration.device_id, statuses, {}, {})
@@ -160,7 +161,7 @@ class FleetHandler:
         once."""
         await self._require_registered(device_id)
         snapshot = from_revision == 0 or (bool(gallery_id) and gallery_id != self.gallery_id)
-        if not snapshot and from_revision > self.fanout.head:
+        if not snapshot and from_revision > await self._head_reaching(from_revision):
             raise FailedPreconditionError(
                 f"from_revision {from_revision} is ahead of the server's gallery revision "
                 f"{self.fanout.head}: "
@@ -184,6 +185,7 @@ class FleetHandler:
                     admitted()
                 elif snapshot or self.fanout.head > revision:
                     delta = await self.deltas.get(revision, self.fanout.head, snapshot)
+                    await self.fanout.publish(delta.to_revision)  # read from the state: maybe beyond the head
                     for part in split_delta(only_models(delta, wanted), self.settings.max_message_bytes // 2):
                         yield part
                     revision, snapshot = delta.to_revision, False
@@ -227,12 +229,20 @@ class FleetHandler:
 
     async def acknowledge(self, device_id: str, revision: int) -> int:
         await self._require_registered(device_id)
-        if revision > self.fanout.head:
+        if revision > await self._head_reaching(revision):
             raise InvalidArgumentError(
                 f"gallery_revision {revision} is ahead of the server's {self.fanout.head}; acknowledge only "
                 "revisions received from this server"
             )
         await asyncio.to_thread(self.state.touch_agent, device_id, self.clock(), gallery_revision=revision)
+        return self.fanout.head
+
+    async def _head_reaching(self, revision: int) -> int:
+        """The gallery head, read from the state first when `revision` is beyond this process's: a change
+        committed through another replica (or the CLI) reaches the fanout a moment later, while an agent may
+        hold it already, from that replica or from a delta this one computed."""
+        if revision > self.fanout.head:
+            await self.fanout.publish(await asyncio.to_thread(self.state.head_revision))
         return self.fanout.head
 
     def check_report_size(self, events: int) -> None:

@@ -1,5 +1,6 @@
 """Several server replicas on one PostgreSQL database (a throwaway cluster, tests.postgres): a change made
-through one reaches Watch streams on another through LISTEN/NOTIFY, with no polling."""
+through one reaches Watch streams on another through LISTEN/NOTIFY, with no polling; a replica that has not
+heard of a change yet still serves the agents that hold it."""
 
 from __future__ import annotations
 
@@ -8,20 +9,39 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
+
 from facefleet.link.checks import utc_now
+from facefleet.link.gallery import Embedding, Person
 from facefleet.server.domain.queries import EventFilter
 from facefleet.server.gallery.embedder import Enroller
+from facefleet.server.state.postgres.state import PostgresState
 from facefleet.v1 import admin_pb2, fleet_pb2
 from tests.postgres import PostgresCluster
-from tests.server.conftest import Pki, next_delta, run, serving
+from tests.server.conftest import Pki, next_delta, next_update, run, serving
 from tests.server.fleet.test_fleet_service import event
+
+SLOW_POLL = {"fleet": {"poll_seconds": 60}}
+"""A replica that looks at the database by itself only once a minute: within a test, only a notification
+or a request tells it of a change."""
+
+
+def unannounced(url: str) -> PostgresState:
+    """The state as another replica writes it, except that its changes send no notification (its sessions
+    fire no triggers): the others learn of them only by looking, as when notifications are late or lost."""
+    return PostgresState(f"{url}?options=-c%20session_replication_role%3Dreplica", pool_size=1)
+
+
+def someone(person_id: str) -> Person:
+    vector = np.random.default_rng(len(person_id)).normal(size=128).astype(np.float32)
+    return Person(person_id, embeddings=(Embedding("sface@2021dec", vector / np.linalg.norm(vector), 0.9),))
 
 
 def test_a_person_enrolled_through_one_replica_reaches_an_agent_watching_another(
     tmp_path: Path, pki: Pki, enroller: Enroller, astronaut_jpeg: bytes, postgres_cluster: PostgresCluster
 ) -> None:
     url = postgres_cluster.create_database()
-    sections = {"state": {"url": url}}  # on PostgreSQL replicas never poll: only a notification brings it
+    sections = {"state": {"url": url}, **SLOW_POLL}  # within the test only a notification brings it
 
     async def scenario() -> float:
         async with (
@@ -83,3 +103,52 @@ def test_the_same_events_reported_to_both_replicas_at_once_are_stored_once(
     outcomes, stored = run(scenario)
     assert stored == 4000
     assert sum(s for s, _ in outcomes) == 4000 and sum(d for _, d in outcomes) == 4000
+
+
+def test_a_replica_serves_revisions_it_has_not_heard_of_yet(
+    tmp_path: Path, pki: Pki, enroller: Enroller, postgres_cluster: PostgresCluster
+) -> None:
+    """Agents hold revisions this replica's notifications have not brought yet (a delta it read from the
+    database, or one from another replica): it registers, watches and acknowledges them all the same."""
+    url = postgres_cluster.create_database()
+
+    async def scenario() -> None:
+        async with serving(tmp_path, pki, enroller, state={"url": url}, **SLOW_POLL) as a:
+            other = unannounced(url)
+            try:
+                door1, door2 = await a.registered("door-1"), await a.registered("door-2")
+                other.add_person(someone("p1"), (), utc_now())
+                stream = door1.Watch(fleet_pb2.WatchRequest(device_id="door-1", from_revision=0))
+                snapshot = (await next_delta(stream)).gallery
+                assert (snapshot.to_revision, [p.person_id for p in snapshot.upserts]) == (1, ["p1"])
+                assert (
+                    a.server.fanout is not None and a.server.fanout.head == 1
+                )  # what dashboards measure lag by
+                ack = await door1.AckGallery(
+                    fleet_pb2.AckGalleryRequest(device_id="door-1", gallery_revision=1)
+                )
+                assert ack.gallery_revision == 1
+                stream.cancel()
+
+                other.add_person(
+                    someone("p22"), (), utc_now()
+                )  # door-2 gets revision 2 from the other replica
+                stream = door2.Watch(
+                    fleet_pb2.WatchRequest(device_id="door-2", from_revision=2, gallery_id=other.gallery_id())
+                )
+                assert (await next_update(stream)).heartbeat.gallery_revision == 2
+                stream.cancel()
+
+                other.add_person(someone("p333"), (), utc_now())
+                ack = await door2.AckGallery(
+                    fleet_pb2.AckGalleryRequest(device_id="door-2", gallery_revision=3)
+                )
+                assert ack.gallery_revision == 3
+
+                other.add_person(someone("p4444"), (), utc_now())
+                welcome = await a.fleet("lobby").Register(fleet_pb2.RegisterRequest(device_id="lobby"))
+                assert welcome.gallery_revision == 4
+            finally:
+                other.close()
+
+    run(scenario)

@@ -8,7 +8,6 @@ exit code as it would on the server host."""
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import ssl
 import stat
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from facefleet.core.errors import EXIT_UNAVAILABLE
+from facefleet.server.config import is_loopback
 from facefleet.server.errors import ServerConfigError, ServerError, error_for_status
 
 SERVER_ENV = "FACEFLEET_SERVER"
@@ -63,7 +63,7 @@ class RemoteSettings:
             raise ServerConfigError(
                 f"--server {url!r}: give the server's HTTP API as https://host:port (its listen.http)"
             )
-        if parts.scheme == "http" and not _loopback(parts.hostname):
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
             raise ServerConfigError(
                 f"--server {url!r}: plain http would send the token in clear text; give https://… "
                 "(http only reaches a server on this machine, e.g. http://127.0.0.1:7445)"
@@ -168,13 +168,3 @@ def _params(params: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if params is None:
         return None
     return {k: v for k, v in params.items() if v not in ("", None, [], ())}
-
-
-def _loopback(host: str) -> bool:
-    """Whether `host` names this machine (localhost, 127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -62,7 +62,7 @@ from facefleet.server.rollouts.uploads import ModelAdmin
 from facefleet.server.state.fanout import GalleryFanout
 from facefleet.server.state.interface import State
 from facefleet.server.state.open import open_state
-from facefleet.server.state.postgres.notify import RECONNECTED, follow
+from facefleet.server.state.postgres.notify import LISTENING, follow
 from facefleet.server.state.postgres.state import PostgresState
 from facefleet.vision.models.store import ModelStore
 from facefleet.vision.runtime import Runtime
@@ -70,8 +70,6 @@ from facefleet.vision.runtime import Runtime
 log = logging.getLogger(__name__)
 EXPIRY_INTERVAL_S = 3600.0
 """How often the retention job runs while serving."""
-EXPIRY_CHECK_S = 60.0
-"""On PostgreSQL, how often the loop wakes to see whether the retention job is due."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +128,7 @@ class FleetServer:
         self._server: grpc.aio.Server | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._poll: asyncio.Task[None] | None = None
+        self._refreshing = asyncio.Lock()
         self._auth: Authenticator | None = None
         self.devices = DeviceRegistry(self.state)
         self.handlers: OperatorHandlers | None = None
@@ -359,7 +358,12 @@ class FleetServer:
     async def refresh(self) -> None:
         """Publish gallery, model, rollout and device changes committed since the last look (by this
         process or another on the same state directory, e.g. the CLI) to the Watch streams; follow the
-        embedding models of rollouts in the enroller."""
+        embedding models of rollouts in the enroller. One at a time: a notification's and the periodic
+        look's would otherwise publish what each read in either order."""
+        async with self._refreshing:
+            await self._refresh()
+
+    async def _refresh(self) -> None:
         assert self.fanout is not None
         models = self.state.models
         if await asyncio.to_thread(self.devices.reload):
@@ -431,8 +435,10 @@ class FleetServer:
         return expired
 
     async def _poll_changes(self) -> None:
-        """SQLite: look for changes every poll_seconds. PostgreSQL: follow its notifications instead
-        (facefleet.server.state.postgres.notify). Either way, run the retention job every hour."""
+        """Look for changes every poll_seconds; on PostgreSQL also follow its notifications
+        (facefleet.server.state.postgres.notify), which bring a change at once, while the look catches
+        what a notification did not bring (a listening connection gone silent, a refresh that failed).
+        Run the retention job every hour."""
         if isinstance(self.state, PostgresState):
             listening = asyncio.create_task(follow(self.state.url, self._notified))
         else:
@@ -441,10 +447,9 @@ class FleetServer:
         expired_at = -math.inf
         try:
             while True:
-                await asyncio.sleep(self.config.fleet.poll_seconds if listening is None else EXPIRY_CHECK_S)
+                await asyncio.sleep(self.config.fleet.poll_seconds)
                 try:
-                    if listening is None:
-                        await self.refresh()
+                    await self.refresh()
                     if time.monotonic() - expired_at >= EXPIRY_INTERVAL_S:
                         await asyncio.to_thread(self.expire)
                         expired_at = time.monotonic()
@@ -458,13 +463,14 @@ class FleetServer:
                 listening.cancel()
 
     async def _notified(self, change: str) -> None:
-        """A change committed through any replica (facefleet.server.state.postgres.notify)."""
-        if change in ("tokens", RECONNECTED) and self._auth is not None:
+        """A change committed through any replica, or 'listening': notifications start (again), and what
+        was committed before went unheard (facefleet.server.state.postgres.notify)."""
+        if change in ("tokens", LISTENING) and self._auth is not None:
             self._auth.forget_tokens()
         try:
             await self.refresh()
         except Exception:
-            log.exception("cannot read a change from the state database; the next one retries")
+            log.exception("cannot read a change from the state database; the next look retries")
 
     # -- models --------------------------------------------------------------------------------------
 

@@ -94,8 +94,9 @@ class FleetConfig(StrictSection):
         1.0,
         ge=0.05,
         le=60,
-        description="How often the server looks for gallery, model and rollout changes made by another "
-        "process on the same state directory (e.g. `facefleet-server rollout start`)",
+        description="How often the server looks for gallery, model, rollout and device changes made by "
+        "another process on the same state (e.g. `facefleet-server rollout start`, another replica); on "
+        "PostgreSQL notifications bring them at once, and this look catches any a notification did not bring",
     )
     max_event_age_days: int = Field(
         365,

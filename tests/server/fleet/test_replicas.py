@@ -6,19 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+import grpc
 import numpy as np
+import psycopg
+import pytest
 
 from facefleet.link.checks import utc_now
+from facefleet.link.fleet import Registration
 from facefleet.link.gallery import Embedding, Person
 from facefleet.server.domain.queries import EventFilter
+from facefleet.server.fleet.device_admin import change_device
 from facefleet.server.gallery.embedder import Enroller
 from facefleet.server.state.postgres.state import PostgresState
 from facefleet.v1 import admin_pb2, fleet_pb2
 from tests.postgres import PostgresCluster
-from tests.server.conftest import Pki, next_delta, next_update, run, serving
+from tests.server.conftest import Harness, Pki, next_delta, next_update, run, serving
 from tests.server.fleet.test_fleet_service import event
 
 SLOW_POLL = {"fleet": {"poll_seconds": 60}}
@@ -150,5 +156,72 @@ def test_a_replica_serves_revisions_it_has_not_heard_of_yet(
                 assert welcome.gallery_revision == 4
             finally:
                 other.close()
+
+    run(scenario)
+
+
+async def eventually(check: Callable[[], bool], what: str) -> None:
+    """Wait until check() holds (the deadline only guards against a hung test)."""
+    deadline = time.monotonic() + 15
+    while not check():
+        assert time.monotonic() < deadline, f"never: {what}"
+        await asyncio.sleep(0.05)
+
+
+async def register_refused(harness: Harness, device: str) -> grpc.StatusCode:
+    """The status of the device's Register, which must fail."""
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await harness.fleet(device).Register(fleet_pb2.RegisterRequest(device_id=device))
+    return refused.value.code()
+
+
+def test_a_replica_starting_while_another_changes_things_sees_the_changes(
+    tmp_path: Path, pki: Pki, enroller: Enroller, postgres_cluster: PostgresCluster
+) -> None:
+    """Changes committed after a replica read the state but before its LISTEN was in place sent
+    notifications nobody heard: it looks at everything once listening."""
+    url = postgres_cluster.create_database()
+    other = PostgresState(url, pool_size=1)
+    other.register_agent(Registration("door-1"), utc_now())
+
+    async def scenario() -> None:
+        async with serving(tmp_path, pki, enroller, state={"url": url}, **SLOW_POLL) as a:
+            # nothing has run on the event loop since the replica started: it is not listening yet
+            with psycopg.connect(url, autocommit=True) as conn:
+                listening = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
+                assert conn.execute(listening).fetchone() == (0,)
+            change_device(other, "door-1", "disable", reason="stolen", who="ops", now=utc_now())
+            other.add_person(someone("p1"), (), utc_now())
+            fanout = a.server.fanout
+            assert fanout is not None
+            await eventually(lambda: fanout.head == 1 and fanout.devices_head == 1, "the changes reached it")
+            assert await register_refused(a, "door-1") == grpc.StatusCode.PERMISSION_DENIED
+
+    try:
+        run(scenario)
+    finally:
+        other.close()
+
+
+def test_a_replica_whose_notifications_stop_still_sees_changes(
+    tmp_path: Path, pki: Pki, enroller: Enroller, postgres_cluster: PostgresCluster
+) -> None:
+    """A listening connection gone silent (a half-open TCP connection) or a lost notification delays a
+    change by [fleet] poll_seconds at most, not for ever."""
+    url = postgres_cluster.create_database()
+
+    async def scenario() -> None:
+        async with serving(tmp_path, pki, enroller, state={"url": url}, fleet={"poll_seconds": 0.2}) as a:
+            await a.registered("door-1")
+            other = unannounced(url)
+            try:
+                change_device(other, "door-1", "disable", reason="stolen", who="ops", now=utc_now())
+                other.add_person(someone("p1"), (), utc_now())
+            finally:
+                other.close()
+            fanout = a.server.fanout
+            assert fanout is not None
+            await eventually(lambda: fanout.head == 1 and fanout.devices_head == 1, "the changes reached it")
+            assert await register_refused(a, "door-1") == grpc.StatusCode.PERMISSION_DENIED
 
     run(scenario)

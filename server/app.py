@@ -259,7 +259,10 @@ class FleetServer:
                 changed=self.refresh,
             ),
         )
-        people = PeopleHandler(self.state, fanout, self.enrolment.enroller, self.enrolment.known_models)
+        enrolment = self.enrolment
+        people = PeopleHandler(
+            self.state, fanout, enrolment.enroller, enrolment.known_models, enrolment.complete
+        )
         dashboard = QueryHandler(
             self.state,
             online_window=timedelta(seconds=config.fleet.online_window_seconds),

@@ -39,9 +39,13 @@ class LocalHandlers:
 
     @cached_property
     def people(self) -> PeopleHandler:
-        state = self.state
+        state, enrolment = self.state, self.enrolment
         return PeopleHandler(
-            state, GalleryFanout(state.head_revision()), self.enrolment.enroller, self.enrolment.known_models
+            state,
+            GalleryFanout(state.head_revision()),
+            enrolment.enroller,
+            enrolment.known_models,
+            enrolment.complete,
         )
 
     @cached_property

@@ -1,6 +1,13 @@
 """Which embedding models enrolment embeds with, and the enroller that does it: the configured (or active)
 models plus those of embedding rollouts in progress. A rollout's new model joins enrolment as soon as the
-server notices it, and people enrolled before that get its embeddings from their crops."""
+server notices it, and people enrolled before that get its embeddings from their crops.
+
+An enrolment embeds its photos before it commits, with the models enrolment had when it began, and may
+commit after a rollout's second sweep (facefleet.server.rollouts.control) has looked for people lacking
+the rollout's model. So once an enrolment has committed, `complete` reads the rollouts again and embeds
+the person's crops with any rollout model they lack. Rollouts and enrolments commit one after the other:
+a rollout that committed before the enrolment is seen by `complete`, and one that committed after it sees
+the person in its first sweep."""
 
 from __future__ import annotations
 
@@ -10,10 +17,11 @@ import threading
 from collections.abc import Callable, Mapping
 
 from facefleet.core.errors import FaceFleetError
+from facefleet.link.gallery import Person
 from facefleet.server.config import ServerConfig
 from facefleet.server.errors import FailedPreconditionError, ServerError
 from facefleet.server.gallery.embedder import Enroller, EnrolmentSettings
-from facefleet.server.gallery.reembed import CropEmbedder, reembed
+from facefleet.server.gallery.reembed import CropEmbedder, ReembedResult, reembed
 from facefleet.server.paths import ServerPaths
 from facefleet.server.state.interface import State
 from facefleet.server.state.models import ModelState
@@ -75,15 +83,41 @@ class EnrolmentModels:
         missing = self.state.models.people_without_model(model_id)
         if not missing:
             return
+        result = self._embed_crops(model_id, missing)
+        if result is not None and result.reembedded:
+            log.info("embedded %d people enrolled meanwhile with %s", len(result.reembedded), model_id)
+
+    def complete(self, person: Person) -> Person:
+        """A person an enrolment has just stored, given embeddings from their crops of every model of the
+        rollouts in progress they lack (blocking; see the module's docstring), as stored then. A failure is
+        logged, not raised: the enrolment itself is committed."""
+        try:
+            lacking = [m for m in rollout_embedding_models(self.state.models) if m not in person.model_ids()]
+        except (FaceFleetError, ServerError) as exc:
+            log.error("cannot read the rollouts to complete the enrolment of %s: %s", person.person_id, exc)
+            return person
+        embedded = [r for m in lacking if (r := self._embed_crops(m, [person.person_id])) and r.reembedded]
+        if not embedded:
+            return person
+        log.info(
+            "embedded %s, enrolled while a rollout started, with %s",
+            person.person_id,
+            ", ".join(r.model_id for r in embedded),
+        )
+        try:
+            return self.state.get_person(person.person_id, with_vectors=True)
+        except ServerError:
+            return person  # deleted meanwhile
+
+    def _embed_crops(self, model_id: str, person_ids: list[str]) -> ReembedResult | None:
+        """Embed these people's crops with a stored embedding model (None: it failed, and is logged)."""
         name, _, version = model_id.partition("@")
         try:
             embedder = CropEmbedder(self._runtime(), self.models.get("embedding", name, version))
-            result = reembed(self.state, embedder, missing)
+            return reembed(self.state, embedder, person_ids)
         except (FaceFleetError, ServerError) as exc:
-            log.error("cannot embed people enrolled meanwhile with %s: %s", model_id, exc)
-            return
-        if result.reembedded:
-            log.info("embedded %d people enrolled meanwhile with %s", len(result.reembedded), model_id)
+            log.error("cannot embed %s with %s: %s", ", ".join(person_ids[:5]), model_id, exc)
+            return None
 
     def enroller(self) -> Enroller:
         """The image enroller, built once (compiling the models takes a few seconds)."""

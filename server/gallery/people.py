@@ -35,7 +35,9 @@ MAX_LOOKUP_IDS = 100
 
 class PeopleHandler:
     """enroller: builds (once) the image enroller, or raises FailedPreconditionError naming what is missing;
-    known_models: model_id → embedding dimension of every embedding model the server knows."""
+    known_models: model_id → embedding dimension of every embedding model the server knows; complete: a
+    person just stored, given the embeddings of rollouts in progress they lack (blocking; see
+    facefleet.server.gallery.enrolment_models)."""
 
     def __init__(
         self,
@@ -43,12 +45,14 @@ class PeopleHandler:
         fanout: GalleryFanout,
         enroller: Callable[[], Enroller],
         known_models: Callable[[], Mapping[str, int]],
+        complete: Callable[[Person], Person],
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.state = state
         self.fanout = fanout
         self.enroller = enroller
         self.known_models = known_models
+        self.complete = complete
         self.clock = clock
         self._enrolling = asyncio.Semaphore(MAX_CONCURRENT_ENROLMENTS)
 
@@ -74,6 +78,7 @@ class PeopleHandler:
             stored = await asyncio.to_thread(
                 lambda: self.state.replace_person(person, embedded.crops, now, append=append)
             )
+        stored = await asyncio.to_thread(self.complete, stored)
         await self.fanout.publish(stored.revision)
         return EnrolmentResult(stored, embedded.faces)
 
@@ -93,6 +98,7 @@ class PeopleHandler:
             stored = await asyncio.to_thread(
                 lambda: self.state.replace_person(person, crops, now, append=append, snapshots=snapshots)
             )
+        stored = await asyncio.to_thread(self.complete, stored)
         await self.fanout.publish(stored.revision)
         return stored
 

@@ -5,7 +5,9 @@ FleetServer.refresh() in its own process).
 A rollout of an embedding model starts in `preparing`: the running server's enrolment then embeds new people
 with the new model too, while this re-embeds everyone enrolled from their retained crops. After the server
 could have noticed (`settle_seconds`), a second sweep embeds the people enrolled meanwhile by a server that
-had not yet noticed; then the rollout turns active and agents receive the model with its complete gallery.
+had not yet noticed; then the rollout turns active and agents receive the model with its complete gallery. An
+enrolment whose photos were embedded before the rollout started and that commits after the second sweep
+embeds the person with the rollout's model itself (facefleet.server.gallery.enrolment_models).
 People without crops cannot be re-embedded: the new model will not recognise them until they are re-enrolled.
 An INT8 variant published to run in its float model's place goes through the same steps for the float
 model's gallery, embedding only the people who lack it (none, while the float model is the server's own).

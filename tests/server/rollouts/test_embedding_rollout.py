@@ -5,6 +5,7 @@ embed with both models, and people without crops are reported (they need re-enro
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from facefleet.link.gallery import Embedding, Person
 from facefleet.server.domain.models import Target
 from facefleet.server.domain.records import Crop
-from facefleet.server.gallery.embedder import Enroller
+from facefleet.server.gallery.embedder import EmbeddedImages, Enroller
 from facefleet.server.gallery.reembed import CropEmbedder, reembed
 from facefleet.server.rollouts.catalogue import ModelCatalog
 from facefleet.server.rollouts.control import RolloutControl, StartedRollout
@@ -159,3 +160,59 @@ def test_reembedding_never_overwrites_a_newer_enrolment_with_older_crops(
     assert (result.reembedded, result.without_crops, embedder.calls) == (("eileen",), (), 2)
     assert state.crops("eileen") == [newer]
     state.close()
+
+
+class HeldEnroller(Enroller):
+    """The session's enrolment pipeline, whose embedding of photos waits until `release` is set (a large
+    enrolment, or a busy CPU); `entered` is set once it has begun."""
+
+    def __init__(self, base: Enroller, store: ModelStore, runtime: Runtime) -> None:
+        super().__init__(base.analyzer, store, runtime, base.settings)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def embed(self, images: Sequence[bytes]) -> EmbeddedImages:
+        self.entered.set()
+        assert self.release.wait(60)
+        return super().embed(images)
+
+
+def test_a_person_enrolled_while_a_rollout_completes_its_gallery_gets_the_new_model_too(
+    tmp_path: Path,
+    pki: Pki,
+    enroller: Enroller,
+    runtime: Runtime,
+    model_store: ModelStore,
+    model_irs: dict[str, Path],
+    astronaut_jpeg: bytes,
+) -> None:
+    """An enrolment embedding its photos with the old model alone commits after the rollout's sweeps have
+    looked for people lacking the new one, and after the rollout turned active: it embeds the person's crop
+    with the new model itself."""
+    held = HeldEnroller(enroller, model_store, runtime)
+
+    async def scenario() -> None:
+        async with serving(tmp_path, pki, held, fleet={"poll_seconds": 60}) as harness:
+            server = harness.server
+            catalog = ModelCatalog(server.state.models, server.models, runtime)
+            await asyncio.to_thread(
+                catalog.publish, model_irs[NEW], "embedding", "sface", "2021dec-fp32", "FP32"
+            )
+            enrolling = asyncio.ensure_future(
+                harness.admin().EnrollPerson(
+                    admin_pb2.EnrollPersonRequest(person_id="late", images=[astronaut_jpeg]),
+                    metadata=harness.admin_md,
+                )
+            )
+            assert await asyncio.to_thread(held.entered.wait, 20)
+            control = RolloutControl(server.state, catalog, runtime=runtime, settle_seconds=0)
+            started = await asyncio.to_thread(control.start, NEW, Target("all"))
+            assert (started.rollout.state, started.reembedded) == ("active", ())
+            held.release.set()
+            enrolled = await enrolling
+            assert list(enrolled.faces[0].model_ids) == [OLD]  # its photo was embedded before the rollout
+            person = server.state.get_person("late", with_vectors=True)
+            assert sorted(person.model_ids()) == [OLD, NEW]
+            assert enrolled.revision == person.revision == server.state.head_revision()
+            assert server.state.models.people_without_model(NEW) == []
+
+    run(scenario)

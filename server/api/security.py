@@ -102,7 +102,7 @@ class Authenticator:
         none)."""
         identity = self._identity(auth_context, claimed)
         presented = None if self.insecure else self._certificate(auth_context)
-        if presented is not None and presented.not_after <= self._wall_clock():
+        if presented is not None and presented.not_after < self._wall_clock():
             raise CertificateRefusedError(
                 f"certificate {presented.serial} of device {identity!r} expired at "
                 f"{presented.not_after.isoformat()}; install a new one from "

@@ -209,6 +209,7 @@ class FleetHandler:
                 ):
                     if self.fanout.closed or time.monotonic() >= ends_at:
                         break
+                    admitted()  # also what changes without a device change: a certificate's expiry
                     yield Heartbeat(self.fanout.head, self.clock())
                     await asyncio.to_thread(self.state.touch_agent, device_id, self.clock())
         finally:

@@ -13,6 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from facefleet.link.fleet import Registration
 from facefleet.link.gallery import Embedding, GalleryDelta, Person
 from facefleet.server.api import certs
 from facefleet.server.api.security import Authenticator, certificate_identity, new_token
@@ -23,7 +24,7 @@ from facefleet.server.errors import (
     ServerConfigError,
     UnauthenticatedError,
 )
-from facefleet.server.fleet.link import only_models, split_delta
+from facefleet.server.fleet.link import FleetHandler, FleetSettings, only_models, split_delta
 from facefleet.server.state.fanout import GalleryFanout
 from facefleet.server.state.sql.events import segments
 from facefleet.server.state.sqlite.state import SqliteState
@@ -258,9 +259,9 @@ def test_device_identity_comes_from_the_certificate(
             authenticator.device(context, claimed)
 
 
-def test_a_certificate_past_its_expiry_is_refused_on_a_connection_made_before(
-    tmp_path: Path, pki: Pki
-) -> None:
+@pytest.fixture
+def short_lived(tmp_path: Path, pki: Pki) -> tuple[certs.Issued, dict[str, list[bytes]]]:
+    """A device certificate, and the auth context of a TLS connection that presented it."""
     issued = certs.issue_device(pki.tls_dir, "door-7", out_dir=tmp_path, days=1)
     assert issued.not_after is not None
     context = {
@@ -268,14 +269,50 @@ def test_a_certificate_past_its_expiry_is_refused_on_a_connection_made_before(
         "x509_subject_alternative_name": [b"urn:facefleet:device:door-7"],
         "x509_pem_cert": [issued.cert.read_bytes()],
     }
-    now = [issued.not_after - timedelta(seconds=1)]
+    return issued, context
+
+
+def test_a_certificate_past_its_expiry_is_refused_on_a_connection_made_before(
+    tmp_path: Path, short_lived: tuple[certs.Issued, dict[str, list[bytes]]]
+) -> None:
+    issued, context = short_lived
+    assert issued.not_after is not None
+    now = [issued.not_after]  # its last valid second (RFC 5280: notAfter included)
     authenticator = Authenticator(SqliteState(tmp_path / "s.db"), wall_clock=lambda: now[0])
     assert authenticator.device(context, "") == "door-7"  # TLS admitted it; so does the server
-    now[0] = issued.not_after
+    now[0] = issued.not_after + timedelta(seconds=1)
     with pytest.raises(
         CertificateRefusedError, match=rf"certificate {issued.serial} .* expired at .*certs renew door-7"
     ):
         authenticator.device(context, "")
+
+
+def test_an_open_watch_stream_ends_once_its_certificate_expires(
+    tmp_path: Path, short_lived: tuple[certs.Issued, dict[str, list[bytes]]]
+) -> None:
+    issued, context = short_lived
+    assert issued.not_after is not None
+    now = [issued.not_after - timedelta(seconds=5)]
+    state = SqliteState(tmp_path / "s.db")
+    authenticator = Authenticator(state, wall_clock=lambda: now[0])
+    settings = FleetSettings(heartbeat_seconds=0.05)
+
+    async def scenario() -> list[str]:
+        handler = FleetHandler(state, GalleryFanout(state.head_revision()), settings, lambda: ())
+        device = authenticator.device(context, "")
+        await handler.register(Registration(device))
+        updates = handler.watch(device, 0, "", (), admitted=lambda: authenticator.device(context, ""))
+        seen = [type(await anext(updates)).__name__]
+        seen.append(type(await asyncio.wait_for(anext(updates), 5)).__name__)
+        now[0] = issued.not_after + timedelta(hours=1)
+        try:
+            while True:
+                seen.append(type(await asyncio.wait_for(anext(updates), 5)).__name__)
+        except CertificateRefusedError:
+            seen.append("refused")
+        return seen
+
+    assert asyncio.run(scenario()) == ["GalleryDelta", "Heartbeat", "refused"]
 
 
 def test_insecure_development_takes_the_device_from_the_request(tmp_path: Path) -> None:

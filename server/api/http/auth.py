@@ -9,6 +9,7 @@ server; a bearer token needs neither (a browser never adds it on its own)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, cast
 
 from fastapi import Depends, Request
@@ -69,9 +70,7 @@ def _own_origin(request: Request) -> str:
     return f"{request.url.scheme}://{request.headers.get('host', '')}"
 
 
-def check_operator(
-    request: Request, credentials: HTTPAuthorizationCredentials | None, need: Role
-) -> Operator:
+def _operator(request: Request, credentials: HTTPAuthorizationCredentials | None, need: Role) -> Operator:
     """The operator behind the request's bearer token or session, if its role grants `need`."""
     session_id = ""
     if credentials is not None:
@@ -85,23 +84,41 @@ def check_operator(
             "send the header 'Authorization: Bearer <token>' or sign in to the web console; create a token "
             "with `facefleet-server tokens create NAME --role admin|query`"
         )
-    metadata = (("authorization", f"Bearer {token}"),)
     try:
-        return handlers(request).auth.operator(metadata, need)
+        return _token_check(request, token, need)()
     except UnauthenticatedError:
         if session_id:
             sessions(request).end(session_id)
         raise
 
 
+def _token_check(request: Request, token: str, need: Role) -> Callable[[], Operator]:
+    metadata = (("authorization", f"Bearer {token}"),)
+    auth = handlers(request).auth
+    return lambda: auth.operator(metadata, need)
+
+
 async def query_operator(request: Request, credentials: Credentials) -> Operator:
-    return check_operator(request, credentials, "query")
+    return _operator(request, credentials, "query")
 
 
 async def admin_operator(request: Request, credentials: Credentials) -> Operator:
-    return check_operator(request, credentials, "admin")
+    return _operator(request, credentials, "admin")
+
+
+async def admin_recheck(request: Request, credentials: Credentials) -> Callable[[], Operator]:
+    """For a request that lasts (an upload): a check of its token again, once it is all in (revoked or
+    demoted meanwhile), of the token a session signed in with rather than the session, whose idle limit a
+    long upload outlives. Declared after AdminOperator, which has found the session or the token."""
+    if credentials is not None:
+        return _token_check(request, credentials.credentials, "admin")
+    found = console_session(request)
+    if found is None:
+        raise UnauthenticatedError("the console session ended; sign in again")
+    return _token_check(request, found[1].token, "admin")
 
 
 Handlers = Annotated[OperatorHandlers, Depends(handlers)]
 QueryOperator = Annotated[Operator, Depends(query_operator)]
 AdminOperator = Annotated[Operator, Depends(admin_operator)]
+AdminRecheck = Annotated[Callable[[], Operator], Depends(admin_recheck)]

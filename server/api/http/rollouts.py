@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from facefleet.link.checks import MAX_REVISION
 from facefleet.server.api.http.audited import Change, audited
-from facefleet.server.api.http.auth import AdminOperator, Credentials, Handlers, check_operator
+from facefleet.server.api.http.auth import AdminOperator, AdminRecheck, Handlers
 from facefleet.server.api.http.problems import ERROR_RESPONSES, ProblemRoute
 from facefleet.server.api.http.uploads import FileStart, FormField, Part, UploadLimits, multipart
 from facefleet.server.domain.models import (
@@ -235,13 +235,12 @@ PUBLISH_FORM = {
     openapi_extra=PUBLISH_FORM,
 )
 async def publish(
-    request: Request, operator: AdminOperator, credentials: Credentials, handlers: Handlers
+    request: Request, operator: AdminOperator, recheck: AdminRecheck, handlers: Handlers
 ) -> ModelOut:
     limits: UploadLimits = request.app.state.model_limits
     async with audited(handlers, operator, "models.publish") as change:
         model = await handlers.models.publish(
-            _upload_parts(multipart(request, limits), change),
-            still_allowed=lambda: check_operator(request, credentials, "admin"),
+            _upload_parts(multipart(request, limits), change), still_allowed=recheck
         )
         change.target = model.model_id
     return ModelOut.of(model)

@@ -5,19 +5,27 @@ response carries the security headers."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from http.cookies import SimpleCookie
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import ValidationError
+from starlette.requests import Request
 
-from facefleet.server.api.http.auth import CSRF_HEADER, SESSION_COOKIE
+from facefleet.link.checks import utc_now
+from facefleet.server.api.http.auth import CSRF_HEADER, SESSION_COOKIE, admin_operator, admin_recheck
+from facefleet.server.api.security import Authenticator, Operator, new_token
 from facefleet.server.config import ConsoleConfig
 from facefleet.server.console.assets import API_CSP, CONSOLE_CSP
 from facefleet.server.console.sessions import ConsoleSessions, SessionsFullError, SignInsTooFrequentError
+from facefleet.server.errors import UnauthenticatedError
 from facefleet.server.gallery.embedder import Enroller
+from facefleet.server.state.sqlite.state import SqliteState
 from tests.server.conftest import Pki, run, serving
 from tests.server.http.clients import client, problem
 
@@ -275,3 +283,41 @@ def test_a_token_may_not_hold_more_sessions_than_the_console() -> None:
         ValidationError, match=r"max_sessions_per_token \(30\) must not exceed max_sessions \(20\)"
     ):
         ConsoleConfig(max_sessions=20, max_sessions_per_token=30)
+
+
+def test_a_long_upload_over_a_session_is_checked_again_by_its_token_not_by_the_sessions_idle_time(
+    tmp_path: Path,
+) -> None:
+    """An upload that outlives the session's idle time is still published; one whose token was revoked
+    meanwhile is not (the check at its end)."""
+    state = SqliteState(tmp_path / "server.db")
+    token, record = new_token("ops", "admin", utc_now())
+    state.add_token(record)
+    clock = [0.0]
+    sessions = ConsoleSessions(idle_s=3600, max_age_s=12 * 3600, limit=10, clock=lambda: clock[0])
+    session_id, session = sessions.start(token)
+    handlers = SimpleNamespace(auth=Authenticator(state, cache_seconds=0))
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/models",
+        "scheme": "https",
+        "app": SimpleNamespace(state=SimpleNamespace(sessions=sessions, handlers=handlers)),
+        "headers": [
+            (b"cookie", f"{SESSION_COOKIE}={session_id}".encode()),
+            (CSRF_HEADER.lower().encode(), session.csrf_token.encode()),
+            (b"host", b"fleet.example:7445"),
+        ],
+    }
+    request = Request(scope)
+
+    async def upload_admitted() -> Callable[[], Operator]:
+        assert (await admin_operator(request, None)).name == "ops"  # when the upload starts
+        return await admin_recheck(request, None)
+
+    recheck = asyncio.run(upload_admitted())
+    clock[0] = 3601.0  # a large model over a slow link, no other request meanwhile
+    assert recheck().name == "ops"
+    state.revoke_token("ops")
+    with pytest.raises(UnauthenticatedError):
+        recheck()

@@ -22,8 +22,12 @@ Fetch = Callable[[str, int], AsyncIterator[bytes]]
 FSYNC_BYTES = 4 * 1024 * 1024
 
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+"""A full disk, or the user's quota spent: worth another try once space is freed."""
+
+
 class DiskFullError(ModelStoreError):
-    """The disk filled up while a model was downloaded or stored."""
+    """The disk filled up (or the quota was spent) while a model was downloaded or stored."""
 
 
 def part_path(directory: Path, spec: ModelFile) -> Path:
@@ -35,7 +39,8 @@ async def download(fetch: Fetch, spec: ModelFile, directory: Path) -> Path:
 
     A resumed file that fails the check is fetched once more from the start (its earlier part may have been
     cut short by a crash). ModelIntegrityError when the file still has another size or sha256 than the
-    release says; DiskFullError when the disk fills up; either way the partial file is removed."""
+    release says; DiskFullError when the disk fills up or the quota is spent; either way the partial file is
+    removed."""
     directory.mkdir(parents=True, exist_ok=True)
     path = part_path(directory, spec)
     resumed = path.exists() and 0 < path.stat().st_size <= spec.size
@@ -74,11 +79,11 @@ async def _fetch_rest(fetch: Fetch, spec: ModelFile, path: Path) -> None:
                     unsynced = 0
             await asyncio.to_thread(_sync, handle)
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
+        if exc.errno in DISK_FULL_ERRNOS:
             path.unlink(missing_ok=True)
             raise DiskFullError(
-                f"disk full while downloading {spec.name} ({spec.size / 2**20:.1f} MiB) into {path.parent}; "
-                "free space or lower [models] keep_versions"
+                f"disk full while downloading {spec.name} ({spec.size / 2**20:.1f} MiB) into {path.parent} "
+                f"({exc.strerror}); free space or lower [models] keep_versions"
             ) from None
         raise
     except ModelIntegrityError:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import errno
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -54,7 +53,7 @@ from facefleet.agent.updates.candidates import (
     with_variant,
     with_version,
 )
-from facefleet.agent.updates.download import DiskFullError, download
+from facefleet.agent.updates.download import DISK_FULL_ERRNOS, DiskFullError, download
 from facefleet.agent.updates.statuses import load_statuses, save_statuses
 from facefleet.agent.updates.versions import StoredVersions, release_manifest
 from facefleet.core.errors import FaceFleetError
@@ -91,8 +90,6 @@ TRANSIENT_ERRORS = (DiskFullError, GalleryTimeoutError, WithdrawError)
 """Refusals worth another try later: the disk may be cleaned up, the server may come back."""
 
 ANALYZER_TASKS = ("detection", "embedding", "expression")
-DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-"""A full disk, or the user's quota spent."""
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,12 @@ delivered to run in a float model's place."""
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import shutil
 from pathlib import Path
 
-from facefleet.agent.updates.download import DiskFullError
+from facefleet.agent.updates.download import DISK_FULL_ERRNOS, DiskFullError
 from facefleet.link.models import ModelRelease
 from facefleet.vision.errors import ModelIntegrityError, ModelStoreError
 from facefleet.vision.models.manifest import MANIFEST_NAME, ModelManifest, sha256_file
@@ -75,10 +74,10 @@ class StoredVersions:
                     raise ModelIntegrityError(f"{name}: changed while it was installed")
             return self.store.add(staged, manifest)
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
+            if exc.errno in DISK_FULL_ERRNOS:
                 raise DiskFullError(
-                    f"disk full while installing model {manifest.model_id} in {self.store.root}; free "
-                    "space or lower [models] keep_versions"
+                    f"disk full while installing model {manifest.model_id} in {self.store.root} "
+                    f"({exc.strerror}); free space or lower [models] keep_versions"
                 ) from None
             raise
         finally:

@@ -23,6 +23,7 @@ import pytest
 
 from facefleet.agent.cli.main import main as cli_main
 from facefleet.agent.domain.records import StoreFullError
+from facefleet.agent.updates import download as download_module
 from facefleet.agent.updates.download import DiskFullError, download, part_path
 from facefleet.agent.updates.statuses import STATUS_FILE
 from facefleet.agent.updates.updater import ModelUpdater, RetryLaterError, Switch, UpdateSettings
@@ -468,6 +469,29 @@ def test_a_full_disk_refuses_the_version_keeps_the_running_one_and_tells_the_ser
     assert "disk full while downloading" in refused.reason and not refused.final
     assert [p.name for p in tiny_disk.iterdir()] == ["filler"]
     (tiny_disk / "filler").unlink()  # space freed: the next try of the same rollout succeeds
+    agent.reconcile(server, release)
+    assert expression_of(agent.analyzer) == release.model_id
+
+
+@pytest.mark.parametrize("where", ["download", "install"])
+def test_a_spent_quota_is_tried_again_and_leaves_no_partial_file(
+    agent: Agent, published: ModelStore, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """EDQUOT where ext4, XFS or NFS report a quota spent by delayed allocation: at the fsync of the partial
+    download, or while the verified files are stored as a version."""
+
+    def quota_spent(*args: object) -> None:
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    if where == "download":
+        monkeypatch.setattr(download_module, "_sync", quota_spent)
+    else:
+        monkeypatch.setattr(agent.store, "add", quota_spent)
+    server, release, refused = refused_for_now(agent, published)
+    assert refused.state == "failed" and not refused.final
+    assert "Disk quota exceeded" in refused.reason and "retrying later" in refused.reason
+    assert list((agent.store.root / ".downloads").glob("*.part")) == []
+    monkeypatch.undo()  # the quota raised: the next try of the same rollout succeeds
     agent.reconcile(server, release)
     assert expression_of(agent.analyzer) == release.model_id
 

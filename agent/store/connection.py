@@ -13,7 +13,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from facefleet.agent.domain.records import (
@@ -193,15 +193,25 @@ def add_to_counter(conn: sqlite3.Connection, name: str, by: int) -> int:
     return int(conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0])
 
 
-def drop_oldest(conn: sqlite3.Connection, table: str, limit: int, counter: str, store: Path) -> int:
+def drop_oldest(
+    conn: sqlite3.Connection,
+    table: str,
+    limit: int,
+    counter: str,
+    store: Path,
+    before_drop: Callable[[sqlite3.Connection, int], object] | None = None,
+) -> int:
     """Keep a bounded queue table (one of ours, rows numbered by `id`) at `limit` rows, inside the caller's
     write transaction: delete the oldest rows past it, add them to `counter` and log a warning naming the
-    `store` file. The rows dropped."""
+    `store` file. before_drop(conn, rows) runs first when rows are to go, e.g. to count what goes with
+    them (ON DELETE CASCADE). The rows dropped."""
     if table not in QUEUE_TABLES:  # a table name cannot be a parameter: only our own get here
         raise ValueError(f"{table!r} is not a bounded queue table of the store ({', '.join(QUEUE_TABLES)})")
     excess = int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]) - limit  # noqa: S608
     if excess <= 0:
         return 0
+    if before_drop is not None:
+        before_drop(conn, excess)
     conn.execute(f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} ORDER BY id LIMIT ?)", (excess,))  # noqa: S608
     add_to_counter(conn, counter, excess)
     label, rows = QUEUE_TABLES[table]

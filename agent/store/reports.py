@@ -104,8 +104,14 @@ class ReportQueue:
             return False
         if report.snapshot is not None:
             self.snapshots.add(conn, report.event_id, report.snapshot, now)
-        drop_oldest(conn, "reports", self.limit, REPORTS_DROPPED, self._connection.path)
+        path = self._connection.path
+        drop_oldest(conn, "reports", self.limit, REPORTS_DROPPED, path, self._count_snapshots_of_oldest)
         return True
+
+    def _count_snapshots_of_oldest(self, conn: sqlite3.Connection, reports: int) -> None:
+        """Count the snapshots of the `reports` oldest queued events, about to be dropped with them."""
+        oldest = [row[0] for row in conn.execute("SELECT id FROM reports ORDER BY id LIMIT ?", (reports,))]
+        self.snapshots.count_dropped_with(conn, oldest)
 
     def pending(self, limit: int = 500, max_bytes: int | None = None) -> list[QueuedReport]:
         """The oldest queued events with their snapshots, oldest first: at most `limit`, and at most
@@ -133,6 +139,7 @@ class ReportQueue:
                 unreadable.append(report_id)
         if unreadable and not self._connection.read_only:
             with self._connection.write() as conn:
+                self.snapshots.count_dropped_with(conn, unreadable)
                 deleted = _delete(conn, unreadable)
                 add_to_counter(conn, REPORTS_DROPPED, deleted)
         return reports

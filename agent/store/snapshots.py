@@ -2,7 +2,8 @@
 (facefleet.agent.store.reports): the crop and context JPEGs and the embedding, by event id. They are bounded
 by their total size, the oldest dropped first, and by age; both are counted in SNAPSHOTS_DROPPED. The event
 of a dropped snapshot is still reported, without it. A snapshot's row goes with its event's (acknowledged,
-or dropped from a full queue) by a foreign key with ON DELETE CASCADE. The table is the store's migration 4.
+or dropped from a full queue: then counted too) by a foreign key with ON DELETE CASCADE. The table is the
+store's migration 4.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -93,6 +95,20 @@ class SnapshotQueue:
                 writing.executemany("DELETE FROM snapshots WHERE id = ?", [(i,) for i in unreadable])
                 add_to_counter(writing, SNAPSHOTS_DROPPED, len(unreadable))
         return found
+
+    def count_dropped_with(self, conn: sqlite3.Connection, report_ids: Sequence[int]) -> int:
+        """Count in SNAPSHOTS_DROPPED the snapshots of the queued reports `report_ids` that are about to be
+        dropped (their rows go with the reports' by ON DELETE CASCADE), inside the caller's write
+        transaction; how many."""
+        going = 0
+        for report_id in report_ids:
+            going += conn.execute(
+                "SELECT COUNT(*) FROM snapshots s JOIN reports r ON r.event_id = s.event_id WHERE r.id = ?",
+                (int(report_id),),
+            ).fetchone()[0]
+        if going:
+            add_to_counter(conn, SNAPSHOTS_DROPPED, going)
+        return int(going)
 
     def expire(self, now: float | None = None) -> int:
         """Drop the snapshots that waited longer than keep_s (their events stay queued); how many."""

@@ -159,13 +159,27 @@ def test_snapshots_go_with_their_events_acknowledged_or_dropped_from_a_full_queu
     tmp_path: Path, astronaut: npt.NDArray[np.uint8]
 ) -> None:
     with EmbeddingStore(tmp_path / "agent.db", report_limit=2) as store:
-        events = [face_event(i, astronaut) for i in range(3)]
+        events = [face_event(0, astronaut), face_event(1), face_event(2, astronaut), face_event(3, astronaut)]
         for queued in events:
             store.reports.put(queued)
-        assert (store.reports.dropped(), store.snapshots.count()) == (1, 2)  # the oldest event took its own
+        # the two oldest events left the full queue, the first with its snapshot: that one is counted
+        assert (store.reports.dropped(), store.snapshots.count(), store.snapshots.dropped()) == (2, 2, 1)
         assert store.reports.delete([r.report_id for r in store.reports.pending()]) == 2
-        assert (store.snapshots.count(), store.snapshots.size(), store.snapshots.dropped()) == (0, 0, 0)
+        # acknowledged: the server has them, nothing more is counted
+        assert (store.snapshots.count(), store.snapshots.size(), store.snapshots.dropped()) == (0, 0, 1)
         assert store.integrity_check() == []
+
+
+def test_the_snapshot_of_an_event_that_no_longer_decodes_is_dropped_with_it_and_counted(
+    store: EmbeddingStore, astronaut: npt.NDArray[np.uint8]
+) -> None:
+    damaged, fine = face_event(0, astronaut), face_event(1, astronaut)
+    store.reports.put(damaged)
+    store.reports.put(fine)
+    with store.connection.write() as conn:
+        conn.execute("UPDATE reports SET event = X'ffff' WHERE event_id = ?", (damaged.event_id,))
+    assert [r.event.event_id for r in store.reports.pending()] == [fine.event_id]
+    assert (store.reports.dropped(), store.snapshots.count(), store.snapshots.dropped()) == (1, 1, 1)
 
 
 def test_a_snapshot_that_no_longer_reads_back_is_dropped_and_its_event_still_sent(

@@ -39,6 +39,7 @@ claim open nor locks a member out; the schedule is read on the wall clock.
 
 from __future__ import annotations
 
+import statistics
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -80,10 +81,14 @@ class DoorRules(Protocol):
 
 
 REPEAT_AFTER_S = 10.0
-"""A person decided at a door is not decided again there for this long (they are still in view); a stranger
-is not decided again on the same track."""
+"""A person decided at a door is not decided again there for this long (they are still in view); nor is a
+stranger on the same track (another stranger, on another track, is)."""
 EVIDENCE_GAP_S = 2.0
-"""Frames of a door's camera further apart than this (s) are not one look at one face."""
+"""Frames of a door's camera further apart than this (s), or than GAP_INTERVALS of its usual interval when
+that is longer (a slow camera), are not one look at one face."""
+GAP_INTERVALS = 3.0
+RECENT_INTERVALS = 9
+"""How many of the latest intervals between frames the usual one is the median of."""
 
 DOOR_THRESHOLDS: Mapping[str, tuple[float, float]] = {
     "sface@2021dec": (0.50, 0.4473),
@@ -238,6 +243,7 @@ class DoorController:
         self._windows = [parse_window(window) for window in door.schedule]
         self._track: str | None = None
         self._last_frame: float | None = None
+        self._intervals: deque[float] = deque(maxlen=RECENT_INTERVALS)
         self._frames: deque[Decision] = deque(maxlen=max(door.evidence_frames, door.min_frames))
         self._recent: dict[str, float] = {}
         self._claim: _Claim | None = None
@@ -278,6 +284,8 @@ class DoorController:
             )
         self._claim = _Claim(claim_id, person_id, now + (timeout_s or self.door.claim_timeout_s))
         self._reset()
+        if self.liveness is not None:
+            self.liveness.restart(now)  # the claim's proof comes after the claim
         return ended
 
     def observe(
@@ -295,7 +303,11 @@ class DoorController:
         track: the face's track id (another track starts the evidence again); wall: Unix seconds, for the
         schedule (None: now)."""
         wall = now if wall is None else wall
-        stalled = self._last_frame is not None and not 0 <= now - self._last_frame <= EVIDENCE_GAP_S
+        stalled = False
+        if self._last_frame is not None:
+            interval = now - self._last_frame
+            stalled = not 0 <= interval <= self._evidence_gap()
+            self._intervals.append(interval)
         self._last_frame = now
         if stalled or (track is not None and track != self._track):
             self._track = track if track is not None else self._track
@@ -363,6 +375,12 @@ class DoorController:
         return self._decide(
             verdict, reason, "identify", person_id, frames, None, evidence.score, evidence.margin
         )
+
+    def _evidence_gap(self) -> float:
+        """The longest pause between two frames of one look at one face (s)."""
+        if not self._intervals:
+            return EVIDENCE_GAP_S
+        return max(EVIDENCE_GAP_S, GAP_INTERVALS * statistics.median(self._intervals))
 
     def _decided(self, repeat_key: str, now: float) -> None:
         """Remember a decision for REPEAT_AFTER_S (person id, or "unknown:<track>"); older ones go."""

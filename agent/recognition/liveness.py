@@ -161,7 +161,9 @@ class LivenessCheck:
         return " and ".join(needs)
 
     def restart(self, now: float) -> None:
-        """Forget the proofs and start a new window for the same face (its recent frames stay)."""
+        """Forget the proofs, a blink under way included, and start a new window for the same face (its
+        recent frames stay)."""
+        self._last_open, self._closed_seen, self._unsure = None, False, 0
         self._blinked = False
         self._window_start = now
         self._yaw_low, self._yaw_high = float("inf"), float("-inf")

@@ -92,6 +92,7 @@ class _Track:
     box_xyxy: npt.NDArray[np.float32]
     first_seen: float
     last_seen: float
+    steady_seen: float
     votes: dict[str, float] = field(default_factory=dict)
     best_score: dict[str, float] = field(default_factory=dict)
     voting_frames: int = 0
@@ -119,11 +120,16 @@ class Tracker:
     def active_tracks(self) -> int:
         return len(self._tracks)
 
-    def update(self, observations: list[Observation], timestamp: float) -> list[TrackEvent]:
-        """Fold one frame's observations into the tracks; the events this frame caused."""
+    def update(
+        self, observations: list[Observation], timestamp: float, steady: float | None = None
+    ) -> list[TrackEvent]:
+        """Fold one frame's observations into the tracks; the events this frame caused. timestamp: the
+        frame's wall-clock time (s), which events carry; steady: its time on a clock that never steps back
+        (s), which max_gap_s is measured on (None: timestamp)."""
+        steady = timestamp if steady is None else steady
         events: list[TrackEvent] = []
-        for track in [t for t in self._tracks if abs(timestamp - t.last_seen) > self.settings.max_gap_s]:
-            self._tracks.remove(track)  # a clock step either way ends it too: better than merging faces
+        for track in [t for t in self._tracks if not 0 <= steady - t.steady_seen <= self.settings.max_gap_s]:
+            self._tracks.remove(track)
             events.append(self._event("ended", track))
         assigned = self._assign(observations)
         self.last_track_ids = []
@@ -133,8 +139,9 @@ class Tracker:
         for index, observation in enumerate(observations):
             existing = assigned.get(index)
             if existing is None:
-                existing = _Track(uuid.uuid4().hex, observation.box_xyxy, timestamp, timestamp)
+                existing = _Track(uuid.uuid4().hex, observation.box_xyxy, timestamp, timestamp, steady)
                 self._tracks.append(existing)
+            existing.steady_seen = steady
             self.last_track_ids.append(existing.track_id)
             events.extend(self._observe(existing, observation, timestamp))
         for track in [t for t in self._tracks if t.missed > self.settings.max_missed]:

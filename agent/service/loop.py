@@ -327,7 +327,7 @@ class AgentService:
             )
             for face, decision in zip(faces, decisions, strict=True)
         ]
-        events = self.trackers[frame.camera].update(observations, frame.captured_at)
+        events = self.trackers[frame.camera].update(observations, frame.captured_at, frame.seen_at)
         self._publish_track_events(frame.camera, events, frame.captured_at)
         self._update_camera_state(frame.camera, faces, decisions)
         track_ids = self.trackers[frame.camera].last_track_ids

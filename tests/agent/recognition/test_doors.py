@@ -105,6 +105,20 @@ def test_a_pause_in_the_frames_starts_the_evidence_again() -> None:
     assert granted is not None and (granted.decision, granted.frames) == ("granted", 3)
 
 
+def test_a_slow_camera_decides_on_frames_further_apart_than_the_evidence_gap() -> None:
+    """Ada at a door camera analysed once every 2.5 s: the evidence gap follows the camera's usual interval,
+    and a pause of many intervals still starts the evidence again."""
+    controller = door()
+    results = [controller.observe(decision("ada"), None, at(9) + i * 2.5) for i in range(5)]
+    assert [r.decision for r in results if r is not None] == ["granted"]
+    stranger = decision(None, "unknown", 0.02)
+    controller.observe(decision("bob"), None, at(9) + 15.0)  # bob's evidence begins
+    after = [
+        controller.observe(stranger, None, at(9) + 100 + i * 2.5) for i in range(3)
+    ]  # a stall, then a stranger
+    assert after[2] is not None and (after[2].decision, after[2].frames) == ("denied", 3)
+
+
 def test_a_second_stranger_on_another_track_is_denied_and_the_first_is_not_denied_again() -> None:
     controller = door()
     stranger = decision(None, "unknown", 0.02)
@@ -282,6 +296,27 @@ def test_a_claim_granted_is_not_granted_again_by_the_face_alone() -> None:
     accept = decision("ada", "match", 0.9)
     results = [controller.observe(accept, accept, at(9) + i * 0.1, track="t1") for i in range(30)]
     assert [(r.mode, r.decision) for r in results if r is not None] == [("claim", "granted")]  # one opening
+
+
+def test_with_liveness_a_claim_needs_a_blink_given_after_it() -> None:
+    """Ada is let in, looks away for a frame and starts a blink on frames too few for the door to decide
+    on, then badges in: the blink she finishes on the claim's first frame does not confirm the claim."""
+    controller = door(liveness="blink", liveness_timeout_s=5.0, claim_timeout_s=10)
+    ((_, granted),) = watch(controller, "ada", BLINK, at(9))
+    assert granted.granted
+    assert controller.observe(None, None, at(9) + 2.1) is None  # nobody in view for a frame
+    for i, eyes in enumerate([{}, {"closed": True}]):
+        sample = face_sample(frame=70 + i, **eyes)
+        assert controller.observe(decision("ada"), None, at(9) + 2.13 + i / 30, sample) is None
+    controller.claim("ada", at(9) + 2.2, claim_id="c1")
+    accept = decision("ada", "match", 0.9)
+    claim_frames = [*[{}] * 6, *BLINK]
+    results = [
+        controller.observe(accept, accept, at(9) + 2.23 + i / 30, face_sample(frame=80 + i, **eyes))
+        for i, eyes in enumerate(claim_frames)
+    ]
+    (index,) = [i for i, r in enumerate(results) if r is not None]
+    assert index > 6 and results[index].mode == "claim" and results[index].granted  # on a blink of its own
 
 
 def test_a_new_claim_answers_the_pending_one_as_superseded() -> None:

@@ -162,6 +162,11 @@ def test_a_restart_forgets_the_proof() -> None:
     assert check.verdict("ada", now).state == "pending"
     now = play(check, BLINK, start=now)
     assert check.verdict("ada", now).state == "passed"
+    check.restart(now)
+    now = play(check, [*OPEN, {"closed": True}], start=now)
+    check.restart(now)  # a decision while the eyes are shut: the blink under way is forgotten too
+    now = play(check, OPEN, start=now)
+    assert check.verdict("ada", now).state == "pending"
 
 
 def test_liveness_off_has_no_check() -> None:

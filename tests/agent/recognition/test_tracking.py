@@ -65,6 +65,11 @@ def test_a_track_unseen_for_longer_than_max_gap_s_ends_however_few_frames_it_mis
     assert tracker.last_track_ids[0] != first
     tracker.update([seen(100, person="bob")], 124.0)  # within max_gap_s: the same track
     assert tracker.active_tracks == 1
+    steady = Tracker(TrackerSettings(min_votes=2, max_gap_s=5.0))  # measured on the steady clock when given
+    steady.update([seen(100)], 1000.0, steady=50.0)
+    wall_set_back = steady.update([seen(100)], 1000.0 - 3600, steady=50.1)
+    assert [e.kind for e in wall_set_back] == ["decided"]  # the same track goes on
+    assert [e.kind for e in steady.update([seen(100)], 1000.0, steady=120.0)] == ["ended"]
 
 
 def test_a_changed_identity_is_an_event_and_the_end_is_final() -> None:

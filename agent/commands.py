@@ -5,11 +5,17 @@ delivered twice (a client's retry, a broker's redelivery) from running twice."""
 from __future__ import annotations
 
 import json
+import re
 from collections import OrderedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_REQUEST_ID = 128
+COMMAND_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+"""What a command's name (the topic level after `cmd/`) may be. Another name is logged and not answered: its
+reply topic, `replies/<name>`, would be built from it (and one over MQTT's 65,535-byte topic limit cannot
+be published at all)."""
+SHOWN_NAME_CHARS = 64
 
 
 class VerifyCommand(BaseModel):
@@ -84,3 +90,15 @@ def request_id_of(payload: bytes) -> str | None:
         return None
     value = document.get("request_id") if isinstance(document, dict) else None
     return value if isinstance(value, str) and len(value) <= MAX_REQUEST_ID else None
+
+
+def command_name_ok(name: str) -> bool:
+    """The name matches COMMAND_NAME (lowercase letters, digits, '_' and '-', at most 32 characters)."""
+    return COMMAND_NAME.fullmatch(name) is not None
+
+
+def shown_name(name: str) -> str:
+    """A command name as a log line shows it: repr, cut to SHOWN_NAME_CHARS characters with its length."""
+    if len(name) <= SHOWN_NAME_CHARS:
+        return repr(name)
+    return f"{name[:SHOWN_NAME_CHARS]!r}… ({len(name)} characters)"

@@ -142,7 +142,9 @@ class MqttLink:
         self, suffix: str, payload: bytes, qos: int = 1, retain: bool = False, expiry_s: int | None = None
     ) -> int | None:
         """Publish under the prefix; the message id to await in on_ack, or None when not connected.
-        expiry_s: the MQTT 5 message expiry (a broker drops the message once it is that old, undelivered)."""
+        expiry_s: the MQTT 5 message expiry (a broker drops the message once it is that old, undelivered).
+        ValueError for a message MQTT cannot carry at all (a topic over 65,535 bytes of UTF-8 or with a
+        wildcard, a payload over 256 MiB): no retry mends it."""
         if not self.connected:
             return None
         properties = None
@@ -266,14 +268,14 @@ class MqttLink:
             log.warning(
                 "MQTT: ignoring the retained command on %s: commands run only when published without retain "
                 "(remove it by publishing an empty retained message to that topic)",
-                message.topic,
+                _shown(message.topic),
             )
             return
         name, size = message.topic[len(prefix) :], len(message.payload)
         if size > MAX_COMMAND_BYTES:
             log.warning(
                 "MQTT: refusing %s: %d bytes is over the %d-byte limit",
-                message.topic,
+                _shown(message.topic),
                 size,
                 MAX_COMMAND_BYTES,
             )
@@ -281,6 +283,11 @@ class MqttLink:
                 self._on_oversized(name, size)
             return
         self._on_command(name, bytes(message.payload))
+
+
+def _shown(topic: str, chars: int = 200) -> str:
+    """A topic as a log line shows it: cut to `chars` characters (a topic may take 65,535 bytes)."""
+    return topic if len(topic) <= chars else f"{topic[:chars]}… ({len(topic)} characters)"
 
 
 def _connect_error(error: BaseException | None) -> str:

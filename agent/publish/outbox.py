@@ -4,9 +4,10 @@ restart the backlog goes out oldest first; a message may then arrive twice, alwa
 
 A message the broker refuses (an MQTT 5 PUBACK with a failure reason) leaves the window at once, so a topic
 the broker's ACL forbids cannot hold up the events behind it. One that can never be taken (an invalid topic or
-payload) is removed and counted (`outbox_rejected`); any other (not authorised, a quota) waits RETRY_FIRST_S,
-doubling to RETRY_MAX_S, and goes out again, as long as the outbox keeps it: an ACL put right later still
-gets every event.
+payload) is removed and counted (`outbox_rejected`), as is one the MQTT client refuses to publish at all
+(a topic over MQTT's 65,535 bytes); any other (not authorised, a quota) waits RETRY_FIRST_S, doubling to
+RETRY_MAX_S, and goes out again, as long as the outbox keeps it: an ACL put right later still gets every
+event.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from facefleet.agent.domain.records import StoreError
+from facefleet.agent.domain.records import OutboxMessage, StoreError
 from facefleet.agent.store.database import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes, int], "int | None"]
+"""(topic suffix, payload, qos) → the MQTT message id, None when not connected; ValueError when MQTT cannot
+carry the message at all (MqttLink.publish)."""
 EARLY_OUTCOME_S = 5.0
 """How long the broker's answer to a message id not (yet) in flight is kept: the answer may come before
 publish() returned the id, but an answer older than this belongs to some other message."""
@@ -214,6 +217,22 @@ class OutboxPublisher:
                 self._refused.pop(0)
                 self._sent.discard(outbox_id)
 
+    def _reject_unpublishable(self, message: OutboxMessage, error: ValueError) -> None:
+        """Remove and count (as rejected) a message the MQTT client refuses to publish (a topic over 65,535
+        bytes, say): like one the broker refused for good, no retry mends it. A StoreError leaves it for
+        the next round."""
+        self._store.outbox.reject(message.message_id)
+        self._refusals.pop(message.message_id, None)
+        self._retry_at.pop(message.message_id, None)
+        topic = message.topic if len(message.topic) <= 200 else f"{message.topic[:200]}…"
+        log.warning(
+            "outbox: message %d on %r (%d characters) cannot be published (%s): removed, counted as rejected",
+            message.message_id,
+            topic,
+            len(message.topic),
+            error,
+        )
+
     def _send(self) -> None:
         with self._lock:
             if not self._connected:
@@ -233,7 +252,11 @@ class OutboxPublisher:
         for message in messages:
             if message.message_id in sent or message.message_id in waiting:
                 continue
-            mid = self._publish(message.topic, message.payload.encode(), message.qos)
+            try:
+                mid = self._publish(message.topic, message.payload.encode(), message.qos)
+            except ValueError as exc:  # MQTT cannot carry it at all: it must not hold up the rest
+                self._reject_unpublishable(message, exc)
+                continue
             if mid is None:
                 return
             with self._lock:

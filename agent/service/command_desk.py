@@ -1,6 +1,6 @@
 """Commands from `cmd/#` in the frame loop: queued from the MQTT thread (refused at once when too many
-wait, or when over the size limit), checked against their schema, executed once per request_id, and
-answered on `replies/<command>`."""
+wait, or when over the size limit; ignored when the name is not a command name), checked against their
+schema, executed once per request_id, and answered on `replies/<command>`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from facefleet.agent.commands import (
     REPEAT_WINDOW_S,
     RecentRequests,
     VerifyCommand,
+    command_name_ok,
     request_id_of,
+    shown_name,
 )
 from facefleet.agent.publish.events import reply
 from facefleet.agent.publish.mqtt import MAX_COMMAND_BYTES
@@ -53,7 +55,10 @@ class CommandDesk:
 
     def queue(self, command: str, payload: bytes) -> None:
         """On the MQTT thread: queue a command for the frame loop, or refuse it at once when
-        COMMAND_QUEUE_LIMIT commands are already waiting."""
+        COMMAND_QUEUE_LIMIT commands are already waiting (one whose name is not a command name is only
+        logged)."""
+        if not self._named_well(command):
+            return
         try:
             self.waiting.put_nowait((command, payload))
         except queue.Full:
@@ -62,11 +67,26 @@ class CommandDesk:
 
     def refuse_oversized(self, command: str, size: int) -> None:
         """On the MQTT thread: answer a command over MAX_COMMAND_BYTES, whose payload is not read."""
+        if not self._named_well(command):
+            return
         detail = (
             f"command of {size} bytes is over the {MAX_COMMAND_BYTES}-byte limit; not executed "
             "(its request_id is not read from an oversized payload)"
         )
         self._reply(command, None, False, detail, time.time())
+
+    def _named_well(self, command: str) -> bool:
+        """False (logged and kept among the errors, never answered: the reply topic would be built from
+        it) when `command` is not a command name (commands.COMMAND_NAME)."""
+        if command_name_ok(command):
+            return True
+        detail = (
+            f"ignored a command named {shown_name(command)}: a command name is 1-32 lowercase letters, "
+            "digits, '_' or '-', starting with a letter; not executed and not answered"
+        )
+        log.warning("cmd/: %s", detail)
+        self.record_error(f"cmd/: {detail}")
+        return False
 
     def execute_waiting(self) -> None:
         """In the frame loop: execute every command waiting, in order."""

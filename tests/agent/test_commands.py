@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from facefleet.agent.commands import MAX_REQUEST_ID, RecentRequests, request_id_of
+from facefleet.agent.commands import (
+    MAX_REQUEST_ID,
+    RecentRequests,
+    command_name_ok,
+    request_id_of,
+    shown_name,
+)
 
 
 @pytest.mark.parametrize(
@@ -38,3 +44,27 @@ def test_a_request_id_runs_once_within_the_window_and_memory_is_bounded() -> Non
         recent.repeat("verify", name, 602.0)
     assert recent.age(("verify", "r1"), 603.0) is None  # the oldest forgotten past the limit
     assert recent.repeat("verify", "c", 603.0) is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("verify", True),
+        ("open_door-2", True),
+        ("x" * 32, True),
+        ("x" * 33, False),
+        ("", False),
+        ("Verify", False),
+        ("2fa", False),
+        ("verify/now", False),
+        ("verify\n", False),
+        ("vérifier", False),
+    ],
+)
+def test_a_command_name_is_short_and_plain(name: str, ok: bool) -> None:
+    assert command_name_ok(name) is ok
+
+
+def test_a_long_name_is_shown_cut() -> None:
+    assert shown_name("verify") == "'verify'"
+    assert shown_name("x" * 65_000) == f"{'x' * 64!r}… (65000 characters)"

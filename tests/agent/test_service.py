@@ -260,6 +260,33 @@ def test_every_refusal_keeps_a_readable_request_id_and_oversized_commands_are_an
     ]
 
 
+def test_a_command_whose_name_is_no_command_name_is_not_answered_and_holds_up_nothing(
+    state_dir: Path, broker: Mosquitto, subscriber_factory: Any, tmp_path: Path
+) -> None:
+    """Its reply topic would be built from the name: `replies/<name>` over MQTT's 65,535-byte topic limit
+    cannot be published at all, and must not block the replies and events queued behind it."""
+    config = load_config(config_file(tmp_path, broker.port, "loop", blank_camera(tmp_path)))
+    watcher = subscriber_factory(broker.port, PREFIX + "#")
+    service = AgentService(config, state_dir)
+    with running(service):
+        watcher.wait_for(lambda: watcher.on(PREFIX + "status"), timeout=30)
+        longest = "x" * (65_535 - len(f"{PREFIX}cmd/".encode()))  # the command's topic: 65,535 bytes
+        watcher.client.publish(f"{PREFIX}cmd/{longest}", b"{}", qos=1)
+        watcher.client.publish(f"{PREFIX}cmd/{'y' * 40}", b"y" * (MAX_COMMAND_BYTES + 1), qos=1)  # oversized
+        for name in ("Verify", "verify/now", "x" * 33):
+            send(watcher, name, {"request_id": name})
+        send(watcher, "verify", {"door": "front", "person_id": "eileen", "request_id": "after"})
+        watcher.wait_for(lambda: watcher.on(PREFIX + "replies/verify"), timeout=30)
+        watcher.wait_for(lambda: service.outbox.pending() == 0, timeout=10)
+        errors, rejected = list(service.errors), service.store.outbox.rejected()
+    replies = [topic for topic, _, _ in watcher.messages if topic.startswith(PREFIX + "replies/")]
+    assert replies == [PREFIX + "replies/verify"]
+    assert watcher.on(PREFIX + "replies/verify")[0]["request_id"] == "after"
+    ignored = [e for e in errors if "ignored a command named" in e]
+    assert len(ignored) == 5 and all(len(e) < 300 for e in ignored)  # the name cut in the log and status
+    assert rejected == 0  # nothing was even queued
+
+
 def test_a_repeated_request_id_is_not_executed_again_and_a_new_claim_supersedes_the_pending_one(
     state_dir: Path, broker: Mosquitto, subscriber_factory: Any, tmp_path: Path
 ) -> None:

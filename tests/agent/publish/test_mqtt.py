@@ -597,6 +597,28 @@ def test_messages_the_broker_refuses_do_not_hold_up_the_events_behind_them(
     assert store.outbox.rejected() == 0  # "Not authorized" waited for the ACL; nothing was thrown away
 
 
+def test_a_message_mqtt_cannot_carry_is_rejected_and_never_holds_up_the_events_behind_it(
+    broker: Mosquitto, tmp_path: Path, subscriber_factory: Any
+) -> None:
+    """paho refuses a topic over 65,535 bytes before anything is sent (ValueError): the message is removed
+    and counted as rejected, like one the broker refused for good."""
+    store = EmbeddingStore(tmp_path / "store.db")
+    watcher = subscriber_factory(broker.port, PREFIX + "events/#")
+    agent = Agent(broker.port, store)
+    too_long = "replies/" + "x" * (65_536 - len(PREFIX) - len("replies/"))  # with the prefix: 65,536 bytes
+    agent.outbox.submit(too_long, event(0))
+    for number in range(1, 4):
+        agent.outbox.submit("events/face", event(number))
+    agent.start()
+    try:
+        assert agent.outbox.flush(10), f"{store.outbox.count()} messages still queued"
+        watcher.wait_for(lambda: len(watcher.on(PREFIX + "events/face")) >= 3, timeout=10)
+    finally:
+        agent.stop()
+    assert [payload["n"] for payload in watcher.on(PREFIX + "events/face")] == [1, 2, 3]
+    assert store.outbox.rejected() == 1
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0

@@ -39,7 +39,7 @@ from facefleet.agent.fleet.channel import (
 from facefleet.agent.fleet.client import FleetClient, WatchStream
 from facefleet.agent.fleet.reports import report_event
 from facefleet.agent.publish.events import AgentEvent
-from facefleet.agent.store.database import EmbeddingStore
+from facefleet.agent.store.database import EmbeddingStore, Wiped
 from facefleet.agent.store.reports import PreparedReport, prepare_report
 from facefleet.core.backoff import Backoff
 from facefleet.core.errors import FaceFleetError
@@ -276,9 +276,11 @@ class FleetSync:
         except _RetryError as exc:
             return str(exc)
         except grpc.aio.AioRpcError as exc:
+            reason = describe_rpc_error(exc, self.settings.rpc_timeout_s, connected=self.connected)
             if WIPE_METADATA in tuple(exc.trailing_metadata() or ()):
-                await self._wipe(exc)
-            return describe_rpc_error(exc, self.settings.rpc_timeout_s, connected=self.connected)
+                failure = await self._wipe(exc)  # never raises: this handler must return
+                reason = reason if failure is None else f"{reason}; {failure}"
+            return reason
         except (FaceFleetError, OSError) as exc:
             return str(exc)
         except Exception as exc:  # a bug must not end the sync for the life of the agent
@@ -287,25 +289,40 @@ class FleetSync:
         finally:
             self.connected = False
 
-    async def _wipe(self, refusal: grpc.aio.AioRpcError) -> None:
-        """The server revoked this device and ordered its gallery erased (a lost or stolen box)."""
+    async def _wipe(self, refusal: grpc.aio.AioRpcError) -> str | None:
+        """The server revoked this device and ordered its gallery erased (a lost or stolen box): erase it
+        (EmbeddingStore.wipe). None once erased; why not, when the store could not be erased or scrubbed
+        (busy, full): logged, and tried again at the server's next refusal, after the reconnect backoff."""
 
-        def erase() -> bool:
+        def erase() -> Wiped | None:
             if self.wiped_at is not None and not self.store.gallery.people():
-                return False  # erased already; the server repeats the order on every call
-            self.store.sync.erase()
-            return True
+                return None  # erased already; the server repeats the order on every call
+            return self.store.wipe()
 
-        if not await asyncio.to_thread(erase):
-            return
+        try:
+            wiped = await asyncio.to_thread(erase)
+        except Exception as exc:  # a StoreError, or a bug: either way the sync must go on to retry it
+            failure = f"the gallery is NOT erased yet ({exc}); trying again at the next refusal"
+            log.critical(
+                "server %s revoked this device and ordered its gallery erased (%s), but %s",
+                self.settings.address,
+                refusal.details(),
+                failure,
+                exc_info=not isinstance(exc, StoreError),
+            )
+            return failure
+        if wiped is None:
+            return None
         self.wiped_at = time.time()
         self.applied_revision = 0
         log.critical(
-            "server %s revoked this device and ordered its gallery erased (%s): every enrolled person and "
-            "embedding is deleted",
+            "server %s revoked this device and ordered its gallery erased (%s): deleted %s, and scrubbed %s",
             self.settings.address,
             refusal.details(),
+            wiped,
+            self.store.path,
         )
+        return None
 
     async def _session(self, backoff: Backoff, stopping: asyncio.Event, wake: asyncio.Event) -> None:
         self._tls = await asyncio.to_thread(read_tls, self.settings)  # certificates may have been renewed

@@ -1,9 +1,10 @@
 """The store's access audit log: one entry per door decision (unix seconds, door, decision, person, score,
-details), newest first when read, pruned by age."""
+details), newest first when read, pruned by age, erased by a wipe."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -52,6 +53,10 @@ class AuditLog:
             AuditEntry(entry_id, at, door, decision, person_id, score, json.loads(details))
             for entry_id, at, door, decision, person_id, score, details in rows
         ]
+
+    def clear(self, conn: sqlite3.Connection) -> int:
+        """Delete every entry inside the caller's write transaction (a wipe); how many."""
+        return int(conn.execute("DELETE FROM audit_log").rowcount)
 
     def prune(self, older_than: float) -> int:
         """Delete audit entries before a unix time (seconds); how many were deleted."""

@@ -100,12 +100,20 @@ class StoreConnection:
 
     def scrub(self) -> None:
         """Rewrite the file without the pages that deleted rows left behind (VACUUM), and empty the
-        write-ahead log, so erased data cannot be read back from the disk image."""
+        write-ahead log into it, so erased data cannot be read back from the disk image. StoreBusyError when
+        another connection's read kept the log from being emptied: the file still holds the old pages until
+        a scrub succeeds."""
         if self.read_only:
             raise StoreReadOnlyError(f"store {self.path} was opened read-only; open it writable to scrub it")
         with self._lock, self._translated():
             self._conn.execute("VACUUM")
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            raise StoreBusyError(
+                f"store {self.path} is busy: another process kept reading it for more than "
+                f"{self.busy_timeout_ms / 1000:g} s, so the rewritten file could not replace the old one "
+                "(its erased pages are still on disk); retry, or stop the process that reads it"
+            )
 
     # ---- schema -------------------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ decisions), `sync` (the fleet server's sync point), `reports` (events queued for
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from facefleet.agent.store.audit import AuditLog
@@ -24,6 +25,24 @@ from facefleet.agent.store.snapshots import (
     SnapshotQueue,
 )
 from facefleet.agent.store.sync import ServerSync
+
+
+@dataclass(frozen=True)
+class Wiped:
+    """What a wipe erased (EmbeddingStore.wipe): rows of each kind, and the store's revision after it."""
+
+    people: int
+    reports: int
+    snapshots: int
+    outbox: int
+    audit: int
+    revision: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.people} people with their embeddings, {self.reports} events queued for the server with "
+            f"{self.snapshots} face snapshots, {self.outbox} MQTT messages and {self.audit} audit entries"
+        )
 
 
 class EmbeddingStore:
@@ -74,6 +93,21 @@ class EmbeddingStore:
 
     def __repr__(self) -> str:
         return f"EmbeddingStore({str(self.path)!r}{', read_only=True' if self.read_only else ''})"
+
+    def wipe(self) -> Wiped:
+        """Erase everything that names or shows a person, in one transaction: the gallery (people and their
+        embeddings, and the server sync point), the events queued for the server with their face snapshots,
+        the MQTT outbox and the audit log; then scrub the file (VACUUM, and the write-ahead log emptied),
+        so none of it can be read back from the disk image. The server revoked this device and ordered it
+        (a lost or stolen box). StoreError when the store cannot be written or scrubbed: nothing is erased,
+        or erased but not yet scrubbed; either way, call it again."""
+        with self.connection.write() as conn:
+            people, revision = self.sync.erase(conn)
+            reports, snapshots = self.reports.clear(conn)
+            outbox = self.outbox.clear(conn)
+            audit = self.audit.clear(conn)
+        self.connection.scrub()
+        return Wiped(people, reports, snapshots, outbox, audit, revision)
 
     def queue_event(self, topic: str, payload: str, report: PreparedReport) -> None:
         """An event's MQTT message and its report for the server, in one transaction: both or neither."""

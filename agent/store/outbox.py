@@ -102,6 +102,11 @@ class Outbox:
         """How many messages the broker refused for good, since the store was created."""
         return self._connection.counter(OUTBOX_REJECTED)
 
+    def clear(self, conn: sqlite3.Connection) -> int:
+        """Delete every queued message inside the caller's write transaction (a wipe, not a drop: nothing
+        is counted); how many."""
+        return int(conn.execute("DELETE FROM outbox").rowcount)
+
     def count(self) -> int:
         with self._connection.read() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])

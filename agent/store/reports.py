@@ -157,6 +157,12 @@ class ReportQueue:
                 add_to_counter(conn, REPORTS_REFUSED, gone)
             return gone + _delete(conn, [i for i in report_ids if i not in refused_ids])
 
+    def clear(self, conn: sqlite3.Connection) -> tuple[int, int]:
+        """Delete every queued event and its snapshot inside the caller's write transaction (a wipe, not a
+        drop: nothing is counted); (events, snapshots) deleted."""
+        snapshots = self.snapshots.clear(conn)
+        return int(conn.execute("DELETE FROM reports").rowcount), snapshots
+
     def count(self) -> int:
         with self._connection.read() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM reports").fetchone()[0])

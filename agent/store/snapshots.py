@@ -122,6 +122,10 @@ class SnapshotQueue:
             _LOG.warning("dropped %d face snapshots that waited for the server over %g days", expired, days)
         return expired
 
+    def clear(self, conn: sqlite3.Connection) -> int:
+        """Delete every snapshot inside the caller's write transaction (a wipe: not counted); how many."""
+        return int(conn.execute("DELETE FROM snapshots").rowcount)
+
     def count(self) -> int:
         with self._connection.read() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM snapshots").fetchone()[0])

@@ -91,21 +91,19 @@ class ServerSync:
             )
             return revision
 
-    def erase(self) -> int:
-        """Erase the whole gallery (people and their embeddings) and forget the sync point, then scrub the
-        file: the server revoked this device and told it to wipe. The store's revision (moved on, so the
-        matcher reloads an empty gallery)."""
-        with self._connection.write() as conn:
-            everyone = tuple(row[0] for row in conn.execute("SELECT person_id FROM people"))
-            self._gallery.change_people(conn, [], everyone, whole_people=True)
-            revision = self._gallery.bump(conn)
-            conn.execute(
-                "UPDATE server_sync SET revision = 0, gallery_id = '', models_json = '[]', applied_at = ? "
-                "WHERE id = 1",
-                (time.time(),),
-            )
-        self._connection.scrub()
-        return revision
+    def erase(self, conn: sqlite3.Connection) -> tuple[int, int]:
+        """Erase the whole gallery (people and their embeddings) and forget the sync point, inside the
+        caller's write transaction (EmbeddingStore.wipe). (people erased, the store's revision: moved on, so
+        the matcher reloads an empty gallery)."""
+        everyone = tuple(row[0] for row in conn.execute("SELECT person_id FROM people"))
+        self._gallery.change_people(conn, [], everyone, whole_people=True)
+        revision = self._gallery.bump(conn)
+        conn.execute(
+            "UPDATE server_sync SET revision = 0, gallery_id = '', models_json = '[]', applied_at = ? "
+            "WHERE id = 1",
+            (time.time(),),
+        )
+        return len(everyone), revision
 
 
 def _check_continues(point: SyncPoint, delta: GalleryDelta, path: Path) -> None:

@@ -11,9 +11,10 @@ import numpy as np
 from cryptography import x509
 
 from facefleet.agent.domain.fleet import CERTIFICATE_EXPIRY_HEALTH
+from facefleet.agent.store.database import EmbeddingStore
 from facefleet.server.gallery.embedder import Enroller
 from facefleet.v1 import admin_pb2, devices_pb2
-from tests.server.conftest import Pki, run, serving
+from tests.server.conftest import Harness, Pki, run, serving
 from tests.server.fleet.test_agent_sync import (
     enrol,
     health,
@@ -77,6 +78,52 @@ def test_revoke_with_wipe_erases_the_agents_gallery_and_the_server_records_the_o
         else b""
     )
     assert vector.astype("<f4").tobytes()[:32] not in raw  # ann's embedding is gone from the disk image
+
+
+async def revoke_with_wipe(harness: Harness, device: str) -> None:
+    await harness.admin().ChangeDevice(
+        admin_pb2.ChangeDeviceRequest(
+            device_id=device, action=admin_pb2.DEVICE_ACTION_REVOKE, reason="stolen", wipe=True
+        ),
+        metadata=harness.admin_md,
+    )
+
+
+def test_a_wipe_that_meets_a_busy_store_is_tried_again_and_the_sync_goes_on(
+    tmp_path: Path, pki: Pki, enroller: Enroller
+) -> None:
+    """Another process holds the store's write lock when the order arrives: the agent says the gallery is
+    not erased yet, keeps its sync thread, and erases it at a later refusal once the store is free."""
+    store_path = tmp_path / "agent.db"
+
+    async def scenario() -> tuple[str, int, bool]:
+        async with serving(tmp_path, pki, enroller) as harness:
+            for number, person in enumerate(("ann", "bob")):
+                await enrol(harness, vector_person(person, number))
+            with EmbeddingStore(store_path, busy_timeout_ms=200) as store:
+                async with syncing(settings(harness, pki, "door-2"), store) as sync:
+                    await until(lambda: len(store.gallery.people()) == 2, what="the gallery on the agent")
+                    store.audit.append("front", "granted", person_id="ann", score=0.93)
+                    other = sqlite3.connect(store_path, isolation_level=None)  # `enroll` at work, say
+                    other.execute("BEGIN IMMEDIATE")
+                    try:
+                        await revoke_with_wipe(harness, "door-2")
+                        failure = await until(
+                            lambda: "NOT erased" in (sync.last_error or "") and sync.last_error,
+                            what="the agent saying the gallery is not erased yet",
+                        )
+                        assert sync.running and sync.wiped_at is None
+                        assert len(store.gallery.people()) == 2
+                    finally:
+                        other.execute("ROLLBACK")
+                        other.close()
+                    await until(lambda: sync.wiped_at is not None, what="the wipe tried again")
+                    left = len(store.gallery.people()) + len(store.audit.entries())
+                    return failure, left, sync.running
+
+    failure, left, running = run(scenario)
+    assert "busy" in failure and "trying again" in failure
+    assert (left, running) == (0, True)  # the people, and the audit entry that named one of them
 
 
 def test_the_agent_reports_when_its_certificate_expires(tmp_path: Path, pki: Pki, enroller: Enroller) -> None:

@@ -16,9 +16,9 @@ from facefleet.link.errors import LinkError
 from facefleet.vision.models.tasks import TASKS
 
 FloatArray = npt.NDArray[np.float32]
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 """person_id and device_id: 1–128 letters, digits, '.', '_', ':', '@', '-', starting alphanumeric."""
-MODEL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}@[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+MODEL_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}@[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 MAX_NAME_CHARS = 200
 MAX_GROUPS = 64
 MAX_LABEL_CHARS = 128
@@ -39,7 +39,7 @@ def utc_now() -> datetime:
 
 
 def check_id(kind: str, value: str) -> str:
-    if not ID_PATTERN.match(value):
+    if not ID_PATTERN.fullmatch(value):  # not match with `$`: that takes a trailing newline
         raise LinkError(
             f"{kind} {value[:80]!r} is not valid: use 1–128 letters, digits, '.', '_', ':', '@' or '-', "
             "starting with a letter or digit"
@@ -56,7 +56,7 @@ def check_text(name: str, value: str, limit: int) -> str:
 
 
 def check_model_id(value: str) -> str:
-    if not MODEL_ID_PATTERN.match(value):
+    if not MODEL_ID_PATTERN.fullmatch(value):
         raise LinkError(f"model id {value[:80]!r} is not valid: expected '<name>@<version>'")
     return value
 

@@ -1,11 +1,18 @@
 """The link's checks of agent health figures: their own limit, larger than other maps' (an agent sends a few
-figures per camera), and names of 1–MAX_HEALTH_KEY_CHARS characters."""
+figures per camera), and names of 1–MAX_HEALTH_KEY_CHARS characters; the id rules."""
 
 from __future__ import annotations
 
 import pytest
 
-from facefleet.link.checks import MAX_HEALTH_ENTRIES, MAX_HEALTH_KEY_CHARS, MAX_MAP_ENTRIES, check_health
+from facefleet.link.checks import (
+    MAX_HEALTH_ENTRIES,
+    MAX_HEALTH_KEY_CHARS,
+    MAX_MAP_ENTRIES,
+    check_health,
+    check_id,
+    check_model_id,
+)
 from facefleet.link.errors import LinkError
 
 
@@ -29,3 +36,17 @@ def test_health_takes_more_figures_than_other_maps_up_to_its_own_limit() -> None
 def test_bad_health_figures_are_refused_naming_the_limits(health: dict[str, float]) -> None:
     with pytest.raises(LinkError, match=f"1–{MAX_HEALTH_KEY_CHARS} character names, finite values"):
         check_health(health)
+
+
+@pytest.mark.parametrize("value", ["", "-ann", "ann lee", "ann\n", "ann\nbob", "a" * 129, "ann/2"])
+def test_an_id_outside_the_rule_is_refused(value: str) -> None:
+    with pytest.raises(LinkError, match="is not valid"):
+        check_id("person id", value)
+    assert check_id("person id", "Ann.Lee_1:door@site-2") == "Ann.Lee_1:door@site-2"
+
+
+@pytest.mark.parametrize("value", ["sface", "sface@", "@2021dec", "sface@2021dec\n", "s face@2021dec"])
+def test_a_model_id_outside_the_rule_is_refused(value: str) -> None:
+    with pytest.raises(LinkError, match="is not valid"):
+        check_model_id(value)
+    assert check_model_id("sface@2021dec-int8") == "sface@2021dec-int8"

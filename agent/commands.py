@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from facefleet.agent.domain.records import check_person_id
 
 MAX_REQUEST_ID = 128
 COMMAND_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -27,6 +29,11 @@ class VerifyCommand(BaseModel):
     timeout_s: float | None = Field(None, gt=0, le=300)
     request_id: str | None = Field(None, max_length=MAX_REQUEST_ID)
 
+    @field_validator("person_id")
+    @classmethod
+    def _person_id(cls, value: str) -> str:
+        return check_person_id(value)  # the id rule the server enrols people by
+
 
 COMMAND_QUEUE_LIMIT = 1000
 """Commands waiting for the frame loop; one more is refused at once with a `busy: …` reply."""
@@ -37,6 +44,11 @@ REPEAT_WINDOW_S = 600.0
 """A request_id executed this recently (s) is answered as a duplicate and not executed again."""
 REMEMBERED_REQUESTS = 1000
 """At most this many executed request_ids are remembered (the oldest are forgotten first)."""
+CLAIMS_PER_WINDOW = 10
+CLAIM_WINDOW_S = 10.0
+"""A door takes at most CLAIMS_PER_WINDOW badge claims in any CLAIM_WINDOW_S seconds (one person a second
+passes a door); one more is refused as busy, so a flood of claims, each ending the one before with an
+access event, cannot push the door's real events out of the bounded outbox."""
 
 
 class RecentRequests:
@@ -62,12 +74,18 @@ class RecentRequests:
     def repeat(self, command: str, request_id: str | None, now: float) -> str | None:
         """Why this command is not executed again (its request_id was executed within the window), or None:
         then it is remembered as executed now. now: monotonic seconds."""
+        detail = self.duplicate(command, request_id, now)
+        if detail is None and request_id is not None:
+            self.add((command, request_id), now)
+        return detail
+
+    def duplicate(self, command: str, request_id: str | None, now: float) -> str | None:
+        """Why this command is not executed again (its request_id was executed within the window), or None;
+        nothing is remembered (add() once it is executed). now: monotonic seconds."""
         if request_id is None:
             return None
-        key = (command, request_id)
-        age = self.age(key, now)
+        age = self.age((command, request_id), now)
         if age is None:
-            self.add(key, now)
             return None
         return (
             f"duplicate request_id {request_id!r}: executed {age:.0f} s ago, not executed again "
@@ -79,6 +97,27 @@ class RecentRequests:
             len(self._executed) > self._limit or next(iter(self._executed.values())) < now - self._window_s
         ):
             self._executed.popitem(last=False)
+
+
+class ClaimRate:
+    """Badge claims taken per door: at most `limit` in any `window_s` seconds (monotonic). Doors come from
+    the config, so the memory is bounded by limit per door."""
+
+    def __init__(self, limit: int = CLAIMS_PER_WINDOW, window_s: float = CLAIM_WINDOW_S) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._taken: dict[str, deque[float]] = {}
+
+    def take(self, door: str, now: float) -> bool:
+        """Count a claim at `door` now and True, or False (not counted) when `limit` were taken in the last
+        window_s seconds."""
+        taken = self._taken.setdefault(door, deque())
+        while taken and taken[0] <= now - self.window_s:
+            taken.popleft()
+        if len(taken) >= self.limit:
+            return False
+        taken.append(now)
+        return True
 
 
 def request_id_of(payload: bytes) -> str | None:

@@ -1,6 +1,10 @@
 """Commands from `cmd/#` in the frame loop: queued from the MQTT thread (refused at once when too many
 wait, or when over the size limit; ignored when the name is not a command name), checked against their
-schema, executed once per request_id, and answered on `replies/<command>`."""
+schema, executed once per request_id, and answered on `replies/<command>`.
+
+A badge claim (cmd/verify) for a person not enrolled, or past its door's claim rate, is refused with a reply
+only: it never reaches the door, so it writes no audit entry and no access event, and a flood of them is
+bounded by the replies' own cap in the outbox instead of pushing the doors' real events out of it."""
 
 from __future__ import annotations
 
@@ -13,19 +17,24 @@ from collections.abc import Callable
 from pydantic import ValidationError
 
 from facefleet.agent.commands import (
+    CLAIM_WINDOW_S,
+    CLAIMS_PER_WINDOW,
     COMMAND_QUEUE_LIMIT,
     MAX_QUEUED_REPLIES,
     REMEMBERED_REQUESTS,
     REPEAT_WINDOW_S,
+    ClaimRate,
     RecentRequests,
     VerifyCommand,
     command_name_ok,
     request_id_of,
     shown_name,
 )
+from facefleet.agent.domain.records import Person
 from facefleet.agent.publish.events import reply
 from facefleet.agent.publish.mqtt import MAX_COMMAND_BYTES
 from facefleet.agent.publish.outbox import OutboxPublisher
+from facefleet.agent.recognition.doors import DoorController
 from facefleet.agent.service.doors import DoorAccess
 
 log = logging.getLogger(__name__)
@@ -35,7 +44,9 @@ class CommandDesk:
     """The commands waiting for the frame loop, and their replies.
 
     outbox: where replies are queued (None: no broker, so replies are only logged); guarded: runs a store
-    write whose failure is logged, never fatal; record_error: keeps a refusal among the agent's errors."""
+    write whose failure is logged, never fatal; record_error: keeps a refusal among the agent's errors;
+    person: the enrolled person of an id, or None (default: the lookup the doors decide with).
+    claims_over_rate counts the claims refused past their door's rate."""
 
     def __init__(
         self,
@@ -44,14 +55,18 @@ class CommandDesk:
         outbox: OutboxPublisher | None,
         guarded: Callable[[Callable[[], object]], None],
         record_error: Callable[[str], None],
+        person: Callable[[str], Person | None] | None = None,
     ) -> None:
         self.device_id = device_id
         self.doors = doors
         self.outbox = outbox
         self.guarded = guarded
         self.record_error = record_error
+        self.person = person
         self.waiting: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=COMMAND_QUEUE_LIMIT)
         self._executed = RecentRequests(REPEAT_WINDOW_S, REMEMBERED_REQUESTS)
+        self._claims = ClaimRate(CLAIMS_PER_WINDOW, CLAIM_WINDOW_S)
+        self.claims_over_rate = 0
 
     def queue(self, command: str, payload: bytes) -> None:
         """On the MQTT thread: queue a command for the frame loop, or refuse it at once when
@@ -115,22 +130,35 @@ class CommandDesk:
         if door is None:
             self._reply(command, request.request_id, False, f"unknown door {request.door!r}", now)
             return
-        if self._repeated(command, request.request_id, now):
+        steady = time.monotonic()
+        refusal = self._executed.duplicate(command, request.request_id, steady)
+        refusal = refusal or self._claim_refusal(door, request, steady)
+        if refusal is not None:  # not executed, so not remembered: it may be sent again
+            self._reply(command, request.request_id, False, refusal, now)
             return
-        immediate = door.claim(request.person_id, time.monotonic(), request.timeout_s, request.request_id)
+        if request.request_id is not None:
+            self._executed.add((command, request.request_id), steady)
+        immediate = door.claim(request.person_id, steady, request.timeout_s, request.request_id)
         self._reply(
             command, request.request_id, True, f"verifying {request.person_id!r} at {request.door!r}", now
         )
         if immediate is not None:
             self.doors.act(immediate, door.door.camera)
 
-    def _repeated(self, command: str, request_id: str | None, now: float) -> bool:
-        """True (and answered as a duplicate) when this request_id was executed within REPEAT_WINDOW_S;
-        otherwise it is remembered as executed now."""
-        detail = self._executed.repeat(command, request_id, time.monotonic())
-        if detail is not None:
-            self._reply(command, request_id, False, detail, now)
-        return detail is not None
+    def _claim_refusal(self, door: DoorController, request: VerifyCommand, steady: float) -> str | None:
+        """Why the door does not take this claim (the person is not enrolled, or the door took
+        CLAIMS_PER_WINDOW claims in the last CLAIM_WINDOW_S seconds), or None: then it counts towards the
+        door's rate. steady: monotonic seconds."""
+        person = self.person if self.person is not None else door._person  # the doors' own lookup
+        if person(request.person_id) is None:
+            return f"claimed person {request.person_id!r} is not enrolled; no claim made at {request.door!r}"
+        if not self._claims.take(request.door, steady):
+            self.claims_over_rate += 1
+            return (
+                f"busy: {request.door!r} took {self._claims.limit} claims in the last "
+                f"{self._claims.window_s:g} s; not executed, send it again"
+            )
+        return None
 
     def _reply(self, command: str, request_id: str | None, ok: bool, detail: str, now: float) -> None:
         if not ok:

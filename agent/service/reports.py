@@ -13,6 +13,7 @@ from facefleet.agent.domain.records import Person
 from facefleet.agent.metrics import AgentFigures, CameraFigures
 from facefleet.agent.publish.events import Versions
 from facefleet.agent.publish.mqtt import MqttLink
+from facefleet.agent.service.command_desk import CommandDesk
 from facefleet.agent.service.doors import DoorAccess
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.agent.updates.statuses import status_to_json
@@ -38,6 +39,7 @@ class ReportedAgent(Protocol):
     sync: FleetSync | None
     analyzer: FaceAnalyzer
     doors: DoorAccess
+    commands: CommandDesk
     frame_path: PathChooser
     people: dict[str, Person]
     people_revision: int
@@ -75,6 +77,7 @@ def status(agent: ReportedAgent) -> dict[str, Any]:
         "gallery_revision": agent.people_revision,
         "cameras": cameras,
         "doors": sorted(agent.doors.controllers),
+        "commands": {"claims_over_rate": agent.commands.claims_over_rate},
         "outbox": {
             "pending": store.outbox.count(),
             "dropped": store.outbox.dropped(),
@@ -147,6 +150,7 @@ def health(agent: ReportedAgent) -> dict[str, float]:
         "snapshots_pending": float(store.snapshots.count()),
         "snapshots_dropped": float(store.snapshots.dropped()),
         "reports_pending": float(store.reports.count()),
+        "claims_over_rate": float(agent.commands.claims_over_rate),
     }
     room = (MAX_HEALTH_ENTRIES - len(figures.keys() | set(SYNC_HEALTH))) // len(CAMERA_HEALTH)
     for camera in cameras[: max(room, 0)]:

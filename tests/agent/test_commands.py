@@ -1,14 +1,18 @@
-"""Commands on cmd/<command>: request ids read leniently, and the bounded memory of executed ones."""
+"""Commands on cmd/<command>: their names, request ids read leniently, the bounded memory of executed ones,
+and the claims a door takes."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from facefleet.agent.commands import (
     MAX_REQUEST_ID,
+    ClaimRate,
     RecentRequests,
+    VerifyCommand,
     command_name_ok,
     request_id_of,
     shown_name,
@@ -68,3 +72,27 @@ def test_a_command_name_is_short_and_plain(name: str, ok: bool) -> None:
 def test_a_long_name_is_shown_cut() -> None:
     assert shown_name("verify") == "'verify'"
     assert shown_name("x" * 65_000) == f"{'x' * 64!r}… (65000 characters)"
+
+
+def test_a_door_takes_a_bounded_number_of_claims_in_any_window() -> None:
+    rate = ClaimRate(limit=3, window_s=10.0)
+    assert [rate.take("front", t) for t in (0.0, 1.0, 2.0, 3.0, 9.9)] == [True, True, True, False, False]
+    assert rate.take("back", 3.0)  # each door counts its own
+    assert rate.take("front", 10.0)  # the claim at 0.0 left the window; refused ones never counted
+    assert not rate.take("front", 10.5)
+    assert [rate.take("front", t) for t in (11.0, 12.0, 12.5)] == [True, True, False]
+
+
+def test_a_duplicate_is_found_without_being_remembered() -> None:
+    recent = RecentRequests(window_s=600.0, limit=10)
+    assert recent.duplicate("verify", "r1", 0.0) is None
+    assert recent.duplicate("verify", "r1", 1.0) is None  # not executed yet: nothing remembered
+    recent.add(("verify", "r1"), 2.0)
+    assert (recent.duplicate("verify", "r1", 3.0) or "").startswith("duplicate request_id 'r1'")
+
+
+@pytest.mark.parametrize("person_id", ["", "eileen c", "-eileen", "x" * 129, "eileen\n", "eileen/2"])
+def test_a_claim_names_a_person_by_the_id_rule(person_id: str) -> None:
+    with pytest.raises(ValidationError, match="person_id"):
+        VerifyCommand.model_validate({"door": "front", "person_id": person_id})
+    assert VerifyCommand.model_validate({"door": "front", "person_id": "e.c_1:x@y-z"}).person_id

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
-from facefleet.agent.commands import COMMAND_QUEUE_LIMIT
+from facefleet.agent.commands import CLAIMS_PER_WINDOW, COMMAND_QUEUE_LIMIT
 from facefleet.agent.config import load_config
 from facefleet.agent.domain.records import Embedding, Person, PersonUpsert
 from facefleet.agent.publish.mqtt import MAX_COMMAND_BYTES
@@ -200,11 +200,12 @@ def test_badge_claims_and_bad_commands(
             lambda: any(e.get("claim_id") == "r2" for e in watcher.on(PREFIX + "access/front")), timeout=30
         )
     replies = watcher.on(PREFIX + "replies/verify")
-    assert [r["ok"] for r in replies] == [False, False, False, True, True]
+    assert [r["ok"] for r in replies] == [False, False, False, False, True]
     assert "malformed" in replies[0]["detail"] and "colour" in replies[1]["detail"]
     assert "unknown door 'back'" in replies[2]["detail"]
+    assert replies[3]["request_id"] == "r1" and "'mallory' is not enrolled" in replies[3]["detail"]
     claims = {e["claim_id"]: e for e in watcher.on(PREFIX + "access/front") if e["mode"] == "claim"}
-    assert claims["r1"]["decision"] == "denied" and "not enrolled" in claims["r1"]["reason"]
+    assert "r1" not in claims  # refused before the door: no access event
     assert (
         claims["r2"]["decision"] == "denied"
         and claims["r2"]["reason"] == "face does not match the claimed person"
@@ -342,6 +343,51 @@ def test_a_flood_of_commands_gets_a_reply_for_every_command(
     assert sorted(r["request_id"] for r in replies) == sent
     busy = [r["request_id"] for r in replies if r["detail"].startswith("busy")]
     assert len(busy) == 5 and not any(r["ok"] for r in replies)
+
+
+def test_claims_for_people_not_enrolled_or_past_a_doors_rate_are_refused_and_write_no_events(
+    state_dir: Path,
+    broker: Mosquitto,
+    subscriber_factory: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A flood of claims must not write an audit entry and an access event each (those would push the
+    door's real events out of the bounded outbox): only the replies, under their own cap, are queued."""
+    config = load_config(config_file(tmp_path, broker.port, "loop", blank_camera(tmp_path)))
+    watcher = subscriber_factory(broker.port, PREFIX + "#")
+    service = AgentService(config, state_dir)
+    gate = threading.Event()  # holds the frame loop until every claim waits: one burst at the door
+    apply_switches = service._apply_switches
+    monkeypatch.setattr(service, "_apply_switches", lambda: (gate.wait(60), apply_switches()))
+    eileens = [f"e{n}" for n in range(CLAIMS_PER_WINDOW + 2)]
+    with running(service):
+        try:
+            watcher.wait_for(lambda: watcher.on(PREFIX + "status"), timeout=30)
+            for n in range(30):
+                send(watcher, "verify", {"door": "front", "person_id": f"nobody-{n}", "request_id": f"s{n}"})
+            send(watcher, "verify", {"door": "front", "person_id": "eileen c", "request_id": "spaced"})
+            for request_id in eileens:
+                send(watcher, "verify", {"door": "front", "person_id": "eileen", "request_id": request_id})
+            watcher.wait_for(lambda: service.commands.waiting.qsize() == 31 + len(eileens), timeout=30)
+            gate.set()
+            watcher.wait_for(lambda: len(watcher.on(PREFIX + "replies/verify")) >= 31 + len(eileens))
+            watcher.wait_for(lambda: len(watcher.on(PREFIX + "access/front")) >= CLAIMS_PER_WINDOW - 1)
+            audit, status = service.store.audit.entries(1000), service.status()
+        finally:
+            gate.set()
+    replies = {r["request_id"]: r for r in watcher.on(PREFIX + "replies/verify")}
+    for n in range(30):
+        assert not replies[f"s{n}"]["ok"] and f"'nobody-{n}' is not enrolled" in replies[f"s{n}"]["detail"]
+    assert not replies["spaced"]["ok"] and "person_id" in replies["spaced"]["detail"]  # the id rule
+    assert [replies[r]["ok"] for r in eileens] == [True] * CLAIMS_PER_WINDOW + [False, False]
+    assert all(replies[r]["detail"].startswith("busy: 'front' took") for r in eileens[-2:])
+    assert status["commands"] == {"claims_over_rate": 2}
+    access = watcher.on(PREFIX + "access/front")  # each claim the door took ended the one before it
+    assert [(e["claim_id"], e["person_id"]) for e in access] == [(r, "eileen") for r in eileens[:9]]
+    assert [(a.person_id, a.details["reason"]) for a in audit] == [
+        ("eileen", f"superseded by claim {r!r}") for r in reversed(eileens[1:10])
+    ]
 
 
 def test_home_assistant_discovery(

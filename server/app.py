@@ -285,6 +285,7 @@ class FleetServer:
             UnknownSettings(
                 threshold=config.snapshots.cluster_threshold,
                 window=timedelta(days=config.snapshots.cluster_window_days),
+                retain_crops=config.gallery.retain_crops,
             ),
         )
         devices = DeviceAdmin(self.state, changed=self.refresh)

@@ -47,11 +47,13 @@ MAX_SNAPSHOTS_PER_ACTION = 1000
 class UnknownSettings:
     """threshold: cosine similarity at which a snapshot joins a cluster (the agents' matching threshold);
     window: how far back clusters look; max_snapshots: how many of the newest unknown snapshots are
-    clustered."""
+    clustered; retain_crops: whether an enrolled person keeps the snapshots' aligned crops ([gallery]
+    retain_crops, as for photos)."""
 
     threshold: float = 0.363
     window: timedelta = timedelta(days=30)
     max_snapshots: int = 50_000
+    retain_crops: bool = True
 
 
 @dataclass(frozen=True)
@@ -156,8 +158,9 @@ class UnknownFaces:
         else:
             person = Person(request.person_id, request.display_name, request.groups, "{}", tuple(embeddings))
         ids = tuple(s.event_id for s in snapshots)
+        kept = crops if self.settings.retain_crops else ()
         stored = await self.people.enrol_embedded(
-            person, crops, append=True if request.existing else None, snapshots=ids
+            person, kept, append=True if request.existing else None, snapshots=ids
         )
         return UnknownEnrolled(stored, ids)
 

@@ -79,7 +79,8 @@ class State(abc.ABC):
         snapshots: Sequence[str] = (),
     ) -> Person:
         """Create or replace a person as one revision. append=False replaces the embeddings of the models
-        `person` brings (other models' embeddings stay) and the crops; append=True adds to both.
+        `person` brings (other models' embeddings stay) and every crop (the replaced face's go even when
+        none come); append=True adds to both.
         snapshots: as for add_person."""
 
     @abc.abstractmethod
@@ -111,7 +112,8 @@ class State(abc.ABC):
 
     @abc.abstractmethod
     def delete_person(self, person_id: str, now: datetime) -> int:
-        """Erase a person, their embeddings and crops as one revision; return it. NotFoundError if unknown."""
+        """Erase a person, their embeddings, crops and face snapshots as one revision; return it.
+        NotFoundError if unknown."""
 
     @abc.abstractmethod
     def get_person(self, person_id: str, *, with_vectors: bool = True) -> Person:

@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from facefleet.server.state.backup_manifest import MANIFEST, MODELS, BackupManif
 from facefleet.server.state.postgres import schema
 from facefleet.server.state.postgres.copy import TABLES
 from facefleet.server.state.postgres.state import redact
+from facefleet.server.state.sql.meta import NEW_GALLERY_SQL
 
 DUMP = "state.pgdump"
 DATA_TABLES = ("people", "events", "tokens", "agents", "models", "admin_audit", "snapshots")
@@ -305,6 +307,7 @@ def restore_state(src: Path, url: str, models: Path, *, force: bool = False) -> 
         conn.autocommit = True
         version = _schema_version(conn, where)
         counts = _row_counts(conn)
+        conn.execute(NEW_GALLERY_SQL.replace("?", "%s"), (str(uuid.uuid4()),))
     differing = {t: (n, counts.get(t, 0)) for t, n in manifest.row_counts.items() if counts.get(t, 0) != n}
     if differing or version != manifest.schema_version:
         detail = ", ".join(

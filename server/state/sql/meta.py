@@ -34,6 +34,12 @@ class Connection(Protocol):
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Cursor: ...
 
 
+NEW_GALLERY_SQL = "UPDATE meta SET value = ? WHERE key = 'gallery_id'"
+"""A restored database gets a gallery id of its own: its revisions go back in time, and an agent that held
+a later revision of the same id would otherwise resume from it once the numbers catch up, keeping people the
+server no longer has and missing those it now has. With a new id, every agent takes a whole snapshot."""
+
+
 class Transactions(Protocol):
     """A state's connection (one statement, no transaction of its own) and its read and write
     transactions."""
@@ -43,6 +49,8 @@ class Transactions(Protocol):
     def read(self) -> AbstractContextManager[Connection]: ...
 
     def write(self) -> AbstractContextManager[Connection]: ...
+
+    def erased(self) -> None: ...
 
 
 def counter(conn: Connection, key: str) -> int:

@@ -107,11 +107,16 @@ class SqlSnapshotState(SnapshotState):
 
     def delete_snapshots(self, event_ids: Sequence[str]) -> int:
         with self._core.write() as conn:
-            return _update(conn, event_ids, "DELETE FROM snapshots WHERE")
+            deleted = _update(conn, event_ids, "DELETE FROM snapshots WHERE")
+        self._core.erased()
+        return deleted
 
     def expire_snapshots(self, before: datetime) -> int:
         with self._core.write() as conn:
-            return int(conn.execute("DELETE FROM snapshots WHERE time_us < ?", (to_us(before),)).rowcount)
+            expired = int(conn.execute("DELETE FROM snapshots WHERE time_us < ?", (to_us(before),)).rowcount)
+        if expired:
+            self._core.erased()
+        return expired
 
 
 def add_snapshots(conn: Connection, events: Sequence[Event]) -> int:

@@ -63,6 +63,10 @@ class SqlState(State):
         """One write transaction, serialised against every other write(): committed when the body returns,
         rolled back when it raises."""
 
+    def erased(self) -> None:
+        """After a write that erased faces (a person, snapshots, expired rows): make the erased bytes
+        unreadable where the backend keeps copies of them (PostgreSQL: its VACUUM, as autovacuum runs it)."""
+
     def _start_gallery(self) -> None:
         """Give a new database its gallery id and revision 0 (once its migrations have run)."""
         with self.write() as conn:
@@ -126,8 +130,9 @@ class SqlState(State):
                         "DELETE FROM embeddings WHERE person_id = ? AND model_id = ?",
                         (person.person_id, model_id),
                     )
-                if crops:
-                    conn.execute("DELETE FROM crops WHERE person_id = ?", (person.person_id,))
+                # the face is replaced: its old crops go even when none come (a later rollout would
+                # otherwise re-embed the replaced face)
+                conn.execute("DELETE FROM crops WHERE person_id = ?", (person.person_id,))
                 sql_people.update_fields(conn, person, now, revision)
             sql_people.insert_embeddings(conn, person.person_id, person.embeddings)
             sql_people.insert_crops(conn, person.person_id, crops)
@@ -191,7 +196,10 @@ class SqlState(State):
                 raise NotFoundError(f"person {person_id} is not enrolled")
             revision = self._next_revision(conn, [(person_id, "delete")], now)
             conn.execute("DELETE FROM people WHERE person_id = ?", (person_id,))
-            return revision
+            # their face snapshots go with them: those they were enrolled from, and those agents matched
+            conn.execute("DELETE FROM snapshots WHERE person_id = ?", (person_id,))
+        self.erased()
+        return revision
 
     def get_person(self, person_id: str, *, with_vectors: bool = True) -> Person:
         with self.read() as conn:

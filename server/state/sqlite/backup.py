@@ -8,8 +8,10 @@ directory, and must run while the server is stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from facefleet.core.migrations import SchemaError
 from facefleet.server.errors import AlreadyExistsError, DataLossError, NotFoundError, StateError
 from facefleet.server.state.backup_files import copy_atomically, copy_models, sha256_file
 from facefleet.server.state.backup_manifest import MANIFEST, MODELS, BackupManifest
+from facefleet.server.state.sql.meta import NEW_GALLERY_SQL
 from facefleet.server.state.sqlite.schema import MIGRATIONS
 from facefleet.server.state.sqlite.state import BUSY_TIMEOUT_MS
 
@@ -135,10 +138,11 @@ def restore_state(
                 else:
                     stale.unlink()
         copy_atomically(src / DATABASE, database)
-    except OSError as exc:
-        raise StateError(
-            f"cannot restore the backup {src} into {database.parent} ({exc.strerror or exc})"
-        ) from None
+        with contextlib.closing(sqlite3.connect(database)) as conn, conn:
+            conn.execute(NEW_GALLERY_SQL, (str(uuid.uuid4()),))
+    except (OSError, sqlite3.Error) as exc:
+        why = (exc.strerror if isinstance(exc, OSError) else None) or exc
+        raise StateError(f"cannot restore the backup {src} into {database.parent} ({why})") from None
     return manifest, kept
 
 

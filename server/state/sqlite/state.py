@@ -72,6 +72,7 @@ class SqliteState(SqlState):
                 )
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                 conn.execute("PRAGMA foreign_keys = ON")
+                conn.execute("PRAGMA secure_delete = ON")  # erased faces are overwritten, not just unlinked
                 if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
                     raise StateError(f"{self.path}: cannot switch to WAL mode (is it on a network drive?)")
                 conn.execute("PRAGMA synchronous = NORMAL")
@@ -97,6 +98,16 @@ class SqliteState(SqlState):
             with self._idle:
                 self._busy -= 1
                 self._idle.notify_all()
+
+    def erased(self) -> None:
+        """Copy the WAL into the database and empty it: its frames hold the pages as they were before the
+        erasing write. Best effort: a reader in the middle of a transaction keeps some frames until the next
+        checkpoint."""
+        try:
+            with self.connection() as conn:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("state database %s: the WAL was not emptied after erasing faces (%s)", self.path, exc)
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:

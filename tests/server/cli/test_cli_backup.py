@@ -116,6 +116,12 @@ def test_backup_while_writing_restores_the_same_state(
     assert code == EXIT_OK, err
     assert (restored / "models" / "face" / "m" / "v1" / "model.onnx").read_bytes() == b"weights"
     assert answers(capsys, restored) == original
+    was, now = SqliteState(source / "server.db"), SqliteState(restored / "server.db")
+    try:  # a gallery of its own: agents ahead of the restored revision take a whole snapshot
+        assert now.head_revision() == was.head_revision() and now.gallery_id() != was.gallery_id()
+    finally:
+        was.close()
+        now.close()
 
 
 def test_a_damaged_backup_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

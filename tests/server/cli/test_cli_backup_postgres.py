@@ -145,12 +145,14 @@ def test_backup_restores_into_a_new_database_that_answers_the_same(
     assert all_answers(capsys, tmp_path / "target-state", target) == original
 
     # the restored database goes on: identities after the restored ids, the gallery's revision, partitions
-    state = PostgresState(target_url, pool_size=1)
+    state, was = PostgresState(target_url, pool_size=1), PostgresState(source_url, pool_size=1)
     try:
         assert state.head_revision() == 3
+        assert state.gallery_id() != was.gallery_id()  # agents ahead of the restored revision resync
         state.add_person(Person("dave"), [Crop("png", b"\x89PNGdave", "t")], utc_now())
     finally:
         state.close()
+        was.close()
     with psycopg.connect(target_url) as conn:
         assert conn.execute("SELECT id FROM crops WHERE person_id = 'dave'").fetchall() == [(3,)]
 

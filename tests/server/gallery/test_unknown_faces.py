@@ -4,9 +4,11 @@ revision, dismissed, deleted and expired."""
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -179,6 +181,41 @@ def test_an_unknown_cluster_is_enrolled_dismissed_and_its_snapshots_leave_the_re
                 await unknown.image(events[0].event_id, "crop")
 
     run(scenario)
+
+
+def test_a_deleted_persons_face_snapshots_go_with_them_and_a_site_without_crops_keeps_none(
+    tmp_path: Path, pki: Pki, enroller: Enroller, strangers: list[tuple[Seen, Seen]]
+) -> None:
+    """With [gallery] retain_crops = false, a person enrolled from unknown faces keeps no crop; deleting
+    them erases the snapshots they were enrolled from and those agents matched to them, from the database
+    file and its write-ahead log, and leaves other people's."""
+    start = utc_now() - timedelta(minutes=10)
+
+    async def scenario() -> tuple[int, list[str], list[str], bytes, bytes]:
+        async with serving(tmp_path, pki, enroller, gallery={"retain_crops": False}) as harness:
+            unknown = harness.server.handlers.unknown  # type: ignore[union-attr]
+            theirs = [face_event(seen, start + timedelta(seconds=v)) for v, seen in enumerate(strangers[0])]
+            others = [
+                face_event(seen, start + timedelta(seconds=9 + v)) for v, seen in enumerate(strangers[1])
+            ]
+            await report(harness, [*theirs, *others])
+            await unknown.enrol(UnknownEnrolment("visitor-a", cluster_id=theirs[0].event_id))
+            crops_kept = len(harness.server.state.crops("visitor-a"))
+            matched = face_event(strangers[0][0], start + timedelta(minutes=1), "match", "visitor-a")
+            await report(harness, [matched])
+            crop = await unknown.image(matched.event_id, "crop")
+            await harness.server.handlers.people.delete("visitor-a")  # type: ignore[union-attr]
+            database = harness.server.paths.database
+            with sqlite3.connect(database) as db:
+                left = [row[0] for row in db.execute("SELECT event_id FROM snapshots")]
+            files = database.read_bytes() + database.with_name(database.name + "-wal").read_bytes()
+            return crops_kept, left, [e.event_id for e in others], crop, files
+
+    crops_kept, left, others, crop, files = run(scenario)
+    assert crops_kept == 0
+    assert sorted(left) == sorted(others)
+    middle = len(crop) // 2  # in the scan data, which no other image shares
+    assert crop[middle : middle + 64] not in files  # neither in the database nor in its WAL
 
 
 def test_refused_unknown_face_actions_change_nothing(

@@ -168,6 +168,8 @@ def test_replace_swaps_the_models_it_brings_and_append_adds(state: State) -> Non
     assert [c.data for c in state.crops("alice")] == [b"b", b"c"]
     state.replace_person(person("bob", 4), [], NOW, append=False)  # replace creates a missing person
     assert state.get_person("bob").revision == 4
+    state.replace_person(person("alice", 5), [], NOW, append=False)  # a new face without a crop
+    assert state.crops("alice") == []  # the replaced face's crops go: no rollout re-embeds them
 
 
 def test_append_beyond_the_embedding_limit_is_refused_and_rolled_back(state: State) -> None:

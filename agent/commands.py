@@ -38,8 +38,8 @@ class VerifyCommand(BaseModel):
 COMMAND_QUEUE_LIMIT = 1000
 """Commands waiting for the frame loop; one more is refused at once with a `busy: …` reply."""
 MAX_QUEUED_REPLIES = 100
-"""Replies waiting in the outbox for the broker; more are not sent (logged), so replies never push events
-out of the bounded outbox."""
+"""Replies waiting in the outbox for the broker, at most (reply_cap); more are not sent (logged), so replies
+never push events out of the bounded outbox."""
 REPEAT_WINDOW_S = 600.0
 """A request_id executed this recently (s) is answered as a duplicate and not executed again."""
 REMEMBERED_REQUESTS = 1000
@@ -49,6 +49,12 @@ CLAIM_WINDOW_S = 10.0
 """A door takes at most CLAIMS_PER_WINDOW badge claims in any CLAIM_WINDOW_S seconds (one person a second
 passes a door); one more is refused as busy, so a flood of claims, each ending the one before with an
 access event, cannot push the door's real events out of the bounded outbox."""
+
+
+def reply_cap(outbox_limit: int) -> int:
+    """How many replies may wait in an outbox of `outbox_limit` messages: MAX_QUEUED_REPLIES, and no more
+    than a tenth of it (at least one), so that replies never push events out of a small outbox either."""
+    return max(1, min(MAX_QUEUED_REPLIES, outbox_limit // 10))
 
 
 class RecentRequests:

@@ -94,6 +94,11 @@ class OutboxPublisher:
         self._wake.set()
         return message_id
 
+    @property
+    def limit(self) -> int:
+        """How many messages the outbox keeps before the oldest are dropped (mqtt.outbox_limit)."""
+        return self._store.outbox.limit
+
     def wake(self) -> None:
         """Send what was queued (e.g. by EmbeddingStore.queue_event) without waiting for the next round."""
         self._wake.set()

@@ -20,13 +20,13 @@ from facefleet.agent.commands import (
     CLAIM_WINDOW_S,
     CLAIMS_PER_WINDOW,
     COMMAND_QUEUE_LIMIT,
-    MAX_QUEUED_REPLIES,
     REMEMBERED_REQUESTS,
     REPEAT_WINDOW_S,
     ClaimRate,
     RecentRequests,
     VerifyCommand,
     command_name_ok,
+    reply_cap,
     request_id_of,
     shown_name,
 )
@@ -173,7 +173,8 @@ class CommandDesk:
 
 
 def _queue_reply(outbox: OutboxPublisher, topic: str, payload: str) -> None:
-    """Queue a reply unless MAX_QUEUED_REPLIES wait already (a flood of refused commands, or commands the
+    """Queue a reply unless reply_cap() replies wait already (a flood of refused commands, or commands the
     broker kept during an outage, must not push queued events out of the outbox)."""
-    if outbox.submit(topic, payload, same_kind_limit=MAX_QUEUED_REPLIES) is None:
-        log.warning("%s not sent: %d replies are waiting for the broker already", topic, MAX_QUEUED_REPLIES)
+    cap = reply_cap(outbox.limit)
+    if outbox.submit(topic, payload, same_kind_limit=cap) is None:
+        log.warning("%s not sent: %d replies are waiting for the broker already", topic, cap)

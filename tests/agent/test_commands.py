@@ -14,6 +14,7 @@ from facefleet.agent.commands import (
     RecentRequests,
     VerifyCommand,
     command_name_ok,
+    reply_cap,
     request_id_of,
     shown_name,
 )
@@ -96,3 +97,8 @@ def test_a_claim_names_a_person_by_the_id_rule(person_id: str) -> None:
     with pytest.raises(ValidationError, match="person_id"):
         VerifyCommand.model_validate({"door": "front", "person_id": person_id})
     assert VerifyCommand.model_validate({"door": "front", "person_id": "e.c_1:x@y-z"}).person_id
+
+
+@pytest.mark.parametrize(("outbox_limit", "cap"), [(10_000, 100), (1000, 100), (50, 5), (9, 1), (1, 1)])
+def test_replies_take_at_most_a_tenth_of_the_outbox(outbox_limit: int, cap: int) -> None:
+    assert reply_cap(outbox_limit) == cap

@@ -390,6 +390,44 @@ def test_claims_for_people_not_enrolled_or_past_a_doors_rate_are_refused_and_wri
     ]
 
 
+def test_refused_claims_take_at_most_a_tenth_of_a_small_outbox_while_the_broker_is_away(
+    state_dir: Path,
+    broker: Mosquitto,
+    subscriber_factory: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = config_file(tmp_path, broker.port, "loop", blank_camera(tmp_path))
+    path.write_text(
+        path.read_text().replace("reconnect_max_s = 1\n", "reconnect_max_s = 1\noutbox_limit = 50\n")
+    )
+    service = AgentService(load_config(path), state_dir)
+    gate, executed = threading.Event(), threading.Event()  # the frame loop held until every command waits
+    apply_switches, execute = service._apply_switches, service.commands.execute_waiting
+    monkeypatch.setattr(service, "_apply_switches", lambda: (gate.wait(60), apply_switches()))
+    monkeypatch.setattr(
+        service.commands, "execute_waiting", lambda: (execute(), gate.is_set() and executed.set())
+    )
+    watcher = subscriber_factory(broker.port, PREFIX + "status")
+    with running(service):
+        try:
+            watcher.wait_for(lambda: watcher.on(PREFIX + "status"), timeout=30)
+            for request_id in ("e0", "e1"):  # the second ends the first: a real access event
+                send(watcher, "verify", {"door": "front", "person_id": "eileen", "request_id": request_id})
+            for n in range(60):
+                send(watcher, "verify", {"door": "front", "person_id": f"nobody-{n}", "request_id": f"s{n}"})
+            watcher.wait_for(lambda: service.commands.waiting.qsize() == 62, timeout=30)
+            broker.stop()
+            gate.set()
+            assert executed.wait(30)
+            queued = [m.topic for m in service.store.outbox.pending(100)]
+            dropped = service.store.outbox.dropped()
+        finally:
+            gate.set()
+    assert queued.count("access/front") == 1 and dropped == 0
+    assert queued.count("replies/verify") == 5  # a tenth of outbox_limit: e0's, e1's and three refusals
+
+
 def test_home_assistant_discovery(
     state_dir: Path, broker: Mosquitto, subscriber_factory: Any, tmp_path: Path
 ) -> None:

@@ -34,7 +34,6 @@ from facefleet.agent.domain.records import Person
 from facefleet.agent.publish.events import reply
 from facefleet.agent.publish.mqtt import MAX_COMMAND_BYTES
 from facefleet.agent.publish.outbox import OutboxPublisher
-from facefleet.agent.recognition.doors import DoorController
 from facefleet.agent.service.doors import DoorAccess
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ class CommandDesk:
 
     outbox: where replies are queued (None: no broker, so replies are only logged); guarded: runs a store
     write whose failure is logged, never fatal; record_error: keeps a refusal among the agent's errors;
-    person: the enrolled person of an id, or None (default: the lookup the doors decide with).
+    person: the enrolled person of an id, or None (the lookup the doors decide with).
     claims_over_rate counts the claims refused past their door's rate."""
 
     def __init__(
@@ -55,7 +54,7 @@ class CommandDesk:
         outbox: OutboxPublisher | None,
         guarded: Callable[[Callable[[], object]], None],
         record_error: Callable[[str], None],
-        person: Callable[[str], Person | None] | None = None,
+        person: Callable[[str], Person | None],
     ) -> None:
         self.device_id = device_id
         self.doors = doors
@@ -132,7 +131,7 @@ class CommandDesk:
             return
         steady = time.monotonic()
         refusal = self._executed.duplicate(command, request.request_id, steady)
-        refusal = refusal or self._claim_refusal(door, request, steady)
+        refusal = refusal or self._claim_refusal(request, steady)
         if refusal is not None:  # not executed, so not remembered: it may be sent again
             self._reply(command, request.request_id, False, refusal, now)
             return
@@ -145,12 +144,11 @@ class CommandDesk:
         if immediate is not None:
             self.doors.act(immediate, door.door.camera)
 
-    def _claim_refusal(self, door: DoorController, request: VerifyCommand, steady: float) -> str | None:
+    def _claim_refusal(self, request: VerifyCommand, steady: float) -> str | None:
         """Why the door does not take this claim (the person is not enrolled, or the door took
         CLAIMS_PER_WINDOW claims in the last CLAIM_WINDOW_S seconds), or None: then it counts towards the
         door's rate. steady: monotonic seconds."""
-        person = self.person if self.person is not None else door._person  # the doors' own lookup
-        if person(request.person_id) is None:
+        if self.person(request.person_id) is None:
             return f"claimed person {request.person_id!r} is not enrolled; no claim made at {request.door!r}"
         if not self._claims.take(request.door, steady):
             self.claims_over_rate += 1

@@ -145,6 +145,7 @@ class AgentService:
                 self.outbox if config.mqtt.enabled else None,
                 self._guarded,
                 self._record_error,
+                self._person,
             )
             self.link = self._make_link() if config.mqtt.enabled else None
             self.sync = self._make_sync() if config.server.enabled else None

@@ -151,7 +151,7 @@ def test_rollout_start_with_a_failure_budget(
     start = [*base, "rollout", "start", NEW, "--all"]
 
     for flags, message in [
-        (["--max-failures", "-1"], "max_failures.count must not be negative, got -1"),
+        (["--max-failures", "-1"], "max_failures.count must be 0–1000000, got -1"),
         (["--max-failures", "150%"], "max_failures.percent must be 0–100, got 150"),
         (["--max-failures", "lots"], "give e.g. 2 or 20%"),
         (["--on-failures", "rollback"], "--on-failures needs --max-failures"),

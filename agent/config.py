@@ -348,6 +348,13 @@ class SnapshotsConfig(StrictSection):
         False,
         description="Publish each camera's latest face crop as a retained JPEG on cameras/<camera>/face",
     )
+    latest_expiry_s: int = Field(
+        600,
+        ge=10,
+        le=7 * 86400,
+        description="How long the broker keeps a published face crop for later subscribers (s; MQTT 5 "
+        "message expiry), so a face does not stay there once nobody is in view",
+    )
 
     @field_validator("context_px")
     @classmethod

@@ -55,7 +55,7 @@ def discovery_messages(
             unique = f"facefleet_{device_id}_{camera}_face"
             messages.append(
                 (
-                    f"{discovery_prefix}/image/{unique}/config",
+                    face_image_topic(discovery_prefix, device_id, camera),
                     {
                         "name": f"{camera} face",
                         "unique_id": unique,
@@ -83,3 +83,8 @@ def discovery_messages(
             )
         )
     return messages
+
+
+def face_image_topic(discovery_prefix: str, device_id: str, camera: str) -> str:
+    """The discovery topic of a camera's face image entity."""
+    return f"{discovery_prefix}/image/facefleet_{device_id}_{camera}_face/config"

@@ -162,11 +162,19 @@ class MqttLink:
         if self.connected:
             self._client.publish(topic, json.dumps(payload).encode(), qos=1, retain=True)
 
-    def publish_latest(self, suffix: str, payload: bytes) -> None:
+    def publish_latest(self, suffix: str, payload: bytes, expiry_s: int) -> None:
         """Publish raw bytes (e.g. a JPEG) retained under the prefix, if connected: a latest value that the
-        next one replaces. QoS 0, so no PUBACK comes back to be taken for an outbox message's."""
+        next one replaces, and the broker drops after expiry_s (MQTT 5 message expiry). QoS 0, so no PUBACK
+        comes back to be taken for an outbox message's."""
         if self.connected:
-            self._client.publish(self.topic(suffix), payload, qos=0, retain=True)
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.MessageExpiryInterval = expiry_s
+            self._client.publish(self.topic(suffix), payload, qos=0, retain=True, properties=properties)
+
+    def clear_retained(self, topic: str) -> None:
+        """Remove the broker's retained message on a full topic (an empty retained message), if connected."""
+        if self.connected:
+            self._client.publish(topic, b"", qos=1, retain=True)
 
     def set_status(self, status: dict[str, Any]) -> None:
         """Publish the retained status now (if connected) and again after every reconnect."""

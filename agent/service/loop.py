@@ -28,7 +28,7 @@ from facefleet.agent.cameras import Camera, CameraFrame, CameraSettings
 from facefleet.agent.config import AgentConfig
 from facefleet.agent.domain.records import Person, StoreError
 from facefleet.agent.metrics import AgentFigures, AgentMetrics
-from facefleet.agent.publish.discovery import discovery_messages
+from facefleet.agent.publish.discovery import discovery_messages, face_image_topic
 from facefleet.agent.publish.events import (
     AccessEvent,
     AgentEvent,
@@ -364,7 +364,7 @@ class AgentService:
                 snapshot = snapshot_of(best, self.snapshot_settings, f"camera:{camera}")
             if config.publish_latest and self.link is not None:
                 jpeg = snapshot.crop_jpeg if snapshot is not None else crop_jpeg(best, self.snapshot_settings)
-                self.link.publish_latest(f"cameras/{camera}/face", jpeg)
+                self.link.publish_latest(f"cameras/{camera}/face", jpeg, config.latest_expiry_s)
         except ValueError as exc:  # LinkError too: a JPEG past the link's limits
             log.error("camera %s: no snapshot of track %s: %s", camera, track.track_id, exc)
         return snapshot
@@ -571,9 +571,12 @@ class AgentService:
 
     def _connection_changed(self, connected: bool, reason: str) -> None:
         self.outbox.connection_changed(connected)
-        if connected and self.link is not None and self.config.mqtt.discovery_prefix:
+        if not connected or self.link is None:
+            return
+        discovery = self.config.mqtt.discovery_prefix
+        if discovery:
             for topic, payload in discovery_messages(
-                self.config.mqtt.discovery_prefix,
+                discovery,
                 self.prefix,
                 self.device_id,
                 __version__,
@@ -582,6 +585,11 @@ class AgentService:
                 face_images=self.config.snapshots.publish_latest,
             ):
                 self.link.publish_retained(topic, payload)
+        if not self.config.snapshots.publish_latest:  # faces an earlier run published stay no longer
+            for camera in self.cameras:
+                self.link.clear_retained(self.link.topic(f"cameras/{camera}/face"))
+                if discovery:
+                    self.link.clear_retained(face_image_topic(discovery, self.device_id, camera))
 
 
 def limit_malloc_arenas() -> None:

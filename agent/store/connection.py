@@ -64,6 +64,7 @@ class StoreConnection:
                 with self._translated():
                     # a door box loses power; commits must last
                     self._conn.execute("PRAGMA synchronous = FULL")
+                    self._conn.execute("PRAGMA secure_delete = ON")  # erased faces are overwritten
                     if self._conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                         self._conn.execute("PRAGMA journal_mode = WAL")
                 self.migrate()
@@ -97,6 +98,18 @@ class StoreConnection:
             except BaseException:
                 self._conn.rollback()
                 raise
+
+    def forget_erased(self) -> None:
+        """After a write that erased faces (people, their embeddings): empty the write-ahead log into the
+        file, whose freed pages secure_delete overwrote, so that the log's frames of the pages as they were
+        are gone too. Best effort: a read of another process keeps some frames until a later checkpoint."""
+        if self.read_only:
+            return
+        try:
+            with self._lock, self._translated():
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except StoreError as exc:
+            _LOG.warning("the write-ahead log was not emptied after erasing faces: %s", exc)
 
     def scrub(self) -> None:
         """Rewrite the file without the pages that deleted rows left behind (VACUUM), and empty the

@@ -86,7 +86,9 @@ class GalleryStore:
         with self._connection.write() as conn:
             self._require_person(conn, person_id)
             conn.execute("DELETE FROM people WHERE person_id = ?", (person_id,))
-            return self.bump(conn)
+            revision = self.bump(conn)
+        self._connection.forget_erased()
+        return revision
 
     def apply_batch(
         self,
@@ -122,7 +124,9 @@ class GalleryStore:
             self.change_people(conn, upserts, deletes, whole_people=False)
             revision = current + 1 if new_revision is None else new_revision
             conn.execute("UPDATE gallery SET revision = ? WHERE id = 1", (revision,))
-            return revision
+        if deletes:
+            self._connection.forget_erased()
+        return revision
 
     # ---- reads --------------------------------------------------------------------------------------------
 

@@ -73,7 +73,8 @@ class ServerSync:
                 deletes = tuple(p for p in everyone if p not in kept)
             else:
                 _check_continues(point, delta, self._connection.path)
-            if delta.upserts or deletes:
+            changed = bool(delta.upserts or deletes)
+            if changed:
                 upserts = [upsert_from_link(person) for person in delta.upserts]
                 self._gallery.change_people(conn, upserts, deletes, whole_people=True)
                 revision = self._gallery.bump(conn)
@@ -89,7 +90,9 @@ class ServerSync:
                     time.time(),
                 ),
             )
-            return revision
+        if changed:  # upserts replace a person's embeddings whole: the old ones are erased too
+            self._connection.forget_erased()
+        return revision
 
     def erase(self, conn: sqlite3.Connection) -> tuple[int, int]:
         """Erase the whole gallery (people and their embeddings) and forget the sync point, inside the

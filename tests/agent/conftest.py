@@ -34,6 +34,7 @@ class Subscriber:
     ) -> None:
         self.messages: list[tuple[str, Any, bool]] = []
         self.arrivals: list[float] = []  # time.time() of each message
+        self.expiries: dict[str, int | None] = {}  # topic → the MQTT 5 message expiry of its last message
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self.client = paho.Client(
@@ -59,6 +60,7 @@ class Subscriber:
         with self._lock:
             self.messages.append((message.topic, payload, bool(message.retain)))
             self.arrivals.append(time.time())
+            self.expiries[message.topic] = getattr(message.properties, "MessageExpiryInterval", None)
 
     def on(self, topic: str) -> list[Any]:
         with self._lock:

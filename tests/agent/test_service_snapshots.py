@@ -168,3 +168,13 @@ def test_each_cameras_latest_face_crop_is_published_retained_as_a_jpeg(
     later.wait_for(lambda: later.messages)
     ((_, latest, retained),) = later.messages
     assert retained and latest == crops[-1]
+    assert 0 < (later.expiries[PREFIX + "cameras/door/face"] or 0) <= 600  # the broker forgets it by then
+
+    config.write_text(config.read_text().replace("publish_latest = true", "publish_latest = false"))
+    again = AgentService(load_config(config), state_dir)  # turned off: what the last run left goes
+    with running(again):
+        watcher.wait_for(lambda: b"" in watcher.on(PREFIX + "cameras/door/face"))
+    after = subscriber_factory(broker.port, "#")
+    after.wait_for(lambda: after.on(PREFIX + "status"))
+    assert after.on(PREFIX + "cameras/door/face") == []
+    assert after.on("homeassistant/image/facefleet_door-box_door_face/config") == []

@@ -14,6 +14,9 @@ import pytest
 
 from facefleet.agent.domain.records import Embedding, Person, StoreBusyError
 from facefleet.agent.store.database import EmbeddingStore
+from facefleet.link.gallery import Embedding as LinkEmbedding
+from facefleet.link.gallery import GalleryDelta
+from facefleet.link.gallery import Person as LinkPerson
 from tests.agent.store.test_store_snapshots import face_event
 
 MODEL = "sface@2021dec"
@@ -107,3 +110,18 @@ def test_a_scrub_a_reader_keeps_from_replacing_the_old_pages_is_not_reported_don
         assert store.wipe().people == 0  # the repeat erases nothing more, and scrubs
     image = disk_image(path)
     assert [trace for trace in traces if trace in image] == []
+
+
+def test_a_person_the_server_deletes_leaves_no_bytes_of_their_embeddings_in_the_file_or_its_log(
+    tmp_path: Path,
+) -> None:
+    vector = np.random.default_rng(11).normal(size=128).astype(np.float32)
+    person = LinkPerson("eileen", "Eileen Collins", embeddings=(LinkEmbedding(MODEL, vector, 0.9),))
+    with EmbeddingStore(tmp_path / "agent.db") as store:
+        store.sync.apply(GalleryDelta(0, 1, snapshot=True, upserts=(person,), gallery_id="g"))
+        (stored,) = store.gallery.embeddings("eileen")
+        marks = [b"Eileen Collins", stored.vector.astype("<f4").tobytes()[:32]]
+        store.sync.apply(GalleryDelta(1, 2, deletes=("eileen",), gallery_id="g"))
+        files = (tmp_path / "agent.db").read_bytes() + (tmp_path / "agent.db-wal").read_bytes()
+        assert [p.person_id for p in store.gallery.people()] == []
+    assert [mark in files for mark in marks] == [False, False]

@@ -206,7 +206,7 @@ def test_forged_page_tokens_and_bad_snapshot_filters_are_a_400_naming_the_proble
         ("/api/audit", {"page_token": forged_token(f"a|{huge}|1")}, "pass next_page_token unchanged"),
         ("/api/audit", {"page_token": forged_token("a|1|x")}, "pass next_page_token unchanged"),
         ("/api/snapshots", {"page_token": "A" * 10_000}, "pass next_page_token unchanged"),
-        ("/api/snapshots", {"since": "2024-01-01T00:00:00"}, "since: Value error, give the time with its zone"),
+        ("/api/snapshots", {"since": "2024-01-01T00:00:00"}, "give the time with its zone"),
         ("/api/snapshots", {"camera": "c" * 10_000}, "is not a camera name"),
         ("/api/snapshots", {"since": "2030-01-01T00:00:00Z", "until": "2029-01-01T00:00:00Z"},
          "must be after since"),

@@ -373,7 +373,7 @@ def test_resuming_a_stopped_rollout_clears_its_reason() -> None:
         ("0", MaxFailures(count=0), None),
         ("20%", MaxFailures(percent=20), None),
         ("20 %", MaxFailures(percent=20), None),
-        ("-1", None, "max_failures.count must not be negative, got -1"),
+        ("-1", None, "max_failures.count must be 0–1000000, got -1"),
         ("101%", None, "max_failures.percent must be 0–100, got 101"),
         ("-5%", None, "max_failures.percent must be 0–100, got -5"),
         ("two", None, "neither a count nor a percent"),
@@ -395,7 +395,7 @@ def test_a_failure_budget_is_parsed_as_a_count_or_a_percent(
     [
         ({}, "give a count"),
         ({"count": 1, "percent": 10}, "not both"),
-        ({"count": -1}, "max_failures.count must not be negative"),
+        ({"count": -1}, "max_failures.count must be 0–1000000"),
         ({"percent": 101}, "max_failures.percent must be 0–100"),
     ],
 )

@@ -262,7 +262,7 @@ class FleetServerConfig(StrictSection):
     @classmethod
     def _group_names(cls, groups: list[str]) -> list[str]:
         for group in groups:
-            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$", group):
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}", group):
                 raise ValueError(f"group {group[:40]!r}: use 1–128 letters, digits, '.', '_', ':', '@', '-'")
         return groups
 

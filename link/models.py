@@ -28,9 +28,9 @@ class ModelFile:
     sha256: str
 
     def __post_init__(self) -> None:
-        if not _FILE_NAME.match(self.name):
+        if not _FILE_NAME.fullmatch(self.name):
             raise LinkError(f"model file name {self.name[:80]!r} is not a plain file name")
-        if self.size < 0 or not _SHA256.match(self.sha256):
+        if self.size < 0 or not _SHA256.fullmatch(self.sha256):
             raise LinkError(f"model file {self.name}: bad size or no valid sha256 (64 lowercase hex digits)")
 
 

@@ -295,7 +295,7 @@ class FleetSync:
         (busy, full): logged, and tried again at the server's next refusal, after the reconnect backoff."""
 
         def erase() -> Wiped | None:
-            if self.wiped_at is not None and not self.store.gallery.people():
+            if self.wiped_at is not None and not self.store.holds_personal_data():
                 return None  # erased already; the server repeats the order on every call
             return self.store.wipe()
 

@@ -107,9 +107,20 @@ class StoreConnection:
             return
         try:
             with self._lock, self._translated():
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                self._conn.execute("PRAGMA busy_timeout = 0")  # never hold the frame loop up behind a reader
+                try:
+                    busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                finally:
+                    self._conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
         except StoreError as exc:
             _LOG.warning("the write-ahead log was not emptied after erasing faces: %s", exc)
+            return
+        if busy:
+            _LOG.warning(
+                "store %s: another process is reading it, so its write-ahead log still holds erased faces "
+                "until a later checkpoint",
+                self.path,
+            )
 
     def scrub(self) -> None:
         """Rewrite the file without the pages that deleted rows left behind (VACUUM), and empty the

@@ -109,6 +109,13 @@ class EmbeddingStore:
         self.connection.scrub()
         return Wiped(people, reports, snapshots, outbox, audit, revision)
 
+    def holds_personal_data(self) -> bool:
+        """Whether anything a wipe erases is in the store: people, queued events or face snapshots, MQTT
+        messages, audit entries (the frame loop may have written some since the last wipe)."""
+        tables = ("people", "reports", "snapshots", "outbox", "audit_log")
+        with self.connection.read() as conn:
+            return any(conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() for table in tables)  # noqa: S608
+
     def queue_event(self, topic: str, payload: str, report: PreparedReport) -> None:
         """An event's MQTT message and its report for the server, in one transaction: both or neither."""
         with self.connection.write() as conn:

@@ -73,8 +73,7 @@ class ServerSync:
                 deletes = tuple(p for p in everyone if p not in kept)
             else:
                 _check_continues(point, delta, self._connection.path)
-            changed = bool(delta.upserts or deletes)
-            if changed:
+            if delta.upserts or deletes:
                 upserts = [upsert_from_link(person) for person in delta.upserts]
                 self._gallery.change_people(conn, upserts, deletes, whole_people=True)
                 revision = self._gallery.bump(conn)
@@ -90,7 +89,7 @@ class ServerSync:
                     time.time(),
                 ),
             )
-        if changed:  # upserts replace a person's embeddings whole: the old ones are erased too
+        if deletes:
             self._connection.forget_erased()
         return revision
 

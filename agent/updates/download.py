@@ -41,7 +41,15 @@ async def download(fetch: Fetch, spec: ModelFile, directory: Path) -> Path:
     cut short by a crash). ModelIntegrityError when the file still has another size or sha256 than the
     release says; DiskFullError when the disk fills up or the quota is spent; either way the partial file is
     removed."""
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise DiskFullError(
+                f"disk full while making {directory} for {spec.name} ({exc.strerror}); free space or lower "
+                "[models] keep_versions"
+            ) from None
+        raise
     path = part_path(directory, spec)
     resumed = path.exists() and 0 < path.stat().st_size <= spec.size
     try:

@@ -66,8 +66,9 @@ class StoredVersions:
 
     def install(self, manifest: ModelManifest, files: dict[str, Path]) -> StoredModel:
         """Move verified downloads (file name → path) into the store as one version, atomically."""
-        staged = self.store.staging_dir()
+        staged: Path | None = None
         try:
+            staged = self.store.staging_dir()
             for name, path in files.items():
                 shutil.move(path, staged / name)
                 if sha256_file(staged / name) != manifest.files[name]:
@@ -81,7 +82,8 @@ class StoredVersions:
                 ) from None
             raise
         finally:
-            shutil.rmtree(staged, ignore_errors=True)
+            if staged is not None:
+                shutil.rmtree(staged, ignore_errors=True)
 
     def discard(self, model: StoredModel) -> None:
         """Remove a refused version (never the active one)."""

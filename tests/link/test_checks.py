@@ -14,6 +14,9 @@ from facefleet.link.checks import (
     check_model_id,
 )
 from facefleet.link.errors import LinkError
+from facefleet.link.models import ModelFile
+from facefleet.vision.errors import ModelStoreError
+from facefleet.vision.models.manifest import check_part
 
 
 def test_health_takes_more_figures_than_other_maps_up_to_its_own_limit() -> None:
@@ -50,3 +53,13 @@ def test_a_model_id_outside_the_rule_is_refused(value: str) -> None:
     with pytest.raises(LinkError, match="is not valid"):
         check_model_id(value)
     assert check_model_id("sface@2021dec-int8") == "sface@2021dec-int8"
+
+
+def test_a_model_file_name_or_digest_with_a_trailing_newline_is_refused() -> None:
+    digest = "a" * 64
+    assert ModelFile("model.xml", 10, digest).name == "model.xml"
+    for name, sha256 in (("model.xml\n", digest), ("model.xml", digest + "\n")):
+        with pytest.raises(LinkError):
+            ModelFile(name, 10, sha256)
+    with pytest.raises(ModelStoreError, match="is not allowed"):
+        check_part("version", "2021dec\n")

@@ -123,7 +123,7 @@ class ModelManifest:
 
 def check_part(label: str, value: str) -> None:
     """A task, name or version becomes a folder name: letters, digits and . _ + - only."""
-    if not _SAFE_PART.match(value):
+    if not _SAFE_PART.fullmatch(value):
         raise ModelStoreError(
             f"model {label} '{value}' is not allowed: use 1–64 letters, digits, '.', '_', '+' or '-', "
             "starting with a letter or digit"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +126,38 @@ def test_a_person_the_server_deletes_leaves_no_bytes_of_their_embeddings_in_the_
         files = (tmp_path / "agent.db").read_bytes() + (tmp_path / "agent.db-wal").read_bytes()
         assert [p.person_id for p in store.gallery.people()] == []
     assert [mark in files for mark in marks] == [False, False]
+
+
+def test_what_the_box_writes_after_a_wipe_is_found_and_the_next_order_erases_it(
+    tmp_path: Path, astronaut: npt.NDArray[np.uint8]
+) -> None:
+    """The frame loop may still name an erased person for a moment (a track's votes, a pending claim): the
+    server repeats its order at every call, and each repeat erases what was written since."""
+    with EmbeddingStore(tmp_path / "agent.db") as store:
+        filled(store, astronaut)
+        store.wipe()
+        assert not store.holds_personal_data()
+        store.audit.append("front", "granted", person_id="eileen", score=0.93)
+        assert store.holds_personal_data()
+        store.wipe()
+        assert not store.holds_personal_data()
+
+
+def test_erasing_a_person_while_another_process_reads_the_store_does_not_wait_for_it(tmp_path: Path) -> None:
+    """The write-ahead log is emptied only when nobody reads; with a reader it is left for later, and the
+    delete returns at once instead of holding the store (and the frame loop) for the busy timeout."""
+    path = tmp_path / "agent.db"
+    with EmbeddingStore(path, busy_timeout_ms=120_000) as store:
+        vector = np.random.default_rng(3).normal(size=128).astype(np.float32)
+        store.gallery.add_person(Person("ann", "Ann"), [Embedding(MODEL, vector, 0.9, "server")])
+        reader = sqlite3.connect(path, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM people").fetchone()  # another process's read, still open
+        deleting = threading.Thread(target=store.gallery.delete_person, args=("ann",), daemon=True)
+        deleting.start()
+        deleting.join(60)  # the busy timeout is two minutes: only a delete that does not wait is done by now
+        done = not deleting.is_alive()
+        reader.execute("ROLLBACK")
+        reader.close()
+        assert done
+        assert [p.person_id for p in store.gallery.people()] == []

@@ -473,24 +473,28 @@ def test_a_full_disk_refuses_the_version_keeps_the_running_one_and_tells_the_ser
     assert expression_of(agent.analyzer) == release.model_id
 
 
-@pytest.mark.parametrize("where", ["download", "install"])
+@pytest.mark.parametrize("where", ["download", "staging", "install"])
 def test_a_spent_quota_is_tried_again_and_leaves_no_partial_file(
     agent: Agent, published: ModelStore, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     """EDQUOT where ext4, XFS or NFS report a quota spent by delayed allocation: at the fsync of the partial
-    download, or while the verified files are stored as a version."""
+    download, when the staging folder is made (inodes), or while the verified files are stored as a
+    version."""
 
     def quota_spent(*args: object) -> None:
         raise OSError(errno.EDQUOT, "Disk quota exceeded")
 
     if where == "download":
         monkeypatch.setattr(download_module, "_sync", quota_spent)
+    elif where == "staging":
+        monkeypatch.setattr(agent.store, "staging_dir", quota_spent)
     else:
         monkeypatch.setattr(agent.store, "add", quota_spent)
     server, release, refused = refused_for_now(agent, published)
     assert refused.state == "failed" and not refused.final
     assert "Disk quota exceeded" in refused.reason and "retrying later" in refused.reason
-    assert list((agent.store.root / ".downloads").glob("*.part")) == []
+    parts = list((agent.store.root / ".downloads").glob("*.part"))
+    assert len(parts) == (2 if where == "staging" else 0)  # verified downloads wait for the next try
     monkeypatch.undo()  # the quota raised: the next try of the same rollout succeeds
     agent.reconcile(server, release)
     assert expression_of(agent.analyzer) == release.model_id

@@ -308,6 +308,14 @@ def test_a_repeated_request_id_is_not_executed_again_and_a_new_claim_supersedes_
     assert superseded["reason"] == "superseded by claim 'c2'"
 
 
+def held_loop(service: AgentService, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """A gate the service's frame loop waits at, each round, until it is set (at most a minute)."""
+    gate = threading.Event()
+    apply_switches = service._apply_switches
+    monkeypatch.setattr(service, "_apply_switches", lambda: (gate.wait(60), apply_switches()))
+    return gate
+
+
 def test_a_flood_of_commands_gets_a_reply_for_every_command(
     state_dir: Path,
     broker: Mosquitto,
@@ -318,9 +326,7 @@ def test_a_flood_of_commands_gets_a_reply_for_every_command(
     config = load_config(config_file(tmp_path, broker.port, "loop", blank_camera(tmp_path)))
     watcher = subscriber_factory(broker.port, PREFIX + "#")
     service = AgentService(config, state_dir)
-    gate = threading.Event()  # holds the frame loop, so that commands pile up as behind a slow frame
-    apply_switches = service._apply_switches
-    monkeypatch.setattr(service, "_apply_switches", lambda: (gate.wait(60), apply_switches()))
+    gate = held_loop(service, monkeypatch)  # commands pile up as behind a slow frame
     runner = threading.Thread(target=service.run)
     runner.start()
     sent = [f"flood-{n:04d}" for n in range(COMMAND_QUEUE_LIMIT + 5)]
@@ -357,9 +363,7 @@ def test_claims_for_people_not_enrolled_or_past_a_doors_rate_are_refused_and_wri
     config = load_config(config_file(tmp_path, broker.port, "loop", blank_camera(tmp_path)))
     watcher = subscriber_factory(broker.port, PREFIX + "#")
     service = AgentService(config, state_dir)
-    gate = threading.Event()  # holds the frame loop until every claim waits: one burst at the door
-    apply_switches = service._apply_switches
-    monkeypatch.setattr(service, "_apply_switches", lambda: (gate.wait(60), apply_switches()))
+    gate = held_loop(service, monkeypatch)  # until every claim waits: one burst at the door
     eileens = [f"e{n}" for n in range(CLAIMS_PER_WINDOW + 2)]
     with running(service):
         try:
@@ -402,9 +406,8 @@ def test_refused_claims_take_at_most_a_tenth_of_a_small_outbox_while_the_broker_
         path.read_text().replace("reconnect_max_s = 1\n", "reconnect_max_s = 1\noutbox_limit = 50\n")
     )
     service = AgentService(load_config(path), state_dir)
-    gate, executed = threading.Event(), threading.Event()  # the frame loop held until every command waits
-    apply_switches, execute = service._apply_switches, service.commands.execute_waiting
-    monkeypatch.setattr(service, "_apply_switches", lambda: (gate.wait(60), apply_switches()))
+    gate, executed = held_loop(service, monkeypatch), threading.Event()  # until every command waits
+    execute = service.commands.execute_waiting
     monkeypatch.setattr(
         service.commands, "execute_waiting", lambda: (execute(), gate.is_set() and executed.set())
     )

@@ -78,9 +78,8 @@ class State(abc.ABC):
         append: bool,
         snapshots: Sequence[str] = (),
     ) -> Person:
-        """Create or replace a person as one revision. append=False replaces the embeddings of the models
-        `person` brings (other models' embeddings stay) and every crop (the replaced face's go even when
-        none come); append=True adds to both.
+        """Create or replace a person as one revision. append=False replaces the face: every embedding (of
+        every model) and crop goes, and `person`'s and `crops` come; append=True adds to both.
         snapshots: as for add_person."""
 
     @abc.abstractmethod

@@ -307,7 +307,6 @@ def restore_state(src: Path, url: str, models: Path, *, force: bool = False) -> 
         conn.autocommit = True
         version = _schema_version(conn, where)
         counts = _row_counts(conn)
-        conn.execute(NEW_GALLERY_SQL.replace("?", "%s"), (str(uuid.uuid4()),))
     differing = {t: (n, counts.get(t, 0)) for t, n in manifest.row_counts.items() if counts.get(t, 0) != n}
     if differing or version != manifest.schema_version:
         detail = ", ".join(
@@ -317,6 +316,9 @@ def restore_state(src: Path, url: str, models: Path, *, force: bool = False) -> 
             f"restored {where} does not match the backup's manifest ({detail or 'schema version'}): "
             "restore again into a new, empty database"
         )
+    with _connect(url, "give the restored gallery its own id") as conn:
+        conn.autocommit = True
+        conn.execute(NEW_GALLERY_SQL.replace("?", "%s"), (str(uuid.uuid4()),))
     return PgRestored(manifest, cleaned, copied)
 
 

@@ -228,6 +228,7 @@ class PostgresState(SqlState):
         if not missing:
             return
         with self._raw() as conn, conn.transaction():
+            conn.execute(READ_COMMITTED)  # see write(): the lock's waiter must see what its holder did
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
             for year, month in missing:
                 schema.create_partition(conn, year, month)
@@ -254,6 +255,7 @@ class PostgresState(SqlState):
         self.drop_expired()  # a crash's leftovers first: a month detached again takes the same name
         with self._raw() as conn:
             with conn.transaction():
+                conn.execute(READ_COMMITTED)
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
                 months = schema.expired_months(conn, before_us)
             for year, month in months:
@@ -280,6 +282,7 @@ class PostgresState(SqlState):
         """Detach the month's partitions that exist, in a transaction of its own; how many events they held.
         LockNotAvailable (rolled back) when a lock takes longer than DETACH_LOCK_TIMEOUT_MS."""
         with conn.transaction():
+            conn.execute(READ_COMMITTED)
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
             conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{DETACH_LOCK_TIMEOUT_MS}ms",))
             present = schema.month_tables(conn, year, month)

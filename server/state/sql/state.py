@@ -115,6 +115,7 @@ class SqlState(State):
         append: bool,
         snapshots: Sequence[str] = (),
     ) -> Person:
+        replaced = False
         with self.write() as conn:
             revision = self._next_revision(conn, [(person.person_id, "upsert")], now)
             if not sql_people.exists(conn, person.person_id):
@@ -125,14 +126,12 @@ class SqlState(State):
                     (to_us(now), revision, person.person_id),
                 )
             else:
-                for model_id in person.model_ids():
-                    conn.execute(
-                        "DELETE FROM embeddings WHERE person_id = ? AND model_id = ?",
-                        (person.person_id, model_id),
-                    )
-                # the face is replaced: its old crops go even when none come (a later rollout would
-                # otherwise re-embed the replaced face)
+                # the face is replaced: every embedding and crop of the old one goes, of every model, even
+                # when the new enrolment brings fewer (a model it lacks is embedded from its crops, or
+                # the person needs enrolling again for it; never matched on the replaced face)
+                conn.execute("DELETE FROM embeddings WHERE person_id = ?", (person.person_id,))
                 conn.execute("DELETE FROM crops WHERE person_id = ?", (person.person_id,))
+                replaced = True
                 sql_people.update_fields(conn, person, now, revision)
             sql_people.insert_embeddings(conn, person.person_id, person.embeddings)
             sql_people.insert_crops(conn, person.person_id, crops)
@@ -145,7 +144,10 @@ class SqlState(State):
                     f"{MAX_EMBEDDINGS_PER_PERSON}; replace them instead of appending"
                 )
             sql_snapshots.mark_enrolled(conn, snapshots, person.person_id)
-            return sql_people.load_person(conn, person.person_id, with_vectors=True)
+            stored = sql_people.load_person(conn, person.person_id, with_vectors=True)
+        if replaced:
+            self.erased()
+        return stored
 
     def update_person(
         self,

@@ -15,6 +15,7 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
+from facefleet.core.files import fsync_dir
 from facefleet.core.migrations import SchemaError
 from facefleet.server.errors import AlreadyExistsError, DataLossError, NotFoundError, StateError
 from facefleet.server.state.backup_files import copy_atomically, copy_models, sha256_file
@@ -137,9 +138,12 @@ def restore_state(
                     stale.rename(kept.with_name(kept.name + suffix))
                 else:
                     stale.unlink()
-        copy_atomically(src / DATABASE, database)
-        with contextlib.closing(sqlite3.connect(database)) as conn, conn:
+        restoring = database.with_name(database.name + ".restoring")  # given its own gallery id first
+        copy_atomically(src / DATABASE, restoring)
+        with contextlib.closing(sqlite3.connect(restoring)) as conn, conn:
             conn.execute(NEW_GALLERY_SQL, (str(uuid.uuid4()),))
+        os.replace(restoring, database)
+        fsync_dir(database.parent)
     except (OSError, sqlite3.Error) as exc:
         why = (exc.strerror if isinstance(exc, OSError) else None) or exc
         raise StateError(f"cannot restore the backup {src} into {database.parent} ({why})") from None

@@ -101,13 +101,24 @@ class SqliteState(SqlState):
 
     def erased(self) -> None:
         """Copy the WAL into the database and empty it: its frames hold the pages as they were before the
-        erasing write. Best effort: a reader in the middle of a transaction keeps some frames until the next
-        checkpoint."""
+        erasing write. Best effort, without waiting: a reader in the middle of a transaction keeps the frames
+        until a later checkpoint (logged)."""
         try:
             with self.connection() as conn:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                conn.execute("PRAGMA busy_timeout = 0")  # never hold other writers up behind a reader
+                try:
+                    busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         except sqlite3.Error as exc:
             log.warning("state database %s: the WAL was not emptied after erasing faces (%s)", self.path, exc)
+            return
+        if busy:
+            log.warning(
+                "state database %s: a reader (a backup, a long query) kept the WAL from being emptied after "
+                "erasing faces; they stay in it until a later checkpoint",
+                self.path,
+            )
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:

@@ -182,6 +182,7 @@ class FleetServer:
             if task is not None:
                 task.cancel()
         await self.health.enter_graceful_shutdown()
+        await self.enrolment.close()
         if self.fanout is not None:
             await self.fanout.close()
         if self._http is not None:
@@ -361,9 +362,11 @@ class FleetServer:
 
     async def refresh(self) -> None:
         """Publish gallery, model, rollout and device changes committed since the last look (by this
-        process or another on the same state directory, e.g. the CLI) to the Watch streams; follow the
-        embedding models of rollouts in the enroller. One at a time: a notification's and the periodic
-        look's would otherwise publish what each read in either order."""
+        process or another on the same state directory, e.g. the CLI) to the Watch streams; have the
+        enroller follow the embedding models of rollouts. One at a time: a notification's and the periodic
+        look's would otherwise publish what each read in either order. Each look only reads and publishes
+        (the enroller follows in a background task of its own), so a device change waits for no
+        re-embedding; a look that fails publishes nothing it did not finish, and the next one retries."""
         async with self._refreshing:
             await self._refresh()
 
@@ -380,8 +383,10 @@ class FleetServer:
         if head > self.fanout.head:
             await self.fanout.publish(head)
         if models_revision != self.fanout.models_head:
-            await self.fanout.publish_models(models_revision)
+            # the revision is published once its rollouts are read: a read that fails is retried
             await self.enrolment.follow_rollouts(await asyncio.to_thread(rollout_embedding_models, models))
+            await self.fanout.publish_models(models_revision)
+        self.enrolment.catch_up()  # again after a failure
 
     def rollout_control(
         self, runtime: Runtime | None = None, settle_seconds: float | None = None

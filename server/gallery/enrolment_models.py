@@ -1,6 +1,9 @@
 """Which embedding models enrolment embeds with, and the enroller that does it: the configured (or active)
 models plus those of embedding rollouts in progress. A rollout's new model joins enrolment as soon as the
-server notices it, and people enrolled before that get its embeddings from their crops.
+server notices it, and people enrolled before that get its embeddings from their crops. Rebuilding the
+enroller (compiling the model) and embedding those people (at a rollout's start, nearly the whole gallery)
+run as one background task at a time, never inside the server's look at what changed; a task that fails
+is logged and started again at the next look.
 
 An enrolment embeds its photos before it commits, with the models enrolment had when it began, and may
 commit after a rollout's second sweep (facefleet.server.rollouts.control) has looked for people lacking
@@ -21,7 +24,7 @@ from facefleet.link.gallery import Person
 from facefleet.server.config import ServerConfig
 from facefleet.server.errors import FailedPreconditionError, ServerError
 from facefleet.server.gallery.embedder import Enroller, EnrolmentSettings
-from facefleet.server.gallery.reembed import CropEmbedder, ReembedResult, reembed
+from facefleet.server.gallery.reembed import CropEmbedder, reembed
 from facefleet.server.paths import ServerPaths
 from facefleet.server.state.interface import State
 from facefleet.server.state.models import ModelState
@@ -31,6 +34,10 @@ from facefleet.vision.pipeline import AnalyzerSettings, FaceAnalyzer
 from facefleet.vision.runtime import ModelIO, Runtime
 
 log = logging.getLogger(__name__)
+
+
+class _StoppingError(Exception):
+    """The server stops: the background embedding ends after the person under way."""
 
 
 class EnrolmentModels:
@@ -54,38 +61,104 @@ class EnrolmentModels:
         self._enroller = enroller
         self._base_models = enroller.model_ids if enroller is not None else None
         self._rollout_models: tuple[str, ...] = ()
+        """The embedding models of the rollouts as last read."""
+        self._followed: tuple[str, ...] | None = None
+        """The rollout models the enroller embeds with and whose stragglers are embedded (None: not yet)."""
+        self._stragglers: tuple[str, ...] = ()
+        """Models the enroller gained whose stragglers are still to be embedded."""
+        self._following: asyncio.Task[None] | None = None
+        self._failing = False
+        self._stopping = threading.Event()
         self._enroller_lock = threading.Lock()
 
     async def follow_rollouts(self, rollout_models: tuple[str, ...]) -> None:
-        if rollout_models == self._rollout_models:
-            return
+        """The embedding models of the rollouts just read: `embedding_models` names them at once, and the
+        enroller follows in the background (`catch_up`)."""
         self._rollout_models = rollout_models
-        enroller = self._enroller
-        if enroller is None:
-            return  # built with them on first use
-        wanted = _merge(self._base(), rollout_models)
-        if wanted != enroller.model_ids:
+        self.catch_up()
+
+    def catch_up(self) -> None:
+        """Unless the enroller follows the rollouts last read already, start doing so in the background:
+        rebuild it with their models and embed the people enrolled without those. One task at a time; one
+        running when newer rollouts arrive goes on with them once done. A task that failed is started again
+        here, at the server's next look. Call from the event loop."""
+        if self._followed == self._rollout_models or self._stopping.is_set():
+            return
+        if self._following is None or self._following.done():
+            self._following = asyncio.create_task(self._follow())
+
+    async def followed(self) -> bool:
+        """Wait for the background task under way, if any; whether the enroller follows the rollouts last
+        read (False: it failed, and the next `catch_up` tries again)."""
+        if self._following is not None:
+            await asyncio.shield(self._following)
+        return self._followed == self._rollout_models
+
+    async def close(self) -> None:
+        """Stop following: embedding ends after the person under way (a rebuild under way is waited for)."""
+        self._stopping.set()
+        if self._following is not None:
+            await asyncio.wait({self._following})
+
+    async def _follow(self) -> None:
+        while not self._stopping.is_set():
+            rollout_models = self._rollout_models
             try:
-                rebuilt = await asyncio.to_thread(enroller.with_models, wanted, self.models)
-            except Exception as exc:  # keep serving with the current enroller
-                log.error("enrolment cannot embed with %s: %s", ", ".join(wanted), exc)
+                await self._follow_once(rollout_models)
+            except _StoppingError:
                 return
-            with self._enroller_lock:
-                self._enroller = rebuilt
-            log.info("enrolment now embeds with %s", ", ".join(wanted))
-            for model_id in (m for m in wanted if m not in enroller.model_ids):
-                await asyncio.to_thread(self._embed_stragglers, model_id)
+            except Exception as exc:  # keep serving with the enroller as it is; the next look retries
+                if not self._failing:  # once until it succeeds, not at every look
+                    log.error(
+                        "enrolment cannot follow the embedding models of rollouts (%s): %s; retrying at "
+                        "each look for changes",
+                        ", ".join(rollout_models) or "none",
+                        exc,
+                        exc_info=not isinstance(exc, (FaceFleetError, ServerError)),
+                    )
+                self._failing = True
+                if self._rollout_models == rollout_models:
+                    return
+                continue  # newer rollouts arrived meanwhile: follow them instead
+            if self._failing:
+                log.info("enrolment follows the embedding models of rollouts again")
+            self._failing = False
+            self._followed = rollout_models
+            if self._rollout_models == rollout_models:
+                return
+
+    async def _follow_once(self, rollout_models: tuple[str, ...]) -> None:
+        """Rebuild the enroller with these rollouts' models, then embed the stragglers of each model it
+        gained; raises what failed (a model gained stays a straggler's until its people are embedded)."""
+        enroller = self._enroller
+        if enroller is not None:  # otherwise built with them on first use
+            wanted = _merge(self._base(), rollout_models)
+            if wanted != enroller.model_ids:
+                rebuilt = await asyncio.to_thread(enroller.with_models, wanted, self.models)
+                with self._enroller_lock:
+                    self._enroller = rebuilt
+                log.info("enrolment now embeds with %s", ", ".join(wanted))
+                gained = tuple(m for m in wanted if m not in enroller.model_ids)
+                self._stragglers = _merge(self._stragglers, gained)
+            self._stragglers = tuple(m for m in self._stragglers if m in wanted)
+        while self._stragglers:
+            await asyncio.to_thread(self._embed_stragglers, self._stragglers[0])
+            self._stragglers = self._stragglers[1:]
 
     def _embed_stragglers(self, model_id: str) -> None:
         """People enrolled while the enroller did not embed with model_id yet get its embeddings from their
         crops now. With the rollout command's own two sweeps, a rollout's gallery has no gap however long
-        this server took to notice the rollout and rebuild its enroller."""
+        this server took to notice the rollout and rebuild its enroller. Raises what failed."""
         missing = self.state.models.people_without_model(model_id)
         if not missing:
             return
-        result = self._embed_crops(model_id, missing)
-        if result is not None and result.reembedded:
+        result = reembed(self.state, self._crop_embedder(model_id), missing, progress=self._check_stopping)
+        if result.reembedded:
             log.info("embedded %d people enrolled meanwhile with %s", len(result.reembedded), model_id)
+
+    def _check_stopping(self, done: int, total: int) -> None:
+        if self._stopping.is_set():
+            raise _StoppingError(f"stopped after {done} of {total} people")
 
     def complete(self, person: Person) -> Person:
         """A person an enrolment has just stored, given embeddings from their crops of every model of the
@@ -96,28 +169,29 @@ class EnrolmentModels:
         except (FaceFleetError, ServerError) as exc:
             log.error("cannot read the rollouts to complete the enrolment of %s: %s", person.person_id, exc)
             return person
-        embedded = [r for m in lacking if (r := self._embed_crops(m, [person.person_id])) and r.reembedded]
+        embedded = [m for m in lacking if self._embed_person(m, person.person_id)]
         if not embedded:
             return person
         log.info(
-            "embedded %s, enrolled while a rollout started, with %s",
-            person.person_id,
-            ", ".join(r.model_id for r in embedded),
+            "embedded %s, enrolled while a rollout started, with %s", person.person_id, ", ".join(embedded)
         )
         try:
             return self.state.get_person(person.person_id, with_vectors=True)
         except ServerError:
             return person  # deleted meanwhile
 
-    def _embed_crops(self, model_id: str, person_ids: list[str]) -> ReembedResult | None:
-        """Embed these people's crops with a stored embedding model (None: it failed, and is logged)."""
-        name, _, version = model_id.partition("@")
+    def _embed_person(self, model_id: str, person_id: str) -> bool:
+        """Embed a person's crops with a stored embedding model; whether it did (a failure is logged)."""
         try:
-            embedder = CropEmbedder(self._runtime(), self.models.get("embedding", name, version))
-            return reembed(self.state, embedder, person_ids)
+            return bool(reembed(self.state, self._crop_embedder(model_id), [person_id]).reembedded)
         except (FaceFleetError, ServerError) as exc:
-            log.error("cannot embed %s with %s: %s", ", ".join(person_ids[:5]), model_id, exc)
-            return None
+            log.error("cannot embed %s with %s: %s", person_id, model_id, exc)
+            return False
+
+    def _crop_embedder(self, model_id: str) -> CropEmbedder:
+        """A stored embedding model compiled for crops."""
+        name, _, version = model_id.partition("@")
+        return CropEmbedder(self._runtime(), self.models.get("embedding", name, version))
 
     def enroller(self) -> Enroller:
         """The image enroller, built once (compiling the models takes a few seconds)."""

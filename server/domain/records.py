@@ -55,6 +55,18 @@ class EnrolledFace:
 
 
 @dataclass(frozen=True)
+class StoredEnrolment:
+    """An enrolment just committed: the person as stored, the embeddings and crops the enrolment brought,
+    and whether it added them to an existing person's (append) or they are all the person has (a new person,
+    a replaced face)."""
+
+    person: Person
+    embeddings: tuple[Embedding, ...]
+    crops: tuple[Crop, ...]
+    append: bool
+
+
+@dataclass(frozen=True)
 class EnrolmentResult:
     person: Person
     faces: tuple[EnrolledFace, ...]

@@ -5,12 +5,15 @@ enroller (compiling the model) and embedding those people (at a rollout's start,
 run as one background task at a time, never inside the server's look at what changed; a task that fails
 is logged and started again at the next look.
 
-An enrolment embeds its photos before it commits, with the models enrolment had when it began, and may
-commit after a rollout's second sweep (facefleet.server.rollouts.control) has looked for people lacking
-the rollout's model. So once an enrolment has committed, `complete` reads the rollouts again and embeds
-the person's crops with any rollout model they lack. Rollouts and enrolments commit one after the other:
-a rollout that committed before the enrolment is seen by `complete`, and one that committed after it sees
-the person in its first sweep."""
+An enrolment embeds its photos before it commits, with the models its enroller had when it began (the command
+line's, or a server's that has not noticed a rollout yet), and may commit after a rollout's sweeps
+(facefleet.server.rollouts.control) have looked for people lacking the rollout's model. So once an enrolment
+has committed, `complete` reads the rollouts again and embeds the crops it brought with every model of
+enrolment and of the rollouts that it did not bring: the added crops when it added to a person who has that
+model's embeddings already, otherwise all the person's crops (a new person, a replaced face, whose old
+embeddings went with it). Rollouts and enrolments commit one after the other: a rollout that committed
+before the enrolment is seen by `complete`, and one that committed after it sees the person's crops in its
+first sweep."""
 
 from __future__ import annotations
 
@@ -20,9 +23,16 @@ import threading
 from collections.abc import Callable, Mapping
 
 from facefleet.core.errors import FaceFleetError
+from facefleet.link.checks import MAX_EMBEDDINGS_PER_PERSON, utc_now
 from facefleet.link.gallery import Person
 from facefleet.server.config import ServerConfig
-from facefleet.server.errors import FailedPreconditionError, ServerError
+from facefleet.server.domain.records import StoredEnrolment
+from facefleet.server.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    ServerError,
+)
 from facefleet.server.gallery.embedder import Enroller, EnrolmentSettings
 from facefleet.server.gallery.reembed import CropEmbedder, reembed
 from facefleet.server.paths import ServerPaths
@@ -160,33 +170,61 @@ class EnrolmentModels:
         if self._stopping.is_set():
             raise _StoppingError(f"stopped after {done} of {total} people")
 
-    def complete(self, person: Person) -> Person:
-        """A person an enrolment has just stored, given embeddings from their crops of every model of the
-        rollouts in progress they lack (blocking; see the module's docstring), as stored then. A failure is
-        logged, not raised: the enrolment itself is committed."""
+    def complete(self, enrolment: StoredEnrolment) -> Person:
+        """An enrolment just stored, its crops given the embeddings of every model of enrolment and of the
+        rollouts in progress that it did not bring (blocking; see the module's docstring); the person as
+        stored then. A failure is logged, not raised: the enrolment itself is committed."""
+        person = enrolment.person
+        if not enrolment.crops:
+            return person  # nothing to embed
         try:
-            lacking = [m for m in rollout_embedding_models(self.state.models) if m not in person.model_ids()]
+            wanted = _merge(self._base(), rollout_embedding_models(self.state.models))
         except (FaceFleetError, ServerError) as exc:
             log.error("cannot read the rollouts to complete the enrolment of %s: %s", person.person_id, exc)
             return person
-        embedded = [m for m in lacking if self._embed_person(m, person.person_id)]
+        brought = {e.model_id for e in enrolment.embeddings}
+        embedded = []
+        for model_id in (m for m in wanted if m not in brought):
+            try:
+                if self._complete_with(model_id, enrolment):
+                    embedded.append(model_id)
+            except (FaceFleetError, ServerError) as exc:
+                log.error("cannot embed the crops of %s with %s: %s", person.person_id, model_id, exc)
         if not embedded:
             return person
-        log.info(
-            "embedded %s, enrolled while a rollout started, with %s", person.person_id, ", ".join(embedded)
-        )
+        log.info("embedded the crops enrolled for %s with %s too", person.person_id, ", ".join(embedded))
         try:
             return self.state.get_person(person.person_id, with_vectors=True)
         except ServerError:
-            return person  # deleted meanwhile
+            return person  # deleted meanwhile, or unreadable now: as the enrolment stored it
 
-    def _embed_person(self, model_id: str, person_id: str) -> bool:
-        """Embed a person's crops with a stored embedding model; whether it did (a failure is logged)."""
-        try:
-            return bool(reembed(self.state, self._crop_embedder(model_id), [person_id]).reembedded)
-        except (FaceFleetError, ServerError) as exc:
-            log.error("cannot embed %s with %s: %s", person_id, model_id, exc)
-            return False
+    def _complete_with(self, model_id: str, enrolment: StoredEnrolment) -> bool:
+        """Embed an enrolment's crops with model_id; whether any embedding was stored."""
+        embedder = self._crop_embedder(model_id)
+        person_id = enrolment.person.person_id
+        if enrolment.append:
+            try:
+                person = self.state.get_person(person_id, with_vectors=True)
+            except NotFoundError:
+                return False
+            have = [e for e in person.embeddings if e.model_id == model_id]
+            if have and person.revision == enrolment.person.revision:  # unchanged since: add to them
+                quality = {e.source: e.quality for e in enrolment.embeddings}
+                added = embedder.embed_crops(enrolment.crops, quality)
+                count = len(person.embeddings) + len(added)
+                if count > MAX_EMBEDDINGS_PER_PERSON:  # the person could no longer be read
+                    raise InvalidArgumentError(
+                        f"{person_id} would have {count} embeddings with {model_id}'s, over the limit of "
+                        f"{MAX_EMBEDDINGS_PER_PERSON}; enrol fewer photos of them with --replace"
+                    )
+                stored = self.state.replace_model_embeddings(
+                    person_id, model_id, [*have, *added], utc_now(), revision=person.revision
+                )
+                if stored is not None:
+                    return bool(added)
+        # a new person, a replaced face, a person never embedded with the model or changed meanwhile (an
+        # added crop may be gone, or embedded by a rollout's sweep): embed all their crops
+        return bool(reembed(self.state, embedder, [person_id]).reembedded)
 
     def _crop_embedder(self, model_id: str) -> CropEmbedder:
         """A stored embedding model compiled for crops."""

@@ -12,7 +12,13 @@ from datetime import datetime
 from facefleet.link.checks import check_id, utc_now
 from facefleet.link.gallery import Embedding, Person
 from facefleet.server.domain.queries import PeopleCursor, page_size
-from facefleet.server.domain.records import Crop, EnrolmentRequest, EnrolmentResult, PersonUpdate
+from facefleet.server.domain.records import (
+    Crop,
+    EnrolmentRequest,
+    EnrolmentResult,
+    PersonUpdate,
+    StoredEnrolment,
+)
 from facefleet.server.errors import InvalidArgumentError
 from facefleet.server.gallery.embedder import EmbeddedImages, Enroller
 from facefleet.server.state.fanout import GalleryFanout
@@ -35,8 +41,9 @@ MAX_LOOKUP_IDS = 100
 
 class PeopleHandler:
     """enroller: builds (once) the image enroller, or raises FailedPreconditionError naming what is missing;
-    known_models: model_id → embedding dimension of every embedding model the server knows; complete: a
-    person just stored, given the embeddings of rollouts in progress they lack (blocking; see
+    known_models: model_id → embedding dimension of every embedding model the server knows; complete: an
+    enrolment just stored, its crops given the embeddings of the models enrolment and rollouts in progress
+    embed with that it did not bring, and the person as then stored (blocking; see
     facefleet.server.gallery.enrolment_models)."""
 
     def __init__(
@@ -45,7 +52,7 @@ class PeopleHandler:
         fanout: GalleryFanout,
         enroller: Callable[[], Enroller],
         known_models: Callable[[], Mapping[str, int]],
-        complete: Callable[[Person], Person],
+        complete: Callable[[StoredEnrolment], Person],
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.state = state
@@ -71,14 +78,15 @@ class PeopleHandler:
             embeddings=embedded.embeddings + request.embeddings,
         )
         now = self.clock()
+        append = request.on_existing == "append"
         if request.on_existing == "fail":
             stored = await asyncio.to_thread(self.state.add_person, person, embedded.crops, now)
         else:
-            append = request.on_existing == "append"
             stored = await asyncio.to_thread(
                 lambda: self.state.replace_person(person, embedded.crops, now, append=append)
             )
-        stored = await asyncio.to_thread(self.complete, stored)
+        enrolment = StoredEnrolment(stored, person.embeddings, embedded.crops, append)
+        stored = await asyncio.to_thread(self.complete, enrolment)
         await self.fanout.publish(stored.revision)
         return EnrolmentResult(stored, embedded.faces)
 
@@ -98,7 +106,8 @@ class PeopleHandler:
             stored = await asyncio.to_thread(
                 lambda: self.state.replace_person(person, crops, now, append=append, snapshots=snapshots)
             )
-        stored = await asyncio.to_thread(self.complete, stored)
+        enrolment = StoredEnrolment(stored, person.embeddings, tuple(crops), append is True)
+        stored = await asyncio.to_thread(self.complete, enrolment)
         await self.fanout.publish(stored.revision)
         return stored
 

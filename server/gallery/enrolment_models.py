@@ -175,14 +175,21 @@ class EnrolmentModels:
         rollouts in progress that it did not bring (blocking; see the module's docstring); the person as
         stored then. A failure is logged, not raised: the enrolment itself is committed."""
         person = enrolment.person
-        if not enrolment.crops:
-            return person  # nothing to embed
         try:
             wanted = _merge(self._base(), rollout_embedding_models(self.state.models))
         except (FaceFleetError, ServerError) as exc:
             log.error("cannot read the rollouts to complete the enrolment of %s: %s", person.person_id, exc)
             return person
         brought = {e.model_id for e in enrolment.embeddings}
+        if not enrolment.crops:  # nothing to embed
+            lacking = [m for m in wanted if m not in brought and m not in person.model_ids()]
+            if lacking:
+                log.warning(
+                    "%s has no crops kept to embed with %s: enrol them again with photos for it",
+                    person.person_id,
+                    ", ".join(lacking),
+                )
+            return person
         embedded = []
         for model_id in (m for m in wanted if m not in brought):
             try:
@@ -235,7 +242,11 @@ class EnrolmentModels:
         """The image enroller, built once (compiling the models takes a few seconds)."""
         with self._enroller_lock:
             if self._enroller is None:
-                self._enroller = self._build_enroller()
+                built = self._build_enroller()
+                wanted = _merge(self._base(), self._rollout_models)
+                if wanted != built.model_ids:  # a rollout noticed while it was built
+                    built = built.with_models(wanted, self.models)
+                self._enroller = built
             return self._enroller
 
     def _build_enroller(self) -> Enroller:

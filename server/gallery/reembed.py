@@ -11,6 +11,7 @@ enroller, which embeds with the rollout's model, and to the rollout's second swe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +29,8 @@ from facefleet.server.state.interface import State
 from facefleet.vision.models.store import StoredModel
 from facefleet.vision.preprocess import embedding_input, normalise_embeddings
 from facefleet.vision.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 CROP_SIZE = 112
 _PAGE = 500
@@ -110,9 +113,13 @@ def _reembed_one(
         embeddings = embedder.embed_crops(state.crops(person_id), quality)
         if not embeddings:
             return "without_crops"
-        stored = state.replace_model_embeddings(
-            person_id, embedder.model_id, embeddings, clock(), revision=person.revision
-        )
+        try:
+            stored = state.replace_model_embeddings(
+                person_id, embedder.model_id, embeddings, clock(), revision=person.revision
+            )
+        except InvalidArgumentError as exc:  # too many crops for one more model: re-enrol with fewer
+            log.warning("%s", exc)
+            return "without_crops"
         if stored is not None:
             return "done"
     return "changing"

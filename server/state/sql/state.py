@@ -135,14 +135,7 @@ class SqlState(State):
                 sql_people.update_fields(conn, person, now, revision)
             sql_people.insert_embeddings(conn, person.person_id, person.embeddings)
             sql_people.insert_crops(conn, person.person_id, crops)
-            count = conn.execute(
-                "SELECT COUNT(*) FROM embeddings WHERE person_id = ?", (person.person_id,)
-            ).fetchone()[0]
-            if count > MAX_EMBEDDINGS_PER_PERSON:
-                raise InvalidArgumentError(
-                    f"person {person.person_id} would have {count} embeddings, over the limit of "
-                    f"{MAX_EMBEDDINGS_PER_PERSON}; replace them instead of appending"
-                )
+            _check_embedding_count(conn, person.person_id, "replace them instead of appending")
             sql_snapshots.mark_enrolled(conn, snapshots, person.person_id)
             stored = sql_people.load_person(conn, person.person_id, with_vectors=True)
         if replaced:
@@ -186,6 +179,7 @@ class SqlState(State):
             new = self._next_revision(conn, [(person_id, "upsert")], now)
             conn.execute("DELETE FROM embeddings WHERE person_id = ? AND model_id = ?", (person_id, model_id))
             sql_people.insert_embeddings(conn, person_id, [e for e in embeddings if e.model_id == model_id])
+            _check_embedding_count(conn, person_id, "enrol them again with fewer photos")
             conn.execute(
                 "UPDATE people SET updated_us = ?, revision = ? WHERE person_id = ?",
                 (to_us(now), new, person_id),
@@ -413,3 +407,14 @@ class SqlState(State):
     def expire_audit(self, before: datetime) -> int:
         with self.write() as conn:
             return sql_audit.expire_audit(conn, to_us(before))
+
+
+def _check_embedding_count(conn: Connection, person_id: str, fix: str) -> None:
+    """InvalidArgumentError (the write rolls back) when the person now has more than
+    MAX_EMBEDDINGS_PER_PERSON embeddings: one over it could not be loaded, nor any gallery delta with it."""
+    count = conn.execute("SELECT COUNT(*) FROM embeddings WHERE person_id = ?", (person_id,)).fetchone()[0]
+    if count > MAX_EMBEDDINGS_PER_PERSON:
+        raise InvalidArgumentError(
+            f"person {person_id} would have {count} embeddings, over the limit of "
+            f"{MAX_EMBEDDINGS_PER_PERSON}; {fix}"
+        )

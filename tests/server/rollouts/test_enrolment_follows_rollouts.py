@@ -10,6 +10,7 @@ import shutil
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import grpc
@@ -20,16 +21,21 @@ import pytest
 import facefleet.server.app as app
 from facefleet.link.checks import utc_now
 from facefleet.link.gallery import Embedding, Person
+from facefleet.server.config import ServerConfig
 from facefleet.server.domain.models import PublishedModel, Target
 from facefleet.server.domain.records import Crop
 from facefleet.server.errors import StateError
 from facefleet.server.gallery import enrolment_models
 from facefleet.server.gallery.embedder import Enroller
+from facefleet.server.gallery.enrolment_models import EnrolmentModels
 from facefleet.server.gallery.reembed import CropEmbedder, ReembedResult, reembed
+from facefleet.server.paths import ServerPaths
 from facefleet.server.rollouts.catalogue import ModelCatalog
 from facefleet.server.state.interface import State
 from facefleet.server.state.models import ModelState
+from facefleet.server.state.sqlite.state import SqliteState
 from facefleet.v1 import admin_pb2, fleet_pb2
+from facefleet.vision.models.store import ModelStore
 from facefleet.vision.runtime import Runtime
 from tests.server.conftest import Harness, Pki, encode, run, serving
 from tests.server.fleet.test_devices import change, refused
@@ -247,3 +253,43 @@ def test_enrolment_that_failed_to_follow_a_rollout_tries_again_at_the_next_look(
             assert followed
 
     run(scenario)
+
+
+def test_a_rollout_noticed_while_the_enroller_is_first_built_is_in_the_enroller(
+    tmp_path: Path,
+    analyzer: Any,
+    model_store: ModelStore,
+    runtime: Runtime,
+    model_irs: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    building, release = threading.Event(), threading.Event()
+
+    def held_enroller(*args: Any, **kwargs: Any) -> Enroller:  # the real one, held while it compiles
+        building.set()
+        assert release.wait(20)
+        return Enroller(*args, **kwargs)
+
+    monkeypatch.setattr(enrolment_models, "FaceAnalyzer", lambda *a, **k: analyzer)
+    monkeypatch.setattr(enrolment_models, "Enroller", held_enroller)
+    config = ServerConfig()
+    state = SqliteState(tmp_path / "server.db")
+    store = ModelStore(shutil.copytree(model_store.root, tmp_path / "models"))
+    ModelCatalog(state.models, store, runtime).publish(
+        model_irs[NEW], "embedding", "sface", "2021dec-fp32", "FP32"
+    )
+    models = EnrolmentModels(
+        config, ServerPaths.from_config(tmp_path / "s", config), state, store, lambda: runtime
+    )
+
+    async def scenario() -> tuple[str, ...]:
+        first_use = asyncio.create_task(asyncio.to_thread(models.enroller))  # the first image enrolment
+        assert await asyncio.to_thread(building.wait, 20)
+        await models.follow_rollouts((NEW,))  # a look notices a rollout of NEW meanwhile
+        release.set()
+        return (await first_use).model_ids
+
+    try:
+        assert NEW in asyncio.run(scenario())
+    finally:
+        state.close()

@@ -179,6 +179,11 @@ def test_append_beyond_the_embedding_limit_is_refused_and_rolled_back(state: Sta
     with pytest.raises(InvalidArgumentError, match="would have 400 embeddings"):
         state.replace_person(person("alice", *range(200, 400)), [], NOW, append=True)
     assert (len(state.get_person("alice").embeddings), state.head_revision()) == (200, 1)
+    other = [emb(n, model="arcface@1", dim=512) for n in range(57)]  # a rollout's model, from many crops
+    with pytest.raises(InvalidArgumentError, match="would have 257 embeddings"):
+        state.replace_model_embeddings("alice", "arcface@1", other, NOW)
+    assert (len(state.get_person("alice").embeddings), state.head_revision()) == (200, 1)
+    assert state.snapshot().upserts[0].person_id == "alice"  # the gallery still loads
 
 
 def test_changes_since_coalesces_upserts_and_deletes(state: State) -> None:

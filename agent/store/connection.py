@@ -26,6 +26,7 @@ from facefleet.agent.domain.records import (
 )
 from facefleet.core.files import create_private
 from facefleet.core.migrations import RECORD_TABLE, Migrations, SchemaError
+from facefleet.core.sqlite_wal import empty_wal
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 DEFAULT_BUSY_TIMEOUT_MS = 5000
@@ -106,16 +107,12 @@ class StoreConnection:
         if self.read_only:
             return
         try:
-            with self._lock, self._translated():
-                self._conn.execute("PRAGMA busy_timeout = 0")  # never hold the frame loop up behind a reader
-                try:
-                    busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-                finally:
-                    self._conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            with self._lock, self._translated():  # without waiting: the frame loop shares the lock
+                emptied = empty_wal(self._conn, self.busy_timeout_ms)
         except StoreError as exc:
             _LOG.warning("the write-ahead log was not emptied after erasing faces: %s", exc)
             return
-        if busy:
+        if not emptied:
             _LOG.warning(
                 "store %s: another process is reading it, so its write-ahead log still holds erased faces "
                 "until a later checkpoint",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from facefleet.core.files import create_private
 from facefleet.core.migrations import SchemaError
+from facefleet.core.sqlite_wal import empty_wal
 from facefleet.server.errors import ServerError, StateError, disk_full, is_disk_full
 from facefleet.server.state.sql import devices as sql_devices
 from facefleet.server.state.sql import models as sql_models
@@ -105,15 +106,11 @@ class SqliteState(SqlState):
         until a later checkpoint (logged)."""
         try:
             with self.connection() as conn:
-                conn.execute("PRAGMA busy_timeout = 0")  # never hold other writers up behind a reader
-                try:
-                    busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-                finally:
-                    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                emptied = empty_wal(conn, BUSY_TIMEOUT_MS)
         except sqlite3.Error as exc:
             log.warning("state database %s: the WAL was not emptied after erasing faces (%s)", self.path, exc)
             return
-        if busy:
+        if not emptied:
             log.warning(
                 "state database %s: a reader (a backup, a long query) kept the WAL from being emptied after "
                 "erasing faces; they stay in it until a later checkpoint",

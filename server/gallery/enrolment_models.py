@@ -13,7 +13,9 @@ enrolment and of the rollouts that it did not bring: the added crops when it add
 model's embeddings already, otherwise all the person's crops (a new person, a replaced face, whose old
 embeddings went with it). Rollouts and enrolments commit one after the other: a rollout that committed
 before the enrolment is seen by `complete`, and one that committed after it sees the person's crops in its
-first sweep."""
+first sweep. A completion that fails (a locked database, a model's files missing) is retried by the
+background task at the server's next look, by person: a person whose added crops were not embedded still
+has the model's older embeddings, so a sweep for people lacking the model would not find them."""
 
 from __future__ import annotations
 
@@ -76,6 +78,9 @@ class EnrolmentModels:
         """The rollout models the enroller embeds with and whose stragglers are embedded (None: not yet)."""
         self._stragglers: tuple[str, ...] = ()
         """Models the enroller gained whose stragglers are still to be embedded."""
+        self._incomplete: dict[str, set[str]] = {}
+        """Model → people whose enrolment could not be completed with it: all their crops are embedded."""
+        self._incomplete_lock = threading.Lock()
         self._following: asyncio.Task[None] | None = None
         self._failing = False
         self._stopping = threading.Event()
@@ -89,20 +94,22 @@ class EnrolmentModels:
 
     def catch_up(self) -> None:
         """Unless the enroller follows the rollouts last read already, start doing so in the background:
-        rebuild it with their models and embed the people enrolled without those. One task at a time; one
-        running when newer rollouts arrive goes on with them once done. A task that failed is started again
-        here, at the server's next look. Call from the event loop."""
-        if self._followed == self._rollout_models or self._stopping.is_set():
+        rebuild it with their models and embed the people enrolled without those; also complete the
+        enrolments whose completion failed. One task at a time; one running when newer rollouts arrive goes
+        on with them once done. A task that failed is started again here, at the server's next look. Call
+        from the event loop."""
+        if (self._followed == self._rollout_models and not self._incomplete) or self._stopping.is_set():
             return
         if self._following is None or self._following.done():
             self._following = asyncio.create_task(self._follow())
 
     async def followed(self) -> bool:
         """Wait for the background task under way, if any; whether the enroller follows the rollouts last
-        read (False: it failed, and the next `catch_up` tries again)."""
+        read and every enrolment is completed (False: something failed, and the next `catch_up` tries
+        again)."""
         if self._following is not None:
             await asyncio.shield(self._following)
-        return self._followed == self._rollout_models
+        return self._followed == self._rollout_models and not self._incomplete
 
     async def close(self) -> None:
         """Stop following: embedding ends after the person under way (a rebuild under way is waited for)."""
@@ -138,11 +145,12 @@ class EnrolmentModels:
                 return
 
     async def _follow_once(self, rollout_models: tuple[str, ...]) -> None:
-        """Rebuild the enroller with these rollouts' models, then embed the stragglers of each model it
-        gained; raises what failed (a model gained stays a straggler's until its people are embedded)."""
+        """Rebuild the enroller with these rollouts' models, embed the stragglers of each model it gained,
+        then complete the enrolments whose completion failed; raises what failed (a model gained stays a
+        straggler's, an enrolment incomplete, until its people are embedded)."""
         enroller = self._enroller
+        wanted = _merge(self._base(), rollout_models)
         if enroller is not None:  # otherwise built with them on first use
-            wanted = _merge(self._base(), rollout_models)
             if wanted != enroller.model_ids:
                 rebuilt = await asyncio.to_thread(enroller.with_models, wanted, self.models)
                 with self._enroller_lock:
@@ -154,6 +162,18 @@ class EnrolmentModels:
         while self._stragglers:
             await asyncio.to_thread(self._embed_stragglers, self._stragglers[0])
             self._stragglers = self._stragglers[1:]
+        with self._incomplete_lock:
+            incomplete, self._incomplete = self._incomplete, {}
+        try:
+            while incomplete:
+                model_id, person_ids = next(iter(incomplete.items()))
+                if model_id in wanted:  # not a model whose rollout was rolled back meanwhile
+                    await asyncio.to_thread(self._embed_incomplete, model_id, sorted(person_ids))
+                del incomplete[model_id]
+        finally:  # what is left is tried again at the next look
+            with self._incomplete_lock:
+                for model_id, person_ids in incomplete.items():
+                    self._incomplete.setdefault(model_id, set()).update(person_ids)
 
     def _embed_stragglers(self, model_id: str) -> None:
         """People enrolled while the enroller did not embed with model_id yet get its embeddings from their
@@ -166,6 +186,13 @@ class EnrolmentModels:
         if result.reembedded:
             log.info("embedded %d people enrolled meanwhile with %s", len(result.reembedded), model_id)
 
+    def _embed_incomplete(self, model_id: str, person_ids: list[str]) -> None:
+        """People whose enrolment could not be completed with model_id get its embeddings of all their
+        crops (people deleted meanwhile are passed over). Raises what failed."""
+        result = reembed(self.state, self._crop_embedder(model_id), person_ids, progress=self._check_stopping)
+        if result.reembedded:
+            log.info("completed the enrolment of %s with %s", ", ".join(result.reembedded), model_id)
+
     def _check_stopping(self, done: int, total: int) -> None:
         if self._stopping.is_set():
             raise _StoppingError(f"stopped after {done} of {total} people")
@@ -173,13 +200,14 @@ class EnrolmentModels:
     def complete(self, enrolment: StoredEnrolment) -> Person:
         """An enrolment just stored, its crops given the embeddings of every model of enrolment and of the
         rollouts in progress that it did not bring (blocking; see the module's docstring); the person as
-        stored then. A failure is logged, not raised: the enrolment itself is committed."""
+        stored then. A failure is logged, not raised: the enrolment itself is committed, and a server's
+        background task completes it later."""
         person = enrolment.person
         try:
             wanted = _merge(self._base(), rollout_embedding_models(self.state.models))
         except (FaceFleetError, ServerError) as exc:
             log.error("cannot read the rollouts to complete the enrolment of %s: %s", person.person_id, exc)
-            return person
+            wanted = self.embedding_models()  # as last read
         brought = {e.model_id for e in enrolment.embeddings}
         if not enrolment.crops:  # nothing to embed
             lacking = [m for m in wanted if m not in brought and m not in person.model_ids()]
@@ -196,7 +224,7 @@ class EnrolmentModels:
                 if self._complete_with(model_id, enrolment):
                     embedded.append(model_id)
             except (FaceFleetError, ServerError) as exc:
-                log.error("cannot embed the crops of %s with %s: %s", person.person_id, model_id, exc)
+                self._retry_later(model_id, person.person_id, exc)
         if not embedded:
             return person
         log.info("embedded the crops enrolled for %s with %s too", person.person_id, ", ".join(embedded))
@@ -204,6 +232,21 @@ class EnrolmentModels:
             return self.state.get_person(person.person_id, with_vectors=True)
         except ServerError:
             return person  # deleted meanwhile, or unreadable now: as the enrolment stored it
+
+    def _retry_later(self, model_id: str, person_id: str, exc: Exception) -> None:
+        """A completion with model_id failed: the background task completes it at the server's next look
+        (`catch_up`); nothing does on the command line, which follows no rollouts."""
+        if self._following is None:
+            log.error("cannot embed the crops of %s with %s: %s; enrol them again", person_id, model_id, exc)
+            return
+        with self._incomplete_lock:
+            self._incomplete.setdefault(model_id, set()).add(person_id)
+        log.error(
+            "cannot embed the crops of %s with %s: %s; trying again at the next look for changes",
+            person_id,
+            model_id,
+            exc,
+        )
 
     def _complete_with(self, model_id: str, enrolment: StoredEnrolment) -> bool:
         """Embed an enrolment's crops with model_id; whether any embedding was stored."""

@@ -1,10 +1,12 @@
 """An enrolment through an enroller that lacks an embedding model of a rollout in progress (the command
 line's, or a server's that has not noticed the rollout yet) is completed once stored: its crops are embedded
-with that model too, so the rollout's gallery holds every face the other models hold, and only those."""
+with that model too, so the rollout's gallery holds every face the other models hold, and only those. A
+completion that fails is done by the server's background task at its next look, without enrolling again."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -47,6 +49,7 @@ class Site:
         config = ServerConfig()
         paths = ServerPaths.from_config(tmp_path / "state", config)
         enrolment = EnrolmentModels(config, paths, self.state, self.store, lambda: runtime, enroller)
+        self.enrolment = enrolment
         self.enroller = enroller
         self.people = PeopleHandler(
             self.state, GalleryFanout(0), enrolment.enroller, enrolment.known_models, enrolment.complete
@@ -129,4 +132,39 @@ def test_a_replaced_face_is_the_only_one_the_rollouts_model_matches(
     assert len(site.vectors(OLD)) == 1
     assert same(site.vectors(NEW), site.crops_embedded([crop.data]))
     assert not same(site.vectors(NEW), old_face)
+    site.state.close()
+
+
+@pytest.mark.parametrize("on_existing", ["fail", "append"])
+def test_an_enrolment_whose_completion_failed_is_completed_at_the_next_look(
+    tmp_path: Path,
+    enroller: Enroller,
+    runtime: Runtime,
+    model_irs: dict[str, Path],
+    astronaut: npt.NDArray[np.uint8],
+    on_existing: str,
+) -> None:
+    """NEW's files are missing from the models folder while the enrolment completes (a folder shared with
+    another replica that lags); an appended photo's person has NEW's embeddings of the first one already,
+    so only a retry by person finds them."""
+    site = Site(tmp_path, enroller, runtime, model_irs)
+    first, second = photos(astronaut)
+    files = site.store.root / "embedding" / "sface" / "2021dec-fp32"
+
+    async def scenario() -> None:
+        await site.enrolment.follow_rollouts((NEW,))  # as the server's first look does
+        assert await site.enrolment.followed()
+        if on_existing == "append":
+            await site.enrol(first, "fail", "embedded")
+        shutil.move(files, tmp_path / "lagging")
+        await site.enrol(second, on_existing, "embedded")
+        shutil.move(tmp_path / "lagging", files)
+        assert len(site.vectors(NEW)) < len(site.vectors(OLD))
+
+        site.enrolment.catch_up()  # the server's next look
+        assert await site.enrolment.followed()
+
+    asyncio.run(scenario())
+    assert same(site.vectors(NEW), site.crops_embedded([c.data for c in site.state.crops("eileen")]))
+    assert len(site.vectors(OLD)) == len(site.vectors(NEW)) == (2 if on_existing == "append" else 1)
     site.state.close()

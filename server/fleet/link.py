@@ -55,7 +55,9 @@ class FleetSettings:
 
 class DeltaCache:
     """Deltas computed once and shared by every stream asking for the same one: after a change, the 200
-    streams that were at the previous head need the same delta, and only the first one reads the state."""
+    streams that were at the previous head need the same delta, and only the first one reads the state.
+    Only deltas to the head are kept: once it moves, no stream asks for an older one again, and it may hold
+    the faces of people deleted or replaced since."""
 
     def __init__(self, state: State, entries: int = DELTA_CACHE_ENTRIES) -> None:
         self.state = state
@@ -75,6 +77,11 @@ class DeltaCache:
         except Exception:
             self._futures.pop(key, None)
             raise
+
+    def forget_before(self, head: int) -> None:
+        """The head moved: drop the deltas computed for an older one (streams awaiting one still get it)."""
+        for key in [key for key in self._futures if key[1] < head]:
+            del self._futures[key]
 
     def _compute(self, from_revision: int, snapshot: bool) -> GalleryDelta:
         if snapshot:
@@ -104,6 +111,7 @@ class FleetHandler:
         self.clock = clock
         self.gallery_id = state.gallery_id()
         self.deltas = DeltaCache(state)
+        fanout.on_head(self.deltas.forget_before)
         self._registered: set[str] = set()
 
     async def register(self, registration: Registration) -> Welcome:

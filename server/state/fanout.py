@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 
 
 class GalleryFanout:
@@ -24,6 +25,7 @@ class GalleryFanout:
         self._condition = asyncio.Condition()
         self._closed = False
         self._watching: Counter[str] = Counter()
+        self._on_head: list[Callable[[int], None]] = []
 
     @property
     def head(self) -> int:
@@ -48,7 +50,13 @@ class GalleryFanout:
         async with self._condition:
             if revision > self._head:
                 self._head = revision
+                for listener in self._on_head:
+                    listener(revision)
                 self._condition.notify_all()
+
+    def on_head(self, listener: Callable[[int], None]) -> None:
+        """Have listener(head) called (in the event loop) whenever the head moves."""
+        self._on_head.append(listener)
 
     async def publish_models(self, revision: int) -> None:
         """The models or rollouts changed: wake every waiting stream to recompute its releases."""

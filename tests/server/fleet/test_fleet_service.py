@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -14,8 +15,11 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from facefleet.agent.recognition.gallery import SFACE_THRESHOLD, Gallery
+from facefleet.link.checks import utc_now
+from facefleet.link.gallery import GalleryDelta, Person
 from facefleet.server.api.wire import fleet as fleet_wire
 from facefleet.server.domain.queries import EventFilter
+from facefleet.server.fleet.link import FleetHandler, FleetSettings
 from facefleet.server.gallery.embedder import Enroller
 from facefleet.v1 import admin_pb2, events_pb2, fleet_pb2, gallery_pb2
 from facefleet.vision.pipeline import FaceAnalyzer
@@ -121,6 +125,77 @@ def test_delete_reaches_the_watcher_and_erases_the_person(
     assert list(delta.deletes) == ["alice"]
     assert list(delta.upserts) == []
     assert code == grpc.StatusCode.NOT_FOUND
+
+
+Faces = dict[str, set[bytes]]
+"""An agent's gallery: person id → the bytes of their embeddings."""
+
+
+def faces(people: tuple[Person, ...]) -> Faces:
+    return {p.person_id: {e.vector.tobytes() for e in p.embeddings} for p in people}
+
+
+async def caught_up(handler: FleetHandler, revision: int, gallery: Faces) -> Faces:
+    """An agent's gallery at `revision` once it applied the delta its Watch brings it first."""
+    updates = handler.watch("door-1", revision, handler.gallery_id, ())
+    delta = await anext(updates)
+    await updates.aclose()
+    assert isinstance(delta, GalleryDelta) and not delta.more_parts
+    applied = {} if delta.snapshot else dict(gallery)
+    applied.update(faces(delta.upserts))
+    for person_id in delta.deletes:
+        applied.pop(person_id, None)
+    return applied
+
+
+def cached(handler: FleetHandler) -> set[bytes]:
+    """The bytes of every embedding the handler's delta cache holds."""
+    deltas = [f.result() for f in handler.deltas._futures.values() if f.done() and not f.exception()]
+    return {vector for delta in deltas for vectors in faces(delta.upserts).values() for vector in vectors}
+
+
+@pytest.mark.parametrize("change", ["deleted", "replaced", "deleted elsewhere"])
+def test_cached_deltas_stop_holding_a_face_once_it_is_deleted_or_replaced(
+    tmp_path: Path, pki: Pki, enroller: Enroller, change: str
+) -> None:
+    """The deltas computed for agents and kept for the next ones hold bob's face; once bob is deleted or
+    replaced (through this server, or through another process or replica, which the server learns of at its
+    next look), none does, and agents behind still get the gallery as it is."""
+
+    async def scenario() -> None:
+        async with serving(tmp_path, pki, enroller, fleet={"poll_seconds": 60}) as harness:
+            server = harness.server
+            assert server.fanout is not None
+            await enrol_vector(harness, "alice", 1)
+            at_one = faces(server.state.snapshot().upserts)
+            await enrol_vector(harness, "bob", 2)
+            at_two = faces(server.state.snapshot().upserts)
+            await harness.registered("door-1")
+            handler = FleetHandler(server.state, server.fanout, FleetSettings(), lambda: ())
+            assert await caught_up(handler, 0, {}) == await caught_up(handler, 1, at_one) == at_two
+            assert at_two["bob"] <= cached(handler)
+
+            if change == "deleted":
+                request = admin_pb2.DeletePersonRequest(person_id="bob")
+                await harness.admin().DeletePerson(request, metadata=harness.admin_md)
+            elif change == "replaced":
+                request = admin_pb2.EnrollPersonRequest(
+                    person_id="bob",
+                    embeddings=[random_embedding(np.random.default_rng(3))],
+                    on_existing=admin_pb2.ON_EXISTING_REPLACE,
+                )
+                await harness.admin().EnrollPerson(request, metadata=harness.admin_md)
+            else:
+                await asyncio.to_thread(server.state.delete_person, "bob", utc_now())
+                await server.refresh()  # the look that brings a change from elsewhere
+
+            assert not at_two["bob"] & cached(handler), "bob's old face is still cached"
+            now = faces(server.state.snapshot().upserts)
+            for revision, gallery in ((0, {}), (1, at_one), (2, at_two)):
+                assert await caught_up(handler, revision, gallery) == now
+            assert not at_two["bob"] & cached(handler), "bob's old face is still cached"
+
+    run(scenario)
 
 
 def test_an_agent_offline_during_three_changes_resumes_from_its_revision(

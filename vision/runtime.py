@@ -22,6 +22,7 @@ import openvino as ov
 import openvino.opset13 as ops
 from openvino.preprocess import PrePostProcessor
 
+from facefleet.vision import compiled_cache
 from facefleet.vision.errors import (
     DeviceError,
     ModelSpecError,
@@ -127,12 +128,19 @@ class Runtime:
         self._core = ov.Core()
         if self.settings.cache_dir is not None:
             self.settings.cache_dir.mkdir(parents=True, exist_ok=True)
-            self._core.set_property({"CACHE_DIR": str(self.settings.cache_dir)})
+            self.sweep_compiled_cache()
         self.device = self._resolve_device(self.settings.device)
 
     @property
     def version(self) -> str:
         return str(ov.get_version())
+
+    def sweep_compiled_cache(self) -> list[Path]:
+        """Remove the compiled blobs of models no longer stored or of another OpenVINO version (none without
+        a cache_dir); the paths removed."""
+        if self.settings.cache_dir is None:
+            return []
+        return compiled_cache.sweep(self.settings.cache_dir, self.version)
 
     def available_devices(self) -> list[str]:
         return list(self._core.available_devices)
@@ -204,6 +212,10 @@ class Runtime:
         if joined is not None:
             _join_outputs(model, joined, model_xml)
         config = self._compile_config(precision)
+        if self.settings.cache_dir is not None:
+            config["CACHE_DIR"] = str(
+                compiled_cache.folder_for(self.settings.cache_dir, model_xml, self.version)
+            )
         if single_stream and "PERFORMANCE_HINT" in config:
             config["PERFORMANCE_HINT"] = "LATENCY"
             config.pop("NUM_STREAMS", None)

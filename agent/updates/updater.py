@@ -286,6 +286,8 @@ class ModelUpdater:
                     retry.append(release.model_id)
         keep = {f.sha256 for r in pending for f in r.files}
         await asyncio.to_thread(self.stored.forget_downloads, keep)
+        if pending:  # versions may have gone: their compiled blobs go too
+            await asyncio.to_thread(self.analyzer().runtime.sweep_compiled_cache)
         if retry:
             raise RetryLaterError(f"model {', '.join(retry)} to be tried again")
 

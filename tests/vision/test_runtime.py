@@ -72,14 +72,6 @@ def test_precision_and_threads_reach_the_compiled_model(model_store: ModelStore,
     assert int(compiled.get_property("NUM_STREAMS")) == 1
 
 
-def test_compiled_model_cache_is_written(model_store: ModelStore, tmp_path: object) -> None:
-    from pathlib import Path
-
-    cache = Path(str(tmp_path)) / "cache"
-    Runtime(RuntimeSettings(cache_dir=cache)).compile(model_store.active("expression").xml_path)
-    assert any(cache.iterdir())
-
-
 def test_requests_in_flight_together_give_the_synchronous_results(
     model_store: ModelStore, runtime: Runtime
 ) -> None:

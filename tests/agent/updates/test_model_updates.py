@@ -28,6 +28,7 @@ from facefleet.agent.updates.download import DiskFullError, download, part_path
 from facefleet.agent.updates.statuses import STATUS_FILE
 from facefleet.agent.updates.updater import ModelUpdater, RetryLaterError, Switch, UpdateSettings
 from facefleet.link.models import ModelAssignment, ModelFile, ModelRelease, ModelStatus
+from facefleet.vision.compiled_cache import COMPILED, SOURCE
 from facefleet.vision.errors import ModelIntegrityError
 from facefleet.vision.models.importer import DEFAULT_MODELS, import_model, locate_default
 from facefleet.vision.models.manifest import MANIFEST_NAME, ModelManifest, sha256_file
@@ -383,7 +384,11 @@ def test_versions_beyond_keep_versions_are_removed_but_never_the_previous_one(
     assert located is not None
     second = ModelStore(tmp_path / "second")
     import_model(runtime, second, located[0], task="expression", name=EXPRESSION.name, version="fer2013-b")
+    gone = agent_runtime.settings.cache_dir / COMPILED / "feedfacefeedface"  # blobs of a removed model
+    gone.mkdir(parents=True)
+    (gone / SOURCE).write_text(f"{agent_runtime.version}\n{tmp_path / 'removed' / 'model.xml'}\n")
     agent.reconcile(FileServer(published), release_of(published.models()[0]))
+    assert not gone.exists()
     assert sorted(m.manifest.model_id for m in agent.store.versions("expression")) == sorted(
         [original, f"{EXPRESSION.name}@{NEW_VERSION}"]
     )
@@ -404,7 +409,11 @@ def test_an_int8_variant_takes_no_place_among_keep_versions_and_goes_with_its_fl
     assert located is not None
     second = ModelStore(tmp_path / "second")
     import_model(runtime, second, located[0], task="expression", name=EXPRESSION.name, version="fer2013-b")
+    gone = agent_runtime.settings.cache_dir / COMPILED / "feedfacefeedface"  # blobs of a removed model
+    gone.mkdir(parents=True)
+    (gone / SOURCE).write_text(f"{agent_runtime.version}\n{tmp_path / 'removed' / 'model.xml'}\n")
     agent.reconcile(FileServer(published), release_of(published.models()[0]))
+    assert not gone.exists()
     newer = f"{EXPRESSION.name}@{NEW_VERSION}"
     assert sorted(m.manifest.model_id for m in agent.store.versions("expression")) == sorted(
         [original, variant, newer]

@@ -13,6 +13,7 @@ connection, which a TCP load balancer may send to another replica, and resumes f
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import re
@@ -62,13 +63,27 @@ class DeltaCache:
     def __init__(self, state: State, entries: int = DELTA_CACHE_ENTRIES) -> None:
         self.state = state
         self.entries = entries
-        self._futures: OrderedDict[tuple[int, int, bool], asyncio.Future[GalleryDelta]] = OrderedDict()
+        self._futures: OrderedDict[tuple[int, int, bool], asyncio.Future[GalleryDelta | None]] = OrderedDict()
 
     async def get(self, from_revision: int, head: int, snapshot: bool) -> GalleryDelta:
-        key = (from_revision, head, snapshot)
+        """The changes from from_revision to head, or the whole gallery when asked (snapshot) or when the
+        change log no longer reaches back that far: one whole gallery per head, whatever the revision."""
+        if not snapshot:
+            changes = functools.partial(self.state.changes_since, from_revision)
+            delta = await self._shared((from_revision, head, False), changes)
+            if delta is not None:
+                return delta
+        whole = await self._shared((0, head, True), self.state.snapshot)
+        assert whole is not None  # a snapshot is never None
+        return whole
+
+    async def _shared(
+        self, key: tuple[int, int, bool], compute: Callable[[], GalleryDelta | None]
+    ) -> GalleryDelta | None:
+        """compute() once for every stream asking for key at the same time or later (until dropped)."""
         future = self._futures.get(key)
         if future is None:
-            future = asyncio.ensure_future(asyncio.to_thread(self._compute, from_revision, snapshot))
+            future = asyncio.ensure_future(asyncio.to_thread(compute))
             self._futures[key] = future
             while len(self._futures) > self.entries:
                 self._futures.popitem(last=False)
@@ -82,11 +97,6 @@ class DeltaCache:
         """The head moved: drop the deltas computed for an older one (streams awaiting one still get it)."""
         for key in [key for key in self._futures if key[1] < head]:
             del self._futures[key]
-
-    def _compute(self, from_revision: int, snapshot: bool) -> GalleryDelta:
-        if snapshot:
-            return self.state.snapshot()
-        return self.state.changes_since(from_revision) or self.state.snapshot()
 
 
 class FleetHandler:

@@ -150,8 +150,18 @@ async def caught_up(handler: FleetHandler, revision: int, gallery: Faces) -> Fac
 
 def cached(handler: FleetHandler) -> set[bytes]:
     """The bytes of every embedding the handler's delta cache holds."""
-    deltas = [f.result() for f in handler.deltas._futures.values() if f.done() and not f.exception()]
-    return {vector for delta in deltas for vectors in faces(delta.upserts).values() for vector in vectors}
+    return {
+        vector
+        for delta in cached_deltas(handler)
+        for vectors in faces(delta.upserts).values()
+        for vector in vectors
+    }
+
+
+def cached_deltas(handler: FleetHandler) -> list[GalleryDelta]:
+    """The deltas the handler's cache holds, computed."""
+    done = [f.result() for f in handler.deltas._futures.values() if f.done() and not f.exception()]
+    return [delta for delta in done if delta is not None]
 
 
 @pytest.mark.parametrize("change", ["deleted", "replaced", "deleted elsewhere"])
@@ -246,6 +256,26 @@ def test_an_agent_too_far_behind_gets_a_snapshot(tmp_path: Path, pki: Pki, enrol
     assert delta.to_revision == 5
     assert sorted(p.person_id for p in delta.upserts) == ["a", "c", "d"]
     assert list(delta.deletes) == []
+
+
+def test_agents_too_far_behind_share_one_whole_gallery(tmp_path: Path, pki: Pki, enroller: Enroller) -> None:
+    """Agents from revisions the change log no longer reaches each get the whole gallery, computed and kept
+    once for the head, not once per revision they come from."""
+
+    async def scenario() -> None:
+        async with serving(tmp_path, pki, enroller, gallery={"log_revisions": 2}) as harness:
+            for i, name in enumerate(("a", "b", "c", "d", "e")):
+                await enrol_vector(harness, name, i)
+            await harness.registered("door-1")
+            server = harness.server
+            assert server.fanout is not None
+            handler = FleetHandler(server.state, server.fanout, FleetSettings(), lambda: ())
+            now = faces(server.state.snapshot().upserts)
+            for revision in (0, 1, 2):
+                assert await caught_up(handler, revision, {}) == now
+            assert [delta.snapshot for delta in cached_deltas(handler)] == [True]
+
+    run(scenario)
 
 
 def test_a_watch_from_another_gallery_gets_a_snapshot(tmp_path: Path, pki: Pki, enroller: Enroller) -> None:

@@ -4,7 +4,8 @@ own thread so a slow or failing camera never holds up the others.
 A camera keeps only its newest frame: when inference is slower than the camera, older frames are
 dropped (latest frame wins) and counted. A source that fails is reopened with exponential backoff,
 which starts over once the source delivers a frame again; a video file or image folder that ends is
-reported as ended (or looped when configured).
+reported as ended (or looped when configured). A stream or file of frames larger than MAX_FRAME_PIXELS is
+refused like a source that fails.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from facefleet.vision.images import list_images, read_image, to_bgr8
 log = logging.getLogger(__name__)
 
 Frame = npt.NDArray[np.uint8]
+MAX_FRAME_PIXELS = 4096 * 3072
+"""The largest frame a camera may deliver (12.6 MP: 4K UHD and DCI, 12 MP cameras); a larger one would take
+hundreds of MB per frame, in the decoder and in every copy the pipeline makes."""
 CameraState = Literal["starting", "running", "retrying", "ended", "stopped"]
 
 
@@ -123,16 +127,25 @@ class FolderReader:
 
 
 class CaptureReader:
-    """OpenCV VideoCapture over a device, a stream URL or a video file, with open and read timeouts."""
+    """OpenCV VideoCapture over a device, a stream URL or a video file, with open and read timeouts; frames
+    over max_pixels are refused (at open, from the size the source declares, and on every frame)."""
 
-    def __init__(self, target: int | str, label: str, timeout_ms: int) -> None:
+    def __init__(
+        self, target: int | str, label: str, timeout_ms: int, max_pixels: int = MAX_FRAME_PIXELS
+    ) -> None:
         self.label = label
+        self.max_pixels = max_pixels
         timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
         is_device = isinstance(target, int) or target.startswith("/dev/video")
         self.capture = cv2.VideoCapture(target, cv2.CAP_V4L2 if is_device else cv2.CAP_ANY, timeouts)
         if not self.capture.isOpened():
             self.capture.release()
             raise SourceError(f"{label}: cannot open (no such device, unreachable stream or unreadable file)")
+        width = int(self.capture.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+        height = int(self.capture.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        if width * height > max_pixels:
+            self.capture.release()
+            raise self._too_large(width, height)
         self.is_file = isinstance(target, str) and "://" not in target and not target.startswith("/dev/")
         fps = float(self.capture.get(cv2.CAP_PROP_FPS) or 0.0)
         self.file_fps = fps if self.is_file and 0 < fps <= 240 else 0.0
@@ -143,7 +156,16 @@ class CaptureReader:
             if self.is_file:
                 return None
             raise SourceError(f"{self.label}: stopped delivering frames")
+        height, width = frame.shape[:2]
+        if width * height > self.max_pixels:  # the stream changed its resolution
+            raise self._too_large(width, height)
         return to_bgr8(frame, self.label)
+
+    def _too_large(self, width: int, height: int) -> SourceError:
+        return SourceError(
+            f"{self.label}: frames of {width}×{height} pixels ({width * height / 1e6:.1f} MP) are over the "
+            f"{self.max_pixels / 1e6:.1f} MP limit; set the camera to a lower resolution or use its substream"
+        )
 
     def close(self) -> None:
         self.capture.release()

@@ -1,18 +1,82 @@
-"""Frame sources with real files, folders and sockets: end, loop, retry with backoff, latest frame wins."""
+"""Frame sources with real files, folders and sockets: end, loop, retry with backoff, latest frame wins,
+frames larger than the agent takes refused."""
 
 from __future__ import annotations
 
+import http.server
 import socket
+import socketserver
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from facefleet.agent.cameras import Camera, CameraSettings, CameraStatus, SourceError, open_reader
+from facefleet.agent.cameras import (
+    MAX_FRAME_PIXELS,
+    Camera,
+    CameraSettings,
+    CameraStatus,
+    SourceError,
+    open_reader,
+)
 from tests.videos import write_video
+
+
+class MjpegServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    """An HTTP camera on 127.0.0.1: GET /<name>.mjpg streams the JPEG frames of streams[name] as
+    multipart/x-mixed-replace at 20 frames/s, over and over until the client leaves."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _MjpegHandler)
+        self.streams: dict[str, list[bytes]] = {}
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/{name}.mjpg"
+
+
+class _MjpegHandler(http.server.BaseHTTPRequestHandler):
+    server: MjpegServer
+
+    def do_GET(self) -> None:
+        frames = self.server.streams[self.path.strip("/").removesuffix(".mjpg")]
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        try:
+            while True:
+                for jpeg in frames:
+                    head = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
+                    self.wfile.write(head + jpeg + b"\r\n")
+                    time.sleep(0.05)
+        except OSError:  # the client left
+            pass
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def mjpeg_server() -> Iterator[MjpegServer]:
+    server = MjpegServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def flat_jpeg(width: int, height: int) -> bytes:
+    """A JPEG of one grey level: a few hundred KB even at 4K."""
+    ok, encoded = cv2.imencode(".jpg", np.full((height, width, 3), 90, np.uint8))
+    assert ok
+    return encoded.tobytes()
 
 
 def numbered_frames(count: int) -> list[np.ndarray]:
@@ -142,3 +206,35 @@ def test_unreadable_video_is_a_source_error(tmp_path: Path) -> None:
     bad.write_bytes(b"not a video at all")
     with pytest.raises(SourceError, match=r"bad\.mp4: cannot open"):
         open_reader(CameraSettings("bad", str(bad)))
+
+
+def test_a_stream_over_the_frame_size_limit_is_refused_with_its_size_and_one_at_the_limit_is_read(
+    mjpeg_server: MjpegServer,
+) -> None:
+    """The size the stream declares is checked before any frame is decoded: a camera sending frames of
+    hundreds of megapixels would take GBs."""
+    width, height = 4096, 3072
+    assert width * height == MAX_FRAME_PIXELS  # 4K (UHD and DCI) and 12 MP cameras fit
+    mjpeg_server.streams["limit"] = [flat_jpeg(width, height)]
+    mjpeg_server.streams["over"] = [flat_jpeg(width + 16, height)]
+    with pytest.raises(SourceError) as refused:
+        open_reader(CameraSettings("big", mjpeg_server.url("over")))
+    assert str(refused.value) == (
+        f"{mjpeg_server.url('over')}: frames of 4112×3072 pixels (12.6 MP) are over the 12.6 MP limit; "
+        "set the camera to a lower resolution or use its substream"
+    )
+    statuses: list[CameraStatus] = []
+    over = Camera(
+        CameraSettings("big", mjpeg_server.url("over"), backoff_initial_s=0.05), on_status=statuses.append
+    )
+    at_limit = Camera(CameraSettings("4k", mjpeg_server.url("limit"))).start()
+    over.start()
+    try:
+        frame = at_limit.next_frame(0, timeout=10)
+        wait_for(lambda: sum(s.state == "retrying" for s in statuses) >= 2)
+    finally:
+        at_limit.stop()
+        over.stop()
+    assert frame is not None and frame.image.shape == (height, width, 3)
+    assert over.status.frames_read == 0
+    assert all(s.error == str(refused.value) for s in statuses if s.state == "retrying")

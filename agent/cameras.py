@@ -186,6 +186,8 @@ class Camera:
         self._condition = threading.Condition()
         self._latest: CameraFrame | None = None
         self._status = CameraStatus(settings.name, "starting")
+        self._traced: str | None = None
+        """The last unexpected failure logged with its traceback."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"camera-{settings.name}", daemon=True)
 
@@ -236,16 +238,16 @@ class Camera:
         while not self._stop.is_set():
             try:
                 reader = self._opener(self.settings)
-            except SourceError as exc:
-                self._retry(str(exc), backoff.next())
+            except Exception as exc:  # a SourceError, the system's (no file descriptor left) or a library's
+                self._retry(exc, backoff.next())
                 continue
             self._set_status(state="running", error=None, retry_in_s=None)
             log.info("camera '%s': reading %s", self.settings.name, self.settings.source)
             try:
                 number, ended = self._read_all(reader, number, backoff)
-            except SourceError as exc:
+            except Exception as exc:
                 ended = False
-                self._retry(str(exc), backoff.next())
+                self._retry(exc, backoff.next())
             finally:
                 reader.close()
             if ended and not self.settings.loop:
@@ -289,7 +291,16 @@ class Camera:
                     next_due = time.monotonic()
         return number, False
 
-    def _retry(self, error: str, delay_s: float) -> None:
-        log.warning("camera '%s': %s (retrying in %g s)", self.settings.name, error, delay_s)
+    def _retry(self, failure: Exception, delay_s: float) -> None:
+        """Report a failed source and wait delay_s before the next attempt. A failure other than a SourceError
+        (e.g. no file descriptor left, or a library's error) is logged with its traceback the first time."""
+        trace: Exception | None = None
+        if isinstance(failure, SourceError):
+            error = str(failure)
+        else:
+            error = f"{self.settings.source}: {type(failure).__name__}: {failure}"
+            if error != self._traced:
+                self._traced, trace = error, failure
+        log.warning("camera '%s': %s (retrying in %g s)", self.settings.name, error, delay_s, exc_info=trace)
         self._set_status(state="retrying", error=error, retry_in_s=delay_s)
         self._stop.wait(delay_s)

@@ -1,9 +1,11 @@
-"""Frame sources with real files, folders and sockets: end, loop, retry with backoff, latest frame wins,
-frames larger than the agent takes refused."""
+"""Frame sources with real files, folders and sockets: end, loop, retry with backoff (also after unexpected
+failures), latest frame wins, frames larger than the agent takes refused."""
 
 from __future__ import annotations
 
 import http.server
+import os
+import resource
 import socket
 import socketserver
 import threading
@@ -238,3 +240,30 @@ def test_a_stream_over_the_frame_size_limit_is_refused_with_its_size_and_one_at_
     assert frame is not None and frame.image.shape == (height, width, 3)
     assert over.status.frames_read == 0
     assert all(s.error == str(refused.value) for s in statuses if s.state == "retrying")
+
+
+def test_a_camera_that_fails_unexpectedly_says_so_retries_and_reads_again(tmp_path: Path) -> None:
+    """A failure that is not the source's (here: the process has no file descriptor left, so the folder
+    cannot be listed) must not end the camera's thread while its status still says running."""
+    cv2.imwrite(str(tmp_path / "0.png"), np.full((32, 32, 3), 90, np.uint8))
+    statuses: list[CameraStatus] = []
+    settings = CameraSettings("folder", str(tmp_path), loop=True, max_fps=50, backoff_initial_s=0.05)
+    camera = Camera(settings, on_status=statuses.append)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.dup(0)
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # every new descriptor: EMFILE
+    try:
+        camera.start()
+        wait_for(lambda: statuses and statuses[0].state == "retrying", timeout=5)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        wait_for(lambda: camera.status.frames_read >= 3, timeout=5)
+        status = camera.status
+    finally:
+        camera.stop()
+    failed = statuses[0]
+    assert failed.error is not None and failed.error.startswith(f"{tmp_path}: OSError: [Errno 24]")
+    assert failed.retry_in_s == 0.05 and failed.frames_read == 0
+    assert (status.state, status.error) == ("running", None)

@@ -185,6 +185,8 @@ class Camera:
         self._on_status = on_status
         self._condition = threading.Condition()
         self._latest: CameraFrame | None = None
+        self._number = 0
+        """The number of the last frame read, counted on across reopenings of the source."""
         self._status = CameraStatus(settings.name, "starting")
         self._traced: str | None = None
         """The last unexpected failure logged with its traceback."""
@@ -234,7 +236,6 @@ class Camera:
 
     def _run(self) -> None:
         backoff = Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s, jitter=0.0)
-        number = 0
         while not self._stop.is_set():
             try:
                 reader = self._opener(self.settings)
@@ -244,7 +245,7 @@ class Camera:
             self._set_status(state="running", error=None, retry_in_s=None)
             log.info("camera '%s': reading %s", self.settings.name, self.settings.source)
             try:
-                number, ended = self._read_all(reader, number, backoff)
+                ended = self._read_all(reader, backoff)
             except Exception as exc:
                 ended = False
                 self._retry(exc, backoff.next())
@@ -256,7 +257,7 @@ class Camera:
                 return
         self._set_status(state="stopped")
 
-    def _read_all(self, reader: FrameReader, number: int, backoff: Backoff) -> tuple[int, bool]:
+    def _read_all(self, reader: FrameReader, backoff: Backoff) -> bool:
         """Read until the source ends (True) or stop is asked (False); raises SourceError on a failure.
         The first frame resets the backoff: a stream that worked again is retried after the shortest delay
         when it next fails, while one that opens but never delivers a frame keeps backing off."""
@@ -269,12 +270,12 @@ class Camera:
         while not self._stop.is_set():
             image = reader.read()
             if image is None:
-                return number, True
-            number += 1
+                return True
+            self._number += 1
             read_here += 1
             if read_here == 1:
                 backoff.reset()
-            frame = CameraFrame(self.settings.name, number, time.time(), image)
+            frame = CameraFrame(self.settings.name, self._number, time.time(), image)
             with self._condition:
                 self._latest = frame
                 elapsed = max(time.monotonic() - started, 1e-6)
@@ -289,7 +290,7 @@ class Camera:
                     self._stop.wait(delay)
                 else:
                     next_due = time.monotonic()
-        return number, False
+        return False
 
     def _retry(self, failure: Exception, delay_s: float) -> None:
         """Report a failed source and wait delay_s before the next attempt. A failure other than a SourceError

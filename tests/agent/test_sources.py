@@ -30,13 +30,15 @@ from tests.videos import write_video
 
 class MjpegServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     """An HTTP camera on 127.0.0.1: GET /<name>.mjpg streams the JPEG frames of streams[name] as
-    multipart/x-mixed-replace at 20 frames/s, over and over until the client leaves."""
+    multipart/x-mixed-replace at 20 frames/s, over and over until the client leaves (or `rounds` times, then
+    closes the connection)."""
 
     daemon_threads = True
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _MjpegHandler)
         self.streams: dict[str, list[bytes]] = {}
+        self.rounds: int | None = None
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/{name}.mjpg"
@@ -51,7 +53,9 @@ class _MjpegHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
         self.end_headers()
         try:
-            while True:
+            rounds = 0
+            while self.server.rounds is None or rounds < self.server.rounds:
+                rounds += 1
                 for jpeg in frames:
                     head = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
                     self.wfile.write(head + jpeg + b"\r\n")
@@ -267,3 +271,21 @@ def test_a_camera_that_fails_unexpectedly_says_so_retries_and_reads_again(tmp_pa
     assert failed.error is not None and failed.error.startswith(f"{tmp_path}: OSError: [Errno 24]")
     assert failed.retry_in_s == 0.05 and failed.frames_read == 0
     assert (status.state, status.error) == ("running", None)
+
+
+def test_frame_numbers_go_on_after_a_stream_is_reopened(mjpeg_server: MjpegServer) -> None:
+    """The agent asks for frames numbered above the last it took: numbers starting over at a reconnection
+    would hide the new frames until they caught up."""
+    mjpeg_server.streams["short"] = [flat_jpeg(64, 48)] * 4
+    mjpeg_server.rounds = 1  # each connection ends after four frames
+    statuses: list[CameraStatus] = []
+    settings = CameraSettings("short", mjpeg_server.url("short"), backoff_initial_s=0.05)
+    camera = Camera(settings, on_status=statuses.append).start()
+    try:
+        wait_for(lambda: sum(s.state == "retrying" for s in statuses) >= 2)
+    finally:
+        camera.stop()
+    latest = camera.next_frame(0, timeout=0.0)
+    retries = [s for s in statuses if s.state == "retrying"]
+    assert retries[0].error == f"{settings.source}: stopped delivering frames"
+    assert latest is not None and latest.number == camera.status.frames_read > 4

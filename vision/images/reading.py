@@ -67,9 +67,12 @@ def read_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> npt.NDArray[np
             f"{path}: file is {size / 2**20:.0f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit"
         )
     try:
-        data = path.read_bytes()
+        with path.open("rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)  # no more: the file may have grown since its size was seen
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError(f"{path}: file grew over the {MAX_FILE_BYTES // 2**20} MiB limit while it was read")
     return decode_image(data, str(path), max_pixels)
 
 

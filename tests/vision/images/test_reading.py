@@ -20,6 +20,7 @@ from facefleet.vision.images import (
     read_image,
     to_bgr8,
 )
+from facefleet.vision.images.reading import MAX_FILE_BYTES
 from facefleet.vision.pipeline import FaceAnalyzer
 
 
@@ -165,6 +166,24 @@ def test_an_image_declaring_too_many_pixels_is_refused_before_it_is_decoded(
     with pytest.raises(ImageError, match="20000×20000 pixels, over the 100 MP limit"):
         decode_image(path.read_bytes(), "upload")
     assert decoded == []
+
+
+def test_a_file_growing_after_its_size_was_checked_is_read_no_further_than_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "growing.jpg"
+    path.write_bytes(b"\xff\xd8" + bytes(1000))
+    is_file = Path.is_file
+
+    def grow_then_check(self: Path) -> bool:  # read_image asks between its size check and the read
+        if self == path:
+            with path.open("ab") as file:
+                file.truncate(MAX_FILE_BYTES + 4096)  # sparse: no disk space taken
+        return is_file(self)
+
+    monkeypatch.setattr(Path, "is_file", grow_then_check)
+    with pytest.raises(ImageError, match=r"growing\.jpg: file grew over the 64 MiB limit while it was read"):
+        read_image(path)
 
 
 def test_an_image_of_an_unreadable_format_names_the_formats_read(tmp_path: Path) -> None:

@@ -167,13 +167,30 @@ def expire_events(conn: Connection, before_us: int, after_us: int = 0) -> int:
     deleted = conn.execute(
         "DELETE FROM events WHERE time_us >= ? AND time_us < ?", (after_us, before_us)
     ).rowcount
+    expire_rollups(conn, before_us, after_us)
+    return max(0, int(deleted))
+
+
+def expire_some_events(conn: Connection, before_us: int, limit: int) -> int:
+    """Delete the oldest `limit` (at most) of the events before `before_us`, inside the caller's transaction;
+    how many. Their rollup buckets go with expire_rollups."""
+    deleted = conn.execute(
+        "DELETE FROM events WHERE event_id IN "
+        "(SELECT event_id FROM events WHERE time_us < ? ORDER BY time_us LIMIT ?)",
+        (before_us, limit),
+    ).rowcount
+    return max(0, int(deleted))
+
+
+def expire_rollups(conn: Connection, before_us: int, after_us: int = 0) -> None:
+    """Delete the rollup buckets that end by `before_us`, from `after_us` on (inside the caller's
+    transaction)."""
     for size, table in (*ROLLUPS, *ATTRIBUTE_ROLLUPS):
         # bucket_us alone on the left: the primary key's index (and the partition bounds) apply
         conn.execute(
             f"DELETE FROM {table} WHERE bucket_us >= ? AND bucket_us <= ?",  # noqa: S608
             (after_us, before_us - size),
         )
-    return max(0, int(deleted))
 
 
 def list_events(conn: Connection, flt: EventFilter, cursor: EventCursor | None, limit: int) -> EventPage:

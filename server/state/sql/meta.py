@@ -34,6 +34,10 @@ class Connection(Protocol):
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Cursor: ...
 
 
+EXPIRE_BATCH_ROWS = 2000
+"""Rows retention deletes per write transaction (events, face snapshots): the write lock is let go between
+batches, so ingest and the other writes wait for one batch at most, not for a whole day of rows."""
+
 NEW_GALLERY_SQL = "UPDATE meta SET value = ? WHERE key = 'gallery_id'"
 """A restored database gets a gallery id of its own: its revisions go back in time, and an agent that held
 a later revision of the same id would otherwise resume from it once the numbers catch up, keeping people the

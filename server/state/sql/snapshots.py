@@ -21,7 +21,7 @@ from facefleet.server.domain.snapshots import (
 )
 from facefleet.server.errors import FailedPreconditionError, NotFoundError
 from facefleet.server.state.snapshots import SnapshotState
-from facefleet.server.state.sql.meta import Connection, Transactions
+from facefleet.server.state.sql.meta import EXPIRE_BATCH_ROWS, Connection, Transactions
 
 _COLUMNS = (
     "event_id, device_id, camera, time_us, decision, person_id, quality, model_id, vector, status, "
@@ -32,6 +32,9 @@ _CHUNK = 500
 
 class SqlSnapshotState(SnapshotState):
     """Snapshots in the server's SQLite database."""
+
+    expire_batch = EXPIRE_BATCH_ROWS
+    """Snapshots retention deletes per write transaction."""
 
     def __init__(self, core: Transactions) -> None:
         self._core = core
@@ -112,8 +115,19 @@ class SqlSnapshotState(SnapshotState):
         return deleted
 
     def expire_snapshots(self, before: datetime) -> int:
-        with self._core.write() as conn:
-            expired = int(conn.execute("DELETE FROM snapshots WHERE time_us < ?", (to_us(before),)).rowcount)
+        """In write transactions of expire_batch snapshots each, then the erased images out of the WAL
+        once: ingest and the other writes wait for one batch at most."""
+        before_us, expired = to_us(before), 0
+        while True:
+            with self._core.write() as conn:
+                deleted = conn.execute(
+                    "DELETE FROM snapshots WHERE event_id IN "
+                    "(SELECT event_id FROM snapshots WHERE time_us < ? ORDER BY time_us LIMIT ?)",
+                    (before_us, self.expire_batch),
+                ).rowcount
+            expired += deleted
+            if deleted < self.expire_batch:
+                break
         if expired:
             self._core.erased()
         return expired

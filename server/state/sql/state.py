@@ -38,7 +38,7 @@ from facefleet.server.state.sql import audit as sql_audit
 from facefleet.server.state.sql import events as sql_events
 from facefleet.server.state.sql import people as sql_people
 from facefleet.server.state.sql import snapshots as sql_snapshots
-from facefleet.server.state.sql.meta import Connection, get_meta, set_meta
+from facefleet.server.state.sql.meta import EXPIRE_BATCH_ROWS, Connection, get_meta, set_meta
 
 
 class SqlState(State):
@@ -49,6 +49,8 @@ class SqlState(State):
     """How event batches are inserted (a backend may have a faster way than the portable SQL)."""
     aggregate_in_one_statement = False
     """How the dashboard aggregates sum the segments of a range (see sql.events._aggregate)."""
+    expire_batch = EXPIRE_BATCH_ROWS
+    """Rows retention deletes per write transaction."""
 
     @abc.abstractmethod
     def connection(self) -> AbstractContextManager[Connection]:
@@ -373,8 +375,18 @@ class SqlState(State):
             return sql_events.attribute_counts(conn, flt, one_statement=self.aggregate_in_one_statement)
 
     def expire_events(self, before: datetime) -> int:
-        with self.ingest() as conn:  # changes no gallery or counter: other writes go on meanwhile
-            return sql_events.expire_events(conn, to_us(before))
+        """In transactions of expire_batch events each, as ingest (it changes no gallery or counter), then
+        the expired rollup buckets: ingest and the other writes wait for one batch at most."""
+        before_us, expired = to_us(before), 0
+        while True:
+            with self.ingest() as conn:
+                deleted = sql_events.expire_some_events(conn, before_us, self.expire_batch)
+            expired += deleted
+            if deleted < self.expire_batch:
+                break
+        with self.ingest() as conn:
+            sql_events.expire_rollups(conn, before_us)
+        return expired
 
     # -- tokens --------------------------------------------------------------------------------------
 

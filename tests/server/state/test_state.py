@@ -18,16 +18,18 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import cv2
 import numpy as np
 import psycopg
 import pytest
 
-from facefleet.link.events import AGE_BANDS, GENDERS, AttributesResult, Event, ExpressionResult
+from facefleet.link.events import AGE_BANDS, GENDERS, AttributesResult, Event, ExpressionResult, FaceSnapshot
 from facefleet.link.fleet import Registration
 from facefleet.link.gallery import Embedding, Person
 from facefleet.server.domain.audit import AuditEntry, AuditFilter
 from facefleet.server.domain.queries import AttributeCounts, EventCursor, EventFilter, to_us
 from facefleet.server.domain.records import Crop, TokenRecord
+from facefleet.server.domain.snapshots import SnapshotFilter
 from facefleet.server.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StateError
 from facefleet.server.state.interface import State
 from facefleet.server.state.postgres.connection import PgConnection
@@ -1063,6 +1065,77 @@ def test_retention_deletes_expired_audit_entries(state: State) -> None:
     assert state.expire_audit(NOW + timedelta(days=4)) == 4
     page = state.list_audit(AuditFilter(NOW, NOW + timedelta(days=30)), None, 100)
     assert sorted(e.target for e in page.entries) == [f"p{day}" for day in range(4, 10)]
+
+
+def face_event(i: int, when: datetime) -> Event:
+    """An unknown face's event with its snapshot (a small gray crop, no context view)."""
+    crop = cv2.imencode(".jpg", np.full((112, 112, 3), 128, np.uint8))[1].tobytes()
+    embedding = Embedding("sface@2021dec", np.ones(128, np.float32) / np.sqrt(128), 0.8)
+    return make_event(i, when, camera="porch", snapshot=FaceSnapshot(crop, b"", embedding))
+
+
+def test_retention_in_batches_deletes_everything_expired_and_nothing_else(state: State) -> None:
+    assert isinstance(state, (SqliteState, PostgresState))
+    state.expire_batch = state.snapshots.expire_batch = 3
+    cut = datetime(2026, 3, 10, tzinfo=timezone.utc)
+    state.add_events([face_event(i, cut - timedelta(hours=1 + i)) for i in range(10)])
+    state.add_events([face_event(100 + i, cut + timedelta(minutes=i)) for i in range(5)])
+    assert state.snapshots.expire_snapshots(cut) == 10
+    assert state.expire_events(cut) == 10
+    assert (state.snapshots.expire_snapshots(cut), state.expire_events(cut)) == (0, 0)
+    everything = EventFilter(cut - timedelta(days=30), cut + timedelta(days=1))
+    kept = {str(uuid.UUID(int=100 + i)) for i in range(5)}
+    assert {e.event_id for e in state.list_events(everything, None, 100).events} == kept
+    page = state.snapshots.list_snapshots(SnapshotFilter(everything.start, everything.end), None, 100)
+    assert {s.event_id for s in page.snapshots} == kept
+    per_day = {c.start: c.count for c in state.count_events(everything, 86400, per_device=False)}
+    assert per_day == {cut: 5}
+
+
+@pytest.mark.parametrize("what", ["events", "snapshots"])
+def test_sqlite_retention_lets_an_ingest_through_between_its_batches(tmp_path: Path, what: str) -> None:
+    """Retention deletes in write transactions of expire_batch rows: an event reported through another
+    connection (another process, or this server's ingest) while it sweeps waits for one batch, not for
+    the whole sweep."""
+    state, other = SqliteState(tmp_path / "server.db"), SqliteState(tmp_path / "server.db")
+    try:
+        state.expire_batch = state.snapshots.expire_batch = 3
+        cut = datetime(2026, 3, 10, tzinfo=timezone.utc)
+        state.add_events([face_event(i, cut - timedelta(hours=1 + i)) for i in range(10)])
+        sweep = state.expire_events if what == "events" else state.snapshots.expire_snapshots
+        everything = EventFilter(cut - timedelta(days=30), cut + timedelta(days=1))
+
+        def left() -> int:
+            if what == "events":
+                return len(other.list_events(everything, None, 100).events)
+            flt = SnapshotFilter(everything.start, everything.end)
+            return len(other.snapshots.list_snapshots(flt, None, 100).snapshots)
+
+        seen: list[tuple[tuple[int, int], int]] = []
+
+        def ingest() -> None:  # in the sweep's second transaction, which has not begun yet
+            seen.append((other.add_events([face_event(1000, cut)]), left()))
+
+        began = 0
+
+        def traced(statement: str) -> None:
+            nonlocal began
+            if statement == "BEGIN IMMEDIATE":
+                began += 1
+                if began == 2:
+                    reporter = threading.Thread(target=ingest)
+                    reporter.start()
+                    reporter.join(timeout=60)
+
+        with state.connection() as conn:
+            conn.set_trace_callback(traced)
+        assert sweep(cut) == 10
+        assert seen == [((1, 0), 1 + 10 - 3)]  # stored while the sweep ran, after its first batch
+        assert began >= 4  # 3 + 3 + 3 + 1
+        assert left() == 1
+    finally:
+        state.close()
+        other.close()
 
 
 def test_postgresql_retention_drops_whole_monthly_partitions(postgres_cluster: PostgresCluster) -> None:

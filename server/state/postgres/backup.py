@@ -44,7 +44,7 @@ from facefleet.server.errors import (
     NotFoundError,
     StateError,
 )
-from facefleet.server.state.backup_files import copy_atomically, copy_models, sha256_file
+from facefleet.server.state.backup_files import copy_atomically, copy_models, remove_partial, sha256_file
 from facefleet.server.state.backup_manifest import MANIFEST, MODELS, BackupManifest
 from facefleet.server.state.postgres import schema
 from facefleet.server.state.postgres.copy import TABLES
@@ -201,7 +201,7 @@ def backup_state(url: str, models: Path, dest: Path, now: datetime) -> BackupMan
             )
             manifest.write(dest / MANIFEST)
         except BaseException as exc:
-            _remove_partial(dest, created)
+            remove_partial(dest, created, (DUMP,))
             if isinstance(exc, OSError):
                 raise StateError(f"cannot back up the state to {dest} ({exc.strerror or exc})") from None
             raise
@@ -377,16 +377,6 @@ def _schema_version(conn: psycopg.Connection[tuple[Any, ...]], where: str) -> in
         )
     version = _one(conn, "SELECT COALESCE(MAX(version), 0) FROM facefleet_migrations")
     return int(version)
-
-
-def _remove_partial(dest: Path, created: bool) -> None:
-    """Remove what a failed backup wrote into `dest` (and `dest` itself when the backup created it)."""
-    if created:
-        shutil.rmtree(dest, ignore_errors=True)
-        return
-    for name in (DUMP, MANIFEST):
-        (dest / name).unlink(missing_ok=True)
-    shutil.rmtree(dest / MODELS, ignore_errors=True)
 
 
 def _model_conflicts(models: Path, sums: dict[str, str]) -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from facefleet.core.files import fsync_dir
 from facefleet.core.migrations import SchemaError
 from facefleet.server.errors import AlreadyExistsError, DataLossError, NotFoundError, StateError
-from facefleet.server.state.backup_files import copy_atomically, copy_models, sha256_file
+from facefleet.server.state.backup_files import copy_atomically, copy_models, remove_partial, sha256_file
 from facefleet.server.state.backup_manifest import MANIFEST, MODELS, BackupManifest
 from facefleet.server.state.sql.meta import NEW_GALLERY_SQL
 from facefleet.server.state.sqlite.schema import MIGRATIONS
@@ -48,6 +48,7 @@ def backup_state(database: Path, models: Path, dest: Path, now: datetime) -> Bac
         raise NotFoundError(f"state database {database} does not exist: nothing to back up")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise AlreadyExistsError(f"backup destination {dest} exists and is not empty: choose a new directory")
+    created = not dest.exists()
     try:
         dest.mkdir(parents=True, exist_ok=True)
         copy = dest / DATABASE
@@ -64,10 +65,13 @@ def backup_state(database: Path, models: Path, dest: Path, now: datetime) -> Bac
             models=model_sums,
         )
         manifest.write(dest / MANIFEST)
-    except sqlite3.Error as exc:
-        raise StateError(f"cannot back up state database {database} to {dest} ({exc})") from None
-    except OSError as exc:
-        raise StateError(f"cannot back up the state to {dest} ({exc.strerror or exc})") from None
+    except BaseException as exc:
+        remove_partial(dest, created, (DATABASE,))  # a retry into the same dest works
+        if isinstance(exc, sqlite3.Error):
+            raise StateError(f"cannot back up state database {database} to {dest} ({exc})") from None
+        if isinstance(exc, OSError):
+            raise StateError(f"cannot back up the state to {dest} ({exc.strerror or exc})") from None
+        raise
     return manifest
 
 

@@ -1,10 +1,12 @@
 """`facefleet-server backup` and `restore` end to end on real SQLite: a backup taken while another connection
 writes restores into an empty state directory that answers like the original; a damaged backup, or a restore
-over an existing database without --force, is refused, and so is a PostgreSQL backup."""
+over an existing database without --force, is refused, and so is a PostgreSQL backup. A backup leaves out
+the model store's work in progress, and one that fails leaves its destination as it found it."""
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import uuid
@@ -21,7 +23,9 @@ from facefleet.link.gallery import Person
 from facefleet.server.api.security import new_token
 from facefleet.server.domain.records import Crop
 from facefleet.server.state.sqlite.state import SqliteState
+from facefleet.vision.models.store import ModelStore
 from tests.server.cli.test_cli import run_cli
+from tests.tmpfs import mounted_tmpfs
 
 
 def populate(state_dir: Path) -> None:
@@ -185,3 +189,52 @@ def test_a_postgresql_backup_is_not_restored_into_sqlite(
     assert code == EXIT_DATA
     assert "postgresql state" in err and "set [state] url" in err
     assert not (restored / "server.db").exists()
+
+
+def test_a_backup_leaves_out_models_in_progress_and_files_gone_meanwhile(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "source"
+    populate(source)
+    store = ModelStore(source / "models")
+    (store.staging_dir() / "model.bin").write_bytes(b"being published")  # what ModelStore.add moves in place
+    removing = source / "models" / "face" / "m" / ".removing-v0"  # what ModelStore.remove was deleting
+    removing.mkdir()
+    (removing / "model.onnx").write_bytes(b"old weights")
+    (source / "models" / "face" / "m" / "v1" / ".model.onnx.tmp").write_bytes(b"half written")
+    (source / "models" / "face" / "m" / "v1" / "gone.bin").symlink_to(
+        tmp_path / "nothing"
+    )  # listed, not found
+    dest = tmp_path / "backup"
+    code, out, err = run_cli(capsys, "--state-dir", str(source), "backup", str(dest), "--json")
+    assert code == EXIT_OK, err
+    assert list(json.loads(out)["models"]) == ["face/m/v1/model.onnx"]
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
+        "backup.json",
+        "models/face/m/v1/model.onnx",
+        "server.db",
+    ]
+    restored = tmp_path / "restored"
+    code, _, err = run_cli(capsys, "--state-dir", str(restored), "restore", str(dest))
+    assert code == EXIT_OK, err
+
+
+@pytest.mark.parametrize("new", [True, False], ids=["new dest", "empty dest"])
+def test_a_failed_backup_removes_what_it_wrote_so_a_retry_into_the_same_dest_works(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], new: bool
+) -> None:
+    source = tmp_path / "source"
+    populate(source)
+    big = source / "models" / "face" / "m" / "v2" / "model.bin"
+    big.parent.mkdir()
+    big.write_bytes(os.urandom(5 << 20))
+    with mounted_tmpfs(tmp_path / "small-disk", "4m") as disk:
+        dest = disk / "today" if new else disk
+        code, _, err = run_cli(capsys, "--state-dir", str(source), "backup", str(dest))
+        assert code == EXIT_IO
+        assert f"cannot back up the state to {dest}" in err and "No space left on device" in err
+        assert list(disk.iterdir()) == []
+        big.unlink()
+        code, out, err = run_cli(capsys, "--state-dir", str(source), "backup", str(dest), "--json")
+        assert code == EXIT_OK, err
+        assert list(json.loads(out)["models"]) == ["face/m/v1/model.onnx"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Protocol
@@ -198,10 +198,19 @@ class Camera:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
+        self.request_stop()
+        self._thread.join(timeout)
+
+    def request_stop(self) -> None:
+        """Ask the thread to stop, without waiting for it (a read in progress is finished first)."""
         self._stop.set()
         with self._condition:
             self._condition.notify_all()
-        self._thread.join(timeout)
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to timeout seconds for the thread to end; whether it has."""
+        self._thread.join(max(timeout, 0.0))
+        return not self._thread.is_alive()
 
     @property
     def status(self) -> CameraStatus:
@@ -305,3 +314,13 @@ class Camera:
         log.warning("camera '%s': %s (retrying in %g s)", self.settings.name, error, delay_s, exc_info=trace)
         self._set_status(state="retrying", error=error, retry_in_s=delay_s)
         self._stop.wait(delay_s)
+
+
+def stop_cameras(cameras: Iterable[Camera], timeout: float = 5.0) -> list[str]:
+    """Ask every camera to stop, then wait for them all together, timeout seconds at most; the names of those
+    still inside a read (a stalled stream), whose daemon threads end with the process."""
+    cameras = list(cameras)
+    for camera in cameras:
+        camera.request_stop()
+    deadline = time.monotonic() + timeout
+    return [camera.settings.name for camera in cameras if not camera.join(deadline - time.monotonic())]

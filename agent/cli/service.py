@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import signal
+import sys
 from types import FrameType
 from typing import Any
 
@@ -37,4 +40,11 @@ def _run(context: Context, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     service.run()
+    if any(not camera.join(0.0) for camera in service.cameras.values()):
+        # A camera still inside a read of a stalled stream: when that read returns, its thread must not find
+        # the interpreter shutting down (the native code under it aborts the process). Everything is flushed.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_OK)
     return EXIT_OK

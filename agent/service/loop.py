@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from facefleet import __version__
-from facefleet.agent.cameras import Camera, CameraFrame, CameraSettings
+from facefleet.agent.cameras import Camera, CameraFrame, CameraSettings, stop_cameras
 from facefleet.agent.config import AgentConfig
 from facefleet.agent.domain.records import Person, StoreError
 from facefleet.agent.metrics import AgentFigures, AgentMetrics
@@ -76,6 +76,9 @@ log = logging.getLogger(__name__)
 MAX_FAILED_FRAMES = 30
 """Frames in a row whose analysis may fail (each logged and skipped) before the service stops with the error,
 for systemd to restart it with its models loaded afresh."""
+CAMERAS_STOP_S = 5.0
+"""How long shutdown waits for the cameras' threads, all together: a stalled stream can hold its read for the
+camera's timeout_s, and systemd kills the agent 30 s after asking it to stop."""
 MALLOC_ARENAS = 2
 """glibc malloc arenas of the agent process (glibc's default: 8 per core), unless MALLOC_ARENA_MAX is set."""
 
@@ -224,8 +227,12 @@ class AgentService:
 
     def _shutdown(self) -> None:
         notify.notify("STOPPING=1", "STATUS=stopping: flushing events")
-        for camera in self.cameras.values():
-            camera.stop()
+        stalled = stop_cameras(self.cameras.values(), CAMERAS_STOP_S)
+        if stalled:
+            log.warning(
+                "camera(s) %s still inside a read at shutdown: left to end with the process",
+                ", ".join(stalled),
+            )
         try:
             self._settle()
         except Exception:

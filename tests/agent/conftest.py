@@ -1,4 +1,5 @@
-"""Fixtures for the agent's service tests: a real mosquitto broker and an independent MQTT subscriber."""
+"""Fixtures for the agent's tests: a real mosquitto broker, an independent MQTT subscriber and an HTTP MJPEG
+camera."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from tests.mjpeg import MjpegServer
 from tests.mosquitto import Mosquitto
 
 
@@ -24,6 +26,19 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     mosquitto = Mosquitto(tmp_path).start()
     yield mosquitto
     mosquitto.stop()
+
+
+@pytest.fixture
+def mjpeg_server() -> Iterator[MjpegServer]:
+    """An MJPEG camera on a free loopback port; the test fills its streams."""
+    server = MjpegServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.stalls_end.set()
+    server.shutdown()
+    server.server_close()
+    thread.join()
 
 
 class Subscriber:

@@ -25,9 +25,10 @@ from facefleet.agent.commands import CLAIMS_PER_WINDOW, COMMAND_QUEUE_LIMIT
 from facefleet.agent.config import load_config
 from facefleet.agent.domain.records import Embedding, Person, PersonUpsert
 from facefleet.agent.publish.mqtt import MAX_COMMAND_BYTES
-from facefleet.agent.service.loop import AgentService
+from facefleet.agent.service.loop import CAMERAS_STOP_S, AgentService
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.vision.models.store import ModelStore
+from tests.mjpeg import MjpegServer, flat_jpeg
 from tests.mosquitto import Mosquitto
 from tests.tmpfs import fill, mounted_tmpfs
 from tests.videos import write_video
@@ -525,6 +526,59 @@ def test_a_stop_request_takes_no_lock_and_stops_the_service(
     finally:
         service.stop_event.set()
         runner.join(30)
+
+
+def test_an_agent_stopped_with_cameras_stalled_inside_a_read_waits_for_them_once_and_exits_cleanly(
+    state_dir: Path, mjpeg_server: MjpegServer, tmp_path: Path
+) -> None:
+    """Streams that stop halfway through a frame hold their cameras inside a read for their timeout_s: the
+    agent waits CAMERAS_STOP_S for them all together (not each: within systemd's TimeoutStopSec even with
+    many cameras), and a read that returns after that, while the process ends, must not abort it (its thread
+    would be unwound through OpenCV's native code)."""
+    mjpeg_server.streams["door"] = [flat_jpeg(64, 48)]
+    mjpeg_server.stall_after = 3
+    mjpeg_server.release_spacing_s = 0.015  # the reads end one by one over the 0.1 s after the shutdown
+    cameras = "".join(
+        f'[[cameras]]\nname = "cam{i}"\nsource = "{mjpeg_server.url("door")}"\ntimeout_s = 30\n'
+        for i in range(8)
+    )
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        "[mqtt]\nenabled = false\n[metrics]\nlisten = ''\n[service]\npipeline = 'off'\n"
+        f"[runtime]\ninference_precision = 'f32'\n{cameras}"
+    )
+    agent = str(Path(sys.executable).with_name("facefleet-agent"))
+    command = [agent, "-v", "--config", str(config), "--state-dir", str(state_dir), "run"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr or ()), daemon=True)
+    reader.start()
+
+    def wait_for_lines(predicate: Any, count: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while len([line for line in list(lines) if predicate(line)]) < count:
+            if process.poll() is not None:  # it may have exited just after writing them
+                reader.join(10)
+                assert len([line for line in lines if predicate(line)]) >= count, "".join(lines)
+                return
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.01)
+
+    try:
+        wait_for_lines(lambda line: "reading http://" in line, 8)
+        time.sleep(0.5)  # the frame after the third is cut off halfway: each camera waits inside its read
+        process.send_signal(signal.SIGTERM)
+        stopping = time.monotonic()
+        wait_for_lines(lambda line: "still inside a read at shutdown" in line, 1)
+        mjpeg_server.stalls_end.set()
+        process.wait(timeout=30)
+        took = time.monotonic() - stopping
+    finally:
+        process.kill()
+        process.wait()
+        reader.join(10)
+    assert process.returncode == 0, "".join(lines)
+    assert CAMERAS_STOP_S <= took < CAMERAS_STOP_S + 3
 
 
 def test_a_grant_while_the_broker_is_away_never_opens_the_door_later(

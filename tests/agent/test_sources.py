@@ -3,14 +3,11 @@ failures), latest frame wins, frames larger than the agent takes refused."""
 
 from __future__ import annotations
 
-import http.server
 import os
 import resource
 import socket
-import socketserver
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -24,65 +21,10 @@ from facefleet.agent.cameras import (
     CameraStatus,
     SourceError,
     open_reader,
+    stop_cameras,
 )
+from tests.mjpeg import MjpegServer, flat_jpeg
 from tests.videos import write_video
-
-
-class MjpegServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    """An HTTP camera on 127.0.0.1: GET /<name>.mjpg streams the JPEG frames of streams[name] as
-    multipart/x-mixed-replace at 20 frames/s, over and over until the client leaves (or `rounds` times, then
-    closes the connection)."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _MjpegHandler)
-        self.streams: dict[str, list[bytes]] = {}
-        self.rounds: int | None = None
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/{name}.mjpg"
-
-
-class _MjpegHandler(http.server.BaseHTTPRequestHandler):
-    server: MjpegServer
-
-    def do_GET(self) -> None:
-        frames = self.server.streams[self.path.strip("/").removesuffix(".mjpg")]
-        self.send_response(200)
-        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-        self.end_headers()
-        try:
-            rounds = 0
-            while self.server.rounds is None or rounds < self.server.rounds:
-                rounds += 1
-                for jpeg in frames:
-                    head = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
-                    self.wfile.write(head + jpeg + b"\r\n")
-                    time.sleep(0.05)
-        except OSError:  # the client left
-            pass
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def mjpeg_server() -> Iterator[MjpegServer]:
-    server = MjpegServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
-
-
-def flat_jpeg(width: int, height: int) -> bytes:
-    """A JPEG of one grey level: a few hundred KB even at 4K."""
-    ok, encoded = cv2.imencode(".jpg", np.full((height, width, 3), 90, np.uint8))
-    assert ok
-    return encoded.tobytes()
 
 
 def numbered_frames(count: int) -> list[np.ndarray]:
@@ -289,3 +231,23 @@ def test_frame_numbers_go_on_after_a_stream_is_reopened(mjpeg_server: MjpegServe
     retries = [s for s in statuses if s.state == "retrying"]
     assert retries[0].error == f"{settings.source}: stopped delivering frames"
     assert latest is not None and latest.number == camera.status.frames_read > 4
+
+
+def test_cameras_stalled_inside_a_read_are_stopped_together_within_one_timeout(
+    mjpeg_server: MjpegServer,
+) -> None:
+    mjpeg_server.streams["stalling"] = [flat_jpeg(64, 48)]
+    mjpeg_server.stall_after = 3
+    settings = [CameraSettings(f"cam{i}", mjpeg_server.url("stalling"), timeout_s=30) for i in range(3)]
+    cameras = [Camera(s).start() for s in settings]
+    try:
+        wait_for(lambda: all(c.status.frames_read >= 1 for c in cameras))
+        time.sleep(0.3)  # the frame after the third is cut off halfway: each camera waits inside its read
+        started = time.monotonic()
+        stalled = stop_cameras(cameras, timeout=0.5)
+        took = time.monotonic() - started
+    finally:
+        mjpeg_server.stalls_end.set()  # the connections close, the reads end
+    assert stalled == ["cam0", "cam1", "cam2"] and took < 1.0
+    assert stop_cameras(cameras, timeout=5) == []
+    assert [c.status.state for c in cameras] == ["stopped"] * 3

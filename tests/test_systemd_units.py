@@ -95,3 +95,8 @@ def test_agent_unit_reaches_cameras_and_accelerators() -> None:
     for device in ("char-video4linux", "char-drm", "char-accel", "char-usb_device"):
         assert device in allowed
     assert "video" in settings["SupplementaryGroups"][0]
+
+
+def test_agent_unit_caps_its_memory_with_room_for_many_cameras() -> None:
+    [limit] = unit_settings(ROOT / "systemd" / "facefleet-agent.service")["MemoryMax"]
+    assert limit.endswith("G") and 2 <= int(limit[:-1]) <= 16

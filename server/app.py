@@ -10,7 +10,10 @@ all are plaintext.
 
 Stop: health turns NOT_SERVING, Watch streams end, running calls get `listen.grace_seconds`, then the
 process exits 0. Exit codes of `serve`: 0 stopped by a signal, 69 cannot listen, 74 state database
-unusable, 78 configuration or TLS files unusable (systemd does not restart on 78).
+unusable (or being restored), 78 configuration or TLS files unusable (systemd does not restart on 78).
+
+While it serves, the process holds the state's serving lock (facefleet.server.state.serving), so that
+`restore` and `state migrate` are refused until it stops.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from facefleet.server.rollouts.files import CHUNK_BYTES, ModelFiles
 from facefleet.server.rollouts.uploads import ModelAdmin
 from facefleet.server.state.fanout import GalleryFanout
 from facefleet.server.state.interface import State
-from facefleet.server.state.open import open_state
+from facefleet.server.state.open import hold_serving, open_state
 from facefleet.server.state.postgres.notify import LISTENING, follow
 from facefleet.server.state.postgres.state import PostgresState
 from facefleet.vision.models.store import ModelStore
@@ -112,12 +115,18 @@ class FleetServer:
     ) -> None:
         self.config = config
         self.paths = paths
-        self.state = state or open_state(
-            config.state.url,
-            paths.database,
-            log_revisions=config.gallery.log_revisions,
-            pool_size=config.state.pool_size,
-        )
+        # held until stop(): a restore or migration is refused meanwhile (facefleet.server.state.serving)
+        self._serving = hold_serving(config.state.url, paths.database)
+        try:
+            self.state = state or open_state(
+                config.state.url,
+                paths.database,
+                log_revisions=config.gallery.log_revisions,
+                pool_size=config.state.pool_size,
+            )
+        except BaseException:
+            self._serving.close()
+            raise
         self.models = ModelStore(paths.models)
         self.catalog = ModelCatalog(self.state.models, self.models, limits=config.models.conversion_limits())
         self._runtime: Runtime | None = None
@@ -193,6 +202,7 @@ class FleetServer:
             self._server = None
         await asyncio.to_thread(self.metrics_endpoint.stop)  # waits for the serving thread's next poll
         self.state.close()
+        self._serving.close()
 
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT; tell systemd when ready, stopping, and ping its watchdog."""
@@ -447,7 +457,7 @@ class FleetServer:
         """Look for changes every poll_seconds; on PostgreSQL also follow its notifications
         (facefleet.server.state.postgres.notify), which bring a change at once, while the look catches
         what a notification did not bring (a listening connection gone silent, a refresh that failed).
-        Run the retention job every hour."""
+        Take the serving lock again if its connection broke. Run the retention job every hour."""
         if isinstance(self.state, PostgresState):
             listening = asyncio.create_task(follow(self.state.url, self._notified))
         else:
@@ -459,6 +469,7 @@ class FleetServer:
                 await asyncio.sleep(self.config.fleet.poll_seconds)
                 try:
                     await self.refresh()
+                    await asyncio.to_thread(self._serving.renew)
                     if time.monotonic() - expired_at >= EXPIRY_INTERVAL_S:
                         await asyncio.to_thread(self.expire)
                         expired_at = time.monotonic()

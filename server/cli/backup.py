@@ -13,6 +13,7 @@ from facefleet.core.errors import EXIT_OK
 from facefleet.link.checks import utc_now
 from facefleet.server.cli.context import Context
 from facefleet.server.errors import InvalidArgumentError
+from facefleet.server.state.open import on_postgres, sqlite_database
 from facefleet.server.state.sqlite.backup import backup_state, restore_state
 
 
@@ -35,9 +36,10 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
     restore = make(
         commands,
         "restore",
-        "restore a backup into the state (stop the server first)",
+        "restore a backup into the state (the server stopped)",
         "facefleet-server restore /var/backups/facefleet/2026-12-02",
-        "Run this only while the server is stopped (systemctl stop facefleet-server). Checks the backup "
+        "Refused while a server serves the state (exit 65): systemctl stop facefleet-server first (on "
+        "PostgreSQL, on every replica); no server starts while it runs. Checks the backup "
         "(sha256 against its manifest, a schema version this server knows) before it changes anything. "
         "SQLite: also PRAGMA integrity_check; copies the model files, then server.db (a temporary file, "
         "fsync, rename); an existing server.db is refused unless --force, which keeps it as "
@@ -66,7 +68,12 @@ def _local_only(context: Context, verb: str) -> None:
 
 
 def _on_postgres(context: Context) -> bool:
-    return context.config.state.url.startswith(("postgresql://", "postgres://"))
+    return on_postgres(context.config.state.url)
+
+
+def _sqlite_database(context: Context) -> Path:
+    """The SQLite file the server serves: [state] url's sqlite:///PATH, else the state directory's."""
+    return sqlite_database(context.config.state.url, context.paths.database)
 
 
 def _backup(context: Context, args: argparse.Namespace) -> int:
@@ -78,8 +85,9 @@ def _backup(context: Context, args: argparse.Namespace) -> int:
         manifest = pg.backup_state(context.config.state.url, context.paths.models, args.dest, utc_now())
         source = redact(context.config.state.url)
     else:
-        manifest = backup_state(context.paths.database, context.paths.models, args.dest, utc_now())
-        source = str(context.paths.database)
+        database = _sqlite_database(context)
+        manifest = backup_state(database, context.paths.models, args.dest, utc_now())
+        source = str(database)
     if context.json_output:
         context.print_json(manifest.to_json())
         return EXIT_OK
@@ -96,9 +104,8 @@ def _restore(context: Context, args: argparse.Namespace) -> int:
     _local_only(context, "restore")
     if _on_postgres(context):
         return _restore_postgres(context, args)
-    manifest, kept = restore_state(
-        args.src, context.paths.database, context.paths.models, utc_now(), force=args.force
-    )
+    database = _sqlite_database(context)
+    manifest, kept = restore_state(args.src, database, context.paths.models, utc_now(), force=args.force)
     if context.json_output:
         context.print_json({**manifest.to_json(), "kept": None if kept is None else str(kept)})
         return EXIT_OK
@@ -106,7 +113,7 @@ def _restore(context: Context, args: argparse.Namespace) -> int:
         context.console.print(f"kept the previous state database as {kept}", markup=False)
     context.console.print(
         f"restored {args.src} (taken {manifest.created_at}, schema {manifest.schema_version}) into "
-        f"{context.paths.state_dir}; start the server again",
+        f"{database.parent}; start the server again",
         markup=False,
     )
     return EXIT_OK

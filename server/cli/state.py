@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 from facefleet.core.errors import EXIT_OK
@@ -12,7 +13,9 @@ from facefleet.server.cli.context import Context
 from facefleet.server.errors import InvalidArgumentError
 from facefleet.server.state.postgres.copy import copy_state
 from facefleet.server.state.postgres.state import PostgresState
+from facefleet.server.state.serving import offline
 from facefleet.server.state.sql.state import SqlState
+from facefleet.server.state.sqlite.state import SqliteState
 
 
 def register(commands: Any, make: Callable[..., Any]) -> None:
@@ -30,7 +33,8 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
         "migrate",
         "copy the SQLite state into a new, empty PostgreSQL database and check the counts",
         "facefleet-server state migrate --to postgresql://facefleet@db.example:5432/facefleet",
-        "Stop the server first. Copies people, crops, embeddings, the gallery log, events and their "
+        "Refused while the server serves the SQLite state (exit 65): systemctl stop facefleet-server "
+        "first. Copies people, crops, embeddings, the gallery log, events and their "
         "counts, tokens, agents, models, rollouts, devices, snapshots and the audit log in one transaction, "
         "then compares every table's row count. Afterwards set [state] url to the same URL (and [models] dir "
         "to a folder every replica shares) and start the server.",
@@ -48,11 +52,12 @@ def _migrate(context: Context, args: argparse.Namespace) -> int:
     source = context.state
     if not isinstance(source, SqlState) or isinstance(source, PostgresState):
         raise InvalidArgumentError("the configured state is on PostgreSQL already; nothing to migrate")
-    target = PostgresState(args.to, log_revisions=context.config.gallery.log_revisions, pool_size=2)
-    try:
-        copied = copy_state(source, target)
-    finally:
-        target.close()
+    with offline(source.path, "state migrate") if isinstance(source, SqliteState) else nullcontext():
+        target = PostgresState(args.to, log_revisions=context.config.gallery.log_revisions, pool_size=2)
+        try:
+            copied = copy_state(source, target)
+        finally:
+            target.close()
     if context.json_output:
         context.print_json({"to": target.where, "rows": copied.target})
         return EXIT_OK

@@ -8,8 +8,9 @@ while the servers go on writing.
 
 A restore checks the manifest and every file's sha256 first, then runs `pg_restore --no-owner
 --no-privileges --single-transaction --exit-on-error` (all or nothing; no role of the source is needed),
-copies the model files and compares the restored row counts with the manifest. The target database must
-hold no FaceFleet data; the FaceFleet tables of one that holds only the empty schema (a server started on it
+copies the model files and compares the restored row counts with the manifest. It is refused while a
+server replica serves the database (facefleet.server.state.postgres.serving). The target database must hold
+no FaceFleet data; the FaceFleet tables of one that holds only the empty schema (a server started on it
 once) are dropped first. With `force`, so are those of a target that holds data: nothing of them is kept,
 and a restore that then fails leaves the database without them (pg_restore's own --clean cannot drop the
 partitions of `events` one by one).
@@ -48,6 +49,7 @@ from facefleet.server.state.backup_files import copy_atomically, copy_models, re
 from facefleet.server.state.backup_manifest import MANIFEST, MODELS, BackupManifest
 from facefleet.server.state.postgres import schema
 from facefleet.server.state.postgres.copy import TABLES
+from facefleet.server.state.postgres.serving import refuse_while_serving
 from facefleet.server.state.postgres.state import redact
 from facefleet.server.state.sql.meta import NEW_GALLERY_SQL
 
@@ -246,7 +248,8 @@ def restore_state(src: Path, url: str, models: Path, *, force: bool = False) -> 
     FaceFleet data, or a model file that differs from the backup's, is refused unless `force` (which drops
     the target's FaceFleet tables and overwrites the model files). StateError when pg_restore fails (the
     database then holds what it held, but for the dropped tables); DataLossError when the restored row
-    counts differ from the manifest."""
+    counts differ from the manifest. Refused (FailedPreconditionError) while a server replica serves the
+    database; no replica starts while it runs (facefleet.server.state.postgres.serving)."""
     manifest = verify_backup(src)
     pg_restore = find_program("pg_restore")
     restore_major = program_major(pg_restore)
@@ -256,6 +259,19 @@ def restore_state(src: Path, url: str, models: Path, *, force: bool = False) -> 
             f"{pg_restore} is version {restore_major}, older than the pg_dump ({dumped_by}) that wrote "
             f"{src / DUMP}: apt install {CLIENT_PACKAGE}-{dumped_by}"
         )
+    where = redact(url)
+    with _connect(url, "restore into it") as guard:
+        guard.autocommit = True
+        try:
+            refuse_while_serving(guard, where)  # until the guard closes, at the end of the restore
+        except psycopg.Error as exc:
+            raise StateError(f"cannot read the target database {where} ({str(exc).strip()})") from None
+        return _restore(src, url, models, manifest, pg_restore, force=force)
+
+
+def _restore(
+    src: Path, url: str, models: Path, manifest: BackupManifest, pg_restore: Path, *, force: bool
+) -> PgRestored:
     where = redact(url)
     conninfo, env = client_command(url)
     with _connect(url, "restore into it") as conn:

@@ -4,7 +4,7 @@ A backup is a directory: `server.db` (copied with SQLite's online backup API, so
 server serves and writes in WAL mode; the copy is in rollback-journal mode, one self-contained file),
 `models/` (a copy of the model store's files) and `backup.json` (the time, the schema version, row counts,
 the sha256 of every file, `backend: sqlite`). A restore checks all of that before it touches the state
-directory, and must run while the server is stopped."""
+directory, and is refused while a server serves the database."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from facefleet.core.migrations import SchemaError
 from facefleet.server.errors import AlreadyExistsError, DataLossError, NotFoundError, StateError
 from facefleet.server.state.backup_files import copy_atomically, copy_models, remove_partial, sha256_file
 from facefleet.server.state.backup_manifest import MANIFEST, MODELS, BackupManifest
+from facefleet.server.state.serving import offline
 from facefleet.server.state.sql.meta import NEW_GALLERY_SQL
 from facefleet.server.state.sqlite.schema import MIGRATIONS
 from facefleet.server.state.sqlite.state import BUSY_TIMEOUT_MS
@@ -116,9 +117,17 @@ def verify_backup(src: Path) -> BackupManifest:
 def restore_state(
     src: Path, database: Path, models: Path, now: datetime, *, force: bool = False
 ) -> tuple[BackupManifest, Path | None]:
-    """Restore a verified backup into the state directory of `database`, which no server may have open.
-    An existing database is refused unless `force`, which keeps it (and its -wal/-shm files) as
-    `server.db.before-restore-<time>`; returns the manifest and where the old database went (None: none)."""
+    """Restore a verified backup into the state directory of `database`, which no server may have open
+    (FailedPreconditionError while one serves it: facefleet.server.state.serving). An existing database is
+    refused unless `force`, which keeps it (and its -wal/-shm files) as `server.db.before-restore-<time>`;
+    returns the manifest and where the old database went (None: none)."""
+    with offline(database, "restore"):
+        return _restore(src, database, models, now, force)
+
+
+def _restore(
+    src: Path, database: Path, models: Path, now: datetime, force: bool
+) -> tuple[BackupManifest, Path | None]:
     manifest = verify_backup(src)
     kept: Path | None = None
     if database.exists() and not force:

@@ -1,17 +1,22 @@
 """`facefleet-server backup` and `restore` end to end on real SQLite: a backup taken while another connection
 writes restores into an empty state directory that answers like the original; a damaged backup, or a restore
 over an existing database without --force, is refused, and so is a PostgreSQL backup. A backup leaves out
-the model store's work in progress, and one that fails leaves its destination as it found it."""
+the model store's work in progress, and one that fails leaves its destination as it found it. A restore is
+refused while a server serves the state, and no server starts while a restore runs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
 import threading
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +26,12 @@ from facefleet.link.events import Event
 from facefleet.link.fleet import Registration
 from facefleet.link.gallery import Person
 from facefleet.server.api.security import new_token
+from facefleet.server.app import FleetServer
+from facefleet.server.config import ServerConfig
 from facefleet.server.domain.records import Crop
+from facefleet.server.errors import StateError
+from facefleet.server.paths import ServerPaths
+from facefleet.server.state.serving import offline
 from facefleet.server.state.sqlite.state import SqliteState
 from facefleet.vision.models.store import ModelStore
 from tests.server.cli.test_cli import run_cli
@@ -238,3 +248,89 @@ def test_a_failed_backup_removes_what_it_wrote_so_a_retry_into_the_same_dest_wor
         code, out, err = run_cli(capsys, "--state-dir", str(source), "backup", str(dest), "--json")
         assert code == EXIT_OK, err
         assert list(json.loads(out)["models"]) == ["face/m/v1/model.onnx"]
+
+
+@asynccontextmanager
+async def served(state_dir: Path, **sections: Any) -> AsyncIterator[FleetServer]:
+    """A real server on the state directory (plaintext listeners on loopback ports 0, no metrics)."""
+    config = ServerConfig.model_validate(
+        {
+            "insecure_development": True,
+            "listen": {"agents": "127.0.0.1:0", "operators": "127.0.0.1:0", "http": "127.0.0.1:0"},
+            "metrics": {"listen": ""},
+            **sections,
+        }
+    )
+    server = FleetServer(config, ServerPaths.from_config(state_dir, config))
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.stop(0)
+
+
+def people(capsys: pytest.CaptureFixture[str], state_dir: Path, *config: str) -> list[str]:
+    code, out, err = run_cli(capsys, "--state-dir", str(state_dir), *config, "people", "list", "--json")
+    assert code == EXIT_OK, err
+    return [p["person_id"] for p in json.loads(out)]
+
+
+def test_restore_is_refused_while_a_server_serves_the_state_and_works_once_it_stopped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, dest = backed_up(tmp_path, capsys)
+    database = source / "server.db"
+
+    async def scenario() -> None:
+        async with served(source) as server:
+            inode = database.stat().st_ino
+            code, _, err = run_cli(capsys, "--state-dir", str(source), "restore", str(dest), "--force")
+            assert code == EXIT_DATA
+            assert f"state database {database} is in use by a running server" in err
+            assert "stop the server first: systemctl stop facefleet-server, then run restore again" in err
+            assert database.stat().st_ino == inode
+            assert sorted(p.name for p in source.glob("server.db*")) == [
+                "server.db",
+                "server.db-shm",
+                "server.db-wal",
+                "server.db.lock",
+            ]
+            server.state.delete_person("bob", utc_now())  # a change after the refusal is kept
+
+    asyncio.run(scenario())
+    assert people(capsys, source) == ["alice"]
+    code, out, err = run_cli(capsys, "--state-dir", str(source), "restore", str(dest), "--force", "--json")
+    assert code == EXIT_OK, err
+    assert Path(json.loads(out)["kept"]).name.startswith("server.db.before-restore-")
+    assert people(capsys, source) == ["alice", "bob"]
+
+
+def test_a_server_does_not_start_while_a_restore_runs(tmp_path: Path) -> None:
+    config = ServerConfig.model_validate({"metrics": {"listen": ""}})
+    paths = ServerPaths.from_config(tmp_path, config)
+    with (
+        offline(paths.database, "restore"),
+        pytest.raises(StateError, match="is being restored or migrated") as refused,
+    ):
+        FleetServer(config, paths)
+    assert refused.value.exit_code == EXIT_IO  # systemd starts it again a little later
+    assert not paths.database.exists()
+
+
+def test_backup_and_restore_use_the_sqlite_file_of_the_state_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    populate(tmp_path / "elsewhere")
+    config = tmp_path / "server.toml"
+    config.write_text(f'[state]\nurl = "sqlite:///{tmp_path / "elsewhere" / "server.db"}"\n')
+    base = ["--state-dir", str(tmp_path / "state"), "--config", str(config)]
+    code, out, err = run_cli(capsys, *base, "backup", str(tmp_path / "backup"), "--json")
+    assert code == EXIT_OK, err
+    assert json.loads(out)["row_counts"]["people"] == 2
+    code, _, err = run_cli(capsys, *base, "restore", str(tmp_path / "backup"), "--force")
+    assert code == EXIT_OK, err
+    assert [p.name[:25] for p in (tmp_path / "elsewhere").glob("*.before-restore-*")] == [
+        "server.db.before-restore-"
+    ]
+    assert people(capsys, tmp_path / "state", "--config", str(config)) == ["alice", "bob"]
+    assert not (tmp_path / "state" / "server.db").exists()

@@ -1,14 +1,18 @@
 """`facefleet-server backup` and `restore` on a real PostgreSQL (a throwaway cluster): a populated state
 backed up with pg_dump restores into a new, empty database that answers the CLI's queries like the
 original, and into a database a server started on once; a target holding data, a model store with
-differing files and a damaged dump are refused, and leave the target as it was."""
+differing files and a damaged dump are refused, and leave the target as it was, and so is a database a
+server replica serves."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -20,13 +24,18 @@ from facefleet.link.events import AttributesResult, Event
 from facefleet.link.fleet import Registration
 from facefleet.link.gallery import Embedding, Person
 from facefleet.server.api.security import new_token
+from facefleet.server.app import FleetServer
+from facefleet.server.config import ServerConfig
 from facefleet.server.domain.records import Crop
+from facefleet.server.errors import StateError
+from facefleet.server.paths import ServerPaths
 from facefleet.server.state.postgres import schema
 from facefleet.server.state.postgres.backup import client_command
+from facefleet.server.state.postgres.serving import SERVE_LOCK, refuse_while_serving
 from facefleet.server.state.postgres.state import PostgresState
 from tests.postgres import PostgresCluster
 from tests.server.cli.test_cli import run_cli
-from tests.server.cli.test_cli_backup import answers
+from tests.server.cli.test_cli_backup import answers, people, served
 
 MODEL = "face/m/v1/model.onnx"
 
@@ -245,3 +254,52 @@ def test_the_password_goes_to_the_environment_not_the_command_line() -> None:
     assert "s3cret" not in conninfo
     assert "host=db.example" in conninfo and "port=5433" in conninfo and "sslmode=require" in conninfo
     assert env["PGPASSWORD"] == "s3cret"
+
+
+def test_restore_is_refused_while_a_replica_serves_the_database_even_after_its_connection_broke(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], postgres_cluster: PostgresCluster
+) -> None:
+    url, models = postgres_cluster.create_database(), tmp_path / "models"
+    populate(url, models)
+    config = configure(tmp_path / "server.toml", url, models)
+    base = ("--state-dir", str(tmp_path / "state"), "--config", str(config))
+    assert run_cli(capsys, *base, "backup", str(tmp_path / "backup"))[0] == EXIT_OK
+    restore = (*base, "restore", str(tmp_path / "backup"), "--force")
+
+    def holders() -> list[int]:
+        """The sessions that hold the serving lock shared: one per serving replica."""
+        with psycopg.connect(url) as conn:
+            rows = conn.execute(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = %s AND mode = 'ShareLock'",
+                (SERVE_LOCK,),
+            ).fetchall()
+        return [int(row[0]) for row in rows]
+
+    async def scenario() -> None:
+        sections: dict[str, Any] = {"state": {"url": url}, "models": {"dir": str(models)}}
+        async with served(tmp_path / "state", fleet={"poll_seconds": 0.1}, **sections) as server:
+            code, _, err = run_cli(capsys, *restore)
+            assert code == EXIT_DATA
+            assert "1 running server serves the state database" in err and "on every replica" in err
+            server.state.delete_person("bob", utc_now())  # a change after the refusal is kept
+            # the lock's connection breaks (the database restarted): the replica takes the lock again
+            (lost,) = holders()
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("SELECT pg_terminate_backend(%s)", (lost,))
+            deadline = time.monotonic() + 15
+            while not (held := holders()) or lost in held:
+                assert time.monotonic() < deadline, "the replica never took the serving lock again"
+                await asyncio.sleep(0.05)
+            code, _, err = run_cli(capsys, *restore)
+            assert code == EXIT_DATA
+
+    asyncio.run(scenario())
+    assert people(capsys, tmp_path / "state", "--config", str(config)) == ["alice", "carol"]
+    with psycopg.connect(url) as guard:  # while a restore runs, no replica starts
+        refuse_while_serving(guard, url)
+        server_config = ServerConfig.model_validate({"state": {"url": url}, "metrics": {"listen": ""}})
+        with pytest.raises(StateError, match="is being restored"):
+            FleetServer(server_config, ServerPaths.from_config(tmp_path / "state", server_config))
+    code, _, err = run_cli(capsys, *restore)
+    assert code == EXIT_OK, err
+    assert people(capsys, tmp_path / "state", "--config", str(config)) == ["alice", "bob", "carol"]

@@ -1,10 +1,11 @@
 """`facefleet-server state migrate --to postgresql://…` on a real PostgreSQL (a throwaway cluster): a
 populated SQLite state (rows in every table) copied into an empty database holds every row as it was,
 column by column, answers the same queries through the CLI when [state] url points at it, and goes on
-numbering after the copied ids."""
+numbering after the copied ids. It is refused while a server serves the SQLite state."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import uuid
@@ -17,7 +18,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from facefleet.core.errors import EXIT_OK
+from facefleet.core.errors import EXIT_DATA, EXIT_OK
 from facefleet.link.checks import utc_now
 from facefleet.link.events import AttributesResult, Event, FaceSnapshot
 from facefleet.link.gallery import Embedding, Person
@@ -30,7 +31,7 @@ from facefleet.server.state.postgres.state import PostgresState
 from facefleet.server.state.sqlite.state import SqliteState
 from tests.postgres import PostgresCluster
 from tests.server.cli.test_cli import run_cli
-from tests.server.cli.test_cli_backup import answers, populate
+from tests.server.cli.test_cli_backup import answers, populate, served
 
 
 def populate_every_table(state: SqliteState) -> None:
@@ -176,3 +177,25 @@ def test_backup_of_an_unreachable_postgresql_state_names_the_url_and_writes_noth
     assert code != EXIT_OK
     assert "cannot connect to the state database postgresql://facefleet@127.0.0.1:1/none" in err
     assert "check [state] url" in err and not (tmp_path / "b").exists()
+
+
+def test_state_migrate_is_refused_while_a_server_serves_the_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], postgres_cluster: PostgresCluster
+) -> None:
+    populate(tmp_path / "source")
+    url = postgres_cluster.create_database()
+    migrate = ("--state-dir", str(tmp_path / "source"), "state", "migrate", "--to", url)
+
+    async def scenario() -> None:
+        async with served(tmp_path / "source"):
+            code, _, err = run_cli(capsys, *migrate)
+            assert code == EXIT_DATA
+            assert "stop the server first: systemctl stop facefleet-server, then run state migrate" in err
+            with psycopg.connect(url) as conn:  # the events reported meanwhile would have been left behind
+                assert conn.execute(
+                    "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+                ).fetchone() == (0,)
+
+    asyncio.run(scenario())
+    code, _, err = run_cli(capsys, *migrate)
+    assert code == EXIT_OK, err

@@ -1,0 +1,110 @@
+"""Whether server replicas serve a PostgreSQL state database (facefleet.server.state.serving): each replica
+holds SERVE_LOCK, an advisory lock, shared on a connection of its own for as long as it serves; a restore
+(facefleet.server.state.postgres.backup) takes it exclusively for its whole run, so it is refused while any
+replica, on any host, serves the database, and no replica starts while it runs.
+
+An advisory lock lives as long as its connection: when that breaks (the database restarted, the network
+failed) the replica takes the lock again on a new one at its next look for changes (renew)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from facefleet.server.errors import FailedPreconditionError, StateError
+from facefleet.server.state.postgres.notify import KEEPALIVES
+from facefleet.server.state.postgres.state import redact
+from facefleet.server.state.serving import STOP_SERVER
+
+log = logging.getLogger(__name__)
+
+SERVE_LOCK = 0x46465333
+"""Advisory lock key held shared by every serving replica and exclusively by a restore ('FFS3')."""
+CONNECT_TIMEOUT_S = 10
+
+
+class PgServingLock:
+    """SERVE_LOCK held shared on a connection of its own, from construction until close()."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.where = redact(url)
+        # close() waits for a renew() running in a worker thread: libpq must not close a connection under
+        # a statement in flight
+        self._using = threading.Lock()
+        self._closed = False
+        self._conn = self._take()
+
+    def _take(self) -> psycopg.Connection[Any]:
+        given = conninfo_to_dict(self.url)
+        keepalives = {key: value for key, value in KEEPALIVES.items() if key not in given}
+        try:
+            conn = psycopg.connect(
+                make_conninfo(self.url, **keepalives), autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+            )
+        except psycopg.Error as exc:
+            raise StateError(f"state database {self.where}: cannot connect ({_reason(exc)})") from None
+        try:
+            row = conn.execute("SELECT pg_try_advisory_lock_shared(%s)", (SERVE_LOCK,)).fetchone()
+        except psycopg.Error as exc:
+            conn.close()
+            raise StateError(
+                f"state database {self.where}: cannot take the serving lock ({_reason(exc)})"
+            ) from None
+        if not (row and row[0]):
+            conn.close()
+            raise StateError(
+                f"state database {self.where} is being restored (`facefleet-server restore` holds it); start "
+                "the server once the restore has finished"
+            )
+        return conn
+
+    def renew(self) -> None:
+        """Take the lock again on a new connection when the one that held it broke; StateError while that
+        fails (the next call tries again)."""
+        with self._using:
+            if self._closed:
+                return
+            try:
+                self._conn.execute("SELECT 1")
+                return
+            except psycopg.Error:
+                self._conn.close()
+            self._conn = self._take()
+        log.info("state database %s: holding the serving lock again", self.where)
+
+    def close(self) -> None:
+        with self._using:
+            self._closed = True
+            self._conn.close()
+
+
+def refuse_while_serving(conn: psycopg.Connection[Any], where: str) -> None:
+    """Take SERVE_LOCK exclusively for conn's session (until it closes): FailedPreconditionError while any
+    replica serves the database (naming how many), or another restore runs."""
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (SERVE_LOCK,)).fetchone()
+    if row and row[0]:
+        return
+    serving = conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 0 AND objid = %s "
+        "AND objsubid = 1 AND mode = 'ShareLock' AND granted "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        (SERVE_LOCK,),
+    ).fetchone()
+    replicas = int(serving[0]) if serving else 0
+    if not replicas:
+        raise FailedPreconditionError(f"another restore into {where} is running: wait for it to finish")
+    raise FailedPreconditionError(
+        f"{replicas} running server{'s' if replicas > 1 else ''} serve{'' if replicas > 1 else 's'} the "
+        f"state database {where}: stop the server first: {STOP_SERVER} (on every replica), then run the "
+        "restore again"
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -43,11 +43,49 @@ class ListenConfig(StrictSection):
     max_concurrent_streams: int = Field(
         1000, ge=1, le=100_000, description="Largest number of calls in flight on one connection"
     )
+    handshake_timeout_seconds: float = Field(
+        10.0,
+        ge=0.1,
+        le=300,
+        description="A connection to any listener that has not completed its TLS handshake (gRPC: and its "
+        "HTTP/2 preface) this long after it was accepted is closed",
+    )
+    http_header_timeout_seconds: float = Field(
+        10.0,
+        ge=0.1,
+        le=300,
+        description="An HTTP connection that has not sent a request's complete headers this long after its "
+        "handshake, or after its previous response, is closed",
+    )
+    http_max_connections: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="Most HTTP connections at once, handshakes in progress included; one more is closed at "
+        "once",
+    )
+    http_max_connections_per_client: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="Most HTTP connections at once from one address (an IPv6 /64); one more is closed at "
+        "once. Behind a TCP load balancer every connection comes from its address: make this "
+        "http_max_connections",
+    )
 
     @field_validator("agents", "operators", "http")
     @classmethod
     def _address(cls, address: str) -> str:
         return check_listen(address)
+
+    @model_validator(mode="after")
+    def _per_client_within_all(self) -> ListenConfig:
+        if self.http_max_connections_per_client > self.http_max_connections:
+            raise ValueError(
+                f"[listen] http_max_connections_per_client ({self.http_max_connections_per_client}) must not "
+                f"exceed http_max_connections ({self.http_max_connections})"
+            )
+        return self
 
 
 class TlsConfig(StrictSection):

@@ -1,7 +1,8 @@
 """Serving the HTTP API with uvicorn on the running event loop, next to the gRPC server: `listen.http`, TLS
-with the server's certificate (plaintext with `insecure_development = true`), HTTP/1.1, no access log. The
-socket is bound here, so that a port that cannot be bound is the caller's bind error and port 0 works; the
-process's signal handlers stay the server's (uvicorn's own are not installed)."""
+with the server's certificate (plaintext with `insecure_development = true`; TLS 1.2 with AEAD ciphers only),
+HTTP/1.1, no access log, connections within the limits of `listen` (facefleet.server.api.http.connections).
+The socket is bound here, so that a port that cannot be bound is the caller's bind error and port 0 works;
+the process's signal handlers stay the server's (uvicorn's own are not installed)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import uvicorn
 from facefleet.core.config import parse_address
 from facefleet.server.api.handlers import OperatorHandlers
 from facefleet.server.api.http.app import HttpLimits, create_app
+from facefleet.server.api.http.connections import Admission, ConnectionLimits, TimedH11
 from facefleet.server.api.http.timing import RequestObserver
 from facefleet.server.config import ServerConfig
 from facefleet.server.errors import ServerConfigError, ServerError
@@ -26,14 +28,48 @@ from facefleet.server.paths import ServerPaths
 log = logging.getLogger(__name__)
 STOP_MARGIN_S = 5.0
 """How much longer than its grace period a stop may take before the server task is cancelled."""
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+"""TLS 1.2 cipher suites: forward secrecy and AEAD only (TLS 1.3's are all of that kind)."""
 
 
 class _Uvicorn(uvicorn.Server):
-    """uvicorn without its signal handling: SIGTERM and SIGINT stop the whole server process."""
+    """uvicorn without its signal handling (SIGTERM and SIGINT stop the whole server process), whose listening
+    sockets hand each connection to Admission: counted, TLS handshake, then TimedH11."""
+
+    def __init__(self, config: uvicorn.Config, limits: ConnectionLimits) -> None:
+        super().__init__(config)
+        self.limits = limits
+        self.admission: Admission | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await self.lifespan.startup()  # "off": nothing to start
+        config, limits = self.config, self.limits
+
+        def http(closed: Callable[[], None]) -> asyncio.Protocol:
+            return TimedH11(
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                header_timeout_s=limits.header_timeout_s,
+                closed=closed,
+            )
+
+        self.admission = Admission(limits, config.ssl, http)
+        loop = asyncio.get_running_loop()
+        self.servers = [
+            await loop.create_server(self.admission.accepted, sock=sock, backlog=config.backlog)
+            for sock in sockets or ()
+        ]
+        self.started = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.admission is not None:
+            self.admission.stop()
+        await super().shutdown(sockets)
 
 
 class HttpServer:
@@ -85,6 +121,7 @@ async def start_http(
         proxy_headers=False,
         ssl_certfile=None if config.insecure_development else paths.server_cert,
         ssl_keyfile=None if config.insecure_development else paths.server_key,
+        ssl_ciphers=TLS12_CIPHERS,
         timeout_graceful_shutdown=max(1, round(config.listen.grace_seconds)),
     )
     try:
@@ -100,7 +137,14 @@ async def start_http(
         raise bind_error(
             f"listen.http = {address!r}: cannot listen ({exc.strerror or exc}); is another server running?"
         ) from None
-    server = _Uvicorn(settings)
+    listen = config.listen
+    limits = ConnectionLimits(
+        handshake_timeout_s=listen.handshake_timeout_seconds,
+        header_timeout_s=listen.http_header_timeout_seconds,
+        max_connections=listen.http_max_connections,
+        max_per_client=listen.http_max_connections_per_client,
+    )
+    server = _Uvicorn(settings, limits)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:  # startup only creates the server on the bound socket: a few loop turns
         if task.done():

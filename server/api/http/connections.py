@@ -1,0 +1,243 @@
+"""The HTTP API's connections within limits, so that clients that connect and then send little or nothing
+cannot take the server's memory and file descriptors (a TLS connection holds ~280 KiB of buffers from the
+moment it is accepted):
+
+- at most `max_connections` at once, and `max_per_client` from one address (an IPv6 /64), counted from the
+  accepted TCP connection on, TLS handshakes in progress included; one more is closed at once, before its
+  handshake;
+- the TLS handshake within `handshake_timeout_s`;
+- then each request's complete headers within `header_timeout_s` of the handshake or of the previous response
+  (a client that sends nothing, or a header a byte at a time, is closed). A request's body and its response
+  take as long as they take."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger(__name__)
+WARN_EVERY_S = 60.0
+"""Least time between two warnings about connections refused past a limit (s)."""
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """handshake_timeout_s, header_timeout_s: seconds; max_connections, max_per_client: connections open at
+    once."""
+
+    handshake_timeout_s: float
+    header_timeout_s: float
+    max_connections: int
+    max_per_client: int
+
+
+class TimedH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a time limit on the wait for each request's headers; `closed` is
+    called when its connection ends."""
+
+    def __init__(
+        self, *args: Any, header_timeout_s: float, closed: Callable[[], None], **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout_s = header_timeout_s
+        self.closed = closed
+        self._headers_due: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._time_headers()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._time_headers()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._time_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._headers_due is not None:
+            self._headers_due.cancel()
+            self._headers_due = None
+        self.closed()
+        super().connection_lost(exc)
+
+    def _time_headers(self) -> None:
+        """Run the timer while no request is in progress (none yet, or its response sent) and stop it once a
+        request's headers are in; data that arrives meanwhile does not restart it."""
+        waiting = self.conn.our_state in (h11.IDLE, h11.DONE) and not self.transport.is_closing()
+        if waiting and self._headers_due is None:
+            self._headers_due = self.loop.call_later(self.header_timeout_s, self._headers_late)
+        elif not waiting and self._headers_due is not None:
+            self._headers_due.cancel()
+            self._headers_due = None
+
+    def _headers_late(self) -> None:
+        self._headers_due = None
+        self.transport.abort()
+
+
+class Admission:
+    """Counts the connections overall and by client, closes those past a limit, and does the TLS handshake of
+    the others (`tls` None: plaintext) before `http` makes their HTTP protocol, given what to call when the
+    connection ends. `accepted` is the listening server's protocol factory."""
+
+    def __init__(
+        self,
+        limits: ConnectionLimits,
+        tls: ssl.SSLContext | None,
+        http: Callable[[Callable[[], None]], asyncio.Protocol],
+    ) -> None:
+        self.limits = limits
+        self.tls = tls
+        self.http = http
+        self.total = 0
+        self.by_client: dict[str, int] = {}
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._stopped = False
+        self._refused = 0
+        self._warned_at = -WARN_EVERY_S
+
+    def accepted(self) -> asyncio.Protocol:
+        return _Handshake(self)
+
+    def stop(self) -> None:
+        """Close connections accepted from now on and the handshakes in progress."""
+        self._stopped = True
+        for task in list(self._handshakes):
+            task.cancel()
+
+    def admit(self, client: str) -> Callable[[], None] | None:
+        """What to call once when the connection ends, or None when it is past a limit."""
+        limits = self.limits
+        if (
+            self._stopped
+            or self.total >= limits.max_connections
+            or self.by_client.get(client, 0) >= limits.max_per_client
+        ):
+            self._refuse(client)
+            return None
+        self.total += 1
+        self.by_client[client] = self.by_client.get(client, 0) + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.total -= 1
+                left = self.by_client[client] - 1
+                if left:
+                    self.by_client[client] = left
+                else:
+                    del self.by_client[client]
+
+        return release
+
+    def _refuse(self, client: str) -> None:
+        self._refused += 1
+        now = time.monotonic()
+        if not self._stopped and now - self._warned_at >= WARN_EVERY_S:
+            log.warning(
+                "HTTP API: new connections closed at once (%d since the last warning): %d open of "
+                "listen.http_max_connections = %d, %d from %s of listen.http_max_connections_per_client = %d",
+                self._refused,
+                self.total,
+                self.limits.max_connections,
+                self.by_client.get(client, 0),
+                client or "an unknown address",
+                self.limits.max_per_client,
+            )
+            self._warned_at, self._refused = now, 0
+
+    def start(self, transport: asyncio.Transport, handshake: _Handshake) -> None:
+        task = asyncio.get_running_loop().create_task(self._handshake(transport, handshake))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, transport: asyncio.Transport, handshake: _Handshake) -> None:
+        assert self.tls is not None
+        try:
+            secured = await asyncio.get_running_loop().start_tls(
+                transport,
+                handshake,
+                self.tls,
+                server_side=True,
+                ssl_handshake_timeout=self.limits.handshake_timeout_s,
+            )
+        except OSError:  # refused, too slow, or gone; start_tls closed the connection
+            handshake.release()
+            return
+        except BaseException:
+            handshake.release()
+            raise
+        if secured is None or handshake.lost:
+            handshake.release()
+            return
+        handshake.hand_over(secured)
+
+
+def client_of(peer: Any) -> str:
+    """The address a connection counts against: its IP address, or the /64 network of an IPv6 one."""
+    try:
+        address = ipaddress.ip_address(str(peer[0]).partition("%")[0])
+    except (TypeError, IndexError, ValueError):
+        return ""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+class _Handshake(asyncio.Protocol):
+    """A connection from its acceptance until its TLS handshake is done: admitted or closed at once, then its
+    protocol during the handshake (keeping application data that came with the handshake's last message),
+    then handed over to the HTTP protocol."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self.release: Callable[[], None] = _nothing
+        self.lost = False
+        self._early: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        release = self.admission.admit(client_of(transport.get_extra_info("peername")))
+        if release is None:
+            transport.abort()
+            return
+        self.release = release
+        if self.admission.tls is None:
+            self.hand_over(transport)
+        else:
+            transport.pause_reading()
+            self.admission.start(transport, self)
+
+    def data_received(self, data: bytes) -> None:
+        self._early.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.release()
+
+    def hand_over(self, transport: asyncio.Transport) -> None:
+        http = self.admission.http(self.release)
+        transport.set_protocol(http)
+        http.connection_made(transport)
+        for data in self._early:
+            http.data_received(data)
+        self._early.clear()
+
+
+def _nothing() -> None:
+    pass

@@ -10,9 +10,10 @@ server; a bearer token needs neither (a browser never adds it on its own)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from facefleet.server.api.handlers import OperatorHandlers
@@ -104,6 +105,28 @@ async def query_operator(request: Request, credentials: Credentials) -> Operator
 
 async def admin_operator(request: Request, credentials: Credentials) -> Operator:
     return _operator(request, credentials, "admin")
+
+
+ROLES: dict[Callable[..., Any], Role] = {admin_operator: "admin", query_operator: "query"}
+"""The role each operator dependency asks for."""
+
+
+def required_role(dependant: Dependant) -> Role | None:
+    """The role a route's AdminOperator or QueryOperator (or one of its dependencies') asks for ("admin"
+    when both are there), None when it has neither."""
+    pending, roles = [dependant], set()
+    while pending:
+        current = pending.pop()
+        if current.call in ROLES:
+            roles.add(ROLES[current.call])
+        pending.extend(current.dependencies)
+    return "admin" if "admin" in roles else "query" if roles else None
+
+
+async def check_operator(request: Request, need: Role) -> Operator:
+    """The check of AdminOperator or QueryOperator, made before the request's body is read: a request
+    without a valid token or session (or CSRF token) is refused with nothing of its body parsed."""
+    return _operator(request, await bearer(request), need)
 
 
 async def admin_recheck(request: Request, credentials: Credentials) -> Callable[[], Operator]:

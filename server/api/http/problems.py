@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from facefleet.link.errors import LinkError
+from facefleet.server.api.http.auth import check_operator, required_role
 from facefleet.server.api.http.uploads import MAX_JSON_BYTES, Body
 from facefleet.server.errors import InvalidArgumentError, ServerError
 
@@ -51,6 +52,9 @@ CODES_BY_HTTP = {
 """Routing errors (no such path, a method the path does not take) and rate limits as gRPC status names."""
 WWW_AUTHENTICATE = 'Bearer realm="facefleet"'
 INTERNAL_DETAIL = "internal server error; see the server log"
+MAX_ANONYMOUS_JSON_BYTES = 4 * 1024
+"""Largest JSON body of a route that takes no token (the console's sign-in: a token of at most 256
+characters)."""
 
 
 class Problem(BaseModel):
@@ -158,16 +162,22 @@ async def routing_problem(request: Request, exc: Exception) -> Response:
 
 class ProblemRoute(APIRoute):
     """The route class of the API: whatever a route or its dependencies raise becomes a problem detail (the
-    rest of the request body drained first); a JSON request body is refused past MAX_JSON_BYTES."""
+    rest of the request body drained first). A route that takes a JSON body checks the caller's token or
+    session before it reads the body, and refuses a body past MAX_JSON_BYTES (past MAX_ANONYMOUS_JSON_BYTES
+    where it needs no token, as the console's sign-in)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        limit = MAX_JSON_BYTES if getattr(self, "body_field", None) is not None else None
+        takes_body = getattr(self, "body_field", None) is not None
+        need = required_role(self.dependant) if takes_body else None
+        limit = None if not takes_body else MAX_JSON_BYTES if need else MAX_ANONYMOUS_JSON_BYTES
 
         async def route(request: Request) -> Response:
             body = Body(request, limit)
             try:
                 body.check_declared()
+                if need is not None:
+                    await check_operator(request, need)
                 return await handler(body.request)
             except Exception as exc:
                 response = problem_of(request, exc)

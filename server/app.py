@@ -43,6 +43,7 @@ from facefleet.server.api.handlers import OperatorHandlers
 from facefleet.server.api.http.server import HttpServer, start_http
 from facefleet.server.api.security import Authenticator
 from facefleet.server.api.servicers import AdminServicer, FleetServicer, QueryServicer
+from facefleet.server.api.token_gate import TokenGate
 from facefleet.server.api.wire import services
 from facefleet.server.config import ServerConfig
 from facefleet.server.domain.models import ROLLOUT_STATES
@@ -73,6 +74,9 @@ from facefleet.vision.runtime import Runtime
 log = logging.getLogger(__name__)
 EXPIRY_INTERVAL_S = 3600.0
 """How often the retention job runs while serving."""
+CONNECTION_IDLE_MS = 300_000
+"""A gRPC connection without a call this long is closed (GOAWAY; the client reconnects for its next call).
+An agent's Watch stream is a call, so its connection is never idle."""
 
 
 @dataclass(frozen=True)
@@ -157,9 +161,16 @@ class FleetServer:
         await self.enrolment.follow_rollouts(
             await asyncio.to_thread(rollout_embedding_models, self.state.models)
         )
-        server = grpc.aio.server(options=self._options(), interceptors=[self.metrics.interceptor()])
+        auth = self._auth = Authenticator(
+            self.state,
+            devices=self.devices,
+            insecure=self.config.insecure_development,
+            cache_seconds=self.config.tokens.cache_seconds,
+        )
+        gate = TokenGate(auth, services.OPERATOR_SERVICE_NAMES)  # after the metrics, which count its refusals
+        server = grpc.aio.server(options=self._options(), interceptors=[self.metrics.interceptor(), gate])
         try:
-            await self._add_services(server, self.fanout)
+            await self._add_services(server, self.fanout, auth)
             listen = self.config.listen
             if listen.agents and listen.agents == listen.operators and not listen.agents.endswith(":0"):
                 raise ServerConfigError("listen.agents and listen.operators must be different addresses")
@@ -238,15 +249,10 @@ class FleetServer:
 
     # -- assembly ------------------------------------------------------------------------------------
 
-    async def _add_services(self, server: grpc.aio.Server, fanout: GalleryFanout) -> None:
+    async def _add_services(
+        self, server: grpc.aio.Server, fanout: GalleryFanout, auth: Authenticator
+    ) -> None:
         config = self.config
-        auth = Authenticator(
-            self.state,
-            devices=self.devices,
-            insecure=config.insecure_development,
-            cache_seconds=config.tokens.cache_seconds,
-        )
-        self._auth = auth
         fleet = FleetHandler(
             self.state,
             fanout,
@@ -327,6 +333,8 @@ class FleetServer:
             ("grpc.keepalive_timeout_ms", 20_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.server_handshake_timeout_ms", round(self.config.listen.handshake_timeout_seconds * 1000)),
+            ("grpc.max_connection_idle_ms", CONNECTION_IDLE_MS),
         ]
 
     def _credentials(self) -> tuple[grpc.ServerCredentials, grpc.ServerCredentials]:

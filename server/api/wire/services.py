@@ -38,3 +38,5 @@ SERVICE_NAMES = tuple(
         (query_pb2, "QueryService"),
     )
 )
+OPERATOR_SERVICE_NAMES = SERVICE_NAMES[1:]
+"""The services that take operators' bearer tokens (AdminService, QueryService)."""

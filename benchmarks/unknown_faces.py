@@ -7,7 +7,13 @@ from the same run:
 - clustering: 10,000 unknown snapshots of 300 unseen people (synthetic embeddings spread as real ones are:
   strangers ~0.15 apart, sightings of one person ~0.5) grouped by `cluster_unknown`, and the
   whole `UnknownFaces.clusters()` path (read from SQLite + cluster); target < 1 s; with how pure the
-  clusters are. Baseline: one similarity product of all 10,000 snapshots against each other.
+  clusters are. Baseline: one similarity product of all 10,000 snapshots against each other;
+- strangers: 20,000 and 50,000 unknown snapshots of as many people (random embeddings, no two alike: the
+  clustering's worst case, one cluster each) grouped by `cluster_unknown`, vs the same snapshots grouped one
+  at a time against every cluster (the clustering before it compared blocks of snapshots in one product),
+  with whether both group alike; then `UnknownFaces.clusters()` on its thread: the first listing (read from
+  SQLite and cluster), the next (nothing changed: kept), and 6 listings at once after a new snapshot, with
+  how many clusterings they took.
 
 The ingest runs against a real `facefleet-server serve` process (mutual TLS, SQLite in a temporary state
 directory, loopback only), the clustering in this process on a real SQLite state.
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import platform
 import sys
@@ -150,9 +157,9 @@ def clustering(root: Path, real: list[npt.NDArray[np.float32]], crop: bytes, cou
         began = time.perf_counter()
         clusters = cluster_unknown(loaded, THRESHOLD)
         timings.append(time.perf_counter() - began)
-    handler = UnknownFaces(state, None, lambda: None, UnknownSettings(threshold=THRESHOLD))  # type: ignore[arg-type]
     whole = []
-    for _ in range(repeats):
+    for _ in range(repeats):  # a new handler each time: nothing kept from the last listing
+        handler = UnknownFaces(state, None, lambda: None, UnknownSettings(threshold=THRESHOLD))  # type: ignore[arg-type]
         began = time.perf_counter()
         asyncio.run(handler.clusters())
         whole.append(time.perf_counter() - began)
@@ -176,6 +183,94 @@ def clustering(root: Path, real: list[npt.NDArray[np.float32]], crop: bytes, cou
     }
 
 
+def one_at_a_time(snapshots: list[Any], threshold: float) -> list[frozenset[str]]:
+    """The snapshots' clusters (sets of event ids) as each compared with every cluster's mean in turn: one
+    (clusters × D) product per snapshot."""
+    ordered = sorted(snapshots, key=lambda s: (s.time, s.event_id))
+    dim = ordered[0].vector.shape[0]
+    sums = np.zeros((len(ordered), dim), dtype=np.float32)
+    means = np.zeros((len(ordered), dim), dtype=np.float32)
+    groups: list[list[str]] = []
+    for snapshot in ordered:
+        k = len(groups)
+        best = -1
+        if k:
+            similarity = means[:k] @ snapshot.vector
+            best = int(np.argmax(similarity))
+            if float(similarity[best]) < threshold:
+                best = -1
+        if best < 0:
+            best = k
+            groups.append([])
+        groups[best].append(snapshot.event_id)
+        sums[best] += snapshot.vector
+        means[best] = sums[best] / max(float(np.linalg.norm(sums[best])), 1e-12)
+    return [frozenset(g) for g in groups]
+
+
+class Clusterings(logging.Handler):
+    """Counts the clusterings UnknownFaces logs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += record.getMessage().startswith("clustered")
+
+
+def strangers(root: Path, crop: bytes, count: int) -> Any:
+    rng = np.random.default_rng(13)
+    vectors = rng.normal(size=(count + 1, 128)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    state = SqliteState(root / f"strangers-{count}.db")
+    start = utc_now() - timedelta(days=1)
+    events = [
+        Event(str(uuid.UUID(int=i + 1)), "dev-000", start + timedelta(seconds=i), "face", "unknown",
+              camera="cam1", snapshot=FaceSnapshot(crop, b"", Embedding(MODEL, vectors[i], 0.8)))
+        for i in range(count + 1)
+    ]  # fmt: skip
+    for offset in range(0, count, 5000):
+        state.add_events(events[offset : min(count, offset + 5000)])
+    loaded = state.snapshots.unknown_snapshots(start - timedelta(days=1), count)
+    began = time.perf_counter()
+    clusters = cluster_unknown(loaded, THRESHOLD)
+    blocked = time.perf_counter() - began
+    began = time.perf_counter()
+    baseline = one_at_a_time(loaded, THRESHOLD)
+    each = time.perf_counter() - began
+    same = sorted(map(sorted, baseline)) == sorted(sorted(s.event_id for s in c.snapshots) for c in clusters)
+    counter = Clusterings()
+    logging.getLogger("facefleet.server.gallery.unknown").addHandler(counter)
+    logging.getLogger("facefleet.server.gallery.unknown").setLevel(logging.INFO)
+    handler = UnknownFaces(state, None, lambda: None, UnknownSettings(threshold=THRESHOLD))  # type: ignore[arg-type]
+
+    async def listings(n: int) -> float:
+        began = time.perf_counter()
+        await asyncio.gather(*(handler.clusters() for _ in range(n)))
+        return time.perf_counter() - began
+
+    first = asyncio.run(listings(1))
+    again = asyncio.run(listings(1))
+    state.add_events(events[count:])
+    before = counter.count
+    concurrent = asyncio.run(listings(6))
+    logging.getLogger("facefleet.server.gallery.unknown").removeHandler(counter)
+    state.close()
+    return {
+        "snapshots": count,
+        "clusters": len(clusters),
+        "cluster_unknown_s": round(blocked, 3),
+        "one_at_a_time_baseline_s": round(each, 3),
+        "speed_up": round(each / blocked, 2),
+        "same_clusters": same,
+        "first_listing_s": round(first, 3),
+        "next_listing_kept_s": round(again, 4),
+        "six_listings_after_a_new_snapshot_s": round(concurrent, 3),
+        "clusterings_for_the_six": counter.count - before,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -190,6 +285,10 @@ def main() -> None:
         snapshot = events_pb2.FaceSnapshot(crop_jpeg=crop, context_jpeg=context, embedding=embedding)
         progress("clustering 10,000 unknown snapshots")
         figures: dict[str, Any] = {"clustering": clustering(root, real, crop, 10_000, 3 if args.quick else 7)}
+        figures["strangers"] = []
+        for count in (20_000,) if args.quick else (20_000, 50_000):
+            progress(f"clustering {count:,} unknown snapshots of as many people")
+            figures["strangers"].append(strangers(root, crop, count))
         state_dir, state, _ = new_state(root, [f"dev-{i:03d}" for i in range(50)])
         state.close()
         calls = 2 if args.quick else 4

@@ -1,7 +1,8 @@
 """`facefleet-server unknown …`: review the faces agents saw that nobody enrolled, grouped per unseen person;
-enrol a cluster as a new person or add it to an enrolled one, or dismiss it. On the state directory, or with
---server through the HTTP API; the JSON is the HTTP API's either way. Each change is in the admin audit
-log."""
+enrol a cluster as a new person or add it to an enrolled one, or dismiss it. A change names the cluster's
+version as `list` or `show` gave it, and is refused (nothing changes) if faces joined or left the cluster
+since. On the state directory, or with --server through the HTTP API; the JSON is the HTTP API's either way.
+Each change is in the admin audit log."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from facefleet.core.errors import EXIT_OK
 from facefleet.server.api.http.people import PersonOut
@@ -19,6 +21,11 @@ from facefleet.server.api.http.unknown import ClusterOut, ClusterSummary, Snapsh
 from facefleet.server.cli.context import Context, dump, when
 from facefleet.server.errors import ServerError
 from facefleet.server.gallery.unknown import UnknownEnrolment
+
+VERSION_HELP = (
+    "the cluster's version as `unknown list` or `show` gave it: if faces joined or left the cluster since, "
+    "nothing is done"
+)
 
 
 def register(commands: Any, make: Callable[..., Any]) -> None:
@@ -32,7 +39,7 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
         "clusters of unknown faces, newest first",
         "facefleet-server unknown list --json",
         "Unknown faces of the last `snapshots.cluster_window_days`, grouped by who they probably are: each "
-        "cluster's id, how many times, when, and on which devices and cameras.",
+        "cluster's id and version, how many times, when, and on which devices and cameras.",
     )
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=_list)
@@ -47,11 +54,12 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
         verbs,
         "enroll",
         "enrol a cluster as a person",
-        "facefleet-server unknown enroll CLUSTER --person-id visitor-7 --name 'Visitor 7'",
+        "facefleet-server unknown enroll CLUSTER --version VERSION --person-id visitor-7 --name 'Visitor 7'",
         "The snapshots' embeddings and face crops become the person's: a new person, or with --existing "
         "more samples of an enrolled one. Agents recognise the person from their next frame.",
     )
     enroll.add_argument("cluster")
+    enroll.add_argument("--version", required=True, help=VERSION_HELP)
     enroll.add_argument("--person-id", required=True, help="the person's id")
     enroll.add_argument("--name", default="", help="display name of a new person")
     enroll.add_argument("--group", action="append", default=[], help="a group of a new person (repeat)")
@@ -60,9 +68,13 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
     enroll.set_defaults(handler=_enroll)
 
     dismiss = make(
-        verbs, "dismiss", "take a cluster out of the review", "facefleet-server unknown dismiss CLUSTER"
+        verbs,
+        "dismiss",
+        "take a cluster out of the review",
+        "facefleet-server unknown dismiss CLUSTER --version VERSION",
     )
     dismiss.add_argument("cluster")
+    dismiss.add_argument("--version", required=True, help=VERSION_HELP)
     dismiss.set_defaults(handler=_dismiss)
 
 
@@ -79,11 +91,13 @@ def _list(context: Context, args: argparse.Namespace) -> int:
         return EXIT_OK
     table = Table()
     table.add_column("cluster", no_wrap=True)
+    table.add_column("version", no_wrap=True)
     for column in ("seen", "first", "last", "cameras"):
         table.add_column(column, overflow="fold")
     for c in clusters:
         table.add_row(
             c["cluster_id"],
+            c["version"],
             str(c["count"]),
             when(c["first_seen"]),
             when(c["last_seen"]),
@@ -120,7 +134,7 @@ def _show(context: Context, args: argparse.Namespace) -> int:
     if context.json_output:
         context.print_json(cluster)
         return EXIT_OK
-    table = Table()
+    table = Table(title=Text(f"cluster {cluster['cluster_id']}, version {cluster['version']}"))
     table.add_column("snapshot", no_wrap=True)
     for column in ("time", "camera", "quality"):
         table.add_column(column, overflow="fold")
@@ -143,11 +157,14 @@ def _enroll(context: Context, args: argparse.Namespace) -> int:
             "groups": args.group,
             "existing": args.existing,
         }
-        enrolled = context.remote.post(f"/unknown/clusters/{args.cluster}/enrol", body)
+        enrolled = context.remote.post(
+            f"/unknown/clusters/{args.cluster}/enrol", body, params={"version": args.version}
+        )
     else:
         request = UnknownEnrolment(
             args.person_id,
             cluster_id=args.cluster,
+            cluster_version=args.version,
             display_name=args.name,
             groups=tuple(args.group),
             existing=args.existing,
@@ -172,9 +189,12 @@ def _enroll(context: Context, args: argparse.Namespace) -> int:
 
 def _dismiss(context: Context, args: argparse.Namespace) -> int:
     if context.remote is not None:
-        count = context.remote.post(f"/unknown/clusters/{args.cluster}/dismiss")["count"]
+        dismissed = context.remote.post(
+            f"/unknown/clusters/{args.cluster}/dismiss", params={"version": args.version}
+        )
+        count = dismissed["count"]
     else:
         with context.audited("unknown.dismiss", args.cluster):
-            count = asyncio.run(context.operators.unknown.dismiss(args.cluster, ()))
+            count = asyncio.run(context.operators.unknown.dismiss(args.cluster, (), args.version))
     context.console.print(f"{count} snapshots dismissed", markup=False)
     return EXIT_OK

@@ -6,14 +6,23 @@ An enrolment takes each snapshot's embedding as it is (the model the agent match
 as an enrolment crop, kept for re-embedding with future models; models the server enrols with that the
 snapshots lack are computed from those crops. It is one gallery revision, marked on the snapshots in the same
 transaction, so the agents recognise the person at their next frame; a snapshot another operator enrolled
-meanwhile (through this replica or another) fails that transaction, so no face is enrolled twice."""
+meanwhile (through this replica or another) fails that transaction, so no face is enrolled twice.
+
+Clustering runs on a thread of its own, one computation at a time, so the threads that serve ingest and
+queries never wait for it; its result is kept until the snapshots under review change (a key read from the
+database, so a change through any replica counts). An action on a cluster names the version that was listed
+(UnknownCluster.version): a cluster that gained or lost snapshots since is refused, nothing changed."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar, cast
 
 import cv2
 import numpy as np
@@ -41,6 +50,9 @@ from facefleet.vision.images.header import declared_size
 CROP_SIZE = 112
 Frame = npt.NDArray[np.uint8]
 MAX_SNAPSHOTS_PER_ACTION = 1000
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,11 +70,13 @@ class UnknownSettings:
 
 @dataclass(frozen=True)
 class UnknownEnrolment:
-    """Enrol the snapshots of a cluster, or chosen snapshots, as person_id: a new person (existing False;
-    display_name and groups apply) or more samples of an enrolled one (existing True)."""
+    """Enrol the snapshots of a cluster (at cluster_version, as listed), or chosen snapshots, as person_id: a
+    new person (existing False; display_name and groups apply) or more samples of an enrolled one (existing
+    True)."""
 
     person_id: str
     cluster_id: str = ""
+    cluster_version: str = ""
     snapshot_ids: tuple[str, ...] = ()
     display_name: str = ""
     groups: tuple[str, ...] = ()
@@ -94,14 +108,49 @@ class UnknownFaces:
         self.enroller = enroller
         self.settings = settings
         self.clock = clock
+        self._clustering = ThreadPoolExecutor(1, thread_name_prefix="unknown-clusters")
+        self._clustered: tuple[tuple[object, ...], list[UnknownCluster]] | None = None
+        self._renders: dict[Callable[[list[UnknownCluster]], object], object] = {}
 
     async def clusters(self) -> list[UnknownCluster]:
-        """Clusters of unknown snapshots under review, newest first."""
+        """Clusters of unknown snapshots under review, newest first: on the clustering thread, after those
+        asked for before; computed again only when the snapshots under review changed."""
         since = self.clock() - self.settings.window
-        snapshots = await asyncio.to_thread(
-            self.state.snapshots.unknown_snapshots, since, self.settings.max_snapshots
+        loop = asyncio.get_running_loop()
+        return list(await loop.run_in_executor(self._clustering, self._clusters, since))
+
+    async def rendered(self, render: Callable[[list[UnknownCluster]], T]) -> T:
+        """render(clusters) on the clustering thread, kept with the clusters: a listing of tens of thousands
+        of clusters is encoded once per change, not on the event loop at every request."""
+        since = self.clock() - self.settings.window
+        loop = asyncio.get_running_loop()
+        return cast(T, await loop.run_in_executor(self._clustering, self._rendered, since, render))
+
+    def _rendered(self, since: datetime, render: Callable[[list[UnknownCluster]], object]) -> object:
+        clusters = self._clusters(since)
+        if render not in self._renders:
+            self._renders[render] = render(clusters)
+        return self._renders[render]
+
+    def _clusters(self, since: datetime) -> list[UnknownCluster]:
+        """On the clustering thread. The key is read before the snapshots, so a snapshot that arrives in
+        between makes the next call compute again rather than miss it."""
+        settings = self.settings
+        key = (self.state.snapshots.review_key(since), settings.threshold, settings.max_snapshots)
+        if self._clustered is not None and self._clustered[0] == key:
+            return self._clustered[1]
+        began = time.perf_counter()
+        snapshots = self.state.snapshots.unknown_snapshots(since, settings.max_snapshots)
+        clusters = cluster_unknown(snapshots, settings.threshold)
+        log.info(
+            "clustered %d unknown snapshots into %d clusters in %.2f s",
+            len(snapshots),
+            len(clusters),
+            time.perf_counter() - began,
         )
-        return await asyncio.to_thread(cluster_unknown, snapshots, self.settings.threshold)
+        self._clustered = (key, clusters)
+        self._renders = {}
+        return clusters
 
     async def cluster(self, cluster_id: str) -> UnknownCluster:
         check_id("cluster id", cluster_id)
@@ -126,7 +175,7 @@ class UnknownFaces:
 
     async def enrol(self, request: UnknownEnrolment) -> UnknownEnrolled:
         """Enrol the snapshots (one gallery revision); they leave the review."""
-        snapshots = await self._chosen(request.cluster_id, request.snapshot_ids)
+        snapshots = await self._chosen(request.cluster_id, request.cluster_version, request.snapshot_ids)
         if len(snapshots) > MAX_EMBEDDINGS_PER_PERSON:  # an embedding each at least: refused before decoding
             raise InvalidArgumentError(
                 f"{len(snapshots)} snapshots give {len(snapshots)} embeddings or more, over the limit of "
@@ -164,24 +213,38 @@ class UnknownFaces:
         )
         return UnknownEnrolled(stored, ids)
 
-    async def dismiss(self, cluster_id: str, snapshot_ids: Sequence[str]) -> int:
-        """Take snapshots out of the review (kept until retention); how many."""
-        snapshots = await self._chosen(cluster_id, tuple(snapshot_ids))
+    async def dismiss(self, cluster_id: str, snapshot_ids: Sequence[str], version: str = "") -> int:
+        """Take snapshots, or a cluster at the version listed, out of the review (kept until retention); how
+        many."""
+        snapshots = await self._chosen(cluster_id, version, tuple(snapshot_ids))
         ids = [s.event_id for s in snapshots]
         return await asyncio.to_thread(self.state.snapshots.set_status, ids, "dismissed")
 
-    async def delete(self, cluster_id: str, snapshot_ids: Sequence[str]) -> int:
-        """Delete snapshots and their images now; how many."""
-        snapshots = await self._chosen(cluster_id, tuple(snapshot_ids))
+    async def delete(self, cluster_id: str, snapshot_ids: Sequence[str], version: str = "") -> int:
+        """Delete snapshots, or a cluster's at the version listed, and their images now; how many."""
+        snapshots = await self._chosen(cluster_id, version, tuple(snapshot_ids))
         return await asyncio.to_thread(self.state.snapshots.delete_snapshots, [s.event_id for s in snapshots])
 
-    async def _chosen(self, cluster_id: str, snapshot_ids: tuple[str, ...]) -> list[Snapshot]:
+    async def _chosen(self, cluster_id: str, version: str, snapshot_ids: tuple[str, ...]) -> list[Snapshot]:
+        """The snapshots of the cluster, if it still holds those of the version listed, or those chosen."""
         if bool(cluster_id) == bool(snapshot_ids):
             raise InvalidArgumentError("give either a cluster id or snapshot ids")
         if len(snapshot_ids) > MAX_SNAPSHOTS_PER_ACTION:
             raise InvalidArgumentError(f"at most {MAX_SNAPSHOTS_PER_ACTION} snapshot ids at a time")
         if cluster_id:
-            return list((await self.cluster(cluster_id)).snapshots)
+            if not version:
+                raise InvalidArgumentError(
+                    f"give the version of cluster {cluster_id!r} as it was listed, so that only the faces "
+                    "shown are taken"
+                )
+            cluster = await self.cluster(cluster_id)
+            if cluster.version != version:
+                raise FailedPreconditionError(
+                    f"unknown-face cluster {cluster_id!r} changed since version {version!r} was listed: "
+                    f"faces joined or left it (it now holds {cluster.count}); nothing was done: list the "
+                    "clusters again and check its faces"
+                )
+            return list(cluster.snapshots)
         for snapshot_id in snapshot_ids:
             check_id("snapshot id", snapshot_id)
         return await asyncio.to_thread(self.state.snapshots.get_snapshots, list(dict.fromkeys(snapshot_ids)))

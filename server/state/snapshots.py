@@ -29,6 +29,12 @@ class SnapshotState(abc.ABC):
         """Unknown faces still under review (status new) taken at or after since: the newest `limit`."""
 
     @abc.abstractmethod
+    def review_key(self, since: datetime) -> tuple[int, ...]:
+        """The unknown faces under review taken at or after since, in a few numbers (how many, the oldest's
+        and the newest's time, a sum of their times) read from an index: they change when a snapshot arrives,
+        leaves the review or expires, through any replica."""
+
+    @abc.abstractmethod
     def get_snapshots(self, event_ids: Sequence[str]) -> list[Snapshot]:
         """The snapshots with these ids, in that order; NotFoundError naming the first missing one."""
 

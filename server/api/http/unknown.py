@@ -1,6 +1,8 @@
 """/api/unknown and /api/snapshots: the face snapshots agents report, the clusters of unknown faces under
 review, their JPEG images, and what operators do with them (enrol as a new or existing person, dismiss,
-delete), by cluster or by chosen snapshots. Face images are personal data: everything needs an admin token."""
+delete), by cluster or by chosen snapshots. An action on a cluster gives the version it was listed or shown
+at (`?version=`): if faces joined or left it since, it is refused with 409 and nothing changes. Face images
+are personal data: everything needs an admin token."""
 
 from __future__ import annotations
 
@@ -32,6 +34,13 @@ from facefleet.server.gallery.unknown import MAX_SNAPSHOTS_PER_ACTION, UnknownEn
 router = APIRouter(tags=["unknown faces"], route_class=ProblemRoute, responses=ERROR_RESPONSES)
 ClusterId = Annotated[str, Path(description="The id of the cluster's first snapshot")]
 SnapshotId = Annotated[str, Path(description="The event id of the snapshot")]
+ClusterVersion = Annotated[
+    str,
+    Query(
+        description="The cluster's version as listed or shown: if faces joined or left it since, the action "
+        "is refused (409) and nothing changes"
+    ),
+]
 
 
 class SnapshotOut(BaseModel):
@@ -73,11 +82,15 @@ class ClusterSummary(BaseModel):
     devices: list[str]
     cameras: list[str] = Field(description="device/camera")
     best_snapshot_id: str = Field(description="The snapshot of the highest quality, the one to show")
+    version: str = Field(
+        description="Changes whenever faces join or leave the cluster; give it to enrol, dismiss or delete it"
+    )
 
     @classmethod
     def of(cls, c: UnknownCluster) -> ClusterSummary:
         return cls(
             cluster_id=c.cluster_id,
+            version=c.version,
             model_id=c.model_id,
             count=c.count,
             first_seen=c.first_seen,
@@ -132,9 +145,18 @@ class Counted(BaseModel):
     count: int = Field(description="How many snapshots changed")
 
 
-@router.get("/unknown/clusters", summary="Clusters of unknown faces under review", response_model=Clusters)
-async def clusters(operator: AdminOperator, handlers: Handlers) -> Clusters:
-    return Clusters(clusters=[ClusterSummary.of(c) for c in await handlers.unknown.clusters()])
+@router.get(
+    "/unknown/clusters",
+    summary="Clusters of unknown faces under review",
+    response_model=Clusters,
+)
+async def clusters(operator: AdminOperator, handlers: Handlers) -> Response:
+    return Response(await handlers.unknown.rendered(_clusters_json), media_type="application/json")
+
+
+def _clusters_json(clusters: list[UnknownCluster]) -> bytes:
+    """The listing's body, made once per clustering (tens of thousands of clusters are megabytes)."""
+    return Clusters(clusters=[ClusterSummary.of(c) for c in clusters]).model_dump_json().encode()
 
 
 @router.get(
@@ -154,21 +176,29 @@ async def cluster(cluster_id: ClusterId, operator: AdminOperator, handlers: Hand
     response_model=Enrolled,
 )
 async def enrol_cluster(
-    cluster_id: ClusterId, person: PersonFields, operator: AdminOperator, handlers: Handlers
+    cluster_id: ClusterId,
+    person: PersonFields,
+    operator: AdminOperator,
+    handlers: Handlers,
+    version: ClusterVersion = "",
 ) -> Enrolled:
-    return await _enrol(handlers, operator, person, cluster_id, ())
+    return await _enrol(handlers, operator, person, cluster_id, (), version)
 
 
 @router.post("/unknown/clusters/{cluster_id}/dismiss", summary="Take a cluster out of the review")
-async def dismiss_cluster(cluster_id: ClusterId, operator: AdminOperator, handlers: Handlers) -> Counted:
+async def dismiss_cluster(
+    cluster_id: ClusterId, operator: AdminOperator, handlers: Handlers, version: ClusterVersion = ""
+) -> Counted:
     async with audited(handlers, operator, "unknown.dismiss", cluster_id):
-        return Counted(count=await handlers.unknown.dismiss(cluster_id, ()))
+        return Counted(count=await handlers.unknown.dismiss(cluster_id, (), version))
 
 
 @router.delete("/unknown/clusters/{cluster_id}", summary="Delete a cluster's snapshots and images now")
-async def delete_cluster(cluster_id: ClusterId, operator: AdminOperator, handlers: Handlers) -> Counted:
+async def delete_cluster(
+    cluster_id: ClusterId, operator: AdminOperator, handlers: Handlers, version: ClusterVersion = ""
+) -> Counted:
     async with audited(handlers, operator, "unknown.delete", cluster_id):
-        return Counted(count=await handlers.unknown.delete(cluster_id, ()))
+        return Counted(count=await handlers.unknown.delete(cluster_id, (), version))
 
 
 @router.get("/snapshots", summary="Face snapshots, newest first", response_model=SnapshotPage)
@@ -237,12 +267,14 @@ async def _enrol(
     person: PersonFields,
     cluster_id: str,
     snapshot_ids: tuple[str, ...],
+    version: str = "",
 ) -> Enrolled:
     async with audited(handlers, operator, "unknown.enrol", person.person_id):
         check_id("person_id", person.person_id)
         request = UnknownEnrolment(
             person_id=person.person_id,
             cluster_id=cluster_id,
+            cluster_version=version,
             snapshot_ids=snapshot_ids,
             display_name=person.display_name,
             groups=tuple(person.groups),

@@ -75,6 +75,18 @@ class SqlSnapshotState(SnapshotState):
             ).fetchall()
         return [_snapshot(row) for row in rows]
 
+    def review_key(self, since: datetime) -> tuple[int, ...]:
+        """The times (µs) summed modulo a prime, so that any number of them stays within 64 bits."""
+        marks = ", ".join("?" * len(UNKNOWN_DECISIONS))
+        with self._core.connection() as conn:
+            row = conn.execute(
+                "SELECT count(*), coalesce(min(time_us), 0), coalesce(max(time_us), 0), "  # noqa: S608
+                "coalesce(sum(time_us % 1000000007), 0) FROM snapshots WHERE status = 'new' "
+                f"AND decision IN ({marks}) AND time_us >= ?",
+                (*UNKNOWN_DECISIONS, to_us(since)),
+            ).fetchone()
+        return tuple(int(value) for value in row)
+
     def get_snapshots(self, event_ids: Sequence[str]) -> list[Snapshot]:
         found: dict[str, Snapshot] = {}
         with self._core.connection() as conn:

@@ -102,7 +102,14 @@ def test_people_and_unknown_faces_through_a_remote_server(
             assert code == EXIT_OK
             assert sorted(p.stem for p in saved.iterdir()) == sorted(e.event_id for e in events)
             code, out, err = await asyncio.to_thread(
-                cli, "unknown", "enroll", cluster["cluster_id"], "--person-id", "visitor-1"
+                cli,
+                "unknown",
+                "enroll",
+                cluster["cluster_id"],
+                "--version",
+                cluster["version"],
+                "--person-id",
+                "visitor-1",
             )
             assert code == EXIT_OK, err
             assert "visitor-1: enrolled from 2 snapshots" in out

@@ -4,6 +4,8 @@ revision, dismissed, deleted and expired."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sqlite3
 import uuid
 from dataclasses import dataclass
@@ -106,6 +108,53 @@ def test_the_strangers_fall_into_one_cluster_each(strangers: list[tuple[Seen, Se
     assert len(cluster_unknown(snapshots, threshold=1.01)) == 6  # nobody is that similar
 
 
+def one_by_one(vectors: npt.NDArray[np.float32], threshold: float) -> list[int]:
+    """The cluster of each vector as a loop over them finds it, comparing each with every cluster's mean."""
+    sums, means = np.zeros_like(vectors), np.zeros_like(vectors)
+    labels: list[int] = []
+    k = 0
+    for vector in vectors:
+        similarity = means[:k] @ vector
+        best = int(np.argmax(similarity)) if k else -1
+        if best < 0 or float(similarity[best]) < threshold:
+            best, k = k, k + 1
+        sums[best] += vector
+        means[best] = sums[best] / np.linalg.norm(sums[best])
+        labels.append(best)
+    return labels
+
+
+def test_clustering_in_blocks_groups_as_comparing_each_snapshot_with_every_cluster_does() -> None:
+    """Past 1,024 clusters a block of snapshots is compared with the clusters in one product: 1,500
+    strangers seen once and 150 people seen 6 times each (~0.5 between two sightings), in random order, are
+    grouped exactly as one snapshot at a time against every cluster groups them."""
+    from facefleet.server.domain.snapshots import Snapshot
+
+    rng = np.random.default_rng(7)
+
+    def unit(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+        return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+    people = unit(rng.normal(size=(1650, 128)))
+    who = rng.permutation(np.concatenate([np.arange(1500), np.repeat(np.arange(1500, 1650), 6)]))
+    vectors = unit(people[who] + 1.02 * unit(rng.normal(size=(len(who), 128))))
+    start = utc_now()
+    snapshots = [
+        Snapshot(
+            f"s{i:04d}", "door-1", "entrance", start + timedelta(seconds=i), "unknown", "", 0.8, MODEL, v
+        )
+        for i, v in enumerate(vectors)
+    ]
+    clusters = cluster_unknown(snapshots, threshold=0.363)
+    assert len(clusters) > 1024
+    expected: dict[int, list[str]] = {}
+    for snapshot, label in zip(snapshots, one_by_one(vectors, 0.363), strict=True):
+        expected.setdefault(label, []).append(snapshot.event_id)
+    found = sorted([s.event_id for s in reversed(c.snapshots)] for c in clusters)
+    assert found == sorted(expected.values())
+    assert sum(c.count > 1 for c in clusters) >= 150  # people seen again were grouped
+
+
 def test_an_unknown_cluster_is_enrolled_dismissed_and_its_snapshots_leave_the_review(
     tmp_path, pki: Pki, enroller: Enroller, strangers: list[tuple[Seen, Seen]]
 ) -> None:
@@ -136,7 +185,12 @@ def test_an_unknown_cluster_is_enrolled_dismissed_and_its_snapshots_leave_the_re
 
             head = harness.server.fanout.head  # type: ignore[union-attr]
             enrolled = await unknown.enrol(
-                UnknownEnrolment("visitor-a", cluster_id=events[0].event_id, display_name="Visitor A")
+                UnknownEnrolment(
+                    "visitor-a",
+                    cluster_id=events[0].event_id,
+                    cluster_version=clusters[2].version,
+                    display_name="Visitor A",
+                )
             )
             person = enrolled.person
             assert (person.person_id, person.display_name, person.revision) == (
@@ -161,7 +215,7 @@ def test_an_unknown_cluster_is_enrolled_dismissed_and_its_snapshots_leave_the_re
             assert more.person.display_name == "Visitor A"
             assert [c.count for c in await unknown.clusters()] == [1, 2]
 
-            assert await unknown.dismiss(events[2].event_id, ()) == 2
+            assert await unknown.dismiss(events[2].event_id, (), clusters[1].version) == 2
             # its first snapshot enrolled, the last stranger's cluster goes by the next one
             assert [c.cluster_id for c in await unknown.clusters()] == [events[5].event_id]
             page = await unknown.snapshots(
@@ -199,7 +253,10 @@ def test_a_deleted_persons_face_snapshots_go_with_them_and_a_site_without_crops_
                 face_event(seen, start + timedelta(seconds=9 + v)) for v, seen in enumerate(strangers[1])
             ]
             await report(harness, [*theirs, *others])
-            await unknown.enrol(UnknownEnrolment("visitor-a", cluster_id=theirs[0].event_id))
+            version = (await unknown.cluster(theirs[0].event_id)).version
+            await unknown.enrol(
+                UnknownEnrolment("visitor-a", cluster_id=theirs[0].event_id, cluster_version=version)
+            )
             crops_kept = len(harness.server.state.crops("visitor-a"))
             matched = face_event(strangers[0][0], start + timedelta(minutes=1), "match", "visitor-a")
             await report(harness, [matched])
@@ -227,18 +284,21 @@ def test_refused_unknown_face_actions_change_nothing(
             events = [face_event(seen, utc_now() - timedelta(minutes=1)) for seen in strangers[1]]
             await report(harness, events)
             (cluster,) = await unknown.clusters()
+            listed = {"cluster_id": cluster.cluster_id, "cluster_version": cluster.version}
             with pytest.raises(NotFoundError, match="list the clusters again"):
-                await unknown.enrol(UnknownEnrolment("x", cluster_id=str(uuid.uuid4())))
+                await unknown.enrol(UnknownEnrolment("x", cluster_id=str(uuid.uuid4()), cluster_version="0"))
             with pytest.raises(InvalidArgumentError, match="either a cluster id or snapshot ids"):
-                await unknown.enrol(UnknownEnrolment("x", cluster_id=cluster.cluster_id, snapshot_ids=("a",)))
+                await unknown.enrol(UnknownEnrolment("x", snapshot_ids=("a",), **listed))
+            with pytest.raises(InvalidArgumentError, match="give the version of cluster"):
+                await unknown.enrol(UnknownEnrolment("x", cluster_id=cluster.cluster_id))
             with pytest.raises(NotFoundError, match="no snapshot"):
                 await unknown.enrol(
                     UnknownEnrolment("x", snapshot_ids=(events[0].event_id, str(uuid.uuid4())))
                 )
             with pytest.raises(NotFoundError):
-                await unknown.enrol(UnknownEnrolment("nobody", cluster_id=cluster.cluster_id, existing=True))
+                await unknown.enrol(UnknownEnrolment("nobody", existing=True, **listed))
             with pytest.raises(LinkError, match=r"person_id '\.\./x' is not valid"):
-                await unknown.enrol(UnknownEnrolment("../x", cluster_id=cluster.cluster_id))
+                await unknown.enrol(UnknownEnrolment("../x", **listed))
             await unknown.enrol(UnknownEnrolment("taken", snapshot_ids=(events[0].event_id,)))
             with pytest.raises(AlreadyExistsError):
                 await unknown.enrol(UnknownEnrolment("taken", snapshot_ids=(events[1].event_id,)))
@@ -267,7 +327,9 @@ def test_a_cluster_over_the_embeddings_of_a_person_is_refused_before_its_images_
             image = unknown.state.snapshots.image
             unknown.state.snapshots.image = lambda *args: (read.append(args[0]), image(*args))[1]
             with pytest.raises(InvalidArgumentError, match="over the limit of 256 per person"):
-                await unknown.enrol(UnknownEnrolment("crowd", cluster_id=cluster.cluster_id))
+                await unknown.enrol(
+                    UnknownEnrolment("crowd", cluster_id=cluster.cluster_id, cluster_version=cluster.version)
+                )
             assert read == []
             with pytest.raises(NotFoundError):
                 harness.server.state.get_person("crowd")
@@ -296,7 +358,9 @@ def test_snapshots_enrolled_by_one_operator_are_refused_to_another_who_listed_th
             )
             (cluster,) = await unknown.clusters()
             listed = tuple(s.event_id for s in cluster.snapshots)  # what the second operator's page shows
-            await unknown.enrol(UnknownEnrolment("visitor-a", cluster_id=cluster.cluster_id))
+            await unknown.enrol(
+                UnknownEnrolment("visitor-a", cluster_id=cluster.cluster_id, cluster_version=cluster.version)
+            )
             head = state.head_revision()
             with pytest.raises(FailedPreconditionError, match="enrolled meanwhile"):
                 await unknown.enrol(UnknownEnrolment("visitor-b", snapshot_ids=listed))
@@ -306,5 +370,57 @@ def test_snapshots_enrolled_by_one_operator_are_refused_to_another_who_listed_th
             assert [p.person_id for p in state.list_people()] == ["visitor-a"]
             assert len(state.get_person("visitor-a").embeddings) == 2
             assert len(state.crops("visitor-a")) == 2
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_clusters_are_computed_once_until_the_unknown_faces_under_review_change(
+    tmp_path: Path,
+    pki: Pki,
+    enroller: Enroller,
+    strangers: list[tuple[Seen, Seen]],
+    caplog: pytest.LogCaptureFixture,
+    backend: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Listings at the same time share one clustering and later ones reuse it, as do the cluster's enrolment,
+    dismissal and deletion; a snapshot that arrives, one taken out of the review in the database (as another
+    replica does) and one expired each make the next listing cluster again."""
+    caplog.set_level(logging.INFO, logger="facefleet.server.gallery.unknown")
+    start = utc_now() - timedelta(minutes=10)
+    sections = {}
+    if backend == "postgresql":
+        sections["state"] = {"url": request.getfixturevalue("postgres_cluster").create_database()}
+
+    def computed() -> int:
+        return sum(r.getMessage().startswith("clustered") for r in caplog.records)
+
+    async def scenario() -> None:
+        async with serving(tmp_path, pki, enroller, **sections) as harness:
+            unknown = harness.server.handlers.unknown  # type: ignore[union-attr]
+            state = harness.server.state
+            events = [face_event(seen, start + timedelta(minutes=i)) for i, seen in enumerate(strangers[0])]
+            other = face_event(strangers[1][0], start + timedelta(minutes=5))
+            await report(harness, events[:1])
+            first, second = await asyncio.gather(unknown.clusters(), unknown.clusters())
+            assert first == second and [c.count for c in first] == [1]
+            assert computed() == 1
+            assert await unknown.clusters() == first
+            assert (await unknown.cluster(first[0].cluster_id)).version == first[0].version
+            assert computed() == 1
+
+            await report(harness, [events[1], other])  # one joins the first stranger's cluster
+            assert [c.count for c in await unknown.clusters()] == [1, 2]
+            assert computed() == 2
+            await asyncio.to_thread(state.snapshots.set_status, [other.event_id], "dismissed")
+            (cluster,) = await unknown.clusters()
+            assert cluster.count == 2 and computed() == 3
+            await asyncio.to_thread(state.snapshots.expire_snapshots, start + timedelta(seconds=30))
+            (cluster,) = await unknown.clusters()
+            assert [s.event_id for s in cluster.snapshots] == [events[1].event_id] and computed() == 4
+            assert await unknown.dismiss(cluster.cluster_id, (), cluster.version) == 1
+            assert computed() == 4  # the dismissal found the cluster listed
+            assert await unknown.clusters() == [] and computed() == 5
 
     run(scenario)

@@ -3,7 +3,9 @@ listed, clustered, shown as JPEG, enrolled as a person (one gallery revision), d
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pytest
 
 from facefleet.link import serde
 from facefleet.link.checks import utc_now
@@ -22,6 +25,8 @@ from tests.server.conftest import Harness, Pki, run, serving
 from tests.server.http.clients import client, problem
 
 MODEL = "sface@2021dec"
+SNAPSHOTS, DIM = 2000, 4096
+"""Unknown faces, and the values of their embeddings, that take about a second to cluster."""
 
 
 def crop_jpeg(seed: int) -> bytes:
@@ -84,16 +89,22 @@ def test_unknown_faces_are_clustered_shown_enrolled_dismissed_and_deleted(
             context = await http.get(f"/api/snapshots/{events[0].event_id}/context")
             no_context = await http.get(f"/api/snapshots/{events[1].event_id}/context")
             head = harness.server.state.head_revision()
+            version = {c["cluster_id"]: {"version": c["version"]} for c in clusters}
             enrolled = await http.post(
                 f"/api/unknown/clusters/{events[0].event_id}/enrol",
                 json={"person_id": "visitor-a", "display_name": "Visitor A", "groups": ["guests"]},
+                params=version[events[0].event_id],
             )
-            dismissed = await http.post(f"/api/unknown/clusters/{events[2].event_id}/dismiss")
+            dismissed = await http.post(
+                f"/api/unknown/clusters/{events[2].event_id}/dismiss", params=version[events[2].event_id]
+            )
             chosen = await http.post(
                 "/api/snapshots/enrol",
                 json={"person_id": "visitor-a", "existing": True, "snapshot_ids": [events[4].event_id]},
             )
-            deleted = await http.delete(f"/api/unknown/clusters/{events[6].event_id}")
+            deleted = await http.delete(
+                f"/api/unknown/clusters/{events[6].event_id}", params=version[events[6].event_id]
+            )
             left = (await http.get("/api/unknown/clusters")).json()["clusters"]
             statuses = (await http.get("/api/snapshots", params={"page_size": 100})).json()["snapshots"]
             new_only = (await http.get("/api/snapshots", params={"status": "new"})).json()["snapshots"]
@@ -121,7 +132,9 @@ def test_unknown_faces_are_clustered_shown_enrolled_dismissed_and_deleted(
                 ),
                 "enrolled_again": problem(
                     await http.post(
-                        f"/api/unknown/clusters/{events[0].event_id}/enrol", json={"person_id": "x"}
+                        f"/api/unknown/clusters/{events[0].event_id}/enrol",
+                        json={"person_id": "x"},
+                        params=version[events[0].event_id],
                     ),
                     404,
                     "NOT_FOUND",
@@ -222,3 +235,104 @@ def test_forged_page_tokens_and_bad_snapshot_filters_are_a_400_naming_the_proble
     details = run(scenario)
     for detail, (path, _, wanted) in zip(details, requests, strict=True):
         assert wanted in detail, (path, detail)
+
+
+def test_an_action_on_a_cluster_that_changed_since_it_was_listed_is_a_409_and_changes_nothing(
+    tmp_path: Path, pki: Pki, enroller: Enroller
+) -> None:
+    """The operator lists a stranger's cluster of two sightings; a third joins it before they act: enrolling,
+    dismissing or deleting it at the version listed is refused with what to do, and nobody is enrolled and
+    no snapshot changes; listed again, it enrols with the three. Without a version, nothing is done either."""
+    start = utc_now() - timedelta(minutes=30)
+    events = [sighting(0, view, start + timedelta(minutes=view)) for view in range(3)]
+
+    async def scenario() -> dict[str, Any]:
+        async with serving(tmp_path, pki, enroller) as harness, client(harness) as http:
+            await report(harness, events[:2])
+            (listed,) = (await http.get("/api/unknown/clusters")).json()["clusters"]
+            await report(harness, events[2:])
+            path = f"/api/unknown/clusters/{listed['cluster_id']}"
+            seen = {"version": listed["version"]}
+            head = harness.server.state.head_revision()
+            refused = {
+                "enrol": await http.post(f"{path}/enrol", json={"person_id": "visitor-a"}, params=seen),
+                "dismiss": await http.post(f"{path}/dismiss", params=seen),
+                "delete": await http.delete(path, params=seen),
+                "unversioned": await http.post(f"{path}/enrol", json={"person_id": "visitor-a"}),
+            }
+            unchanged = (
+                harness.server.state.head_revision() == head,
+                (await http.get("/api/people")).json()["people"],
+                [s["status"] for s in (await http.get("/api/snapshots")).json()["snapshots"]],
+            )
+            (again,) = (await http.get("/api/unknown/clusters")).json()["clusters"]
+            enrolled = await http.post(
+                f"{path}/enrol", json={"person_id": "visitor-a"}, params={"version": again["version"]}
+            )
+            return {"listed": listed, "refused": refused, "unchanged": unchanged, "again": again,
+                    "enrolled": enrolled}  # fmt: skip
+
+    r = run(scenario)
+    assert r["listed"]["count"] == 2
+    for action in ("enrol", "dismiss", "delete"):
+        detail = problem(r["refused"][action], 409, "FAILED_PRECONDITION")["detail"]
+        assert "changed since version" in detail and "list the clusters again" in detail, detail
+    assert (
+        "give the version of cluster"
+        in problem(r["refused"]["unversioned"], 400, "INVALID_ARGUMENT")["detail"]
+    )
+    assert r["unchanged"] == (True, [], ["new", "new", "new"])
+    assert (r["again"]["cluster_id"], r["again"]["count"]) == (r["listed"]["cluster_id"], 3)
+    assert r["again"]["version"] != r["listed"]["version"]
+    assert r["enrolled"].status_code == 201, r["enrolled"].text
+    assert sorted(r["enrolled"].json()["snapshot_ids"]) == sorted(e.event_id for e in events)
+
+
+def test_cluster_listings_share_one_clustering_on_a_thread_of_its_own_and_queries_answer_meanwhile(
+    tmp_path: Path, pki: Pki, enroller: Enroller, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seven listings at once (more than the six threads asyncio lends blocking calls on two cores) of 2,000
+    unknown faces of as many people, with embeddings of 4,096 values so that clustering them takes about a
+    second: one clustering serves them all, and an events query sent once the snapshots are read answers
+    before the clustering ends, since the threads that serve queries are not the clustering's."""
+    caplog.set_level(logging.INFO, logger="facefleet.server.gallery.unknown")
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(SNAPSHOTS, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    start, crop = utc_now() - timedelta(hours=1), crop_jpeg(0)
+    events = [
+        Event(str(uuid.uuid4()), "door-1", start + timedelta(milliseconds=100 * i), "face", "unknown",
+              camera="entrance", snapshot=FaceSnapshot(crop, b"", Embedding("wide@1", v, 0.8)))
+        for i, v in enumerate(vectors)
+    ]  # fmt: skip
+    reads = {"begun": 0, "done": 0}
+
+    def clustered() -> int:
+        return sum(r.getMessage().startswith("clustered") for r in caplog.records)
+
+    async def scenario() -> tuple[list[Any], Any, int]:
+        async with serving(tmp_path, pki, enroller) as harness, client(harness) as http:
+            snapshots = harness.server.state.snapshots
+            await asyncio.to_thread(harness.server.state.add_events, events)
+            read = snapshots.unknown_snapshots
+
+            def counted(*args: Any) -> Any:
+                reads["begun"] += 1
+                try:
+                    return read(*args)
+                finally:
+                    reads["done"] += 1
+
+            snapshots.unknown_snapshots = counted  # type: ignore[method-assign]
+            listings = [asyncio.create_task(http.get("/api/unknown/clusters")) for _ in range(7)]
+            while not reads["done"] or reads["begun"] > reads["done"]:
+                await asyncio.sleep(0.01)  # the snapshots are read: clustering them has begun
+            query = await http.get("/api/events", params={"page_size": 10})
+            during = clustered()
+            return await asyncio.gather(*listings), query, during
+
+    listings, query, during = run(scenario)
+    assert query.status_code == 200 and len(query.json()["events"]) == 10
+    assert during == 0  # answered while the clustering ran
+    assert all(len(r.json()["clusters"]) == SNAPSHOTS for r in listings)
+    assert clustered() == 1

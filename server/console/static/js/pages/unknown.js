@@ -1,8 +1,9 @@
 /** Unknown faces (admin): the clusters of unknown faces under review, each a grid of face crops with times,
  * devices and cameras; enrol a cluster as a new person or add it to an existing one (each in a dialog),
- * dismiss it or delete it (both confirmed first). */
+ * dismiss it or delete it (both confirmed first). Each action names the version of the cluster on screen:
+ * if faces joined or left it since, the server refuses (409) and the page shows the cluster as it is now. */
 
-import { del, get, isAbort, post, seg } from '../api.js';
+import { del, get, isAbort, post, seg, withQuery } from '../api.js';
 import { field, h, messageBox, replace, uid, words } from '../dom.js';
 import { confirmDialog, formDialog } from '../dialog.js';
 import { plural, timeEl } from '../format.js';
@@ -60,32 +61,51 @@ export function render(ctx) {
     try {
       await done(success(await work()));
     } catch (error) {
-      if (!isAbort(error)) notify(error.message, 'error');
+      if (isAbort(error)) return;
+      notify(error.message, 'error');
+      if (error.status === 409) await load(); // the cluster changed: show it as it is now
     }
   };
 
   const clusterView = (summary, index) => {
     const headingId = uid('cluster');
     const base = `/api/unknown/clusters/${seg(summary.cluster_id)}`;
-    const faceCount = plural(summary.count, 'face');
+    let onScreen = summary; // the cluster as shown; its version goes with every action on it
+    const faceCount = () => plural(onScreen.count, 'face');
+    const at = (path) => withQuery(path, { version: onScreen.version });
+    const heading = h('h2', { id: headingId });
+    const title = () => { heading.textContent = `Unknown person ${page * PAGE_SIZE + index + 1}: ${faceCount()}`; };
+    title();
     const faces = h('ul', { class: 'crop-grid', 'aria-label': 'Faces' }, h('li', { class: 'loading', text: 'Loading faces…' }));
-    get(base, null, { signal }).then((detail) => {
+    const showFaces = () => get(base, null, { signal }).then((detail) => {
+      onScreen = detail;
+      title();
       const shown = detail.snapshots.filter((one) => one.crop_bytes > 0).slice(0, SHOWN_FACES);
       replace(faces, shown.map(face), detail.snapshots.length > shown.length
         ? h('li', { class: 'more', text: `and ${detail.snapshots.length - shown.length} more` }) : null);
-    }).catch((error) => {
+    });
+    showFaces().catch((error) => {
       if (!isAbort(error)) replace(faces, h('li', { class: 'error-text', text: `Faces cannot be loaded: ${error.message}` }));
     });
+    /** An enrolment refused because the cluster changed: its faces as they are now, and what to do. */
+    const enrolling = (label) => async (error) => {
+      if (error.status !== 409) throw error;
+      const sent = onScreen.version;
+      await showFaces().catch(() => {});
+      if (onScreen.version === sent) throw error;
+      throw new Error(`Faces joined or left this cluster since it was shown; it now holds ${faceCount()}, `
+        + `shown behind this dialog. Check them, then press ${label} again.`);
+    };
 
     const enrolNew = () => {
       const name = h('input', { type: 'text', name: 'display_name', required: true, autocomplete: 'off', maxlength: 200 });
       const groups = h('input', { type: 'text', name: 'groups', autocomplete: 'off' });
       formDialog({
-        title: `Enrol ${faceCount} as a new person`,
+        title: `Enrol ${faceCount()} as a new person`,
         submitLabel: 'Enrol',
         fields: [field('Name', name), field('Groups', groups, 'Comma separated, e.g. visitors')],
-        onSubmit: () => post(`${base}/enrol`, { person_id: newPersonId(), display_name: name.value.trim(),
-          groups: words(groups.value), existing: false }),
+        onSubmit: () => post(at(`${base}/enrol`), { person_id: newPersonId(), display_name: name.value.trim(),
+          groups: words(groups.value), existing: false }).catch(enrolling('Enrol')),
       }).then((r) => r && done(`Enrolled ${plural(r.snapshot_ids.length, 'face')} as ${nameOf(r.person)}.`));
     };
 
@@ -93,28 +113,29 @@ export function render(ctx) {
       const who = h('input', { type: 'text', name: 'person', list: listId, required: true, autocomplete: 'off' });
       pickPeople(who, document.getElementById(listId), { signal, found: (found) => { people = found; } });
       formDialog({
-        title: `Add ${faceCount} to an existing person`,
+        title: `Add ${faceCount()} to an existing person`,
         submitLabel: 'Add',
         fields: [field('Person', who, 'A person id, or pick a name from the list')],
-        onSubmit: () => post(`${base}/enrol`, { person_id: resolvePerson(who.value, people), existing: true }),
+        onSubmit: () => post(at(`${base}/enrol`), { person_id: resolvePerson(who.value, people), existing: true })
+          .catch(enrolling('Add')),
       }).then((r) => r && done(`Added ${plural(r.snapshot_ids.length, 'face')} to ${nameOf(r.person)}.`));
     };
 
     const dismiss = async () => {
-      if (await confirmDialog({ title: `Dismiss ${faceCount}?`, danger: false,
+      if (await confirmDialog({ title: `Dismiss ${faceCount()}?`, danger: false,
         message: 'They leave the review of unknown faces; nobody is enrolled.' })) {
-        act(() => post(`${base}/dismiss`), (r) => `Dismissed ${plural(r.count, 'face')}.`);
+        act(() => post(at(`${base}/dismiss`)), (r) => `Dismissed ${plural(r.count, 'face')}.`);
       }
     };
     const remove = async () => {
-      if (await confirmDialog({ title: `Delete ${faceCount}?`,
+      if (await confirmDialog({ title: `Delete ${faceCount()}?`,
         message: 'Their snapshots and images are deleted now. This cannot be undone.' })) {
-        act(() => del(base), (r) => `Deleted ${plural(r.count, 'face')}.`);
+        act(() => del(at(base)), (r) => `Deleted ${plural(r.count, 'face')}.`);
       }
     };
 
     return h('article', { class: 'cluster panel', dataset: { clusterId: summary.cluster_id } },
-      h('h2', { id: headingId }, `Unknown person ${page * PAGE_SIZE + index + 1}: ${faceCount}`),
+      heading,
       h('p', { class: 'meta' }, 'Seen ', timeEl(summary.first_seen), ' to ', timeEl(summary.last_seen),
         ` on ${summary.cameras.join(', ') || summary.devices.join(', ')}`),
       faces,

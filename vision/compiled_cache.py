@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from facefleet.core.files import write_atomic
+
 log = logging.getLogger(__name__)
 COMPILED = "compiled"
 SOURCE = "SOURCE"
@@ -38,20 +40,33 @@ def folder_for(cache_dir: Path, model_file: Path, openvino: str) -> Path:
             stat = part.stat()
             content.update(_digest(str(part.resolve()), stat.st_size, stat.st_mtime_ns))
     folder = cache_dir / COMPILED / content.hexdigest()[:16]
+    for _ in range(3):  # a sweep by another process may remove it meanwhile
+        _list(folder, openvino, source)
+        if _still_used(folder, openvino):
+            break
+    return folder
+
+
+def _list(folder: Path, openvino: str, source: str) -> None:
+    """Make folder (whole) if missing, and source one of the paths its SOURCE lists."""
     if not folder.is_dir():
         folder.parent.mkdir(parents=True, exist_ok=True)
         aside = Path(tempfile.mkdtemp(prefix=".new-", dir=folder.parent))
         (aside / SOURCE).write_text(f"{openvino}\n{source}\n")
         try:
             aside.rename(folder)
-            return folder
+            return
         except OSError:  # another process made it first
             shutil.rmtree(aside, ignore_errors=True)
     with contextlib.suppress(OSError):
-        if source not in (folder / SOURCE).read_text().splitlines()[1:]:
+        try:
+            _, *sources = (folder / SOURCE).read_text().splitlines()
+        except (FileNotFoundError, ValueError):  # blobs OpenVINO wrote into a folder swept meanwhile
+            write_atomic(folder / SOURCE, f"{openvino}\n{source}\n")
+            return
+        if source not in sources:
             with open(folder / SOURCE, "a") as listed:  # one short append: whole, whoever else appends
                 listed.write(f"{source}\n")
-    return folder
 
 
 def sweep(cache_dir: Path, openvino: str) -> list[Path]:
@@ -60,9 +75,11 @@ def sweep(cache_dir: Path, openvino: str) -> list[Path]:
     removed."""
     removed: list[Path] = []
     for blob in cache_dir.glob("*.blob"):
-        with contextlib.suppress(FileNotFoundError):
+        try:
             blob.unlink()
             removed.append(blob)
+        except OSError as exc:  # gone meanwhile, or not ours to remove: the models run all the same
+            log.debug("compiled-model cache: %s not removed: %s", blob, exc)
     compiled = cache_dir / COMPILED
     if compiled.is_dir():
         for folder in compiled.iterdir():

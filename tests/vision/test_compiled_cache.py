@@ -65,3 +65,18 @@ def test_a_model_changed_in_place_compiles_into_a_folder_of_its_own(
     shutil.copy(model_store.active("detection").xml_path, model)
     runtime.compile(model)
     assert len(cached(cache)) == 2
+
+
+def test_a_folder_swept_while_its_model_was_compiled_is_listed_again(
+    model_store: ModelStore, tmp_path: Path
+) -> None:
+    """Another process's sweep removed the folder while OpenVINO wrote its blob, which made the folder again
+    without SOURCE: the next compilation lists the model there, and the blob is kept."""
+    cache = tmp_path / "cache"
+    model = model_copy(model_store, "expression", tmp_path / "a")
+    runtime = Runtime(RuntimeSettings(cache_dir=cache))
+    runtime.compile(model)
+    (folder,) = (cache / COMPILED).iterdir()
+    (folder / SOURCE).unlink()
+    runtime.compile(model)
+    assert runtime.sweep_compiled_cache() == [] and cached(cache) == {folder.name: [str(model)]}

@@ -110,6 +110,7 @@ def test_unknown_faces_are_reviewed_and_enrolled_from_the_command_line(
         (events[2].event_id, 2),
         (events[0].event_id, 2),
     ]
+    versions = {c["cluster_id"]: c["version"] for c in json.loads(out)}
     code, out, _ = run_cli(capsys, *base, "list")
     assert events[0].event_id in out  # ids are never cut, however narrow the terminal
 
@@ -119,15 +120,26 @@ def test_unknown_faces_are_reviewed_and_enrolled_from_the_command_line(
     assert sorted(p.stem for p in saved.iterdir()) == sorted(e.event_id for e in events[:2])
 
     code, out, err = run_cli(
-        capsys, *base, "enroll", events[0].event_id, "--person-id", "visitor-1", "--json"
+        capsys,
+        *base,
+        "enroll",
+        events[0].event_id,
+        "--version",
+        versions[events[0].event_id],
+        "--person-id",
+        "visitor-1",
+        "--json",
     )
     assert code == EXIT_OK, err
     enrolled = json.loads(out)
     assert enrolled["person"]["person_id"] == "visitor-1"
     assert len(enrolled["person"]["embeddings"]) == 2
-    assert run_cli(capsys, *base, "dismiss", events[2].event_id)[0] == EXIT_OK
+    dismissed = versions[events[2].event_id]
+    assert run_cli(capsys, *base, "dismiss", events[2].event_id, "--version", dismissed)[0] == EXIT_OK
     code, out, _ = run_cli(capsys, *base, "list")
     assert "no unknown faces to review" in out
-    code, _, err = run_cli(capsys, *base, "enroll", events[2].event_id, "--person-id", "late")
+    code, _, err = run_cli(
+        capsys, *base, "enroll", events[2].event_id, "--version", dismissed, "--person-id", "late"
+    )
     assert code == EXIT_NO_INPUT
     assert "list the clusters again" in err

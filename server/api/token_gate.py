@@ -21,8 +21,9 @@ U = TypeVar("U")
 
 
 class TokenGate(grpc.aio.ServerInterceptor):
-    """Refuses a call of one of `services` (full names) whose bearer token is missing, malformed or
-    unknown."""
+    """Refuses a call of a method of one of `services` (full names) whose bearer token is missing, malformed
+    or unknown; a method that does not exist stays UNIMPLEMENTED, so that the metrics (which count every
+    refusal by method) never count a name the caller made up."""
 
     def __init__(self, auth: Authenticator, services: Iterable[str]) -> None:
         self.auth = auth
@@ -33,15 +34,17 @@ class TokenGate(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[T, U] | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[T, U] | None:
-        if handler_call_details.method.startswith(self.prefixes):
-            try:
-                self.auth.operator(handler_call_details.invocation_metadata or (), "query")  # either role
-            except ServerError as exc:
-                return _refusal(grpc.StatusCode[exc.status], str(exc))
-            except Exception:
-                log.exception("%s: the token check failed", handler_call_details.method)
-                return _refusal(grpc.StatusCode.INTERNAL, "internal server error; see the server log")
-        return await continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.startswith(self.prefixes):
+            return handler  # None: an unknown method, UNIMPLEMENTED whatever the token
+        try:
+            self.auth.operator(handler_call_details.invocation_metadata or (), "query")  # either role
+        except ServerError as exc:
+            return _refusal(grpc.StatusCode[exc.status], str(exc))
+        except Exception:
+            log.exception("%s: the token check failed", handler_call_details.method)
+            return _refusal(grpc.StatusCode.INTERNAL, "internal server error; see the server log")
+        return handler
 
 
 def _refusal(code: grpc.StatusCode, details: str) -> grpc.RpcMethodHandler[Any, Any]:

@@ -2,7 +2,7 @@
 their request message is read: a message over listen.max_message_bytes gets UNAUTHENTICATED, not the
 RESOURCE_EXHAUSTED of reading it. A known token's calls go on to the servicers, which check its role; the
 agents' and health calls take no token. A connection that sends nothing is closed after the handshake
-limit."""
+limit. A method that does not exist is UNIMPLEMENTED, token or not, and adds no series to the metrics."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from facefleet.server.gallery.embedder import Enroller
 from facefleet.v1 import admin_pb2, fleet_pb2, query_pb2
+from tests.agent.test_metrics import Samples, scrape
 from tests.server.conftest import Pki, run, serving
 
 ENROL = "/facefleet.v1.AdminService/EnrollPerson"
@@ -108,3 +109,31 @@ def test_a_grpc_connection_that_sends_nothing_is_closed_after_the_handshake_limi
             )
 
     assert all(0.4 < seconds < 3 for seconds in run(scenario))
+
+
+def test_made_up_operator_methods_are_unimplemented_and_add_no_metric_series(
+    tmp_path: Path, pki: Pki, enroller: Enroller
+) -> None:
+    made_up = [
+        f"/facefleet.v1.{service}/Made{i}" for service in ("AdminService", "QueryService") for i in range(3)
+    ]
+
+    async def scenario() -> tuple[list[tuple[str, str]], tuple[str, str], set[str], set[str]]:
+        async with serving(tmp_path, pki, enroller) as harness:
+            port = harness.server.metrics_endpoint.port
+            before = await asyncio.to_thread(scrape, port)
+            channel = harness.operator_channel()
+            codes = [await status(channel.unary_unary(method)(b"")) for method in made_up]
+            real = await status(harness.admin().ListPeople(admin_pb2.ListPeopleRequest()))
+            after = await asyncio.to_thread(scrape, port)
+            return codes, real, methods(before), methods(after)
+
+    codes, real, before, after = run(scenario)
+    assert [code for code, _ in codes] == ["UNIMPLEMENTED"] * len(made_up)
+    assert real[0] == "UNAUTHENTICATED"
+    assert after - before == {"/facefleet.v1.AdminService/ListPeople"}  # the refusal of a real method only
+
+
+def methods(samples: Samples) -> set[str]:
+    """The gRPC methods that have a series of their own among the server's metrics."""
+    return {value for _, labels in samples for key, value in labels if key == "method"}

@@ -57,6 +57,14 @@ class ListenConfig(StrictSection):
         description="An HTTP connection that has not sent a request's complete headers this long after its "
         "handshake, or after its previous response, is closed",
     )
+    http_body_timeout_seconds: float = Field(
+        10.0,
+        ge=0.1,
+        le=300,
+        description="An HTTP connection whose request body stalls this long while the server waits for it is "
+        "closed; so is one whose body that needs no token (the console's sign-in), or the rest of a refused "
+        "request's body, is not all in within this time",
+    )
     http_max_connections: int = Field(
         1000,
         ge=1,

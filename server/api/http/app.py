@@ -33,10 +33,12 @@ OPENAPI_PATH = f"{PREFIX}/openapi.json"
 @dataclass(frozen=True)
 class HttpLimits:
     """Upload limits. images: enrolment photos (each, and all of one request together); models: a model
-    upload (all its files together)."""
+    upload (all its files together); body_timeout_s: the time of a body read without a token, or of the
+    rest of a refused request's body (s)."""
 
     images: UploadLimits
     models: UploadLimits
+    body_timeout_s: float
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> HttpLimits:
@@ -52,6 +54,7 @@ class HttpLimits:
                 max_fields=MAX_GROUPS + len(FIELDS),
             ),
             models=UploadLimits(upload, upload, 2, "models.max_upload_bytes"),
+            body_timeout_s=config.listen.http_body_timeout_seconds,
         )
 
 
@@ -78,6 +81,7 @@ def create_app(
     app.state.enrolment = UploadEnrolment(handlers.people)
     app.state.image_limits = limits.images
     app.state.model_limits = limits.models
+    app.state.body_timeout_s = limits.body_timeout_s
     app.state.sessions = ConsoleSessions(
         idle_s=console.session_idle_minutes * 60.0,
         max_age_s=console.session_max_hours * 3600.0,

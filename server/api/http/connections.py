@@ -7,8 +7,10 @@ moment it is accepted):
   handshake;
 - the TLS handshake within `handshake_timeout_s`;
 - then each request's complete headers within `header_timeout_s` of the handshake or of the previous response
-  (a client that sends nothing, or a header a byte at a time, is closed). A request's body and its response
-  take as long as they take."""
+  (a client that sends nothing, or a header a byte at a time, is closed);
+- and a request's body, while the server waits for it, never `body_timeout_s` without a byte (a client that
+  stalls is closed). A body that keeps coming, and the response, take as long as they take; the routes bound
+  the time of the bodies they read without a token (facefleet.server.api.http.problems)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import h11
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)
@@ -31,43 +34,55 @@ WARN_EVERY_S = 60.0
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    """handshake_timeout_s, header_timeout_s: seconds; max_connections, max_per_client: connections open at
-    once."""
+    """handshake_timeout_s, header_timeout_s, body_timeout_s: seconds; max_connections, max_per_client:
+    connections open at once."""
 
     handshake_timeout_s: float
     header_timeout_s: float
+    body_timeout_s: float
     max_connections: int
     max_per_client: int
 
 
 class TimedH11(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol with a time limit on the wait for each request's headers; `closed` is
-    called when its connection ends."""
+    """uvicorn's HTTP/1.1 protocol with time limits on the wait for each request's headers and on a body
+    that stalls; `closed` is called when its connection ends."""
 
     def __init__(
-        self, *args: Any, header_timeout_s: float, closed: Callable[[], None], **kwargs: Any
+        self,
+        *args: Any,
+        header_timeout_s: float,
+        body_timeout_s: float,
+        closed: Callable[[], None],
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout_s = header_timeout_s
+        self.body_timeout_s = body_timeout_s
         self.closed = closed
         self._headers_due: asyncio.TimerHandle | None = None
+        self._body_due: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow = _WatchedFlow(transport, self._time_body)
         self._time_headers()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         self._time_headers()
+        self._time_body(progress=True)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         self._time_headers()
+        self._time_body()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._headers_due is not None:
-            self._headers_due.cancel()
-            self._headers_due = None
+        for timer in (self._headers_due, self._body_due):
+            if timer is not None:
+                timer.cancel()
+        self._headers_due = self._body_due = None
         self.closed()
         super().connection_lost(exc)
 
@@ -84,6 +99,42 @@ class TimedH11(H11Protocol):
     def _headers_late(self) -> None:
         self._headers_due = None
         self.transport.abort()
+
+    def _time_body(self, progress: bool = False) -> None:
+        """Run the timer while the client is to send more of a request's body and the server waits for it:
+        not while reading is paused (the application has yet to take what came), nor while the client
+        waits for a 100 Continue. progress: bytes came, which start the time again."""
+        waiting = (
+            self.conn.their_state is h11.SEND_BODY
+            and not self.flow.read_paused
+            and not self.conn.they_are_waiting_for_100_continue
+            and not self.transport.is_closing()
+        )
+        if self._body_due is not None and (progress or not waiting):
+            self._body_due.cancel()
+            self._body_due = None
+        if waiting and self._body_due is None:
+            self._body_due = self.loop.call_later(self.body_timeout_s, self._body_stalled)
+
+    def _body_stalled(self) -> None:
+        self._body_due = None
+        self.transport.abort()
+
+
+class _WatchedFlow(FlowControl):
+    """uvicorn's flow control, which also calls `changed` when reading pauses or resumes."""
+
+    def __init__(self, transport: asyncio.Transport, changed: Callable[[], None]) -> None:
+        super().__init__(transport)
+        self.changed = changed
+
+    def pause_reading(self) -> None:
+        super().pause_reading()
+        self.changed()
+
+    def resume_reading(self) -> None:
+        super().resume_reading()
+        self.changed()
 
 
 class Admission:

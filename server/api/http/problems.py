@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect
 
 from facefleet.link.errors import LinkError
 from facefleet.server.api.http.auth import check_operator, required_role
-from facefleet.server.api.http.uploads import MAX_JSON_BYTES, Body
+from facefleet.server.api.http.uploads import MAX_JSON_BYTES, Body, BodyTimeoutError
 from facefleet.server.errors import InvalidArgumentError, ServerError
 
 log = logging.getLogger(__name__)
@@ -123,8 +123,12 @@ def problem(
 
 def problem_of(request: Request, exc: Exception) -> JSONResponse:
     """The problem response of any exception a route raised."""
-    if isinstance(exc, HTTPException) and isinstance(exc.__cause__, (ServerError, LinkError)):
+    if isinstance(exc, HTTPException) and isinstance(
+        exc.__cause__, (ServerError, LinkError, BodyTimeoutError)
+    ):
         exc = exc.__cause__  # e.g. a body over its limit, found while FastAPI read it
+    if isinstance(exc, BodyTimeoutError):  # the rest of the body is unread: the connection is closed
+        return problem(request, "DEADLINE_EXCEEDED", str(exc), status=408, headers={"Connection": "close"})
     if isinstance(exc, ServerError):
         members = exc.members if isinstance(exc, DetailedError) else {}
         return problem(request, exc.status, str(exc), **members)
@@ -162,9 +166,11 @@ async def routing_problem(request: Request, exc: Exception) -> Response:
 
 class ProblemRoute(APIRoute):
     """The route class of the API: whatever a route or its dependencies raise becomes a problem detail (the
-    rest of the request body drained first). A route that takes a JSON body checks the caller's token or
+    rest of the request body drained first, for at most listen.http_body_timeout_seconds, else the
+    connection is closed after the answer). A route that takes a JSON body checks the caller's token or
     session before it reads the body, and refuses a body past MAX_JSON_BYTES (past MAX_ANONYMOUS_JSON_BYTES
-    where it needs no token, as the console's sign-in)."""
+    where it needs no token, as the console's sign-in, whose body must also be all in within
+    listen.http_body_timeout_seconds: 408)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -173,7 +179,8 @@ class ProblemRoute(APIRoute):
         limit = None if not takes_body else MAX_JSON_BYTES if need else MAX_ANONYMOUS_JSON_BYTES
 
         async def route(request: Request) -> Response:
-            body = Body(request, limit)
+            timeout_s: float = request.app.state.body_timeout_s
+            body = Body(request, limit, timeout_s if takes_body and need is None else None)
             try:
                 body.check_declared()
                 if need is not None:
@@ -181,7 +188,8 @@ class ProblemRoute(APIRoute):
                 return await handler(body.request)
             except Exception as exc:
                 response = problem_of(request, exc)
-            await body.drain()
+            if not await body.drain(timeout_s):
+                response.headers["Connection"] = "close"
             return response
 
         return route

@@ -55,6 +55,7 @@ class _Uvicorn(uvicorn.Server):
                 server_state=self.server_state,
                 app_state=self.lifespan.state,
                 header_timeout_s=limits.header_timeout_s,
+                body_timeout_s=limits.body_timeout_s,
                 closed=closed,
             )
 
@@ -141,6 +142,7 @@ async def start_http(
     limits = ConnectionLimits(
         handshake_timeout_s=listen.handshake_timeout_seconds,
         header_timeout_s=listen.http_header_timeout_seconds,
+        body_timeout_s=listen.http_body_timeout_seconds,
         max_connections=listen.http_max_connections,
         max_per_client=listen.http_max_connections_per_client,
     )

@@ -2,10 +2,11 @@
 files, each file refused with RESOURCE_EXHAUSTED as soon as it passes its limit, before the rest is read) and
 JSON bodies (refused past `MAX_JSON_BYTES`). A declared Content-Length over the limit is refused before any
 byte is read. File names must be bare names: one with path parts is INVALID_ARGUMENT. The rest of a refused
-request's body is drained (`Body`), within reason."""
+request's body is drained (`Body`), within reason and within a time."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -117,15 +118,22 @@ async def multipart(request: Request, limits: UploadLimits) -> AsyncIterator[Par
         raise InvalidArgumentError("the multipart body ended before its closing boundary")
 
 
-class Body:
-    """A request's body as it is read: refused (RESOURCE_EXHAUSTED) past `limit` bytes when given, and
-    drained after a refusal so that the client, still sending, reads the answer instead of a reset
-    connection. `request` reads through it."""
+class BodyTimeoutError(Exception):
+    """A request body that was not all in within its time."""
 
-    def __init__(self, request: Request, limit: int | None = None) -> None:
+
+class Body:
+    """A request's body as it is read: refused (RESOURCE_EXHAUSTED) past `limit` bytes when given,
+    BodyTimeoutError when it is not all in within `within_s` seconds when given, and drained after a
+    refusal so that the client, still sending, reads the answer instead of a reset connection. `request`
+    reads through it."""
+
+    def __init__(self, request: Request, limit: int | None = None, within_s: float | None = None) -> None:
         self._receive = request.receive
         self._declared = request.headers.get("content-length", "")
         self.limit = limit
+        self.within_s = within_s
+        self._due = None if within_s is None else asyncio.get_running_loop().time() + within_s
         self.received = 0
         self.finished = False
         self.request = Request(request.scope, self.receive)
@@ -136,7 +144,18 @@ class Body:
             _check_declared_length(self.request, self.limit, "")
 
     async def receive(self) -> Message:
-        message = await self._receive()
+        if self._due is None:
+            message = await self._receive()
+        else:
+            try:
+                message = await asyncio.wait_for(
+                    self._receive(), self._due - asyncio.get_running_loop().time()
+                )
+            except asyncio.TimeoutError:
+                raise BodyTimeoutError(
+                    f"the request body was not all in within {self.within_s:g} s (the server's "
+                    "listen.http_body_timeout_seconds)"
+                ) from None
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))
             self.finished = not message.get("more_body", False)
@@ -146,8 +165,21 @@ class Body:
             self.finished = True
         return message
 
-    async def drain(self, budget: int = DRAIN_BYTES) -> None:
-        """Read and drop the rest of the body, unless more than `budget` bytes of it are still to come."""
+    async def drain(self, within_s: float, budget: int = DRAIN_BYTES) -> bool:
+        """Read and drop the rest of the body, unless more than `budget` bytes of it are still to come, for
+        at most `within_s` seconds (and within the body's own time). Whether it was all read: when not, the
+        connection cannot carry another request."""
+        if self.finished:
+            return True
+        if self._due is not None:
+            within_s = min(within_s, self._due - asyncio.get_running_loop().time())
+        try:
+            await asyncio.wait_for(self._drop(budget), within_s)
+        except asyncio.TimeoutError:
+            return False
+        return self.finished
+
+    async def _drop(self, budget: int) -> None:
         left = int(self._declared) - self.received if self._declared.isdigit() else 0
         drained = 0
         while not self.finished and left <= budget and drained <= budget:

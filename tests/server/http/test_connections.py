@@ -192,3 +192,61 @@ def test_tls_1_2_is_offered_with_aead_ciphers_only(tmp_path: Path, pki: Pki, enr
             return [await negotiated(harness.http_port, cipher) for cipher in ciphers]
 
     assert run(scenario) == [*ciphers[:2], "refused"]
+
+
+def test_a_request_body_that_stalls_or_comes_too_slowly_without_a_token_closes_its_connection(
+    tmp_path: Path, pki: Pki, enroller: Enroller
+) -> None:
+    def post(path: str, length: int, token: bytes = b"") -> bytes:
+        auth = b"Authorization: Bearer %s\r\n" % token if token else b""
+        return (
+            b"POST %s HTTP/1.1\r\nHost: localhost\r\n%sContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % (path.encode(), auth, length)
+        )
+
+    async def scenario() -> tuple[dict[str, tuple[bytes, float]], int]:
+        listen = {**SHORT, "http_body_timeout_seconds": 0.5}
+        async with serving(tmp_path, pki, enroller, listen=listen) as harness:
+            closed = {}
+            for name, request, every in (
+                ("sign-in stalls", post("/api/session", 4096) + b'{"token": ', None),
+                ("refused body stalls", post("/api/rollouts", 10 << 20) + b'{"model": ', None),
+                ("sign-in trickles", post("/api/session", 4096) + b'{"token": ' + b" " * 100, 0.1),
+                ("refused body trickles", post("/api/rollouts", 1 << 20) + b" " * 100, 0.1),
+            ):
+                reader, writer = await connect(harness)
+                started = time.monotonic()
+                head = len(request) - (100 if every else 0)
+                writer.write(request[:head])
+                sending = asyncio.create_task(trickle(writer, request[head:], every or 0))
+                closed[name] = await answer_until_closed(reader, started)
+                await sending
+                writer.close()
+
+            # a body that keeps coming takes as long as it takes, past the time of one stall
+            reader, writer = await connect(harness)
+            writer.write(post("/api/rollouts", 5, harness.admin_token.encode()))
+            for byte in b"[0, 1":
+                await asyncio.sleep(0.3)
+                writer.write(bytes([byte]))
+            slow = await response_status(reader)
+            writer.close()
+            return closed, slow
+
+    closed, slow = run(scenario)
+    assert all(0.4 < seconds < 2.5 for _, seconds in closed.values()), closed
+    assert closed["sign-in trickles"][0] in (b"", b"HTTP/1.1 408 Request Timeout\r\n"), closed
+    assert closed["refused body trickles"][0] in (b"", b"HTTP/1.1 401 Unauthorized\r\n"), closed
+    assert slow == 400  # read whole, and found not to be JSON
+
+
+async def answer_until_closed(reader: asyncio.StreamReader, started: float) -> tuple[bytes, float]:
+    """The status line the server answers with, if any, and the seconds from `started` until it closes the
+    connection."""
+    try:
+        status = await asyncio.wait_for(reader.readline(), 5.0)
+    except (ConnectionError, ssl.SSLError):
+        status = b""
+    except asyncio.TimeoutError:
+        pytest.fail("the server kept the connection open over 5 s")
+    return status, await seconds_until_closed(reader, started)

@@ -11,7 +11,9 @@ meanwhile (through this replica or another) fails that transaction, so no face i
 Clustering runs on a thread of its own, one computation at a time, so the threads that serve ingest and
 queries never wait for it; its result is kept until the snapshots under review change (a key read from the
 database, so a change through any replica counts). An action on a cluster names the version that was listed
-(UnknownCluster.version): a cluster that gained or lost snapshots since is refused, nothing changed."""
+(UnknownCluster.version): a cluster that gained or lost snapshots since is refused, nothing changed. When the
+server stops (close()), listings waiting for the thread are refused and the one under way ends before the
+state closes."""
 
 from __future__ import annotations
 
@@ -41,7 +43,12 @@ from facefleet.server.domain.snapshots import (
     UnknownCluster,
     cluster_unknown,
 )
-from facefleet.server.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from facefleet.server.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
 from facefleet.server.gallery.embedder import Enroller
 from facefleet.server.gallery.people import PeopleHandler
 from facefleet.server.state.interface import State
@@ -50,6 +57,10 @@ from facefleet.vision.images.header import declared_size
 CROP_SIZE = 112
 Frame = npt.NDArray[np.uint8]
 MAX_SNAPSHOTS_PER_ACTION = 1000
+STOPPING = (
+    "the server is stopping and clusters no more unknown faces; list them again through another replica or "
+    "once it has restarted"
+)
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
@@ -109,6 +120,7 @@ class UnknownFaces:
         self.settings = settings
         self.clock = clock
         self._clustering = ThreadPoolExecutor(1, thread_name_prefix="unknown-clusters")
+        self._closed = False
         self._clustered: tuple[tuple[object, ...], list[UnknownCluster]] | None = None
         self._renders: dict[Callable[[list[UnknownCluster]], object], object] = {}
 
@@ -116,15 +128,35 @@ class UnknownFaces:
         """Clusters of unknown snapshots under review, newest first: on the clustering thread, after those
         asked for before; computed again only when the snapshots under review changed."""
         since = self.clock() - self.settings.window
-        loop = asyncio.get_running_loop()
-        return list(await loop.run_in_executor(self._clustering, self._clusters, since))
+        return list(await self._on_clustering_thread(self._clusters, since))
 
     async def rendered(self, render: Callable[[list[UnknownCluster]], T]) -> T:
         """render(clusters) on the clustering thread, kept with the clusters: a listing of tens of thousands
         of clusters is encoded once per change, not on the event loop at every request."""
         since = self.clock() - self.settings.window
-        loop = asyncio.get_running_loop()
-        return cast(T, await loop.run_in_executor(self._clustering, self._rendered, since, render))
+        return cast(T, await self._on_clustering_thread(self._rendered, since, render))
+
+    async def close(self) -> None:
+        """Refuse listings from now on and cancel those waiting for the clustering thread (UnavailableError
+        to their callers), then wait, off the event loop, for the clustering under way to end: it may be
+        reading the state, which closes next."""
+        self._closed = True
+        self._clustering.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self._clustering.shutdown)
+
+    async def _on_clustering_thread(self, work: Callable[..., T], *args: object) -> T:
+        """work(*args) on the clustering thread, after the work asked for before; UnavailableError once
+        close() was called, also for work it cancelled while waiting."""
+        if self._closed:
+            raise UnavailableError(STOPPING)
+        future = self._clustering.submit(work, *args)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._closed and future.cancelled() and not (task is not None and task.cancelling()):
+                raise UnavailableError(STOPPING) from None
+            raise
 
     def _rendered(self, since: datetime, render: Callable[[list[UnknownCluster]], object]) -> object:
         clusters = self._clusters(since)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,15 +23,16 @@ from facefleet.link.checks import utc_now
 from facefleet.link.errors import LinkError
 from facefleet.link.events import Event, FaceSnapshot
 from facefleet.link.gallery import Embedding
-from facefleet.server.domain.snapshots import SnapshotFilter, cluster_unknown
+from facefleet.server.domain.snapshots import SnapshotFilter, UnknownCluster, cluster_unknown
 from facefleet.server.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    UnavailableError,
 )
 from facefleet.server.gallery.embedder import Enroller
-from facefleet.server.gallery.unknown import UnknownEnrolment
+from facefleet.server.gallery.unknown import UnknownEnrolment, UnknownFaces
 from facefleet.v1 import fleet_pb2
 from facefleet.vision.alignment import align_face
 from facefleet.vision.pipeline import FaceAnalyzer
@@ -424,3 +426,49 @@ def test_clusters_are_computed_once_until_the_unknown_faces_under_review_change(
             assert await unknown.clusters() == [] and computed() == 5
 
     run(scenario)
+
+
+def test_a_stopping_server_refuses_the_listings_waiting_for_clustering_and_ends_its_thread(
+    tmp_path: Path, pki: Pki, enroller: Enroller, strangers: list[tuple[Seen, Seen]]
+) -> None:
+    """A listing waits for the clustering thread while another clusters: stopping the server answers it
+    UNAVAILABLE without clustering (nothing reads the state once it is closed), lets the clustering under
+    way end before the state closes, and ends the thread; a listing after the stop is refused the same
+    way."""
+    held, release = threading.Event(), threading.Event()
+    readers: list[threading.Thread] = []
+
+    async def scenario() -> tuple[list[UnknownCluster], BaseException | None, UnknownFaces]:
+        async with serving(tmp_path, pki, enroller) as harness:
+            unknown = harness.server.handlers.unknown  # type: ignore[union-attr]
+            await report(harness, [face_event(strangers[0][0], utc_now() - timedelta(minutes=1))])
+            review_key = unknown.state.snapshots.review_key
+
+            def held_review_key(since: datetime) -> tuple[object, ...]:
+                readers.append(threading.current_thread())
+                held.set()
+                release.wait(10)
+                return review_key(since)
+
+            unknown.state.snapshots.review_key = held_review_key  # type: ignore[method-assign]
+            under_way = asyncio.create_task(unknown.clusters())
+            await asyncio.to_thread(held.wait, 10)
+            waiting = asyncio.create_task(unknown.clusters())
+            await asyncio.sleep(0)  # on the clustering thread's queue
+
+            async def release_once_answered() -> BaseException | None:
+                answered, _ = await asyncio.wait([waiting], timeout=10)
+                release.set()
+                return waiting.exception() if answered else None
+
+            refusal = asyncio.create_task(release_once_answered())
+        return await under_way, await refusal, unknown  # the server has stopped
+
+    clusters, refusal, unknown = run(scenario)
+    assert [c.count for c in clusters] == [1]  # the clustering under way ended before the state closed
+    assert isinstance(refusal, UnavailableError) and "stopping" in str(refusal)
+    assert len(readers) == 1  # the waiting listing never read the state
+    readers[0].join(timeout=10)
+    assert not readers[0].is_alive()
+    with pytest.raises(UnavailableError, match="stopping"):
+        run(unknown.clusters)

@@ -128,20 +128,22 @@ class SqlSnapshotState(SnapshotState):
 
     def expire_snapshots(self, before: datetime) -> int:
         """In write transactions of expire_batch snapshots each, then the erased images out of the WAL
-        once: ingest and the other writes wait for one batch at most."""
+        once, also when a batch fails: ingest and the other writes wait for one batch at most."""
         before_us, expired = to_us(before), 0
-        while True:
-            with self._core.write() as conn:
-                deleted = conn.execute(
-                    "DELETE FROM snapshots WHERE event_id IN "
-                    "(SELECT event_id FROM snapshots WHERE time_us < ? ORDER BY time_us LIMIT ?)",
-                    (before_us, self.expire_batch),
-                ).rowcount
-            expired += deleted
-            if deleted < self.expire_batch:
-                break
-        if expired:
-            self._core.erased()
+        try:
+            while True:
+                with self._core.write() as conn:
+                    deleted = conn.execute(
+                        "DELETE FROM snapshots WHERE event_id IN "
+                        "(SELECT event_id FROM snapshots WHERE time_us < ? ORDER BY time_us LIMIT ?)",
+                        (before_us, self.expire_batch),
+                    ).rowcount
+                expired += deleted
+                if deleted < self.expire_batch:
+                    break
+        finally:
+            if expired:
+                self._core.erased()
         return expired
 
 

@@ -1138,6 +1138,58 @@ def test_sqlite_retention_lets_an_ingest_through_between_its_batches(tmp_path: P
         other.close()
 
 
+def test_a_sqlite_retention_sweep_that_fails_midway_leaves_no_erased_face_in_the_wal(tmp_path: Path) -> None:
+    """Another process holds the write lock when the sweep's second batch begins: the sweep fails, and
+    the faces its first batch erased are emptied out of the WAL all the same."""
+    state = SqliteState(tmp_path / "server.db")
+    other = sqlite3.connect(tmp_path / "server.db", isolation_level=None)
+    try:
+        state.snapshots.expire_batch = 3
+        cut = datetime(2026, 3, 10, tzinfo=timezone.utc)
+        rng = np.random.default_rng(7)
+        events = []
+        for i in range(10):
+            noise = rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)  # JPEG bytes no other crop shares
+            embedding = Embedding("sface@2021dec", np.ones(128, np.float32) / np.sqrt(128), 0.8)
+            crop = cv2.imencode(".jpg", noise)[1].tobytes()
+            events.append(
+                make_event(i, cut - timedelta(hours=1 + i), snapshot=FaceSnapshot(crop, b"", embedding))
+            )
+        state.add_events(events)
+        began = 0
+
+        def traced(statement: str) -> None:
+            nonlocal began
+            if statement == "BEGIN IMMEDIATE":
+                began += 1
+                if began == 2:  # the second batch
+                    other.execute("BEGIN IMMEDIATE")
+            elif other.in_transaction:  # done writing by the time the sweep empties the WAL
+                other.execute("ROLLBACK")
+
+        with state.connection() as conn:
+            conn.execute("PRAGMA busy_timeout = 50")
+            conn.set_trace_callback(traced)
+        with pytest.raises(StateError, match="database is locked"):
+            state.snapshots.expire_snapshots(cut)
+        with state.connection() as conn:
+            conn.set_trace_callback(None)
+        erased = events[-3:]  # the oldest
+        flt = SnapshotFilter(cut - timedelta(days=1), cut)
+        left = {s.event_id for s in state.snapshots.list_snapshots(flt, None, 100).snapshots}
+        assert left == {e.event_id for e in events[:-3]}
+        files = (tmp_path / "server.db").read_bytes() + (tmp_path / "server.db-wal").read_bytes()
+        for event in erased:
+            assert event.snapshot is not None
+            middle = len(event.snapshot.crop_jpeg) // 2
+            assert event.snapshot.crop_jpeg[middle : middle + 64] not in files
+        kept = events[0].snapshot
+        assert kept is not None and kept.crop_jpeg[len(kept.crop_jpeg) // 2 :][:64] in files
+    finally:
+        other.close()
+        state.close()
+
+
 def test_postgresql_retention_drops_whole_monthly_partitions(postgres_cluster: PostgresCluster) -> None:
     state = PostgresState(postgres_cluster.create_database(), pool_size=2)
     try:

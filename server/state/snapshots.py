@@ -29,10 +29,12 @@ class SnapshotState(abc.ABC):
         """Unknown faces still under review (status new) taken at or after since: the newest `limit`."""
 
     @abc.abstractmethod
-    def review_key(self, since: datetime) -> tuple[int, ...]:
-        """The unknown faces under review taken at or after since, in a few numbers (how many, the oldest's
-        and the newest's time, a sum of their times) read from an index: they change when a snapshot arrives,
-        leaves the review or expires, through any replica."""
+    def review_key(self, since: datetime) -> tuple[object, ...]:
+        """The unknown faces under review taken at or after since, in a few values: the gallery id (a
+        restored database gets a new one), a count of the changes to snapshots (each store, status change
+        and delete bumps it in its own transaction), and how many faces there are, the oldest's and the
+        newest's time and a sum of their times, read from an index. They change when a snapshot arrives,
+        leaves the review or expires, through any replica, even when it shares its time with another."""
 
     @abc.abstractmethod
     def get_snapshots(self, event_ids: Sequence[str]) -> list[Snapshot]:

@@ -1,5 +1,10 @@
 """Face snapshots in the server's SQLite database (facefleet.server.state.snapshots), in SqliteState's
-transactions; `add_snapshots` and `mark_enrolled` run inside the caller's transaction."""
+transactions; `add_snapshots`, `mark_enrolled` and `delete_person_snapshots` run inside the caller's
+transaction.
+
+Every write that stores, marks or deletes snapshots moves a change count in the meta table on, in the same
+transaction (one statement, an increment, so ingest may run it unserialised on PostgreSQL): the review key
+changes with any change, through any replica."""
 
 from __future__ import annotations
 
@@ -21,13 +26,14 @@ from facefleet.server.domain.snapshots import (
 )
 from facefleet.server.errors import FailedPreconditionError, NotFoundError
 from facefleet.server.state.snapshots import SnapshotState
-from facefleet.server.state.sql.meta import EXPIRE_BATCH_ROWS, Connection, Transactions
+from facefleet.server.state.sql.meta import EXPIRE_BATCH_ROWS, Connection, Transactions, bump
 
 _COLUMNS = (
     "event_id, device_id, camera, time_us, decision, person_id, quality, model_id, vector, status, "
     "length(crop_jpeg), length(context_jpeg)"
 )
 _CHUNK = 500
+_CHANGES_KEY = "snapshot_changes"
 
 
 class SqlSnapshotState(SnapshotState):
@@ -75,17 +81,20 @@ class SqlSnapshotState(SnapshotState):
             ).fetchall()
         return [_snapshot(row) for row in rows]
 
-    def review_key(self, since: datetime) -> tuple[int, ...]:
-        """The times (µs) summed modulo a prime, so that any number of them stays within 64 bits."""
+    def review_key(self, since: datetime) -> tuple[object, ...]:
+        """In one statement, so one view of the database; the times (µs) summed modulo a prime, so that any
+        number of them stays within 64 bits."""
         marks = ", ".join("?" * len(UNKNOWN_DECISIONS))
         with self._core.connection() as conn:
             row = conn.execute(
-                "SELECT count(*), coalesce(min(time_us), 0), coalesce(max(time_us), 0), "  # noqa: S608
-                "coalesce(sum(time_us % 1000000007), 0) FROM snapshots WHERE status = 'new' "
-                f"AND decision IN ({marks}) AND time_us >= ?",
-                (*UNKNOWN_DECISIONS, to_us(since)),
+                "SELECT (SELECT value FROM meta WHERE key = 'gallery_id'), "  # noqa: S608
+                "(SELECT value FROM meta WHERE key = ?), count(*), coalesce(min(time_us), 0), "
+                "coalesce(max(time_us), 0), coalesce(sum(time_us % 1000000007), 0) FROM snapshots "
+                f"WHERE status = 'new' AND decision IN ({marks}) AND time_us >= ?",
+                (_CHANGES_KEY, *UNKNOWN_DECISIONS, to_us(since)),
             ).fetchone()
-        return tuple(int(value) for value in row)
+        gallery_id, changes, *figures = row
+        return (str(gallery_id or ""), int(changes or 0), *(int(value) for value in figures))
 
     def get_snapshots(self, event_ids: Sequence[str]) -> list[Snapshot]:
         found: dict[str, Snapshot] = {}
@@ -116,13 +125,18 @@ class SqlSnapshotState(SnapshotState):
 
     def set_status(self, event_ids: Sequence[str], status: SnapshotStatus) -> int:
         with self._core.write() as conn:
-            return _update(
+            changed = _update(
                 conn, event_ids, "UPDATE snapshots SET status = ? WHERE status != 'enrolled' AND", status
             )
+            if changed:
+                bump(conn, _CHANGES_KEY)
+            return changed
 
     def delete_snapshots(self, event_ids: Sequence[str]) -> int:
         with self._core.write() as conn:
             deleted = _update(conn, event_ids, "DELETE FROM snapshots WHERE")
+            if deleted:
+                bump(conn, _CHANGES_KEY)
         self._core.erased()
         return deleted
 
@@ -138,6 +152,8 @@ class SqlSnapshotState(SnapshotState):
                         "(SELECT event_id FROM snapshots WHERE time_us < ? ORDER BY time_us LIMIT ?)",
                         (before_us, self.expire_batch),
                     ).rowcount
+                    if deleted:
+                        bump(conn, _CHANGES_KEY)
                 expired += deleted
                 if deleted < self.expire_batch:
                     break
@@ -172,7 +188,10 @@ def add_snapshots(conn: Connection, events: Sequence[Event]) -> int:
         "ON CONFLICT (event_id) DO NOTHING",
         rows,
     )
-    return max(0, int(cursor.rowcount))
+    stored = max(0, int(cursor.rowcount))
+    if stored:  # the transaction's last statement: the count's row stays locked only while it commits
+        bump(conn, _CHANGES_KEY)
+    return stored
 
 
 def mark_enrolled(conn: Connection, event_ids: Sequence[str], person_id: str) -> int:
@@ -192,7 +211,18 @@ def mark_enrolled(conn: Connection, event_ids: Sequence[str], person_id: str) ->
             "operator?) or have expired; nothing was enrolled: list the unknown faces again and enrol what "
             "is still under review"
         )
+    if changed:
+        bump(conn, _CHANGES_KEY)
     return changed
+
+
+def delete_person_snapshots(conn: Connection, person_id: str) -> int:
+    """Delete the snapshots tied to a person (those they were enrolled from, and those agents matched to
+    them), inside the caller's transaction; how many."""
+    deleted = max(0, int(conn.execute("DELETE FROM snapshots WHERE person_id = ?", (person_id,)).rowcount))
+    if deleted:
+        bump(conn, _CHANGES_KEY)
+    return deleted
 
 
 def _update(conn: Connection, event_ids: Sequence[str], statement: str, *first: object) -> int:

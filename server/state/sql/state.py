@@ -78,8 +78,9 @@ class SqlState(State):
                 set_meta(conn, "log_floor", "0")
 
     def ingest(self) -> AbstractContextManager[Connection]:
-        """The write transaction of events and their rollups, which change no gallery revision or meta
-        counter (by default write(); on PostgreSQL not serialised against the other writes)."""
+        """The write transaction of events, their rollups and their snapshots. It changes no gallery
+        revision, and moves one meta counter (the snapshots' change count) in one statement, its last. By
+        default write(); on PostgreSQL not serialised against the other writes."""
         return self.write()
 
     # -- gallery -------------------------------------------------------------------------------------
@@ -195,7 +196,7 @@ class SqlState(State):
             revision = self._next_revision(conn, [(person_id, "delete")], now)
             conn.execute("DELETE FROM people WHERE person_id = ?", (person_id,))
             # their face snapshots go with them: those they were enrolled from, and those agents matched
-            conn.execute("DELETE FROM snapshots WHERE person_id = ?", (person_id,))
+            sql_snapshots.delete_person_snapshots(conn, person_id)
         self.erased()
         return revision
 

@@ -428,6 +428,43 @@ def test_clusters_are_computed_once_until_the_unknown_faces_under_review_change(
     run(scenario)
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_face_that_leaves_the_review_as_a_late_face_of_its_frame_arrives_changes_the_listing(
+    tmp_path: Path,
+    pki: Pki,
+    enroller: Enroller,
+    strangers: list[tuple[Seen, Seen]],
+    backend: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Two strangers seen in one frame (one time); one is dismissed through the database (as another replica
+    does) while a face of that frame arrives late: how many faces are under review and their times stay as
+    they were, yet the listing shows the change, and the version listed before it is refused."""
+    sections = {}
+    if backend == "postgresql":
+        sections["state"] = {"url": request.getfixturevalue("postgres_cluster").create_database()}
+    frame = utc_now() - timedelta(minutes=1)
+
+    async def scenario() -> None:
+        async with serving(tmp_path, pki, enroller, **sections) as harness:
+            unknown = harness.server.handlers.unknown  # type: ignore[union-attr]
+            first = face_event(strangers[0][0], frame - timedelta(minutes=1))
+            second, third = (face_event(pair[0], frame) for pair in strangers[1:])
+            late = face_event(strangers[0][1], frame)  # the first stranger again, in the others' frame
+            await report(harness, [first, second, third])
+            listed = {c.cluster_id: c for c in await unknown.clusters()}
+            assert sorted(listed) == sorted(e.event_id for e in (first, second, third))
+            await asyncio.to_thread(harness.server.state.snapshots.set_status, [second.event_id], "dismissed")
+            await report(harness, [late])
+            clusters = {c.cluster_id: c for c in await unknown.clusters()}
+            assert sorted(clusters) == sorted([first.event_id, third.event_id])
+            assert [s.event_id for s in clusters[first.event_id].snapshots] == [late.event_id, first.event_id]
+            with pytest.raises(FailedPreconditionError, match="changed since version"):
+                await unknown.dismiss(first.event_id, (), listed[first.event_id].version)
+
+    run(scenario)
+
+
 def test_a_stopping_server_refuses_the_listings_waiting_for_clustering_and_ends_its_thread(
     tmp_path: Path, pki: Pki, enroller: Enroller, strangers: list[tuple[Seen, Seen]]
 ) -> None:

@@ -1138,6 +1138,36 @@ def test_sqlite_retention_lets_an_ingest_through_between_its_batches(tmp_path: P
         other.close()
 
 
+def test_the_review_key_changes_when_a_face_leaves_the_review_as_another_of_its_frame_arrives(
+    state: State,
+) -> None:
+    """Faces of one frame share a time: one dismissed, deleted or enrolled while another of that frame
+    arrives late leaves how many faces are under review and their times as they were; the key changes all
+    the same."""
+    since = NOW - timedelta(days=1)
+    crop = cv2.imencode(".jpg", np.full((112, 112, 3), 128, np.uint8))[1].tobytes()
+    snapshot = FaceSnapshot(
+        crop, b"", Embedding("sface@2021dec", np.ones(128, np.float32) / np.sqrt(128), 0.8)
+    )
+    state.add_events([make_event(0, NOW, snapshot=snapshot), make_event(1, NOW, snapshot=snapshot)])
+    ways: dict[str, Callable[[str], object]] = {
+        "dismissed": lambda event_id: state.snapshots.set_status([event_id], "dismissed"),
+        "deleted": lambda event_id: state.snapshots.delete_snapshots([event_id]),
+        "enrolled": lambda event_id: state.add_person(
+            person(f"p{event_id[-1]}", 2), [], NOW, snapshots=[event_id]
+        ),
+    }
+    keys = [state.snapshots.review_key(since)]
+    for n, (way, leave) in enumerate(ways.items(), start=2):
+        (leaving, *_) = sorted(s.event_id for s in state.snapshots.unknown_snapshots(since, 10))
+        leave(leaving)
+        state.add_events([make_event(n, NOW, snapshot=snapshot)])
+        assert len(state.snapshots.unknown_snapshots(since, 10)) == 2, way
+        key = state.snapshots.review_key(since)
+        assert key not in keys, way
+        keys.append(key)
+
+
 def test_a_sqlite_retention_sweep_that_fails_midway_leaves_no_erased_face_in_the_wal(tmp_path: Path) -> None:
     """Another process holds the write lock when the sweep's second batch begins: the sweep fails, and
     the faces its first batch erased are emptied out of the WAL all the same."""

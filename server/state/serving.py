@@ -21,12 +21,17 @@ STOP_SERVER = "systemctl stop facefleet-server"
 """How an operator stops the server (the systemd unit in systemd/)."""
 
 
+class RestoreRunningError(StateError):
+    """A command (restore, state migrate) holds the state database: a server neither starts nor goes on
+    serving it (exit 74, so that systemd starts it again, to serve once the command has finished)."""
+
+
 class ServingLock(Protocol):
     """The lock a serving process holds on its state database."""
 
     def renew(self) -> None:
-        """Take the lock again if it was lost (the connection that held it broke); StateError while that
-        fails."""
+        """Take the lock again if it was lost (the connection that held it broke); RestoreRunningError when
+        a restore took it meanwhile (stop serving), StateError while taking it fails otherwise."""
 
     def close(self) -> None:
         """Let go of the lock (idempotent)."""
@@ -47,7 +52,7 @@ class FileServingLock:
             fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             self.close()
-            raise StateError(
+            raise RestoreRunningError(
                 f"state database {database} is being restored or migrated (a command holds {self.path}); "
                 "start the server once it has finished"
             ) from None

@@ -4,12 +4,15 @@ holds SERVE_LOCK, an advisory lock, shared on a connection of its own for as lon
 replica, on any host, serves the database, and no replica starts while it runs.
 
 An advisory lock lives as long as its connection: when that breaks (the database restarted, the network
-failed) the replica takes the lock again on a new one at its next look for changes (renew)."""
+failed) the replica takes the lock again on a new one at its next look for changes (renew), and stops serving
+when a restore took it meanwhile. So that a restore does not start in that gap, it is also refused while a
+server's other connections (application_name APPLICATION_NAME) are open on the database."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -17,14 +20,16 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from facefleet.server.errors import FailedPreconditionError, StateError
 from facefleet.server.state.postgres.notify import KEEPALIVES
-from facefleet.server.state.postgres.state import redact
-from facefleet.server.state.serving import STOP_SERVER
+from facefleet.server.state.postgres.state import APPLICATION_NAME, redact
+from facefleet.server.state.serving import STOP_SERVER, RestoreRunningError
 
 log = logging.getLogger(__name__)
 
 SERVE_LOCK = 0x46465333
 """Advisory lock key held shared by every serving replica and exclusively by a restore ('FFS3')."""
 CONNECT_TIMEOUT_S = 10
+CLOSING_S = 1.0
+"""How long a restore waits for servers' connections that are closing (a server that just stopped) to end."""
 
 
 class PgServingLock:
@@ -44,7 +49,10 @@ class PgServingLock:
         keepalives = {key: value for key, value in KEEPALIVES.items() if key not in given}
         try:
             conn = psycopg.connect(
-                make_conninfo(self.url, **keepalives), autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+                make_conninfo(self.url, **keepalives),
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                application_name=APPLICATION_NAME,
             )
         except psycopg.Error as exc:
             raise StateError(f"state database {self.where}: cannot connect ({_reason(exc)})") from None
@@ -57,15 +65,16 @@ class PgServingLock:
             ) from None
         if not (row and row[0]):
             conn.close()
-            raise StateError(
+            raise RestoreRunningError(
                 f"state database {self.where} is being restored (`facefleet-server restore` holds it); start "
                 "the server once the restore has finished"
             )
         return conn
 
     def renew(self) -> None:
-        """Take the lock again on a new connection when the one that held it broke; StateError while that
-        fails (the next call tries again)."""
+        """Take the lock again on a new connection when the one that held it broke; RestoreRunningError
+        when a restore holds it now, StateError while taking it fails otherwise (the next call tries
+        again)."""
         with self._using:
             if self._closed:
                 return
@@ -85,10 +94,19 @@ class PgServingLock:
 
 def refuse_while_serving(conn: psycopg.Connection[Any], where: str) -> None:
     """Take SERVE_LOCK exclusively for conn's session (until it closes): FailedPreconditionError while any
-    replica serves the database (naming how many), or another restore runs."""
+    replica serves the database (naming how many), even one that lost the lock for a moment (its other
+    connections are open), or another restore runs."""
     row = conn.execute("SELECT pg_try_advisory_lock(%s)", (SERVE_LOCK,)).fetchone()
     if row and row[0]:
-        return
+        sessions = _server_sessions(conn)
+        if not sessions:
+            return
+        conn.execute("SELECT pg_advisory_unlock(%s)", (SERVE_LOCK,))
+        raise FailedPreconditionError(
+            f"{sessions} connection{'s' if sessions > 1 else ''} of a running server (application_name "
+            f"{APPLICATION_NAME}) {'are' if sessions > 1 else 'is'} open on the state database {where}: stop "
+            f"the server first: {STOP_SERVER} (on every replica), then run the restore again"
+        )
     serving = conn.execute(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 0 AND objid = %s "
         "AND objsubid = 1 AND mode = 'ShareLock' AND granted "
@@ -103,6 +121,23 @@ def refuse_while_serving(conn: psycopg.Connection[Any], where: str) -> None:
         f"state database {where}: stop the server first: {STOP_SERVER} (on every replica), then run the "
         "restore again"
     )
+
+
+def _server_sessions(conn: psycopg.Connection[Any]) -> int:
+    """How many sessions of servers, other than conn's, are open on conn's database, after waiting up to
+    CLOSING_S for them to end."""
+    closing_until = time.monotonic() + CLOSING_S
+    while True:
+        conn.execute("SELECT pg_stat_clear_snapshot()")  # a transaction sees the sessions of its start
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = %s AND pid <> pg_backend_pid()",
+            (APPLICATION_NAME,),
+        ).fetchone()
+        sessions = int(row[0]) if row else 0
+        if not sessions or time.monotonic() >= closing_until:
+            return sessions
+        time.sleep(0.05)
 
 
 def _reason(exc: BaseException) -> str:

@@ -58,6 +58,9 @@ READ_COMMITTED = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
 """The first statement of write and ingest transactions (see the module's docstring)."""
 DEFAULT_POOL_SIZE = 10
 POOL_TIMEOUT_S = 30.0
+APPLICATION_NAME = "facefleet-server"
+"""The application_name of the state's connections (and of a server's serving lock): a restore is refused
+while any is open (facefleet.server.state.postgres.serving)."""
 DETACH_LOCK_TIMEOUT_MS = 2000
 """How long retention waits for the locks that detach a month's partitions: while it waits, every new query
 and insert on `events` queues behind it."""
@@ -116,7 +119,7 @@ class PostgresState(SqlState):
                 url,
                 min_size=1,
                 max_size=max(1, pool_size),
-                kwargs={"autocommit": True, "row_factory": tuple_row},
+                kwargs={"autocommit": True, "row_factory": tuple_row, "application_name": APPLICATION_NAME},
                 timeout=POOL_TIMEOUT_S,
                 name="facefleet-state",
                 open=False,

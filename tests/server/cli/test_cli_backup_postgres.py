@@ -266,15 +266,6 @@ def test_restore_is_refused_while_a_replica_serves_the_database_even_after_its_c
     assert run_cli(capsys, *base, "backup", str(tmp_path / "backup"))[0] == EXIT_OK
     restore = (*base, "restore", str(tmp_path / "backup"), "--force")
 
-    def holders() -> list[int]:
-        """The sessions that hold the serving lock shared: one per serving replica."""
-        with psycopg.connect(url) as conn:
-            rows = conn.execute(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = %s AND mode = 'ShareLock'",
-                (SERVE_LOCK,),
-            ).fetchall()
-        return [int(row[0]) for row in rows]
-
     async def scenario() -> None:
         sections: dict[str, Any] = {"state": {"url": url}, "models": {"dir": str(models)}}
         async with served(tmp_path / "state", fleet={"poll_seconds": 0.1}, **sections) as server:
@@ -283,11 +274,11 @@ def test_restore_is_refused_while_a_replica_serves_the_database_even_after_its_c
             assert "1 running server serves the state database" in err and "on every replica" in err
             server.state.delete_person("bob", utc_now())  # a change after the refusal is kept
             # the lock's connection breaks (the database restarted): the replica takes the lock again
-            (lost,) = holders()
+            (lost,) = holders(url)
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("SELECT pg_terminate_backend(%s)", (lost,))
             deadline = time.monotonic() + 15
-            while not (held := holders()) or lost in held:
+            while not (held := holders(url)) or lost in held:
                 assert time.monotonic() < deadline, "the replica never took the serving lock again"
                 await asyncio.sleep(0.05)
             code, _, err = run_cli(capsys, *restore)
@@ -303,3 +294,47 @@ def test_restore_is_refused_while_a_replica_serves_the_database_even_after_its_c
     code, _, err = run_cli(capsys, *restore)
     assert code == EXIT_OK, err
     assert people(capsys, tmp_path / "state", "--config", str(config)) == ["alice", "bob", "carol"]
+
+
+def holders(url: str, mode: str = "ShareLock", granted: bool = True) -> list[int]:
+    """The sessions that hold the serving lock (or wait for it) in `mode`: shared, one per serving replica."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = %s AND mode = %s "
+            "AND granted = %s",
+            (SERVE_LOCK, mode, granted),
+        ).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+async def lose_serving_lock(url: str) -> None:
+    """End the session that holds the one replica's serving lock (as a database restart would), and wait
+    until it is gone."""
+    (lost,) = holders(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (lost,))
+    deadline = time.monotonic() + 5
+    while lost in holders(url):
+        assert time.monotonic() < deadline, "the serving lock's session did not end"
+        await asyncio.sleep(0.02)
+
+
+def test_restore_is_refused_while_a_replica_that_lost_its_lock_is_still_connected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], postgres_cluster: PostgresCluster
+) -> None:
+    url, models = postgres_cluster.create_database(), tmp_path / "models"
+    populate(url, models)
+    config = configure(tmp_path / "server.toml", url, models)
+    base = ("--state-dir", str(tmp_path / "state"), "--config", str(config))
+    assert run_cli(capsys, *base, "backup", str(tmp_path / "backup"))[0] == EXIT_OK
+
+    async def scenario() -> None:
+        sections: dict[str, Any] = {"state": {"url": url}, "models": {"dir": str(models)}}
+        async with served(tmp_path / "state", fleet={"poll_seconds": 60}, **sections):
+            await lose_serving_lock(url)  # not taken again before the next look, a minute away
+            code, _, err = run_cli(capsys, *base, "restore", str(tmp_path / "backup"), "--force")
+            assert code == EXIT_DATA
+            assert "of a running server (application_name facefleet-server)" in err, err
+            assert "on every replica" in err
+
+    asyncio.run(scenario())

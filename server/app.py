@@ -13,7 +13,9 @@ process exits 0. Exit codes of `serve`: 0 stopped by a signal, 69 cannot listen,
 unusable (or being restored), 78 configuration or TLS files unusable (systemd does not restart on 78).
 
 While it serves, the process holds the state's serving lock (facefleet.server.state.serving), so that
-`restore` and `state migrate` are refused until it stops.
+`restore` and `state migrate` are refused until it stops. A replica that finds a restore holding a PostgreSQL
+state (its lock's connection broke meanwhile) stops at once and exits 74: systemd starts it again, and it
+serves once the restore has finished.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from facefleet.core import notify
-from facefleet.core.errors import EXIT_OK, EXIT_UNAVAILABLE, FaceFleetError
+from facefleet.core.errors import EXIT_IO, EXIT_OK, EXIT_UNAVAILABLE, FaceFleetError
 from facefleet.core.metrics import MetricsBindError
 from facefleet.link.checks import utc_now
 from facefleet.server.api.audit import AuditLog
@@ -68,6 +70,7 @@ from facefleet.server.state.interface import State
 from facefleet.server.state.open import hold_serving, open_state
 from facefleet.server.state.postgres.notify import LISTENING, follow
 from facefleet.server.state.postgres.state import PostgresState
+from facefleet.server.state.serving import RestoreRunningError
 from facefleet.vision.models.store import ModelStore
 from facefleet.vision.runtime import Runtime
 
@@ -149,6 +152,8 @@ class FleetServer:
         self.metrics = ServerMetrics()
         self.metrics.watch(self.figures)
         self.metrics_endpoint = self.metrics.serve(config.metrics.listen)
+        self._stopping = asyncio.Event()  # a signal, or a restore of the state: run() stops the server
+        self._restored: RestoreRunningError | None = None
 
     async def start(self) -> Ports:
         """Bind the listeners and start serving."""
@@ -212,13 +217,15 @@ class FleetServer:
             await self._server.stop(self.config.listen.grace_seconds if grace is None else grace)
             self._server = None
         await asyncio.to_thread(self.metrics_endpoint.stop)  # waits for the serving thread's next poll
+        if self.handlers is not None:
+            await self.handlers.unknown.close()  # its clustering thread may be reading the state
         self.state.close()
-        self._serving.close()
+        await asyncio.to_thread(self._serving.close)  # waits for a renewal in progress
 
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT; tell systemd when ready, stopping, and ping its watchdog."""
         ports = await self.start()
-        stop = asyncio.Event()
+        stop = self._stopping
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -242,6 +249,10 @@ class FleetServer:
         if interval:
             self._watchdog = asyncio.create_task(_watchdog(interval))
         await stop.wait()
+        if self._restored is not None:  # running calls are cut: they would write into the restore
+            notify.notify("STOPPING=1", "STATUS=stopping: the state database is being restored")
+            await self.stop(0)
+            return EXIT_IO
         notify.notify("STOPPING=1", "STATUS=stopping: finishing running calls")
         log.info("stopping (grace %.0f s)", self.config.listen.grace_seconds)
         await self.stop()
@@ -465,19 +476,31 @@ class FleetServer:
         """Look for changes every poll_seconds; on PostgreSQL also follow its notifications
         (facefleet.server.state.postgres.notify), which bring a change at once, while the look catches
         what a notification did not bring (a listening connection gone silent, a refresh that failed).
-        Take the serving lock again if its connection broke. Run the retention job every hour."""
+        Take the serving lock again first if its connection broke, and stop serving when a restore took it
+        meanwhile. Run the retention job every hour."""
         if isinstance(self.state, PostgresState):
             listening = asyncio.create_task(follow(self.state.url, self._notified))
         else:
             listening = None
-        failing = False
+        failing = renewing = False
         expired_at = -math.inf
         try:
             while True:
                 await asyncio.sleep(self.config.fleet.poll_seconds)
                 try:
-                    await self.refresh()
                     await asyncio.to_thread(self._serving.renew)
+                    renewing = False
+                except RestoreRunningError as exc:
+                    log.error("stopping now, so as not to write into a state being restored: %s", exc)
+                    self._restored = exc
+                    self._stopping.set()
+                    return
+                except Exception:
+                    if not renewing:  # once per outage, not every poll
+                        log.exception("cannot take the serving lock again; retrying")
+                    renewing = True
+                try:
+                    await self.refresh()
                     if time.monotonic() - expired_at >= EXPIRY_INTERVAL_S:
                         await asyncio.to_thread(self.expire)
                         expired_at = time.monotonic()

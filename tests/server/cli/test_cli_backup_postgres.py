@@ -7,6 +7,7 @@ server replica serves."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 import uuid
@@ -338,3 +339,40 @@ def test_restore_is_refused_while_a_replica_that_lost_its_lock_is_still_connecte
             assert "on every replica" in err
 
     asyncio.run(scenario())
+
+
+def test_a_replica_that_finds_a_restore_holding_the_state_stops_serving_with_exit_74(
+    tmp_path: Path, postgres_cluster: PostgresCluster
+) -> None:
+    url = postgres_cluster.create_database()
+    config = ServerConfig.model_validate(
+        {
+            "insecure_development": True,
+            "listen": {"agents": "127.0.0.1:0", "operators": "127.0.0.1:0", "http": "127.0.0.1:0"},
+            "metrics": {"listen": ""},
+            "state": {"url": url},
+            "fleet": {"poll_seconds": 0.1},
+        }
+    )
+
+    async def scenario() -> tuple[int, float]:
+        server = FleetServer(config, ServerPaths.from_config(tmp_path / "state", config))
+        serving = asyncio.create_task(server.run())
+        with psycopg.connect(url, autocommit=True) as restore:  # as a restore would, once the lock is free
+            taking = asyncio.create_task(
+                asyncio.to_thread(restore.execute, "SELECT pg_advisory_lock(%s)", (SERVE_LOCK,))
+            )
+            while not holders(url, "ExclusiveLock", granted=False):
+                await asyncio.sleep(0.02)
+            await lose_serving_lock(url)
+            await taking
+            lost_at = time.monotonic()
+            code = await asyncio.wait_for(serving, 10)
+            return code, time.monotonic() - lost_at
+
+    try:
+        code, seconds = asyncio.run(scenario())
+    finally:
+        gc.unfreeze()  # run() froze what the test process had built
+    assert code == EXIT_IO
+    assert seconds < 3

@@ -355,7 +355,7 @@ def test_a_replica_that_finds_a_restore_holding_the_state_stops_serving_with_exi
         }
     )
 
-    async def scenario() -> tuple[int, float]:
+    async def scenario() -> int:
         server = FleetServer(config, ServerPaths.from_config(tmp_path / "state", config))
         serving = asyncio.create_task(server.run())
         with psycopg.connect(url, autocommit=True) as restore:  # as a restore would, once the lock is free
@@ -366,13 +366,10 @@ def test_a_replica_that_finds_a_restore_holding_the_state_stops_serving_with_exi
                 await asyncio.sleep(0.02)
             await lose_serving_lock(url)
             await taking
-            lost_at = time.monotonic()
-            code = await asyncio.wait_for(serving, 10)
-            return code, time.monotonic() - lost_at
+            return await asyncio.wait_for(serving, 10)  # it stops by itself, with no signal
 
     try:
-        code, seconds = asyncio.run(scenario())
+        code = asyncio.run(scenario())
     finally:
         gc.unfreeze()  # run() froze what the test process had built
     assert code == EXIT_IO
-    assert seconds < 3

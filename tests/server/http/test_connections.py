@@ -19,6 +19,11 @@ from tests.server.conftest import Harness, Pki, run, serving
 
 SHORT = {"handshake_timeout_seconds": 0.5, "http_header_timeout_seconds": 0.5}
 REQUEST = b"GET /api/fleet HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer %s\r\n\r\n"
+PADDED = b"GET /api/fleet HTTP/1.1\r\nHost: localhost\r\nX-Padding: %s\r\n\r\n" % (b"x" * 400)
+"""A request whose headers take 40 s at a byte every 0.1 s."""
+WAIT_S = 30.0
+"""How long a test waits for the server to close a connection: far beyond the limits the tests set (0.5 s),
+far below what would hold a connection without them (a trickle of 40 s, gRPC's own 120 s, or never)."""
 
 
 async def connect(
@@ -35,7 +40,7 @@ async def connect(
     )
 
 
-async def seconds_until_closed(reader: asyncio.StreamReader, started: float, limit: float = 5.0) -> float:
+async def seconds_until_closed(reader: asyncio.StreamReader, started: float, limit: float = WAIT_S) -> float:
     """Seconds from `started` until the server closes the connection (reading whatever it sends first)."""
     try:
         while await asyncio.wait_for(reader.read(65536), limit):
@@ -97,7 +102,7 @@ def test_a_connection_that_sends_no_complete_headers_in_time_is_closed(
             writer.close()
             started = time.monotonic()
             reader, writer = await connect(harness)
-            sending = asyncio.create_task(trickle(writer, REQUEST % token, every=0.1))
+            sending = asyncio.create_task(trickle(writer, PADDED, every=0.1))
             closed["headers a byte at a time"] = await seconds_until_closed(reader, started)
             await sending
             writer.close()
@@ -115,8 +120,8 @@ def test_a_connection_that_sends_no_complete_headers_in_time_is_closed(
             return closed
 
     closed = run(scenario)
-    # closed after the 0.5 s limit: not before it, and long before uvicorn's own keep-alive limit of 5 s
-    assert all(0.4 < seconds < 2.5 for seconds in closed.values()), closed
+    # closed, within WAIT_S (seconds_until_closed fails otherwise), and not before the 0.5 s limit
+    assert min(closed.values()) >= 0.4, closed
 
 
 def test_connections_past_the_limits_are_closed_at_once_and_others_are_still_answered(
@@ -234,7 +239,7 @@ def test_a_request_body_that_stalls_or_comes_too_slowly_without_a_token_closes_i
             return closed, slow
 
     closed, slow = run(scenario)
-    assert all(0.4 < seconds < 2.5 for _, seconds in closed.values()), closed
+    assert min(seconds for _, seconds in closed.values()) >= 0.4, closed  # closed, not before the limit
     assert closed["sign-in trickles"][0] in (b"", b"HTTP/1.1 408 Request Timeout\r\n"), closed
     assert closed["refused body trickles"][0] in (b"", b"HTTP/1.1 401 Unauthorized\r\n"), closed
     assert slow == 400  # read whole, and found not to be JSON
@@ -244,9 +249,9 @@ async def answer_until_closed(reader: asyncio.StreamReader, started: float) -> t
     """The status line the server answers with, if any, and the seconds from `started` until it closes the
     connection."""
     try:
-        status = await asyncio.wait_for(reader.readline(), 5.0)
+        status = await asyncio.wait_for(reader.readline(), WAIT_S)
     except (ConnectionError, ssl.SSLError):
         status = b""
     except asyncio.TimeoutError:
-        pytest.fail("the server kept the connection open over 5 s")
+        pytest.fail(f"the server kept the connection open over {WAIT_S} s")
     return status, await seconds_until_closed(reader, started)

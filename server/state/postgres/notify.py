@@ -28,9 +28,16 @@ RECONNECT_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 """Pauses before the 1st, 2nd, … reconnection attempt (the last one repeats)."""
 LISTENING = "listening"
 """The change reported once a LISTEN is in place: anything may have changed before."""
-KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
-"""libpq's TCP keepalive settings of the listening connection (idle and interval in seconds): a silent peer
-is given up after 10 + 3 × 5 = 25 s. A URL that sets any of them keeps its own value."""
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+"""libpq's TCP settings of the listening connection and the serving lock's (idle and interval in seconds,
+user timeout in ms): a silent peer is given up after 10 + 3 × 5 = 25 s, and data it does not acknowledge
+(a query sent on a half-open connection) after 30 s. A URL that sets any of them keeps its own value."""
 
 
 async def listen_connection(url: str) -> psycopg.AsyncConnection[Any]:

@@ -103,9 +103,11 @@ def refuse_while_serving(conn: psycopg.Connection[Any], where: str) -> None:
             return
         conn.execute("SELECT pg_advisory_unlock(%s)", (SERVE_LOCK,))
         raise FailedPreconditionError(
-            f"{sessions} connection{'s' if sessions > 1 else ''} of a running server (application_name "
-            f"{APPLICATION_NAME}) {'are' if sessions > 1 else 'is'} open on the state database {where}: stop "
-            f"the server first: {STOP_SERVER} (on every replica), then run the restore again"
+            f"{sessions} connection{'s' if sessions > 1 else ''} of a running server or facefleet-server "
+            f"command (application_name {APPLICATION_NAME}) {'are' if sessions > 1 else 'is'} open on the "
+            f"state database {where}: stop the server first: {STOP_SERVER} (on every replica), let commands "
+            "end (a host that went away leaves its sessions until PostgreSQL notices: end them with "
+            f"pg_terminate_backend, their pids in pg_stat_activity), then run the restore again"
         )
     serving = conn.execute(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 0 AND objid = %s "

@@ -64,10 +64,10 @@ def counter(conn: Connection, key: str) -> int:
 
 
 def bump(conn: Connection, key: str) -> None:
-    """Move a meta counter on by one, inside the caller's write transaction."""
+    """Move a meta counter on by one (64-bit on every database), inside the caller's write transaction."""
     conn.execute(
         "INSERT INTO meta (key, value) VALUES (?, '1') "
-        "ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(meta.value AS INTEGER) + 1 AS TEXT)",
+        "ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(meta.value AS BIGINT) + 1 AS TEXT)",
         (key,),
     )
 

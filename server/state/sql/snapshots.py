@@ -8,6 +8,7 @@ changes with any change, through any replica."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -34,6 +35,8 @@ _COLUMNS = (
 )
 _CHUNK = 500
 _CHANGES_KEY = "snapshot_changes"
+
+log = logging.getLogger(__name__)
 
 
 class SqlSnapshotState(SnapshotState):
@@ -157,9 +160,17 @@ class SqlSnapshotState(SnapshotState):
                 expired += deleted
                 if deleted < self.expire_batch:
                     break
-        finally:
-            if expired:
-                self._core.erased()
+        except BaseException:
+            if expired:  # the earlier batches' faces go all the same; the sweep's own error is the one raised
+                try:
+                    self._core.erased()
+                except Exception:
+                    log.exception(
+                        "the WAL of the %d snapshots expired before the failure is not emptied", expired
+                    )
+            raise
+        if expired:
+            self._core.erased()
         return expired
 
 
@@ -189,7 +200,9 @@ def add_snapshots(conn: Connection, events: Sequence[Event]) -> int:
         rows,
     )
     stored = max(0, int(cursor.rowcount))
-    if stored:  # the transaction's last statement: the count's row stays locked only while it commits
+    if stored and any(e.decision in UNKNOWN_DECISIONS for e in events if e.snapshot is not None):
+        # only faces to review change the review; the transaction's last statement, so that the count's row
+        # stays locked only while it commits
         bump(conn, _CHANGES_KEY)
     return stored
 

@@ -335,7 +335,7 @@ def test_restore_is_refused_while_a_replica_that_lost_its_lock_is_still_connecte
             await lose_serving_lock(url)  # not taken again before the next look, a minute away
             code, _, err = run_cli(capsys, *base, "restore", str(tmp_path / "backup"), "--force")
             assert code == EXIT_DATA
-            assert "of a running server (application_name facefleet-server)" in err, err
+            assert "server or facefleet-server command (application_name facefleet-server)" in err, err
             assert "on every replica" in err
 
     asyncio.run(scenario())

@@ -43,6 +43,7 @@ from facefleet.server.state.postgres.schema import (
 )
 from facefleet.server.state.postgres.state import PostgresState
 from facefleet.server.state.sql.events import COLUMN_COUNT, COLUMNS, _row, add_events
+from facefleet.server.state.sql.meta import set_meta
 from facefleet.server.state.sqlite.state import SqliteState
 from tests.postgres import PostgresCluster
 
@@ -1166,6 +1167,26 @@ def test_the_review_key_changes_when_a_face_leaves_the_review_as_another_of_its_
         key = state.snapshots.review_key(since)
         assert key not in keys, way
         keys.append(key)
+
+
+def test_the_review_key_moves_with_faces_to_review_only_and_past_32_bits(state: State) -> None:
+    """A stored face that was recognised is no face to review: the key stays (and the clusters kept with
+    it); a face to review moves it on, also past 2**31 changes (where PostgreSQL's INTEGER stops)."""
+    since = NOW - timedelta(days=1)
+    crop = cv2.imencode(".jpg", np.full((112, 112, 3), 128, np.uint8))[1].tobytes()
+    snapshot = FaceSnapshot(
+        crop, b"", Embedding("sface@2021dec", np.ones(128, np.float32) / np.sqrt(128), 0.8)
+    )
+    state.add_events([make_event(0, NOW, snapshot=snapshot)])
+    key = state.snapshots.review_key(since)
+    state.add_events([make_event(1, NOW, decision="match", person_id="alice", snapshot=snapshot)])
+    assert state.snapshots.review_key(since) == key
+    with state.write() as conn:  # type: ignore[attr-defined]
+        set_meta(conn, "snapshot_changes", str(2**31 - 1))
+    key = state.snapshots.review_key(since)
+    state.add_events([make_event(2, NOW, snapshot=snapshot)])
+    assert state.snapshots.review_key(since) != key
+    assert len(state.snapshots.unknown_snapshots(since, 10)) == 2
 
 
 def test_a_sqlite_retention_sweep_that_fails_midway_leaves_no_erased_face_in_the_wal(tmp_path: Path) -> None:

@@ -21,8 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from facefleet.core.files import write_atomic
-
 log = logging.getLogger(__name__)
 COMPILED = "compiled"
 SOURCE = "SOURCE"
@@ -62,7 +60,10 @@ def _list(folder: Path, openvino: str, source: str) -> None:
         try:
             _, *sources = (folder / SOURCE).read_text().splitlines()
         except (FileNotFoundError, ValueError):  # blobs OpenVINO wrote into a folder swept meanwhile
-            write_atomic(folder / SOURCE, f"{openvino}\n{source}\n")
+            handle, written = tempfile.mkstemp(prefix=".source-", dir=folder)  # fails if swept again
+            with os.fdopen(handle, "w") as file:
+                file.write(f"{openvino}\n{source}\n")
+            os.replace(written, folder / SOURCE)
             return
         if source not in sources:
             with open(folder / SOURCE, "a") as listed:  # one short append: whole, whoever else appends

@@ -257,14 +257,23 @@ def test_the_password_goes_to_the_environment_not_the_command_line() -> None:
     assert env["PGPASSWORD"] == "s3cret"
 
 
-def test_restore_is_refused_while_a_replica_serves_the_database_even_after_its_connection_broke(
+def backed_up(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], postgres_cluster: PostgresCluster
-) -> None:
+) -> tuple[str, Path, Path, tuple[str, ...]]:
+    """A populated state database backed up into tmp_path/backup: its URL, models folder, config file and
+    the command line's state arguments."""
     url, models = postgres_cluster.create_database(), tmp_path / "models"
     populate(url, models)
     config = configure(tmp_path / "server.toml", url, models)
     base = ("--state-dir", str(tmp_path / "state"), "--config", str(config))
     assert run_cli(capsys, *base, "backup", str(tmp_path / "backup"))[0] == EXIT_OK
+    return url, models, config, base
+
+
+def test_restore_is_refused_while_a_replica_serves_the_database_even_after_its_connection_broke(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], postgres_cluster: PostgresCluster
+) -> None:
+    url, models, config, base = backed_up(tmp_path, capsys, postgres_cluster)
     restore = (*base, "restore", str(tmp_path / "backup"), "--force")
 
     async def scenario() -> None:
@@ -275,9 +284,7 @@ def test_restore_is_refused_while_a_replica_serves_the_database_even_after_its_c
             assert "1 running server serves the state database" in err and "on every replica" in err
             server.state.delete_person("bob", utc_now())  # a change after the refusal is kept
             # the lock's connection breaks (the database restarted): the replica takes the lock again
-            (lost,) = holders(url)
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("SELECT pg_terminate_backend(%s)", (lost,))
+            lost = await lose_serving_lock(url)
             deadline = time.monotonic() + 15
             while not (held := holders(url)) or lost in held:
                 assert time.monotonic() < deadline, "the replica never took the serving lock again"
@@ -308,9 +315,9 @@ def holders(url: str, mode: str = "ShareLock", granted: bool = True) -> list[int
     return [int(row[0]) for row in rows]
 
 
-async def lose_serving_lock(url: str) -> None:
+async def lose_serving_lock(url: str) -> int:
     """End the session that holds the one replica's serving lock (as a database restart would), and wait
-    until it is gone."""
+    until it is gone; its pid."""
     (lost,) = holders(url)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT pg_terminate_backend(%s)", (lost,))
@@ -318,16 +325,13 @@ async def lose_serving_lock(url: str) -> None:
     while lost in holders(url):
         assert time.monotonic() < deadline, "the serving lock's session did not end"
         await asyncio.sleep(0.02)
+    return lost
 
 
 def test_restore_is_refused_while_a_replica_that_lost_its_lock_is_still_connected(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], postgres_cluster: PostgresCluster
 ) -> None:
-    url, models = postgres_cluster.create_database(), tmp_path / "models"
-    populate(url, models)
-    config = configure(tmp_path / "server.toml", url, models)
-    base = ("--state-dir", str(tmp_path / "state"), "--config", str(config))
-    assert run_cli(capsys, *base, "backup", str(tmp_path / "backup"))[0] == EXIT_OK
+    url, models, _, base = backed_up(tmp_path, capsys, postgres_cluster)
 
     async def scenario() -> None:
         sections: dict[str, Any] = {"state": {"url": url}, "models": {"dir": str(models)}}

@@ -4,7 +4,9 @@ moment it is accepted):
 
 - at most `max_connections` at once, and `max_per_client` from one address (an IPv6 /64), counted from the
   accepted TCP connection on, TLS handshakes in progress included; one more is closed at once, before its
-  handshake;
+  handshake, except that when all `max_connections` are open, a client with fewer connections than the
+  busiest one takes the place of that one's longest-waiting connection (in its handshake, or waiting for a
+  request's headers): a few addresses that hold their share cannot keep all others out;
 - the TLS handshake within `handshake_timeout_s`;
 - then each request's complete headers within `header_timeout_s` of the handshake or of the previous response
   (a client that sends nothing, or a header a byte at a time, is closed);
@@ -46,20 +48,20 @@ class ConnectionLimits:
 
 class TimedH11(H11Protocol):
     """uvicorn's HTTP/1.1 protocol with time limits on the wait for each request's headers and on a body
-    that stalls; `closed` is called when its connection ends."""
+    that stalls; its admission `slot` is told while it waits for headers, and released when it ends."""
 
     def __init__(
         self,
         *args: Any,
         header_timeout_s: float,
         body_timeout_s: float,
-        closed: Callable[[], None],
+        slot: Slot,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout_s = header_timeout_s
         self.body_timeout_s = body_timeout_s
-        self.closed = closed
+        self.slot = slot
         self._headers_due: asyncio.TimerHandle | None = None
         self._body_due: asyncio.TimerHandle | None = None
 
@@ -83,7 +85,7 @@ class TimedH11(H11Protocol):
             if timer is not None:
                 timer.cancel()
         self._headers_due = self._body_due = None
-        self.closed()
+        self.slot.release()
         super().connection_lost(exc)
 
     def _time_headers(self) -> None:
@@ -92,12 +94,15 @@ class TimedH11(H11Protocol):
         waiting = self.conn.our_state in (h11.IDLE, h11.DONE) and not self.transport.is_closing()
         if waiting and self._headers_due is None:
             self._headers_due = self.loop.call_later(self.header_timeout_s, self._headers_late)
+            self.slot.waiting(self.transport.abort)
         elif not waiting and self._headers_due is not None:
             self._headers_due.cancel()
             self._headers_due = None
+            self.slot.waiting(None)
 
     def _headers_late(self) -> None:
         self._headers_due = None
+        self.slot.waiting(None)
         self.transport.abort()
 
     def _time_body(self, progress: bool = False) -> None:
@@ -137,25 +142,66 @@ class _WatchedFlow(FlowControl):
         self.changed()
 
 
+class Slot:
+    """One admitted connection of `client`: its place in the counts until release() (once, later calls do
+    nothing), and while it waits for bytes (its handshake, a request's headers) how to close it, so that a
+    client with fewer connections can take its place."""
+
+    def __init__(self, admission: Admission, client: str) -> None:
+        self.admission = admission
+        self.client = client
+        self.released = False
+        self.abort: Callable[[], None] | None = None
+
+    def waiting(self, abort: Callable[[], None] | None) -> None:
+        """abort: how to close the connection while it waits (from now on, the longest-waiting of its
+        client last in line), or None once it no longer waits."""
+        if self.released:
+            return
+        queue = self.admission.waiting.setdefault(self.client, {})
+        queue.pop(self, None)
+        self.abort = abort
+        if abort is not None:
+            queue[self] = None
+        elif not queue:
+            del self.admission.waiting[self.client]
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.waiting(None)
+        self.released = True
+        admission = self.admission
+        admission.total -= 1
+        left = admission.by_client[self.client] - 1
+        if left:
+            admission.by_client[self.client] = left
+        else:
+            del admission.by_client[self.client]
+
+
 class Admission:
     """Counts the connections overall and by client, closes those past a limit, and does the TLS handshake of
-    the others (`tls` None: plaintext) before `http` makes their HTTP protocol, given what to call when the
-    connection ends. `accepted` is the listening server's protocol factory."""
+    the others (`tls` None: plaintext) before `http` makes their HTTP protocol, given their Slot. `accepted`
+    is the listening server's protocol factory."""
 
     def __init__(
         self,
         limits: ConnectionLimits,
         tls: ssl.SSLContext | None,
-        http: Callable[[Callable[[], None]], asyncio.Protocol],
+        http: Callable[[Slot], asyncio.Protocol],
     ) -> None:
         self.limits = limits
         self.tls = tls
         self.http = http
         self.total = 0
         self.by_client: dict[str, int] = {}
+        self.waiting: dict[str, dict[Slot, None]] = {}
+        """Each client's connections waiting for bytes, longest-waiting first."""
         self._handshakes: set[asyncio.Task[None]] = set()
         self._stopped = False
         self._refused = 0
+        self._replaced = 0
         self._warned_at = -WARN_EVERY_S
 
     def accepted(self) -> asyncio.Protocol:
@@ -167,48 +213,56 @@ class Admission:
         for task in list(self._handshakes):
             task.cancel()
 
-    def admit(self, client: str) -> Callable[[], None] | None:
-        """What to call once when the connection ends, or None when it is past a limit."""
+    def admit(self, client: str) -> Slot | None:
+        """The connection's slot, or None when it is past a limit. At the overall limit, the busiest
+        client's longest-waiting connection is closed to make room, when that client has at least two
+        more connections than this one has."""
         limits = self.limits
-        if (
-            self._stopped
-            or self.total >= limits.max_connections
-            or self.by_client.get(client, 0) >= limits.max_per_client
-        ):
+        if self._stopped or self.by_client.get(client, 0) >= limits.max_per_client:
+            self._refuse(client)
+            return None
+        if self.total >= limits.max_connections and not self._make_room(client):
             self._refuse(client)
             return None
         self.total += 1
         self.by_client[client] = self.by_client.get(client, 0) + 1
-        released = False
+        return Slot(self, client)
 
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.total -= 1
-                left = self.by_client[client] - 1
-                if left:
-                    self.by_client[client] = left
-                else:
-                    del self.by_client[client]
-
-        return release
+    def _make_room(self, client: str) -> bool:
+        """Close the longest-waiting connection of the busiest client that has one waiting, if it has at
+        least two more connections than `client`, so both end with no more than the other."""
+        busiest = max(self.waiting, key=self.by_client.__getitem__, default=None)
+        if busiest is None or self.by_client[busiest] < self.by_client.get(client, 0) + 2:
+            return False
+        slot = next(iter(self.waiting[busiest]))
+        abort = slot.abort
+        slot.release()
+        if abort is not None:
+            abort()
+        self._replaced += 1
+        self._warn(client)
+        return True
 
     def _refuse(self, client: str) -> None:
         self._refused += 1
+        self._warn(client)
+
+    def _warn(self, client: str) -> None:
         now = time.monotonic()
         if not self._stopped and now - self._warned_at >= WARN_EVERY_S:
             log.warning(
-                "HTTP API: new connections closed at once (%d since the last warning): %d open of "
+                "HTTP API: new connections closed at once (%d since the last warning), and waiting "
+                "connections of the busiest clients closed to let others in (%d): %d open of "
                 "listen.http_max_connections = %d, %d from %s of listen.http_max_connections_per_client = %d",
                 self._refused,
+                self._replaced,
                 self.total,
                 self.limits.max_connections,
                 self.by_client.get(client, 0),
                 client or "an unknown address",
                 self.limits.max_per_client,
             )
-            self._warned_at, self._refused = now, 0
+            self._warned_at, self._refused, self._replaced = now, 0, 0
 
     def start(self, transport: asyncio.Transport, handshake: _Handshake) -> None:
         task = asyncio.get_running_loop().create_task(self._handshake(transport, handshake))
@@ -257,21 +311,22 @@ class _Handshake(asyncio.Protocol):
 
     def __init__(self, admission: Admission) -> None:
         self.admission = admission
-        self.release: Callable[[], None] = _nothing
+        self.slot: Slot | None = None
         self.lost = False
         self._early: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        release = self.admission.admit(client_of(transport.get_extra_info("peername")))
-        if release is None:
+        slot = self.admission.admit(client_of(transport.get_extra_info("peername")))
+        if slot is None:
             transport.abort()
             return
-        self.release = release
+        self.slot = slot
         if self.admission.tls is None:
             self.hand_over(transport)
         else:
             transport.pause_reading()
+            slot.waiting(transport.abort)
             self.admission.start(transport, self)
 
     def data_received(self, data: bytes) -> None:
@@ -281,14 +336,16 @@ class _Handshake(asyncio.Protocol):
         self.lost = True
         self.release()
 
+    def release(self) -> None:
+        if self.slot is not None:
+            self.slot.release()
+
     def hand_over(self, transport: asyncio.Transport) -> None:
-        http = self.admission.http(self.release)
+        assert self.slot is not None
+        self.slot.waiting(None)
+        http = self.admission.http(self.slot)
         transport.set_protocol(http)
         http.connection_made(transport)
         for data in self._early:
             http.data_received(data)
         self._early.clear()
-
-
-def _nothing() -> None:
-    pass

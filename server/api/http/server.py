@@ -19,7 +19,7 @@ import uvicorn
 from facefleet.core.config import parse_address
 from facefleet.server.api.handlers import OperatorHandlers
 from facefleet.server.api.http.app import HttpLimits, create_app
-from facefleet.server.api.http.connections import Admission, ConnectionLimits, TimedH11
+from facefleet.server.api.http.connections import Admission, ConnectionLimits, Slot, TimedH11
 from facefleet.server.api.http.timing import RequestObserver
 from facefleet.server.config import ServerConfig
 from facefleet.server.errors import ServerConfigError, ServerError
@@ -49,14 +49,14 @@ class _Uvicorn(uvicorn.Server):
         await self.lifespan.startup()  # "off": nothing to start
         config, limits = self.config, self.limits
 
-        def http(closed: Callable[[], None]) -> asyncio.Protocol:
+        def http(slot: Slot) -> asyncio.Protocol:
             return TimedH11(
                 config=config,
                 server_state=self.server_state,
                 app_state=self.lifespan.state,
                 header_timeout_s=limits.header_timeout_s,
                 body_timeout_s=limits.body_timeout_s,
-                closed=closed,
+                slot=slot,
             )
 
         self.admission = Admission(limits, config.ssl, http)

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from facefleet.server.api.http.connections import client_of
+from facefleet.server.api.http.connections import Admission, ConnectionLimits, client_of
 from facefleet.server.gallery.embedder import Enroller
 from tests.server.conftest import Harness, Pki, run, serving
 
@@ -21,6 +21,11 @@ SHORT = {"handshake_timeout_seconds": 0.5, "http_header_timeout_seconds": 0.5}
 REQUEST = b"GET /api/fleet HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer %s\r\n\r\n"
 PADDED = b"GET /api/fleet HTTP/1.1\r\nHost: localhost\r\nX-Padding: %s\r\n\r\n" % (b"x" * 400)
 """A request whose headers take 40 s at a byte every 0.1 s."""
+POST_ROLLOUT = (
+    b"POST /api/rollouts HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer %s\r\n"
+    b"Content-Type: application/json\r\nContent-Length: 6\r\n\r\n"
+)
+"""The headers of a request whose body is 6 bytes."""
 WAIT_S = 30.0
 """How long a test waits for the server to close a connection: far beyond the limits the tests set (0.5 s),
 far below what would hold a connection without them (a trickle of 40 s, gRPC's own 120 s, or never)."""
@@ -127,30 +132,40 @@ def test_a_connection_that_sends_no_complete_headers_in_time_is_closed(
 def test_connections_past_the_limits_are_closed_at_once_and_others_are_still_answered(
     tmp_path: Path, pki: Pki, enroller: Enroller
 ) -> None:
-    async def scenario() -> None:
+    async def scenario() -> int:
         listen = {"http_max_connections": 3, "http_max_connections_per_client": 2}
         async with serving(tmp_path, pki, enroller, listen=listen) as harness:
-            held = [await connect(harness, "127.0.0.1") for _ in range(2)]
+            uploading = await connect(harness, "127.0.0.1")  # in a request: never closed to make room
+            uploading[1].write(POST_ROLLOUT % harness.admin_token.encode() + b"[0, ")
+            idle = await connect(harness, "127.0.0.1")
             with pytest.raises((ConnectionError, ssl.SSLError, asyncio.IncompleteReadError)):
                 await connect(harness, "127.0.0.1")  # a third from one address: closed before its handshake
-            assert await fleet(harness, "127.0.0.2") == 200
-            held.append(await connect(harness, "127.0.0.2"))  # three open: the limit
+            held = [await connect(harness, "127.0.0.2")]  # three open: the limit overall
+
+            # 127.0.0.1 holds two connections, a newcomer none: it takes the place of the idle one
+            assert await fleet(harness, "127.0.0.3") == 200
+            await seconds_until_closed(idle[0], time.monotonic())
+            idle[1].close()
+            held.append(await connect(harness, "127.0.0.3"))  # three open, one from each address
             with pytest.raises(httpx.TransportError):
-                await fleet(harness, "127.0.0.3")
-            for _, writer in held:
+                await fleet(harness, "127.0.0.4")  # nobody holds two more than it: closed at once
+            uploading[1].write(b"1]")
+            uploaded = await response_status(uploading[0])
+            for _, writer in [uploading, *held]:
                 writer.close()
-            await eventually(lambda: fleet(harness, "127.0.0.3"))  # closed connections count no more
+            await eventually(lambda: fleet(harness, "127.0.0.4"))  # closed connections count no more
 
             for _ in range(4):  # handshakes that fail count no more either
-                reader, writer = await connect(harness, "127.0.0.4", tls=False)
+                reader, writer = await connect(harness, "127.0.0.5", tls=False)
                 writer.write(b"GET / HTTP/1.1\r\n\r\n")
                 await seconds_until_closed(reader, time.monotonic())
                 writer.close()
-            held = [await connect(harness, "127.0.0.4") for _ in range(2)]
+            held = [await connect(harness, "127.0.0.5") for _ in range(2)]
             for _, writer in held:
                 writer.close()
+            return uploaded
 
-    run(scenario)
+    assert run(scenario) == 400  # the upload was read whole (and found not to be JSON), not closed
 
 
 async def eventually(request: Callable[[], Awaitable[int]], within: float = 5.0) -> None:
@@ -164,6 +179,34 @@ async def eventually(request: Callable[[], Awaitable[int]], within: float = 5.0)
             if time.monotonic() > deadline:
                 raise
         await asyncio.sleep(0.05)
+
+
+def test_addresses_that_fill_the_limit_with_their_share_cannot_keep_another_address_out() -> None:
+    limits = ConnectionLimits(10, 10, 10, max_connections=40, max_per_client=10)
+    admission = Admission(limits, None, lambda slot: asyncio.Protocol())
+    closed: list[str] = []
+    flood = {}
+    for n in range(4):  # four addresses at their share: all 40 open, all waiting for headers
+        for i in range(10):
+            slot = admission.admit(f"10.0.0.{n}")
+            assert slot is not None
+            slot.waiting(lambda name=f"10.0.0.{n}#{i}": closed.append(name))
+            flood[f"10.0.0.{n}#{i}"] = slot
+    flood["10.0.0.0#0"].waiting(None)  # this one is busy with a request now
+
+    newcomers = [admission.admit(f"192.0.2.{n}") for n in range(8)]
+    assert all(slot is not None for slot in newcomers)
+    assert admission.total == 40
+    # the longest-waiting of the busiest, in turn
+    others = [f"10.0.0.{n}#{i}" for n in (1, 2, 3) for i in (0, 1)]
+    assert sorted(closed) == ["10.0.0.0#1", "10.0.0.0#2", *others]
+    assert admission.admit("10.0.0.0") is None  # the flood cannot take its places back
+    flood["10.0.0.0#1"].release()  # already closed to make room: counted once
+    assert admission.total == 40 and admission.by_client["10.0.0.0"] == 8
+    for slot in newcomers:
+        assert slot is not None
+        slot.release()
+    assert admission.total == 32 and all(admission.by_client[f"10.0.0.{n}"] == 8 for n in range(4))
 
 
 def test_connections_count_against_their_ip_address_or_ipv6_64() -> None:

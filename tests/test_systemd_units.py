@@ -60,7 +60,7 @@ def test_the_readmes_replica_template_verifies_and_names_config_and_state_per_in
     settings = unit_settings(template)
     assert settings["StateDirectory"] == ["facefleet-server/%i"]
     assert all(
-        "/etc/facefleet-server/%i.toml" in line for line in settings["ExecStart"] + settings["ExecStartPre"]
+        "/etc/facefleet-server/%i.toml" in line for line in settings["ExecStart"]
     )
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(tmp_path / "facefleet-server@a.service")],
@@ -87,6 +87,39 @@ def test_unit_is_a_hardened_notify_service_that_does_not_loop_on_bad_config(unit
         assert settings[key] == ["yes"]
     assert settings["ProtectSystem"] == ["strict"]
     assert "WatchdogSec" in settings
+
+
+def seconds(timespan: str) -> float:
+    """A systemd time span such as '5s' or '10min' in seconds."""
+    number = timespan.rstrip("abcdefghijklmnopqrstuvwxyz")
+    return float(number) * {"": 1, "s": 1, "min": 60, "h": 3600}[timespan[len(number) :]]
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_a_config_error_stops_the_unit_for_good(unit: Path, tmp_path: Path) -> None:
+    """systemd checks RestartPreventExitStatus= against ExecStart= only: the command the unit starts must
+    itself exit with that status on a bad config, and nothing before it may fail in its place."""
+    settings = unit_settings(unit)
+    assert "ExecStartPre" not in settings
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[runtime]\ndevcie = 'CPU'\n")
+    [command] = settings["ExecStart"]
+    argv = command.replace(INSTALL_PREFIX, str(Path(sys.executable).parent) + "/").split()
+    argv[argv.index("--config") + 1] = str(bad)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd="/")
+    assert str(result.returncode) in settings["RestartPreventExitStatus"][0].split(), result.stderr
+    assert "unknown key 'runtime.devcie'" in result.stderr
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_a_failure_that_restarts_cannot_fix_stops_restarting(unit: Path) -> None:
+    """69 and 74 are retried; the start limit must be reachable at RestartSec=, so a device or a model store
+    that stays missing leaves the unit failed rather than starting it every few seconds forever."""
+    settings = unit_settings(unit)
+    [burst] = settings["StartLimitBurst"]
+    [interval] = settings["StartLimitIntervalSec"]
+    [restart] = settings["RestartSec"]
+    assert 3 <= int(burst) and int(burst) * seconds(restart) < seconds(interval)
 
 
 def test_agent_unit_reaches_cameras_and_accelerators() -> None:

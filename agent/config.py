@@ -127,6 +127,18 @@ class MqttConfig(StrictSection):
                 raise ValueError(f"{prefix!r}: give the prefix without the trailing '/'")
         return prefix
 
+    @model_validator(mode="after")
+    def _tls_files_need_tls(self) -> MqttConfig:
+        """TLS files with tls = false would be ignored, and the password sent in clear text."""
+        if not self.tls:
+            for key in ("ca_file", "cert_file", "key_file"):
+                if getattr(self, key) is not None:
+                    raise ValueError(
+                        f"mqtt.{key} is set but mqtt.tls is false, so the connection would be plain TCP (the "
+                        f"password in clear text): set tls = true or remove {key}"
+                    )
+        return self
+
     def password(self) -> str | None:
         """The password in password_file (a bare name: in $CREDENTIALS_DIRECTORY), if one is set."""
         if self.password_file is None:
@@ -136,7 +148,7 @@ class MqttConfig(StrictSection):
 
     def tls_files(self) -> tuple[Path | None, Path | None, Path | None]:
         """(ca_file, cert_file, key_file) as the connection uses them, each checked: a readable PEM file of
-        the right kind, the key the certificate's. All None when tls is off (the files are not used then)."""
+        the right kind, the key the certificate's. All None when tls is off (the config then names none)."""
         if not self.tls:
             return None, None, None
         if self.key_file is not None and self.cert_file is None:
@@ -511,11 +523,18 @@ _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 
 
 def check_topic(topic: str, what: str) -> str:
-    """An MQTT topic (or part of one) to publish to: no wildcards, no empty level at either end, no '$' or
-    control characters. ValueError says what was expected."""
+    """An MQTT topic (or part of one) to publish to: no wildcards, no empty level at either end, no '$', and
+    no character a broker refuses (mosquitto drops the connection over one). ValueError says what was
+    expected."""
+    refused = next((c for c in topic if _refused_in_topic(ord(c))), None)
+    if refused is not None:
+        raise ValueError(
+            f"{topic!r} is not {what}: it holds U+{ord(refused):04X}, and MQTT brokers refuse control "
+            "characters (U+0000–U+001F, U+007F–U+009F), surrogates and Unicode non-characters (U+FDD0–U+FDEF, "
+            "U+xFFFE, U+xFFFF) in a topic; remove it"
+        )
     if (
         any(c in topic for c in "#+$")
-        or any(ord(c) < 32 for c in topic)
         or topic.startswith("/")
         or "//" in topic
         or len(topic.encode("utf-8")) > 128
@@ -525,6 +544,17 @@ def check_topic(topic: str, what: str) -> str:
             "leading '/')"
         )
     return topic
+
+
+def _refused_in_topic(code: int) -> bool:
+    """A code point MQTT brokers refuse in a topic: a C0 or C1 control, DEL, a surrogate, a non-character."""
+    return (
+        code < 0x20
+        or 0x7F <= code <= 0x9F
+        or 0xD800 <= code <= 0xDFFF
+        or 0xFDD0 <= code <= 0xFDEF
+        or code & 0xFFFE == 0xFFFE
+    )
 
 
 def _read(key: str, path: Path, what: str) -> bytes:

@@ -52,8 +52,8 @@ def load_toml_model(path: Path | None, model: type[Model], error: type[FaceFleet
 
 
 def _describe(error: object) -> str:
-    """One validation problem: the key and what is wrong with it; a rule across keys (no key) by its
-    message alone, without the whole file's values."""
+    """One validation problem: the key and what is wrong with it; a rule across keys by its message alone,
+    without the values of the whole file (no key) or section."""
     assert isinstance(error, dict)
     key = ".".join(str(part) for part in error["loc"])
     message = str(error["msg"]).removeprefix("Value error, ")
@@ -61,6 +61,8 @@ def _describe(error: object) -> str:
         return f"unknown key '{key}'"
     if not key:
         return message
+    if isinstance(error.get("input"), dict):  # a rule across a section's keys: its message names them
+        return f"'{key}': {message}"
     return f"'{key}': {message} (got {error.get('input')!r})"
 
 

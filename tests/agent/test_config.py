@@ -215,6 +215,43 @@ def test_check_config_refuses_thresholds_outside_a_cosine_and_topics_mqtt_cannot
     assert (code, expected in output) == (EXIT_CONFIG, True), output
 
 
+@pytest.mark.parametrize(
+    ("key", "text"),
+    [
+        ("prefix", '[mqtt]\nprefix = "site\\u007f/"\n'),
+        ("prefix", '[mqtt]\nprefix = "caf\\u0085/"\n'),
+        ("prefix", '[mqtt]\nprefix = "a\\ufffe/"\n'),
+        ("prefix", '[mqtt]\nprefix = "a\\U0001ffff/"\n'),
+        ("discovery_prefix", '[mqtt]\ndiscovery_prefix = "ha\\ufdd0"\n'),
+        (
+            "relay_topic",
+            '[[cameras]]\nname = "front"\nsource = "0"\n[[doors]]\nname = "front"\ncamera = "front"\n'
+            'relay_topic = "relay/fr\\u0085ont"\n',
+        ),
+    ],
+)
+def test_check_config_refuses_topics_with_characters_a_broker_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, text: str
+) -> None:
+    """mosquitto refuses DEL, C1 controls and non-characters: with one in the prefix the last will never
+    connects, in a relay topic each grant drops the connection."""
+    code, output = check_config(tmp_path, capsys, text)
+    assert code == EXIT_CONFIG, output
+    assert f".{key}'" in output and "MQTT brokers refuse control characters" in output
+
+
+@pytest.mark.parametrize("key", ["ca_file", "cert_file", "key_file"])
+def test_check_config_refuses_tls_files_while_tls_is_off(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str
+) -> None:
+    """Otherwise the files are ignored and the broker password goes out in clear text."""
+    text = f'[mqtt]\nusername = "door"\n{key} = "{tmp_path / "x.pem"}"\n'
+    code, output = check_config(tmp_path, capsys, text)
+    assert code == EXIT_CONFIG, output
+    assert f"mqtt.{key} is set but mqtt.tls is false" in output and f"remove {key}" in output
+    assert "door" not in output  # the section's values are not dumped
+
+
 def test_a_rule_across_keys_is_told_by_its_message_alone(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -23,7 +23,14 @@ from facefleet.agent.recognition.doors import (
 )
 from facefleet.agent.recognition.liveness import LivenessMode
 from facefleet.agent.recognition.matching import DecisionPolicy
-from facefleet.core.config import StrictSection, credential_path, load_toml_model, parse_address
+from facefleet.core.config import (
+    AbsolutePath,
+    CredentialPath,
+    StrictSection,
+    credential_path,
+    load_toml_model,
+    parse_address,
+)
 from facefleet.core.errors import ConfigError
 from facefleet.core.logs import LogFormat
 from facefleet.core.metrics import MetricsSection
@@ -93,13 +100,13 @@ class MqttConfig(StrictSection):
     port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual for TLS)")
     prefix: str = Field("", max_length=128, description="Topic prefix; empty = 'facefleet/<device_id>/'")
     username: str | None = Field(None, description="User name, if the broker wants one")
-    password_file: Path | None = Field(
+    password_file: CredentialPath | None = Field(
         None, description="File holding the password; a bare name is looked up in $CREDENTIALS_DIRECTORY"
     )
     tls: bool = Field(False, description="Connect with TLS")
-    ca_file: Path | None = Field(None, description="CA certificate to trust (default: the system's)")
-    cert_file: Path | None = Field(None, description="Client certificate for brokers that want one")
-    key_file: Path | None = Field(
+    ca_file: AbsolutePath | None = Field(None, description="CA certificate to trust (default: the system's)")
+    cert_file: AbsolutePath | None = Field(None, description="Client certificate for brokers that want one")
+    key_file: CredentialPath | None = Field(
         None, description="Client key; a bare name is looked up in $CREDENTIALS_DIRECTORY"
     )
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive (s)")
@@ -247,11 +254,13 @@ class FleetServerConfig(StrictSection):
     server_name: str = Field(
         "", max_length=255, description="Name the server certificate must carry; empty = the host of address"
     )
-    ca_file: Path | None = Field(None, description="Site CA certificate (PEM) that signed the server's")
-    cert_file: Path | None = Field(
+    ca_file: AbsolutePath | None = Field(
+        None, description="Site CA certificate (PEM) that signed the server's"
+    )
+    cert_file: AbsolutePath | None = Field(
         None, description="This device's certificate (PEM), from `facefleet-server certs issue DEVICE`"
     )
-    key_file: Path | None = Field(
+    key_file: CredentialPath | None = Field(
         None, description="This device's key (PEM); a bare name is looked up in $CREDENTIALS_DIRECTORY"
     )
     report_batch: int = Field(
@@ -326,7 +335,7 @@ class ModelsConfig(ConversionConfig):
         le=50,
         description="Stored versions kept per task, the running and the previous one included",
     )
-    smoke_photo: Path | None = Field(
+    smoke_photo: AbsolutePath | None = Field(
         None, description="Photo with one clear face for the smoke inference; empty = the bundled sample"
     )
     gallery_timeout_s: float = Field(
@@ -415,7 +424,7 @@ class AgentConfig(StrictSection):
     device_id: str = Field(
         "", description="This agent's id: letters, digits, '.', '_', ':', '@', '-'; empty = the host name"
     )
-    state_dir: Path | None = Field(
+    state_dir: AbsolutePath | None = Field(
         None, description="Models, database and cache; see the README for the default"
     )
     log_format: LogFormat = Field(
@@ -530,8 +539,8 @@ def check_topic(topic: str, what: str) -> str:
     if refused is not None:
         raise ValueError(
             f"{topic!r} is not {what}: it holds U+{ord(refused):04X}, and MQTT brokers refuse control "
-            "characters (U+0000–U+001F, U+007F–U+009F), surrogates and Unicode non-characters (U+FDD0–U+FDEF, "
-            "U+xFFFE, U+xFFFF) in a topic; remove it"
+            "characters (U+0000–U+001F, U+007F–U+009F), surrogates and Unicode non-characters "
+            "(U+FDD0–U+FDEF, U+xFFFE, U+xFFFF) in a topic; remove it"
         )
     if (
         any(c in topic for c in "#+$")

@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from facefleet.core.errors import ConfigError, FaceFleetError
 
@@ -82,6 +82,36 @@ def check_listen(address: str) -> str:
     if address:
         parse_address(address, listening=True)
     return address
+
+
+def _absolute(path: Path) -> Path:
+    """A config validator: an absolute path ('~' expanded); a relative one would be read from the working
+    directory, which is / under systemd, so `check-config` by hand and the unit would disagree."""
+    expanded = path.expanduser()
+    if not expanded.is_absolute():
+        raise ValueError(
+            f"{str(path)!r} is a relative path, which would be read from the working directory (/ under "
+            f"systemd): give an absolute path, e.g. '/etc/facefleet/{path}'"
+        )
+    return expanded
+
+
+def _credential(path: Path) -> Path:
+    """A config validator: a bare file name (a systemd credential) or an absolute path."""
+    if len(path.parts) == 1 and not path.name.startswith((".", "~")):
+        return path
+    try:
+        return _absolute(path)
+    except ValueError as exc:
+        raise ValueError(
+            f"{exc}, or a bare file name to read from $CREDENTIALS_DIRECTORY (LoadCredential= in the unit)"
+        ) from None
+
+
+AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
+"""A path in a config file: absolute ('~' expanded), never relative to the working directory."""
+CredentialPath = Annotated[Path, AfterValidator(_credential)]
+"""A secret file in a config file: a bare name, read from $CREDENTIALS_DIRECTORY, or an absolute path."""
 
 
 def credential_path(path: Path) -> Path:

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from facefleet.core.config import StrictSection, check_listen, load_toml_model, parse_address
+from facefleet.core.config import AbsolutePath, StrictSection, check_listen, load_toml_model, parse_address
 from facefleet.core.logs import LogFormat
 from facefleet.core.metrics import MetricsSection
 from facefleet.server.errors import ServerConfigError
@@ -99,9 +99,9 @@ class ListenConfig(StrictSection):
 class TlsConfig(StrictSection):
     """[tls] PEM files; unset = those `facefleet-server certs init` made in <state_dir>/tls."""
 
-    ca_cert: Path | None = Field(None, description="CA that signs device (client) certificates")
-    server_cert: Path | None = Field(None, description="The server's certificate chain")
-    server_key: Path | None = Field(None, description="The server's private key")
+    ca_cert: AbsolutePath | None = Field(None, description="CA that signs device (client) certificates")
+    server_cert: AbsolutePath | None = Field(None, description="The server's certificate chain")
+    server_key: AbsolutePath | None = Field(None, description="The server's private key")
 
 
 class GalleryConfig(StrictSection):
@@ -190,7 +190,7 @@ class StateConfig(StrictSection):
 class ModelsConfig(ConversionConfig):
     """[models] Model versions operators publish through AdminService.PublishModel."""
 
-    dir: Path | None = Field(
+    dir: AbsolutePath | None = Field(
         None,
         description="The model store; unset = <state_dir>/models. With several replicas on one PostgreSQL "
         "database, a folder every replica shares (e.g. NFS): a model published through one is served by all",
@@ -293,7 +293,7 @@ class MetricsConfig(MetricsSection):
 class ServerConfig(StrictSection):
     """The whole server configuration file."""
 
-    state_dir: Path | None = Field(None, description="Database, models and TLS files; see the README")
+    state_dir: AbsolutePath | None = Field(None, description="Database, models and TLS files; see the README")
     insecure_development: bool = Field(
         False,
         description="Plaintext listeners and device ids taken from requests: for development only",

@@ -3,6 +3,7 @@ file, an unreadable password file and a device id outside the link's id rule wit
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -250,6 +251,51 @@ def test_check_config_refuses_tls_files_while_tls_is_off(
     assert code == EXIT_CONFIG, output
     assert f"mqtt.{key} is set but mqtt.tls is false" in output and f"remove {key}" in output
     assert "door" not in output  # the section's values are not dumped
+
+
+@pytest.mark.parametrize(
+    ("key", "line"),
+    [
+        ("state_dir", 'state_dir = "state"'),
+        ("mqtt.ca_file", '[mqtt]\ntls = true\nca_file = "ca.pem"'),
+        ("mqtt.password_file", '[mqtt]\npassword_file = "secrets/pw"'),
+        ("server.cert_file", '[server]\ncert_file = "./device.pem"'),
+        ("server.key_file", '[server]\nkey_file = "keys/device.key"'),
+        ("models.smoke_photo", '[models]\nsmoke_photo = "face.jpg"'),
+    ],
+)
+def test_check_config_refuses_a_relative_path_even_where_it_exists(
+    tls: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    key: str,
+    line: str,
+) -> None:
+    """Read from the working directory, a relative path passes by hand and fails under systemd (cwd /)."""
+    for name in ("state", "secrets", "keys"):
+        (tmp_path / name).mkdir()
+    shutil.copy(tls / "ca.pem", tmp_path / "ca.pem")
+    for name in ("secrets/pw", "device.pem", "keys/device.key", "face.jpg"):
+        (tmp_path / name).write_text("x")
+    monkeypatch.chdir(tmp_path)
+    code, output = check_config(tmp_path, capsys, line + "\n")
+    assert code == EXIT_CONFIG, output
+    assert f"'{key}': " in output and "is a relative path" in output and "give an absolute path" in output
+
+
+def test_a_credential_may_be_a_bare_name_read_from_the_credentials_directory(
+    tls: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "mqtt-password").write_text("secret\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    code, output = check_config(
+        tmp_path, capsys, '[mqtt]\nusername = "door"\npassword_file = "mqtt-password"\n'
+    )
+    assert code == EXIT_OK, output
+    assert load_config(tmp_path / "agent.toml").mqtt.password() == "secret"
 
 
 def test_a_rule_across_keys_is_told_by_its_message_alone(

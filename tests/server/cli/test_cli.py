@@ -91,7 +91,13 @@ def test_check_config_names_the_bad_key(tmp_path: Path, capsys: pytest.CaptureFi
             '[tls]\nca_cert = "/nonexistent/ca.pem"\n',
             "CA certificate (tls.ca_cert) /nonexistent/ca.pem does not",
         ),
-        ('[tls]\nserver_key = "server.toml"\n', "server key (tls.server_key) server.toml is not a PEM file"),
+        (
+            '[tls]\nserver_key = "{tmp}/server.toml"\n',
+            "server key (tls.server_key) {tmp}/server.toml is not a PEM",
+        ),
+        ('[tls]\nserver_key = "server.toml"\n', "'tls.server_key': 'server.toml' is a relative path"),
+        ('state_dir = "state"\n', "'state_dir': 'state' is a relative path"),
+        ('[models]\ndir = "models"\n', "'models.dir': 'models' is a relative path, which would be read from"),
     ],
 )
 def test_check_config_refuses_addresses_it_cannot_listen_on_and_missing_tls_files(
@@ -102,12 +108,15 @@ def test_check_config_refuses_addresses_it_cannot_listen_on_and_missing_tls_file
     expected: str,
 ) -> None:
     """An address gRPC would read otherwise ('7444' is not a port, 70000 wraps to 4464) stops the load, as
-    do listeners open beyond this machine in insecure development mode and [tls] files that are not PEM."""
+    do listeners open beyond this machine in insecure development mode, [tls] files that are not PEM, and
+    relative paths (read from the working directory, which is / under systemd) even where they exist."""
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "models").mkdir()
     config = tmp_path / "server.toml"
-    config.write_text(text)
+    config.write_text(text.format(tmp=tmp_path))
     code, _, err = run_cli(capsys, "check-config", str(config))
-    assert (code, expected in err) == (EXIT_CONFIG, True), err
+    assert (code, expected.format(tmp=tmp_path) in err) == (EXIT_CONFIG, True), err
 
 
 def test_check_config_accepts_loopback_insecure_listeners_and_port_0(

@@ -3,6 +3,7 @@ the key). Every setting has a default and a description; `facefleet-agent check-
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -34,7 +35,7 @@ from facefleet.core.config import (
 from facefleet.core.errors import ConfigError
 from facefleet.core.logs import LogFormat
 from facefleet.core.metrics import MetricsSection
-from facefleet.link.checks import check_id, check_model_id
+from facefleet.link.checks import check_groups, check_id, check_model_id
 from facefleet.link.errors import LinkError
 from facefleet.vision.config import ConversionConfig, DetectorConfig, QualityConfig, RuntimeConfig
 
@@ -115,6 +116,23 @@ class MqttConfig(StrictSection):
         10_000, ge=10, le=10_000_000, description="Events kept while the broker is away"
     )
     discovery_prefix: str = Field("homeassistant", description="Home Assistant discovery prefix; empty = off")
+
+    @field_validator("host")
+    @classmethod
+    def _host_name(cls, host: str) -> str:
+        """A host name or address, not a URL or host:port (the port is its own key)."""
+        bare = host.removeprefix("[").removesuffix("]")
+        if (
+            "://" in host
+            or "/" in host
+            or any(c.isspace() for c in host)
+            or (":" in bare and not _is_ip_address(bare))
+        ):
+            raise ValueError(
+                f"{host!r} is not a host name or address: give the host alone, e.g. 'broker.example' "
+                "(the port goes in mqtt.port, TLS in mqtt.tls)"
+            )
+        return host
 
     @field_validator("prefix")
     @classmethod
@@ -235,6 +253,39 @@ class DoorConfig(StrictSection):
     liveness_turn_deg: float = Field(
         15.0, ge=5, le=60, description="Head yaw change that blink_turn asks for (degrees)"
     )
+
+    @field_validator("allow_people")
+    @classmethod
+    def _person_ids(cls, people: list[str]) -> list[str]:
+        for person in people:
+            try:
+                check_id("person id", person)
+            except LinkError as exc:
+                raise ValueError(f"{exc} (the id given at enrolment)") from None
+        return people
+
+    @field_validator("allow_groups")
+    @classmethod
+    def _groups(cls, groups: list[str]) -> list[str]:
+        try:
+            check_groups(tuple(groups))
+        except LinkError as exc:
+            raise ValueError(f"{exc} (a group given at enrolment)") from None
+        return groups
+
+    @field_validator("command")
+    @classmethod
+    def _program(cls, command: list[str]) -> list[str]:
+        """A program by absolute path or by bare name (looked up in $PATH), never relative to the working
+        directory (/ under systemd)."""
+        if command:
+            program = command[0]
+            if not program.strip() or (("/" in program) and not program.startswith("/")):
+                raise ValueError(
+                    f"the program {program!r} must be an absolute path or a name found in $PATH, e.g. "
+                    '["gpioset", "gpiochip0", "17=1"] or ["/usr/local/bin/open-door"]'
+                )
+        return command
 
     @field_validator("relay_topic")
     @classmethod
@@ -478,6 +529,8 @@ class AgentConfig(StrictSection):
             self.mqtt.tls_files()
         if self.server.enabled:
             self.server.tls_files()
+        if self.models.smoke_photo is not None:
+            _read("models.smoke_photo", self.models.smoke_photo, "a photo with one clear face")
 
     def door_threshold(self, door: DoorConfig, model_id: str) -> DoorThreshold:
         """The threshold `door` applies to faces of embedding model `model_id`, and where it comes from."""
@@ -564,6 +617,14 @@ def _refused_in_topic(code: int) -> bool:
         or 0xFDD0 <= code <= 0xFDEF
         or code & 0xFFFE == 0xFFFE
     )
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _read(key: str, path: Path, what: str) -> bytes:

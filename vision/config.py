@@ -3,6 +3,7 @@ and the conversion limits of their [models] sections."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -44,6 +45,11 @@ class RuntimeConfig(StrictSection):
     num_threads: int = Field(0, ge=0, le=1024, description="Inference threads per model; 0 = all cores")
     jobs: int = Field(0, ge=0, le=64, description="Asynchronous requests in flight per model; 0 = automatic")
 
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, device: str) -> str:
+        return check_device(device)
+
     @field_validator("precision")
     @classmethod
     def _known_tasks(cls, value: dict[str, PrecisionSetting]) -> dict[str, PrecisionSetting]:
@@ -70,6 +76,37 @@ class RuntimeConfig(StrictSection):
         )
 
 
+PHYSICAL_DEVICES = ("CPU", "GPU", "NPU", "GNA", "MYRIAD", "HDDL", "VPUX")
+"""OpenVINO plugins a device name may start with (the last four: older runtimes and accelerators)."""
+_PHYSICAL = re.compile(rf"(?:{'|'.join(PHYSICAL_DEVICES)})(?:\.[A-Za-z0-9_][A-Za-z0-9_.-]*)?")
+_DEVICE_FORMS = "CPU, GPU, GPU.1, NPU, AUTO, AUTO:GPU,CPU, HETERO:GPU,CPU, MULTI:GPU,CPU or BATCH:GPU(4)"
+
+
+def check_device(device: str) -> str:
+    """An OpenVINO device name by its form (whether the device is present only `run` can tell): a plugin
+    with an optional id (GPU.1), AUTO, or AUTO:/HETERO:/MULTI: with a list of them, or BATCH:DEVICE(N).
+    ValueError names the forms."""
+    head, colon, tail = device.partition(":")
+    names = [name.strip() for name in tail.split(",")] if colon else []
+    if not colon:
+        valid = head == "AUTO" or bool(_PHYSICAL.fullmatch(head))
+    elif head in ("AUTO", "HETERO", "MULTI"):
+        if head == "AUTO":  # AUTO:-CPU leaves a device out
+            names = [name.removeprefix("-") for name in names]
+        valid = bool(names) and all(_PHYSICAL.fullmatch(name) for name in names)
+    elif head == "BATCH":
+        found = re.fullmatch(r"(.+?)(?:\((\d+)\))?", tail)
+        valid = found is not None and bool(_PHYSICAL.fullmatch(found.group(1)))
+    else:
+        valid = False
+    if not valid:
+        raise ValueError(
+            f"{device!r} is not an OpenVINO device name: use {_DEVICE_FORMS} (upper case; "
+            "`facefleet-agent devices` lists those present)"
+        )
+    return device
+
+
 class DetectorConfig(StrictSection):
     """[detector] Face detection."""
 
@@ -89,11 +126,22 @@ class DetectorConfig(StrictSection):
         )
 
 
+MAX_SHARPNESS = 100_000.0
+"""Above any Laplacian variance a real 112×112 face reaches; a larger minimum would refuse every face."""
+
+
 class QualityConfig(StrictSection):
     """[quality] Minimums for a face to be used for enrolment and identity decisions."""
 
-    min_face_px: float = Field(40.0, ge=0, description="Shorter side of the face box (px)")
-    min_sharpness: float = Field(15.0, ge=0, description="Laplacian variance of the aligned face")
+    min_face_px: float = Field(
+        40.0, ge=0, le=4096, description="Shorter side of the face box (px; at most 4096, a frame's size)"
+    )
+    min_sharpness: float = Field(
+        15.0,
+        ge=0,
+        le=MAX_SHARPNESS,
+        description="Laplacian variance of the aligned face (at most 100000: sharper is noise, not detail)",
+    )
     max_yaw: float = Field(0.6, ge=0, le=1, description="Largest left/right turn (0 frontal, 1 profile)")
     max_pitch: float = Field(0.6, ge=0, le=1, description="Largest up/down tilt (0 frontal, 1 extreme)")
     min_score: float = Field(0.3, ge=0, le=1, description="Minimum overall quality")

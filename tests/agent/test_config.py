@@ -298,6 +298,82 @@ def test_a_credential_may_be_a_bare_name_read_from_the_credentials_directory(
     assert load_config(tmp_path / "agent.toml").mqtt.password() == "secret"
 
 
+DOOR = '[[cameras]]\nname = "c"\nsource = "0"\n[[doors]]\nname = "d"\ncamera = "c"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '[runtime]\ndevice = "BOGUS"\n',
+            "'runtime.device': 'BOGUS' is not an OpenVINO device name: use CPU",
+        ),
+        ('[runtime]\ndevice = ""\n', "'runtime.device': '' is not an OpenVINO device name"),
+        ('[runtime]\ndevice = "cpu"\n', "(upper case;"),
+        ('[runtime]\ndevice = "HETERO:"\n', "'runtime.device': 'HETERO:' is not"),
+        ('[runtime]\ndevice = "MULTI:GPU,BOGUS"\n', "'runtime.device': 'MULTI:GPU,BOGUS' is not"),
+        (
+            "[quality]\nmin_face_px = 1e12\n",
+            "'quality.min_face_px': Input should be less than or equal to 4096",
+        ),
+        ("[quality]\nmin_sharpness = inf\n", "'quality.min_sharpness': Input should be less than or equal"),
+        (DOOR + 'allow_people = ["a b"]\n', "'doors.0.allow_people': person id 'a b' is not valid"),
+        (DOOR + 'allow_people = [""]\n', "'doors.0.allow_people': person id '' is not valid"),
+        (DOOR + 'allow_groups = ["staff", ""]\n', "'doors.0.allow_groups': group '' is not valid"),
+        (DOOR + 'command = [""]\n', "'doors.0.command': the program '' must be an absolute path or a name"),
+        (DOOR + 'command = ["./open-door.sh"]\n', "the program './open-door.sh' must be an absolute path"),
+        ('[mqtt]\nhost = "tcp://broker:1883"\n', "'mqtt.host': 'tcp://broker:1883' is not a host name"),
+        ('[mqtt]\nhost = "broker:1883"\n', "'mqtt.host': 'broker:1883' is not a host name or address"),
+        ('[mqtt]\nhost = "broker example"\n', "'mqtt.host': 'broker example' is not a host name"),
+        (
+            '[models]\nsmoke_photo = "/nonexistent/face.jpg"\n',
+            "models.smoke_photo /nonexistent/face.jpg: no such",
+        ),
+    ],
+)
+def test_check_config_refuses_values_run_can_never_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
+) -> None:
+    """A device name OpenVINO cannot parse, a quality minimum no face reaches, door ids outside the id rule,
+    an empty or relative door program, a URL as the broker host, a missing smoke photo."""
+    code, output = check_config(tmp_path, capsys, text)
+    assert (code, expected in output) == (EXIT_CONFIG, True), output
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        *(
+            f'[runtime]\ndevice = "{device}"\n'
+            for device in (
+                "CPU",
+                "GPU",
+                "GPU.1",
+                "NPU",
+                "MYRIAD",
+                "AUTO",
+                "AUTO:GPU,CPU",
+                "AUTO:-CPU",
+                "HETERO:GPU,CPU",
+                "MULTI:GPU.0,GPU.1",
+                "BATCH:GPU(4)",
+            )
+        ),
+        '[mqtt]\nhost = "broker.example"\n',
+        '[mqtt]\nhost = "192.0.2.7"\n',
+        '[mqtt]\nhost = "::1"\n',
+        DOOR + 'allow_people = ["alice", "bob.smith@site"]\nallow_groups = ["staff"]\n',
+        DOOR + 'command = ["gpioset", "gpiochip0", "17=1"]\n',
+        DOOR + 'command = ["/usr/local/bin/open-door"]\n',
+    ],
+)
+def test_check_config_accepts_the_forms_run_can_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    code, output = check_config(tmp_path, capsys, text)
+    assert code == EXIT_OK, output
+
+
 def test_a_rule_across_keys_is_told_by_its_message_alone(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -59,9 +59,7 @@ def test_the_readmes_replica_template_verifies_and_names_config_and_state_per_in
     template.write_text(made.stdout.replace(INSTALL_PREFIX, str(Path(sys.executable).parent) + "/"))
     settings = unit_settings(template)
     assert settings["StateDirectory"] == ["facefleet-server/%i"]
-    assert all(
-        "/etc/facefleet-server/%i.toml" in line for line in settings["ExecStart"]
-    )
+    assert all("/etc/facefleet-server/%i.toml" in line for line in settings["ExecStart"])
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(tmp_path / "facefleet-server@a.service")],
         capture_output=True,
@@ -119,7 +117,7 @@ def test_a_failure_that_restarts_cannot_fix_stops_restarting(unit: Path) -> None
     [burst] = settings["StartLimitBurst"]
     [interval] = settings["StartLimitIntervalSec"]
     [restart] = settings["RestartSec"]
-    assert 3 <= int(burst) and int(burst) * seconds(restart) < seconds(interval)
+    assert int(burst) >= 3 and int(burst) * seconds(restart) < seconds(interval)
 
 
 def test_agent_unit_reaches_cameras_and_accelerators() -> None:

@@ -127,7 +127,15 @@ class Runtime:
         self.settings = settings or RuntimeSettings()
         self._core = ov.Core()
         if self.settings.cache_dir is not None:
-            self.settings.cache_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.settings.cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ModelStoreError(
+                    f"compiled-model cache {self.settings.cache_dir}: cannot create {exc.filename} "
+                    f"({exc.strerror}); make the state directory writable for this user (under systemd with "
+                    "a state_dir outside StateDirectory=: ReadWritePaths= it), choose another with state_dir "
+                    "or --state-dir, or set runtime.model_cache = false"
+                ) from None
             self.sweep_compiled_cache()
         self.device = self._resolve_device(self.settings.device)
 

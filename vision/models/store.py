@@ -40,8 +40,15 @@ class ModelStore:
     def staging_dir(self) -> Path:
         """A fresh directory inside the store to build a model in before add() moves it into place."""
         staging = self.root / ".staging"
-        staging.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=staging))
+        try:
+            staging.mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(dir=staging))
+        except OSError as exc:
+            raise ModelStoreError(
+                f"model store {self.root}: cannot create {exc.filename or staging} ({exc.strerror}); make it "
+                "writable for this user (under systemd outside StateDirectory=: ReadWritePaths= it), or "
+                "choose another state directory"
+            ) from None
 
     def add(self, staged: Path, manifest: ModelManifest) -> StoredModel:
         """Move a staged model directory into place with its manifest; identical re-adds are a no-op, also

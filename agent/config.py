@@ -28,6 +28,7 @@ from facefleet.core.config import (
     AbsolutePath,
     CredentialPath,
     StrictSection,
+    check_private,
     credential_path,
     load_toml_model,
     parse_address,
@@ -168,7 +169,9 @@ class MqttConfig(StrictSection):
         """The password in password_file (a bare name: in $CREDENTIALS_DIRECTORY), if one is set."""
         if self.password_file is None:
             return None
-        text = _read("mqtt.password_file", credential_path(self.password_file), "the broker password")
+        path = credential_path(self.password_file)
+        text = _read("mqtt.password_file", path, "the broker password")
+        check_private("mqtt.password_file", path)
         return text.decode("utf-8", "replace").strip()
 
     def tls_files(self) -> tuple[Path | None, Path | None, Path | None]:
@@ -669,6 +672,7 @@ def _key_pair(section: str, cert: Path, key: Path | None) -> None:
             f"{key_name} {key_path}: does not match {section}.cert_file {cert}, or needs a passphrase "
             f"({exc.reason}); it should hold {what}"
         ) from None
+    check_private(key_name, key_path)
 
 
 def load_config(path: Path | None) -> AgentConfig:

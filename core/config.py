@@ -5,6 +5,7 @@ systemd credentials."""
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -119,6 +120,25 @@ def credential_path(path: Path) -> Path:
     if len(path.parts) == 1 and os.environ.get("CREDENTIALS_DIRECTORY"):
         return Path(os.environ["CREDENTIALS_DIRECTORY"]) / path
     return path
+
+
+def check_private(key: str, path: Path, error: type[FaceFleetError] = ConfigError) -> None:
+    """A secret file (a private key, a password) must not be open to other users: no access for others and
+    no group write (group read stays allowed, for a root-owned file in the service's group). Files in
+    $CREDENTIALS_DIRECTORY are systemd's own copies and not checked. `error` names the key, mode and fix."""
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and path.parent == Path(credentials):
+        return
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return  # reading it reports the problem
+    if mode & (stat.S_IRWXO | stat.S_IWGRP):
+        raise error(
+            f"{key} {path}: mode {mode:04o} lets other users read or change this secret; "
+            f"`chmod 600 {path}` (or 640 with the service's group owning it), or hand it over with "
+            "LoadCredential="
+        )
 
 
 def secret(path: Path | None) -> str | None:

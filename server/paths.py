@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from facefleet.core.config import check_private
 from facefleet.core.paths import model_store_dir
 from facefleet.server.config import ServerConfig
 from facefleet.server.errors import ServerConfigError
@@ -72,4 +73,6 @@ def read_pem(path: Path, key: str) -> bytes:
         raise ServerConfigError(f"{what} {path}: cannot read ({exc.strerror})") from None
     if b"-----BEGIN" not in data:
         raise ServerConfigError(f"{what} {path} is not a PEM file")
+    if key == "server_key":
+        check_private(f"tls.{key}", path, ServerConfigError)
     return data

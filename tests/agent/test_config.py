@@ -374,6 +374,47 @@ def test_check_config_accepts_the_forms_run_can_use(
     assert code == EXIT_OK, output
 
 
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o660, 0o666])
+@pytest.mark.parametrize("section", ["mqtt", "server"])
+def test_check_config_refuses_a_key_other_users_can_read_or_change(
+    tls: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], section: str, mode: int
+) -> None:
+    key = tmp_path / "device.key"
+    shutil.copy(tls / "devices/door-1.key", key)
+    key.chmod(mode)
+    device = tls / "devices"
+    text = (mqtt_tls if section == "mqtt" else server_tls)(tls / "ca.pem", device / "door-1.pem", key)
+    code, output = check_config(tmp_path, capsys, 'device_id = "door-1"\n' + text)
+    assert code == EXIT_CONFIG, output
+    assert f"{section}.key_file {key}: mode {mode:04o}" in output and f"chmod 600 {key}" in output
+
+
+def test_check_config_refuses_a_password_file_other_users_can_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    password = tmp_path / "mqtt-password"
+    password.write_text("secret\n")
+    password.chmod(0o644)
+    text = f'[mqtt]\nusername = "door"\npassword_file = "{password}"\n'
+    code, output = check_config(tmp_path, capsys, text)
+    assert code == EXIT_CONFIG, output
+    assert f"mqtt.password_file {password}: mode 0644" in output and "chmod 600" in output
+    password.chmod(0o640)  # root-owned in the service's group
+    assert check_config(tmp_path, capsys, text)[0] == EXIT_OK
+
+
+def test_secrets_in_the_credentials_directory_are_systemds_and_not_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "mqtt-password").write_text("secret\n")
+    (credentials / "mqtt-password").chmod(0o644)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    code, output = check_config(tmp_path, capsys, '[mqtt]\nusername = "d"\npassword_file = "mqtt-password"\n')
+    assert code == EXIT_OK, output
+
+
 def test_a_rule_across_keys_is_told_by_its_message_alone(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

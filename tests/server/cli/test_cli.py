@@ -120,6 +120,21 @@ def test_check_config_refuses_addresses_it_cannot_listen_on_and_missing_tls_file
     assert (code, expected.format(tmp=tmp_path) in err) == (EXIT_CONFIG, True), err
 
 
+def test_check_config_refuses_a_server_key_other_users_can_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], pki: Pki
+) -> None:
+    key = tmp_path / "server.key"
+    key.write_bytes((pki.tls_dir / "server.key").read_bytes())
+    key.chmod(0o644)
+    config = tmp_path / "server.toml"
+    config.write_text(f'[tls]\nserver_key = "{key}"\n')
+    code, _, err = run_cli(capsys, "check-config", str(config))
+    assert code == EXIT_CONFIG, err
+    assert f"tls.server_key {key}: mode 0644" in err and f"chmod 600 {key}" in err
+    key.chmod(0o600)
+    assert run_cli(capsys, "check-config", str(config))[0] == EXIT_OK
+
+
 def test_check_config_accepts_loopback_insecure_listeners_and_port_0(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,7 +12,7 @@ from typing import Annotated, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
-from facefleet.core.errors import ConfigError, FaceFleetError
+from facefleet.core.errors import EXIT_IO, ConfigError, FaceFleetError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -139,6 +139,30 @@ def check_private(key: str, path: Path, error: type[FaceFleetError] = ConfigErro
             f"`chmod 600 {path}` (or 640 with the service's group owning it), or hand it over with "
             "LoadCredential="
         )
+
+
+class UnwritableError(FaceFleetError):
+    """A directory a long-running program writes cannot be created or written."""
+
+    exit_code = EXIT_IO
+
+
+def check_writable(key: str, directory: Path) -> Path:
+    """A directory `run` or `serve` writes (made if missing) that this user can write; UnwritableError names
+    the key and the fixes otherwise, at start rather than at the first write. Under systemd's
+    ProtectSystem=strict everything outside StateDirectory= is read-only unless the unit lists it in
+    ReadWritePaths=."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        problem = None if os.access(directory, os.W_OK) else "not writable"
+    except OSError as exc:
+        problem = f"cannot create {exc.filename or directory} ({exc.strerror})"
+    if problem is not None:
+        raise UnwritableError(
+            f"{key} {directory}: {problem}; make it writable for this user, and under systemd list it in the "
+            f"unit (`systemctl edit`: ReadWritePaths={directory}) when it is outside StateDirectory="
+        )
+    return directory
 
 
 def secret(path: Path | None) -> str | None:

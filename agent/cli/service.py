@@ -13,6 +13,7 @@ from typing import Any
 from facefleet.agent.cli.context import Context
 from facefleet.agent.service.loop import AgentService
 from facefleet.core.cli import add_command
+from facefleet.core.config import check_writable
 from facefleet.core.errors import EXIT_OK
 from facefleet.core.logs import set_log_format
 
@@ -31,6 +32,7 @@ def register(commands: Any) -> None:
 
 def _run(context: Context, args: argparse.Namespace) -> int:
     context.config.check_files()  # a bad TLS or password file: exit 78 before any model is compiled
+    check_writable("state_dir", context.state_dir)  # models, store, cache: exit 74 before anything is read
     set_log_format(context.config.log_format, {"device_id": context.config.device()})
     service = AgentService(context.config, context.state_dir)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from facefleet import __version__
 from facefleet.core.cli import add_command, configure_logging, program_parser, run_command
+from facefleet.core.config import check_writable
 from facefleet.core.errors import EXIT_OK
 from facefleet.core.logs import set_log_format
 from facefleet.link.checks import utc_now
@@ -138,6 +139,8 @@ def _register_tokens(commands: Any) -> None:
 def _serve(context: Context, args: argparse.Namespace) -> int:
     from facefleet.server.app import serve
 
+    check_writable("state_dir", context.paths.state_dir)
+    check_writable("models.dir" if context.config.models.dir else "state_dir", context.paths.models)
     set_log_format(context.config.log_format)
     return serve(context.config, context.paths)
 

@@ -19,6 +19,7 @@ from facefleet.vision.models.store import ModelStore
 from facefleet.vision.runtime import Runtime, RuntimeSettings
 
 BIN = Path(sys.executable).parent
+AS_NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 
 
 @pytest.fixture
@@ -99,8 +100,7 @@ def test_run_and_serve_refuse_a_directory_they_cannot_write_at_start(
     path = shared / "config.toml"
     path.write_text(config.format(readonly=readonly))
     result = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-        + [str(BIN / program), "--config", str(path), "--state-dir", str(state), command],
+        [*AS_NOBODY, str(BIN / program), "--config", str(path), "--state-dir", str(state), command],
         capture_output=True,
         text=True,
         timeout=300,

@@ -3,13 +3,17 @@ file, an unreadable password file and a device id outside the link's id rule wit
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
+import tomllib
+from pydantic import BaseModel
 
 from facefleet.agent.cli.main import main
 from facefleet.agent.config import AgentConfig, load_config
@@ -18,6 +22,7 @@ from facefleet.server.api import certs
 from facefleet.vision.models.store import ModelStore
 
 GARBAGE = "this is not a certificate\n"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -449,3 +454,33 @@ def test_decision_thresholds_are_the_matching_one_then_each_doors(tmp_path: Path
     assert config.decision_thresholds("sface@2021dec") == (0.4, 0.5, 0.55)
     assert config.decision_thresholds("arcface@r1") == (0.363, 0.5, 0.55)
     assert AgentConfig().decision_thresholds("sface@2021dec") == (0.363,)
+
+
+def model_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """Every key of a config model, sections as 'section.key', tables of arrays as 'doors.key'."""
+    keys: set[str] = set()
+    for name, field in model.model_fields.items():
+        kind = field.annotation
+        inner = typing.get_args(kind)[0] if typing.get_origin(kind) is list else kind
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            keys |= model_keys(inner, f"{prefix}{name}.")
+        else:
+            keys.add(prefix + name)
+    return keys
+
+
+def test_the_readmes_config_block_lists_every_key_with_its_default() -> None:
+    block = README.read_text(encoding="utf-8").split("```toml", 1)[1].split("```", 1)[0]
+    section, listed = "", set()
+    for line in block.splitlines():
+        stripped = line.strip().lstrip("# ")
+        if stripped.startswith("["):
+            name = stripped.split("]")[0].strip("[]")
+            listed.add(name)  # a table of values such as [matching.thresholds]
+            section = name.split(".")[0] + "."
+        for part in stripped.split(" / "):  # '# cert_file = "…" / key_file = "…"'
+            if re.match(r"^\w+ = ", part):
+                listed.add(section + part.split(" ", 1)[0])
+    assert sorted(model_keys(AgentConfig) - listed) == []
+    documented = AgentConfig.model_validate(tomllib.loads(block))
+    assert documented.detector == AgentConfig().detector and documented.runtime == AgentConfig().runtime

@@ -210,12 +210,11 @@ class FleetServer:
         await self.enrolment.close()
         if self.fanout is not None:
             await self.fanout.close()
-        if self._http is not None:
-            await self._http.stop(self.config.listen.grace_seconds if grace is None else grace)
-            self._http = None
-        if self._server is not None:
-            await self._server.stop(self.config.listen.grace_seconds if grace is None else grace)
-            self._server = None
+        grace_s = self.config.listen.grace_seconds if grace is None else grace
+        # Both listeners' calls get the grace period at once, so a stop stays within TimeoutStopSec=.
+        stopping = [listener.stop(grace_s) for listener in (self._http, self._server) if listener is not None]
+        await asyncio.gather(*stopping)
+        self._http = self._server = None
         await asyncio.to_thread(self.metrics_endpoint.stop)  # waits for the serving thread's next poll
         if self.handlers is not None:
             await self.handlers.unknown.close()  # its clustering thread may be reading the state

@@ -39,7 +39,13 @@ class ListenConfig(StrictSection):
         le=256 * 1024 * 1024,
         description="Largest request or response message; bigger requests fail with RESOURCE_EXHAUSTED",
     )
-    grace_seconds: float = Field(10.0, ge=0, le=300, description="On SIGTERM, time given to running calls")
+    grace_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=300,
+        description="On SIGTERM, time given to running calls (HTTP and gRPC at once); above 20 s raise the "
+        "unit's TimeoutStopSec= (30 s) to grace_seconds + 10 s",
+    )
     max_concurrent_streams: int = Field(
         1000, ge=1, le=100_000, description="Largest number of calls in flight on one connection"
     )

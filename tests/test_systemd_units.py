@@ -128,6 +128,13 @@ def test_agent_unit_reaches_cameras_and_accelerators() -> None:
     assert "video" in settings["SupplementaryGroups"][0]
 
 
+def test_agent_unit_reaches_the_devices_of_the_documented_door_actions() -> None:
+    """gpioset opens /dev/gpiochipN; a USB relay is /dev/ttyUSBN or /dev/ttyACMN."""
+    allowed = unit_settings(ROOT / "systemd" / "facefleet-agent.service")["DeviceAllow"]
+    for device in ("char-gpiochip rw", "char-ttyUSB rw", "char-ttyACM rw"):
+        assert device in allowed
+
+
 def test_agent_unit_caps_its_memory_with_room_for_many_cameras() -> None:
     [limit] = unit_settings(ROOT / "systemd" / "facefleet-agent.service")["MemoryMax"]
     assert limit.endswith("G") and 2 <= int(limit[:-1]) <= 16

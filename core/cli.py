@@ -23,10 +23,19 @@ PIPED_WIDTH = 200
 
 def output_console(*, stderr: bool = False, soft_wrap: bool = False) -> Console:
     """Where a command prints: the terminal's width on a terminal; PIPED_WIDTH columns into a pipe or a file
-    (rich would take 80), so that a table row stays on one line for grep, less and logs."""
+    (rich would take 80), so that a table row stays on one line for grep, less and logs. Strings and table
+    cells are printed as they are, never read as rich markup or emoji codes: they hold names, ids and
+    messages ("Eileen [/x] C." is a name); style with rich.text.Text."""
     stream = sys.stderr if stderr else sys.stdout
     piped = not stream.isatty() and "COLUMNS" not in os.environ
-    return Console(stderr=stderr, highlight=False, soft_wrap=soft_wrap, width=PIPED_WIDTH if piped else None)
+    return Console(
+        stderr=stderr,
+        highlight=False,
+        markup=False,
+        emoji=False,
+        soft_wrap=soft_wrap,
+        width=PIPED_WIDTH if piped else None,
+    )
 
 
 def program_parser(

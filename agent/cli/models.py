@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from facefleet.agent.cli.context import Context
 from facefleet.agent.updates.statuses import load_statuses, status_to_json
@@ -259,8 +260,8 @@ def _verify(context: Context, args: argparse.Namespace) -> int:
         context.print_json({"device": context.runtime.device, "models": results})
     else:
         for result in results:
-            status = "[green]ok[/]" if result["ok"] else "[red]FAILED[/]"
-            context.console.print(f"{status} {result['model']}")
+            status = Text("ok", "green") if result["ok"] else Text("FAILED", "red")
+            context.console.print(Text.assemble(status, f" {result['model']}"))
             for problem in result["problems"]:
                 context.console.print(f"    {problem}", markup=False)
     return EXIT_OK if all(r["ok"] for r in results) else EXIT_IO

@@ -14,7 +14,7 @@ from rich.table import Table
 from facefleet.agent.cli.context import Context
 from facefleet.agent.cli.vision import make_analyzer
 from facefleet.agent.config import write_threshold
-from facefleet.agent.domain.records import DuplicatePersonError, Embedding, Person, PersonUpsert
+from facefleet.agent.domain.records import DuplicatePersonError, Embedding, Person
 from facefleet.agent.recognition.calibration import calibrate
 from facefleet.agent.recognition.face_choice import choose_face
 from facefleet.agent.recognition.matching import Matcher
@@ -129,10 +129,8 @@ def _enrol(context: Context, args: argparse.Namespace) -> int:
     policy = context.config.quality.policy()
     with _open_store(context) as store:
         exists = args.person_id in {p.person_id for p in store.gallery.people()}
-        if exists and not args.add:
-            raise DuplicatePersonError(
-                f"person id {args.person_id!r} is already enrolled; use --add for more samples, or another id"
-            )
+        if exists and not args.add:  # before the photos are analysed; checked again as they are stored
+            raise _already_enrolled(args.person_id)
         stored = store.gallery.embeddings(args.person_id, model_id) if exists else []
         accepted: list[Embedding] = []
         rejected: list[dict[str, str]] = []
@@ -153,18 +151,11 @@ def _enrol(context: Context, args: argparse.Namespace) -> int:
                 progress.advance(task)
         revision = None
         if accepted:
-            existing = store.gallery.person(args.person_id) if exists else None
-            person = Person(
-                args.person_id,
-                args.name or (existing.name if existing else ""),
-                tuple(dict.fromkeys([*(existing.groups if existing else ()), *args.group])),
-                existing.metadata if existing else {},
-            )
-            if exists:
-                store.gallery.upsert_person(person)
-                revision = store.gallery.add_embeddings(args.person_id, accepted)
-            else:
-                revision = store.gallery.apply_batch([PersonUpsert(person, tuple(accepted))])
+            person = Person(args.person_id, args.name, tuple(dict.fromkeys(args.group)))
+            try:  # one write transaction: of two enrolments of a new id at once, one is refused here
+                revision, _ = store.gallery.enrol(person, accepted, add=args.add)
+            except DuplicatePersonError:
+                raise _already_enrolled(args.person_id) from None
     report = {
         "person_id": args.person_id,
         "enrolled": len(accepted),
@@ -181,6 +172,12 @@ def _enrol(context: Context, args: argparse.Namespace) -> int:
         for item in rejected:
             context.console.print(f"  rejected {item['image']}: {item['reason']}", markup=False)
     return EXIT_OK if accepted else EXIT_DATA
+
+
+def _already_enrolled(person_id: str) -> DuplicatePersonError:
+    return DuplicatePersonError(
+        f"person id {person_id!r} is already enrolled; use --add for more samples, or another id"
+    )
 
 
 def _sample(

@@ -58,11 +58,13 @@ def _analyze(context: Context, args: argparse.Namespace) -> int:
     paths = image_files(args.images)
     analyzer = make_analyzer(context, args.attributes or context.config.attributes.enabled)
     results: list[dict[str, Any]] = []
+    failures: set[int] = set()
     for path in paths:
         try:
             frame = read_image(path)
         except ImageError as exc:
             results.append({"path": str(path), "error": str(exc), "faces": []})
+            failures.add(exc.exit_code)
             continue
         faces = analyzer.analyze(frame)
         results.append(
@@ -77,7 +79,8 @@ def _analyze(context: Context, args: argparse.Namespace) -> int:
         context.print_json({"device": context.runtime.device, "images": results})
     else:
         _print_faces(context, results)
-    return EXIT_DATA if any("error" in r for r in results) else EXIT_OK
+    # an unreadable image (65) outweighs a missing one (66)
+    return EXIT_DATA if EXIT_DATA in failures else min(failures, default=EXIT_OK)
 
 
 def _print_faces(context: Context, results: list[dict[str, Any]]) -> None:

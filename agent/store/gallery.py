@@ -56,6 +56,35 @@ class GalleryStore:
             _write_upsert(conn, PersonUpsert(person, tuple(embeddings)), _model_dims(conn), time.time())
             return self.bump(conn)
 
+    def enrol(
+        self, person: Person, embeddings: Sequence[Embedding], *, add: bool = False
+    ) -> tuple[int, bool]:
+        """Enrol a person in one write transaction, so that two enrolments of one id at once cannot both
+        insert it: a new person (DuplicatePersonError if the id exists, unless add), or with add more
+        samples of an enrolled one, whose stored samples stay, whose groups gain person's and whose name
+        becomes person's unless that is empty. The new gallery revision, and whether the person existed."""
+        with self._connection.write() as conn:
+            row = conn.execute(f"{_PERSON_SELECT} WHERE person_id = ?", (person.person_id,)).fetchone()
+            if row is None:
+                _write_upsert(conn, PersonUpsert(person, tuple(embeddings)), _model_dims(conn), time.time())
+                return self.bump(conn), False
+            if not add:
+                raise DuplicatePersonError(
+                    f"person {person.person_id!r} already exists in store {self._connection.path}; "
+                    "add samples to them, or use another id"
+                )
+            stored = _person_from_row(row)
+            merged = Person(
+                person.person_id,
+                person.name or stored.name,
+                tuple(dict.fromkeys([*stored.groups, *person.groups])),
+                stored.metadata,
+            )
+            now = time.time()
+            _write_upsert(conn, PersonUpsert(merged, ()), _model_dims(conn), now)
+            _insert_embeddings(conn, person.person_id, embeddings, _model_dims(conn), now, replace=False)
+            return self.bump(conn), True
+
     def upsert_person(self, person: Person, embeddings: Sequence[Embedding] = ()) -> int:
         """Insert or update a person; their embeddings of the given models are replaced. The new revision."""
         return self.apply_batch([PersonUpsert(person, tuple(embeddings))])

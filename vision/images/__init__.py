@@ -2,6 +2,7 @@
 header before it is decoded (header)."""
 
 from facefleet.vision.images.reading import (
+    ImageMissingError,
     NoImagesError,
     decode_image,
     image_files,
@@ -10,4 +11,12 @@ from facefleet.vision.images.reading import (
     to_bgr8,
 )
 
-__all__ = ["NoImagesError", "decode_image", "image_files", "list_images", "read_image", "to_bgr8"]
+__all__ = [
+    "ImageMissingError",
+    "NoImagesError",
+    "decode_image",
+    "image_files",
+    "list_images",
+    "read_image",
+    "to_bgr8",
+]

@@ -28,6 +28,12 @@ class NoImagesError(ImageError):
     exit_code = EXIT_NO_INPUT
 
 
+class ImageMissingError(ImageError):
+    """An image file that does not exist."""
+
+    exit_code = EXIT_NO_INPUT
+
+
 def to_bgr8(image: npt.NDArray[np.generic], name: str = "frame") -> npt.NDArray[np.uint8]:
     """Any grey, grey+alpha, BGR or BGRA image of 8 or 16 bits (or float 0–1) as (H, W, 3) uint8 BGR."""
     if image.ndim == 3 and image.shape[2] == 1:
@@ -55,7 +61,7 @@ def read_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> npt.NDArray[np
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
+        raise ImageMissingError(f"{path}: no such file") from None
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc.strerror})") from None
     if not path.is_file():

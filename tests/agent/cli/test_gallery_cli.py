@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,9 @@ import pytest
 
 from facefleet.agent.cli.main import main
 from facefleet.agent.config import load_config
+from facefleet.agent.domain.records import Person, PersonUpsert
+from facefleet.agent.store.database import EmbeddingStore
+from facefleet.agent.store.gallery import GalleryStore
 from facefleet.vision.models.store import ModelStore
 
 
@@ -185,7 +192,7 @@ def test_duplicate_person_id_is_refused_and_nothing_changes(
     code, report, _ = run(
         capsys, state_dir, "enroll", "--person-id", "eileen", "--add", str(flipped), "--json"
     )
-    assert code == 0 and report["gallery_revision"] == 3
+    assert code == 0 and report["gallery_revision"] == 2  # one change, one revision
     _, shown, _ = run(capsys, state_dir, "people", "show", "eileen", "--json")
     assert len(shown["embeddings"]) == 2 and shown["embeddings"][0]["model_id"] == "sface@2021dec"
 
@@ -330,3 +337,75 @@ def test_calibrate_needs_labelled_folders(
     code, _, err = run(capsys, state_dir, "calibrate", str(tmp_path / "people"), "--write-config")
     assert code == 78 and "--config" in err
     shutil.rmtree(tmp_path / "empty")
+
+
+def test_a_missing_photo_exits_66_in_every_command(
+    state_dir: Path, astronaut: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / "nope.jpg")
+    for argv in (("identify", missing), ("verify", "--claim", "eileen", missing), ("analyze", missing)):
+        code, _, err = run(capsys, state_dir, *argv)
+        assert (code, f"{missing}: no such file" in err) == (66, True), argv
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really")
+    code, _, _ = run(capsys, state_dir, "analyze", missing, str(broken))
+    assert code == 65  # an unreadable image outweighs a missing one
+
+
+def test_names_and_file_names_print_as_they_are(
+    state_dir: Path, astronaut: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo = save(tmp_path / "[bold]eileen[/bold] [/x].png", astronaut)
+    name = "Eileen [/x] C. :smile:"
+    code, _, err = run(capsys, state_dir, "enroll", "--person-id", "eileen", "--name", name, str(photo))
+    assert code == 0, err
+    code, out, err = run(capsys, state_dir, "people", "list")
+    assert (code, err) == (0, "")
+    assert name in out
+    code, out, err = run(capsys, state_dir, "analyze", str(photo))
+    assert (code, err) == (0, "")
+    assert f"{photo} (512×512): 1 face(s)" in out
+
+
+def store_write_waiting(thread: threading.Thread) -> bool:
+    """Whether the thread waits for the store's write lock in a gallery change (BEGIN IMMEDIATE)."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    files = set()
+    while frame is not None:
+        files.add((Path(frame.f_code.co_filename).name, frame.f_code.co_name))
+        frame = frame.f_back
+    return ("connection.py", "write") in files and any(name == "gallery.py" for name, _ in files)
+
+
+def test_of_two_enrolments_of_a_new_id_at_once_the_second_is_refused(
+    state_dir: Path, astronaut: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first holds the write lock with the person inserted when the second, which found no such
+    person, comes to store its samples: the second is refused, and the first's person stays as it was."""
+    photo = save(tmp_path / "a.png", astronaut)
+    store = state_dir / "agent.db"
+    EmbeddingStore(store).close()
+    first = sqlite3.connect(store, isolation_level=None, check_same_thread=False)
+    first.execute("BEGIN IMMEDIATE")
+    GalleryStore.change_people(first, [PersonUpsert(Person("eileen", "First"))], [], whole_people=False)
+    GalleryStore.bump(first)
+    outcome: list[tuple[int, Any, str]] = []
+    second = threading.Thread(
+        target=lambda: outcome.append(
+            run(capsys, state_dir, "enroll", "--person-id", "eileen", "--name", "Second", str(photo))
+        )
+    )
+    second.start()
+    try:
+        while second.is_alive() and not store_write_waiting(second):
+            time.sleep(0.01)
+    finally:
+        first.execute("COMMIT")
+        first.close()
+    second.join()
+    ((code, _, err),) = outcome
+    assert code == 65
+    assert "person id 'eileen' is already enrolled; use --add for more samples" in err
+    _, people, _ = run(capsys, state_dir, "people", "list", "--json")
+    assert people["people"] == [{"person_id": "eileen", "name": "First", "groups": [], "embeddings": 0}]
+    assert people["gallery_revision"] == 1

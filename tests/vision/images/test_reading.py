@@ -106,6 +106,7 @@ def test_missing_empty_and_non_image_files_name_the_file(tmp_path: Path) -> None
         with pytest.raises(ImageError, match=message) as info:
             read_image(path)
         assert str(path) in str(info.value)
+        assert info.value.exit_code == (66 if path.name == "nope.jpg" else 65)  # a missing file: no input
 
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])

@@ -185,6 +185,8 @@ def main() -> int:
             seen: list[str] = []
 
             def on_message(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+                if not message.payload:  # a retained message cleared
+                    return
                 line = describe(message.topic, json.loads(message.payload))
                 seen.append(line)
                 print(line, flush=True)

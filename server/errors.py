@@ -7,7 +7,15 @@ import errno
 import shutil
 from pathlib import Path
 
-from facefleet.core.errors import EXIT_CONFIG, EXIT_DATA, EXIT_FAILURE, EXIT_IO, EXIT_NO_INPUT, FaceFleetError
+from facefleet.core.errors import (
+    EXIT_CONFIG,
+    EXIT_DATA,
+    EXIT_FAILURE,
+    EXIT_IO,
+    EXIT_NO_INPUT,
+    EXIT_USAGE,
+    FaceFleetError,
+)
 from facefleet.link.errors import LinkError
 
 __all__ = [
@@ -23,10 +31,22 @@ __all__ = [
     "ServerError",
     "StateError",
     "UnauthenticatedError",
+    "UsageError",
     "disk_full",
     "error_for_status",
     "is_disk_full",
 ]
+
+
+EXIT_NO_PERMISSION = 77
+"""EX_NOPERM: a token the server does not know, or of a role that may not do this."""
+
+
+class UsageError(FaceFleetError):
+    """A command-line option the command cannot use (exit 2, as argparse's own usage errors); never a
+    gRPC status."""
+
+    exit_code = EXIT_USAGE
 
 
 class ServerError(FaceFleetError):
@@ -110,15 +130,17 @@ class DataLossError(ServerError):
 
 
 class UnauthenticatedError(ServerError):
-    """No credentials, or credentials the server does not know."""
+    """No credentials, or credentials the server does not know (a wrong or revoked token)."""
 
     status = "UNAUTHENTICATED"
+    exit_code = EXIT_NO_PERMISSION
 
 
 class PermissionDeniedError(ServerError):
     """Known credentials that may not do this (another device's identity, a token of another role)."""
 
     status = "PERMISSION_DENIED"
+    exit_code = EXIT_NO_PERMISSION
 
 
 class UnavailableError(ServerError):

@@ -19,7 +19,7 @@ from facefleet.server.cli.context import Context, dump, new_table, when
 from facefleet.server.cli.query import parse_moment
 from facefleet.server.domain.audit import AuditFilter
 from facefleet.server.domain.queries import MAX_PAGE_SIZE
-from facefleet.server.errors import InvalidArgumentError
+from facefleet.server.errors import UsageError
 
 
 def register(commands: Any, make: Callable[..., Any]) -> None:
@@ -57,11 +57,11 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
 
 def _list(context: Context, args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= MAX_PAGE_SIZE:
-        raise InvalidArgumentError(f"--limit must be 1–{MAX_PAGE_SIZE}, got {args.limit}")
+        raise UsageError(f"--limit {args.limit}: give 1–{MAX_PAGE_SIZE} entries")
     now = utc_now()
     flt = AuditFilter(
-        since=parse_moment(args.since, now),
-        until=parse_moment(args.until, now) if args.until else now + timedelta(microseconds=1),
+        since=parse_moment(args.since, now, "--since"),
+        until=parse_moment(args.until, now, "--until") if args.until else now + timedelta(microseconds=1),
         who=args.who,
         action=args.action,
     )
@@ -73,7 +73,7 @@ def _list(context: Context, args: argparse.Namespace) -> int:
             "action_prefix": flt.action,
             "page_size": args.limit,
         }
-        entries = context.remote.get("/audit", params)["entries"]
+        entries = context.remote.get(("audit",), params)["entries"]
     else:
         entries = [dump(AuditEntryOut.of(e)) for e in context.state.list_audit(flt, None, args.limit).entries]
     if context.json_output:

@@ -1,11 +1,13 @@
 """What every facefleet-server command shares: the loaded config, the state directory's paths, the state
-database (opened on first use), the output console, and recording changes in the admin audit log."""
+database (opened on first use; only the verbs that start a new install create it), the output console, and
+recording changes in the admin audit log."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,12 +23,13 @@ from facefleet.core.cli import output_console
 from facefleet.core.paths import resolve_state_dir
 from facefleet.link.checks import utc_now
 from facefleet.server.cli.local import LocalHandlers
-from facefleet.server.cli.remote import RemoteServer, RemoteSettings
+from facefleet.server.cli.remote import SERVER_ENV, RemoteServer, RemoteSettings
 from facefleet.server.config import ServerConfig, load_config
 from facefleet.server.domain.audit import LOCAL, AuditEntry
+from facefleet.server.errors import InvalidArgumentError, StateError
 from facefleet.server.paths import ServerPaths
 from facefleet.server.state.interface import State
-from facefleet.server.state.open import open_state
+from facefleet.server.state.open import on_postgres, open_state, sqlite_database
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +42,21 @@ class Context:
     paths: ServerPaths
     json_output: bool = False
     console: Console = field(default_factory=lambda: output_console(soft_wrap=True))
+    errors: Console = field(default_factory=lambda: output_console(stderr=True, soft_wrap=True))
 
     remote: RemoteServer | None = None
+    creates_state: bool = False
+    """The verb may create the state database (it starts a new install); others refuse a missing one."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Context:
+        """The context of a verb. A verb that set local_only (its name) is refused with --server."""
+        local_only = getattr(args, "local_only", None)
+        if local_only and (getattr(args, "server", None) or os.environ.get(SERVER_ENV)):
+            raise InvalidArgumentError(
+                f"{local_only} works on the server host's own state directory, never through --server: run "
+                f"it on the server host without --server (and without ${SERVER_ENV})"
+            )
         config = load_config(args.config)
         state_dir = resolve_state_dir("facefleet-server", args.state_dir, config.state_dir)
         settings = RemoteSettings.from_options(
@@ -54,10 +67,21 @@ class Context:
             ServerPaths.from_config(state_dir, config),
             bool(getattr(args, "json", False)),
             remote=None if settings is None else RemoteServer(settings),
+            creates_state=bool(getattr(args, "creates_state", False)),
         )
 
     @cached_property
     def state(self) -> State:
+        """The state database; StateError (exit 74) naming the file when it does not exist and this verb
+        does not start a new install: a mistyped --state-dir shows no empty fleet."""
+        url = self.config.state.url
+        database = sqlite_database(url, self.paths.database)
+        if not self.creates_state and not on_postgres(url) and not database.exists():
+            raise StateError(
+                f"no state database at {database}: check --state-dir (and state_dir or [state] url of "
+                "--config); on a new install `facefleet-server certs issue DEVICE`, `tokens create` or "
+                "`models import-defaults` creates it"
+            )
         return open_state(
             self.config.state.url,
             self.paths.database,

@@ -44,7 +44,7 @@ def register_certs(commands: Any, make: Callable[..., Any]) -> None:
         "--force", action="store_true", help="replace an existing CA (old device certs stop working)"
     )
     init.add_argument("--json", action="store_true")
-    init.set_defaults(handler=_certs_init)
+    init.set_defaults(handler=_certs_init, local_only="certs init", creates_state=True)
     for verb, help_text, example, description in (
         (
             "issue",
@@ -68,7 +68,12 @@ def register_certs(commands: Any, make: Callable[..., Any]) -> None:
         )
         issue.add_argument("--days", type=int, default=certs.LEAF_DAYS, help="validity in days")
         issue.add_argument("--json", action="store_true")
-        issue.set_defaults(handler=_certs_issue, renew=verb == "renew")
+        issue.set_defaults(
+            handler=_certs_issue,
+            renew=verb == "renew",
+            local_only=f"certs {verb}",
+            creates_state=verb == "issue",
+        )
     server = make(
         verbs,
         "server",
@@ -77,7 +82,7 @@ def register_certs(commands: Any, make: Callable[..., Any]) -> None:
     )
     server.add_argument("--server-name", action="append", default=[], help="DNS name or IP (repeat)")
     server.add_argument("--json", action="store_true")
-    server.set_defaults(handler=_certs_server)
+    server.set_defaults(handler=_certs_server, local_only="certs server")
 
 
 def register_devices(commands: Any, make: Callable[..., Any]) -> None:
@@ -120,6 +125,7 @@ def register_devices(commands: Any, make: Callable[..., Any]) -> None:
 
 def _certs_init(context: Context, args: argparse.Namespace) -> int:
     ca = certs.init_ca(context.paths.tls_dir, server_names=args.server_name, force=args.force)
+    context.state.head_revision()  # a new install's state database, beside its CA
     tls = context.paths.tls_dir
     files = {
         "ca": {"cert": ca.cert, "key": ca.key},
@@ -176,7 +182,7 @@ def _show_files(context: Context, files: dict[str, dict[str, Path]], note: str) 
 
 def _devices_list(context: Context, args: argparse.Namespace) -> int:
     if context.remote is not None:
-        devices = context.remote.get("/devices")["devices"]
+        devices = context.remote.get(("devices",))["devices"]
     else:
         devices = [dump(DeviceOut.of(view)) for view in device_views(context.state)]
     if context.json_output:
@@ -206,15 +212,16 @@ def _devices_list(context: Context, args: argparse.Namespace) -> int:
 
 
 def _devices_change(context: Context, args: argparse.Namespace) -> int:
+    device_id = check_id("device id", args.device)
     wipe = getattr(args, "wipe", False)
     if context.remote is not None:
         body = {"reason": args.reason, "wipe": wipe}
-        device = context.remote.post(f"/devices/{args.device}/{args.action}", body)
+        device = context.remote.post(("devices", device_id, args.action), body)
     else:
-        with context.audited(f"devices.{args.action}", args.device):
+        with context.audited(f"devices.{args.action}", device_id):
             changed = change_device(
                 context.state,
-                args.device,
+                device_id,
                 args.action,
                 reason=args.reason,
                 who="local",

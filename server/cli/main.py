@@ -2,8 +2,11 @@
 dashboard queries and the admin audit log.
 
 Exit codes: 0 success (and `serve` stopped by SIGTERM/SIGINT); 1 unexpected failure; 2 bad usage;
-65 bad input data; 66 not found; 69 cannot listen on an address; 74 state database or model store
-unusable; 78 configuration or TLS files unusable (the systemd unit does not restart on 78).
+65 bad input data; 66 not found (a missing input file too); 69 cannot listen on an address, or a remote
+server cannot be reached or gave no answer in time; 74 state database or model store unusable (no state
+database in the state directory, for a verb that does not start a new install); 77 a token the server does
+not know, or of a role that may not do this; 78 configuration or TLS files unusable (the systemd unit does
+not restart on 78).
 """
 
 from __future__ import annotations
@@ -11,14 +14,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from facefleet import __version__
 from facefleet.core.cli import add_command, configure_logging, program_parser, run_command
 from facefleet.core.config import check_writable
-from facefleet.core.errors import EXIT_OK
+from facefleet.core.errors import EXIT_OK, FaceFleetError
 from facefleet.core.logs import set_log_format
 from facefleet.link.checks import utc_now
 from facefleet.server.api.security import new_token
@@ -29,7 +32,7 @@ from facefleet.server.cli.devices import register_certs, register_devices
 from facefleet.server.cli.models import register as register_models
 from facefleet.server.cli.people import register as register_people
 from facefleet.server.cli.query import register as register_query
-from facefleet.server.cli.remote import CA_FILE_ENV, SERVER_ENV, TOKEN_FILE_ENV
+from facefleet.server.cli.remote import CA_FILE_ENV, SERVER_ENV, TOKEN_FILE_ENV, NotTheApiError
 from facefleet.server.cli.state import register as register_state
 from facefleet.server.cli.unknown import register as register_unknown
 from facefleet.server.config import load_config
@@ -127,13 +130,13 @@ def _register_tokens(commands: Any) -> None:
         "--role", choices=ROLES, required=True, help="admin: enrol and query; query: query only"
     )
     create.add_argument("--json", action="store_true")
-    create.set_defaults(handler=_tokens_create)
+    create.set_defaults(handler=_tokens_create, local_only="tokens create", creates_state=True)
     listing = _parser(verbs, "list", "list tokens (names and roles)", "facefleet-server tokens list --json")
     listing.add_argument("--json", action="store_true")
-    listing.set_defaults(handler=_tokens_list)
+    listing.set_defaults(handler=_tokens_list, local_only="tokens list")
     revoke = _parser(verbs, "revoke", "revoke a token by name", "facefleet-server tokens revoke grafana")
     revoke.add_argument("name")
-    revoke.set_defaults(handler=_tokens_revoke)
+    revoke.set_defaults(handler=_tokens_revoke, local_only="tokens revoke")
 
 
 def _serve(context: Context, args: argparse.Namespace) -> int:
@@ -193,9 +196,33 @@ def _tokens_revoke(context: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+Handler = Callable[[Any, argparse.Namespace], int]
+
+
+def _answers_checked(handler: Handler) -> Handler:
+    """The handler, with a remote answer that lacks what the HTTP API returns (the KeyError or TypeError
+    of reading it) turned into NotTheApiError: a clear message instead of a traceback."""
+
+    def checked(context: Any, args: argparse.Namespace) -> int:
+        try:
+            return handler(context, args)
+        except (KeyError, TypeError, IndexError, ValueError) as exc:
+            remote = getattr(context, "remote", None)
+            if remote is None or isinstance(exc, FaceFleetError):
+                raise
+            raise NotTheApiError(
+                f"{remote.settings.url} answered with JSON that lacks what FaceFleet's HTTP API returns "
+                f"({type(exc).__name__}: {exc}); check that --server names the server's listen.http and that "
+                f"it runs FaceFleet {__version__}"
+            ) from None
+
+    return checked
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose, logging.INFO if args.command == "serve" else logging.WARNING)
+    args.handler = _answers_checked(args.handler)
     return run_command("facefleet-server", args, Context.from_args)
 
 

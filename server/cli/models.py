@@ -14,6 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 from rich.progress import Progress
+from rich.text import Text
 
 from facefleet.core.errors import EXIT_OK
 from facefleet.server.cli.context import Context, new_table
@@ -26,7 +27,7 @@ from facefleet.server.domain.models import (
     Rollout,
     Target,
 )
-from facefleet.server.errors import InvalidArgumentError, ServerConfigError
+from facefleet.server.errors import InvalidArgumentError, NotFoundError, ServerConfigError
 from facefleet.server.rollouts.catalogue import ModelCatalog
 from facefleet.server.rollouts.control import PREPARING_STALE_SECONDS, RolloutControl, StartedRollout
 from facefleet.vision.alignment import ALIGNED_SIZE
@@ -62,7 +63,7 @@ def _register_models(commands: Any, make: Callable[..., Any]) -> None:
         "import the default models from the installed carrier packages (and publish them)",
         "facefleet-server --state-dir /var/lib/facefleet-server models import-defaults",
     )
-    defaults.set_defaults(handler=_import_defaults)
+    defaults.set_defaults(handler=_import_defaults, creates_state=True)
     publish = make(
         verbs,
         "publish",
@@ -79,7 +80,7 @@ def _register_models(commands: Any, make: Callable[..., Any]) -> None:
     publish.add_argument("--version", required=True, help="version label, e.g. fer2013-fp32")
     publish.add_argument("--precision", choices=PRECISIONS, default="FP16", help="IR weight precision")
     publish.add_argument("--licence", default="unknown", help="licence of the model, e.g. MIT")
-    publish.set_defaults(handler=_publish)
+    publish.set_defaults(handler=_publish, creates_state=True)
     listing = make(verbs, "list", "list published models", "facefleet-server models list --json")
     listing.set_defaults(handler=_list_models)
     show = make(
@@ -202,7 +203,7 @@ def _runtime(context: Context) -> Runtime:
 
 def _catalog(context: Context, runtime: Runtime | None = None) -> ModelCatalog | RemoteCatalog:
     if context.remote is not None:
-        return RemoteCatalog(context.remote)
+        return RemoteCatalog(context.remote, context.config.models.convert_timeout_s)
     return _local_catalog(context, runtime)
 
 
@@ -235,12 +236,15 @@ def _import_defaults(context: Context, args: argparse.Namespace) -> int:
 
 
 def _publish(context: Context, args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if not path.exists():
+        raise NotFoundError(
+            f"{path}: no such model file or folder; give an ONNX, TFLite or IR file or folder"
+        )
     with context.audited("models.publish", f"{args.name}@{args.version}"):
         catalog = _catalog(context, None if context.remote else _runtime(context))
-        with context.console.status(f"converting {args.path}…"):
-            model = catalog.publish(
-                Path(args.path), args.task, args.name, args.version, args.precision, args.licence
-            )
+        with context.console.status(Text(f"converting {path}…")):
+            model = catalog.publish(path, args.task, args.name, args.version, args.precision, args.licence)
     if context.json_output:
         context.print_json(model_json(model))
         return EXIT_OK

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,11 @@ from typing import Any
 from rich.table import Table
 
 from facefleet.core.errors import EXIT_OK
+from facefleet.link.checks import check_id
 from facefleet.server.api.http.enrolment import IMAGES_FIELD, EnrolmentForm, UploadedImage, UploadEnrolment
 from facefleet.server.api.http.people import EnrolledFaceOut, PersonDetail, PersonOut
 from facefleet.server.cli.context import Context, dump
+from facefleet.server.cli.remote import upload_deadline
 from facefleet.server.domain.records import MAX_ENROL_IMAGES, OnExisting, PersonUpdate
 from facefleet.server.errors import InvalidArgumentError, NotFoundError
 
@@ -71,27 +74,25 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
 
 
 def _enroll(context: Context, args: argparse.Namespace) -> int:
+    person_id = check_id("person id", args.person)
     if len(args.image) > MAX_ENROL_IMAGES:
         raise InvalidArgumentError(f"{len(args.image)} photos; the limit is {MAX_ENROL_IMAGES} per enrolment")
-    images = []
-    for path in args.image:
-        try:
-            images.append(UploadedImage(path.name, path.read_bytes()))
-        except OSError as exc:
-            raise NotFoundError(f"--image {path}: cannot read it ({exc.strerror})") from None
+    limit = context.config.gallery.max_image_bytes
+    images = [UploadedImage(path.name, _read_photo(path, limit)) for path in args.image]
     on_existing: OnExisting = "replace" if args.replace else "append" if args.append else "fail"
     if context.remote is not None:
         files = [(IMAGES_FIELD, (image.filename, image.data)) for image in images]
         fields = {
-            "person_id": args.person,
+            "person_id": person_id,
             "display_name": args.name,
             "groups": args.group,
             "on_existing": on_existing,
         }
-        enrolled = context.remote.post("/people", files=files, data=fields)
+        deadline = upload_deadline(sum(len(image.data) for image in images))
+        enrolled = context.remote.post(("people",), files=files, data=fields, deadline_s=deadline)
     else:
-        form = EnrolmentForm(args.person, args.name, tuple(args.group), "{}", on_existing, tuple(images))
-        with context.audited("people.enrol", args.person):
+        form = EnrolmentForm(person_id, args.name, tuple(args.group), "{}", on_existing, tuple(images))
+        with context.audited("people.enrol", person_id):
             result = asyncio.run(UploadEnrolment(context.operators.people).enrol(form))
         enrolled = {
             "person": dump(PersonOut.of(result.person)),
@@ -121,20 +122,49 @@ def _enroll(context: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _read_photo(path: Path, limit: int) -> bytes:
+    """A photo's bytes, at most limit (gallery.max_image_bytes) of them: its size is looked at first and
+    no more than limit + 1 bytes are read (a file may grow, or be a device that never ends)."""
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise InvalidArgumentError(f"--image {path}: {kind}; give a photo file")
+        if info.st_size > limit:
+            raise InvalidArgumentError(
+                f"--image {path}: {info.st_size} bytes, over the {limit}-byte limit "
+                "(gallery.max_image_bytes); downscale it first"
+            )
+        with path.open("rb") as file:
+            data = file.read(limit + 1)
+    except FileNotFoundError:
+        raise NotFoundError(f"--image {path}: no such file") from None
+    except OSError as exc:
+        raise NotFoundError(f"--image {path}: cannot read it ({exc.strerror})") from None
+    if len(data) > limit:
+        raise InvalidArgumentError(
+            f"--image {path}: grew over the {limit}-byte limit (gallery.max_image_bytes) while it was read"
+        )
+    return data
+
+
 def _list(context: Context, args: argparse.Namespace) -> int:
     people: list[dict[str, Any]] = []
     token = ""
     while True:
         if context.remote is not None:
             params = {"group": args.group, "page_size": PAGE_SIZE, "page_token": token}
-            page = context.remote.get("/people", params)
+            page = context.remote.get(("people",), params)
             people += page["people"]
             token = page["next_page_token"]
         else:
             found, token = asyncio.run(
                 context.operators.people.page(page_token=token, size=PAGE_SIZE, group=args.group)
             )
-            people += [dump(PersonOut.of(p)) for p in found]
+            crops = asyncio.run(context.operators.people.crop_counts([p.person_id for p in found]))
+            people += [
+                dump(PersonOut.of(p).model_copy(update={"stored_crops": crops[p.person_id]})) for p in found
+            ]
         if not token:
             break
     if context.json_output:
@@ -158,10 +188,11 @@ def _list(context: Context, args: argparse.Namespace) -> int:
 
 
 def _show(context: Context, args: argparse.Namespace) -> int:
+    person_id = check_id("person id", args.person)
     if context.remote is not None:
-        detail = context.remote.get(f"/people/{args.person}")
+        detail = context.remote.get(("people", person_id))
     else:
-        view = asyncio.run(context.operators.people.get(args.person))
+        view = asyncio.run(context.operators.people.get(person_id))
         detail = dump(PersonDetail(person=PersonOut.of(view.person), stored_crops=view.stored_crops))
     if context.json_output:
         context.print_json(detail)
@@ -179,15 +210,16 @@ def _show(context: Context, args: argparse.Namespace) -> int:
 
 
 def _update(context: Context, args: argparse.Namespace) -> int:
+    person_id = check_id("person id", args.person)
     groups = [] if args.no_groups else args.group
     if context.remote is not None:
         body = {k: v for k, v in (("display_name", args.name), ("groups", groups)) if v is not None}
-        person = context.remote.patch(f"/people/{args.person}", body)["person"]
+        person = context.remote.patch(("people", person_id), body)["person"]
     else:
         update = PersonUpdate(
-            args.person, display_name=args.name, groups=None if groups is None else tuple(groups)
+            person_id, display_name=args.name, groups=None if groups is None else tuple(groups)
         )
-        with context.audited("people.update", args.person):
+        with context.audited("people.update", person_id):
             person = dump(PersonOut.of(asyncio.run(context.operators.people.update(update))))
     if context.json_output:
         context.print_json(person)
@@ -197,12 +229,13 @@ def _update(context: Context, args: argparse.Namespace) -> int:
 
 
 def _delete(context: Context, args: argparse.Namespace) -> int:
+    person_id = check_id("person id", args.person)
     if context.remote is not None:
-        revision = context.remote.delete(f"/people/{args.person}")["revision"]
+        revision = context.remote.delete(("people", person_id))["revision"]
     else:
-        with context.audited("people.delete", args.person):
-            revision = asyncio.run(context.operators.people.delete(args.person))
-    context.console.print(f"{args.person} deleted (gallery revision {revision})", markup=False)
+        with context.audited("people.delete", person_id):
+            revision = asyncio.run(context.operators.people.delete(person_id))
+    context.console.print(f"{person_id} deleted (gallery revision {revision})", markup=False)
     return EXIT_OK
 
 

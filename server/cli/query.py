@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from facefleet.core.errors import EXIT_OK, EXIT_USAGE
+from facefleet.core.errors import EXIT_OK
 from facefleet.link.checks import utc_now
 from facefleet.link.events import AGE_BANDS, DECISIONS, EVENT_KINDS, GENDERS
 from facefleet.server.api.http.queries import (
@@ -27,7 +27,8 @@ from facefleet.server.api.http.queries import (
     UnknownRate,
 )
 from facefleet.server.cli.context import Context, dump, new_table, when
-from facefleet.server.domain.queries import EventFilter
+from facefleet.server.domain.queries import MAX_PAGE_SIZE, EventFilter
+from facefleet.server.errors import UsageError
 
 _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -94,7 +95,14 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
         verb.add_argument("--device", action="append", default=[], help="only this device (repeat)")
         if name == "events":
             verb.add_argument("--person", action="append", default=[], help="only this person (repeat)")
-            verb.add_argument("--limit", type=int, default=50, help="events to show (1–1000)")
+            verb.add_argument(
+                "--limit", type=int, default=50, help=f"events to show, a page (1–{MAX_PAGE_SIZE})"
+            )
+            pages = verb.add_mutually_exclusive_group()
+            pages.add_argument(
+                "--page-token", default="", metavar="TOKEN", help="the next page: the token a cut list named"
+            )
+            pages.add_argument("--all", action="store_true", help="every event, page after page")
         if name == "counts":
             verb.add_argument("--interval", default="1h", help="interval length: 1m, 15m, 1h, 1d …")
         if name in ("expressions", "attributes"):
@@ -105,8 +113,8 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
 def _filter(args: argparse.Namespace) -> EventFilter:
     now = utc_now()
     return EventFilter(
-        start=parse_moment(args.since, now),
-        end=parse_moment(args.until, now) if args.until else now + timedelta(microseconds=1),
+        start=parse_moment(args.since, now, "--since"),
+        end=parse_moment(args.until, now, "--until") if args.until else now + timedelta(microseconds=1),
         device_ids=tuple(args.device),
         person_ids=tuple(getattr(args, "person", [])),
         decisions=tuple(args.decision),
@@ -116,17 +124,32 @@ def _filter(args: argparse.Namespace) -> EventFilter:
     )
 
 
-def parse_moment(text: str, now: datetime) -> datetime:
+def parse_moment(text: str, now: datetime, option: str) -> datetime:
+    """The moment an option gives: a duration back from now (30m, 24h, 7d) or an ISO time (UTC unless it
+    says otherwise); UsageError (exit 2) naming the option otherwise."""
     match = _DURATION.match(text.strip())
-    if match:
-        return now - timedelta(seconds=int(match[1]) * _UNITS[match[2]])
     try:
+        if match:
+            return now - timedelta(seconds=int(match[1]) * _UNITS[match[2]])
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise SystemExit(
-            f"facefleet-server: error: {text!r} is neither a duration (24h) nor an ISO time"
+        raise UsageError(
+            f"{option} {text!r} is neither a duration back from now (30m, 24h, 7d) nor an ISO time "
+            "(2026-12-01T08:00)"
+        ) from None
+    except OverflowError:
+        raise UsageError(
+            f"{option} {text!r} reaches back before the year 1; give a shorter duration"
         ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _duration_s(text: str, option: str) -> int:
+    """The seconds of a duration option (15m, 1h, 1d); UsageError (exit 2) naming the option otherwise."""
+    match = _DURATION.match(text.strip())
+    if not match or int(match[1]) == 0:
+        raise UsageError(f"{option} {text!r} is not a duration like 15m, 1h or 1d")
+    return int(match[1]) * _UNITS[match[2]]
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
@@ -145,11 +168,21 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _events(context: Context, args: argparse.Namespace) -> int:
-    if context.remote is not None:
-        events = context.remote.get("/events", {**_params(args), "page_size": args.limit})["events"]
-    else:
-        page = asyncio.run(context.operators.queries.events(_filter(args), "", args.limit))
-        events = [dump(EventOut.of(e)) for e in page.events]
+    if not 1 <= args.limit <= MAX_PAGE_SIZE:
+        raise UsageError(f"--limit {args.limit}: give 1–{MAX_PAGE_SIZE} events a page")
+    events: list[dict[str, Any]] = []
+    token = args.page_token
+    while True:
+        found, token = _events_page(context, args, token)
+        events += found
+        if not (args.all and token):
+            break
+    if token:  # the list is cut: say how to go on, apart from the output that scripts read
+        context.errors.print(
+            f"more events than --limit {args.limit}: the next page with --page-token {token}, or every "
+            "event with --all",
+            markup=False,
+        )
     if context.json_output:
         context.print_json(events)
         return EXIT_OK
@@ -171,14 +204,22 @@ def _events(context: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _counts(context: Context, args: argparse.Namespace) -> int:
-    match = _DURATION.match(args.interval)
-    if not match:
-        print(f"facefleet-server: error: --interval {args.interval!r} is not a duration like 15m or 1h")
-        return EXIT_USAGE
-    seconds = int(match[1]) * _UNITS[match[2]]
+def _events_page(context: Context, args: argparse.Namespace, token: str) -> tuple[list[dict[str, Any]], str]:
+    """One page of events from the page token on, and the token of the next page ('' after the last)."""
     if context.remote is not None:
-        rows = context.remote.get("/events/counts", {**_params(args), "interval_seconds": seconds})["counts"]
+        params = {**_params(args), "page_size": args.limit, "page_token": token}
+        page = context.remote.get(("events",), params)
+        return page["events"], page["next_page_token"]
+    found = asyncio.run(context.operators.queries.events(_filter(args), token, args.limit))
+    following = found.next_cursor.encode() if found.next_cursor else ""
+    return [dump(EventOut.of(e)) for e in found.events], following
+
+
+def _counts(context: Context, args: argparse.Namespace) -> int:
+    seconds = _duration_s(args.interval, "--interval")
+    if context.remote is not None:
+        params = {**_params(args), "interval_seconds": seconds}
+        rows = context.remote.get(("events", "counts"), params)["counts"]
     else:
         found = asyncio.run(context.operators.queries.counts(_filter(args), seconds))
         rows = [dump(IntervalCount(start=c.start, device_id=c.device_id, count=c.count)) for c in found]
@@ -188,7 +229,7 @@ def _counts(context: Context, args: argparse.Namespace) -> int:
 def _expressions(context: Context, args: argparse.Namespace) -> int:
     if context.remote is not None:
         params = {**_params(args), "per_device": args.per_device}
-        rows = context.remote.get("/events/expressions", params)["counts"]
+        rows = context.remote.get(("events", "expressions"), params)["counts"]
     else:
         found = asyncio.run(context.operators.queries.expressions(_filter(args), per_device=args.per_device))
         rows = [dump(ExpressionCount(device_id=c.device_id, label=c.label, count=c.count)) for c in found]
@@ -197,7 +238,7 @@ def _expressions(context: Context, args: argparse.Namespace) -> int:
 
 def _unknown(context: Context, args: argparse.Namespace) -> int:
     if context.remote is not None:
-        rates = context.remote.get("/events/unknown-rate", _params(args))
+        rates = context.remote.get(("events", "unknown-rate"), _params(args))
     else:
         total, per_device = asyncio.run(context.operators.queries.unknown_rate(_filter(args)))
         rows = [
@@ -223,7 +264,7 @@ def _unknown(context: Context, args: argparse.Namespace) -> int:
 
 def _access(context: Context, args: argparse.Namespace) -> int:
     if context.remote is not None:
-        rows = context.remote.get("/events/access", _params(args))["doors"]
+        rows = context.remote.get(("events", "access"), _params(args))["doors"]
     else:
         found = asyncio.run(context.operators.queries.access(_filter(args)))
         rows = [
@@ -240,7 +281,7 @@ WIDE_ATTRIBUTE_COLUMNS = 105
 
 def _attributes(context: Context, args: argparse.Namespace) -> int:
     if context.remote is not None:
-        found = context.remote.get("/events/attributes", {**_params(args), "per_device": args.per_device})
+        found = context.remote.get(("events", "attributes"), {**_params(args), "per_device": args.per_device})
     else:
         total, devices = asyncio.run(
             context.operators.queries.attributes(_filter(args), per_device=args.per_device)
@@ -290,7 +331,7 @@ WIDE_TABLE_COLUMNS = 120
 
 def _fleet(context: Context, args: argparse.Namespace) -> int:
     if context.remote is not None:
-        fleet = context.remote.get("/fleet", {"device_id": args.device})
+        fleet = context.remote.get(("fleet",), {"device_id": args.device})
     else:
         agents, head = asyncio.run(context.operators.queries.fleet(tuple(args.device)))
         fleet = {"gallery_revision": head, "agents": [dump(AgentOut.of(a)) for a in agents]}

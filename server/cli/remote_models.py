@@ -9,8 +9,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from facefleet.link.checks import check_model_id
 from facefleet.link.models import ModelFile
-from facefleet.server.cli.remote import RemoteServer
+from facefleet.server.cli.remote import RemoteServer, upload_deadline
 from facefleet.server.domain.models import (
     DeviceRollout,
     FailureAction,
@@ -26,16 +27,21 @@ from facefleet.vision.models.importer import ir_weights
 
 MAX_UPLOAD_FILES = 2
 """A model is one .onnx or .tflite file, or an IR's .xml and .bin."""
+REEMBED_DEADLINE_S = 3600.0
+"""How long `rollout start` waits for its answer: the server re-embeds the gallery of an embedding model
+before it answers."""
 
 
 class RemoteCatalog:
-    """The published models of a remote server."""
+    """The published models of a remote server. conversion_s: how long the server may convert a model
+    (its models.convert_timeout_s; the command line's own config gives it), which a publish waits for."""
 
-    def __init__(self, remote: RemoteServer) -> None:
+    def __init__(self, remote: RemoteServer, conversion_s: float) -> None:
         self.remote = remote
+        self.conversion_s = conversion_s
 
     def published(self) -> list[PublishedModel]:
-        return [model_from(m) for m in self.remote.get("/models")["models"]]
+        return [model_from(m) for m in self.remote.get(("models",))["models"]]
 
     def show(self, model_id: str) -> PublishedModel:
         for model in self.published():
@@ -44,7 +50,7 @@ class RemoteCatalog:
         raise NotFoundError(f"no published model {model_id!r}; `facefleet-server models list` shows them")
 
     def retire(self, model_id: str) -> PublishedModel:
-        return model_from(self.remote.post(f"/models/{model_id}/retire"))
+        return model_from(self.remote.post(("models", check_model_id(model_id), "retire")))
 
     def publish(
         self, path: Path, task: str, name: str, version: str, precision: str, licence: str
@@ -67,7 +73,8 @@ class RemoteCatalog:
         handles = [f.open("rb") for f in files]
         try:
             uploads = [("files", (f.name, handle)) for f, handle in zip(files, handles, strict=True)]
-            return model_from(self.remote.post("/models", data=fields, files=uploads))
+            deadline = upload_deadline(sum(f.stat().st_size for f in files), self.conversion_s)
+            return model_from(self.remote.post(("models",), data=fields, files=uploads, deadline_s=deadline))
         finally:
             for handle in handles:
                 handle.close()
@@ -80,10 +87,10 @@ class RemoteControl:
         self.remote = remote
 
     def all_rollouts(self) -> list[Rollout]:
-        return [rollout_from(r) for r in self.remote.get("/rollouts")["rollouts"]]
+        return [rollout_from(r) for r in self.remote.get(("rollouts",))["rollouts"]]
 
     def show(self, rollout_id: int) -> tuple[Rollout, list[DeviceRollout]]:
-        detail = self.remote.get(f"/rollouts/{rollout_id}")
+        detail = self.remote.get(("rollouts", rollout_id))
         rollout = rollout_from(detail["rollout"])
         return rollout, [device_from(rollout_id, d) for d in detail["devices"]]
 
@@ -103,7 +110,7 @@ class RemoteControl:
         }
         if max_failures is not None:
             body["max_failures"] = {"count": max_failures.count, "percent": max_failures.percent}
-        started = self.remote.post("/rollouts", body)
+        started = self.remote.post(("rollouts",), body, deadline_s=REEMBED_DEADLINE_S)
         return StartedRollout(
             rollout_from(started["rollout"]),
             tuple(started["reembedded"]),
@@ -112,13 +119,13 @@ class RemoteControl:
         )
 
     def pause(self, rollout_id: int) -> Rollout:
-        return rollout_from(self.remote.post(f"/rollouts/{rollout_id}/pause", {}))
+        return rollout_from(self.remote.post(("rollouts", rollout_id, "pause"), {}))
 
     def resume(self, rollout_id: int, percent: int | None = None) -> Rollout:
-        return rollout_from(self.remote.post(f"/rollouts/{rollout_id}/resume", {"percent": percent}))
+        return rollout_from(self.remote.post(("rollouts", rollout_id, "resume"), {"percent": percent}))
 
     def rollback(self, rollout_id: int) -> Rollout:
-        return rollout_from(self.remote.post(f"/rollouts/{rollout_id}/rollback", {}))
+        return rollout_from(self.remote.post(("rollouts", rollout_id, "rollback"), {}))
 
 
 def model_from(data: dict[str, Any]) -> PublishedModel:

@@ -16,9 +16,11 @@ from rich.table import Table
 from rich.text import Text
 
 from facefleet.core.errors import EXIT_OK
+from facefleet.link.checks import check_id
 from facefleet.server.api.http.people import PersonOut
 from facefleet.server.api.http.unknown import ClusterOut, ClusterSummary, SnapshotOut
 from facefleet.server.cli.context import Context, dump, when
+from facefleet.server.cli.remote import NotTheApiError
 from facefleet.server.errors import ServerError
 from facefleet.server.gallery.unknown import UnknownEnrolment
 
@@ -80,7 +82,7 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
 
 def _list(context: Context, args: argparse.Namespace) -> int:
     if context.remote is not None:
-        clusters = context.remote.get("/unknown/clusters")["clusters"]
+        clusters = context.remote.get(("unknown", "clusters"))["clusters"]
     else:
         clusters = [dump(ClusterSummary.of(c)) for c in asyncio.run(context.operators.unknown.clusters())]
     if context.json_output:
@@ -108,11 +110,12 @@ def _list(context: Context, args: argparse.Namespace) -> int:
 
 
 def _show(context: Context, args: argparse.Namespace) -> int:
+    cluster_id = check_id("cluster id", args.cluster)
     remote = context.remote
     if remote is not None:
-        cluster = remote.get(f"/unknown/clusters/{args.cluster}")
+        cluster = remote.get(("unknown", "clusters", cluster_id))
     else:
-        found = asyncio.run(context.operators.unknown.cluster(args.cluster))
+        found = asyncio.run(context.operators.unknown.cluster(cluster_id))
         cluster = dump(
             ClusterOut(
                 **ClusterSummary.of(found).model_dump(),
@@ -123,9 +126,9 @@ def _show(context: Context, args: argparse.Namespace) -> int:
         try:
             args.save.mkdir(parents=True, exist_ok=True)
             for snapshot in cluster["snapshots"]:
-                snapshot_id = snapshot["snapshot_id"]
+                snapshot_id = _snapshot_id(snapshot["snapshot_id"])
                 if remote is not None:
-                    crop = remote.image(f"/snapshots/{snapshot_id}/crop")
+                    crop = remote.image(("snapshots", snapshot_id, "crop"))
                 else:
                     crop = asyncio.run(context.operators.unknown.image(snapshot_id, "crop"))
                 (args.save / f"{snapshot_id}.jpg").write_bytes(crop)
@@ -150,6 +153,8 @@ def _show(context: Context, args: argparse.Namespace) -> int:
 
 
 def _enroll(context: Context, args: argparse.Namespace) -> int:
+    cluster_id = check_id("cluster id", args.cluster)
+    check_id("person id", args.person_id)
     if context.remote is not None:
         body = {
             "person_id": args.person_id,
@@ -158,12 +163,12 @@ def _enroll(context: Context, args: argparse.Namespace) -> int:
             "existing": args.existing,
         }
         enrolled = context.remote.post(
-            f"/unknown/clusters/{args.cluster}/enrol", body, params={"version": args.version}
+            ("unknown", "clusters", cluster_id, "enrol"), body, params={"version": args.version}
         )
     else:
         request = UnknownEnrolment(
             args.person_id,
-            cluster_id=args.cluster,
+            cluster_id=cluster_id,
             cluster_version=args.version,
             display_name=args.name,
             groups=tuple(args.group),
@@ -188,13 +193,23 @@ def _enroll(context: Context, args: argparse.Namespace) -> int:
 
 
 def _dismiss(context: Context, args: argparse.Namespace) -> int:
+    cluster_id = check_id("cluster id", args.cluster)
     if context.remote is not None:
         dismissed = context.remote.post(
-            f"/unknown/clusters/{args.cluster}/dismiss", params={"version": args.version}
+            ("unknown", "clusters", cluster_id, "dismiss"), params={"version": args.version}
         )
         count = dismissed["count"]
     else:
-        with context.audited("unknown.dismiss", args.cluster):
-            count = asyncio.run(context.operators.unknown.dismiss(args.cluster, (), args.version))
+        with context.audited("unknown.dismiss", cluster_id):
+            count = asyncio.run(context.operators.unknown.dismiss(cluster_id, (), args.version))
     context.console.print(f"{count} snapshots dismissed", markup=False)
     return EXIT_OK
+
+
+def _snapshot_id(value: object) -> str:
+    """A snapshot id from the server's answer, checked before it names a file under --save: a server that
+    sends '../x' cannot make the command write outside the folder."""
+    try:
+        return check_id("snapshot id", str(value))
+    except ValueError as exc:
+        raise NotTheApiError(f"the server's answer holds a bad {exc}; nothing more was saved") from None

@@ -52,7 +52,7 @@ def test_models_publish_list_show_retire(
     assert "does not fit task 'embedding'" in err
     missing = [str(tmp_path / "nope.onnx"), "--task", "expression", "--name", "x", "--version", "v1"]
     code, _, err = run_cli(capsys, *base, "models", "publish", *missing)
-    assert (code, "no such model file" in err) == (EXIT_DATA, True)
+    assert (code, "nope.onnx: no such model file" in err) == (EXIT_NO_INPUT, True)
 
     code, out, _ = run_cli(capsys, *base, "models", "list", "--json")
     assert [m["model_id"] for m in json.loads(out)] == [NEW]

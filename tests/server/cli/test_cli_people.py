@@ -25,6 +25,7 @@ def state_dir(tmp_path: Path, model_store: ModelStore, model_cache: Path) -> Pat
     state.mkdir()
     (state / "models").symlink_to(model_store.root, target_is_directory=True)
     (state / "cache").symlink_to(model_cache, target_is_directory=True)
+    SqliteState(state / "server.db").close()  # as `models import-defaults` leaves it
     return state
 
 

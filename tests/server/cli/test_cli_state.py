@@ -153,6 +153,7 @@ def test_state_migrate_copies_every_row_of_every_table_and_the_server_answers_th
         migrated.close()
 
     # a second migration into the same database is refused, and leaves it as it is
+    (source / "server.db.migrated").rename(source / "server.db")
     code, _, err = run_cli(capsys, "--state-dir", str(tmp_path / "source"), "state", "migrate", "--to", url)
     assert code != EXIT_OK
     assert "already holds" in err

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
 import socket
 import ssl
+import stat
 import sys
 from pathlib import Path
 from typing import Literal
@@ -34,6 +34,7 @@ from facefleet.core.config import (
     parse_address,
 )
 from facefleet.core.errors import ConfigError
+from facefleet.core.files import replace_atomic
 from facefleet.core.logs import LogFormat
 from facefleet.core.metrics import MetricsSection
 from facefleet.link.checks import check_groups, check_id, check_model_id
@@ -683,8 +684,14 @@ def load_config(path: Path | None) -> AgentConfig:
 def write_threshold(path: Path, model_id: str, threshold: float) -> None:
     """Set [matching.thresholds] '<model_id>' in a config file, keeping every other line as it is.
 
-    The result is validated before it replaces the file (atomically), so a bad edit never lands."""
-    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    The result is validated before it replaces the file (atomically, the file a symbolic link points to,
+    with the old file's mode and owner), so a bad edit never lands and the service can still read it."""
+    path = path.resolve()
+    try:
+        kept = path.stat()
+    except FileNotFoundError:
+        kept = None
+    lines = path.read_text(encoding="utf-8").splitlines() if kept is not None else []
     entry = f"{json.dumps(model_id)} = {threshold:.4f}"
     section = next((i for i, line in enumerate(lines) if line.strip() == "[matching.thresholds]"), None)
     if section is None:
@@ -705,9 +712,19 @@ def write_threshold(path: Path, model_id: str, threshold: float) -> None:
         raise ConfigError(
             f"config file {path}: cannot add the threshold without breaking it ({exc})"
         ) from None
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    data = text.encode("utf-8")
+    try:
+        replace_atomic(
+            path,
+            lambda handle: handle.write(data),
+            mode=stat.S_IMODE(kept.st_mode) if kept is not None else None,
+            owner=(kept.st_uid, kept.st_gid) if kept is not None else None,
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"config file {path}: cannot replace it keeping its mode and owner ({exc.strerror}); run as "
+            "its owner or root, or add the threshold by hand"
+        ) from None
 
 
 def _key_of(line: str) -> str | None:

@@ -35,9 +35,12 @@ def load_toml_model(path: Path | None, model: type[Model], error: type[FaceFleet
     if path is None:
         return model()
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)  # a device such as /dev/zero never ends
     except FileNotFoundError:
         raise error(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise error(f"config file {path} is a directory; give the path of the TOML file") from None
     except OSError as exc:
         raise error(f"config file {path}: cannot read ({exc.strerror})") from None
     if len(raw) > MAX_CONFIG_BYTES:

@@ -29,13 +29,21 @@ def write_atomic(path: Path, content: str | bytes) -> None:
     replace_atomic(path, lambda handle: handle.write(data))
 
 
-def replace_atomic(path: Path, write: Callable[[BinaryIO], object], *, mode: int | None = None) -> None:
+def replace_atomic(
+    path: Path,
+    write: Callable[[BinaryIO], object],
+    *,
+    mode: int | None = None,
+    owner: tuple[int, int] | None = None,
+) -> None:
     """Replace `path` with what `write` writes to a temporary file beside it (given `mode`, else mkstemp's
-    0600), fsynced, renamed over it, and the folder fsynced: a crash leaves the old file or the new one,
-    never a part."""
+    0600, and owner (uid, gid), else the writer's), fsynced, renamed over it, and the folder fsynced: a
+    crash leaves the old file or the new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        if owner is not None:
+            os.fchown(fd, *owner)
         if mode is not None:
             os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:

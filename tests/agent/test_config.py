@@ -3,9 +3,12 @@ file, an unreadable password file and a device id outside the link's id rule wit
 
 from __future__ import annotations
 
+import os
 import re
+import resource
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import typing
@@ -16,7 +19,7 @@ import tomllib
 from pydantic import BaseModel
 
 from facefleet.agent.cli.main import main
-from facefleet.agent.config import AgentConfig, load_config
+from facefleet.agent.config import AgentConfig, load_config, write_threshold
 from facefleet.core.errors import EXIT_CONFIG, EXIT_OK, ConfigError
 from facefleet.server.api import certs
 from facefleet.vision.models.store import ModelStore
@@ -484,3 +487,36 @@ def test_the_readmes_config_block_lists_every_key_with_its_default() -> None:
     assert sorted(model_keys(AgentConfig) - listed) == []
     documented = AgentConfig.model_validate(tomllib.loads(block))
     assert documented.detector == AgentConfig().detector and documented.runtime == AgentConfig().runtime
+
+
+def test_a_config_path_that_never_ends_or_is_a_folder_is_refused_without_reading_it_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def at_most_2_gib() -> None:  # read whole, /dev/zero would take all memory: MemoryError instead
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    command = [sys.executable, "-m", "facefleet.agent.cli", "check-config", "/dev/zero"]
+    done = subprocess.run(command, preexec_fn=at_most_2_gib, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (EXIT_CONFIG, "")
+    assert done.stderr == "facefleet-agent: error: config file /dev/zero is larger than 1024 KiB\n"
+    assert main(["check-config", str(tmp_path)]) == EXIT_CONFIG
+    assert "is a directory; give the path of the TOML file" in capsys.readouterr().err
+
+
+def test_a_threshold_written_into_the_config_keeps_its_mode_owner_and_link(tmp_path: Path) -> None:
+    real = tmp_path / "etc" / "agent.toml"
+    real.parent.mkdir()
+    real.write_text('device_id = "door-1"\n')
+    real.chmod(0o640)
+    os.chown(real, 0, 1)  # root:daemon, read by the service's group
+    link = tmp_path / "agent.toml"
+    link.symlink_to(real)
+
+    write_threshold(link, "sface@2021dec", 0.41)
+
+    assert link.is_symlink() and link.resolve() == real
+    found = real.stat()
+    assert (stat.S_IMODE(found.st_mode), found.st_uid, found.st_gid) == (0o640, 0, 1)
+    assert load_config(real).matching.thresholds == {"sface@2021dec": pytest.approx(0.41)}
+    assert load_config(real).device_id == "door-1"
+    assert [p.name for p in real.parent.iterdir()] == ["agent.toml"]  # nothing left beside it

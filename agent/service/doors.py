@@ -235,8 +235,26 @@ def face_mesh(
     return FaceMesh(runtime, model, precisions.compilation(model).precision)
 
 
+ACTION_OUTPUT_CHARS = 500
+"""How much of a failed door action's error output the log keeps (its end, where the reason usually is)."""
+
+
 def _run_action(door: DoorConfig) -> None:
+    """Run the door's command; a failure is logged with the end of what it wrote to stderr (or stdout)."""
     try:
         subprocess.run(door.command, timeout=door.command_timeout_s, check=True, capture_output=True)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        if isinstance(exc, subprocess.CalledProcessError):
+            how = f"exited with status {exc.returncode}"
+        else:
+            how = f"ran longer than command_timeout_s = {door.command_timeout_s:g} s and was stopped"
+        output = _tail(exc.stderr) or _tail(exc.stdout)
+        said = f": {output}" if output else " (it wrote nothing)"
+        log.error("door %s: action %s failed: it %s%s", door.name, door.command[0], how, said)
     except (OSError, subprocess.SubprocessError) as exc:
         log.error("door %s: action %s failed: %s", door.name, door.command[0], exc)
+
+
+def _tail(output: bytes | str | None) -> str:
+    text = output.decode("utf-8", "replace") if isinstance(output, bytes) else output or ""
+    return " ".join(text.split())[-ACTION_OUTPUT_CHARS:]

@@ -3,6 +3,8 @@ sent at once), then writes its audit row and access event, and those are written
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +20,12 @@ from facefleet.agent.store.database import EmbeddingStore
 GRANT = AccessDecision("front", "granted", "recognised", "identify", "eileen", 0.62, 0.2, 3)
 
 
-def doors(store: EmbeddingStore, command: Any, emitted: list[AgentEvent]) -> DoorAccess:
+def doors(
+    store: EmbeddingStore, command: Any, emitted: list[AgentEvent], program: list[str] | None = None
+) -> DoorAccess:
+    door = {"name": "front", "camera": "cam", "relay_topic": "relay/front", "relay_expiry_s": 4}
     config = AgentConfig.model_validate(
-        {
-            "cameras": [{"name": "cam", "source": "0"}],
-            "doors": [{"name": "front", "camera": "cam", "relay_topic": "relay/front", "relay_expiry_s": 4}],
-        }
+        {"cameras": [{"name": "cam", "source": "0"}], "doors": [{**door, "command": program or []}]}
     )
     outlets = DoorOutlets(
         AgentMetrics(),
@@ -68,3 +70,19 @@ def test_a_grant_whose_open_fails_is_still_audited_and_reported(tmp_path: Path, 
     assert entries[0].details["relay"] == ("failed" if failure == "raises" else "unsent")  # the row says so
     assert len(emitted) == 1
     assert unsent == (1 if failure == "not sent" else 0)
+
+
+def test_a_door_program_that_fails_is_logged_with_what_it_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    said = "gpioset: error requesting GPIO lines: Permission denied"
+    program = ["/bin/sh", "-c", f"echo 'noise on stdout'; echo '{said}' >&2; exit 1"]
+    with EmbeddingStore(tmp_path / "agent.db") as store:
+        access = doors(store, lambda topic, payload, expiry: True, [], program)
+        with caplog.at_level(logging.ERROR, logger="facefleet.agent.service.doors"):
+            access.act(GRANT, "cam")  # the program runs on a thread of its own
+            deadline = time.monotonic() + 30
+            while not caplog.records and time.monotonic() < deadline:
+                time.sleep(0.05)
+    [record] = caplog.records
+    assert record.getMessage() == f"door front: action /bin/sh failed: it exited with status 1: {said}"

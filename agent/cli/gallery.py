@@ -14,7 +14,7 @@ from rich.table import Table
 from facefleet.agent.cli.context import Context
 from facefleet.agent.cli.vision import make_analyzer
 from facefleet.agent.config import write_threshold
-from facefleet.agent.domain.records import DuplicatePersonError, Embedding, Person
+from facefleet.agent.domain.records import DuplicatePersonError, Embedding, Person, StoreError
 from facefleet.agent.recognition.calibration import calibrate
 from facefleet.agent.recognition.face_choice import choose_face
 from facefleet.agent.recognition.matching import Matcher
@@ -117,8 +117,16 @@ def store_path(context: Context) -> Path:
     return context.store_path
 
 
-def _open_store(context: Context, read_only: bool = False) -> EmbeddingStore:
-    return EmbeddingStore(store_path(context), read_only=read_only)
+def _open_store(context: Context, read_only: bool = False, *, existing: bool = False) -> EmbeddingStore:
+    """The store; existing: the verb only reads or removes, so a store that is not there is an error (a
+    mistyped --state-dir), not an empty store made there."""
+    path = store_path(context)
+    if existing and not path.exists():
+        raise StoreError(
+            f"no store at {path}: nobody was enrolled with this state directory; check --state-dir or "
+            "state_dir in --config"
+        )
+    return EmbeddingStore(path, read_only=read_only)
 
 
 def _enrol(context: Context, args: argparse.Namespace) -> int:
@@ -202,7 +210,7 @@ def _twin(sample: Embedding, others: list[Embedding]) -> Embedding | None:
 
 
 def _people_list(context: Context, args: argparse.Namespace) -> int:
-    with _open_store(context) as store:
+    with _open_store(context, existing=True) as store:
         people = store.gallery.people()
         counts = {p.person_id: len(store.gallery.embeddings(p.person_id)) for p in people}
         revision = store.gallery.revision()
@@ -226,7 +234,7 @@ def _people_list(context: Context, args: argparse.Namespace) -> int:
 
 
 def _people_show(context: Context, args: argparse.Namespace) -> int:
-    with _open_store(context) as store:
+    with _open_store(context, existing=True) as store:
         person = store.gallery.person(args.person_id)
         embeddings = store.gallery.embeddings(args.person_id)
     data = {
@@ -253,7 +261,7 @@ def _people_show(context: Context, args: argparse.Namespace) -> int:
 
 
 def _people_delete(context: Context, args: argparse.Namespace) -> int:
-    with _open_store(context) as store:
+    with _open_store(context, existing=True) as store:
         revision = store.gallery.delete_person(args.person_id)
     if context.json_output:
         context.print_json({"deleted": args.person_id, "gallery_revision": revision})
@@ -266,16 +274,17 @@ def _matcher(context: Context, analyzer: FaceAnalyzer) -> tuple[Matcher, str]:
     model_id = analyzer.embedding_model_id
     assert model_id is not None
     matcher = Matcher(context.config.matching.policy())
-    with _open_store(context, read_only=store_path(context).exists()) as store:
+    with _open_store(context, read_only=True, existing=True) as store:
         matcher.refresh(store.gallery, [model_id])
     return matcher, model_id
 
 
 def _identify(context: Context, args: argparse.Namespace) -> int:
+    image = read_image(args.image)
     analyzer = make_analyzer(context)
     matcher, model_id = _matcher(context, analyzer)
     scoring = context.config.matching.scoring
-    faces = analyzer.analyze(read_image(args.image))
+    faces = analyzer.analyze(image)
     results: list[dict[str, Any]] = []
     for face in faces:
         assert face.embedding is not None
@@ -294,11 +303,10 @@ def _identify(context: Context, args: argparse.Namespace) -> int:
 
 
 def _verify(context: Context, args: argparse.Namespace) -> int:
+    image = read_image(args.image)
     analyzer = make_analyzer(context)
     matcher, model_id = _matcher(context, analyzer)
-    choice = choose_face(
-        analyzer.analyze(read_image(args.image)), context.config.quality.policy(), largest=True
-    )
+    choice = choose_face(analyzer.analyze(image), context.config.quality.policy(), largest=True)
     face = choice.face
     if face is None or face.embedding is None:
         raise ImageError(f"{args.image}: {choice.reason}")
@@ -325,7 +333,7 @@ def _verify(context: Context, args: argparse.Namespace) -> int:
 
 
 def _store_check(context: Context, args: argparse.Namespace) -> int:
-    with _open_store(context, read_only=True) as store:
+    with _open_store(context, read_only=True, existing=True) as store:
         problems = store.integrity_check()
     if context.json_output:
         context.print_json({"store": str(store_path(context)), "ok": not problems, "problems": problems})

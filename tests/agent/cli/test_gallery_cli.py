@@ -409,3 +409,22 @@ def test_of_two_enrolments_of_a_new_id_at_once_the_second_is_refused(
     _, people, _ = run(capsys, state_dir, "people", "list", "--json")
     assert people["people"] == [{"person_id": "eileen", "name": "First", "groups": [], "embeddings": 0}]
     assert people["gallery_revision"] == 1
+
+
+def test_verbs_that_read_or_remove_make_no_store_in_a_state_directory_that_has_none(
+    state_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo = tmp_path / "face.png"
+    cv2.imwrite(str(photo), np.zeros((64, 64, 3), np.uint8))
+    for argv in (
+        ("people", "list"),
+        ("people", "show", "eileen"),
+        ("people", "delete", "eileen"),
+        ("store", "check"),
+        ("identify", str(photo)),
+        ("verify", "--claim", "eileen", str(photo)),
+    ):
+        code, _, err = run(capsys, state_dir, *argv)
+        assert code == 74, argv
+        assert f"no store at {state_dir / 'agent.db'}" in err and "check --state-dir" in err, argv
+    assert not (state_dir / "agent.db").exists()

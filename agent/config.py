@@ -34,12 +34,13 @@ from facefleet.core.config import (
     parse_address,
 )
 from facefleet.core.errors import ConfigError
-from facefleet.core.files import replace_atomic
+from facefleet.core.files import read_small, replace_atomic
 from facefleet.core.logs import LogFormat
 from facefleet.core.metrics import MetricsSection
 from facefleet.link.checks import check_groups, check_id, check_model_id
 from facefleet.link.errors import LinkError
 from facefleet.vision.config import ConversionConfig, DetectorConfig, QualityConfig, RuntimeConfig
+from facefleet.vision.images.reading import MAX_FILE_BYTES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -123,18 +124,20 @@ class MqttConfig(StrictSection):
     @classmethod
     def _host_name(cls, host: str) -> str:
         """A host name or address, not a URL or host:port (the port is its own key)."""
-        bare = host.removeprefix("[").removesuffix("]")
+        bracketed = host.startswith("[") and host.endswith("]")
+        bare = host[1:-1] if bracketed else host
         if (
             "://" in host
             or "/" in host
             or any(c.isspace() for c in host)
             or (":" in bare and not _is_ip_address(bare))
+            or (bracketed and not _is_ip_address(bare))
         ):
             raise ValueError(
                 f"{host!r} is not a host name or address: give the host alone, e.g. 'broker.example' "
                 "(the port goes in mqtt.port, TLS in mqtt.tls)"
             )
-        return host
+        return bare  # an IPv6 address as the connection takes it: ::1, not [::1]
 
     @field_validator("prefix")
     @classmethod
@@ -171,7 +174,7 @@ class MqttConfig(StrictSection):
         if self.password_file is None:
             return None
         path = credential_path(self.password_file)
-        text = _read("mqtt.password_file", path, "the broker password")
+        text = _read("mqtt.password_file", path, "the broker password", MAX_SECRET_BYTES)
         check_private("mqtt.password_file", path)
         return text.decode("utf-8", "replace").strip()
 
@@ -204,6 +207,20 @@ class CameraConfig(StrictSection):
     )
     loop: bool = Field(False, description="Restart a video file or folder at its end")
     timeout_s: float = Field(5.0, gt=0, le=120, description="Open/read timeout of a stream (s)")
+
+    @field_validator("source")
+    @classmethod
+    def _absolute_source(cls, source: str) -> str:
+        """A file, folder or device by its absolute path (~ expanded); a V4L2 index or a URL as it is."""
+        if source.isdigit() or "://" in source:
+            return source
+        path = Path(source).expanduser()
+        if not path.is_absolute():
+            raise ValueError(
+                f"{source!r} is a relative path, which would be read from the working directory (/ under "
+                "systemd): give its absolute path, a V4L2 index such as 0, or a stream URL"
+            )
+        return str(path)
 
 
 class DoorConfig(StrictSection):
@@ -534,7 +551,9 @@ class AgentConfig(StrictSection):
         if self.server.enabled:
             self.server.tls_files()
         if self.models.smoke_photo is not None:
-            _read("models.smoke_photo", self.models.smoke_photo, "a photo with one clear face")
+            _read(
+                "models.smoke_photo", self.models.smoke_photo, "a photo with one clear face", MAX_FILE_BYTES
+            )
 
     def door_threshold(self, door: DoorConfig, model_id: str) -> DoorThreshold:
         """The threshold `door` applies to faces of embedding model `model_id`, and where it comes from."""
@@ -585,6 +604,10 @@ class AgentConfig(StrictSection):
 
 
 _ISSUED = "from `facefleet-server certs issue DEVICE`"
+MAX_PEM_BYTES = 1 << 20
+"""Largest PEM file (certificates, a key) the config may name."""
+MAX_SECRET_BYTES = 4096
+"""Largest password file."""
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 
 
@@ -631,11 +654,12 @@ def _is_ip_address(text: str) -> bool:
     return True
 
 
-def _read(key: str, path: Path, what: str) -> bytes:
-    """A file the config names at `key`; ConfigError naming the key, the file and what it should hold.
-    A bare name left by credential_path means $CREDENTIALS_DIRECTORY was not set, which the error says."""
+def _read(key: str, path: Path, what: str, limit: int = MAX_PEM_BYTES) -> bytes:
+    """A regular file of at most `limit` bytes the config names at `key`; ConfigError naming the key, the
+    file and what it should hold. A bare name left by credential_path means $CREDENTIALS_DIRECTORY was not
+    set, which the error says."""
     try:
-        return path.read_bytes()
+        return read_small(path, limit)
     except OSError as exc:
         problem = "no such file" if isinstance(exc, FileNotFoundError) else f"cannot read ({exc.strerror})"
     if key.endswith(("key_file", "password_file")) and len(path.parts) == 1:

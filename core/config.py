@@ -4,7 +4,9 @@ systemd credentials."""
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import stat
 import sys
 from pathlib import Path
@@ -133,15 +135,34 @@ def check_private(key: str, path: Path, error: type[FaceFleetError] = ConfigErro
     if credentials and path.parent == Path(credentials):
         return
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
+        info = path.stat()
     except OSError:
         return  # reading it reports the problem
+    mode = stat.S_IMODE(info.st_mode)
     if mode & (stat.S_IRWXO | stat.S_IWGRP):
         raise error(
             f"{key} {path}: mode {mode:04o} lets other users read or change this secret; "
             f"`chmod 600 {path}` (or 640 with the service's group owning it), or hand it over with "
             "LoadCredential="
         )
+    readers = group_users(info.st_gid) if mode & stat.S_IRGRP else []
+    if len(readers) > 1:
+        shown = ", ".join(readers[:5]) + (", …" if len(readers) > 5 else "")
+        raise error(
+            f"{key} {path}: mode {mode:04o} lets the {len(readers)} users of its group ({shown}) read this "
+            f"secret; `chmod 600 {path}`, or give it to a group of the service's user alone (640), or hand "
+            "it over with LoadCredential="
+        )
+
+
+def group_users(gid: int) -> list[str]:
+    """The users other than root in group `gid`: its members, and those whose primary group it is; sorted."""
+    try:
+        members = set(grp.getgrgid(gid).gr_mem)
+    except KeyError:
+        members = set()
+    members |= {user.pw_name for user in pwd.getpwall() if user.pw_gid == gid}
+    return sorted(members - {"root"})
 
 
 class UnwritableError(FaceFleetError):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facefleet.core.config import check_private
+from facefleet.core.files import read_small
 from facefleet.core.paths import model_store_dir
 from facefleet.server.config import ServerConfig
 from facefleet.server.errors import ServerConfigError
@@ -59,11 +60,15 @@ TLS_FILES = {"ca_cert": "CA certificate", "server_cert": "server certificate", "
 """The server's TLS files: the ServerPaths attribute and [tls] key → what it is."""
 
 
+MAX_PEM_BYTES = 1 << 20
+"""Largest PEM file (the CA, the server's chain, its key) read."""
+
+
 def read_pem(path: Path, key: str) -> bytes:
     """The PEM file of one of TLS_FILES (by key); ServerConfigError says what is wrong and the fix."""
     what = f"{TLS_FILES[key]} (tls.{key})"
     try:
-        data = path.read_bytes()
+        data = read_small(path, MAX_PEM_BYTES)
     except FileNotFoundError:
         raise ServerConfigError(
             f"{what} {path} does not exist; create the site CA and server certificate with "

@@ -21,6 +21,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from facefleet.core.errors import EXIT_UNAVAILABLE
+from facefleet.core.files import read_small
 from facefleet.server.config import is_loopback
 from facefleet.server.errors import ServerConfigError, ServerError, error_for_status
 
@@ -119,15 +120,18 @@ class RemoteSettings:
 def _read_token(path: Path) -> str:
     try:
         info = path.stat()
-        if info.st_size > MAX_TOKEN_FILE_BYTES:
-            raise ServerConfigError(f"--token-file {path}: {info.st_size} bytes is not a token file")
-        token = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ServerConfigError(f"--token-file {path}: cannot read it ({exc})") from None
-    if not token or any(ch.isspace() for ch in token):
-        raise ServerConfigError(f"--token-file {path}: it must hold one token (ff1.…) and nothing else")
+    except OSError as exc:
+        raise ServerConfigError(f"--token-file {path}: cannot read it ({exc.strerror})") from None
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ServerConfigError(f"--token-file {path}: others may read it; chmod 600 {path}")
+    try:
+        token = read_small(path, MAX_TOKEN_FILE_BYTES).decode("utf-8").strip()
+    except OSError as exc:
+        raise ServerConfigError(f"--token-file {path}: not a token file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ServerConfigError(f"--token-file {path}: not a token file (not UTF-8 text)") from None
+    if not token or any(ch.isspace() for ch in token):
+        raise ServerConfigError(f"--token-file {path}: it must hold one token (ff1.…) and nothing else")
     return token
 
 

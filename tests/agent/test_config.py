@@ -3,6 +3,7 @@ file, an unreadable password file and a device id outside the link's id rule wit
 
 from __future__ import annotations
 
+import grp
 import os
 import re
 import resource
@@ -15,14 +16,19 @@ import typing
 from pathlib import Path
 
 import pytest
-import tomllib
 from pydantic import BaseModel
 
 from facefleet.agent.cli.main import main
 from facefleet.agent.config import AgentConfig, load_config, write_threshold
+from facefleet.core.config import group_users
 from facefleet.core.errors import EXIT_CONFIG, EXIT_OK, ConfigError
 from facefleet.server.api import certs
 from facefleet.vision.models.store import ModelStore
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 GARBAGE = "this is not a certificate\n"
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -333,6 +339,16 @@ DOOR = '[[cameras]]\nname = "c"\nsource = "0"\n[[doors]]\nname = "d"\ncamera = "
         ('[mqtt]\nhost = "tcp://broker:1883"\n', "'mqtt.host': 'tcp://broker:1883' is not a host name"),
         ('[mqtt]\nhost = "broker:1883"\n', "'mqtt.host': 'broker:1883' is not a host name or address"),
         ('[mqtt]\nhost = "broker example"\n', "'mqtt.host': 'broker example' is not a host name"),
+        ('[mqtt]\nhost = "[broker]"\n', "'mqtt.host': '[broker]' is not a host name"),
+        (
+            '[[cameras]]\nname = "c"\nsource = "clips/door.mp4"\n',
+            "'cameras.0.source': 'clips/door.mp4' is a relative path, which would be read from the working",
+        ),
+        (
+            '[mqtt]\nusername = "d"\npassword_file = "/dev/zero"\n',
+            "mqtt.password_file /dev/zero: cannot read (not a regular file)",
+        ),
+        ('[models]\nsmoke_photo = "/dev/zero"\n', "models.smoke_photo /dev/zero: cannot read (not a regular"),
         (
             '[models]\nsmoke_photo = "/nonexistent/face.jpg"\n',
             "models.smoke_photo /nonexistent/face.jpg: no such",
@@ -370,6 +386,9 @@ def test_check_config_refuses_values_run_can_never_use(
         '[mqtt]\nhost = "broker.example"\n',
         '[mqtt]\nhost = "192.0.2.7"\n',
         '[mqtt]\nhost = "::1"\n',
+        '[mqtt]\nhost = "[::1]"\n',
+        '[[cameras]]\nname = "c"\nsource = "rtsp://camera.example/stream"\n',
+        '[[cameras]]\nname = "c"\nsource = "/dev/video0"\n',
         DOOR + 'allow_people = ["alice", "bob.smith@site"]\nallow_groups = ["staff"]\n',
         DOOR + 'command = ["gpioset", "gpiochip0", "17=1"]\n',
         DOOR + 'command = ["/usr/local/bin/open-door"]\n',
@@ -409,6 +428,17 @@ def test_check_config_refuses_a_password_file_other_users_can_read(
     assert f"mqtt.password_file {password}: mode 0644" in output and "chmod 600" in output
     password.chmod(0o640)  # root-owned in the service's group
     assert check_config(tmp_path, capsys, text)[0] == EXIT_OK
+
+    groups = {group.gr_gid: group_users(group.gr_gid) for group in grp.getgrall()}
+    own = next(gid for gid, users in groups.items() if len(users) == 1)  # a service user's group
+    os.chown(password, 0, own)
+    assert check_config(tmp_path, capsys, text)[0] == EXIT_OK
+    shared = next(gid for gid, users in groups.items() if len(users) > 1)  # e.g. nogroup, users
+    os.chown(password, 0, shared)
+    code, output = check_config(tmp_path, capsys, text)
+    assert code == EXIT_CONFIG, output
+    readers = groups[shared]
+    assert f"lets the {len(readers)} users of its group ({', '.join(readers[:5])}" in output
 
 
 def test_secrets_in_the_credentials_directory_are_systemds_and_not_checked(
@@ -520,3 +550,13 @@ def test_a_threshold_written_into_the_config_keeps_its_mode_owner_and_link(tmp_p
     assert load_config(real).matching.thresholds == {"sface@2021dec": pytest.approx(0.41)}
     assert load_config(real).device_id == "door-1"
     assert [p.name for p in real.parent.iterdir()] == ["agent.toml"]  # nothing left beside it
+
+
+def test_an_ipv6_broker_in_brackets_and_a_camera_under_home_are_taken_as_the_connection_needs_them(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('[mqtt]\nhost = "[::1]"\n[[cameras]]\nname = "c"\nsource = "~/clips/door.mp4"\n')
+    config = load_config(path)
+    assert config.mqtt.host == "::1"  # paho resolves "[::1]" as a host name, and fails
+    assert config.cameras[0].source == str(Path.home() / "clips/door.mp4")

@@ -96,6 +96,7 @@ def test_check_config_names_the_bad_key(tmp_path: Path, capsys: pytest.CaptureFi
             "server key (tls.server_key) {tmp}/server.toml is not a PEM",
         ),
         ('[tls]\nserver_key = "server.toml"\n', "'tls.server_key': 'server.toml' is a relative path"),
+        ('[tls]\nca_cert = "/dev/zero"\n', "(tls.ca_cert) /dev/zero: cannot read (not a regular file)"),
         ('state_dir = "state"\n', "'state_dir': 'state' is a relative path"),
         ('[runtime]\ndevice = "BOGUS"\n', "'runtime.device': 'BOGUS' is not an OpenVINO device name"),
         ('[models]\ndir = "models"\n', "'models.dir': 'models' is a relative path, which would be read from"),

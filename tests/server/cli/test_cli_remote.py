@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import uuid
 from collections import Counter
@@ -300,6 +301,13 @@ def test_remote_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixtur
     )
     assert code == EXIT_UNAVAILABLE
     assert "cannot reach https://127.0.0.1:1" in err
+    fifo = tmp_path / "token-fifo"  # read as it was, a FIFO nobody writes to held the command for ever
+    os.mkfifo(fifo, 0o600)
+    code, _, err = run_cli(
+        capsys, "--server", "https://127.0.0.1:1", "--token-file", str(fifo), "people", "list"
+    )
+    assert code == EXIT_CONFIG
+    assert f"--token-file {fifo}: not a token file (not a regular file)" in err
 
 
 def test_models_and_rollouts_through_a_remote_server(

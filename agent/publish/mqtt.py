@@ -157,24 +157,34 @@ class MqttLink:
             return None
         return int(info.mid)
 
-    def publish_retained(self, topic: str, payload: dict[str, Any]) -> None:
-        """Publish a retained JSON document to a full topic (e.g. Home Assistant discovery), if connected."""
-        if self.connected:
-            self._client.publish(topic, json.dumps(payload).encode(), qos=1, retain=True)
+    def publish_retained(self, topic: str, payload: dict[str, Any]) -> bool:
+        """Publish a retained JSON document to a full topic (e.g. Home Assistant discovery), if connected;
+        whether it was handed to the client (False: not connected)."""
+        if not self.connected:
+            return False
+        info = self._client.publish(topic, json.dumps(payload).encode(), qos=1, retain=True)
+        return bool(info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS)
 
-    def publish_latest(self, suffix: str, payload: bytes, expiry_s: int) -> None:
+    def publish_latest(self, suffix: str, payload: bytes, expiry_s: int) -> bool:
         """Publish raw bytes (e.g. a JPEG) retained under the prefix, if connected: a latest value that the
         next one replaces, and the broker drops after expiry_s (MQTT 5 message expiry). QoS 0, so no PUBACK
-        comes back to be taken for an outbox message's."""
-        if self.connected:
-            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            properties.MessageExpiryInterval = expiry_s
-            self._client.publish(self.topic(suffix), payload, qos=0, retain=True, properties=properties)
+        comes back to be taken for an outbox message's. Whether it was handed to the client."""
+        if not self.connected:
+            return False
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.MessageExpiryInterval = expiry_s
+        info = self._client.publish(self.topic(suffix), payload, qos=0, retain=True, properties=properties)
+        return bool(info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS)
 
-    def clear_retained(self, topic: str) -> None:
-        """Remove the broker's retained message on a full topic (an empty retained message), if connected."""
-        if self.connected:
-            self._client.publish(topic, b"", qos=1, retain=True)
+    def clear_retained(self, topic: str) -> Callable[[], bool] | None:
+        """Remove the broker's retained message on a full topic (an empty retained message), if connected:
+        what tells whether the broker has acknowledged the removal, or None when not connected."""
+        if not self.connected:
+            return None
+        info = self._client.publish(topic, b"", qos=1, retain=True)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return None
+        return info.is_published
 
     def set_status(self, status: dict[str, Any]) -> None:
         """Publish the retained status now (if connected) and again after every reconnect."""

@@ -1,6 +1,8 @@
 """The agent's loop: cameras → faces → identities → tracks → events over MQTT, the doors fed with every
 frame, commands from `cmd/#` between frames, model switches between two frames, a retained status, and
-systemd notifications.
+systemd notifications. After each connect to the broker the frame loop publishes what is retained (Home
+Assistant discovery, the cameras' states) and removes what earlier runs left retained that the config no
+longer has (facefleet.agent.publish.retained).
 
 Frames are analysed as they come (latest frame wins per camera), one at a time or pipelined (the next
 frame's inference runs while the loop handles the last one's faces), whichever `[service] pipeline` and the
@@ -28,7 +30,7 @@ from facefleet.agent.cameras import Camera, CameraFrame, CameraSettings, stop_ca
 from facefleet.agent.config import AgentConfig
 from facefleet.agent.domain.records import Person, StoreError
 from facefleet.agent.metrics import AgentFigures, AgentMetrics
-from facefleet.agent.publish.discovery import discovery_messages, face_image_topic
+from facefleet.agent.publish.discovery import discovery_messages, former_discovery_topics
 from facefleet.agent.publish.events import (
     AccessEvent,
     AgentEvent,
@@ -38,6 +40,7 @@ from facefleet.agent.publish.events import (
 )
 from facefleet.agent.publish.mqtt import MqttLink
 from facefleet.agent.publish.outbox import OutboxPublisher
+from facefleet.agent.publish.retained import CameraStates, RetainedMessages
 from facefleet.agent.recognition.matching import Decision, Matcher
 from facefleet.agent.recognition.snapshots import (
     FaceCrop,
@@ -130,7 +133,6 @@ class AgentService:
             self.errors: list[str] = []
             self.people: dict[str, Person] = {}
             self.people_revision = -1
-            self._camera_state: dict[str, dict[str, Any]] = {}
             self.frames_analysed = dict.fromkeys(self.cameras, 0)
             self.model_mismatches = 0
             self._switches: queue.Queue[Switch] = queue.Queue()
@@ -151,6 +153,12 @@ class AgentService:
                 self._person,
             )
             self.link = self._make_link() if config.mqtt.enabled else None
+            self._connected_anew = threading.Event()
+            """Set on each connect to the broker: the frame loop publishes what is retained."""
+            self.retained, self.camera_states = None, None
+            if self.link is not None:
+                self.retained = self._retained_messages(self.link)
+                self.camera_states = CameraStates(self.link, list(self.cameras))
             self.sync = self._make_sync() if config.server.enabled else None
             self.frame_path = PathChooser(config.service.pipeline)
             self._pipeline = self._new_pipeline()
@@ -186,6 +194,8 @@ class AgentService:
         if self.sync is not None:
             self.sync.start()
         if self.link is not None:
+            if self.retained is not None:
+                self._guarded(self.retained.start)
             self.link.set_status(self.status())
             self.link.start()
         notify.notify("READY=1", f"STATUS=watching {len(self.cameras)} camera(s)")
@@ -200,6 +210,7 @@ class AgentService:
                 self.commands.execute_waiting()
                 self._apply_switches()
                 self._refresh_gallery()
+                self._publish_retained()
                 busy = False
                 for name, camera in self.cameras.items():
                     frame = camera.next_frame(last_frame[name], timeout=0.0)
@@ -369,9 +380,10 @@ class AgentService:
             known = track.identity != UNKNOWN
             if track.kind == "ended" and self.sync is not None and reported(config.report, known):
                 snapshot = snapshot_of(best, self.snapshot_settings, f"camera:{camera}")
-            if config.publish_latest and self.link is not None:
+            if config.publish_latest and self.link is not None and self.camera_states is not None:
                 jpeg = snapshot.crop_jpeg if snapshot is not None else crop_jpeg(best, self.snapshot_settings)
-                self.link.publish_latest(f"cameras/{camera}/face", jpeg, config.latest_expiry_s)
+                if self.link.publish_latest(f"cameras/{camera}/face", jpeg, config.latest_expiry_s):
+                    self.camera_states.face_published(camera, track.identity if known else None)
         except ValueError as exc:  # LinkError too: a JPEG past the link's limits
             log.error("camera %s: no snapshot of track %s: %s", camera, track.track_id, exc)
         return snapshot
@@ -454,19 +466,43 @@ class AgentService:
         self._guarded(self.store.snapshots.expire)
 
     def _update_camera_state(self, camera: str, faces: list[Face], decisions: list[Decision]) -> None:
+        if self.camera_states is None:
+            return
         best = max(faces, key=lambda f: f.quality.score, default=None)
         expression = best.expression if best is not None else None
-        state = {
-            "faces_in_view": len(faces),
-            "last_person": self._camera_state.get(camera, {}).get("last_person", "none"),
-            "expression": expression.label if expression is not None else None,
-        }
-        matched = [d.person_id for d in decisions if d.person_id]
-        if matched:
-            state["last_person"] = matched[0]
-        if state != self._camera_state.get(camera) and self.link is not None:
-            self._camera_state[camera] = state
-            self.link.publish_retained(f"{self.prefix}cameras/{camera}/state", state)
+        matched = next((d.person_id for d in decisions if d.person_id), None)
+        label = expression.label if expression is not None else None
+        self.camera_states.update(camera, len(faces), matched, label)
+
+    def _publish_retained(self) -> None:
+        """After a connect: remove what earlier runs left retained and this config no longer has, publish
+        the discovery configs and every camera's state. Forget the removals the broker acknowledged."""
+        if self.retained is None or self.camera_states is None:
+            return
+        if self._connected_anew.is_set():
+            self._connected_anew.clear()  # first: a connect while publishing publishes again
+            self.retained.announce()
+            self.camera_states.republish()
+        self._guarded(self.retained.settle)
+
+    def _retained_messages(self, link: MqttLink) -> RetainedMessages:
+        """What this config keeps retained: the status, discovery configs (with discovery_prefix), each
+        camera's state, and its face crop with snapshots.publish_latest; and what agents that kept no record
+        of them published (their discovery topics, and face crops)."""
+        cameras, doors = list(self.cameras), list(self.doors.controllers)
+        discovery_prefix = self.config.mqtt.discovery_prefix
+        publish_latest = self.config.snapshots.publish_latest
+        discovery = []
+        former = [link.topic(f"cameras/{camera}/face") for camera in cameras]
+        if discovery_prefix:
+            discovery = discovery_messages(
+                discovery_prefix, self.prefix, self.device_id, __version__, cameras, doors, publish_latest
+            )
+            former += former_discovery_topics(discovery_prefix, self.device_id, cameras, doors)
+        topics = [link.topic("status"), *(link.topic(f"cameras/{camera}/state") for camera in cameras)]
+        if publish_latest:
+            topics += [link.topic(f"cameras/{camera}/face") for camera in cameras]
+        return RetainedMessages(link, self.store.retained, discovery, topics, former)
 
     # ---- model switches -------------------------------------------------------------------------------
 
@@ -531,6 +567,8 @@ class AgentService:
             if (self.matcher.revision or 0) != self.people_revision:
                 self.people = {p.person_id: p for p in self.store.gallery.people()}
                 self.people_revision = self.matcher.revision or 0
+                if self.camera_states is not None:  # no retained state names a person erased
+                    self.camera_states.forget_people(self.people)
         except StoreError as exc:
             log.error("gallery refresh: %s (keeping the last gallery)", exc)
 
@@ -578,25 +616,8 @@ class AgentService:
 
     def _connection_changed(self, connected: bool, reason: str) -> None:
         self.outbox.connection_changed(connected)
-        if not connected or self.link is None:
-            return
-        discovery = self.config.mqtt.discovery_prefix
-        if discovery:
-            for topic, payload in discovery_messages(
-                discovery,
-                self.prefix,
-                self.device_id,
-                __version__,
-                list(self.cameras),
-                list(self.doors.controllers),
-                face_images=self.config.snapshots.publish_latest,
-            ):
-                self.link.publish_retained(topic, payload)
-        if not self.config.snapshots.publish_latest:  # faces an earlier run published stay no longer
-            for camera in self.cameras:
-                self.link.clear_retained(self.link.topic(f"cameras/{camera}/face"))
-                if discovery:
-                    self.link.clear_retained(face_image_topic(discovery, self.device_id, camera))
+        if connected:
+            self._connected_anew.set()
 
 
 def limit_malloc_arenas() -> None:

@@ -1,7 +1,7 @@
 """`EmbeddingStore`, the object callers open: the agent's store file (facefleet.agent.store.connection)
 with its parts as attributes — `gallery` (people, embeddings, revision), `outbox` (MQTT), `audit` (door
-decisions), `sync` (the fleet server's sync point), `reports` (events queued for the server) and `snapshots`
-(the face snapshots of those events).
+decisions), `sync` (the fleet server's sync point), `reports` (events queued for the server), `snapshots`
+(the face snapshots of those events) and `retained` (the MQTT topics it published retained messages on).
 
     with EmbeddingStore(state_dir / "agent.db") as store:
         store.gallery.add_person(Person("alice"), embeddings)
@@ -19,6 +19,7 @@ from facefleet.agent.store.gallery import GalleryStore
 from facefleet.agent.store.migrations import MIGRATIONS
 from facefleet.agent.store.outbox import DEFAULT_OUTBOX_LIMIT, Outbox
 from facefleet.agent.store.reports import DEFAULT_REPORT_LIMIT, PreparedReport, ReportQueue
+from facefleet.agent.store.retained import RetainedTopics
 from facefleet.agent.store.snapshots import (
     DEFAULT_SNAPSHOT_KEEP_S,
     DEFAULT_SNAPSHOT_LIMIT_BYTES,
@@ -78,6 +79,7 @@ class EmbeddingStore:
             self.sync = ServerSync(self.connection, self.gallery)
             self.snapshots = SnapshotQueue(self.connection, snapshot_limit_bytes, snapshot_keep_s)
             self.reports = ReportQueue(self.connection, report_limit, self.snapshots)
+            self.retained = RetainedTopics(self.connection)
         except BaseException:
             self.connection.close()
             raise

@@ -1,7 +1,8 @@
 """The store's schema, as numbered migrations (facefleet.core.migrations): append new ones, never edit one
 that has shipped. 1: people, embeddings, gallery revision, outbox, audit log, counters; 2: the server sync
 point and the report queue (events as JSON text); 3: the report queue holds link Events as protobuf bytes;
-4: face snapshots beside the reports of their events.
+4: face snapshots beside the reports of their events; 5: the server's cluster threshold; 6: the MQTT topics
+the agent published retained messages on.
 
 Stores migrated before this runner existed recorded their migrations with sqlite-utils, in its
 `_sqlite_migrations` table (set "facefleet-agent-store", names "0001_initial" and "0002_sync"): such a store
@@ -129,6 +130,11 @@ SERVER_THRESHOLDS = (
     "ALTER TABLE server_sync ADD COLUMN cluster_threshold REAL CHECK (cluster_threshold BETWEEN -1 AND 1)",
 )
 
+RETAINED_TOPICS = (
+    # Full topics, the discovery and topic prefixes included: a prefix changed in the config is cleared too.
+    "CREATE TABLE mqtt_retained (topic TEXT PRIMARY KEY NOT NULL) WITHOUT ROWID",
+)
+
 
 def _convert_json_reports(conn: sqlite3.Connection) -> None:
     """Migration 3: every report queued as JSON text moves to the new table as the same Event in protobuf,
@@ -246,6 +252,7 @@ MIGRATIONS = Migrations(
         Migration(3, "typed_reports", TYPED_REPORTS, _convert_json_reports),
         Migration(4, "snapshots", SNAPSHOTS),
         Migration(5, "server_thresholds", SERVER_THRESHOLDS),
+        Migration(6, "retained_topics", RETAINED_TOPICS),
     ),
     what="store",
     program="agent",

@@ -24,6 +24,7 @@ import pytest
 from facefleet.agent.commands import CLAIMS_PER_WINDOW, COMMAND_QUEUE_LIMIT
 from facefleet.agent.config import load_config
 from facefleet.agent.domain.records import Embedding, Person, PersonUpsert
+from facefleet.agent.publish.discovery import SENSOR_KEYS, object_id
 from facefleet.agent.publish.mqtt import MAX_COMMAND_BYTES
 from facefleet.agent.service.loop import CAMERAS_STOP_S, AgentService
 from facefleet.agent.store.database import EmbeddingStore
@@ -36,6 +37,7 @@ from tests.videos import write_video
 pytestmark = pytest.mark.slow  # the service end to end: a broker, cameras in real time, one run as a process
 
 PREFIX = "facefleet/door-box/"
+SENSORS = [key for key, _, _ in SENSOR_KEYS]
 
 
 @pytest.fixture
@@ -432,23 +434,64 @@ def test_refused_claims_take_at_most_a_tenth_of_a_small_outbox_while_the_broker_
     assert queued.count("replies/verify") == 5  # a tenth of outbox_limit: e0's, e1's and three refusals
 
 
-def test_home_assistant_discovery(
+def test_home_assistant_discovery_and_what_a_changed_config_no_longer_has_is_removed(
     state_dir: Path, broker: Mosquitto, subscriber_factory: Any, tmp_path: Path
+) -> None:
+    path = config_file(tmp_path, broker.port, "loop", blank_camera(tmp_path))
+    watcher = subscriber_factory(broker.port, "#")
+    with running(AgentService(load_config(path), state_dir)):
+        watcher.wait_for(lambda: watcher.on(PREFIX + "cameras/loop/state"), timeout=30)
+        watcher.wait_for(
+            lambda: len([t for t, _, _ in watcher.messages if t.startswith("homeassistant/")]) >= 4
+        )
+    person = watcher.on(f"homeassistant/sensor/{object_id('door-box', 'loop', 'person')}/config")[0]
+    assert person["state_topic"] == PREFIX + "cameras/loop/state"
+    assert person["availability"][0]["topic"] == PREFIX + "status"
+    door = watcher.on(f"homeassistant/sensor/{object_id('door-box', 'front', 'access')}/config")[0]
+    assert door["state_topic"] == PREFIX + "access/front"
+    first = {topic for topic, payload, _ in watcher.messages if payload != b""}
+
+    # camera "loop" and door "front" taken out, camera "yard" and door "side" put in
+    path.write_text(path.read_text().replace('"loop"', '"yard"').replace('name = "front"', 'name = "side"'))
+    with running(AgentService(load_config(path), state_dir)):
+        gone = first - {PREFIX + "status"}
+        watcher.wait_for(lambda: all(b"" in watcher.on(topic) for topic in gone), timeout=30)
+    later = subscriber_factory(broker.port, "#")
+    later.wait_for(lambda: later.on(PREFIX + "cameras/yard/state"))
+    kept = {topic for topic, _, retained in later.messages if retained}
+    assert len(gone) == 5 and not kept & gone
+    assert kept == {
+        PREFIX + "status",
+        PREFIX + "cameras/yard/state",
+        *(f"homeassistant/sensor/{object_id('door-box', 'yard', key)}/config" for key in SENSORS),
+        f"homeassistant/sensor/{object_id('door-box', 'side', 'access')}/config",
+    }
+
+
+def test_a_camera_state_changed_while_the_broker_is_away_reaches_it_and_names_no_erased_person(
+    state_dir: Path, astronaut: np.ndarray, broker: Mosquitto, subscriber_factory: Any, tmp_path: Path
 ) -> None:
     folder = tmp_path / "frames"
     folder.mkdir()
-    cv2.imwrite(str(folder / "empty.png"), np.full((200, 200, 3), 50, np.uint8))
-    config = load_config(config_file(tmp_path, broker.port, "loop", folder))
-    watcher = subscriber_factory(broker.port, "homeassistant/#")
-    service = AgentService(config, state_dir)
+    cv2.imwrite(str(folder / "eileen.png"), astronaut)
+    service = AgentService(load_config(config_file(tmp_path, broker.port, "loop", folder)), state_dir)
+    state = PREFIX + "cameras/loop/state"
+    watcher = subscriber_factory(broker.port, state)
     with running(service):
-        watcher.wait_for(lambda: len(watcher.messages) >= 4, timeout=30)
-    topics = {topic: payload for topic, payload, _ in watcher.messages}
-    person = topics["homeassistant/sensor/facefleet_door-box_loop_person/config"]
-    assert person["state_topic"] == PREFIX + "cameras/loop/state"
-    assert person["availability"][0]["topic"] == PREFIX + "status"
-    door = topics["homeassistant/sensor/facefleet_door-box_front_access/config"]
-    assert door["state_topic"] == PREFIX + "access/front"
+        watcher.wait_for(lambda: any(s["last_person"] == "eileen" for s in watcher.on(state)), timeout=30)
+        broker.stop()
+        deadline = time.monotonic() + 30
+        while service.link is not None and service.link.connected:
+            assert time.monotonic() < deadline, "the agent did not see the broker go"
+            time.sleep(0.05)
+        service.store.gallery.delete_person("eileen")  # erased while the broker is away
+        while "eileen" in service.people:  # the frame loop took the gallery without her
+            assert time.monotonic() < deadline, "the gallery was not refreshed"
+            time.sleep(0.05)
+        broker.start()
+        later = subscriber_factory(broker.port, state)
+        later.wait_for(lambda: later.on(state) and later.on(state)[-1]["last_person"] == "none", timeout=30)
+    assert later.on(state)[-1]["faces_in_view"] == 1  # she is still in view, recognised no more
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import numpy.typing as npt
 import pytest
 
 from facefleet.agent.config import load_config
+from facefleet.agent.publish.discovery import object_id
 from facefleet.agent.service.loop import AgentService
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.link.events import Event
@@ -161,7 +162,8 @@ def test_each_cameras_latest_face_crop_is_published_retained_as_a_jpeg(
     crops = watcher.on(PREFIX + "cameras/door/face")
     assert all(isinstance(c, bytes) and decode(c).shape == (112, 112, 3) for c in crops)
     assert all(e["snapshot_id"] is None for e in watcher.on(PREFIX + "events/face"))  # no server: no report
-    discovery = watcher.on("homeassistant/image/facefleet_door-box_door_face/config")[0]
+    image_entity = f"homeassistant/image/{object_id('door-box', 'door', 'face')}/config"
+    discovery = watcher.on(image_entity)[0]
     assert discovery["image_topic"] == PREFIX + "cameras/door/face"
     assert discovery["content_type"] == "image/jpeg"
     later = subscriber_factory(broker.port, PREFIX + "cameras/door/face")  # after the agent stopped
@@ -177,4 +179,4 @@ def test_each_cameras_latest_face_crop_is_published_retained_as_a_jpeg(
     after = subscriber_factory(broker.port, "#")
     after.wait_for(lambda: after.on(PREFIX + "status"))
     assert after.on(PREFIX + "cameras/door/face") == []
-    assert after.on("homeassistant/image/facefleet_door-box_door_face/config") == []
+    assert after.on(image_entity) == []

@@ -160,6 +160,7 @@ def test_a_store_migrated_by_sqlite_utils_is_adopted_and_its_json_reports_become
             (3, "typed_reports"),
             (4, "snapshots"),
             (5, "server_thresholds"),
+            (6, "retained_topics"),
         ]
         assert conn.execute("PRAGMA user_version").fetchone() == (MIGRATIONS.latest,)
     conn.close()

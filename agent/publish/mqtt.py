@@ -2,13 +2,18 @@
 and retained status, the command subscription, and QoS 1 publishes acknowledged by PUBACK.
 
 Topics live under a prefix, by default `facefleet/<device_id>/`: `status` (retained; the last will sets it
-to offline), `events/face`, `access/<door>`, `cameras/<camera>/…` (retained), and `cmd/#` (subscribed).
-Commands delivered with the retain flag (a retained message the broker replays on every connect) are logged
-and ignored, never passed on.
+to offline), `events/face`, `access/<door>`, `cameras/<camera>/…` (retained), and `cmd/#` (subscribed; a
+refused subscription is logged and reported as an error). Commands delivered with the retain flag (a
+retained message the broker replays on every connect) are logged and ignored, never passed on.
+
+Every connect starts a new session that ends with the connection (clean start, no session expiry): the
+broker keeps no command for the agent while it is away, so a badge claim sent then is never executed late;
+the sender gets no reply and must send it again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -36,6 +41,9 @@ OFFLINE_STATUS = {"schema": 1, "state": "offline"}
 PERMANENT_REFUSALS = frozenset({0x90, 0x99})
 """MQTT 5 PUBACK reasons no retry mends: Topic Name invalid, Payload format invalid (Not authorized is not
 among them: a broker's ACL can be put right)."""
+ACK_TIMEOUT_KEEPALIVES = 3
+"""A connected broker that leaves a message unacknowledged for this many keep-alive intervals is taken for
+stuck: the connection is dropped and made again, and the unacknowledged messages go out again."""
 
 
 @dataclass(frozen=True)
@@ -71,8 +79,9 @@ class MqttLink:
     retry mends); on_command(subtopic, payload) for each
     live message under `<prefix>cmd/` of at most MAX_COMMAND_BYTES; on_oversized(subtopic, size) instead
     for a larger one (its payload is not passed on); on_connection(connected, reason) on every connect and
-    disconnect, and on each failed attempt, with why (a refused TLS certificate, say). Callbacks run on
-    paho's thread and must be quick."""
+    disconnect, and on each failed attempt, with why (a refused TLS certificate, say); on_error(message) for
+    a fault the agent's status should show (a refused subscription, a broker that acknowledges nothing).
+    Callbacks run on paho's thread and must be quick."""
 
     def __init__(
         self,
@@ -82,9 +91,11 @@ class MqttLink:
         on_connection: Callable[[bool, str], None],
         on_oversized: Callable[[str, int], None] | None = None,
         on_refused: Callable[[int, str, bool], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self._on_ack = on_ack
+        self._on_error = on_error
         self._on_refused = on_refused
         self._on_command = on_command
         self._on_oversized = on_oversized
@@ -117,6 +128,7 @@ class MqttLink:
         client.on_log = self._handle_log
         client.on_publish = self._handle_publish
         client.on_message = self._handle_message
+        client.on_subscribe = self._handle_subscribe
         self._client = client
 
     def topic(self, suffix: str) -> str:
@@ -130,8 +142,12 @@ class MqttLink:
         """Connect in the background; paho reconnects by itself after a loss."""
         limits = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         limits.MaximumPacketSize = MAX_PACKET_BYTES
-        self._client.connect_async(
-            self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s, properties=limits
+        self._client.connect_async(  # no session expiry (none set): the session ends with the connection
+            self.settings.host,
+            self.settings.port,
+            keepalive=self.settings.keepalive_s,
+            clean_start=True,
+            properties=limits,
         )
         self._client.loop_start()
 
@@ -185,6 +201,26 @@ class MqttLink:
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return None
         return info.is_published
+
+    def drop_stalled_connection(self, waited_s: float) -> None:
+        """The broker, connected, has left a message unacknowledged for waited_s seconds: log it, report it
+        (on_error) and drop the connection, so that paho connects again (after reconnect_min_s) and every
+        unacknowledged message goes out again on the new connection."""
+        where = f"{self.settings.host}:{self.settings.port}"
+        message = (
+            f"MQTT: broker {where} has acknowledged no message for {waited_s:.0f} s while connected; "
+            "reconnecting to send the unacknowledged messages again"
+        )
+        log.warning("%s", message)
+        if self._on_error is not None:
+            self._on_error(message)
+        connection = self._client.socket()
+        if not isinstance(connection, socket.socket):
+            return
+        self._socket_error = f"no acknowledgement for {waited_s:.0f} s"
+        # the plain socket's shutdown, also under TLS: paho's thread then reads the end of the stream
+        with contextlib.suppress(OSError):  # already gone
+            socket.socket.shutdown(connection, socket.SHUT_RDWR)
 
     def set_status(self, status: dict[str, Any]) -> None:
         """Publish the retained status now (if connected) and again after every reconnect."""
@@ -276,6 +312,22 @@ class MqttLink:
                 self._on_refused(mid, name, reason.value in PERMANENT_REFUSALS)
             return
         self._on_ack(mid)
+
+    def _handle_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
+    ) -> None:
+        refused = [str(reason.getName()) for reason in reasons if reason.is_failure]
+        if not refused:
+            return
+        topic = self.topic("cmd/#")
+        message = (
+            f"MQTT: broker {self.settings.host}:{self.settings.port} refused the subscription to {topic} "
+            f"({', '.join(refused)}): no command (badge claim) reaches this agent; allow this client to "
+            f"subscribe to {topic} in the broker's ACL"
+        )
+        log.error("%s", message)
+        if self._on_error is not None:
+            self._on_error(message)
 
     def _handle_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         prefix = self.topic("cmd/")

@@ -8,6 +8,10 @@ payload) is removed and counted (`outbox_rejected`), as is one the MQTT client r
 (a topic over MQTT's 65,535 bytes); any other (not authorised, a quota) waits RETRY_FIRST_S, doubling to
 RETRY_MAX_S, and goes out again, as long as the outbox keeps it: an ACL put right later still gets every
 event.
+
+A broker that stays connected but leaves the oldest message in flight unanswered for `ack_timeout_s` would
+hold the whole window, and every event behind it, for ever: the publisher then asks for the connection to be
+dropped (`stalled`), and the messages go out again once it is made anew.
 """
 
 from __future__ import annotations
@@ -53,7 +57,10 @@ class OutboxPublisher:
 
     publish(topic_suffix, payload, qos) returns the MQTT message id, or None when not connected; connect
     `acknowledged(mid)`, `refused(mid, reason, permanent)` and `connection_changed(up)` to the MQTT link's
-    callbacks. clock: monotonic seconds, for retry times and the age of early answers."""
+    callbacks. clock: monotonic seconds, for retry times, the age of early answers and of messages in
+    flight. stalled(waited_s) is called (on the publisher's thread), once per connection, when the oldest
+    message in flight has waited ack_timeout_s (None: never) for the broker's answer: it should drop the
+    connection (MqttLink.drop_stalled_connection)."""
 
     def __init__(
         self,
@@ -61,15 +68,20 @@ class OutboxPublisher:
         publish: Publish,
         window: int = 50,
         clock: Callable[[], float] = time.monotonic,
+        ack_timeout_s: float | None = None,
+        stalled: Callable[[float], None] | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._publish = publish
         self._window = window
+        self._ack_timeout_s = ack_timeout_s
+        self._stalled = stalled
+        self._stalled_generation = -1  # the connection stalled() was last called for
         self._lock = threading.Lock()  # never held while calling into the MQTT client
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._in_flight: dict[int, int] = {}  # MQTT message id → outbox id
+        self._in_flight: dict[int, tuple[int, float]] = {}  # MQTT message id → (outbox id, sent at), in order
         self._early: OrderedDict[int, tuple[float, Refusal | None]] = OrderedDict()
         """MQTT message id → (when, the broker's answer: None = acknowledged) for ids not in flight."""
         self._acked: list[int] = []
@@ -114,9 +126,9 @@ class OutboxPublisher:
     def _answered(self, mid: int, refusal: Refusal | None) -> None:
         now = self._clock()
         with self._lock:
-            outbox_id = self._in_flight.pop(mid, None)
-            if outbox_id is not None:
-                self._settle(outbox_id, refusal)
+            in_flight = self._in_flight.pop(mid, None)
+            if in_flight is not None:
+                self._settle(in_flight[0], refusal)
             else:  # early, or the answer to a message of another kind (status, a QoS 0 latest value)
                 while self._early and now - next(iter(self._early.values()))[0] >= EARLY_OUTCOME_S:
                     self._early.popitem(last=False)
@@ -167,6 +179,7 @@ class OutboxPublisher:
                 self._delete_acknowledged()
                 self._handle_refused()
                 self._send()
+                self._check_stalled()
             except StoreError as exc:
                 log.error("outbox: %s (retrying)", exc)
                 self._stop.wait(1.0)
@@ -273,7 +286,23 @@ class OutboxPublisher:
                     self._settle(message.message_id, early[1])
                     self._wake.set()  # to delete it (or handle its refusal) on the next round, at once
                 else:
-                    self._in_flight[mid] = message.message_id
+                    self._in_flight[mid] = (message.message_id, self._clock())
             room -= 1
             if room <= 0:
                 return
+
+    def _check_stalled(self) -> None:
+        """Call stalled() when the oldest message in flight has waited ack_timeout_s for its answer (once
+        per connection: the disconnect that follows clears what is in flight)."""
+        if self._ack_timeout_s is None or self._stalled is None:
+            return
+        with self._lock:
+            if not self._connected or not self._in_flight or self._stalled_generation == self._generation:
+                return
+            _, sent_at = next(iter(self._in_flight.values()))
+            generation = self._generation
+        waited = self._clock() - sent_at
+        if waited < self._ack_timeout_s:
+            return
+        self._stalled_generation = generation
+        self._stalled(waited)

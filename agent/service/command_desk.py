@@ -4,7 +4,10 @@ schema, executed once per request_id, and answered on `replies/<command>`.
 
 A badge claim (cmd/verify) for a person not enrolled, or past its door's claim rate, is refused with a reply
 only: it never reaches the door, so it writes no audit entry and no access event, and a flood of them is
-bounded by the replies' own cap in the outbox instead of pushing the doors' real events out of it."""
+bounded by the replies' own cap in the outbox instead of pushing the doors' real events out of it.
+
+A claim's timeout counts from its arrival: one that waited for the frame loop past it is refused as expired,
+never executed late."""
 
 from __future__ import annotations
 
@@ -62,7 +65,8 @@ class CommandDesk:
         self.guarded = guarded
         self.record_error = record_error
         self.person = person
-        self.waiting: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=COMMAND_QUEUE_LIMIT)
+        self.waiting: queue.Queue[tuple[str, bytes, float]] = queue.Queue(maxsize=COMMAND_QUEUE_LIMIT)
+        """(command, payload, arrival in monotonic seconds)"""
         self._executed = RecentRequests(REPEAT_WINDOW_S, REMEMBERED_REQUESTS)
         self._claims = ClaimRate(CLAIMS_PER_WINDOW, CLAIM_WINDOW_S)
         self.claims_over_rate = 0
@@ -74,7 +78,7 @@ class CommandDesk:
         if not self._named_well(command):
             return
         try:
-            self.waiting.put_nowait((command, payload))
+            self.waiting.put_nowait((command, payload, time.monotonic()))
         except queue.Full:
             detail = f"busy: {COMMAND_QUEUE_LIMIT} commands are already waiting; not executed, send it again"
             self._reply(command, request_id_of(payload), False, detail, time.time())
@@ -106,12 +110,12 @@ class CommandDesk:
         """In the frame loop: execute every command waiting, in order."""
         while True:
             try:
-                command, payload = self.waiting.get_nowait()
+                command, payload, arrived = self.waiting.get_nowait()
             except queue.Empty:
                 return
-            self._execute(command, payload)
+            self._execute(command, payload, arrived)
 
-    def _execute(self, command: str, payload: bytes) -> None:
+    def _execute(self, command: str, payload: bytes, arrived: float) -> None:
         now = time.time()
         request_id = request_id_of(payload)  # read leniently, so that refusals carry it too
         if command != "verify":
@@ -130,14 +134,17 @@ class CommandDesk:
             self._reply(command, request.request_id, False, f"unknown door {request.door!r}", now)
             return
         steady = time.monotonic()
-        refusal = self._executed.duplicate(command, request.request_id, steady)
+        timeout_s = request.timeout_s or door.door.claim_timeout_s
+        refusal = _expired(steady - arrived, timeout_s)
+        refusal = refusal or self._executed.duplicate(command, request.request_id, steady)
         refusal = refusal or self._claim_refusal(request, steady)
         if refusal is not None:  # not executed, so not remembered: it may be sent again
             self._reply(command, request.request_id, False, refusal, now)
             return
         if request.request_id is not None:
             self._executed.add((command, request.request_id), steady)
-        immediate = door.claim(request.person_id, steady, request.timeout_s, request.request_id)
+        remaining_s = timeout_s - (steady - arrived)
+        immediate = door.claim(request.person_id, steady, remaining_s, request.request_id)
         self._reply(
             command, request.request_id, True, f"verifying {request.person_id!r} at {request.door!r}", now
         )
@@ -170,9 +177,20 @@ class CommandDesk:
         self.guarded(lambda: _queue_reply(outbox, topic, payload))
 
 
+def _expired(waited_s: float, timeout_s: float) -> str | None:
+    """Why a claim that waited waited_s for the frame loop is not executed (its timeout passed), or None."""
+    if waited_s < timeout_s:
+        return None
+    return (
+        f"expired: it waited {waited_s:.1f} s for the agent's frame loop, past its timeout of "
+        f"{timeout_s:g} s; not executed, send it again"
+    )
+
+
 def _queue_reply(outbox: OutboxPublisher, topic: str, payload: str) -> None:
-    """Queue a reply unless reply_cap() replies wait already (a flood of refused commands, or commands the
-    broker kept during an outage, must not push queued events out of the outbox)."""
+    """Queue a reply unless reply_cap() replies wait already: a flood of refused commands, taken just before
+    the broker went away or while it is slow to acknowledge, must not push queued events out of the outbox.
+    (The broker keeps no command while the agent is away: its session ends with the connection.)"""
     cap = reply_cap(outbox.limit)
     if outbox.submit(topic, payload, same_kind_limit=cap) is None:
         log.warning("%s not sent: %d replies are waiting for the broker already", topic, cap)

@@ -38,7 +38,7 @@ from facefleet.agent.publish.events import (
     face_event,
     mqtt_payload,
 )
-from facefleet.agent.publish.mqtt import MqttLink
+from facefleet.agent.publish.mqtt import ACK_TIMEOUT_KEEPALIVES, MqttLink
 from facefleet.agent.publish.outbox import OutboxPublisher
 from facefleet.agent.publish.retained import CameraStates, RetainedMessages
 from facefleet.agent.recognition.matching import Decision, Matcher
@@ -136,7 +136,12 @@ class AgentService:
             self.frames_analysed = dict.fromkeys(self.cameras, 0)
             self.model_mismatches = 0
             self._switches: queue.Queue[Switch] = queue.Queue()
-            self.outbox = OutboxPublisher(self.store, self._publish)
+            self.outbox = OutboxPublisher(
+                self.store,
+                self._publish,
+                ack_timeout_s=ACK_TIMEOUT_KEEPALIVES * config.mqtt.keepalive_s,
+                stalled=self._broker_stalled,
+            )
             self.metrics = AgentMetrics(self.figures)
             outlets = DoorOutlets(
                 self.metrics, self.store.audit, self._emit, self._command, self._guarded, self.versions
@@ -603,6 +608,7 @@ class AgentService:
             self._connection_changed,
             self.commands.refuse_oversized,
             self.outbox.refused,
+            self._record_error,
         )
 
     def _make_sync(self) -> FleetSync:
@@ -618,6 +624,11 @@ class AgentService:
         self.outbox.connection_changed(connected)
         if connected:
             self._connected_anew.set()
+
+    def _broker_stalled(self, waited_s: float) -> None:
+        """The broker has left the oldest outbox message unanswered for waited_s: connect again."""
+        if self.link is not None:
+            self.link.drop_stalled_connection(waited_s)
 
 
 def limit_malloc_arenas() -> None:

@@ -354,6 +354,36 @@ def test_a_flood_of_commands_gets_a_reply_for_every_command(
     assert len(busy) == 5 and not any(r["ok"] for r in replies)
 
 
+def test_a_claim_that_waited_for_the_frame_loop_past_its_timeout_is_refused_and_never_executed(
+    state_dir: Path,
+    broker: Mosquitto,
+    subscriber_factory: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = load_config(config_file(tmp_path, broker.port, "loop", blank_camera(tmp_path)))
+    watcher = subscriber_factory(broker.port, PREFIX + "#")
+    service = AgentService(config, state_dir)
+    gate = held_loop(service, monkeypatch)  # the claim waits as behind a slow frame
+    with running(service):
+        try:
+            watcher.wait_for(lambda: watcher.on(PREFIX + "status"), timeout=30)
+            claim = {"door": "front", "person_id": "eileen", "timeout_s": 0.5, "request_id": "late"}
+            send(watcher, "verify", claim)
+            watcher.wait_for(lambda: service.commands.waiting.qsize() == 1, timeout=30)
+            time.sleep(0.6)  # past its timeout
+        finally:
+            gate.set()
+        watcher.wait_for(lambda: watcher.on(PREFIX + "replies/verify"), timeout=30)
+        send(watcher, "verify", {**claim, "request_id": "on-time"})  # the door still takes claims
+        watcher.wait_for(lambda: watcher.on(PREFIX + "access/front"), timeout=30)
+    late, on_time = watcher.on(PREFIX + "replies/verify")
+    assert (late["request_id"], late["ok"]) == ("late", False) and late["detail"].startswith("expired: ")
+    assert (on_time["request_id"], on_time["ok"]) == ("on-time", True)
+    (denied,) = watcher.on(PREFIX + "access/front")  # the one claim taken, timed out with no face in view
+    assert denied["claim_id"] == "on-time"
+
+
 def test_claims_for_people_not_enrolled_or_past_a_doors_rate_are_refused_and_write_no_events(
     state_dir: Path,
     broker: Mosquitto,

@@ -47,11 +47,15 @@ def settings(port: int, **changes: Any) -> MqttSettings:
 
 
 class Agent:
-    """An MQTT link wired to an outbox publisher, as the service wires them."""
+    """An MQTT link wired to an outbox publisher, as the service wires them. ack_timeout_s: how long the
+    oldest message in flight may wait for its PUBACK before the connection is made again."""
 
-    def __init__(self, port: int, store: EmbeddingStore, **changes: Any) -> None:
+    def __init__(
+        self, port: int, store: EmbeddingStore, ack_timeout_s: float | None = None, **changes: Any
+    ) -> None:
         self.commands: list[tuple[str, bytes]] = []
         self.connections: list[tuple[bool, str]] = []
+        self.errors: list[str] = []
         self.outbox: OutboxPublisher
         self.link = MqttLink(
             settings(port, **changes),
@@ -59,9 +63,13 @@ class Agent:
             on_command=lambda topic, payload: self.commands.append((topic, payload)),
             on_connection=self._connection,
             on_refused=lambda mid, reason, permanent: self.outbox.refused(mid, reason, permanent),
+            on_error=self.errors.append,
         )
         self.outbox = OutboxPublisher(
-            store, lambda topic, payload, qos: self.link.publish(topic, payload, qos)
+            store,
+            lambda topic, payload, qos: self.link.publish(topic, payload, qos),
+            ack_timeout_s=ack_timeout_s,
+            stalled=self.link.drop_stalled_connection,
         )
 
     def _connection(self, up: bool, reason: str) -> None:
@@ -147,6 +155,71 @@ def test_commands_arrive_by_subtopic_and_oversized_ones_are_dropped(
     finally:
         agent.stop()
     assert agent.commands == [("verify", b'{"door": "front"}'), ("reload", b"{}")]
+    assert agent.errors == []  # the subscription was granted
+
+
+def test_commands_sent_while_the_agent_is_away_are_never_executed_late(
+    broker: Mosquitto, tmp_path: Path, subscriber_factory: Any
+) -> None:
+    """The agent's session ends with its connection: the broker keeps no badge claim for it to run later."""
+    store = EmbeddingStore(tmp_path / "store.db")
+    first = Agent(broker.port, store).start()
+    sender = subscriber_factory(broker.port, "unused/#")
+    try:
+        assert first.link.wait_connected(10)
+        time.sleep(0.2)
+        sender.client.publish(PREFIX + "cmd/verify", b'{"request_id": "before"}', qos=1)
+        wait_for_commands(first, 1)
+    finally:
+        first.stop()
+    sender.client.publish(PREFIX + "cmd/verify", b'{"request_id": "away"}', qos=1).wait_for_publish(5)
+    again = Agent(broker.port, store).start()  # the same client id
+    try:
+        assert again.link.wait_connected(10)
+        time.sleep(0.2)
+        sender.client.publish(PREFIX + "cmd/verify", b'{"request_id": "after"}', qos=1)
+        wait_for_commands(again, 1)
+    finally:
+        again.stop()
+    assert first.commands == [("verify", b'{"request_id": "before"}')]
+    assert again.commands == [("verify", b'{"request_id": "after"}')]
+
+
+def dynamic_security_plugin() -> Path | None:
+    """mosquitto's dynamic security plugin (Debian's mosquitto package ships it), if installed."""
+    candidates = [*Path("/usr/lib").glob("*/mosquitto_dynamic_security.so")]
+    candidates.append(Path("/usr/lib/mosquitto_dynamic_security.so"))
+    return next((path for path in candidates if path.exists()), None)
+
+
+def test_a_refused_command_subscription_is_an_error_naming_the_topic_and_the_fix(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """mosquitto's ACL file grants every subscription and filters at delivery; its dynamic security plugin
+    refuses one its roles do not allow, in the SUBACK."""
+    plugin = dynamic_security_plugin()
+    if plugin is None:
+        pytest.skip("mosquitto's dynamic security plugin is not installed")
+    broker = Mosquitto(tmp_path)
+    subscribe_nothing = {"publishClientSend": True, "publishClientReceive": True, "subscribe": False}
+    dynsec = tmp_path / "dynamic-security.json"
+    dynsec.write_text(
+        json.dumps({"defaultACLAccess": subscribe_nothing, "clients": [], "groups": [], "roles": []})
+    )
+    broker.config.write_text(
+        broker.config.read_text() + f"plugin {plugin}\nplugin_opt_config_file {dynsec}\n"
+    )
+    broker.start()
+    agent = Agent(broker.port, EmbeddingStore(tmp_path / "store.db")).start()
+    try:
+        wait_until(lambda: agent.errors)
+    finally:
+        agent.stop()
+        broker.stop()
+    (error,) = agent.errors
+    assert f"refused the subscription to {PREFIX}cmd/#" in error and "(Not authorized)" in error
+    assert "in the broker's ACL" in error
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [error]
 
 
 def test_the_broker_keeps_messages_over_the_packet_limit_from_the_agent(
@@ -769,3 +842,118 @@ def test_an_answer_that_overtook_its_publish_is_acted_on_at_once(tmp_path: Path)
         wait_until(lambda: store.outbox.count() == 0, timeout=0.8)  # before the next round
     finally:
         publisher.stop()
+
+
+class WithholdingBroker:
+    """A socket server speaking MQTT 5 to the agent as a broker does (CONNACK, SUBACK, PINGRESP, PUBACK), but
+    that never acknowledges a publish on the first connection: a broker stuck behind its storage, say. It
+    acknowledges every publish on later connections. published: (topic, payload) of each connection's
+    publishes."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._server.getsockname()[1])
+        self.published: list[list[tuple[str, bytes]]] = []
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def close(self) -> None:
+        self._server.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._server.accept()
+            except OSError:  # closed
+                return
+            self.published.append([])
+            received = self.published[-1]
+            acknowledge = len(self.published) > 1
+            thread = threading.Thread(
+                target=self._serve, args=(connection, received, acknowledge), daemon=True
+            )
+            thread.start()
+
+    def _serve(self, connection: socket.socket, received: list[tuple[str, bytes]], acknowledge: bool) -> None:
+        with connection:
+            while True:
+                try:
+                    header, body = read_packet(connection)
+                except (OSError, EOFError):
+                    return
+                kind = header >> 4
+                if kind == 1:  # CONNECT: accepted, no properties
+                    connection.sendall(bytes([0x20, 3, 0, 0, 0]))
+                elif kind == 8:  # SUBSCRIBE (one filter): granted QoS 1
+                    connection.sendall(bytes([0x90, 4, body[0], body[1], 0, 1]))
+                elif kind == 12:  # PINGREQ
+                    connection.sendall(bytes([0xD0, 0]))
+                elif kind == 14:  # DISCONNECT
+                    return
+                elif kind == 3:  # PUBLISH
+                    topic, packet_id, payload = publish_parts(header, body)
+                    received.append((topic, payload))
+                    if acknowledge and packet_id is not None:
+                        connection.sendall(bytes([0x40, 2]) + packet_id)
+
+
+def read_packet(connection: socket.socket) -> tuple[int, bytes]:
+    """One MQTT control packet: its first byte and the rest after the remaining length."""
+    header = read_exactly(connection, 1)[0]
+    length, shift = 0, 0
+    while True:
+        byte = read_exactly(connection, 1)[0]
+        length += (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return header, read_exactly(connection, length)
+
+
+def read_exactly(connection: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = connection.recv(size - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+
+def publish_parts(header: int, body: bytes) -> tuple[str, bytes | None, bytes]:
+    """A PUBLISH's topic, packet id (None at QoS 0) and payload (past its MQTT 5 properties)."""
+    at = 2 + int.from_bytes(body[:2], "big")
+    topic, packet_id = body[2:at].decode(), None
+    if (header >> 1) & 3:
+        packet_id, at = body[at : at + 2], at + 2
+    properties, shift = 0, 0
+    while True:
+        byte = body[at]
+        at += 1
+        properties += (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    return topic, packet_id, body[at + properties :]
+
+
+def test_a_broker_that_acknowledges_nothing_is_left_and_the_messages_go_out_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = WithholdingBroker()
+    store = EmbeddingStore(tmp_path / "store.db")
+    agent = Agent(broker.port, store, ack_timeout_s=1.0)
+    for number in range(60):  # more than the window of 50 unacknowledged messages
+        agent.outbox.submit("events/face", event(number))
+    agent.start()
+    try:
+        assert agent.outbox.flush(30), f"{store.outbox.count()} messages still queued"
+    finally:
+        agent.stop()
+        broker.close()
+    first, *later = broker.published
+    assert first and later  # the first connection took messages and answered none
+    events = [payload for messages in later for topic, payload in messages if topic == PREFIX + "events/face"]
+    assert {json.loads(payload)["n"] for payload in events} == set(range(60))
+    warning = f"MQTT: broker 127.0.0.1:{broker.port} has acknowledged no message for"
+    assert any(r.levelname == "WARNING" and r.getMessage().startswith(warning) for r in caplog.records)
+    assert agent.errors and agent.errors[0].startswith(warning)

@@ -12,7 +12,6 @@ from typing import Any
 from facefleet.core.errors import EXIT_OK
 from facefleet.link.checks import utc_now
 from facefleet.server.cli.context import Context
-from facefleet.server.errors import InvalidArgumentError
 from facefleet.server.state.open import on_postgres, sqlite_database
 from facefleet.server.state.sqlite.backup import backup_state, restore_state
 
@@ -32,7 +31,7 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
     )
     backup.add_argument("dest", type=Path, metavar="DEST", help="a new or empty directory")
     backup.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    backup.set_defaults(handler=_backup)
+    backup.set_defaults(handler=_backup, local_only="backup")
     restore = make(
         commands,
         "restore",
@@ -59,12 +58,7 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
         "target's FaceFleet tables and overwrite differing model files (nothing is kept)",
     )
     restore.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    restore.set_defaults(handler=_restore)
-
-
-def _local_only(context: Context, verb: str) -> None:
-    if context.remote is not None:
-        raise InvalidArgumentError(f"{verb} works on the server host's state; drop --server")
+    restore.set_defaults(handler=_restore, local_only="restore")
 
 
 def _on_postgres(context: Context) -> bool:
@@ -77,7 +71,6 @@ def _sqlite_database(context: Context) -> Path:
 
 
 def _backup(context: Context, args: argparse.Namespace) -> int:
-    _local_only(context, "backup")
     if _on_postgres(context):
         from facefleet.server.state.postgres import backup as pg
         from facefleet.server.state.postgres.state import redact
@@ -101,7 +94,6 @@ def _backup(context: Context, args: argparse.Namespace) -> int:
 
 
 def _restore(context: Context, args: argparse.Namespace) -> int:
-    _local_only(context, "restore")
     if _on_postgres(context):
         return _restore_postgres(context, args)
     database = _sqlite_database(context)

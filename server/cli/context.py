@@ -26,7 +26,7 @@ from facefleet.server.cli.local import LocalHandlers
 from facefleet.server.cli.remote import SERVER_ENV, RemoteServer, RemoteSettings
 from facefleet.server.config import ServerConfig, load_config
 from facefleet.server.domain.audit import LOCAL, AuditEntry
-from facefleet.server.errors import InvalidArgumentError, StateError
+from facefleet.server.errors import StateError, UsageError
 from facefleet.server.paths import ServerPaths
 from facefleet.server.state.interface import State
 from facefleet.server.state.open import on_postgres, open_state, sqlite_database
@@ -50,10 +50,11 @@ class Context:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Context:
-        """The context of a verb. A verb that set local_only (its name) is refused with --server."""
+        """The context of a verb. A verb that set local_only (its name) is refused with --server or
+        $FACEFLEET_SERVER: UsageError (exit 2), the one place every such verb is refused."""
         local_only = getattr(args, "local_only", None)
         if local_only and (getattr(args, "server", None) or os.environ.get(SERVER_ENV)):
-            raise InvalidArgumentError(
+            raise UsageError(
                 f"{local_only} works on the server host's own state directory, never through --server: run "
                 f"it on the server host without --server (and without ${SERVER_ENV})"
             )
@@ -79,8 +80,8 @@ class Context:
         if not self.creates_state and not on_postgres(url) and not database.exists():
             raise StateError(
                 f"no state database at {database}: check --state-dir (and state_dir or [state] url of "
-                "--config); on a new install `facefleet-server certs issue DEVICE`, `tokens create` or "
-                "`models import-defaults` creates it"
+                "--config); on a new install `facefleet-server certs init`, `certs issue DEVICE`, `tokens "
+                "create`, `models import-defaults` or `models publish` creates it"
             )
         return open_state(
             self.config.state.url,

@@ -233,8 +233,9 @@ def _devices_change(context: Context, args: argparse.Namespace) -> int:
         context.print_json(device)
     else:
         told = "; it will be told to erase its gallery when it calls" if device["wipe"] else ""
+        servers = "accept it again" if args.action == "enable" else "refuse it"
         context.console.print(
-            f"device {device['device_id']} is now {device['status']}{told} (running servers refuse it within "
+            f"device {device['device_id']} is now {device['status']}{told} (running servers {servers} within "
             f"fleet.poll_seconds)",
             markup=False,
         )

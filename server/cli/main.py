@@ -1,12 +1,12 @@
 """The facefleet-server command line: serve, certificates and devices, operator tokens, models, rollouts,
 dashboard queries and the admin audit log.
 
-Exit codes: 0 success (and `serve` stopped by SIGTERM/SIGINT); 1 unexpected failure; 2 bad usage;
-65 bad input data; 66 not found (a missing input file too); 69 cannot listen on an address, or a remote
-server cannot be reached or gave no answer in time; 74 state database or model store unusable (no state
-database in the state directory, for a verb that does not start a new install); 77 a token the server does
-not know, or of a role that may not do this; 78 configuration or TLS files unusable (the systemd unit does
-not restart on 78).
+Exit codes: 0 success (and `serve` stopped by SIGTERM/SIGINT); 1 unexpected failure; 2 bad usage (also a
+verb that works on the server host only, given --server); 65 bad input data; 66 not found (a missing input
+file too); 69 cannot listen on an address, or a remote server cannot be reached or gave no answer in time;
+74 state database or model store unusable (no state database in the state directory, for a verb that does
+not start a new install); 77 a token the server does not know, or of a role that may not do this; 78
+configuration or TLS files unusable (the systemd unit does not restart on 78 or 65).
 """
 
 from __future__ import annotations

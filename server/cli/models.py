@@ -27,7 +27,7 @@ from facefleet.server.domain.models import (
     Rollout,
     Target,
 )
-from facefleet.server.errors import InvalidArgumentError, NotFoundError, ServerConfigError
+from facefleet.server.errors import InvalidArgumentError, NotFoundError
 from facefleet.server.rollouts.catalogue import ModelCatalog
 from facefleet.server.rollouts.control import PREPARING_STALE_SECONDS, RolloutControl, StartedRollout
 from facefleet.vision.alignment import ALIGNED_SIZE
@@ -63,7 +63,7 @@ def _register_models(commands: Any, make: Callable[..., Any]) -> None:
         "import the default models from the installed carrier packages (and publish them)",
         "facefleet-server --state-dir /var/lib/facefleet-server models import-defaults",
     )
-    defaults.set_defaults(handler=_import_defaults, creates_state=True)
+    defaults.set_defaults(handler=_import_defaults, local_only="models import-defaults", creates_state=True)
     publish = make(
         verbs,
         "publish",
@@ -131,7 +131,7 @@ def _register_models(commands: Any, make: Callable[..., Any]) -> None:
         action="store_true",
         help="publish it to run in the float model's place on the agents (same id and gallery)",
     )
-    quantize.set_defaults(handler=_quantize)
+    quantize.set_defaults(handler=_quantize, local_only="models quantize")
     for verb in (defaults, publish, listing, show, retire, quantize):
         verb.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -219,10 +219,6 @@ def _local_catalog(context: Context, runtime: Runtime | None = None) -> ModelCat
 def _import_defaults(context: Context, args: argparse.Namespace) -> int:
     from facefleet.vision.models.importer import import_defaults
 
-    if context.remote is not None:
-        raise ServerConfigError(
-            "models import-defaults imports into the server's own state directory: run it on the server host"
-        )
     runtime = _runtime(context)
     catalog = _local_catalog(context, runtime)
     with context.console.status("importing the default models…"):
@@ -306,10 +302,6 @@ def _guarded_thresholds(context: Context, given: list[float] | None) -> tuple[fl
 
 
 def _quantize(context: Context, args: argparse.Namespace) -> int:
-    if context.remote is not None:
-        raise ServerConfigError(
-            "models quantize works on the server's own state directory: run it on the server host"
-        )
     runtime = _runtime(context)
     catalog = _local_catalog(context, runtime)
     with context.audited("models.quantize", args.model_id):

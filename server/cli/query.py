@@ -2,7 +2,8 @@
 HTTP API, as tables or --json (the HTTP API's JSON either way).
 
 On the state directory no token and no running server are needed; `online` in `query fleet` then comes from
-last-seen times only, since open Watch streams are known to the serving process alone.
+last-seen times only, and `watching` is null (unknown): open Watch streams are known to the serving process
+alone, so only `--server` can say whether an agent is watching.
 """
 
 from __future__ import annotations
@@ -334,7 +335,11 @@ def _fleet(context: Context, args: argparse.Namespace) -> int:
         fleet = context.remote.get(("fleet",), {"device_id": args.device})
     else:
         agents, head = asyncio.run(context.operators.queries.fleet(tuple(args.device)))
-        fleet = {"gallery_revision": head, "agents": [dump(AgentOut.of(a)) for a in agents]}
+        # no Watch stream is open to this process: whether an agent watches a server is not known here
+        fleet = {
+            "gallery_revision": head,
+            "agents": [{**dump(AgentOut.of(a)), "watching": None} for a in agents],
+        }
     if context.json_output:
         context.print_json({"gallery_revision": fleet["gallery_revision"], "agents": fleet["agents"]})
         return EXIT_OK

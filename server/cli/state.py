@@ -41,12 +41,10 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
     )
     migrate.add_argument("--to", required=True, metavar="URL", help="postgresql://USER@HOST:PORT/DBNAME")
     migrate.add_argument("--json", action="store_true", help="print the row counts as JSON")
-    migrate.set_defaults(handler=_migrate)
+    migrate.set_defaults(handler=_migrate, local_only="state migrate")
 
 
 def _migrate(context: Context, args: argparse.Namespace) -> int:
-    if context.remote is not None:
-        raise InvalidArgumentError("state migrate works on the server host's state; drop --server")
     if not args.to.startswith(("postgresql://", "postgres://")):
         raise InvalidArgumentError(f"--to {args.to!r}: give a postgresql://USER@HOST:PORT/DBNAME URL")
     source = context.state

@@ -52,7 +52,12 @@ def test_certificates_are_recorded_and_devices_change_status(
 
     code, out, _ = run_cli(capsys, *state, "devices", "disable", "door-7", "--reason", "moved")
     assert (code, "device door-7 is now disabled") == (EXIT_OK, out.split(" (")[0])
+    assert "(running servers refuse it within fleet.poll_seconds)" in " ".join(out.split())
     assert listed(capsys, state)["door-7"]["reason"] == "moved"
+    code, out, _ = run_cli(capsys, *state, "devices", "enable", "door-7")
+    assert (code, "device door-7 is now active") == (EXIT_OK, out.split(" (")[0])
+    assert "(running servers accept it again within fleet.poll_seconds)" in " ".join(out.split())
+    assert listed(capsys, state)["door-7"]["status"] == "active"
 
     code, out, _ = run_cli(capsys, *state, "devices", "revoke", "door-7", "--wipe", "--reason", "stolen")
     assert code == EXIT_OK
@@ -81,6 +86,7 @@ def test_certificates_are_recorded_and_devices_change_status(
         ("devices.renew", "door-7", "FAILED_PRECONDITION"),
         ("devices.enable", "door-7", "INVALID_ARGUMENT"),
         ("devices.revoke", "door-7", "ok"),
+        ("devices.enable", "door-7", "ok"),
         ("devices.disable", "door-7", "ok"),
         ("devices.renew", "nobody", "NOT_FOUND"),
         ("devices.renew", "door-7", "ok"),

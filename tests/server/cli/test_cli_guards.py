@@ -4,6 +4,7 @@ that say when they are cut, and photo files read no further than their limit."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import uuid
@@ -16,6 +17,7 @@ from facefleet.core.errors import EXIT_DATA, EXIT_IO, EXIT_NO_INPUT, EXIT_OK, EX
 from facefleet.link.checks import utc_now
 from facefleet.link.events import Event
 from facefleet.link.gallery import Person
+from facefleet.server.cli.main import build_parser
 from facefleet.server.domain.audit import AuditEntry
 from facefleet.server.domain.records import Crop
 from facefleet.server.errors import InvalidArgumentError
@@ -57,13 +59,27 @@ def test_a_state_dir_without_a_database_is_refused_and_left_alone(
         assert (code, out) == (EXIT_IO, ""), argv
         assert f"no state database at {typo / 'server.db'}: check --state-dir" in err, argv
     assert not typo.exists()
+    hint = " ".join(err.split())  # as wrapped to the terminal's width
+    starters = sorted(verbs_that_create_the_state(build_parser()))
+    assert "certs init" in starters and "models publish" in starters
+    assert all(f"`{verb}" in hint or f"`facefleet-server {verb}" in hint for verb in starters), hint
     code, out, _ = run_cli(capsys, "--state-dir", str(typo), "tokens", "create", "ops", "--role", "admin")
     assert code == EXIT_OK
     assert (typo / "server.db").is_file()
     assert run_cli(capsys, "--state-dir", str(typo), "people", "list")[0] == EXIT_OK
 
 
-def test_certs_and_tokens_refuse_a_remote_server(
+def verbs_that_create_the_state(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()) -> set[str]:
+    """The verbs (as typed after the program's name) whose parser sets creates_state."""
+    found = {" ".join(words)} if parser.get_default("creates_state") else set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found |= verbs_that_create_the_state(sub, (*words, name))
+    return found
+
+
+def test_host_only_verbs_refuse_a_remote_server_as_bad_usage(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     base = ["--state-dir", str(tmp_path / "client")]
@@ -76,15 +92,22 @@ def test_certs_and_tokens_refuse_a_remote_server(
         ("certs", "issue", "door-1"),
         ("certs", "renew", "door-1"),
         ("certs", "server", "--server-name", "x"),
+        ("backup", str(tmp_path / "copy")),
+        ("restore", str(tmp_path / "copy")),
+        ("state", "migrate", "--to", "postgresql://ops@db:5432/facefleet"),
+        ("models", "import-defaults"),
+        ("models", "quantize", "sface@2021dec"),
     ):
         code, out, err = run_cli(capsys, *base, *server, *argv)
-        assert (code, out) == (EXIT_DATA, ""), argv
-        assert f"{' '.join(argv[:2])} works on the server host's own state directory" in err, argv
+        assert (code, out) == (EXIT_USAGE, ""), argv
+        verb = " ".join(argv[:1] if argv[0] in ("backup", "restore") else argv[:2])
+        assert f"{verb} works on the server host's own state directory, never through --server" in err, argv
     monkeypatch.setenv("FACEFLEET_SERVER", "https://fleet.example.org:7445")
-    code, _, err = run_cli(capsys, *base, "tokens", "create", "ops", "--role", "admin")
-    assert code == EXIT_DATA
-    assert "without --server (and without $FACEFLEET_SERVER)" in err
-    assert not (tmp_path / "client").exists()
+    for argv in (("tokens", "create", "ops", "--role", "admin"), ("backup", str(tmp_path / "copy"))):
+        code, _, err = run_cli(capsys, *base, *argv)
+        assert code == EXIT_USAGE, argv
+        assert "without --server (and without $FACEFLEET_SERVER)" in err, argv
+    assert not (tmp_path / "client").exists() and not (tmp_path / "copy").exists()
 
 
 def test_usage_errors_exit_2_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 
-from facefleet.core.errors import EXIT_CONFIG, EXIT_DATA, EXIT_NO_INPUT, EXIT_OK, EXIT_UNAVAILABLE
+from facefleet.core.errors import EXIT_CONFIG, EXIT_DATA, EXIT_NO_INPUT, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from facefleet.link.checks import utc_now
 from facefleet.link.events import AttributesResult, Event
 from facefleet.server.domain.audit import AuditFilter
 from facefleet.server.gallery.embedder import Enroller
+from facefleet.v1 import fleet_pb2
 from tests.server.cli.test_cli import run_cli
-from tests.server.conftest import Harness, Pki, run, serving
+from tests.server.conftest import Harness, Pki, next_delta, run, serving
 from tests.server.gallery.test_unknown_faces import Seen, face_event, report, strangers  # noqa: F401
 
 
@@ -379,10 +380,38 @@ def test_models_and_rollouts_through_a_remote_server(
             assert (await asyncio.to_thread(cli, "models", "retire", "mini-xception@remote"))[0] == EXIT_OK
             code, out, _ = await asyncio.to_thread(cli, "rollout", "list")
             assert "mini-xception@remote" in out and "rolled_back" in out
-            assert (await asyncio.to_thread(cli, "models", "import-defaults"))[0] == EXIT_CONFIG
+            assert (await asyncio.to_thread(cli, "models", "import-defaults"))[0] == EXIT_USAGE
             actions = [e.action for e in harness.server.state.list_audit(
                 AuditFilter(utc_now() - timedelta(hours=1), utc_now()), None, 20).entries]  # fmt: skip
             assert actions[:5] == ["models.retire", "rollouts.rollback", "models.retire", "rollouts.pause",
                                    "rollouts.start"]  # fmt: skip
+
+    run(scenario)
+
+
+def test_whether_an_agent_is_watching_is_said_by_the_server_and_left_unknown_on_the_state_directory(
+    tmp_path: Path, pki: Pki, enroller: Enroller, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only the serving process knows its open Watch streams: through --server a watching agent is
+    `watching: true`; on the state directory the same agent is `watching: null`, never false."""
+
+    async def scenario() -> None:
+        async with serving(tmp_path, pki, enroller) as harness:
+            fleet = await harness.registered("door-1")
+            stream = fleet.Watch(fleet_pb2.WatchRequest(device_id="door-1", from_revision=0))
+            await next_delta(stream)
+            through_server = await asyncio.to_thread(
+                run_cli, capsys, *remote(harness, tmp_path), "query", "fleet", "--json"
+            )
+            on_the_host = await asyncio.to_thread(
+                run_cli, capsys, "--state-dir", str(tmp_path / "state"), "query", "fleet", "--json"
+            )
+            stream.cancel()
+        for code, _, err in (through_server, on_the_host):
+            assert (code, err) == (EXIT_OK, "")
+        [served] = json.loads(through_server[1])["agents"]
+        [local] = json.loads(on_the_host[1])["agents"]
+        assert (served["device_id"], served["online"], served["watching"]) == ("door-1", True, True)
+        assert (local["device_id"], local["online"], local["watching"]) == ("door-1", True, None)
 
     run(scenario)

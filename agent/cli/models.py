@@ -128,8 +128,8 @@ def register(commands: Any) -> None:
         "activate",
         "make a stored version the active one of its task",
         "facefleet-agent models activate expression mini-xception fer2013",
-        description="Switch the active version of a task atomically.",
-        json_output=False,
+        description="Switch the active version of a task atomically. --json prints the model now active "
+        "as `models list --json` lists it.",
     )
     activate.add_argument("task", choices=TASKS)
     activate.add_argument("name")
@@ -326,7 +326,11 @@ def _tune(context: Context, args: argparse.Namespace) -> int:
 
 def _activate(context: Context, args: argparse.Namespace) -> int:
     model = context.model_store.activate(args.task, args.name, args.version)
-    context.console.print(f"active {args.task} model: {_ref(model)}", markup=False)
+    if context.json_output:
+        active = context.model_store.active_map()
+        context.print_json(_model_json(context, model, active, _statuses(context)))
+    else:
+        context.console.print(f"active {args.task} model: {_ref(model)}", markup=False)
     return EXIT_OK
 
 
@@ -375,19 +379,9 @@ def _quantize(context: Context, args: argparse.Namespace) -> int:
 def _show(context: Context, models: list[StoredModel]) -> None:
     """The models with the active mark and, for versions a server rollout assigned, where they stand."""
     active = context.model_store.active_map()
-    statuses = {s.model_id: s for s in load_statuses(context.model_store).values()}
+    statuses = _statuses(context)
     if context.json_output:
-        context.print_json(
-            [
-                {
-                    **m.manifest.to_json(),
-                    "active": active.get(m.manifest.task) == f"{m.manifest.name}/{m.manifest.version}",
-                    "rollout": _status_json(statuses.get(m.manifest.model_id)),
-                    "runs_at": context.precisions.choice(m).summary(),
-                }
-                for m in models
-            ]
-        )
+        context.print_json([_model_json(context, m, active, statuses) for m in models])
         return
     table = Table("task", "name", "version", "precision", "runs at", "source", "active", "rollout")
     for m in models:
@@ -426,6 +420,25 @@ def _runs_at(context: Context, model: StoredModel) -> str:
 
 def _status_json(status: ModelStatus | None) -> dict[str, Any] | None:
     return None if status is None else status_to_json(status)
+
+
+def _model_json(
+    context: Context, model: StoredModel, active: dict[str, str], statuses: dict[str, ModelStatus]
+) -> dict[str, Any]:
+    """A stored model as `models list --json` lists it: its manifest, whether it is the active version of
+    its task, where a server rollout of it stands (statuses by model id), and what it runs at."""
+    manifest = model.manifest
+    return {
+        **manifest.to_json(),
+        "active": active.get(manifest.task) == f"{manifest.name}/{manifest.version}",
+        "rollout": _status_json(statuses.get(manifest.model_id)),
+        "runs_at": context.precisions.choice(model).summary(),
+    }
+
+
+def _statuses(context: Context) -> dict[str, ModelStatus]:
+    """Where the server rollouts assigned to this agent stand, by model id."""
+    return {s.model_id: s for s in load_statuses(context.model_store).values()}
 
 
 def _ref(model: StoredModel) -> str:

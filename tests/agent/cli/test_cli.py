@@ -126,6 +126,34 @@ def test_models_list_and_verify(state_dir: Path, tmp_path: Path, capsys: pytest.
     assert "model.xml" in failed[0]["problems"][0]
 
 
+def test_models_activate_json_prints_the_model_it_made_active(
+    state_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = tmp_path / "state"
+    shutil.copytree(state_dir / "models", copy / "models")
+    active = copy / "models" / "active.json"
+    chosen = json.loads(active.read_text())
+    name, version = chosen.pop("expression").split("/")
+    active.write_text(json.dumps(chosen))  # no expression model active
+    code, out, err = run(
+        capsys, "--state-dir", str(copy), "models", "activate", "expression", name, version, "--json"
+    )
+    assert (code, err) == (0, "")
+    model = json.loads(out)
+    assert (model["task"], model["name"], model["version"], model["active"]) == (
+        "expression",
+        name,
+        version,
+        True,
+    )
+    assert model["runs_at"] and model["files"]
+    assert json.loads(active.read_text())["expression"] == f"{name}/{version}"
+    listed = run(capsys, "--state-dir", str(copy), "models", "list", "--json")[1]
+    assert [m for m in json.loads(listed) if m["task"] == "expression" and m["active"]] == [model]
+    code, out, _ = run(capsys, "--state-dir", str(copy), "models", "activate", "expression", name, version)
+    assert (code, out.strip()) == (0, f"active expression model: expression/{name}/{version}")
+
+
 def test_devices_lists_the_cpu(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "--state-dir", str(state_dir), "devices", "--json")
     report = json.loads(out)

@@ -85,10 +85,10 @@ class DoorAccess:
                 log.exception("door %s: opening failed", decision.door)
                 relay = "failed"
         log.info(
-            "door %s: %s %s (%s)",
+            "door %s: %s%s (%s)",
             decision.door,
             decision.decision,
-            decision.person_id,
+            f" {decision.person_id}" if decision.person_id else "",
             decision.reason,
             extra={"device_id": self.device_id, "event_id": event.envelope.event_id},
         )

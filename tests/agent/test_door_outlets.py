@@ -86,3 +86,18 @@ def test_a_door_program_that_fails_is_logged_with_what_it_said(
                 time.sleep(0.05)
     [record] = caplog.records
     assert record.getMessage() == f"door front: action /bin/sh failed: it exited with status 1: {said}"
+
+
+def test_a_decision_is_logged_naming_the_person_only_when_someone_was_recognised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    nobody = AccessDecision("front", "denied", "face not recognised", "identify", None, None, None, 3)
+    with EmbeddingStore(tmp_path / "agent.db") as store:
+        access = doors(store, lambda topic, payload, expiry: True, [])
+        with caplog.at_level(logging.INFO, logger="facefleet.agent.service.doors"):
+            access.act(nobody, "cam")
+            access.act(GRANT, "cam")
+    assert [record.getMessage() for record in caplog.records] == [
+        "door front: denied (face not recognised)",
+        "door front: granted eileen (recognised)",
+    ]

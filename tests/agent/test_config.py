@@ -19,7 +19,7 @@ import pytest
 from pydantic import BaseModel
 
 from facefleet.agent.cli.main import main
-from facefleet.agent.config import AgentConfig, load_config, write_threshold
+from facefleet.agent.config import AgentConfig, CameraConfig, DoorConfig, load_config, write_threshold
 from facefleet.core.config import group_users
 from facefleet.core.errors import EXIT_CONFIG, EXIT_OK, ConfigError
 from facefleet.server.api import certs
@@ -516,7 +516,13 @@ def test_the_readmes_config_block_lists_every_key_with_its_default() -> None:
                 listed.add(section + part.split(" ", 1)[0])
     assert sorted(model_keys(AgentConfig) - listed) == []
     documented = AgentConfig.model_validate(tomllib.loads(block))
-    assert documented.detector == AgentConfig().detector and documented.runtime == AgentConfig().runtime
+    defaults = AgentConfig()
+    for name in AgentConfig.model_fields.keys() - {"cameras", "doors"}:
+        assert getattr(documented, name) == getattr(defaults, name), name
+    # a camera or door has no default for the keys it must name; every other value shown is the default
+    [camera], [door] = documented.cameras, documented.doors
+    assert camera == CameraConfig(name=camera.name, source=camera.source)
+    assert door == DoorConfig(name=door.name, camera=door.camera)
 
 
 def test_a_config_path_that_never_ends_or_is_a_folder_is_refused_without_reading_it_whole(

@@ -253,6 +253,10 @@ class MqttLink:
             self._on_connection(False, str(reason.getName()))
             return
         self._socket_error = self._failure = None
+        # Each connect starts a new session (clean start): what the last one left unacknowledged is the
+        # outbox's to send again, from its store, and the retained state is published anew; paho would
+        # otherwise send its own copies too, and keep them, at every reconnect.
+        client.drop_out_messages()
         self._limit_unacked(client)
         client.subscribe(self.topic("cmd/#"), qos=1)
         if self._status_payload is not None:

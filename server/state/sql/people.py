@@ -5,6 +5,9 @@ transactions."""
 from __future__ import annotations
 
 import json
+import sqlite3
+import unicodedata
+import weakref
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -136,3 +139,66 @@ def insert_person(
         ),
     )
     insert_groups(conn, person.person_id, person.groups)
+
+
+# -- search by id or name, without regard to case ------------------------------------------------------
+
+SQLITE_FOLD = "facefleet_fold"
+"""The SQL function that folds a name for search on SQLite (registered on the connection by search_clause):
+its own LOWER() folds ASCII only."""
+ICU_COLLATION = "und-x-icu"
+_pg_folds: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
+
+
+def fold(text: str) -> str:
+    """A name as search compares it: compatibility-normalised (NFKC) and case-folded, so that "ÅNGSTRÖM",
+    "Ångström" and "ångström" are the same."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+
+
+def _like_pattern(text: str) -> str:
+    """`%text%` with LIKE's wildcards and escape character taken as themselves (escape: backslash)."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _postgres_fold(conn: Connection) -> str:
+    """The SQL that folds `{}` on this PostgreSQL connection: lower() under ICU's root collation, which
+    folds every script whatever the database's LC_CTYPE (a C-locale database's lower() folds ASCII only);
+    NFKC-normalised first on a UTF8 database. Without ICU, the database's own lower()."""
+    raw = getattr(conn, "raw", conn)
+    found = _pg_folds.get(raw)
+    if found is None:
+        utf8, icu = conn.execute(
+            "SELECT current_setting('server_encoding') = 'UTF8', "
+            "EXISTS (SELECT 1 FROM pg_collation WHERE collname = ?)",
+            (ICU_COLLATION,),
+        ).fetchone()
+        text = "normalize({}, NFKC)" if utf8 else "{}"
+        found = f'lower({text} COLLATE "{ICU_COLLATION}")' if icu else f"lower({text})"
+        _pg_folds[raw] = found
+    return found
+
+
+def search_clause(conn: Connection, search: str) -> tuple[str, list[str]]:
+    """The WHERE clause (and its parameters) of people whose id or display name contains `search`, in any
+    case: "ångström" finds "ÅNGSTRÖM", "ярослава" finds "Ярослава". Both sides are folded the same way by
+    the database: on SQLite by `fold` itself, registered as a function; on PostgreSQL by lower() (see
+    _postgres_fold), with the search NFKC-normalised before its wildcards are escaped (so that a full-width
+    ％ is searched for as itself)."""
+    if isinstance(conn, sqlite3.Connection):
+        conn.create_function(SQLITE_FOLD, 1, _sqlite_fold, deterministic=True)
+        pattern = _like_pattern(fold(search))
+        column = SQLITE_FOLD + "({})"
+        compared = "?"
+    else:
+        pattern = _like_pattern(unicodedata.normalize("NFKC", search))
+        column = _postgres_fold(conn)
+        compared = f'lower(CAST(? AS TEXT) COLLATE "{ICU_COLLATION}")' if "COLLATE" in column else "lower(?)"
+    clause = " OR ".join(
+        f"{column.format(name)} LIKE {compared} ESCAPE '\\'" for name in ("p.person_id", "p.display_name")
+    )
+    return f"({clause})", [pattern, pattern]
+
+
+def _sqlite_fold(value: str | None) -> str | None:
+    return fold(value) if isinstance(value, str) else value

@@ -219,16 +219,14 @@ class SqlState(State):
         if group:
             clauses.append("g.group_name = ?")
             params.append(group)
-        if search:
-            pattern = "%" + search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            clauses.append(
-                "(LOWER(p.person_id) LIKE ? ESCAPE '\\' OR LOWER(p.display_name) LIKE ? ESCAPE '\\')"
-            )
-            params += [pattern, pattern]
         if person_ids:
             clauses.append(f"p.person_id IN ({', '.join('?' * len(person_ids))})")
             params += list(person_ids)
         with self.read() as conn:
+            if search:
+                clause, searched = sql_people.search_clause(conn, search)
+                clauses.append(clause)
+                params += searched
             rows = conn.execute(
                 f"SELECT {columns} FROM people p {joined}WHERE {' AND '.join(clauses)} "  # noqa: S608
                 "ORDER BY p.person_id LIMIT ?",

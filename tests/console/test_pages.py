@@ -1,0 +1,146 @@
+"""The console's pages when things change under them, with the server alone (see conftest.py): unknown-face
+clusters that change while on screen, clusters with more faces than are shown at first, live tables, a
+server that stops answering, an ended session, long names. Each test opens its own browser context."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import timedelta
+
+import cv2
+import numpy as np
+from playwright.sync_api import Locator, Page, expect
+
+from facefleet.link.checks import utc_now
+from facefleet.link.events import Event, FaceSnapshot
+from facefleet.link.gallery import Embedding
+from facefleet.server.state.interface import State
+from tests.console.conftest import Consoles, Server
+
+
+def main(page: Page) -> Locator:
+    return page.get_by_role("main")
+
+
+def state_of(server: Server) -> State:
+    return server.harness.server.state  # type: ignore[union-attr]
+
+
+def stranger(seed: int, device: str, count: int, *, newest_seconds_ago: int = 10) -> list[Event]:
+    """`count` sightings of one stranger (a face vector of its own) on `device`, oldest first, ten seconds
+    apart, the newest `newest_seconds_ago` before now."""
+    rng = np.random.default_rng(seed)
+    person = rng.normal(size=128)
+    now = utc_now()
+    events = []
+    for i in range(count):
+        vector = (person + rng.normal(scale=0.05, size=128)).astype(np.float32)
+        ok, crop = cv2.imencode(".jpg", rng.integers(0, 255, size=(112, 112, 3), dtype=np.uint8))
+        assert ok
+        snapshot = FaceSnapshot(crop.tobytes(), b"", Embedding("sface@2021dec", vector / np.linalg.norm(vector)))
+        seconds_ago = newest_seconds_ago + 10 * (count - 1 - i)
+        events.append(
+            Event(str(uuid.uuid4()), device, now - timedelta(seconds=seconds_ago), "face", "unknown",
+                  camera="side", snapshot=snapshot)  # fmt: skip
+        )
+    return events
+
+
+def cluster_of(page: Page, cluster_id: str) -> Locator:
+    return main(page).locator(f'article[data-cluster-id="{cluster_id}"]')
+
+
+def test_a_cluster_with_hidden_faces_shows_them_all_before_any_action(consoles: Consoles, server: Server) -> None:
+    """A cluster of 20 faces shows 18 and a control to show them all; an action pressed while some are
+    hidden shows them all instead, and is done only when pressed again."""
+    sightings = stranger(31, "door-31", 20)
+    state_of(server).add_events(sightings)
+    admin = consoles.signed_in(server.harness.admin_token)
+    admin.go("Unknown faces")
+    page = admin.page
+    cluster = cluster_of(page, sightings[0].event_id)
+    heading = cluster.get_by_role("heading")
+    expect(heading).to_have_text(f"Unknown person {sightings[0].event_id[:8]}: 20 faces")  # not its place
+    expect(cluster.get_by_role("img")).to_have_count(18)
+    cluster.get_by_role("button", name="Dismiss").click()
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    expect(cluster.get_by_role("img")).to_have_count(20)
+    expect(cluster.get_by_role("status")).to_contain_text("Dismiss acts on all 20 faces of this cluster")
+    cluster.get_by_role("button", name="Dismiss").click()
+    page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+    expect(page.get_by_role("status").filter(has_text="Dismissed 20 faces.")).to_be_visible()
+    expect(cluster).to_have_count(0)
+
+    more = stranger(32, "door-32", 19)
+    state_of(server).add_events(more)
+    page.get_by_role("button", name="Refresh").click()
+    cluster = cluster_of(page, more[0].event_id)
+    expect(cluster.get_by_role("img")).to_have_count(18)
+    cluster.get_by_role("button", name="Show all 19 faces").click()
+    expect(cluster.get_by_role("img")).to_have_count(19)
+    expect(cluster.get_by_role("button", name=re.compile("^Show"))).to_have_count(0)
+    cluster.get_by_role("button", name="Delete").click()
+    page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+    expect(page.get_by_role("status").filter(has_text="Deleted 19 faces.")).to_be_visible()
+
+
+def test_a_cluster_that_changed_is_shown_again_where_it_was(consoles: Consoles, server: Server) -> None:
+    """Two clusters, the newer first. A face joins the older one while it is on screen, making it the newest:
+    its dismissal is refused (409), and it is shown again as it is now in the same place, with a note; the
+    other keeps its label. Dismissed again, it goes."""
+    older = stranger(41, "door-41", 2, newest_seconds_ago=40)
+    newer = stranger(42, "door-42", 2, newest_seconds_ago=20)
+    state_of(server).add_events([*older, *newer])
+    admin = consoles.signed_in(server.harness.admin_token)
+    admin.go("Unknown faces")
+    page = admin.page
+    articles = main(page).locator("article.cluster")
+    moved, stays = cluster_of(page, older[0].event_id), cluster_of(page, newer[0].event_id)
+    expect(moved.get_by_role("heading")).to_have_text(re.compile(r": 2 faces$"))
+    ids = [a.get_attribute("data-cluster-id") for a in articles.all()]
+    assert ids.index(newer[0].event_id) < ids.index(older[0].event_id), ids
+
+    joined = stranger(41, "door-41", 3, newest_seconds_ago=5)[-1]  # the same stranger, just now
+    state_of(server).add_events([joined])
+    with admin.expecting(r"status of 409"):
+        moved.get_by_role("button", name="Dismiss").click()
+        page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+        expect(moved.get_by_role("status")).to_contain_text("Faces joined or left this cluster since it was shown")
+    expect(moved.get_by_role("heading")).to_have_text(f"Unknown person {older[0].event_id[:8]}: 3 faces")
+    expect(moved.get_by_role("img")).to_have_count(3)
+    expect(moved.get_by_role("heading")).to_be_focused()
+    after = [a.get_attribute("data-cluster-id") for a in articles.all()]
+    assert after == ids, (ids, after)  # where the operator was, although it is now the newest
+    expect(stays.get_by_role("heading")).to_have_text(f"Unknown person {newer[0].event_id[:8]}: 2 faces")
+    moved.get_by_role("button", name="Dismiss").click()
+    page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+    expect(page.get_by_role("status").filter(has_text="Dismissed 3 faces.")).to_be_visible()
+
+
+def test_a_cluster_whose_oldest_face_left_is_found_under_its_new_id(consoles: Consoles, server: Server) -> None:
+    """The oldest face of a cluster on screen is deleted elsewhere, so the cluster's id changes: the action on
+    the old id (404) shows the cluster under its new id, where it was, with a note; acted on again, it goes."""
+    sightings = stranger(51, "door-51", 3)
+    state_of(server).add_events(sightings)
+    admin = consoles.signed_in(server.harness.admin_token)
+    admin.go("Unknown faces")
+    page = admin.page
+    expect(cluster_of(page, sightings[0].event_id).get_by_role("img")).to_have_count(3)
+    index = [a.get_attribute("data-cluster-id") for a in main(page).locator("article.cluster").all()].index(
+        sightings[0].event_id
+    )
+    gone = server.api.post("/api/snapshots/delete", json={"snapshot_ids": [sightings[0].event_id]})
+    assert gone.status_code == 200, gone.text
+    with admin.expecting(r"status of 404"):
+        cluster_of(page, sightings[0].event_id).get_by_role("button", name="Delete").click()
+        page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+        cluster = cluster_of(page, sightings[1].event_id)
+        expect(cluster.get_by_role("status")).to_contain_text("The oldest face of this cluster left it")
+    expect(cluster.get_by_role("heading")).to_have_text(f"Unknown person {sightings[1].event_id[:8]}: 2 faces")
+    expect(cluster.get_by_role("img")).to_have_count(2)
+    ids = [a.get_attribute("data-cluster-id") for a in main(page).locator("article.cluster").all()]
+    assert ids.index(sightings[1].event_id) == index, ids
+    cluster.get_by_role("button", name="Delete").click()
+    page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+    expect(page.get_by_role("status").filter(has_text="Deleted 2 faces.")).to_be_visible()

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import cv2
 import numpy as np
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Locator, Page, Route, expect
 
 from facefleet.link.checks import utc_now
 from facefleet.link.events import Event, FaceSnapshot
@@ -144,3 +144,35 @@ def test_a_cluster_whose_oldest_face_left_is_found_under_its_new_id(consoles: Co
     cluster.get_by_role("button", name="Delete").click()
     page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
     expect(page.get_by_role("status").filter(has_text="Deleted 2 faces.")).to_be_visible()
+
+
+def test_a_server_that_stops_answering_is_shown_and_refreshing_goes_on(consoles: Consoles, server: Server) -> None:
+    """The server takes every API call and never answers (as when it is stopped): the Fleet page's refresh
+    fails after 15 s with a message, the page says it has not been updated for a while, and the next refresh
+    is still made. The page's clock is Playwright's, moved forward by the test."""
+    admin = consoles.new()
+    page = admin.page
+    page.clock.install()
+    admin.open()
+    admin.sign_in(server.harness.admin_token)
+    admin.go("Fleet")
+    expect(main(page).get_by_text(re.compile(r"^\d+ agents?, "))).to_be_visible()
+    held: list[Route] = []
+    page.route("**/api/**", lambda route: held.append(route))  # taken, never answered
+    with page.expect_request("**/api/fleet"):
+        page.clock.fast_forward(6_000)  # the 5 s refresh
+    stale = page.locator("#stale")
+    expect(stale).to_be_hidden()
+    with page.expect_request("**/api/fleet"):  # the next refresh, at once: a hung call does not stop them
+        page.clock.fast_forward(16_000)
+    expect(main(page).get_by_role("alert")).to_contain_text(
+        "The fleet cannot be refreshed: The server did not answer within 15 s"
+    )
+    page.clock.fast_forward(1_000)
+    expect(stale).to_be_visible()
+    expect(stale).to_contain_text(re.compile(r"Not updated for \d+ s"))
+    page.unroute("**/api/**")
+    with page.expect_response("**/api/fleet"):  # the second held call times out, the next is answered
+        page.clock.fast_forward(16_000)
+    expect(stale).to_be_hidden()
+    expect(main(page).get_by_role("alert")).to_have_count(0)

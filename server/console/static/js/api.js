@@ -44,8 +44,19 @@ export function withQuery(path, query) {
   return text ? `${path}?${text}` : path;
 }
 
-/** Call the API. options: query (object), json (a body to send as JSON), form (FormData), signal. */
-export async function request(method, path, { query, json, form, signal } = {}) {
+/** How long a read waits for the server's answer before it fails (a change waits as long as it takes: it
+ * may be long, a rollout re-embedding everyone, and it may be done even when its answer is late). */
+export const READ_TIMEOUT_MS = 15000;
+let lastAnswer = Date.now();
+
+/** When the server last answered a call (any status): how stale what is on screen may be. */
+export function lastAnswered() {
+  return lastAnswer;
+}
+
+/** Call the API. options: query (object), json (a body to send as JSON), form (FormData), signal,
+ * timeoutMs (default: READ_TIMEOUT_MS for GET and HEAD, none for changes; 0: none). */
+export async function request(method, path, { query, json, form, signal, timeoutMs } = {}) {
   const headers = { Accept: 'application/json, application/problem+json' };
   if (method !== 'GET' && method !== 'HEAD') headers['X-CSRF-Token'] = csrfToken;
   let body;
@@ -55,18 +66,39 @@ export async function request(method, path, { query, json, form, signal } = {}) 
   } else if (form !== undefined) {
     body = form; // the browser sets multipart/form-data with its boundary
   }
+  const limit = timeoutMs ?? (method === 'GET' || method === 'HEAD' ? READ_TIMEOUT_MS : 0);
+  // The page's signal (it has gone) and the time limit, as one signal: setTimeout, not
+  // AbortSignal.timeout, so that the limit counts time as the page's clock does.
+  const both = new AbortController();
+  const follow = () => both.abort(signal.reason);
+  if (signal?.aborted) follow();
+  else signal?.addEventListener('abort', follow, { once: true });
+  let timedOut = false;
+  const timer = limit ? setTimeout(() => { timedOut = true; both.abort(); }, limit) : 0;
   let response;
+  let data = null;
   try {
     response = await fetch(withQuery(path, query), {
-      method, headers, body, signal, credentials: 'same-origin', cache: 'no-store',
+      method, headers, body, signal: both.signal, credentials: 'same-origin', cache: 'no-store',
+    });
+    lastAnswer = Date.now();
+    const type = response.headers.get('Content-Type') || '';
+    if (response.status !== 204 && type.includes('json')) data = await response.json().catch((error) => {
+      if (isAbort(error)) throw error;
+      return null;
     });
   } catch (error) {
+    if (timedOut) {
+      throw new ApiError({ detail: `The server did not answer within ${limit / 1000} s; `
+        + 'what is shown may be out of date. Check the connection and the server, and try again.' }, 0);
+    }
     if (isAbort(error)) throw error;
     throw new ApiError({ detail: 'The server cannot be reached; check the connection and try again.' }, 0);
+  } finally {
+    clearTimeout(timer);
+    signal?.removeEventListener('abort', follow);
   }
   if (response.status === 204) return null;
-  const type = response.headers.get('Content-Type') || '';
-  const data = type.includes('json') ? await response.json().catch(() => null) : null;
   if (!response.ok) {
     const problem = data && typeof data === 'object'
       ? data : { detail: `HTTP ${response.status} ${response.statusText}`.trim() };

@@ -5,7 +5,14 @@ with its record in the `facefleet_migrations` table (version, name, applied_at i
 user_version mirrors the version for tools), so a crash or an error leaves the previous version and no
 database is migrated twice, even by processes opening it at once. A database recorded at a version newer
 than the code is refused before anything is written. A database whose schema was recorded another way
-before (a `Legacy` record) is adopted at that version, its old record replaced in one transaction.
+before (a `Legacy` record) is adopted at that version, its old record replaced in one transaction by a
+marker that the code of those days reads as a newer schema, so that it refuses the database with its own
+message rather than misreading it.
+
+Only the programs that own a database upgrade it (apply with upgrade=True: a service at start, an explicit
+migrate verb); others (upgrade=False) create a new database but refuse one with pending migrations
+(SchemaOutdatedError), so that a command never changes the schema under a running service of the older
+code.
 """
 
 from __future__ import annotations
@@ -32,6 +39,10 @@ class SchemaError(FaceFleetError):
     exit_code = EXIT_DATA
 
 
+class SchemaOutdatedError(SchemaError):
+    """A database older than this program, which only its service (or migrate verb) upgrades; untouched."""
+
+
 @dataclass(frozen=True)
 class Migration:
     """One schema step: its SQL statements, then `run` (for steps that convert rows in Python). Inside the
@@ -52,22 +63,26 @@ class Migration:
 @dataclass(frozen=True)
 class Legacy:
     """How the schema was recorded before this runner. version: the version a database is at by that
-    record (None: it has none), raising SchemaError for a record it cannot place; forget: remove that
-    record, in the transaction that writes the runner's own."""
+    record (None: it has none, or only the marker), raising SchemaError for a record it cannot place;
+    supersede: replace that record (if any) by the marker, which the code of those days reads as a schema
+    newer than its own; superseded: whether the marker is there. Both run inside the runner's transactions."""
 
     version: Callable[[sqlite3.Connection], int | None]
-    forget: Callable[[sqlite3.Connection], None]
+    supersede: Callable[[sqlite3.Connection], None]
+    superseded: Callable[[sqlite3.Connection], bool]
 
 
 @dataclass(frozen=True)
 class Migrations:
     """The migrations of one kind of database. what: how errors name it ('store', 'state database');
-    program: who runs it ('agent'); fix: what to do about a newer database ('upgrade facefleet-agent')."""
+    program: who runs it ('agent'); fix: what to do about a newer database ('upgrade facefleet-agent');
+    upgrade: how to upgrade an older one (who migrates it), for the commands that do not."""
 
     steps: tuple[Migration, ...]
     what: str
     program: str
     fix: str
+    upgrade: str = ""
     legacy: Legacy | None = None
 
     def __post_init__(self) -> None:
@@ -99,26 +114,44 @@ class Migrations:
         """The steps not applied yet, oldest first; reads only."""
         return self.steps[self.version(conn, path) :]
 
-    def apply(self, conn: sqlite3.Connection, path: Path) -> list[Migration]:
+    def apply(self, conn: sqlite3.Connection, path: Path, *, upgrade: bool = True) -> list[Migration]:
         """Record a legacy version in the runner's table, then apply each pending step in a transaction of
-        its own; the steps applied here (another process may have applied some meanwhile). `conn` must not
-        be in a transaction; sqlite3.Error and SchemaError propagate, leaving the last committed version."""
+        its own; the steps applied here (another process may have applied some meanwhile). upgrade=False:
+        only a new database (version 0) is created; one with pending migrations raises
+        SchemaOutdatedError, untouched. `conn` must not be in a transaction; sqlite3.Error and SchemaError
+        propagate, leaving the last committed version."""
         pending = self.pending(conn, path)  # refuses a newer database before anything is written
-        if not pending and has_table(conn, RECORD_TABLE):
-            return []
+        version = self.latest - len(pending)
+        if not upgrade and pending and version:
+            raise self.outdated(version, path)
+        if not pending and (not upgrade or (has_table(conn, RECORD_TABLE) and self._marked(conn))):
+            return []  # up to date; the marker is left to the programs that upgrade
         with immediate(conn):
             self._adopt(conn, path)
         applied: list[Migration] = []
+        creating = version == 0
         while True:
             with immediate(conn):  # reads the version again under the write lock
                 version = self.version(conn, path)
                 if version == self.latest:
                     break
+                if not upgrade and not creating:
+                    raise self.outdated(version, path)
                 step = self.steps[version]
                 step.apply(conn)
                 _record(conn, step.version, step.name)
             applied.append(step)
         return applied
+
+    def outdated(self, version: int, path: Path) -> SchemaOutdatedError:
+        """The error for a database at `version`, older than this program, that it does not upgrade."""
+        return SchemaOutdatedError(
+            f"{self.what} {path} is at schema {version} and this {self.program} needs {self.latest}: "
+            f"{self.upgrade or 'open it with the program that upgrades it'}"
+        )
+
+    def _marked(self, conn: sqlite3.Connection) -> bool:
+        return self.legacy is None or self.legacy.superseded(conn)
 
     def _check(self, version: int, path: Path) -> int:
         if version > self.latest:
@@ -137,15 +170,15 @@ class Migrations:
             raise SchemaError(f"{self.what} {path}: {exc}; {self.fix}") from None
 
     def _adopt(self, conn: sqlite3.Connection, path: Path) -> None:
-        """Create the record table; a database at a legacy version gets its steps recorded as applied."""
-        if has_table(conn, RECORD_TABLE):
-            return
-        version = self._check(self._legacy_version(conn, path), path)
-        conn.execute(_CREATE_RECORD)
-        for step in self.steps[:version]:
-            _record(conn, step.version, step.name)
-        if self.legacy is not None and version:
-            self.legacy.forget(conn)
+        """Create the record table; a database at a legacy version gets its steps recorded as applied. Then
+        the legacy record (if any) gives way to the marker, also in a database this runner created."""
+        if not has_table(conn, RECORD_TABLE):
+            version = self._check(self._legacy_version(conn, path), path)
+            conn.execute(_CREATE_RECORD)
+            for step in self.steps[:version]:
+                _record(conn, step.version, step.name)
+        if self.legacy is not None and not self.legacy.superseded(conn):
+            self.legacy.supersede(conn)
 
 
 @contextlib.contextmanager

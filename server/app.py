@@ -9,13 +9,16 @@ the same event loop, TLS with the server certificate and bearer tokens. With `in
 all are plaintext.
 
 Stop: health turns NOT_SERVING, Watch streams end, running calls get `listen.grace_seconds`, then the
-process exits 0. Exit codes of `serve`: 0 stopped by a signal, 69 cannot listen, 74 state database
-unusable (or being restored), 78 configuration or TLS files unusable (systemd does not restart on 78).
+process exits 0. Exit codes of `serve`: 0 stopped by a signal, 65 the state database's schema is newer than
+this server's (at start, or found at a look for changes: a newer server upgraded it), 69 cannot listen, 74
+state database unusable (or being restored, or older than this server while other servers serve it), 78
+configuration or TLS files unusable (systemd restarts on neither 65 nor 78).
 
 While it serves, the process holds the state's serving lock (facefleet.server.state.serving), so that
 `restore` and `state migrate` are refused until it stops. A replica that finds a restore holding a PostgreSQL
 state (its lock's connection broke meanwhile) stops at once and exits 74: systemd starts it again, and it
-serves once the restore has finished.
+serves once the restore has finished. A database older than the code is upgraded at start only while
+no other server holds the lock (facefleet.server.state.serving.ServingLock.alone).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from facefleet.core import notify
-from facefleet.core.errors import EXIT_IO, EXIT_OK, EXIT_UNAVAILABLE, FaceFleetError
+from facefleet.core.errors import EXIT_DATA, EXIT_IO, EXIT_OK, EXIT_UNAVAILABLE, FaceFleetError
 from facefleet.core.metrics import MetricsBindError
 from facefleet.link.checks import utc_now
 from facefleet.server.api.audit import AuditLog
@@ -49,7 +52,12 @@ from facefleet.server.api.token_gate import TokenGate
 from facefleet.server.api.wire import services
 from facefleet.server.config import ServerConfig
 from facefleet.server.domain.models import ROLLOUT_STATES
-from facefleet.server.errors import FailedPreconditionError, ServerConfigError, ServerError
+from facefleet.server.errors import (
+    FailedPreconditionError,
+    ServerConfigError,
+    ServerError,
+    StateOutdatedError,
+)
 from facefleet.server.fleet.device_admin import DeviceAdmin
 from facefleet.server.fleet.devices import DeviceRegistry
 from facefleet.server.fleet.link import FleetHandler, FleetSettings
@@ -125,12 +133,7 @@ class FleetServer:
         # held until stop(): a restore or migration is refused meanwhile (facefleet.server.state.serving)
         self._serving = hold_serving(config.state.url, paths.database)
         try:
-            self.state = state or open_state(
-                config.state.url,
-                paths.database,
-                log_revisions=config.gallery.log_revisions,
-                pool_size=config.state.pool_size,
-            )
+            self.state = state or self._open_state()
         except BaseException:
             self._serving.close()
             raise
@@ -154,6 +157,27 @@ class FleetServer:
         self.metrics_endpoint = self.metrics.serve(config.metrics.listen)
         self._stopping = asyncio.Event()  # a signal, or a restore of the state: run() stops the server
         self._restored: RestoreRunningError | None = None
+        self._outgrown: int | None = None
+        """The newer schema version a look for changes found (a newer server upgraded the database)."""
+
+    def _open_state(self) -> State:
+        """The state database, upgraded if older than this server, but only while no other server serves
+        it: those run the older code (ServersRunningError, exit 74, while they do)."""
+        config = self.config
+        for upgrade in (False, True):
+            try:
+                with self._serving.alone() if upgrade else contextlib.nullcontext():
+                    return open_state(
+                        config.state.url,
+                        self.paths.database,
+                        log_revisions=config.gallery.log_revisions,
+                        pool_size=config.state.pool_size,
+                        upgrade=upgrade,
+                    )
+            except StateOutdatedError:
+                if upgrade:
+                    raise
+        raise AssertionError("unreachable")
 
     async def start(self) -> Ports:
         """Bind the listeners and start serving."""
@@ -252,6 +276,10 @@ class FleetServer:
             notify.notify("STOPPING=1", "STATUS=stopping: the state database is being restored")
             await self.stop(0)
             return EXIT_IO
+        if self._outgrown is not None:  # its calls would fail on the newer schema: other replicas serve
+            notify.notify("STOPPING=1", "STATUS=stopping: the state database was upgraded by a newer server")
+            await self.stop(0)
+            return EXIT_DATA
         notify.notify("STOPPING=1", "STATUS=stopping: finishing running calls")
         log.info("stopping (grace %.0f s)", self.config.listen.grace_seconds)
         await self.stop()
@@ -499,6 +527,8 @@ class FleetServer:
                         log.exception("cannot take the serving lock again; retrying")
                     renewing = True
                 try:
+                    if await self._outgrown_schema():
+                        return
                     await self.refresh()
                     if time.monotonic() - expired_at >= EXPIRY_INTERVAL_S:
                         await asyncio.to_thread(self.expire)
@@ -511,6 +541,22 @@ class FleetServer:
         finally:
             if listening is not None:
                 listening.cancel()
+
+    async def _outgrown_schema(self) -> bool:
+        """Whether a newer server upgraded the database past this server's schema; if so, stop serving
+        (exit 65, which systemd does not restart on: this host needs the upgrade)."""
+        version = await asyncio.to_thread(self.state.schema_version)
+        if version <= self.state.latest_schema:
+            return False
+        log.error(
+            "stopping: the state database was upgraded to schema %d by a newer facefleet-server (this one "
+            "has %d), and this server's calls would fail on it; upgrade this host",
+            version,
+            self.state.latest_schema,
+        )
+        self._outgrown = version
+        self._stopping.set()
+        return True
 
     async def _notified(self, change: str) -> None:
         """A change committed through any replica, or 'listening': notifications start (again), and what

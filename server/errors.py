@@ -30,6 +30,8 @@ __all__ = [
     "ServerConfigError",
     "ServerError",
     "StateError",
+    "StateOutdatedError",
+    "StateSchemaError",
     "UnauthenticatedError",
     "UsageError",
     "disk_full",
@@ -155,6 +157,19 @@ class StateError(ServerError):
 
     status = "UNAVAILABLE"
     exit_code = EXIT_IO
+
+
+class StateSchemaError(StateError):
+    """The state database's schema is not this server's (a newer server's, another program's): exit 65,
+    which systemd does not restart on, since only upgrading this host helps."""
+
+    status = "FAILED_PRECONDITION"
+    exit_code = EXIT_DATA
+
+
+class StateOutdatedError(StateSchemaError):
+    """The state database is older than this server, and this command does not upgrade it (only `serve`
+    does, at start): nothing was written."""
 
 
 class ServerConfigError(ServerError):

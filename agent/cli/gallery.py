@@ -1,4 +1,6 @@
-"""`facefleet-agent enroll | people | identify | verify | store check | calibrate`: the on-device gallery."""
+"""`facefleet-agent enroll | people | identify | verify | store check | store migrate | calibrate`: the
+on-device gallery. Only `store migrate` (and the service, at start) upgrades the store: the other verbs
+create a new one (enroll) but refuse one older than themselves, untouched (exit 65)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from facefleet.agent.recognition.calibration import calibrate
 from facefleet.agent.recognition.face_choice import choose_face
 from facefleet.agent.recognition.matching import Matcher
 from facefleet.agent.store.database import EmbeddingStore
+from facefleet.agent.store.lock import StoreLock
 from facefleet.core.cli import add_command
 from facefleet.core.errors import EXIT_DATA, EXIT_IO, EXIT_OK, ConfigError
 from facefleet.vision.errors import ImageError
@@ -86,7 +89,7 @@ def register(commands: Any) -> None:
     store = add_command(
         commands,
         "store",
-        "check the on-device store",
+        "check or upgrade the on-device store",
         "facefleet-agent store check   (exit 74 when the file is damaged)",
         description="Maintenance of the on-device store (<state_dir>/agent.db).",
         json_output=False,
@@ -96,6 +99,15 @@ def register(commands: Any) -> None:
         store_verbs, "check", "run SQLite's integrity and foreign-key checks", "facefleet-agent store check"
     )
     check.set_defaults(handler=_store_check)
+    migrate = add_command(
+        store_verbs,
+        "migrate",
+        "apply the store's pending schema migrations (the agent service stopped)",
+        "facefleet-agent store migrate   (refused, exit 69, while the agent service runs)",
+        description="Upgrade <state_dir>/agent.db to this agent's schema, as the service does at start. "
+        "Refused while the service runs on it (restart the service instead, which upgrades it).",
+    )
+    migrate.set_defaults(handler=_store_migrate)
 
     calibrate_parser = add_command(
         commands,
@@ -117,16 +129,26 @@ def store_path(context: Context) -> Path:
     return context.store_path
 
 
-def _open_store(context: Context, read_only: bool = False, *, existing: bool = False) -> EmbeddingStore:
+def _open_store(
+    context: Context, read_only: bool = False, *, existing: bool = False, upgrade: bool = False
+) -> EmbeddingStore:
     """The store; existing: the verb only reads or removes, so a store that is not there is an error (a
-    mistyped --state-dir), not an empty store made there."""
+    mistyped --state-dir), not an empty store made there. A store older than this agent is refused
+    (StoreOutdatedError) unless upgrade (`store migrate`): the service on it may run the older code."""
     path = store_path(context)
-    if existing and not path.exists():
+    if existing:
+        _require_store(path)
+    return EmbeddingStore(path, read_only=read_only, upgrade=upgrade)
+
+
+def _require_store(path: Path) -> None:
+    """StoreError (exit 74) when there is no store at path: a verb that only reads, removes or upgrades
+    makes none (a mistyped --state-dir)."""
+    if not path.exists():
         raise StoreError(
             f"no store at {path}: nobody was enrolled with this state directory; check --state-dir or "
             "state_dir in --config"
         )
-    return EmbeddingStore(path, read_only=read_only)
 
 
 def _enrol(context: Context, args: argparse.Namespace) -> int:
@@ -210,7 +232,7 @@ def _twin(sample: Embedding, others: list[Embedding]) -> Embedding | None:
 
 
 def _people_list(context: Context, args: argparse.Namespace) -> int:
-    with _open_store(context, existing=True) as store:
+    with _open_store(context, read_only=True, existing=True) as store:
         people = store.gallery.people()
         counts = {p.person_id: len(store.gallery.embeddings(p.person_id)) for p in people}
         revision = store.gallery.revision()
@@ -234,7 +256,7 @@ def _people_list(context: Context, args: argparse.Namespace) -> int:
 
 
 def _people_show(context: Context, args: argparse.Namespace) -> int:
-    with _open_store(context, existing=True) as store:
+    with _open_store(context, read_only=True, existing=True) as store:
         person = store.gallery.person(args.person_id)
         embeddings = store.gallery.embeddings(args.person_id)
     data = {
@@ -423,4 +445,21 @@ def _calibrate(context: Context, args: argparse.Namespace) -> int:
             context.console.print(f"  {scoring}: {figures}", markup=False)
         if args.write_config:
             context.console.print(f"written to {context.config_path}", markup=False)
+    return EXIT_OK
+
+
+def _store_migrate(context: Context, args: argparse.Namespace) -> int:
+    path = store_path(context)
+    _require_store(path)  # before the lock file is made beside it
+    with (
+        StoreLock(path, "`facefleet-agent store migrate`"),
+        _open_store(context, existing=True, upgrade=True) as store,
+    ):
+        applied, version = store.upgraded, store.schema_version()
+    if context.json_output:
+        context.print_json({"store": str(path), "schema_version": version, "applied": applied})
+    elif applied:
+        context.console.print(f"{path}: applied {', '.join(applied)}; now at schema {version}", markup=False)
+    else:
+        context.console.print(f"{path}: at schema {version} already; nothing to do", markup=False)
     return EXIT_OK

@@ -1,4 +1,5 @@
-"""`facefleet-agent run`: the long-running service, stopped cleanly by SIGTERM or SIGINT."""
+"""`facefleet-agent run`: the long-running service, stopped cleanly by SIGTERM or SIGINT. It holds the store's
+lock (facefleet.agent.store.lock) for as long as it runs, and upgrades the store at start."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from facefleet.agent.cli.context import Context
 from facefleet.agent.service.loop import AgentService
+from facefleet.agent.store.lock import StoreLock
 from facefleet.core.cli import add_command
 from facefleet.core.config import check_writable
 from facefleet.core.errors import EXIT_OK
@@ -34,7 +36,13 @@ def _run(context: Context, args: argparse.Namespace) -> int:
     context.config.check_files()  # a bad TLS or password file: exit 78 before any model is compiled
     check_writable("state_dir", context.state_dir)  # models, store, cache: exit 74 before anything is read
     set_log_format(context.config.log_format, {"device_id": context.config.device()})
-    service = AgentService(context.config, context.state_dir)
+    # held until the process ends: a second service, or `store migrate`, is refused meanwhile (exit 69)
+    lock = StoreLock(context.store_path, "run")
+    try:
+        service = AgentService(context.config, context.state_dir)
+    except BaseException:
+        lock.close()
+        raise
 
     def stop(signum: int, frame: FrameType | None) -> None:
         service.request_stop()
@@ -49,4 +57,5 @@ def _run(context: Context, args: argparse.Namespace) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_OK)
+    lock.close()
     return EXIT_OK

@@ -39,6 +39,11 @@ class StoreFormatError(StoreError):
     exit_code = EXIT_DATA
 
 
+class StoreOutdatedError(StoreFormatError):
+    """The store is older than this agent, and only the service (at start) or `store migrate` upgrades it;
+    nothing was written."""
+
+
 class StoreCorruptError(StoreFormatError):
     """SQLite finds the store damaged: an integrity problem, as `store check` reports it."""
 

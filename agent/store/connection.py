@@ -1,6 +1,7 @@
 """The store's core: one SQLite file (WAL, busy timeout, synchronous FULL) opened read-write or read-only,
-checked and migrated before use, with its transactions as public context managers, its counters, SQLite's
-own integrity checks, and sqlite3 errors turned into StoreErrors that name the file and the fix.
+checked and migrated before use (an older store only by those who pass upgrade: the service, `store
+migrate`), with its transactions as public context managers, its counters, SQLite's own integrity checks,
+and sqlite3 errors turned into StoreErrors that name the file and the fix.
 
 The gallery, outbox, audit, sync and reports modules of this package work through `read()` and `write()`.
 Every write is one `BEGIN IMMEDIATE` transaction, so a crash or an error half-way leaves the previous state.
@@ -22,10 +23,11 @@ from facefleet.agent.domain.records import (
     StoreError,
     StoreFormatError,
     StoreFullError,
+    StoreOutdatedError,
     StoreReadOnlyError,
 )
 from facefleet.core.files import create_private
-from facefleet.core.migrations import RECORD_TABLE, Migrations, SchemaError
+from facefleet.core.migrations import RECORD_TABLE, Migrations, SchemaError, SchemaOutdatedError
 from facefleet.core.sqlite_wal import empty_wal
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -38,7 +40,10 @@ class StoreConnection:
     """The SQLite file at `path` with the given migrations, created (with its directory) if missing and
     migrated on open. Safe to share between threads (one lock) and between processes (WAL, busy timeout).
     read_only opens an existing, up-to-date store without writing anything; every write then raises
-    StoreReadOnlyError. busy_timeout_ms: how long a write waits for another process's write lock."""
+    StoreReadOnlyError. upgrade=False creates a new store but refuses (StoreOutdatedError, untouched) one
+    with pending migrations, which only the service or `store migrate` applies: a command must not change the
+    schema under a running agent of the older code. busy_timeout_ms: how long a write waits for another
+    process's write lock."""
 
     def __init__(
         self,
@@ -46,11 +51,15 @@ class StoreConnection:
         migrations: Migrations,
         *,
         read_only: bool = False,
+        upgrade: bool = True,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
     ) -> None:
         self.path = path
         self.migrations = migrations
         self.read_only = read_only
+        self.upgrade = upgrade
+        self.upgraded: list[str] = []
+        """The migrations this open applied (none read-only, or when up to date)."""
         self.busy_timeout_ms = busy_timeout_ms
         self._lock = threading.RLock()
         _check_file(path, read_only)
@@ -68,7 +77,9 @@ class StoreConnection:
                     self._conn.execute("PRAGMA secure_delete = ON")  # erased faces are overwritten
                     if self._conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                         self._conn.execute("PRAGMA journal_mode = WAL")
-                self.migrate()
+                with self._lock, self._translated(), _schema_errors():
+                    steps = self.migrations.apply(self._conn, self.path, upgrade=upgrade)
+                self.upgraded = [step.name for step in steps]
         except BaseException:
             self._conn.close()
             raise
@@ -151,9 +162,10 @@ class StoreConnection:
             return self.migrations.version(self._conn, self.path)
 
     def _check_schema(self) -> None:
-        """Refuse SQLite files of other applications, stores written by a newer FaceFleet, and (read-only)
-        stores that need an upgrade. The version and the tables are read in one read transaction: another
-        process creating the store meanwhile commits each migration's tables with its version."""
+        """Refuse SQLite files of other applications, stores written by a newer FaceFleet, and stores that
+        need an upgrade unless this open upgrades (read-only: even a new one), before anything is written.
+        The version and the tables are read in one read transaction: another process creating the store
+        meanwhile commits each migration's tables with its version."""
         with self._lock, self._translated():
             self._conn.execute("BEGIN DEFERRED")
             try:
@@ -169,11 +181,8 @@ class StoreConnection:
                 f"file {self.path} is an SQLite database but not a FaceFleet store (it has tables "
                 f"{', '.join(sorted(foreign))}); move it away or choose another state directory"
             )
-        pending = self.migrations.latest - version
-        if self.read_only and pending:
-            raise StoreFormatError(
-                f"store {self.path} needs a schema upgrade ({pending} migrations); open it writable once"
-            )
+        if version < self.migrations.latest and (self.read_only or (version and not self.upgrade)):
+            raise StoreOutdatedError(str(self.migrations.outdated(version, self.path)))
 
     # ---- counters and health ------------------------------------------------------------------------------
 
@@ -252,6 +261,8 @@ def drop_oldest(
 def _schema_errors() -> Iterator[None]:
     try:
         yield
+    except SchemaOutdatedError as exc:
+        raise StoreOutdatedError(str(exc)) from None
     except SchemaError as exc:
         raise StoreFormatError(str(exc)) from None
 

@@ -50,10 +50,11 @@ class EmbeddingStore:
     """The SQLite store at `path`, created (with its directory) if missing and migrated on open.
 
     Safe to share between threads and between processes. read_only opens an existing store without writing
-    anything; every write then raises StoreReadOnlyError. outbox_limit, report_limit: how many messages and
-    reports may wait before the oldest are dropped; snapshot_limit_bytes, snapshot_keep_s: how many bytes of
-    face snapshots may wait, and for how long (s); busy_timeout_ms: how long a write waits for another
-    process's write lock.
+    anything; every write then raises StoreReadOnlyError. upgrade=False (every command but `run` and
+    `store migrate`) creates a new store but refuses an older one (StoreOutdatedError), untouched.
+    outbox_limit, report_limit: how many messages and reports may wait before the oldest are dropped;
+    snapshot_limit_bytes, snapshot_keep_s: how many bytes of face snapshots may wait, and for how long (s);
+    busy_timeout_ms: how long a write waits for another process's write lock.
     """
 
     def __init__(
@@ -61,6 +62,7 @@ class EmbeddingStore:
         path: Path | str,
         *,
         read_only: bool = False,
+        upgrade: bool = True,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
         outbox_limit: int = DEFAULT_OUTBOX_LIMIT,
         report_limit: int = DEFAULT_REPORT_LIMIT,
@@ -70,8 +72,10 @@ class EmbeddingStore:
         self.path = Path(path)
         self.read_only = read_only
         self.connection = StoreConnection(
-            self.path, MIGRATIONS, read_only=read_only, busy_timeout_ms=busy_timeout_ms
+            self.path, MIGRATIONS, read_only=read_only, upgrade=upgrade, busy_timeout_ms=busy_timeout_ms
         )
+        self.upgraded = self.connection.upgraded
+        """The migrations this open applied."""
         try:
             self.gallery = GalleryStore(self.connection)
             self.outbox = Outbox(self.connection, outbox_limit)

@@ -6,7 +6,10 @@ the agent published retained messages on.
 
 Stores migrated before this runner existed recorded their migrations with sqlite-utils, in its
 `_sqlite_migrations` table (set "facefleet-agent-store", names "0001_initial" and "0002_sync"): such a store
-is adopted at that version and its old record removed in the same transaction.
+is adopted at that version, and in the same transaction its old record is replaced by a row named MARKER.
+Every store this runner migrates or creates gets that row: agents of those days read a migration they do not
+know as a store written by a newer FaceFleet, and refuse it saying so (without it they would call the store
+"not a FaceFleet store").
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ _LOG = logging.getLogger(__name__)
 LEGACY_TABLE = "_sqlite_migrations"
 LEGACY_SET = "facefleet-agent-store"
 LEGACY_NAMES = ("0001_initial", "0002_sync")
+MARKER = "9999_newer_schema_in_facefleet_migrations"
+"""The sqlite-utils migration name left for agents that recorded their schema there; ignored here."""
 
 INITIAL = (
     """CREATE TABLE people (
@@ -232,17 +237,35 @@ def _legacy_version(conn: sqlite3.Connection) -> int | None:
     """How many of the sqlite-utils migrations a store had applied (None: it has no such record)."""
     if not has_table(conn, LEGACY_TABLE):
         return None
-    query = f"SELECT name FROM {LEGACY_TABLE} WHERE migration_set = ? ORDER BY rowid"  # noqa: S608
-    names = tuple(row[0] for row in conn.execute(query, (LEGACY_SET,)))
+    query = f"SELECT name FROM {LEGACY_TABLE} WHERE migration_set = ? AND name <> ? ORDER BY rowid"  # noqa: S608
+    names = tuple(row[0] for row in conn.execute(query, (LEGACY_SET, MARKER)))
     if sorted(names) != list(LEGACY_NAMES[: len(names)]):
         raise SchemaError(f"its sqlite-utils migrations {', '.join(names)} are not ones this agent knows")
     return len(names) or None
 
 
-def _forget_legacy(conn: sqlite3.Connection) -> None:
+def _supersede_legacy(conn: sqlite3.Connection) -> None:
+    """Our sqlite-utils rows give way to MARKER (the table as sqlite-utils makes it, if missing)."""
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {LEGACY_TABLE} "
+        "(id INTEGER PRIMARY KEY, migration_set TEXT, name TEXT, applied_at TEXT)"
+    )
+    conn.execute(
+        f"CREATE UNIQUE INDEX IF NOT EXISTS idx_{LEGACY_TABLE}_migration_set_name "
+        f"ON {LEGACY_TABLE} (migration_set, name)"
+    )
     conn.execute(f"DELETE FROM {LEGACY_TABLE} WHERE migration_set = ?", (LEGACY_SET,))  # noqa: S608
-    if conn.execute(f"SELECT COUNT(*) FROM {LEGACY_TABLE}").fetchone()[0] == 0:  # noqa: S608
-        conn.execute(f"DROP TABLE {LEGACY_TABLE}")
+    conn.execute(
+        f"INSERT INTO {LEGACY_TABLE} (migration_set, name, applied_at) VALUES (?, ?, datetime('now'))",  # noqa: S608
+        (LEGACY_SET, MARKER),
+    )
+
+
+def _legacy_superseded(conn: sqlite3.Connection) -> bool:
+    if not has_table(conn, LEGACY_TABLE):
+        return False
+    query = f"SELECT 1 FROM {LEGACY_TABLE} WHERE migration_set = ? AND name = ?"  # noqa: S608
+    return conn.execute(query, (LEGACY_SET, MARKER)).fetchone() is not None
 
 
 MIGRATIONS = Migrations(
@@ -257,6 +280,11 @@ MIGRATIONS = Migrations(
     what="store",
     program="agent",
     fix="upgrade facefleet",
-    legacy=Legacy(_legacy_version, _forget_legacy),
+    upgrade=(
+        "restart the agent service (systemctl restart facefleet-agent), which upgrades it at start, or stop "
+        "it and run `facefleet-agent store migrate`"
+    ),
+    legacy=Legacy(_legacy_version, _supersede_legacy, _legacy_superseded),
 )
-"""The agent store's migrations, applied by facefleet.agent.store.connection when a store opens."""
+"""The agent store's migrations, applied by facefleet.agent.store.connection when a store opens (by the
+service and `store migrate`; other commands only create a new store)."""

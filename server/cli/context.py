@@ -1,6 +1,7 @@
 """What every facefleet-server command shares: the loaded config, the state directory's paths, the state
-database (opened on first use; only the verbs that start a new install create it), the output console, and
-recording changes in the admin audit log."""
+database (opened on first use; only the verbs that start a new install create it, and only `serve` and
+`state migrate` upgrade an older one: the others refuse it untouched, exit 65, since older servers may be
+serving it), the output console, and recording changes in the admin audit log."""
 
 from __future__ import annotations
 
@@ -47,6 +48,9 @@ class Context:
     remote: RemoteServer | None = None
     creates_state: bool = False
     """The verb may create the state database (it starts a new install); others refuse a missing one."""
+    upgrades_state: bool = False
+    """The verb may apply pending migrations (`state migrate`, holding the database offline); others
+    refuse an older database (StateOutdatedError)."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Context:
@@ -69,12 +73,26 @@ class Context:
             bool(getattr(args, "json", False)),
             remote=None if settings is None else RemoteServer(settings),
             creates_state=bool(getattr(args, "creates_state", False)),
+            upgrades_state=bool(getattr(args, "upgrades_state", False)),
         )
 
     @cached_property
     def state(self) -> State:
         """The state database; StateError (exit 74) naming the file when it does not exist and this verb
-        does not start a new install: a mistyped --state-dir shows no empty fleet."""
+        does not start a new install: a mistyped --state-dir shows no empty fleet. StateOutdatedError (exit
+        65, untouched) when it is older than this server and the verb does not upgrade it."""
+        self.check_state_exists()
+        return open_state(
+            self.config.state.url,
+            self.paths.database,
+            log_revisions=self.config.gallery.log_revisions,
+            pool_size=min(self.config.state.pool_size, 2),
+            upgrade=self.upgrades_state,
+        )
+
+    def check_state_exists(self) -> None:
+        """StateError (exit 74) naming the file when the SQLite state database does not exist and this verb
+        does not start a new install."""
         url = self.config.state.url
         database = sqlite_database(url, self.paths.database)
         if not self.creates_state and not on_postgres(url) and not database.exists():
@@ -83,12 +101,6 @@ class Context:
                 "--config); on a new install `facefleet-server certs init`, `certs issue DEVICE`, `tokens "
                 "create`, `models import-defaults` or `models publish` creates it"
             )
-        return open_state(
-            self.config.state.url,
-            self.paths.database,
-            log_revisions=self.config.gallery.log_revisions,
-            pool_size=min(self.config.state.pool_size, 2),
-        )
 
     @cached_property
     def operators(self) -> LocalHandlers:

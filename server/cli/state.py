@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from contextlib import nullcontext
 from typing import Any
 
 from facefleet.core.errors import EXIT_OK
 from facefleet.server.cli.context import Context
 from facefleet.server.errors import InvalidArgumentError
+from facefleet.server.state.open import on_postgres, sqlite_database
 from facefleet.server.state.postgres.copy import copy_state
 from facefleet.server.state.postgres.state import PostgresState
 from facefleet.server.state.serving import offline
-from facefleet.server.state.sql.state import SqlState
 from facefleet.server.state.sqlite.state import SqliteState
 
 
@@ -34,23 +33,27 @@ def register(commands: Any, make: Callable[..., Any]) -> None:
         "copy the SQLite state into a new, empty PostgreSQL database and check the counts",
         "facefleet-server state migrate --to postgresql://facefleet@db.example:5432/facefleet",
         "Refused while the server serves the SQLite state (exit 65): systemctl stop facefleet-server "
-        "first. Copies people, crops, embeddings, the gallery log, events and their "
-        "counts, tokens, agents, models, rollouts, devices, snapshots and the audit log in one transaction, "
-        "then compares every table's row count. Afterwards set [state] url to the same URL (and [models] dir "
-        "to a folder every replica shares) and start the server.",
+        "first. Upgrades an older SQLite state to this server's schema first. Copies people, crops, "
+        "embeddings, the gallery log, events and their counts, tokens, agents, models, rollouts, devices, "
+        "snapshots and the audit log in one transaction, then compares every table's row count. Afterwards "
+        "set [state] url to the same URL (and [models] dir to a folder every replica shares) and start the "
+        "server.",
     )
     migrate.add_argument("--to", required=True, metavar="URL", help="postgresql://USER@HOST:PORT/DBNAME")
     migrate.add_argument("--json", action="store_true", help="print the row counts as JSON")
-    migrate.set_defaults(handler=_migrate, local_only="state migrate")
+    migrate.set_defaults(handler=_migrate, local_only="state migrate", upgrades_state=True)
 
 
 def _migrate(context: Context, args: argparse.Namespace) -> int:
     if not args.to.startswith(("postgresql://", "postgres://")):
         raise InvalidArgumentError(f"--to {args.to!r}: give a postgresql://USER@HOST:PORT/DBNAME URL")
-    source = context.state
-    if not isinstance(source, SqlState) or isinstance(source, PostgresState):
+    if on_postgres(context.config.state.url):
         raise InvalidArgumentError("the configured state is on PostgreSQL already; nothing to migrate")
-    with offline(source.path, "state migrate") if isinstance(source, SqliteState) else nullcontext():
+    database = sqlite_database(context.config.state.url, context.paths.database)
+    context.check_state_exists()
+    with offline(database, "state migrate"):  # before the open, which upgrades an older database
+        source = context.state
+        assert isinstance(source, SqliteState)
         target = PostgresState(args.to, log_revisions=context.config.gallery.log_revisions, pool_size=2)
         try:
             copied = copy_state(source, target)

@@ -246,5 +246,13 @@ class State(abc.ABC):
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
+    latest_schema: int
+    """The schema version of this server's code."""
+
+    @abc.abstractmethod
+    def schema_version(self) -> int:
+        """The schema version the database is at now, read each time: above latest_schema once a newer
+        server upgraded it."""
+
     @abc.abstractmethod
     def close(self) -> None: ...

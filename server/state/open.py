@@ -20,16 +20,19 @@ def sqlite_database(url: str, database: Path) -> Path:
     return Path(url.removeprefix("sqlite://")) if url.startswith("sqlite:///") else database
 
 
-def open_state(url: str, database: Path, *, log_revisions: int, pool_size: int) -> State:
+def open_state(
+    url: str, database: Path, *, log_revisions: int, pool_size: int, upgrade: bool = True
+) -> State:
     """'' → the SQLite file `database` (the state directory's); 'sqlite:///PATH' → that SQLite file;
-    'postgresql://…' → PostgreSQL (facefleet.server.state.postgres; imported only then)."""
+    'postgresql://…' → PostgreSQL (facefleet.server.state.postgres; imported only then). upgrade=False: a
+    new database is created, an older one refused untouched (StateOutdatedError)."""
     if on_postgres(url):
         from facefleet.server.state.postgres.state import PostgresState
 
-        return PostgresState(url, log_revisions=log_revisions, pool_size=pool_size)
+        return PostgresState(url, log_revisions=log_revisions, pool_size=pool_size, upgrade=upgrade)
     from facefleet.server.state.sqlite.state import SqliteState
 
-    return SqliteState(sqlite_database(url, database), log_revisions=log_revisions)
+    return SqliteState(sqlite_database(url, database), log_revisions=log_revisions, upgrade=upgrade)
 
 
 def hold_serving(url: str, database: Path) -> ServingLock:

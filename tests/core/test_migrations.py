@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from facefleet.core.migrations import Legacy, Migration, Migrations, SchemaError, has_table
+from facefleet.core.migrations import (
+    Legacy,
+    Migration,
+    Migrations,
+    SchemaError,
+    SchemaOutdatedError,
+    has_table,
+)
 
 STEPS = (
     Migration(1, "notes", ("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT NOT NULL)",)),
@@ -21,7 +28,14 @@ STEPS = (
 
 
 def plan(steps: tuple[Migration, ...] = STEPS, legacy: Legacy | None = None) -> Migrations:
-    return Migrations(steps, what="notebook", program="test", fix="upgrade the test", legacy=legacy)
+    return Migrations(
+        steps,
+        what="notebook",
+        program="test",
+        fix="upgrade the test",
+        upgrade="restart the notebook service",
+        legacy=legacy,
+    )
 
 
 @pytest.fixture
@@ -126,20 +140,35 @@ def test_another_programs_record_is_refused(conn: sqlite3.Connection, path: Path
         plan(renamed).apply(conn, path)
 
 
+MARKER = 1000
+"""What the runner leaves in the old record: code of those days reads it as a newer schema."""
+
+
 def legacy_table(conn: sqlite3.Connection) -> int | None:
     if not has_table(conn, "old_version"):
         return None
     (version,) = conn.execute("SELECT version FROM old_version").fetchone()
+    if version == MARKER:
+        return None
     if version > 10:
         raise SchemaError(f"its old version {version} is not one this test knows")
     return int(version)
 
 
-def forget_legacy_table(conn: sqlite3.Connection) -> None:
-    conn.execute("DROP TABLE old_version")
+def supersede_legacy_table(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS old_version (version INTEGER NOT NULL)")
+    conn.execute("DELETE FROM old_version")
+    conn.execute("INSERT INTO old_version VALUES (?)", (MARKER,))
 
 
-LEGACY = Legacy(legacy_table, forget_legacy_table)
+def legacy_table_superseded(conn: sqlite3.Connection) -> bool:
+    return (
+        has_table(conn, "old_version")
+        and conn.execute("SELECT 1 FROM old_version WHERE version = ?", (MARKER,)).fetchone() is not None
+    )
+
+
+LEGACY = Legacy(legacy_table, supersede_legacy_table, legacy_table_superseded)
 
 
 def make_legacy(conn: sqlite3.Connection, path: Path, version: int) -> None:
@@ -162,8 +191,43 @@ def test_a_legacy_record_is_adopted_and_replaced_keeping_the_data(
         (2, "tags"),
         (3, "first_note"),
     ]
-    assert not has_table(conn, "old_version")
+    assert conn.execute("SELECT version FROM old_version").fetchall() == [(MARKER,)]
     assert conn.execute("SELECT text FROM notes ORDER BY id").fetchall() == [("written before",), ("hello",)]
+    assert plan(legacy=LEGACY).apply(conn, path) == []  # the marker is ignored
+
+
+def test_a_new_database_gets_the_marker_and_an_upgraded_one_without_it_gets_it_when_upgraded(
+    conn: sqlite3.Connection, path: Path
+) -> None:
+    plan(legacy=LEGACY).apply(conn, path)
+    assert conn.execute("SELECT version FROM old_version").fetchall() == [(MARKER,)]
+    conn.execute("DROP TABLE old_version")  # as the runner left databases before it kept a marker
+    assert plan(legacy=LEGACY).apply(conn, path, upgrade=False) == []
+    assert not has_table(conn, "old_version")  # only the programs that upgrade write it
+    assert plan(legacy=LEGACY).apply(conn, path) == []
+    assert conn.execute("SELECT version FROM old_version").fetchall() == [(MARKER,)]
+
+
+def test_without_upgrade_a_new_database_is_created_and_an_older_one_refused_untouched(
+    conn: sqlite3.Connection, path: Path
+) -> None:
+    assert [m.version for m in plan(STEPS[:2]).apply(conn, path, upgrade=False)] == [1, 2]
+    digest = sha256(path)
+    with pytest.raises(SchemaOutdatedError) as info:
+        plan().apply(conn, path, upgrade=False)
+    assert str(info.value) == (
+        f"notebook {path} is at schema 2 and this test needs 3: restart the notebook service"
+    )
+    assert info.value.exit_code == 65 and sha256(path) == digest and plan().version(conn, path) == 2
+    make_legacy_db = sqlite3.connect(path.with_name("legacy.db"), isolation_level=None)
+    try:
+        make_legacy(make_legacy_db, path, 1)
+        with pytest.raises(SchemaOutdatedError, match="is at schema 1 and this test needs 3"):
+            plan(legacy=LEGACY).apply(make_legacy_db, path, upgrade=False)
+        assert not has_table(make_legacy_db, "facefleet_migrations")
+    finally:
+        make_legacy_db.close()
+    assert [m.version for m in plan().apply(conn, path)] == [3]
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 import psycopg
 from psycopg import sql
 
-from facefleet.core.migrations import SchemaError
+from facefleet.core.migrations import SchemaError, SchemaOutdatedError
 from facefleet.server.state.sql import attribute_cells
 from facefleet.server.state.sql.events import ATTRIBUTE_ROLLUPS, ROLLUPS
 
@@ -243,9 +243,17 @@ MIGRATIONS = (
 LATEST = len(MIGRATIONS)
 
 
-def migrate(conn: psycopg.Connection[tuple[object, ...]], where: str) -> list[int]:
+UPGRADE = (
+    "stop every server on it, then start one (`systemctl start facefleet-server`), which upgrades it at "
+    "start, then the rest; to take a backup first, `facefleet-server backup DEST` works on it as it is"
+)
+"""How a database older than the code is upgraded (the message of the commands that do not)."""
+
+
+def migrate(conn: psycopg.Connection[tuple[object, ...]], where: str, *, upgrade: bool = True) -> list[int]:
     """Apply the pending migrations (conn in autocommit mode); the versions applied here. SchemaError when
-    the database was written by a newer server."""
+    the database was written by a newer server; upgrade=False: a new database gets the schema, an older one
+    raises SchemaOutdatedError, untouched."""
     applied: list[int] = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
@@ -266,6 +274,10 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], where: str) -> list[in
                     f"state database {where} records migration {number} {name!r} where this server has "
                     f"migration {step.version} {step.name!r}: another program wrote it; use another database"
                 )
+        if version and version < LATEST and not upgrade:
+            raise SchemaOutdatedError(
+                f"state database {where} is at schema {version} and this server needs {LATEST}: {UPGRADE}"
+            )
         for step in MIGRATIONS[version:]:
             for statement in step.statements:
                 conn.execute(statement)

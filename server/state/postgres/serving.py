@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -21,7 +23,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from facefleet.server.errors import FailedPreconditionError, StateError
 from facefleet.server.state.postgres.notify import KEEPALIVES
 from facefleet.server.state.postgres.state import APPLICATION_NAME, redact
-from facefleet.server.state.serving import STOP_SERVER, RestoreRunningError
+from facefleet.server.state.serving import STOP_SERVER, RestoreRunningError, servers_running
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,35 @@ class PgServingLock:
             self._conn = self._take()
         log.info("state database %s: holding the serving lock again", self.where)
 
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        """SERVE_LOCK taken exclusively on the same session (which holds it shared: a session's locks do not
+        conflict with each other), granted only when no other server holds it."""
+        with self._using:
+            try:
+                row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (SERVE_LOCK,)).fetchone()
+                others = 0 if row and row[0] else _serving(self._conn, others=True)
+            except psycopg.Error as exc:
+                raise StateError(
+                    f"state database {self.where}: cannot take the serving lock ({_reason(exc)})"
+                ) from None
+        if not (row and row[0]):
+            if not others:
+                raise RestoreRunningError(
+                    f"state database {self.where} is being restored (`facefleet-server restore` holds it); "
+                    "start the server once the restore has finished"
+                )
+            plural = "s" if others > 1 else ""
+            raise servers_running(self.where, f"{others} other server{plural}")
+        try:
+            yield
+        finally:
+            with self._using:
+                try:
+                    self._conn.execute("SELECT pg_advisory_unlock(%s)", (SERVE_LOCK,))
+                except psycopg.Error:
+                    log.warning("state database %s: the exclusive serving lock goes with its connection")
+
     def close(self) -> None:
         with self._using:
             self._closed = True
@@ -109,13 +140,7 @@ def refuse_while_serving(conn: psycopg.Connection[Any], where: str) -> None:
             "end (a host that went away leaves its sessions until PostgreSQL notices: end them with "
             f"pg_terminate_backend, their pids in pg_stat_activity), then run the restore again"
         )
-    serving = conn.execute(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 0 AND objid = %s "
-        "AND objsubid = 1 AND mode = 'ShareLock' AND granted "
-        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        (SERVE_LOCK,),
-    ).fetchone()
-    replicas = int(serving[0]) if serving else 0
+    replicas = _serving(conn)
     if not replicas:
         raise FailedPreconditionError(f"another restore into {where} is running: wait for it to finish")
     raise FailedPreconditionError(
@@ -123,6 +148,18 @@ def refuse_while_serving(conn: psycopg.Connection[Any], where: str) -> None:
         f"state database {where}: stop the server first: {STOP_SERVER} (on every replica), then run the "
         "restore again"
     )
+
+
+def _serving(conn: psycopg.Connection[Any], *, others: bool = False) -> int:
+    """How many sessions hold SERVE_LOCK shared (others: besides conn's own)."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 0 AND objid = %s "
+        "AND objsubid = 1 AND mode = 'ShareLock' AND granted "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+        "AND (NOT %s OR pid <> pg_backend_pid())",
+        (SERVE_LOCK, others),
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _server_sessions(conn: psycopg.Connection[Any]) -> int:

@@ -33,10 +33,16 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from facefleet.core.migrations import SchemaError
+from facefleet.core.migrations import SchemaError, SchemaOutdatedError
 from facefleet.link.events import Event
 from facefleet.server.domain.queries import to_us
-from facefleet.server.errors import ResourceExhaustedError, ServerError, StateError
+from facefleet.server.errors import (
+    ResourceExhaustedError,
+    ServerError,
+    StateError,
+    StateOutdatedError,
+    StateSchemaError,
+)
 from facefleet.server.state.postgres import schema
 from facefleet.server.state.postgres.connection import PgConnection
 from facefleet.server.state.postgres.events import ArrayRows
@@ -108,8 +114,15 @@ class PostgresState(SqlState):
     event_rows = ArrayRows()
     aggregate_in_one_statement = True
 
-    def __init__(self, url: str, *, log_revisions: int = 1000, pool_size: int = DEFAULT_POOL_SIZE) -> None:
+    latest_schema = schema.LATEST
+
+    def __init__(
+        self, url: str, *, log_revisions: int = 1000, pool_size: int = DEFAULT_POOL_SIZE, upgrade: bool = True
+    ) -> None:
+        """upgrade=False (the commands but `serve`): a new database gets the schema, an older one is refused
+        untouched (StateOutdatedError)."""
         self.url = url
+        self.upgrade = upgrade
         self.where = redact(url)
         self.log_revisions = max(1, log_revisions)
         self._months: set[tuple[int, int]] = set()
@@ -196,12 +209,20 @@ class PostgresState(SqlState):
     def _migrate(self) -> None:
         with self._raw() as conn:
             try:
-                applied = schema.migrate(conn, self.where)
+                applied = schema.migrate(conn, self.where, upgrade=self.upgrade)
+            except SchemaOutdatedError as exc:
+                raise StateOutdatedError(str(exc)) from None
             except SchemaError as exc:
-                raise StateError(str(exc)) from None
+                raise StateSchemaError(str(exc)) from None
         if applied:
             log.info("state database %s: applied migrations %s", self.where, applied)
         self._start_gallery()
+
+    def schema_version(self) -> int:
+        """The schema version the database is at now (a newer server may have upgraded it since)."""
+        with self.read() as conn:
+            row = conn.execute("SELECT MAX(version) FROM facefleet_migrations").fetchone()
+        return int(row[0] or 0) if row else 0
 
     def close(self, timeout: float = 30.0) -> None:
         """Close the pool once the connections in use are returned; later calls fail."""

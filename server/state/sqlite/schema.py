@@ -191,20 +191,35 @@ AGENT_PRECISIONS_SCHEMA = ("ALTER TABLE agents ADD COLUMN model_precisions_json 
 """Migration 11: what each agent's models run at, by task (an agent registered before it: unknown, {})."""
 
 
+MARKER = "999999"
+"""meta.schema_version of every database this runner migrates or creates: servers that recorded their schema
+there (before the runner) read it as a newer server's database and refuse it saying so, instead of applying
+their migrations again over the current schema. Ignored here."""
+
+
 def _legacy_version(conn: sqlite3.Connection) -> int | None:
-    """The schema version recorded in the meta table before the migration runner (None: none there)."""
+    """The schema version recorded in the meta table before the migration runner (None: none there, or
+    the marker)."""
     if not has_table(conn, "meta"):
         return None
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if row is None:
+    if row is None or row[0] == MARKER:
         return None
     if not str(row[0]).isdigit():
         raise SchemaError(f"its meta schema_version {row[0]!r} is not a version number")
     return int(row[0])
 
 
-def _forget_legacy(conn: sqlite3.Connection) -> None:
-    conn.execute("DELETE FROM meta WHERE key = 'schema_version'")
+def _supersede_legacy(conn: sqlite3.Connection) -> None:
+    conn.execute(INITIAL[0])  # the meta table, when the database is new
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (MARKER,))
+
+
+def _legacy_superseded(conn: sqlite3.Connection) -> bool:
+    if not has_table(conn, "meta"):
+        return False
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return row is not None and row[0] == MARKER
 
 
 MIGRATIONS = Migrations(
@@ -224,6 +239,10 @@ MIGRATIONS = Migrations(
     what="state database",
     program="server",
     fix="upgrade facefleet-server",
-    legacy=Legacy(_legacy_version, _forget_legacy),
+    upgrade=(
+        "restart the server (systemctl restart facefleet-server), which upgrades it at start; to take a "
+        "backup first, `facefleet-server backup DEST` works on it as it is"
+    ),
+    legacy=Legacy(_legacy_version, _supersede_legacy, _legacy_superseded),
 )
 """The server database's migrations (facefleet.core.migrations): append, never edit one that has shipped."""

@@ -19,9 +19,16 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from facefleet.core.files import create_private
-from facefleet.core.migrations import SchemaError
+from facefleet.core.migrations import SchemaError, SchemaOutdatedError
 from facefleet.core.sqlite_wal import empty_wal
-from facefleet.server.errors import ServerError, StateError, disk_full, is_disk_full
+from facefleet.server.errors import (
+    ServerError,
+    StateError,
+    StateOutdatedError,
+    StateSchemaError,
+    disk_full,
+    is_disk_full,
+)
 from facefleet.server.state.sql import devices as sql_devices
 from facefleet.server.state.sql import models as sql_models
 from facefleet.server.state.sql import snapshots as sql_snapshots
@@ -39,8 +46,15 @@ DEFAULT_LOG_REVISIONS = 1000
 class SqliteState(SqlState):
     """The server state in one SQLite file."""
 
-    def __init__(self, path: Path, *, log_revisions: int = DEFAULT_LOG_REVISIONS) -> None:
+    latest_schema = MIGRATIONS.latest
+
+    def __init__(
+        self, path: Path, *, log_revisions: int = DEFAULT_LOG_REVISIONS, upgrade: bool = True
+    ) -> None:
+        """upgrade=False (the commands but `serve` and `state migrate`): a new database is created, an older
+        one refused untouched (StateOutdatedError)."""
         self.path = path
+        self.upgrade = upgrade
         self.log_revisions = max(1, log_revisions)
         self._local = threading.local()
         self._write_lock = threading.Lock()
@@ -57,7 +71,11 @@ class SqliteState(SqlState):
             create_private(path)
         except OSError as exc:
             raise StateError(f"state database {path}: cannot create ({exc.strerror})") from None
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
         self.models = sql_models.SqlModelState(self)
         self.devices = sql_devices.SqlDeviceState(self)
         self.snapshots = sql_snapshots.SqlSnapshotState(self)
@@ -179,12 +197,22 @@ class SqliteState(SqlState):
         """Apply pending migrations (each in its own transaction), then give a new gallery its id."""
         with self.connection() as conn, self._write_lock:
             try:
-                MIGRATIONS.apply(conn, self.path)
+                applied = MIGRATIONS.apply(conn, self.path, upgrade=self.upgrade)
+            except SchemaOutdatedError as exc:
+                raise StateOutdatedError(str(exc)) from None
             except SchemaError as exc:
-                raise StateError(str(exc)) from None
+                raise StateSchemaError(str(exc)) from None
             except sqlite3.Error as exc:
                 raise StateError(f"state database {self.path}: cannot migrate ({exc})") from None
+        if applied:
+            log.info("state database %s: applied migrations %s", self.path, [m.version for m in applied])
         self._start_gallery()
+
+    def schema_version(self) -> int:
+        """The schema version the database is at now (a newer server may have upgraded it since)."""
+        with self.read() as conn:
+            row = conn.execute("SELECT MAX(version) FROM facefleet_migrations").fetchone()
+        return int(row[0] or 0)
 
     def close(self, timeout: float = 30.0) -> None:
         """Close every connection once the statements in flight have finished; later calls fail."""

@@ -7,16 +7,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlite_utils import Database, Migrations
 
-from facefleet.agent.domain.records import StoreFormatError
+from facefleet.agent.domain.records import StoreFormatError, StoreOutdatedError
 from facefleet.agent.store.database import EmbeddingStore
-from facefleet.agent.store.migrations import MIGRATIONS
+from facefleet.agent.store.migrations import MARKER, MIGRATIONS
 from facefleet.agent.store.reports import REPORTS_DROPPED
 from facefleet.link.events import Event, ExpressionResult
 from tests.agent.store.legacy import make_legacy_store
@@ -153,7 +155,10 @@ def test_a_store_migrated_by_sqlite_utils_is_adopted_and_its_json_reports_become
         assert store.integrity_check() == []
     with sqlite3.connect(path) as conn:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert "_sqlite_migrations" not in tables and "reports_json" not in tables
+        assert "reports_json" not in tables
+        assert conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall() == [
+            ("facefleet-agent-store", MARKER)  # what agents of those days read as a newer store's
+        ]
         assert conn.execute("SELECT version, name FROM facefleet_migrations").fetchall() == [
             (1, "initial"),
             (2, "sync"),
@@ -174,9 +179,10 @@ def test_other_sqlite_utils_migration_sets_in_the_file_are_kept(tmp_path: Path) 
     with EmbeddingStore(path) as store:
         assert store.schema_version() == MIGRATIONS.latest
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall() == [
-            ("plugin", "0001")
-        ]
+        assert set(conn.execute("SELECT migration_set, name FROM _sqlite_migrations")) == {
+            ("plugin", "0001"),
+            ("facefleet-agent-store", MARKER),
+        }
     conn.close()
 
 
@@ -212,18 +218,90 @@ def test_sqlite_utils_migrations_this_agent_does_not_know_are_refused_untouched(
     assert sha256(path) == digest
 
 
-def test_a_legacy_store_opened_read_only_asks_to_be_opened_writable_once(tmp_path: Path) -> None:
+def outdated(path: Path, version: int) -> str:
+    """The message of a command that finds the store at `version`."""
+    return (
+        f"store {path} is at schema {version} and this agent needs {MIGRATIONS.latest}: restart the agent "
+        "service (systemctl restart facefleet-agent), which upgrades it at start, or stop it and run "
+        "`facefleet-agent store migrate`"
+    )
+
+
+@pytest.mark.parametrize("upto", [1, 2])
+def test_an_older_store_is_refused_untouched_by_commands_and_upgraded_by_the_service(
+    tmp_path: Path, upto: int
+) -> None:
+    """Only the service (and `store migrate`) upgrade: a command run beside an agent of the older code must
+    not change the schema under it (migration 3 renames the table its event writes go to)."""
     path = tmp_path / "agent.db"
-    db = make_legacy_store(path, upto=2)
+    db = make_legacy_store(path, upto=upto)
     db.close()
     digest = sha256(path)
-    with pytest.raises(
-        StoreFormatError,
-        match=rf"needs a schema upgrade \({MIGRATIONS.latest - 2} migrations\); open it writable once",
-    ):
-        EmbeddingStore(path, read_only=True)
+    for read_only in (False, True):
+        with pytest.raises(StoreOutdatedError) as info:
+            EmbeddingStore(path, read_only=read_only, upgrade=False)
+        assert str(info.value) == outdated(path, upto) and info.value.exit_code == 65
     assert sha256(path) == digest
     with EmbeddingStore(path) as store:
+        assert store.upgraded == [step.name for step in MIGRATIONS.steps[upto:]]
         assert store.migrate() == []
-    with EmbeddingStore(path, read_only=True) as store:
+    for read_only in (False, True):
+        with EmbeddingStore(path, read_only=read_only, upgrade=False) as store:
+            assert store.schema_version() == MIGRATIONS.latest and store.upgraded == []
+
+
+def test_an_older_store_of_this_runner_is_refused_by_commands_at_its_version(tmp_path: Path) -> None:
+    path = tmp_path / "agent.db"
+    EmbeddingStore(path).close()
+    with sqlite3.connect(path) as conn:  # as an agent with one migration fewer left it
+        conn.execute("DELETE FROM facefleet_migrations WHERE version = ?", (MIGRATIONS.latest,))
+        conn.execute("DROP TABLE mqtt_retained")
+    conn.close()
+    with pytest.raises(StoreOutdatedError, match=re.escape(outdated(path, MIGRATIONS.latest - 1))):
+        EmbeddingStore(path, upgrade=False)
+
+
+def test_a_command_creates_a_new_store(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "agent.db"
+    with EmbeddingStore(path, upgrade=False) as store:
         assert store.schema_version() == MIGRATIONS.latest
+        assert store.upgraded == [step.name for step in MIGRATIONS.steps]
+    assert legacy_names(path) == {MARKER}
+
+
+def legacy_names(path: Path) -> set[str]:
+    """The migrations of the store as agents that recorded them with sqlite-utils read them."""
+    db = Database(sqlite3.connect(path))
+    try:
+        return {m.name for m in Migrations("facefleet-agent-store").applied(db)}
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("upto", [0, 2])
+def test_old_agents_read_an_upgraded_or_new_store_as_a_newer_ones(tmp_path: Path, upto: int) -> None:
+    """Agents that recorded the schema with sqlite-utils refuse a store whose record holds a migration
+    they do not know as "written by a newer version"; with no record at all but tables, they would call it
+    "not a FaceFleet store" and tell the operator to move it away (the gallery and queued events with it)."""
+    path = tmp_path / "agent.db"
+    if upto:
+        make_legacy_store(path, upto=upto).close()
+    EmbeddingStore(path).close()
+    names = legacy_names(path)
+    assert names == {MARKER} and not names & {"0001_initial", "0002_sync"}
+    with EmbeddingStore(path) as store:  # the marker is ignored here
+        assert store.schema_version() == MIGRATIONS.latest and store.upgraded == []
+
+
+def test_a_store_upgraded_before_the_marker_existed_gets_it_from_the_service_only(tmp_path: Path) -> None:
+    path = tmp_path / "agent.db"
+    EmbeddingStore(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE _sqlite_migrations")
+    conn.close()
+    digest = sha256(path)
+    with EmbeddingStore(path, upgrade=False) as store:
+        store.schema_version()
+    assert sha256(path) == digest and legacy_names(path) == set()
+    EmbeddingStore(path).close()
+    assert legacy_names(path) == {MARKER}

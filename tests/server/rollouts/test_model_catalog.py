@@ -24,6 +24,7 @@ from facefleet.server.errors import (
 )
 from facefleet.server.rollouts import plan as rollouts
 from facefleet.server.rollouts.catalogue import ModelCatalog
+from facefleet.server.state.sqlite.schema import MARKER
 from facefleet.server.state.sqlite.state import MIGRATIONS, SqliteState
 from facefleet.vision.models.manifest import sha256_file
 from facefleet.vision.models.store import ModelStore
@@ -218,7 +219,7 @@ def test_an_older_database_is_upgraded_in_place(tmp_path: Path) -> None:
         state.close()
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT MAX(version) FROM facefleet_migrations").fetchone() == (MIGRATIONS.latest,)
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() is None
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (MARKER,)
     conn.close()
 
 

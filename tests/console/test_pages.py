@@ -176,3 +176,81 @@ def test_a_server_that_stops_answering_is_shown_and_refreshing_goes_on(consoles:
         page.clock.fast_forward(16_000)
     expect(stale).to_be_hidden()
     expect(main(page).get_by_role("alert")).to_have_count(0)
+
+
+def face_events(device: str, count: int, *, newest_seconds_ago: float) -> list[Event]:
+    """`count` unknown-face events on `device`, a second apart, the newest `newest_seconds_ago` before now."""
+    now = utc_now()
+    return [
+        Event(str(uuid.uuid4()), device, now - timedelta(seconds=newest_seconds_ago + count - 1 - i), "face",
+              "unknown", camera="hall")  # fmt: skip
+        for i in range(count)
+    ]
+
+
+def test_the_live_events_table_keeps_one_page_and_says_when_it_cannot_update(
+    consoles: Consoles, server: Server
+) -> None:
+    """Activity with new events arriving: the first page stays at 50 rows, the oldest going, and "Older"
+    then starts right after its last row; a live update that cannot reach the server says so in the table's
+    status line, and the next one that can clears it. The page's clock is moved on by the test."""
+    first = face_events("live-4", 45, newest_seconds_ago=120)
+    state_of(server).add_events(first)
+    admin = consoles.new()
+    page = admin.page
+    page.clock.install()
+    admin.open("/console/#/activity?device=live-4")
+    admin.sign_in(server.harness.admin_token)
+    table = main(page).get_by_role("table").filter(has=page.get_by_role("columnheader", name="Score"))
+    rows = table.locator("tbody tr")
+    expect(rows).to_have_count(45)
+
+    later = face_events("live-4", 20, newest_seconds_ago=60)
+    state_of(server).add_events(later)
+    with page.expect_response("**/api/events?*"):
+        page.clock.fast_forward(5_000)
+    expect(rows.first).to_have_attribute("data-event-id", later[-1].event_id)
+    expect(rows).to_have_count(50)
+    newest_first = [e.event_id for e in reversed(first + later)]
+    assert [r.get_attribute("data-event-id") for r in rows.all()] == newest_first[:50]
+    status = main(page).get_by_role("status").filter(has_text="new events arrived")
+    expect(status).to_contain_text("20 new events arrived; 50 events shown")
+
+    page.route("**/api/events?*", lambda route: route.abort())
+    with admin.expecting(r"Failed to load resource"):
+        page.clock.fast_forward(5_000)
+        expect(main(page).get_by_role("alert")).to_contain_text(
+            "New events cannot be fetched: The server cannot be reached"
+        )
+    page.unroute("**/api/events?*")
+    page.clock.fast_forward(5_000)
+    expect(main(page).get_by_role("alert")).to_have_count(0)
+    expect(rows).to_have_count(50)
+
+    main(page).get_by_role("button", name="Older").click()
+    expect(rows).to_have_count(15)
+    assert [r.get_attribute("data-event-id") for r in rows.all()] == newest_first[50:]
+
+
+def test_the_doors_range_ends_now_at_every_refresh(consoles: Consoles, server: Server) -> None:
+    """Doors on "Last hour", left open for two hours (the page's clock moved on by the test): a decision
+    that was within the last hour when the page opened leaves both the summary and the table."""
+    opened_at = utc_now() - timedelta(hours=2)
+    decision = Event(str(uuid.uuid4()), "door-6", opened_at - timedelta(minutes=30), "access", "denied",
+                     door="gate-6", reason="not in an allowed group")  # fmt: skip
+    state_of(server).add_events([decision])
+    admin = consoles.new()
+    page = admin.page
+    page.clock.install(time=opened_at)
+    admin.open("/console/#/doors?range=1h&door=gate-6")
+    admin.sign_in(server.harness.admin_token)
+    expect(page.get_by_label("Range")).to_have_value("1h")
+    summary = main(page).locator('tr[data-door="gate-6"]')
+    event = main(page).locator(f'tr[data-event-id="{decision.event_id}"]')
+    expect(summary).to_have_count(1)
+    expect(event).to_have_count(1)
+    with page.expect_response("**/api/events/access?*"):
+        page.clock.fast_forward(2 * 3600 * 1000)
+    expect(summary).to_have_count(0)
+    expect(event).to_have_count(0)
+    expect(main(page).get_by_text("No access events in this range")).to_be_visible()

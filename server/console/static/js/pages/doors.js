@@ -1,5 +1,6 @@
 /** Doors: access decisions per door over a range (a chart and a table), and the recent access events with
- * their reasons, filterable by door; new events appear as they arrive. */
+ * their reasons, filterable by door; new events appear as they arrive. The range ("Last hour", …) ends now
+ * at every refresh: its start moves on with the clock, for the summary and the table alike. */
 
 import { get, isAbort } from '../api.js';
 import { field, h, replace, select, uid } from '../dom.js';
@@ -17,7 +18,6 @@ const SUMMARY_MS = 30000;
 /** Render the page into ctx.main. */
 export function render(ctx) {
   const { main, params, signal, isAdmin } = ctx;
-  let start = '';
   let doors = [];
   const chosenRange = RANGES.some(([key]) => key === params.get('range')) ? params.get('range') : '24h';
   const door = select({ name: 'door' }, [['', 'All doors']], params.get('door') || '');
@@ -25,10 +25,14 @@ export function render(ctx) {
   const summaryBody = h('div', { class: 'door-summary' }, h('p', { class: 'loading', text: 'Loading…' }));
   const summaryId = uid('doors');
 
+  /** The range's start, now. */
+  const since = () => new Date(Date.now() - RANGES.find(([key]) => key === range.value)[2]).toISOString();
+
   const table = eventsTable({
     title: 'Recent access events',
     columns: ['time', 'door', 'device', 'person', 'decision', 'reason'],
-    query: () => ({ kind: 'access', door: door.value, start }),
+    query: () => ({ kind: 'access', door: door.value, start: since() }),
+    rolling: true,
     names: () => (isAdmin ? knownNames() : null),
     lookupNames: isAdmin ? (ids) => namesFor(ids, { signal }) : null,
     signal,
@@ -54,7 +58,7 @@ export function render(ctx) {
 
   const loadSummary = async () => {
     try {
-      const access = await get('/api/events/access', { start }, { signal });
+      const access = await get('/api/events/access', { start: since() }, { signal });
       doors = access.doors;
       doorOptions();
       const rows = doors.filter((d) => !door.value || d.door === door.value)
@@ -68,8 +72,6 @@ export function render(ctx) {
   };
 
   const reload = () => {
-    const span = RANGES.find(([key]) => key === range.value)[2];
-    start = new Date(Date.now() - span).toISOString();
     ctx.setParams(Object.fromEntries(Object.entries({ door: door.value, range: range.value }).filter(([, v]) => v)));
     loadSummary();
     table.load();

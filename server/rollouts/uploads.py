@@ -13,6 +13,7 @@ import asyncio
 import shutil
 import tempfile
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -23,6 +24,7 @@ from facefleet.core.errors import FaceFleetError
 from facefleet.link.checks import MAX_LABEL_CHARS, check_model_id, check_task, check_text
 from facefleet.server.domain.models import (
     DeviceRollout,
+    DeviceState,
     FailureAction,
     MaxFailures,
     PublishedModel,
@@ -310,6 +312,23 @@ class ModelAdmin:
 
     async def rollout(self, rollout_id: int) -> tuple[Rollout, list[DeviceRollout]]:
         return await asyncio.to_thread(self.control(None).show, rollout_id)
+
+    async def rollouts_counted(self, counted: int) -> list[tuple[Rollout, dict[DeviceState, int] | None]]:
+        """Every rollout, newest first, each with its agents per state for the newest `counted` (None past
+        them): what a list of rollouts shows of their progress, in one call."""
+
+        control = self.control(None)
+
+        def read() -> list[tuple[Rollout, dict[DeviceState, int] | None]]:
+            listed = control.all_rollouts()
+            return [
+                (r, dict(Counter(d.state for d in control.state.models.rollout_devices(r.rollout_id))))
+                if i < counted
+                else (r, None)
+                for i, r in enumerate(listed)
+            ]
+
+        return await asyncio.to_thread(read)
 
 
 def _open_new(path: Path) -> BinaryIO:

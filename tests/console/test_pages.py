@@ -15,6 +15,8 @@ from playwright.sync_api import Locator, Page, Route, expect
 from facefleet.link.checks import utc_now
 from facefleet.link.events import Event, FaceSnapshot
 from facefleet.link.gallery import Embedding
+from facefleet.link.models import ModelFile
+from facefleet.server.domain.models import PublishedModel, Rollout, RolloutState, Target
 from facefleet.server.state.interface import State
 from tests.console.conftest import Consoles, Server
 
@@ -254,3 +256,67 @@ def test_the_doors_range_ends_now_at_every_refresh(consoles: Consoles, server: S
     expect(summary).to_have_count(0)
     expect(event).to_have_count(0)
     expect(main(page).get_by_text("No access events in this range")).to_be_visible()
+
+
+FETCH_COUNTER = """
+window.__fetched = [];
+const fetchFirst = window.fetch;
+window.fetch = (input, init) => { window.__fetched.push(String(input)); return fetchFirst(input, init); };
+"""
+
+
+def rollout_of_a_stored_model(server: Server, model_id: str, state: RolloutState) -> Rollout:
+    """A rollout in the server's state of a model recorded as published (its files are never fetched: no
+    agent is connected)."""
+    models = state_of(server).models
+    now = utc_now()
+    models.add_model(
+        PublishedModel(model_id, "expression", "FP32", "MIT", (ModelFile("model.xml", 1, "0" * 64),), "", now)
+    )
+    return models.add_rollout(model_id, Target("all"), state, now)
+
+
+def test_the_rollouts_list_refreshes_in_one_call_only_while_one_may_change_and_keeps_the_focus(
+    consoles: Consoles, server: Server
+) -> None:
+    """The Rollouts list refreshes every 10 s with one call (each rollout's agents per state come with
+    it), keeps the keyboard on the action button it was on, and stops refreshing once every rollout is
+    finished. The page's clock is moved on by the test; its fetch calls are counted."""
+    done = rollout_of_a_stored_model(server, "mini-test@done", "rolled_back")
+    running = rollout_of_a_stored_model(server, "mini-test@running", "active")
+    admin = consoles.new()
+    page = admin.page
+    admin.context.add_init_script(FETCH_COUNTER)
+    page.clock.install()
+    admin.open("/console/#/rollouts")
+    admin.sign_in(server.harness.admin_token)
+    pause = page.get_by_role("button", name=f"Pause rollout {running.rollout_id}", exact=True)
+    expect(pause).to_be_visible()
+    expect(main(page).locator(f'tr[data-rollout-id="{done.rollout_id}"]')).to_contain_text("rolled back")
+
+    def calls() -> list[str]:
+        return [u for u in page.evaluate("window.__fetched") if "/api/rollouts" in u]
+
+    pause.focus()
+    before = len(calls())
+    row = f'tr[data-rollout-id="{running.rollout_id}"]'
+    page.locator(row).evaluate("(row) => { row.dataset.drawn = 'before'; }")
+    with page.expect_response("**/api/rollouts"):
+        page.clock.fast_forward(10_000)
+    expect(page.locator(f"{row}:not([data-drawn])")).to_have_count(1)  # the row drawn again
+    expect(pause).to_be_focused()  # not the rollout's link, which Enter would follow
+    assert calls()[before:] == ["/api/rollouts"]
+    page.keyboard.press("Enter")
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text(f"Pause rollout {running.rollout_id}?")
+    dialog.get_by_role("button", name="Cancel").click()
+
+    rolled = server.api.post(f"/api/rollouts/{running.rollout_id}/rollback")
+    assert rolled.status_code == 200, rolled.text
+    with page.expect_response("**/api/rollouts"):
+        page.clock.fast_forward(10_000)
+    expect(pause).to_have_count(0)
+    settled = len(calls())
+    page.clock.fast_forward(10_000)
+    page.clock.fast_forward(10_000)
+    assert len(calls()) == settled, calls()  # nothing left that may change

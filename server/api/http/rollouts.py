@@ -127,8 +127,20 @@ class RolloutOut(BaseModel):
         )
 
 
+COUNTED_ROLLOUTS = 50
+"""The newest rollouts listed with their agents per state (device_counts)."""
+
+
+class RolloutListed(RolloutOut):
+    device_counts: dict[DeviceState, int] | None = Field(
+        description=f"The agents it was announced to, per state (states with none left out): its progress "
+        f"as /api/rollouts/{{id}} lists it per agent. Given for the newest {COUNTED_ROLLOUTS} rollouts; null "
+        "for older ones"
+    )
+
+
 class Rollouts(BaseModel):
-    rollouts: list[RolloutOut] = Field(description="Newest first")
+    rollouts: list[RolloutListed] = Field(description="Newest first")
 
 
 class RolloutStart(BaseModel):
@@ -308,7 +320,12 @@ async def retire(model_id: ModelId, operator: AdminOperator, handlers: Handlers)
 
 @router.get("/rollouts", summary="Every rollout, newest first", response_model=Rollouts)
 async def rollouts(operator: AdminOperator, handlers: Handlers) -> Rollouts:
-    return Rollouts(rollouts=[RolloutOut.of(r) for r in await handlers.models.rollouts()])
+    listed = await handlers.models.rollouts_counted(COUNTED_ROLLOUTS)
+    return Rollouts(
+        rollouts=[
+            RolloutListed(**RolloutOut.of(r).model_dump(), device_counts=counts) for r, counts in listed
+        ]
+    )
 
 
 @router.post(

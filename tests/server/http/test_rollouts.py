@@ -4,6 +4,7 @@ uploads refused with nothing left in the catalogue, the model store or the uploa
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,8 @@ def test_a_model_is_published_by_upload_and_rolled_out_paused_resumed_and_rolled
     assert r["shown"]["rollout"]["state"] == "rolled_back"
     assert [d["device_id"] for d in r["shown"]["devices"]] == ["door-1"]
     assert [x["rollout_id"] for x in r["rollouts"]] == [rollout["rollout_id"]]
+    # the list gives each rollout's agents per state, as its own page lists them one by one
+    assert r["rollouts"][0]["device_counts"] == dict(Counter(d["state"] for d in r["shown"]["devices"]))
     assert r["retired"]["retired_at"] is not None
     assert "percent must be 1–100" in r["bad_target"]["detail"]
     assert [(e["action"], e["target"], e["outcome"]) for e in reversed(r["audit"])] == [

@@ -10,7 +10,7 @@ import { every } from '../poll.js';
 
 const REFRESH_MS = 5000;
 const LIST_REFRESH_MS = 10000;
-const DETAILED = 20;
+const FINISHED = ['rolled_back']; // nothing about them changes any more
 const STATE_TONES = { preparing: 'info', active: 'ok', paused: 'warn', rolled_back: 'bad' };
 const DEVICE_TONES = {
   assigned: 'info', downloading: 'info', verifying: 'info', active: 'ok', failed: 'bad', retrying: 'warn',
@@ -34,22 +34,28 @@ function budgetText(rollout) {
     ? `${action} after more than ${plural(budget.count, 'refusal')}` : `${action} when over ${budget.percent} % refuse`;
 }
 
-/** How far a rollout got: a <progress> and the agents per state. A rolled-back rollout says how far it
- * had got; the Fleet page shows each agent's model as it is now. */
-function progress(rollout, devices) {
-  const rolloutId = rollout.rollout_id;
-  if (!devices.length) return h('span', { class: 'muted', text: 'no agent yet' });
+/** Agents per state, {state: count}, of a rollout's agents (as /api/rollouts/{id} lists them). */
+export function countStates(devices) {
   const counts = {};
   devices.forEach((d) => { counts[d.state] = (counts[d.state] || 0) + 1; });
+  return counts;
+}
+
+/** How far a rollout got: a <progress> and the agents per state (`counts`, as GET /api/rollouts gives
+ * them). A rolled-back rollout says how far it had got; the Fleet page shows each agent's model now. */
+function progress(rollout, counts) {
+  const rolloutId = rollout.rollout_id;
+  const total = Object.values(counts).reduce((sum, n) => sum + n, 0);
+  if (!total) return h('span', { class: 'muted', text: 'no agent yet' });
   const done = counts.active || 0;
   if (rollout.state === 'rolled_back') {
     return h('small', { class: 'block' },
-      `rolled back; ${number(done)} of ${plural(devices.length, 'agent')} had switched to it`);
+      `rolled back; ${number(done)} of ${plural(total, 'agent')} had switched to it`);
   }
   const id = uid('progress');
   return h('div', { class: 'progress' },
-    h('progress', { id, max: devices.length, value: done, 'aria-label': `Progress of rollout ${rolloutId}` }),
-    h('small', { class: 'block' }, `${number(done)} of ${plural(devices.length, 'agent')} active`,
+    h('progress', { id, max: total, value: done, 'aria-label': `Progress of rollout ${rolloutId}` }),
+    h('small', { class: 'block' }, `${number(done)} of ${plural(total, 'agent')} active`,
       Object.entries(counts).filter(([state]) => state !== 'active')
         .map(([state, n]) => `, ${number(n)} ${state}`).join('')));
 }
@@ -110,22 +116,22 @@ function renderList(ctx) {
   const loading = h('p', { class: 'loading', text: 'Loading rollouts…' });
   const listId = uid('rollouts');
 
+  let changing = true; // some rollout may still change: keep refreshing
+
   const load = async () => {
     try {
       const { rollouts } = await get('/api/rollouts', null, { signal });
-      const details = await Promise.all(rollouts.slice(0, DETAILED).map((r) =>
-        get(`/api/rollouts/${r.rollout_id}`, null, { signal }).catch((error) => {
-          if (isAbort(error)) throw error;
-          return null;
-        })));
+      changing = rollouts.some((r) => !FINISHED.includes(r.state));
       loading.remove();
-      const focused = body.contains(document.activeElement) ? document.activeElement.closest('tr')?.dataset.rolloutId : null;
-      replace(body, rollouts.map((r, i) => h('tr', { dataset: { rolloutId: r.rollout_id } },
+      const focused = body.contains(document.activeElement) ? document.activeElement : null;
+      const focusRow = focused?.closest('tr')?.dataset.rolloutId;
+      const focusAction = focused?.dataset.action;
+      replace(body, rollouts.map((r) => h('tr', { dataset: { rolloutId: r.rollout_id } },
         h('th', { scope: 'row' }, h('a', { href: `#/rollouts/${r.rollout_id}`, text: `Rollout ${r.rollout_id}` })),
         h('td', null, r.model_id, h('small', { class: 'block muted', text: r.task })),
         h('td', { text: targetText(r.target) }),
         h('td', null, stateBadge(r.state)),
-        h('td', null, details[i] ? progress(r, details[i].devices) : h('span', { class: 'muted', text: '—' })),
+        h('td', null, r.device_counts ? progress(r, r.device_counts) : h('span', { class: 'muted', text: '—' })),
         h('td', { class: 'small', text: budgetText(r) }),
         h('td', null, timeEl(r.updated_at)),
         h('td', { class: 'reason', text: r.reason || '—' }),
@@ -134,7 +140,11 @@ function renderList(ctx) {
           'aria-label': `${question(action, r)[0]} rollout ${r.rollout_id}`, text: question(action, r)[0],
           onclick: async () => { if (await change(r, action, ctx)) await load(); },
         }))))));
-      if (focused) body.querySelector(`tr[data-rollout-id="${focused}"] :is(a, button)`)?.focus();
+      if (focusRow) {
+        const again = body.querySelector(`tr[data-rollout-id="${focusRow}"]`);
+        // the same action's button if the rollout still offers it, else the rollout's link
+        (focusAction && again?.querySelector(`[data-action="${focusAction}"]`) || again?.querySelector('a'))?.focus();
+      }
       wrap.hidden = rollouts.length === 0;
       empty.hidden = rollouts.length !== 0;
       messages.clear();
@@ -150,7 +160,8 @@ function renderList(ctx) {
       h('h2', { id: listId, class: 'visually-hidden', text: 'All rollouts' }), messages, loading, wrap, empty),
     startForm(ctx, load));
   load();
-  every(LIST_REFRESH_MS, load, signal);
+  // One request a refresh, while the tab is visible and some rollout may still change.
+  every(LIST_REFRESH_MS, async () => { if (changing) await load(); }, signal);
 }
 
 /** The form that starts a rollout of a published, not retired, model. */
@@ -283,7 +294,7 @@ function renderOne(ctx, idText) {
         h('dt', { text: 'Model' }), h('dd', { text: `${current.model_id} (${current.task})` }),
         h('dt', { text: 'Target' }), h('dd', { text: targetText(current.target) }),
         h('dt', { text: 'State' }), h('dd', null, stateBadge(current.state)),
-        h('dt', { text: 'Progress' }), h('dd', null, progress(detail.rollout, detail.devices)),
+        h('dt', { text: 'Progress' }), h('dd', null, progress(detail.rollout, countStates(detail.devices))),
         h('dt', { text: 'Failure budget' }), h('dd', { text: budgetText(current) }),
         h('dt', { text: 'Started' }), h('dd', null, timeEl(current.created_at, { mode: 'full' })),
         h('dt', { text: 'Updated' }), h('dd', null, timeEl(current.updated_at, { mode: 'full' })),

@@ -40,11 +40,20 @@ def stranger(seed: int, device: str, count: int, *, newest_seconds_ago: int = 10
         vector = (person + rng.normal(scale=0.05, size=128)).astype(np.float32)
         ok, crop = cv2.imencode(".jpg", rng.integers(0, 255, size=(112, 112, 3), dtype=np.uint8))
         assert ok
-        snapshot = FaceSnapshot(crop.tobytes(), b"", Embedding("sface@2021dec", vector / np.linalg.norm(vector)))
+        snapshot = FaceSnapshot(
+            crop.tobytes(), b"", Embedding("sface@2021dec", vector / np.linalg.norm(vector))
+        )
         seconds_ago = newest_seconds_ago + 10 * (count - 1 - i)
         events.append(
-            Event(str(uuid.uuid4()), device, now - timedelta(seconds=seconds_ago), "face", "unknown",
-                  camera="side", snapshot=snapshot)  # fmt: skip
+            Event(
+                str(uuid.uuid4()),
+                device,
+                now - timedelta(seconds=seconds_ago),
+                "face",
+                "unknown",
+                camera="side",
+                snapshot=snapshot,
+            )
         )
     return events
 
@@ -53,7 +62,9 @@ def cluster_of(page: Page, cluster_id: str) -> Locator:
     return main(page).locator(f'article[data-cluster-id="{cluster_id}"]')
 
 
-def test_a_cluster_with_hidden_faces_shows_them_all_before_any_action(consoles: Consoles, server: Server) -> None:
+def test_a_cluster_with_hidden_faces_shows_them_all_before_any_action(
+    consoles: Consoles, server: Server
+) -> None:
     """A cluster of 20 faces shows 18 and a control to show them all; an action pressed while some are
     hidden shows them all instead, and is done only when pressed again."""
     sightings = stranger(31, "door-31", 20)
@@ -108,7 +119,9 @@ def test_a_cluster_that_changed_is_shown_again_where_it_was(consoles: Consoles, 
     with admin.expecting(r"status of 409"):
         moved.get_by_role("button", name="Dismiss").click()
         page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
-        expect(moved.get_by_role("status")).to_contain_text("Faces joined or left this cluster since it was shown")
+        expect(moved.get_by_role("status")).to_contain_text(
+            "Faces joined or left this cluster since it was shown"
+        )
     expect(moved.get_by_role("heading")).to_have_text(f"Unknown person {older[0].event_id[:8]}: 3 faces")
     expect(moved.get_by_role("img")).to_have_count(3)
     expect(moved.get_by_role("heading")).to_be_focused()
@@ -120,9 +133,12 @@ def test_a_cluster_that_changed_is_shown_again_where_it_was(consoles: Consoles, 
     expect(page.get_by_role("status").filter(has_text="Dismissed 3 faces.")).to_be_visible()
 
 
-def test_a_cluster_whose_oldest_face_left_is_found_under_its_new_id(consoles: Consoles, server: Server) -> None:
-    """The oldest face of a cluster on screen is deleted elsewhere, so the cluster's id changes: the action on
-    the old id (404) shows the cluster under its new id, where it was, with a note; acted on again, it goes."""
+def test_a_cluster_whose_oldest_face_left_is_found_under_its_new_id(
+    consoles: Consoles, server: Server
+) -> None:
+    """The oldest face of a cluster on screen is deleted elsewhere, so the cluster's id changes: the action
+    on the old id (404) shows the cluster under its new id, where it was, with a note; acted on again, it
+    goes."""
     sightings = stranger(51, "door-51", 3)
     state_of(server).add_events(sightings)
     admin = consoles.signed_in(server.harness.admin_token)
@@ -139,7 +155,9 @@ def test_a_cluster_whose_oldest_face_left_is_found_under_its_new_id(consoles: Co
         page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
         cluster = cluster_of(page, sightings[1].event_id)
         expect(cluster.get_by_role("status")).to_contain_text("The oldest face of this cluster left it")
-    expect(cluster.get_by_role("heading")).to_have_text(f"Unknown person {sightings[1].event_id[:8]}: 2 faces")
+    expect(cluster.get_by_role("heading")).to_have_text(
+        f"Unknown person {sightings[1].event_id[:8]}: 2 faces"
+    )
     expect(cluster.get_by_role("img")).to_have_count(2)
     ids = [a.get_attribute("data-cluster-id") for a in main(page).locator("article.cluster").all()]
     assert ids.index(sightings[1].event_id) == index, ids
@@ -148,7 +166,9 @@ def test_a_cluster_whose_oldest_face_left_is_found_under_its_new_id(consoles: Co
     expect(page.get_by_role("status").filter(has_text="Deleted 2 faces.")).to_be_visible()
 
 
-def test_a_server_that_stops_answering_is_shown_and_refreshing_goes_on(consoles: Consoles, server: Server) -> None:
+def test_a_server_that_stops_answering_is_shown_and_refreshing_goes_on(
+    consoles: Consoles, server: Server
+) -> None:
     """The server takes every API call and never answers (as when it is stopped): the Fleet page's refresh
     fails after 15 s with a message, the page says it has not been updated for a while, and the next refresh
     is still made. The page's clock is Playwright's, moved forward by the test."""
@@ -184,8 +204,14 @@ def face_events(device: str, count: int, *, newest_seconds_ago: float) -> list[E
     """`count` unknown-face events on `device`, a second apart, the newest `newest_seconds_ago` before now."""
     now = utc_now()
     return [
-        Event(str(uuid.uuid4()), device, now - timedelta(seconds=newest_seconds_ago + count - 1 - i), "face",
-              "unknown", camera="hall")  # fmt: skip
+        Event(
+            str(uuid.uuid4()),
+            device,
+            now - timedelta(seconds=newest_seconds_ago + count - 1 - i),
+            "face",
+            "unknown",
+            camera="hall",
+        )
         for i in range(count)
     ]
 
@@ -238,8 +264,15 @@ def test_the_doors_range_ends_now_at_every_refresh(consoles: Consoles, server: S
     """Doors on "Last hour", left open for two hours (the page's clock moved on by the test): a decision
     that was within the last hour when the page opened leaves both the summary and the table."""
     opened_at = utc_now() - timedelta(hours=2)
-    decision = Event(str(uuid.uuid4()), "door-6", opened_at - timedelta(minutes=30), "access", "denied",
-                     door="gate-6", reason="not in an allowed group")  # fmt: skip
+    decision = Event(
+        str(uuid.uuid4()),
+        "door-6",
+        opened_at - timedelta(minutes=30),
+        "access",
+        "denied",
+        door="gate-6",
+        reason="not in an allowed group",
+    )
     state_of(server).add_events([decision])
     admin = consoles.new()
     page = admin.page

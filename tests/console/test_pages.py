@@ -14,7 +14,7 @@ from playwright.sync_api import Locator, Page, Route, expect
 
 from facefleet.link.checks import utc_now
 from facefleet.link.events import Event, FaceSnapshot
-from facefleet.link.gallery import Embedding
+from facefleet.link.gallery import Embedding, Person
 from facefleet.link.models import ModelFile
 from facefleet.server.domain.models import PublishedModel, Rollout, RolloutState, Target
 from facefleet.server.state.interface import State
@@ -353,3 +353,61 @@ def test_the_rollouts_list_refreshes_in_one_call_only_while_one_may_change_and_k
     page.clock.fast_forward(10_000)
     page.clock.fast_forward(10_000)
     assert len(calls()) == settled, calls()  # nothing left that may change
+
+
+def test_a_session_that_ends_with_a_dialog_open_leaves_only_the_sign_in_form(
+    consoles: Consoles, server: Server
+) -> None:
+    """The session ends (signed out elsewhere) while the operator fills in a dialog: submitting it leaves the
+    sign-in form alone, saying so in plain words, with no dialog over it; signing in again puts the focus on
+    the page's heading."""
+    sightings = stranger(61, "door-61", 2)
+    state_of(server).add_events(sightings)
+    admin = consoles.signed_in(server.harness.admin_token)
+    page = admin.page
+    expect(page.get_by_role("heading", level=1)).to_be_focused()
+    admin.go("Unknown faces")
+    cluster = cluster_of(page, sightings[0].event_id)
+    cluster.get_by_role("button", name="Enrol as new person").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_label("Name", exact=True).fill("Visitor")
+    ended = page.request.delete(server.url + "/api/session", headers={"X-CSRF-Token": admin.csrf()})
+    assert ended.status == 204, ended.text()
+    with admin.expecting(r"status of 401"):
+        dialog.get_by_role("button", name="Enrol", exact=True).click()
+        expect(page.get_by_label("Token")).to_be_visible()
+    expect(page.locator("dialog")).to_have_count(0)
+    expect(main(page)).to_contain_text("Your session has ended; sign in again.")
+    expect(page.locator("body")).not_to_contain_text("Authorization")
+    admin.sign_in(server.harness.admin_token)
+    expect(page.get_by_role("heading", level=1)).to_be_focused()
+
+
+def test_long_unbroken_names_wrap_and_keep_the_actions_on_screen(consoles: Consoles, server: Server) -> None:
+    """A person whose name is 150 letters without a space: the People table and the Activity table keep
+    within the page's width, the People row's actions on screen."""
+    name = "Ж" * 150
+    state_of(server).add_person(Person("long-name", display_name=name), [], utc_now())
+    seen = Event(str(uuid.uuid4()), "door-7", utc_now(), "face", "match", person_id="long-name")
+    state_of(server).add_events([seen])
+    admin = consoles.signed_in(server.harness.admin_token)
+    page = admin.page
+
+    def fits(table: Locator) -> None:
+        wrap = table.locator("xpath=ancestor::div[contains(@class, 'table-wrap')][1]")
+        widths = wrap.evaluate("(w) => [w.scrollWidth, w.clientWidth]")
+        assert widths[0] <= widths[1], f"the table is {widths[0]} px wide in {widths[1]} px"
+
+    admin.go("People")
+    main(page).get_by_label("Search").fill("жжж")
+    row = main(page).get_by_role("row").filter(has_text="long-name")
+    expect(row).to_have_count(1)
+    fits(main(page).get_by_role("table"))
+    delete = row.get_by_role("button", name=re.compile("^Delete"))
+    box = delete.bounding_box()
+    assert box is not None and box["x"] + box["width"] <= 1280, box
+
+    admin.page.goto(server.url + "/console/#/activity?device=door-7")
+    table = main(page).get_by_role("table").filter(has=page.get_by_role("columnheader", name="Score"))
+    expect(table.locator(f'tr[data-event-id="{seen.event_id}"]')).to_contain_text(name)
+    fits(table)

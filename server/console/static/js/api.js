@@ -3,6 +3,8 @@
  * 401 anywhere sends the operator back to the sign-in form. */
 
 export const SESSION_PATH = '/api/session';
+/** What a call refused because the session ended says (not the API's words about Authorization headers). */
+export const SESSION_ENDED = 'Your session has ended; sign in again.';
 
 let csrfToken = '';
 let onUnauthorized = () => {};
@@ -102,8 +104,9 @@ export async function request(method, path, { query, json, form, signal, timeout
   if (!response.ok) {
     const problem = data && typeof data === 'object'
       ? data : { detail: `HTTP ${response.status} ${response.statusText}`.trim() };
-    const error = new ApiError(problem, response.status);
-    if (response.status === 401 && path !== SESSION_PATH) onUnauthorized(error);
+    const ended = response.status === 401 && path !== SESSION_PATH;
+    const error = new ApiError(ended ? { ...problem, detail: SESSION_ENDED } : problem, response.status);
+    if (ended) onUnauthorized(error);
     throw error;
   }
   return data;

@@ -1,7 +1,7 @@
 /** The console's boot: the session (sign in, sign out, back to the sign-in form on any 401), the header
  * and its navigation, and the hash router (#/fleet, #/activity?device=…, #/rollouts/12). */
 
-import { del, get, post, setCsrfToken, setUnauthorizedHandler, SESSION_PATH } from './api.js';
+import { del, get, post, SESSION_ENDED, setCsrfToken, setUnauthorizedHandler, SESSION_PATH } from './api.js';
 import { badge, field, h, replace } from './dom.js';
 import { forgetPeople } from './directory.js';
 import * as fleet from './pages/fleet.js';
@@ -106,7 +106,9 @@ function route() {
   rendered = true;
 }
 
-function start(body) {
+/** Start the pages for a session; signedIn: just now through the form (the page's <h1> gets the focus). */
+function start(body, { signedIn = false } = {}) {
+  if (signedIn) rendered = true;
   session = { operator: body.operator, role: body.role, expiresAt: body.expires_at };
   setCsrfToken(body.csrf_token);
   showWho();
@@ -117,6 +119,8 @@ function start(body) {
 /** The sign-in form; message: why it is shown (an ended session). */
 function showSignIn(message = '') {
   stopPage();
+  // Dialogs of the pages go with them (removed, not closed: nothing is given back the focus).
+  document.querySelectorAll('dialog').forEach((dialog) => dialog.remove());
   session = null;
   setCsrfToken('');
   forgetPeople();
@@ -142,7 +146,7 @@ function showSignIn(message = '') {
     error.hidden = true;
     button.disabled = true;
     try {
-      start(await post(SESSION_PATH, { token: value }));
+      start(await post(SESSION_PATH, { token: value }), { signedIn: true });
     } catch (failure) {
       error.textContent = failure.status === 401
         ? `That token was not accepted: ${failure.message}` : `Cannot sign in: ${failure.message}`;
@@ -173,7 +177,7 @@ async function signOut() {
 
 async function boot() {
   setUnauthorizedHandler(() => {
-    if (session) showSignIn('Your session has ended; sign in again.');
+    if (session) showSignIn(SESSION_ENDED);
   });
   window.addEventListener('hashchange', route);
   try {

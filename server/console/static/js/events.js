@@ -21,15 +21,18 @@ export function personCell(personId, names) {
   if (!personId) return h('span', { class: 'muted', text: '—' });
   const name = names?.get(personId);
   const id = h('span', { class: ['id', name ? 'muted' : null], title: personId, text: personId });
-  return name ? h('span', null, h('span', { class: 'block', text: name }), h('small', { class: 'block' }, id)) : id;
+  return name ? h('span', null, h('span', { class: ['block', 'name'], text: name }), h('small', { class: 'block' }, id)) : id;
 }
+
+/** A name or id in a table cell: wrapped anywhere within a bounded width (see .name in console.css). */
+const nameEl = (text) => h('span', { class: 'name', text });
 
 /** The columns an events table can show, by key. */
 export const COLUMNS = {
   time: { label: 'Time', cell: (e) => timeEl(e.time) },
-  device: { label: 'Device', cell: (e) => e.device_id },
-  camera: { label: 'Camera', cell: (e) => e.camera || '—' },
-  door: { label: 'Door', cell: (e) => e.door || '—' },
+  device: { label: 'Device', cell: (e) => nameEl(e.device_id) },
+  camera: { label: 'Camera', cell: (e) => nameEl(e.camera || '—') },
+  door: { label: 'Door', cell: (e) => nameEl(e.door || '—') },
   kind: { label: 'Kind', cell: (e) => e.kind },
   decision: { label: 'Decision', cell: (e) => decisionBadge(e.decision) },
   person: { label: 'Person', cell: (e, names) => personCell(e.person_id, names) },

@@ -52,7 +52,8 @@ export function render(ctx) {
     h('thead', null, h('tr', null, ['Door', 'Device', 'Granted', 'Denied', 'Denied share'].map((text, i) =>
       h('th', { scope: 'col', class: i > 1 ? 'num' : null, text })))),
     h('tbody', null, rows.map((d) => h('tr', { dataset: { door: d.door } },
-      h('th', { scope: 'row', text: d.door || 'no door' }), h('td', { text: d.device_id }),
+      h('th', { scope: 'row' }, h('span', { class: 'name', text: d.door || 'no door' })),
+      h('td', null, h('span', { class: 'name', text: d.device_id })),
       h('td', { class: 'num', text: number(d.granted) }), h('td', { class: 'num', text: number(d.denied) }),
       h('td', { class: 'num', text: d.granted + d.denied ? percent(d.denied / (d.granted + d.denied)) : '—' }))))));
 

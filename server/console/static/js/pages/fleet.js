@@ -49,7 +49,7 @@ const COLUMNS = [
     cell: (a, now) => timeEl(a.last_seen, { mode: 'relative', now }) },
   { key: 'versions', label: 'Versions', compare: (a, b) => text(a.agent_version, b.agent_version), cell: versionsCell },
   { key: 'groups', label: 'Groups', compare: (a, b) => text(a.groups.join(), b.groups.join()),
-    cell: (a) => (a.groups.length ? a.groups.join(', ') : h('span', { class: 'muted', text: '—' })) },
+    cell: (a) => (a.groups.length ? h('span', { class: 'name', text: a.groups.join(', ') }) : h('span', { class: 'muted', text: '—' })) },
   { key: 'gallery', label: 'Gallery', compare: (a, b) => a.revision_lag - b.revision_lag, cell: galleryCell },
   { key: 'device_status', label: 'Device status', compare: (a, b) => text(a.device_status, b.device_status)
     || time(a.certificate_expires) - time(b.certificate_expires), cell: deviceStatusCell },
@@ -61,8 +61,8 @@ const COLUMNS = [
 
 function deviceCell(agent) {
   return h('div', null,
-    h('strong', { text: agent.device_id }),
-    agent.hostname ? h('small', { class: 'block muted', text: agent.hostname }) : null,
+    h('strong', { class: ['block', 'name'], text: agent.device_id }),
+    agent.hostname ? h('small', { class: ['block', 'muted', 'name'], text: agent.hostname }) : null,
     h('a', { class: 'small', href: `#/activity?device=${encodeURIComponent(agent.device_id)}`,
       dataset: { focusKey: 'events' }, 'aria-label': `Events of ${agent.device_id}`, text: 'Events' }));
 }

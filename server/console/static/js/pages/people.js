@@ -50,9 +50,9 @@ export function render(ctx) {
 
   const row = (person) => h('tr', { dataset: { personId: person.person_id } },
     h('td', null, person.stored_crops ? cropImage(person) : h('span', { class: ['crop', 'no-crop'], text: 'no photo' })),
-    h('th', { scope: 'row', text: person.display_name || '—' }),
-    h('td', { class: 'mono', text: person.person_id }),
-    h('td', { text: person.groups.join(', ') || '—' }),
+    h('th', { scope: 'row' }, h('span', { class: 'name', text: person.display_name || '—' })),
+    h('td', null, h('span', { class: ['mono', 'name'], text: person.person_id })),
+    h('td', null, h('span', { class: 'name', text: person.groups.join(', ') || '—' })),
     h('td', { class: 'num', text: number(person.stored_crops ?? 0) }),
     h('td', null, timeEl(person.updated_at || person.created_at)),
     h('td', { class: 'row-actions' },

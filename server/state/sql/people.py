@@ -5,7 +5,6 @@ transactions."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import unicodedata
 import weakref
 from collections.abc import Sequence
@@ -185,8 +184,9 @@ def search_clause(conn: Connection, search: str) -> tuple[str, list[str]]:
     the database: on SQLite by `fold` itself, registered as a function; on PostgreSQL by lower() (see
     _postgres_fold), with the search NFKC-normalised before its wildcards are escaped (so that a full-width
     ％ is searched for as itself)."""
-    if isinstance(conn, sqlite3.Connection):
-        conn.create_function(SQLITE_FOLD, 1, _sqlite_fold, deterministic=True)
+    register = getattr(conn, "create_function", None)  # SQLite's connection; PostgreSQL's has none
+    if register is not None:
+        register(SQLITE_FOLD, 1, _sqlite_fold, deterministic=True)
         pattern = _like_pattern(fold(search))
         column = SQLITE_FOLD + "({})"
         compared = "?"

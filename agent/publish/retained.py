@@ -90,6 +90,7 @@ class CameraStates:
         self._published: dict[str, dict[str, Any]] = {}  # camera → its state as published on this connection
         self._face_of: dict[str, str] = {}  # camera → the enrolled person its retained face crop shows
         self._crops_to_remove: set[str] = set()  # cameras whose crop shows an erased person
+        self._crop_removals: dict[str, Callable[[], bool]] = {}  # camera → its removal acknowledged yet?
 
     def update(self, camera: str, faces_in_view: int, person_id: str | None, expression: str | None) -> None:
         """A frame of `camera`: its faces, the first person recognised (None: nobody), the expression of its
@@ -98,6 +99,8 @@ class CameraStates:
         state = {"faces_in_view": faces_in_view, "last_person": last, "expression": expression}
         self._current[camera] = state
         self._publish(camera)
+        if self._crops_to_remove:
+            self._remove_crops()
 
     def face_published(self, camera: str, person_id: str | None) -> None:
         """A face crop of `person_id` (None: nobody enrolled) now is `camera`'s retained crop."""
@@ -106,6 +109,7 @@ class CameraStates:
         else:
             self._face_of[camera] = person_id
         self._crops_to_remove.discard(camera)
+        self._crop_removals.pop(camera, None)
 
     def forget_people(self, enrolled: Container[str]) -> None:
         """After a gallery change: a person no longer enrolled (erased) is no camera's last person, and a
@@ -124,6 +128,7 @@ class CameraStates:
         """After a connect: every camera's state, whatever was published before, and the removal of crops
         of erased people that could not be removed while the broker was away."""
         self._published = {}
+        self._crop_removals = {}  # sent on the connection before: sent again
         for camera in self._current:
             self._publish(camera)
         self._remove_crops()
@@ -136,6 +141,14 @@ class CameraStates:
             self._published[camera] = state
 
     def _remove_crops(self) -> None:
+        """Send the removal of each crop to remove once per connection; a crop is done with once the broker
+        has acknowledged its removal (one the client accepted may still be lost with its connection)."""
         for camera in sorted(self._crops_to_remove):
-            if self._link.clear_retained(self._link.topic(f"cameras/{camera}/face")) is not None:
+            acknowledged = self._crop_removals.get(camera)
+            if acknowledged is None:
+                sent = self._link.clear_retained(self._link.topic(f"cameras/{camera}/face"))
+                if sent is not None:
+                    self._crop_removals[camera] = sent
+            elif acknowledged():
                 self._crops_to_remove.discard(camera)
+                del self._crop_removals[camera]

@@ -5,6 +5,8 @@ of them), and no retained state or face crop goes on naming or showing a person 
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -151,4 +153,43 @@ def test_after_an_outage_the_states_are_published_again_and_an_erased_person_is_
         assert face not in later
     finally:
         run.stop()
+        broker.stop()
+
+
+def test_the_removal_of_an_erased_persons_crop_lost_with_its_connection_is_sent_again(
+    tmp_path: Path, subscriber_factory: Any
+) -> None:
+    """The client accepted the removal, but the broker stalled and the connection was dropped before it was
+    acknowledged: after the next connect it goes out again, and the crop is gone."""
+    broker = Mosquitto(tmp_path).start()
+    link = MqttLink(
+        settings(broker.port, max_inflight=1),
+        on_ack=lambda mid: None,
+        on_command=lambda name, payload: None,
+        on_connection=lambda up, why: None,
+    )
+    face = PREFIX + "cameras/front/face"
+    try:
+        link.start()
+        assert link.wait_connected(10)
+        assert link.publish_latest("cameras/front/face", b"eileen's face", 600)
+        states = CameraStates(link, ["front"])
+        states.face_published("front", "eileen")
+        assert retained(broker.port, subscriber_factory, {face})[face] == b"eileen's face"
+        assert broker.process is not None
+        os.kill(broker.process.pid, signal.SIGSTOP)  # the broker stalls: nothing is acknowledged
+        try:
+            assert link.publish("events/face", b"{}", qos=1) is not None  # fills the window of 1
+            states.forget_people(set())  # eileen erased: her crop's removal waits behind it
+            link.drop_stalled_connection(0.0)  # as after three keep-alives without an acknowledgement
+        finally:
+            os.kill(broker.process.pid, signal.SIGCONT)
+        wait_until(lambda: not link.connected)
+        assert link.wait_connected(10)
+        watcher = subscriber_factory(broker.port, face)
+        watcher.wait_for(lambda: watcher.on(face) == [b"eileen's face"])  # still there after the reconnect
+        states.republish()  # what the frame loop does after each connect
+        watcher.wait_for(lambda: b"" in watcher.on(face))  # the removal, sent again
+    finally:
+        link.stop()
         broker.stop()

@@ -29,8 +29,11 @@ class StoreLock:
         self.path = lock_path(store)
         try:
             store.parent.mkdir(parents=True, exist_ok=True)
-            # readable to all (it holds nothing): a command run as root does not lock the service out
             self._fd: int | None = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o644)
+            if os.fstat(self._fd).st_uid == os.geteuid():
+                # readable to all whatever the umask (it holds nothing): a command run as root, which made
+                # it, does not lock the service out
+                os.fchmod(self._fd, 0o644)
         except OSError as exc:
             raise StoreError(
                 f"store lock {self.path}: cannot open ({exc.strerror}); check its directory"

@@ -7,15 +7,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from facefleet.agent.store.database import EmbeddingStore
+from facefleet.agent.store.lock import StoreLock
 from facefleet.agent.store.migrations import MIGRATIONS
 from facefleet.vision.models.store import ModelStore
 from tests.agent.store.legacy import make_legacy_store
@@ -152,3 +156,37 @@ def test_the_lock_is_released_when_its_holder_is_killed(tmp_path: Path) -> None:
         holder.kill()
         holder.wait()
     assert agent(state, "store", "migrate").returncode == 0
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv to act as another user",
+)
+def test_the_lock_file_root_makes_under_a_strict_umask_does_not_lock_the_service_out() -> None:
+    """`store migrate` run as root with umask 077 makes the lock file; the service's user can take it."""
+    folder = Path(tempfile.mkdtemp(prefix="facefleet-lock-"))  # pytest's tmp_path is root's alone
+    folder.chmod(0o755)
+    store = folder / "agent.db"
+    previous = os.umask(0o077)
+    try:
+        StoreLock(store, "store migrate").close()
+    finally:
+        os.umask(previous)
+    taken = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from facefleet.agent.store.lock import StoreLock; "
+            "StoreLock(Path(sys.argv[1]), 'run').close(); print('taken')",
+            str(store),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    shutil.rmtree(folder)
+    assert (taken.returncode, taken.stdout) == (0, "taken\n"), taken.stderr

@@ -10,6 +10,7 @@ import { every } from '../poll.js';
 
 const REFRESH_MS = 5000;
 const LIST_REFRESH_MS = 10000;
+const IDLE_REFRESHES = 6; // with nothing changing, the list is read once a minute
 const FINISHED = ['rolled_back']; // nothing about them changes any more
 const STATE_TONES = { preparing: 'info', active: 'ok', paused: 'warn', rolled_back: 'bad' };
 const DEVICE_TONES = {
@@ -160,8 +161,13 @@ function renderList(ctx) {
       h('h2', { id: listId, class: 'visually-hidden', text: 'All rollouts' }), messages, loading, wrap, empty),
     startForm(ctx, load));
   load();
-  // One request a refresh, while the tab is visible and some rollout may still change.
-  every(LIST_REFRESH_MS, async () => { if (changing) await load(); }, signal);
+  // One request a refresh while the tab is visible: every LIST_REFRESH_MS while some rollout may still
+  // change, else every IDLE_REFRESHES of them, so that a rollout started elsewhere still appears.
+  let idle = 0;
+  every(LIST_REFRESH_MS, async () => {
+    idle = changing ? 0 : (idle + 1) % IDLE_REFRESHES;
+    if (changing || idle === 0) await load();
+  }, signal);
 }
 
 /** The form that starts a rollout of a published, not retired, model. */

@@ -150,9 +150,10 @@ _pg_folds: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
 
 
 def fold(text: str) -> str:
-    """A name as search compares it: compatibility-normalised (NFKC) and case-folded, so that "ÅNGSTRÖM",
-    "Ångström" and "ångström" are the same."""
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    """A name as search compares it: compatibility-normalised (NFKC) and in lower case by Unicode's full
+    mapping, as PostgreSQL's lower() under ICU makes it (not case-folded: "STRASSE" does not find
+    "Straße" on either backend), so that "ÅNGSTRÖM", "Ångström" and "ångström" are the same."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).lower())
 
 
 def _like_pattern(text: str) -> str:

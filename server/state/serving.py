@@ -33,7 +33,8 @@ class RestoreRunningError(StateError):
 
 class ServersRunningError(StateError):
     """A `serve` found its database older than its code while other servers serve it: it does not upgrade
-    the schema under them (exit 74, so that systemd tries again, and it upgrades once they have stopped)."""
+    the schema under them (exit 74: systemd tries again for about a minute, so it upgrades if they stop
+    meanwhile; else its unit stays failed until started again by hand)."""
 
 
 def servers_running(where: str, others: str) -> ServersRunningError:

@@ -1,6 +1,6 @@
 """Shared fixtures: the default models imported once per session into a temporary store, a runtime
-pinned to f32 on CPU so numbers are reproducible, the cache of those models compiled, and the real sample
-photos from installed wheels."""
+pinned to f32 on CPU so numbers are reproducible, the cache of those models compiled, the real sample
+photos from installed wheels, and command output as wide as a pipe's whatever $COLUMNS the shell has."""
 
 from __future__ import annotations
 
@@ -20,6 +20,14 @@ from facefleet.vision.runtime import Runtime, RuntimeSettings
 from tests.postgres import PostgresCluster
 
 SFACE_THRESHOLD = 0.363
+
+
+@pytest.fixture(autouse=True)
+def piped_output_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Command output captured by a test goes to a pipe, which is 200 columns wide unless $COLUMNS says
+    otherwise: a COLUMNS the developer's shell or a test runner exported would wrap the tables the tests
+    read, so tests start without it (those about the width set it themselves)."""
+    monkeypatch.delenv("COLUMNS", raising=False)
 
 
 @pytest.fixture(scope="session")

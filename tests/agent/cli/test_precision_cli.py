@@ -49,7 +49,6 @@ def test_models_list_and_devices_show_what_each_model_runs_at(
     measured: PrecisionPlan,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config = tmp_path / "agent.toml"
     config.write_text('[runtime]\nprecision = { embedding = "f32" }\n')
@@ -78,7 +77,6 @@ def test_models_list_and_devices_show_what_each_model_runs_at(
     )
     assert models["expression"]["precision"] == expected
 
-    monkeypatch.delenv("COLUMNS", raising=False)  # into a pipe, each row of the table stays on one line
     code, out, _ = run(capsys, *base, "models", "list")
     assert code == 0 and "runs at" in out
     assert any("embedding" in line and "(task override)" in line for line in out.splitlines()), out

@@ -16,9 +16,7 @@ def test_cli_changes_are_listed_as_local(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     model_irs: dict[str, Path],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv("COLUMNS", raising=False)  # into a pipe, tables are wide enough for every cell
     base = ["--state-dir", str(tmp_path)]
     assert run_cli(capsys, *base, "tokens", "create", "grafana", "--role", "query")[0] == EXIT_OK
     publish_new(capsys, base, model_irs)

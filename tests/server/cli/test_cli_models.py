@@ -19,12 +19,6 @@ from tests.server.cli.test_cli import run_cli
 NEW = "mini-xception@fer2013-fp32"
 
 
-@pytest.fixture(autouse=True)
-def wide_tables(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tables as printed into a pipe: wide enough for every cell (core.cli.output_console)."""
-    monkeypatch.delenv("COLUMNS", raising=False)
-
-
 def test_models_publish_list_show_retire(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], model_irs: dict[str, Path]
 ) -> None:

@@ -230,12 +230,20 @@ def send(watcher: Any, command: str, body: dict[str, Any]) -> None:
     watcher.client.publish(f"{PREFIX}cmd/{command}", json.dumps(body), qos=1)
 
 
+def blank_service(
+    state_dir: Path, broker: Mosquitto, subscriber_factory: Any, tmp_path: Path
+) -> tuple[AgentService, Any]:
+    """An agent service whose one camera ("loop") sees no face, and a watcher of everything it publishes
+    (subscribed before the service starts)."""
+    config = load_config(config_file(tmp_path, broker.port, "loop", blank_camera(tmp_path)))
+    watcher = subscriber_factory(broker.port, PREFIX + "#")
+    return AgentService(config, state_dir), watcher
+
+
 def test_every_refusal_keeps_a_readable_request_id_and_oversized_commands_are_answered(
     state_dir: Path, broker: Mosquitto, subscriber_factory: Any, tmp_path: Path
 ) -> None:
-    config = load_config(config_file(tmp_path, broker.port, "loop", blank_camera(tmp_path)))
-    watcher = subscriber_factory(broker.port, PREFIX + "#")
-    service = AgentService(config, state_dir)
+    service, watcher = blank_service(state_dir, broker, subscriber_factory, tmp_path)
     with running(service):
         watcher.wait_for(lambda: watcher.on(PREFIX + "status"), timeout=30)
         send(
@@ -270,9 +278,7 @@ def test_a_command_whose_name_is_no_command_name_is_not_answered_and_holds_up_no
 ) -> None:
     """Its reply topic would be built from the name: `replies/<name>` over MQTT's 65,535-byte topic limit
     cannot be published at all, and must not block the replies and events queued behind it."""
-    config = load_config(config_file(tmp_path, broker.port, "loop", blank_camera(tmp_path)))
-    watcher = subscriber_factory(broker.port, PREFIX + "#")
-    service = AgentService(config, state_dir)
+    service, watcher = blank_service(state_dir, broker, subscriber_factory, tmp_path)
     with running(service):
         watcher.wait_for(lambda: watcher.on(PREFIX + "status"), timeout=30)
         longest = "x" * (65_535 - len(f"{PREFIX}cmd/".encode()))  # the command's topic: 65,535 bytes
@@ -295,9 +301,7 @@ def test_a_command_whose_name_is_no_command_name_is_not_answered_and_holds_up_no
 def test_a_repeated_request_id_is_not_executed_again_and_a_new_claim_supersedes_the_pending_one(
     state_dir: Path, broker: Mosquitto, subscriber_factory: Any, tmp_path: Path
 ) -> None:
-    config = load_config(config_file(tmp_path, broker.port, "loop", blank_camera(tmp_path)))
-    watcher = subscriber_factory(broker.port, PREFIX + "#")
-    service = AgentService(config, state_dir)
+    service, watcher = blank_service(state_dir, broker, subscriber_factory, tmp_path)
     with running(service):
         watcher.wait_for(lambda: watcher.on(PREFIX + "status"), timeout=30)
         for request_id in ("c1", "c2", "c1"):
@@ -327,9 +331,7 @@ def test_a_flood_of_commands_gets_a_reply_for_every_command(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    config = load_config(config_file(tmp_path, broker.port, "loop", blank_camera(tmp_path)))
-    watcher = subscriber_factory(broker.port, PREFIX + "#")
-    service = AgentService(config, state_dir)
+    service, watcher = blank_service(state_dir, broker, subscriber_factory, tmp_path)
     gate = held_loop(service, monkeypatch)  # commands pile up as behind a slow frame
     runner = threading.Thread(target=service.run)
     runner.start()
@@ -362,9 +364,7 @@ def test_a_claim_that_waited_for_the_frame_loop_past_its_timeout_is_refused_and_
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    config = load_config(config_file(tmp_path, broker.port, "loop", blank_camera(tmp_path)))
-    watcher = subscriber_factory(broker.port, PREFIX + "#")
-    service = AgentService(config, state_dir)
+    service, watcher = blank_service(state_dir, broker, subscriber_factory, tmp_path)
     gate = held_loop(service, monkeypatch)  # the claim waits as behind a slow frame
     with running(service):
         try:
@@ -394,9 +394,7 @@ def test_claims_for_people_not_enrolled_or_past_a_doors_rate_are_refused_and_wri
 ) -> None:
     """A flood of claims must not write an audit entry and an access event each (those would push the
     door's real events out of the bounded outbox): only the replies, under their own cap, are queued."""
-    config = load_config(config_file(tmp_path, broker.port, "loop", blank_camera(tmp_path)))
-    watcher = subscriber_factory(broker.port, PREFIX + "#")
-    service = AgentService(config, state_dir)
+    service, watcher = blank_service(state_dir, broker, subscriber_factory, tmp_path)
     gate = held_loop(service, monkeypatch)  # until every claim waits: one burst at the door
     eileens = [f"e{n}" for n in range(CLAIMS_PER_WINDOW + 2)]
     with running(service):

@@ -96,6 +96,8 @@ def test_status_is_retained_and_offline_on_a_clean_stop(
     agent = Agent(broker.port, EmbeddingStore(tmp_path / "store.db")).start()
     agent.link.set_status({"schema": 1, "state": "online", "gallery_revision": 3})
     assert agent.link.wait_connected(10)
+    early = subscriber_factory(broker.port, PREFIX + "status")
+    early.wait_for(lambda: early.on(PREFIX + "status"))  # the broker holds the status now
     late = subscriber_factory(broker.port, PREFIX + "status")
     late.wait_for(lambda: late.on(PREFIX + "status"))
     assert late.on(PREFIX + "status")[0]["state"] == "online"

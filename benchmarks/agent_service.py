@@ -1,7 +1,8 @@
 """Agent service benchmark: the real `facefleet-agent run` process on videos made of the bundled photos,
 with a real mosquitto. Prints JSON: analysed frames/s and frame-to-event latency with 1 and 6 faces, the
-process's CPU and peak RSS, the frame path the agent chose (sequential or pipelined, with the frames/s it
-measured for each), and events/s through the durable outbox against plain QoS 1 publishing.
+process's CPU, peak RSS and the peaks of its anonymous and file-backed pages (MemoryPeaks), the frame path
+the agent chose (sequential or pipelined, with the frames/s it measured for each), and events/s through the
+durable outbox against plain QoS 1 publishing.
 
 The videos run at 60 frames/s (camera_fps), more than the agent analyses, so that analysed_fps is the
 agent's own rate, not the camera's: one face for 1 s then 1 s without faces; six faces for 1.5 s then
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import subprocess
 import sys
@@ -54,14 +56,55 @@ AGENT = str(Path(sys.executable).with_name("facefleet-agent"))
 CAMERA_FPS = 60
 
 
+def status_kb(pid: int) -> dict[str, int]:
+    """The memory lines of /proc/<pid>/status (VmHWM, VmRSS, RssAnon, RssFile, RssShmem), in KiB."""
+    figures = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem"):
+            figures[key] = int(value.split()[0])
+    return figures
+
+
+class MemoryPeaks:
+    """The agent's resident memory by kind, polled every 50 ms until stopped: the peak of its anonymous
+    pages (RssAnon: its own memory: the Python heap, the compiled models and their buffers) and of its
+    file-backed pages (RssFile: the libraries and model files it maps, shared and given back under memory
+    pressure; how many of a file's pages a mapping holds is the kernel's choice: kernels that map files in
+    large folios count more of each library than those that map 4 KiB pages)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.anon_kb = self.file_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> dict[str, float]:
+        """Stop polling; the peaks in MB."""
+        self._stop.set()
+        self._thread.join()
+        return {
+            "peak_anonymous_mb": round(self.anon_kb / 1024, 1),
+            "peak_file_backed_mb": round(self.file_kb / 1024, 1),
+        }
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.05):
+            try:
+                figures = status_kb(self.pid)
+            except OSError:
+                return  # the agent has ended
+            self.anon_kb = max(self.anon_kb, figures.get("RssAnon", 0))
+            self.file_kb = max(self.file_kb, figures.get("RssFile", 0) + figures.get("RssShmem", 0))
+
+
 def process_figures(pid: int, started: float, cpu_start: float) -> dict[str, float]:
     stat = Path(f"/proc/{pid}/stat").read_text().split()
     ticks = (int(stat[13]) + int(stat[14])) / 100.0
-    status = Path(f"/proc/{pid}/status").read_text()
-    peak = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
     return {
         "cpu_cores_used": round((ticks - cpu_start) / (time.monotonic() - started), 2),
-        "peak_rss_mb": round(peak / 1024, 1),
+        "peak_rss_mb": round(status_kb(pid)["VmHWM"] / 1024, 1),
     }
 
 
@@ -108,6 +151,7 @@ def run_service(root: Path, state: Path, port: int, video: Path, seconds: float)
         [AGENT, "--config", str(config), "--state-dir", str(state), "run"], stderr=subprocess.DEVNULL
     )
     children = MeasuringChildPeak(process.pid)
+    memory = MemoryPeaks(process.pid)
     launched = time.monotonic()
     try:
         deadline = time.monotonic() + 120
@@ -131,12 +175,13 @@ def run_service(root: Path, state: Path, port: int, video: Path, seconds: float)
         before = watcher.on("facefleet/bench/status")[-1]["cameras"]["cam"]["frames_analysed"]
         received_before = len(watcher.messages)
         time.sleep(seconds)
-        resources = process_figures(process.pid, started, cpu_start)
+        resources = {**process_figures(process.pid, started, cpu_start), **memory.stop()}
         after_status = watcher.on("facefleet/bench/status")[-1]
         frame_path = after_status["frame_path"]
         elapsed = time.monotonic() - started
     finally:
         children.stop()
+        memory.stop()
         process.terminate()
         process.wait(30)
         watcher.close()
@@ -239,6 +284,7 @@ def main() -> None:
         broker = Mosquitto(root).start()
         try:
             report = {
+                "kernel": platform.release(),
                 "camera_fps": CAMERA_FPS,
                 "one_face_first_start": run_service(root, state, broker.port, one, seconds),
                 "six_faces": run_service(root, state, broker.port, six, seconds),

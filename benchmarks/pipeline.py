@@ -282,6 +282,31 @@ def mixed_scores(probes: list[tuple[str, str, Any]], gallery: list[tuple[str, st
     return {"genuine_min": round(min(genuine), 4), "impostor_max": round(max(impostor), 4)}
 
 
+# Instruction sets that decide how fast bf16 and int8 run: VNNI and BF16 on AVX-512, and AMX tiles.
+SPEED_FLAGS = (
+    *("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16"),
+    *("amx_bf16", "amx_int8", "amx_fp16"),
+)
+
+
+def machine() -> dict[str, Any]:
+    """The CPU's model name, cores and which of SPEED_FLAGS it reports (/proc/cpuinfo on Linux), so that
+    runs on different machines can be told apart."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        info = []
+    for line in info:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            name = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+    speed_flags = [flag for flag in SPEED_FLAGS if flag in flags]
+    return {"cpu": name, "cores": os.cpu_count(), "speed_flags": speed_flags}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -311,7 +336,7 @@ def main() -> None:
 
         analyzer = FaceAnalyzer(Runtime(base), store)
         result: dict[str, Any] = {
-            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+            "machine": machine(),
             "precision": "f32",
             "latency": stage_latency(analyzer, photos, repeats),
         }

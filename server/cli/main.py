@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         "facefleet-server --config /etc/facefleet-server/server.toml serve",
         "Serve FleetService to agents (mutual TLS) and Admin/QueryService to operators (bearer tokens).",
     )
-    serve.set_defaults(handler=_serve)
+    serve.set_defaults(handler=_serve, local_only="serve")
 
     check = _parser(
         commands, "check-config", "validate a config file", "facefleet-server check-config server.toml"

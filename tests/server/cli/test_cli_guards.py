@@ -97,6 +97,7 @@ def test_host_only_verbs_refuse_a_remote_server_as_bad_usage(
         ("state", "migrate", "--to", "postgresql://ops@db:5432/facefleet"),
         ("models", "import-defaults"),
         ("models", "quantize", "sface@2021dec"),
+        ("serve",),
     ):
         code, out, err = run_cli(capsys, *base, *server, *argv)
         assert (code, out) == (EXIT_USAGE, ""), argv

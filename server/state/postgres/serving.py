@@ -68,8 +68,9 @@ class PgServingLock:
         if not (row and row[0]):
             conn.close()
             raise RestoreRunningError(
-                f"state database {self.where} is being restored (`facefleet-server restore` holds it); start "
-                "the server once the restore has finished"
+                f"state database {self.where} is being restored or upgraded (`facefleet-server restore`, or "
+                "another server applying this version's migrations, holds it); start the server once that "
+                "has finished"
             )
         return conn
 

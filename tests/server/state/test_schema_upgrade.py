@@ -163,7 +163,7 @@ def test_postgres_serving_lock_is_had_alone_only_without_other_servers(
     with pytest.raises(ServersRunningError, match="1 other server serve it"), mine.alone():
         pass
     other.close()
-    with mine.alone(), pytest.raises(Exception, match="being restored"):
+    with mine.alone(), pytest.raises(Exception, match="being restored or upgraded"):
         PgServingLock(url)  # no server starts while one upgrades
     PgServingLock(url).close()  # shared again after
     mine.close()

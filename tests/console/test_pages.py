@@ -193,6 +193,13 @@ def test_a_server_that_stops_answering_is_shown_and_refreshing_goes_on(
     page.clock.fast_forward(1_000)
     expect(stale).to_be_visible()
     expect(stale).to_contain_text(re.compile(r"Not updated for \d+ s"))
+    # a status region whose spoken part stays the same while the seconds count goes on
+    expect(page.get_by_role("status").filter(has_text="The server has not answered since")).to_be_visible()
+    said = stale.locator("span:not([aria-hidden])").inner_text()
+    counted = stale.locator("span[aria-hidden=true]").inner_text()
+    page.clock.fast_forward(2_000)
+    expect(stale.locator("span[aria-hidden=true]")).not_to_have_text(counted)
+    assert stale.locator("span:not([aria-hidden])").inner_text() == said
     page.unroute("**/api/**")
     with page.expect_response("**/api/fleet"):  # the second held call times out, the next is answered
         page.clock.fast_forward(16_000)

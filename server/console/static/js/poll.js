@@ -8,8 +8,10 @@ const refreshing = new Set(); // the intervals (ms) of the refreshes running, on
 let ticker = 0;
 let visibleSince = Date.now();
 
-/** Show or hide the page-wide "not updated" note (#stale): shown when the server has not answered for
- * twice the shortest refresh interval (at least 10 s) while a page refreshes itself in a visible tab. */
+/** Show or hide the page-wide "not updated" note (#stale, a status region): shown when the server has not
+ * answered for twice the shortest refresh interval (at least 10 s) while a page refreshes itself in a
+ * visible tab. Its seconds count, which changes every second, is hidden from screen readers, so they
+ * announce the note once, and again only when the time of the last answer changes. */
 function showStaleness() {
   const note = document.getElementById('stale');
   if (!note) return;
@@ -19,11 +21,19 @@ function showStaleness() {
   const overdue = refreshing.size > 0 && document.visibilityState === 'visible' && quiet > Math.max(2 * shortest, 10000);
   if (!overdue) {
     note.hidden = true;
-    note.textContent = '';
+    note.replaceChildren();
     return;
   }
-  note.textContent = `Not updated for ${Math.round(quiet / 1000)} s: the server has not answered since `
-    + `${shortDateTime(lastAnswered())}. What is shown may be out of date.`;
+  if (!note.firstChild) {
+    const count = document.createElement('span');
+    count.setAttribute('aria-hidden', 'true');
+    note.append(count, document.createElement('span'));
+  }
+  const [count, summary] = note.children;
+  count.textContent = `Not updated for ${Math.round(quiet / 1000)} s: `;
+  const said = `The server has not answered since ${shortDateTime(lastAnswered())}. What is shown may be out `
+    + 'of date.';
+  if (summary.textContent !== said) summary.textContent = said;
   note.hidden = false;
 }
 

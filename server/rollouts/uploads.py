@@ -13,7 +13,6 @@ import asyncio
 import shutil
 import tempfile
 import threading
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -321,12 +320,8 @@ class ModelAdmin:
 
         def read() -> list[tuple[Rollout, dict[DeviceState, int] | None]]:
             listed = control.all_rollouts()
-            return [
-                (r, dict(Counter(d.state for d in control.state.models.rollout_devices(r.rollout_id))))
-                if i < counted
-                else (r, None)
-                for i, r in enumerate(listed)
-            ]
+            counts = control.state.models.rollout_state_counts([r.rollout_id for r in listed[:counted]])
+            return [(r, counts.get(r.rollout_id)) for r in listed]
 
         return await asyncio.to_thread(read)
 

@@ -16,6 +16,7 @@ from facefleet.link.models import ModelStatus
 from facefleet.server.domain.models import (
     AgentModels,
     DeviceRollout,
+    DeviceState,
     FailureAction,
     MaxFailures,
     PublishedModel,
@@ -91,6 +92,11 @@ class ModelState(abc.ABC):
     @abc.abstractmethod
     def rollout_devices(self, rollout_id: int) -> list[DeviceRollout]:
         """The devices a rollout was announced to, sorted by device id."""
+
+    @abc.abstractmethod
+    def rollout_state_counts(self, rollout_ids: Sequence[int]) -> dict[int, dict[DeviceState, int]]:
+        """How many devices of each rollout are in each state, by rollout id (a rollout announced to no
+        device, or unknown, maps to {}), counted in the database."""
 
     @abc.abstractmethod
     def announce(self, device_id: str, announced: Sequence[tuple[int, str]], now: datetime) -> None:

@@ -190,6 +190,21 @@ class SqlModelState(ModelState):
             ).fetchall()
         return [_device_from_row(row) for row in rows]
 
+    def rollout_state_counts(self, rollout_ids: Sequence[int]) -> dict[int, dict[DeviceState, int]]:
+        counts: dict[int, dict[DeviceState, int]] = {int(rollout_id): {} for rollout_id in rollout_ids}
+        if not counts:
+            return counts
+        marks = ", ".join("?" * len(counts))
+        with self._core.connection() as conn:
+            rows = conn.execute(
+                f"SELECT rollout_id, state, COUNT(*) FROM rollout_devices WHERE rollout_id IN ({marks}) "  # noqa: S608
+                "GROUP BY rollout_id, state",
+                tuple(counts),
+            ).fetchall()
+        for rollout_id, state, count in rows:
+            counts[int(rollout_id)][cast(DeviceState, state)] = int(count)
+        return counts
+
     def announce(self, device_id: str, announced: Sequence[tuple[int, str]], now: datetime) -> None:
         if not announced:
             return

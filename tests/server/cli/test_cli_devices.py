@@ -92,3 +92,82 @@ def test_certificates_are_recorded_and_devices_change_status(
         ("devices.renew", "door-7", "ok"),
         ("devices.issue", "door-7", "ok"),
     ]
+
+
+def sans(path: Path) -> list[str]:
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return [str(name.value) for name in alt]
+
+
+def test_certs_server_keeps_the_names_of_the_current_certificate_and_refuses_to_drop_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = ["--state-dir", str(tmp_path)]
+    names = ["--server-name", "fleet.example.org", "--server-name", "10.0.0.5"]
+    code, out, _ = run_cli(capsys, *state, "certs", "init", *names)
+    assert code == EXIT_OK
+    assert "server certificate for fleet.example.org, 10.0.0.5" in " ".join(out.split())
+    server = tmp_path / "tls" / "server.pem"
+    first = serial_of(server)
+
+    code, out, _ = run_cli(capsys, *state, "certs", "server")  # a renewal: same names, new certificate
+    assert code == EXIT_OK
+    assert (sans(server), serial_of(server) != first) == (["fleet.example.org", "10.0.0.5"], True)
+    assert "for fleet.example.org, 10.0.0.5 (the current certificate's)" in " ".join(out.split())
+
+    renewed = serial_of(server)
+    code, _, err = run_cli(capsys, *state, "certs", "server", "--server-name", "fleet.example.org")
+    assert code == EXIT_DATA
+    assert "would drop 10.0.0.5" in " ".join(err.split())
+    assert "--server-name fleet.example.org --server-name 10.0.0.5`" in " ".join(err.split())
+    assert serial_of(server) == renewed  # nothing written
+
+    extra = ["--server-name", "fleet.example.org", "--server-name", "10.0.0.5", "--server-name", "fleet2.lan"]
+    assert run_cli(capsys, *state, "certs", "server", *extra)[0] == EXIT_OK
+    assert sans(server) == ["fleet.example.org", "10.0.0.5", "fleet2.lan"]
+    code, out, _ = run_cli(capsys, *state, "certs", "server", "--server-name", "new.lan", "--force", "--json")
+    assert (code, json.loads(out)["names"], sans(server)) == (EXIT_OK, ["new.lan"], ["new.lan"])
+
+
+def test_certs_server_writes_the_configured_tls_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    elsewhere = tmp_path / "etc"
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n[tls]\nserver_cert = "{elsewhere / "fleet.pem"}"\n'
+        f'server_key = "{elsewhere / "fleet.key"}"\n'
+    )
+    base = ["--config", str(config)]
+    assert run_cli(capsys, *base, "certs", "init", "--server-name", "fleet.lan")[0] == EXIT_OK
+    assert sans(elsewhere / "fleet.pem") == ["fleet.lan"]
+    first = serial_of(elsewhere / "fleet.pem")
+    code, out, _ = run_cli(capsys, *base, "certs", "server", "--json")
+    assert code == EXIT_OK
+    written = json.loads(out)
+    assert written["server"] == {"cert": str(elsewhere / "fleet.pem"), "key": str(elsewhere / "fleet.key")}
+    assert (written["names"], serial_of(elsewhere / "fleet.pem") != first) == (["fleet.lan"], True)
+    assert (elsewhere / "fleet.key").stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "state" / "tls" / "server.pem").exists()
+
+
+def test_a_certificate_does_not_outlive_the_ca_that_signs_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = ["--state-dir", str(tmp_path)]
+    assert run_cli(capsys, *state, "certs", "init")[0] == EXIT_OK
+    ca = x509.load_pem_x509_certificate((tmp_path / "tls" / "ca.pem").read_bytes())
+    code, out, _ = run_cli(capsys, *state, "certs", "issue", "door-1", "--days", "5000")
+    assert code == EXIT_OK
+    device = x509.load_pem_x509_certificate((tmp_path / "tls" / "devices" / "door-1.pem").read_bytes())
+    assert device.not_valid_after_utc == ca.not_valid_after_utc
+    assert f"valid until {ca.not_valid_after_utc:%Y-%m-%d} (cut to the CA's own expiry" in " ".join(
+        out.split()
+    )
+    code, out, _ = run_cli(capsys, *state, "certs", "server", "--days", "5000", "--json")
+    assert (code, json.loads(out)["capped_by_ca"]) == (EXIT_OK, True)
+    server = x509.load_pem_x509_certificate((tmp_path / "tls" / "server.pem").read_bytes())
+    assert server.not_valid_after_utc == ca.not_valid_after_utc
+    code, out, _ = run_cli(capsys, *state, "certs", "issue", "door-2")  # 825 days: within the CA's life
+    assert "cut to" not in out

@@ -67,7 +67,7 @@ from facefleet.server.gallery.enrolment_models import EnrolmentModels, rollout_e
 from facefleet.server.gallery.people import PeopleHandler
 from facefleet.server.gallery.unknown import UnknownFaces, UnknownSettings
 from facefleet.server.metrics import ServerFigures, ServerMetrics, pool_figures
-from facefleet.server.paths import TLS_FILES, ServerPaths, read_pem
+from facefleet.server.paths import ServerPaths, check_tls
 from facefleet.server.rollouts.catalogue import ModelCatalog
 from facefleet.server.rollouts.control import RolloutControl
 from facefleet.server.rollouts.distribution import ModelDistribution
@@ -376,10 +376,9 @@ class FleetServer:
         ]
 
     def _credentials(self) -> tuple[grpc.ServerCredentials, grpc.ServerCredentials]:
-        p = self.paths
-        ca, chain, key = (read_pem(getattr(p, name), name) for name in TLS_FILES)
-        pair = [(key, chain)]
-        agents = grpc.ssl_server_credentials(pair, root_certificates=ca, require_client_auth=True)
+        tls = check_tls(self.paths)  # exit 78 naming a file that does not work with the others
+        pair = [(tls.key, tls.chain)]
+        agents = grpc.ssl_server_credentials(pair, root_certificates=tls.ca, require_client_auth=True)
         operators = grpc.ssl_server_credentials(pair)
         return agents, operators
 

@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from facefleet.core.config import check_private
 from facefleet.core.files import read_small
@@ -81,3 +85,84 @@ def read_pem(path: Path, key: str) -> bytes:
     if key == "server_key":
         check_private(f"tls.{key}", path, ServerConfigError)
     return data
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """The server's TLS files read and checked together (check_tls): PEM bytes as gRPC takes them."""
+
+    ca: bytes
+    chain: bytes
+    key: bytes
+
+
+def check_tls(paths: ServerPaths) -> ServerTls:
+    """Read the CA, the server's chain and its key, and check that they work together as OpenSSL loads them:
+    the key unencrypted and belonging to the first certificate of the chain file, the CA loadable.
+    ServerConfigError names the file, the fault and the fix."""
+    ca, chain, key = (read_pem(getattr(paths, name), name) for name in TLS_FILES)
+    cert_path, key_path, ca_path = paths.server_cert, paths.server_key, paths.ca_cert
+    if b"ENCRYPTED" in key:  # "BEGIN ENCRYPTED PRIVATE KEY" or "Proc-Type: 4,ENCRYPTED"
+        raise ServerConfigError(
+            f"server key (tls.server_key) {key_path} is encrypted, and the server cannot ask for its "
+            f"passphrase; store it unencrypted with mode 0600 (`openssl pkey -in {key_path} -out NEW.key`), "
+            "or hand it over with LoadCredential="
+        )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert_path, key_path, password=b"")
+    except (ssl.SSLError, OSError) as exc:
+        raise ServerConfigError(_pair_fault(chain, key, cert_path, key_path, exc)) from None
+    try:
+        context.load_verify_locations(cafile=ca_path)
+    except (ssl.SSLError, OSError) as exc:
+        raise ServerConfigError(
+            f"CA certificate (tls.ca_cert) {ca_path}: OpenSSL cannot load it ({_reason(exc)}); it must hold "
+            "the site CA's certificate(s) in PEM (<state_dir>/tls/ca.pem from `facefleet-server certs init`)"
+        ) from None
+    return ServerTls(ca, chain, key)
+
+
+def _reason(exc: BaseException) -> str:
+    return str(getattr(exc, "reason", None) or exc)
+
+
+def _pair_fault(chain: bytes, key: bytes, cert_path: Path, key_path: Path, exc: BaseException) -> str:
+    """What is wrong with a certificate chain and key that OpenSSL refused to load together."""
+    try:
+        certificates = x509.load_pem_x509_certificates(chain)
+    except ValueError:
+        return (
+            f"server certificate (tls.server_cert) {cert_path}: OpenSSL cannot load it ({_reason(exc)}); it "
+            "must hold the server's certificate in PEM, then the certificates of the CAs that signed it"
+        )
+    try:
+        private = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError):
+        return (
+            f"server key (tls.server_key) {key_path} holds no private key OpenSSL can read ({_reason(exc)}); "
+            f"it must be the key made with {cert_path} (unencrypted PEM)"
+        )
+    public = private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    owners = [
+        index
+        for index, cert in enumerate(certificates)
+        if cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        == public
+    ]
+    first = certificates[0].subject.rfc4514_string()
+    if owners:
+        return (
+            f"server certificate (tls.server_cert) {cert_path}: its certificates are in the wrong order (the "
+            f"key {key_path} belongs to certificate {owners[0] + 1}, but the first is {first!r}); put the "
+            "server's own certificate first, then the CAs that signed it"
+        )
+    return (
+        f"server key (tls.server_key) {key_path} does not belong to the server certificate {cert_path} "
+        f"({first!r}); use the key made with that certificate, or re-issue both with "
+        "`facefleet-server certs server`"
+    )

@@ -23,6 +23,7 @@ from facefleet.core.cli import add_command, configure_logging, program_parser, r
 from facefleet.core.config import check_writable
 from facefleet.core.errors import EXIT_OK, FaceFleetError
 from facefleet.core.logs import set_log_format
+from facefleet.core.paths import resolve_state_dir
 from facefleet.link.checks import utc_now
 from facefleet.server.api.security import new_token
 from facefleet.server.cli.audit import register as register_audit
@@ -37,7 +38,7 @@ from facefleet.server.cli.state import register as register_state
 from facefleet.server.cli.unknown import register as register_unknown
 from facefleet.server.config import load_config
 from facefleet.server.domain.records import ROLES
-from facefleet.server.paths import TLS_FILES, read_pem
+from facefleet.server.paths import TLS_FILES, ServerPaths, check_tls, read_pem
 
 EPILOG = """examples:
   facefleet-server certs init --server-name fleet.example.org
@@ -154,6 +155,13 @@ def _check_config(context: Context | None, args: argparse.Namespace) -> int:
         path = getattr(config.tls, key)
         if path is not None:  # the defaults under the state directory exist once `certs init` ran
             read_pem(path, key)
+    paths = ServerPaths.from_config(resolve_state_dir("facefleet-server", None, config.state_dir), config)
+    if all(getattr(paths, key).exists() for key in TLS_FILES):  # and work together, as `serve` loads them
+        check_tls(paths)
+    else:  # a default one present must be usable too
+        for key in TLS_FILES:
+            if getattr(paths, key).exists():
+                read_pem(getattr(paths, key), key)
     print(config.model_dump_json(indent=2) if args.json else f"{args.file}: ok")
     return EXIT_OK
 

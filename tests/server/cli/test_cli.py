@@ -136,6 +136,71 @@ def test_check_config_refuses_a_server_key_other_users_can_read(
     assert run_cli(capsys, "check-config", str(config))[0] == EXIT_OK
 
 
+def server_files_that_do_not_work(tmp_path: Path, pki: Pki, fault: str) -> dict[str, Path]:
+    """[tls] files from the test PKI with one fault: a key of another certificate, an encrypted key, the
+    chain file in the wrong order (CA first)."""
+    from cryptography.hazmat.primitives import serialization
+
+    files = {"ca_cert": pki.tls_dir / "ca.pem", "server_cert": pki.tls_dir / "server.pem"}
+    key = tmp_path / "server.key"
+    files["server_key"] = key
+    if fault == "wrong key":
+        key.write_bytes((pki.foreign_dir / "server.key").read_bytes())
+    elif fault == "encrypted key":
+        private = serialization.load_pem_private_key((pki.tls_dir / "server.key").read_bytes(), None)
+        key.write_bytes(
+            private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(b"secret"),
+            )
+        )
+    else:
+        key.write_bytes((pki.tls_dir / "server.key").read_bytes())
+        files["server_cert"] = tmp_path / "chain.pem"
+        files["server_cert"].write_bytes(
+            (pki.tls_dir / "ca.pem").read_bytes() + (pki.tls_dir / "server.pem").read_bytes()
+        )
+    key.chmod(0o600)
+    return files
+
+
+TLS_FAULTS = {
+    "wrong key": "server key (tls.server_key) {server_key} does not belong to the server certificate",
+    "encrypted key": "server key (tls.server_key) {server_key} is encrypted",
+    "chain order": "(tls.server_cert) {server_cert}: its certificates are in the wrong order",
+}
+
+
+@pytest.mark.parametrize("fault", TLS_FAULTS)
+def test_check_config_refuses_server_tls_files_that_do_not_work_together(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], pki: Pki, fault: str
+) -> None:
+    files = server_files_that_do_not_work(tmp_path, pki, fault)
+    config = tmp_path / "server.toml"
+    config.write_text("[tls]\n" + "".join(f'{key} = "{path}"\n' for key, path in files.items()))
+    code, _, err = run_cli(capsys, "check-config", str(config))
+    assert code == EXIT_CONFIG
+    assert TLS_FAULTS[fault].format(**files) in " ".join(err.split()), err
+
+
+def test_check_config_checks_the_default_tls_files_of_the_state_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], pki: Pki
+) -> None:
+    state = tmp_path / "state"
+    config = tmp_path / "server.toml"
+    config.write_text(f'state_dir = "{state}"\n')
+    assert run_cli(capsys, "check-config", str(config))[0] == EXIT_OK  # none yet: `certs init` makes them
+    assert run_cli(capsys, "--state-dir", str(state), "certs", "init")[0] == EXIT_OK
+    assert run_cli(capsys, "check-config", str(config))[0] == EXIT_OK
+    (state / "tls" / "server.key").write_bytes((pki.tls_dir / "server.key").read_bytes())
+    code, _, err = run_cli(capsys, "check-config", str(config))
+    assert code == EXIT_CONFIG
+    assert f"server key (tls.server_key) {state / 'tls' / 'server.key'} does not belong" in " ".join(
+        err.split()
+    )
+
+
 def test_check_config_accepts_loopback_insecure_listeners_and_port_0(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -333,3 +398,12 @@ def test_serve_without_tls_files_exits_78_naming_the_file(tmp_path: Path, pki: P
     assert process.returncode == EXIT_CONFIG
     assert f"server key (tls.server_key) {tmp_path / 'nope.key'} does not exist" in output
     assert "facefleet-server certs init" in output
+
+
+def test_serve_with_a_key_of_another_certificate_exits_78_naming_it(tmp_path: Path, pki: Pki) -> None:
+    files = server_files_that_do_not_work(tmp_path, pki, "wrong key")
+    process = serve_process(tmp_path, pki, tmp_path / "absent.sock", server_key=str(files["server_key"]))
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == EXIT_CONFIG, output
+    assert TLS_FAULTS["wrong key"].format(**files) in " ".join(output.split())
+    assert "cannot listen" not in output

@@ -9,17 +9,24 @@ retained message the broker replays on every connect) are logged and ignored, ne
 Every connect starts a new session that ends with the connection (clean start, no session expiry): the
 broker keeps no command for the agent while it is away, so a badge claim sent then is never executed late;
 the sender gets no reply and must send it again.
+
+With TLS, the CA, certificate and key files are read again before every connection attempt: a renewed client
+certificate or a replaced CA file installed at the same paths is used from the next (re)connection on, with
+no restart. Files that do not make a usable TLS setup (a key that is not the certificate's, a half-copied
+file) are logged once as an error and the ones loaded before stay in use.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import socket
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +37,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+from facefleet.agent.domain.clock import CLOCK_FIX
+from facefleet.agent.publish.certificates import MAX_CERTIFICATE_FILE_BYTES, Validity, read_validity, utc
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +54,8 @@ among them: a broker's ACL can be put right)."""
 ACK_TIMEOUT_KEEPALIVES = 3
 """A connected broker that leaves a message unacknowledged for this many keep-alive intervals is taken for
 stuck: the connection is dropped and made again, and the unacknowledged messages go out again."""
+CERT_HAS_EXPIRED, CERT_NOT_YET_VALID = 10, 9
+"""OpenSSL's verify codes (X509_V_ERR_…) for a broker certificate out of its validity period."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,8 @@ class MqttSettings:
     reconnect_max_s: int = 60
     max_inflight: int = 100
     unacked_timeout_s: float | None = None
+    device_id: str = "DEVICE"
+    """This device's id, for the commands an error names (`facefleet-server certs renew DEVICE`)."""
 
 
 class MqttLink:
@@ -112,13 +126,11 @@ class MqttLink:
         )
         if settings.username is not None:
             client.username_pw_set(settings.username, settings.password)
+        self._tls: TlsFiles | None = None
         if settings.tls:
-            client.tls_set(
-                ca_certs=str(settings.ca_file) if settings.ca_file else None,
-                certfile=str(settings.cert_file) if settings.cert_file else None,
-                keyfile=str(settings.key_file) if settings.key_file else None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+            self._tls = TlsFiles(settings, on_error)
+            client.tls_set_context(self._tls.paho_context())
+            client.on_pre_connect = self._handle_pre_connect
         client.will_set(self.topic("status"), json.dumps(OFFLINE_STATUS), qos=1, retain=True)
         client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
         client.max_inflight_messages_set(settings.max_inflight)
@@ -137,6 +149,14 @@ class MqttLink:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    def certificate_validity(self) -> Validity | None:
+        """The validity period of the client certificate the next connection presents (the files read
+        again first, when they changed); None without a client certificate."""
+        if self._tls is None:
+            return None
+        self._tls.refresh()
+        return self._tls.validity
 
     def start(self) -> None:
         """Connect in the background; paho reconnects by itself after a loss."""
@@ -284,7 +304,7 @@ class MqttLink:
         self._connected.clear()
         why = str(reason.getName())
         if reason.is_failure and self._socket_error is not None:
-            why = f"{why}: {_with_hint(self._socket_error)}"
+            why = f"{why}: {_with_hint(self._socket_error, self.settings)}"
         self._socket_error = None
         if was_connected:
             log.warning("MQTT: disconnected from %s:%s (%s)", self.settings.host, self.settings.port, why)
@@ -294,7 +314,12 @@ class MqttLink:
 
     def _handle_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         # paho calls this inside its `except OSError` around the connection attempt: that is the error.
-        self._report_failure(_connect_error(sys.exc_info()[1]))
+        self._report_failure(_connect_error(sys.exc_info()[1], self.settings))
+
+    def _handle_pre_connect(self, client: paho.Client, userdata: Any) -> None:
+        # paho's thread, before each connection attempt (the first and every reconnect)
+        if self._tls is not None:
+            self._tls.refresh()
 
     def _handle_log(self, client: paho.Client, userdata: Any, level: int, message: str) -> None:
         if level == paho.MQTT_LOG_ERR:
@@ -364,24 +389,174 @@ def _shown(topic: str, chars: int = 200) -> str:
     return topic if len(topic) <= chars else f"{topic[:chars]}… ({len(topic)} characters)"
 
 
-def _connect_error(error: BaseException | None) -> str:
+def _connect_error(error: BaseException | None, settings: MqttSettings) -> str:
     """Why a connection attempt failed, naming what to check."""
     if isinstance(error, ssl.SSLCertVerificationError):
+        why = f"TLS: the broker's certificate failed verification ({error.verify_message})"
+        clock = f"this box's clock reads {utc(time.time())}"
+        if error.verify_code == CERT_HAS_EXPIRED:
+            return (
+                f"{why}: it is past its expiry; renew the broker's certificate (from the CA in ca_file) and "
+                f"restart the broker, or, if {clock} and that is wrong, {CLOCK_FIX}"
+            )
+        if error.verify_code == CERT_NOT_YET_VALID:
+            return (
+                f"{why}: it is not valid yet and {clock}; {CLOCK_FIX}, or give the broker a certificate "
+                "valid now"
+            )
         return (
-            f"TLS: the broker's certificate failed verification ({error.verify_message}); ca_file must be "
-            "the CA that signed it, and host a name or address the certificate carries"
+            f"{why}; ca_file must be the CA that signed it, and host a name or address the certificate "
+            "carries"
         )
     if isinstance(error, ssl.SSLError):
-        return _with_hint(f"TLS handshake failed: {error}")
+        return _with_hint(f"TLS handshake failed: {error}", settings)
     if isinstance(error, OSError):
         return f"cannot connect: {error.strerror or error}"
     return "cannot connect"
 
 
-def _with_hint(error: str) -> str:
+def _with_hint(error: str, settings: MqttSettings) -> str:
     """An OpenSSL error with the fix for the alerts a broker sends about client certificates."""
     if "CERTIFICATE_REQUIRED" in error:
         return f"{error}; the broker requires a client certificate: set cert_file and key_file"
     if "ALERT_UNKNOWN_CA" in error or "ALERT_BAD_CERTIFICATE" in error:
         return f"{error}; the broker does not accept this client certificate: use one its CA signed"
+    if "ALERT_CERTIFICATE_EXPIRED" in error:
+        return (
+            f"{error}; the broker refuses this client certificate (cert_file {settings.cert_file}) as "
+            "expired: install the renewed certificate and key at cert_file and key_file (from "
+            f"`facefleet-server certs renew {settings.device_id}` on the server host, when the site CA "
+            "issued it); they are read again at the next attempt"
+        )
     return error
+
+
+class TlsFiles:
+    """The link's TLS setup, built from ca_file, cert_file and key_file, and built again from them when
+    their contents changed (refresh(), before each connection attempt). Files that no longer make a usable
+    setup leave the last good one in use: one error is logged (and reported to on_error) until they change
+    again."""
+
+    def __init__(self, settings: MqttSettings, on_error: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self._on_error = on_error
+        self._lock = threading.Lock()
+        self._seen = self._digest()
+        try:
+            self.context = self._build()
+        except _UnusableFilesError as exc:  # at start: the error itself (check-config names the file)
+            raise exc.error from None
+        self.validity = read_validity(settings.cert_file) if settings.cert_file is not None else None
+
+    def paho_context(self) -> ssl.SSLContext:
+        """The context to hand to paho once: it wraps every connection with the current `context`."""
+        return _CurrentContext.of(self)
+
+    def refresh(self) -> None:
+        """Build the setup again if a file changed since it was last read; keep the one in use if the new
+        files cannot be used."""
+        with self._lock:
+            seen = self._digest()
+            if seen == self._seen:
+                return
+            self._seen = seen
+            try:
+                context = self._build()
+            except _UnusableFilesError as exc:
+                self._unusable(exc)
+                return
+            self.context = context
+            cert_file = self.settings.cert_file
+            self.validity = read_validity(cert_file) if cert_file is not None else None
+            until = f" (cert_file valid until {utc(self.validity.not_after)})" if self.validity else ""
+            log.info("MQTT: the TLS files changed and are used from the next connection on%s", until)
+
+    def _digest(self) -> tuple[bytes | str, ...]:
+        """What the files hold now (a hash each, or why one cannot be read)."""
+        digests: list[bytes | str] = []
+        for path in (self.settings.ca_file, self.settings.cert_file, self.settings.key_file):
+            if path is None:
+                continue
+            try:
+                with path.open("rb") as file:
+                    digests.append(hashlib.sha256(file.read(MAX_CERTIFICATE_FILE_BYTES)).digest())
+            except OSError as exc:
+                digests.append(str(exc))
+        return tuple(digests)
+
+    def _build(self) -> ssl.SSLContext:
+        """A client context as paho's tls_set makes it (the broker's certificate and name verified)."""
+        settings = self.settings
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            if settings.ca_file is not None:
+                context.load_verify_locations(cafile=settings.ca_file)
+            else:
+                context.load_default_certs()
+        except (OSError, ssl.SSLError) as exc:
+            raise _UnusableFilesError(f"ca_file {settings.ca_file}", exc) from exc
+        if settings.cert_file is not None:
+            try:  # no passphrase prompt on a terminal: an encrypted key fails
+                context.load_cert_chain(settings.cert_file, settings.key_file, password=lambda: b"")
+            except (OSError, ssl.SSLError) as exc:
+                key = settings.key_file or settings.cert_file
+                where = f"cert_file {settings.cert_file} and key_file {key}"
+                raise _UnusableFilesError(where, exc) from exc
+        return context
+
+    def _unusable(self, unusable: _UnusableFilesError) -> None:
+        settings, exc = self.settings, unusable.error
+        if isinstance(exc, ssl.SSLError) and exc.reason == "KEY_VALUES_MISMATCH":
+            why = (
+                f"key_file {settings.key_file} is not the key of cert_file {settings.cert_file}: install the "
+                "key issued with that certificate"
+            )
+        else:
+            problem = exc.strerror if not isinstance(exc, ssl.SSLError) and exc.strerror else str(exc)
+            why = (
+                f"{unusable.where}: {problem}; they must hold PEM certificates (the CA's, this device's) and "
+                "this device's unencrypted key"
+            )
+        kept = f" (valid until {utc(self.validity.not_after)})" if self.validity is not None else ""
+        message = (
+            f"MQTT: the TLS files changed but cannot be used ({why}); connections go on with the files as "
+            f"read before{kept} until they are put right"
+        )
+        log.error("%s", message)
+        if self._on_error is not None:
+            self._on_error(message)
+
+
+class _UnusableFilesError(Exception):
+    """TLS files that do not make a client context: which ones, and OpenSSL's or the system's error."""
+
+    def __init__(self, where: str, error: OSError) -> None:
+        super().__init__(f"{where}: {error}")
+        self.where = where
+        self.error = error
+
+
+class _CurrentContext(ssl.SSLContext):
+    """The context paho is given (it takes one, once): every socket is wrapped by the TlsFiles' current
+    context, so a renewed certificate or CA is used from the next connection on."""
+
+    files: TlsFiles
+
+    @classmethod
+    def of(cls, files: TlsFiles) -> _CurrentContext:
+        context = cls(ssl.PROTOCOL_TLS_CLIENT)  # verifies, and checks host names, as the current one does
+        context.files = files
+        return context
+
+    def wrap_socket(
+        self,
+        sock: socket.socket,
+        server_side: bool = False,
+        do_handshake_on_connect: bool = True,
+        suppress_ragged_eofs: bool = True,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLSocket:
+        return self.files.context.wrap_socket(
+            sock, server_side, do_handshake_on_connect, suppress_ragged_eofs, server_hostname, session
+        )

@@ -35,6 +35,7 @@ def mqtt_settings(config: AgentConfig, prefix: str, device_id: str) -> MqttSetti
         keepalive_s=mqtt.keepalive_s,
         reconnect_max_s=mqtt.reconnect_max_s,
         unacked_timeout_s=min((d.relay_expiry_s for d in config.doors if d.relay_topic), default=None),
+        device_id=device_id,
     )
 
 

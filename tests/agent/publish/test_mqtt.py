@@ -4,6 +4,7 @@ certificates from the site CA."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
 import signal
@@ -14,10 +15,13 @@ import textwrap
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from facefleet.agent.config import MqttConfig, load_config
 from facefleet.agent.domain.records import StoreError
@@ -579,6 +583,153 @@ def test_a_broker_that_requires_client_certificates_refuses_others(
     assert up is False and why in reason
     assert store.outbox.count() == 1
     assert "New client connected" not in broker.log
+
+
+def restarted(broker: Mosquitto) -> None:
+    """Stop the broker and start it again on its port: every client has to connect anew."""
+    broker.stop()
+    broker.start()
+
+
+def test_a_client_certificate_renewed_in_place_is_used_at_the_next_reconnect(
+    site: Site, tmp_path: Path
+) -> None:
+    """The device certificate expires while the link is connected; the renewed files are installed at the
+    same paths; after a broker restart the link connects with them, without an agent restart."""
+    now = datetime.now(timezone.utc)
+    # valid for 4 s more: the link connects with it, then it expires while connected
+    old = certs.issue_device(
+        site.tls_dir, "door-box", days=1, not_before=now - timedelta(days=1) + timedelta(seconds=4)
+    )
+    broker = site.broker(tmp_path / "broker", require_certificate=True)
+    agent = Agent(
+        broker.port,
+        EmbeddingStore(tmp_path / "store.db"),
+        tls=True,
+        ca_file=site.ca,
+        cert_file=old.cert,
+        key_file=old.key,
+        device_id="door-box",
+    ).start()
+    try:
+        assert agent.link.wait_connected(10), agent.connections
+        renewed = certs.issue_device(site.tls_dir, "door-box")  # written in place, as an operator installs it
+        assert renewed.cert == old.cert and renewed.key == old.key
+        wait_until(lambda: datetime.now(timezone.utc) > old.not_after + timedelta(seconds=1), 10)
+        restarted(broker)
+        wait_until(lambda: agent.connections[-1][0] and agent.link.connected)
+        agent.outbox.submit("events/face", event(1))
+        assert agent.outbox.flush(10)
+        validity = agent.link.certificate_validity()
+        assert validity is not None and validity.not_after == renewed.not_after.timestamp()
+    finally:
+        agent.stop()
+        broker.stop()
+    refusals = [why for up, why in agent.connections if not up and "CERTIFICATE_EXPIRED" in why]
+    assert not refusals, refusals
+    assert broker.log.count("as door-box (p5, c1, k30, u'door-box')") == 2
+
+
+def test_renewed_files_that_do_not_match_keep_the_pair_in_use(
+    site: Site, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A renewed certificate installed without its key: one error naming both files, the link goes on with
+    the pair it had; once the key is installed too, the next connection uses the renewed pair."""
+    device = tmp_path / "device"
+    device.mkdir()
+    cert_file, key_file = device / "mqtt.pem", device / "mqtt.key"
+    shutil.copy(site.device.cert, cert_file)
+    shutil.copy(site.device.key, key_file)
+    renewed = certs.issue_device(site.tls_dir, "door-box", out_dir=tmp_path / "renewed", days=400)
+    broker = site.broker(tmp_path / "broker", require_certificate=True)
+    agent = Agent(
+        broker.port,
+        EmbeddingStore(tmp_path / "store.db"),
+        tls=True,
+        ca_file=site.ca,
+        cert_file=cert_file,
+        key_file=key_file,
+    ).start()
+    try:
+        assert agent.link.wait_connected(10), agent.connections
+        shutil.copy(renewed.cert, cert_file)  # the key not yet
+        for _ in range(2):
+            restarted(broker)
+            wait_until(lambda: agent.link.connected)
+        validity = agent.link.certificate_validity()
+        assert validity is not None and validity.not_after == site.device.not_after.timestamp()
+        shutil.copy(renewed.key, key_file)
+        restarted(broker)
+        wait_until(lambda: agent.link.connected)
+        validity = agent.link.certificate_validity()
+        assert validity is not None and validity.not_after == renewed.not_after.timestamp()
+    finally:
+        agent.stop()
+        broker.stop()
+    (error,) = agent.errors
+    assert f"key_file {key_file} is not the key of cert_file {cert_file}" in error
+    assert "install the key issued with that certificate" in error
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert logged == [error]
+    assert agent.connections.count((True, "connected")) == 4, agent.connections  # the start, 3 restarts
+
+
+def dated_broker_certificate(tmp_path: Path, site: Site, not_before: datetime) -> certs.Issued:
+    """A broker certificate for 127.0.0.1 from the site CA, valid one day from not_before."""
+    target = certs.Issued(tmp_path / "dated.pem", tmp_path / "dated.key")
+    address = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
+    return certs._issue(  # the public issuers date certificates from now
+        site.tls_dir,
+        target,
+        common_name="127.0.0.1",
+        alt_names=[address],
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        days=1,
+        not_before=not_before,
+    )
+
+
+@pytest.mark.parametrize(
+    ("broker_days", "client_days", "advice"),
+    [
+        (-3, 0, "past its expiry; renew the broker's certificate"),
+        (2, 0, "it is not valid yet and this box's clock reads"),
+        (0, -3, "as expired: install the renewed certificate and key at cert_file and key_file"),
+    ],
+    ids=["broker-expired", "broker-not-yet-valid", "client-expired"],
+)
+def test_a_certificate_out_of_its_dates_is_named_with_the_fix(
+    site: Site, tmp_path: Path, broker_days: int, client_days: int, advice: str
+) -> None:
+    now = datetime.now(timezone.utc)
+    server = site.server
+    if broker_days:
+        server = dated_broker_certificate(tmp_path, site, now + timedelta(days=broker_days))
+    client = site.device
+    if client_days:
+        client = certs.issue_device(
+            site.tls_dir, "door-box", days=1, not_before=now + timedelta(days=client_days)
+        )
+    broker = site.broker(tmp_path / "broker", require_certificate=True, server=server)
+    agent = Agent(
+        broker.port,
+        EmbeddingStore(tmp_path / "store.db"),
+        tls=True,
+        ca_file=site.ca,
+        cert_file=client.cert,
+        key_file=client.key,
+        device_id="door-box",
+    )
+    try:
+        agent.start()
+        up, reason = wait_for_connection_report(agent)
+    finally:
+        agent.stop()
+        broker.stop()
+    assert up is False and advice in reason, reason
+    assert "ca_file must be the CA that signed it" not in reason
+    if client_days:
+        assert f"cert_file {client.cert}" in reason and "facefleet-server certs renew door-box" in reason
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from facefleet.server.domain.audit import AuditCursor, AuditEntry, AuditFilter, AuditPage
 from facefleet.server.domain.queries import from_us, to_us
+from facefleet.server.state.sql import keyset
 from facefleet.server.state.sql.meta import Connection
 
 
@@ -27,17 +28,16 @@ def add_audit(conn: Connection, entry: AuditEntry) -> AuditEntry:
 
 def list_audit(conn: Connection, flt: AuditFilter, after: AuditCursor | None, limit: int) -> AuditPage:
     """Matching entries newest first (ties by id, descending), after the cursor, at most limit."""
-    where = ["time_us >= ?", "time_us < ?"]
-    params: list[object] = [to_us(flt.since), to_us(flt.until)]
+    # the cursor as a row value: an index bound at any depth (keyset)
+    upper, bound = keyset.before(to_us(flt.until), (after.time_us, after.entry_id) if after else None, "id")
+    where = ["time_us >= ?", upper]
+    params: list[object] = [to_us(flt.since), *bound]
     if flt.who:
         where.append("who = ?")
         params.append(flt.who)
     if flt.action:
         where.append("substr(action, 1, ?) = ?")
         params += [len(flt.action), flt.action]
-    if after is not None:
-        where.append("(time_us < ? OR (time_us = ? AND id < ?))")
-        params += [after.time_us, after.time_us, after.entry_id]
     rows = conn.execute(
         "SELECT id, time_us, who, action, target, outcome, detail FROM admin_audit "  # noqa: S608
         f"WHERE {' AND '.join(where)} ORDER BY time_us DESC, id DESC LIMIT ?",

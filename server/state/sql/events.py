@@ -35,6 +35,7 @@ from facefleet.server.domain.queries import (
     from_us,
     to_us,
 )
+from facefleet.server.state.sql import keyset
 from facefleet.server.state.sql.attribute_cells import CELL_COLUMNS, CELLS, KEY_COLUMNS
 from facefleet.server.state.sql.meta import Connection
 
@@ -194,10 +195,9 @@ def expire_rollups(conn: Connection, before_us: int, after_us: int = 0) -> None:
 
 
 def list_events(conn: Connection, flt: EventFilter, cursor: EventCursor | None, limit: int) -> EventPage:
-    where, params = _where(flt, "time_us", flt.start_us, flt.end_us, raw=True)
-    if cursor is not None:
-        where += " AND (time_us < ? OR (time_us = ? AND event_id < ?))"
-        params += [cursor.time_us, cursor.time_us, cursor.event_id]
+    after = (cursor.time_us, cursor.event_id) if cursor is not None else None
+    upper = keyset.before(flt.end_us, after, "event_id")  # an index bound at any depth (keyset)
+    where, params = _where(flt, "time_us", flt.start_us, flt.end_us, raw=True, upper=upper)
     rows = conn.execute(
         f"SELECT {COLUMNS} FROM events WHERE {where} ORDER BY time_us DESC, event_id DESC LIMIT ?",  # noqa: S608
         [*params, limit + 1],
@@ -356,9 +356,19 @@ def segments(lo: int, hi: int, rollups: Sequence[tuple[int, str]]) -> list[tuple
     return [*segments(lo, inner_lo, finer), (table, inner_lo, inner_hi), *segments(inner_hi, hi, finer)]
 
 
-def _where(flt: EventFilter, time_col: str, start: int, end: int, *, raw: bool) -> tuple[str, list[object]]:
-    clauses = [f"{time_col} >= ?", f"{time_col} < ?"]
-    params: list[object] = [start, end]
+def _where(
+    flt: EventFilter,
+    time_col: str,
+    start: int,
+    end: int,
+    *,
+    raw: bool,
+    upper: tuple[str, list[object]] | None = None,
+) -> tuple[str, list[object]]:
+    """The WHERE of the filter over [start, end); `upper`: the SQL and parameters that stand for the end."""
+    upper_sql, upper_params = upper or (f"{time_col} < ?", [end])
+    clauses = [f"{time_col} >= ?", upper_sql]
+    params: list[object] = [start, *upper_params]
     columns: list[tuple[str, Sequence[str]]] = [
         ("device_id", flt.device_ids),
         ("kind", flt.kinds),

@@ -27,6 +27,7 @@ from facefleet.server.domain.snapshots import (
 )
 from facefleet.server.errors import FailedPreconditionError, NotFoundError
 from facefleet.server.state.snapshots import SnapshotState
+from facefleet.server.state.sql import keyset
 from facefleet.server.state.sql.meta import EXPIRE_BATCH_ROWS, Connection, Transactions, bump
 
 _COLUMNS = (
@@ -49,8 +50,12 @@ class SqlSnapshotState(SnapshotState):
         self._core = core
 
     def list_snapshots(self, flt: SnapshotFilter, after: SnapshotCursor | None, limit: int) -> SnapshotPage:
-        where = ["time_us >= ?", "time_us < ?"]
-        params: list[object] = [to_us(flt.since), to_us(flt.until)]
+        # the cursor as a row value: an index bound at any depth (keyset)
+        upper, bound = keyset.before(
+            to_us(flt.until), (after.time_us, after.event_id) if after else None, "event_id"
+        )
+        where = ["time_us >= ?", upper]
+        params: list[object] = [to_us(flt.since), *bound]
         for column, value in (
             ("device_id", flt.device_id),
             ("camera", flt.camera),
@@ -60,9 +65,6 @@ class SqlSnapshotState(SnapshotState):
             if value:
                 where.append(f"{column} = ?")
                 params.append(value)
-        if after is not None:
-            where.append("(time_us < ? OR (time_us = ? AND event_id < ?))")
-            params += [after.time_us, after.time_us, after.event_id]
         with self._core.connection() as conn:
             rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM snapshots WHERE {' AND '.join(where)} "  # noqa: S608

@@ -8,6 +8,13 @@ UNAUTHENTICATED instead of reaching data. `listen.http` serves the HTTP API (fac
 the same event loop, TLS with the server certificate and bearer tokens. With `insecure_development = true`
 all are plaintext.
 
+TLS files: read and checked together at start (facefleet.server.paths.check_tls: exit 78 naming the file and
+the fault). SIGHUP rereads them: new connections on every listener get the new certificate and key (and
+agents' certificates are checked against the new CA), connections already made keep theirs and stay up; files
+that do not work together are refused with a logged error, and the ones loaded before keep serving. A server
+certificate or CA within TLS_EXPIRY_WARNING_DAYS of its expiry is logged as a warning at start, at every
+reload and daily; `facefleet_server_tls_not_after_seconds` tells when each file's first expiry is.
+
 Stop: health turns NOT_SERVING, Watch streams end, running calls get `listen.grace_seconds`, then the
 process exits 0. Exit codes of `serve`: 0 stopped by a signal, 65 the state database's schema is newer than
 this server's (at start, or found at a look for changes: a newer server upgraded it), 69 cannot listen, 74
@@ -31,18 +38,22 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import Gauge
 
 from facefleet.core import notify
 from facefleet.core.errors import EXIT_DATA, EXIT_IO, EXIT_OK, EXIT_UNAVAILABLE, FaceFleetError
 from facefleet.core.metrics import MetricsBindError
 from facefleet.link.checks import utc_now
+from facefleet.server.api import certs
 from facefleet.server.api.audit import AuditLog
 from facefleet.server.api.handlers import OperatorHandlers
 from facefleet.server.api.http.server import HttpServer, start_http
@@ -67,7 +78,7 @@ from facefleet.server.gallery.enrolment_models import EnrolmentModels, rollout_e
 from facefleet.server.gallery.people import PeopleHandler
 from facefleet.server.gallery.unknown import UnknownFaces, UnknownSettings
 from facefleet.server.metrics import ServerFigures, ServerMetrics, pool_figures
-from facefleet.server.paths import ServerPaths, check_tls
+from facefleet.server.paths import ServerPaths, ServerTls, check_tls
 from facefleet.server.rollouts.catalogue import ModelCatalog
 from facefleet.server.rollouts.control import RolloutControl
 from facefleet.server.rollouts.distribution import ModelDistribution
@@ -85,6 +96,9 @@ from facefleet.vision.runtime import Runtime
 log = logging.getLogger(__name__)
 EXPIRY_INTERVAL_S = 3600.0
 """How often the retention job runs while serving."""
+TLS_EXPIRY_WARNING_DAYS = 30
+"""A server certificate or CA that expires sooner than this is warned about (at start, reload and daily)."""
+TLS_EXPIRY_CHECK_S = 86_400.0
 CONNECTION_IDLE_MS = 300_000
 """A gRPC connection without a call this long is closed (GOAWAY; the client reconnects for its next call).
 An agent's Watch stream is a call, so its connection is never idle."""
@@ -97,6 +111,28 @@ class Expired:
     events: int
     snapshots: int
     audit: int
+
+
+_Fetch = Callable[[], grpc.ServerCertificateConfiguration]
+
+
+class _TlsFetcher:
+    """A gRPC listener's certificate-configuration fetcher (grpc.dynamic_ssl_server_credentials): gRPC
+    calls it from its own threads before each new handshake; it hands over a configuration once after a
+    reload, and None (keep the current one) otherwise."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: grpc.ServerCertificateConfiguration | None = None
+
+    def offer(self, configuration: grpc.ServerCertificateConfiguration) -> None:
+        with self._lock:
+            self._pending = configuration
+
+    def __call__(self) -> grpc.ServerCertificateConfiguration | None:
+        with self._lock:
+            pending, self._pending = self._pending, None
+        return pending
 
 
 class BindError(ServerError):
@@ -147,6 +183,9 @@ class FleetServer:
         self._server: grpc.aio.Server | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._poll: asyncio.Task[None] | None = None
+        self._tls_watch: asyncio.Task[None] | None = None
+        self._tls: ServerTls | None = None
+        self._tls_fetchers = (_TlsFetcher(), _TlsFetcher())  # agents, operators
         self._refreshing = asyncio.Lock()
         self._auth: Authenticator | None = None
         self.devices = DeviceRegistry(self.state)
@@ -155,6 +194,12 @@ class FleetServer:
         self.metrics = ServerMetrics()
         self.metrics.watch(self.figures)
         self.metrics_endpoint = self.metrics.serve(config.metrics.listen)
+        self.tls_not_after = Gauge(
+            "facefleet_server_tls_not_after_seconds",
+            "When the first certificate of a server TLS file to expire does (Unix seconds), by [tls] key",
+            ["file"],
+            registry=self.metrics.registry,
+        )
         self._stopping = asyncio.Event()  # a signal, or a restore of the state: run() stops the server
         self._restored: RestoreRunningError | None = None
         self._outgrown: int | None = None
@@ -216,6 +261,8 @@ class FleetServer:
             raise
         self._server = server
         self._poll = asyncio.create_task(self._poll_changes())
+        if self._tls is not None:
+            self._tls_watch = asyncio.create_task(self._watch_tls_expiry())
         if self.config.insecure_development:
             log.warning("insecure_development = true: plaintext listeners, device ids taken from requests")
         try:
@@ -227,7 +274,7 @@ class FleetServer:
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop: NOT_SERVING, end Watch streams, give running calls the grace period."""
-        for task in (self._watchdog, self._poll):
+        for task in (self._watchdog, self._poll, self._tls_watch):
             if task is not None:
                 task.cancel()
         await self.health.enter_graceful_shutdown()
@@ -252,6 +299,7 @@ class FleetServer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
         status = f"agents on port {ports.agents or '-'}, operators on port {ports.operators or '-'}"
         status += f", HTTP API on port {ports.http or '-'}, metrics on port {ports.metrics or '-'}"
         log.info("serving: %s; gallery revision %d", status, self.state.head_revision())
@@ -376,11 +424,75 @@ class FleetServer:
         ]
 
     def _credentials(self) -> tuple[grpc.ServerCredentials, grpc.ServerCredentials]:
-        tls = check_tls(self.paths)  # exit 78 naming a file that does not work with the others
-        pair = [(tls.key, tls.chain)]
-        agents = grpc.ssl_server_credentials(pair, root_certificates=tls.ca, require_client_auth=True)
-        operators = grpc.ssl_server_credentials(pair)
+        """The listeners' credentials from the checked TLS files; reload_tls() hands new files to them."""
+        tls = self._tls = check_tls(self.paths)
+        self._tls_expiry(tls)
+        agents_config, operators_config = _tls_configurations(tls)
+        # gRPC's fetcher may return None (keep the current configuration); its type stubs say otherwise
+        agents_fetcher, operators_fetcher = (cast(_Fetch, fetcher) for fetcher in self._tls_fetchers)
+        agents = grpc.dynamic_ssl_server_credentials(
+            agents_config, agents_fetcher, require_client_authentication=True
+        )
+        operators = grpc.dynamic_ssl_server_credentials(
+            operators_config, operators_fetcher, require_client_authentication=False
+        )
         return agents, operators
+
+    def reload_tls(self) -> bool:
+        """Reread the TLS files (SIGHUP) for new connections on every listener; connections already made keep
+        the files they were made with. False, with the fault logged, when the new files do not work together:
+        those loaded before keep serving."""
+        if self._tls is None:
+            log.info("SIGHUP: nothing to reload (insecure_development = true: no TLS files)")
+            return False
+        try:
+            tls = check_tls(self.paths)
+            if self._http is not None:
+                self._http.reload_tls(self.paths.server_cert, self.paths.server_key)
+        except ServerConfigError as exc:
+            log.error("SIGHUP: the TLS files were not reloaded, the ones loaded before keep serving: %s", exc)
+            return False
+        for fetcher, configuration in zip(self._tls_fetchers, _tls_configurations(tls), strict=True):
+            fetcher.offer(configuration)
+        self._tls = tls
+        names = ", ".join(certs.server_names(tls.chain))
+        [(_, until), *_] = certs.not_after(tls.chain)
+        log.info(
+            "SIGHUP: reloaded the TLS files; new connections get the server certificate for %s, valid until "
+            "%s (connections already made keep theirs)",
+            names,
+            f"{until:%Y-%m-%d}",
+        )
+        self._tls_expiry(tls)
+        return True
+
+    def _tls_expiry(self, tls: ServerTls, now: datetime | None = None) -> None:
+        """Warn of a server certificate or CA that expires within TLS_EXPIRY_WARNING_DAYS; set the gauge."""
+        now = now or utc_now()
+        for key, pem, path, fix in (
+            ("server_cert", tls.chain, self.paths.server_cert, "`facefleet-server certs server`, reload"),
+            ("ca_cert", tls.ca, self.paths.ca_cert, "replace the site CA (README: 'Replacing the site CA')"),
+        ):
+            expiries = certs.not_after(pem)
+            self.tls_not_after.labels(key).set(min(until for _, until in expiries).timestamp())
+            for subject, until in expiries:
+                if until - now < timedelta(days=TLS_EXPIRY_WARNING_DAYS):
+                    state = "expired" if until <= now else f"expires in {(until - now).days} days"
+                    log.warning(
+                        "tls.%s %s: certificate %r %s (%s); renew it: %s",
+                        key,
+                        path,
+                        subject,
+                        state,
+                        f"{until:%Y-%m-%d %H:%M} UTC",
+                        fix,
+                    )
+
+    async def _watch_tls_expiry(self) -> None:
+        while True:
+            await asyncio.sleep(TLS_EXPIRY_CHECK_S)
+            if self._tls is not None:
+                self._tls_expiry(self._tls)
 
     def _bind(
         self, server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None, key: str
@@ -578,6 +690,17 @@ class FleetServer:
                 except FaceFleetError as exc:
                     raise FailedPreconditionError(f"cannot set up the inference runtime: {exc}") from None
             return self._runtime
+
+
+def _tls_configurations(
+    tls: ServerTls,
+) -> tuple[grpc.ServerCertificateConfiguration, grpc.ServerCertificateConfiguration]:
+    """For the agents' listener (client certificates checked against the CA) and the operators'."""
+    pair = [(tls.key, tls.chain)]
+    return (
+        grpc.ssl_server_certificate_configuration(pair, root_certificates=tls.ca),
+        grpc.ssl_server_certificate_configuration(pair),
+    )
 
 
 async def _watchdog(interval: float) -> None:

@@ -138,3 +138,9 @@ def test_agent_unit_reaches_the_devices_of_the_documented_door_actions() -> None
 def test_agent_unit_caps_its_memory_with_room_for_many_cameras() -> None:
     [limit] = unit_settings(ROOT / "systemd" / "facefleet-agent.service")["MemoryMax"]
     assert limit.endswith("G") and 2 <= int(limit[:-1]) <= 16
+
+
+def test_server_unit_reloads_its_certificates_with_sighup() -> None:
+    """`systemctl reload` sends SIGHUP, which the server takes as "reread the TLS files" (not a stop)."""
+    settings = unit_settings(ROOT / "systemd" / "facefleet-server.service")
+    assert settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]

@@ -2,7 +2,8 @@
 with the server's certificate (plaintext with `insecure_development = true`; TLS 1.2 with AEAD ciphers only),
 HTTP/1.1, no access log, connections within the limits of `listen` (facefleet.server.api.http.connections).
 The socket is bound here, so that a port that cannot be bound is the caller's bind error and port 0 works;
-the process's signal handlers stay the server's (uvicorn's own are not installed)."""
+the process's signal handlers stay the server's (uvicorn's own are not installed). HttpServer.reload_tls loads
+a renewed certificate into the live SSL context, for the connections made from then on."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -79,6 +81,20 @@ class HttpServer:
     def __init__(self, server: uvicorn.Server, task: asyncio.Task[None]) -> None:
         self._server = server
         self._task = task
+
+    def reload_tls(self, cert: Path, key: Path) -> None:
+        """Serve this certificate and key to new connections (those made keep theirs): loaded into the
+        live SSL context, which each new connection's TLS takes them from. Check the pair first
+        (facefleet.server.paths.check_tls): a load that fails may leave the context half changed."""
+        context = self._server.config.ssl
+        if context is None:
+            return
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ServerConfigError(
+                f"listen.http: cannot use the server certificate {cert} with its key {key}: {exc}"
+            ) from None
 
     @property
     def port(self) -> int:

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -407,3 +408,38 @@ def test_serve_with_a_key_of_another_certificate_exits_78_naming_it(tmp_path: Pa
     assert process.returncode == EXIT_CONFIG, output
     assert TLS_FAULTS["wrong key"].format(**files) in " ".join(output.split())
     assert "cannot listen" not in output
+
+
+def test_serve_reloads_its_certificate_on_sighup_and_goes_on_serving(tmp_path: Path, pki: Pki) -> None:
+    """SIGHUP (the unit's ExecReload=) rereads the TLS files; the process goes on, and stops on SIGTERM."""
+    from facefleet.server.api import certs
+    from tests.server.test_tls_reload import presented
+
+    own = Pki(tmp_path / "tls", pki.foreign_dir)
+    certs.init_ca(own.tls_dir, server_names=["localhost"])
+    files = {key: str(own.tls_dir / name) for key, name in TLS_NAMES.items()}
+    notify_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(str(notify_path))
+        receiver.settimeout(60)
+        process = serve_process(tmp_path, pki, notify_path, **files)
+        try:
+            ready = receiver.recv(4096).decode()
+            operators = int(re.search(r"operators on port (\d+)", ready)[1])  # type: ignore[index]
+            renewed = certs.issue_server(own.tls_dir, ["localhost"])
+            process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 30
+            while presented(operators, own) != int(renewed.serial, 16):
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+            process.send_signal(signal.SIGTERM)
+            output, _ = process.communicate(timeout=60)
+            assert process.returncode == EXIT_OK
+            assert "SIGHUP: reloaded the TLS files" in output
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+TLS_NAMES = {"ca_cert": "ca.pem", "server_cert": "server.pem", "server_key": "server.key"}

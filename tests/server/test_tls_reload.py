@@ -1,0 +1,166 @@
+"""The server's TLS files renewed while it serves: a real server (mutual TLS for agents, TLS for operators and
+the HTTP API) reloads them (SIGHUP calls FleetServer.reload_tls) for new connections on every listener, keeps
+the connections already made, refuses files that do not work together and keeps serving the old ones, and
+warns of a server certificate or CA close to its expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+
+from facefleet.link.checks import utc_now
+from facefleet.server.api import certs
+from facefleet.server.app import TLS_EXPIRY_WARNING_DAYS
+from facefleet.server.gallery.embedder import Enroller
+from facefleet.v1 import fleet_pb2
+from tests.server.conftest import Harness, Pki, next_update, run, serving
+
+
+def own_pki(tmp_path: Path, pki: Pki, *, server_days: int = certs.LEAF_DAYS) -> Pki:
+    """A site PKI of this test's own (the session's is shared): CA, server certificate, door-1."""
+    tls = tmp_path / "tls"
+    certs.init_ca(tls, server_names=["localhost", "127.0.0.1"])
+    certs.issue_server(tls, ["localhost", "127.0.0.1"], days=server_days)
+    certs.issue_device(tls, "door-1")
+    return Pki(tls, pki.foreign_dir)
+
+
+def tls_section(own: Pki) -> dict[str, str]:
+    return {
+        "ca_cert": str(own.tls_dir / "ca.pem"),
+        "server_cert": str(own.tls_dir / "server.pem"),
+        "server_key": str(own.tls_dir / "server.key"),
+    }
+
+
+def serial(path: Path) -> int:
+    return x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+
+
+def presented(port: int, own: Pki, *, alpn: str = "h2", device: str | None = None) -> int:
+    """The serial of the certificate the server presents to a new connection (that verifies it)."""
+    context = ssl.create_default_context(cafile=own.tls_dir / "ca.pem")
+    context.set_alpn_protocols([alpn])
+    if device is not None:
+        issued = own.device(device)
+        context.load_cert_chain(issued.cert, issued.key)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return x509.load_der_x509_certificate(der).serial_number
+
+
+async def all_presented(h: Harness, own: Pki) -> set[int]:
+    """Serials presented by the agents' listener (with door-1's certificate), the operators' and HTTP."""
+    return {
+        await asyncio.to_thread(presented, h.agents_port, own, device="door-1"),
+        await asyncio.to_thread(presented, h.operators_port, own),
+        await asyncio.to_thread(presented, h.http_port, own, alpn="http/1.1"),
+    }
+
+
+def test_a_reload_serves_the_renewed_certificate_to_new_connections_and_keeps_the_ones_made(
+    tmp_path: Path, pki: Pki, enroller: Enroller, caplog: pytest.LogCaptureFixture
+) -> None:
+    own = own_pki(tmp_path, pki)
+    first = serial(own.tls_dir / "server.pem")
+
+    async def scenario() -> None:
+        sections = {"tls": tls_section(own), "gallery": {"heartbeat_seconds": 2}}
+        async with serving(tmp_path, own, enroller, **sections) as h:
+            stub = await h.registered("door-1")
+            stream = stub.Watch(fleet_pb2.WatchRequest(device_id="door-1", from_revision=0))
+            await next_update(stream)
+            assert await all_presented(h, own) == {first}
+
+            renewed = certs.issue_server(own.tls_dir, ["localhost", "127.0.0.1"])
+            assert await all_presented(h, own) == {first}  # not before a reload
+            with caplog.at_level(logging.INFO, logger="facefleet.server.app"):
+                assert h.server.reload_tls()
+            assert "new connections get the server certificate for localhost, 127.0.0.1" in caplog.text
+            second = int(renewed.serial, 16)
+            assert await all_presented(h, own) == {second}
+            # the agent's connection made before stays up: its stream and its calls go on
+            await stub.Register(fleet_pb2.RegisterRequest(device_id="door-1", agent_version="test"))
+            assert await next_update(stream) is not None
+
+            # a key of another certificate: refused, logged, and the loaded pair keeps serving
+            (own.tls_dir / "server.key").write_bytes((pki.foreign_dir / "server.key").read_bytes())
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="facefleet.server.app"):
+                assert not h.server.reload_tls()
+            [refused] = [r for r in caplog.records if r.levelno == logging.ERROR]
+            assert "the TLS files were not reloaded, the ones loaded before keep serving" in refused.message
+            assert (
+                f"{own.tls_dir / 'server.key'} does not belong to the server certificate" in refused.message
+            )
+            assert await all_presented(h, own) == {second}
+            await h.fleet("door-1").Register(fleet_pb2.RegisterRequest(device_id="door-1", agent_version="t"))
+
+    run(scenario)
+
+
+def test_a_reload_takes_a_new_ca_for_agents_certificates(
+    tmp_path: Path, pki: Pki, enroller: Enroller
+) -> None:
+    """ca.pem extended with a second CA (the overlap of a CA replacement) admits that CA's devices after a
+    reload, without a restart."""
+    own = own_pki(tmp_path, pki)
+    other = tmp_path / "next"
+    certs.init_ca(other, server_names=["localhost"])
+    certs.issue_device(other, "door-2")
+
+    async def scenario() -> None:
+        async with serving(tmp_path, own, enroller, tls=tls_section(own)) as h:
+            with pytest.raises(grpc.aio.AioRpcError):  # its certificate fails the handshake
+                await h.fleet("door-2", tls_dir=other).Register(
+                    fleet_pb2.RegisterRequest(device_id="door-2", agent_version="t"), timeout=5
+                )
+            bundle = (own.tls_dir / "ca.pem").read_bytes() + (other / "ca.pem").read_bytes()
+            (own.tls_dir / "ca.pem").write_bytes(bundle)
+            assert h.server.reload_tls()
+            await h.fleet("door-2", tls_dir=other).Register(
+                fleet_pb2.RegisterRequest(device_id="door-2", agent_version="t"), timeout=10
+            )
+
+    run(scenario)
+
+
+def test_a_server_certificate_close_to_its_expiry_is_warned_of_and_measured(
+    tmp_path: Path, pki: Pki, enroller: Enroller, caplog: pytest.LogCaptureFixture
+) -> None:
+    own = own_pki(tmp_path, pki, server_days=TLS_EXPIRY_WARNING_DAYS - 10)
+    server = x509.load_pem_x509_certificate((own.tls_dir / "server.pem").read_bytes())
+    ca = x509.load_pem_x509_certificate((own.tls_dir / "ca.pem").read_bytes())
+
+    async def scenario() -> None:
+        with caplog.at_level(logging.WARNING, logger="facefleet.server.app"):
+            async with serving(tmp_path, own, enroller, tls=tls_section(own)) as h:
+                registry = h.server.metrics.registry
+                name = "facefleet_server_tls_not_after_seconds"
+                assert registry.get_sample_value(name, {"file": "server_cert"}) == (
+                    server.not_valid_after_utc.timestamp()
+                )
+                assert (
+                    registry.get_sample_value(name, {"file": "ca_cert"}) == ca.not_valid_after_utc.timestamp()
+                )
+                [warning] = [r.message for r in caplog.records if "tls.server_cert" in r.message]
+                assert f"tls.server_cert {own.tls_dir / 'server.pem'}: certificate 'CN=localhost'" in warning
+                assert "expires in 19 days" in warning and "facefleet-server certs server" in warning
+                assert not [r for r in caplog.records if "tls.ca_cert" in r.message]  # 10 years left
+                caplog.clear()
+                h.server._tls_expiry(h.server._tls, utc_now() + timedelta(days=3650 - 20))  # type: ignore[arg-type]
+                assert [r for r in caplog.records if "tls.ca_cert" in r.message and "expires in" in r.message]
+
+    run(scenario)

@@ -1,5 +1,8 @@
 """`facefleet-agent run`: the long-running service, stopped cleanly by SIGTERM or SIGINT. It holds the store's
-lock (facefleet.agent.store.lock) for as long as it runs, and upgrades the store at start."""
+lock (facefleet.agent.store.lock) for as long as it runs, and upgrades the store at start.
+
+SIGHUP does not stop it (nor reload anything in place): it logs that the connection to the server rereads
+[server] ca_file, cert_file and key_file when it next connects, and that other changes need a restart."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -18,6 +23,13 @@ from facefleet.core.cli import add_command
 from facefleet.core.config import check_writable
 from facefleet.core.errors import EXIT_OK
 from facefleet.core.logs import set_log_format
+
+log = logging.getLogger(__name__)
+HANGUP_NOTE = (
+    "SIGHUP: the agent goes on; its connection to the server rereads [server] ca_file, cert_file and "
+    "key_file when it next connects (e.g. after the server restarts or closes it); other changes, the "
+    "configuration or [mqtt] TLS files, take a restart (systemctl restart facefleet-agent)"
+)
 
 
 def register(commands: Any) -> None:
@@ -49,6 +61,7 @@ def _run(context: Context, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, _hangup_logger())
     service.run()
     if any(not camera.join(0.0) for camera in service.cameras.values()):
         # A camera still inside a read of a stalled stream: when that read returns, its thread must not find
@@ -59,3 +72,22 @@ def _run(context: Context, args: argparse.Namespace) -> int:
         os._exit(EXIT_OK)
     lock.close()
     return EXIT_OK
+
+
+def _hangup_logger() -> Callable[[int, FrameType | None], None]:
+    """A SIGHUP handler that has a thread of its own log HANGUP_NOTE: logging in the handler itself could
+    interrupt the main thread inside a write to the same stream."""
+    hangups = threading.Event()
+
+    def note() -> None:
+        while True:
+            hangups.wait()
+            hangups.clear()
+            log.warning(HANGUP_NOTE)
+
+    threading.Thread(target=note, name="sighup", daemon=True).start()
+
+    def hangup(signum: int, frame: FrameType | None) -> None:
+        hangups.set()
+
+    return hangup

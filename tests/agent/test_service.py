@@ -682,3 +682,38 @@ def test_a_grant_while_the_broker_is_away_never_opens_the_door_later(
     # the open of that grant was not queued, so never replayed (a later grant of the same face may open)
     assert [relay for relay in watcher.on(PREFIX + "relay/front") if relay["event_id"] == granted] == []
     assert unsent >= 1
+
+
+def test_sighup_leaves_the_agent_running_and_says_what_is_reread(state_dir: Path, tmp_path: Path) -> None:
+    """SIGHUP (e.g. a reload sent to every service after renewing certificates) must not stop the agent and
+    its doors: it logs what it rereads and when, and SIGTERM still stops it cleanly."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "empty.png"), np.full((200, 200, 3), 50, np.uint8))
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        "[mqtt]\nenabled = false\n[metrics]\nlisten = ''\n[service]\npipeline = 'off'\n"
+        f"[[cameras]]\nname = 'door'\nsource = '{folder}'\nloop = true\nmax_fps = 5\n"
+    )
+    notify_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify_socket:
+        notify_socket.bind(str(notify_path))
+        notify_socket.settimeout(120)
+        agent = str(Path(sys.executable).with_name("facefleet-agent"))
+        command = [agent, "--config", str(config), "--state-dir", str(state_dir), "run"]
+        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+        process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            while b"READY=1" not in notify_socket.recv(4096):
+                pass
+            process.send_signal(signal.SIGHUP)
+            time.sleep(1.0)
+            assert process.poll() is None, "SIGHUP stopped the agent"
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert process.returncode == 0, stderr
+    assert "SIGHUP: the agent goes on; its connection to the server rereads [server] ca_file" in stderr

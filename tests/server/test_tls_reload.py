@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import socket
 import ssl
 from datetime import timedelta
@@ -16,11 +17,13 @@ import grpc
 import pytest
 from cryptography import x509
 
+from facefleet.core.errors import EXIT_OK
 from facefleet.link.checks import utc_now
 from facefleet.server.api import certs
 from facefleet.server.app import TLS_EXPIRY_WARNING_DAYS
 from facefleet.server.gallery.embedder import Enroller
-from facefleet.v1 import fleet_pb2
+from facefleet.v1 import fleet_pb2, fleet_pb2_grpc
+from tests.server.cli.test_cli import run_cli
 from tests.server.conftest import Harness, Pki, next_update, run, serving
 
 
@@ -162,5 +165,65 @@ def test_a_server_certificate_close_to_its_expiry_is_warned_of_and_measured(
                 caplog.clear()
                 h.server._tls_expiry(h.server._tls, utc_now() + timedelta(days=3650 - 20))  # type: ignore[arg-type]
                 assert [r for r in caplog.records if "tls.ca_cert" in r.message and "expires in" in r.message]
+
+    run(scenario)
+
+
+def test_replacing_the_site_ca_as_the_readme_says_keeps_every_agent_connected(
+    tmp_path: Path, pki: Pki, enroller: Enroller, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's "Replacing the site CA", step by step, with a real server reloading (SIGHUP) between
+    steps: an agent that got the bundle stays connected throughout, on its old certificate and then on its
+    renewed one; one that was left with the old CA alone is cut off once the server certificate changes."""
+    state = tmp_path / "state"
+    tls, next_dir = state / "tls", tmp_path / "ca-next"
+    cli = ["--state-dir", str(state)]
+    assert run_cli(capsys, *cli, "certs", "init", "--server-name", "localhost")[0] == EXIT_OK
+    assert run_cli(capsys, *cli, "certs", "issue", "door-1", "--out", str(tmp_path / "door-1"))[0] == EXIT_OK
+    old_ca = (tls / "ca.pem").read_bytes()
+    site = Pki(tls, pki.foreign_dir)
+
+    def agent(h: Harness, ca: bytes, device: Path) -> fleet_pb2_grpc.FleetServiceStub:
+        key, cert = (device / "door-1.key").read_bytes(), (device / "door-1.pem").read_bytes()
+        return fleet_pb2_grpc.FleetServiceStub(
+            h.channel(h.agents_port, grpc.ssl_channel_credentials(ca, key, cert))
+        )
+
+    async def connects(stub: fleet_pb2_grpc.FleetServiceStub) -> bool:
+        try:
+            await stub.Register(fleet_pb2.RegisterRequest(device_id="door-1", agent_version="t"), timeout=10)
+        except grpc.aio.AioRpcError:
+            return False
+        return True
+
+    async def scenario() -> None:
+        async with serving(tmp_path, site, enroller, tls=tls_section(site)) as h:
+            # 1. the new CA, in a directory of its own
+            assert run_cli(capsys, "--state-dir", str(next_dir), "certs", "init")[0] == EXIT_OK
+            # 2. both CAs trusted: by every agent (ca_file) and by the server (tls/ca.pem), then a reload
+            both = old_ca + (next_dir / "tls" / "ca.pem").read_bytes()
+            (tmp_path / "both.pem").write_bytes(both)
+            (tls / "ca.pem").write_bytes(both)
+            assert h.server.reload_tls()
+            bundled = agent(h, both, tmp_path / "door-1")
+            assert await connects(bundled)
+            # 3. the new CA signs from now on: its key, then the server certificate (same names), a reload
+            shutil.copy(next_dir / "tls" / "ca.key", tls / "ca.key")
+            assert run_cli(capsys, *cli, "certs", "server")[0] == EXIT_OK
+            assert h.server.reload_tls()
+            assert await connects(agent(h, both, tmp_path / "door-1"))  # the old device certificate
+            assert not await connects(agent(h, old_ca, tmp_path / "door-1"))  # an agent skipped in step 2
+            # 4. each device renewed, by the new CA
+            renewed = tmp_path / "door-1-new"
+            assert run_cli(capsys, *cli, "certs", "renew", "door-1", "--out", str(renewed))[0] == EXIT_OK
+            await h.server.refresh()  # the server's look for device changes (every fleet.poll_seconds)
+            assert await connects(agent(h, both, renewed))
+            # 5. every device renewed: the new CA alone, on the server and the agents
+            shutil.copy(next_dir / "tls" / "ca.pem", tls / "ca.pem")
+            assert h.server.reload_tls()
+            new_ca = (next_dir / "tls" / "ca.pem").read_bytes()
+            assert await connects(agent(h, new_ca, renewed))
+            assert not await connects(agent(h, new_ca, tmp_path / "door-1"))
+            assert await connects(bundled)  # a connection made before keeps going meanwhile
 
     run(scenario)

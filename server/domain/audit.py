@@ -3,12 +3,13 @@ listing filter and its paging cursor."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from facefleet.link.checks import check_utc
 from facefleet.link.errors import LinkError
-from facefleet.server.domain.queries import NOT_ISSUED, _encode_token, time_range, timed_cursor
+from facefleet.server.domain.paging import NOT_ISSUED, PageSeal, encode_token, timed_cursor
+from facefleet.server.domain.queries import time_range
 from facefleet.server.errors import InvalidArgumentError, ServerError
 
 LOCAL = "local"
@@ -94,27 +95,42 @@ class AuditFilter:
                 f"audit who and action filters: at most {MAX_WHO_CHARS} and {MAX_ACTION_CHARS} characters"
             )
 
+    def scope(self) -> tuple[object, ...]:
+        """What a page token of entries with this filter is bound to: every field but the time range
+        (facefleet.server.domain.paging)."""
+        return (self.who, self.action)
+
 
 @dataclass(frozen=True)
 class AuditCursor:
-    """Where a page of entries (newest first) ended: the last entry's time and id."""
+    """Where a page of entries (newest first) ended: the last entry's time and id, and the seal of its token
+    (facefleet.server.domain.paging)."""
 
     time_us: int
     entry_id: int
+    seal: str = ""
 
     def encode(self) -> str:
-        return _encode_token(f"a|{self.time_us}|{self.entry_id}")
+        return encode_token("a", self.seal, self.time_us, self.entry_id)
 
     @classmethod
     def decode(cls, token: str) -> AuditCursor:
-        time_us, entry = timed_cursor(token, "a")
+        time_us, entry, seal = timed_cursor(token, "a")
         try:
             entry_id = int(entry)
-            if entry_id not in range(2**63):
+            if entry_id not in range(2**63) or entry != str(entry_id):
                 raise ValueError(entry)
         except ValueError:
             raise InvalidArgumentError(NOT_ISSUED) from None
-        return cls(time_us, entry_id)
+        return cls(time_us, entry_id, seal)
+
+    def sealed(self, key: PageSeal, flt: AuditFilter) -> AuditCursor:
+        """This cursor with the seal of its listing with `flt`."""
+        return replace(self, seal=key.seal("a", (self.time_us, self.entry_id), flt.scope()))
+
+    def check(self, key: PageSeal, flt: AuditFilter) -> None:
+        """InvalidArgumentError (NOT_ISSUED) unless this server sealed the cursor for a listing with `flt`."""
+        key.check("a", (self.time_us, self.entry_id), flt.scope(), self.seal)
 
 
 @dataclass(frozen=True)

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
 from facefleet.link.checks import MAX_LABEL_CHARS, check_id, check_utc
 from facefleet.link.errors import LinkError
 from facefleet.link.events import AGE_BANDS, DECISIONS, EVENT_KINDS, GENDERS, Decision, Event, EventKind
 from facefleet.link.models import ModelStatus
+from facefleet.server.domain.paging import (
+    NOT_ISSUED,
+    PageSeal,
+    as_set,
+    decode_token,
+    encode_token,
+    timed_cursor,
+)
 from facefleet.server.errors import InvalidArgumentError
 
 MAX_RANGE = timedelta(days=400)
@@ -79,6 +86,18 @@ class EventFilter:
     def end_us(self) -> int:
         return to_us(self.end)
 
+    def scope(self) -> tuple[object, ...]:
+        """What a page token of events with this filter is bound to: every field but the time range
+        (facefleet.server.domain.paging)."""
+        return (
+            as_set(self.device_ids),
+            as_set(self.person_ids),
+            as_set(self.decisions),
+            as_set(self.kinds),
+            as_set(self.cameras),
+            as_set(self.doors),
+        )
+
     def without_persons(self, query: str) -> EventFilter:
         if self.person_ids:
             raise InvalidArgumentError(f"{query} cannot filter by person_ids; use ListEvents")
@@ -133,72 +152,59 @@ def check_interval(seconds: int, flt: EventFilter) -> int:
 
 @dataclass(frozen=True)
 class EventCursor:
-    """Where a page of events (newest first) ended: the last event's time and id."""
+    """Where a page of events (newest first) ended: the last event's time and id, and the seal of its token
+    (facefleet.server.domain.paging)."""
 
     time_us: int
     event_id: str
+    seal: str = ""
 
     def encode(self) -> str:
-        return _encode_token(f"e|{self.time_us}|{self.event_id}")
+        return encode_token("e", self.seal, self.time_us, self.event_id)
 
     @classmethod
     def decode(cls, token: str) -> EventCursor:
         return cls(*timed_cursor(token, "e"))
 
+    def sealed(self, key: PageSeal, flt: EventFilter) -> EventCursor:
+        """This cursor with the seal of its listing with `flt`."""
+        return replace(self, seal=key.seal("e", (self.time_us, self.event_id), flt.scope()))
+
+    def check(self, key: PageSeal, flt: EventFilter) -> None:
+        """InvalidArgumentError (NOT_ISSUED) unless this server sealed the cursor for a listing with `flt`."""
+        key.check("e", (self.time_us, self.event_id), flt.scope(), self.seal)
+
 
 @dataclass(frozen=True)
 class PeopleCursor:
-    """Where a page of people (by person id) ended, and the group the listing was for."""
+    """Where a page of people (by person id) ended, and the seal of its token (bound to the group, search
+    and person ids listed: people_scope)."""
 
     person_id: str
-    group: str = ""
+    seal: str = ""
 
     def encode(self) -> str:
-        return _encode_token(f"p|{self.group}|{self.person_id}")
+        return encode_token("p", self.seal, self.person_id)
 
     @classmethod
-    def decode(cls, token: str, group: str) -> PeopleCursor:
-        """The cursor of a token this server issued for the same listing (the same group)."""
+    def decode(cls, token: str) -> PeopleCursor:
+        seal, (person_id,) = decode_token(token, "p", 1)
         try:
-            kind, token_group, person_id = _decode_token(token).split("|", 2)
-            if kind != "p" or token_group != group:
-                raise ValueError(kind)
             check_id("person_id", person_id)
-        except (ValueError, LinkError):
+        except LinkError:
             raise InvalidArgumentError(NOT_ISSUED) from None
-        return cls(person_id, group)
+        return cls(person_id, seal)
+
+    def sealed(self, key: PageSeal, scope: Sequence[object]) -> PeopleCursor:
+        return replace(self, seal=key.seal("p", (self.person_id,), scope))
+
+    def check(self, key: PageSeal, scope: Sequence[object]) -> None:
+        key.check("p", (self.person_id,), scope, self.seal)
 
 
-NOT_ISSUED = "page_token is not one this server issued for this listing; pass next_page_token unchanged"
-
-
-def _encode_token(text: str) -> str:
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
-
-
-MAX_PAGE_TOKEN_CHARS = 512
-"""Longest page token this server issues: a time, a separator and an id of at most MAX_LABEL_CHARS."""
-_INT64 = range(-(2**63), 2**63)
-
-
-def _decode_token(token: str) -> str:
-    """The text of a page token; ValueError when it is not one (binascii.Error and UnicodeDecodeError are)."""
-    if len(token) > MAX_PAGE_TOKEN_CHARS:
-        raise ValueError("too long")
-    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-
-
-def timed_cursor(token: str, kind: str) -> tuple[int, str]:
-    """(time in µs, id) of a page token `kind|time|id`; InvalidArgumentError (NOT_ISSUED) when it is not one
-    this server issued: another kind, no id, or a time no stored row can have (outside 64-bit integers)."""
-    try:
-        found, micros, row_id = _decode_token(token).split("|", 2)
-        time_us = int(micros)
-        if found != kind or not row_id or time_us not in _INT64:
-            raise ValueError(found)
-    except ValueError:
-        raise InvalidArgumentError(NOT_ISSUED) from None
-    return time_us, row_id
+def people_scope(group: str, search: str, person_ids: Iterable[str]) -> tuple[object, ...]:
+    """What a people listing's page token is bound to (facefleet.server.domain.paging)."""
+    return (group, search, as_set(person_ids))
 
 
 @dataclass(frozen=True)

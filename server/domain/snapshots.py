@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
 from typing import Literal, get_args
@@ -21,7 +21,8 @@ import numpy.typing as npt
 
 from facefleet.link.checks import check_id
 from facefleet.link.events import DECISIONS
-from facefleet.server.domain.queries import _encode_token, check_filter_name, time_range, timed_cursor
+from facefleet.server.domain.paging import PageSeal, encode_token, timed_cursor
+from facefleet.server.domain.queries import check_filter_name, time_range
 from facefleet.server.errors import InvalidArgumentError
 
 SnapshotStatus = Literal["new", "dismissed", "enrolled"]
@@ -74,20 +75,35 @@ class SnapshotFilter:
         if self.status and self.status not in SNAPSHOT_STATUSES:
             raise InvalidArgumentError(f"filter status must be one of {', '.join(SNAPSHOT_STATUSES)}")
 
+    def scope(self) -> tuple[object, ...]:
+        """What a page token of snapshots with this filter is bound to: every field but the time range
+        (facefleet.server.domain.paging)."""
+        return (self.device_id, self.camera, self.decision, self.status)
+
 
 @dataclass(frozen=True)
 class SnapshotCursor:
-    """Where a page of snapshots (newest first) ended: the last one's time and event id."""
+    """Where a page of snapshots (newest first) ended: the last one's time and event id, and the seal of its
+    token (facefleet.server.domain.paging)."""
 
     time_us: int
     event_id: str
+    seal: str = ""
 
     def encode(self) -> str:
-        return _encode_token(f"s|{self.time_us}|{self.event_id}")
+        return encode_token("s", self.seal, self.time_us, self.event_id)
 
     @classmethod
     def decode(cls, token: str) -> SnapshotCursor:
         return cls(*timed_cursor(token, "s"))
+
+    def sealed(self, key: PageSeal, flt: SnapshotFilter) -> SnapshotCursor:
+        """This cursor with the seal of its listing with `flt`."""
+        return replace(self, seal=key.seal("s", (self.time_us, self.event_id), flt.scope()))
+
+    def check(self, key: PageSeal, flt: SnapshotFilter) -> None:
+        """InvalidArgumentError (NOT_ISSUED) unless this server sealed the cursor for a listing with `flt`."""
+        key.check("s", (self.time_us, self.event_id), flt.scope(), self.seal)
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from facefleet.link.checks import check_id, utc_now
+from facefleet.link.checks import check_groups, check_id, utc_now
 from facefleet.link.gallery import Embedding, Person
-from facefleet.server.domain.queries import PeopleCursor, page_size
+from facefleet.server.domain.queries import PeopleCursor, page_size, people_scope
 from facefleet.server.domain.records import (
     Crop,
     EnrolmentRequest,
@@ -142,23 +142,35 @@ class PeopleHandler:
         self, *, page_token: str, size: int, group: str, search: str = "", person_ids: Sequence[str] = ()
     ) -> tuple[list[Person], str]:
         """A page of people in `group` (all: ''), whose id or name contains `search` (any: ''), among
-        `person_ids` (any: ()), and the token of the next page ('' on the last)."""
+        `person_ids` (any: ()), and the token of the next page ('' on the last), bound to this group, search
+        and person ids (facefleet.server.domain.paging)."""
         limit = page_size(size)
-        if len(page_token) > 256 or len(group) > 128:
-            raise InvalidArgumentError("page_token or group is too long")
+        if group:
+            check_groups((group,))  # as a person's groups and a rollout's target group are checked
         if len(search) > MAX_SEARCH_CHARS:
             raise InvalidArgumentError(f"search: at most {MAX_SEARCH_CHARS} characters")
         if len(person_ids) > MAX_LOOKUP_IDS:
             raise InvalidArgumentError(f"person_id: at most {MAX_LOOKUP_IDS} at once; ask in batches")
         for person_id in person_ids:
             check_id("person_id", person_id)
-        after = PeopleCursor.decode(page_token, group).person_id if page_token else ""
-        people = await asyncio.to_thread(
-            lambda: self.state.list_people(
-                after=after, limit=limit, group=group, search=search, person_ids=person_ids
+        cursor = PeopleCursor.decode(page_token) if page_token else None
+        scope = people_scope(group, search, person_ids)
+
+        def read() -> tuple[list[Person], str]:
+            key = self.state.page_seal()
+            if cursor is not None:
+                cursor.check(key, scope)
+            people = self.state.list_people(
+                after=cursor.person_id if cursor else "",
+                limit=limit,
+                group=group,
+                search=search,
+                person_ids=person_ids,
             )
-        )
-        return people, PeopleCursor(people[-1].person_id, group).encode() if len(people) == limit else ""
+            more = len(people) == limit
+            return people, PeopleCursor(people[-1].person_id).sealed(key, scope).encode() if more else ""
+
+        return await asyncio.to_thread(read)
 
     async def crop_counts(self, person_ids: list[str]) -> dict[str, int]:
         """How many face crops each of these people has kept."""

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TypeVar, cast
 
@@ -195,8 +195,18 @@ class UnknownFaces:
         )
 
     async def snapshots(self, flt: SnapshotFilter, page_token: str, size: int) -> SnapshotPage:
+        """A page of snapshots, its next cursor sealed for this filter (facefleet.server.domain.paging)."""
         after = SnapshotCursor.decode(page_token) if page_token else None
-        return await asyncio.to_thread(self.state.snapshots.list_snapshots, flt, after, page_size(size))
+        limit = page_size(size)
+
+        def read() -> SnapshotPage:
+            key = self.state.page_seal()
+            if after is not None:
+                after.check(key, flt)
+            page = self.state.snapshots.list_snapshots(flt, after, limit)
+            return replace(page, next_cursor=page.next_cursor and page.next_cursor.sealed(key, flt))
+
+        return await asyncio.to_thread(read)
 
     async def image(self, snapshot_id: str, kind: ImageKind) -> bytes:
         check_id("snapshot id", snapshot_id)

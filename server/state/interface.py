@@ -23,6 +23,7 @@ from facefleet.link.events import Event
 from facefleet.link.fleet import Registration
 from facefleet.link.gallery import Embedding, GalleryDelta, Person
 from facefleet.server.domain.audit import AuditCursor, AuditEntry, AuditFilter, AuditPage
+from facefleet.server.domain.paging import PageSeal
 from facefleet.server.domain.queries import (
     AttributeCounts,
     DoorAccess,
@@ -55,6 +56,11 @@ class State(abc.ABC):
     @abc.abstractmethod
     def gallery_id(self) -> str:
         """A random id fixed when the database was created: agents holding another id need a snapshot."""
+
+    @abc.abstractmethod
+    def page_seal(self) -> PageSeal:
+        """What seals and checks the page tokens of this state's listings (facefleet.server.domain.paging):
+        the same on every replica of the state, and across restarts."""
 
     @abc.abstractmethod
     def head_revision(self) -> int:

@@ -7,9 +7,12 @@ translates them), `ON CONFLICT` upserts, `RETURNING`, no engine-specific functio
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
+
+from facefleet.server.domain.paging import PageSeal
 
 
 class Cursor(Protocol):
@@ -82,3 +85,31 @@ def set_meta(conn: Connection, key: str, value: str) -> None:
         "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (key, value),
     )
+
+
+PAGE_KEY = "page_token_key"
+"""The meta key of the secret that seals page tokens (facefleet.server.domain.paging)."""
+
+
+def add_page_key(conn: Connection) -> str:
+    """The state's page-token key, made now (inside the caller's write transaction) if it has none: by the
+    first server that opens the state, or the first to commit of two opening it at once."""
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+        (PAGE_KEY, secrets.token_urlsafe(32)),
+    )
+    return get_meta(conn, PAGE_KEY, "")
+
+
+def page_seal(core: Transactions) -> PageSeal:
+    """The state's page-token seal. Its key is made once, when a server first opens the state
+    (SqlState._start_gallery), and kept in the meta table: every replica on the database reads the same one,
+    and a restart keeps it. Read at each listing (one row by key), so a state restored from a backup is
+    sealed with the key the backup holds; made here only if the state lost it (copied from a database that
+    had none while a server had it open)."""
+    with core.connection() as conn:
+        key = get_meta(conn, PAGE_KEY, "")
+    if not key:
+        with core.write() as conn:
+            key = add_page_key(conn)
+    return PageSeal(key)

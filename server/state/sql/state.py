@@ -12,6 +12,7 @@ import abc
 import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from datetime import datetime
 
 from facefleet.link.checks import MAX_EMBEDDINGS_PER_PERSON
@@ -19,6 +20,7 @@ from facefleet.link.events import Event
 from facefleet.link.fleet import Registration
 from facefleet.link.gallery import Embedding, GalleryDelta, Person
 from facefleet.server.domain.audit import AuditCursor, AuditEntry, AuditFilter, AuditPage
+from facefleet.server.domain.paging import PageSeal
 from facefleet.server.domain.queries import (
     AttributeCounts,
     DoorAccess,
@@ -38,7 +40,14 @@ from facefleet.server.state.sql import audit as sql_audit
 from facefleet.server.state.sql import events as sql_events
 from facefleet.server.state.sql import people as sql_people
 from facefleet.server.state.sql import snapshots as sql_snapshots
-from facefleet.server.state.sql.meta import EXPIRE_BATCH_ROWS, Connection, get_meta, set_meta
+from facefleet.server.state.sql.meta import (
+    EXPIRE_BATCH_ROWS,
+    Connection,
+    add_page_key,
+    get_meta,
+    page_seal,
+    set_meta,
+)
 
 
 class SqlState(State):
@@ -70,12 +79,14 @@ class SqlState(State):
         unreadable where the backend keeps copies of them (PostgreSQL: its VACUUM, as autovacuum runs it)."""
 
     def _start_gallery(self) -> None:
-        """Give a new database its gallery id and revision 0 (once its migrations have run)."""
+        """Give a new database its gallery id and revision 0 (once its migrations have run), and any database
+        its page-token key."""
         with self.write() as conn:
             if get_meta(conn, "gallery_id", "") == "":
                 set_meta(conn, "gallery_id", str(uuid.uuid4()))
                 set_meta(conn, "head_revision", "0")
                 set_meta(conn, "log_floor", "0")
+            add_page_key(conn)  # a state from before page tokens were sealed gets its key too
 
     def ingest(self) -> AbstractContextManager[Connection]:
         """The write transaction of events, their rollups and their snapshots. It changes no gallery
@@ -92,6 +103,9 @@ class SqlState(State):
     def head_revision(self) -> int:
         with self.connection() as conn:
             return int(get_meta(conn, "head_revision", "0"))
+
+    def page_seal(self) -> PageSeal:
+        return page_seal(self)
 
     def add_person(
         self, person: Person, crops: Sequence[Crop], now: datetime, *, snapshots: Sequence[str] = ()
@@ -344,8 +358,12 @@ class SqlState(State):
             return self.event_rows.stored(conn, event_ids)
 
     def list_events(self, flt: EventFilter, cursor: EventCursor | None, limit: int) -> EventPage:
+        key = self.page_seal()
+        if cursor is not None:
+            cursor.check(key, flt)
         with self.connection() as conn:
-            return sql_events.list_events(conn, flt, cursor, limit)
+            page = sql_events.list_events(conn, flt, cursor, limit)
+        return replace(page, next_cursor=page.next_cursor and page.next_cursor.sealed(key, flt))
 
     def count_events(
         self, flt: EventFilter, interval_s: int, *, per_device: bool = True
@@ -412,8 +430,12 @@ class SqlState(State):
             return sql_audit.add_audit(conn, entry)
 
     def list_audit(self, flt: AuditFilter, after: AuditCursor | None, limit: int) -> AuditPage:
+        key = self.page_seal()
+        if after is not None:
+            after.check(key, flt)
         with self.connection() as conn:
-            return sql_audit.list_audit(conn, flt, after, limit)
+            page = sql_audit.list_audit(conn, flt, after, limit)
+        return replace(page, next_cursor=page.next_cursor and page.next_cursor.sealed(key, flt))
 
     def expire_audit(self, before: datetime) -> int:
         with self.write() as conn:

@@ -317,6 +317,43 @@ def test_event_paging_is_stable_when_times_tie(state: State) -> None:
     assert seen == sorted((e.event_id for e in events), reverse=True)
 
 
+def test_page_tokens_are_bound_to_their_filter_sealed_and_taken_by_every_replica(
+    make_state: Callable[..., State],
+) -> None:
+    """A page token is sealed with a key kept in the state: another replica on the same database (or the
+    server after a restart) continues the listing, while the token used with another filter (other cameras,
+    another audit action prefix) or altered is refused, naming page_token and the fix. A moved time range
+    (a window relative to now) is the same listing."""
+    state, replica = make_state(), make_state()
+    state.add_events(
+        [make_event(i, NOW + timedelta(seconds=i), camera="cam-a" if i % 2 else "cam-b") for i in range(6)]
+    )
+    for action in ("people.enrol", "people.delete", "tokens.create"):
+        state.add_audit(AuditEntry(NOW, "ops", action, "x"))
+    cam_a = EventFilter(NOW, NOW + timedelta(hours=1), cameras=("cam-a",))
+    first = state.list_events(cam_a, None, 1)
+    assert first.next_cursor is not None
+    cursor = EventCursor.decode(first.next_cursor.encode())
+    moved = EventFilter(NOW - timedelta(minutes=1), NOW + timedelta(hours=2), cameras=("cam-a",))
+    assert [e.camera for e in replica.list_events(moved, cursor, 10).events] == ["cam-a", "cam-a"]
+    people = AuditFilter(NOW, NOW + timedelta(hours=1), action="people")
+    audit = state.list_audit(people, None, 1).next_cursor
+    assert audit is not None
+    assert [e.action for e in replica.list_audit(people, audit, 10).entries] == ["people.enrol"]
+    altered = replace(cursor, time_us=cursor.time_us - 2_000_000)
+    refusals = [
+        lambda: replica.list_events(replace(cam_a, cameras=("cam-b",)), cursor, 10),
+        lambda: state.list_events(replace(cam_a, cameras=()), cursor, 10),
+        lambda: state.list_events(cam_a, altered, 10),
+        lambda: state.list_events(cam_a, EventCursor(cursor.time_us, cursor.event_id), 10),
+        lambda: replica.list_audit(replace(people, action="tokens"), audit, 10),
+        lambda: state.list_audit(replace(people, who="ops"), audit, 10),
+    ]
+    for refused in refusals:
+        with pytest.raises(InvalidArgumentError, match="start again without page_token"):
+            refused()
+
+
 def test_camera_and_door_filters_list_exactly_their_events(state: State) -> None:
     events = random_events(1500, seed=7, span_s=6 * 3600)
     state.add_events(events)

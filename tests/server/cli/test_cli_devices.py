@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from facefleet.core.errors import EXIT_DATA, EXIT_NO_INPUT, EXIT_OK
+from facefleet.core.errors import EXIT_CONFIG, EXIT_DATA, EXIT_NO_INPUT, EXIT_OK
+from facefleet.server.api import certs
 from tests.server.cli.test_cli import run_cli
 
 
@@ -171,3 +172,28 @@ def test_a_certificate_does_not_outlive_the_ca_that_signs_it(
     assert server.not_valid_after_utc == ca.not_valid_after_utc
     code, out, _ = run_cli(capsys, *state, "certs", "issue", "door-2")  # 825 days: within the CA's life
     assert "cut to" not in out
+
+
+def test_a_ca_bundle_signs_with_the_ca_of_ca_key_wherever_it_is_in_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While a site moves to a new CA, ca.pem holds both (README: "Replacing the site CA"), in any order."""
+    state = ["--state-dir", str(tmp_path / "state")]
+    tls = tmp_path / "state" / "tls"
+    assert run_cli(capsys, *state, "certs", "init")[0] == EXIT_OK
+    certs.init_ca(tmp_path / "next", server_names=["localhost"], organisation="FaceFleet 2035")
+    new_ca = x509.load_pem_x509_certificate((tmp_path / "next" / "ca.pem").read_bytes())
+    (tls / "ca.pem").write_bytes((tls / "ca.pem").read_bytes() + (tmp_path / "next" / "ca.pem").read_bytes())
+    (tls / "ca.key").write_bytes((tmp_path / "next" / "ca.key").read_bytes())
+    assert run_cli(capsys, *state, "certs", "issue", "door-1")[0] == EXIT_OK
+    device = x509.load_pem_x509_certificate((tls / "devices" / "door-1.pem").read_bytes())
+    device.verify_directly_issued_by(new_ca)
+    assert run_cli(capsys, *state, "certs", "server")[0] == EXIT_OK
+    x509.load_pem_x509_certificate((tls / "server.pem").read_bytes()).verify_directly_issued_by(new_ca)
+
+    certs.init_ca(tmp_path / "other", server_names=["localhost"])
+    (tls / "ca.key").write_bytes((tmp_path / "other" / "ca.key").read_bytes())
+    code, _, err = run_cli(capsys, *state, "certs", "issue", "door-2")
+    assert code == EXIT_CONFIG
+    fault = f"{tls / 'ca.key'} belongs to none of the 2 certificates in {tls / 'ca.pem'}"
+    assert fault in " ".join(err.split())

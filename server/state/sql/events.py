@@ -35,6 +35,7 @@ from facefleet.server.domain.queries import (
     from_us,
     to_us,
 )
+from facefleet.server.errors import InvalidArgumentError
 from facefleet.server.state.sql import keyset
 from facefleet.server.state.sql.attribute_cells import CELL_COLUMNS, CELLS, KEY_COLUMNS
 from facefleet.server.state.sql.meta import Connection
@@ -207,6 +208,12 @@ def list_events(conn: Connection, flt: EventFilter, cursor: EventCursor | None, 
     return EventPage(events, EventCursor(rows[limit - 1][2], rows[limit - 1][0]) if more else None)
 
 
+MAX_COUNT_ROWS = 100_000
+"""Rows one answer of count_events may hold (intervals × devices with events): a chart's points, not an
+export. MAX_INTERVALS bounds the intervals alone, and a fleet's devices multiply them: hourly counts per
+device of 10,000 devices over 30 days would be millions of rows, held in memory and sent at once."""
+
+
 def count_events(
     conn: Connection,
     flt: EventFilter,
@@ -214,12 +221,34 @@ def count_events(
     *,
     per_device: bool = True,
     one_statement: bool = False,
+    max_rows: int | None = None,
 ) -> list[IntervalCount]:
-    """Events per interval (and device); one_statement: see _aggregate, as in the other aggregates."""
+    """Events per interval (and device); one_statement: see _aggregate, as in the other aggregates.
+    InvalidArgumentError past `max_rows` (default MAX_COUNT_ROWS) rows, saying how to ask for fewer: each
+    statement fetches at most one row more than that, so the refusal costs no more than the largest answer."""
+    cap = MAX_COUNT_ROWS if max_rows is None else max_rows
     keys = ("device_id",) if per_device else ()
     sums = _aggregate(
-        conn, flt, keys, (ALL,), one_statement=one_statement, interval_us=interval_s * 1_000_000
+        conn,
+        flt,
+        keys,
+        (ALL,),
+        one_statement=one_statement,
+        interval_us=interval_s * 1_000_000,
+        limit=cap + 1,
     )
+    if len(sums) > cap:
+        raise InvalidArgumentError(
+            f"counts from {flt.start.isoformat()} to {flt.end.isoformat()} per {interval_s} s interval"
+            f"{' and device' if per_device else ''} are more than {cap:,} rows, the most one answer holds: "
+            "ask with a longer interval_seconds or a shorter range"
+            + (
+                ", for fewer devices (device_id), or for the fleet's counts per interval "
+                "(per_device=false on /api/events/counts)"
+                if per_device
+                else ""
+            )
+        )
     starts = {start: from_us(int(start)) for start, *_ in sums}  # one datetime per interval, not per row
     return [
         IntervalCount(start=starts[key[0]], device_id=str(key[1]) if per_device else "", count=values[0])
@@ -296,10 +325,12 @@ def _aggregate(
     interval_us: int | None = None,
     extra: str = "",
     rollups: Sequence[tuple[int, str]] = ROLLUPS,
+    limit: int | None = None,
 ) -> dict[tuple[int | str, ...], list[int]]:
     """key → [each sum of `counted`] over the filter's range. The rollups serve filters on their own
     columns only: a person or camera filter reads raw events. `extra` holds in the raw events and in the
-    rollups alike.
+    rollups alike. `limit`: each statement hands back at most that many keys, so the result holds at least
+    `limit` keys when there are that many (a key of any segment is one of the result).
 
     The range's segments (segments()) are summed one statement each and merged here, or, with
     one_statement, by one statement over all of them (UNION ALL) that hands back one row per key. Measured
@@ -335,6 +366,8 @@ def _aggregate(
     sums: dict[tuple[int | str, ...], list[int]] = {}
     for rows, params in parts:
         sql = f"SELECT {key_names}, {sum_sql} FROM ({rows}) AS segment GROUP BY {key_names}"  # noqa: S608
+        if limit is not None:
+            sql, params = f"{sql} LIMIT ?", [*params, limit]
         for row in conn.execute(sql, params).fetchall():
             total = sums.setdefault(tuple(row[:width]), [0] * len(counted))
             for i, value in enumerate(row[width:]):

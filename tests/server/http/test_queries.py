@@ -7,11 +7,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from facefleet.server.gallery.embedder import Enroller
+from facefleet.server.state.sql import events as sql_events
+from facefleet.v1 import query_pb2
 from tests.server.conftest import Harness, Pki, run, serving
-from tests.server.fleet.test_query_service import REPORTS, T0, reported
+from tests.server.fleet.test_query_service import REPORTS, T0, reported, window
 from tests.server.http.clients import client, problem
 
 WINDOW = {"start": T0.isoformat(), "end": (T0 + timedelta(hours=3)).isoformat()}
@@ -320,3 +323,47 @@ def test_bad_queries_are_400_problems(tmp_path: Path, pki: Pki, enroller: Enroll
     assert "filter doors: at most 100 values" in results[8]["detail"]
     assert results[9]["detail"] == "AttributeDistribution cannot filter by person_ids; use ListEvents"
     assert results[10]["errors"][0]["field"].startswith("per_device")
+
+
+def test_counts_past_the_rows_one_answer_holds_are_refused_saying_how_to_ask_for_fewer(
+    tmp_path: Path, pki: Pki, enroller: Enroller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """REPORTS hold 4 hourly counts per device (2 per device), 3 for the fleet: with 3 rows at most an
+    answer, those per device are refused (400 over HTTP, INVALID_ARGUMENT over gRPC), and what the message
+    offers instead is answered: the fleet's counts, one device's, a longer interval."""
+    monkeypatch.setattr(sql_events, "MAX_COUNT_ROWS", 3)
+
+    async def scenario() -> dict[str, Any]:
+        async with serving(tmp_path, pki, enroller) as harness:
+            query = await reported(harness)
+            hourly = {**WINDOW, "interval_seconds": 3600}
+            async with client(harness, harness.query_token) as http:
+                refused = problem(
+                    await http.get("/api/events/counts", params=hourly), 400, "INVALID_ARGUMENT"
+                )
+                answered = [
+                    (await http.get("/api/events/counts", params=params)).json()["counts"]
+                    for params in (
+                        {**hourly, "per_device": "false"},
+                        {**hourly, "device_id": "door-1"},
+                        {**WINDOW, "interval_seconds": 3 * 3600},
+                    )
+                ]
+            try:
+                await query.CountEvents(
+                    query_pb2.CountEventsRequest(filter=window(), interval_seconds=3600),
+                    metadata=harness.query_md,
+                )
+                grpc_refused: tuple[object, str] = (None, "")
+            except grpc.aio.AioRpcError as error:
+                grpc_refused = (error.code(), error.details() or "")
+            return {"refused": refused, "answered": answered, "grpc": grpc_refused}
+
+    r = run(scenario)
+    detail = r["refused"]["detail"]
+    assert f"counts from {T0.isoformat()} to {(T0 + timedelta(hours=3)).isoformat()}" in detail
+    assert "per 3600 s interval and device are more than 3 rows" in detail
+    for fix in ("longer interval_seconds", "shorter range", "device_id", "per_device=false"):
+        assert fix in detail
+    assert [len(rows) for rows in r["answered"]] == [3, 2, 2]
+    assert r["grpc"] == (grpc.StatusCode.INVALID_ARGUMENT, detail)

@@ -2,7 +2,12 @@
 own thread so a slow or failing camera never holds up the others.
 
 A camera keeps only its newest frame: when inference is slower than the camera, older frames are
-dropped (latest frame wins) and counted. A source that fails is reopened with exponential backoff,
+dropped (latest frame wins) and counted. Video files, streams and devices are decoded on demand: the camera's
+thread grabs every frame the source sends (keeping a stream current), but converts one into an image only
+when the consumer wants a frame: once it has taken the last one, or when the one waiting for it is older than
+FRESH_S. A stream read with max_fps is still grabbed at its own rate and all but max_fps frames a second are
+discarded unconverted (frames queued in the socket would otherwise arrive ever later); a file is played at
+max_fps (or its own rate). A source that fails is reopened with exponential backoff,
 which starts over once the source delivers a frame again; a video file or image folder that ends is
 reported as ended (or looped when configured). A stream or file of frames larger than MAX_FRAME_PIXELS is
 refused like a source that fails.
@@ -13,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,6 +38,12 @@ Frame = npt.NDArray[np.uint8]
 MAX_FRAME_PIXELS = 4096 * 3072
 """The largest frame a camera may deliver (12.6 MP: 4K UHD and DCI, 12 MP cameras); a larger one would take
 hundreds of MB per frame, in the decoder and in every copy the pipeline makes."""
+FRESH_S = 0.25
+"""A decoded frame left waiting for the consumer longer than this (s) is replaced by a newer one: at most a
+few conversions a second for a camera the agent seldom gets to, and a frame at most about this old when
+taken."""
+RATE_WINDOW_S = 10.0
+"""The window (s) of the frame rates a camera reports: frames read (CameraStatus.fps) and analysed."""
 CameraState = Literal["starting", "running", "retrying", "ended", "stopped"]
 
 
@@ -45,6 +57,37 @@ class FrameReader(Protocol):
     def read(self) -> Frame | None: ...
 
     def close(self) -> None: ...
+
+
+class RateWindow:
+    """Events over the last `window_s` seconds (monotonic times): their rate."""
+
+    def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
+        self.window_s = window_s
+        self._times: deque[float] = deque()
+
+    def add(self, at: float) -> None:
+        self._times.append(at)
+        self._forget(at)
+
+    def clear(self) -> None:
+        self._times.clear()
+
+    @property
+    def last(self) -> float | None:
+        return self._times[-1] if self._times else None
+
+    def rate(self, now: float) -> float:
+        """Events per second over the window ending now: the intervals between those in the window over the
+        time from the first of them to now (0 with fewer than two)."""
+        self._forget(now)
+        if len(self._times) < 2 or now <= self._times[0]:
+            return 0.0
+        return round((len(self._times) - 1) / (now - self._times[0]), 2)
+
+    def _forget(self, now: float) -> None:
+        while self._times and self._times[0] < now - self.window_s:
+            self._times.popleft()
 
 
 @dataclass(frozen=True)
@@ -65,7 +108,8 @@ class CameraSettings:
 
 @dataclass(frozen=True)
 class CameraStatus:
-    """What a camera is doing: frames read and dropped so far, the last error and when it retries."""
+    """What a camera is doing: frames read and dropped so far, the last error and when it retries. fps: the
+    frames read per second over the last RATE_WINDOW_S (frames discarded for max_fps not counted)."""
 
     name: str
     state: CameraState
@@ -128,7 +172,9 @@ class FolderReader:
 
 class CaptureReader:
     """OpenCV VideoCapture over a device, a stream URL or a video file, with open and read timeouts; frames
-    over max_pixels are refused (at open, from the size the source declares, and on every frame)."""
+    over max_pixels are refused (at open, from the size the source declares, and on every frame). read() is
+    grab() and retrieve(): grab() takes the next frame from the source (False at the end of a file),
+    retrieve() converts the frame grabbed last into an image."""
 
     def __init__(
         self, target: int | str, label: str, timeout_ms: int, max_pixels: int = MAX_FRAME_PIXELS
@@ -147,15 +193,56 @@ class CaptureReader:
             self.capture.release()
             raise self._too_large(width, height)
         self.is_file = isinstance(target, str) and "://" not in target and not target.startswith("/dev/")
+        if self.is_file and isinstance(target, str) and self._fourcc() == "MJPG":
+            self._use_mjpeg_reader(target)
         fps = float(self.capture.get(cv2.CAP_PROP_FPS) or 0.0)
         self.file_fps = fps if self.is_file and 0 < fps <= 240 else 0.0
+        count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if self.is_file else 0
+        self.frame_count = max(count, 0)
+        """The frames a file declares (0: unknown, or not a file)."""
+        self.position = 0
+        """Frames grabbed since the file was opened."""
 
     def read(self) -> Frame | None:
-        ok, frame = self.capture.read()
-        if not ok or frame is None:
+        if not self.grab():
+            return None
+        return self.retrieve()
+
+    def _fourcc(self) -> str:
+        code = int(self.capture.get(cv2.CAP_PROP_FOURCC) or 0)
+        return "".join(chr((code >> shift) & 0xFF) for shift in (0, 8, 16, 24))
+
+    def _use_mjpeg_reader(self, path: str) -> None:
+        """Read a Motion JPEG file with OpenCV's own reader, whose grab() only finds the frame in the file
+        (FFmpeg's decodes it): a frame nobody analyses costs nothing. FFmpeg's stays if this one refuses."""
+        mjpeg = cv2.VideoCapture(path, cv2.CAP_OPENCV_MJPEG)
+        if mjpeg.isOpened():
+            self.capture.release()
+            self.capture = mjpeg
+        else:
+            mjpeg.release()
+
+    def grab(self) -> bool:
+        """Take the next frame from the source without converting it; False at the end of a file. Raises
+        SourceError when a stream or device stops delivering frames."""
+        if not self.capture.grab():
             if self.is_file:
-                return None
+                return False
             raise SourceError(f"{self.label}: stopped delivering frames")
+        self.position += 1
+        return True
+
+    @property
+    def at_last_frame(self) -> bool:
+        """The frame grabbed last is the last frame the file declares (none can be converted after it)."""
+        return self.frame_count > 0 and self.position >= self.frame_count
+
+    def retrieve(self) -> Frame | None:
+        """The frame grabbed last as an image, None if it cannot be converted; raises SourceError if it is
+        over the size limit."""
+        ok, frame = self.capture.retrieve()
+        if not ok or frame is None:
+            return None
         height, width = frame.shape[:2]
         if width * height > self.max_pixels:  # the stream changed its resolution
             raise self._too_large(width, height)
@@ -172,7 +259,9 @@ class CaptureReader:
 
 
 class Camera:
-    """Reads one source on a daemon thread, keeping only the newest frame."""
+    """Reads one source on a daemon thread, keeping only the newest frame. The consumer takes frames with
+    next_frame() and tells which it analysed with analysed(), whose figures are analysed_fps and
+    analysed_age_s."""
 
     def __init__(
         self,
@@ -185,8 +274,14 @@ class Camera:
         self._on_status = on_status
         self._condition = threading.Condition()
         self._latest: CameraFrame | None = None
+        """The newest frame converted to an image (of a reader that grabs, not always the newest grabbed)."""
+        self._taken = 0
+        """The number of the last frame next_frame() handed out."""
         self._number = 0
         """The number of the last frame read, counted on across reopenings of the source."""
+        self._read = RateWindow()
+        self._analysed = RateWindow()
+        self._analysed_age: float | None = None
         self._status = CameraStatus(settings.name, "starting")
         self._traced: str | None = None
         """The last unexpected failure logged with its traceback."""
@@ -214,8 +309,35 @@ class Camera:
 
     @property
     def status(self) -> CameraStatus:
+        """The camera's status; its fps as of the last frame read, or of now once none came for a second (a
+        camera that slowed down or stopped shows it)."""
         with self._condition:
+            now = time.monotonic()
+            last = self._read.last
+            if last is not None and now - last > 1.0 and self._status.fps:
+                self._status = replace(self._status, fps=self._read.rate(now))
             return self._status
+
+    def analysed(self, frame: CameraFrame, at: float | None = None) -> None:
+        """The consumer analysed `frame` (at `at` on the monotonic clock, default now): counted in
+        analysed_fps, its age then kept as analysed_age_s."""
+        at = time.monotonic() if at is None else at
+        with self._condition:
+            self._analysed.add(at)
+            self._analysed_age = max(at - frame.seen_at, 0.0)
+
+    @property
+    def analysed_fps(self) -> float:
+        """Frames of this camera analysed per second over the last RATE_WINDOW_S (as analysed() was told)."""
+        with self._condition:
+            return self._analysed.rate(time.monotonic())
+
+    @property
+    def analysed_age_s(self) -> float | None:
+        """How old the last analysed frame was when its analysis ended (s, from the moment the camera read
+        it: seen_at); None before the first."""
+        with self._condition:
+            return None if self._analysed_age is None else round(self._analysed_age, 4)
 
     def next_frame(self, after: int, timeout: float) -> CameraFrame | None:
         """The newest frame numbered above `after`, waiting up to timeout seconds; None if none came.
@@ -233,6 +355,7 @@ class Camera:
             skipped = frame.number - after - 1
             if skipped > 0:
                 self._status = replace(self._status, frames_dropped=self._status.frames_dropped + skipped)
+            self._taken = max(self._taken, frame.number)
             return frame
 
     def _set_status(self, **changes: object) -> None:
@@ -269,37 +392,71 @@ class Camera:
     def _read_all(self, reader: FrameReader, backoff: Backoff) -> bool:
         """Read until the source ends (True) or stop is asked (False); raises SourceError on a failure.
         The first frame resets the backoff: a stream that worked again is retried after the shortest delay
-        when it next fails, while one that opens but never delivers a frame keeps backing off."""
+        when it next fails, while one that opens but never delivers a frame keeps backing off.
+
+        A CaptureReader's frames are grabbed, and converted only when wanted (_wanted). A stream or device is
+        grabbed as fast as it sends, and with max_fps the frames that come sooner than 1/max_fps after the
+        last one kept are discarded; a file (and any other reader) is read at max_fps, or at the file's own
+        rate, by waiting between frames."""
         interval = 1.0 / self.settings.max_fps if self.settings.max_fps > 0 else 0.0
-        if interval == 0.0 and isinstance(reader, CaptureReader) and reader.file_fps:
-            interval = 1.0 / reader.file_fps
-        started = time.monotonic()
-        next_due = started
+        capture = reader if isinstance(reader, CaptureReader) else None
+        live = capture is not None and not capture.is_file
+        if interval == 0.0 and capture is not None and capture.file_fps:
+            interval = 1.0 / capture.file_fps
+        pace = 0.0 if live else interval
+        next_due = time.monotonic()
         read_here = 0
         while not self._stop.is_set():
-            image = reader.read()
-            if image is None:
-                return True
-            self._number += 1
+            if capture is not None:
+                if not capture.grab():
+                    return True
+                seen_at = time.monotonic()
+                if live and seen_at < next_due:
+                    continue  # max_fps: discarded unconverted, the stream kept current
+                if live and interval:  # on a grid of 1/max_fps, started again after a stall
+                    next_due += interval
+                    if next_due <= seen_at:
+                        next_due = seen_at + interval
+                wanted = self._wanted(seen_at) or (capture.at_last_frame and not self.settings.loop)
+                image = capture.retrieve() if wanted else None
+            else:
+                image = reader.read()
+                if image is None:
+                    return True
+                seen_at = time.monotonic()
             read_here += 1
             if read_here == 1:
                 backoff.reset()
-            frame = CameraFrame(self.settings.name, self._number, time.time(), image)
-            with self._condition:
-                self._latest = frame
-                elapsed = max(time.monotonic() - started, 1e-6)
-                self._status = replace(
-                    self._status, frames_read=self._status.frames_read + 1, fps=round(read_here / elapsed, 2)
-                )
-                self._condition.notify_all()
-            if interval:
-                next_due += interval
+                with self._condition:
+                    self._read.clear()  # the rate of this opening
+            self._frame_read(image, seen_at)
+            if pace:
+                next_due += pace
                 delay = next_due - time.monotonic()
                 if delay > 0:
                     self._stop.wait(delay)
                 else:
                     next_due = time.monotonic()
         return False
+
+    def _wanted(self, now: float) -> bool:
+        """Whether the frame just grabbed should be converted: the consumer took the last converted one (or
+        there is none yet), or that one has waited longer than FRESH_S."""
+        with self._condition:
+            latest = self._latest
+            return latest is None or self._taken >= latest.number or now - latest.seen_at > FRESH_S
+
+    def _frame_read(self, image: Frame | None, seen_at: float) -> None:
+        """Count a frame read (grabbed), numbered; with its image, it becomes the newest frame."""
+        with self._condition:
+            self._number += 1
+            if image is not None:
+                self._latest = CameraFrame(self.settings.name, self._number, time.time(), image, seen_at)
+            self._read.add(seen_at)
+            self._status = replace(
+                self._status, frames_read=self._status.frames_read + 1, fps=self._read.rate(seen_at)
+            )
+            self._condition.notify_all()
 
     def _retry(self, failure: Exception, delay_s: float) -> None:
         """Report a failed source and wait delay_s before the next attempt. A failure other than a SourceError

@@ -29,6 +29,8 @@ class MjpegServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.stall_after: int | None = None
         self.stalls_end = threading.Event()
         self.release_spacing_s = 0.0
+        self.sent: dict[str, int] = {}
+        """Whole frames sent so far per stream, over all connections."""
         self._stalled = itertools.count()
 
     def url(self, name: str) -> str:
@@ -39,7 +41,8 @@ class _MjpegHandler(http.server.BaseHTTPRequestHandler):
     server: MjpegServer
 
     def do_GET(self) -> None:
-        frames = self.server.streams[self.path.strip("/").removesuffix(".mjpg")]
+        name = self.path.strip("/").removesuffix(".mjpg")
+        frames = self.server.streams[name]
         self.send_response(200)
         self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
         self.end_headers()
@@ -57,6 +60,7 @@ class _MjpegHandler(http.server.BaseHTTPRequestHandler):
                         return
                     self.wfile.write(head + jpeg + b"\r\n")
                     sent += 1
+                    self.server.sent[name] = self.server.sent.get(name, 0) + 1
                     time.sleep(0.05)
         except OSError:  # the client left
             pass

@@ -9,14 +9,17 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 
+from facefleet.agent import cameras
 from facefleet.agent.cameras import (
     MAX_FRAME_PIXELS,
     Camera,
+    CameraFrame,
     CameraSettings,
     CameraStatus,
     SourceError,
@@ -230,7 +233,7 @@ def test_frame_numbers_go_on_after_a_stream_is_reopened(mjpeg_server: MjpegServe
     latest = camera.next_frame(0, timeout=0.0)
     retries = [s for s in statuses if s.state == "retrying"]
     assert retries[0].error == f"{settings.source}: stopped delivering frames"
-    assert latest is not None and latest.number == camera.status.frames_read > 4
+    assert latest is not None and 4 < latest.number <= camera.status.frames_read  # decoded on demand
 
 
 def test_cameras_stalled_inside_a_read_are_stopped_together_within_one_timeout(
@@ -255,3 +258,96 @@ def test_cameras_stalled_inside_a_read_are_stopped_together_within_one_timeout(
     assert took < len(cameras) * timeout < read_s  # waited in turn, the cameras would take 3 timeouts
     assert stop_cameras(cameras, timeout=5) == []
     assert [c.status.state for c in cameras] == ["stopped"] * 3
+
+
+def test_frames_nobody_takes_are_grabbed_but_not_converted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A camera the agent seldom gets to converts the frames it hands out, not every frame of the source: here
+    (no refresh of a frame left waiting) one ahead of what the consumer took."""
+    monkeypatch.setattr(cameras, "FRESH_S", 1e9, raising=False)
+    video = write_video(tmp_path / "busy.avi", numbered_frames(30), 30.0)
+    converted = []
+
+    def counting(settings: CameraSettings) -> Any:
+        reader = open_reader(settings)
+        for name in ("read", "retrieve"):  # whatever turns a frame into an image
+            if hasattr(reader, name):
+                convert = getattr(reader, name)
+                setattr(reader, name, lambda convert=convert: converted.append(1) or convert())
+        return reader
+
+    camera = Camera(CameraSettings("busy", str(video), max_fps=300, loop=True), opener=counting).start()
+    taken = []
+    try:
+        for _ in range(3):
+            wait_for(lambda: camera.status.frames_read >= 40 * (len(taken) + 1))
+            frame = camera.next_frame(taken[-1] if taken else 0, timeout=5)
+            assert frame is not None
+            taken.append(frame.number)
+        read = camera.status.frames_read
+    finally:
+        camera.stop()
+    assert read >= 120 and taken == sorted(taken)
+    assert len(converted) <= len(taken) + 1
+
+
+def numbered_jpeg(index: int) -> bytes:
+    """A small JPEG carrying `index` (< 512) as three grey blocks, one per octal digit."""
+    image = np.zeros((16, 48, 3), np.uint8)
+    for place in range(3):
+        image[:, place * 16 : (place + 1) * 16] = (index >> (3 * place) & 7) * 32 + 16
+    ok, encoded = cv2.imencode(".jpg", image)
+    assert ok
+    return encoded.tobytes()
+
+
+def index_of(image: np.ndarray) -> int:
+    return sum(round((int(image[8, place * 16 + 8, 0]) - 16) / 32) << (3 * place) for place in range(3))
+
+
+def test_max_fps_on_a_stream_hands_out_fresh_frames_at_most_that_often(mjpeg_server: MjpegServer) -> None:
+    """A 20 frames/s stream read with max_fps = 5: the stream is read at its own rate and the frames between
+    discarded, so a frame handed out is one of the last few the camera sent, not one that waited in the
+    socket while the reader slept (3 of 4 frames queued: ever older frames, stamped as fresh)."""
+    mjpeg_server.streams["door"] = [numbered_jpeg(i) for i in range(512)]
+    camera = Camera(CameraSettings("door", mjpeg_server.url("door"), max_fps=5)).start()
+    behind = []
+    try:
+        last = 0
+        while len(behind) < 20:
+            frame = camera.next_frame(last, timeout=5)
+            assert frame is not None, camera.status
+            sent = mjpeg_server.sent["door"]
+            behind.append(sent - 1 - index_of(frame.image))
+            last = frame.number
+        read, sent = camera.status.frames_read, mjpeg_server.sent["door"]
+    finally:
+        camera.stop()
+    assert sent >= 60  # 20 frames handed out at 5 a second of a 20 frames/s stream
+    assert read <= sent // 2  # the frames between discarded
+    assert max(behind[-10:]) <= 8, behind  # frames the camera sent lately, not seconds ago
+
+
+def test_rates_are_those_of_the_last_ten_seconds() -> None:
+    """A camera that sent 20 frames/s for 20 s, then 1 frame/s: its rate 20 s later is 1, not the mean since
+    it was opened (about 10)."""
+    from facefleet.agent.cameras import RateWindow
+
+    window = RateWindow(10.0)
+    times = [i / 20 for i in range(400)] + [20.0 + i for i in range(20)]
+    for at in times:
+        window.add(at)
+    assert window.rate(20.0 + 19) == 1.0
+    assert window.rate(20.0 + 19 + 30) == 0.0  # nothing for 30 s
+
+
+def test_a_camera_tells_its_analysed_rate_and_the_age_of_the_frames_analysed(tmp_path: Path) -> None:
+    camera = Camera(CameraSettings("door", str(tmp_path)))
+    assert (camera.analysed_fps, camera.analysed_age_s) == (0.0, None)
+    now = time.monotonic()
+    for step in range(6):  # 2 frames a second for the last 2.5 s, each analysed 0.3 s after it was read
+        at = now - 2.5 + step / 2
+        camera.analysed(CameraFrame("door", step + 1, time.time(), numbered_frames(1)[0], at - 0.3), at)
+    assert camera.analysed_age_s == pytest.approx(0.3)
+    assert 1.9 <= camera.analysed_fps <= 2.0  # 5 intervals in 2.5 s, up to the moment it is asked

@@ -10,11 +10,13 @@ import socket
 import ssl
 import stat
 import sys
+import time
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from facefleet.agent.publish.certificates import date_problem, read_validity
 from facefleet.agent.recognition.doors import (
     DOOR_DEFAULT_THRESHOLD,
     DOOR_THRESHOLDS,
@@ -554,6 +556,35 @@ class AgentConfig(StrictSection):
             _read(
                 "models.smoke_photo", self.models.smoke_photo, "a photo with one clear face", MAX_FILE_BYTES
             )
+
+    def client_certificates(self) -> dict[str, Path]:
+        """This device's certificates of the enabled sections, by config key ('server.cert_file',
+        'mqtt.cert_file')."""
+        found: dict[str, Path] = {}
+        if self.server.enabled and self.server.cert_file is not None:
+            found["server.cert_file"] = self.server.cert_file
+        if self.mqtt.enabled and self.mqtt.tls and self.mqtt.cert_file is not None:
+            found["mqtt.cert_file"] = self.mqtt.cert_file
+        return found
+
+    def certificate_date_problems(self, now: float | None = None) -> dict[str, str]:
+        """By config key, each client certificate that is expired, or not valid yet, at `now` (default: the
+        wall clock): the file, its date and the fix. `run` warns of them and runs on (doors decide
+        offline)."""
+        now = time.time() if now is None else now
+        problems = {}
+        for key, path in self.client_certificates().items():
+            validity = read_validity(path)
+            problem = None if validity is None else date_problem(key, path, validity, now, self.device())
+            if problem is not None:
+                problems[key] = problem
+        return problems
+
+    def check_certificate_dates(self) -> None:
+        """check-config: ConfigError for a client certificate that is expired or not valid yet."""
+        problems = self.certificate_date_problems()
+        if problems:
+            raise ConfigError("; ".join(problems.values()))
 
     def door_threshold(self, door: DoorConfig, model_id: str) -> DoorThreshold:
         """The threshold `door` applies to faces of embedding model `model_id`, and where it comes from."""

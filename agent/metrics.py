@@ -53,6 +53,8 @@ class AgentFigures:
     """agent and runtime versions."""
     frame_path: Mapping[str, Any] = field(default_factory=dict)
     """How frames are analysed: PathChooser.status() (mode, path, measuring, fps per path)."""
+    certificate_expiry_s: Mapping[str, float] = field(default_factory=dict)
+    """Seconds until each client certificate's notAfter (negative once expired), by link: server, mqtt."""
 
 
 class AgentMetrics:
@@ -171,6 +173,15 @@ def _families(f: AgentFigures) -> Iterable[CounterMetricFamily | GaugeMetricFami
     for name, documentation, connected in connections:
         if connected is not None:
             yield GaugeMetricFamily(name, documentation, value=float(connected))
+    expiry = GaugeMetricFamily(
+        "facefleet_agent_certificate_expiry_seconds",
+        "Seconds until this device's client certificate expires (negative once it has), by the link that "
+        "presents it (server, mqtt); the status's warnings name it from 30 days before",
+        labels=["kind"],
+    )
+    for kind, seconds in sorted(f.certificate_expiry_s.items()):
+        expiry.add_metric([kind], seconds)
+    yield expiry
     models = InfoMetricFamily(
         "facefleet_agent_model", "The model the agent runs for each task", labels=["task"]
     )

@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         "validate a config file",
         "facefleet-agent check-config /etc/facefleet/agent.toml   (exit 78 when invalid)",
         description="Validate an agent config file strictly, and the files it names as `run` reads them "
-        "(MQTT and [server] PEM files, the MQTT password file); with --json, print the effective settings, "
+        "(MQTT and [server] PEM files, the MQTT password file; a client certificate that is expired or not "
+        "valid yet is refused, which `run` only warns of); with --json, print the effective settings, "
         "each door's threshold per embedding model with where it comes from and its margin over the closest "
         "impostor score measured for the model.",
     )
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_config(context: Context | None, args: argparse.Namespace) -> int:
     config = load_config(args.file)
     config.check_files()
+    config.check_certificate_dates()  # `run` only warns: doors decide offline with an expired certificate
     if args.json:
         effective = config.model_dump(mode="json")
         for door, dumped in zip(config.doors, effective["doors"], strict=True):

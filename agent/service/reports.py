@@ -4,6 +4,7 @@ endpoint, and the health figures sent to the fleet server with every report."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from facefleet.agent.cameras import Camera
@@ -11,6 +12,7 @@ from facefleet.agent.domain.clock import clock_warning
 from facefleet.agent.domain.fleet import SYNC_HEALTH
 from facefleet.agent.domain.records import Person
 from facefleet.agent.metrics import AgentFigures, CameraFigures
+from facefleet.agent.publish.certificates import Validity, expiry_warning, read_validity
 from facefleet.agent.publish.events import Versions
 from facefleet.agent.publish.mqtt import MqttLink
 from facefleet.agent.service.command_desk import CommandDesk
@@ -115,7 +117,7 @@ def figures(agent: ReportedAgent) -> AgentFigures:
         outbox_pending=store.outbox.count() if link is not None else None,
         reports_pending=store.reports.count() if sync is not None else None,
         reports_refused=store.reports.refused() if sync is not None else None,
-        clock_implausible=bool(warnings(agent)),
+        clock_implausible=_clock_warning(agent) is not None,
         snapshots_pending=store.snapshots.count() if sync is not None else None,
         mqtt_connected=link.connected if link is not None else None,
         server_connected=sync.connected if sync is not None else None,
@@ -124,6 +126,9 @@ def figures(agent: ReportedAgent) -> AgentFigures:
         people=len(agent.people),
         versions={"agent": versions.agent, "openvino": versions.openvino},
         frame_path=agent.frame_path.status(),
+        certificate_expiry_s={
+            kind: validity.seconds_left(time.time()) for kind, (_, validity) in certificates(agent).items()
+        },
     )
 
 
@@ -162,7 +167,32 @@ def health(agent: ReportedAgent) -> dict[str, float]:
 
 def warnings(agent: ReportedAgent) -> list[str]:
     """What someone should put right on the box, each naming the fix: a wall clock that cannot be believed
-    (before the agent's release, or the server refuses events for their time)."""
+    (before the agent's release, or the server refuses events for their time); a client certificate
+    ([server], [mqtt]) that expires within EXPIRY_WARNING_S (30 days), has expired or is not valid yet."""
+    now = time.time()
+    found = [_clock_warning(agent)]
+    for kind, (path, validity) in certificates(agent).items():
+        found.append(expiry_warning(f"{kind}.cert_file", path, validity, now, agent.device_id))
+    return [warning for warning in found if warning is not None]
+
+
+def certificates(agent: ReportedAgent) -> dict[str, tuple[Path, Validity]]:
+    """This device's client certificates by link ('server', 'mqtt'): the file and its validity. The MQTT
+    link's is the one its next connection presents; the server's is read from its file, which the link
+    reads again at each reconnect."""
+    found: dict[str, tuple[Path, Validity]] = {}
+    sync, link = agent.sync, agent.link
+    if sync is not None:
+        validity = read_validity(sync.settings.cert_file)
+        if validity is not None:
+            found["server"] = (sync.settings.cert_file, validity)
+    if link is not None and link.settings.cert_file is not None:
+        validity = link.certificate_validity()
+        if validity is not None:
+            found["mqtt"] = (link.settings.cert_file, validity)
+    return found
+
+
+def _clock_warning(agent: ReportedAgent) -> str | None:
     refusal = agent.sync.clock_refusal if agent.sync is not None else None
-    warning = clock_warning(time.time(), refusal)
-    return [] if warning is None else [warning]
+    return clock_warning(time.time(), refusal)

@@ -3,6 +3,7 @@ the model updater that takes rollouts."""
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
@@ -16,11 +17,15 @@ from facefleet.vision.pipeline import FaceAnalyzer
 if TYPE_CHECKING:
     from facefleet.agent.fleet.sync import SyncSettings
 
+log = logging.getLogger(__name__)
+
 
 def mqtt_settings(config: AgentConfig, prefix: str, device_id: str) -> MqttSettings:
-    """How to reach the broker. A TLS file that cannot be read raises ConfigError naming its key."""
+    """How to reach the broker. A TLS file that cannot be read raises ConfigError naming its key; a client
+    certificate out of its dates is logged as an error only."""
     mqtt = config.mqtt
     ca_file, cert_file, key_file = mqtt.tls_files()
+    _warn_of_dates(config, "mqtt.cert_file", "the broker")
     return MqttSettings(
         host=mqtt.host,
         port=mqtt.port,
@@ -47,12 +52,14 @@ def sync_settings(
     precisions: Mapping[str, str],
 ) -> SyncSettings:
     """How to reach the fleet server and what to tell it at Register. models: model id per task;
-    precisions: what each model runs at. A TLS file that cannot be read raises ConfigError naming its key."""
+    precisions: what each model runs at. A TLS file that cannot be read raises ConfigError naming its key; a
+    client certificate out of its dates is logged as an error only."""
     # imported here: gRPC and cryptography cost an agent without [server] about 17 MB of memory
     from facefleet.agent.fleet.sync import SyncSettings
 
     server = config.server
     ca_file, cert_file, key_file = server.tls_files()
+    _warn_of_dates(config, "server.cert_file", "the fleet server")
     capabilities = [f"openvino:{config.runtime.device}"]
     capabilities += ["expression"] if "expression" in models else []
     capabilities += ["access"] if config.doors else []
@@ -74,6 +81,14 @@ def sync_settings(
         keepalive_s=server.keepalive_s,
         health_interval_s=config.service.status_interval_s,
     )
+
+
+def _warn_of_dates(config: AgentConfig, key: str, peer: str) -> None:
+    """An expired or not yet valid client certificate: `run` goes on (doors decide offline, events wait in
+    their queues) but says so loudly, as check-config refuses it."""
+    problem = config.certificate_date_problems().get(key)
+    if problem is not None:
+        log.error("%s; until then %s refuses this device: the agent runs on without it", problem, peer)
 
 
 def model_updater(

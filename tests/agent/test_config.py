@@ -13,13 +13,16 @@ import stat
 import subprocess
 import sys
 import typing
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
 from facefleet.agent.cli.main import main
 from facefleet.agent.config import AgentConfig, CameraConfig, DoorConfig, load_config, write_threshold
+from facefleet.agent.service.wiring import mqtt_settings, sync_settings
 from facefleet.core.config import group_users
 from facefleet.core.errors import EXIT_CONFIG, EXIT_OK, ConfigError
 from facefleet.server.api import certs
@@ -122,6 +125,66 @@ def test_check_config_refuses_a_key_that_does_not_match_the_certificate(
     text = mqtt_tls(tls / "ca.pem", tls / "devices/door-1.pem", tls / "ca.key")
     code, output = check_config(tmp_path, capsys, text)
     assert code == EXIT_CONFIG and "mqtt.key_file" in output and "does not match" in output
+
+
+def dated_device(tls: Path, out_dir: Path, days_from_now: float, days: int = 1) -> certs.Issued:
+    """A certificate for door-1 valid `days` days from `days_from_now` days from now (negative: past)."""
+    not_before = datetime.now(timezone.utc) + timedelta(days=days_from_now)
+    return certs.issue_device(tls, "door-1", out_dir=out_dir, days=days, not_before=not_before)
+
+
+@pytest.mark.parametrize("section", ["mqtt", "server"])
+@pytest.mark.parametrize(
+    ("days_from_now", "message"),
+    [
+        (
+            -3,
+            "the certificate expired at {not_after} and is refused: install the renewed certificate and "
+            "key from `facefleet-server certs renew door-1` on the server host",
+        ),
+        (2, "the certificate is valid only from {not_before} but this box's clock reads"),
+    ],
+    ids=["expired", "not-yet-valid"],
+)
+def test_check_config_refuses_a_client_certificate_out_of_its_dates_which_run_only_warns_of(
+    tls: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    section: str,
+    days_from_now: int,
+    message: str,
+) -> None:
+    device = dated_device(tls, tmp_path / "device", days_from_now)
+    text = (mqtt_tls if section == "mqtt" else server_tls)(tls / "ca.pem", device.cert, device.key)
+    code, output = check_config(tmp_path, capsys, 'device_id = "door-1"\n' + text)
+    assert code == EXIT_CONFIG
+    assert device.not_before is not None and device.not_after is not None
+    dates = {
+        "not_before": device.not_before.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "not_after": device.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    assert f"{section}.cert_file {device.cert}: {message.format(**dates)}" in output
+    assert "set the clock (NTP" in output
+    # `run` reads the same files and goes on (doors decide offline), saying why the link is refused
+    config = load_config(tmp_path / "agent.toml")
+    if section == "mqtt":
+        settings: Any = mqtt_settings(config, "facefleet/door-1/", "door-1")
+    else:
+        settings = sync_settings(config, "door-1", "sface@2021dec", {}, {})
+    assert settings.cert_file == device.cert
+    (logged,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert logged.startswith(f"{section}.cert_file {device.cert}: ") and "the agent runs on" in logged
+
+
+def test_check_config_accepts_a_client_certificate_that_expires_soon(
+    tls: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    device = dated_device(tls, tmp_path / "device", -1, days=2)  # a day left: warned of by the status only
+    text = mqtt_tls(tls / "ca.pem", device.cert, device.key)
+    text += server_tls(tls / "ca.pem", device.cert, device.key)
+    code, output = check_config(tmp_path, capsys, 'device_id = "door-1"\n' + text)
+    assert code == EXIT_OK, output
 
 
 def test_check_config_refuses_a_missing_password_file(

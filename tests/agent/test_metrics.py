@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from facefleet.agent.config import AgentConfig
-from facefleet.agent.metrics import AgentMetrics
+from facefleet.agent.metrics import AgentFigures, AgentMetrics
 from facefleet.vision.pipeline import FaceAnalyzer, FramePipeline
 from tests.agent.test_service import state_dir  # noqa: F401 (a fixture)
 from tests.mosquitto import Mosquitto
@@ -93,6 +93,16 @@ def test_metrics_listen_is_validated() -> None:
         AgentConfig.model_validate({"metrics": {"listen": "9108"}})
     with pytest.raises(ValueError, match="log_format"):
         AgentConfig.model_validate({"log_format": "xml"})
+
+
+def test_certificate_expiry_is_a_gauge_per_link() -> None:
+    figures = AgentFigures(certificate_expiry_s={"server": -5.0, "mqtt": 86400.0})
+    registry = AgentMetrics(lambda: figures).registry
+    name = "facefleet_agent_certificate_expiry_seconds"
+    assert registry.get_sample_value(name, {"kind": "mqtt"}) == 86400.0
+    assert registry.get_sample_value(name, {"kind": "server"}) == -5.0
+    none = AgentMetrics(lambda: AgentFigures()).registry  # no client certificate: no sample
+    assert none.get_sample_value(name, {"kind": "mqtt"}) is None
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,10 @@ from facefleet.agent.service.loop import AgentService
 from facefleet.agent.service.reports import CAMERA_HEALTH
 from facefleet.link.checks import MAX_HEALTH_ENTRIES, MAX_HEALTH_KEY_CHARS, check_health
 from facefleet.link.events import Event
+from facefleet.server.api import certs
 from facefleet.vision.models.store import ModelStore
+
+EXPIRY = "facefleet_agent_certificate_expiry_seconds"
 
 
 def agent(tmp_path: Path, model_store: ModelStore, model_cache: Path, cameras: list[str]) -> AgentService:
@@ -147,6 +150,50 @@ def test_a_clock_before_the_release_is_warned_of_in_the_status_and_the_metrics(
     assert warning.startswith("the wall clock reads 1970-01-01T00:00:05Z, before 2026-01-01T00:00:00Z")
     assert warning.endswith("set the clock (NTP: chrony or systemd-timesyncd)")
     assert figures.clock_implausible and gauge == 1.0
+
+
+def test_client_certificates_near_or_past_expiry_are_warned_of_in_the_status_and_the_metrics(
+    tmp_path: Path, model_store: ModelStore, model_cache: Path
+) -> None:
+    """[mqtt] with a certificate that expires in 10 days, [server] with one that expired: both are in the
+    status's warnings with the fix, and the metric gives the seconds left; the clock is not blamed."""
+    tls = tmp_path / "tls"
+    certs.init_ca(tls, server_names=["127.0.0.1"])
+    now = datetime.now(timezone.utc)
+    soon = certs.issue_device(
+        tls, "door-box", out_dir=tmp_path / "mqtt", days=20, not_before=now - timedelta(days=10)
+    )
+    expired = certs.issue_device(
+        tls, "door-box", out_dir=tmp_path / "server", days=1, not_before=now - timedelta(days=2)
+    )
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "models").symlink_to(model_store.root, target_is_directory=True)
+    (state / "cache").symlink_to(model_cache, target_is_directory=True)
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'device_id = "door-box"\n[metrics]\nlisten = ""\n'
+        f'[mqtt]\nhost = "127.0.0.1"\ntls = true\nca_file = "{tls / "ca.pem"}"\n'
+        f'cert_file = "{soon.cert}"\nkey_file = "{soon.key}"\n'
+        f'[server]\nenabled = true\naddress = "127.0.0.1:7443"\nca_file = "{tls / "ca.pem"}"\n'
+        f'cert_file = "{expired.cert}"\nkey_file = "{expired.key}"\n'
+    )
+    service = AgentService(load_config(config), state)  # not running: nothing connects
+    try:
+        warnings, figures = service.status()["warnings"], service.figures()
+        registry = service.metrics.registry
+        gauge = {kind: registry.get_sample_value(EXPIRY, {"kind": kind}) for kind in ("mqtt", "server")}
+    finally:
+        service.store.close()
+    assert soon.not_after is not None and expired.not_after is not None
+    server, mqtt = warnings
+    assert mqtt.startswith(f"mqtt.cert_file {soon.cert}: the certificate expires at ")
+    assert "in 10.0 days" in mqtt and "`facefleet-server certs renew door-box` on the server host" in mqtt
+    assert server.startswith(f"server.cert_file {expired.cert}: the certificate expired at ")
+    assert not figures.clock_implausible
+    assert gauge["mqtt"] == pytest.approx(soon.not_after.timestamp() - time.time(), abs=60)
+    assert gauge["server"] == pytest.approx(expired.not_after.timestamp() - time.time(), abs=60)
+    assert gauge["server"] is not None and gauge["server"] < 0
 
 
 def test_the_longest_camera_name_fits_every_per_camera_key() -> None:

@@ -107,9 +107,12 @@ def test_scraped_counters_move_with_reports_watch_streams_and_calls(
     for state in ("preparing", "active", "paused", "rolled_back"):
         assert ("facefleet_server_rollouts", (("state", state),)) in during
     assert not [key for key in during if key[0] == "facefleet_server_db_pool"]  # SQLite has no pool
-    # no id is a label: every label value is a method, code, outcome or state
+    # no id is a label: every label value is a method, code, outcome, state or [tls] file key
     labels = {name for (_, pairs) in during for name, _ in pairs}
-    assert labels <= {"method", "code", "outcome", "state", "le", "route"}
+    assert labels <= {"method", "code", "outcome", "state", "le", "route", "file"}
+    tls = "facefleet_server_tls_not_after_seconds"
+    files = {dict(pairs)["file"] for (name, pairs) in during if name == tls}
+    assert files == {"server_cert", "ca_cert"}
 
 
 async def _settled(harness: Harness, port: int) -> Samples:

@@ -21,7 +21,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from facefleet.link.events import AttributesResult, Decision, Event, EventKind, ExpressionResult
+from facefleet.link.events import (
+    ACCESS_DECISIONS,
+    FACE_DECISIONS,
+    AttributesResult,
+    Decision,
+    Event,
+    EventKind,
+    ExpressionResult,
+)
 from facefleet.server.domain.queries import (
     AttributeCount,
     AttributeCounts,
@@ -195,7 +203,23 @@ def expire_rollups(conn: Connection, before_us: int, after_us: int = 0) -> None:
         )
 
 
+DECISIONS_OF: dict[str, tuple[Decision, ...]] = {"face": FACE_DECISIONS, "access": ACCESS_DECISIONS}
+"""The decisions an event of each kind can have: facefleet.link.events.Event refuses any other, so no
+stored event has one."""
+
+
+def matches_nothing(flt: EventFilter) -> bool:
+    """Whether the filter's kinds and decisions exclude each other (kind access with decision unknown): no
+    event can match, and a query would read every event of the range (and of each kind) to find none."""
+    if not flt.kinds or not flt.decisions:
+        return False
+    possible = {decision for kind in flt.kinds for decision in DECISIONS_OF.get(kind, ())}
+    return possible.isdisjoint(flt.decisions)
+
+
 def list_events(conn: Connection, flt: EventFilter, cursor: EventCursor | None, limit: int) -> EventPage:
+    if matches_nothing(flt):
+        return EventPage((), None)
     after = (cursor.time_us, cursor.event_id) if cursor is not None else None
     upper = keyset.before(flt.end_us, after, "event_id")  # an index bound at any depth (keyset)
     where, params = _where(flt, "time_us", flt.start_us, flt.end_us, raw=True, upper=upper)
@@ -337,6 +361,8 @@ def _aggregate(
     over 30 days: PostgreSQL sums the expression distribution of 10M events in 63 ms in one statement
     against 94 ms a segment at a time; SQLite groups each segment faster on its own (daily counts per
     device, 1M events: 52 against 61 ms)."""
+    if matches_nothing(flt):
+        return {}
     usable = [
         (size, table)
         for size, table in rollups

@@ -1,5 +1,6 @@
 """What the event queries read, on both backends: counts stop at the rows one answer holds (fetching one row
-more at most)."""
+more at most), and filters no event can match (a kind with another kind's decision) are answered empty
+without reading a row."""
 
 from __future__ import annotations
 
@@ -131,3 +132,35 @@ def test_counts_past_the_rows_one_answer_holds_are_refused_having_fetched_one_ro
 
 def replace_devices(flt: EventFilter, *device_ids: str) -> EventFilter:
     return EventFilter(flt.start, flt.end, device_ids=device_ids)
+
+
+def test_a_kind_with_another_kinds_decision_is_answered_empty_without_reading_events(state: State) -> None:
+    state.add_events(
+        [
+            event(1, "door-1", T, "face", "unknown"),
+            event(2, "door-1", T + timedelta(minutes=1), "access", "denied"),
+            event(3, "door-1", T + timedelta(minutes=2), "access", "granted"),
+        ]
+    )
+    span = (T - timedelta(days=3), T + timedelta(days=1))  # whole days: the rollups and the raw events
+
+    def flt(kinds: tuple[str, ...] = (), decisions: tuple[str, ...] = ()) -> EventFilter:
+        return EventFilter(*span, kinds=kinds, decisions=decisions)  # type: ignore[arg-type]
+
+    nothing = flt(("access",), ("unknown",))
+    with recorded(state) as seen:
+        assert state.list_events(nothing, None, 100).events == ()
+        assert state.count_events(nothing, 3600) == []
+        assert state.access_summary(flt(decisions=("unknown", "match"))) == []  # access events only
+        assert state.expression_counts(flt(decisions=("granted",)), per_device=True) == []  # face only
+        assert state.unknown_rates(flt(decisions=("denied",))) == []
+    tables = ("events", *(table for _, table in (*sql_events.ROLLUPS, *sql_events.ATTRIBUTE_ROLLUPS)))
+    assert [sql for sql, _ in seen if any(f"FROM {table} " in sql for table in tables)] == []
+
+    # a kind with one of its decisions, or several kinds, still match
+    assert [e.event_id for e in state.list_events(flt(("access",), ("denied",)), None, 100).events] == [
+        str(uuid.UUID(int=2))
+    ]
+    mixed = state.list_events(flt(("access", "face"), ("unknown", "granted")), None, 100).events
+    assert [e.event_id for e in mixed] == [str(uuid.UUID(int=3)), str(uuid.UUID(int=1))]
+    assert sum(c.count for c in state.count_events(flt(("access",), ("denied", "unknown")), 86400)) == 1

@@ -4,9 +4,12 @@ systemd notifications. After each connect to the broker the frame loop publishes
 Assistant discovery, the cameras' states) and removes what earlier runs left retained that the config no
 longer has (facefleet.agent.publish.retained).
 
-Frames are analysed as they come (latest frame wins per camera), one at a time or pipelined (the next
-frame's inference runs while the loop handles the last one's faces), whichever `[service] pipeline` and the
-measured frames/s choose; frames are handled in order either way. The outbox makes every event durable first.
+Frames are analysed as they come (latest frame wins per camera), the door cameras' first: each turn of the
+loop takes every door camera's new frame (several while a face is in view there), then one new frame of the
+other cameras in turn, so busy cameras never keep a door waiting for its evidence (_next_frames). One at a
+time or pipelined (the next frame's inference runs while the loop handles the last one's faces), whichever
+`[service] pipeline` and the measured frames/s choose; frames are handled in order either way. The outbox
+makes every event durable first.
 """
 
 from __future__ import annotations
@@ -82,6 +85,9 @@ for systemd to restart it with its models loaded afresh."""
 CAMERAS_STOP_S = 5.0
 """How long shutdown waits for the cameras' threads, all together: a stalled stream can hold its read for the
 camera's timeout_s, and systemd kills the agent 30 s after asking it to stop."""
+DOOR_FRAMES_IN_VIEW = 4
+"""Frames of a door's camera analysed in a row, while a face is in view there, before another camera's frame
+(one when nobody is): the door decides from several frames of the person in front of it."""
 MALLOC_ARENAS = 2
 """glibc malloc arenas of the agent process (glibc's default: 8 per core), unless MALLOC_ARENA_MAX is set."""
 
@@ -128,6 +134,12 @@ class AgentService:
                 for c in config.cameras
             }
             self.trackers = {name: Tracker(min_quality=config.matching.min_quality) for name in self.cameras}
+            watched = {door.camera for door in config.doors}
+            self._door_cameras = [name for name in self.cameras if name in watched]
+            """Cameras a door decides from: their frames are analysed before the other cameras'."""
+            self._other_cameras = [name for name in self.cameras if name not in watched]
+            self._turn = 0
+            """The index in _other_cameras of the camera whose new frame is taken next."""
             self.stop_event = threading.Event()
             self._stop_requested = False
             self.errors: list[str] = []
@@ -216,16 +228,7 @@ class AgentService:
                 self._apply_switches()
                 self._refresh_gallery()
                 self._publish_retained()
-                busy = False
-                for name, camera in self.cameras.items():
-                    frame = camera.next_frame(last_frame[name], timeout=0.0)
-                    if frame is not None:
-                        last_frame[name] = frame.number
-                        self._analyse(frame)
-                        busy = True
-                    elif camera.status.state in ("ended", "stopped") and self.trackers[name].active_tracks:
-                        self._settle()
-                        self._publish_track_events(name, self.trackers[name].finish(), time.time())
+                busy = self._next_frames(last_frame)
                 if not busy and self._pipeline.in_flight:
                     self._handle(self._advance(self._pipeline.poll), "pipelined")
                 now = time.monotonic()
@@ -240,6 +243,39 @@ class AgentService:
         finally:
             self._shutdown()
         return 0
+
+    def _next_frames(self, last_frame: dict[str, int]) -> bool:
+        """One turn of the frame schedule: every door camera's new frame (up to DOOR_FRAMES_IN_VIEW of them
+        while a face is in view there), then the next new frame of the other cameras, taken in turn. A door
+        gets a frame analysed after each other camera's frame however many cameras are busy, and the other
+        cameras keep at least one frame in 1 + DOOR_FRAMES_IN_VIEW × doors. Whether a frame was analysed."""
+        busy = False
+        for name in self._door_cameras:
+            for _ in range(DOOR_FRAMES_IN_VIEW if self.trackers[name].active_tracks else 1):
+                if not self._next_frame(name, last_frame):
+                    break
+                busy = True
+        others = self._other_cameras
+        for turn in range(len(others)):
+            name = others[(self._turn + turn) % len(others)]
+            if self._next_frame(name, last_frame):
+                self._turn = (self._turn + turn + 1) % len(others)
+                return True
+        return busy
+
+    def _next_frame(self, name: str, last_frame: dict[str, int]) -> bool:
+        """Analyse camera `name`'s newest frame if it has one not analysed yet (whether it had); a camera
+        that ended or stopped has its tracks finished."""
+        camera = self.cameras[name]
+        frame = camera.next_frame(last_frame[name], timeout=0.0)
+        if frame is not None:
+            last_frame[name] = frame.number
+            self._analyse(frame)
+            return True
+        if camera.status.state in ("ended", "stopped") and self.trackers[name].active_tracks:
+            self._settle()
+            self._publish_track_events(name, self.trackers[name].finish(), time.time())
+        return False
 
     def _shutdown(self) -> None:
         notify.notify("STOPPING=1", "STATUS=stopping: flushing events")
@@ -325,6 +361,7 @@ class AgentService:
 
     def _process(self, frame: CameraFrame, analysed: list[Face]) -> None:
         self.frames_analysed[frame.camera] += 1
+        self.cameras[frame.camera].analysed(frame)
         faces = [f for f in analysed if f.embedding is not None]
         if any(face.embedding_model != self.model_id for face in faces):  # never compare across models
             self.model_mismatches += 1

@@ -15,6 +15,7 @@ import contextlib
 import ipaddress
 import os
 import socket
+import stat
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -278,10 +279,21 @@ def _write(target: Issued, cert: x509.Certificate, key: ec.EllipticCurvePrivateK
 
 
 def _replace(path: Path, data: bytes, mode: int) -> None:
+    """Write `path` anew through a temporary file. A file it replaces keeps its owner, group and mode
+    (within `mode` plus group read: a key the service's group reads stays readable to it after a renewal by
+    root); a new file gets `mode`, owned by the user running the command."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        current: os.stat_result | None = path.stat()
+    except FileNotFoundError:
+        current = None
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as handle:
+            if current is not None:
+                mode = stat.S_IMODE(current.st_mode) & (mode | 0o040)
+                if (current.st_uid, current.st_gid) != (os.geteuid(), os.getegid()):
+                    os.fchown(handle.fileno(), current.st_uid, current.st_gid)
             os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()

@@ -4,6 +4,8 @@ change which devices the server admits, each change in the admin audit log."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +131,28 @@ def test_certs_server_keeps_the_names_of_the_current_certificate_and_refuses_to_
     assert sans(server) == ["fleet.example.org", "10.0.0.5", "fleet2.lan"]
     code, out, _ = run_cli(capsys, *state, "certs", "server", "--server-name", "new.lan", "--force", "--json")
     assert (code, json.loads(out)["names"], sans(server)) == (EXIT_OK, ["new.lan"], ["new.lan"])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="hands the TLS files to another user, as root does on a site")
+def test_certs_server_renewed_by_root_keeps_the_owner_group_and_mode_of_the_files_it_replaces(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = ["--state-dir", str(tmp_path)]
+    assert run_cli(capsys, *state, "certs", "init", "--server-name", "fleet.example.org")[0] == EXIT_OK
+    tls = tmp_path / "tls"
+    service = 65534  # the service's user and group (nobody, nogroup)
+    for name, mode in (("server.key", 0o640), ("server.pem", 0o644)):
+        os.chown(tls / name, service, service)
+        os.chmod(tls / name, mode)
+    first = serial_of(tls / "server.pem")
+    assert run_cli(capsys, *state, "certs", "server")[0] == EXIT_OK
+    assert serial_of(tls / "server.pem") != first
+    for name, mode in (("server.key", 0o640), ("server.pem", 0o644)):
+        now = (tls / name).stat()
+        assert (now.st_uid, now.st_gid, stat.S_IMODE(now.st_mode)) == (service, service, mode), name
+    os.chmod(tls / "server.key", 0o664)  # group write and world read are never carried over to a key
+    assert run_cli(capsys, *state, "certs", "server")[0] == EXIT_OK
+    assert stat.S_IMODE((tls / "server.key").stat().st_mode) == 0o640
 
 
 def test_certs_server_writes_the_configured_tls_files(

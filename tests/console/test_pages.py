@@ -423,3 +423,31 @@ def test_long_unbroken_names_wrap_and_keep_the_actions_on_screen(consoles: Conso
     table = main(page).get_by_role("table").filter(has=page.get_by_role("columnheader", name="Score"))
     expect(table.locator(f'tr[data-event-id="{seen.event_id}"]')).to_contain_text(name)
     fits(table)
+
+
+def test_the_next_people_page_asked_for_while_a_search_is_typed_is_the_listed_ones(
+    consoles: Consoles, server: Server
+) -> None:
+    """Next clicked within the search's pause after typing: the page tokens were issued for the listing on
+    screen, so Next continues that listing (no refused token), and the search then starts again from its
+    first page. The page's clock is Playwright's, held while the search waits."""
+    for n in range(30):
+        state_of(server).add_person(Person(f"pager-{n:02d}", display_name=f"Pager {n:02d}"), [], utc_now())
+    admin = consoles.new()
+    page = admin.page
+    page.clock.install()
+    admin.open()
+    admin.sign_in(server.harness.admin_token)
+    admin.go("People")
+    pages = main(page).get_by_role("group", name="People pages")
+    expect(pages.get_by_text("Page 1")).to_be_visible()
+    page.clock.pause_at(int(page.evaluate("Date.now()")) + 1_000)
+    main(page).get_by_label("Search").fill("nobody-by-this-name")
+    with page.expect_response("**/api/people?*") as answered:
+        pages.get_by_role("button", name="Next").click()
+    assert answered.value.status == 200, answered.value.text()
+    expect(pages.get_by_text("Page 2")).to_be_visible()
+    expect(main(page).get_by_role("alert")).to_have_count(0)
+    page.clock.run_for(300)  # the search's pause ends
+    expect(main(page).get_by_text("Nobody matches the search.")).to_be_visible()
+    expect(main(page).get_by_role("alert")).to_have_count(0)

@@ -28,6 +28,7 @@ export function render(ctx) {
   const { main, signal, notify } = ctx;
   let people = null;
   const tokens = ['']; // page_token of each page seen so far: tokens[i] opens page i
+  let filter = { q: '', group: '' }; // what the tokens were issued for: typing changes it only when the search restarts
   let page = 0;
   let nextToken = '';
   let loads = 0;
@@ -64,7 +65,7 @@ export function render(ctx) {
     replace(body, people.map(row));
     wrap.hidden = people.length === 0;
     empty.hidden = people.length !== 0;
-    const filtered = search.value.trim() || group.value.trim();
+    const filtered = filter.q || filter.group;
     empty.textContent = filtered ? 'Nobody matches the search.' : 'Nobody is enrolled yet: enrol someone below.';
     const first = page * PAGE_SIZE;
     count.textContent = people.length
@@ -80,8 +81,8 @@ export function render(ctx) {
   const load = async (index = 0) => {
     const mine = ++loads;
     try {
-      const answer = await get('/api/people', { page_size: PAGE_SIZE, page_token: tokens[index],
-        q: search.value.trim(), group: group.value.trim() }, { signal });
+      const answer = await get('/api/people', { page_size: PAGE_SIZE, page_token: tokens[index], ...filter },
+        { signal });
       if (mine !== loads) return; // a newer search has started
       people = answer.people;
       page = index;
@@ -101,7 +102,11 @@ export function render(ctx) {
   let typing = 0;
   const restart = () => {
     clearTimeout(typing);
-    typing = setTimeout(() => { tokens.length = 1; load(0); }, 250);
+    typing = setTimeout(() => {
+      filter = { q: search.value.trim(), group: group.value.trim() };
+      tokens.length = 1;
+      load(0);
+    }, 250);
   };
   const changed = () => { forgetPeople(); return load(page); };
 

@@ -111,3 +111,14 @@ def check_task(task: str) -> str:
     if task not in TASKS:
         raise LinkError(f"task {task[:40]!r} is not one of {', '.join(TASKS)}")
     return task
+
+
+TASK_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+"""A task's name, known to this release or not (one a later release adds): 1–32 lower-case characters."""
+
+
+def check_task_name(task: str) -> str:
+    """A well-formed task name, whether or not this release knows the task (check_task)."""
+    if not TASK_NAME_PATTERN.fullmatch(task):
+        raise LinkError(f"task {task[:40]!r} is not a task name: 1–32 lower-case letters, digits, '_' or '-'")
+    return task

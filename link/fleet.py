@@ -86,6 +86,8 @@ class Welcome:
     server_time: datetime | None = None
     cluster_threshold: float | None = None
     """The cosine at which the server groups unknown faces (None: a server that does not say)."""
+    server_version: str = ""
+    """The server's software version ("" from a server that does not say)."""
 
     def __post_init__(self) -> None:
         threshold = self.cluster_threshold
@@ -106,8 +108,11 @@ def refused_for_time(reason: str) -> bool:
 @dataclass(frozen=True)
 class ReportOutcome:
     """Result of storing a batch: new events, repeats, and refused events (event_id, reason). Every event
-    not refused is durably stored."""
+    neither refused nor deferred is durably stored."""
 
     stored: int = 0
     duplicates: int = 0
     rejected: tuple[tuple[str, str], ...] = ()
+    deferred: tuple[tuple[str, str], ...] = ()
+    """(event_id, reason) of events the server cannot store yet (a kind or decision of a newer agent):
+    neither stored nor refused; the agent keeps them and reports them again later."""

@@ -4,12 +4,21 @@ statuses it reports. Sizes are bytes; sha256 is lowercase hex."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from facefleet.link.checks import MAX_LABEL_CHARS, MAX_REASON_CHARS, check_model_id, check_task, check_utc
+from facefleet.link.checks import (
+    MAX_LABEL_CHARS,
+    MAX_REASON_CHARS,
+    check_model_id,
+    check_task,
+    check_task_name,
+    check_utc,
+)
 from facefleet.link.errors import LinkError
+from facefleet.vision.models.tasks import TASKS
 
 Activation = Literal["downloading", "verifying", "active", "failed"]
 ACTIVATIONS: tuple[Activation, ...] = ("downloading", "verifying", "active", "failed")
@@ -96,7 +105,7 @@ class ModelStatus:
     final: bool = True
 
     def __post_init__(self) -> None:
-        check_task(self.task)
+        check_task_name(self.task)  # also one this release does not know: an agent refuses its release
         check_model_id(self.model_id)
         if self.state not in ACTIVATIONS:
             raise LinkError(f"model status of {self.model_id}: state must be one of {', '.join(ACTIVATIONS)}")
@@ -149,14 +158,58 @@ def check_model_precisions(precisions: dict[str, str]) -> dict[str, str]:
     return precisions
 
 
+def known_model_versions(versions: Mapping[str, str]) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The entries of an agent's model_versions whose task this release knows, and a note on each other
+    one (a task of a newer agent), for the caller to log."""
+    known = {task: model_id for task, model_id in versions.items() if task in TASKS}
+    notes = tuple(
+        f"model_versions[{task[:40]!r}]: task {task[:40]!r}" for task in versions if task not in TASKS
+    )
+    return known, notes
+
+
+def known_model_precisions(precisions: Mapping[str, str]) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The entries of an agent's model_precisions with a task and a precision this release knows, and a
+    note on each other one (a newer agent's task or precision, e.g. 'int4'), for the caller to log."""
+    known: dict[str, str] = {}
+    notes: list[str] = []
+    for task, label in precisions.items():
+        if task not in TASKS:
+            notes.append(f"model_precisions[{task[:40]!r}]: task {task[:40]!r}")
+        elif len(label) > MAX_LABEL_CHARS or not _PRECISION_LABEL.match(label):
+            notes.append(f"model_precisions[{task!r}]: precision {label[:40]!r}")
+        else:
+            known[task] = label
+    return known, tuple(notes)
+
+
+@dataclass(frozen=True)
+class UnsupportedRelease:
+    """A release of a task this agent does not know (a later release added it): not run, reported failed."""
+
+    task: str
+    model_id: str
+    rollout_id: int = 0
+
+    def refusal(self, agent_version: str) -> str:
+        """Why the agent refuses it, as its failed model status says."""
+        return (
+            f"this agent (version {agent_version or 'unknown'}) does not know the task {self.task!r} of "
+            f"model {self.model_id}: the server is newer; upgrade the agent to run it"
+        )
+
+
 @dataclass(frozen=True)
 class ModelAssignment:
-    """The whole set of releases one agent should run, as sent on its Watch stream: at most one per task."""
+    """The whole set of releases one agent should run, as sent on its Watch stream: at most one per task.
+    unsupported: releases of tasks this side does not know, left out of `releases` (facefleet.link.serde)."""
 
     releases: tuple[ModelRelease, ...] = ()
+    unsupported: tuple[UnsupportedRelease, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "releases", tuple(self.releases))
+        object.__setattr__(self, "unsupported", tuple(self.unsupported))
         tasks = [r.task for r in self.releases]
         if len(set(tasks)) != len(tasks):
             raise LinkError(f"model assignment names a task twice ({', '.join(sorted(tasks))})")

@@ -21,8 +21,16 @@ from facefleet.link.models import (
     ModelFile,
     ModelRelease,
     ModelStatus,
+    UnsupportedRelease,
+    known_model_precisions,
+    known_model_versions,
 )
 from facefleet.v1 import events_pb2, fleet_pb2, gallery_pb2, models_pb2
+from facefleet.vision.models.tasks import TASKS
+
+Notes = tuple[str, ...]
+"""What a decoder left out because this side does not know it (a newer peer's task, precision or enum
+value), one note each, e.g. "model_precisions['pose']: task 'pose'": for the caller to log."""
 
 WatchUpdate = GalleryDelta | Heartbeat | ModelAssignment
 """What a Watch stream carries."""
@@ -229,6 +237,20 @@ def event_to_proto(event: Event) -> events_pb2.Event:
     return message
 
 
+def newer_event_values(message: events_pb2.Event) -> str | None:
+    """The kind or decision of an event that this side does not know (a newer agent's), e.g. 'kind 3'; None
+    when it knows both (or one is missing: a malformed event, refused by event_from_proto)."""
+    unknown = [
+        f"{name} {value}"
+        for name, value, known in (
+            ("kind", message.kind, KINDS),
+            ("decision", message.decision, DECISIONS),
+        )
+        if value != 0 and value not in known
+    ]
+    return " and ".join(unknown) or None
+
+
 def event_from_proto(message: events_pb2.Event, default_device: str = "") -> Event:
     """An event; one without a device_id is default_device's (the reporting device)."""
     if message.kind not in KINDS:
@@ -292,20 +314,26 @@ def registration_to_proto(registration: Registration) -> fleet_pb2.RegisterReque
     )
 
 
-def registration_from_proto(request: fleet_pb2.RegisterRequest, device_id: str) -> Registration:
-    """The registration of device_id (the authenticated device, whatever the request names)."""
-    return Registration(
+def registration_from_proto(request: fleet_pb2.RegisterRequest, device_id: str) -> tuple[Registration, Notes]:
+    """The registration of device_id (the authenticated device, whatever the request names), without the
+    model statuses, versions and precisions of tasks, states or precisions this side does not know (a newer
+    agent's): those are left out, each with a note."""
+    statuses, ignored = statuses_from_proto(request.model_statuses, "model_statuses")
+    versions, unknown_versions = known_model_versions(dict(request.model_versions))
+    precisions, unknown_precisions = known_model_precisions(dict(request.model_precisions))
+    registration = Registration(
         device_id=device_id,
         agent_version=request.agent_version,
         hostname=request.hostname,
-        model_versions=dict(request.model_versions),
+        model_versions=versions,
         capabilities=tuple(request.capabilities),
         gallery_revision=request.gallery_revision,
         gallery_id=request.gallery_id,
-        model_statuses=statuses_from_proto(request.model_statuses, "model_statuses"),
+        model_statuses=statuses,
         groups=tuple(request.groups),
-        model_precisions=dict(request.model_precisions),
+        model_precisions=precisions,
     )
+    return registration, (*ignored, *unknown_versions, *unknown_precisions)
 
 
 def welcome_to_proto(welcome: Welcome) -> fleet_pb2.RegisterResponse:
@@ -317,6 +345,7 @@ def welcome_to_proto(welcome: Welcome) -> fleet_pb2.RegisterResponse:
         heartbeat_seconds=welcome.heartbeat_seconds,
         server_time=timestamp(welcome.server_time),
         cluster_threshold=welcome.cluster_threshold,
+        server_version=welcome.server_version,
     )
 
 
@@ -329,6 +358,7 @@ def welcome_from_proto(message: fleet_pb2.RegisterResponse) -> Welcome:
         heartbeat_seconds=message.heartbeat_seconds,
         server_time=_optional_time(message.server_time, "server_time"),
         cluster_threshold=message.cluster_threshold if message.HasField("cluster_threshold") else None,
+        server_version=message.server_version,
     )
 
 
@@ -337,6 +367,7 @@ def outcome_to_proto(outcome: ReportOutcome) -> fleet_pb2.ReportResultsResponse:
         rejected=[fleet_pb2.EventRejection(event_id=i, reason=r) for i, r in outcome.rejected],
         stored=outcome.stored,
         duplicates=outcome.duplicates,
+        deferred=[fleet_pb2.EventRejection(event_id=i, reason=r) for i, r in outcome.deferred],
     )
 
 
@@ -345,6 +376,7 @@ def outcome_from_proto(message: fleet_pb2.ReportResultsResponse) -> ReportOutcom
         stored=message.stored,
         duplicates=message.duplicates,
         rejected=tuple((r.event_id, r.reason) for r in message.rejected),
+        deferred=tuple((r.event_id, r.reason) for r in message.deferred),
     )
 
 
@@ -376,7 +408,15 @@ def assignment_to_proto(assignment: ModelAssignment) -> models_pb2.ModelAssignme
 
 
 def assignment_from_proto(message: models_pb2.ModelAssignment) -> ModelAssignment:
-    return ModelAssignment(tuple(release_from_proto(r) for r in message.releases))
+    """The releases of tasks this side knows; those of other tasks (added by a later release) go to
+    `unsupported`, each decoded on its own, so that one never costs the others or the Watch stream."""
+    releases, unsupported = [], []
+    for r in message.releases:
+        if r.task in TASKS:
+            releases.append(release_from_proto(r))
+        else:
+            unsupported.append(UnsupportedRelease(r.task[:40], r.model_id[:128], r.rollout_id))
+    return ModelAssignment(tuple(releases), tuple(unsupported))
 
 
 def status_to_proto(status: ModelStatus) -> models_pb2.ModelStatus:
@@ -394,6 +434,8 @@ def status_to_proto(status: ModelStatus) -> models_pb2.ModelStatus:
 def status_from_proto(message: models_pb2.ModelStatus, name: str) -> ModelStatus:
     if message.state not in ACTIVATIONS:
         raise LinkError(f"{name}: state is missing or unknown")
+    if message.task not in TASKS:
+        raise LinkError(f"{name}: task {message.task[:40]!r} is not one of {', '.join(TASKS)}")
     try:
         return ModelStatus(
             task=message.task,
@@ -408,7 +450,20 @@ def status_from_proto(message: models_pb2.ModelStatus, name: str) -> ModelStatus
         raise LinkError(f"{name}: {exc}") from None
 
 
-def statuses_from_proto(messages: Sequence[models_pb2.ModelStatus], field: str) -> tuple[ModelStatus, ...]:
+def statuses_from_proto(
+    messages: Sequence[models_pb2.ModelStatus], field: str
+) -> tuple[tuple[ModelStatus, ...], Notes]:
+    """The statuses, without those of a state or task this side does not know (a newer agent's), each left
+    out with a note; a status without a state is malformed (LinkError)."""
     if len(messages) > MAX_STATUSES:
         raise LinkError(f"{field}: {len(messages)} statuses; the limit is {MAX_STATUSES}")
-    return tuple(status_from_proto(m, f"{field}[{i}]") for i, m in enumerate(messages))
+    statuses, notes = [], []
+    for i, m in enumerate(messages):
+        name = f"{field}[{i}]"
+        if m.state != 0 and m.state not in ACTIVATIONS:
+            notes.append(f"{name}: state {m.state} ({m.model_id[:80]})")
+        elif m.task not in TASKS and m.state != 0:
+            notes.append(f"{name}: task {m.task[:40]!r} ({m.model_id[:80]})")
+        else:
+            statuses.append(status_from_proto(m, name))
+    return tuple(statuses), tuple(notes)

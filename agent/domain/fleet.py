@@ -20,6 +20,7 @@ SYNC_HEALTH = (
     "reports_pending",
     "reports_dropped",
     "reports_refused",
+    "reports_deferred",
     CLOCK_HEALTH,
     CERTIFICATE_EXPIRY_HEALTH,
 )

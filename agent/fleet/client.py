@@ -115,7 +115,9 @@ class FleetClient:
         """Send reports (with health figures); events that cannot even be converted count as refused."""
         request, refused = report_to_proto(self.device_id, reports, health)
         outcome = serde.outcome_from_proto(await self._stub.ReportResults(request, timeout=timeout))
-        return ReportOutcome(outcome.stored, outcome.duplicates, (*outcome.rejected, *refused))
+        return ReportOutcome(
+            outcome.stored, outcome.duplicates, (*outcome.rejected, *refused), outcome.deferred
+        )
 
     async def download(self, model_id: str, file: str, offset: int, timeout: float) -> AsyncIterator[bytes]:
         """The bytes of one file of a published model version from offset on, chunk by chunk; a chunk that

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,8 @@ from facefleet.agent.store.database import EmbeddingStore, Wiped
 from facefleet.agent.store.reports import PreparedReport, prepare_report
 from facefleet.core.backoff import Backoff
 from facefleet.core.errors import FaceFleetError
-from facefleet.link.checks import MAX_HEALTH_ENTRIES, MAX_HEALTH_KEY_CHARS
+from facefleet.link.checks import MAX_HEALTH_ENTRIES, MAX_HEALTH_KEY_CHARS, MAX_REASON_CHARS
+from facefleet.link.errors import LinkError
 from facefleet.link.fleet import (
     WATCH_END_MAX_AGE,
     WATCH_END_SHUTDOWN,
@@ -53,7 +55,7 @@ from facefleet.link.fleet import (
     refused_for_time,
 )
 from facefleet.link.gallery import GalleryDelta, join_parts
-from facefleet.link.models import ModelAssignment, ModelStatus
+from facefleet.link.models import MAX_STATUSES, ModelAssignment, ModelStatus
 
 if TYPE_CHECKING:
     from facefleet.agent.updates.updater import ModelUpdater
@@ -151,6 +153,16 @@ class FleetSync:
         refusal: the wall clock is off (domain.clock.clock_warning)."""
         self.wiped_at: float | None = None
         self.certificate_expires_at = certificate_expiry(self._tls[2])
+        self.server_version: str | None = None
+        """The server's software version, as its last Register said ("" when it did not say)."""
+        self.server_embedding_models: tuple[str, ...] = ()
+        """The embedding models the server enrols with, as its last Register said."""
+        self._deferred: set[str] = set()
+        """Event ids the server deferred in this session (a kind or decision it does not know yet): kept in
+        the queue and reported again at the next connection (a server upgrade reconnects)."""
+        self._refusals: dict[tuple[str, str, int], ModelStatus] = {}
+        """Failed statuses of assigned releases of tasks this agent does not know, by (task, model id,
+        rollout)."""
 
     # ---- life cycle ---------------------------------------------------------------------------------
 
@@ -216,7 +228,10 @@ class FleetSync:
             "reports_pending": self.store.reports.count(),
             "reports_dropped": self.store.reports.dropped(),
             "reports_refused": self.store.reports.refused(),
+            "reports_deferred": len(self._deferred),
             "last_error": self.last_error,
+            "server_version": self.server_version,
+            "server_embedding_models": list(self.server_embedding_models),
             "certificate_expires_at": self.certificate_expires_at,
             "gallery_wiped_at": self.wiped_at,
         }
@@ -333,8 +348,10 @@ class FleetSync:
             point = await asyncio.to_thread(self.store.sync.point)
             welcome = await client.register(self._registration(point), self.settings.rpc_timeout_s)
             self.server_revision = welcome.gallery_revision
+            self._deferred.clear()  # a new connection, maybe to an upgraded server: report them again
             await self._note_cluster_threshold(welcome.cluster_threshold)
             models = self.settings.models  # this session's: deltas are recorded as of these models
+            self._note_server(welcome, models)
             from_revision, gallery_id, why = resume_from(point, welcome, models, self._resync)
             if why is not None:  # expected when an embedding-model switch changes the watched models
                 level = logging.INFO if set(point.models) != set(models) else logging.WARNING
@@ -343,9 +360,12 @@ class FleetSync:
             stream = client.watch(from_revision, gallery_id, models)
             self.connected, self.connects = True, self.connects + 1
             log.info(
-                "server %s: connected as %s; watching from gallery revision %d (server at %d)",
+                "server %s (version %s): connected as %s (agent version %s); watching from gallery revision "
+                "%d (server at %d)",
                 self.settings.address,
+                welcome.server_version or "not said",
                 self.settings.device_id,
+                self.settings.agent_version,
                 from_revision,
                 welcome.gallery_revision,
             )
@@ -407,6 +427,7 @@ class FleetSync:
                 continue
             if isinstance(update, ModelAssignment):
                 self._assign(update)
+                await self._refuse_unsupported(client, update)
                 continue
             parts.append(update)
             if update.more_parts:
@@ -447,7 +468,7 @@ class FleetSync:
         while True:
             wake.clear()
             batch = await asyncio.to_thread(
-                self.store.reports.pending, batch_size, self.settings.report_bytes
+                self.store.reports.pending, batch_size, self.settings.report_bytes, frozenset(self._deferred)
             )
             idle = interval - (time.monotonic() - last_sent)
             if not batch and idle > 0:
@@ -475,13 +496,47 @@ class FleetSync:
                 address = self.settings.address
                 log.warning("server %s refused event %s: %s (dropped)", address, event_id, reason)
             self._note_clock(outcome.rejected, outcome.stored + outcome.duplicates)
+            self._note_deferred(outcome.deferred)
             self.reported += outcome.stored + outcome.duplicates
             self.refused += len(outcome.rejected)
             rejected = {event_id for event_id, _ in outcome.rejected}
             await asyncio.to_thread(
                 self.store.reports.delete,
-                [r.report_id for r in batch],
+                [r.report_id for r in batch if r.event_id not in self._deferred],
                 [r.report_id for r in batch if r.event_id in rejected],
+            )
+
+    def _note_deferred(self, deferred: Sequence[tuple[str, str]]) -> None:
+        """Keep the events the server deferred out of this session's reports (they stay queued)."""
+        if not deferred:
+            return
+        if not self._deferred:
+            log.warning(
+                "server %s cannot store %d events yet: event %s: %s (kept; reported again at the next "
+                "connection)",
+                self.settings.address,
+                len(deferred),
+                deferred[0][0],
+                deferred[0][1],
+            )
+        self._deferred.update(event_id for event_id, _ in deferred)
+
+    def _note_server(self, welcome: Welcome, models: Sequence[str]) -> None:
+        """Record the server's version and embedding models; warn when it enrols with none this agent
+        watches (its Watch then refuses them, or an older server sends people without embeddings)."""
+        if welcome.server_version != self.server_version:
+            log.info("server %s: version %s", self.settings.address, welcome.server_version or "not said")
+        self.server_version = welcome.server_version
+        self.server_embedding_models = welcome.embedding_models
+        missing = [m for m in models if m not in welcome.embedding_models]
+        if missing:
+            log.warning(
+                "server %s enrols with embedding models %s, not %s that this agent matches with: the gallery "
+                "has no embeddings of it, and no one is recognised until the agent runs one of the server's "
+                "models or the server rolls the agent's out",
+                self.settings.address,
+                ", ".join(welcome.embedding_models) or "(none)",
+                ", ".join(missing),
             )
 
     def _note_clock(self, rejected: Sequence[tuple[str, str]], taken: int) -> None:
@@ -505,6 +560,41 @@ class FleetSync:
             self.updater.assign(assignment)  # a release it no longer names is abandoned at its next step
         if self._assigned is not None:
             self._assigned.set()
+
+    async def _refuse_unsupported(self, client: FleetClient, assignment: ModelAssignment) -> None:
+        """Report each assigned release of a task this agent does not know (the server is newer) as failed
+        for good, once, naming the task and the fix, so that its rollout shows it; the session goes on."""
+        wanted = {(u.task, u.model_id, u.rollout_id): u for u in assignment.unsupported}
+        for key in [key for key in self._refusals if key not in wanted]:
+            del self._refusals[key]
+        new = []
+        for key, release in wanted.items():
+            if key in self._refusals:
+                continue
+            reason = release.refusal(self.settings.agent_version)
+            log.warning("server %s: model %s refused: %s", self.settings.address, release.model_id, reason)
+            try:
+                status = ModelStatus(
+                    release.task,
+                    release.model_id,
+                    release.rollout_id,
+                    "failed",
+                    reason[:MAX_REASON_CHARS],
+                    datetime.now(timezone.utc),
+                )
+            except LinkError as exc:  # a malformed task or model id: nothing to report it under
+                log.warning("server %s: the refusal is not reported (%s)", self.settings.address, exc)
+                continue
+            self._refusals[key] = status
+            new.append(status)
+        if new:
+            try:
+                await client.report_models(new, {}, {}, self.settings.rpc_timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                why = describe_rpc_error(exc, self.settings.rpc_timeout_s, connected=True)
+                log.warning(
+                    "server %s: refusal not reported (%s); sent again at Register", self.settings.address, why
+                )
 
     async def _note_cluster_threshold(self, threshold: float | None) -> None:
         """Record what Register said of the server's cluster threshold; a change has the model updater
@@ -607,9 +697,17 @@ class FleetSync:
             capabilities=settings.capabilities,
             gallery_revision=point.revision,
             gallery_id=point.gallery_id,
-            model_statuses=tuple(self.updater.statuses()) if self.updater else (),
+            model_statuses=self._statuses(),
             groups=settings.groups,
         )
+
+    def _statuses(self) -> tuple[ModelStatus, ...]:
+        """The updater's model statuses, then the refusals of releases of unknown tasks (at most
+        MAX_STATUSES)."""
+        statuses = self.updater.statuses() if self.updater else []
+        tasks = {s.task for s in statuses}
+        refusals = [s for s in self._refusals.values() if s.task not in tasks]
+        return (*statuses, *refusals)[:MAX_STATUSES]
 
     def _health(self, sending: int) -> dict[str, float]:
         """The queue's figures (beyond the `sending` events of this report) and the certificate's, then the
@@ -620,6 +718,7 @@ class FleetSync:
                 "reports_pending": self.store.reports.count() - sending,
                 "reports_dropped": self.store.reports.dropped(),
                 "reports_refused": self.store.reports.refused(),
+                "reports_deferred": len(self._deferred),
                 CLOCK_HEALTH: float(clock_warning(time.time(), self.clock_refusal) is not None),
             }
             if self.certificate_expires_at is not None:

@@ -7,10 +7,11 @@ same way, with `encode` and `decode` below. A face event's snapshot is kept apar
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
 from google.protobuf.message import DecodeError
@@ -113,16 +114,21 @@ class ReportQueue:
         oldest = [row[0] for row in conn.execute("SELECT id FROM reports ORDER BY id LIMIT ?", (reports,))]
         self.snapshots.count_dropped_with(conn, oldest)
 
-    def pending(self, limit: int = 500, max_bytes: int | None = None) -> list[QueuedReport]:
-        """The oldest queued events with their snapshots, oldest first: at most `limit`, and at most
-        `max_bytes` of events and snapshots together (but always the oldest one). A row that no longer
-        decodes (a damaged file) is dropped, counted and logged, so one bad row never blocks the queue."""
+    def pending(
+        self, limit: int = 500, max_bytes: int | None = None, skip: Collection[str] = ()
+    ) -> list[QueuedReport]:
+        """The oldest queued events with their snapshots, oldest first, but those whose event id is in `skip`
+        (kept, e.g. deferred by the server): at most `limit`, and at most `max_bytes` of events and snapshots
+        together (but always the oldest one). A row that no longer decodes (a damaged file) is dropped,
+        counted and logged, so one bad row never blocks the queue."""
+        skipped = json.dumps(sorted(skip))  # a JSON array of event ids, read by json_each
         with self._connection.read() as conn:
             if max_bytes is not None:
-                limit = _within(conn, limit, max_bytes)
+                limit = _within(conn, limit, max_bytes, skipped)
             rows = conn.execute(
-                "SELECT id, event_id, event, gallery_revision, created_at FROM reports ORDER BY id LIMIT ?",
-                (limit,),
+                "SELECT id, event_id, event, gallery_revision, created_at FROM reports "
+                "WHERE event_id NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?",
+                (skipped, limit),
             ).fetchall()
             snapshots = self.snapshots.load(conn, rows[0][0], rows[-1][0]) if rows else {}
         reports, unreadable = [], []
@@ -176,12 +182,14 @@ class ReportQueue:
         return self._connection.counter(REPORTS_REFUSED)
 
 
-def _within(conn: sqlite3.Connection, limit: int, max_bytes: int) -> int:
-    """How many of the `limit` oldest reports fit in max_bytes with their snapshots (at least one, if any)."""
+def _within(conn: sqlite3.Connection, limit: int, max_bytes: int, skipped: str = "[]") -> int:
+    """How many of the `limit` oldest reports (not skipped: a JSON array of event ids) fit in max_bytes with
+    their snapshots (at least one, if any)."""
     sizes = conn.execute(
         "SELECT length(r.event) + COALESCE(s.size, 0) FROM reports r "
-        "LEFT JOIN snapshots s ON s.event_id = r.event_id ORDER BY r.id LIMIT ?",
-        (limit,),
+        "LEFT JOIN snapshots s ON s.event_id = r.event_id "
+        "WHERE r.event_id NOT IN (SELECT value FROM json_each(?)) ORDER BY r.id LIMIT ?",
+        (skipped, limit),
     ).fetchall()
     total, fitting = 0, 0
     for (size,) in sizes:

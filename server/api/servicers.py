@@ -121,8 +121,8 @@ class FleetServicer(services.FleetServicerBase):
     @unary
     async def Register(self, request: Any, context: Any) -> Any:  # noqa: N802
         device = self.auth.device(context.auth_context(), request.device_id)
-        registration = serde.registration_from_proto(request, device)
-        return serde.welcome_to_proto(await self.handler.register(registration))
+        registration, ignored = serde.registration_from_proto(request, device)
+        return serde.welcome_to_proto(await self.handler.register(registration, ignored))
 
     @streaming
     async def Watch(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
@@ -152,8 +152,8 @@ class FleetServicer(services.FleetServicerBase):
     @unary
     async def ReportModelStatus(self, request: Any, context: Any) -> Any:  # noqa: N802
         device = self.auth.device(context.auth_context(), request.device_id)
-        statuses, versions, precisions = fleet_wire.report_models_from_proto(request)
-        await self.handler.report_models(device, statuses, versions, precisions)
+        statuses, versions, precisions, ignored = fleet_wire.report_models_from_proto(request)
+        await self.handler.report_models(device, statuses, versions, precisions, ignored)
         return fleet_wire.report_models_response()
 
     @unary
@@ -165,8 +165,11 @@ class FleetServicer(services.FleetServicerBase):
     async def ReportResults(self, request: Any, context: Any) -> Any:  # noqa: N802
         device = self.auth.device(context.auth_context(), request.device_id)
         self.handler.check_report_size(len(request.events))
-        events, rejected, health = fleet_wire.report_from_proto(request, device)
-        return serde.outcome_to_proto(await self.handler.report(device, events, rejected, health))
+        report = fleet_wire.report_from_proto(request, device)
+        outcome = await self.handler.report(
+            device, report.events, report.rejected, report.health, report.deferred
+        )
+        return serde.outcome_to_proto(outcome)
 
 
 class AdminServicer(services.AdminServicerBase):

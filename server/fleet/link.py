@@ -23,12 +23,15 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from facefleet import __version__
 from facefleet.link.checks import check_health, utc_now
 from facefleet.link.events import Event
 from facefleet.link.fleet import EVENT_TIME_REFUSAL, Heartbeat, Registration, ReportOutcome, Welcome
 from facefleet.link.gallery import GalleryDelta, Person
 from facefleet.link.models import ModelAssignment, ModelRelease, ModelStatus
 from facefleet.server.errors import FailedPreconditionError, InvalidArgumentError, PermissionDeniedError
+from facefleet.server.fleet.skew import NewerAgentLog
+from facefleet.server.gallery.enrolment_models import rollout_embedding_models
 from facefleet.server.metrics import ServerMetrics
 from facefleet.server.rollouts.distribution import ModelDistribution
 from facefleet.server.rollouts.files import Chunk
@@ -37,6 +40,11 @@ from facefleet.server.state.interface import State
 
 log = logging.getLogger(__name__)
 DELTA_CACHE_ENTRIES = 64
+DEFERRED_REASON = (
+    f"is not known to this server (version {__version__}): the agent is newer. The event is not stored; the "
+    "agent keeps it and reports it again: upgrade the server to store it"
+)
+"""Why an event with a kind or decision of a newer agent is deferred, after that value (e.g. 'kind 3')."""
 EVENT_ID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 """An event id as agents write it (a UUID's canonical form): one spelling per id, so repeats are found."""
 
@@ -123,9 +131,12 @@ class FleetHandler:
         self.deltas = DeltaCache(state)
         fanout.on_head(self.deltas.forget_before)
         self._registered: set[str] = set()
+        self.newer_agents = NewerAgentLog()
 
-    async def register(self, registration: Registration) -> Welcome:
-        """Record the agent, its groups and the model statuses it brought; the server's answer."""
+    async def register(self, registration: Registration, ignored: Sequence[str] = ()) -> Welcome:
+        """Record the agent, its groups and the model statuses it brought; the server's answer. ignored:
+        what the agent sent that this server does not know (facefleet.link.serde.Notes), logged."""
+        self.newer_agents.ignored(registration.device_id, ignored)
 
         statuses = registration.model_statuses
         # Statuses go through the model distribution when there is one, so that a refusal an agent
@@ -162,6 +173,7 @@ class FleetHandler:
             heartbeat_seconds=round(self.settings.heartbeat_seconds),
             server_time=self.clock(),
             cluster_threshold=self.settings.cluster_threshold,
+            server_version=__version__,
         )
 
     async def watch(
@@ -178,6 +190,7 @@ class FleetHandler:
         longer be served: it is asked again whenever a device changes, and its error ends the stream at
         once."""
         await self._require_registered(device_id)
+        await self._require_models(models)
         snapshot = from_revision == 0 or (bool(gallery_id) and gallery_id != self.gallery_id)
         if not snapshot and from_revision > await self._head_reaching(from_revision):
             raise FailedPreconditionError(
@@ -234,6 +247,22 @@ class FleetHandler:
             self.fanout.leave(device_id)
             self._count_streams(-1)
 
+    async def _require_models(self, models: Sequence[str]) -> None:
+        """FailedPreconditionError when an embedding model asked for is neither one enrolment embeds with
+        nor one of an embedding rollout (read from the state too: one another replica started may not have
+        reached this one's list yet): its gallery would come with no embeddings at all."""
+        known = self.embedding_models()
+        if all(m in known for m in models):
+            return
+        known = (*known, *await asyncio.to_thread(rollout_embedding_models, self.state.models))
+        unknown = [m for m in models if m not in known]
+        if unknown:
+            raise FailedPreconditionError(
+                f"this server has no gallery of embedding model {', '.join(unknown)}: it enrols with "
+                f"{', '.join(dict.fromkeys(known)) or 'no embedding model yet'}. Run an agent with one of "
+                "those, or publish the agent's model and start an embedding rollout of it"
+            )
+
     def _stream_end(self) -> float:
         """When (time.monotonic(), s) a stream opened now ends: 85–100 % of the maximum age from now."""
         if self.settings.watch_max_age is None:
@@ -279,9 +308,19 @@ class FleetHandler:
         events: Sequence[Event],
         rejected: Sequence[tuple[str, str]],
         health: Mapping[str, float],
+        newer: Sequence[tuple[str, str]] = (),
     ) -> ReportOutcome:
-        total = len(events) + len(rejected)
+        """Store the events; rejected: (event_id, why) of those refused already; newer: (event_id, value) of
+        those with a kind or decision value this server does not know (e.g. 'kind 3'), deferred: the agent
+        keeps them and reports them again (ReportResultsResponse.deferred)."""
+        total = len(events) + len(rejected) + len(newer)
         self.check_report_size(total)
+        self.newer_agents.ignored(
+            device_id,
+            {f"events of {value}" for _, value in newer},
+            "those events are deferred (not stored; the agent keeps them and reports them again)",
+        )
+        deferred = tuple((event_id, f"{value} {DEFERRED_REASON}") for event_id, value in newer)
         health = check_health(health)
         await self._require_registered(device_id)
         for event in events:
@@ -344,7 +383,7 @@ class FleetHandler:
                 why,
                 extra={"device_id": device_id, "event_id": event_id},
             )
-        return ReportOutcome(stored, duplicates, tuple(rejected))
+        return ReportOutcome(stored, duplicates, tuple(rejected), deferred)
 
     async def download(
         self, device_id: str, model_id: str, file_name: str, offset: int
@@ -361,8 +400,10 @@ class FleetHandler:
         statuses: Sequence[ModelStatus],
         model_versions: Mapping[str, str],
         model_precisions: Mapping[str, str],
+        ignored: Sequence[str] = (),
     ) -> None:
         await self._require_registered(device_id)
+        self.newer_agents.ignored(device_id, ignored)
         if self.models is None:
             raise FailedPreconditionError("this server does not distribute models")
         await self.models.report(device_id, statuses, model_versions, model_precisions)

@@ -154,7 +154,8 @@ def test_a_registration_reaches_the_server_as_sent() -> None:
         "gallery-a",
         model_precisions={"detection": "bf16", "embedding": "int8 (sface@2021dec-int8-local)"},
     )
-    got = serde.registration_from_proto(serde.registration_to_proto(sent), "door-1")
+    got, ignored = serde.registration_from_proto(serde.registration_to_proto(sent), "door-1")
+    assert ignored == ()
     assert (got.agent_version, got.hostname, dict(got.model_versions), got.capabilities) == (
         "0.1.0",
         "box-7",
@@ -167,13 +168,7 @@ def test_a_registration_reaches_the_server_as_sent() -> None:
 
 @pytest.mark.parametrize(
     ("precisions", "message"),
-    [
-        ({"embedding": "BF16"}, "model_precisions[embedding] 'BF16' is not a precision"),
-        ({"embedding": "int8 (not-a-model)"}, "model id 'not-a-model' is not valid"),
-        ({"embedding": "fast"}, "model_precisions[embedding] 'fast' is not a precision"),
-        ({"embedding": f"int8 (sface@{'x' * 200})"}, "model_precisions[embedding] 'int8 (sface@xxx"),
-        ({"faces": "f32"}, "task 'faces' is not one of"),
-    ],
+    [({"embedding": "int8 (not-a-model)"}, "model id 'not-a-model' is not valid")],
 )
 def test_a_registration_with_a_malformed_precision_is_refused(
     precisions: dict[str, str], message: str

@@ -28,7 +28,7 @@ from facefleet.v1 import models_pb2 as facefleet_dot_v1_dot_models__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x61\x63\x65\x66leet/v1/fleet.proto\x12\x0c\x66\x61\x63\x65\x66leet.v1\x1a\x19\x66\x61\x63\x65\x66leet/v1/events.proto\x1a\x1a\x66\x61\x63\x65\x66leet/v1/gallery.proto\x1a\x19\x66\x61\x63\x65\x66leet/v1/models.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x03\n\x0fRegisterRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12H\n\x0emodel_versions\x18\x03 \x03(\x0b\x32\x30.facefleet.v1.RegisterRequest.ModelVersionsEntry\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x18\n\x10gallery_revision\x18\x05 \x01(\x04\x12\x12\n\ngallery_id\x18\x06 \x01(\t\x12\x10\n\x08hostname\x18\x07 \x01(\t\x12\x31\n\x0emodel_statuses\x18\x08 \x03(\x0b\x32\x19.facefleet.v1.ModelStatus\x12\x0e\n\x06groups\x18\t \x03(\t\x12L\n\x10model_precisions\x18\n \x03(\x0b\x32\x32.facefleet.v1.RegisterRequest.ModelPrecisionsEntry\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x36\n\x14ModelPrecisionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf7\x01\n\x10RegisterResponse\x12\x18\n\x10gallery_revision\x18\x01 \x01(\x04\x12\x12\n\ngallery_id\x18\x02 \x01(\t\x12\x18\n\x10\x65mbedding_models\x18\x03 \x03(\t\x12\x19\n\x11max_report_events\x18\x04 \x01(\r\x12\x19\n\x11heartbeat_seconds\x18\x05 \x01(\r\x12/\n\x0bserver_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x11\x63luster_threshold\x18\x07 \x01(\x01H\x00\x88\x01\x01\x42\x14\n\x12_cluster_threshold\"f\n\x0cWatchRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x15\n\rfrom_revision\x18\x02 \x01(\x04\x12\x12\n\ngallery_id\x18\x03 \x01(\t\x12\x18\n\x10\x65mbedding_models\x18\x04 \x03(\t\"V\n\tHeartbeat\x12\x18\n\x10gallery_revision\x18\x01 \x01(\x04\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa7\x01\n\rWatchResponse\x12-\n\x07gallery\x18\x01 \x01(\x0b\x32\x1a.facefleet.v1.GalleryDeltaH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.facefleet.v1.HeartbeatH\x00\x12/\n\x06models\x18\x03 \x01(\x0b\x32\x1d.facefleet.v1.ModelAssignmentH\x00\x42\x08\n\x06update\"@\n\x11\x41\x63kGalleryRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x18\n\x10gallery_revision\x18\x02 \x01(\x04\".\n\x12\x41\x63kGalleryResponse\x12\x18\n\x10gallery_revision\x18\x01 \x01(\x04\"\xbd\x01\n\x14ReportResultsRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12#\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x13.facefleet.v1.Event\x12>\n\x06health\x18\x03 \x03(\x0b\x32..facefleet.v1.ReportResultsRequest.HealthEntry\x1a-\n\x0bHealthEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"2\n\x0e\x45ventRejection\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"k\n\x15ReportResultsResponse\x12.\n\x08rejected\x18\x01 \x03(\x0b\x32\x1c.facefleet.v1.EventRejection\x12\x0e\n\x06stored\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\"Y\n\x14\x44ownloadModelRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0c\n\x04\x66ile\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x04\"8\n\nModelChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\"\xf2\x02\n\x18ReportModelStatusRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12+\n\x08statuses\x18\x02 \x03(\x0b\x32\x19.facefleet.v1.ModelStatus\x12Q\n\x0emodel_versions\x18\x03 \x03(\x0b\x32\x39.facefleet.v1.ReportModelStatusRequest.ModelVersionsEntry\x12U\n\x10model_precisions\x18\x04 \x03(\x0b\x32;.facefleet.v1.ReportModelStatusRequest.ModelPrecisionsEntry\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x36\n\x14ModelPrecisionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1b\n\x19ReportModelStatusResponse2\xff\x03\n\x0c\x46leetService\x12I\n\x08Register\x12\x1d.facefleet.v1.RegisterRequest\x1a\x1e.facefleet.v1.RegisterResponse\x12\x42\n\x05Watch\x12\x1a.facefleet.v1.WatchRequest\x1a\x1b.facefleet.v1.WatchResponse0\x01\x12O\n\nAckGallery\x12\x1f.facefleet.v1.AckGalleryRequest\x1a .facefleet.v1.AckGalleryResponse\x12X\n\rReportResults\x12\".facefleet.v1.ReportResultsRequest\x1a#.facefleet.v1.ReportResultsResponse\x12O\n\rDownloadModel\x12\".facefleet.v1.DownloadModelRequest\x1a\x18.facefleet.v1.ModelChunk0\x01\x12\x64\n\x11ReportModelStatus\x12&.facefleet.v1.ReportModelStatusRequest\x1a\'.facefleet.v1.ReportModelStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x61\x63\x65\x66leet/v1/fleet.proto\x12\x0c\x66\x61\x63\x65\x66leet.v1\x1a\x19\x66\x61\x63\x65\x66leet/v1/events.proto\x1a\x1a\x66\x61\x63\x65\x66leet/v1/gallery.proto\x1a\x19\x66\x61\x63\x65\x66leet/v1/models.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x03\n\x0fRegisterRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12H\n\x0emodel_versions\x18\x03 \x03(\x0b\x32\x30.facefleet.v1.RegisterRequest.ModelVersionsEntry\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x18\n\x10gallery_revision\x18\x05 \x01(\x04\x12\x12\n\ngallery_id\x18\x06 \x01(\t\x12\x10\n\x08hostname\x18\x07 \x01(\t\x12\x31\n\x0emodel_statuses\x18\x08 \x03(\x0b\x32\x19.facefleet.v1.ModelStatus\x12\x0e\n\x06groups\x18\t \x03(\t\x12L\n\x10model_precisions\x18\n \x03(\x0b\x32\x32.facefleet.v1.RegisterRequest.ModelPrecisionsEntry\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x36\n\x14ModelPrecisionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x02\n\x10RegisterResponse\x12\x18\n\x10gallery_revision\x18\x01 \x01(\x04\x12\x12\n\ngallery_id\x18\x02 \x01(\t\x12\x18\n\x10\x65mbedding_models\x18\x03 \x03(\t\x12\x19\n\x11max_report_events\x18\x04 \x01(\r\x12\x19\n\x11heartbeat_seconds\x18\x05 \x01(\r\x12/\n\x0bserver_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x11\x63luster_threshold\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\x0eserver_version\x18\x08 \x01(\tB\x14\n\x12_cluster_threshold\"f\n\x0cWatchRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x15\n\rfrom_revision\x18\x02 \x01(\x04\x12\x12\n\ngallery_id\x18\x03 \x01(\t\x12\x18\n\x10\x65mbedding_models\x18\x04 \x03(\t\"V\n\tHeartbeat\x12\x18\n\x10gallery_revision\x18\x01 \x01(\x04\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa7\x01\n\rWatchResponse\x12-\n\x07gallery\x18\x01 \x01(\x0b\x32\x1a.facefleet.v1.GalleryDeltaH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.facefleet.v1.HeartbeatH\x00\x12/\n\x06models\x18\x03 \x01(\x0b\x32\x1d.facefleet.v1.ModelAssignmentH\x00\x42\x08\n\x06update\"@\n\x11\x41\x63kGalleryRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x18\n\x10gallery_revision\x18\x02 \x01(\x04\".\n\x12\x41\x63kGalleryResponse\x12\x18\n\x10gallery_revision\x18\x01 \x01(\x04\"\xbd\x01\n\x14ReportResultsRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12#\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x13.facefleet.v1.Event\x12>\n\x06health\x18\x03 \x03(\x0b\x32..facefleet.v1.ReportResultsRequest.HealthEntry\x1a-\n\x0bHealthEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"2\n\x0e\x45ventRejection\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x9b\x01\n\x15ReportResultsResponse\x12.\n\x08rejected\x18\x01 \x03(\x0b\x32\x1c.facefleet.v1.EventRejection\x12\x0e\n\x06stored\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\x12.\n\x08\x64\x65\x66\x65rred\x18\x04 \x03(\x0b\x32\x1c.facefleet.v1.EventRejection\"Y\n\x14\x44ownloadModelRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0c\n\x04\x66ile\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x04\"8\n\nModelChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\"\xf2\x02\n\x18ReportModelStatusRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12+\n\x08statuses\x18\x02 \x03(\x0b\x32\x19.facefleet.v1.ModelStatus\x12Q\n\x0emodel_versions\x18\x03 \x03(\x0b\x32\x39.facefleet.v1.ReportModelStatusRequest.ModelVersionsEntry\x12U\n\x10model_precisions\x18\x04 \x03(\x0b\x32;.facefleet.v1.ReportModelStatusRequest.ModelPrecisionsEntry\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x36\n\x14ModelPrecisionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1b\n\x19ReportModelStatusResponse2\xff\x03\n\x0c\x46leetService\x12I\n\x08Register\x12\x1d.facefleet.v1.RegisterRequest\x1a\x1e.facefleet.v1.RegisterResponse\x12\x42\n\x05Watch\x12\x1a.facefleet.v1.WatchRequest\x1a\x1b.facefleet.v1.WatchResponse0\x01\x12O\n\nAckGallery\x12\x1f.facefleet.v1.AckGalleryRequest\x1a .facefleet.v1.AckGalleryResponse\x12X\n\rReportResults\x12\".facefleet.v1.ReportResultsRequest\x1a#.facefleet.v1.ReportResultsResponse\x12O\n\rDownloadModel\x12\".facefleet.v1.DownloadModelRequest\x1a\x18.facefleet.v1.ModelChunk0\x01\x12\x64\n\x11ReportModelStatus\x12&.facefleet.v1.ReportModelStatusRequest\x1a\'.facefleet.v1.ReportModelStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,37 +52,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERREQUEST_MODELPRECISIONSENTRY']._serialized_start=578
   _globals['_REGISTERREQUEST_MODELPRECISIONSENTRY']._serialized_end=632
   _globals['_REGISTERRESPONSE']._serialized_start=635
-  _globals['_REGISTERRESPONSE']._serialized_end=882
-  _globals['_WATCHREQUEST']._serialized_start=884
-  _globals['_WATCHREQUEST']._serialized_end=986
-  _globals['_HEARTBEAT']._serialized_start=988
-  _globals['_HEARTBEAT']._serialized_end=1074
-  _globals['_WATCHRESPONSE']._serialized_start=1077
-  _globals['_WATCHRESPONSE']._serialized_end=1244
-  _globals['_ACKGALLERYREQUEST']._serialized_start=1246
-  _globals['_ACKGALLERYREQUEST']._serialized_end=1310
-  _globals['_ACKGALLERYRESPONSE']._serialized_start=1312
-  _globals['_ACKGALLERYRESPONSE']._serialized_end=1358
-  _globals['_REPORTRESULTSREQUEST']._serialized_start=1361
-  _globals['_REPORTRESULTSREQUEST']._serialized_end=1550
-  _globals['_REPORTRESULTSREQUEST_HEALTHENTRY']._serialized_start=1505
-  _globals['_REPORTRESULTSREQUEST_HEALTHENTRY']._serialized_end=1550
-  _globals['_EVENTREJECTION']._serialized_start=1552
-  _globals['_EVENTREJECTION']._serialized_end=1602
-  _globals['_REPORTRESULTSRESPONSE']._serialized_start=1604
-  _globals['_REPORTRESULTSRESPONSE']._serialized_end=1711
-  _globals['_DOWNLOADMODELREQUEST']._serialized_start=1713
-  _globals['_DOWNLOADMODELREQUEST']._serialized_end=1802
-  _globals['_MODELCHUNK']._serialized_start=1804
-  _globals['_MODELCHUNK']._serialized_end=1860
-  _globals['_REPORTMODELSTATUSREQUEST']._serialized_start=1863
-  _globals['_REPORTMODELSTATUSREQUEST']._serialized_end=2233
+  _globals['_REGISTERRESPONSE']._serialized_end=906
+  _globals['_WATCHREQUEST']._serialized_start=908
+  _globals['_WATCHREQUEST']._serialized_end=1010
+  _globals['_HEARTBEAT']._serialized_start=1012
+  _globals['_HEARTBEAT']._serialized_end=1098
+  _globals['_WATCHRESPONSE']._serialized_start=1101
+  _globals['_WATCHRESPONSE']._serialized_end=1268
+  _globals['_ACKGALLERYREQUEST']._serialized_start=1270
+  _globals['_ACKGALLERYREQUEST']._serialized_end=1334
+  _globals['_ACKGALLERYRESPONSE']._serialized_start=1336
+  _globals['_ACKGALLERYRESPONSE']._serialized_end=1382
+  _globals['_REPORTRESULTSREQUEST']._serialized_start=1385
+  _globals['_REPORTRESULTSREQUEST']._serialized_end=1574
+  _globals['_REPORTRESULTSREQUEST_HEALTHENTRY']._serialized_start=1529
+  _globals['_REPORTRESULTSREQUEST_HEALTHENTRY']._serialized_end=1574
+  _globals['_EVENTREJECTION']._serialized_start=1576
+  _globals['_EVENTREJECTION']._serialized_end=1626
+  _globals['_REPORTRESULTSRESPONSE']._serialized_start=1629
+  _globals['_REPORTRESULTSRESPONSE']._serialized_end=1784
+  _globals['_DOWNLOADMODELREQUEST']._serialized_start=1786
+  _globals['_DOWNLOADMODELREQUEST']._serialized_end=1875
+  _globals['_MODELCHUNK']._serialized_start=1877
+  _globals['_MODELCHUNK']._serialized_end=1933
+  _globals['_REPORTMODELSTATUSREQUEST']._serialized_start=1936
+  _globals['_REPORTMODELSTATUSREQUEST']._serialized_end=2306
   _globals['_REPORTMODELSTATUSREQUEST_MODELVERSIONSENTRY']._serialized_start=524
   _globals['_REPORTMODELSTATUSREQUEST_MODELVERSIONSENTRY']._serialized_end=576
   _globals['_REPORTMODELSTATUSREQUEST_MODELPRECISIONSENTRY']._serialized_start=578
   _globals['_REPORTMODELSTATUSREQUEST_MODELPRECISIONSENTRY']._serialized_end=632
-  _globals['_REPORTMODELSTATUSRESPONSE']._serialized_start=2235
-  _globals['_REPORTMODELSTATUSRESPONSE']._serialized_end=2262
-  _globals['_FLEETSERVICE']._serialized_start=2265
-  _globals['_FLEETSERVICE']._serialized_end=2776
+  _globals['_REPORTMODELSTATUSRESPONSE']._serialized_start=2308
+  _globals['_REPORTMODELSTATUSRESPONSE']._serialized_end=2335
+  _globals['_FLEETSERVICE']._serialized_start=2338
+  _globals['_FLEETSERVICE']._serialized_end=2849
 # @@protoc_insertion_point(module_scope)

@@ -51,7 +51,7 @@ class RegisterRequest(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., gallery_revision: _Optional[int] = ..., gallery_id: _Optional[str] = ..., hostname: _Optional[str] = ..., model_statuses: _Optional[_Iterable[_Union[_models_pb2.ModelStatus, _Mapping]]] = ..., groups: _Optional[_Iterable[str]] = ..., model_precisions: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("gallery_revision", "gallery_id", "embedding_models", "max_report_events", "heartbeat_seconds", "server_time", "cluster_threshold")
+    __slots__ = ("gallery_revision", "gallery_id", "embedding_models", "max_report_events", "heartbeat_seconds", "server_time", "cluster_threshold", "server_version")
     GALLERY_REVISION_FIELD_NUMBER: _ClassVar[int]
     GALLERY_ID_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class RegisterResponse(_message.Message):
     HEARTBEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     gallery_revision: int
     gallery_id: str
     embedding_models: _containers.RepeatedScalarFieldContainer[str]
@@ -66,7 +67,8 @@ class RegisterResponse(_message.Message):
     heartbeat_seconds: int
     server_time: _timestamp_pb2.Timestamp
     cluster_threshold: float
-    def __init__(self, gallery_revision: _Optional[int] = ..., gallery_id: _Optional[str] = ..., embedding_models: _Optional[_Iterable[str]] = ..., max_report_events: _Optional[int] = ..., heartbeat_seconds: _Optional[int] = ..., server_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cluster_threshold: _Optional[float] = ...) -> None: ...
+    server_version: str
+    def __init__(self, gallery_revision: _Optional[int] = ..., gallery_id: _Optional[str] = ..., embedding_models: _Optional[_Iterable[str]] = ..., max_report_events: _Optional[int] = ..., heartbeat_seconds: _Optional[int] = ..., server_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cluster_threshold: _Optional[float] = ..., server_version: _Optional[str] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("device_id", "from_revision", "gallery_id", "embedding_models")
@@ -138,14 +140,16 @@ class EventRejection(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ReportResultsResponse(_message.Message):
-    __slots__ = ("rejected", "stored", "duplicates")
+    __slots__ = ("rejected", "stored", "duplicates", "deferred")
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     STORED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    DEFERRED_FIELD_NUMBER: _ClassVar[int]
     rejected: _containers.RepeatedCompositeFieldContainer[EventRejection]
     stored: int
     duplicates: int
-    def __init__(self, rejected: _Optional[_Iterable[_Union[EventRejection, _Mapping]]] = ..., stored: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
+    deferred: _containers.RepeatedCompositeFieldContainer[EventRejection]
+    def __init__(self, rejected: _Optional[_Iterable[_Union[EventRejection, _Mapping]]] = ..., stored: _Optional[int] = ..., duplicates: _Optional[int] = ..., deferred: _Optional[_Iterable[_Union[EventRejection, _Mapping]]] = ...) -> None: ...
 
 class DownloadModelRequest(_message.Message):
     __slots__ = ("device_id", "model_id", "file", "offset")

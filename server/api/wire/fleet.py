@@ -3,12 +3,16 @@ downloads and model status reports. The link's own messages are converted by fac
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from facefleet.link.checks import MAX_LABEL_CHARS, check_model_id
 from facefleet.link.errors import LinkError
 from facefleet.link.events import MAX_EVENT_ID_CHARS, Event
-from facefleet.link.models import ModelStatus
+from facefleet.link.models import ModelStatus, known_model_precisions, known_model_versions
 from facefleet.link.serde import (
+    Notes,
     event_from_proto,
+    newer_event_values,
     statuses_from_proto,
 )
 from facefleet.server.errors import InvalidArgumentError
@@ -18,20 +22,33 @@ from facefleet.v1 import (
 )
 
 
-def report_from_proto(
-    request: fleet_pb2.ReportResultsRequest, device_id: str
-) -> tuple[list[Event], list[tuple[str, str]], dict[str, float]]:
-    """(valid events, rejections (event_id, reason) of the others, health figures). An event without a
-    device_id is the reporting device's."""
-    events: list[Event] = []
-    rejected: list[tuple[str, str]] = []
+@dataclass(frozen=True)
+class DecodedReport:
+    """A ReportResults request: its valid events; (event_id, reason) of those refused for good; (event_id,
+    the value this server does not know, e.g. 'kind 3') of those it defers (ReportResultsResponse.deferred);
+    the health figures."""
+
+    events: list[Event]
+    rejected: list[tuple[str, str]]
+    deferred: list[tuple[str, str]]
+    health: dict[str, float]
+
+
+def report_from_proto(request: fleet_pb2.ReportResultsRequest, device_id: str) -> DecodedReport:
+    """An event without a device_id is the reporting device's."""
+    decoded = DecodedReport([], [], [], dict(request.health))
     for index, message in enumerate(request.events):
+        # the id as sent, cut to the longest valid one: the agent matches it, the log quotes it
+        event_id = message.event_id[:MAX_EVENT_ID_CHARS] or f"#{index}"
+        newer = newer_event_values(message)
+        if newer is not None:
+            decoded.deferred.append((event_id, newer))
+            continue
         try:
-            events.append(event_from_proto(message, default_device=device_id))
+            decoded.events.append(event_from_proto(message, default_device=device_id))
         except LinkError as exc:
-            # the id as sent, cut to the longest valid one: the agent matches it, the log quotes it
-            rejected.append((message.event_id[:MAX_EVENT_ID_CHARS] or f"#{index}", str(exc)))
-    return events, rejected, dict(request.health)
+            decoded.rejected.append((event_id, str(exc)))
+    return decoded
 
 
 def ack_response(revision: int) -> fleet_pb2.AckGalleryResponse:
@@ -52,11 +69,14 @@ def chunk_to_proto(chunk: Chunk) -> fleet_pb2.ModelChunk:
 
 def report_models_from_proto(
     request: fleet_pb2.ReportModelStatusRequest,
-) -> tuple[tuple[ModelStatus, ...], dict[str, str], dict[str, str]]:
-    """(statuses, model ids by task, what they run at by task) of a report; the statuses checked here, the
-    maps where they are stored (ModelDistribution.report)."""
-    statuses = statuses_from_proto(request.statuses, "statuses")
-    return statuses, dict(request.model_versions), dict(request.model_precisions)
+) -> tuple[tuple[ModelStatus, ...], dict[str, str], dict[str, str], Notes]:
+    """(statuses, model ids by task, what they run at by task, notes on what was left out) of a report:
+    entries of a task, state or precision this server does not know (a newer agent's) are left out; the
+    statuses are checked here, the maps where they are stored (ModelDistribution.report)."""
+    statuses, ignored = statuses_from_proto(request.statuses, "statuses")
+    versions, unknown_versions = known_model_versions(dict(request.model_versions))
+    precisions, unknown_precisions = known_model_precisions(dict(request.model_precisions))
+    return statuses, versions, precisions, (*ignored, *unknown_versions, *unknown_precisions)
 
 
 def report_models_response() -> fleet_pb2.ReportModelStatusResponse:

@@ -256,7 +256,7 @@ def test_health_keeps_the_links_own_figures_first_within_the_servers_limit(tmp_p
     assert sync.certificate_expires_at is not None
     assert health["certificate_expires_at"] == sync.certificate_expires_at
     assert health["fps"] == 9.5
-    assert [k for k in health if k.startswith("camera.")] == list(cameras)[: MAX_HEALTH_ENTRIES - 6]
+    assert [k for k in health if k.startswith("camera.")] == list(cameras)[: MAX_HEALTH_ENTRIES - 7]
 
 
 def test_the_readme_documents_every_server_key_in_a_valid_config_block() -> None:

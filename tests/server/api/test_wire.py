@@ -143,10 +143,8 @@ def test_an_event_without_device_id_belongs_to_the_reporting_device() -> None:
 
     proto = serde.event_to_proto(Event("e1", "door-1", NOW, "face", "unknown"))
     proto.device_id = ""
-    events, rejected, _ = fleet_wire.report_from_proto(
-        fleet_pb2.ReportResultsRequest(events=[proto]), "lobby"
-    )
-    assert ([e.device_id for e in events], rejected) == (["lobby"], [])
+    report = fleet_wire.report_from_proto(fleet_pb2.ReportResultsRequest(events=[proto]), "lobby")
+    assert ([e.device_id for e in report.events], report.rejected, report.deferred) == (["lobby"], [], [])
 
 
 @pytest.mark.parametrize(

@@ -222,7 +222,6 @@ def test_activation_reports_show_in_fleet_status_and_rollout_progress(
             errors: dict[str, grpc.StatusCode] = {}
             bad = {
                 "too many": [status(models_pb2.MODEL_ACTIVATION_ACTIVE)] * 17,
-                "bad task": [models_pb2.ModelStatus(task="faces", model_id=NEW, state=3)],
                 "no state": [models_pb2.ModelStatus(task="expression", model_id=NEW)],
                 "long reason": [status(models_pb2.MODEL_ACTIVATION_FAILED, "x" * 600)],
             }
@@ -235,10 +234,10 @@ def test_activation_reports_show_in_fleet_status_and_rollout_progress(
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await door1.ReportModelStatus(
                     fleet_pb2.ReportModelStatusRequest(
-                        device_id="door-1", model_precisions={"expression": "fast"}
+                        device_id="door-1", model_precisions={"expression": "int8 (not-a-model)"}
                     )
                 )
-            assert "model_precisions[expression] 'fast' is not a precision" in (info.value.details() or "")
+            assert "model id 'not-a-model' is not valid" in (info.value.details() or "")
             errors["bad precision"] = info.value.code()
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await harness.fleet("lobby").ReportModelStatus(
@@ -270,7 +269,6 @@ def test_activation_reports_show_in_fleet_status_and_rollout_progress(
     ]
     assert errors == {
         "too many": grpc.StatusCode.INVALID_ARGUMENT,
-        "bad task": grpc.StatusCode.INVALID_ARGUMENT,
         "no state": grpc.StatusCode.INVALID_ARGUMENT,
         "long reason": grpc.StatusCode.INVALID_ARGUMENT,
         "bad precision": grpc.StatusCode.INVALID_ARGUMENT,

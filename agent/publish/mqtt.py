@@ -26,7 +26,6 @@ import socket
 import ssl
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -392,17 +391,17 @@ def _shown(topic: str, chars: int = 200) -> str:
 def _connect_error(error: BaseException | None, settings: MqttSettings) -> str:
     """Why a connection attempt failed, naming what to check."""
     if isinstance(error, ssl.SSLCertVerificationError):
+        # the same text at every retry (it is logged once): no clock reading, the log line has the time
         why = f"TLS: the broker's certificate failed verification ({error.verify_message})"
-        clock = f"this box's clock reads {utc(time.time())}"
         if error.verify_code == CERT_HAS_EXPIRED:
             return (
-                f"{why}: it is past its expiry; renew the broker's certificate (from the CA in ca_file) and "
-                f"restart the broker, or, if {clock} and that is wrong, {CLOCK_FIX}"
+                f"{why}: it is past its expiry by this box's clock; renew the broker's certificate (from the "
+                f"CA in ca_file) and restart the broker, or, if this box's clock is wrong, {CLOCK_FIX}"
             )
         if error.verify_code == CERT_NOT_YET_VALID:
             return (
-                f"{why}: it is not valid yet and {clock}; {CLOCK_FIX}, or give the broker a certificate "
-                "valid now"
+                f"{why}: it is not valid yet by this box's clock, which is likely wrong: {CLOCK_FIX}, or "
+                "give the broker a certificate valid now"
             )
         return (
             f"{why}; ca_file must be the CA that signed it, and host a name or address the certificate "

@@ -692,14 +692,19 @@ def dated_broker_certificate(tmp_path: Path, site: Site, not_before: datetime) -
 @pytest.mark.parametrize(
     ("broker_days", "client_days", "advice"),
     [
-        (-3, 0, "past its expiry; renew the broker's certificate"),
-        (2, 0, "it is not valid yet and this box's clock reads"),
+        (-3, 0, "past its expiry by this box's clock; renew the broker's certificate"),
+        (2, 0, "it is not valid yet by this box's clock, which is likely wrong: set the clock"),
         (0, -3, "as expired: install the renewed certificate and key at cert_file and key_file"),
     ],
     ids=["broker-expired", "broker-not-yet-valid", "client-expired"],
 )
 def test_a_certificate_out_of_its_dates_is_named_with_the_fix(
-    site: Site, tmp_path: Path, broker_days: int, client_days: int, advice: str
+    site: Site,
+    tmp_path: Path,
+    broker_days: int,
+    client_days: int,
+    advice: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = datetime.now(timezone.utc)
     server = site.server
@@ -723,11 +728,16 @@ def test_a_certificate_out_of_its_dates_is_named_with_the_fix(
     try:
         agent.start()
         up, reason = wait_for_connection_report(agent)
+        wait_until(lambda: len(agent.connections) >= 3)  # retried, with the same reason
     finally:
         agent.stop()
         broker.stop()
     assert up is False and advice in reason, reason
     assert "ca_file must be the CA that signed it" not in reason
+    assert agent.connections[:3] == [(False, reason)] * 3
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"MQTT: cannot connect to 127.0.0.1:{broker.port}: {reason}"
+    ]  # once
     if client_days:
         assert f"cert_file {client.cert}" in reason and "facefleet-server certs renew door-box" in reason
 

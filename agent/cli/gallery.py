@@ -20,6 +20,7 @@ from facefleet.agent.domain.records import DuplicatePersonError, Embedding, Pers
 from facefleet.agent.recognition.calibration import calibrate
 from facefleet.agent.recognition.face_choice import choose_face
 from facefleet.agent.recognition.matching import Matcher
+from facefleet.agent.store.connection import damage_fix
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.agent.store.lock import StoreLock
 from facefleet.core.cli import add_command
@@ -355,14 +356,20 @@ def _verify(context: Context, args: argparse.Namespace) -> int:
 
 
 def _store_check(context: Context, args: argparse.Namespace) -> int:
+    """What SQLite's checks find, table by table where a damaged page stops them, and the fix; a file SQLite
+    cannot open at all (its first page, or the schema's, damaged) is the StoreCorruptError of the open."""
+    path = store_path(context)
     with _open_store(context, read_only=True, existing=True) as store:
         problems = store.integrity_check()
+    fix = damage_fix(path) if problems else None
     if context.json_output:
-        context.print_json({"store": str(store_path(context)), "ok": not problems, "problems": problems})
+        context.print_json({"store": str(path), "ok": not problems, "problems": problems, "fix": fix})
     else:
-        context.console.print(f"{store_path(context)}: {'ok' if not problems else 'DAMAGED'}", markup=False)
+        context.console.print(f"{path}: {'ok' if not problems else 'DAMAGED'}", markup=False)
         for problem in problems:
             context.console.print(f"  {problem}", markup=False)
+        if fix:
+            context.console.print(fix, markup=False)
     return EXIT_OK if not problems else EXIT_IO
 
 

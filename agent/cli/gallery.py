@@ -1,11 +1,12 @@
-"""`facefleet-agent enroll | people | identify | verify | store check | store migrate | calibrate`: the
-on-device gallery. Only `store migrate` (and the service, at start) upgrades the store: the other verbs
-create a new one (enroll) but refuse one older than themselves, untouched (exit 65)."""
+"""`facefleet-agent enroll | people | identify | verify | store check | migrate | backup | restore |
+calibrate`: the on-device gallery. Only `store migrate` (and the service, at start) upgrades the store: the
+other verbs create a new one (enroll) but refuse one older than themselves, untouched (exit 65)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from facefleet.agent.domain.records import DuplicatePersonError, Embedding, Pers
 from facefleet.agent.recognition.calibration import calibrate
 from facefleet.agent.recognition.face_choice import choose_face
 from facefleet.agent.recognition.matching import Matcher
+from facefleet.agent.store.backup import backup_store, restore_store
 from facefleet.agent.store.connection import damage_fix
 from facefleet.agent.store.database import EmbeddingStore
 from facefleet.agent.store.lock import StoreLock
@@ -90,7 +92,7 @@ def register(commands: Any) -> None:
     store = add_command(
         commands,
         "store",
-        "check or upgrade the on-device store",
+        "check, upgrade, back up or restore the on-device store",
         "facefleet-agent store check   (exit 74 when the file is damaged)",
         description="Maintenance of the on-device store (<state_dir>/agent.db).",
         json_output=False,
@@ -109,6 +111,33 @@ def register(commands: Any) -> None:
         "Refused while the service runs on it (restart the service instead, which upgrades it).",
     )
     migrate.set_defaults(handler=_store_migrate)
+    backup = add_command(
+        store_verbs,
+        "backup",
+        "copy the store into a new directory (safe while the agent service runs)",
+        "facefleet-agent store backup /var/backups/facefleet-agent/2026-12-02",
+        description="Copy <state_dir>/agent.db with SQLite's online backup API (consistent while the service "
+        "writes; commits still in agent.db-wal included) into DEST/agent.db (mode 0600), checked with "
+        "SQLite's integrity check, and write DEST/backup.json (time, schema version, row counts, sha256). "
+        "DEST must not exist or be empty (exit 65 otherwise); a damaged store is not backed up (exit 74). "
+        "Do not `cp agent.db` of a running agent: the copy misses what is still in agent.db-wal.",
+    )
+    backup.add_argument("dest", type=Path, metavar="DEST", help="a new or empty directory")
+    backup.set_defaults(handler=_store_backup)
+    restore = add_command(
+        store_verbs,
+        "restore",
+        "put a backup in place of the store (the agent service stopped)",
+        "facefleet-agent store restore /var/backups/facefleet-agent/2026-12-02",
+        description="Check the backup written by `store backup` (sha256 against backup.json, SQLite's "
+        "integrity check, a schema no newer than this agent: exit 65 otherwise), then, holding the store's "
+        "lock, move agent.db, agent.db-wal and agent.db-shm aside as agent.db.before-restore-<time>(-wal, "
+        "-shm) and put the backup's agent.db in their place. Refused (exit 69) while the service runs: "
+        "systemctl stop facefleet-agent first, start it after (it upgrades an older backup at start). An "
+        "agent connected to a fleet server then syncs its gallery from the server as usual.",
+    )
+    restore.add_argument("src", type=Path, metavar="SRC", help="a directory written by `store backup`")
+    restore.set_defaults(handler=_store_restore)
 
     calibrate_parser = add_command(
         commands,
@@ -469,4 +498,40 @@ def _store_migrate(context: Context, args: argparse.Namespace) -> int:
         context.console.print(f"{path}: applied {', '.join(applied)}; now at schema {version}", markup=False)
     else:
         context.console.print(f"{path}: at schema {version} already; nothing to do", markup=False)
+    return EXIT_OK
+
+
+def _store_backup(context: Context, args: argparse.Namespace) -> int:
+    path = store_path(context)
+    manifest = backup_store(path, args.dest, datetime.now(timezone.utc))
+    if context.json_output:
+        context.print_json({"store": str(path), "backup": str(args.dest), **manifest.to_json()})
+        return EXIT_OK
+    counts = ", ".join(f"{table} {n}" for table, n in manifest.row_counts.items())
+    context.console.print(
+        f"backed up {path} (schema {manifest.schema_version}; {counts}) to {args.dest}", markup=False
+    )
+    return EXIT_OK
+
+
+def _store_restore(context: Context, args: argparse.Namespace) -> int:
+    path = store_path(context)
+    manifest, kept = restore_store(args.src, path, datetime.now(timezone.utc))
+    if context.json_output:
+        context.print_json(
+            {
+                "store": str(path),
+                "backup": str(args.src),
+                "kept": [str(k) for k in kept],
+                **manifest.to_json(),
+            }
+        )
+        return EXIT_OK
+    for moved in kept:
+        context.console.print(f"moved aside: {moved}", markup=False)
+    context.console.print(
+        f"restored {args.src} (taken {manifest.created_at}, schema {manifest.schema_version}) into {path}; "
+        "start the agent service again",
+        markup=False,
+    )
     return EXIT_OK

@@ -1,7 +1,8 @@
 """The lock of the agent service on its store: `facefleet-agent run` holds an exclusive flock on
 `agent.db.lock` beside `agent.db` for as long as it runs (released by the kernel when the process ends,
 however it ends), and so does `store migrate` while it migrates. A second service on the same store, and a
-migration under a running service, are refused; commands that only read or write rows do not take it.
+migration or a restore (`store restore`, which holds it too) under a running service, are refused; commands
+that only read or write rows do not take it.
 """
 
 from __future__ import annotations
@@ -64,7 +65,12 @@ def _held(store: Path, path: Path, who: str) -> str:
             "is locked): one service per state directory; stop the other one, or give this one its own "
             "--state-dir (under systemd, a migration's end lets the service start on its next try)"
         )
+    if "migrate" in who:
+        return (
+            f"store {store} is in use by the running agent service ({path} is locked): restart it instead "
+            f"({RESTART_AGENT}), which upgrades the store at start, or stop it first and run {who} again"
+        )
     return (
-        f"store {store} is in use by the running agent service ({path} is locked): restart it instead "
-        f"({RESTART_AGENT}), which upgrades the store at start, or stop it first and run {who} again"
+        f"store {store} is in use by the running agent service or a `facefleet-agent store migrate` ({path} "
+        f"is locked): stop it first (systemctl stop facefleet-agent), run {who} again, then start it"
     )

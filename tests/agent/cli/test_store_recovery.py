@@ -5,6 +5,7 @@ and `store restore` bring a store back."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 import subprocess
@@ -106,3 +107,42 @@ def test_run_refuses_an_emptied_store_and_starts_a_new_one_where_there_was_none(
     path.unlink()  # as the message says: moved away, the next start makes an empty store
     done = agent(tmp_path / "state", "store", "check")
     assert done.returncode == 74 and "no store at" in done.stderr
+
+
+def test_store_backup_and_restore_bring_a_store_back(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    path = enrolled(state, "ada", "eileen")
+    backup = tmp_path / "backup"
+    done = agent(state, "store", "backup", str(backup), "--json")
+    assert done.returncode == 0, done.stderr
+    written = json.loads(done.stdout)
+    assert written["row_counts"]["people"] == 2 and written["kind"] == "facefleet-agent"
+    again = agent(state, "store", "backup", str(backup))
+    assert again.returncode == 65 and "exists and is not empty: choose a new directory" in again.stderr
+    with EmbeddingStore(path) as store:
+        store.gallery.delete_person("ada")
+    holder = subprocess.Popen(  # the agent service, as far as the lock goes
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from facefleet.agent.store.lock import StoreLock; "
+            "StoreLock(Path(sys.argv[1]), 'run'); print('held', flush=True); time.sleep(60)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        refused = agent(state, "store", "restore", str(backup))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert refused.returncode == 69 and "stop it first (systemctl stop facefleet-agent)" in refused.stderr
+    assert json.loads(agent(state, "people", "list", "--json").stdout)["people"][0]["person_id"] == "eileen"
+    done = agent(state, "store", "restore", str(backup))
+    assert done.returncode == 0, done.stderr
+    assert f"moved aside: {state}/agent.db.before-restore-" in done.stdout
+    listed = json.loads(agent(state, "people", "list", "--json").stdout)
+    assert [p["person_id"] for p in listed["people"]] == ["ada", "eileen"]
+    assert agent(state, "store", "check").returncode == 0

@@ -15,6 +15,7 @@ Every write is one `BEGIN IMMEDIATE` transaction, so a crash or an error half-wa
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sqlite3
@@ -135,7 +136,7 @@ class StoreConnection:
                 finally:
                     conn.close()
             try:
-                os.link(temp, self.path)
+                _link_new(temp, self.path)
             except FileExistsError:
                 return []  # another process created it meanwhile: this open uses theirs
             except OSError as exc:
@@ -349,6 +350,20 @@ def drop_oldest(
     label, rows = QUEUE_TABLES[table]
     _LOG.warning("%s of %s is full (%d %s): dropped the %d oldest", label, store, limit, rows, excess)
     return excess
+
+
+def _link_new(temp: Path, path: Path) -> None:
+    """Give the new store at `temp` its name, FileExistsError when another process did first. A file
+    system without hard links (vfat, some FUSE mounts) gets a rename, after a look: two processes creating
+    the store there at the same instant may each rename theirs, and the later one's is the store."""
+    try:
+        os.link(temp, path)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK):
+            raise
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "exists", str(path)) from None
+        os.rename(temp, path)
 
 
 def _sidecar(path: Path, suffix: str) -> Path:

@@ -5,6 +5,7 @@ anything is written; a genuinely first start still creates the store."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import multiprocessing
 import os
@@ -160,3 +161,18 @@ def test_a_write_ahead_log_where_no_store_is_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreCorruptError, match=f"store {path} is missing but its write-ahead log {wal}"):
         EmbeddingStore(path)
     assert not path.exists()
+
+
+def test_a_first_start_on_a_file_system_without_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(source: object, target: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "agent.db"
+    with EmbeddingStore(path) as store:
+        assert store.upgraded == [step.name for step in MIGRATIONS.steps]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    with EmbeddingStore(path) as store:
+        assert store.upgraded == []

@@ -29,8 +29,9 @@ from facefleet.vision.models.quantize import (
     quantizer_installed,
 )
 from facefleet.vision.models.quantize import PRECISION as INT8
-from facefleet.vision.models.store import StoredModel
+from facefleet.vision.models.store import StoredModel, repair_hint
 from facefleet.vision.models.tasks import TASKS
+from facefleet.vision.pipeline import AnalyzerSettings
 from facefleet.vision.precision.probes import TUNED_TASKS
 from facefleet.vision.precision.samples import sample_photos
 
@@ -118,7 +119,9 @@ def register(commands: Any) -> None:
         "verify",
         "re-hash every file and compile every model",
         "facefleet-agent models verify --device CPU   (exit 74 when a model fails)",
-        description="Check each stored model's files against its manifest and compile it on the device.",
+        description="Check that the active model of each task `run` loads is there (exit 74 with `run`'s "
+        "message when the model store is missing, active.json unreadable or a task has no active model), "
+        "then each stored model's files against its manifest, and compile it on the device.",
     )
     verify.add_argument("--device", help="compile on this OpenVINO device instead of the configured one")
     verify.set_defaults(handler=_verify)
@@ -244,9 +247,11 @@ def _list(context: Context, args: argparse.Namespace) -> int:
 
 
 def _verify(context: Context, args: argparse.Namespace) -> int:
+    _active_models(context)  # what `run` loads first: its error (exit 74) when it would stop on it
     results: list[dict[str, Any]] = []
     for model in context.model_store.models():
         problems = context.model_store.verify_files(model)
+        fix = repair_hint(model) if problems else None
         if not problems:
             try:
                 if model.manifest.task == "detection":
@@ -255,7 +260,7 @@ def _verify(context: Context, args: argparse.Namespace) -> int:
                     context.runtime.compile(model.xml_path)
             except (FaceFleetError, RuntimeError) as exc:
                 problems.append(f"{model.xml_path}: does not compile on {context.runtime.device}: {exc}")
-        results.append({"model": _ref(model), "ok": not problems, "problems": problems})
+        results.append({"model": _ref(model), "ok": not problems, "problems": problems, "fix": fix})
     if context.json_output:
         context.print_json({"device": context.runtime.device, "models": results})
     else:
@@ -264,7 +269,19 @@ def _verify(context: Context, args: argparse.Namespace) -> int:
             context.console.print(Text.assemble(status, f" {result['model']}"))
             for problem in result["problems"]:
                 context.console.print(f"    {problem}", markup=False)
+            if result["fix"]:
+                context.console.print(f"    {result['fix']}", markup=False)
     return EXIT_OK if all(r["ok"] for r in results) else EXIT_IO
+
+
+def _active_models(context: Context) -> list[StoredModel]:
+    """The active model of each task `run` analyses with (detection, embedding, expression, and attributes
+    when the config enables them), read as `run` reads them: the ModelStoreError it stops with (exit 74) when
+    the model store is missing, its active.json unreadable, or a task has no active model."""
+    settings = AnalyzerSettings(attributes=context.config.attributes.enabled)
+    tasks = ["detection", "embedding"][: 1 + settings.embeddings]
+    tasks += ["expression"] * settings.expressions + ["attributes"] * settings.attributes
+    return [context.model_store.active(task) for task in tasks]
 
 
 def _tune(context: Context, args: argparse.Namespace) -> int:

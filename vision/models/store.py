@@ -172,10 +172,40 @@ def verify_files(model: StoredModel) -> list[str]:
 
 
 def check_model(model: StoredModel) -> None:
-    """Raise ModelIntegrityError when any file of the model fails verification."""
+    """Raise ModelIntegrityError when any file of the model fails verification, naming the fix."""
     problems = verify_files(model)
     if problems:
-        raise ModelIntegrityError("; ".join(problems))
+        raise ModelIntegrityError(f"{'; '.join(problems)}; {repair_hint(model)}")
+
+
+def repair_hint(model: StoredModel) -> str:
+    """What to do about a stored version whose files fail verification: run the version of its task stored
+    before it (an INT8 variant is not one to activate), then remove this one's folder so that the updater
+    fetches it again while the fleet server rolls it out, or import it again. A version staged outside the
+    store's layout (<root>/<task>/<name>/<version>) only gets the removal."""
+    task, name, version = model.manifest.task, model.manifest.name, model.manifest.version
+    directory = model.directory
+    again = (
+        f"remove {directory} so that the updater fetches it again (while the fleet server rolls it out), or "
+        "import it again (`facefleet-agent models import-defaults` for the bundled models)"
+    )
+    if directory.parts[-3:] != (task, name, version):
+        return f"fix: {again}"
+    try:
+        versions = ModelStore(directory.parents[2]).versions(task)  # oldest first
+    except (OSError, ModelStoreError, ValueError):  # another version's manifest is unreadable
+        versions = []
+    places = [m.directory for m in versions]
+    mine = places.index(directory) if directory in places else len(places)
+    others = [m for m in versions if m.directory != directory and not m.manifest.extra.get("quantized_from")]
+    if not others:
+        return f"fix: {again}; until then no other {task} model is stored here to run instead"
+    before = [m for m in others if places.index(m.directory) < mine]
+    previous = (before or others)[-1].manifest
+    return (
+        f"fix: `facefleet-agent models activate {task} {previous.name} {previous.version}` to run "
+        f"{previous.model_id} instead, then {again}"
+    )
 
 
 def _fsync_tree(directory: Path) -> None:

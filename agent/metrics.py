@@ -29,6 +29,10 @@ class CameraFigures:
     frames_dropped: int
     frames_analysed: int
     running: bool
+    analysed_fps: float = 0.0
+    """Frames analysed per second over the last 10 s."""
+    analysed_age_s: float | None = None
+    """Seconds from the last analysed frame's arrival to the end of its analysis; None before the first."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,23 @@ def _families(f: AgentFigures) -> Iterable[CounterMetricFamily | GaugeMetricFami
     for camera, figures in f.cameras.items():
         running.add_metric([camera], float(figures.running))
     yield running
+    analysed = GaugeMetricFamily(
+        "facefleet_agent_camera_analysed_fps",
+        "Frames of the camera analysed per second over the last 10 s (beside frames_read: how much of what "
+        "the camera delivers the agent keeps up with)",
+        labels=["camera"],
+    )
+    age = GaugeMetricFamily(
+        "facefleet_agent_camera_frame_age_seconds",
+        "Seconds from the arrival of the camera's last analysed frame to the end of its analysis",
+        labels=["camera"],
+    )
+    for camera, figures in f.cameras.items():
+        analysed.add_metric([camera], figures.analysed_fps)
+        if figures.analysed_age_s is not None:
+            age.add_metric([camera], figures.analysed_age_s)
+    yield analysed
+    yield age
     depths = (
         ("facefleet_agent_outbox_depth", "Messages waiting in the MQTT outbox", f.outbox_pending),
         (

@@ -26,7 +26,7 @@ from facefleet.vision.pipeline import FaceAnalyzer
 if TYPE_CHECKING:
     from facefleet.agent.fleet.sync import FleetSync
 
-CAMERA_HEALTH = ("fps", "dropped", "running")
+CAMERA_HEALTH = ("fps", "analysed_fps", "dropped", "running")
 """The health figures of each camera, as `camera.<name>.<figure>`."""
 
 
@@ -61,6 +61,8 @@ def status(agent: ReportedAgent) -> dict[str, Any]:
             "frames_read": s.frames_read,
             "frames_dropped": s.frames_dropped,
             "frames_analysed": agent.frames_analysed[name],
+            "analysed_fps": camera.analysed_fps,
+            "analysed_age_s": camera.analysed_age_s,
             "error": s.error,
             "retry_in_s": s.retry_in_s,
         }
@@ -106,6 +108,8 @@ def figures(agent: ReportedAgent) -> AgentFigures:
             frames_dropped=s.frames_dropped,
             frames_analysed=agent.frames_analysed[name],
             running=s.state == "running",
+            analysed_fps=camera.analysed_fps,
+            analysed_age_s=camera.analysed_age_s,
         )
         for name, camera in agent.cameras.items()
         for s in [camera.status]
@@ -134,10 +138,12 @@ def figures(agent: ReportedAgent) -> AgentFigures:
 
 def health(agent: ReportedAgent) -> dict[str, float]:
     """Figures for the fleet server's dashboard (sent with every report): the totals, then per camera
-    `camera.<name>.fps`, `.dropped` (frames dropped) and `.running` (1 or 0), in the config's order. The
+    `camera.<name>.fps` (read), `.analysed_fps`, `.dropped` (frames dropped) and `.running` (1 or 0), in the
+    config's order. The
     server takes at most MAX_HEALTH_ENTRIES figures, some of them the link's own (SYNC_HEALTH): with more
     cameras than fit beside the totals, the last cameras are left out (whole; `cameras` still counts them
     all)."""
+    analysed = [camera.analysed_fps for camera in agent.cameras.values()]
     cameras = [camera.status for camera in agent.cameras.values()]
     store = agent.store
     figures = {
@@ -158,8 +164,8 @@ def health(agent: ReportedAgent) -> dict[str, float]:
         "claims_over_rate": float(agent.commands.claims_over_rate),
     }
     room = (MAX_HEALTH_ENTRIES - len(figures.keys() | set(SYNC_HEALTH))) // len(CAMERA_HEALTH)
-    for camera in cameras[: max(room, 0)]:
-        values = (camera.fps, camera.frames_dropped, camera.state == "running")
+    for camera, analysed_fps in list(zip(cameras, analysed, strict=True))[: max(room, 0)]:
+        values = (camera.fps, analysed_fps, camera.frames_dropped, camera.state == "running")
         for figure, value in zip(CAMERA_HEALTH, values, strict=True):
             figures[f"camera.{camera.name}.{figure}"] = float(value)
     return figures

@@ -205,6 +205,8 @@ min_frames = 3
     )
     assert value(second, "facefleet_agent_mqtt_connected") == 1
     assert value(second, "facefleet_agent_camera_running", camera="door") == 1
+    assert value(second, "facefleet_agent_camera_analysed_fps", camera="door") > 0
+    assert value(second, "facefleet_agent_camera_frame_age_seconds", camera="door") >= 0
     assert value(second, "facefleet_agent_model_info", task="embedding", model="sface@2021dec") == 1
     assert value(second, "facefleet_agent_people") == 1
     assert ("facefleet_agent_outbox_depth", ()) in second

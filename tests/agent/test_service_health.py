@@ -88,7 +88,10 @@ def test_health_names_each_camera_and_the_report_queue(
         until(lambda: porch.status.frames_read == 5 and gate.status.state == "retrying", "the cameras")
         frame = porch.next_frame(after=0, timeout=1)  # the first four were never taken: dropped
         assert frame is not None and frame.number == 5
+        porch.analysed(frame, at=time.monotonic() - 0.5)  # two analyses half a second apart
+        porch.analysed(frame)
         health, status = service.health(), porch.status
+        cameras = service.status()["cameras"]
     finally:
         source.release.set()
         porch.stop()
@@ -97,6 +100,9 @@ def test_health_names_each_camera_and_the_report_queue(
     assert health["reports_pending"] == 3.0
     assert (health["camera.porch.running"], health["camera.porch.dropped"]) == (1.0, 4.0)
     assert health["camera.porch.fps"] == status.fps > 0
+    assert health["camera.porch.analysed_fps"] > 0 and health["camera.gate.analysed_fps"] == 0
+    assert cameras["porch"]["analysed_fps"] > 0 and cameras["porch"]["analysed_age_s"] >= 0
+    assert cameras["gate"]["analysed_age_s"] is None
     assert (health["camera.gate.running"], health["camera.gate.dropped"], health["camera.gate.fps"]) == (
         0.0,
         0.0,
@@ -104,7 +110,9 @@ def test_health_names_each_camera_and_the_report_queue(
     )
     assert (health["cameras"], health["cameras_running"], health["fps"]) == (2.0, 1.0, status.fps)
     assert [k for k in health if k.startswith("camera.")] == [
-        f"camera.{name}.{figure}" for name in ("porch", "gate") for figure in ("fps", "dropped", "running")
+        f"camera.{name}.{figure}"
+        for name in ("porch", "gate")
+        for figure in ("fps", "analysed_fps", "dropped", "running")
     ]
     assert check_health(health) == health
 
@@ -124,10 +132,9 @@ def test_with_more_cameras_than_fit_the_totals_stay_and_whole_cameras_are_left_o
     assert health["cameras"] == 64.0
     shown = list(dict.fromkeys(k.split(".")[1] for k in health if k.startswith("camera.")))
     links_own = len(set(SYNC_HEALTH) - set(totals))  # the link's figures the service has no value for
-    assert shown == names[: len(shown)] and len(shown) == (MAX_HEALTH_ENTRIES - len(totals) - links_own) // 3
-    assert all(
-        f"camera.{name}.{figure}" in health for name in shown for figure in ("fps", "dropped", "running")
-    )
+    room = MAX_HEALTH_ENTRIES - len(totals) - links_own
+    assert shown == names[: len(shown)] and len(shown) == room // len(CAMERA_HEALTH)
+    assert all(f"camera.{name}.{figure}" in health for name in shown for figure in CAMERA_HEALTH)
     # with the figures the link adds (tested in tests/agent/fleet/test_sync.py) the server still takes it all
     with_link = {**health, **dict.fromkeys(SYNC_HEALTH, 1.0)}
     assert len(with_link) <= MAX_HEALTH_ENTRIES

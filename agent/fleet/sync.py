@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import threading
@@ -32,6 +33,7 @@ from facefleet.agent.domain.clock import clock_warning
 from facefleet.agent.domain.fleet import CERTIFICATE_EXPIRY_HEALTH, CLOCK_HEALTH, SyncPoint
 from facefleet.agent.domain.records import RevisionConflictError, StoreError
 from facefleet.agent.fleet.channel import (
+    certificate_refusal,
     channel_options,
     describe_rpc_error,
     read_tls,
@@ -39,11 +41,12 @@ from facefleet.agent.fleet.channel import (
 )
 from facefleet.agent.fleet.client import FleetClient, WatchStream
 from facefleet.agent.fleet.reports import report_event
+from facefleet.agent.publish.certificates import MAX_CERTIFICATE_FILE_BYTES, utc
 from facefleet.agent.publish.events import AgentEvent
 from facefleet.agent.store.database import EmbeddingStore, Wiped
 from facefleet.agent.store.reports import PreparedReport, prepare_report
 from facefleet.core.backoff import Backoff
-from facefleet.core.errors import FaceFleetError
+from facefleet.core.errors import ConfigError, FaceFleetError
 from facefleet.link.checks import MAX_HEALTH_ENTRIES, MAX_HEALTH_KEY_CHARS, MAX_REASON_CHARS
 from facefleet.link.errors import LinkError
 from facefleet.link.fleet import (
@@ -111,7 +114,9 @@ class FleetSync:
     """The sync client of one agent. start() once, stop() once; submit() queues an event for the server.
 
     health(): figures sent with every report (e.g. frames analysed, outbox pending); the report queue's own
-    are added. The TLS files are read at construction (ConfigError when unusable) and again on reconnect."""
+    are added. The TLS files are read at construction (ConfigError when unusable) and again on reconnect:
+    files that do not make a usable set then (a renewed certificate without its key) are logged once, shown
+    in tls_error, and the connection goes on with the set read before."""
 
     def __init__(
         self,
@@ -153,6 +158,11 @@ class FleetSync:
         refusal: the wall clock is off (domain.clock.clock_warning)."""
         self.wiped_at: float | None = None
         self.certificate_expires_at = certificate_expiry(self._tls[2])
+        """When the certificate in use expires (Unix seconds): the one of the last usable set of TLS files."""
+        self.tls_error: str | None = None
+        """Why the TLS files as they are now cannot be used (the set read before is), None when they can."""
+        self._refused_tls: tuple[bytes | str, ...] | None = None
+        """What the TLS files held when tls_error was logged: each change of them is logged once."""
         self.server_version: str | None = None
         """The server's software version, as its last Register said ("" when it did not say)."""
         self.server_embedding_models: tuple[str, ...] = ()
@@ -233,6 +243,7 @@ class FleetSync:
             "server_version": self.server_version,
             "server_embedding_models": list(self.server_embedding_models),
             "certificate_expires_at": self.certificate_expires_at,
+            "tls_error": self.tls_error,
             "gallery_wiped_at": self.wiped_at,
         }
 
@@ -291,7 +302,11 @@ class FleetSync:
         except _RetryError as exc:
             return str(exc)
         except grpc.aio.AioRpcError as exc:
-            reason = describe_rpc_error(exc, self.settings.rpc_timeout_s, connected=self.connected)
+            settings = self.settings
+            refusal = certificate_refusal(settings, self._tls[2], settings.device_id, time.time())
+            reason = describe_rpc_error(
+                exc, settings.rpc_timeout_s, connected=self.connected, certificate=refusal
+            )
             if WIPE_METADATA in tuple(exc.trailing_metadata() or ()):
                 failure = await self._wipe(exc)  # never raises: this handler must return
                 reason = reason if failure is None else f"{reason}; {failure}"
@@ -340,8 +355,7 @@ class FleetSync:
         return None
 
     async def _session(self, backoff: Backoff, stopping: asyncio.Event, wake: asyncio.Event) -> None:
-        self._tls = await asyncio.to_thread(read_tls, self.settings)  # certificates may have been renewed
-        self.certificate_expires_at = certificate_expiry(self._tls[2])
+        await asyncio.to_thread(self._reread_tls)  # certificates may have been renewed
         channel = grpc.aio.secure_channel(self.settings.address, self._credentials(), options=self._options())
         try:
             client = FleetClient(channel, self.settings.device_id)
@@ -389,6 +403,42 @@ class FleetSync:
                 task.result()  # the failure that ended the session, if any
         finally:
             await channel.close()
+
+    def _reread_tls(self) -> None:
+        """Use the TLS files as they are now if they make a usable set; otherwise go on with the set in use
+        and log why once for what the files hold (a copy in progress, or a key from $CREDENTIALS_DIRECTORY
+        that only a restart renews, would otherwise cut the agent off from the server)."""
+        try:
+            tls = read_tls(self.settings)
+        except ConfigError as exc:
+            held = self._tls_digest()
+            if held != self._refused_tls:
+                self._refused_tls = held
+                expires = self.certificate_expires_at
+                until = f" (valid until {utc(expires)})" if expires is not None else ""
+                self.tls_error = (
+                    f"the TLS files changed but cannot be used ({exc}); connections go on with the "
+                    f"certificate and key read before{until} until they are put right"
+                )
+                log.error("server %s: %s", self.settings.address, self.tls_error)
+            return
+        if self.tls_error is not None:
+            self.tls_error = self._refused_tls = None
+            log.info("server %s: the TLS files are usable again and used from now on", self.settings.address)
+        if tls != self._tls:
+            self._tls = tls
+            self.certificate_expires_at = certificate_expiry(tls[2])
+
+    def _tls_digest(self) -> tuple[bytes | str, ...]:
+        """What the TLS files hold now: a hash each, or why one cannot be read."""
+        held: list[bytes | str] = []
+        for path in (self.settings.ca_file, self.settings.cert_file, self.settings.key_file):
+            try:
+                with path.open("rb") as file:
+                    held.append(hashlib.sha256(file.read(MAX_CERTIFICATE_FILE_BYTES)).digest())
+            except OSError as exc:
+                held.append(str(exc))
+        return tuple(held)
 
     async def _watch(
         self,

@@ -165,8 +165,17 @@ def settings(tmp_path: Path, address: str) -> SyncSettings:
 
 
 def test_unusable_tls_files_are_config_errors_naming_the_file(tmp_path: Path) -> None:
-    good = settings(tmp_path, "127.0.0.1:1")
-    assert read_tls(good) == (PEM, PEM, PEM)
+    tls = tmp_path / "tls"
+    certs.init_ca(tls, server_names=["127.0.0.1"])
+    device, other = certs.issue_device(tls, "door-1"), certs.issue_device(tls, "door-2")
+    real = {"ca_file": tls / "ca.pem", "cert_file": device.cert, "key_file": device.key}
+    good = SyncSettings(**{**settings(tmp_path, "127.0.0.1:1").__dict__, **real})
+    assert read_tls(good) == (real["ca_file"].read_bytes(), device.key.read_bytes(), device.cert.read_bytes())
+    foreign = SyncSettings(**{**good.__dict__, "key_file": other.key})
+    with pytest.raises(
+        ConfigError, match=rf"key_file {other.key} is not the key of cert_file {device.cert}: install the key"
+    ):
+        FleetSync(foreign, EmbeddingStore(tmp_path / "a.db"))
     missing = SyncSettings(**{**good.__dict__, "cert_file": tmp_path / "nope.pem"})
     with pytest.raises(
         ConfigError, match=r"\[server\] cert_file .*nope.pem: cannot read .* certs issue DEVICE"

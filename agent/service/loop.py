@@ -31,7 +31,7 @@ import numpy.typing as npt
 from facefleet import __version__
 from facefleet.agent.cameras import Camera, CameraFrame, CameraSettings, stop_cameras
 from facefleet.agent.config import AgentConfig
-from facefleet.agent.domain.records import Person, StoreError
+from facefleet.agent.domain.records import Person, StoreCorruptError, StoreError
 from facefleet.agent.metrics import AgentFigures, AgentMetrics
 from facefleet.agent.publish.discovery import discovery_messages, former_discovery_topics
 from facefleet.agent.publish.events import (
@@ -611,6 +611,8 @@ class AgentService:
                 self.people_revision = self.matcher.revision or 0
                 if self.camera_states is not None:  # no retained state names a person erased
                     self.camera_states.forget_people(self.people)
+        except StoreCorruptError:
+            raise  # stop (exit 74): deciding on without the store, or writing into it, is not safe
         except StoreError as exc:
             log.error("gallery refresh: %s (keeping the last gallery)", exc)
 

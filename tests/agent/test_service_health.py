@@ -16,6 +16,7 @@ import pytest
 from facefleet.agent.cameras import Camera, CameraSettings, SourceError
 from facefleet.agent.config import CameraConfig, load_config
 from facefleet.agent.domain.fleet import SYNC_HEALTH
+from facefleet.agent.domain.records import StoreCorruptError, StoreError
 from facefleet.agent.service.loop import AgentService
 from facefleet.agent.service.reports import CAMERA_HEALTH
 from facefleet.link.checks import MAX_HEALTH_ENTRIES, MAX_HEALTH_KEY_CHARS, check_health
@@ -210,3 +211,37 @@ def test_the_longest_camera_name_fits_every_per_camera_key() -> None:
     keys = {f"camera.{longest}.{figure}": 0.0 for figure in CAMERA_HEALTH}
     assert max(len(key) for key in keys) <= MAX_HEALTH_KEY_CHARS
     assert check_health(keys) == keys
+
+
+def test_a_store_found_damaged_while_serving_stops_the_service_and_other_store_errors_do_not(
+    tmp_path: Path, model_store: ModelStore, model_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gallery refresh meets a damaged store (SQLite's integrity error): the service stops with it (exit
+    74, and the start check then names the fix) instead of deciding on without its store; a store that is
+    only busy or full keeps the last gallery and the service goes on."""
+    service = agent(tmp_path, model_store, model_cache, [])
+    failures: list[Exception] = [StoreError("store busy")]
+
+    def refresh(*_: object) -> None:
+        if failures:
+            raise failures.pop(0)
+
+    monkeypatch.setattr(service.matcher, "refresh", refresh)
+    outcome: list[BaseException | int] = []
+
+    def serve() -> None:
+        try:
+            outcome.append(service.run())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    runner = threading.Thread(target=serve, daemon=True)
+    runner.start()
+    until(lambda: not failures, "the busy store's refresh")
+    time.sleep(0.2)
+    assert not outcome, "a busy store stopped the service"
+    failures.append(StoreCorruptError("store agent.db is corrupt (database disk image is malformed)"))
+    runner.join(30)
+    assert not runner.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], StoreCorruptError), outcome
+    assert outcome[0].exit_code == 74

@@ -26,9 +26,10 @@ from facefleet.core.logs import set_log_format
 
 log = logging.getLogger(__name__)
 HANGUP_NOTE = (
-    "SIGHUP: the agent goes on; its connection to the server rereads [server] ca_file, cert_file and "
-    "key_file when it next connects (e.g. after the server restarts or closes it); other changes, the "
-    "configuration or [mqtt] TLS files, take a restart (systemctl restart facefleet-agent)"
+    "SIGHUP: the agent goes on; its connections to the server and to the broker reread their TLS files "
+    "([server] and [mqtt] ca_file, cert_file, key_file) when they next connect (e.g. after the server or the "
+    "broker restarts or closes them); other changes, the configuration, take a restart (systemctl restart "
+    "facefleet-agent)"
 )
 
 

@@ -228,6 +228,11 @@ class FleetSync:
             time.sleep(0.02)
         return True
 
+    @property
+    def certificate_in_use(self) -> bytes:
+        """The PEM of the client certificate this link presents (of the last usable set of TLS files)."""
+        return bytes(self._tls[2])
+
     def status(self) -> dict[str, Any]:
         """For the agent's status: connection, revisions, and the report queue."""
         return {

@@ -12,7 +12,7 @@ from facefleet.agent.domain.clock import clock_warning
 from facefleet.agent.domain.fleet import SYNC_HEALTH
 from facefleet.agent.domain.records import Person
 from facefleet.agent.metrics import AgentFigures, CameraFigures
-from facefleet.agent.publish.certificates import Validity, expiry_warning, read_validity
+from facefleet.agent.publish.certificates import Validity, expiry_warning, validity_of
 from facefleet.agent.publish.events import Versions
 from facefleet.agent.publish.mqtt import MqttLink
 from facefleet.agent.service.command_desk import CommandDesk
@@ -174,22 +174,25 @@ def health(agent: ReportedAgent) -> dict[str, float]:
 def warnings(agent: ReportedAgent) -> list[str]:
     """What someone should put right on the box, each naming the fix: a wall clock that cannot be believed
     (before the agent's release, or the server refuses events for their time); a client certificate
-    ([server], [mqtt]) that expires within EXPIRY_WARNING_S (30 days), has expired or is not valid yet."""
+    ([server], [mqtt]) that expires within EXPIRY_WARNING_S (30 days), has expired or is not valid yet; TLS
+    files of the server link it cannot use (the link's tls_error)."""
     now = time.time()
     found = [_clock_warning(agent)]
     for kind, (path, validity) in certificates(agent).items():
         found.append(expiry_warning(f"{kind}.cert_file", path, validity, now, agent.device_id))
+    if agent.sync is not None:
+        found.append(agent.sync.tls_error)  # renewed TLS files the server link cannot use yet
     return [warning for warning in found if warning is not None]
 
 
 def certificates(agent: ReportedAgent) -> dict[str, tuple[Path, Validity]]:
     """This device's client certificates by link ('server', 'mqtt'): the file and its validity. The MQTT
-    link's is the one its next connection presents; the server's is read from its file, which the link
-    reads again at each reconnect."""
+    link's is the one its next connection presents; the server's the one the link presents now (a renewed
+    file it cannot use yet, its key not installed, is in the warnings as the link's tls_error)."""
     found: dict[str, tuple[Path, Validity]] = {}
     sync, link = agent.sync, agent.link
     if sync is not None:
-        validity = read_validity(sync.settings.cert_file)
+        validity = validity_of(sync.certificate_in_use)
         if validity is not None:
             found["server"] = (sync.settings.cert_file, validity)
     if link is not None and link.settings.cert_file is not None:

@@ -242,8 +242,9 @@ class StoreConnection:
         if version == 0 and not tables:  # a store is created with its tables (_create): this one lost them
             raise StoreCorruptError(
                 f"store {self.path} exists but holds no tables (a zero-byte file, or a copy taken while its "
-                f"commits were still in {self.path.name}-wal): what it held is lost, so it is not taken for "
-                f"a new store; nothing was written to it. {damage_fix(self.path)}"
+                f"commits were still in {self.path.name}-wal): whatever it held is lost, so it is not taken "
+                "for a new store; nothing was written to it (a first start of an earlier release that did "
+                f"not finish leaves such a file too: it held nothing). {damage_fix(self.path)}"
             )
         ours = {RECORD_TABLE, "_sqlite_migrations"}  # the second: how stores recorded their schema before
         foreign = tables - ours

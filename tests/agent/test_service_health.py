@@ -245,3 +245,39 @@ def test_a_store_found_damaged_while_serving_stops_the_service_and_other_store_e
     assert not runner.is_alive()
     assert len(outcome) == 1 and isinstance(outcome[0], StoreCorruptError), outcome
     assert outcome[0].exit_code == 74
+
+
+def test_a_renewed_certificate_without_its_key_is_warned_of_and_the_one_in_use_stays_the_one_reported(
+    tmp_path: Path, model_store: ModelStore, model_cache: Path
+) -> None:
+    """[server]'s certificate expired; a renewed one is copied over it but its key is not: the server link
+    goes on with the pair it has, so the status warns of the expired certificate in use (not of the renewed
+    file) and of the TLS files it cannot use, naming the fix."""
+    tls = tmp_path / "tls"
+    certs.init_ca(tls, server_names=["127.0.0.1"])
+    now = datetime.now(timezone.utc)
+    expired = certs.issue_device(
+        tls, "door-box", out_dir=tmp_path / "server", days=1, not_before=now - timedelta(days=2)
+    )
+    renewed = certs.issue_device(tls, "door-box", out_dir=tmp_path / "renewed", days=365)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "models").symlink_to(model_store.root, target_is_directory=True)
+    (state / "cache").symlink_to(model_cache, target_is_directory=True)
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'device_id = "door-box"\n[metrics]\nlisten = ""\n[mqtt]\nenabled = false\n'
+        f'[server]\nenabled = true\naddress = "127.0.0.1:7443"\nca_file = "{tls / "ca.pem"}"\n'
+        f'cert_file = "{expired.cert}"\nkey_file = "{expired.key}"\n'
+    )
+    service = AgentService(load_config(config), state)  # not running: nothing connects
+    try:
+        assert service.sync is not None
+        expired.cert.write_bytes(renewed.cert.read_bytes())  # the certificate, not yet its key
+        service.sync._reread_tls()  # as before each connection
+        warnings = service.status()["warnings"]
+    finally:
+        service.store.close()
+    in_use, unusable = warnings
+    assert in_use.startswith(f"server.cert_file {expired.cert}: the certificate expired at ")
+    assert "the TLS files changed but cannot be used" in unusable and str(expired.key) in unusable

@@ -47,6 +47,8 @@ DEFERRED_REASON = (
 """Why an event with a kind or decision of a newer agent is deferred, after that value (e.g. 'kind 3')."""
 EVENT_ID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 """An event id as agents write it (a UUID's canonical form): one spelling per id, so repeats are found."""
+MAX_UNKNOWN_MODELS = 10_000
+"""Most (device, embedding model) pairs remembered as logged unknown; beyond it the memory starts afresh."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,8 @@ class FleetHandler:
         fanout.on_head(self.deltas.forget_before)
         self._registered: set[str] = set()
         self.newer_agents = NewerAgentLog()
+        self._unknown_models: set[tuple[str, str]] = set()
+        """(device, embedding model) pairs already logged as watched without a gallery of that model."""
 
     async def register(self, registration: Registration, ignored: Sequence[str] = ()) -> Welcome:
         """Record the agent, its groups and the model statuses it brought; the server's answer. ignored:
@@ -190,7 +194,7 @@ class FleetHandler:
         longer be served: it is asked again whenever a device changes, and its error ends the stream at
         once."""
         await self._require_registered(device_id)
-        await self._require_models(models)
+        await self._note_unknown_models(device_id, models)
         snapshot = from_revision == 0 or (bool(gallery_id) and gallery_id != self.gallery_id)
         if not snapshot and from_revision > await self._head_reaching(from_revision):
             raise FailedPreconditionError(
@@ -247,20 +251,30 @@ class FleetHandler:
             self.fanout.leave(device_id)
             self._count_streams(-1)
 
-    async def _require_models(self, models: Sequence[str]) -> None:
-        """FailedPreconditionError when an embedding model asked for is neither one enrolment embeds with
-        nor one of an embedding rollout (read from the state too: one another replica started may not have
-        reached this one's list yet): its gallery would come with no embeddings at all."""
+    async def _note_unknown_models(self, device_id: str, models: Sequence[str]) -> None:
+        """Log once per device and model an embedding model asked for that is neither one enrolment embeds
+        with nor one of an embedding rollout (read from the state too: one another replica started may not
+        have reached this one's list yet): its gallery comes without embeddings, so the agent recognises no
+        one. The stream is served all the same: model assignments, a rollback's among them, reach an agent
+        only on it, and its reports share the agent's session."""
         known = self.embedding_models()
-        if all(m in known for m in models):
+        unlogged = [m for m in models if m not in known and (device_id, m) not in self._unknown_models]
+        if not unlogged:
             return
         known = (*known, *await asyncio.to_thread(rollout_embedding_models, self.state.models))
-        unknown = [m for m in models if m not in known]
-        if unknown:
-            raise FailedPreconditionError(
-                f"this server has no gallery of embedding model {', '.join(unknown)}: it enrols with "
-                f"{', '.join(dict.fromkeys(known)) or 'no embedding model yet'}. Run an agent with one of "
-                "those, or publish the agent's model and start an embedding rollout of it"
+        for model in dict.fromkeys(m for m in unlogged if m not in known):
+            if len(self._unknown_models) >= MAX_UNKNOWN_MODELS:
+                self._unknown_models.clear()
+            self._unknown_models.add((device_id, model))
+            log.warning(
+                "device %s watches embedding model %s, which this server neither enrols with nor rolls out: "
+                "it enrols with %s, so the device's gallery has no embeddings and it recognises no one. Roll "
+                "one of those models out to the device, or publish %s and start an embedding rollout of it",
+                device_id,
+                model,
+                ", ".join(dict.fromkeys(known)) or "no embedding model yet",
+                model,
+                extra={"device_id": device_id, "model_id": model},
             )
 
     def _stream_end(self) -> float:

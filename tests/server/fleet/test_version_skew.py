@@ -11,7 +11,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -20,8 +19,12 @@ from facefleet.agent.fleet import client as fleet_client
 from facefleet.link import serde
 from facefleet.link.fleet import Heartbeat
 from facefleet.server.api.wire import fleet as fleet_wire
+from facefleet.server.domain.models import Target
 from facefleet.server.gallery.embedder import Enroller
+from facefleet.server.rollouts.catalogue import ModelCatalog
+from facefleet.server.rollouts.control import RolloutControl
 from facefleet.v1 import events_pb2, fleet_pb2, models_pb2, query_pb2
+from facefleet.vision.runtime import Runtime
 from tests.server.conftest import Pki, next_update, run, serving
 from tests.server.fleet.test_agent_sync import (
     MODEL,
@@ -37,12 +40,22 @@ from tests.server.fleet.test_agent_sync import (
 
 FUTURE_TASK = "pose"
 """A task this release does not know, as a later release might add."""
+NEW = "sface@2021dec-fp32"
+"""An embedding model to roll out (the tests' SFace at FP32)."""
 
 
 def now() -> Timestamp:
     stamp = Timestamp()
     stamp.GetCurrentTime()
     return stamp
+
+
+async def assignment(stream: Any) -> list[tuple[str, str]]:
+    """The (task, model) pairs of the stream's next model assignment, past gallery updates and heartbeats."""
+    while True:
+        message = await next_update(stream, timeout=60)
+        if message.HasField("models"):
+            return [(r.task, r.model_id) for r in message.models.releases]
 
 
 def test_register_takes_a_newer_agent_leaving_out_what_it_does_not_know_logged_once(
@@ -129,33 +142,86 @@ def test_events_of_a_kind_or_decision_the_server_does_not_know_are_deferred_not_
     assert "upgrade the server" in deferred[events[2].event_id]
 
 
-def test_watch_refuses_an_embedding_model_the_server_has_no_gallery_of_and_the_agent_says_why(
-    tmp_path: Path, pki: Pki, enroller: Enroller
+def test_watch_serves_an_embedding_model_the_server_has_no_gallery_of_and_logs_it_once(
+    tmp_path: Path, pki: Pki, enroller: Enroller, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def scenario() -> tuple[grpc.aio.AioRpcError, dict[str, Any], int]:
-        async with serving(tmp_path, pki, enroller) as harness:
-            await enrol(harness, vector_person("eileen", 1))
+    """The agent's gallery then has no embeddings of its model, but its session goes on: heartbeats (and any
+    model assignment) reach it, and the server names the model once per device."""
+    caplog.set_level(logging.WARNING, logger="facefleet.server.fleet.link")
+
+    async def scenario() -> tuple[list[list[str]], int, int, dict[str, Any], int]:
+        async with serving(tmp_path, pki, enroller, gallery={"heartbeat_seconds": 1}) as harness:
+            head = await enrol(harness, vector_person("eileen", 1))
             fleet = await harness.registered("door-1")
-            stream = fleet.Watch(
-                fleet_pb2.WatchRequest(device_id="door-1", embedding_models=["sface@2022new"])
-            )
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await next_update(stream)
+            served = []
+            for _ in range(2):  # the second stream is not logged again
+                stream = fleet.Watch(
+                    fleet_pb2.WatchRequest(device_id="door-1", embedding_models=["sface@2022new"])
+                )
+                gallery, heartbeat = await next_update(stream), await next_update(stream)
+                stream.cancel()
+                served.append([gallery.WhichOneof("update"), heartbeat.WhichOneof("update")])
+                without = sum(len(p.embeddings) for p in gallery.gallery.upserts)
             known = fleet.Watch(fleet_pb2.WatchRequest(device_id="door-1", embedding_models=[MODEL]))
             people = len((await next_update(known)).gallery.upserts[0].embeddings)
             known.cancel()
             with open_store(tmp_path / "agent.db") as store:
                 async with syncing(settings(harness, pki, models=("sface@2022new",)), store) as sync:
-                    await until(lambda: sync.last_error and "sface@2022new" in sync.last_error)
-                    return refused.value, sync.status(), people
+                    await until(lambda: sync.applied_revision == head, what="the gallery")
+                    await asyncio.sleep(1.5)  # a heartbeat: the session stays
+                    return served, without, people, sync.status(), sync.connects
 
-    refusal, status, embeddings = run(scenario)
-    assert refusal.code() == grpc.StatusCode.FAILED_PRECONDITION
-    details = refusal.details() or ""
-    assert "no gallery of embedding model sface@2022new" in details and f"it enrols with {MODEL}" in details
+    served, without, embeddings, status, connects = run(scenario)
+    assert served == [["gallery", "heartbeat"], ["gallery", "heartbeat"]]
+    assert without == 0  # no embeddings of a model the server has no gallery of
     assert embeddings == 1  # the server's own model still comes with its embeddings
-    assert "no gallery of embedding model sface@2022new" in status["last_error"]
+    assert (status["last_error"], connects) == (None, 1)
     assert (status["server_version"], status["server_embedding_models"]) == (__version__, [MODEL])
+    warnings = [r.getMessage() for r in caplog.records if r.name == "facefleet.server.fleet.link"]
+    assert len(warnings) == 1, warnings  # once per device and model, however often it watches
+    assert "device door-1 watches embedding model sface@2022new" in warnings[0]
+    assert f"it enrols with {MODEL}" in warnings[0] and "Roll one of those models out" in warnings[0]
+
+
+@pytest.mark.slow
+def test_an_agent_on_a_rolled_back_embedding_model_is_served_and_assigned_its_model_back(
+    tmp_path: Path, pki: Pki, enroller: Enroller, runtime: Runtime, model_irs: dict[str, Path]
+) -> None:
+    """An agent that switched to a rollout's embedding model and was offline when the rollout was rolled
+    back watches that model, which the server no longer has a gallery of: its stream brings it the
+    assignment back to the server's model (assignments travel only on Watch)."""
+
+    async def scenario() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        async with serving(tmp_path, pki, enroller, fleet={"poll_seconds": 0.1}) as harness:
+            server = harness.server
+            catalog = ModelCatalog(server.state.models, server.models, runtime)
+            await asyncio.to_thread(
+                catalog.publish, model_irs[NEW], "embedding", "sface", "2021dec-fp32", "FP32"
+            )
+            await enrol(harness, vector_person("eileen", 1))
+            fleet = harness.fleet("door-1")
+            await fleet.Register(
+                fleet_pb2.RegisterRequest(device_id="door-1", model_versions={"embedding": MODEL})
+            )
+            stream = fleet.Watch(fleet_pb2.WatchRequest(device_id="door-1", embedding_models=[MODEL]))
+            control = RolloutControl(server.state, catalog, runtime=runtime, settle_seconds=0.1)
+            started = await asyncio.to_thread(control.start, NEW, Target("all"))
+            rolled_out = await assignment(stream)
+            stream.cancel()  # the agent switches to the new model, then goes offline
+
+            await asyncio.to_thread(control.rollback, started.rollout.rollout_id)
+            await until(lambda: NEW not in server.enrolment.embedding_models(), what="the rollback")
+            await fleet.Register(
+                fleet_pb2.RegisterRequest(device_id="door-1", model_versions={"embedding": NEW})
+            )
+            back = fleet.Watch(fleet_pb2.WatchRequest(device_id="door-1", embedding_models=[NEW]))
+            rolled_back = await assignment(back)
+            back.cancel()
+            return rolled_out, rolled_back
+
+    rolled_out, rolled_back = run(scenario)
+    assert rolled_out == [("embedding", NEW)]
+    assert rolled_back == [("embedding", MODEL)]
 
 
 def test_an_agent_skips_a_release_of_a_task_it_does_not_know_reports_it_and_keeps_its_session(

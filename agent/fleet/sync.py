@@ -578,7 +578,7 @@ class FleetSync:
 
     def _note_server(self, welcome: Welcome, models: Sequence[str]) -> None:
         """Record the server's version and embedding models; warn when it enrols with none this agent
-        watches (its Watch then refuses them, or an older server sends people without embeddings)."""
+        watches (the server then sends its people without embeddings of them, and logs it)."""
         if welcome.server_version != self.server_version:
             log.info("server %s: version %s", self.settings.address, welcome.server_version or "not said")
         self.server_version = welcome.server_version

@@ -716,4 +716,4 @@ def test_sighup_leaves_the_agent_running_and_says_what_is_reread(state_dir: Path
                 process.kill()
                 process.wait()
     assert process.returncode == 0, stderr
-    assert "SIGHUP: the agent goes on; its connection to the server rereads [server] ca_file" in stderr
+    assert "SIGHUP: the agent goes on; its connections to the server and to the broker reread" in stderr

@@ -4,13 +4,14 @@ own thread so a slow or failing camera never holds up the others.
 A camera keeps only its newest frame: when inference is slower than the camera, older frames are
 dropped (latest frame wins) and counted. Video files, streams and devices are decoded on demand: the camera's
 thread grabs every frame the source sends (keeping a stream current), but converts one into an image only
-when the consumer wants a frame: once it has taken the last one, or when the one waiting for it is older than
-FRESH_S. A stream read with max_fps is still grabbed at its own rate and all but max_fps frames a second are
-discarded unconverted (frames queued in the socket would otherwise arrive ever later); a file is played at
-max_fps (or its own rate). A source that fails is reopened with exponential backoff,
-which starts over once the source delivers a frame again; a video file or image folder that ends is
-reported as ended (or looped when configured). A stream or file of frames larger than MAX_FRAME_PIXELS is
-refused like a source that fails.
+when the consumer wants a frame: once it has taken the last one, when the one waiting for it is older than
+FRESH_S, and while the consumer is due back (by the interval between its last two takes), so the frame it
+gets then is the newest, not the one converted just after its last take. A stream read with max_fps is still
+grabbed at its own rate and all but max_fps frames a second are discarded unconverted (frames queued in the
+socket would otherwise arrive ever later); a file is played at max_fps (or its own rate). A source that
+fails is reopened with exponential backoff, which starts over once the source delivers a frame again; a video
+file or image folder that ends is reported as ended (or looped when configured). A stream or file of frames
+larger than MAX_FRAME_PIXELS is refused like a source that fails.
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ hundreds of MB per frame, in the decoder and in every copy the pipeline makes.""
 FRESH_S = 0.25
 """A decoded frame left waiting for the consumer longer than this (s) is replaced by a newer one: at most a
 few conversions a second for a camera the agent seldom gets to, and a frame at most about this old when
-taken."""
+taken. Also how late (s) a consumer may be on its expected return while every frame is converted for it."""
+DUE_FRAMES = 2
+"""Frames are converted from this many source intervals before the consumer is expected back: the frame it
+takes then is the newest although its returns vary by up to about a frame."""
 RATE_WINDOW_S = 10.0
 """The window (s) of the frame rates a camera reports: frames read (CameraStatus.fps) and analysed."""
 CameraState = Literal["starting", "running", "retrying", "ended", "stopped"]
@@ -277,6 +281,11 @@ class Camera:
         """The newest frame converted to an image (of a reader that grabs, not always the newest grabbed)."""
         self._taken = 0
         """The number of the last frame next_frame() handed out."""
+        self._taken_at: float | None = None
+        """When (monotonic) next_frame() last handed out a frame."""
+        self._take_gap: float | None = None
+        """The interval (s) between the last two frames next_frame() handed out: when the consumer is due
+        back."""
         self._number = 0
         """The number of the last frame read, counted on across reopenings of the source."""
         self._read = RateWindow()
@@ -356,6 +365,10 @@ class Camera:
             if skipped > 0:
                 self._status = replace(self._status, frames_dropped=self._status.frames_dropped + skipped)
             self._taken = max(self._taken, frame.number)
+            now = time.monotonic()
+            if self._taken_at is not None:
+                self._take_gap = now - self._taken_at
+            self._taken_at = now
             return frame
 
     def _set_status(self, **changes: object) -> None:
@@ -441,10 +454,21 @@ class Camera:
 
     def _wanted(self, now: float) -> bool:
         """Whether the frame just grabbed should be converted: the consumer took the last converted one (or
-        there is none yet), or that one has waited longer than FRESH_S."""
+        there is none yet: it always finds a frame newer than the last it took), that one has waited longer
+        than FRESH_S, or the consumer is due back. It is due from DUE_FRAMES source intervals (at the rate
+        frames are read) before the last take plus the interval between the last two takes, until FRESH_S
+        after: the frame converted last before it comes is then the newest, not one that waited since just
+        after its last take (a frame loop that analyses for 80 ms between takes would get a frame 80 ms old).
+        A consumer that comes every few seconds costs the frames of that window, not every frame."""
         with self._condition:
             latest = self._latest
-            return latest is None or self._taken >= latest.number or now - latest.seen_at > FRESH_S
+            if latest is None or self._taken >= latest.number or now - latest.seen_at > FRESH_S:
+                return True
+            fps = self._status.fps
+            if self._taken_at is None or self._take_gap is None or fps <= 0:
+                return False
+            due = self._taken_at + self._take_gap
+            return due - DUE_FRAMES / fps <= now <= due + FRESH_S
 
     def _frame_read(self, image: Frame | None, seen_at: float) -> None:
         """Count a frame read (grabbed), numbered; with its image, it becomes the newest frame."""

@@ -260,12 +260,10 @@ def test_cameras_stalled_inside_a_read_are_stopped_together_within_one_timeout(
     assert [c.status.state for c in cameras] == ["stopped"] * 3
 
 
-def test_frames_nobody_takes_are_grabbed_but_not_converted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A camera the agent seldom gets to converts the frames it hands out, not every frame of the source: here
-    (no refresh of a frame left waiting) one ahead of what the consumer took."""
-    monkeypatch.setattr(cameras, "FRESH_S", 1e9, raising=False)
+def test_frames_nobody_takes_are_grabbed_but_not_converted(tmp_path: Path) -> None:
+    """A camera the agent seldom gets to converts about the frames it hands out, not every frame of the
+    source: here (a consumer back every 20 frames, before a frame waiting for it would be refreshed) the one
+    after each take, and those of the DUE_FRAMES frames or so before the consumer is due back."""
     video = write_video(tmp_path / "busy.avi", numbered_frames(30), 30.0)
     converted = []
 
@@ -277,19 +275,40 @@ def test_frames_nobody_takes_are_grabbed_but_not_converted(
                 setattr(reader, name, lambda convert=convert: converted.append(1) or convert())
         return reader
 
-    camera = Camera(CameraSettings("busy", str(video), max_fps=300, loop=True), opener=counting).start()
-    taken = []
+    camera = Camera(CameraSettings("busy", str(video), max_fps=100, loop=True), opener=counting).start()
+    taken: list[int] = []
     try:
-        for _ in range(3):
-            wait_for(lambda: camera.status.frames_read >= 40 * (len(taken) + 1))
+        wait_for(lambda: camera.status.frames_read >= 20)
+        for _ in range(8):
             frame = camera.next_frame(taken[-1] if taken else 0, timeout=5)
             assert frame is not None
             taken.append(frame.number)
+            time.sleep(0.2)  # 20 frames of the source
         read = camera.status.frames_read
     finally:
         camera.stop()
-    assert read >= 120 and taken == sorted(taken)
-    assert len(converted) <= len(taken) + 1
+    assert read >= 20 * len(taken) and taken == sorted(taken)
+    assert len(converted) <= 1 + len(taken) * (cameras.DUE_FRAMES + 2), (len(converted), read)
+
+
+def test_a_consumer_back_from_an_analysis_gets_one_of_the_newest_frames(mjpeg_server: MjpegServer) -> None:
+    """A consumer that takes a frame, analyses it for four frames of a 20 frames/s stream and takes the next:
+    the frame it gets is one of the last the camera sent, not the one converted just after its last take
+    (four frames behind, and as old as the analysis)."""
+    mjpeg_server.streams["door"] = [numbered_jpeg(i) for i in range(512)]
+    camera = Camera(CameraSettings("door", mjpeg_server.url("door"))).start()
+    behind = []
+    try:
+        frame = camera.next_frame(0, timeout=10)
+        assert frame is not None, camera.status
+        for _ in range(12):
+            time.sleep(0.2)  # the analysis
+            frame = camera.next_frame(frame.number, timeout=5)
+            assert frame is not None, camera.status
+            behind.append(mjpeg_server.sent["door"] - 1 - index_of(frame.image))
+    finally:
+        camera.stop()
+    assert max(behind[2:]) <= 2, behind  # after two takes, the camera knows when the consumer is back
 
 
 def numbered_jpeg(index: int) -> bytes:

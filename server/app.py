@@ -254,7 +254,7 @@ class FleetServer:
             await server.start()
             assert self.handlers is not None
             self._http = await start_http(
-                self.handlers, self.config, self.paths, bind_error=BindError, observer=self.metrics
+                self.handlers, self.config, self.paths, self._tls, bind_error=BindError, observer=self.metrics
             )
         except BaseException:
             await server.stop(0)
@@ -440,15 +440,17 @@ class FleetServer:
 
     def reload_tls(self) -> bool:
         """Reread the TLS files (SIGHUP) for new connections on every listener; connections already made keep
-        the files they were made with. False, with the fault logged, when the new files do not work together:
-        those loaded before keep serving."""
+        the files they were made with. Each file is read once, and the bytes checked are the ones every
+        listener takes, so that a file replaced meanwhile cannot hand a listener a pair that was not checked.
+        False, with the fault logged, when the new files do not work together: those loaded before keep
+        serving."""
         if self._tls is None:
             log.info("SIGHUP: nothing to reload (insecure_development = true: no TLS files)")
             return False
         try:
             tls = check_tls(self.paths)
             if self._http is not None:
-                self._http.reload_tls(self.paths.server_cert, self.paths.server_key)
+                self._http.reload_tls(tls, self.paths)
         except ServerConfigError as exc:
             log.error("SIGHUP: the TLS files were not reloaded, the ones loaded before keep serving: %s", exc)
             return False

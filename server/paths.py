@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import ssl
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +93,8 @@ def read_pem(path: Path, key: str) -> bytes:
 
 @dataclass(frozen=True)
 class ServerTls:
-    """The server's TLS files read and checked together (check_tls): PEM bytes as gRPC takes them."""
+    """The server's TLS files read once and checked together (check_tls): the PEM bytes every listener takes,
+    so that they all serve the pair that was checked, whatever happens to the files afterwards."""
 
     ca: bytes
     chain: bytes
@@ -97,8 +102,8 @@ class ServerTls:
 
 
 def check_tls(paths: ServerPaths) -> ServerTls:
-    """Read the CA, the server's chain and its key, and check that they work together as OpenSSL loads them:
-    the key unencrypted and belonging to the first certificate of the chain file, the CA loadable.
+    """Read the CA, the server's chain and its key once, and check those bytes work together as OpenSSL loads
+    them: the key unencrypted and belonging to the first certificate of the chain, the CA loadable.
     ServerConfigError names the file, the fault and the fix."""
     ca, chain, key = (read_pem(getattr(paths, name), name) for name in TLS_FILES)
     cert_path, key_path, ca_path = paths.server_cert, paths.server_key, paths.ca_cert
@@ -109,18 +114,56 @@ def check_tls(paths: ServerPaths) -> ServerTls:
             "or hand it over with LoadCredential="
         )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(cert_path, key_path, password=b"")
-    except (ssl.SSLError, OSError) as exc:
-        raise ServerConfigError(_pair_fault(chain, key, cert_path, key_path, exc)) from None
-    try:
-        context.load_verify_locations(cafile=ca_path)
-    except (ssl.SSLError, OSError) as exc:
-        raise ServerConfigError(
-            f"CA certificate (tls.ca_cert) {ca_path}: OpenSSL cannot load it ({_reason(exc)}); it must hold "
-            "the site CA's certificate(s) in PEM (<state_dir>/tls/ca.pem from `facefleet-server certs init`)"
-        ) from None
+    with private_copies(chain, key, ca) as (chain_copy, key_copy, ca_copy):
+        try:
+            context.load_cert_chain(chain_copy, key_copy, password=b"")
+        except (ssl.SSLError, OSError) as exc:
+            raise ServerConfigError(_pair_fault(chain, key, cert_path, key_path, exc)) from None
+        try:
+            context.load_verify_locations(cafile=ca_copy)
+        except (ssl.SSLError, OSError) as exc:
+            raise ServerConfigError(
+                f"CA certificate (tls.ca_cert) {ca_path}: OpenSSL cannot load it ({_reason(exc)}); it must "
+                "hold the site CA's certificate(s) in PEM (<state_dir>/tls/ca.pem from `facefleet-server "
+                "certs init`)"
+            ) from None
     return ServerTls(ca, chain, key)
+
+
+def load_pair(context: ssl.SSLContext, tls: ServerTls) -> None:
+    """Load the server's chain and key of `tls` (the bytes check_tls checked) into context; ssl.SSLError or
+    OSError when OpenSSL refuses them, ServerConfigError when they cannot be handed to it."""
+    with private_copies(tls.chain, tls.key) as (chain_copy, key_copy):
+        context.load_cert_chain(chain_copy, key_copy, password=b"")
+
+
+@contextlib.contextmanager
+def private_copies(*contents: bytes) -> Iterator[list[Path]]:
+    """Files holding these bytes, for OpenSSL, which loads a certificate chain and key from files alone:
+    mode 0600 in a temporary directory of mode 0700 (systemd's PrivateTmp=), removed on leaving. OpenSSL
+    then loads exactly the bytes read and checked, not whatever the configured files hold by then.
+    ServerConfigError when they cannot be written."""
+    try:
+        directory = tempfile.TemporaryDirectory(prefix="facefleet-tls-")  # mkdtemp: mode 0700
+    except OSError as exc:
+        raise _unwritable(exc) from None
+    with directory:
+        copies = [Path(directory.name, f"{index}.pem") for index in range(len(contents))]
+        try:
+            for copy, data in zip(copies, contents, strict=True):
+                fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with open(fd, "wb") as file:
+                    file.write(data)
+        except OSError as exc:
+            raise _unwritable(exc) from None
+        yield copies
+
+
+def _unwritable(exc: OSError) -> ServerConfigError:
+    return ServerConfigError(
+        f"cannot hand the TLS files to OpenSSL through a private temporary directory "
+        f"({exc.strerror or exc}); the temporary directory (TMPDIR, else /tmp) must be writable"
+    )
 
 
 def _reason(exc: BaseException) -> str:

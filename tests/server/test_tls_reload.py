@@ -19,9 +19,13 @@ from cryptography import x509
 
 from facefleet.core.errors import EXIT_OK
 from facefleet.link.checks import utc_now
+from facefleet.server import app as app_module
+from facefleet.server import paths as paths_module
 from facefleet.server.api import certs
+from facefleet.server.api.http import server as http_server
 from facefleet.server.app import TLS_EXPIRY_WARNING_DAYS
 from facefleet.server.gallery.embedder import Enroller
+from facefleet.server.paths import ServerPaths, ServerTls, check_tls
 from facefleet.v1 import fleet_pb2, fleet_pb2_grpc
 from tests.server.cli.test_cli import run_cli
 from tests.server.conftest import Harness, Pki, next_update, run, serving
@@ -110,6 +114,79 @@ def test_a_reload_serves_the_renewed_certificate_to_new_connections_and_keeps_th
             )
             assert await all_presented(h, own) == {second}
             await h.fleet("door-1").Register(fleet_pb2.RegisterRequest(device_id="door-1", agent_version="t"))
+
+    run(scenario)
+
+
+def test_a_reload_serves_the_files_it_read_and_checked_though_they_change_meanwhile(
+    tmp_path: Path,
+    pki: Pki,
+    enroller: Enroller,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A certificate and key copied in one after the other (`cp`, an ACME hook) and a CA rewritten in place
+    while a reload runs: every listener serves the files as they were read and checked, never their later
+    bytes. A handshake that completes proves the certificate presented is that of the key that signed it."""
+    own = own_pki(tmp_path, pki)
+    cert, key, ca = own.tls_dir / "server.pem", own.tls_dir / "server.key", own.tls_dir / "ca.pem"
+    first, first_pair, ca_pem = serial(cert), (cert.read_bytes(), key.read_bytes()), ca.read_bytes()
+    renewed = certs.issue_server(
+        own.tls_dir,
+        ["localhost", "127.0.0.1"],
+        target=certs.Issued(tmp_path / "new.pem", tmp_path / "new.key"),
+    )
+    second, second_pair = int(renewed.serial, 16), (renewed.cert.read_bytes(), renewed.key.read_bytes())
+    read_pem = paths_module.read_pem
+
+    def install(pair: tuple[bytes, bytes]) -> None:
+        cert.write_bytes(pair[0])
+        key.write_bytes(pair[1])
+
+    def changed_after_checking(paths: ServerPaths) -> ServerTls:
+        tls = check_tls(paths)
+        cert.write_bytes(first_pair[0])  # the next certificate copied in, its key not yet
+        return tls
+
+    def refuse(context: ssl.SSLContext, tls: ServerTls) -> None:
+        raise ssl.SSLError("out of memory")
+
+    def changed_after_reading(path: Path, name: str) -> bytes:
+        data = read_pem(path, name)
+        if name == "ca_cert":
+            ca.write_bytes(ca_pem[: len(ca_pem) // 2])  # being rewritten in place
+        if name == "server_key":  # the last one read
+            cert.write_bytes(second_pair[0])
+        return data
+
+    async def scenario() -> None:
+        async with serving(tmp_path, own, enroller, tls=tls_section(own)) as h:
+            assert await all_presented(h, own) == {first}
+            install(second_pair)
+            with monkeypatch.context() as patched:
+                patched.setattr(app_module, "check_tls", changed_after_checking)
+                assert h.server.reload_tls()
+            assert await all_presented(h, own) == {second}
+
+            install(first_pair)
+            with monkeypatch.context() as patched:
+                patched.setattr(paths_module, "read_pem", changed_after_reading)
+                assert h.server.reload_tls()
+            ca.write_bytes(ca_pem)  # for the clients of all_presented
+            assert await all_presented(h, own) == {first}
+            # the CA as read, not as it was left: agents' certificates are still checked against all of it
+            await h.fleet("door-1").Register(fleet_pb2.RegisterRequest(device_id="door-1", agent_version="t"))
+
+            # the HTTP API's new context cannot be made: refused, logged, nothing changes on any listener
+            install(second_pair)
+            with (
+                monkeypatch.context() as patched,
+                caplog.at_level(logging.ERROR, logger="facefleet.server.app"),
+            ):
+                patched.setattr(http_server, "load_pair", refuse)
+                assert not h.server.reload_tls()
+            assert "listen.http: cannot use the server certificate" in caplog.text
+            assert await all_presented(h, own) == {first}
 
     run(scenario)
 

@@ -2,8 +2,9 @@
 with the server's certificate (plaintext with `insecure_development = true`; TLS 1.2 with AEAD ciphers only),
 HTTP/1.1, no access log, connections within the limits of `listen` (facefleet.server.api.http.connections).
 The socket is bound here, so that a port that cannot be bound is the caller's bind error and port 0 works;
-the process's signal handlers stay the server's (uvicorn's own are not installed). HttpServer.reload_tls loads
-a renewed certificate into the live SSL context, for the connections made from then on."""
+the process's signal handlers stay the server's (uvicorn's own are not installed). The SSL context is made
+from the TLS files' bytes that were read and checked (facefleet.server.paths.check_tls); HttpServer.reload_tls
+makes a new one from renewed files and puts it in place of the one that serves new connections."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -25,7 +25,7 @@ from facefleet.server.api.http.connections import Admission, ConnectionLimits, S
 from facefleet.server.api.http.timing import RequestObserver
 from facefleet.server.config import ServerConfig
 from facefleet.server.errors import ServerConfigError, ServerError
-from facefleet.server.paths import ServerPaths
+from facefleet.server.paths import ServerPaths, ServerTls, load_pair
 
 log = logging.getLogger(__name__)
 STOP_MARGIN_S = 5.0
@@ -78,23 +78,20 @@ class _Uvicorn(uvicorn.Server):
 class HttpServer:
     """The running HTTP API: its bound port, and stop()."""
 
-    def __init__(self, server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+    def __init__(self, server: _Uvicorn, task: asyncio.Task[None]) -> None:
         self._server = server
         self._task = task
 
-    def reload_tls(self, cert: Path, key: Path) -> None:
-        """Serve this certificate and key to new connections (those made keep theirs): loaded into the
-        live SSL context, which each new connection's TLS takes them from. Check the pair first
-        (facefleet.server.paths.check_tls): a load that fails may leave the context half changed."""
-        context = self._server.config.ssl
-        if context is None:
+    def reload_tls(self, tls: ServerTls, paths: ServerPaths) -> None:
+        """Serve this certificate and key to new connections (those made keep theirs): a new SSL context
+        made from them takes the place of the one each new connection's handshake takes; when it cannot be
+        made (ServerConfigError) the one in place keeps serving, unchanged."""
+        if self._server.config.ssl is None:
             return
-        try:
-            context.load_cert_chain(cert, key)
-        except (OSError, ssl.SSLError) as exc:
-            raise ServerConfigError(
-                f"listen.http: cannot use the server certificate {cert} with its key {key}: {exc}"
-            ) from None
+        context = http_context(tls, paths)
+        self._server.config.ssl = context
+        if self._server.admission is not None:
+            self._server.admission.tls = context
 
     @property
     def port(self) -> int:
@@ -115,12 +112,14 @@ async def start_http(
     handlers: OperatorHandlers,
     config: ServerConfig,
     paths: ServerPaths,
+    tls: ServerTls | None,
     *,
     bind_error: Callable[[str], ServerError],
     observer: RequestObserver | None = None,
 ) -> HttpServer | None:
-    """Serve the HTTP API on `listen.http` (None when it is ''); bind_error makes the error of an address
-    that cannot be listened on; observer (the server's metrics) is told about every request."""
+    """Serve the HTTP API on `listen.http` (None when it is ''), TLS with the TLS files as check_tls read
+    them (`tls`; None with `insecure_development = true`); bind_error makes the error of an address that
+    cannot be listened on; observer (the server's metrics) is told about every request."""
     address = config.listen.http
     if not address:
         return None
@@ -136,18 +135,13 @@ async def start_http(
         access_log=False,
         server_header=False,
         proxy_headers=False,
-        ssl_certfile=None if config.insecure_development else paths.server_cert,
-        ssl_keyfile=None if config.insecure_development else paths.server_key,
-        ssl_ciphers=TLS12_CIPHERS,
         timeout_graceful_shutdown=max(1, round(config.listen.grace_seconds)),
     )
-    try:
-        settings.load()
-    except (OSError, ssl.SSLError) as exc:
-        raise ServerConfigError(
-            f"listen.http: cannot use the server certificate {paths.server_cert} with its key "
-            f"{paths.server_key}: {exc}"
-        ) from None
+    settings.load()
+    if not config.insecure_development:
+        if tls is None:
+            raise ValueError("the HTTP API serves TLS with the TLS files that check_tls read")
+        settings.ssl = http_context(tls, paths)
     try:
         sock = _bind(host, port)
     except OSError as exc:
@@ -171,6 +165,22 @@ async def start_http(
             raise ServerConfigError(f"listen.http = {address!r}: the HTTP API did not start")
         await asyncio.sleep(0.005)
     return HttpServer(server, task)
+
+
+def http_context(tls: ServerTls, paths: ServerPaths) -> ssl.SSLContext:
+    """The HTTP API's SSL context: the server's chain and key of `tls`, TLS 1.2 or later with TLS12_CIPHERS,
+    no client certificates (bearer tokens authenticate). ServerConfigError when the pair cannot be loaded."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # verify_mode CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
+    try:
+        load_pair(context, tls)
+    except (OSError, ssl.SSLError) as exc:
+        raise ServerConfigError(
+            f"listen.http: cannot use the server certificate {paths.server_cert} with its key "
+            f"{paths.server_key}: {exc}"
+        ) from None
+    return context
 
 
 def _bind(host: str, port: int) -> socket.socket:

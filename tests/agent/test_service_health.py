@@ -27,18 +27,26 @@ from facefleet.vision.models.store import ModelStore
 EXPIRY = "facefleet_agent_certificate_expiry_seconds"
 
 
-def agent(tmp_path: Path, model_store: ModelStore, model_cache: Path, cameras: list[str]) -> AgentService:
-    """A service (not running) with these cameras, on the session's models, without broker or server."""
+def configured(tmp_path: Path, model_store: ModelStore, model_cache: Path, config_text: str) -> AgentService:
+    """A service (not running, so nothing connects) of this config, on the session's models."""
     state = tmp_path / "state"
     state.mkdir()
     (state / "models").symlink_to(model_store.root, target_is_directory=True)
     (state / "cache").symlink_to(model_cache, target_is_directory=True)
     config = tmp_path / "agent.toml"
-    config.write_text(
-        'device_id = "door-box"\n[mqtt]\nenabled = false\n'
-        + "".join(f'[[cameras]]\nname = "{name}"\nsource = "{tmp_path}"\n' for name in cameras)
-    )
+    config.write_text(config_text)
     return AgentService(load_config(config), state)
+
+
+def agent(tmp_path: Path, model_store: ModelStore, model_cache: Path, cameras: list[str]) -> AgentService:
+    """A service (not running) with these cameras, on the session's models, without broker or server."""
+    return configured(
+        tmp_path,
+        model_store,
+        model_cache,
+        'device_id = "door-box"\n[mqtt]\nenabled = false\n'
+        + "".join(f'[[cameras]]\nname = "{name}"\nsource = "{tmp_path}"\n' for name in cameras),
+    )
 
 
 class Stalled:
@@ -174,19 +182,16 @@ def test_client_certificates_near_or_past_expiry_are_warned_of_in_the_status_and
     expired = certs.issue_device(
         tls, "door-box", out_dir=tmp_path / "server", days=1, not_before=now - timedelta(days=2)
     )
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "models").symlink_to(model_store.root, target_is_directory=True)
-    (state / "cache").symlink_to(model_cache, target_is_directory=True)
-    config = tmp_path / "agent.toml"
-    config.write_text(
+    service = configured(
+        tmp_path,
+        model_store,
+        model_cache,
         f'device_id = "door-box"\n[metrics]\nlisten = ""\n'
         f'[mqtt]\nhost = "127.0.0.1"\ntls = true\nca_file = "{tls / "ca.pem"}"\n'
         f'cert_file = "{soon.cert}"\nkey_file = "{soon.key}"\n'
         f'[server]\nenabled = true\naddress = "127.0.0.1:7443"\nca_file = "{tls / "ca.pem"}"\n'
-        f'cert_file = "{expired.cert}"\nkey_file = "{expired.key}"\n'
+        f'cert_file = "{expired.cert}"\nkey_file = "{expired.key}"\n',
     )
-    service = AgentService(load_config(config), state)  # not running: nothing connects
     try:
         warnings, figures = service.status()["warnings"], service.figures()
         registry = service.metrics.registry
@@ -260,17 +265,14 @@ def test_a_renewed_certificate_without_its_key_is_warned_of_and_the_one_in_use_s
         tls, "door-box", out_dir=tmp_path / "server", days=1, not_before=now - timedelta(days=2)
     )
     renewed = certs.issue_device(tls, "door-box", out_dir=tmp_path / "renewed", days=365)
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "models").symlink_to(model_store.root, target_is_directory=True)
-    (state / "cache").symlink_to(model_cache, target_is_directory=True)
-    config = tmp_path / "agent.toml"
-    config.write_text(
+    service = configured(
+        tmp_path,
+        model_store,
+        model_cache,
         f'device_id = "door-box"\n[metrics]\nlisten = ""\n[mqtt]\nenabled = false\n'
         f'[server]\nenabled = true\naddress = "127.0.0.1:7443"\nca_file = "{tls / "ca.pem"}"\n'
-        f'cert_file = "{expired.cert}"\nkey_file = "{expired.key}"\n'
+        f'cert_file = "{expired.cert}"\nkey_file = "{expired.key}"\n',
     )
-    service = AgentService(load_config(config), state)  # not running: nothing connects
     try:
         assert service.sync is not None
         expired.cert.write_bytes(renewed.cert.read_bytes())  # the certificate, not yet its key

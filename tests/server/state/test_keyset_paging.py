@@ -10,12 +10,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-import pytest
 
 from facefleet.link.events import Event, FaceSnapshot
 from facefleet.link.gallery import Embedding
@@ -28,17 +26,6 @@ from facefleet.server.state.sqlite.state import SqliteState
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
 State = SqliteState | PostgresState
-
-
-@pytest.fixture(params=("postgresql", "sqlite"))
-def state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[State]:
-    made: State
-    if request.param == "postgresql":
-        made = PostgresState(request.getfixturevalue("postgres_cluster").create_database(), pool_size=2)
-    else:
-        made = SqliteState(tmp_path / "server.db")
-    yield made
-    made.close()
 
 
 class Recording:
